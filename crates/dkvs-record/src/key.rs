@@ -1,0 +1,218 @@
+//! Record keys: `/`-separated UTF-8 names, account-scoped or shared.
+
+use std::fmt;
+use std::str::FromStr;
+
+use dkvs_account::{AccountId, ParseAccountIdError};
+
+/// Shortest key in bytes: `/` and one character.
+pub const MIN_KEY_LEN: usize = 2;
+/// Longest key in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// A record key.
+///
+/// A key is UTF-8, starts with `/`, is 2 to 256 bytes long, has no empty segment (so no `//` and
+/// no trailing `/`) and no control characters. If its first segment is an account id
+/// (`/ed1.../profile`), the key is *account-scoped*: only that account can ever write it. Any
+/// other key is a *shared name*, claimed by the first valid record. A first segment that starts
+/// like an account id (`ed1`, `secp1`) must be a valid one, so that a mistyped id is an error and
+/// not a shared name that looks like someone's scope.
+#[derive(Clone)]
+pub struct Key {
+    text: String,
+    scope: Option<AccountId>,
+}
+
+/// Why a text is not a record key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidKey {
+    /// Too short or too long.
+    #[error("key is {len} bytes, must be {MIN_KEY_LEN} to {MAX_KEY_LEN}")]
+    Length {
+        /// The key's length in bytes.
+        len: usize,
+    },
+    /// Key bytes that are not UTF-8.
+    #[error("key is not valid UTF-8")]
+    NotUtf8,
+    /// Does not start with `/`.
+    #[error("key {0:?} does not start with '/'")]
+    NoLeadingSlash(String),
+    /// Has `//` or ends with `/`.
+    #[error("key {0:?} has an empty segment")]
+    EmptySegment(String),
+    /// Has a control character.
+    #[error("key {key:?} has control character U+{code:04X}")]
+    ControlCharacter {
+        /// The key.
+        key: String,
+        /// The offending character's code point.
+        code: u32,
+    },
+    /// The first segment starts like an account id but is not one.
+    #[error("key {key:?} starts with an invalid account id: {source}")]
+    BadAccountId {
+        /// The key.
+        key: String,
+        /// Why the first segment is not an account id.
+        source: ParseAccountIdError,
+    },
+}
+
+impl Key {
+    /// Parses and checks a key.
+    pub fn new(text: impl Into<String>) -> Result<Key, InvalidKey> {
+        let text = text.into();
+        if text.len() < MIN_KEY_LEN || text.len() > MAX_KEY_LEN {
+            return Err(InvalidKey::Length { len: text.len() });
+        }
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(InvalidKey::NoLeadingSlash(text));
+        };
+        if rest.split('/').any(str::is_empty) {
+            return Err(InvalidKey::EmptySegment(text));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(InvalidKey::ControlCharacter { code: c as u32, key: text });
+        }
+        let first = rest.split('/').next().unwrap_or_default();
+        let scope = if first.starts_with("ed1") || first.starts_with("secp1") {
+            match first.parse::<AccountId>() {
+                Ok(id) => Some(id),
+                Err(source) => return Err(InvalidKey::BadAccountId { key: text, source }),
+            }
+        } else {
+            None
+        };
+        Ok(Key { text, scope })
+    }
+
+    /// Parses a key from bytes that came from outside.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Key, InvalidKey> {
+        if bytes.len() < MIN_KEY_LEN || bytes.len() > MAX_KEY_LEN {
+            return Err(InvalidKey::Length { len: bytes.len() });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| InvalidKey::NotUtf8)?;
+        Key::new(text)
+    }
+
+    /// The key in the account scope of `account`: `/<account-id>/<path>`.
+    pub fn scoped(account: &AccountId, path: &str) -> Result<Key, InvalidKey> {
+        Key::new(format!("/{account}/{}", path.trim_start_matches('/')))
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The account whose scope this key is in, or `None` for a shared name.
+    pub fn scope(&self) -> Option<&AccountId> {
+        self.scope.as_ref()
+    }
+
+    /// True for a shared name (not account-scoped).
+    pub fn is_shared(&self) -> bool {
+        self.scope.is_none()
+    }
+}
+
+// Equality, order and hash are the text's (the scope follows from it), so that a map keyed by
+// `Key` can be searched with a `&str`.
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl FromStr for Key {
+    type Err = InvalidKey;
+
+    fn from_str(text: &str) -> Result<Key, InvalidKey> {
+        Key::new(text)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", self.text)
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dkvs_account::{KeyType, Keypair};
+
+    #[test]
+    fn syntax_rules() {
+        assert!(Key::new("/a").is_ok());
+        assert!(Key::new("/app/config/v2").is_ok());
+        assert!(Key::new("/ünïcödé/ok").is_ok());
+        assert_eq!(Key::new("/"), Err(InvalidKey::Length { len: 1 }));
+        assert_eq!(Key::new(""), Err(InvalidKey::Length { len: 0 }));
+        assert!(Key::new(format!("/{}", "a".repeat(255))).is_ok());
+        assert_eq!(Key::new(format!("/{}", "a".repeat(256))), Err(InvalidKey::Length { len: 257 }));
+        assert!(matches!(Key::new("ab"), Err(InvalidKey::NoLeadingSlash(_))));
+        assert!(matches!(Key::new("/a//b"), Err(InvalidKey::EmptySegment(_))));
+        assert!(matches!(Key::new("/a/"), Err(InvalidKey::EmptySegment(_))));
+        assert!(matches!(
+            Key::new("/a\u{7}b"),
+            Err(InvalidKey::ControlCharacter { code: 7, .. })
+        ));
+        assert_eq!(Key::from_bytes(&[b'/', 0xff, 0xfe]), Err(InvalidKey::NotUtf8));
+    }
+
+    #[test]
+    fn scope_is_the_first_segment() {
+        let id = Keypair::generate(KeyType::Secp256k1).account_id();
+        let key = Key::scoped(&id, "profile/name").expect("valid");
+        assert_eq!(key.scope(), Some(&id));
+        assert!(!key.is_shared());
+        assert!(Key::new("/app/x").expect("valid").is_shared());
+        // A bare account id is a key too: the account's root.
+        assert_eq!(Key::new(format!("/{id}")).expect("valid").scope(), Some(&id));
+        // Something that starts like an id but is not one is refused.
+        assert!(matches!(Key::new("/ed1notanid/x"), Err(InvalidKey::BadAccountId { .. })));
+    }
+}
