@@ -86,7 +86,9 @@ pub enum ParseAccountIdError {
         reason: String,
     },
     /// The prefix names no key type.
-    #[error("account id prefix {0:?} is unknown (known: \"ed\" for ed25519, \"secp\" for secp256k1)")]
+    #[error(
+        "account id prefix {0:?} is unknown (known: \"ed\" for ed25519, \"secp\" for secp256k1)"
+    )]
     UnknownPrefix(String),
     /// The key bytes inside are not a valid key of the type the prefix names.
     #[error("account id holds an invalid key: {0}")]

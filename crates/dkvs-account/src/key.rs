@@ -258,13 +258,18 @@ impl PublicKey {
 
     /// Checks `signature` over bytes that already carry their domain prefix (see
     /// [`Domain::preimage`]); for callers that build signing bytes in place.
-    pub fn verify_preimage(&self, preimage: &[u8], signature: &Signature) -> Result<(), VerifyError> {
+    pub fn verify_preimage(
+        &self,
+        preimage: &[u8],
+        signature: &Signature,
+    ) -> Result<(), VerifyError> {
         match &self.0 {
             PublicInner::Ed25519(key) => {
                 let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
                 // verify_strict refuses the non-canonical and small-order forms that plain
                 // verification lets through, so one message has one valid signature per key.
-                key.verify_strict(preimage, &sig).map_err(|_| VerifyError::Mismatch(KeyType::Ed25519))
+                key.verify_strict(preimage, &sig)
+                    .map_err(|_| VerifyError::Mismatch(KeyType::Ed25519))
             }
             PublicInner::Secp256k1 { key, .. } => {
                 let sig = k256::ecdsa::Signature::from_slice(&signature.0)
@@ -360,7 +365,8 @@ impl Keypair {
 
     /// A key pair from its 32 secret bytes (Ed25519 seed, or secp256k1 scalar big-endian).
     pub fn from_secret_bytes(key_type: KeyType, secret: &[u8]) -> Result<Keypair, KeyError> {
-        let array: &[u8; 32] = secret.try_into().map_err(|_| KeyError::InvalidSecretKey(key_type))?;
+        let array: &[u8; 32] =
+            secret.try_into().map_err(|_| KeyError::InvalidSecretKey(key_type))?;
         match key_type {
             KeyType::Ed25519 => {
                 let key = ed25519_dalek::SigningKey::from_bytes(array);
@@ -413,7 +419,8 @@ impl Keypair {
         match &self.secret {
             SecretInner::Ed25519(key) => Signature(key.sign(preimage).to_bytes()),
             SecretInner::Secp256k1(key) => {
-                let sig: k256::ecdsa::Signature = k256::ecdsa::signature::Signer::sign(key, preimage);
+                let sig: k256::ecdsa::Signature =
+                    k256::ecdsa::signature::Signer::sign(key, preimage);
                 let mut out = [0u8; SIGNATURE_LEN];
                 out.copy_from_slice(&sig.normalize_s().to_bytes());
                 Signature(out)

@@ -1,1 +1,527 @@
-//! (being written)
+//! Key pairs saved on disk, encrypted with a passphrase.
+//!
+//! A [`Keystore`] is a directory (mode 0700) with one file per named account,
+//! `<dir>/<name>.key.json` (mode 0600). A name is 1 to 64 characters of `A-Z a-z 0-9 _ -`.
+//! The file is JSON:
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "name": "alice",
+//!   "key_type": "ed25519",
+//!   "account_id": "ed1...",
+//!   "kdf": {
+//!     "algorithm": "argon2id",
+//!     "m_cost_kib": 19456,
+//!     "t_cost": 2,
+//!     "p_cost": 1,
+//!     "salt": "<16 bytes, hex>"
+//!   },
+//!   "cipher": "xchacha20poly1305",
+//!   "nonce": "<24 bytes, hex>",
+//!   "ciphertext": "<32 secret bytes and 16-byte tag, hex>"
+//! }
+//! ```
+//!
+//! The encryption key is Argon2id (version 0x13) of the passphrase with the file's salt and
+//! parameters; the associated data is the `account_id` text, so that the id shown without a
+//! passphrase is the one the secret belongs to. After decrypting, the derived public key is
+//! compared with `account_id` once more.
+//!
+//! Files are written atomically: a temporary file in the same directory, fsynced, renamed into
+//! place, then the directory fsynced. A crash leaves either no file or a whole one.
+//!
+//! ```
+//! use dkvs_account::KeyType;
+//! use dkvs_account::keystore::{KdfParams, Keystore};
+//!
+//! # let dir = std::env::temp_dir().join(format!("dkvs-keystore-doc-{}", std::process::id()));
+//! // Small Argon2 parameters keep this example fast; real keystores keep the defaults.
+//! let store = Keystore::open(&dir)?
+//!     .with_kdf_params(KdfParams { m_cost_kib: 256, t_cost: 1, p_cost: 1 });
+//! let alice = store.create("alice", KeyType::Ed25519, "correct horse")?;
+//! assert_eq!(store.list()?[0].account_id, alice.account_id());
+//! assert_eq!(store.load("alice", "correct horse")?.account_id(), alice.account_id());
+//! assert!(store.load("alice", "wrong").is_err());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), dkvs_account::keystore::KeystoreError>(())
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::seal::SymmetricKey;
+use crate::{AccountId, KeyType, Keypair};
+
+/// The file format version this code writes and reads.
+const FORMAT_VERSION: u32 = 1;
+/// Suffix of key files.
+const SUFFIX: &str = ".key.json";
+const KDF_NAME: &str = "argon2id";
+const CIPHER_NAME: &str = "xchacha20poly1305";
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+/// 32 secret bytes and a 16-byte tag.
+const CIPHERTEXT_LEN: usize = 32 + 16;
+/// Key files are a few hundred bytes; anything much larger is not one.
+const MAX_FILE_LEN: u64 = 64 * 1024;
+/// The longest account name.
+const MAX_NAME_LEN: usize = 64;
+
+/// Argon2id cost parameters for new key files. Loading always uses the parameters stored in
+/// the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB; at least 8 × `p_cost`, at most [`KdfParams::MAX_M_COST_KIB`].
+    pub m_cost_kib: u32,
+    /// Number of passes; 1 to [`KdfParams::MAX_T_COST`].
+    pub t_cost: u32,
+    /// Degree of parallelism (lanes); 1 to [`KdfParams::MAX_P_COST`].
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// The most memory a key file may ask for: 1 GiB, so that a hostile file cannot exhaust
+    /// the memory of the device that loads it.
+    pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
+    /// The most passes a key file may ask for.
+    pub const MAX_T_COST: u32 = 64;
+    /// The most lanes a key file may ask for.
+    pub const MAX_P_COST: u32 = 16;
+
+    /// The argon2 parameters, or why these are refused.
+    fn to_argon2(self) -> Result<argon2::Params, String> {
+        if self.m_cost_kib > Self::MAX_M_COST_KIB
+            || self.t_cost > Self::MAX_T_COST
+            || self.p_cost > Self::MAX_P_COST
+        {
+            return Err(format!(
+                "argon2id m_cost={} KiB, t_cost={}, p_cost={} exceed the limits {} KiB, {}, {}",
+                self.m_cost_kib,
+                self.t_cost,
+                self.p_cost,
+                Self::MAX_M_COST_KIB,
+                Self::MAX_T_COST,
+                Self::MAX_P_COST
+            ));
+        }
+        argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32)).map_err(|e| {
+            format!(
+                "argon2id m_cost={} KiB, t_cost={}, p_cost={}: {e}",
+                self.m_cost_kib, self.t_cost, self.p_cost
+            )
+        })
+    }
+}
+
+impl Default for KdfParams {
+    /// The OWASP recommendation for Argon2id: 19456 KiB (19 MiB), 2 passes, 1 lane.
+    fn default() -> KdfParams {
+        KdfParams { m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 }
+    }
+}
+
+/// What the keystore knows about an account without its passphrase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The account's name in this keystore.
+    pub name: String,
+    /// The key type.
+    pub key_type: KeyType,
+    /// The account id.
+    pub account_id: AccountId,
+}
+
+/// Errors of keystore operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeystoreError {
+    /// The passphrase does not decrypt the key file (or the file's account id was altered).
+    #[error("wrong passphrase for account {name:?} (or {path} was altered)")]
+    WrongPassphrase {
+        /// The account's name.
+        name: String,
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key file is not a valid key file.
+    #[error("key file {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No account has this name.
+    #[error("no account named {0:?} in the keystore")]
+    NotFound(String),
+    /// An account already has this name.
+    #[error("an account named {0:?} already exists in the keystore")]
+    AlreadyExists(String),
+    /// The name breaks the naming rule.
+    #[error("invalid account name {0:?}: a name is 1 to 64 characters of A-Z, a-z, 0-9, _ and -")]
+    InvalidName(String),
+    /// The Argon2id parameters given to [`Keystore::with_kdf_params`] are refused.
+    #[error("invalid key derivation parameters: {0}")]
+    InvalidKdfParams(String),
+    /// Reading or writing a file failed.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error from the operating system.
+        source: io::Error,
+    },
+}
+
+/// A directory of passphrase-encrypted key files; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Keystore {
+    dir: PathBuf,
+    kdf: KdfParams,
+}
+
+impl Keystore {
+    /// Opens the keystore in `dir`, creating the directory (mode 0700) if it is missing.
+    /// New key files use [`KdfParams::default`].
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Keystore, KeystoreError> {
+        let dir = dir.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| KeystoreError::Io { path: dir.clone(), source })?;
+        Ok(Keystore { dir, kdf: KdfParams::default() })
+    }
+
+    /// Uses `params` for the key files this keystore writes from now on.
+    pub fn with_kdf_params(mut self, params: KdfParams) -> Keystore {
+        self.kdf = params;
+        self
+    }
+
+    /// The keystore's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of the key file of the account `name` (which need not exist).
+    pub fn path(&self, name: &str) -> Result<PathBuf, KeystoreError> {
+        check_name(name)?;
+        Ok(self.dir.join(format!("{name}{SUFFIX}")))
+    }
+
+    /// Generates a key pair of `key_type`, saves it as `name` and returns it.
+    pub fn create(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        passphrase: &str,
+    ) -> Result<Keypair, KeystoreError> {
+        let keypair = Keypair::generate(key_type);
+        self.import(name, &keypair, passphrase)?;
+        Ok(keypair)
+    }
+
+    /// Saves an existing key pair as `name`. An empty passphrase is accepted (the key is then
+    /// only obscured); warning about it is the caller's job.
+    pub fn import(
+        &self,
+        name: &str,
+        keypair: &Keypair,
+        passphrase: &str,
+    ) -> Result<(), KeystoreError> {
+        let path = self.path(name)?;
+        let params = self.kdf.to_argon2().map_err(KeystoreError::InvalidKdfParams)?;
+        if path.try_exists().map_err(|source| KeystoreError::Io { path: path.clone(), source })? {
+            return Err(KeystoreError::AlreadyExists(name.to_owned()));
+        }
+
+        let mut salt = [0u8; SALT_LEN];
+        rand::rng().fill_bytes(&mut salt);
+        let key =
+            passphrase_key(params, passphrase, &salt).map_err(KeystoreError::InvalidKdfParams)?;
+        let account_id = keypair.account_id().to_string();
+        let sealed = key.encrypt(keypair.secret_bytes().as_ref(), account_id.as_bytes());
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+
+        let file = KeyFile {
+            version: FORMAT_VERSION,
+            name: name.to_owned(),
+            key_type: keypair.key_type().name().to_owned(),
+            account_id,
+            kdf: KdfFile {
+                algorithm: KDF_NAME.to_owned(),
+                m_cost_kib: self.kdf.m_cost_kib,
+                t_cost: self.kdf.t_cost,
+                p_cost: self.kdf.p_cost,
+                salt: hex::encode(salt),
+            },
+            cipher: CIPHER_NAME.to_owned(),
+            nonce: hex::encode(nonce),
+            ciphertext: hex::encode(ciphertext),
+        };
+        let mut json = serde_json::to_vec_pretty(&file).map_err(|e| KeystoreError::Corrupt {
+            path: path.clone(),
+            reason: format!("cannot encode key file: {e}"),
+        })?;
+        json.push(b'\n');
+        self.write_atomically(name, &path, &json)
+    }
+
+    /// Loads and decrypts the key pair saved as `name`.
+    pub fn load(&self, name: &str, passphrase: &str) -> Result<Keypair, KeystoreError> {
+        let path = self.path(name)?;
+        let file = read_key_file(&path, name)?;
+        let corrupt = |reason: String| KeystoreError::Corrupt { path: path.clone(), reason };
+        let key = passphrase_key(file.params, passphrase, &file.salt).map_err(corrupt)?;
+        let secret = key
+            .decrypt(&file.sealed, file.info.account_id.to_string().as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| KeystoreError::WrongPassphrase {
+                name: name.to_owned(),
+                path: path.clone(),
+            })?;
+        let keypair = Keypair::from_secret_bytes(file.info.key_type, &secret)
+            .map_err(|e| corrupt(format!("decrypted secret: {e}")))?;
+        if keypair.account_id() != file.info.account_id {
+            return Err(corrupt(format!(
+                "the secret key belongs to {}, not to the stored account id {}",
+                keypair.account_id(),
+                file.info.account_id
+            )));
+        }
+        Ok(keypair)
+    }
+
+    /// Lists the accounts in the keystore, sorted by name, without decrypting them. Files that
+    /// are not named `<name>.key.json` are ignored; a key file that is corrupt is an error.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, KeystoreError> {
+        let io_err = |source| KeystoreError::Io { path: self.dir.clone(), source };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+                continue;
+            };
+            if check_name(name).is_err() {
+                continue;
+            }
+            out.push(read_key_file(&entry.path(), name)?.info);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Deletes the key file of `name`. The key pair is gone for good unless it is saved
+    /// elsewhere.
+    pub fn remove(&self, name: &str) -> Result<(), KeystoreError> {
+        let path = self.path(name)?;
+        fs::remove_file(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => KeystoreError::NotFound(name.to_owned()),
+            _ => KeystoreError::Io { path: path.clone(), source },
+        })?;
+        sync_dir(&self.dir)
+    }
+
+    /// Writes `contents` to `path` through a 0600 temporary file, fsync, rename and a directory
+    /// fsync.
+    fn write_atomically(
+        &self,
+        name: &str,
+        path: &Path,
+        contents: &[u8],
+    ) -> Result<(), KeystoreError> {
+        // The leading dot keeps the temporary file out of `list`.
+        let tmp = self.dir.join(format!(".{name}{SUFFIX}.{:016x}.tmp", rand::rng().next_u64()));
+        let write = || -> io::Result<()> {
+            let mut file =
+                OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            // The umask may have taken bits away; the mode is exactly 0600 either way.
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            file.write_all(contents)?;
+            file.sync_all()
+        };
+        if let Err(source) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(KeystoreError::Io { path: tmp, source });
+        }
+        // Between the existence check in `import` and here, another process could have saved
+        // the same name; the rename would replace its file. Keystores have one user at a time.
+        if let Err(source) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(KeystoreError::Io { path: path.to_owned(), source });
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+/// Refuses names outside `[A-Za-z0-9_-]{1,64}`.
+fn check_name(name: &str) -> Result<(), KeystoreError> {
+    let valid = (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid { Ok(()) } else { Err(KeystoreError::InvalidName(name.to_owned())) }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), KeystoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| KeystoreError::Io { path: dir.to_owned(), source })
+}
+
+/// The Argon2id key of `passphrase`.
+fn passphrase_key(
+    params: argon2::Params,
+    passphrase: &str,
+    salt: &[u8],
+) -> Result<SymmetricKey, String> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), salt, key.as_mut())
+        .map_err(|e| format!("argon2id: {e}"))?;
+    Ok(SymmetricKey::from_bytes(key))
+}
+
+/// A key file as stored.
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    version: u32,
+    name: String,
+    key_type: String,
+    account_id: String,
+    kdf: KdfFile,
+    cipher: String,
+    nonce: String,
+    ciphertext: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KdfFile {
+    algorithm: String,
+    m_cost_kib: u32,
+    t_cost: u32,
+    p_cost: u32,
+    salt: String,
+}
+
+/// A key file, read and checked in everything but the passphrase.
+struct CheckedKeyFile {
+    info: KeyInfo,
+    params: argon2::Params,
+    salt: Vec<u8>,
+    /// `nonce || ciphertext`, as [`SymmetricKey::decrypt`] takes it.
+    sealed: Vec<u8>,
+}
+
+/// Reads the key file at `path`, which should hold the account `name`.
+fn read_key_file(path: &Path, name: &str) -> Result<CheckedKeyFile, KeystoreError> {
+    let io_err = |source: io::Error| match source.kind() {
+        io::ErrorKind::NotFound => KeystoreError::NotFound(name.to_owned()),
+        _ => KeystoreError::Io { path: path.to_owned(), source },
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    check_key_file(&bytes, name)
+        .map_err(|reason| KeystoreError::Corrupt { path: path.to_owned(), reason })
+}
+
+/// Parses and checks a key file's bytes; the error is the reason it is corrupt.
+fn check_key_file(bytes: &[u8], name: &str) -> Result<CheckedKeyFile, String> {
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(format!("larger than {MAX_FILE_LEN} bytes"));
+    }
+    let file: KeyFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    if file.version != FORMAT_VERSION {
+        return Err(format!("format version {} (supported: {FORMAT_VERSION})", file.version));
+    }
+    if file.name != name {
+        return Err(format!("the file holds the account named {:?}, not {name:?}", file.name));
+    }
+    let key_type: KeyType = file.key_type.parse().map_err(|e| format!("key_type: {e}"))?;
+    let account_id: AccountId = file.account_id.parse().map_err(|e| format!("account_id: {e}"))?;
+    if account_id.key_type() != key_type {
+        return Err(format!(
+            "key_type is {key_type} but account_id is a {} id",
+            account_id.key_type()
+        ));
+    }
+    if file.kdf.algorithm != KDF_NAME {
+        return Err(format!("kdf {:?} (supported: {KDF_NAME:?})", file.kdf.algorithm));
+    }
+    let params = KdfParams {
+        m_cost_kib: file.kdf.m_cost_kib,
+        t_cost: file.kdf.t_cost,
+        p_cost: file.kdf.p_cost,
+    }
+    .to_argon2()?;
+    if file.cipher != CIPHER_NAME {
+        return Err(format!("cipher {:?} (supported: {CIPHER_NAME:?})", file.cipher));
+    }
+    let salt = decode_hex("kdf.salt", &file.kdf.salt, SALT_LEN)?;
+    let mut sealed = decode_hex("nonce", &file.nonce, NONCE_LEN)?;
+    sealed.extend(decode_hex("ciphertext", &file.ciphertext, CIPHERTEXT_LEN)?);
+    Ok(CheckedKeyFile {
+        info: KeyInfo { name: file.name, key_type, account_id },
+        params,
+        salt,
+        sealed,
+    })
+}
+
+fn decode_hex(field: &str, text: &str, len: usize) -> Result<Vec<u8>, String> {
+    let bytes = hex::decode(text).map_err(|e| format!("{field} is not hex: {e}"))?;
+    if bytes.len() != len {
+        return Err(format!("{field} is {} bytes, expected {len}", bytes.len()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rule() {
+        for ok in ["a", "alice", "A-b_9", &"x".repeat(64)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", &"x".repeat(65), "a b", "a/b", "..", ".hidden", "é", "a.key"] {
+            assert!(matches!(check_name(bad), Err(KeystoreError::InvalidName(n)) if n == bad));
+        }
+    }
+
+    #[test]
+    fn kdf_params_are_bounded() {
+        assert!(KdfParams::default().to_argon2().is_ok());
+        let p = KdfParams::default();
+        assert_eq!((p.m_cost_kib, p.t_cost, p.p_cost), (19456, 2, 1));
+        assert!(KdfParams { m_cost_kib: 1, ..p }.to_argon2().is_err());
+        assert!(KdfParams { t_cost: 0, ..p }.to_argon2().is_err());
+        assert!(KdfParams { m_cost_kib: KdfParams::MAX_M_COST_KIB + 1, ..p }.to_argon2().is_err());
+        assert!(KdfParams { t_cost: KdfParams::MAX_T_COST + 1, ..p }.to_argon2().is_err());
+    }
+
+    #[test]
+    fn error_messages_name_the_value() {
+        let e = KeystoreError::InvalidName("a b".into());
+        assert_eq!(
+            e.to_string(),
+            "invalid account name \"a b\": a name is 1 to 64 characters of A-Z, a-z, 0-9, _ and -"
+        );
+        assert_eq!(
+            KeystoreError::NotFound("bob".into()).to_string(),
+            "no account named \"bob\" in the keystore"
+        );
+    }
+}

@@ -8,8 +8,8 @@
 //!
 //! Key agreement uses the account key itself:
 //! - **Ed25519** accounts use X25519 on the birationally equivalent curve: the secret is the
-//!   account's clamped Ed25519 scalar (`SigningKey::to_scalar_bytes`), the public key is the
-//!   Montgomery form of the account's public key (`VerifyingKey::to_montgomery`).
+//!   account's Ed25519 scalar (`SigningKey::to_scalar_bytes`, clamped by X25519), the public
+//!   key is the Montgomery form of the account's public key (`VerifyingKey::to_montgomery`).
 //! - **secp256k1** accounts use secp256k1 ECDH; the shared secret is the x-coordinate of the
 //!   shared point.
 //!
@@ -30,13 +30,16 @@
 //!
 //! The sealed format, byte by byte:
 //!
-//! | offset      | length | field                                                           |
-//! |-------------|--------|-----------------------------------------------------------------|
-//! | 0           | 1      | version, `1`                                                    |
-//! | 1           | 1      | recipient key type code ([`KeyType::code`]: 1 ed25519, 2 secp256k1) |
-//! | 2           | E      | ephemeral public key: E = 32 (X25519 u-coordinate) for ed25519, E = 33 (compressed SEC1) for secp256k1 |
-//! | 2 + E       | n      | ChaCha20-Poly1305 ciphertext of the n-byte plaintext            |
-//! | 2 + E + n   | 16     | Poly1305 tag                                                    |
+//! | offset    | length | field                                                        |
+//! |-----------|--------|--------------------------------------------------------------|
+//! | 0         | 1      | version, `1`                                                 |
+//! | 1         | 1      | recipient key type code ([`KeyType::code`])                  |
+//! | 2         | E      | ephemeral public key                                         |
+//! | 2 + E     | n      | ChaCha20-Poly1305 ciphertext of the n-byte plaintext         |
+//! | 2 + E + n | 16     | Poly1305 tag                                                 |
+//!
+//! where E is 32 for ed25519 (code 1; an X25519 u-coordinate) and 33 for secp256k1 (code 2; a
+//! compressed SEC1 point).
 //!
 //! A box is therefore [`overhead`] bytes longer than its plaintext: 50 for ed25519, 51 for
 //! secp256k1.
@@ -206,8 +209,8 @@ impl Keypair {
         let shared: Zeroizing<[u8; 32]> = match (self.ed25519(), self.secp256k1()) {
             (Some(secret), None) => {
                 let ephemeral: [u8; 32] = ephemeral.try_into().map_err(|_| invalid)?;
-                let secret =
-                    x25519_dalek::StaticSecret::from(*Zeroizing::new(secret.to_scalar_bytes()));
+                // StaticSecret wipes the scalar when it is dropped.
+                let secret = x25519_dalek::StaticSecret::from(secret.to_scalar_bytes());
                 let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(ephemeral));
                 // A small-order ephemeral key gives a shared secret that anyone knows.
                 if !shared.was_contributory() {
@@ -365,7 +368,10 @@ mod tests {
         let sealed = seal(secp.public(), b"m");
         assert_eq!(
             ed.open(&sealed),
-            Err(OpenError::KeyTypeMismatch { sealed_for: KeyType::Secp256k1, key: KeyType::Ed25519 })
+            Err(OpenError::KeyTypeMismatch {
+                sealed_for: KeyType::Secp256k1,
+                key: KeyType::Ed25519
+            })
         );
         assert_eq!(secp.open(&sealed[..50]), Err(OpenError::TooShort { len: 50, min: 51 }));
     }
