@@ -1,1 +1,44 @@
-//! x
+//! The dkvs record store: validated records in memory, bounded, and optionally persisted.
+//!
+//! Every [`Store::put`] validates the record (signature, owner, size, times) and applies the
+//! ordering rule: a record replaces the held one only if its sequence is higher; the same record
+//! again is a no-op; the same sequence with other content is a fork and refused. A shared name
+//! held by a live record of one owner is refused to another owner unless the record carries a
+//! transfer signed by the holder. Once a value expires, its highest sequence is still remembered,
+//! so it can never be rolled back.
+//!
+//! Memory is bounded: a byte budget for the store and one per owner. A full store *refuses* new
+//! records instead of evicting held ones, because each held record may be one this node
+//! acknowledged to a writer (see `ARCHITECTURE.md`).
+//!
+//! ```
+//! use dkvs_account::{KeyType, Keypair};
+//! use dkvs_record::{Draft, Key};
+//! use dkvs_store::{Config, PutOutcome, Store};
+//!
+//! let store = Store::in_memory(Config::default());
+//! let alice = Keypair::generate(KeyType::Ed25519);
+//! let key = Key::scoped(&alice.account_id(), "greeting")?;
+//!
+//! let v1 = Draft::new(key.clone(), b"hello".to_vec(), 1, 60_000).sign(&alice)?;
+//! let v2 = Draft::new(key.clone(), b"hello again".to_vec(), 2, 60_000).sign(&alice)?;
+//! assert_eq!(store.put(v2)?, PutOutcome::Stored { replaced: None });
+//! assert!(matches!(store.put(v1)?, PutOutcome::Stale { current_seq: 2, .. }));
+//! assert_eq!(store.get(key.as_str()).map(|r| r.value().to_vec()), Some(b"hello again".to_vec()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This crate knows nothing of the network.
+
+mod clock;
+mod config;
+mod error;
+mod persist;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, Durability};
+pub use error::{PutError, StoreError};
+pub use store::{
+    GONE_OVERHEAD, PutOutcome, RECORD_OVERHEAD, Stats, Store, gone_weight, record_weight,
+};

@@ -1,0 +1,80 @@
+//! Store configuration.
+
+use dkvs_record::Limits;
+
+/// How far a put is on its way to disk when it returns, for a store opened on a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The record is written to the log file (handed to the operating system) before the put
+    /// returns: it survives the process being killed (`kill -9`), not a power cut.
+    #[default]
+    WriteThrough,
+    /// The log file is also synced (`fdatasync`) before the put returns: it survives a power cut,
+    /// at the cost of a disk flush per put.
+    Fsync,
+}
+
+/// Store configuration; every field has a documented default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Memory budget for records and remembered sequences, in bytes. Default: 256 MiB.
+    pub max_bytes: u64,
+    /// Budget of one owner's records, in bytes. Default: 16 MiB.
+    pub max_bytes_per_owner: u64,
+    /// The longest a record is kept after its issue time, whatever its own expiry says, in
+    /// milliseconds. Default: 7 days.
+    pub max_ttl_ms: u64,
+    /// Record validation limits (clock skew). Default: [`Limits::default`].
+    pub limits: Limits,
+    /// Durability of puts on a persistent store. Default: [`Durability::WriteThrough`].
+    pub durability: Durability,
+    /// Log size in bytes after which a persistent store writes a snapshot and starts a new log.
+    /// Default: 64 MiB.
+    pub compact_after_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_bytes: 256 << 20,
+            max_bytes_per_owner: 16 << 20,
+            max_ttl_ms: 7 * 24 * 3600 * 1000,
+            limits: Limits::default(),
+            durability: Durability::WriteThrough,
+            compact_after_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// With another memory budget.
+    pub fn with_max_bytes(mut self, bytes: u64) -> Config {
+        self.max_bytes = bytes;
+        self
+    }
+    /// With another per-owner budget.
+    pub fn with_max_bytes_per_owner(mut self, bytes: u64) -> Config {
+        self.max_bytes_per_owner = bytes;
+        self
+    }
+    /// With another maximum TTL.
+    pub fn with_max_ttl_ms(mut self, ms: u64) -> Config {
+        self.max_ttl_ms = ms;
+        self
+    }
+    /// With other validation limits.
+    pub fn with_limits(mut self, limits: Limits) -> Config {
+        self.limits = limits;
+        self
+    }
+    /// With another durability.
+    pub fn with_durability(mut self, durability: Durability) -> Config {
+        self.durability = durability;
+        self
+    }
+    /// With another compaction threshold.
+    pub fn with_compact_after_bytes(mut self, bytes: u64) -> Config {
+        self.compact_after_bytes = bytes;
+        self
+    }
+}

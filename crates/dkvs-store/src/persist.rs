@@ -1,0 +1,239 @@
+//! The on-disk image of a store: snapshots and append logs in one directory.
+//!
+//! Files: `snapshot-<gen>` holds the whole store as of the start of generation `gen`;
+//! `log-<gen>` holds every accepted put of that generation, appended before the put returns.
+//! Both are sequences of frames: `len: u32 LE`, `crc32(payload): u32 LE`, `payload`. A payload is
+//! a kind byte and its body: `1` = a record (its protobuf encoding), `2` = a remembered sequence
+//! (`seq: u64 LE`, `retain_until_ms: u64 LE`, key bytes).
+//!
+//! Opening reads the newest snapshot and replays the logs of its generation and later; replay is
+//! idempotent, so a log entry that the snapshot already holds is harmless. A snapshot is written
+//! to a temporary file, synced and renamed, so it is whole or absent. A log may end in a torn
+//! frame (the process died mid-write); that frame was never acknowledged and is dropped. A bad
+//! frame anywhere else is damage, and opening fails rather than silently dropping what follows.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use dkvs_record::{Key, Record};
+
+use crate::StoreError;
+
+pub(crate) const KIND_RECORD: u8 = 1;
+pub(crate) const KIND_GONE: u8 = 2;
+const FRAME_HEADER: usize = 8;
+/// No payload is larger: a record's encoding is bounded well below this.
+const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// One entry read back from disk.
+pub(crate) enum Entry {
+    Record(Record),
+    Gone { key: Key, seq: u64, retain_until_ms: u64 },
+}
+
+pub(crate) fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    let mut payload_crc = crc32fast::Hasher::new();
+    payload_crc.update(&[kind]);
+    payload_crc.update(body);
+    out.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
+    out.extend_from_slice(&payload_crc.finalize().to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+}
+
+pub(crate) fn gone_body(key: &Key, seq: u64, retain_until_ms: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + key.as_str().len());
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&retain_until_ms.to_le_bytes());
+    body.extend_from_slice(key.as_str().as_bytes());
+    body
+}
+
+fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
+    let (&kind, body) = payload.split_first().ok_or("empty payload")?;
+    match kind {
+        KIND_RECORD => Record::decode(body).map(Entry::Record).map_err(|e| e.to_string()),
+        KIND_GONE => {
+            if body.len() < 16 {
+                return Err(format!("remembered-sequence entry is {} bytes", body.len()));
+            }
+            let u64_at = |at: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&body[at..at + 8]);
+                u64::from_le_bytes(b)
+            };
+            let key = Key::from_bytes(&body[16..]).map_err(|e| e.to_string())?;
+            Ok(Entry::Gone { key, seq: u64_at(0), retain_until_ms: u64_at(8) })
+        }
+        other => Err(format!("unknown entry kind {other}")),
+    }
+}
+
+/// Reads all frames of a file. For a log, a torn last frame ends the read; for a snapshot, any
+/// bad frame is an error. Returns the entries and the length of the good prefix.
+pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), StoreError> {
+    let io_err = |source| StoreError::Io { path: path.to_owned(), source };
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err)?;
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let damage = |reason: String| StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: at as u64,
+            reason,
+        };
+        let rest = &bytes[at..];
+        if rest.len() < FRAME_HEADER {
+            if is_log {
+                break;
+            }
+            return Err(damage("truncated frame header".into()));
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if len == 0 || len > MAX_PAYLOAD {
+            return Err(damage(format!("frame length {len}")));
+        }
+        let end = FRAME_HEADER + len;
+        if rest.len() < end {
+            if is_log {
+                break; // torn tail: the write that would have completed it never returned
+            }
+            return Err(damage("truncated frame".into()));
+        }
+        let payload = &rest[FRAME_HEADER..end];
+        if crc32fast::hash(payload) != crc {
+            if is_log && rest.len() == end {
+                break; // a torn last frame whose length made it to disk before its body
+            }
+            return Err(damage("checksum mismatch".into()));
+        }
+        entries.push(parse_payload(payload).map_err(damage)?);
+        at += end;
+    }
+    Ok((entries, at as u64))
+}
+
+/// The generations present in `dir`: (snapshots, logs), each sorted ascending.
+pub(crate) fn generations(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), StoreError> {
+    let io_err = |source| StoreError::Io { path: dir.to_owned(), source };
+    let mut snapshots = Vec::new();
+    let mut logs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        let name = entry.map_err(io_err)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(g) = name.strip_prefix("snapshot-").and_then(|g| g.parse().ok()) {
+            snapshots.push(g);
+        } else if let Some(g) = name.strip_prefix("log-").and_then(|g| g.parse().ok()) {
+            logs.push(g);
+        }
+    }
+    snapshots.sort_unstable();
+    logs.sort_unstable();
+    Ok((snapshots, logs))
+}
+
+pub(crate) fn snapshot_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("snapshot-{generation:020}"))
+}
+
+pub(crate) fn log_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("log-{generation:020}"))
+}
+
+/// Writes a snapshot atomically: temporary file, sync, rename, sync the directory.
+pub(crate) fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    let path = snapshot_path(dir, generation);
+    let tmp = dir.join(format!("snapshot-{generation:020}.tmp"));
+    let io_err = |p: &Path| {
+        let p = p.to_owned();
+        move |source| StoreError::Io { path: p, source }
+    };
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io { path: dir.to_owned(), source })
+}
+
+/// Removes snapshots and logs older than `generation`, and stray temporary files.
+pub(crate) fn remove_older(dir: &Path, generation: u64) -> Result<(), StoreError> {
+    let (snapshots, logs) = generations(dir)?;
+    let old_snapshots =
+        snapshots.into_iter().filter(|&g| g < generation).map(|g| snapshot_path(dir, g));
+    let old_logs = logs.into_iter().filter(|&g| g < generation).map(|g| log_path(dir, g));
+    for path in old_snapshots.chain(old_logs) {
+        fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// The append log of the current generation.
+pub(crate) struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) generation: u64,
+    pub(crate) path: PathBuf,
+    file: File,
+    pub(crate) len: u64,
+    fsync: bool,
+    /// Set when a failed write could not be cut off: nothing more may be appended.
+    broken: bool,
+}
+
+impl Log {
+    pub(crate) fn create(dir: &Path, generation: u64, fsync: bool) -> Result<Log, StoreError> {
+        let path = log_path(dir, generation);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .and_then(|f| {
+                // Append mode: after a failed write is cut off below, the next write lands
+                // right after the last good frame.
+                drop(f);
+                OpenOptions::new().append(true).open(&path)
+            })
+            .map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        sync_dir(dir)?;
+        Ok(Log { dir: dir.to_owned(), generation, path, file, len: 0, fsync, broken: false })
+    }
+
+    /// Appends one frame; when this returns `Ok`, the operating system has the bytes.
+    pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("an earlier failed write left the log unusable"));
+        }
+        let written = self
+            .file
+            .write_all(frame)
+            .and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => {
+                self.len += frame.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // A partial frame would read as damage once later frames follow it: cut it off.
+                // If even that fails, the frame stays a torn tail only if nothing follows, so
+                // the caller must stop using this log (the store refuses further puts).
+                if self.file.set_len(self.len).is_err() {
+                    self.broken = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}

@@ -1,0 +1,588 @@
+//! The store: sharded maps of records, a byte budget, and an optional log.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+
+use dkvs_account::PublicKey;
+use dkvs_record::{Key, Record, validate_batch};
+use parking_lot::{Mutex, RwLock};
+
+use crate::persist::{self, Entry, KIND_GONE, KIND_RECORD, Log};
+use crate::{Clock, Config, Durability, PutError, StoreError, SystemClock};
+
+const SHARDS: usize = 64;
+
+/// Bytes charged for a live record beyond its key and value: the record's other fields, the
+/// `Arc`, and the map slot.
+pub const RECORD_OVERHEAD: u64 = 256;
+/// Bytes charged for a remembered sequence beyond its key.
+pub const GONE_OVERHEAD: u64 = 64;
+
+type Map = HashMap<Key, Slot, foldhash::fast::FixedState>;
+
+enum Slot {
+    /// The newest record, until `expires_at_ms` (its own expiry, capped by the node's max TTL).
+    Live { record: Arc<Record>, expires_at_ms: u64 },
+    /// The value is gone (expired); the highest sequence is remembered until `retain_until_ms`,
+    /// after which any record with that sequence or lower is too old to be accepted anyway.
+    Gone { seq: u64, retain_until_ms: u64 },
+}
+
+impl Slot {
+    fn seq(&self) -> u64 {
+        match self {
+            Slot::Live { record, .. } => record.seq(),
+            Slot::Gone { seq, .. } => *seq,
+        }
+    }
+}
+
+/// What a put did. Refusals that are normal traffic (stale, conflict) are outcomes, not errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutOutcome {
+    /// The record is now the newest held for its key.
+    Stored {
+        /// The sequence it replaced, if any.
+        replaced: Option<u64>,
+    },
+    /// The very same record was already held: nothing to do.
+    Unchanged,
+    /// A record with this sequence or higher is held or was seen: the put is older.
+    Stale {
+        /// The highest sequence held or remembered.
+        current_seq: u64,
+        /// The record held, if its value is still here.
+        current: Option<Arc<Record>>,
+    },
+    /// A compare-and-swap put whose expectation did not hold; carries what is held now.
+    Conflict {
+        /// The live record held, or `None` when there is none.
+        current: Option<Arc<Record>>,
+    },
+}
+
+/// Counts and sizes of what a store holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records held, tombstones included, expired-but-not-yet-removed included.
+    pub records: u64,
+    /// Keys whose value is gone but whose highest sequence is remembered.
+    pub remembered: u64,
+    /// Bytes charged against the budget.
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Budget {
+    used: u64,
+    per_owner: HashMap<PublicKey, u64>,
+}
+
+struct Inner {
+    shards: Box<[RwLock<Map>]>,
+    hasher: foldhash::fast::FixedState,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    budget: Mutex<Budget>,
+    log: Option<Mutex<Log>>,
+    compacting: Mutex<()>,
+    compaction_due: AtomicBool,
+    /// Holds the directory's lock file while the store is open.
+    lock: Option<File>,
+}
+
+/// An in-memory store of validated records, optionally persisted to a directory.
+///
+/// Cloning gives another handle to the same store. All methods take `&self` and are safe to call
+/// from many threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// The bytes a live record is charged.
+pub fn record_weight(record: &Record) -> u64 {
+    RECORD_OVERHEAD + record.key().as_str().len() as u64 + record.value().len() as u64
+}
+
+/// The bytes a remembered sequence is charged.
+pub fn gone_weight(key: &Key) -> u64 {
+    GONE_OVERHEAD + key.as_str().len() as u64
+}
+
+/// How a put came to be applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// From a caller: every rule applies.
+    Put { expected: Expect },
+    /// Read back from this store's own files: the rules that held when it was written hold.
+    Restore,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Any,
+    Seq(Option<u64>),
+}
+
+impl Store {
+    /// A store that lives only in memory, on the system clock.
+    pub fn in_memory(config: Config) -> Store {
+        Store::in_memory_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A store in memory on `clock`, for tests and simulations.
+    pub fn in_memory_with_clock(config: Config, clock: Arc<dyn Clock>) -> Store {
+        Store { inner: Arc::new(Inner::new(config, clock)) }
+    }
+
+    /// Opens (or creates) a persistent store in `dir`, restoring what it held.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store, StoreError> {
+        Store::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// Opens a persistent store on `clock`. One process at a time may have a directory open.
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.try_lock().map_err(|e| StoreError::Io {
+            path: lock_path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("the store is open in another process ({e})"),
+            ),
+        })?;
+
+        let mut inner = Inner::new(config, clock);
+        inner.lock = Some(lock);
+        let (snapshots, logs) = persist::generations(dir)?;
+        let base = snapshots.last().copied();
+        if let Some(base) = base {
+            inner.restore(persist::read_file(&persist::snapshot_path(dir, base), false)?.0);
+        }
+        let base = base.unwrap_or(0);
+        for &generation in logs.iter().filter(|&&g| g >= base) {
+            let path = persist::log_path(dir, generation);
+            let (entries, good) = persist::read_file(&path, true)?;
+            let len = fs::metadata(&path).map_err(io_err(&path))?.len();
+            if good < len {
+                tracing::warn!(log = %path.display(), dropped = len - good, "dropped a torn log tail");
+            }
+            inner.restore(entries);
+        }
+        // Start a fresh generation from what was restored; the old files go only once the new
+        // snapshot is safely on disk.
+        let generation = base.max(logs.last().copied().unwrap_or(0)) + 1;
+        let fsync = inner.config.durability == Durability::Fsync;
+        inner.log = Some(Mutex::new(Log::create(dir, generation, fsync)?));
+        let store = Store { inner: Arc::new(inner) };
+        store.write_snapshot(generation)?;
+        Ok(store)
+    }
+
+    /// Validates `record` and stores it if it is newer than what is held.
+    pub fn put(&self, record: Record) -> Result<PutOutcome, PutError> {
+        self.validate(&record)?;
+        self.after_put(self.inner.apply(record, Source::Put { expected: Expect::Any }))
+    }
+
+    /// Compare-and-swap: like [`Store::put`], but only if the live record held now has sequence
+    /// `expected` (`None`: only if no live record is held). On mismatch the outcome is
+    /// [`PutOutcome::Conflict`] with the record held, so the writer can rebase at once.
+    pub fn put_cas(&self, record: Record, expected: Option<u64>) -> Result<PutOutcome, PutError> {
+        self.validate(&record)?;
+        self.after_put(self.inner.apply(record, Source::Put { expected: Expect::Seq(expected) }))
+    }
+
+    /// Stores many records, as replication does: the owners' Ed25519 signatures are checked in
+    /// one batch. One verdict per record, in order, each as [`Store::put`] would give it.
+    pub fn put_many(&self, records: Vec<Record>) -> Vec<Result<PutOutcome, PutError>> {
+        let now = self.inner.clock.now_ms();
+        let verdicts = validate_batch(&records, now, &self.inner.config.limits);
+        let results = records
+            .into_iter()
+            .zip(verdicts)
+            .map(|(record, verdict)| {
+                verdict?;
+                self.inner.check_age(&record)?;
+                self.inner.apply(record, Source::Put { expected: Expect::Any })
+            })
+            .collect();
+        self.maybe_compact();
+        results
+    }
+
+    fn validate(&self, record: &Record) -> Result<(), PutError> {
+        record.validate(self.inner.clock.now_ms(), &self.inner.config.limits)?;
+        self.inner.check_age(record)
+    }
+
+    fn after_put(&self, result: Result<PutOutcome, PutError>) -> Result<PutOutcome, PutError> {
+        self.maybe_compact();
+        result
+    }
+
+    /// The live record for `key`, tombstones included; `None` if there is none or it expired.
+    pub fn get(&self, key: &str) -> Option<Arc<Record>> {
+        let now = self.inner.clock.now_ms();
+        match self.inner.shard(key).read().get(key) {
+            Some(Slot::Live { record, expires_at_ms }) if *expires_at_ms > now => {
+                Some(Arc::clone(record))
+            }
+            _ => None,
+        }
+    }
+
+    /// The highest sequence held or remembered for `key`: a put at or below it is stale.
+    pub fn highest_seq(&self, key: &str) -> Option<u64> {
+        self.inner.shard(key).read().get(key).map(Slot::seq)
+    }
+
+    /// Drops expired records (remembering their sequences) and forgets sequences whose records
+    /// can no longer be valid. Returns how many records were dropped.
+    pub fn remove_expired(&self) -> usize {
+        let now = self.inner.clock.now_ms();
+        self.inner.shards.iter().map(|shard| self.inner.expire_shard(&mut shard.write(), now)).sum()
+    }
+
+    /// The live records, for replication. Walks one shard at a time and holds no lock between
+    /// items, so concurrent puts proceed; a record put meanwhile may or may not be seen.
+    pub fn records(&self) -> impl Iterator<Item = Arc<Record>> + '_ {
+        let now = self.inner.clock.now_ms();
+        self.inner.shards.iter().flat_map(move |shard| {
+            let live: Vec<Arc<Record>> = shard
+                .read()
+                .values()
+                .filter_map(|slot| match slot {
+                    Slot::Live { record, expires_at_ms } if *expires_at_ms > now => {
+                        Some(Arc::clone(record))
+                    }
+                    _ => None,
+                })
+                .collect();
+            live.into_iter()
+        })
+    }
+
+    /// What the store holds.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats { bytes: self.inner.budget.lock().used, ..Stats::default() };
+        for shard in self.inner.shards.iter() {
+            for slot in shard.read().values() {
+                match slot {
+                    Slot::Live { .. } => stats.records += 1,
+                    Slot::Gone { .. } => stats.remembered += 1,
+                }
+            }
+        }
+        stats
+    }
+
+    /// Bytes `owner`'s live records are charged.
+    pub fn owner_bytes(&self, owner: &PublicKey) -> u64 {
+        self.inner.budget.lock().per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Syncs the log to disk (a no-op for an in-memory store). Puts are already in the operating
+    /// system's hands when they return; this makes them survive a power cut too.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(log) = &self.inner.log {
+            let log = log.lock();
+            log.sync().map_err(|source| StoreError::Io { path: log.path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot and starts a new log, dropping the old files. Puts continue meanwhile.
+    /// A no-op for an in-memory store.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let Some(log) = &self.inner.log else { return Ok(()) };
+        let _one_at_a_time = self.inner.compacting.lock();
+        let generation = {
+            let mut log = log.lock();
+            let generation = log.generation + 1;
+            let fsync = self.inner.config.durability == Durability::Fsync;
+            let next = Log::create(&log.dir, generation, fsync)?;
+            log.sync().map_err(|source| StoreError::Io { path: log.path.clone(), source })?;
+            *log = next;
+            generation
+        };
+        self.write_snapshot(generation)
+    }
+
+    /// Writes the snapshot that starts `generation`, whose log already takes new puts, then
+    /// removes the older files. Every put that went to an older log holds its shard's lock until
+    /// it is in memory, so the shard walk below sees it.
+    fn write_snapshot(&self, generation: u64) -> Result<(), StoreError> {
+        let Some(log) = &self.inner.log else { return Ok(()) };
+        let dir = log.lock().dir.clone();
+        let mut bytes = Vec::new();
+        for shard in self.inner.shards.iter() {
+            for (key, slot) in shard.read().iter() {
+                match slot {
+                    Slot::Live { record, .. } => {
+                        persist::frame(&mut bytes, KIND_RECORD, &record.encode());
+                    }
+                    Slot::Gone { seq, retain_until_ms } => {
+                        let body = persist::gone_body(key, *seq, *retain_until_ms);
+                        persist::frame(&mut bytes, KIND_GONE, &body);
+                    }
+                }
+            }
+        }
+        persist::write_snapshot(&dir, generation, &bytes)?;
+        persist::remove_older(&dir, generation)
+    }
+
+    fn maybe_compact(&self) {
+        let Some(log) = &self.inner.log else { return };
+        if log.lock().len < self.inner.config.compact_after_bytes {
+            return;
+        }
+        if self.inner.compaction_due.swap(true, AtomicOrdering::AcqRel) {
+            return; // another thread is on it
+        }
+        if let Err(e) = self.compact() {
+            tracing::warn!(error = %e, "compaction failed; the log keeps growing");
+        }
+        self.inner.compaction_due.store(false, AtomicOrdering::Release);
+    }
+}
+
+impl Inner {
+    fn new(config: Config, clock: Arc<dyn Clock>) -> Inner {
+        Inner {
+            shards: (0..SHARDS).map(|_| RwLock::new(Map::default())).collect(),
+            hasher: foldhash::fast::FixedState::default(),
+            config,
+            clock,
+            budget: Mutex::new(Budget::default()),
+            log: None,
+            compacting: Mutex::new(()),
+            compaction_due: AtomicBool::new(false),
+            lock: None,
+        }
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<Map> {
+        use std::hash::BuildHasher as _;
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// When the node stops keeping `record`: its own expiry, capped at the node's max TTL
+    /// counted from the record's issue time.
+    fn expiry_of(&self, record: &Record) -> u64 {
+        record.expires_at_ms().min(record.issued_at_ms().saturating_add(self.config.max_ttl_ms))
+    }
+
+    /// How long the highest sequence of a record is remembered once its value is gone: until
+    /// every record issued no later than it is past the max TTL, so cannot be accepted anyway.
+    fn retention_of(&self, record: &Record) -> u64 {
+        record.issued_at_ms().saturating_add(self.config.max_ttl_ms)
+    }
+
+    fn check_age(&self, record: &Record) -> Result<(), PutError> {
+        if self.expiry_of(record) <= self.clock.now_ms() {
+            return Err(PutError::TooOld {
+                issued_at_ms: record.issued_at_ms(),
+                max_ttl_ms: self.config.max_ttl_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a validated record under its shard's lock: ordering, ownership, compare-and-swap,
+    /// budget, log, then memory. Anything refused changes nothing.
+    fn apply(&self, record: Record, source: Source) -> Result<PutOutcome, PutError> {
+        let now = self.clock.now_ms();
+        let mut shard = self.shard(record.key().as_str()).write();
+        let held = shard.get(record.key().as_str());
+        let live = match held {
+            Some(Slot::Live { record, expires_at_ms }) if *expires_at_ms > now => Some(record),
+            _ => None,
+        };
+        if let Some(held) = held {
+            let current = match held {
+                Slot::Live { record, .. } => Some(record),
+                Slot::Gone { .. } => None,
+            };
+            match current {
+                Some(current) => match current.compare(&record) {
+                    Ok(std::cmp::Ordering::Greater) => {}
+                    Ok(std::cmp::Ordering::Equal) => return Ok(PutOutcome::Unchanged),
+                    Ok(std::cmp::Ordering::Less) => {
+                        return Ok(PutOutcome::Stale {
+                            current_seq: current.seq(),
+                            current: live.cloned(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(PutError::Fork {
+                            key: record.key().to_string(),
+                            seq: record.seq(),
+                        });
+                    }
+                },
+                None if record.seq() <= held.seq() => {
+                    return Ok(PutOutcome::Stale { current_seq: held.seq(), current: None });
+                }
+                None => {}
+            }
+        }
+        if let Source::Put { expected: Expect::Seq(expected) } = source {
+            if live.map(|r| r.seq()) != expected {
+                return Ok(PutOutcome::Conflict { current: live.cloned() });
+            }
+        }
+        if let (Source::Put { .. }, Some(live)) = (source, live) {
+            if live.owner() != record.owner()
+                && record.transfer().is_none_or(|t| t.from() != live.owner())
+            {
+                return Err(PutError::ForeignOwner {
+                    key: record.key().to_string(),
+                    holder: live.owner().account_id().to_string(),
+                });
+            }
+        }
+
+        // Budget: what the record costs, less what it frees.
+        let weight = record_weight(&record);
+        let (freed, freed_owner) = match held {
+            Some(Slot::Live { record: old, .. }) => (record_weight(old), Some(old.owner().clone())),
+            Some(Slot::Gone { .. }) => (gone_weight(record.key()), None),
+            None => (0, None),
+        };
+        {
+            let mut budget = self.budget.lock();
+            let owner_now = budget.per_owner.get(record.owner()).copied().unwrap_or(0);
+            let owner_freed = if freed_owner.as_ref() == Some(record.owner()) { freed } else { 0 };
+            let owner_needed = owner_now + weight - owner_freed;
+            let needed = budget.used + weight - freed;
+            if source != Source::Restore {
+                if owner_needed > self.config.max_bytes_per_owner && weight > owner_freed {
+                    return Err(PutError::OwnerQuota {
+                        owner: record.owner().account_id().to_string(),
+                        needed: owner_needed,
+                        limit: self.config.max_bytes_per_owner,
+                    });
+                }
+                if needed > self.config.max_bytes && weight > freed {
+                    return Err(PutError::Full { needed, limit: self.config.max_bytes });
+                }
+            }
+            // Log before memory: a put that returns is on disk; one whose write failed is not
+            // in memory either.
+            if let (Source::Put { .. }, Some(log)) = (source, &self.log) {
+                let mut frame = Vec::with_capacity(weight as usize);
+                persist::frame(&mut frame, KIND_RECORD, &record.encode());
+                let mut log = log.lock();
+                log.append(&frame)
+                    .map_err(|source| PutError::Io { path: log.path.clone(), source })?;
+            }
+            budget.used = needed;
+            if let Some(old_owner) = &freed_owner {
+                charge(&mut budget.per_owner, old_owner, -(freed as i64));
+            }
+            charge(&mut budget.per_owner, record.owner(), weight as i64);
+        }
+        let replaced = held.map(Slot::seq);
+        let expires_at_ms = self.expiry_of(&record);
+        let key = record.key().clone();
+        shard.insert(key, Slot::Live { record: Arc::new(record), expires_at_ms });
+        Ok(PutOutcome::Stored { replaced })
+    }
+
+    /// Turns expired records into remembered sequences and forgets the sequences whose time is up.
+    fn expire_shard(&self, shard: &mut Map, now: u64) -> usize {
+        let mut dropped = 0;
+        let mut budget = self.budget.lock();
+        shard.retain(|key, slot| match slot {
+            Slot::Live { record, expires_at_ms } if *expires_at_ms <= now => {
+                let record_bytes = record_weight(record);
+                charge(&mut budget.per_owner, record.owner(), -(record_bytes as i64));
+                let retain_until_ms = self.retention_of(record);
+                dropped += 1;
+                if retain_until_ms > now {
+                    budget.used = budget.used - record_bytes + gone_weight(key);
+                    *slot = Slot::Gone { seq: record.seq(), retain_until_ms };
+                    true
+                } else {
+                    budget.used -= record_bytes;
+                    false
+                }
+            }
+            Slot::Gone { retain_until_ms, .. } if *retain_until_ms <= now => {
+                budget.used -= gone_weight(key);
+                false
+            }
+            _ => true,
+        });
+        dropped
+    }
+
+    /// Applies entries read back from disk. Expired records become remembered sequences.
+    fn restore(&mut self, entries: Vec<Entry>) {
+        let now = self.clock.now_ms();
+        for entry in entries {
+            match entry {
+                Entry::Record(record) => {
+                    let key = record.key().clone();
+                    // Our own files hold only records that were accepted; the ordering rule
+                    // still decides between a snapshot and the logs after it.
+                    if let Err(e) = self.apply(record, Source::Restore) {
+                        tracing::warn!(%key, error = %e, "skipped a restored record");
+                    }
+                }
+                Entry::Gone { key, seq, retain_until_ms } => {
+                    let shard = self.shard(key.as_str());
+                    let mut shard = shard.write();
+                    if shard.get(key.as_str()).is_none_or(|held| held.seq() < seq) {
+                        let mut budget = self.budget.lock();
+                        if let Some(Slot::Live { record, .. }) = shard.get(key.as_str()) {
+                            budget.used -= record_weight(record);
+                            charge(
+                                &mut budget.per_owner,
+                                record.owner(),
+                                -(record_weight(record) as i64),
+                            );
+                        } else if shard.contains_key(key.as_str()) {
+                            budget.used -= gone_weight(&key);
+                        }
+                        budget.used += gone_weight(&key);
+                        shard.insert(key, Slot::Gone { seq, retain_until_ms });
+                    }
+                }
+            }
+        }
+        for shard in self.shards.iter() {
+            self.expire_shard(&mut shard.write(), now);
+        }
+    }
+}
+
+fn charge(per_owner: &mut HashMap<PublicKey, u64>, owner: &PublicKey, delta: i64) {
+    let entry = per_owner.entry(owner.clone()).or_insert(0);
+    *entry = entry.saturating_add_signed(delta);
+    if *entry == 0 {
+        per_owner.remove(owner);
+    }
+}

@@ -1,0 +1,307 @@
+//! Store rules through the public API.
+
+use std::sync::Arc;
+
+use dkvs_account::{KeyType, Keypair};
+use dkvs_record::{Draft, Key, Record, Transfer, ValidateError};
+use dkvs_store::{
+    Config, ManualClock, PutError, PutOutcome, Store, StoreError, gone_weight, record_weight,
+};
+
+const NOW: u64 = 1_800_000_000_000;
+const HOUR: u64 = 3_600_000;
+
+fn record(owner: &Keypair, key: &Key, value: &[u8], seq: u64, issued: u64, ttl: u64) -> Record {
+    Draft {
+        key: key.clone(),
+        value: value.to_vec(),
+        seq,
+        issued_at_ms: issued,
+        expires_at_ms: issued + ttl,
+        tombstone: false,
+        transfer: None,
+    }
+    .sign(owner)
+    .expect("valid draft")
+}
+
+fn setup(config: Config) -> (Store, ManualClock) {
+    let clock = ManualClock::new(NOW);
+    (Store::in_memory_with_clock(config, Arc::new(clock.clone())), clock)
+}
+
+fn value_of(store: &Store, key: &Key) -> Option<Vec<u8>> {
+    store.get(key.as_str()).map(|r| r.value().to_vec())
+}
+
+#[test]
+fn newest_wins_and_nothing_rolls_back() {
+    let (store, _) = setup(Config::default());
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "k").expect("valid");
+    let v1 = record(&alice, &key, b"one", 1, NOW, HOUR);
+    let v2 = record(&alice, &key, b"two", 2, NOW, HOUR);
+    assert_eq!(store.put(v1.clone()).expect("put"), PutOutcome::Stored { replaced: None });
+    assert_eq!(store.put(v1.clone()).expect("put"), PutOutcome::Unchanged);
+    assert_eq!(store.put(v2.clone()).expect("put"), PutOutcome::Stored { replaced: Some(1) });
+    match store.put(v1).expect("put") {
+        PutOutcome::Stale { current_seq: 2, current: Some(current) } => assert_eq!(*current, v2),
+        other => panic!("expected stale, got {other:?}"),
+    }
+    let fork = record(&alice, &key, b"two'", 2, NOW, HOUR);
+    assert!(matches!(store.put(fork), Err(PutError::Fork { seq: 2, .. })));
+    assert_eq!(value_of(&store, &key), Some(b"two".to_vec()));
+}
+
+#[test]
+fn invalid_records_change_nothing() {
+    let (store, _) = setup(Config::default());
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::new("/shared/x").expect("valid");
+    let expired = record(&alice, &key, b"v", 1, NOW - 2 * HOUR, HOUR);
+    assert!(matches!(store.put(expired), Err(PutError::Invalid(ValidateError::Expired { .. }))));
+    let future = record(&alice, &key, b"v", 1, NOW + HOUR, HOUR);
+    assert!(matches!(
+        store.put(future),
+        Err(PutError::Invalid(ValidateError::IssuedInFuture { .. }))
+    ));
+    // Forged: Alice's record with its value changed after signing.
+    let good = record(&alice, &key, b"value", 1, NOW, HOUR);
+    let bytes = good.encode();
+    let at = bytes.windows(5).position(|w| w == b"value").expect("value in encoding");
+    let mut forged = bytes.clone();
+    forged[at] = b'V';
+    let forged = Record::decode(&forged).expect("well-formed");
+    assert!(matches!(store.put(forged), Err(PutError::Invalid(ValidateError::BadSignature(_)))));
+    assert_eq!(store.get(key.as_str()), None);
+    assert_eq!(store.highest_seq(key.as_str()), None);
+    assert_eq!(store.stats().bytes, 0);
+}
+
+#[test]
+fn node_caps_ttl_from_issue_time() {
+    let config = Config::default().with_max_ttl_ms(HOUR);
+    let (store, clock) = setup(config);
+    let alice = Keypair::generate(KeyType::Secp256k1);
+    let key = Key::new("/long/lived").expect("valid");
+    store.put(record(&alice, &key, b"v", 1, NOW, 30 * 24 * HOUR)).expect("stored");
+    clock.advance(HOUR - 1);
+    assert!(store.get(key.as_str()).is_some());
+    clock.advance(1);
+    assert_eq!(store.get(key.as_str()), None, "capped at the node's max TTL");
+    // Issued long ago with a long expiry: already past the cap on arrival.
+    let old = record(&alice, &key, b"v", 5, NOW - 10, 30 * 24 * HOUR);
+    assert!(matches!(store.put(old), Err(PutError::TooOld { .. })));
+}
+
+#[test]
+fn expired_values_keep_their_sequence() {
+    let config = Config::default().with_max_ttl_ms(10 * HOUR);
+    let (store, clock) = setup(config);
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "k").expect("valid");
+    // Sequence 1 lives long, sequence 2 short.
+    let v1 = record(&alice, &key, b"one", 1, NOW, 9 * HOUR);
+    let v2 = record(&alice, &key, b"two", 2, NOW, HOUR);
+    store.put(v1.clone()).expect("put");
+    store.put(v2).expect("put");
+    clock.advance(HOUR);
+    assert_eq!(store.remove_expired(), 1);
+    assert_eq!(store.get(key.as_str()), None);
+    assert_eq!(store.stats().records, 0);
+    assert_eq!(store.stats().remembered, 1);
+    assert_eq!(store.stats().bytes, gone_weight(&key));
+    // The older, still unexpired record cannot come back.
+    assert!(matches!(
+        store.put(v1).expect("put"),
+        PutOutcome::Stale { current_seq: 2, current: None }
+    ));
+    // Once every record issued up to sequence 2 is past the max TTL, the sequence is forgotten.
+    clock.advance(9 * HOUR);
+    store.remove_expired();
+    assert_eq!(store.highest_seq(key.as_str()), None);
+    assert_eq!(store.stats().bytes, 0);
+}
+
+#[test]
+fn shared_names_need_a_transfer() {
+    let (store, clock) = setup(Config::default());
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let bob = Keypair::generate(KeyType::Secp256k1);
+    let name = Key::new("/names/shop").expect("valid");
+    store.put(record(&alice, &name, b"alice's", 1, NOW, HOUR)).expect("claims");
+    let squat = record(&bob, &name, b"bob's", 2, NOW, HOUR);
+    assert!(matches!(store.put(squat), Err(PutError::ForeignOwner { .. })));
+
+    let mut handover = Draft::new(name.clone(), b"bob's".to_vec(), 2, HOUR);
+    handover.issued_at_ms = NOW;
+    handover.expires_at_ms = NOW + HOUR;
+    handover.transfer = Some(Transfer::sign(&alice, &name, bob.public(), 2));
+    let handover = handover.sign(&bob).expect("valid");
+    assert_eq!(store.put(handover.clone()).expect("put"), PutOutcome::Stored { replaced: Some(1) });
+    assert_eq!(store.get(name.as_str()).expect("held").owner(), bob.public());
+    // Replaying the handover changes nothing; Alice can no longer write.
+    assert_eq!(store.put(handover).expect("put"), PutOutcome::Unchanged);
+    let back = record(&alice, &name, b"mine again", 3, NOW, HOUR);
+    assert!(matches!(store.put(back), Err(PutError::ForeignOwner { .. })));
+    // When Bob's record expires, the name is free for anyone with a higher sequence.
+    clock.advance(HOUR);
+    let reclaimed = record(&alice, &name, b"free", 3, NOW + HOUR, HOUR);
+    assert!(matches!(store.put(reclaimed).expect("put"), PutOutcome::Stored { .. }));
+    assert_eq!(store.owner_bytes(bob.public()), 0);
+}
+
+#[test]
+fn compare_and_swap() {
+    let (store, _) = setup(Config::default());
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "counter").expect("valid");
+    let v1 = record(&alice, &key, b"1", 1, NOW, HOUR);
+    assert_eq!(
+        store.put_cas(v1.clone(), None).expect("cas"),
+        PutOutcome::Stored { replaced: None }
+    );
+    let v2 = record(&alice, &key, b"2", 2, NOW, HOUR);
+    match store.put_cas(v2.clone(), None).expect("cas") {
+        PutOutcome::Conflict { current: Some(current) } => assert_eq!(*current, v1),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    assert!(matches!(store.put_cas(v2.clone(), Some(7)), Ok(PutOutcome::Conflict { .. })));
+    assert_eq!(store.put_cas(v2, Some(1)).expect("cas"), PutOutcome::Stored { replaced: Some(1) });
+    assert_eq!(value_of(&store, &key), Some(b"2".to_vec()));
+}
+
+#[test]
+fn budgets_refuse_instead_of_evicting() {
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let bob = Keypair::generate(KeyType::Ed25519);
+    let key =
+        |owner: &Keypair, i: u32| Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
+    let one = record_weight(&record(&alice, &key(&alice, 0), &[0; 1000], 1, NOW, HOUR));
+    let config = Config::default().with_max_bytes_per_owner(2 * one).with_max_bytes(3 * one);
+    let (store, _) = setup(config);
+    for i in 0..2 {
+        store.put(record(&alice, &key(&alice, i), &[0; 1000], 1, NOW, HOUR)).expect("fits");
+    }
+    let third = record(&alice, &key(&alice, 2), &[0; 1000], 1, NOW, HOUR);
+    assert!(matches!(store.put(third), Err(PutError::OwnerQuota { .. })));
+    // Replacing a record with one of the same size fits in the quota.
+    let replace = record(&alice, &key(&alice, 1), &[1; 1000], 2, NOW, HOUR);
+    assert!(matches!(store.put(replace), Ok(PutOutcome::Stored { .. })));
+    store.put(record(&bob, &key(&bob, 0), &[0; 1000], 1, NOW, HOUR)).expect("fits");
+    let over = record(&bob, &key(&bob, 1), &[0; 1000], 1, NOW, HOUR);
+    assert!(matches!(store.put(over), Err(PutError::Full { .. })));
+    assert_eq!(store.stats().records, 3);
+    assert_eq!(store.stats().bytes, 3 * one);
+    assert!(store.get(key(&alice, 0).as_str()).is_some(), "nothing was evicted");
+}
+
+#[test]
+fn bulk_insert_gives_per_record_verdicts() {
+    let (store, _) = setup(Config::default());
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let bob = Keypair::generate(KeyType::Secp256k1);
+    let mut records: Vec<Record> = (0..50)
+        .map(|i| {
+            let owner = if i % 5 == 0 { &bob } else { &alice };
+            let key = Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
+            record(owner, &key, &[i as u8; 10], 1, NOW, HOUR)
+        })
+        .collect();
+    let foreign = Key::scoped(&bob.account_id(), "not-alice's").expect("k");
+    let mut bad = record(&bob, &foreign, b"x", 1, NOW, HOUR).encode();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    records[10] = Record::decode(&bad).expect("well-formed");
+    records.push(records[3].clone());
+    let verdicts = store.put_many(records);
+    assert_eq!(verdicts.len(), 51);
+    for (i, verdict) in verdicts.iter().enumerate() {
+        match i {
+            10 => {
+                assert!(matches!(verdict, Err(PutError::Invalid(ValidateError::BadSignature(_)))))
+            }
+            50 => assert!(matches!(verdict, Ok(PutOutcome::Unchanged))),
+            _ => assert!(matches!(verdict, Ok(PutOutcome::Stored { .. })), "{i}: {verdict:?}"),
+        }
+    }
+    assert_eq!(store.stats().records, 49);
+    assert_eq!(store.records().count(), 49);
+}
+
+#[test]
+fn persistent_store_restores_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(NOW);
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let keys: Vec<Key> =
+        (0..100).map(|i| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k")).collect();
+    let config = Config::default().with_compact_after_bytes(20_000).with_max_ttl_ms(2 * HOUR);
+    {
+        let store = Store::open_with_clock(dir.path(), config.clone(), Arc::new(clock.clone()))
+            .expect("opens");
+        for (i, key) in keys.iter().enumerate() {
+            let ttl = if i < 10 { HOUR / 2 } else { HOUR };
+            store.put(record(&alice, key, &[i as u8; 300], 1, NOW, ttl)).expect("put");
+            store.put(record(&alice, key, &[i as u8; 200], 2, NOW, ttl)).expect("put");
+        }
+        // A second open of the same directory is refused while this one lives.
+        assert!(matches!(Store::open(dir.path(), config.clone()), Err(StoreError::Io { .. })));
+    }
+    clock.advance(HOUR / 2);
+    let store =
+        Store::open_with_clock(dir.path(), config.clone(), Arc::new(clock.clone())).expect("opens");
+    for (i, key) in keys.iter().enumerate() {
+        let held = store.get(key.as_str());
+        if i < 10 {
+            assert_eq!(held, None, "{key} expired while the store was closed");
+            assert_eq!(store.highest_seq(key.as_str()), Some(2), "but its sequence is kept");
+        } else {
+            let held = held.expect("restored");
+            assert_eq!((held.seq(), held.value()), (2, &[i as u8; 200][..]));
+        }
+    }
+    let stale = record(&alice, &keys[0], b"old", 1, NOW, HOUR);
+    assert!(matches!(store.put(stale), Ok(PutOutcome::Stale { current_seq: 2, .. })));
+    // Compaction kept the directory small: one snapshot and one log.
+    let files = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(files, 3, "snapshot, log and LOCK");
+}
+
+#[test]
+fn torn_log_tail_is_dropped_but_damage_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
+    let now = dkvs_record::unix_millis();
+    {
+        let store = Store::open(dir.path(), Config::default()).expect("opens");
+        for i in 0..3 {
+            store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
+        }
+    }
+    let log = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("log-")))
+        .expect("a log");
+    let bytes = std::fs::read(&log).expect("log");
+    // Tear the last frame in half, as a crash mid-write would.
+    std::fs::write(&log, &bytes[..bytes.len() - 20]).expect("write");
+    {
+        let store = Store::open(dir.path(), Config::default()).expect("torn tail is fine");
+        assert!(store.get(key(0).as_str()).is_some());
+        assert!(store.get(key(1).as_str()).is_some());
+        assert!(store.get(key(2).as_str()).is_none(), "the torn put never returned");
+    }
+    // Damage in a snapshot is an error, not silent loss.
+    let snapshot = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snapshot-")))
+        .expect("a snapshot");
+    let mut bytes = std::fs::read(&snapshot).expect("snapshot");
+    bytes[20] ^= 0xff;
+    std::fs::write(&snapshot, &bytes).expect("write");
+    assert!(matches!(Store::open(dir.path(), Config::default()), Err(StoreError::Corrupt { .. })));
+}
