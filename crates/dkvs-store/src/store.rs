@@ -420,7 +420,10 @@ impl Inner {
             Some(Slot::Live { record, expires_at_ms }) if *expires_at_ms > now => Some(record),
             _ => None,
         };
-        if let Some(held) = held {
+        // Restoring replays the files in the order the puts were accepted, so each entry
+        // replaces what is held: rules are checked when a put is accepted, not when it is
+        // replayed (a sequence forgotten after its retention must not refuse a later put again).
+        if let (Source::Put { .. }, Some(held)) = (source, held) {
             let current = match held {
                 Slot::Live { record, .. } => Some(record),
                 Slot::Gone { .. } => None,
@@ -553,21 +556,11 @@ impl Inner {
                     }
                 }
                 Entry::Gone { key, seq, retain_until_ms } => {
-                    let shard = self.shard(key.as_str());
-                    let mut shard = shard.write();
-                    if shard.get(key.as_str()).is_none_or(|held| held.seq() < seq) {
-                        let mut budget = self.budget.lock();
-                        if let Some(Slot::Live { record, .. }) = shard.get(key.as_str()) {
-                            budget.used -= record_weight(record);
-                            charge(
-                                &mut budget.per_owner,
-                                record.owner(),
-                                -(record_weight(record) as i64),
-                            );
-                        } else if shard.contains_key(key.as_str()) {
-                            budget.used -= gone_weight(&key);
-                        }
-                        budget.used += gone_weight(&key);
+                    // Only snapshots hold these, and a snapshot is read first, into an empty
+                    // store, with one entry per key.
+                    let mut shard = self.shard(key.as_str()).write();
+                    if !shard.contains_key(key.as_str()) {
+                        self.budget.lock().used += gone_weight(&key);
                         shard.insert(key, Slot::Gone { seq, retain_until_ms });
                     }
                 }
