@@ -32,3 +32,8 @@ pub use id::{AccountId, EthAddress, ParseAccountIdError};
 pub use key::{
     Domain, KeyError, KeyType, Keypair, PublicKey, SIGNATURE_LEN, Signature, VerifyError,
 };
+
+// The README's example is compiled and run with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -49,3 +49,8 @@ impl Record {
         Ok(record)
     }
 }
+
+// The README's example is compiled and run with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -42,3 +42,8 @@ pub use error::{PutError, StoreError};
 pub use store::{
     GONE_OVERHEAD, PutOutcome, RECORD_OVERHEAD, Stats, Store, gone_weight, record_weight,
 };
+
+// The README's example is compiled and run with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
