@@ -196,10 +196,7 @@ mod tests {
         assert!(matches!(Key::new("ab"), Err(InvalidKey::NoLeadingSlash(_))));
         assert!(matches!(Key::new("/a//b"), Err(InvalidKey::EmptySegment(_))));
         assert!(matches!(Key::new("/a/"), Err(InvalidKey::EmptySegment(_))));
-        assert!(matches!(
-            Key::new("/a\u{7}b"),
-            Err(InvalidKey::ControlCharacter { code: 7, .. })
-        ));
+        assert!(matches!(Key::new("/a\u{7}b"), Err(InvalidKey::ControlCharacter { code: 7, .. })));
         assert_eq!(Key::from_bytes(&[b'/', 0xff, 0xfe]), Err(InvalidKey::NotUtf8));
     }
 

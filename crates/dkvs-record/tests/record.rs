@@ -39,10 +39,7 @@ fn value_bound_is_exact() {
         assert_eq!(Record::decode_validated(&bytes, NOW, &Limits::default()), Ok(ok));
         let err = draft(scoped(&owner, "v"), &[7; MAX_VALUE_LEN + 1], 1).sign(&owner);
         assert_eq!(err, Err(ValidateError::ValueTooLarge { len: 10_241 }));
-        assert_eq!(
-            err.expect_err("too large").to_string(),
-            "value is 10241 bytes, limit is 10240"
-        );
+        assert_eq!(err.expect_err("too large").to_string(), "value is 10241 bytes, limit is 10240");
     }
 }
 
