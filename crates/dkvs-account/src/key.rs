@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signer as _, Verifier as _};
+use ed25519_dalek::Signer as _;
 use rand::Rng as _;
 use zeroize::Zeroizing;
 
@@ -181,9 +181,9 @@ enum PublicInner {
     Secp256k1 { key: k256::ecdsa::VerifyingKey, compressed: [u8; 33] },
 }
 
-/// The public half of an account's key pair.
+/// The public half of an account's key pair. Cloning is cheap: the parsed key is shared.
 #[derive(Clone)]
-pub struct PublicKey(PublicInner);
+pub struct PublicKey(std::sync::Arc<PublicInner>);
 
 impl PublicKey {
     /// Reads a public key of `key_type` from its bytes (Ed25519: 32 bytes; secp256k1: 33-byte
@@ -199,11 +199,12 @@ impl PublicKey {
                     bytes.try_into().map_err(|_| KeyError::InvalidPublicKey(key_type))?;
                 let key = ed25519_dalek::VerifyingKey::from_bytes(array)
                     .map_err(|_| KeyError::InvalidPublicKey(key_type))?;
-                // Small-order points make signatures that verify for many messages.
-                if key.is_weak() {
+                // Small-order points make signatures that verify for many messages, and a
+                // non-canonical encoding would give one key two account ids.
+                if key.is_weak() || key.to_edwards().compress().as_bytes() != array {
                     return Err(KeyError::InvalidPublicKey(key_type));
                 }
-                Ok(PublicKey(PublicInner::Ed25519(key)))
+                Ok(PublicKey(std::sync::Arc::new(PublicInner::Ed25519(key))))
             }
             KeyType::Secp256k1 => {
                 if bytes[0] != 0x02 && bytes[0] != 0x03 {
@@ -213,7 +214,7 @@ impl PublicKey {
                     .map_err(|_| KeyError::InvalidPublicKey(key_type))?;
                 let compressed =
                     bytes.try_into().map_err(|_| KeyError::InvalidPublicKey(key_type))?;
-                Ok(PublicKey(PublicInner::Secp256k1 { key, compressed }))
+                Ok(PublicKey(std::sync::Arc::new(PublicInner::Secp256k1 { key, compressed })))
             }
         }
     }
@@ -222,12 +223,12 @@ impl PublicKey {
         let point = key.to_sec1_point(true);
         let mut compressed = [0u8; 33];
         compressed.copy_from_slice(point.as_bytes());
-        PublicKey(PublicInner::Secp256k1 { key, compressed })
+        PublicKey(std::sync::Arc::new(PublicInner::Secp256k1 { key, compressed }))
     }
 
     /// The key's type.
     pub fn key_type(&self) -> KeyType {
-        match self.0 {
+        match *self.0 {
             PublicInner::Ed25519(_) => KeyType::Ed25519,
             PublicInner::Secp256k1 { .. } => KeyType::Secp256k1,
         }
@@ -235,7 +236,7 @@ impl PublicKey {
 
     /// The key's bytes: 32 for Ed25519, 33 (compressed SEC1) for secp256k1.
     pub fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
+        match &*self.0 {
             PublicInner::Ed25519(key) => key.as_bytes(),
             PublicInner::Secp256k1 { compressed, .. } => compressed,
         }
@@ -263,28 +264,23 @@ impl PublicKey {
         preimage: &[u8],
         signature: &Signature,
     ) -> Result<(), VerifyError> {
-        match &self.0 {
-            PublicInner::Ed25519(key) => {
-                let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-                // verify_strict refuses the non-canonical and small-order forms that plain
-                // verification lets through, so one message has one valid signature per key.
-                key.verify_strict(preimage, &sig)
-                    .map_err(|_| VerifyError::Mismatch(KeyType::Ed25519))
-            }
+        match &*self.0 {
+            PublicInner::Ed25519(key) => verify_ed25519(key, preimage, signature),
             PublicInner::Secp256k1 { key, .. } => {
                 let sig = k256::ecdsa::Signature::from_slice(&signature.0)
                     .map_err(|_| VerifyError::Malformed(KeyType::Secp256k1))?;
                 if sig.normalize_s() != sig {
                     return Err(VerifyError::HighS);
                 }
-                key.verify(preimage, &sig).map_err(|_| VerifyError::Mismatch(KeyType::Secp256k1))
+                k256::ecdsa::signature::Verifier::verify(key, preimage, &sig)
+                    .map_err(|_| VerifyError::Mismatch(KeyType::Secp256k1))
             }
         }
     }
 
     /// The Ed25519 verifying key, for batch verification; `None` for secp256k1.
     pub fn as_ed25519(&self) -> Option<&ed25519_dalek::VerifyingKey> {
-        match &self.0 {
+        match &*self.0 {
             PublicInner::Ed25519(key) => Some(key),
             PublicInner::Secp256k1 { .. } => None,
         }
@@ -292,7 +288,7 @@ impl PublicKey {
 
     /// The secp256k1 verifying key; `None` for Ed25519.
     pub fn as_secp256k1(&self) -> Option<&k256::ecdsa::VerifyingKey> {
-        match &self.0 {
+        match &*self.0 {
             PublicInner::Ed25519(_) => None,
             PublicInner::Secp256k1 { key, .. } => Some(key),
         }
@@ -338,6 +334,49 @@ impl fmt::Display for PublicKey {
     }
 }
 
+/// Ed25519 verification with the cofactored equation `[8][S]B = [8]R + [8][k]A` and a canonical
+/// `S`, as ZIP-215 specifies.
+///
+/// Why not `verify_strict`: a node checks records one by one on `put` and in batches on
+/// replication, and both must give the same verdict, or an honest node that forwards a record
+/// its peers refuse is punished for it. Batch verification cannot tell a signature whose `R`
+/// carries a small-order component from a clean one; the cofactored equation accepts both, so
+/// both paths agree (a failing batch falls back to this function, record by record). Only the
+/// key's owner can make such a signature: `k` hashes `R`'s bytes, so nobody else can alter `R`.
+fn verify_ed25519(
+    key: &ed25519_dalek::VerifyingKey,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), VerifyError> {
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::IsIdentity as _;
+    use sha2::{Digest as _, Sha512};
+
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(&signature.0[..32]);
+    let mut s_bytes = [0u8; 32];
+    s_bytes.copy_from_slice(&signature.0[32..]);
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
+        .ok_or(VerifyError::Malformed(KeyType::Ed25519))?;
+    let r =
+        CompressedEdwardsY(r_bytes).decompress().ok_or(VerifyError::Malformed(KeyType::Ed25519))?;
+    let mut hasher = Sha512::new();
+    hasher.update(r_bytes);
+    hasher.update(key.as_bytes());
+    hasher.update(message);
+    let mut wide = [0u8; 64];
+    wide.copy_from_slice(&hasher.finalize());
+    let k = Scalar::from_bytes_mod_order_wide(&wide);
+    let minus_a = -key.to_edwards();
+    let residue = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s) - r;
+    if residue.mul_by_cofactor().is_identity() {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch(KeyType::Ed25519))
+    }
+}
+
 enum SecretInner {
     Ed25519(ed25519_dalek::SigningKey),
     Secp256k1(k256::ecdsa::SigningKey),
@@ -370,7 +409,8 @@ impl Keypair {
         match key_type {
             KeyType::Ed25519 => {
                 let key = ed25519_dalek::SigningKey::from_bytes(array);
-                let public = PublicKey(PublicInner::Ed25519(key.verifying_key()));
+                let public =
+                    PublicKey(std::sync::Arc::new(PublicInner::Ed25519(key.verifying_key())));
                 Ok(Keypair { secret: SecretInner::Ed25519(key), public })
             }
             KeyType::Secp256k1 => {

@@ -78,7 +78,10 @@ impl Key {
             return Err(InvalidKey::ControlCharacter { code: c as u32, key: text });
         }
         let first = rest.split('/').next().unwrap_or_default();
-        let scope = if first.starts_with("ed1") || first.starts_with("secp1") {
+        // Case-insensitive, so that an id in capitals is an error and not a shared name that
+        // looks like the account's scope.
+        let prefix = first.get(..5).unwrap_or(first).to_ascii_lowercase();
+        let scope = if prefix.starts_with("ed1") || prefix.starts_with("secp1") {
             match first.parse::<AccountId>() {
                 Ok(id) => Some(id),
                 Err(source) => return Err(InvalidKey::BadAccountId { key: text, source }),
@@ -211,5 +214,7 @@ mod tests {
         assert_eq!(Key::new(format!("/{id}")).expect("valid").scope(), Some(&id));
         // Something that starts like an id but is not one is refused.
         assert!(matches!(Key::new("/ed1notanid/x"), Err(InvalidKey::BadAccountId { .. })));
+        let upper = format!("/{}/x", id.to_string().to_uppercase());
+        assert!(matches!(Key::new(upper), Err(InvalidKey::BadAccountId { .. })));
     }
 }

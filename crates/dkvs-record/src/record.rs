@@ -138,7 +138,7 @@ impl Draft {
             issued_at_ms: self.issued_at_ms,
             expires_at_ms: self.expires_at_ms,
             tombstone: self.tombstone,
-            transfer: self.transfer,
+            transfer: self.transfer.map(Box::new),
             signature: Signature([0; 64]),
         };
         record.check_structure()?;
@@ -160,7 +160,8 @@ pub struct Record {
     pub(crate) issued_at_ms: u64,
     pub(crate) expires_at_ms: u64,
     pub(crate) tombstone: bool,
-    pub(crate) transfer: Option<Transfer>,
+    // Boxed: few records carry one, and every record would pay its size.
+    pub(crate) transfer: Option<Box<Transfer>>,
     pub(crate) signature: Signature,
 }
 
@@ -195,7 +196,7 @@ impl Record {
     }
     /// The transfer this record carries, if it takes over a shared name.
     pub fn transfer(&self) -> Option<&Transfer> {
-        self.transfer.as_ref()
+        self.transfer.as_deref()
     }
     /// The owner's signature.
     pub fn signature(&self) -> &Signature {
@@ -245,13 +246,13 @@ impl Record {
         if self.value.len() > MAX_VALUE_LEN {
             return Err(ValidateError::ValueTooLarge { len: self.value.len() });
         }
-        if let Some(scope) = self.key.scope() {
-            if scope.public_key() != &self.owner {
-                return Err(ValidateError::WrongOwner {
-                    key: self.key.to_string(),
-                    owner: self.owner.account_id().to_string(),
-                });
-            }
+        if let Some(scope) = self.key.scope()
+            && scope.public_key() != &self.owner
+        {
+            return Err(ValidateError::WrongOwner {
+                key: self.key.to_string(),
+                owner: self.owner.account_id().to_string(),
+            });
         }
         if self.tombstone && !self.value.is_empty() {
             return Err(ValidateError::TombstoneWithValue { len: self.value.len() });

@@ -51,7 +51,9 @@ impl Record {
         let key = Key::from_bytes(&m.key)?;
         let owner = match (m.owner, key.scope()) {
             (Some(owner), _) => {
-                // An account-scoped key never carries its owner: one record, one encoding.
+                // An account-scoped key never carries its owner: the key names it. (Decoding is
+                // protobuf's, so unknown or repeated fields still decode; records are compared by
+                // content, never by the bytes received.)
                 if key.scope().is_some() {
                     return Err(DecodeError::RedundantOwner);
                 }
@@ -67,7 +69,7 @@ impl Record {
             None => None,
             Some(t) => {
                 let from = public_key(t.from.ok_or(DecodeError::MissingField("transfer.from"))?)?;
-                Some(Transfer::from_parts(from, signature(&t.signature)?))
+                Some(Box::new(Transfer::from_parts(from, signature(&t.signature)?)))
             }
         };
         Ok(Record {

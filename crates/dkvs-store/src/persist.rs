@@ -28,7 +28,7 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// One entry read back from disk.
 pub(crate) enum Entry {
-    Record(Record),
+    Record(Box<Record>),
     Gone { key: Key, seq: u64, retain_until_ms: u64 },
 }
 
@@ -53,7 +53,9 @@ pub(crate) fn gone_body(key: &Key, seq: u64, retain_until_ms: u64) -> Vec<u8> {
 fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
     let (&kind, body) = payload.split_first().ok_or("empty payload")?;
     match kind {
-        KIND_RECORD => Record::decode(body).map(Entry::Record).map_err(|e| e.to_string()),
+        KIND_RECORD => {
+            Record::decode(body).map(|r| Entry::Record(Box::new(r))).map_err(|e| e.to_string())
+        }
         KIND_GONE => {
             if body.len() < 16 {
                 return Err(format!("remembered-sequence entry is {} bytes", body.len()));

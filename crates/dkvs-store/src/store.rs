@@ -16,8 +16,8 @@ use crate::{Clock, Config, Durability, PutError, StoreError, SystemClock};
 const SHARDS: usize = 64;
 
 /// Bytes charged for a live record beyond its key and value: the record's other fields, the
-/// `Arc`, and the map slot.
-pub const RECORD_OVERHEAD: u64 = 256;
+/// `Arc`, the map slot and the parsed owner key (a test checks this covers them).
+pub const RECORD_OVERHEAD: u64 = 512;
 /// Bytes charged for a remembered sequence beyond its key.
 pub const GONE_OVERHEAD: u64 = 64;
 
@@ -451,20 +451,19 @@ impl Inner {
                 None => {}
             }
         }
-        if let Source::Put { expected: Expect::Seq(expected) } = source {
-            if live.map(|r| r.seq()) != expected {
-                return Ok(PutOutcome::Conflict { current: live.cloned() });
-            }
+        if let Source::Put { expected: Expect::Seq(expected) } = source
+            && live.map(|r| r.seq()) != expected
+        {
+            return Ok(PutOutcome::Conflict { current: live.cloned() });
         }
-        if let (Source::Put { .. }, Some(live)) = (source, live) {
-            if live.owner() != record.owner()
-                && record.transfer().is_none_or(|t| t.from() != live.owner())
-            {
-                return Err(PutError::ForeignOwner {
-                    key: record.key().to_string(),
-                    holder: live.owner().account_id().to_string(),
-                });
-            }
+        if let (Source::Put { .. }, Some(live)) = (source, live)
+            && live.owner() != record.owner()
+            && record.transfer().is_none_or(|t| t.from() != live.owner())
+        {
+            return Err(PutError::ForeignOwner {
+                key: record.key().to_string(),
+                holder: live.owner().account_id().to_string(),
+            });
         }
 
         // Budget: what the record costs, less what it frees.
@@ -551,7 +550,7 @@ impl Inner {
                     let key = record.key().clone();
                     // Our own files hold only records that were accepted; the ordering rule
                     // still decides between a snapshot and the logs after it.
-                    if let Err(e) = self.apply(record, Source::Restore) {
+                    if let Err(e) = self.apply(*record, Source::Restore) {
                         tracing::warn!(%key, error = %e, "skipped a restored record");
                     }
                 }
@@ -577,5 +576,28 @@ fn charge(per_owner: &mut HashMap<PublicKey, u64>, owner: &PublicKey, delta: i64
     *entry = entry.saturating_add_signed(delta);
     if *entry == 0 {
         per_owner.remove(owner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overheads_cover_the_structures() {
+        // What a live record costs beyond its key and value bytes: the record, its `Arc`, the
+        // map's key and slot, and the parsed owner key it shares with nobody when decoded.
+        let structures = std::mem::size_of::<Record>()
+            + 16
+            + std::mem::size_of::<Key>()
+            + std::mem::size_of::<Slot>()
+            + 16
+            + 216; // the owner key's shared allocation: parsed point, bytes and Arc counts
+        assert!(
+            structures as u64 <= RECORD_OVERHEAD,
+            "record structures take {structures} bytes, RECORD_OVERHEAD is {RECORD_OVERHEAD}"
+        );
+        let gone = std::mem::size_of::<Key>() + std::mem::size_of::<Slot>() + 8;
+        assert!(gone as u64 <= GONE_OVERHEAD, "{gone} > {GONE_OVERHEAD}");
     }
 }

@@ -111,10 +111,10 @@ impl Model {
             Some(Slot::Live { record, expires_at }) if *expires_at > now => Some(record.clone()),
             _ => None,
         };
-        if let Some(expected) = cas {
-            if live.as_ref().map(Record::seq) != expected {
-                return Verdict::Conflict;
-            }
+        if let Some(expected) = cas
+            && live.as_ref().map(Record::seq) != expected
+        {
+            return Verdict::Conflict;
         }
         if let Some(live) = &live {
             let consent = r.transfer().is_some_and(|t| t.from() == live.owner());
