@@ -1,10 +1,51 @@
-//! The dkvs network layer (issue 3): Kademlia on its own protocol with a storing side that
-//! validates every record through `dkvs-store`, quorum puts with receipts, network-first gets
-//! with read repair, watch, replication and republish, and defences against lying peers.
+//! The dkvs network layer: a network-first signed key-value memory over libp2p.
 //!
-//! Not built yet. The crate exists so that the workspace layering and the libp2p 0.57
-//! dependency set (one ed25519-dalek 3, one k256 0.14 shared with `dkvs-account`) are fixed
-//! and checked now.
+//! A [`Node`] runs a libp2p swarm (TCP and QUIC, noise, yamux; Kademlia on `/dkvs/kad/1.0.0`
+//! for routing; the record protocol `/dkvs/record/1.0.0` for puts and gets; gossipsub for
+//! watches; identify, ping, relay, DCUtR and AutoNAT) on top of a [`dkvs_store::Store`], which
+//! validates everything a peer sends before it is kept.
+//!
+//! - [`Node::put`] stores locally, sends the record to the k closest peers and succeeds when a
+//!   quorum holds it; the [`PutReceipt`] says which peers stored it and which refused, and why.
+//! - [`Node::get`] asks the closest replicas, verifies every answer, returns the newest record
+//!   with its number of confirmations, and repairs stale replicas.
+//! - [`Node::put_cas`], [`Node::delete`], [`Node::watch`] and [`Node::get_local`] complete it.
+
+mod behaviour;
+pub mod codec;
+mod config;
+mod node;
+mod ops;
+mod outcome;
+mod rate;
+mod watch;
+
+pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+pub use config::{Config, Quorum};
+pub use node::Node;
+pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
+pub use watch::Watch;
 
 pub use dkvs_store as store;
 pub use libp2p;
+
+/// Why a node could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The swarm could not be built.
+    #[error("could not set up the network: {0}")]
+    Setup(String),
+    /// Listening on an address failed.
+    #[error("could not listen: {0}")]
+    Listen(String),
+    /// Dialing a peer failed.
+    #[error("could not connect: {0}")]
+    Dial(String),
+    /// Bootstrapping found no peers or failed.
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+    /// The node is shutting down.
+    #[error("the node is shut down")]
+    Shutdown,
+}

@@ -1,0 +1,115 @@
+//! The composed libp2p behaviour of a dkvs node.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, allow_block_list, autonat, dcutr, gossipsub, identify, identity, kad, mdns,
+    ping, relay, request_response,
+};
+
+use crate::codec::{Codec, PROTOCOL};
+use crate::{Config, NetError};
+
+/// Kademlia's protocol name: dkvs runs its own DHT, not the public IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dkvs/kad/1.0.0");
+/// Identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
+
+/// Every protocol a node speaks. mDNS and the relay server are off unless configured.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) records: request_response::Behaviour<Codec>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: dcutr::Behaviour,
+    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Behaviour {
+    pub(crate) fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &Config,
+    ) -> Result<Behaviour, NetError> {
+        let peer_id = key.public().to_peer_id();
+
+        // Kademlia routes only: records travel on the record protocol, where every answer is
+        // a verdict. Inbound PUT_VALUE is filtered (handed to us, validated by the store), and
+        // kad's own replication and republishing are off: the node does both itself.
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_replication_factor(
+                NonZeroUsize::new(config.replication).unwrap_or(NonZeroUsize::MIN),
+            )
+            .set_replication_interval(None)
+            .set_publication_interval(None)
+            .set_record_ttl(None)
+            .set_caching(kad::Caching::Disabled)
+            .set_query_timeout(config.operation_timeout)
+            .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        kad.set_mode(
+            config
+                .kad_server
+                .map(|server| if server { kad::Mode::Server } else { kad::Mode::Client }),
+        );
+
+        let records = request_response::Behaviour::with_codec(
+            Codec,
+            [(PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(config.request_timeout),
+        );
+
+        let gossipsub_config = gossipsub::ConfigBuilder::default()
+            .max_transmit_size(crate::codec::MAX_MESSAGE_LEN)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .heartbeat_interval(Duration::from_millis(500))
+            .build()
+            .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub_config,
+        )
+        .map_err(|e| NetError::Setup(format!("gossipsub: {e}")))?;
+
+        let identify = identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.to_owned(),
+            key.public(),
+        ));
+        let relay_server =
+            config.relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default()));
+        let mdns = if config.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(|e| NetError::Setup(format!("mdns: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
+            kad,
+            records,
+            gossipsub,
+            identify,
+            ping: ping::Behaviour::default(),
+            relay_client,
+            relay_server: relay_server.into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+            mdns: mdns.into(),
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! Node configuration; every default is documented.
+
+use std::time::Duration;
+
+/// How many replicas must store a put (or answer a get) for it to succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quorum {
+    /// More than half of the replica set: the k closest peers found, and this node if it is
+    /// among them. In a network of one node that is the node itself.
+    Majority,
+    /// At least this many replicas (capped at the size of the replica set).
+    N(usize),
+    /// Every replica in the set.
+    All,
+}
+
+impl Quorum {
+    /// The number of replicas needed out of `replicas`.
+    pub fn of(self, replicas: usize) -> usize {
+        let needed = match self {
+            Quorum::Majority => replicas / 2 + 1,
+            Quorum::N(n) => n.min(replicas),
+            Quorum::All => replicas,
+        };
+        needed.max(1)
+    }
+}
+
+/// Network configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Replication factor k: how many closest peers hold each record. Default: 20.
+    pub replication: usize,
+    /// Write quorum. Default: [`Quorum::Majority`].
+    pub write_quorum: Quorum,
+    /// Read quorum: how many replicas must agree before a get answers early. Default: majority.
+    pub read_quorum: Quorum,
+    /// How long one request to one peer may take. Default: 5 s.
+    pub request_timeout: Duration,
+    /// How long a whole put or get may take. Default: 10 s.
+    pub operation_timeout: Duration,
+    /// After a quorum is reached, how long to wait for the remaining replicas before answering
+    /// (their answers still count for the receipt and for read repair). Default: 100 ms.
+    pub linger: Duration,
+    /// Inbound requests one peer may make per second, sustained. Default: 200.
+    pub peer_requests_per_second: u32,
+    /// Inbound requests one peer may make in a burst. Default: 400.
+    pub peer_request_burst: u32,
+    /// How long a peer that sent an invalid record stays disconnected and refused. Default: 10 min.
+    pub ban_duration: Duration,
+    /// Run mDNS to find peers on the LAN. Default: off.
+    pub mdns: bool,
+    /// Serve as a relay for peers behind NAT. Default: off.
+    pub relay_server: bool,
+    /// Close connections idle for this long. Default: 60 s.
+    pub idle_connection_timeout: Duration,
+    /// Kademlia mode: `Some(true)` server, `Some(false)` client, `None` automatic (server once
+    /// AutoNAT or identify confirm a public address, client until then, as nodes behind NAT
+    /// should be). Default: `None`. Tests on loopback set `Some(true)`.
+    pub kad_server: Option<bool>,
+    /// How often this node re-sends the records it holds to the current k closest peers of
+    /// each key (holders replicate). Default: 10 min.
+    pub replication_interval: Duration,
+    /// How often the records this node's owners wrote are republished before they expire.
+    /// Default: 1 h.
+    pub republish_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            replication: 20,
+            write_quorum: Quorum::Majority,
+            read_quorum: Quorum::Majority,
+            request_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(100),
+            peer_requests_per_second: 200,
+            peer_request_burst: 400,
+            ban_duration: Duration::from_secs(600),
+            mdns: false,
+            relay_server: false,
+            idle_connection_timeout: Duration::from_secs(60),
+            kad_server: None,
+            replication_interval: Duration::from_secs(600),
+            republish_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// With replication factor `k`.
+    pub fn with_replication(mut self, k: usize) -> Config {
+        self.replication = k.max(1);
+        self
+    }
+    /// With write quorum `quorum`.
+    pub fn with_write_quorum(mut self, quorum: Quorum) -> Config {
+        self.write_quorum = quorum;
+        self
+    }
+    /// With read quorum `quorum`.
+    pub fn with_read_quorum(mut self, quorum: Quorum) -> Config {
+        self.read_quorum = quorum;
+        self
+    }
+    /// With per-request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Config {
+        self.request_timeout = timeout;
+        self
+    }
+    /// With per-operation timeout.
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Config {
+        self.operation_timeout = timeout;
+        self
+    }
+    /// With linger after quorum.
+    pub fn with_linger(mut self, linger: Duration) -> Config {
+        self.linger = linger;
+        self
+    }
+    /// With per-peer inbound rate limits.
+    pub fn with_peer_rate(mut self, per_second: u32, burst: u32) -> Config {
+        self.peer_requests_per_second = per_second;
+        self.peer_request_burst = burst;
+        self
+    }
+    /// With ban duration.
+    pub fn with_ban_duration(mut self, duration: Duration) -> Config {
+        self.ban_duration = duration;
+        self
+    }
+    /// With mDNS on or off.
+    pub fn with_mdns(mut self, on: bool) -> Config {
+        self.mdns = on;
+        self
+    }
+    /// With the Kademlia mode fixed (`Some(true)`: server) or automatic (`None`).
+    pub fn with_kad_server(mut self, server: Option<bool>) -> Config {
+        self.kad_server = server;
+        self
+    }
+    /// With another replication interval.
+    pub fn with_replication_interval(mut self, interval: Duration) -> Config {
+        self.replication_interval = interval;
+        self
+    }
+    /// With the relay server on or off.
+    pub fn with_relay_server(mut self, on: bool) -> Config {
+        self.relay_server = on;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_sizes() {
+        assert_eq!(Quorum::Majority.of(1), 1);
+        assert_eq!(Quorum::Majority.of(2), 2);
+        assert_eq!(Quorum::Majority.of(20), 11);
+        assert_eq!(Quorum::N(3).of(2), 2);
+        assert_eq!(Quorum::All.of(0), 1);
+    }
+}

@@ -1,0 +1,537 @@
+//! The node: a handle for applications and the task that drives the swarm.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dkvs_record::{Key, Record};
+use dkvs_store::Store;
+use futures::StreamExt as _;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad, noise, request_response, tcp,
+    yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::codec::pb;
+use crate::ops::Op;
+use crate::rate::RateLimiter;
+use crate::watch::Watch;
+use crate::{Config, GetError, GetOutcome, NetError, PutError, PutReceipt};
+
+/// How often the driver looks at deadlines, bans and expiry.
+const TICK: Duration = Duration::from_millis(20);
+/// How often expired records are dropped from the store.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
+pub(crate) enum Command {
+    Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, NetError>>),
+    AddPeer(PeerId, Multiaddr, oneshot::Sender<Result<(), NetError>>),
+    Bootstrap(oneshot::Sender<Result<(), NetError>>),
+    Put {
+        record: Record,
+        expected: Option<Option<u64>>,
+        reply: oneshot::Sender<Result<PutReceipt, PutError>>,
+    },
+    Get {
+        key: Key,
+        reply: oneshot::Sender<Result<GetOutcome, GetError>>,
+    },
+    Watch {
+        key: Key,
+        reply: oneshot::Sender<Watch>,
+    },
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running dkvs node. Cloning gives another handle to the same node; the node stops on
+/// [`Node::shutdown`] or when the last handle is dropped.
+#[derive(Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    store: Store,
+    _task: Arc<TaskGuard>,
+}
+
+struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Node {
+    /// Starts a node with the libp2p `identity` on `store`. Must be called within a tokio
+    /// runtime. The node listens nowhere until told to ([`Node::listen_on`]).
+    pub fn spawn(
+        identity: identity::Keypair,
+        store: Store,
+        config: Config,
+    ) -> Result<Node, NetError> {
+        let peer_id = identity.public().to_peer_id();
+        let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| setup(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| setup(&e))?
+            .with_behaviour(|key, relay_client| {
+                Behaviour::new(key, relay_client, &config)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| setup(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+            .build();
+        if config.relay_server
+            && let Some(relay) = swarm.behaviour_mut().relay_server.as_mut()
+        {
+            // A relay advertises itself only once it knows a public address; one configured
+            // to relay serves from the start.
+            relay.set_status(Some(libp2p::relay::Status::Enable));
+        }
+        let (commands, receiver) = mpsc::channel(256);
+        let driver = Driver::new(swarm, store.clone(), config, receiver);
+        let span = tracing::info_span!("dkvs-node", peer = %peer_id);
+        let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+        Ok(Node { commands, peer_id, store, _task: Arc::new(TaskGuard(task)) })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Listens on `addr` (e.g. `/ip4/127.0.0.1/tcp/0`) and returns the address bound.
+    pub async fn listen_on(&self, addr: Multiaddr) -> Result<Multiaddr, NetError> {
+        self.ask(|tx| Command::Listen(addr, tx)).await.ok_or(NetError::Shutdown)?
+    }
+
+    /// Adds a known peer (a bootstrap node) and connects to it.
+    pub async fn add_peer(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|tx| Command::AddPeer(peer, addr, tx)).await.ok_or(NetError::Shutdown)?
+    }
+
+    /// Walks the DHT to fill the routing table; returns when the walk is done.
+    pub async fn bootstrap(&self) -> Result<(), NetError> {
+        self.ask(Command::Bootstrap).await.ok_or(NetError::Shutdown)?
+    }
+
+    /// Stores `record` on this node and on the k closest peers; succeeds when a quorum holds it.
+    pub async fn put(&self, record: Record) -> Result<PutReceipt, PutError> {
+        self.ask(|reply| Command::Put { record, expected: None, reply })
+            .await
+            .ok_or(PutError::Shutdown)?
+    }
+
+    /// Compare-and-swap: stores `record` only if the newest record in the network has sequence
+    /// `expected` (`None`: only if there is none). On mismatch, [`PutError::Conflict`] carries
+    /// the newest record found.
+    pub async fn put_cas(
+        &self,
+        record: Record,
+        expected: Option<u64>,
+    ) -> Result<PutReceipt, PutError> {
+        self.ask(|reply| Command::Put { record, expected: Some(expected), reply })
+            .await
+            .ok_or(PutError::Shutdown)?
+    }
+
+    /// Deletes a key: puts `tombstone`, a signed tombstone record with a higher sequence.
+    pub async fn delete(&self, tombstone: Record) -> Result<PutReceipt, PutError> {
+        if !tombstone.is_tombstone() {
+            return Err(PutError::NotATombstone);
+        }
+        self.put(tombstone).await
+    }
+
+    /// Reads `key` from the network: asks the closest replicas, verifies every answer, returns
+    /// the newest valid record with how many replicas confirmed it, and repairs the replicas
+    /// that were stale or missing.
+    pub async fn get(&self, key: &Key) -> Result<GetOutcome, GetError> {
+        self.ask(|reply| Command::Get { key: key.clone(), reply })
+            .await
+            .ok_or(GetError::Shutdown)?
+    }
+
+    /// Reads `key` from this node's store only; the outcome says it is local.
+    pub fn get_local(&self, key: &Key) -> GetOutcome {
+        let record = self.store.get(key.as_str()).map(|r| (*r).clone());
+        GetOutcome {
+            confirmations: usize::from(record.is_some()),
+            record,
+            answered: 1,
+            asked: 1,
+            local: true,
+        }
+    }
+
+    /// Subscribes to newer versions of `key`: every record delivered is verified and newer than
+    /// the one before it.
+    pub async fn watch(&self, key: &Key) -> Result<Watch, NetError> {
+        self.ask(|reply| Command::Watch { key: key.clone(), reply }).await.ok_or(NetError::Shutdown)
+    }
+
+    /// The peers this node is connected to.
+    pub async fn connected_peers(&self) -> Vec<PeerId> {
+        self.ask(Command::Peers).await.unwrap_or_default()
+    }
+
+    /// The addresses this node listens on.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ask(Command::ListenAddrs).await.unwrap_or_default()
+    }
+
+    /// Stops the node: closes connections, syncs the store.
+    pub async fn shutdown(self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+pub(crate) type OpId = u64;
+
+pub(crate) struct Driver {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) store: Store,
+    pub(crate) config: Config,
+    commands: mpsc::Receiver<Command>,
+    pub(crate) ops: HashMap<OpId, Op>,
+    next_op: OpId,
+    /// Kademlia lookups in flight, by the operation waiting for them.
+    pub(crate) lookups: HashMap<kad::QueryId, OpId>,
+    /// Record requests in flight.
+    pub(crate) requests: HashMap<request_response::OutboundRequestId, (OpId, PeerId)>,
+    bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
+    listens:
+        Vec<(libp2p::core::transport::ListenerId, oneshot::Sender<Result<Multiaddr, NetError>>)>,
+    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
+    limiter: RateLimiter,
+    pub(crate) banned: HashMap<PeerId, Instant>,
+    pub(crate) watches: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, u64)>,
+    last_sweep: Instant,
+    last_replication: Instant,
+}
+
+impl Driver {
+    fn new(
+        swarm: Swarm<Behaviour>,
+        store: Store,
+        config: Config,
+        commands: mpsc::Receiver<Command>,
+    ) -> Driver {
+        let limiter = RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst);
+        Driver {
+            swarm,
+            store,
+            config,
+            commands,
+            ops: HashMap::new(),
+            next_op: 0,
+            lookups: HashMap::new(),
+            requests: HashMap::new(),
+            bootstraps: HashMap::new(),
+            listens: Vec::new(),
+            dials: HashMap::new(),
+            limiter,
+            banned: HashMap::new(),
+            watches: HashMap::new(),
+            last_sweep: Instant::now(),
+            last_replication: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => break,
+                    Some(Command::Shutdown(done)) => {
+                        self.stop();
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        for peer in self.swarm.connected_peers().copied().collect::<Vec<_>>() {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "store flush on shutdown failed");
+        }
+    }
+
+    pub(crate) fn new_op(&mut self, op: Op) -> OpId {
+        self.next_op += 1;
+        self.ops.insert(self.next_op, op);
+        self.next_op
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Listen(addr, reply) => match self.swarm.listen_on(addr) {
+                Ok(id) => self.listens.push((id, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(NetError::Listen(e.to_string())));
+                }
+            },
+            Command::AddPeer(peer, addr, reply) => {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                } else if let Err(e) = self.swarm.dial(
+                    libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build(),
+                ) {
+                    let _ = reply.send(Err(NetError::Dial(e.to_string())));
+                } else {
+                    self.dials.entry(peer).or_default().push(reply);
+                }
+            }
+            Command::Bootstrap(reply) => match self.swarm.behaviour_mut().kad.bootstrap() {
+                Ok(id) => {
+                    self.bootstraps.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NetError::Bootstrap(e.to_string())));
+                }
+            },
+            Command::Put { record, expected, reply } => self.start_put(record, expected, reply),
+            Command::Get { key, reply } => self.start_get(key, GetPurpose::Reply(reply)),
+            Command::Watch { key, reply } => {
+                let watch = self.start_watch(key);
+                let _ = reply.send(watch);
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if let Some(i) = self.listens.iter().position(|(id, _)| *id == listener_id) {
+                    let (_, reply) = self.listens.swap_remove(i);
+                    let _ = reply.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(i) = self.listens.iter().position(|(id, _)| *id == listener_id) {
+                    let (_, reply) = self.listens.swap_remove(i);
+                    let message = reason.err().map(|e| e.to_string()).unwrap_or_default();
+                    let _ = reply.send(Err(NetError::Listen(message)));
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                for reply in self.dials.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                if !self.swarm.is_connected(&peer) {
+                    for reply in self.dials.remove(&peer).unwrap_or_default() {
+                        let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Records(event) => self.on_records_event(event),
+            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocols.iter().any(|p| *p == crate::behaviour::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::GetClosestPeers(result) => {
+                    let Some(op) = self.lookups.remove(&id) else { return };
+                    let peers = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
+                    self.on_closest_peers(op, peers);
+                    if !step.last {
+                        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            query.finish();
+                        }
+                    }
+                }
+                kad::QueryResult::Bootstrap(result) => {
+                    if step.last {
+                        if let Some(reply) = self.bootstraps.remove(&id) {
+                            let _ = reply.send(
+                                result.map(|_| ()).map_err(|e| NetError::Bootstrap(e.to_string())),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            },
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
+            } => {
+                // A PUT_VALUE through Kademlia: held to the same rules as the record protocol.
+                match Record::decode(&record.value) {
+                    Ok(decoded) if decoded.key().as_str().as_bytes() == record.key.as_ref() => {
+                        match self.store.put(decoded.clone()) {
+                            Ok(dkvs_store::PutOutcome::Stored { .. }) => self.publish(&decoded),
+                            Ok(_) => {}
+                            Err(e) => self.judge(source, &e),
+                        }
+                    }
+                    _ => self.ban(source, "sent a malformed record through kademlia"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| op.due(now, self.config.linger))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.finish_op(id, now);
+        }
+        let expired: Vec<PeerId> =
+            self.banned.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        for peer in expired {
+            self.banned.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        if now.duration_since(self.last_sweep) >= EXPIRY_SWEEP {
+            self.last_sweep = now;
+            self.store.remove_expired();
+            self.limiter.forget_idle(now);
+        }
+        if now.duration_since(self.last_replication) >= self.config.replication_interval {
+            self.last_replication = now;
+            self.replicate();
+        }
+        self.watches.retain(|_, (_, senders, _)| {
+            senders.retain(|s| !s.is_closed());
+            !senders.is_empty()
+        });
+    }
+
+    /// Sends one record request; failures to send become an immediate failure of that peer.
+    pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
+        let id = self.swarm.behaviour_mut().records.send_request(&peer, request);
+        self.requests.insert(id, (op, peer));
+    }
+
+    /// Takes note of a peer that sent something no honest node sends: disconnects and refuses it
+    /// for the ban duration.
+    pub(crate) fn ban(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, why, "banning peer");
+        self.banned.insert(peer, Instant::now() + self.config.ban_duration);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+    }
+
+    /// Bans the sender of a record the store refused, if no honest node could have sent it.
+    pub(crate) fn judge(&mut self, peer: PeerId, error: &dkvs_store::PutError) {
+        use dkvs_record::ValidateError as V;
+        if let dkvs_store::PutError::Invalid(
+            V::BadSignature(_)
+            | V::BadTransfer(_)
+            | V::WrongOwner { .. }
+            | V::ValueTooLarge { .. }
+            | V::TombstoneWithValue { .. }
+            | V::ExpiresBeforeIssued { .. }
+            | V::TransferOnAccountKey(_)
+            | V::TransferToSelf,
+        ) = error
+        {
+            self.ban(peer, &format!("sent an invalid record: {error}"));
+        }
+    }
+
+    pub(crate) fn rate_ok(&mut self, peer: PeerId) -> bool {
+        self.limiter.allow(peer, Instant::now())
+    }
+}
+
+/// What a get is for: an application waiting for the answer, or a compare-and-swap put that
+/// first needs the network's newest record.
+pub(crate) enum GetPurpose {
+    Reply(oneshot::Sender<Result<GetOutcome, GetError>>),
+    /// Nobody waits: the get connects a new watcher to the key's replicas (and repairs them).
+    Warm,
+    Cas {
+        record: Record,
+        expected: Option<u64>,
+        reply: oneshot::Sender<Result<PutReceipt, PutError>>,
+    },
+}
+
+pub(crate) fn kad_key(key: &Key) -> Vec<u8> {
+    key.as_str().as_bytes().to_vec()
+}
+
+/// The `k` of `candidates` (this node included) closest to `key`.
+pub(crate) fn closest(
+    key: &Key,
+    candidates: impl IntoIterator<Item = PeerId>,
+    k: usize,
+) -> Vec<PeerId> {
+    let target = kad::KBucketKey::new(kad_key(key));
+    let mut peers: Vec<PeerId> =
+        candidates.into_iter().collect::<HashSet<_>>().into_iter().collect();
+    peers.sort_by_key(|p| target.distance(&kad::KBucketKey::from(*p)));
+    peers.truncate(k);
+    peers
+}

@@ -1,0 +1,62 @@
+//! Per-peer token buckets for inbound requests.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+/// Allows each peer `rate` requests per second on average and `burst` at once.
+pub(crate) struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<PeerId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes a token for `peer`, if it has one.
+    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets peers whose buckets are full again, so that the map stays as small as the set of
+    /// recently active peers.
+    pub(crate) fn forget_idle(&mut self, now: Instant) {
+        let full_after = Duration::from_secs_f64(self.burst / self.rate.max(f64::MIN_POSITIVE));
+        self.buckets.retain(|_, (_, last)| now.saturating_duration_since(*last) < full_after);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let mut limiter = RateLimiter::new(10, 5);
+        let peer = PeerId::random();
+        let start = Instant::now();
+        assert_eq!((0..8).filter(|_| limiter.allow(peer, start)).count(), 5);
+        // 10 per second: 100 ms later there is one more token.
+        assert!(limiter.allow(peer, start + Duration::from_millis(100)));
+        assert!(!limiter.allow(peer, start + Duration::from_millis(100)));
+        // Another peer has its own bucket.
+        assert!(limiter.allow(PeerId::random(), start));
+    }
+}

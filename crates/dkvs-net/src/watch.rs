@@ -1,0 +1,44 @@
+//! Watching a key: replicas publish every record they accept on a gossipsub topic per key;
+//! watchers verify each message before they deliver or forward it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use dkvs_record::{Key, Record};
+use libp2p::gossipsub;
+use tokio::sync::mpsc;
+
+/// The gossipsub topic of a key's updates: `/dkvs/watch/1/<key>`. The key is public anyway.
+pub(crate) fn topic_of(key: &Key) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/dkvs/watch/1{key}"))
+}
+
+/// A stream of newer versions of one key, each verified, in increasing sequence order.
+pub struct Watch {
+    key: Key,
+    receiver: mpsc::Receiver<Record>,
+}
+
+impl Watch {
+    pub(crate) fn new(key: Key, receiver: mpsc::Receiver<Record>) -> Watch {
+        Watch { key, receiver }
+    }
+
+    /// The key watched.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The next newer version; `None` once the node stops.
+    pub async fn next(&mut self) -> Option<Record> {
+        self.receiver.recv().await
+    }
+}
+
+impl futures::Stream for Watch {
+    type Item = Record;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
+        self.receiver.poll_recv(cx)
+    }
+}

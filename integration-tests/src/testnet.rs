@@ -1,0 +1,196 @@
+//! A network of dkvs nodes in one process, on real TCP over loopback, each with its own
+//! persistent store, so that multi-node tests read like stories:
+//!
+//! ```no_run
+//! # async fn story() -> anyhow::Result<()> {
+//! use dkvs_integration_tests::testnet::TestNet;
+//! let mut net = TestNet::start(20, dkvs_net::Config::default()).await?;
+//! // net.put(0, record).await?; net.get(7, &key).await?; net.kill(3).await; ...
+//! # Ok(()) }
+//! ```
+//!
+//! Every operation has a deadline; nothing listens anywhere but 127.0.0.1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use dkvs_net::libp2p::{Multiaddr, PeerId, identity};
+use dkvs_net::{Config, GetOutcome, Node, PutReceipt};
+use dkvs_record::{Key, Record};
+use dkvs_store::Store;
+
+/// How long any one harness step may take.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// One node of the network, alive or killed.
+pub struct Member {
+    identity: identity::Keypair,
+    dir: PathBuf,
+    node: Option<Node>,
+    addr: Option<Multiaddr>,
+}
+
+/// N nodes on loopback, bootstrapped through node 0.
+pub struct TestNet {
+    members: Vec<Member>,
+    config: Config,
+    store_config: dkvs_store::Config,
+    _dir: tempfile::TempDir,
+}
+
+async fn step<T>(what: &str, f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(STEP, f).await.map_err(|_| anyhow!("{what} took over {STEP:?}"))
+}
+
+impl TestNet {
+    /// Starts `n` nodes with `config` (Kademlia forced to server mode: on loopback no address
+    /// is ever confirmed public), connects each to node 0 and bootstraps them all.
+    pub async fn start(n: usize, config: Config) -> anyhow::Result<TestNet> {
+        TestNet::start_with_store(n, config, dkvs_store::Config::default()).await
+    }
+
+    /// Like [`TestNet::start`], with a store configuration for every node.
+    pub async fn start_with_store(
+        n: usize,
+        config: Config,
+        store_config: dkvs_store::Config,
+    ) -> anyhow::Result<TestNet> {
+        let dir = tempfile::tempdir()?;
+        let members = (0..n)
+            .map(|i| Member {
+                identity: identity::Keypair::generate_ed25519(),
+                dir: dir.path().join(format!("node{i}")),
+                node: None,
+                addr: None,
+            })
+            .collect();
+        let mut net = TestNet {
+            members,
+            config: config.with_kad_server(Some(true)),
+            store_config,
+            _dir: dir,
+        };
+        for i in 0..n {
+            net.launch(i).await?;
+        }
+        for i in 0..n {
+            net.join(i).await?;
+        }
+        Ok(net)
+    }
+
+    async fn launch(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        let store = Store::open(&member.dir, self.store_config.clone())?;
+        let node = Node::spawn(member.identity.clone(), store, self.config.clone())?;
+        let addr = step("listen", node.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)).await??;
+        member.node = Some(node);
+        member.addr = Some(addr);
+        Ok(())
+    }
+
+    /// Connects node `i` to node 0 (or node 0 to the first other live node) and walks the DHT.
+    async fn join(&self, i: usize) -> anyhow::Result<()> {
+        let node = self.node(i);
+        let via = (0..self.members.len())
+            .find(|&j| j != i && self.members[j].node.is_some())
+            .context("no other live node to join through")?;
+        let addr = self.members[via].addr.clone().context("live node has an address")?;
+        step("connect", node.add_peer(self.peer_id(via), addr)).await??;
+        // A walk finds nobody new in a network of two; that is fine.
+        let _ = step("bootstrap", node.bootstrap()).await?;
+        Ok(())
+    }
+
+    /// Number of nodes, killed ones included.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True for a network of no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Node `i`. Panics if it is killed: a test that uses a dead node is wrong.
+    pub fn node(&self, i: usize) -> &Node {
+        self.members[i].node.as_ref().unwrap_or_else(|| panic!("node {i} is killed"))
+    }
+
+    /// Node `i`'s peer id (alive or not).
+    pub fn peer_id(&self, i: usize) -> PeerId {
+        self.members[i].identity.public().to_peer_id()
+    }
+
+    /// Indices of the live nodes.
+    pub fn alive(&self) -> Vec<usize> {
+        (0..self.members.len()).filter(|&i| self.members[i].node.is_some()).collect()
+    }
+
+    /// Puts `record` through node `i`.
+    pub async fn put(
+        &self,
+        i: usize,
+        record: Record,
+    ) -> anyhow::Result<Result<PutReceipt, dkvs_net::PutError>> {
+        step("put", self.node(i).put(record)).await
+    }
+
+    /// Gets `key` through node `i`.
+    pub async fn get(
+        &self,
+        i: usize,
+        key: &Key,
+    ) -> anyhow::Result<Result<GetOutcome, dkvs_net::GetError>> {
+        step("get", self.node(i).get(key)).await
+    }
+
+    /// Stops node `i` abruptly (its connections drop; its store stays on disk).
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(node) = self.members[i].node.take() {
+            // Dropping the last handle aborts the node's task mid-flight, like a crash.
+            drop(node);
+        }
+        self.members[i].addr = None;
+        // Let the task wind down and the lock on the store directory go.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Restarts node `i` with its identity and store, and rejoins the network.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut last = None;
+        for _ in 0..50 {
+            // The killed task may still hold the store's lock for a moment.
+            match self.launch(i).await {
+                Ok(()) => return self.join(i).await,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow!("restart of node {i} failed")))
+    }
+
+    /// Shuts every live node down.
+    pub async fn shutdown(mut self) {
+        for member in &mut self.members {
+            if let Some(node) = member.node.take() {
+                let _ = tokio::time::timeout(STEP, node.shutdown()).await;
+            }
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

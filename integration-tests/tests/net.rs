@@ -1,0 +1,269 @@
+//! The network-first key-value memory, as stories over 5 to 20 real nodes on loopback.
+
+use std::time::Duration;
+
+use dkvs_account::{KeyType, Keypair};
+use dkvs_integration_tests::testnet::{TestNet, eventually};
+use dkvs_net::{Config, PutError, Quorum, Refusal};
+use dkvs_record::{Draft, Key, Record, Transfer};
+
+const HOUR: u64 = 3_600_000;
+
+fn record(owner: &Keypair, key: &Key, value: &str, seq: u64) -> Record {
+    Draft::new(key.clone(), value.as_bytes().to_vec(), seq, HOUR).sign(owner).expect("valid draft")
+}
+
+fn value(outcome: &dkvs_net::GetOutcome) -> Option<String> {
+    outcome.record.as_ref().map(|r| String::from_utf8_lossy(r.value()).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_put_on_one_get_on_every_other() -> anyhow::Result<()> {
+    // k = 6: records live on a few of the twenty nodes, so gets must route to them.
+    let net = TestNet::start(20, Config::default().with_replication(6)).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let keys: Vec<Key> = (0..5)
+        .map(|i| Key::scoped(&alice.account_id(), &format!("doc/{i}")).expect("key"))
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        let receipt = net.put(i, record(&alice, key, &format!("v{i}"), 1)).await??;
+        assert!(receipt.has_quorum(), "{receipt:?}");
+        assert_eq!(receipt.replicas, 6);
+        assert!(receipt.stored.len() >= receipt.quorum);
+    }
+    for reader in 0..net.len() {
+        for (i, key) in keys.iter().enumerate() {
+            let got = net.get(reader, key).await??;
+            assert_eq!(value(&got), Some(format!("v{i}")), "node {reader} reads {key}");
+            assert!(got.confirmations >= 4, "majority of 6 confirmed: {got:?}");
+            assert!(!got.local);
+        }
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_wins_after_concurrent_updates() -> anyhow::Result<()> {
+    let net = TestNet::start(8, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Secp256k1);
+    let key = Key::scoped(&alice.account_id(), "status").expect("key");
+    // The owner writes sequences 1..=6 at once from six different nodes.
+    let puts = (1..=6u64).map(|seq| {
+        let net = &net;
+        let record = record(&alice, &key, &format!("v{seq}"), seq);
+        async move { net.put(seq as usize, record).await }
+    });
+    let results = futures::future::join_all(puts).await;
+    assert!(results.iter().any(|r| matches!(r, Ok(Ok(_)))), "{results:?}");
+    for reader in 0..net.len() {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v6".into()), "node {reader}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_cannot_overwrite() -> anyhow::Result<()> {
+    let net = TestNet::start(6, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let mallory = Keypair::generate(KeyType::Ed25519);
+
+    // Account-scoped: a forged record (Alice's, value changed) is refused by the writer itself.
+    let key = Key::scoped(&alice.account_id(), "profile").expect("key");
+    let good = record(&alice, &key, "alice", 1);
+    net.put(0, good.clone()).await??;
+    let mut bytes = record(&alice, &key, "alicf", 2).encode();
+    let at = bytes.windows(5).position(|w| w == b"alicf").expect("value");
+    bytes[at + 4] = b'e';
+    let forged = Record::decode(&bytes)?;
+    let refused = net.put(1, forged).await?;
+    assert!(matches!(refused, Err(PutError::Local(_))), "{refused:?}");
+
+    // Shared name: Mallory writes it through a node that never saw it; the replicas refuse.
+    let name = Key::new("/names/alice")?;
+    net.put(0, record(&alice, &name, "alice's", 1)).await??;
+    let squat = net.put(5, record(&mallory, &name, "mallory's", 99)).await?;
+    match squat {
+        Err(PutError::NoQuorum { receipt }) => {
+            assert!(receipt.refused.iter().any(|(_, why, _)| *why == Refusal::ForeignOwner));
+        }
+        Err(PutError::Local(_)) => {} // node 5 already held Alice's record
+        other => panic!("squatting must fail: {other:?}"),
+    }
+    for reader in 0..net.len() {
+        let got = net.get(reader, &name).await??;
+        assert_eq!(value(&got), Some("alice's".into()), "node {reader}");
+        assert_eq!(got.record.as_ref().map(|r| r.owner()), Some(alice.public()));
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_works_once_and_cannot_be_replayed() -> anyhow::Result<()> {
+    let net = TestNet::start(6, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let bob = Keypair::generate(KeyType::Secp256k1);
+    let name = Key::new("/names/shop")?;
+    net.put(0, record(&alice, &name, "alice's shop", 1)).await??;
+
+    let mut handover = Draft::new(name.clone(), b"bob's shop".to_vec(), 2, HOUR);
+    handover.transfer = Some(Transfer::sign(&alice, &name, bob.public(), 2));
+    let handover = handover.sign(&bob)?;
+    net.put(3, handover.clone()).await??;
+    let got = net.get(1, &name).await??;
+    assert_eq!(got.record.as_ref().map(|r| r.owner()), Some(bob.public()));
+
+    // Alice no longer holds the name.
+    let back = net.put(2, record(&alice, &name, "mine again", 3)).await?;
+    assert!(matches!(back, Err(PutError::Local(_) | PutError::NoQuorum { .. })), "{back:?}");
+    // The same consent cannot carry another record of Bob's.
+    let mut replay = Draft::new(name.clone(), b"again".to_vec(), 3, HOUR);
+    replay.transfer = handover.transfer().cloned();
+    let replay = replay.sign(&bob)?;
+    let refused = net.put(4, replay).await?;
+    assert!(matches!(refused, Err(PutError::Local(_))), "{refused:?}");
+    // Replaying the handover itself changes nothing.
+    net.put(5, handover).await??;
+    let got = net.get(0, &name).await??;
+    assert_eq!(value(&got), Some("bob's shop".into()));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_replica_is_repaired_by_a_get() -> anyhow::Result<()> {
+    let mut net = TestNet::start(5, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "k").expect("key");
+    net.put(0, record(&alice, &key, "old", 1)).await??;
+    assert!(net.node(4).store().get(key.as_str()).is_some());
+    net.kill(4).await;
+    net.put(0, record(&alice, &key, "new", 2)).await??;
+    net.restart(4).await?;
+    assert_eq!(net.node(4).store().get(key.as_str()).map(|r| r.seq()), Some(1), "stale");
+    let got = net.get(1, &key).await??;
+    assert_eq!(value(&got), Some("new".into()));
+    let repaired = eventually(Duration::from_secs(10), async || {
+        net.node(4).store().get(key.as_str()).is_some_and(|r| r.seq() == 2)
+    })
+    .await;
+    assert!(repaired, "node 4 was repaired");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_conflict_returns_the_current_record() -> anyhow::Result<()> {
+    let net = TestNet::start(5, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "counter").expect("key");
+    let one = record(&alice, &key, "1", 1);
+    net.node(0).put_cas(one.clone(), None).await?;
+    let two = record(&alice, &key, "2", 2);
+    match net.node(3).put_cas(two.clone(), None).await {
+        Err(PutError::Conflict { current }) => assert_eq!(current.as_deref(), Some(&one)),
+        other => panic!("expected a conflict: {other:?}"),
+    }
+    match net.node(3).put_cas(two.clone(), Some(7)).await {
+        Err(PutError::Conflict { current }) => assert_eq!(current.map(|r| r.seq()), Some(1)),
+        other => panic!("expected a conflict: {other:?}"),
+    }
+    net.node(4).put_cas(two, Some(1)).await?;
+    assert_eq!(value(&net.get(2, &key).await??), Some("2".into()));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstone_hides_the_value_everywhere() -> anyhow::Result<()> {
+    let net = TestNet::start(6, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "secret").expect("key");
+    net.put(0, record(&alice, &key, "visible", 1)).await??;
+    let tombstone = Draft::tombstone(key.clone(), 2, HOUR).sign(&alice)?;
+    net.node(2).delete(tombstone).await?;
+    for reader in 0..net.len() {
+        let got = net.get(reader, &key).await??;
+        let held = got.record.expect("the tombstone is the newest record");
+        assert!(held.is_tombstone() && held.value().is_empty(), "node {reader}");
+    }
+    // The old value cannot come back.
+    let back = net.put(3, record(&alice, &key, "visible", 1)).await?;
+    assert!(matches!(back, Err(PutError::Stale { current_seq: 2, .. })), "{back:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sees_every_update_in_order() -> anyhow::Result<()> {
+    let net = TestNet::start(6, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "feed").expect("key");
+    net.put(1, record(&alice, &key, "v0", 1)).await??;
+    let mut watch = net.node(5).watch(&key).await?;
+    // Give the subscription time to reach the replicas' gossip views.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for seq in 2..=6u64 {
+        net.put((seq % 4) as usize, record(&alice, &key, &format!("v{seq}"), seq)).await??;
+        let seen =
+            tokio::time::timeout(Duration::from_secs(10), watch.next()).await?.expect("watch open");
+        assert_eq!(seen.seq(), seq);
+        assert_eq!(seen.value(), format!("v{seq}").as_bytes());
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_churn_and_restarted_nodes_catch_up() -> anyhow::Result<()> {
+    let config = Config::default()
+        .with_replication(8)
+        .with_replication_interval(Duration::from_secs(1))
+        .with_write_quorum(Quorum::Majority);
+    let mut net = TestNet::start(20, config).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let keys: Vec<Key> =
+        (0..10).map(|i| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("key")).collect();
+    for key in &keys {
+        net.put(0, record(&alice, key, "first", 1)).await??;
+    }
+    // Kill 30% of the nodes (never the writer), then update every record.
+    let killed: Vec<usize> = (1..net.len()).step_by(3).take(6).collect();
+    for &i in &killed {
+        net.kill(i).await;
+    }
+    for key in &keys {
+        net.put(0, record(&alice, key, "second", 2)).await??;
+    }
+    for reader in net.alive() {
+        for key in &keys {
+            assert_eq!(
+                value(&net.get(reader, key).await??),
+                Some("second".into()),
+                "{reader} {key}"
+            );
+        }
+    }
+    // Restarted, they catch up by replication, without anybody reading.
+    for &i in &killed {
+        net.restart(i).await?;
+    }
+    let caught_up = eventually(Duration::from_secs(20), async || {
+        killed.iter().all(|&i| {
+            keys.iter()
+                .all(|key| net.node(i).store().get(key.as_str()).is_none_or(|r| r.seq() == 2))
+        })
+    })
+    .await;
+    assert!(caught_up, "restarted nodes hold no stale record");
+    for &i in &killed {
+        for key in &keys {
+            assert_eq!(value(&net.get(i, key).await??), Some("second".into()));
+        }
+    }
+    net.shutdown().await;
+    Ok(())
+}
