@@ -1,6 +1,7 @@
 //! Helpers for the workspace's end-to-end tests: child processes that are always cleaned up,
 //! and [`testnet`], many dkvs nodes in one process on loopback.
 
+pub mod liar;
 pub mod testnet;
 
 use std::process::Child;

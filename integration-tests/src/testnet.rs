@@ -118,6 +118,11 @@ impl TestNet {
         self.members[i].node.as_ref().unwrap_or_else(|| panic!("node {i} is killed"))
     }
 
+    /// Node `i`'s listen address, while it is alive.
+    pub fn addr(&self, i: usize) -> Option<Multiaddr> {
+        self.members[i].addr.clone()
+    }
+
     /// Node `i`'s peer id (alive or not).
     pub fn peer_id(&self, i: usize) -> PeerId {
         self.members[i].identity.public().to_peer_id()

@@ -267,3 +267,63 @@ async fn records_survive_churn_and_restarted_nodes_catch_up() -> anyhow::Result<
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_peers_lose_and_flooders_are_cut_off() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+
+    let net = TestNet::start(6, Config::default().with_peer_rate(50, 100)).await?;
+    let stale_liar = Liar::spawn().await?;
+    let forger = Liar::spawn().await?;
+    for liar in [&stale_liar, &forger] {
+        liar.join(net.peer_id(0), net.addr(0).expect("node 0 is alive")).await?;
+    }
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "balance").expect("key");
+    let old = record(&alice, &key, "100", 1);
+    net.put(1, old.clone()).await??;
+    net.put(1, record(&alice, &key, "250", 2)).await??;
+
+    // One liar answers with the old record, the other with a record it forged at sequence 3.
+    stale_liar.lie_about(key.as_str(), old.encode()).await?;
+    let mut forged = record(&alice, &key, "999", 3).encode();
+    let at = forged.windows(3).position(|w| w == b"999").expect("value");
+    forged[at] = b'1';
+    forger.lie_about(key.as_str(), forged).await?;
+    // Let the honest nodes route to the liars.
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let mut asked_forger = 0;
+    for reader in 0..net.len() {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("250".into()), "node {reader}: honest record wins");
+        if net.node(reader).banned_peers().await.contains(&forger.peer_id()) {
+            asked_forger += 1;
+        }
+        assert!(!net.node(reader).banned_peers().await.contains(&stale_liar.peer_id()));
+    }
+    assert!(asked_forger > 0, "the forger was asked and banned by its readers");
+
+    // A flood of puts: answered up to the burst, then refused, then cut off.
+    let flooder = Liar::spawn().await?;
+    flooder.join(net.peer_id(2), net.addr(2).expect("node 2 is alive")).await?;
+    let flood: Vec<Vec<u8>> = (0..2000)
+        .map(|i| {
+            let key = Key::scoped(&alice.account_id(), &format!("spam/{i}")).expect("key");
+            record(&alice, &key, "spam", 1).encode()
+        })
+        .collect();
+    let report =
+        tokio::time::timeout(Duration::from_secs(60), flooder.flood(net.peer_id(2), flood))
+            .await??;
+    assert!(report.cut_off > 0, "{report:?}");
+    assert!(net.node(2).banned_peers().await.contains(&flooder.peer_id()), "{report:?}");
+    let stored =
+        net.node(2).store().records().filter(|r| r.key().as_str().contains("/spam/")).count();
+    assert!(stored <= 200, "at most about a burst was accepted: {stored}");
+    // Honest traffic is unaffected.
+    assert_eq!(value(&net.get(2, &key).await??), Some("250".into()));
+    net.shutdown().await;
+    Ok(())
+}

@@ -44,6 +44,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Watch>,
     },
     Peers(oneshot::Sender<Vec<PeerId>>),
+    Banned(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -199,6 +200,11 @@ impl Node {
         self.ask(Command::Peers).await.unwrap_or_default()
     }
 
+    /// The peers this node refuses for now: they sent forged records or flooded it.
+    pub async fn banned_peers(&self) -> Vec<PeerId> {
+        self.ask(Command::Banned).await.unwrap_or_default()
+    }
+
     /// The addresses this node listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
@@ -333,6 +339,9 @@ impl Driver {
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Banned(reply) => {
+                let _ = reply.send(self.banned.keys().copied().collect());
             }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -500,8 +509,15 @@ impl Driver {
         }
     }
 
+    /// Takes a request token for `peer`; a peer that floods on past its refusals is banned.
     pub(crate) fn rate_ok(&mut self, peer: PeerId) -> bool {
-        self.limiter.allow(peer, Instant::now())
+        if self.limiter.allow(peer, Instant::now()) {
+            return true;
+        }
+        if self.limiter.is_flooding(&peer) && !self.banned.contains_key(&peer) {
+            self.ban(peer, "flooded requests past its rate limit");
+        }
+        false
     }
 }
 

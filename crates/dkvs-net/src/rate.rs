@@ -10,6 +10,8 @@ pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     buckets: HashMap<PeerId, (f64, Instant)>,
+    /// Requests refused per peer since the last sweep.
+    refused: HashMap<PeerId, u32>,
 }
 
 impl RateLimiter {
@@ -18,6 +20,7 @@ impl RateLimiter {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
             buckets: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -31,8 +34,15 @@ impl RateLimiter {
             *tokens -= 1.0;
             true
         } else {
+            *self.refused.entry(peer).or_default() += 1;
             false
         }
+    }
+
+    /// True when `peer` kept sending after being refused more than a whole burst's worth of
+    /// requests since the last sweep: not a busy peer but a flood.
+    pub(crate) fn is_flooding(&self, peer: &PeerId) -> bool {
+        self.refused.get(peer).is_some_and(|&n| f64::from(n) > self.burst)
     }
 
     /// Forgets peers whose buckets are full again, so that the map stays as small as the set of
@@ -40,6 +50,7 @@ impl RateLimiter {
     pub(crate) fn forget_idle(&mut self, now: Instant) {
         let full_after = Duration::from_secs_f64(self.burst / self.rate.max(f64::MIN_POSITIVE));
         self.buckets.retain(|_, (_, last)| now.saturating_duration_since(*last) < full_after);
+        self.refused.clear();
     }
 }
 
@@ -58,5 +69,12 @@ mod tests {
         assert!(!limiter.allow(peer, start + Duration::from_millis(100)));
         // Another peer has its own bucket.
         assert!(limiter.allow(PeerId::random(), start));
+        assert!(!limiter.is_flooding(&peer));
+        for _ in 0..6 {
+            limiter.allow(peer, start + Duration::from_millis(100));
+        }
+        assert!(limiter.is_flooding(&peer), "refused more than a burst");
+        limiter.forget_idle(start + Duration::from_secs(10));
+        assert!(!limiter.is_flooding(&peer));
     }
 }

@@ -1,0 +1,220 @@
+//! A dishonest peer for tests: it speaks dkvs's protocols (Kademlia on `/dkvs/kad/1.0.0`, the
+//! record protocol) but answers gets with whatever the test tells it to (an old record, a
+//! forged one), claims to store every put without storing anything, and can flood a node with
+//! puts. It is built from plain libp2p parts, as an attacker would build it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use dkvs_net::codec::{Codec, PROTOCOL, pb};
+use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use dkvs_net::libp2p::{
+    self, Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, kad, noise,
+    request_response, tcp, yamux,
+};
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
+struct Behaviour {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    records: request_response::Behaviour<Codec>,
+    identify: identify::Behaviour,
+}
+
+enum Command {
+    Lie(String, Vec<u8>),
+    Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
+    Flood(PeerId, Vec<Vec<u8>>, oneshot::Sender<FloodReport>),
+}
+
+/// What a flood achieved.
+#[derive(Debug, Default)]
+pub struct FloodReport {
+    /// Puts the target answered (stored or refused).
+    pub answered: usize,
+    /// Of those, refused for load.
+    pub rate_limited: usize,
+    /// Puts that got no answer: the connection was cut or refused.
+    pub cut_off: usize,
+}
+
+/// A running dishonest peer.
+pub struct Liar {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Liar {
+    /// Starts a liar listening on loopback.
+    pub async fn spawn() -> anyhow::Result<Liar> {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key: &identity::Keypair| {
+                let peer_id = key.public().to_peer_id();
+                let mut kad = kad::Behaviour::with_config(
+                    peer_id,
+                    kad::store::MemoryStore::new(peer_id),
+                    kad::Config::new(StreamProtocol::new("/dkvs/kad/1.0.0")),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                Behaviour {
+                    kad,
+                    records: request_response::Behaviour::with_codec(
+                        Codec,
+                        [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(5))
+                            .with_max_concurrent_streams(10_000),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        dkvs_net::IDENTIFY_PROTOCOL.to_owned(),
+                        key.public(),
+                    )),
+                }
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let peer_id = *swarm.local_peer_id();
+        let (commands, receiver) = mpsc::channel(16);
+        let task = tokio::spawn(run(swarm, receiver));
+        Ok(Liar { commands, peer_id, task })
+    }
+
+    /// The liar's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// From now on, answers gets for `key` with `bytes` (a record's encoding, or garbage).
+    pub async fn lie_about(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.commands
+            .send(Command::Lie(key.to_owned(), bytes))
+            .await
+            .map_err(|_| anyhow!("liar gone"))
+    }
+
+    /// Connects to `peer` at `addr` and walks the DHT, so honest nodes route to the liar.
+    pub async fn join(&self, peer: PeerId, addr: Multiaddr) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Join(peer, addr, tx))
+            .await
+            .map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")?
+    }
+
+    /// Sends every record in `records` to `target` as fast as the connection allows.
+    pub async fn flood(
+        &self,
+        target: PeerId,
+        records: Vec<Vec<u8>>,
+    ) -> anyhow::Result<FloodReport> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Flood(target, records, tx))
+            .await
+            .map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")
+    }
+}
+
+async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
+    let mut lies: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
+    let mut flood: Option<(usize, FloodReport, oneshot::Sender<FloodReport>)> = None;
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Lie(key, bytes)) => {
+                    lies.insert(key, bytes);
+                }
+                Some(Command::Join(peer, addr, reply)) => {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    match swarm.dial(addr) {
+                        Ok(()) => joining.push((peer, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
+                Some(Command::Flood(target, records, reply)) => {
+                    let count = records.len();
+                    for record in records {
+                        let request = pb::Request {
+                            kind: Some(pb::request::Kind::Put(pb::PutRequest { record })),
+                        };
+                        swarm.behaviour_mut().records.send_request(&target, request);
+                    }
+                    flood = Some((count, FloodReport::default(), reply));
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    if let Some(i) = joining.iter().position(|(p, _)| *p == peer_id) {
+                        let (_, reply) = joining.swap_remove(i);
+                        let _ = swarm.behaviour_mut().kad.bootstrap();
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Records(event)) => match event {
+                    request_response::Event::Message { message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let response = match request.kind {
+                                Some(pb::request::Kind::Get(get)) => {
+                                    let key = String::from_utf8_lossy(&get.key).into_owned();
+                                    pb::Response { kind: Some(pb::response::Kind::Get(pb::GetResponse {
+                                        record: lies.get(&key).cloned().unwrap_or_default(),
+                                        highest_seq: u64::MAX,
+                                        rate_limited: false,
+                                    })) }
+                                }
+                                // Claims to store everything; keeps nothing.
+                                _ => pb::Response { kind: Some(pb::response::Kind::Put(pb::PutResponse {
+                                    status: pb::PutStatus::Stored as i32,
+                                    ..pb::PutResponse::default()
+                                })) },
+                            };
+                            let _ = swarm.behaviour_mut().records.send_response(channel, response);
+                        }
+                        request_response::Message::Response { response, .. } => {
+                            if let Some((_, report, _)) = flood.as_mut() {
+                                report.answered += 1;
+                                if let Some(pb::response::Kind::Put(put)) = response.kind
+                                    && put.status == pb::PutStatus::RateLimited as i32
+                                {
+                                    report.rate_limited += 1;
+                                }
+                            }
+                        }
+                    },
+                    request_response::Event::OutboundFailure { .. } => {
+                        if let Some((_, report, _)) = flood.as_mut() {
+                            report.cut_off += 1;
+                        }
+                    }
+                    _ => {}
+                },
+                _ => {}
+            },
+        }
+        if let Some((count, report, _)) = &flood
+            && report.answered + report.cut_off >= *count
+            && let Some((_, report, reply)) = flood.take()
+        {
+            let _ = reply.send(report);
+        }
+    }
+}
