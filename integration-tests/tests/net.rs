@@ -327,3 +327,26 @@ async fn lying_peers_lose_and_flooders_are_cut_off() -> anyhow::Result<()> {
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_keep_their_records_alive() -> anyhow::Result<()> {
+    let config = Config::default().with_republish_interval(Duration::from_millis(300));
+    let net = TestNet::start(4, config).await?;
+    let alice = std::sync::Arc::new(Keypair::generate(KeyType::Ed25519));
+    let key = Key::scoped(&alice.account_id(), "presence").expect("key");
+    let short = Draft::new(key.clone(), b"online".to_vec(), 1, 1_500).sign(&alice)?;
+    net.put(0, short).await??;
+    net.node(0).keep_alive(alice.clone(), &key, 1_500).await;
+    // Three lifetimes later the record is still there, re-signed with newer sequences.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let got = net.get(3, &key).await??;
+    let held = got.record.expect("kept alive");
+    assert_eq!(held.value(), b"online");
+    assert!(held.seq() > 2, "republished: seq {}", held.seq());
+    // Without keep-alive it expires.
+    net.node(0).stop_keep_alive(&key).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(net.get(3, &key).await??.record, None);
+    net.shutdown().await;
+    Ok(())
+}

@@ -61,8 +61,8 @@ pub struct Config {
     /// How often this node re-sends the records it holds to the current k closest peers of
     /// each key (holders replicate). Default: 10 min.
     pub replication_interval: Duration,
-    /// How often the records this node's owners wrote are republished before they expire.
-    /// Default: 1 h.
+    /// How often this node looks at the keys it keeps alive ([`crate::Node::keep_alive`]); a
+    /// record that would expire within two intervals is re-signed and put again. Default: 1 h.
     pub republish_interval: Duration,
 }
 
@@ -133,6 +133,11 @@ impl Config {
     /// With mDNS on or off.
     pub fn with_mdns(mut self, on: bool) -> Config {
         self.mdns = on;
+        self
+    }
+    /// With another republish interval.
+    pub fn with_republish_interval(mut self, interval: Duration) -> Config {
+        self.republish_interval = interval;
         self
     }
     /// With the Kademlia mode fixed (`Some(true)`: server) or automatic (`None`).

@@ -43,6 +43,11 @@ pub(crate) enum Command {
         key: Key,
         reply: oneshot::Sender<Watch>,
     },
+    KeepAlive {
+        key: Key,
+        owner: Option<Arc<dkvs_account::Keypair>>,
+        ttl_ms: u64,
+    },
     Peers(oneshot::Sender<Vec<PeerId>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -200,6 +205,25 @@ impl Node {
         self.ask(Command::Peers).await.unwrap_or_default()
     }
 
+    /// Keeps `key` alive for its owner: before the newest record this node holds for it
+    /// expires, the node re-signs it with `owner` (same value, next sequence, `ttl_ms` more
+    /// life) and puts it again. Stops when the key is deleted, handed over, or
+    /// [`Node::stop_keep_alive`] is called.
+    pub async fn keep_alive(&self, owner: Arc<dkvs_account::Keypair>, key: &Key, ttl_ms: u64) {
+        let _ = self
+            .commands
+            .send(Command::KeepAlive { key: key.clone(), owner: Some(owner), ttl_ms })
+            .await;
+    }
+
+    /// Stops keeping `key` alive.
+    pub async fn stop_keep_alive(&self, key: &Key) {
+        let _ = self
+            .commands
+            .send(Command::KeepAlive { key: key.clone(), owner: None, ttl_ms: 0 })
+            .await;
+    }
+
     /// The peers this node refuses for now: they sent forged records or flooded it.
     pub async fn banned_peers(&self) -> Vec<PeerId> {
         self.ask(Command::Banned).await.unwrap_or_default()
@@ -238,6 +262,9 @@ pub(crate) struct Driver {
     pub(crate) watches: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, u64)>,
     last_sweep: Instant,
     last_replication: Instant,
+    last_republish: Instant,
+    /// Keys this node keeps alive for their owners: the owner's key pair and the TTL to sign.
+    pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
 }
 
 impl Driver {
@@ -265,6 +292,8 @@ impl Driver {
             watches: HashMap::new(),
             last_sweep: Instant::now(),
             last_replication: Instant::now(),
+            last_republish: Instant::now(),
+            kept: HashMap::new(),
         }
     }
 
@@ -336,6 +365,12 @@ impl Driver {
             Command::Watch { key, reply } => {
                 let watch = self.start_watch(key);
                 let _ = reply.send(watch);
+            }
+            Command::KeepAlive { key, owner: Some(owner), ttl_ms } => {
+                self.kept.insert(key, (owner, ttl_ms));
+            }
+            Command::KeepAlive { key, owner: None, .. } => {
+                self.kept.remove(&key);
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -466,6 +501,10 @@ impl Driver {
             self.last_sweep = now;
             self.store.remove_expired();
             self.limiter.forget_idle(now);
+        }
+        if now.duration_since(self.last_republish) >= self.config.republish_interval {
+            self.last_republish = now;
+            self.republish();
         }
         if now.duration_since(self.last_replication) >= self.config.replication_interval {
             self.last_replication = now;

@@ -624,6 +624,44 @@ impl Driver {
         }
     }
 
+    /// Owners republish: every kept key whose newest record would expire before the next two
+    /// rounds is re-signed with the next sequence and a fresh expiry, and put again.
+    pub(crate) fn republish(&mut self) {
+        let now = self.now_ms();
+        let horizon = 2 * self.config.republish_interval.as_millis() as u64;
+        let mut due = Vec::new();
+        let mut done = Vec::new();
+        for (key, (owner, ttl_ms)) in &self.kept {
+            let Some(held) = self.store.get(key.as_str()) else { continue };
+            if held.is_tombstone() || held.owner() != owner.public() {
+                done.push(key.clone());
+            } else if held.expires_at_ms() <= now + horizon {
+                let draft = dkvs_record::Draft {
+                    key: key.clone(),
+                    value: held.value().to_vec(),
+                    seq: held.seq() + 1,
+                    issued_at_ms: now,
+                    expires_at_ms: now + ttl_ms,
+                    tombstone: false,
+                    transfer: None,
+                };
+                match draft.sign(owner) {
+                    Ok(record) => due.push(record),
+                    Err(e) => tracing::warn!(%key, error = %e, "cannot republish"),
+                }
+            }
+        }
+        for key in done {
+            self.kept.remove(&key);
+        }
+        for record in due {
+            tracing::debug!(key = %record.key(), seq = record.seq(), "republishing");
+            // Nobody waits for the receipt; the next round tries again if this one failed.
+            let (reply, _) = oneshot::channel();
+            self.put_phase(record, reply);
+        }
+    }
+
     /// Holders replicate: each live record goes to the k closest peers in the routing table.
     /// Replicas that have it answer "unchanged"; one that lost it (a restarted node) or newly
     /// became one of the closest stores it.
