@@ -350,3 +350,38 @@ async fn owners_keep_their_records_alive() -> anyhow::Result<()> {
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()> {
+    use dkvs_net::Node;
+    use dkvs_net::libp2p::{identity, multiaddr::Protocol};
+
+    let net = TestNet::start(3, Config::default().with_relay_server(true)).await?;
+    let relay = net.peer_id(0);
+    let relay_addr = net.addr(0).expect("alive");
+    // A node that listens on no address of its own: only through a reservation at node 0.
+    let dir = tempfile::tempdir()?;
+    let hidden = Node::spawn(
+        identity::Keypair::generate_ed25519(),
+        dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
+        Config::default().with_kad_server(Some(true)),
+    )?;
+    hidden.add_peer(relay, relay_addr.clone()).await?;
+    let circuit = relay_addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+    let reserved =
+        tokio::time::timeout(Duration::from_secs(20), hidden.listen_on(circuit)).await??;
+    assert!(reserved.iter().any(|p| p == Protocol::P2pCircuit), "{reserved}");
+
+    // Node 2 reaches the hidden node through the relay and writes to it.
+    net.node(2).add_peer(hidden.peer_id(), reserved).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "via-relay").expect("key");
+    let receipt = net.put(2, record(&alice, &key, "hello", 1)).await??;
+    assert!(receipt.stored.contains(&hidden.peer_id()), "{receipt:?}");
+    assert!(hidden.store().get(key.as_str()).is_some());
+    let got = tokio::time::timeout(Duration::from_secs(20), hidden.get(&key)).await??;
+    assert_eq!(value(&got), Some("hello".into()));
+    hidden.shutdown().await;
+    net.shutdown().await;
+    Ok(())
+}

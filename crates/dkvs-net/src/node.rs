@@ -388,6 +388,13 @@ impl Driver {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
+                // A node configured to relay is declared reachable by its operator: its listen
+                // addresses are what it hands out in reservations.
+                if self.config.relay_server
+                    && !address.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 if let Some(i) = self.listens.iter().position(|(id, _)| *id == listener_id) {
                     let (_, reply) = self.listens.swap_remove(i);
                     let _ = reply.send(Ok(address));
