@@ -1,0 +1,550 @@
+//! The node's local HTTP API: JSON (or raw bytes for values) over HTTP on loopback, every
+//! request authorised by the bearer token in the home's `api.json`. `docs/openapi.json`
+//! describes it and is served at `/openapi.json`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use dkvs_account::Keypair;
+use dkvs_account::keystore::{Keystore, KeystoreError};
+use dkvs_net::{GetOutcome, Node, PutError, PutReceipt, Refusal};
+use dkvs_record::{Draft, Key, MAX_VALUE_LEN, Record};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// What the handlers share.
+pub struct AppState {
+    /// The network node.
+    pub node: Node,
+    /// The accounts on disk.
+    pub keystore: Keystore,
+    /// The default account's name.
+    pub default_account: Option<String>,
+    /// Accounts unlocked so far, by name.
+    pub unlocked: Mutex<HashMap<String, Arc<Keypair>>>,
+    /// The passphrase that unlocks them.
+    pub passphrase: Zeroizing<String>,
+    /// The bearer token.
+    pub token: String,
+    /// The node's configuration.
+    pub config: NodeConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// An API error: a status and `{ "error": { "code", "message" } }`, plus extra fields.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<(&'static str, serde_json::Value)>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), extra: None }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some((name, value)) = self.extra {
+            body[name] = value;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router with every route, behind the token check.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/accounts", get(accounts))
+        .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/watch/{*key}", get(watch_key))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .layer(middleware::from_fn_with_state(state.clone(), authorise))
+        .layer(axum::extract::DefaultBodyLimit::max(2 * MAX_VALUE_LEN + 4096))
+        .with_state(state)
+}
+
+async fn authorise(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
+    if !ok {
+        let message = match presented {
+            None => {
+                "this API needs `Authorization: Bearer <token>`; the token is in the node's api.json"
+            }
+            Some(_) => {
+                "wrong token; the token is in the node's api.json and changes at every start"
+            }
+        };
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AppState {
+    /// The unlocked key pair of account `name` (or of the default account).
+    async fn account(&self, name: Option<&str>) -> ApiResult<Arc<Keypair>> {
+        let name = match name.or(self.default_account.as_deref()) {
+            Some(name) => name.to_owned(),
+            None => {
+                return Err(ApiError::bad_request(
+                    "no account given and no default account; create one with `dkvs account new`",
+                ));
+            }
+        };
+        let mut unlocked = self.unlocked.lock().await;
+        if let Some(pair) = unlocked.get(&name) {
+            return Ok(pair.clone());
+        }
+        let pair = match self.keystore.load(&name, &self.passphrase) {
+            Ok(pair) => Arc::new(pair),
+            Err(KeystoreError::NotFound(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_account",
+                    format!("no account named {name:?} on this node"),
+                ));
+            }
+            Err(KeystoreError::WrongPassphrase { .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "locked_account",
+                    format!(
+                        "account {name:?} does not open with the passphrase the node was started with"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "keystore",
+                    e.to_string(),
+                ));
+            }
+        };
+        unlocked.insert(name, pair.clone());
+        Ok(pair)
+    }
+
+    /// The record key named by a request path: `/~/...` is the account's own scope.
+    async fn key(&self, path: &str, account: Option<&str>) -> ApiResult<Key> {
+        let text = format!("/{path}");
+        let text = match text.strip_prefix("/~/") {
+            Some(rest) => format!("/{}/{rest}", self.account(account).await?.account_id()),
+            None => text,
+        };
+        Key::new(text)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    account: Option<String>,
+    local: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    account: Option<String>,
+    /// Life of the record, e.g. `90s`, `1h`, `7d`.
+    ttl: Option<String>,
+    /// Compare-and-swap: the sequence expected now; 0 for "no record".
+    expect_seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct JsonValue {
+    value_base64: String,
+}
+
+/// A record as JSON.
+#[derive(Serialize)]
+struct RecordJson {
+    key: String,
+    owner: String,
+    seq: u64,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+    tombstone: bool,
+    value_len: usize,
+    value_base64: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transferred_from: Option<String>,
+}
+
+fn record_json(record: &Record) -> RecordJson {
+    RecordJson {
+        key: record.key().to_string(),
+        owner: record.owner().account_id().to_string(),
+        seq: record.seq(),
+        issued_at_ms: record.issued_at_ms(),
+        expires_at_ms: record.expires_at_ms(),
+        tombstone: record.is_tombstone(),
+        value_len: record.value().len(),
+        value_base64: base64::engine::general_purpose::STANDARD.encode(record.value()),
+        transferred_from: record.transfer().map(|t| t.from().account_id().to_string()),
+    }
+}
+
+fn receipt_json(key: &Key, receipt: &PutReceipt) -> serde_json::Value {
+    json!({
+        "key": key.as_str(),
+        "seq": receipt.seq,
+        "replicas": receipt.replicas,
+        "quorum": receipt.quorum,
+        "stored": receipt.stored.len(),
+        "refused": receipt.refused.iter().map(|(peer, why, message)| {
+            json!({ "peer": peer.to_string(), "reason": why.to_string(), "message": message })
+        }).collect::<Vec<_>>(),
+        "unreachable": receipt.unreachable.len(),
+    })
+}
+
+fn put_error(error: PutError) -> ApiError {
+    use dkvs_store::PutError as Local;
+    match error {
+        PutError::Conflict { current } => ApiError {
+            extra: Some((
+                "current",
+                current.map_or(serde_json::Value::Null, |r| json!(record_json(&r))),
+            )),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the current sequence is not the expected one; read it and retry",
+            )
+        },
+        PutError::Stale { current_seq, current } => ApiError {
+            extra: Some((
+                "current",
+                current.map_or(serde_json::Value::Null, |r| json!(record_json(&r))),
+            )),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "stale",
+                format!("sequence {current_seq} is already held; retry to write after it"),
+            )
+        },
+        PutError::NoQuorum { receipt } => {
+            let foreign = receipt.refused.iter().any(|(_, why, _)| *why == Refusal::ForeignOwner);
+            let message = format!(
+                "only {} of {} replicas stored it, {} needed{}",
+                receipt.stored.len(),
+                receipt.replicas,
+                receipt.quorum,
+                if foreign { "; the name belongs to another account" } else { "" }
+            );
+            let (status, code) = if foreign {
+                (StatusCode::FORBIDDEN, "foreign_owner")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "no_quorum")
+            };
+            ApiError {
+                extra: Some((
+                    "receipt",
+                    json!({"stored": receipt.stored.len(), "replicas": receipt.replicas}),
+                )),
+                ..ApiError::new(status, code, message)
+            }
+        }
+        PutError::Local(Local::Invalid(dkvs_record::ValidateError::ValueTooLarge { len })) => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("value is {len} bytes, limit is {MAX_VALUE_LEN}"),
+            )
+        }
+        PutError::Local(e @ Local::ForeignOwner { .. }) => {
+            ApiError::new(StatusCode::FORBIDDEN, "foreign_owner", e.to_string())
+        }
+        PutError::Local(e @ (Local::OwnerQuota { .. } | Local::Full { .. })) => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "over_quota", e.to_string())
+        }
+        PutError::Local(e @ Local::Fork { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "fork", e.to_string())
+        }
+        PutError::Local(e @ Local::Io { .. }) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+        }
+        PutError::Local(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
+        }
+        e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
+fn error_code(error: &ApiError) -> &'static str {
+    error.code
+}
+
+async fn put_key(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let started = Instant::now();
+    let result = put_inner(&state, &path, query, &headers, body).await;
+    state.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
+    state.metrics.put(result.as_ref().map_or_else(error_code, |_| "ok"));
+    result
+}
+
+async fn put_inner(
+    state: &AppState,
+    path: &str,
+    query: PutQuery,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let value = if is_json {
+        let parsed: JsonValue = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("body is not {{\"value_base64\": ...}}: {e}"))
+        })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(parsed.value_base64)
+            .map_err(|e| ApiError::bad_request(format!("value_base64 is not base64: {e}")))?
+    } else {
+        body.to_vec()
+    };
+    // The size rule first: nothing else is worth doing for a value that can never be stored.
+    if value.len() > MAX_VALUE_LEN {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("value is {} bytes, limit is {MAX_VALUE_LEN}", value.len()),
+        ));
+    }
+    let ttl_ms = match &query.ttl {
+        None => state.config.default_ttl_secs.saturating_mul(1000),
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "ttl {text:?} is not a duration like 90s, 1h or 7d: {e}"
+                ))
+            })?
+            .as_millis() as u64,
+    };
+    let max_ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
+    if ttl_ms == 0 || ttl_ms > max_ttl_ms {
+        return Err(ApiError::bad_request(format!(
+            "ttl is {ttl_ms} ms; it must be positive and at most this node's maximum of {max_ttl_ms} ms"
+        )));
+    }
+    let owner = state.account(query.account.as_deref()).await?;
+    let key = state.key(path, query.account.as_deref()).await?;
+    let (seq, expected) = match query.expect_seq {
+        Some(expected) => (expected + 1, Some((expected > 0).then_some(expected))),
+        None => (next_seq(state, &key).await, None),
+    };
+    let record = Draft::new(key.clone(), value, seq, ttl_ms)
+        .sign(&owner)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string()))?;
+    let receipt = match expected {
+        Some(expected) => state.node.put_cas(record, expected).await,
+        None => state.node.put(record).await,
+    }
+    .map_err(put_error)?;
+    Ok(Json(receipt_json(&key, &receipt)))
+}
+
+/// The sequence after the newest the network (or, failing that, this node) knows for `key`.
+async fn next_seq(state: &AppState, key: &Key) -> u64 {
+    let network = match state.node.get(key).await {
+        Ok(outcome) => outcome.record.map_or(0, |r| r.seq()),
+        Err(_) => 0,
+    };
+    let local = state.node.store().highest_seq(key.as_str()).unwrap_or(0);
+    network.max(local) + 1
+}
+
+async fn get_key(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let result = get_inner(&state, &path, query, &headers).await;
+    state.metrics.get_seconds.observe(started.elapsed().as_secs_f64());
+    state.metrics.get(result.as_ref().map_or_else(error_code, |_| "ok"));
+    result
+}
+
+async fn get_inner(
+    state: &AppState,
+    path: &str,
+    query: KeyQuery,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let key = state.key(path, query.account.as_deref()).await?;
+    let outcome: GetOutcome = if query.local.unwrap_or(false) {
+        state.node.get_local(&key)
+    } else {
+        state.node.get(&key).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
+        })?
+    };
+    let Some(record) = outcome.record.as_ref().filter(|r| !r.is_tombstone()) else {
+        let message = match &outcome.record {
+            Some(tombstone) => format!("{key} was deleted (sequence {})", tombstone.seq()),
+            None => format!("{key} is not set"),
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", message));
+    };
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        let mut body = json!(record_json(record));
+        body["confirmations"] = json!(outcome.confirmations);
+        body["answered"] = json!(outcome.answered);
+        body["asked"] = json!(outcome.asked);
+        body["local"] = json!(outcome.local);
+        return Ok(Json(body).into_response());
+    }
+    let mut response = Response::new(Body::from(record.value().to_vec()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert("dkvs-seq", HeaderValue::from(record.seq()));
+    headers.insert("dkvs-confirmations", HeaderValue::from(outcome.confirmations as u64));
+    Ok(response)
+}
+
+async fn delete_key(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    Query(query): Query<KeyQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let owner = state.account(query.account.as_deref()).await?;
+    let key = state.key(&path, query.account.as_deref()).await?;
+    let seq = next_seq(&state, &key).await;
+    // A tombstone outlives any record it replaces: it lives as long as this node keeps anything.
+    let ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
+    let tombstone = Draft::tombstone(key.clone(), seq, ttl_ms)
+        .sign(&owner)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string()))?;
+    let receipt = state.node.delete(tombstone).await.map_err(put_error)?;
+    state.metrics.put("ok");
+    Ok(Json(receipt_json(&key, &receipt)))
+}
+
+async fn watch_key(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    Query(query): Query<KeyQuery>,
+) -> ApiResult<Response> {
+    let key = state.key(&path, query.account.as_deref()).await?;
+    let watch = state.node.watch(&key).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+    })?;
+    let lines = watch.map(|record| {
+        let mut line = serde_json::to_vec(&record_json(&record)).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(line)
+    });
+    let mut response = Response::new(Body::from_stream(lines));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let stats = state.node.store().stats();
+    let peers = state.node.connected_peers().await;
+    Json(json!({
+        "peer_id": state.node.peer_id().to_string(),
+        "listen_addrs": state.node.listen_addrs().await.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "peers": peers.len(),
+        "records": stats.records,
+        "remembered_sequences": stats.remembered,
+        "memory_bytes": stats.bytes,
+        "memory_budget_bytes": state.node.store().config().max_bytes,
+        "default_account": state.default_account,
+    }))
+}
+
+async fn peers(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let peers = state.node.connected_peers().await;
+    Json(json!(peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()))
+}
+
+async fn accounts(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let list = state
+        .keystore
+        .list()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keystore", e.to_string()))?;
+    Ok(Json(json!(
+        list.iter()
+            .map(|info| json!({
+                "name": info.name,
+                "type": info.key_type.name(),
+                "account_id": info.account_id.to_string(),
+                "default": state.default_account.as_deref() == Some(info.name.as_str()),
+            }))
+            .collect::<Vec<_>>()
+    )))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let stats = state.node.store().stats();
+    state.metrics.records.set(stats.records as i64);
+    state.metrics.bytes.set(stats.bytes as i64);
+    state.metrics.peers.set(state.node.connected_peers().await.len() as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

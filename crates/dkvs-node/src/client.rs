@@ -1,0 +1,183 @@
+//! The client side of the HTTP API, for the command line.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// A failed request, classified for the command line's exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node answered 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The node answered with another error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error code.
+        code: String,
+        /// What the node said.
+        message: String,
+        /// The whole error body.
+        body: serde_json::Value,
+    },
+    /// The node could not be reached.
+    #[error("cannot reach the node at {url}: {reason} (is `dkvs node` running from this home?)")]
+    Unreachable {
+        /// Where it was looked for.
+        url: String,
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// A client of one node's API.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+/// Percent-encodes a record key for a URL path, keeping its `/` separators.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.trim_start_matches('/').bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:4041`) with `token`.
+    pub fn new(base: &str, token: &str, timeout: Option<Duration>) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(timeout)
+            .build()
+            .into();
+        Client { agent, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn check(
+        &self,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
+        let status = response.status().as_u16();
+        if status < 400 {
+            return Ok(response);
+        }
+        let bytes =
+            response.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("error").to_owned();
+        let message = body["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        if status == 404 && code == "not_found" {
+            return Err(ClientError::NotFound(message));
+        }
+        Err(ClientError::Api { status, code, message, body })
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> ClientError {
+        ClientError::Unreachable { url: self.base.clone(), reason: e.to_string() }
+    }
+
+    /// GET `path`, JSON answer.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        let mut response = self.check(response)?;
+        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+    }
+
+    /// GET `path`, raw bytes answer.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Accept", "application/octet-stream")
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        let mut response = self.check(response)?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// PUT raw bytes to `path`, JSON answer.
+    pub fn put_bytes(&self, path: &str, bytes: &[u8]) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .agent
+            .put(self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)
+            .map_err(|e| self.unreachable(e))?;
+        let mut response = self.check(response)?;
+        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+    }
+
+    /// DELETE `path`, JSON answer.
+    pub fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .agent
+            .delete(self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        let mut response = self.check(response)?;
+        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+    }
+
+    /// GET `path` as a stream of lines, calling `each` per line until the stream ends.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let response = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        let response = self.check(response)?;
+        let mut reader = response.into_body().into_reader();
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buf).context("reading the stream")?;
+            if n == 0 {
+                return Ok(());
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                each(String::from_utf8_lossy(&line).trim_end())?;
+            }
+        }
+    }
+}

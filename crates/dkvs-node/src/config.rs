@@ -1,0 +1,141 @@
+//! The node's TOML configuration. Every field has a default; `dkvs node --print-config` prints
+//! them all, and a file may set any subset.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// Node configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Addresses to listen on for peers.
+    pub listen: Vec<String>,
+    /// Peers to join through (`/ip4/.../tcp/.../p2p/<peer id>`). None: the node runs alone
+    /// until peers find it.
+    pub bootstrap: Vec<String>,
+    /// Address of the HTTP API; loopback only unless you mean otherwise.
+    pub api: String,
+    /// Kademlia mode: "auto" (client until a public address is confirmed, as behind NAT),
+    /// "server" or "client".
+    pub kad_mode: String,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Relay connections for peers behind NAT (declares this node publicly reachable).
+    pub relay_server: bool,
+    /// Store budget in bytes.
+    pub max_bytes: u64,
+    /// Per-owner budget in bytes.
+    pub max_bytes_per_owner: u64,
+    /// Longest record life this node keeps, in seconds.
+    pub max_ttl_secs: u64,
+    /// Record life when a put gives none, in seconds.
+    pub default_ttl_secs: u64,
+    /// Replication factor k.
+    pub replication: usize,
+    /// Write quorum: 0 for a majority of the replicas, else a count.
+    pub write_quorum: usize,
+    /// Read quorum: 0 for a majority of the replicas, else a count.
+    pub read_quorum: usize,
+    /// Timeout of one request to one peer, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Timeout of a whole put or get, in milliseconds.
+    pub operation_timeout_ms: u64,
+    /// Sync every put to disk before acknowledging it (survives power loss, slower).
+    pub fsync: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        let net = dkvs_net::Config::default();
+        let store = dkvs_store::Config::default();
+        NodeConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/4040".into(), "/ip4/0.0.0.0/udp/4040/quic-v1".into()],
+            bootstrap: Vec::new(),
+            api: "127.0.0.1:4041".into(),
+            kad_mode: "auto".into(),
+            mdns: false,
+            relay_server: false,
+            max_bytes: store.max_bytes,
+            max_bytes_per_owner: store.max_bytes_per_owner,
+            max_ttl_secs: store.max_ttl_ms / 1000,
+            default_ttl_secs: 24 * 3600,
+            replication: net.replication,
+            write_quorum: 0,
+            read_quorum: 0,
+            request_timeout_ms: net.request_timeout.as_millis() as u64,
+            operation_timeout_ms: net.operation_timeout.as_millis() as u64,
+            fsync: false,
+        }
+    }
+}
+
+fn quorum(n: usize) -> dkvs_net::Quorum {
+    if n == 0 { dkvs_net::Quorum::Majority } else { dkvs_net::Quorum::N(n) }
+}
+
+impl NodeConfig {
+    /// Reads a configuration file; fields it leaves out keep their defaults.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid configuration", path.display()))
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The network layer's configuration.
+    pub fn net(&self) -> anyhow::Result<dkvs_net::Config> {
+        let kad_server = match self.kad_mode.as_str() {
+            "auto" => None,
+            "server" => Some(true),
+            "client" => Some(false),
+            other => anyhow::bail!("kad_mode is {other:?}; use \"auto\", \"server\" or \"client\""),
+        };
+        Ok(dkvs_net::Config::default()
+            .with_replication(self.replication)
+            .with_write_quorum(quorum(self.write_quorum))
+            .with_read_quorum(quorum(self.read_quorum))
+            .with_request_timeout(Duration::from_millis(self.request_timeout_ms))
+            .with_operation_timeout(Duration::from_millis(self.operation_timeout_ms))
+            .with_kad_server(kad_server)
+            .with_mdns(self.mdns)
+            .with_relay_server(self.relay_server))
+    }
+
+    /// The store's configuration.
+    pub fn store(&self) -> dkvs_store::Config {
+        dkvs_store::Config::default()
+            .with_max_bytes(self.max_bytes)
+            .with_max_bytes_per_owner(self.max_bytes_per_owner)
+            .with_max_ttl_ms(self.max_ttl_secs.saturating_mul(1000))
+            .with_durability(if self.fsync {
+                dkvs_store::Durability::Fsync
+            } else {
+                dkvs_store::Durability::WriteThrough
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_defaults_read_back() {
+        let text = NodeConfig::default().to_toml().expect("serializes");
+        let back: NodeConfig = toml::from_str(&text).expect("parses");
+        assert_eq!(back, NodeConfig::default());
+        let partial: NodeConfig = toml::from_str("replication = 5\n").expect("parses");
+        assert_eq!(partial.replication, 5);
+        assert_eq!(partial.api, NodeConfig::default().api);
+        assert!(toml::from_str::<NodeConfig>("replicaton = 5\n").is_err(), "typos are errors");
+        let bad = NodeConfig { kad_mode: "sometimes".into(), ..NodeConfig::default() };
+        assert!(bad.net().is_err());
+    }
+}

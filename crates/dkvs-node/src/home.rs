@@ -1,0 +1,148 @@
+//! The home directory: keys, node identity, configuration, data, and the running node's API
+//! address and token.
+//!
+//! ```text
+//! <home>/keys/<name>.key.json   accounts, encrypted with the passphrase (dkvs-account keystore)
+//! <home>/default-account        the name of the default account
+//! <home>/node.key               the node's libp2p identity (mode 0600)
+//! <home>/config.toml            optional configuration (see `dkvs node --print-config`)
+//! <home>/data/                  the record store
+//! <home>/api.json               {"url", "token"} of the node running from this home (mode 0600)
+//! ```
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use dkvs_account::keystore::Keystore;
+use dkvs_net::libp2p::identity;
+
+/// A dkvs home directory.
+#[derive(Clone, Debug)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// Where a running node's API is, and the token it accepts.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ApiInfo {
+    /// Base URL, e.g. `http://127.0.0.1:4041`.
+    pub url: String,
+    /// The bearer token.
+    pub token: String,
+}
+
+impl Home {
+    /// The home at `root`.
+    pub fn new(root: PathBuf) -> Home {
+        Home { root }
+    }
+
+    /// The default home: `$HOME/.dkvs`.
+    pub fn default_root() -> anyhow::Result<PathBuf> {
+        let home = std::env::var_os("HOME").context("HOME is not set; pass --home")?;
+        Ok(PathBuf::from(home).join(".dkvs"))
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the root (mode 0700) if it is missing.
+    pub fn ensure(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .with_context(|| format!("cannot create {}", self.root.display()))
+    }
+
+    /// The accounts.
+    pub fn keystore(&self) -> anyhow::Result<Keystore> {
+        self.ensure()?;
+        Ok(Keystore::open(self.root.join("keys"))?)
+    }
+
+    /// The default account's name, if one is set.
+    pub fn default_account(&self) -> anyhow::Result<Option<String>> {
+        match fs::read_to_string(self.root.join("default-account")) {
+            Ok(name) => Ok(Some(name.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("cannot read the default account"),
+        }
+    }
+
+    /// Sets the default account.
+    pub fn set_default_account(&self, name: &str) -> anyhow::Result<()> {
+        write_private(&self.root.join("default-account"), format!("{name}\n").as_bytes())
+    }
+
+    /// The node's libp2p identity, created on first use.
+    pub fn node_identity(&self) -> anyhow::Result<identity::Keypair> {
+        self.ensure()?;
+        let path = self.root.join("node.key");
+        match fs::read(&path) {
+            Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+                .with_context(|| format!("{} is not a node key", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = identity::Keypair::generate_ed25519();
+                let bytes = key.to_protobuf_encoding().context("encoding the node key")?;
+                write_private(&path, &bytes)?;
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The store's directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The configuration file.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    fn api_file(&self) -> PathBuf {
+        self.root.join("api.json")
+    }
+
+    /// Records where the running node's API is and its token.
+    pub fn write_api(&self, info: &ApiInfo) -> anyhow::Result<()> {
+        write_private(&self.api_file(), &serde_json::to_vec_pretty(info)?)
+    }
+
+    /// Removes the API record (the node stopped).
+    pub fn remove_api(&self) {
+        let _ = fs::remove_file(self.api_file());
+    }
+
+    /// Where the node running from this home listens, and its token.
+    pub fn read_api(&self) -> anyhow::Result<ApiInfo> {
+        let path = self.api_file();
+        let bytes = fs::read(&path).with_context(|| {
+            format!("no node is running from {} (start one with `dkvs node`)", self.root.display())
+        })?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+    }
+}
+
+/// Writes `bytes` to `path` atomically, readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,360 @@
+//! `dkvs`: run a node, and use the network from the shell.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use dkvs_account::KeyType;
+use dkvs_account::keystore::KeystoreError;
+use dkvs_node::client::{Client, ClientError, encode_key};
+use dkvs_node::config::NodeConfig;
+use dkvs_node::home::Home;
+use zeroize::Zeroizing;
+
+/// dkvs: a signed key-value memory on a peer-to-peer network.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Home directory: keys, configuration, data, and the running node's API address.
+    #[arg(long, global = true, env = "DKVS_HOME")]
+    home: Option<PathBuf>,
+    /// API of the node to talk to (default: the one running from the home).
+    #[arg(long = "api", global = true, value_name = "URL")]
+    api_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Run a node in the foreground.
+    Node(NodeArgs),
+    /// Write a value: from the argument, from --file, or from standard input.
+    Put {
+        /// The key; `/~/...` is the signing account's own scope.
+        key: String,
+        /// The value.
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Life of the record, e.g. 90s, 1h, 7d (default: the node's).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Only if the current sequence is N (0: only if the key is not set).
+        #[arg(long = "expect-seq", value_name = "N")]
+        expect_seq: Option<u64>,
+        /// Sign with this account instead of the default one.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Read a value: its raw bytes to standard output. Exit code 1 if the key is not set.
+    Get {
+        /// The key.
+        key: String,
+        /// Read this node's copy only, without asking the network.
+        #[arg(long)]
+        local: bool,
+        /// Print the whole record as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The account whose `/~/` scope is meant.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Delete a key (a signed tombstone).
+    Delete {
+        /// The key.
+        key: String,
+        /// Sign with this account.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Print each newer version of a key as a JSON line, until interrupted.
+    Watch {
+        /// The key.
+        key: String,
+        /// The account whose `/~/` scope is meant.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// List connected peers.
+    Peers,
+    /// Show the node's peer id, addresses, peers, records and memory.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account and print its id. The first account becomes the default.
+    New {
+        /// A name for it (default: "default", or "accountN").
+        name: Option<String>,
+        /// Key type.
+        #[arg(long = "type", default_value = "ed25519")]
+        key_type: KeyType,
+    },
+    /// List the accounts.
+    List,
+    /// Show one account.
+    Show {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Listen on this multiaddr (repeatable; replaces the configured ones).
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Join the network through this peer, `/ip4/.../tcp/.../p2p/<peer id>` (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Serve the API on this address.
+    #[arg(long = "api-listen", value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// Read the configuration from this TOML file (default: <home>/config.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(ClientError::NotFound(message)) = e.downcast_ref::<ClientError>() {
+                eprintln!("dkvs: {message}");
+                return ExitCode::from(1);
+            }
+            eprintln!("dkvs: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    let passphrase = match std::env::var("DKVS_PASSPHRASE") {
+        Ok(p) => Zeroizing::new(p),
+        Err(_) => {
+            let first = Zeroizing::new(rpassword::prompt_password("passphrase: ").context(
+                "cannot read a passphrase; set DKVS_PASSPHRASE when there is no terminal",
+            )?);
+            if confirm {
+                let again = Zeroizing::new(rpassword::prompt_password("again: ")?);
+                anyhow::ensure!(*first == *again, "the passphrases differ");
+            }
+            first
+        }
+    };
+    if passphrase.is_empty() && confirm {
+        eprintln!(
+            "dkvs: warning: an empty passphrase leaves the key readable by anyone with the file"
+        );
+    }
+    Ok(passphrase)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::new(match cli.home {
+        Some(home) => home,
+        None => Home::default_root()?,
+    });
+    match cli.command {
+        Command::Account(command) => account(&home, command),
+        Command::Node(args) => node(home, args),
+        command => {
+            let client = client(&home, cli.api_url.as_deref(), &command)?;
+            client_command(&client, command)
+        }
+    }
+}
+
+fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
+    let keystore = home.keystore()?;
+    match command {
+        AccountCommand::New { name, key_type } => {
+            let existing = keystore.list()?;
+            let name = name.unwrap_or_else(|| {
+                if existing.is_empty() {
+                    "default".into()
+                } else {
+                    format!("account{}", existing.len() + 1)
+                }
+            });
+            let pair = keystore.create(&name, key_type, &passphrase(true)?)?;
+            if home.default_account()?.is_none() {
+                home.set_default_account(&name)?;
+            }
+            println!("{}", pair.account_id());
+        }
+        AccountCommand::List => {
+            let default = home.default_account()?;
+            for info in keystore.list()? {
+                let mark =
+                    if default.as_deref() == Some(info.name.as_str()) { " (default)" } else { "" };
+                println!("{}\t{}\t{}{mark}", info.name, info.key_type, info.account_id);
+            }
+        }
+        AccountCommand::Show { name } => {
+            let info = keystore
+                .list()?
+                .into_iter()
+                .find(|info| info.name == name)
+                .ok_or(KeystoreError::NotFound(name))?;
+            println!("name: {}", info.name);
+            println!("type: {}", info.key_type);
+            println!("account id: {}", info.account_id);
+            if let Some(address) = info.account_id.eth_address() {
+                println!("ethereum address: {address}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn node(home: Home, args: NodeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None if home.config_file().exists() => NodeConfig::load(&home.config_file())?,
+        None => NodeConfig::default(),
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    config.bootstrap.extend(args.bootstrap);
+    if let Some(api) = args.api_listen {
+        config.api = api;
+    }
+    if args.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let has_accounts = !home.keystore()?.list()?.is_empty();
+    let passphrase = if has_accounts { passphrase(false)? } else { Zeroizing::new(String::new()) };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(dkvs_node::run::run(home, config, passphrase))
+}
+
+fn client(home: &Home, api: Option<&str>, command: &Command) -> anyhow::Result<Client> {
+    let info = home.read_api();
+    let (url, token) = match (api, info) {
+        (Some(url), Ok(info)) => (url.to_owned(), info.token),
+        (Some(url), Err(_)) => (
+            url.to_owned(),
+            std::env::var("DKVS_TOKEN")
+                .context("with --api, set DKVS_TOKEN to the node's token")?,
+        ),
+        (None, Ok(info)) => (info.url, info.token),
+        (None, Err(e)) => return Err(e),
+    };
+    // A watch waits as long as it is told to; everything else gets an answer within a minute.
+    let timeout = match command {
+        Command::Watch { .. } => None,
+        _ => Some(Duration::from_secs(60)),
+    };
+    Ok(Client::new(&url, &token, timeout))
+}
+
+fn with_account(path: String, account: &Option<String>, extra: &[(&str, String)]) -> String {
+    let mut params: Vec<String> =
+        extra.iter().map(|(k, v)| format!("{k}={}", encode_key(v))).collect();
+    if let Some(account) = account {
+        params.push(format!("account={}", encode_key(account)));
+    }
+    if params.is_empty() { path } else { format!("{path}?{}", params.join("&")) }
+}
+
+fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Put { key, value, file, ttl, expect_seq, account } => {
+            let bytes = match (value, file) {
+                (Some(value), _) => value.into_bytes(),
+                (None, Some(file)) => std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+                (None, None) => {
+                    let mut bytes = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .context("cannot read standard input")?;
+                    bytes
+                }
+            };
+            let mut extra = Vec::new();
+            if let Some(ttl) = ttl {
+                extra.push(("ttl", ttl));
+            }
+            if let Some(n) = expect_seq {
+                extra.push(("expect_seq", n.to_string()));
+            }
+            let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
+            let receipt = client.put_bytes(&path, &bytes)?;
+            println!(
+                "{} seq {} stored by {} of {} replicas",
+                receipt["key"].as_str().unwrap_or(&key),
+                receipt["seq"],
+                receipt["stored"],
+                receipt["replicas"]
+            );
+        }
+        Command::Get { key, local, json, account } => {
+            let extra = if local { vec![("local", "true".to_owned())] } else { vec![] };
+            let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
+            let mut out = std::io::stdout().lock();
+            if json {
+                let record = client.get_json(&path)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?;
+            } else {
+                out.write_all(&client.get_bytes(&path)?)?;
+            }
+            out.flush()?;
+        }
+        Command::Delete { key, account } => {
+            let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &[]);
+            let receipt = client.delete(&path)?;
+            println!(
+                "deleted {} at seq {}, stored by {} of {} replicas",
+                receipt["key"].as_str().unwrap_or(&key),
+                receipt["seq"],
+                receipt["stored"],
+                receipt["replicas"]
+            );
+        }
+        Command::Watch { key, account } => {
+            let path = with_account(format!("/v1/watch/{}", encode_key(&key)), &account, &[]);
+            client.stream_lines(&path, |line| {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                Ok(())
+            })?;
+        }
+        Command::Peers => {
+            for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
+                println!("{}", peer.as_str().unwrap_or_default());
+            }
+        }
+        Command::Status => {
+            println!("{}", serde_json::to_string_pretty(&client.get_json("/v1/status")?)?);
+        }
+        Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! `dkvs node`: starts the network node and the API, and stops both cleanly on a signal.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use dkvs_net::Node;
+use dkvs_net::libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use dkvs_store::Store;
+use rand::RngExt as _;
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::api::{self, AppState};
+use crate::config::NodeConfig;
+use crate::home::{ApiInfo, Home};
+use crate::metrics::Metrics;
+
+/// Runs a node from `home` with `config` until SIGINT or SIGTERM.
+pub async fn run(
+    home: Home,
+    config: NodeConfig,
+    passphrase: Zeroizing<String>,
+) -> anyhow::Result<()> {
+    home.ensure()?;
+    let keystore = home.keystore()?;
+    let identity = home.node_identity()?;
+    let store = Store::open(home.data_dir(), config.store())
+        .with_context(|| format!("cannot open the store in {}", home.data_dir().display()))?;
+    let node = Node::spawn(identity, store, config.net()?)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "peer id: {}", node.peer_id())?;
+    for addr in &config.listen {
+        let addr: Multiaddr =
+            addr.parse().with_context(|| format!("listen address {addr:?} is not a multiaddr"))?;
+        let bound = node
+            .listen_on(addr.clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        writeln!(out, "listening on: {}", bound.with(Protocol::P2p(node.peer_id())))?;
+    }
+    for addr in &config.bootstrap {
+        let addr: Multiaddr = addr
+            .parse()
+            .with_context(|| format!("bootstrap address {addr:?} is not a multiaddr"))?;
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            anyhow::bail!("bootstrap address {addr} must end with /p2p/<peer id>");
+        };
+        if let Err(e) = node.add_peer(peer, addr.clone()).await {
+            tracing::warn!(%addr, error = %e, "bootstrap peer unreachable");
+        }
+    }
+    if !config.bootstrap.is_empty()
+        && let Err(e) = node.bootstrap().await
+    {
+        tracing::warn!(error = %e, "bootstrap walk failed; the node keeps trying as peers appear");
+    }
+
+    let listener = tokio::net::TcpListener::bind(&config.api)
+        .await
+        .with_context(|| format!("cannot bind the API to {}", config.api))?;
+    let api_addr = listener.local_addr()?;
+    let token = hex::encode(rand::rng().random::<[u8; 32]>());
+    let url = format!("http://{api_addr}");
+    home.write_api(&ApiInfo { url: url.clone(), token: token.clone() })?;
+    writeln!(out, "api: {url}")?;
+    out.flush()?;
+    drop(out);
+
+    let state = Arc::new(AppState {
+        node: node.clone(),
+        keystore,
+        default_account: home.default_account()?,
+        unlocked: Mutex::new(HashMap::new()),
+        passphrase,
+        token,
+        config,
+        metrics: Metrics::default(),
+    });
+    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(signal());
+    let result = served.await.context("the API server failed");
+    tracing::info!("shutting down");
+    home.remove_api();
+    node.shutdown().await;
+    result
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the node runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The peer id at the end of a multiaddr, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}

@@ -1,0 +1,271 @@
+//! End-to-end: real `dkvs node` processes on loopback with separate homes, driven only through
+//! the command line.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PASSPHRASE: &str = "correct horse battery staple";
+const STEP: Duration = Duration::from_secs(60);
+
+/// A node process, killed and reaped when dropped.
+struct NodeProcess {
+    child: Child,
+    home: PathBuf,
+    address: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dkvs(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dkvs"));
+    command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
+    command
+}
+
+/// Runs a client command with a deadline; returns its output.
+fn run(mut command: Command, stdin: Option<&[u8]>) -> Output {
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("dkvs starts");
+    if let Some(bytes) = stdin {
+        child.stdin.take().expect("piped").write_all(bytes).expect("stdin written");
+    }
+    let deadline = Instant::now() + STEP;
+    while child.try_wait().expect("waitable").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command took over {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+fn new_account(home: &Path, name: &str, key_type: &str) -> String {
+    ok(run(
+        {
+            let mut c = dkvs(home);
+            c.args(["account", "new", name, "--type", key_type]);
+            c
+        },
+        None,
+    ))
+    .trim()
+    .to_owned()
+}
+
+fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
+    std::fs::create_dir_all(home).expect("home");
+    let config = home.join("test-config.toml");
+    std::fs::write(
+        &config,
+        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\napi = \"127.0.0.1:0\"\nkad_mode = \"server\"\n",
+    )
+    .expect("config");
+    let mut command = dkvs(home);
+    command.arg("node").arg("--config").arg(&config);
+    if let Some(peer) = bootstrap {
+        command.arg("--bootstrap").arg(peer);
+    }
+    let mut child =
+        command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("node starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut address = None;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("the node prints its addresses");
+        if let Some(addr) = line.strip_prefix("listening on: ") {
+            address = Some(addr.to_owned());
+        }
+        if line.starts_with("api: ") {
+            break;
+        }
+    }
+    NodeProcess { child, home: home.to_owned(), address: address.expect("a listen address") }
+}
+
+fn put(node: &NodeProcess, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    run(
+        {
+            let mut c = dkvs(&node.home);
+            c.arg("put").args(args);
+            c
+        },
+        stdin,
+    )
+}
+
+fn get(node: &NodeProcess, args: &[&str]) -> Output {
+    run(
+        {
+            let mut c = dkvs(&node.home);
+            c.arg("get").args(args);
+            c
+        },
+        None,
+    )
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn three_nodes_through_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home_a, home_b, home_c) =
+        (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    let alice = new_account(&home_a, "alice", "ed25519");
+    let bob = new_account(&home_b, "bob", "secp256k1");
+    assert!(alice.starts_with("ed1") && bob.starts_with("secp1"), "{alice} {bob}");
+
+    let a = start(&home_a, None);
+    let b = start(&home_b, Some(&a.address));
+    let c = start(&home_c, Some(&a.address));
+
+    // Put on one, get on another; binary values survive untouched.
+    let stored = ok(put(&a, &["/~/greeting", "hello, dkvs"], None));
+    assert!(stored.contains("seq 1"), "{stored}");
+    let key = format!("/{alice}/greeting");
+    assert_eq!(ok(get(&b, &[&key])), "hello, dkvs");
+    let binary: Vec<u8> = (0..=255u8).collect();
+    ok(put(&a, &["/~/blob"], Some(&binary)));
+    let got = get(&c, &[&format!("/{alice}/blob")]);
+    assert!(got.status.success());
+    assert_eq!(got.stdout, binary);
+
+    // The whole record as JSON.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(get(&c, &[&key, "--json"]))).expect("json");
+    assert_eq!(json["owner"], alice.as_str());
+    assert_eq!(json["seq"], 1);
+    assert!(json["confirmations"].as_u64().expect("count") >= 2, "{json}");
+
+    // 10,240 bytes are accepted; 10,241 are refused with a message that says so.
+    let file = dir.path().join("max");
+    std::fs::write(&file, vec![b'x'; 10_240]).expect("file");
+    ok(put(&a, &["/~/max", "--file", file.to_str().expect("utf-8 path")], None));
+    assert_eq!(get(&b, &[&format!("/{alice}/max")]).stdout.len(), 10_240);
+    std::fs::write(&file, vec![b'x'; 10_241]).expect("file");
+    let refused = put(&a, &["/~/max", "--file", file.to_str().expect("utf-8 path")], None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("value is 10241 bytes, limit is 10240"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Another account cannot overwrite: neither Alice's scope nor her shared name.
+    let foreign = put(&b, &[&key, "bob was here"], None);
+    assert_eq!(foreign.status.code(), Some(2));
+    assert!(stderr(&foreign).contains("another account"), "{}", stderr(&foreign));
+    ok(put(&a, &["/names/alice", "alice's"], None));
+    let squat = put(&b, &["/names/alice", "bob's"], None);
+    assert_eq!(squat.status.code(), Some(2), "{}", stderr(&squat));
+    assert_eq!(ok(get(&c, &["/names/alice"])), "alice's");
+    assert_eq!(ok(get(&c, &[&key])), "hello, dkvs");
+
+    // Compare-and-swap: a stale expectation is a conflict that shows the current sequence.
+    let conflict = put(&a, &["/~/greeting", "hi", "--expect-seq", "7"], None);
+    assert_eq!(conflict.status.code(), Some(2));
+    assert!(stderr(&conflict).contains("conflict"), "{}", stderr(&conflict));
+    ok(put(&a, &["/~/greeting", "hi", "--expect-seq", "1"], None));
+    assert_eq!(ok(get(&b, &[&key])), "hi");
+
+    // Delete: not found everywhere (exit code 1).
+    ok(run(
+        {
+            let mut cmd = dkvs(&a.home);
+            cmd.args(["delete", "/~/blob"]);
+            cmd
+        },
+        None,
+    ));
+    let gone = get(&c, &[&format!("/{alice}/blob")]);
+    assert_eq!(gone.status.code(), Some(1), "{}", stderr(&gone));
+    assert!(stderr(&gone).contains("deleted"), "{}", stderr(&gone));
+    let never = get(&c, &["/names/nobody"]);
+    assert_eq!(never.status.code(), Some(1));
+
+    // A client with a wrong token is refused.
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home_a.join("api.json")).expect("api.json"))
+            .expect("json");
+    let stranger = dir.path().join("stranger");
+    let denied = run(
+        {
+            let mut cmd = dkvs(&stranger);
+            cmd.args(["--api", api["url"].as_str().expect("url"), "get", &key])
+                .env("DKVS_TOKEN", "wrong");
+            cmd
+        },
+        None,
+    );
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(stderr(&denied).contains("wrong token"), "{}", stderr(&denied));
+
+    // Status and peers.
+    let status: serde_json::Value = serde_json::from_str(&ok(run(
+        {
+            let mut cmd = dkvs(&a.home);
+            cmd.arg("status");
+            cmd
+        },
+        None,
+    )))
+    .expect("json");
+    assert!(status["peers"].as_u64().expect("peers") >= 2, "{status}");
+    assert!(status["records"].as_u64().expect("records") >= 4, "{status}");
+
+    // kill -9 and restart: every acknowledged record is still held by the node itself.
+    drop(a);
+    let a = start(&home_a, Some(&b.address));
+    assert_eq!(ok(get(&a, &[&key, "--local"])), "hi");
+    assert_eq!(get(&a, &[&format!("/{alice}/max"), "--local"]).stdout.len(), 10_240);
+    drop((a, b, c));
+}
+
+#[test]
+fn print_config_shows_every_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = ok(run(
+        {
+            let mut cmd = dkvs(dir.path());
+            cmd.args(["node", "--print-config"]);
+            cmd
+        },
+        None,
+    ));
+    for field in
+        ["listen", "bootstrap", "api", "replication", "write_quorum", "max_bytes", "max_ttl_secs"]
+    {
+        assert!(text.contains(field), "{field} missing from:\n{text}");
+    }
+}
