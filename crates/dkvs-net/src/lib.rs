@@ -49,3 +49,8 @@ pub enum NetError {
     #[error("the node is shut down")]
     Shutdown,
 }
+
+// The README's example is compiled with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
