@@ -517,10 +517,17 @@ impl Driver {
             self.last_replication = now;
             self.replicate();
         }
-        self.watches.retain(|_, (_, senders, _)| {
+        let mut unwatched = Vec::new();
+        self.watches.retain(|_, (key, senders, _)| {
             senders.retain(|s| !s.is_closed());
+            if senders.is_empty() {
+                unwatched.push(crate::watch::topic_of(key));
+            }
             !senders.is_empty()
         });
+        for topic in unwatched {
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+        }
     }
 
     /// Sends one record request; failures to send become an immediate failure of that peer.

@@ -96,29 +96,47 @@ impl Client {
         ClientError::Unreachable { url: self.base.clone(), reason: e.to_string() }
     }
 
+    /// Sends one request; the answer if it is a success, the node's error otherwise.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        body: &[u8],
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Accept", accept)
+            .header("Content-Type", "application/octet-stream")
+            .body(body.to_vec())
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = self.agent.run(request).map_err(|e| self.unreachable(e))?;
+        self.check(response)
+    }
+
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut response = self.send(method, path, "application/json", body)?;
+        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+    }
+
     /// GET `path`, JSON answer.
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        let response = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .header("Accept", "application/json")
-            .call()
-            .map_err(|e| self.unreachable(e))?;
-        let mut response = self.check(response)?;
-        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+        self.json("GET", path, &[])
     }
 
     /// GET `path`, raw bytes answer.
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
-        let response = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .header("Accept", "application/octet-stream")
-            .call()
-            .map_err(|e| self.unreachable(e))?;
-        let mut response = self.check(response)?;
+        let mut response = self.send("GET", path, "application/octet-stream", &[])?;
         response
             .body_mut()
             .with_config()
@@ -129,27 +147,12 @@ impl Client {
 
     /// PUT raw bytes to `path`, JSON answer.
     pub fn put_bytes(&self, path: &str, bytes: &[u8]) -> Result<serde_json::Value, ClientError> {
-        let response = self
-            .agent
-            .put(self.url(path))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .header("Content-Type", "application/octet-stream")
-            .send(bytes)
-            .map_err(|e| self.unreachable(e))?;
-        let mut response = self.check(response)?;
-        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+        self.json("PUT", path, bytes)
     }
 
     /// DELETE `path`, JSON answer.
     pub fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        let response = self
-            .agent
-            .delete(self.url(path))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
-        let mut response = self.check(response)?;
-        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+        self.json("DELETE", path, &[])
     }
 
     /// GET `path` as a stream of lines, calling `each` per line until the stream ends.
@@ -158,13 +161,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let response = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
-        let response = self.check(response)?;
+        let response = self.send("GET", path, "application/x-ndjson", &[])?;
         let mut reader = response.into_body().into_reader();
         let mut pending = Vec::new();
         let mut buf = [0u8; 4096];
