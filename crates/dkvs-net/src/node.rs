@@ -412,11 +412,11 @@ impl Driver {
                     let _ = reply.send(Ok(()));
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                if !self.swarm.is_connected(&peer) {
-                    for reply in self.dials.remove(&peer).unwrap_or_default() {
-                        let _ = reply.send(Err(NetError::Dial(error.to_string())));
-                    }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
+                if !self.swarm.is_connected(&peer) =>
+            {
+                for reply in self.dials.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(NetError::Dial(error.to_string())));
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
@@ -429,11 +429,11 @@ impl Driver {
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Records(event) => self.on_records_event(event),
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if info.protocols.iter().any(|p| *p == crate::behaviour::KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             _ => {}
@@ -451,19 +451,17 @@ impl Driver {
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
                     self.on_closest_peers(op, peers);
-                    if !step.last {
-                        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                            query.finish();
-                        }
+                    if !step.last
+                        && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                    {
+                        query.finish();
                     }
                 }
-                kad::QueryResult::Bootstrap(result) => {
-                    if step.last {
-                        if let Some(reply) = self.bootstraps.remove(&id) {
-                            let _ = reply.send(
-                                result.map(|_| ()).map_err(|e| NetError::Bootstrap(e.to_string())),
-                            );
-                        }
+                kad::QueryResult::Bootstrap(result) if step.last => {
+                    if let Some(reply) = self.bootstraps.remove(&id) {
+                        let _ = reply.send(
+                            result.map(|_| ()).map_err(|e| NetError::Bootstrap(e.to_string())),
+                        );
                     }
                 }
                 _ => {}

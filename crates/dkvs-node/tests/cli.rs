@@ -133,6 +133,21 @@ fn get(node: &NodeProcess, args: &[&str]) -> Output {
     )
 }
 
+/// A bare HTTP/1.1 GET on loopback: (status, body).
+fn http(host: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(host).expect("api reachable");
+    stream.set_read_timeout(Some(STEP)).expect("timeout");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+        .expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -230,6 +245,25 @@ fn three_nodes_through_the_command_line() {
     );
     assert_eq!(denied.status.code(), Some(2));
     assert!(stderr(&denied).contains("wrong token"), "{}", stderr(&denied));
+
+    // The raw API: no token is a JSON 401; metrics and the OpenAPI document are served.
+    let url = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    let token = api["token"].as_str().expect("token").to_owned();
+    let (code, body) = http(&url, "/v1/status", None);
+    assert_eq!(code, 401, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).expect("json error");
+    assert_eq!(error["error"]["code"], "unauthorized");
+    let (code, metrics) = http(&url, "/metrics", Some(&token));
+    assert_eq!(code, 200);
+    for metric in
+        ["dkvs_puts_total", "dkvs_store_bytes", "dkvs_records", "dkvs_peers", "dkvs_put_seconds"]
+    {
+        assert!(metrics.contains(metric), "{metric} missing from:\n{metrics}");
+    }
+    let (code, openapi) = http(&url, "/openapi.json", Some(&token));
+    assert_eq!(code, 200);
+    let openapi: serde_json::Value = serde_json::from_str(&openapi).expect("openapi json");
+    assert!(openapi["paths"]["/v1/kv/{key}"]["put"].is_object());
 
     // Status and peers.
     let status: serde_json::Value = serde_json::from_str(&ok(run(
