@@ -21,7 +21,8 @@ struct Cli {
     /// Home directory: keys, configuration, data, and the running node's API address.
     #[arg(long, global = true, env = "DKVS_HOME")]
     home: Option<PathBuf>,
-    /// API of the node to talk to (default: the one running from the home).
+    /// API of the node to talk to (default: the one running from the home). With `dkvs node`:
+    /// the address to serve the API on, e.g. 127.0.0.1:4041.
     #[arg(long = "api", global = true, value_name = "URL")]
     api_url: Option<String>,
     #[command(subcommand)]
@@ -117,9 +118,6 @@ struct NodeArgs {
     /// Join the network through this peer, `/ip4/.../tcp/.../p2p/<peer id>` (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
-    /// Serve the API on this address.
-    #[arg(long = "api-listen", value_name = "ADDR")]
-    api_listen: Option<String>,
     /// Read the configuration from this TOML file (default: <home>/config.toml if present).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -172,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Account(command) => account(&home, command),
-        Command::Node(args) => node(home, args),
+        Command::Node(args) => node(home, args, cli.api_url),
         command => {
             let client = client(&home, cli.api_url.as_deref(), &command)?;
             client_command(&client, command)
@@ -223,7 +221,7 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node(home: Home, args: NodeArgs) -> anyhow::Result<()> {
+fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => NodeConfig::load(path)?,
         None if home.config_file().exists() => NodeConfig::load(&home.config_file())?,
@@ -233,8 +231,8 @@ fn node(home: Home, args: NodeArgs) -> anyhow::Result<()> {
         config.listen = args.listen;
     }
     config.bootstrap.extend(args.bootstrap);
-    if let Some(api) = args.api_listen {
-        config.api = api;
+    if let Some(api) = api {
+        config.api = api.trim_start_matches("http://").trim_end_matches('/').to_owned();
     }
     if args.print_config {
         print!("{}", config.to_toml()?);

@@ -75,13 +75,10 @@ fn new_account(home: &Path, name: &str, key_type: &str) -> String {
 fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
-    std::fs::write(
-        &config,
-        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\napi = \"127.0.0.1:0\"\nkad_mode = \"server\"\n",
-    )
-    .expect("config");
+    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nkad_mode = \"server\"\n")
+        .expect("config");
     let mut command = dkvs(home);
-    command.arg("node").arg("--config").arg(&config);
+    command.arg("node").arg("--config").arg(&config).args(["--api", "127.0.0.1:0"]);
     if let Some(peer) = bootstrap {
         command.arg("--bootstrap").arg(peer);
     }
@@ -278,12 +275,73 @@ fn three_nodes_through_the_command_line() {
     assert!(status["peers"].as_u64().expect("peers") >= 2, "{status}");
     assert!(status["records"].as_u64().expect("records") >= 4, "{status}");
 
+    // Watch: one JSON line per new version, as they happen.
+    let mut watcher = dkvs(&c.home);
+    let mut watcher = watcher
+        .args(["watch", &key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watch starts");
+    let lines = watcher.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(lines).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watcher's subscription needs a moment to reach the replicas' gossip views.
+    std::thread::sleep(Duration::from_secs(2));
+    for (seq, text) in [(3, "third"), (4, "fourth")] {
+        ok(put(&a, &["/~/greeting", text], None));
+        let line = rx.recv_timeout(STEP).expect("the watcher prints the new version");
+        let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        assert_eq!(seen["seq"], seq, "{line}");
+        assert_eq!(seen["value_base64"], base64_of(text.as_bytes()), "{line}");
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
     // kill -9 and restart: every acknowledged record is still held by the node itself.
     drop(a);
     let a = start(&home_a, Some(&b.address));
-    assert_eq!(ok(get(&a, &[&key, "--local"])), "hi");
+    assert_eq!(ok(get(&a, &[&key, "--local"])), "fourth");
     assert_eq!(get(&a, &[&format!("/{alice}/max"), "--local"]).stdout.len(), 10_240);
+
+    // SIGTERM: a clean stop that removes the API record and exits 0.
+    let mut a = a;
+    let stopped = Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status();
+    assert!(stopped.expect("kill runs").success());
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = a.child.try_wait().expect("waitable") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!home_a.join("api.json").exists(), "api.json removed on a clean stop");
     drop((a, b, c));
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[test]
