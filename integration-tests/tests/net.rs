@@ -385,3 +385,33 @@ async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_quic() -> anyhow::Result<()> {
+    use dkvs_net::Node;
+    use dkvs_net::libp2p::identity;
+
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let spawn = |dir: &tempfile::TempDir| -> anyhow::Result<Node> {
+        Ok(Node::spawn(
+            identity::Keypair::generate_ed25519(),
+            dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
+            Config::default().with_kad_server(Some(true)),
+        )?)
+    };
+    let (a, b) = (spawn(&dirs[0])?, spawn(&dirs[1])?);
+    let step = Duration::from_secs(20);
+    let quic =
+        tokio::time::timeout(step, a.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)).await??;
+    assert!(quic.to_string().contains("/quic-v1"), "{quic}");
+    tokio::time::timeout(step, b.add_peer(a.peer_id(), quic)).await??;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "over-quic").expect("key");
+    let receipt = tokio::time::timeout(step, b.put(record(&alice, &key, "fast", 1))).await??;
+    assert!(receipt.stored.contains(&a.peer_id()), "{receipt:?}");
+    let got = tokio::time::timeout(step, a.get(&key)).await??;
+    assert_eq!(value(&got), Some("fast".into()));
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
