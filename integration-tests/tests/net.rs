@@ -415,3 +415,55 @@ async fn nodes_talk_over_quic() -> anyhow::Result<()> {
     b.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -> anyhow::Result<()>
+{
+    use dkvs_net::Node;
+    use dkvs_net::libp2p::{identity, multiaddr::Protocol};
+
+    let probe = Duration::from_millis(300);
+    let net =
+        TestNet::start(4, Config::default().with_autonat_private(probe).with_relay_server(true))
+            .await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    // Kademlia mode automatic: client until AutoNAT confirms a dial-back.
+    let config = Config::default().with_kad_server(None).with_autonat_private(probe);
+    let spawn = |dir: &tempfile::TempDir| -> anyhow::Result<Node> {
+        Ok(Node::spawn(
+            identity::Keypair::generate_ed25519(),
+            dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
+            config.clone(),
+        )?)
+    };
+    let reachable = spawn(&dirs[0])?;
+    let hidden = spawn(&dirs[1])?;
+    reachable.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    assert!(!reachable.reachability().await.kad_server, "starts as a DHT client");
+    for i in 0..net.len() {
+        reachable.add_peer(net.peer_id(i), net.addr(i).expect("alive")).await?;
+    }
+    // The hidden node listens only through a relay reservation: nobody can dial it back.
+    let relay_addr = net.addr(0).expect("alive");
+    hidden.add_peer(net.peer_id(0), relay_addr.clone()).await?;
+    let circuit = relay_addr.with(Protocol::P2p(net.peer_id(0))).with(Protocol::P2pCircuit);
+    tokio::time::timeout(Duration::from_secs(20), hidden.listen_on(circuit)).await??;
+    for i in 1..net.len() {
+        hidden.add_peer(net.peer_id(i), net.addr(i).expect("alive")).await?;
+    }
+
+    let promoted =
+        eventually(Duration::from_secs(30), async || reachable.reachability().await.kad_server)
+            .await;
+    let status = reachable.reachability().await;
+    assert!(promoted, "a dialable node becomes a DHT server: {status:?}");
+    assert!(status.nat.starts_with("Public"), "{status:?}");
+    assert!(!status.external_addrs.is_empty(), "{status:?}");
+    let hidden_status = hidden.reachability().await;
+    assert!(!hidden_status.kad_server, "an undialable node stays a client: {hidden_status:?}");
+    assert!(!hidden_status.nat.starts_with("Public"), "{hidden_status:?}");
+    reachable.shutdown().await;
+    hidden.shutdown().await;
+    net.shutdown().await;
+    Ok(())
+}

@@ -59,11 +59,13 @@ impl Behaviour {
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-        kad.set_mode(
-            config
-                .kad_server
-                .map(|server| if server { kad::Mode::Server } else { kad::Mode::Client }),
-        );
+        // Automatic mode is decided by the node (see `Driver::update_kad_mode`): a client until
+        // an address that is not a relay circuit is confirmed reachable.
+        kad.set_mode(Some(if config.kad_server == Some(true) {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
 
         let records = request_response::Behaviour::with_codec(
             Codec,
@@ -108,7 +110,16 @@ impl Behaviour {
             relay_client,
             relay_server: relay_server.into(),
             dcutr: dcutr::Behaviour::new(peer_id),
-            autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    only_global_ips: config.autonat_only_global_ips,
+                    boot_delay: config.autonat_probe_delay,
+                    retry_interval: config.autonat_probe_delay.max(Duration::from_secs(1)),
+                    throttle_server_period: config.autonat_probe_delay.min(Duration::from_secs(90)),
+                    ..autonat::Config::default()
+                },
+            ),
             mdns: mdns.into(),
         })
     }

@@ -58,6 +58,11 @@ pub struct Config {
     /// AutoNAT or identify confirm a public address, client until then, as nodes behind NAT
     /// should be). Default: `None`. Tests on loopback set `Some(true)`.
     pub kad_server: Option<bool>,
+    /// AutoNAT: ask peers to dial back only on public IP addresses (and dial back only to
+    /// public ones). Default: true. Tests and private networks turn it off.
+    pub autonat_only_global_ips: bool,
+    /// AutoNAT: delay before the first reachability probe, and between retries. Default: 15 s.
+    pub autonat_probe_delay: Duration,
     /// How often this node re-sends the records it holds to the current k closest peers of
     /// each key (holders replicate). Default: 10 min.
     pub replication_interval: Duration,
@@ -82,6 +87,8 @@ impl Default for Config {
             relay_server: false,
             idle_connection_timeout: Duration::from_secs(60),
             kad_server: None,
+            autonat_only_global_ips: true,
+            autonat_probe_delay: Duration::from_secs(15),
             replication_interval: Duration::from_secs(600),
             republish_interval: Duration::from_secs(3600),
         }
@@ -143,6 +150,13 @@ impl Config {
     /// With the Kademlia mode fixed (`Some(true)`: server) or automatic (`None`).
     pub fn with_kad_server(mut self, server: Option<bool>) -> Config {
         self.kad_server = server;
+        self
+    }
+    /// With AutoNAT probing private addresses too, after `delay` (for tests and private
+    /// networks).
+    pub fn with_autonat_private(mut self, delay: Duration) -> Config {
+        self.autonat_only_global_ips = false;
+        self.autonat_probe_delay = delay;
         self
     }
     /// With another replication interval.

@@ -22,7 +22,7 @@ mod watch;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use config::{Config, Quorum};
-pub use node::Node;
+pub use node::{Node, Reachability};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
 pub use watch::Watch;
 

@@ -49,6 +49,7 @@ pub(crate) enum Command {
         ttl_ms: u64,
     },
     Peers(oneshot::Sender<Vec<PeerId>>),
+    Reachability(oneshot::Sender<Reachability>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Shutdown(oneshot::Sender<()>),
@@ -224,6 +225,12 @@ impl Node {
             .await;
     }
 
+    /// How others can reach this node: the Kademlia mode, AutoNAT's verdict, and the
+    /// addresses confirmed as external.
+    pub async fn reachability(&self) -> Reachability {
+        self.ask(Command::Reachability).await.unwrap_or_default()
+    }
+
     /// The peers this node refuses for now: they sent forged records or flooded it.
     pub async fn banned_peers(&self) -> Vec<PeerId> {
         self.ask(Command::Banned).await.unwrap_or_default()
@@ -238,6 +245,17 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.ask(Command::Shutdown).await;
     }
+}
+
+/// How others can reach a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reachability {
+    /// True when Kademlia runs in server mode (the node answers DHT queries and is a replica).
+    pub kad_server: bool,
+    /// AutoNAT's verdict: `Unknown`, `Private`, or `Public(<address>)`.
+    pub nat: String,
+    /// Addresses confirmed as reachable from outside.
+    pub external_addrs: Vec<Multiaddr>,
 }
 
 pub(crate) type OpId = u64;
@@ -375,6 +393,14 @@ impl Driver {
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Reachability(reply) => {
+                let behaviour = self.swarm.behaviour();
+                let _ = reply.send(Reachability {
+                    kad_server: behaviour.kad.mode() == kad::Mode::Server,
+                    nat: format!("{:?}", behaviour.autonat.nat_status()),
+                    external_addrs: self.swarm.external_addresses().cloned().collect(),
+                });
+            }
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
@@ -419,8 +445,28 @@ impl Driver {
                     let _ = reply.send(Err(NetError::Dial(error.to_string())));
                 }
             }
+            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+                self.update_kad_mode();
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// In automatic mode, a node serves the DHT only once an address of its own (not a relay
+    /// circuit, which is slow and limited) is confirmed reachable from outside.
+    fn update_kad_mode(&mut self) {
+        if self.config.kad_server.is_some() {
+            return;
+        }
+        let direct = self
+            .swarm
+            .external_addresses()
+            .any(|a| !a.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit));
+        let mode = if direct { kad::Mode::Server } else { kad::Mode::Client };
+        if self.swarm.behaviour().kad.mode() != mode {
+            tracing::info!(?mode, "kademlia mode");
+            self.swarm.behaviour_mut().kad.set_mode(Some(mode));
         }
     }
 
