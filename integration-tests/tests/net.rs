@@ -467,3 +467,44 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_connection_is_upgraded_to_a_direct_one() -> anyhow::Result<()> {
+    use dkvs_net::Node;
+    use dkvs_net::libp2p::{identity, multiaddr::Protocol};
+
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let spawn = |dir: &tempfile::TempDir, relay: bool| -> anyhow::Result<Node> {
+        Ok(Node::spawn(
+            identity::Keypair::generate_ed25519(),
+            dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
+            Config::default().with_kad_server(Some(true)).with_relay_server(relay),
+        )?)
+    };
+    let step = Duration::from_secs(20);
+    let relay = spawn(&dirs[0], true)?;
+    let relay_quic = relay.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?).await?;
+    // Two nodes that know each other only through the relay. QUIC dials from the socket it
+    // listens on, so the address the relay observes is one the other side can dial back.
+    let (h, c) = (spawn(&dirs[1], false)?, spawn(&dirs[2], false)?);
+    for node in [&h, &c] {
+        node.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?).await?;
+        tokio::time::timeout(step, node.add_peer(relay.peer_id(), relay_quic.clone())).await??;
+    }
+    let circuit =
+        relay_quic.clone().with(Protocol::P2p(relay.peer_id())).with(Protocol::P2pCircuit);
+    let reserved = tokio::time::timeout(step, h.listen_on(circuit)).await??;
+    tokio::time::timeout(step, c.add_peer(h.peer_id(), reserved)).await??;
+    let upgraded = eventually(Duration::from_secs(20), async || {
+        c.connections(h.peer_id())
+            .await
+            .iter()
+            .any(|addr| !addr.iter().any(|p| p == Protocol::P2pCircuit))
+    })
+    .await;
+    assert!(upgraded, "connections: {:?}", c.connections(h.peer_id()).await);
+    for node in [h, c, relay] {
+        node.shutdown().await;
+    }
+    Ok(())
+}

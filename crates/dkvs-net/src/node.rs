@@ -50,6 +50,7 @@ pub(crate) enum Command {
     },
     Peers(oneshot::Sender<Vec<PeerId>>),
     Reachability(oneshot::Sender<Reachability>),
+    Connections(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Shutdown(oneshot::Sender<()>),
@@ -231,6 +232,12 @@ impl Node {
         self.ask(Command::Reachability).await.unwrap_or_default()
     }
 
+    /// The remote addresses of this node's open connections to `peer`; a relayed one
+    /// contains `/p2p-circuit`.
+    pub async fn connections(&self, peer: PeerId) -> Vec<Multiaddr> {
+        self.ask(|tx| Command::Connections(peer, tx)).await.unwrap_or_default()
+    }
+
     /// The peers this node refuses for now: they sent forged records or flooded it.
     pub async fn banned_peers(&self) -> Vec<PeerId> {
         self.ask(Command::Banned).await.unwrap_or_default()
@@ -283,6 +290,8 @@ pub(crate) struct Driver {
     last_republish: Instant,
     /// Keys this node keeps alive for their owners: the owner's key pair and the TTL to sign.
     pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
+    /// Open connections: peer -> connection -> remote address.
+    connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, Multiaddr>>,
 }
 
 impl Driver {
@@ -312,6 +321,7 @@ impl Driver {
             last_replication: Instant::now(),
             last_republish: Instant::now(),
             kept: HashMap::new(),
+            connections: HashMap::new(),
         }
     }
 
@@ -401,6 +411,10 @@ impl Driver {
                     external_addrs: self.swarm.external_addresses().cloned().collect(),
                 });
             }
+            Command::Connections(peer, reply) => {
+                let addrs = self.connections.get(&peer).map(|c| c.values().cloned().collect());
+                let _ = reply.send(addrs.unwrap_or_default());
+            }
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
@@ -433,9 +447,19 @@ impl Driver {
                     let _ = reply.send(Err(NetError::Listen(message)));
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                let remote = endpoint.get_remote_address().clone();
+                self.connections.entry(peer_id).or_default().insert(connection_id, remote);
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                if let Some(open) = self.connections.get_mut(&peer_id) {
+                    open.remove(&connection_id);
+                    if open.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
