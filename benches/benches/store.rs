@@ -6,9 +6,10 @@
 //!   itself makes, to show what the store adds to it).
 //! - `store_put_many`: `Store::put_many` of batches of 64 and 256 records; limits: single and
 //!   batch Ed25519 verification (`ed25519/verify_batch`).
-//! - `store_get`: `Store::get` of a present key; limit: `hashmap_get`, a plain
+//! - `get`: `Store::get` of a present key (`store_*`); limit: `hashmap_*`, a plain
 //!   `HashMap<String, Arc<Record>>::get` of the same keys in the same order (and
-//!   `hashmap_get_clone`, which also clones the `Arc` as `Store::get` must).
+//!   `hashmap_clone_*`, which also clones the `Arc` as `Store::get` must), run one after the
+//!   other at each size and thread count.
 //!
 //! After the groups, a table gives each result as a throughput ratio to its limit, against the
 //! targets. With `--test` (each benchmark runs once) the 1M size and the table are skipped.
@@ -290,38 +291,52 @@ fn bench_put_many(
     group.finish();
 }
 
-fn bench_get(c: &mut Criterion, cpu: &CpuShare, fixtures: &[Fixture]) {
-    #[derive(Clone, Copy)]
-    enum Lookup {
-        Store,
-        Map,
-        MapClone,
+/// The lookups of the `get` group; each is run right after the others at the same size and
+/// thread count, so that a busy neighbour on the shared machine hits all three alike.
+#[derive(Clone, Copy)]
+enum Lookup {
+    /// `Store::get`.
+    Store,
+    /// `HashMap::get`: the limit.
+    Map,
+    /// `HashMap::get` and an `Arc` clone, which `Store::get` has to return.
+    MapClone,
+}
+
+impl Lookup {
+    const ALL: [Lookup; 3] = [Lookup::Store, Lookup::Map, Lookup::MapClone];
+
+    fn function(self, threads: usize) -> String {
+        let name = match self {
+            Lookup::Store => "store",
+            Lookup::Map => "hashmap",
+            Lookup::MapClone => "hashmap_clone",
+        };
+        format!("{name}_{}", threads_label(threads))
     }
-    let groups = [
-        ("store_get", Lookup::Store),
-        ("hashmap_get", Lookup::Map),
-        ("hashmap_get_clone", Lookup::MapClone),
-    ];
-    for (name, lookup) in groups {
-        let mut group = c.benchmark_group(name);
-        group.throughput(Throughput::Elements(1));
-        for fixture in fixtures {
-            let keys = &fixture.lookups;
-            let op = |i: usize| -> bool {
-                let key = keys[i].as_str();
-                match lookup {
-                    Lookup::Store => black_box(fixture.store.get(black_box(key))).is_some(),
-                    Lookup::Map => black_box(fixture.map.get(black_box(key))).is_some(),
-                    Lookup::MapClone => {
-                        black_box(fixture.map.get(black_box(key)).cloned()).is_some()
+}
+
+fn bench_get(c: &mut Criterion, cpu: &CpuShare, fixtures: &[Fixture]) {
+    let mut group = c.benchmark_group("get");
+    group.throughput(Throughput::Elements(1));
+    for fixture in fixtures {
+        let keys = &fixture.lookups;
+        for threads in THREADS {
+            for lookup in Lookup::ALL {
+                let op = |i: usize| -> bool {
+                    let key = keys[i].as_str();
+                    match lookup {
+                        Lookup::Store => black_box(fixture.store.get(black_box(key))).is_some(),
+                        Lookup::Map => black_box(fixture.map.get(black_box(key))).is_some(),
+                        Lookup::MapClone => {
+                            black_box(fixture.map.get(black_box(key)).cloned()).is_some()
+                        }
                     }
-                }
-            };
-            for threads in THREADS {
-                let id = format!("{name}/{}/{}", threads_label(threads), fixture.records);
+                };
+                let function = lookup.function(threads);
+                let id = format!("get/{function}/{}", fixture.records);
                 let mut cursor = 0;
-                let bench_id = BenchmarkId::new(threads_label(threads), fixture.records);
-                group.bench_function(bench_id, |b| {
+                group.bench_function(BenchmarkId::new(function, fixture.records), |b| {
                     b.iter_custom(|iters| {
                         let spans = spans(&mut cursor, keys.len(), iters, threads);
                         let (elapsed, found) = cpu.measure(&id, threads, || {
@@ -333,8 +348,8 @@ fn bench_get(c: &mut Criterion, cpu: &CpuShare, fixtures: &[Fixture]) {
                 });
             }
         }
-        group.finish();
     }
+    group.finish();
 }
 
 /// Each result as a throughput ratio to its physical limit, from criterion's estimates of this
@@ -395,17 +410,17 @@ fn ratios(estimates: &Estimates, cpu: &CpuShare, fixtures: &[Fixture]) -> Vec<Ra
         }
         for threads in THREADS {
             let t = threads_label(threads);
-            let get = ("store_get", t.clone(), n.clone(), 1.0);
+            let side = |lookup: Lookup| ("get", lookup.function(threads), n.clone(), 1.0);
             rows.push(row(
                 format!("get {t} {size} / HashMap get {t}"),
-                get.clone(),
-                ("hashmap_get", t.clone(), n.clone(), 1.0),
+                side(Lookup::Store),
+                side(Lookup::Map),
                 Some(0.5),
             ));
             rows.push(row(
                 format!("get {t} {size} / HashMap get + Arc clone {t}"),
-                get,
-                ("hashmap_get_clone", t.clone(), n.clone(), 1.0),
+                side(Lookup::Store),
+                side(Lookup::MapClone),
                 None,
             ));
         }

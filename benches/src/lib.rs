@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use dkvs_account::{KeyType, Keypair};
@@ -220,11 +220,6 @@ impl<'a> PutFeed<'a> {
         PutFeed { population, lanes }
     }
 
-    /// Number of lanes.
-    pub fn lanes(&self) -> usize {
-        self.lanes.len()
-    }
-
     /// The next `n` records of lane `lane`, signing new generations first if it has fewer ready.
     pub fn take(&mut self, lane: usize, n: usize) -> Vec<Record> {
         let population = self.population;
@@ -306,8 +301,8 @@ pub fn shares(n: u64, parts: usize) -> Vec<u64> {
     (0..parts).map(|p| n / parts + u64::from(p < n % parts)).collect()
 }
 
-/// Reads the mean time per iteration back from criterion's files, but only files written in
-/// this run, so that every ratio compares measurements of the same run.
+/// Reads the time per iteration back from criterion's files, but only files written in this
+/// run, so that every ratio compares measurements of the same run.
 pub struct Estimates {
     roots: Vec<PathBuf>,
     since: SystemTime,
@@ -385,7 +380,7 @@ pub const CONTENDED_BELOW: f64 = 0.9;
 /// One line of the ratio table: a measured throughput ratio against its target.
 #[derive(Clone, Debug)]
 pub struct Ratio {
-    /// What is compared, e.g. `put 1 thread, 10k records / raw verify_strict`.
+    /// What is compared, e.g. `put 1_thread 10k / verify_strict 1_thread`.
     pub name: String,
     /// Time per operation of the thing measured, in nanoseconds.
     pub measured_ns: Option<f64>,
@@ -477,11 +472,6 @@ pub fn count_label(n: usize) -> String {
         n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
         n => n.to_string(),
     }
-}
-
-/// An `Arc`'d record's key text: what `HashMap` and `Store::get` benchmarks look up.
-pub fn key_text(record: &Arc<Record>) -> String {
-    record.key().as_str().to_owned()
 }
 
 #[cfg(test)]
