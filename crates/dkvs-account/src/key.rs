@@ -201,7 +201,7 @@ impl PublicKey {
                     .map_err(|_| KeyError::InvalidPublicKey(key_type))?;
                 // Small-order points make signatures that verify for many messages, and a
                 // non-canonical encoding would give one key two account ids.
-                if key.is_weak() || key.to_edwards().compress().as_bytes() != array {
+                if key.is_weak() || !canonical_y(array) {
                     return Err(KeyError::InvalidPublicKey(key_type));
                 }
                 Ok(PublicKey(std::sync::Arc::new(PublicInner::Ed25519(key))))
@@ -332,6 +332,14 @@ impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.account_id(), f)
     }
+}
+
+/// True when the encoded y coordinate is below p = 2^255 - 19. With the small-order points
+/// refused separately, that is exactly the set of canonical Ed25519 encodings (the only other
+/// non-canonical forms, x = 0 with the sign bit set, are the small-order points (0, ±1)).
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    let top = bytes[31] & 0x7f;
+    !(top == 0x7f && bytes[1..31].iter().all(|&b| b == 0xff) && bytes[0] >= 0xed)
 }
 
 /// Ed25519 verification with the cofactored equation `[8][S]B = [8]R + [8][k]A` and a canonical
@@ -562,6 +570,24 @@ mod tests {
             Err(KeyError::InvalidPublicKey(KeyType::Secp256k1))
         );
         assert_eq!(KeyType::from_code(7), Err(KeyError::UnknownKeyType(7)));
+    }
+
+    #[test]
+    fn non_canonical_ed25519_encodings_are_refused() {
+        // y = p + 2 encodes the same value as y = 2, non-canonically.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xef;
+        non_canonical[31] = 0x7f;
+        assert!(!canonical_y(&non_canonical));
+        let mut below_p = non_canonical;
+        below_p[0] = 0xec;
+        assert!(canonical_y(&below_p));
+        assert!(canonical_y(&[0u8; 32]));
+        // Whatever decompression makes of them, such bytes are never an account's key.
+        assert!(PublicKey::from_bytes(KeyType::Ed25519, &non_canonical).is_err());
+        let pair = Keypair::generate(KeyType::Ed25519);
+        let bytes: [u8; 32] = pair.public().as_bytes().try_into().expect("32 bytes");
+        assert!(canonical_y(&bytes));
     }
 
     #[test]
