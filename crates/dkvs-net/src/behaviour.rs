@@ -55,7 +55,8 @@ impl Behaviour {
             .set_publication_interval(None)
             .set_record_ttl(None)
             .set_caching(kad::Caching::Disabled)
-            .set_query_timeout(config.operation_timeout)
+            // Lookups end well before the operation that waits for them.
+            .set_query_timeout(config.operation_timeout / 2)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);

@@ -193,6 +193,7 @@ impl Node {
             answered: 1,
             asked: 1,
             local: true,
+            highest_seq: self.store.highest_seq(key.as_str()).unwrap_or(0),
         }
     }
 
@@ -290,6 +291,8 @@ pub(crate) struct Driver {
     last_republish: Instant,
     /// Keys this node keeps alive for their owners: the owner's key pair and the TTL to sign.
     pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
+    /// Records waiting to be pushed to their replicas, paced by `drain_replication`.
+    pub(crate) replication_queue: std::collections::VecDeque<(PeerId, Record)>,
     /// Open connections: peer -> connection -> remote address.
     connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, Multiaddr>>,
 }
@@ -321,6 +324,7 @@ impl Driver {
             last_replication: Instant::now(),
             last_republish: Instant::now(),
             kept: HashMap::new(),
+            replication_queue: std::collections::VecDeque::new(),
             connections: HashMap::new(),
         }
     }
@@ -395,7 +399,9 @@ impl Driver {
                 let _ = reply.send(watch);
             }
             Command::KeepAlive { key, owner: Some(owner), ttl_ms } => {
-                self.kept.insert(key, (owner, ttl_ms));
+                self.kept.insert(key.clone(), (owner, ttl_ms));
+                // A record shorter-lived than a round would expire before the first one.
+                self.start_get(key, GetPurpose::Republish);
             }
             Command::KeepAlive { key, owner: None, .. } => {
                 self.kept.remove(&key);
@@ -585,6 +591,7 @@ impl Driver {
             self.last_replication = now;
             self.replicate();
         }
+        self.drain_replication((Duration::from_secs(1).as_millis() / TICK.as_millis()) as u32);
         let mut unwatched = Vec::new();
         self.watches.retain(|_, (key, senders, _)| {
             senders.retain(|s| !s.is_closed());
@@ -648,6 +655,8 @@ pub(crate) enum GetPurpose {
     Reply(oneshot::Sender<Result<GetOutcome, GetError>>),
     /// Nobody waits: the get connects a new watcher to the key's replicas (and repairs them).
     Warm,
+    /// The network's newest record of a key this node keeps alive.
+    Republish,
     Cas {
         record: Record,
         expected: Option<u64>,

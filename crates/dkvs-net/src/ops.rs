@@ -42,6 +42,8 @@ pub(crate) struct GetOp {
     looking_up: bool,
     /// Each replica's verified answer: its live record, or none.
     answers: Vec<(PeerId, Option<Record>)>,
+    /// Each answering replica's claim of the highest sequence it holds or remembers.
+    claims: Vec<(PeerId, u64)>,
     asked: usize,
     quorum: usize,
     deadline: Instant,
@@ -164,6 +166,7 @@ impl Driver {
     pub(crate) fn start_get(&mut self, key: Key, purpose: GetPurpose) {
         let me = *self.swarm.local_peer_id();
         let local = self.store.get(key.as_str()).map(|r| (*r).clone());
+        let local_claim = self.store.highest_seq(key.as_str()).unwrap_or(0);
         let deadline = Instant::now() + self.config.operation_timeout;
         let lookup = kad_key(&key);
         let op = self.new_op(Op::Get(GetOp {
@@ -172,6 +175,7 @@ impl Driver {
             pending: HashSet::new(),
             looking_up: true,
             answers: vec![(me, local)],
+            claims: vec![(me, local_claim)],
             asked: 1,
             quorum: 1,
             deadline,
@@ -211,8 +215,15 @@ impl Driver {
         if let Some((_, senders, last)) = self.watches.get_mut(topic)
             && record.seq() > *last
         {
-            *last = record.seq();
-            senders.retain(|s| s.try_send(record.clone()).is_ok() || !s.is_closed());
+            senders.retain(|s| !s.is_closed());
+            let mut delivered = false;
+            for sender in senders.iter() {
+                delivered |= sender.try_send(record.clone()).is_ok();
+            }
+            // A watcher that is behind gets this version again from the next publisher.
+            if delivered {
+                *last = record.seq();
+            }
         }
     }
 
@@ -223,13 +234,17 @@ impl Driver {
         let Some(key) = self.watches.get(&message.topic).map(|(key, _, _)| key.clone()) else {
             return;
         };
+        // A watcher delivers (and forwards) only what its own store accepts under every rule,
+        // ownership included: a validly signed record of a squatter is not a new version.
         let acceptance = match self.verified(propagation_source, &key, &message.data) {
-            Some(record) => {
-                self.deliver(&message.topic, &record);
-                // Watchers also keep what they see: it is a verified, newer record.
-                let _ = self.store.put(record);
-                gossipsub::MessageAcceptance::Accept
-            }
+            Some(record) => match self.store.put(record.clone()) {
+                Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => {
+                    self.deliver(&message.topic, &record);
+                    gossipsub::MessageAcceptance::Accept
+                }
+                Ok(_) => gossipsub::MessageAcceptance::Ignore,
+                Err(_) => gossipsub::MessageAcceptance::Reject,
+            },
             None => gossipsub::MessageAcceptance::Reject,
         };
         let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
@@ -242,10 +257,16 @@ impl Driver {
     pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
+        // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
+        // ask it: it counts as a replica only when it is alone.
+        let me_counts =
+            peers.is_empty() || self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
+        let candidates: Vec<PeerId> =
+            peers.iter().copied().chain(me_counts.then_some(me)).collect();
         let Some(op) = self.ops.get_mut(&id) else { return };
         match op {
             Op::Put(put) => {
-                let replicas = closest(put.record.key(), peers.into_iter().chain([me]), k);
+                let replicas = closest(put.record.key(), candidates, k);
                 put.looking_up = false;
                 put.receipt.replicas = replicas.len();
                 put.receipt.quorum = self.config.write_quorum.of(replicas.len());
@@ -265,7 +286,11 @@ impl Driver {
                 let mut replicas = closest(&get.key, peers, k);
                 replicas.retain(|p| *p != me);
                 get.looking_up = false;
-                get.asked = replicas.len() + 1;
+                if !me_counts {
+                    get.answers.retain(|(p, _)| *p != me);
+                    get.claims.retain(|(p, _)| *p != me);
+                }
+                get.asked = replicas.len() + usize::from(me_counts);
                 get.quorum = self.config.read_quorum.of(get.asked);
                 get.pending = replicas.iter().copied().collect();
                 let request = pb::Request {
@@ -396,9 +421,16 @@ impl Driver {
                 let seq = put.record.seq();
                 let status = pb::PutStatus::try_from(answer.status).unwrap_or_default();
                 // A claim of something newer counts only with the newer record, verified.
+                // ...and only from the same owner (or one it handed the name to): another
+                // owner's record is a squatter's, which the quorum, not one replica, outvotes.
+                let owner = put.record.owner().clone();
                 let newer = match status {
                     pb::PutStatus::Stale | pb::PutStatus::Conflict => {
-                        self.verified(peer, &key, &answer.current).filter(|r| r.seq() > seq)
+                        self.verified(peer, &key, &answer.current).filter(|r| {
+                            r.seq() > seq
+                                && (*r.owner() == owner
+                                    || r.transfer().is_some_and(|t| *t.from() == owner))
+                        })
                     }
                     _ => None,
                 };
@@ -426,6 +458,7 @@ impl Driver {
                 let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
                 if get.pending.remove(&peer) {
                     get.answers.push((peer, record));
+                    get.claims.push((peer, answer.highest_seq));
                 }
                 self.check_get(id);
             }
@@ -494,8 +527,15 @@ impl Driver {
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         let Some(purpose) = get.purpose.take() else { return };
         let (newest, confirmations) = newest(&get.answers);
-        let outcome = if get.answers.len() >= get.quorum {
+        // A lookup that never finished asked nobody: that is no quorum, whatever is local.
+        let outcome = if !get.looking_up && get.answers.len() >= get.quorum {
+            // Claims are unverifiable, so only a sequence that a quorum of replicas claims to
+            // have reached counts: fewer liars than a quorum cannot inflate it.
+            let mut claims: Vec<u64> = get.claims.iter().map(|(_, c)| *c).collect();
+            claims.sort_unstable_by(|a, b| b.cmp(a));
+            let claimed = claims.get(get.quorum.saturating_sub(1)).copied().unwrap_or(0);
             Ok(GetOutcome {
+                highest_seq: claimed.max(newest.map_or(0, Record::seq)),
                 record: newest.cloned(),
                 confirmations,
                 answered: get.answers.len(),
@@ -514,6 +554,10 @@ impl Driver {
                 let _ = reply.send(outcome);
             }
             GetPurpose::Warm => {}
+            GetPurpose::Republish => {
+                let key = get.key.clone();
+                self.republish_found(&key, outcome);
+            }
             GetPurpose::Cas { record, expected, reply } => match outcome {
                 Err(GetError::NoQuorum { answered, asked, quorum }) => {
                     let receipt = PutReceipt {
@@ -550,6 +594,14 @@ impl Driver {
         }
         let Some(op) = self.ops.remove(&id) else { return };
         match op {
+            Op::Put(mut put) if put.looking_up => {
+                // The lookup did not finish in time: no replica was even asked.
+                put.receipt.stored.clear();
+                put.receipt.quorum = put.receipt.quorum.max(1);
+                if let Some(reply) = put.reply {
+                    let _ = reply.send(Err(PutError::NoQuorum { receipt: Box::new(put.receipt) }));
+                }
+            }
             Op::Put(mut put) => {
                 for peer in put.pending.drain() {
                     put.receipt.unreachable.push((peer, "no answer in time".into()));
@@ -624,48 +676,76 @@ impl Driver {
         }
     }
 
-    /// Owners republish: every kept key whose newest record would expire before the next two
-    /// rounds is re-signed with the next sequence and a fresh expiry, and put again.
+    /// Owners republish: every kept key whose record would expire before the next two rounds
+    /// is read from the network first, then re-signed from the newest version found (next
+    /// sequence, fresh expiry) and put again. Reading first means a stale local copy is never
+    /// re-signed over a newer value or a delete made elsewhere.
     pub(crate) fn republish(&mut self) {
         let now = self.now_ms();
         let horizon = 2 * self.config.republish_interval.as_millis() as u64;
-        let mut due = Vec::new();
-        let mut done = Vec::new();
-        for (key, (owner, ttl_ms)) in &self.kept {
-            let Some(held) = self.store.get(key.as_str()) else { continue };
-            if held.is_tombstone() || held.owner() != owner.public() {
-                done.push(key.clone());
-            } else if held.expires_at_ms() <= now + horizon {
-                let draft = dkvs_record::Draft {
-                    key: key.clone(),
-                    value: held.value().to_vec(),
-                    seq: held.seq() + 1,
-                    issued_at_ms: now,
-                    expires_at_ms: now + ttl_ms,
-                    tombstone: false,
-                    transfer: None,
-                };
-                match draft.sign(owner) {
-                    Ok(record) => due.push(record),
-                    Err(e) => tracing::warn!(%key, error = %e, "cannot republish"),
-                }
-            }
-        }
-        for key in done {
-            self.kept.remove(&key);
-        }
-        for record in due {
-            tracing::debug!(key = %record.key(), seq = record.seq(), "republishing");
-            // Nobody waits for the receipt; the next round tries again if this one failed.
-            let (reply, _) = oneshot::channel();
-            self.put_phase(record, reply);
+        let due: Vec<Key> = self
+            .kept
+            .keys()
+            .filter(|key| {
+                self.store
+                    .get(key.as_str())
+                    .is_none_or(|held| held.expires_at_ms() <= now + horizon)
+            })
+            .cloned()
+            .collect();
+        for key in due {
+            self.start_get(key, GetPurpose::Republish);
         }
     }
 
-    /// Holders replicate: each live record goes to the k closest peers in the routing table.
-    /// Replicas that have it answer "unchanged"; one that lost it (a restarted node) or newly
-    /// became one of the closest stores it.
+    /// The second half of a republish: `found` is the network's newest record for `key`.
+    fn republish_found(&mut self, key: &Key, found: Result<GetOutcome, GetError>) {
+        let Some((owner, ttl_ms)) = self.kept.get(key).cloned() else { return };
+        let newest = match found {
+            Ok(outcome) => outcome.record,
+            // No quorum now: try again next round.
+            Err(_) => return,
+        };
+        let Some(newest) = newest.filter(|r| !r.is_tombstone() && r.owner() == owner.public())
+        else {
+            // Deleted, handed over, or gone: nothing of this owner's to keep alive.
+            self.kept.remove(key);
+            return;
+        };
+        let now = self.now_ms();
+        let horizon = 2 * self.config.republish_interval.as_millis() as u64;
+        if newest.expires_at_ms() > now + horizon {
+            return;
+        }
+        let draft = dkvs_record::Draft {
+            key: key.clone(),
+            value: newest.value().to_vec(),
+            seq: newest.seq() + 1,
+            issued_at_ms: now,
+            expires_at_ms: now + ttl_ms,
+            tombstone: false,
+            transfer: None,
+        };
+        match draft.sign(&owner) {
+            Ok(record) => {
+                tracing::debug!(%key, seq = record.seq(), "republishing");
+                // Nobody waits for the receipt; the next round tries again if this one failed.
+                let (reply, _) = oneshot::channel();
+                self.put_phase(record, reply);
+            }
+            Err(e) => tracing::warn!(%key, error = %e, "cannot republish"),
+        }
+    }
+
+    /// Holders replicate: each live record is queued for the k closest peers in the routing
+    /// table, and the queue is drained at half of a peer's default rate limit, so replication
+    /// never looks like a flood. Replicas that have a record answer "unchanged"; one that lost
+    /// it (a restarted node) or newly became one of the closest stores it. A round is skipped
+    /// while the previous one is still being sent.
     pub(crate) fn replicate(&mut self) {
+        if !self.replication_queue.is_empty() {
+            return;
+        }
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
         let records: Vec<Record> = self.store.records().map(|r| (*r).clone()).collect();
@@ -680,7 +760,30 @@ impl Driver {
                 .filter(|p| *p != me)
                 .take(k)
                 .collect();
-            self.push(&record, peers);
+            for peer in peers {
+                self.replication_queue.push_back((peer, record.clone()));
+            }
+        }
+    }
+
+    /// Sends the next slice of the replication queue: per tick, at most a few requests to any
+    /// one peer.
+    pub(crate) fn drain_replication(&mut self, ticks_per_second: u32) {
+        let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
+        let mut sent: std::collections::HashMap<PeerId, u32> = std::collections::HashMap::new();
+        let mut later = Vec::new();
+        for _ in 0..256 {
+            let Some((peer, record)) = self.replication_queue.pop_front() else { break };
+            let count = sent.entry(peer).or_default();
+            if *count < per_peer {
+                *count += 1;
+                self.push(&record, [peer]);
+            } else {
+                later.push((peer, record));
+            }
+        }
+        for item in later.into_iter().rev() {
+            self.replication_queue.push_front(item);
         }
     }
 }
@@ -690,18 +793,79 @@ impl Driver {
 /// Every answer is already verified, so for an account-scoped key all records have one owner
 /// and the highest sequence wins. A shared name can come back with records of different owners
 /// when someone wrote it on nodes that did not know its holder (such a put fails for lack of a
-/// quorum, but the nodes it reached keep it). The owner held by the most replicas wins, a
-/// record handed over by a transfer counting for its new owner; then the highest sequence.
+/// quorum, but the nodes it reached keep it). The owner held by the most replicas wins, where
+/// replicas still holding an owner's record count for whoever that owner handed the name to
+/// (a record carrying a transfer from them at a higher sequence); then, within the winning
+/// owner's records, the highest sequence.
 fn newest(answers: &[(PeerId, Option<Record>)]) -> (Option<&Record>, usize) {
     let records: Vec<&Record> = answers.iter().filter_map(|(_, r)| r.as_ref()).collect();
-    let support = |owner: &dkvs_account::PublicKey| {
-        records
-            .iter()
-            .filter(|r| r.owner() == owner || r.transfer().is_some_and(|t| t.from() == owner))
-            .count()
+    let handed_to = |held: &Record, owner: &dkvs_account::PublicKey| {
+        records.iter().any(|r| {
+            r.owner() == owner
+                && r.seq() > held.seq()
+                && r.transfer().is_some_and(|t| t.from() == held.owner())
+        })
     };
-    let newest = records.iter().copied().max_by_key(|r| (support(r.owner()), r.seq()));
+    let support = |owner: &dkvs_account::PublicKey| {
+        records.iter().filter(|held| held.owner() == owner || handed_to(held, owner)).count()
+    };
+    let winner = records
+        .iter()
+        .map(|r| r.owner())
+        .max_by_key(|owner| {
+            let top = records.iter().filter(|r| r.owner() == *owner).map(|r| r.seq()).max();
+            (support(owner), top)
+        })
+        .cloned();
+    let newest = winner.and_then(|owner| {
+        records.iter().copied().filter(|r| *r.owner() == owner).max_by_key(|r| r.seq())
+    });
     let confirmations =
         newest.map_or(0, |n| answers.iter().filter(|(_, r)| r.as_ref() == Some(n)).count());
     (newest, confirmations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dkvs_account::{KeyType, Keypair};
+    use dkvs_record::{Draft, Transfer};
+
+    fn signed(owner: &Keypair, key: &Key, seq: u64, transfer: Option<Transfer>) -> Record {
+        let mut draft = Draft::new(key.clone(), format!("v{seq}").into_bytes(), seq, 60_000);
+        draft.transfer = transfer;
+        draft.sign(owner).expect("valid draft")
+    }
+
+    fn answers(records: &[&Record]) -> Vec<(PeerId, Option<Record>)> {
+        records.iter().map(|r| (PeerId::random(), Some((*r).clone()))).collect()
+    }
+
+    #[test]
+    fn a_handed_over_name_reads_as_its_new_owner_even_where_replicas_lag() {
+        let (alice, bob) =
+            (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+        let name = Key::new("/names/shop").expect("key");
+        let old = signed(&alice, &name, 1, None);
+        let handover = signed(&bob, &name, 2, Some(Transfer::sign(&alice, &name, bob.public(), 2)));
+        let later = signed(&bob, &name, 3, None);
+        // Two replicas lag with Alice's record, two have the handover, one Bob's next write.
+        let seen = answers(&[&old, &old, &handover, &handover, &later]);
+        let (newest, confirmations) = newest(&seen);
+        assert_eq!(newest, Some(&later));
+        assert_eq!(confirmations, 1);
+    }
+
+    #[test]
+    fn a_squatter_on_a_few_replicas_loses_to_the_holder() {
+        let (alice, mallory) =
+            (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+        let name = Key::new("/names/alice").expect("key");
+        let real = signed(&alice, &name, 1, None);
+        let squat = signed(&mallory, &name, 99, None);
+        let seen = answers(&[&real, &real, &real, &squat]);
+        assert_eq!(newest(&seen), (Some(&real), 3));
+        // Without records there is nothing newest.
+        assert_eq!(newest(&[(PeerId::random(), None)]), (None, 0));
+    }
 }

@@ -121,6 +121,9 @@ pub struct GetOutcome {
     pub asked: usize,
     /// True when this is a local read that asked no other node.
     pub local: bool,
+    /// The highest sequence a read quorum of replicas holds or remembers (a record's value may
+    /// have expired while its sequence is kept): a new write must go above it.
+    pub highest_seq: u64,
 }
 
 /// Why a get did not succeed.

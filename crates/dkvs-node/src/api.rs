@@ -48,6 +48,8 @@ pub struct AppState {
     pub config: NodeConfig,
     /// Metrics.
     pub metrics: Metrics,
+    /// Turns true when the node is stopping; open watch streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An API error: a status and `{ "error": { "code", "message" } }`, plus extra fields.
@@ -146,7 +148,7 @@ impl AppState {
             }
             Err(KeystoreError::WrongPassphrase { .. }) => {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                    StatusCode::UNPROCESSABLE_ENTITY,
                     "locked_account",
                     format!(
                         "account {name:?} does not open with the passphrase the node was started with"
@@ -266,7 +268,10 @@ fn put_error(error: PutError) -> ApiError {
             )
         },
         PutError::NoQuorum { receipt } => {
-            let foreign = receipt.refused.iter().any(|(_, why, _)| *why == Refusal::ForeignOwner);
+            // The name is someone else's when that is why most of the refusing replicas refused.
+            let foreign_count =
+                receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::ForeignOwner).count();
+            let foreign = foreign_count > 0 && 2 * foreign_count >= receipt.refused.len();
             let message = format!(
                 "only {} of {} replicas stored it, {} needed{}",
                 receipt.stored.len(),
@@ -274,8 +279,11 @@ fn put_error(error: PutError) -> ApiError {
                 receipt.quorum,
                 if foreign { "; the name belongs to another account" } else { "" }
             );
+            let stale = receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::Stale).count();
             let (status, code) = if foreign {
                 (StatusCode::FORBIDDEN, "foreign_owner")
+            } else if stale > 0 && 2 * stale >= receipt.refused.len() {
+                (StatusCode::CONFLICT, "stale")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_quorum")
             };
@@ -317,13 +325,20 @@ fn error_code(error: &ApiError) -> &'static str {
     error.code
 }
 
+/// Query strings and paths that do not parse are JSON errors too, like every other error.
+fn rejected(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
 async fn put_key(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
-    Query(query): Query<PutQuery>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
     let started = Instant::now();
     let result = put_inner(&state, &path, query, &headers, body).await;
     state.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
@@ -368,7 +383,9 @@ async fn put_inner(
                     "ttl {text:?} is not a duration like 90s, 1h or 7d: {e}"
                 ))
             })?
-            .as_millis() as u64,
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
     };
     let max_ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
     if ttl_ms == 0 || ttl_ms > max_ttl_ms {
@@ -379,7 +396,12 @@ async fn put_inner(
     let owner = state.account(query.account.as_deref()).await?;
     let key = state.key(path, query.account.as_deref()).await?;
     let (seq, expected) = match query.expect_seq {
-        Some(expected) => (expected + 1, Some((expected > 0).then_some(expected))),
+        Some(expected) => {
+            let seq = expected.checked_add(1).ok_or_else(|| {
+                ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
+            })?;
+            (seq, Some((expected > 0).then_some(expected)))
+        }
         None => (next_seq(state, &key).await, None),
     };
     let record = Draft::new(key.clone(), value, seq, ttl_ms)
@@ -395,8 +417,9 @@ async fn put_inner(
 
 /// The sequence after the newest the network (or, failing that, this node) knows for `key`.
 async fn next_seq(state: &AppState, key: &Key) -> u64 {
+    // Replicas remember sequences after values expire; `highest_seq` counts those too.
     let network = match state.node.get(key).await {
-        Ok(outcome) => outcome.record.map_or(0, |r| r.seq()),
+        Ok(outcome) => outcome.highest_seq.max(outcome.record.map_or(0, |r| r.seq())),
         Err(_) => 0,
     };
     let local = state.node.store().highest_seq(key.as_str()).unwrap_or(0);
@@ -405,10 +428,12 @@ async fn next_seq(state: &AppState, key: &Key) -> u64 {
 
 async fn get_key(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
-    Query(query): Query<KeyQuery>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
     let started = Instant::now();
     let result = get_inner(&state, &path, query, &headers).await;
     state.metrics.get_seconds.observe(started.elapsed().as_secs_f64());
@@ -459,9 +484,11 @@ async fn get_inner(
 
 async fn delete_key(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
-    Query(query): Query<KeyQuery>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
     let owner = state.account(query.account.as_deref()).await?;
     let key = state.key(&path, query.account.as_deref()).await?;
     let seq = next_seq(&state, &key).await;
@@ -477,14 +504,20 @@ async fn delete_key(
 
 async fn watch_key(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
-    Query(query): Query<KeyQuery>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
+    let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
     let key = state.key(&path, query.account.as_deref()).await?;
     let watch = state.node.watch(&key).await.map_err(|e| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
     })?;
-    let lines = watch.map(|record| {
+    let mut stopping = state.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let lines = watch.take_until(stopped).map(|record| {
         let mut line = serde_json::to_vec(&record_json(&record)).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(line)

@@ -68,6 +68,7 @@ pub async fn run(
     out.flush()?;
     drop(out);
 
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         node: node.clone(),
         keystore,
@@ -77,8 +78,14 @@ pub async fn run(
         token,
         config,
         metrics: Metrics::default(),
+        stopping,
     });
-    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(signal());
+    let shutdown = async move {
+        signal().await;
+        // Open watch streams end now, so the graceful shutdown does not wait on them.
+        let _ = stop.send(true);
+    };
+    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown);
     let result = served.await.context("the API server failed");
     tracing::info!("shutting down");
     home.remove_api();

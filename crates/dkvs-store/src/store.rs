@@ -159,13 +159,21 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-        lock.try_lock().map_err(|e| StoreError::Io {
-            path: lock_path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                format!("the store is open in another process ({e})"),
-            ),
-        })?;
+        // A store closed a moment ago may still be finishing a compaction on its own thread;
+        // give it a few seconds before calling the directory taken.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = lock.try_lock() {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::Io {
+                    path: lock_path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        format!("the store is open elsewhere ({e})"),
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
 
         let mut inner = Inner::new(config, clock);
         inner.lock = Some(lock);
@@ -359,12 +367,21 @@ impl Store {
             return;
         }
         if self.inner.compaction_due.swap(true, AtomicOrdering::AcqRel) {
-            return; // another thread is on it
+            return; // already under way
         }
-        if let Err(e) = self.compact() {
-            tracing::warn!(error = %e, "compaction failed; the log keeps growing");
+        // On its own thread: the caller may be a network event loop, and a snapshot of a large
+        // store takes seconds. Puts go on meanwhile (see `compact`).
+        let store = self.clone();
+        let spawned = std::thread::Builder::new().name("dkvs-compact".into()).spawn(move || {
+            if let Err(e) = store.compact() {
+                tracing::warn!(error = %e, "compaction failed; the log keeps growing");
+            }
+            store.inner.compaction_due.store(false, AtomicOrdering::Release);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start compaction");
+            self.inner.compaction_due.store(false, AtomicOrdering::Release);
         }
-        self.inner.compaction_due.store(false, AtomicOrdering::Release);
     }
 }
 
