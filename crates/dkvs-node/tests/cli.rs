@@ -24,6 +24,16 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Any other child process, killed and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn dkvs(home: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dkvs"));
     command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
@@ -277,13 +287,15 @@ fn three_nodes_through_the_command_line() {
 
     // Watch: one JSON line per new version, as they happen.
     let mut watcher = dkvs(&c.home);
-    let mut watcher = watcher
-        .args(["watch", &key])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("watch starts");
-    let lines = watcher.stdout.take().expect("piped");
+    let mut watcher = Reaped(
+        watcher
+            .args(["watch", &key])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watch starts"),
+    );
+    let lines = watcher.0.stdout.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(lines).lines().map_while(Result::ok) {
@@ -301,8 +313,7 @@ fn three_nodes_through_the_command_line() {
         assert_eq!(seen["seq"], seq, "{line}");
         assert_eq!(seen["value_base64"], base64_of(text.as_bytes()), "{line}");
     }
-    let _ = watcher.kill();
-    let _ = watcher.wait();
+    // The watcher stays connected to node C: C must still stop cleanly (below).
 
     // kill -9 and restart: every acknowledged record is still held by the node itself.
     drop(a);
@@ -310,20 +321,26 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(ok(get(&a, &[&key, "--local"])), "fourth");
     assert_eq!(get(&a, &[&format!("/{alice}/max"), "--local"]).stdout.len(), 10_240);
 
-    // SIGTERM: a clean stop that removes the API record and exits 0.
-    let mut a = a;
-    let stopped = Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status();
+    // SIGTERM, with a watch stream still open on node C: a clean stop that ends the stream,
+    // removes the API record and exits 0.
+    let mut c = c;
+    let stopped = Command::new("kill").args(["-TERM", &c.child.id().to_string()]).status();
     assert!(stopped.expect("kill runs").success());
     let deadline = Instant::now() + STEP;
     let status = loop {
-        if let Some(status) = a.child.try_wait().expect("waitable") {
+        if let Some(status) = c.child.try_wait().expect("waitable") {
             break status;
         }
         assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    assert!(!home_a.join("api.json").exists(), "api.json removed on a clean stop");
+    assert!(!home_c.join("api.json").exists(), "api.json removed on a clean stop");
+    let watch_deadline = Instant::now() + STEP;
+    while watcher.0.try_wait().expect("waitable").is_none() {
+        assert!(Instant::now() < watch_deadline, "the watch did not end with the node");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop((a, b, c));
 }
 
