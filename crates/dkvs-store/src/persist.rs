@@ -4,7 +4,8 @@
 //! `log-<gen>` holds every accepted put of that generation, appended before the put returns.
 //! Both are sequences of frames: `len: u32 LE`, `crc32(payload): u32 LE`, `payload`. A payload is
 //! a kind byte and its body: `1` = a record (its protobuf encoding), `2` = a remembered sequence
-//! (`seq: u64 LE`, `retain_until_ms: u64 LE`, key bytes).
+//! (`seq: u64 LE`, `retain_until_ms: u64 LE`, the owner's key type code and key length
+//! (one byte each) and key bytes, then the record key's bytes).
 //!
 //! Opening reads the newest snapshot and replays the logs of its generation and later; replay is
 //! idempotent, so a log entry that the snapshot already holds is harmless. A snapshot is written
@@ -16,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use dkvs_account::{KeyType, PublicKey};
 use dkvs_record::{Key, Record};
 
 use crate::StoreError;
@@ -29,7 +31,7 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 /// One entry read back from disk.
 pub(crate) enum Entry {
     Record(Box<Record>),
-    Gone { key: Key, seq: u64, retain_until_ms: u64 },
+    Gone { key: Key, seq: u64, retain_until_ms: u64, owner: PublicKey },
 }
 
 pub(crate) fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
@@ -42,10 +44,15 @@ pub(crate) fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-pub(crate) fn gone_body(key: &Key, seq: u64, retain_until_ms: u64) -> Vec<u8> {
-    let mut body = Vec::with_capacity(16 + key.as_str().len());
+pub(crate) fn gone_body(key: &Key, seq: u64, retain_until_ms: u64, owner: &PublicKey) -> Vec<u8> {
+    let owner_bytes = owner.as_bytes();
+    let mut body = Vec::with_capacity(18 + owner_bytes.len() + key.as_str().len());
     body.extend_from_slice(&seq.to_le_bytes());
     body.extend_from_slice(&retain_until_ms.to_le_bytes());
+    body.push(owner.key_type().code());
+    // A public key is at most 33 bytes.
+    body.push(owner_bytes.len() as u8);
+    body.extend_from_slice(owner_bytes);
     body.extend_from_slice(key.as_str().as_bytes());
     body
 }
@@ -57,7 +64,7 @@ fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
             Record::decode(body).map(|r| Entry::Record(Box::new(r))).map_err(|e| e.to_string())
         }
         KIND_GONE => {
-            if body.len() < 16 {
+            if body.len() < 18 {
                 return Err(format!("remembered-sequence entry is {} bytes", body.len()));
             }
             let u64_at = |at: usize| {
@@ -65,8 +72,12 @@ fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
                 b.copy_from_slice(&body[at..at + 8]);
                 u64::from_le_bytes(b)
             };
-            let key = Key::from_bytes(&body[16..]).map_err(|e| e.to_string())?;
-            Ok(Entry::Gone { key, seq: u64_at(0), retain_until_ms: u64_at(8) })
+            let key_type = KeyType::from_code(u32::from(body[16])).map_err(|e| e.to_string())?;
+            let owner_end = 18 + usize::from(body[17]);
+            let owner_bytes = body.get(18..owner_end).ok_or("truncated owner")?;
+            let owner = PublicKey::from_bytes(key_type, owner_bytes).map_err(|e| e.to_string())?;
+            let key = Key::from_bytes(&body[owner_end..]).map_err(|e| e.to_string())?;
+            Ok(Entry::Gone { key, seq: u64_at(0), retain_until_ms: u64_at(8), owner })
         }
         other => Err(format!("unknown entry kind {other}")),
     }

@@ -18,8 +18,9 @@ const SHARDS: usize = 64;
 /// Bytes charged for a live record beyond its key and value: the record's other fields, the
 /// `Arc`, the map slot and the parsed owner key (a test checks this covers them).
 pub const RECORD_OVERHEAD: u64 = 512;
-/// Bytes charged for a remembered sequence beyond its key.
-pub const GONE_OVERHEAD: u64 = 64;
+/// Bytes charged for a remembered sequence beyond its key: the map slot, and the owner's
+/// parsed key, which the remembered sequence may be the last to hold.
+pub const GONE_OVERHEAD: u64 = 320;
 
 type Map = HashMap<Key, Slot, foldhash::fast::FixedState>;
 
@@ -28,7 +29,9 @@ enum Slot {
     Live { record: Arc<Record>, expires_at_ms: u64 },
     /// The value is gone (expired); the highest sequence is remembered until `retain_until_ms`,
     /// after which any record with that sequence or lower is too old to be accepted anyway.
-    Gone { seq: u64, retain_until_ms: u64 },
+    /// The memory is charged to the last owner, so that no account can fill a store with
+    /// short-lived keys.
+    Gone { seq: u64, retain_until_ms: u64, owner: PublicKey },
 }
 
 impl Slot {
@@ -350,8 +353,8 @@ impl Store {
                     Slot::Live { record, .. } => {
                         persist::frame(&mut bytes, KIND_RECORD, &record.encode());
                     }
-                    Slot::Gone { seq, retain_until_ms } => {
-                        let body = persist::gone_body(key, *seq, *retain_until_ms);
+                    Slot::Gone { seq, retain_until_ms, owner } => {
+                        let body = persist::gone_body(key, *seq, *retain_until_ms, owner);
                         persist::frame(&mut bytes, KIND_GONE, &body);
                     }
                 }
@@ -487,7 +490,7 @@ impl Inner {
         let weight = record_weight(&record);
         let (freed, freed_owner) = match held {
             Some(Slot::Live { record: old, .. }) => (record_weight(old), Some(old.owner().clone())),
-            Some(Slot::Gone { .. }) => (gone_weight(record.key()), None),
+            Some(Slot::Gone { owner, .. }) => (gone_weight(record.key()), Some(owner.clone())),
             None => (0, None),
         };
         {
@@ -542,15 +545,18 @@ impl Inner {
                 dropped += 1;
                 if retain_until_ms > now {
                     budget.used = budget.used - record_bytes + gone_weight(key);
-                    *slot = Slot::Gone { seq: record.seq(), retain_until_ms };
+                    charge(&mut budget.per_owner, record.owner(), gone_weight(key) as i64);
+                    let owner = record.owner().clone();
+                    *slot = Slot::Gone { seq: record.seq(), retain_until_ms, owner };
                     true
                 } else {
                     budget.used -= record_bytes;
                     false
                 }
             }
-            Slot::Gone { retain_until_ms, .. } if *retain_until_ms <= now => {
+            Slot::Gone { retain_until_ms, owner, .. } if *retain_until_ms <= now => {
                 budget.used -= gone_weight(key);
+                charge(&mut budget.per_owner, owner, -(gone_weight(key) as i64));
                 false
             }
             _ => true,
@@ -571,13 +577,15 @@ impl Inner {
                         tracing::warn!(%key, error = %e, "skipped a restored record");
                     }
                 }
-                Entry::Gone { key, seq, retain_until_ms } => {
+                Entry::Gone { key, seq, retain_until_ms, owner } => {
                     // Only snapshots hold these, and a snapshot is read first, into an empty
                     // store, with one entry per key.
                     let mut shard = self.shard(key.as_str()).write();
                     if !shard.contains_key(key.as_str()) {
-                        self.budget.lock().used += gone_weight(&key);
-                        shard.insert(key, Slot::Gone { seq, retain_until_ms });
+                        let mut budget = self.budget.lock();
+                        budget.used += gone_weight(&key);
+                        charge(&mut budget.per_owner, &owner, gone_weight(&key) as i64);
+                        shard.insert(key, Slot::Gone { seq, retain_until_ms, owner });
                     }
                 }
             }
@@ -614,7 +622,7 @@ mod tests {
             structures as u64 <= RECORD_OVERHEAD,
             "record structures take {structures} bytes, RECORD_OVERHEAD is {RECORD_OVERHEAD}"
         );
-        let gone = std::mem::size_of::<Key>() + std::mem::size_of::<Slot>() + 8;
+        let gone = std::mem::size_of::<Key>() + std::mem::size_of::<Slot>() + 8 + 216;
         assert!(gone as u64 <= GONE_OVERHEAD, "{gone} > {GONE_OVERHEAD}");
     }
 }

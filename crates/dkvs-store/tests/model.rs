@@ -51,7 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
     Live { record: Record, expires_at: u64 },
-    Gone { seq: u64, retain_until: u64 },
+    Gone { seq: u64, retain_until: u64, owner: PublicKey },
 }
 
 /// The rules, written as plainly as possible.
@@ -127,7 +127,7 @@ impl Model {
             Some(Slot::Live { record, .. }) => {
                 (record_weight(record), Some(record.owner().clone()))
             }
-            Some(Slot::Gone { .. }) => (gone_weight(r.key()), None),
+            Some(Slot::Gone { owner, .. }) => (gone_weight(r.key()), Some(owner.clone())),
             None => (0, None),
         };
         let owner_now = self.per_owner.get(r.owner()).copied().unwrap_or(0);
@@ -159,11 +159,14 @@ impl Model {
                     let retain_until = record.issued_at_ms() + config.max_ttl_ms;
                     if retain_until > now {
                         self.used += gone_weight(&k);
-                        next.insert(key, Slot::Gone { seq: record.seq(), retain_until });
+                        let owner = record.owner().clone();
+                        *self.per_owner.entry(owner.clone()).or_default() += gone_weight(&k);
+                        next.insert(key, Slot::Gone { seq: record.seq(), retain_until, owner });
                     }
                 }
-                Slot::Gone { retain_until, .. } if retain_until <= now => {
+                Slot::Gone { retain_until, owner, .. } if retain_until <= now => {
                     self.used -= gone_weight(&k);
+                    *self.per_owner.entry(owner).or_default() -= gone_weight(&k);
                 }
                 slot => {
                     next.insert(key, slot);

@@ -305,3 +305,37 @@ fn torn_log_tail_is_dropped_but_damage_is_reported() {
     std::fs::write(&snapshot, &bytes).expect("write");
     assert!(matches!(Store::open(dir.path(), Config::default()), Err(StoreError::Corrupt { .. })));
 }
+
+#[test]
+fn remembered_sequences_count_against_their_owner() {
+    // Many short-lived keys leave remembered sequences behind; they are charged to their owner,
+    // so one account cannot fill the store with them.
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let bob = Keypair::generate(KeyType::Ed25519);
+    let key =
+        |owner: &Keypair, i: u32| Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
+    let gone = gone_weight(&key(&alice, 0));
+    let live = record_weight(&record(&alice, &key(&alice, 0), b"", 1, NOW, 1_000));
+    // Room for one live record beside two remembered sequences, not beside three.
+    let config =
+        Config::default().with_max_bytes_per_owner(2 * gone + live + 10).with_max_ttl_ms(HOUR);
+    let (store, clock) = setup(config);
+    for i in 0..3 {
+        let issued = NOW + u64::from(i) * 1_000;
+        store.put(record(&alice, &key(&alice, i), b"", 1, issued, 1_000)).expect("fits");
+        clock.advance(1_000);
+        store.remove_expired();
+        assert_eq!(store.owner_bytes(alice.public()), (u64::from(i) + 1) * gone);
+    }
+    // Alice's quota is taken by what she left behind; Bob is unaffected.
+    let now = NOW + 3_000;
+    assert!(matches!(
+        store.put(record(&alice, &key(&alice, 9), b"", 1, now, 1_000)),
+        Err(PutError::OwnerQuota { .. })
+    ));
+    assert!(store.put(record(&bob, &key(&bob, 0), b"", 1, now, 1_000)).is_ok());
+    // Once the sequences are forgotten, the quota is free again.
+    clock.advance(HOUR);
+    store.remove_expired();
+    assert_eq!(store.owner_bytes(alice.public()), 0);
+}
