@@ -26,6 +26,7 @@ struct Behaviour {
 
 enum Command {
     Lie(String, Vec<u8>),
+    StaleClaim(Vec<u8>),
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<Vec<u8>>, oneshot::Sender<FloodReport>),
 }
@@ -105,6 +106,11 @@ impl Liar {
             .map_err(|_| anyhow!("liar gone"))
     }
 
+    /// From now on, answers every put with "stale", showing `bytes` as the newer record.
+    pub async fn claim_stale(&self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.commands.send(Command::StaleClaim(bytes)).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Connects to `peer` at `addr` and walks the DHT, so honest nodes route to the liar.
     pub async fn join(&self, peer: PeerId, addr: Multiaddr) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel();
@@ -132,6 +138,7 @@ impl Liar {
 
 async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
     let mut lies: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut stale_claim: Option<Vec<u8>> = None;
     let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
     let mut flood: Option<(usize, FloodReport, oneshot::Sender<FloodReport>)> = None;
     loop {
@@ -140,6 +147,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 None => return,
                 Some(Command::Lie(key, bytes)) => {
                     lies.insert(key, bytes);
+                }
+                Some(Command::StaleClaim(bytes)) => {
+                    stale_claim = Some(bytes);
                 }
                 Some(Command::Join(peer, addr, reply)) => {
                     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -181,10 +191,19 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                                         rate_limited: false,
                                     })) }
                                 }
-                                // Claims to store everything; keeps nothing.
-                                _ => pb::Response { kind: Some(pb::response::Kind::Put(pb::PutResponse {
-                                    status: pb::PutStatus::Stored as i32,
-                                    ..pb::PutResponse::default()
+                                // Claims to store everything (or that it holds something newer);
+                                // keeps nothing.
+                                _ => pb::Response { kind: Some(pb::response::Kind::Put(match &stale_claim {
+                                    Some(current) => pb::PutResponse {
+                                        status: pb::PutStatus::Stale as i32,
+                                        current: current.clone(),
+                                        current_seq: u64::MAX,
+                                        ..pb::PutResponse::default()
+                                    },
+                                    None => pb::PutResponse {
+                                        status: pb::PutStatus::Stored as i32,
+                                        ..pb::PutResponse::default()
+                                    },
                                 })) },
                             };
                             let _ = swarm.behaviour_mut().records.send_response(channel, response);

@@ -508,3 +508,63 @@ async fn a_relayed_connection_is_upgraded_to_a_direct_one() -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_reports_sequences_remembered_after_expiry() -> anyhow::Result<()> {
+    let net = TestNet::start(5, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "short").expect("key");
+    let short = Draft::new(key.clone(), b"soon gone".to_vec(), 40, 1_000).sign(&alice)?;
+    net.put(0, short).await??;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The value is gone everywhere, but a quorum remembers sequence 40: a new write must go
+    // above it, and the read says so.
+    let got = net.get(3, &key).await??;
+    assert_eq!(got.record, None);
+    assert_eq!(got.highest_seq, 40);
+    let again =
+        Draft::new(key.clone(), b"back".to_vec(), got.highest_seq + 1, HOUR).sign(&alice)?;
+    net.put(3, again).await??;
+    assert_eq!(value(&net.get(1, &key).await??), Some("back".into()));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatters_stale_claim_does_not_block_the_owner() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+
+    let net = TestNet::start(5, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let mallory = Keypair::generate(KeyType::Ed25519);
+    let name = Key::new("/names/market")?;
+    net.put(0, record(&alice, &name, "alice's", 1)).await??;
+    let mut watch = net.node(4).watch(&name).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A replica that answers every put with "I hold something newer", showing Mallory's
+    // validly signed record of the name at a huge sequence.
+    let squat = record(&mallory, &name, "mallory's", 1_000_000);
+    let liar = Liar::spawn().await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    liar.claim_stale(squat.encode()).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    // Alice's next write still succeeds: another owner's record proves nothing about hers.
+    let receipt = net.put(1, record(&alice, &name, "alice's v2", 2)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    assert!(
+        receipt
+            .refused
+            .iter()
+            .any(|(peer, why, _)| *peer == liar.peer_id() && *why == Refusal::Stale),
+        "the liar was asked and its claim was set aside: {receipt:?}"
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?.expect("open");
+    assert_eq!(seen.seq(), 2);
+    assert_eq!(seen.owner(), alice.public());
+    assert_eq!(value(&net.get(3, &name).await??), Some("alice's v2".into()));
+    net.shutdown().await;
+    Ok(())
+}
