@@ -186,6 +186,13 @@ impl TestNet {
     }
 }
 
+/// A node outside any [`TestNet`], with a fresh identity and a persistent store in `dir`: for
+/// stories that wire nodes by hand (relays, NAT, transports).
+pub fn lone_node(dir: &std::path::Path, config: Config) -> anyhow::Result<Node> {
+    let store = Store::open(dir, dkvs_store::Config::default())?;
+    Ok(Node::spawn(identity::Keypair::generate_ed25519(), store, config)?)
+}
+
 /// Polls `check` every 50 ms until it returns true or `within` passes.
 pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;

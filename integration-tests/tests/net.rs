@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use dkvs_account::{KeyType, Keypair};
-use dkvs_integration_tests::testnet::{TestNet, eventually};
+use dkvs_integration_tests::testnet::{TestNet, eventually, lone_node};
 use dkvs_net::{Config, PutError, Quorum, Refusal};
 use dkvs_record::{Draft, Key, Record, Transfer};
 
@@ -353,19 +353,14 @@ async fn owners_keep_their_records_alive() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()> {
-    use dkvs_net::Node;
-    use dkvs_net::libp2p::{identity, multiaddr::Protocol};
+    use dkvs_net::libp2p::multiaddr::Protocol;
 
     let net = TestNet::start(3, Config::default().with_relay_server(true)).await?;
     let relay = net.peer_id(0);
     let relay_addr = net.addr(0).expect("alive");
     // A node that listens on no address of its own: only through a reservation at node 0.
     let dir = tempfile::tempdir()?;
-    let hidden = Node::spawn(
-        identity::Keypair::generate_ed25519(),
-        dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
-        Config::default().with_kad_server(Some(true)),
-    )?;
+    let hidden = lone_node(dir.path(), Config::default().with_kad_server(Some(true)))?;
     hidden.add_peer(relay, relay_addr.clone()).await?;
     let circuit = relay_addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
     let reserved =
@@ -388,16 +383,9 @@ async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_talk_over_quic() -> anyhow::Result<()> {
-    use dkvs_net::Node;
-    use dkvs_net::libp2p::identity;
-
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let spawn = |dir: &tempfile::TempDir| -> anyhow::Result<Node> {
-        Ok(Node::spawn(
-            identity::Keypair::generate_ed25519(),
-            dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
-            Config::default().with_kad_server(Some(true)),
-        )?)
+    let spawn = |dir: &tempfile::TempDir| {
+        lone_node(dir.path(), Config::default().with_kad_server(Some(true)))
     };
     let (a, b) = (spawn(&dirs[0])?, spawn(&dirs[1])?);
     let step = Duration::from_secs(20);
@@ -419,8 +407,7 @@ async fn nodes_talk_over_quic() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -> anyhow::Result<()>
 {
-    use dkvs_net::Node;
-    use dkvs_net::libp2p::{identity, multiaddr::Protocol};
+    use dkvs_net::libp2p::multiaddr::Protocol;
 
     let probe = Duration::from_millis(300);
     let net =
@@ -429,13 +416,7 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     // Kademlia mode automatic: client until AutoNAT confirms a dial-back.
     let config = Config::default().with_kad_server(None).with_autonat_private(probe);
-    let spawn = |dir: &tempfile::TempDir| -> anyhow::Result<Node> {
-        Ok(Node::spawn(
-            identity::Keypair::generate_ed25519(),
-            dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
-            config.clone(),
-        )?)
-    };
+    let spawn = |dir: &tempfile::TempDir| lone_node(dir.path(), config.clone());
     let reachable = spawn(&dirs[0])?;
     let hidden = spawn(&dirs[1])?;
     reachable.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
@@ -470,16 +451,14 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_connection_is_upgraded_to_a_direct_one() -> anyhow::Result<()> {
-    use dkvs_net::Node;
-    use dkvs_net::libp2p::{identity, multiaddr::Protocol};
+    use dkvs_net::libp2p::multiaddr::Protocol;
 
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
-    let spawn = |dir: &tempfile::TempDir, relay: bool| -> anyhow::Result<Node> {
-        Ok(Node::spawn(
-            identity::Keypair::generate_ed25519(),
-            dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?,
+    let spawn = |dir: &tempfile::TempDir, relay: bool| {
+        lone_node(
+            dir.path(),
             Config::default().with_kad_server(Some(true)).with_relay_server(relay),
-        )?)
+        )
     };
     let step = Duration::from_secs(20);
     let relay = spawn(&dirs[0], true)?;

@@ -162,11 +162,12 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-        // A store closed a moment ago may still be finishing a compaction on its own thread;
-        // give it a few seconds before calling the directory taken.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // A store of this process closed a moment ago may still be finishing a compaction on
+        // its own thread, which holds the directory until it is done: wait for that, and only
+        // for that. Anyone else holding the lock is an immediate error.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while let Err(e) = lock.try_lock() {
-            if std::time::Instant::now() >= deadline {
+            if !compacting(dir) || std::time::Instant::now() >= deadline {
                 return Err(StoreError::Io {
                     path: lock_path.clone(),
                     source: std::io::Error::new(
@@ -375,15 +376,22 @@ impl Store {
         // On its own thread: the caller may be a network event loop, and a snapshot of a large
         // store takes seconds. Puts go on meanwhile (see `compact`).
         let store = self.clone();
+        let dir = log.lock().dir.clone();
+        set_compacting(&dir, true);
+        let thread_dir = dir.clone();
         let spawned = std::thread::Builder::new().name("dkvs-compact".into()).spawn(move || {
             if let Err(e) = store.compact() {
                 tracing::warn!(error = %e, "compaction failed; the log keeps growing");
             }
             store.inner.compaction_due.store(false, AtomicOrdering::Release);
+            // The directory is free for a new open once this handle is gone.
+            drop(store);
+            set_compacting(&thread_dir, false);
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start compaction");
             self.inner.compaction_due.store(false, AtomicOrdering::Release);
+            set_compacting(&dir, false);
         }
     }
 }
@@ -593,6 +601,28 @@ impl Inner {
         for shard in self.shards.iter() {
             self.expire_shard(&mut shard.write(), now);
         }
+    }
+}
+
+/// Directories whose store is being compacted on a background thread of this process.
+static COMPACTING: std::sync::LazyLock<Mutex<std::collections::HashSet<std::path::PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn canonical(dir: &Path) -> std::path::PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+fn compacting(dir: &Path) -> bool {
+    COMPACTING.lock().contains(&canonical(dir))
+}
+
+fn set_compacting(dir: &Path, on: bool) {
+    let dir = canonical(dir);
+    let mut set = COMPACTING.lock();
+    if on {
+        set.insert(dir);
+    } else {
+        set.remove(&dir);
     }
 }
 
