@@ -682,7 +682,7 @@ impl Driver {
     /// re-signed over a newer value or a delete made elsewhere.
     pub(crate) fn republish(&mut self) {
         let now = self.now_ms();
-        let horizon = 2 * self.config.republish_interval.as_millis() as u64;
+        let horizon = self.republish_horizon_ms();
         let due: Vec<Key> = self
             .kept
             .keys()
@@ -696,6 +696,12 @@ impl Driver {
         for key in due {
             self.start_get(key, GetPurpose::Republish);
         }
+    }
+
+    /// A kept record is re-signed when it would expire within this many milliseconds: two
+    /// rounds, so that one failed round does not let it lapse.
+    fn republish_horizon_ms(&self) -> u64 {
+        2 * u64::try_from(self.config.republish_interval.as_millis()).unwrap_or(u64::MAX / 2)
     }
 
     /// The second half of a republish: `found` is the network's newest record for `key`.
@@ -713,7 +719,7 @@ impl Driver {
             return;
         };
         let now = self.now_ms();
-        let horizon = 2 * self.config.republish_interval.as_millis() as u64;
+        let horizon = self.republish_horizon_ms();
         if newest.expires_at_ms() > now + horizon {
             return;
         }

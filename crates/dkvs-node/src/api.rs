@@ -339,8 +339,16 @@ async fn put_key(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
+    measured_put(&state, put_inner(&state, &path, query, &headers, body)).await
+}
+
+/// Runs a write (put or delete) and counts it in the put metrics: latency and outcome.
+async fn measured_put<T>(
+    state: &AppState,
+    write: impl Future<Output = ApiResult<T>>,
+) -> ApiResult<T> {
     let started = Instant::now();
-    let result = put_inner(&state, &path, query, &headers, body).await;
+    let result = write.await;
     state.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
     state.metrics.put(result.as_ref().map_or_else(error_code, |_| "ok"));
     result
@@ -489,16 +497,23 @@ async fn delete_key(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
+    measured_put(&state, delete_inner(&state, &path, query)).await
+}
+
+async fn delete_inner(
+    state: &AppState,
+    path: &str,
+    query: KeyQuery,
+) -> ApiResult<Json<serde_json::Value>> {
     let owner = state.account(query.account.as_deref()).await?;
-    let key = state.key(&path, query.account.as_deref()).await?;
-    let seq = next_seq(&state, &key).await;
+    let key = state.key(path, query.account.as_deref()).await?;
+    let seq = next_seq(state, &key).await;
     // A tombstone outlives any record it replaces: it lives as long as this node keeps anything.
     let ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
     let tombstone = Draft::tombstone(key.clone(), seq, ttl_ms)
         .sign(&owner)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string()))?;
     let receipt = state.node.delete(tombstone).await.map_err(put_error)?;
-    state.metrics.put("ok");
     Ok(Json(receipt_json(&key, &receipt)))
 }
 
