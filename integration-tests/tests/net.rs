@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dkvs_account::{KeyType, Keypair};
 use dkvs_integration_tests::testnet::{TestNet, eventually, lone_node};
-use dkvs_net::{Config, PutError, Quorum, Refusal};
+use dkvs_net::{Config, PutError, Quorum, Refusal, Source};
 use dkvs_record::{Draft, Key, Record, Transfer};
 
 const HOUR: u64 = 3_600_000;
@@ -36,7 +36,7 @@ async fn twenty_nodes_put_on_one_get_on_every_other() -> anyhow::Result<()> {
             let got = net.get(reader, key).await??;
             assert_eq!(value(&got), Some(format!("v{i}")), "node {reader} reads {key}");
             assert!(got.confirmations >= 4, "majority of 6 confirmed: {got:?}");
-            assert!(!got.local);
+            assert_eq!(got.source, Source::Network);
         }
     }
     net.shutdown().await;
@@ -221,7 +221,9 @@ async fn watch_sees_every_update_in_order() -> anyhow::Result<()> {
 async fn records_survive_churn_and_restarted_nodes_catch_up() -> anyhow::Result<()> {
     let config = Config::default()
         .with_replication(8)
-        .with_replication_interval(Duration::from_secs(1))
+        // Every round re-sends every record (until replication reconciles instead): 1 s
+        // rounds over 20 debug-built nodes fill both cores and starve the lookups.
+        .with_replication_interval(Duration::from_secs(3))
         .with_write_quorum(Quorum::Majority);
     let mut net = TestNet::start(20, config).await?;
     let alice = Keypair::generate(KeyType::Ed25519);
@@ -384,9 +386,7 @@ async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_talk_over_quic() -> anyhow::Result<()> {
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let spawn = |dir: &tempfile::TempDir| {
-        lone_node(dir.path(), Config::default().with_kad_server(Some(true)))
-    };
+    let spawn = |dir: &tempfile::TempDir| lone_node(dir.path(), Config::default());
     let (a, b) = (spawn(&dirs[0])?, spawn(&dirs[1])?);
     let step = Duration::from_secs(20);
     let quic =
@@ -414,8 +414,9 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
         TestNet::start(4, Config::default().with_autonat_private(probe).with_relay_server(true))
             .await?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    // Kademlia mode automatic: client until AutoNAT confirms a dial-back.
-    let config = Config::default().with_kad_server(None).with_autonat_private(probe);
+    // Kademlia mode automatic: client until AutoNAT confirms a dial-back. On loopback the
+    // local-network rule would make it a server at once; it is off to see AutoNAT alone.
+    let config = Config::default().with_lan_server(false).with_autonat_private(probe);
     let spawn = |dir: &tempfile::TempDir| lone_node(dir.path(), config.clone());
     let reachable = spawn(&dirs[0])?;
     let hidden = spawn(&dirs[1])?;
@@ -455,10 +456,7 @@ async fn a_relayed_connection_is_upgraded_to_a_direct_one() -> anyhow::Result<()
 
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
     let spawn = |dir: &tempfile::TempDir, relay: bool| {
-        lone_node(
-            dir.path(),
-            Config::default().with_kad_server(Some(true)).with_relay_server(relay),
-        )
+        lone_node(dir.path(), Config::default().with_relay_server(relay))
     };
     let step = Duration::from_secs(20);
     let relay = spawn(&dirs[0], true)?;
@@ -545,5 +543,79 @@ async fn a_squatters_stale_claim_does_not_block_the_owner() -> anyhow::Result<()
     assert_eq!(seen.owner(), alice.public());
     assert_eq!(value(&net.get(3, &name).await??), Some("alice's v2".into()));
     net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_machine_replicate_on_the_default_configuration() -> anyhow::Result<()> {
+    // AutoNAT never confirms a loopback address: only the local-network rule makes these
+    // nodes DHT servers, so that replicas answer.
+    let net = TestNet::start(5, Config::default()).await?;
+    for i in 0..net.len() {
+        let reach = net.node(i).reachability().await;
+        assert!(reach.kad_server, "node {i} serves the DHT: {reach:?}");
+    }
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "greeting").expect("key");
+    let receipt = net.put(1, record(&alice, &key, "hello", 1)).await??;
+    assert!(!receipt.alone, "{receipt:?}");
+    assert_eq!(receipt.replicas, 5, "{receipt:?}");
+    assert_eq!(receipt.stored.len(), 5, "{receipt:?}");
+    for reader in [0, 2, 3, 4] {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("hello".into()), "node {reader}");
+        assert_eq!(got.source, Source::Network);
+        assert!(got.confirmations >= 3, "{got:?}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> anyhow::Result<()> {
+    let step = Duration::from_secs(20);
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = lone_node(dirs[0].path(), Config::default())?;
+    let a_addr = a.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "solo").expect("key");
+
+    // No peers at all: the node is the whole network, and says so.
+    let receipt = tokio::time::timeout(step, a.put(record(&alice, &key, "one", 1))).await??;
+    assert!(receipt.alone, "{receipt:?}");
+    assert_eq!((receipt.replicas, receipt.stored.clone()), (1, vec![a.peer_id()]));
+    let got = tokio::time::timeout(step, a.get(&key)).await??;
+    assert_eq!((value(&got), got.source), (Some("one".into()), Source::Alone));
+
+    // Phones that serve no DHT (not reachable). One that joins A writes through A, the only
+    // server and so the whole replica set; the phone itself is not a replica.
+    let phone = |dir: &tempfile::TempDir| {
+        lone_node(dir.path(), Config::default().with_kad_server(Some(false)))
+    };
+    let (p1, p2) = (phone(&dirs[1])?, phone(&dirs[2])?);
+    tokio::time::timeout(step, p1.add_peer(a.peer_id(), a_addr)).await??;
+    let two = record(&alice, &key, "two", 2);
+    let receipt = tokio::time::timeout(step, p1.put(two)).await??;
+    assert!(!receipt.alone);
+    assert_eq!(receipt.stored, vec![a.peer_id()], "{receipt:?}");
+    let got = tokio::time::timeout(step, a.get(&key)).await??;
+    assert_eq!((value(&got), got.source), (Some("two".into()), Source::Network));
+
+    // Two phones with only each other: peers, but nobody serves the DHT. A put finds no
+    // replica and fails, saying why, instead of counting the writer as a quorum of one.
+    let p1_addr = p1.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    tokio::time::timeout(step, p2.add_peer(p1.peer_id(), p1_addr)).await??;
+    let three = record(&alice, &key, "three", 3);
+    let error = tokio::time::timeout(step, p2.put(three)).await?.expect_err("no replica");
+    assert!(
+        matches!(&error, PutError::NoQuorum { receipt } if receipt.replicas == 0 && !receipt.alone),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("found no replica"), "{error}");
+    let error = tokio::time::timeout(step, p2.get(&key)).await?.expect_err("no replica");
+    assert!(error.to_string().contains("found no replica"), "{error}");
+    for node in [a, p1, p2] {
+        node.shutdown().await;
+    }
     Ok(())
 }

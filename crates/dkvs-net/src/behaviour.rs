@@ -11,16 +11,17 @@ use libp2p::{
 };
 
 use crate::codec::{Codec, PROTOCOL};
-use crate::{Config, NetError};
+use crate::{Config, Extension, NetError};
 
 /// Kademlia's protocol name: dkvs runs its own DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dkvs/kad/1.0.0");
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 
-/// Every protocol a node speaks. mDNS and the relay server are off unless configured.
+/// Every protocol a node speaks, and its extension's. mDNS and the relay server are off unless
+/// configured.
 #[derive(NetworkBehaviour)]
-pub(crate) struct Behaviour {
+pub(crate) struct Behaviour<E: Extension> {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) records: request_response::Behaviour<Codec>,
@@ -32,14 +33,16 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) autonat: autonat::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) extension: E,
 }
 
-impl Behaviour {
+impl<E: Extension> Behaviour<E> {
     pub(crate) fn new(
         key: &identity::Keypair,
         relay_client: relay::client::Behaviour,
         config: &Config,
-    ) -> Result<Behaviour, NetError> {
+        extension: E,
+    ) -> Result<Behaviour<E>, NetError> {
         let peer_id = key.public().to_peer_id();
 
         // Kademlia routes only: records travel on the record protocol, where every answer is
@@ -122,6 +125,7 @@ impl Behaviour {
                 },
             ),
             mdns: mdns.into(),
+            extension,
         })
     }
 }

@@ -54,10 +54,20 @@ pub struct Config {
     pub relay_server: bool,
     /// Close connections idle for this long. Default: 60 s.
     pub idle_connection_timeout: Duration,
-    /// Kademlia mode: `Some(true)` server, `Some(false)` client, `None` automatic (server once
-    /// AutoNAT or identify confirm a public address, client until then, as nodes behind NAT
-    /// should be). Default: `None`. Tests on loopback set `Some(true)`.
+    /// Kademlia mode: `Some(true)` server, `Some(false)` client, `None` automatic: a server
+    /// when AutoNAT confirms a direct address reachable from outside, or (with
+    /// [`Config::lan_server`]) while the node is on a local network only; a client otherwise,
+    /// as a node behind NAT on the public internet should be. Default: `None`.
     pub kad_server: Option<bool>,
+    /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
+    /// loopback or private address (127/8, 10/8, 172.16/12, 192.168/16, 169.254/16, ::1,
+    /// fc00::/7, fe80::/10) and whose every connection is to such an address serves the DHT,
+    /// so nodes on one machine or one LAN form a working network on defaults, where AutoNAT
+    /// can never confirm an address. One connection to a public address (or through a relay)
+    /// ends it: on the public internet only AutoNAT makes a node a server. This is Kubo's dual
+    /// DHT (a LAN DHT in server mode beside the public one) folded into one DHT, which is
+    /// possible because a dkvs node is in one of the two networks at a time. Default: true.
+    pub lan_server: bool,
     /// AutoNAT: ask peers to dial back only on public IP addresses (and dial back only to
     /// public ones). Default: true. Tests and private networks turn it off.
     pub autonat_only_global_ips: bool,
@@ -87,6 +97,7 @@ impl Default for Config {
             relay_server: false,
             idle_connection_timeout: Duration::from_secs(60),
             kad_server: None,
+            lan_server: true,
             autonat_only_global_ips: true,
             autonat_probe_delay: Duration::from_secs(15),
             replication_interval: Duration::from_secs(600),
@@ -150,6 +161,12 @@ impl Config {
     /// With the Kademlia mode fixed (`Some(true)`: server) or automatic (`None`).
     pub fn with_kad_server(mut self, server: Option<bool>) -> Config {
         self.kad_server = server;
+        self
+    }
+    /// With the local-network rule of the automatic Kademlia mode on or off
+    /// ([`Config::lan_server`]).
+    pub fn with_lan_server(mut self, on: bool) -> Config {
+        self.lan_server = on;
         self
     }
     /// With AutoNAT probing private addresses too, after `delay` (for tests and private

@@ -14,6 +14,8 @@
 mod behaviour;
 pub mod codec;
 mod config;
+mod defence;
+mod extension;
 mod node;
 mod ops;
 mod outcome;
@@ -22,8 +24,10 @@ mod watch;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use config::{Config, Quorum};
-pub use node::{Node, Reachability};
-pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
+pub use defence::Refused;
+pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdict};
+pub use node::{Node, NodeBuilder, Reachability};
+pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
 pub use watch::Watch;
 
 pub use dkvs_store as store;
@@ -45,6 +49,9 @@ pub enum NetError {
     /// Bootstrapping found no peers or failed.
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
+    /// [`Node::with_extension`] named a type the node does not host.
+    #[error("the node hosts no extension of type {0}")]
+    NoSuchExtension(&'static str),
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,

@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::codec::pb;
+use crate::defence::Defence;
+use crate::extension::{Extension, GossipMessage, Host, LookupId};
 use crate::ops::Op;
-use crate::rate::RateLimiter;
 use crate::watch::Watch;
 use crate::{Config, GetError, GetOutcome, NetError, PutError, PutReceipt};
 
@@ -53,8 +54,14 @@ pub(crate) enum Command {
     Connections(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
+    Extension(ExtensionCall),
     Shutdown(oneshot::Sender<()>),
 }
+
+/// A closure to run on the node's task with the extension (as `Any`, downcast by the caller's
+/// type) and the host.
+pub(crate) type ExtensionCall = Box<dyn FnOnce(&mut dyn std::any::Any, &mut Host<'_>) + Send>;
 
 /// A running dkvs node. Cloning gives another handle to the same node; the node stops on
 /// [`Node::shutdown`] or when the last handle is dropped.
@@ -74,14 +81,46 @@ impl Drop for TaskGuard {
     }
 }
 
-impl Node {
-    /// Starts a node with the libp2p `identity` on `store`. Must be called within a tokio
-    /// runtime. The node listens nowhere until told to ([`Node::listen_on`]).
-    pub fn spawn(
-        identity: identity::Keypair,
-        store: Store,
-        config: Config,
-    ) -> Result<Node, NetError> {
+/// Assembles a node: its identity, its store, its configuration and, optionally, an
+/// [`Extension`] that adds protocols to its swarm.
+///
+/// ```no_run
+/// # fn build(store: dkvs_net::store::Store) -> Result<(), dkvs_net::NetError> {
+/// let identity = dkvs_net::libp2p::identity::Keypair::generate_ed25519();
+/// let node = dkvs_net::NodeBuilder::new(identity, store, dkvs_net::Config::default())
+///     .with_extension(|_identity| dkvs_net::libp2p::swarm::dummy::Behaviour)
+///     .spawn()?;
+/// # Ok(()) }
+/// ```
+pub struct NodeBuilder<E = libp2p::swarm::dummy::Behaviour> {
+    identity: identity::Keypair,
+    store: Store,
+    config: Config,
+    extension: E,
+}
+
+impl NodeBuilder {
+    /// A node with dkvs's own protocols only.
+    pub fn new(identity: identity::Keypair, store: Store, config: Config) -> NodeBuilder {
+        NodeBuilder { identity, store, config, extension: libp2p::swarm::dummy::Behaviour }
+    }
+}
+
+impl<E: Extension> NodeBuilder<E> {
+    /// Hosts the extension that `make` builds from the node's identity (which it may use to
+    /// sign, as a replica signs a custody receipt).
+    pub fn with_extension<X: Extension>(
+        self,
+        make: impl FnOnce(&identity::Keypair) -> X,
+    ) -> NodeBuilder<X> {
+        let extension = make(&self.identity);
+        NodeBuilder { identity: self.identity, store: self.store, config: self.config, extension }
+    }
+
+    /// Starts the node. Must be called within a tokio runtime. The node listens nowhere until
+    /// told to ([`Node::listen_on`]).
+    pub fn spawn(self) -> Result<Node, NetError> {
+        let NodeBuilder { identity, store, config, extension } = self;
         let peer_id = identity.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
@@ -96,7 +135,7 @@ impl Node {
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| setup(&e))?
             .with_behaviour(|key, relay_client| {
-                Behaviour::new(key, relay_client, &config)
+                Behaviour::new(key, relay_client, &config, extension)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?
@@ -114,6 +153,19 @@ impl Node {
         let span = tracing::info_span!("dkvs-node", peer = %peer_id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(Node { commands, peer_id, store, _task: Arc::new(TaskGuard(task)) })
+    }
+}
+
+impl Node {
+    /// Starts a node with the libp2p `identity` on `store` and no extension
+    /// ([`NodeBuilder`] assembles one with an extension). Must be called within a tokio
+    /// runtime. The node listens nowhere until told to ([`Node::listen_on`]).
+    pub fn spawn(
+        identity: identity::Keypair,
+        store: Store,
+        config: Config,
+    ) -> Result<Node, NetError> {
+        NodeBuilder::new(identity, store, config).spawn()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -192,7 +244,7 @@ impl Node {
             record,
             answered: 1,
             asked: 1,
-            local: true,
+            source: crate::Source::Local,
             highest_seq: self.store.highest_seq(key.as_str()).unwrap_or(0),
         }
     }
@@ -249,6 +301,32 @@ impl Node {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
     }
 
+    /// The k closest peers to `key` (any bytes) that a Kademlia lookup finds; empty when the
+    /// lookup finds none or the node is shut down.
+    pub async fn closest_peers(&self, key: Vec<u8>) -> Vec<PeerId> {
+        self.ask(|tx| Command::ClosestPeers(key, tx)).await.unwrap_or_default()
+    }
+
+    /// Runs `f` on the node's task with its extension of type `X` and the [`Host`], and
+    /// returns what `f` returns. [`NetError::NoSuchExtension`] when the node hosts no `X`.
+    pub async fn with_extension<X, R>(
+        &self,
+        f: impl FnOnce(&mut X, &mut Host<'_>) -> R + Send + 'static,
+    ) -> Result<R, NetError>
+    where
+        X: Extension,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let call: ExtensionCall = Box::new(move |extension, host| {
+            let _ = tx.send(extension.downcast_mut::<X>().map(|extension| f(extension, host)));
+        });
+        self.commands.send(Command::Extension(call)).await.map_err(|_| NetError::Shutdown)?;
+        rx.await
+            .map_err(|_| NetError::Shutdown)?
+            .ok_or(NetError::NoSuchExtension(std::any::type_name::<X>()))
+    }
+
     /// Stops the node: closes connections, syncs the store.
     pub async fn shutdown(self) {
         let _ = self.ask(Command::Shutdown).await;
@@ -268,8 +346,8 @@ pub struct Reachability {
 
 pub(crate) type OpId = u64;
 
-pub(crate) struct Driver {
-    pub(crate) swarm: Swarm<Behaviour>,
+pub(crate) struct Driver<E: Extension> {
+    pub(crate) swarm: Swarm<Behaviour<E>>,
     pub(crate) store: Store,
     pub(crate) config: Config,
     commands: mpsc::Receiver<Command>,
@@ -283,8 +361,14 @@ pub(crate) struct Driver {
     listens:
         Vec<(libp2p::core::transport::ListenerId, oneshot::Sender<Result<Multiaddr, NetError>>)>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
-    limiter: RateLimiter,
-    pub(crate) banned: HashMap<PeerId, Instant>,
+    /// The one admission step: rate limits and bans, for every protocol.
+    pub(crate) defence: Defence,
+    /// Kademlia lookups the extension started.
+    ext_lookups: HashSet<kad::QueryId>,
+    /// Gossip topics the extension subscribed to.
+    pub(crate) ext_topics: HashSet<gossipsub::TopicHash>,
+    /// Lookups started by [`Node::closest_peers`].
+    closest_waiters: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     pub(crate) watches: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, u64)>,
     last_sweep: Instant,
     last_replication: Instant,
@@ -295,17 +379,23 @@ pub(crate) struct Driver {
     pub(crate) replication_queue: std::collections::VecDeque<(PeerId, Record)>,
     /// Open connections: peer -> connection -> remote address.
     connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, Multiaddr>>,
+    /// Connected peers that identify says do not speak the record protocol (an IPFS peer, a
+    /// bare relay): they do not make this node part of a dkvs network.
+    non_dkvs: HashSet<PeerId>,
 }
 
-impl Driver {
+impl<E: Extension> Driver<E> {
     fn new(
-        swarm: Swarm<Behaviour>,
+        swarm: Swarm<Behaviour<E>>,
         store: Store,
         config: Config,
         commands: mpsc::Receiver<Command>,
-    ) -> Driver {
-        let limiter = RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst);
+    ) -> Driver<E> {
         Driver {
+            defence: Defence::new(&config),
+            ext_lookups: HashSet::new(),
+            ext_topics: HashSet::new(),
+            closest_waiters: HashMap::new(),
             swarm,
             store,
             config,
@@ -317,8 +407,6 @@ impl Driver {
             bootstraps: HashMap::new(),
             listens: Vec::new(),
             dials: HashMap::new(),
-            limiter,
-            banned: HashMap::new(),
             watches: HashMap::new(),
             last_sweep: Instant::now(),
             last_replication: Instant::now(),
@@ -326,6 +414,7 @@ impl Driver {
             kept: HashMap::new(),
             replication_queue: std::collections::VecDeque::new(),
             connections: HashMap::new(),
+            non_dkvs: HashSet::new(),
         }
     }
 
@@ -422,16 +511,47 @@ impl Driver {
                 let _ = reply.send(addrs.unwrap_or_default());
             }
             Command::Banned(reply) => {
-                let _ = reply.send(self.banned.keys().copied().collect());
+                let _ = reply.send(self.defence.banned().copied().collect());
             }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::ClosestPeers(key, reply) => {
+                let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.closest_waiters.insert(query, reply);
+            }
+            Command::Extension(call) => self
+                .with_extension(|extension, host| call(extension as &mut dyn std::any::Any, host)),
             Command::Shutdown(_) => {}
         }
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    /// Runs `f` with the extension and the host's services, lent from the swarm's other
+    /// behaviours and this driver.
+    pub(crate) fn with_extension<R>(&mut self, f: impl FnOnce(&mut E, &mut Host<'_>) -> R) -> R {
+        let peer_id = *self.swarm.local_peer_id();
+        let behaviour = self.swarm.behaviour_mut();
+        let mut host = Host {
+            peer_id,
+            kad: &mut behaviour.kad,
+            gossipsub: &mut behaviour.gossipsub,
+            blocked: &mut behaviour.blocked,
+            defence: &mut self.defence,
+            lookups: &mut self.ext_lookups,
+            topics: &mut self.ext_topics,
+        };
+        f(&mut behaviour.extension, &mut host)
+    }
+
+    /// Hands an admitted gossip message on an extension's topic to the extension.
+    pub(crate) fn extension_gossip(
+        &mut self,
+        message: GossipMessage,
+    ) -> gossipsub::MessageAcceptance {
+        self.with_extension(|extension, host| extension.on_gossip(message, host)).into()
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 // A node configured to relay is declared reachable by its operator: its listen
@@ -445,7 +565,9 @@ impl Driver {
                     let (_, reply) = self.listens.swap_remove(i);
                     let _ = reply.send(Ok(address));
                 }
+                self.update_kad_mode();
             }
+            SwarmEvent::ExpiredListenAddr { .. } => self.update_kad_mode(),
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 if let Some(i) = self.listens.iter().position(|(id, _)| *id == listener_id) {
                     let (_, reply) = self.listens.swap_remove(i);
@@ -459,14 +581,17 @@ impl Driver {
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
+                self.update_kad_mode();
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
                 if let Some(open) = self.connections.get_mut(&peer_id) {
                     open.remove(&connection_id);
                     if open.is_empty() {
                         self.connections.remove(&peer_id);
+                        self.non_dkvs.remove(&peer_id);
                     }
                 }
+                self.update_kad_mode();
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) =>
@@ -483,33 +608,42 @@ impl Driver {
         }
     }
 
-    /// In automatic mode, a node serves the DHT only once an address of its own (not a relay
-    /// circuit, which is slow and limited) is confirmed reachable from outside.
+    /// In automatic mode, a node serves the DHT once an address of its own (not a relay
+    /// circuit, which is slow and limited) is confirmed reachable from outside, or while it is
+    /// on a local network only ([`Config::lan_server`]).
     fn update_kad_mode(&mut self) {
         if self.config.kad_server.is_some() {
             return;
         }
-        let direct = self
-            .swarm
-            .external_addresses()
-            .any(|a| !a.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit));
-        let mode = if direct { kad::Mode::Server } else { kad::Mode::Client };
+        let confirmed = self.swarm.external_addresses().any(|a| !is_relayed(a));
+        let lan_only = self.config.lan_server
+            && self.swarm.listeners().any(|a| !is_relayed(a) && is_local(a))
+            && self.connections.values().flat_map(|c| c.values()).all(is_local);
+        let mode = if confirmed || lan_only { kad::Mode::Server } else { kad::Mode::Client };
         if self.swarm.behaviour().kad.mode() != mode {
             tracing::info!(?mode, "kademlia mode");
             self.swarm.behaviour_mut().kad.set_mode(Some(mode));
         }
     }
 
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+    fn on_behaviour_event(&mut self, event: BehaviourEvent<E>) {
         match event {
+            BehaviourEvent::Extension(event) => {
+                self.with_extension(|extension, host| extension.on_event(event, host));
+            }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Records(event) => self.on_records_event(event),
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) =>
-            {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocols.contains(&crate::codec::PROTOCOL) {
+                    self.non_dkvs.remove(&peer_id);
+                } else {
+                    self.non_dkvs.insert(peer_id);
+                }
+                if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             _ => {}
@@ -520,13 +654,22 @@ impl Driver {
         match event {
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
-                    let Some(op) = self.lookups.remove(&id) else { return };
                     let peers = match result {
                         Ok(ok) => ok.peers,
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
-                    self.on_closest_peers(op, peers);
+                    if let Some(op) = self.lookups.remove(&id) {
+                        self.on_closest_peers(op, peers);
+                    } else if self.ext_lookups.remove(&id) {
+                        self.with_extension(|extension, host| {
+                            extension.on_closest_peers(LookupId(id), peers, host)
+                        });
+                    } else if let Some(reply) = self.closest_waiters.remove(&id) {
+                        let _ = reply.send(peers);
+                    } else {
+                        return;
+                    }
                     if !step.last
                         && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
                     {
@@ -572,16 +715,13 @@ impl Driver {
         for id in due {
             self.finish_op(id, now);
         }
-        let expired: Vec<PeerId> =
-            self.banned.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
-        for peer in expired {
-            self.banned.remove(&peer);
+        for peer in self.defence.expire(now) {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
         if now.duration_since(self.last_sweep) >= EXPIRY_SWEEP {
             self.last_sweep = now;
             self.store.remove_expired();
-            self.limiter.forget_idle(now);
+            self.defence.forget_idle(now);
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
             self.last_republish = now;
@@ -614,8 +754,9 @@ impl Driver {
     /// Takes note of a peer that sent something no honest node sends: disconnects and refuses it
     /// for the ban duration.
     pub(crate) fn ban(&mut self, peer: PeerId, why: &str) {
-        tracing::warn!(%peer, why, "banning peer");
-        self.banned.insert(peer, Instant::now() + self.config.ban_duration);
+        if self.defence.ban(peer, Instant::now()) {
+            tracing::warn!(%peer, why, "banning peer");
+        }
         self.swarm.behaviour_mut().blocked.block_peer(peer);
     }
 
@@ -637,15 +778,28 @@ impl Driver {
         }
     }
 
-    /// Takes a request token for `peer`; a peer that floods on past its refusals is banned.
-    pub(crate) fn rate_ok(&mut self, peer: PeerId) -> bool {
-        if self.limiter.allow(peer, Instant::now()) {
-            return true;
+    /// True when no connected peer speaks dkvs: this node is a network of one, and its own store
+    /// is the whole replica set. A peer whose identify has not arrived yet counts as a dkvs peer.
+    pub(crate) fn alone(&self) -> bool {
+        self.swarm.connected_peers().all(|p| self.non_dkvs.contains(p))
+    }
+
+    /// The one admission step for a message of `len` bytes from `peer` (at most `limit`):
+    /// false means drop it. A peer that floods on past its refusals, or sends oversized
+    /// messages, is banned.
+    pub(crate) fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> bool {
+        match self.defence.admit(peer, len, limit, Instant::now()) {
+            Ok(()) => true,
+            Err(refused) => {
+                if self.defence.is_banned(&peer)
+                    && !self.swarm.behaviour().blocked.blocked_peers().contains(&peer)
+                {
+                    tracing::warn!(%peer, %refused, "banning peer");
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                }
+                false
+            }
         }
-        if self.limiter.is_flooding(&peer) && !self.banned.contains_key(&peer) {
-            self.ban(peer, "flooded requests past its rate limit");
-        }
-        false
     }
 }
 
@@ -680,4 +834,65 @@ pub(crate) fn closest(
     peers.sort_by_key(|p| target.distance(&kad::KBucketKey::from(*p)));
     peers.truncate(k);
     peers
+}
+
+/// True for an address through a relay (`/p2p-circuit`).
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+}
+
+/// True for a direct address on this machine or the local network: loopback, private and
+/// link-local IPs, and the memory transport. DNS names and relay circuits are not local.
+pub(crate) fn is_local(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    if is_relayed(addr) {
+        return false;
+    }
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        Some(Protocol::Ip6(ip)) => {
+            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
+        }
+        Some(Protocol::Memory(_)) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_addresses_are_loopback_private_and_link_local_only() {
+        let local = [
+            "/ip4/127.0.0.1/tcp/4040",
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/172.16.0.9/udp/4040/quic-v1",
+            "/ip4/192.168.1.20/tcp/4040",
+            "/ip4/169.254.3.4/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/memory/7",
+        ];
+        for addr in local {
+            assert!(is_local(&addr.parse().expect("multiaddr")), "{addr} is local");
+        }
+        let public = [
+            "/ip4/8.8.8.8/tcp/4040",
+            "/ip4/172.32.0.1/tcp/1",
+            "/ip4/100.64.0.1/tcp/1",
+            "/ip6/2001:db8::1/tcp/1",
+            "/dns4/localhost/tcp/1",
+        ];
+        for addr in public {
+            assert!(!is_local(&addr.parse().expect("multiaddr")), "{addr} is not local");
+        }
+        // A relay on loopback does not make the relayed peer local.
+        let relay: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr");
+        let circuit = relay
+            .with(libp2p::multiaddr::Protocol::P2p(PeerId::random()))
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        assert!(!is_local(&circuit), "{circuit}");
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use dkvs_record::{Key, Record};
 use dkvs_store::PutOutcome;
 use libp2p::{PeerId, gossipsub, request_response};
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::pb;
@@ -48,6 +49,8 @@ pub(crate) struct GetOp {
     quorum: usize,
     deadline: Instant,
     quorum_at: Option<Instant>,
+    /// The lookup ran while this node had no dkvs peer.
+    alone: bool,
 }
 
 impl Op {
@@ -81,7 +84,7 @@ fn put_request(record: &Record) -> pb::Request {
     pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: record.encode() })) }
 }
 
-impl Driver {
+impl<E: crate::Extension> Driver<E> {
     fn now_ms(&self) -> u64 {
         dkvs_record::unix_millis()
     }
@@ -180,6 +183,7 @@ impl Driver {
             quorum: 1,
             deadline,
             quorum_at: None,
+            alone: false,
         }));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
         self.lookups.insert(query, op);
@@ -231,8 +235,27 @@ impl Driver {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
             return;
         };
+        let report = |driver: &mut Self, acceptance| {
+            let _ = driver.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
+        };
+        // Gossip takes the same admission step as every other way in (size, rate, ban).
+        if !self.admit(propagation_source, message.data.len(), crate::codec::MAX_MESSAGE_LEN) {
+            return report(self, gossipsub::MessageAcceptance::Ignore);
+        }
+        if self.ext_topics.contains(&message.topic) {
+            let topic = message.topic.to_string();
+            let gossip =
+                crate::GossipMessage { topic, data: message.data, source: propagation_source };
+            let acceptance = self.extension_gossip(gossip);
+            return report(self, acceptance);
+        }
         let Some(key) = self.watches.get(&message.topic).map(|(key, _, _)| key.clone()) else {
-            return;
+            // A topic nobody here validates is not forwarded (and not left pending).
+            return report(self, gossipsub::MessageAcceptance::Ignore);
         };
         // A watcher delivers (and forwards) only what its own store accepts under every rule,
         // ownership included: a validly signed record of a squatter is not a new version.
@@ -247,20 +270,22 @@ impl Driver {
             },
             None => gossipsub::MessageAcceptance::Reject,
         };
-        let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-            &message_id,
-            &propagation_source,
-            acceptance,
-        );
+        report(self, acceptance);
     }
 
     pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
-        // ask it: it counts as a replica only when it is alone.
-        let me_counts =
-            peers.is_empty() || self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
+        // ask it: it counts as a replica only when it is alone. A server counts, unless its
+        // lookup asked known servers and none answered (they stalled, a partition): that is
+        // no quorum, not a replica set of one. A server that knows no other server is the
+        // whole replica set of its network (its peers are clients that write through it).
+        let alone = self.alone();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let server = kad.mode() == libp2p::kad::Mode::Server;
+        let knows_servers = kad.kbuckets().any(|bucket| bucket.num_entries() > 0);
+        let me_counts = alone || (server && (!peers.is_empty() || !knows_servers));
         let candidates: Vec<PeerId> =
             peers.iter().copied().chain(me_counts.then_some(me)).collect();
         let Some(op) = self.ops.get_mut(&id) else { return };
@@ -268,6 +293,7 @@ impl Driver {
             Op::Put(put) => {
                 let replicas = closest(put.record.key(), candidates, k);
                 put.looking_up = false;
+                put.receipt.alone = alone;
                 put.receipt.replicas = replicas.len();
                 put.receipt.quorum = self.config.write_quorum.of(replicas.len());
                 if !replicas.contains(&me) {
@@ -286,6 +312,7 @@ impl Driver {
                 let mut replicas = closest(&get.key, peers, k);
                 replicas.retain(|p| *p != me);
                 get.looking_up = false;
+                get.alone = alone;
                 if !me_counts {
                     get.answers.retain(|(p, _)| *p != me);
                     get.claims.retain(|(p, _)| *p != me);
@@ -340,7 +367,7 @@ impl Driver {
             reason,
             ..pb::PutResponse::default()
         };
-        if !self.rate_ok(peer) {
+        if !self.admit(peer, request.encoded_len(), crate::codec::MAX_MESSAGE_LEN) {
             return match request.kind {
                 Some(pb::request::Kind::Get(_)) => pb::Response {
                     kind: Some(pb::response::Kind::Get(pb::GetResponse {
@@ -540,7 +567,7 @@ impl Driver {
                 confirmations,
                 answered: get.answers.len(),
                 asked: get.asked,
-                local: false,
+                source: if get.alone { crate::Source::Alone } else { crate::Source::Network },
             })
         } else {
             Err(GetError::NoQuorum {

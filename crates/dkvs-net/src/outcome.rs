@@ -61,6 +61,9 @@ pub struct PutReceipt {
     pub refused: Vec<(PeerId, Refusal, String)>,
     /// Replicas that did not answer in time or could not be reached.
     pub unreachable: Vec<(PeerId, String)>,
+    /// True when this node had no dkvs peer at all: it is a network of one, and its own copy
+    /// is the whole replica set. (A node that has peers but finds no replica fails instead.)
+    pub alone: bool,
 }
 
 impl PutReceipt {
@@ -91,11 +94,8 @@ pub enum PutError {
         /// The newest live record in the network, or `None` if there is none.
         current: Option<Box<Record>>,
     },
-    /// Fewer replicas than the quorum stored the record.
-    #[error(
-        "no quorum: {} of {} replicas stored the record, {} needed",
-        receipt.stored.len(), receipt.replicas, receipt.quorum
-    )]
+    /// Fewer replicas than the quorum stored the record, or none was found.
+    #[error("{}", no_put_quorum(receipt))]
     NoQuorum {
         /// Who stored, who refused and why, who did not answer.
         receipt: Box<PutReceipt>,
@@ -106,6 +106,43 @@ pub enum PutError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,
+}
+
+fn no_put_quorum(receipt: &PutReceipt) -> String {
+    if receipt.replicas == 0 {
+        "no quorum: the lookup found no replica although this node has peers (none answered \
+         it in time, or none serves the DHT)"
+            .into()
+    } else {
+        format!(
+            "no quorum: {} of {} replicas stored the record, {} needed",
+            receipt.stored.len(),
+            receipt.replicas,
+            receipt.quorum
+        )
+    }
+}
+
+/// Where a get's answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// The closest replicas in the network were asked.
+    Network,
+    /// This node has no dkvs peer at all: its own store is the whole network.
+    Alone,
+    /// A local read ([`crate::Node::get_local`]) that asked no other node.
+    Local,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Network => "network",
+            Source::Alone => "alone",
+            Source::Local => "local",
+        })
+    }
 }
 
 /// The result of a get.
@@ -119,8 +156,8 @@ pub struct GetOutcome {
     pub answered: usize,
     /// How many replicas were asked (this node included).
     pub asked: usize,
-    /// True when this is a local read that asked no other node.
-    pub local: bool,
+    /// Whether the replicas were asked, or only this node's store.
+    pub source: Source,
     /// The highest sequence a read quorum of replicas holds or remembers (a record's value may
     /// have expired while its sequence is kept): a new write must go above it.
     pub highest_seq: u64,
@@ -130,8 +167,8 @@ pub struct GetOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
-    /// Fewer replicas than the read quorum answered before the timeout.
-    #[error("no quorum: {answered} of {asked} replicas answered, {quorum} needed")]
+    /// Fewer replicas than the read quorum answered before the timeout, or none was found.
+    #[error("{}", no_get_quorum(*answered, *asked, *quorum))]
     NoQuorum {
         /// Replicas that answered.
         answered: usize,
@@ -143,4 +180,14 @@ pub enum GetError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,
+}
+
+fn no_get_quorum(answered: usize, asked: usize, quorum: usize) -> String {
+    if asked == 0 {
+        "no quorum: the lookup found no replica although this node has peers (none answered \
+         it in time, or none serves the DHT)"
+            .into()
+    } else {
+        format!("no quorum: {answered} of {asked} replicas answered, {quorum} needed")
+    }
 }

@@ -8,9 +8,12 @@ use dkvs_record::{Key, Record};
 use libp2p::gossipsub;
 use tokio::sync::mpsc;
 
+/// Every watch topic starts with this; no extension may use it.
+pub(crate) const TOPIC_PREFIX: &str = "/dkvs/watch/";
+
 /// The gossipsub topic of a key's updates: `/dkvs/watch/1/<key>`. The key is public anyway.
 pub(crate) fn topic_of(key: &Key) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("/dkvs/watch/1{key}"))
+    gossipsub::IdentTopic::new(format!("{TOPIC_PREFIX}1{key}"))
 }
 
 /// A stream of newer versions of one key, each verified, in increasing sequence order.

@@ -239,6 +239,7 @@ fn receipt_json(key: &Key, receipt: &PutReceipt) -> serde_json::Value {
             json!({ "peer": peer.to_string(), "reason": why.to_string(), "message": message })
         }).collect::<Vec<_>>(),
         "unreachable": receipt.unreachable.len(),
+        "alone": receipt.alone,
     })
 }
 
@@ -272,13 +273,17 @@ fn put_error(error: PutError) -> ApiError {
             let foreign_count =
                 receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::ForeignOwner).count();
             let foreign = foreign_count > 0 && 2 * foreign_count >= receipt.refused.len();
-            let message = format!(
-                "only {} of {} replicas stored it, {} needed{}",
-                receipt.stored.len(),
-                receipt.replicas,
-                receipt.quorum,
-                if foreign { "; the name belongs to another account" } else { "" }
-            );
+            let message = if receipt.replicas == 0 {
+                PutError::NoQuorum { receipt: receipt.clone() }.to_string()
+            } else {
+                format!(
+                    "only {} of {} replicas stored it, {} needed{}",
+                    receipt.stored.len(),
+                    receipt.replicas,
+                    receipt.quorum,
+                    if foreign { "; the name belongs to another account" } else { "" }
+                )
+            };
             let stale = receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::Stale).count();
             let (status, code) = if foreign {
                 (StatusCode::FORBIDDEN, "foreign_owner")
@@ -479,7 +484,8 @@ async fn get_inner(
         body["confirmations"] = json!(outcome.confirmations);
         body["answered"] = json!(outcome.answered);
         body["asked"] = json!(outcome.asked);
-        body["local"] = json!(outcome.local);
+        body["local"] = json!(outcome.source == dkvs_net::Source::Local);
+        body["source"] = json!(outcome.source.to_string());
         return Ok(Json(body).into_response());
     }
     let mut response = Response::new(Body::from(record.value().to_vec()));
@@ -487,6 +493,7 @@ async fn get_inner(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert("dkvs-seq", HeaderValue::from(record.seq()));
     headers.insert("dkvs-confirmations", HeaderValue::from(outcome.confirmations as u64));
+    headers.insert("dkvs-source", HeaderValue::from_static(source_name(outcome.source)));
     Ok(response)
 }
 
@@ -595,4 +602,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn source_name(source: dkvs_net::Source) -> &'static str {
+    match source {
+        dkvs_net::Source::Alone => "alone",
+        dkvs_net::Source::Local => "local",
+        _ => "network",
+    }
 }

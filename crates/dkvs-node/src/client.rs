@@ -135,14 +135,22 @@ impl Client {
     }
 
     /// GET `path`, raw bytes answer.
-    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+    /// The second value is the `dkvs-source` header: where the answer came from.
+    pub fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, String), ClientError> {
         let mut response = self.send("GET", path, "application/octet-stream", &[])?;
-        response
+        let source = response
+            .headers()
+            .get("dkvs-source")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("network")
+            .to_owned();
+        let bytes = response
             .body_mut()
             .with_config()
             .limit(1 << 20)
             .read_to_vec()
-            .map_err(|e| self.unreachable(e))
+            .map_err(|e| self.unreachable(e))?;
+        Ok((bytes, source))
     }
 
     /// PUT raw bytes to `path`, JSON answer.

@@ -17,8 +17,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// Address of the HTTP API; loopback only unless you mean otherwise.
     pub api: String,
-    /// Kademlia mode: "auto" (client until a public address is confirmed, as behind NAT),
-    /// "server" or "client".
+    /// Kademlia mode: "auto" (a server while every peer is on this machine or the LAN, or
+    /// once AutoNAT confirms a public address; a client otherwise, as behind NAT), "server"
+    /// or "client".
     pub kad_mode: String,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,

@@ -305,11 +305,10 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
             let receipt = client.put_bytes(&path, &bytes)?;
             println!(
-                "{} seq {} stored by {} of {} replicas",
+                "{} seq {} {}",
                 receipt["key"].as_str().unwrap_or(&key),
                 receipt["seq"],
-                receipt["stored"],
-                receipt["replicas"]
+                stored_by(&receipt)
             );
         }
         Command::Get { key, local, json, account } => {
@@ -320,7 +319,11 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 let record = client.get_json(&path)?;
                 writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?;
             } else {
-                out.write_all(&client.get_bytes(&path)?)?;
+                let (bytes, source) = client.get_bytes(&path)?;
+                if source == "alone" {
+                    eprintln!("{ALONE}: this value is its own copy");
+                }
+                out.write_all(&bytes)?;
             }
             out.flush()?;
         }
@@ -328,11 +331,10 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &[]);
             let receipt = client.delete(&path)?;
             println!(
-                "deleted {} at seq {}, stored by {} of {} replicas",
+                "deleted {} at seq {}, {}",
                 receipt["key"].as_str().unwrap_or(&key),
                 receipt["seq"],
-                receipt["stored"],
-                receipt["replicas"]
+                stored_by(&receipt)
             );
         }
         Command::Watch { key, account } => {
@@ -355,4 +357,17 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
     }
     Ok(())
+}
+
+/// What a node with no peers says about a write or a read.
+const ALONE: &str = "the node has no peers, so it is a network of one \
+                     (start it with --bootstrap <multiaddr> to join a network)";
+
+/// "stored by 3 of 5 replicas", or, on a node with no peers, that only it holds the record.
+fn stored_by(receipt: &serde_json::Value) -> String {
+    if receipt["alone"].as_bool() == Some(true) {
+        format!("stored on this node only: {ALONE}")
+    } else {
+        format!("stored by {} of {} replicas", receipt["stored"], receipt["replicas"])
+    }
 }

@@ -85,8 +85,9 @@ fn new_account(home: &Path, name: &str, key_type: &str) -> String {
 fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
-    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nkad_mode = \"server\"\n")
-        .expect("config");
+    // The default configuration, but for the listen address: several nodes share one machine,
+    // so each takes a free port, and on loopback only.
+    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\n").expect("config");
     let mut command = dkvs(home);
     command.arg("node").arg("--config").arg(&config).args(["--api", "127.0.0.1:0"]);
     if let Some(peer) = bootstrap {
@@ -169,12 +170,16 @@ fn three_nodes_through_the_command_line() {
     assert!(alice.starts_with("ed1") && bob.starts_with("secp1"), "{alice} {bob}");
 
     let a = start(&home_a, None);
+    // Alone, a node says that it is the whole network.
+    let solo = ok(put(&a, &["/~/solo", "just me"], None));
+    assert!(solo.contains("stored on this node only") && solo.contains("no peers"), "{solo}");
     let b = start(&home_b, Some(&a.address));
     let c = start(&home_c, Some(&a.address));
 
-    // Put on one, get on another; binary values survive untouched.
+    // Put on one, get on another; binary values survive untouched. On the default
+    // configuration the three nodes on one machine are each other's replicas.
     let stored = ok(put(&a, &["/~/greeting", "hello, dkvs"], None));
-    assert!(stored.contains("seq 1"), "{stored}");
+    assert!(stored.contains("seq 1 stored by 3 of 3 replicas"), "{stored}");
     let key = format!("/{alice}/greeting");
     assert_eq!(ok(get(&b, &[&key])), "hello, dkvs");
     let binary: Vec<u8> = (0..=255u8).collect();

@@ -1,0 +1,193 @@
+//! The seam through which other crates add protocols to a node: an [`Extension`] is a libp2p
+//! `NetworkBehaviour` that runs in the node's one swarm, beside dkvs's own behaviours, with the
+//! node's identity, and uses the node's services through a [`Host`]: lookups of the closest
+//! peers, gossip topics it validates itself, the one admission step, and bans.
+//!
+//! dkvs-net knows no extension by name: mail and IPFS plug in from their own crates, and a
+//! node that hosts both composes them into one behaviour.
+
+use std::collections::HashSet;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{PeerId, allow_block_list, gossipsub, kad};
+
+use crate::defence::{Defence, Refused};
+
+/// A protocol a node hosts. Its behaviour is polled with the node's others; the events it
+/// emits come back to it here, with the [`Host`], on the node's task.
+///
+/// Applications reach a running extension with [`crate::Node::with_extension`], which runs a
+/// closure on the node's task with the extension and the host.
+pub trait Extension: NetworkBehaviour<ToSwarm: Send> + Send + 'static {
+    /// An event the behaviour emitted.
+    fn on_event(&mut self, event: Self::ToSwarm, host: &mut Host<'_>);
+
+    /// A message on a gossip topic this extension subscribed to ([`Host::subscribe`]), already
+    /// admitted (size, rate, ban). Gossipsub forwards it only if this returns
+    /// [`Verdict::Accept`]. Default: ignore.
+    fn on_gossip(&mut self, message: GossipMessage, host: &mut Host<'_>) -> Verdict {
+        let _ = (message, host);
+        Verdict::Ignore
+    }
+
+    /// The closest peers to a key, for a lookup this extension started with
+    /// [`Host::find_closest`]. Default: nothing.
+    fn on_closest_peers(&mut self, lookup: LookupId, peers: Vec<PeerId>, host: &mut Host<'_>) {
+        let _ = (lookup, peers, host);
+    }
+}
+
+/// No extension: a node with dkvs's own protocols only.
+impl Extension for libp2p::swarm::dummy::Behaviour {
+    fn on_event(&mut self, event: std::convert::Infallible, _: &mut Host<'_>) {
+        match event {}
+    }
+}
+
+/// A gossip message for an extension.
+#[derive(Clone, Debug)]
+pub struct GossipMessage {
+    /// The topic's name, as given to [`Host::subscribe`].
+    pub topic: String,
+    /// The message's bytes.
+    pub data: Vec<u8>,
+    /// The peer that forwarded it (not necessarily its author).
+    pub source: PeerId,
+}
+
+/// What gossipsub does with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and forward.
+    Accept,
+    /// Not for us, or a duplicate: drop without penalty.
+    Ignore,
+    /// Invalid: drop, and gossipsub counts it against the peer that forwarded it.
+    Reject,
+}
+
+impl From<Verdict> for gossipsub::MessageAcceptance {
+    fn from(verdict: Verdict) -> gossipsub::MessageAcceptance {
+        match verdict {
+            Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+            Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+        }
+    }
+}
+
+/// A lookup of the closest peers that an extension started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LookupId(pub(crate) kad::QueryId);
+
+/// Why a gossip topic could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The name is dkvs's own (`/dkvs/watch/...`).
+    #[error("topic {0:?} is reserved for dkvs's watches")]
+    Reserved(String),
+    /// Gossipsub refused to subscribe.
+    #[error("cannot subscribe to {topic:?}: {reason}")]
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Gossipsub's words.
+        reason: String,
+    },
+    /// Gossipsub refused to publish (no peer on the topic, message too large, a duplicate).
+    #[error("cannot publish on {topic:?}: {reason}")]
+    Publish {
+        /// The topic.
+        topic: String,
+        /// Gossipsub's words.
+        reason: String,
+    },
+}
+
+/// The node's services, lent to an extension while it handles an event or a call.
+pub struct Host<'a> {
+    pub(crate) peer_id: PeerId,
+    pub(crate) kad: &'a mut kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: &'a mut gossipsub::Behaviour,
+    pub(crate) blocked: &'a mut allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) defence: &'a mut Defence,
+    pub(crate) lookups: &'a mut HashSet<kad::QueryId>,
+    pub(crate) topics: &'a mut HashSet<gossipsub::TopicHash>,
+}
+
+impl Host<'_> {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Starts a lookup of the k closest peers to `key` (any bytes: a mailbox address, a CID);
+    /// the answer comes to [`Extension::on_closest_peers`].
+    pub fn find_closest(&mut self, key: Vec<u8>) -> LookupId {
+        let id = self.kad.get_closest_peers(key);
+        self.lookups.insert(id);
+        LookupId(id)
+    }
+
+    /// Subscribes to the gossip topic `name`; its messages come to [`Extension::on_gossip`].
+    pub fn subscribe(&mut self, name: &str) -> Result<(), TopicError> {
+        let topic = ext_topic(name)?;
+        self.gossipsub
+            .subscribe(&topic)
+            .map_err(|e| TopicError::Subscribe { topic: name.to_owned(), reason: e.to_string() })?;
+        self.topics.insert(topic.hash());
+        Ok(())
+    }
+
+    /// Leaves the gossip topic `name`.
+    pub fn unsubscribe(&mut self, name: &str) {
+        if let Ok(topic) = ext_topic(name) {
+            self.gossipsub.unsubscribe(&topic);
+            self.topics.remove(&topic.hash());
+        }
+    }
+
+    /// Publishes `data` on the gossip topic `name`.
+    pub fn publish(&mut self, name: &str, data: Vec<u8>) -> Result<(), TopicError> {
+        let topic = ext_topic(name)?;
+        self.gossipsub
+            .publish(topic, data)
+            .map(|_| ())
+            .map_err(|e| TopicError::Publish { topic: name.to_owned(), reason: e.to_string() })
+    }
+
+    /// The one admission step, as the record protocol takes it: a message of `len` bytes from
+    /// `peer`, for a protocol whose messages are at most `limit` bytes. A refused message must
+    /// be dropped unread; a peer that sends oversized messages or floods is banned
+    /// (disconnected and refused for the ban duration).
+    pub fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> Result<(), Refused> {
+        let result = self.defence.admit(peer, len, limit, std::time::Instant::now());
+        if result.is_err() && self.defence.is_banned(&peer) {
+            self.blocked.block_peer(peer);
+        }
+        result
+    }
+
+    /// Reports a peer that sent what no honest peer sends (a forged signature, a malformed
+    /// message): it is disconnected and refused for the ban duration.
+    pub fn report(&mut self, peer: PeerId, why: &str) {
+        if self.defence.ban(peer, std::time::Instant::now()) {
+            tracing::warn!(%peer, why, "banning peer");
+        }
+        self.blocked.block_peer(peer);
+    }
+
+    /// True while `peer` is banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.defence.is_banned(peer)
+    }
+}
+
+/// An extension's topic: any name outside dkvs's own watch topics.
+fn ext_topic(name: &str) -> Result<gossipsub::IdentTopic, TopicError> {
+    if name.starts_with(crate::watch::TOPIC_PREFIX) {
+        return Err(TopicError::Reserved(name.to_owned()));
+    }
+    Ok(gossipsub::IdentTopic::new(name))
+}
