@@ -614,8 +614,17 @@ async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> any
     assert!(error.to_string().contains("found no replica"), "{error}");
     let error = tokio::time::timeout(step, p2.get(&key)).await?.expect_err("no replica");
     assert!(error.to_string().contains("found no replica"), "{error}");
-    for node in [a, p1, p2] {
+    for node in [p1, p2] {
         node.shutdown().await;
     }
+    assert!(eventually(step, async || a.connected_peers().await.is_empty()).await);
+
+    // A node cut off from its network (its only peer went away) is not alone: it fails
+    // rather than write a quorum of one that the network never sees.
+    let error = tokio::time::timeout(step, a.put(record(&alice, &key, "four", 4)))
+        .await?
+        .expect_err("cut off");
+    assert!(matches!(&error, PutError::NoQuorum { receipt } if !receipt.alone), "{error:?}");
+    a.shutdown().await;
     Ok(())
 }

@@ -31,6 +31,9 @@ pub enum Refused {
 /// Rate limits and bans, per peer.
 pub(crate) struct Defence {
     limiter: RateLimiter,
+    /// Gossip is limited by its author (signed, so known), in a bucket of its own: the peer
+    /// that forwards a message is usually an honest relay and must not pay for it.
+    gossip: RateLimiter,
     banned: HashMap<PeerId, Instant>,
     ban_duration: Duration,
 }
@@ -39,6 +42,7 @@ impl Defence {
     pub(crate) fn new(config: &crate::Config) -> Defence {
         Defence {
             limiter: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
+            gossip: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
             banned: HashMap::new(),
             ban_duration: config.ban_duration,
         }
@@ -71,6 +75,21 @@ impl Defence {
         Err(Refused::RateLimited)
     }
 
+    /// Admits one gossip message written by `author` (whoever forwarded it). An author that
+    /// floods past its refusals is banned: its messages are dropped wherever they come from.
+    pub(crate) fn admit_gossip(&mut self, author: PeerId, now: Instant) -> Result<(), Refused> {
+        if self.is_banned(&author) {
+            return Err(Refused::Banned);
+        }
+        if self.gossip.allow(author, now) {
+            return Ok(());
+        }
+        if self.gossip.is_flooding(&author) {
+            self.ban(author, now);
+        }
+        Err(Refused::RateLimited)
+    }
+
     /// Bans `peer` until the ban duration has passed. True if it was not banned before.
     pub(crate) fn ban(&mut self, peer: PeerId, now: Instant) -> bool {
         self.banned.insert(peer, now + self.ban_duration).is_none()
@@ -97,6 +116,7 @@ impl Defence {
     /// Forgets rate state of peers that have been idle.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
         self.limiter.forget_idle(now);
+        self.gossip.forget_idle(now);
     }
 }
 
@@ -127,6 +147,10 @@ mod tests {
             Err(Refused::TooLarge { len: 101, limit: 100 })
         );
         assert!(defence.is_banned(&other));
+        // Gossip is counted by author, apart from requests: a banned author stays refused.
+        let author = PeerId::random();
+        assert_eq!(defence.admit_gossip(author, now), Ok(()));
+        assert_eq!(defence.admit_gossip(peer, now), Err(Refused::Banned));
         // Bans end.
         let later = now + config.ban_duration;
         let mut over = defence.expire(later);

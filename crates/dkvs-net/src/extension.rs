@@ -18,9 +18,24 @@ use crate::defence::{Defence, Refused};
 ///
 /// Applications reach a running extension with [`crate::Node::with_extension`], which runs a
 /// closure on the node's task with the extension and the host.
+///
+/// Every message an extension's protocol reads from a peer must pass [`Host::admit`] before
+/// it is acted on: that is the node's one admission step (size, rate, ban). The extension
+/// runs on the node's task: it must not block, and a panic in it stops the node.
 pub trait Extension: NetworkBehaviour<ToSwarm: Send> + Send + 'static {
     /// An event the behaviour emitted.
     fn on_event(&mut self, event: Self::ToSwarm, host: &mut Host<'_>);
+
+    /// The extension of type `type_id` in this one: itself, or, for a composition of
+    /// extensions (mail and IPFS in one behaviour), one of its parts. A composition overrides
+    /// this to look in its parts, so that [`crate::Node::with_extension`] finds each part by
+    /// its own type.
+    fn find(&mut self, type_id: std::any::TypeId) -> Option<&mut dyn std::any::Any>
+    where
+        Self: Sized,
+    {
+        (type_id == std::any::TypeId::of::<Self>()).then_some(self as &mut dyn std::any::Any)
+    }
 
     /// A message on a gossip topic this extension subscribed to ([`Host::subscribe`]), already
     /// admitted (size, rate, ban). Gossipsub forwards it only if this returns
@@ -62,7 +77,8 @@ pub enum Verdict {
     Accept,
     /// Not for us, or a duplicate: drop without penalty.
     Ignore,
-    /// Invalid: drop, and gossipsub counts it against the peer that forwarded it.
+    /// Invalid: drop and do not forward. (The extension calls [`Host::report`] to ban a
+    /// peer that no honest node would have forwarded it from.)
     Reject,
 }
 

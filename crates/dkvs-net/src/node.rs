@@ -55,13 +55,14 @@ pub(crate) enum Command {
     Banned(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
-    Extension(ExtensionCall),
+    Extension(std::any::TypeId, ExtensionCall),
     Shutdown(oneshot::Sender<()>),
 }
 
-/// A closure to run on the node's task with the extension (as `Any`, downcast by the caller's
-/// type) and the host.
-pub(crate) type ExtensionCall = Box<dyn FnOnce(&mut dyn std::any::Any, &mut Host<'_>) + Send>;
+/// A closure to run on the node's task with the extension of the type asked for (as `Any`, if
+/// the node hosts one) and the host.
+pub(crate) type ExtensionCall =
+    Box<dyn FnOnce(Option<&mut dyn std::any::Any>, &mut Host<'_>) + Send>;
 
 /// A running dkvs node. Cloning gives another handle to the same node; the node stops on
 /// [`Node::shutdown`] or when the last handle is dropped.
@@ -108,7 +109,9 @@ impl NodeBuilder {
 
 impl<E: Extension> NodeBuilder<E> {
     /// Hosts the extension that `make` builds from the node's identity (which it may use to
-    /// sign, as a replica signs a custody receipt).
+    /// sign, as a replica signs a custody receipt). A node hosts one extension: to host
+    /// several, compose them into one behaviour (and override [`Extension::find`]); a second
+    /// call replaces the first.
     pub fn with_extension<X: Extension>(
         self,
         make: impl FnOnce(&identity::Keypair) -> X,
@@ -307,8 +310,9 @@ impl Node {
         self.ask(|tx| Command::ClosestPeers(key, tx)).await.unwrap_or_default()
     }
 
-    /// Runs `f` on the node's task with its extension of type `X` and the [`Host`], and
-    /// returns what `f` returns. [`NetError::NoSuchExtension`] when the node hosts no `X`.
+    /// Runs `f` on the node's task with its extension of type `X` (the extension itself, or a
+    /// part of a composition, see [`Extension::find`]) and the [`Host`], and returns what `f`
+    /// returns. [`NetError::NoSuchExtension`] when the node hosts no `X`.
     pub async fn with_extension<X, R>(
         &self,
         f: impl FnOnce(&mut X, &mut Host<'_>) -> R + Send + 'static,
@@ -319,9 +323,11 @@ impl Node {
     {
         let (tx, rx) = oneshot::channel();
         let call: ExtensionCall = Box::new(move |extension, host| {
-            let _ = tx.send(extension.downcast_mut::<X>().map(|extension| f(extension, host)));
+            let extension = extension.and_then(|e| e.downcast_mut::<X>());
+            let _ = tx.send(extension.map(|extension| f(extension, host)));
         });
-        self.commands.send(Command::Extension(call)).await.map_err(|_| NetError::Shutdown)?;
+        let command = Command::Extension(std::any::TypeId::of::<X>(), call);
+        self.commands.send(command).await.map_err(|_| NetError::Shutdown)?;
         rx.await
             .map_err(|_| NetError::Shutdown)?
             .ok_or(NetError::NoSuchExtension(std::any::type_name::<X>()))
@@ -377,8 +383,14 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
     /// Records waiting to be pushed to their replicas, paced by `drain_replication`.
     pub(crate) replication_queue: std::collections::VecDeque<(PeerId, Record)>,
-    /// Open connections: peer -> connection -> remote address.
-    connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, Multiaddr>>,
+    /// Open connections: peer -> connection -> (remote address, dialed by this node).
+    connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>,
+    /// This node has dialed a dkvs peer at a public address: it is on the public internet,
+    /// and the local-network rule no longer applies (until a restart).
+    public_seen: bool,
+    /// This node has had a dkvs peer (a bootstrap peer it was given, or one identified as
+    /// speaking dkvs) since it started: it is part of a network, never a network of one.
+    had_peers: bool,
     /// Connected peers that identify says do not speak the record protocol (an IPFS peer, a
     /// bare relay): they do not make this node part of a dkvs network.
     non_dkvs: HashSet<PeerId>,
@@ -414,6 +426,8 @@ impl<E: Extension> Driver<E> {
             kept: HashMap::new(),
             replication_queue: std::collections::VecDeque::new(),
             connections: HashMap::new(),
+            public_seen: false,
+            had_peers: false,
             non_dkvs: HashSet::new(),
         }
     }
@@ -462,6 +476,7 @@ impl<E: Extension> Driver<E> {
                 }
             },
             Command::AddPeer(peer, addr, reply) => {
+                self.had_peers = true;
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
@@ -507,7 +522,10 @@ impl<E: Extension> Driver<E> {
                 });
             }
             Command::Connections(peer, reply) => {
-                let addrs = self.connections.get(&peer).map(|c| c.values().cloned().collect());
+                let addrs = self
+                    .connections
+                    .get(&peer)
+                    .map(|c| c.values().map(|(a, _)| a.clone()).collect());
                 let _ = reply.send(addrs.unwrap_or_default());
             }
             Command::Banned(reply) => {
@@ -520,8 +538,9 @@ impl<E: Extension> Driver<E> {
                 let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
                 self.closest_waiters.insert(query, reply);
             }
-            Command::Extension(call) => self
-                .with_extension(|extension, host| call(extension as &mut dyn std::any::Any, host)),
+            Command::Extension(type_id, call) => {
+                self.with_extension(|extension, host| call(extension.find(type_id), host))
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -577,7 +596,11 @@ impl<E: Extension> Driver<E> {
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = endpoint.get_remote_address().clone();
-                self.connections.entry(peer_id).or_default().insert(connection_id, remote);
+                let dialer = endpoint.is_dialer();
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, (remote, dialer));
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -616,9 +639,19 @@ impl<E: Extension> Driver<E> {
             return;
         }
         let confirmed = self.swarm.external_addresses().any(|a| !is_relayed(a));
+        // Only connections this node dialed to a public (or relayed) address of a peer that
+        // speaks dkvs put it on the public internet: an inbound connection from anywhere
+        // (a scanner, a peer that found us) says nothing of where we are, and an IPFS peer
+        // is not part of the dkvs network. Once seen, it stays: a node that is alone for a
+        // while between connections must not advertise private addresses as a server.
+        let connections = self.connections.iter().flat_map(|(peer, open)| {
+            let dkvs = !self.non_dkvs.contains(peer);
+            open.values().map(move |(addr, dialer)| (addr, *dialer, dkvs))
+        });
+        self.public_seen |= dialed_public(connections);
         let lan_only = self.config.lan_server
-            && self.swarm.listeners().any(|a| !is_relayed(a) && is_local(a))
-            && self.connections.values().flat_map(|c| c.values()).all(is_local);
+            && !self.public_seen
+            && self.swarm.listeners().any(|a| !is_relayed(a) && is_local(a));
         let mode = if confirmed || lan_only { kad::Mode::Server } else { kad::Mode::Client };
         if self.swarm.behaviour().kad.mode() != mode {
             tracing::info!(?mode, "kademlia mode");
@@ -637,9 +670,11 @@ impl<E: Extension> Driver<E> {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.non_dkvs.remove(&peer_id);
+                    self.had_peers = true;
                 } else {
                     self.non_dkvs.insert(peer_id);
                 }
+                self.update_kad_mode();
                 if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) {
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -688,7 +723,11 @@ impl<E: Extension> Driver<E> {
             kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
             } => {
-                // A PUT_VALUE through Kademlia: held to the same rules as the record protocol.
+                // A PUT_VALUE through Kademlia: held to the same rules as the record protocol,
+                // the admission step first.
+                if !self.admit(source, record.value.len(), crate::codec::MAX_MESSAGE_LEN) {
+                    return;
+                }
                 match Record::decode(&record.value) {
                     Ok(decoded) if decoded.key().as_str().as_bytes() == record.key.as_ref() => {
                         match self.store.put(decoded.clone()) {
@@ -778,10 +817,19 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// True when no connected peer speaks dkvs: this node is a network of one, and its own store
-    /// is the whole replica set. A peer whose identify has not arrived yet counts as a dkvs peer.
+    /// True when this node has had no dkvs peer at all since it started: it is a network of
+    /// one, and its own store is the whole replica set. A connected peer whose identify has
+    /// not arrived yet counts as a dkvs peer, and so does a bootstrap peer that is down: a
+    /// node cut off from its network fails for lack of a quorum instead of writing alone.
     pub(crate) fn alone(&self) -> bool {
-        self.swarm.connected_peers().all(|p| self.non_dkvs.contains(p))
+        !self.had_peers && self.swarm.connected_peers().all(|p| self.non_dkvs.contains(p))
+    }
+
+    /// True when dkvs peers are connected and none of them serves the DHT (phones that are
+    /// not reachable): a server is then the whole replica set of its network.
+    pub(crate) fn only_clients(&mut self) -> bool {
+        self.swarm.connected_peers().any(|p| !self.non_dkvs.contains(p))
+            && self.swarm.behaviour_mut().kad.kbuckets().all(|bucket| bucket.num_entries() == 0)
     }
 
     /// The one admission step for a message of `len` bytes from `peer` (at most `limit`):
@@ -836,6 +884,13 @@ pub(crate) fn closest(
     peers
 }
 
+/// True when this node dialed a dkvs peer (or one not yet identified) at an address that is not
+/// local: it is on the public internet. Each connection is (remote address, dialed by us,
+/// speaks dkvs).
+fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool, bool)>) -> bool {
+    connections.into_iter().any(|(addr, dialer, dkvs)| dialer && dkvs && !is_local(addr))
+}
+
 /// True for an address through a relay (`/p2p-circuit`).
 pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
@@ -861,6 +916,24 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_dialing_a_public_dkvs_peer_ends_the_local_network_rule() {
+        let public: Multiaddr = "/ip4/8.8.8.8/tcp/4040".parse().expect("multiaddr");
+        let lan: Multiaddr = "/ip4/192.168.1.2/tcp/4040".parse().expect("multiaddr");
+        let relayed = lan
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(PeerId::random()))
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        // An inbound connection from the internet (a scanner, a peer that found us) and a
+        // dialed IPFS peer say nothing of where this node is.
+        assert!(!dialed_public([(&public, false, true)]));
+        assert!(!dialed_public([(&public, true, false)]));
+        assert!(!dialed_public([(&lan, true, true), (&lan, false, true)]));
+        // Dialing a dkvs peer on the internet, or through a relay, does.
+        assert!(dialed_public([(&lan, true, true), (&public, true, true)]));
+        assert!(dialed_public([(&relayed, true, true)]));
+    }
 
     #[test]
     fn local_addresses_are_loopback_private_and_link_local_only() {

@@ -242,8 +242,21 @@ impl<E: crate::Extension> Driver<E> {
                 acceptance,
             );
         };
-        // Gossip takes the same admission step as every other way in (size, rate, ban).
-        if !self.admit(propagation_source, message.data.len(), crate::codec::MAX_MESSAGE_LEN) {
+        // The admission step for gossip: gossipsub bounds the size (max_transmit_size) and
+        // checks the author's signature; the rate is the author's (a forwarder is usually an
+        // honest relay), and a banned author or forwarder is not heard.
+        let author = message.source.unwrap_or(propagation_source);
+        let admitted = !self.defence.is_banned(&propagation_source)
+            && match self.defence.admit_gossip(author, Instant::now()) {
+                Ok(()) => true,
+                Err(refused) => {
+                    if self.defence.is_banned(&author) {
+                        self.ban(author, &format!("gossip: {refused}"));
+                    }
+                    false
+                }
+            };
+        if !admitted {
             return report(self, gossipsub::MessageAcceptance::Ignore);
         }
         if self.ext_topics.contains(&message.topic) {
@@ -277,15 +290,14 @@ impl<E: crate::Extension> Driver<E> {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
-        // ask it: it counts as a replica only when it is alone. A server counts, unless its
-        // lookup asked known servers and none answered (they stalled, a partition): that is
-        // no quorum, not a replica set of one. A server that knows no other server is the
-        // whole replica set of its network (its peers are clients that write through it).
+        // ask it: it counts as a replica only when it is alone. A server counts when its
+        // lookup found replicas, or when its only peers are clients (it is then the whole
+        // replica set of its network, and they write through it). A lookup that found nobody
+        // in any other case (peers stalled, a partition) is no quorum, not a replica set of one.
         let alone = self.alone();
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let server = kad.mode() == libp2p::kad::Mode::Server;
-        let knows_servers = kad.kbuckets().any(|bucket| bucket.num_entries() > 0);
-        let me_counts = alone || (server && (!peers.is_empty() || !knows_servers));
+        let only_clients = self.only_clients();
+        let server = self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
+        let me_counts = alone || (server && (!peers.is_empty() || only_clients));
         let candidates: Vec<PeerId> =
             peers.iter().copied().chain(me_counts.then_some(me)).collect();
         let Some(op) = self.ops.get_mut(&id) else { return };
@@ -569,6 +581,9 @@ impl<E: crate::Extension> Driver<E> {
                 asked: get.asked,
                 source: if get.alone { crate::Source::Alone } else { crate::Source::Network },
             })
+        } else if get.looking_up {
+            // The lookup did not finish in time: no replica was found, let alone asked.
+            Err(GetError::NoQuorum { answered: 0, asked: 0, quorum: get.quorum })
         } else {
             Err(GetError::NoQuorum {
                 answered: get.answers.len(),
