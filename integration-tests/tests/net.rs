@@ -560,7 +560,8 @@ async fn nodes_on_one_machine_replicate_on_the_default_configuration() -> anyhow
     let receipt = net.put(1, record(&alice, &key, "hello", 1)).await??;
     assert!(!receipt.alone, "{receipt:?}");
     assert_eq!(receipt.replicas, 5, "{receipt:?}");
-    assert_eq!(receipt.stored.len(), 5, "{receipt:?}");
+    // A majority (3) stored it; the others may answer after the linger.
+    assert!(receipt.stored.len() >= 3, "{receipt:?}");
     for reader in [0, 2, 3, 4] {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("hello".into()), "node {reader}");

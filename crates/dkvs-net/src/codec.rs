@@ -23,9 +23,18 @@ pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Codec;
 
+/// A varint of a u64 is at most this long; a longer length prefix is malformed.
+const MAX_VARINT_LEN: usize = 10;
+
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut len: usize = 0;
     for i in 0.. {
+        if i == MAX_VARINT_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("length prefix is longer than {MAX_VARINT_LEN} bytes"),
+            ));
+        }
         let mut byte = [0u8; 1];
         io.read_exact(&mut byte).await?;
         len |= usize::from(byte[0] & 0x7f) << (7 * i);
@@ -130,5 +139,10 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         // So is a truncated frame.
         assert!(read_frame(&mut Cursor::new(&buf[..100])).await.is_err());
+        // Endless continuation bytes of zero are refused after ten bytes (the shift of an
+        // eleventh would overflow).
+        let endless = [0x80u8; 64];
+        let err = read_frame(&mut Cursor::new(&endless[..])).await.expect_err("malformed");
+        assert!(err.to_string().contains("longer than 10 bytes"), "{err}");
     }
 }

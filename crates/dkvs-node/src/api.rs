@@ -36,8 +36,9 @@ pub struct AppState {
     pub node: Node,
     /// The accounts on disk.
     pub keystore: Keystore,
-    /// The default account's name.
-    pub default_account: Option<String>,
+    /// The node's home: its default account is read at every request, so an account made
+    /// while the node runs is usable at once.
+    pub home: crate::home::Home,
     /// Accounts unlocked so far, by name.
     pub unlocked: Mutex<HashMap<String, Arc<Keypair>>>,
     /// The passphrase that unlocks them.
@@ -50,6 +51,30 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Turns true when the node is stopping; open watch streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The `Host` header values a request may carry (the address the API serves, and
+    /// `localhost:<port>` on loopback); `None` when the API listens on every interface by
+    /// the operator's choice. A page in a browser that rebinds its own name to 127.0.0.1
+    /// sends its own name, and is refused.
+    pub hosts: Option<Vec<String>>,
+}
+
+impl AppState {
+    /// The home's default account now.
+    pub fn default_account(&self) -> Option<String> {
+        self.home.default_account().ok().flatten()
+    }
+
+    /// The `Host` values to accept for an API bound to `addr`.
+    pub fn hosts_for(addr: std::net::SocketAddr) -> Option<Vec<String>> {
+        if addr.ip().is_unspecified() {
+            return None;
+        }
+        let mut hosts = vec![addr.to_string()];
+        if addr.ip().is_loopback() {
+            hosts.push(format!("localhost:{}", addr.port()));
+        }
+        Some(hosts)
+    }
 }
 
 /// An API error: a status and `{ "error": { "code", "message" } }`, plus extra fields.
@@ -82,6 +107,23 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The largest request body: a value of the largest size, base64 in JSON, with room to spare.
+const BODY_LIMIT: usize = 2 * MAX_VALUE_LEN + 4096;
+
+/// A body that could not be read: over the limit is the documented JSON 413, like a value
+/// over its limit; anything else a 400.
+fn body_rejected(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is over {BODY_LIMIT} bytes; a value is at most {MAX_VALUE_LEN}"),
+        )
+    } else {
+        rejected(e)
+    }
+}
+
 /// The router with every route, behind the token check.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -93,11 +135,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
-        .layer(axum::extract::DefaultBodyLimit::max(2 * MAX_VALUE_LEN + 4096))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
 async fn authorise(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(hosts) = &state.hosts {
+        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+        if !host.is_some_and(|h| hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(h))) {
+            let message = format!(
+                "Host {} is not this API's address ({}); requests from other names are refused",
+                host.unwrap_or("(none)"),
+                hosts.join(" or ")
+            );
+            return ApiError::new(StatusCode::MISDIRECTED_REQUEST, "wrong_host", message)
+                .into_response();
+        }
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -125,7 +179,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl AppState {
     /// The unlocked key pair of account `name` (or of the default account).
     async fn account(&self, name: Option<&str>) -> ApiResult<Arc<Keypair>> {
-        let name = match name.or(self.default_account.as_deref()) {
+        let default = self.default_account();
+        let name = match name.or(default.as_deref()) {
             Some(name) => name.to_owned(),
             None => {
                 return Err(ApiError::bad_request(
@@ -151,7 +206,9 @@ impl AppState {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "locked_account",
                     format!(
-                        "account {name:?} does not open with the passphrase the node was started with"
+                        "account {name:?} does not open with the passphrase the node was started \
+                         with; restart the node to unlock it (it asks for the passphrase, or \
+                         reads DKVS_PASSPHRASE)"
                     ),
                 ));
             }
@@ -340,10 +397,11 @@ async fn put_key(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
+    let body = body.map_err(body_rejected)?;
     measured_put(&state, put_inner(&state, &path, query, &headers, body)).await
 }
 
@@ -562,7 +620,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "remembered_sequences": stats.remembered,
         "memory_bytes": stats.bytes,
         "memory_budget_bytes": state.node.store().config().max_bytes,
-        "default_account": state.default_account,
+        "default_account": state.default_account(),
     }))
 }
 
@@ -576,13 +634,14 @@ async fn accounts(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_js
         .keystore
         .list()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keystore", e.to_string()))?;
+    let default = state.default_account();
     Ok(Json(json!(
         list.iter()
             .map(|info| json!({
                 "name": info.name,
                 "type": info.key_type.name(),
                 "account_id": info.account_id.to_string(),
-                "default": state.default_account.as_deref() == Some(info.name.as_str()),
+                "default": default.as_deref() == Some(info.name.as_str()),
             }))
             .collect::<Vec<_>>()
     )))

@@ -133,16 +133,50 @@ impl Home {
 }
 
 /// Writes `bytes` to `path` atomically, readable by the owner only.
+///
+/// The temporary file is created new (`O_EXCL`), so a link planted in its place is never
+/// followed, and the directory is synced after the rename, so the new file survives a crash.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()));
+        }
+        _ => {}
+    }
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_link_planted_as_the_temporary_file_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").expect("write");
+        let path = dir.path().join("api.json");
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).expect("symlink");
+        write_private(&path, b"{}").expect("written");
+        assert_eq!(fs::read(&victim).expect("read"), b"precious");
+        assert_eq!(fs::read(&path).expect("read"), b"{}");
+        let mode = fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -244,9 +244,17 @@ fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let has_accounts = !home.keystore()?.list()?.is_empty();
-    let passphrase = if has_accounts { passphrase(false)? } else { Zeroizing::new(String::new()) };
+    // With no account yet, the node asks for nothing; it takes DKVS_PASSPHRASE if set, so
+    // that accounts made later with it unlock without a restart.
+    let passphrase = if has_accounts {
+        passphrase(false)?
+    } else {
+        Zeroizing::new(std::env::var("DKVS_PASSPHRASE").unwrap_or_default())
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(dkvs_node::run::run(home, config, passphrase))
 }

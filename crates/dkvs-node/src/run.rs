@@ -72,13 +72,14 @@ pub async fn run(
     let state = Arc::new(AppState {
         node: node.clone(),
         keystore,
-        default_account: home.default_account()?,
+        home: home.clone(),
         unlocked: Mutex::new(HashMap::new()),
         passphrase,
         token,
         config,
         metrics: Metrics::default(),
         stopping,
+        hosts: AppState::hosts_for(api_addr),
     });
     let shutdown = async move {
         signal().await;

@@ -12,8 +12,10 @@ pub const MAX_KEY_LEN: usize = 256;
 
 /// A record key.
 ///
-/// A key is UTF-8, starts with `/`, is 2 to 256 bytes long, has no empty segment (so no `//` and
-/// no trailing `/`) and no control characters. If its first segment is an account id
+/// A key is UTF-8 in Unicode normal form C, starts with `/`, is 2 to 256 bytes long, has no
+/// empty segment (so no `//` and no trailing `/`), no control characters, and no invisible
+/// characters (bidirectional controls, zero-width characters), so that two keys that look the
+/// same are the same key: nobody can claim a shared name that reads like another's. If its first segment is an account id
 /// (`/ed1.../profile`), the key is *account-scoped*: only that account can ever write it. Any
 /// other key is a *shared name*, claimed by the first valid record. A first segment that starts
 /// like an account id (`ed1`, `secp1`) must be a valid one, so that a mistyped id is an error and
@@ -51,6 +53,17 @@ pub enum InvalidKey {
         /// The offending character's code point.
         code: u32,
     },
+    /// Has an invisible character: a bidirectional control or a zero-width character.
+    #[error("key {key:?} has invisible character U+{code:04X}")]
+    InvisibleCharacter {
+        /// The key.
+        key: String,
+        /// The offending character's code point.
+        code: u32,
+    },
+    /// Is not in Unicode normal form C (the same text can be written another way).
+    #[error("key {0:?} is not in Unicode normal form C")]
+    NotNfc(String),
     /// The first segment starts like an account id but is not one.
     #[error("key {key:?} starts with an invalid account id: {source}")]
     BadAccountId {
@@ -59,6 +72,22 @@ pub enum InvalidKey {
         /// Why the first segment is not an account id.
         source: ParseAccountIdError,
     },
+}
+
+/// Bidirectional controls (which reorder what is shown) and zero-width characters (which show
+/// nothing), in the Unicode 16 set. The zero-width joiner of emoji sequences is among them:
+/// keys are names, not text.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 impl Key {
@@ -76,6 +105,12 @@ impl Key {
         }
         if let Some(c) = text.chars().find(|c| c.is_control()) {
             return Err(InvalidKey::ControlCharacter { code: c as u32, key: text });
+        }
+        if let Some(c) = text.chars().find(|&c| is_invisible(c)) {
+            return Err(InvalidKey::InvisibleCharacter { code: c as u32, key: text });
+        }
+        if !unicode_normalization::is_nfc(&text) {
+            return Err(InvalidKey::NotNfc(text));
         }
         let first = rest.split('/').next().unwrap_or_default();
         // Case-insensitive, so that an id in capitals is an error and not a shared name that
@@ -200,6 +235,19 @@ mod tests {
         assert!(matches!(Key::new("/a//b"), Err(InvalidKey::EmptySegment(_))));
         assert!(matches!(Key::new("/a/"), Err(InvalidKey::EmptySegment(_))));
         assert!(matches!(Key::new("/a\u{7}b"), Err(InvalidKey::ControlCharacter { code: 7, .. })));
+        // Look-alikes: a right-to-left override, a zero-width space, a decomposed é.
+        assert!(matches!(
+            Key::new("/names/\u{202E}pohs"),
+            Err(InvalidKey::InvisibleCharacter { code: 0x202E, .. })
+        ));
+        assert!(matches!(
+            Key::new("/names/sh\u{200B}op"),
+            Err(InvalidKey::InvisibleCharacter { code: 0x200B, .. })
+        ));
+        assert!(matches!(Key::new("/names/cafe\u{301}"), Err(InvalidKey::NotNfc(_))));
+        let composed = Key::new("/names/caf\u{e9}").expect("NFC is fine");
+        assert_eq!(composed.as_str().len(), "/names/caf\u{e9}".len());
+        assert!(Key::new("/names/日本語").is_ok());
         assert_eq!(Key::from_bytes(&[b'/', 0xff, 0xfe]), Err(InvalidKey::NotUtf8));
     }
 

@@ -284,6 +284,8 @@ fn invalid_key_name(error: &InvalidKey) -> &'static str {
         InvalidKey::NoLeadingSlash(_) => "NoLeadingSlash",
         InvalidKey::EmptySegment(_) => "EmptySegment",
         InvalidKey::ControlCharacter { .. } => "ControlCharacter",
+        InvalidKey::InvisibleCharacter { .. } => "InvisibleCharacter",
+        InvalidKey::NotNfc(_) => "NotNfc",
         InvalidKey::BadAccountId { .. } => "BadAccountId",
         other => panic!("no vector name for {other:?}"),
     }
@@ -1194,6 +1196,18 @@ fn generate() -> Vectors {
             "The ed25519/shared case with field 1 (key) changed to \"/names/ed25519\\u0007shop\".",
             "ControlCharacter",
             b"/names/ed25519\x07shop".to_vec(),
+        ),
+        key_edit(
+            "key/invisible-character",
+            "The ed25519/shared case with field 1 (key) changed to \"/names/ed25519\\u200bshop\" (a zero-width space).",
+            "InvisibleCharacter",
+            "/names/ed25519\u{200B}shop".as_bytes().to_vec(),
+        ),
+        key_edit(
+            "key/not-nfc",
+            "The ed25519/shared case with field 1 (key) changed to \"/names/cafe\\u0301\" (e and a combining acute accent, not NFC).",
+            "NotNfc",
+            "/names/cafe\u{301}".as_bytes().to_vec(),
         ),
         key_edit(
             "key/not-utf8",

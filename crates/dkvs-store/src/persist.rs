@@ -83,8 +83,10 @@ fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
     }
 }
 
-/// Reads all frames of a file. For a log, a torn last frame ends the read; for a snapshot, any
-/// bad frame is an error. Returns the entries and the length of the good prefix.
+/// Reads all frames of a file. For a log, a torn last frame ends the read, and so does a bad
+/// frame followed only by zeros (a power cut on ext4 or XFS can leave a file longer than what
+/// reached the disk, the rest reading as zeros); for a snapshot, any bad frame is an error.
+/// Returns the entries and the length of the good prefix.
 pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), StoreError> {
     let io_err = |source| StoreError::Io { path: path.to_owned(), source };
     let mut bytes = Vec::new();
@@ -98,6 +100,14 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
             reason,
         };
         let rest = &bytes[at..];
+        // Where a frame starting here would end, if its length can be believed.
+        let claimed = FRAME_HEADER.saturating_add(
+            rest.get(..4).map_or(0, |l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize),
+        );
+        // Nothing but zeros from here, or after this frame: a tail that never reached the
+        // disk. Only for a log, whose unacknowledged tail may be lost.
+        let zero_tail = rest.iter().all(|&b| b == 0)
+            || rest.get(claimed..).is_some_and(|after| after.iter().all(|&b| b == 0));
         if rest.len() < FRAME_HEADER {
             if is_log {
                 break;
@@ -107,6 +117,9 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len == 0 || len > MAX_PAYLOAD {
+            if is_log && zero_tail {
+                break;
+            }
             return Err(damage(format!("frame length {len}")));
         }
         let end = FRAME_HEADER + len;
@@ -118,7 +131,7 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
         }
         let payload = &rest[FRAME_HEADER..end];
         if crc32fast::hash(payload) != crc {
-            if is_log && rest.len() == end {
+            if is_log && (rest.len() == end || zero_tail) {
                 break; // a torn last frame whose length made it to disk before its body
             }
             return Err(damage("checksum mismatch".into()));
@@ -185,6 +198,21 @@ pub(crate) fn remove_older(dir: &Path, generation: u64) -> Result<(), StoreError
     let old_logs = logs.into_iter().filter(|&g| g < generation).map(|g| log_path(dir, g));
     for path in old_snapshots.chain(old_logs) {
         fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+    }
+    // A snapshot still in its temporary file was being written when the process died (one
+    // compaction runs at a time, and this generation's is already renamed): it is garbage.
+    let io_err = |source| StoreError::Io { path: dir.to_owned(), source };
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        let stray = path.file_name().and_then(|n| n.to_str()).is_some_and(|name| {
+            name.strip_prefix("snapshot-")
+                .and_then(|rest| rest.strip_suffix(".tmp"))
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| g < generation)
+        });
+        if stray {
+            fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+        }
     }
     Ok(())
 }

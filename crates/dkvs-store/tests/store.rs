@@ -307,6 +307,69 @@ fn torn_log_tail_is_dropped_but_damage_is_reported() {
 }
 
 #[test]
+fn a_log_tail_of_zeros_is_a_torn_tail_but_damage_before_data_is_not() {
+    // After a power cut in write-through mode, ext4 and XFS can leave the log longer than what
+    // reached the disk, the rest reading as zeros. The node must still start.
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
+    let now = dkvs_record::unix_millis();
+    // A store with three puts in its log, its log file and the log's bytes.
+    let fresh = || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), Config::default()).expect("opens");
+            for i in 0..3 {
+                store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
+            }
+        }
+        let log = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("log-")))
+            .expect("a log");
+        let bytes = std::fs::read(&log).expect("log");
+        (dir, log, bytes)
+    };
+    let held = |dir: &tempfile::TempDir| -> Result<Vec<bool>, StoreError> {
+        let store = Store::open(dir.path(), Config::default())?;
+        Ok((0..3).map(|i| store.get(key(i).as_str()).is_some()).collect())
+    };
+
+    // 1. Zeros after the last whole frame (a zero length where a frame would start).
+    let (dir, log, mut bytes) = fresh();
+    bytes.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&log, &bytes).expect("write");
+    assert_eq!(held(&dir).expect("a zero tail is torn"), [true, true, true]);
+
+    // 2. The last frame's body zeroed, and zeros after it.
+    let (dir, log, mut bytes) = fresh();
+    let frame = bytes.len() / 3;
+    let last = bytes.len() - frame;
+    bytes[last + 8..].fill(0);
+    bytes.extend_from_slice(&[0u8; 100]);
+    std::fs::write(&log, &bytes).expect("write");
+    assert_eq!(held(&dir).expect("a zeroed last frame is torn"), [true, true, false]);
+
+    // 3. A damaged frame with data after it is damage, not a torn tail.
+    let (dir, log, mut bytes) = fresh();
+    bytes[10] ^= 0xff;
+    bytes.extend_from_slice(&[0u8; 100]);
+    std::fs::write(&log, &bytes).expect("write");
+    assert!(matches!(held(&dir), Err(StoreError::Corrupt { .. })));
+}
+
+#[test]
+fn a_snapshot_left_in_its_temporary_file_is_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path(), Config::default()).expect("opens"));
+    // A compaction that died before its rename.
+    let stray = dir.path().join("snapshot-00000000000000000001.tmp");
+    std::fs::write(&stray, b"half a snapshot").expect("write");
+    drop(Store::open(dir.path(), Config::default()).expect("opens with a stray file"));
+    assert!(!stray.exists(), "the stray temporary snapshot is removed");
+}
+
+#[test]
 fn remembered_sequences_count_against_their_owner() {
     // Many short-lived keys leave remembered sequences behind; they are charged to their owner,
     // so one account cannot fill the store with them.
