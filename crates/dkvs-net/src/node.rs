@@ -736,7 +736,8 @@ impl<E: Extension> Driver<E> {
                             Err(e) => self.judge(source, &e),
                         }
                     }
-                    _ => self.ban(source, "sent a malformed record through kademlia"),
+                    Ok(_) => self.ban(source, "sent a record under another key through kademlia"),
+                    Err(e) => self.malformed(source, &e),
                 }
             }
             _ => {}

@@ -89,6 +89,17 @@ impl<E: crate::Extension> Driver<E> {
         dkvs_record::unix_millis()
     }
 
+    /// A peer sent bytes that are not a record: banned, unless the only fault is a key rule
+    /// that an older version did not have (an honest peer may still hold such a record).
+    pub(crate) fn malformed(&mut self, peer: PeerId, error: &dkvs_record::DecodeError) {
+        match error {
+            dkvs_record::DecodeError::Key(e) if e.is_look_alike() => {
+                tracing::debug!(%peer, error = %e, "refused a record with a look-alike key");
+            }
+            _ => self.ban(peer, &format!("sent a malformed record: {error}")),
+        }
+    }
+
     /// Decodes and validates a record a peer sent for `key`; `None` for "nothing" and for a
     /// record that is merely expired by our clock. A forged record gets the peer banned.
     fn verified(&mut self, peer: PeerId, key: &Key, bytes: &[u8]) -> Option<Record> {
@@ -98,7 +109,7 @@ impl<E: crate::Extension> Driver<E> {
         let record = match Record::decode(bytes) {
             Ok(record) => record,
             Err(e) => {
-                self.ban(peer, &format!("sent a malformed record: {e}"));
+                self.malformed(peer, &e);
                 return None;
             }
         };
@@ -399,7 +410,7 @@ impl<E: crate::Extension> Driver<E> {
             Some(pb::request::Kind::Put(put)) => {
                 let response = match Record::decode(&put.record) {
                     Err(e) => {
-                        self.ban(peer, &format!("sent a malformed record: {e}"));
+                        self.malformed(peer, &e);
                         put_response(S::Invalid, e.to_string())
                     }
                     Ok(record) => match self.store.put(record.clone()) {

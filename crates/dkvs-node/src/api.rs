@@ -51,11 +51,12 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Turns true when the node is stopping; open watch streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
-    /// The `Host` header values a request may carry (the address the API serves, and
-    /// `localhost:<port>` on loopback); `None` when the API listens on every interface by
-    /// the operator's choice. A page in a browser that rebinds its own name to 127.0.0.1
-    /// sends its own name, and is refused.
-    pub hosts: Option<Vec<String>>,
+    /// True when the API listens on loopback (the default): a request's `Host` must then name
+    /// this machine (`localhost`, 127.0.0.0/8 or `[::1]`, any port: an SSH tunnel or a port
+    /// mapping changes the port). A page in a browser that rebinds its own name to 127.0.0.1
+    /// sends its own name, and is refused. An API bound elsewhere by the operator's choice is
+    /// reached by names this node cannot know, and is guarded by its token alone.
+    pub check_host: bool,
 }
 
 impl AppState {
@@ -63,18 +64,19 @@ impl AppState {
     pub fn default_account(&self) -> Option<String> {
         self.home.default_account().ok().flatten()
     }
+}
 
-    /// The `Host` values to accept for an API bound to `addr`.
-    pub fn hosts_for(addr: std::net::SocketAddr) -> Option<Vec<String>> {
-        if addr.ip().is_unspecified() {
-            return None;
-        }
-        let mut hosts = vec![addr.to_string()];
-        if addr.ip().is_loopback() {
-            hosts.push(format!("localhost:{}", addr.port()));
-        }
-        Some(hosts)
-    }
+/// True when a `Host` header value names this machine: `localhost`, an address in
+/// 127.0.0.0/8, or `[::1]`, with any port or none.
+pub fn names_this_machine(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An API error: a status and `{ "error": { "code", "message" } }`, plus extra fields.
@@ -140,13 +142,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn authorise(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(hosts) = &state.hosts {
+    if state.check_host {
         let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
-        if !host.is_some_and(|h| hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(h))) {
+        if !host.is_some_and(names_this_machine) {
             let message = format!(
-                "Host {} is not this API's address ({}); requests from other names are refused",
-                host.unwrap_or("(none)"),
-                hosts.join(" or ")
+                "Host {} does not name this machine; this API answers requests for localhost, \
+                 127.0.0.1 or [::1] only",
+                host.unwrap_or("(none)")
             );
             return ApiError::new(StatusCode::MISDIRECTED_REQUEST, "wrong_host", message)
                 .into_response();
@@ -668,5 +670,36 @@ fn source_name(source: dkvs_net::Source) -> &'static str {
         dkvs_net::Source::Alone => "alone",
         dkvs_net::Source::Local => "local",
         _ => "network",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_this_machine;
+
+    #[test]
+    fn hosts_that_name_this_machine() {
+        for host in [
+            "127.0.0.1:4041",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "localhost:5000",
+            "LOCALHOST",
+            "[::1]:4041",
+            "[::1]",
+        ] {
+            assert!(names_this_machine(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:4041",
+            "localhost.evil.example:1",
+            "10.0.0.1:4041",
+            "[::2]:1",
+            "",
+            "127.0.0.1.evil:1",
+        ] {
+            assert!(!names_this_machine(host), "{host}");
+        }
     }
 }

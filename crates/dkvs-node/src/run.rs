@@ -79,7 +79,7 @@ pub async fn run(
         config,
         metrics: Metrics::default(),
         stopping,
-        hosts: AppState::hosts_for(api_addr),
+        check_host: api_addr.ip().is_loopback(),
     });
     let shutdown = async move {
         signal().await;

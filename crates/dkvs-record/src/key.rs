@@ -74,20 +74,40 @@ pub enum InvalidKey {
     },
 }
 
-/// Bidirectional controls (which reorder what is shown) and zero-width characters (which show
-/// nothing), in the Unicode 16 set. The zero-width joiner of emoji sequences is among them:
+/// Bidirectional controls (which reorder what is shown) and default-ignorable characters
+/// (zero-width characters, soft hyphens, variation selectors, fillers, tags: they show
+/// nothing). The joiners of emoji sequences and of Persian and Indic spelling are among them:
 /// keys are names, not text.
 fn is_invisible(c: char) -> bool {
+    // Unicode's Default_Ignorable_Code_Point set, and the bidirectional controls.
     matches!(
         c,
-        '\u{061C}'
-            | '\u{180E}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
+}
+
+impl InvalidKey {
+    /// True for the rules that keep look-alike keys out (invisible characters, normal form C):
+    /// rules that a record stored by an older version may break without being forged.
+    pub fn is_look_alike(&self) -> bool {
+        matches!(self, InvalidKey::InvisibleCharacter { .. } | InvalidKey::NotNfc(_))
+    }
 }
 
 impl Key {
@@ -248,6 +268,10 @@ mod tests {
         let composed = Key::new("/names/caf\u{e9}").expect("NFC is fine");
         assert_eq!(composed.as_str().len(), "/names/caf\u{e9}".len());
         assert!(Key::new("/names/日本語").is_ok());
+        assert!(matches!(
+            Key::new("/names/sh\u{AD}op"),
+            Err(InvalidKey::InvisibleCharacter { code: 0xAD, .. })
+        ));
         assert_eq!(Key::from_bytes(&[b'/', 0xff, 0xfe]), Err(InvalidKey::NotUtf8));
     }
 

@@ -57,12 +57,17 @@ pub(crate) fn gone_body(key: &Key, seq: u64, retain_until_ms: u64, owner: &Publi
     body
 }
 
-fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
+/// One entry of the store's own files; `None` for a record whose key a newer version of the
+/// key rules refuses (it was valid when it was stored, and is dropped, not a reason to refuse
+/// to start).
+fn parse_payload(payload: &[u8]) -> Result<Option<Entry>, String> {
     let (&kind, body) = payload.split_first().ok_or("empty payload")?;
     match kind {
-        KIND_RECORD => {
-            Record::decode(body).map(|r| Entry::Record(Box::new(r))).map_err(|e| e.to_string())
-        }
+        KIND_RECORD => match Record::decode(body) {
+            Ok(record) => Ok(Some(Entry::Record(Box::new(record)))),
+            Err(dkvs_record::DecodeError::Key(e)) if e.is_look_alike() => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
         KIND_GONE => {
             if body.len() < 18 {
                 return Err(format!("remembered-sequence entry is {} bytes", body.len()));
@@ -76,11 +81,33 @@ fn parse_payload(payload: &[u8]) -> Result<Entry, String> {
             let owner_end = 18 + usize::from(body[17]);
             let owner_bytes = body.get(18..owner_end).ok_or("truncated owner")?;
             let owner = PublicKey::from_bytes(key_type, owner_bytes).map_err(|e| e.to_string())?;
-            let key = Key::from_bytes(&body[owner_end..]).map_err(|e| e.to_string())?;
-            Ok(Entry::Gone { key, seq: u64_at(0), retain_until_ms: u64_at(8), owner })
+            let key = match Key::from_bytes(&body[owner_end..]) {
+                Ok(key) => key,
+                Err(e) if e.is_look_alike() => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            Ok(Some(Entry::Gone { key, seq: u64_at(0), retain_until_ms: u64_at(8), owner }))
         }
         other => Err(format!("unknown entry kind {other}")),
     }
+}
+
+/// A damaged frame at the start of `rest` is a torn tail (a write that never completed, the
+/// rest of the file unwritten or zeros) only when no whole, checksummed frame begins anywhere
+/// after its start: otherwise acknowledged data follows the damage, and that is corruption.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    let end = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    !(1..end).any(|offset| whole_frame_at(&rest[offset..]))
+}
+
+/// True when a whole frame with a matching checksum starts at the beginning of `bytes`.
+fn whole_frame_at(bytes: &[u8]) -> bool {
+    let Some(header) = bytes.get(..FRAME_HEADER) else { return false };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    len != 0
+        && len <= MAX_PAYLOAD
+        && bytes.get(FRAME_HEADER..FRAME_HEADER + len).is_some_and(|p| crc32fast::hash(p) == crc)
 }
 
 /// Reads all frames of a file. For a log, a torn last frame ends the read, and so does a bad
@@ -100,14 +127,6 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
             reason,
         };
         let rest = &bytes[at..];
-        // Where a frame starting here would end, if its length can be believed.
-        let claimed = FRAME_HEADER.saturating_add(
-            rest.get(..4).map_or(0, |l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize),
-        );
-        // Nothing but zeros from here, or after this frame: a tail that never reached the
-        // disk. Only for a log, whose unacknowledged tail may be lost.
-        let zero_tail = rest.iter().all(|&b| b == 0)
-            || rest.get(claimed..).is_some_and(|after| after.iter().all(|&b| b == 0));
         if rest.len() < FRAME_HEADER {
             if is_log {
                 break;
@@ -117,26 +136,34 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len == 0 || len > MAX_PAYLOAD {
-            if is_log && zero_tail {
+            if is_log && is_torn_tail(rest) {
                 break;
             }
             return Err(damage(format!("frame length {len}")));
         }
         let end = FRAME_HEADER + len;
         if rest.len() < end {
-            if is_log {
+            if is_log && is_torn_tail(rest) {
                 break; // torn tail: the write that would have completed it never returned
             }
             return Err(damage("truncated frame".into()));
         }
         let payload = &rest[FRAME_HEADER..end];
         if crc32fast::hash(payload) != crc {
-            if is_log && (rest.len() == end || zero_tail) {
+            if is_log && is_torn_tail(rest) {
                 break; // a torn last frame whose length made it to disk before its body
             }
             return Err(damage("checksum mismatch".into()));
         }
-        entries.push(parse_payload(payload).map_err(damage)?);
+        match parse_payload(payload).map_err(damage)? {
+            Some(entry) => entries.push(entry),
+            None => tracing::warn!(
+                file = %path.display(),
+                offset = at,
+                "skipped a record whose key this version refuses (an invisible character, or \
+                 not NFC)"
+            ),
+        }
         at += end;
     }
     Ok((entries, at as u64))
@@ -276,5 +303,54 @@ impl Log {
 
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_record_whose_key_a_newer_rule_refuses_is_skipped_not_fatal() {
+        use dkvs_account::{KeyType, Keypair};
+        let owner = Keypair::generate(KeyType::Ed25519);
+        let ok = dkvs_record::Draft::new(
+            Key::new("/names/abXYZc").expect("key"),
+            b"v".to_vec(),
+            1,
+            60_000,
+        )
+        .sign(&owner)
+        .expect("signed");
+        let mut old = ok.encode();
+        // The same record as an older version stored it: a zero-width space in its key (same
+        // length, so the protobuf stays well formed).
+        let at = old.windows(3).position(|w| w == b"XYZ").expect("key bytes");
+        old[at..at + 3].copy_from_slice("\u{200B}".as_bytes());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log-00000000000000000001");
+        let mut bytes = Vec::new();
+        frame(&mut bytes, KIND_RECORD, &old);
+        frame(&mut bytes, KIND_RECORD, &ok.encode());
+        std::fs::write(&path, &bytes).expect("write");
+        let (entries, good) = read_file(&path, true).expect("reads");
+        assert_eq!(entries.len(), 1, "the refused key is skipped, the next record kept");
+        assert_eq!(good, bytes.len() as u64);
+    }
+
+    #[test]
+    fn damage_followed_by_whole_frames_is_corruption_even_before_zeros() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log-00000000000000000001");
+        let mut bytes = Vec::new();
+        for i in 0..3u8 {
+            frame(&mut bytes, KIND_GONE, &[i; 40]);
+        }
+        // The first frame's length flipped to reach into a zero tail: the frames after it
+        // were acknowledged, so this is damage, not a torn tail.
+        bytes[1] ^= 0x01;
+        bytes.extend_from_slice(&[0u8; 1024]);
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(read_file(&path, true), Err(StoreError::Corrupt { offset: 0, .. })));
     }
 }
