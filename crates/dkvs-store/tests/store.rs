@@ -268,6 +268,15 @@ fn persistent_store_restores_everything() {
     assert_eq!(files, 3, "snapshot, log and LOCK");
 }
 
+/// The first file in `dir` whose name starts with `prefix`.
+fn file_named(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .unwrap_or_else(|| panic!("no {prefix}* file in {}", dir.display()))
+}
+
 #[test]
 fn torn_log_tail_is_dropped_but_damage_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -280,11 +289,7 @@ fn torn_log_tail_is_dropped_but_damage_is_reported() {
             store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
         }
     }
-    let log = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("log-")))
-        .expect("a log");
+    let log = file_named(dir.path(), "log-");
     let bytes = std::fs::read(&log).expect("log");
     // Tear the last frame in half, as a crash mid-write would.
     std::fs::write(&log, &bytes[..bytes.len() - 20]).expect("write");
@@ -295,11 +300,7 @@ fn torn_log_tail_is_dropped_but_damage_is_reported() {
         assert!(store.get(key(2).as_str()).is_none(), "the torn put never returned");
     }
     // Damage in a snapshot is an error, not silent loss.
-    let snapshot = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snapshot-")))
-        .expect("a snapshot");
+    let snapshot = file_named(dir.path(), "snapshot-");
     let mut bytes = std::fs::read(&snapshot).expect("snapshot");
     bytes[20] ^= 0xff;
     std::fs::write(&snapshot, &bytes).expect("write");
@@ -322,11 +323,7 @@ fn a_log_tail_of_zeros_is_a_torn_tail_but_damage_before_data_is_not() {
                 store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
             }
         }
-        let log = std::fs::read_dir(dir.path())
-            .expect("dir")
-            .map(|e| e.expect("entry").path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("log-")))
-            .expect("a log");
+        let log = file_named(dir.path(), "log-");
         let bytes = std::fs::read(&log).expect("log");
         (dir, log, bytes)
     };
