@@ -22,16 +22,25 @@ use dkvs_record::{Key, Record};
 
 use crate::StoreError;
 
+/// A record, as written before version 0.2: its retention is recomputed at restore.
 pub(crate) const KIND_RECORD: u8 = 1;
 pub(crate) const KIND_GONE: u8 = 2;
+/// A record with the time until which its sequence is remembered (u64 LE, then the record).
+pub(crate) const KIND_HELD: u8 = 3;
 const FRAME_HEADER: usize = 8;
 /// No payload is larger: a record's encoding is bounded well below this.
 const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// One entry read back from disk.
 pub(crate) enum Entry {
-    Record(Box<Record>),
-    Gone { key: Key, seq: u64, retain_until_ms: u64, owner: PublicKey },
+    /// A record, with its retention where the file has it.
+    Record(Box<Record>, Option<u64>),
+    Gone {
+        key: Key,
+        seq: u64,
+        retain_until_ms: u64,
+        owner: PublicKey,
+    },
 }
 
 pub(crate) fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
@@ -42,6 +51,14 @@ pub(crate) fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
     out.extend_from_slice(&payload_crc.finalize().to_le_bytes());
     out.push(kind);
     out.extend_from_slice(body);
+}
+
+pub(crate) fn held_body(record: &Record, retain_until_ms: u64) -> Vec<u8> {
+    let encoded = record.encode();
+    let mut body = Vec::with_capacity(8 + encoded.len());
+    body.extend_from_slice(&retain_until_ms.to_le_bytes());
+    body.extend_from_slice(&encoded);
+    body
 }
 
 pub(crate) fn gone_body(key: &Key, seq: u64, retain_until_ms: u64, owner: &PublicKey) -> Vec<u8> {
@@ -64,10 +81,19 @@ fn parse_payload(payload: &[u8]) -> Result<Option<Entry>, String> {
     let (&kind, body) = payload.split_first().ok_or("empty payload")?;
     match kind {
         KIND_RECORD => match Record::decode(body) {
-            Ok(record) => Ok(Some(Entry::Record(Box::new(record)))),
+            Ok(record) => Ok(Some(Entry::Record(Box::new(record), None))),
             Err(dkvs_record::DecodeError::Key(e)) if e.is_look_alike() => Ok(None),
             Err(e) => Err(e.to_string()),
         },
+        KIND_HELD => {
+            let (retain, record) = body.split_at_checked(8).ok_or("truncated held record")?;
+            let retain = u64::from_le_bytes(retain.try_into().map_err(|_| "truncated")?);
+            match Record::decode(record) {
+                Ok(record) => Ok(Some(Entry::Record(Box::new(record), Some(retain)))),
+                Err(dkvs_record::DecodeError::Key(e)) if e.is_look_alike() => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         KIND_GONE => {
             if body.len() < 18 {
                 return Err(format!("remembered-sequence entry is {} bytes", body.len()));

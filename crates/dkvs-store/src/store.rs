@@ -10,7 +10,7 @@ use dkvs_account::PublicKey;
 use dkvs_record::{Key, Record, validate_batch};
 use parking_lot::{Mutex, RwLock};
 
-use crate::persist::{self, Entry, KIND_GONE, KIND_RECORD, Log};
+use crate::persist::{self, Entry, KIND_GONE, KIND_HELD, Log};
 use crate::{Clock, Config, Durability, PutError, StoreError, SystemClock};
 
 const SHARDS: usize = 64;
@@ -25,8 +25,9 @@ pub const GONE_OVERHEAD: u64 = 320;
 type Map = HashMap<Key, Slot, foldhash::fast::FixedState>;
 
 enum Slot {
-    /// The newest record, until `expires_at_ms` (its own expiry, capped by the node's max TTL).
-    Live { record: Arc<Record>, expires_at_ms: u64 },
+    /// The newest record, until `expires_at_ms` (its own expiry, capped by the node's max TTL);
+    /// its sequence is then remembered until `retain_until_ms` (see [`Inner::retention`]).
+    Live { record: Arc<Record>, expires_at_ms: u64, retain_until_ms: u64 },
     /// The value is gone (expired); the highest sequence is remembered until `retain_until_ms`,
     /// after which any record with that sequence or lower is too old to be accepted anyway.
     /// The memory is charged to the last owner, so that no account can fill a store with
@@ -123,7 +124,8 @@ enum Source {
     /// From a caller: every rule applies.
     Put { expected: Expect },
     /// Read back from this store's own files: the rules that held when it was written hold.
-    Restore,
+    /// With the retention the file recorded (older files have none).
+    Restore { retain_until_ms: Option<u64> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -252,7 +254,7 @@ impl Store {
     pub fn get(&self, key: &str) -> Option<Arc<Record>> {
         let now = self.inner.clock.now_ms();
         match self.inner.shard(key).read().get(key) {
-            Some(Slot::Live { record, expires_at_ms }) if *expires_at_ms > now => {
+            Some(Slot::Live { record, expires_at_ms, .. }) if *expires_at_ms > now => {
                 Some(Arc::clone(record))
             }
             _ => None,
@@ -280,7 +282,7 @@ impl Store {
                 .read()
                 .values()
                 .filter_map(|slot| match slot {
-                    Slot::Live { record, expires_at_ms } if *expires_at_ms > now => {
+                    Slot::Live { record, expires_at_ms, .. } if *expires_at_ms > now => {
                         Some(Arc::clone(record))
                     }
                     _ => None,
@@ -351,8 +353,9 @@ impl Store {
         for shard in self.inner.shards.iter() {
             for (key, slot) in shard.read().iter() {
                 match slot {
-                    Slot::Live { record, .. } => {
-                        persist::frame(&mut bytes, KIND_RECORD, &record.encode());
+                    Slot::Live { record, retain_until_ms, .. } => {
+                        let body = persist::held_body(record, *retain_until_ms);
+                        persist::frame(&mut bytes, KIND_HELD, &body);
                     }
                     Slot::Gone { seq, retain_until_ms, owner } => {
                         let body = persist::gone_body(key, *seq, *retain_until_ms, owner);
@@ -422,10 +425,21 @@ impl Inner {
         record.expires_at_ms().min(record.issued_at_ms().saturating_add(self.config.max_ttl_ms))
     }
 
-    /// How long the highest sequence of a record is remembered once its value is gone: until
-    /// every record issued no later than it is past the max TTL, so cannot be accepted anyway.
-    fn retention_of(&self, record: &Record) -> u64 {
-        record.issued_at_ms().saturating_add(self.config.max_ttl_ms)
+    /// Until when the highest sequence of a key is remembered once its value is gone: until no
+    /// record with a lower sequence can still be accepted. Sequences and issue times need not
+    /// agree (an owner's devices have skewed clocks: a delete signed on a slow phone can carry
+    /// an earlier time than the value it deletes), so the bound is not the newest record's issue
+    /// time but the latest of: every issue time this node saw for the key (`held`, carried from
+    /// the slot it replaces), and the time it accepted the record (`now`: a lower sequence this
+    /// node never saw was signed before, so any node accepted it no later than that, give or
+    /// take the clock-skew bound). Plus the max TTL and the skew bound. Restoring from disk
+    /// takes the restart time as `now`, which only remembers longer.
+    fn retention(&self, record: &Record, held: Option<&Slot>, now: u64) -> u64 {
+        let latest = record.issued_at_ms().max(now);
+        let own = latest
+            .saturating_add(self.config.max_ttl_ms)
+            .saturating_add(self.config.limits.max_clock_skew_ms);
+        own.max(retained(held))
     }
 
     fn check_age(&self, record: &Record) -> Result<(), PutError> {
@@ -445,7 +459,7 @@ impl Inner {
         let mut shard = self.shard(record.key().as_str()).write();
         let held = shard.get(record.key().as_str());
         let live = match held {
-            Some(Slot::Live { record, expires_at_ms }) if *expires_at_ms > now => Some(record),
+            Some(Slot::Live { record, expires_at_ms, .. }) if *expires_at_ms > now => Some(record),
             _ => None,
         };
         // Restoring replays the files in the order the puts were accepted, so each entry
@@ -494,6 +508,10 @@ impl Inner {
             });
         }
 
+        let retain_until_ms = match source {
+            Source::Restore { retain_until_ms: Some(recorded) } => recorded.max(retained(held)),
+            _ => self.retention(&record, held, now),
+        };
         // Budget: what the record costs, less what it frees.
         let weight = record_weight(&record);
         let (freed, freed_owner) = match held {
@@ -507,7 +525,7 @@ impl Inner {
             let owner_freed = if freed_owner.as_ref() == Some(record.owner()) { freed } else { 0 };
             let owner_needed = owner_now + weight - owner_freed;
             let needed = budget.used + weight - freed;
-            if source != Source::Restore {
+            if matches!(source, Source::Put { .. }) {
                 if owner_needed > self.config.max_bytes_per_owner && weight > owner_freed {
                     return Err(PutError::OwnerQuota {
                         owner: record.owner().account_id().to_string(),
@@ -523,7 +541,11 @@ impl Inner {
             // in memory either.
             if let (Source::Put { .. }, Some(log)) = (source, &self.log) {
                 let mut frame = Vec::with_capacity(weight as usize);
-                persist::frame(&mut frame, KIND_RECORD, &record.encode());
+                persist::frame(
+                    &mut frame,
+                    KIND_HELD,
+                    &persist::held_body(&record, retain_until_ms),
+                );
                 let mut log = log.lock();
                 log.append(&frame)
                     .map_err(|source| PutError::Io { path: log.path.clone(), source })?;
@@ -537,7 +559,7 @@ impl Inner {
         let replaced = held.map(Slot::seq);
         let expires_at_ms = self.expiry_of(&record);
         let key = record.key().clone();
-        shard.insert(key, Slot::Live { record: Arc::new(record), expires_at_ms });
+        shard.insert(key, Slot::Live { record: Arc::new(record), expires_at_ms, retain_until_ms });
         Ok(PutOutcome::Stored { replaced })
     }
 
@@ -546,10 +568,10 @@ impl Inner {
         let mut dropped = 0;
         let mut budget = self.budget.lock();
         shard.retain(|key, slot| match slot {
-            Slot::Live { record, expires_at_ms } if *expires_at_ms <= now => {
+            Slot::Live { record, expires_at_ms, retain_until_ms } if *expires_at_ms <= now => {
                 let record_bytes = record_weight(record);
                 charge(&mut budget.per_owner, record.owner(), -(record_bytes as i64));
-                let retain_until_ms = self.retention_of(record);
+                let retain_until_ms = *retain_until_ms;
                 dropped += 1;
                 if retain_until_ms > now {
                     budget.used = budget.used - record_bytes + gone_weight(key);
@@ -577,11 +599,11 @@ impl Inner {
         let now = self.clock.now_ms();
         for entry in entries {
             match entry {
-                Entry::Record(record) => {
+                Entry::Record(record, retain_until_ms) => {
                     let key = record.key().clone();
                     // Our own files hold only records that were accepted; the ordering rule
                     // still decides between a snapshot and the logs after it.
-                    if let Err(e) = self.apply(*record, Source::Restore) {
+                    if let Err(e) = self.apply(*record, Source::Restore { retain_until_ms }) {
                         tracing::warn!(%key, error = %e, "skipped a restored record");
                     }
                 }
@@ -601,6 +623,16 @@ impl Inner {
         for shard in self.shards.iter() {
             self.expire_shard(&mut shard.write(), now);
         }
+    }
+}
+
+/// Until when `held` keeps its key's sequence remembered (0 for nothing held).
+fn retained(held: Option<&Slot>) -> u64 {
+    match held {
+        Some(Slot::Live { retain_until_ms, .. } | Slot::Gone { retain_until_ms, .. }) => {
+            *retain_until_ms
+        }
+        None => 0,
     }
 }
 

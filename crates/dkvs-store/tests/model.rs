@@ -50,7 +50,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Slot {
-    Live { record: Record, expires_at: u64 },
+    Live { record: Record, expires_at: u64, retain_until: u64 },
     Gone { seq: u64, retain_until: u64, owner: PublicKey },
 }
 
@@ -108,7 +108,9 @@ impl Model {
             _ => {}
         }
         let live = match &held {
-            Some(Slot::Live { record, expires_at }) if *expires_at > now => Some(record.clone()),
+            Some(Slot::Live { record, expires_at, .. }) if *expires_at > now => {
+                Some(record.clone())
+            }
             _ => None,
         };
         if let Some(expected) = cas
@@ -143,7 +145,17 @@ impl Model {
             *self.per_owner.entry(old).or_default() -= freed;
         }
         *self.per_owner.entry(r.owner().clone()).or_default() += weight;
-        self.slots.insert(key, Slot::Live { record: r.clone(), expires_at });
+        // A sequence is remembered until no lower one can be valid: the latest of the issue
+        // times seen and the acceptance time, plus the max TTL and the clock-skew bound.
+        let before = match &held {
+            Some(Slot::Live { retain_until, .. } | Slot::Gone { retain_until, .. }) => {
+                *retain_until
+            }
+            None => 0,
+        };
+        let own = r.issued_at_ms().max(now) + config.max_ttl_ms + config.limits.max_clock_skew_ms;
+        let retain_until = own.max(before);
+        self.slots.insert(key, Slot::Live { record: r.clone(), expires_at, retain_until });
         Verdict::Stored
     }
 
@@ -152,11 +164,10 @@ impl Model {
         for (key, slot) in std::mem::take(&mut self.slots) {
             let k = Key::new(key.clone()).expect("model keys are valid");
             match slot {
-                Slot::Live { record, expires_at } if expires_at <= now => {
+                Slot::Live { record, expires_at, retain_until } if expires_at <= now => {
                     let w = record_weight(&record);
                     *self.per_owner.entry(record.owner().clone()).or_default() -= w;
                     self.used -= w;
-                    let retain_until = record.issued_at_ms() + config.max_ttl_ms;
                     if retain_until > now {
                         self.used += gone_weight(&k);
                         let owner = record.owner().clone();
@@ -179,7 +190,7 @@ impl Model {
     fn check(&self, store: &Store, keys: &[Key], owners: &[Keypair], now: u64) {
         for key in keys {
             let expected = match self.slots.get(key.as_str()) {
-                Some(Slot::Live { record, expires_at }) if *expires_at > now => Some(record),
+                Some(Slot::Live { record, expires_at, .. }) if *expires_at > now => Some(record),
                 _ => None,
             };
             assert_eq!(store.get(key.as_str()).as_deref(), expected, "get {key}");

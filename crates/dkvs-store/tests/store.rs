@@ -10,6 +10,8 @@ use dkvs_store::{
 
 const NOW: u64 = 1_800_000_000_000;
 const HOUR: u64 = 3_600_000;
+/// The default clock-skew bound ([`dkvs_record::Limits`]).
+const SKEW: u64 = 5 * 60 * 1000;
 
 fn record(owner: &Keypair, key: &Key, value: &[u8], seq: u64, issued: u64, ttl: u64) -> Record {
     Draft {
@@ -116,8 +118,12 @@ fn expired_values_keep_their_sequence() {
         store.put(v1).expect("put"),
         PutOutcome::Stale { current_seq: 2, current: None }
     ));
-    // Once every record issued up to sequence 2 is past the max TTL, the sequence is forgotten.
+    // Once every record issued up to sequence 2 is past the max TTL (give or take the
+    // clock-skew bound), the sequence is forgotten.
     clock.advance(9 * HOUR);
+    store.remove_expired();
+    assert_eq!(store.highest_seq(key.as_str()), Some(2), "kept through the skew bound");
+    clock.advance(SKEW);
     store.remove_expired();
     assert_eq!(store.highest_seq(key.as_str()), None);
     assert_eq!(store.stats().bytes, 0);
@@ -367,6 +373,63 @@ fn a_snapshot_left_in_its_temporary_file_is_removed_at_open() {
 }
 
 #[test]
+fn a_delete_signed_on_a_slow_clock_still_keeps_the_value_out() {
+    // The owner writes sequence 10 on a device whose clock is right, then deletes the key from
+    // a phone whose clock is an hour slow: the tombstone (sequence 11) is issued before the
+    // value it deletes. A holder that missed the delete still has sequence 10, valid until
+    // its own issue time plus the max TTL. The sequence 11 must be remembered at least that
+    // long, or the value comes back.
+    let config = Config::default().with_max_ttl_ms(10 * HOUR);
+    let (store, clock) = setup(config);
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "k").expect("valid");
+    let value = record(&alice, &key, b"ten", 10, NOW, 10 * HOUR);
+    let delete = Draft {
+        key: key.clone(),
+        value: Vec::new(),
+        seq: 11,
+        issued_at_ms: NOW - HOUR,
+        expires_at_ms: NOW - HOUR + 10 * HOUR,
+        tombstone: true,
+        transfer: None,
+    }
+    .sign(&alice)
+    .expect("valid draft");
+    store.put(value.clone()).expect("put");
+    store.put(delete).expect("delete");
+    // Just past the tombstone's own issue time plus the max TTL: the value is still valid.
+    clock.set(NOW - HOUR + 10 * HOUR + 60_000);
+    store.remove_expired();
+    assert!(matches!(
+        store.put(value.clone()).expect("put"),
+        PutOutcome::Stale { current_seq: 11, current: None }
+    ));
+    assert_eq!(store.get(key.as_str()), None);
+    // The same when this node never saw the value: what it accepted at NOW covers anything
+    // signed before, issued no later than NOW plus the skew bound.
+    let (fresh, clock) = setup(Config::default().with_max_ttl_ms(10 * HOUR));
+    let delete = Draft {
+        key: key.clone(),
+        value: Vec::new(),
+        seq: 11,
+        issued_at_ms: NOW - HOUR,
+        expires_at_ms: NOW - HOUR + 10 * HOUR,
+        tombstone: true,
+        transfer: None,
+    }
+    .sign(&alice)
+    .expect("valid draft");
+    fresh.put(delete).expect("delete");
+    clock.set(NOW + 10 * HOUR - 60_000);
+    fresh.remove_expired();
+    assert!(matches!(fresh.put(value.clone()).expect("put"), PutOutcome::Stale { .. }));
+    // Once no record issued up to then can be valid, the sequence is forgotten.
+    clock.set(NOW + 10 * HOUR + SKEW);
+    fresh.remove_expired();
+    assert_eq!(fresh.highest_seq(key.as_str()), None);
+}
+
+#[test]
 fn remembered_sequences_count_against_their_owner() {
     // Many short-lived keys leave remembered sequences behind; they are charged to their owner,
     // so one account cannot fill the store with them.
@@ -395,7 +458,7 @@ fn remembered_sequences_count_against_their_owner() {
     ));
     assert!(store.put(record(&bob, &key(&bob, 0), b"", 1, now, 1_000)).is_ok());
     // Once the sequences are forgotten, the quota is free again.
-    clock.advance(HOUR);
+    clock.advance(HOUR + SKEW);
     store.remove_expired();
     assert_eq!(store.owner_bytes(alice.public()), 0);
 }
