@@ -159,7 +159,7 @@ impl Model {
         Verdict::Stored
     }
 
-    fn remove_expired(&mut self, config: &Config, now: u64) {
+    fn remove_expired(&mut self, now: u64) {
         let mut next = BTreeMap::new();
         for (key, slot) in std::mem::take(&mut self.slots) {
             let k = Key::new(key.clone()).expect("model keys are valid");
@@ -278,13 +278,13 @@ fn run(ops: Vec<Op>) {
             }
             Op::RemoveExpired => {
                 store.remove_expired();
-                model.remove_expired(&config, now);
+                model.remove_expired(now);
                 None
             }
             Op::Restart => {
                 drop(store);
                 store = open();
-                model.remove_expired(&config, now);
+                model.remove_expired(now);
                 None
             }
         };
