@@ -53,6 +53,74 @@ pub(crate) struct GetOp {
     alone: bool,
 }
 
+impl GetOp {
+    /// A replica answered: its verified record (or none) and its claim of the highest sequence
+    /// it holds or remembers. An answer from a peer that was not asked, or twice, is ignored.
+    fn answered(&mut self, peer: PeerId, record: Option<Record>, claim: u64, now: Instant) {
+        if self.pending.remove(&peer) {
+            self.answers.push((peer, record));
+            self.claims.push((peer, claim));
+        }
+        self.note_quorum(now);
+    }
+
+    /// A replica will not answer (unreachable, timed out, rate-limited, wrong message).
+    fn failed(&mut self, peer: PeerId, now: Instant) {
+        self.pending.remove(&peer);
+        self.note_quorum(now);
+    }
+
+    fn note_quorum(&mut self, now: Instant) {
+        if !self.looking_up && self.answers.len() >= self.quorum && self.quorum_at.is_none() {
+            self.quorum_at = Some(now);
+        }
+    }
+
+    /// Whether the get can be answered now (the deadline aside): every asked replica answered
+    /// or failed, or a read quorum answered and the linger after it passed.
+    ///
+    /// A get never answers at the quorum itself, neither "not set" nor a record that a quorum
+    /// agrees on: peer ids cost nothing, so a quorum of fast answers may be ids ground near
+    /// the key, answering empty or replaying an older record, while the replicas that hold the
+    /// newest are a few milliseconds behind. Waiting for the replicas that are still reachable
+    /// (bounded by the linger) and preferring any valid record over any number of empty answers
+    /// ([`newest`]) makes such liars cost a get at most the linger.
+    fn settled(&self, now: Instant, linger: std::time::Duration) -> bool {
+        !self.looking_up
+            && (self.pending.is_empty() || self.quorum_at.is_some_and(|at| now >= at + linger))
+    }
+
+    /// What the get answers with what the replicas said so far.
+    fn outcome(&self) -> Result<GetOutcome, GetError> {
+        if self.looking_up {
+            // The lookup did not finish in time: no replica was found, let alone asked; that
+            // is no quorum, whatever is local.
+            return Err(GetError::NoQuorum { answered: 0, asked: 0, quorum: self.quorum });
+        }
+        if self.answers.len() < self.quorum {
+            return Err(GetError::NoQuorum {
+                answered: self.answers.len(),
+                asked: self.asked,
+                quorum: self.quorum,
+            });
+        }
+        let (newest, confirmations) = newest(&self.answers);
+        // Claims are unverifiable, so only a sequence that a quorum of replicas claims to have
+        // reached counts: fewer liars than a quorum cannot inflate it.
+        let mut claims: Vec<u64> = self.claims.iter().map(|(_, c)| *c).collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        let claimed = claims.get(self.quorum.saturating_sub(1)).copied().unwrap_or(0);
+        Ok(GetOutcome {
+            highest_seq: claimed.max(newest.map_or(0, Record::seq)),
+            record: newest.cloned(),
+            confirmations,
+            answered: self.answers.len(),
+            asked: self.asked,
+            source: if self.alone { crate::Source::Alone } else { crate::Source::Network },
+        })
+    }
+}
+
 impl Op {
     pub(crate) fn due(&self, now: Instant, linger: std::time::Duration) -> bool {
         let (deadline, quorum_at) = match self {
@@ -506,10 +574,7 @@ impl<E: crate::Extension> Driver<E> {
                 }
                 let record = self.verified(peer, &key, &answer.record);
                 let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
-                if get.pending.remove(&peer) {
-                    get.answers.push((peer, record));
-                    get.claims.push((peer, answer.highest_seq));
-                }
+                get.answered(peer, record, answer.highest_seq, Instant::now());
                 self.check_get(id);
             }
             (Op::Push { .. }, _) => self.push_answered(id),
@@ -526,7 +591,7 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_put(id);
             }
             Some(Op::Get(get)) => {
-                get.pending.remove(&peer);
+                get.failed(peer, Instant::now());
                 self.check_get(id);
             }
             Some(Op::Push { .. }) => self.push_answered(id),
@@ -553,22 +618,10 @@ impl<E: crate::Extension> Driver<E> {
 
     fn check_get(&mut self, id: OpId) {
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
-        if get.looking_up {
-            return;
-        }
-        let (newest, confirmations) = newest(&get.answers);
-        let agreed = newest.is_some() && confirmations >= get.quorum;
-        let nothing_anywhere =
-            get.answers.len() >= get.quorum && get.answers.iter().all(|(_, r)| r.is_none());
-        if get.pending.is_empty() || (get.purpose.is_some() && (agreed || nothing_anywhere)) {
-            self.reply_get(id);
-            if let Some(Op::Get(get)) = self.ops.get(&id)
-                && get.pending.is_empty()
-            {
-                self.finish_op(id, Instant::now());
-            }
-        } else if get.answers.len() >= get.quorum && get.quorum_at.is_none() {
-            get.quorum_at = Some(Instant::now());
+        let now = Instant::now();
+        get.note_quorum(now);
+        if get.settled(now, self.config.linger) {
+            self.finish_op(id, now);
         }
     }
 
@@ -576,32 +629,7 @@ impl<E: crate::Extension> Driver<E> {
     fn reply_get(&mut self, id: OpId) {
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         let Some(purpose) = get.purpose.take() else { return };
-        let (newest, confirmations) = newest(&get.answers);
-        // A lookup that never finished asked nobody: that is no quorum, whatever is local.
-        let outcome = if !get.looking_up && get.answers.len() >= get.quorum {
-            // Claims are unverifiable, so only a sequence that a quorum of replicas claims to
-            // have reached counts: fewer liars than a quorum cannot inflate it.
-            let mut claims: Vec<u64> = get.claims.iter().map(|(_, c)| *c).collect();
-            claims.sort_unstable_by(|a, b| b.cmp(a));
-            let claimed = claims.get(get.quorum.saturating_sub(1)).copied().unwrap_or(0);
-            Ok(GetOutcome {
-                highest_seq: claimed.max(newest.map_or(0, Record::seq)),
-                record: newest.cloned(),
-                confirmations,
-                answered: get.answers.len(),
-                asked: get.asked,
-                source: if get.alone { crate::Source::Alone } else { crate::Source::Network },
-            })
-        } else if get.looking_up {
-            // The lookup did not finish in time: no replica was found, let alone asked.
-            Err(GetError::NoQuorum { answered: 0, asked: 0, quorum: get.quorum })
-        } else {
-            Err(GetError::NoQuorum {
-                answered: get.answers.len(),
-                asked: get.asked,
-                quorum: get.quorum,
-            })
-        };
+        let outcome = get.outcome();
         match purpose {
             GetPurpose::Reply(reply) => {
                 let _ = reply.send(outcome);
@@ -898,6 +926,102 @@ mod tests {
 
     fn answers(records: &[&Record]) -> Vec<(PeerId, Option<Record>)> {
         records.iter().map(|r| (PeerId::random(), Some((*r).clone()))).collect()
+    }
+
+    /// A get that asked `replicas` (this node not among them) with a majority read quorum.
+    fn asking(key: &Key, replicas: &[PeerId]) -> GetOp {
+        GetOp {
+            key: key.clone(),
+            purpose: None,
+            pending: replicas.iter().copied().collect(),
+            looking_up: false,
+            answers: Vec::new(),
+            claims: Vec::new(),
+            asked: replicas.len(),
+            quorum: crate::Quorum::Majority.of(replicas.len()),
+            deadline: Instant::now() + std::time::Duration::from_secs(10),
+            quorum_at: None,
+            alone: false,
+        }
+    }
+
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+    #[test]
+    fn fast_empty_answers_from_a_quorum_of_liars_do_not_hide_a_record() {
+        // Eleven ids ground near the key answer "nothing" at once; the nine honest replicas
+        // answer 50 ms later. Eleven is a read quorum of twenty.
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 3, None);
+        let liars: Vec<PeerId> = (0..11).map(|_| PeerId::random()).collect();
+        let honest: Vec<PeerId> = (0..9).map(|_| PeerId::random()).collect();
+        let mut get = asking(&key, &[liars.clone(), honest.clone()].concat());
+        assert_eq!(get.quorum, 11);
+        let t0 = Instant::now();
+        for liar in &liars {
+            get.answered(*liar, None, 0, t0);
+        }
+        assert!(!get.settled(t0, LINGER), "a quorum of empty answers must not settle a get");
+        let t1 = t0 + std::time::Duration::from_millis(50);
+        assert!(!get.settled(t1, LINGER));
+        get.answered(honest[0], Some(record.clone()), 3, t1);
+        get.answered(honest[1], Some(record.clone()), 3, t1);
+        let outcome = get.outcome().expect("a quorum answered");
+        assert_eq!(outcome.record.as_ref(), Some(&record), "any valid record beats empties");
+        assert_eq!(outcome.confirmations, 2);
+        assert_eq!(outcome.highest_seq, 3);
+        // The rest of the honest replicas are slow: the linger bounds the wait.
+        assert!(!get.settled(t0 + LINGER - std::time::Duration::from_millis(1), LINGER));
+        assert!(get.settled(t0 + LINGER, LINGER));
+    }
+
+    #[test]
+    fn a_quorum_replaying_an_older_record_loses_to_a_later_newer_answer() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let (old, new) = (signed(&alice, &key, 1, None), signed(&alice, &key, 2, None));
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let mut get = asking(&key, &peers);
+        let t0 = Instant::now();
+        for peer in &peers[..3] {
+            get.answered(*peer, Some(old.clone()), 1, t0);
+        }
+        assert!(!get.settled(t0, LINGER), "agreement of a quorum waits for the others too");
+        get.answered(peers[3], Some(new.clone()), 2, t0);
+        get.failed(peers[4], t0);
+        assert!(get.settled(t0, LINGER), "everyone answered or failed: no need to linger");
+        let outcome = get.outcome().expect("quorum");
+        assert_eq!(outcome.record, Some(new));
+        assert_eq!((outcome.confirmations, outcome.answered, outcome.asked), (1, 4, 5));
+    }
+
+    #[test]
+    fn a_get_without_a_quorum_says_so_and_an_empty_quorum_says_not_set() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let mut get = asking(&key, &peers);
+        let t0 = Instant::now();
+        get.answered(peers[0], None, 0, t0);
+        // Answers from peers that were never asked, or a second answer, do not count.
+        get.answered(PeerId::random(), None, 0, t0);
+        get.answered(peers[0], None, 0, t0);
+        get.failed(peers[1], t0);
+        assert!(!get.settled(t0, LINGER));
+        assert!(matches!(
+            get.outcome(),
+            Err(GetError::NoQuorum { answered: 1, asked: 3, quorum: 2 })
+        ));
+        get.answered(peers[2], None, 7, t0);
+        assert!(get.settled(t0, LINGER));
+        let outcome = get.outcome().expect("quorum");
+        assert_eq!(outcome.record, None);
+        // One replica's claim alone does not raise the sequence a new write must pass.
+        assert_eq!(outcome.highest_seq, 0);
+        let mut lookup = asking(&key, &peers);
+        lookup.looking_up = true;
+        assert!(matches!(lookup.outcome(), Err(GetError::NoQuorum { asked: 0, .. })));
     }
 
     #[test]
