@@ -20,6 +20,7 @@ mod node;
 mod ops;
 mod outcome;
 mod rate;
+pub mod reconcile;
 mod watch;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
