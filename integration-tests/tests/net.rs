@@ -221,8 +221,7 @@ async fn watch_sees_every_update_in_order() -> anyhow::Result<()> {
 async fn records_survive_churn_and_restarted_nodes_catch_up() -> anyhow::Result<()> {
     let config = Config::default()
         .with_replication(8)
-        // Every round re-sends every record (until replication reconciles instead): 1 s
-        // rounds over 20 debug-built nodes fill both cores and starve the lookups.
+        // The setting under test: rounds every 3 s, so that restarted nodes catch up soon.
         .with_replication_interval(Duration::from_secs(3))
         .with_write_quorum(Quorum::Majority);
     let mut net = TestNet::start(20, config).await?;
@@ -627,5 +626,101 @@ async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> any
         .expect_err("cut off");
     assert!(matches!(&error, PutError::NoQuorum { receipt } if !receipt.alone), "{error:?}");
     a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_costs_what_changed_and_only_replicas_replicate() -> anyhow::Result<()> {
+    // The interval is the setting under test: rounds every second instead of every 10 min.
+    let config = Config::default().with_replication_interval(Duration::from_secs(1));
+    let mut net = TestNet::start(4, config.clone()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let keys: Vec<Key> = (0..100)
+        .map(|i| Key::scoped(&alice.account_id(), &format!("r{i}")).expect("key"))
+        .collect();
+    // Node 3 is down while the records are written: it comes back with none of them.
+    net.kill(3).await;
+    for key in &keys {
+        net.put(0, record(&alice, key, "one", 1)).await??;
+    }
+    net.restart(3).await?;
+    let holds = |net: &TestNet, i: usize, seq: u64| {
+        keys.iter().all(|k| net.node(i).store().get(k.as_str()).is_some_and(|r| r.seq() == seq))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), async || holds(&net, 3, 1)).await,
+        "the restarted replica caught up without anybody reading"
+    );
+
+    // In sync: rounds go on, and no record travels.
+    let stats = async |net: &TestNet| {
+        let mut all = Vec::new();
+        for i in 0..4 {
+            all.push(net.node(i).replication_stats().await);
+        }
+        all
+    };
+    // Two rounds with each of three peers, from the stats at `then`.
+    let two_rounds = async |net: &TestNet, then: &[dkvs_net::ReplicationStats]| {
+        eventually(Duration::from_secs(20), async || {
+            stats(net).await.iter().zip(then).all(|(now, then)| now.completed >= then.completed + 6)
+        })
+        .await
+    };
+    // The catch-up's last pushes may still be on their way; after two rounds they are not.
+    let start = stats(&net).await;
+    assert!(two_rounds(&net, &start).await);
+    let before = stats(&net).await;
+    assert!(two_rounds(&net, &before).await, "every node goes on with its rounds");
+    let after = stats(&net).await;
+    for (now, then) in after.iter().zip(&before) {
+        assert_eq!(now.records_sent, then.records_sent, "in sync, nothing is sent: {now:?}");
+        let rounds = now.completed - then.completed;
+        let bytes = now.message_bytes - then.message_bytes;
+        assert!(bytes / rounds <= 4096, "{bytes} bytes in {rounds} rounds");
+    }
+
+    // Five records change on node 0 alone: those five reach the others, and nothing else.
+    for key in &keys[..5] {
+        net.node(0).store().put(record(&alice, key, "two", 2))?;
+    }
+    let before = stats(&net).await;
+    let spread = eventually(Duration::from_secs(20), async || {
+        (1..4).all(|i| {
+            keys[..5]
+                .iter()
+                .all(|k| net.node(i).store().get(k.as_str()).is_some_and(|r| r.seq() == 2))
+        })
+    })
+    .await;
+    assert!(spread, "the changed records reached every replica");
+    let after = stats(&net).await;
+    let sent: u64 = after.iter().zip(&before).map(|(a, b)| a.records_sent - b.records_sent).sum();
+    assert!((15..=30).contains(&sent), "5 records to 3 replicas (some twice in a race): {sent}");
+
+    // A Kademlia client holds what it writes, but is no replica: it hands each record off
+    // once, and never reconciles.
+    let dir = tempfile::tempdir()?;
+    let phone = lone_node(dir.path(), config.with_kad_server(Some(false)))?;
+    phone.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    phone.add_peer(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), phone.bootstrap()).await;
+    let bob = Keypair::generate(KeyType::Ed25519);
+    for i in 0..10 {
+        let key = Key::scoped(&bob.account_id(), &format!("p{i}")).expect("key");
+        phone.put(record(&bob, &key, "from a phone", 1)).await?;
+    }
+    // Ten records to each of the four replicas.
+    let handed = eventually(Duration::from_secs(10), async || {
+        let stats = phone.replication_stats().await;
+        stats.handed_off == 10 && stats.records_sent == 40
+    });
+    assert!(handed.await, "{:?}", phone.replication_stats().await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = phone.replication_stats().await;
+    assert_eq!((still.rounds, still.handed_off), (0, 10), "{still:?}");
+    assert_eq!(still.records_sent, 40, "handed off once, not every round");
+    phone.shutdown().await;
+    net.shutdown().await;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod ops;
 mod outcome;
 mod rate;
 pub mod reconcile;
+mod replication;
 mod watch;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
@@ -29,6 +30,7 @@ pub use defence::Refused;
 pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdict};
 pub use node::{Node, NodeBuilder, Reachability};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
+pub use replication::ReplicationStats;
 pub use watch::Watch;
 
 pub use dkvs_store as store;

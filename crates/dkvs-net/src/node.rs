@@ -53,6 +53,7 @@ pub(crate) enum Command {
     Reachability(oneshot::Sender<Reachability>),
     Connections(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
+    ReplicationStats(oneshot::Sender<crate::ReplicationStats>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     Extension(std::any::TypeId, ExtensionCall),
@@ -299,6 +300,11 @@ impl Node {
         self.ask(Command::Banned).await.unwrap_or_default()
     }
 
+    /// What replication did since the node started: rounds, messages and bytes, records sent.
+    pub async fn replication_stats(&self) -> crate::ReplicationStats {
+        self.ask(Command::ReplicationStats).await.unwrap_or_default()
+    }
+
     /// The addresses this node listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
@@ -381,8 +387,8 @@ pub(crate) struct Driver<E: Extension> {
     last_republish: Instant,
     /// Keys this node keeps alive for their owners: the owner's key pair and the TTL to sign.
     pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
-    /// Records waiting to be pushed to their replicas, paced by `drain_replication`.
-    pub(crate) replication_queue: std::collections::VecDeque<(PeerId, Record)>,
+    /// Replication rounds, hand-offs and the queue of records to send.
+    pub(crate) replication: crate::replication::Replication,
     /// Open connections: peer -> connection -> (remote address, dialed by this node).
     connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>,
     /// This node has dialed a dkvs peer at a public address: it is on the public internet,
@@ -424,7 +430,7 @@ impl<E: Extension> Driver<E> {
             last_replication: Instant::now(),
             last_republish: Instant::now(),
             kept: HashMap::new(),
-            replication_queue: std::collections::VecDeque::new(),
+            replication: crate::replication::Replication::default(),
             connections: HashMap::new(),
             public_seen: false,
             had_peers: false,
@@ -509,6 +515,9 @@ impl<E: Extension> Driver<E> {
             }
             Command::KeepAlive { key, owner: None, .. } => {
                 self.kept.remove(&key);
+            }
+            Command::ReplicationStats(reply) => {
+                let _ = reply.send(self.replication.stats);
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());

@@ -22,6 +22,10 @@ pub(crate) enum Op {
         outstanding: usize,
         deadline: Instant,
     },
+    /// A replication round with one peer (its state is in [`crate::replication`]).
+    Reconcile {
+        deadline: Instant,
+    },
 }
 
 pub(crate) struct PutOp {
@@ -126,7 +130,7 @@ impl Op {
         let (deadline, quorum_at) = match self {
             Op::Put(op) => (op.deadline, op.quorum_at),
             Op::Get(op) => (op.deadline, op.quorum_at),
-            Op::Push { deadline, .. } => (*deadline, None),
+            Op::Push { deadline, .. } | Op::Reconcile { deadline } => (*deadline, None),
         };
         now >= deadline || quorum_at.is_some_and(|at| now >= at + linger)
     }
@@ -421,7 +425,7 @@ impl<E: crate::Extension> Driver<E> {
                 }
                 self.check_get(id);
             }
-            Op::Push { .. } => {}
+            Op::Push { .. } | Op::Reconcile { .. } => {}
         }
     }
 
@@ -466,6 +470,12 @@ impl<E: crate::Extension> Driver<E> {
                         ..pb::GetResponse::default()
                     })),
                 },
+                Some(pb::request::Kind::Reconcile(_)) => pb::Response {
+                    kind: Some(pb::response::Kind::Reconcile(pb::ReconcileResponse {
+                        message: Vec::new(),
+                        refused: "too many requests".into(),
+                    })),
+                },
                 _ => pb::Response {
                     kind: Some(pb::response::Kind::Put(put_response(
                         S::RateLimited,
@@ -475,6 +485,9 @@ impl<E: crate::Extension> Driver<E> {
             };
         }
         match request.kind {
+            Some(pb::request::Kind::Reconcile(reconcile)) => pb::Response {
+                kind: Some(pb::response::Kind::Reconcile(self.answer_reconcile(peer, reconcile))),
+            },
             Some(pb::request::Kind::Put(put)) => {
                 let response = match Record::decode(&put.record) {
                     Err(e) => {
@@ -578,6 +591,9 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_get(id);
             }
             (Op::Push { .. }, _) => self.push_answered(id),
+            (Op::Reconcile { .. }, Some(pb::response::Kind::Reconcile(answer))) => {
+                self.on_reconcile_answer(id, peer, answer)
+            }
             _ => self.on_failure(id, peer, "answered with the wrong kind of message".into()),
         }
     }
@@ -595,6 +611,10 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_get(id);
             }
             Some(Op::Push { .. }) => self.push_answered(id),
+            Some(Op::Reconcile { .. }) => {
+                tracing::debug!(%peer, %reason, "replication round failed");
+                self.end_round(id);
+            }
             None => {}
         }
     }
@@ -703,6 +723,7 @@ impl<E: crate::Extension> Driver<E> {
             }
             Op::Get(get) => self.repair(get),
             Op::Push { .. } => {}
+            Op::Reconcile { .. } => self.end_round(id),
         }
     }
 
@@ -821,56 +842,6 @@ impl<E: crate::Extension> Driver<E> {
                 self.put_phase(record, reply);
             }
             Err(e) => tracing::warn!(%key, error = %e, "cannot republish"),
-        }
-    }
-
-    /// Holders replicate: each live record is queued for the k closest peers in the routing
-    /// table, and the queue is drained at half of a peer's default rate limit, so replication
-    /// never looks like a flood. Replicas that have a record answer "unchanged"; one that lost
-    /// it (a restarted node) or newly became one of the closest stores it. A round is skipped
-    /// while the previous one is still being sent.
-    pub(crate) fn replicate(&mut self) {
-        if !self.replication_queue.is_empty() {
-            return;
-        }
-        let me = *self.swarm.local_peer_id();
-        let k = self.config.replication;
-        let records: Vec<Record> = self.store.records().map(|r| (*r).clone()).collect();
-        for record in records {
-            let target = libp2p::kad::KBucketKey::new(kad_key(record.key()));
-            let peers: Vec<PeerId> = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .get_closest_local_peers(&target)
-                .map(|key| *key.preimage())
-                .filter(|p| *p != me)
-                .take(k)
-                .collect();
-            for peer in peers {
-                self.replication_queue.push_back((peer, record.clone()));
-            }
-        }
-    }
-
-    /// Sends the next slice of the replication queue: per tick, at most a few requests to any
-    /// one peer.
-    pub(crate) fn drain_replication(&mut self, ticks_per_second: u32) {
-        let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
-        let mut sent: std::collections::HashMap<PeerId, u32> = std::collections::HashMap::new();
-        let mut later = Vec::new();
-        for _ in 0..256 {
-            let Some((peer, record)) = self.replication_queue.pop_front() else { break };
-            let count = sent.entry(peer).or_default();
-            if *count < per_peer {
-                *count += 1;
-                self.push(&record, [peer]);
-            } else {
-                later.push((peer, record));
-            }
-        }
-        for item in later.into_iter().rev() {
-            self.replication_queue.push_front(item);
         }
     }
 }
