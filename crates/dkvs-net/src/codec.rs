@@ -15,11 +15,19 @@ pub mod pb {
 /// The record protocol's name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dkvs/record/1.0.0");
 
-/// Largest message in bytes, checked before it is read: a record is at most 11 KiB.
+/// Largest put or get message (and Kademlia or gossip message) in bytes: a record is at most
+/// 11 KiB. The admission step holds every message but a replication round's to it.
 pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 
+/// Largest message of the record protocol in bytes, checked before it is read: a replication
+/// round's message ([`crate::reconcile::FRAME_LIMIT`] and its envelope). A round whose
+/// differences would not fit in one such message takes more round trips; one whose messages
+/// were cut to [`MAX_MESSAGE_LEN`] would cost about twice the bytes (negentropy fingerprints
+/// the rest of a cut range again), which is what this larger bound is for.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
 /// Frames protobuf messages as an unsigned-varint length and the bytes; refuses anything over
-/// [`MAX_MESSAGE_LEN`] before allocating for it.
+/// [`MAX_FRAME_LEN`] before allocating for it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Codec;
 
@@ -38,10 +46,10 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
         let mut byte = [0u8; 1];
         io.read_exact(&mut byte).await?;
         len |= usize::from(byte[0] & 0x7f) << (7 * i);
-        if len > MAX_MESSAGE_LEN {
+        if len > MAX_FRAME_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("message is over {MAX_MESSAGE_LEN} bytes"),
+                format!("message is over {MAX_FRAME_LEN} bytes"),
             ));
         }
         if byte[0] & 0x80 == 0 {
@@ -54,7 +62,7 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    if bytes.len() > MAX_MESSAGE_LEN {
+    if bytes.len() > MAX_FRAME_LEN {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "message too large to send"));
     }
     let mut frame = Vec::with_capacity(bytes.len() + 3);

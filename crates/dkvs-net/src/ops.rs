@@ -462,7 +462,11 @@ impl<E: crate::Extension> Driver<E> {
             reason,
             ..pb::PutResponse::default()
         };
-        if !self.admit(peer, request.encoded_len(), crate::codec::MAX_MESSAGE_LEN) {
+        let limit = match request.kind {
+            Some(pb::request::Kind::Reconcile(_)) => crate::codec::MAX_FRAME_LEN,
+            _ => crate::codec::MAX_MESSAGE_LEN,
+        };
+        if !self.admit(peer, request.encoded_len(), limit) {
             return match request.kind {
                 Some(pb::request::Kind::Get(_)) => pb::Response {
                     kind: Some(pb::response::Kind::Get(pb::GetResponse {
