@@ -92,9 +92,8 @@ fn round(mine: &[Record], theirs: &[Record]) -> Round {
     for key in &missing {
         let encoded = by_key[key.as_str()].encode();
         payload += encoded.len();
-        let put = pb::Request {
-            kind: Some(pb::request::Kind::Put(pb::PutRequest { record: encoded })),
-        };
+        let put =
+            pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: encoded })) };
         let stored = pb::Response {
             kind: Some(pb::response::Kind::Put(pb::PutResponse {
                 status: pb::PutStatus::Stored as i32,

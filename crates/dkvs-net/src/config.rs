@@ -33,7 +33,8 @@ pub struct Config {
     pub replication: usize,
     /// Write quorum. Default: [`Quorum::Majority`].
     pub write_quorum: Quorum,
-    /// Read quorum: how many replicas must agree before a get answers early. Default: majority.
+    /// Read quorum: how many replicas must answer before a get may answer (after the linger,
+    /// or as soon as every asked replica answered). Default: majority.
     pub read_quorum: Quorum,
     /// How long one request to one peer may take. Default: 5 s.
     pub request_timeout: Duration,
