@@ -21,6 +21,10 @@ pub struct Config {
     pub max_bytes: u64,
     /// Budget of one owner's records, in bytes. Default: 16 MiB.
     pub max_bytes_per_owner: u64,
+    /// The share of `max_bytes` that only this node's user can fill ([`crate::Store::put_own`]):
+    /// records from peers stop at `max_bytes - reserved_for_own_bytes`. Default: 1/8 of the
+    /// default budget, 32 MiB.
+    pub reserved_for_own_bytes: u64,
     /// The longest a record is kept after its issue time, whatever its own expiry says, in
     /// milliseconds. Default: 7 days.
     pub max_ttl_ms: u64,
@@ -38,6 +42,7 @@ impl Default for Config {
         Config {
             max_bytes: 256 << 20,
             max_bytes_per_owner: 16 << 20,
+            reserved_for_own_bytes: 32 << 20,
             max_ttl_ms: 7 * 24 * 3600 * 1000,
             limits: Limits::default(),
             durability: Durability::WriteThrough,
@@ -47,9 +52,16 @@ impl Default for Config {
 }
 
 impl Config {
-    /// With another memory budget.
+    /// With another memory budget, of which the same fraction as by default (1/8) is kept
+    /// for this node's user.
     pub fn with_max_bytes(mut self, bytes: u64) -> Config {
         self.max_bytes = bytes;
+        self.reserved_for_own_bytes = bytes / 8;
+        self
+    }
+    /// With another share kept for this node's user.
+    pub fn with_reserved_for_own_bytes(mut self, bytes: u64) -> Config {
+        self.reserved_for_own_bytes = bytes;
         self
     }
     /// With another per-owner budget.

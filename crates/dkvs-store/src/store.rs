@@ -121,8 +121,9 @@ pub fn gone_weight(key: &Key) -> u64 {
 /// How a put came to be applied.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
-    /// From a caller: every rule applies.
-    Put { expected: Expect },
+    /// From a caller: every rule applies. `own`: written by this node's user, who may use the
+    /// share of the budget kept for them ([`Config::reserved_for_own_bytes`]).
+    Put { expected: Expect, own: bool },
     /// Read back from this store's own files: the rules that held when it was written hold.
     /// With the retention the file recorded (older files have none).
     Restore { retain_until_ms: Option<u64> },
@@ -208,10 +209,19 @@ impl Store {
         Ok(store)
     }
 
-    /// Validates `record` and stores it if it is newer than what is held.
+    /// Validates `record` and stores it if it is newer than what is held. For records from
+    /// peers: the share of the budget kept for this node's user is not theirs to fill.
     pub fn put(&self, record: Record) -> Result<PutOutcome, PutError> {
         self.validate(&record)?;
-        self.after_put(self.inner.apply(record, Source::Put { expected: Expect::Any }))
+        self.after_put(self.inner.apply(record, Source::Put { expected: Expect::Any, own: false }))
+    }
+
+    /// Like [`Store::put`], for a record this node's user writes: it may also use the share of
+    /// the budget kept for them ([`Config::reserved_for_own_bytes`]), so that peers filling
+    /// the store cannot block the user's own writes.
+    pub fn put_own(&self, record: Record) -> Result<PutOutcome, PutError> {
+        self.validate(&record)?;
+        self.after_put(self.inner.apply(record, Source::Put { expected: Expect::Any, own: true }))
     }
 
     /// Compare-and-swap: like [`Store::put`], but only if the live record held now has sequence
@@ -219,7 +229,8 @@ impl Store {
     /// [`PutOutcome::Conflict`] with the record held, so the writer can rebase at once.
     pub fn put_cas(&self, record: Record, expected: Option<u64>) -> Result<PutOutcome, PutError> {
         self.validate(&record)?;
-        self.after_put(self.inner.apply(record, Source::Put { expected: Expect::Seq(expected) }))
+        let source = Source::Put { expected: Expect::Seq(expected), own: false };
+        self.after_put(self.inner.apply(record, source))
     }
 
     /// Stores many records, as replication does: the owners' Ed25519 signatures are checked in
@@ -233,7 +244,7 @@ impl Store {
             .map(|(record, verdict)| {
                 verdict?;
                 self.inner.check_age(&record)?;
-                self.inner.apply(record, Source::Put { expected: Expect::Any })
+                self.inner.apply(record, Source::Put { expected: Expect::Any, own: false })
             })
             .collect();
         self.maybe_compact();
@@ -493,7 +504,7 @@ impl Inner {
                 None => {}
             }
         }
-        if let Source::Put { expected: Expect::Seq(expected) } = source
+        if let Source::Put { expected: Expect::Seq(expected), .. } = source
             && live.map(|r| r.seq()) != expected
         {
             return Ok(PutOutcome::Conflict { current: live.cloned() });
@@ -533,8 +544,12 @@ impl Inner {
                         limit: self.config.max_bytes_per_owner,
                     });
                 }
-                if needed > self.config.max_bytes && weight > freed {
-                    return Err(PutError::Full { needed, limit: self.config.max_bytes });
+                let limit = match source {
+                    Source::Put { own: true, .. } => self.config.max_bytes,
+                    _ => self.config.max_bytes.saturating_sub(self.config.reserved_for_own_bytes),
+                };
+                if needed > limit && weight > freed {
+                    return Err(PutError::Full { needed, limit });
                 }
             }
             // Log before memory: a put that returns is on disk; one whose write failed is not

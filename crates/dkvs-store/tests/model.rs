@@ -137,7 +137,8 @@ impl Model {
         if owner_now + weight - owner_freed > config.max_bytes_per_owner && weight > owner_freed {
             return Verdict::Quota;
         }
-        if self.used + weight - freed > config.max_bytes && weight > freed {
+        let limit = config.max_bytes - config.reserved_for_own_bytes;
+        if self.used + weight - freed > limit && weight > freed {
             return Verdict::Full;
         }
         self.used = self.used + weight - freed;

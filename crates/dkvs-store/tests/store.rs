@@ -184,7 +184,10 @@ fn budgets_refuse_instead_of_evicting() {
     let key =
         |owner: &Keypair, i: u32| Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
     let one = record_weight(&record(&alice, &key(&alice, 0), &[0; 1000], 1, NOW, HOUR));
-    let config = Config::default().with_max_bytes_per_owner(2 * one).with_max_bytes(3 * one);
+    let config = Config::default()
+        .with_max_bytes_per_owner(2 * one)
+        .with_max_bytes(3 * one)
+        .with_reserved_for_own_bytes(0);
     let (store, _) = setup(config);
     for i in 0..2 {
         store.put(record(&alice, &key(&alice, i), &[0; 1000], 1, NOW, HOUR)).expect("fits");
@@ -200,6 +203,31 @@ fn budgets_refuse_instead_of_evicting() {
     assert_eq!(store.stats().records, 3);
     assert_eq!(store.stats().bytes, 3 * one);
     assert!(store.get(key(&alice, 0).as_str()).is_some(), "nothing was evicted");
+}
+
+#[test]
+fn peers_cannot_fill_the_share_kept_for_the_user() {
+    let (mallory, alice) =
+        (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+    let key =
+        |owner: &Keypair, i: u32| Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
+    let one = record_weight(&record(&mallory, &key(&mallory, 0), &[0; 1000], 1, NOW, HOUR));
+    let config = Config::default().with_max_bytes(4 * one).with_reserved_for_own_bytes(one);
+    let (store, _) = setup(config);
+    for i in 0..3 {
+        store.put(record(&mallory, &key(&mallory, i), &[0; 1000], 1, NOW, HOUR)).expect("fits");
+    }
+    // Records from peers stop short of the user's share...
+    let more = record(&mallory, &key(&mallory, 3), &[0; 1000], 1, NOW, HOUR);
+    assert!(
+        matches!(store.put(more.clone()), Err(PutError::Full { limit, .. }) if limit == 3 * one)
+    );
+    // ...which the user's own write may use, and nothing beyond it.
+    store.put_own(record(&alice, &key(&alice, 0), &[0; 1000], 1, NOW, HOUR)).expect("fits");
+    let over = record(&alice, &key(&alice, 1), &[0; 1000], 1, NOW, HOUR);
+    assert!(matches!(store.put_own(over), Err(PutError::Full { limit, .. }) if limit == 4 * one));
+    assert!(matches!(store.put(more), Err(PutError::Full { .. })));
+    assert_eq!(store.stats().bytes, 4 * one);
 }
 
 #[test]
