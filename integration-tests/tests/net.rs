@@ -724,3 +724,79 @@ async fn replication_costs_what_changed_and_only_replicas_replicate() -> anyhow:
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_with_fresh_accounts_cannot_fill_a_node() -> anyhow::Result<()> {
+    let net = TestNet::start(3, Config::default()).await?;
+    let flooder = dkvs_integration_tests::liar::Liar::spawn().await?;
+    flooder.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    // Sixty throwaway accounts, 10 KiB records, under the request rate (about 145 a second)
+    // for six seconds: about 9 MiB, where the byte budget is 4 MiB and 128 KiB a second.
+    let accounts: Vec<Keypair> = (0..60).map(|_| Keypair::generate(KeyType::Ed25519)).collect();
+    let started = std::time::Instant::now();
+    let (mut sent, mut refused) = (0, 0);
+    for round in 0..40 {
+        let batch: Vec<Vec<u8>> = (0..22)
+            .map(|j| {
+                let owner = &accounts[(round * 22 + j) % accounts.len()];
+                let key =
+                    Key::scoped(&owner.account_id(), &format!("junk/{round}/{j}")).expect("key");
+                Draft::new(key, vec![0; 10 * 1024], 1, HOUR).sign(owner).expect("valid").encode()
+            })
+            .collect();
+        sent += batch.len();
+        let report = flooder.flood(net.peer_id(0), batch).await?;
+        refused += report.rate_limited + report.cut_off;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let taken: u64 = accounts.iter().map(|a| net.node(0).store().owner_bytes(a.public())).sum();
+    let budget = (4 << 20) as f64 + (128 << 10) as f64 * elapsed;
+    assert!(refused > 0, "the flood was refused in part");
+    assert!(
+        (taken as f64) <= budget * 1.05,
+        "{sent} records sent, {taken} bytes taken in {elapsed:.1} s, budget {budget:.0}"
+    );
+    // Honest replicas' writes and the node's own user's writes go on.
+    let alice = Keypair::generate(KeyType::Ed25519);
+    for i in 0..5 {
+        let key = Key::scoped(&alice.account_id(), &format!("honest/{i}")).expect("key");
+        let receipt = net.put(1, record(&alice, &key, "from a peer", 1)).await??;
+        assert!(receipt.stored.contains(&net.peer_id(0)), "node 0 stored it: {receipt:?}");
+        let key = Key::scoped(&alice.account_id(), &format!("own/{i}")).expect("key");
+        let receipt = net.put(0, record(&alice, &key, "from its user", 1)).await??;
+        assert!(receipt.stored.contains(&net.peer_id(0)) && receipt.local_refusal.is_none());
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_local_store_does_not_block_the_owners_network_write() -> anyhow::Result<()> {
+    let net = TestNet::start(3, Config::default()).await?;
+    // The setting under test: this writer keeps at most 1 KB per owner.
+    let dir = tempfile::tempdir()?;
+    let tight = dkvs_net::store::Config::default().with_max_bytes_per_owner(1_000);
+    let store = dkvs_net::store::Store::open(dir.path(), tight)?;
+    let writer = dkvs_net::Node::spawn(
+        dkvs_net::libp2p::identity::Keypair::generate_ed25519(),
+        store,
+        Config::default(),
+    )?;
+    writer.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    writer.add_peer(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer.bootstrap()).await;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "big").expect("key");
+    let big = Draft::new(key.clone(), vec![1; 4_000], 1, HOUR).sign(&alice).expect("valid");
+    let receipt = writer.put(big).await?;
+    let (why, words) = receipt.local_refusal.clone().expect("the local copy was refused");
+    assert_eq!(why, dkvs_net::Refusal::OverQuota, "{words}");
+    assert!(!receipt.stored.contains(&writer.peer_id()));
+    assert!(receipt.stored.len() >= receipt.quorum && receipt.stored.len() >= 2, "{receipt:?}");
+    let found = net.get(1, &key).await??;
+    assert_eq!(found.record.map(|r| r.value().len()), Some(4_000));
+    writer.shutdown().await;
+    net.shutdown().await;
+    Ok(())
+}

@@ -47,6 +47,13 @@ pub struct Config {
     pub peer_requests_per_second: u32,
     /// Inbound requests one peer may make in a burst. Default: 400.
     pub peer_request_burst: u32,
+    /// Inbound bytes one peer may send per second, sustained (record protocol and Kademlia
+    /// PUT_VALUE). Requests alone would let one peer push 11 KiB records at 200 a second,
+    /// 2 MiB/s, enough to fill a node's store in minutes. Default: 128 KiB. This node paces
+    /// its own replication to half of it.
+    pub peer_bytes_per_second: u32,
+    /// Inbound bytes one peer may send in a burst. Default: 4 MiB.
+    pub peer_byte_burst: u32,
     /// How long a peer that sent an invalid record stays disconnected and refused. Default: 10 min.
     pub ban_duration: Duration,
     /// Run mDNS to find peers on the LAN. Default: off.
@@ -93,6 +100,8 @@ impl Default for Config {
             linger: Duration::from_millis(100),
             peer_requests_per_second: 200,
             peer_request_burst: 400,
+            peer_bytes_per_second: 128 << 10,
+            peer_byte_burst: 4 << 20,
             ban_duration: Duration::from_secs(600),
             mdns: false,
             relay_server: false,
@@ -142,6 +151,12 @@ impl Config {
     pub fn with_peer_rate(mut self, per_second: u32, burst: u32) -> Config {
         self.peer_requests_per_second = per_second;
         self.peer_request_burst = burst;
+        self
+    }
+    /// With per-peer inbound byte budgets.
+    pub fn with_peer_bytes(mut self, per_second: u32, burst: u32) -> Config {
+        self.peer_bytes_per_second = per_second;
+        self.peer_byte_burst = burst;
         self
     }
     /// With ban duration.

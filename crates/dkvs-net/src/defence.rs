@@ -31,6 +31,8 @@ pub enum Refused {
 /// Rate limits and bans, per peer.
 pub(crate) struct Defence {
     limiter: RateLimiter,
+    /// Bytes per peer: a budget beside the request count, so that large records cost more.
+    bytes: RateLimiter,
     /// Gossip is limited by its author (signed, so known), in a bucket of its own: the peer
     /// that forwards a message is usually an honest relay and must not pay for it.
     gossip: RateLimiter,
@@ -42,6 +44,7 @@ impl Defence {
     pub(crate) fn new(config: &crate::Config) -> Defence {
         Defence {
             limiter: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
+            bytes: RateLimiter::new(config.peer_bytes_per_second, config.peer_byte_burst),
             gossip: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
             banned: HashMap::new(),
             ban_duration: config.ban_duration,
@@ -67,7 +70,11 @@ impl Defence {
             return Err(Refused::TooLarge { len, limit });
         }
         if self.limiter.allow(peer, now) {
-            return Ok(());
+            if self.bytes.allow_n(peer, len, now) {
+                return Ok(());
+            }
+            // Over its byte budget: refused like a request over the rate, and counted alike.
+            self.limiter.refuse(peer);
         }
         if self.limiter.is_flooding(&peer) {
             self.ban(peer, now);
@@ -116,6 +123,7 @@ impl Defence {
     /// Forgets rate state of peers that have been idle.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
         self.limiter.forget_idle(now);
+        self.bytes.forget_idle(now);
         self.gossip.forget_idle(now);
     }
 }
@@ -147,6 +155,15 @@ mod tests {
             Err(Refused::TooLarge { len: 101, limit: 100 })
         );
         assert!(defence.is_banned(&other));
+        // Bytes have a budget of their own: a few large messages use it up.
+        let bulky = PeerId::random();
+        let config = crate::Config::default().with_peer_bytes(1_000, 3_000);
+        let mut bytes = Defence::new(&config);
+        for _ in 0..3 {
+            assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Ok(()));
+        }
+        assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Err(Refused::RateLimited));
+        assert_eq!(bytes.admit(bulky, 1_000, 16_384, now + Duration::from_secs(1)), Ok(()));
         // Gossip is counted by author, apart from requests: a banned author stays refused.
         let author = PeerId::random();
         assert_eq!(defence.admit_gossip(author, now), Ok(()));

@@ -738,6 +738,7 @@ impl<E: Extension> Driver<E> {
                     return;
                 }
                 match Record::decode(&record.value) {
+                    Ok(decoded) if !self.serves_key(decoded.key()) => {}
                     Ok(decoded) if decoded.key().as_str().as_bytes() == record.key.as_ref() => {
                         match self.store.put(decoded.clone()) {
                             Ok(dkvs_store::PutOutcome::Stored { .. }) => self.publish(&decoded),
@@ -771,6 +772,7 @@ impl<E: Extension> Driver<E> {
             self.last_sweep = now;
             self.store.remove_expired();
             self.defence.forget_idle(now);
+            self.replication.forget_idle(now);
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
             self.last_republish = now;

@@ -148,6 +148,7 @@ fn refusal(status: pb::PutStatus) -> Refusal {
         S::Invalid => Refusal::Invalid,
         S::TooOld => Refusal::TooOld,
         S::RateLimited => Refusal::RateLimited,
+        S::NotReplica => Refusal::NotReplica,
         S::Stored | S::Unchanged | S::Failed | S::Unspecified => Refusal::Failed,
     }
 }
@@ -217,7 +218,19 @@ impl<E: crate::Extension> Driver<E> {
     fn put_phase(&mut self, record: Record, reply: oneshot::Sender<Result<PutReceipt, PutError>>) {
         let me = *self.swarm.local_peer_id();
         let mut receipt = PutReceipt { seq: record.seq(), ..PutReceipt::default() };
-        match self.store.put(record.clone()) {
+        match self.store.put_own(record.clone()) {
+            // A full store, or an owner over quota here, is this node's problem, not the
+            // record's: the replicas are asked all the same, and the receipt says so.
+            Err(
+                e @ (dkvs_store::PutError::Full { .. } | dkvs_store::PutError::OwnerQuota { .. }),
+            ) => {
+                let why = match e {
+                    dkvs_store::PutError::Full { .. } => Refusal::Full,
+                    _ => Refusal::OverQuota,
+                };
+                tracing::warn!(key = %record.key(), error = %e, "own store refused a write");
+                receipt.local_refusal = Some((why, e.to_string()));
+            }
             Err(e) => {
                 let _ = reply.send(Err(PutError::Local(e)));
                 return;
@@ -498,6 +511,10 @@ impl<E: crate::Extension> Driver<E> {
                         self.malformed(peer, &e);
                         put_response(S::Invalid, e.to_string())
                     }
+                    Ok(record) if !self.serves_key(record.key()) => put_response(
+                        S::NotReplica,
+                        format!("this node is not a replica of {}", record.key()),
+                    ),
                     Ok(record) => match self.store.put(record.clone()) {
                         Ok(PutOutcome::Stored { .. }) => {
                             self.publish(&record);

@@ -23,8 +23,10 @@ pub enum Refusal {
     Invalid,
     /// The record is past that node's maximum TTL.
     TooOld,
-    /// It refused for load: too many requests from this node.
+    /// It refused for load: too many requests or bytes from this node.
     RateLimited,
+    /// It is not a replica of the key in its own view (the writer's routing table is off).
+    NotReplica,
     /// It failed to store (disk error) or sent an answer that makes no sense.
     Failed,
 }
@@ -41,6 +43,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Invalid => "invalid",
             Refusal::TooOld => "too old",
             Refusal::RateLimited => "rate limited",
+            Refusal::NotReplica => "not a replica",
             Refusal::Failed => "failed",
         })
     }
@@ -64,6 +67,9 @@ pub struct PutReceipt {
     /// True when this node had no dkvs peer at all: it is a network of one, and its own copy
     /// is the whole replica set. (A node that has peers but finds no replica fails instead.)
     pub alone: bool,
+    /// This node's own store refused its copy (full, or the owner's quota here used up): the
+    /// replicas were asked all the same, and the reason is here.
+    pub local_refusal: Option<(Refusal, String)>,
 }
 
 impl PutReceipt {

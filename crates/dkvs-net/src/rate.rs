@@ -26,17 +26,28 @@ impl RateLimiter {
 
     /// Takes a token for `peer`, if it has one.
     pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.allow_n(peer, 1, now)
+    }
+
+    /// Takes `n` tokens for `peer` (bytes, for a byte budget), if it has them.
+    pub(crate) fn allow_n(&mut self, peer: PeerId, n: usize, now: Instant) -> bool {
         let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let n = n as f64;
+        if *tokens >= n {
+            *tokens -= n;
             true
         } else {
-            *self.refused.entry(peer).or_default() += 1;
+            self.refuse(peer);
             false
         }
+    }
+
+    /// Counts a refusal of `peer` made elsewhere (by a byte budget) toward its flood score.
+    pub(crate) fn refuse(&mut self, peer: PeerId) {
+        *self.refused.entry(peer).or_default() += 1;
     }
 
     /// True when `peer` kept sending after being refused more than a whole burst's worth of

@@ -71,10 +71,19 @@ pub(crate) struct Replication {
     queue: VecDeque<(PeerId, Key)>,
     /// Keys this node holds but is not a replica for, with the sequence it handed off.
     handed_off: HashMap<Key, u64>,
+    /// Bytes sent per peer: half of a peer's default byte budget.
+    pace: Option<crate::rate::RateLimiter>,
     pub(crate) stats: ReplicationStats,
 }
 
 impl Replication {
+    /// Forgets the pacing of peers it has not sent to for a while.
+    pub(crate) fn forget_idle(&mut self, now: Instant) {
+        if let Some(pace) = self.pace.as_mut() {
+            pace.forget_idle(now);
+        }
+    }
+
     fn busy(&self) -> bool {
         !self.round.is_empty() || !self.sessions.is_empty() || !self.queue.is_empty()
     }
@@ -109,6 +118,30 @@ impl<E: Extension> Driver<E> {
             .take(k)
             .collect();
         closest(key, peers.into_iter().chain(me_counts.then_some(me)), k)
+    }
+
+    /// Whether this node keeps records pushed for `key`: it is among the k closest to it in its
+    /// own routing table, with slack (k/2 more) for writers whose tables differ from its own,
+    /// counting itself only as a DHT server. A node that knows fewer than k peers serves every
+    /// key.
+    pub(crate) fn serves_key(&mut self, key: &Key) -> bool {
+        if !self.serves() {
+            return false;
+        }
+        let me = *self.swarm.local_peer_id();
+        let k = self.config.replication;
+        let wide = k + k / 2;
+        let target = libp2p::kad::KBucketKey::new(kad_key(key));
+        let peers: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&target)
+            .map(|key| *key.preimage())
+            .filter(|p| *p != me)
+            .take(wide)
+            .collect();
+        closest(key, peers.into_iter().chain([me]), wide).contains(&me)
     }
 
     fn serves(&self) -> bool {
@@ -252,27 +285,37 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// Sends the next slice of the queue: per tick, at most a few records to any one peer (half
-    /// of a peer's default rate limit, so replication never looks like a flood). A record that
-    /// changed or expired since it was queued is read as it is now.
+    /// Sends the next slice of the queue: per tick, at most a few records to any one peer, and
+    /// per second half of a peer's default request and byte budgets, so replication never
+    /// looks like a flood. A record that changed or expired since it was queued is read as it
+    /// is now.
     pub(crate) fn drain_replication(&mut self, ticks_per_second: u32) {
         self.start_rounds();
+        let (rate, burst) = (self.config.peer_bytes_per_second, self.config.peer_byte_burst);
+        if self.replication.pace.is_none() {
+            self.replication.pace = Some(crate::rate::RateLimiter::new(rate / 2, burst / 2));
+        }
         let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
         let mut sent: HashMap<PeerId, u32> = HashMap::new();
         let mut later = Vec::new();
         for _ in 0..256 {
             let Some((peer, key)) = self.replication.queue.pop_front() else { break };
             let count = sent.entry(peer).or_default();
-            if *count < per_peer {
-                *count += 1;
-                if let Some(record) = self.store.get(key.as_str()) {
-                    self.replication.stats.records_sent += 1;
-                    self.replication.stats.record_bytes += record.encode().len() as u64;
-                    self.push(&record, [peer]);
-                }
-            } else {
+            if *count >= per_peer {
                 later.push((peer, key));
+                continue;
             }
+            let Some(record) = self.store.get(key.as_str()) else { continue };
+            let len = record.encode().len();
+            let now = Instant::now();
+            if !self.replication.pace.as_mut().is_some_and(|pace| pace.allow_n(peer, len, now)) {
+                later.push((peer, key));
+                continue;
+            }
+            *count += 1;
+            self.replication.stats.records_sent += 1;
+            self.replication.stats.record_bytes += len as u64;
+            self.push(&record, [peer]);
         }
         for item in later.into_iter().rev() {
             self.replication.queue.push_front(item);
