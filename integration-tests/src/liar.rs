@@ -1,6 +1,7 @@
 //! A dishonest peer for tests: it speaks dkvs's protocols (Kademlia on `/dkvs/kad/1.0.0`, the
 //! record protocol) but answers gets with whatever the test tells it to (an old record, a
-//! forged one), claims to store every put without storing anything, and can flood a node with
+//! forged one), claims to store every put without storing anything (or answers puts as told),
+//! answers replication rounds as a peer that holds nothing, and can flood a node with
 //! puts. It is built from plain libp2p parts, as an attacker would build it.
 
 use std::collections::HashMap;
@@ -27,8 +28,9 @@ struct Behaviour {
 enum Command {
     Lie(String, Vec<u8>),
     StaleClaim(Vec<u8>),
+    PutStatus(pb::PutStatus),
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
-    Flood(PeerId, Vec<Vec<u8>>, oneshot::Sender<FloodReport>),
+    Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
 }
 
 /// What a flood achieved.
@@ -40,6 +42,8 @@ pub struct FloodReport {
     pub rate_limited: usize,
     /// Puts that got no answer: the connection was cut or refused.
     pub cut_off: usize,
+    /// Replication round messages the target refused (with its reason).
+    pub refused: Vec<String>,
 }
 
 /// A running dishonest peer.
@@ -127,18 +131,41 @@ impl Liar {
         target: PeerId,
         records: Vec<Vec<u8>>,
     ) -> anyhow::Result<FloodReport> {
+        let requests = records
+            .into_iter()
+            .map(|record| pb::Request {
+                kind: Some(pb::request::Kind::Put(pb::PutRequest { record })),
+            })
+            .collect();
+        self.send_requests(target, requests).await
+    }
+
+    /// Sends every request to `target` as fast as the connection allows.
+    pub async fn send_requests(
+        &self,
+        target: PeerId,
+        requests: Vec<pb::Request>,
+    ) -> anyhow::Result<FloodReport> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Flood(target, records, tx))
+            .send(Command::Flood(target, requests, tx))
             .await
             .map_err(|_| anyhow!("liar gone"))?;
         rx.await.context("liar gone")
+    }
+
+    /// Answers every put with `status` (and keeps nothing), and every replication round as
+    /// a peer that holds nothing.
+    pub async fn answer_puts_with(&self, status: pb::PutStatus) -> anyhow::Result<()> {
+        self.commands.send(Command::PutStatus(status)).await.map_err(|_| anyhow!("liar gone"))
     }
 }
 
 async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
     let mut lies: HashMap<String, Vec<u8>> = HashMap::new();
     let mut stale_claim: Option<Vec<u8>> = None;
+    let mut put_status = pb::PutStatus::Stored;
+    let nothing = dkvs_net::reconcile::set_of([]);
     let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
     let mut flood: Option<(usize, FloodReport, oneshot::Sender<FloodReport>)> = None;
     loop {
@@ -151,6 +178,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 Some(Command::StaleClaim(bytes)) => {
                     stale_claim = Some(bytes);
                 }
+                Some(Command::PutStatus(status)) => {
+                    put_status = status;
+                }
                 Some(Command::Join(peer, addr, reply)) => {
                     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                     match swarm.dial(addr) {
@@ -160,12 +190,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                         }
                     }
                 }
-                Some(Command::Flood(target, records, reply)) => {
-                    let count = records.len();
-                    for record in records {
-                        let request = pb::Request {
-                            kind: Some(pb::request::Kind::Put(pb::PutRequest { record })),
-                        };
+                Some(Command::Flood(target, requests, reply)) => {
+                    let count = requests.len();
+                    for request in requests {
                         swarm.behaviour_mut().records.send_request(&target, request);
                     }
                     flood = Some((count, FloodReport::default(), reply));
@@ -191,6 +218,13 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                                         rate_limited: false,
                                     })) }
                                 }
+                                Some(pb::request::Kind::Reconcile(round)) => {
+                                    let message = dkvs_net::reconcile::answer(&nothing, &round.message)
+                                        .unwrap_or_default();
+                                    pb::Response { kind: Some(pb::response::Kind::Reconcile(
+                                        pb::ReconcileResponse { message, refused: String::new() },
+                                    )) }
+                                }
                                 // Claims to store everything (or that it holds something newer);
                                 // keeps nothing.
                                 _ => pb::Response { kind: Some(pb::response::Kind::Put(match &stale_claim {
@@ -201,7 +235,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                                         ..pb::PutResponse::default()
                                     },
                                     None => pb::PutResponse {
-                                        status: pb::PutStatus::Stored as i32,
+                                        status: put_status as i32,
                                         ..pb::PutResponse::default()
                                     },
                                 })) },
@@ -211,10 +245,18 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                         request_response::Message::Response { response, .. } => {
                             if let Some((_, report, _)) = flood.as_mut() {
                                 report.answered += 1;
-                                if let Some(pb::response::Kind::Put(put)) = response.kind
-                                    && put.status == pb::PutStatus::RateLimited as i32
-                                {
-                                    report.rate_limited += 1;
+                                match response.kind {
+                                    Some(pb::response::Kind::Put(put))
+                                        if put.status == pb::PutStatus::RateLimited as i32 =>
+                                    {
+                                        report.rate_limited += 1;
+                                    }
+                                    Some(pb::response::Kind::Reconcile(round))
+                                        if !round.refused.is_empty() =>
+                                    {
+                                        report.refused.push(round.refused);
+                                    }
+                                    _ => {}
                                 }
                             }
                         }

@@ -800,3 +800,55 @@ async fn a_full_local_store_does_not_block_the_owners_network_write() -> anyhow:
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_make_a_replica_push_forever_or_rebuild_its_sets() -> anyhow::Result<()> {
+    use dkvs_net::codec::pb;
+    // The interval is the setting under test: rounds every second.
+    let config = Config::default().with_replication_interval(Duration::from_secs(1));
+    let net = TestNet::start(3, config).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    for i in 0..30 {
+        let key = Key::scoped(&alice.account_id(), &format!("k{i}")).expect("key");
+        net.put(0, record(&alice, &key, "v", 1)).await??;
+    }
+    // A peer that claims to hold nothing in every round, and answers "unchanged" to every
+    // record it is sent: each record goes to it once while it stays connected.
+    let liar = dkvs_integration_tests::liar::Liar::spawn().await?;
+    liar.answer_puts_with(pb::PutStatus::Unchanged).await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    let node = net.node(0);
+    let sent_once = eventually(Duration::from_secs(20), async || {
+        node.replication_stats().await.records_sent >= 30
+    });
+    assert!(sent_once.await, "{:?}", node.replication_stats().await);
+    let first = node.replication_stats().await;
+    let more_rounds = eventually(Duration::from_secs(20), async || {
+        node.replication_stats().await.completed >= first.completed + 6
+    });
+    assert!(more_rounds.await, "rounds go on");
+    let later = node.replication_stats().await;
+    assert_eq!(later.records_sent, first.records_sent, "nothing sent twice: {later:?}");
+
+    // 300 first messages of a round (in bursts of 100, what the node takes at once): the
+    // answer set is built once, not 300 times.
+    let (_, opening) = dkvs_net::reconcile::Session::start([])?;
+    let before = node.replication_stats().await;
+    for _ in 0..3 {
+        let spam: Vec<pb::Request> = (0..100)
+            .map(|_| pb::Request {
+                kind: Some(pb::request::Kind::Reconcile(pb::ReconcileRequest {
+                    message: opening.clone(),
+                    first: true,
+                })),
+            })
+            .collect();
+        let report = liar.send_requests(net.peer_id(0), spam).await?;
+        assert_eq!(report.answered, 100, "{report:?}");
+    }
+    let after = node.replication_stats().await;
+    assert!(after.answered >= before.answered + 300);
+    assert!(after.sets_built <= before.sets_built + 1, "{before:?} -> {after:?}");
+    net.shutdown().await;
+    Ok(())
+}

@@ -43,6 +43,10 @@ pub struct Config {
     /// After a quorum is reached, how long to wait for the remaining replicas before answering
     /// (their answers still count for the receipt and for read repair). Default: 100 ms.
     pub linger: Duration,
+    /// The same for a get while no answer holds a record: a "not set" waits longer for the
+    /// replicas still on their way, since fast empty answers may be liars hiding a record
+    /// (peer ids are free) and honest replicas across the internet answer later. Default: 1 s.
+    pub not_found_linger: Duration,
     /// Inbound requests one peer may make per second, sustained. Default: 200.
     pub peer_requests_per_second: u32,
     /// Inbound requests one peer may make in a burst. Default: 400.
@@ -98,6 +102,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(100),
+            not_found_linger: Duration::from_secs(1),
             peer_requests_per_second: 200,
             peer_request_burst: 400,
             peer_bytes_per_second: 128 << 10,

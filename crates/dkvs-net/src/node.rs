@@ -621,6 +621,7 @@ impl<E: Extension> Driver<E> {
                     if open.is_empty() {
                         self.connections.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
+                        self.replication.disconnected(&peer_id);
                     }
                 }
                 self.update_kad_mode();
@@ -759,7 +760,7 @@ impl<E: Extension> Driver<E> {
         let due: Vec<OpId> = self
             .ops
             .iter()
-            .filter(|(_, op)| op.due(now, self.config.linger))
+            .filter(|(_, op)| op.due(now, &self.config))
             .map(|(id, _)| *id)
             .collect();
         for id in due {

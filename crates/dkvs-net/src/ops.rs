@@ -1,7 +1,7 @@
 //! Puts, gets and repairs as state machines driven by the node task.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dkvs_record::{Key, Record};
 use dkvs_store::PutOutcome;
@@ -24,6 +24,12 @@ pub(crate) enum Op {
     },
     /// A replication round with one peer (its state is in [`crate::replication`]).
     Reconcile {
+        deadline: Instant,
+    },
+    /// One record sent to one peer by replication: a refusal is remembered.
+    Sent {
+        key: Key,
+        seq: u64,
         deadline: Instant,
     },
 }
@@ -89,9 +95,15 @@ impl GetOp {
     /// newest are a few milliseconds behind. Waiting for the replicas that are still reachable
     /// (bounded by the linger) and preferring any valid record over any number of empty answers
     /// ([`newest`]) makes such liars cost a get at most the linger.
-    fn settled(&self, now: Instant, linger: std::time::Duration) -> bool {
+    ///
+    /// While no answer holds a record, the wait is the longer `not_found_linger`: liars answer
+    /// empty at once, and honest replicas across the internet may be hundreds of milliseconds
+    /// behind them. It costs only a "not set" whose replicas are not all quick.
+    fn settled(&self, now: Instant, linger: Duration, not_found_linger: Duration) -> bool {
+        let wait =
+            if newest(&self.answers).0.is_some() { linger } else { linger.max(not_found_linger) };
         !self.looking_up
-            && (self.pending.is_empty() || self.quorum_at.is_some_and(|at| now >= at + linger))
+            && (self.pending.is_empty() || self.quorum_at.is_some_and(|at| now >= at + wait))
     }
 
     /// What the get answers with what the replicas said so far.
@@ -126,11 +138,16 @@ impl GetOp {
 }
 
 impl Op {
-    pub(crate) fn due(&self, now: Instant, linger: std::time::Duration) -> bool {
+    pub(crate) fn due(&self, now: Instant, config: &crate::Config) -> bool {
+        let linger = config.linger;
         let (deadline, quorum_at) = match self {
             Op::Put(op) => (op.deadline, op.quorum_at),
-            Op::Get(op) => (op.deadline, op.quorum_at),
-            Op::Push { deadline, .. } | Op::Reconcile { deadline } => (*deadline, None),
+            Op::Get(op) => {
+                return now >= op.deadline || op.settled(now, linger, config.not_found_linger);
+            }
+            Op::Push { deadline, .. } | Op::Reconcile { deadline } | Op::Sent { deadline, .. } => {
+                (*deadline, None)
+            }
         };
         now >= deadline || quorum_at.is_some_and(|at| now >= at + linger)
     }
@@ -153,7 +170,7 @@ fn refusal(status: pb::PutStatus) -> Refusal {
     }
 }
 
-fn put_request(record: &Record) -> pb::Request {
+pub(crate) fn put_request(record: &Record) -> pb::Request {
     pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: record.encode() })) }
 }
 
@@ -438,7 +455,7 @@ impl<E: crate::Extension> Driver<E> {
                 }
                 self.check_get(id);
             }
-            Op::Push { .. } | Op::Reconcile { .. } => {}
+            Op::Push { .. } | Op::Reconcile { .. } | Op::Sent { .. } => {}
         }
     }
 
@@ -615,6 +632,16 @@ impl<E: crate::Extension> Driver<E> {
             (Op::Reconcile { .. }, Some(pb::response::Kind::Reconcile(answer))) => {
                 self.on_reconcile_answer(id, peer, answer)
             }
+            (Op::Sent { key, seq, .. }, Some(pb::response::Kind::Put(answer))) => {
+                let (key, seq) = (key.clone(), *seq);
+                self.ops.remove(&id);
+                let status = pb::PutStatus::try_from(answer.status).unwrap_or_default();
+                // Held there already, or refused for good (not a replica, newer, a fork):
+                // not sent again while the peer stays connected. Load is not a refusal.
+                if !matches!(status, pb::PutStatus::Stored | pb::PutStatus::RateLimited) {
+                    self.replication.declined(peer, key, seq);
+                }
+            }
             _ => self.on_failure(id, peer, "answered with the wrong kind of message".into()),
         }
     }
@@ -635,6 +662,9 @@ impl<E: crate::Extension> Driver<E> {
             Some(Op::Reconcile { .. }) => {
                 tracing::debug!(%peer, %reason, "replication round failed");
                 self.end_round(id);
+            }
+            Some(Op::Sent { .. }) => {
+                self.ops.remove(&id);
             }
             None => {}
         }
@@ -661,7 +691,7 @@ impl<E: crate::Extension> Driver<E> {
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         let now = Instant::now();
         get.note_quorum(now);
-        if get.settled(now, self.config.linger) {
+        if get.settled(now, self.config.linger, self.config.not_found_linger) {
             self.finish_op(id, now);
         }
     }
@@ -745,6 +775,7 @@ impl<E: crate::Extension> Driver<E> {
             Op::Get(get) => self.repair(get),
             Op::Push { .. } => {}
             Op::Reconcile { .. } => self.end_round(id),
+            Op::Sent { .. } => {}
         }
     }
 
@@ -937,12 +968,14 @@ mod tests {
         }
     }
 
-    const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+    const LINGER: Duration = Duration::from_millis(100);
+    const NOT_FOUND: Duration = Duration::from_secs(1);
 
     #[test]
     fn fast_empty_answers_from_a_quorum_of_liars_do_not_hide_a_record() {
         // Eleven ids ground near the key answer "nothing" at once; the nine honest replicas
-        // answer 50 ms later. Eleven is a read quorum of twenty.
+        // answer 150 ms later (across the internet: more than the linger). Eleven is a read
+        // quorum of twenty.
         let alice = Keypair::generate(KeyType::Ed25519);
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
         let record = signed(&alice, &key, 3, None);
@@ -954,18 +987,22 @@ mod tests {
         for liar in &liars {
             get.answered(*liar, None, 0, t0);
         }
-        assert!(!get.settled(t0, LINGER), "a quorum of empty answers must not settle a get");
-        let t1 = t0 + std::time::Duration::from_millis(50);
-        assert!(!get.settled(t1, LINGER));
+        assert!(
+            !get.settled(t0, LINGER, NOT_FOUND),
+            "a quorum of empty answers must not settle a get"
+        );
+        let t1 = t0 + Duration::from_millis(150);
+        assert!(!get.settled(t1, LINGER, NOT_FOUND), "no record yet: the longer linger holds");
+        // Without the honest answers, "not set" would come at the longer linger.
+        assert!(get.settled(t0 + NOT_FOUND, LINGER, NOT_FOUND));
         get.answered(honest[0], Some(record.clone()), 3, t1);
         get.answered(honest[1], Some(record.clone()), 3, t1);
         let outcome = get.outcome().expect("a quorum answered");
         assert_eq!(outcome.record.as_ref(), Some(&record), "any valid record beats empties");
         assert_eq!(outcome.confirmations, 2);
         assert_eq!(outcome.highest_seq, 3);
-        // The rest of the honest replicas are slow: the linger bounds the wait.
-        assert!(!get.settled(t0 + LINGER - std::time::Duration::from_millis(1), LINGER));
-        assert!(get.settled(t0 + LINGER, LINGER));
+        // A record is in: the rest of the honest replicas get the short linger, long past.
+        assert!(get.settled(t1, LINGER, NOT_FOUND));
     }
 
     #[test]
@@ -979,10 +1016,16 @@ mod tests {
         for peer in &peers[..3] {
             get.answered(*peer, Some(old.clone()), 1, t0);
         }
-        assert!(!get.settled(t0, LINGER), "agreement of a quorum waits for the others too");
+        assert!(
+            !get.settled(t0, LINGER, NOT_FOUND),
+            "agreement of a quorum waits for the others too"
+        );
         get.answered(peers[3], Some(new.clone()), 2, t0);
         get.failed(peers[4], t0);
-        assert!(get.settled(t0, LINGER), "everyone answered or failed: no need to linger");
+        assert!(
+            get.settled(t0, LINGER, NOT_FOUND),
+            "everyone answered or failed: no need to linger"
+        );
         let outcome = get.outcome().expect("quorum");
         assert_eq!(outcome.record, Some(new));
         assert_eq!((outcome.confirmations, outcome.answered, outcome.asked), (1, 4, 5));
@@ -1000,13 +1043,13 @@ mod tests {
         get.answered(PeerId::random(), None, 0, t0);
         get.answered(peers[0], None, 0, t0);
         get.failed(peers[1], t0);
-        assert!(!get.settled(t0, LINGER));
+        assert!(!get.settled(t0, LINGER, NOT_FOUND));
         assert!(matches!(
             get.outcome(),
             Err(GetError::NoQuorum { answered: 1, asked: 3, quorum: 2 })
         ));
         get.answered(peers[2], None, 7, t0);
-        assert!(get.settled(t0, LINGER));
+        assert!(get.settled(t0, LINGER, NOT_FOUND));
         let outcome = get.outcome().expect("quorum");
         assert_eq!(outcome.record, None);
         // One replica's claim alone does not raise the sequence a new write must pass.

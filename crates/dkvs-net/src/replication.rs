@@ -9,15 +9,22 @@
 //!   nodes have joined): it is handed off, sent once to each replica, and not again while its
 //!   sequence is unchanged. It stays in the store until it expires, as any record does.
 //!
-//! The peer answers a round from its own set for the asking peer: the records both are
-//! replicas for, in its view. Two replicas in sync exchange a few range fingerprints per round;
-//! a difference costs about the records that differ. The queue of records to send holds keys,
-//! not copies (a record is read from the store when it is sent), and is bounded; what does not
-//! fit waits for the next round.
+//! The walk also gives each peer's shared list, which the node answers that peer's rounds from:
+//! a peer that is neither in the lists nor in the routing table is refused without any work,
+//! one in the table but not (yet) in the lists is answered from an empty set, and an answer set is
+//! built from the list (each record read as it is now) at most once per half minute per peer,
+//! so `first` messages cannot make the node walk its store. Two replicas in sync exchange a few
+//! range fingerprints per round; a difference costs about the records that differ.
+//!
+//! Routing tables differ, so two replicas may disagree on which keys they share. A record a
+//! peer declined (unchanged, stale, not a replica) is not sent to it again while its sequence is
+//! the same, until the peer reconnects (a restarted peer may have lost it). Records to send wait
+//! in one queue per peer, as keys (read from the store when sent), bounded per peer and served
+//! in turn, so one peer that needs much cannot hold up the others.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dkvs_record::{Key, Record};
 use libp2p::PeerId;
@@ -31,10 +38,12 @@ use crate::reconcile::{self, Session};
 
 /// Rounds this node runs at once, each with one peer.
 const SESSIONS: usize = 2;
-/// Peers whose sets this node keeps for answering (the most recent askers).
-const ANSWERING: usize = 4;
-/// Records waiting to be sent, at most.
-const QUEUE: usize = 1 << 16;
+/// Peers whose answer sets this node keeps (the most recent askers).
+const ANSWERING: usize = 8;
+/// An answer set is rebuilt for the same peer at most this often.
+const REBUILD_AFTER: Duration = Duration::from_secs(30);
+/// Records waiting to be sent to one peer, at most.
+const QUEUE_PER_PEER: usize = 8_192;
 
 /// What replication did since the node started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,7 +53,7 @@ pub struct ReplicationStats {
     pub rounds: u64,
     /// Rounds that completed.
     pub completed: u64,
-    /// Reconciliation messages this node sent and received.
+    /// Reconciliation messages this node sent and received in its rounds.
     pub messages: u64,
     /// Bytes of those messages.
     pub message_bytes: u64,
@@ -54,23 +63,33 @@ pub struct ReplicationStats {
     pub record_bytes: u64,
     /// Records handed off (held here, but this node is not one of their replicas).
     pub handed_off: u64,
-    /// Reconciliation messages this node answered.
+    /// Round messages of peers this node answered.
     pub answered: u64,
+    /// Round messages of peers this node refused (they share no key with it, or sent garbage).
+    pub refused: u64,
+    /// Answer sets this node built for asking peers.
+    pub sets_built: u64,
 }
 
 /// The replication state of a node.
 #[derive(Default)]
 pub(crate) struct Replication {
-    /// Peers still to reconcile with this round, with the records each should hold too.
-    round: VecDeque<(PeerId, Vec<Arc<Record>>)>,
+    /// When this node last walked its store (never: `None`).
+    walked: Option<Instant>,
+    /// From the last walk: per peer, the records this node and the peer are both replicas of.
+    shared: HashMap<PeerId, Vec<Arc<Record>>>,
+    /// Peers still to start a round with, this interval.
+    round: VecDeque<PeerId>,
     /// Rounds in flight, by the operation that routes their answers.
     sessions: HashMap<OpId, (PeerId, Session)>,
-    /// The sets this node answers with, for the peers that asked most recently.
-    answering: VecDeque<(PeerId, NegentropyStorageVector)>,
-    /// Records to send: the peer, the key and the sequence found missing there.
-    queue: VecDeque<(PeerId, Key)>,
+    /// Answer sets for the peers that asked most recently, with when each was built.
+    answering: VecDeque<(PeerId, Instant, NegentropyStorageVector)>,
+    /// Records to send, per peer, as keys.
+    queues: HashMap<PeerId, VecDeque<Key>>,
     /// Keys this node holds but is not a replica for, with the sequence it handed off.
     handed_off: HashMap<Key, u64>,
+    /// Per peer, the records it declined since it connected: not sent to it again.
+    declined: HashMap<PeerId, HashMap<Key, u64>>,
     /// Bytes sent per peer: half of a peer's default byte budget.
     pace: Option<crate::rate::RateLimiter>,
     pub(crate) stats: ReplicationStats,
@@ -84,14 +103,28 @@ impl Replication {
         }
     }
 
-    fn busy(&self) -> bool {
-        !self.round.is_empty() || !self.sessions.is_empty() || !self.queue.is_empty()
+    /// `peer` is no longer connected: what it declined may be gone when it comes back.
+    pub(crate) fn disconnected(&mut self, peer: &PeerId) {
+        self.declined.remove(peer);
     }
 
-    fn enqueue(&mut self, peer: PeerId, key: Key) {
-        if self.queue.len() < QUEUE {
-            self.queue.push_back((peer, key));
+    /// `peer` declined `key` at `seq` (it holds it or newer, or is no replica of it).
+    pub(crate) fn declined(&mut self, peer: PeerId, key: Key, seq: u64) {
+        self.declined.entry(peer).or_default().insert(key, seq);
+    }
+
+    fn busy(&self) -> bool {
+        !self.round.is_empty() || !self.sessions.is_empty()
+    }
+
+    /// Queues `key` for `peer`; false when the peer's queue is full.
+    fn enqueue(&mut self, peer: PeerId, key: Key) -> bool {
+        let queue = self.queues.entry(peer).or_default();
+        if queue.len() >= QUEUE_PER_PEER {
+            return false;
         }
+        queue.push_back(key);
+        true
     }
 }
 
@@ -99,6 +132,10 @@ fn request(message: Vec<u8>, first: bool) -> pb::Request {
     pb::Request {
         kind: Some(pb::request::Kind::Reconcile(pb::ReconcileRequest { message, first })),
     }
+}
+
+fn refused(why: &str) -> pb::ReconcileResponse {
+    pb::ReconcileResponse { message: Vec::new(), refused: why.into() }
 }
 
 impl<E: Extension> Driver<E> {
@@ -144,43 +181,78 @@ impl<E: Extension> Driver<E> {
         closest(key, peers.into_iter().chain([me]), wide).contains(&me)
     }
 
+    /// Whether `peer` is in this node's routing table.
+    fn knows(&mut self, peer: &PeerId) -> bool {
+        let target = libp2p::kad::KBucketKey::from(*peer);
+        let closest = self.swarm.behaviour_mut().kad.get_closest_local_peers(&target).next();
+        closest.is_some_and(|key| key.preimage() == peer)
+    }
+
     fn serves(&self) -> bool {
         self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server
     }
 
-    /// Starts a replication round, unless the last one is still running.
-    pub(crate) fn replicate(&mut self) {
-        if self.replication.busy() {
-            return;
-        }
+    /// Walks the store: which records this node shares with which peer, and which it holds
+    /// without being a replica (queued for hand-off).
+    fn walk(&mut self) {
         let me = *self.swarm.local_peer_id();
         let server = self.serves();
-        let mut sets: HashMap<PeerId, Vec<Arc<Record>>> = HashMap::new();
+        let mut shared: HashMap<PeerId, Vec<Arc<Record>>> = HashMap::new();
         let records: Vec<Arc<Record>> = self.store.records().collect();
         for record in records {
             let replicas = self.replicas_of(record.key(), server);
             if replicas.contains(&me) {
                 for peer in replicas.into_iter().filter(|p| *p != me) {
-                    sets.entry(peer).or_default().push(Arc::clone(&record));
+                    shared.entry(peer).or_default().push(Arc::clone(&record));
                 }
             } else if self.replication.handed_off.get(record.key()) != Some(&record.seq()) {
-                self.replication.handed_off.insert(record.key().clone(), record.seq());
-                self.replication.stats.handed_off += 1;
+                // Handed off once every replica's queue took it; otherwise tried next walk.
+                let mut all = true;
                 for peer in replicas {
-                    self.replication.enqueue(peer, record.key().clone());
+                    all &= self.replication.enqueue(peer, record.key().clone());
+                }
+                if all {
+                    self.replication.handed_off.insert(record.key().clone(), record.seq());
+                    self.replication.stats.handed_off += 1;
                 }
             }
         }
         let store = &self.store;
         self.replication.handed_off.retain(|key, _| store.get(key.as_str()).is_some());
-        self.replication.round = sets.into_iter().collect();
+        self.replication.declined.retain(|peer, _| shared.contains_key(peer));
+        self.replication.shared = shared;
+        self.replication.walked = Some(Instant::now());
+    }
+
+    /// Starts a replication interval, unless the last one's rounds are still running: walks
+    /// the store, then starts a round with every peer it shares records with whose queue has
+    /// been sent.
+    pub(crate) fn replicate(&mut self) {
+        if self.replication.busy() {
+            return;
+        }
+        self.walk();
+        let replication = &mut self.replication;
+        replication.round = replication
+            .shared
+            .keys()
+            .filter(|peer| replication.queues.get(peer).is_none_or(VecDeque::is_empty))
+            .copied()
+            .collect();
         self.start_rounds();
+    }
+
+    /// The records this node shares with `peer`, each as held now.
+    fn shared_now(&self, peer: &PeerId) -> Vec<Arc<Record>> {
+        let Some(list) = self.replication.shared.get(peer) else { return Vec::new() };
+        list.iter().filter_map(|r| self.store.get(r.key().as_str())).collect()
     }
 
     /// Starts rounds from this interval's list while fewer than [`SESSIONS`] run.
     pub(crate) fn start_rounds(&mut self) {
         while self.replication.sessions.len() < SESSIONS {
-            let Some((peer, records)) = self.replication.round.pop_front() else { return };
+            let Some(peer) = self.replication.round.pop_front() else { return };
+            let records = self.shared_now(&peer);
             let (session, first) = match Session::start(records.iter().map(|r| &**r)) {
                 Ok(started) => started,
                 Err(e) => {
@@ -225,9 +297,18 @@ impl<E: Extension> Driver<E> {
                 self.send(id, peer, request(next, false));
             }
             Ok(None) => {
-                if let Some((_, session)) = self.replication.sessions.get(&id) {
-                    for key in session.missing() {
-                        self.replication.enqueue(peer, key);
+                let missing = match self.replication.sessions.get(&id) {
+                    Some((_, session)) => session.missing(),
+                    None => Vec::new(),
+                };
+                for key in missing {
+                    let declined = self.replication.declined.get(&peer).and_then(|d| d.get(&key));
+                    let held = self.store.get(key.as_str()).map(|r| r.seq());
+                    if declined.is_some() && declined.copied() == held {
+                        continue;
+                    }
+                    if !self.replication.enqueue(peer, key) {
+                        break;
                     }
                 }
                 self.replication.stats.completed += 1;
@@ -240,85 +321,112 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// Sends one record to one peer for replication; a refusal is remembered (see
+    /// [`Replication::declined`]).
+    fn replicate_to(&mut self, record: &Record, peer: PeerId) {
+        let deadline = Instant::now() + self.config.operation_timeout;
+        let id = self.new_op(Op::Sent { key: record.key().clone(), seq: record.seq(), deadline });
+        self.send(id, peer, crate::ops::put_request(record));
+    }
+
     /// Ends a round: answered, failed, refused or past its deadline.
     pub(crate) fn end_round(&mut self, id: OpId) {
         self.ops.remove(&id);
         self.replication.sessions.remove(&id);
     }
 
-    /// This node's answer to a peer's round message, from its set for that peer: the records
-    /// both are replicas for, in this node's view (none when this node is a client).
+    /// This node's answer to a peer's round message, from its answer set for that peer: the
+    /// records both are replicas of, in this node's view. A peer that shares none is refused
+    /// without any work; a set is rebuilt for the same peer at most every [`REBUILD_AFTER`].
     pub(crate) fn answer_reconcile(
         &mut self,
         peer: PeerId,
         request: pb::ReconcileRequest,
     ) -> pb::ReconcileResponse {
-        let cached = self.replication.answering.iter().position(|(p, _)| *p == peer);
+        if self.replication.walked.is_none() {
+            // A node that just started answers from a walk of its own (once).
+            self.walk();
+        }
+        // A peer in the shared lists, or in the routing table (it joined since the last walk,
+        // or shares nothing yet: a restarted replica answers with its empty set, and catches
+        // up), is answered; anyone else is refused without any work.
+        if !self.serves() || !(self.replication.shared.contains_key(&peer) || self.knows(&peer)) {
+            self.replication.stats.refused += 1;
+            return refused("the asking peer is not a replica partner of this node");
+        }
+        let now = Instant::now();
+        let cached = self.replication.answering.iter().position(|(p, _, _)| *p == peer);
         let at = match cached {
-            Some(at) if !request.first => at,
+            Some(at)
+                if !request.first
+                    || now.duration_since(self.replication.answering[at].1) < REBUILD_AFTER =>
+            {
+                at
+            }
             _ => {
                 if let Some(at) = cached {
                     self.replication.answering.remove(at);
                 }
-                let me = *self.swarm.local_peer_id();
-                let server = self.serves();
-                let records: Vec<Arc<Record>> = self.store.records().collect();
-                let mut shared = Vec::new();
-                for record in records {
-                    let replicas = self.replicas_of(record.key(), server);
-                    if replicas.contains(&me) && replicas.contains(&peer) {
-                        shared.push(record);
-                    }
-                }
-                let set = reconcile::set_of(shared.iter().map(|r| &**r));
+                let records = self.shared_now(&peer);
+                let set = reconcile::set_of(records.iter().map(|r| &**r));
                 if self.replication.answering.len() >= ANSWERING {
                     self.replication.answering.pop_front();
                 }
-                self.replication.answering.push_back((peer, set));
+                self.replication.answering.push_back((peer, now, set));
+                self.replication.stats.sets_built += 1;
                 self.replication.answering.len() - 1
             }
         };
-        self.replication.stats.answered += 1;
-        match reconcile::answer(&self.replication.answering[at].1, &request.message) {
-            Ok(message) => pb::ReconcileResponse { message, refused: String::new() },
-            Err(e) => pb::ReconcileResponse { message: Vec::new(), refused: e.to_string() },
+        match reconcile::answer(&self.replication.answering[at].2, &request.message) {
+            Ok(message) => {
+                self.replication.stats.answered += 1;
+                pb::ReconcileResponse { message, refused: String::new() }
+            }
+            Err(e) => {
+                self.replication.stats.refused += 1;
+                refused(&e.to_string())
+            }
         }
     }
 
-    /// Sends the next slice of the queue: per tick, at most a few records to any one peer, and
-    /// per second half of a peer's default request and byte budgets, so replication never
-    /// looks like a flood. A record that changed or expired since it was queued is read as it
-    /// is now.
+    /// Sends the next records of the queues, peer by peer in turn: per tick at most a few to
+    /// any one peer, and per second half of a peer's default request and byte budgets, so
+    /// replication never looks like a flood. A record that changed or expired since it was
+    /// queued is read as it is now.
     pub(crate) fn drain_replication(&mut self, ticks_per_second: u32) {
         self.start_rounds();
+        if self.replication.queues.is_empty() {
+            return;
+        }
         let (rate, burst) = (self.config.peer_bytes_per_second, self.config.peer_byte_burst);
         if self.replication.pace.is_none() {
             self.replication.pace = Some(crate::rate::RateLimiter::new(rate / 2, burst / 2));
         }
         let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
-        let mut sent: HashMap<PeerId, u32> = HashMap::new();
-        let mut later = Vec::new();
-        for _ in 0..256 {
-            let Some((peer, key)) = self.replication.queue.pop_front() else { break };
-            let count = sent.entry(peer).or_default();
-            if *count >= per_peer {
-                later.push((peer, key));
-                continue;
+        let peers: Vec<PeerId> = self.replication.queues.keys().copied().collect();
+        let now = Instant::now();
+        for peer in peers {
+            for _ in 0..per_peer {
+                let Some(queue) = self.replication.queues.get_mut(&peer) else { break };
+                let Some(key) = queue.front().cloned() else { break };
+                let Some(record) = self.store.get(key.as_str()) else {
+                    queue.pop_front();
+                    continue;
+                };
+                let len = record.encode().len();
+                let paced =
+                    self.replication.pace.as_mut().is_some_and(|p| p.allow_n(peer, len, now));
+                if !paced {
+                    break;
+                }
+                if let Some(queue) = self.replication.queues.get_mut(&peer) {
+                    queue.pop_front();
+                }
+                self.replication.stats.records_sent += 1;
+                self.replication.stats.record_bytes += len as u64;
+                self.replicate_to(&record, peer);
             }
-            let Some(record) = self.store.get(key.as_str()) else { continue };
-            let len = record.encode().len();
-            let now = Instant::now();
-            if !self.replication.pace.as_mut().is_some_and(|pace| pace.allow_n(peer, len, now)) {
-                later.push((peer, key));
-                continue;
-            }
-            *count += 1;
-            self.replication.stats.records_sent += 1;
-            self.replication.stats.record_bytes += len as u64;
-            self.push(&record, [peer]);
         }
-        for item in later.into_iter().rev() {
-            self.replication.queue.push_front(item);
-        }
+        self.replication.queues.retain(|_, queue| !queue.is_empty());
     }
 }

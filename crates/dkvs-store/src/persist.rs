@@ -3,9 +3,13 @@
 //! Files: `snapshot-<gen>` holds the whole store as of the start of generation `gen`;
 //! `log-<gen>` holds every accepted put of that generation, appended before the put returns.
 //! Both are sequences of frames: `len: u32 LE`, `crc32(payload): u32 LE`, `payload`. A payload is
-//! a kind byte and its body: `1` = a record (its protobuf encoding), `2` = a remembered sequence
-//! (`seq: u64 LE`, `retain_until_ms: u64 LE`, the owner's key type code and key length
-//! (one byte each) and key bytes, then the record key's bytes).
+//! a kind byte and its body: `3` = a record with the time until which its sequence is
+//! remembered (`retain_until_ms: u64 LE`, then the record's protobuf encoding); `2` = a
+//! remembered sequence (`seq: u64 LE`, `retain_until_ms: u64 LE`, the owner's key type code and
+//! key length (one byte each) and key bytes, then the record key's bytes); `1` = a record alone,
+//! as written before kind 3 (read only: its retention is recomputed from the restart time, which
+//! only remembers longer). A binary older than kind 3 refuses to open a directory written by a
+//! newer one ("unknown entry kind 3"): the format moves forward only.
 //!
 //! Opening reads the newest snapshot and replays the logs of its generation and later; replay is
 //! idempotent, so a log entry that the snapshot already holds is harmless. A snapshot is written

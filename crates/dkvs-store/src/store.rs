@@ -441,10 +441,12 @@ impl Inner {
     /// agree (an owner's devices have skewed clocks: a delete signed on a slow phone can carry
     /// an earlier time than the value it deletes), so the bound is not the newest record's issue
     /// time but the latest of: every issue time this node saw for the key (`held`, carried from
-    /// the slot it replaces), and the time it accepted the record (`now`: a lower sequence this
-    /// node never saw was signed before, so any node accepted it no later than that, give or
-    /// take the clock-skew bound). Plus the max TTL and the skew bound. Restoring from disk
-    /// takes the restart time as `now`, which only remembers longer.
+    /// the slot it replaces), and the time it accepted the record (`now`: an honest owner signs
+    /// a lower sequence before a higher one, so a lower sequence this node never saw carries an
+    /// issue time no later than that, give or take the clock-skew bound; an owner who signs
+    /// lower sequences later, on a fast clock, can roll back only their own keys). Plus the
+    /// max TTL and the skew bound. Restoring a record written without its retention (frame
+    /// kind 1) takes the restart time as `now`, which only remembers longer.
     fn retention(&self, record: &Record, held: Option<&Slot>, now: u64) -> u64 {
         let latest = record.issued_at_ms().max(now);
         let own = latest
