@@ -31,6 +31,7 @@ enum Command {
     PutStatus(pb::PutStatus),
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
+    KadFlood(PeerId, Vec<Vec<u8>>),
 }
 
 /// What a flood achieved.
@@ -154,6 +155,14 @@ impl Liar {
         rx.await.context("liar gone")
     }
 
+    /// Sends every record to `target` as a Kademlia PUT_VALUE (not waiting for answers).
+    pub async fn kad_flood(&self, target: PeerId, records: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.commands
+            .send(Command::KadFlood(target, records))
+            .await
+            .map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Answers every put with `status` (and keeps nothing), and every replication round as
     /// a peer that holds nothing.
     pub async fn answer_puts_with(&self, status: pb::PutStatus) -> anyhow::Result<()> {
@@ -188,6 +197,18 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                         Err(e) => {
                             let _ = reply.send(Err(e.into()));
                         }
+                    }
+                }
+                Some(Command::KadFlood(target, records)) => {
+                    for bytes in records {
+                        let Ok(record) = dkvs_record::Record::decode(&bytes) else { continue };
+                        let key = kad::RecordKey::new(&record.key().as_str());
+                        let put = kad::Record::new(key, bytes);
+                        let _ = swarm.behaviour_mut().kad.put_record_to(
+                            put,
+                            std::iter::once(target),
+                            kad::Quorum::One,
+                        );
                     }
                 }
                 Some(Command::Flood(target, requests, reply)) => {

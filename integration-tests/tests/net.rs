@@ -852,3 +852,42 @@ async fn a_peer_cannot_make_a_replica_push_forever_or_rebuild_its_sets() -> anyh
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kademlia_put_value_floods_take_the_same_admission_step() -> anyhow::Result<()> {
+    let net = TestNet::start(3, Config::default()).await?;
+    let flooder = dkvs_integration_tests::liar::Liar::spawn().await?;
+    flooder.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    // 1,500 records of 10 KiB over thirty fresh accounts, through Kademlia's PUT_VALUE instead
+    // of the record protocol, at about 1,000 a second.
+    let accounts: Vec<Keypair> = (0..30).map(|_| Keypair::generate(KeyType::Ed25519)).collect();
+    let started = std::time::Instant::now();
+    for round in 0..30 {
+        let batch: Vec<Vec<u8>> = (0..50)
+            .map(|j| {
+                let owner = &accounts[(round * 50 + j) % accounts.len()];
+                let key =
+                    Key::scoped(&owner.account_id(), &format!("kad/{round}/{j}")).expect("key");
+                Draft::new(key, vec![0; 10 * 1024], 1, HOUR).sign(owner).expect("valid").encode()
+            })
+            .collect();
+        flooder.kad_flood(net.peer_id(0), batch).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = net.node(0);
+    let banned = eventually(Duration::from_secs(15), async || {
+        node.banned_peers().await.contains(&flooder.peer_id())
+    });
+    assert!(banned.await, "the flooder is banned");
+    let elapsed = started.elapsed().as_secs_f64();
+    let taken: u64 = accounts.iter().map(|a| node.store().owner_bytes(a.public())).sum();
+    let budget = (4 << 20) as f64 + (128 << 10) as f64 * elapsed;
+    assert!(taken > 0 && (taken as f64) <= budget * 1.05, "{taken} bytes in {elapsed:.1} s");
+    // Honest traffic goes on.
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "after").expect("key");
+    let receipt = net.put(1, record(&alice, &key, "honest", 1)).await??;
+    assert!(receipt.stored.contains(&net.peer_id(0)), "{receipt:?}");
+    net.shutdown().await;
+    Ok(())
+}

@@ -379,10 +379,18 @@ impl<E: crate::Extension> Driver<E> {
             let acceptance = self.extension_gossip(gossip);
             return report(self, acceptance);
         }
-        let Some(key) = self.watches.get(&message.topic).map(|(key, _, _)| key.clone()) else {
+        let Some((key, delivered)) =
+            self.watches.get(&message.topic).map(|(key, _, last)| (key.clone(), *last))
+        else {
             // A topic nobody here validates is not forwarded (and not left pending).
             return report(self, gossipsub::MessageAcceptance::Ignore);
         };
+        // A version this watcher has delivered already is old news (a replay, or a copy that
+        // outlived gossipsub's duplicate cache): dropped for a decode and a lookup, before any
+        // signature work, and not forwarded.
+        if Record::decode(&message.data).is_ok_and(|r| r.key() == &key && r.seq() <= delivered) {
+            return report(self, gossipsub::MessageAcceptance::Ignore);
+        }
         // A watcher delivers (and forwards) only what its own store accepts under every rule,
         // ownership included: a validly signed record of a squatter is not a new version.
         let acceptance = match self.verified(propagation_source, &key, &message.data) {
