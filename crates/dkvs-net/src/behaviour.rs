@@ -81,7 +81,12 @@ impl<E: Extension> Behaviour<E> {
             .max_transmit_size(crate::codec::MAX_MESSAGE_LEN)
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
-            .message_id_fn(message_id)
+            // Message ids stay gossipsub's own (publisher and sequence number), not the content's
+            // hash: gossipsub marks an id as seen before it validates, so with content ids the
+            // first copy of a record's bytes to arrive (on another topic, or from an author over
+            // its rate) would make every honest copy a duplicate, and a watch would miss the
+            // version. Repeats cost little anyway: a version a watcher delivered is dropped
+            // before any signature work (`on_gossip_event`).
             .heartbeat_interval(Duration::from_millis(500))
             .build()
             .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))?;
@@ -128,34 +133,5 @@ impl<E: Extension> Behaviour<E> {
             mdns: mdns.into(),
             extension,
         })
-    }
-}
-
-/// A gossip message's id is the hash of its content, whoever published it: the replicas that
-/// each publish the same new record on its watch topic send one message as far as gossipsub is
-/// concerned, verified once per node and forwarded once; the copies are dropped as duplicates.
-/// Extensions' topics get the same rule (a channel message sent twice is one message).
-pub(crate) fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
-    use sha2::Digest as _;
-    gossipsub::MessageId::from(sha2::Sha256::digest(&message.data).to_vec())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use libp2p::PeerId;
-
-    #[test]
-    fn gossip_ids_come_from_content_not_from_the_publisher() {
-        let topic = gossipsub::IdentTopic::new("/dkvs/watch/x").hash();
-        let message = |source: PeerId, seqno: u64, data: &[u8]| gossipsub::Message {
-            source: Some(source),
-            data: data.to_vec(),
-            sequence_number: Some(seqno),
-            topic: topic.clone(),
-        };
-        let (a, b) = (PeerId::random(), PeerId::random());
-        assert_eq!(message_id(&message(a, 1, b"record")), message_id(&message(b, 7, b"record")));
-        assert_ne!(message_id(&message(a, 1, b"record")), message_id(&message(a, 1, b"other")));
     }
 }

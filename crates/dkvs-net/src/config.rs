@@ -56,7 +56,9 @@ pub struct Config {
     /// 2 MiB/s, enough to fill a node's store in minutes. Default: 128 KiB. This node paces
     /// its own replication to half of it.
     pub peer_bytes_per_second: u32,
-    /// Inbound bytes one peer may send in a burst. Default: 4 MiB.
+    /// Inbound bytes one peer may send in a burst. Default: 4 MiB. A peer not seen lately
+    /// starts with an eighth of it (peer ids cost nothing), and earns the rest at the rate.
+    /// Bytes over the budget are refused, never a reason to ban.
     pub peer_byte_burst: u32,
     /// How long a peer that sent an invalid record stays disconnected and refused. Default: 10 min.
     pub ban_duration: Duration,

@@ -44,7 +44,10 @@ impl Defence {
     pub(crate) fn new(config: &crate::Config) -> Defence {
         Defence {
             limiter: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
-            bytes: RateLimiter::new(config.peer_bytes_per_second, config.peer_byte_burst),
+            // A new peer id starts with an eighth of the burst: ids cost nothing, and each
+            // fresh one would otherwise bring a whole burst of bytes.
+            bytes: RateLimiter::new(config.peer_bytes_per_second, config.peer_byte_burst)
+                .starting_with(config.peer_byte_burst / 8),
             gossip: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
             banned: HashMap::new(),
             ban_duration: config.ban_duration,
@@ -73,8 +76,10 @@ impl Defence {
             if self.bytes.allow_n(peer, len, now) {
                 return Ok(());
             }
-            // Over its byte budget: refused like a request over the rate, and counted alike.
-            self.limiter.refuse(peer);
+            // Over its byte budget: refused, not banned (an honest gateway's user writes, read
+            // repair and replication share one budget at each replica); a refusal costs the
+            // node only this check.
+            return Err(Refused::RateLimited);
         }
         if self.limiter.is_flooding(&peer) {
             self.ban(peer, now);
@@ -155,15 +160,21 @@ mod tests {
             Err(Refused::TooLarge { len: 101, limit: 100 })
         );
         assert!(defence.is_banned(&other));
-        // Bytes have a budget of their own: a few large messages use it up.
+        // Bytes have a budget of their own: a new peer starts with an eighth of the burst, and
+        // earns the rest at the rate; refusals for bytes never ban.
         let bulky = PeerId::random();
-        let config = crate::Config::default().with_peer_bytes(1_000, 3_000);
+        let config = crate::Config::default().with_peer_bytes(1_000, 8_000);
         let mut bytes = Defence::new(&config);
-        for _ in 0..3 {
-            assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Ok(()));
+        assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Ok(()));
+        for _ in 0..100 {
+            assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Err(Refused::RateLimited));
         }
-        assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Err(Refused::RateLimited));
-        assert_eq!(bytes.admit(bulky, 1_000, 16_384, now + Duration::from_secs(1)), Ok(()));
+        assert!(!bytes.is_banned(&bulky));
+        let later = now + Duration::from_secs(8);
+        for _ in 0..8 {
+            assert_eq!(bytes.admit(bulky, 1_000, 16_384, later), Ok(()));
+        }
+        assert_eq!(bytes.admit(bulky, 1_000, 16_384, later), Err(Refused::RateLimited));
         // Gossip is counted by author, apart from requests: a banned author stays refused.
         let author = PeerId::random();
         assert_eq!(defence.admit_gossip(author, now), Ok(()));

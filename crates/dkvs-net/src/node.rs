@@ -722,6 +722,9 @@ impl<E: Extension> Driver<E> {
                     }
                 }
                 kad::QueryResult::Bootstrap(result) if step.last => {
+                    // The table has grown: replication's lists are walked again before the
+                    // next answer (at most every 30 s).
+                    self.replication.table_changed();
                     if let Some(reply) = self.bootstraps.remove(&id) {
                         let _ = reply.send(
                             result.map(|_| ()).map_err(|e| NetError::Bootstrap(e.to_string())),

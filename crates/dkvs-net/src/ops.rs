@@ -643,11 +643,21 @@ impl<E: crate::Extension> Driver<E> {
             (Op::Sent { key, seq, .. }, Some(pb::response::Kind::Put(answer))) => {
                 let (key, seq) = (key.clone(), *seq);
                 self.ops.remove(&id);
-                let status = pb::PutStatus::try_from(answer.status).unwrap_or_default();
-                // Held there already, or refused for good (not a replica, newer, a fork):
-                // not sent again while the peer stays connected. Load is not a refusal.
-                if !matches!(status, pb::PutStatus::Stored | pb::PutStatus::RateLimited) {
-                    self.replication.declined(peer, key, seq);
+                use pb::PutStatus as S;
+                match pb::PutStatus::try_from(answer.status).unwrap_or_default() {
+                    // Held there already, or refused for good by the record's own rules: not
+                    // sent again while the peer stays connected.
+                    S::Unchanged
+                    | S::Stale
+                    | S::Fork
+                    | S::ForeignOwner
+                    | S::Invalid
+                    | S::TooOld => self.replication.declined(peer, key, seq),
+                    // Load: the peer's queue waits a moment, and the record is sent again.
+                    S::RateLimited => self.replication.back_off(peer, key),
+                    // Stored; or refused for now (full, over quota, not a replica in its view
+                    // today, failed): the next round finds it again.
+                    _ => {}
                 }
             }
             _ => self.on_failure(id, peer, "answered with the wrong kind of message".into()),

@@ -9,6 +9,8 @@ use libp2p::PeerId;
 pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
+    /// Tokens a peer not seen lately starts with (at most `burst`).
+    start: f64,
     buckets: HashMap<PeerId, (f64, Instant)>,
     /// Requests refused per peer since the last sweep.
     refused: HashMap<PeerId, u32>,
@@ -19,9 +21,17 @@ impl RateLimiter {
         RateLimiter {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
+            start: f64::from(burst.max(1)),
             buckets: HashMap::new(),
             refused: HashMap::new(),
         }
+    }
+
+    /// With peers not seen lately starting from `start` tokens instead of a full burst: a
+    /// fresh peer id (they cost nothing) gets only that much at once.
+    pub(crate) fn starting_with(mut self, start: u32) -> RateLimiter {
+        self.start = f64::from(start).min(self.burst);
+        self
     }
 
     /// Takes a token for `peer`, if it has one.
@@ -31,7 +41,7 @@ impl RateLimiter {
 
     /// Takes `n` tokens for `peer` (bytes, for a byte budget), if it has them.
     pub(crate) fn allow_n(&mut self, peer: PeerId, n: usize, now: Instant) -> bool {
-        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
+        let (tokens, last) = self.buckets.entry(peer).or_insert((self.start, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;
@@ -40,14 +50,9 @@ impl RateLimiter {
             *tokens -= n;
             true
         } else {
-            self.refuse(peer);
+            *self.refused.entry(peer).or_default() += 1;
             false
         }
-    }
-
-    /// Counts a refusal of `peer` made elsewhere (by a byte budget) toward its flood score.
-    pub(crate) fn refuse(&mut self, peer: PeerId) {
-        *self.refused.entry(peer).or_default() += 1;
     }
 
     /// True when `peer` kept sending after being refused more than a whole burst's worth of
@@ -59,7 +64,9 @@ impl RateLimiter {
     /// Forgets peers whose buckets are full again, so that the map stays as small as the set of
     /// recently active peers.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
-        let full_after = Duration::from_secs_f64(self.burst / self.rate.max(f64::MIN_POSITIVE));
+        // A rate of zero never refills: such buckets are kept (a huge but finite duration).
+        let full_after = Duration::try_from_secs_f64(self.burst / self.rate.max(f64::MIN_POSITIVE))
+            .unwrap_or(Duration::MAX);
         self.buckets.retain(|_, (_, last)| now.saturating_duration_since(*last) < full_after);
         self.refused.clear();
     }

@@ -44,6 +44,11 @@ const ANSWERING: usize = 8;
 const REBUILD_AFTER: Duration = Duration::from_secs(30);
 /// Records waiting to be sent to one peer, at most.
 const QUEUE_PER_PEER: usize = 8_192;
+/// How long a peer's queue waits after the peer refused a record for load.
+const BACK_OFF: Duration = Duration::from_secs(2);
+/// Answer sets built for all peers together: per second, and at once.
+const BUILDS_PER_SECOND: u32 = 1;
+const BUILD_BURST: u32 = 8;
 
 /// What replication did since the node started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +91,15 @@ pub(crate) struct Replication {
     answering: VecDeque<(PeerId, Instant, NegentropyStorageVector)>,
     /// Records to send, per peer, as keys.
     queues: HashMap<PeerId, VecDeque<Key>>,
+    /// Peers whose queue waits after a refusal for load, until when.
+    paused: HashMap<PeerId, Instant>,
+    /// When an answer set was last built for each peer (whether or not it is still cached).
+    last_built: HashMap<PeerId, Instant>,
+    /// Answer sets built for all peers together, so that many peer ids cannot make the node
+    /// build sets all the time.
+    builds: Option<crate::rate::RateLimiter>,
+    /// The routing table grew since the last walk (a bootstrap finished): walk before answering.
+    stale: bool,
     /// Keys this node holds but is not a replica for, with the sequence it handed off.
     handed_off: HashMap<Key, u64>,
     /// Per peer, the records it declined since it connected: not sent to it again.
@@ -101,6 +115,13 @@ impl Replication {
         if let Some(pace) = self.pace.as_mut() {
             pace.forget_idle(now);
         }
+        self.paused.retain(|_, until| *until > now);
+        self.last_built.retain(|_, at| now.duration_since(*at) < REBUILD_AFTER);
+    }
+
+    /// The routing table changed much (a bootstrap finished): the next answer walks again.
+    pub(crate) fn table_changed(&mut self) {
+        self.stale = true;
     }
 
     /// `peer` is no longer connected: what it declined may be gone when it comes back.
@@ -111,6 +132,13 @@ impl Replication {
     /// `peer` declined `key` at `seq` (it holds it or newer, or is no replica of it).
     pub(crate) fn declined(&mut self, peer: PeerId, key: Key, seq: u64) {
         self.declined.entry(peer).or_default().insert(key, seq);
+    }
+
+    /// `peer` refused `key` for load: it goes back to the front of the peer's queue, and the
+    /// queue waits [`BACK_OFF`].
+    pub(crate) fn back_off(&mut self, peer: PeerId, key: Key) {
+        self.queues.entry(peer).or_default().push_front(key);
+        self.paused.insert(peer, Instant::now() + BACK_OFF);
     }
 
     fn busy(&self) -> bool {
@@ -157,10 +185,10 @@ impl<E: Extension> Driver<E> {
         closest(key, peers.into_iter().chain(me_counts.then_some(me)), k)
     }
 
-    /// Whether this node keeps records pushed for `key`: it is among the k closest to it in its
-    /// own routing table, with slack (k/2 more) for writers whose tables differ from its own,
-    /// counting itself only as a DHT server. A node that knows fewer than k peers serves every
-    /// key.
+    /// Whether this node keeps records pushed for `key`: it is among the k closest to it of
+    /// the peers of its routing table it is connected to, with slack (k/2 more) for writers
+    /// whose tables differ from its own, counting itself only as a DHT server. A node that is
+    /// connected to fewer than k peers serves every key.
     pub(crate) fn serves_key(&mut self, key: &Key) -> bool {
         if !self.serves() {
             return false;
@@ -169,16 +197,21 @@ impl<E: Extension> Driver<E> {
         let k = self.config.replication;
         let wide = k + k / 2;
         let target = libp2p::kad::KBucketKey::new(kad_key(key));
-        let peers: Vec<PeerId> = self
+        let near: Vec<PeerId> = self
             .swarm
             .behaviour_mut()
             .kad
             .get_closest_local_peers(&target)
             .map(|key| *key.preimage())
             .filter(|p| *p != me)
-            .take(wide)
+            .take(4 * wide)
             .collect();
-        closest(key, peers.into_iter().chain([me]), wide).contains(&me)
+        // Only peers connected now count: Kademlia keeps dead peers in its table, and k/2 of
+        // them closer to a key must not make a live replica refuse. The check errs on the side
+        // of keeping (a peer whose connection idled out does not count either).
+        let live: Vec<PeerId> =
+            near.into_iter().filter(|p| self.swarm.is_connected(p)).take(wide).collect();
+        closest(key, live.into_iter().chain([me]), wide).contains(&me)
     }
 
     /// Whether `peer` is in this node's routing table.
@@ -343,8 +376,17 @@ impl<E: Extension> Driver<E> {
         peer: PeerId,
         request: pb::ReconcileRequest,
     ) -> pb::ReconcileResponse {
-        if self.replication.walked.is_none() {
-            // A node that just started answers from a walk of its own (once).
+        let now = Instant::now();
+        let recent_walk =
+            self.replication.walked.is_some_and(|at| now.duration_since(at) < REBUILD_AFTER);
+        let unlisted = !self.replication.shared.contains_key(&peer);
+        if self.replication.walked.is_none()
+            || (self.replication.stale && !recent_walk)
+            || (unlisted && !recent_walk && self.knows(&peer))
+        {
+            // A node that just started, or whose table grew, or that does not list a peer of
+            // its table, walks again first: at most every REBUILD_AFTER.
+            self.replication.stale = false;
             self.walk();
         }
         // A peer in the shared lists, or in the routing table (it joined since the last walk,
@@ -354,7 +396,6 @@ impl<E: Extension> Driver<E> {
             self.replication.stats.refused += 1;
             return refused("the asking peer is not a replica partner of this node");
         }
-        let now = Instant::now();
         let cached = self.replication.answering.iter().position(|(p, _, _)| *p == peer);
         let at = match cached {
             Some(at)
@@ -364,9 +405,26 @@ impl<E: Extension> Driver<E> {
                 at
             }
             _ => {
+                // A build for the same peer within REBUILD_AFTER (its set was pushed out of the
+                // cache by others), or past the node's budget of builds, waits.
+                let built_lately = self
+                    .replication
+                    .last_built
+                    .get(&peer)
+                    .is_some_and(|at| now.duration_since(*at) < REBUILD_AFTER);
+                // One bucket for the whole node, kept under its own peer id.
+                let me = *self.swarm.local_peer_id();
+                let builds = self.replication.builds.get_or_insert_with(|| {
+                    crate::rate::RateLimiter::new(BUILDS_PER_SECOND, BUILD_BURST)
+                });
+                if (built_lately && cached.is_none()) || !builds.allow(me, now) {
+                    self.replication.stats.refused += 1;
+                    return refused("busy: ask again in a while");
+                }
                 if let Some(at) = cached {
                     self.replication.answering.remove(at);
                 }
+                self.replication.last_built.insert(peer, now);
                 let records = self.shared_now(&peer);
                 let set = reconcile::set_of(records.iter().map(|r| &**r));
                 if self.replication.answering.len() >= ANSWERING {
@@ -400,11 +458,19 @@ impl<E: Extension> Driver<E> {
         }
         let (rate, burst) = (self.config.peer_bytes_per_second, self.config.peer_byte_burst);
         if self.replication.pace.is_none() {
-            self.replication.pace = Some(crate::rate::RateLimiter::new(rate / 2, burst / 2));
+            let pace = crate::rate::RateLimiter::new((rate / 2).max(1), (burst / 2).max(1));
+            self.replication.pace = Some(pace);
         }
         let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
-        let peers: Vec<PeerId> = self.replication.queues.keys().copied().collect();
         let now = Instant::now();
+        let paused = &self.replication.paused;
+        let peers: Vec<PeerId> = self
+            .replication
+            .queues
+            .keys()
+            .filter(|peer| paused.get(peer).is_none_or(|until| *until <= now))
+            .copied()
+            .collect();
         for peer in peers {
             for _ in 0..per_peer {
                 let Some(queue) = self.replication.queues.get_mut(&peer) else { break };

@@ -57,12 +57,46 @@ pub struct AppState {
     /// sends its own name, and is refused. An API bound elsewhere by the operator's choice is
     /// reached by names this node cannot know, and is guarded by its token alone.
     pub check_host: bool,
+    /// The records this node keeps alive (`keep=true`), as remembered in the home.
+    pub kept: Mutex<Vec<crate::home::Kept>>,
 }
 
 impl AppState {
     /// The home's default account now.
     pub fn default_account(&self) -> Option<String> {
         self.home.default_account().ok().flatten()
+    }
+
+    /// Keeps `key` alive for `owner` (the account `account`), and remembers it in the home.
+    pub async fn keep(
+        &self,
+        key: &Key,
+        account: &str,
+        owner: Arc<Keypair>,
+        ttl_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.node.keep_alive(owner, key, ttl_ms).await;
+        let mut kept = self.kept.lock().await;
+        kept.retain(|k| k.key != key.as_str());
+        kept.push(crate::home::Kept {
+            key: key.to_string(),
+            account: account.to_owned(),
+            ttl_secs: ttl_ms / 1000,
+        });
+        self.home.write_kept(&kept)
+    }
+
+    /// Stops keeping `key` alive; false if it was not kept.
+    pub async fn stop_keeping(&self, key: &Key) -> anyhow::Result<bool> {
+        self.node.stop_keep_alive(key).await;
+        let mut kept = self.kept.lock().await;
+        let before = kept.len();
+        kept.retain(|k| k.key != key.as_str());
+        if kept.len() == before {
+            return Ok(false);
+        }
+        self.home.write_kept(&kept)?;
+        Ok(true)
     }
 }
 
@@ -89,6 +123,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The error in words.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), extra: None }
     }
@@ -134,6 +173,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts", get(accounts))
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/watch/{*key}", get(watch_key))
+        .route("/v1/keep", get(list_kept))
+        .route("/v1/keep/{*key}", axum::routing::delete(stop_kept))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
@@ -180,7 +221,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl AppState {
     /// The unlocked key pair of account `name` (or of the default account).
-    async fn account(&self, name: Option<&str>) -> ApiResult<Arc<Keypair>> {
+    pub(crate) async fn account(&self, name: Option<&str>) -> ApiResult<Arc<Keypair>> {
         let default = self.default_account();
         let name = match name.or(default.as_deref()) {
             Some(name) => name.to_owned(),
@@ -251,6 +292,9 @@ struct PutQuery {
     ttl: Option<String>,
     /// Compare-and-swap: the sequence expected now; 0 for "no record".
     expect_seq: Option<u64>,
+    /// Keep the record alive while the node runs (re-signed before it expires), remembered
+    /// across restarts.
+    keep: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -299,7 +343,30 @@ fn receipt_json(key: &Key, receipt: &PutReceipt) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "unreachable": receipt.unreachable.len(),
         "alone": receipt.alone,
+        // This node's own store refused its copy (full, or the owner over quota here); the
+        // replicas were asked all the same.
+        "local_refusal": receipt.local_refusal.as_ref().map(|(why, message)| {
+            json!({ "reason": why.to_string(), "message": message })
+        }),
     })
+}
+
+/// The refusals of a receipt in words, most common first: "over quota ×3, not a replica ×1".
+fn refusal_summary(receipt: &PutReceipt) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for (_, why, _) in &receipt.refused {
+        let why = why.to_string();
+        match counts.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((why, 1)),
+        }
+    }
+    if let Some((why, _)) = &receipt.local_refusal {
+        let why = format!("{why} (this node)");
+        counts.push((why, 1));
+    }
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    counts.iter().map(|(why, n)| format!("{why} ×{n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn put_error(error: PutError) -> ApiError {
@@ -335,12 +402,18 @@ fn put_error(error: PutError) -> ApiError {
             let message = if receipt.replicas == 0 {
                 PutError::NoQuorum { receipt: receipt.clone() }.to_string()
             } else {
+                let refusals = refusal_summary(&receipt);
                 format!(
-                    "only {} of {} replicas stored it, {} needed{}",
+                    "only {} of {} replicas stored it, {} needed{}{}",
                     receipt.stored.len(),
                     receipt.replicas,
                     receipt.quorum,
-                    if foreign { "; the name belongs to another account" } else { "" }
+                    if foreign { "; the name belongs to another account" } else { "" },
+                    if refusals.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; refused: {refusals}")
+                    }
                 )
             };
             let stale = receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::Stale).count();
@@ -485,7 +558,19 @@ async fn put_inner(
         None => state.node.put(record).await,
     }
     .map_err(put_error)?;
-    Ok(Json(receipt_json(&key, &receipt)))
+    let mut answer = receipt_json(&key, &receipt);
+    if query.keep == Some(true) {
+        let account = query.account.clone().or_else(|| state.default_account()).unwrap_or_default();
+        state.keep(&key, &account, owner, ttl_ms).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keep_failed",
+                format!("stored, but the node could not remember to keep it alive: {e:#}"),
+            )
+        })?;
+        answer["kept"] = json!(true);
+    }
+    Ok(Json(answer))
 }
 
 /// The sequence after the newest the network (or, failing that, this node) knows for `key`.
@@ -581,7 +666,37 @@ async fn delete_inner(
         .sign(&owner)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string()))?;
     let receipt = state.node.delete(tombstone).await.map_err(put_error)?;
+    // A deleted key is not kept alive any more.
+    if let Err(e) = state.stop_keeping(&key).await {
+        tracing::warn!(%key, error = %e, "could not forget a kept key");
+    }
     Ok(Json(receipt_json(&key, &receipt)))
+}
+
+async fn list_kept(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let kept = state.kept.lock().await;
+    Json(json!({ "kept": *kept }))
+}
+
+async fn stop_kept(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let key = state.key(&path, query.account.as_deref()).await?;
+    let stopped = state.stop_keeping(&key).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keep_failed", format!("{e:#}"))
+    })?;
+    if !stopped {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_kept",
+            format!("{key} is not kept alive by this node"),
+        ));
+    }
+    Ok(Json(json!({ "key": key.as_str(), "kept": false })))
 }
 
 async fn watch_key(

@@ -29,6 +29,14 @@ pub struct NodeConfig {
     pub max_bytes: u64,
     /// Per-owner budget in bytes.
     pub max_bytes_per_owner: u64,
+    /// The part of `max_bytes` kept for this node's own writes; records from peers stop short
+    /// of it. Default (unset): an eighth of `max_bytes`. At most `max_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_for_own_bytes: Option<u64>,
+    /// Bytes one peer may send per second, sustained.
+    pub peer_bytes_per_second: u32,
+    /// Bytes one peer may send at once (a new peer starts with an eighth).
+    pub peer_byte_burst: u32,
     /// Longest record life this node keeps, in seconds.
     pub max_ttl_secs: u64,
     /// Record life when a put gives none, in seconds.
@@ -60,6 +68,9 @@ impl Default for NodeConfig {
             relay_server: false,
             max_bytes: store.max_bytes,
             max_bytes_per_owner: store.max_bytes_per_owner,
+            reserved_for_own_bytes: None,
+            peer_bytes_per_second: net.peer_bytes_per_second,
+            peer_byte_burst: net.peer_byte_burst,
             max_ttl_secs: store.max_ttl_ms / 1000,
             default_ttl_secs: 24 * 3600,
             replication: net.replication,
@@ -106,13 +117,16 @@ impl NodeConfig {
             .with_operation_timeout(Duration::from_millis(self.operation_timeout_ms))
             .with_kad_server(kad_server)
             .with_mdns(self.mdns)
-            .with_relay_server(self.relay_server))
+            .with_relay_server(self.relay_server)
+            .with_peer_bytes(self.peer_bytes_per_second, self.peer_byte_burst))
     }
 
     /// The store's configuration.
     pub fn store(&self) -> dkvs_store::Config {
-        dkvs_store::Config::default()
-            .with_max_bytes(self.max_bytes)
+        let store = dkvs_store::Config::default().with_max_bytes(self.max_bytes);
+        let reserved = self.reserved_for_own_bytes.unwrap_or(store.reserved_for_own_bytes);
+        store
+            .with_reserved_for_own_bytes(reserved.min(self.max_bytes))
             .with_max_bytes_per_owner(self.max_bytes_per_owner)
             .with_max_ttl_ms(self.max_ttl_secs.saturating_mul(1000))
             .with_durability(if self.fsync {

@@ -8,6 +8,7 @@
 //! <home>/config.toml            optional configuration (see `dkvs node --print-config`)
 //! <home>/data/                  the record store
 //! <home>/api.json               {"url", "token"} of the node running from this home (mode 0600)
+//! <home>/keep.json              records the node keeps alive: [{"key", "account", "ttl_secs"}]
 //! ```
 
 use std::fs;
@@ -32,6 +33,18 @@ pub struct ApiInfo {
     pub url: String,
     /// The bearer token.
     pub token: String,
+}
+
+/// A record the node keeps alive for its owner (`dkvs put --keep`): re-signed before it
+/// expires, for as long as the node runs, across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    /// The record's key.
+    pub key: String,
+    /// The account that owns it, by name in this home.
+    pub account: String,
+    /// The life each new version gets, in seconds.
+    pub ttl_secs: u64,
 }
 
 impl Home {
@@ -120,6 +133,26 @@ impl Home {
     /// Removes the API record (the node stopped).
     pub fn remove_api(&self) {
         let _ = fs::remove_file(self.api_file());
+    }
+
+    fn keep_file(&self) -> PathBuf {
+        self.root.join("keep.json")
+    }
+
+    /// The records the node keeps alive (none when the file is absent).
+    pub fn read_kept(&self) -> anyhow::Result<Vec<Kept>> {
+        let path = self.keep_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Records the list of records the node keeps alive.
+    pub fn write_kept(&self, kept: &[Kept]) -> anyhow::Result<()> {
+        write_private(&self.keep_file(), &serde_json::to_vec_pretty(kept)?)
     }
 
     /// Where the node running from this home listens, and its token.

@@ -54,7 +54,14 @@ enum Command {
         /// Sign with this account instead of the default one.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
+        /// Keep the record alive while the node runs: re-signed before it expires, also after
+        /// a restart (see `dkvs keep`).
+        #[arg(long)]
+        keep: bool,
     },
+    /// Records the node keeps alive (`dkvs put --keep`).
+    #[command(subcommand)]
+    Keep(KeepCommand),
     /// Read a value: its raw bytes to standard output. Exit code 1 if the key is not set.
     Get {
         /// The key.
@@ -89,6 +96,20 @@ enum Command {
     Peers,
     /// Show the node's peer id, addresses, peers, records and memory.
     Status,
+}
+
+#[derive(Subcommand)]
+enum KeepCommand {
+    /// List the records the node keeps alive.
+    List,
+    /// Stop keeping a record alive (it lapses at its expiry).
+    Stop {
+        /// The key.
+        key: String,
+        /// The account whose `/~/` scope is meant.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,18 +280,32 @@ fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
     runtime.block_on(dkvs_node::run::run(home, config, passphrase))
 }
 
+/// The API to talk to and the token to send it. The home's token goes only to the home's node:
+/// with `--api` naming another node, the token must come from `DKVS_TOKEN`, so that a mistyped
+/// or planted URL never receives the token of the node running from this home.
+fn credentials(
+    api: Option<&str>,
+    home_api: anyhow::Result<(String, String)>,
+    env_token: Option<String>,
+) -> anyhow::Result<(String, String)> {
+    let same =
+        |a: &str, b: &str| a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'));
+    match (api, home_api) {
+        (Some(url), Ok((home_url, token))) if same(url, &home_url) => Ok((home_url, token)),
+        (Some(url), _) => {
+            let token = env_token.context(
+                "with --api naming a node other than this home's, set DKVS_TOKEN to that node's \
+                 token (this home's token is sent only to this home's node)",
+            )?;
+            Ok((url.to_owned(), token))
+        }
+        (None, home_api) => home_api,
+    }
+}
+
 fn client(home: &Home, api: Option<&str>, command: &Command) -> anyhow::Result<Client> {
-    let info = home.read_api();
-    let (url, token) = match (api, info) {
-        (Some(url), Ok(info)) => (url.to_owned(), info.token),
-        (Some(url), Err(_)) => (
-            url.to_owned(),
-            std::env::var("DKVS_TOKEN")
-                .context("with --api, set DKVS_TOKEN to the node's token")?,
-        ),
-        (None, Ok(info)) => (info.url, info.token),
-        (None, Err(e)) => return Err(e),
-    };
+    let home_api = home.read_api().map(|info| (info.url, info.token));
+    let (url, token) = credentials(api, home_api, std::env::var("DKVS_TOKEN").ok())?;
     // A watch waits as long as it is told to; everything else gets an answer within a minute.
     let timeout = match command {
         Command::Watch { .. } => None,
@@ -290,7 +325,7 @@ fn with_account(path: String, account: &Option<String>, extra: &[(&str, String)]
 
 fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Put { key, value, file, ttl, expect_seq, account } => {
+        Command::Put { key, value, file, ttl, expect_seq, account, keep } => {
             let bytes = match (value, file) {
                 (Some(value), _) => value.into_bytes(),
                 (None, Some(file)) => std::fs::read(&file)
@@ -310,6 +345,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             if let Some(n) = expect_seq {
                 extra.push(("expect_seq", n.to_string()));
             }
+            if keep {
+                extra.push(("keep", "true".to_owned()));
+            }
             let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
             let receipt = client.put_bytes(&path, &bytes)?;
             println!(
@@ -318,6 +356,35 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 receipt["seq"],
                 stored_by(&receipt)
             );
+            if let Some(refusal) = receipt["local_refusal"].as_object() {
+                eprintln!(
+                    "note: this node did not keep a copy ({}); the replicas hold it",
+                    refusal.get("message").and_then(|m| m.as_str()).unwrap_or("refused")
+                );
+            }
+            if receipt["kept"] == true {
+                println!("kept alive by this node (`dkvs keep stop {key}` to stop)");
+            }
+        }
+        Command::Keep(KeepCommand::List) => {
+            let list = client.get_json("/v1/keep")?;
+            let kept = list["kept"].as_array().cloned().unwrap_or_default();
+            if kept.is_empty() {
+                println!("this node keeps no record alive");
+            }
+            for k in kept {
+                println!(
+                    "{}  as {}  ttl {}s",
+                    k["key"].as_str().unwrap_or("?"),
+                    k["account"].as_str().unwrap_or("?"),
+                    k["ttl_secs"]
+                );
+            }
+        }
+        Command::Keep(KeepCommand::Stop { key, account }) => {
+            let path = with_account(format!("/v1/keep/{}", encode_key(&key)), &account, &[]);
+            let answer = client.delete(&path)?;
+            println!("{}: no longer kept alive", answer["key"].as_str().unwrap_or(&key));
         }
         Command::Get { key, local, json, account } => {
             let extra = if local { vec![("local", "true".to_owned())] } else { vec![] };
@@ -377,5 +444,26 @@ fn stored_by(receipt: &serde_json::Value) -> String {
         format!("stored on this node only: {ALONE}")
     } else {
         format!("stored by {} of {} replicas", receipt["stored"], receipt["replicas"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_homes_token_goes_only_to_the_homes_node() {
+        let home = || Ok(("http://127.0.0.1:4041".to_owned(), "secret".to_owned()));
+        let pick = |api, env: Option<&str>| credentials(api, home(), env.map(str::to_owned));
+        assert_eq!(pick(None, None).expect("home").1, "secret");
+        assert_eq!(pick(Some("http://127.0.0.1:4041/"), None).expect("same node").1, "secret");
+        // Another URL never gets the home's token: DKVS_TOKEN or an error that says so.
+        let err = pick(Some("http://attacker.example:4041"), None).expect_err("no token");
+        assert!(err.to_string().contains("DKVS_TOKEN"), "{err}");
+        let other = pick(Some("http://127.0.0.1:5051"), Some("theirs")).expect("env token");
+        assert_eq!(other, ("http://127.0.0.1:5051".to_owned(), "theirs".to_owned()));
+        // No running node in the home and no --api: the home's error.
+        let none = credentials(None, Err(anyhow::anyhow!("no node runs")), None);
+        assert!(none.is_err());
     }
 }

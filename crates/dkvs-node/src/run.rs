@@ -80,7 +80,33 @@ pub async fn run(
         metrics: Metrics::default(),
         stopping,
         check_host: api_addr.ip().is_loopback(),
+        kept: Mutex::new(Vec::new()),
     });
+    // What the node kept alive before it stopped, it keeps alive again.
+    for kept in home.read_kept().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the records to keep alive");
+        Vec::new()
+    }) {
+        let key = match dkvs_record::Key::new(kept.key.clone()) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(key = %kept.key, error = %e, "not keeping an invalid key");
+                continue;
+            }
+        };
+        match state.account(Some(&kept.account)).await {
+            Ok(owner) => {
+                if let Err(e) =
+                    state.keep(&key, &kept.account, owner, kept.ttl_secs.saturating_mul(1000)).await
+                {
+                    tracing::warn!(%key, error = %e, "cannot keep alive");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%key, account = %kept.account, error = %e.message(), "cannot keep alive")
+            }
+        }
+    }
     let shutdown = async move {
         signal().await;
         // Open watch streams end now, so the graceful shutdown does not wait on them.

@@ -435,3 +435,51 @@ fn print_config_shows_every_default() {
         assert!(text.contains(field), "{field} missing from:\n{text}");
     }
 }
+
+fn dkvs_ok(home: &Path, args: &[&str]) -> String {
+    ok(run(
+        {
+            let mut c = dkvs(home);
+            c.args(args);
+            c
+        },
+        None,
+    ))
+}
+
+#[test]
+fn a_kept_record_is_remembered_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("keeper");
+    std::fs::create_dir_all(&home).expect("home");
+    new_account(&home, "default", "ed25519");
+    let node = start(&home, None);
+    let out = ok(put(&node, &["/~/shop", "open", "--keep", "--ttl", "1h"], None));
+    assert!(out.contains("kept alive by this node"), "{out}");
+    let list = dkvs_ok(&home, &["keep", "list"]);
+    assert!(list.contains("/shop  as default  ttl 3600s"), "{list}");
+    // A kept key that is deleted is not kept any more.
+    ok(put(&node, &["/~/gone", "soon", "--keep"], None));
+    dkvs_ok(&home, &["delete", "/~/gone"]);
+    assert!(!dkvs_ok(&home, &["keep", "list"]).contains("/gone"));
+
+    // Killed and started again, the node keeps it alive still (the account unlocks again).
+    drop(node);
+    let node = start(&home, None);
+    let list = dkvs_ok(&home, &["keep", "list"]);
+    assert!(list.contains("/shop  as default  ttl 3600s"), "{list}");
+    let out = dkvs_ok(&home, &["keep", "stop", "/~/shop"]);
+    assert!(out.contains("no longer kept alive"), "{out}");
+    assert!(dkvs_ok(&home, &["keep", "list"]).contains("keeps no record alive"));
+    let again = run(
+        {
+            let mut c = dkvs(&home);
+            c.args(["keep", "stop", "/~/shop"]);
+            c
+        },
+        None,
+    );
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("not kept alive"), "{}", stderr(&again));
+    drop(node);
+}

@@ -227,15 +227,23 @@ pub(crate) fn log_path(dir: &Path, generation: u64) -> PathBuf {
 }
 
 /// Writes a snapshot atomically: temporary file, sync, rename, sync the directory.
-pub(crate) fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> Result<(), StoreError> {
+/// Writes the snapshot of `generation`: `fill` writes its frames, a piece at a time (the store
+/// writes one shard at a time, so a snapshot never sits whole in memory), to a temporary file
+/// that is synced and then renamed.
+pub(crate) fn write_snapshot(
+    dir: &Path,
+    generation: u64,
+    fill: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> Result<(), StoreError> {
     let path = snapshot_path(dir, generation);
     let tmp = dir.join(format!("snapshot-{generation:020}.tmp"));
     let io_err = |p: &Path| {
         let p = p.to_owned();
         move |source| StoreError::Io { path: p, source }
     };
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
+    let mut out = io::BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
+    fill(&mut out).map_err(io_err(&tmp))?;
+    let file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)

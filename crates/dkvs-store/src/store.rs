@@ -360,22 +360,28 @@ impl Store {
     fn write_snapshot(&self, generation: u64) -> Result<(), StoreError> {
         let Some(log) = &self.inner.log else { return Ok(()) };
         let dir = log.lock().dir.clone();
-        let mut bytes = Vec::new();
-        for shard in self.inner.shards.iter() {
-            for (key, slot) in shard.read().iter() {
-                match slot {
-                    Slot::Live { record, retain_until_ms, .. } => {
-                        let body = persist::held_body(record, *retain_until_ms);
-                        persist::frame(&mut bytes, KIND_HELD, &body);
-                    }
-                    Slot::Gone { seq, retain_until_ms, owner } => {
-                        let body = persist::gone_body(key, *seq, *retain_until_ms, owner);
-                        persist::frame(&mut bytes, KIND_GONE, &body);
+        // One shard's frames at a time: the shard's lock is held while they are encoded, not
+        // while they are written, and the snapshot is never whole in memory.
+        persist::write_snapshot(&dir, generation, |out| {
+            let mut chunk = Vec::new();
+            for shard in self.inner.shards.iter() {
+                chunk.clear();
+                for (key, slot) in shard.read().iter() {
+                    match slot {
+                        Slot::Live { record, retain_until_ms, .. } => {
+                            let body = persist::held_body(record, *retain_until_ms);
+                            persist::frame(&mut chunk, KIND_HELD, &body);
+                        }
+                        Slot::Gone { seq, retain_until_ms, owner } => {
+                            let body = persist::gone_body(key, *seq, *retain_until_ms, owner);
+                            persist::frame(&mut chunk, KIND_GONE, &body);
+                        }
                     }
                 }
+                out.write_all(&chunk)?;
             }
-        }
-        persist::write_snapshot(&dir, generation, &bytes)?;
+            Ok(())
+        })?;
         persist::remove_older(&dir, generation)
     }
 
