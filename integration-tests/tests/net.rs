@@ -812,16 +812,24 @@ async fn a_peer_cannot_make_a_replica_push_forever_or_rebuild_its_sets() -> anyh
         let key = Key::scoped(&alice.account_id(), &format!("k{i}")).expect("key");
         net.put(0, record(&alice, &key, "v", 1)).await??;
     }
-    // A peer that claims to hold nothing in every round, and answers "unchanged" to every
-    // record it is sent: each record goes to it once while it stays connected.
+    // A peer that claims to hold nothing in every round. While it answers "full" (a refusal
+    // for now), the records are offered again in later rounds...
     let liar = dkvs_integration_tests::liar::Liar::spawn().await?;
-    liar.answer_puts_with(pb::PutStatus::Unchanged).await?;
+    liar.answer_puts_with(pb::PutStatus::Full).await?;
     liar.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
     let node = net.node(0);
-    let sent_once = eventually(Duration::from_secs(20), async || {
-        node.replication_stats().await.records_sent >= 30
+    let offered_again = eventually(Duration::from_secs(20), async || {
+        node.replication_stats().await.records_sent >= 60
     });
-    assert!(sent_once.await, "{:?}", node.replication_stats().await);
+    assert!(offered_again.await, "{:?}", node.replication_stats().await);
+    // ...and once it answers "unchanged" (it holds them), each goes to it once more at most,
+    // then never again while it stays connected.
+    liar.answer_puts_with(pb::PutStatus::Unchanged).await?;
+    let switched = node.replication_stats().await;
+    let settled = eventually(Duration::from_secs(20), async || {
+        node.replication_stats().await.completed >= switched.completed + 4
+    });
+    assert!(settled.await);
     let first = node.replication_stats().await;
     let more_rounds = eventually(Duration::from_secs(20), async || {
         node.replication_stats().await.completed >= first.completed + 6
@@ -849,6 +857,33 @@ async fn a_peer_cannot_make_a_replica_push_forever_or_rebuild_its_sets() -> anyh
     let after = node.replication_stats().await;
     assert!(after.answered >= before.answered + 300);
     assert!(after.sets_built <= before.sets_built + 1, "{before:?} -> {after:?}");
+
+    // Ten more peer ids taking turns cannot make it build sets without end either: each gets
+    // one set at most, within a budget for the whole node.
+    let mut crowd = Vec::new();
+    for _ in 0..10 {
+        let other = dkvs_integration_tests::liar::Liar::spawn().await?;
+        other.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+        crowd.push(other);
+    }
+    let before = node.replication_stats().await;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        for other in &crowd {
+            let opening = pb::Request {
+                kind: Some(pb::request::Kind::Reconcile(pb::ReconcileRequest {
+                    message: opening.clone(),
+                    first: true,
+                })),
+            };
+            other.send_requests(net.peer_id(0), vec![opening]).await?;
+        }
+    }
+    let after = node.replication_stats().await;
+    let seconds = started.elapsed().as_secs();
+    let built = after.sets_built - before.sets_built;
+    assert!(after.answered >= before.answered + 10, "the crowd was answered: {after:?}");
+    assert!(built <= 10.min(8 + seconds), "{built} sets in {seconds} s");
     net.shutdown().await;
     Ok(())
 }
