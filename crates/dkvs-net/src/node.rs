@@ -23,7 +23,10 @@ use crate::watch::Watch;
 use crate::{Config, GetError, GetOutcome, NetError, PutError, PutReceipt};
 
 /// How often the driver looks at deadlines, bans and expiry.
+/// How often the replication queues are served while they hold records.
 const TICK: Duration = Duration::from_millis(20);
+/// The longest an idle node sleeps between checks.
+const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// How often expired records are dropped from the store.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 
@@ -54,6 +57,7 @@ pub(crate) enum Command {
     Connections(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     ReplicationStats(oneshot::Sender<crate::ReplicationStats>),
+    Wakeups(oneshot::Sender<u64>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     Extension(std::any::TypeId, ExtensionCall),
@@ -305,6 +309,13 @@ impl Node {
         self.ask(Command::ReplicationStats).await.unwrap_or_default()
     }
 
+    /// How often the node's task woke up for its timers since it started (events aside). It
+    /// has no fixed tick: an idle node wakes about once every five seconds, to sweep expired
+    /// records.
+    pub async fn wakeups(&self) -> u64 {
+        self.ask(Command::Wakeups).await.unwrap_or_default()
+    }
+
     /// The addresses this node listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
@@ -400,6 +411,8 @@ pub(crate) struct Driver<E: Extension> {
     /// Connected peers that identify says do not speak the record protocol (an IPFS peer, a
     /// bare relay): they do not make this node part of a dkvs network.
     non_dkvs: HashSet<PeerId>,
+    /// Times the task woke up for its timers (not for events) since it started.
+    wakeups: u64,
 }
 
 impl<E: Extension> Driver<E> {
@@ -435,13 +448,15 @@ impl<E: Extension> Driver<E> {
             public_seen: false,
             had_peers: false,
             non_dkvs: HashSet::new(),
+            wakeups: 0,
         }
     }
 
     async fn run(mut self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // No polling: the task sleeps until the earliest deadline it has (an operation's
+            // linger or timeout, a ban's end, the next sweep or round), or until an event.
+            let wake = tokio::time::Instant::from_std(self.next_wake(Instant::now()));
             tokio::select! {
                 command = self.commands.recv() => match command {
                     None => break,
@@ -453,7 +468,7 @@ impl<E: Extension> Driver<E> {
                     Some(command) => self.on_command(command),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(wake) => self.on_tick(),
             }
         }
     }
@@ -518,6 +533,9 @@ impl<E: Extension> Driver<E> {
             }
             Command::ReplicationStats(reply) => {
                 let _ = reply.send(self.replication.stats);
+            }
+            Command::Wakeups(reply) => {
+                let _ = reply.send(self.wakeups);
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -758,8 +776,27 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// When the task must wake up next, if no event comes first.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut at = now + IDLE_WAKE;
+        for op in self.ops.values() {
+            at = at.min(op.wake(&self.config));
+        }
+        if let Some(end) = self.defence.next_ban_end() {
+            at = at.min(end);
+        }
+        at = at.min(self.last_sweep + EXPIRY_SWEEP);
+        at = at.min(self.last_republish + self.config.republish_interval);
+        at = at.min(self.last_replication + self.config.replication_interval);
+        if let Some(next) = self.replication.next_wake(now, TICK) {
+            at = at.min(next);
+        }
+        at
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
+        self.wakeups += 1;
         let due: Vec<OpId> = self
             .ops
             .iter()
@@ -777,6 +814,7 @@ impl<E: Extension> Driver<E> {
             self.store.remove_expired();
             self.defence.forget_idle(now);
             self.replication.forget_idle(now);
+            self.drop_closed_watches();
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
             self.last_republish = now;
@@ -787,6 +825,10 @@ impl<E: Extension> Driver<E> {
             self.replicate();
         }
         self.drain_replication((Duration::from_secs(1).as_millis() / TICK.as_millis()) as u32);
+    }
+
+    /// Unsubscribes the watches whose receivers are all gone.
+    fn drop_closed_watches(&mut self) {
         let mut unwatched = Vec::new();
         self.watches.retain(|_, (key, senders, _)| {
             senders.retain(|s| !s.is_closed());

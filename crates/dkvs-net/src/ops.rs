@@ -138,6 +138,26 @@ impl GetOp {
 }
 
 impl Op {
+    /// The earliest time this operation may become due without an event.
+    pub(crate) fn wake(&self, config: &crate::Config) -> Instant {
+        match self {
+            Op::Put(op) => {
+                op.quorum_at.map_or(op.deadline, |at| op.deadline.min(at + config.linger))
+            }
+            Op::Get(op) => {
+                let linger = if newest(&op.answers).0.is_some() {
+                    config.linger
+                } else {
+                    config.linger.max(config.not_found_linger)
+                };
+                op.quorum_at.map_or(op.deadline, |at| op.deadline.min(at + linger))
+            }
+            Op::Push { deadline, .. } | Op::Reconcile { deadline } | Op::Sent { deadline, .. } => {
+                *deadline
+            }
+        }
+    }
+
     pub(crate) fn due(&self, now: Instant, config: &crate::Config) -> bool {
         let linger = config.linger;
         let (deadline, quorum_at) = match self {

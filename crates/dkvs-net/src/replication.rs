@@ -141,6 +141,23 @@ impl Replication {
         self.paused.insert(peer, Instant::now() + BACK_OFF);
     }
 
+    /// When replication needs the task next: `tick` from `now` while a queue can be served or
+    /// a round can start, the end of the earliest pause while every queue waits, or never.
+    pub(crate) fn next_wake(&self, now: Instant, tick: Duration) -> Option<Instant> {
+        if !self.round.is_empty() && self.sessions.len() < SESSIONS {
+            return Some(now);
+        }
+        let mut at: Option<Instant> = None;
+        for peer in self.queues.keys() {
+            let ready = match self.paused.get(peer) {
+                Some(until) if *until > now => *until,
+                _ => now + tick,
+            };
+            at = Some(at.map_or(ready, |at| at.min(ready)));
+        }
+        at
+    }
+
     fn busy(&self) -> bool {
         !self.round.is_empty() || !self.sessions.is_empty()
     }
