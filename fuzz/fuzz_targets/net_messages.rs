@@ -1,0 +1,68 @@
+//! Bytes from a peer on the record protocol: the codec's framing and protobuf decoding, and a
+//! replication round's messages (negentropy), must never panic, and whatever they accept must
+//! stay within its bounds.
+
+#![no_main]
+
+use dkvs_account::{KeyType, Keypair};
+use dkvs_net::codec::{Codec, MAX_FRAME_LEN, PROTOCOL, pb};
+use dkvs_net::libp2p::futures::executor::block_on;
+use dkvs_net::libp2p::futures::io::Cursor;
+use dkvs_net::libp2p::request_response::Codec as _;
+use dkvs_net::reconcile::{Session, answer, set_of};
+use dkvs_record::{Draft, Key, Record};
+use libfuzzer_sys::fuzz_target;
+use std::sync::LazyLock;
+
+/// A replica's set of a few records, as a node would answer rounds from it.
+static RECORDS: LazyLock<Vec<Record>> = LazyLock::new(|| {
+    let owner = Keypair::from_secret_bytes(KeyType::Ed25519, &[7; 32]).expect("a fixed key");
+    (0..40)
+        .map(|i| {
+            let key = Key::scoped(&owner.account_id(), &format!("k{i}")).expect("key");
+            let mut draft = Draft::new(key, vec![i as u8; 8], 1 + i as u64 % 3, 60_000);
+            draft.issued_at_ms = 1_800_000_000_000;
+            draft.expires_at_ms = draft.issued_at_ms + 60_000;
+            draft.sign(&owner).expect("valid")
+        })
+        .collect()
+});
+
+fuzz_target!(|bytes: &[u8]| {
+    let Some((&selector, rest)) = bytes.split_first() else { return };
+    match selector % 4 {
+        // A request or a response as it comes off a stream: length prefix, then protobuf.
+        0 => {
+            if let Ok(request) = block_on(Codec.read_request(&PROTOCOL, &mut Cursor::new(rest))) {
+                let len = prost::Message::encoded_len(&request);
+                assert!(len <= MAX_FRAME_LEN, "a {len}-byte request was read");
+            }
+        }
+        1 => {
+            if let Ok(response) = block_on(Codec.read_response(&PROTOCOL, &mut Cursor::new(rest))) {
+                let len = prost::Message::encoded_len(&response);
+                assert!(len <= MAX_FRAME_LEN, "a {len}-byte response was read");
+            }
+        }
+        // A peer's round message, answered from this node's set.
+        2 => {
+            let set = set_of(RECORDS.iter());
+            let _ = answer(&set, rest);
+            if let Ok(request) = <pb::Request as prost::Message>::decode(rest)
+                && let Some(pb::request::Kind::Reconcile(round)) = request.kind
+            {
+                let _ = answer(&set, &round.message);
+            }
+        }
+        // A peer's answer to this node's round: the session must not panic, and what it finds
+        // missing is among its own records.
+        _ => {
+            let Ok((mut session, _)) = Session::start(RECORDS.iter().take(20)) else { return };
+            if let Ok(None) = session.step(rest) {
+                for key in session.missing() {
+                    assert!(RECORDS.iter().take(20).any(|r| r.key() == &key), "{key} is not ours");
+                }
+            }
+        }
+    }
+});
