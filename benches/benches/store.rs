@@ -94,7 +94,11 @@ impl VerifyPool {
         let records: Vec<Arc<Record>> = store.records().take(VERIFY_POOL).collect();
         let keys = records
             .iter()
-            .map(|r| *r.owner().as_ed25519().expect("fixture owners are Ed25519"))
+            .map(|r| {
+                let bytes: [u8; 32] =
+                    r.owner().as_bytes().try_into().expect("fixture owners are Ed25519");
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).expect("a valid key")
+            })
             .collect();
         let messages = records.iter().map(|r| r.signing_bytes()).collect();
         let signatures = records

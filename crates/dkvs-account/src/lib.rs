@@ -31,6 +31,7 @@ pub mod seal;
 pub use id::{AccountId, EthAddress, ParseAccountIdError};
 pub use key::{
     Domain, KeyError, KeyType, Keypair, PublicKey, SIGNATURE_LEN, Signature, VerifyError,
+    verify_batch,
 };
 
 // The README's example is compiled and run with the doc tests.
