@@ -13,6 +13,17 @@ fn record(owner: &Keypair, key: &Key, value: &str, seq: u64) -> Record {
     Draft::new(key.clone(), value.as_bytes().to_vec(), seq, HOUR).sign(owner).expect("valid draft")
 }
 
+/// `count` encoded 10 KiB records of a flood's round, spread over `accounts` in turn.
+fn junk(accounts: &[Keypair], tag: &str, round: usize, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|j| {
+            let owner = &accounts[(round * count + j) % accounts.len()];
+            let key = Key::scoped(&owner.account_id(), &format!("{tag}/{round}/{j}")).expect("key");
+            Draft::new(key, vec![0; 10 * 1024], 1, HOUR).sign(owner).expect("valid").encode()
+        })
+        .collect()
+}
+
 fn value(outcome: &dkvs_net::GetOutcome) -> Option<String> {
     outcome.record.as_ref().map(|r| String::from_utf8_lossy(r.value()).into_owned())
 }
@@ -739,14 +750,7 @@ async fn a_flooder_with_fresh_accounts_cannot_fill_a_node() -> anyhow::Result<()
     let started = std::time::Instant::now();
     let (mut sent, mut refused) = (0, 0);
     for round in 0..40 {
-        let batch: Vec<Vec<u8>> = (0..22)
-            .map(|j| {
-                let owner = &accounts[(round * 22 + j) % accounts.len()];
-                let key =
-                    Key::scoped(&owner.account_id(), &format!("junk/{round}/{j}")).expect("key");
-                Draft::new(key, vec![0; 10 * 1024], 1, HOUR).sign(owner).expect("valid").encode()
-            })
-            .collect();
+        let batch = junk(&accounts, "junk", round, 22);
         sent += batch.len();
         let report = flooder.flood(net.peer_id(0), batch).await?;
         refused += report.rate_limited + report.cut_off;
@@ -901,14 +905,7 @@ async fn kademlia_put_value_floods_take_the_same_admission_step() -> anyhow::Res
     let accounts: Vec<Keypair> = (0..30).map(|_| Keypair::generate(KeyType::Ed25519)).collect();
     let started = std::time::Instant::now();
     for round in 0..30 {
-        let batch: Vec<Vec<u8>> = (0..50)
-            .map(|j| {
-                let owner = &accounts[(round * 50 + j) % accounts.len()];
-                let key =
-                    Key::scoped(&owner.account_id(), &format!("kad/{round}/{j}")).expect("key");
-                Draft::new(key, vec![0; 10 * 1024], 1, HOUR).sign(owner).expect("valid").encode()
-            })
-            .collect();
+        let batch = junk(&accounts, "kad", round, 50);
         flooder.kad_flood(net.peer_id(0), batch).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -189,17 +189,22 @@ impl<E: Extension> Driver<E> {
     fn replicas_of(&mut self, key: &Key, me_counts: bool) -> Vec<PeerId> {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
+        let peers = self.nearest_in_table(key, k);
+        closest(key, peers.into_iter().chain(me_counts.then_some(me)), k)
+    }
+
+    /// The `n` peers of the routing table nearest to `key`, this node left out.
+    fn nearest_in_table(&mut self, key: &Key, n: usize) -> Vec<PeerId> {
+        let me = *self.swarm.local_peer_id();
         let target = libp2p::kad::KBucketKey::new(kad_key(key));
-        let peers: Vec<PeerId> = self
-            .swarm
+        self.swarm
             .behaviour_mut()
             .kad
             .get_closest_local_peers(&target)
             .map(|key| *key.preimage())
             .filter(|p| *p != me)
-            .take(k)
-            .collect();
-        closest(key, peers.into_iter().chain(me_counts.then_some(me)), k)
+            .take(n)
+            .collect()
     }
 
     /// Whether this node keeps records pushed for `key`: it is among the k closest to it of
@@ -213,16 +218,7 @@ impl<E: Extension> Driver<E> {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
         let wide = k + k / 2;
-        let target = libp2p::kad::KBucketKey::new(kad_key(key));
-        let near: Vec<PeerId> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_closest_local_peers(&target)
-            .map(|key| *key.preimage())
-            .filter(|p| *p != me)
-            .take(4 * wide)
-            .collect();
+        let near = self.nearest_in_table(key, 4 * wide);
         // Only peers connected now count: Kademlia keeps dead peers in its table, and k/2 of
         // them closer to a key must not make a live replica refuse. The check errs on the side
         // of keeping (a peer whose connection idled out does not count either).

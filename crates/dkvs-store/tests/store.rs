@@ -412,19 +412,22 @@ fn a_delete_signed_on_a_slow_clock_still_keeps_the_value_out() {
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = Key::scoped(&alice.account_id(), "k").expect("valid");
     let value = record(&alice, &key, b"ten", 10, NOW, 10 * HOUR);
-    let delete = Draft {
-        key: key.clone(),
-        value: Vec::new(),
-        seq: 11,
-        issued_at_ms: NOW - HOUR,
-        expires_at_ms: NOW - HOUR + 10 * HOUR,
-        tombstone: true,
-        transfer: None,
-    }
-    .sign(&alice)
-    .expect("valid draft");
+    // Signed on the slow phone: an hour before the value it deletes.
+    let slow_delete = || {
+        Draft {
+            key: key.clone(),
+            value: Vec::new(),
+            seq: 11,
+            issued_at_ms: NOW - HOUR,
+            expires_at_ms: NOW - HOUR + 10 * HOUR,
+            tombstone: true,
+            transfer: None,
+        }
+        .sign(&alice)
+        .expect("valid draft")
+    };
     store.put(value.clone()).expect("put");
-    store.put(delete).expect("delete");
+    store.put(slow_delete()).expect("delete");
     // Just past the tombstone's own issue time plus the max TTL: the value is still valid.
     clock.set(NOW - HOUR + 10 * HOUR + 60_000);
     store.remove_expired();
@@ -436,18 +439,7 @@ fn a_delete_signed_on_a_slow_clock_still_keeps_the_value_out() {
     // The same when this node never saw the value: what it accepted at NOW covers anything
     // signed before, issued no later than NOW plus the skew bound.
     let (fresh, clock) = setup(Config::default().with_max_ttl_ms(10 * HOUR));
-    let delete = Draft {
-        key: key.clone(),
-        value: Vec::new(),
-        seq: 11,
-        issued_at_ms: NOW - HOUR,
-        expires_at_ms: NOW - HOUR + 10 * HOUR,
-        tombstone: true,
-        transfer: None,
-    }
-    .sign(&alice)
-    .expect("valid draft");
-    fresh.put(delete).expect("delete");
+    fresh.put(slow_delete()).expect("delete");
     clock.set(NOW + 10 * HOUR - 60_000);
     fresh.remove_expired();
     assert!(matches!(fresh.put(value.clone()).expect("put"), PutOutcome::Stale { .. }));
