@@ -824,7 +824,7 @@ impl<E: Extension> Driver<E> {
             self.last_replication = now;
             self.replicate();
         }
-        self.drain_replication((Duration::from_secs(1).as_millis() / TICK.as_millis()) as u32);
+        self.drain_replication(TICK);
     }
 
     /// Unsubscribes the watches whose receivers are all gone.

@@ -80,6 +80,11 @@ impl GetOp {
         self.note_quorum(now);
     }
 
+    /// Whether any answer holds a record (cheap: no ordering of the answers).
+    fn has_record(&self) -> bool {
+        self.answers.iter().any(|(_, r)| r.is_some())
+    }
+
     fn note_quorum(&mut self, now: Instant) {
         if !self.looking_up && self.answers.len() >= self.quorum && self.quorum_at.is_none() {
             self.quorum_at = Some(now);
@@ -100,8 +105,7 @@ impl GetOp {
     /// empty at once, and honest replicas across the internet may be hundreds of milliseconds
     /// behind them. It costs only a "not set" whose replicas are not all quick.
     fn settled(&self, now: Instant, linger: Duration, not_found_linger: Duration) -> bool {
-        let wait =
-            if newest(&self.answers).0.is_some() { linger } else { linger.max(not_found_linger) };
+        let wait = if self.has_record() { linger } else { linger.max(not_found_linger) };
         !self.looking_up
             && (self.pending.is_empty() || self.quorum_at.is_some_and(|at| now >= at + wait))
     }
@@ -145,7 +149,7 @@ impl Op {
                 op.quorum_at.map_or(op.deadline, |at| op.deadline.min(at + config.linger))
             }
             Op::Get(op) => {
-                let linger = if newest(&op.answers).0.is_some() {
+                let linger = if op.has_record() {
                     config.linger
                 } else {
                     config.linger.max(config.not_found_linger)

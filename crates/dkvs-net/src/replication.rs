@@ -106,6 +106,9 @@ pub(crate) struct Replication {
     declined: HashMap<PeerId, HashMap<Key, u64>>,
     /// Bytes sent per peer: half of a peer's default byte budget.
     pace: Option<crate::rate::RateLimiter>,
+    /// When the queues were last served: they are served once per tick at most, however often
+    /// the task wakes for other reasons.
+    last_drain: Option<Instant>,
     pub(crate) stats: ReplicationStats,
 }
 
@@ -147,11 +150,13 @@ impl Replication {
         if !self.round.is_empty() && self.sessions.len() < SESSIONS {
             return Some(now);
         }
+        // The next serving is due a tick after the last one, not a tick after every event.
+        let next_drain = self.last_drain.map_or(now, |last| last + tick);
         let mut at: Option<Instant> = None;
         for peer in self.queues.keys() {
             let ready = match self.paused.get(peer) {
-                Some(until) if *until > now => *until,
-                _ => now + tick,
+                Some(until) if *until > next_drain => *until,
+                _ => next_drain,
             };
             at = Some(at.map_or(ready, |at| at.min(ready)));
         }
@@ -464,18 +469,24 @@ impl<E: Extension> Driver<E> {
     /// any one peer, and per second half of a peer's default request and byte budgets, so
     /// replication never looks like a flood. A record that changed or expired since it was
     /// queued is read as it is now.
-    pub(crate) fn drain_replication(&mut self, ticks_per_second: u32) {
+    pub(crate) fn drain_replication(&mut self, tick: Duration) {
         self.start_rounds();
         if self.replication.queues.is_empty() {
             return;
         }
+        let now = Instant::now();
+        if self.replication.last_drain.is_some_and(|last| now < last + tick) {
+            return;
+        }
+        self.replication.last_drain = Some(now);
+        let ticks_per_second =
+            (Duration::from_secs(1).as_millis() / tick.as_millis().max(1)) as u32;
         let (rate, burst) = (self.config.peer_bytes_per_second, self.config.peer_byte_burst);
         if self.replication.pace.is_none() {
             let pace = crate::rate::RateLimiter::new((rate / 2).max(1), (burst / 2).max(1));
             self.replication.pace = Some(pace);
         }
         let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
-        let now = Instant::now();
         let paused = &self.replication.paused;
         let peers: Vec<PeerId> = self
             .replication
@@ -507,5 +518,28 @@ impl<E: Extension> Driver<E> {
             }
         }
         self.replication.queues.retain(|_, queue| !queue.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_are_served_a_tick_after_the_last_serving_not_after_every_event() {
+        let tick = Duration::from_millis(20);
+        let mut replication = Replication::default();
+        let t0 = Instant::now();
+        assert_eq!(replication.next_wake(t0, tick), None, "nothing to do: no wake-up");
+        let peer = PeerId::random();
+        replication.queues.entry(peer).or_default().push_back(Key::new("/a/b").expect("key"));
+        assert_eq!(replication.next_wake(t0, tick), Some(t0), "never served: now");
+        replication.last_drain = Some(t0);
+        let later = t0 + Duration::from_millis(15);
+        assert_eq!(replication.next_wake(t0 + Duration::from_millis(5), tick), Some(t0 + tick));
+        assert_eq!(replication.next_wake(later, tick), Some(t0 + tick));
+        // A peer that refused for load waits out its pause.
+        replication.paused.insert(peer, t0 + BACK_OFF);
+        assert_eq!(replication.next_wake(later, tick), Some(t0 + BACK_OFF));
     }
 }

@@ -75,8 +75,8 @@ impl AppState {
         owner: Arc<Keypair>,
         ttl_ms: u64,
     ) -> anyhow::Result<()> {
-        self.node.keep_alive(owner, key, ttl_ms).await;
         let mut kept = self.kept.lock().await;
+        self.node.keep_alive(owner, key, ttl_ms).await;
         kept.retain(|k| k.key != key.as_str());
         kept.push(crate::home::Kept {
             key: key.to_string(),
@@ -88,8 +88,8 @@ impl AppState {
 
     /// Stops keeping `key` alive; false if it was not kept.
     pub async fn stop_keeping(&self, key: &Key) -> anyhow::Result<bool> {
-        self.node.stop_keep_alive(key).await;
         let mut kept = self.kept.lock().await;
+        self.node.stop_keep_alive(key).await;
         let before = kept.len();
         kept.retain(|k| k.key != key.as_str());
         if kept.len() == before {
@@ -351,6 +351,11 @@ fn receipt_json(key: &Key, receipt: &PutReceipt) -> serde_json::Value {
     })
 }
 
+/// The node's republish interval, in milliseconds (dkvs-net's default; not configurable here).
+fn republish_ms() -> u64 {
+    dkvs_net::Config::default().republish_interval.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
 /// The refusals of a receipt in words, most common first: "over quota ×3, not a replica ×1".
 fn refusal_summary(receipt: &PutReceipt) -> String {
     let mut counts: Vec<(String, usize)> = Vec::new();
@@ -539,6 +544,15 @@ async fn put_inner(
             "ttl is {ttl_ms} ms; it must be positive and at most this node's maximum of {max_ttl_ms} ms"
         )));
     }
+    // A kept record is re-signed on the node's republish rounds (hourly) when it would expire
+    // within two of them: a shorter life would lapse between rounds, or be re-signed at once.
+    let min_keep_ms = 3 * republish_ms();
+    if query.keep == Some(true) && ttl_ms < min_keep_ms {
+        return Err(ApiError::bad_request(format!(
+            "keep needs a ttl of at least {}h: the node re-signs kept records on hourly rounds",
+            min_keep_ms / 3_600_000
+        )));
+    }
     let owner = state.account(query.account.as_deref()).await?;
     let key = state.key(path, query.account.as_deref()).await?;
     let (seq, expected) = match query.expect_seq {
@@ -561,7 +575,7 @@ async fn put_inner(
     let mut answer = receipt_json(&key, &receipt);
     if query.keep == Some(true) {
         let account = query.account.clone().or_else(|| state.default_account()).unwrap_or_default();
-        state.keep(&key, &account, owner, ttl_ms).await.map_err(|e| {
+        state.keep(&key, &account, owner.clone(), ttl_ms).await.map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "keep_failed",

@@ -150,6 +150,13 @@ impl Home {
         }
     }
 
+    /// Moves a keep list that cannot be read aside (to `keep.json.damaged`); returns where.
+    pub fn set_aside_kept(&self) -> PathBuf {
+        let aside = self.root.join("keep.json.damaged");
+        let _ = fs::rename(self.keep_file(), &aside);
+        aside
+    }
+
     /// Records the list of records the node keeps alive.
     pub fn write_kept(&self, kept: &[Kept]) -> anyhow::Result<()> {
         write_private(&self.keep_file(), &serde_json::to_vec_pretty(kept)?)

@@ -288,8 +288,13 @@ fn credentials(
     home_api: anyhow::Result<(String, String)>,
     env_token: Option<String>,
 ) -> anyhow::Result<(String, String)> {
-    let same =
-        |a: &str, b: &str| a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'));
+    // `--api 127.0.0.1:4041` (as `dkvs node --api` takes it) names the same node as
+    // `http://127.0.0.1:4041/`; any other difference (a name, a port, a path) is another node.
+    let norm = |url: &str| {
+        let url = url.trim_end_matches('/').to_ascii_lowercase();
+        if url.contains("://") { url } else { format!("http://{url}") }
+    };
+    let same = |a: &str, b: &str| norm(a) == norm(b);
     match (api, home_api) {
         (Some(url), Ok((home_url, token))) if same(url, &home_url) => Ok((home_url, token)),
         (Some(url), _) => {
@@ -363,7 +368,8 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 );
             }
             if receipt["kept"] == true {
-                println!("kept alive by this node (`dkvs keep stop {key}` to stop)");
+                let as_account = account.as_ref().map(|a| format!(" --as {a}")).unwrap_or_default();
+                println!("kept alive by this node (`dkvs keep stop {key}{as_account}` to stop)");
             }
         }
         Command::Keep(KeepCommand::List) => {
@@ -457,6 +463,8 @@ mod tests {
         let pick = |api, env: Option<&str>| credentials(api, home(), env.map(str::to_owned));
         assert_eq!(pick(None, None).expect("home").1, "secret");
         assert_eq!(pick(Some("http://127.0.0.1:4041/"), None).expect("same node").1, "secret");
+        assert_eq!(pick(Some("127.0.0.1:4041"), None).expect("same node").1, "secret");
+        assert!(pick(Some("http://127.0.0.1:4041@attacker.example"), None).is_err());
         // Another URL never gets the home's token: DKVS_TOKEN or an error that says so.
         let err = pick(Some("http://attacker.example:4041"), None).expect_err("no token");
         assert!(err.to_string().contains("DKVS_TOKEN"), "{err}");

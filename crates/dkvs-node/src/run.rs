@@ -69,6 +69,12 @@ pub async fn run(
     drop(out);
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    // A damaged keep list is set aside (not overwritten by the next `put --keep`).
+    let kept = home.read_kept().unwrap_or_else(|e| {
+        let aside = home.set_aside_kept();
+        tracing::warn!(error = %e, set_aside = %aside.display(), "cannot read the records to keep alive");
+        Vec::new()
+    });
     let state = Arc::new(AppState {
         node: node.clone(),
         keystore,
@@ -80,30 +86,25 @@ pub async fn run(
         metrics: Metrics::default(),
         stopping,
         check_host: api_addr.ip().is_loopback(),
-        kept: Mutex::new(Vec::new()),
+        kept: Mutex::new(kept.clone()),
     });
-    // What the node kept alive before it stopped, it keeps alive again.
-    for kept in home.read_kept().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot read the records to keep alive");
-        Vec::new()
-    }) {
-        let key = match dkvs_record::Key::new(kept.key.clone()) {
+    // What the node kept alive before it stopped, it keeps alive again. The list stays whole:
+    // an entry whose account does not unlock in this run stays listed (and in the file) for a
+    // run that can unlock it.
+    for entry in kept {
+        let key = match dkvs_record::Key::new(entry.key.clone()) {
             Ok(key) => key,
             Err(e) => {
-                tracing::warn!(key = %kept.key, error = %e, "not keeping an invalid key");
+                tracing::warn!(key = %entry.key, error = %e, "not keeping an invalid key");
                 continue;
             }
         };
-        match state.account(Some(&kept.account)).await {
+        match state.account(Some(&entry.account)).await {
             Ok(owner) => {
-                if let Err(e) =
-                    state.keep(&key, &kept.account, owner, kept.ttl_secs.saturating_mul(1000)).await
-                {
-                    tracing::warn!(%key, error = %e, "cannot keep alive");
-                }
+                node.keep_alive(owner, &key, entry.ttl_secs.saturating_mul(1000)).await;
             }
             Err(e) => {
-                tracing::warn!(%key, account = %kept.account, error = %e.message(), "cannot keep alive")
+                tracing::warn!(%key, account = %entry.account, error = %e.message(), "cannot keep alive in this run");
             }
         }
     }

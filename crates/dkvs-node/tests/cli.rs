@@ -453,11 +453,25 @@ fn a_kept_record_is_remembered_across_a_restart() {
     let home = dir.path().join("keeper");
     std::fs::create_dir_all(&home).expect("home");
     new_account(&home, "default", "ed25519");
+    // A keep list left by an earlier run: an entry for an account this run cannot unlock,
+    // which must survive the run, not be dropped when the list is next written.
+    let ghost = r#"[{"key": "/names/ghost", "account": "ghost", "ttl_secs": 86400}]"#;
+    std::fs::write(home.join("keep.json"), ghost).expect("keep.json");
     let node = start(&home, None);
-    let out = ok(put(&node, &["/~/shop", "open", "--keep", "--ttl", "1h"], None));
+    // Kept records are re-signed on hourly rounds: a shorter life would lapse between them.
+    let short = put(&node, &["/~/shop", "open", "--keep", "--ttl", "1h"], None);
+    assert!(
+        !short.status.success() && stderr(&short).contains("at least 3h"),
+        "{}",
+        stderr(&short)
+    );
+    let out = ok(put(&node, &["/~/shop", "open", "--keep", "--ttl", "3h"], None));
     assert!(out.contains("kept alive by this node"), "{out}");
     let list = dkvs_ok(&home, &["keep", "list"]);
-    assert!(list.contains("/shop  as default  ttl 3600s"), "{list}");
+    assert!(list.contains("/shop  as default  ttl 10800s"), "{list}");
+    assert!(list.contains("/names/ghost  as ghost"), "{list}");
+    let file = std::fs::read_to_string(home.join("keep.json")).expect("keep.json");
+    assert!(file.contains("/names/ghost") && file.contains("/shop"), "{file}");
     // A kept key that is deleted is not kept any more.
     ok(put(&node, &["/~/gone", "soon", "--keep"], None));
     dkvs_ok(&home, &["delete", "/~/gone"]);
@@ -467,9 +481,10 @@ fn a_kept_record_is_remembered_across_a_restart() {
     drop(node);
     let node = start(&home, None);
     let list = dkvs_ok(&home, &["keep", "list"]);
-    assert!(list.contains("/shop  as default  ttl 3600s"), "{list}");
+    assert!(list.contains("/shop  as default  ttl 10800s"), "{list}");
     let out = dkvs_ok(&home, &["keep", "stop", "/~/shop"]);
     assert!(out.contains("no longer kept alive"), "{out}");
+    dkvs_ok(&home, &["keep", "stop", "/names/ghost"]);
     assert!(dkvs_ok(&home, &["keep", "list"]).contains("keeps no record alive"));
     let again = run(
         {
@@ -481,5 +496,12 @@ fn a_kept_record_is_remembered_across_a_restart() {
     );
     assert!(!again.status.success());
     assert!(stderr(&again).contains("not kept alive"), "{}", stderr(&again));
+    // A damaged list is set aside at start, not overwritten.
+    drop(node);
+    std::fs::write(home.join("keep.json"), "not json").expect("keep.json");
+    let node = start(&home, None);
+    ok(put(&node, &["/~/again", "v", "--keep", "--ttl", "3h"], None));
+    let aside = std::fs::read_to_string(home.join("keep.json.damaged")).expect("set aside");
+    assert_eq!(aside, "not json");
     drop(node);
 }
