@@ -111,11 +111,6 @@ impl Defence {
         self.banned.contains_key(peer)
     }
 
-    /// When the next ban ends, if any peer is banned.
-    pub(crate) fn next_ban_end(&self) -> Option<Instant> {
-        self.banned.values().min().copied()
-    }
-
     pub(crate) fn banned(&self) -> impl Iterator<Item = &PeerId> {
         self.banned.keys()
     }

@@ -782,9 +782,6 @@ impl<E: Extension> Driver<E> {
         for op in self.ops.values() {
             at = at.min(op.wake(&self.config));
         }
-        if let Some(end) = self.defence.next_ban_end() {
-            at = at.min(end);
-        }
         at = at.min(self.last_sweep + EXPIRY_SWEEP);
         at = at.min(self.last_republish + self.config.republish_interval);
         at = at.min(self.last_replication + self.config.replication_interval);
@@ -806,11 +803,13 @@ impl<E: Extension> Driver<E> {
         for id in due {
             self.finish_op(id, now);
         }
-        for peer in self.defence.expire(now) {
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-        }
         if now.duration_since(self.last_sweep) >= EXPIRY_SWEEP {
             self.last_sweep = now;
+            // Bans end at the sweep after their time (at most 5 s late): no wake-up per ban,
+            // and no scan of the bans on every event.
+            for peer in self.defence.expire(now) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
             self.store.remove_expired();
             self.defence.forget_idle(now);
             self.replication.forget_idle(now);

@@ -177,6 +177,22 @@ impl Op {
     }
 }
 
+/// The wire status of a store's refusal: what a replica answers, and (through [`refusal`])
+/// what a receipt says.
+fn status_of(error: &dkvs_store::PutError) -> pb::PutStatus {
+    use dkvs_store::PutError as E;
+    use pb::PutStatus as S;
+    match error {
+        E::Fork { .. } => S::Fork,
+        E::ForeignOwner { .. } => S::ForeignOwner,
+        E::OwnerQuota { .. } => S::OverQuota,
+        E::Full { .. } => S::Full,
+        E::Invalid(_) => S::Invalid,
+        E::TooOld { .. } => S::TooOld,
+        _ => S::Failed,
+    }
+}
+
 fn refusal(status: pb::PutStatus) -> Refusal {
     use pb::PutStatus as S;
     match status {
@@ -265,12 +281,8 @@ impl<E: crate::Extension> Driver<E> {
             Err(
                 e @ (dkvs_store::PutError::Full { .. } | dkvs_store::PutError::OwnerQuota { .. }),
             ) => {
-                let why = match e {
-                    dkvs_store::PutError::Full { .. } => Refusal::Full,
-                    _ => Refusal::OverQuota,
-                };
                 tracing::warn!(key = %record.key(), error = %e, "own store refused a write");
-                receipt.local_refusal = Some((why, e.to_string()));
+                receipt.local_refusal = Some((refusal(status_of(&e)), e.to_string()));
             }
             Err(e) => {
                 let _ = reply.send(Err(PutError::Local(e)));
@@ -583,16 +595,7 @@ impl<E: crate::Extension> Driver<E> {
                         Ok(_) => put_response(S::Failed, "unknown outcome".into()),
                         Err(e) => {
                             self.judge(peer, &e);
-                            let status = match &e {
-                                dkvs_store::PutError::Fork { .. } => S::Fork,
-                                dkvs_store::PutError::ForeignOwner { .. } => S::ForeignOwner,
-                                dkvs_store::PutError::OwnerQuota { .. } => S::OverQuota,
-                                dkvs_store::PutError::Full { .. } => S::Full,
-                                dkvs_store::PutError::Invalid(_) => S::Invalid,
-                                dkvs_store::PutError::TooOld { .. } => S::TooOld,
-                                _ => S::Failed,
-                            };
-                            put_response(status, e.to_string())
+                            put_response(status_of(&e), e.to_string())
                         }
                     },
                 };
