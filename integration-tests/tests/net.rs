@@ -944,3 +944,41 @@ async fn an_idle_node_sleeps() -> anyhow::Result<()> {
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fsync_stored_means_flushed_and_reads_go_on_meanwhile() -> anyhow::Result<()> {
+    // The setting under test: every node flushes its log before it says a record is held.
+    let fsync =
+        dkvs_net::store::Config::default().with_durability(dkvs_net::store::Durability::Fsync);
+    let net = TestNet::start_with_store(3, Config::default(), fsync).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "flushed").expect("key");
+    // Nodes 1 and 2 cannot flush for now (a slow disk).
+    let (one, two) = (net.node(1).store(), net.node(2).store());
+    let hold_one = one.hold_syncs().expect("a store with fsync flushes on its own thread");
+    let hold_two = two.hold_syncs().expect("a store with fsync flushes on its own thread");
+    let syncs_before = one.stats().syncs;
+    let writer = net.node(0).clone();
+    let put = tokio::spawn({
+        let record = record(&alice, &key, "v1", 1);
+        async move { writer.put(record).await }
+    });
+    let arrived = eventually(Duration::from_secs(10), async || {
+        one.get(key.as_str()).is_some() && two.get(key.as_str()).is_some()
+    })
+    .await;
+    assert!(arrived, "the put reached both replicas");
+    // Their event loops do not wait for the flush: a read is answered meanwhile.
+    let found = tokio::time::timeout(Duration::from_secs(5), net.node(1).get(&key)).await??;
+    assert_eq!(value(&found).as_deref(), Some("v1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!put.is_finished(), "the writer heard \"stored\" from a replica that had not flushed");
+    assert_eq!(one.stats().syncs, syncs_before, "nothing was flushed while held");
+    drop((hold_one, hold_two));
+    let receipt = tokio::time::timeout(Duration::from_secs(10), put).await???;
+    assert_eq!(receipt.stored.len(), 3, "{receipt:?}");
+    assert!(one.stats().syncs > syncs_before);
+    assert_eq!(one.durable()?, one.written(), "acknowledged means flushed");
+    net.shutdown().await;
+    Ok(())
+}

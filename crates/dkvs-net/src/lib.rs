@@ -15,6 +15,7 @@ mod behaviour;
 pub mod codec;
 mod config;
 mod defence;
+mod durable;
 mod extension;
 mod node;
 mod ops;

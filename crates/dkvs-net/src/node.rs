@@ -413,6 +413,8 @@ pub(crate) struct Driver<E: Extension> {
     non_dkvs: HashSet<PeerId>,
     /// Times the task woke up for its timers (not for events) since it started.
     wakeups: u64,
+    /// Answers that promise a record is held, until the store's log is durable.
+    pub(crate) durable: crate::durable::Durable,
 }
 
 impl<E: Extension> Driver<E> {
@@ -422,7 +424,10 @@ impl<E: Extension> Driver<E> {
         config: Config,
         commands: mpsc::Receiver<Command>,
     ) -> Driver<E> {
+        // The loop never waits for a flush; answers that promise a record wait instead.
+        let store = store.without_waiting_for_sync();
         Driver {
+            durable: crate::durable::Durable::new(&store),
             defence: Defence::new(&config),
             ext_lookups: HashSet::new(),
             ext_topics: HashSet::new(),
@@ -468,6 +473,10 @@ impl<E: Extension> Driver<E> {
                     Some(command) => self.on_command(command),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = self.durable.flushed.notified(), if self.durable.is_waiting() => {
+                    let ready = self.durable.ready(&self.store);
+                    self.keep_promises(ready);
+                }
                 _ = tokio::time::sleep_until(wake) => self.on_tick(),
             }
         }
@@ -477,8 +486,67 @@ impl<E: Extension> Driver<E> {
         for peer in self.swarm.connected_peers().copied().collect::<Vec<_>>() {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        if let Err(e) = self.store.flush() {
+        let flushed = self.store.flush();
+        if let Err(e) = &flushed {
             tracing::warn!(error = %e, "store flush on shutdown failed");
+        }
+        let waiting = self.durable.drain(flushed.err().map(|e| e.to_string()));
+        self.keep_promises(waiting);
+    }
+
+    /// Sends an answer that promises a record is held once the store can keep the promise.
+    pub(crate) fn promise(&mut self, promise: crate::durable::Promise) {
+        if let Some(ready) = self.durable.hold(&self.store, promise) {
+            self.keep_promises(vec![ready]);
+        }
+    }
+
+    /// Sends answers whose records are durable, or, where the flush failed, says so instead:
+    /// a replica answers "failed", and a writer's receipt no longer counts its own copy.
+    fn keep_promises(&mut self, ready: Vec<(crate::durable::Promise, Option<String>)>) {
+        use crate::durable::Promise;
+        for (promise, failure) in ready {
+            match (promise, failure) {
+                (Promise::Response(channel, response), None) => {
+                    let _ = self.swarm.behaviour_mut().records.send_response(channel, response);
+                }
+                (Promise::Response(channel, _), Some(why)) => {
+                    let failed = pb::PutResponse {
+                        status: pb::PutStatus::Failed as i32,
+                        reason: format!("this replica could not flush its log: {why}"),
+                        ..Default::default()
+                    };
+                    let response = pb::Response { kind: Some(pb::response::Kind::Put(failed)) };
+                    let _ = self.swarm.behaviour_mut().records.send_response(channel, response);
+                }
+                (Promise::Receipt(reply, result), None) => {
+                    let _ = reply.send(result);
+                }
+                (Promise::Receipt(reply, result), Some(why)) => {
+                    let me = *self.swarm.local_peer_id();
+                    let without_me = |mut receipt: PutReceipt| {
+                        receipt.stored.retain(|p| *p != me);
+                        let why = format!("could not flush this node's log: {why}");
+                        receipt.local_refusal = Some((crate::Refusal::Failed, why));
+                        receipt
+                    };
+                    let result = match result {
+                        Ok(receipt) => {
+                            let receipt = without_me(receipt);
+                            if receipt.has_quorum() {
+                                Ok(receipt)
+                            } else {
+                                Err(PutError::NoQuorum { receipt: Box::new(receipt) })
+                            }
+                        }
+                        Err(PutError::NoQuorum { receipt }) => {
+                            Err(PutError::NoQuorum { receipt: Box::new(without_me(*receipt)) })
+                        }
+                        Err(other) => Err(other),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
         }
     }
 

@@ -511,7 +511,12 @@ impl<E: crate::Extension> Driver<E> {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let response = self.answer(peer, request);
-                    let _ = self.swarm.behaviour_mut().records.send_response(channel, response);
+                    if matches!(response.kind, Some(pb::response::Kind::Put(_))) {
+                        // "Stored" (or "unchanged") promises the record survives this node.
+                        self.promise(crate::durable::Promise::Response(channel, response));
+                    } else {
+                        let _ = self.swarm.behaviour_mut().records.send_response(channel, response);
+                    }
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some((op, peer)) = self.requests.remove(&request_id) {
@@ -814,7 +819,8 @@ impl<E: crate::Extension> Driver<E> {
                     Err(PutError::NoQuorum { receipt: Box::new(put.receipt) })
                 };
                 if let Some(reply) = put.reply {
-                    let _ = reply.send(result);
+                    // The receipt counts this node's own copy: it goes once that is durable.
+                    self.promise(crate::durable::Promise::Receipt(reply, result));
                 }
             }
             Op::Get(get) => self.repair(get),

@@ -51,7 +51,8 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     /// Timeout of a whole put or get, in milliseconds.
     pub operation_timeout_ms: u64,
-    /// Sync every put to disk before acknowledging it (survives power loss, slower).
+    /// Sync every put to disk before acknowledging it (survives power loss, slower). Puts that
+    /// arrive together share one flush, and reads are answered while a flush is under way.
     pub fsync: bool,
 }
 

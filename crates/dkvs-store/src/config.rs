@@ -9,8 +9,9 @@ pub enum Durability {
     /// returns: it survives the process being killed (`kill -9`), not a power cut.
     #[default]
     WriteThrough,
-    /// The log file is also synced (`fdatasync`) before the put returns: it survives a power cut,
-    /// at the cost of a disk flush per put.
+    /// The log file is also synced (`fdatasync`) before the put returns: it survives a power cut.
+    /// Puts waiting at the same time share one flush (group commit, on the store's sync thread);
+    /// see [`crate::Store::without_waiting_for_sync`] for callers that must not block.
     Fsync,
 }
 

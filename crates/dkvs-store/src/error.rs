@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use dkvs_record::ValidateError;
 
-/// Why a put was refused. Nothing changed in the store.
+/// Why a put was refused. Nothing changed in the store, except after [`PutError::NotDurable`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PutError {
@@ -58,6 +58,16 @@ pub enum PutError {
     /// The log could not be written; the record was not stored.
     #[error("could not write the log {path}: {source}")]
     Io {
+        /// The log file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// With [`crate::Durability::Fsync`]: the log could not be flushed. The record may be held
+    /// in memory, but it is not promised to survive a power cut, and the store refuses every
+    /// later write (a failed flush cannot be trusted to succeed on a retry).
+    #[error("could not flush the log {path}: {source}; the store refuses writes")]
+    NotDurable {
         /// The log file.
         path: PathBuf,
         /// The IO error.

@@ -35,6 +35,7 @@ mod config;
 mod error;
 mod persist;
 mod store;
+mod sync;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
@@ -42,6 +43,8 @@ pub use error::{PutError, StoreError};
 pub use store::{
     GONE_OVERHEAD, PutOutcome, RECORD_OVERHEAD, Stats, Store, gone_weight, record_weight,
 };
+#[doc(hidden)]
+pub use sync::SyncHold;
 
 // The README's example is compiled and run with the doc tests.
 #[doc = include_str!("../README.md")]

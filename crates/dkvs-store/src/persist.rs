@@ -20,6 +20,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dkvs_account::{KeyType, PublicKey};
 use dkvs_record::{Key, Record};
@@ -287,15 +288,19 @@ pub(crate) struct Log {
     pub(crate) dir: PathBuf,
     pub(crate) generation: u64,
     pub(crate) path: PathBuf,
-    file: File,
+    file: Arc<File>,
+    /// Bytes in this generation's file.
     pub(crate) len: u64,
-    fsync: bool,
-    /// Set when a failed write could not be cut off: nothing more may be appended.
+    /// Bytes appended since the store was opened, across generations (see `crate::sync`).
+    pub(crate) written: u64,
+    /// Set when a failed write could not be cut off, or a flush failed: nothing more may be
+    /// appended.
     broken: bool,
 }
 
 impl Log {
-    pub(crate) fn create(dir: &Path, generation: u64, fsync: bool) -> Result<Log, StoreError> {
+    /// Creates the log of `generation`, continuing the count of bytes `written` before it.
+    pub(crate) fn create(dir: &Path, generation: u64, written: u64) -> Result<Log, StoreError> {
         let path = log_path(dir, generation);
         let file = OpenOptions::new()
             .create(true)
@@ -310,21 +315,20 @@ impl Log {
             })
             .map_err(|source| StoreError::Io { path: path.clone(), source })?;
         sync_dir(dir)?;
-        Ok(Log { dir: dir.to_owned(), generation, path, file, len: 0, fsync, broken: false })
+        let file = Arc::new(file);
+        Ok(Log { dir: dir.to_owned(), generation, path, file, len: 0, written, broken: false })
     }
 
-    /// Appends one frame; when this returns `Ok`, the operating system has the bytes.
+    /// Appends one frame; when this returns `Ok`, the operating system has the bytes (a flush
+    /// is the syncer's business, `crate::sync`).
     pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
         if self.broken {
-            return Err(io::Error::other("an earlier failed write left the log unusable"));
+            return Err(io::Error::other("an earlier failed write or flush left the log unusable"));
         }
-        let written = self
-            .file
-            .write_all(frame)
-            .and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) });
-        match written {
+        match (&*self.file).write_all(frame) {
             Ok(()) => {
                 self.len += frame.len() as u64;
+                self.written += frame.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -341,6 +345,16 @@ impl Log {
 
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// The file, for a flush without the log's lock.
+    pub(crate) fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Refuses every later append.
+    pub(crate) fn break_off(&mut self) {
+        self.broken = true;
     }
 }
 

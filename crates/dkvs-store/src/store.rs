@@ -11,6 +11,7 @@ use dkvs_record::{Key, Record, validate_batch};
 use parking_lot::{Mutex, RwLock};
 
 use crate::persist::{self, Entry, KIND_GONE, KIND_HELD, Log};
+use crate::sync::Syncer;
 use crate::{Clock, Config, Durability, PutError, StoreError, SystemClock};
 
 const SHARDS: usize = 64;
@@ -78,6 +79,9 @@ pub struct Stats {
     pub remembered: u64,
     /// Bytes charged against the budget.
     pub bytes: u64,
+    /// Flushes of the log done for [`Durability::Fsync`] since the store was opened (one
+    /// covers every put that waited meanwhile).
+    pub syncs: u64,
 }
 
 #[derive(Default)]
@@ -92,7 +96,9 @@ struct Inner {
     config: Config,
     clock: Arc<dyn Clock>,
     budget: Mutex<Budget>,
-    log: Option<Mutex<Log>>,
+    log: Option<Arc<Mutex<Log>>>,
+    /// Flushes the log for [`Durability::Fsync`] (see `crate::sync`).
+    syncer: Option<Arc<Syncer>>,
     compacting: Mutex<()>,
     compaction_due: AtomicBool,
     /// Holds the directory's lock file while the store is open.
@@ -106,6 +112,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Puts wait for [`Durability::Fsync`]'s flush (see [`Store::without_waiting_for_sync`]).
+    wait_for_sync: bool,
 }
 
 /// The bytes a live record is charged.
@@ -143,7 +151,7 @@ impl Store {
 
     /// A store in memory on `clock`, for tests and simulations.
     pub fn in_memory_with_clock(config: Config, clock: Arc<dyn Clock>) -> Store {
-        Store { inner: Arc::new(Inner::new(config, clock)) }
+        Store { inner: Arc::new(Inner::new(config, clock)), wait_for_sync: true }
     }
 
     /// Opens (or creates) a persistent store in `dir`, restoring what it held.
@@ -202,9 +210,13 @@ impl Store {
         // Start a fresh generation from what was restored; the old files go only once the new
         // snapshot is safely on disk.
         let generation = base.max(logs.last().copied().unwrap_or(0)) + 1;
-        let fsync = inner.config.durability == Durability::Fsync;
-        inner.log = Some(Mutex::new(Log::create(dir, generation, fsync)?));
-        let store = Store { inner: Arc::new(inner) };
+        let log = Arc::new(Mutex::new(Log::create(dir, generation, 0)?));
+        if inner.config.durability == Durability::Fsync {
+            let syncer = Syncer::start(Arc::clone(&log), 0).map_err(io_err(dir))?;
+            inner.syncer = Some(syncer);
+        }
+        inner.log = Some(log);
+        let store = Store { inner: Arc::new(inner), wait_for_sync: true };
         store.write_snapshot(generation)?;
         Ok(store)
     }
@@ -248,7 +260,17 @@ impl Store {
             })
             .collect();
         self.maybe_compact();
-        results
+        match self.wait_durable() {
+            Ok(()) => results,
+            Err((path, source)) => {
+                let (kind, message) = (source.kind(), source.to_string());
+                let failed = || PutError::NotDurable {
+                    path: path.clone(),
+                    source: std::io::Error::new(kind, message.clone()),
+                };
+                results.into_iter().map(|r| r.and_then(|_| Err(failed()))).collect()
+            }
+        }
     }
 
     fn validate(&self, record: &Record) -> Result<(), PutError> {
@@ -258,7 +280,61 @@ impl Store {
 
     fn after_put(&self, result: Result<PutOutcome, PutError>) -> Result<PutOutcome, PutError> {
         self.maybe_compact();
-        result
+        let outcome = result?;
+        self.wait_durable().map_err(|(path, source)| PutError::NotDurable { path, source })?;
+        Ok(outcome)
+    }
+
+    /// With [`Durability::Fsync`], waits until everything written so far is flushed (one flush
+    /// for every put waiting meanwhile), unless this handle does not wait.
+    fn wait_durable(&self) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        match &self.inner.syncer {
+            Some(syncer) if self.wait_for_sync => syncer.wait(self.written()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A handle to this store whose puts return once the record is written to the log, without
+    /// waiting for [`Durability::Fsync`]'s flush: for a caller that must not block, such as a
+    /// network event loop. Whoever acknowledges such a put waits until
+    /// [`Store::durable`] reaches the [`Store::written`] position read after the put
+    /// ([`Store::on_durable`] says when to look). Until then the record is readable but not
+    /// yet promised to survive a power cut.
+    pub fn without_waiting_for_sync(&self) -> Store {
+        Store { inner: Arc::clone(&self.inner), wait_for_sync: false }
+    }
+
+    /// Where the log ends: a position that grows with every record written to it (0 for a
+    /// store in memory).
+    pub fn written(&self) -> u64 {
+        self.inner.log.as_ref().map_or(0, |log| log.lock().written)
+    }
+
+    /// How far the log is as durable as [`Config::durability`] promises: everything written
+    /// with [`Durability::WriteThrough`], what the last flush covered with
+    /// [`Durability::Fsync`]. An error once a flush failed: the store then refuses writes,
+    /// and whatever was not yet durable is not promised.
+    pub fn durable(&self) -> Result<u64, StoreError> {
+        match &self.inner.syncer {
+            Some(syncer) => syncer.synced(),
+            None => Ok(self.written()),
+        }
+    }
+
+    /// Calls `notify` each time [`Store::durable`] moves on, or a flush fails, from the store's
+    /// sync thread; it must return at once. Never called unless the durability is
+    /// [`Durability::Fsync`] (otherwise a write is durable when its put returns).
+    pub fn on_durable(&self, notify: impl Fn() + Send + Sync + 'static) {
+        if let Some(syncer) = &self.inner.syncer {
+            syncer.listen(Box::new(notify));
+        }
+    }
+
+    /// Holds every flush of the log until the guard is dropped; puts that wait for a flush
+    /// wait meanwhile. For tests of what acknowledges before a flush.
+    #[doc(hidden)]
+    pub fn hold_syncs(&self) -> Option<crate::SyncHold> {
+        self.inner.syncer.as_ref().map(|syncer| syncer.hold())
     }
 
     /// The live record for `key`, tombstones included; `None` if there is none or it expired.
@@ -305,7 +381,8 @@ impl Store {
 
     /// What the store holds.
     pub fn stats(&self) -> Stats {
-        let mut stats = Stats { bytes: self.inner.budget.lock().used, ..Stats::default() };
+        let syncs = self.inner.syncer.as_ref().map_or(0, |syncer| syncer.syncs());
+        let mut stats = Stats { bytes: self.inner.budget.lock().used, syncs, ..Stats::default() };
         for shard in self.inner.shards.iter() {
             for slot in shard.read().values() {
                 match slot {
@@ -345,9 +422,16 @@ impl Store {
         let generation = {
             let mut log = log.lock();
             let generation = log.generation + 1;
-            let fsync = self.inner.config.durability == Durability::Fsync;
-            let next = Log::create(&log.dir, generation, fsync)?;
-            log.sync().map_err(|source| StoreError::Io { path: log.path.clone(), source })?;
+            let next = Log::create(&log.dir, generation, log.written)?;
+            if let Err(source) = log.sync() {
+                // The frames of the old log are not known to be on disk, and a retry could
+                // claim they are: nothing written from now on may be acknowledged.
+                if let Some(syncer) = &self.inner.syncer {
+                    syncer.fail(log.path.clone(), &source);
+                    log.break_off();
+                }
+                return Err(StoreError::Io { path: log.path.clone(), source });
+            }
             *log = next;
             generation
         };
@@ -425,6 +509,7 @@ impl Inner {
             clock,
             budget: Mutex::new(Budget::default()),
             log: None,
+            syncer: None,
             compacting: Mutex::new(()),
             compaction_due: AtomicBool::new(false),
             lock: None,
@@ -572,6 +657,9 @@ impl Inner {
                 let mut log = log.lock();
                 log.append(&frame)
                     .map_err(|source| PutError::Io { path: log.path.clone(), source })?;
+                if let Some(syncer) = &self.syncer {
+                    syncer.appended(log.written);
+                }
             }
             budget.used = needed;
             if let Some(old_owner) = &freed_owner {
@@ -686,6 +774,15 @@ fn charge(per_owner: &mut HashMap<PublicKey, u64>, owner: &PublicKey, delta: i64
     *entry = entry.saturating_add_signed(delta);
     if *entry == 0 {
         per_owner.remove(owner);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The sync thread flushes what is left and ends.
+        if let Some(syncer) = &self.syncer {
+            syncer.close();
+        }
     }
 }
 

@@ -482,3 +482,94 @@ fn remembered_sequences_count_against_their_owner() {
     store.remove_expired();
     assert_eq!(store.owner_bytes(alice.public()), 0);
 }
+
+/// Waits (at most 10 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn fsync_puts_return_only_after_a_flush_that_they_share() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::default().with_durability(dkvs_store::Durability::Fsync);
+    let store =
+        Store::open_with_clock(dir.path(), config, Arc::new(ManualClock::new(NOW))).expect("opens");
+    let alice = Arc::new(Keypair::generate(KeyType::Ed25519));
+    let returned = Arc::new(AtomicUsize::new(0));
+    let held = store.hold_syncs().expect("a store with fsync has a sync thread");
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, alice, returned) = (store.clone(), alice.clone(), returned.clone());
+            std::thread::spawn(move || {
+                let key = Key::scoped(&alice.account_id(), &format!("k{i}")).expect("key");
+                let outcome = store.put(record(&alice, &key, b"v", 1, NOW, HOUR));
+                returned.fetch_add(1, Ordering::SeqCst);
+                outcome
+            })
+        })
+        .collect();
+    // The bytes one such put writes, measured on a store that does not flush.
+    let frame = {
+        let other = tempfile::tempdir().expect("tempdir");
+        let measure = Store::open_with_clock(
+            other.path(),
+            Config::default(),
+            Arc::new(ManualClock::new(NOW)),
+        )
+        .expect("opens");
+        let key = Key::scoped(&alice.account_id(), "k0").expect("key");
+        measure.put(record(&alice, &key, b"v", 1, NOW, HOUR)).expect("put");
+        measure.written()
+    };
+    // All eight are in the log, and none has returned: no flush has happened.
+    wait_until("eight puts are written", || store.written() == 8 * frame);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(returned.load(Ordering::SeqCst), 0, "a put returned before its flush");
+    assert!(store.durable().expect("no failure") < store.written());
+    assert_eq!(store.stats().syncs, 0);
+    drop(held);
+    for writer in writers {
+        let outcome = writer.join().expect("writer");
+        assert!(matches!(outcome, Ok(PutOutcome::Stored { .. })), "{outcome:?}");
+    }
+    assert_eq!(store.stats().syncs, 1, "the eight waiting puts shared one flush");
+    assert_eq!(store.durable().expect("no failure"), store.written());
+}
+
+#[test]
+fn a_handle_that_does_not_wait_returns_at_once_and_durable_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::default().with_durability(dkvs_store::Durability::Fsync);
+    let store =
+        Store::open_with_clock(dir.path(), config, Arc::new(ManualClock::new(NOW))).expect("opens");
+    let loop_side = store.without_waiting_for_sync();
+    let (told, news) = std::sync::mpsc::channel();
+    store.on_durable(move || {
+        let _ = told.send(());
+    });
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let held = store.hold_syncs().expect("a store with fsync has a sync thread");
+    for i in 0..100 {
+        let key = Key::scoped(&alice.account_id(), &format!("k{i}")).expect("key");
+        let outcome = loop_side.put(record(&alice, &key, b"v", 1, NOW, HOUR));
+        assert!(matches!(outcome, Ok(PutOutcome::Stored { .. })), "{outcome:?}");
+    }
+    let written = loop_side.written();
+    assert!(loop_side.durable().expect("no failure") < written, "nothing is flushed yet");
+    // Readable before it is durable: the record is acknowledged only once durable.
+    assert_eq!(store.stats().records, 100);
+    drop(held);
+    news.recv_timeout(std::time::Duration::from_secs(10)).expect("told when the flush is done");
+    wait_until("the flush covers every put", || {
+        loop_side.durable().is_ok_and(|durable| durable >= written)
+    });
+    assert_eq!(store.stats().syncs, 1, "one flush for the hundred puts");
+    // An in-memory store and a write-through store are durable as soon as a put returns.
+    let plain = Store::in_memory(Config::default()).without_waiting_for_sync();
+    assert_eq!((plain.written(), plain.durable().expect("in memory")), (0, 0));
+}

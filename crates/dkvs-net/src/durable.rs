@@ -1,0 +1,92 @@
+//! Answers that say a record is held wait until the store can keep that promise.
+//!
+//! With `Durability::Fsync` (the node's `fsync = true`), a put is acknowledged only once the log
+//! is flushed: a replica's "stored" and the writer's own copy in its receipt. The event loop
+//! does not flush: its store handle does not wait ([`Store::without_waiting_for_sync`]); the
+//! store's sync thread flushes for every put written meanwhile (group commit), and the answers
+//! queued here go out when it is done. Gets, and everything else, are answered meanwhile. With
+//! the default durability (write-through) a put is durable when the store returns, and nothing
+//! waits here.
+//!
+//! A record is readable (and gossiped) a moment before it is durable; it is *promised* only
+//! once durable, which is what "nothing acknowledged is ever lost" asks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use dkvs_store::Store;
+use libp2p::request_response::ResponseChannel;
+use tokio::sync::{Notify, oneshot};
+
+use crate::codec::pb;
+use crate::{PutError, PutReceipt};
+
+/// An answer that promises a record is held.
+pub(crate) enum Promise {
+    /// A replica's answer to a peer's put.
+    Response(ResponseChannel<pb::Response>, pb::Response),
+    /// A writer's receipt, which counts this node's own copy.
+    Receipt(oneshot::Sender<Result<PutReceipt, PutError>>, Result<PutReceipt, PutError>),
+}
+
+/// Promises waiting for the log to be durable up to their position, in order.
+pub(crate) struct Durable {
+    waiting: VecDeque<(u64, Promise)>,
+    /// Signalled by the store's sync thread after each flush.
+    pub(crate) flushed: Arc<Notify>,
+}
+
+impl Durable {
+    /// Hears of `store`'s flushes.
+    pub(crate) fn new(store: &Store) -> Durable {
+        let flushed = Arc::new(Notify::new());
+        let signal = Arc::clone(&flushed);
+        store.on_durable(move || signal.notify_one());
+        Durable { waiting: VecDeque::new(), flushed }
+    }
+
+    pub(crate) fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Keeps `promise` until everything `store` has written so far is durable; returns it at
+    /// once (with the failure, if the store can no longer flush) when nothing is in the way.
+    pub(crate) fn hold(
+        &mut self,
+        store: &Store,
+        promise: Promise,
+    ) -> Option<(Promise, Option<String>)> {
+        let written = store.written();
+        match store.durable() {
+            Ok(durable) if durable >= written => Some((promise, None)),
+            Ok(_) => {
+                self.waiting.push_back((written, promise));
+                None
+            }
+            Err(e) => Some((promise, Some(e.to_string()))),
+        }
+    }
+
+    /// The promises that can be kept now (durable) or must be broken (a flush failed, with why).
+    pub(crate) fn ready(&mut self, store: &Store) -> Vec<(Promise, Option<String>)> {
+        let durable = store.durable().map_err(|e| e.to_string());
+        let mut ready = Vec::new();
+        while let Some((position, _)) = self.waiting.front() {
+            let failure = match &durable {
+                Ok(durable) if durable >= position => None,
+                Ok(_) => break,
+                Err(e) => Some(e.clone()),
+            };
+            if let Some((_, promise)) = self.waiting.pop_front() {
+                ready.push((promise, failure));
+            }
+        }
+        ready
+    }
+
+    /// Every promise still waiting, after the store was flushed at shutdown (`failure`: why
+    /// that flush failed).
+    pub(crate) fn drain(&mut self, failure: Option<String>) -> Vec<(Promise, Option<String>)> {
+        self.waiting.drain(..).map(|(_, promise)| (promise, failure.clone())).collect()
+    }
+}
