@@ -60,6 +60,13 @@ pub struct Config {
     /// starts with an eighth of it (peer ids cost nothing), and earns the rest at the rate.
     /// Bytes over the budget are refused, never a reason to ban.
     pub peer_byte_burst: u32,
+    /// Inbound bytes all peers connected from one network (an IPv4 /24, an IPv6 /48) may send
+    /// per second, sustained: peer ids cost nothing, so a flooder with a thousand ids on one
+    /// server still gets one network's budget. Loopback and relayed connections are not
+    /// grouped. Default: 1 MiB (eight peers' worth).
+    pub subnet_bytes_per_second: u32,
+    /// Inbound bytes one network may send in a burst. Default: 32 MiB.
+    pub subnet_byte_burst: u32,
     /// How long a peer that sent an invalid record stays disconnected and refused. Default: 10 min.
     pub ban_duration: Duration,
     /// Run mDNS to find peers on the LAN. Default: off.
@@ -109,6 +116,8 @@ impl Default for Config {
             peer_request_burst: 400,
             peer_bytes_per_second: 128 << 10,
             peer_byte_burst: 4 << 20,
+            subnet_bytes_per_second: 1 << 20,
+            subnet_byte_burst: 32 << 20,
             ban_duration: Duration::from_secs(600),
             mdns: false,
             relay_server: false,
@@ -164,6 +173,12 @@ impl Config {
     pub fn with_peer_bytes(mut self, per_second: u32, burst: u32) -> Config {
         self.peer_bytes_per_second = per_second;
         self.peer_byte_burst = burst;
+        self
+    }
+    /// With byte budgets per network of peers ([`Config::subnet_bytes_per_second`]).
+    pub fn with_subnet_bytes(mut self, per_second: u32, burst: u32) -> Config {
+        self.subnet_bytes_per_second = per_second;
+        self.subnet_byte_burst = burst;
         self
     }
     /// With ban duration.

@@ -36,6 +36,9 @@ pub(crate) struct Defence {
     /// Gossip is limited by its author (signed, so known), in a bucket of its own: the peer
     /// that forwards a message is usually an honest relay and must not pay for it.
     gossip: RateLimiter,
+    /// Bytes per network of peers ([`Subnet`]): peer ids cost nothing, addresses do, so
+    /// many ids from one network share one budget.
+    subnets: RateLimiter<Subnet>,
     banned: HashMap<PeerId, Instant>,
     ban_duration: Duration,
 }
@@ -49,18 +52,20 @@ impl Defence {
             bytes: RateLimiter::new(config.peer_bytes_per_second, config.peer_byte_burst)
                 .starting_with(config.peer_byte_burst / 8),
             gossip: RateLimiter::new(config.peer_requests_per_second, config.peer_request_burst),
+            subnets: RateLimiter::new(config.subnet_bytes_per_second, config.subnet_byte_burst),
             banned: HashMap::new(),
             ban_duration: config.ban_duration,
         }
     }
 
-    /// Admits one message of `len` bytes from `peer` for a protocol whose messages are at most
-    /// `limit` bytes. On `Err`, the caller drops the message; when the refusal banned the
-    /// peer (an oversized message, a flood), [`Defence::is_banned`] is true and the caller
-    /// disconnects it.
+    /// Admits one message of `len` bytes from `peer`, connected from `subnet`, for a protocol
+    /// whose messages are at most `limit` bytes. On `Err`, the caller drops the message; when
+    /// the refusal banned the peer (an oversized message, a flood), [`Defence::is_banned`] is
+    /// true and the caller disconnects it.
     pub(crate) fn admit(
         &mut self,
         peer: PeerId,
+        subnet: Option<Subnet>,
         len: usize,
         limit: usize,
         now: Instant,
@@ -73,7 +78,11 @@ impl Defence {
             return Err(Refused::TooLarge { len, limit });
         }
         if self.limiter.allow(peer, now) {
-            if self.bytes.allow_n(peer, len, now) {
+            // The peer's own budget first, so that a flooder drains its own before its
+            // network's, which honest neighbours share.
+            if self.bytes.allow_n(peer, len, now)
+                && subnet.is_none_or(|subnet| self.subnets.allow_n(subnet, len, now))
+            {
                 return Ok(());
             }
             // Over its byte budget: refused, not banned (an honest gateway's user writes, read
@@ -130,6 +139,47 @@ impl Defence {
         self.limiter.forget_idle(now);
         self.bytes.forget_idle(now);
         self.gossip.forget_idle(now);
+        self.subnets.forget_idle(now);
+    }
+}
+
+/// The network a peer connects from, for a byte budget that its peer ids share: an IPv4 /24
+/// or an IPv6 /48 (about what one site or one hosting customer gets). Loopback has none (the
+/// peers on this machine are as trusted as the machine), and neither has a relayed connection
+/// (the relay bounds what a circuit carries, 128 KiB by libp2p's default, and grouping by the
+/// relay's address would make every phone behind one relay share one budget).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Subnet {
+    V4([u8; 3]),
+    V6([u8; 6]),
+}
+
+impl Subnet {
+    pub(crate) fn of(addr: &libp2p::Multiaddr) -> Option<Subnet> {
+        use libp2p::multiaddr::Protocol;
+        if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+            return None;
+        }
+        addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) if ip.is_loopback() => None,
+            Protocol::Ip4(ip) => {
+                let [a, b, c, _] = ip.octets();
+                Some(Subnet::V4([a, b, c]))
+            }
+            Protocol::Ip6(ip) if ip.is_loopback() => None,
+            Protocol::Ip6(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) if v4.is_loopback() => None,
+                Some(v4) => {
+                    let [a, b, c, _] = v4.octets();
+                    Some(Subnet::V4([a, b, c]))
+                }
+                None => {
+                    let o = ip.octets();
+                    Some(Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]]))
+                }
+            },
+            _ => None,
+        })
     }
 }
 
@@ -142,21 +192,21 @@ mod tests {
         let config = crate::Config::default().with_peer_rate(10, 5);
         let mut defence = Defence::new(&config);
         let (peer, now) = (PeerId::random(), Instant::now());
-        assert_eq!(defence.admit(peer, 10, 100, now), Ok(()));
+        assert_eq!(defence.admit(peer, None, 10, 100, now), Ok(()));
         // Four more fit the burst; then the peer is refused, and past a burst of refusals,
         // banned.
         for _ in 0..4 {
-            assert_eq!(defence.admit(peer, 10, 100, now), Ok(()));
+            assert_eq!(defence.admit(peer, None, 10, 100, now), Ok(()));
         }
-        assert_eq!(defence.admit(peer, 10, 100, now), Err(Refused::RateLimited));
+        assert_eq!(defence.admit(peer, None, 10, 100, now), Err(Refused::RateLimited));
         while !defence.is_banned(&peer) {
-            assert_eq!(defence.admit(peer, 10, 100, now), Err(Refused::RateLimited));
+            assert_eq!(defence.admit(peer, None, 10, 100, now), Err(Refused::RateLimited));
         }
-        assert_eq!(defence.admit(peer, 10, 100, now), Err(Refused::Banned));
+        assert_eq!(defence.admit(peer, None, 10, 100, now), Err(Refused::Banned));
         // An oversized message bans at once.
         let other = PeerId::random();
         assert_eq!(
-            defence.admit(other, 101, 100, now),
+            defence.admit(other, None, 101, 100, now),
             Err(Refused::TooLarge { len: 101, limit: 100 })
         );
         assert!(defence.is_banned(&other));
@@ -165,16 +215,16 @@ mod tests {
         let bulky = PeerId::random();
         let config = crate::Config::default().with_peer_bytes(1_000, 8_000);
         let mut bytes = Defence::new(&config);
-        assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Ok(()));
+        assert_eq!(bytes.admit(bulky, None, 1_000, 16_384, now), Ok(()));
         for _ in 0..100 {
-            assert_eq!(bytes.admit(bulky, 1_000, 16_384, now), Err(Refused::RateLimited));
+            assert_eq!(bytes.admit(bulky, None, 1_000, 16_384, now), Err(Refused::RateLimited));
         }
         assert!(!bytes.is_banned(&bulky));
         let later = now + Duration::from_secs(8);
         for _ in 0..8 {
-            assert_eq!(bytes.admit(bulky, 1_000, 16_384, later), Ok(()));
+            assert_eq!(bytes.admit(bulky, None, 1_000, 16_384, later), Ok(()));
         }
-        assert_eq!(bytes.admit(bulky, 1_000, 16_384, later), Err(Refused::RateLimited));
+        assert_eq!(bytes.admit(bulky, None, 1_000, 16_384, later), Err(Refused::RateLimited));
         // Gossip is counted by author, apart from requests: a banned author stays refused.
         let author = PeerId::random();
         assert_eq!(defence.admit_gossip(author, now), Ok(()));
@@ -187,5 +237,38 @@ mod tests {
         both.sort();
         assert_eq!(over, both);
         assert!(!defence.is_banned(&peer));
+    }
+
+    #[test]
+    fn peer_ids_from_one_network_share_its_byte_budget() {
+        let config =
+            crate::Config::default().with_peer_bytes(1_000, 8_000).with_subnet_bytes(2_000, 4_000);
+        let mut defence = Defence::new(&config);
+        let now = Instant::now();
+        let addr = |a: &str| a.parse::<libp2p::Multiaddr>().expect("address");
+        let sybil = Subnet::of(&addr("/ip4/203.0.113.7/tcp/4001"));
+        assert_eq!(sybil, Subnet::of(&addr("/ip4/203.0.113.200/udp/4001/quic-v1")));
+        // Fresh ids from one /24: each has 1000 bytes of its own, the network 4000 in all.
+        let admitted = (0..10)
+            .filter(|_| defence.admit(PeerId::random(), sybil, 1_000, 16_384, now).is_ok())
+            .count();
+        assert_eq!(admitted, 4);
+        assert!(defence.banned().next().is_none(), "byte refusals never ban");
+        // A peer elsewhere is not affected, nor is one on this machine.
+        let elsewhere = Subnet::of(&addr("/ip4/198.51.100.1/tcp/4001"));
+        assert_ne!(elsewhere, sybil);
+        assert_eq!(defence.admit(PeerId::random(), elsewhere, 1_000, 16_384, now), Ok(()));
+        assert_eq!(Subnet::of(&addr("/ip4/127.0.0.1/tcp/4001")), None);
+        assert_eq!(Subnet::of(&addr("/ip6/::1/tcp/4001")), None);
+        assert_eq!(defence.admit(PeerId::random(), None, 1_000, 16_384, now), Ok(()));
+        // The network earns its budget back at its rate.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(defence.admit(PeerId::random(), sybil, 1_000, 16_384, later), Ok(()));
+        // IPv6 by /48; a relayed connection is not grouped by its relay's address.
+        let v6 = Subnet::of(&addr("/ip6/2001:db8:1:2::5/tcp/4001"));
+        assert_eq!(v6, Subnet::of(&addr("/ip6/2001:db8:1:ffff::9/tcp/4001")));
+        assert_ne!(v6, Subnet::of(&addr("/ip6/2001:db8:2::5/tcp/4001")));
+        let relayed = "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWGzh6WLhLeHtgw7oLbKhV4mXhTk2M5KQMr5Fc4dqqbKWy/p2p-circuit";
+        assert_eq!(Subnet::of(&addr(relayed)), None);
     }
 }

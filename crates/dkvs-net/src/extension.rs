@@ -128,6 +128,7 @@ pub struct Host<'a> {
     pub(crate) gossipsub: &'a mut gossipsub::Behaviour,
     pub(crate) blocked: &'a mut allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) defence: &'a mut Defence,
+    pub(crate) connections: &'a crate::node::Connections,
     pub(crate) lookups: &'a mut HashSet<kad::QueryId>,
     pub(crate) topics: &'a mut HashSet<gossipsub::TopicHash>,
 }
@@ -178,7 +179,8 @@ impl Host<'_> {
     /// be dropped unread; a peer that sends oversized messages or floods is banned
     /// (disconnected and refused for the ban duration).
     pub fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> Result<(), Refused> {
-        let result = self.defence.admit(peer, len, limit, std::time::Instant::now());
+        let subnet = crate::node::subnet_of(self.connections, &peer);
+        let result = self.defence.admit(peer, subnet, len, limit, std::time::Instant::now());
         if result.is_err() && self.defence.is_banned(&peer) {
             self.blocked.block_peer(peer);
         }

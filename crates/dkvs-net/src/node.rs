@@ -369,6 +369,19 @@ pub struct Reachability {
 
 pub(crate) type OpId = u64;
 
+/// Open connections: peer -> connection -> (remote address, dialed by this node).
+pub(crate) type Connections =
+    HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>;
+
+/// The network `peer` is connected from, for the byte budget its ids share (see
+/// [`crate::defence::Subnet`]); `None` for a peer on this machine or relayed.
+pub(crate) fn subnet_of(
+    connections: &Connections,
+    peer: &PeerId,
+) -> Option<crate::defence::Subnet> {
+    connections.get(peer)?.values().find_map(|(addr, _)| crate::defence::Subnet::of(addr))
+}
+
 pub(crate) struct Driver<E: Extension> {
     pub(crate) swarm: Swarm<Behaviour<E>>,
     pub(crate) store: Store,
@@ -401,7 +414,7 @@ pub(crate) struct Driver<E: Extension> {
     /// Replication rounds, hand-offs and the queue of records to send.
     pub(crate) replication: crate::replication::Replication,
     /// Open connections: peer -> connection -> (remote address, dialed by this node).
-    connections: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>,
+    connections: Connections,
     /// This node has dialed a dkvs peer at a public address: it is on the public internet,
     /// and the local-network rule no longer applies (until a restart).
     public_seen: bool,
@@ -651,6 +664,7 @@ impl<E: Extension> Driver<E> {
             gossipsub: &mut behaviour.gossipsub,
             blocked: &mut behaviour.blocked,
             defence: &mut self.defence,
+            connections: &self.connections,
             lookups: &mut self.ext_lookups,
             topics: &mut self.ext_topics,
         };
@@ -961,7 +975,8 @@ impl<E: Extension> Driver<E> {
     /// false means drop it. A peer that floods on past its refusals, or sends oversized
     /// messages, is banned.
     pub(crate) fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> bool {
-        match self.defence.admit(peer, len, limit, Instant::now()) {
+        let subnet = subnet_of(&self.connections, &peer);
+        match self.defence.admit(peer, subnet, len, limit, Instant::now()) {
             Ok(()) => true,
             Err(refused) => {
                 if self.defence.is_banned(&peer)

@@ -1,23 +1,24 @@
-//! Per-peer token buckets for inbound requests.
+//! Token buckets for inbound requests and bytes, per peer (or per network of peers).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-/// Allows each peer `rate` requests per second on average and `burst` at once.
-pub(crate) struct RateLimiter {
+/// Allows each peer (or whatever `K` names) `rate` requests per second on average and `burst`
+/// at once.
+pub(crate) struct RateLimiter<K = PeerId> {
     rate: f64,
     burst: f64,
     /// Tokens a peer not seen lately starts with (at most `burst`).
     start: f64,
-    buckets: HashMap<PeerId, (f64, Instant)>,
+    buckets: HashMap<K, (f64, Instant)>,
     /// Requests refused per peer since the last sweep.
-    refused: HashMap<PeerId, u32>,
+    refused: HashMap<K, u32>,
 }
 
-impl RateLimiter {
-    pub(crate) fn new(rate: u32, burst: u32) -> RateLimiter {
+impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
+    pub(crate) fn new(rate: u32, burst: u32) -> RateLimiter<K> {
         RateLimiter {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
@@ -29,18 +30,18 @@ impl RateLimiter {
 
     /// With peers not seen lately starting from `start` tokens instead of a full burst: a
     /// fresh peer id (they cost nothing) gets only that much at once.
-    pub(crate) fn starting_with(mut self, start: u32) -> RateLimiter {
+    pub(crate) fn starting_with(mut self, start: u32) -> RateLimiter<K> {
         self.start = f64::from(start).min(self.burst);
         self
     }
 
     /// Takes a token for `peer`, if it has one.
-    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, peer: K, now: Instant) -> bool {
         self.allow_n(peer, 1, now)
     }
 
     /// Takes `n` tokens for `peer` (bytes, for a byte budget), if it has them.
-    pub(crate) fn allow_n(&mut self, peer: PeerId, n: usize, now: Instant) -> bool {
+    pub(crate) fn allow_n(&mut self, peer: K, n: usize, now: Instant) -> bool {
         let (tokens, last) = self.buckets.entry(peer).or_insert((self.start, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
@@ -57,7 +58,7 @@ impl RateLimiter {
 
     /// True when `peer` kept sending after being refused more than a whole burst's worth of
     /// requests since the last sweep: not a busy peer but a flood.
-    pub(crate) fn is_flooding(&self, peer: &PeerId) -> bool {
+    pub(crate) fn is_flooding(&self, peer: &K) -> bool {
         self.refused.get(peer).is_some_and(|&n| f64::from(n) > self.burst)
     }
 
@@ -78,7 +79,7 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let mut limiter = RateLimiter::new(10, 5);
+        let mut limiter: RateLimiter = RateLimiter::new(10, 5);
         let peer = PeerId::random();
         let start = Instant::now();
         assert_eq!((0..8).filter(|_| limiter.allow(peer, start)).count(), 5);

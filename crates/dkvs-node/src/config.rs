@@ -37,6 +37,11 @@ pub struct NodeConfig {
     pub peer_bytes_per_second: u32,
     /// Bytes one peer may send at once (a new peer starts with an eighth).
     pub peer_byte_burst: u32,
+    /// Bytes all peers from one network (IPv4 /24, IPv6 /48) may send per second, sustained;
+    /// loopback and relayed peers are not grouped.
+    pub subnet_bytes_per_second: u32,
+    /// Bytes all peers from one network may send at once.
+    pub subnet_byte_burst: u32,
     /// Longest record life this node keeps, in seconds.
     pub max_ttl_secs: u64,
     /// Record life when a put gives none, in seconds.
@@ -72,6 +77,8 @@ impl Default for NodeConfig {
             reserved_for_own_bytes: None,
             peer_bytes_per_second: net.peer_bytes_per_second,
             peer_byte_burst: net.peer_byte_burst,
+            subnet_bytes_per_second: net.subnet_bytes_per_second,
+            subnet_byte_burst: net.subnet_byte_burst,
             max_ttl_secs: store.max_ttl_ms / 1000,
             default_ttl_secs: 24 * 3600,
             replication: net.replication,
@@ -119,7 +126,8 @@ impl NodeConfig {
             .with_kad_server(kad_server)
             .with_mdns(self.mdns)
             .with_relay_server(self.relay_server)
-            .with_peer_bytes(self.peer_bytes_per_second, self.peer_byte_burst))
+            .with_peer_bytes(self.peer_bytes_per_second, self.peer_byte_burst)
+            .with_subnet_bytes(self.subnet_bytes_per_second, self.subnet_byte_burst))
     }
 
     /// The store's configuration.
