@@ -982,3 +982,35 @@ async fn with_fsync_stored_means_flushed_and_reads_go_on_meanwhile() -> anyhow::
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_replicas_take_over_the_keys_of_dead_peers() -> anyhow::Result<()> {
+    use dkvs_net::libp2p::kad::KBucketKey;
+    // k = 4 stands for a network much larger than k (with k = 20 this story would need 40
+    // nodes): a replica serves the k + k/2 = 6 closest to a key of the peers it is connected
+    // to, and the 8 survivors below are more than that.
+    let mut net = TestNet::start(14, Config::default().with_replication(4)).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "orphan").expect("key");
+    let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
+    // The six nodes closest to the key die (node 0, the way in, stays).
+    let mut order: Vec<usize> = (1..net.len()).collect();
+    order.sort_by_key(|&i| target.distance(&KBucketKey::from(net.peer_id(i))));
+    for &i in &order[..6] {
+        net.kill(i).await;
+    }
+    // Their routing-table entries linger, closer to the key than any survivor: the closest
+    // survivors must still take the write, not answer "not a replica".
+    let writer = *order.last().expect("survivors");
+    let receipt = net.put(writer, record(&alice, &key, "kept", 1)).await??;
+    assert!(
+        receipt.refused.iter().all(|(_, why, _)| *why != Refusal::NotReplica),
+        "{receipt:?}"
+    );
+    assert!(receipt.has_quorum() && receipt.stored.len() >= 3, "{receipt:?}");
+    let reader = order[6];
+    let found = net.get(reader, &key).await??;
+    assert_eq!(value(&found).as_deref(), Some("kept"));
+    net.shutdown().await;
+    Ok(())
+}
