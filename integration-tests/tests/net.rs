@@ -1003,10 +1003,7 @@ async fn live_replicas_take_over_the_keys_of_dead_peers() -> anyhow::Result<()> 
     // survivors must still take the write, not answer "not a replica".
     let writer = *order.last().expect("survivors");
     let receipt = net.put(writer, record(&alice, &key, "kept", 1)).await??;
-    assert!(
-        receipt.refused.iter().all(|(_, why, _)| *why != Refusal::NotReplica),
-        "{receipt:?}"
-    );
+    assert!(receipt.refused.iter().all(|(_, why, _)| *why != Refusal::NotReplica), "{receipt:?}");
     assert!(receipt.has_quorum() && receipt.stored.len() >= 3, "{receipt:?}");
     let reader = order[6];
     let found = net.get(reader, &key).await??;
