@@ -372,7 +372,7 @@ async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()
     let relay_addr = net.addr(0).expect("alive");
     // A node that listens on no address of its own: only through a reservation at node 0.
     let dir = tempfile::tempdir()?;
-    let hidden = lone_node(dir.path(), Config::default().with_kad_server(Some(true)))?;
+    let hidden = lone_node(dir.path(), Config::default().with_kad_mode(dkvs_net::KadMode::Server))?;
     hidden.add_peer(relay, relay_addr.clone()).await?;
     let circuit = relay_addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
     let reserved =
@@ -449,11 +449,11 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
             .await;
     let status = reachable.reachability().await;
     assert!(promoted, "a dialable node becomes a DHT server: {status:?}");
-    assert!(status.nat.starts_with("Public"), "{status:?}");
+    assert!(matches!(status.nat, dkvs_net::NatStatus::Public(_)), "{status:?}");
     assert!(!status.external_addrs.is_empty(), "{status:?}");
     let hidden_status = hidden.reachability().await;
     assert!(!hidden_status.kad_server, "an undialable node stays a client: {hidden_status:?}");
-    assert!(!hidden_status.nat.starts_with("Public"), "{hidden_status:?}");
+    assert!(!matches!(hidden_status.nat, dkvs_net::NatStatus::Public(_)), "{hidden_status:?}");
     reachable.shutdown().await;
     hidden.shutdown().await;
     net.shutdown().await;
@@ -601,7 +601,7 @@ async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> any
     // Phones that serve no DHT (not reachable). One that joins A writes through A, the only
     // server and so the whole replica set; the phone itself is not a replica.
     let phone = |dir: &tempfile::TempDir| {
-        lone_node(dir.path(), Config::default().with_kad_server(Some(false)))
+        lone_node(dir.path(), Config::default().with_kad_mode(dkvs_net::KadMode::Client))
     };
     let (p1, p2) = (phone(&dirs[1])?, phone(&dirs[2])?);
     tokio::time::timeout(step, p1.add_peer(a.peer_id(), a_addr)).await??;
@@ -715,7 +715,7 @@ async fn replication_costs_what_changed_and_only_replicas_replicate() -> anyhow:
     // A Kademlia client holds what it writes, but is no replica: it hands each record off
     // once, and never reconciles.
     let dir = tempfile::tempdir()?;
-    let phone = lone_node(dir.path(), config.with_kad_server(Some(false)))?;
+    let phone = lone_node(dir.path(), config.with_kad_mode(dkvs_net::KadMode::Client))?;
     phone.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
     phone.add_peer(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
     let _ = tokio::time::timeout(Duration::from_secs(10), phone.bootstrap()).await;

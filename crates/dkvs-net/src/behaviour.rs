@@ -65,7 +65,7 @@ impl<E: Extension> Behaviour<E> {
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Automatic mode is decided by the node (see `Driver::update_kad_mode`): a client until
         // an address that is not a relay circuit is confirmed reachable.
-        kad.set_mode(Some(if config.kad_server == Some(true) {
+        kad.set_mode(Some(if config.kad_mode == crate::KadMode::Server {
             kad::Mode::Server
         } else {
             kad::Mode::Client

@@ -75,11 +75,8 @@ pub struct Config {
     pub relay_server: bool,
     /// Close connections idle for this long. Default: 60 s.
     pub idle_connection_timeout: Duration,
-    /// Kademlia mode: `Some(true)` server, `Some(false)` client, `None` automatic: a server
-    /// when AutoNAT confirms a direct address reachable from outside, or (with
-    /// [`Config::lan_server`]) while the node is on a local network only; a client otherwise,
-    /// as a node behind NAT on the public internet should be. Default: `None`.
-    pub kad_server: Option<bool>,
+    /// Kademlia mode. Default: [`KadMode::Auto`].
+    pub kad_mode: KadMode,
     /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
     /// loopback or private address (127/8, 10/8, 172.16/12, 192.168/16, 169.254/16, ::1,
     /// fc00::/7, fe80::/10) and whose every connection is to such an address serves the DHT,
@@ -122,7 +119,7 @@ impl Default for Config {
             mdns: false,
             relay_server: false,
             idle_connection_timeout: Duration::from_secs(60),
-            kad_server: None,
+            kad_mode: KadMode::Auto,
             lan_server: true,
             autonat_only_global_ips: true,
             autonat_probe_delay: Duration::from_secs(15),
@@ -196,9 +193,9 @@ impl Config {
         self.republish_interval = interval;
         self
     }
-    /// With the Kademlia mode fixed (`Some(true)`: server) or automatic (`None`).
-    pub fn with_kad_server(mut self, server: Option<bool>) -> Config {
-        self.kad_server = server;
+    /// With the Kademlia mode ([`Config::kad_mode`]).
+    pub fn with_kad_mode(mut self, mode: KadMode) -> Config {
+        self.kad_mode = mode;
         self
     }
     /// With the local-network rule of the automatic Kademlia mode on or off
@@ -226,6 +223,46 @@ impl Config {
     }
 }
 
+/// Whether a node answers DHT queries and serves as a replica (Kademlia server) or only asks
+/// (client).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KadMode {
+    /// A server when AutoNAT confirms a direct address reachable from outside, or (with
+    /// [`Config::lan_server`]) while the node is on a local network only; a client otherwise,
+    /// as a node behind NAT on the public internet should be.
+    #[default]
+    Auto,
+    /// Always a server (a node known to be reachable).
+    Server,
+    /// Always a client (a phone on mobile data, a light client).
+    Client,
+}
+
+impl std::str::FromStr for KadMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KadMode, String> {
+        match s {
+            "auto" => Ok(KadMode::Auto),
+            "server" => Ok(KadMode::Server),
+            "client" => Ok(KadMode::Client),
+            other => {
+                Err(format!("Kademlia mode {other:?}; use \"auto\", \"server\" or \"client\""))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for KadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KadMode::Auto => "auto",
+            KadMode::Server => "server",
+            KadMode::Client => "client",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +274,15 @@ mod tests {
         assert_eq!(Quorum::Majority.of(20), 11);
         assert_eq!(Quorum::N(3).of(2), 2);
         assert_eq!(Quorum::All.of(0), 1);
+    }
+
+    #[test]
+    fn kad_modes_read_back_what_they_print_and_name_a_wrong_one() {
+        for mode in [KadMode::Auto, KadMode::Server, KadMode::Client] {
+            assert_eq!(mode.to_string().parse::<KadMode>(), Ok(mode));
+        }
+        let wrong = "Server".parse::<KadMode>().expect_err("modes are lower case");
+        assert!(wrong.contains("\"Server\"") && wrong.contains("\"auto\""), "{wrong}");
+        assert_eq!(Config::default().kad_mode, KadMode::Auto);
     }
 }

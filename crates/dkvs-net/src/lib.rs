@@ -26,10 +26,10 @@ mod replication;
 mod watch;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-pub use config::{Config, Quorum};
+pub use config::{Config, KadMode, Quorum};
 pub use defence::Refused;
 pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdict};
-pub use node::{Node, NodeBuilder, Reachability};
+pub use node::{NatStatus, Node, NodeBuilder, Reachability};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
 pub use replication::ReplicationStats;
 pub use watch::Watch;

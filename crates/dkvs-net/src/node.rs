@@ -36,7 +36,7 @@ pub(crate) enum Command {
     Bootstrap(oneshot::Sender<Result<(), NetError>>),
     Put {
         record: Record,
-        expected: Option<Option<u64>>,
+        expected: dkvs_store::Expect,
         reply: oneshot::Sender<Result<PutReceipt, PutError>>,
     },
     Get {
@@ -209,7 +209,7 @@ impl Node {
 
     /// Stores `record` on this node and on the k closest peers; succeeds when a quorum holds it.
     pub async fn put(&self, record: Record) -> Result<PutReceipt, PutError> {
-        self.ask(|reply| Command::Put { record, expected: None, reply })
+        self.ask(|reply| Command::Put { record, expected: dkvs_store::Expect::Any, reply })
             .await
             .ok_or(PutError::Shutdown)?
     }
@@ -222,7 +222,8 @@ impl Node {
         record: Record,
         expected: Option<u64>,
     ) -> Result<PutReceipt, PutError> {
-        self.ask(|reply| Command::Put { record, expected: Some(expected), reply })
+        let expected = dkvs_store::Expect::from_cas(expected);
+        self.ask(|reply| Command::Put { record, expected, reply })
             .await
             .ok_or(PutError::Shutdown)?
     }
@@ -361,10 +362,32 @@ impl Node {
 pub struct Reachability {
     /// True when Kademlia runs in server mode (the node answers DHT queries and is a replica).
     pub kad_server: bool,
-    /// AutoNAT's verdict: `Unknown`, `Private`, or `Public(<address>)`.
-    pub nat: String,
+    /// AutoNAT's verdict.
+    pub nat: NatStatus,
     /// Addresses confirmed as reachable from outside.
     pub external_addrs: Vec<Multiaddr>,
+}
+
+/// AutoNAT's verdict on whether this node can be dialed from outside.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NatStatus {
+    /// Not known yet (too few peers have tried).
+    #[default]
+    Unknown,
+    /// Peers could not dial any address of this node: it is behind NAT or a firewall.
+    Private,
+    /// Peers dialed this address of this node.
+    Public(Multiaddr),
+}
+
+impl From<libp2p::autonat::NatStatus> for NatStatus {
+    fn from(status: libp2p::autonat::NatStatus) -> NatStatus {
+        match status {
+            libp2p::autonat::NatStatus::Public(addr) => NatStatus::Public(addr),
+            libp2p::autonat::NatStatus::Private => NatStatus::Private,
+            libp2p::autonat::NatStatus::Unknown => NatStatus::Unknown,
+        }
+    }
 }
 
 pub(crate) type OpId = u64;
@@ -625,7 +648,7 @@ impl<E: Extension> Driver<E> {
                 let behaviour = self.swarm.behaviour();
                 let _ = reply.send(Reachability {
                     kad_server: behaviour.kad.mode() == kad::Mode::Server,
-                    nat: format!("{:?}", behaviour.autonat.nat_status()),
+                    nat: behaviour.autonat.nat_status().into(),
                     external_addrs: self.swarm.external_addresses().cloned().collect(),
                 });
             }
@@ -745,7 +768,7 @@ impl<E: Extension> Driver<E> {
     /// circuit, which is slow and limited) is confirmed reachable from outside, or while it is
     /// on a local network only ([`Config::lan_server`]).
     fn update_kad_mode(&mut self) {
-        if self.config.kad_server.is_some() {
+        if self.config.kad_mode != crate::KadMode::Auto {
             return;
         }
         let confirmed = self.swarm.external_addresses().any(|a| !is_relayed(a));
@@ -1001,7 +1024,7 @@ pub(crate) enum GetPurpose {
     Republish,
     Cas {
         record: Record,
-        expected: Option<u64>,
+        expected: dkvs_store::Expect,
         reply: oneshot::Sender<Result<PutReceipt, PutError>>,
     },
 }

@@ -259,16 +259,16 @@ impl<E: crate::Extension> Driver<E> {
     pub(crate) fn start_put(
         &mut self,
         record: Record,
-        expected: Option<Option<u64>>,
+        expected: dkvs_store::Expect,
         reply: oneshot::Sender<Result<PutReceipt, PutError>>,
     ) {
         match expected {
+            dkvs_store::Expect::Any => self.put_phase(record, reply),
             // Compare-and-swap is checked against the network's newest record first.
-            Some(expected) => {
+            expected => {
                 let key = record.key().clone();
                 self.start_get(key, GetPurpose::Cas { record, expected, reply });
             }
-            None => self.put_phase(record, reply),
         }
     }
 
@@ -777,7 +777,7 @@ impl<E: crate::Extension> Driver<E> {
                 }
                 Ok(outcome) => {
                     let current = outcome.record;
-                    if current.as_ref().map(Record::seq) == expected {
+                    if expected.allows(current.as_ref().map(Record::seq)) {
                         self.put_phase(record, reply);
                     } else {
                         let _ =

@@ -111,19 +111,15 @@ impl NodeConfig {
 
     /// The network layer's configuration.
     pub fn net(&self) -> anyhow::Result<dkvs_net::Config> {
-        let kad_server = match self.kad_mode.as_str() {
-            "auto" => None,
-            "server" => Some(true),
-            "client" => Some(false),
-            other => anyhow::bail!("kad_mode is {other:?}; use \"auto\", \"server\" or \"client\""),
-        };
+        let kad_mode: dkvs_net::KadMode =
+            self.kad_mode.parse().map_err(|e| anyhow::anyhow!("kad_mode: {e}"))?;
         Ok(dkvs_net::Config::default()
             .with_replication(self.replication)
             .with_write_quorum(quorum(self.write_quorum))
             .with_read_quorum(quorum(self.read_quorum))
             .with_request_timeout(Duration::from_millis(self.request_timeout_ms))
             .with_operation_timeout(Duration::from_millis(self.operation_timeout_ms))
-            .with_kad_server(kad_server)
+            .with_kad_mode(kad_mode)
             .with_mdns(self.mdns)
             .with_relay_server(self.relay_server)
             .with_peer_bytes(self.peer_bytes_per_second, self.peer_byte_burst)

@@ -45,6 +45,35 @@ impl Slot {
     }
 }
 
+/// The condition of a write: what it expects the newest live record of its key to be. Shared
+/// by the store and the network layer, whose compare-and-swap checks the network's newest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is held: an ordinary put (the ordering rule still applies).
+    #[default]
+    Any,
+    /// Compare-and-swap: only if no live record is held.
+    Absent,
+    /// Compare-and-swap: only if the live record held has this sequence.
+    Seq(u64),
+}
+
+impl Expect {
+    /// The compare-and-swap condition of `expected`: that sequence, or (`None`) no record.
+    pub fn from_cas(expected: Option<u64>) -> Expect {
+        expected.map_or(Expect::Absent, Expect::Seq)
+    }
+
+    /// Whether a write may go on when the live record held has sequence `live` (`None`: none).
+    pub fn allows(self, live: Option<u64>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Absent => live.is_none(),
+            Expect::Seq(seq) => live == Some(seq),
+        }
+    }
+}
+
 /// What a put did. Refusals that are normal traffic (stale, conflict) are outcomes, not errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -135,12 +164,6 @@ enum Source {
     /// Read back from this store's own files: the rules that held when it was written hold.
     /// With the retention the file recorded (older files have none).
     Restore { retain_until_ms: Option<u64> },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    Any,
-    Seq(Option<u64>),
 }
 
 impl Store {
@@ -241,7 +264,7 @@ impl Store {
     /// [`PutOutcome::Conflict`] with the record held, so the writer can rebase at once.
     pub fn put_cas(&self, record: Record, expected: Option<u64>) -> Result<PutOutcome, PutError> {
         self.validate(&record)?;
-        let source = Source::Put { expected: Expect::Seq(expected), own: false };
+        let source = Source::Put { expected: Expect::from_cas(expected), own: false };
         self.after_put(self.inner.apply(record, source))
     }
 
@@ -597,8 +620,8 @@ impl Inner {
                 None => {}
             }
         }
-        if let Source::Put { expected: Expect::Seq(expected), .. } = source
-            && live.map(|r| r.seq()) != expected
+        if let Source::Put { expected, .. } = source
+            && !expected.allows(live.map(|r| r.seq()))
         {
             return Ok(PutOutcome::Conflict { current: live.cloned() });
         }

@@ -573,3 +573,14 @@ fn a_handle_that_does_not_wait_returns_at_once_and_durable_catches_up() {
     let plain = Store::in_memory(Config::default()).without_waiting_for_sync();
     assert_eq!((plain.written(), plain.durable().expect("in memory")), (0, 0));
 }
+
+#[test]
+fn one_condition_type_for_every_write() {
+    use dkvs_store::Expect;
+    assert!(Expect::Any.allows(None) && Expect::Any.allows(Some(7)));
+    assert!(Expect::Absent.allows(None) && !Expect::Absent.allows(Some(1)));
+    assert!(Expect::Seq(3).allows(Some(3)) && !Expect::Seq(3).allows(Some(4)));
+    assert!(!Expect::Seq(3).allows(None));
+    assert_eq!(Expect::from_cas(None), Expect::Absent);
+    assert_eq!(Expect::from_cas(Some(2)), Expect::Seq(2));
+}
