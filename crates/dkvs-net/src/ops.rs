@@ -511,7 +511,10 @@ impl<E: crate::Extension> Driver<E> {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let response = self.answer(peer, request);
-                    if matches!(response.kind, Some(pb::response::Kind::Put(_))) {
+                    let held = [pb::PutStatus::Stored as i32, pb::PutStatus::Unchanged as i32];
+                    if let Some(pb::response::Kind::Put(put)) = &response.kind
+                        && held.contains(&put.status)
+                    {
                         // "Stored" (or "unchanged") promises the record survives this node.
                         self.promise(crate::durable::Promise::Response(channel, response));
                     } else {

@@ -294,8 +294,10 @@ pub(crate) struct Log {
     /// Bytes appended since the store was opened, across generations (see `crate::sync`).
     pub(crate) written: u64,
     /// Set when a failed write could not be cut off, or a flush failed: nothing more may be
-    /// appended.
+    /// appended, to this log or to the next generation's.
     broken: bool,
+    /// Files of older generations that the sync thread has yet to flush (`crate::sync`).
+    retired: Vec<Arc<File>>,
 }
 
 impl Log {
@@ -316,7 +318,16 @@ impl Log {
             .map_err(|source| StoreError::Io { path: path.clone(), source })?;
         sync_dir(dir)?;
         let file = Arc::new(file);
-        Ok(Log { dir: dir.to_owned(), generation, path, file, len: 0, written, broken: false })
+        Ok(Log {
+            dir: dir.to_owned(),
+            generation,
+            path,
+            file,
+            len: 0,
+            written,
+            broken: false,
+            retired: Vec::new(),
+        })
     }
 
     /// Appends one frame; when this returns `Ok`, the operating system has the bytes (a flush
@@ -355,6 +366,24 @@ impl Log {
     /// Refuses every later append.
     pub(crate) fn break_off(&mut self) {
         self.broken = true;
+    }
+
+    /// Puts `next` (a new, empty log of the next generation) in this one's place and returns
+    /// the old one. The count of bytes written and a refusal to append carry over; with
+    /// `flush_later`, the old file joins the files the sync thread flushes next.
+    pub(crate) fn switch_to(&mut self, mut next: Log, flush_later: bool) -> Log {
+        next.written = self.written;
+        next.broken = self.broken;
+        next.retired = std::mem::take(&mut self.retired);
+        if flush_later {
+            next.retired.push(Arc::clone(&self.file));
+        }
+        std::mem::replace(self, next)
+    }
+
+    /// The retired files not flushed yet, for a flush.
+    pub(crate) fn take_retired(&mut self) -> Vec<Arc<File>> {
+        std::mem::take(&mut self.retired)
     }
 }
 

@@ -334,18 +334,25 @@ impl Store {
     }
 
     /// How far the log is as durable as [`Config::durability`] promises: everything written
-    /// with [`Durability::WriteThrough`], what the last flush covered with
-    /// [`Durability::Fsync`]. An error once a flush failed: the store then refuses writes,
-    /// and whatever was not yet durable is not promised.
-    pub fn durable(&self) -> Result<u64, StoreError> {
+    /// with [`Durability::WriteThrough`], what the flushes so far covered with
+    /// [`Durability::Fsync`]. It stops moving when a flush fails ([`Store::flush_failure`]);
+    /// what it covered stays promised.
+    pub fn durable(&self) -> u64 {
         match &self.inner.syncer {
             Some(syncer) => syncer.synced(),
-            None => Ok(self.written()),
+            None => self.written(),
         }
     }
 
+    /// Why the log can no longer be flushed, once a flush failed: the store then refuses
+    /// writes, and what was written after [`Store::durable`] is not promised.
+    pub fn flush_failure(&self) -> Option<StoreError> {
+        self.inner.syncer.as_ref().and_then(|syncer| syncer.failure())
+    }
+
     /// Calls `notify` each time [`Store::durable`] moves on, or a flush fails, from the store's
-    /// sync thread; it must return at once. Never called unless the durability is
+    /// sync thread. It must return at once, and must not own a handle to this store (the
+    /// store would then never close). Never called unless the durability is
     /// [`Durability::Fsync`] (otherwise a write is durable when its put returns).
     pub fn on_durable(&self, notify: impl Fn() + Send + Sync + 'static) {
         if let Some(syncer) = &self.inner.syncer {
@@ -358,6 +365,15 @@ impl Store {
     #[doc(hidden)]
     pub fn hold_syncs(&self) -> Option<crate::SyncHold> {
         self.inner.syncer.as_ref().map(|syncer| syncer.hold())
+    }
+
+    /// Makes the next flush of the log fail, as a failing disk would. For tests of what a
+    /// failed flush does.
+    #[doc(hidden)]
+    pub fn fail_next_flush(&self) {
+        if let Some(syncer) = &self.inner.syncer {
+            syncer.fail_next();
+        }
     }
 
     /// The live record for `key`, tombstones included; `None` if there is none or it expired.
@@ -430,11 +446,19 @@ impl Store {
     /// Syncs the log to disk (a no-op for an in-memory store). Puts are already in the operating
     /// system's hands when they return; this makes them survive a power cut too.
     pub fn flush(&self) -> Result<(), StoreError> {
-        if let Some(log) = &self.inner.log {
-            let log = log.lock();
-            log.sync().map_err(|source| StoreError::Io { path: log.path.clone(), source })?;
+        let Some(log) = &self.inner.log else { return Ok(()) };
+        if let Some(syncer) = &self.inner.syncer {
+            // Through the sync thread: a flush of its own could report success for pages
+            // that a failed flush there has dropped.
+            return syncer
+                .wait(self.written())
+                .map_err(|(path, source)| StoreError::Io { path, source });
         }
-        Ok(())
+        let (file, path) = {
+            let log = log.lock();
+            (log.file(), log.path.clone())
+        };
+        file.sync_data().map_err(|source| StoreError::Io { path, source })
     }
 
     /// Writes a snapshot and starts a new log, dropping the old files. Puts continue meanwhile.
@@ -442,22 +466,22 @@ impl Store {
     pub fn compact(&self) -> Result<(), StoreError> {
         let Some(log) = &self.inner.log else { return Ok(()) };
         let _one_at_a_time = self.inner.compacting.lock();
-        let generation = {
-            let mut log = log.lock();
-            let generation = log.generation + 1;
-            let next = Log::create(&log.dir, generation, log.written)?;
-            if let Err(source) = log.sync() {
-                // The frames of the old log are not known to be on disk, and a retry could
-                // claim they are: nothing written from now on may be acknowledged.
-                if let Some(syncer) = &self.inner.syncer {
-                    syncer.fail(log.path.clone(), &source);
-                    log.break_off();
-                }
-                return Err(StoreError::Io { path: log.path.clone(), source });
-            }
-            *log = next;
-            generation
+        let (dir, generation) = {
+            let log = log.lock();
+            (log.dir.clone(), log.generation + 1)
         };
+        // The new file is made (and its directory synced) before the log's lock is taken:
+        // puts wait for the lock only while the two logs trade places.
+        let next = Log::create(&dir, generation, 0)?;
+        let with_syncer = self.inner.syncer.is_some();
+        let old = log.lock().switch_to(next, with_syncer);
+        if !with_syncer {
+            // Nothing was promised beyond the operating system's hands; a flush here keeps the
+            // old log's tail off the next crash's list of torn frames.
+            if let Err(e) = old.sync() {
+                tracing::warn!(log = %old.path.display(), error = %e, "flushing a retired log failed");
+            }
+        }
         self.write_snapshot(generation)
     }
 

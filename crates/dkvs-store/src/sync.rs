@@ -4,12 +4,15 @@
 //!
 //! Positions count the bytes appended to the logs since the store was opened, across
 //! generations: a put's record is durable once `synced` reaches the position its append ended at.
-//! A compaction syncs the old log before it switches, so a flush of the current log covers all.
+//! Every flush of the log goes through this thread: a compaction that retires a log leaves its
+//! file to the next flush, which syncs the retired files and the current one before it moves
+//! `synced`, and [`crate::Store::flush`] waits for a flush instead of making its own.
 //!
 //! A failed flush is final ("fsyncgate": after a failed `fsync` the kernel may have dropped the
-//! dirty pages and a retry can report success): the log refuses further appends, waiters get the
-//! error, and the store serves reads only. Writes that were appended but never acknowledged may or
-//! may not be on disk after a crash; nothing acknowledged depends on them.
+//! dirty pages, and a later flush of the same file can report success). The log refuses further
+//! appends (also across compactions), waiters whose bytes the failed flush was to cover get the
+//! error, and the store serves reads only. Writes that were appended but never acknowledged may
+//! or may not be on disk after a crash; nothing acknowledged depends on them.
 
 use std::io;
 use std::path::PathBuf;
@@ -32,6 +35,7 @@ pub(crate) struct Syncer {
     /// Signals waiting puts that `synced` moved (or that a flush failed).
     done: Condvar,
     listeners: Mutex<Vec<Listener>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -40,10 +44,12 @@ struct State {
     syncs: u64,
     failed: Option<(PathBuf, io::ErrorKind, String)>,
     closed: bool,
-    /// Flushes wait while held ([`crate::Store::hold_syncs`]).
+    /// Flushes wait while held ([`crate::Store::hold_syncs`]), unless the store closes.
     held: bool,
     /// A flush is under way.
     flushing: bool,
+    /// The next flush fails ([`crate::Store::fail_next_flush`]).
+    fail_next: bool,
 }
 
 impl Syncer {
@@ -55,9 +61,12 @@ impl Syncer {
             wake: Condvar::new(),
             done: Condvar::new(),
             listeners: Mutex::new(Vec::new()),
+            thread: Mutex::new(None),
         });
         let thread = Arc::clone(&syncer);
-        std::thread::Builder::new().name("dkvs-sync".into()).spawn(move || thread.run(&log))?;
+        let handle =
+            std::thread::Builder::new().name("dkvs-sync".into()).spawn(move || thread.run(&log))?;
+        *syncer.thread.lock() = Some(handle);
         Ok(syncer)
     }
 
@@ -68,27 +77,35 @@ impl Syncer {
         self.wake.notify_one();
     }
 
-    /// Blocks until everything up to `position` is flushed; the log and the error if a flush
-    /// failed.
+    /// Blocks until everything up to `position` is flushed; the log and the error if the flush
+    /// that was to cover it failed.
     pub(crate) fn wait(&self, position: u64) -> Result<(), (PathBuf, io::Error)> {
         let mut state = self.state.lock();
         loop {
-            if let Some((path, kind, message)) = &state.failed {
-                return Err((path.clone(), io::Error::new(*kind, message.clone())));
-            }
+            // What an earlier flush covered stays promised after a later one failed.
             if state.synced >= position {
                 return Ok(());
+            }
+            if let Some(failed) = &state.failed {
+                let (path, source) = parts(failed);
+                return Err((path, source));
             }
             self.done.wait(&mut state);
         }
     }
 
-    pub(crate) fn synced(&self) -> Result<u64, StoreError> {
+    /// How far the log is flushed; it stays where it was when a flush fails.
+    pub(crate) fn synced(&self) -> u64 {
+        self.state.lock().synced
+    }
+
+    /// Why the log can no longer be flushed, once a flush failed.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
         let state = self.state.lock();
-        match &state.failed {
-            Some(failed) => Err(error(failed)),
-            None => Ok(state.synced),
-        }
+        state.failed.as_ref().map(|failed| {
+            let (path, source) = parts(failed);
+            StoreError::Io { path, source }
+        })
     }
 
     pub(crate) fn syncs(&self) -> u64 {
@@ -109,25 +126,27 @@ impl Syncer {
         SyncHold { syncer: Arc::clone(self) }
     }
 
-    /// Records a flush that failed outside the sync thread (a compaction's).
-    pub(crate) fn fail(&self, path: PathBuf, e: &io::Error) {
-        let mut state = self.state.lock();
-        state.failed.get_or_insert_with(|| (path, e.kind(), e.to_string()));
-        self.done.notify_all();
-        drop(state);
-        self.notify_listeners();
+    pub(crate) fn fail_next(&self) {
+        self.state.lock().fail_next = true;
     }
 
+    /// Ends the sync thread once it has flushed what is written, and waits for it: the
+    /// directory is free when the store is gone.
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
         self.wake.notify_one();
+        let thread = self.thread.lock().take();
+        // A listener that dropped the last handle of its store runs on the sync thread itself.
+        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            let _ = thread.join();
+        }
     }
 
     fn run(&self, log: &Mutex<Log>) {
         loop {
-            {
+            let fail = {
                 let mut state = self.state.lock();
-                while state.held
+                while (state.held && !state.closed)
                     || (!state.closed
                         && state.failed.is_none()
                         && self.written.load(Ordering::Acquire) <= state.synced)
@@ -140,14 +159,20 @@ impl Syncer {
                     return;
                 }
                 state.flushing = true;
-            }
-            // Everything appended up to `target` is in `file` or in an older log that the
-            // compaction which retired it has synced.
-            let (file, path, target) = {
-                let log = log.lock();
-                (log.file(), log.path.clone(), log.written)
+                std::mem::take(&mut state.fail_next)
             };
-            let flushed = file.sync_data();
+            // Everything appended up to `target` is in the current file or in a retired one.
+            let (files, path, target) = {
+                let mut log = log.lock();
+                let mut files = log.take_retired();
+                files.push(log.file());
+                (files, log.path.clone(), log.written)
+            };
+            let flushed = if fail {
+                Err(io::Error::other("flush failed (injected)"))
+            } else {
+                files.iter().try_for_each(|file| file.sync_data())
+            };
             if flushed.is_err() {
                 // Before the state's lock: appends take the log's lock, then the state's.
                 log.lock().break_off();
@@ -166,19 +191,15 @@ impl Syncer {
             state.flushing = false;
             self.done.notify_all();
             drop(state);
-            self.notify_listeners();
-        }
-    }
-
-    fn notify_listeners(&self) {
-        for listener in self.listeners.lock().iter() {
-            listener();
+            for listener in self.listeners.lock().iter() {
+                listener();
+            }
         }
     }
 }
 
-fn error((path, kind, message): &(PathBuf, io::ErrorKind, String)) -> StoreError {
-    StoreError::Io { path: path.clone(), source: io::Error::new(*kind, message.clone()) }
+fn parts((path, kind, message): &(PathBuf, io::ErrorKind, String)) -> (PathBuf, io::Error) {
+    (path.clone(), io::Error::new(*kind, message.clone()))
 }
 
 /// Holds the flushes of a store's log while it lives; see [`crate::Store::hold_syncs`].

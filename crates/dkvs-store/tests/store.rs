@@ -530,7 +530,7 @@ fn fsync_puts_return_only_after_a_flush_that_they_share() {
     wait_until("eight puts are written", || store.written() == 8 * frame);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(returned.load(Ordering::SeqCst), 0, "a put returned before its flush");
-    assert!(store.durable().expect("no failure") < store.written());
+    assert!(store.durable() < store.written());
     assert_eq!(store.stats().syncs, 0);
     drop(held);
     for writer in writers {
@@ -538,7 +538,7 @@ fn fsync_puts_return_only_after_a_flush_that_they_share() {
         assert!(matches!(outcome, Ok(PutOutcome::Stored { .. })), "{outcome:?}");
     }
     assert_eq!(store.stats().syncs, 1, "the eight waiting puts shared one flush");
-    assert_eq!(store.durable().expect("no failure"), store.written());
+    assert_eq!(store.durable(), store.written());
 }
 
 #[test]
@@ -560,18 +560,16 @@ fn a_handle_that_does_not_wait_returns_at_once_and_durable_catches_up() {
         assert!(matches!(outcome, Ok(PutOutcome::Stored { .. })), "{outcome:?}");
     }
     let written = loop_side.written();
-    assert!(loop_side.durable().expect("no failure") < written, "nothing is flushed yet");
+    assert!(loop_side.durable() < written, "nothing is flushed yet");
     // Readable before it is durable: the record is acknowledged only once durable.
     assert_eq!(store.stats().records, 100);
     drop(held);
     news.recv_timeout(std::time::Duration::from_secs(10)).expect("told when the flush is done");
-    wait_until("the flush covers every put", || {
-        loop_side.durable().is_ok_and(|durable| durable >= written)
-    });
+    wait_until("the flush covers every put", || loop_side.durable() >= written);
     assert_eq!(store.stats().syncs, 1, "one flush for the hundred puts");
     // An in-memory store and a write-through store are durable as soon as a put returns.
     let plain = Store::in_memory(Config::default()).without_waiting_for_sync();
-    assert_eq!((plain.written(), plain.durable().expect("in memory")), (0, 0));
+    assert_eq!((plain.written(), plain.durable()), (0, 0));
 }
 
 #[test]
@@ -583,4 +581,87 @@ fn one_condition_type_for_every_write() {
     assert!(!Expect::Seq(3).allows(None));
     assert_eq!(Expect::from_cas(None), Expect::Absent);
     assert_eq!(Expect::from_cas(Some(2)), Expect::Seq(2));
+}
+
+fn fsync_store(dir: &std::path::Path, config: Config) -> Store {
+    let config = config.with_durability(dkvs_store::Durability::Fsync);
+    Store::open_with_clock(dir, config, Arc::new(ManualClock::new(NOW))).expect("opens")
+}
+
+#[test]
+fn a_failed_flush_is_final_and_breaks_only_the_promises_it_was_to_keep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = fsync_store(dir.path(), Config::default());
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |name: &str| Key::scoped(&alice.account_id(), name).expect("key");
+    assert!(matches!(store.put(record(&alice, &key("a"), b"v", 1, NOW, HOUR)), Ok(_)));
+    let promised = store.durable();
+    // The next flush fails, as a failing disk's would.
+    let held = store.hold_syncs().expect("a store with fsync has a sync thread");
+    store.fail_next_flush();
+    let waiting = {
+        let (store, b) = (store.clone(), record(&alice, &key("b"), b"v", 1, NOW, HOUR));
+        std::thread::spawn(move || store.put(b))
+    };
+    wait_until("b is written", || store.written() > promised);
+    drop(held);
+    let outcome = waiting.join().expect("writer");
+    let Err(PutError::NotDurable { source, .. }) = outcome else { panic!("{outcome:?}") };
+    assert!(source.to_string().contains("flush failed"), "{source}");
+    // What was flushed before stays promised; nothing after it is.
+    assert_eq!(store.durable(), promised);
+    assert!(store.flush_failure().is_some());
+    assert!(store.flush().is_err(), "a later flush cannot claim the lost pages are on disk");
+    // Writes are refused from now on and change nothing, also after a compaction.
+    let c = record(&alice, &key("c"), b"v", 1, NOW, HOUR);
+    assert!(matches!(store.put(c), Err(PutError::Io { .. })));
+    assert!(store.get(key("c").as_str()).is_none());
+    store.compact().expect("a compaction still writes its snapshot");
+    let d = record(&alice, &key("d"), b"v", 1, NOW, HOUR);
+    assert!(matches!(store.put(d), Err(PutError::Io { .. })));
+    assert!(store.get(key("d").as_str()).is_none());
+    assert!(store.get(key("a").as_str()).is_some(), "reads go on");
+}
+
+#[test]
+fn fsync_puts_across_compactions_are_all_there_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Arc::new(Keypair::generate(KeyType::Ed25519));
+    let config = Config::default().with_compact_after_bytes(8_000);
+    let keys: Vec<Key> =
+        (0..200).map(|i| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k")).collect();
+    {
+        let store = fsync_store(dir.path(), config.clone());
+        let loop_side = store.without_waiting_for_sync();
+        // Half through a handle that does not wait, while flushes are held (compactions
+        // retire logs meanwhile), half from threads that wait.
+        let held = store.hold_syncs().expect("a store with fsync has a sync thread");
+        for key in &keys[..100] {
+            loop_side.put(record(&alice, key, &[7; 100], 1, NOW, HOUR)).expect("put");
+        }
+        drop(held);
+        let writers: Vec<_> = keys[100..]
+            .chunks(25)
+            .map(|chunk| {
+                let (store, alice, chunk) = (store.clone(), alice.clone(), chunk.to_vec());
+                std::thread::spawn(move || {
+                    for key in &chunk {
+                        store.put(record(&alice, key, &[7; 100], 1, NOW, HOUR)).expect("put");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        wait_until("every write is flushed", || store.durable() >= store.written());
+        // A store dropped while its flushes are held still closes, and frees its directory.
+        let held = store.hold_syncs();
+        drop((store, loop_side));
+        drop(held);
+    }
+    let store = fsync_store(dir.path(), config);
+    for key in &keys {
+        assert!(store.get(key.as_str()).is_some(), "{key} survived");
+    }
 }
