@@ -1039,8 +1039,8 @@ async fn each_operation_says_what_failed_with_its_own_error() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fsync_a_failed_flush_breaks_the_promise_and_says_so() -> anyhow::Result<()> {
     // The setting under test: every node flushes its log before it says a record is held.
-    let fsync = dkvs_net::store::Config::default()
-        .with_durability(dkvs_net::store::Durability::Fsync);
+    let fsync =
+        dkvs_net::store::Config::default().with_durability(dkvs_net::store::Durability::Fsync);
     let net = TestNet::start_with_store(3, Config::default(), fsync).await?;
     let alice = Keypair::generate(KeyType::Ed25519);
     // A replica's disk fails at its next flush: it answers "failed", not "stored".

@@ -62,8 +62,9 @@ pub struct Config {
     pub peer_byte_burst: u32,
     /// Inbound bytes all peers connected from one network (an IPv4 /24, an IPv6 /48) may send
     /// per second, sustained: peer ids cost nothing, so a flooder with a thousand ids on one
-    /// server still gets one network's budget. Loopback and relayed connections are not
-    /// grouped. Default: 1 MiB (eight peers' worth).
+    /// server still gets one network's budget. Peers behind one relay share the relay's
+    /// budget; peers on this machine or the local network are not grouped. Default: 1 MiB
+    /// (eight peers' worth).
     pub subnet_bytes_per_second: u32,
     /// Inbound bytes one network may send in a burst. Default: 32 MiB.
     pub subnet_byte_burst: u32,

@@ -78,11 +78,16 @@ impl Defence {
             return Err(Refused::TooLarge { len, limit });
         }
         if self.limiter.allow(peer, now) {
-            // The peer's own budget first, so that a flooder drains its own before its
-            // network's, which honest neighbours share.
-            if self.bytes.allow_n(peer, len, now)
-                && subnet.is_none_or(|subnet| self.subnets.allow_n(subnet, len, now))
-            {
+            // Both budgets must have room before either is charged: a message refused for its
+            // network's budget costs the peer nothing, and one refused for the peer's own
+            // costs its honest neighbours nothing.
+            let fits = self.bytes.has(peer, len, now)
+                && subnet.is_none_or(|subnet| self.subnets.has(subnet, len, now));
+            if fits {
+                self.bytes.allow_n(peer, len, now);
+                if let Some(subnet) = subnet {
+                    self.subnets.allow_n(subnet, len, now);
+                }
                 return Ok(());
             }
             // Over its byte budget: refused, not banned (an honest gateway's user writes, read
@@ -144,42 +149,69 @@ impl Defence {
 }
 
 /// The network a peer connects from, for a byte budget that its peer ids share: an IPv4 /24
-/// or an IPv6 /48 (about what one site or one hosting customer gets). Loopback has none (the
-/// peers on this machine are as trusted as the machine), and neither has a relayed connection
-/// (the relay bounds what a circuit carries, 128 KiB by libp2p's default, and grouping by the
-/// relay's address would make every phone behind one relay share one budget).
+/// or an IPv6 /48 (about what one site or one hosting customer gets; an IPv4-mapped IPv6
+/// address counts as IPv4), or, for a relayed connection, the relay (whoever runs a relay can
+/// put any number of ids behind it). Peers on this machine or the local network (loopback,
+/// private, link-local and unique-local addresses) have none: they are as trusted as the
+/// network, and a LAN of nodes on defaults must not share one budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Subnet {
     V4([u8; 3]),
     V6([u8; 6]),
+    Relay(PeerId),
 }
 
 impl Subnet {
     pub(crate) fn of(addr: &libp2p::Multiaddr) -> Option<Subnet> {
         use libp2p::multiaddr::Protocol;
-        if addr.iter().any(|p| p == Protocol::P2pCircuit) {
-            return None;
+        let mut relay = None;
+        for protocol in addr.iter() {
+            match protocol {
+                Protocol::P2p(id) => relay = Some(id),
+                Protocol::P2pCircuit => {
+                    // Grouped by the relay's id, or by its address when the id is not given.
+                    return relay.map(Subnet::Relay).or_else(|| Subnet::direct(addr));
+                }
+                _ => {}
+            }
         }
-        addr.iter().find_map(|p| match p {
-            Protocol::Ip4(ip) if ip.is_loopback() => None,
-            Protocol::Ip4(ip) => {
+        Subnet::direct(addr)
+    }
+
+    fn direct(addr: &libp2p::Multiaddr) -> Option<Subnet> {
+        use libp2p::multiaddr::Protocol;
+        use std::net::IpAddr;
+        let ip = addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)),
+            _ => None,
+        })?;
+        match ip {
+            IpAddr::V4(ip)
+                if ip.is_loopback()
+                    || ip.is_private()
+                    || ip.is_link_local()
+                    || ip.is_unspecified() =>
+            {
+                None
+            }
+            IpAddr::V4(ip) => {
                 let [a, b, c, _] = ip.octets();
                 Some(Subnet::V4([a, b, c]))
             }
-            Protocol::Ip6(ip) if ip.is_loopback() => None,
-            Protocol::Ip6(ip) => match ip.to_ipv4_mapped() {
-                Some(v4) if v4.is_loopback() => None,
-                Some(v4) => {
-                    let [a, b, c, _] = v4.octets();
-                    Some(Subnet::V4([a, b, c]))
-                }
-                None => {
-                    let o = ip.octets();
-                    Some(Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]]))
-                }
-            },
-            _ => None,
-        })
+            IpAddr::V6(ip)
+                if ip.is_loopback()
+                    || ip.is_unique_local()
+                    || ip.is_unicast_link_local()
+                    || ip.is_unspecified() =>
+            {
+                None
+            }
+            IpAddr::V6(ip) => {
+                let o = ip.octets();
+                Some(Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]]))
+            }
+        }
     }
 }
 
@@ -242,33 +274,55 @@ mod tests {
     #[test]
     fn peer_ids_from_one_network_share_its_byte_budget() {
         let config =
-            crate::Config::default().with_peer_bytes(1_000, 8_000).with_subnet_bytes(2_000, 4_000);
+            crate::Config::default().with_peer_bytes(100, 8_000).with_subnet_bytes(2_000, 4_000);
         let mut defence = Defence::new(&config);
         let now = Instant::now();
         let addr = |a: &str| a.parse::<libp2p::Multiaddr>().expect("address");
         let sybil = Subnet::of(&addr("/ip4/203.0.113.7/tcp/4001"));
         assert_eq!(sybil, Subnet::of(&addr("/ip4/203.0.113.200/udp/4001/quic-v1")));
+        assert_eq!(sybil, Subnet::of(&addr("/ip6/::ffff:203.0.113.9/tcp/4001")), "mapped IPv4");
         // Fresh ids from one /24: each has 1000 bytes of its own, the network 4000 in all.
         let admitted = (0..10)
             .filter(|_| defence.admit(PeerId::random(), sybil, 1_000, 16_384, now).is_ok())
             .count();
         assert_eq!(admitted, 4);
         assert!(defence.banned().next().is_none(), "byte refusals never ban");
-        // A peer elsewhere is not affected, nor is one on this machine.
+        // A refusal for the network's budget costs the peer nothing of its own: a second later
+        // the network has room for one more message, and this peer still has its 1000 bytes.
+        let neighbour = PeerId::random();
+        assert_eq!(defence.admit(neighbour, sybil, 1_000, 16_384, now), Err(Refused::RateLimited));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(defence.admit(neighbour, sybil, 1_000, 16_384, later), Ok(()));
+        // A peer elsewhere is not affected, nor is one on this machine or the LAN.
         let elsewhere = Subnet::of(&addr("/ip4/198.51.100.1/tcp/4001"));
         assert_ne!(elsewhere, sybil);
         assert_eq!(defence.admit(PeerId::random(), elsewhere, 1_000, 16_384, now), Ok(()));
-        assert_eq!(Subnet::of(&addr("/ip4/127.0.0.1/tcp/4001")), None);
-        assert_eq!(Subnet::of(&addr("/ip6/::1/tcp/4001")), None);
-        assert_eq!(defence.admit(PeerId::random(), None, 1_000, 16_384, now), Ok(()));
-        // The network earns its budget back at its rate.
-        let later = now + Duration::from_secs(1);
-        assert_eq!(defence.admit(PeerId::random(), sybil, 1_000, 16_384, later), Ok(()));
-        // IPv6 by /48; a relayed connection is not grouped by its relay's address.
+        for local in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/192.168.1.9/tcp/1",
+            "/ip4/169.254.0.1/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/::ffff:127.0.0.1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/dns4/example.com/tcp/1",
+        ] {
+            assert_eq!(Subnet::of(&addr(local)), None, "{local}");
+        }
+        // IPv6 by /48.
         let v6 = Subnet::of(&addr("/ip6/2001:db8:1:2::5/tcp/4001"));
         assert_eq!(v6, Subnet::of(&addr("/ip6/2001:db8:1:ffff::9/tcp/4001")));
         assert_ne!(v6, Subnet::of(&addr("/ip6/2001:db8:2::5/tcp/4001")));
-        let relayed = "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWGzh6WLhLeHtgw7oLbKhV4mXhTk2M5KQMr5Fc4dqqbKWy/p2p-circuit";
-        assert_eq!(Subnet::of(&addr(relayed)), None);
+        // Peers behind one relay share it, wherever the relay is.
+        let relay = PeerId::random();
+        let circuit = |at: &str| addr(&format!("{at}/p2p/{relay}/p2p-circuit"));
+        assert_eq!(Subnet::of(&circuit("/ip4/127.0.0.1/tcp/4001")), Some(Subnet::Relay(relay)));
+        assert_eq!(Subnet::of(&circuit("/ip4/203.0.113.7/tcp/4001")), Some(Subnet::Relay(relay)));
+        assert_eq!(
+            Subnet::of(&addr("/ip4/203.0.113.7/tcp/4001/p2p-circuit")),
+            sybil,
+            "without the relay's id, by its address"
+        );
     }
 }

@@ -1100,6 +1100,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_peer_is_grouped_by_its_first_connection_that_has_a_network() {
+        use libp2p::swarm::ConnectionId;
+        let peer = PeerId::random();
+        let mut connections = Connections::new();
+        assert_eq!(subnet_of(&connections, &peer), None, "not connected");
+        let open = connections.entry(peer).or_default();
+        open.insert(
+            ConnectionId::new_unchecked(1),
+            ("/ip4/127.0.0.1/tcp/1".parse().expect("a"), false),
+        );
+        assert_eq!(subnet_of(&connections, &peer), None, "on this machine");
+        let open = connections.entry(peer).or_default();
+        open.insert(
+            ConnectionId::new_unchecked(2),
+            ("/ip4/203.0.113.7/tcp/1".parse().expect("a"), true),
+        );
+        assert_eq!(subnet_of(&connections, &peer), Some(crate::defence::Subnet::V4([203, 0, 113])));
+    }
+
+    #[test]
     fn only_dialing_a_public_dkvs_peer_ends_the_local_network_rule() {
         let public: Multiaddr = "/ip4/8.8.8.8/tcp/4040".parse().expect("multiaddr");
         let lan: Multiaddr = "/ip4/192.168.1.2/tcp/4040".parse().expect("multiaddr");

@@ -40,12 +40,22 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
         self.allow_n(peer, 1, now)
     }
 
-    /// Takes `n` tokens for `peer` (bytes, for a byte budget), if it has them.
-    pub(crate) fn allow_n(&mut self, peer: K, n: usize, now: Instant) -> bool {
+    /// Whether `peer` has `n` tokens now; takes none.
+    pub(crate) fn has(&mut self, peer: K, n: usize, now: Instant) -> bool {
+        *self.refill(peer, now) >= n as f64
+    }
+
+    fn refill(&mut self, peer: K, now: Instant) -> &mut f64 {
         let (tokens, last) = self.buckets.entry(peer).or_insert((self.start, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;
+        tokens
+    }
+
+    /// Takes `n` tokens for `peer` (bytes, for a byte budget), if it has them.
+    pub(crate) fn allow_n(&mut self, peer: K, n: usize, now: Instant) -> bool {
+        let tokens = self.refill(peer, now);
         let n = n as f64;
         if *tokens >= n {
             *tokens -= n;

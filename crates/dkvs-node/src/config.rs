@@ -37,8 +37,8 @@ pub struct NodeConfig {
     pub peer_bytes_per_second: u32,
     /// Bytes one peer may send at once (a new peer starts with an eighth).
     pub peer_byte_burst: u32,
-    /// Bytes all peers from one network (IPv4 /24, IPv6 /48) may send per second, sustained;
-    /// loopback and relayed peers are not grouped.
+    /// Bytes all peers from one network (IPv4 /24, IPv6 /48, or behind one relay) may send
+    /// per second, sustained; peers on this machine or the LAN are not grouped.
     pub subnet_bytes_per_second: u32,
     /// Bytes all peers from one network may send at once.
     pub subnet_byte_burst: u32,
