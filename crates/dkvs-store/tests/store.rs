@@ -594,7 +594,7 @@ fn a_failed_flush_is_final_and_breaks_only_the_promises_it_was_to_keep() {
     let store = fsync_store(dir.path(), Config::default());
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = |name: &str| Key::scoped(&alice.account_id(), name).expect("key");
-    assert!(matches!(store.put(record(&alice, &key("a"), b"v", 1, NOW, HOUR)), Ok(_)));
+    store.put(record(&alice, &key("a"), b"v", 1, NOW, HOUR)).expect("a flush that works");
     let promised = store.durable();
     // The next flush fails, as a failing disk's would.
     let held = store.hold_syncs().expect("a store with fsync has a sync thread");
