@@ -997,6 +997,18 @@ async fn live_replicas_take_over_the_keys_of_dead_peers() -> anyhow::Result<()> 
     for &i in &order[..6] {
         net.kill(i).await;
     }
+    let dead: Vec<_> = order[..6].iter().map(|&i| net.peer_id(i)).collect();
+    let survivors: Vec<usize> = net.alive();
+    let noticed = eventually(Duration::from_secs(10), async || {
+        for &i in &survivors {
+            if net.node(i).connected_peers().await.iter().any(|p| dead.contains(p)) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(noticed, "the survivors saw the dead peers' connections close");
     // Their routing-table entries linger, closer to the key than any survivor: the closest
     // survivors must still take the write, not answer "not a replica".
     let writer = *order.last().expect("survivors");
