@@ -1055,28 +1055,62 @@ async fn with_fsync_a_failed_flush_breaks_the_promise_and_says_so() -> anyhow::R
         dkvs_net::store::Config::default().with_durability(dkvs_net::store::Durability::Fsync);
     let net = TestNet::start_with_store(3, Config::default(), fsync).await?;
     let alice = Keypair::generate(KeyType::Ed25519);
-    // A replica's disk fails at its next flush: it answers "failed", not "stored".
-    net.node(1).store().fail_next_flush();
-    let key = Key::scoped(&alice.account_id(), "first").expect("key");
-    let receipt = net.put(0, record(&alice, &key, "v", 1)).await??;
-    let (_, why, words) = receipt
-        .refused
-        .iter()
-        .find(|(peer, ..)| *peer == net.peer_id(1))
-        .unwrap_or_else(|| panic!("node 1 answered: {receipt:?}"));
-    assert_eq!(*why, Refusal::Failed, "{words}");
-    assert!(words.contains("flush"), "{words}");
-    assert!(!receipt.stored.contains(&net.peer_id(1)) && receipt.has_quorum(), "{receipt:?}");
-    // The writer's own disk fails: its receipt does not count its own copy, and with node 1
-    // refusing every write now, no quorum holds the record.
+    // The writer's own disk fails at its next flush: its receipt does not count its own copy
+    // (the two other replicas make the quorum).
     net.node(2).store().fail_next_flush();
-    let key = Key::scoped(&alice.account_id(), "second").expect("key");
-    let failed = net.put(2, record(&alice, &key, "v", 1)).await?;
-    let Err(PutError::NoQuorum { receipt }) = failed else { panic!("{failed:?}") };
-    assert!(!receipt.stored.contains(&net.peer_id(2)), "{receipt:?}");
+    let key = Key::scoped(&alice.account_id(), "first").expect("key");
+    let receipt = net.put(2, record(&alice, &key, "v", 1)).await??;
+    assert!(!receipt.stored.contains(&net.peer_id(2)) && receipt.has_quorum(), "{receipt:?}");
     let (why, words) = receipt.local_refusal.clone().expect("the local copy is not promised");
     assert_eq!(why, Refusal::Failed);
     assert!(words.contains("flush"), "{words}");
+    // A replica's disk fails at its next flush: it answers "failed", not "stored". With node 2
+    // refusing every write now, no quorum holds the record, so the writer waits for every
+    // answer and the receipt has each one.
+    net.node(1).store().fail_next_flush();
+    let key = Key::scoped(&alice.account_id(), "second").expect("key");
+    let failed = net.put(0, record(&alice, &key, "v", 1)).await?;
+    let Err(PutError::NoQuorum { receipt }) = failed else { panic!("{failed:?}") };
+    assert_eq!(receipt.stored, [net.peer_id(0)], "{receipt:?}");
+    for (i, says) in [(1, "flush"), (2, "unusable")] {
+        let (_, why, words) = receipt
+            .refused
+            .iter()
+            .find(|(peer, ..)| *peer == net.peer_id(i))
+            .unwrap_or_else(|| panic!("node {i} answered: {receipt:?}"));
+        assert_eq!(*why, Refusal::Failed, "{words}");
+        assert!(words.contains(says), "node {i}: {words}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_next_writes_the_version_after_the_networks_newest_from_any_node() -> anyhow::Result<()>
+{
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "counter").expect("key");
+    let first = net.node(0).put_next(&alice, &key, b"one".to_vec(), HOUR).await?;
+    assert_eq!(first.seq, 1);
+    // Another node knows nothing locally: it reads the network's newest first.
+    let second = net.node(1).put_next(&alice, &key, b"two".to_vec(), HOUR).await?;
+    assert_eq!(second.seq, 2);
+    // A version written through another node meanwhile is read first.
+    net.node(2).put(record(&alice, &key, "three", 3)).await?;
+    let fourth = net.node(0).put_next(&alice, &key, b"four".to_vec(), HOUR).await?;
+    assert_eq!(fourth.seq, 4);
+    let deleted = net.node(1).delete_next(&alice, &key, HOUR).await?;
+    assert_eq!(deleted.seq, 5);
+    let found = net.get(2, &key).await??;
+    let newest = found.record.expect("the tombstone");
+    assert!(newest.is_tombstone() && newest.seq() == 5, "{newest:?}");
+    // The value must fit the record rules; the error says which.
+    let too_big = net.node(0).put_next(&alice, &key, vec![0; 10 * 1024 + 1], HOUR).await;
+    assert!(
+        matches!(too_big, Err(PutError::Local(dkvs_net::store::PutError::Invalid(_)))),
+        "{too_big:?}"
+    );
     net.shutdown().await;
     Ok(())
 }

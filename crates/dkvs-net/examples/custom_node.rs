@@ -34,10 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Some(seed), addr)
         }
     };
-    let Some(Protocol::P2p(peer)) = via.iter().last() else {
-        return Err(format!("{via} does not end in /p2p/<peer id>").into());
-    };
-    node.add_peer(peer, via).await?;
+    node.dial(via).await?;
     if let Err(e) = node.bootstrap().await {
         eprintln!("bootstrap: {e} (fine in a network this small)");
     }

@@ -54,6 +54,12 @@ pub enum DialError {
         /// libp2p's error, shared by everyone who waited for this dial.
         source: Arc<libp2p::swarm::DialError>,
     },
+    /// The address does not say which peer to expect ([`crate::Node::dial`]).
+    #[error("{addr} does not end in /p2p/<peer id>")]
+    NoPeerId {
+        /// The address.
+        addr: Multiaddr,
+    },
     /// The peer is banned here.
     #[error("{peer} is banned")]
     Banned {

@@ -205,6 +205,15 @@ impl Node {
         self.ask(|tx| Command::AddPeer(peer, addr, tx)).await.ok_or(DialError::Shutdown)?
     }
 
+    /// Connects to the peer at `addr`, which ends in `/p2p/<peer id>` (as a node prints its
+    /// listen addresses), and adds it as a known peer; returns its id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, DialError> {
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(DialError::NoPeerId { addr });
+        };
+        self.add_peer(peer, addr).await.map(|()| peer)
+    }
+
     /// Walks the DHT to fill the routing table; returns when the walk is done.
     pub async fn bootstrap(&self) -> Result<(), BootstrapError> {
         self.ask(Command::Bootstrap).await.ok_or(BootstrapError::Shutdown)?
@@ -229,6 +238,71 @@ impl Node {
         self.ask(|reply| Command::Put { record, expected, reply })
             .await
             .ok_or(PutError::Shutdown)?
+    }
+
+    /// Writes `value` as the next version of `key`, signed by `owner` and living `ttl_ms`:
+    /// reads the network's newest sequence (a value that expired still counts: its sequence
+    /// is remembered), signs the one after it, and writes it as a compare-and-swap on the
+    /// newest record read. When another writer got there first it reads again and retries,
+    /// at most four times in all, then answers [`PutError::Conflict`].
+    pub async fn put_next(
+        &self,
+        owner: &dkvs_account::Keypair,
+        key: &Key,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<PutReceipt, PutError> {
+        self.write_next(owner, key, Some(value), ttl_ms).await
+    }
+
+    /// Deletes `key` as [`Node::put_next`] writes: a tombstone signed by `owner` with the next
+    /// sequence, living `ttl_ms` (at least as long as what it replaces should be kept out).
+    pub async fn delete_next(
+        &self,
+        owner: &dkvs_account::Keypair,
+        key: &Key,
+        ttl_ms: u64,
+    ) -> Result<PutReceipt, PutError> {
+        self.write_next(owner, key, None, ttl_ms).await
+    }
+
+    /// A value (`Some`) or a tombstone (`None`) as the next version of `key`.
+    async fn write_next(
+        &self,
+        owner: &dkvs_account::Keypair,
+        key: &Key,
+        value: Option<Vec<u8>>,
+        ttl_ms: u64,
+    ) -> Result<PutReceipt, PutError> {
+        let local = self.store.highest_seq(key.as_str()).unwrap_or(0);
+        let (mut live, mut highest) = match self.get(key).await {
+            Ok(found) => {
+                let live = found.record.as_ref().map(Record::seq);
+                (live, found.highest_seq.max(live.unwrap_or(0)))
+            }
+            // No read quorum: the compare-and-swap below reads again and says why.
+            Err(_) => (None, 0),
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let seq = highest.max(local).max(live.unwrap_or(0)) + 1;
+            let draft = match &value {
+                Some(value) => dkvs_record::Draft::new(key.clone(), value.clone(), seq, ttl_ms),
+                None => dkvs_record::Draft::tombstone(key.clone(), seq, ttl_ms),
+            };
+            let record = draft.sign(owner).map_err(|e| PutError::Local(e.into()))?;
+            match self.put_cas(record, live).await {
+                Err(PutError::Conflict { current }) if attempts < 4 => {
+                    live = current.as_ref().map(|r| r.seq());
+                    highest = highest.max(live.unwrap_or(0));
+                }
+                Err(PutError::Stale { current_seq, .. }) if attempts < 4 => {
+                    highest = highest.max(current_seq);
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Deletes a key: puts `tombstone`, a signed tombstone record with a higher sequence.
@@ -400,6 +474,19 @@ type ListenReply = oneshot::Sender<Result<Multiaddr, ListenError>>;
 /// Open connections: peer -> connection -> (remote address, dialed by this node).
 pub(crate) type Connections =
     HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>;
+
+/// Where a connection comes from, as this node records it. An inbound relayed connection's
+/// remote address is only `/p2p/<peer>`; it is recorded as the circuit it came through
+/// (`.../p2p/<relay>/p2p-circuit`), so that it counts as relayed, and its peer shares the
+/// relay's byte budget.
+pub(crate) fn remote_address(endpoint: &libp2p::core::ConnectedPoint) -> Multiaddr {
+    match endpoint {
+        libp2p::core::ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr) => {
+            local_addr.clone()
+        }
+        other => other.get_remote_address().clone(),
+    }
+}
 
 /// The network `peer` is connected from, for the byte budget its ids share (see
 /// [`crate::defence::Subnet`]); `None` for a peer on this machine or relayed.
@@ -747,7 +834,7 @@ impl<E: Extension> Driver<E> {
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                let remote = endpoint.get_remote_address().clone();
+                let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
                 self.connections
                     .entry(peer_id)
@@ -1098,6 +1185,30 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inbound_relayed_peer_is_grouped_by_its_relay() {
+        use libp2p::core::ConnectedPoint;
+        let (relay, peer) = (PeerId::random(), PeerId::random());
+        let circuit: Multiaddr =
+            format!("/ip4/203.0.113.7/tcp/4001/p2p/{relay}/p2p-circuit").parse().expect("a");
+        // As libp2p's relay client reports an inbound circuit: the remote is only the peer.
+        let inbound = ConnectedPoint::Listener {
+            local_addr: circuit.clone(),
+            send_back_addr: format!("/p2p/{peer}").parse().expect("a"),
+        };
+        let remote = remote_address(&inbound);
+        assert!(is_relayed(&remote));
+        assert_eq!(crate::defence::Subnet::of(&remote), Some(crate::defence::Subnet::Relay(relay)));
+        let direct = ConnectedPoint::Listener {
+            local_addr: "/ip4/0.0.0.0/tcp/4001".parse().expect("a"),
+            send_back_addr: "/ip4/198.51.100.3/tcp/5555".parse().expect("a"),
+        };
+        assert_eq!(
+            remote_address(&direct),
+            "/ip4/198.51.100.3/tcp/5555".parse::<Multiaddr>().expect("a")
+        );
+    }
 
     #[test]
     fn a_peer_is_grouped_by_its_first_connection_that_has_a_network() {

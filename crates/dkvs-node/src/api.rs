@@ -453,7 +453,7 @@ fn put_error(error: PutError) -> ApiError {
         PutError::Local(e @ Local::Fork { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "fork", e.to_string())
         }
-        PutError::Local(e @ Local::Io { .. }) => {
+        PutError::Local(e @ (Local::Io { .. } | Local::NotDurable { .. })) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
         }
         PutError::Local(e) => {
@@ -555,21 +555,19 @@ async fn put_inner(
     }
     let owner = state.account(query.account.as_deref()).await?;
     let key = state.key(path, query.account.as_deref()).await?;
-    let (seq, expected) = match query.expect_seq {
+    let receipt = match query.expect_seq {
         Some(expected) => {
             let seq = expected.checked_add(1).ok_or_else(|| {
                 ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
             })?;
-            (seq, Some((expected > 0).then_some(expected)))
+            let record = Draft::new(key.clone(), value, seq, ttl_ms).sign(&owner).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
+            })?;
+            state.node.put_cas(record, (expected > 0).then_some(expected)).await
         }
-        None => (next_seq(state, &key).await, None),
-    };
-    let record = Draft::new(key.clone(), value, seq, ttl_ms)
-        .sign(&owner)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string()))?;
-    let receipt = match expected {
-        Some(expected) => state.node.put_cas(record, expected).await,
-        None => state.node.put(record).await,
+        // The sequence after the newest the network (or this node) knows, as a
+        // compare-and-swap that retries when another writer got there first.
+        None => state.node.put_next(&owner, &key, value, ttl_ms).await,
     }
     .map_err(put_error)?;
     let mut answer = receipt_json(&key, &receipt);
@@ -585,17 +583,6 @@ async fn put_inner(
         answer["kept"] = json!(true);
     }
     Ok(Json(answer))
-}
-
-/// The sequence after the newest the network (or, failing that, this node) knows for `key`.
-async fn next_seq(state: &AppState, key: &Key) -> u64 {
-    // Replicas remember sequences after values expire; `highest_seq` counts those too.
-    let network = match state.node.get(key).await {
-        Ok(outcome) => outcome.highest_seq.max(outcome.record.map_or(0, |r| r.seq())),
-        Err(_) => 0,
-    };
-    let local = state.node.store().highest_seq(key.as_str()).unwrap_or(0);
-    network.max(local) + 1
 }
 
 async fn get_key(
@@ -673,13 +660,9 @@ async fn delete_inner(
 ) -> ApiResult<Json<serde_json::Value>> {
     let owner = state.account(query.account.as_deref()).await?;
     let key = state.key(path, query.account.as_deref()).await?;
-    let seq = next_seq(state, &key).await;
     // A tombstone outlives any record it replaces: it lives as long as this node keeps anything.
     let ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
-    let tombstone = Draft::tombstone(key.clone(), seq, ttl_ms)
-        .sign(&owner)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string()))?;
-    let receipt = state.node.delete(tombstone).await.map_err(put_error)?;
+    let receipt = state.node.delete_next(&owner, &key, ttl_ms).await.map_err(put_error)?;
     // A deleted key is not kept alive any more.
     if let Err(e) = state.stop_keeping(&key).await {
         tracing::warn!(%key, error = %e, "could not forget a kept key");

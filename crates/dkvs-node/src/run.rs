@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use dkvs_net::Node;
-use dkvs_net::libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use dkvs_net::libp2p::{Multiaddr, multiaddr::Protocol};
 use dkvs_store::Store;
 use rand::RngExt as _;
 use tokio::sync::Mutex;
@@ -44,11 +44,12 @@ pub async fn run(
         let addr: Multiaddr = addr
             .parse()
             .with_context(|| format!("bootstrap address {addr:?} is not a multiaddr"))?;
-        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
-            anyhow::bail!("bootstrap address {addr} must end with /p2p/<peer id>");
-        };
-        if let Err(e) = node.add_peer(peer, addr.clone()).await {
-            tracing::warn!(%addr, error = %e, "bootstrap peer unreachable");
+        match node.dial(addr.clone()).await {
+            Ok(_) => {}
+            Err(e @ dkvs_net::DialError::NoPeerId { .. }) => {
+                anyhow::bail!("bootstrap address: {e}")
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "bootstrap peer unreachable"),
         }
     }
     if !config.bootstrap.is_empty()
@@ -132,13 +133,5 @@ async fn signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-/// The peer id at the end of a multiaddr, if any.
-pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => Some(peer),
-        _ => None,
     }
 }

@@ -354,13 +354,13 @@ impl Log {
         }
     }
 
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
     /// The file, for a flush without the log's lock.
     pub(crate) fn file(&self) -> Arc<File> {
         Arc::clone(&self.file)
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Refuses every later append.

@@ -130,6 +130,8 @@ struct Inner {
     syncer: Option<Arc<Syncer>>,
     compacting: Mutex<()>,
     compaction_due: AtomicBool,
+    /// The next [`Store::flush`] of a store without a sync thread fails (a test hook).
+    fail_next_flush: AtomicBool,
     /// Holds the directory's lock file while the store is open.
     lock: Option<File>,
 }
@@ -143,6 +145,11 @@ pub struct Store {
     inner: Arc<Inner>,
     /// Puts wait for [`Durability::Fsync`]'s flush (see [`Store::without_waiting_for_sync`]).
     wait_for_sync: bool,
+}
+
+/// Whether `outcome` says the record is held (and so waits for durability).
+fn holds(outcome: &PutOutcome) -> bool {
+    matches!(outcome, PutOutcome::Stored { .. } | PutOutcome::Unchanged)
 }
 
 /// The bytes a live record is charged.
@@ -273,7 +280,7 @@ impl Store {
     pub fn put_many(&self, records: Vec<Record>) -> Vec<Result<PutOutcome, PutError>> {
         let now = self.inner.clock.now_ms();
         let verdicts = validate_batch(&records, now, &self.inner.config.limits);
-        let results = records
+        let results: Vec<Result<PutOutcome, PutError>> = records
             .into_iter()
             .zip(verdicts)
             .map(|(record, verdict)| {
@@ -283,6 +290,9 @@ impl Store {
             })
             .collect();
         self.maybe_compact();
+        if !results.iter().any(|r| r.as_ref().is_ok_and(holds)) {
+            return results;
+        }
         match self.wait_durable() {
             Ok(()) => results,
             Err((path, source)) => {
@@ -291,7 +301,11 @@ impl Store {
                     path: path.clone(),
                     source: std::io::Error::new(kind, message.clone()),
                 };
-                results.into_iter().map(|r| r.and_then(|_| Err(failed()))).collect()
+                let broken = |r: Result<PutOutcome, PutError>| match r {
+                    Ok(outcome) if holds(&outcome) => Err(failed()),
+                    other => other,
+                };
+                results.into_iter().map(broken).collect()
             }
         }
     }
@@ -304,7 +318,9 @@ impl Store {
     fn after_put(&self, result: Result<PutOutcome, PutError>) -> Result<PutOutcome, PutError> {
         self.maybe_compact();
         let outcome = result?;
-        self.wait_durable().map_err(|(path, source)| PutError::NotDurable { path, source })?;
+        if holds(&outcome) {
+            self.wait_durable().map_err(|(path, source)| PutError::NotDurable { path, source })?;
+        }
         Ok(outcome)
     }
 
@@ -371,8 +387,9 @@ impl Store {
     /// failed flush does.
     #[doc(hidden)]
     pub fn fail_next_flush(&self) {
-        if let Some(syncer) = &self.inner.syncer {
-            syncer.fail_next();
+        match &self.inner.syncer {
+            Some(syncer) => syncer.fail_next(),
+            None => self.inner.fail_next_flush.store(true, AtomicOrdering::Release),
         }
     }
 
@@ -454,11 +471,28 @@ impl Store {
                 .wait(self.written())
                 .map_err(|(path, source)| StoreError::Io { path, source });
         }
-        let (file, path) = {
-            let log = log.lock();
-            (log.file(), log.path.clone())
+        // The files of logs a compaction retired, then the current one. A failed flush is
+        // final here too: the log refuses appends, and later flushes keep failing.
+        let (files, path) = {
+            let mut log = log.lock();
+            if log.is_broken() {
+                let source =
+                    std::io::Error::other("an earlier failed write or flush left the log unusable");
+                return Err(StoreError::Io { path: log.path.clone(), source });
+            }
+            let mut files = log.take_retired();
+            files.push(log.file());
+            (files, log.path.clone())
         };
-        file.sync_data().map_err(|source| StoreError::Io { path, source })
+        let flushed = if self.inner.fail_next_flush.swap(false, AtomicOrdering::AcqRel) {
+            Err(std::io::Error::other("flush failed (injected)"))
+        } else {
+            files.iter().try_for_each(|file| file.sync_data())
+        };
+        flushed.map_err(|source| {
+            log.lock().break_off();
+            StoreError::Io { path, source }
+        })
     }
 
     /// Writes a snapshot and starts a new log, dropping the old files. Puts continue meanwhile.
@@ -473,13 +507,21 @@ impl Store {
         // The new file is made (and its directory synced) before the log's lock is taken:
         // puts wait for the lock only while the two logs trade places.
         let next = Log::create(&dir, generation, 0)?;
-        let with_syncer = self.inner.syncer.is_some();
-        let old = log.lock().switch_to(next, with_syncer);
-        if !with_syncer {
+        {
+            let mut log = log.lock();
+            // The old file joins the files the next flush syncs, unless everything in it is
+            // flushed already (or nothing will be flushed again).
+            let flush_later = match &self.inner.syncer {
+                Some(syncer) => !syncer.caught_up(log.written) && syncer.failure().is_none(),
+                None => true,
+            };
+            log.switch_to(next, flush_later);
+        }
+        if self.inner.syncer.is_none() {
             // Nothing was promised beyond the operating system's hands; a flush here keeps the
-            // old log's tail off the next crash's list of torn frames.
-            if let Err(e) = old.sync() {
-                tracing::warn!(log = %old.path.display(), error = %e, "flushing a retired log failed");
+            // old log's tail off the next crash's list of torn frames, and drains the list.
+            if let Err(e) = self.flush() {
+                tracing::warn!(error = %e, "flushing after a compaction failed; the store refuses writes");
             }
         }
         self.write_snapshot(generation)
@@ -559,6 +601,7 @@ impl Inner {
             syncer: None,
             compacting: Mutex::new(()),
             compaction_due: AtomicBool::new(false),
+            fail_next_flush: AtomicBool::new(false),
             lock: None,
         }
     }

@@ -45,7 +45,7 @@ struct State {
     failed: Option<(PathBuf, io::ErrorKind, String)>,
     closed: bool,
     /// Flushes wait while held ([`crate::Store::hold_syncs`]), unless the store closes.
-    held: bool,
+    held: u32,
     /// A flush is under way.
     flushing: bool,
     /// The next flush fails ([`crate::Store::fail_next_flush`]).
@@ -119,7 +119,7 @@ impl Syncer {
     /// Holds flushes until the returned guard drops; a flush under way is finished first.
     pub(crate) fn hold(self: &Arc<Syncer>) -> SyncHold {
         let mut state = self.state.lock();
-        state.held = true;
+        state.held += 1;
         while state.flushing {
             self.done.wait(&mut state);
         }
@@ -128,6 +128,12 @@ impl Syncer {
 
     pub(crate) fn fail_next(&self) {
         self.state.lock().fail_next = true;
+    }
+
+    /// Whether the bytes written so far are all flushed (and nothing failed).
+    pub(crate) fn caught_up(&self, written: u64) -> bool {
+        let state = self.state.lock();
+        state.failed.is_none() && state.synced >= written
     }
 
     /// Ends the sync thread once it has flushed what is written, and waits for it: the
@@ -143,10 +149,13 @@ impl Syncer {
     }
 
     fn run(&self, log: &Mutex<Log>) {
+        // If this thread dies (a listener panicked), nothing would flush again: every waiter
+        // is told instead of waiting forever.
+        let _failing = FailOnUnwind(self);
         loop {
             let fail = {
                 let mut state = self.state.lock();
-                while (state.held && !state.closed)
+                while (state.held > 0 && !state.closed)
                     || (!state.closed
                         && state.failed.is_none()
                         && self.written.load(Ordering::Acquire) <= state.synced)
@@ -198,6 +207,21 @@ impl Syncer {
     }
 }
 
+struct FailOnUnwind<'a>(&'a Syncer);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.state.lock();
+            state.failed.get_or_insert_with(|| {
+                (PathBuf::new(), io::ErrorKind::Other, "the sync thread panicked".into())
+            });
+            state.flushing = false;
+            self.0.done.notify_all();
+        }
+    }
+}
+
 fn parts((path, kind, message): &(PathBuf, io::ErrorKind, String)) -> (PathBuf, io::Error) {
     (path.clone(), io::Error::new(*kind, message.clone()))
 }
@@ -210,7 +234,7 @@ pub struct SyncHold {
 
 impl Drop for SyncHold {
     fn drop(&mut self) {
-        self.syncer.state.lock().held = false;
+        self.syncer.state.lock().held -= 1;
         self.syncer.wake.notify_one();
     }
 }
