@@ -2,7 +2,7 @@
 //! record protocol) but answers gets with whatever the test tells it to (an old record, a
 //! forged one), claims to store every put without storing anything (or answers puts as told),
 //! answers replication rounds as a peer that holds nothing, and can flood a node with
-//! puts. It is built from plain libp2p parts, as an attacker would build it.
+//! puts, Kademlia PUT_VALUEs or gossip on a watch topic. It is built from plain libp2p parts, as an attacker would build it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow};
 use dkvs_net::codec::{Codec, PROTOCOL, pb};
 use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use dkvs_net::libp2p::{
-    self, Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, kad, noise,
+    self, Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise,
     request_response, tcp, yamux,
 };
 use futures::StreamExt as _;
@@ -23,6 +23,7 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     records: request_response::Behaviour<Codec>,
     identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
 }
 
 enum Command {
@@ -32,6 +33,7 @@ enum Command {
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
     KadFlood(PeerId, Vec<Vec<u8>>),
+    GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
 }
 
 /// What a flood achieved.
@@ -87,6 +89,11 @@ impl Liar {
                         dkvs_net::IDENTIFY_PROTOCOL.to_owned(),
                         key.public(),
                     )),
+                    gossipsub: gossipsub::Behaviour::new(
+                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        gossipsub::Config::default(),
+                    )
+                    .expect("gossipsub with its default configuration"),
                 }
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -163,6 +170,23 @@ impl Liar {
             .map_err(|_| anyhow!("liar gone"))
     }
 
+    /// Subscribes to `topic`, waits (at most 10 s) until `target` is subscribed to it too, then
+    /// publishes every message, signed as its author, as fast as gossipsub takes them.
+    /// Returns how many gossipsub took.
+    pub async fn gossip_flood(
+        &self,
+        target: PeerId,
+        topic: String,
+        messages: Vec<Vec<u8>>,
+    ) -> anyhow::Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::GossipFlood(target, topic, messages, tx))
+            .await
+            .map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")
+    }
+
     /// Answers every put with `status` (and keeps nothing), and every replication round as
     /// a peer that holds nothing.
     pub async fn answer_puts_with(&self, status: pb::PutStatus) -> anyhow::Result<()> {
@@ -177,6 +201,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
     let nothing = dkvs_net::reconcile::set_of([]);
     let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
     let mut flood: Option<(usize, FloodReport, oneshot::Sender<FloodReport>)> = None;
+    type Gossip = (PeerId, gossipsub::IdentTopic, Vec<Vec<u8>>, oneshot::Sender<usize>);
+    let mut gossip: Option<(Gossip, tokio::time::Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -211,6 +238,12 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                         );
                     }
                 }
+                Some(Command::GossipFlood(target, topic, messages, reply)) => {
+                    let topic = gossipsub::IdentTopic::new(topic);
+                    let _ = swarm.behaviour_mut().gossipsub.subscribe(&topic);
+                    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+                    gossip = Some(((target, topic, messages, reply), until));
+                }
                 Some(Command::Flood(target, requests, reply)) => {
                     let count = requests.len();
                     for request in requests {
@@ -219,6 +252,22 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                     flood = Some((count, FloodReport::default(), reply));
                 }
             },
+            _ = tick.tick(), if gossip.is_some() => {
+                let ready = gossip.as_ref().is_some_and(|((target, topic, ..), until)| {
+                    let hash = topic.hash();
+                    tokio::time::Instant::now() >= *until
+                        || swarm.behaviour().gossipsub.all_peers().any(|(peer, topics)| {
+                            peer == target && topics.contains(&&hash)
+                        })
+                });
+                if ready && let Some(((_, topic, messages, reply), _)) = gossip.take() {
+                    let taken = messages
+                        .into_iter()
+                        .filter(|m| swarm.behaviour_mut().gossipsub.publish(topic.clone(), m.clone()).is_ok())
+                        .count();
+                    let _ = reply.send(taken);
+                }
+            }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     if let Some(i) = joining.iter().position(|(p, _)| *p == peer_id) {

@@ -1114,3 +1114,36 @@ async fn put_next_writes_the_version_after_the_networks_newest_from_any_node() -
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_on()
+-> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "news").expect("key");
+    let mut watch = net.node(0).watch(&key).await?;
+    let v1 = record(&alice, &key, "v1", 1);
+    net.put(1, v1.clone()).await??;
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?;
+    assert_eq!(first.map(|r| r.seq()), Some(1));
+    // A hostile peer replays the genuine first version thousands of times on the key's topic,
+    // as their author (each a new gossip message). Nothing in them is invalid, so only the
+    // admission step's rate can stop it.
+    let liar = Liar::spawn().await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    let replays = vec![v1.encode(); 3000];
+    let sent = liar.gossip_flood(net.peer_id(0), dkvs_net::watch_topic(&key), replays).await?;
+    assert!(sent > 1000, "the flood went out: {sent}");
+    let banned = eventually(Duration::from_secs(20), async || {
+        net.node(0).banned_peers().await.contains(&liar.peer_id())
+    })
+    .await;
+    assert!(banned, "the flooding author is banned");
+    // The watcher delivered none of it again, and the owner's next update still arrives.
+    net.put(2, record(&alice, &key, "v2", 2)).await??;
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?;
+    assert_eq!(next.map(|r| (r.seq(), r.value().to_vec())), Some((2, b"v2".to_vec())));
+    net.shutdown().await;
+    Ok(())
+}

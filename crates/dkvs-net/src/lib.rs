@@ -34,7 +34,7 @@ pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdic
 pub use node::{NatStatus, Node, NodeBuilder, Reachability};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
 pub use replication::ReplicationStats;
-pub use watch::Watch;
+pub use watch::{Watch, watch_topic};
 
 pub use dkvs_store as store;
 pub use libp2p;

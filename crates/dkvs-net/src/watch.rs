@@ -11,9 +11,16 @@ use tokio::sync::mpsc;
 /// Every watch topic starts with this; no extension may use it.
 pub(crate) const TOPIC_PREFIX: &str = "/dkvs/watch/";
 
-/// The gossipsub topic of a key's updates: `/dkvs/watch/1/<key>`. The key is public anyway.
+/// The gossipsub topic of a key's updates.
 pub(crate) fn topic_of(key: &Key) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("{TOPIC_PREFIX}1{key}"))
+    gossipsub::IdentTopic::new(watch_topic(key))
+}
+
+/// The name of the gossipsub topic on which replicas publish `key`'s updates, part of the wire
+/// protocol: `/dkvs/watch/1/<account>/<name>` (`/dkvs/watch/1` and the key). The key is public
+/// anyway.
+pub fn watch_topic(key: &Key) -> String {
+    format!("{TOPIC_PREFIX}1{key}")
 }
 
 /// A stream of newer versions of one key, each verified, in increasing sequence order.
