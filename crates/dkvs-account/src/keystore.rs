@@ -273,7 +273,7 @@ impl Keystore {
             reason: format!("cannot encode key file: {e}"),
         })?;
         json.push(b'\n');
-        self.write_atomically(name, &path, &json)
+        self.write_atomically(&path, &json)
     }
 
     /// Loads and decrypts the key pair saved as `name`.
@@ -332,36 +332,39 @@ impl Keystore {
         sync_dir(&self.dir)
     }
 
-    /// Writes `contents` to `path` through a 0600 temporary file, fsync, rename and a directory
-    /// fsync.
-    fn write_atomically(
-        &self,
-        name: &str,
-        path: &Path,
-        contents: &[u8],
-    ) -> Result<(), KeystoreError> {
-        // The leading dot keeps the temporary file out of `list`.
-        let tmp = self.dir.join(format!(".{name}{SUFFIX}.{:016x}.tmp", rand::rng().next_u64()));
-        let write = || -> io::Result<()> {
-            let mut file =
-                OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            // The umask may have taken bits away; the mode is exactly 0600 either way.
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(contents)?;
-            file.sync_all()
-        };
-        if let Err(source) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(KeystoreError::Io { path: tmp, source });
-        }
+    /// Writes `contents` to `path` as [`write_private`] does.
+    fn write_atomically(&self, path: &Path, contents: &[u8]) -> Result<(), KeystoreError> {
         // Between the existence check in `import` and here, another process could have saved
         // the same name; the rename would replace its file. Keystores have one user at a time.
-        if let Err(source) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(KeystoreError::Io { path: path.to_owned(), source });
-        }
-        sync_dir(&self.dir)
+        write_private(path, contents)
+            .map_err(|source| KeystoreError::Io { path: path.to_owned(), source })
     }
+}
+
+/// Writes `contents` to `path` so that the file is whole or absent, and readable by this user
+/// only: a temporary file beside it with a fresh random name (created exclusively, so a link
+/// planted there is not followed; its leading dot keeps it out of listings), mode 0600 whatever
+/// the umask, fsync, rename over `path`, and a fsync of the directory. For key files, tokens,
+/// and anything else a user's other processes must not read.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::rng().next_u64()));
+    let write = || -> io::Result<()> {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        // The umask may have taken bits away; the mode is exactly 0600 either way.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    if let Err(e) = write().and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    File::open(dir)?.sync_all()
 }
 
 /// Refuses names outside `[A-Za-z0-9_-]{1,64}`.

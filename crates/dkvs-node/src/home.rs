@@ -12,8 +12,6 @@
 //! ```
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -97,18 +95,7 @@ impl Home {
     /// The node's libp2p identity, created on first use.
     pub fn node_identity(&self) -> anyhow::Result<identity::Keypair> {
         self.ensure()?;
-        let path = self.root.join("node.key");
-        match fs::read(&path) {
-            Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
-                .with_context(|| format!("{} is not a node key", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = identity::Keypair::generate_ed25519();
-                let bytes = key.to_protobuf_encoding().context("encoding the node key")?;
-                write_private(&path, &bytes)?;
-                Ok(key)
-            }
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        Ok(dkvs_net::load_or_create_identity(&self.root.join("node.key"))?)
     }
 
     /// The store's directory.
@@ -177,28 +164,8 @@ impl Home {
 /// The temporary file is created new (`O_EXCL`), so a link planted in its place is never
 /// followed, and the directory is synced after the rename, so the new file survives a crash.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()));
-        }
-        _ => {}
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync {}", dir.display()))?;
-    }
-    Ok(())
+    dkvs_account::keystore::write_private(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
