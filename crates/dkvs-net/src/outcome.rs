@@ -77,6 +77,48 @@ impl PutReceipt {
     pub fn has_quorum(&self) -> bool {
         self.stored.len() >= self.quorum
     }
+
+    /// The reason that at least half of the refusing replicas gave, if one did: what a put
+    /// that missed its quorum comes down to (the name is another account's, a newer version
+    /// is held, ...). On a tie, the reason a retry cannot fix wins (foreign owner, then stale).
+    pub fn main_refusal(&self) -> Option<Refusal> {
+        let counts = self.refusal_counts();
+        let total = self.refused.len();
+        let weight = |why: &Refusal| match why {
+            Refusal::ForeignOwner => 2,
+            Refusal::Stale => 1,
+            _ => 0,
+        };
+        counts
+            .iter()
+            .filter(|(_, n)| 2 * n >= total)
+            .max_by_key(|(why, n)| (*n, weight(why)))
+            .map(|(why, _)| *why)
+    }
+
+    /// The refusals in words, most common first, this node's own included: "over quota ×3,
+    /// not a replica ×1, store full (this node) ×1".
+    pub fn refusal_summary(&self) -> String {
+        let mut parts: Vec<(String, usize)> =
+            self.refusal_counts().into_iter().map(|(why, n)| (why.to_string(), n)).collect();
+        if let Some((why, _)) = &self.local_refusal {
+            parts.push((format!("{why} (this node)"), 1));
+        }
+        parts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        parts.iter().map(|(why, n)| format!("{why} ×{n}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Each reason the replicas gave, with how many gave it, in the order first given.
+    fn refusal_counts(&self) -> Vec<(Refusal, usize)> {
+        let mut counts: Vec<(Refusal, usize)> = Vec::new();
+        for (_, why, _) in &self.refused {
+            match counts.iter_mut().find(|(w, _)| w == why) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((*why, 1)),
+            }
+        }
+        counts
+    }
 }
 
 /// Why a put did not succeed.
@@ -195,5 +237,31 @@ fn no_get_quorum(answered: usize, asked: usize, quorum: usize) -> String {
             .into()
     } else {
         format!("no quorum: {answered} of {asked} replicas answered, {quorum} needed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_says_what_most_refusals_come_down_to() {
+        let peer = PeerId::random;
+        let refused = |whys: &[Refusal]| PutReceipt {
+            refused: whys.iter().map(|w| (peer(), *w, String::new())).collect(),
+            ..PutReceipt::default()
+        };
+        use Refusal::*;
+        assert_eq!(refused(&[]).main_refusal(), None);
+        assert_eq!(refused(&[ForeignOwner, ForeignOwner, Full]).main_refusal(), Some(ForeignOwner));
+        assert_eq!(refused(&[Stale, ForeignOwner]).main_refusal(), Some(ForeignOwner), "a tie");
+        assert_eq!(refused(&[Stale, Full]).main_refusal(), Some(Stale), "a tie");
+        assert_eq!(refused(&[Stale, Full, OverQuota]).main_refusal(), None, "no half");
+        let mut receipt = refused(&[OverQuota, NotReplica, OverQuota]);
+        receipt.local_refusal = Some((Full, "store would hold ...".into()));
+        assert_eq!(
+            receipt.refusal_summary(),
+            "over quota ×2, not a replica ×1, store full (this node) ×1"
+        );
     }
 }

@@ -356,24 +356,6 @@ fn republish_ms() -> u64 {
     dkvs_net::Config::default().republish_interval.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
-/// The refusals of a receipt in words, most common first: "over quota ×3, not a replica ×1".
-fn refusal_summary(receipt: &PutReceipt) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for (_, why, _) in &receipt.refused {
-        let why = why.to_string();
-        match counts.iter_mut().find(|(w, _)| *w == why) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((why, 1)),
-        }
-    }
-    if let Some((why, _)) = &receipt.local_refusal {
-        let why = format!("{why} (this node)");
-        counts.push((why, 1));
-    }
-    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    counts.iter().map(|(why, n)| format!("{why} ×{n}")).collect::<Vec<_>>().join(", ")
-}
-
 fn put_error(error: PutError) -> ApiError {
     use dkvs_store::PutError as Local;
     match error {
@@ -401,13 +383,12 @@ fn put_error(error: PutError) -> ApiError {
         },
         PutError::NoQuorum { receipt } => {
             // The name is someone else's when that is why most of the refusing replicas refused.
-            let foreign_count =
-                receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::ForeignOwner).count();
-            let foreign = foreign_count > 0 && 2 * foreign_count >= receipt.refused.len();
+            let main = receipt.main_refusal();
+            let foreign = main == Some(Refusal::ForeignOwner);
             let message = if receipt.replicas == 0 {
                 PutError::NoQuorum { receipt: receipt.clone() }.to_string()
             } else {
-                let refusals = refusal_summary(&receipt);
+                let refusals = receipt.refusal_summary();
                 format!(
                     "only {} of {} replicas stored it, {} needed{}{}",
                     receipt.stored.len(),
@@ -421,10 +402,9 @@ fn put_error(error: PutError) -> ApiError {
                     }
                 )
             };
-            let stale = receipt.refused.iter().filter(|(_, why, _)| *why == Refusal::Stale).count();
             let (status, code) = if foreign {
                 (StatusCode::FORBIDDEN, "foreign_owner")
-            } else if stale > 0 && 2 * stale >= receipt.refused.len() {
+            } else if main == Some(Refusal::Stale) {
                 (StatusCode::CONFLICT, "stale")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_quorum")
