@@ -63,6 +63,143 @@ pub(crate) struct GetOp {
     alone: bool,
 }
 
+impl PutOp {
+    /// The lookup found the replica set (this node among it or not): the receipt's size and
+    /// quorum are set, this node's own copy counts only if it is a replica, and the remote
+    /// replicas are returned, to be sent the record.
+    fn replicas_found(
+        &mut self,
+        replicas: Vec<PeerId>,
+        me: PeerId,
+        alone: bool,
+        quorum: crate::Quorum,
+    ) -> Vec<PeerId> {
+        self.looking_up = false;
+        self.receipt.alone = alone;
+        self.receipt.replicas = replicas.len();
+        self.receipt.quorum = quorum.of(replicas.len());
+        if !replicas.contains(&me) {
+            // This node keeps a copy, but is not one of the replicas that count.
+            self.receipt.stored.retain(|p| *p != me);
+        }
+        let remote: Vec<PeerId> = replicas.into_iter().filter(|p| *p != me).collect();
+        self.pending = remote.iter().copied().collect();
+        remote
+    }
+
+    /// A replica answered with `status` (and its words); `newer` is the newer record it
+    /// showed, verified and of the same owner. An answer from a peer that was not asked, or
+    /// twice, is ignored.
+    fn answered(
+        &mut self,
+        peer: PeerId,
+        status: pb::PutStatus,
+        reason: String,
+        newer: Option<Record>,
+        now: Instant,
+    ) {
+        if !self.pending.remove(&peer) {
+            return;
+        }
+        match status {
+            pb::PutStatus::Stored | pb::PutStatus::Unchanged => self.receipt.stored.push(peer),
+            status => self.receipt.refused.push((peer, refusal(status), reason)),
+        }
+        if let Some(newer) = newer
+            && self.newer.as_ref().is_none_or(|n| n.seq() < newer.seq())
+        {
+            self.newer = Some(newer);
+        }
+        self.note_quorum(now);
+    }
+
+    /// A replica will not answer (unreachable, timed out).
+    fn failed(&mut self, peer: PeerId, reason: String, now: Instant) {
+        if self.pending.remove(&peer) {
+            self.receipt.unreachable.push((peer, reason));
+        }
+        self.note_quorum(now);
+    }
+
+    fn note_quorum(&mut self, now: Instant) {
+        if !self.looking_up && self.receipt.has_quorum() && self.quorum_at.is_none() {
+            self.quorum_at = Some(now);
+        }
+    }
+
+    /// Whether the put can be answered now, the deadline aside: a replica showed a newer
+    /// record; the quorum can no longer be reached; or every replica answered. After a quorum
+    /// the put waits the linger for the rest (so the receipt says who else holds it).
+    fn settled(&self, now: Instant, linger: Duration) -> bool {
+        if self.looking_up {
+            return false;
+        }
+        let stored = self.receipt.stored.len();
+        self.newer.is_some()
+            || stored + self.pending.len() < self.receipt.quorum
+            || self.pending.is_empty()
+            || self.quorum_at.is_some_and(|at| now >= at + linger)
+    }
+
+    /// What the put answers, at the end: a newer record wins (stale), then the quorum.
+    fn result(mut self) -> Result<PutReceipt, PutError> {
+        if self.looking_up {
+            // The lookup did not finish in time: no replica was even asked.
+            self.receipt.stored.clear();
+            self.receipt.quorum = self.receipt.quorum.max(1);
+            return Err(PutError::NoQuorum { receipt: Box::new(self.receipt) });
+        }
+        for peer in self.pending.drain() {
+            self.receipt.unreachable.push((peer, "no answer in time".into()));
+        }
+        if let Some(newer) = self.newer {
+            Err(PutError::Stale { current_seq: newer.seq(), current: Some(Box::new(newer)) })
+        } else if self.receipt.has_quorum() {
+            Ok(self.receipt)
+        } else {
+            Err(PutError::NoQuorum { receipt: Box::new(self.receipt) })
+        }
+    }
+}
+
+/// What a compare-and-swap does once its read is done.
+#[derive(Debug)]
+enum CasStep {
+    /// The expectation holds: write.
+    Write,
+    /// It does not: the caller gets the newest record.
+    Conflict(Option<Record>),
+    /// The read found no quorum: neither the expectation nor its failure is known.
+    NoQuorum(PutReceipt),
+}
+
+fn cas_step(expected: dkvs_store::Expect, seq: u64, read: Result<GetOutcome, GetError>) -> CasStep {
+    match read {
+        Ok(outcome) => {
+            if expected.allows(outcome.record.as_ref().map(Record::seq)) {
+                CasStep::Write
+            } else {
+                CasStep::Conflict(outcome.record)
+            }
+        }
+        Err(GetError::NoQuorum { asked, quorum, .. }) => {
+            CasStep::NoQuorum(PutReceipt { seq, replicas: asked, quorum, ..PutReceipt::default() })
+        }
+        Err(_) => CasStep::NoQuorum(PutReceipt { seq, ..PutReceipt::default() }),
+    }
+}
+
+/// The replicas a get's answers show behind the newest record (older, or none), to repair.
+fn behind(answers: &[(PeerId, Option<Record>)]) -> Option<(Record, Vec<PeerId>)> {
+    let (Some(newest), _) = newest(answers) else { return None };
+    let stale: Vec<PeerId> = answers
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_none_or(|r| r.seq() < newest.seq()))
+        .map(|(p, _)| *p)
+        .collect();
+    (!stale.is_empty()).then(|| (newest.clone(), stale))
+}
+
 impl GetOp {
     /// A replica answered: its verified record (or none) and its claim of the highest sequence
     /// it holds or remembers. An answer from a peer that was not asked, or twice, is ignored.
@@ -163,17 +300,15 @@ impl Op {
     }
 
     pub(crate) fn due(&self, now: Instant, config: &crate::Config) -> bool {
-        let linger = config.linger;
-        let (deadline, quorum_at) = match self {
-            Op::Put(op) => (op.deadline, op.quorum_at),
+        match self {
+            Op::Put(op) => now >= op.deadline || op.settled(now, config.linger),
             Op::Get(op) => {
-                return now >= op.deadline || op.settled(now, linger, config.not_found_linger);
+                now >= op.deadline || op.settled(now, config.linger, config.not_found_linger)
             }
             Op::Push { deadline, .. } | Op::Reconcile { deadline } | Op::Sent { deadline, .. } => {
-                (*deadline, None)
+                now >= *deadline
             }
-        };
-        now >= deadline || quorum_at.is_some_and(|at| now >= at + linger)
+        }
     }
 }
 
@@ -461,17 +596,9 @@ impl<E: crate::Extension> Driver<E> {
         match op {
             Op::Put(put) => {
                 let replicas = closest(put.record.key(), candidates, k);
-                put.looking_up = false;
-                put.receipt.alone = alone;
-                put.receipt.replicas = replicas.len();
-                put.receipt.quorum = self.config.write_quorum.of(replicas.len());
-                if !replicas.contains(&me) {
-                    // This node keeps a copy, but is not one of the replicas that count.
-                    put.receipt.stored.retain(|p| *p != me);
-                }
+                let quorum = self.config.write_quorum;
+                let remote = put.replicas_found(replicas, me, alone, quorum);
                 let request = put_request(&put.record);
-                let remote: Vec<PeerId> = replicas.into_iter().filter(|p| *p != me).collect();
-                put.pending = remote.iter().copied().collect();
                 for peer in remote {
                     self.send(id, peer, request.clone());
                 }
@@ -647,18 +774,7 @@ impl<E: crate::Extension> Driver<E> {
                     _ => None,
                 };
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
-                put.pending.remove(&peer);
-                match status {
-                    pb::PutStatus::Stored | pb::PutStatus::Unchanged => {
-                        put.receipt.stored.push(peer)
-                    }
-                    status => put.receipt.refused.push((peer, refusal(status), answer.reason)),
-                }
-                if let Some(newer) = newer
-                    && put.newer.as_ref().is_none_or(|n| n.seq() < newer.seq())
-                {
-                    put.newer = Some(newer);
-                }
+                put.answered(peer, status, answer.reason, newer, Instant::now());
                 self.check_put(id);
             }
             (Op::Get(get), Some(pb::response::Kind::Get(answer))) => {
@@ -702,9 +818,7 @@ impl<E: crate::Extension> Driver<E> {
     fn on_failure(&mut self, id: OpId, peer: PeerId, reason: String) {
         match self.ops.get_mut(&id) {
             Some(Op::Put(put)) => {
-                if put.pending.remove(&peer) {
-                    put.receipt.unreachable.push((peer, reason));
-                }
+                put.failed(peer, reason, Instant::now());
                 self.check_put(id);
             }
             Some(Op::Get(get)) => {
@@ -725,18 +839,10 @@ impl<E: crate::Extension> Driver<E> {
 
     fn check_put(&mut self, id: OpId) {
         let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
-        if put.looking_up {
-            return;
-        }
-        let stored = put.receipt.stored.len();
-        let quorum = put.receipt.quorum;
-        if put.newer.is_some()
-            || stored + put.pending.len() < quorum
-            || (stored >= quorum && put.pending.is_empty())
-        {
-            self.finish_op(id, Instant::now());
-        } else if stored >= quorum && put.quorum_at.is_none() {
-            put.quorum_at = Some(Instant::now());
+        let now = Instant::now();
+        put.note_quorum(now);
+        if put.settled(now, self.config.linger) {
+            self.finish_op(id, now);
         }
     }
 
@@ -763,31 +869,19 @@ impl<E: crate::Extension> Driver<E> {
                 let key = get.key.clone();
                 self.republish_found(&key, outcome);
             }
-            GetPurpose::Cas { record, expected, reply } => match outcome {
-                Err(GetError::NoQuorum { answered, asked, quorum }) => {
-                    let receipt = PutReceipt {
-                        seq: record.seq(),
-                        replicas: asked,
-                        quorum,
-                        unreachable: vec![],
-                        ..PutReceipt::default()
-                    };
-                    tracing::debug!(answered, "compare-and-swap read found no quorum");
-                    let _ = reply.send(Err(PutError::NoQuorum { receipt: Box::new(receipt) }));
-                }
-                Err(_) => {
-                    let _ = reply.send(Err(PutError::Shutdown));
-                }
-                Ok(outcome) => {
-                    let current = outcome.record;
-                    if expected.allows(current.as_ref().map(Record::seq)) {
-                        self.put_phase(record, reply);
-                    } else {
-                        let _ =
-                            reply.send(Err(PutError::Conflict { current: current.map(Box::new) }));
+            GetPurpose::Cas { record, expected, reply } => {
+                match cas_step(expected, record.seq(), outcome) {
+                    CasStep::Write => self.put_phase(record, reply),
+                    CasStep::Conflict(current) => {
+                        let current = current.map(Box::new);
+                        let _ = reply.send(Err(PutError::Conflict { current }));
+                    }
+                    CasStep::NoQuorum(receipt) => {
+                        tracing::debug!("compare-and-swap read found no quorum");
+                        let _ = reply.send(Err(PutError::NoQuorum { receipt: Box::new(receipt) }));
                     }
                 }
-            },
+            }
         }
     }
 
@@ -799,29 +893,10 @@ impl<E: crate::Extension> Driver<E> {
         }
         let Some(op) = self.ops.remove(&id) else { return };
         match op {
-            Op::Put(mut put) if put.looking_up => {
-                // The lookup did not finish in time: no replica was even asked.
-                put.receipt.stored.clear();
-                put.receipt.quorum = put.receipt.quorum.max(1);
-                if let Some(reply) = put.reply {
-                    let _ = reply.send(Err(PutError::NoQuorum { receipt: Box::new(put.receipt) }));
-                }
-            }
             Op::Put(mut put) => {
-                for peer in put.pending.drain() {
-                    put.receipt.unreachable.push((peer, "no answer in time".into()));
-                }
-                let result = if let Some(newer) = put.newer {
-                    Err(PutError::Stale {
-                        current_seq: newer.seq(),
-                        current: Some(Box::new(newer)),
-                    })
-                } else if put.receipt.has_quorum() {
-                    Ok(put.receipt)
-                } else {
-                    Err(PutError::NoQuorum { receipt: Box::new(put.receipt) })
-                };
-                if let Some(reply) = put.reply {
+                let reply = put.reply.take();
+                let result = put.result();
+                if let Some(reply) = reply {
                     // The receipt counts this node's own copy: it goes once that is durable.
                     self.promise(crate::durable::Promise::Receipt(reply, result));
                 }
@@ -835,17 +910,7 @@ impl<E: crate::Extension> Driver<E> {
 
     fn repair(&mut self, get: GetOp) {
         let me = *self.swarm.local_peer_id();
-        let (Some(newest), _) = newest(&get.answers) else { return };
-        let newest = newest.clone();
-        let stale: Vec<PeerId> = get
-            .answers
-            .iter()
-            .filter(|(_, r)| r.as_ref().is_none_or(|r| r.seq() < newest.seq()))
-            .map(|(p, _)| *p)
-            .collect();
-        if stale.is_empty() {
-            return;
-        }
+        let Some((newest, stale)) = behind(&get.answers) else { return };
         if stale.contains(&me) {
             let _ = self.store.put(newest.clone());
         }
@@ -1139,5 +1204,136 @@ mod tests {
         assert_eq!(newest(&seen), (Some(&real), 3));
         // Without records there is nothing newest.
         assert_eq!(newest(&[(PeerId::random(), None)]), (None, 0));
+    }
+
+    /// A put of `record` whose lookup is still running, this node's own copy stored.
+    fn putting(record: &Record, me: PeerId) -> PutOp {
+        PutOp {
+            record: record.clone(),
+            reply: None,
+            receipt: PutReceipt { seq: record.seq(), stored: vec![me], ..PutReceipt::default() },
+            pending: HashSet::new(),
+            looking_up: true,
+            deadline: Instant::now() + Duration::from_secs(10),
+            quorum_at: None,
+            newer: None,
+        }
+    }
+
+    #[test]
+    fn a_put_waits_the_linger_after_its_quorum_then_answers_with_who_holds_it() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 1, None);
+        let me = PeerId::random();
+        let others: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut put = putting(&record, me);
+        assert!(!put.settled(Instant::now(), LINGER), "nobody asked yet");
+        let replicas = [others.clone(), vec![me]].concat();
+        let remote = put.replicas_found(replicas, me, false, crate::Quorum::Majority);
+        assert_eq!(remote.len(), 4, "this node is not sent its own record");
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
+        let t0 = Instant::now();
+        put.answered(others[0], pb::PutStatus::Stored, String::new(), None, t0);
+        // An answer from a peer that was not asked, or a second one, does not count.
+        put.answered(PeerId::random(), pb::PutStatus::Stored, String::new(), None, t0);
+        put.answered(others[0], pb::PutStatus::Stored, String::new(), None, t0);
+        assert_eq!(put.receipt.stored.len(), 2);
+        put.answered(others[1], pb::PutStatus::Unchanged, String::new(), None, t0);
+        assert!(!put.settled(t0, LINGER), "a quorum waits the linger for the others");
+        put.answered(others[2], pb::PutStatus::OverQuota, "quota".into(), None, t0);
+        assert!(put.settled(t0 + LINGER, LINGER));
+        let receipt = put.result().expect("a quorum holds it");
+        assert_eq!(receipt.stored.len(), 3);
+        assert_eq!(receipt.refused, vec![(others[2], Refusal::OverQuota, "quota".into())]);
+        assert_eq!(receipt.unreachable, vec![(others[3], "no answer in time".into())]);
+    }
+
+    #[test]
+    fn a_put_that_cannot_reach_its_quorum_or_meets_a_newer_record_ends_at_once() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let (record, newer) = (signed(&alice, &key, 1, None), signed(&alice, &key, 5, None));
+        let me = PeerId::random();
+        let others: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+        // Three replicas, quorum two: two refusals leave only this node's copy.
+        let mut put = putting(&record, me);
+        put.replicas_found([others.clone(), vec![me]].concat(), me, false, crate::Quorum::Majority);
+        let t0 = Instant::now();
+        put.answered(others[0], pb::PutStatus::Full, "full".into(), None, t0);
+        assert!(!put.settled(t0, LINGER), "the other replica could still make the quorum");
+        put.failed(others[1], "connection refused".into(), t0);
+        assert!(put.settled(t0, LINGER));
+        let Err(PutError::NoQuorum { receipt }) = put.result() else { panic!("no quorum") };
+        assert_eq!((receipt.stored.len(), receipt.quorum), (1, 2));
+        assert_eq!(receipt.unreachable.len(), 1);
+        // A replica shows a newer record of the same owner: the put is stale, whatever else.
+        let mut put = putting(&record, me);
+        put.replicas_found([others.clone(), vec![me]].concat(), me, false, crate::Quorum::Majority);
+        put.answered(others[0], pb::PutStatus::Stale, String::new(), Some(newer.clone()), t0);
+        assert!(put.settled(t0, LINGER));
+        let Err(PutError::Stale { current_seq, current }) = put.result() else { panic!("stale") };
+        assert_eq!((current_seq, current.map(|r| *r)), (5, Some(newer)));
+        // The lookup never finished: nobody was asked, so nothing counts.
+        let put = putting(&record, me);
+        let Err(PutError::NoQuorum { receipt }) = put.result() else { panic!("no quorum") };
+        assert_eq!((receipt.stored.len(), receipt.quorum), (0, 1));
+        // A node that is not among the replicas found does not count its own copy.
+        let mut put = putting(&record, me);
+        put.replicas_found(others.clone(), me, false, crate::Quorum::Majority);
+        assert!(put.receipt.stored.is_empty());
+    }
+
+    #[test]
+    fn a_compare_and_swap_writes_only_on_the_expected_newest() {
+        use dkvs_store::Expect;
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let held = signed(&alice, &key, 4, None);
+        let read = |record: Option<Record>| {
+            Ok(GetOutcome {
+                record,
+                confirmations: 1,
+                answered: 1,
+                asked: 1,
+                highest_seq: 4,
+                source: crate::Source::Network,
+            })
+        };
+        assert!(matches!(cas_step(Expect::Seq(4), 5, read(Some(held.clone()))), CasStep::Write));
+        assert!(matches!(cas_step(Expect::Absent, 1, read(None)), CasStep::Write));
+        let CasStep::Conflict(current) = cas_step(Expect::Seq(3), 4, read(Some(held.clone())))
+        else {
+            panic!("conflict")
+        };
+        assert_eq!(current, Some(held.clone()));
+        assert!(matches!(
+            cas_step(Expect::Absent, 1, read(Some(held))),
+            CasStep::Conflict(Some(_))
+        ));
+        let no_quorum = Err(GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 });
+        let CasStep::NoQuorum(receipt) = cas_step(Expect::Seq(4), 5, no_quorum) else {
+            panic!("no quorum")
+        };
+        assert_eq!((receipt.seq, receipt.replicas, receipt.quorum), (5, 5, 3));
+    }
+
+    #[test]
+    fn repair_goes_to_the_replicas_behind_the_newest() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let (old, new) = (signed(&alice, &key, 1, None), signed(&alice, &key, 2, None));
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let answers = vec![
+            (peers[0], Some(new.clone())),
+            (peers[1], Some(old)),
+            (peers[2], None),
+            (peers[3], Some(new.clone())),
+        ];
+        let (newest, stale) = behind(&answers).expect("two are behind");
+        assert_eq!(newest, new);
+        assert_eq!(stale, vec![peers[1], peers[2]]);
+        assert!(behind(&[(peers[0], Some(new.clone()))]).is_none(), "nobody is behind");
+        assert!(behind(&[(peers[0], None)]).is_none(), "nothing to repair with");
     }
 }
