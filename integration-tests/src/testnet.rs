@@ -31,7 +31,8 @@ pub struct Member {
     addr: Option<Multiaddr>,
 }
 
-/// N nodes on loopback, bootstrapped through node 0.
+/// N nodes on loopback (or on the memory transport, when the configuration has only that),
+/// bootstrapped through node 0.
 pub struct TestNet {
     members: Vec<Member>,
     config: Config,
@@ -79,7 +80,9 @@ impl TestNet {
         let member = &mut self.members[i];
         let store = Store::open(&member.dir, self.store_config.clone())?;
         let node = Node::spawn(member.identity.clone(), store, self.config.clone())?;
-        let addr = step("listen", node.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)).await??;
+        // On TCP when the configuration has it, else in memory (a network in one process).
+        let listen = if self.config.transports.tcp { "/ip4/127.0.0.1/tcp/0" } else { "/memory/0" };
+        let addr = step("listen", node.listen_on(listen.parse()?)).await??;
         member.node = Some(node);
         member.addr = Some(addr);
         Ok(())

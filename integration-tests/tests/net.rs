@@ -900,11 +900,12 @@ async fn kademlia_put_value_floods_take_the_same_admission_step() -> anyhow::Res
     let net = TestNet::start(3, Config::default()).await?;
     let flooder = dkvs_integration_tests::liar::Liar::spawn().await?;
     flooder.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
-    // 1,500 records of 10 KiB over thirty fresh accounts, through Kademlia's PUT_VALUE instead
-    // of the record protocol, at about 1,000 a second.
+    // 4,000 records of 10 KiB over thirty fresh accounts, through Kademlia's PUT_VALUE instead
+    // of the record protocol, at about 1,000 a second: a flood however slowly a loaded machine
+    // takes them in.
     let accounts: Vec<Keypair> = (0..30).map(|_| Keypair::generate(KeyType::Ed25519)).collect();
     let started = std::time::Instant::now();
-    for round in 0..30 {
+    for round in 0..80 {
         let batch = junk(&accounts, "kad", round, 50);
         flooder.kad_flood(net.peer_id(0), batch).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1144,6 +1145,27 @@ async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_
     net.put(2, record(&alice, &key, "v2", 2)).await??;
     let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?;
     assert_eq!(next.map(|r| (r.seq(), r.value().to_vec())), Some((2, b"v2".to_vec())));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_the_memory_transport_form_a_network_in_one_process() -> anyhow::Result<()> {
+    // The setting under test: no sockets at all.
+    let config = Config::default().with_transports(dkvs_net::Transports::memory_only());
+    let net = TestNet::start(8, config).await?;
+    assert!(net.addr(0).is_some_and(|a| a.to_string().starts_with("/memory/")));
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "inside").expect("key");
+    let receipt = net.put(3, record(&alice, &key, "no sockets", 1)).await??;
+    assert!(receipt.has_quorum() && receipt.replicas >= 5, "{receipt:?}");
+    for reader in [0, 5, 7] {
+        let found = net.get(reader, &key).await??;
+        assert_eq!(value(&found).as_deref(), Some("no sockets"), "node {reader}");
+    }
+    // A TCP address is refused by a node that has no TCP.
+    let refused = net.node(0).listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await;
+    assert!(matches!(refused, Err(dkvs_net::ListenError::Unsupported { .. })), "{refused:?}");
     net.shutdown().await;
     Ok(())
 }

@@ -70,6 +70,8 @@ pub struct Config {
     pub subnet_byte_burst: u32,
     /// How long a peer that sent an invalid record stays disconnected and refused. Default: 10 min.
     pub ban_duration: Duration,
+    /// The transports to listen and dial on. Default: TCP and QUIC.
+    pub transports: crate::Transports,
     /// Run mDNS to find peers on the LAN. Default: off.
     pub mdns: bool,
     /// Serve as a relay for peers behind NAT. Default: off.
@@ -117,6 +119,7 @@ impl Default for Config {
             subnet_bytes_per_second: 1 << 20,
             subnet_byte_burst: 32 << 20,
             ban_duration: Duration::from_secs(600),
+            transports: crate::Transports::default(),
             mdns: false,
             relay_server: false,
             idle_connection_timeout: Duration::from_secs(60),
@@ -177,6 +180,11 @@ impl Config {
     pub fn with_subnet_bytes(mut self, per_second: u32, burst: u32) -> Config {
         self.subnet_bytes_per_second = per_second;
         self.subnet_byte_burst = burst;
+        self
+    }
+    /// With the transports to listen and dial on.
+    pub fn with_transports(mut self, transports: crate::Transports) -> Config {
+        self.transports = transports;
         self
     }
     /// With ban duration.

@@ -25,6 +25,7 @@ mod outcome;
 mod rate;
 pub mod reconcile;
 mod replication;
+mod transport;
 mod watch;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
@@ -36,6 +37,7 @@ pub use identity::{IdentityError, load_or_create_identity};
 pub use node::{NatStatus, Node, NodeBuilder, Reachability};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
 pub use replication::ReplicationStats;
+pub use transport::Transports;
 pub use watch::{Watch, watch_topic};
 
 pub use dkvs_store as store;

@@ -9,8 +9,7 @@ use dkvs_store::Store;
 use futures::StreamExt as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad, noise, request_response, tcp,
-    yamux,
+    Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad, noise, request_response, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -134,15 +133,14 @@ impl<E: Extension> NodeBuilder<E> {
         let NodeBuilder { identity, store, config, extension } = self;
         let peer_id = identity.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+        let transports = config.transports;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_other_transport(|key| {
+                crate::transport::build(key, transports)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
             .map_err(|e| setup(&e))?
-            .with_quic()
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| setup(&e))?
             .with_behaviour(|key, relay_client| {
