@@ -1,8 +1,9 @@
 //! Helpers for the workspace's end-to-end tests: child processes that are always cleaned up,
-//! and [`testnet`], many dkvs nodes in one process on loopback.
+//! a dishonest peer ([`liar`]), and [`testnet`] (the `dkvs-testnet` crate), many dkvs nodes in
+//! one process.
 
 pub mod liar;
-pub mod testnet;
+pub use dkvs_testnet as testnet;
 
 use std::process::Child;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use dkvs_account::{KeyType, Keypair};
-use dkvs_integration_tests::testnet::{TestNet, eventually, lone_node};
+use dkvs_integration_tests::testnet::{TestNet, eventually, lone_node, next_event};
 use dkvs_net::{Config, PutError, Quorum, Refusal, Source};
 use dkvs_record::{Draft, Key, Record, Transfer};
 
@@ -1126,8 +1126,8 @@ async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_
     let mut watch = net.node(0).watch(&key).await?;
     let v1 = record(&alice, &key, "v1", 1);
     net.put(1, v1.clone()).await??;
-    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?;
-    assert_eq!(first.map(|r| r.seq()), Some(1));
+    let first = next_event(Duration::from_secs(10), "the first version", &mut watch).await?;
+    assert_eq!(first.seq(), 1);
     // A hostile peer replays the genuine first version thousands of times on the key's topic,
     // as their author (each a new gossip message). Nothing in them is invalid, so only the
     // admission step's rate can stop it.
@@ -1143,8 +1143,8 @@ async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_
     assert!(banned, "the flooding author is banned");
     // The watcher delivered none of it again, and the owner's next update still arrives.
     net.put(2, record(&alice, &key, "v2", 2)).await??;
-    let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?;
-    assert_eq!(next.map(|r| (r.seq(), r.value().to_vec())), Some((2, b"v2".to_vec())));
+    let next = next_event(Duration::from_secs(10), "the owner's update", &mut watch).await?;
+    assert_eq!((next.seq(), next.value()), (2, &b"v2"[..]));
     net.shutdown().await;
     Ok(())
 }

@@ -1,15 +1,20 @@
-//! A network of dkvs nodes in one process, on real TCP over loopback, each with its own
-//! persistent store, so that multi-node tests read like stories:
+//! A network of dkvs nodes in one process, each with its own persistent store, so that
+//! multi-node tests read like stories, for dkvs's own tests and for anyone building on it (the
+//! mail and IPFS crates, applications):
 //!
 //! ```no_run
 //! # async fn story() -> anyhow::Result<()> {
-//! use dkvs_integration_tests::testnet::TestNet;
+//! use dkvs_testnet::TestNet;
 //! let mut net = TestNet::start(20, dkvs_net::Config::default()).await?;
 //! // net.put(0, record).await?; net.get(7, &key).await?; net.kill(3).await; ...
 //! # Ok(()) }
 //! ```
 //!
-//! Every operation has a deadline; nothing listens anywhere but 127.0.0.1.
+//! Nodes run on real TCP over loopback by default, as users run them (the project's rule for
+//! tests: real transports where users would use them); a configuration with only the memory
+//! transport (`Transports::memory_only`) gives a network without sockets, for simulations of
+//! many nodes. Every operation has a deadline ([`STEP`], [`eventually`], [`next_event`]);
+//! nothing listens anywhere but 127.0.0.1 or in memory.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -207,3 +212,22 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The next item of `stream`, waiting at most `within`: an error names what did not come
+/// (`what`) when the time is up or the stream ends, so a test never hangs on a silent peer.
+pub async fn next_event<S>(within: Duration, what: &str, stream: &mut S) -> anyhow::Result<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    use futures::StreamExt as _;
+    match tokio::time::timeout(within, stream.next()).await {
+        Ok(Some(item)) => Ok(item),
+        Ok(None) => Err(anyhow!("{what}: the stream ended")),
+        Err(_) => Err(anyhow!("{what}: nothing within {within:?}")),
+    }
+}
+
+// The README's example is compiled with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
