@@ -2,7 +2,9 @@
 //! and so do the protocols that extensions add ([`crate::Host::admit`]).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use libp2p::PeerId;
 

@@ -180,7 +180,7 @@ impl Host<'_> {
     /// (disconnected and refused for the ban duration).
     pub fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> Result<(), Refused> {
         let subnet = crate::node::subnet_of(self.connections, &peer);
-        let result = self.defence.admit(peer, subnet, len, limit, std::time::Instant::now());
+        let result = self.defence.admit(peer, subnet, len, limit, tokio::time::Instant::now());
         if result.is_err() && self.defence.is_banned(&peer) {
             self.blocked.block_peer(peer);
         }
@@ -190,7 +190,7 @@ impl Host<'_> {
     /// Reports a peer that sent what no honest peer sends (a forged signature, a malformed
     /// message): it is disconnected and refused for the ban duration.
     pub fn report(&mut self, peer: PeerId, why: &str) {
-        if self.defence.ban(peer, std::time::Instant::now()) {
+        if self.defence.ban(peer, tokio::time::Instant::now()) {
             tracing::warn!(%peer, why, "banning peer");
         }
         self.blocked.block_peer(peer);

@@ -2,7 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use dkvs_record::{Key, Record};
 use dkvs_store::Store;
@@ -587,7 +589,7 @@ impl<E: Extension> Driver<E> {
         loop {
             // No polling: the task sleeps until the earliest deadline it has (an operation's
             // linger or timeout, a ban's end, the next sweep or round), or until an event.
-            let wake = tokio::time::Instant::from_std(self.next_wake(Instant::now()));
+            let wake = self.next_wake(Instant::now());
             tokio::select! {
                 command = self.commands.recv() => match command {
                     None => break,

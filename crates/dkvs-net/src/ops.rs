@@ -1,7 +1,9 @@
 //! Puts, gets and repairs as state machines driven by the node task.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use dkvs_record::{Key, Record};
 use dkvs_store::PutOutcome;

@@ -1,7 +1,9 @@
 //! Token buckets for inbound requests and bytes, per peer (or per network of peers).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use libp2p::PeerId;
 

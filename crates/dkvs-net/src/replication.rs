@@ -24,7 +24,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use dkvs_record::{Key, Record};
 use libp2p::PeerId;
