@@ -503,6 +503,10 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) config: Config,
     commands: mpsc::Receiver<Command>,
     pub(crate) ops: HashMap<OpId, Op>,
+    /// When each operation next needs a look, earliest first. Lazy: an entry whose operation
+    /// has ended is dropped when it comes up, and an operation whose time moves earlier (a
+    /// quorum starts its linger) gets a new entry.
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, OpId)>>,
     next_op: OpId,
     /// Kademlia lookups in flight, by the operation waiting for them.
     pub(crate) lookups: HashMap<kad::QueryId, OpId>,
@@ -565,6 +569,7 @@ impl<E: Extension> Driver<E> {
             config,
             commands,
             ops: HashMap::new(),
+            deadlines: std::collections::BinaryHeap::new(),
             next_op: 0,
             lookups: HashMap::new(),
             requests: HashMap::new(),
@@ -683,7 +688,15 @@ impl<E: Extension> Driver<E> {
     pub(crate) fn new_op(&mut self, op: Op) -> OpId {
         self.next_op += 1;
         self.ops.insert(self.next_op, op);
+        self.schedule(self.next_op);
         self.next_op
+    }
+
+    /// Notes when operation `id` next needs a look (its deadline, or the end of its linger).
+    pub(crate) fn schedule(&mut self, id: OpId) {
+        if let Some(op) = self.ops.get(&id) {
+            self.deadlines.push(std::cmp::Reverse((op.wake(&self.config), id)));
+        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -988,10 +1001,15 @@ impl<E: Extension> Driver<E> {
     }
 
     /// When the task must wake up next, if no event comes first.
-    fn next_wake(&self, now: Instant) -> Instant {
+    fn next_wake(&mut self, now: Instant) -> Instant {
         let mut at = now + IDLE_WAKE;
-        for op in self.ops.values() {
-            at = at.min(op.wake(&self.config));
+        // The earliest deadline of an operation still running; entries of ended ones go.
+        while let Some(std::cmp::Reverse((when, id))) = self.deadlines.peek() {
+            if self.ops.contains_key(id) {
+                at = at.min(*when);
+                break;
+            }
+            self.deadlines.pop();
         }
         at = at.min(self.last_sweep + EXPIRY_SWEEP);
         at = at.min(self.last_republish + self.config.republish_interval);
@@ -1005,14 +1023,31 @@ impl<E: Extension> Driver<E> {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.wakeups += 1;
-        let due: Vec<OpId> = self
-            .ops
-            .iter()
-            .filter(|(_, op)| op.due(now, &self.config))
-            .map(|(id, _)| *id)
-            .collect();
+        // Only the operations whose time has come are looked at, not every one.
+        let (mut due, mut later) = (Vec::new(), Vec::new());
+        while let Some(&std::cmp::Reverse((when, id))) = self.deadlines.peek() {
+            if when > now {
+                break;
+            }
+            self.deadlines.pop();
+            match self.ops.get(&id) {
+                Some(op) if op.due(now, &self.config) => due.push(id),
+                Some(_) => later.push(id),
+                None => {}
+            }
+        }
+        due.sort_unstable();
+        due.dedup();
         for id in due {
             self.finish_op(id, now);
+        }
+        for id in later {
+            // Not due after all (its time moved): looked at again at its time, at the
+            // earliest a tick from now.
+            if let Some(op) = self.ops.get(&id) {
+                let when = op.wake(&self.config).max(now + TICK);
+                self.deadlines.push(std::cmp::Reverse((when, id)));
+            }
         }
         if now.duration_since(self.last_sweep) >= EXPIRY_SWEEP {
             self.last_sweep = now;

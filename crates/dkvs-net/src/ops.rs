@@ -845,6 +845,8 @@ impl<E: crate::Extension> Driver<E> {
         put.note_quorum(now);
         if put.settled(now, self.config.linger) {
             self.finish_op(id, now);
+        } else {
+            self.schedule(id);
         }
     }
 
@@ -854,6 +856,8 @@ impl<E: crate::Extension> Driver<E> {
         get.note_quorum(now);
         if get.settled(now, self.config.linger, self.config.not_found_linger) {
             self.finish_op(id, now);
+        } else {
+            self.schedule(id);
         }
     }
 
