@@ -524,7 +524,7 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) ext_topics: HashSet<gossipsub::TopicHash>,
     /// Lookups started by [`Node::closest_peers`].
     closest_waiters: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
-    pub(crate) watches: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, u64)>,
+    pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
     last_replication: Instant,
     last_republish: Instant,
@@ -576,7 +576,7 @@ impl<E: Extension> Driver<E> {
             bootstraps: HashMap::new(),
             listens: Vec::new(),
             dials: HashMap::new(),
-            watches: HashMap::new(),
+            watches: crate::watch::Watches::default(),
             last_sweep: Instant::now(),
             last_replication: Instant::now(),
             last_republish: Instant::now(),
@@ -1074,15 +1074,7 @@ impl<E: Extension> Driver<E> {
 
     /// Unsubscribes the watches whose receivers are all gone.
     fn drop_closed_watches(&mut self) {
-        let mut unwatched = Vec::new();
-        self.watches.retain(|_, (key, senders, _)| {
-            senders.retain(|s| !s.is_closed());
-            if senders.is_empty() {
-                unwatched.push(crate::watch::topic_of(key));
-            }
-            !senders.is_empty()
-        });
-        for topic in unwatched {
+        for topic in self.watches.drop_closed() {
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
     }

@@ -9,7 +9,7 @@ use dkvs_record::{Key, Record};
 use dkvs_store::PutOutcome;
 use libp2p::{PeerId, gossipsub, request_response};
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::codec::pb;
 use crate::node::{Driver, GetPurpose, OpId, closest, kad_key};
@@ -476,45 +476,22 @@ impl<E: crate::Extension> Driver<E> {
     }
 
     pub(crate) fn start_watch(&mut self, key: Key) -> Watch {
-        let (tx, rx) = mpsc::channel(64);
-        let topic = topic_of(&key);
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+        let baseline = self.store.highest_seq(key.as_str()).unwrap_or(0);
+        let (watch, new) = self.watches.add(key.clone(), baseline);
+        if new && let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic_of(&key)) {
             tracing::warn!(%key, error = %e, "watch subscription failed");
         }
-        let baseline = self.store.highest_seq(key.as_str()).unwrap_or(0);
-        self.watches
-            .entry(topic.hash())
-            .or_insert_with(|| (key.clone(), Vec::new(), baseline))
-            .1
-            .push(tx);
         // Reading the key connects this node to its replicas, which publish its updates.
-        self.start_get(key.clone(), GetPurpose::Warm);
-        Watch::new(key, rx)
+        self.start_get(key, GetPurpose::Warm);
+        watch
     }
 
     /// Publishes a record this node accepted to the key's watchers.
     pub(crate) fn publish(&mut self, record: &Record) {
-        let topic = topic_of(record.key());
-        self.deliver(&topic.hash(), record);
+        self.watches.deliver(record);
         // No subscribed peer is the common case; that is not an error.
-        let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, record.encode());
-    }
-
-    /// Hands a verified record to this node's watchers of its key, if it is newer.
-    fn deliver(&mut self, topic: &gossipsub::TopicHash, record: &Record) {
-        if let Some((_, senders, last)) = self.watches.get_mut(topic)
-            && record.seq() > *last
-        {
-            senders.retain(|s| !s.is_closed());
-            let mut delivered = false;
-            for sender in senders.iter() {
-                delivered |= sender.try_send(record.clone()).is_ok();
-            }
-            // A watcher that is behind gets this version again from the next publisher.
-            if delivered {
-                *last = record.seq();
-            }
-        }
+        let _ =
+            self.swarm.behaviour_mut().gossipsub.publish(topic_of(record.key()), record.encode());
     }
 
     pub(crate) fn on_gossip_event(&mut self, event: gossipsub::Event) {
@@ -552,9 +529,7 @@ impl<E: crate::Extension> Driver<E> {
             let acceptance = self.extension_gossip(gossip);
             return report(self, acceptance);
         }
-        let Some((key, delivered)) =
-            self.watches.get(&message.topic).map(|(key, _, last)| (key.clone(), *last))
-        else {
+        let Some((key, delivered)) = self.watches.watched(&message.topic) else {
             // A topic nobody here validates is not forwarded (and not left pending).
             return report(self, gossipsub::MessageAcceptance::Ignore);
         };
@@ -569,7 +544,7 @@ impl<E: crate::Extension> Driver<E> {
         let acceptance = match self.verified(propagation_source, &key, &message.data) {
             Some(record) => match self.store.put(record.clone()) {
                 Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => {
-                    self.deliver(&message.topic, &record);
+                    self.watches.deliver(&record);
                     gossipsub::MessageAcceptance::Accept
                 }
                 Ok(_) => gossipsub::MessageAcceptance::Ignore,

@@ -1,6 +1,7 @@
 //! Watching a key: replicas publish every record they accept on a gossipsub topic per key;
 //! watchers verify each message before they deliver or forward it.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -50,5 +51,95 @@ impl futures::Stream for Watch {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
         self.receiver.poll_recv(cx)
+    }
+}
+
+/// This node's watches, by topic: the key, the watchers' channels, and the newest sequence
+/// delivered (versions at or below it are old news).
+#[derive(Default)]
+pub(crate) struct Watches {
+    by_topic: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, u64)>,
+}
+
+impl Watches {
+    /// A new watcher of `key`, whose versions above `baseline` (what this node holds) are news.
+    /// True when the key was not watched yet (its topic is to be subscribed).
+    pub(crate) fn add(&mut self, key: Key, baseline: u64) -> (Watch, bool) {
+        let (tx, rx) = mpsc::channel(64);
+        let topic = topic_of(&key).hash();
+        let new = !self.by_topic.contains_key(&topic);
+        self.by_topic
+            .entry(topic)
+            .or_insert_with(|| (key.clone(), Vec::new(), baseline))
+            .1
+            .push(tx);
+        (Watch::new(key, rx), new)
+    }
+
+    /// The key watched on `topic` and the newest sequence delivered, if it is a watch topic.
+    pub(crate) fn watched(&self, topic: &gossipsub::TopicHash) -> Option<(Key, u64)> {
+        self.by_topic.get(topic).map(|(key, _, last)| (key.clone(), *last))
+    }
+
+    /// Hands a verified record to the watchers of its key, if it is newer than what they got.
+    /// A watcher that is behind (its channel full) gets a later version from the next
+    /// publisher.
+    pub(crate) fn deliver(&mut self, record: &Record) {
+        let topic = topic_of(record.key()).hash();
+        if let Some((_, senders, last)) = self.by_topic.get_mut(&topic)
+            && record.seq() > *last
+        {
+            senders.retain(|s| !s.is_closed());
+            let mut delivered = false;
+            for sender in senders.iter() {
+                delivered |= sender.try_send(record.clone()).is_ok();
+            }
+            if delivered {
+                *last = record.seq();
+            }
+        }
+    }
+
+    /// Forgets the watches whose watchers are all gone; returns their topics, to unsubscribe.
+    pub(crate) fn drop_closed(&mut self) -> Vec<gossipsub::IdentTopic> {
+        let mut unwatched = Vec::new();
+        self.by_topic.retain(|_, (key, senders, _)| {
+            senders.retain(|s| !s.is_closed());
+            if senders.is_empty() {
+                unwatched.push(topic_of(key));
+            }
+            !senders.is_empty()
+        });
+        unwatched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dkvs_account::{KeyType, Keypair};
+    use dkvs_record::Draft;
+
+    #[test]
+    fn watchers_get_each_newer_version_once_and_closed_watches_go() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let version =
+            |seq| Draft::new(key.clone(), vec![1], seq, 60_000).sign(&alice).expect("signed");
+        let mut watches = Watches::default();
+        let (mut first, new) = watches.add(key.clone(), 2);
+        assert!(new, "the topic is to be subscribed");
+        let (second, again) = watches.add(key.clone(), 2);
+        assert!(!again, "one subscription per key");
+        // At or below what this node held when the watch began: old news.
+        watches.deliver(&version(2));
+        watches.deliver(&version(3));
+        watches.deliver(&version(3));
+        assert_eq!(watches.watched(&topic_of(&key).hash()).map(|(_, last)| last), Some(3));
+        assert_eq!(first.receiver.try_recv().map(|r| r.seq()).ok(), Some(3));
+        assert!(first.receiver.try_recv().is_err(), "each version once");
+        drop((first, second));
+        assert_eq!(watches.drop_closed().len(), 1);
+        assert!(watches.watched(&topic_of(&key).hash()).is_none());
     }
 }
