@@ -1112,6 +1112,24 @@ async fn put_next_writes_the_version_after_the_networks_newest_from_any_node() -
         matches!(too_big, Err(PutError::Local(dkvs_net::store::PutError::Invalid(_)))),
         "{too_big:?}"
     );
+    // Two writers race for the next version, on one node and on two: each reads again after
+    // losing, and both versions land, one after the other.
+    for (a, b) in [(0, 0), (1, 2)] {
+        let race = Key::scoped(&alice.account_id(), &format!("race/{a}{b}")).expect("key");
+        net.node(a).put_next(&alice, &race, b"start".to_vec(), HOUR).await?;
+        let (x, y) = tokio::join!(
+            net.node(a).put_next(&alice, &race, b"x".to_vec(), HOUR),
+            net.node(b).put_next(&alice, &race, b"y".to_vec(), HOUR),
+        );
+        let mut seqs = [x?.seq, y?.seq];
+        seqs.sort_unstable();
+        assert_eq!(seqs, [2, 3], "nodes {a} and {b}");
+    }
+    // A key at the last sequence there is cannot be written again: said, not wrapped around.
+    let last = Key::scoped(&alice.account_id(), "last").expect("key");
+    net.put(0, record(&alice, &last, "end", u64::MAX)).await??;
+    let after = net.node(1).put_next(&alice, &last, b"more".to_vec(), HOUR).await;
+    assert!(matches!(after, Err(PutError::NoNextSequence { seq: u64::MAX, .. })), "{after:?}");
     net.shutdown().await;
     Ok(())
 }

@@ -243,8 +243,10 @@ impl Node {
     /// Writes `value` as the next version of `key`, signed by `owner` and living `ttl_ms`:
     /// reads the network's newest sequence (a value that expired still counts: its sequence
     /// is remembered), signs the one after it, and writes it as a compare-and-swap on the
-    /// newest record read. When another writer got there first it reads again and retries,
-    /// at most four times in all, then answers [`PutError::Conflict`].
+    /// newest record read. When another writer got there first (the newest moved on, or both
+    /// signed the same sequence) it reads again and retries, four attempts in all, then
+    /// answers with the last attempt's error. A read without a quorum is
+    /// [`PutError::NoReadQuorum`]: nothing was written.
     pub async fn put_next(
         &self,
         owner: &dkvs_account::Keypair,
@@ -274,31 +276,28 @@ impl Node {
         value: Option<Vec<u8>>,
         ttl_ms: u64,
     ) -> Result<PutReceipt, PutError> {
-        let local = self.store.highest_seq(key.as_str()).unwrap_or(0);
-        let (mut live, mut highest) = match self.get(key).await {
-            Ok(found) => {
-                let live = found.record.as_ref().map(Record::seq);
-                (live, found.highest_seq.max(live.unwrap_or(0)))
-            }
-            // No read quorum: the compare-and-swap below reads again and says why.
-            Err(_) => (None, 0),
-        };
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let seq = highest.max(local).max(live.unwrap_or(0)) + 1;
+            // What the network holds now; the compare-and-swap checks it again before writing.
+            let found = self.get(key).await.map_err(|read| match read {
+                GetError::Shutdown => PutError::Shutdown,
+                read => PutError::NoReadQuorum { read },
+            })?;
+            let live = found.record.as_ref().map(Record::seq);
+            let local = self.store.highest_seq(key.as_str()).unwrap_or(0);
+            let newest = found.highest_seq.max(live.unwrap_or(0)).max(local);
+            let seq = newest
+                .checked_add(1)
+                .ok_or_else(|| PutError::NoNextSequence { key: key.to_string(), seq: newest })?;
             let draft = match &value {
                 Some(value) => dkvs_record::Draft::new(key.clone(), value.clone(), seq, ttl_ms),
                 None => dkvs_record::Draft::tombstone(key.clone(), seq, ttl_ms),
             };
             let record = draft.sign(owner).map_err(|e| PutError::Local(e.into()))?;
             match self.put_cas(record, live).await {
-                Err(PutError::Conflict { current }) if attempts < 4 => {
-                    live = current.as_ref().map(|r| r.seq());
-                    highest = highest.max(live.unwrap_or(0));
-                }
-                Err(PutError::Stale { current_seq, .. }) if attempts < 4 => {
-                    highest = highest.max(current_seq);
+                Err(e) if attempts < 4 && lost_race(&e) => {
+                    tracing::debug!(%key, error = %e, "another writer got there first; reading again");
                 }
                 result => return result,
             }
@@ -485,6 +484,21 @@ pub(crate) fn remote_address(endpoint: &libp2p::core::ConnectedPoint) -> Multiad
             local_addr.clone()
         }
         other => other.get_remote_address().clone(),
+    }
+}
+
+/// Whether a write failed because another writer got to the key first: the newest moved on
+/// between the read and the write (a conflict or a newer version), or two writers signed the
+/// same next sequence (a fork, here or at most of the replicas that refused).
+fn lost_race(error: &PutError) -> bool {
+    match error {
+        PutError::Conflict { .. } | PutError::Stale { .. } => true,
+        PutError::Local(dkvs_store::PutError::Fork { .. }) => true,
+        PutError::NoQuorum { receipt } => matches!(
+            receipt.main_refusal(),
+            Some(crate::Refusal::Fork | crate::Refusal::Stale | crate::Refusal::Conflict)
+        ),
+        _ => false,
     }
 }
 

@@ -171,11 +171,11 @@ enum CasStep {
     Write,
     /// It does not: the caller gets the newest record.
     Conflict(Option<Record>),
-    /// The read found no quorum: neither the expectation nor its failure is known.
-    NoQuorum(PutReceipt),
+    /// The read failed: neither the expectation nor its failure is known.
+    NoRead(GetError),
 }
 
-fn cas_step(expected: dkvs_store::Expect, seq: u64, read: Result<GetOutcome, GetError>) -> CasStep {
+fn cas_step(expected: dkvs_store::Expect, read: Result<GetOutcome, GetError>) -> CasStep {
     match read {
         Ok(outcome) => {
             if expected.allows(outcome.record.as_ref().map(Record::seq)) {
@@ -184,10 +184,7 @@ fn cas_step(expected: dkvs_store::Expect, seq: u64, read: Result<GetOutcome, Get
                 CasStep::Conflict(outcome.record)
             }
         }
-        Err(GetError::NoQuorum { asked, quorum, .. }) => {
-            CasStep::NoQuorum(PutReceipt { seq, replicas: asked, quorum, ..PutReceipt::default() })
-        }
-        Err(_) => CasStep::NoQuorum(PutReceipt { seq, ..PutReceipt::default() }),
+        Err(e) => CasStep::NoRead(e),
     }
 }
 
@@ -851,15 +848,14 @@ impl<E: crate::Extension> Driver<E> {
                 self.republish_found(&key, outcome);
             }
             GetPurpose::Cas { record, expected, reply } => {
-                match cas_step(expected, record.seq(), outcome) {
+                match cas_step(expected, outcome) {
                     CasStep::Write => self.put_phase(record, reply),
                     CasStep::Conflict(current) => {
                         let current = current.map(Box::new);
                         let _ = reply.send(Err(PutError::Conflict { current }));
                     }
-                    CasStep::NoQuorum(receipt) => {
-                        tracing::debug!("compare-and-swap read found no quorum");
-                        let _ = reply.send(Err(PutError::NoQuorum { receipt: Box::new(receipt) }));
+                    CasStep::NoRead(read) => {
+                        let _ = reply.send(Err(PutError::NoReadQuorum { read }));
                     }
                 }
             }
@@ -1281,22 +1277,22 @@ mod tests {
                 source: crate::Source::Network,
             })
         };
-        assert!(matches!(cas_step(Expect::Seq(4), 5, read(Some(held.clone()))), CasStep::Write));
-        assert!(matches!(cas_step(Expect::Absent, 1, read(None)), CasStep::Write));
-        let CasStep::Conflict(current) = cas_step(Expect::Seq(3), 4, read(Some(held.clone())))
+        assert!(matches!(cas_step(Expect::Seq(4), read(Some(held.clone()))), CasStep::Write));
+        assert!(matches!(cas_step(Expect::Absent, read(None)), CasStep::Write));
+        let CasStep::Conflict(current) = cas_step(Expect::Seq(3), read(Some(held.clone())))
         else {
             panic!("conflict")
         };
         assert_eq!(current, Some(held.clone()));
         assert!(matches!(
-            cas_step(Expect::Absent, 1, read(Some(held))),
+            cas_step(Expect::Absent, read(Some(held))),
             CasStep::Conflict(Some(_))
         ));
         let no_quorum = Err(GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 });
-        let CasStep::NoQuorum(receipt) = cas_step(Expect::Seq(4), 5, no_quorum) else {
-            panic!("no quorum")
+        let CasStep::NoRead(read) = cas_step(Expect::Seq(4), no_quorum) else {
+            panic!("no read")
         };
-        assert_eq!((receipt.seq, receipt.replicas, receipt.quorum), (5, 5, 3));
+        assert!(matches!(read, GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 }));
     }
 
     #[test]

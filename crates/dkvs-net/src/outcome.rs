@@ -80,7 +80,8 @@ impl PutReceipt {
 
     /// The reason that at least half of the refusing replicas gave, if one did: what a put
     /// that missed its quorum comes down to (the name is another account's, a newer version
-    /// is held, ...). On a tie, the reason a retry cannot fix wins (foreign owner, then stale).
+    /// is held, ...). On a tie, foreign owner comes first (no retry can fix it), then stale
+    /// (the writer has to read again), then the others.
     pub fn main_refusal(&self) -> Option<Refusal> {
         let counts = self.refusal_counts();
         let total = self.refused.len();
@@ -147,6 +148,21 @@ pub enum PutError {
     NoQuorum {
         /// Who stored, who refused and why, who did not answer.
         receipt: Box<PutReceipt>,
+    },
+    /// A compare-and-swap (or [`crate::Node::put_next`]) could not read the key's newest
+    /// version first: nothing was written.
+    #[error("could not read the newest version first, nothing was written: {read}")]
+    NoReadQuorum {
+        /// Why the read failed.
+        read: GetError,
+    },
+    /// The key's sequence is at the largest there is: no version can follow it.
+    #[error("{key} is at sequence {seq}, the largest there is; no version can follow it")]
+    NoNextSequence {
+        /// The key.
+        key: String,
+        /// The sequence held or claimed.
+        seq: u64,
     },
     /// [`crate::Node::delete`] was given a record that is not a tombstone.
     #[error("a delete needs a tombstone record")]

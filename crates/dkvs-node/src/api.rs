@@ -439,6 +439,12 @@ fn put_error(error: PutError) -> ApiError {
         PutError::Local(e) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
         }
+        e @ PutError::NoReadQuorum { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
+        }
+        e @ PutError::NoNextSequence { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "no_next_sequence", e.to_string())
+        }
         e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
 }
