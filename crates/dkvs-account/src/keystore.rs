@@ -347,12 +347,51 @@ impl Keystore {
 /// the umask, fsync, rename over `path`, and a fsync of the directory. For key files, tokens,
 /// and anything else a user's other processes must not read.
 pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    place_private(path, contents, |tmp, path| fs::rename(tmp, path))
+}
+
+/// Like [`write_private`], but only if `path` does not exist yet: when another writer got
+/// there first (two processes creating the same key), this fails with
+/// [`io::ErrorKind::AlreadyExists`] and the file that is there stays.
+pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    place_private(path, contents, |tmp, path| {
+        // A link never replaces an existing file; the temporary name then goes.
+        fs::hard_link(tmp, path)?;
+        fs::remove_file(tmp)
+    })
+}
+
+/// Writes `contents` to a fresh private temporary file beside `path`, then `place`s it.
+fn place_private(
+    path: &Path,
+    contents: &[u8],
+    place: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::rng().next_u64()));
+    let prefix = format!(".{name}.");
+    // Temporary files a crash left behind hold secrets too: they go now (those over an hour
+    // old; a younger one may be another writer's, at work).
+    let old = |entry: &fs::DirEntry| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600))
+    };
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let ours = entry.file_name().to_str().is_some_and(|n| {
+                n.starts_with(&prefix) && n.ends_with(".tmp") && n.len() == prefix.len() + 20
+            });
+            if ours && old(&entry) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!("{prefix}{:016x}.tmp", rand::rng().next_u64()));
     let write = || -> io::Result<()> {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         // The umask may have taken bits away; the mode is exactly 0600 either way.
@@ -360,7 +399,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
         file.write_all(contents)?;
         file.sync_all()
     };
-    if let Err(e) = write().and_then(|()| fs::rename(&tmp, path)) {
+    if let Err(e) = write().and_then(|()| place(&tmp, path)) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
@@ -526,5 +565,32 @@ mod tests {
             KeystoreError::NotFound("bob".into()).to_string(),
             "no account named \"bob\" in the keystore"
         );
+    }
+
+    #[test]
+    fn private_files_are_whole_and_a_crashs_old_temporary_files_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.key");
+        // A temporary file a crash left two hours ago, and one another writer is using now.
+        let old = dir.path().join(".node.key.00000000000000aa.tmp");
+        let young = dir.path().join(".node.key.00000000000000bb.tmp");
+        for file in [&old, &young] {
+            fs::write(file, b"secret").expect("write");
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(two_hours_ago))
+            .expect("set mtime");
+        write_private(&path, b"key").expect("written");
+        assert_eq!(fs::read(&path).expect("read"), b"key");
+        assert_eq!(fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert!(!old.exists(), "the crash's leftover is gone");
+        assert!(young.exists(), "another writer's file is left alone");
+        // Creating only: the file that is there stays.
+        let again = create_private(&path, b"other").expect_err("exists");
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).expect("read"), b"key");
     }
 }

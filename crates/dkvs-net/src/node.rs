@@ -521,6 +521,9 @@ pub(crate) struct Driver<E: Extension> {
     /// has ended is dropped when it comes up, and an operation whose time moves earlier (a
     /// quorum starts its linger) gets a new entry.
     deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, OpId)>>,
+    /// The earliest time in `deadlines` for each running operation, so that an operation gets
+    /// a new entry only when its time moves earlier.
+    scheduled: HashMap<OpId, Instant>,
     next_op: OpId,
     /// Kademlia lookups in flight, by the operation waiting for them.
     pub(crate) lookups: HashMap<kad::QueryId, OpId>,
@@ -584,6 +587,7 @@ impl<E: Extension> Driver<E> {
             commands,
             ops: HashMap::new(),
             deadlines: std::collections::BinaryHeap::new(),
+            scheduled: HashMap::new(),
             next_op: 0,
             lookups: HashMap::new(),
             requests: HashMap::new(),
@@ -708,8 +712,11 @@ impl<E: Extension> Driver<E> {
 
     /// Notes when operation `id` next needs a look (its deadline, or the end of its linger).
     pub(crate) fn schedule(&mut self, id: OpId) {
-        if let Some(op) = self.ops.get(&id) {
-            self.deadlines.push(std::cmp::Reverse((op.wake(&self.config), id)));
+        let Some(op) = self.ops.get(&id) else { return };
+        let when = op.wake(&self.config);
+        if self.scheduled.get(&id).is_none_or(|&at| when < at) {
+            self.scheduled.insert(id, when);
+            self.deadlines.push(std::cmp::Reverse((when, id)));
         }
     }
 
@@ -1018,12 +1025,13 @@ impl<E: Extension> Driver<E> {
     fn next_wake(&mut self, now: Instant) -> Instant {
         let mut at = now + IDLE_WAKE;
         // The earliest deadline of an operation still running; entries of ended ones go.
-        while let Some(std::cmp::Reverse((when, id))) = self.deadlines.peek() {
-            if self.ops.contains_key(id) {
-                at = at.min(*when);
+        while let Some(&std::cmp::Reverse((when, id))) = self.deadlines.peek() {
+            if self.ops.contains_key(&id) {
+                at = at.min(when);
                 break;
             }
             self.deadlines.pop();
+            self.scheduled.remove(&id);
         }
         at = at.min(self.last_sweep + EXPIRY_SWEEP);
         at = at.min(self.last_republish + self.config.republish_interval);
@@ -1044,6 +1052,10 @@ impl<E: Extension> Driver<E> {
                 break;
             }
             self.deadlines.pop();
+            // This entry is gone: a later look needs a new one.
+            if self.scheduled.get(&id) == Some(&when) {
+                self.scheduled.remove(&id);
+            }
             match self.ops.get(&id) {
                 Some(op) if op.due(now, &self.config) => due.push(id),
                 Some(_) => later.push(id),
@@ -1060,6 +1072,7 @@ impl<E: Extension> Driver<E> {
             // earliest a tick from now.
             if let Some(op) = self.ops.get(&id) {
                 let when = op.wake(&self.config).max(now + TICK);
+                self.scheduled.insert(id, when);
                 self.deadlines.push(std::cmp::Reverse((when, id)));
             }
         }

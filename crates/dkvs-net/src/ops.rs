@@ -847,18 +847,16 @@ impl<E: crate::Extension> Driver<E> {
                 let key = get.key.clone();
                 self.republish_found(&key, outcome);
             }
-            GetPurpose::Cas { record, expected, reply } => {
-                match cas_step(expected, outcome) {
-                    CasStep::Write => self.put_phase(record, reply),
-                    CasStep::Conflict(current) => {
-                        let current = current.map(Box::new);
-                        let _ = reply.send(Err(PutError::Conflict { current }));
-                    }
-                    CasStep::NoRead(read) => {
-                        let _ = reply.send(Err(PutError::NoReadQuorum { read }));
-                    }
+            GetPurpose::Cas { record, expected, reply } => match cas_step(expected, outcome) {
+                CasStep::Write => self.put_phase(record, reply),
+                CasStep::Conflict(current) => {
+                    let current = current.map(Box::new);
+                    let _ = reply.send(Err(PutError::Conflict { current }));
                 }
-            }
+                CasStep::NoRead(read) => {
+                    let _ = reply.send(Err(PutError::NoReadQuorum { read }));
+                }
+            },
         }
     }
 
@@ -1279,19 +1277,13 @@ mod tests {
         };
         assert!(matches!(cas_step(Expect::Seq(4), read(Some(held.clone()))), CasStep::Write));
         assert!(matches!(cas_step(Expect::Absent, read(None)), CasStep::Write));
-        let CasStep::Conflict(current) = cas_step(Expect::Seq(3), read(Some(held.clone())))
-        else {
+        let CasStep::Conflict(current) = cas_step(Expect::Seq(3), read(Some(held.clone()))) else {
             panic!("conflict")
         };
         assert_eq!(current, Some(held.clone()));
-        assert!(matches!(
-            cas_step(Expect::Absent, read(Some(held))),
-            CasStep::Conflict(Some(_))
-        ));
+        assert!(matches!(cas_step(Expect::Absent, read(Some(held))), CasStep::Conflict(Some(_))));
         let no_quorum = Err(GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 });
-        let CasStep::NoRead(read) = cas_step(Expect::Seq(4), no_quorum) else {
-            panic!("no read")
-        };
+        let CasStep::NoRead(read) = cas_step(Expect::Seq(4), no_quorum) else { panic!("no read") };
         assert!(matches!(read, GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 }));
     }
 

@@ -1,5 +1,5 @@
 //! The node's local HTTP API: JSON (or raw bytes for values) over HTTP on loopback, every
-//! request authorised by the bearer token in the home's `api.json`. `docs/openapi.json`
+//! request authorised by the bearer token in the home's `api.json`. `openapi.json` (in this crate)
 //! describes it and is served at `/openapi.json`.
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
 /// The OpenAPI description of this API.
-pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// What the handlers share.
 pub struct AppState {

@@ -3,7 +3,7 @@
 //!
 //! A node runs from a home directory (`--home`, `DKVS_HOME`, default `~/.dkvs`) that holds the
 //! accounts, the node's identity, its configuration and its data; see [`home`]. Client commands
-//! (`dkvs put`, `get`, ...) are thin wrappers over the HTTP API ([`api`], `docs/openapi.json`).
+//! (`dkvs put`, `get`, ...) are thin wrappers over the HTTP API ([`api`], `openapi.json` in this crate).
 
 pub mod api;
 pub mod client;

@@ -85,8 +85,16 @@ impl TestNet {
         let member = &mut self.members[i];
         let store = Store::open(&member.dir, self.store_config.clone())?;
         let node = Node::spawn(member.identity.clone(), store, self.config.clone())?;
-        // On TCP when the configuration has it, else in memory (a network in one process).
-        let listen = if self.config.transports.tcp { "/ip4/127.0.0.1/tcp/0" } else { "/memory/0" };
+        // On TCP when the configuration has it, else in memory (a network in one process),
+        // else on QUIC.
+        let transports = self.config.transports;
+        let listen = if transports.tcp {
+            "/ip4/127.0.0.1/tcp/0"
+        } else if transports.memory {
+            "/memory/0"
+        } else {
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+        };
         let addr = step("listen", node.listen_on(listen.parse()?)).await??;
         member.node = Some(node);
         member.addr = Some(addr);
