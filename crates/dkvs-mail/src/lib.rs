@@ -9,4 +9,6 @@
 pub mod letter;
 
 pub use dkvs_net as net;
-pub use letter::{Envelope, Letter, MAX_BODY, MailError, Mailbox, MessageId};
+pub use letter::{
+    Envelope, Letter, MAX_BODY, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE, MailError, Mailbox, MessageId,
+};
