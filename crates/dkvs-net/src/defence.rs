@@ -185,34 +185,31 @@ impl Subnet {
         use std::net::IpAddr;
         let ip = addr.iter().find_map(|p| match p {
             Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-            Protocol::Ip6(ip) => Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip).to_canonical()),
             _ => None,
         })?;
         match ip {
-            IpAddr::V4(ip)
-                if ip.is_loopback()
-                    || ip.is_private()
-                    || ip.is_link_local()
-                    || ip.is_unspecified() =>
-            {
-                None
-            }
+            _ if is_local_ip(ip) => None,
             IpAddr::V4(ip) => {
                 let [a, b, c, _] = ip.octets();
                 Some(Subnet::V4([a, b, c]))
-            }
-            IpAddr::V6(ip)
-                if ip.is_loopback()
-                    || ip.is_unique_local()
-                    || ip.is_unicast_link_local()
-                    || ip.is_unspecified() =>
-            {
-                None
             }
             IpAddr::V6(ip) => {
                 let o = ip.octets();
                 Some(Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]]))
             }
+        }
+    }
+}
+
+/// An address on this machine or the local network: loopback, private, link-local and
+/// unique-local (an IPv4-mapped IPv6 address counts as its IPv4 address). The one rule for the
+/// local-network DHT mode (`node::is_local`) and for who shares a network's byte budget.
+pub(crate) fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
         }
     }
 }

@@ -1227,10 +1227,8 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
         return false;
     }
     match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
-        Some(Protocol::Ip6(ip)) => {
-            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
-        }
+        Some(Protocol::Ip4(ip)) => crate::defence::is_local_ip(ip.into()),
+        Some(Protocol::Ip6(ip)) => crate::defence::is_local_ip(ip.into()),
         Some(Protocol::Memory(_)) => true,
         _ => false,
     }
