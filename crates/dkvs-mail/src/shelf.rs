@@ -1,0 +1,516 @@
+//! What a mailbox replica keeps: envelopes by digest, per mailbox in the order they came (a
+//! cursor), with quotas, a TTL cap and expiry; each on disk in its own file, written
+//! atomically and synced before the replica signs a custody receipt for it.
+//!
+//! The index lives in memory and is changed on the node's task; files are written and
+//! removed in that order by one disk thread ([`Disk`]), so a delete queued after a write
+//! removes the file the write made.
+//!
+//! Quotas (all in [`ShelfConfig`]): a mailbox holds at most so many envelopes and bytes; one
+//! depositing peer fills at most a share of a mailbox (a flooder fills its share and is then
+//! told "mailbox full", and mail already kept is never pushed out); the replica as a whole
+//! keeps at most so many bytes. A peer can make many ids: the node's per-network byte budget
+//! and rates bound how fast, the share bounds how much per id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use dkvs_net::libp2p::PeerId;
+use prost::Message as _;
+
+use crate::letter::{Envelope, Mailbox};
+use crate::wire::{Item, MAX_BATCH_BYTES, Refusal};
+
+/// A replica's limits.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ShelfConfig {
+    /// Envelopes one mailbox holds at most. Default 1000.
+    pub mailbox_messages: usize,
+    /// Bytes of envelopes one mailbox holds at most. Default 8 MiB.
+    pub mailbox_bytes: u64,
+    /// The share of a mailbox's bytes one depositing peer may fill, in quarters. Default 1 (a
+    /// quarter): four peers are needed to fill a mailbox.
+    pub depositor_quarters: u64,
+    /// Bytes of envelopes the replica keeps at most. Default 256 MiB.
+    pub total_bytes: u64,
+    /// The longest a replica keeps an envelope, whatever it asks. Default 7 days.
+    pub max_ttl_ms: u64,
+}
+
+impl Default for ShelfConfig {
+    fn default() -> ShelfConfig {
+        ShelfConfig {
+            mailbox_messages: 1000,
+            mailbox_bytes: 8 << 20,
+            depositor_quarters: 1,
+            total_bytes: 256 << 20,
+            max_ttl_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// An envelope a replica keeps.
+struct Kept {
+    mailbox: Mailbox,
+    cursor: u64,
+    kept_until_ms: u64,
+    depositor: PeerId,
+    bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Box_ {
+    by_cursor: BTreeMap<u64, [u8; 32]>,
+    bytes: u64,
+    by_depositor: HashMap<PeerId, u64>,
+}
+
+/// A change for the disk thread, in the order the index made them.
+pub(crate) enum Job {
+    /// Write the file of this digest (atomically, synced); report with this ticket.
+    Write { ticket: u64, digest: [u8; 32], bytes: Vec<u8> },
+    /// Remove the file of this digest.
+    Remove { digest: [u8; 32] },
+}
+
+/// A deposit taken into the index.
+pub(crate) struct Taken {
+    pub digest: [u8; 32],
+    pub kept_until_ms: u64,
+    /// The file to write before the custody is given; `None` when it was kept already.
+    pub write: Option<Job>,
+}
+
+/// The replica's index of kept envelopes.
+pub struct Shelf {
+    config: ShelfConfig,
+    kept: HashMap<[u8; 32], Kept>,
+    boxes: HashMap<Mailbox, Box_>,
+    by_expiry: BTreeSet<(u64, [u8; 32])>,
+    bytes: u64,
+    last_cursor: u64,
+    next_ticket: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredPb {
+    #[prost(uint64, tag = "1")]
+    cursor: u64,
+    #[prost(uint64, tag = "2")]
+    kept_until_ms: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    depositor: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    envelope: Vec<u8>,
+}
+
+fn file_name(digest: &[u8; 32]) -> String {
+    format!("{}.env", hex::encode(digest))
+}
+
+impl Shelf {
+    /// An empty shelf.
+    pub fn new(config: ShelfConfig) -> Shelf {
+        Shelf {
+            config,
+            kept: HashMap::new(),
+            boxes: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            bytes: 0,
+            last_cursor: 0,
+            next_ticket: 0,
+        }
+    }
+
+    /// The shelf kept in `dir` (made if missing): every envelope file written there before,
+    /// less the expired ones (removed) and leftovers of writes a crash interrupted (removed).
+    /// A file whose contents do not match its name is set aside as `*.bad`, not trusted.
+    pub fn open(dir: &Path, config: ShelfConfig, now_ms: u64) -> io::Result<Shelf> {
+        fs::create_dir_all(dir)?;
+        let mut shelf = Shelf::new(config);
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if name.ends_with(".tmp") {
+                fs::remove_file(&path)?;
+                continue;
+            }
+            let Some(hex_digest) = name.strip_suffix(".env") else { continue };
+            match shelf.load(hex_digest, &fs::read(&path)?, now_ms) {
+                Some(true) => {}
+                Some(false) => fs::remove_file(&path)?,
+                None => {
+                    tracing::warn!(file = %path.display(), "a mail file that does not match its name; set aside");
+                    fs::rename(&path, path.with_extension("bad"))?;
+                }
+            }
+        }
+        Ok(shelf)
+    }
+
+    /// Takes a file back into the index: `Some(true)` kept, `Some(false)` expired, `None`
+    /// not a file this shelf wrote.
+    fn load(&mut self, hex_digest: &str, bytes: &[u8], now_ms: u64) -> Option<bool> {
+        let pb = StoredPb::decode(bytes).ok()?;
+        let envelope = Envelope::decode(&pb.envelope).ok()?;
+        let digest = envelope.digest();
+        if hex::encode(digest) != hex_digest {
+            return None;
+        }
+        let depositor = PeerId::from_bytes(&pb.depositor).ok()?;
+        if pb.kept_until_ms <= now_ms {
+            return Some(false);
+        }
+        self.insert(digest, envelope.mailbox, pb.cursor, pb.kept_until_ms, depositor, pb.envelope);
+        self.last_cursor = self.last_cursor.max(pb.cursor);
+        Some(true)
+    }
+
+    fn insert(
+        &mut self,
+        digest: [u8; 32],
+        mailbox: Mailbox,
+        cursor: u64,
+        kept_until_ms: u64,
+        depositor: PeerId,
+        bytes: Vec<u8>,
+    ) {
+        let len = bytes.len() as u64;
+        let entry = self.boxes.entry(mailbox).or_default();
+        entry.by_cursor.insert(cursor, digest);
+        entry.bytes += len;
+        *entry.by_depositor.entry(depositor).or_default() += len;
+        self.bytes += len;
+        self.by_expiry.insert((kept_until_ms, digest));
+        self.kept.insert(digest, Kept { mailbox, cursor, kept_until_ms, depositor, bytes });
+    }
+
+    /// Takes an envelope deposited by `depositor` at `now_ms`, or says why not. Depositing
+    /// the same envelope again is answered as the first time, without a second copy.
+    pub(crate) fn deposit(
+        &mut self,
+        bytes: Vec<u8>,
+        depositor: PeerId,
+        now_ms: u64,
+    ) -> Result<Taken, Refusal> {
+        let envelope = Envelope::decode(&bytes).map_err(|_| Refusal::Malformed)?;
+        if envelope.expires_at_ms <= now_ms {
+            return Err(Refusal::Expired);
+        }
+        // Kept by the digest of the bytes as they came (the same as of the decoded envelope
+        // when they are canonical; non-canonical bytes are refused).
+        let digest = envelope.digest();
+        if envelope.encode() != bytes {
+            return Err(Refusal::Malformed);
+        }
+        if let Some(kept) = self.kept.get(&digest) {
+            return Ok(Taken { digest, kept_until_ms: kept.kept_until_ms, write: None });
+        }
+        let len = bytes.len() as u64;
+        if self.bytes + len > self.config.total_bytes {
+            return Err(Refusal::ReplicaFull);
+        }
+        if let Some(b) = self.boxes.get(&envelope.mailbox) {
+            let share = self.config.mailbox_bytes * self.config.depositor_quarters / 4;
+            let from_depositor = b.by_depositor.get(&depositor).copied().unwrap_or(0);
+            if b.by_cursor.len() >= self.config.mailbox_messages
+                || b.bytes + len > self.config.mailbox_bytes
+                || from_depositor + len > share
+            {
+                return Err(Refusal::MailboxFull);
+            }
+        }
+        let kept_until_ms =
+            envelope.expires_at_ms.min(now_ms.saturating_add(self.config.max_ttl_ms));
+        // Cursors grow with the clock as well as with each deposit, so a cursor a reader holds
+        // stays behind every later deposit across restarts (when the mailbox was emptied).
+        let cursor = (self.last_cursor + 1).max(now_ms.saturating_mul(1000));
+        self.last_cursor = cursor;
+        let stored = StoredPb {
+            cursor,
+            kept_until_ms,
+            depositor: depositor.to_bytes(),
+            envelope: bytes.clone(),
+        }
+        .encode_to_vec();
+        self.insert(digest, envelope.mailbox, cursor, kept_until_ms, depositor, bytes);
+        self.next_ticket += 1;
+        let write = Job::Write { ticket: self.next_ticket, digest, bytes: stored };
+        Ok(Taken { digest, kept_until_ms, write: Some(write) })
+    }
+
+    /// Forgets an envelope (acknowledged, expired, or its write failed); the file to remove.
+    pub(crate) fn remove(&mut self, digest: &[u8; 32]) -> Option<Job> {
+        let kept = self.kept.remove(digest)?;
+        let len = kept.bytes.len() as u64;
+        self.bytes -= len;
+        self.by_expiry.remove(&(kept.kept_until_ms, *digest));
+        if let Some(b) = self.boxes.get_mut(&kept.mailbox) {
+            b.by_cursor.remove(&kept.cursor);
+            b.bytes -= len;
+            if let Some(n) = b.by_depositor.get_mut(&kept.depositor) {
+                *n -= len;
+                if *n == 0 {
+                    b.by_depositor.remove(&kept.depositor);
+                }
+            }
+            if b.by_cursor.is_empty() {
+                self.boxes.remove(&kept.mailbox);
+            }
+        }
+        Some(Job::Remove { digest: *digest })
+    }
+
+    /// The envelopes of `mailbox` after `after`, unexpired at `now_ms`: at most `limit`, and
+    /// at most [`MAX_BATCH_BYTES`] (but at least one); whether more are left.
+    pub fn fetch(
+        &self,
+        mailbox: &Mailbox,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> (Vec<Item>, bool) {
+        let Some(b) = self.boxes.get(mailbox) else { return (Vec::new(), false) };
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        for (&cursor, digest) in b.by_cursor.range(after.saturating_add(1)..) {
+            let kept = &self.kept[digest];
+            if kept.kept_until_ms <= now_ms {
+                continue;
+            }
+            if items.len() >= limit as usize
+                || (!items.is_empty() && bytes + kept.bytes.len() > MAX_BATCH_BYTES)
+            {
+                return (items, true);
+            }
+            bytes += kept.bytes.len();
+            items.push(Item { cursor, envelope: kept.bytes.clone() });
+        }
+        (items, false)
+    }
+
+    /// Deletes the envelopes of `mailbox` among `digests` (others are ignored: an ack
+    /// reaches only its signer's mailbox); the files to remove.
+    pub(crate) fn ack(&mut self, mailbox: &Mailbox, digests: &[[u8; 32]]) -> Vec<Job> {
+        let mine: Vec<[u8; 32]> = digests
+            .iter()
+            .filter(|d| self.kept.get(*d).is_some_and(|k| k.mailbox == *mailbox))
+            .copied()
+            .collect();
+        mine.iter().filter_map(|d| self.remove(d)).collect()
+    }
+
+    /// Drops what expired by `now_ms`; the files to remove.
+    pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<Job> {
+        let due: Vec<[u8; 32]> =
+            self.by_expiry.iter().take_while(|(t, _)| *t <= now_ms).map(|(_, d)| *d).collect();
+        due.iter().filter_map(|d| self.remove(d)).collect()
+    }
+
+    /// When the next envelope expires.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.by_expiry.first().map(|(t, _)| *t)
+    }
+
+    /// Envelopes kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Bytes of envelopes kept.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The disk thread: writes and removes envelope files in the order given; reports each
+/// write's ticket with its result.
+pub(crate) struct Disk {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Disk {
+    pub(crate) fn start(
+        dir: PathBuf,
+        done: tokio::sync::mpsc::UnboundedSender<(u64, io::Result<()>)>,
+    ) -> io::Result<Disk> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("dkvs-mail-disk".into()).spawn(move || {
+            for job in queue {
+                match job {
+                    Job::Write { ticket, digest, bytes } => {
+                        let _ = done.send((ticket, write_atomically(&dir, &digest, &bytes)));
+                    }
+                    Job::Remove { digest } => {
+                        let path = dir.join(file_name(&digest));
+                        if let Err(e) = fs::remove_file(&path)
+                            && e.kind() != io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(file = %path.display(), error = %e, "cannot remove a mail file; it comes back at the next start, and its recipient drops it as a copy");
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(Disk { jobs })
+    }
+
+    pub(crate) fn queue(&self, job: Job) {
+        // The thread ends only when this sender is dropped.
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// Writes the file of `digest` so that a crash leaves either no file or the whole one, and
+/// the file and its name are on disk when this returns.
+fn write_atomically(dir: &Path, digest: &[u8; 32], bytes: &[u8]) -> io::Result<()> {
+    let name = file_name(digest);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(&name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dkvs_account::{KeyType, Keypair};
+
+    const NOW: u64 = 1_800_000_000_000;
+    const DAY: u64 = 24 * 3_600_000;
+
+    fn envelope(to: &Keypair, body: usize, ttl: u64) -> Vec<u8> {
+        let from = Keypair::generate(KeyType::Ed25519);
+        Envelope::seal(&from, &to.account_id(), vec![7; body], NOW, ttl).unwrap().encode()
+    }
+
+    fn written(taken: Taken, dir: &Path) -> [u8; 32] {
+        if let Some(Job::Write { digest, bytes, .. }) = taken.write {
+            write_atomically(dir, &digest, &bytes).unwrap();
+        }
+        taken.digest
+    }
+
+    #[test]
+    fn quotas_refuse_without_pushing_out_and_the_share_bounds_one_peer() {
+        let config =
+            ShelfConfig { mailbox_messages: 6, mailbox_bytes: 40_000, ..Default::default() };
+        let mut shelf = Shelf::new(config);
+        let (bob, carol) =
+            (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+        let (flooder, friend) = (PeerId::random(), PeerId::random());
+        // The flooder fills its quarter of bob's mailbox (10 000 bytes), then is refused.
+        let mut kept = 0;
+        loop {
+            match shelf.deposit(envelope(&bob, 3000, DAY), flooder, NOW) {
+                Ok(_) => kept += 1,
+                Err(refusal) => {
+                    assert_eq!(refusal, Refusal::MailboxFull);
+                    break;
+                }
+            }
+        }
+        assert_eq!(kept, 3);
+        // Another peer still reaches bob, and carol's mailbox is untouched by it all.
+        assert!(shelf.deposit(envelope(&bob, 3000, DAY), friend, NOW).is_ok());
+        assert!(shelf.deposit(envelope(&carol, 3000, DAY), flooder, NOW).is_ok());
+        // The message count bounds the mailbox too; what was kept stays.
+        for _ in 0..2 {
+            shelf.deposit(envelope(&bob, 10, DAY), friend, NOW).unwrap();
+        }
+        assert_eq!(
+            shelf.deposit(envelope(&bob, 10, DAY), friend, NOW).err(),
+            Some(Refusal::MailboxFull)
+        );
+        let (items, more) = shelf.fetch(&Mailbox::of(&bob.account_id()), 0, 100, NOW);
+        assert_eq!((items.len(), more), (6, false));
+    }
+
+    #[test]
+    fn the_replica_caps_the_ttl_and_expires_and_refuses_what_is_expired() {
+        let mut shelf = Shelf::new(ShelfConfig { max_ttl_ms: DAY, ..Default::default() });
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let taken = shelf.deposit(envelope(&bob, 10, 30 * DAY), PeerId::random(), NOW).unwrap();
+        assert_eq!(taken.kept_until_ms, NOW + DAY);
+        assert_eq!(
+            shelf.deposit(envelope(&bob, 10, DAY), PeerId::random(), NOW + 2 * DAY).err(),
+            Some(Refusal::Expired)
+        );
+        assert_eq!(shelf.next_expiry(), Some(NOW + DAY));
+        assert!(shelf.expire(NOW + DAY - 1).is_empty());
+        assert_eq!(shelf.expire(NOW + DAY).len(), 1);
+        assert!(shelf.is_empty());
+        assert_eq!(shelf.bytes(), 0);
+    }
+
+    #[test]
+    fn an_ack_deletes_only_from_its_own_mailbox_and_fetch_pages() {
+        let mut shelf = Shelf::new(ShelfConfig::default());
+        let (bob, carol) =
+            (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+        let peer = PeerId::random();
+        let bobs: Vec<[u8; 32]> = (0..5)
+            .map(|_| shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).unwrap().digest)
+            .collect();
+        let carols = shelf.deposit(envelope(&carol, 10, DAY), peer, NOW).unwrap().digest;
+        // Carol cannot delete bob's mail by naming its digests.
+        assert!(shelf.ack(&Mailbox::of(&carol.account_id()), &bobs).is_empty());
+        let bob_box = Mailbox::of(&bob.account_id());
+        let (first, more) = shelf.fetch(&bob_box, 0, 2, NOW);
+        assert_eq!((first.len(), more), (2, true));
+        let (rest, more) = shelf.fetch(&bob_box, first[1].cursor, 10, NOW);
+        assert_eq!((rest.len(), more), (3, false));
+        assert_eq!(shelf.ack(&bob_box, &bobs[..2]).len(), 2);
+        assert_eq!(shelf.fetch(&bob_box, 0, 10, NOW).0.len(), 3);
+        assert!(shelf.kept.contains_key(&carols));
+        // The same envelope twice is kept once.
+        let again = shelf.kept[&bobs[4]].bytes.clone();
+        assert!(shelf.deposit(again, peer, NOW).unwrap().write.is_none());
+        assert_eq!(shelf.len(), 4);
+    }
+
+    #[test]
+    fn a_reopened_shelf_has_what_was_written_and_drops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let bob_box = Mailbox::of(&bob.account_id());
+        let mut shelf = Shelf::open(dir.path(), ShelfConfig::default(), NOW).unwrap();
+        let peer = PeerId::random();
+        let short =
+            written(shelf.deposit(envelope(&bob, 10, 60_000), peer, NOW).unwrap(), dir.path());
+        let long = written(shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).unwrap(), dir.path());
+        let cursor = shelf.kept[&long].cursor;
+        // A write a crash interrupted, and a file that is not what its name says.
+        fs::write(dir.path().join("junk.env.tmp"), b"half").unwrap();
+        fs::copy(dir.path().join(file_name(&long)), dir.path().join(file_name(&[1; 32]))).unwrap();
+        drop(shelf);
+
+        let shelf = Shelf::open(dir.path(), ShelfConfig::default(), NOW + 120_000).unwrap();
+        assert_eq!(shelf.len(), 1, "the expired one is dropped");
+        assert!(shelf.kept.contains_key(&long) && !shelf.kept.contains_key(&short));
+        assert_eq!(shelf.fetch(&bob_box, 0, 10, NOW + 120_000).0[0].cursor, cursor);
+        let names: BTreeSet<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [file_name(&long), format!("{}.bad", hex::encode([1; 32]))].into_iter().collect()
+        );
+        // Later deposits come after every cursor handed out before.
+        let mut shelf = shelf;
+        let next = shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).unwrap().digest;
+        assert!(shelf.kept[&next].cursor > cursor);
+    }
+}
