@@ -132,8 +132,9 @@ async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
     peers
 }
 
-/// One request to `peer` (this node's own replica when `peer` is this node).
-async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Response, String> {
+/// One request of the mailbox protocol to `peer` through `node` (served by `node`'s own
+/// replica when `peer` is `node`): the protocol by hand, for tools and tests.
+pub async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Response, String> {
     if peer == node.peer_id() {
         let rx = node.with_extension::<Mail, _>(move |mail, _| mail.ask_self(request)).await;
         return rx.map_err(|e| e.to_string())?.await.map_err(|_| "the node stopped".to_owned());

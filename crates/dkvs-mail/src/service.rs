@@ -15,7 +15,7 @@ use dkvs_net::libp2p::swarm::{
     THandlerOutEvent, ToSwarm,
 };
 use dkvs_net::libp2p::{Multiaddr, PeerId, identity, request_response};
-use dkvs_net::{Extension, Host};
+use dkvs_net::{Extension, Host, Refused};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::letter::{MAX_CLOCK_SKEW_MS, Mailbox};
@@ -204,9 +204,15 @@ impl Extension for Mail {
         use request_response::{Event, Message};
         match event {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                // The node's one admission step: a refused request is dropped unanswered.
-                if host.admit(peer, request.len(), MAX_REQUEST).is_err() {
-                    return;
+                // The node's one admission step. A peer over its rate is told so (a sender
+                // then knows why); an oversized request or a banned peer gets no answer.
+                match host.admit(peer, request.len(), MAX_REQUEST) {
+                    Ok(()) => {}
+                    Err(Refused::RateLimited) if !host.is_banned(&peer) => {
+                        return Reply::Remote(channel)
+                            .send(&mut self.inner, Response::Refused(Refusal::Busy));
+                    }
+                    Err(_) => return,
                 }
                 match Request::decode(&request) {
                     Ok(request) => self.serve(peer, request, Reply::Remote(channel)),

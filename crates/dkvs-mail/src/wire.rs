@@ -218,6 +218,9 @@ pub enum Refusal {
     /// The replica could not write the envelope to its disk.
     #[error("replica storage failed")]
     StorageFailed,
+    /// The asking peer is over its rate at the replica (the node's admission step); try later.
+    #[error("busy: over this peer's rate, try later")]
+    Busy,
 }
 
 impl Refusal {
@@ -230,6 +233,7 @@ impl Refusal {
             Refusal::BadSignature => 5,
             Refusal::OutOfTime => 6,
             Refusal::StorageFailed => 7,
+            Refusal::Busy => 8,
         }
     }
 
@@ -242,6 +246,7 @@ impl Refusal {
             5 => Refusal::BadSignature,
             6 => Refusal::OutOfTime,
             7 => Refusal::StorageFailed,
+            8 => Refusal::Busy,
             _ => return None,
         })
     }

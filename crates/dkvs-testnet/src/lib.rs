@@ -16,7 +16,8 @@
 //! many nodes. Every operation has a deadline ([`STEP`], [`eventually`], [`next_event`]);
 //! nothing listens anywhere but 127.0.0.1 or in memory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -36,12 +37,28 @@ pub struct Member {
     addr: Option<Multiaddr>,
 }
 
+/// How a member's node is started: from its identity, its store, the configuration and a
+/// directory of its own (kept across restarts), for a network whose nodes host an extension:
+///
+/// ```no_run
+/// # fn f() -> dkvs_testnet::Spawn {
+/// std::sync::Arc::new(|identity, store, config, _dir| {
+///     Ok(dkvs_net::NodeBuilder::new(identity.clone(), store, config)
+///         .with_extension(|_| dkvs_net::libp2p::swarm::dummy::Behaviour)
+///         .spawn()?)
+/// })
+/// # }
+/// ```
+pub type Spawn =
+    Arc<dyn Fn(&identity::Keypair, Store, Config, &Path) -> anyhow::Result<Node> + Send + Sync>;
+
 /// N nodes on loopback (or on the memory transport, when the configuration has only that),
 /// bootstrapped through node 0.
 pub struct TestNet {
     members: Vec<Member>,
     config: Config,
     store_config: dkvs_store::Config,
+    spawn: Spawn,
     _dir: tempfile::TempDir,
 }
 
@@ -62,6 +79,20 @@ impl TestNet {
         config: Config,
         store_config: dkvs_store::Config,
     ) -> anyhow::Result<TestNet> {
+        let spawn: Spawn = Arc::new(|identity, store, config, _| {
+            Ok(Node::spawn(identity.clone(), store, config)?)
+        });
+        TestNet::start_custom(n, config, store_config, spawn).await
+    }
+
+    /// Like [`TestNet::start_with_store`], with every node started by `spawn` (on start and
+    /// on [`TestNet::restart`]).
+    pub async fn start_custom(
+        n: usize,
+        config: Config,
+        store_config: dkvs_store::Config,
+        spawn: Spawn,
+    ) -> anyhow::Result<TestNet> {
         let dir = tempfile::tempdir()?;
         let members = (0..n)
             .map(|i| Member {
@@ -71,7 +102,7 @@ impl TestNet {
                 addr: None,
             })
             .collect();
-        let mut net = TestNet { members, config, store_config, _dir: dir };
+        let mut net = TestNet { members, config, store_config, spawn, _dir: dir };
         for i in 0..n {
             net.launch(i).await?;
         }
@@ -84,7 +115,7 @@ impl TestNet {
     async fn launch(&mut self, i: usize) -> anyhow::Result<()> {
         let member = &mut self.members[i];
         let store = Store::open(&member.dir, self.store_config.clone())?;
-        let node = Node::spawn(member.identity.clone(), store, self.config.clone())?;
+        let node = (self.spawn)(&member.identity, store, self.config.clone(), &member.dir)?;
         // On TCP when the configuration has it, else in memory (a network in one process),
         // else on QUIC.
         let transports = self.config.transports;

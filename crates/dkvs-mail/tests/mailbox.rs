@@ -1,0 +1,276 @@
+//! Mailboxes on a network of real nodes (loopback TCP, default configuration), each hosting
+//! the mail extension with its mail on disk.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dkvs_account::{KeyType, Keypair};
+use dkvs_mail::client::request;
+use dkvs_mail::wire::{AckBody, FetchBody, Request, Response, Signed};
+use dkvs_mail::{Envelope, Inbox, Mail, MailError, Refusal, SendError, SendOptions, ShelfConfig};
+use dkvs_net::libp2p::PeerId;
+use dkvs_net::{Config, NodeBuilder};
+use dkvs_testnet::{Spawn, TestNet};
+
+/// Every test ends within this.
+const TEST: Duration = Duration::from_secs(240);
+
+/// A network of `n` mail nodes; the mail directories, in node order.
+async fn mail_net(n: usize) -> anyhow::Result<(TestNet, Arc<Mutex<Vec<PathBuf>>>)> {
+    let dirs = Arc::new(Mutex::new(Vec::new()));
+    let seen = dirs.clone();
+    let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+        let mail_dir = dir.join("mail");
+        let mut dirs = seen.lock().unwrap();
+        if !dirs.contains(&mail_dir) {
+            dirs.push(mail_dir.clone());
+        }
+        let mail = Mail::open(&mail_dir, identity.clone(), ShelfConfig::default())?;
+        Ok(NodeBuilder::new(identity.clone(), store, config).with_extension(|_| mail).spawn()?)
+    });
+    let net =
+        TestNet::start_custom(n, Config::default(), dkvs_store::Config::default(), spawn).await?;
+    Ok((net, dirs))
+}
+
+fn account() -> Keypair {
+    Keypair::generate(KeyType::Ed25519)
+}
+
+fn index_of(net: &TestNet, peer: PeerId) -> usize {
+    (0..net.len()).find(|&i| net.peer_id(i) == peer).expect("a replica of this network")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_every_letter_once_in_order_with_two_of_five_replicas_dead()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (mut net, _) = mail_net(8).await?;
+        let (alice, carol, bob) = (account(), Keypair::generate(KeyType::Secp256k1), account());
+        let options = SendOptions::default();
+        let mut holders = BTreeSet::new();
+        // Two senders on two nodes, interleaved; bob has no node running.
+        for i in 0..10 {
+            for (node, sender, name) in [(1, &alice, "alice"), (2, &carol, "carol")] {
+                let body = format!("{name} {i}").into_bytes();
+                let receipt =
+                    dkvs_mail::send(net.node(node), sender, &bob.account_id(), body, &options)
+                        .await?;
+                assert_eq!(receipt.custody.len(), 5, "kept on five replicas: {receipt:?}");
+                assert!(receipt.custody.iter().all(|c| c.verify() && c.digest == receipt.digest));
+                holders.extend(receipt.custody.iter().map(|c| index_of(&net, c.replica)));
+            }
+        }
+        // Two of the replicas die; bob comes back on a node that sent nothing.
+        let reader = 7;
+        let dead: Vec<usize> =
+            holders.iter().copied().filter(|&i| ![1, 2, reader].contains(&i)).take(2).collect();
+        assert_eq!(dead.len(), 2, "replicas {holders:?}");
+        for &i in &dead {
+            net.kill(i).await;
+        }
+        let mut inbox = Inbox::new();
+        let fetched = dkvs_mail::read(net.node(reader), &bob, &mut inbox, &options).await?;
+        assert!(fetched.refused.is_empty(), "{:?}", fetched.refused);
+        let bodies: Vec<String> =
+            fetched.letters.iter().map(|l| String::from_utf8(l.body.clone()).unwrap()).collect();
+        assert_eq!(bodies.len(), 20, "every letter once: {bodies:?}");
+        for (name, sender) in [("alice", &alice), ("carol", &carol)] {
+            let from: Vec<&String> = fetched
+                .letters
+                .iter()
+                .zip(&bodies)
+                .filter(|(l, _)| l.sender == sender.account_id())
+                .map(|(_, b)| b)
+                .collect();
+            let expected: Vec<String> = (0..10).map(|i| format!("{name} {i}")).collect();
+            assert_eq!(from, expected.iter().collect::<Vec<_>>(), "in order per sender");
+        }
+        // Read and acknowledged: a fresh inbox on another node finds nothing left.
+        let again = dkvs_mail::read(net.node(1), &bob, &mut Inbox::new(), &options).await?;
+        assert!(again.letters.is_empty(), "acknowledged mail is deleted: {:?}", again.letters);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_recipient_reads_or_deletes_and_tampering_and_senders_do_not_show()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, dirs) = mail_net(5).await?;
+        let (alice, bob, mallory) = (account(), account(), account());
+        let options = SendOptions::default();
+        let mut digests = Vec::new();
+        for i in 0..3 {
+            let body = format!("secret {i}").into_bytes();
+            let receipt =
+                dkvs_mail::send(net.node(1), &alice, &bob.account_id(), body, &options).await?;
+            digests.push(receipt.digest);
+        }
+        let replica = net.peer_id(3);
+        let node = net.node(2);
+        // Mallory asks for bob's mailbox in bob's name, and with her own signature.
+        let mut forged =
+            Signed::fetch(&mallory, FetchBody { replica, after: 0, limit: 100, now_ms: now() });
+        forged.account = bob.account_id();
+        assert_eq!(
+            request(node, replica, Request::Fetch(forged)).await,
+            Ok(Response::Refused(Refusal::BadSignature))
+        );
+        let own =
+            Signed::fetch(&mallory, FetchBody { replica, after: 0, limit: 100, now_ms: now() });
+        assert_eq!(
+            request(node, replica, Request::Fetch(own)).await,
+            Ok(Response::Batch { items: vec![], more: false }),
+            "her own mailbox is empty; bob's mail is not hers"
+        );
+        // Forged acks delete nothing: in bob's name, in her own, or bob's for another replica.
+        let body = AckBody { replica, now_ms: now(), digests: digests.clone() };
+        let mut forged = Signed::ack(&mallory, body.clone());
+        forged.account = bob.account_id();
+        assert_eq!(
+            request(node, replica, Request::Ack(forged)).await,
+            Ok(Response::Refused(Refusal::BadSignature))
+        );
+        let own = Signed::ack(&mallory, body.clone());
+        assert_eq!(request(node, replica, Request::Ack(own)).await, Ok(Response::Acked(0)));
+        let elsewhere = Signed::ack(&bob, AckBody { replica: net.peer_id(4), ..body.clone() });
+        assert_eq!(
+            request(node, replica, Request::Ack(elsewhere)).await,
+            Ok(Response::Refused(Refusal::BadSignature))
+        );
+        // An old request is refused (and so is one from a clock far ahead).
+        let stale = Signed::ack(&bob, AckBody { now_ms: now() - 3_600_000, ..body });
+        assert_eq!(
+            request(node, replica, Request::Ack(stale)).await,
+            Ok(Response::Refused(Refusal::OutOfTime))
+        );
+
+        // A replica hands over a tampered copy of a letter: the recipient refuses it.
+        let mut tampered =
+            Envelope::seal(&alice, &bob.account_id(), b"pay mallory".to_vec(), now(), 3_600_000)?;
+        let last = tampered.sealed.len() - 1;
+        tampered.sealed[last] ^= 1;
+        let kept = request(node, replica, Request::Deposit(tampered.encode())).await;
+        assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
+
+        // No replica's files name the sender.
+        let alice_key = alice.public().as_bytes().to_vec();
+        for dir in dirs.lock().unwrap().iter() {
+            for file in std::fs::read_dir(dir)? {
+                let bytes = std::fs::read(file?.path())?;
+                assert!(!bytes.windows(alice_key.len()).any(|w| w == alice_key));
+            }
+        }
+
+        let fetched = dkvs_mail::read(net.node(0), &bob, &mut Inbox::new(), &options).await?;
+        let bodies: Vec<&[u8]> = fetched.letters.iter().map(|l| l.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"secret 0"[..], b"secret 1", b"secret 2"]);
+        assert!(fetched.letters.iter().all(|l| l.sender == alice.account_id()));
+        assert_eq!(fetched.refused.len(), 1, "{:?}", fetched.refused);
+        assert!(matches!(fetched.refused[0].1, MailError::Unreadable(_)));
+        // The tampered copy was acknowledged with the rest: nothing is left.
+        let again = dkvs_mail::fetch(net.node(4), &bob, &mut Inbox::new(), &options).await?;
+        assert!(again.letters.is_empty() && again.refused.is_empty(), "{again:?}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_is_an_answer_and_a_flooder_pushes_out_nothing() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(3).await?;
+        let (alice, bob, flooder) = (account(), account(), account());
+        let options = SendOptions::default();
+        dkvs_mail::send(net.node(0), &alice, &bob.account_id(), b"first".to_vec(), &options)
+            .await?;
+        // The flooder's node fills its share of bob's mailbox on every replica (at the rate
+        // replicas admit from one peer: told "busy" when it goes faster), then is told "full".
+        let big = vec![0x55; dkvs_mail::MAX_BODY];
+        let (mut sent, mut busy) = (0, 0);
+        let refused = loop {
+            let to = bob.account_id();
+            match dkvs_mail::send(net.node(1), &flooder, &to, big.clone(), &options).await {
+                Ok(_) => sent += 1,
+                Err(SendError::NotKept(receipt)) => {
+                    assert!(receipt.failed.is_empty(), "{receipt:?}");
+                    if receipt.refused.iter().all(|(_, r)| *r == Refusal::MailboxFull) {
+                        break receipt;
+                    }
+                    busy += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            assert!(sent < 100 && busy < 200, "the quota never refused");
+        };
+        assert!(sent >= 10, "the flooder's node had its share first: {sent}");
+        assert_eq!(refused.refused.len(), 3, "{refused:?}");
+        assert!(refused.refused.iter().all(|(_, r)| *r == Refusal::MailboxFull));
+        let error = SendError::NotKept(refused).to_string();
+        assert!(error.contains("mailbox full"), "{error}");
+        // Others still reach bob, and nothing kept was pushed out.
+        dkvs_mail::send(net.node(2), &alice, &bob.account_id(), b"second".to_vec(), &options)
+            .await?;
+        let fetched = dkvs_mail::fetch(net.node(2), &bob, &mut Inbox::new(), &options).await?;
+        let from_alice: Vec<&[u8]> = fetched
+            .letters
+            .iter()
+            .filter(|l| l.sender == alice.account_id())
+            .map(|l| l.body.as_slice())
+            .collect();
+        assert_eq!(from_alice, [&b"first"[..], b"second"]);
+        assert_eq!(fetched.letters.len(), sent + 2);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_what_it_signed_for_across_a_crash() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (mut net, _) = mail_net(3).await?;
+        let (alice, bob) = (account(), account());
+        let options = SendOptions::default();
+        let receipt =
+            dkvs_mail::send(net.node(0), &alice, &bob.account_id(), b"kept".to_vec(), &options)
+                .await?;
+        assert!(receipt.custody.iter().any(|c| c.replica == net.peer_id(2)), "{receipt:?}");
+        // Node 2 crashes right after its receipt and comes back; then the others go.
+        net.kill(2).await;
+        net.restart(2).await?;
+        net.kill(0).await;
+        net.kill(1).await;
+        let fetched = dkvs_mail::read(net.node(2), &bob, &mut Inbox::new(), &options).await?;
+        assert_eq!(fetched.replicas, vec![net.peer_id(2)]);
+        let bodies: Vec<&[u8]> = fetched.letters.iter().map(|l| l.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"kept"[..]]);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_mail_says_so() -> anyhow::Result<()> {
+    let net = TestNet::start(2, Config::default()).await?;
+    let (alice, bob) = (account(), account());
+    let error =
+        dkvs_mail::send(net.node(0), &alice, &bob.account_id(), vec![], &SendOptions::default())
+            .await
+            .unwrap_err();
+    assert!(error.to_string().contains("Mail"), "{error}");
+    net.shutdown().await;
+    Ok(())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
