@@ -59,6 +59,10 @@ pub struct AppState {
     pub check_host: bool,
     /// The records this node keeps alive (`keep=true`), as remembered in the home.
     pub kept: Mutex<Vec<crate::home::Kept>>,
+    /// What each account has read through this node (by account name), so copies that come
+    /// back from a replica that missed an acknowledgement are dropped. Kept in memory: after a
+    /// restart such a copy can be read once more.
+    pub inboxes: Mutex<HashMap<String, dkvs_mail::Inbox>>,
 }
 
 impl AppState {
@@ -175,6 +179,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/watch/{*key}", get(watch_key))
         .route("/v1/keep", get(list_kept))
         .route("/v1/keep/{*key}", axum::routing::delete(stop_kept))
+        .route(
+            "/v1/mail/{recipient}",
+            axum::routing::post(send_mail)
+                .layer(axum::extract::DefaultBodyLimit::max(dkvs_mail::MAX_BODY + 1)),
+        )
+        .route("/v1/inbox", axum::routing::post(read_inbox))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
@@ -654,6 +664,129 @@ async fn delete_inner(
         tracing::warn!(%key, error = %e, "could not forget a kept key");
     }
     Ok(Json(receipt_json(&key, &receipt)))
+}
+
+#[derive(Deserialize)]
+struct MailQuery {
+    account: Option<String>,
+    /// How long replicas keep the letter, e.g. `1h`, `7d` (default and most: 7 days).
+    ttl: Option<String>,
+}
+
+/// `POST /v1/mail/{recipient}`: the body, sealed to `recipient`, signed by the account, kept
+/// on the replicas of its mailbox. Answers with the custody receipts.
+async fn send_mail(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<MailQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(recipient) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a letter's body is at most {} bytes", dkvs_mail::MAX_BODY),
+        )
+    };
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { rejected(e) }
+    })?;
+    let recipient: dkvs_account::AccountId = recipient.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_account_id",
+            format!("{recipient:?} is not an account id: {e}"),
+        )
+    })?;
+    let sender = state.account(query.account.as_deref()).await?;
+    let mut options = dkvs_mail::SendOptions::default();
+    if let Some(ttl) = &query.ttl {
+        let ttl = humantime::parse_duration(ttl)
+            .map_err(|e| ApiError::bad_request(format!("ttl {ttl:?}: {e}")))?;
+        if ttl.is_zero() || ttl > std::time::Duration::from_millis(options.ttl_ms) {
+            return Err(ApiError::bad_request("ttl: more than 0 and at most 7d"));
+        }
+        options = options.with_ttl_ms(ttl.as_millis() as u64);
+    }
+    let receipt = dkvs_mail::send(&state.node, &sender, &recipient, body.to_vec(), &options)
+        .await
+        .map_err(|e| match e {
+            dkvs_mail::SendError::Letter(dkvs_mail::MailError::BodyTooLarge { .. }) => too_large(),
+            dkvs_mail::SendError::NotKept(receipt)
+                if !receipt.refused.is_empty()
+                    && receipt.failed.is_empty()
+                    && receipt
+                        .refused
+                        .iter()
+                        .all(|(_, r)| *r == dkvs_mail::Refusal::MailboxFull) =>
+            {
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "mailbox_full",
+                    dkvs_mail::SendError::NotKept(receipt).to_string(),
+                )
+            }
+            e @ dkvs_mail::SendError::NotKept(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_kept", e.to_string())
+            }
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "mail", e.to_string()),
+        })?;
+    Ok(Json(json!({
+        "id": receipt.id.to_string(),
+        "digest": hex::encode(receipt.digest),
+        "kept_by": receipt.custody.len(),
+        "custody": receipt.custody.iter().map(|c| json!({
+            "replica": c.replica.to_string(),
+            "kept_until_ms": c.kept_until_ms,
+            "public_key": hex::encode(&c.public_key),
+            "signature": hex::encode(&c.signature),
+        })).collect::<Vec<_>>(),
+        "refused": receipt.refused.iter().map(|(peer, r)| json!({
+            "replica": peer.to_string(), "reason": r.to_string(),
+        })).collect::<Vec<_>>(),
+        "failed": receipt.failed.iter().map(|(peer, e)| json!({
+            "replica": peer.to_string(), "reason": e,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct InboxQuery {
+    account: Option<String>,
+}
+
+/// `POST /v1/inbox`: the account's new letters, oldest first; the replicas delete them.
+async fn read_inbox(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(query) = query.map_err(rejected)?;
+    let name = query.account.clone().or_else(|| state.default_account()).unwrap_or_default();
+    let account = state.account(query.account.as_deref()).await?;
+    // One read per account at a time: the inbox is the account's memory of what it has read.
+    let mut inboxes = state.inboxes.lock().await;
+    let inbox = inboxes.entry(name).or_default();
+    let options = dkvs_mail::SendOptions::default();
+    let fetched = dkvs_mail::read(&state.node, &account, inbox, &options)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_replica", e.to_string()))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Json(json!({
+        "letters": fetched.letters.iter().map(|l| json!({
+            "id": l.id.to_string(),
+            "sender": l.sender.to_string(),
+            "sent_at_ms": l.sent_at_ms,
+            "expires_at_ms": l.expires_at_ms,
+            "body": std::str::from_utf8(&l.body).ok(),
+            "body_base64": b64.encode(&l.body),
+        })).collect::<Vec<_>>(),
+        "refused": fetched.refused.iter().map(|(peer, e)| json!({
+            "replica": peer.to_string(), "reason": e.to_string(),
+        })).collect::<Vec<_>>(),
+        "replicas": fetched.replicas.len(),
+    })))
 }
 
 async fn list_kept(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -158,6 +158,11 @@ impl Client {
         self.json("PUT", path, bytes)
     }
 
+    /// POST raw bytes to `path`, JSON answer.
+    pub fn post_bytes(&self, path: &str, bytes: &[u8]) -> Result<serde_json::Value, ClientError> {
+        self.json("POST", path, bytes)
+    }
+
     /// DELETE `path`, JSON answer.
     pub fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.json("DELETE", path, &[])

@@ -92,6 +92,9 @@ enum Command {
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
+    /// Send and read letters (signed, sealed to the recipient, kept for it while offline).
+    #[command(subcommand)]
+    Mail(MailCommand),
     /// List connected peers.
     Peers,
     /// Show the node's peer id, addresses, peers, records and memory.
@@ -107,6 +110,37 @@ enum KeepCommand {
         /// The key.
         key: String,
         /// The account whose `/~/` scope is meant.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailCommand {
+    /// Send a letter: from the argument, from --file, or from standard input. Prints which
+    /// replicas keep it (each signed a custody receipt).
+    Send {
+        /// The recipient's account id.
+        account_id: String,
+        /// The message.
+        message: Option<String>,
+        /// Read the message from this file.
+        #[arg(long, conflicts_with = "message")]
+        file: Option<PathBuf>,
+        /// How long replicas keep it if unread, e.g. 1h, 2d (default and most: 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Sign with this account instead of the default one.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Print the new letters, oldest first, with sender and time; the replicas then delete
+    /// them.
+    Read {
+        /// Print JSON (the API's answer) instead.
+        #[arg(long)]
+        json: bool,
+        /// Read this account's mailbox instead of the default one's.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
@@ -427,6 +461,78 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 Ok(())
             })?;
         }
+        Command::Mail(MailCommand::Send { account_id, message, file, ttl, account }) => {
+            let bytes = match (message, file) {
+                (Some(message), _) => message.into_bytes(),
+                (None, Some(file)) => std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+                (None, None) => {
+                    let mut bytes = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .context("cannot read standard input")?;
+                    bytes
+                }
+            };
+            let extra: Vec<(&str, String)> = ttl.into_iter().map(|t| ("ttl", t)).collect();
+            let path =
+                with_account(format!("/v1/mail/{}", encode_key(&account_id)), &account, &extra);
+            let receipt = client.post_bytes(&path, &bytes)?;
+            println!(
+                "sent {}: kept by {} replicas",
+                receipt["id"].as_str().unwrap_or("?"),
+                receipt["kept_by"]
+            );
+            for c in receipt["custody"].as_array().into_iter().flatten() {
+                println!(
+                    "  kept by {} until {}",
+                    c["replica"].as_str().unwrap_or("?"),
+                    time_of(&c["kept_until_ms"])
+                );
+            }
+            for r in ["refused", "failed"]
+                .iter()
+                .flat_map(|k| receipt[*k].as_array().into_iter().flatten())
+            {
+                println!(
+                    "  not by {}: {}",
+                    r["replica"].as_str().unwrap_or("?"),
+                    r["reason"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Command::Mail(MailCommand::Read { json, account }) => {
+            let answer =
+                client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &[]), &[])?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+            } else {
+                for letter in answer["letters"].as_array().into_iter().flatten() {
+                    let body = match letter["body"].as_str() {
+                        Some(text) => text.to_owned(),
+                        None => format!(
+                            "({} bytes, not text; see --json)",
+                            letter["body_base64"].as_str().map_or(0, |b| b.len() * 3 / 4)
+                        ),
+                    };
+                    writeln!(
+                        out,
+                        "from {} at {}:\n{body}\n",
+                        letter["sender"].as_str().unwrap_or("?"),
+                        time_of(&letter["sent_at_ms"])
+                    )?;
+                }
+            }
+            out.flush()?;
+            for r in answer["refused"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "dkvs: refused a letter from replica {}: {}",
+                    r["replica"].as_str().unwrap_or("?"),
+                    r["reason"].as_str().unwrap_or("?")
+                );
+            }
+        }
         Command::Peers => {
             for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
                 println!("{}", peer.as_str().unwrap_or_default());
@@ -438,6 +544,13 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
     }
     Ok(())
+}
+
+/// A time in Unix milliseconds, as RFC 3339 (UTC, to the second).
+fn time_of(ms: &serde_json::Value) -> String {
+    let ms = ms.as_u64().unwrap_or(0);
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// What a node with no peers says about a write or a read.

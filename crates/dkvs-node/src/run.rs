@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use dkvs_net::Node;
+use dkvs_net::NodeBuilder;
 use dkvs_net::libp2p::{Multiaddr, multiaddr::Protocol};
 use dkvs_store::Store;
 use rand::RngExt as _;
@@ -28,7 +28,11 @@ pub async fn run(
     let identity = home.node_identity()?;
     let store = Store::open(home.data_dir(), config.store())
         .with_context(|| format!("cannot open the store in {}", home.data_dir().display()))?;
-    let node = Node::spawn(identity, store, config.net()?)?;
+    let mail_dir = home.data_dir().join("mail");
+    let mail =
+        dkvs_mail::Mail::open(&mail_dir, identity.clone(), dkvs_mail::ShelfConfig::default())
+            .with_context(|| format!("cannot open the mail kept in {}", mail_dir.display()))?;
+    let node = NodeBuilder::new(identity, store, config.net()?).with_extension(|_| mail).spawn()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "peer id: {}", node.peer_id())?;
     for addr in &config.listen {
@@ -88,6 +92,7 @@ pub async fn run(
         stopping,
         check_host: api_addr.ip().is_loopback(),
         kept: Mutex::new(kept.clone()),
+        inboxes: Mutex::new(HashMap::new()),
     });
     // What the node kept alive before it stopped, it keeps alive again. The list stays whole:
     // an entry whose account does not unlock in this run stays listed (and in the file) for a

@@ -505,3 +505,54 @@ fn a_kept_record_is_remembered_across_a_restart() {
     assert_eq!(aside, "not json");
     drop(node);
 }
+
+fn mail(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    run(
+        {
+            let mut c = dkvs(home);
+            c.arg("mail").args(args);
+            c
+        },
+        stdin,
+    )
+}
+
+#[test]
+fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home, bob_home) =
+        (dir.path().join("seed"), dir.path().join("alice"), dir.path().join("bob"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    let alice = new_account(&alice_home, "alice", "ed25519");
+    let bob = new_account(&bob_home, "bob", "secp256k1");
+    let seed = start(&seed_home, None);
+    let alice_node = start(&alice_home, Some(&seed.address));
+
+    // Bob's node is not running: his letters wait on the replicas of his mailbox.
+    for (i, stdin) in [(0, None), (1, Some(&b"hello 1"[..])), (2, None)] {
+        let text = format!("hello {i}");
+        let args: Vec<&str> =
+            if stdin.is_some() { vec!["send", &bob] } else { vec!["send", &bob, &text] };
+        let out = ok(mail(&alice_home, &args, stdin));
+        assert!(out.contains("kept by 2 replicas"), "{out}");
+    }
+    let bad = mail(&alice_home, &["send", "not-an-account", "hi"], None);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("not an account id"), "{}", stderr(&bad));
+
+    // Both replicas are killed (SIGKILL) right after their receipts; the seed comes back.
+    drop(alice_node);
+    drop(seed);
+    let seed = start(&seed_home, None);
+    let bob_node = start(&bob_home, Some(&seed.address));
+    let out = ok(mail(&bob_home, &["read"], None));
+    let expected: Vec<String> = (0..3).map(|i| format!("hello {i}")).collect();
+    let bodies: Vec<&str> = out.lines().filter(|l| l.starts_with("hello")).collect();
+    assert_eq!(bodies, expected, "{out}");
+    assert_eq!(out.matches(&format!("from {alice} at ")).count(), 3, "{out}");
+    // Read means deleted: nothing comes twice.
+    let again = ok(mail(&bob_home, &["read", "--json"], None));
+    let again: serde_json::Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(again["letters"], serde_json::json!([]), "{again}");
+    drop(bob_node);
+}
