@@ -2,37 +2,52 @@
 //!
 //! - [`send`] seals a letter and deposits it on the replicas of the recipient's mailbox: the
 //!   `replicas` closest peers to the mailbox address (this node among them when it is that
-//!   close) that answer. It returns a [`SendReceipt`]: a [`Custody`] signed by each replica that
-//!   keeps it, and what the others said.
+//!   close) that answer; a replica that does not answer is replaced by the next closest. It
+//!   returns a [`SendReceipt`]: a [`Custody`] signed by each replica that keeps it, and what
+//!   the others said. A node with no peers keeps the letter itself, and says so
+//!   ([`SendReceipt::alone`]).
 //! - [`fetch`] asks the replicas of the account's own mailbox for everything they keep for it,
 //!   page by page (each page request signed by the account and bound to the replica), opens
-//!   each envelope, drops copies and letters it has read before (an [`Inbox`]), and orders the
-//!   letters by the time their senders wrote them. [`ack`] then has every replica that handed
-//!   an envelope over delete it; [`read`] does both.
+//!   each envelope, leaves out copies and letters its [`Inbox`] has read, and orders the
+//!   letters by the time their senders wrote them (within one fetch: a letter that reaches its
+//!   replicas late comes in a later fetch). Nothing is deleted and nothing is marked read.
+//! - [`ack`], once the application has handled what [`fetch`] returned, marks those letters
+//!   read in the inbox and has every replica that handed an envelope over delete it. Letters
+//!   fetched and not acknowledged come again at the next fetch: delivery is at least once, and
+//!   exactly once as long as the inbox is kept ([`Inbox::entries`], [`Inbox::remember`]).
+//!   [`read`] is [`fetch`] then [`ack`], for a caller that handles letters at once.
+//! - [`MailWatch`] tells of new mail as it comes: the replicas notify this node, which then
+//!   fetches.
 //!
 //! Until replicas hand mailboxes over as the closest set changes, a fetch asks twice as many
-//! replicas as a send deposits on, so that mail kept on a replica that a newer peer moved out
-//! of the closest few is still found.
+//! replicas as a send deposits on (`2 * replicas` that answer), so that mail kept on a replica
+//! that a newer peer moved out of the closest few is still found.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dkvs_account::{AccountId, Keypair};
 use dkvs_net::libp2p::{PeerId, kad::KBucketKey};
 use dkvs_net::{NetError, Node};
 use futures::future::join_all;
+use tokio::sync::mpsc;
 
 use crate::letter::{Envelope, Letter, MAX_CLOCK_SKEW_MS, MailError, Mailbox, MessageId};
 use crate::service::{Mail, now_ms};
-use crate::wire::{AckBody, Custody, FetchBody, MAX_ACK, Refusal, Request, Response, Signed};
+use crate::wire::{
+    AckBody, Custody, FetchBody, MAX_ACK, Refusal, Request, Response, Signed, WATCH_TTL_MS,
+    WatchBody,
+};
 
-/// How a letter is sent.
+/// How letters are sent and mailboxes read.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SendOptions {
-    /// On how many replicas to keep it. Default 5.
+    /// On how many replicas to keep a letter (at least 1); a fetch asks twice as many.
+    /// Default 5.
     pub replicas: usize,
-    /// How long replicas keep it, at most (each replica caps it). Default 7 days.
+    /// How long replicas keep a letter, at most (each replica caps it). Default 7 days.
     pub ttl_ms: u64,
 }
 
@@ -43,16 +58,20 @@ impl Default for SendOptions {
 }
 
 impl SendOptions {
-    /// Keep it on `replicas` replicas.
+    /// Keep letters on `replicas` replicas (at least 1).
     pub fn with_replicas(mut self, replicas: usize) -> SendOptions {
         self.replicas = replicas.max(1);
         self
     }
 
-    /// Keep it for at most `ttl_ms`.
+    /// Keep letters for at most `ttl_ms`.
     pub fn with_ttl_ms(mut self, ttl_ms: u64) -> SendOptions {
         self.ttl_ms = ttl_ms;
         self
+    }
+
+    fn replicas(&self) -> usize {
+        self.replicas.max(1)
     }
 }
 
@@ -69,6 +88,19 @@ pub struct SendReceipt {
     pub refused: Vec<(PeerId, Refusal)>,
     /// Replicas that did not answer (or answered what no replica says), and what went wrong.
     pub failed: Vec<(PeerId, String)>,
+    /// The node that sent it.
+    pub sender_node: PeerId,
+}
+
+impl SendReceipt {
+    /// True when only the sending node keeps the letter and no other replica was asked: the
+    /// node has no peers, so it is a network of one, and the recipient reads the letter only
+    /// through it (or once it joins the recipient's network).
+    pub fn alone(&self) -> bool {
+        self.custody.iter().all(|c| c.replica == self.sender_node)
+            && self.refused.is_empty()
+            && self.failed.is_empty()
+    }
 }
 
 /// Why a letter was not sent.
@@ -128,12 +160,41 @@ async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
     peers.sort();
     peers.dedup();
     let target = KBucketKey::new(mailbox.0.to_vec());
-    peers.sort_by_key(|peer| target.distance(&KBucketKey::from(*peer)));
+    peers.sort_by_cached_key(|peer| target.distance(&KBucketKey::from(*peer)));
     peers
 }
 
+/// Asks the nearest of `candidates` in waves, replacing each that fails (`ask` returns
+/// `Err`) by the next nearest, until `wanted` have answered or none is left. The answers, and
+/// the failures.
+async fn nearest_that_answer<T, F>(
+    candidates: Vec<PeerId>,
+    wanted: usize,
+    ask: impl Fn(PeerId) -> F,
+) -> (Vec<(PeerId, T)>, Vec<(PeerId, String)>)
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let (mut answered, mut failed) = (Vec::new(), Vec::new());
+    let mut next = candidates.into_iter();
+    loop {
+        let wave: Vec<PeerId> = next.by_ref().take(wanted.saturating_sub(answered.len())).collect();
+        if wave.is_empty() {
+            return (answered, failed);
+        }
+        let answers = join_all(wave.iter().map(|&peer| ask(peer))).await;
+        for (peer, answer) in wave.into_iter().zip(answers) {
+            match answer {
+                Ok(answer) => answered.push((peer, answer)),
+                Err(e) => failed.push((peer, e)),
+            }
+        }
+    }
+}
+
 /// One request of the mailbox protocol to `peer` through `node` (served by `node`'s own
-/// replica when `peer` is `node`): the protocol by hand, for tools and tests.
+/// replica when `peer` is `node`): the protocol by hand, for tools and tests. `Err` says why
+/// there is no answer.
 pub async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Response, String> {
     if peer == node.peer_id() {
         let rx = node.with_extension::<Mail, _>(move |mail, _| mail.ask_self(request)).await;
@@ -146,7 +207,7 @@ pub async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Resp
 }
 
 /// Seals `body` from `from` to `to` and deposits it on the replicas of `to`'s mailbox.
-/// Ok when at least one replica keeps it (the receipt says how many; fewer than asked when the
+/// Ok when at least one replica keeps it (the receipt says which; fewer than asked when the
 /// network is small or some refused).
 pub async fn send(
     node: &Node,
@@ -161,33 +222,31 @@ pub async fn send(
     let digest = envelope.digest();
     let bytes = envelope.encode();
     let candidates = replicas_of(node, &envelope.mailbox).await;
-    let mut receipt =
-        SendReceipt { id: envelope.id, digest, custody: vec![], refused: vec![], failed: vec![] };
-    // The nearest that answer: a replica that fails is replaced by the next nearest.
-    let mut next = candidates.into_iter();
-    loop {
-        let answered = receipt.custody.len() + receipt.refused.len();
-        let wanted = options.replicas.saturating_sub(answered);
-        let wave: Vec<PeerId> = next.by_ref().take(wanted).collect();
-        if wave.is_empty() {
-            break;
-        }
-        let answers =
-            join_all(wave.iter().map(|&peer| request(node, peer, Request::Deposit(bytes.clone()))))
-                .await;
-        for (peer, answer) in wave.into_iter().zip(answers) {
-            match answer {
-                Ok(Response::Custody(c))
-                    if c.replica == peer && c.digest == digest && c.verify() =>
-                {
-                    receipt.custody.push(c)
+    let deposit = |peer| {
+        let request = request(node, peer, Request::Deposit(bytes.clone()));
+        async move {
+            match request.await? {
+                Response::Custody(c) if c.replica == peer && c.digest == digest && c.verify() => {
+                    Ok(Ok(c))
                 }
-                Ok(Response::Refused(r)) => receipt.refused.push((peer, r)),
-                Ok(other) => {
-                    receipt.failed.push((peer, format!("not a custody receipt: {other:?}")))
-                }
-                Err(e) => receipt.failed.push((peer, e)),
+                Response::Refused(r) => Ok(Err(r)),
+                other => Err(format!("not a custody receipt for this letter: {other:?}")),
             }
+        }
+    };
+    let (answered, failed) = nearest_that_answer(candidates, options.replicas(), deposit).await;
+    let mut receipt = SendReceipt {
+        id: envelope.id,
+        digest,
+        custody: vec![],
+        refused: vec![],
+        failed,
+        sender_node: node.peer_id(),
+    };
+    for (peer, answer) in answered {
+        match answer {
+            Ok(custody) => receipt.custody.push(custody),
+            Err(refusal) => receipt.refused.push((peer, refusal)),
         }
     }
     if receipt.custody.is_empty() {
@@ -196,9 +255,10 @@ pub async fn send(
     Ok(receipt)
 }
 
-/// What an account has read: (sender, id) of each letter, until it expires (plus the clock
-/// skew), so a copy that comes back from a replica that missed an ack is dropped. Keep one
-/// per account across fetches (and persist it, for exactly-once across restarts).
+/// What an account has read: (sender, id) of each letter acknowledged, until it expires (plus
+/// the clock skew), so a copy that comes back from a replica that missed an ack is left out.
+/// Keep one per account across fetches, and save it ([`Inbox::entries`]) for exactly-once
+/// across restarts.
 #[derive(Clone, Debug, Default)]
 pub struct Inbox {
     seen: HashMap<(AccountId, MessageId), u64>,
@@ -220,117 +280,175 @@ impl Inbox {
         self.seen.is_empty()
     }
 
+    /// Every letter remembered: sender, id, and until when (Unix ms), to save.
+    pub fn entries(&self) -> impl Iterator<Item = (&AccountId, MessageId, u64)> {
+        self.seen.iter().map(|((sender, id), until)| (sender, *id, *until))
+    }
+
+    /// Remembers a letter as read until `until_ms` (as [`Inbox::entries`] gave it).
+    pub fn remember(&mut self, sender: AccountId, id: MessageId, until_ms: u64) {
+        let until = self.seen.entry((sender, id)).or_default();
+        *until = (*until).max(until_ms);
+    }
+
+    /// Whether the letter from `sender` with `id` was read.
+    pub fn has_read(&self, sender: &AccountId, id: &MessageId) -> bool {
+        self.seen.contains_key(&(sender.clone(), *id))
+    }
+
     fn forget_expired(&mut self, now_ms: u64) {
         self.seen.retain(|_, until| *until > now_ms);
     }
 }
 
 /// Letters fetched, and what to acknowledge once they are handled.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Fetched {
     /// New letters, oldest first (by the time their senders wrote them).
     pub letters: Vec<Letter>,
-    /// Envelopes that did not open (tampered with, forged, out of time, not for this
-    /// account), with the replica that handed each over. They are acknowledged too, so the
-    /// replica drops them.
+    /// Envelopes that did not open (tampered with, forged, expired, not for this account,
+    /// from the future), with the replica that handed each over (at most [`MAX_REFUSED`]
+    /// listed). All but those from the future are acknowledged too, so the replica drops
+    /// them; a letter written ahead of this clock is left for a later fetch.
     pub refused: Vec<(PeerId, MailError)>,
     /// Replicas that answered.
     pub replicas: Vec<PeerId>,
-    /// Replicas that did not, and why.
+    /// Replicas that did not, or not fully (the envelopes of the pages they did hand over are
+    /// used), and why.
     pub failed: Vec<(PeerId, String)>,
     acks: BTreeMap<PeerId, Vec<[u8; 32]>>,
 }
 
-/// The most pages one fetch reads from one replica.
-const MAX_PAGES: usize = 64;
+/// What an acknowledgement did.
+#[derive(Debug, Default)]
+pub struct AckReport {
+    /// Envelopes the replicas deleted.
+    pub deleted: usize,
+    /// Replicas that did not take the ack, and why: they keep their copies, which come back
+    /// at the next fetch and are left out by the inbox.
+    pub failed: Vec<(PeerId, String)>,
+}
+
+/// The most refused envelopes a fetch lists (all are acknowledged).
+pub const MAX_REFUSED: usize = 64;
+/// One fetch takes at most this many envelope bytes, and envelopes, from one replica (twice
+/// a mailbox's default quota, four times its count); the rest comes at the next fetch, after
+/// these are acknowledged.
+const MAX_FETCH_BYTES: usize = 16 << 20;
+const MAX_FETCH_ENVELOPES: usize = 4096;
 const PAGE: u32 = 256;
 
-/// Everything one replica keeps for `account`, page by page.
+/// What one replica keeps for `account`, page by page: the envelopes, and why it stopped
+/// early if it did. A page that breaks the protocol (more than asked, cursors not increasing)
+/// ends the fetch from that replica.
 async fn fetch_from(
     node: &Node,
     account: &Keypair,
     replica: PeerId,
-) -> Result<Vec<Vec<u8>>, String> {
-    let mut after = 0;
+) -> (Vec<Vec<u8>>, Option<String>) {
+    let (mut after, mut bytes) = (0, 0);
     let mut envelopes = Vec::new();
-    for _ in 0..MAX_PAGES {
+    loop {
         let body = FetchBody { replica, after, limit: PAGE, now_ms: now_ms() };
-        match request(node, replica, Request::Fetch(Signed::fetch(account, body))).await? {
-            Response::Batch { items, more } => {
-                if let Some(last) = items.last() {
-                    if last.cursor <= after {
-                        return Err("the replica's cursor went backwards".to_owned());
-                    }
-                    after = last.cursor;
-                }
-                envelopes.extend(items.into_iter().map(|i| i.envelope));
-                if !more {
-                    break;
-                }
+        let (items, more) =
+            match request(node, replica, Request::Fetch(Signed::fetch(account, body))).await {
+                Ok(Response::Batch { items, more }) => (items, more),
+                Ok(Response::Refused(r)) => return (envelopes, Some(format!("refused: {r}"))),
+                Ok(other) => return (envelopes, Some(format!("not a batch: {other:?}"))),
+                Err(e) => return (envelopes, Some(e)),
+            };
+        if items.len() > PAGE as usize {
+            return (envelopes, Some(format!("a page of {} envelopes, over {PAGE}", items.len())));
+        }
+        for item in items {
+            if item.cursor <= after {
+                return (envelopes, Some("the replica's cursors do not increase".to_owned()));
             }
-            Response::Refused(r) => return Err(format!("refused: {r}")),
-            other => return Err(format!("not a batch: {other:?}")),
+            after = item.cursor;
+            bytes += item.envelope.len();
+            envelopes.push(item.envelope);
+        }
+        if !more || bytes >= MAX_FETCH_BYTES || envelopes.len() >= MAX_FETCH_ENVELOPES {
+            return (envelopes, None);
         }
     }
-    Ok(envelopes)
 }
 
-/// Fetches `account`'s new letters from its mailbox's replicas (see the module docs). Nothing
-/// is deleted until [`ack`]. Letters already in `inbox` are left out; the new ones are added.
+/// Fetches `account`'s new letters from its mailbox's replicas (see the module docs).
+/// Nothing is deleted and nothing marked read until [`ack`].
 pub async fn fetch(
     node: &Node,
     account: &Keypair,
-    inbox: &mut Inbox,
+    inbox: &Inbox,
     options: &SendOptions,
 ) -> Result<Fetched, ReadError> {
     node.with_extension::<Mail, _>(|_, _| ()).await?;
-    let me = account.account_id();
-    let mailbox = Mailbox::of(&me);
+    let replicas = replicas_of(node, &Mailbox::of(&account.account_id())).await;
+    fetch_from_replicas(node, account, inbox, replicas, 2 * options.replicas()).await
+}
+
+async fn fetch_from_replicas(
+    node: &Node,
+    account: &Keypair,
+    inbox: &Inbox,
+    candidates: Vec<PeerId>,
+    wanted: usize,
+) -> Result<Fetched, ReadError> {
     let now = now_ms();
-    inbox.forget_expired(now);
-    let replicas: Vec<PeerId> =
-        replicas_of(node, &mailbox).await.into_iter().take(2 * options.replicas).collect();
-    let answers = join_all(replicas.iter().map(|&r| fetch_from(node, account, r))).await;
-    let mut fetched = Fetched {
-        letters: vec![],
-        refused: vec![],
-        replicas: vec![],
-        failed: vec![],
-        acks: BTreeMap::new(),
+    let ask = |replica| async move {
+        match fetch_from(node, account, replica).await {
+            (envelopes, None) => Ok((envelopes, None)),
+            // Pages already handed over are used; a replica that handed over nothing failed.
+            (envelopes, Some(e)) if envelopes.is_empty() => Err(e),
+            (envelopes, Some(e)) => Ok((envelopes, Some(e))),
+        }
     };
-    let mut opened: HashMap<[u8; 32], bool> = HashMap::new();
-    for (replica, answer) in replicas.into_iter().zip(answers) {
-        let envelopes = match answer {
-            Ok(envelopes) => envelopes,
-            Err(e) => {
-                fetched.failed.push((replica, e));
-                continue;
-            }
-        };
+    let (answered, failed) = nearest_that_answer(candidates, wanted, ask).await;
+    let mut fetched = Fetched { failed, ..Fetched::default() };
+    let mut opened: HashSet<[u8; 32]> = HashSet::new();
+    let mut this_fetch: HashSet<(AccountId, MessageId)> = HashSet::new();
+    for (replica, (envelopes, partial)) in answered {
         fetched.replicas.push(replica);
+        if let Some(e) = partial {
+            fetched.failed.push((replica, e));
+        }
         for bytes in envelopes {
+            let refuse = |fetched: &mut Fetched, e| {
+                if fetched.refused.len() < MAX_REFUSED {
+                    fetched.refused.push((replica, e));
+                }
+            };
             let envelope = match Envelope::decode(&bytes) {
                 Ok(envelope) => envelope,
                 Err(e) => {
-                    fetched.refused.push((replica, e));
+                    refuse(&mut fetched, e);
                     continue;
                 }
             };
             let digest = envelope.digest();
-            fetched.acks.entry(replica).or_default().push(digest);
-            if opened.insert(digest, true).is_some() {
-                continue; // another replica's copy
-            }
             match envelope.open(account, now) {
                 Ok(letter) => {
+                    fetched.acks.entry(replica).or_default().push(digest);
                     let key = (letter.sender.clone(), letter.id);
-                    if inbox.seen.contains_key(&key) {
-                        continue;
+                    if !opened.insert(digest) || inbox.seen.contains_key(&key) {
+                        continue; // another replica's copy, or read before
                     }
-                    inbox.seen.insert(key, letter.expires_at_ms + MAX_CLOCK_SKEW_MS);
-                    fetched.letters.push(letter);
+                    if this_fetch.insert(key) {
+                        fetched.letters.push(letter);
+                    }
                 }
-                Err(e) => fetched.refused.push((replica, e)),
+                // Written ahead of this clock: maybe this clock is slow; left for later.
+                Err(e @ MailError::OutOfTime { expires_at_ms, .. }) if expires_at_ms > now => {
+                    if opened.insert(digest) {
+                        refuse(&mut fetched, e);
+                    }
+                }
+                Err(e) => {
+                    fetched.acks.entry(replica).or_default().push(digest);
+                    if opened.insert(digest) {
+                        refuse(&mut fetched, e);
+                    }
+                }
             }
         }
     }
@@ -338,33 +456,42 @@ pub async fn fetch(
         let why = fetched.failed.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>();
         return Err(ReadError::NoReplica(why.join("; ")));
     }
-    fetched.letters.sort_by(|a, b| {
-        (a.sent_at_ms, a.sender.to_string(), a.id).cmp(&(b.sent_at_ms, b.sender.to_string(), b.id))
-    });
+    fetched.letters.sort_by_cached_key(|l| (l.sent_at_ms, l.sender.to_string(), l.id));
     Ok(fetched)
 }
 
-/// Has every replica that handed an envelope over in `fetched` delete it. Returns how many
-/// envelopes the replicas deleted; replicas that cannot be reached keep theirs (the inbox drops
-/// those copies when they come back).
-pub async fn ack(node: &Node, account: &Keypair, fetched: &Fetched) -> usize {
+/// Marks the letters of `fetched` read in `inbox`, and has every replica that handed an
+/// envelope over delete it.
+pub async fn ack(
+    node: &Node,
+    account: &Keypair,
+    inbox: &mut Inbox,
+    fetched: &Fetched,
+) -> AckReport {
+    let now = now_ms();
+    inbox.forget_expired(now);
+    for letter in &fetched.letters {
+        let until = letter.expires_at_ms.saturating_add(MAX_CLOCK_SKEW_MS);
+        inbox.remember(letter.sender.clone(), letter.id, until);
+    }
     let asks = fetched.acks.iter().flat_map(|(&replica, digests)| {
-        digests.chunks(MAX_ACK).map(move |chunk| {
+        digests.chunks(MAX_ACK).map(move |chunk| async move {
             let body = AckBody { replica, now_ms: now_ms(), digests: chunk.to_vec() };
-            request(node, replica, Request::Ack(Signed::ack(account, body)))
+            (replica, request(node, replica, Request::Ack(Signed::ack(account, body))).await)
         })
     });
-    join_all(asks)
-        .await
-        .into_iter()
-        .map(|answer| match answer {
-            Ok(Response::Acked(n)) => n as usize,
-            _ => 0,
-        })
-        .sum()
+    let mut report = AckReport::default();
+    for (replica, answer) in join_all(asks).await {
+        match answer {
+            Ok(Response::Acked(n)) => report.deleted += n as usize,
+            Ok(other) => report.failed.push((replica, format!("not an ack: {other:?}"))),
+            Err(e) => report.failed.push((replica, e)),
+        }
+    }
+    report
 }
 
-/// [`fetch`], then [`ack`]: the new letters, deleted from the replicas.
+/// [`fetch`], then [`ack`]: the new letters, marked read and deleted from the replicas.
 pub async fn read(
     node: &Node,
     account: &Keypair,
@@ -372,6 +499,95 @@ pub async fn read(
     options: &SendOptions,
 ) -> Result<Fetched, ReadError> {
     let fetched = fetch(node, account, inbox, options).await?;
-    ack(node, account, &fetched).await;
+    ack(node, account, inbox, &fetched).await;
     Ok(fetched)
+}
+
+/// New mail as it comes: the replicas of the account's mailbox are asked to notify this node
+/// of every deposit (a watch signed by the account, renewed before it lapses), and
+/// [`MailWatch::next`] fetches when they do, and at every renewal in case a notification was
+/// lost.
+pub struct MailWatch {
+    node: Node,
+    account: std::sync::Arc<Keypair>,
+    options: SendOptions,
+    notified: mpsc::Receiver<()>,
+    replicas: Vec<PeerId>,
+    renew_at: tokio::time::Instant,
+}
+
+impl MailWatch {
+    /// Starts watching `account`'s mailbox through `node`.
+    pub async fn start(
+        node: Node,
+        account: std::sync::Arc<Keypair>,
+        options: SendOptions,
+    ) -> Result<MailWatch, ReadError> {
+        let mailbox = Mailbox::of(&account.account_id());
+        let notified =
+            node.with_extension::<Mail, _>(move |mail, _| mail.subscribe(mailbox)).await?;
+        let mut watch = MailWatch {
+            node,
+            account,
+            options,
+            notified,
+            replicas: vec![],
+            renew_at: tokio::time::Instant::now(),
+        };
+        watch.register().await?;
+        Ok(watch)
+    }
+
+    /// Asks the replicas to notify this node: the nearest `2 * replicas` that answer.
+    async fn register(&mut self) -> Result<(), ReadError> {
+        let mailbox = Mailbox::of(&self.account.account_id());
+        let candidates = replicas_of(&self.node, &mailbox).await;
+        let (node, account) = (&self.node, &self.account);
+        let ask = |replica| async move {
+            let body = WatchBody { replica, now_ms: now_ms() };
+            match request(node, replica, Request::Watch(Signed::watch(account, body))).await? {
+                Response::Watching(_) => Ok(()),
+                other => Err(format!("not watching: {other:?}")),
+            }
+        };
+        let (answered, failed) =
+            nearest_that_answer(candidates, 2 * self.options.replicas(), ask).await;
+        if answered.is_empty() {
+            let why = failed.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>();
+            return Err(ReadError::NoReplica(why.join("; ")));
+        }
+        self.replicas = answered.into_iter().map(|(peer, ())| peer).collect();
+        let replicas = self.replicas.clone();
+        self.node
+            .with_extension::<Mail, _>(move |mail, _| mail.expect_notifications(mailbox, replicas))
+            .await?;
+        self.renew_at = tokio::time::Instant::now() + Duration::from_millis(WATCH_TTL_MS / 2);
+        Ok(())
+    }
+
+    /// The next new letters (at least one), fetched from the replicas; [`ack`] them once
+    /// handled. Waits as long as it takes: bound it with a timeout.
+    pub async fn next(&mut self, inbox: &Inbox) -> Result<Fetched, ReadError> {
+        loop {
+            let fetched = fetch_from_replicas(
+                &self.node,
+                &self.account,
+                inbox,
+                self.replicas.clone(),
+                self.replicas.len(),
+            )
+            .await?;
+            if !fetched.letters.is_empty() {
+                return Ok(fetched);
+            }
+            tokio::select! {
+                notified = self.notified.recv() => {
+                    if notified.is_none() {
+                        return Err(ReadError::Node(NetError::Shutdown));
+                    }
+                }
+                () = tokio::time::sleep_until(self.renew_at) => self.register().await?,
+            }
+        }
+    }
 }

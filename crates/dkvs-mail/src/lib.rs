@@ -8,7 +8,8 @@
 //! - [`shelf`]: what a replica keeps, on disk, with quotas and expiry.
 //! - [`Mail`]: the extension a node hosts (`NodeBuilder::with_extension`): a replica, and the
 //!   way out for this node's own requests.
-//! - [`client`]: [`send`], [`fetch`], [`ack`], [`read`] through a node that hosts [`Mail`].
+//! - [`client`]: [`send`], [`fetch`], [`ack`], [`read`], [`MailWatch`] through a node that
+//!   hosts [`Mail`]. Delivery is at least once; exactly once while the [`Inbox`] is kept.
 //!
 //! ```no_run
 //! # async fn run(dir: &std::path::Path, store: dkvs_net::store::Store) -> anyhow::Result<()> {
@@ -31,8 +32,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Left for later (the mail issue): live delivery to an online recipient, delivery receipts,
-//! hand-over of mailboxes as the closest replicas change, channels, the CLI and HTTP API.
+//! Left for later (the mail issue): delivery receipts, hand-over of mailboxes as the closest
+//! replicas change, channels.
 
 pub mod client;
 pub mod letter;
@@ -41,7 +42,8 @@ pub mod shelf;
 pub mod wire;
 
 pub use client::{
-    Fetched, Inbox, ReadError, SendError, SendOptions, SendReceipt, ack, fetch, read, send,
+    AckReport, Fetched, Inbox, MailWatch, ReadError, SendError, SendOptions, SendReceipt, ack,
+    fetch, read, send,
 };
 pub use dkvs_net as net;
 pub use letter::{

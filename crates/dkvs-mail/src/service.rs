@@ -2,7 +2,7 @@
 //! [`Shelf`]) and carries this node's own requests to other replicas. The client side, the
 //! part an application calls, is in [`crate::client`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,7 +20,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::letter::{MAX_CLOCK_SKEW_MS, Mailbox};
 use crate::shelf::{Disk, Job, Shelf, ShelfConfig};
-use crate::wire::{Codec, Custody, MAX_REQUEST, PROTOCOL, Refusal, Request, Response};
+use crate::wire::{
+    Codec, Custody, MAX_REQUEST, PROTOCOL, Refusal, Request, Response, WATCH_TTL_MS,
+};
+
+/// Peers one mailbox may have watching it on a replica (the account's nodes); a new one
+/// replaces the one whose watch ends first.
+const WATCHERS_PER_MAILBOX: usize = 4;
+/// Mailboxes a replica keeps watches for.
+const MAX_WATCHED: usize = 16_384;
 
 /// How long a request to another replica may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +55,21 @@ impl Reply {
 
 type Answer = oneshot::Sender<Result<Vec<u8>, String>>;
 
+/// A file being written, and who waits for it.
+struct Writing {
+    digest: [u8; 32],
+    mailbox: Mailbox,
+    /// The answers to give when it is on disk (the first deposit and repeats of it).
+    replies: Vec<(Reply, Custody)>,
+}
+
+/// This node's clients waiting for mail in one mailbox.
+#[derive(Default)]
+struct Subscription {
+    channels: Vec<mpsc::Sender<()>>,
+    replicas: HashSet<PeerId>,
+}
+
 /// The mail extension.
 pub struct Mail {
     inner: request_response::Behaviour<Codec>,
@@ -54,8 +77,12 @@ pub struct Mail {
     shelf: Shelf,
     disk: Disk,
     written: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
-    /// Deposits waiting for their file to be on disk: ticket -> (reply, the custody to give).
-    writing: HashMap<u64, (Reply, Custody)>,
+    /// Deposits waiting for their file to be on disk, by the write's ticket.
+    writing: HashMap<u64, Writing>,
+    /// As a replica: peers watching mailboxes, until when.
+    watchers: HashMap<Mailbox, Vec<(PeerId, u64)>>,
+    /// As a watcher: this node's clients waiting for mail, and the replicas they asked.
+    subscribers: HashMap<Mailbox, Subscription>,
     asks: HashMap<request_response::OutboundRequestId, Answer>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -86,6 +113,8 @@ impl Mail {
             disk,
             written,
             writing: HashMap::new(),
+            watchers: HashMap::new(),
+            subscribers: HashMap::new(),
             asks: HashMap::new(),
             expiry: None,
         };
@@ -124,6 +153,85 @@ impl Mail {
         rx
     }
 
+    /// A channel that is told when the replicas this node asked to watch `mailbox`
+    /// ([`Mail::expect_notifications`]) notify new mail; a notification from any other peer
+    /// is ignored.
+    pub(crate) fn subscribe(&mut self, mailbox: Mailbox) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel(1);
+        let subscription = self.subscribers.entry(mailbox).or_default();
+        subscription.channels.retain(|c| !c.is_closed());
+        subscription.channels.push(tx);
+        rx
+    }
+
+    /// Heeds notifications of new mail in `mailbox` from `replicas` (asked to watch it).
+    pub(crate) fn expect_notifications(&mut self, mailbox: Mailbox, replicas: Vec<PeerId>) {
+        if let Some(subscription) = self.subscribers.get_mut(&mailbox) {
+            subscription.replicas.extend(replicas);
+        }
+    }
+
+    /// Tells this node's clients that `mailbox` has new mail, if `from` is a replica they
+    /// asked; whether anyone here watches it.
+    fn on_notify(&mut self, from: PeerId, mailbox: Mailbox) -> bool {
+        let Some(subscription) = self.subscribers.get_mut(&mailbox) else { return false };
+        subscription.channels.retain(|c| !c.is_closed());
+        if subscription.channels.is_empty() {
+            self.subscribers.remove(&mailbox);
+            return false;
+        }
+        if !subscription.replicas.contains(&from) {
+            return false;
+        }
+        for channel in &subscription.channels {
+            // A full channel already says "new mail".
+            let _ = channel.try_send(());
+        }
+        true
+    }
+
+    /// Notifies the peers watching `mailbox` (this node's own clients directly).
+    fn notify_watchers(&mut self, mailbox: Mailbox) {
+        let now = now_ms();
+        let me = self.peer_id();
+        let Some(watchers) = self.watchers.get_mut(&mailbox) else { return };
+        watchers.retain(|(_, until)| *until > now);
+        let peers: Vec<PeerId> = watchers.iter().map(|(peer, _)| *peer).collect();
+        if peers.is_empty() {
+            self.watchers.remove(&mailbox);
+        }
+        for peer in peers {
+            if peer == me {
+                self.on_notify(me, mailbox);
+            } else {
+                // A hint: nobody waits for the answer.
+                self.inner.send_request(&peer, Request::Notify(mailbox.0).encode());
+            }
+        }
+    }
+
+    /// Registers `peer` as watching `mailbox` until `until`.
+    fn add_watcher(&mut self, mailbox: Mailbox, peer: PeerId, now: u64) -> Result<u64, Refusal> {
+        if !self.watchers.contains_key(&mailbox) && self.watchers.len() >= MAX_WATCHED {
+            self.watchers.retain(|_, w| {
+                w.retain(|(_, until)| *until > now);
+                !w.is_empty()
+            });
+            if self.watchers.len() >= MAX_WATCHED {
+                return Err(Refusal::Busy);
+            }
+        }
+        let until = now + WATCH_TTL_MS;
+        let watchers = self.watchers.entry(mailbox).or_default();
+        watchers.retain(|(p, end)| *p != peer && *end > now);
+        if watchers.len() >= WATCHERS_PER_MAILBOX {
+            let first = (0..watchers.len()).min_by_key(|&i| watchers[i].1).unwrap_or(0);
+            watchers.swap_remove(first);
+        }
+        watchers.push((peer, until));
+        Ok(until)
+    }
+
     /// Answers a request from `peer` (signatures and time checked here).
     fn serve(&mut self, peer: PeerId, request: Request, reply: Reply) {
         let now = now_ms();
@@ -134,15 +242,29 @@ impl Mail {
                 Err(refusal) => Response::Refused(refusal),
                 Ok(taken) => {
                     let custody = Custody::sign(&self.key, taken.digest, taken.kept_until_ms);
-                    match taken.write {
-                        None => Response::Custody(custody),
-                        Some(job) => {
+                    match (taken.write, taken.pending) {
+                        (Some(job), _) => {
                             let Job::Write { ticket, .. } = &job else { unreachable!() };
-                            self.writing.insert(*ticket, (reply, custody));
+                            let writing = Writing {
+                                digest: taken.digest,
+                                mailbox: taken.mailbox,
+                                replies: vec![(reply, custody)],
+                            };
+                            self.writing.insert(*ticket, writing);
                             self.disk.queue(job);
                             self.arm_expiry();
                             return;
                         }
+                        // A repeat of a deposit whose file is still being written: its
+                        // custody, too, waits for the file.
+                        (None, Some(ticket)) => match self.writing.get_mut(&ticket) {
+                            Some(writing) => {
+                                writing.replies.push((reply, custody));
+                                return;
+                            }
+                            None => Response::Refused(Refusal::StorageFailed),
+                        },
+                        (None, None) => Response::Custody(custody),
                     }
                 }
             },
@@ -171,6 +293,19 @@ impl Mail {
                     Response::Acked(deleted)
                 }
             }
+            Request::Watch(signed) => {
+                if !signed.verify() || signed.body.replica != me {
+                    Response::Refused(Refusal::BadSignature)
+                } else if !in_time(signed.body.now_ms) {
+                    Response::Refused(Refusal::OutOfTime)
+                } else {
+                    match self.add_watcher(Mailbox::of(&signed.account), peer, now) {
+                        Ok(until) => Response::Watching(until),
+                        Err(refusal) => Response::Refused(refusal),
+                    }
+                }
+            }
+            Request::Notify(mailbox) => Response::Noted(self.on_notify(peer, Mailbox(mailbox))),
         };
         reply.send(&mut self.inner, response);
     }
@@ -185,15 +320,23 @@ impl Mail {
 
     /// Files written: give their custody, or take back the deposit whose write failed.
     fn on_written(&mut self, ticket: u64, result: std::io::Result<()>) {
-        let Some((reply, custody)) = self.writing.remove(&ticket) else { return };
+        let Some(writing) = self.writing.remove(&ticket) else { return };
+        if let Some(job) = self.shelf.written(&writing.digest, ticket, result.is_ok()) {
+            self.disk.queue(job);
+        }
         match result {
-            Ok(()) => reply.send(&mut self.inner, Response::Custody(custody)),
+            Ok(()) => {
+                for (reply, custody) in writing.replies {
+                    reply.send(&mut self.inner, Response::Custody(custody));
+                }
+                self.notify_watchers(writing.mailbox);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot write a mail file; the deposit is refused");
-                if let Some(job) = self.shelf.remove(&custody.digest) {
-                    self.disk.queue(job);
+                for (reply, _) in writing.replies {
+                    reply.send(&mut self.inner, Response::Refused(Refusal::StorageFailed));
                 }
-                reply.send(&mut self.inner, Response::Refused(Refusal::StorageFailed));
+                self.arm_expiry();
             }
         }
     }
@@ -217,7 +360,12 @@ impl Extension for Mail {
                 match Request::decode(&request) {
                     Ok(request) => self.serve(peer, request, Reply::Remote(channel)),
                     Err(e) => {
-                        host.report(peer, &e.to_string());
+                        // Bytes that are no protobuf at all come from no honest peer; a
+                        // well-formed request of a kind this version does not know may come
+                        // from a newer one, and is only refused.
+                        if !e.is_unknown_kind() {
+                            host.report(peer, &e.to_string());
+                        }
                         Reply::Remote(channel)
                             .send(&mut self.inner, Response::Refused(Refusal::Malformed));
                     }
@@ -299,10 +447,15 @@ impl NetworkBehaviour for Mail {
         if let Some(timer) = self.expiry.as_mut()
             && timer.as_mut().poll(cx).is_ready()
         {
-            for job in self.shelf.expire(now_ms()) {
+            let now = now_ms();
+            for job in self.shelf.expire(now) {
                 self.disk.queue(job);
             }
             self.arm_expiry();
+            if self.shelf.next_expiry().is_some_and(|at| at <= now) {
+                // More are due than one batch: the rest on the next turn of the node's task.
+                cx.waker().wake_by_ref();
+            }
             if let Some(timer) = self.expiry.as_mut() {
                 // Registers the waker for the next one.
                 let _ = timer.as_mut().poll(cx);

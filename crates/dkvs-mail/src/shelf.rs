@@ -7,10 +7,18 @@
 //! removes the file the write made.
 //!
 //! Quotas (all in [`ShelfConfig`]): a mailbox holds at most so many envelopes and bytes; one
-//! depositing peer fills at most a share of a mailbox (a flooder fills its share and is then
-//! told "mailbox full", and mail already kept is never pushed out); the replica as a whole
-//! keeps at most so many bytes. A peer can make many ids: the node's per-network byte budget
-//! and rates bound how fast, the share bounds how much per id.
+//! depositing peer fills at most a share of a mailbox, in envelopes and in bytes (a flooder
+//! fills its share and is then told "mailbox full", and mail already kept is never pushed
+//! out); the replica as a whole keeps at most so many bytes. Every envelope is charged
+//! [`ENTRY_COST`] bytes beyond its own, for its index entry and its file, so that tiny
+//! envelopes cannot make a small byte budget hold millions of entries.
+//!
+//! Limits of this design: peer ids cost nothing, so many ids share out a mailbox between
+//! them (the node's per-network byte budget and rates bound how fast); a replica keeps mail
+//! for any mailbox, not only for those it is among the closest to; and a peer may choose ids
+//! close to a mailbox address to become its replica (it then sees the envelopes, which tell
+//! it nothing but sizes and times, and can withhold them: the other replicas still have
+//! them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -31,10 +39,11 @@ pub struct ShelfConfig {
     pub mailbox_messages: usize,
     /// Bytes of envelopes one mailbox holds at most. Default 8 MiB.
     pub mailbox_bytes: u64,
-    /// The share of a mailbox's bytes one depositing peer may fill, in quarters. Default 1 (a
-    /// quarter): four peers are needed to fill a mailbox.
+    /// The share of a mailbox (its envelopes and its bytes) one depositing peer may fill, in
+    /// quarters. Default 1 (a quarter): four peers are needed to fill a mailbox.
     pub depositor_quarters: u64,
-    /// Bytes of envelopes the replica keeps at most. Default 256 MiB.
+    /// Bytes of envelopes the replica keeps at most, each charged [`ENTRY_COST`] more than its
+    /// size. Default 64 MiB.
     pub total_bytes: u64,
     /// The longest a replica keeps an envelope, whatever it asks. Default 7 days.
     pub max_ttl_ms: u64,
@@ -46,11 +55,22 @@ impl Default for ShelfConfig {
             mailbox_messages: 1000,
             mailbox_bytes: 8 << 20,
             depositor_quarters: 1,
-            total_bytes: 256 << 20,
+            total_bytes: 64 << 20,
             max_ttl_ms: 7 * 24 * 3_600_000,
         }
     }
 }
+
+/// What an envelope costs beyond its bytes: its index entries and its file.
+pub const ENTRY_COST: u64 = 512;
+
+/// The shortest sealed letter: two Ed25519 keys, the times, the id and the signature, with no
+/// body, before the seal's own bytes. Shorter is not a letter.
+const MIN_SEALED: usize = 2 * (2 + 32) + 8 + 8 + 16 + 4 + 64;
+
+/// The most envelopes one expiry pass drops; the rest go in the next, so that the node's
+/// task is never held long.
+const EXPIRE_BATCH: usize = 1024;
 
 /// An envelope a replica keeps.
 struct Kept {
@@ -59,13 +79,22 @@ struct Kept {
     kept_until_ms: u64,
     depositor: PeerId,
     bytes: Vec<u8>,
+    /// The write of its file, while it is under way.
+    writing: Option<u64>,
+}
+
+impl Kept {
+    fn cost(&self) -> u64 {
+        self.bytes.len() as u64 + ENTRY_COST
+    }
 }
 
 #[derive(Default)]
 struct Box_ {
     by_cursor: BTreeMap<u64, [u8; 32]>,
     bytes: u64,
-    by_depositor: HashMap<PeerId, u64>,
+    /// Per depositing peer: envelopes and bytes.
+    by_depositor: HashMap<PeerId, (usize, u64)>,
 }
 
 /// A change for the disk thread, in the order the index made them.
@@ -79,9 +108,13 @@ pub(crate) enum Job {
 /// A deposit taken into the index.
 pub(crate) struct Taken {
     pub digest: [u8; 32],
+    pub mailbox: Mailbox,
     pub kept_until_ms: u64,
     /// The file to write before the custody is given; `None` when it was kept already.
     pub write: Option<Job>,
+    /// Kept already, but its file is still being written by this ticket: the custody waits
+    /// for it.
+    pub pending: Option<u64>,
 }
 
 /// The replica's index of kept envelopes.
@@ -132,14 +165,25 @@ impl Shelf {
         fs::create_dir_all(dir)?;
         let mut shelf = Shelf::new(config);
         for entry in fs::read_dir(dir)? {
-            let path = entry?.path();
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             if name.ends_with(".tmp") {
                 fs::remove_file(&path)?;
                 continue;
             }
             let Some(hex_digest) = name.strip_suffix(".env") else { continue };
-            match shelf.load(hex_digest, &fs::read(&path)?, now_ms) {
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read a mail file; skipped");
+                    continue;
+                }
+            };
+            match shelf.load(hex_digest, &bytes, now_ms) {
                 Some(true) => {}
                 Some(false) => fs::remove_file(&path)?,
                 None => {
@@ -164,7 +208,15 @@ impl Shelf {
         if pb.kept_until_ms <= now_ms {
             return Some(false);
         }
-        self.insert(digest, envelope.mailbox, pb.cursor, pb.kept_until_ms, depositor, pb.envelope);
+        self.insert(
+            digest,
+            envelope.mailbox,
+            pb.cursor,
+            pb.kept_until_ms,
+            depositor,
+            pb.envelope,
+            None,
+        );
         self.last_cursor = self.last_cursor.max(pb.cursor);
         Some(true)
     }
@@ -177,15 +229,19 @@ impl Shelf {
         kept_until_ms: u64,
         depositor: PeerId,
         bytes: Vec<u8>,
+        writing: Option<u64>,
     ) {
-        let len = bytes.len() as u64;
+        let kept = Kept { mailbox, cursor, kept_until_ms, depositor, bytes, writing };
+        let cost = kept.cost();
         let entry = self.boxes.entry(mailbox).or_default();
         entry.by_cursor.insert(cursor, digest);
-        entry.bytes += len;
-        *entry.by_depositor.entry(depositor).or_default() += len;
-        self.bytes += len;
+        entry.bytes += cost;
+        let share = entry.by_depositor.entry(depositor).or_default();
+        share.0 += 1;
+        share.1 += cost;
+        self.bytes += cost;
         self.by_expiry.insert((kept_until_ms, digest));
-        self.kept.insert(digest, Kept { mailbox, cursor, kept_until_ms, depositor, bytes });
+        self.kept.insert(digest, kept);
     }
 
     /// Takes an envelope deposited by `depositor` at `now_ms`, or says why not. Depositing
@@ -207,21 +263,31 @@ impl Shelf {
             return Err(Refusal::Malformed);
         }
         if let Some(kept) = self.kept.get(&digest) {
-            return Ok(Taken { digest, kept_until_ms: kept.kept_until_ms, write: None });
+            return Ok(Taken {
+                digest,
+                mailbox: kept.mailbox,
+                kept_until_ms: kept.kept_until_ms,
+                write: None,
+                pending: kept.writing,
+            });
         }
-        let len = bytes.len() as u64;
-        if self.bytes + len > self.config.total_bytes {
+        if envelope.sealed.len() < MIN_SEALED {
+            return Err(Refusal::Malformed);
+        }
+        let cost = bytes.len() as u64 + ENTRY_COST;
+        if self.bytes + cost > self.config.total_bytes {
             return Err(Refusal::ReplicaFull);
         }
-        if let Some(b) = self.boxes.get(&envelope.mailbox) {
-            let share = self.config.mailbox_bytes * self.config.depositor_quarters / 4;
-            let from_depositor = b.by_depositor.get(&depositor).copied().unwrap_or(0);
-            if b.by_cursor.len() >= self.config.mailbox_messages
-                || b.bytes + len > self.config.mailbox_bytes
-                || from_depositor + len > share
-            {
-                return Err(Refusal::MailboxFull);
-            }
+        let empty = Box_::default();
+        let b = self.boxes.get(&envelope.mailbox).unwrap_or(&empty);
+        let quarters = self.config.depositor_quarters;
+        let (count, from_depositor) = b.by_depositor.get(&depositor).copied().unwrap_or((0, 0));
+        if b.by_cursor.len() >= self.config.mailbox_messages
+            || b.bytes + cost > self.config.mailbox_bytes
+            || (count + 1) * 4 > self.config.mailbox_messages * quarters as usize
+            || (from_depositor + cost) * 4 > self.config.mailbox_bytes * quarters
+        {
+            return Err(Refusal::MailboxFull);
         }
         let kept_until_ms =
             envelope.expires_at_ms.min(now_ms.saturating_add(self.config.max_ttl_ms));
@@ -236,24 +302,52 @@ impl Shelf {
             envelope: bytes.clone(),
         }
         .encode_to_vec();
-        self.insert(digest, envelope.mailbox, cursor, kept_until_ms, depositor, bytes);
         self.next_ticket += 1;
-        let write = Job::Write { ticket: self.next_ticket, digest, bytes: stored };
-        Ok(Taken { digest, kept_until_ms, write: Some(write) })
+        let ticket = self.next_ticket;
+        self.insert(
+            digest,
+            envelope.mailbox,
+            cursor,
+            kept_until_ms,
+            depositor,
+            bytes,
+            Some(ticket),
+        );
+        let write = Job::Write { ticket, digest, bytes: stored };
+        Ok(Taken {
+            digest,
+            mailbox: envelope.mailbox,
+            kept_until_ms,
+            write: Some(write),
+            pending: None,
+        })
+    }
+
+    /// The write `ticket` of `digest`'s file ended: kept for good when it succeeded; forgotten
+    /// when it failed (if the envelope is still the one that write was for). The file to
+    /// remove, if any.
+    pub(crate) fn written(&mut self, digest: &[u8; 32], ticket: u64, ok: bool) -> Option<Job> {
+        let kept = self.kept.get_mut(digest)?;
+        if kept.writing != Some(ticket) {
+            return None;
+        }
+        kept.writing = None;
+        if ok { None } else { self.remove(digest) }
     }
 
     /// Forgets an envelope (acknowledged, expired, or its write failed); the file to remove.
     pub(crate) fn remove(&mut self, digest: &[u8; 32]) -> Option<Job> {
         let kept = self.kept.remove(digest)?;
-        let len = kept.bytes.len() as u64;
+        let len = kept.cost();
         self.bytes -= len;
         self.by_expiry.remove(&(kept.kept_until_ms, *digest));
         if let Some(b) = self.boxes.get_mut(&kept.mailbox) {
             b.by_cursor.remove(&kept.cursor);
             b.bytes -= len;
-            if let Some(n) = b.by_depositor.get_mut(&kept.depositor) {
-                *n -= len;
-                if *n == 0 {
+            if let Some(share) = b.by_depositor.get_mut(&kept.depositor) {
+                share.0 -= 1;
+                share.1 -= len;
+                if share.0 == 0 {
                     b.by_depositor.remove(&kept.depositor);
                 }
             }
@@ -303,10 +397,16 @@ impl Shelf {
         mine.iter().filter_map(|d| self.remove(d)).collect()
     }
 
-    /// Drops what expired by `now_ms`; the files to remove.
+    /// Drops what expired by `now_ms`, at most a batch of it (call again while
+    /// [`Shelf::next_expiry`] is due); the files to remove.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<Job> {
-        let due: Vec<[u8; 32]> =
-            self.by_expiry.iter().take_while(|(t, _)| *t <= now_ms).map(|(_, d)| *d).collect();
+        let due: Vec<[u8; 32]> = self
+            .by_expiry
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .take(EXPIRE_BATCH)
+            .map(|(_, d)| *d)
+            .collect();
         due.iter().filter_map(|d| self.remove(d)).collect()
     }
 
@@ -325,7 +425,7 @@ impl Shelf {
         self.kept.is_empty()
     }
 
-    /// Bytes of envelopes kept.
+    /// Bytes of envelopes kept, each charged [`ENTRY_COST`] more than its size.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -354,7 +454,7 @@ impl Disk {
                         if let Err(e) = fs::remove_file(&path)
                             && e.kind() != io::ErrorKind::NotFound
                         {
-                            tracing::warn!(file = %path.display(), error = %e, "cannot remove a mail file; it comes back at the next start, and its recipient drops it as a copy");
+                            tracing::warn!(file = %path.display(), error = %e, "cannot remove a mail file; it comes back at the next start (a recipient that keeps its inbox drops it as a copy)");
                         }
                     }
                 }
@@ -402,39 +502,90 @@ mod tests {
         taken.digest
     }
 
+    /// Deposits from `peer` until one is refused; how many were kept, and the refusal.
+    fn fill(shelf: &mut Shelf, to: &Keypair, body: usize, peer: PeerId) -> (usize, Refusal) {
+        let mut kept = 0;
+        loop {
+            match shelf.deposit(envelope(to, body, DAY), peer, NOW) {
+                Ok(_) => kept += 1,
+                Err(refusal) => return (kept, refusal),
+            }
+            assert!(kept < 1000, "never refused");
+        }
+    }
+
     #[test]
     fn quotas_refuse_without_pushing_out_and_the_share_bounds_one_peer() {
+        // A quarter share: 10 envelopes and 15 000 bytes.
         let config =
-            ShelfConfig { mailbox_messages: 6, mailbox_bytes: 40_000, ..Default::default() };
+            ShelfConfig { mailbox_messages: 40, mailbox_bytes: 60_000, ..Default::default() };
         let mut shelf = Shelf::new(config);
         let (bob, carol) =
             (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
-        let (flooder, friend) = (PeerId::random(), PeerId::random());
-        // The flooder fills its quarter of bob's mailbox (10 000 bytes), then is refused.
-        let mut kept = 0;
-        loop {
-            match shelf.deposit(envelope(&bob, 3000, DAY), flooder, NOW) {
-                Ok(_) => kept += 1,
-                Err(refusal) => {
-                    assert_eq!(refusal, Refusal::MailboxFull);
-                    break;
-                }
-            }
-        }
-        assert_eq!(kept, 3);
+        // A flooder with large letters fills its bytes, one with tiny letters its count.
+        assert_eq!(fill(&mut shelf, &bob, 3000, PeerId::random()), (3, Refusal::MailboxFull));
+        let tiny = PeerId::random();
+        assert_eq!(fill(&mut shelf, &bob, 10, tiny), (10, Refusal::MailboxFull));
         // Another peer still reaches bob, and carol's mailbox is untouched by it all.
-        assert!(shelf.deposit(envelope(&bob, 3000, DAY), friend, NOW).is_ok());
-        assert!(shelf.deposit(envelope(&carol, 3000, DAY), flooder, NOW).is_ok());
-        // The message count bounds the mailbox too; what was kept stays.
+        let friend = PeerId::random();
+        assert!(shelf.deposit(envelope(&bob, 10, DAY), friend, NOW).is_ok());
+        assert!(shelf.deposit(envelope(&carol, 3000, DAY), tiny, NOW).is_ok());
+        // Enough peers fill the mailbox's count; what was kept stays.
         for _ in 0..2 {
-            shelf.deposit(envelope(&bob, 10, DAY), friend, NOW).unwrap();
+            assert_eq!(fill(&mut shelf, &bob, 10, PeerId::random()).0, 10);
         }
+        assert_eq!(fill(&mut shelf, &bob, 10, PeerId::random()), (6, Refusal::MailboxFull));
         assert_eq!(
             shelf.deposit(envelope(&bob, 10, DAY), friend, NOW).err(),
             Some(Refusal::MailboxFull)
         );
         let (items, more) = shelf.fetch(&Mailbox::of(&bob.account_id()), 0, 100, NOW);
-        assert_eq!((items.len(), more), (6, false));
+        assert_eq!((items.len(), more), (40, false));
+    }
+
+    #[test]
+    fn tiny_envelopes_cost_their_entry_and_an_empty_seal_is_no_letter() {
+        let mut shelf = Shelf::new(ShelfConfig { total_bytes: 64 << 10, ..Default::default() });
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let mut empty = Envelope::decode(&envelope(&bob, 0, DAY)).unwrap();
+        empty.sealed.clear();
+        assert_eq!(
+            shelf.deposit(empty.encode(), PeerId::random(), NOW).err(),
+            Some(Refusal::Malformed)
+        );
+        // 64 KiB hold well under a hundred of the smallest letters, whatever their bytes.
+        let mut kept = 0;
+        while shelf
+            .deposit(envelope(&Keypair::generate(KeyType::Ed25519), 0, DAY), PeerId::random(), NOW)
+            .is_ok()
+        {
+            kept += 1;
+        }
+        assert!((60..90).contains(&kept), "{kept}");
+        assert!(shelf.bytes() <= 64 << 10);
+    }
+
+    #[test]
+    fn a_repeat_deposit_waits_for_the_first_write_and_a_failed_write_forgets() {
+        let mut shelf = Shelf::new(ShelfConfig::default());
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let bytes = envelope(&bob, 10, DAY);
+        let first = shelf.deposit(bytes.clone(), PeerId::random(), NOW).unwrap();
+        let Some(Job::Write { ticket, .. }) = first.write else { panic!("a write") };
+        let again = shelf.deposit(bytes.clone(), PeerId::random(), NOW).unwrap();
+        assert!(again.write.is_none());
+        assert_eq!(again.pending, Some(ticket), "its custody waits for the same write");
+        // Another write's end does not touch it; its own failure forgets it.
+        assert!(shelf.written(&first.digest, ticket + 1, false).is_none());
+        assert_eq!(shelf.len(), 1);
+        assert!(shelf.written(&first.digest, ticket, false).is_some());
+        assert!(shelf.is_empty());
+        // Written for good: a repeat is answered at once.
+        let taken = shelf.deposit(bytes.clone(), PeerId::random(), NOW).unwrap();
+        let Some(Job::Write { ticket, .. }) = taken.write else { panic!("a write") };
+        assert!(shelf.written(&taken.digest, ticket, true).is_none());
+        let repeat = shelf.deposit(bytes, PeerId::random(), NOW).unwrap();
+        assert!(repeat.write.is_none() && repeat.pending.is_none());
     }
 
     #[test]

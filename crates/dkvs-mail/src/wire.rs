@@ -9,13 +9,21 @@
 //!   account reads its mailbox and a request made for one replica is worth nothing at another.
 //! - `Ack(account, digests, time, signature)`: delete these envelopes from the account's
 //!   mailbox; signed the same way. An ack deletes only from the signer's own mailbox.
+//! - `Watch(account, time, signature)`: tell the asking peer of each envelope deposited for
+//!   the account in the next [`WATCH_TTL_MS`]; signed the same way (only the account's own
+//!   node hears of its mail).
+//! - `Notify(mailbox)`: from a replica to a watching peer: new mail in this mailbox (the
+//!   watcher then fetches it; a notification carries no mail, and a watcher heeds one only
+//!   from a replica it asked to watch).
 //!
 //! Signed bytes, integers big-endian, each in its own [`Domain`]:
 //! - custody (`dkvs-mail-custody-v1`, by the replica's libp2p key): digest (32), kept until (8);
 //! - fetch (`dkvs-mail-fetch-v1`, by the account): replica peer id length (1), peer id, after
 //!   (8), limit (4), time (8);
 //! - ack (`dkvs-mail-ack-v1`, by the account): replica peer id length (1), peer id, time (8),
-//!   count (4), digests (32 each).
+//!   count (4), digests (32 each);
+//! - watch (`dkvs-mail-watch-v1`, by the account): replica peer id length (1), peer id, time
+//!   (8).
 
 use std::io;
 
@@ -41,6 +49,10 @@ pub const MAX_RESPONSE: usize = MAX_BATCH_BYTES + MAX_ENVELOPE + 4096;
 const CUSTODY: &[u8] = b"dkvs-mail-custody-v1";
 const FETCH: Domain = Domain::new("dkvs-mail-fetch-v1");
 const ACK: Domain = Domain::new("dkvs-mail-ack-v1");
+const WATCH: Domain = Domain::new("dkvs-mail-watch-v1");
+
+/// How long a replica keeps a watch; the watcher renews it before then.
+pub const WATCH_TTL_MS: u64 = 5 * 60 * 1000;
 
 /// A request of the mailbox protocol.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +63,10 @@ pub enum Request {
     Fetch(Signed<FetchBody>),
     /// Delete these envelopes from the account's mailbox.
     Ack(Signed<AckBody>),
+    /// Tell the asking peer of new envelopes for the account.
+    Watch(Signed<WatchBody>),
+    /// New mail in this mailbox (its address), which the asked peer watches.
+    Notify([u8; 32]),
 }
 
 /// A request signed by the account whose mailbox it reads or changes.
@@ -86,6 +102,36 @@ pub struct AckBody {
     pub now_ms: u64,
     /// The envelopes' digests.
     pub digests: Vec<[u8; 32]>,
+}
+
+/// What a watch asks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchBody {
+    /// The replica asked.
+    pub replica: PeerId,
+    /// The account's clock, Unix ms.
+    pub now_ms: u64,
+}
+
+impl WatchBody {
+    fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = peer_bytes(&self.replica);
+        out.extend_from_slice(&self.now_ms.to_be_bytes());
+        out
+    }
+}
+
+impl Signed<WatchBody> {
+    /// A watch signed by `account`.
+    pub fn watch(account: &Keypair, body: WatchBody) -> Signed<WatchBody> {
+        let signature = account.sign(WATCH, &body.signing_bytes());
+        Signed { account: account.account_id(), body, signature }
+    }
+
+    /// Whether the account signed it.
+    pub fn verify(&self) -> bool {
+        self.account.public_key().verify(WATCH, &self.body.signing_bytes(), &self.signature).is_ok()
+    }
 }
 
 impl FetchBody {
@@ -275,6 +321,10 @@ pub enum Response {
     },
     /// How many of the acknowledged envelopes were deleted.
     Acked(u32),
+    /// The watch holds until then (Unix ms, the replica's clock).
+    Watching(u64),
+    /// A notification taken: whether this node watches that mailbox.
+    Noted(bool),
     /// Refused.
     Refused(Refusal),
 }
@@ -291,7 +341,7 @@ struct AccountPb {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RequestPb {
-    #[prost(oneof = "request_pb::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "request_pb::Kind", tags = "1, 2, 3, 4, 5")]
     kind: Option<request_pb::Kind>,
 }
 
@@ -304,6 +354,10 @@ mod request_pb {
         Fetch(super::FetchPb),
         #[prost(message, tag = "3")]
         Ack(super::AckPb),
+        #[prost(message, tag = "4")]
+        Watch(super::WatchPb),
+        #[prost(bytes = "vec", tag = "5")]
+        Notify(Vec<u8>),
     }
 }
 
@@ -338,8 +392,20 @@ struct AckPb {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+struct WatchPb {
+    #[prost(message, optional, tag = "1")]
+    account: Option<AccountPb>,
+    #[prost(bytes = "vec", tag = "2")]
+    replica: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    now_ms: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    signature: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 struct ResponsePb {
-    #[prost(oneof = "response_pb::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "response_pb::Kind", tags = "1, 2, 3, 4, 5, 6")]
     kind: Option<response_pb::Kind>,
 }
 
@@ -354,6 +420,10 @@ mod response_pb {
         Acked(u32),
         #[prost(uint32, tag = "4")]
         Refused(u32),
+        #[prost(uint64, tag = "5")]
+        Watching(u64),
+        #[prost(bool, tag = "6")]
+        Noted(bool),
     }
 }
 
@@ -394,6 +464,16 @@ pub struct Malformed {
     what: &'static str,
     why: String,
 }
+
+impl Malformed {
+    /// Whether the bytes are a message of this protocol, of a kind this version does not know
+    /// (a newer peer's), rather than bytes no peer of this protocol sends.
+    pub fn is_unknown_kind(&self) -> bool {
+        self.why == EMPTY
+    }
+}
+
+const EMPTY: &str = "empty, or of a kind this version does not know";
 
 fn malformed(what: &'static str, why: impl ToString) -> Malformed {
     Malformed { what, why: why.to_string() }
@@ -445,6 +525,13 @@ impl Request {
                 digests: signed.body.digests.iter().map(|d| d.to_vec()).collect(),
                 signature: signed.signature.as_bytes().to_vec(),
             }),
+            Request::Watch(signed) => Kind::Watch(WatchPb {
+                account: Some(account_pb(&signed.account)),
+                replica: signed.body.replica.to_bytes(),
+                now_ms: signed.body.now_ms,
+                signature: signed.signature.as_bytes().to_vec(),
+            }),
+            Request::Notify(mailbox) => Kind::Notify(mailbox.to_vec()),
         };
         RequestPb { kind: Some(kind) }.encode_to_vec()
     }
@@ -457,7 +544,7 @@ impl Request {
             return Err(malformed("request", format!("{} bytes, over {MAX_REQUEST}", bytes.len())));
         }
         let pb = RequestPb::decode(bytes).map_err(|e| malformed("request", e))?;
-        Ok(match pb.kind.ok_or_else(|| malformed("request", "empty"))? {
+        Ok(match pb.kind.ok_or_else(|| malformed("request", EMPTY))? {
             Kind::Deposit(envelope) => Request::Deposit(envelope),
             Kind::Fetch(f) => Request::Fetch(Signed {
                 account: account_from(f.account)?,
@@ -487,6 +574,12 @@ impl Request {
                     signature: signature_from(&a.signature)?,
                 })
             }
+            Kind::Watch(w) => Request::Watch(Signed {
+                account: account_from(w.account)?,
+                body: WatchBody { replica: peer_from(&w.replica, "request")?, now_ms: w.now_ms },
+                signature: signature_from(&w.signature)?,
+            }),
+            Kind::Notify(mailbox) => Request::Notify(digest_from(&mailbox, "request")?),
         })
     }
 }
@@ -512,6 +605,8 @@ impl Response {
             }),
             Response::Acked(n) => Kind::Acked(*n),
             Response::Refused(r) => Kind::Refused(r.code()),
+            Response::Watching(until) => Kind::Watching(*until),
+            Response::Noted(watched) => Kind::Noted(*watched),
         };
         ResponsePb { kind: Some(kind) }.encode_to_vec()
     }
@@ -524,7 +619,7 @@ impl Response {
             return Err(malformed("response", format!("{} bytes", bytes.len())));
         }
         let pb = ResponsePb::decode(bytes).map_err(|e| malformed("response", e))?;
-        Ok(match pb.kind.ok_or_else(|| malformed("response", "empty"))? {
+        Ok(match pb.kind.ok_or_else(|| malformed("response", EMPTY))? {
             Kind::Custody(c) => Response::Custody(Custody {
                 replica: peer_from(&c.replica, "response")?,
                 digest: digest_from(&c.digest, "response")?,
@@ -545,6 +640,8 @@ impl Response {
                 Refusal::from_code(code)
                     .ok_or_else(|| malformed("response", format!("refusal code {code}")))?,
             ),
+            Kind::Watching(until) => Response::Watching(until),
+            Kind::Noted(watched) => Response::Noted(watched),
         })
     }
 }
@@ -620,6 +717,8 @@ mod tests {
             Request::Deposit(vec![1, 2, 3]),
             Request::Fetch(Signed::fetch(&alice, fetch)),
             Request::Ack(Signed::ack(&alice, ack)),
+            Request::Watch(Signed::watch(&alice, WatchBody { replica: peer, now_ms: 9 })),
+            Request::Notify([4; 32]),
         ] {
             assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         }
@@ -629,6 +728,8 @@ mod tests {
             Response::Batch { items: vec![Item { cursor: 5, envelope: vec![1] }], more: true },
             Response::Acked(3),
             Response::Refused(Refusal::MailboxFull),
+            Response::Watching(77),
+            Response::Noted(true),
         ] {
             assert_eq!(Response::decode(&response.encode()).unwrap(), response);
         }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use dkvs_account::{KeyType, Keypair};
 use dkvs_mail::client::request;
-use dkvs_mail::wire::{AckBody, FetchBody, Request, Response, Signed};
+use dkvs_mail::wire::{AckBody, FetchBody, Item, Request, Response, Signed};
 use dkvs_mail::{Envelope, Inbox, Mail, MailError, Refusal, SendError, SendOptions, ShelfConfig};
-use dkvs_net::libp2p::PeerId;
+use dkvs_net::libp2p::{PeerId, request_response};
 use dkvs_net::{Config, NodeBuilder};
 use dkvs_testnet::{Spawn, TestNet};
 
@@ -273,4 +273,135 @@ async fn a_node_without_mail_says_so() -> anyhow::Result<()> {
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(4).await?;
+        let (alice, bob) = (account(), Arc::new(account()));
+        let options = SendOptions::default();
+        // The longest life a sender can ask for: no overflow anywhere, the replicas cap it.
+        let forever = SendOptions::default().with_ttl_ms(u64::MAX);
+        dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"one".to_vec(), &forever).await?;
+        // A letter written ten minutes ahead of bob's clock is refused but kept for later.
+        let ahead = Envelope::seal(
+            &alice,
+            &bob.account_id(),
+            b"ahead".to_vec(),
+            now() + 600_000,
+            3_600_000,
+        )?;
+        let kept = request(net.node(1), net.peer_id(2), Request::Deposit(ahead.encode())).await;
+        assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
+
+        let mut inbox = Inbox::new();
+        let first = dkvs_mail::fetch(net.node(3), &bob, &inbox, &options).await?;
+        assert_eq!(first.letters.len(), 1);
+        assert!(
+            matches!(first.refused[..], [(_, MailError::OutOfTime { .. })]),
+            "{:?}",
+            first.refused
+        );
+        // Not acknowledged: it comes again.
+        let again = dkvs_mail::fetch(net.node(0), &bob, &inbox, &options).await?;
+        assert_eq!(again.letters, first.letters);
+        let report = dkvs_mail::ack(net.node(0), &bob, &mut inbox, &again).await;
+        assert!(report.failed.is_empty() && report.deleted >= 1, "{report:?}");
+        assert!(inbox.has_read(&alice.account_id(), &first.letters[0].id));
+        let after = dkvs_mail::fetch(net.node(0), &bob, &inbox, &options).await?;
+        assert!(after.letters.is_empty());
+        assert_eq!(
+            after.refused.len(),
+            1,
+            "the letter from the future is still kept: {:?}",
+            after.refused
+        );
+
+        // A watch on bob's node hears a new letter as it is deposited.
+        let mut watch =
+            dkvs_mail::MailWatch::start(net.node(3).clone(), bob.clone(), options.clone()).await?;
+        let waiting = tokio::spawn(async move {
+            let inbox = Inbox::new();
+            tokio::time::timeout(Duration::from_secs(30), watch.next(&inbox)).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"live".to_vec(), &options).await?;
+        let heard = waiting.await???;
+        let bodies: Vec<&[u8]> = heard.letters.iter().map(|l| l.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"live"[..]]);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+/// A replica that lies: every fetch is answered with a page far over the limit, and every
+/// deposit with a receipt for something else.
+#[derive(dkvs_net::libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude", to_swarm = "LiarEvent")]
+struct Liar {
+    inner: request_response::Behaviour<dkvs_mail::wire::Codec>,
+}
+
+type LiarEvent = request_response::Event<Vec<u8>, Vec<u8>>;
+
+impl dkvs_net::Extension for Liar {
+    fn on_event(&mut self, event: LiarEvent, _: &mut dkvs_net::Host<'_>) {
+        if let request_response::Event::Message {
+            message: request_response::Message::Request { request, channel, .. },
+            ..
+        } = event
+        {
+            let answer = match Request::decode(&request) {
+                Ok(Request::Fetch(_)) => Response::Batch {
+                    items: (1..100_000).map(|cursor| Item { cursor, envelope: vec![] }).collect(),
+                    more: true,
+                },
+                Ok(Request::Deposit(_)) => {
+                    let key = dkvs_net::libp2p::identity::Keypair::generate_ed25519();
+                    Response::Custody(dkvs_mail::Custody::sign(&key, [0; 32], u64::MAX))
+                }
+                _ => Response::Refused(Refusal::Malformed),
+            };
+            let _ = self.inner.send_response(channel, answer.encode());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_replica_neither_floods_nor_jams_the_reader() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            let builder = NodeBuilder::new(identity.clone(), store, config);
+            if started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2 {
+                let inner = request_response::Behaviour::new(
+                    [(dkvs_mail::wire::PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                );
+                return Ok(builder.with_extension(|_| Liar { inner }).spawn()?);
+            }
+            let mail = Mail::open(&dir.join("mail"), identity.clone(), ShelfConfig::default())?;
+            Ok(builder.with_extension(|_| mail).spawn()?)
+        });
+        let net = TestNet::start_custom(3, Config::default(), dkvs_store::Config::default(), spawn)
+            .await?;
+        let (alice, bob) = (account(), account());
+        let options = SendOptions::default();
+        let receipt =
+            dkvs_mail::send(net.node(0), &alice, &bob.account_id(), b"hi".to_vec(), &options)
+                .await?;
+        assert_eq!(receipt.custody.len(), 2, "{receipt:?}");
+        assert!(receipt.failed.iter().any(|(peer, _)| *peer == net.peer_id(2)), "{receipt:?}");
+        let fetched = dkvs_mail::read(net.node(1), &bob, &mut Inbox::new(), &options).await?;
+        assert_eq!(fetched.letters.len(), 1);
+        let liar = fetched.failed.iter().find(|(peer, _)| *peer == net.peer_id(2));
+        assert!(liar.is_some_and(|(_, why)| why.contains("over 256")), "{:?}", fetched.failed);
+        assert!(fetched.refused.is_empty());
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
 }
