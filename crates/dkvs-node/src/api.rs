@@ -30,6 +30,28 @@ use crate::metrics::Metrics;
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
+/// The API's mail: inboxes, and letters handed out, waiting for acknowledgement.
+#[derive(Default)]
+pub struct MailState {
+    inboxes: HashMap<dkvs_account::AccountId, dkvs_mail::Inbox>,
+    handed_out: HashMap<String, HandedOut>,
+}
+
+/// Letters handed out to a client, until it acknowledges them (or ten minutes pass: they are
+/// then fetched again).
+struct HandedOut {
+    account: Arc<Keypair>,
+    fetched: dkvs_mail::Fetched,
+    at: Instant,
+}
+
+/// How long handed-out letters wait for their acknowledgement, and how many batches wait.
+const HANDED_OUT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const MAX_HANDED_OUT: usize = 256;
+
+/// The longest `wait` of `POST /v1/inbox`.
+const MAX_MAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What the handlers share.
 pub struct AppState {
     /// The network node.
@@ -59,10 +81,10 @@ pub struct AppState {
     pub check_host: bool,
     /// The records this node keeps alive (`keep=true`), as remembered in the home.
     pub kept: Mutex<Vec<crate::home::Kept>>,
-    /// What each account has read through this node (by account name), so copies that come
-    /// back from a replica that missed an acknowledgement are dropped. Kept in memory: after a
-    /// restart such a copy can be read once more.
-    pub inboxes: Mutex<HashMap<String, dkvs_mail::Inbox>>,
+    /// What each account has read through this node (by account id), so copies that come
+    /// back from a replica that missed an acknowledgement are left out; saved in the home.
+    /// Letters handed out and waiting for the client's acknowledgement, by token.
+    pub mail: Mutex<MailState>,
 }
 
 impl AppState {
@@ -185,6 +207,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(dkvs_mail::MAX_BODY + 1)),
         )
         .route("/v1/inbox", axum::routing::post(read_inbox))
+        .route("/v1/inbox/ack/{token}", axum::routing::post(ack_inbox))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
@@ -755,37 +778,152 @@ async fn send_mail(
 #[derive(Deserialize)]
 struct InboxQuery {
     account: Option<String>,
+    /// When there is no new letter, wait this long for one (e.g. `30s`, at most 1h).
+    wait: Option<String>,
 }
 
-/// `POST /v1/inbox`: the account's new letters, oldest first; the replicas delete them.
+fn letters_json(fetched: &dkvs_mail::Fetched) -> serde_json::Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!(
+        fetched
+            .letters
+            .iter()
+            .map(|l| json!({
+                "id": l.id.to_string(),
+                "sender": l.sender.to_string(),
+                "sent_at_ms": l.sent_at_ms,
+                "expires_at_ms": l.expires_at_ms,
+                "body": std::str::from_utf8(&l.body).ok(),
+                "body_base64": b64.encode(&l.body),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+impl AppState {
+    /// The inbox of `account`, read from the home the first time.
+    async fn with_inbox<R>(
+        &self,
+        account: &dkvs_account::AccountId,
+        f: impl FnOnce(&mut dkvs_mail::Inbox) -> R,
+    ) -> ApiResult<R> {
+        let mut mail = self.mail.lock().await;
+        if !mail.inboxes.contains_key(account) {
+            let inbox = self.home.read_inbox(account).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inbox", format!("{e:#}"))
+            })?;
+            mail.inboxes.insert(account.clone(), inbox);
+        }
+        Ok(f(mail.inboxes.get_mut(account).expect("just inserted")))
+    }
+}
+
+/// `POST /v1/inbox`: the account's new letters, oldest first, and a token to acknowledge them
+/// with once they are handled (`POST /v1/inbox/ack/{token}`); until then they come again.
 async fn read_inbox(
     State(state): State<Arc<AppState>>,
     query: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(query) = query.map_err(rejected)?;
-    let name = query.account.clone().or_else(|| state.default_account()).unwrap_or_default();
+    let wait = match &query.wait {
+        None => None,
+        Some(text) => {
+            let wait = humantime::parse_duration(text)
+                .map_err(|e| ApiError::bad_request(format!("wait {text:?}: {e}")))?;
+            if wait > MAX_MAIL_WAIT {
+                return Err(ApiError::bad_request("wait: at most 1h"));
+            }
+            Some(wait)
+        }
+    };
     let account = state.account(query.account.as_deref()).await?;
-    // One read per account at a time: the inbox is the account's memory of what it has read.
-    let mut inboxes = state.inboxes.lock().await;
-    let inbox = inboxes.entry(name).or_default();
+    let id = account.account_id();
+    let inbox = state.with_inbox(&id, |inbox| inbox.clone()).await?;
     let options = dkvs_mail::SendOptions::default();
-    let fetched = dkvs_mail::read(&state.node, &account, inbox, &options)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_replica", e.to_string()))?;
-    let b64 = base64::engine::general_purpose::STANDARD;
+    let unavailable = |e: dkvs_mail::ReadError| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_replica", e.to_string())
+    };
+    let mut fetched =
+        dkvs_mail::fetch(&state.node, &account, &inbox, &options).await.map_err(unavailable)?;
+    if fetched.letters.is_empty()
+        && let Some(wait) = wait
+    {
+        let mut watch = dkvs_mail::MailWatch::start(state.node.clone(), account.clone(), options)
+            .await
+            .map_err(unavailable)?;
+        let mut stopping = state.stopping.clone();
+        tokio::select! {
+            next = tokio::time::timeout(wait, watch.next(&inbox)) => {
+                if let Ok(next) = next {
+                    fetched = next.map_err(unavailable)?;
+                }
+            }
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    }
+    let letters = letters_json(&fetched);
+    let refused: Vec<serde_json::Value> = fetched
+        .refused
+        .iter()
+        .map(|(peer, e)| json!({"replica": peer.to_string(), "reason": e.to_string()}))
+        .collect();
+    let replicas = fetched.replicas.len();
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    {
+        let mut mail = state.mail.lock().await;
+        mail.handed_out.retain(|_, h| h.at.elapsed() < HANDED_OUT_FOR);
+        if mail.handed_out.len() >= MAX_HANDED_OUT {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_unacknowledged",
+                format!(
+                    "{MAX_HANDED_OUT} reads wait for their acknowledgement; acknowledge them first"
+                ),
+            ));
+        }
+        mail.handed_out.insert(token.clone(), HandedOut { account, fetched, at: Instant::now() });
+    }
+    Ok(Json(json!({ "letters": letters, "refused": refused, "replicas": replicas, "ack": token })))
+}
+
+/// `POST /v1/inbox/ack/{token}`: the letters of that read are handled: they are marked read
+/// (in the home) and deleted from the replicas.
+async fn ack_inbox(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(token) = path.map_err(rejected)?;
+    let handed_out = state.mail.lock().await.handed_out.remove(&token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_ack",
+            "no read waits for this acknowledgement (acknowledged already, or over ten minutes \
+             ago: its letters come again at the next read)",
+        )
+    })?;
+    let HandedOut { account, fetched, .. } = handed_out;
+    let id = account.account_id();
+    // The inbox is updated and saved before the replicas delete: a letter deleted is never
+    // one this node would show again.
+    let home = state.home.clone();
+    state
+        .with_inbox(&id, |inbox| {
+            for letter in &fetched.letters {
+                let until = letter.expires_at_ms.saturating_add(dkvs_mail::MAX_CLOCK_SKEW_MS);
+                inbox.remember(letter.sender.clone(), letter.id, until);
+            }
+            home.write_inbox(&id, inbox)
+        })
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inbox", format!("{e:#}")))?;
+    let report =
+        dkvs_mail::ack(&state.node, &account, &mut dkvs_mail::Inbox::new(), &fetched).await;
     Ok(Json(json!({
-        "letters": fetched.letters.iter().map(|l| json!({
-            "id": l.id.to_string(),
-            "sender": l.sender.to_string(),
-            "sent_at_ms": l.sent_at_ms,
-            "expires_at_ms": l.expires_at_ms,
-            "body": std::str::from_utf8(&l.body).ok(),
-            "body_base64": b64.encode(&l.body),
+        "letters": fetched.letters.len(),
+        "deleted": report.deleted,
+        "failed": report.failed.iter().map(|(peer, e)| json!({
+            "replica": peer.to_string(), "reason": e,
         })).collect::<Vec<_>>(),
-        "refused": fetched.refused.iter().map(|(peer, e)| json!({
-            "replica": peer.to_string(), "reason": e.to_string(),
-        })).collect::<Vec<_>>(),
-        "replicas": fetched.replicas.len(),
     })))
 }
 

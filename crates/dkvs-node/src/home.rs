@@ -149,6 +149,57 @@ impl Home {
         write_private(&self.keep_file(), &serde_json::to_vec_pretty(kept)?)
     }
 
+    /// The file that remembers which letters `account` has read through this node.
+    fn inbox_file(&self, account: &dkvs_account::AccountId) -> PathBuf {
+        self.data_dir().join("inbox").join(format!("{account}.json"))
+    }
+
+    /// What `account` has read through this node (an empty inbox when nothing is saved; a
+    /// damaged file is an error, so it is never silently forgotten).
+    pub fn read_inbox(
+        &self,
+        account: &dkvs_account::AccountId,
+    ) -> anyhow::Result<dkvs_mail::Inbox> {
+        let path = self.inbox_file(account);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(dkvs_mail::Inbox::new());
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let entries: Vec<(String, String, u64)> = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+        let mut inbox = dkvs_mail::Inbox::new();
+        for (sender, id, until) in entries {
+            let sender =
+                sender.parse().with_context(|| format!("{} is damaged", path.display()))?;
+            let id: [u8; 16] = hex::decode(&id)
+                .ok()
+                .and_then(|id| id.try_into().ok())
+                .with_context(|| format!("{} is damaged: id {id:?}", path.display()))?;
+            inbox.remember(sender, dkvs_mail::MessageId(id), until);
+        }
+        Ok(inbox)
+    }
+
+    /// Saves what `account` has read through this node.
+    pub fn write_inbox(
+        &self,
+        account: &dkvs_account::AccountId,
+        inbox: &dkvs_mail::Inbox,
+    ) -> anyhow::Result<()> {
+        let path = self.inbox_file(account);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let entries: Vec<(String, String, u64)> = inbox
+            .entries()
+            .map(|(sender, id, until)| (sender.to_string(), id.to_string(), until))
+            .collect();
+        write_private(&path, &serde_json::to_vec(&entries)?)
+    }
+
     /// Where the node running from this home listens, and its token.
     pub fn read_api(&self) -> anyhow::Result<ApiInfo> {
         let path = self.api_file();

@@ -134,13 +134,23 @@ enum MailCommand {
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
-    /// Print the new letters, oldest first, with sender and time; the replicas then delete
-    /// them.
+    /// Print the new letters, oldest first, with sender and time; once printed they are
+    /// marked read and the replicas delete them.
     Read {
+        /// When there is no new letter, wait this long for one (e.g. 30s, 10m; at most 1h).
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "1h")]
+        wait: Option<String>,
         /// Print JSON (the API's answer) instead.
         #[arg(long)]
         json: bool,
         /// Read this account's mailbox instead of the default one's.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Print each new letter as a JSON line as it comes, until interrupted (each is marked
+    /// read once printed).
+    Watch {
+        /// Watch this account's mailbox instead of the default one's.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
@@ -347,7 +357,8 @@ fn client(home: &Home, api: Option<&str>, command: &Command) -> anyhow::Result<C
     let (url, token) = credentials(api, home_api, std::env::var("DKVS_TOKEN").ok())?;
     // A watch waits as long as it is told to; everything else gets an answer within a minute.
     let timeout = match command {
-        Command::Watch { .. } => None,
+        Command::Watch { .. } | Command::Mail(MailCommand::Watch { .. }) => None,
+        Command::Mail(MailCommand::Read { wait: Some(_), .. }) => None,
         _ => Some(Duration::from_secs(60)),
     };
     Ok(Client::new(&url, &token, timeout))
@@ -501,9 +512,10 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Mail(MailCommand::Read { json, account }) => {
+        Command::Mail(MailCommand::Read { wait, json, account }) => {
+            let extra: Vec<(&str, String)> = wait.into_iter().map(|w| ("wait", w)).collect();
             let answer =
-                client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &[]), &[])?;
+                client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &extra), &[])?;
             let mut out = std::io::stdout().lock();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
@@ -511,10 +523,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 for letter in answer["letters"].as_array().into_iter().flatten() {
                     let body = match letter["body"].as_str() {
                         Some(text) => text.to_owned(),
-                        None => format!(
-                            "({} bytes, not text; see --json)",
-                            letter["body_base64"].as_str().map_or(0, |b| b.len() * 3 / 4)
-                        ),
+                        None => "(not text; see --json)".to_owned(),
                     };
                     writeln!(
                         out,
@@ -525,14 +534,24 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 }
             }
             out.flush()?;
-            for r in answer["refused"].as_array().into_iter().flatten() {
-                eprintln!(
-                    "dkvs: refused a letter from replica {}: {}",
-                    r["replica"].as_str().unwrap_or("?"),
-                    r["reason"].as_str().unwrap_or("?")
-                );
-            }
+            drop(out);
+            report_refused(&answer);
+            // Printed: now they are read.
+            acknowledge(client, &answer)?;
         }
+        Command::Mail(MailCommand::Watch { account }) => loop {
+            let extra = [("wait", "1h".to_owned())];
+            let answer =
+                client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &extra), &[])?;
+            let mut out = std::io::stdout().lock();
+            for letter in answer["letters"].as_array().into_iter().flatten() {
+                writeln!(out, "{letter}")?;
+            }
+            out.flush()?;
+            drop(out);
+            report_refused(&answer);
+            acknowledge(client, &answer)?;
+        },
         Command::Peers => {
             for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
                 println!("{}", peer.as_str().unwrap_or_default());
@@ -544,6 +563,32 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
     }
     Ok(())
+}
+
+/// Acknowledges the letters of a read (`POST /v1/inbox`), once they are printed.
+fn acknowledge(client: &Client, answer: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(token) = answer["ack"].as_str() {
+        let acked = client.post_bytes(&format!("/v1/inbox/ack/{}", encode_key(token)), &[])?;
+        for r in acked["failed"].as_array().into_iter().flatten() {
+            eprintln!(
+                "dkvs: replica {} keeps its copies for now ({}); they are not shown again",
+                r["replica"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Tells of letters that did not open.
+fn report_refused(answer: &serde_json::Value) {
+    for r in answer["refused"].as_array().into_iter().flatten() {
+        eprintln!(
+            "dkvs: refused a letter from replica {}: {}",
+            r["replica"].as_str().unwrap_or("?"),
+            r["reason"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 /// A time in Unix milliseconds, as RFC 3339 (UTC, to the second).

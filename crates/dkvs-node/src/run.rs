@@ -92,7 +92,7 @@ pub async fn run(
         stopping,
         check_host: api_addr.ip().is_loopback(),
         kept: Mutex::new(kept.clone()),
-        inboxes: Mutex::new(HashMap::new()),
+        mail: Mutex::new(api::MailState::default()),
     });
     // What the node kept alive before it stopped, it keeps alive again. The list stays whole:
     // an entry whose account does not unlock in this run stays listed (and in the file) for a

@@ -554,5 +554,17 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     let again = ok(mail(&bob_home, &["read", "--json"], None));
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
     assert_eq!(again["letters"], serde_json::json!([]), "{again}");
+
+    // Bob waits for mail; alice's node comes back and sends while he waits.
+    let waiting = {
+        let bob_home = bob_home.clone();
+        std::thread::spawn(move || mail(&bob_home, &["read", "--wait", "45s"], None))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let alice_node = start(&alice_home, Some(&seed.address));
+    ok(mail(&alice_home, &["send", &bob, "while you wait"], None));
+    let out = ok(waiting.join().expect("the reader thread"));
+    assert!(out.contains("while you wait") && out.contains(&alice), "{out}");
+    drop(alice_node);
     drop(bob_node);
 }
