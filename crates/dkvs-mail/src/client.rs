@@ -18,6 +18,11 @@
 //!   [`read`] is [`fetch`] then [`ack`], for a caller that handles letters at once.
 //! - [`MailWatch`] tells of new mail as it comes: the replicas notify this node, which then
 //!   fetches.
+//! - Delivery receipts: when [`ack`] marks letters read, it sends each sender one letter back,
+//!   signed by the reader and sealed to the sender, that lists the ids read (unless
+//!   [`SendOptions::read_receipts`] is off). A fetch sorts such letters out of
+//!   [`Fetched::letters`] into [`Fetched::receipts`]; they are acknowledged like letters, and
+//!   never answered with a receipt.
 //!
 //! Until replicas hand mailboxes over as the closest set changes, a fetch asks twice as many
 //! replicas as a send deposits on (`2 * replicas` that answer), so that mail kept on a replica
@@ -49,11 +54,13 @@ pub struct SendOptions {
     pub replicas: usize,
     /// How long replicas keep a letter, at most (each replica caps it). Default 7 days.
     pub ttl_ms: u64,
+    /// Whether [`ack`] tells senders that their letters were read. Default true.
+    pub read_receipts: bool,
 }
 
 impl Default for SendOptions {
     fn default() -> SendOptions {
-        SendOptions { replicas: 5, ttl_ms: 7 * 24 * 3_600_000 }
+        SendOptions { replicas: 5, ttl_ms: 7 * 24 * 3_600_000, read_receipts: true }
     }
 }
 
@@ -67,6 +74,12 @@ impl SendOptions {
     /// Keep letters for at most `ttl_ms`.
     pub fn with_ttl_ms(mut self, ttl_ms: u64) -> SendOptions {
         self.ttl_ms = ttl_ms;
+        self
+    }
+
+    /// Send (or not) delivery receipts when letters are acknowledged.
+    pub fn with_read_receipts(mut self, on: bool) -> SendOptions {
+        self.read_receipts = on;
         self
     }
 
@@ -301,11 +314,48 @@ impl Inbox {
     }
 }
 
+/// The start of a delivery receipt's body; the ids read follow, 16 bytes each.
+const RECEIPT: &[u8] = b"\0dkvs-mail-read-v1\0";
+
+/// A recipient's word that it read letters: signed by it, it came as a letter to their sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryReceipt {
+    /// Who read them (the receipt's signer).
+    pub reader: AccountId,
+    /// The letters read.
+    pub ids: Vec<MessageId>,
+    /// When, by the reader's clock (Unix ms).
+    pub read_at_ms: u64,
+}
+
+impl DeliveryReceipt {
+    fn body(ids: &[MessageId]) -> Vec<u8> {
+        let mut body = RECEIPT.to_vec();
+        ids.iter().for_each(|id| body.extend_from_slice(&id.0));
+        body
+    }
+
+    /// The receipt a letter carries, if it is one.
+    fn of(letter: &Letter) -> Option<DeliveryReceipt> {
+        let ids = letter.body.strip_prefix(RECEIPT)?;
+        if ids.is_empty() || ids.len() % 16 != 0 {
+            return None;
+        }
+        let ids = ids.chunks(16).map(|id| MessageId(id.try_into().expect("16 bytes"))).collect();
+        Some(DeliveryReceipt { reader: letter.sender.clone(), ids, read_at_ms: letter.sent_at_ms })
+    }
+}
+
+/// What marks a letter read: its sender, its id, and until when to remember it.
+type ReadMark = (AccountId, MessageId, u64);
+
 /// Letters fetched, and what to acknowledge once they are handled.
 #[derive(Debug, Default)]
 pub struct Fetched {
     /// New letters, oldest first (by the time their senders wrote them).
     pub letters: Vec<Letter>,
+    /// Delivery receipts for letters this account sent.
+    pub receipts: Vec<DeliveryReceipt>,
     /// Envelopes that did not open (tampered with, forged, expired, not for this account,
     /// from the future), with the replica that handed each over (at most [`MAX_REFUSED`]
     /// listed). All but those from the future are acknowledged too, so the replica drops
@@ -317,6 +367,39 @@ pub struct Fetched {
     /// used), and why.
     pub failed: Vec<(PeerId, String)>,
     acks: BTreeMap<PeerId, Vec<[u8; 32]>>,
+    letters_read: Vec<ReadMark>,
+    receipts_read: Vec<ReadMark>,
+    receipt_digests: HashSet<[u8; 32]>,
+}
+
+impl Fetched {
+    /// Marks what this fetch opened read in `inbox` (as [`ack`] does).
+    pub fn mark_read(&self, inbox: &mut Inbox) {
+        for (sender, id, until) in self.letters_read.iter().chain(&self.receipts_read) {
+            inbox.remember(sender.clone(), *id, *until);
+        }
+    }
+
+    /// The delivery receipts of this fetch alone (and the envelopes that carried them): to
+    /// acknowledge them while the letters wait for their reader.
+    pub fn only_receipts(&self) -> Fetched {
+        let acks = self
+            .acks
+            .iter()
+            .map(|(peer, digests)| {
+                let kept = digests.iter().filter(|d| self.receipt_digests.contains(*d));
+                (*peer, kept.copied().collect())
+            })
+            .collect();
+        Fetched {
+            receipts: self.receipts.clone(),
+            replicas: self.replicas.clone(),
+            acks,
+            receipts_read: self.receipts_read.clone(),
+            receipt_digests: self.receipt_digests.clone(),
+            ..Fetched::default()
+        }
+    }
 }
 
 /// What an acknowledgement did.
@@ -327,6 +410,10 @@ pub struct AckReport {
     /// Replicas that did not take the ack, and why: they keep their copies, which come back
     /// at the next fetch and are left out by the inbox.
     pub failed: Vec<(PeerId, String)>,
+    /// Delivery receipts sent, one per sender.
+    pub receipts_sent: usize,
+    /// Senders whose receipt could not be sent, and why.
+    pub receipts_failed: Vec<(AccountId, String)>,
 }
 
 /// The most refused envelopes a fetch lists (all are acknowledged).
@@ -434,7 +521,19 @@ async fn fetch_from_replicas(
                         continue; // another replica's copy, or read before
                     }
                     if this_fetch.insert(key) {
-                        fetched.letters.push(letter);
+                        let until = letter.expires_at_ms.saturating_add(MAX_CLOCK_SKEW_MS);
+                        let mark = (letter.sender.clone(), letter.id, until);
+                        match DeliveryReceipt::of(&letter) {
+                            Some(receipt) => {
+                                fetched.receipts.push(receipt);
+                                fetched.receipts_read.push(mark);
+                                fetched.receipt_digests.insert(digest);
+                            }
+                            None => {
+                                fetched.letters.push(letter);
+                                fetched.letters_read.push(mark);
+                            }
+                        }
                     }
                 }
                 // Written ahead of this clock: maybe this clock is slow; left for later.
@@ -460,20 +559,18 @@ async fn fetch_from_replicas(
     Ok(fetched)
 }
 
-/// Marks the letters of `fetched` read in `inbox`, and has every replica that handed an
-/// envelope over delete it.
+/// Marks the letters (and receipts) of `fetched` read in `inbox`, has every replica that
+/// handed an envelope over delete it, and sends each sender a delivery receipt (unless
+/// `options` turn them off).
 pub async fn ack(
     node: &Node,
     account: &Keypair,
     inbox: &mut Inbox,
     fetched: &Fetched,
+    options: &SendOptions,
 ) -> AckReport {
-    let now = now_ms();
-    inbox.forget_expired(now);
-    for letter in &fetched.letters {
-        let until = letter.expires_at_ms.saturating_add(MAX_CLOCK_SKEW_MS);
-        inbox.remember(letter.sender.clone(), letter.id, until);
-    }
+    inbox.forget_expired(now_ms());
+    fetched.mark_read(inbox);
     let asks = fetched.acks.iter().flat_map(|(&replica, digests)| {
         digests.chunks(MAX_ACK).map(move |chunk| async move {
             let body = AckBody { replica, now_ms: now_ms(), digests: chunk.to_vec() };
@@ -488,7 +585,47 @@ pub async fn ack(
             Err(e) => report.failed.push((replica, e)),
         }
     }
+    if options.read_receipts {
+        send_receipts(node, account, fetched, options, &mut report).await;
+    }
     report
+}
+
+/// One receipt letter to each sender of `fetched`'s letters, listing the ids read.
+async fn send_receipts(
+    node: &Node,
+    account: &Keypair,
+    fetched: &Fetched,
+    options: &SendOptions,
+    report: &mut AckReport,
+) {
+    let mut by_sender: BTreeMap<String, (AccountId, Vec<MessageId>)> = BTreeMap::new();
+    for letter in &fetched.letters {
+        let entry = by_sender
+            .entry(letter.sender.to_string())
+            .or_insert_with(|| (letter.sender.clone(), Vec::new()));
+        entry.1.push(letter.id);
+    }
+    // A receipt is a letter: at most MAX_BODY bytes of ids each.
+    let per_letter = (crate::letter::MAX_BODY - RECEIPT.len()) / 16;
+    let receipts: Vec<(AccountId, Vec<u8>)> = by_sender
+        .into_values()
+        .flat_map(|(sender, ids)| {
+            ids.chunks(per_letter)
+                .map(|ids| (sender.clone(), DeliveryReceipt::body(ids)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let sends = receipts.into_iter().map(|(sender, body)| async move {
+        let sent = send(node, account, &sender, body, options).await;
+        (sender, sent)
+    });
+    for (sender, sent) in join_all(sends).await {
+        match sent {
+            Ok(_) => report.receipts_sent += 1,
+            Err(e) => report.receipts_failed.push((sender, e.to_string())),
+        }
+    }
 }
 
 /// [`fetch`], then [`ack`]: the new letters, marked read and deleted from the replicas.
@@ -499,7 +636,7 @@ pub async fn read(
     options: &SendOptions,
 ) -> Result<Fetched, ReadError> {
     let fetched = fetch(node, account, inbox, options).await?;
-    ack(node, account, inbox, &fetched).await;
+    ack(node, account, inbox, &fetched, options).await;
     Ok(fetched)
 }
 

@@ -32,7 +32,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Left for later (the mail issue): delivery receipts, hand-over of mailboxes as the closest
+//! Left for later (the mail issue): hand-over of mailboxes as the closest
 //! replicas change, channels.
 
 pub mod client;
@@ -42,8 +42,8 @@ pub mod shelf;
 pub mod wire;
 
 pub use client::{
-    AckReport, Fetched, Inbox, MailWatch, ReadError, SendError, SendOptions, SendReceipt, ack,
-    fetch, read, send,
+    AckReport, DeliveryReceipt, Fetched, Inbox, MailWatch, ReadError, SendError, SendOptions,
+    SendReceipt, ack, fetch, read, send,
 };
 pub use dkvs_net as net;
 pub use letter::{

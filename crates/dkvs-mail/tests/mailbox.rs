@@ -307,9 +307,16 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
         // Not acknowledged: it comes again.
         let again = dkvs_mail::fetch(net.node(0), &bob, &inbox, &options).await?;
         assert_eq!(again.letters, first.letters);
-        let report = dkvs_mail::ack(net.node(0), &bob, &mut inbox, &again).await;
+        let report = dkvs_mail::ack(net.node(0), &bob, &mut inbox, &again, &options).await;
         assert!(report.failed.is_empty() && report.deleted >= 1, "{report:?}");
         assert!(inbox.has_read(&alice.account_id(), &first.letters[0].id));
+        assert_eq!(report.receipts_sent, 1, "{report:?}");
+        // Alice hears that bob read it: a receipt signed by bob, not a letter.
+        let alices = dkvs_mail::read(net.node(2), &alice, &mut Inbox::new(), &options).await?;
+        assert!(alices.letters.is_empty(), "{:?}", alices.letters);
+        assert_eq!(alices.receipts.len(), 1);
+        assert_eq!(alices.receipts[0].reader, bob.account_id());
+        assert_eq!(alices.receipts[0].ids, [first.letters[0].id]);
         let after = dkvs_mail::fetch(net.node(0), &bob, &inbox, &options).await?;
         assert!(after.letters.is_empty());
         assert_eq!(

@@ -35,7 +35,12 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub struct MailState {
     inboxes: HashMap<dkvs_account::AccountId, dkvs_mail::Inbox>,
     handed_out: HashMap<String, HandedOut>,
+    /// Letters sent through this node, newest last (read from the home at the first use).
+    sent: Option<Vec<crate::home::Sent>>,
 }
+
+/// How many sent letters the node remembers for `dkvs mail status`.
+const MAX_SENT: usize = 4096;
 
 /// Letters handed out to a client, until it acknowledges them (or ten minutes pass: they are
 /// then fetched again).
@@ -208,6 +213,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/inbox", axum::routing::post(read_inbox))
         .route("/v1/inbox/ack/{token}", axum::routing::post(ack_inbox))
+        .route("/v1/mail/{id}/status", get(mail_status))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
@@ -756,8 +762,23 @@ async fn send_mail(
             }
             e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "mail", e.to_string()),
         })?;
+    let sent = crate::home::Sent {
+        id: receipt.id.to_string(),
+        from: sender.account_id().to_string(),
+        to: recipient.to_string(),
+        sent_at_ms: now_ms(),
+        kept_by: receipt.custody.iter().map(|c| c.replica.to_string()).collect(),
+        read_at_ms: None,
+    };
+    state
+        .update_sent(|list| {
+            list.push(sent);
+            false
+        })
+        .await?;
     Ok(Json(json!({
         "id": receipt.id.to_string(),
+        "alone": receipt.alone(),
         "digest": hex::encode(receipt.digest),
         "kept_by": receipt.custody.len(),
         "custody": receipt.custody.iter().map(|c| json!({
@@ -800,7 +821,64 @@ fn letters_json(fetched: &dkvs_mail::Fetched) -> serde_json::Value {
     )
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl AppState {
+    /// Changes the list of sent letters with `f` and saves it (`f` returns whether it changed
+    /// nothing, to skip the write).
+    async fn update_sent(
+        &self,
+        f: impl FnOnce(&mut Vec<crate::home::Sent>) -> bool,
+    ) -> ApiResult<Vec<crate::home::Sent>> {
+        let internal = |e: anyhow::Error| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "sent", format!("{e:#}"))
+        };
+        let mut mail = self.mail.lock().await;
+        if mail.sent.is_none() {
+            mail.sent = Some(self.home.read_sent().map_err(internal)?);
+        }
+        let list = mail.sent.as_mut().expect("just read");
+        let unchanged = f(list);
+        if list.len() > MAX_SENT {
+            let extra = list.len() - MAX_SENT;
+            list.drain(..extra);
+        }
+        if !unchanged {
+            self.home.write_sent(list).map_err(internal)?;
+        }
+        Ok(list.clone())
+    }
+
+    /// Notes the delivery receipts of a fetch on the letters they name; a receipt counts
+    /// only from the letter's recipient.
+    async fn note_receipts(&self, receipts: &[dkvs_mail::DeliveryReceipt]) -> ApiResult<()> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        self.update_sent(|list| {
+            let mut unchanged = true;
+            for receipt in receipts {
+                let reader = receipt.reader.to_string();
+                for id in &receipt.ids {
+                    let id = id.to_string();
+                    for sent in list.iter_mut().filter(|s| s.id == id && s.to == reader) {
+                        if sent.read_at_ms.is_none() {
+                            sent.read_at_ms = Some(receipt.read_at_ms);
+                            unchanged = false;
+                        }
+                    }
+                }
+            }
+            unchanged
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The inbox of `account`, read from the home the first time.
     async fn with_inbox<R>(
         &self,
@@ -861,6 +939,7 @@ async fn read_inbox(
             _ = stopping.wait_for(|stop| *stop) => {}
         }
     }
+    state.note_receipts(&fetched.receipts).await?;
     let letters = letters_json(&fetched);
     let refused: Vec<serde_json::Value> = fetched
         .refused
@@ -916,14 +995,84 @@ async fn ack_inbox(
         })
         .await?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inbox", format!("{e:#}")))?;
+    let options = dkvs_mail::SendOptions::default();
     let report =
-        dkvs_mail::ack(&state.node, &account, &mut dkvs_mail::Inbox::new(), &fetched).await;
+        dkvs_mail::ack(&state.node, &account, &mut dkvs_mail::Inbox::new(), &fetched, &options)
+            .await;
     Ok(Json(json!({
         "letters": fetched.letters.len(),
         "deleted": report.deleted,
         "failed": report.failed.iter().map(|(peer, e)| json!({
             "replica": peer.to_string(), "reason": e,
         })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /v1/mail/{id}/status`: what became of a letter sent through this node: the
+/// replicas that keep it, and whether its recipient read it (the account's mailbox is asked
+/// for delivery receipts first; its letters stay for `POST /v1/inbox`).
+async fn mail_status(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(id) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let id = id.to_ascii_lowercase();
+    let known = state.update_sent(|_| true).await?;
+    let Some(sent) = known.iter().find(|s| s.id == id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no letter {id} was sent through this node"),
+        ));
+    };
+    let account = state.account(query.account.as_deref()).await?;
+    if account.account_id().to_string() != sent.from {
+        return Err(ApiError::bad_request(format!(
+            "letter {id} was sent by {}; ask with that account (--as)",
+            sent.from
+        )));
+    }
+    if sent.read_at_ms.is_none() {
+        let id_of = account.account_id();
+        let inbox = state.with_inbox(&id_of, |inbox| inbox.clone()).await?;
+        let options = dkvs_mail::SendOptions::default();
+        // Receipts only: they are noted, then acknowledged; letters wait for their reader.
+        if let Ok(fetched) = dkvs_mail::fetch(&state.node, &account, &inbox, &options).await {
+            let receipts = fetched.only_receipts();
+            state.note_receipts(&receipts.receipts).await?;
+            let home = state.home.clone();
+            state
+                .with_inbox(&id_of, |inbox| {
+                    receipts.mark_read(inbox);
+                    home.write_inbox(&id_of, inbox)
+                })
+                .await?
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inbox", format!("{e:#}"))
+                })?;
+            dkvs_mail::ack(
+                &state.node,
+                &account,
+                &mut dkvs_mail::Inbox::new(),
+                &receipts,
+                &options,
+            )
+            .await;
+        }
+    }
+    let known = state.update_sent(|_| true).await?;
+    let sent = known.iter().find(|s| s.id == id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("letter {id} is forgotten"))
+    })?;
+    Ok(Json(json!({
+        "id": sent.id,
+        "to": sent.to,
+        "sent_at_ms": sent.sent_at_ms,
+        "kept_by": sent.kept_by,
+        "read": sent.read_at_ms.is_some(),
+        "read_at_ms": sent.read_at_ms,
     })))
 }
 

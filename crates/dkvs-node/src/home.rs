@@ -200,6 +200,28 @@ impl Home {
         write_private(&path, &serde_json::to_vec(&entries)?)
     }
 
+    fn sent_file(&self) -> PathBuf {
+        self.data_dir().join("sent.json")
+    }
+
+    /// The letters sent through this node, and what became of them (none when the file is
+    /// absent).
+    pub fn read_sent(&self) -> anyhow::Result<Vec<Sent>> {
+        let path = self.sent_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Saves the letters sent through this node.
+    pub fn write_sent(&self, sent: &[Sent]) -> anyhow::Result<()> {
+        fs::create_dir_all(self.data_dir())?;
+        write_private(&self.sent_file(), &serde_json::to_vec(sent)?)
+    }
+
     /// Where the node running from this home listens, and its token.
     pub fn read_api(&self) -> anyhow::Result<ApiInfo> {
         let path = self.api_file();
@@ -208,6 +230,23 @@ impl Home {
         })?;
         serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
     }
+}
+
+/// A letter sent through this node, for `dkvs mail status`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Sent {
+    /// The letter's id (hex).
+    pub id: String,
+    /// The sender's account id.
+    pub from: String,
+    /// The recipient's account id.
+    pub to: String,
+    /// When it was sent (Unix ms).
+    pub sent_at_ms: u64,
+    /// The replicas that signed custody receipts.
+    pub kept_by: Vec<String>,
+    /// When the recipient said it read it (its clock), once its receipt came.
+    pub read_at_ms: Option<u64>,
 }
 
 /// Writes `bytes` to `path` atomically, readable by the owner only.

@@ -147,6 +147,15 @@ enum MailCommand {
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
+    /// What became of a letter sent through this node: the replicas that keep it, and whether
+    /// its recipient read it.
+    Status {
+        /// The letter's id (as `dkvs mail send` printed it).
+        message_id: String,
+        /// The account that sent it, if not the default one.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
     /// Print each new letter as a JSON line as it comes, until interrupted (each is marked
     /// read once printed).
     Watch {
@@ -494,6 +503,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 receipt["id"].as_str().unwrap_or("?"),
                 receipt["kept_by"]
             );
+            if receipt["alone"] == true {
+                eprintln!("note: {ALONE}: only this node keeps the letter");
+            }
             for c in receipt["custody"].as_array().into_iter().flatten() {
                 println!(
                     "  kept by {} until {}",
@@ -538,6 +550,19 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             report_refused(&answer);
             // Printed: now they are read.
             acknowledge(client, &answer)?;
+        }
+        Command::Mail(MailCommand::Status { message_id, account }) => {
+            let path =
+                with_account(format!("/v1/mail/{}/status", encode_key(&message_id)), &account, &[]);
+            let status = client.get_json(&path)?;
+            let kept_by = status["kept_by"].as_array().map_or(0, Vec::len);
+            println!("{} to {}", message_id, status["to"].as_str().unwrap_or("?"));
+            println!("sent at {}, kept by {kept_by} replicas", time_of(&status["sent_at_ms"]));
+            if status["read"] == true {
+                println!("read at {}", time_of(&status["read_at_ms"]));
+            } else {
+                println!("not read yet");
+            }
         }
         Command::Mail(MailCommand::Watch { account }) => loop {
             let extra = [("wait", "1h".to_owned())];

@@ -529,13 +529,18 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     let alice_node = start(&alice_home, Some(&seed.address));
 
     // Bob's node is not running: his letters wait on the replicas of his mailbox.
+    let mut ids = Vec::new();
     for (i, stdin) in [(0, None), (1, Some(&b"hello 1"[..])), (2, None)] {
         let text = format!("hello {i}");
         let args: Vec<&str> =
             if stdin.is_some() { vec!["send", &bob] } else { vec!["send", &bob, &text] };
         let out = ok(mail(&alice_home, &args, stdin));
         assert!(out.contains("kept by 2 replicas"), "{out}");
+        let id = out.strip_prefix("sent ").and_then(|rest| rest.split(':').next());
+        ids.push(id.expect("the letter's id").to_owned());
     }
+    let status = ok(mail(&alice_home, &["status", &ids[0]], None));
+    assert!(status.contains("kept by 2 replicas") && status.contains("not read yet"), "{status}");
     let bad = mail(&alice_home, &["send", "not-an-account", "hi"], None);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("not an account id"), "{}", stderr(&bad));
@@ -565,6 +570,9 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     ok(mail(&alice_home, &["send", &bob, "while you wait"], None));
     let out = ok(waiting.join().expect("the reader thread"));
     assert!(out.contains("while you wait") && out.contains(&alice), "{out}");
+    // Bob's node told alice that he read her first letters.
+    let status = ok(mail(&alice_home, &["status", &ids[0]], None));
+    assert!(status.contains("read at "), "{status}");
     drop(alice_node);
     drop(bob_node);
 }
