@@ -167,7 +167,7 @@ fn letter_time() -> u64 {
 }
 
 /// The peers closest to `mailbox`, this node among them, nearest first.
-async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
+pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
     let mut peers = node.closest_peers(mailbox.0.to_vec()).await;
     peers.push(node.peer_id());
     peers.sort();

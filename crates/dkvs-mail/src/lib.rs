@@ -10,6 +10,9 @@
 //!   way out for this node's own requests.
 //! - [`client`]: [`send`], [`fetch`], [`ack`], [`read`], [`MailWatch`] through a node that
 //!   hosts [`Mail`]. Delivery is at least once; exactly once while the [`Inbox`] is kept.
+//!   Acknowledging sends the senders delivery receipts.
+//! - [`handover`]: mail follows its mailbox's closest replicas as peers come and go
+//!   ([`spawn_hand_over`] once the node runs).
 //!
 //! ```no_run
 //! # async fn run(dir: &std::path::Path, store: dkvs_net::store::Store) -> anyhow::Result<()> {
@@ -32,10 +35,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Left for later (the mail issue): hand-over of mailboxes as the closest
-//! replicas change, channels.
+//! Left for later (the mail issue): channels.
 
 pub mod client;
+pub mod handover;
 pub mod letter;
 mod service;
 pub mod shelf;
@@ -46,6 +49,7 @@ pub use client::{
     SendReceipt, ack, fetch, read, send,
 };
 pub use dkvs_net as net;
+pub use handover::{HandOverReport, hand_over, spawn_hand_over};
 pub use letter::{
     Envelope, Letter, MAX_BODY, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE, MailError, Mailbox, MessageId,
 };

@@ -306,8 +306,25 @@ impl Mail {
                 }
             }
             Request::Notify(mailbox) => Response::Noted(self.on_notify(peer, Mailbox(mailbox))),
+            Request::Offer(mailbox, digests) => {
+                Response::Missing(self.shelf.missing(&Mailbox(mailbox), &digests))
+            }
         };
         reply.send(&mut self.inner, response);
+    }
+
+    /// Drops this replica's copies of `digests` in `mailbox` (handed over to replicas closer
+    /// to it, which keep them).
+    pub(crate) fn hand_off(&mut self, mailbox: Mailbox, digests: &[[u8; 32]]) -> usize {
+        let mine: Vec<[u8; 32]> = digests
+            .iter()
+            .filter(|d| self.shelf.missing(&mailbox, &[**d]).is_empty())
+            .copied()
+            .collect();
+        let jobs: Vec<Job> = mine.iter().filter_map(|d| self.shelf.remove(d)).collect();
+        let dropped = jobs.len();
+        jobs.into_iter().for_each(|job| self.disk.queue(job));
+        dropped
     }
 
     /// Sets the timer for the next expiry.

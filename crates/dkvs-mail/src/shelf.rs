@@ -121,6 +121,10 @@ pub(crate) struct Taken {
 pub struct Shelf {
     config: ShelfConfig,
     kept: HashMap<[u8; 32], Kept>,
+    /// Envelopes their recipient acknowledged, until they would have expired: a copy handed
+    /// over again from another replica is refused, not kept anew (in memory: a restart
+    /// forgets them, and the recipient's inbox leaves such a copy out).
+    acked: HashMap<[u8; 32], u64>,
     boxes: HashMap<Mailbox, Box_>,
     by_expiry: BTreeSet<(u64, [u8; 32])>,
     bytes: u64,
@@ -150,6 +154,7 @@ impl Shelf {
         Shelf {
             config,
             kept: HashMap::new(),
+            acked: HashMap::new(),
             boxes: HashMap::new(),
             by_expiry: BTreeSet::new(),
             bytes: 0,
@@ -261,6 +266,9 @@ impl Shelf {
         let digest = envelope.digest();
         if envelope.encode() != bytes {
             return Err(Refusal::Malformed);
+        }
+        if self.acked.contains_key(&digest) {
+            return Err(Refusal::AlreadyRead);
         }
         if let Some(kept) = self.kept.get(&digest) {
             return Ok(Taken {
@@ -394,12 +402,48 @@ impl Shelf {
             .filter(|d| self.kept.get(*d).is_some_and(|k| k.mailbox == *mailbox))
             .copied()
             .collect();
+        for digest in &mine {
+            self.acked.insert(*digest, self.kept[digest].kept_until_ms);
+        }
         mine.iter().filter_map(|d| self.remove(d)).collect()
+    }
+
+    /// Of `digests` in `mailbox`, those this replica neither keeps nor knows were read.
+    pub fn missing(&self, mailbox: &Mailbox, digests: &[[u8; 32]]) -> Vec<[u8; 32]> {
+        digests
+            .iter()
+            .filter(|d| {
+                !self.acked.contains_key(*d)
+                    && !self.kept.get(*d).is_some_and(|k| k.mailbox == *mailbox)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// The mailboxes kept here and the digests of their envelopes (written to disk), to hand
+    /// over.
+    pub fn held(&self) -> Vec<(Mailbox, Vec<[u8; 32]>)> {
+        self.boxes
+            .iter()
+            .map(|(mailbox, b)| {
+                let digests = b.by_cursor.values().filter(|d| self.kept[*d].writing.is_none());
+                (*mailbox, digests.copied().collect())
+            })
+            .filter(|(_, digests): &(Mailbox, Vec<[u8; 32]>)| !digests.is_empty())
+            .collect()
+    }
+
+    /// The encoded envelope of `digest`, if kept.
+    pub fn envelope(&self, digest: &[u8; 32]) -> Option<Vec<u8>> {
+        self.kept.get(digest).map(|k| k.bytes.clone())
     }
 
     /// Drops what expired by `now_ms`, at most a batch of it (call again while
     /// [`Shelf::next_expiry`] is due); the files to remove.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<Job> {
+        if self.acked.len() > EXPIRE_BATCH {
+            self.acked.retain(|_, until| *until > now_ms);
+        }
         let due: Vec<[u8; 32]> = self
             .by_expiry
             .iter()
@@ -629,6 +673,24 @@ mod tests {
         let again = shelf.kept[&bobs[4]].bytes.clone();
         assert!(shelf.deposit(again, peer, NOW).unwrap().write.is_none());
         assert_eq!(shelf.len(), 4);
+    }
+
+    #[test]
+    fn read_mail_handed_over_again_is_refused_and_missing_names_what_to_hand_over() {
+        let mut shelf = Shelf::new(ShelfConfig::default());
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let bob_box = Mailbox::of(&bob.account_id());
+        let (a, b) = (envelope(&bob, 10, DAY), envelope(&bob, 10, DAY));
+        let peer = PeerId::random();
+        let da = shelf.deposit(a.clone(), peer, NOW).unwrap().digest;
+        let db = Envelope::decode(&b).unwrap().digest();
+        assert_eq!(shelf.missing(&bob_box, &[da, db]), [db]);
+        // Another mailbox's claim on a digest does not count.
+        let carol_box = Mailbox::of(&Keypair::generate(KeyType::Ed25519).account_id());
+        assert_eq!(shelf.missing(&carol_box, &[da]), [da]);
+        assert_eq!(shelf.ack(&bob_box, &[da]).len(), 1);
+        assert_eq!(shelf.deposit(a, peer, NOW).err(), Some(Refusal::AlreadyRead));
+        assert!(shelf.missing(&bob_box, &[da]).is_empty(), "read: nothing to hand over");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - `Watch(account, time, signature)`: tell the asking peer of each envelope deposited for
 //!   the account in the next [`WATCH_TTL_MS`]; signed the same way (only the account's own
 //!   node hears of its mail).
+//! - `Offer(mailbox, digests)`: which of these envelopes do you lack? Answered with the
+//!   digests the replica neither keeps nor knows were read; a replica hands mail over to the
+//!   closest replicas of a mailbox with it, then deposits what they lack.
 //! - `Notify(mailbox)`: from a replica to a watching peer: new mail in this mailbox (the
 //!   watcher then fetches it; a notification carries no mail, and a watcher heeds one only
 //!   from a replica it asked to watch).
@@ -67,6 +70,8 @@ pub enum Request {
     Watch(Signed<WatchBody>),
     /// New mail in this mailbox (its address), which the asked peer watches.
     Notify([u8; 32]),
+    /// Which of these envelopes of this mailbox does the asked replica lack?
+    Offer([u8; 32], Vec<[u8; 32]>),
 }
 
 /// A request signed by the account whose mailbox it reads or changes.
@@ -267,6 +272,9 @@ pub enum Refusal {
     /// The asking peer is over its rate at the replica (the node's admission step); try later.
     #[error("busy: over this peer's rate, try later")]
     Busy,
+    /// The envelope's recipient has read it already.
+    #[error("already read")]
+    AlreadyRead,
 }
 
 impl Refusal {
@@ -280,6 +288,7 @@ impl Refusal {
             Refusal::OutOfTime => 6,
             Refusal::StorageFailed => 7,
             Refusal::Busy => 8,
+            Refusal::AlreadyRead => 9,
         }
     }
 
@@ -293,6 +302,7 @@ impl Refusal {
             6 => Refusal::OutOfTime,
             7 => Refusal::StorageFailed,
             8 => Refusal::Busy,
+            9 => Refusal::AlreadyRead,
             _ => return None,
         })
     }
@@ -325,6 +335,8 @@ pub enum Response {
     Watching(u64),
     /// A notification taken: whether this node watches that mailbox.
     Noted(bool),
+    /// The digests of an offer that the replica lacks.
+    Missing(Vec<[u8; 32]>),
     /// Refused.
     Refused(Refusal),
 }
@@ -341,7 +353,7 @@ struct AccountPb {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RequestPb {
-    #[prost(oneof = "request_pb::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "request_pb::Kind", tags = "1, 2, 3, 4, 5, 6")]
     kind: Option<request_pb::Kind>,
 }
 
@@ -358,6 +370,8 @@ mod request_pb {
         Watch(super::WatchPb),
         #[prost(bytes = "vec", tag = "5")]
         Notify(Vec<u8>),
+        #[prost(message, tag = "6")]
+        Offer(super::OfferPb),
     }
 }
 
@@ -392,6 +406,20 @@ struct AckPb {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+struct OfferPb {
+    #[prost(bytes = "vec", tag = "1")]
+    mailbox: Vec<u8>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    digests: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DigestsPb {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    digests: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 struct WatchPb {
     #[prost(message, optional, tag = "1")]
     account: Option<AccountPb>,
@@ -405,7 +433,7 @@ struct WatchPb {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ResponsePb {
-    #[prost(oneof = "response_pb::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "response_pb::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
     kind: Option<response_pb::Kind>,
 }
 
@@ -424,6 +452,8 @@ mod response_pb {
         Watching(u64),
         #[prost(bool, tag = "6")]
         Noted(bool),
+        #[prost(message, tag = "7")]
+        Missing(super::DigestsPb),
     }
 }
 
@@ -532,6 +562,10 @@ impl Request {
                 signature: signed.signature.as_bytes().to_vec(),
             }),
             Request::Notify(mailbox) => Kind::Notify(mailbox.to_vec()),
+            Request::Offer(mailbox, digests) => Kind::Offer(OfferPb {
+                mailbox: mailbox.to_vec(),
+                digests: digests.iter().map(|d| d.to_vec()).collect(),
+            }),
         };
         RequestPb { kind: Some(kind) }.encode_to_vec()
     }
@@ -580,6 +614,22 @@ impl Request {
                 signature: signature_from(&w.signature)?,
             }),
             Kind::Notify(mailbox) => Request::Notify(digest_from(&mailbox, "request")?),
+            Kind::Offer(offer) => {
+                if offer.digests.len() > MAX_ACK {
+                    return Err(malformed(
+                        "request",
+                        format!("an offer of over {MAX_ACK} digests"),
+                    ));
+                }
+                Request::Offer(
+                    digest_from(&offer.mailbox, "request")?,
+                    offer
+                        .digests
+                        .iter()
+                        .map(|d| digest_from(d, "request"))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
         })
     }
 }
@@ -607,6 +657,9 @@ impl Response {
             Response::Refused(r) => Kind::Refused(r.code()),
             Response::Watching(until) => Kind::Watching(*until),
             Response::Noted(watched) => Kind::Noted(*watched),
+            Response::Missing(digests) => {
+                Kind::Missing(DigestsPb { digests: digests.iter().map(|d| d.to_vec()).collect() })
+            }
         };
         ResponsePb { kind: Some(kind) }.encode_to_vec()
     }
@@ -642,6 +695,9 @@ impl Response {
             ),
             Kind::Watching(until) => Response::Watching(until),
             Kind::Noted(watched) => Response::Noted(watched),
+            Kind::Missing(m) => Response::Missing(
+                m.digests.iter().map(|d| digest_from(d, "response")).collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
@@ -719,6 +775,7 @@ mod tests {
             Request::Ack(Signed::ack(&alice, ack)),
             Request::Watch(Signed::watch(&alice, WatchBody { replica: peer, now_ms: 9 })),
             Request::Notify([4; 32]),
+            Request::Offer([5; 32], vec![[6; 32]; 2]),
         ] {
             assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         }
@@ -730,6 +787,8 @@ mod tests {
             Response::Refused(Refusal::MailboxFull),
             Response::Watching(77),
             Response::Noted(true),
+            Response::Missing(vec![[7; 32]]),
+            Response::Refused(Refusal::AlreadyRead),
         ] {
             assert_eq!(Response::decode(&response.encode()).unwrap(), response);
         }

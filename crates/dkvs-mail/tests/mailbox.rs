@@ -412,3 +412,64 @@ async fn a_lying_replica_neither_floods_nor_jams_the_reader() -> anyhow::Result<
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_is_handed_over_as_its_replicas_die_one_set_after_another() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (mut net, _) = mail_net(11).await?;
+        let (alice, bob) = (account(), account());
+        let options = SendOptions::default();
+        let reader = 10;
+        let receipt = dkvs_mail::send(
+            net.node(0),
+            &alice,
+            &bob.account_id(),
+            b"still here".to_vec(),
+            &options,
+        )
+        .await?;
+        let holders: Vec<usize> =
+            receipt.custody.iter().map(|c| index_of(&net, c.replica)).collect();
+        assert_eq!(holders.len(), 5);
+        // Three holders die; the two left hand the letter over to the next closest.
+        let (dead, left) = holders.iter().filter(|&&i| i != reader).copied().fold(
+            (Vec::new(), Vec::new()),
+            |(mut dead, mut left), i| {
+                if dead.len() < 3 {
+                    dead.push(i)
+                } else {
+                    left.push(i)
+                }
+                (dead, left)
+            },
+        );
+        for &i in &dead {
+            net.kill(i).await;
+        }
+        let mut deposited = 0;
+        for &i in &left {
+            let report = dkvs_mail::hand_over(net.node(i), &options, 0).await?;
+            assert_eq!(report.mailboxes, 1, "{report:?}");
+            deposited += report.deposited;
+        }
+        assert!(deposited >= 1, "the letter reached new replicas");
+        // Then those two die as well: the letter lives on the new replicas alone.
+        for &i in &left {
+            net.kill(i).await;
+        }
+        let fetched = dkvs_mail::read(net.node(reader), &bob, &mut Inbox::new(), &options).await?;
+        let bodies: Vec<&[u8]> = fetched.letters.iter().map(|l| l.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"still here"[..]], "{:?}", fetched.failed);
+        // Read: a replica that still has a copy cannot hand it over again.
+        let alive: Vec<usize> = net.alive();
+        for &i in &alive {
+            let report = dkvs_mail::hand_over(net.node(i), &options, 0).await?;
+            assert_eq!(report.deposited, 0, "{report:?}");
+        }
+        let again = dkvs_mail::fetch(net.node(reader), &bob, &Inbox::new(), &options).await?;
+        assert!(again.letters.is_empty());
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}

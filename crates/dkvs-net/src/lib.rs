@@ -34,7 +34,7 @@ pub use defence::Refused;
 pub use error::{BootstrapError, DialError, ListenError, NetError};
 pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdict};
 pub use identity::{IdentityError, load_or_create_identity};
-pub use node::{NatStatus, Node, NodeBuilder, Reachability};
+pub use node::{NatStatus, Node, NodeBuilder, Reachability, WeakNode};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
 pub use replication::ReplicationStats;
 pub use transport::Transports;

@@ -91,6 +91,28 @@ impl Drop for TaskGuard {
     }
 }
 
+/// A handle to a node that does not keep it running: for a background task that serves the
+/// node (an extension's periodic work) and must end when the node's last [`Node`] is dropped.
+#[derive(Clone)]
+pub struct WeakNode {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    store: Store,
+    task: std::sync::Weak<TaskGuard>,
+}
+
+impl WeakNode {
+    /// The node, while a [`Node`] handle to it is alive.
+    pub fn upgrade(&self) -> Option<Node> {
+        Some(Node {
+            commands: self.commands.clone(),
+            peer_id: self.peer_id,
+            store: self.store.clone(),
+            _task: self.task.upgrade()?,
+        })
+    }
+}
+
 /// Assembles a node: its identity, its store, its configuration and, optionally, an
 /// [`Extension`] that adds protocols to its swarm.
 ///
@@ -183,6 +205,16 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// A handle that does not keep the node running ([`WeakNode`]).
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode {
+            commands: self.commands.clone(),
+            peer_id: self.peer_id,
+            store: self.store.clone(),
+            task: Arc::downgrade(&self._task),
+        }
     }
 
     /// The node's libp2p peer id.

@@ -33,6 +33,8 @@ pub async fn run(
         dkvs_mail::Mail::open(&mail_dir, identity.clone(), dkvs_mail::ShelfConfig::default())
             .with_context(|| format!("cannot open the mail kept in {}", mail_dir.display()))?;
     let node = NodeBuilder::new(identity, store, config.net()?).with_extension(|_| mail).spawn()?;
+    // Mail follows its mailboxes' closest replicas as peers come and go.
+    dkvs_mail::spawn_hand_over(&node, dkvs_mail::SendOptions::default());
     let mut out = std::io::stdout().lock();
     writeln!(out, "peer id: {}", node.peer_id())?;
     for addr in &config.listen {

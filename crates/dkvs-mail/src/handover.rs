@@ -1,0 +1,126 @@
+//! Hand-over: mail follows its mailbox's closest replicas as peers come and go.
+//!
+//! Every [`HAND_OVER_EVERY`] a replica goes through the mailboxes it keeps (at most
+//! [`MAILBOXES_PER_ROUND`] a round, in turn): it looks up the `replicas` closest peers to the
+//! mailbox address, asks each which envelopes it lacks (`Offer`) and deposits those. A replica
+//! that is no longer among the closest drops its copies once every one of them keeps them (or
+//! knows they were read). Replicas refuse a copy of mail that was read, so an old copy does
+//! not come back.
+
+use std::time::Duration;
+
+use dkvs_net::libp2p::PeerId;
+use dkvs_net::{NetError, Node};
+
+use crate::client::{SendOptions, replicas_of, request};
+use crate::letter::Mailbox;
+use crate::service::Mail;
+use crate::wire::{MAX_ACK, Refusal, Request, Response};
+
+/// How often a node hands mail over (with up to a tenth more, at random, so nodes do not
+/// move in step).
+pub const HAND_OVER_EVERY: Duration = Duration::from_secs(600);
+/// The most mailboxes one round hands over; the others wait for the next rounds.
+pub const MAILBOXES_PER_ROUND: usize = 256;
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HandOverReport {
+    /// Mailboxes looked at.
+    pub mailboxes: usize,
+    /// Envelopes deposited on replicas that lacked them.
+    pub deposited: usize,
+    /// Envelopes this node dropped, being no longer among their closest replicas.
+    pub dropped: usize,
+    /// Replicas that could not be brought up to date this round.
+    pub failed: Vec<(PeerId, String)>,
+}
+
+/// One round of hand-over on `node` (see the module docs), starting at the `skip`th mailbox.
+pub async fn hand_over(
+    node: &Node,
+    options: &SendOptions,
+    skip: usize,
+) -> Result<HandOverReport, NetError> {
+    let held = node.with_extension::<Mail, _>(|mail, _| mail.shelf().held()).await?;
+    let me = node.peer_id();
+    let mut report = HandOverReport::default();
+    let count = held.len();
+    for (mailbox, digests) in
+        held.into_iter().cycle().skip(skip % count.max(1)).take(count.min(MAILBOXES_PER_ROUND))
+    {
+        report.mailboxes += 1;
+        let closest: Vec<PeerId> =
+            replicas_of(node, &mailbox).await.into_iter().take(options.replicas.max(1)).collect();
+        let mut all_keep = true;
+        for &peer in closest.iter().filter(|p| **p != me) {
+            match bring_up_to_date(node, peer, mailbox, &digests).await {
+                Ok(deposited) => report.deposited += deposited,
+                Err(e) => {
+                    all_keep = false;
+                    report.failed.push((peer, e));
+                }
+            }
+        }
+        if all_keep && !closest.contains(&me) && closest.len() >= options.replicas.max(1) {
+            report.dropped += node
+                .with_extension::<Mail, _>(move |mail, _| mail.hand_off(mailbox, &digests))
+                .await?;
+        }
+    }
+    Ok(report)
+}
+
+/// Deposits on `peer` the envelopes of `digests` it lacks; how many.
+async fn bring_up_to_date(
+    node: &Node,
+    peer: PeerId,
+    mailbox: Mailbox,
+    digests: &[[u8; 32]],
+) -> Result<usize, String> {
+    let mut deposited = 0;
+    for chunk in digests.chunks(MAX_ACK) {
+        let missing = match request(node, peer, Request::Offer(mailbox.0, chunk.to_vec())).await? {
+            Response::Missing(missing) => missing,
+            other => return Err(format!("not an answer to an offer: {other:?}")),
+        };
+        for digest in missing.into_iter().filter(|d| chunk.contains(d)) {
+            let Some(bytes) = node
+                .with_extension::<Mail, _>(move |mail, _| mail.shelf().envelope(&digest))
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue; // read or expired meanwhile
+            };
+            match request(node, peer, Request::Deposit(bytes)).await? {
+                Response::Custody(c) if c.digest == digest && c.verify() => deposited += 1,
+                Response::Refused(Refusal::AlreadyRead | Refusal::Expired) => {}
+                other => return Err(format!("did not take an envelope: {other:?}")),
+            }
+        }
+    }
+    Ok(deposited)
+}
+
+/// Hands mail over every [`HAND_OVER_EVERY`] for as long as `node` runs (the task holds no
+/// handle that keeps the node alive). Must be called within a tokio runtime.
+pub fn spawn_hand_over(node: &Node, options: SendOptions) -> tokio::task::JoinHandle<()> {
+    let weak = node.downgrade();
+    tokio::spawn(async move {
+        let mut skip = 0;
+        loop {
+            let jitter = rand::random::<u64>() % (HAND_OVER_EVERY.as_millis() as u64 / 10);
+            tokio::time::sleep(HAND_OVER_EVERY + Duration::from_millis(jitter)).await;
+            let Some(node) = weak.upgrade() else { return };
+            match hand_over(&node, &options, skip).await {
+                Ok(report) => {
+                    skip += report.mailboxes;
+                    if report.deposited + report.dropped > 0 || !report.failed.is_empty() {
+                        tracing::debug!(?report, "mail hand-over");
+                    }
+                }
+                Err(_) => return, // the node stopped
+            }
+        }
+    })
+}
