@@ -35,8 +35,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Left for later (the mail issue): channels.
+//! - [`channel`]: named public channels: [`channel::publish`], [`channel::subscribe`] (with
+//!   the recent history from peers), [`channel::announce`] and [`channel::members`].
 
+pub mod channel;
 pub mod client;
 pub mod handover;
 pub mod letter;
@@ -44,6 +46,7 @@ mod service;
 pub mod shelf;
 pub mod wire;
 
+pub use channel::{ChannelError, Post, PostKind, Subscription};
 pub use client::{
     AckReport, DeliveryReceipt, Fetched, Inbox, MailWatch, ReadError, SendError, SendOptions,
     SendReceipt, ack, fetch, read, send,

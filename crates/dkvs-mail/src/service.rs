@@ -15,9 +15,10 @@ use dkvs_net::libp2p::swarm::{
     THandlerOutEvent, ToSwarm,
 };
 use dkvs_net::libp2p::{Multiaddr, PeerId, identity, request_response};
-use dkvs_net::{Extension, Host, Refused};
+use dkvs_net::{Extension, GossipMessage, Host, Refused, Verdict};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::channel::Channels;
 use crate::letter::{MAX_CLOCK_SKEW_MS, Mailbox};
 use crate::shelf::{Disk, Job, Shelf, ShelfConfig};
 use crate::wire::{
@@ -85,6 +86,7 @@ pub struct Mail {
     subscribers: HashMap<Mailbox, Subscription>,
     asks: HashMap<request_response::OutboundRequestId, Answer>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    channels: Channels,
 }
 
 /// Unix time in milliseconds.
@@ -117,6 +119,7 @@ impl Mail {
             subscribers: HashMap::new(),
             asks: HashMap::new(),
             expiry: None,
+            channels: Channels::default(),
         };
         mail.arm_expiry();
         Ok(mail)
@@ -125,6 +128,11 @@ impl Mail {
     /// What this replica keeps.
     pub fn shelf(&self) -> &Shelf {
         &self.shelf
+    }
+
+    /// The channels this node joined.
+    pub(crate) fn channels(&mut self) -> &mut Channels {
+        &mut self.channels
     }
 
     /// This node's peer id.
@@ -309,6 +317,7 @@ impl Mail {
             Request::Offer(mailbox, digests) => {
                 Response::Missing(self.shelf.missing(&Mailbox(mailbox), &digests))
             }
+            Request::History(channel) => Response::Posts(self.channels.history(&channel)),
         };
         reply.send(&mut self.inner, response);
     }
@@ -360,6 +369,10 @@ impl Mail {
 }
 
 impl Extension for Mail {
+    fn on_gossip(&mut self, message: GossipMessage, host: &mut Host<'_>) -> Verdict {
+        self.channels.on_gossip(message, host)
+    }
+
     fn on_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>, host: &mut Host<'_>) {
         use request_response::{Event, Message};
         match event {

@@ -15,6 +15,8 @@
 //! - `Offer(mailbox, digests)`: which of these envelopes do you lack? Answered with the
 //!   digests the replica neither keeps nor knows were read; a replica hands mail over to the
 //!   closest replicas of a mailbox with it, then deposits what they lack.
+//! - `History(channel)`: the recent posts of a channel the asked node joined (see
+//!   [`crate::channel`]), newest first, at most [`MAX_BATCH_BYTES`] of them.
 //! - `Notify(mailbox)`: from a replica to a watching peer: new mail in this mailbox (the
 //!   watcher then fetches it; a notification carries no mail, and a watcher heeds one only
 //!   from a replica it asked to watch).
@@ -72,6 +74,8 @@ pub enum Request {
     Notify([u8; 32]),
     /// Which of these envelopes of this mailbox does the asked replica lack?
     Offer([u8; 32], Vec<[u8; 32]>),
+    /// The recent posts of this channel.
+    History(String),
 }
 
 /// A request signed by the account whose mailbox it reads or changes.
@@ -337,6 +341,8 @@ pub enum Response {
     Noted(bool),
     /// The digests of an offer that the replica lacks.
     Missing(Vec<[u8; 32]>),
+    /// A channel's recent posts, encoded, newest first.
+    Posts(Vec<Vec<u8>>),
     /// Refused.
     Refused(Refusal),
 }
@@ -353,7 +359,7 @@ struct AccountPb {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RequestPb {
-    #[prost(oneof = "request_pb::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "request_pb::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
     kind: Option<request_pb::Kind>,
 }
 
@@ -372,6 +378,8 @@ mod request_pb {
         Notify(Vec<u8>),
         #[prost(message, tag = "6")]
         Offer(super::OfferPb),
+        #[prost(string, tag = "7")]
+        History(String),
     }
 }
 
@@ -433,7 +441,7 @@ struct WatchPb {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ResponsePb {
-    #[prost(oneof = "response_pb::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "response_pb::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     kind: Option<response_pb::Kind>,
 }
 
@@ -454,6 +462,8 @@ mod response_pb {
         Noted(bool),
         #[prost(message, tag = "7")]
         Missing(super::DigestsPb),
+        #[prost(message, tag = "8")]
+        Posts(super::DigestsPb),
     }
 }
 
@@ -562,6 +572,7 @@ impl Request {
                 signature: signed.signature.as_bytes().to_vec(),
             }),
             Request::Notify(mailbox) => Kind::Notify(mailbox.to_vec()),
+            Request::History(channel) => Kind::History(channel.clone()),
             Request::Offer(mailbox, digests) => Kind::Offer(OfferPb {
                 mailbox: mailbox.to_vec(),
                 digests: digests.iter().map(|d| d.to_vec()).collect(),
@@ -614,6 +625,7 @@ impl Request {
                 signature: signature_from(&w.signature)?,
             }),
             Kind::Notify(mailbox) => Request::Notify(digest_from(&mailbox, "request")?),
+            Kind::History(channel) => Request::History(channel),
             Kind::Offer(offer) => {
                 if offer.digests.len() > MAX_ACK {
                     return Err(malformed(
@@ -657,6 +669,7 @@ impl Response {
             Response::Refused(r) => Kind::Refused(r.code()),
             Response::Watching(until) => Kind::Watching(*until),
             Response::Noted(watched) => Kind::Noted(*watched),
+            Response::Posts(posts) => Kind::Posts(DigestsPb { digests: posts.clone() }),
             Response::Missing(digests) => {
                 Kind::Missing(DigestsPb { digests: digests.iter().map(|d| d.to_vec()).collect() })
             }
@@ -695,6 +708,7 @@ impl Response {
             ),
             Kind::Watching(until) => Response::Watching(until),
             Kind::Noted(watched) => Response::Noted(watched),
+            Kind::Posts(p) => Response::Posts(p.digests),
             Kind::Missing(m) => Response::Missing(
                 m.digests.iter().map(|d| digest_from(d, "response")).collect::<Result<_, _>>()?,
             ),
@@ -776,6 +790,7 @@ mod tests {
             Request::Watch(Signed::watch(&alice, WatchBody { replica: peer, now_ms: 9 })),
             Request::Notify([4; 32]),
             Request::Offer([5; 32], vec![[6; 32]; 2]),
+            Request::History("builders".into()),
         ] {
             assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         }
@@ -788,6 +803,7 @@ mod tests {
             Response::Watching(77),
             Response::Noted(true),
             Response::Missing(vec![[7; 32]]),
+            Response::Posts(vec![vec![1, 2], vec![3]]),
             Response::Refused(Refusal::AlreadyRead),
         ] {
             assert_eq!(Response::decode(&response.encode()).unwrap(), response);

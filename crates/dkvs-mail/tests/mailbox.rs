@@ -473,3 +473,132 @@ async fn mail_is_handed_over_as_its_replicas_die_one_set_after_another() -> anyh
     })
     .await?
 }
+
+/// Publishes raw bytes on a channel's topic from `node`, as a peer that lies would.
+async fn publish_raw(node: &dkvs_net::Node, channel: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let topic = dkvs_mail::channel::topic(channel)?;
+    node.with_extension::<Mail, _>(move |_, host| host.publish(&topic, bytes)).await??;
+    Ok(())
+}
+
+/// What a subscription hands over until `count` posts came, or nothing came for `quiet`, and
+/// then for `quiet` more (so that a post too many shows).
+async fn drain(
+    sub: &mut dkvs_mail::Subscription,
+    count: usize,
+    quiet: Duration,
+) -> Vec<dkvs_mail::Post> {
+    let mut posts = Vec::new();
+    while posts.len() < count
+        && let Ok(Some(post)) = tokio::time::timeout(quiet, sub.next()).await
+    {
+        posts.push(post);
+    }
+    while let Ok(Some(post)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+        posts.push(post);
+    }
+    posts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_delivers_each_valid_post_once_and_nothing_forged_oversized_or_replayed()
+-> anyhow::Result<()> {
+    use dkvs_mail::channel;
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(10).await?;
+        let name = "builders";
+        let mut subs = Vec::new();
+        for i in 0..9 {
+            subs.push(channel::subscribe(net.node(i), name, false).await?);
+        }
+        // The mesh forms: every subscriber knows other subscribers.
+        let topic = channel::topic(name)?;
+        for i in 0..9 {
+            let node = net.node(i);
+            let t = topic.clone();
+            let formed = dkvs_testnet::eventually(Duration::from_secs(20), async || {
+                let t = t.clone();
+                node.with_extension::<Mail, _>(move |_, host| host.topic_peers(&t).len())
+                    .await
+                    .unwrap_or(0)
+                    >= 2
+            })
+            .await;
+            assert!(formed, "node {i} found no peers on the channel");
+        }
+        let (alice, bob) = (account(), Keypair::generate(KeyType::Secp256k1));
+        let mut sent = Vec::new();
+        for i in 0..5 {
+            sent.push(
+                channel::publish(net.node(0), &alice, name, format!("alice {i}").into_bytes())
+                    .await?,
+            );
+            sent.push(
+                channel::publish(net.node(3), &bob, name, format!("bob {i}").into_bytes()).await?,
+            );
+        }
+        channel::announce(net.node(0), &alice, name).await?;
+        channel::announce(net.node(3), &bob, name).await?;
+        let mut expected: Vec<String> =
+            sent.iter().map(|p| String::from_utf8(p.body.clone()).unwrap()).collect();
+        expected.sort();
+        for (i, sub) in subs.iter_mut().enumerate() {
+            let posts = drain(sub, 12, Duration::from_secs(5)).await;
+            let mut bodies: Vec<String> = posts
+                .iter()
+                .filter(|p| p.kind == dkvs_mail::PostKind::Message)
+                .map(|p| String::from_utf8(p.body.clone()).unwrap())
+                .collect();
+            bodies.sort();
+            assert_eq!(bodies, expected, "node {i}: every post exactly once");
+        }
+
+        // A liar on node 5: a replay of a post taken before, a post from two hours ago, a
+        // forged one, an oversized one.
+        let now = now();
+        publish_raw(net.node(5), name, sent[0].encode()).await?;
+        let old = dkvs_mail::Post::sign(
+            &alice,
+            name,
+            dkvs_mail::PostKind::Message,
+            b"old".to_vec(),
+            now - 7_200_000,
+        )?;
+        publish_raw(net.node(5), name, old.encode()).await?;
+        let mut forged = sent[2].encode();
+        let at = forged.windows(7).position(|w| w == b"alice 1").expect("the body");
+        forged[at] = b'A';
+        publish_raw(net.node(5), name, forged).await?;
+        let mut big =
+            dkvs_mail::Post::sign(&alice, name, dkvs_mail::PostKind::Message, vec![], now)?
+                .encode();
+        big.extend_from_slice(&[0x3a, 0x80, 0x60]); // field 7 again: a 12 KiB body
+        big.extend_from_slice(&vec![b'x'; 12 * 1024]);
+        publish_raw(net.node(5), name, big).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for (i, sub) in subs.iter_mut().enumerate() {
+            let posts = drain(sub, 0, Duration::ZERO).await;
+            assert!(posts.is_empty(), "node {i} took {posts:?}");
+        }
+
+        // A late joiner gets the recent history, checked, and sees who is here.
+        let mut late = channel::subscribe(net.node(9), name, true).await?;
+        let history = drain(&mut late, 12, Duration::from_secs(2)).await;
+        let mut bodies: Vec<String> = history
+            .iter()
+            .filter(|p| p.kind == dkvs_mail::PostKind::Message)
+            .map(|p| String::from_utf8(p.body.clone()).unwrap())
+            .collect();
+        bodies.sort();
+        assert_eq!(bodies, expected);
+        let members = channel::members(net.node(9), name).await?;
+        let mut ids: Vec<String> = members.iter().map(|(a, _)| a.to_string()).collect();
+        ids.sort();
+        let mut want = vec![alice.account_id().to_string(), bob.account_id().to_string()];
+        want.sort();
+        assert_eq!(ids, want);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}

@@ -165,6 +165,18 @@ impl Host<'_> {
         }
     }
 
+    /// The peers known to be subscribed to the gossip topic `name` (to ask them for what was
+    /// said on it before this node joined).
+    pub fn topic_peers(&self, name: &str) -> Vec<PeerId> {
+        let Ok(topic) = ext_topic(name) else { return Vec::new() };
+        let hash = topic.hash();
+        self.gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
     /// Publishes `data` on the gossip topic `name`.
     pub fn publish(&mut self, name: &str, data: Vec<u8>) -> Result<(), TopicError> {
         let topic = ext_topic(name)?;
