@@ -385,15 +385,23 @@ impl Channels {
         Verdict::Accept
     }
 
-    /// Publishes `post` on its channel, and takes it here.
-    pub(crate) fn publish(&mut self, post: Post, host: &mut Host<'_>) -> Result<(), ChannelError> {
+    /// Publishes `post` on its channel, and takes it here; how many peers on the channel it
+    /// went to. With none, it is only kept here (late joiners get it with the history).
+    pub(crate) fn publish(
+        &mut self,
+        post: Post,
+        host: &mut Host<'_>,
+    ) -> Result<usize, ChannelError> {
         let name = topic(&post.channel)?;
-        host.publish(&name, post.encode()).map_err(|e| ChannelError::Publish {
-            channel: post.channel.clone(),
-            reason: e.to_string(),
-        })?;
+        let peers = host.topic_peers(&name).len();
+        if peers > 0 {
+            host.publish(&name, post.encode()).map_err(|e| ChannelError::Publish {
+                channel: post.channel.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         self.take(post, now_ms());
-        Ok(())
+        Ok(peers)
     }
 
     /// The encoded posts of `channel`'s history, newest first, at most
@@ -432,36 +440,72 @@ impl Channels {
     }
 }
 
-/// Publishes `body` from `author` on `channel` through `node`. The node must have peers on the
-/// channel (gossipsub says "insufficient peers" otherwise).
+/// A post published.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The post.
+    pub post: Post,
+    /// The peers on the channel it was sent to: 0 when nobody else is on it yet (it is kept
+    /// here, and late joiners get it with the history).
+    pub peers: usize,
+}
+
+/// Publishes `body` from `author` on `channel` through `node` (which joins the channel).
 pub async fn publish(
     node: &Node,
     author: &Keypair,
     channel: &str,
     body: Vec<u8>,
-) -> Result<Post, ChannelError> {
+) -> Result<Published, ChannelError> {
     let post = Post::sign(author, channel, PostKind::Message, body, now_ms())?;
     publish_post(node, post).await
 }
 
 /// Says that `author` is in `channel` (a presence post; it counts for [`PRESENCE_TTL_MS`]).
-pub async fn announce(node: &Node, author: &Keypair, channel: &str) -> Result<Post, ChannelError> {
+pub async fn announce(
+    node: &Node,
+    author: &Keypair,
+    channel: &str,
+) -> Result<Published, ChannelError> {
     let post = Post::sign(author, channel, PostKind::Presence, Vec::new(), now_ms())?;
     publish_post(node, post).await
 }
 
-async fn publish_post(node: &Node, post: Post) -> Result<Post, ChannelError> {
-    let sent = post.clone();
-    node.with_extension::<Mail, _>(move |mail, host| {
-        let channels = mail.channels();
-        if !channels.joined.contains_key(&post.channel) {
-            // Publishing joins: this node then keeps the channel's history too.
-            channels.join(&post.channel, host)?;
+/// How long a publish waits for a peer on the channel, on a node that just joined it.
+const PUBLISH_WAIT: Duration = Duration::from_secs(3);
+
+async fn publish_post(node: &Node, post: Post) -> Result<Published, ChannelError> {
+    // Publishing joins: this node then keeps the channel's history too. A node that just
+    // joined learns who else is on the channel in a moment; a publish waits that long.
+    let name = post.channel.clone();
+    let peers = node
+        .with_extension::<Mail, _>(move |mail, host| {
+            let channels = mail.channels();
+            if !channels.joined.contains_key(&name) {
+                channels.join(&name, host).map(drop)?;
+            }
+            Ok::<_, ChannelError>(host.topic_peers(&topic(&name)?).len())
+        })
+        .await??;
+    if peers == 0 {
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+        let name = topic(&post.channel)?;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let name = name.clone();
+            let peers = node
+                .with_extension::<Mail, _>(move |_, host| host.topic_peers(&name).len())
+                .await?;
+            if peers > 0 {
+                break;
+            }
         }
-        channels.publish(post, host)
-    })
-    .await??;
-    Ok(sent)
+    }
+    let sent = post.clone();
+    let peers = node
+        .with_extension::<Mail, _>(move |mail, host| mail.channels().publish(post, host))
+        .await??;
+    Ok(Published { post: sent, peers })
 }
 
 /// Posts of a channel as they come (after its history, when asked for).
@@ -532,16 +576,13 @@ async fn fetch_history(node: &Node, channel: &str) -> Result<VecDeque<Post>, Cha
 }
 
 /// The accounts present in `channel` (a presence post in the last [`PRESENCE_TTL_MS`]), with
-/// until when. A node that had not joined the channel joins it and asks peers for its history
-/// first.
+/// until when. The node joins the channel if it had not, and asks peers on it for their
+/// history first, so that it knows of those who announced themselves before it listened.
 pub async fn members(node: &Node, channel: &str) -> Result<Vec<(AccountId, u64)>, ChannelError> {
     let name = channel.to_owned();
-    let joined = node
-        .with_extension::<Mail, _>(move |mail, _| mail.channels().joined.contains_key(&name))
-        .await?;
-    if !joined {
-        subscribe(node, channel, true).await?;
-    }
+    node.with_extension::<Mail, _>(move |mail, host| mail.channels().join(&name, host).map(drop))
+        .await??;
+    fetch_history(node, channel).await?;
     let name = channel.to_owned();
     Ok(node
         .with_extension::<Mail, _>(move |mail, _| mail.channels().members(&name, now_ms()))

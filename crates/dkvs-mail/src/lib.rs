@@ -46,7 +46,7 @@ mod service;
 pub mod shelf;
 pub mod wire;
 
-pub use channel::{ChannelError, Post, PostKind, Subscription};
+pub use channel::{ChannelError, Post, PostKind, Published, Subscription};
 pub use client::{
     AckReport, DeliveryReceipt, Fetched, Inbox, MailWatch, ReadError, SendError, SendOptions,
     SendReceipt, ack, fetch, read, send,

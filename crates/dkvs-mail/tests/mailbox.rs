@@ -531,10 +531,13 @@ async fn a_channel_delivers_each_valid_post_once_and_nothing_forged_oversized_or
         for i in 0..5 {
             sent.push(
                 channel::publish(net.node(0), &alice, name, format!("alice {i}").into_bytes())
-                    .await?,
+                    .await?
+                    .post,
             );
             sent.push(
-                channel::publish(net.node(3), &bob, name, format!("bob {i}").into_bytes()).await?,
+                channel::publish(net.node(3), &bob, name, format!("bob {i}").into_bytes())
+                    .await?
+                    .post,
             );
         }
         channel::announce(net.node(0), &alice, name).await?;

@@ -214,6 +214,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/inbox", axum::routing::post(read_inbox))
         .route("/v1/inbox/ack/{token}", axum::routing::post(ack_inbox))
         .route("/v1/mail/{id}/status", get(mail_status))
+        .route(
+            "/v1/channels/{name}",
+            get(subscribe_channel)
+                .post(publish_channel)
+                .layer(axum::extract::DefaultBodyLimit::max(dkvs_mail::channel::MAX_POST_BODY + 1)),
+        )
+        .route("/v1/channels/{name}/members", get(channel_members))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
@@ -1073,6 +1080,136 @@ async fn mail_status(
         "kept_by": sent.kept_by,
         "read": sent.read_at_ms.is_some(),
         "read_at_ms": sent.read_at_ms,
+    })))
+}
+
+fn channel_error(e: dkvs_mail::ChannelError) -> ApiError {
+    use dkvs_mail::ChannelError as E;
+    match e {
+        E::BadName(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_name", e.to_string()),
+        E::TooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
+        E::Publish { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_peers", e.to_string())
+        }
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "channel", e.to_string()),
+    }
+}
+
+fn post_json(post: &dkvs_mail::Post) -> serde_json::Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!({
+        "channel": post.channel,
+        "id": post.id.to_string(),
+        "author": post.author.to_string(),
+        "sent_at_ms": post.sent_at_ms,
+        "kind": match post.kind {
+            dkvs_mail::PostKind::Message => "message",
+            dkvs_mail::PostKind::Presence => "presence",
+        },
+        "body": std::str::from_utf8(&post.body).ok(),
+        "body_base64": b64.encode(&post.body),
+    })
+}
+
+/// `POST /v1/channels/{name}`: publishes the body on the channel, signed by the account.
+async fn publish_channel(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(name) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            channel_error(dkvs_mail::ChannelError::TooLarge(dkvs_mail::channel::MAX_POST_BODY + 1))
+        } else {
+            rejected(e)
+        }
+    })?;
+    let author = state.account(query.account.as_deref()).await?;
+    let published = dkvs_mail::channel::publish(&state.node, &author, &name, body.to_vec())
+        .await
+        .map_err(channel_error)?;
+    let mut answer = post_json(&published.post);
+    answer["peers"] = json!(published.peers);
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+struct ChannelQuery {
+    account: Option<String>,
+    /// First the recent posts that peers on the channel kept.
+    history: Option<bool>,
+    /// Say that the account is in the channel, now and every two minutes while subscribed.
+    announce: Option<bool>,
+}
+
+/// `GET /v1/channels/{name}`: the channel's posts as they come, one JSON object a line.
+async fn subscribe_channel(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Path(name) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let announcer = match query.announce.unwrap_or(false) {
+        true => Some(state.account(query.account.as_deref()).await?),
+        false => None,
+    };
+    let subscription =
+        dkvs_mail::channel::subscribe(&state.node, &name, query.history.unwrap_or(false))
+            .await
+            .map_err(channel_error)?;
+    let node = state.node.clone();
+    let mut stopping = state.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    // Presence is said again before it lapses (it counts five minutes).
+    let every = std::time::Duration::from_millis(dkvs_mail::channel::PRESENCE_TTL_MS * 2 / 5);
+    let ticks = tokio::time::interval(every);
+    let posts = futures::stream::unfold(
+        (subscription, ticks, node, announcer, name),
+        |(mut sub, mut ticks, node, announcer, name)| async move {
+            loop {
+                tokio::select! {
+                    post = sub.next() => {
+                        let mut line = serde_json::to_vec(&post_json(&post?)).unwrap_or_default();
+                        line.push(b'\n');
+                        return Some((Ok::<_, std::convert::Infallible>(line), (sub, ticks, node, announcer, name)));
+                    }
+                    _ = ticks.tick(), if announcer.is_some() => {
+                        if let Some(author) = &announcer
+                            && let Err(e) = dkvs_mail::channel::announce(&node, author, &name).await
+                        {
+                            tracing::warn!(channel = %name, error = %e, "cannot announce presence");
+                        }
+                    }
+                }
+            }
+        },
+    );
+    let mut response = Response::new(Body::from_stream(posts.take_until(stopped)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
+}
+
+/// `GET /v1/channels/{name}/members`: the accounts that said they are in the channel in the
+/// last five minutes.
+async fn channel_members(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(name) = path.map_err(rejected)?;
+    let members = dkvs_mail::channel::members(&state.node, &name).await.map_err(channel_error)?;
+    Ok(Json(json!({
+        "channel": name,
+        "members": members.iter().map(|(account, until)| json!({
+            "account": account.to_string(), "until_ms": until,
+        })).collect::<Vec<_>>(),
     })))
 }
 

@@ -42,12 +42,23 @@ pub struct Client {
 
 /// Percent-encodes a record key for a URL path, keeping its `/` separators.
 pub fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.trim_start_matches('/').bytes() {
+    encode(key.trim_start_matches('/'), true)
+}
+
+/// Percent-encodes one URL path segment (a channel name, an account id): a `/` in it is
+/// encoded too.
+pub fn encode_segment(segment: &str) -> String {
+    encode(segment, false)
+}
+
+fn encode(text: &str, keep_slashes: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 out.push(byte as char)
             }
+            b'/' if keep_slashes => out.push('/'),
             other => out.push_str(&format!("%{other:02X}")),
         }
     }

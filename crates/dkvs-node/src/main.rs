@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dkvs_account::KeyType;
 use dkvs_account::keystore::KeystoreError;
-use dkvs_node::client::{Client, ClientError, encode_key};
+use dkvs_node::client::{Client, ClientError, encode_key, encode_segment};
 use dkvs_node::config::NodeConfig;
 use dkvs_node::home::Home;
 use zeroize::Zeroizing;
@@ -95,6 +95,9 @@ enum Command {
     /// Send and read letters (signed, sealed to the recipient, kept for it while offline).
     #[command(subcommand)]
     Mail(MailCommand),
+    /// Publish to and follow named public channels.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// List connected peers.
     Peers,
     /// Show the node's peer id, addresses, peers, records and memory.
@@ -162,6 +165,43 @@ enum MailCommand {
         /// Watch this account's mailbox instead of the default one's.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCommand {
+    /// Publish a post, signed by the account: from the argument, from --file, or from
+    /// standard input (at most 8 KiB).
+    Publish {
+        /// The channel's name.
+        name: String,
+        /// The post.
+        message: Option<String>,
+        /// Read the post from this file.
+        #[arg(long, conflicts_with = "message")]
+        file: Option<PathBuf>,
+        /// Sign with this account instead of the default one.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Print the channel's posts as JSON lines as they come, until interrupted.
+    Subscribe {
+        /// The channel's name.
+        name: String,
+        /// First print the recent posts that peers on the channel kept (up to an hour).
+        #[arg(long)]
+        history: bool,
+        /// Say that the account is in the channel while subscribed (see `members`).
+        #[arg(long)]
+        announce: bool,
+        /// The account to announce.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// List the accounts that said they are in the channel in the last five minutes.
+    Members {
+        /// The channel's name.
+        name: String,
     },
 }
 
@@ -367,6 +407,7 @@ fn client(home: &Home, api: Option<&str>, command: &Command) -> anyhow::Result<C
     // A watch waits as long as it is told to; everything else gets an answer within a minute.
     let timeout = match command {
         Command::Watch { .. } | Command::Mail(MailCommand::Watch { .. }) => None,
+        Command::Channel(ChannelCommand::Subscribe { .. }) => None,
         Command::Mail(MailCommand::Read { wait: Some(_), .. }) => None,
         _ => Some(Duration::from_secs(60)),
     };
@@ -496,7 +537,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             };
             let extra: Vec<(&str, String)> = ttl.into_iter().map(|t| ("ttl", t)).collect();
             let path =
-                with_account(format!("/v1/mail/{}", encode_key(&account_id)), &account, &extra);
+                with_account(format!("/v1/mail/{}", encode_segment(&account_id)), &account, &extra);
             let receipt = client.post_bytes(&path, &bytes)?;
             println!(
                 "sent {}: kept by {} replicas",
@@ -552,8 +593,11 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             acknowledge(client, &answer)?;
         }
         Command::Mail(MailCommand::Status { message_id, account }) => {
-            let path =
-                with_account(format!("/v1/mail/{}/status", encode_key(&message_id)), &account, &[]);
+            let path = with_account(
+                format!("/v1/mail/{}/status", encode_segment(&message_id)),
+                &account,
+                &[],
+            );
             let status = client.get_json(&path)?;
             let kept_by = status["kept_by"].as_array().map_or(0, Vec::len);
             println!("{} to {}", message_id, status["to"].as_str().unwrap_or("?"));
@@ -577,6 +621,61 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             report_refused(&answer);
             acknowledge(client, &answer)?;
         },
+        Command::Channel(ChannelCommand::Publish { name, message, file, account }) => {
+            let bytes = match (message, file) {
+                (Some(message), _) => message.into_bytes(),
+                (None, Some(file)) => std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+                (None, None) => {
+                    let mut bytes = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .context("cannot read standard input")?;
+                    bytes
+                }
+            };
+            let path =
+                with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &[]);
+            let post = client.post_bytes(&path, &bytes)?;
+            println!(
+                "published {} on {name} to {} peers",
+                post["id"].as_str().unwrap_or("?"),
+                post["peers"]
+            );
+            if post["peers"] == 0 {
+                eprintln!(
+                    "note: nobody else is on {name} yet; the post is kept here for those who join"
+                );
+            }
+        }
+        Command::Channel(ChannelCommand::Subscribe { name, history, announce, account }) => {
+            let mut extra = Vec::new();
+            if history {
+                extra.push(("history", "true".to_owned()));
+            }
+            if announce {
+                extra.push(("announce", "true".to_owned()));
+            }
+            let path =
+                with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &extra);
+            client.stream_lines(&path, |line| {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                Ok(())
+            })?;
+        }
+        Command::Channel(ChannelCommand::Members { name }) => {
+            let answer =
+                client.get_json(&format!("/v1/channels/{}/members", encode_segment(&name)))?;
+            let members = answer["members"].as_array().cloned().unwrap_or_default();
+            if members.is_empty() {
+                eprintln!("dkvs: nobody announced themselves in {name} in the last five minutes");
+            }
+            for m in members {
+                println!("{}", m["account"].as_str().unwrap_or("?"));
+            }
+        }
         Command::Peers => {
             for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
                 println!("{}", peer.as_str().unwrap_or_default());
@@ -593,7 +692,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
 /// Acknowledges the letters of a read (`POST /v1/inbox`), once they are printed.
 fn acknowledge(client: &Client, answer: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(token) = answer["ack"].as_str() {
-        let acked = client.post_bytes(&format!("/v1/inbox/ack/{}", encode_key(token)), &[])?;
+        let acked = client.post_bytes(&format!("/v1/inbox/ack/{}", encode_segment(token)), &[])?;
         for r in acked["failed"].as_array().into_iter().flatten() {
             eprintln!(
                 "dkvs: replica {} keeps its copies for now ({}); they are not shown again",

@@ -576,3 +576,62 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     drop(alice_node);
     drop(bob_node);
 }
+
+#[test]
+fn a_channel_through_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home, bob_home) =
+        (dir.path().join("seed"), dir.path().join("alice"), dir.path().join("bob"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    let alice = new_account(&alice_home, "alice", "ed25519");
+    let bob = new_account(&bob_home, "bob", "ed25519");
+    let seed = start(&seed_home, None);
+    let alice_node = start(&alice_home, Some(&seed.address));
+    let bob_node = start(&bob_home, Some(&seed.address));
+
+    // Bob follows the channel and says he is in it.
+    let mut follow = dkvs(&bob_home);
+    follow.args(["channel", "subscribe", "builders", "--history", "--announce"]);
+    let mut child = follow.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("starts");
+    let stdout = child.stdout.take().expect("piped");
+    let _follower = Reaped(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(STEP).expect("bob's own presence");
+    assert!(first.contains("\"presence\"") && first.contains(&bob), "{first}");
+
+    let out = ok(run(
+        {
+            let mut c = dkvs(&alice_home);
+            c.args(["channel", "publish", "builders", "who builds the bridge?"]);
+            c
+        },
+        None,
+    ));
+    assert!(out.starts_with("published "), "{out}");
+    let post = rx.recv_timeout(STEP).expect("alice's post reaches bob");
+    let post: serde_json::Value = serde_json::from_str(&post).expect("a JSON line");
+    assert_eq!(post["body"], "who builds the bridge?");
+    assert_eq!(post["author"], alice.as_str());
+    assert_eq!(post["kind"], "message");
+
+    let members = dkvs_ok(&alice_home, &["channel", "members", "builders"]);
+    assert!(members.lines().any(|l| l == bob), "{members}");
+    let bad = run(
+        {
+            let mut c = dkvs(&alice_home);
+            c.args(["channel", "publish", "no/slashes", "x"]);
+            c
+        },
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("not a channel name"), "{}", stderr(&bad));
+    drop((seed, alice_node, bob_node));
+}
