@@ -598,12 +598,13 @@ mod tests {
     #[test]
     fn posts_are_signed_over_their_channel_and_bounded() {
         let alice = Keypair::generate(KeyType::Secp256k1);
-        let post = Post::sign(&alice, "builders", PostKind::Message, b"hi".to_vec(), NOW).unwrap();
-        let decoded = Post::decode(&post.encode()).unwrap();
+        let post = Post::sign(&alice, "builders", PostKind::Message, b"hi".to_vec(), NOW)
+            .expect("test setup");
+        let decoded = Post::decode(&post.encode()).expect("test setup");
         assert_eq!(decoded, post);
         assert!(decoded.check("builders", NOW + 1000).is_ok());
         // Moved to another channel: the signature no longer holds.
-        let mut pb = PostPb::decode(post.encode().as_slice()).unwrap();
+        let mut pb = PostPb::decode(post.encode().as_slice()).expect("test setup");
         pb.channel = "others".into();
         assert!(matches!(Post::decode(&pb.encode_to_vec()), Err(ChannelError::BadSignature)));
         // Another channel, too old, from the future.
@@ -630,10 +631,11 @@ mod tests {
         channels.joined.insert("c".into(), Joined::default());
         let alice = Keypair::generate(KeyType::Ed25519);
         let now = now_ms();
-        let post = Post::sign(&alice, "c", PostKind::Message, b"x".to_vec(), now).unwrap();
+        let post =
+            Post::sign(&alice, "c", PostKind::Message, b"x".to_vec(), now).expect("test setup");
         assert!(channels.take(post.clone(), now));
         assert!(!channels.take(post, now), "a replay");
-        let here = Post::sign(&alice, "c", PostKind::Presence, vec![], now).unwrap();
+        let here = Post::sign(&alice, "c", PostKind::Presence, vec![], now).expect("test setup");
         assert!(channels.take(here, now));
         assert_eq!(channels.members("c", now).len(), 1);
         assert!(channels.members("c", now + PRESENCE_TTL_MS).is_empty());

@@ -215,37 +215,29 @@ impl Shelf {
         }
         self.insert(
             digest,
-            envelope.mailbox,
-            pb.cursor,
-            pb.kept_until_ms,
-            depositor,
-            pb.envelope,
-            None,
+            Kept {
+                mailbox: envelope.mailbox,
+                cursor: pb.cursor,
+                kept_until_ms: pb.kept_until_ms,
+                depositor,
+                bytes: pb.envelope,
+                writing: None,
+            },
         );
         self.last_cursor = self.last_cursor.max(pb.cursor);
         Some(true)
     }
 
-    fn insert(
-        &mut self,
-        digest: [u8; 32],
-        mailbox: Mailbox,
-        cursor: u64,
-        kept_until_ms: u64,
-        depositor: PeerId,
-        bytes: Vec<u8>,
-        writing: Option<u64>,
-    ) {
-        let kept = Kept { mailbox, cursor, kept_until_ms, depositor, bytes, writing };
+    fn insert(&mut self, digest: [u8; 32], kept: Kept) {
         let cost = kept.cost();
-        let entry = self.boxes.entry(mailbox).or_default();
-        entry.by_cursor.insert(cursor, digest);
+        let entry = self.boxes.entry(kept.mailbox).or_default();
+        entry.by_cursor.insert(kept.cursor, digest);
         entry.bytes += cost;
-        let share = entry.by_depositor.entry(depositor).or_default();
+        let share = entry.by_depositor.entry(kept.depositor).or_default();
         share.0 += 1;
         share.1 += cost;
         self.bytes += cost;
-        self.by_expiry.insert((kept_until_ms, digest));
+        self.by_expiry.insert((kept.kept_until_ms, digest));
         self.kept.insert(digest, kept);
     }
 
@@ -314,12 +306,14 @@ impl Shelf {
         let ticket = self.next_ticket;
         self.insert(
             digest,
-            envelope.mailbox,
-            cursor,
-            kept_until_ms,
-            depositor,
-            bytes,
-            Some(ticket),
+            Kept {
+                mailbox: envelope.mailbox,
+                cursor,
+                kept_until_ms,
+                depositor,
+                bytes,
+                writing: Some(ticket),
+            },
         );
         let write = Job::Write { ticket, digest, bytes: stored };
         Ok(Taken {
@@ -414,7 +408,7 @@ impl Shelf {
             .iter()
             .filter(|d| {
                 !self.acked.contains_key(*d)
-                    && !self.kept.get(*d).is_some_and(|k| k.mailbox == *mailbox)
+                    && self.kept.get(*d).is_none_or(|k| k.mailbox != *mailbox)
             })
             .copied()
             .collect()
@@ -536,12 +530,14 @@ mod tests {
 
     fn envelope(to: &Keypair, body: usize, ttl: u64) -> Vec<u8> {
         let from = Keypair::generate(KeyType::Ed25519);
-        Envelope::seal(&from, &to.account_id(), vec![7; body], NOW, ttl).unwrap().encode()
+        Envelope::seal(&from, &to.account_id(), vec![7; body], NOW, ttl)
+            .expect("test setup")
+            .encode()
     }
 
     fn written(taken: Taken, dir: &Path) -> [u8; 32] {
         if let Some(Job::Write { digest, bytes, .. }) = taken.write {
-            write_atomically(dir, &digest, &bytes).unwrap();
+            write_atomically(dir, &digest, &bytes).expect("test setup");
         }
         taken.digest
     }
@@ -591,7 +587,7 @@ mod tests {
     fn tiny_envelopes_cost_their_entry_and_an_empty_seal_is_no_letter() {
         let mut shelf = Shelf::new(ShelfConfig { total_bytes: 64 << 10, ..Default::default() });
         let bob = Keypair::generate(KeyType::Ed25519);
-        let mut empty = Envelope::decode(&envelope(&bob, 0, DAY)).unwrap();
+        let mut empty = Envelope::decode(&envelope(&bob, 0, DAY)).expect("test setup");
         empty.sealed.clear();
         assert_eq!(
             shelf.deposit(empty.encode(), PeerId::random(), NOW).err(),
@@ -614,9 +610,9 @@ mod tests {
         let mut shelf = Shelf::new(ShelfConfig::default());
         let bob = Keypair::generate(KeyType::Ed25519);
         let bytes = envelope(&bob, 10, DAY);
-        let first = shelf.deposit(bytes.clone(), PeerId::random(), NOW).unwrap();
+        let first = shelf.deposit(bytes.clone(), PeerId::random(), NOW).expect("test setup");
         let Some(Job::Write { ticket, .. }) = first.write else { panic!("a write") };
-        let again = shelf.deposit(bytes.clone(), PeerId::random(), NOW).unwrap();
+        let again = shelf.deposit(bytes.clone(), PeerId::random(), NOW).expect("test setup");
         assert!(again.write.is_none());
         assert_eq!(again.pending, Some(ticket), "its custody waits for the same write");
         // Another write's end does not touch it; its own failure forgets it.
@@ -625,10 +621,10 @@ mod tests {
         assert!(shelf.written(&first.digest, ticket, false).is_some());
         assert!(shelf.is_empty());
         // Written for good: a repeat is answered at once.
-        let taken = shelf.deposit(bytes.clone(), PeerId::random(), NOW).unwrap();
+        let taken = shelf.deposit(bytes.clone(), PeerId::random(), NOW).expect("test setup");
         let Some(Job::Write { ticket, .. }) = taken.write else { panic!("a write") };
         assert!(shelf.written(&taken.digest, ticket, true).is_none());
-        let repeat = shelf.deposit(bytes, PeerId::random(), NOW).unwrap();
+        let repeat = shelf.deposit(bytes, PeerId::random(), NOW).expect("test setup");
         assert!(repeat.write.is_none() && repeat.pending.is_none());
     }
 
@@ -636,7 +632,8 @@ mod tests {
     fn the_replica_caps_the_ttl_and_expires_and_refuses_what_is_expired() {
         let mut shelf = Shelf::new(ShelfConfig { max_ttl_ms: DAY, ..Default::default() });
         let bob = Keypair::generate(KeyType::Ed25519);
-        let taken = shelf.deposit(envelope(&bob, 10, 30 * DAY), PeerId::random(), NOW).unwrap();
+        let taken =
+            shelf.deposit(envelope(&bob, 10, 30 * DAY), PeerId::random(), NOW).expect("test setup");
         assert_eq!(taken.kept_until_ms, NOW + DAY);
         assert_eq!(
             shelf.deposit(envelope(&bob, 10, DAY), PeerId::random(), NOW + 2 * DAY).err(),
@@ -656,9 +653,10 @@ mod tests {
             (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
         let peer = PeerId::random();
         let bobs: Vec<[u8; 32]> = (0..5)
-            .map(|_| shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).unwrap().digest)
+            .map(|_| shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).expect("test setup").digest)
             .collect();
-        let carols = shelf.deposit(envelope(&carol, 10, DAY), peer, NOW).unwrap().digest;
+        let carols =
+            shelf.deposit(envelope(&carol, 10, DAY), peer, NOW).expect("test setup").digest;
         // Carol cannot delete bob's mail by naming its digests.
         assert!(shelf.ack(&Mailbox::of(&carol.account_id()), &bobs).is_empty());
         let bob_box = Mailbox::of(&bob.account_id());
@@ -671,7 +669,7 @@ mod tests {
         assert!(shelf.kept.contains_key(&carols));
         // The same envelope twice is kept once.
         let again = shelf.kept[&bobs[4]].bytes.clone();
-        assert!(shelf.deposit(again, peer, NOW).unwrap().write.is_none());
+        assert!(shelf.deposit(again, peer, NOW).expect("test setup").write.is_none());
         assert_eq!(shelf.len(), 4);
     }
 
@@ -682,8 +680,8 @@ mod tests {
         let bob_box = Mailbox::of(&bob.account_id());
         let (a, b) = (envelope(&bob, 10, DAY), envelope(&bob, 10, DAY));
         let peer = PeerId::random();
-        let da = shelf.deposit(a.clone(), peer, NOW).unwrap().digest;
-        let db = Envelope::decode(&b).unwrap().digest();
+        let da = shelf.deposit(a.clone(), peer, NOW).expect("test setup").digest;
+        let db = Envelope::decode(&b).expect("test setup").digest();
         assert_eq!(shelf.missing(&bob_box, &[da, db]), [db]);
         // Another mailbox's claim on a digest does not count.
         let carol_box = Mailbox::of(&Keypair::generate(KeyType::Ed25519).account_id());
@@ -695,27 +693,34 @@ mod tests {
 
     #[test]
     fn a_reopened_shelf_has_what_was_written_and_drops_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let bob = Keypair::generate(KeyType::Ed25519);
         let bob_box = Mailbox::of(&bob.account_id());
-        let mut shelf = Shelf::open(dir.path(), ShelfConfig::default(), NOW).unwrap();
+        let mut shelf = Shelf::open(dir.path(), ShelfConfig::default(), NOW).expect("test setup");
         let peer = PeerId::random();
-        let short =
-            written(shelf.deposit(envelope(&bob, 10, 60_000), peer, NOW).unwrap(), dir.path());
-        let long = written(shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).unwrap(), dir.path());
+        let short = written(
+            shelf.deposit(envelope(&bob, 10, 60_000), peer, NOW).expect("test setup"),
+            dir.path(),
+        );
+        let long = written(
+            shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).expect("test setup"),
+            dir.path(),
+        );
         let cursor = shelf.kept[&long].cursor;
         // A write a crash interrupted, and a file that is not what its name says.
-        fs::write(dir.path().join("junk.env.tmp"), b"half").unwrap();
-        fs::copy(dir.path().join(file_name(&long)), dir.path().join(file_name(&[1; 32]))).unwrap();
+        fs::write(dir.path().join("junk.env.tmp"), b"half").expect("test setup");
+        fs::copy(dir.path().join(file_name(&long)), dir.path().join(file_name(&[1; 32])))
+            .expect("test setup");
         drop(shelf);
 
-        let shelf = Shelf::open(dir.path(), ShelfConfig::default(), NOW + 120_000).unwrap();
+        let shelf =
+            Shelf::open(dir.path(), ShelfConfig::default(), NOW + 120_000).expect("test setup");
         assert_eq!(shelf.len(), 1, "the expired one is dropped");
         assert!(shelf.kept.contains_key(&long) && !shelf.kept.contains_key(&short));
         assert_eq!(shelf.fetch(&bob_box, 0, 10, NOW + 120_000).0[0].cursor, cursor);
         let names: BTreeSet<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .expect("test setup")
+            .map(|e| e.expect("test setup").file_name().into_string().expect("test setup"))
             .collect();
         assert_eq!(
             names,
@@ -723,7 +728,7 @@ mod tests {
         );
         // Later deposits come after every cursor handed out before.
         let mut shelf = shelf;
-        let next = shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).unwrap().digest;
+        let next = shelf.deposit(envelope(&bob, 10, DAY), peer, NOW).expect("test setup").digest;
         assert!(shelf.kept[&next].cursor > cursor);
     }
 }

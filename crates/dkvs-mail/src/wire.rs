@@ -792,7 +792,7 @@ mod tests {
             Request::Offer([5; 32], vec![[6; 32]; 2]),
             Request::History("builders".into()),
         ] {
-            assert_eq!(Request::decode(&request.encode()).unwrap(), request);
+            assert_eq!(Request::decode(&request.encode()).expect("test setup"), request);
         }
         let custody = Custody::sign(&replica, [9; 32], 42);
         for response in [
@@ -806,7 +806,7 @@ mod tests {
             Response::Posts(vec![vec![1, 2], vec![3]]),
             Response::Refused(Refusal::AlreadyRead),
         ] {
-            assert_eq!(Response::decode(&response.encode()).unwrap(), response);
+            assert_eq!(Response::decode(&response.encode()).expect("test setup"), response);
         }
         assert!(Request::decode(&[0xff; 8]).is_err());
         assert!(Request::decode(&vec![0; MAX_REQUEST + 1]).is_err());

@@ -23,7 +23,7 @@ async fn mail_net(n: usize) -> anyhow::Result<(TestNet, Arc<Mutex<Vec<PathBuf>>>
     let seen = dirs.clone();
     let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
         let mail_dir = dir.join("mail");
-        let mut dirs = seen.lock().unwrap();
+        let mut dirs = seen.lock().expect("not poisoned");
         if !dirs.contains(&mail_dir) {
             dirs.push(mail_dir.clone());
         }
@@ -74,8 +74,11 @@ async fn an_offline_recipient_gets_every_letter_once_in_order_with_two_of_five_r
         let mut inbox = Inbox::new();
         let fetched = dkvs_mail::read(net.node(reader), &bob, &mut inbox, &options).await?;
         assert!(fetched.refused.is_empty(), "{:?}", fetched.refused);
-        let bodies: Vec<String> =
-            fetched.letters.iter().map(|l| String::from_utf8(l.body.clone()).unwrap()).collect();
+        let bodies: Vec<String> = fetched
+            .letters
+            .iter()
+            .map(|l| String::from_utf8(l.body.clone()).expect("text"))
+            .collect();
         assert_eq!(bodies.len(), 20, "every letter once: {bodies:?}");
         for (name, sender) in [("alice", &alice), ("carol", &carol)] {
             let from: Vec<&String> = fetched
@@ -160,7 +163,7 @@ async fn only_the_recipient_reads_or_deletes_and_tampering_and_senders_do_not_sh
 
         // No replica's files name the sender.
         let alice_key = alice.public().as_bytes().to_vec();
-        for dir in dirs.lock().unwrap().iter() {
+        for dir in dirs.lock().expect("not poisoned").iter() {
             for file in std::fs::read_dir(dir)? {
                 let bytes = std::fs::read(file?.path())?;
                 assert!(!bytes.windows(alice_key.len()).any(|w| w == alice_key));
@@ -174,7 +177,7 @@ async fn only_the_recipient_reads_or_deletes_and_tampering_and_senders_do_not_sh
         assert_eq!(fetched.refused.len(), 1, "{:?}", fetched.refused);
         assert!(matches!(fetched.refused[0].1, MailError::Unreadable(_)));
         // The tampered copy was acknowledged with the rest: nothing is left.
-        let again = dkvs_mail::fetch(net.node(4), &bob, &mut Inbox::new(), &options).await?;
+        let again = dkvs_mail::fetch(net.node(4), &bob, &Inbox::new(), &options).await?;
         assert!(again.letters.is_empty() && again.refused.is_empty(), "{again:?}");
         net.shutdown().await;
         anyhow::Ok(())
@@ -218,7 +221,7 @@ async fn a_full_mailbox_is_an_answer_and_a_flooder_pushes_out_nothing() -> anyho
         // Others still reach bob, and nothing kept was pushed out.
         dkvs_mail::send(net.node(2), &alice, &bob.account_id(), b"second".to_vec(), &options)
             .await?;
-        let fetched = dkvs_mail::fetch(net.node(2), &bob, &mut Inbox::new(), &options).await?;
+        let fetched = dkvs_mail::fetch(net.node(2), &bob, &Inbox::new(), &options).await?;
         let from_alice: Vec<&[u8]> = fetched
             .letters
             .iter()
@@ -265,14 +268,17 @@ async fn a_node_without_mail_says_so() -> anyhow::Result<()> {
     let error =
         dkvs_mail::send(net.node(0), &alice, &bob.account_id(), vec![], &SendOptions::default())
             .await
-            .unwrap_err();
+            .expect_err("no mail on this node");
     assert!(error.to_string().contains("Mail"), "{error}");
     net.shutdown().await;
     Ok(())
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,14 +549,14 @@ async fn a_channel_delivers_each_valid_post_once_and_nothing_forged_oversized_or
         channel::announce(net.node(0), &alice, name).await?;
         channel::announce(net.node(3), &bob, name).await?;
         let mut expected: Vec<String> =
-            sent.iter().map(|p| String::from_utf8(p.body.clone()).unwrap()).collect();
+            sent.iter().map(|p| String::from_utf8(p.body.clone()).expect("text")).collect();
         expected.sort();
         for (i, sub) in subs.iter_mut().enumerate() {
             let posts = drain(sub, 12, Duration::from_secs(5)).await;
             let mut bodies: Vec<String> = posts
                 .iter()
                 .filter(|p| p.kind == dkvs_mail::PostKind::Message)
-                .map(|p| String::from_utf8(p.body.clone()).unwrap())
+                .map(|p| String::from_utf8(p.body.clone()).expect("text"))
                 .collect();
             bodies.sort();
             assert_eq!(bodies, expected, "node {i}: every post exactly once");
@@ -590,7 +596,7 @@ async fn a_channel_delivers_each_valid_post_once_and_nothing_forged_oversized_or
         let mut bodies: Vec<String> = history
             .iter()
             .filter(|p| p.kind == dkvs_mail::PostKind::Message)
-            .map(|p| String::from_utf8(p.body.clone()).unwrap())
+            .map(|p| String::from_utf8(p.body.clone()).expect("text"))
             .collect();
         bodies.sort();
         assert_eq!(bodies, expected);
