@@ -337,6 +337,21 @@ impl Shelf {
         if ok { None } else { self.remove(digest) }
     }
 
+    /// Keeps an envelope in memory only, as if its file were written: for tools and
+    /// benchmarks that measure the index. Its digest, or why it was refused.
+    pub fn deposit_in_memory(
+        &mut self,
+        bytes: Vec<u8>,
+        depositor: PeerId,
+        now_ms: u64,
+    ) -> Result<[u8; 32], Refusal> {
+        let taken = self.deposit(bytes, depositor, now_ms)?;
+        if let Some(Job::Write { ticket, digest, .. }) = &taken.write {
+            self.written(digest, *ticket, true);
+        }
+        Ok(taken.digest)
+    }
+
     /// Forgets an envelope (acknowledged, expired, or its write failed); the file to remove.
     pub(crate) fn remove(&mut self, digest: &[u8; 32]) -> Option<Job> {
         let kept = self.kept.remove(digest)?;
