@@ -9,11 +9,13 @@
 //! A node that joined a channel takes a post only if it decodes, its signature verifies, it
 //! names this channel, it is not older than [`HISTORY_AGE_MS`] nor written further ahead than
 //! clocks drift, and its (author, id) is not in the replay window: a `moka` cache of the ids
-//! taken in the last [`HISTORY_AGE_MS`] (a cache that may forget is right here: a post it has
-//! forgotten is too old to be taken anyway). Anything else is rejected, so gossipsub does not
-//! forward it and scores its sender down; a peer that forwards a post whose signature does not
-//! verify is also banned (no honest node forwards one). A copy of a post taken once, published
-//! again under another gossip id, is a replay: rejected.
+//! taken in the last [`HISTORY_AGE_MS`] (a cache whose entries lapse is right here: a post
+//! whose id has lapsed is too old to be taken anyway). The window never forgets an id early:
+//! when it holds as many as it may, new posts are left alone (not taken, not forwarded) until
+//! ids lapse, rather than let a flood push out the ids a replay would need. Anything else is
+//! rejected, so gossipsub does not forward it; a peer that forwards a post whose signature does
+//! not verify, or that is over the size limit, is banned (no honest node forwards one). A copy
+//! of a post taken once, published again under another gossip id, is a replay: rejected.
 //!
 //! Each node keeps the last [`HISTORY_LEN`] posts of each channel it joined (at most
 //! [`HISTORY_AGE_MS`] old); a node that joins late asks peers on the channel for theirs
@@ -47,8 +49,7 @@ pub const HISTORY_AGE_MS: u64 = 3_600_000;
 pub const HISTORY_LEN: usize = 256;
 /// How long a presence post counts: five minutes.
 pub const PRESENCE_TTL_MS: u64 = 5 * 60_000;
-/// The most posts the replay window remembers (beyond it, the oldest ids are forgotten
-/// first, and posts that old are refused by their time).
+/// The most post ids the replay window holds; at that, new posts wait for ids to lapse.
 const REPLAY_WINDOW: u64 = 200_000;
 /// Late joiners ask this many peers on the channel for its history.
 const HISTORY_PEERS: usize = 5;
@@ -197,6 +198,9 @@ impl Post {
         if body.len() > MAX_POST_BODY {
             return Err(ChannelError::TooLarge(body.len()));
         }
+        if kind == PostKind::Presence && !body.is_empty() {
+            return Err(ChannelError::Malformed("a presence post carries no body".into()));
+        }
         let (id, who) = (MessageId::random(), author.account_id());
         let signature = author.sign(POST, &signing_bytes(channel, &who, now_ms, &id, kind, &body));
         Ok(Post {
@@ -245,6 +249,9 @@ impl Post {
             1 => PostKind::Presence,
             other => return Err(malformed(&format!("kind {other}"))),
         };
+        if kind == PostKind::Presence && !pb.body.is_empty() {
+            return Err(malformed(&"a presence post with a body"));
+        }
         let signature =
             Signature::from_slice(&pb.signature).ok_or_else(|| malformed(&"no signature"))?;
         let author = author.account_id();
@@ -295,22 +302,46 @@ struct Joined {
 /// The channels part of the mail extension: what this node joined, and the replay window.
 pub(crate) struct Channels {
     seen: moka::sync::Cache<(String, [u8; 16]), ()>,
+    /// The most ids `seen` may hold.
+    window: u64,
+    /// Inserts since `seen`'s count was last brought up to date (its count lags them).
+    unsynced: u64,
     joined: HashMap<String, Joined>,
+}
+
+/// What became of a post offered to [`Channels::take`].
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    /// New: kept and handed to listeners.
+    New,
+    /// Taken before.
+    Replay,
+    /// The replay window is full: left alone for now.
+    WindowFull,
 }
 
 impl Default for Channels {
     fn default() -> Channels {
-        Channels {
-            seen: moka::sync::Cache::builder()
-                .max_capacity(REPLAY_WINDOW)
-                .time_to_live(Duration::from_millis(HISTORY_AGE_MS + MAX_CLOCK_SKEW_MS))
-                .build(),
-            joined: HashMap::new(),
-        }
+        Channels::with_window(REPLAY_WINDOW)
     }
 }
 
 impl Channels {
+    fn with_window(window: u64) -> Channels {
+        Channels {
+            // Room for twice the window, so the cache itself never evicts an id before it
+            // lapses: the window is enforced here, exactly, before an insert.
+            seen: moka::sync::Cache::builder()
+                .max_capacity(2 * window)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .time_to_live(Duration::from_millis(HISTORY_AGE_MS + MAX_CLOCK_SKEW_MS))
+                .build(),
+            window,
+            unsynced: 0,
+            joined: HashMap::new(),
+        }
+    }
+
     /// Joins `channel` (again); a receiver of the posts taken from now on.
     pub(crate) fn join(
         &mut self,
@@ -329,15 +360,24 @@ impl Channels {
         Ok(rx)
     }
 
-    /// Takes a post checked to belong on its channel: kept, handed to listeners. False when
-    /// it was taken before (a replay).
-    fn take(&mut self, post: Post, now: u64) -> bool {
+    /// Takes a post checked to belong on its channel: kept, handed to listeners; unless it
+    /// was taken before, or the replay window is full.
+    fn take(&mut self, post: Post, now: u64) -> Taken {
         let key = post.key();
         if self.seen.contains_key(&key) {
-            return false;
+            return Taken::Replay;
+        }
+        if self.seen.entry_count() + self.unsynced >= self.window {
+            // The count lags inserts and lapses: bring it up to date before deciding.
+            self.seen.run_pending_tasks();
+            self.unsynced = 0;
+            if self.seen.entry_count() >= self.window {
+                return Taken::WindowFull;
+            }
         }
         self.seen.insert(key, ());
-        let Some(joined) = self.joined.get_mut(&post.channel) else { return true };
+        self.unsynced += 1;
+        let Some(joined) = self.joined.get_mut(&post.channel) else { return Taken::New };
         if post.kind == PostKind::Presence {
             let until = post.sent_at_ms.saturating_add(PRESENCE_TTL_MS);
             let entry = joined
@@ -359,7 +399,7 @@ impl Channels {
                 tracing::debug!(channel = %post.channel, "a channel listener is behind; post dropped for it");
             }
         }
-        true
+        Taken::New
     }
 
     /// A gossip message on a channel topic: taken, or rejected (see the module docs).
@@ -373,16 +413,22 @@ impl Channels {
         let now = now_ms();
         let post = match Post::decode(&message.data) {
             Ok(post) => post,
-            Err(e) => {
-                // No honest node forwards a post it could not check.
+            Err(e @ (ChannelError::BadSignature | ChannelError::TooLarge(_))) => {
+                // No honest node forwards a post that fails these checks.
                 host.report(message.source, &format!("channel {channel}: {e}"));
                 return Verdict::Reject;
             }
+            // Perhaps a newer version's post: not forwarded, nobody banned.
+            Err(_) => return Verdict::Reject,
         };
-        if post.check(channel, now).is_err() || !self.take(post, now) {
+        if post.check(channel, now).is_err() {
             return Verdict::Reject;
         }
-        Verdict::Accept
+        match self.take(post, now) {
+            Taken::New => Verdict::Accept,
+            Taken::Replay => Verdict::Reject,
+            Taken::WindowFull => Verdict::Ignore,
+        }
     }
 
     /// Publishes `post` on its channel, and takes it here; how many peers on the channel it
@@ -404,9 +450,9 @@ impl Channels {
         Ok(peers)
     }
 
-    /// The encoded posts of `channel`'s history, newest first, at most
-    /// [`MAX_BATCH_BYTES`] of them (nothing for a channel not joined).
-    pub(crate) fn history(&self, channel: &str) -> Vec<Vec<u8>> {
+    /// The encoded posts of `channel`'s history, newest first, at most `max_bytes` of them
+    /// (nothing for a channel not joined).
+    pub(crate) fn history(&self, channel: &str, max_bytes: usize) -> Vec<Vec<u8>> {
         let Some(joined) = self.joined.get(channel) else { return Vec::new() };
         let mut bytes = 0;
         joined
@@ -416,9 +462,15 @@ impl Channels {
             .map(Post::encode)
             .take_while(|post| {
                 bytes += post.len();
-                bytes <= MAX_BATCH_BYTES
+                bytes <= max_bytes.min(MAX_BATCH_BYTES)
             })
             .collect()
+    }
+
+    /// The posts of `channel` this node kept, not older than [`HISTORY_AGE_MS`].
+    fn kept(&self, channel: &str, now: u64) -> Vec<Post> {
+        let Some(joined) = self.joined.get(channel) else { return Vec::new() };
+        joined.history.iter().filter(|p| p.check(channel, now).is_ok()).cloned().collect()
     }
 
     /// The authors present in `channel` now.
@@ -436,7 +488,7 @@ impl Channels {
         let mut posts: Vec<Post> =
             posts.into_iter().filter(|p| p.check(channel, now).is_ok()).collect();
         posts.sort_by_key(|p| p.sent_at_ms);
-        posts.into_iter().filter(|p| self.take(p.clone(), now)).collect()
+        posts.into_iter().filter(|p| self.take(p.clone(), now) == Taken::New).collect()
     }
 }
 
@@ -546,7 +598,18 @@ pub async fn subscribe(
     let live = node
         .with_extension::<Mail, _>(move |mail, host| mail.channels().join(&name, host))
         .await??;
-    let queued = if history { fetch_history(node, channel).await? } else { VecDeque::new() };
+    let queued = if history {
+        // What this node kept of the channel, and what peers kept that it had not seen.
+        let name = channel.to_owned();
+        let mut posts: Vec<Post> = node
+            .with_extension::<Mail, _>(move |mail, _| mail.channels().kept(&name, now_ms()))
+            .await?;
+        posts.extend(fetch_history(node, channel).await?);
+        posts.sort_by_key(|p| p.sent_at_ms);
+        posts.into()
+    } else {
+        VecDeque::new()
+    };
     Ok(Subscription { queued, live, delivered: HashSet::new() })
 }
 
@@ -626,6 +689,35 @@ mod tests {
     }
 
     #[test]
+    fn a_full_replay_window_leaves_new_posts_alone_and_forgets_no_id() {
+        let mut channels = Channels::with_window(10);
+        channels.joined.insert("c".into(), Joined::default());
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let now = now_ms();
+        let posts: Vec<Post> = (0..11)
+            .map(|i| Post::sign(&alice, "c", PostKind::Message, vec![i], now).expect("test setup"))
+            .collect();
+        for post in &posts[..10] {
+            assert_eq!(channels.take(post.clone(), now), Taken::New);
+        }
+        assert_eq!(channels.take(posts[10].clone(), now), Taken::WindowFull);
+        for post in &posts[..10] {
+            assert_eq!(channels.take(post.clone(), now), Taken::Replay, "still remembered");
+        }
+    }
+
+    #[test]
+    fn a_presence_post_carries_no_body() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let signing = Post::sign(&alice, "c", PostKind::Presence, b"x".to_vec(), NOW);
+        assert!(matches!(signing, Err(ChannelError::Malformed(_))));
+        let post = Post::sign(&alice, "c", PostKind::Presence, vec![], NOW).expect("test setup");
+        let mut pb = PostPb::decode(post.encode().as_slice()).expect("test setup");
+        pb.body = b"x".to_vec();
+        assert!(matches!(Post::decode(&pb.encode_to_vec()), Err(ChannelError::Malformed(_))));
+    }
+
+    #[test]
     fn a_post_is_taken_once_and_presence_expires() {
         let mut channels = Channels::default();
         channels.joined.insert("c".into(), Joined::default());
@@ -633,12 +725,13 @@ mod tests {
         let now = now_ms();
         let post =
             Post::sign(&alice, "c", PostKind::Message, b"x".to_vec(), now).expect("test setup");
-        assert!(channels.take(post.clone(), now));
-        assert!(!channels.take(post, now), "a replay");
+        assert_eq!(channels.take(post.clone(), now), Taken::New);
+        assert_eq!(channels.take(post, now), Taken::Replay);
         let here = Post::sign(&alice, "c", PostKind::Presence, vec![], now).expect("test setup");
-        assert!(channels.take(here, now));
+        assert_eq!(channels.take(here, now), Taken::New);
         assert_eq!(channels.members("c", now).len(), 1);
         assert!(channels.members("c", now + PRESENCE_TTL_MS).is_empty());
-        assert_eq!(channels.history("c").len(), 2);
+        assert_eq!(channels.history("c", 1 << 20).len(), 2);
+        assert_eq!(channels.history("c", 10).len(), 0, "bounded in bytes");
     }
 }

@@ -35,6 +35,7 @@ use std::time::Duration;
 use dkvs_account::{AccountId, Keypair};
 use dkvs_net::libp2p::{PeerId, kad::KBucketKey};
 use dkvs_net::{NetError, Node};
+use futures::StreamExt as _;
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
@@ -309,7 +310,8 @@ impl Inbox {
         self.seen.contains_key(&(sender.clone(), *id))
     }
 
-    fn forget_expired(&mut self, now_ms: u64) {
+    /// Forgets the letters remembered until before `now_ms` (no replica keeps them any more).
+    pub fn forget_expired(&mut self, now_ms: u64) {
         self.seen.retain(|_, until| *until > now_ms);
     }
 }
@@ -370,6 +372,8 @@ pub struct Fetched {
     letters_read: Vec<ReadMark>,
     receipts_read: Vec<ReadMark>,
     receipt_digests: HashSet<[u8; 32]>,
+    /// Per replica, the cursor after what it handed over.
+    cursors: BTreeMap<PeerId, u64>,
 }
 
 impl Fetched {
@@ -414,7 +418,18 @@ pub struct AckReport {
     pub receipts_sent: usize,
     /// Senders whose receipt could not be sent, and why.
     pub receipts_failed: Vec<(AccountId, String)>,
+    /// Senders not told, over [`MAX_RECEIPTS`] in one acknowledgement.
+    pub receipts_skipped: usize,
 }
+
+/// The most senders one acknowledgement sends delivery receipts to (the first ones, by
+/// account id); the others are not told.
+pub const MAX_RECEIPTS: usize = 64;
+/// Delivery receipts sent at once.
+const RECEIPTS_AT_ONCE: usize = 8;
+/// The longest a letter is remembered as read: past it, no replica keeps it (their TTL caps
+/// are days), whatever expiry its sender signed.
+const MAX_REMEMBER_MS: u64 = 30 * 24 * 3_600_000;
 
 /// The most refused envelopes a fetch lists (all are acknowledged).
 pub const MAX_REFUSED: usize = 64;
@@ -425,38 +440,63 @@ const MAX_FETCH_BYTES: usize = 16 << 20;
 const MAX_FETCH_ENVELOPES: usize = 4096;
 const PAGE: u32 = 256;
 
-/// What one replica keeps for `account`, page by page: the envelopes, and why it stopped
-/// early if it did. A page that breaks the protocol (more than asked, cursors not increasing)
-/// ends the fetch from that replica.
-async fn fetch_from(
-    node: &Node,
-    account: &Keypair,
-    replica: PeerId,
-) -> (Vec<Vec<u8>>, Option<String>) {
-    let (mut after, mut bytes) = (0, 0);
-    let mut envelopes = Vec::new();
+/// The longest a fetch waits for one replica, all its pages together.
+const FETCH_TIME: Duration = Duration::from_secs(60);
+
+/// What one replica handed over.
+struct Pages {
+    envelopes: Vec<Vec<u8>>,
+    /// The cursor after the last envelope (where to go on from).
+    cursor: u64,
+    /// Why it stopped early, if it did.
+    error: Option<String>,
+}
+
+/// What one replica keeps for `account` after `after`, page by page. A page that breaks the
+/// protocol (more than asked, cursors not increasing, empty but "more") or a replica slower
+/// than [`FETCH_TIME`] ends the fetch from that replica; the pages before are kept.
+async fn fetch_from(node: &Node, account: &Keypair, replica: PeerId, after: u64) -> Pages {
+    let deadline = tokio::time::Instant::now() + FETCH_TIME;
+    let mut pages = Pages { envelopes: Vec::new(), cursor: after, error: None };
+    let mut bytes = 0;
     loop {
-        let body = FetchBody { replica, after, limit: PAGE, now_ms: now_ms() };
-        let (items, more) =
-            match request(node, replica, Request::Fetch(Signed::fetch(account, body))).await {
-                Ok(Response::Batch { items, more }) => (items, more),
-                Ok(Response::Refused(r)) => return (envelopes, Some(format!("refused: {r}"))),
-                Ok(other) => return (envelopes, Some(format!("not a batch: {other:?}"))),
-                Err(e) => return (envelopes, Some(e)),
-            };
-        if items.len() > PAGE as usize {
-            return (envelopes, Some(format!("a page of {} envelopes, over {PAGE}", items.len())));
+        let body = FetchBody { replica, after: pages.cursor, limit: PAGE, now_ms: now_ms() };
+        let asked = request(node, replica, Request::Fetch(Signed::fetch(account, body)));
+        let (items, more) = match tokio::time::timeout_at(deadline, asked).await {
+            Ok(Ok(Response::Batch { items, more })) => (items, more),
+            Ok(Ok(Response::Refused(r))) => {
+                pages.error = Some(format!("refused: {r}"));
+                return pages;
+            }
+            Ok(Ok(other)) => {
+                pages.error = Some(format!("not a batch: {other:?}"));
+                return pages;
+            }
+            Ok(Err(e)) => {
+                pages.error = Some(e);
+                return pages;
+            }
+            Err(_) => {
+                pages.error = Some(format!("took over {FETCH_TIME:?}"));
+                return pages;
+            }
+        };
+        if items.len() > PAGE as usize || (items.is_empty() && more) {
+            pages.error =
+                Some(format!("a page of {} envelopes that says more: {more}", items.len()));
+            return pages;
         }
         for item in items {
-            if item.cursor <= after {
-                return (envelopes, Some("the replica's cursors do not increase".to_owned()));
+            if item.cursor <= pages.cursor {
+                pages.error = Some("the replica's cursors do not increase".to_owned());
+                return pages;
             }
-            after = item.cursor;
+            pages.cursor = item.cursor;
             bytes += item.envelope.len();
-            envelopes.push(item.envelope);
+            pages.envelopes.push(item.envelope);
         }
-        if !more || bytes >= MAX_FETCH_BYTES || envelopes.len() >= MAX_FETCH_ENVELOPES {
-            return (envelopes, None);
+        if !more || bytes >= MAX_FETCH_BYTES || pages.envelopes.len() >= MAX_FETCH_ENVELOPES {
+            return pages;
         }
     }
 }
@@ -471,7 +511,8 @@ pub async fn fetch(
 ) -> Result<Fetched, ReadError> {
     node.with_extension::<Mail, _>(|_, _| ()).await?;
     let replicas = replicas_of(node, &Mailbox::of(&account.account_id())).await;
-    fetch_from_replicas(node, account, inbox, replicas, 2 * options.replicas()).await
+    let wanted = 2 * options.replicas();
+    fetch_from_replicas(node, account, inbox, replicas, wanted, &HashMap::new()).await
 }
 
 async fn fetch_from_replicas(
@@ -480,22 +521,24 @@ async fn fetch_from_replicas(
     inbox: &Inbox,
     candidates: Vec<PeerId>,
     wanted: usize,
+    cursors: &HashMap<PeerId, u64>,
 ) -> Result<Fetched, ReadError> {
     let now = now_ms();
     let ask = |replica| async move {
-        match fetch_from(node, account, replica).await {
-            (envelopes, None) => Ok((envelopes, None)),
+        let after = cursors.get(&replica).copied().unwrap_or(0);
+        match fetch_from(node, account, replica, after).await {
             // Pages already handed over are used; a replica that handed over nothing failed.
-            (envelopes, Some(e)) if envelopes.is_empty() => Err(e),
-            (envelopes, Some(e)) => Ok((envelopes, Some(e))),
+            Pages { envelopes, error: Some(e), .. } if envelopes.is_empty() => Err(e),
+            Pages { envelopes, cursor, error } => Ok((envelopes, cursor, error)),
         }
     };
     let (answered, failed) = nearest_that_answer(candidates, wanted, ask).await;
     let mut fetched = Fetched { failed, ..Fetched::default() };
     let mut opened: HashSet<[u8; 32]> = HashSet::new();
     let mut this_fetch: HashSet<(AccountId, MessageId)> = HashSet::new();
-    for (replica, (envelopes, partial)) in answered {
+    for (replica, (envelopes, cursor, partial)) in answered {
         fetched.replicas.push(replica);
+        fetched.cursors.insert(replica, cursor);
         if let Some(e) = partial {
             fetched.failed.push((replica, e));
         }
@@ -521,7 +564,10 @@ async fn fetch_from_replicas(
                         continue; // another replica's copy, or read before
                     }
                     if this_fetch.insert(key) {
-                        let until = letter.expires_at_ms.saturating_add(MAX_CLOCK_SKEW_MS);
+                        let until = letter
+                            .expires_at_ms
+                            .saturating_add(MAX_CLOCK_SKEW_MS)
+                            .min(now.saturating_add(MAX_REMEMBER_MS));
                         let mark = (letter.sender.clone(), letter.id, until);
                         match DeliveryReceipt::of(&letter) {
                             Some(receipt) => {
@@ -616,11 +662,17 @@ async fn send_receipts(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let sends = receipts.into_iter().map(|(sender, body)| async move {
+    // A few at a time, and a bounded number per acknowledgement: strangers can write to
+    // anyone, and each receipt is a lookup and a deposit on every replica.
+    let skipped = receipts.len().saturating_sub(MAX_RECEIPTS);
+    let sends = receipts.into_iter().take(MAX_RECEIPTS).map(|(sender, body)| async move {
         let sent = send(node, account, &sender, body, options).await;
         (sender, sent)
     });
-    for (sender, sent) in join_all(sends).await {
+    let sent: Vec<_> =
+        futures::stream::iter(sends).buffer_unordered(RECEIPTS_AT_ONCE).collect().await;
+    report.receipts_skipped = skipped;
+    for (sender, sent) in sent {
         match sent {
             Ok(_) => report.receipts_sent += 1,
             Err(e) => report.receipts_failed.push((sender, e.to_string())),
@@ -651,6 +703,10 @@ pub struct MailWatch {
     notified: mpsc::Receiver<()>,
     replicas: Vec<PeerId>,
     renew_at: tokio::time::Instant,
+    /// Where each replica's envelopes were read up to; empty for a fetch from the start (at
+    /// the start and at each renewal, so that letters handed out and not acknowledged come
+    /// again).
+    cursors: HashMap<PeerId, u64>,
 }
 
 impl MailWatch {
@@ -670,6 +726,7 @@ impl MailWatch {
             notified,
             replicas: vec![],
             renew_at: tokio::time::Instant::now(),
+            cursors: HashMap::new(),
         };
         watch.register().await?;
         Ok(watch)
@@ -702,8 +759,11 @@ impl MailWatch {
         Ok(())
     }
 
-    /// The next new letters (at least one), fetched from the replicas; [`ack`] them once
-    /// handled. Waits as long as it takes: bound it with a timeout.
+    /// The next new letters or delivery receipts (at least one), fetched from the replicas;
+    /// [`ack`] them once handled. A notification fetches only what came after the last fetch
+    /// from each replica; envelopes that hold no new letter (copies of letters read, letters
+    /// that do not open) are acknowledged away at once. Waits as long as it takes: bound it
+    /// with a timeout.
     pub async fn next(&mut self, inbox: &Inbox) -> Result<Fetched, ReadError> {
         loop {
             let fetched = fetch_from_replicas(
@@ -712,10 +772,17 @@ impl MailWatch {
                 inbox,
                 self.replicas.clone(),
                 self.replicas.len(),
+                &self.cursors,
             )
             .await?;
-            if !fetched.letters.is_empty() {
+            self.cursors.extend(fetched.cursors.iter().map(|(peer, cursor)| (*peer, *cursor)));
+            if !fetched.letters.is_empty() || !fetched.receipts.is_empty() {
                 return Ok(fetched);
+            }
+            if fetched.acks.values().any(|digests| !digests.is_empty()) {
+                // Nothing new in it: copies of what was read, and what does not open.
+                let quiet = self.options.clone().with_read_receipts(false);
+                ack(&self.node, &self.account, &mut Inbox::new(), &fetched, &quiet).await;
             }
             tokio::select! {
                 notified = self.notified.recv() => {
@@ -723,7 +790,10 @@ impl MailWatch {
                         return Err(ReadError::Node(NetError::Shutdown));
                     }
                 }
-                () = tokio::time::sleep_until(self.renew_at) => self.register().await?,
+                () = tokio::time::sleep_until(self.renew_at) => {
+                    self.register().await?;
+                    self.cursors.clear();
+                }
             }
         }
     }

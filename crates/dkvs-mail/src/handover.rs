@@ -2,10 +2,16 @@
 //!
 //! Every [`HAND_OVER_EVERY`] a replica goes through the mailboxes it keeps (at most
 //! [`MAILBOXES_PER_ROUND`] a round, in turn): it looks up the `replicas` closest peers to the
-//! mailbox address, asks each which envelopes it lacks (`Offer`) and deposits those. A replica
-//! that is no longer among the closest drops its copies once every one of them keeps them (or
-//! knows they were read). Replicas refuse a copy of mail that was read, so an old copy does
-//! not come back.
+//! mailbox address, asks each which envelopes it lacks (`Offer`) and deposits those. Replicas
+//! refuse a copy of mail that was read, so an old copy does not come back.
+//!
+//! A replica keeps its own copies until they are read or expire, also once it is no longer
+//! among the closest: a peer's word that it keeps a letter proves nothing (peers near a
+//! mailbox address can be made at will), and dropping on that word would let a few such
+//! peers make every honest replica forget. Copies cost quota, not correctness.
+//!
+//! The replica handing over is the depositor at the new replica, so one survivor moves at most
+//! its depositor's share of a mailbox (a quarter by default); several survivors move more.
 
 use std::time::Duration;
 
@@ -22,16 +28,16 @@ use crate::wire::{MAX_ACK, Refusal, Request, Response};
 pub const HAND_OVER_EVERY: Duration = Duration::from_secs(600);
 /// The most mailboxes one round hands over; the others wait for the next rounds.
 pub const MAILBOXES_PER_ROUND: usize = 256;
+/// The longest one replica may take to be brought up to date in a round.
+const PEER_TIME: Duration = Duration::from_secs(60);
 
 /// What one round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HandOverReport {
     /// Mailboxes looked at.
     pub mailboxes: usize,
-    /// Envelopes deposited on replicas that lacked them.
+    /// Envelopes deposited on replicas that lacked them (a custody receipt signed by each).
     pub deposited: usize,
-    /// Envelopes this node dropped, being no longer among their closest replicas.
-    pub dropped: usize,
     /// Replicas that could not be brought up to date this round.
     pub failed: Vec<(PeerId, String)>,
 }
@@ -52,20 +58,14 @@ pub async fn hand_over(
         report.mailboxes += 1;
         let closest: Vec<PeerId> =
             replicas_of(node, &mailbox).await.into_iter().take(options.replicas.max(1)).collect();
-        let mut all_keep = true;
         for &peer in closest.iter().filter(|p| **p != me) {
-            match bring_up_to_date(node, peer, mailbox, &digests).await {
-                Ok(deposited) => report.deposited += deposited,
-                Err(e) => {
-                    all_keep = false;
-                    report.failed.push((peer, e));
-                }
+            let brought =
+                tokio::time::timeout(PEER_TIME, bring_up_to_date(node, peer, mailbox, &digests));
+            match brought.await {
+                Ok(Ok(deposited)) => report.deposited += deposited,
+                Ok(Err(e)) => report.failed.push((peer, e)),
+                Err(_) => report.failed.push((peer, format!("took over {PEER_TIME:?}"))),
             }
-        }
-        if all_keep && !closest.contains(&me) && closest.len() >= options.replicas.max(1) {
-            report.dropped += node
-                .with_extension::<Mail, _>(move |mail, _| mail.hand_off(mailbox, &digests))
-                .await?;
         }
     }
     Ok(report)
@@ -93,7 +93,9 @@ async fn bring_up_to_date(
                 continue; // read or expired meanwhile
             };
             match request(node, peer, Request::Deposit(bytes)).await? {
-                Response::Custody(c) if c.digest == digest && c.verify() => deposited += 1,
+                Response::Custody(c) if c.replica == peer && c.digest == digest && c.verify() => {
+                    deposited += 1
+                }
                 Response::Refused(Refusal::AlreadyRead | Refusal::Expired) => {}
                 other => return Err(format!("did not take an envelope: {other:?}")),
             }
@@ -115,7 +117,7 @@ pub fn spawn_hand_over(node: &Node, options: SendOptions) -> tokio::task::JoinHa
             match hand_over(&node, &options, skip).await {
                 Ok(report) => {
                     skip += report.mailboxes;
-                    if report.deposited + report.dropped > 0 || !report.failed.is_empty() {
+                    if report.deposited > 0 || !report.failed.is_empty() {
                         tracing::debug!(?report, "mail hand-over");
                     }
                 }

@@ -30,6 +30,29 @@ use crate::wire::{
 const WATCHERS_PER_MAILBOX: usize = 4;
 /// Mailboxes a replica keeps watches for.
 const MAX_WATCHED: usize = 16_384;
+/// Mailboxes one peer may watch on a replica (a node serves a few accounts).
+const WATCHES_PER_PEER: usize = 64;
+/// History requests one peer may make a minute, and the most bytes one answer carries.
+const HISTORY_ASKS_PER_MINUTE: u32 = 12;
+const HISTORY_ANSWER_BYTES: usize = 256 << 10;
+
+/// Keeps the entries of `list` that `keep` keeps, and the per-peer counts in step.
+fn prune_watchers(
+    list: &mut Vec<(PeerId, u64)>,
+    counts: &mut HashMap<PeerId, usize>,
+    keep: impl Fn(&(PeerId, u64)) -> bool,
+) {
+    list.retain(|entry| {
+        let kept = keep(entry);
+        if !kept && let Some(n) = counts.get_mut(&entry.0) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&entry.0);
+            }
+        }
+        kept
+    });
+}
 
 /// How long a request to another replica may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,8 +103,11 @@ pub struct Mail {
     written: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
     /// Deposits waiting for their file to be on disk, by the write's ticket.
     writing: HashMap<u64, Writing>,
-    /// As a replica: peers watching mailboxes, until when.
+    /// As a replica: peers watching mailboxes, until when; and how many each peer watches.
     watchers: HashMap<Mailbox, Vec<(PeerId, u64)>>,
+    watches_of: HashMap<PeerId, usize>,
+    /// History requests per peer in the current minute (the minute's start, the count).
+    history_asks: HashMap<PeerId, (u64, u32)>,
     /// As a watcher: this node's clients waiting for mail, and the replicas they asked.
     subscribers: HashMap<Mailbox, Subscription>,
     asks: HashMap<request_response::OutboundRequestId, Answer>,
@@ -116,6 +142,8 @@ impl Mail {
             written,
             writing: HashMap::new(),
             watchers: HashMap::new(),
+            watches_of: HashMap::new(),
+            history_asks: HashMap::new(),
             subscribers: HashMap::new(),
             asks: HashMap::new(),
             expiry: None,
@@ -203,7 +231,7 @@ impl Mail {
         let now = now_ms();
         let me = self.peer_id();
         let Some(watchers) = self.watchers.get_mut(&mailbox) else { return };
-        watchers.retain(|(_, until)| *until > now);
+        prune_watchers(watchers, &mut self.watches_of, |(_, until)| *until > now);
         let peers: Vec<PeerId> = watchers.iter().map(|(peer, _)| *peer).collect();
         if peers.is_empty() {
             self.watchers.remove(&mailbox);
@@ -220,9 +248,10 @@ impl Mail {
 
     /// Registers `peer` as watching `mailbox` until `until`.
     fn add_watcher(&mut self, mailbox: Mailbox, peer: PeerId, now: u64) -> Result<u64, Refusal> {
+        let counts = &mut self.watches_of;
         if !self.watchers.contains_key(&mailbox) && self.watchers.len() >= MAX_WATCHED {
             self.watchers.retain(|_, w| {
-                w.retain(|(_, until)| *until > now);
+                prune_watchers(w, counts, |(_, until)| *until > now);
                 !w.is_empty()
             });
             if self.watchers.len() >= MAX_WATCHED {
@@ -231,12 +260,20 @@ impl Mail {
         }
         let until = now + WATCH_TTL_MS;
         let watchers = self.watchers.entry(mailbox).or_default();
-        watchers.retain(|(p, end)| *p != peer && *end > now);
+        prune_watchers(watchers, counts, |(p, end)| *p != peer && *end > now);
+        if counts.get(&peer).copied().unwrap_or(0) >= WATCHES_PER_PEER {
+            if watchers.is_empty() {
+                self.watchers.remove(&mailbox);
+            }
+            return Err(Refusal::Busy);
+        }
         if watchers.len() >= WATCHERS_PER_MAILBOX {
             let first = (0..watchers.len()).min_by_key(|&i| watchers[i].1).unwrap_or(0);
-            watchers.swap_remove(first);
+            let ends = watchers[first].1;
+            prune_watchers(watchers, counts, |(_, end)| *end != ends);
         }
         watchers.push((peer, until));
+        *counts.entry(peer).or_default() += 1;
         Ok(until)
     }
 
@@ -317,23 +354,25 @@ impl Mail {
             Request::Offer(mailbox, digests) => {
                 Response::Missing(self.shelf.missing(&Mailbox(mailbox), &digests))
             }
-            Request::History(channel) => Response::Posts(self.channels.history(&channel)),
+            Request::History(channel) => {
+                // An answer is much larger than its question: few a minute per peer.
+                let minute = now / 60_000;
+                if self.history_asks.len() > 4096 {
+                    self.history_asks.retain(|_, (m, _)| *m == minute);
+                }
+                let asks = self.history_asks.entry(peer).or_insert((minute, 0));
+                if asks.0 != minute {
+                    *asks = (minute, 0);
+                }
+                asks.1 += 1;
+                if asks.1 > HISTORY_ASKS_PER_MINUTE && peer != me {
+                    Response::Refused(Refusal::Busy)
+                } else {
+                    Response::Posts(self.channels.history(&channel, HISTORY_ANSWER_BYTES))
+                }
+            }
         };
         reply.send(&mut self.inner, response);
-    }
-
-    /// Drops this replica's copies of `digests` in `mailbox` (handed over to replicas closer
-    /// to it, which keep them).
-    pub(crate) fn hand_off(&mut self, mailbox: Mailbox, digests: &[[u8; 32]]) -> usize {
-        let mine: Vec<[u8; 32]> = digests
-            .iter()
-            .filter(|d| self.shelf.missing(&mailbox, &[**d]).is_empty())
-            .copied()
-            .collect();
-        let jobs: Vec<Job> = mine.iter().filter_map(|d| self.shelf.remove(d)).collect();
-        let dropped = jobs.len();
-        jobs.into_iter().for_each(|job| self.disk.queue(job));
-        dropped
     }
 
     /// Sets the timer for the next expiry.

@@ -10,6 +10,7 @@ use dkvs_account::{KeyType, Keypair};
 use dkvs_mail::client::request;
 use dkvs_mail::wire::{AckBody, FetchBody, Item, Request, Response, Signed};
 use dkvs_mail::{Envelope, Inbox, Mail, MailError, Refusal, SendError, SendOptions, ShelfConfig};
+use dkvs_net::libp2p::swarm::behaviour::toggle::Toggle;
 use dkvs_net::libp2p::{PeerId, request_response};
 use dkvs_net::{Config, NodeBuilder};
 use dkvs_testnet::{Spawn, TestNet};
@@ -316,6 +317,9 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
         let report = dkvs_mail::ack(net.node(0), &bob, &mut inbox, &again, &options).await;
         assert!(report.failed.is_empty() && report.deleted >= 1, "{report:?}");
         assert!(inbox.has_read(&alice.account_id(), &first.letters[0].id));
+        // Its sender asked for forever; the inbox remembers it a bounded time.
+        let until = inbox.entries().map(|(_, _, until)| until).max().unwrap_or(0);
+        assert!(until <= now() + 31 * 24 * 3_600_000, "remembered until {until}");
         assert_eq!(report.receipts_sent, 1, "{report:?}");
         // Alice hears that bob read it: a receipt signed by bob, not a letter.
         let alices = dkvs_mail::read(net.node(2), &alice, &mut Inbox::new(), &options).await?;
@@ -335,15 +339,43 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
         // A watch on bob's node hears a new letter as it is deposited.
         let mut watch =
             dkvs_mail::MailWatch::start(net.node(3).clone(), bob.clone(), options.clone()).await?;
+        let seen = inbox.clone();
         let waiting = tokio::spawn(async move {
-            let inbox = Inbox::new();
-            tokio::time::timeout(Duration::from_secs(30), watch.next(&inbox)).await
+            let next = tokio::time::timeout(Duration::from_secs(30), watch.next(&seen)).await;
+            (watch, next)
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"live".to_vec(), &options).await?;
-        let heard = waiting.await???;
+        let (mut watch, heard) = waiting.await?;
+        let heard = heard??;
         let bodies: Vec<&[u8]> = heard.letters.iter().map(|l| l.body.as_slice()).collect();
         assert_eq!(bodies, [&b"live"[..]]);
+        dkvs_mail::ack(net.node(3), &bob, &mut inbox, &heard, &options).await;
+
+        // Junk in bob's mailbox while he watches is acknowledged away; the next letter comes.
+        let mut junk =
+            Envelope::seal(&alice, &bob.account_id(), b"junk".to_vec(), now(), 3_600_000)?;
+        let last = junk.sealed.len() - 1;
+        junk.sealed[last] ^= 1;
+        let seen = inbox.clone();
+        let waiting = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(30), watch.next(&seen)).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let kept = request(net.node(1), net.peer_id(2), Request::Deposit(junk.encode())).await;
+        assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"after".to_vec(), &options)
+            .await?;
+        let heard = waiting.await???;
+        let bodies: Vec<&[u8]> = heard.letters.iter().map(|l| l.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"after"[..]]);
+        let left = dkvs_mail::fetch(net.node(0), &bob, &inbox, &options).await?;
+        assert!(
+            left.refused.iter().all(|(_, e)| matches!(e, MailError::OutOfTime { .. })),
+            "only the letter from the future is left: {:?}",
+            left.refused
+        );
         net.shutdown().await;
         anyhow::Ok(())
     })
@@ -353,21 +385,24 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
 /// A replica that lies: every fetch is answered with a page far over the limit, and every
 /// deposit with a receipt for something else.
 #[derive(dkvs_net::libp2p::swarm::NetworkBehaviour)]
-#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude", to_swarm = "LiarEvent")]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
 struct Liar {
     inner: request_response::Behaviour<dkvs_mail::wire::Codec>,
+    /// Enabled: answers fetches with empty pages that say "more", forever.
+    empty: Toggle<dkvs_net::libp2p::swarm::dummy::Behaviour>,
 }
-
-type LiarEvent = request_response::Event<Vec<u8>, Vec<u8>>;
 
 impl dkvs_net::Extension for Liar {
     fn on_event(&mut self, event: LiarEvent, _: &mut dkvs_net::Host<'_>) {
-        if let request_response::Event::Message {
+        if let LiarEvent::Inner(request_response::Event::Message {
             message: request_response::Message::Request { request, channel, .. },
             ..
-        } = event
+        }) = event
         {
             let answer = match Request::decode(&request) {
+                Ok(Request::Fetch(_)) if self.empty.is_enabled() => {
+                    Response::Batch { items: vec![], more: true }
+                }
                 Ok(Request::Fetch(_)) => Response::Batch {
                     items: (1..100_000).map(|cursor| Item { cursor, envelope: vec![] }).collect(),
                     more: true,
@@ -389,17 +424,20 @@ async fn a_lying_replica_neither_floods_nor_jams_the_reader() -> anyhow::Result<
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
             let builder = NodeBuilder::new(identity.clone(), store, config);
-            if started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2 {
+            let i = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if i >= 2 {
                 let inner = request_response::Behaviour::new(
                     [(dkvs_mail::wire::PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response::Config::default(),
                 );
-                return Ok(builder.with_extension(|_| Liar { inner }).spawn()?);
+                let dummy = dkvs_net::libp2p::swarm::dummy::Behaviour;
+                let empty = Toggle::from((i == 3).then_some(dummy));
+                return Ok(builder.with_extension(|_| Liar { inner, empty }).spawn()?);
             }
             let mail = Mail::open(&dir.join("mail"), identity.clone(), ShelfConfig::default())?;
             Ok(builder.with_extension(|_| mail).spawn()?)
         });
-        let net = TestNet::start_custom(3, Config::default(), dkvs_store::Config::default(), spawn)
+        let net = TestNet::start_custom(4, Config::default(), dkvs_store::Config::default(), spawn)
             .await?;
         let (alice, bob) = (account(), account());
         let options = SendOptions::default();
@@ -410,8 +448,11 @@ async fn a_lying_replica_neither_floods_nor_jams_the_reader() -> anyhow::Result<
         assert!(receipt.failed.iter().any(|(peer, _)| *peer == net.peer_id(2)), "{receipt:?}");
         let fetched = dkvs_mail::read(net.node(1), &bob, &mut Inbox::new(), &options).await?;
         assert_eq!(fetched.letters.len(), 1);
-        let liar = fetched.failed.iter().find(|(peer, _)| *peer == net.peer_id(2));
-        assert!(liar.is_some_and(|(_, why)| why.contains("over 256")), "{:?}", fetched.failed);
+        for liar in [2, 3] {
+            let failed = fetched.failed.iter().find(|(peer, _)| *peer == net.peer_id(liar));
+            let why = failed.map(|(_, why)| why.as_str()).unwrap_or_default();
+            assert!(why.contains("a page of") && why.contains("says more"), "{:?}", fetched.failed);
+        }
         assert!(fetched.refused.is_empty());
         net.shutdown().await;
         anyhow::Ok(())
@@ -459,6 +500,11 @@ async fn mail_is_handed_over_as_its_replicas_die_one_set_after_another() -> anyh
             deposited += report.deposited;
         }
         assert!(deposited >= 1, "the letter reached new replicas");
+        // Handing over is no reason to forget: a peer's word that it keeps mail proves nothing.
+        for &i in &left {
+            let kept = net.node(i).with_extension::<Mail, _>(|mail, _| mail.shelf().len()).await?;
+            assert_eq!(kept, 1, "node {i} still keeps its copy");
+        }
         // Then those two die as well: the letter lives on the new replicas alone.
         for &i in &left {
             net.kill(i).await;

@@ -994,10 +994,8 @@ async fn ack_inbox(
     let home = state.home.clone();
     state
         .with_inbox(&id, |inbox| {
-            for letter in &fetched.letters {
-                let until = letter.expires_at_ms.saturating_add(dkvs_mail::MAX_CLOCK_SKEW_MS);
-                inbox.remember(letter.sender.clone(), letter.id, until);
-            }
+            inbox.forget_expired(now_ms());
+            fetched.mark_read(inbox);
             home.write_inbox(&id, inbox)
         })
         .await?
@@ -1052,6 +1050,7 @@ async fn mail_status(
             let home = state.home.clone();
             state
                 .with_inbox(&id_of, |inbox| {
+                    inbox.forget_expired(now_ms());
                     receipts.mark_read(inbox);
                     home.write_inbox(&id_of, inbox)
                 })

@@ -576,7 +576,10 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 for letter in answer["letters"].as_array().into_iter().flatten() {
                     let body = match letter["body"].as_str() {
                         Some(text) => text.to_owned(),
-                        None => "(not text; see --json)".to_owned(),
+                        None => format!(
+                            "(not text; base64:) {}",
+                            letter["body_base64"].as_str().unwrap_or_default()
+                        ),
                     };
                     writeln!(
                         out,
@@ -588,6 +591,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
             out.flush()?;
             drop(out);
+            if !json && answer["letters"].as_array().is_none_or(Vec::is_empty) {
+                eprintln!("dkvs: no new letters");
+            }
             report_refused(&answer);
             // Printed: now they are read.
             acknowledge(client, &answer)?;
@@ -610,8 +616,18 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         Command::Mail(MailCommand::Watch { account }) => loop {
             let extra = [("wait", "1h".to_owned())];
-            let answer =
-                client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &extra), &[])?;
+            let path = with_account("/v1/inbox".to_owned(), &account, &extra);
+            let answer = match client.post_bytes(&path, &[]) {
+                Ok(answer) => answer,
+                // No replica answered for now (a network coming up, a node restarting):
+                // said, and tried again.
+                Err(ClientError::Api { status: 429 | 503, message, .. }) => {
+                    eprintln!("dkvs: {message}; trying again in 10 s");
+                    std::thread::sleep(Duration::from_secs(10));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut out = std::io::stdout().lock();
             for letter in answer["letters"].as_array().into_iter().flatten() {
                 writeln!(out, "{letter}")?;
