@@ -652,6 +652,60 @@ async fn a_channel_delivers_each_valid_post_once_and_nothing_forged_oversized_or
         let mut want = vec![alice.account_id().to_string(), bob.account_id().to_string()];
         want.sort();
         assert_eq!(ids, want);
+
+        // A subscriber asking for history gets what its own node kept too.
+        let mut again = channel::subscribe(net.node(0), name, true).await?;
+        let kept = drain(&mut again, 12, Duration::from_secs(2)).await;
+        let mine = kept.iter().filter(|p| p.author == alice.account_id()).count();
+        assert_eq!(mine, 6, "alice's five posts and her presence");
+
+        // History answers are large: a peer gets a few a minute.
+        let mut answers = Vec::new();
+        for _ in 0..13 {
+            answers.push(request(net.node(8), net.peer_id(7), Request::History(name.into())).await);
+        }
+        assert!(matches!(answers[0], Ok(Response::Posts(ref posts)) if !posts.is_empty()));
+        assert_eq!(answers[12], Ok(Response::Refused(Refusal::Busy)));
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledging_tells_a_bounded_number_of_senders_and_a_peer_watches_a_bounded_number()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(3).await?;
+        let bob = account();
+        let options = SendOptions::default();
+        // Seventy strangers write to bob; reading tells the first sixty-four.
+        for _ in 0..70 {
+            dkvs_mail::send(net.node(0), &account(), &bob.account_id(), b"hi".to_vec(), &options)
+                .await?;
+        }
+        let mut inbox = Inbox::new();
+        let fetched = dkvs_mail::fetch(net.node(1), &bob, &inbox, &options).await?;
+        assert_eq!(fetched.letters.len(), 70);
+        let report = dkvs_mail::ack(net.node(1), &bob, &mut inbox, &fetched, &options).await;
+        assert_eq!(
+            (report.receipts_sent, report.receipts_skipped),
+            (dkvs_mail::client::MAX_RECEIPTS, 70 - dkvs_mail::client::MAX_RECEIPTS),
+            "{:?}",
+            report.receipts_failed
+        );
+
+        // One peer asks a replica to watch many mailboxes: it is told "busy" past its share.
+        let replica = net.peer_id(2);
+        let mut answers = Vec::new();
+        for _ in 0..65 {
+            let someone = account();
+            let body = dkvs_mail::wire::WatchBody { replica, now_ms: now() };
+            let watch = Request::Watch(Signed::watch(&someone, body));
+            answers.push(request(net.node(0), replica, watch).await);
+        }
+        assert!(answers[..64].iter().all(|a| matches!(a, Ok(Response::Watching(_)))));
+        assert_eq!(answers[64], Ok(Response::Refused(Refusal::Busy)));
         net.shutdown().await;
         anyhow::Ok(())
     })

@@ -954,6 +954,17 @@ async fn read_inbox(
         .map(|(peer, e)| json!({"replica": peer.to_string(), "reason": e.to_string()}))
         .collect();
     let replicas = fetched.replicas.len();
+    let receipts: Vec<serde_json::Value> = fetched
+        .receipts
+        .iter()
+        .map(|r| {
+            json!({
+                "reader": r.reader.to_string(),
+                "ids": r.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                "read_at_ms": r.read_at_ms,
+            })
+        })
+        .collect();
     let token = hex::encode(rand::random::<[u8; 16]>());
     {
         let mut mail = state.mail.lock().await;
@@ -969,7 +980,13 @@ async fn read_inbox(
         }
         mail.handed_out.insert(token.clone(), HandedOut { account, fetched, at: Instant::now() });
     }
-    Ok(Json(json!({ "letters": letters, "refused": refused, "replicas": replicas, "ack": token })))
+    Ok(Json(json!({
+        "letters": letters,
+        "receipts": receipts,
+        "refused": refused,
+        "replicas": replicas,
+        "ack": token,
+    })))
 }
 
 /// `POST /v1/inbox/ack/{token}`: the letters of that read are handled: they are marked read
@@ -1009,6 +1026,11 @@ async fn ack_inbox(
         "deleted": report.deleted,
         "failed": report.failed.iter().map(|(peer, e)| json!({
             "replica": peer.to_string(), "reason": e,
+        })).collect::<Vec<_>>(),
+        "receipts_sent": report.receipts_sent,
+        "receipts_skipped": report.receipts_skipped,
+        "receipts_failed": report.receipts_failed.iter().map(|(sender, e)| json!({
+            "sender": sender.to_string(), "reason": e,
         })).collect::<Vec<_>>(),
     })))
 }

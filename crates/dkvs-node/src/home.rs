@@ -7,6 +7,9 @@
 //! <home>/node.key               the node's libp2p identity (mode 0600)
 //! <home>/config.toml            optional configuration (see `dkvs node --print-config`)
 //! <home>/data/                  the record store
+//! <home>/data/mail/             mail this node keeps as a replica, one file per envelope
+//! <home>/data/inbox/<id>.json   what each account read through this node (sender, id, until)
+//! <home>/data/sent.json         letters sent through this node, for `dkvs mail status`
 //! <home>/api.json               {"url", "token"} of the node running from this home (mode 0600)
 //! <home>/keep.json              records the node keeps alive: [{"key", "account", "ttl_secs"}]
 //! ```
