@@ -82,7 +82,10 @@ impl Liar {
                         Codec,
                         [(PROTOCOL, request_response::ProtocolSupport::Full)],
                         request_response::Config::default()
-                            .with_request_timeout(Duration::from_secs(5))
+                            // Long enough that a node slowed by a loaded machine (the tests
+                            // run side by side on two cores) still answers in time: only a
+                            // cut connection counts as "cut off".
+                            .with_request_timeout(Duration::from_secs(30))
                             .with_max_concurrent_streams(10_000),
                     ),
                     identify: identify::Behaviour::new(identify::Config::new(

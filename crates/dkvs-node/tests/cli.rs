@@ -635,3 +635,63 @@ fn a_channel_through_the_command_line() {
     assert!(stderr(&bad).contains("not a channel name"), "{}", stderr(&bad));
     drop((seed, alice_node, bob_node));
 }
+
+#[test]
+fn twenty_letters_from_two_senders_survive_two_dead_replicas_through_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    let alice = new_account(&home("alice"), "alice", "ed25519");
+    let carol = new_account(&home("carol"), "carol", "secp256k1");
+    let bob = new_account(&home("bob"), "bob", "ed25519");
+    for plain in ["seed", "r1", "r2", "r3"] {
+        std::fs::create_dir_all(home(plain)).expect("home");
+    }
+    let seed = start(&home("seed"), None);
+    let mut plain = vec![seed];
+    for name in ["r1", "r2", "r3"] {
+        let node = start(&home(name), Some(&plain[0].address));
+        plain.push(node);
+    }
+    let senders = [
+        start(&home("alice"), Some(&plain[0].address)),
+        start(&home("carol"), Some(&plain[0].address)),
+    ];
+    let peer_id = |node: &NodeProcess| node.address.rsplit('/').next().expect("p2p").to_owned();
+
+    // Bob's node is off. Six nodes run: each letter is kept by five of them.
+    let mut holders = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        for (name, sender) in [("alice", &senders[0]), ("carol", &senders[1])] {
+            let out = ok(mail(&sender.home, &["send", &bob, &format!("{name} {i}")], None));
+            assert!(out.contains("kept by 5 replicas"), "{out}");
+            for line in out.lines().filter(|l| l.starts_with("  kept by ")) {
+                holders.insert(line.split_whitespace().nth(2).expect("a peer id").to_owned());
+            }
+        }
+    }
+    // Two replicas that sent nothing die (SIGKILL); one plain node stays to join through.
+    let mut killed = 0;
+    let mut alive = Vec::new();
+    for node in plain {
+        if killed < 2 && holders.contains(&peer_id(&node)) {
+            drop(node);
+            killed += 1;
+        } else {
+            alive.push(node);
+        }
+    }
+    assert_eq!(killed, 2, "holders {holders:?}");
+    let bob_node = start(&home("bob"), Some(&alive[0].address));
+    let out = ok(mail(&home("bob"), &["read"], None));
+    for (name, who) in [("alice", &alice), ("carol", &carol)] {
+        let bodies: Vec<&str> =
+            out.lines().filter(|l| l.starts_with(&format!("{name} "))).collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("{name} {i}")).collect();
+        assert_eq!(bodies, expected, "every letter of {name} once, in order: {out}");
+        assert_eq!(out.matches(&format!("from {who} at ")).count(), 10, "{out}");
+    }
+    let again = ok(mail(&home("bob"), &["read", "--json"], None));
+    let again: serde_json::Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(again["letters"], serde_json::json!([]), "{again}");
+    drop((bob_node, senders, alive));
+}
