@@ -461,7 +461,7 @@ async fn fetch_from(node: &Node, account: &Keypair, replica: PeerId, after: u64)
     let mut bytes = 0;
     loop {
         let body = FetchBody { replica, after: pages.cursor, limit: PAGE, now_ms: now_ms() };
-        let asked = request(node, replica, Request::Fetch(Signed::fetch(account, body)));
+        let asked = request(node, replica, Request::Fetch(Signed::new(account, body)));
         let (items, more) = match tokio::time::timeout_at(deadline, asked).await {
             Ok(Ok(Response::Batch { items, more })) => (items, more),
             Ok(Ok(Response::Refused(r))) => {
@@ -620,7 +620,7 @@ pub async fn ack(
     let asks = fetched.acks.iter().flat_map(|(&replica, digests)| {
         digests.chunks(MAX_ACK).map(move |chunk| async move {
             let body = AckBody { replica, now_ms: now_ms(), digests: chunk.to_vec() };
-            (replica, request(node, replica, Request::Ack(Signed::ack(account, body))).await)
+            (replica, request(node, replica, Request::Ack(Signed::new(account, body))).await)
         })
     });
     let mut report = AckReport::default();
@@ -739,7 +739,7 @@ impl MailWatch {
         let (node, account) = (&self.node, &self.account);
         let ask = |replica| async move {
             let body = WatchBody { replica, now_ms: now_ms() };
-            match request(node, replica, Request::Watch(Signed::watch(account, body))).await? {
+            match request(node, replica, Request::Watch(Signed::new(account, body))).await? {
                 Response::Watching(_) => Ok(()),
                 other => Err(format!("not watching: {other:?}")),
             }

@@ -19,7 +19,7 @@ use dkvs_net::{Extension, GossipMessage, Host, Refused, Verdict};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::Channels;
-use crate::letter::{MAX_CLOCK_SKEW_MS, Mailbox};
+use crate::letter::Mailbox;
 use crate::shelf::{Disk, Job, Shelf, ShelfConfig};
 use crate::wire::{
     Codec, Custody, MAX_REQUEST, PROTOCOL, Refusal, Request, Response, WATCH_TTL_MS,
@@ -280,7 +280,6 @@ impl Mail {
     /// Answers a request from `peer` (signatures and time checked here).
     fn serve(&mut self, peer: PeerId, request: Request, reply: Reply) {
         let now = now_ms();
-        let in_time = |t: u64| t.abs_diff(now) <= MAX_CLOCK_SKEW_MS;
         let me = self.peer_id();
         let response = match request {
             Request::Deposit(bytes) => match self.shelf.deposit(bytes, peer, now) {
@@ -313,41 +312,32 @@ impl Mail {
                     }
                 }
             },
-            Request::Fetch(signed) => {
-                if !signed.verify() || signed.body.replica != me {
-                    Response::Refused(Refusal::BadSignature)
-                } else if !in_time(signed.body.now_ms) {
-                    Response::Refused(Refusal::OutOfTime)
-                } else {
+            Request::Fetch(signed) => match signed.check(me, now) {
+                Err(refusal) => Response::Refused(refusal),
+                Ok(()) => {
                     let mailbox = Mailbox::of(&signed.account);
                     let (items, more) =
                         self.shelf.fetch(&mailbox, signed.body.after, signed.body.limit, now);
                     Response::Batch { items, more }
                 }
-            }
-            Request::Ack(signed) => {
-                if !signed.verify() || signed.body.replica != me {
-                    Response::Refused(Refusal::BadSignature)
-                } else if !in_time(signed.body.now_ms) {
-                    Response::Refused(Refusal::OutOfTime)
-                } else {
+            },
+            Request::Ack(signed) => match signed.check(me, now) {
+                Err(refusal) => Response::Refused(refusal),
+                Ok(()) => {
                     let mailbox = Mailbox::of(&signed.account);
                     let jobs = self.shelf.ack(&mailbox, &signed.body.digests);
                     let deleted = jobs.len() as u32;
                     jobs.into_iter().for_each(|job| self.disk.queue(job));
                     Response::Acked(deleted)
                 }
-            }
+            },
             Request::Watch(signed) => {
-                if !signed.verify() || signed.body.replica != me {
-                    Response::Refused(Refusal::BadSignature)
-                } else if !in_time(signed.body.now_ms) {
-                    Response::Refused(Refusal::OutOfTime)
-                } else {
-                    match self.add_watcher(Mailbox::of(&signed.account), peer, now) {
-                        Ok(until) => Response::Watching(until),
-                        Err(refusal) => Response::Refused(refusal),
-                    }
+                match signed
+                    .check(me, now)
+                    .and_then(|()| self.add_watcher(Mailbox::of(&signed.account), peer, now))
+                {
+                    Ok(until) => Response::Watching(until),
+                    Err(refusal) => Response::Refused(refusal),
                 }
             }
             Request::Notify(mailbox) => Response::Noted(self.on_notify(peer, Mailbox(mailbox))),

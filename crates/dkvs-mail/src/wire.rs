@@ -122,28 +122,40 @@ pub struct WatchBody {
     pub now_ms: u64,
 }
 
-impl WatchBody {
+/// What an account signs to read or change its mailbox on one replica: bound to that
+/// replica and to the account's clock, in the body's own domain.
+pub trait SignedBody {
+    /// The signature's domain.
+    const DOMAIN: Domain;
+    /// The signed bytes (the module docs list them).
+    fn signing_bytes(&self) -> Vec<u8>;
+    /// The replica asked.
+    fn replica(&self) -> PeerId;
+    /// The account's clock, Unix ms.
+    fn now_ms(&self) -> u64;
+}
+
+impl SignedBody for WatchBody {
+    const DOMAIN: Domain = WATCH;
+
     fn signing_bytes(&self) -> Vec<u8> {
         let mut out = peer_bytes(&self.replica);
         out.extend_from_slice(&self.now_ms.to_be_bytes());
         out
     }
-}
 
-impl Signed<WatchBody> {
-    /// A watch signed by `account`.
-    pub fn watch(account: &Keypair, body: WatchBody) -> Signed<WatchBody> {
-        let signature = account.sign(WATCH, &body.signing_bytes());
-        Signed { account: account.account_id(), body, signature }
+    fn replica(&self) -> PeerId {
+        self.replica
     }
 
-    /// Whether the account signed it.
-    pub fn verify(&self) -> bool {
-        self.account.public_key().verify(WATCH, &self.body.signing_bytes(), &self.signature).is_ok()
+    fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 }
 
-impl FetchBody {
+impl SignedBody for FetchBody {
+    const DOMAIN: Domain = FETCH;
+
     fn signing_bytes(&self) -> Vec<u8> {
         let mut out = peer_bytes(&self.replica);
         out.extend_from_slice(&self.after.to_be_bytes());
@@ -151,9 +163,19 @@ impl FetchBody {
         out.extend_from_slice(&self.now_ms.to_be_bytes());
         out
     }
+
+    fn replica(&self) -> PeerId {
+        self.replica
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
 }
 
-impl AckBody {
+impl SignedBody for AckBody {
+    const DOMAIN: Domain = ACK;
+
     fn signing_bytes(&self) -> Vec<u8> {
         let mut out = peer_bytes(&self.replica);
         out.extend_from_slice(&self.now_ms.to_be_bytes());
@@ -162,6 +184,14 @@ impl AckBody {
             out.extend_from_slice(digest);
         }
         out
+    }
+
+    fn replica(&self) -> PeerId {
+        self.replica
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 }
 
@@ -173,29 +203,31 @@ fn peer_bytes(peer: &PeerId) -> Vec<u8> {
     out
 }
 
-impl Signed<FetchBody> {
-    /// A fetch signed by `account`.
-    pub fn fetch(account: &Keypair, body: FetchBody) -> Signed<FetchBody> {
-        let signature = account.sign(FETCH, &body.signing_bytes());
+impl<T: SignedBody> Signed<T> {
+    /// `body`, signed by `account`.
+    pub fn new(account: &Keypair, body: T) -> Signed<T> {
+        let signature = account.sign(T::DOMAIN, &body.signing_bytes());
         Signed { account: account.account_id(), body, signature }
     }
 
     /// Whether the account signed it.
     pub fn verify(&self) -> bool {
-        self.account.public_key().verify(FETCH, &self.body.signing_bytes(), &self.signature).is_ok()
-    }
-}
-
-impl Signed<AckBody> {
-    /// An ack signed by `account`.
-    pub fn ack(account: &Keypair, body: AckBody) -> Signed<AckBody> {
-        let signature = account.sign(ACK, &body.signing_bytes());
-        Signed { account: account.account_id(), body, signature }
+        self.account
+            .public_key()
+            .verify(T::DOMAIN, &self.body.signing_bytes(), &self.signature)
+            .is_ok()
     }
 
-    /// Whether the account signed it.
-    pub fn verify(&self) -> bool {
-        self.account.public_key().verify(ACK, &self.body.signing_bytes(), &self.signature).is_ok()
+    /// Whether a replica `me` whose clock reads `now_ms` takes it: signed by the account,
+    /// for this replica, and within the clock skew of now.
+    pub fn check(&self, me: PeerId, now_ms: u64) -> Result<(), Refusal> {
+        if !self.verify() || self.body.replica() != me {
+            return Err(Refusal::BadSignature);
+        }
+        if self.body.now_ms().abs_diff(now_ms) > crate::letter::MAX_CLOCK_SKEW_MS {
+            return Err(Refusal::OutOfTime);
+        }
+        Ok(())
     }
 }
 
@@ -785,9 +817,9 @@ mod tests {
         let ack = AckBody { replica: peer, now_ms: 1_800_000_000_000, digests: vec![[3; 32]; 3] };
         for request in [
             Request::Deposit(vec![1, 2, 3]),
-            Request::Fetch(Signed::fetch(&alice, fetch)),
-            Request::Ack(Signed::ack(&alice, ack)),
-            Request::Watch(Signed::watch(&alice, WatchBody { replica: peer, now_ms: 9 })),
+            Request::Fetch(Signed::new(&alice, fetch)),
+            Request::Ack(Signed::new(&alice, ack)),
+            Request::Watch(Signed::new(&alice, WatchBody { replica: peer, now_ms: 9 })),
             Request::Notify([4; 32]),
             Request::Offer([5; 32], vec![[6; 32]; 2]),
             Request::History("builders".into()),
@@ -825,7 +857,7 @@ mod tests {
         let here = PeerId::random();
         let there = PeerId::random();
         let body = FetchBody { replica: here, after: 0, limit: 10, now_ms: 5 };
-        let signed = Signed::fetch(&alice, body.clone());
+        let signed = Signed::new(&alice, body.clone());
         assert!(signed.verify());
         // Another replica, another cursor, another account: no longer valid.
         let moved = Signed { body: FetchBody { replica: there, ..body.clone() }, ..signed.clone() };
@@ -835,7 +867,7 @@ mod tests {
         let claimed = Signed { account: mallory.account_id(), ..signed.clone() };
         assert!(!claimed.verify());
 
-        let ack = Signed::ack(&alice, AckBody { replica: here, now_ms: 5, digests: vec![[1; 32]] });
+        let ack = Signed::new(&alice, AckBody { replica: here, now_ms: 5, digests: vec![[1; 32]] });
         assert!(ack.verify());
         let widened = Signed {
             body: AckBody { digests: vec![[1; 32], [2; 32]], ..ack.body.clone() },

@@ -119,14 +119,13 @@ async fn only_the_recipient_reads_or_deletes_and_tampering_and_senders_do_not_sh
         let node = net.node(2);
         // Mallory asks for bob's mailbox in bob's name, and with her own signature.
         let mut forged =
-            Signed::fetch(&mallory, FetchBody { replica, after: 0, limit: 100, now_ms: now() });
+            Signed::new(&mallory, FetchBody { replica, after: 0, limit: 100, now_ms: now() });
         forged.account = bob.account_id();
         assert_eq!(
             request(node, replica, Request::Fetch(forged)).await,
             Ok(Response::Refused(Refusal::BadSignature))
         );
-        let own =
-            Signed::fetch(&mallory, FetchBody { replica, after: 0, limit: 100, now_ms: now() });
+        let own = Signed::new(&mallory, FetchBody { replica, after: 0, limit: 100, now_ms: now() });
         assert_eq!(
             request(node, replica, Request::Fetch(own)).await,
             Ok(Response::Batch { items: vec![], more: false }),
@@ -134,21 +133,21 @@ async fn only_the_recipient_reads_or_deletes_and_tampering_and_senders_do_not_sh
         );
         // Forged acks delete nothing: in bob's name, in her own, or bob's for another replica.
         let body = AckBody { replica, now_ms: now(), digests: digests.clone() };
-        let mut forged = Signed::ack(&mallory, body.clone());
+        let mut forged = Signed::new(&mallory, body.clone());
         forged.account = bob.account_id();
         assert_eq!(
             request(node, replica, Request::Ack(forged)).await,
             Ok(Response::Refused(Refusal::BadSignature))
         );
-        let own = Signed::ack(&mallory, body.clone());
+        let own = Signed::new(&mallory, body.clone());
         assert_eq!(request(node, replica, Request::Ack(own)).await, Ok(Response::Acked(0)));
-        let elsewhere = Signed::ack(&bob, AckBody { replica: net.peer_id(4), ..body.clone() });
+        let elsewhere = Signed::new(&bob, AckBody { replica: net.peer_id(4), ..body.clone() });
         assert_eq!(
             request(node, replica, Request::Ack(elsewhere)).await,
             Ok(Response::Refused(Refusal::BadSignature))
         );
         // An old request is refused (and so is one from a clock far ahead).
-        let stale = Signed::ack(&bob, AckBody { now_ms: now() - 3_600_000, ..body });
+        let stale = Signed::new(&bob, AckBody { now_ms: now() - 3_600_000, ..body });
         assert_eq!(
             request(node, replica, Request::Ack(stale)).await,
             Ok(Response::Refused(Refusal::OutOfTime))
@@ -701,7 +700,7 @@ async fn acknowledging_tells_a_bounded_number_of_senders_and_a_peer_watches_a_bo
         for _ in 0..65 {
             let someone = account();
             let body = dkvs_mail::wire::WatchBody { replica, now_ms: now() };
-            let watch = Request::Watch(Signed::watch(&someone, body));
+            let watch = Request::Watch(Signed::new(&someone, body));
             answers.push(request(net.node(0), replica, watch).await);
         }
         assert!(answers[..64].iter().all(|a| matches!(a, Ok(Response::Watching(_)))));

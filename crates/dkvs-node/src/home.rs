@@ -131,13 +131,7 @@ impl Home {
 
     /// The records the node keeps alive (none when the file is absent).
     pub fn read_kept(&self) -> anyhow::Result<Vec<Kept>> {
-        let path = self.keep_file();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is damaged", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        read_list(&self.keep_file())
     }
 
     /// Moves a keep list that cannot be read aside (to `keep.json.damaged`); returns where.
@@ -210,13 +204,7 @@ impl Home {
     /// The letters sent through this node, and what became of them (none when the file is
     /// absent).
     pub fn read_sent(&self) -> anyhow::Result<Vec<Sent>> {
-        let path = self.sent_file();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is damaged", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        read_list(&self.sent_file())
     }
 
     /// Saves the letters sent through this node.
@@ -250,6 +238,18 @@ pub struct Sent {
     pub kept_by: Vec<String>,
     /// When the recipient said it read it (its clock), once its receipt came.
     pub read_at_ms: Option<u64>,
+}
+
+/// A JSON list kept in the home: empty when the file is absent; a damaged file is an error
+/// that names it (never silently forgotten).
+fn read_list<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Writes `bytes` to `path` atomically, readable by the owner only.

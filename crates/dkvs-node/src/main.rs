@@ -426,18 +426,7 @@ fn with_account(path: String, account: &Option<String>, extra: &[(&str, String)]
 fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Put { key, value, file, ttl, expect_seq, account, keep } => {
-            let bytes = match (value, file) {
-                (Some(value), _) => value.into_bytes(),
-                (None, Some(file)) => std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?,
-                (None, None) => {
-                    let mut bytes = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut bytes)
-                        .context("cannot read standard input")?;
-                    bytes
-                }
-            };
+            let bytes = input(value, file)?;
             let mut extra = Vec::new();
             if let Some(ttl) = ttl {
                 extra.push(("ttl", ttl));
@@ -523,18 +512,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             })?;
         }
         Command::Mail(MailCommand::Send { account_id, message, file, ttl, account }) => {
-            let bytes = match (message, file) {
-                (Some(message), _) => message.into_bytes(),
-                (None, Some(file)) => std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?,
-                (None, None) => {
-                    let mut bytes = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut bytes)
-                        .context("cannot read standard input")?;
-                    bytes
-                }
-            };
+            let bytes = input(message, file)?;
             let extra: Vec<(&str, String)> = ttl.into_iter().map(|t| ("ttl", t)).collect();
             let path =
                 with_account(format!("/v1/mail/{}", encode_segment(&account_id)), &account, &extra);
@@ -638,18 +616,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             acknowledge(client, &answer)?;
         },
         Command::Channel(ChannelCommand::Publish { name, message, file, account }) => {
-            let bytes = match (message, file) {
-                (Some(message), _) => message.into_bytes(),
-                (None, Some(file)) => std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?,
-                (None, None) => {
-                    let mut bytes = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut bytes)
-                        .context("cannot read standard input")?;
-                    bytes
-                }
-            };
+            let bytes = input(message, file)?;
             let path =
                 with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &[]);
             let post = client.post_bytes(&path, &bytes)?;
@@ -728,6 +695,21 @@ fn report_refused(answer: &serde_json::Value) {
             r["replica"].as_str().unwrap_or("?"),
             r["reason"].as_str().unwrap_or("?")
         );
+    }
+}
+
+/// What a command writes: the argument, else the file, else standard input.
+fn input(argument: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    match (argument, file) {
+        (Some(text), _) => Ok(text.into_bytes()),
+        (None, Some(file)) => {
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))
+        }
+        (None, None) => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
+            Ok(bytes)
+        }
     }
 }
 

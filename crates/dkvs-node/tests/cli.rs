@@ -82,6 +82,19 @@ fn new_account(home: &Path, name: &str, key_type: &str) -> String {
     .to_owned()
 }
 
+/// The lines a child prints, as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
@@ -96,15 +109,7 @@ fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
     // The node's log goes to a file, as it would under a service manager.
     let log = std::fs::File::create(home.join("node.log")).expect("log file");
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(child.stdout.take().expect("piped"));
     let mut address = None;
     let deadline = Instant::now() + STEP;
     loop {
@@ -593,16 +598,8 @@ fn a_channel_through_the_command_line() {
     let mut follow = dkvs(&bob_home);
     follow.args(["channel", "subscribe", "builders", "--history", "--announce"]);
     let mut child = follow.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("starts");
-    let stdout = child.stdout.take().expect("piped");
+    let rx = lines_of(child.stdout.take().expect("piped"));
     let _follower = Reaped(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let first = rx.recv_timeout(STEP).expect("bob's own presence");
     assert!(first.contains("\"presence\"") && first.contains(&bob), "{first}");
 
