@@ -1,0 +1,439 @@
+//! The block store: IPFS blocks on disk, one file each, checked against their CID on the way
+//! in and on the way out, bounded in bytes, with pins and garbage collection, and a hot tier in
+//! memory (a `moka` cache: forgetting a block there is harmless, the disk has it).
+//!
+//! Blocks are kept by their multihash, not by their CID: the same bytes under a CIDv0 (Kubo's
+//! `Qm…`) and a CIDv1 are one block. Only SHA2-256 multihashes are taken (what every IPFS
+//! implementation makes by default); a block of another hash is refused, not trusted.
+//!
+//! Layout: `<dir>/blocks/<first two hex digits>/<multihash hex>` written atomically (a
+//! temporary file, synced, renamed, the directory synced), and `<dir>/pins`, one CID a line,
+//! rewritten the same way. A pin is recursive: garbage collection keeps every block reachable
+//! from a pinned root through the links the caller's DAG decoder finds.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cid::Cid;
+use cid::multihash::Multihash;
+use sha2::{Digest as _, Sha256};
+
+/// The multihash code of SHA2-256.
+pub const SHA2_256: u64 = 0x12;
+/// The largest block taken: 2 MiB (bitswap peers send at most 2 MiB blocks; files are
+/// chunked well below it).
+pub const MAX_BLOCK: usize = 2 << 20;
+
+/// A block store's limits.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BlockStoreConfig {
+    /// Bytes of blocks kept on disk at most. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Bytes of blocks kept in memory as the hot tier. Default 64 MiB.
+    pub hot_bytes: u64,
+}
+
+impl Default for BlockStoreConfig {
+    fn default() -> BlockStoreConfig {
+        BlockStoreConfig { max_bytes: 1 << 30, hot_bytes: 64 << 20 }
+    }
+}
+
+/// Why a block was not taken or given.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockError {
+    /// The CID's hash is not SHA2-256.
+    #[error("CID {0} is not a SHA2-256 hash; only those are kept")]
+    UnsupportedHash(Cid),
+    /// The bytes do not hash to the CID.
+    #[error("the bytes do not match CID {0}")]
+    Mismatch(Cid),
+    /// The block is over [`MAX_BLOCK`].
+    #[error("a block of {len} bytes, over the {MAX_BLOCK} limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// The store holds its limit; unpinned blocks can be collected (`gc`).
+    #[error("the block store is full ({used} of {limit} bytes)")]
+    Full {
+        /// Bytes kept.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A file on disk no longer matches its name: it was removed.
+    #[error("block {0} was damaged on disk and is removed")]
+    Corrupt(Cid),
+    /// The disk failed.
+    #[error("block store IO: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a garbage collection did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blocks removed.
+    pub removed: usize,
+    /// Bytes freed.
+    pub freed: u64,
+    /// Blocks kept (reachable from a pin).
+    pub kept: usize,
+}
+
+struct Index {
+    /// Multihash bytes -> block size.
+    sizes: HashMap<Vec<u8>, u64>,
+    bytes: u64,
+    pins: BTreeSet<Cid>,
+}
+
+/// IPFS blocks on disk (see the module docs). Cloning gives another handle to the same store.
+#[derive(Clone)]
+pub struct BlockStore {
+    dir: PathBuf,
+    config: BlockStoreConfig,
+    index: Arc<Mutex<Index>>,
+    hot: moka::sync::Cache<Vec<u8>, Arc<[u8]>>,
+}
+
+/// The CIDv1 of `data` under `codec` (0x55 raw, 0x70 dag-pb), SHA2-256.
+pub fn cid_of(codec: u64, data: &[u8]) -> Cid {
+    let digest = Sha256::digest(data);
+    let hash = Multihash::<64>::wrap(SHA2_256, &digest).expect("a 32-byte digest fits");
+    Cid::new_v1(codec, hash)
+}
+
+fn check(cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+    if cid.hash().code() != SHA2_256 {
+        return Err(BlockError::UnsupportedHash(*cid));
+    }
+    if data.len() > MAX_BLOCK {
+        return Err(BlockError::TooLarge { len: data.len() });
+    }
+    if Sha256::digest(data).as_slice() != cid.hash().digest() {
+        return Err(BlockError::Mismatch(*cid));
+    }
+    Ok(())
+}
+
+impl BlockStore {
+    /// The store in `dir` (made if missing), with what an earlier run kept there: the sizes of
+    /// the blocks on disk (read from the directory, not the contents), and the pins. Leftovers
+    /// of writes a crash interrupted are removed.
+    pub fn open(dir: &Path, config: BlockStoreConfig) -> Result<BlockStore, BlockError> {
+        let blocks = dir.join("blocks");
+        fs::create_dir_all(&blocks)?;
+        let mut sizes = HashMap::new();
+        let mut bytes = 0;
+        for shard in fs::read_dir(&blocks)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") {
+                    fs::remove_file(entry.path())?;
+                    continue;
+                }
+                let Ok(hash) = hex::decode(&name) else { continue };
+                let size = entry.metadata()?.len();
+                bytes += size;
+                sizes.insert(hash, size);
+            }
+        }
+        let pins = match fs::read_to_string(dir.join("pins")) {
+            Ok(text) => text.lines().filter_map(|line| line.trim().parse().ok()).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let hot = moka::sync::Cache::builder()
+            .max_capacity(config.hot_bytes)
+            .weigher(|_: &Vec<u8>, block: &Arc<[u8]>| block.len().try_into().unwrap_or(u32::MAX))
+            .build();
+        Ok(BlockStore {
+            dir: dir.to_owned(),
+            config,
+            index: Arc::new(Mutex::new(Index { sizes, bytes, pins })),
+            hot,
+        })
+    }
+
+    fn path(&self, hash: &[u8]) -> PathBuf {
+        let name = hex::encode(hash);
+        self.dir.join("blocks").join(&name[..2]).join(name)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic while holding the lock leaves the index as consistent as the last change.
+        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `data` as the block `cid`, after checking that it hashes to it. True when it was
+    /// new. Blocking: call it from a blocking context in async code.
+    pub fn put(&self, cid: &Cid, data: &[u8]) -> Result<bool, BlockError> {
+        check(cid, data)?;
+        let hash = cid.hash().to_bytes();
+        {
+            let index = self.lock();
+            if index.sizes.contains_key(&hash) {
+                return Ok(false);
+            }
+            if index.bytes + data.len() as u64 > self.config.max_bytes {
+                return Err(BlockError::Full { used: index.bytes, limit: self.config.max_bytes });
+            }
+        }
+        write_atomically(&self.path(&hash), data)?;
+        let mut index = self.lock();
+        if index.sizes.insert(hash.clone(), data.len() as u64).is_none() {
+            index.bytes += data.len() as u64;
+        }
+        drop(index);
+        self.hot.insert(hash, Arc::from(data));
+        Ok(true)
+    }
+
+    /// The block `cid`, checked against it (a damaged file is removed and reported).
+    /// Blocking: call it from a blocking context in async code.
+    pub fn get(&self, cid: &Cid) -> Result<Option<Arc<[u8]>>, BlockError> {
+        if cid.hash().code() != SHA2_256 {
+            return Err(BlockError::UnsupportedHash(*cid));
+        }
+        let hash = cid.hash().to_bytes();
+        if let Some(block) = self.hot.get(&hash) {
+            return Ok(Some(block));
+        }
+        if !self.lock().sizes.contains_key(&hash) {
+            return Ok(None);
+        }
+        let data = match fs::read(self.path(&hash)) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(&hash);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if check(cid, &data).is_err() {
+            tracing::warn!(%cid, "a damaged block on disk; removed");
+            let _ = fs::remove_file(self.path(&hash));
+            self.forget(&hash);
+            return Err(BlockError::Corrupt(*cid));
+        }
+        let block: Arc<[u8]> = Arc::from(data);
+        self.hot.insert(hash, block.clone());
+        Ok(Some(block))
+    }
+
+    /// Whether the block `cid` is kept.
+    pub fn has(&self, cid: &Cid) -> bool {
+        self.lock().sizes.contains_key(&cid.hash().to_bytes())
+    }
+
+    fn forget(&self, hash: &[u8]) {
+        let mut index = self.lock();
+        if let Some(size) = index.sizes.remove(hash) {
+            index.bytes -= size;
+        }
+        drop(index);
+        self.hot.invalidate(hash);
+    }
+
+    /// Bytes of blocks kept on disk.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Blocks kept on disk.
+    pub fn len(&self) -> usize {
+        self.lock().sizes.len()
+    }
+
+    /// Whether no block is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pins `cid` (and, for garbage collection, everything reachable from it); saved at once.
+    pub fn pin(&self, cid: &Cid) -> Result<(), BlockError> {
+        let mut index = self.lock();
+        if index.pins.insert(*cid) {
+            self.save_pins(&index.pins)?;
+        }
+        Ok(())
+    }
+
+    /// Unpins `cid`; false when it was not pinned.
+    pub fn unpin(&self, cid: &Cid) -> Result<bool, BlockError> {
+        let mut index = self.lock();
+        if !index.pins.remove(cid) {
+            return Ok(false);
+        }
+        self.save_pins(&index.pins)?;
+        Ok(true)
+    }
+
+    /// The pinned roots.
+    pub fn pins(&self) -> Vec<Cid> {
+        self.lock().pins.iter().copied().collect()
+    }
+
+    fn save_pins(&self, pins: &BTreeSet<Cid>) -> Result<(), BlockError> {
+        let text: String = pins.iter().map(|cid| format!("{cid}\n")).collect();
+        Ok(write_atomically(&self.dir.join("pins"), text.as_bytes())?)
+    }
+
+    /// Removes every block that no pin reaches. `links` gives the CIDs a block links to (the
+    /// DAG decoder: dag-pb links for UnixFS, none for raw blocks). A pinned block that is
+    /// missing is skipped (fetched later, not an error).
+    pub fn gc(&self, links: impl Fn(&Cid, &[u8]) -> Vec<Cid>) -> Result<GcReport, BlockError> {
+        let mut live: HashSet<Vec<u8>> = HashSet::new();
+        let mut todo: Vec<Cid> = self.pins();
+        while let Some(cid) = todo.pop() {
+            if cid.hash().code() != SHA2_256 || !live.insert(cid.hash().to_bytes()) {
+                continue;
+            }
+            if let Some(block) = self.get(&cid)? {
+                todo.extend(links(&cid, &block));
+            }
+        }
+        let dead: Vec<Vec<u8>> =
+            self.lock().sizes.keys().filter(|hash| !live.contains(*hash)).cloned().collect();
+        let mut report = GcReport::default();
+        for hash in dead {
+            match fs::remove_file(self.path(&hash)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            let size = self.lock().sizes.get(&hash).copied().unwrap_or(0);
+            self.forget(&hash);
+            report.removed += 1;
+            report.freed += size;
+        }
+        report.kept = self.len();
+        Ok(report)
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the whole new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("a path with no directory"))?;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        "{}.{:016x}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        rand::random::<u64>()
+    ));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAW: u64 = 0x55;
+    const DAG_PB: u64 = 0x70;
+
+    fn store(dir: &Path, max_bytes: u64) -> BlockStore {
+        let config = BlockStoreConfig { max_bytes, ..Default::default() };
+        BlockStore::open(dir, config).expect("opens")
+    }
+
+    #[test]
+    fn blocks_are_checked_in_and_out_and_v0_and_v1_are_one_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        let cid = cid_of(RAW, b"hello");
+        assert!(blocks.put(&cid, b"hello").expect("taken"));
+        assert!(!blocks.put(&cid, b"hello").expect("again"), "kept once");
+        assert!(matches!(blocks.put(&cid, b"jello"), Err(BlockError::Mismatch(_))));
+        let other = Cid::new_v1(RAW, Multihash::<64>::wrap(0x13, &[0; 64]).expect("sha512"));
+        assert!(matches!(blocks.put(&other, b"x"), Err(BlockError::UnsupportedHash(_))));
+        assert_eq!(blocks.get(&cid).expect("read").as_deref(), Some(&b"hello"[..]));
+        // The CIDv0 of the same multihash names the same block.
+        let v0 = Cid::new_v0(*cid.hash()).expect("sha2-256 fits v0");
+        assert!(blocks.has(&v0));
+        assert_eq!(blocks.get(&v0).expect("read").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(blocks.get(&cid_of(RAW, b"absent")).expect("read"), None);
+        let big = vec![0; MAX_BLOCK + 1];
+        assert!(matches!(blocks.put(&cid_of(RAW, &big), &big), Err(BlockError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_a_reopened_store_has_its_blocks_and_pins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 10);
+        let (a, b) = (cid_of(RAW, b"123456"), cid_of(RAW, b"abcdef"));
+        blocks.put(&a, b"123456").expect("fits");
+        assert!(matches!(blocks.put(&b, b"abcdef"), Err(BlockError::Full { used: 6, limit: 10 })));
+        blocks.pin(&a).expect("pinned");
+        // A write a crash interrupted.
+        let shard = blocks.path(&a.hash().to_bytes()).parent().expect("a shard").to_owned();
+        fs::write(shard.join("junk.0123.tmp"), b"x").expect("a leftover");
+        drop(blocks);
+        let again = store(dir.path(), 10);
+        assert_eq!((again.len(), again.bytes()), (1, 6));
+        assert_eq!(again.pins(), [a]);
+        assert_eq!(again.get(&a).expect("read").as_deref(), Some(&b"123456"[..]));
+        assert!(!shard.join("junk.0123.tmp").exists(), "the leftover is removed");
+    }
+
+    #[test]
+    fn a_damaged_block_is_reported_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        let cid = cid_of(RAW, b"precious");
+        blocks.put(&cid, b"precious").expect("taken");
+        fs::write(blocks.path(&cid.hash().to_bytes()), b"tampered").expect("overwrite");
+        let fresh = store(dir.path(), 1 << 20); // no hot copy
+        assert!(matches!(fresh.get(&cid), Err(BlockError::Corrupt(_))));
+        assert!(!fresh.has(&cid));
+        assert_eq!(fresh.get(&cid).expect("read"), None);
+    }
+
+    #[test]
+    fn gc_keeps_what_pins_reach_through_links_and_removes_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        // A root whose bytes list its children's CIDs (a stand-in for dag-pb links, which the
+        // UnixFS layer decodes): the walk follows whatever `links` returns.
+        let leaves: Vec<Cid> = (0..3u8)
+            .map(|i| {
+                let cid = cid_of(RAW, &[i; 10]);
+                blocks.put(&cid, &[i; 10]).expect("leaf");
+                cid
+            })
+            .collect();
+        let listing: String = leaves.iter().map(|c| format!("{c}\n")).collect();
+        let root = cid_of(DAG_PB, listing.as_bytes());
+        blocks.put(&root, listing.as_bytes()).expect("root");
+        let stray = cid_of(RAW, b"stray");
+        blocks.put(&stray, b"stray").expect("stray");
+        blocks.pin(&root).expect("pin");
+        let links = |cid: &Cid, block: &[u8]| -> Vec<Cid> {
+            if cid.codec() != DAG_PB {
+                return Vec::new();
+            }
+            String::from_utf8_lossy(block).lines().filter_map(|l| l.parse().ok()).collect()
+        };
+        let report = blocks.gc(links).expect("gc");
+        assert_eq!(report, GcReport { removed: 1, freed: 5, kept: 4 });
+        assert!(!blocks.has(&stray) && leaves.iter().all(|c| blocks.has(c)));
+        assert!(blocks.unpin(&root).expect("unpin"));
+        assert_eq!(blocks.gc(links).expect("gc").removed, 4);
+        assert!(blocks.is_empty());
+    }
+}
