@@ -737,12 +737,16 @@ async fn send_mail(
         )
     })?;
     let sender = state.account(query.account.as_deref()).await?;
-    let mut options = dkvs_mail::SendOptions::default();
+    let mut options = state.mail_options()?;
     if let Some(ttl) = &query.ttl {
         let ttl = humantime::parse_duration(ttl)
             .map_err(|e| ApiError::bad_request(format!("ttl {ttl:?}: {e}")))?;
-        if ttl.is_zero() || ttl > std::time::Duration::from_millis(options.ttl_ms) {
-            return Err(ApiError::bad_request("ttl: more than 0 and at most 7d"));
+        let most = std::time::Duration::from_millis(options.ttl_ms);
+        if ttl.is_zero() || ttl > most {
+            return Err(ApiError::bad_request(format!(
+                "ttl: more than 0 and at most {} (mail_ttl_secs)",
+                humantime::format_duration(most)
+            )));
         }
         options = options.with_ttl_ms(ttl.as_millis() as u64);
     }
@@ -835,6 +839,13 @@ fn now_ms() -> u64 {
 }
 
 impl AppState {
+    /// How this node sends and reads mail (its configuration).
+    fn mail_options(&self) -> ApiResult<dkvs_mail::SendOptions> {
+        self.config.mail().map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "config", format!("{e:#}"))
+        })
+    }
+
     /// Changes the list of sent letters with `f` and saves it (`f` returns whether it changed
     /// nothing, to skip the write).
     async fn update_sent(
@@ -924,7 +935,7 @@ async fn read_inbox(
     let account = state.account(query.account.as_deref()).await?;
     let id = account.account_id();
     let inbox = state.with_inbox(&id, |inbox| inbox.clone()).await?;
-    let options = dkvs_mail::SendOptions::default();
+    let options = state.mail_options()?;
     let unavailable = |e: dkvs_mail::ReadError| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_replica", e.to_string())
     };
@@ -1017,7 +1028,7 @@ async fn ack_inbox(
         })
         .await?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inbox", format!("{e:#}")))?;
-    let options = dkvs_mail::SendOptions::default();
+    let options = state.mail_options()?;
     let report =
         dkvs_mail::ack(&state.node, &account, &mut dkvs_mail::Inbox::new(), &fetched, &options)
             .await;
@@ -1064,7 +1075,7 @@ async fn mail_status(
     if sent.read_at_ms.is_none() {
         let id_of = account.account_id();
         let inbox = state.with_inbox(&id_of, |inbox| inbox.clone()).await?;
-        let options = dkvs_mail::SendOptions::default();
+        let options = state.mail_options()?;
         // Receipts only: they are noted, then acknowledged; letters wait for their reader.
         if let Ok(fetched) = dkvs_mail::fetch(&state.node, &account, &inbox, &options).await {
             let receipts = fetched.only_receipts();

@@ -59,12 +59,29 @@ pub struct NodeConfig {
     /// Sync every put to disk before acknowledging it (survives power loss, slower). Puts that
     /// arrive together share one flush, and reads are answered while a flush is under way.
     pub fsync: bool,
+    /// Mail: on how many replicas a letter sent from this node is kept (a read asks twice as
+    /// many).
+    pub mail_replicas: usize,
+    /// Mail: how long a letter sent from this node is kept unread, in seconds (and the most a
+    /// `--ttl` may ask).
+    pub mail_ttl_secs: u64,
+    /// Mail, as a replica: the longest this node keeps a letter, whatever its sender asked.
+    pub mail_max_ttl_secs: u64,
+    /// Mail, as a replica: letters one mailbox holds here at most.
+    pub mail_mailbox_messages: usize,
+    /// Mail, as a replica: bytes one mailbox holds here at most.
+    pub mail_mailbox_bytes: u64,
+    /// Mail, as a replica: bytes of letters this node keeps at most.
+    pub mail_total_bytes: u64,
+    /// Mail: tell senders when their letters are read (a receipt signed by the reader).
+    pub mail_read_receipts: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> NodeConfig {
         let net = dkvs_net::Config::default();
         let store = dkvs_store::Config::default();
+        let (mail, shelf) = (dkvs_mail::SendOptions::default(), dkvs_mail::ShelfConfig::default());
         NodeConfig {
             listen: vec!["/ip4/0.0.0.0/tcp/4040".into(), "/ip4/0.0.0.0/udp/4040/quic-v1".into()],
             bootstrap: Vec::new(),
@@ -87,6 +104,13 @@ impl Default for NodeConfig {
             request_timeout_ms: net.request_timeout.as_millis() as u64,
             operation_timeout_ms: net.operation_timeout.as_millis() as u64,
             fsync: false,
+            mail_replicas: mail.replicas,
+            mail_ttl_secs: mail.ttl_ms / 1000,
+            mail_max_ttl_secs: shelf.max_ttl_ms / 1000,
+            mail_mailbox_messages: shelf.mailbox_messages,
+            mail_mailbox_bytes: shelf.mailbox_bytes,
+            mail_total_bytes: shelf.total_bytes,
+            mail_read_receipts: mail.read_receipts,
         }
     }
 }
@@ -126,6 +150,28 @@ impl NodeConfig {
             .with_subnet_bytes(self.subnet_bytes_per_second, self.subnet_byte_burst))
     }
 
+    /// How this node sends and reads mail.
+    pub fn mail(&self) -> anyhow::Result<dkvs_mail::SendOptions> {
+        anyhow::ensure!(self.mail_replicas >= 1, "mail_replicas: at least 1");
+        anyhow::ensure!(self.mail_ttl_secs >= 1, "mail_ttl_secs: at least 1");
+        Ok(dkvs_mail::SendOptions::default()
+            .with_replicas(self.mail_replicas)
+            .with_ttl_ms(self.mail_ttl_secs.saturating_mul(1000))
+            .with_read_receipts(self.mail_read_receipts))
+    }
+
+    /// What this node keeps as a mail replica.
+    pub fn shelf(&self) -> anyhow::Result<dkvs_mail::ShelfConfig> {
+        anyhow::ensure!(self.mail_max_ttl_secs >= 1, "mail_max_ttl_secs: at least 1");
+        anyhow::ensure!(self.mail_mailbox_messages >= 1, "mail_mailbox_messages: at least 1");
+        let mut shelf = dkvs_mail::ShelfConfig::default();
+        shelf.max_ttl_ms = self.mail_max_ttl_secs.saturating_mul(1000);
+        shelf.mailbox_messages = self.mail_mailbox_messages;
+        shelf.mailbox_bytes = self.mail_mailbox_bytes;
+        shelf.total_bytes = self.mail_total_bytes;
+        Ok(shelf)
+    }
+
     /// The store's configuration.
     pub fn store(&self) -> dkvs_store::Config {
         let store = dkvs_store::Config::default().with_max_bytes(self.max_bytes);
@@ -157,5 +203,15 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("replicaton = 5\n").is_err(), "typos are errors");
         let bad = NodeConfig { kad_mode: "sometimes".into(), ..NodeConfig::default() };
         assert!(bad.net().is_err());
+        let mail: NodeConfig = toml::from_str(
+            "mail_replicas = 3\nmail_mailbox_messages = 10\nmail_read_receipts = false\n",
+        )
+        .expect("parses");
+        let (options, shelf) = (mail.mail().expect("valid"), mail.shelf().expect("valid"));
+        assert_eq!((options.replicas, options.read_receipts), (3, false));
+        assert_eq!(shelf.mailbox_messages, 10);
+        assert_eq!(shelf.total_bytes, dkvs_mail::ShelfConfig::default().total_bytes);
+        let none = NodeConfig { mail_replicas: 0, ..NodeConfig::default() };
+        assert!(none.mail().is_err());
     }
 }

@@ -130,7 +130,8 @@ enum MailCommand {
         /// Read the message from this file.
         #[arg(long, conflicts_with = "message")]
         file: Option<PathBuf>,
-        /// How long replicas keep it if unread, e.g. 1h, 2d (default and most: 7d).
+        /// How long replicas keep it if unread, e.g. 1h, 2d (default and most: the node's
+        /// mail_ttl_secs, 7 days unless configured).
         #[arg(long)]
         ttl: Option<String>,
         /// Sign with this account instead of the default one.

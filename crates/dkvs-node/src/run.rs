@@ -29,12 +29,11 @@ pub async fn run(
     let store = Store::open(home.data_dir(), config.store())
         .with_context(|| format!("cannot open the store in {}", home.data_dir().display()))?;
     let mail_dir = home.data_dir().join("mail");
-    let mail =
-        dkvs_mail::Mail::open(&mail_dir, identity.clone(), dkvs_mail::ShelfConfig::default())
-            .with_context(|| format!("cannot open the mail kept in {}", mail_dir.display()))?;
+    let mail = dkvs_mail::Mail::open(&mail_dir, identity.clone(), config.shelf()?)
+        .with_context(|| format!("cannot open the mail kept in {}", mail_dir.display()))?;
     let node = NodeBuilder::new(identity, store, config.net()?).with_extension(|_| mail).spawn()?;
     // Mail follows its mailboxes' closest replicas as peers come and go.
-    dkvs_mail::spawn_hand_over(&node, dkvs_mail::SendOptions::default());
+    dkvs_mail::spawn_hand_over(&node, config.mail()?);
     let mut out = std::io::stdout().lock();
     writeln!(out, "peer id: {}", node.peer_id())?;
     for addr in &config.listen {

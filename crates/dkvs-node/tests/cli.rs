@@ -96,11 +96,17 @@ fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
 }
 
 fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
+    start_with(home, bootstrap, "")
+}
+
+/// A node with `settings` added to its configuration (only to test those settings).
+fn start_with(home: &Path, bootstrap: Option<&str>, settings: &str) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
     // The default configuration, but for the listen address: several nodes share one machine,
     // so each takes a free port, and on loopback only.
-    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\n").expect("config");
+    let text = format!("listen = [\"/ip4/127.0.0.1/tcp/0\"]\n{settings}");
+    std::fs::write(&config, text).expect("config");
     let mut command = dkvs(home);
     command.arg("node").arg("--config").arg(&config).args(["--api", "127.0.0.1:0"]);
     if let Some(peer) = bootstrap {
@@ -434,9 +440,18 @@ fn print_config_shows_every_default() {
         },
         None,
     ));
-    for field in
-        ["listen", "bootstrap", "api", "replication", "write_quorum", "max_bytes", "max_ttl_secs"]
-    {
+    for field in [
+        "listen",
+        "bootstrap",
+        "api",
+        "replication",
+        "write_quorum",
+        "max_bytes",
+        "max_ttl_secs",
+        "mail_replicas = 5",
+        "mail_mailbox_messages = 1000",
+        "mail_read_receipts = true",
+    ] {
         assert!(text.contains(field), "{field} missing from:\n{text}");
     }
 }
@@ -691,4 +706,22 @@ fn twenty_letters_from_two_senders_survive_two_dead_replicas_through_the_command
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
     assert_eq!(again["letters"], serde_json::json!([]), "{again}");
     drop((bob_node, senders, alive));
+}
+
+#[test]
+fn mail_settings_come_from_the_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    new_account(&alice_home, "alice", "ed25519");
+    let bob = new_account(&dir.path().join("bob"), "bob", "ed25519");
+    let seed = start(&seed_home, None);
+    let alice_node =
+        start_with(&alice_home, Some(&seed.address), "mail_replicas = 1\nmail_ttl_secs = 3600\n");
+    let out = ok(mail(&alice_home, &["send", &bob, "one copy"], None));
+    assert!(out.contains("kept by 1 replicas"), "{out}");
+    let long = mail(&alice_home, &["send", &bob, "too long", "--ttl", "2h"], None);
+    assert_eq!(long.status.code(), Some(2));
+    assert!(stderr(&long).contains("at most 1h"), "{}", stderr(&long));
+    drop((seed, alice_node));
 }
