@@ -137,6 +137,12 @@ pub enum OpenError {
     /// Authentication failed: the data was encrypted for another key, or was altered.
     #[error("decryption failed: encrypted for another key, or altered")]
     DecryptionFailed,
+    /// A sealed key opened to something that is not a 32-byte key.
+    #[error("the sealed box holds {len} bytes, not a 32-byte key")]
+    NotAKey {
+        /// What it held.
+        len: usize,
+    },
 }
 
 /// Encrypts `plaintext` so that only the holder of `recipient`'s key pair can read it.
@@ -252,6 +258,16 @@ impl Keypair {
     }
 }
 
+impl Keypair {
+    /// Opens a key sealed to this account with [`SymmetricKey::seal_to`].
+    pub fn open_symmetric_key(&self, sealed: &[u8]) -> Result<SymmetricKey, OpenError> {
+        let bytes = Zeroizing::new(self.open(sealed)?);
+        let key: [u8; 32] =
+            bytes.as_slice().try_into().map_err(|_| OpenError::NotAKey { len: bytes.len() })?;
+        Ok(SymmetricKey(Zeroizing::new(key)))
+    }
+}
+
 /// A 32-byte XChaCha20-Poly1305 key. Its bytes are wiped on drop and never printed.
 #[derive(Clone)]
 pub struct SymmetricKey(Zeroizing<[u8; 32]>);
@@ -284,6 +300,19 @@ impl SymmetricKey {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
         out
+    }
+
+    /// A key derived from this one for one item, named by `salt` (random, stored beside what
+    /// it encrypts) and `context`: HKDF-SHA256 with this key as input, `salt` as salt and
+    /// `context` as info. The IPFS module derives a key per file this way.
+    pub fn derive(&self, salt: &[u8], context: &str) -> SymmetricKey {
+        SymmetricKey(hkdf_32(salt, self.0.as_ref(), context.as_bytes()))
+    }
+
+    /// This key sealed to `recipient` ([`seal`]): how a key is shared with another account,
+    /// which opens it with [`Keypair::open_symmetric_key`].
+    pub fn seal_to(&self, recipient: &PublicKey) -> Vec<u8> {
+        seal(recipient, self.0.as_ref())
     }
 
     /// Decrypts the output of [`SymmetricKey::encrypt`], given the same `aad`.
@@ -404,6 +433,32 @@ mod tests {
         assert_eq!(again.decrypt(&sealed, b"").as_deref(), Ok(&b"data"[..]));
         assert_eq!(b.decrypt(&sealed, b""), Err(OpenError::DecryptionFailed));
         assert_eq!(format!("{a:?}"), "SymmetricKey(..)");
+    }
+
+    #[test]
+    fn a_derived_key_shared_by_sealing_opens_only_for_its_recipient() {
+        let owner = Keypair::generate(KeyType::Ed25519);
+        let files = owner.derive_symmetric_key("files");
+        let file = files.derive(b"salt one", "file");
+        assert_eq!(
+            files.derive(b"salt one", "file").decrypt(&file.encrypt(b"x", b"i"), b"i").as_deref(),
+            Ok(&b"x"[..])
+        );
+        let other = files.derive(b"salt two", "file");
+        assert!(other.decrypt(&file.encrypt(b"x", b""), b"").is_err());
+        for ty in TYPES {
+            let friend = Keypair::generate(ty);
+            let sealed = file.seal_to(friend.public());
+            let opened = friend.open_symmetric_key(&sealed).expect("opens");
+            assert_eq!(opened.decrypt(&file.encrypt(b"y", b""), b"").as_deref(), Ok(&b"y"[..]));
+            let stranger = Keypair::generate(ty);
+            assert_eq!(
+                stranger.open_symmetric_key(&sealed).err(),
+                Some(OpenError::DecryptionFailed)
+            );
+        }
+        let not_a_key = seal(owner.public(), b"short");
+        assert_eq!(owner.open_symmetric_key(&not_a_key).err(), Some(OpenError::NotAKey { len: 5 }));
     }
 
     #[test]

@@ -237,6 +237,11 @@ impl BlockStore {
         self.lock().sizes.contains_key(&cid.hash().to_bytes())
     }
 
+    /// The size of the block `cid`, if kept.
+    pub fn size(&self, cid: &Cid) -> Option<u64> {
+        self.lock().sizes.get(&cid.hash().to_bytes()).copied()
+    }
+
     fn forget(&self, hash: &[u8]) {
         let mut index = self.lock();
         if let Some(size) = index.sizes.remove(hash) {

@@ -7,8 +7,13 @@
 //! provider records, the CLI and API, interop with Helia and Kubo) is the IPFS issue; the plan
 //! is in `docs/ipfs-plan.md`.
 
+pub mod bitswap;
 pub mod blockstore;
+pub mod crypt;
+pub mod exchange;
+mod service;
 
 pub use blockstore::{BlockError, BlockStore, BlockStoreConfig, GcReport, cid_of};
 pub use cid::Cid;
 pub use dkvs_net as net;
+pub use service::{Ipfs, IpfsEvent};

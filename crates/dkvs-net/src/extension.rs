@@ -208,6 +208,12 @@ impl Host<'_> {
         self.blocked.block_peer(peer);
     }
 
+    /// True while this node serves the DHT (others can reach it, or it is on a local network
+    /// only): a second DHT an extension runs (IPFS's) follows it.
+    pub fn dht_server(&self) -> bool {
+        self.kad.mode() == kad::Mode::Server
+    }
+
     /// True while `peer` is banned.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         self.defence.is_banned(peer)

@@ -1,0 +1,601 @@
+//! Bitswap as a node runs it: the wants of this node's fetches, the wantlists of its peers, and
+//! the streams that carry them.
+//!
+//! Streams live on tasks, not on the node's event loop: one reader task per inbound stream
+//! (it reads frames, decodes them and hashes their blocks, then hands the checked message to
+//! the exchange), and one writer task per peer with a long-lived outbound stream (it batches
+//! what the exchange queued, loads served blocks from the block store, writes frames). The
+//! exchange itself, on the node's task, only decides: whom to ask, what to answer.
+//!
+//! Fetching asks every connected peer `want-have` (with "send don't-have"), then `want-block`
+//! of the first peer that has it; a peer that already gave blocks of the same file is asked
+//! `want-block` at once. A peer that does not answer a `want-block` in [`BLOCK_TIMEOUT`] is
+//! passed over for the next that has it. Blocks nobody asked for are dropped, and charged to
+//! their sender's admission budget in full; blocks this node asked for are not (a download must
+//! not crawl at the budget of a flood).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cid::Cid;
+use dkvs_net::Host;
+use dkvs_net::libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use dkvs_net::libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use futures::{AsyncWriteExt as _, StreamExt as _};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::bitswap::{self, MAX_MESSAGE, Message, SEND_SMALL_BLOCK, Want, WantType, WireError};
+use crate::blockstore::BlockStore;
+
+/// How long a peer asked for a block may take before the next peer that has it is asked.
+pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Entries of one peer's wantlist this node remembers (to serve blocks it gets later).
+const PEER_WANTS: usize = 4096;
+/// Inbound bitswap streams one peer may have open at once.
+const STREAMS_PER_PEER: usize = 16;
+/// Messages queued for one peer's writer before more are dropped.
+const WRITER_QUEUE: usize = 1024;
+/// Bytes of blocks a writer puts in one message.
+const BATCH_BYTES: usize = 2 << 20;
+/// How long writing one message may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The protocol as libp2p names it.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new(bitswap::PROTOCOL);
+
+/// A block a fetch asked for, and the peer that gave it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Who sent it.
+    pub peer: PeerId,
+    /// Its bytes (checked against its CID).
+    pub data: Arc<[u8]>,
+}
+
+/// What the exchange's tasks report to it.
+#[derive(Debug)]
+pub enum ExchangeEvent {
+    /// A message read from a peer (or why it could not be read).
+    Frame {
+        /// The sender.
+        peer: PeerId,
+        /// Its size on the wire.
+        len: usize,
+        /// The message, decoded and checked.
+        message: Result<Message, WireError>,
+    },
+    /// The peer does not speak bitswap.
+    Unsupported(PeerId),
+    /// A connection to the peer opened.
+    Connected(PeerId),
+    /// The last connection to the peer closed.
+    Disconnected(PeerId),
+    /// Time to look at slow wants.
+    Tick,
+}
+
+enum Outgoing {
+    Message(Message),
+    /// Blocks to load from the store and send (a "don't have" if one is gone meanwhile).
+    Blocks(Vec<Cid>),
+}
+
+struct Wanting {
+    waiters: Vec<oneshot::Sender<Fetched>>,
+    /// Peers asked (have or block).
+    asked: HashSet<PeerId>,
+    /// Peers that said they have it, in the order they said so.
+    haves: VecDeque<PeerId>,
+    /// The peer asked for the block, since when.
+    block_from: Option<(PeerId, Instant)>,
+}
+
+/// The bitswap state of a node (see the module docs).
+pub struct Exchange {
+    store: BlockStore,
+    control: libp2p_stream::Control,
+    inbound: mpsc::Receiver<ExchangeEvent>,
+    inbound_tx: mpsc::Sender<ExchangeEvent>,
+    writers: HashMap<PeerId, mpsc::Sender<Outgoing>>,
+    connected: HashSet<PeerId>,
+    no_bitswap: HashSet<PeerId>,
+    wants: HashMap<Cid, Wanting>,
+    their_wants: HashMap<PeerId, HashMap<Cid, (WantType, bool)>>,
+    /// Messages built while handling one event, sent when it is handled.
+    outbox: HashMap<PeerId, Message>,
+    events: VecDeque<ExchangeEvent>,
+    dials: VecDeque<Multiaddr>,
+    tick: Option<tokio::time::Interval>,
+    /// Messages dropped: unsolicited blocks, full queues.
+    pub(crate) dropped: u64,
+}
+
+impl Exchange {
+    /// The exchange of a node whose blocks are in `store`; it accepts bitswap streams through
+    /// `control`. Must be called within a tokio runtime.
+    pub(crate) fn new(store: BlockStore, mut control: libp2p_stream::Control) -> Exchange {
+        let (inbound_tx, inbound) = mpsc::channel(64);
+        match control.accept(PROTOCOL) {
+            Ok(incoming) => {
+                tokio::spawn(accept(incoming, inbound_tx.clone()));
+            }
+            Err(e) => tracing::error!("bitswap: {e}"),
+        }
+        Exchange {
+            store,
+            control,
+            inbound,
+            inbound_tx,
+            writers: HashMap::new(),
+            connected: HashSet::new(),
+            no_bitswap: HashSet::new(),
+            wants: HashMap::new(),
+            their_wants: HashMap::new(),
+            outbox: HashMap::new(),
+            events: VecDeque::new(),
+            dials: VecDeque::new(),
+            tick: None,
+            dropped: 0,
+        }
+    }
+
+    /// The block store.
+    pub fn store(&self) -> &BlockStore {
+        &self.store
+    }
+
+    /// Connected peers that speak bitswap (as far as known).
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.connected.iter().filter(|p| !self.no_bitswap.contains(p)).copied().collect()
+    }
+
+    /// Dials `addr` (as `ipfs swarm connect`). Not through dkvs's own routing table: an IPFS
+    /// peer is not a dkvs replica.
+    pub fn connect(&mut self, addr: Multiaddr) {
+        self.dials.push_back(addr);
+    }
+
+    /// Wants `cid`: the block comes on `tx`. `prefer` is a peer to ask for the block at once
+    /// (one that gave blocks of the same file).
+    pub fn want(&mut self, cid: Cid, prefer: Option<PeerId>, tx: oneshot::Sender<Fetched>) {
+        if let Some(wanting) = self.wants.get_mut(&cid) {
+            wanting.waiters.push(tx);
+            return;
+        }
+        let mut wanting = Wanting {
+            waiters: vec![tx],
+            asked: HashSet::new(),
+            haves: VecDeque::new(),
+            block_from: None,
+        };
+        for peer in self.peers() {
+            let want_type = if Some(peer) == prefer {
+                wanting.block_from = Some((peer, Instant::now()));
+                WantType::Block
+            } else {
+                WantType::Have
+            };
+            wanting.asked.insert(peer);
+            self.queue(peer, |m| m.wants.push(Want::new(cid, want_type)));
+        }
+        self.wants.insert(cid, wanting);
+        self.tick.get_or_insert_with(|| tokio::time::interval(Duration::from_secs(1)));
+        self.flush();
+    }
+
+    /// Blocks now kept here that peers asked for earlier: served to them.
+    pub fn announce(&mut self, cids: &[Cid]) {
+        let mut serve: Vec<(PeerId, Cid, WantType)> = Vec::new();
+        for (peer, wants) in &mut self.their_wants {
+            for cid in cids {
+                if let Some((want_type, _)) = wants.remove(cid) {
+                    serve.push((*peer, *cid, want_type));
+                }
+            }
+        }
+        for (peer, cid, want_type) in serve {
+            self.answer(peer, cid, want_type);
+        }
+        self.flush();
+    }
+
+    fn answer(&mut self, peer: PeerId, cid: Cid, want_type: WantType) {
+        let small = self.store.size(&cid).is_some_and(|n| n <= SEND_SMALL_BLOCK as u64);
+        if want_type == WantType::Block || small {
+            self.send(peer, Outgoing::Blocks(vec![cid]));
+        } else {
+            self.queue(peer, |m| m.presences.push((cid, true)));
+        }
+    }
+
+    fn queue(&mut self, peer: PeerId, add: impl FnOnce(&mut Message)) {
+        add(self.outbox.entry(peer).or_default());
+    }
+
+    fn flush(&mut self) {
+        for (peer, message) in std::mem::take(&mut self.outbox) {
+            if !message.is_empty() {
+                self.send(peer, Outgoing::Message(message));
+            }
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, outgoing: Outgoing) {
+        if !self.connected.contains(&peer) || self.no_bitswap.contains(&peer) {
+            return;
+        }
+        let writer = self.writers.entry(peer).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+            let task =
+                writer(peer, self.control.clone(), self.store.clone(), rx, self.inbound_tx.clone());
+            tokio::spawn(task);
+            tx
+        });
+        if writer.try_send(outgoing).is_err() {
+            self.dropped += 1;
+            tracing::debug!(%peer, "bitswap: the peer's queue is full; a message is dropped");
+        }
+    }
+
+    /// Handles what the tasks and the swarm reported.
+    pub(crate) fn on_event(&mut self, event: ExchangeEvent, host: &mut Host<'_>) {
+        match event {
+            ExchangeEvent::Frame { peer, len, message } => match message {
+                Ok(message) => self.on_message(peer, len, message, host),
+                Err(e) => tracing::debug!(%peer, "bitswap: {e}"),
+            },
+            ExchangeEvent::Unsupported(peer) => {
+                self.no_bitswap.insert(peer);
+                self.writers.remove(&peer);
+                self.forget_peer(peer);
+            }
+            ExchangeEvent::Connected(peer) => {
+                if self.connected.insert(peer) && !self.wants.is_empty() {
+                    let cids: Vec<Cid> = self.wants.keys().copied().collect();
+                    for cid in cids {
+                        if let Some(wanting) = self.wants.get_mut(&cid) {
+                            wanting.asked.insert(peer);
+                        }
+                        self.queue(peer, |m| m.wants.push(Want::new(cid, WantType::Have)));
+                    }
+                }
+            }
+            ExchangeEvent::Disconnected(peer) => {
+                self.connected.remove(&peer);
+                self.no_bitswap.remove(&peer);
+                self.writers.remove(&peer);
+                self.forget_peer(peer);
+            }
+            ExchangeEvent::Tick => self.on_tick(),
+        }
+        self.flush();
+    }
+
+    fn on_message(&mut self, peer: PeerId, len: usize, message: Message, host: &mut Host<'_>) {
+        // Blocks this node asked for are not charged; everything else is.
+        let solicited: usize = message
+            .blocks
+            .iter()
+            .filter(|(cid, _)| self.wants.contains_key(cid))
+            .map(|(_, data)| data.len())
+            .sum();
+        if host.admit(peer, len.saturating_sub(solicited).max(1), MAX_MESSAGE).is_err() {
+            return;
+        }
+        if message.full {
+            self.their_wants.remove(&peer);
+        }
+        for want in message.wants {
+            self.on_want(peer, want);
+        }
+        for (cid, data) in message.blocks {
+            let Some(wanting) = self.wants.remove(&cid) else {
+                self.dropped += 1;
+                continue;
+            };
+            let data: Arc<[u8]> = Arc::from(data);
+            for tx in wanting.waiters {
+                let _ = tx.send(Fetched { peer, data: data.clone() });
+            }
+            let others = wanting.asked.into_iter().chain(wanting.block_from.map(|(p, _)| p));
+            for other in others.filter(|p| *p != peer).collect::<HashSet<_>>() {
+                self.queue(other, |m| m.wants.push(Want::cancel(cid)));
+            }
+        }
+        for (cid, have) in message.presences {
+            let Some(wanting) = self.wants.get_mut(&cid) else { continue };
+            if have {
+                if !wanting.haves.contains(&peer) {
+                    wanting.haves.push_back(peer);
+                }
+            } else {
+                wanting.haves.retain(|p| *p != peer);
+                if wanting.block_from.is_some_and(|(p, _)| p == peer) {
+                    wanting.block_from = None;
+                }
+            }
+            self.ask_next(cid);
+        }
+    }
+
+    fn on_want(&mut self, peer: PeerId, want: Want) {
+        let wants = self.their_wants.entry(peer).or_default();
+        if want.cancel || self.store.has(&want.cid) {
+            wants.remove(&want.cid);
+            if !want.cancel {
+                self.answer(peer, want.cid, want.want_type);
+            }
+            return;
+        }
+        if wants.len() < PEER_WANTS || wants.contains_key(&want.cid) {
+            wants.insert(want.cid, (want.want_type, want.send_dont_have));
+        }
+        if want.send_dont_have {
+            self.queue(peer, |m| m.presences.push((want.cid, false)));
+        }
+    }
+
+    /// Asks the first peer that has `cid` for the block, unless one was asked already.
+    fn ask_next(&mut self, cid: Cid) {
+        let Some(wanting) = self.wants.get_mut(&cid) else { return };
+        if wanting.block_from.is_some() {
+            return;
+        }
+        if let Some(peer) = wanting.haves.pop_front() {
+            wanting.block_from = Some((peer, Instant::now()));
+            wanting.asked.insert(peer);
+            self.queue(peer, |m| m.wants.push(Want::new(cid, WantType::Block)));
+        }
+    }
+
+    fn forget_peer(&mut self, peer: PeerId) {
+        self.their_wants.remove(&peer);
+        let mut retry = Vec::new();
+        for (cid, wanting) in &mut self.wants {
+            wanting.asked.remove(&peer);
+            wanting.haves.retain(|p| *p != peer);
+            if wanting.block_from.is_some_and(|(p, _)| p == peer) {
+                wanting.block_from = None;
+                retry.push(*cid);
+            }
+        }
+        for cid in retry {
+            self.ask_next(cid);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // Wants nobody waits for any more are withdrawn.
+        let gone: Vec<Cid> = self
+            .wants
+            .iter_mut()
+            .filter_map(|(cid, w)| {
+                w.waiters.retain(|tx| !tx.is_closed());
+                w.waiters.is_empty().then_some(*cid)
+            })
+            .collect();
+        for cid in gone {
+            if let Some(wanting) = self.wants.remove(&cid) {
+                let asked = wanting.asked.into_iter().chain(wanting.block_from.map(|(p, _)| p));
+                for peer in asked.collect::<HashSet<_>>() {
+                    self.queue(peer, |m| m.wants.push(Want::cancel(cid)));
+                }
+            }
+        }
+        // A peer slow to send a block is passed over; if nobody else has it, everyone
+        // connected is asked again.
+        let now = Instant::now();
+        let slow: Vec<Cid> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.block_from.is_some_and(|(_, t)| now - t > BLOCK_TIMEOUT))
+            .map(|(cid, _)| *cid)
+            .collect();
+        let peers = self.peers();
+        for cid in slow {
+            let Some(wanting) = self.wants.get_mut(&cid) else { continue };
+            wanting.block_from = None;
+            if wanting.haves.is_empty() {
+                for peer in &peers {
+                    wanting.asked.insert(*peer);
+                    self.outbox
+                        .entry(*peer)
+                        .or_default()
+                        .wants
+                        .push(Want::new(cid, WantType::Have));
+                }
+            }
+            self.ask_next(cid);
+        }
+        if self.wants.is_empty() {
+            self.tick = None;
+        }
+    }
+}
+
+/// Accepts inbound bitswap streams and starts a reader for each (a bounded number per peer).
+async fn accept(mut incoming: libp2p_stream::IncomingStreams, tx: mpsc::Sender<ExchangeEvent>) {
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        {
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            let n = open.entry(peer).or_default();
+            if *n >= STREAMS_PER_PEER {
+                tracing::debug!(%peer, "bitswap: too many streams from one peer; one refused");
+                continue;
+            }
+            *n += 1;
+        }
+        let (tx, open) = (tx.clone(), open.clone());
+        tokio::spawn(async move {
+            read_stream(peer, stream, tx).await;
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&peer);
+                }
+            }
+        });
+    }
+}
+
+/// Reads one peer's stream to its end: each frame decoded (and its blocks hashed) here, off
+/// the node's task. A malformed frame ends the stream.
+async fn read_stream(peer: PeerId, mut stream: Stream, tx: mpsc::Sender<ExchangeEvent>) {
+    loop {
+        let (len, message) = match bitswap::read_frame(&mut stream).await {
+            Ok(None) => return,
+            Ok(Some(frame)) => (frame.len(), Message::decode(&frame)),
+            Err(e) => (0, Err(e)),
+        };
+        let failed = message.is_err();
+        if tx.send(ExchangeEvent::Frame { peer, len, message }).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Writes what the exchange queued for `peer` on one long-lived stream (reopened once if it
+/// broke), batching queued messages and loading served blocks from the store.
+async fn writer(
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    store: BlockStore,
+    mut rx: mpsc::Receiver<Outgoing>,
+    report: mpsc::Sender<ExchangeEvent>,
+) {
+    let mut stream: Option<Stream> = None;
+    while let Some(first) = rx.recv().await {
+        let mut message = Message::default();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(outgoing) = next.take() {
+            match outgoing {
+                Outgoing::Message(m) => {
+                    message.wants.extend(m.wants);
+                    message.presences.extend(m.presences);
+                    bytes += m.blocks.iter().map(|(_, d)| d.len()).sum::<usize>();
+                    message.blocks.extend(m.blocks);
+                }
+                Outgoing::Blocks(cids) => {
+                    for cid in cids {
+                        let store = store.clone();
+                        let block = tokio::task::spawn_blocking(move || store.get(&cid))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok().flatten());
+                        match block {
+                            Some(data) => {
+                                bytes += data.len();
+                                message.blocks.push((cid, data.to_vec()));
+                            }
+                            None => message.presences.push((cid, false)),
+                        }
+                    }
+                }
+            }
+            if bytes < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let frame = message.encode();
+        for _ in 0..2 {
+            if stream.is_none() {
+                match control.open_stream(peer, PROTOCOL).await {
+                    Ok(s) => stream = Some(s),
+                    Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+                        let _ = report.send(ExchangeEvent::Unsupported(peer)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, "bitswap: {e}");
+                        break;
+                    }
+                }
+            }
+            let Some(s) = stream.as_mut() else { break };
+            match tokio::time::timeout(WRITE_TIMEOUT, bitswap::write_frame(s, &frame)).await {
+                Ok(Ok(())) => break,
+                _ => stream = None,
+            }
+        }
+    }
+    if let Some(mut s) = stream {
+        let _ = s.close().await;
+    }
+}
+
+impl NetworkBehaviour for Exchange {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = ExchangeEvent;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: dkvs_net::libp2p::core::Endpoint,
+        _: dkvs_net::libp2p::core::transport::PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) if e.other_established == 0 => {
+                self.events.push_back(ExchangeEvent::Connected(e.peer_id));
+            }
+            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
+                self.events.push_back(ExchangeEvent::Disconnected(e.peer_id));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<ExchangeEvent, THandlerInEvent<Self>>> {
+        if let Some(addr) = self.dials.pop_front() {
+            return Poll::Ready(ToSwarm::Dial { opts: addr.into() });
+        }
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(ToSwarm::GenerateEvent(event));
+        }
+        if let Poll::Ready(Some(event)) = self.inbound.poll_recv(cx) {
+            return Poll::Ready(ToSwarm::GenerateEvent(event));
+        }
+        if let Some(tick) = self.tick.as_mut()
+            && tick.poll_tick(cx).is_ready()
+        {
+            return Poll::Ready(ToSwarm::GenerateEvent(ExchangeEvent::Tick));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,143 @@
+//! The IPFS extension a node hosts: bitswap ([`crate::exchange`]) on libp2p streams and a
+//! second Kademlia, on the standard `/ipfs/kad/1.0.0`, for provider records (dkvs's own
+//! records stay on dkvs's DHT), in the node's one swarm, with its identity.
+
+use std::path::Path;
+
+use cid::Cid;
+use dkvs_net::libp2p::kad;
+use dkvs_net::libp2p::kad::store::RecordStore as _;
+use dkvs_net::libp2p::swarm::NetworkBehaviour;
+use dkvs_net::libp2p::{Multiaddr, PeerId, identity};
+use dkvs_net::{Extension, Host};
+use tokio::sync::oneshot;
+
+use crate::blockstore::{BlockError, BlockStore, BlockStoreConfig};
+use crate::exchange::{Exchange, Fetched};
+
+/// Provider records are 16 KiB at most on the wire (kad's own packet limit); an inbound one
+/// is charged that much.
+const PROVIDER_RECORD_COST: usize = 512;
+
+/// The IPFS extension (see the module docs).
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude", to_swarm = "IpfsEvent")]
+pub struct Ipfs {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    streams: libp2p_stream::Behaviour,
+    exchange: Exchange,
+}
+
+/// What the extension's parts report (handled in [`Extension::on_event`]).
+#[derive(Debug)]
+pub enum IpfsEvent {
+    /// From the IPFS DHT.
+    Kad(kad::Event),
+    /// From the bitswap exchange.
+    Exchange(crate::exchange::ExchangeEvent),
+}
+
+impl From<kad::Event> for IpfsEvent {
+    fn from(event: kad::Event) -> IpfsEvent {
+        IpfsEvent::Kad(event)
+    }
+}
+
+impl From<crate::exchange::ExchangeEvent> for IpfsEvent {
+    fn from(event: crate::exchange::ExchangeEvent) -> IpfsEvent {
+        IpfsEvent::Exchange(event)
+    }
+}
+
+impl From<()> for IpfsEvent {
+    fn from((): ()) -> IpfsEvent {
+        unreachable!("libp2p-stream's behaviour emits no events")
+    }
+}
+
+impl Ipfs {
+    /// The extension for a node whose libp2p key is `key`, keeping blocks in `dir` (made if
+    /// missing). Must be called within a tokio runtime.
+    pub fn open(
+        dir: &Path,
+        key: &identity::Keypair,
+        config: BlockStoreConfig,
+    ) -> Result<Ipfs, BlockError> {
+        let store = BlockStore::open(dir, config)?;
+        let peer_id = key.public().to_peer_id();
+        let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
+        kad_config
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_periodic_bootstrap_interval(None);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        kad.set_mode(Some(kad::Mode::Client));
+        let streams = libp2p_stream::Behaviour::new();
+        let exchange = Exchange::new(store, streams.new_control());
+        Ok(Ipfs { kad, streams, exchange })
+    }
+
+    /// The block store.
+    pub fn store(&self) -> &BlockStore {
+        self.exchange.store()
+    }
+
+    /// Connected peers that speak bitswap.
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.exchange.peers()
+    }
+
+    /// Dials an IPFS peer (as `ipfs swarm connect`).
+    pub fn connect(&mut self, addr: Multiaddr) {
+        self.exchange.connect(addr);
+    }
+
+    /// Wants the block `cid` from the network; it comes on `tx`.
+    pub fn want(&mut self, cid: Cid, prefer: Option<PeerId>, tx: oneshot::Sender<Fetched>) {
+        self.exchange.want(cid, prefer, tx);
+    }
+
+    /// Blocks now kept here: served to peers that wanted them, and `root` provided on the
+    /// IPFS DHT.
+    pub fn announce(&mut self, root: Option<Cid>, cids: &[Cid]) {
+        self.exchange.announce(cids);
+        if let Some(root) = root
+            && let Err(e) = self.kad.start_providing(kad::RecordKey::new(&root.hash().to_bytes()))
+        {
+            tracing::debug!(%root, "cannot provide: {e}");
+        }
+    }
+
+    /// Messages dropped so far (unsolicited blocks, full queues).
+    pub fn dropped(&self) -> u64 {
+        self.exchange.dropped
+    }
+
+    fn on_kad(&mut self, event: kad::Event, host: &mut Host<'_>) {
+        if let kad::Event::InboundRequest {
+            request: kad::InboundRequest::AddProvider { record: Some(record) },
+        } = event
+        {
+            // kad checked that the provider is the sender.
+            if host.admit(record.provider, PROVIDER_RECORD_COST, 16 << 10).is_ok()
+                && let Err(e) = self.kad.store_mut().add_provider(record)
+            {
+                tracing::debug!("provider record not kept: {e}");
+            }
+        }
+    }
+}
+
+impl Extension for Ipfs {
+    fn on_event(&mut self, event: IpfsEvent, host: &mut Host<'_>) {
+        // The IPFS DHT serves when dkvs's does (a node that others can reach).
+        let mode = if host.dht_server() { kad::Mode::Server } else { kad::Mode::Client };
+        if self.kad.mode() != mode {
+            self.kad.set_mode(Some(mode));
+        }
+        match event {
+            IpfsEvent::Exchange(event) => self.exchange.on_event(event, host),
+            IpfsEvent::Kad(event) => self.on_kad(event, host),
+        }
+    }
+}
