@@ -11,7 +11,9 @@ pub mod bitswap;
 pub mod blockstore;
 pub mod crypt;
 pub mod exchange;
+pub mod files;
 mod service;
+pub mod unixfs;
 
 pub use blockstore::{BlockError, BlockStore, BlockStoreConfig, GcReport, cid_of};
 pub use cid::Cid;

@@ -27,6 +27,8 @@ use zeroize::Zeroizing;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
+mod ipfs;
+
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -221,6 +223,16 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(dkvs_mail::channel::MAX_POST_BODY + 1)),
         )
         .route("/v1/channels/{name}/members", get(channel_members))
+        .route(
+            "/v1/ipfs/add",
+            axum::routing::post(ipfs::add).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/ipfs/get/{cid}", get(ipfs::get))
+        .route("/v1/ipfs/connect", axum::routing::post(ipfs::connect))
+        .route("/v1/ipfs/peers", get(ipfs::peers))
+        .route("/v1/ipfs/pin/{cid}", axum::routing::put(ipfs::pin).delete(ipfs::unpin))
+        .route("/v1/ipfs/gc", axum::routing::post(ipfs::gc))
+        .route("/v1/ipfs/stat", get(ipfs::stat))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))

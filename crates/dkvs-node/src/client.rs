@@ -113,7 +113,7 @@ impl Client {
         method: &str,
         path: &str,
         accept: &str,
-        body: &[u8],
+        body: impl ureq::AsSendBody,
     ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
         let request = ureq::http::Request::builder()
             .method(method)
@@ -121,7 +121,7 @@ impl Client {
             .header("Authorization", format!("Bearer {}", self.token))
             .header("Accept", accept)
             .header("Content-Type", "application/octet-stream")
-            .body(body.to_vec())
+            .body(body)
             .map_err(|e| ClientError::Unreachable {
                 url: self.base.clone(),
                 reason: e.to_string(),
@@ -148,7 +148,7 @@ impl Client {
     /// GET `path`, raw bytes answer.
     /// The second value is the `dkvs-source` header: where the answer came from.
     pub fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, String), ClientError> {
-        let mut response = self.send("GET", path, "application/octet-stream", &[])?;
+        let mut response = self.send("GET", path, "application/octet-stream", &[][..])?;
         let source = response
             .headers()
             .get("dkvs-source")
@@ -174,6 +174,43 @@ impl Client {
         self.json("POST", path, bytes)
     }
 
+    /// POST what `reader` gives to `path` as it reads it (a file of any size), JSON answer.
+    pub fn post_reader(
+        &self,
+        path: &str,
+        reader: impl std::io::Read + Send + 'static,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut response =
+            self.send("POST", path, "application/json", ureq::SendBody::from_owned_reader(reader))?;
+        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+    }
+
+    /// GET `path` and write the answer's bytes to `out` as they come; the bytes written.
+    /// A response cut short is an error.
+    pub fn get_into(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+        let response = self.send("GET", path, "application/octet-stream", &[][..])?;
+        let mut reader = response.into_body().into_reader();
+        std::io::copy(&mut reader, out).context("the node ended the file early")
+    }
+
+    /// POST a JSON body to `path`, JSON answer.
+    pub fn post_json(&self, path: &str, json: &[u8]) -> Result<serde_json::Value, ClientError> {
+        let request = ureq::http::Request::builder()
+            .method("POST")
+            .uri(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json")
+            .body(json)
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = self.agent.run(request).map_err(|e| self.unreachable(e))?;
+        let mut response = self.check(response)?;
+        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+    }
+
     /// DELETE `path`, JSON answer.
     pub fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.json("DELETE", path, &[])
@@ -185,7 +222,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let response = self.send("GET", path, "application/x-ndjson", &[])?;
+        let response = self.send("GET", path, "application/x-ndjson", &[][..])?;
         let mut reader = response.into_body().into_reader();
         let mut pending = Vec::new();
         let mut buf = [0u8; 4096];

@@ -75,6 +75,13 @@ pub struct NodeConfig {
     pub mail_total_bytes: u64,
     /// Mail: tell senders when their letters are read (a receipt signed by the reader).
     pub mail_read_receipts: bool,
+    /// IPFS: peers dialed at start (multiaddrs with `/p2p/`), as Kubo's `Bootstrap`. Empty by
+    /// default: add the public IPFS bootstrap peers to reach the public IPFS network.
+    pub ipfs_bootstrap: Vec<String>,
+    /// IPFS: bytes of blocks kept on disk at most (pinned or cached).
+    pub ipfs_max_bytes: u64,
+    /// IPFS: bytes of blocks kept in memory as the hot tier.
+    pub ipfs_hot_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +89,7 @@ impl Default for NodeConfig {
         let net = dkvs_net::Config::default();
         let store = dkvs_store::Config::default();
         let (mail, shelf) = (dkvs_mail::SendOptions::default(), dkvs_mail::ShelfConfig::default());
+        let blocks = dkvs_ipfs::BlockStoreConfig::default();
         NodeConfig {
             listen: vec!["/ip4/0.0.0.0/tcp/4040".into(), "/ip4/0.0.0.0/udp/4040/quic-v1".into()],
             bootstrap: Vec::new(),
@@ -111,6 +119,9 @@ impl Default for NodeConfig {
             mail_mailbox_bytes: shelf.mailbox_bytes,
             mail_total_bytes: shelf.total_bytes,
             mail_read_receipts: mail.read_receipts,
+            ipfs_bootstrap: Vec::new(),
+            ipfs_max_bytes: blocks.max_bytes,
+            ipfs_hot_bytes: blocks.hot_bytes,
         }
     }
 }
@@ -170,6 +181,14 @@ impl NodeConfig {
         shelf.mailbox_bytes = self.mail_mailbox_bytes;
         shelf.total_bytes = self.mail_total_bytes;
         Ok(shelf)
+    }
+
+    /// The IPFS block store's limits.
+    pub fn blocks(&self) -> dkvs_ipfs::BlockStoreConfig {
+        let mut blocks = dkvs_ipfs::BlockStoreConfig::default();
+        blocks.max_bytes = self.ipfs_max_bytes;
+        blocks.hot_bytes = self.ipfs_hot_bytes;
+        blocks
     }
 
     /// The store's configuration.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod home;
 pub mod metrics;
 pub mod run;
+pub mod services;
 
 pub use dkvs_ipfs as ipfs;
 pub use dkvs_mail as mail;

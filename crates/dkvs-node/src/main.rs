@@ -98,6 +98,9 @@ enum Command {
     /// Publish to and follow named public channels.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Files on IPFS: encrypted with the account's key unless added --plain.
+    #[command(subcommand)]
+    Ipfs(IpfsCommand),
     /// List connected peers.
     Peers,
     /// Show the node's peer id, addresses, peers, records and memory.
@@ -204,6 +207,61 @@ enum ChannelCommand {
         /// The channel's name.
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum IpfsCommand {
+    /// Add a file (standard input when FILE is `-`) and print its CID. It is encrypted with
+    /// the account's key before its blocks are made, unless --plain.
+    Add {
+        /// The file.
+        file: PathBuf,
+        /// Add it as public content, not encrypted (anyone with the CID reads it).
+        #[arg(long)]
+        plain: bool,
+        /// Encrypt with this account's key instead of the default account's.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Fetch a file from this node or any IPFS peer, checked block by block, decrypted when
+    /// it is the account's own; to standard output unless -o.
+    Get {
+        /// The file's CID.
+        cid: String,
+        /// Write to this file (made when the whole file has arrived).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Write the bytes as stored, without decrypting.
+        #[arg(long)]
+        raw: bool,
+        /// Open it with this account instead of the default account.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+        /// Seconds to wait for any one block.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+    /// Connect to an IPFS peer (as `ipfs swarm connect`): `/ip4/.../tcp/.../p2p/<peer id>`.
+    Connect {
+        /// The peer's address.
+        multiaddr: String,
+    },
+    /// List the connected peers that exchange blocks.
+    Peers,
+    /// Fetch a whole file and pin it, so that garbage collection keeps it.
+    Pin {
+        /// The file's CID.
+        cid: String,
+    },
+    /// Unpin a file; its blocks go at the next garbage collection.
+    Unpin {
+        /// The file's CID.
+        cid: String,
+    },
+    /// Remove every block that no pin reaches.
+    Gc,
+    /// Show what the block store holds.
+    Stat,
 }
 
 #[derive(Subcommand)]
@@ -410,6 +468,10 @@ fn client(home: &Home, api: Option<&str>, command: &Command) -> anyhow::Result<C
         Command::Watch { .. } | Command::Mail(MailCommand::Watch { .. }) => None,
         Command::Channel(ChannelCommand::Subscribe { .. }) => None,
         Command::Mail(MailCommand::Read { wait: Some(_), .. }) => None,
+        // A file takes as long as it takes; a get gives up on a block by itself.
+        Command::Ipfs(
+            IpfsCommand::Add { .. } | IpfsCommand::Get { .. } | IpfsCommand::Pin { .. },
+        ) => None,
         _ => Some(Duration::from_secs(60)),
     };
     Ok(Client::new(&url, &token, timeout))
@@ -660,6 +722,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 println!("{}", m["account"].as_str().unwrap_or("?"));
             }
         }
+        Command::Ipfs(command) => ipfs_command(client, command)?,
         Command::Peers => {
             for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
                 println!("{}", peer.as_str().unwrap_or_default());
@@ -669,6 +732,111 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&client.get_json("/v1/status")?)?);
         }
         Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
+    }
+    Ok(())
+}
+
+/// A progress bar on standard error when it is a terminal (hidden otherwise).
+fn progress(len: Option<u64>) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    match len {
+        Some(len) => indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    }
+}
+
+fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
+    match command {
+        IpfsCommand::Add { file, plain, account } => {
+            let extra = if plain { vec![("plain", "true".to_owned())] } else { Vec::new() };
+            let path = with_account("/v1/ipfs/add".to_owned(), &account, &extra);
+            let answer = if file.as_os_str() == "-" {
+                client.post_reader(&path, std::io::stdin())?
+            } else {
+                let source = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let bar = progress(source.metadata().ok().map(|m| m.len()));
+                let answer = client.post_reader(&path, bar.wrap_read(source))?;
+                bar.finish_and_clear();
+                answer
+            };
+            println!("{}", answer["cid"].as_str().unwrap_or("?"));
+        }
+        IpfsCommand::Get { cid, output, raw, account, timeout } => {
+            let mut extra = if raw { vec![("raw", "true".to_owned())] } else { Vec::new() };
+            if let Some(secs) = timeout {
+                extra.push(("timeout", secs.to_string()));
+            }
+            let path =
+                with_account(format!("/v1/ipfs/get/{}", encode_segment(&cid)), &account, &extra);
+            let bar = progress(None);
+            match output {
+                None => {
+                    let mut out = bar.wrap_write(std::io::stdout().lock());
+                    client.get_into(&path, &mut out)?;
+                    out.flush()?;
+                }
+                Some(file) => {
+                    // Made under a temporary name beside it, renamed when whole.
+                    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+                    let mut tmp =
+                        tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))
+                            .with_context(|| format!("cannot write beside {}", file.display()))?;
+                    {
+                        let mut out = bar.wrap_write(std::io::BufWriter::new(tmp.as_file_mut()));
+                        client.get_into(&path, &mut out)?;
+                        out.flush()?;
+                    }
+                    tmp.persist(&file)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                }
+            }
+            bar.finish_and_clear();
+        }
+        IpfsCommand::Connect { multiaddr } => {
+            let body = serde_json::to_vec(&serde_json::json!({ "addr": multiaddr }))?;
+            let answer = client.post_json("/v1/ipfs/connect", &body)?;
+            println!("connected to {}", answer["peer"].as_str().unwrap_or("?"));
+        }
+        IpfsCommand::Peers => {
+            let answer = client.get_json("/v1/ipfs/peers")?;
+            for peer in answer["peers"].as_array().into_iter().flatten() {
+                println!("{}", peer.as_str().unwrap_or_default());
+            }
+        }
+        IpfsCommand::Pin { cid } => {
+            let answer =
+                client.put_bytes(&format!("/v1/ipfs/pin/{}", encode_segment(&cid)), &[])?;
+            println!(
+                "pinned {} ({} bytes)",
+                answer["pinned"].as_str().unwrap_or("?"),
+                answer["bytes"]
+            );
+        }
+        IpfsCommand::Unpin { cid } => {
+            let answer = client.delete(&format!("/v1/ipfs/pin/{}", encode_segment(&cid)))?;
+            println!("unpinned {}", answer["unpinned"].as_str().unwrap_or("?"));
+        }
+        IpfsCommand::Gc => {
+            let answer = client.post_bytes("/v1/ipfs/gc", &[])?;
+            println!(
+                "removed {} blocks ({} bytes); kept {}",
+                answer["removed"], answer["freed"], answer["kept"]
+            );
+        }
+        IpfsCommand::Stat => {
+            println!("{}", serde_json::to_string_pretty(&client.get_json("/v1/ipfs/stat")?)?);
+        }
     }
     Ok(())
 }

@@ -31,7 +31,12 @@ pub async fn run(
     let mail_dir = home.data_dir().join("mail");
     let mail = dkvs_mail::Mail::open(&mail_dir, identity.clone(), config.shelf()?)
         .with_context(|| format!("cannot open the mail kept in {}", mail_dir.display()))?;
-    let node = NodeBuilder::new(identity, store, config.net()?).with_extension(|_| mail).spawn()?;
+    let ipfs_dir = home.data_dir().join("ipfs");
+    let ipfs = dkvs_ipfs::Ipfs::open(&ipfs_dir, &identity, config.blocks())
+        .with_context(|| format!("cannot open the IPFS blocks kept in {}", ipfs_dir.display()))?;
+    let services = crate::services::Services::new(mail, ipfs);
+    let node =
+        NodeBuilder::new(identity, store, config.net()?).with_extension(|_| services).spawn()?;
     // Mail follows its mailboxes' closest replicas as peers come and go.
     dkvs_mail::spawn_hand_over(&node, config.mail()?);
     let mut out = std::io::stdout().lock();
@@ -56,6 +61,12 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(%addr, error = %e, "bootstrap peer unreachable"),
         }
+    }
+    for addr in &config.ipfs_bootstrap {
+        let addr: Multiaddr = addr
+            .parse()
+            .with_context(|| format!("ipfs_bootstrap address {addr:?} is not a multiaddr"))?;
+        node.with_extension(move |ipfs: &mut dkvs_ipfs::Ipfs, _| ipfs.connect(addr)).await?;
     }
     if !config.bootstrap.is_empty()
         && let Err(e) = node.bootstrap().await

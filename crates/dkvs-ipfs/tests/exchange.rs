@@ -1,0 +1,125 @@
+//! Files between real dkvs nodes (loopback TCP, default configuration), each hosting the IPFS
+//! extension with its blocks on disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dkvs_account::{KeyType, Keypair};
+use dkvs_ipfs::files::{self, GetOptions, IpfsError};
+use dkvs_ipfs::{BlockStoreConfig, Cid, Ipfs};
+use dkvs_net::{Config, NodeBuilder};
+use dkvs_testnet::{Spawn, TestNet};
+
+/// Every test ends within this.
+const TEST: Duration = Duration::from_secs(240);
+
+async fn ipfs_net(n: usize) -> anyhow::Result<TestNet> {
+    let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+        let ipfs = Ipfs::open(&dir.join("ipfs"), identity, BlockStoreConfig::default())?;
+        Ok(NodeBuilder::new(identity.clone(), store, config).with_extension(|_| ipfs).spawn()?)
+    });
+    TestNet::start_custom(n, Config::default(), dkvs_store::Config::default(), spawn).await
+}
+
+/// Deterministic bytes that no chunking lines up with.
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+}
+
+async fn add(
+    net: &TestNet,
+    i: usize,
+    bytes: &[u8],
+    account: Option<&Keypair>,
+) -> anyhow::Result<Cid> {
+    let added =
+        files::add(net.node(i), std::io::Cursor::new(bytes.to_vec()), account, |_| {}).await?;
+    assert_eq!(added.read, bytes.len() as u64);
+    Ok(added.cid)
+}
+
+async fn get(
+    net: &TestNet,
+    i: usize,
+    cid: Cid,
+    options: &GetOptions,
+) -> Result<Vec<u8>, IpfsError> {
+    let mut out = Vec::new();
+    files::get(net.node(i), cid, &mut out, options, |_| {}).await?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_file_added_on_one_node_is_fetched_by_another_byte_for_byte() -> anyhow::Result<()>
+{
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(3).await?;
+        for len in [0, 1, 1000, 262_144, 262_145, 3_000_000] {
+            let bytes = data(len);
+            let cid = add(&net, 1, &bytes, None).await?;
+            assert_eq!(cid.version(), cid::Version::V1);
+            let got = get(&net, 2, cid, &GetOptions::default()).await?;
+            assert!(got == bytes, "{len} bytes came back as {} different bytes", got.len());
+            // The fetched blocks are kept: node 2 now serves them (node 0 gets them even if
+            // node 1 is gone).
+        }
+        let bytes = data(700_000);
+        let cid = add(&net, 1, &bytes, None).await?;
+        assert_eq!(get(&net, 2, cid, &GetOptions::default()).await?, bytes);
+        let mut net = net;
+        net.kill(1).await;
+        assert_eq!(get(&net, 0, cid, &GetOptions::default()).await?, bytes);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_file_opens_for_its_owner_on_another_node_and_is_ciphertext_to_others()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(3).await?;
+        let (alice, bob) = (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Secp256k1));
+        for len in [0, 5, 600_000] {
+            let bytes = data(len);
+            let cid = add(&net, 1, &bytes, Some(&alice)).await?;
+            let as_alice = GetOptions { account: Some(alice.clone()), ..GetOptions::default() };
+            assert_eq!(get(&net, 2, cid, &as_alice).await?, bytes, "alice reads her {len} bytes");
+
+            let raw = GetOptions { raw: true, ..GetOptions::default() };
+            let ciphertext = get(&net, 2, cid, &raw).await?;
+            assert!(ciphertext.starts_with(dkvs_ipfs::crypt::MAGIC));
+            assert!(
+                ciphertext.len() > bytes.len() && (len < 64 || !ciphertext.windows(64).any(|w| w == &bytes[..64])),
+                "the stored bytes are not the plaintext"
+            );
+            let as_bob = GetOptions { account: Some(bob.clone()), ..GetOptions::default() };
+            let refused = get(&net, 2, cid, &as_bob).await.expect_err("bob has no key");
+            assert!(
+                matches!(&refused, IpfsError::Encrypted { owner, .. } if *owner == alice.account_id().to_string()),
+                "{refused}"
+            );
+            let nobody = get(&net, 0, cid, &GetOptions::default()).await.expect_err("no account");
+            assert!(matches!(nobody, IpfsError::Encrypted { .. }), "{nobody}");
+        }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_nobody_has_is_not_found_in_the_time_given() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let cid = dkvs_ipfs::cid_of(0x55, b"nobody added this");
+        let options = GetOptions { block_timeout: Duration::from_secs(2), ..GetOptions::default() };
+        let err = get(&net, 1, cid, &options).await.expect_err("not found");
+        assert!(matches!(err, IpfsError::NotFound { cid: c, secs: 2 } if c == cid), "{err}");
+        assert!(err.to_string().contains("no peer gave block"), "{err}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}

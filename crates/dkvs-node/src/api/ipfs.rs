@@ -1,0 +1,339 @@
+//! The IPFS part of the API: add, get, connect, peers, pin, unpin, gc, stat.
+//!
+//! Files stream both ways: an add reads the request body as it arrives (a few chunks in
+//! memory), a get writes the response as blocks arrive. A get answers with an error status
+//! when it fails before its first byte (not found, encrypted for another account); a failure
+//! after that ends the response early, so a client never takes a cut file for a whole one.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use dkvs_ipfs::Cid;
+use dkvs_ipfs::Ipfs;
+use dkvs_ipfs::files::{self, GetOptions, IpfsError};
+use dkvs_net::libp2p::Multiaddr;
+use dkvs_net::libp2p::multiaddr::Protocol;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncReadExt as _;
+
+use super::{ApiError, ApiResult, AppState, rejected};
+
+fn ipfs_error(e: IpfsError) -> ApiError {
+    let status = match &e {
+        IpfsError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        IpfsError::Encrypted { .. } => (StatusCode::FORBIDDEN, "encrypted"),
+        IpfsError::Unixfs(_) | IpfsError::Crypt(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "not_a_file")
+        }
+        IpfsError::Block(dkvs_ipfs::BlockError::Full { .. }) => {
+            (StatusCode::INSUFFICIENT_STORAGE, "store_full")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "ipfs"),
+    };
+    ApiError::new(status.0, status.1, e.to_string())
+}
+
+fn parse_cid(text: &str) -> ApiResult<Cid> {
+    text.parse::<Cid>().map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_cid", format!("{text:?} is not a CID: {e}"))
+    })
+}
+
+/// A request body as a blocking reader, for the add that runs on a blocking thread.
+struct BodyReader {
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct AddQuery {
+    account: Option<String>,
+    /// Add as public content, not encrypted.
+    plain: Option<bool>,
+}
+
+/// `POST /v1/ipfs/add`: the body as a file, encrypted with the account's key unless `plain`.
+pub(super) async fn add(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<AddQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(query) = query.map_err(rejected)?;
+    let plain = query.plain.unwrap_or(false);
+    let account = if plain { None } else { Some(state.account(query.account.as_deref()).await?) };
+    let (tx, chunks) = tokio::sync::mpsc::channel(4);
+    let mut body = request.into_body().into_data_stream();
+    tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(std::io::Error::other);
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let reader = BodyReader { chunks, current: Bytes::new() };
+    let added =
+        files::add(&state.node, reader, account.as_deref(), |_| {}).await.map_err(ipfs_error)?;
+    Ok(Json(json!({
+        "cid": added.cid.to_string(),
+        "read": added.read,
+        "stored": added.stored,
+        "encrypted": !plain,
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct GetQuery {
+    account: Option<String>,
+    /// The bytes as stored, not decrypted.
+    raw: Option<bool>,
+    /// Seconds to wait for any one block (default 60).
+    timeout: Option<u64>,
+}
+
+/// `GET /v1/ipfs/get/{cid}`: the file's bytes, decrypted for the account when it is the
+/// owner's or shared with it.
+pub(super) async fn get(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Path(cid) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let cid = parse_cid(&cid)?;
+    let raw = query.raw.unwrap_or(false);
+    // An encrypted file opens with the named account, or the default one if there is one.
+    let account = match (raw, query.account.as_deref()) {
+        (true, _) => None,
+        (false, Some(name)) => Some(state.account(Some(name)).await?),
+        (false, None) => state.account(None).await.ok(),
+    };
+    let mut options =
+        GetOptions { account: account.map(|a| (*a).clone()), raw, ..GetOptions::default() };
+    if let Some(secs) = query.timeout {
+        options.block_timeout = Duration::from_secs(secs.clamp(1, 3600));
+    }
+    stream_file(state.node.clone(), cid, options).await
+}
+
+/// Runs a get into a pipe and answers with what comes out of it (see the module docs).
+async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> ApiResult<Response> {
+    let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
+    let task =
+        tokio::spawn(async move { files::get(&node, cid, &mut writer, &options, |_| {}).await });
+    let mut first = vec![0u8; 64 << 10];
+    let n = reader
+        .read(&mut first)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?;
+    let task = if n == 0 {
+        match task.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => return Err(ipfs_error(e)),
+            Err(e) => {
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()));
+            }
+        }
+    } else {
+        Some(task)
+    };
+    first.truncate(n);
+    let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+    let rest = futures::stream::unfold((reader, task), |(mut reader, task)| async move {
+        let task = task?;
+        let mut buf = vec![0u8; 64 << 10];
+        match reader.read(&mut buf).await {
+            Ok(0) => {
+                // The end: whole only if the get succeeded.
+                let outcome = match task.await {
+                    Ok(Ok(_)) => return None,
+                    Ok(Err(e)) => std::io::Error::other(e.to_string()),
+                    Err(e) => std::io::Error::other(e.to_string()),
+                };
+                Some((Err(outcome), (reader, None)))
+            }
+            Ok(k) => {
+                buf.truncate(k);
+                Some((Ok(Bytes::from(buf)), (reader, Some(task))))
+            }
+            Err(e) => Some((Err(e), (reader, None))),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(head.chain(rest)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(
+        header::HeaderName::from_static("x-ipfs-path"),
+        HeaderValue::from_str(&format!("/ipfs/{cid}")).expect("a CID is ASCII"),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub(super) struct ConnectBody {
+    addr: String,
+}
+
+/// `POST /v1/ipfs/connect`: dials an IPFS peer (`/…/p2p/<peer id>`) and waits until connected.
+pub(super) async fn connect(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(body) = body.map_err(rejected)?;
+    let addr: Multiaddr = body
+        .addr
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{:?} is not a multiaddr: {e}", body.addr)))?;
+    let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+        return Err(ApiError::bad_request(format!(
+            "{addr} has no peer id; end it with /p2p/<peer id>"
+        )));
+    };
+    let node = &state.node;
+    let ipfs_call = |f: Box<dyn FnOnce(&mut Ipfs) -> bool + Send>| async move {
+        node.with_extension(move |ipfs: &mut Ipfs, _| f(ipfs))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string()))
+    };
+    let dial = addr.clone();
+    ipfs_call(Box::new(move |ipfs| {
+        ipfs.connect(dial);
+        true
+    }))
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if ipfs_call(Box::new(move |ipfs| ipfs.peers().contains(&peer))).await? {
+            return Ok(Json(json!({ "peer": peer.to_string(), "addr": addr.to_string() })));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "unreachable",
+                format!("could not connect to {addr} within 15 s"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /v1/ipfs/peers`: the connected peers that speak bitswap.
+pub(super) async fn peers(
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let peers =
+        state.node.with_extension(|ipfs: &mut Ipfs, _| ipfs.peers()).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string())
+        })?;
+    let mut peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    peers.sort();
+    Ok(Json(json!({ "peers": peers })))
+}
+
+async fn store(state: &AppState) -> ApiResult<dkvs_ipfs::BlockStore> {
+    state
+        .node
+        .with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string()))
+}
+
+fn block_error(e: dkvs_ipfs::BlockError) -> ApiError {
+    ipfs_error(IpfsError::Block(e))
+}
+
+/// `PUT /v1/ipfs/pin/{cid}`: fetches the whole file (what is missing here) and pins it, so
+/// that garbage collection keeps it.
+pub(super) async fn pin(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(cid) = path.map_err(rejected)?;
+    let cid = parse_cid(&cid)?;
+    let options = GetOptions { raw: true, ..GetOptions::default() };
+    let got = files::get(&state.node, cid, &mut tokio::io::sink(), &options, |_| {})
+        .await
+        .map_err(ipfs_error)?;
+    let store = store(&state).await?;
+    tokio::task::spawn_blocking(move || store.pin(&cid))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?
+        .map_err(block_error)?;
+    Ok(Json(json!({ "pinned": cid.to_string(), "bytes": got.written })))
+}
+
+/// `DELETE /v1/ipfs/pin/{cid}`: unpins; the blocks go at the next garbage collection.
+pub(super) async fn unpin(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(cid) = path.map_err(rejected)?;
+    let cid = parse_cid(&cid)?;
+    let store = store(&state).await?;
+    let was = tokio::task::spawn_blocking(move || store.unpin(&cid))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?
+        .map_err(block_error)?;
+    if !was {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_pinned",
+            format!("{cid} is not pinned on this node"),
+        ));
+    }
+    Ok(Json(json!({ "unpinned": cid.to_string() })))
+}
+
+/// `POST /v1/ipfs/gc`: removes every block no pin reaches.
+pub(super) async fn gc(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let store = store(&state).await?;
+    let report = tokio::task::spawn_blocking(move || store.gc(files::links))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?
+        .map_err(block_error)?;
+    Ok(Json(json!({ "removed": report.removed, "freed": report.freed, "kept": report.kept })))
+}
+
+/// `GET /v1/ipfs/stat`: what the block store holds, and the IPFS peers.
+pub(super) async fn stat(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let (store, peers, dropped) = state
+        .node
+        .with_extension(|ipfs: &mut Ipfs, _| {
+            (ipfs.store().clone(), ipfs.peers().len(), ipfs.dropped())
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string()))?;
+    let pins: Vec<String> = store.pins().iter().map(ToString::to_string).collect();
+    Ok(Json(json!({
+        "blocks": store.len(),
+        "bytes": store.bytes(),
+        "max_bytes": state.config.ipfs_max_bytes,
+        "pins": pins,
+        "peers": peers,
+        "dropped_messages": dropped,
+    })))
+}
