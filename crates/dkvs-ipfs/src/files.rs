@@ -5,11 +5,15 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cid::Cid;
-use dkvs_account::Keypair;
+use dkvs_account::seal::SymmetricKey;
+use dkvs_account::{AccountId, Keypair};
 use dkvs_net::{NetError, Node};
+use dkvs_record::{Draft, Key};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 
@@ -20,7 +24,13 @@ use crate::service::Ipfs;
 use crate::unixfs::{self, FileReader, FileWriter, Layout, UnixfsError};
 
 /// Blocks a get asks for ahead of the one it needs next.
-const WINDOW: usize = 32;
+const WINDOW: usize = 16;
+
+/// How an encrypted file is laid out: 256 KiB chunks (each leaf 40 bytes more), 174 links a
+/// node, CIDv1 and raw leaves. A plain file takes [`Layout::default`], Helia's, so that it
+/// gets the CID Helia gives the same bytes.
+pub const ENCRYPTED_LAYOUT: Layout =
+    Layout { chunk: 262_144, cid_v0: false, raw_leaves: true, max_links: 174 };
 
 /// Why an IPFS operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +65,20 @@ pub enum IpfsError {
         /// Its owner.
         owner: String,
     },
+    /// The file is not encrypted (there is nothing to share).
+    #[error("{0} is not an encrypted file; anyone with its CID reads it")]
+    NotEncrypted(Cid),
+    /// The file is someone else's.
+    #[error("{cid} is encrypted by account {owner}; only its owner shares it")]
+    NotOwner {
+        /// The file.
+        cid: Cid,
+        /// Its owner.
+        owner: String,
+    },
+    /// The share record could not be read or written.
+    #[error("the share record: {0}")]
+    Share(String),
     /// The node does not host IPFS, or stopped.
     #[error("the node: {0}")]
     Node(#[from] NetError),
@@ -131,8 +155,8 @@ pub async fn add(
     let store = store_of(node).await?;
     let account = account.cloned();
     let (added, cids) = tokio::task::spawn_blocking(move || {
-        let layout = Layout::default();
-        let mut writer = FileWriter::new(layout.clone());
+        let layout = if account.is_some() { ENCRYPTED_LAYOUT } else { Layout::default() };
+        let mut writer = FileWriter::new(layout);
         let mut cids = Vec::new();
         let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
             for block in blocks {
@@ -178,12 +202,98 @@ pub async fn add(
     Ok(added)
 }
 
-/// How the bytes of a file's leaves become output.
-enum Output {
-    /// Before the first leaf: plain or encrypted is not known yet.
-    Start,
-    Plain,
-    Encrypted(Opener),
+/// A file's leaves in order, each fetched from this node's store or from any peer and
+/// checked against its CID; a few blocks are asked for ahead.
+struct Leaves<'a> {
+    node: &'a Node,
+    store: BlockStore,
+    reader: FileReader,
+    pending: HashMap<Cid, oneshot::Receiver<Fetched>>,
+    prefer: Option<dkvs_net::libp2p::PeerId>,
+    timeout: Duration,
+}
+
+impl<'a> Leaves<'a> {
+    async fn new(node: &'a Node, root: Cid, timeout: Duration) -> Result<Leaves<'a>, IpfsError> {
+        Ok(Leaves {
+            node,
+            store: store_of(node).await?,
+            reader: FileReader::new(root),
+            pending: HashMap::new(),
+            prefer: None,
+            timeout,
+        })
+    }
+
+    /// The next leaf's bytes, and whether it is the last; `None` after the last.
+    async fn next(&mut self) -> Result<Option<(Vec<u8>, bool)>, IpfsError> {
+        while let Some(next) = self.reader.next_needed() {
+            self.ask_ahead().await?;
+            let Some(block) = self.block(next).await? else { continue };
+            if let Some(leaf) = self.reader.feed(&next, &block)? {
+                return Ok(Some((leaf, self.reader.next_needed().is_none())));
+            }
+        }
+        self.reader.finish()?;
+        Ok(None)
+    }
+
+    /// Wants the blocks the reader will need soon that are neither here nor asked for.
+    async fn ask_ahead(&mut self) -> Result<(), IpfsError> {
+        let missing: Vec<Cid> = self
+            .reader
+            .upcoming(WINDOW)
+            .into_iter()
+            .filter(|cid| !self.pending.contains_key(cid) && !self.store.has(cid))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let prefer = self.prefer;
+        let asked = self
+            .node
+            .with_extension(move |ipfs: &mut Ipfs, _| {
+                missing
+                    .into_iter()
+                    .map(|cid| {
+                        let (tx, rx) = oneshot::channel();
+                        ipfs.want(cid, prefer, tx);
+                        (cid, rx)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        self.pending.extend(asked);
+        Ok(())
+    }
+
+    /// The block `cid`: from the network if it was asked for (then kept here), else from
+    /// the store (`None` if it went meanwhile: it is asked for on the next round).
+    async fn block(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
+        let store = self.store.clone();
+        let Some(rx) = self.pending.remove(&cid) else {
+            let local = tokio::task::spawn_blocking(move || store.get(&cid))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            return match local {
+                Ok(block) => Ok(block),
+                Err(BlockError::Corrupt(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        };
+        let secs = self.timeout.as_secs();
+        let fetched = tokio::time::timeout(self.timeout, rx)
+            .await
+            .map_err(|_| IpfsError::NotFound { cid, secs })?
+            .map_err(|_| NetError::Shutdown)?;
+        self.prefer = Some(fetched.peer);
+        let data = fetched.data.clone();
+        let kept = tokio::task::spawn_blocking(move || store.put(&cid, &data)).await;
+        if let Ok(Err(e)) = kept {
+            tracing::debug!(%cid, "fetched block not kept: {e}");
+        }
+        Ok(Some(fetched.data))
+    }
 }
 
 /// Fetches the file `root` (from this node's store, else from any peer), checks every block
@@ -196,101 +306,99 @@ pub async fn get<W: AsyncWrite + Unpin>(
     options: &GetOptions,
     progress: impl Fn(u64),
 ) -> Result<Got, IpfsError> {
-    let store = store_of(node).await?;
-    let mut reader = FileReader::new(root);
-    let mut pending: HashMap<Cid, oneshot::Receiver<Fetched>> = HashMap::new();
-    let mut prefer = None;
-    let mut output = Output::Start;
+    let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
+    let mut opener = None;
+    let mut first = true;
     let mut written = 0u64;
-    while let Some(next) = reader.next_needed() {
-        let missing: Vec<Cid> = reader
-            .upcoming(WINDOW)
-            .into_iter()
-            .filter(|cid| !pending.contains_key(cid) && !store.has(cid))
-            .collect();
-        if !missing.is_empty() {
-            let asked = node
-                .with_extension(move |ipfs: &mut Ipfs, _| {
-                    missing
-                        .into_iter()
-                        .map(|cid| {
-                            let (tx, rx) = oneshot::channel();
-                            ipfs.want(cid, prefer, tx);
-                            (cid, rx)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await?;
-            pending.extend(asked);
-        }
-        let block = match pending.remove(&next) {
-            Some(rx) => {
-                let secs = options.block_timeout.as_secs();
-                let fetched = tokio::time::timeout(options.block_timeout, rx)
-                    .await
-                    .map_err(|_| IpfsError::NotFound { cid: next, secs })?
-                    .map_err(|_| NetError::Shutdown)?;
-                prefer = Some(fetched.peer);
-                let (kept, data) = (store.clone(), fetched.data.clone());
-                let cached = tokio::task::spawn_blocking(move || kept.put(&next, &data)).await;
-                if let Ok(Err(e)) = cached {
-                    tracing::debug!(cid = %next, "fetched block not kept: {e}");
-                }
-                fetched.data
-            }
-            None => {
-                let kept = store.clone();
-                let local = tokio::task::spawn_blocking(move || kept.get(&next))
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                match local {
-                    Ok(Some(block)) => block,
-                    // Collected or damaged meanwhile: ask the network on the next round.
-                    Ok(None) | Err(BlockError::Corrupt(_)) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        let Some(leaf) = reader.feed(&next, &block)? else { continue };
-        let last = reader.next_needed().is_none();
-        let bytes = match &mut output {
-            Output::Start => match Header::parse(&leaf)? {
-                Some(header) if !options.raw => {
-                    output =
-                        Output::Encrypted(Opener::new(open_key(&header, root, options)?, &header));
+    while let Some((leaf, last)) = leaves.next().await? {
+        let bytes = match &mut opener {
+            None if first && !options.raw => match Header::parse(&leaf)? {
+                Some(header) => {
+                    let key = open_key(node, &header, root, options.account.as_ref()).await?;
+                    opener = Some(Opener::new(key, &header));
+                    first = false;
                     continue;
                 }
-                _ => {
-                    output = Output::Plain;
-                    leaf
-                }
+                None => leaf,
             },
-            Output::Plain => leaf,
-            Output::Encrypted(opener) => opener.open(&leaf, last)?,
+            None => leaf,
+            Some(opener) => opener.open(&leaf, last)?,
         };
+        first = false;
         out.write_all(&bytes).await?;
         written += bytes.len() as u64;
         progress(written);
     }
-    reader.finish()?;
-    if let Output::Encrypted(opener) = &output {
+    if let Some(opener) = &opener {
         opener.finish()?;
     }
     out.flush().await?;
-    Ok(Got { written, decrypted: matches!(output, Output::Encrypted(_)) })
+    Ok(Got { written, decrypted: opener.is_some() })
 }
 
-/// The key of an encrypted file for the account in `options`: its own file, or (not yet) one
-/// shared with it.
-fn open_key(
+/// Where the key of `root`, owned by `owner`, is kept for `recipient`: a record under the
+/// owner's keys whose name is a hash of the file and the recipient (so the names do not say
+/// who shares what with whom).
+pub fn share_key(owner: &AccountId, root: &Cid, recipient: &AccountId) -> Key {
+    let mut hash = Sha256::new();
+    hash.update(b"dkvs-ipfs-share-v1");
+    hash.update(root.hash().to_bytes());
+    hash.update(recipient.public_key().as_bytes());
+    let name = hex::encode(&hash.finalize()[..16]);
+    Key::new(format!("/{owner}/ipfs/share/{name}")).expect("an account scope and hex make a key")
+}
+
+/// The key of an encrypted file for `account`: its own file, or one shared with it.
+async fn open_key(
+    node: &Node,
     header: &Header,
     root: Cid,
-    options: &GetOptions,
-) -> Result<dkvs_account::seal::SymmetricKey, IpfsError> {
-    match &options.account {
-        Some(account) if account.account_id() == header.owner => Ok(header.owner_key(account)),
-        _ => Err(IpfsError::Encrypted { cid: root, owner: header.owner.to_string() }),
+    account: Option<&Keypair>,
+) -> Result<SymmetricKey, IpfsError> {
+    let refused = || IpfsError::Encrypted { cid: root, owner: header.owner.to_string() };
+    let Some(account) = account else { return Err(refused()) };
+    if account.account_id() == header.owner {
+        return Ok(header.owner_key(account));
     }
+    let key = share_key(&header.owner, &root, &account.account_id());
+    let found = node.get(&key).await.map_err(|e| IpfsError::Share(e.to_string()))?;
+    match found.record {
+        Some(record) if !record.is_tombstone() => {
+            account.open_symmetric_key(record.value()).map_err(|_| refused())
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// The header of the encrypted file `root` (its first leaf).
+async fn header_of(node: &Node, root: Cid, timeout: Duration) -> Result<Header, IpfsError> {
+    let mut leaves = Leaves::new(node, root, timeout).await?;
+    let first = leaves.next().await?.map(|(leaf, _)| leaf).unwrap_or_default();
+    Header::parse(&first)?.ok_or(IpfsError::NotEncrypted(root))
+}
+
+/// Shares the encrypted file `root` of `owner`'s with `recipient`: its key, sealed to the
+/// recipient, is put as a record under the owner's keys ([`share_key`]), living `ttl_ms`
+/// (a node keeps it alive past that if told to). The recipient's [`get`] finds it.
+pub async fn share(
+    node: &Node,
+    owner: &Keypair,
+    root: Cid,
+    recipient: &AccountId,
+    ttl_ms: u64,
+) -> Result<Key, IpfsError> {
+    let header = header_of(node, root, GetOptions::default().block_timeout).await?;
+    if header.owner != owner.account_id() {
+        return Err(IpfsError::NotOwner { cid: root, owner: header.owner.to_string() });
+    }
+    let sealed = header.owner_key(owner).seal_to(recipient.public_key());
+    let key = share_key(&header.owner, &root, recipient);
+    let share_error = |e: &dyn std::fmt::Display| IpfsError::Share(e.to_string());
+    let seq = node.get(&key).await.map_err(|e| share_error(&e))?.highest_seq + 1;
+    let record =
+        Draft::new(key.clone(), sealed, seq, ttl_ms).sign(owner).map_err(|e| share_error(&e))?;
+    node.put(record).await.map_err(|e| share_error(&e))?;
+    Ok(key)
 }
 
 /// The blocks of a pinned DAG a garbage collection keeps: the links a block has.

@@ -32,14 +32,14 @@ pub struct Ipfs {
 #[derive(Debug)]
 pub enum IpfsEvent {
     /// From the IPFS DHT.
-    Kad(kad::Event),
+    Kad(Box<kad::Event>),
     /// From the bitswap exchange.
     Exchange(crate::exchange::ExchangeEvent),
 }
 
 impl From<kad::Event> for IpfsEvent {
     fn from(event: kad::Event) -> IpfsEvent {
-        IpfsEvent::Kad(event)
+        IpfsEvent::Kad(Box::new(event))
     }
 }
 
@@ -137,7 +137,7 @@ impl Extension for Ipfs {
         }
         match event {
             IpfsEvent::Exchange(event) => self.exchange.on_event(event, host),
-            IpfsEvent::Kad(event) => self.on_kad(event, host),
+            IpfsEvent::Kad(event) => self.on_kad(*event, host),
         }
     }
 }

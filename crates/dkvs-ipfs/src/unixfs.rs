@@ -66,13 +66,14 @@ pub enum UnixfsError {
     /// The directory is a HAMT shard.
     #[error("sharded (HAMT) directories are not supported yet")]
     ShardedDirectory,
-    /// The reader was fed a block other than the one it needs next.
+    /// The reader was fed a block other than the one it needs next. (Boxed: two CIDs would
+    /// make every `Result` of this module 200 bytes.)
     #[error("got block {got}, but the reader needs {wanted} next")]
     Unexpected {
         /// The block the reader needs.
-        wanted: Cid,
+        wanted: Box<Cid>,
         /// The block it was given.
-        got: Cid,
+        got: Box<Cid>,
     },
     /// The reader was fed a block after the file was complete.
     #[error("got block {got}, but the file is already complete")]
@@ -273,16 +274,11 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let len = self.varint()?;
         let left = self.bytes.len() - self.pos;
-        match usize::try_from(len) {
-            Ok(len) if len <= left => {
-                self.pos += len;
-                Ok(&self.bytes[self.pos - len..self.pos])
-            }
-            _ => {
-                Err(self
-                    .malformed(start, &format!("length {len} past the end ({left} bytes left)")))
-            }
-        }
+        let Some(len) = usize::try_from(len).ok().filter(|&len| len <= left) else {
+            return Err(self.malformed(start, &format!("length {len} past the end ({left} left)")));
+        };
+        self.pos += len;
+        Ok(&self.bytes[self.pos - len..self.pos])
     }
 }
 
@@ -396,8 +392,8 @@ pub struct Layout {
 }
 
 impl Default for Layout {
-    /// Helia's `addBytes` defaults (`@helia/unixfs` 8, the `unixfs-v1-2025` profile of
-    /// IPIP-499): CIDv1, raw leaves, 1 MiB chunks, 1024 links per node. Kubo's
+    /// Helia's `addBytes` defaults (`@helia/unixfs` 8; ipfs-unixfs-importer 17 calls them the
+    /// `unixfs-v1-2025` profile): CIDv1, raw leaves, 1 MiB chunks, 1024 links per node. Kubo's
     /// `ipfs add --cid-version 1` differs only in 256 KiB chunks and 174 links:
     /// `Layout { chunk: 262_144, max_links: 174, ..Layout::default() }`.
     fn default() -> Layout {
@@ -406,7 +402,7 @@ impl Default for Layout {
 }
 
 impl Layout {
-    /// Kubo's `ipfs add` defaults (the `unixfs-v0-2015` profile): CIDv0, dag-pb leaves,
+    /// Kubo's `ipfs add` defaults (the importer's `unixfs-v0-2015` profile): CIDv0, dag-pb leaves,
     /// 256 KiB chunks, 174 links per node.
     pub fn kubo() -> Layout {
         Layout { chunk: 256 << 10, cid_v0: true, raw_leaves: false, max_links: 174 }
@@ -613,6 +609,8 @@ struct Want {
     cid: Cid,
     /// The file bytes its parent says are under it; `None` for the root.
     size: Option<u64>,
+    /// Its level in the tree, the root's being 0.
+    depth: usize,
 }
 
 /// Reads a UnixFS file as a state machine: it names the next block it needs
@@ -622,8 +620,8 @@ struct Want {
 /// under it.
 #[derive(Debug)]
 pub struct FileReader {
-    /// One entry per level of the path being read: the blocks of that level still needed, in
-    /// order. No entry is empty.
+    /// The blocks still needed, a group of siblings per entry, the next at the back's front:
+    /// at most one node's links per level of the path being read. No entry is empty.
     stack: Vec<VecDeque<Want>>,
     /// The CIDs in `stack`.
     pending: usize,
@@ -643,7 +641,7 @@ struct Parsed {
 impl FileReader {
     /// A reader of the file whose root is `root`.
     pub fn new(root: Cid) -> FileReader {
-        let first = Want { cid: root, size: None };
+        let first = Want { cid: root, size: None, depth: 0 };
         FileReader { stack: vec![VecDeque::from([first])], pending: 1, size: None, read: 0 }
     }
 
@@ -666,22 +664,23 @@ impl FileReader {
             return Err(UnixfsError::Complete { got: *cid });
         };
         if want.cid != *cid {
-            return Err(UnixfsError::Unexpected { wanted: want.cid, got: *cid });
+            return Err(UnixfsError::Unexpected {
+                wanted: Box::new(want.cid),
+                got: Box::new(*cid),
+            });
         }
-        let parsed = parse(cid, block)?;
+        let parsed = parse(cid, block, want.depth + 1)?;
         if let Some(expected) = want.size
             && expected != parsed.size
         {
             return Err(UnixfsError::SizeMismatch { expected, got: parsed.size });
         }
-        if !parsed.children.is_empty() {
-            if self.stack.len() >= MAX_DEPTH {
-                return Err(UnixfsError::TooDeep);
-            }
-            let pending = self.pending - 1 + parsed.children.len();
-            if pending > MAX_PENDING {
-                return Err(UnixfsError::TooManyLinks { pending });
-            }
+        if !parsed.children.is_empty() && want.depth + 1 >= MAX_DEPTH {
+            return Err(UnixfsError::TooDeep);
+        }
+        let pending = self.pending - 1 + parsed.children.len();
+        if pending > MAX_PENDING {
+            return Err(UnixfsError::TooManyLinks { pending });
         }
         let got = parsed.bytes.as_ref().map_or(0, |b| b.len() as u64);
         let read = self.read + got;
@@ -692,7 +691,7 @@ impl FileReader {
 
         self.size = Some(size);
         self.read = read;
-        self.pending = self.pending - 1 + parsed.children.len();
+        self.pending = pending;
         if let Some(level) = self.stack.last_mut() {
             level.pop_front();
             if level.is_empty() {
@@ -703,6 +702,12 @@ impl FileReader {
             self.stack.push(parsed.children.into());
         }
         Ok(parsed.bytes)
+    }
+
+    /// The file size the root records, once the root is fed; every size under it is checked
+    /// as its blocks come, so this is what the reader will give (or fail on).
+    pub fn size(&self) -> Option<u64> {
+        self.size
     }
 
     /// The file size, once every block has been fed and the bytes add up to the size the root
@@ -719,8 +724,8 @@ impl FileReader {
     }
 }
 
-/// Checks a block of a file and says what it holds.
-fn parse(cid: &Cid, block: &[u8]) -> Result<Parsed, UnixfsError> {
+/// Checks a block of a file and says what it holds; its children are at `child_depth`.
+fn parse(cid: &Cid, block: &[u8], child_depth: usize) -> Result<Parsed, UnixfsError> {
     if block.len() > MAX_BLOCK {
         return Err(UnixfsError::TooLarge { len: block.len() });
     }
@@ -758,7 +763,7 @@ fn parse(cid: &Cid, block: &[u8]) -> Result<Parsed, UnixfsError> {
                 .links
                 .into_iter()
                 .zip(data.blocksizes)
-                .map(|(link, size)| Want { cid: link.cid, size: Some(size) })
+                .map(|(link, size)| Want { cid: link.cid, size: Some(size), depth: child_depth })
                 .collect();
             let bytes = (children.is_empty() || !inline.is_empty()).then_some(inline);
             Ok(Parsed { bytes, children, size })
@@ -838,5 +843,552 @@ pub fn resolve_child(block: &[u8], name: &str) -> Result<Option<Cid>, UnixfsErro
             .map(|link| link.cid)),
         DataType::HamtShard => Err(UnixfsError::ShardedDirectory),
         other => Err(UnixfsError::NotADirectory { what: other.name() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+
+    use cid::multihash::Multihash;
+
+    use super::*;
+
+    /// The sizes of the test files: empty, one byte, one chunk and a bit, several chunks, and
+    /// 175 chunks of 256 KiB (a second level of nodes for 174 links per node).
+    const SIZES: [usize; 7] = [0, 1, 1000, 262_144, 262_145, 700_000, 174 * 262_144 + 1];
+
+    /// Helia 7.1.15 (@helia/unixfs 8.0.5, ipfs-unixfs-importer 17.1.1, Node 20), in memory:
+    /// `unixfs(createHeliaLight(...)).addBytes(file_bytes(n))` with default options, which are
+    /// CIDv1, raw leaves, 1 MiB chunks, 1024 links (not Kubo's 256 KiB and 174 links).
+    const HELIA_DEFAULT: [&str; 7] = [
+        "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+        "bafkreigkgwdvr5wspzwpiutssn4xpj2i7wedshnwphhnu7ohx4pqaxxipe",
+        "bafkreiaaqve5st5hdz5ausb5qq4a2bnjeoslddtzxipyvdo2zerzk3js54",
+        "bafkreieiuj5mzeuqor24l4lmo2yumm6665yv4gq7ozzp2nrfmqrjyboosy",
+        "bafkreiblxnlqct76zfl7mh3fq22e5anlpqc6crgk7m24nsem626dfqk6s4",
+        "bafkreidys3z7ecronud2hllzdqojbwgp5rsznygfw5x5jngwobgn7isoxq",
+        "bafybeib73cpidbr4wedb4tlvakpcg5nlzvdhzhkijr2shoivxdj3g46xs4",
+    ];
+
+    /// The same Helia with `{ cidVersion: 1, rawLeaves: true, chunker: fixedSize({ chunkSize:
+    /// 262144 }), layout: balanced({ maxChildrenPerNode: 174 }) }`, the settings of Kubo's
+    /// `ipfs add --cid-version 1`.
+    const HELIA_V1_256K: [&str; 7] = [
+        "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+        "bafkreigkgwdvr5wspzwpiutssn4xpj2i7wedshnwphhnu7ohx4pqaxxipe",
+        "bafkreiaaqve5st5hdz5ausb5qq4a2bnjeoslddtzxipyvdo2zerzk3js54",
+        "bafkreieiuj5mzeuqor24l4lmo2yumm6665yv4gq7ozzp2nrfmqrjyboosy",
+        "bafybeich6cqd6yabw3cku6edwmz4rvwe275nx2l6ootvc2bpbt5bdvarua",
+        "bafybeihjvesaqmkfuawfe3nmnuvkgidv75q4cmgojqjldtpi4tz2bggqnm",
+        "bafybeibo5yjphmmdq6aigqtgrijost25l5lmv5l37von7hrjv7sagnx4sy",
+    ];
+
+    /// Kubo 0.22.0 (boxo 0.11.0, the libkubo of the kubo_python 0.1.5 wheel, loaded with cffi
+    /// and run under `unshare -n`): `AddFile(repo, path, onlyHash=true)` on files of these
+    /// bytes, with `ipfs add` defaults.
+    /// Helia with `{ cidVersion: 0, rawLeaves: false }`, 256 KiB chunks and 174 links gives
+    /// the same seven CIDs.
+    const KUBO: [&str; 7] = [
+        "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH",
+        "QmXC9WjuLo7EfydBdbWyvpGif62nrxbDCX2vcz9ZqLTQvV",
+        "Qmeg4t1d1Smno7xVHW3AWmtmjU3ouXvCiLegmHdQztLGmY",
+        "QmNjsPT1urL55WXngMVgvZrn2apSux229uFBoAgmKTtjAd",
+        "QmP8yTqWQcb3qVoBcdE4pTUzxh9kazndg5ELrbXBmdj17M",
+        "QmTMctWDsoTJmCU2wzKkKXxA9oWjr7pdXK9GdYWTqQ4pHX",
+        "QmPq9MH6i6cgAMc9uYJe8xYeVstRr2D2mSpLVDYbYMLPta",
+    ];
+
+    fn v1_256k() -> Layout {
+        Layout { chunk: 262_144, max_links: 174, ..Layout::default() }
+    }
+
+    /// The layouts checked, with the CIDs the real implementations give.
+    fn layouts() -> [(&'static str, Layout, [&'static str; 7]); 3] {
+        [
+            ("helia default", Layout::default(), HELIA_DEFAULT),
+            ("helia v1 256k", v1_256k(), HELIA_V1_256K),
+            ("kubo", Layout::kubo(), KUBO),
+        ]
+    }
+
+    /// The test file of `n` bytes, made the same way in JavaScript for Helia and Kubo.
+    fn file_bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+    }
+
+    /// Writes `data` with `write_all`, checking every block's CID, and keeps the blocks.
+    fn build(layout: Layout, data: &[u8]) -> (Cid, HashMap<Cid, Vec<u8>>) {
+        let mut blocks = HashMap::new();
+        let mut last = None;
+        let (root, size) = write_all(layout, data, |block: Block| {
+            assert_eq!(block.cid.hash(), cid_of(block.cid.codec(), &block.data).hash());
+            assert!(block.data.len() <= MAX_BLOCK);
+            last = Some(block.cid);
+            blocks.insert(block.cid, block.data);
+            Ok::<(), Infallible>(())
+        })
+        .expect("writing to memory does not fail");
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(last, Some(root), "the root is the last block handed out");
+        (root, blocks)
+    }
+
+    fn read_all(root: Cid, blocks: &HashMap<Cid, Vec<u8>>) -> Result<Vec<u8>, UnixfsError> {
+        let mut reader = FileReader::new(root);
+        let mut out = Vec::new();
+        while let Some(cid) = reader.next_needed() {
+            let block = blocks.get(&cid).expect("every block of the DAG is in the map");
+            if let Some(bytes) = reader.feed(&cid, block)? {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        assert_eq!(reader.finish()?, out.len() as u64);
+        Ok(out)
+    }
+
+    fn raw_cid(data: &[u8]) -> Cid {
+        cid_of(RAW, data)
+    }
+
+    /// A dag-pb block with UnixFS `data` and file links `(cid, blocksize)`.
+    fn pb_block(data: &Data, links: &[(Cid, u64)]) -> (Cid, Vec<u8>) {
+        let links = links
+            .iter()
+            .map(|&(cid, _)| PbLink { cid, name: Some(String::new()), size: Some(1) })
+            .collect();
+        let bytes = encode(&PbNode { links, data: Some(data.encode_to_vec()) });
+        (cid_of(DAG_PB, &bytes), bytes)
+    }
+
+    /// A UnixFS File node over `links`, recording `filesize`.
+    fn file_node(links: &[(Cid, u64)], filesize: u64) -> (Cid, Vec<u8>) {
+        let data = Data {
+            r#type: DataType::File as i32,
+            filesize: Some(filesize),
+            blocksizes: links.iter().map(|l| l.1).collect(),
+            ..Data::default()
+        };
+        pb_block(&data, links)
+    }
+
+    fn typed(kind: DataType) -> Data {
+        Data { r#type: kind as i32, ..Data::default() }
+    }
+
+    #[test]
+    fn writer_matches_helia_and_kubo() {
+        for (name, layout, expected) in layouts() {
+            for (i, &n) in SIZES[..6].iter().enumerate() {
+                let (root, _) = build(layout, &file_bytes(n));
+                assert_eq!(root.to_string(), expected[i], "{name}, {n} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn reader_round_trips_every_small_size() {
+        for (name, layout, _) in layouts() {
+            for n in &SIZES[..6] {
+                let data = file_bytes(*n);
+                let (root, blocks) = build(layout, &data);
+                assert!(read_all(root, &blocks).expect("a file we wrote reads") == data, "{name}");
+            }
+        }
+    }
+
+    /// The 45 MB file, once: two levels of nodes at 174 links.
+    #[test]
+    fn large_file_matches_helia_and_kubo_and_round_trips() {
+        let data = file_bytes(SIZES[6]);
+        for (name, layout, expected) in layouts() {
+            let (root, blocks) = build(layout, &data);
+            assert_eq!(root.to_string(), expected[6], "{name}");
+            assert!(read_all(root, &blocks).expect("a file we wrote reads") == data, "{name}");
+        }
+    }
+
+    /// The writer against a plain batch build of the balanced layout (Helia's algorithm:
+    /// group by `max_links` until one node is left), for leaves of uneven sizes.
+    fn batch_root(layout: Layout, leaves: &[Vec<u8>]) -> Cid {
+        let writer = FileWriter::new(layout);
+        if leaves.is_empty() {
+            return writer.leaf(&[]).1.cid;
+        }
+        let mut level: Vec<Pending> = leaves.iter().map(|leaf| writer.leaf(leaf).1).collect();
+        while level.len() > 1 || leaves.len() > 1 && level.len() == leaves.len() {
+            level =
+                level.chunks(writer.layout.max_links).map(|c| writer.node(c.to_vec()).1).collect();
+        }
+        level[0].cid
+    }
+
+    #[test]
+    fn writer_is_the_balanced_layout() {
+        let mut rng = Rng(1);
+        for _ in 0..300 {
+            let max_links = 2 + rng.below(4);
+            let base = if rng.coin() { Layout::kubo() } else { Layout::default() };
+            let layout = Layout { max_links, ..base };
+            let leaves: Vec<Vec<u8>> =
+                (0..rng.below(70)).map(|_| file_bytes(rng.below(40))).collect();
+            let mut writer = FileWriter::new(layout);
+            let mut blocks = HashMap::new();
+            for leaf in &leaves {
+                blocks.extend(writer.push_leaf(leaf).into_iter().map(|b| (b.cid, b.data)));
+                assert!(
+                    writer.levels.iter().all(|level| level.len() < max_links),
+                    "memory per level"
+                );
+            }
+            let (root, size, rest) = writer.finish();
+            blocks.extend(rest.into_iter().map(|b| (b.cid, b.data)));
+            assert_eq!(root, batch_root(layout, &leaves), "{layout:?}, {} leaves", leaves.len());
+            assert_eq!(size, leaves.iter().map(Vec::len).sum::<usize>() as u64);
+            assert_eq!(read_all(root, &blocks).expect("a file we wrote reads"), leaves.concat());
+        }
+    }
+
+    #[test]
+    fn reader_rejects_a_wrong_block_and_goes_on() {
+        let data = file_bytes(700_000);
+        let (root, blocks) = build(Layout::kubo(), &data);
+        let mut reader = FileReader::new(root);
+        reader.feed(&root, &blocks[&root]).expect("the root");
+        let first = reader.next_needed().expect("a leaf is needed");
+        let other = reader.upcoming(2)[1];
+        let err = reader.feed(&other, &blocks[&other]).expect_err("not the next block");
+        assert!(matches!(err, UnixfsError::Unexpected { .. }), "{err}");
+        assert_eq!(reader.next_needed(), Some(first));
+        assert!(matches!(reader.finish(), Err(UnixfsError::Incomplete { .. })));
+        assert_eq!(
+            reader.feed(&first, &blocks[&first]).expect("the leaf"),
+            Some(data[..262_144].to_vec())
+        );
+    }
+
+    #[test]
+    fn reader_lists_upcoming_blocks_in_order() {
+        let (root, blocks) = build(Layout::kubo(), &file_bytes(700_000));
+        let mut reader = FileReader::new(root);
+        assert_eq!(reader.upcoming(5), vec![root]);
+        reader.feed(&root, &blocks[&root]).expect("the root");
+        let leaves: Vec<Cid> =
+            decode(&blocks[&root]).expect("root").links.iter().map(|l| l.cid).collect();
+        assert_eq!(leaves.len(), 3);
+        assert_eq!(reader.upcoming(5), leaves);
+        assert_eq!(reader.upcoming(2), leaves[..2]);
+        reader.feed(&leaves[0], &blocks[&leaves[0]]).expect("a leaf");
+        assert_eq!(reader.upcoming(5), leaves[1..]);
+    }
+
+    #[test]
+    fn reader_stops_after_the_last_block() {
+        let (root, blocks) = build(Layout::default(), b"hello");
+        let mut reader = FileReader::new(root);
+        assert_eq!(reader.size(), None);
+        assert_eq!(
+            reader.feed(&root, &blocks[&root]).expect("a raw file"),
+            Some(b"hello".to_vec())
+        );
+        assert_eq!(reader.size(), Some(5));
+        assert_eq!(reader.next_needed(), None);
+        assert_eq!(reader.finish().expect("complete"), 5);
+        let err = reader.feed(&root, &blocks[&root]).expect_err("nothing more is needed");
+        assert!(matches!(err, UnixfsError::Complete { .. }), "{err}");
+    }
+
+    #[test]
+    fn reader_rejects_malformed_dag_pb() {
+        for bytes in [&b"\x12\x05abc"[..], b"\x0a\x04\x08\x09\x18\x00", b"\x0a\x02\x08", b""] {
+            let cid = cid_of(DAG_PB, bytes);
+            let err = FileReader::new(cid).feed(&cid, bytes).expect_err("malformed");
+            assert!(matches!(err, UnixfsError::Malformed(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn reader_rejects_what_is_not_a_file() {
+        let leaf = raw_cid(b"x");
+        let dir = PbLink { cid: leaf, name: Some("x".into()), size: Some(1) };
+        let bytes = encode(&PbNode {
+            links: vec![dir],
+            data: Some(typed(DataType::Directory).encode_to_vec()),
+        });
+        let cid = cid_of(DAG_PB, &bytes);
+        let err = FileReader::new(cid).feed(&cid, &bytes).expect_err("a directory");
+        assert!(matches!(err, UnixfsError::NotAFile { what: "directory", .. }), "{err}");
+        for kind in [DataType::HamtShard, DataType::Symlink, DataType::Metadata] {
+            let (cid, bytes) = pb_block(&typed(kind), &[]);
+            let err = FileReader::new(cid).feed(&cid, &bytes).expect_err("not a file");
+            assert!(matches!(err, UnixfsError::NotAFile { .. }), "{err}");
+        }
+        let cbor = Cid::new_v1(0x71, *leaf.hash());
+        let err = FileReader::new(cbor).feed(&cbor, b"x").expect_err("dag-cbor");
+        assert!(matches!(err, UnixfsError::UnsupportedCodec(0x71)), "{err}");
+    }
+
+    #[test]
+    fn reader_rejects_sizes_that_lie() {
+        let (a, b) = (raw_cid(b"abc"), raw_cid(b"de"));
+        let blocks: HashMap<Cid, Vec<u8>> = [(a, b"abc".to_vec()), (b, b"de".to_vec())].into();
+        let read = |node: (Cid, Vec<u8>)| {
+            let mut blocks = blocks.clone();
+            blocks.insert(node.0, node.1);
+            read_all(node.0, &blocks)
+        };
+        assert_eq!(read(file_node(&[(a, 3), (b, 2)], 5)).expect("honest"), b"abcde");
+        // The root's filesize disagrees with its blocksizes.
+        let err = read(file_node(&[(a, 3), (b, 2)], 6)).expect_err("filesize lies");
+        assert!(matches!(err, UnixfsError::SizeMismatch { expected: 6, got: 5 }), "{err}");
+        // A blocksize disagrees with the leaf.
+        let err = read(file_node(&[(a, 3), (b, 3)], 6)).expect_err("blocksize lies");
+        assert!(matches!(err, UnixfsError::SizeMismatch { expected: 3, got: 2 }), "{err}");
+        // One blocksize for two links.
+        let data = Data {
+            r#type: DataType::File as i32,
+            filesize: Some(3),
+            blocksizes: vec![3],
+            ..Data::default()
+        };
+        let err = read(pb_block(&data, &[(a, 3), (b, 2)])).expect_err("blocksizes short");
+        assert!(matches!(err, UnixfsError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn reader_reads_bytes_inline_in_an_inner_node() {
+        let leaf = raw_cid(b"cd");
+        let data = Data {
+            r#type: DataType::File as i32,
+            data: Some(b"ab".to_vec()),
+            filesize: Some(4),
+            blocksizes: vec![2],
+            ..Data::default()
+        };
+        let (root, bytes) = pb_block(&data, &[(leaf, 2)]);
+        let blocks = [(root, bytes), (leaf, b"cd".to_vec())].into();
+        assert_eq!(read_all(root, &blocks).expect("inline data, then links"), b"abcd");
+    }
+
+    #[test]
+    fn reader_bounds_depth() {
+        let leaf = raw_cid(b"x");
+        let mut blocks: HashMap<Cid, Vec<u8>> = [(leaf, b"x".to_vec())].into();
+        let mut root = leaf;
+        for _ in 0..MAX_DEPTH + 5 {
+            let (cid, bytes) = file_node(&[(root, 1)], 1);
+            blocks.insert(cid, bytes);
+            root = cid;
+        }
+        assert!(matches!(read_all(root, &blocks), Err(UnixfsError::TooDeep)));
+    }
+
+    #[test]
+    fn reader_bounds_pending_links() {
+        let leaf = raw_cid(b"x");
+        let (child, child_bytes) = file_node(&vec![(leaf, 1); 40_000], 40_000);
+        let mut links = vec![(leaf, 1); 40_000];
+        links[0] = (child, 40_000);
+        let (root, root_bytes) = file_node(&links, 40_000 + 39_999);
+        assert!(root_bytes.len() <= MAX_BLOCK);
+        let blocks = [(root, root_bytes), (child, child_bytes), (leaf, b"x".to_vec())].into();
+        let err = read_all(root, &blocks).expect_err("80 000 CIDs pending");
+        assert!(matches!(err, UnixfsError::TooManyLinks { pending: 79_999 }), "{err}");
+    }
+
+    #[test]
+    fn links_of_blocks() {
+        let (root, blocks) = build(Layout::kubo(), &file_bytes(700_000));
+        let found = links(&root, &blocks[&root]);
+        assert_eq!(found.len(), 3);
+        assert!(found.iter().all(|cid| blocks.contains_key(cid)));
+        let leaf = found[0];
+        assert!(links(&leaf, &blocks[&leaf]).is_empty(), "a dag-pb leaf has no links");
+        assert!(links(&raw_cid(b"\x12\x05"), b"\x12\x05").is_empty(), "raw");
+        assert!(links(&cid_of(DAG_PB, b"\xff"), b"\xff").is_empty(), "undecodable");
+    }
+
+    #[test]
+    fn dag_pb_is_canonical_and_decodes_any_order() {
+        let link = PbLink { cid: raw_cid(b"x"), name: Some(String::new()), size: Some(1) };
+        let node = PbNode { links: vec![link.clone()], data: Some(vec![8, 2]) };
+        let bytes = encode(&node);
+        let cid = link.cid.to_bytes();
+        let mut expected = vec![0x12, 42, 0x0a, 36];
+        expected.extend_from_slice(&cid);
+        expected.extend_from_slice(&[0x12, 0, 0x18, 1, 0x0a, 2, 8, 2]);
+        assert_eq!(bytes, expected, "links first; Hash, Name, Tsize");
+        // Data first, and Tsize before Name before Hash: the same node.
+        let mut reordered = vec![0x0a, 2, 8, 2, 0x12, 42, 0x18, 1, 0x12, 0, 0x0a, 36];
+        reordered.extend_from_slice(&cid);
+        assert_eq!(decode(&reordered).expect("any order"), node);
+        assert_eq!(decode(&[]).expect("empty"), PbNode::default());
+    }
+
+    #[test]
+    fn dag_pb_rejects_malformed_bytes() {
+        let cid = raw_cid(b"x").to_bytes();
+        let link = |body: &[u8]| [&[0x12, body.len() as u8][..], body].concat();
+        let hash = [&[0x0a, cid.len() as u8][..], &cid].concat();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("truncated varint", vec![0x0a, 0x80]),
+            ("length past the end", vec![0x0a, 5, 1]),
+            ("varint over 64 bits", [&[0x0a][..], &[0xff; 10], &[1]].concat()),
+            ("unknown field", vec![0x1a, 0]),
+            ("wrong wire type", vec![0x08, 1]),
+            ("fixed64 wire type", vec![0x09, 0, 0, 0, 0, 0, 0, 0, 0]),
+            ("two Data", vec![0x0a, 0, 0x0a, 0]),
+            ("link without Hash", link(&[0x12, 0])),
+            ("invalid CID", link(&[0x0a, 3, 1, 2, 3])),
+            ("bytes after the CID", link(&[&[0x0a, cid.len() as u8 + 1][..], &cid, &[0]].concat())),
+            ("two Hashes", link(&[hash.clone(), hash.clone()].concat())),
+            ("name not UTF-8", link(&[&hash[..], &[0x12, 1, 0xff]].concat())),
+            ("two Tsizes", link(&[&hash[..], &[0x18, 1, 0x18, 1]].concat())),
+        ];
+        for (what, bytes) in cases {
+            assert!(matches!(decode(&bytes), Err(UnixfsError::Malformed(_))), "{what}");
+        }
+        let big = vec![0; MAX_BLOCK + 1];
+        assert!(matches!(decode(&big), Err(UnixfsError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn unixfs_data_matches_kubo_and_helia_bytes() {
+        let data = Data {
+            r#type: DataType::File as i32,
+            filesize: Some(3),
+            blocksizes: vec![1, 2],
+            ..Data::default()
+        };
+        assert_eq!(data.encode_to_vec(), [0x08, 2, 0x18, 3, 0x20, 1, 0x20, 2], "unpacked");
+        let raw = Data { r#type: DataType::Raw as i32, ..Data::default() };
+        assert_eq!(raw.encode_to_vec(), [0x08, 0], "Type is written even when 0");
+    }
+
+    #[test]
+    fn directories_resolve_and_tell_kinds() {
+        let (a, b) = (raw_cid(b"a"), raw_cid(b"b"));
+        let entry = |name: &str, cid| PbLink { cid, name: Some(name.into()), size: Some(1) };
+        let dir = encode(&PbNode {
+            links: vec![entry("a.txt", a), entry("b.txt", b)],
+            data: Some(typed(DataType::Directory).encode_to_vec()),
+        });
+        assert_eq!(resolve_child(&dir, "b.txt").expect("a directory"), Some(b));
+        assert_eq!(resolve_child(&dir, "c.txt").expect("a directory"), None);
+        let (_, shard) = pb_block(&typed(DataType::HamtShard), &[]);
+        assert!(matches!(resolve_child(&shard, "a"), Err(UnixfsError::ShardedDirectory)));
+        let (root, blocks) = build(Layout::kubo(), &file_bytes(700_000));
+        let err = resolve_child(&blocks[&root], "a").expect_err("a file");
+        assert!(matches!(err, UnixfsError::NotADirectory { what: "file" }), "{err}");
+
+        assert_eq!(kind(&cid_of(DAG_PB, &dir), &dir).expect("dir"), Kind::Directory);
+        assert_eq!(kind(&root, &blocks[&root]).expect("file"), Kind::File { size: 700_000 });
+        assert_eq!(kind(&a, b"a").expect("raw"), Kind::Raw { size: 1 });
+        let (_, link) = pb_block(&typed(DataType::Symlink), &[]);
+        assert_eq!(kind(&cid_of(DAG_PB, &link), &link).expect("symlink"), Kind::Symlink);
+        let cbor = Cid::new_v1(0x71, *a.hash());
+        assert!(matches!(kind(&cbor, b"a"), Err(UnixfsError::UnsupportedCodec(0x71))));
+    }
+
+    /// A small seeded generator (SplitMix64) for the randomized tests: every run is the same,
+    /// and it needs no dev-dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let z = (self.0 ^ (self.0 >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn coin(&mut self) -> bool {
+            self.next() & 1 == 1
+        }
+
+        fn bytes(&mut self, max: usize) -> Vec<u8> {
+            (0..self.below(max + 1)).map(|_| self.next() as u8).collect()
+        }
+
+        fn cid(&mut self) -> Cid {
+            let digest: [u8; 32] = std::array::from_fn(|_| self.next() as u8);
+            let hash = Multihash::<64>::wrap(0x12, &digest).expect("32 bytes fit");
+            match self.below(4) {
+                0 => Cid::new_v0(hash).expect("a SHA2-256 hash"),
+                1 => Cid::new_v1(RAW, hash),
+                2 => Cid::new_v1(DAG_PB, hash),
+                _ => Cid::new_v1(0x71, hash),
+            }
+        }
+
+        fn node(&mut self) -> PbNode {
+            const CHARS: [char; 6] = ['a', 'Z', '\0', 'é', '☃', '/'];
+            let links = (0..self.below(6))
+                .map(|_| PbLink {
+                    cid: self.cid(),
+                    name: self
+                        .coin()
+                        .then(|| (0..self.below(8)).map(|_| CHARS[self.below(6)]).collect()),
+                    size: self.coin().then(|| self.next() >> self.below(64)),
+                })
+                .collect();
+            PbNode { links, data: self.coin().then(|| self.bytes(64)) }
+        }
+    }
+
+    /// Runs every decoder on `bytes`; none may panic.
+    fn decode_everything(bytes: &[u8]) {
+        let pb = cid_of(DAG_PB, bytes);
+        let _ = decode(bytes);
+        let _ = links(&pb, bytes);
+        let _ = kind(&pb, bytes);
+        let _ = resolve_child(bytes, "");
+        let mut reader = FileReader::new(pb);
+        if let Ok(Some(_)) | Ok(None) = reader.feed(&pb, bytes) {
+            let _ = reader.upcoming(3);
+            let _ = reader.finish();
+        }
+    }
+
+    #[test]
+    fn dag_pb_round_trips() {
+        let mut rng = Rng(2);
+        for _ in 0..1000 {
+            let node = rng.node();
+            assert_eq!(decode(&encode(&node)).expect("our own encoding"), node);
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = Rng(3);
+        for _ in 0..5000 {
+            decode_everything(&rng.bytes(300));
+        }
+    }
+
+    /// Valid blocks with a few bytes changed, then cut short.
+    #[test]
+    fn mutated_blocks_never_panic() {
+        let mut rng = Rng(4);
+        let leaf = raw_cid(b"x");
+        let file = file_node(&[(leaf, 1), (leaf, 1)], 2).1;
+        for _ in 0..3000 {
+            let mut bytes = if rng.coin() { encode(&rng.node()) } else { file.clone() };
+            for _ in 0..1 + rng.below(3) {
+                if !bytes.is_empty() {
+                    let i = rng.below(bytes.len());
+                    bytes[i] ^= rng.next() as u8;
+                }
+            }
+            decode_everything(&bytes);
+            bytes.truncate(rng.below(bytes.len() + 1));
+            decode_everything(&bytes);
+        }
     }
 }

@@ -123,3 +123,43 @@ async fn a_file_nobody_has_is_not_found_in_the_time_given() -> anyhow::Result<()
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_file_opens_for_the_account_it_was_shared_with_and_nobody_else()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(4).await?;
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let bob = Keypair::generate(KeyType::Secp256k1);
+        let carol = Keypair::generate(KeyType::Ed25519);
+        let bytes = data(400_000);
+        let cid = add(&net, 1, &bytes, Some(&alice)).await?;
+        let as_ =
+            |who: &Keypair| GetOptions { account: Some(who.clone()), ..GetOptions::default() };
+        // Before the share, bob is refused like anyone.
+        assert!(matches!(get(&net, 2, cid, &as_(&bob)).await, Err(IpfsError::Encrypted { .. })));
+
+        // Only the owner shares, and only an encrypted file.
+        let err = files::share(net.node(3), &bob, cid, &carol.account_id(), 3_600_000)
+            .await
+            .expect_err("bob does not own it");
+        assert!(matches!(err, IpfsError::NotOwner { .. }), "{err}");
+        let plain = add(&net, 1, b"public", None).await?;
+        let err = files::share(net.node(1), &alice, plain, &bob.account_id(), 3_600_000)
+            .await
+            .expect_err("a plain file has no key");
+        assert!(matches!(err, IpfsError::NotEncrypted(c) if c == plain), "{err}");
+
+        // Alice shares from another of her nodes; bob reads on a third.
+        let key = files::share(net.node(3), &alice, cid, &bob.account_id(), 3_600_000).await?;
+        assert!(key.as_str().starts_with(&format!("/{}/ipfs/share/", alice.account_id())));
+        assert!(!key.as_str().contains(&bob.account_id().to_string()), "the name hides bob");
+        assert_eq!(get(&net, 2, cid, &as_(&bob)).await?, bytes);
+        // Carol is not bob.
+        let err = get(&net, 2, cid, &as_(&carol)).await.expect_err("not shared with carol");
+        assert!(matches!(err, IpfsError::Encrypted { .. }), "{err}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}

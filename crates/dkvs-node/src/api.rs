@@ -233,6 +233,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ipfs/pin/{cid}", axum::routing::put(ipfs::pin).delete(ipfs::unpin))
         .route("/v1/ipfs/gc", axum::routing::post(ipfs::gc))
         .route("/v1/ipfs/stat", get(ipfs::stat))
+        .route("/v1/ipfs/share/{cid}/{account_id}", axum::routing::post(ipfs::share))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))

@@ -241,6 +241,17 @@ enum IpfsCommand {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
     },
+    /// Share an encrypted file of the account's with another account: its key, sealed to
+    /// that account, is kept as a record under the owner's keys (kept alive by this node).
+    Share {
+        /// The file's CID.
+        cid: String,
+        /// The account to share it with.
+        account_id: String,
+        /// The owner, if not the default account.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
     /// Connect to an IPFS peer (as `ipfs swarm connect`): `/ip4/.../tcp/.../p2p/<peer id>`.
     Connect {
         /// The peer's address.
@@ -802,6 +813,18 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 }
             }
             bar.finish_and_clear();
+        }
+        IpfsCommand::Share { cid, account_id, account } => {
+            let path = with_account(
+                format!("/v1/ipfs/share/{}/{}", encode_segment(&cid), encode_segment(&account_id)),
+                &account,
+                &[],
+            );
+            let answer = client.post_bytes(&path, &[])?;
+            println!(
+                "shared {cid} with {account_id} (record {})",
+                answer["key"].as_str().unwrap_or("?")
+            );
         }
         IpfsCommand::Connect { multiaddr } => {
             let body = serde_json::to_vec(&serde_json::json!({ "addr": multiaddr }))?;

@@ -154,7 +154,11 @@ async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> Api
             Ok(Ok(_)) => None,
             Ok(Err(e)) => return Err(ipfs_error(e)),
             Err(e) => {
-                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()));
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ipfs",
+                    e.to_string(),
+                ));
             }
         }
     } else {
@@ -336,4 +340,52 @@ pub(super) async fn stat(State(state): State<Arc<AppState>>) -> ApiResult<Json<s
         "peers": peers,
         "dropped_messages": dropped,
     })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ShareQuery {
+    account: Option<String>,
+}
+
+/// `POST /v1/ipfs/share/{cid}/{account_id}`: seals the key of the account's encrypted file to
+/// another account, as a record under the owner's keys that this node keeps alive.
+pub(super) async fn share(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ShareQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path((cid, recipient)) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let cid = parse_cid(&cid)?;
+    let recipient: dkvs_account::AccountId = recipient.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_account_id",
+            format!("{recipient:?} is not an account id: {e}"),
+        )
+    })?;
+    let name = query.account.clone().or_else(|| state.default_account()).ok_or_else(|| {
+        ApiError::bad_request(
+            "no account given and no default account; create one with `dkvs account new`",
+        )
+    })?;
+    let owner = state.account(Some(&name)).await?;
+    let ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
+    let key =
+        files::share(&state.node, &owner, cid, &recipient, ttl_ms).await.map_err(|e| match e {
+            IpfsError::NotOwner { .. } | IpfsError::NotEncrypted(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_shareable", e.to_string())
+            }
+            IpfsError::Share(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string())
+            }
+            e => ipfs_error(e),
+        })?;
+    state
+        .keep(&key, &name, owner, ttl_ms)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keep", e.to_string()))?;
+    Ok(Json(
+        json!({ "cid": cid.to_string(), "shared_with": recipient.to_string(), "key": key.to_string() }),
+    ))
 }
