@@ -76,6 +76,14 @@ pub enum IpfsError {
         /// Its owner.
         owner: String,
     },
+    /// A gateway path names nothing.
+    #[error("{root} has no entry {path:?}")]
+    NoSuchPath {
+        /// The root.
+        root: Cid,
+        /// The path, as far as it went.
+        path: String,
+    },
     /// The share record could not be read or written.
     #[error("the share record: {0}")]
     Share(String),
@@ -267,6 +275,27 @@ impl<'a> Leaves<'a> {
         Ok(())
     }
 
+    /// The block `cid`, from here or the network, outside the file's walk.
+    async fn fetch(&mut self, cid: Cid) -> Result<Arc<[u8]>, IpfsError> {
+        loop {
+            if !self.store.has(&cid) && !self.pending.contains_key(&cid) {
+                let prefer = self.prefer;
+                let rx = self
+                    .node
+                    .with_extension(move |ipfs: &mut Ipfs, _| {
+                        let (tx, rx) = oneshot::channel();
+                        ipfs.want(cid, prefer, tx);
+                        rx
+                    })
+                    .await?;
+                self.pending.insert(cid, rx);
+            }
+            if let Some(block) = self.block(cid).await? {
+                return Ok(block);
+            }
+        }
+    }
+
     /// The block `cid`: from the network if it was asked for (then kept here), else from
     /// the store (`None` if it went meanwhile: it is asked for on the next round).
     async fn block(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
@@ -334,6 +363,24 @@ pub async fn get<W: AsyncWrite + Unpin>(
     }
     out.flush().await?;
     Ok(Got { written, decrypted: opener.is_some() })
+}
+
+/// The CID at `path` below `root` (names of entries in UnixFS directories, as a gateway's
+/// `/ipfs/<root>/<path>`), fetching the directories on the way.
+pub async fn resolve(
+    node: &Node,
+    root: Cid,
+    path: &[&str],
+    timeout: Duration,
+) -> Result<Cid, IpfsError> {
+    let mut leaves = Leaves::new(node, root, timeout).await?;
+    let mut cid = root;
+    for (i, name) in path.iter().enumerate() {
+        let block = leaves.fetch(cid).await?;
+        cid = unixfs::resolve_child(&block, name)?
+            .ok_or_else(|| IpfsError::NoSuchPath { root, path: path[..=i].join("/") })?;
+    }
+    Ok(cid)
 }
 
 /// Where the key of `root`, owned by `owner`, is kept for `recipient`: a record under the

@@ -237,41 +237,64 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
+        // The read-only gateway answers without a token (plain files); it checks the host and
+        // a token if one is given itself.
+        .route("/ipfs/{*path}", get(ipfs::gateway))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
-async fn authorise(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if state.check_host {
-        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
-        if !host.is_some_and(names_this_machine) {
-            let message = format!(
-                "Host {} does not name this machine; this API answers requests for localhost, \
-                 127.0.0.1 or [::1] only",
-                host.unwrap_or("(none)")
-            );
-            return ApiError::new(StatusCode::MISDIRECTED_REQUEST, "wrong_host", message)
-                .into_response();
-        }
+/// Refuses a request whose `Host` does not name this machine (a page elsewhere that makes a
+/// browser call this API through a name it controls).
+fn check_host(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    if !state.check_host {
+        return Ok(());
     }
-    let presented = request
-        .headers()
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if host.is_some_and(names_this_machine) {
+        return Ok(());
+    }
+    let message = format!(
+        "Host {} does not name this machine; this API answers requests for localhost, \
+         127.0.0.1 or [::1] only",
+        host.unwrap_or("(none)")
+    );
+    Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "wrong_host", message))
+}
+
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
-    if !ok {
-        let message = match presented {
-            None => {
-                "this API needs `Authorization: Bearer <token>`; the token is in the node's api.json"
-            }
-            Some(_) => {
-                "wrong token; the token is in the node's api.json and changes at every start"
-            }
-        };
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn token_matches(state: &AppState, token: &str) -> bool {
+    constant_time_eq(token.as_bytes(), state.token.as_bytes())
+}
+
+fn wrong_token() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "wrong token; the token is in the node's api.json and changes at every start",
+    )
+}
+
+async fn authorise(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Err(e) = check_host(&state, request.headers()) {
+        return e.into_response();
     }
-    next.run(request).await
+    match presented_token(request.headers()) {
+        Some(token) if token_matches(&state, token) => next.run(request).await,
+        Some(_) => wrong_token().into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API needs `Authorization: Bearer <token>`; the token is in the node's api.json",
+        )
+        .into_response(),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

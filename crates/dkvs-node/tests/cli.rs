@@ -725,3 +725,124 @@ fn mail_settings_come_from_the_configuration() {
     assert!(stderr(&long).contains("at most 1h"), "{}", stderr(&long));
     drop((seed, alice_node));
 }
+
+fn ipfs(home: &Path, args: &[&str]) -> Output {
+    run(
+        {
+            let mut c = dkvs(home);
+            c.arg("ipfs").args(args);
+            c
+        },
+        None,
+    )
+}
+
+#[test]
+fn files_through_the_command_line_and_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    std::fs::create_dir_all(home("seed")).expect("home");
+    let alice = new_account(&home("alice"), "alice", "ed25519");
+    let bob = new_account(&home("bob"), "bob", "secp256k1");
+    let seed = start(&home("seed"), None);
+    let alice_node = start(&home("alice"), Some(&seed.address));
+    let bob_node = start(&home("bob"), Some(&seed.address));
+
+    // A plain file of 3 MB (three of Helia's 1 MiB chunks), and a private one.
+    let big: Vec<u8> =
+        (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(home("big.bin"), &big).expect("file");
+    std::fs::write(home("diary.txt"), b"dear diary, nobody reads this but me and bob")
+        .expect("file");
+    let path = |name: &str| home(name).to_str().expect("utf-8 path").to_owned();
+    let plain = ok(ipfs(&home("alice"), &["add", "--plain", &path("big.bin")])).trim().to_owned();
+    let private = ok(ipfs(&home("alice"), &["add", &path("diary.txt")])).trim().to_owned();
+    assert!(plain.starts_with("bafy") && private.starts_with("bafy"), "{plain} {private}");
+
+    // Bob's node fetches the plain file byte for byte, into a file.
+    ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("got.bin")]));
+    assert!(std::fs::read(home("got.bin")).expect("got") == big, "the same bytes");
+    // The private file is ciphertext to bob until alice shares it.
+    let refused = ipfs(&home("bob"), &["get", &private]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains(&format!("encrypted by account {alice}")),
+        "{}",
+        stderr(&refused)
+    );
+    let raw = ipfs(&home("bob"), &["get", "--raw", &private]);
+    assert!(
+        raw.stdout.starts_with(b"dkvs-enc")
+            && !String::from_utf8_lossy(&raw.stdout).contains("diary")
+    );
+    let shared = ok(ipfs(&home("alice"), &["share", &private, &bob]));
+    assert!(shared.contains("shared"), "{shared}");
+    let opened = ok(ipfs(&home("bob"), &["get", &private]));
+    assert_eq!(opened, "dear diary, nobody reads this but me and bob");
+    // Sharing is the owner's: bob cannot pass it on.
+    let passed = ipfs(&home("bob"), &["share", &private, &alice]);
+    assert_eq!(passed.status.code(), Some(2));
+    assert!(stderr(&passed).contains("only its owner shares it"), "{}", stderr(&passed));
+
+    // The gateway: plain files without a token, private ones only with the owner's token.
+    let api = |name: &str| -> (String, String) {
+        let api: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(home(name).join("api.json")).expect("api.json"))
+                .expect("json");
+        let url = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+        (url, api["token"].as_str().expect("token").to_owned())
+    };
+    let text = ok(ipfs(&home("alice"), &["add", "--plain", &path("diary.txt")])).trim().to_owned();
+    let (bob_api, bob_token) = api("bob");
+    let (code, body) = http(&bob_api, &format!("/ipfs/{text}"), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("dear diary"), "{body}");
+    let (code, body) = http(&bob_api, &format!("/ipfs/{private}"), None);
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = http(&bob_api, &format!("/ipfs/{private}"), Some("wrong"));
+    assert_eq!(code, 401, "{body}");
+    // Bob's token opens what was shared with bob's default account.
+    let (code, body) = http(&bob_api, &format!("/ipfs/{private}"), Some(&bob_token));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("dear diary"), "{body}");
+    let (code, body) = http(&bob_api, &format!("/ipfs/{text}/no/such/name"), None);
+    assert_eq!(code, 422, "a file has no entries: {body}");
+    let (code, body) = http(&bob_api, "/ipfs/not-a-cid", None);
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = http_as(&bob_api, "evil.example", &format!("/ipfs/{text}"), None);
+    assert_eq!(code, 421, "another host name is refused");
+
+    // Pins and garbage collection: what bob fetched is cached, not pinned; a pinned file stays.
+    ok(ipfs(&home("bob"), &["pin", &plain]));
+    let gc = ok(ipfs(&home("bob"), &["gc"]));
+    assert!(gc.starts_with("removed ") && !gc.starts_with("removed 0 "), "{gc}");
+    let stat: serde_json::Value =
+        serde_json::from_str(&ok(ipfs(&home("bob"), &["stat"]))).expect("json");
+    assert_eq!(stat["pins"], serde_json::json!([plain]), "{stat}");
+    ok(ipfs(&home("bob"), &["unpin", &plain]));
+    let again = ipfs(&home("bob"), &["unpin", &plain]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("is not pinned"), "{}", stderr(&again));
+    ok(ipfs(&home("bob"), &["gc"]));
+    let stat: serde_json::Value =
+        serde_json::from_str(&ok(ipfs(&home("bob"), &["stat"]))).expect("json");
+    assert_eq!(stat["blocks"], 0, "{stat}");
+
+    // Alice's node is killed (SIGKILL) right after an add: the file is still there after a
+    // restart, and bob gets it from her (bob has no copy left).
+    drop(bob_node);
+    drop(alice_node);
+    let alice_node = start(&home("alice"), Some(&seed.address));
+    let bob_node = start(&home("bob"), Some(&seed.address));
+    ok(ipfs(&home("bob"), &["connect", &alice_node.address]));
+    ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("again.bin")]));
+    assert!(std::fs::read(home("again.bin")).expect("got") == big, "the same bytes after kill -9");
+    let missing = ipfs(
+        &home("bob"),
+        &["get", "--timeout", "2", "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"],
+    );
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("no peer gave block"), "{}", stderr(&missing));
+    drop(bob_node);
+    drop(alice_node);
+}

@@ -389,3 +389,39 @@ pub(super) async fn share(
         json!({ "cid": cid.to_string(), "shared_with": recipient.to_string(), "key": key.to_string() }),
     ))
 }
+
+/// `GET /ipfs/{cid}[/path]`: the read-only path gateway. Plain files for anyone who reaches
+/// the API (it listens on loopback); with the API's token, also the default account's own
+/// encrypted files and those shared with it. A wrong token is refused, not ignored.
+pub(super) async fn gateway(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    super::check_host(&state, &headers)?;
+    let token_ok = match super::presented_token(&headers) {
+        None => false,
+        Some(token) if super::token_matches(&state, token) => true,
+        Some(_) => return Err(super::wrong_token()),
+    };
+    let Path(path) = path.map_err(rejected)?;
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let root = parse_cid(segments.next().unwrap_or_default())?;
+    let names: Vec<&str> = segments.collect();
+    let options = GetOptions {
+        account: if token_ok { state.account(None).await.ok().map(|a| (*a).clone()) } else { None },
+        ..GetOptions::default()
+    };
+    let cid = files::resolve(&state.node, root, &names, options.block_timeout).await.map_err(
+        |e| match e {
+            IpfsError::NoSuchPath { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_such_path", e.to_string())
+            }
+            IpfsError::Unixfs(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_directory", e.to_string())
+            }
+            e => ipfs_error(e),
+        },
+    )?;
+    stream_file(state.node.clone(), cid, options).await
+}
