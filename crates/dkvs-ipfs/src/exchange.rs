@@ -285,7 +285,9 @@ impl Exchange {
             .filter(|(cid, _)| self.wants.contains_key(cid))
             .map(|(_, data)| data.len())
             .sum();
-        if host.admit(peer, len.saturating_sub(solicited).max(1), MAX_MESSAGE).is_err() {
+        if let Err(e) = host.admit(peer, len.saturating_sub(solicited).max(1), MAX_MESSAGE) {
+            tracing::debug!(%peer, "bitswap: message refused: {e}");
+            self.dropped += 1;
             return;
         }
         if message.full {

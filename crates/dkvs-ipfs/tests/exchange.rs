@@ -2,6 +2,8 @@
 //! extension with its blocks on disk.
 
 use std::sync::Arc;
+
+use anyhow::Context as _;
 use std::time::Duration;
 
 use dkvs_account::{KeyType, Keypair};
@@ -158,6 +160,147 @@ async fn a_shared_file_opens_for_the_account_it_was_shared_with_and_nobody_else(
         // Carol is not bob.
         let err = get(&net, 2, cid, &as_(&carol)).await.expect_err("not shared with carol");
         assert!(matches!(err, IpfsError::Encrypted { .. }), "{err}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+/// A peer that speaks bitswap and lies: it says it has every block it is asked about and
+/// sends wrong bytes for each block asked for; with `flood`, it also sends blocks nobody
+/// asked for. Runs until dropped.
+struct Liar {
+    peer: dkvs_net::libp2p::PeerId,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn liar(
+    target_peer: dkvs_net::libp2p::PeerId,
+    target: dkvs_net::libp2p::Multiaddr,
+    flood: usize,
+) -> anyhow::Result<Liar> {
+    use dkvs_ipfs::bitswap::{Message, WantType, read_frame, write_frame};
+    use dkvs_net::libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
+    use futures::StreamExt as _;
+
+    const PROTOCOL: StreamProtocol = StreamProtocol::new(dkvs_ipfs::bitswap::PROTOCOL);
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    let peer = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().new_control();
+    let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+    swarm.dial(target)?;
+    let task = tokio::spawn(async move {
+        tokio::spawn(async move { while swarm.next().await.is_some() {} });
+        let mut out = None;
+        // Blocks nobody asked for, first.
+        for i in 0..flood {
+            let data = vec![i as u8; 256 << 10];
+            let cid = dkvs_ipfs::cid_of(0x55, &data);
+            let message = Message { blocks: vec![(cid, data)], ..Message::default() };
+            if out.is_none() {
+                out = control.open_stream(target_peer, PROTOCOL).await.ok();
+            }
+            if let Some(stream) = out.as_mut() {
+                let _ = write_frame(stream, &message.encode()).await;
+            }
+        }
+        while let Some((from, mut stream)) = incoming.next().await {
+            while let Ok(Some(frame)) = read_frame(&mut stream).await {
+                let Ok(asked) = Message::decode(&frame) else { break };
+                let mut answer = Message::default();
+                for want in asked.wants.iter().filter(|w| !w.cancel) {
+                    match want.want_type {
+                        WantType::Have => answer.presences.push((want.cid, true)),
+                        // Bytes that do not hash to the CID asked for, under its prefix.
+                        WantType::Block => answer.blocks.push((want.cid, b"lies".to_vec())),
+                    }
+                }
+                if answer.is_empty() {
+                    continue;
+                }
+                if out.is_none() {
+                    out = control.open_stream(from, PROTOCOL).await.ok();
+                }
+                if let Some(stream) = out.as_mut() {
+                    let _ = write_frame(stream, &answer.encode()).await;
+                }
+            }
+        }
+    });
+    Ok(Liar { peer, task })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_lies_about_blocks_is_passed_over_and_its_bytes_are_never_kept()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(3).await?;
+        let bytes = data(300_000);
+        let cid = add(&net, 1, &bytes, None).await?;
+        let liar = liar(net.peer_id(2), net.addr(2).context("an address")?, 0).await?;
+        let connected = dkvs_testnet::eventually(Duration::from_secs(20), async || {
+            let peer = liar.peer;
+            net.node(2)
+                .with_extension(move |ipfs: &mut Ipfs, _| ipfs.peers().contains(&peer))
+                .await
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(connected, "the liar is connected");
+        // The liar says it has every block, first; its blocks are not the ones asked for.
+        let started = std::time::Instant::now();
+        assert_eq!(get(&net, 2, cid, &GetOptions::default()).await?, bytes);
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "passed over in {:?}",
+            started.elapsed()
+        );
+        let store = net.node(2).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        assert!(!store.has(&dkvs_ipfs::cid_of(0x55, b"lies")), "a lie is never kept");
+        drop(liar);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let before = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().len()).await?;
+        let flooder = liar(net.peer_id(1), net.addr(1).context("an address")?, 64).await?;
+        // 16 MiB of blocks nobody asked for: a few are read and dropped, the rest refused.
+        let dropped = dkvs_testnet::eventually(Duration::from_secs(30), async || {
+            net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await.unwrap_or(0) > 0
+        })
+        .await;
+        assert!(dropped, "unsolicited blocks are counted as dropped");
+        let (after, refused) = net
+            .node(1)
+            .with_extension(move |ipfs: &mut Ipfs, host| {
+                // The flood spent the sender's budget: its next message is refused.
+                (ipfs.store().len(), host.admit(flooder.peer, 1 << 20, 4 << 20).is_err())
+            })
+            .await?;
+        assert_eq!(after, before, "nothing unsolicited is kept");
+        assert!(refused, "the flooder's budget is spent");
+        // Honest traffic goes on.
+        let bytes = data(100_000);
+        let cid = add(&net, 0, &bytes, None).await?;
+        assert_eq!(get(&net, 1, cid, &GetOptions::default()).await?, bytes);
+        drop(flooder);
         net.shutdown().await;
         anyhow::Ok(())
     })
