@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use cid::Cid;
 use dkvs_net::Host;
+use dkvs_net::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use dkvs_net::libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm, dummy,
@@ -43,6 +44,8 @@ const STREAMS_PER_PEER: usize = 16;
 const WRITER_QUEUE: usize = 1024;
 /// Bytes of blocks a writer puts in one message.
 const BATCH_BYTES: usize = 2 << 20;
+/// Peers whose addresses are remembered for the IPFS DHT.
+const PEER_ADDRESSES: usize = 1024;
 /// How long writing one message may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -111,6 +114,14 @@ pub struct Exchange {
     outbox: HashMap<PeerId, Message>,
     events: VecDeque<ExchangeEvent>,
     dials: VecDeque<Multiaddr>,
+    /// Peers to dial by id (providers found on the IPFS DHT; it knows their addresses).
+    peer_dials: VecDeque<PeerId>,
+    /// Listen addresses peers told through identify (bounded), for the IPFS DHT, which does
+    /// not hear identify itself.
+    pub(crate) addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Provider lookups on the IPFS DHT under way: the peers found so far, who waits.
+    pub(crate) lookups:
+        HashMap<dkvs_net::libp2p::kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     tick: Option<tokio::time::Interval>,
     /// Messages dropped: unsolicited blocks, full queues.
     pub(crate) dropped: u64,
@@ -140,6 +151,9 @@ impl Exchange {
             outbox: HashMap::new(),
             events: VecDeque::new(),
             dials: VecDeque::new(),
+            peer_dials: VecDeque::new(),
+            addresses: HashMap::new(),
+            lookups: HashMap::new(),
             tick: None,
             dropped: 0,
         }
@@ -159,6 +173,13 @@ impl Exchange {
     /// peer is not a dkvs replica.
     pub fn connect(&mut self, addr: Multiaddr) {
         self.dials.push_back(addr);
+    }
+
+    /// Dials `peer` (a provider) if not connected.
+    pub(crate) fn dial_peer(&mut self, peer: PeerId) {
+        if !self.connected.contains(&peer) {
+            self.peer_dials.push_back(peer);
+        }
     }
 
     /// Wants `cid`: the block comes on `tx`. `prefer` is a peer to ask for the block at once
@@ -565,7 +586,17 @@ impl NetworkBehaviour for Exchange {
                 self.events.push_back(ExchangeEvent::Connected(e.peer_id));
             }
             FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
+                self.addresses.remove(&e.peer_id);
                 self.events.push_back(ExchangeEvent::Disconnected(e.peer_id));
+            }
+            FromSwarm::NewExternalAddrOfPeer(e) if self.connected.contains(&e.peer_id) => {
+                if self.addresses.len() < PEER_ADDRESSES || self.addresses.contains_key(&e.peer_id)
+                {
+                    let known = self.addresses.entry(e.peer_id).or_default();
+                    if known.len() < 8 && !known.contains(e.addr) {
+                        known.push(e.addr.clone());
+                    }
+                }
             }
             _ => {}
         }
@@ -586,6 +617,10 @@ impl NetworkBehaviour for Exchange {
     ) -> Poll<ToSwarm<ExchangeEvent, THandlerInEvent<Self>>> {
         if let Some(addr) = self.dials.pop_front() {
             return Poll::Ready(ToSwarm::Dial { opts: addr.into() });
+        }
+        if let Some(peer) = self.peer_dials.pop_front() {
+            let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing);
+            return Poll::Ready(ToSwarm::Dial { opts: opts.build() });
         }
         if let Some(event) = self.events.pop_front() {
             return Poll::Ready(ToSwarm::GenerateEvent(event));

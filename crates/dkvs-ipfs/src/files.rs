@@ -223,9 +223,18 @@ struct Leaves<'a> {
 
 impl<'a> Leaves<'a> {
     async fn new(node: &'a Node, root: Cid, timeout: Duration) -> Result<Leaves<'a>, IpfsError> {
+        let store = store_of(node).await?;
+        if !store.has(&root) {
+            // Beside asking connected peers: the providers the IPFS DHT knows are dialed, and
+            // asked as they connect.
+            node.with_extension(move |ipfs: &mut Ipfs, _| {
+                ipfs.find_providers(root, oneshot::channel().0)
+            })
+            .await?;
+        }
         Ok(Leaves {
             node,
-            store: store_of(node).await?,
+            store,
             reader: FileReader::new(root),
             pending: HashMap::new(),
             prefer: None,
@@ -381,6 +390,13 @@ pub async fn resolve(
             .ok_or_else(|| IpfsError::NoSuchPath { root, path: path[..=i].join("/") })?;
     }
     Ok(cid)
+}
+
+/// The providers of `root` the IPFS DHT knows (each is dialed as it is found).
+pub async fn providers(node: &Node, root: Cid) -> Result<Vec<dkvs_net::libp2p::PeerId>, IpfsError> {
+    let (tx, rx) = oneshot::channel();
+    node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.find_providers(root, tx)).await?;
+    Ok(rx.await.map_err(|_| NetError::Shutdown)?)
 }
 
 /// Where the key of `root`, owned by `owner`, is kept for `recipient`: a record under the

@@ -2,6 +2,7 @@
 //! second Kademlia, on the standard `/ipfs/kad/1.0.0`, for provider records (dkvs's own
 //! records stay on dkvs's DHT), in the node's one swarm, with its identity.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use cid::Cid;
@@ -108,22 +109,59 @@ impl Ipfs {
         }
     }
 
+    /// Looks for providers of `root` on the IPFS DHT and dials each found; the peers found
+    /// come on `tx` when the lookup ends.
+    pub fn find_providers(&mut self, root: Cid, tx: oneshot::Sender<Vec<PeerId>>) {
+        let id = self.kad.get_providers(kad::RecordKey::new(&root.hash().to_bytes()));
+        self.exchange.lookups.insert(id, (HashSet::new(), tx));
+    }
+
     /// Messages dropped so far (unsolicited blocks, full queues).
     pub fn dropped(&self) -> u64 {
         self.exchange.dropped
     }
 
     fn on_kad(&mut self, event: kad::Event, host: &mut Host<'_>) {
-        if let kad::Event::InboundRequest {
-            request: kad::InboundRequest::AddProvider { record: Some(record) },
-        } = event
-        {
-            // kad checked that the provider is the sender.
-            if host.admit(record.provider, PROVIDER_RECORD_COST, 16 << 10).is_ok()
-                && let Err(e) = self.kad.store_mut().add_provider(record)
-            {
-                tracing::debug!("provider record not kept: {e}");
+        match event {
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(record) },
+            } => {
+                // kad checked that the provider is the sender.
+                if host.admit(record.provider, PROVIDER_RECORD_COST, 16 << 10).is_ok()
+                    && let Err(e) = self.kad.store_mut().add_provider(record)
+                {
+                    tracing::debug!("provider record not kept: {e}");
+                }
             }
+            // A peer that reached us and speaks the IPFS DHT: its addresses come from
+            // identify, which the IPFS DHT does not hear.
+            kad::Event::UnroutablePeer { peer } => {
+                for addr in self.exchange.addresses.get(&peer).cloned().unwrap_or_default() {
+                    self.kad.add_address(&peer, addr);
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => {
+                if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                    && let Some((found, _)) = self.exchange.lookups.get_mut(&id)
+                {
+                    let me = host.peer_id();
+                    let new: Vec<PeerId> =
+                        providers.into_iter().filter(|p| *p != me && found.insert(*p)).collect();
+                    // Dialed while the lookup runs: kad gives the addresses it learnt.
+                    for peer in new {
+                        self.exchange.dial_peer(peer);
+                    }
+                }
+                if step.last
+                    && let Some((found, tx)) = self.exchange.lookups.remove(&id)
+                {
+                    let _ = tx.send(found.into_iter().collect());
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -306,3 +306,23 @@ async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> an
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_file_is_provided_on_the_ipfs_dht() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(5).await?;
+        let cid = add(&net, 1, &data(10_000), None).await?;
+        let holder = net.peer_id(1);
+        let found = dkvs_testnet::eventually(Duration::from_secs(60), async || {
+            files::providers(net.node(4), cid).await.is_ok_and(|p| p.contains(&holder))
+        })
+        .await;
+        assert!(found, "node 4 finds node 1 as a provider of {cid}");
+        // Nobody provides what nobody added.
+        let nothing = dkvs_ipfs::cid_of(0x55, b"never added");
+        assert_eq!(files::providers(net.node(4), nothing).await?, Vec::new());
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
