@@ -1,7 +1,8 @@
 //! Bitswap as a node runs it: the wants of this node's fetches, the wantlists of its peers, and
 //! the streams that carry them.
 //!
-//! Streams live on tasks, not on the node's event loop: one reader task per inbound stream
+//! Streams live on tasks, not on the node's event loop ([`crate::streams`] hands them over):
+//! one reader task per inbound stream
 //! (it reads frames, decodes them and hashes their blocks, then hands the checked message to
 //! the exchange), and one writer task per peer with a long-lived outbound stream (it batches
 //! what the exchange queued, loads served blocks from the block store, writes frames). The
@@ -23,16 +24,21 @@ use cid::Cid;
 use dkvs_net::Host;
 use dkvs_net::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use dkvs_net::libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm, dummy,
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use dkvs_net::libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use futures::{AsyncWriteExt as _, StreamExt as _};
+use futures::AsyncWriteExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::bitswap::{self, MAX_MESSAGE, Message, SEND_SMALL_BLOCK, Want, WantType, WireError};
 use crate::blockstore::BlockStore;
+use crate::streams::{Handler, HandlerIn, HandlerOut};
+
+/// A writer's ask for an outbound stream: the answer, or whether the peer does not speak
+/// bitswap.
+type StreamAsk = (PeerId, oneshot::Sender<Result<Stream, bool>>);
 
 /// How long a peer asked for a block may take before the next peer that has it is asked.
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -102,9 +108,19 @@ struct Wanting {
 /// The bitswap state of a node (see the module docs).
 pub struct Exchange {
     store: BlockStore,
-    control: libp2p_stream::Control,
     inbound: mpsc::Receiver<ExchangeEvent>,
     inbound_tx: mpsc::Sender<ExchangeEvent>,
+    /// Writers asking for an outbound stream to a peer.
+    stream_asks: mpsc::Receiver<StreamAsk>,
+    stream_asks_tx: mpsc::Sender<StreamAsk>,
+    /// Outbound streams being opened: by number, the connection and who waits.
+    opening: HashMap<u64, (ConnectionId, oneshot::Sender<Result<Stream, bool>>)>,
+    next_open: u64,
+    /// Open connections, per peer.
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    notify: VecDeque<(PeerId, ConnectionId, HandlerIn)>,
+    /// Inbound streams open, per peer (bounded).
+    open_streams: Arc<Mutex<HashMap<PeerId, usize>>>,
     writers: HashMap<PeerId, mpsc::Sender<Outgoing>>,
     connected: HashSet<PeerId>,
     no_bitswap: HashSet<PeerId>,
@@ -119,6 +135,8 @@ pub struct Exchange {
     /// Listen addresses peers told through identify (bounded), for the IPFS DHT, which does
     /// not hear identify itself.
     pub(crate) addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Whether the pinned roots were provided since the node started (on the first peer).
+    pub(crate) pins_provided: bool,
     /// Provider lookups on the IPFS DHT under way: the peers found so far, who waits.
     pub(crate) lookups:
         HashMap<dkvs_net::libp2p::kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
@@ -130,19 +148,20 @@ pub struct Exchange {
 impl Exchange {
     /// The exchange of a node whose blocks are in `store`; it accepts bitswap streams through
     /// `control`. Must be called within a tokio runtime.
-    pub(crate) fn new(store: BlockStore, mut control: libp2p_stream::Control) -> Exchange {
+    pub(crate) fn new(store: BlockStore) -> Exchange {
         let (inbound_tx, inbound) = mpsc::channel(64);
-        match control.accept(PROTOCOL) {
-            Ok(incoming) => {
-                tokio::spawn(accept(incoming, inbound_tx.clone()));
-            }
-            Err(e) => tracing::error!("bitswap: {e}"),
-        }
+        let (stream_asks_tx, stream_asks) = mpsc::channel(64);
         Exchange {
             store,
-            control,
             inbound,
             inbound_tx,
+            stream_asks,
+            stream_asks_tx,
+            opening: HashMap::new(),
+            next_open: 0,
+            connections: HashMap::new(),
+            notify: VecDeque::new(),
+            open_streams: Arc::default(),
             writers: HashMap::new(),
             connected: HashSet::new(),
             no_bitswap: HashSet::new(),
@@ -154,6 +173,7 @@ impl Exchange {
             peer_dials: VecDeque::new(),
             addresses: HashMap::new(),
             lookups: HashMap::new(),
+            pins_provided: false,
             tick: None,
             dropped: 0,
         }
@@ -253,8 +273,13 @@ impl Exchange {
         }
         let writer = self.writers.entry(peer).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-            let task =
-                writer(peer, self.control.clone(), self.store.clone(), rx, self.inbound_tx.clone());
+            let task = writer(
+                peer,
+                self.stream_asks_tx.clone(),
+                self.store.clone(),
+                rx,
+                self.inbound_tx.clone(),
+            );
             tokio::spawn(task);
             tx
         });
@@ -442,31 +467,33 @@ impl Exchange {
     }
 }
 
-/// Accepts inbound bitswap streams and starts a reader for each (a bounded number per peer).
-async fn accept(mut incoming: libp2p_stream::IncomingStreams, tx: mpsc::Sender<ExchangeEvent>) {
-    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
-    while let Some((peer, stream)) = incoming.next().await {
-        {
-            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-            let n = open.entry(peer).or_default();
-            if *n >= STREAMS_PER_PEER {
-                tracing::debug!(%peer, "bitswap: too many streams from one peer; one refused");
-                continue;
-            }
-            *n += 1;
+/// Starts a reader for an inbound stream, unless the peer has [`STREAMS_PER_PEER`] open.
+fn accept(
+    peer: PeerId,
+    stream: Stream,
+    open: &Arc<Mutex<HashMap<PeerId, usize>>>,
+    tx: &mpsc::Sender<ExchangeEvent>,
+) {
+    {
+        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(peer).or_default();
+        if *n >= STREAMS_PER_PEER {
+            tracing::debug!(%peer, "bitswap: too many streams from one peer; one refused");
+            return;
         }
-        let (tx, open) = (tx.clone(), open.clone());
-        tokio::spawn(async move {
-            read_stream(peer, stream, tx).await;
-            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = open.get_mut(&peer) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&peer);
-                }
-            }
-        });
+        *n += 1;
     }
+    let (tx, open) = (tx.clone(), open.clone());
+    tokio::spawn(async move {
+        read_stream(peer, stream, tx).await;
+        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&peer);
+            }
+        }
+    });
 }
 
 /// Reads one peer's stream to its end: each frame decoded (and its blocks hashed) here, off
@@ -489,7 +516,7 @@ async fn read_stream(peer: PeerId, mut stream: Stream, tx: mpsc::Sender<Exchange
 /// broke), batching queued messages and loading served blocks from the store.
 async fn writer(
     peer: PeerId,
-    mut control: libp2p_stream::Control,
+    asks: mpsc::Sender<StreamAsk>,
     store: BlockStore,
     mut rx: mpsc::Receiver<Outgoing>,
     report: mpsc::Sender<ExchangeEvent>,
@@ -531,14 +558,18 @@ async fn writer(
         let frame = message.encode();
         for _ in 0..2 {
             if stream.is_none() {
-                match control.open_stream(peer, PROTOCOL).await {
-                    Ok(s) => stream = Some(s),
-                    Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+                let (tx, rx) = oneshot::channel();
+                if asks.send((peer, tx)).await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+                    Ok(Ok(Ok(s))) => stream = Some(s),
+                    Ok(Ok(Err(true))) => {
                         let _ = report.send(ExchangeEvent::Unsupported(peer)).await;
                         return;
                     }
-                    Err(e) => {
-                        tracing::debug!(%peer, "bitswap: {e}");
+                    _ => {
+                        tracing::debug!(%peer, "bitswap: no stream to the peer");
                         break;
                     }
                 }
@@ -556,7 +587,7 @@ async fn writer(
 }
 
 impl NetworkBehaviour for Exchange {
-    type ConnectionHandler = dummy::ConnectionHandler;
+    type ConnectionHandler = Handler;
     type ToSwarm = ExchangeEvent;
 
     fn handle_established_inbound_connection(
@@ -566,7 +597,7 @@ impl NetworkBehaviour for Exchange {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(dummy::ConnectionHandler)
+        Ok(Handler::default())
     }
 
     fn handle_established_outbound_connection(
@@ -577,25 +608,39 @@ impl NetworkBehaviour for Exchange {
         _: dkvs_net::libp2p::core::Endpoint,
         _: dkvs_net::libp2p::core::transport::PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(dummy::ConnectionHandler)
+        Ok(Handler::default())
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::ConnectionEstablished(e) if e.other_established == 0 => {
-                self.events.push_back(ExchangeEvent::Connected(e.peer_id));
+            FromSwarm::ConnectionEstablished(e) => {
+                self.connections.entry(e.peer_id).or_default().push(e.connection_id);
+                if e.other_established == 0 {
+                    self.events.push_back(ExchangeEvent::Connected(e.peer_id));
+                }
             }
-            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
-                self.addresses.remove(&e.peer_id);
-                self.events.push_back(ExchangeEvent::Disconnected(e.peer_id));
-            }
-            FromSwarm::NewExternalAddrOfPeer(e) if self.connected.contains(&e.peer_id) => {
-                if self.addresses.len() < PEER_ADDRESSES || self.addresses.contains_key(&e.peer_id)
-                {
-                    let known = self.addresses.entry(e.peer_id).or_default();
-                    if known.len() < 8 && !known.contains(e.addr) {
-                        known.push(e.addr.clone());
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(list) = self.connections.get_mut(&e.peer_id) {
+                    list.retain(|c| *c != e.connection_id);
+                    if list.is_empty() {
+                        self.connections.remove(&e.peer_id);
                     }
+                }
+                // Streams being opened on it will not be: their writers hear so.
+                self.opening.retain(|_, (conn, _)| *conn != e.connection_id);
+                if e.remaining_established == 0 {
+                    self.addresses.remove(&e.peer_id);
+                    self.events.push_back(ExchangeEvent::Disconnected(e.peer_id));
+                }
+            }
+            FromSwarm::NewExternalAddrOfPeer(e)
+                if self.connected.contains(&e.peer_id)
+                    && (self.addresses.len() < PEER_ADDRESSES
+                        || self.addresses.contains_key(&e.peer_id)) =>
+            {
+                let known = self.addresses.entry(e.peer_id).or_default();
+                if known.len() < 8 && !known.contains(e.addr) {
+                    known.push(e.addr.clone());
                 }
             }
             _ => {}
@@ -604,17 +649,47 @@ impl NetworkBehaviour for Exchange {
 
     fn on_connection_handler_event(
         &mut self,
-        _: PeerId,
+        peer: PeerId,
         _: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        match event {}
+        match event {
+            HandlerOut::Inbound(stream) => {
+                accept(peer, stream, &self.open_streams, &self.inbound_tx);
+            }
+            HandlerOut::Opened(id, stream) => {
+                if let Some((_, tx)) = self.opening.remove(&id) {
+                    let _ = tx.send(Ok(stream));
+                }
+            }
+            HandlerOut::Failed(id, unsupported) => {
+                if let Some((_, tx)) = self.opening.remove(&id) {
+                    let _ = tx.send(Err(unsupported));
+                }
+            }
+        }
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<ExchangeEvent, THandlerInEvent<Self>>> {
+        while let Poll::Ready(Some((peer, tx))) = self.stream_asks.poll_recv(cx) {
+            // Any open connection of the peer; none: the writer hears it failed.
+            if let Some(&conn) = self.connections.get(&peer).and_then(|c| c.last()) {
+                let id = self.next_open;
+                self.next_open += 1;
+                self.opening.insert(id, (conn, tx));
+                self.notify.push_back((peer, conn, HandlerIn::Open(id)));
+            }
+        }
+        if let Some((peer_id, conn, event)) = self.notify.pop_front() {
+            return Poll::Ready(ToSwarm::NotifyHandler {
+                peer_id,
+                handler: NotifyHandler::One(conn),
+                event,
+            });
+        }
         if let Some(addr) = self.dials.pop_front() {
             return Poll::Ready(ToSwarm::Dial { opts: addr.into() });
         }

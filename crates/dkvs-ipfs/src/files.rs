@@ -124,11 +124,19 @@ pub struct GetOptions {
     pub raw: bool,
     /// How long to wait for any one block. Default 60 s.
     pub block_timeout: Duration,
+    /// Every block fetched must be kept here (to pin the file): a store that refuses one (it
+    /// is full) fails the get. Otherwise fetched blocks are kept as room allows.
+    pub keep: bool,
 }
 
 impl Default for GetOptions {
     fn default() -> GetOptions {
-        GetOptions { account: None, raw: false, block_timeout: Duration::from_secs(60) }
+        GetOptions {
+            account: None,
+            raw: false,
+            block_timeout: Duration::from_secs(60),
+            keep: false,
+        }
     }
 }
 
@@ -219,6 +227,7 @@ struct Leaves<'a> {
     pending: HashMap<Cid, oneshot::Receiver<Fetched>>,
     prefer: Option<dkvs_net::libp2p::PeerId>,
     timeout: Duration,
+    keep: bool,
 }
 
 impl<'a> Leaves<'a> {
@@ -239,6 +248,7 @@ impl<'a> Leaves<'a> {
             pending: HashMap::new(),
             prefer: None,
             timeout,
+            keep: false,
         })
     }
 
@@ -326,9 +336,13 @@ impl<'a> Leaves<'a> {
             .map_err(|_| NetError::Shutdown)?;
         self.prefer = Some(fetched.peer);
         let data = fetched.data.clone();
-        let kept = tokio::task::spawn_blocking(move || store.put(&cid, &data)).await;
-        if let Ok(Err(e)) = kept {
-            tracing::debug!(%cid, "fetched block not kept: {e}");
+        let kept = tokio::task::spawn_blocking(move || store.put(&cid, &data))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match kept {
+            Err(e) if self.keep => return Err(e.into()),
+            Err(e) => tracing::debug!(%cid, "fetched block not kept: {e}"),
+            Ok(_) => {}
         }
         Ok(Some(fetched.data))
     }
@@ -345,6 +359,7 @@ pub async fn get<W: AsyncWrite + Unpin>(
     progress: impl Fn(u64),
 ) -> Result<Got, IpfsError> {
     let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
+    leaves.keep = options.keep;
     let mut opener = None;
     let mut first = true;
     let mut written = 0u64;

@@ -14,7 +14,7 @@ use dkvs_net::{Extension, Host};
 use tokio::sync::oneshot;
 
 use crate::blockstore::{BlockError, BlockStore, BlockStoreConfig};
-use crate::exchange::{Exchange, Fetched};
+use crate::exchange::{Exchange, ExchangeEvent, Fetched};
 
 /// Provider records are 16 KiB at most on the wire (kad's own packet limit); an inbound one
 /// is charged that much.
@@ -25,7 +25,6 @@ const PROVIDER_RECORD_COST: usize = 512;
 #[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude", to_swarm = "IpfsEvent")]
 pub struct Ipfs {
     kad: kad::Behaviour<kad::store::MemoryStore>,
-    streams: libp2p_stream::Behaviour,
     exchange: Exchange,
 }
 
@@ -50,12 +49,6 @@ impl From<crate::exchange::ExchangeEvent> for IpfsEvent {
     }
 }
 
-impl From<()> for IpfsEvent {
-    fn from((): ()) -> IpfsEvent {
-        unreachable!("libp2p-stream's behaviour emits no events")
-    }
-}
-
 impl Ipfs {
     /// The extension for a node whose libp2p key is `key`, keeping blocks in `dir` (made if
     /// missing). Must be called within a tokio runtime.
@@ -73,9 +66,8 @@ impl Ipfs {
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         kad.set_mode(Some(kad::Mode::Client));
-        let streams = libp2p_stream::Behaviour::new();
-        let exchange = Exchange::new(store, streams.new_control());
-        Ok(Ipfs { kad, streams, exchange })
+        let exchange = Exchange::new(store);
+        Ok(Ipfs { kad, exchange })
     }
 
     /// The block store.
@@ -102,9 +94,13 @@ impl Ipfs {
     /// IPFS DHT.
     pub fn announce(&mut self, root: Option<Cid>, cids: &[Cid]) {
         self.exchange.announce(cids);
-        if let Some(root) = root
-            && let Err(e) = self.kad.start_providing(kad::RecordKey::new(&root.hash().to_bytes()))
-        {
+        if let Some(root) = root {
+            self.provide(root);
+        }
+    }
+
+    fn provide(&mut self, root: Cid) {
+        if let Err(e) = self.kad.start_providing(kad::RecordKey::new(&root.hash().to_bytes())) {
             tracing::debug!(%root, "cannot provide: {e}");
         }
     }
@@ -172,6 +168,15 @@ impl Extension for Ipfs {
         let mode = if host.dht_server() { kad::Mode::Server } else { kad::Mode::Client };
         if self.kad.mode() != mode {
             self.kad.set_mode(Some(mode));
+        }
+        // Pinned files are provided again after a restart, once there is a peer to tell.
+        if let IpfsEvent::Exchange(ExchangeEvent::Connected(_)) = &event
+            && !self.exchange.pins_provided
+        {
+            self.exchange.pins_provided = true;
+            for root in self.store().pins() {
+                self.provide(root);
+            }
         }
         match event {
             IpfsEvent::Exchange(event) => self.exchange.on_event(event, host),

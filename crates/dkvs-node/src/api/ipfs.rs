@@ -278,7 +278,7 @@ pub(super) async fn pin(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path(cid) = path.map_err(rejected)?;
     let cid = parse_cid(&cid)?;
-    let options = GetOptions { raw: true, ..GetOptions::default() };
+    let options = GetOptions { raw: true, keep: true, ..GetOptions::default() };
     let got = files::get(&state.node, cid, &mut tokio::io::sink(), &options, |_| {})
         .await
         .map_err(ipfs_error)?;
