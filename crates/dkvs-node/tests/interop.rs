@@ -1,0 +1,282 @@
+//! dkvs nodes exchange files with real IPFS peers that nobody here wrote: Helia 7 (npm) and
+//! Kubo 0.22 (PyPI), installed by `.ci/ipfs-peers` (the tests run it: a registry out of reach
+//! fails them, loudly). `dkvs node` runs as a process, on its default configuration but for a
+//! loopback listen address. Kubo dials public peers on its defaults, so its test runs in a
+//! network namespace that has only loopback (`unshare -n`), with the dkvs nodes beside it.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSPHRASE: &str = "interop";
+const STEP: Duration = Duration::from_secs(120);
+
+/// A process killed and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct NodeProcess {
+    _child: Reaped,
+    address: String,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The installed peers (installing them if needed).
+fn peers() -> PathBuf {
+    let dir = repo().join("target/ipfs-peers");
+    let out = Command::new("bash")
+        .arg(repo().join(".ci/ipfs-peers"))
+        .arg(&dir)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "the IPFS peers could not be installed (registry unreachable?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn run(mut command: Command) -> Output {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("starts");
+    let deadline = Instant::now() + STEP;
+    while child.try_wait().expect("waitable").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} took over {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn dkvs(home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dkvs"));
+    command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
+    command.args(args);
+    command
+}
+
+fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
+    std::fs::create_dir_all(home).expect("home");
+    let config = home.join("test-config.toml");
+    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\n").expect("config");
+    let mut command = dkvs(home, &["node", "--api", "127.0.0.1:0"]);
+    command.arg("--config").arg(&config);
+    if let Some(peer) = bootstrap {
+        command.arg("--bootstrap").arg(peer);
+    }
+    let log = std::fs::File::create(home.join("node.log")).expect("log");
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut address = None;
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        if let Some(a) = line.strip_prefix("listening on: ") {
+            address = Some(a.to_owned());
+        }
+        if line.starts_with("api: ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    NodeProcess { _child: Reaped(child), address: address.expect("a listen address") }
+}
+
+/// A peer serving `file` until dropped: its address and the file's CID.
+struct Serving {
+    _child: Reaped,
+    addr: String,
+    cid: String,
+}
+
+fn serve(mut command: Command, file: &Path) -> Serving {
+    command.arg("serve").arg(file).args(["--timeout", "240"]);
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("the peer starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line).expect("a line");
+    let served: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("the peer printed {line:?}: {e}"));
+    Serving {
+        addr: served["addrs"][0].as_str().expect("an address").to_owned(),
+        cid: served["cid"].as_str().expect("a cid").to_owned(),
+        _child: Reaped(child),
+    }
+}
+
+fn peer_get(mut command: Command, addr: &str, cid: &str, out: &Path) -> Vec<u8> {
+    command.args(["get", addr, cid]).arg(out).args(["--timeout", "60"]);
+    ok(run(command));
+    std::fs::read(out).expect("the peer wrote the file")
+}
+
+fn helia(peers: &Path) -> Command {
+    let mut command = Command::new("node");
+    command.arg("--import").arg(peers.join("polyfill.mjs")).arg(peers.join("helia-peer.mjs"));
+    command
+}
+
+fn kubo(peers: &Path) -> Command {
+    let mut command = Command::new(peers.join("venv/bin/python3"));
+    command.arg(peers.join("kubo-peer.py"));
+    command
+}
+
+/// Deterministic bytes, not aligned to any chunk size.
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("file");
+    path
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A dkvs node of alice's; a second node that has alice's key too (as a user copies a key
+/// file to another machine) and bob's.
+fn two_nodes(dir: &Path) -> (PathBuf, NodeProcess, PathBuf, NodeProcess, String) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    ok(run(dkvs(&a, &["account", "new", "alice"])));
+    std::fs::create_dir_all(b.join("keys")).expect("keys");
+    std::fs::copy(a.join("keys/alice.key.json"), b.join("keys/alice.key.json")).expect("key");
+    let bob = ok(run(dkvs(&b, &["account", "new", "bob", "--type", "secp256k1"])));
+    let node_a = start(&a, None);
+    let node_b = start(&b, Some(&node_a.address));
+    (a, node_a, b, node_b, bob.trim().to_owned())
+}
+
+#[test]
+fn dkvs_and_helia_exchange_plain_and_encrypted_files() {
+    let peers = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, node_a, b, _node_b, bob) = two_nodes(dir.path());
+
+    // dkvs adds a plain file; Helia fetches the same bytes (and the same CID it would make).
+    let plain = data(3_000_000, 1);
+    let file = write(dir.path(), "plain.bin", &plain);
+    let cid = ok(run(dkvs(&a, &["ipfs", "add", "--plain", path_str(&file)]))).trim().to_owned();
+    let got = peer_get(helia(&peers), &node_a.address, &cid, &dir.path().join("helia-got"));
+    assert!(got == plain, "Helia got {} bytes, not the file", got.len());
+    let served = serve(helia(&peers), &file);
+    assert_eq!(served.cid, cid, "dkvs makes the CID Helia makes for the same bytes");
+    drop(served);
+
+    // Helia adds a file; dkvs fetches it.
+    let theirs = data(2_500_000, 2);
+    let served = serve(helia(&peers), &write(dir.path(), "helia.bin", &theirs));
+    ok(run(dkvs(&a, &["ipfs", "connect", &served.addr])));
+    let out = dir.path().join("from-helia");
+    ok(run(dkvs(&a, &["ipfs", "get", &served.cid, "-o", path_str(&out)])));
+    assert!(std::fs::read(&out).expect("got") == theirs, "dkvs got Helia's bytes");
+    drop(served);
+
+    // An encrypted file: ciphertext to Helia, plaintext to alice on her other node, and to
+    // bob once she shares it.
+    let secret = data(600_000, 3);
+    let file = write(dir.path(), "secret.bin", &secret);
+    let cid = ok(run(dkvs(&a, &["ipfs", "add", path_str(&file)]))).trim().to_owned();
+    let seen = peer_get(helia(&peers), &node_a.address, &cid, &dir.path().join("helia-secret"));
+    assert!(seen.starts_with(b"dkvs-enc") && seen.len() > secret.len());
+    assert!(!seen.windows(64).any(|w| w == &secret[1000..1064]), "no plaintext in what Helia got");
+    let out = dir.path().join("alice-elsewhere");
+    ok(run(dkvs(&b, &["ipfs", "get", &cid, "--as", "alice", "-o", path_str(&out)])));
+    assert!(std::fs::read(&out).expect("got") == secret, "alice reads it on her other node");
+    let refused = run(dkvs(&b, &["ipfs", "get", &cid, "--as", "bob"]));
+    assert!(!refused.status.success(), "not shared with bob yet");
+    ok(run(dkvs(&a, &["ipfs", "share", &cid, &bob])));
+    let out = dir.path().join("bob");
+    ok(run(dkvs(&b, &["ipfs", "get", &cid, "--as", "bob", "-o", path_str(&out)])));
+    assert!(std::fs::read(&out).expect("got") == secret, "bob reads what alice shared");
+}
+
+/// Runs the calling test again in a network namespace with only loopback; true when this is
+/// that run.
+fn in_loopback_namespace(test: &str) -> bool {
+    if std::env::var_os("DKVS_TEST_NETNS").is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = run({
+        let mut c = Command::new("unshare");
+        c.args(["-n", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+            .env("DKVS_TEST_NETNS", "1");
+        c
+    });
+    let mut err = std::io::stderr();
+    let _ = err.write_all(&out.stdout);
+    let _ = err.write_all(&out.stderr);
+    assert!(out.status.success(), "the test failed in its network namespace (see above)");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "the test ran in its namespace"
+    );
+    false
+}
+
+#[test]
+fn dkvs_and_kubo_exchange_plain_and_encrypted_files() {
+    if !in_loopback_namespace("dkvs_and_kubo_exchange_plain_and_encrypted_files") {
+        return;
+    }
+    let peers = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, node_a, b, _node_b, _bob) = two_nodes(dir.path());
+
+    // Kubo adds a file (CIDv0, dag-pb leaves); dkvs fetches it.
+    let theirs = data(700_000, 4);
+    let served = serve(kubo(&peers), &write(dir.path(), "kubo.bin", &theirs));
+    assert!(served.cid.starts_with("Qm"), "Kubo 0.22 adds as CIDv0: {}", served.cid);
+    ok(run(dkvs(&a, &["ipfs", "connect", &served.addr])));
+    let out = dir.path().join("from-kubo");
+    ok(run(dkvs(&a, &["ipfs", "get", &served.cid, "-o", path_str(&out)])));
+    assert!(std::fs::read(&out).expect("got") == theirs, "dkvs got Kubo's bytes");
+    drop(served);
+
+    // dkvs adds; Kubo fetches the same bytes.
+    let plain = data(1_500_000, 5);
+    let file = write(dir.path(), "plain.bin", &plain);
+    let cid = ok(run(dkvs(&a, &["ipfs", "add", "--plain", path_str(&file)]))).trim().to_owned();
+    let got = peer_get(kubo(&peers), &node_a.address, &cid, &dir.path().join("kubo-got"));
+    assert!(got == plain, "Kubo got {} bytes, not the file", got.len());
+
+    // Encrypted: ciphertext to Kubo, plaintext to alice on her other node.
+    let secret = data(300_000, 6);
+    let file = write(dir.path(), "secret.bin", &secret);
+    let cid = ok(run(dkvs(&a, &["ipfs", "add", path_str(&file)]))).trim().to_owned();
+    let seen = peer_get(kubo(&peers), &node_a.address, &cid, &dir.path().join("kubo-secret"));
+    assert!(seen.starts_with(b"dkvs-enc") && !seen.windows(64).any(|w| w == &secret[..64]));
+    let out = dir.path().join("alice-elsewhere");
+    ok(run(dkvs(&b, &["ipfs", "get", &cid, "--as", "alice", "-o", path_str(&out)])));
+    assert!(std::fs::read(&out).expect("got") == secret, "alice reads it on her other node");
+}
