@@ -163,6 +163,39 @@ pub enum WireError {
 }
 
 impl Message {
+    /// This message as frames a peer takes: at most `max_entries` wants and as many
+    /// presences each, and blocks up to `max_bytes` a frame (a block larger than that goes
+    /// alone).
+    pub fn split(self, max_entries: usize, max_bytes: usize) -> Vec<Message> {
+        let max_entries = max_entries.max(1);
+        let mut frames = vec![Message { full: self.full, ..Message::default() }];
+        let mut bytes = 0;
+        for want in self.wants {
+            if frames.last().is_some_and(|f| f.wants.len() >= max_entries) {
+                frames.push(Message::default());
+            }
+            frames.last_mut().expect("one frame at least").wants.push(want);
+        }
+        for presence in self.presences {
+            if frames.last().is_some_and(|f| f.presences.len() >= max_entries) {
+                frames.push(Message::default());
+            }
+            frames.last_mut().expect("one frame at least").presences.push(presence);
+        }
+        for block in self.blocks {
+            let last = frames.last().expect("one frame at least");
+            if !last.blocks.is_empty() && bytes + block.1.len() > max_bytes
+                || last.blocks.len() >= max_entries
+            {
+                frames.push(Message::default());
+                bytes = 0;
+            }
+            bytes += block.1.len();
+            frames.last_mut().expect("one frame at least").blocks.push(block);
+        }
+        frames
+    }
+
     /// True when it carries nothing.
     pub fn is_empty(&self) -> bool {
         self.wants.is_empty() && self.blocks.is_empty() && self.presences.is_empty()
@@ -311,6 +344,15 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 /// Reads one frame: `Ok(None)` at a clean end of the stream. The length is checked against
 /// [`MAX_MESSAGE`] before anything is allocated.
 pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<Vec<u8>>, WireError> {
+    match read_len(io).await? {
+        None => Ok(None),
+        Some(len) => Ok(Some(read_body(io, len).await?)),
+    }
+}
+
+/// Reads a frame's length prefix: `Ok(None)` at a clean end of the stream; at most
+/// [`MAX_MESSAGE`].
+pub async fn read_len<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<usize>, WireError> {
     let mut len = 0usize;
     for i in 0..4 {
         let mut byte = [0u8; 1];
@@ -324,13 +366,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<Vec<u
             if len > MAX_MESSAGE {
                 return Err(WireError::TooLarge(len));
             }
-            let mut frame = vec![0u8; len];
-            io.read_exact(&mut frame).await?;
-            return Ok(Some(frame));
+            return Ok(Some(len));
         }
     }
     // Four varint bytes hold 2^28: anything longer is over the limit anyway.
     Err(WireError::TooLarge(usize::MAX))
+}
+
+/// Reads a frame's `len` bytes (after [`read_len`]).
+pub async fn read_body<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> Result<Vec<u8>, WireError> {
+    let mut frame = vec![0u8; len];
+    io.read_exact(&mut frame).await?;
+    Ok(frame)
 }
 
 /// Writes one frame (length prefix and message) and flushes it.
@@ -379,6 +426,31 @@ mod tests {
         };
         let decoded = Message::decode(&lie.encode_to_vec()).expect("decodes");
         assert_eq!(decoded.blocks, vec![(cid_of(0x55, b"not a"), b"not a".to_vec())]);
+    }
+
+    #[test]
+    fn a_large_message_is_split_into_frames_a_peer_takes() {
+        let cids: Vec<Cid> = (0..10u8).map(|i| cid_of(0x55, &[i])).collect();
+        let message = Message {
+            wants: cids.iter().map(|c| Want::new(*c, WantType::Have)).collect(),
+            full: true,
+            blocks: cids.iter().take(5).map(|c| (*c, vec![0u8; 400])).collect(),
+            presences: cids.iter().map(|c| (*c, false)).collect(),
+        };
+        let frames = message.clone().split(4, 1000);
+        assert!(frames.iter().all(|f| f.wants.len() <= 4 && f.presences.len() <= 4));
+        assert!(frames.iter().all(|f| f.blocks.iter().map(|b| b.1.len()).sum::<usize>() <= 1000));
+        assert!(frames[0].full, "the first frame says the wantlist is full");
+        let mut joined = Message { full: true, ..Message::default() };
+        for frame in frames {
+            joined.wants.extend(frame.wants);
+            joined.presences.extend(frame.presences);
+            joined.blocks.extend(frame.blocks);
+        }
+        assert_eq!(joined, message, "nothing lost, nothing reordered");
+        // A block over the byte bound goes alone.
+        let big = Message { blocks: vec![(cids[0], vec![1; 5000])], ..Message::default() };
+        assert_eq!(big.clone().split(4, 1000), vec![big]);
     }
 
     #[test]

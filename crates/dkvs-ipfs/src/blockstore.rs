@@ -60,7 +60,10 @@ pub enum BlockError {
         len: usize,
     },
     /// The store holds its limit; unpinned blocks can be collected (`gc`).
-    #[error("the block store is full ({used} of {limit} bytes)")]
+    #[error(
+        "the block store is full ({used} of {limit} bytes); unpin files and collect garbage \
+         (dkvs ipfs unpin, dkvs ipfs gc) to make room"
+    )]
     Full {
         /// Bytes kept.
         used: u64,
@@ -100,7 +103,13 @@ pub struct BlockStore {
     config: BlockStoreConfig,
     index: Arc<Mutex<Index>>,
     hot: moka::sync::Cache<Vec<u8>, Arc<[u8]>>,
+    /// Held shared by every add and pin from its first block to its pin, and exclusively by
+    /// garbage collection, which would otherwise remove the blocks of a file not pinned yet.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// An add or pin under way: garbage collection waits until it is dropped.
+pub type Writing = tokio::sync::OwnedRwLockReadGuard<()>;
 
 /// The CIDv1 of `data` under `codec` (0x55 raw, 0x70 dag-pb), SHA2-256.
 pub fn cid_of(codec: u64, data: &[u8]) -> Cid {
@@ -163,6 +172,7 @@ impl BlockStore {
             config,
             index: Arc::new(Mutex::new(Index { sizes, bytes, pins })),
             hot,
+            gate: Arc::default(),
         })
     }
 
@@ -179,6 +189,18 @@ impl BlockStore {
     /// Keeps `data` as the block `cid`, after checking that it hashes to it. True when it was
     /// new. Blocking: call it from a blocking context in async code.
     pub fn put(&self, cid: &Cid, data: &[u8]) -> Result<bool, BlockError> {
+        self.put_with(cid, data, true)
+    }
+
+    /// Keeps a block fetched for a read, as a cache: written atomically but not synced (a
+    /// crash may lose it, or leave a file that fails its check on the way out and is removed),
+    /// and not put in the hot tier (a file streamed through is not hot). For what must
+    /// survive (an add, a pin), [`BlockStore::put`].
+    pub fn put_cached(&self, cid: &Cid, data: &[u8]) -> Result<bool, BlockError> {
+        self.put_with(cid, data, false)
+    }
+
+    fn put_with(&self, cid: &Cid, data: &[u8], durable: bool) -> Result<bool, BlockError> {
         check(cid, data)?;
         let hash = cid.hash().to_bytes();
         {
@@ -190,13 +212,15 @@ impl BlockStore {
                 return Err(BlockError::Full { used: index.bytes, limit: self.config.max_bytes });
             }
         }
-        write_atomically(&self.path(&hash), data)?;
+        write_atomically(&self.path(&hash), data, durable)?;
         let mut index = self.lock();
         if index.sizes.insert(hash.clone(), data.len() as u64).is_none() {
             index.bytes += data.len() as u64;
         }
         drop(index);
-        self.hot.insert(hash, Arc::from(data));
+        if durable {
+            self.hot.insert(hash, Arc::from(data));
+        }
         Ok(true)
     }
 
@@ -292,10 +316,30 @@ impl BlockStore {
 
     fn save_pins(&self, pins: &BTreeSet<Cid>) -> Result<(), BlockError> {
         let text: String = pins.iter().map(|cid| format!("{cid}\n")).collect();
-        Ok(write_atomically(&self.dir.join("pins"), text.as_bytes())?)
+        Ok(write_atomically(&self.dir.join("pins"), text.as_bytes(), true)?)
     }
 
-    /// Removes every block that no pin reaches. `links` gives the CIDs a block links to (the
+    /// Marks an add or a pin under way until the guard is dropped: [`BlockStore::collect`]
+    /// waits for it (and new writers wait for a collection under way).
+    pub async fn writing(&self) -> Writing {
+        self.gate.clone().read_owned().await
+    }
+
+    /// Garbage collection as a node runs it: after every add and pin under way, then
+    /// [`BlockStore::gc`] on a blocking thread, with new adds and pins waiting for it.
+    pub async fn collect(
+        &self,
+        links: impl Fn(&Cid, &[u8]) -> Vec<Cid> + Send + 'static,
+    ) -> Result<GcReport, BlockError> {
+        let _alone = self.gate.clone().write_owned().await;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.gc(links))
+            .await
+            .map_err(|e| BlockError::Io(io::Error::other(e.to_string())))?
+    }
+
+    /// Removes every block that no pin reaches. Call it through [`BlockStore::collect`] while
+    /// adds or pins may run. `links` gives the CIDs a block links to (the
     /// DAG decoder: dag-pb links for UnixFS, none for raw blocks). A pinned block that is
     /// missing is skipped (fetched later, not an error).
     pub fn gc(&self, links: impl Fn(&Cid, &[u8]) -> Vec<Cid>) -> Result<GcReport, BlockError> {
@@ -329,7 +373,9 @@ impl BlockStore {
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the whole new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to `path` through a temporary file and a rename, so that `path` is whole or
+/// absent; with `durable`, synced (the file, then its directory) before this returns.
+fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("a path with no directory"))?;
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -339,10 +385,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     ));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_data()?;
+    if durable {
+        file.sync_data()?;
+    }
     drop(file);
     fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    if durable {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -375,6 +426,35 @@ mod tests {
         assert_eq!(blocks.get(&cid_of(RAW, b"absent")).expect("read"), None);
         let big = vec![0; MAX_BLOCK + 1];
         assert!(matches!(blocks.put(&cid_of(RAW, &big), &big), Err(BlockError::TooLarge { .. })));
+        // A cached block is checked the same, counted the same and read back from disk.
+        let cached = cid_of(RAW, b"fetched");
+        assert!(matches!(blocks.put_cached(&cached, b"fetchex"), Err(BlockError::Mismatch(_))));
+        assert!(blocks.put_cached(&cached, b"fetched").expect("taken"));
+        assert!(!blocks.hot.contains_key(&cached.hash().to_bytes()), "not in the hot tier");
+        assert_eq!(blocks.get(&cached).expect("read").as_deref(), Some(&b"fetched"[..]));
+        assert_eq!(blocks.bytes(), 5 + 7);
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_waits_for_an_add_under_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        let (leaf, old) = (cid_of(RAW, b"leaf of a file being added"), cid_of(RAW, b"old"));
+        blocks.put(&old, b"old").expect("kept");
+        let writing = blocks.writing().await;
+        blocks.put(&leaf, b"leaf of a file being added").expect("kept");
+        let collecting = tokio::spawn({
+            let blocks = blocks.clone();
+            async move { blocks.collect(|_, _| Vec::new()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!collecting.is_finished(), "the collection waits for the add");
+        assert!(blocks.has(&leaf));
+        blocks.pin(&leaf).expect("pinned");
+        drop(writing);
+        let report = collecting.await.expect("joined").expect("collected");
+        assert_eq!((report.removed, report.kept), (1, 1));
+        assert!(blocks.has(&leaf) && !blocks.has(&old), "the added file stays, the rest goes");
     }
 
     #[test]

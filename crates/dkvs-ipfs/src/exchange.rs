@@ -29,10 +29,12 @@ use dkvs_net::libp2p::swarm::{
 };
 use dkvs_net::libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use futures::AsyncWriteExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::bitswap::{self, MAX_MESSAGE, Message, SEND_SMALL_BLOCK, Want, WantType, WireError};
+use crate::bitswap::{
+    self, MAX_ENTRIES, MAX_MESSAGE, Message, SEND_SMALL_BLOCK, Want, WantType, WireError,
+};
 use crate::blockstore::BlockStore;
 use crate::streams::{Handler, HandlerIn, HandlerOut};
 
@@ -52,6 +54,13 @@ const WRITER_QUEUE: usize = 1024;
 const BATCH_BYTES: usize = 2 << 20;
 /// Peers whose addresses are remembered for the IPFS DHT.
 const PEER_ADDRESSES: usize = 1024;
+/// Bytes of messages read from all peers and not yet handled, at most: a reader waits for
+/// room before it allocates a message.
+const READ_BUDGET: usize = 64 << 20;
+/// How long the bytes of one message may take to arrive once its length was read.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer asked for a block may take before another that has it is asked too.
+const HEDGE_AFTER: Duration = Duration::from_secs(3);
 /// How long writing one message may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -78,6 +87,8 @@ pub enum ExchangeEvent {
         len: usize,
         /// The message, decoded and checked.
         message: Result<Message, WireError>,
+        /// Its share of the node's budget for messages read and not yet handled.
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// The peer does not speak bitswap.
     Unsupported(PeerId),
@@ -103,6 +114,8 @@ struct Wanting {
     haves: VecDeque<PeerId>,
     /// The peer asked for the block, since when.
     block_from: Option<(PeerId, Instant)>,
+    /// Whether a second peer was asked because the first was slow.
+    hedged: bool,
 }
 
 /// The bitswap state of a node (see the module docs).
@@ -121,6 +134,8 @@ pub struct Exchange {
     notify: VecDeque<(PeerId, ConnectionId, HandlerIn)>,
     /// Inbound streams open, per peer (bounded).
     open_streams: Arc<Mutex<HashMap<PeerId, usize>>>,
+    /// Bytes of messages read from peers and not handled yet, at most [`READ_BUDGET`].
+    read_budget: Arc<Semaphore>,
     writers: HashMap<PeerId, mpsc::Sender<Outgoing>>,
     connected: HashSet<PeerId>,
     no_bitswap: HashSet<PeerId>,
@@ -135,6 +150,8 @@ pub struct Exchange {
     /// Listen addresses peers told through identify (bounded), for the IPFS DHT, which does
     /// not hear identify itself.
     pub(crate) addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Keys of other peers' provider records kept by the IPFS DHT (bounded in service.rs).
+    pub(crate) remote_provider_keys: HashSet<dkvs_net::libp2p::kad::RecordKey>,
     /// Whether the pinned roots were provided since the node started (on the first peer).
     pub(crate) pins_provided: bool,
     /// Provider lookups on the IPFS DHT under way: the peers found so far, who waits.
@@ -162,6 +179,7 @@ impl Exchange {
             connections: HashMap::new(),
             notify: VecDeque::new(),
             open_streams: Arc::default(),
+            read_budget: Arc::new(Semaphore::new(READ_BUDGET)),
             writers: HashMap::new(),
             connected: HashSet::new(),
             no_bitswap: HashSet::new(),
@@ -173,6 +191,7 @@ impl Exchange {
             peer_dials: VecDeque::new(),
             addresses: HashMap::new(),
             lookups: HashMap::new(),
+            remote_provider_keys: HashSet::new(),
             pins_provided: false,
             tick: None,
             dropped: 0,
@@ -195,6 +214,11 @@ impl Exchange {
         self.dials.push_back(addr);
     }
 
+    /// Peers whose wantlists this node remembers (to serve blocks it gets later).
+    pub fn wantlists(&self) -> usize {
+        self.their_wants.len()
+    }
+
     /// Dials `peer` (a provider) if not connected.
     pub(crate) fn dial_peer(&mut self, peer: PeerId) {
         if !self.connected.contains(&peer) {
@@ -214,6 +238,7 @@ impl Exchange {
             asked: HashSet::new(),
             haves: VecDeque::new(),
             block_from: None,
+            hedged: false,
         };
         for peer in self.peers() {
             let want_type = if Some(peer) == prefer {
@@ -292,7 +317,7 @@ impl Exchange {
     /// Handles what the tasks and the swarm reported.
     pub(crate) fn on_event(&mut self, event: ExchangeEvent, host: &mut Host<'_>) {
         match event {
-            ExchangeEvent::Frame { peer, len, message } => match message {
+            ExchangeEvent::Frame { peer, len, message, held: _ } => match message {
                 Ok(message) => self.on_message(peer, len, message, host),
                 Err(e) => tracing::debug!(%peer, "bitswap: {e}"),
             },
@@ -324,6 +349,10 @@ impl Exchange {
     }
 
     fn on_message(&mut self, peer: PeerId, len: usize, message: Message, host: &mut Host<'_>) {
+        // A message read before its peer left, handled after: nothing of it is kept.
+        if !self.connected.contains(&peer) {
+            return;
+        }
         // Blocks this node asked for are not charged; everything else is.
         let solicited: usize = message
             .blocks
@@ -397,6 +426,7 @@ impl Exchange {
         }
         if let Some(peer) = wanting.haves.pop_front() {
             wanting.block_from = Some((peer, Instant::now()));
+            wanting.hedged = false;
             wanting.asked.insert(peer);
             self.queue(peer, |m| m.wants.push(Want::new(cid, WantType::Block)));
         }
@@ -436,9 +466,37 @@ impl Exchange {
                 }
             }
         }
-        // A peer slow to send a block is passed over; if nobody else has it, everyone
-        // connected is asked again.
+        // A peer slow to send a block: after HEDGE_AFTER, the next that has it is asked too
+        // (or, if none said so, every connected peer not asked yet).
         let now = Instant::now();
+        let slow: Vec<Cid> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| !w.hedged && w.block_from.is_some_and(|(_, t)| now - t > HEDGE_AFTER))
+            .map(|(cid, _)| *cid)
+            .collect();
+        let peers = self.peers();
+        for cid in slow {
+            let Some(wanting) = self.wants.get_mut(&cid) else { continue };
+            wanting.hedged = true;
+            if let Some(peer) = wanting.haves.pop_front() {
+                wanting.asked.insert(peer);
+                self.outbox.entry(peer).or_default().wants.push(Want::new(cid, WantType::Block));
+            } else {
+                for peer in &peers {
+                    if !wanting.asked.insert(*peer) {
+                        continue;
+                    }
+                    self.outbox
+                        .entry(*peer)
+                        .or_default()
+                        .wants
+                        .push(Want::new(cid, WantType::Have));
+                }
+            }
+        }
+        // A peer that does not send a block at all is passed over; if nobody else has it,
+        // everyone connected is asked again.
         let slow: Vec<Cid> = self
             .wants
             .iter()
@@ -473,6 +531,7 @@ fn accept(
     stream: Stream,
     open: &Arc<Mutex<HashMap<PeerId, usize>>>,
     tx: &mpsc::Sender<ExchangeEvent>,
+    budget: &Arc<Semaphore>,
 ) {
     {
         let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
@@ -483,9 +542,9 @@ fn accept(
         }
         *n += 1;
     }
-    let (tx, open) = (tx.clone(), open.clone());
+    let (tx, open, budget) = (tx.clone(), open.clone(), budget.clone());
     tokio::spawn(async move {
-        read_stream(peer, stream, tx).await;
+        read_stream(peer, stream, tx, budget).await;
         let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&peer) {
             *n -= 1;
@@ -498,18 +557,42 @@ fn accept(
 
 /// Reads one peer's stream to its end: each frame decoded (and its blocks hashed) here, off
 /// the node's task. A malformed frame ends the stream.
-async fn read_stream(peer: PeerId, mut stream: Stream, tx: mpsc::Sender<ExchangeEvent>) {
+async fn read_stream(
+    peer: PeerId,
+    mut stream: Stream,
+    tx: mpsc::Sender<ExchangeEvent>,
+    budget: Arc<Semaphore>,
+) {
     loop {
-        let (len, message) = match bitswap::read_frame(&mut stream).await {
+        // A stream may idle between messages (Kubo keeps one open), but a message once begun
+        // must arrive in time, and its bytes are held against the node's budget until the
+        // exchange has handled it.
+        let len = match bitswap::read_len(&mut stream).await {
+            Ok(Some(len)) => len,
             Ok(None) => return,
-            Ok(Some(frame)) => (frame.len(), Message::decode(&frame)),
-            Err(e) => (0, Err(e)),
+            Err(e) => {
+                let _ = tx.send(frame_error(peer, e)).await;
+                return;
+            }
+        };
+        let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+        let Ok(held) = budget.clone().acquire_many_owned(permits).await else { return };
+        let body = tokio::time::timeout(FRAME_TIMEOUT, bitswap::read_body(&mut stream, len)).await;
+        let message = match body {
+            Ok(Ok(frame)) => Message::decode(&frame),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
         };
         let failed = message.is_err();
-        if tx.send(ExchangeEvent::Frame { peer, len, message }).await.is_err() || failed {
+        let event = ExchangeEvent::Frame { peer, len, message, held: Some(held) };
+        if tx.send(event).await.is_err() || failed {
             return;
         }
     }
+}
+
+fn frame_error(peer: PeerId, e: WireError) -> ExchangeEvent {
+    ExchangeEvent::Frame { peer, len: 0, message: Err(e), held: None }
 }
 
 /// Writes what the exchange queued for `peer` on one long-lived stream (reopened once if it
@@ -555,35 +638,51 @@ async fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        let frame = message.encode();
-        for _ in 0..2 {
-            if stream.is_none() {
-                let (tx, rx) = oneshot::channel();
-                if asks.send((peer, tx)).await.is_err() {
-                    return;
-                }
-                match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
-                    Ok(Ok(Ok(s))) => stream = Some(s),
-                    Ok(Ok(Err(true))) => {
-                        let _ = report.send(ExchangeEvent::Unsupported(peer)).await;
-                        return;
-                    }
-                    _ => {
-                        tracing::debug!(%peer, "bitswap: no stream to the peer");
-                        break;
-                    }
-                }
-            }
-            let Some(s) = stream.as_mut() else { break };
-            match tokio::time::timeout(WRITE_TIMEOUT, bitswap::write_frame(s, &frame)).await {
-                Ok(Ok(())) => break,
-                _ => stream = None,
+        for frame in message.split(MAX_ENTRIES / 2, BATCH_BYTES) {
+            if !write(peer, &frame.encode(), &mut stream, &asks, &report).await {
+                return;
             }
         }
     }
     if let Some(mut s) = stream {
         let _ = s.close().await;
     }
+}
+
+/// Writes one frame on the peer's stream, opening it (again) if needed. False when the peer
+/// does not speak bitswap (the writer ends).
+async fn write(
+    peer: PeerId,
+    frame: &[u8],
+    stream: &mut Option<Stream>,
+    asks: &mpsc::Sender<StreamAsk>,
+    report: &mpsc::Sender<ExchangeEvent>,
+) -> bool {
+    for _ in 0..2 {
+        if stream.is_none() {
+            let (tx, rx) = oneshot::channel();
+            if asks.send((peer, tx)).await.is_err() {
+                return false;
+            }
+            match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+                Ok(Ok(Ok(s))) => *stream = Some(s),
+                Ok(Ok(Err(true))) => {
+                    let _ = report.send(ExchangeEvent::Unsupported(peer)).await;
+                    return false;
+                }
+                _ => {
+                    tracing::debug!(%peer, "bitswap: no stream to the peer");
+                    break;
+                }
+            }
+        }
+        let Some(s) = stream.as_mut() else { break };
+        match tokio::time::timeout(WRITE_TIMEOUT, bitswap::write_frame(s, frame)).await {
+            Ok(Ok(())) => break,
+            _ => *stream = None,
+        }
+    }
+    true
 }
 
 impl NetworkBehaviour for Exchange {
@@ -655,7 +754,7 @@ impl NetworkBehaviour for Exchange {
     ) {
         match event {
             HandlerOut::Inbound(stream) => {
-                accept(peer, stream, &self.open_streams, &self.inbound_tx);
+                accept(peer, stream, &self.open_streams, &self.inbound_tx, &self.read_budget);
             }
             HandlerOut::Opened(id, stream) => {
                 if let Some((_, tx)) = self.opening.remove(&id) {

@@ -170,7 +170,10 @@ pub async fn add(
 ) -> Result<Added, IpfsError> {
     let store = store_of(node).await?;
     let account = account.cloned();
+    // No garbage collection between the first block and the pin.
+    let writing = store.writing().await;
     let (added, cids) = tokio::task::spawn_blocking(move || {
+        let _writing = writing;
         let layout = if account.is_some() { ENCRYPTED_LAYOUT } else { Layout::default() };
         let mut writer = FileWriter::new(layout);
         let mut cids = Vec::new();
@@ -336,9 +339,12 @@ impl<'a> Leaves<'a> {
             .map_err(|_| NetError::Shutdown)?;
         self.prefer = Some(fetched.peer);
         let data = fetched.data.clone();
-        let kept = tokio::task::spawn_blocking(move || store.put(&cid, &data))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let keep = self.keep;
+        let kept = tokio::task::spawn_blocking(move || {
+            if keep { store.put(&cid, &data) } else { store.put_cached(&cid, &data) }
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         match kept {
             Err(e) if self.keep => return Err(e.into()),
             Err(e) => tracing::debug!(%cid, "fetched block not kept: {e}"),
@@ -407,6 +413,20 @@ pub async fn resolve(
     Ok(cid)
 }
 
+/// Fetches every block of the file `root` that is not here, keeps them (synced) and pins it:
+/// garbage collection keeps it from then on. Fails when a block cannot be kept (the store is
+/// full). The bytes of the file as stored.
+pub async fn pin(node: &Node, root: Cid, block_timeout: Duration) -> Result<u64, IpfsError> {
+    let store = store_of(node).await?;
+    let _writing = store.writing().await;
+    let options = GetOptions { raw: true, keep: true, block_timeout, ..GetOptions::default() };
+    let got = get(node, root, &mut tokio::io::sink(), &options, |_| {}).await?;
+    tokio::task::spawn_blocking(move || store.pin(&root))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    Ok(got.written)
+}
+
 /// The providers of `root` the IPFS DHT knows (each is dialed as it is found).
 pub async fn providers(node: &Node, root: Cid) -> Result<Vec<dkvs_net::libp2p::PeerId>, IpfsError> {
     let (tx, rx) = oneshot::channel();
@@ -415,8 +435,8 @@ pub async fn providers(node: &Node, root: Cid) -> Result<Vec<dkvs_net::libp2p::P
 }
 
 /// Where the key of `root`, owned by `owner`, is kept for `recipient`: a record under the
-/// owner's keys whose name is a hash of the file and the recipient (so the names do not say
-/// who shares what with whom).
+/// owner's keys whose name is a hash of the file and the recipient (a name does not list
+/// who shares what with whom, though anyone who knows a CID and an account can check for it).
 pub fn share_key(owner: &AccountId, root: &Cid, recipient: &AccountId) -> Key {
     let mut hash = Sha256::new();
     hash.update(b"dkvs-ipfs-share-v1");
@@ -469,6 +489,10 @@ pub async fn share(
     if header.owner != owner.account_id() {
         return Err(IpfsError::NotOwner { cid: root, owner: header.owner.to_string() });
     }
+    // The header is anyone's to copy: only a file whose every chunk opens with the key its
+    // header names is the owner's, and only then is that key given away.
+    let options = GetOptions { account: Some(owner.clone()), ..GetOptions::default() };
+    get(node, root, &mut tokio::io::sink(), &options, |_| {}).await?;
     let sealed = header.owner_key(owner).seal_to(recipient.public_key());
     let key = share_key(&header.owner, &root, recipient);
     let share_error = |e: &dyn std::fmt::Display| IpfsError::Share(e.to_string());

@@ -19,6 +19,10 @@ use crate::exchange::{Exchange, ExchangeEvent, Fetched};
 /// Provider records are 16 KiB at most on the wire (kad's own packet limit); an inbound one
 /// is charged that much.
 const PROVIDER_RECORD_COST: usize = 512;
+/// Keys other peers' provider records may take here (at most 20 providers each).
+const REMOTE_PROVIDER_KEYS: usize = 4096;
+/// Roots this node provides at most.
+const OWN_PROVIDER_KEYS: usize = 16_384;
 
 /// The IPFS extension (see the module docs).
 #[derive(NetworkBehaviour)]
@@ -63,8 +67,17 @@ impl Ipfs {
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_periodic_bootstrap_interval(None);
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Keys with providers, this node's and others' together; others' are held to
+        // REMOTE_PROVIDER_KEYS (`on_kad`), so they can never crowd out this node's own.
+        let store_config = kad::store::MemoryStoreConfig {
+            max_provided_keys: REMOTE_PROVIDER_KEYS + OWN_PROVIDER_KEYS,
+            ..kad::store::MemoryStoreConfig::default()
+        };
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::with_config(peer_id, store_config),
+            kad_config,
+        );
         kad.set_mode(Some(kad::Mode::Client));
         let exchange = Exchange::new(store);
         Ok(Ipfs { kad, exchange })
@@ -101,8 +114,37 @@ impl Ipfs {
 
     fn provide(&mut self, root: Cid) {
         if let Err(e) = self.kad.start_providing(kad::RecordKey::new(&root.hash().to_bytes())) {
-            tracing::debug!(%root, "cannot provide: {e}");
+            tracing::warn!(%root, "cannot provide on the IPFS DHT: {e}");
         }
+    }
+
+    /// Whether another peer's provider record for `key` may be kept: a key already held, or
+    /// room among [`REMOTE_PROVIDER_KEYS`] (after dropping keys whose records all expired).
+    fn room_for_remote(&mut self, key: &kad::RecordKey) -> bool {
+        let keys = &mut self.exchange.remote_provider_keys;
+        if keys.contains(key) {
+            return true;
+        }
+        if keys.len() >= REMOTE_PROVIDER_KEYS {
+            let now = std::time::Instant::now();
+            let store = self.kad.store_mut();
+            keys.retain(|k| {
+                let mut live = false;
+                for record in store.providers(k) {
+                    if record.is_expired(now) {
+                        store.remove_provider(k, &record.provider);
+                    } else {
+                        live = true;
+                    }
+                }
+                live
+            });
+        }
+        if keys.len() >= REMOTE_PROVIDER_KEYS {
+            return false;
+        }
+        keys.insert(key.clone());
+        true
     }
 
     /// Looks for providers of `root` on the IPFS DHT and dials each found; the peers found
@@ -110,6 +152,11 @@ impl Ipfs {
     pub fn find_providers(&mut self, root: Cid, tx: oneshot::Sender<Vec<PeerId>>) {
         let id = self.kad.get_providers(kad::RecordKey::new(&root.hash().to_bytes()));
         self.exchange.lookups.insert(id, (HashSet::new(), tx));
+    }
+
+    /// Peers whose wantlists this node remembers.
+    pub fn wantlists(&self) -> usize {
+        self.exchange.wantlists()
     }
 
     /// Messages dropped so far (unsolicited blocks, full queues).
@@ -123,9 +170,14 @@ impl Ipfs {
                 request: kad::InboundRequest::AddProvider { record: Some(record) },
             } => {
                 // kad checked that the provider is the sender.
-                if host.admit(record.provider, PROVIDER_RECORD_COST, 16 << 10).is_ok()
-                    && let Err(e) = self.kad.store_mut().add_provider(record)
-                {
+                if host.admit(record.provider, PROVIDER_RECORD_COST, 16 << 10).is_err() {
+                    return;
+                }
+                if !self.room_for_remote(&record.key) {
+                    tracing::debug!("provider record not kept: no room for other peers' keys");
+                    return;
+                }
+                if let Err(e) = self.kad.store_mut().add_provider(record) {
                     tracing::debug!("provider record not kept: {e}");
                 }
             }
@@ -181,6 +233,36 @@ impl Extension for Ipfs {
         match event {
             IpfsEvent::Exchange(event) => self.exchange.on_event(event, host),
             IpfsEvent::Kad(event) => self.on_kad(*event, host),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn other_peers_provider_records_never_crowd_out_this_nodes_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = identity::Keypair::generate_ed25519();
+        let mut ipfs = Ipfs::open(dir.path(), &key, BlockStoreConfig::default()).expect("opens");
+        let remote = PeerId::random();
+        for i in 0..REMOTE_PROVIDER_KEYS + 10 {
+            let k = kad::RecordKey::new(&(i as u64).to_be_bytes());
+            let admitted = ipfs.room_for_remote(&k);
+            assert_eq!(admitted, i < REMOTE_PROVIDER_KEYS, "key {i}");
+            if admitted {
+                let record = kad::ProviderRecord::new(k, remote, Vec::new());
+                ipfs.kad.store_mut().add_provider(record).expect("kept");
+            }
+        }
+        // A key already held takes more providers.
+        assert!(ipfs.room_for_remote(&kad::RecordKey::new(&0u64.to_be_bytes())));
+        for i in 0..1000u32 {
+            let root = crate::cid_of(0x55, &i.to_be_bytes());
+            ipfs.kad
+                .start_providing(kad::RecordKey::new(&root.hash().to_bytes()))
+                .expect("this node's own roots still fit");
         }
     }
 }

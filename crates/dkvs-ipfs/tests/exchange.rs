@@ -187,7 +187,7 @@ async fn liar(
     target: dkvs_net::libp2p::Multiaddr,
     flood: usize,
 ) -> anyhow::Result<Liar> {
-    use dkvs_ipfs::bitswap::{Message, WantType, read_frame, write_frame};
+    use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
     use dkvs_net::libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
     use futures::StreamExt as _;
 
@@ -223,6 +223,15 @@ async fn liar(
             if let Some(stream) = out.as_mut() {
                 let _ = write_frame(stream, &message.encode()).await;
             }
+        }
+        // Then a wantlist, to be remembered until the liar leaves.
+        if flood > 0
+            && let Some(stream) = out.as_mut()
+        {
+            let wants = (0..100u32)
+                .map(|i| Want::new(dkvs_ipfs::cid_of(0x55, &i.to_be_bytes()), WantType::Have))
+                .collect();
+            let _ = write_frame(stream, &Message { wants, ..Message::default() }.encode()).await;
         }
         while let Some((from, mut stream)) = incoming.next().await {
             while let Ok(Some(frame)) = read_frame(&mut stream).await {
@@ -320,7 +329,14 @@ async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> an
         let bytes = data(100_000);
         let cid = add(&net, 0, &bytes, None).await?;
         assert_eq!(get(&net, 1, cid, &GetOptions::default()).await?, bytes);
+        // What a peer asked for is forgotten when it leaves.
         drop(flooder);
+        let forgotten = dkvs_testnet::eventually(Duration::from_secs(30), async || {
+            net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.wantlists()).await.unwrap_or(1)
+                == 0
+        })
+        .await;
+        assert!(forgotten, "no wantlist is kept for a peer that left");
         net.shutdown().await;
         anyhow::Ok(())
     })
@@ -341,6 +357,43 @@ async fn an_added_file_is_provided_on_the_ipfs_dht() -> anyhow::Result<()> {
         // Nobody provides what nobody added.
         let nothing = dkvs_ipfs::cid_of(0x55, b"never added");
         assert_eq!(files::providers(net.node(4), nothing).await?, Vec::new());
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_header_does_not_get_another_files_key_shared() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let (alice, mallory) =
+            (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+        let cid = add(&net, 1, &data(100_000), Some(&alice)).await?;
+        // Mallory copies the header of alice's file (public: its first leaf) into a file of
+        // his own, and asks alice's node to share "her" file with him.
+        let raw = get(&net, 0, cid, &GetOptions { raw: true, ..GetOptions::default() }).await?;
+        let header_len = 8 + 1 + 1 + alice.account_id().to_string().len() + 32 + 4;
+        let header = dkvs_ipfs::crypt::Header::parse(&raw[..header_len])?.context("a header")?;
+        assert_eq!(header.owner, alice.account_id());
+        let mut writer = dkvs_ipfs::unixfs::FileWriter::new(files::ENCRYPTED_LAYOUT);
+        let mut blocks = writer.push_leaf(&raw[..header_len]);
+        blocks.extend(writer.push_leaf(&[7u8; 1000]));
+        let (forged, _, rest) = writer.finish();
+        blocks.extend(rest);
+        let store = net.node(0).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        for block in &blocks {
+            store.put(&block.cid, &block.data)?;
+        }
+        let err = files::share(net.node(1), &alice, forged, &mallory.account_id(), 3_600_000)
+            .await
+            .expect_err("the copy does not open with the key its header names");
+        assert!(matches!(err, IpfsError::Crypt(_)), "{err}");
+        // Nothing was written for mallory: he still cannot open alice's file.
+        let as_mallory = GetOptions { account: Some(mallory.clone()), ..GetOptions::default() };
+        assert!(matches!(get(&net, 0, cid, &as_mallory).await, Err(IpfsError::Encrypted { .. })));
+        let key = files::share_key(&alice.account_id(), &cid, &mallory.account_id());
+        assert!(net.node(0).get(&key).await?.record.is_none(), "no share record");
         net.shutdown().await;
         anyhow::Ok(())
     })

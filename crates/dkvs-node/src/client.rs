@@ -190,7 +190,8 @@ impl Client {
     pub fn get_into(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
         let response = self.send("GET", path, "application/octet-stream", &[][..])?;
         let mut reader = response.into_body().into_reader();
-        std::io::copy(&mut reader, out).context("the node ended the file early")
+        std::io::copy(&mut reader, out)
+            .context("the node ended the file early (the node's log says why); nothing was kept")
     }
 
     /// POST a JSON body to `path`, JSON answer.

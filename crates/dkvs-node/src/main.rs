@@ -776,6 +776,12 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             } else {
                 let source = std::fs::File::open(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
+                if !source.metadata().is_ok_and(|m| m.is_file()) {
+                    anyhow::bail!(
+                        "{} is not a file (directories are not added yet; add each file)",
+                        file.display()
+                    );
+                }
                 let bar = progress(source.metadata().ok().map(|m| m.len()));
                 let answer = client.post_reader(&path, bar.wrap_read(source))?;
                 bar.finish_and_clear();

@@ -758,6 +758,9 @@ fn files_through_the_command_line_and_the_gateway() {
     let plain = ok(ipfs(&home("alice"), &["add", "--plain", &path("big.bin")])).trim().to_owned();
     let private = ok(ipfs(&home("alice"), &["add", &path("diary.txt")])).trim().to_owned();
     assert!(plain.starts_with("bafy") && private.starts_with("bafy"), "{plain} {private}");
+    let folder = ipfs(&home("alice"), &["add", &path("alice")]);
+    assert_eq!(folder.status.code(), Some(2));
+    assert!(stderr(&folder).contains("is not a file"), "{}", stderr(&folder));
 
     // Bob's node fetches the plain file byte for byte, into a file.
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("got.bin")]));

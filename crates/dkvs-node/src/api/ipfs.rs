@@ -166,7 +166,7 @@ async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> Api
     };
     first.truncate(n);
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
-    let rest = futures::stream::unfold((reader, task), |(mut reader, task)| async move {
+    let rest = futures::stream::unfold((reader, task), move |(mut reader, task)| async move {
         let task = task?;
         let mut buf = vec![0u8; 64 << 10];
         match reader.read(&mut buf).await {
@@ -177,6 +177,8 @@ async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> Api
                     Ok(Err(e)) => std::io::Error::other(e.to_string()),
                     Err(e) => std::io::Error::other(e.to_string()),
                 };
+                // The status is sent: the response ends early, and the node's log says why.
+                tracing::warn!(%cid, "a file's response ended early: {outcome}");
                 Some((Err(outcome), (reader, None)))
             }
             Ok(k) => {
@@ -278,16 +280,10 @@ pub(super) async fn pin(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path(cid) = path.map_err(rejected)?;
     let cid = parse_cid(&cid)?;
-    let options = GetOptions { raw: true, keep: true, ..GetOptions::default() };
-    let got = files::get(&state.node, cid, &mut tokio::io::sink(), &options, |_| {})
+    let bytes = files::pin(&state.node, cid, GetOptions::default().block_timeout)
         .await
         .map_err(ipfs_error)?;
-    let store = store(&state).await?;
-    tokio::task::spawn_blocking(move || store.pin(&cid))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?
-        .map_err(block_error)?;
-    Ok(Json(json!({ "pinned": cid.to_string(), "bytes": got.written })))
+    Ok(Json(json!({ "pinned": cid.to_string(), "bytes": bytes })))
 }
 
 /// `DELETE /v1/ipfs/pin/{cid}`: unpins; the blocks go at the next garbage collection.
@@ -315,10 +311,7 @@ pub(super) async fn unpin(
 /// `POST /v1/ipfs/gc`: removes every block no pin reaches.
 pub(super) async fn gc(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     let store = store(&state).await?;
-    let report = tokio::task::spawn_blocking(move || store.gc(files::links))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?
-        .map_err(block_error)?;
+    let report = store.collect(files::links).await.map_err(block_error)?;
     Ok(Json(json!({ "removed": report.removed, "freed": report.freed, "kept": report.kept })))
 }
 
@@ -400,6 +393,8 @@ pub(super) async fn gateway(
 ) -> ApiResult<Response> {
     super::check_host(&state, &headers)?;
     let token_ok = match super::presented_token(&headers) {
+        // Beyond loopback (`api` set to another address), the gateway is not open to all.
+        None if !state.check_host => return Err(super::wrong_token()),
         None => false,
         Some(token) if super::token_matches(&state, token) => true,
         Some(_) => return Err(super::wrong_token()),
