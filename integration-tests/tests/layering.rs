@@ -55,7 +55,9 @@ fn normal_closure(graph: &BTreeMap<String, Vec<String>>, root: &str) -> BTreeSet
 }
 
 fn metadata(no_deps: bool) -> serde_json::Value {
-    let mut args = vec!["metadata", "--format-version", "1", "--offline"];
+    // Not offline: the whole resolved graph names packages of other platforms too (a
+    // Windows-only dependency of a terminal crate), which a build here never downloads.
+    let mut args = vec!["metadata", "--format-version", "1", "--locked"];
     if no_deps {
         args.push("--no-deps");
     }

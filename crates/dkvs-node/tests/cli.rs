@@ -108,7 +108,10 @@ fn start_with(home: &Path, bootstrap: Option<&str>, settings: &str) -> NodeProce
     let text = format!("listen = [\"/ip4/127.0.0.1/tcp/0\"]\n{settings}");
     std::fs::write(&config, text).expect("config");
     let mut command = dkvs(home);
-    command.arg("node").arg("--config").arg(&config).args(["--api", "127.0.0.1:0"]);
+    command.arg("node").arg("--config").arg(&config);
+    if !settings.contains("api =") {
+        command.args(["--api", "127.0.0.1:0"]);
+    }
     if let Some(peer) = bootstrap {
         command.arg("--bootstrap").arg(peer);
     }
@@ -848,4 +851,27 @@ fn files_through_the_command_line_and_the_gateway() {
     assert!(stderr(&missing).contains("no peer gave block"), "{}", stderr(&missing));
     drop(bob_node);
     drop(alice_node);
+}
+
+#[test]
+fn the_gateway_needs_the_token_when_the_api_listens_beyond_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("wide");
+    new_account(&home, "alice", "ed25519");
+    // The API on every interface (the node's traffic still only comes from loopback here).
+    let _node = start_with(&home, None, "api = \"0.0.0.0:0\"\n");
+    std::fs::write(dir.path().join("hello.txt"), b"hello gateway").expect("file");
+    let file = dir.path().join("hello.txt");
+    let cid = ok(ipfs(&home, &["add", "--plain", file.to_str().expect("utf-8")])).trim().to_owned();
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let port = api["url"].as_str().expect("url").rsplit(':').next().expect("port").to_owned();
+    let token = api["token"].as_str().expect("token").to_owned();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, body) = http(&addr, &format!("/ipfs/{cid}"), None);
+    assert_eq!(code, 401, "no token, no gateway beyond loopback: {body}");
+    let (code, body) = http(&addr, &format!("/ipfs/{cid}"), Some(&token));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello gateway"), "{body}");
 }

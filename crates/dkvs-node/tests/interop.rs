@@ -104,11 +104,25 @@ fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
     NodeProcess { _child: Reaped(child), address: address.expect("a listen address") }
 }
 
-/// A peer serving `file` until dropped: its address and the file's CID.
+/// A peer serving `file` until dropped: its address and the file's CID. Dropping it closes
+/// its standard input, which stops it cleanly (Kubo removes its temporary repository), and
+/// kills it if it has not stopped within 10 s.
 struct Serving {
-    _child: Reaped,
+    child: Option<Child>,
     addr: String,
     cid: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        drop(child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(Reaped(child));
+    }
 }
 
 fn serve(mut command: Command, file: &Path) -> Serving {
@@ -122,7 +136,7 @@ fn serve(mut command: Command, file: &Path) -> Serving {
     Serving {
         addr: served["addrs"][0].as_str().expect("an address").to_owned(),
         cid: served["cid"].as_str().expect("a cid").to_owned(),
-        _child: Reaped(child),
+        child: Some(child),
     }
 }
 
