@@ -181,41 +181,28 @@ fn dkvs_and_helia(peers: &Path, dir: &Path, sizes: &[usize], rows: &mut Vec<Row>
     for &len in sizes {
         let path = dir.join(format!("h{len}"));
         file(&path, len);
-        // dkvs -> Helia.
-        let started = Instant::now();
-        let source = std::fs::File::open(&path).expect("file");
-        let added = node.client.post_reader("/v1/ipfs/add?plain=true", source).expect("add");
-        let add = started.elapsed();
-        let cid = added["cid"].as_str().expect("cid");
-        let out = dir.join("helia-got");
-        let started = Instant::now();
-        let status = Command::new("node")
-            .current_dir(peers)
-            .args(["--import", "./polyfill.mjs", "helia-peer.mjs", "get", &node.address, cid])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .status()
-            .expect("node runs");
-        let get = started.elapsed();
-        assert!(status.success(), "Helia got the file");
-        rows.push(Row { what: "dkvs -> Helia, plain".into(), bytes: len as u64, add, get });
-        // dkvs -> Helia, encrypted: Helia fetches (and keeps) the ciphertext.
-        let started = Instant::now();
-        let source = std::fs::File::open(&path).expect("file");
-        let added = node.client.post_reader("/v1/ipfs/add", source).expect("add");
-        let add = started.elapsed();
-        let cid = added["cid"].as_str().expect("cid");
-        let started = Instant::now();
-        let status = Command::new("node")
-            .current_dir(peers)
-            .args(["--import", "./polyfill.mjs", "helia-peer.mjs", "get", &node.address, cid])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .status()
-            .expect("node runs");
-        let get = started.elapsed();
-        assert!(status.success(), "Helia got the ciphertext");
-        rows.push(Row { what: "dkvs -> Helia, encrypted".into(), bytes: len as u64, add, get });
+        // dkvs -> Helia, plain and encrypted (Helia fetches, and keeps, the ciphertext).
+        for (what, query) in
+            [("dkvs -> Helia, plain", "?plain=true"), ("dkvs -> Helia, encrypted", "")]
+        {
+            let started = Instant::now();
+            let source = std::fs::File::open(&path).expect("file");
+            let added = node.client.post_reader(&format!("/v1/ipfs/add{query}"), source);
+            let add = started.elapsed();
+            let added = added.expect("add");
+            let cid = added["cid"].as_str().expect("cid");
+            let started = Instant::now();
+            let status = Command::new("node")
+                .current_dir(peers)
+                .args(["--import", "./polyfill.mjs", "helia-peer.mjs", "get", &node.address, cid])
+                .arg(dir.join("helia-got"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("node runs");
+            let get = started.elapsed();
+            assert!(status.success(), "Helia got the file");
+            rows.push(Row { what: what.into(), bytes: len as u64, add, get });
+        }
         // Helia -> dkvs.
         let started = Instant::now();
         let mut helia = Command::new("node")

@@ -297,6 +297,17 @@ async fn authorise(State(state): State<Arc<AppState>>, request: Request, next: N
     }
 }
 
+/// An account id from a path segment, or a 400 that names it.
+fn parse_account_id(text: &str) -> ApiResult<dkvs_account::AccountId> {
+    text.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_account_id",
+            format!("{text:?} is not an account id: {e}"),
+        )
+    })
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -765,13 +776,7 @@ async fn send_mail(
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { rejected(e) }
     })?;
-    let recipient: dkvs_account::AccountId = recipient.parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_account_id",
-            format!("{recipient:?} is not an account id: {e}"),
-        )
-    })?;
+    let recipient = parse_account_id(&recipient)?;
     let sender = state.account(query.account.as_deref()).await?;
     let mut options = state.mail_options()?;
     if let Some(ttl) = &query.ttl {

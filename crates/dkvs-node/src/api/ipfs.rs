@@ -350,13 +350,7 @@ pub(super) async fn share(
     let Path((cid, recipient)) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
     let cid = parse_cid(&cid)?;
-    let recipient: dkvs_account::AccountId = recipient.parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_account_id",
-            format!("{recipient:?} is not an account id: {e}"),
-        )
-    })?;
+    let recipient = super::parse_account_id(&recipient)?;
     let name = query.account.clone().or_else(|| state.default_account()).ok_or_else(|| {
         ApiError::bad_request(
             "no account given and no default account; create one with `dkvs account new`",
