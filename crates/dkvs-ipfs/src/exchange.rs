@@ -330,10 +330,7 @@ impl Exchange {
                 if self.connected.insert(peer) && !self.wants.is_empty() {
                     let cids: Vec<Cid> = self.wants.keys().copied().collect();
                     for cid in cids {
-                        if let Some(wanting) = self.wants.get_mut(&cid) {
-                            wanting.asked.insert(peer);
-                        }
-                        self.queue(peer, |m| m.wants.push(Want::new(cid, WantType::Have)));
+                        self.ask_have(cid, &[peer], true);
                     }
                 }
             }
@@ -418,6 +415,16 @@ impl Exchange {
         }
     }
 
+    /// Asks `peers` whether they have `cid`: those not asked yet, or all of them `again`.
+    fn ask_have(&mut self, cid: Cid, peers: &[PeerId], again: bool) {
+        let Some(wanting) = self.wants.get_mut(&cid) else { return };
+        for peer in peers {
+            if wanting.asked.insert(*peer) || again {
+                self.outbox.entry(*peer).or_default().wants.push(Want::new(cid, WantType::Have));
+            }
+        }
+    }
+
     /// Asks the first peer that has `cid` for the block, unless one was asked already.
     fn ask_next(&mut self, cid: Cid) {
         let Some(wanting) = self.wants.get_mut(&cid) else { return };
@@ -483,16 +490,7 @@ impl Exchange {
                 wanting.asked.insert(peer);
                 self.outbox.entry(peer).or_default().wants.push(Want::new(cid, WantType::Block));
             } else {
-                for peer in &peers {
-                    if !wanting.asked.insert(*peer) {
-                        continue;
-                    }
-                    self.outbox
-                        .entry(*peer)
-                        .or_default()
-                        .wants
-                        .push(Want::new(cid, WantType::Have));
-                }
+                self.ask_have(cid, &peers, false);
             }
         }
         // A peer that does not send a block at all is passed over; if nobody else has it,
@@ -503,19 +501,11 @@ impl Exchange {
             .filter(|(_, w)| w.block_from.is_some_and(|(_, t)| now - t > BLOCK_TIMEOUT))
             .map(|(cid, _)| *cid)
             .collect();
-        let peers = self.peers();
         for cid in slow {
             let Some(wanting) = self.wants.get_mut(&cid) else { continue };
             wanting.block_from = None;
             if wanting.haves.is_empty() {
-                for peer in &peers {
-                    wanting.asked.insert(*peer);
-                    self.outbox
-                        .entry(*peer)
-                        .or_default()
-                        .wants
-                        .push(Want::new(cid, WantType::Have));
-                }
+                self.ask_have(cid, &peers, true);
             }
             self.ask_next(cid);
         }
