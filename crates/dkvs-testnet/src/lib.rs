@@ -221,6 +221,21 @@ impl TestNet {
         Err(last.unwrap_or_else(|| anyhow!("restart of node {i} failed")))
     }
 
+    /// Starts one more node, with a fresh identity and store, and joins it to the network
+    /// through the first live node (a newcomer during churn). Returns its index.
+    pub async fn add(&mut self) -> anyhow::Result<usize> {
+        let i = self.members.len();
+        self.members.push(Member {
+            identity: identity::Keypair::generate_ed25519(),
+            dir: self._dir.path().join(format!("node{i}")),
+            node: None,
+            addr: None,
+        });
+        self.launch(i).await?;
+        self.join(i).await?;
+        Ok(i)
+    }
+
     /// Shuts every live node down.
     pub async fn shutdown(mut self) {
         for member in &mut self.members {

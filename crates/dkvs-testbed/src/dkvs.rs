@@ -1,0 +1,198 @@
+//! The workload on N dkvs nodes in this process (`dkvs_testnet::TestNet`), each on its
+//! default configuration: real TCP on 127.0.0.1, or the memory transport for simulations.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use dkvs_account::{KeyType, Keypair};
+use dkvs_net::{Config, Transports};
+use dkvs_record::{Draft, Key};
+use dkvs_testnet::TestNet;
+use indicatif::ProgressBar;
+
+use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, rss_bytes};
+use crate::{Churn, Opts};
+
+/// A record lives an hour: far longer than any run.
+const TTL_MS: u64 = 3_600_000;
+
+struct Accounts {
+    keys: Vec<Keypair>,
+}
+
+impl Accounts {
+    fn new(plan: &Plan) -> anyhow::Result<Accounts> {
+        let keys = plan
+            .accounts
+            .iter()
+            .map(|secret| Keypair::from_secret_bytes(KeyType::Ed25519, secret))
+            .collect::<Result<_, _>>()?;
+        Ok(Accounts { keys })
+    }
+
+    fn key(&self, plan: &Plan, item: usize) -> anyhow::Result<Key> {
+        let it = &plan.items[item];
+        Ok(Key::scoped(&self.keys[it.account].account_id(), &it.name)?)
+    }
+}
+
+fn config(opts: &Opts) -> Config {
+    match opts.transport.as_str() {
+        "memory" => Config::default().with_transports(Transports::memory_only()),
+        _ => Config::default(),
+    }
+}
+
+/// Reads `item` through node `node` and says whether it was the newest version.
+async fn read(net: &TestNet, plan: &Plan, accounts: &Accounts, item: usize, node: usize) -> Read {
+    let Ok(key) = accounts.key(plan, item) else { return Read::Missing };
+    match net.get(node, &key).await {
+        Ok(Ok(outcome)) => match outcome.record {
+            Some(record) if record.seq() == plan.versions => {
+                if record.value() == plan.value(item, plan.versions).as_slice() {
+                    Read::Newest
+                } else {
+                    Read::Missing
+                }
+            }
+            Some(_) => Read::Stale,
+            None => Read::Missing,
+        },
+        _ => Read::Missing,
+    }
+}
+
+/// Runs the plan on `opts.nodes` nodes; then, if asked, churn; then the floor (a get between
+/// two nodes).
+pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<Report> {
+    let accounts = Accounts::new(plan)?;
+    let rss_before = rss_bytes();
+    bar.set_message(format!("dkvs: starting {} nodes", opts.nodes));
+    let started = Instant::now();
+    let mut net = TestNet::start(opts.nodes, config(opts)).await.context("starting dkvs nodes")?;
+    let setup = started.elapsed();
+
+    bar.set_length((plan.puts.len() + plan.gets.len()) as u64);
+    bar.set_position(0);
+    bar.set_message("dkvs: puts");
+    let mut puts = Samples::default();
+    for &(item, version, node) in &plan.puts {
+        let key = accounts.key(plan, item)?;
+        let record = Draft::new(key, plan.value(item, version), version, TTL_MS)
+            .sign(&accounts.keys[plan.items[item].account])?;
+        let at = Instant::now();
+        let ok = matches!(net.put(node, record).await, Ok(Ok(receipt)) if receipt.has_quorum());
+        puts.record(at.elapsed(), ok);
+        bar.inc(1);
+    }
+    let rss_after = rss_bytes();
+
+    bar.set_message("dkvs: gets");
+    let mut gets = Samples::default();
+    for &(item, node) in &plan.gets {
+        let at = Instant::now();
+        let read = read(&net, plan, &accounts, item, node).await;
+        gets.read(at.elapsed(), read);
+        bar.inc(1);
+    }
+
+    let churn = match &opts.churn {
+        Some(churn) => run_churn(&mut net, plan, &accounts, churn, bar).await?,
+        None => Vec::new(),
+    };
+    net.shutdown().await;
+
+    let floor = if opts.floor { Some(floor(plan, &accounts, opts, bar).await?) } else { None };
+
+    Ok(Report {
+        system: "dkvs".into(),
+        nodes: opts.nodes,
+        transport: opts.transport.clone(),
+        setup_s: setup.as_secs_f64(),
+        put: puts.summary(),
+        get: gets.summary(),
+        get_first_newest: None,
+        requests_per_get: None,
+        requests_per_put: None,
+        bytes_per_get: None,
+        bytes_per_put: None,
+        rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
+        floor_get_p50_ms: floor,
+        churn,
+    })
+}
+
+/// Kills a fraction of the live nodes at once and adds as many new ones, every `churn.every`,
+/// and after each round reads every record through a random live node.
+async fn run_churn(
+    net: &mut TestNet,
+    plan: &Plan,
+    accounts: &Accounts,
+    churn: &Churn,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<ChurnPoint>> {
+    let mut rng = Rng::new(churn.seed);
+    let mut points = Vec::new();
+    let (mut killed, mut added) = (0, 0);
+    let start = Instant::now();
+    bar.set_length((churn.rounds * plan.items.len()) as u64);
+    bar.set_position(0);
+    for round in 0..churn.rounds {
+        let alive = net.alive();
+        let k = ((alive.len() as f64 * churn.fraction).round() as usize).min(alive.len() - 1);
+        let round_start = Instant::now();
+        bar.set_message(format!("dkvs: churn round {}: killing {k}, adding {k}", round + 1));
+        for i in rng.choose(&alive, k) {
+            net.kill(i).await;
+        }
+        killed += k;
+        for _ in 0..k {
+            net.add().await.context("adding a node during churn")?;
+        }
+        added += k;
+        tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
+        let alive = net.alive();
+        let mut newest = 0;
+        for item in 0..plan.items.len() {
+            let node = alive[rng.below(alive.len())];
+            if read(net, plan, accounts, item, node).await == Read::Newest {
+                newest += 1;
+            }
+            bar.inc(1);
+        }
+        points.push(ChurnPoint {
+            t_s: start.elapsed().as_secs_f64(),
+            killed,
+            added,
+            readable_newest: newest as f64 / plan.items.len().max(1) as f64,
+        });
+    }
+    Ok(points)
+}
+
+/// A get's p50 in a network of two nodes: one request round trip and a lookup that finds the
+/// one peer. The lower bound a larger network's get is compared with.
+async fn floor(
+    plan: &Plan,
+    accounts: &Accounts,
+    opts: &Opts,
+    bar: &ProgressBar,
+) -> anyhow::Result<f64> {
+    bar.set_message("dkvs: floor (2 nodes)");
+    let net = TestNet::start(2, config(opts)).await?;
+    let items = plan.items.len().min(50);
+    let mut gets = Samples::default();
+    for item in 0..items {
+        let key = accounts.key(plan, item)?;
+        let record = Draft::new(key, plan.value(item, plan.versions), plan.versions, TTL_MS)
+            .sign(&accounts.keys[plan.items[item].account])?;
+        net.put(0, record).await??;
+    }
+    for item in 0..items {
+        let at = Instant::now();
+        let read = read(&net, plan, accounts, item, 1).await;
+        gets.read(at.elapsed(), read);
+    }
+    net.shutdown().await;
+    Ok(gets.summary().p50_ms)
+}

@@ -1,0 +1,358 @@
+//! dkvs-testbed: the measured testnet. N dkvs nodes and, in the same run, N BitTorrent
+//! Mainline DHT nodes (BEP 44, the `mainline` crate) on 127.0.0.1 run one workload: R records
+//! from several accounts, each written V times through random nodes, then read back through
+//! random other nodes. A read succeeds only if it returns the newest version. It reports put
+//! and get latency (p50, p95, p99), success, requests per get, memory per node, and the ratio
+//! dkvs/mainline of each; with `--churn`, the records still readable while nodes die and join.
+//!
+//! ```text
+//! cargo run --release -p dkvs-testbed -- --nodes 100 --json run.json
+//! cargo run --release -p dkvs-testbed -- --nodes 100 --churn 0.3 --churn-rounds 3
+//! ```
+//!
+//! Each system runs in a child process of its own, one after the other, so that neither's
+//! threads, timers or memory weigh on the other's figures. Nothing listens anywhere but
+//! 127.0.0.1 (or the in-process memory transport with `--transport memory`).
+
+mod dkvs;
+mod mainline;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use workload::{Plan, Report};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "dkvs beside BEP 44 (mainline) on loopback: latency, success, churn")]
+struct Cli {
+    /// Nodes in each network.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Records written.
+    #[arg(long, default_value_t = 100)]
+    records: usize,
+    /// Accounts that own them (round robin).
+    #[arg(long, default_value_t = 4)]
+    accounts: usize,
+    /// Versions written of each record (sequence 1..=V); reads must return the last.
+    #[arg(long, default_value_t = 2)]
+    versions: u64,
+    /// Value size in bytes (at most 1000: BEP 44's limit; dkvs takes 10 KiB).
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Reads of each record after the writes.
+    #[arg(long, default_value_t = 1)]
+    reads: usize,
+    /// dkvs's transport: TCP on 127.0.0.1 (as users run it) or in memory (simulation).
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
+    transport: TransportArg,
+    /// Which systems to run.
+    #[arg(long, value_enum, default_value_t = SystemArg::Both)]
+    system: SystemArg,
+    /// Seed mainline's routing tables with every node (default: each node bootstraps through
+    /// node 0, as dkvs's nodes do).
+    #[arg(long)]
+    mainline_seeded: bool,
+    /// After the reads, kill this fraction of the live nodes at once and add as many new ones,
+    /// every --churn-every seconds, and read every record after each round.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Seconds between churn rounds.
+    #[arg(long, default_value_t = 10)]
+    churn_every: u64,
+    /// Churn rounds.
+    #[arg(long, default_value_t = 3)]
+    churn_rounds: usize,
+    /// Skip the 2-node floor of dkvs's get.
+    #[arg(long)]
+    no_floor: bool,
+    /// Seed of the workload (accounts, values, which node writes and reads what).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Exit non-zero unless every dkvs put reached its quorum and every dkvs get returned the
+    /// newest value (correctness only; no figure of speed is checked).
+    #[arg(long)]
+    check: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Internal: run the one system named by --system in this process and write its report
+    /// here as JSON.
+    #[arg(long, hide = true)]
+    report_to: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    Tcp,
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SystemArg {
+    Dkvs,
+    Mainline,
+    Both,
+}
+
+/// What a system's run needs besides the plan.
+pub(crate) struct Opts {
+    pub nodes: usize,
+    pub transport: String,
+    pub mainline_seeded: bool,
+    pub churn: Option<Churn>,
+    pub floor: bool,
+}
+
+/// Churn: `fraction` of the live nodes killed and as many added, every `every`, `rounds`
+/// times.
+pub(crate) struct Churn {
+    pub fraction: f64,
+    pub every: Duration,
+    pub rounds: usize,
+    pub seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.nodes < 2 {
+        bail!("--nodes must be at least 2: a read goes through another node than the writer");
+    }
+    if cli.versions == 0 || cli.records == 0 {
+        bail!("--records and --versions must be at least 1");
+    }
+    if cli.value_size > 1000 {
+        bail!("--value-size {} is over 1000 bytes, BEP 44's limit", cli.value_size);
+    }
+    if let Some(f) = cli.churn
+        && !(0.0..1.0).contains(&f)
+    {
+        bail!("--churn {f} must be a fraction in [0, 1)");
+    }
+    let reports = match (cli.system, &cli.report_to) {
+        (SystemArg::Both, _) => vec![child(SystemArg::Dkvs)?, child(SystemArg::Mainline)?],
+        (system, report_to) => {
+            let report = run_here(&cli, system)?;
+            if let Some(path) = report_to {
+                std::fs::write(path, serde_json::to_vec(&report)?)?;
+                return Ok(());
+            }
+            vec![report]
+        }
+    };
+    print_table(&cli, &reports);
+    if let Some(path) = &cli.json {
+        let out = Output { command: std::env::args().collect(), cores: cores(), reports: &reports };
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if cli.check {
+        check(&reports)?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    command: Vec<String>,
+    cores: usize,
+    reports: &'a [Report],
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs one system in a child process of this binary and reads its report.
+fn child(system: SystemArg) -> anyhow::Result<Report> {
+    let dir = std::env::temp_dir().join(format!("dkvs-testbed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{system:?}.json"));
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The parent's flags, less those that are the parent's alone (clap rejects a repeated
+    // flag, and the child writes no JSON of its own and checks nothing).
+    strip(&mut args, "--system", true);
+    strip(&mut args, "--json", true);
+    strip(&mut args, "--check", false);
+    let name = format!("{system:?}").to_lowercase();
+    args.extend(["--system".into(), name.clone(), "--report-to".into()]);
+    args.push(path.display().to_string());
+    let status = std::process::Command::new(exe).args(&args).status()?;
+    let report = if status.success() {
+        let bytes = std::fs::read(&path).with_context(|| format!("the {name} run's report"))?;
+        serde_json::from_slice(&bytes)?
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        bail!("the {name} run failed ({status})");
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+/// Removes `flag` (and its value, if it takes one) from `args`, in both `--f v` and `--f=v`.
+fn strip(args: &mut Vec<String>, flag: &str, takes_value: bool) {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip = false;
+    for arg in args.drain(..) {
+        if skip {
+            skip = false;
+        } else if arg == flag {
+            skip = takes_value;
+        } else if !arg.starts_with(&format!("{flag}=")) {
+            out.push(arg);
+        }
+    }
+    *args = out;
+}
+
+fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
+    let plan = Plan::new(
+        cli.seed,
+        cli.nodes,
+        cli.accounts,
+        cli.records,
+        cli.versions,
+        cli.value_size,
+        cli.reads,
+    );
+    let opts = Opts {
+        nodes: cli.nodes,
+        transport: format!("{:?}", cli.transport).to_lowercase(),
+        mainline_seeded: cli.mainline_seeded,
+        churn: cli.churn.map(|fraction| Churn {
+            fraction,
+            every: Duration::from_secs(cli.churn_every),
+            rounds: cli.churn_rounds,
+            seed: cli.seed ^ 0xc4u64,
+        }),
+        floor: !cli.no_floor,
+    };
+    let bar = if cli.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
+                .progress_chars("=> "),
+        );
+        bar
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cores()).enable_all().build()?;
+    let report = runtime.block_on(async {
+        match system {
+            SystemArg::Mainline => mainline::run(&plan, &opts, &bar).await,
+            _ => dkvs::run(&plan, &opts, &bar).await,
+        }
+    });
+    bar.finish_and_clear();
+    report
+}
+
+fn check(reports: &[Report]) -> anyhow::Result<()> {
+    let dkvs = reports.iter().find(|r| r.system == "dkvs").context("--check needs a dkvs run")?;
+    let (put, get) = (&dkvs.put, &dkvs.get);
+    if put.failed > 0 || get.stale > 0 || get.failed > 0 || get.ok == 0 {
+        bail!(
+            "check failed: dkvs puts failed: {}; gets that returned an older version: {}, \
+             nothing or a wrong value: {} (of {})",
+            put.failed,
+            get.stale,
+            get.failed,
+            get.ok + get.stale + get.failed
+        );
+    }
+    println!("check: every dkvs put reached its quorum and every get returned the newest value");
+    Ok(())
+}
+
+fn print_table(cli: &Cli, reports: &[Report]) {
+    let dkvs = reports.iter().find(|r| r.system == "dkvs");
+    let ml = reports.iter().find(|r| r.system == "mainline");
+    println!(
+        "dkvs-testbed: {} nodes per network; {} records x {} versions of {} B from {} accounts; \
+         {} reads; dkvs on {}, mainline on UDP ({}); seed {}; {} cores",
+        cli.nodes,
+        cli.records,
+        cli.versions,
+        cli.value_size,
+        cli.accounts,
+        cli.records * cli.reads,
+        format!("{:?}", cli.transport).to_lowercase(),
+        if cli.mainline_seeded { "seeded routing tables" } else { "bootstrapped through node 0" },
+        cli.seed,
+        cores(),
+    );
+    println!();
+    println!("| figure | dkvs | mainline | dkvs / mainline |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, f: &dyn Fn(&Report) -> Option<f64>, digits: usize| {
+        let d = dkvs.and_then(f);
+        let m = ml.and_then(f);
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        let ratio = match (d, m) {
+            (Some(d), Some(m)) if m > 0.0 => format!("{:.2}x", d / m),
+            _ => "-".into(),
+        };
+        println!("| {name} | {} | {} | {ratio} |", show(d), show(m));
+    };
+    row("put p50 ms", &|r| Some(r.put.p50_ms), 2);
+    row("put p95 ms", &|r| Some(r.put.p95_ms), 2);
+    row("put p99 ms", &|r| Some(r.put.p99_ms), 2);
+    row("put success %", &|r| Some(100.0 * r.put.success), 1);
+    row("get p50 ms", &|r| Some(r.get.p50_ms), 2);
+    row("get p95 ms", &|r| Some(r.get.p95_ms), 2);
+    row("get p99 ms", &|r| Some(r.get.p99_ms), 2);
+    row("get newest %", &|r| Some(100.0 * r.get.success), 1);
+    row("get stale (older version)", &|r| Some(r.get.stale as f64), 0);
+    row("get first newest p50 ms", &|r| r.get_first_newest.as_ref().map(|s| s.p50_ms), 2);
+    row("requests per get", &|r| r.requests_per_get, 1);
+    row("requests per put", &|r| r.requests_per_put, 1);
+    row("bytes per get", &|r| r.bytes_per_get, 0);
+    row("bytes per put", &|r| r.bytes_per_put, 0);
+    row("RSS per node KiB", &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
+    row("setup s", &|r| Some(r.setup_s), 1);
+    row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);
+    row("get p50 / floor", &|r| r.floor_get_p50_ms.map(|f| r.get.p50_ms / f.max(1e-9)), 1);
+    let rounds = reports.iter().map(|r| r.churn.len()).max().unwrap_or(0);
+    for i in 0..rounds {
+        let point = |r: &Report| r.churn.get(i).cloned();
+        let label = dkvs
+            .and_then(point)
+            .or_else(|| ml.and_then(point))
+            .map_or(String::new(), |p| format!(" ({} killed, {} added in all)", p.killed, p.added));
+        row(
+            &format!("churn round {}: readable newest %{label}", i + 1),
+            &|r| point(r).map(|p| 100.0 * p.readable_newest),
+            1,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_gets_the_parents_flags_but_its_own_system() {
+        let mut args: Vec<String> =
+            ["--nodes", "10", "--system", "both", "--json=x.json", "--check", "--quiet"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        strip(&mut args, "--system", true);
+        strip(&mut args, "--json", true);
+        strip(&mut args, "--check", false);
+        assert_eq!(args, ["--nodes", "10", "--quiet"]);
+    }
+}

@@ -1,0 +1,216 @@
+//! The same workload on N BitTorrent Mainline DHT nodes (BEP 44 mutable items, the `mainline`
+//! crate) in this process, every node a server bound to 127.0.0.1.
+//!
+//! By default the network is built unseeded: node 0 starts alone and every other node
+//! bootstraps through it, as dkvs's nodes join through node 0. (`--mainline-seeded` fills every
+//! routing table with every node beforehand: full knowledge no real network has.)
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use indicatif::ProgressBar;
+use mainline::async_dht::AsyncDht;
+use mainline::{Dht, MutableItem, SigningKey, Testnet};
+
+use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, rss_bytes};
+use crate::{Churn, Opts};
+
+/// How long one operation or one node's bootstrap may take.
+const STEP: Duration = Duration::from_secs(30);
+
+struct Got {
+    read: Read,
+    /// When the newest version first arrived, if it did.
+    first_newest: Option<Duration>,
+    queried: u32,
+}
+
+/// A BEP 44 get of `item` through `node`, to the end of the lookup (the most recent item
+/// wins, as `get_mutable_most_recent` folds it).
+async fn read(node: &AsyncDht, plan: &Plan, keys: &[SigningKey], item: usize) -> Got {
+    let it = &plan.items[item];
+    let public = keys[it.account].verifying_key().to_bytes();
+    let started = Instant::now();
+    let detailed = node.get_mutable_detailed(&public, Some(it.name.as_bytes()), None);
+    let mut items = detailed.items;
+    let newest = plan.versions as i64;
+    let mut first_newest = None;
+    let mut best: Option<MutableItem> = None;
+    let lookup = async {
+        while let Some(found) = items.next().await {
+            if found.seq() == newest && first_newest.is_none() {
+                first_newest = Some(started.elapsed());
+            }
+            let better = match &best {
+                None => true,
+                Some(b) => (found.seq(), found.value()) > (b.seq(), b.value()),
+            };
+            if better {
+                best = Some(found);
+            }
+        }
+    };
+    if tokio::time::timeout(STEP, lookup).await.is_err() {
+        return Got { read: Read::Missing, first_newest: None, queried: 0 };
+    }
+    let queried = tokio::time::timeout(STEP, detailed.outcome.recv())
+        .await
+        .map_or(0, |outcome| outcome.queried);
+    let read = match best {
+        Some(b) if b.seq() == newest && *b.value() == *plan.value(item, plan.versions) => {
+            Read::Newest
+        }
+        Some(b) if b.seq() < newest => Read::Stale,
+        _ => Read::Missing,
+    };
+    Got { read, first_newest, queried }
+}
+
+/// Starts a server node that bootstraps through `through` (addresses of live nodes).
+async fn add_node(through: Vec<String>) -> anyhow::Result<AsyncDht> {
+    let dht = tokio::task::spawn_blocking(move || {
+        Dht::builder().server_mode().bind_address(Ipv4Addr::LOCALHOST).bootstrap(&through).build()
+    })
+    .await??
+    .as_async();
+    let _ = tokio::time::timeout(STEP, dht.bootstrapped()).await;
+    Ok(dht)
+}
+
+pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<Report> {
+    let keys: Vec<SigningKey> = plan.accounts.iter().map(SigningKey::from_bytes).collect();
+    let rss_before = rss_bytes();
+    bar.set_message(format!("mainline: starting {} nodes", opts.nodes));
+    let started = Instant::now();
+    let (n, seeded) = (opts.nodes, opts.mainline_seeded);
+    let testnet = tokio::task::spawn_blocking(move || Testnet::builder(n).seeded(seeded).build())
+        .await?
+        .context("starting mainline nodes")?;
+    let mut nodes: Vec<Option<AsyncDht>> =
+        testnet.nodes.into_iter().map(|dht| Some(dht.as_async())).collect();
+    // Every node walks the DHT for its own id, as a dkvs node bootstraps when it joins.
+    futures::future::join_all(
+        nodes.iter().flatten().map(|node| tokio::time::timeout(STEP, node.bootstrapped())),
+    )
+    .await;
+    let setup = started.elapsed();
+
+    bar.set_length((plan.puts.len() + plan.gets.len()) as u64);
+    bar.set_position(0);
+    bar.set_message("mainline: puts");
+    let mut puts = Samples::default();
+    for &(item, version, node) in &plan.puts {
+        let it = &plan.items[item];
+        let mutable = MutableItem::new(
+            keys[it.account].clone(),
+            &plan.value(item, version),
+            version as i64,
+            Some(it.name.as_bytes()),
+        );
+        let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
+        let at = Instant::now();
+        let ok =
+            matches!(tokio::time::timeout(STEP, dht.put_mutable(mutable, None)).await, Ok(Ok(_)));
+        puts.record(at.elapsed(), ok);
+        bar.inc(1);
+    }
+    let rss_after = rss_bytes();
+
+    bar.set_message("mainline: gets");
+    let mut gets = Samples::default();
+    let mut first = Samples::default();
+    let mut queried = 0u64;
+    for &(item, node) in &plan.gets {
+        let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
+        let at = Instant::now();
+        let got = read(dht, plan, &keys, item).await;
+        gets.read(at.elapsed(), got.read);
+        match got.first_newest {
+            Some(took) => first.read(took, Read::Newest),
+            None => first.read(Duration::ZERO, Read::Missing),
+        }
+        queried += u64::from(got.queried);
+        bar.inc(1);
+    }
+
+    let churn = match &opts.churn {
+        Some(churn) => run_churn(&mut nodes, plan, &keys, churn, bar).await?,
+        None => Vec::new(),
+    };
+    // Dropping every handle of a node ends its thread.
+    drop(nodes);
+
+    Ok(Report {
+        system: "mainline".into(),
+        nodes: opts.nodes,
+        transport: "udp".into(),
+        setup_s: setup.as_secs_f64(),
+        put: puts.summary(),
+        get: gets.summary(),
+        get_first_newest: Some(first.summary()),
+        requests_per_get: Some(queried as f64 / plan.gets.len().max(1) as f64),
+        requests_per_put: None,
+        bytes_per_get: None,
+        bytes_per_put: None,
+        rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
+        floor_get_p50_ms: None,
+        churn,
+    })
+}
+
+/// As dkvs's churn: the same fraction killed and added every `churn.every`, every record read
+/// through a random live node after each round. Mainline has no republishing of its own (a
+/// BEP 44 item lives on the nodes it was put on until they go), so what it keeps is what
+/// survives on the nodes that stay.
+async fn run_churn(
+    nodes: &mut Vec<Option<AsyncDht>>,
+    plan: &Plan,
+    keys: &[SigningKey],
+    churn: &Churn,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<ChurnPoint>> {
+    let mut rng = Rng::new(churn.seed);
+    let mut points = Vec::new();
+    let (mut killed, mut added) = (0, 0);
+    let start = Instant::now();
+    bar.set_length((churn.rounds * plan.items.len()) as u64);
+    bar.set_position(0);
+    for round in 0..churn.rounds {
+        let alive: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].is_some()).collect();
+        let k = ((alive.len() as f64 * churn.fraction).round() as usize).min(alive.len() - 1);
+        let round_start = Instant::now();
+        bar.set_message(format!("mainline: churn round {}: killing {k}, adding {k}", round + 1));
+        for i in rng.choose(&alive, k) {
+            nodes[i] = None;
+        }
+        killed += k;
+        let mut through = Vec::new();
+        for node in nodes.iter().flatten().take(8) {
+            through.push(node.info().await.local_addr().to_string());
+        }
+        for _ in 0..k {
+            nodes.push(Some(add_node(through.clone()).await?));
+        }
+        added += k;
+        tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
+        let alive: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].is_some()).collect();
+        let mut newest = 0;
+        for item in 0..plan.items.len() {
+            let node = alive[rng.below(alive.len())];
+            let dht = nodes[node].as_ref().context("picked a live node")?;
+            if read(dht, plan, keys, item).await.read == Read::Newest {
+                newest += 1;
+            }
+            bar.inc(1);
+        }
+        points.push(ChurnPoint {
+            t_s: start.elapsed().as_secs_f64(),
+            killed,
+            added,
+            readable_newest: newest as f64 / plan.items.len().max(1) as f64,
+        });
+    }
+    Ok(points)
+}

@@ -1,0 +1,277 @@
+//! The workload both systems run, fixed by a seed so that dkvs and mainline see the same one:
+//! accounts, records, which node writes each version and which node reads it back; and the
+//! figures taken from it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A small deterministic generator (SplitMix64): the plan must not depend on the system run.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// `k` distinct picks from `from`, in random order.
+    pub fn choose(&mut self, from: &[usize], k: usize) -> Vec<usize> {
+        let mut pool = from.to_vec();
+        for i in 0..pool.len() {
+            let j = i + self.below(pool.len() - i);
+            pool.swap(i, j);
+        }
+        pool.truncate(k);
+        pool
+    }
+}
+
+/// One record: owned by `account`, named `name` (the dkvs key's path and the BEP 44 salt).
+pub struct Item {
+    pub account: usize,
+    pub name: String,
+}
+
+/// Who writes what, and who reads it back.
+pub struct Plan {
+    /// Each account's Ed25519 secret key (the same key on both systems).
+    pub accounts: Vec<[u8; 32]>,
+    pub items: Vec<Item>,
+    /// Every record is written this many times (sequence 1, 2, ...); the last is the newest.
+    pub versions: u64,
+    pub value_size: usize,
+    /// Writes in order: (item, version, node index).
+    pub puts: Vec<(usize, u64, usize)>,
+    /// Reads after all writes: (item, node index), never the node that wrote the newest version.
+    pub gets: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    pub fn new(
+        seed: u64,
+        nodes: usize,
+        accounts: usize,
+        records: usize,
+        versions: u64,
+        value_size: usize,
+        reads: usize,
+    ) -> Plan {
+        let mut rng = Rng::new(seed);
+        let accounts: Vec<[u8; 32]> = (0..accounts.max(1))
+            .map(|_| {
+                let mut secret = [0u8; 32];
+                for chunk in secret.chunks_mut(8) {
+                    chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+                }
+                secret
+            })
+            .collect();
+        let items: Vec<Item> = (0..records)
+            .map(|i| Item { account: i % accounts.len(), name: format!("testbed/{i}") })
+            .collect();
+        let mut puts = Vec::new();
+        let mut last_writer = vec![0; records];
+        for version in 1..=versions {
+            for (item, writer) in last_writer.iter_mut().enumerate() {
+                *writer = rng.below(nodes);
+                puts.push((item, version, *writer));
+            }
+        }
+        let mut gets = Vec::new();
+        for _ in 0..reads {
+            for (item, &writer) in last_writer.iter().enumerate() {
+                let mut reader = rng.below(nodes);
+                if nodes > 1 && reader == writer {
+                    reader = (reader + 1 + rng.below(nodes - 1)) % nodes;
+                }
+                gets.push((item, reader));
+            }
+        }
+        Plan { accounts, items, versions, value_size, puts, gets }
+    }
+
+    /// The value of `item` at `version`: distinct for every pair, so a read can tell the
+    /// newest value from an older one by its bytes as well as by its sequence.
+    pub fn value(&self, item: usize, version: u64) -> Vec<u8> {
+        let mut rng = Rng::new((item as u64) << 32 ^ version);
+        let mut value = Vec::with_capacity(self.value_size);
+        while value.len() < self.value_size {
+            value.extend_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        value.truncate(self.value_size);
+        value
+    }
+}
+
+/// What one read returned.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Read {
+    /// The newest version, with its value.
+    Newest,
+    /// An older version.
+    Stale,
+    /// Nothing, an error, or bytes that are not the value written.
+    Missing,
+}
+
+/// Latencies of one kind of operation, and how many succeeded.
+#[derive(Default)]
+pub struct Samples {
+    pub ok: Vec<Duration>,
+    pub stale: usize,
+    pub failed: usize,
+}
+
+impl Samples {
+    pub fn record(&mut self, took: Duration, ok: bool) {
+        if ok {
+            self.ok.push(took);
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    pub fn read(&mut self, took: Duration, read: Read) {
+        match read {
+            Read::Newest => self.ok.push(took),
+            Read::Stale => self.stale += 1,
+            Read::Missing => self.failed += 1,
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut sorted = self.ok.clone();
+        sorted.sort();
+        let at = |p: f64| -> f64 {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+            sorted[i].as_secs_f64() * 1000.0
+        };
+        let total = self.ok.len() + self.stale + self.failed;
+        Summary {
+            p50_ms: at(0.5),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            ok: self.ok.len(),
+            stale: self.stale,
+            failed: self.failed,
+            success: if total == 0 { 0.0 } else { self.ok.len() as f64 / total as f64 },
+        }
+    }
+}
+
+/// Percentiles of the successful operations (milliseconds) and the success rate.
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct Summary {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub ok: usize,
+    pub stale: usize,
+    pub failed: usize,
+    pub success: f64,
+}
+
+/// One measurement of the records' survival during churn.
+#[derive(Serialize, serde::Deserialize, Clone, Debug)]
+pub struct ChurnPoint {
+    /// Seconds since the first kill.
+    pub t_s: f64,
+    /// Nodes killed so far, and nodes added.
+    pub killed: usize,
+    pub added: usize,
+    /// Fraction of records read back with their newest value through a random live node.
+    pub readable_newest: f64,
+}
+
+/// The figures of one system in one run.
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct Report {
+    pub system: String,
+    pub nodes: usize,
+    pub transport: String,
+    pub setup_s: f64,
+    pub put: Summary,
+    pub get: Summary,
+    /// mainline only: the time until the newest value first arrived (the lookup goes on after
+    /// it to make sure nothing newer exists; `get` is the whole lookup, as dkvs's get).
+    pub get_first_newest: Option<Summary>,
+    /// Requests this system's node sent per get (lookup and record requests), averaged.
+    pub requests_per_get: Option<f64>,
+    /// Requests per put (lookup and store requests), averaged.
+    pub requests_per_put: Option<f64>,
+    /// Bytes sent and received by all nodes per get and per put, while operations ran one at a
+    /// time (dkvs only: mainline keeps no byte counters).
+    pub bytes_per_get: Option<f64>,
+    pub bytes_per_put: Option<f64>,
+    /// Growth of the process's resident memory from before the nodes started until after the
+    /// writes, divided by the number of nodes.
+    pub rss_per_node_bytes: u64,
+    /// dkvs only: a get in a network of two nodes, measured in the same run (the floor).
+    pub floor_get_p50_ms: Option<f64>,
+    pub churn: Vec<ChurnPoint>,
+}
+
+/// This process's resident set size in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()
+        })
+        .map_or(0, |kib: u64| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_is_fixed_by_its_seed_and_never_reads_from_the_last_writer() {
+        let a = Plan::new(7, 10, 3, 50, 2, 100, 2);
+        let b = Plan::new(7, 10, 3, 50, 2, 100, 2);
+        assert_eq!(a.puts, b.puts);
+        assert_eq!(a.gets, b.gets);
+        assert_eq!(a.puts.len(), 100);
+        assert_eq!(a.gets.len(), 100);
+        for &(item, reader) in &a.gets {
+            let writer = a.puts.iter().rev().find(|p| p.0 == item).map(|p| p.2);
+            assert_ne!(Some(reader), writer, "item {item} read from its newest writer");
+        }
+        assert_ne!(a.value(3, 1), a.value(3, 2));
+        assert_eq!(a.value(3, 2).len(), 100);
+        assert_ne!(Plan::new(8, 10, 3, 50, 2, 100, 2).puts, a.puts);
+    }
+
+    #[test]
+    fn percentiles_count_only_successes() {
+        let mut s = Samples::default();
+        for ms in 1..=100 {
+            s.read(Duration::from_millis(ms), Read::Newest);
+        }
+        s.read(Duration::from_millis(1), Read::Stale);
+        s.read(Duration::from_millis(1), Read::Missing);
+        let summary = s.summary();
+        assert_eq!((summary.ok, summary.stale, summary.failed), (100, 1, 1));
+        assert!((summary.p50_ms - 51.0).abs() < 1e-9 || (summary.p50_ms - 50.0).abs() < 1e-9);
+        assert!((summary.p99_ms - 99.0).abs() < 1.01);
+        assert!((summary.success - 100.0 / 102.0).abs() < 1e-9);
+    }
+}
