@@ -1199,3 +1199,41 @@ async fn nodes_on_the_memory_transport_form_a_network_in_one_process() -> anyhow
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_count_their_requests_and_connections_their_bytes() -> anyhow::Result<()> {
+    let net = TestNet::start(4, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "counted").expect("key");
+    let sent =
+        |net: &TestNet| -> u64 { (0..net.len()).map(|i| net.node(i).traffic().bytes_out).sum() };
+    let received =
+        |net: &TestNet| -> u64 { (0..net.len()).map(|i| net.node(i).traffic().bytes_in).sum() };
+    assert!(sent(&net) > 0, "joining the network moved bytes");
+
+    let before = sent(&net);
+    let big = Draft::new(key.clone(), vec![7u8; 8 * 1024], 1, HOUR).sign(&alice).expect("draft");
+    let receipt = net.put(0, big).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // Every other node is a replica (k = 20 > 4): one record request to each, after a lookup
+    // of at least one request.
+    assert!(receipt.requests > 3, "lookup and 3 record requests: {receipt:?}");
+    assert!(
+        sent(&net) - before >= 3 * 8 * 1024,
+        "the 8 KiB record went to three replicas: {} bytes sent",
+        sent(&net) - before
+    );
+
+    let got = net.get(2, &key).await??;
+    assert!(got.requests > 3, "lookup and 3 record requests: {got:?}");
+    assert_eq!(net.node(2).get_local(&key).requests, 0, "a local read asks nobody");
+    // What one node sends, another receives (give the last frames a moment to land).
+    assert!(
+        eventually(Duration::from_secs(5), async || received(&net) == sent(&net)).await,
+        "bytes sent {} and received {} agree",
+        sent(&net),
+        received(&net)
+    );
+    net.shutdown().await;
+    Ok(())
+}

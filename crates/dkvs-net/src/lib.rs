@@ -37,7 +37,7 @@ pub use identity::{IdentityError, load_or_create_identity};
 pub use node::{NatStatus, Node, NodeBuilder, Reachability, WeakNode};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
 pub use replication::ReplicationStats;
-pub use transport::Transports;
+pub use transport::{Traffic, Transports};
 pub use watch::{Watch, watch_topic};
 
 pub use dkvs_store as store;

@@ -80,6 +80,7 @@ pub struct Node {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     store: Store,
+    counters: crate::transport::Counters,
     _task: Arc<TaskGuard>,
 }
 
@@ -98,6 +99,7 @@ pub struct WeakNode {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     store: Store,
+    counters: crate::transport::Counters,
     task: std::sync::Weak<TaskGuard>,
 }
 
@@ -108,6 +110,7 @@ impl WeakNode {
             commands: self.commands.clone(),
             peer_id: self.peer_id,
             store: self.store.clone(),
+            counters: self.counters.clone(),
             _task: self.task.upgrade()?,
         })
     }
@@ -158,10 +161,11 @@ impl<E: Extension> NodeBuilder<E> {
         let peer_id = identity.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
         let transports = config.transports;
+        let counters = crate::transport::Counters::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
             .with_tokio()
             .with_other_transport(|key| {
-                crate::transport::build(key, transports)
+                crate::transport::build(key, transports, &counters)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?
@@ -185,7 +189,7 @@ impl<E: Extension> NodeBuilder<E> {
         let driver = Driver::new(swarm, store.clone(), config, receiver);
         let span = tracing::info_span!("dkvs-node", peer = %peer_id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
-        Ok(Node { commands, peer_id, store, _task: Arc::new(TaskGuard(task)) })
+        Ok(Node { commands, peer_id, store, counters, _task: Arc::new(TaskGuard(task)) })
     }
 }
 
@@ -213,6 +217,7 @@ impl Node {
             commands: self.commands.clone(),
             peer_id: self.peer_id,
             store: self.store.clone(),
+            counters: self.counters.clone(),
             task: Arc::downgrade(&self._task),
         }
     }
@@ -225,6 +230,12 @@ impl Node {
     /// The node's store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The bytes this node's connections have carried since it started (TCP and the memory
+    /// transport, framing and encryption included; not QUIC).
+    pub fn traffic(&self) -> crate::Traffic {
+        self.counters.traffic()
     }
 
     /// Listens on `addr` (e.g. `/ip4/127.0.0.1/tcp/0`) and returns the address bound.
@@ -363,6 +374,7 @@ impl Node {
             asked: 1,
             source: crate::Source::Local,
             highest_seq: self.store.highest_seq(key.as_str()).unwrap_or(0),
+            requests: 0,
         }
     }
 
@@ -994,7 +1006,7 @@ impl<E: Extension> Driver<E> {
 
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+            kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
                     let peers = match result {
                         Ok(ok) => ok.peers,
@@ -1002,7 +1014,7 @@ impl<E: Extension> Driver<E> {
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
                     if let Some(op) = self.lookups.remove(&id) {
-                        self.on_closest_peers(op, peers);
+                        self.on_closest_peers(op, peers, stats.num_requests());
                     } else if self.ext_lookups.remove(&id) {
                         self.with_extension(|extension, host| {
                             extension.on_closest_peers(LookupId(id), peers, host)

@@ -63,6 +63,8 @@ pub(crate) struct GetOp {
     quorum_at: Option<Instant>,
     /// The lookup ran while this node had no dkvs peer.
     alone: bool,
+    /// Requests sent: the lookup's and the replicas'.
+    requests: u32,
 }
 
 impl PutOp {
@@ -273,6 +275,7 @@ impl GetOp {
             answered: self.answers.len(),
             asked: self.asked,
             source: if self.alone { crate::Source::Alone } else { crate::Source::Network },
+            requests: self.requests,
         })
     }
 }
@@ -467,6 +470,7 @@ impl<E: crate::Extension> Driver<E> {
             deadline,
             quorum_at: None,
             alone: false,
+            requests: 0,
         }));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
         self.lookups.insert(query, op);
@@ -552,7 +556,8 @@ impl<E: crate::Extension> Driver<E> {
         report(self, acceptance);
     }
 
-    pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>) {
+    /// The lookup for operation `id` found `peers`, sending `lookup_requests` requests.
+    pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>, lookup_requests: u32) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
@@ -572,6 +577,7 @@ impl<E: crate::Extension> Driver<E> {
                 let replicas = closest(put.record.key(), candidates, k);
                 let quorum = self.config.write_quorum;
                 let remote = put.replicas_found(replicas, me, alone, quorum);
+                put.receipt.requests = lookup_requests.saturating_add(remote.len() as u32);
                 let request = put_request(&put.record);
                 for peer in remote {
                     self.send(id, peer, request.clone());
@@ -590,6 +596,7 @@ impl<E: crate::Extension> Driver<E> {
                 get.asked = replicas.len() + usize::from(me_counts);
                 get.quorum = self.config.read_quorum.of(get.asked);
                 get.pending = replicas.iter().copied().collect();
+                get.requests = lookup_requests.saturating_add(replicas.len() as u32);
                 let request = pb::Request {
                     kind: Some(pb::request::Kind::Get(pb::GetRequest {
                         key: get.key.as_str().as_bytes().to_vec(),
@@ -1059,6 +1066,7 @@ mod tests {
             deadline: Instant::now() + std::time::Duration::from_secs(10),
             quorum_at: None,
             alone: false,
+            requests: 0,
         }
     }
 
@@ -1273,6 +1281,7 @@ mod tests {
                 asked: 1,
                 highest_seq: 4,
                 source: crate::Source::Network,
+                requests: 0,
             })
         };
         assert!(matches!(cas_step(Expect::Seq(4), read(Some(held.clone()))), CasStep::Write));

@@ -70,6 +70,9 @@ pub struct PutReceipt {
     /// This node's own store refused its copy (full, or the owner's quota here used up): the
     /// replicas were asked all the same, and the reason is here.
     pub local_refusal: Option<(Refusal, String)>,
+    /// Requests this node sent for the put: its Kademlia lookup's and the record to each
+    /// remote replica (answers and the watchers' gossip not counted).
+    pub requests: u32,
 }
 
 impl PutReceipt {
@@ -225,6 +228,9 @@ pub struct GetOutcome {
     /// The highest sequence a read quorum of replicas holds or remembers (a record's value may
     /// have expired while its sequence is kept): a new write must go above it.
     pub highest_seq: u64,
+    /// Requests this node sent for the get: its Kademlia lookup's and one to each remote
+    /// replica (answers not counted); 0 for a local read.
+    pub requests: u32,
 }
 
 /// Why a get did not succeed.

@@ -5,7 +5,14 @@
 //! node itself. WebSocket is left out: browsers would need secure WebSocket with a
 //! certificate per node, and phones speak TCP and QUIC as well as any desktop.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
 use futures::future::Either;
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport, OptionalTransport};
 use libp2p::core::upgrade::Version;
@@ -36,15 +43,98 @@ impl Transports {
     }
 }
 
-/// The node's transport: every chosen one, each authenticated as `key`.
+/// The bytes a node's connections carried on the wire since it started, framing and
+/// encryption included ([`crate::Node::traffic`]): every TCP and memory-transport connection,
+/// relayed ones inside them; QUIC's datagrams are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+}
+
+/// The node's byte counters, shared by all its connections.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counters(Arc<[AtomicU64; 2]>);
+
+impl Counters {
+    pub(crate) fn traffic(&self) -> Traffic {
+        Traffic {
+            bytes_in: self.0[0].load(Ordering::Relaxed),
+            bytes_out: self.0[1].load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A connection's byte stream, counted into its node's [`Counters`].
+struct Counted<S> {
+    inner: S,
+    counters: Counters,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.counters.0[0].fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.counters.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.counters.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Wraps each connection's stream of a transport in a [`Counted`].
+fn count<S>(
+    counters: &Counters,
+) -> impl FnOnce(S, libp2p::core::ConnectedPoint) -> Counted<S> + Clone + use<S> {
+    let counters = counters.clone();
+    move |inner, _| Counted { inner, counters }
+}
+
+/// The node's transport: every chosen one, each authenticated as `key`, its bytes counted
+/// into `counters`.
 pub(crate) fn build(
     key: &identity::Keypair,
     chosen: Transports,
+    counters: &Counters,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = chosen
         .tcp
         .then(|| tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)))
         .map_or_else(OptionalTransport::none, OptionalTransport::some)
+        .map(count(counters))
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
@@ -58,6 +148,7 @@ pub(crate) fn build(
         .memory
         .then(MemoryTransport::default)
         .map_or_else(OptionalTransport::none, OptionalTransport::some)
+        .map(count(counters))
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())

@@ -43,22 +43,37 @@ fn config(opts: &Opts) -> Config {
     }
 }
 
-/// Reads `item` through node `node` and says whether it was the newest version.
-async fn read(net: &TestNet, plan: &Plan, accounts: &Accounts, item: usize, node: usize) -> Read {
-    let Ok(key) = accounts.key(plan, item) else { return Read::Missing };
+/// Bytes sent by all live nodes so far.
+fn bytes_sent(net: &TestNet) -> u64 {
+    net.alive().into_iter().map(|i| net.node(i).traffic().bytes_out).sum()
+}
+
+/// Reads `item` through node `node`: whether it was the newest version, and the requests the
+/// get sent.
+async fn read(
+    net: &TestNet,
+    plan: &Plan,
+    accounts: &Accounts,
+    item: usize,
+    node: usize,
+) -> (Read, u32) {
+    let Ok(key) = accounts.key(plan, item) else { return (Read::Missing, 0) };
     match net.get(node, &key).await {
-        Ok(Ok(outcome)) => match outcome.record {
-            Some(record) if record.seq() == plan.versions => {
-                if record.value() == plan.value(item, plan.versions).as_slice() {
-                    Read::Newest
-                } else {
-                    Read::Missing
+        Ok(Ok(outcome)) => {
+            let read = match outcome.record {
+                Some(record) if record.seq() == plan.versions => {
+                    if record.value() == plan.value(item, plan.versions).as_slice() {
+                        Read::Newest
+                    } else {
+                        Read::Missing
+                    }
                 }
-            }
-            Some(_) => Read::Stale,
-            None => Read::Missing,
-        },
-        _ => Read::Missing,
+                Some(_) => Read::Stale,
+                None => Read::Missing,
+            };
+            (read, outcome.requests)
+        }
+        _ => (Read::Missing, 0),
     }
 }
 
@@ -76,25 +91,37 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_position(0);
     bar.set_message("dkvs: puts");
     let mut puts = Samples::default();
+    let (mut put_requests, put_bytes_from) = (0u64, bytes_sent(&net));
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
         let record = Draft::new(key, plan.value(item, version), version, TTL_MS)
             .sign(&accounts.keys[plan.items[item].account])?;
         let at = Instant::now();
-        let ok = matches!(net.put(node, record).await, Ok(Ok(receipt)) if receipt.has_quorum());
+        let ok = match net.put(node, record).await {
+            Ok(Ok(receipt)) => {
+                put_requests += u64::from(receipt.requests);
+                receipt.has_quorum()
+            }
+            _ => false,
+        };
         puts.record(at.elapsed(), ok);
         bar.inc(1);
     }
+    let put_bytes = bytes_sent(&net) - put_bytes_from;
     let rss_after = rss_bytes();
 
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
+    let (mut get_requests, get_bytes_from) = (0u64, bytes_sent(&net));
     for &(item, node) in &plan.gets {
         let at = Instant::now();
-        let read = read(&net, plan, &accounts, item, node).await;
+        let (read, requests) = read(&net, plan, &accounts, item, node).await;
         gets.read(at.elapsed(), read);
+        get_requests += u64::from(requests);
         bar.inc(1);
     }
+    let get_bytes = bytes_sent(&net) - get_bytes_from;
+    let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {
         Some(churn) => run_churn(&mut net, plan, &accounts, churn, bar).await?,
@@ -112,10 +139,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         put: puts.summary(),
         get: gets.summary(),
         get_first_newest: None,
-        requests_per_get: None,
-        requests_per_put: None,
-        bytes_per_get: None,
-        bytes_per_put: None,
+        requests_per_get: per(get_requests, plan.gets.len()),
+        requests_per_put: per(put_requests, plan.puts.len()),
+        bytes_per_get: per(get_bytes, plan.gets.len()),
+        bytes_per_put: per(put_bytes, plan.puts.len()),
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         floor_get_p50_ms: floor,
         churn,
@@ -155,7 +182,7 @@ async fn run_churn(
         let mut newest = 0;
         for item in 0..plan.items.len() {
             let node = alive[rng.below(alive.len())];
-            if read(net, plan, accounts, item, node).await == Read::Newest {
+            if read(net, plan, accounts, item, node).await.0 == Read::Newest {
                 newest += 1;
             }
             bar.inc(1);
@@ -190,7 +217,7 @@ async fn floor(
     }
     for item in 0..items {
         let at = Instant::now();
-        let read = read(&net, plan, accounts, item, 1).await;
+        let (read, _) = read(&net, plan, accounts, item, 1).await;
         gets.read(at.elapsed(), read);
     }
     net.shutdown().await;

@@ -216,8 +216,9 @@ pub struct Report {
     pub requests_per_get: Option<f64>,
     /// Requests per put (lookup and store requests), averaged.
     pub requests_per_put: Option<f64>,
-    /// Bytes sent and received by all nodes per get and per put, while operations ran one at a
-    /// time (dkvs only: mainline keeps no byte counters).
+    /// Bytes all nodes sent (TCP, framing and encryption included) while the puts, then the
+    /// gets, ran one at a time, divided by the operations: background traffic in that time
+    /// included (dkvs only: mainline keeps no byte counters).
     pub bytes_per_get: Option<f64>,
     pub bytes_per_put: Option<f64>,
     /// Growth of the process's resident memory from before the nodes started until after the
