@@ -71,7 +71,8 @@ pub struct PutReceipt {
     /// replicas were asked all the same, and the reason is here.
     pub local_refusal: Option<(Refusal, String)>,
     /// Requests this node sent for the put: its Kademlia lookup's and the record to each
-    /// remote replica (answers and the watchers' gossip not counted).
+    /// remote replica (not counted: answers, the watchers' gossip, and a compare-and-swap's
+    /// read before it).
     pub requests: u32,
 }
 
@@ -229,7 +230,8 @@ pub struct GetOutcome {
     /// have expired while its sequence is kept): a new write must go above it.
     pub highest_seq: u64,
     /// Requests this node sent for the get: its Kademlia lookup's and one to each remote
-    /// replica (answers not counted); 0 for a local read.
+    /// replica (not counted: answers, and the read repair sent after the get answered); 0 for
+    /// a local read.
     pub requests: u32,
 }
 

@@ -10,7 +10,7 @@ use dkvs_record::{Draft, Key};
 use dkvs_testnet::TestNet;
 use indicatif::ProgressBar;
 
-use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, rss_bytes};
+use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, put_majority, rss_bytes};
 use crate::{Churn, Opts};
 
 /// A record lives an hour: far longer than any run.
@@ -91,7 +91,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_position(0);
     bar.set_message("dkvs: puts");
     let mut puts = Samples::default();
-    let (mut put_requests, put_bytes_from) = (0u64, bytes_sent(&net));
+    let (mut put_requests, mut stored, put_bytes_from) = (0u64, 0usize, bytes_sent(&net));
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
         let record = Draft::new(key, plan.value(item, version), version, TTL_MS)
@@ -100,14 +100,15 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         let ok = match net.put(node, record).await {
             Ok(Ok(receipt)) => {
                 put_requests += u64::from(receipt.requests);
-                receipt.has_quorum()
+                stored += receipt.stored.len();
+                receipt.stored.len() >= put_majority(opts.nodes)
             }
             _ => false,
         };
         puts.record(at.elapsed(), ok);
         bar.inc(1);
     }
-    let put_bytes = bytes_sent(&net) - put_bytes_from;
+    let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
     let rss_after = rss_bytes();
 
     bar.set_message("dkvs: gets");
@@ -120,7 +121,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         get_requests += u64::from(requests);
         bar.inc(1);
     }
-    let get_bytes = bytes_sent(&net) - get_bytes_from;
+    let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
     let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {
@@ -141,6 +142,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         get_first_newest: None,
         requests_per_get: per(get_requests, plan.gets.len()),
         requests_per_put: per(put_requests, plan.puts.len()),
+        stored_per_put: stored as f64 / plan.puts.len().max(1) as f64,
         bytes_per_get: per(get_bytes, plan.gets.len()),
         bytes_per_put: per(put_bytes, plan.puts.len()),
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
@@ -178,27 +180,35 @@ async fn run_churn(
         }
         added += k;
         tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
+        let read_after_kill = round_start.elapsed();
         let alive = net.alive();
         let mut newest = 0;
+        let mut reads = Samples::default();
         for item in 0..plan.items.len() {
             let node = alive[rng.below(alive.len())];
-            if read(net, plan, accounts, item, node).await.0 == Read::Newest {
+            let at = Instant::now();
+            let read = read(net, plan, accounts, item, node).await.0;
+            reads.read(at.elapsed(), read);
+            if read == Read::Newest {
                 newest += 1;
             }
             bar.inc(1);
         }
         points.push(ChurnPoint {
-            t_s: start.elapsed().as_secs_f64(),
+            t_s: (round_start - start + read_after_kill).as_secs_f64(),
+            read_after_kill_s: read_after_kill.as_secs_f64(),
             killed,
             added,
             readable_newest: newest as f64 / plan.items.len().max(1) as f64,
+            read_p50_ms: reads.summary().p50_ms,
         });
     }
     Ok(points)
 }
 
 /// A get's p50 in a network of two nodes: one request round trip and a lookup that finds the
-/// one peer. The lower bound a larger network's get is compared with.
+/// one peer. The lower bound a larger network's get is compared with. Every one of its gets
+/// must return the newest value, or the run fails.
 async fn floor(
     plan: &Plan,
     accounts: &Accounts,
@@ -219,6 +229,9 @@ async fn floor(
         let at = Instant::now();
         let (read, _) = read(&net, plan, accounts, item, 1).await;
         gets.read(at.elapsed(), read);
+        if read != Read::Newest {
+            anyhow::bail!("the 2-node floor: the get of record {item} returned {read:?}");
+        }
     }
     net.shutdown().await;
     Ok(gets.summary().p50_ms)

@@ -127,8 +127,19 @@ fn main() -> anyhow::Result<()> {
     if cli.nodes < 2 {
         bail!("--nodes must be at least 2: a read goes through another node than the writer");
     }
-    if cli.versions == 0 || cli.records == 0 {
-        bail!("--records and --versions must be at least 1");
+    if cli.versions == 0 || cli.records == 0 || cli.reads == 0 || cli.accounts == 0 {
+        bail!("--records, --versions, --reads and --accounts must be at least 1");
+    }
+    if cli.check && cli.system == SystemArg::Mainline {
+        bail!("--check checks dkvs: run it with --system dkvs or both");
+    }
+    // A mainline node keeps at most 1000 mutable items and drops the oldest beyond that.
+    let per_node = cli.records * workload::CLOSEST.min(cli.nodes) / cli.nodes;
+    if cli.system != SystemArg::Dkvs && per_node > 1000 {
+        eprintln!(
+            "warning: about {per_node} items per mainline node, over the 1000 it keeps: \
+             mainline will drop some by design"
+        );
     }
     if cli.value_size > 1000 {
         bail!("--value-size {} is over 1000 bytes, BEP 44's limit", cli.value_size);
@@ -187,16 +198,16 @@ fn child(system: SystemArg) -> anyhow::Result<Report> {
     let name = format!("{system:?}").to_lowercase();
     args.extend(["--system".into(), name.clone(), "--report-to".into()]);
     args.push(path.display().to_string());
-    let status = std::process::Command::new(exe).args(&args).status()?;
-    let report = if status.success() {
-        let bytes = std::fs::read(&path).with_context(|| format!("the {name} run's report"))?;
-        serde_json::from_slice(&bytes)?
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-        bail!("the {name} run failed ({status})");
+    let status = std::process::Command::new(exe).args(&args).status();
+    let report = match status {
+        Ok(status) if status.success() => std::fs::read(&path)
+            .with_context(|| format!("the {name} run's report"))
+            .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?)),
+        Ok(status) => Err(anyhow::anyhow!("the {name} run failed ({status})")),
+        Err(e) => Err(anyhow::anyhow!("the {name} run did not start: {e}")),
     };
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(report)
+    report
 }
 
 /// Removes `flag` (and its value, if it takes one) from `args`, in both `--f v` and `--f=v`.
@@ -296,31 +307,41 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     println!();
     println!("| figure | dkvs | mainline | dkvs / mainline |");
     println!("|---|---:|---:|---:|");
-    let row = |name: &str, f: &dyn Fn(&Report) -> Option<f64>, digits: usize| {
+    // Ratios of counts that are mostly zero (stale reads) say nothing: `ratio` false.
+    let row_with = |name: &str, f: &dyn Fn(&Report) -> Option<f64>, digits: usize, ratio: bool| {
         let d = dkvs.and_then(f);
         let m = ml.and_then(f);
         let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         let ratio = match (d, m) {
-            (Some(d), Some(m)) if m > 0.0 => format!("{:.2}x", d / m),
+            (Some(d), Some(m)) if m > 0.0 && ratio => format!("{:.2}x", d / m),
             _ => "-".into(),
         };
         println!("| {name} | {} | {} | {ratio} |", show(d), show(m));
     };
-    row("put p50 ms", &|r| Some(r.put.p50_ms), 2);
+    let row = |name: &str, f: &dyn Fn(&Report) -> Option<f64>, digits: usize| {
+        row_with(name, f, digits, true)
+    };
+    let majority = workload::put_majority(cli.nodes);
+    row("put p50 ms (all puts)", &|r| Some(r.put.p50_ms), 2);
     row("put p95 ms", &|r| Some(r.put.p95_ms), 2);
     row("put p99 ms", &|r| Some(r.put.p99_ms), 2);
-    row("put success %", &|r| Some(100.0 * r.put.success), 1);
-    row("get p50 ms", &|r| Some(r.get.p50_ms), 2);
+    row(
+        &format!("put success % (stored on >= {majority} nodes)"),
+        &|r| Some(100.0 * r.put.success),
+        1,
+    );
+    row("nodes that stored a put, mean", &|r| Some(r.stored_per_put), 1);
+    row("get p50 ms (all gets)", &|r| Some(r.get.p50_ms), 2);
     row("get p95 ms", &|r| Some(r.get.p95_ms), 2);
     row("get p99 ms", &|r| Some(r.get.p99_ms), 2);
     row("get newest %", &|r| Some(100.0 * r.get.success), 1);
-    row("get stale (older version)", &|r| Some(r.get.stale as f64), 0);
-    row("get first newest p50 ms", &|r| r.get_first_newest.as_ref().map(|s| s.p50_ms), 2);
-    row("requests per get", &|r| r.requests_per_get, 1);
-    row("requests per put", &|r| r.requests_per_put, 1);
-    row("bytes per get", &|r| r.bytes_per_get, 0);
-    row("bytes per put", &|r| r.bytes_per_put, 0);
-    row("RSS per node KiB", &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
+    row_with("gets that returned an older version", &|r| Some(r.get.stale as f64), 0, false);
+    row("get: first newest answer p50 ms", &|r| r.get_first_newest.as_ref().map(|s| s.p50_ms), 2);
+    row("requests sent per get", &|r| r.requests_per_get, 1);
+    row("requests sent per put", &|r| r.requests_per_put, 1);
+    row("bytes sent per get (all nodes, background included)", &|r| r.bytes_per_get, 0);
+    row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
+    row("RSS growth per node KiB", &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
     row("setup s", &|r| Some(r.setup_s), 1);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);
     row("get p50 / floor", &|r| r.floor_get_p50_ms.map(|f| r.get.p50_ms / f.max(1e-9)), 1);
@@ -331,6 +352,12 @@ fn print_table(cli: &Cli, reports: &[Report]) {
             .and_then(point)
             .or_else(|| ml.and_then(point))
             .map_or(String::new(), |p| format!(" ({} killed, {} added in all)", p.killed, p.added));
+        row(
+            &format!("churn round {}: reads began, s after its kill", i + 1),
+            &|r| point(r).map(|p| p.read_after_kill_s),
+            1,
+        );
+        row(&format!("churn round {}: get p50 ms", i + 1), &|r| point(r).map(|p| p.read_p50_ms), 2);
         row(
             &format!("churn round {}: readable newest %{label}", i + 1),
             &|r| point(r).map(|p| 100.0 * p.readable_newest),

@@ -14,11 +14,14 @@ use indicatif::ProgressBar;
 use mainline::async_dht::AsyncDht;
 use mainline::{Dht, MutableItem, SigningKey, Testnet};
 
-use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, rss_bytes};
+use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, put_majority, rss_bytes};
 use crate::{Churn, Opts};
 
-/// How long one operation or one node's bootstrap may take.
+/// How long one operation may take (as dkvs_testnet's step).
 const STEP: Duration = Duration::from_secs(30);
+
+/// How long a joining node's walk is waited for (as a dkvs node's join in dkvs_testnet).
+const JOIN: Duration = Duration::from_secs(10);
 
 struct Got {
     read: Read,
@@ -75,7 +78,7 @@ async fn add_node(through: Vec<String>) -> anyhow::Result<AsyncDht> {
     })
     .await??
     .as_async();
-    let _ = tokio::time::timeout(STEP, dht.bootstrapped()).await;
+    let _ = tokio::time::timeout(JOIN, dht.bootstrapped()).await;
     Ok(dht)
 }
 
@@ -92,7 +95,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         testnet.nodes.into_iter().map(|dht| Some(dht.as_async())).collect();
     // Every node walks the DHT for its own id, as a dkvs node bootstraps when it joins.
     futures::future::join_all(
-        nodes.iter().flatten().map(|node| tokio::time::timeout(STEP, node.bootstrapped())),
+        nodes.iter().flatten().map(|node| tokio::time::timeout(JOIN, node.bootstrapped())),
     )
     .await;
     let setup = started.elapsed();
@@ -101,6 +104,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_position(0);
     bar.set_message("mainline: puts");
     let mut puts = Samples::default();
+    let mut stored = 0usize;
     for &(item, version, node) in &plan.puts {
         let it = &plan.items[item];
         let mutable = MutableItem::new(
@@ -111,8 +115,14 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         );
         let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
         let at = Instant::now();
-        let ok =
-            matches!(tokio::time::timeout(STEP, dht.put_mutable(mutable, None)).await, Ok(Ok(_)));
+        // mainline answers Ok once one node stored the item; the same rule as dkvs's counts.
+        let ok = match tokio::time::timeout(STEP, dht.put_mutable(mutable, None)).await {
+            Ok(Ok(outcome)) => {
+                stored += outcome.stored_at as usize;
+                outcome.stored_at as usize >= put_majority(opts.nodes)
+            }
+            _ => false,
+        };
         puts.record(at.elapsed(), ok);
         bar.inc(1);
     }
@@ -129,7 +139,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         gets.read(at.elapsed(), got.read);
         match got.first_newest {
             Some(took) => first.read(took, Read::Newest),
-            None => first.read(Duration::ZERO, Read::Missing),
+            None => first.read(at.elapsed(), Read::Missing),
         }
         queried += u64::from(got.queried);
         bar.inc(1);
@@ -152,6 +162,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         get_first_newest: Some(first.summary()),
         requests_per_get: Some(queried as f64 / plan.gets.len().max(1) as f64),
         requests_per_put: None,
+        stored_per_put: stored as f64 / plan.puts.len().max(1) as f64,
         bytes_per_get: None,
         bytes_per_put: None,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
@@ -186,8 +197,9 @@ async fn run_churn(
             nodes[i] = None;
         }
         killed += k;
+        // Newcomers join through one live node, as dkvs's do.
         let mut through = Vec::new();
-        for node in nodes.iter().flatten().take(8) {
+        if let Some(node) = nodes.iter().flatten().next() {
             through.push(node.info().await.local_addr().to_string());
         }
         for _ in 0..k {
@@ -195,21 +207,28 @@ async fn run_churn(
         }
         added += k;
         tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
+        let read_after_kill = round_start.elapsed();
         let alive: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].is_some()).collect();
         let mut newest = 0;
+        let mut reads = Samples::default();
         for item in 0..plan.items.len() {
             let node = alive[rng.below(alive.len())];
             let dht = nodes[node].as_ref().context("picked a live node")?;
-            if read(dht, plan, keys, item).await.read == Read::Newest {
+            let at = Instant::now();
+            let read = read(dht, plan, keys, item).await.read;
+            reads.read(at.elapsed(), read);
+            if read == Read::Newest {
                 newest += 1;
             }
             bar.inc(1);
         }
         points.push(ChurnPoint {
-            t_s: start.elapsed().as_secs_f64(),
+            t_s: (round_start - start + read_after_kill).as_secs_f64(),
+            read_after_kill_s: read_after_kill.as_secs_f64(),
             killed,
             added,
             readable_newest: newest as f64 / plan.items.len().max(1) as f64,
+            read_p50_ms: reads.summary().p50_ms,
         });
     }
     Ok(points)
