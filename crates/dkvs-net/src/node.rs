@@ -1014,6 +1014,11 @@ impl<E: Extension> Driver<E> {
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
                     if let Some(op) = self.lookups.remove(&id) {
+                        tracing::debug!(
+                            requests = stats.num_requests(),
+                            duration = ?stats.duration(),
+                            "lookup for an operation done"
+                        );
                         self.on_closest_peers(op, peers, stats.num_requests());
                     } else if self.ext_lookups.remove(&id) {
                         self.with_extension(|extension, host| {

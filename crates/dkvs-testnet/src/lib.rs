@@ -112,6 +112,50 @@ impl TestNet {
         Ok(net)
     }
 
+    /// Starts `n` nodes for a simulation of many (hundreds to thousands, e.g. on the memory
+    /// transport): node 0 first, then the others join in concurrent waves of up to 32, each
+    /// through a node that joined before it (not all through node 0), so that joining takes
+    /// time in the logarithm of `n` waves rather than `n` walks one after another.
+    pub async fn start_many(n: usize, config: Config) -> anyhow::Result<TestNet> {
+        let spawn: Spawn = Arc::new(|identity, store, config, _| {
+            Ok(Node::spawn(identity.clone(), store, config)?)
+        });
+        let dir = tempfile::tempdir()?;
+        let store_config = dkvs_store::Config::default();
+        let mut net = TestNet { members: Vec::new(), config, store_config, spawn, _dir: dir };
+        const WAVE: usize = 32;
+        while net.members.len() < n {
+            let joined = net.members.len();
+            let wave = WAVE.min(joined * 4).min(n - joined).max(1);
+            if joined == 0 {
+                // Node 0 starts alone: the network everyone else joins.
+                net.members.push(Member {
+                    identity: identity::Keypair::generate_ed25519(),
+                    dir: net._dir.path().join("node0"),
+                    node: None,
+                    addr: None,
+                });
+                net.launch(0).await?;
+                continue;
+            }
+            let new: Vec<usize> = (joined..joined + wave).collect();
+            for &i in &new {
+                net.members.push(Member {
+                    identity: identity::Keypair::generate_ed25519(),
+                    dir: net._dir.path().join(format!("node{i}")),
+                    node: None,
+                    addr: None,
+                });
+                net.launch(i).await?;
+            }
+            let joins = new.iter().map(|&i| net.join_through(i, i % joined));
+            for result in futures::future::join_all(joins).await {
+                result?;
+            }
+        }
+        Ok(net)
+    }
+
     async fn launch(&mut self, i: usize) -> anyhow::Result<()> {
         let member = &mut self.members[i];
         let store = Store::open(&member.dir, self.store_config.clone())?;
@@ -134,10 +178,15 @@ impl TestNet {
 
     /// Connects node `i` to node 0 (or node 0 to the first other live node) and walks the DHT.
     async fn join(&self, i: usize) -> anyhow::Result<()> {
-        let node = self.node(i);
         let via = (0..self.members.len())
             .find(|&j| j != i && self.members[j].node.is_some())
             .context("no other live node to join through")?;
+        self.join_through(i, via).await
+    }
+
+    /// Connects node `i` to live node `via` and walks the DHT.
+    async fn join_through(&self, i: usize, via: usize) -> anyhow::Result<()> {
+        let node = self.node(i);
         let addr = self.members[via].addr.clone().context("live node has an address")?;
         step("connect", node.add_peer(self.peer_id(via), addr)).await??;
         // A walk finds nobody new in a network of two; that is fine. A walk through a network
