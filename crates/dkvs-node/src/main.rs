@@ -310,10 +310,28 @@ struct NodeArgs {
     print_config: bool,
 }
 
+/// Prints a line to standard output, returning the error instead of panicking as `println!`
+/// does when the reader has gone (`dkvs ipfs stat | head -1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+/// True when `error` comes from writing to a closed pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`dkvs ... | head`): nothing is left to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(ClientError::NotFound(message)) = e.downcast_ref::<ClientError>() {
                 eprintln!("dkvs: {message}");
@@ -378,14 +396,14 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
             if home.default_account()?.is_none() {
                 home.set_default_account(&name)?;
             }
-            println!("{}", pair.account_id());
+            outln!("{}", pair.account_id());
         }
         AccountCommand::List => {
             let default = home.default_account()?;
             for info in keystore.list()? {
                 let mark =
                     if default.as_deref() == Some(info.name.as_str()) { " (default)" } else { "" };
-                println!("{}\t{}\t{}{mark}", info.name, info.key_type, info.account_id);
+                outln!("{}\t{}\t{}{mark}", info.name, info.key_type, info.account_id);
             }
         }
         AccountCommand::Show { name } => {
@@ -394,11 +412,11 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .find(|info| info.name == name)
                 .ok_or(KeystoreError::NotFound(name))?;
-            println!("name: {}", info.name);
-            println!("type: {}", info.key_type);
-            println!("account id: {}", info.account_id);
+            outln!("name: {}", info.name);
+            outln!("type: {}", info.key_type);
+            outln!("account id: {}", info.account_id);
             if let Some(address) = info.account_id.eth_address() {
-                println!("ethereum address: {address}");
+                outln!("ethereum address: {address}");
             }
         }
     }
@@ -419,7 +437,7 @@ fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
         config.api = api.trim_start_matches("http://").trim_end_matches('/').to_owned();
     }
     if args.print_config {
-        print!("{}", config.to_toml()?);
+        write!(std::io::stdout(), "{}", config.to_toml()?)?;
         return Ok(());
     }
     tracing_subscriber::fmt()
@@ -513,7 +531,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
             let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
             let receipt = client.put_bytes(&path, &bytes)?;
-            println!(
+            outln!(
                 "{} seq {} {}",
                 receipt["key"].as_str().unwrap_or(&key),
                 receipt["seq"],
@@ -527,17 +545,17 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
             if receipt["kept"] == true {
                 let as_account = account.as_ref().map(|a| format!(" --as {a}")).unwrap_or_default();
-                println!("kept alive by this node (`dkvs keep stop {key}{as_account}` to stop)");
+                outln!("kept alive by this node (`dkvs keep stop {key}{as_account}` to stop)");
             }
         }
         Command::Keep(KeepCommand::List) => {
             let list = client.get_json("/v1/keep")?;
             let kept = list["kept"].as_array().cloned().unwrap_or_default();
             if kept.is_empty() {
-                println!("this node keeps no record alive");
+                outln!("this node keeps no record alive");
             }
             for k in kept {
-                println!(
+                outln!(
                     "{}  as {}  ttl {}s",
                     k["key"].as_str().unwrap_or("?"),
                     k["account"].as_str().unwrap_or("?"),
@@ -548,7 +566,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Keep(KeepCommand::Stop { key, account }) => {
             let path = with_account(format!("/v1/keep/{}", encode_key(&key)), &account, &[]);
             let answer = client.delete(&path)?;
-            println!("{}: no longer kept alive", answer["key"].as_str().unwrap_or(&key));
+            outln!("{}: no longer kept alive", answer["key"].as_str().unwrap_or(&key));
         }
         Command::Get { key, local, json, account } => {
             let extra = if local { vec![("local", "true".to_owned())] } else { vec![] };
@@ -569,7 +587,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Delete { key, account } => {
             let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &[]);
             let receipt = client.delete(&path)?;
-            println!(
+            outln!(
                 "deleted {} at seq {}, {}",
                 receipt["key"].as_str().unwrap_or(&key),
                 receipt["seq"],
@@ -591,7 +609,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path =
                 with_account(format!("/v1/mail/{}", encode_segment(&account_id)), &account, &extra);
             let receipt = client.post_bytes(&path, &bytes)?;
-            println!(
+            outln!(
                 "sent {}: kept by {} replicas",
                 receipt["id"].as_str().unwrap_or("?"),
                 receipt["kept_by"]
@@ -600,7 +618,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 eprintln!("note: {ALONE}: only this node keeps the letter");
             }
             for c in receipt["custody"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "  kept by {} until {}",
                     c["replica"].as_str().unwrap_or("?"),
                     time_of(&c["kept_until_ms"])
@@ -610,7 +628,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 .iter()
                 .flat_map(|k| receipt[*k].as_array().into_iter().flatten())
             {
-                println!(
+                outln!(
                     "  not by {}: {}",
                     r["replica"].as_str().unwrap_or("?"),
                     r["reason"].as_str().unwrap_or("?")
@@ -658,12 +676,12 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             );
             let status = client.get_json(&path)?;
             let kept_by = status["kept_by"].as_array().map_or(0, Vec::len);
-            println!("{} to {}", message_id, status["to"].as_str().unwrap_or("?"));
-            println!("sent at {}, kept by {kept_by} replicas", time_of(&status["sent_at_ms"]));
+            outln!("{} to {}", message_id, status["to"].as_str().unwrap_or("?"));
+            outln!("sent at {}, kept by {kept_by} replicas", time_of(&status["sent_at_ms"]));
             if status["read"] == true {
-                println!("read at {}", time_of(&status["read_at_ms"]));
+                outln!("read at {}", time_of(&status["read_at_ms"]));
             } else {
-                println!("not read yet");
+                outln!("not read yet");
             }
         }
         Command::Mail(MailCommand::Watch { account }) => loop {
@@ -694,7 +712,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path =
                 with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &[]);
             let post = client.post_bytes(&path, &bytes)?;
-            println!(
+            outln!(
                 "published {} on {name} to {} peers",
                 post["id"].as_str().unwrap_or("?"),
                 post["peers"]
@@ -730,17 +748,17 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 eprintln!("dkvs: nobody announced themselves in {name} in the last five minutes");
             }
             for m in members {
-                println!("{}", m["account"].as_str().unwrap_or("?"));
+                outln!("{}", m["account"].as_str().unwrap_or("?"));
             }
         }
         Command::Ipfs(command) => ipfs_command(client, command)?,
         Command::Peers => {
             for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
-                println!("{}", peer.as_str().unwrap_or_default());
+                outln!("{}", peer.as_str().unwrap_or_default());
             }
         }
         Command::Status => {
-            println!("{}", serde_json::to_string_pretty(&client.get_json("/v1/status")?)?);
+            outln!("{}", serde_json::to_string_pretty(&client.get_json("/v1/status")?)?);
         }
         Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
     }
@@ -787,7 +805,7 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 bar.finish_and_clear();
                 answer
             };
-            println!("{}", answer["cid"].as_str().unwrap_or("?"));
+            outln!("{}", answer["cid"].as_str().unwrap_or("?"));
         }
         IpfsCommand::Get { cid, output, raw, account, timeout } => {
             let mut extra = if raw { vec![("raw", "true".to_owned())] } else { Vec::new() };
@@ -827,7 +845,7 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 &[],
             );
             let answer = client.post_bytes(&path, &[])?;
-            println!(
+            outln!(
                 "shared {cid} with {account_id} (record {})",
                 answer["key"].as_str().unwrap_or("?")
             );
@@ -835,18 +853,18 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
         IpfsCommand::Connect { multiaddr } => {
             let body = serde_json::to_vec(&serde_json::json!({ "addr": multiaddr }))?;
             let answer = client.post_json("/v1/ipfs/connect", &body)?;
-            println!("connected to {}", answer["peer"].as_str().unwrap_or("?"));
+            outln!("connected to {}", answer["peer"].as_str().unwrap_or("?"));
         }
         IpfsCommand::Peers => {
             let answer = client.get_json("/v1/ipfs/peers")?;
             for peer in answer["peers"].as_array().into_iter().flatten() {
-                println!("{}", peer.as_str().unwrap_or_default());
+                outln!("{}", peer.as_str().unwrap_or_default());
             }
         }
         IpfsCommand::Pin { cid } => {
             let answer =
                 client.put_bytes(&format!("/v1/ipfs/pin/{}", encode_segment(&cid)), &[])?;
-            println!(
+            outln!(
                 "pinned {} ({} bytes)",
                 answer["pinned"].as_str().unwrap_or("?"),
                 answer["bytes"]
@@ -854,17 +872,19 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
         }
         IpfsCommand::Unpin { cid } => {
             let answer = client.delete(&format!("/v1/ipfs/pin/{}", encode_segment(&cid)))?;
-            println!("unpinned {}", answer["unpinned"].as_str().unwrap_or("?"));
+            outln!("unpinned {}", answer["unpinned"].as_str().unwrap_or("?"));
         }
         IpfsCommand::Gc => {
             let answer = client.post_bytes("/v1/ipfs/gc", &[])?;
-            println!(
+            outln!(
                 "removed {} blocks ({} bytes); kept {}",
-                answer["removed"], answer["freed"], answer["kept"]
+                answer["removed"],
+                answer["freed"],
+                answer["kept"]
             );
         }
         IpfsCommand::Stat => {
-            println!("{}", serde_json::to_string_pretty(&client.get_json("/v1/ipfs/stat")?)?);
+            outln!("{}", serde_json::to_string_pretty(&client.get_json("/v1/ipfs/stat")?)?);
         }
     }
     Ok(())

@@ -433,6 +433,21 @@ fn base64_of(bytes: &[u8]) -> String {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // As `dkvs node --print-config | head -0`: the reader is gone before dkvs writes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = dkvs(dir.path());
+    cmd.args(["node", "--print-config"]).stdin(Stdio::null()).stderr(Stdio::piped());
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let child = cmd.stdout(writer).spawn().expect("dkvs starts");
+    let out = child.wait_with_output().expect("dkvs ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn print_config_shows_every_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = ok(run(
