@@ -1237,3 +1237,22 @@ async fn operations_count_their_requests_and_connections_their_bytes() -> anyhow
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
+    // The simulation's start: 50 nodes in memory, joined through earlier nodes in waves.
+    let config = Config::default().with_transports(dkvs_net::Transports::memory_only());
+    let net = TestNet::start_many(50, config).await?;
+    assert_eq!(net.alive().len(), 50);
+    let alice = Keypair::generate(KeyType::Ed25519);
+    for (writer, reader) in [(5, 49), (49, 0), (40, 12)] {
+        let key = Key::scoped(&alice.account_id(), &format!("wave/{writer}")).expect("key");
+        let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
+        assert!(receipt.has_quorum(), "{receipt:?}");
+        assert_eq!(receipt.replicas, 20, "a full replica set was found: {receipt:?}");
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "node {reader} reads what {writer} wrote");
+    }
+    net.shutdown().await;
+    Ok(())
+}

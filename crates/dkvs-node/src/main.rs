@@ -310,34 +310,39 @@ struct NodeArgs {
     print_config: bool,
 }
 
-/// Prints a line to standard output, returning the error instead of panicking as `println!`
-/// does when the reader has gone (`dkvs ipfs stat | head -1`).
+/// Prints a line to standard output. Where `println!` panics when the reader has gone
+/// (`dkvs ipfs stat | head -1`), this returns [`StdoutClosed`], which ends the command quietly;
+/// any other write error is returned as it is.
 macro_rules! outln {
     ($($arg:tt)*) => {
-        writeln!(std::io::stdout(), $($arg)*)?
+        writeln!(std::io::stdout(), $($arg)*).map_err(stdout_error)?
     };
 }
-/// True when `error` comes from writing to a closed pipe.
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+
+/// Standard output's reader went away: the command has nobody left to answer.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+struct StdoutClosed;
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe { StdoutClosed.into() } else { e.into() }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader of our output went away (`dkvs ... | head`): nothing is left to say.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // The reader of the command's answer went away (`dkvs ... | head`): nothing is left
+        // to say. Only the command's own output counts here: `dkvs node`, whose log lines go
+        // through other writers, still fails loudly when they break.
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
+            // stderr may be a closed pipe too: then there is nobody to tell.
             if let Some(ClientError::NotFound(message)) = e.downcast_ref::<ClientError>() {
-                eprintln!("dkvs: {message}");
+                let _ = writeln!(std::io::stderr(), "dkvs: {message}");
                 return ExitCode::from(1);
             }
-            eprintln!("dkvs: {e:#}");
+            let _ = writeln!(std::io::stderr(), "dkvs: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -437,7 +442,7 @@ fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
         config.api = api.trim_start_matches("http://").trim_end_matches('/').to_owned();
     }
     if args.print_config {
-        write!(std::io::stdout(), "{}", config.to_toml()?)?;
+        write!(std::io::stdout(), "{}", config.to_toml()?).map_err(stdout_error)?;
         return Ok(());
     }
     tracing_subscriber::fmt()

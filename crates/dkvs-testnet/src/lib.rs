@@ -112,10 +112,12 @@ impl TestNet {
         Ok(net)
     }
 
-    /// Starts `n` nodes for a simulation of many (hundreds to thousands, e.g. on the memory
+    /// Starts `n` nodes for a simulation of many (hundreds or more, e.g. on the memory
     /// transport): node 0 first, then the others join in concurrent waves of up to 32, each
-    /// through a node that joined before it (not all through node 0), so that joining takes
-    /// time in the logarithm of `n` waves rather than `n` walks one after another.
+    /// through a node spread over those that joined before it (not all through node 0): about
+    /// n/32 waves instead of n joins one after another. Each join is bounded like
+    /// [`TestNet::start`]'s (a connect within [`STEP`], then at most a third of it for the
+    /// walk); the whole start is not.
     pub async fn start_many(n: usize, config: Config) -> anyhow::Result<TestNet> {
         let spawn: Spawn = Arc::new(|identity, store, config, _| {
             Ok(Node::spawn(identity.clone(), store, config)?)
@@ -148,7 +150,10 @@ impl TestNet {
                 });
                 net.launch(i).await?;
             }
-            let joins = new.iter().map(|&i| net.join_through(i, i % joined));
+            // Spread the newcomers over every node joined so far (Fibonacci hashing).
+            let via =
+                |i: usize| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % joined;
+            let joins = new.iter().map(|&i| net.join_through(i, via(i)));
             for result in futures::future::join_all(joins).await {
                 result?;
             }
