@@ -78,7 +78,7 @@ struct Cli {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Exit non-zero unless every dkvs put reached its quorum and every dkvs get returned the
+    /// Exit non-zero unless every dkvs put was stored on a majority and every dkvs get returned the
     /// newest value (correctness only; no figure of speed is checked).
     #[arg(long)]
     check: bool,
@@ -283,7 +283,9 @@ fn check(reports: &[Report]) -> anyhow::Result<()> {
             get.ok + get.stale + get.failed
         );
     }
-    println!("check: every dkvs put reached its quorum and every get returned the newest value");
+    println!(
+        "check: every dkvs put was stored on a majority and every get returned the newest value"
+    );
     Ok(())
 }
 
