@@ -117,6 +117,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
     let rss_after = rss_bytes();
+    let mut peers = 0usize;
+    for i in net.alive() {
+        peers += net.node(i).connected_peers().await.len();
+    }
 
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
@@ -153,6 +157,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bytes_per_get: per(get_bytes, plan.gets.len()),
         bytes_per_put: per(put_bytes, plan.puts.len()),
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
+        peers_per_node: Some(peers as f64 / opts.nodes.max(1) as f64),
         floor_get_p50_ms: floor,
         churn,
     })

@@ -344,6 +344,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("bytes sent per get (all nodes, background included)", &|r| r.bytes_per_get, 0);
     row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
     row("RSS growth per node KiB", &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
+    row("connected peers per node", &|r| r.peers_per_node, 1);
     row("setup s", &|r| Some(r.setup_s), 1);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);
     row("get p50 / floor", &|r| r.floor_get_p50_ms.map(|f| r.get.p50_ms / f.max(1e-9)), 1);

@@ -245,6 +245,8 @@ pub struct Report {
     /// Growth of the process's resident memory from before the nodes started until after the
     /// writes, divided by the number of nodes (each system runs in a process of its own).
     pub rss_per_node_bytes: u64,
+    /// dkvs only: peers each node was connected to after the writes, averaged.
+    pub peers_per_node: Option<f64>,
     /// dkvs only: a get in a network of two nodes, measured in the same run (the floor).
     pub floor_get_p50_ms: Option<f64>,
     pub churn: Vec<ChurnPoint>,
