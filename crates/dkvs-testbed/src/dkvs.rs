@@ -10,8 +10,8 @@ use dkvs_record::{Draft, Key};
 use dkvs_testnet::TestNet;
 use indicatif::ProgressBar;
 
-use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, put_majority, rss_bytes};
-use crate::{Churn, Opts};
+use crate::Opts;
+use crate::workload::{self, Network, Plan, Read, Report, Samples, put_majority, rss_bytes};
 
 /// A record lives an hour: far longer than any run.
 const TTL_MS: u64 = 3_600_000;
@@ -136,7 +136,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {
-        Some(churn) => run_churn(&mut net, plan, &accounts, churn, bar).await?,
+        Some(churn) => {
+            let mut churned = Churned { net: &mut net, accounts: &accounts };
+            workload::churn(&mut churned, "dkvs", plan, churn, bar).await?
+        }
         None => Vec::new(),
     };
     net.shutdown().await;
@@ -163,59 +166,28 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     })
 }
 
-/// Kills a fraction of the live nodes at once and adds as many new ones, every `churn.every`,
-/// and after each round reads every record through a random live node.
-async fn run_churn(
-    net: &mut TestNet,
-    plan: &Plan,
-    accounts: &Accounts,
-    churn: &Churn,
-    bar: &ProgressBar,
-) -> anyhow::Result<Vec<ChurnPoint>> {
-    let mut rng = Rng::new(churn.seed);
-    let mut points = Vec::new();
-    let (mut killed, mut added) = (0, 0);
-    let start = Instant::now();
-    bar.set_length((churn.rounds * plan.items.len()) as u64);
-    bar.set_position(0);
-    for round in 0..churn.rounds {
-        let alive = net.alive();
-        let k = ((alive.len() as f64 * churn.fraction).round() as usize).min(alive.len() - 1);
-        let round_start = Instant::now();
-        bar.set_message(format!("dkvs: churn round {}: killing {k}, adding {k}", round + 1));
-        for i in rng.choose(&alive, k) {
-            net.kill(i).await;
-        }
-        killed += k;
-        for _ in 0..k {
-            net.add().await.context("adding a node during churn")?;
-        }
-        added += k;
-        tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
-        let read_after_kill = round_start.elapsed();
-        let alive = net.alive();
-        let mut newest = 0;
-        let mut reads = Samples::default();
-        for item in 0..plan.items.len() {
-            let node = alive[rng.below(alive.len())];
-            let at = Instant::now();
-            let read = read(net, plan, accounts, item, node).await.0;
-            reads.read(at.elapsed(), read);
-            if read == Read::Newest {
-                newest += 1;
-            }
-            bar.inc(1);
-        }
-        points.push(ChurnPoint {
-            t_s: (round_start - start + read_after_kill).as_secs_f64(),
-            read_after_kill_s: read_after_kill.as_secs_f64(),
-            killed,
-            added,
-            readable_newest: newest as f64 / plan.items.len().max(1) as f64,
-            read_p50_ms: reads.summary().p50_ms,
-        });
+/// The in-process dkvs network, as churn sees it.
+struct Churned<'a> {
+    net: &'a mut TestNet,
+    accounts: &'a Accounts,
+}
+
+impl Network for Churned<'_> {
+    fn alive(&self) -> Vec<usize> {
+        self.net.alive()
     }
-    Ok(points)
+
+    async fn kill(&mut self, i: usize) {
+        self.net.kill(i).await;
+    }
+
+    async fn add(&mut self) -> anyhow::Result<()> {
+        self.net.add().await.context("adding a node during churn").map(|_| ())
+    }
+
+    async fn read(&self, plan: &Plan, item: usize, node: usize) -> Read {
+        read(self.net, plan, self.accounts, item, node).await.0
+    }
 }
 
 /// A get's p50 in a network of two nodes: one request round trip and a lookup that finds the

@@ -14,8 +14,8 @@ use indicatif::ProgressBar;
 use mainline::async_dht::AsyncDht;
 use mainline::{Dht, MutableItem, SigningKey, Testnet};
 
-use crate::workload::{ChurnPoint, Plan, Read, Report, Rng, Samples, put_majority, rss_bytes};
-use crate::{Churn, Opts};
+use crate::Opts;
+use crate::workload::{self, Network, Plan, Read, Report, Samples, put_majority, rss_bytes};
 
 /// How long one operation may take (as dkvs_testnet's step).
 const STEP: Duration = Duration::from_secs(30);
@@ -146,7 +146,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
 
     let churn = match &opts.churn {
-        Some(churn) => run_churn(&mut nodes, plan, &keys, churn, bar).await?,
+        Some(churn) => {
+            let mut churned = Churned { nodes: &mut nodes, keys: &keys };
+            workload::churn(&mut churned, "mainline", plan, churn, bar).await?
+        }
         None => Vec::new(),
     };
     // Dropping every handle of a node ends its thread.
@@ -172,65 +175,38 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     })
 }
 
-/// As dkvs's churn: the same fraction killed and added every `churn.every`, every record read
-/// through a random live node after each round. Mainline has no republishing of its own (a
-/// BEP 44 item lives on the nodes it was put on until they go), so what it keeps is what
-/// survives on the nodes that stay.
-async fn run_churn(
-    nodes: &mut Vec<Option<AsyncDht>>,
-    plan: &Plan,
-    keys: &[SigningKey],
-    churn: &Churn,
-    bar: &ProgressBar,
-) -> anyhow::Result<Vec<ChurnPoint>> {
-    let mut rng = Rng::new(churn.seed);
-    let mut points = Vec::new();
-    let (mut killed, mut added) = (0, 0);
-    let start = Instant::now();
-    bar.set_length((churn.rounds * plan.items.len()) as u64);
-    bar.set_position(0);
-    for round in 0..churn.rounds {
-        let alive: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].is_some()).collect();
-        let k = ((alive.len() as f64 * churn.fraction).round() as usize).min(alive.len() - 1);
-        let round_start = Instant::now();
-        bar.set_message(format!("mainline: churn round {}: killing {k}, adding {k}", round + 1));
-        for i in rng.choose(&alive, k) {
-            nodes[i] = None;
-        }
-        killed += k;
+/// The mainline network, as churn sees it. Mainline has no republishing of its own (a BEP 44
+/// item lives on the nodes it was put on until they go), so what it keeps is what survives
+/// on the nodes that stay.
+struct Churned<'a> {
+    nodes: &'a mut Vec<Option<AsyncDht>>,
+    keys: &'a [SigningKey],
+}
+
+impl Network for Churned<'_> {
+    fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()).collect()
+    }
+
+    async fn kill(&mut self, i: usize) {
+        // Dropping every handle of a node ends its thread.
+        self.nodes[i] = None;
+    }
+
+    async fn add(&mut self) -> anyhow::Result<()> {
         // Newcomers join through one live node, as dkvs's do.
         let mut through = Vec::new();
-        if let Some(node) = nodes.iter().flatten().next() {
+        if let Some(node) = self.nodes.iter().flatten().next() {
             through.push(node.info().await.local_addr().to_string());
         }
-        for _ in 0..k {
-            nodes.push(Some(add_node(through.clone()).await?));
-        }
-        added += k;
-        tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
-        let read_after_kill = round_start.elapsed();
-        let alive: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].is_some()).collect();
-        let mut newest = 0;
-        let mut reads = Samples::default();
-        for item in 0..plan.items.len() {
-            let node = alive[rng.below(alive.len())];
-            let dht = nodes[node].as_ref().context("picked a live node")?;
-            let at = Instant::now();
-            let read = read(dht, plan, keys, item).await.read;
-            reads.read(at.elapsed(), read);
-            if read == Read::Newest {
-                newest += 1;
-            }
-            bar.inc(1);
-        }
-        points.push(ChurnPoint {
-            t_s: (round_start - start + read_after_kill).as_secs_f64(),
-            read_after_kill_s: read_after_kill.as_secs_f64(),
-            killed,
-            added,
-            readable_newest: newest as f64 / plan.items.len().max(1) as f64,
-            read_p50_ms: reads.summary().p50_ms,
-        });
+        self.nodes.push(Some(add_node(through).await?));
+        Ok(())
     }
-    Ok(points)
+
+    async fn read(&self, plan: &Plan, item: usize, node: usize) -> Read {
+        match &self.nodes[node] {
+            Some(dht) => read(dht, plan, self.keys, item).await.read,
+            None => Read::Missing,
+        }
+    }
 }

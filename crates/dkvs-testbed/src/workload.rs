@@ -252,6 +252,70 @@ pub struct Report {
     pub churn: Vec<ChurnPoint>,
 }
 
+/// A network that churn acts on: dkvs's or mainline's, each node known by its index.
+pub(crate) trait Network {
+    /// Indices of the live nodes.
+    fn alive(&self) -> Vec<usize>;
+    /// Kills node `i` (a crash: dropped).
+    async fn kill(&mut self, i: usize);
+    /// Starts a fresh node that joins through the first live one.
+    async fn add(&mut self) -> anyhow::Result<()>;
+    /// Reads `item` through node `node`.
+    async fn read(&self, plan: &Plan, item: usize, node: usize) -> Read;
+}
+
+/// Churn rounds: a fraction of the live nodes killed at once and as many fresh ones added;
+/// once they joined and at least `every` passed since the kill, every record is read through
+/// a random live node.
+pub(crate) async fn churn(
+    net: &mut impl Network,
+    system: &str,
+    plan: &Plan,
+    churn: &crate::Churn,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Vec<ChurnPoint>> {
+    let mut rng = Rng::new(churn.seed);
+    let mut points = Vec::new();
+    let (mut killed, mut added) = (0, 0);
+    let start = std::time::Instant::now();
+    bar.set_length((churn.rounds * plan.items.len()) as u64);
+    bar.set_position(0);
+    for round in 0..churn.rounds {
+        let alive = net.alive();
+        let k = ((alive.len() as f64 * churn.fraction).round() as usize).min(alive.len() - 1);
+        let round_start = std::time::Instant::now();
+        bar.set_message(format!("{system}: churn round {}: killing {k}, adding {k}", round + 1));
+        for i in rng.choose(&alive, k) {
+            net.kill(i).await;
+        }
+        killed += k;
+        for _ in 0..k {
+            net.add().await?;
+        }
+        added += k;
+        tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
+        let read_after_kill = round_start.elapsed();
+        let alive = net.alive();
+        let mut reads = Samples::default();
+        for item in 0..plan.items.len() {
+            let node = alive[rng.below(alive.len())];
+            let at = std::time::Instant::now();
+            let read = net.read(plan, item, node).await;
+            reads.read(at.elapsed(), read);
+            bar.inc(1);
+        }
+        points.push(ChurnPoint {
+            t_s: (round_start - start + read_after_kill).as_secs_f64(),
+            read_after_kill_s: read_after_kill.as_secs_f64(),
+            killed,
+            added,
+            readable_newest: reads.ok as f64 / plan.items.len().max(1) as f64,
+            read_p50_ms: reads.summary().p50_ms,
+        });
+    }
+    Ok(points)
+}
+
 /// This process's resident set size in bytes (Linux).
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -131,24 +131,15 @@ impl TestNet {
             let wave = WAVE.min(joined * 4).min(n - joined).max(1);
             if joined == 0 {
                 // Node 0 starts alone: the network everyone else joins.
-                net.members.push(Member {
-                    identity: identity::Keypair::generate_ed25519(),
-                    dir: net._dir.path().join("node0"),
-                    node: None,
-                    addr: None,
-                });
-                net.launch(0).await?;
+                let first = net.new_member();
+                net.launch(first).await?;
                 continue;
             }
-            let new: Vec<usize> = (joined..joined + wave).collect();
-            for &i in &new {
-                net.members.push(Member {
-                    identity: identity::Keypair::generate_ed25519(),
-                    dir: net._dir.path().join(format!("node{i}")),
-                    node: None,
-                    addr: None,
-                });
+            let mut new = Vec::with_capacity(wave);
+            for _ in 0..wave {
+                let i = net.new_member();
                 net.launch(i).await?;
+                new.push(i);
             }
             // Spread the newcomers over every node joined so far (Fibonacci hashing).
             let via =
@@ -159,6 +150,18 @@ impl TestNet {
             }
         }
         Ok(net)
+    }
+
+    /// A new member with a fresh identity and a directory of its own, not yet launched.
+    fn new_member(&mut self) -> usize {
+        let i = self.members.len();
+        self.members.push(Member {
+            identity: identity::Keypair::generate_ed25519(),
+            dir: self._dir.path().join(format!("node{i}")),
+            node: None,
+            addr: None,
+        });
+        i
     }
 
     async fn launch(&mut self, i: usize) -> anyhow::Result<()> {
@@ -278,13 +281,7 @@ impl TestNet {
     /// Starts one more node, with a fresh identity and store, and joins it to the network
     /// through the first live node (a newcomer during churn). Returns its index.
     pub async fn add(&mut self) -> anyhow::Result<usize> {
-        let i = self.members.len();
-        self.members.push(Member {
-            identity: identity::Keypair::generate_ed25519(),
-            dir: self._dir.path().join(format!("node{i}")),
-            node: None,
-            addr: None,
-        });
+        let i = self.new_member();
         self.launch(i).await?;
         self.join(i).await?;
         Ok(i)
