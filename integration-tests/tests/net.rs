@@ -1257,3 +1257,44 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_asks_the_closest_few_and_all_replicas_only_when_they_differ() -> anyhow::Result<()>
+{
+    // Sixteen nodes, k = 20 (the default): every node is a replica, and a plain read asks
+    // only the 12 closest of the 15 others (13 with itself, when it is one of them).
+    let mut net = TestNet::start(16, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "few").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert_eq!(receipt.stored.len(), 16, "{receipt:?}");
+    for reader in 1..net.len() {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "node {reader}");
+        assert!((12..=13).contains(&got.asked), "agreement: asked only the closest: {got:?}");
+        assert_eq!(got.confirmations, got.asked, "{got:?}");
+    }
+
+    // Nothing written: empty answers may be liars hiding a record, so every replica is asked.
+    let missing = Key::scoped(&alice.account_id(), "never-written").expect("key");
+    let got = net.get(3, &missing).await??;
+    assert_eq!(got.record, None);
+    assert_eq!(got.asked, 16, "an empty answer widens the read: {got:?}");
+
+    // Four replicas miss the second version (down while it was written, back with the first):
+    // at least one of them is among any reader's 12 closest, and the read still returns the
+    // newest (whether it widened, or the restarted nodes had caught up first).
+    for i in 12..16 {
+        net.kill(i).await;
+    }
+    net.put(0, record(&alice, &key, "v2", 2)).await??;
+    for i in 12..16 {
+        net.restart(i).await?;
+    }
+    for reader in 1..12 {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v2".into()), "node {reader}: {got:?}");
+    }
+    net.shutdown().await;
+    Ok(())
+}

@@ -1114,7 +1114,12 @@ impl<E: Extension> Driver<E> {
         due.sort_unstable();
         due.dedup();
         for id in due {
-            self.finish_op(id, now);
+            if matches!(self.ops.get(&id), Some(Op::Get(_))) {
+                // A get that is due may be a narrow read to widen, not to answer.
+                self.check_get(id);
+            } else {
+                self.finish_op(id, now);
+            }
         }
         for id in later {
             // Not due after all (its time moved): looked at again at its time, at the

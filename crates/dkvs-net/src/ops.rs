@@ -16,6 +16,10 @@ use crate::node::{Driver, GetPurpose, OpId, closest, kad_key};
 use crate::watch::{Watch, topic_of};
 use crate::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
 
+/// How many peers a narrow read's set may differ by between a writer's lookup and a reader's
+/// ([`Driver::narrow_read`]).
+const NARROW_SLACK: usize = 2;
+
 pub(crate) enum Op {
     Put(PutOp),
     Get(GetOp),
@@ -63,8 +67,17 @@ pub(crate) struct GetOp {
     quorum_at: Option<Instant>,
     /// The lookup ran while this node had no dkvs peer.
     alone: bool,
-    /// Requests sent: the lookup's and the replicas'.
+    /// Requests sent: the lookups' and the replicas'.
     requests: u32,
+    /// The first, narrow phase of a read ([`Driver::narrow_read`]): only the closest few
+    /// replicas are asked, and the get answers only if every one of them returned the same
+    /// record. Anything else (a failure, an empty or a different answer, a replica slower than
+    /// the linger) widens it to the whole replica set under the usual rules.
+    narrow: bool,
+    /// Every remote replica asked, in either phase: none is asked twice.
+    asked_peers: HashSet<PeerId>,
+    /// A replica failed to answer (in the narrow phase this widens the read).
+    failures: usize,
 }
 
 impl PutOp {
@@ -214,8 +227,22 @@ impl GetOp {
 
     /// A replica will not answer (unreachable, timed out, rate-limited, wrong message).
     fn failed(&mut self, peer: PeerId, now: Instant) {
-        self.pending.remove(&peer);
+        if self.pending.remove(&peer) {
+            self.failures += 1;
+        }
         self.note_quorum(now);
+    }
+
+    /// Whether a narrow read must widen: a replica failed, the answers differ (an empty
+    /// answer included), or a quorum is in and the rest are slower than the linger.
+    fn must_widen(&self, now: Instant, linger: Duration) -> bool {
+        let first = self.answers.first().map(|(_, r)| r);
+        self.narrow
+            && !self.looking_up
+            && (self.failures > 0
+                || self.answers.iter().any(|(_, r)| r.is_none() || Some(r) != first)
+                || (!self.pending.is_empty()
+                    && self.quorum_at.is_some_and(|at| now >= at + linger)))
     }
 
     /// Whether any answer holds a record (cheap: no ordering of the answers).
@@ -242,7 +269,13 @@ impl GetOp {
     /// While no answer holds a record, the wait is the longer `not_found_linger`: liars answer
     /// empty at once, and honest replicas across the internet may be hundreds of milliseconds
     /// behind them. It costs only a "not set" whose replicas are not all quick.
+    ///
+    /// A narrow read settles only when every replica it asked answered with the same record
+    /// (see [`GetOp::must_widen`] for everything else).
     fn settled(&self, now: Instant, linger: Duration, not_found_linger: Duration) -> bool {
+        if self.narrow {
+            return !self.looking_up && self.pending.is_empty() && !self.must_widen(now, linger);
+        }
         let wait = if self.has_record() { linger } else { linger.max(not_found_linger) };
         !self.looking_up
             && (self.pending.is_empty() || self.quorum_at.is_some_and(|at| now >= at + wait))
@@ -305,7 +338,9 @@ impl Op {
         match self {
             Op::Put(op) => now >= op.deadline || op.settled(now, config.linger),
             Op::Get(op) => {
-                now >= op.deadline || op.settled(now, config.linger, config.not_found_linger)
+                now >= op.deadline
+                    || op.must_widen(now, config.linger)
+                    || op.settled(now, config.linger, config.not_found_linger)
             }
             Op::Push { deadline, .. } | Op::Reconcile { deadline } | Op::Sent { deadline, .. } => {
                 now >= *deadline
@@ -458,6 +493,11 @@ impl<E: crate::Extension> Driver<E> {
         let local_claim = self.store.highest_seq(key.as_str()).unwrap_or(0);
         let deadline = Instant::now() + self.config.operation_timeout;
         let lookup = kad_key(&key);
+        // A plain read starts narrow; a compare-and-swap and a republish want every replica's
+        // claim of the highest sequence, so they ask the whole set at once.
+        let narrow = self
+            .narrow_read()
+            .filter(|_| matches!(purpose, GetPurpose::Reply(_) | GetPurpose::Warm));
         let op = self.new_op(Op::Get(GetOp {
             key,
             purpose: Some(purpose),
@@ -471,9 +511,60 @@ impl<E: crate::Extension> Driver<E> {
             quorum_at: None,
             alone: false,
             requests: 0,
+            narrow: narrow.is_some(),
+            asked_peers: HashSet::new(),
+            failures: 0,
         }));
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let query = match narrow.and_then(std::num::NonZeroUsize::new) {
+            Some(n) => kad.get_n_closest_peers(lookup, n),
+            None => kad.get_closest_peers(lookup),
+        };
         self.lookups.insert(query, op);
+    }
+
+    /// How many replicas a plain read asks first, or `None` to ask them all at once.
+    ///
+    /// A put succeeds once a write quorum W of the k closest stored it. A read that finds the
+    /// same k closest and hears one record from each of its k - W + 1 closest has heard from
+    /// at least one replica of every successful write, so that record is the newest (records
+    /// are signed: a replica can hide a newer record, never forge one). Two more replicas
+    /// allow for a writer's and a reader's lookups finding sets that differ by two peers, as
+    /// they do in a network that is changing. With k = 20 and majorities: 12 of 20, and a
+    /// lookup that stops at the 12 closest, which costs about half the requests of a read of
+    /// all 20 (docs/benchmarks.md). Only with the default majority quorums, and only when
+    /// that is fewer than k.
+    ///
+    /// Liars gain nothing from it: to make the narrow read answer wrongly, every one of its
+    /// 12 must lie alike, and a peer set holding 12 of the 20 closest already blocks every
+    /// write (11 honest replicas are needed). Any disagreement widens the read.
+    pub(crate) fn narrow_read(&self) -> Option<usize> {
+        let k = self.config.replication;
+        let majorities = self.config.read_quorum == crate::Quorum::Majority
+            && self.config.write_quorum == crate::Quorum::Majority;
+        let n = k - crate::Quorum::Majority.of(k) + 1 + NARROW_SLACK;
+        (majorities && n < k).then_some(n)
+    }
+
+    /// Widens a narrow read: a lookup of the whole replica set, whose members not asked yet
+    /// are asked; the answers so far still count.
+    fn widen(&mut self, id: OpId) {
+        let me = *self.swarm.local_peer_id();
+        let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
+        get.narrow = false;
+        get.looking_up = true;
+        get.quorum_at = None;
+        // This node's own answer, if the narrow phase left it out: the wide one decides again
+        // whether it counts.
+        if !get.answers.iter().any(|(p, _)| *p == me) {
+            let key = get.key.as_str();
+            get.answers.push((me, self.store.get(key).map(|r| (*r).clone())));
+            get.claims.push((me, self.store.highest_seq(key).unwrap_or(0)));
+        }
+        let lookup = kad_key(&get.key);
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
+        self.lookups.insert(query, id);
+        self.schedule(id);
     }
 
     pub(crate) fn start_watch(&mut self, key: Key) -> Watch {
@@ -571,6 +662,7 @@ impl<E: crate::Extension> Driver<E> {
         let me_counts = alone || (server && (!peers.is_empty() || only_clients));
         let candidates: Vec<PeerId> =
             peers.iter().copied().chain(me_counts.then_some(me)).collect();
+        let narrow_read = self.narrow_read();
         let Some(op) = self.ops.get_mut(&id) else { return };
         match op {
             Op::Put(put) => {
@@ -585,18 +677,34 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_put(id);
             }
             Op::Get(get) => {
-                let mut replicas = closest(&get.key, peers, k);
+                // A narrow lookup that found fewer peers than it looked for found the whole
+                // network: every peer is then asked, under the usual rules.
+                let narrow = narrow_read.filter(|n| get.narrow && peers.len() >= *n);
+                let mut replicas = closest(&get.key, peers, narrow.unwrap_or(k));
                 replicas.retain(|p| *p != me);
+                // A narrow read counts this node's own answer only if it is one of the few
+                // closest: elsewhere its store need not hold the key.
+                let me_counts = me_counts
+                    && narrow.is_none_or(|n| {
+                        closest(&get.key, replicas.iter().copied().chain([me]), n).contains(&me)
+                    });
                 get.looking_up = false;
+                get.narrow = narrow.is_some();
                 get.alone = alone;
                 if !me_counts {
                     get.answers.retain(|(p, _)| *p != me);
                     get.claims.retain(|(p, _)| *p != me);
                 }
-                get.asked = replicas.len() + usize::from(me_counts);
-                get.quorum = self.config.read_quorum.of(get.asked);
-                get.pending = replicas.iter().copied().collect();
-                get.requests = lookup_requests.saturating_add(replicas.len() as u32);
+                replicas.retain(|p| get.asked_peers.insert(*p));
+                get.asked = get.asked_peers.len() + usize::from(me_counts);
+                // A narrow read's quorum (which only bounds the claims it believes and starts
+                // its wait for slow replicas) is the one of the whole replica set.
+                get.quorum = self.config.read_quorum.of(if get.narrow { k } else { get.asked });
+                get.pending.extend(replicas.iter().copied());
+                get.requests = get
+                    .requests
+                    .saturating_add(lookup_requests)
+                    .saturating_add(replicas.len() as u32);
                 let request = pb::Request {
                     kind: Some(pb::request::Kind::Get(pb::GetRequest {
                         key: get.key.as_str().as_bytes().to_vec(),
@@ -829,12 +937,15 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
-    fn check_get(&mut self, id: OpId) {
+    pub(crate) fn check_get(&mut self, id: OpId) {
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         let now = Instant::now();
         get.note_quorum(now);
-        if get.settled(now, self.config.linger, self.config.not_found_linger) {
+        if now >= get.deadline || get.settled(now, self.config.linger, self.config.not_found_linger)
+        {
             self.finish_op(id, now);
+        } else if get.must_widen(now, self.config.linger) {
+            self.widen(id);
         } else {
             self.schedule(id);
         }
@@ -1067,6 +1178,67 @@ mod tests {
             quorum_at: None,
             alone: false,
             requests: 0,
+            narrow: false,
+            asked_peers: replicas.iter().copied().collect(),
+            failures: 0,
+        }
+    }
+
+    /// The first phase of a plain read in a large network: the 12 closest of k = 20 asked.
+    fn narrowly(key: &Key, replicas: &[PeerId]) -> GetOp {
+        GetOp { narrow: true, quorum: crate::Quorum::Majority.of(20), ..asking(key, replicas) }
+    }
+
+    #[test]
+    fn a_narrow_read_answers_only_when_every_replica_it_asked_agrees() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 2, None);
+        let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let mut get = narrowly(&key, &replicas);
+        let t0 = Instant::now();
+        for peer in &replicas[..11] {
+            get.answered(*peer, Some(record.clone()), 2, t0);
+        }
+        assert!(!get.settled(t0, LINGER, NOT_FOUND), "one replica has not answered");
+        assert!(!get.must_widen(t0, LINGER), "it still may, within the linger");
+        assert!(get.must_widen(t0 + LINGER, LINGER), "slower than the linger: widen");
+        get.answered(replicas[11], Some(record.clone()), 2, t0);
+        assert!(get.settled(t0, LINGER, NOT_FOUND), "all twelve agree");
+        assert!(!get.must_widen(t0 + LINGER, LINGER));
+        let outcome = get.outcome().expect("answered");
+        assert_eq!(outcome.record.as_ref(), Some(&record));
+        assert_eq!((outcome.confirmations, outcome.answered, outcome.asked), (12, 12, 12));
+        assert_eq!(outcome.highest_seq, 2);
+    }
+
+    #[test]
+    fn a_narrow_read_widens_on_an_empty_an_older_or_a_missing_answer() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let (old, new) = (signed(&alice, &key, 1, None), signed(&alice, &key, 2, None));
+        let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let t0 = Instant::now();
+        let answers: [(&str, Option<Option<&Record>>); 4] = [
+            ("an empty answer", Some(None)),
+            ("an older record", Some(Some(&old))),
+            ("a failure", None),
+            ("a newer record after the first", Some(Some(&new))),
+        ];
+        for (what, odd) in answers {
+            let mut get = narrowly(&key, &replicas);
+            let first = if what.contains("newer") { &old } else { &new };
+            get.answered(replicas[0], Some(first.clone()), first.seq(), t0);
+            assert!(!get.must_widen(t0, LINGER), "{what}: one answer so far");
+            match odd {
+                Some(record) => get.answered(replicas[1], record.cloned(), 2, t0),
+                None => get.failed(replicas[1], t0),
+            }
+            assert!(get.must_widen(t0, LINGER), "{what} widens at once");
+            for peer in &replicas[2..] {
+                get.answered(*peer, Some(new.clone()), 2, t0);
+            }
+            assert!(!get.settled(t0, LINGER, NOT_FOUND), "{what}: never answered narrowly");
         }
     }
 
