@@ -1298,3 +1298,34 @@ async fn a_read_asks_the_closest_few_and_all_replicas_only_when_they_differ() ->
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_at_most_max_connections_and_still_serve() -> anyhow::Result<()> {
+    // Fourteen nodes that may each keep 6 peers connected (the setting under test): the joins
+    // all go through node 0, and every lookup dials whom it needs; the least recently used
+    // connections are closed, and every put and get still works through any node.
+    let max = 6;
+    let mut config = Config::default().with_replication(5);
+    config.max_connections = max;
+    let net = TestNet::start(14, config).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    for writer in 0..net.len() {
+        let key = Key::scoped(&alice.account_id(), &format!("k{writer}")).expect("key");
+        let receipt = net.put(writer, record(&alice, &key, &format!("v{writer}"), 1)).await??;
+        assert!(receipt.has_quorum(), "{receipt:?}");
+        let reader = (writer + 7) % net.len();
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some(format!("v{writer}")), "node {reader} reads {key}");
+    }
+    // Connections being closed, or kept for a request in flight, go within a sweep (5 s).
+    for i in 0..net.len() {
+        let within = eventually(Duration::from_secs(15), async || {
+            net.node(i).connected_peers().await.len() <= max
+        })
+        .await;
+        let connected = net.node(i).connected_peers().await.len();
+        assert!(within, "node {i} keeps {connected} connections, more than {max}");
+    }
+    net.shutdown().await;
+    Ok(())
+}

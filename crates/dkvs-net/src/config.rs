@@ -78,6 +78,14 @@ pub struct Config {
     pub relay_server: bool,
     /// Close connections idle for this long. Default: 60 s.
     pub idle_connection_timeout: Duration,
+    /// The most peers this node stays connected to. Over it, the node closes its connections
+    /// to the peers it used least recently (a request sent or admitted, gossip, a new
+    /// connection) until three quarters of it are left, sparing the relays it is reachable
+    /// through. Each connection costs memory on both sides (tens of KiB: encryption and
+    /// multiplexing buffers), and peer ids cost nothing: without a bound, a node in a large
+    /// network (or one that a flooder dials with many ids) keeps every connection it ever
+    /// made for the idle timeout. A closed peer is dialed again when needed. Default: 128.
+    pub max_connections: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,
     /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
@@ -123,6 +131,7 @@ impl Default for Config {
             mdns: false,
             relay_server: false,
             idle_connection_timeout: Duration::from_secs(60),
+            max_connections: 128,
             kad_mode: KadMode::Auto,
             lan_server: true,
             autonat_only_global_ips: true,

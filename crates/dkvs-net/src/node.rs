@@ -606,6 +606,10 @@ pub(crate) struct Driver<E: Extension> {
     non_dkvs: HashSet<PeerId>,
     /// Times the task woke up for its timers (not for events) since it started.
     wakeups: u64,
+    /// When each connected peer was last used ([`Driver::trim_connections`]).
+    used: HashMap<PeerId, Instant>,
+    /// Peers holding a reservation on this node's relay: their connection is their address.
+    reserved: HashSet<PeerId>,
     /// Answers that promise a record is held, until the store's log is durable.
     pub(crate) durable: crate::durable::Durable,
 }
@@ -649,6 +653,8 @@ impl<E: Extension> Driver<E> {
             had_peers: false,
             non_dkvs: HashSet::new(),
             wakeups: 0,
+            used: HashMap::new(),
+            reserved: HashSet::new(),
         }
     }
 
@@ -921,6 +927,8 @@ impl<E: Extension> Driver<E> {
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
+                self.used.insert(peer_id, Instant::now());
+                self.trim_connections();
                 self.update_kad_mode();
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
@@ -928,6 +936,7 @@ impl<E: Extension> Driver<E> {
                     open.remove(&connection_id);
                     if open.is_empty() {
                         self.connections.remove(&peer_id);
+                        self.used.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.replication.disconnected(&peer_id);
                     }
@@ -986,6 +995,16 @@ impl<E: Extension> Driver<E> {
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Records(event) => self.on_records_event(event),
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
+            BehaviourEvent::RelayServer(event) => match event {
+                libp2p::relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                    self.reserved.insert(src_peer_id);
+                }
+                libp2p::relay::Event::ReservationClosed { src_peer_id }
+                | libp2p::relay::Event::ReservationTimedOut { src_peer_id } => {
+                    self.reserved.remove(&src_peer_id);
+                }
+                _ => {}
+            },
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.non_dkvs.remove(&peer_id);
@@ -1141,6 +1160,7 @@ impl<E: Extension> Driver<E> {
             self.defence.forget_idle(now);
             self.replication.forget_idle(now);
             self.drop_closed_watches();
+            self.trim_connections();
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
             self.last_republish = now;
@@ -1164,6 +1184,47 @@ impl<E: Extension> Driver<E> {
     pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         let id = self.swarm.behaviour_mut().records.send_request(&peer, request);
         self.requests.insert(id, (op, peer));
+        self.used(peer);
+    }
+
+    /// Notes that `peer` was used now, if it is connected (a peer being dialed is noted when
+    /// its connection opens).
+    pub(crate) fn used(&mut self, peer: PeerId) {
+        if let Some(at) = self.used.get_mut(&peer) {
+            *at = Instant::now();
+        }
+    }
+
+    /// Keeps the connected peers within [`Config::max_connections`]: over it, disconnects the
+    /// least recently used down to three quarters of it. The relays this node listens through
+    /// are kept (closing one would make the node unreachable), and so are the peers that
+    /// reserved a slot on this node's relay (for the same reason, on their side), and the
+    /// peers this node awaits an answer from. Looked at when a connection opens and at each
+    /// sweep.
+    fn trim_connections(&mut self) {
+        let max = self.config.max_connections;
+        if self.connections.len() <= max {
+            return;
+        }
+        let mut spared: HashSet<PeerId> = self.swarm.listeners().filter_map(relay_of).collect();
+        spared.extend(self.reserved.iter().copied());
+        spared.extend(self.requests.values().map(|(_, peer)| *peer));
+        let mut by_use: Vec<(Option<Instant>, PeerId)> = self
+            .connections
+            .keys()
+            .filter(|p| !spared.contains(p))
+            .map(|p| (self.used.get(p).copied(), *p))
+            .collect();
+        by_use.sort_unstable();
+        let excess = self.connections.len() - max * 3 / 4;
+        tracing::debug!(
+            connected = self.connections.len(),
+            closing = excess,
+            "over max_connections"
+        );
+        for (_, peer) in by_use.into_iter().take(excess) {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     /// Takes note of a peer that sent something no honest node sends: disconnects and refuses it
@@ -1214,7 +1275,10 @@ impl<E: Extension> Driver<E> {
     pub(crate) fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> bool {
         let subnet = subnet_of(&self.connections, &peer);
         match self.defence.admit(peer, subnet, len, limit, Instant::now()) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.used(peer);
+                true
+            }
             Err(refused) => {
                 if self.defence.is_banned(&peer)
                     && !self.swarm.behaviour().blocked.blocked_peers().contains(&peer)
@@ -1266,6 +1330,19 @@ pub(crate) fn closest(
 /// speaks dkvs).
 fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool, bool)>) -> bool {
     connections.into_iter().any(|(addr, dialer, dkvs)| dialer && dkvs && !is_local(addr))
+}
+
+/// The relay of a circuit address (`.../p2p/<relay>/p2p-circuit...`).
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for protocol in addr.iter() {
+        match protocol {
+            libp2p::multiaddr::Protocol::P2p(peer) => relay = Some(peer),
+            libp2p::multiaddr::Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// True for an address through a relay (`/p2p-circuit`).

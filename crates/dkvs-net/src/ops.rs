@@ -614,6 +614,7 @@ impl<E: crate::Extension> Driver<E> {
         if !admitted {
             return report(self, gossipsub::MessageAcceptance::Ignore);
         }
+        self.used(propagation_source);
         if self.ext_topics.contains(&message.topic) {
             let topic = message.topic.to_string();
             let gossip =
