@@ -1259,31 +1259,41 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_asks_the_closest_few_and_all_replicas_only_when_they_differ() -> anyhow::Result<()>
-{
-    // Sixteen nodes, k = 20 (the default): every node is a replica, and a plain read asks
-    // only the 12 closest of the 15 others (13 with itself, when it is one of them).
+async fn a_read_asks_a_sample_and_all_replicas_only_when_they_differ() -> anyhow::Result<()> {
+    // Sixteen nodes, k = 20 (the default): every node is a replica, and a plain read asks a
+    // random 12 of the 15 others first (13 with itself, when it holds the key).
     let mut net = TestNet::start(16, Config::default()).await?;
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = Key::scoped(&alice.account_id(), "few").expect("key");
     let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
-    assert_eq!(receipt.stored.len(), 16, "{receipt:?}");
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let mut narrow = 0;
     for reader in 1..net.len() {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "node {reader}");
-        assert!((12..=13).contains(&got.asked), "agreement: asked only the closest: {got:?}");
-        assert_eq!(got.confirmations, got.asked, "{got:?}");
+        if got.asked <= 13 {
+            // A sample answers only when every replica in it agreed.
+            assert_eq!(got.confirmations, got.asked, "{got:?}");
+            assert!(got.asked >= 12, "{got:?}");
+            narrow += 1;
+        }
+        // A read of every replica (the sample widened: an answer more than the linger behind
+        // the first, on a loaded machine) answers under the usual rules.
     }
+    assert!(narrow > 0, "no read was answered by its sample alone");
+    // A writer's read asks every replica at once.
+    let every = net.node(5).get_every(&key).await?;
+    assert!(every.asked > 13, "{every:?}");
 
-    // Nothing written: empty answers may be liars hiding a record, so every replica is asked.
+    // Nothing written: an empty answer may be a liar hiding a record, so it widens the read.
     let missing = Key::scoped(&alice.account_id(), "never-written").expect("key");
     let got = net.get(3, &missing).await??;
     assert_eq!(got.record, None);
-    assert_eq!(got.asked, 16, "an empty answer widens the read: {got:?}");
+    assert!(got.asked > 13, "an empty answer widens the read: {got:?}");
 
     // Four replicas miss the second version (down while it was written, back with the first):
-    // at least one of them is among any reader's 12 closest, and the read still returns the
-    // newest (whether it widened, or the restarted nodes had caught up first).
+    // a sample of 12 of the 15 others may or may not hold one of them; either way the read
+    // returns the newest (whether it widened, or the restarted nodes had caught up first).
     for i in 12..16 {
         net.kill(i).await;
     }

@@ -496,7 +496,7 @@ pub async fn share(
     let sealed = header.owner_key(owner).seal_to(recipient.public_key());
     let key = share_key(&header.owner, &root, recipient);
     let share_error = |e: &dyn std::fmt::Display| IpfsError::Share(e.to_string());
-    let seq = node.get(&key).await.map_err(|e| share_error(&e))?.highest_seq + 1;
+    let seq = node.get_every(&key).await.map_err(|e| share_error(&e))?.highest_seq + 1;
     let record =
         Draft::new(key.clone(), sealed, seq, ttl_ms).sign(owner).map_err(|e| share_error(&e))?;
     node.put(record).await.map_err(|e| share_error(&e))?;

@@ -69,14 +69,17 @@ pub(crate) struct GetOp {
     alone: bool,
     /// Requests sent: the lookups' and the replicas'.
     requests: u32,
-    /// The first, narrow phase of a read ([`Driver::narrow_read`]): only the closest few
-    /// replicas are asked, and the get answers only if every one of them returned the same
-    /// record. Anything else (a failure, an empty or a different answer, a replica slower than
-    /// the linger) widens it to the whole replica set under the usual rules.
+    /// The first, narrow phase of a read ([`Driver::narrow_read`]): a random sample of the
+    /// replicas found is asked, and the get answers only if every one of them returned the
+    /// same record. Anything else (a failure, an empty or a different answer, an answer more
+    /// than the linger behind the first) widens it to every replica, under the usual rules.
     narrow: bool,
-    /// Every remote replica asked, in either phase: none is asked twice.
-    asked_peers: HashSet<PeerId>,
-    /// A replica failed to answer (in the narrow phase this widens the read).
+    /// The replicas found but not asked in the narrow phase: asked when it widens.
+    reserve: Vec<PeerId>,
+    /// This node's own answer, held back from a narrow read when this node is not among the
+    /// replicas (its store need not hold the key) and holds nothing; counted if it widens.
+    held_back: Option<(Option<Record>, u64)>,
+    /// Replicas that failed to answer (in the narrow phase one widens the read).
     failures: usize,
 }
 
@@ -221,6 +224,9 @@ impl GetOp {
         if self.pending.remove(&peer) {
             self.answers.push((peer, record));
             self.claims.push((peer, claim));
+            if self.narrow {
+                self.quorum_at.get_or_insert(now);
+            }
         }
         self.note_quorum(now);
     }
@@ -234,7 +240,8 @@ impl GetOp {
     }
 
     /// Whether a narrow read must widen: a replica failed, the answers differ (an empty
-    /// answer included), or a quorum is in and the rest are slower than the linger.
+    /// answer included), or some replicas are more than the linger behind the first answer.
+    /// Liars cost a read at most the linger: silence, an empty or an older answer all widen it.
     fn must_widen(&self, now: Instant, linger: Duration) -> bool {
         let first = self.answers.first().map(|(_, r)| r);
         self.narrow
@@ -250,8 +257,14 @@ impl GetOp {
         self.answers.iter().any(|(_, r)| r.is_some())
     }
 
+    /// Notes when the read quorum was reached (in the narrow phase, the first answer is noted
+    /// instead, as it comes: the others may be at most the linger behind it).
     fn note_quorum(&mut self, now: Instant) {
-        if !self.looking_up && self.answers.len() >= self.quorum && self.quorum_at.is_none() {
+        if !self.narrow
+            && !self.looking_up
+            && self.answers.len() >= self.quorum
+            && self.quorum_at.is_none()
+        {
             self.quorum_at = Some(now);
         }
     }
@@ -382,6 +395,14 @@ fn refusal(status: pb::PutStatus) -> Refusal {
     }
 }
 
+fn get_request(key: &Key) -> pb::Request {
+    pb::Request {
+        kind: Some(pb::request::Kind::Get(pb::GetRequest {
+            key: key.as_str().as_bytes().to_vec(),
+        })),
+    }
+}
+
 pub(crate) fn put_request(record: &Record) -> pb::Request {
     pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: record.encode() })) }
 }
@@ -493,11 +514,11 @@ impl<E: crate::Extension> Driver<E> {
         let local_claim = self.store.highest_seq(key.as_str()).unwrap_or(0);
         let deadline = Instant::now() + self.config.operation_timeout;
         let lookup = kad_key(&key);
-        // A plain read starts narrow; a compare-and-swap and a republish want every replica's
-        // claim of the highest sequence, so they ask the whole set at once.
-        let narrow = self
-            .narrow_read()
-            .filter(|_| matches!(purpose, GetPurpose::Reply(_) | GetPurpose::Warm));
+        // A plain read starts narrow; a writer choosing its next sequence, a compare-and-swap
+        // and a republish want every replica's claim of the highest sequence, so they ask the
+        // whole set at once.
+        let narrow = self.narrow_read().is_some()
+            && matches!(purpose, GetPurpose::Reply { every: false, .. } | GetPurpose::Warm);
         let op = self.new_op(Op::Get(GetOp {
             key,
             purpose: Some(purpose),
@@ -511,33 +532,33 @@ impl<E: crate::Extension> Driver<E> {
             quorum_at: None,
             alone: false,
             requests: 0,
-            narrow: narrow.is_some(),
-            asked_peers: HashSet::new(),
+            narrow,
+            reserve: Vec::new(),
+            held_back: None,
             failures: 0,
         }));
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let query = match narrow.and_then(std::num::NonZeroUsize::new) {
-            Some(n) => kad.get_n_closest_peers(lookup, n),
-            None => kad.get_closest_peers(lookup),
-        };
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
         self.lookups.insert(query, op);
     }
 
     /// How many replicas a plain read asks first, or `None` to ask them all at once.
     ///
-    /// A put succeeds once a write quorum W of the k closest stored it. A read that finds the
-    /// same k closest and hears one record from each of its k - W + 1 closest has heard from
-    /// at least one replica of every successful write, so that record is the newest (records
-    /// are signed: a replica can hide a newer record, never forge one). Two more replicas
-    /// allow for a writer's and a reader's lookups finding sets that differ by two peers, as
-    /// they do in a network that is changing. With k = 20 and majorities: 12 of 20, and a
-    /// lookup that stops at the 12 closest, which costs about half the requests of a read of
-    /// all 20 (docs/benchmarks.md). Only with the default majority quorums, and only when
-    /// that is fewer than k.
+    /// A put succeeds once a write quorum W of the k closest it found acknowledged it. A read
+    /// that found the same k closest and asks a sample of k - W + 1 of them meets at least one
+    /// acknowledging replica of every such write; two more allow for a writer's and a reader's
+    /// lookups that differ by two peers, as they do in a network that changes. With k = 20
+    /// and majorities that is 12 of the 20: the lookup is the same, and the read sends 12
+    /// requests instead of 20 when the 12 agree (docs/benchmarks.md has the figures).
     ///
-    /// Liars gain nothing from it: to make the narrow read answer wrongly, every one of its
-    /// 12 must lie alike, and a peer set holding 12 of the 20 closest already blocks every
-    /// write (11 honest replicas are needed). Any disagreement widens the read.
+    /// The sample is random, so ids ground near a key cannot make themselves the ones asked;
+    /// any disagreement, failure or straggler widens the read to all k under the usual rules,
+    /// where any valid newer record wins. What it gives up: a write that fewer than W of the
+    /// reader's k hold (a writer whose lookup saw a very different network, or a network whose
+    /// writers lowered their write quorum) can be missed where reading all k would find it;
+    /// liars that acknowledge puts they drop and replay an older record are outvoted only when
+    /// the sample meets an honest replica (all but certain while fewer than 12 of the 20 lie:
+    /// the chance that a sample of 12 holds only liars is 1 in 126 thousand with 12 liars, and
+    /// 1 in 277 with 15). Set `read_quorum` to anything but the majority to always ask all k.
     pub(crate) fn narrow_read(&self) -> Option<usize> {
         let k = self.config.replication;
         let majorities = self.config.read_quorum == crate::Quorum::Majority
@@ -546,25 +567,28 @@ impl<E: crate::Extension> Driver<E> {
         (majorities && n < k).then_some(n)
     }
 
-    /// Widens a narrow read: a lookup of the whole replica set, whose members not asked yet
-    /// are asked; the answers so far still count.
+    /// Widens a narrow read: the replicas not asked yet are asked, and this node's own answer
+    /// counts if it was held back; the answers so far still count.
     fn widen(&mut self, id: OpId) {
         let me = *self.swarm.local_peer_id();
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         get.narrow = false;
-        get.looking_up = true;
         get.quorum_at = None;
-        // This node's own answer, if the narrow phase left it out: the wide one decides again
-        // whether it counts.
-        if !get.answers.iter().any(|(p, _)| *p == me) {
-            let key = get.key.as_str();
-            get.answers.push((me, self.store.get(key).map(|r| (*r).clone())));
-            get.claims.push((me, self.store.highest_seq(key).unwrap_or(0)));
+        if let Some((record, claim)) = get.held_back.take() {
+            get.answers.push((me, record));
+            get.claims.push((me, claim));
+            get.asked += 1;
         }
-        let lookup = kad_key(&get.key);
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
-        self.lookups.insert(query, id);
-        self.schedule(id);
+        let rest = std::mem::take(&mut get.reserve);
+        get.pending.extend(rest.iter().copied());
+        get.asked += rest.len();
+        get.quorum = self.config.read_quorum.of(get.asked);
+        get.requests = get.requests.saturating_add(rest.len() as u32);
+        let request = get_request(&get.key);
+        for peer in rest {
+            self.send(id, peer, request.clone());
+        }
+        self.check_get(id);
     }
 
     pub(crate) fn start_watch(&mut self, key: Key) -> Watch {
@@ -648,8 +672,15 @@ impl<E: crate::Extension> Driver<E> {
         report(self, acceptance);
     }
 
-    /// The lookup for operation `id` found `peers`, sending `lookup_requests` requests.
-    pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>, lookup_requests: u32) {
+    /// The lookup for operation `id` found `peers`, sending `lookup_requests` requests;
+    /// `complete` unless it timed out.
+    pub(crate) fn on_closest_peers(
+        &mut self,
+        id: OpId,
+        peers: Vec<PeerId>,
+        lookup_requests: u32,
+        complete: bool,
+    ) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
@@ -678,39 +709,47 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_put(id);
             }
             Op::Get(get) => {
-                // A narrow lookup that found fewer peers than it looked for found the whole
-                // network: every peer is then asked, under the usual rules.
-                let narrow = narrow_read.filter(|n| get.narrow && peers.len() >= *n);
-                let mut replicas = closest(&get.key, peers, narrow.unwrap_or(k));
+                let mut replicas = closest(&get.key, peers, k);
                 replicas.retain(|p| *p != me);
-                // A narrow read counts this node's own answer only if it is one of the few
-                // closest: elsewhere its store need not hold the key.
-                let me_counts = me_counts
-                    && narrow.is_none_or(|n| {
-                        closest(&get.key, replicas.iter().copied().chain([me]), n).contains(&me)
-                    });
                 get.looking_up = false;
-                get.narrow = narrow.is_some();
                 get.alone = alone;
                 if !me_counts {
                     get.answers.retain(|(p, _)| *p != me);
                     get.claims.retain(|(p, _)| *p != me);
                 }
-                replicas.retain(|p| get.asked_peers.insert(*p));
-                get.asked = get.asked_peers.len() + usize::from(me_counts);
-                // A narrow read's quorum (which only bounds the claims it believes and starts
-                // its wait for slow replicas) is the one of the whole replica set.
-                get.quorum = self.config.read_quorum.of(if get.narrow { k } else { get.asked });
-                get.pending.extend(replicas.iter().copied());
-                get.requests = get
-                    .requests
-                    .saturating_add(lookup_requests)
-                    .saturating_add(replicas.len() as u32);
-                let request = pb::Request {
-                    kind: Some(pb::request::Kind::Get(pb::GetRequest {
-                        key: get.key.as_str().as_bytes().to_vec(),
-                    })),
-                };
+                // Narrow only on a lookup that ended (one that timed out may have missed the
+                // closest) and that found more replicas than the sample.
+                let sample = narrow_read.filter(|n| get.narrow && complete && replicas.len() > *n);
+                get.narrow = sample.is_some();
+                get.asked = replicas.len() + usize::from(me_counts);
+                get.quorum = self.config.read_quorum.of(get.asked);
+                if let Some(n) = sample {
+                    // A random order: which replicas are asked first is nobody's choice.
+                    let order = std::collections::hash_map::RandomState::new();
+                    replicas.sort_by_cached_key(|p| std::hash::BuildHasher::hash_one(&order, p));
+                    get.reserve = replicas.split_off(n);
+                    // This node's own answer counts in the sample when it is one of the k
+                    // closest, or when it holds a record (a read never goes back on what this
+                    // node holds); otherwise it is held back until the read widens.
+                    let local = get.answers.iter().position(|(p, _)| *p == me);
+                    let among = closest(
+                        &get.key,
+                        get.reserve.iter().chain(&replicas).copied().chain([me]),
+                        k,
+                    )
+                    .contains(&me);
+                    if let Some(at) = local.filter(|at| !among && get.answers[*at].1.is_none()) {
+                        let (_, record) = get.answers.remove(at);
+                        let claim = get.claims.iter().position(|(p, _)| *p == me);
+                        let claim = claim.map_or(0, |c| get.claims.remove(c).1);
+                        get.held_back = Some((record, claim));
+                    }
+                    get.asked =
+                        replicas.len() + usize::from(get.answers.iter().any(|(p, _)| *p == me));
+                }
+                get.pending = replicas.iter().copied().collect();
+                get.requests = lookup_requests.saturating_add(replicas.len() as u32);
+                let request = get_request(&get.key);
                 for peer in replicas {
                     self.send(id, peer, request.clone());
                 }
@@ -958,7 +997,7 @@ impl<E: crate::Extension> Driver<E> {
         let Some(purpose) = get.purpose.take() else { return };
         let outcome = get.outcome();
         match purpose {
-            GetPurpose::Reply(reply) => {
+            GetPurpose::Reply { reply, .. } => {
                 let _ = reply.send(outcome);
             }
             GetPurpose::Warm => {}
@@ -1180,14 +1219,16 @@ mod tests {
             alone: false,
             requests: 0,
             narrow: false,
-            asked_peers: replicas.iter().copied().collect(),
+            reserve: Vec::new(),
+            held_back: None,
             failures: 0,
         }
     }
 
-    /// The first phase of a plain read in a large network: the 12 closest of k = 20 asked.
+    /// The first phase of a plain read in a large network: a sample of 12 of k = 20 asked.
     fn narrowly(key: &Key, replicas: &[PeerId]) -> GetOp {
-        GetOp { narrow: true, quorum: crate::Quorum::Majority.of(20), ..asking(key, replicas) }
+        let reserve = (0..8).map(|_| PeerId::random()).collect();
+        GetOp { narrow: true, reserve, ..asking(key, replicas) }
     }
 
     #[test]
@@ -1198,13 +1239,16 @@ mod tests {
         let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
         let mut get = narrowly(&key, &replicas);
         let t0 = Instant::now();
-        for peer in &replicas[..11] {
-            get.answered(*peer, Some(record.clone()), 2, t0);
+        assert!(!get.must_widen(t0 + 10 * LINGER, LINGER), "no answer yet: nothing to be behind");
+        get.answered(replicas[0], Some(record.clone()), 2, t0);
+        let t1 = t0 + LINGER / 2;
+        for peer in &replicas[1..11] {
+            get.answered(*peer, Some(record.clone()), 2, t1);
         }
-        assert!(!get.settled(t0, LINGER, NOT_FOUND), "one replica has not answered");
-        assert!(!get.must_widen(t0, LINGER), "it still may, within the linger");
-        assert!(get.must_widen(t0 + LINGER, LINGER), "slower than the linger: widen");
-        get.answered(replicas[11], Some(record.clone()), 2, t0);
+        assert!(!get.settled(t1, LINGER, NOT_FOUND), "one replica has not answered");
+        assert!(!get.must_widen(t1, LINGER), "it still may, within the linger");
+        assert!(get.must_widen(t0 + LINGER, LINGER), "the linger behind the first: widen");
+        get.answered(replicas[11], Some(record.clone()), 2, t1);
         assert!(get.settled(t0, LINGER, NOT_FOUND), "all twelve agree");
         assert!(!get.must_widen(t0 + LINGER, LINGER));
         let outcome = get.outcome().expect("answered");
