@@ -31,17 +31,24 @@ impl Quorum {
 pub struct Config {
     /// Replication factor k: how many closest peers hold each record. Default: 20.
     pub replication: usize,
-    /// Write quorum. Default: [`Quorum::Majority`].
+    /// Write quorum. Default: [`Quorum::Majority`]. Readers that sample ([`Config::read_quorum`])
+    /// count on every writer of the network using a majority: a write that fewer replicas
+    /// hold may be missed by a sample.
     pub write_quorum: Quorum,
     /// Read quorum: how many replicas must answer before a get may answer (after the linger,
-    /// or as soon as every asked replica answered). Default: majority.
+    /// or as soon as every asked replica answered). Default: majority. With the majority (and
+    /// a majority write quorum), a plain get of more than 13 replicas first asks a random
+    /// k - W + 3 of them (12 of 20) and answers if they all agree (see the crate's README); any
+    /// other value asks every replica at once.
     pub read_quorum: Quorum,
     /// How long one request to one peer may take. Default: 5 s.
     pub request_timeout: Duration,
     /// How long a whole put or get may take. Default: 10 s.
     pub operation_timeout: Duration,
     /// After a quorum is reached, how long to wait for the remaining replicas before answering
-    /// (their answers still count for the receipt and for read repair). Default: 100 ms.
+    /// (their answers still count for the receipt and for read repair); a get's sample widens
+    /// to every replica when one of its answers is more than this behind the first. Default:
+    /// 100 ms.
     pub linger: Duration,
     /// The same for a get while no answer holds a record: a "not set" waits longer for the
     /// replicas still on their way, since fast empty answers may be liars hiding a record
@@ -166,6 +173,11 @@ impl Config {
     /// With per-operation timeout.
     pub fn with_operation_timeout(mut self, timeout: Duration) -> Config {
         self.operation_timeout = timeout;
+        self
+    }
+    /// With at most `max` peers connected ([`Config::max_connections`]).
+    pub fn with_max_connections(mut self, max: usize) -> Config {
+        self.max_connections = max.max(1);
         self
     }
     /// With linger after quorum.

@@ -7,7 +7,7 @@
 //!
 //! - [`Node::put`] stores locally, sends the record to the k closest peers and succeeds when a
 //!   quorum holds it; the [`PutReceipt`] says which peers stored it and which refused, and why.
-//! - [`Node::get`] asks the closest replicas (the 12 closest of 20 first, all of them unless
+//! - [`Node::get`] asks the closest replicas (a random 12 of the 20 first, all of them unless
 //!   those agree), verifies every answer, returns the newest record with its number of
 //!   confirmations, and repairs stale replicas.
 //! - [`Node::put_cas`], [`Node::delete`], [`Node::watch`] and [`Node::get_local`] complete it.

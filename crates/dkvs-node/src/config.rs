@@ -25,6 +25,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Relay connections for peers behind NAT (declares this node publicly reachable).
     pub relay_server: bool,
+    /// Peers kept connected at most; over it the least recently used are closed (to three
+    /// quarters of it), relays and peers with a request in flight spared.
+    pub max_connections: usize,
     /// Store budget in bytes.
     pub max_bytes: u64,
     /// Per-owner budget in bytes.
@@ -50,7 +53,8 @@ pub struct NodeConfig {
     pub replication: usize,
     /// Write quorum: 0 for a majority of the replicas, else a count.
     pub write_quorum: usize,
-    /// Read quorum: 0 for a majority of the replicas, else a count.
+    /// Read quorum: 0 for a majority of the replicas (a plain get may then answer from a
+    /// sample of 12 of 20 that agrees), else a count (every replica is asked).
     pub read_quorum: usize,
     /// Timeout of one request to one peer, in milliseconds.
     pub request_timeout_ms: u64,
@@ -97,6 +101,7 @@ impl Default for NodeConfig {
             kad_mode: "auto".into(),
             mdns: false,
             relay_server: false,
+            max_connections: net.max_connections,
             max_bytes: store.max_bytes,
             max_bytes_per_owner: store.max_bytes_per_owner,
             reserved_for_own_bytes: None,
@@ -148,7 +153,9 @@ impl NodeConfig {
     pub fn net(&self) -> anyhow::Result<dkvs_net::Config> {
         let kad_mode: dkvs_net::KadMode =
             self.kad_mode.parse().map_err(|e| anyhow::anyhow!("kad_mode: {e}"))?;
+        anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
         Ok(dkvs_net::Config::default()
+            .with_max_connections(self.max_connections)
             .with_replication(self.replication)
             .with_write_quorum(quorum(self.write_quorum))
             .with_read_quorum(quorum(self.read_quorum))
@@ -222,6 +229,11 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("replicaton = 5\n").is_err(), "typos are errors");
         let bad = NodeConfig { kad_mode: "sometimes".into(), ..NodeConfig::default() };
         assert!(bad.net().is_err());
+        let few: NodeConfig = toml::from_str("max_connections = 8\n").expect("parses");
+        assert_eq!(few.net().expect("valid").max_connections, 8);
+        let none = NodeConfig { max_connections: 0, ..NodeConfig::default() };
+        let error = none.net().expect_err("no connection at all is refused").to_string();
+        assert!(error.contains("max_connections"), "{error}");
         let mail: NodeConfig = toml::from_str(
             "mail_replicas = 3\nmail_mailbox_messages = 10\nmail_read_receipts = false\n",
         )

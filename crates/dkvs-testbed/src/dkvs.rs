@@ -37,9 +37,13 @@ impl Accounts {
 }
 
 fn config(opts: &Opts) -> Config {
-    match opts.transport.as_str() {
+    let config = match opts.transport.as_str() {
         "memory" => Config::default().with_transports(Transports::memory_only()),
         _ => Config::default(),
+    };
+    match opts.max_connections {
+        Some(max) => config.with_max_connections(max),
+        None => config,
     }
 }
 

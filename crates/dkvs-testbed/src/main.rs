@@ -59,6 +59,10 @@ struct Cli {
     /// node 0, as dkvs's nodes do).
     #[arg(long)]
     mainline_seeded: bool,
+    /// dkvs: peers each node keeps connected at most (a measurement of that setting, e.g. of
+    /// memory per connection; default: dkvs-net's default, 128).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// After the reads, kill this fraction of the live nodes at once and add as many new ones,
     /// every --churn-every seconds, and read every record after each round.
     #[arg(long)]
@@ -109,6 +113,7 @@ pub(crate) struct Opts {
     pub nodes: usize,
     pub transport: String,
     pub mainline_seeded: bool,
+    pub max_connections: Option<usize>,
     pub churn: Option<Churn>,
     pub floor: bool,
 }
@@ -240,6 +245,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
         nodes: cli.nodes,
         transport: format!("{:?}", cli.transport).to_lowercase(),
         mainline_seeded: cli.mainline_seeded,
+        max_connections: cli.max_connections,
         churn: cli.churn.map(|fraction| Churn {
             fraction,
             every: Duration::from_secs(cli.churn_every),
@@ -294,7 +300,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     let ml = reports.iter().find(|r| r.system == "mainline");
     println!(
         "dkvs-testbed: {} nodes per network; {} records x {} versions of {} B from {} accounts; \
-         {} reads; dkvs on {}, mainline on UDP ({}); seed {}; {} cores",
+         {} reads; dkvs on {}{}, mainline on UDP ({}); seed {}; {} cores",
         cli.nodes,
         cli.records,
         cli.versions,
@@ -302,6 +308,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         cli.accounts,
         cli.records * cli.reads,
         format!("{:?}", cli.transport).to_lowercase(),
+        cli.max_connections.map(|m| format!(" (max_connections {m})")).unwrap_or_default(),
         if cli.mainline_seeded { "seeded routing tables" } else { "bootstrapped through node 0" },
         cli.seed,
         cores(),
