@@ -1271,10 +1271,10 @@ async fn a_read_asks_a_sample_and_all_replicas_only_when_they_differ() -> anyhow
     for reader in 1..net.len() {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "node {reader}");
-        if got.asked <= 13 {
-            // A sample answers only when every replica in it agreed.
-            assert_eq!(got.confirmations, got.asked, "{got:?}");
-            assert!(got.asked >= 12, "{got:?}");
+        if got.asked < 16 {
+            // A sample (with the reader, a replica here) answers only when all of it agreed.
+            assert_eq!(got.asked, 13, "{got:?}");
+            assert_eq!(got.confirmations, 13, "{got:?}");
             narrow += 1;
         }
         // A read of every replica (the sample widened: an answer more than the linger behind
@@ -1291,9 +1291,11 @@ async fn a_read_asks_a_sample_and_all_replicas_only_when_they_differ() -> anyhow
     assert_eq!(got.record, None);
     assert!(got.asked > 13, "an empty answer widens the read: {got:?}");
 
-    // Four replicas miss the second version (down while it was written, back with the first):
-    // a sample of 12 of the 15 others may or may not hold one of them; either way the read
-    // returns the newest (whether it widened, or the restarted nodes had caught up first).
+    // Four replicas miss the second version (down while it was written, back with the first).
+    // Every reader below holds it (and counts its own answer), and every sample of 12 of its
+    // 15 others holds one of the four unless they caught up first: the answers differ, and
+    // the read returns the newest either way. (The unit tests in dkvs-net's ops.rs show that
+    // a disagreement widens; this is the end-to-end check of the result.)
     for i in 12..16 {
         net.kill(i).await;
     }
@@ -1327,9 +1329,9 @@ async fn nodes_keep_at_most_max_connections_and_still_serve() -> anyhow::Result<
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some(format!("v{writer}")), "node {reader} reads {key}");
     }
-    // Connections being closed, or kept for a request in flight, go within a sweep (5 s).
+    // Connections used in the last 30 s are kept; the others go at the next sweep (5 s).
     for i in 0..net.len() {
-        let within = eventually(Duration::from_secs(15), async || {
+        let within = eventually(Duration::from_secs(60), async || {
             net.node(i).connected_peers().await.len() <= max
         })
         .await;

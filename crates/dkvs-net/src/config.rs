@@ -37,7 +37,7 @@ pub struct Config {
     pub write_quorum: Quorum,
     /// Read quorum: how many replicas must answer before a get may answer (after the linger,
     /// or as soon as every asked replica answered). Default: majority. With the majority (and
-    /// a majority write quorum), a plain get of more than 13 replicas first asks a random
+    /// a majority write quorum), a plain get that found more than 12 replicas first asks a random
     /// k - W + 3 of them (12 of 20) and answers if they all agree (see the crate's README); any
     /// other value asks every replica at once.
     pub read_quorum: Quorum,
@@ -87,11 +87,14 @@ pub struct Config {
     pub idle_connection_timeout: Duration,
     /// The most peers this node stays connected to. Over it, the node closes its connections
     /// to the peers it used least recently (a request sent or admitted, gossip, a new
-    /// connection) until three quarters of it are left, sparing the relays it is reachable
-    /// through. Each connection costs memory on both sides (tens of KiB: encryption and
-    /// multiplexing buffers), and peer ids cost nothing: without a bound, a node in a large
-    /// network (or one that a flooder dials with many ids) keeps every connection it ever
-    /// made for the idle timeout. A closed peer is dialed again when needed. Default: 128.
+    /// connection) until three quarters of it are left. It never closes a peer used in the
+    /// last 30 s, one it awaits a record answer from, a gossipsub mesh peer (watches and
+    /// channels), a relay or a relay reservation: when those are more than the limit, the
+    /// limit is exceeded. Each connection costs about 85 KiB at each end (docs/benchmarks.md),
+    /// and a node in a large network otherwise keeps every connection its lookups made for
+    /// the idle timeout. Lookups and reads dial closed peers again. It bounds memory in a
+    /// large network; it is no defence against a flood of new connections (those count as
+    /// used). Default: 128.
     pub max_connections: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,

@@ -129,6 +129,7 @@ pub struct Host<'a> {
     pub(crate) blocked: &'a mut allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) defence: &'a mut Defence,
     pub(crate) connections: &'a crate::node::Connections,
+    pub(crate) used: &'a mut std::collections::HashMap<PeerId, tokio::time::Instant>,
     pub(crate) lookups: &'a mut HashSet<kad::QueryId>,
     pub(crate) topics: &'a mut HashSet<gossipsub::TopicHash>,
 }
@@ -192,11 +193,23 @@ impl Host<'_> {
     /// (disconnected and refused for the ban duration).
     pub fn admit(&mut self, peer: PeerId, len: usize, limit: usize) -> Result<(), Refused> {
         let subnet = crate::node::subnet_of(self.connections, &peer);
-        let result = self.defence.admit(peer, subnet, len, limit, tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let result = self.defence.admit(peer, subnet, len, limit, now);
         if result.is_err() && self.defence.is_banned(&peer) {
             self.blocked.block_peer(peer);
         }
+        if result.is_ok() {
+            self.used(peer);
+        }
         result
+    }
+
+    /// Notes that this node is using its connection to `peer` (a transfer under way): the
+    /// connection limit ([`crate::Config::max_connections`]) closes the least recently used.
+    pub fn used(&mut self, peer: PeerId) {
+        if let Some(at) = self.used.get_mut(&peer) {
+            *at = tokio::time::Instant::now();
+        }
     }
 
     /// Reports a peer that sent what no honest peer sends (a forged signature, a malformed

@@ -621,6 +621,8 @@ pub(crate) struct Driver<E: Extension> {
     used: HashMap<PeerId, Instant>,
     /// Peers holding a reservation on this node's relay: their connection is their address.
     reserved: HashSet<PeerId>,
+    /// Peers whose connections the limit is closing.
+    closing: HashSet<PeerId>,
     /// Answers that promise a record is held, until the store's log is durable.
     pub(crate) durable: crate::durable::Durable,
 }
@@ -666,6 +668,7 @@ impl<E: Extension> Driver<E> {
             wakeups: 0,
             used: HashMap::new(),
             reserved: HashSet::new(),
+            closing: HashSet::new(),
         }
     }
 
@@ -890,6 +893,7 @@ impl<E: Extension> Driver<E> {
             blocked: &mut behaviour.blocked,
             defence: &mut self.defence,
             connections: &self.connections,
+            used: &mut self.used,
             lookups: &mut self.ext_lookups,
             topics: &mut self.ext_topics,
         };
@@ -950,6 +954,7 @@ impl<E: Extension> Driver<E> {
                     if open.is_empty() {
                         self.connections.remove(&peer_id);
                         self.used.remove(&peer_id);
+                        self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.replication.disconnected(&peer_id);
                     }
@@ -1209,33 +1214,37 @@ impl<E: Extension> Driver<E> {
     }
 
     /// Keeps the connected peers within [`Config::max_connections`]: over it, disconnects the
-    /// least recently used down to three quarters of it. The relays this node listens through
-    /// are kept (closing one would make the node unreachable), and so are the peers that
-    /// reserved a slot on this node's relay (for the same reason, on their side), and the
-    /// peers this node awaits an answer from. Looked at when a connection opens and at each
-    /// sweep.
+    /// least recently used down to three quarters of it. Never closed: a peer used within
+    /// [`TRIM_GRACE`] (a new connection counts as a use: its first request gets through), a
+    /// peer this node awaits a record answer from, a gossipsub mesh peer (watches and
+    /// channels live on those connections), a relay this node listens or dials through, and a
+    /// peer holding a reservation on this node's relay. When those are most of the
+    /// connections, the limit is exceeded rather than breaking them. Looked at when a
+    /// connection opens and at each sweep; peers being closed are not counted twice.
     fn trim_connections(&mut self) {
-        let max = self.config.max_connections;
-        if self.connections.len() <= max {
+        let max = self.config.max_connections.max(1);
+        let open = self.connections.keys().filter(|p| !self.closing.contains(*p)).count();
+        if open <= max {
             return;
         }
+        let now = Instant::now();
         let mut spared: HashSet<PeerId> = self.swarm.listeners().filter_map(relay_of).collect();
         spared.extend(self.reserved.iter().copied());
         spared.extend(self.requests.values().map(|(_, peer)| *peer));
-        let mut by_use: Vec<(Option<Instant>, PeerId)> = self
+        spared.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
+        let relays =
+            self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));
+        spared.extend(relays.collect::<Vec<_>>());
+        let closable: Vec<(Option<Instant>, PeerId)> = self
             .connections
             .keys()
-            .filter(|p| !spared.contains(p))
+            .filter(|p| !spared.contains(*p) && !self.closing.contains(*p))
             .map(|p| (self.used.get(p).copied(), *p))
             .collect();
-        by_use.sort_unstable();
-        let excess = self.connections.len() - max * 3 / 4;
-        tracing::debug!(
-            connected = self.connections.len(),
-            closing = excess,
-            "over max_connections"
-        );
-        for (_, peer) in by_use.into_iter().take(excess) {
+        let victims = to_close(closable, open, max, now);
+        tracing::debug!(open, closing = victims.len(), "over max_connections");
+        for peer in victims {
+            self.closing.insert(peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
@@ -1346,6 +1355,27 @@ fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool,
     connections.into_iter().any(|(addr, dialer, dkvs)| dialer && dkvs && !is_local(addr))
 }
 
+/// How long a use keeps a connection from [`Driver::trim_connections`]: a lookup, a read or an
+/// extension's exchange with a peer ends well within it (operations time out at 10 s).
+const TRIM_GRACE: Duration = Duration::from_secs(30);
+
+/// Which of the `closable` peers (with when each was last used) to disconnect when `open`
+/// peers are connected and at most `max` may be: the least recently used, down to three
+/// quarters of `max`, none used within [`TRIM_GRACE`] of `now`.
+fn to_close(
+    mut closable: Vec<(Option<Instant>, PeerId)>,
+    open: usize,
+    max: usize,
+    now: Instant,
+) -> Vec<PeerId> {
+    if open <= max {
+        return Vec::new();
+    }
+    closable.retain(|(at, _)| at.is_none_or(|at| now.duration_since(at) >= TRIM_GRACE));
+    closable.sort_unstable();
+    closable.into_iter().take(open - max * 3 / 4).map(|(_, peer)| peer).collect()
+}
+
 /// The relay of a circuit address (`.../p2p/<relay>/p2p-circuit...`).
 fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     let mut relay = None;
@@ -1382,6 +1412,29 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_closes_the_least_recently_used_outside_the_grace() {
+        let now = Instant::now() + TRIM_GRACE * 10;
+        let ago = |secs: u64| Some(now - Duration::from_secs(secs));
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        let closable = vec![
+            (ago(40), peers[0]),
+            (ago(200), peers[1]),
+            (ago(5), peers[2]), // used lately: kept
+            (None, peers[3]),   // never used: first to go
+            (ago(31), peers[4]),
+            (ago(0), peers[5]), // just connected: kept
+        ];
+        assert!(to_close(closable.clone(), 8, 8, now).is_empty(), "within the limit");
+        // 10 open, at most 8: down to 6, so 4 go, oldest first, none within the grace.
+        assert_eq!(
+            to_close(closable.clone(), 10, 8, now),
+            [peers[3], peers[1], peers[0], peers[4]]
+        );
+        // Far over the limit: still only those outside the grace.
+        assert_eq!(to_close(closable, 40, 8, now).len(), 4);
+    }
 
     #[test]
     fn an_inbound_relayed_peer_is_grouped_by_its_relay() {

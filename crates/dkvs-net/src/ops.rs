@@ -556,14 +556,16 @@ impl<E: crate::Extension> Driver<E> {
     /// reader's k hold (a writer whose lookup saw a very different network, or a network whose
     /// writers lowered their write quorum) can be missed where reading all k would find it;
     /// liars that acknowledge puts they drop and replay an older record are outvoted only when
-    /// the sample meets an honest replica (all but certain while fewer than 12 of the 20 lie:
+    /// the sample meets an honest replica (certain while fewer than 12 of the 20 found lie;
     /// the chance that a sample of 12 holds only liars is 1 in 126 thousand with 12 liars, and
-    /// 1 in 277 with 15). Set `read_quorum` to anything but the majority to always ask all k.
+    /// 1 in 277 with 15; with fewer than 20 found it is higher). The 8 not asked are not
+    /// repaired by the read (replication brings them up to date). Set `read_quorum` to
+    /// anything but the majority to always ask all k.
     pub(crate) fn narrow_read(&self) -> Option<usize> {
         let k = self.config.replication;
         let majorities = self.config.read_quorum == crate::Quorum::Majority
             && self.config.write_quorum == crate::Quorum::Majority;
-        let n = k - crate::Quorum::Majority.of(k) + 1 + NARROW_SLACK;
+        let n = k.saturating_sub(crate::Quorum::Majority.of(k)) + 1 + NARROW_SLACK;
         (majorities && n < k).then_some(n)
     }
 

@@ -53,8 +53,9 @@ pub struct NodeConfig {
     pub replication: usize,
     /// Write quorum: 0 for a majority of the replicas, else a count.
     pub write_quorum: usize,
-    /// Read quorum: 0 for a majority of the replicas (a plain get may then answer from a
-    /// sample of 12 of 20 that agrees), else a count (every replica is asked).
+    /// Read quorum: 0 for a majority of the replicas (with `write_quorum` 0 too, a plain get
+    /// may then answer from a sample of 12 of 20 that agrees), else a count (every replica is
+    /// asked).
     pub read_quorum: usize,
     /// Timeout of one request to one peer, in milliseconds.
     pub request_timeout_ms: u64,
