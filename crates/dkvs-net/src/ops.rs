@@ -81,6 +81,11 @@ pub(crate) struct GetOp {
     held_back: Option<(Option<Record>, u64)>,
     /// Replicas that failed to answer (in the narrow phase one widens the read).
     failures: usize,
+    /// When the replicas (of the first phase) were asked.
+    asked_at: Option<Instant>,
+    /// A widened read's linger starts no earlier than this: the replicas asked late get the
+    /// round trip the first answer took, then the linger.
+    not_before: Option<Instant>,
 }
 
 impl PutOp {
@@ -265,7 +270,7 @@ impl GetOp {
             && self.answers.len() >= self.quorum
             && self.quorum_at.is_none()
         {
-            self.quorum_at = Some(now);
+            self.quorum_at = Some(self.not_before.map_or(now, |at| at.max(now)));
         }
     }
 
@@ -536,6 +541,8 @@ impl<E: crate::Extension> Driver<E> {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            asked_at: None,
+            not_before: None,
         }));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
         self.lookups.insert(query, op);
@@ -575,6 +582,12 @@ impl<E: crate::Extension> Driver<E> {
         let me = *self.swarm.local_peer_id();
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         get.narrow = false;
+        // The replicas asked now get the round trip the first answer took, then the linger
+        // (the answers in already reach the quorum: without this they would get the linger).
+        let now = Instant::now();
+        let rtt =
+            get.quorum_at.zip(get.asked_at).map(|(first, at)| first.saturating_duration_since(at));
+        get.not_before = Some(now + rtt.unwrap_or_default());
         get.quorum_at = None;
         if let Some((record, claim)) = get.held_back.take() {
             get.answers.push((me, record));
@@ -750,6 +763,7 @@ impl<E: crate::Extension> Driver<E> {
                         replicas.len() + usize::from(get.answers.iter().any(|(p, _)| *p == me));
                 }
                 get.pending = replicas.iter().copied().collect();
+                get.asked_at = Some(Instant::now());
                 get.requests = lookup_requests.saturating_add(replicas.len() as u32);
                 let request = get_request(&get.key);
                 for peer in replicas {
@@ -1224,6 +1238,8 @@ mod tests {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            asked_at: None,
+            not_before: None,
         }
     }
 
@@ -1287,6 +1303,24 @@ mod tests {
             }
             assert!(!get.settled(t0, LINGER, NOT_FOUND), "{what}: never answered narrowly");
         }
+    }
+
+    #[test]
+    fn replicas_asked_when_a_read_widens_get_a_round_trip_before_the_linger() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 1, None);
+        let replicas: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(300);
+        // Twelve answered in the narrow phase; the read widened at t0 to the other eight.
+        let mut get = GetOp { not_before: Some(t0 + rtt), ..asking(&key, &replicas) };
+        for peer in &replicas[..12] {
+            get.answered(*peer, Some(record.clone()), 1, t0);
+        }
+        assert!(!get.settled(t0 + LINGER, LINGER, NOT_FOUND), "the late eight had no time");
+        assert!(!get.settled(t0 + rtt, LINGER, NOT_FOUND));
+        assert!(get.settled(t0 + rtt + LINGER, LINGER, NOT_FOUND), "a round trip, then the linger");
     }
 
     const LINGER: Duration = Duration::from_millis(100);
