@@ -81,6 +81,10 @@ pub(crate) struct GetOp {
     held_back: Option<(Option<Record>, u64)>,
     /// Replicas that failed to answer (in the narrow phase one widens the read).
     failures: usize,
+    /// This node's own record when its answer does not count (a Kademlia client, which no
+    /// reader asks): never an answer, but a sample whose answers are older widens the read,
+    /// so that the replicas not asked yet (which may hold it) are asked.
+    veto: Option<Record>,
     /// When the replicas (of the first phase) were asked.
     asked_at: Option<Instant>,
     /// A widened read's linger starts no earlier than this: the replicas asked late get the
@@ -253,6 +257,9 @@ impl GetOp {
             && !self.looking_up
             && (self.failures > 0
                 || self.answers.iter().any(|(_, r)| r.is_none() || Some(r) != first)
+                || self.veto.as_ref().is_some_and(|own| {
+                    first.is_some_and(|f| f.as_ref().is_none_or(|f| f.seq() < own.seq()))
+                })
                 || (!self.pending.is_empty()
                     && self.quorum_at.is_some_and(|at| now >= at + linger)))
     }
@@ -541,6 +548,7 @@ impl<E: crate::Extension> Driver<E> {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            veto: None,
             asked_at: None,
             not_before: None,
         }));
@@ -729,6 +737,8 @@ impl<E: crate::Extension> Driver<E> {
                 get.looking_up = false;
                 get.alone = alone;
                 if !me_counts {
+                    get.veto =
+                        get.answers.iter().find(|(p, _)| *p == me).and_then(|(_, r)| r.clone());
                     get.answers.retain(|(p, _)| *p != me);
                     get.claims.retain(|(p, _)| *p != me);
                 }
@@ -1238,6 +1248,7 @@ mod tests {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            veto: None,
             asked_at: None,
             not_before: None,
         }
@@ -1302,6 +1313,26 @@ mod tests {
                 get.answered(*peer, Some(new.clone()), 2, t0);
             }
             assert!(!get.settled(t0, LINGER, NOT_FOUND), "{what}: never answered narrowly");
+        }
+    }
+
+    #[test]
+    fn a_sample_older_than_this_clients_own_record_widens() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let (old, new) = (signed(&alice, &key, 1, None), signed(&alice, &key, 2, None));
+        let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let t0 = Instant::now();
+        for (own, widens) in [(&new, true), (&old, false)] {
+            let mut get = GetOp { veto: Some(own.clone()), ..narrowly(&key, &replicas) };
+            assert!(!get.must_widen(t0, LINGER), "nothing to compare yet");
+            for peer in &replicas {
+                get.answered(*peer, Some(old.clone()), 1, t0);
+            }
+            assert_eq!(get.must_widen(t0, LINGER), widens, "own seq {}", own.seq());
+            assert_eq!(get.settled(t0, LINGER, NOT_FOUND), !widens);
+            // The veto is never an answer: the sample's twelve are.
+            assert_eq!(get.outcome().expect("answered").confirmations, 12);
         }
     }
 
