@@ -84,7 +84,7 @@ pub(crate) struct GetOp {
     /// This node's own record when its answer does not count (a Kademlia client, which no
     /// reader asks): never an answer, but a sample whose answers are older widens the read,
     /// so that the replicas not asked yet (which may hold it) are asked.
-    veto: Option<Record>,
+    veto: Option<Box<Record>>,
     /// When the replicas (of the first phase) were asked.
     asked_at: Option<Instant>,
     /// A widened read's linger starts no earlier than this: the replicas asked late get the
@@ -737,8 +737,8 @@ impl<E: crate::Extension> Driver<E> {
                 get.looking_up = false;
                 get.alone = alone;
                 if !me_counts {
-                    get.veto =
-                        get.answers.iter().find(|(p, _)| *p == me).and_then(|(_, r)| r.clone());
+                    let own = get.answers.iter().find(|(p, _)| *p == me);
+                    get.veto = own.and_then(|(_, r)| r.clone()).map(Box::new);
                     get.answers.retain(|(p, _)| *p != me);
                     get.claims.retain(|(p, _)| *p != me);
                 }
@@ -1324,7 +1324,7 @@ mod tests {
         let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
         let t0 = Instant::now();
         for (own, widens) in [(&new, true), (&old, false)] {
-            let mut get = GetOp { veto: Some(own.clone()), ..narrowly(&key, &replicas) };
+            let mut get = GetOp { veto: Some(Box::new(own.clone())), ..narrowly(&key, &replicas) };
             assert!(!get.must_widen(t0, LINGER), "nothing to compare yet");
             for peer in &replicas {
                 get.answered(*peer, Some(old.clone()), 1, t0);
