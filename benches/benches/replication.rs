@@ -93,7 +93,7 @@ fn round(mine: &[Record], theirs: &[Record]) -> Round {
         let encoded = by_key[key.as_str()].encode();
         payload += encoded.len();
         let put =
-            pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: encoded })) };
+            pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: encoded, ..Default::default() })) };
         let stored = pb::Response {
             kind: Some(pb::response::Kind::Put(pb::PutResponse {
                 status: pb::PutStatus::Stored as i32,

@@ -145,7 +145,7 @@ impl Liar {
         let requests = records
             .into_iter()
             .map(|record| pb::Request {
-                kind: Some(pb::request::Kind::Put(pb::PutRequest { record })),
+                kind: Some(pb::request::Kind::Put(pb::PutRequest { record, ..Default::default() })),
             })
             .collect();
         self.send_requests(target, requests).await
@@ -289,6 +289,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                                         record: lies.get(&key).cloned().unwrap_or_default(),
                                         highest_seq: u64::MAX,
                                         rate_limited: false,
+                                        closer: Vec::new(),
                                     })) }
                                 }
                                 Some(pb::request::Kind::Reconcile(round)) => {

@@ -24,7 +24,7 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dkvs/kad/1.0.0");
 /// larger network the first peers asked are closer to the key (an answer still names at most
 /// 20 peers); fewer hops there is expected, not measured. It costs about 200 bytes per entry:
 /// some 250 KiB in a network of a million nodes (about 20 buckets in use).
-const KBUCKET_SIZE: NonZeroUsize = NonZeroUsize::new(64).expect("non-zero");
+pub(crate) const KBUCKET_SIZE: NonZeroUsize = NonZeroUsize::new(64).expect("non-zero");
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 

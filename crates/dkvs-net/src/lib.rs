@@ -20,6 +20,7 @@ mod durable;
 mod error;
 mod extension;
 mod identity;
+mod nearby;
 mod node;
 mod ops;
 mod outcome;

@@ -1205,6 +1205,69 @@ impl<E: Extension> Driver<E> {
         self.used(peer);
     }
 
+    /// Sends one record request to a peer a replica named, dialing the addresses it gave if
+    /// this node is not connected to it.
+    pub(crate) fn send_to(
+        &mut self,
+        op: OpId,
+        peer: PeerId,
+        request: pb::Request,
+        addrs: Vec<Multiaddr>,
+    ) {
+        let records = &mut self.swarm.behaviour_mut().records;
+        let id = records.send_request_with_addresses(&peer, request, addrs);
+        self.requests.insert(id, (op, peer));
+        self.used(peer);
+    }
+
+    /// The peers this node is connected to from its routing table, when the table covers the
+    /// key whose Kademlia key is `target` ([`crate::nearby::table_covers`]): its replicas are
+    /// then among them, and an operation needs no lookup. `None` otherwise.
+    pub(crate) fn local_neighbourhood(&mut self, target: &[u8]) -> Option<Vec<PeerId>> {
+        use crate::nearby::{Bucket, table_covers};
+        let me = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let index = me.distance(&kad::KBucketKey::new(target.to_vec())).ilog2()?;
+        let mut table: Vec<(u32, Vec<PeerId>)> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            let Some(index) = bucket.range().0.ilog2() else { continue };
+            table.push((index, bucket.iter().map(|e| *e.node.key.preimage()).collect()));
+        }
+        let mut buckets = Vec::with_capacity(table.len());
+        let mut live = Vec::new();
+        for (index, peers) in table {
+            let (entries, before) = (peers.len(), live.len());
+            live.extend(peers.into_iter().filter(|p| self.swarm.is_connected(p)));
+            buckets.push(Bucket { index, entries, connected: live.len() - before });
+        }
+        let size = crate::behaviour::KBUCKET_SIZE.get();
+        table_covers(&buckets, index, self.config.replication, size).then_some(live)
+    }
+
+    /// A replica's side of [`crate::nearby`]: the peers it is connected to that are closer to
+    /// `target` than the asker's farthest candidate and not among its `known` ones. An asker
+    /// that sent no hint (an older node, replication) is named nobody.
+    pub(crate) fn closer_than(
+        &mut self,
+        asker: PeerId,
+        target: &[u8],
+        farthest: &[u8],
+        known: &[u64],
+    ) -> Vec<pb::Peer> {
+        if farthest.is_empty() && known.is_empty() {
+            return Vec::new();
+        }
+        let key = kad::KBucketKey::new(target.to_vec());
+        let near: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .find_closest_local_peers(&key, &asker)
+            .map(|p| (p.node_id, p.multiaddrs))
+            .collect();
+        let live = near.into_iter().filter(|(p, _)| self.swarm.is_connected(p));
+        crate::nearby::to_name(target, farthest, known, asker, live, self.config.replication)
+    }
+
     /// Notes that `peer` was used now, if it is connected (a peer being dialed is noted when
     /// its connection opens).
     pub(crate) fn used(&mut self, peer: PeerId) {

@@ -12,6 +12,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::codec::pb;
+use crate::nearby::Neighbourhood;
 use crate::node::{Driver, GetPurpose, OpId, closest, kad_key};
 use crate::watch::{Watch, topic_of};
 use crate::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
@@ -50,6 +51,8 @@ pub(crate) struct PutOp {
     quorum_at: Option<Instant>,
     /// A verified record newer than the one put, reported by a replica.
     newer: Option<Record>,
+    /// The key's k closest as this write knows them ([`crate::nearby`]).
+    hood: Option<Box<Neighbourhood>>,
 }
 
 pub(crate) struct GetOp {
@@ -90,6 +93,9 @@ pub(crate) struct GetOp {
     /// A widened read's linger starts no earlier than this: the replicas asked late get the
     /// round trip the first answer took, then the linger.
     not_before: Option<Instant>,
+    /// The key's k closest as this read knows them, grown by the peers its replicas name
+    /// ([`crate::nearby`]); set once the replicas are known.
+    hood: Option<Box<Neighbourhood>>,
 }
 
 impl PutOp {
@@ -407,16 +413,29 @@ fn refusal(status: pb::PutStatus) -> Refusal {
     }
 }
 
-fn get_request(key: &Key) -> pb::Request {
+/// A get request for `key`, carrying the asker's view of its neighbourhood if it has one.
+fn get_request(key: &Key, hood: Option<&Neighbourhood>) -> pb::Request {
+    let (farthest, known) = hood.map(Neighbourhood::hint).unwrap_or_default();
     pb::Request {
         kind: Some(pb::request::Kind::Get(pb::GetRequest {
             key: key.as_str().as_bytes().to_vec(),
+            farthest,
+            known,
         })),
     }
 }
 
-pub(crate) fn put_request(record: &Record) -> pb::Request {
-    pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: record.encode() })) }
+/// A put request for `record`, carrying the writer's view of the key's neighbourhood if it
+/// has one (replication and repair send none).
+pub(crate) fn put_request(record: &Record, hood: Option<&Neighbourhood>) -> pb::Request {
+    let (farthest, known) = hood.map(Neighbourhood::hint).unwrap_or_default();
+    pb::Request {
+        kind: Some(pb::request::Kind::Put(pb::PutRequest {
+            record: record.encode(),
+            farthest,
+            known,
+        })),
+    }
 }
 
 impl<E: crate::Extension> Driver<E> {
@@ -515,9 +534,9 @@ impl<E: crate::Extension> Driver<E> {
             deadline,
             quorum_at: None,
             newer: None,
+            hood: None,
         }));
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
-        self.lookups.insert(query, op);
+        self.look_up(op, key);
     }
 
     pub(crate) fn start_get(&mut self, key: Key, purpose: GetPurpose) {
@@ -551,9 +570,21 @@ impl<E: crate::Extension> Driver<E> {
             veto: None,
             asked_at: None,
             not_before: None,
+            hood: None,
         }));
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
-        self.lookups.insert(query, op);
+        self.look_up(op, lookup);
+    }
+
+    /// Finds the replicas of the key whose Kademlia key is `lookup` for operation `op`: from
+    /// this node's routing table when it covers the key ([`Driver::local_neighbourhood`]; the
+    /// replicas asked then check it), by a Kademlia lookup otherwise.
+    fn look_up(&mut self, op: OpId, lookup: Vec<u8>) {
+        if let Some(peers) = self.local_neighbourhood(&lookup) {
+            self.on_closest_peers(op, peers, 0, true);
+        } else {
+            let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
+            self.lookups.insert(query, op);
+        }
     }
 
     /// How many replicas a plain read asks first, or `None` to ask them all at once.
@@ -607,7 +638,7 @@ impl<E: crate::Extension> Driver<E> {
         get.asked += rest.len();
         get.quorum = self.config.read_quorum.of(get.asked);
         get.requests = get.requests.saturating_add(rest.len() as u32);
-        let request = get_request(&get.key);
+        let request = get_request(&get.key, get.hood.as_deref());
         for peer in rest {
             self.send(id, peer, request.clone());
         }
@@ -724,8 +755,13 @@ impl<E: crate::Extension> Driver<E> {
                 let replicas = closest(put.record.key(), candidates, k);
                 let quorum = self.config.write_quorum;
                 let remote = put.replicas_found(replicas, me, alone, quorum);
+                put.hood = Some(Box::new(Neighbourhood::new(
+                    kad_key(put.record.key()),
+                    k,
+                    remote.iter().copied(),
+                )));
                 put.receipt.requests = lookup_requests.saturating_add(remote.len() as u32);
-                let request = put_request(&put.record);
+                let request = put_request(&put.record, put.hood.as_deref());
                 for peer in remote {
                     self.send(id, peer, request.clone());
                 }
@@ -734,6 +770,11 @@ impl<E: crate::Extension> Driver<E> {
             Op::Get(get) => {
                 let mut replicas = closest(&get.key, peers, k);
                 replicas.retain(|p| *p != me);
+                get.hood = Some(Box::new(Neighbourhood::new(
+                    kad_key(&get.key),
+                    k,
+                    replicas.iter().copied(),
+                )));
                 get.looking_up = false;
                 get.alone = alone;
                 if !me_counts {
@@ -775,7 +816,7 @@ impl<E: crate::Extension> Driver<E> {
                 get.pending = replicas.iter().copied().collect();
                 get.asked_at = Some(Instant::now());
                 get.requests = lookup_requests.saturating_add(replicas.len() as u32);
-                let request = get_request(&get.key);
+                let request = get_request(&get.key, get.hood.as_deref());
                 for peer in replicas {
                     self.send(id, peer, request.clone());
                 }
@@ -857,7 +898,9 @@ impl<E: crate::Extension> Driver<E> {
                 kind: Some(pb::response::Kind::Reconcile(self.answer_reconcile(peer, reconcile))),
             },
             Some(pb::request::Kind::Put(put)) => {
-                let response = match Record::decode(&put.record) {
+                let decoded = Record::decode(&put.record);
+                let target = decoded.as_ref().ok().map(|r| kad_key(r.key()));
+                let mut response = match decoded {
                     Err(e) => {
                         self.malformed(peer, &e);
                         put_response(S::Invalid, e.to_string())
@@ -889,19 +932,29 @@ impl<E: crate::Extension> Driver<E> {
                         }
                     },
                 };
+                if let Some(target) = target {
+                    response.closer = self.closer_than(peer, &target, &put.farthest, &put.known);
+                    while response.encoded_len() > crate::codec::MAX_MESSAGE_LEN {
+                        response.closer.pop();
+                    }
+                }
                 pb::Response { kind: Some(pb::response::Kind::Put(response)) }
             }
             Some(pb::request::Kind::Get(get)) => {
                 let key = std::str::from_utf8(&get.key).unwrap_or_default();
                 let record = self.store.get(key).map(|r| r.encode()).unwrap_or_default();
                 let highest_seq = self.store.highest_seq(key).unwrap_or(0);
-                pb::Response {
-                    kind: Some(pb::response::Kind::Get(pb::GetResponse {
-                        record,
-                        highest_seq,
-                        rate_limited: false,
-                    })),
+                let mut response = pb::GetResponse {
+                    record,
+                    highest_seq,
+                    rate_limited: false,
+                    closer: self.closer_than(peer, &get.key, &get.farthest, &get.known),
+                };
+                // Named peers never push an answer over the message limit.
+                while response.encoded_len() > crate::codec::MAX_MESSAGE_LEN {
+                    response.closer.pop();
                 }
+                pb::Response { kind: Some(pb::response::Kind::Get(response)) }
             }
             None => pb::Response { kind: None },
         }
@@ -928,8 +981,29 @@ impl<E: crate::Extension> Driver<E> {
                     }
                     _ => None,
                 };
+                let me = *self.swarm.local_peer_id();
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
+                // Peers the replica named that this write did not know get the record too.
+                let mut joined = Vec::new();
+                if put.pending.contains(&peer)
+                    && let Some(hood) = put.hood.as_mut()
+                {
+                    let (new, out) = hood.named(me, answer.closer);
+                    // The replica set grows by those that pushed nobody out.
+                    put.receipt.replicas += new.len().saturating_sub(out.len());
+                    put.receipt.quorum = self.config.write_quorum.of(put.receipt.replicas);
+                    joined = new;
+                }
+                put.pending.extend(joined.iter().map(|(p, _)| *p));
+                put.receipt.requests = put.receipt.requests.saturating_add(joined.len() as u32);
                 put.answered(peer, status, answer.reason, newer, Instant::now());
+                if !joined.is_empty() {
+                    tracing::debug!(%key, named = joined.len(), "replicas named closer peers");
+                    let request = put_request(&put.record, put.hood.as_deref());
+                    for (peer, addrs) in joined {
+                        self.send_to(id, peer, request.clone(), addrs);
+                    }
+                }
                 self.check_put(id);
             }
             (Op::Get(get), Some(pb::response::Kind::Get(answer))) => {
@@ -938,8 +1012,28 @@ impl<E: crate::Extension> Driver<E> {
                     return self.on_failure(id, peer, "rate limited".into());
                 }
                 let record = self.verified(peer, &key, &answer.record);
+                let me = *self.swarm.local_peer_id();
                 let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
+                // Peers the replica named that this read did not know are asked too.
+                let mut joined = Vec::new();
+                if get.pending.contains(&peer)
+                    && let Some(hood) = get.hood.as_mut()
+                {
+                    let (new, out) = hood.named(me, answer.closer);
+                    get.reserve.retain(|p| !out.contains(p));
+                    joined = new;
+                }
+                get.pending.extend(joined.iter().map(|(p, _)| *p));
+                get.asked += joined.len();
+                get.requests = get.requests.saturating_add(joined.len() as u32);
                 get.answered(peer, record, answer.highest_seq, Instant::now());
+                if !joined.is_empty() {
+                    tracing::debug!(%key, named = joined.len(), "replicas named closer peers");
+                    let request = get_request(&key, get.hood.as_deref());
+                    for (peer, addrs) in joined {
+                        self.send_to(id, peer, request.clone(), addrs);
+                    }
+                }
                 self.check_get(id);
             }
             (Op::Push { .. }, _) => self.push_answered(id),
@@ -1083,7 +1177,7 @@ impl<E: crate::Extension> Driver<E> {
 
     /// Sends `record` to `peers` without waiting for their answers.
     pub(crate) fn push(&mut self, record: &Record, peers: impl IntoIterator<Item = PeerId>) {
-        let request = put_request(record);
+        let request = put_request(record, None);
         let deadline = Instant::now() + self.config.operation_timeout;
         let id = self.new_op(Op::Push { outstanding: 0, deadline });
         let mut outstanding = 0;
@@ -1251,6 +1345,7 @@ mod tests {
             veto: None,
             asked_at: None,
             not_before: None,
+            hood: None,
         }
     }
 
@@ -1484,6 +1579,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(10),
             quorum_at: None,
             newer: None,
+            hood: None,
         }
     }
 

@@ -379,7 +379,7 @@ impl<E: Extension> Driver<E> {
     fn replicate_to(&mut self, record: &Record, peer: PeerId) {
         let deadline = Instant::now() + self.config.operation_timeout;
         let id = self.new_op(Op::Sent { key: record.key().clone(), seq: record.seq(), deadline });
-        self.send(id, peer, crate::ops::put_request(record));
+        self.send(id, peer, crate::ops::put_request(record, None));
     }
 
     /// Ends a round: answered, failed, refused or past its deadline.
