@@ -615,6 +615,11 @@ pub(crate) struct Driver<E: Extension> {
     /// Connected peers that identify says do not speak the record protocol (an IPFS peer, a
     /// bare relay): they do not make this node part of a dkvs network.
     non_dkvs: HashSet<PeerId>,
+    /// Connected peers whose latest identify lists the Kademlia protocol: DHT servers, the
+    /// only peers a key's neighbourhood holds ([`crate::nearby`]).
+    servers: HashSet<PeerId>,
+    /// Connected peers whose identify arrived (DHT servers or not).
+    identified: HashSet<PeerId>,
     /// Times the task woke up for its timers (not for events) since it started.
     wakeups: u64,
     /// When each connected peer was last used ([`Driver::trim_connections`]).
@@ -665,6 +670,8 @@ impl<E: Extension> Driver<E> {
             public_seen: false,
             had_peers: false,
             non_dkvs: HashSet::new(),
+            servers: HashSet::new(),
+            identified: HashSet::new(),
             wakeups: 0,
             used: HashMap::new(),
             reserved: HashSet::new(),
@@ -956,6 +963,8 @@ impl<E: Extension> Driver<E> {
                         self.used.remove(&peer_id);
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
+                        self.servers.remove(&peer_id);
+                        self.identified.remove(&peer_id);
                         self.replication.disconnected(&peer_id);
                     }
                 }
@@ -1031,7 +1040,10 @@ impl<E: Extension> Driver<E> {
                     self.non_dkvs.insert(peer_id);
                 }
                 self.update_kad_mode();
+                self.servers.remove(&peer_id);
+                self.identified.insert(peer_id);
                 if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) {
+                    self.servers.insert(peer_id);
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
@@ -1220,7 +1232,7 @@ impl<E: Extension> Driver<E> {
         self.used(peer);
     }
 
-    /// The peers this node is connected to from its routing table, when the table covers the
+    /// The DHT servers this node is connected to from its routing table, when the table covers the
     /// key whose Kademlia key is `target` ([`crate::nearby::table_covers`]): its replicas are
     /// then among them, and an operation needs no lookup. `None` otherwise.
     pub(crate) fn local_neighbourhood(&mut self, target: &[u8]) -> Option<Vec<PeerId>> {
@@ -1235,15 +1247,20 @@ impl<E: Extension> Driver<E> {
         let mut buckets = Vec::with_capacity(table.len());
         let mut live = Vec::new();
         for (index, peers) in table {
+            // A peer whose identify has not arrived may be a server or not: a lookup asks it.
+            let unknown = |p: &PeerId| self.swarm.is_connected(p) && !self.identified.contains(p);
+            if peers.iter().any(unknown) {
+                return None;
+            }
             let (entries, before) = (peers.len(), live.len());
-            live.extend(peers.into_iter().filter(|p| self.swarm.is_connected(p)));
+            live.extend(peers.into_iter().filter(|p| self.servers.contains(p)));
             buckets.push(Bucket { index, entries, connected: live.len() - before });
         }
         let size = crate::behaviour::KBUCKET_SIZE.get();
         table_covers(&buckets, index, self.config.replication, size).then_some(live)
     }
 
-    /// A replica's side of [`crate::nearby`]: the peers it is connected to that are closer to
+    /// A replica's side of [`crate::nearby`]: the DHT servers it is connected to that are closer to
     /// `target` than the asker's farthest candidate and not among its `known` ones. An asker
     /// that sent no hint (an older node, replication) is named nobody.
     pub(crate) fn closer_than(
@@ -1264,7 +1281,7 @@ impl<E: Extension> Driver<E> {
             .find_closest_local_peers(&key, &asker)
             .map(|p| (p.node_id, p.multiaddrs))
             .collect();
-        let live = near.into_iter().filter(|(p, _)| self.swarm.is_connected(p));
+        let live = near.into_iter().filter(|(p, _)| self.servers.contains(p));
         crate::nearby::to_name(target, farthest, known, asker, live, self.config.replication)
     }
 

@@ -753,13 +753,11 @@ impl<E: crate::Extension> Driver<E> {
         match op {
             Op::Put(put) => {
                 let replicas = closest(put.record.key(), candidates, k);
+                // The neighbourhood holds this node when it counts: it is one of the k.
+                let hood = Neighbourhood::new(kad_key(put.record.key()), k, replicas.clone());
+                put.hood = Some(Box::new(hood));
                 let quorum = self.config.write_quorum;
                 let remote = put.replicas_found(replicas, me, alone, quorum);
-                put.hood = Some(Box::new(Neighbourhood::new(
-                    kad_key(put.record.key()),
-                    k,
-                    remote.iter().copied(),
-                )));
                 put.receipt.requests = lookup_requests.saturating_add(remote.len() as u32);
                 let request = put_request(&put.record, put.hood.as_deref());
                 for peer in remote {
@@ -770,11 +768,9 @@ impl<E: crate::Extension> Driver<E> {
             Op::Get(get) => {
                 let mut replicas = closest(&get.key, peers, k);
                 replicas.retain(|p| *p != me);
-                get.hood = Some(Box::new(Neighbourhood::new(
-                    kad_key(&get.key),
-                    k,
-                    replicas.iter().copied(),
-                )));
+                // The neighbourhood holds this node when it counts: it is one of the k.
+                let members = closest(&get.key, candidates, k);
+                get.hood = Some(Box::new(Neighbourhood::new(kad_key(&get.key), k, members)));
                 get.looking_up = false;
                 get.alone = alone;
                 if !me_counts {
