@@ -126,29 +126,28 @@ impl Neighbourhood {
     }
 }
 
-/// A replica's side: which of `candidates` (peers it is connected to, with their addresses,
-/// closest to `target` first) to name to an asker whose hint is `farthest` and `known`.
+/// A replica's side: which of `candidates` (the DHT servers it is connected to) to name to an
+/// asker whose hint is `farthest` and `known`: those closer to `target` than the farthest and
+/// not known, at most `k`, closest first.
 pub(crate) fn to_name(
     target: &[u8],
     farthest: &[u8],
     known: &[u64],
     asker: PeerId,
-    candidates: impl IntoIterator<Item = (PeerId, Vec<Multiaddr>)>,
+    candidates: impl IntoIterator<Item = KBucketKey<PeerId>>,
     k: usize,
-) -> Vec<pb::Peer> {
+) -> Vec<PeerId> {
     let target = KBucketKey::new(target.to_vec());
     let bound = PeerId::from_bytes(farthest).ok().map(|p| target.distance(&KBucketKey::from(p)));
     let known: HashSet<u64> = known.iter().copied().collect();
-    candidates
+    let mut near: Vec<(Distance, PeerId)> = candidates
         .into_iter()
-        .filter(|(p, _)| *p != asker && !known.contains(&fingerprint(p)))
-        .filter(|(p, _)| bound.is_none_or(|b| target.distance(&KBucketKey::from(*p)) < b))
-        .take(k)
-        .map(|(p, addrs)| pb::Peer {
-            id: p.to_bytes(),
-            addrs: addrs.into_iter().take(MAX_ADDRS).map(|a| a.to_vec()).collect(),
-        })
-        .collect()
+        .map(|key| (key.distance(&target), *key.preimage()))
+        .filter(|(d, p)| bound.is_none_or(|b| *d < b) && *p != asker)
+        .filter(|(_, p)| !known.contains(&fingerprint(p)))
+        .collect();
+    near.sort();
+    near.into_iter().take(k).map(|(_, p)| p).collect()
 }
 
 /// One bucket of a routing table: its index (bucket i holds the peers at distance
@@ -239,12 +238,13 @@ mod tests {
         assert_eq!(known.len(), 20);
         // A replica connected to everyone names exactly the 4 closer ones it does not know.
         let replica = by_distance[10];
-        let candidates = by_distance.iter().map(|p| (*p, vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()]));
-        let named = to_name(&target, &farthest, &known, replica, candidates, 20);
-        let ids: Vec<Vec<u8>> = named.iter().map(|p| p.id.clone()).collect();
-        assert_eq!(ids, by_distance[..4].iter().map(|p| p.to_bytes()).collect::<Vec<_>>());
+        let candidates = || all.iter().map(|p| KBucketKey::from(*p));
+        let named = to_name(&target, &farthest, &known, replica, candidates(), 20);
+        assert_eq!(named, by_distance[..4]);
         // They join (with their address) and push the four farthest out.
-        let mut named = named;
+        let addr = || vec!["/ip4/127.0.0.1/tcp/1".parse::<Multiaddr>().unwrap().to_vec()];
+        let mut named: Vec<pb::Peer> =
+            named.iter().map(|p| pb::Peer { id: p.to_bytes(), addrs: addr() }).collect();
         named.push(pb::Peer { id: by_distance[30].to_bytes(), addrs: vec![] }); // farther: no
         named.push(pb::Peer { id: me.to_bytes(), addrs: vec![] }); // this node: no
         named.push(pb::Peer { id: b"junk".to_vec(), addrs: vec![] }); // not an id: no
@@ -260,8 +260,7 @@ mod tests {
         assert!(hood.named(me, again.collect()).0.is_empty());
         // Now complete, a replica names nobody.
         let (farthest, known) = hood.hint();
-        let candidates = by_distance.iter().map(|p| (*p, vec![]));
-        assert!(to_name(&target, &farthest, &known, replica, candidates, 20).is_empty());
+        assert!(to_name(&target, &farthest, &known, replica, candidates(), 20).is_empty());
     }
 
     #[test]

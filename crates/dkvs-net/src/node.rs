@@ -1273,16 +1273,28 @@ impl<E: Extension> Driver<E> {
         if farthest.is_empty() && known.is_empty() {
             return Vec::new();
         }
-        let key = kad::KBucketKey::new(target.to_vec());
-        let near: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .find_closest_local_peers(&key, &asker)
-            .map(|p| (p.node_id, p.multiaddrs))
-            .collect();
-        let live = near.into_iter().filter(|(p, _)| self.servers.contains(p));
-        crate::nearby::to_name(target, farthest, known, asker, live, self.config.replication)
+        // A walk over the table (the hashes are kept in it), cheaper than Kademlia's sorted
+        // iterator, which copies every entry of every bucket it passes.
+        let mut candidates = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            candidates.extend(bucket.iter().map(|e| e.node.key.clone()));
+        }
+        candidates.retain(|key| self.servers.contains(key.preimage()));
+        let k = self.config.replication;
+        let named = crate::nearby::to_name(target, farthest, known, asker, candidates, k);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        named
+            .into_iter()
+            .map(|peer| {
+                let addrs = kad.kbucket(peer).and_then(|bucket| {
+                    let entry = bucket.iter().find(|e| *e.node.key.preimage() == peer);
+                    entry.map(|e| e.node.value.iter().map(|a| a.to_vec()).collect::<Vec<_>>())
+                });
+                let mut addrs = addrs.unwrap_or_default();
+                addrs.truncate(crate::nearby::MAX_ADDRS);
+                pb::Peer { id: peer.to_bytes(), addrs }
+            })
+            .collect()
     }
 
     /// Notes that `peer` was used now, if it is connected (a peer being dialed is noted when
@@ -1423,7 +1435,7 @@ pub(crate) fn closest(
     let target = kad::KBucketKey::new(kad_key(key));
     let mut peers: Vec<PeerId> =
         candidates.into_iter().collect::<HashSet<_>>().into_iter().collect();
-    peers.sort_by_key(|p| target.distance(&kad::KBucketKey::from(*p)));
+    peers.sort_by_cached_key(|p| target.distance(&kad::KBucketKey::from(*p)));
     peers.truncate(k);
     peers
 }
