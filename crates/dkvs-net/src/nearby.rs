@@ -126,27 +126,33 @@ impl Neighbourhood {
     }
 }
 
-/// A replica's side: which of `candidates` (the DHT servers it is connected to) to name to an
-/// asker whose hint is `farthest` and `known`: those closer to `target` than the farthest and
-/// not known, at most `k`, closest first.
-pub(crate) fn to_name(
+/// A replica's side: which of `candidates` (its routing table's keys) to name to an asker
+/// whose hint is `farthest` and `known`: those closer to `target` than the farthest, not
+/// known to the asker and `live` (DHT servers this replica is connected to), at most `k`,
+/// closest first. Distances first, as they cost no allocation: most peers fail them.
+pub(crate) fn to_name<'a>(
     target: &[u8],
     farthest: &[u8],
     known: &[u64],
     asker: PeerId,
-    candidates: impl IntoIterator<Item = KBucketKey<PeerId>>,
+    candidates: impl IntoIterator<Item = &'a KBucketKey<PeerId>>,
+    live: impl Fn(&PeerId) -> bool,
     k: usize,
 ) -> Vec<PeerId> {
     let target = KBucketKey::new(target.to_vec());
     let bound = PeerId::from_bytes(farthest).ok().map(|p| target.distance(&KBucketKey::from(p)));
-    let known: HashSet<u64> = known.iter().copied().collect();
     let mut near: Vec<(Distance, PeerId)> = candidates
         .into_iter()
-        .map(|key| (key.distance(&target), *key.preimage()))
-        .filter(|(d, p)| bound.is_none_or(|b| *d < b) && *p != asker)
-        .filter(|(_, p)| !known.contains(&fingerprint(p)))
+        .map(|key| (key.distance(&target), key))
+        .filter(|(d, _)| bound.is_none_or(|b| *d < b))
+        .map(|(d, key)| (d, *key.preimage()))
+        .filter(|(_, p)| *p != asker && live(p))
         .collect();
-    near.sort();
+    if !near.is_empty() {
+        let known: HashSet<u64> = known.iter().copied().collect();
+        near.retain(|(_, p)| !known.contains(&fingerprint(p)));
+        near.sort();
+    }
     near.into_iter().take(k).map(|(_, p)| p).collect()
 }
 
@@ -238,9 +244,13 @@ mod tests {
         assert_eq!(known.len(), 20);
         // A replica connected to everyone names exactly the 4 closer ones it does not know.
         let replica = by_distance[10];
-        let candidates = || all.iter().map(|p| KBucketKey::from(*p));
-        let named = to_name(&target, &farthest, &known, replica, candidates(), 20);
+        let keys: Vec<KBucketKey<PeerId>> = all.iter().map(|p| KBucketKey::from(*p)).collect();
+        let live = |p: &PeerId| *p != by_distance[1];
+        let named = to_name(&target, &farthest, &known, replica, &keys, |_| true, 20);
         assert_eq!(named, by_distance[..4]);
+        // Only live peers (connected DHT servers) are named.
+        let named_live = to_name(&target, &farthest, &known, replica, &keys, live, 20);
+        assert_eq!(named_live, [by_distance[0], by_distance[2], by_distance[3]]);
         // They join (with their address) and push the four farthest out.
         let addr = || vec!["/ip4/127.0.0.1/tcp/1".parse::<Multiaddr>().unwrap().to_vec()];
         let mut named: Vec<pb::Peer> =
@@ -260,7 +270,7 @@ mod tests {
         assert!(hood.named(me, again.collect()).0.is_empty());
         // Now complete, a replica names nobody.
         let (farthest, known) = hood.hint();
-        assert!(to_name(&target, &farthest, &known, replica, candidates(), 20).is_empty());
+        assert!(to_name(&target, &farthest, &known, replica, &keys, |_| true, 20).is_empty());
     }
 
     #[test]

@@ -1275,13 +1275,13 @@ impl<E: Extension> Driver<E> {
         }
         // A walk over the table (the hashes are kept in it), cheaper than Kademlia's sorted
         // iterator, which copies every entry of every bucket it passes.
-        let mut candidates = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            candidates.extend(bucket.iter().map(|e| e.node.key.clone()));
-        }
-        candidates.retain(|key| self.servers.contains(key.preimage()));
         let k = self.config.replication;
-        let named = crate::nearby::to_name(target, farthest, known, asker, candidates, k);
+        let servers = &self.servers;
+        let buckets: Vec<_> = self.swarm.behaviour_mut().kad.kbuckets().collect();
+        let keys = buckets.iter().flat_map(|b| b.iter().map(|e| e.node.key));
+        let live = |p: &PeerId| servers.contains(p);
+        let named = crate::nearby::to_name(target, farthest, known, asker, keys, live, k);
+        drop(buckets);
         let kad = &mut self.swarm.behaviour_mut().kad;
         named
             .into_iter()
