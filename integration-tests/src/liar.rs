@@ -29,6 +29,7 @@ struct Behaviour {
 enum Command {
     Lie(String, Vec<u8>),
     StaleClaim(Vec<u8>),
+    Name(Vec<pb::Peer>),
     PutStatus(pb::PutStatus),
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
@@ -121,6 +122,16 @@ impl Liar {
             .map_err(|_| anyhow!("liar gone"))
     }
 
+    /// From now on, names `peers` (ids and addresses) in every get answer as closer to the key
+    /// than anything the asker knows, whatever the asker's hint says.
+    pub async fn name_peers(&self, peers: Vec<(PeerId, Multiaddr)>) -> anyhow::Result<()> {
+        let peers = peers
+            .into_iter()
+            .map(|(id, addr)| pb::Peer { id: id.to_bytes(), addrs: vec![addr.to_vec()] })
+            .collect();
+        self.commands.send(Command::Name(peers)).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// From now on, answers every put with "stale", showing `bytes` as the newer record.
     pub async fn claim_stale(&self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.commands.send(Command::StaleClaim(bytes)).await.map_err(|_| anyhow!("liar gone"))
@@ -200,6 +211,7 @@ impl Liar {
 async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
     let mut lies: HashMap<String, Vec<u8>> = HashMap::new();
     let mut stale_claim: Option<Vec<u8>> = None;
+    let mut named: Vec<pb::Peer> = Vec::new();
     let mut put_status = pb::PutStatus::Stored;
     let nothing = dkvs_net::reconcile::set_of([]);
     let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
@@ -216,6 +228,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::StaleClaim(bytes)) => {
                     stale_claim = Some(bytes);
+                }
+                Some(Command::Name(peers)) => {
+                    named = peers;
                 }
                 Some(Command::PutStatus(status)) => {
                     put_status = status;
@@ -289,7 +304,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                                         record: lies.get(&key).cloned().unwrap_or_default(),
                                         highest_seq: u64::MAX,
                                         rate_limited: false,
-                                        closer: Vec::new(),
+                                        closer: named.clone(),
                                     })) }
                                 }
                                 Some(pb::request::Kind::Reconcile(round)) => {

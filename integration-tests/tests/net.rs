@@ -281,6 +281,55 @@ async fn records_survive_churn_and_restarted_nodes_catch_up() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_asks_the_peers_its_replicas_name_and_a_liar_cannot_name_many() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+
+    // Three honest nodes hold version 1. A node outside their network (it never met them)
+    // holds version 2; a peer that answers gets names it, with its address. A reader asks the
+    // named node too (crates/dkvs-net/src/nearby.rs), and the newest version wins.
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "named").expect("key");
+    net.put(0, record(&alice, &key, "old", 1)).await??;
+    let dir = tempfile::tempdir()?;
+    let outside = lone_node(dir.path(), Config::default())?;
+    let outside_addr = outside.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    let receipt = outside.put(record(&alice, &key, "new", 2)).await?;
+    assert!(receipt.alone, "{receipt:?}");
+    let namer = Liar::spawn().await?;
+    namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    // Besides the real node, twenty ids nobody runs, at an address where nothing listens:
+    // they may join the read only up to k in all, and cost it dials that fail.
+    let dead: dkvs_net::libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/9".parse()?;
+    let mut named = vec![(outside.peer_id(), outside_addr)];
+    named.extend((0..20).map(|_| (dkvs_net::libp2p::PeerId::random(), dead.clone())));
+    namer.name_peers(named).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    // Each reader asks the namer once it routes to it (after its bootstrap, at once).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut found = None;
+    'search: while tokio::time::Instant::now() < deadline {
+        for reader in 0..net.len() {
+            let got = net.get(reader, &key).await??;
+            if got.asked > net.len() + 1 {
+                found = Some((reader, got));
+                break 'search;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (reader, got) = found.expect("a reader asked the namer and the peers it named");
+    assert_eq!(value(&got), Some("new".into()), "node {reader}: the named node's newer record");
+    // The read asked its replicas, the namer, and at most k = 20 named peers in all.
+    assert!(got.asked <= net.len() + 1 + 20, "{got:?}");
+    net.shutdown().await;
+    outside.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_peers_lose_and_flooders_are_cut_off() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
 
