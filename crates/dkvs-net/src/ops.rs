@@ -598,8 +598,10 @@ impl<E: crate::Extension> Driver<E> {
     /// that found the same k closest and asks a sample of k - W + 1 of them meets at least one
     /// acknowledging replica of every such write; two more allow for a writer's and a reader's
     /// lookups that differ by two peers, as they do in a network that changes. With k = 20
-    /// and majorities that is 12 of the 20: the lookup is the same, and the read sends 12
-    /// requests instead of 20 when the 12 agree (docs/benchmarks.md has the figures).
+    /// and majorities that is 12 of the 20: the read sends 12 requests instead of 20 when the
+    /// 12 agree (docs/benchmarks.md has the figures). Peers the sample's replicas name as
+    /// closer ([`crate::nearby`]) are asked as well: a set that changed under the read only
+    /// grows the sample.
     ///
     /// The sample is random, so ids ground near a key cannot make themselves the ones asked;
     /// any disagreement, failure or straggler widens the read to all k under the usual rules,
