@@ -29,7 +29,8 @@ struct Behaviour {
 enum Command {
     Lie(String, Vec<u8>),
     StaleClaim(Vec<u8>),
-    Name(Vec<pb::Peer>),
+    Name(Vec<Vec<u8>>),
+    Hinted(oneshot::Sender<usize>),
     PutStatus(pb::PutStatus),
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
@@ -122,14 +123,19 @@ impl Liar {
             .map_err(|_| anyhow!("liar gone"))
     }
 
-    /// From now on, names `peers` (ids and addresses) in every get answer as closer to the key
-    /// than anything the asker knows, whatever the asker's hint says.
-    pub async fn name_peers(&self, peers: Vec<(PeerId, Multiaddr)>) -> anyhow::Result<()> {
-        let peers = peers
-            .into_iter()
-            .map(|(id, addr)| pb::Peer { id: id.to_bytes(), addrs: vec![addr.to_vec()] })
-            .collect();
+    /// From now on, names `peers` in every get answer as closer to the key than anything the
+    /// asker knows, whatever the asker's hint says.
+    pub async fn name_peers(&self, peers: Vec<PeerId>) -> anyhow::Result<()> {
+        let peers = peers.into_iter().map(PeerId::to_bytes).collect();
         self.commands.send(Command::Name(peers)).await.map_err(|_| anyhow!("liar gone"))
+    }
+
+    /// How many get requests carrying a hint (an asker that took its replicas from its
+    /// routing table) the liar has answered.
+    pub async fn hinted_gets(&self) -> anyhow::Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Hinted(tx)).await.map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")
     }
 
     /// From now on, answers every put with "stale", showing `bytes` as the newer record.
@@ -211,7 +217,8 @@ impl Liar {
 async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
     let mut lies: HashMap<String, Vec<u8>> = HashMap::new();
     let mut stale_claim: Option<Vec<u8>> = None;
-    let mut named: Vec<pb::Peer> = Vec::new();
+    let mut named: Vec<Vec<u8>> = Vec::new();
+    let mut hinted = 0;
     let mut put_status = pb::PutStatus::Stored;
     let nothing = dkvs_net::reconcile::set_of([]);
     let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
@@ -231,6 +238,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::Name(peers)) => {
                     named = peers;
+                }
+                Some(Command::Hinted(reply)) => {
+                    let _ = reply.send(hinted);
                 }
                 Some(Command::PutStatus(status)) => {
                     put_status = status;
@@ -299,6 +309,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                         request_response::Message::Request { request, channel, .. } => {
                             let response = match request.kind {
                                 Some(pb::request::Kind::Get(get)) => {
+                                    if !get.known.is_empty() {
+                                        hinted += 1;
+                                    }
                                     let key = String::from_utf8_lossy(&get.key).into_owned();
                                     pb::Response { kind: Some(pb::response::Kind::Get(pb::GetResponse {
                                         record: lies.get(&key).cloned().unwrap_or_default(),

@@ -1,27 +1,30 @@
-//! A key's neighbourhood as one operation sees it: the k peers closest to the key that it
-//! knows of, grown by the peers its replicas name in their answers.
+//! A key's neighbourhood as one operation sees it, taken from this node's routing table when
+//! the table can be trusted with it, and checked by the replicas it asks.
 //!
 //! A Kademlia lookup asks about twenty peers for their closest before a read or a write can
 //! ask a single replica (docs/benchmarks.md: 21 of a get's 34 requests at N = 100). When this
-//! node's routing table already holds every peer near the key ([`table_covers`]), the
-//! operation starts from the table instead, and the replicas it asks check it: each request
-//! carries the asker's candidates (by fingerprint) and its farthest, and each replica answers
-//! with the peers it is connected to that are closer and unknown to the asker. Those join the
-//! neighbourhood and are asked too. In a network whose tables are complete, answers name
-//! nobody, and a read costs its replicas' requests only.
+//! node's routing table holds every peer near the key ([`table_covers`]) and the last lookups
+//! found nobody the table did not hold, the operation starts from the table instead. Each of
+//! its requests carries the asker's candidates (by fingerprint) and its farthest, and each
+//! replica answers with the ids of the DHT servers it is connected to that are closer and
+//! unknown to the asker. One such id means the table was wrong about the key: the operation
+//! then runs the Kademlia lookup after all and asks the replicas it finds (named ids are never
+//! dialed, so a replica that names ids nobody runs costs an operation a lookup, no more), and
+//! the node stops trusting its table until a lookup again finds nobody new. In a network whose
+//! tables are complete, answers name nobody, and an operation costs its replicas' requests.
 
 use std::collections::HashSet;
 
+use libp2p::PeerId;
 use libp2p::kad::{KBucketDistance as Distance, KBucketKey};
-use libp2p::{Multiaddr, PeerId};
 
-use crate::codec::pb;
+/// Most fingerprints a replica reads from a hint: a neighbourhood holds k, and no more than
+/// this (a Kademlia bucket's size) is ever needed.
+pub(crate) const MAX_KNOWN: usize = 64;
 
-/// Most addresses read for one peer a replica names.
-pub(crate) const MAX_ADDRS: usize = 4;
-
-/// The last 8 bytes of a peer id, as a request names the peers its asker knows: the id's key
-/// or hash, so ids cannot be ground to collide with a given one more cheaply than keys.
+/// The last 8 bytes of a peer id, as a request names the peers its asker knows. The peers an
+/// asker knows are connected, so their ids are their keys (or a hash of them): a peer cannot
+/// choose another's fingerprint for its own id more cheaply than by grinding 2^64 keys.
 pub(crate) fn fingerprint(peer: &PeerId) -> u64 {
     let bytes = peer.to_bytes();
     let mut last = [0u8; 8];
@@ -30,21 +33,17 @@ pub(crate) fn fingerprint(peer: &PeerId) -> u64 {
     u64::from_le_bytes(last)
 }
 
-/// The k closest peers to a key that one operation knows of.
+/// The k closest peers to a key that one operation started from.
 pub(crate) struct Neighbourhood {
     target: KBucketKey<Vec<u8>>,
     k: usize,
     /// The k closest, closest first.
     closest: Vec<(Distance, PeerId)>,
-    /// Every peer that was ever among them, or was named and refused: never added twice.
-    seen: HashSet<PeerId>,
-    /// Peers added from replicas' answers so far, and the most that may be.
-    added: usize,
 }
 
 impl Neighbourhood {
-    /// The neighbourhood of `target` (a Kademlia key's bytes) holding `peers` (this node
-    /// excluded by the caller, or not, as it counts).
+    /// The neighbourhood of `target` (a Kademlia key's bytes) holding the k of `peers` closest
+    /// to it (this node among them when it counts as a replica).
     pub(crate) fn new(target: Vec<u8>, k: usize, peers: impl IntoIterator<Item = PeerId>) -> Self {
         let target = KBucketKey::new(target);
         let mut closest: Vec<(Distance, PeerId)> = peers
@@ -55,14 +54,7 @@ impl Neighbourhood {
             .collect();
         closest.sort();
         closest.truncate(k);
-        let seen = closest.iter().map(|(_, p)| *p).collect();
-        Neighbourhood { target, k, closest, seen, added: 0 }
-    }
-
-    /// The peers, closest first.
-    #[cfg(test)]
-    pub(crate) fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
-        self.closest.iter().map(|(_, p)| *p)
+        Neighbourhood { target, k, closest }
     }
 
     /// The request's hint: the farthest of a full neighbourhood (empty while it has fewer
@@ -76,60 +68,26 @@ impl Neighbourhood {
         (farthest, self.closest.iter().map(|(_, p)| fingerprint(p)).collect())
     }
 
-    /// Takes the peers a replica named: those closer than the farthest (or any while there
-    /// are fewer than k) that were never seen join, pushing the farthest out. Returns the
-    /// ones that joined, with the addresses given for them, to be asked; and the ones pushed
-    /// out. At most k join over the operation's life: a replica naming more is lying or
-    /// looking at a different network, and the operation goes on with what it has.
-    pub(crate) fn named(
-        &mut self,
-        me: PeerId,
-        peers: Vec<pb::Peer>,
-    ) -> (Vec<(PeerId, Vec<Multiaddr>)>, Vec<PeerId>) {
-        let mut joined = Vec::new();
-        let mut out = Vec::new();
-        for named in peers.into_iter().take(self.k) {
-            if self.added >= self.k {
-                break;
-            }
-            let Ok(peer) = PeerId::from_bytes(&named.id) else { continue };
-            if peer == me || !self.seen.insert(peer) {
-                continue;
-            }
-            let distance = self.target.distance(&KBucketKey::from(peer));
-            let full = self.closest.len() >= self.k;
-            if full && self.closest.last().is_some_and(|(far, _)| distance >= *far) {
-                continue;
-            }
-            let at = self.closest.partition_point(|(d, _)| *d < distance);
-            self.closest.insert(at, (distance, peer));
-            if self.closest.len() > self.k
-                && let Some((_, pushed)) = self.closest.pop()
-            {
-                out.push(pushed);
-            }
-            self.added += 1;
-            let addrs = named
-                .addrs
-                .into_iter()
-                .take(MAX_ADDRS)
-                .filter_map(|a| Multiaddr::try_from(a).ok())
-                .collect();
-            joined.push((peer, addrs));
-        }
-        // A peer that joined and was pushed out by a later one in the same answer is neither.
-        let pushed_joined: HashSet<PeerId> =
-            out.iter().filter(|p| joined.iter().any(|(j, _)| j == *p)).copied().collect();
-        joined.retain(|(p, _)| !pushed_joined.contains(p));
-        out.retain(|p| !pushed_joined.contains(p));
-        (joined, out)
+    /// Whether `named` (ids a replica named) holds a peer that belongs among the k closest and
+    /// is not there: one that is not this node nor a member, and is closer than the farthest
+    /// (any, while there are fewer than k). Ids that do not parse are ignored.
+    pub(crate) fn names_closer(&self, me: PeerId, named: &[Vec<u8>]) -> bool {
+        let full = self.closest.len() >= self.k;
+        let farthest = self.closest.last().map(|(d, _)| *d);
+        named.iter().take(self.k).filter_map(|id| PeerId::from_bytes(id).ok()).any(|peer| {
+            peer != me
+                && !self.closest.iter().any(|(_, p)| *p == peer)
+                && (!full
+                    || farthest.is_some_and(|f| self.target.distance(&KBucketKey::from(peer)) < f))
+        })
     }
 }
 
 /// A replica's side: which of `candidates` (its routing table's keys) to name to an asker
 /// whose hint is `farthest` and `known`: those closer to `target` than the farthest, not
 /// known to the asker and `live` (DHT servers this replica is connected to), at most `k`,
-/// closest first. Distances first, as they cost no allocation: most peers fail them.
+/// closest first. Distances first, as they cost no allocation: most peers fail them. A hint
+/// with more than [`MAX_KNOWN`] fingerprints or a farthest that is no peer id gets nobody.
 pub(crate) fn to_name<'a>(
     target: &[u8],
     farthest: &[u8],
@@ -139,8 +97,18 @@ pub(crate) fn to_name<'a>(
     live: impl Fn(&PeerId) -> bool,
     k: usize,
 ) -> Vec<PeerId> {
+    // A hint no honest asker sends is answered with nobody.
+    if known.len() > MAX_KNOWN {
+        return Vec::new();
+    }
     let target = KBucketKey::new(target.to_vec());
-    let bound = PeerId::from_bytes(farthest).ok().map(|p| target.distance(&KBucketKey::from(p)));
+    let bound = match farthest {
+        [] => None,
+        id => match PeerId::from_bytes(id) {
+            Ok(p) => Some(target.distance(&KBucketKey::from(p))),
+            Err(_) => return Vec::new(),
+        },
+    };
     let mut near: Vec<(Distance, PeerId)> = candidates
         .into_iter()
         .map(|key| (key.distance(&target), key))
@@ -230,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn named_peers_join_only_when_closer_than_the_farthest_and_new() {
+    fn replicas_name_the_closer_peers_an_asker_lacks_and_the_asker_sees_them() {
         let me = PeerId::random();
         let target = b"/greeting".to_vec();
         let all = peers(40);
@@ -238,51 +206,37 @@ mod tests {
         let mut by_distance = all.clone();
         by_distance.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
         // The neighbourhood knows the 5th to 24th closest: the 4 closest are unknown.
-        let mut hood = Neighbourhood::new(target.clone(), 20, by_distance[4..24].iter().copied());
+        let hood = Neighbourhood::new(target.clone(), 20, by_distance[4..24].iter().copied());
         let (farthest, known) = hood.hint();
         assert_eq!(farthest, by_distance[23].to_bytes());
         assert_eq!(known.len(), 20);
         // A replica connected to everyone names exactly the 4 closer ones it does not know.
         let replica = by_distance[10];
         let keys: Vec<KBucketKey<PeerId>> = all.iter().map(|p| KBucketKey::from(*p)).collect();
-        let live = |p: &PeerId| *p != by_distance[1];
         let named = to_name(&target, &farthest, &known, replica, &keys, |_| true, 20);
         assert_eq!(named, by_distance[..4]);
         // Only live peers (connected DHT servers) are named.
+        let live = |p: &PeerId| *p != by_distance[1];
         let named_live = to_name(&target, &farthest, &known, replica, &keys, live, 20);
         assert_eq!(named_live, [by_distance[0], by_distance[2], by_distance[3]]);
-        // They join (with their address) and push the four farthest out.
-        let addr = || vec!["/ip4/127.0.0.1/tcp/1".parse::<Multiaddr>().unwrap().to_vec()];
-        let mut named: Vec<pb::Peer> =
-            named.iter().map(|p| pb::Peer { id: p.to_bytes(), addrs: addr() }).collect();
-        named.push(pb::Peer { id: by_distance[30].to_bytes(), addrs: vec![] }); // farther: no
-        named.push(pb::Peer { id: me.to_bytes(), addrs: vec![] }); // this node: no
-        named.push(pb::Peer { id: b"junk".to_vec(), addrs: vec![] }); // not an id: no
-        let (joined, out) = hood.named(me, named);
-        assert_eq!(joined.iter().map(|(p, _)| *p).collect::<Vec<_>>(), by_distance[..4]);
-        assert_eq!(joined[0].1, vec!["/ip4/127.0.0.1/tcp/1".parse::<Multiaddr>().unwrap()]);
-        let mut out = out;
-        out.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
-        assert_eq!(out, by_distance[20..24]);
-        assert_eq!(hood.peers().collect::<Vec<_>>(), by_distance[..20]);
-        // Named again, nobody joins: they were seen.
-        let again = by_distance[..4].iter().map(|p| pb::Peer { id: p.to_bytes(), addrs: vec![] });
-        assert!(hood.named(me, again.collect()).0.is_empty());
-        // Now complete, a replica names nobody.
+        // The asker sees that its neighbourhood lacks them.
+        let ids = |ps: &[PeerId]| ps.iter().map(|p| p.to_bytes()).collect::<Vec<_>>();
+        assert!(hood.names_closer(me, &ids(&named)));
+        // Not: members, farther peers, this node, or bytes that are no id.
+        assert!(!hood.names_closer(me, &ids(&by_distance[4..8])));
+        assert!(!hood.names_closer(me, &ids(&by_distance[30..])));
+        assert!(!hood.names_closer(me, &[me.to_bytes(), b"junk".to_vec()]));
+        // A complete neighbourhood: a replica names nobody.
+        let hood = Neighbourhood::new(target.clone(), 20, by_distance[..20].iter().copied());
         let (farthest, known) = hood.hint();
         assert!(to_name(&target, &farthest, &known, replica, &keys, |_| true, 20).is_empty());
-    }
-
-    #[test]
-    fn a_liar_naming_many_peers_adds_at_most_k_over_an_operation() {
-        let me = PeerId::random();
-        let mut hood = Neighbourhood::new(b"k".to_vec(), 3, peers(0));
-        // While the neighbourhood is not full, any new peer joins; never more than k in all.
-        let lie = |n| peers(n).into_iter().map(|p| pb::Peer { id: p.to_bytes(), addrs: vec![] });
-        let (joined, _) = hood.named(me, lie(50).collect());
-        assert!(joined.len() <= 3);
-        let (joined, out) = hood.named(me, lie(50).collect());
-        assert!(joined.is_empty() && out.is_empty());
-        assert_eq!(hood.peers().count(), 3);
+        // Hints no honest asker sends get nobody named.
+        let many = vec![0u64; MAX_KNOWN + 1];
+        assert!(to_name(&target, &farthest, &many, replica, &keys, |_| true, 20).is_empty());
+        assert!(to_name(&target, b"junk", &[], replica, &keys, |_| true, 20).is_empty());
+        // While it holds fewer than k, any peer it lacks is closer than its farthest.
+        let small = Neighbourhood::new(target.clone(), 20, by_distance[..3].iter().copied());
+        assert_eq!(small.hint().0, Vec::<u8>::new());
+        assert!(small.names_closer(me, &ids(&by_distance[39..])));
     }
 }

@@ -620,6 +620,11 @@ pub(crate) struct Driver<E: Extension> {
     servers: HashSet<PeerId>,
     /// Connected peers whose identify arrived (DHT servers or not).
     identified: HashSet<PeerId>,
+    /// Whether operations may take a key's replicas from the routing table
+    /// ([`crate::nearby`]): set when a Kademlia lookup for an operation found only peers the
+    /// table held (connected DHT servers), cleared when one found others or a replica named a
+    /// closer peer the table lacked.
+    pub(crate) table_trusted: bool,
     /// Times the task woke up for its timers (not for events) since it started.
     wakeups: u64,
     /// When each connected peer was last used ([`Driver::trim_connections`]).
@@ -672,6 +677,7 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashSet::new(),
             identified: HashSet::new(),
+            table_trusted: false,
             wakeups: 0,
             used: HashMap::new(),
             reserved: HashSet::new(),
@@ -1043,7 +1049,9 @@ impl<E: Extension> Driver<E> {
                 self.servers.remove(&peer_id);
                 self.identified.insert(peer_id);
                 if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) {
-                    self.servers.insert(peer_id);
+                    if info.protocols.contains(&crate::codec::PROTOCOL) {
+                        self.servers.insert(peer_id);
+                    }
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
@@ -1068,7 +1076,12 @@ impl<E: Extension> Driver<E> {
                             duration = ?stats.duration(),
                             "lookup for an operation done"
                         );
-                        self.on_closest_peers(op, peers, stats.num_requests(), complete);
+                        if complete {
+                            // The table is trusted with the replica sets it would have given
+                            // while lookups find nobody it does not hold.
+                            self.table_trusted = peers.iter().all(|p| self.servers.contains(p));
+                        }
+                        self.on_closest_peers(op, peers, stats.num_requests(), complete, false);
                     } else if self.ext_lookups.remove(&id) {
                         self.with_extension(|extension, host| {
                             extension.on_closest_peers(LookupId(id), peers, host)
@@ -1217,21 +1230,6 @@ impl<E: Extension> Driver<E> {
         self.used(peer);
     }
 
-    /// Sends one record request to a peer a replica named, dialing the addresses it gave if
-    /// this node is not connected to it.
-    pub(crate) fn send_to(
-        &mut self,
-        op: OpId,
-        peer: PeerId,
-        request: pb::Request,
-        addrs: Vec<Multiaddr>,
-    ) {
-        let records = &mut self.swarm.behaviour_mut().records;
-        let id = records.send_request_with_addresses(&peer, request, addrs);
-        self.requests.insert(id, (op, peer));
-        self.used(peer);
-    }
-
     /// The DHT servers this node is connected to from its routing table, when the table covers the
     /// key whose Kademlia key is `target` ([`crate::nearby::table_covers`]): its replicas are
     /// then among them, and an operation needs no lookup. `None` otherwise.
@@ -1269,7 +1267,7 @@ impl<E: Extension> Driver<E> {
         target: &[u8],
         farthest: &[u8],
         known: &[u64],
-    ) -> Vec<pb::Peer> {
+    ) -> Vec<Vec<u8>> {
         if farthest.is_empty() && known.is_empty() {
             return Vec::new();
         }
@@ -1282,19 +1280,7 @@ impl<E: Extension> Driver<E> {
         let live = |p: &PeerId| servers.contains(p);
         let named = crate::nearby::to_name(target, farthest, known, asker, keys, live, k);
         drop(buckets);
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        named
-            .into_iter()
-            .map(|peer| {
-                let addrs = kad.kbucket(peer).and_then(|bucket| {
-                    let entry = bucket.iter().find(|e| *e.node.key.preimage() == peer);
-                    entry.map(|e| e.node.value.iter().map(|a| a.to_vec()).collect::<Vec<_>>())
-                });
-                let mut addrs = addrs.unwrap_or_default();
-                addrs.truncate(crate::nearby::MAX_ADDRS);
-                pb::Peer { id: peer.to_bytes(), addrs }
-            })
-            .collect()
+        named.into_iter().map(PeerId::to_bytes).collect()
     }
 
     /// Notes that `peer` was used now, if it is connected (a peer being dialed is noted when

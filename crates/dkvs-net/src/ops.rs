@@ -51,8 +51,12 @@ pub(crate) struct PutOp {
     quorum_at: Option<Instant>,
     /// A verified record newer than the one put, reported by a replica.
     newer: Option<Record>,
-    /// The key's k closest as this write knows them ([`crate::nearby`]).
+    /// The key's k closest as this write took them from the routing table
+    /// ([`crate::nearby`]); none after a lookup.
     hood: Option<Box<Neighbourhood>>,
+    /// A replica named a closer peer than the table gave: a lookup runs, and the write waits
+    /// for it to send the record to the replicas it finds.
+    rechecking: bool,
 }
 
 pub(crate) struct GetOp {
@@ -93,12 +97,15 @@ pub(crate) struct GetOp {
     /// A widened read's linger starts no earlier than this: the replicas asked late get the
     /// round trip the first answer took, then the linger.
     not_before: Option<Instant>,
-    /// The key's k closest as this read knows them, grown by the peers its replicas name
-    /// ([`crate::nearby`]); set once the replicas are known.
+    /// The key's k closest as this read took them from the routing table
+    /// ([`crate::nearby`]); none after a lookup.
     hood: Option<Box<Neighbourhood>>,
-    /// The last record an answer carried whose signature was checked, with its bytes: the
+    /// A replica named a closer peer than the table gave: a lookup runs, and the read waits
+    /// for it, then asks every replica it finds that was not asked (as when it widens).
+    rechecking: bool,
+    /// The last record an answer carried whose signatures were checked, with its bytes: the
     /// same bytes from another replica (the common case) are checked for everything but the
-    /// signature again.
+    /// owner's signature again.
     checked: Option<Box<(Vec<u8>, Record)>>,
 }
 
@@ -123,6 +130,36 @@ impl PutOp {
         }
         let remote: Vec<PeerId> = replicas.into_iter().filter(|p| *p != me).collect();
         self.pending = remote.iter().copied().collect();
+        remote
+    }
+
+    /// The lookup a replica's naming started found `replicas` (this node among them or not):
+    /// the replica set is theirs, acknowledgements from peers outside it no longer count
+    /// (as this node's own, when it is not one of them), and the replicas not asked yet are
+    /// returned, to be sent the record.
+    fn rechecked(
+        &mut self,
+        replicas: Vec<PeerId>,
+        me: PeerId,
+        quorum: crate::Quorum,
+    ) -> Vec<PeerId> {
+        self.rechecking = false;
+        self.hood = None;
+        let receipt = &mut self.receipt;
+        let asked: HashSet<PeerId> = (receipt.stored.iter())
+            .chain(receipt.refused.iter().map(|(p, _, _)| p))
+            .chain(receipt.unreachable.iter().map(|(p, _)| p))
+            .chain(self.pending.iter())
+            .copied()
+            .collect();
+        receipt.stored.retain(|p| replicas.contains(p));
+        receipt.replicas = replicas.len();
+        receipt.quorum = quorum.of(replicas.len());
+        // The quorum is looked at afresh: the replicas asked now get the linger after it.
+        self.quorum_at = None;
+        let remote: Vec<PeerId> =
+            replicas.into_iter().filter(|p| *p != me && !asked.contains(p)).collect();
+        self.pending.extend(remote.iter().copied());
         remote
     }
 
@@ -161,7 +198,11 @@ impl PutOp {
     }
 
     fn note_quorum(&mut self, now: Instant) {
-        if !self.looking_up && self.receipt.has_quorum() && self.quorum_at.is_none() {
+        if !self.looking_up
+            && !self.rechecking
+            && self.receipt.has_quorum()
+            && self.quorum_at.is_none()
+        {
             self.quorum_at = Some(now);
         }
     }
@@ -170,7 +211,7 @@ impl PutOp {
     /// record; the quorum can no longer be reached; or every replica answered. After a quorum
     /// the put waits the linger for the rest (so the receipt says who else holds it).
     fn settled(&self, now: Instant, linger: Duration) -> bool {
-        if self.looking_up {
+        if self.looking_up || self.rechecking {
             return false;
         }
         let stored = self.receipt.stored.len();
@@ -265,6 +306,7 @@ impl GetOp {
         let first = self.answers.first().map(|(_, r)| r);
         self.narrow
             && !self.looking_up
+            && !self.rechecking
             && (self.failures > 0
                 || self.answers.iter().any(|(_, r)| r.is_none() || Some(r) != first)
                 || self.veto.as_ref().is_some_and(|own| {
@@ -284,6 +326,7 @@ impl GetOp {
     fn note_quorum(&mut self, now: Instant) {
         if !self.narrow
             && !self.looking_up
+            && !self.rechecking
             && self.answers.len() >= self.quorum
             && self.quorum_at.is_none()
         {
@@ -308,6 +351,9 @@ impl GetOp {
     /// A narrow read settles only when every replica it asked answered with the same record
     /// (see [`GetOp::must_widen`] for everything else).
     fn settled(&self, now: Instant, linger: Duration, not_found_linger: Duration) -> bool {
+        if self.rechecking {
+            return false;
+        }
         if self.narrow {
             return !self.looking_up && self.pending.is_empty() && !self.must_widen(now, linger);
         }
@@ -539,6 +585,7 @@ impl<E: crate::Extension> Driver<E> {
             quorum_at: None,
             newer: None,
             hood: None,
+            rechecking: false,
         }));
         self.look_up(op, key);
     }
@@ -575,21 +622,34 @@ impl<E: crate::Extension> Driver<E> {
             asked_at: None,
             not_before: None,
             hood: None,
+            rechecking: false,
             checked: None,
         }));
         self.look_up(op, lookup);
     }
 
     /// Finds the replicas of the key whose Kademlia key is `lookup` for operation `op`: from
-    /// this node's routing table when it covers the key ([`Driver::local_neighbourhood`]; the
-    /// replicas asked then check it), by a Kademlia lookup otherwise.
+    /// this node's routing table when it is trusted and covers the key
+    /// ([`Driver::local_neighbourhood`]; the replicas asked then check it), by a Kademlia
+    /// lookup otherwise.
     fn look_up(&mut self, op: OpId, lookup: Vec<u8>) {
-        if let Some(peers) = self.local_neighbourhood(&lookup) {
-            self.on_closest_peers(op, peers, 0, true);
+        let table = if self.table_trusted { self.local_neighbourhood(&lookup) } else { None };
+        if let Some(peers) = table {
+            self.on_closest_peers(op, peers, 0, true, true);
         } else {
             let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
             self.lookups.insert(query, op);
         }
+    }
+
+    /// A replica of operation `id` named a peer closer to `key` than the routing table gave:
+    /// the table is not trusted until a lookup again finds only peers it holds, and the
+    /// operation looks the key up (it waits for the lookup, then asks whom it finds).
+    fn recheck(&mut self, id: OpId, key: &Key) {
+        tracing::debug!(%key, "a replica named a closer peer: looking the key up");
+        self.table_trusted = false;
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
+        self.lookups.insert(query, id);
     }
 
     /// How many replicas a plain read asks first, or `None` to ask them all at once.
@@ -622,9 +682,10 @@ impl<E: crate::Extension> Driver<E> {
         (majorities && n < k).then_some(n)
     }
 
-    /// Widens a narrow read: the replicas not asked yet are asked, and this node's own answer
-    /// counts if it was held back; the answers so far still count.
-    fn widen(&mut self, id: OpId) {
+    /// Widens a read: the replicas not asked yet (the narrow read's reserve, and `extra`,
+    /// found by a lookup) are asked, and this node's own answer counts if it was held back;
+    /// the answers so far still count.
+    fn widen(&mut self, id: OpId, extra: Vec<PeerId>) {
         let me = *self.swarm.local_peer_id();
         let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
         get.narrow = false;
@@ -640,7 +701,8 @@ impl<E: crate::Extension> Driver<E> {
             get.claims.push((me, claim));
             get.asked += 1;
         }
-        let rest = std::mem::take(&mut get.reserve);
+        let mut rest = std::mem::take(&mut get.reserve);
+        rest.extend(extra);
         get.pending.extend(rest.iter().copied());
         get.asked += rest.len();
         get.quorum = self.config.read_quorum.of(get.asked);
@@ -734,13 +796,14 @@ impl<E: crate::Extension> Driver<E> {
     }
 
     /// The lookup for operation `id` found `peers`, sending `lookup_requests` requests;
-    /// `complete` unless it timed out.
+    /// `complete` unless it timed out; `from_table` when the routing table gave them.
     pub(crate) fn on_closest_peers(
         &mut self,
         id: OpId,
         peers: Vec<PeerId>,
         lookup_requests: u32,
         complete: bool,
+        from_table: bool,
     ) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
@@ -758,11 +821,41 @@ impl<E: crate::Extension> Driver<E> {
         let narrow_read = self.narrow_read();
         let Some(op) = self.ops.get_mut(&id) else { return };
         match op {
+            Op::Put(put) if put.rechecking => {
+                let replicas = closest(put.record.key(), candidates, k);
+                let remote = put.rechecked(replicas, me, self.config.write_quorum);
+                put.receipt.requests = put
+                    .receipt
+                    .requests
+                    .saturating_add(lookup_requests)
+                    .saturating_add(remote.len() as u32);
+                let request = put_request(&put.record, None);
+                for peer in remote {
+                    self.send(id, peer, request.clone());
+                }
+                self.check_put(id);
+            }
+            Op::Get(get) if get.rechecking => {
+                get.rechecking = false;
+                // The set is the lookup's now: no hints, so no second recheck.
+                get.hood = None;
+                get.requests = get.requests.saturating_add(lookup_requests);
+                let mut found = closest(&get.key, peers, k);
+                found.retain(|p| {
+                    *p != me
+                        && !get.pending.contains(p)
+                        && !get.reserve.contains(p)
+                        && !get.answers.iter().any(|(a, _)| a == p)
+                });
+                self.widen(id, found);
+            }
             Op::Put(put) => {
                 let replicas = closest(put.record.key(), candidates, k);
                 // The neighbourhood holds this node when it counts: it is one of the k.
-                let hood = Neighbourhood::new(kad_key(put.record.key()), k, replicas.clone());
-                put.hood = Some(Box::new(hood));
+                if from_table {
+                    let hood = Neighbourhood::new(kad_key(put.record.key()), k, replicas.clone());
+                    put.hood = Some(Box::new(hood));
+                }
                 let quorum = self.config.write_quorum;
                 let remote = put.replicas_found(replicas, me, alone, quorum);
                 put.receipt.requests = lookup_requests.saturating_add(remote.len() as u32);
@@ -776,8 +869,10 @@ impl<E: crate::Extension> Driver<E> {
                 let mut replicas = closest(&get.key, peers, k);
                 replicas.retain(|p| *p != me);
                 // The neighbourhood holds this node when it counts: it is one of the k.
-                let members = closest(&get.key, candidates, k);
-                get.hood = Some(Box::new(Neighbourhood::new(kad_key(&get.key), k, members)));
+                if from_table {
+                    let members = closest(&get.key, candidates, k);
+                    get.hood = Some(Box::new(Neighbourhood::new(kad_key(&get.key), k, members)));
+                }
                 get.looking_up = false;
                 get.alone = alone;
                 if !me_counts {
@@ -985,27 +1080,18 @@ impl<E: crate::Extension> Driver<E> {
                     _ => None,
                 };
                 let me = *self.swarm.local_peer_id();
+                let banned = self.defence.is_banned(&peer);
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
-                // Peers the replica named that this write did not know get the record too.
-                let mut joined = Vec::new();
-                if put.pending.contains(&peer)
-                    && let Some(hood) = put.hood.as_mut()
-                {
-                    let (new, out) = hood.named(me, answer.closer);
-                    // The replica set grows by those that pushed nobody out.
-                    put.receipt.replicas += new.len().saturating_sub(out.len());
-                    put.receipt.quorum = self.config.write_quorum.of(put.receipt.replicas);
-                    joined = new;
-                }
-                put.pending.extend(joined.iter().map(|(p, _)| *p));
-                put.receipt.requests = put.receipt.requests.saturating_add(joined.len() as u32);
+                // A replica naming a closer peer than the table gave: the table was wrong about
+                // this key, and a lookup finds the replica set after all.
+                let recheck = put.pending.contains(&peer)
+                    && !put.rechecking
+                    && !banned
+                    && put.hood.as_ref().is_some_and(|h| h.names_closer(me, &answer.closer));
                 put.answered(peer, status, answer.reason, newer, Instant::now());
-                if !joined.is_empty() {
-                    tracing::debug!(%key, named = joined.len(), "replicas named closer peers");
-                    let request = put_request(&put.record, put.hood.as_deref());
-                    for (peer, addrs) in joined {
-                        self.send_to(id, peer, request.clone(), addrs);
-                    }
+                if recheck {
+                    put.rechecking = true;
+                    self.recheck(id, &key);
                 }
                 self.check_put(id);
             }
@@ -1031,26 +1117,18 @@ impl<E: crate::Extension> Driver<E> {
                     }
                 };
                 let me = *self.swarm.local_peer_id();
+                let banned = self.defence.is_banned(&peer);
                 let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
-                // Peers the replica named that this read did not know are asked too.
-                let mut joined = Vec::new();
-                if get.pending.contains(&peer)
-                    && let Some(hood) = get.hood.as_mut()
-                {
-                    let (new, out) = hood.named(me, answer.closer);
-                    get.reserve.retain(|p| !out.contains(p));
-                    joined = new;
-                }
-                get.pending.extend(joined.iter().map(|(p, _)| *p));
-                get.asked += joined.len();
-                get.requests = get.requests.saturating_add(joined.len() as u32);
+                // A replica naming a closer peer than the table gave: the table was wrong about
+                // this key, and a lookup finds the replica set after all.
+                let recheck = get.pending.contains(&peer)
+                    && !get.rechecking
+                    && !banned
+                    && get.hood.as_ref().is_some_and(|h| h.names_closer(me, &answer.closer));
                 get.answered(peer, record, answer.highest_seq, Instant::now());
-                if !joined.is_empty() {
-                    tracing::debug!(%key, named = joined.len(), "replicas named closer peers");
-                    let request = get_request(&key, get.hood.as_deref());
-                    for (peer, addrs) in joined {
-                        self.send_to(id, peer, request.clone(), addrs);
-                    }
+                if recheck {
+                    get.rechecking = true;
+                    self.recheck(id, &key);
                 }
                 self.check_get(id);
             }
@@ -1123,7 +1201,7 @@ impl<E: crate::Extension> Driver<E> {
         {
             self.finish_op(id, now);
         } else if get.must_widen(now, self.config.linger) {
-            self.widen(id);
+            self.widen(id, Vec::new());
         } else {
             self.schedule(id);
         }
@@ -1364,6 +1442,7 @@ mod tests {
             asked_at: None,
             not_before: None,
             hood: None,
+            rechecking: false,
             checked: None,
         }
     }
@@ -1599,6 +1678,7 @@ mod tests {
             quorum_at: None,
             newer: None,
             hood: None,
+            rechecking: false,
         }
     }
 
