@@ -287,8 +287,9 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
     // Fourteen honest nodes (reads are sampled: more than 12 replicas) and a peer that answers
     // every get naming twenty ids nobody runs as closer to the key than anything the asker
     // knows (crates/dkvs-net/src/nearby.rs). An operation that took its replicas from its
-    // routing table and asked that peer looks the key up instead; nobody dials the ids, and
-    // every read still returns the newest version.
+    // routing table and asked that peer looks the key up instead (the ids are a signal, never
+    // asked), and every write still reaches a quorum and every read returns the newest
+    // version.
     let net = TestNet::start(14, Config::default()).await?;
     let namer = Liar::spawn().await?;
     namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;

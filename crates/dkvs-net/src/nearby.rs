@@ -125,24 +125,27 @@ pub(crate) fn to_name<'a>(
 }
 
 /// One bucket of a routing table: its index (bucket i holds the peers at distance
-/// [2^i, 2^(i+1)) from this node), how many entries it has and how many of them are
-/// connected.
+/// [2^i, 2^(i+1)) from this node), how many entries it has, and how many of them are live
+/// (connected DHT servers that identified themselves).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bucket {
     pub(crate) index: u32,
     pub(crate) entries: usize,
-    pub(crate) connected: usize,
+    pub(crate) live: usize,
 }
 
 /// Whether a routing table of buckets of `size` holds every peer among the k closest to a key
-/// in bucket `key_index` from this node: a bucket that is not full holds every peer in its
-/// range that this node has met.
+/// in bucket `key_index` from this node, as far as it can tell: the buckets it would take them
+/// from are not full (a full one may have turned peers away) and hold only live peers (an
+/// entry that is not connected, or not identified yet, may be dead, or alive and closer than
+/// the live ones: a lookup finds out).
 ///
 /// The peers closest to the key are those of the key's own bucket b (closer to the key than
 /// this node is); then, all at the distance of this node, those of every bucket below b; then
-/// those of b + 1, b + 2 and on. Walking the buckets in that order, the table covers the key
-/// when each bucket walked before k connected peers are counted is not full. Counting only
-/// connected peers keeps dead ones (Kademlia keeps them in its table) out of a neighbourhood.
+/// those of b + 1, b + 2 and on. The buckets are walked in that order until k live peers are
+/// counted, or all are walked (a network smaller than k). Whether the table has met the peers
+/// in a bucket's range at all, no bucket can say: the node trusts its table only after a
+/// lookup found nobody it did not hold (`Driver::table_trusted`).
 pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
     use std::cmp::Ordering;
     let rank = |b: &&Bucket| match b.index.cmp(&key_index) {
@@ -154,10 +157,10 @@ pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: u
     walked.sort_by_key(rank);
     let mut counted = 0;
     for group in walked.chunk_by(|a, b| rank(a) == rank(b)) {
-        if group.iter().any(|b| b.entries >= size) {
+        if group.iter().any(|b| b.entries >= size || b.live < b.entries) {
             return false;
         }
-        counted += group.iter().map(|b| b.connected).sum::<usize>();
+        counted += group.iter().map(|b| b.live).sum::<usize>();
         if counted >= k {
             return true;
         }
@@ -173,15 +176,15 @@ mod tests {
         (0..n).map(|_| PeerId::random()).collect()
     }
 
-    fn bucket(index: u32, entries: usize, connected: usize) -> Bucket {
-        Bucket { index, entries, connected }
+    fn bucket(index: u32, entries: usize, live: usize) -> Bucket {
+        Bucket { index, entries, live }
     }
 
     #[test]
-    fn a_table_covers_a_key_only_while_the_buckets_walked_are_not_full() {
+    fn a_table_covers_a_key_only_while_the_buckets_walked_are_live_and_not_full() {
         // Bucket 250 holds the key's closest; below it, peers at this node's distance.
-        let table = [bucket(250, 8, 8), bucket(248, 6, 6), bucket(255, 64, 60), bucket(252, 10, 9)];
-        // 8 + 6 + (251: none) + 9 = 23 >= 20 before the full bucket 255 is reached.
+        let table = [bucket(250, 8, 8), bucket(248, 6, 6), bucket(255, 64, 60), bucket(252, 10, 10)];
+        // 8 + 6 + (251: none) + 10 = 24 >= 20 before the full bucket 255 is reached.
         assert!(table_covers(&table, 250, 20, 64));
         // Needing 30 reaches bucket 255, which is full: peers in its range may be missing.
         assert!(!table_covers(&table, 250, 30, 64));
@@ -191,9 +194,13 @@ mod tests {
         // The key's own bucket full: closer peers may be missing.
         assert!(!table_covers(&[bucket(250, 64, 64)], 250, 20, 64));
         // A small network: every bucket has room, fewer than k peers in all.
-        assert!(table_covers(&[bucket(255, 3, 3), bucket(254, 2, 1)], 200, 20, 64));
-        // Dead peers do not count: an empty (connected) table covers nothing.
-        assert!(!table_covers(&[bucket(255, 3, 0)], 255, 20, 64));
+        assert!(table_covers(&[bucket(255, 3, 3), bucket(254, 2, 2)], 200, 20, 64));
+        // An entry that is not live (dead, idle, not identified yet) may be closer than the
+        // live ones: a bucket walked with one does not cover.
+        assert!(!table_covers(&[bucket(255, 40, 2)], 255, 20, 64));
+        assert!(!table_covers(&[bucket(250, 8, 8), bucket(248, 6, 5)], 250, 20, 64));
+        // ...unless k live peers were counted before it is reached.
+        assert!(table_covers(&[bucket(250, 20, 20), bucket(248, 6, 5)], 250, 20, 64));
         assert!(!table_covers(&[], 255, 20, 64));
     }
 

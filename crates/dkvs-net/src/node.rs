@@ -581,7 +581,7 @@ pub(crate) struct Driver<E: Extension> {
     scheduled: HashMap<OpId, Instant>,
     next_op: OpId,
     /// Kademlia lookups in flight, by the operation waiting for them.
-    pub(crate) lookups: HashMap<kad::QueryId, OpId>,
+    pub(crate) lookups: HashMap<kad::QueryId, (OpId, Instant)>,
     /// Record requests in flight.
     pub(crate) requests: HashMap<request_response::OutboundRequestId, (OpId, PeerId)>,
     bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), BootstrapError>>>,
@@ -615,15 +615,14 @@ pub(crate) struct Driver<E: Extension> {
     /// Connected peers that identify says do not speak the record protocol (an IPFS peer, a
     /// bare relay): they do not make this node part of a dkvs network.
     non_dkvs: HashSet<PeerId>,
-    /// Connected peers whose latest identify lists the Kademlia protocol: DHT servers, the
-    /// only peers a key's neighbourhood holds ([`crate::nearby`]).
-    servers: HashSet<PeerId>,
-    /// Connected peers whose identify arrived (DHT servers or not).
-    identified: HashSet<PeerId>,
+    /// Connected peers whose latest identify lists the Kademlia and the record protocols (DHT
+    /// servers of dkvs, the only peers a key's neighbourhood holds: [`crate::nearby`]), with
+    /// when they were first seen as such.
+    servers: HashMap<PeerId, Instant>,
     /// Whether operations may take a key's replicas from the routing table
-    /// ([`crate::nearby`]): set when a Kademlia lookup for an operation found only peers the
-    /// table held (connected DHT servers), cleared when one found others or a replica named a
-    /// closer peer the table lacked.
+    /// ([`crate::nearby`]): set when a Kademlia lookup for an operation found only peers that
+    /// were connected DHT servers before it started, cleared when one found others or a
+    /// replica named a closer peer the table lacked.
     pub(crate) table_trusted: bool,
     /// Times the task woke up for its timers (not for events) since it started.
     wakeups: u64,
@@ -675,8 +674,7 @@ impl<E: Extension> Driver<E> {
             public_seen: false,
             had_peers: false,
             non_dkvs: HashSet::new(),
-            servers: HashSet::new(),
-            identified: HashSet::new(),
+            servers: HashMap::new(),
             table_trusted: false,
             wakeups: 0,
             used: HashMap::new(),
@@ -970,7 +968,6 @@ impl<E: Extension> Driver<E> {
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.servers.remove(&peer_id);
-                        self.identified.remove(&peer_id);
                         self.replication.disconnected(&peer_id);
                     }
                 }
@@ -1046,12 +1043,13 @@ impl<E: Extension> Driver<E> {
                     self.non_dkvs.insert(peer_id);
                 }
                 self.update_kad_mode();
-                self.servers.remove(&peer_id);
-                self.identified.insert(peer_id);
-                if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) {
-                    if info.protocols.contains(&crate::codec::PROTOCOL) {
-                        self.servers.insert(peer_id);
-                    }
+                let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
+                if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
+                    self.servers.entry(peer_id).or_insert_with(Instant::now);
+                } else {
+                    self.servers.remove(&peer_id);
+                }
+                if kad {
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
@@ -1070,7 +1068,7 @@ impl<E: Extension> Driver<E> {
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (peers, false),
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
-                    if let Some(op) = self.lookups.remove(&id) {
+                    if let Some((op, started)) = self.lookups.remove(&id) {
                         tracing::debug!(
                             requests = stats.num_requests(),
                             duration = ?stats.duration(),
@@ -1079,7 +1077,9 @@ impl<E: Extension> Driver<E> {
                         if complete {
                             // The table is trusted with the replica sets it would have given
                             // while lookups find nobody it does not hold.
-                            self.table_trusted = peers.iter().all(|p| self.servers.contains(p));
+                            self.table_trusted = peers.iter().all(|p| {
+                                self.servers.get(p).is_some_and(|since| *since < started)
+                            });
                         }
                         self.on_closest_peers(op, peers, stats.num_requests(), complete, false);
                     } else if self.ext_lookups.remove(&id) {
@@ -1245,14 +1245,9 @@ impl<E: Extension> Driver<E> {
         let mut buckets = Vec::with_capacity(table.len());
         let mut live = Vec::new();
         for (index, peers) in table {
-            // A peer whose identify has not arrived may be a server or not: a lookup asks it.
-            let unknown = |p: &PeerId| self.swarm.is_connected(p) && !self.identified.contains(p);
-            if peers.iter().any(unknown) {
-                return None;
-            }
             let (entries, before) = (peers.len(), live.len());
-            live.extend(peers.into_iter().filter(|p| self.servers.contains(p)));
-            buckets.push(Bucket { index, entries, connected: live.len() - before });
+            live.extend(peers.into_iter().filter(|p| self.servers.contains_key(p)));
+            buckets.push(Bucket { index, entries, live: live.len() - before });
         }
         let size = crate::behaviour::KBUCKET_SIZE.get();
         table_covers(&buckets, index, self.config.replication, size).then_some(live)
@@ -1277,7 +1272,7 @@ impl<E: Extension> Driver<E> {
         let servers = &self.servers;
         let buckets: Vec<_> = self.swarm.behaviour_mut().kad.kbuckets().collect();
         let keys = buckets.iter().flat_map(|b| b.iter().map(|e| e.node.key));
-        let live = |p: &PeerId| servers.contains(p);
+        let live = |p: &PeerId| servers.contains_key(p);
         let named = crate::nearby::to_name(target, farthest, known, asker, keys, live, k);
         drop(buckets);
         named.into_iter().map(PeerId::to_bytes).collect()

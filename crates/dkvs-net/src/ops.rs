@@ -57,6 +57,8 @@ pub(crate) struct PutOp {
     /// A replica named a closer peer than the table gave: a lookup runs, and the write waits
     /// for it to send the record to the replicas it finds.
     rechecking: bool,
+    /// This node's own store holds the record (its copy counts when it is a replica).
+    held_here: bool,
 }
 
 pub(crate) struct GetOp {
@@ -88,6 +90,8 @@ pub(crate) struct GetOp {
     held_back: Option<(Option<Record>, u64)>,
     /// Replicas that failed to answer (in the narrow phase one widens the read).
     failures: usize,
+    /// Their ids: a recheck does not ask them again.
+    failed_peers: Vec<PeerId>,
     /// This node's own record when its answer does not count (a Kademlia client, which no
     /// reader asks): never an answer, but a sample whose answers are older widens the read,
     /// so that the replicas not asked yet (which may hold it) are asked.
@@ -124,6 +128,7 @@ impl PutOp {
         self.receipt.alone = alone;
         self.receipt.replicas = replicas.len();
         self.receipt.quorum = quorum.of(replicas.len());
+        self.held_here = self.receipt.stored.contains(&me);
         if !replicas.contains(&me) {
             // This node keeps a copy, but is not one of the replicas that count.
             self.receipt.stored.retain(|p| *p != me);
@@ -153,7 +158,12 @@ impl PutOp {
             .copied()
             .collect();
         receipt.stored.retain(|p| replicas.contains(p));
+        if self.held_here && replicas.contains(&me) && !receipt.stored.contains(&me) {
+            receipt.stored.push(me);
+        }
         receipt.replicas = replicas.len();
+        // Peers outside the set found are no longer waited for, nor counted if they answer.
+        self.pending.retain(|p| replicas.contains(p));
         receipt.quorum = quorum.of(replicas.len());
         // The quorum is looked at afresh: the replicas asked now get the linger after it.
         self.quorum_at = None;
@@ -211,7 +221,7 @@ impl PutOp {
     /// record; the quorum can no longer be reached; or every replica answered. After a quorum
     /// the put waits the linger for the rest (so the receipt says who else holds it).
     fn settled(&self, now: Instant, linger: Duration) -> bool {
-        if self.looking_up || self.rechecking {
+        if self.looking_up || (self.rechecking && self.newer.is_none()) {
             return false;
         }
         let stored = self.receipt.stored.len();
@@ -234,6 +244,10 @@ impl PutOp {
         }
         if let Some(newer) = self.newer {
             Err(PutError::Stale { current_seq: newer.seq(), current: Some(Box::new(newer)) })
+        } else if self.rechecking {
+            // A replica said the set was wrong, and the lookup for the right one did not
+            // finish in time: what the wrong set holds is no quorum.
+            Err(PutError::NoQuorum { receipt: Box::new(self.receipt) })
         } else if self.receipt.has_quorum() {
             Ok(self.receipt)
         } else {
@@ -295,6 +309,7 @@ impl GetOp {
     fn failed(&mut self, peer: PeerId, now: Instant) {
         if self.pending.remove(&peer) {
             self.failures += 1;
+            self.failed_peers.push(peer);
         }
         self.note_quorum(now);
     }
@@ -364,9 +379,10 @@ impl GetOp {
 
     /// What the get answers with what the replicas said so far.
     fn outcome(&self) -> Result<GetOutcome, GetError> {
-        if self.looking_up {
-            // The lookup did not finish in time: no replica was found, let alone asked; that
-            // is no quorum, whatever is local.
+        if self.looking_up || self.rechecking {
+            // The lookup did not finish in time (nor the one a replica's naming started: the
+            // set asked was wrong): no replica set was found; that is no quorum, whatever is
+            // local.
             return Err(GetError::NoQuorum { answered: 0, asked: 0, quorum: self.quorum });
         }
         if self.answers.len() < self.quorum {
@@ -398,6 +414,8 @@ impl Op {
     /// The earliest time this operation may become due without an event.
     pub(crate) fn wake(&self, config: &crate::Config) -> Instant {
         match self {
+            Op::Put(op) if op.rechecking => op.deadline,
+            Op::Get(op) if op.rechecking => op.deadline,
             Op::Put(op) => {
                 op.quorum_at.map_or(op.deadline, |at| op.deadline.min(at + config.linger))
             }
@@ -586,6 +604,7 @@ impl<E: crate::Extension> Driver<E> {
             newer: None,
             hood: None,
             rechecking: false,
+            held_here: false,
         }));
         self.look_up(op, key);
     }
@@ -618,6 +637,7 @@ impl<E: crate::Extension> Driver<E> {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            failed_peers: Vec::new(),
             veto: None,
             asked_at: None,
             not_before: None,
@@ -633,12 +653,18 @@ impl<E: crate::Extension> Driver<E> {
     /// ([`Driver::local_neighbourhood`]; the replicas asked then check it), by a Kademlia
     /// lookup otherwise.
     fn look_up(&mut self, op: OpId, lookup: Vec<u8>) {
-        let table = if self.table_trusted { self.local_neighbourhood(&lookup) } else { None };
+        // A replica reads at most MAX_KNOWN fingerprints: a larger k gets no check, so no table.
+        let checked = self.config.replication <= crate::nearby::MAX_KNOWN;
+        let table = if self.table_trusted && checked {
+            self.local_neighbourhood(&lookup)
+        } else {
+            None
+        };
         if let Some(peers) = table {
             self.on_closest_peers(op, peers, 0, true, true);
         } else {
             let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
-            self.lookups.insert(query, op);
+            self.lookups.insert(query, (op, Instant::now()));
         }
     }
 
@@ -649,7 +675,7 @@ impl<E: crate::Extension> Driver<E> {
         tracing::debug!(%key, "a replica named a closer peer: looking the key up");
         self.table_trusted = false;
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
-        self.lookups.insert(query, id);
+        self.lookups.insert(query, (id, Instant::now()));
     }
 
     /// How many replicas a plain read asks first, or `None` to ask them all at once.
@@ -659,9 +685,9 @@ impl<E: crate::Extension> Driver<E> {
     /// acknowledging replica of every such write; two more allow for a writer's and a reader's
     /// lookups that differ by two peers, as they do in a network that changes. With k = 20
     /// and majorities that is 12 of the 20: the read sends 12 requests instead of 20 when the
-    /// 12 agree (docs/benchmarks.md has the figures). Peers the sample's replicas name as
-    /// closer ([`crate::nearby`]) are asked as well: a set that changed under the read only
-    /// grows the sample.
+    /// 12 agree (docs/benchmarks.md has the figures). A replica naming a closer peer than a
+    /// set taken from the routing table ([`crate::nearby`]) turns the read into a full one
+    /// over the replicas a lookup finds.
     ///
     /// The sample is random, so ids ground near a key cannot make themselves the ones asked;
     /// any disagreement, failure or straggler widens the read to all k under the usual rules,
@@ -843,6 +869,7 @@ impl<E: crate::Extension> Driver<E> {
                 let mut found = closest(&get.key, peers, k);
                 found.retain(|p| {
                     *p != me
+                        && !get.failed_peers.contains(p)
                         && !get.pending.contains(p)
                         && !get.reserve.contains(p)
                         && !get.answers.iter().any(|(a, _)| a == p)
@@ -1032,9 +1059,9 @@ impl<E: crate::Extension> Driver<E> {
                 };
                 if let Some(target) = target {
                     response.closer = self.closer_than(peer, &target, &put.farthest, &put.known);
-                    while response.encoded_len() > crate::codec::MAX_MESSAGE_LEN {
-                        response.closer.pop();
-                    }
+                    while response.encoded_len() > crate::codec::MAX_MESSAGE_LEN
+                        && response.closer.pop().is_some()
+                    {}
                 }
                 pb::Response { kind: Some(pb::response::Kind::Put(response)) }
             }
@@ -1049,9 +1076,9 @@ impl<E: crate::Extension> Driver<E> {
                     closer: self.closer_than(peer, &get.key, &get.farthest, &get.known),
                 };
                 // Named peers never push an answer over the message limit.
-                while response.encoded_len() > crate::codec::MAX_MESSAGE_LEN {
-                    response.closer.pop();
-                }
+                while response.encoded_len() > crate::codec::MAX_MESSAGE_LEN
+                    && response.closer.pop().is_some()
+                {}
                 pb::Response { kind: Some(pb::response::Kind::Get(response)) }
             }
             None => pb::Response { kind: None },
@@ -1438,6 +1465,7 @@ mod tests {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            failed_peers: Vec::new(),
             veto: None,
             asked_at: None,
             not_before: None,
@@ -1679,6 +1707,7 @@ mod tests {
             newer: None,
             hood: None,
             rechecking: false,
+            held_here: false,
         }
     }
 
@@ -1744,6 +1773,74 @@ mod tests {
         let mut put = putting(&record, me);
         put.replicas_found(others.clone(), me, false, crate::Quorum::Majority);
         assert!(put.receipt.stored.is_empty());
+    }
+
+    #[test]
+    fn a_write_whose_table_was_wrong_goes_to_the_replicas_a_lookup_finds() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 1, None);
+        let me = PeerId::random();
+        let table: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let mut put = putting(&record, me);
+        put.replicas_found([table.clone(), vec![me]].concat(), me, false, crate::Quorum::Majority);
+        let t0 = Instant::now();
+        // Three of the table's replicas store it (a quorum of 4 of 6 with this node); one of
+        // them named a closer peer: the put waits for the lookup, however many stored it.
+        for peer in &table[..3] {
+            put.answered(*peer, pb::PutStatus::Stored, String::new(), None, t0);
+        }
+        put.rechecking = true;
+        assert!(!put.settled(t0 + 10 * LINGER, LINGER), "rechecking: not settled");
+        // The lookup finds two of the table's peers, two new ones, and this node.
+        let new: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+        let found = [vec![table[0], table[3]], new.clone(), vec![me]].concat();
+        let remote = put.rechecked(found, me, crate::Quorum::Majority);
+        assert_eq!(remote, new, "only the replicas not asked yet are sent the record");
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
+        // Acknowledgements from peers outside the set found no longer count.
+        assert_eq!(put.receipt.stored, vec![me, table[0]]);
+        // table[4], asked but outside the set, is not waited for, nor counted when it answers.
+        put.answered(table[4], pb::PutStatus::Stored, String::new(), None, t0);
+        assert_eq!(put.receipt.stored, vec![me, table[0]]);
+        assert!(!put.settled(t0, LINGER), "table[3] and the new ones are still asked");
+        put.answered(new[0], pb::PutStatus::Stored, String::new(), None, t0);
+        assert!(put.receipt.has_quorum());
+        assert!(!put.settled(t0, LINGER), "the quorum waits the linger from now");
+        assert!(put.settled(t0 + LINGER, LINGER));
+        let receipt = put.result().expect("a quorum of the set found holds it");
+        assert_eq!(receipt.stored.len(), 3);
+        assert_eq!(receipt.unreachable.len(), 2, "table[3] and new[1] did not answer");
+        assert!(receipt.stored.len() <= receipt.replicas);
+        // The table left this node out, the lookup puts it in: its own copy counts again.
+        let mut put = putting(&record, me);
+        put.replicas_found(table.clone(), me, false, crate::Quorum::Majority);
+        assert!(put.receipt.stored.is_empty());
+        put.rechecking = true;
+        put.rechecked([vec![me], table[..4].to_vec()].concat(), me, crate::Quorum::Majority);
+        assert_eq!(put.receipt.stored, vec![me]);
+    }
+
+    #[test]
+    fn a_read_waits_for_its_recheck_before_it_answers_or_widens() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 2, None);
+        let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let mut get = narrowly(&key, &replicas);
+        let t0 = Instant::now();
+        for peer in &replicas[..11] {
+            get.answered(*peer, Some(record.clone()), 2, t0);
+        }
+        get.rechecking = true;
+        get.answered(replicas[11], None, 0, t0);
+        // All twelve answered, one differently, long ago: a read would have widened or
+        // answered; while the lookup runs it does neither.
+        let later = t0 + 10 * LINGER;
+        assert!(!get.settled(later, LINGER, NOT_FOUND));
+        assert!(!get.must_widen(later, LINGER));
+        get.rechecking = false;
+        assert!(get.must_widen(later, LINGER));
     }
 
     #[test]
