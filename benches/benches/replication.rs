@@ -92,8 +92,12 @@ fn round(mine: &[Record], theirs: &[Record]) -> Round {
     for key in &missing {
         let encoded = by_key[key.as_str()].encode();
         payload += encoded.len();
-        let put =
-            pb::Request { kind: Some(pb::request::Kind::Put(pb::PutRequest { record: encoded, ..Default::default() })) };
+        let put = pb::Request {
+            kind: Some(pb::request::Kind::Put(pb::PutRequest {
+                record: encoded,
+                ..Default::default()
+            })),
+        };
         let stored = pb::Response {
             kind: Some(pb::response::Kind::Put(pb::PutResponse {
                 status: pb::PutStatus::Stored as i32,

@@ -298,8 +298,9 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
         let _ = net.node(i).bootstrap().await;
     }
     let alice = Keypair::generate(KeyType::Ed25519);
-    let keys: Vec<Key> =
-        (0..6).map(|i| Key::scoped(&alice.account_id(), &format!("named/{i}")).expect("key")).collect();
+    let keys: Vec<Key> = (0..6)
+        .map(|i| Key::scoped(&alice.account_id(), &format!("named/{i}")).expect("key"))
+        .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut seq: u64 = 0;
     // Rounds of writes and reads until the namer has been asked by operations that took their

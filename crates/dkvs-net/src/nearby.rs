@@ -183,7 +183,8 @@ mod tests {
     #[test]
     fn a_table_covers_a_key_only_while_the_buckets_walked_are_live_and_not_full() {
         // Bucket 250 holds the key's closest; below it, peers at this node's distance.
-        let table = [bucket(250, 8, 8), bucket(248, 6, 6), bucket(255, 64, 60), bucket(252, 10, 10)];
+        let table =
+            [bucket(250, 8, 8), bucket(248, 6, 6), bucket(255, 64, 60), bucket(252, 10, 10)];
         // 8 + 6 + (251: none) + 10 = 24 >= 20 before the full bucket 255 is reached.
         assert!(table_covers(&table, 250, 20, 64));
         // Needing 30 reaches bucket 255, which is full: peers in its range may be missing.

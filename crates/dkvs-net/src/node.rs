@@ -1077,9 +1077,9 @@ impl<E: Extension> Driver<E> {
                         if complete {
                             // The table is trusted with the replica sets it would have given
                             // while lookups find nobody it does not hold.
-                            self.table_trusted = peers.iter().all(|p| {
-                                self.servers.get(p).is_some_and(|since| *since < started)
-                            });
+                            self.table_trusted = peers
+                                .iter()
+                                .all(|p| self.servers.get(p).is_some_and(|since| *since < started));
                         }
                         self.on_closest_peers(op, peers, stats.num_requests(), complete, false);
                     } else if self.ext_lookups.remove(&id) {

@@ -655,11 +655,8 @@ impl<E: crate::Extension> Driver<E> {
     fn look_up(&mut self, op: OpId, lookup: Vec<u8>) {
         // A replica reads at most MAX_KNOWN fingerprints: a larger k gets no check, so no table.
         let checked = self.config.replication <= crate::nearby::MAX_KNOWN;
-        let table = if self.table_trusted && checked {
-            self.local_neighbourhood(&lookup)
-        } else {
-            None
-        };
+        let table =
+            if self.table_trusted && checked { self.local_neighbourhood(&lookup) } else { None };
         if let Some(peers) = table {
             self.on_closest_peers(op, peers, 0, true, true);
         } else {
@@ -1131,13 +1128,15 @@ impl<E: crate::Extension> Driver<E> {
                 let limits = &self.store.config().limits;
                 let record = match get.checked.as_deref() {
                     Some((bytes, record))
-                        if *bytes == answer.record && record.validate_unsigned(now_ms, limits).is_ok() =>
+                        if *bytes == answer.record
+                            && record.validate_unsigned(now_ms, limits).is_ok() =>
                     {
                         Some(record.clone())
                     }
                     _ => {
                         let record = self.verified(peer, &key, &answer.record);
-                        if let (Some(record), Some(Op::Get(get))) = (&record, self.ops.get_mut(&id)) {
+                        if let (Some(record), Some(Op::Get(get))) = (&record, self.ops.get_mut(&id))
+                        {
                             get.checked = Some(Box::new((answer.record.clone(), record.clone())));
                         }
                         record

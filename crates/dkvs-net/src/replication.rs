@@ -210,7 +210,9 @@ impl<E: Extension> Driver<E> {
         let target = libp2p::kad::KBucketKey::new(kad_key(key));
         let mut near: Vec<(libp2p::kad::KBucketDistance, PeerId)> = Vec::new();
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            near.extend(bucket.iter().map(|e| (e.node.key.distance(&target), *e.node.key.preimage())));
+            near.extend(
+                bucket.iter().map(|e| (e.node.key.distance(&target), *e.node.key.preimage())),
+            );
         }
         near.retain(|(_, p)| *p != me);
         if near.len() > n {
