@@ -284,13 +284,14 @@ async fn records_survive_churn_and_restarted_nodes_catch_up() -> anyhow::Result<
 async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
 
-    // Fourteen honest nodes (reads are sampled: more than 12 replicas) and a peer that answers
-    // every get naming twenty ids nobody runs as closer to the key than anything the asker
-    // knows (crates/dkvs-net/src/nearby.rs). An operation that took its replicas from its
-    // routing table and asked that peer looks the key up instead (the ids are a signal, never
-    // asked), and every write still reaches a quorum and every read returns the newest
-    // version.
-    let net = TestNet::start(14, Config::default()).await?;
+    // Ten honest nodes and a peer that answers every get naming twenty ids nobody runs as
+    // closer to the key than anything the asker knows (crates/dkvs-net/src/nearby.rs). An
+    // operation that took its replicas from its routing table and asked that peer looks the
+    // key up instead (the ids are a signal, never asked), and every write still reaches a
+    // quorum and every read returns the newest version. A lookup that finds none of the ids
+    // makes the reader deaf to that peer's naming: its later reads from the table ask the ten
+    // peers (every one, the namer too: fewer than 13 are not sampled) and nothing more.
+    let net = TestNet::start(10, Config::default()).await?;
     let namer = Liar::spawn().await?;
     namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
     namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
@@ -304,8 +305,10 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut seq: u64 = 0;
     // Rounds of writes and reads until the namer has been asked by operations that took their
-    // replicas from the table (the tables are trusted once a lookup finds nobody new).
-    while namer.hinted_gets().await? < 5 {
+    // replicas from the table (the tables are trusted once a lookup finds nobody new), and a
+    // read from a table asked the namer without a lookup (it was not heard any more).
+    let mut unheard = false;
+    while namer.hinted_gets().await? < 5 || !unheard {
         assert!(tokio::time::Instant::now() < deadline, "no read took its replicas from a table");
         seq += 1;
         for (i, key) in keys.iter().enumerate() {
@@ -317,6 +320,8 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
             for key in &keys {
                 let got = net.get(reader, key).await??;
                 assert_eq!(value(&got), Some(format!("v{seq}")), "node {reader} reads {key}");
+                // Nine honest replicas and the namer, no lookup.
+                unheard |= got.requests as usize == net.len();
             }
         }
     }

@@ -9,8 +9,9 @@
 //! replica answers with the ids of the DHT servers it is connected to that are closer and
 //! unknown to the asker. One such id means the table was wrong about the key: the operation
 //! then runs the Kademlia lookup after all and asks the replicas it finds (named ids are never
-//! dialed, so a replica that names ids nobody runs costs an operation a lookup, no more), and
-//! the node stops trusting its table until a lookup again finds nobody new. In a network whose
+//! dialed, so a replica that names ids nobody runs costs an operation a lookup, no more, and
+//! one whose named ids the lookup does not find is not heard naming for ten minutes), and the
+//! node stops trusting its table until a lookup again finds nobody new. In a network whose
 //! tables are complete, answers name nobody, and an operation costs its replicas' requests.
 
 use std::collections::HashSet;
@@ -68,18 +69,20 @@ impl Neighbourhood {
         (farthest, self.closest.iter().map(|(_, p)| fingerprint(p)).collect())
     }
 
-    /// Whether `named` (ids a replica named) holds a peer that belongs among the k closest and
-    /// is not there: one that is not this node nor a member, and is closer than the farthest
+    /// The peers of `named` (ids a replica named, at most k read) that belong among the k
+    /// closest and are not there: not this node nor a member, and closer than the farthest
     /// (any, while there are fewer than k). Ids that do not parse are ignored.
-    pub(crate) fn names_closer(&self, me: PeerId, named: &[Vec<u8>]) -> bool {
+    pub(crate) fn closer_named(&self, me: PeerId, named: &[Vec<u8>]) -> Vec<PeerId> {
         let full = self.closest.len() >= self.k;
         let farthest = self.closest.last().map(|(d, _)| *d);
-        named.iter().take(self.k).filter_map(|id| PeerId::from_bytes(id).ok()).any(|peer| {
-            peer != me
-                && !self.closest.iter().any(|(_, p)| *p == peer)
+        let ids = named.iter().take(self.k).filter_map(|id| PeerId::from_bytes(id).ok());
+        ids.filter(|peer| {
+            *peer != me
+                && !self.closest.iter().any(|(_, p)| p == peer)
                 && (!full
-                    || farthest.is_some_and(|f| self.target.distance(&KBucketKey::from(peer)) < f))
+                    || farthest.is_some_and(|f| self.target.distance(&KBucketKey::from(*peer)) < f))
         })
+        .collect()
     }
 }
 
@@ -229,11 +232,11 @@ mod tests {
         assert_eq!(named_live, [by_distance[0], by_distance[2], by_distance[3]]);
         // The asker sees that its neighbourhood lacks them.
         let ids = |ps: &[PeerId]| ps.iter().map(|p| p.to_bytes()).collect::<Vec<_>>();
-        assert!(hood.names_closer(me, &ids(&named)));
+        assert_eq!(hood.closer_named(me, &ids(&named)), named);
         // Not: members, farther peers, this node, or bytes that are no id.
-        assert!(!hood.names_closer(me, &ids(&by_distance[4..8])));
-        assert!(!hood.names_closer(me, &ids(&by_distance[30..])));
-        assert!(!hood.names_closer(me, &[me.to_bytes(), b"junk".to_vec()]));
+        assert!(hood.closer_named(me, &ids(&by_distance[4..8])).is_empty());
+        assert!(hood.closer_named(me, &ids(&by_distance[30..])).is_empty());
+        assert!(hood.closer_named(me, &[me.to_bytes(), b"junk".to_vec()]).is_empty());
         // A complete neighbourhood: a replica names nobody.
         let hood = Neighbourhood::new(target.clone(), 20, by_distance[..20].iter().copied());
         let (farthest, known) = hood.hint();
@@ -245,6 +248,6 @@ mod tests {
         // While it holds fewer than k, any peer it lacks is closer than its farthest.
         let small = Neighbourhood::new(target.clone(), 20, by_distance[..3].iter().copied());
         assert_eq!(small.hint().0, Vec::<u8>::new());
-        assert!(small.names_closer(me, &ids(&by_distance[39..])));
+        assert_eq!(small.closer_named(me, &ids(&by_distance[39..])), by_distance[39..]);
     }
 }

@@ -624,6 +624,12 @@ pub(crate) struct Driver<E: Extension> {
     /// were connected DHT servers before it started, cleared when one found others or a
     /// replica named a closer peer the table lacked.
     pub(crate) table_trusted: bool,
+    /// Operations rechecking their replica set, with the replica that named peers and those
+    /// peers ([`crate::nearby`]).
+    pub(crate) rechecks: HashMap<OpId, (PeerId, Vec<PeerId>)>,
+    /// Replicas whose naming of closer peers is not heard until then: a recheck they caused
+    /// found none of the peers they named.
+    pub(crate) deaf_to: HashMap<PeerId, Instant>,
     /// Times the task woke up for its timers (not for events) since it started.
     wakeups: u64,
     /// When each connected peer was last used ([`Driver::trim_connections`]).
@@ -676,6 +682,8 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             table_trusted: false,
+            rechecks: HashMap::new(),
+            deaf_to: HashMap::new(),
             wakeups: 0,
             used: HashMap::new(),
             reserved: HashSet::new(),

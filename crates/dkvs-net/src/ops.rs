@@ -21,6 +21,12 @@ use crate::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
 /// ([`Driver::narrow_read`]).
 const NARROW_SLACK: usize = 2;
 
+/// How long a replica that named peers a lookup did not find is not heard naming again.
+const NAMING_PENALTY: Duration = Duration::from_secs(600);
+
+/// Most peers whose naming is ignored at once (the map is bounded; expired ones go first).
+const MAX_DEAF: usize = 1024;
+
 pub(crate) enum Op {
     Put(PutOp),
     Get(GetOp),
@@ -665,14 +671,40 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
-    /// A replica of operation `id` named a peer closer to `key` than the routing table gave:
-    /// the table is not trusted until a lookup again finds only peers it holds, and the
-    /// operation looks the key up (it waits for the lookup, then asks whom it finds).
-    fn recheck(&mut self, id: OpId, key: &Key) {
-        tracing::debug!(%key, "a replica named a closer peer: looking the key up");
+    /// A replica (`namer`) of operation `id` named peers closer to `key` than the routing
+    /// table gave (`named`): the table is not trusted until a lookup again finds only peers it
+    /// holds, and the operation looks the key up (it waits for the lookup, then asks whom it
+    /// finds). If the lookup finds none of the peers named, the namer's naming is ignored for
+    /// [`NAMING_PENALTY`] ([`Driver::lookup_judged`]).
+    fn recheck(&mut self, id: OpId, key: &Key, namer: PeerId, named: Vec<PeerId>) {
+        tracing::debug!(%key, %namer, "a replica named a closer peer: looking the key up");
         self.table_trusted = false;
+        self.rechecks.insert(id, (namer, named));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
         self.lookups.insert(query, (id, Instant::now()));
+    }
+
+    /// Whether `peer`'s naming of closer peers is ignored now (a recheck it caused found none).
+    fn deaf(&self, peer: &PeerId) -> bool {
+        self.deaf_to.get(peer).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// The lookup that operation `id`'s recheck ran found `found`: a namer none of whose peers
+    /// it found is not heard for [`NAMING_PENALTY`] (an honest replica with a stale view costs
+    /// the same, and is heard again after it).
+    fn lookup_judged(&mut self, id: OpId, found: &[PeerId]) {
+        let Some((namer, named)) = self.rechecks.remove(&id) else { return };
+        if named.iter().any(|p| found.contains(p)) {
+            return;
+        }
+        let now = Instant::now();
+        if self.deaf_to.len() >= MAX_DEAF {
+            self.deaf_to.retain(|_, until| *until > now);
+        }
+        if self.deaf_to.len() < MAX_DEAF {
+            tracing::debug!(%namer, "named peers a lookup did not find: its naming is ignored");
+            self.deaf_to.insert(namer, now + NAMING_PENALTY);
+        }
     }
 
     /// How many replicas a plain read asks first, or `None` to ask them all at once.
@@ -846,6 +878,8 @@ impl<E: crate::Extension> Driver<E> {
         match op {
             Op::Put(put) if put.rechecking => {
                 let replicas = closest(put.record.key(), candidates, k);
+                self.lookup_judged(id, &peers);
+                let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 let remote = put.rechecked(replicas, me, self.config.write_quorum);
                 put.receipt.requests = put
                     .receipt
@@ -859,6 +893,9 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_put(id);
             }
             Op::Get(get) if get.rechecking => {
+                let _ = get;
+                self.lookup_judged(id, &peers);
+                let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
                 get.rechecking = false;
                 // The set is the lookup's now: no hints, so no second recheck.
                 get.hood = None;
@@ -1108,14 +1145,18 @@ impl<E: crate::Extension> Driver<E> {
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 // A replica naming a closer peer than the table gave: the table was wrong about
                 // this key, and a lookup finds the replica set after all.
-                let recheck = put.pending.contains(&peer)
-                    && !put.rechecking
-                    && !banned
-                    && put.hood.as_ref().is_some_and(|h| h.names_closer(me, &answer.closer));
+                let named = match &put.hood {
+                    Some(hood) if put.pending.contains(&peer) && !put.rechecking && !banned => {
+                        hood.closer_named(me, &answer.closer)
+                    }
+                    _ => Vec::new(),
+                };
                 put.answered(peer, status, answer.reason, newer, Instant::now());
-                if recheck {
-                    put.rechecking = true;
-                    self.recheck(id, &key);
+                if !named.is_empty() && !self.deaf(&peer) {
+                    if let Some(Op::Put(put)) = self.ops.get_mut(&id) {
+                        put.rechecking = true;
+                    }
+                    self.recheck(id, &key, peer, named);
                 }
                 self.check_put(id);
             }
@@ -1147,14 +1188,18 @@ impl<E: crate::Extension> Driver<E> {
                 let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
                 // A replica naming a closer peer than the table gave: the table was wrong about
                 // this key, and a lookup finds the replica set after all.
-                let recheck = get.pending.contains(&peer)
-                    && !get.rechecking
-                    && !banned
-                    && get.hood.as_ref().is_some_and(|h| h.names_closer(me, &answer.closer));
+                let named = match &get.hood {
+                    Some(hood) if get.pending.contains(&peer) && !get.rechecking && !banned => {
+                        hood.closer_named(me, &answer.closer)
+                    }
+                    _ => Vec::new(),
+                };
                 get.answered(peer, record, answer.highest_seq, Instant::now());
-                if recheck {
-                    get.rechecking = true;
-                    self.recheck(id, &key);
+                if !named.is_empty() && !self.deaf(&peer) {
+                    if let Some(Op::Get(get)) = self.ops.get_mut(&id) {
+                        get.rechecking = true;
+                    }
+                    self.recheck(id, &key, peer, named);
                 }
                 self.check_get(id);
             }
@@ -1266,6 +1311,7 @@ impl<E: crate::Extension> Driver<E> {
         if matches!(self.ops.get(&id), Some(Op::Get(_))) {
             self.reply_get(id);
         }
+        self.rechecks.remove(&id);
         let Some(op) = self.ops.remove(&id) else { return };
         match op {
             Op::Put(mut put) => {
