@@ -83,6 +83,10 @@ pub struct Config {
     pub mdns: bool,
     /// Serve as a relay for peers behind NAT. Default: off.
     pub relay_server: bool,
+    /// When AutoNAT finds this node unreachable (behind NAT or a firewall), hold a
+    /// reservation on a connected relay, so that others can dial it through the relay (and
+    /// directly once DCUtR punches through). Default: on.
+    pub auto_relay: bool,
     /// Close connections idle for this long. Default: 60 s.
     pub idle_connection_timeout: Duration,
     /// The most peers this node stays connected to. Over it, the node closes its connections
@@ -140,6 +144,7 @@ impl Default for Config {
             transports: crate::Transports::default(),
             mdns: false,
             relay_server: false,
+            auto_relay: true,
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 128,
             kad_mode: KadMode::Auto,
@@ -252,6 +257,17 @@ impl Config {
     /// With the relay server on or off.
     pub fn with_relay_server(mut self, on: bool) -> Config {
         self.relay_server = on;
+        self
+    }
+    /// With relay reservations behind NAT on or off ([`Config::auto_relay`]).
+    pub fn with_auto_relay(mut self, on: bool) -> Config {
+        self.auto_relay = on;
+        self
+    }
+    /// With AutoNAT asking (and answering) dial-backs on public IP addresses only, or on any
+    /// ([`Config::autonat_only_global_ips`]).
+    pub fn with_autonat_only_global_ips(mut self, on: bool) -> Config {
+        self.autonat_only_global_ips = on;
         self
     }
 }

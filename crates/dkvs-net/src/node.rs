@@ -497,6 +497,9 @@ pub struct Reachability {
     pub nat: NatStatus,
     /// Addresses confirmed as reachable from outside.
     pub external_addrs: Vec<Multiaddr>,
+    /// Addresses through the relays this node holds a reservation on, as others dial them
+    /// (`.../p2p/<relay>/p2p-circuit/p2p/<this node>`).
+    pub relay_addrs: Vec<Multiaddr>,
 }
 
 /// AutoNAT's verdict on whether this node can be dialed from outside.
@@ -636,6 +639,8 @@ pub(crate) struct Driver<E: Extension> {
     used: HashMap<PeerId, Instant>,
     /// Peers holding a reservation on this node's relay: their connection is their address.
     reserved: HashSet<PeerId>,
+    /// The relay reservation this node holds while AutoNAT finds it unreachable.
+    auto_relay: crate::autorelay::AutoRelay,
     /// Peers whose connections the limit is closing.
     closing: HashSet<PeerId>,
     /// Answers that promise a record is held, until the store's log is durable.
@@ -687,6 +692,7 @@ impl<E: Extension> Driver<E> {
             wakeups: 0,
             used: HashMap::new(),
             reserved: HashSet::new(),
+            auto_relay: crate::autorelay::AutoRelay::default(),
             closing: HashSet::new(),
         }
     }
@@ -874,6 +880,12 @@ impl<E: Extension> Driver<E> {
                     kad_server: behaviour.kad.mode() == kad::Mode::Server,
                     nat: behaviour.autonat.nat_status().into(),
                     external_addrs: self.swarm.external_addresses().cloned().collect(),
+                    relay_addrs: self
+                        .swarm
+                        .listeners()
+                        .filter(|a| is_relayed(a))
+                        .map(|a| with_peer(a, *self.swarm.local_peer_id()))
+                        .collect(),
                 });
             }
             Command::Connections(peer, reply) => {
@@ -937,6 +949,9 @@ impl<E: Extension> Driver<E> {
                 {
                     self.swarm.add_external_address(address.clone());
                 }
+                if self.auto_relay.listener() == Some(listener_id) {
+                    tracing::info!(%address, "reachable through a relay");
+                }
                 if let Some(i) = self.listens.iter().position(|(id, ..)| *id == listener_id) {
                     let (.., reply) = self.listens.swap_remove(i);
                     let _ = reply.send(Ok(address));
@@ -945,6 +960,11 @@ impl<E: Extension> Driver<E> {
             }
             SwarmEvent::ExpiredListenAddr { .. } => self.update_kad_mode(),
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if self.auto_relay.listener() == Some(listener_id) {
+                    tracing::info!(?reason, "relay reservation ended");
+                    self.auto_relay.closed(listener_id, Instant::now());
+                    self.update_relay();
+                }
                 if let Some(i) = self.listens.iter().position(|(id, ..)| *id == listener_id) {
                     let (_, addr, reply) = self.listens.swap_remove(i);
                     let source = reason.err().unwrap_or_else(|| {
@@ -976,6 +996,7 @@ impl<E: Extension> Driver<E> {
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.servers.remove(&peer_id);
+                        self.auto_relay.disconnected(&peer_id);
                         self.replication.disconnected(&peer_id);
                     }
                 }
@@ -1025,6 +1046,40 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// Holds a relay reservation while AutoNAT finds this node unreachable, and gives it up
+    /// once it is reachable ([`crate::autorelay`]). A node configured to relay declares itself
+    /// reachable and reserves nowhere.
+    fn update_relay(&mut self) {
+        if !self.config.auto_relay || self.config.relay_server {
+            return;
+        }
+        let private =
+            self.swarm.behaviour().autonat.nat_status() == libp2p::autonat::NatStatus::Private;
+        if !private {
+            if let Some(listener) = self.auto_relay.dropped() {
+                tracing::info!("reachable: relay reservation given up");
+                self.swarm.remove_listener(listener);
+            }
+            return;
+        }
+        let now = Instant::now();
+        let dialed = self
+            .connections
+            .iter()
+            .flat_map(|(peer, open)| open.values().map(move |(addr, by_us)| (peer, addr, *by_us)));
+        let Some((relay, circuit)) = self.auto_relay.pick(dialed, now) else { return };
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(listener) => {
+                tracing::info!(%relay, %circuit, "behind NAT: asking a relay for a reservation");
+                self.auto_relay.asked(listener, relay);
+            }
+            Err(error) => {
+                tracing::warn!(%circuit, %error, "cannot listen through the relay");
+                self.auto_relay.refuse(relay, now);
+            }
+        }
+    }
+
     fn on_behaviour_event(&mut self, event: BehaviourEvent<E>) {
         match event {
             BehaviourEvent::Extension(event) => {
@@ -1062,6 +1117,13 @@ impl<E: Extension> Driver<E> {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
+                let hop = info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME);
+                self.auto_relay.identified(peer_id, hop);
+                self.update_relay();
+            }
+            BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "reachability");
+                self.update_relay();
             }
             _ => {}
         }
@@ -1468,6 +1530,14 @@ fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
         }
     }
     None
+}
+
+/// `addr` ending in `/p2p/<peer>` (added unless it ends so already).
+fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) if p == peer => addr.clone(),
+        _ => addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer)),
+    }
 }
 
 /// True for an address through a relay (`/p2p-circuit`).

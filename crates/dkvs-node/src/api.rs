@@ -203,6 +203,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/connections", get(connections))
         .route("/v1/accounts", get(accounts))
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/watch/{*key}", get(watch_key))
@@ -1342,7 +1343,23 @@ async fn watch_key(
 async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let stats = state.node.store().stats();
     let peers = state.node.connected_peers().await;
+    let reach = state.node.reachability().await;
+    let (nat, public_addr) = match &reach.nat {
+        dkvs_net::NatStatus::Unknown => ("unknown", None),
+        dkvs_net::NatStatus::Private => ("private", None),
+        dkvs_net::NatStatus::Public(addr) => ("public", Some(addr.to_string())),
+    };
+    let strings = |addrs: &[dkvs_net::libp2p::Multiaddr]| -> Vec<String> {
+        addrs.iter().map(|a| a.to_string()).collect()
+    };
     Json(json!({
+        "reachability": {
+            "nat": nat,
+            "public_addr": public_addr,
+            "kad_mode": if reach.kad_server { "server" } else { "client" },
+            "external_addrs": strings(&reach.external_addrs),
+            "relay_addrs": strings(&reach.relay_addrs),
+        },
         "peer_id": state.node.peer_id().to_string(),
         "listen_addrs": state.node.listen_addrs().await.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "peers": peers.len(),
@@ -1357,6 +1374,19 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 async fn peers(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let peers = state.node.connected_peers().await;
     Json(json!(peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()))
+}
+
+/// Every open connection: the peer, the remote address, and whether it goes through a relay.
+async fn connections(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let mut list = Vec::new();
+    for peer in state.node.connected_peers().await {
+        for addr in state.node.connections(peer).await {
+            let relayed =
+                addr.iter().any(|p| p == dkvs_net::libp2p::multiaddr::Protocol::P2pCircuit);
+            list.push(json!({ "peer": peer.to_string(), "address": addr.to_string(), "relayed": relayed }));
+        }
+    }
+    Json(json!(list))
 }
 
 async fn accounts(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {

@@ -25,6 +25,15 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Relay connections for peers behind NAT (declares this node publicly reachable).
     pub relay_server: bool,
+    /// When AutoNAT finds this node unreachable (behind NAT), hold a reservation on a
+    /// connected relay so that others can dial it through the relay, and directly where DCUtR
+    /// punches through the NAT.
+    pub auto_relay: bool,
+    /// With `kad_mode` "auto": serve the DHT while every peer is on this machine or the LAN.
+    pub lan_server: bool,
+    /// AutoNAT: ask for (and answer) dial-backs on public IP addresses only. Turn it off only
+    /// for a network on private or reserved addresses, where no address is public.
+    pub autonat_only_global_ips: bool,
     /// Peers kept connected at most; over it the least recently used are closed (to three
     /// quarters of it), relays and peers with a request in flight spared.
     pub max_connections: usize,
@@ -102,6 +111,9 @@ impl Default for NodeConfig {
             kad_mode: "auto".into(),
             mdns: false,
             relay_server: false,
+            auto_relay: net.auto_relay,
+            lan_server: net.lan_server,
+            autonat_only_global_ips: net.autonat_only_global_ips,
             max_connections: net.max_connections,
             max_bytes: store.max_bytes,
             max_bytes_per_owner: store.max_bytes_per_owner,
@@ -165,6 +177,9 @@ impl NodeConfig {
             .with_kad_mode(kad_mode)
             .with_mdns(self.mdns)
             .with_relay_server(self.relay_server)
+            .with_auto_relay(self.auto_relay)
+            .with_lan_server(self.lan_server)
+            .with_autonat_only_global_ips(self.autonat_only_global_ips)
             .with_peer_bytes(self.peer_bytes_per_second, self.peer_byte_burst)
             .with_subnet_bytes(self.subnet_bytes_per_second, self.subnet_byte_burst))
     }
@@ -245,5 +260,13 @@ mod tests {
         assert_eq!(shelf.total_bytes, dkvs_mail::ShelfConfig::default().total_bytes);
         let none = NodeConfig { mail_replicas: 0, ..NodeConfig::default() };
         assert!(none.mail().is_err());
+        let nat: NodeConfig = toml::from_str(
+            "auto_relay = false\nlan_server = false\nautonat_only_global_ips = false\n",
+        )
+        .expect("parses");
+        let net = nat.net().expect("valid");
+        assert!(!net.auto_relay && !net.lan_server && !net.autonat_only_global_ips);
+        let net = NodeConfig::default().net().expect("valid");
+        assert!(net.auto_relay && net.lan_server && net.autonat_only_global_ips);
     }
 }

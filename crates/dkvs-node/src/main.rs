@@ -102,8 +102,12 @@ enum Command {
     #[command(subcommand)]
     Ipfs(IpfsCommand),
     /// List connected peers.
-    Peers,
-    /// Show the node's peer id, addresses, peers, records and memory.
+    Peers {
+        /// One line per connection: the peer, its address, and "direct" or "relayed".
+        #[arg(long)]
+        addresses: bool,
+    },
+    /// Show the node's peer id, addresses, reachability, peers, records and memory.
     Status,
 }
 
@@ -757,9 +761,16 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Ipfs(command) => ipfs_command(client, command)?,
-        Command::Peers => {
+        Command::Peers { addresses: false } => {
             for peer in client.get_json("/v1/peers")?.as_array().into_iter().flatten() {
                 outln!("{}", peer.as_str().unwrap_or_default());
+            }
+        }
+        Command::Peers { addresses: true } => {
+            for c in client.get_json("/v1/connections")?.as_array().into_iter().flatten() {
+                let how = if c["relayed"].as_bool() == Some(true) { "relayed" } else { "direct" };
+                let (peer, addr) = (c["peer"].as_str(), c["address"].as_str());
+                outln!("{} {} {how}", peer.unwrap_or("?"), addr.unwrap_or("?"));
             }
         }
         Command::Status => {
