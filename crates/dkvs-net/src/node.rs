@@ -1121,6 +1121,16 @@ impl<E: Extension> Driver<E> {
                 self.auto_relay.identified(peer_id, hop);
                 self.update_relay();
             }
+            BehaviourEvent::Dcutr(libp2p::dcutr::Event { remote_peer_id, result }) => {
+                match result {
+                    Ok(_) => {
+                        tracing::info!(peer = %remote_peer_id, "direct connection (hole punched)")
+                    }
+                    Err(error) => {
+                        tracing::info!(peer = %remote_peer_id, %error, "hole punching failed: relayed")
+                    }
+                }
+            }
             BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "reachability");
                 self.update_relay();

@@ -123,6 +123,12 @@ fn count<S>(
     move |inner, _| Counted { inner, counters }
 }
 
+/// The longest a TCP (or memory) connection may take to set up: connect, noise, yamux. Without
+/// it a dial to an address whose firewall drops packets (a NAT router, a departed peer) hangs
+/// for the kernel's two minutes of SYN retries, and an AutoNAT dial-back outlives the probe
+/// that asked for it. QUIC has its own handshake timeout (5 s).
+pub(crate) const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The node's transport: every chosen one, each authenticated as `key`, its bytes counted
 /// into `counters`.
 pub(crate) fn build(
@@ -138,6 +144,7 @@ pub(crate) fn build(
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
+        .timeout(SETUP_TIMEOUT)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     let quic = chosen
         .quic
@@ -152,6 +159,7 @@ pub(crate) fn build(
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
+        .timeout(SETUP_TIMEOUT)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     Ok(tcp
         .or_transport(quic)

@@ -1,0 +1,421 @@
+//! Phones behind NAT: real `dkvs node` processes in network namespaces that this test makes
+//! (root, iproute2 and iptables; `.ci/run` installs them). Nothing leaves those namespaces.
+//!
+//! ```text
+//!   relay 198.18.0.1   pub1 .2   pub2 .3        (public nodes, on one bridge in "wan")
+//!   r1 198.18.0.4 -- NAT -- p1 10.1.0.2         (a phone behind a home router)
+//!   r2 198.18.0.5 -- NAT -- p2 10.2.0.2         (another one, behind another router)
+//!   r3 198.18.0.6 -- NAT -- p3 10.3.0.2         (behind a NAT that maps every flow to a
+//!                                                random port: hole punching cannot work)
+//! ```
+//!
+//! Every node runs the default configuration, but for two settings: the relay serves as a
+//! relay (`relay_server`), and, because 198.18.0.0/15 is a reserved range and never public,
+//! every node lets AutoNAT probe it (`autonat_only_global_ips = false`); without that, AutoNAT
+//! never asks, as it must not on the internet. The test asserts that:
+//! - the public nodes are found reachable and serve the DHT; the phones are found unreachable
+//!   (AutoNAT), stay Kademlia clients, and hold a reservation on the relay by themselves;
+//! - the phones' puts and gets work and return the newest value, and a watch on a phone fires
+//!   when another phone writes;
+//! - a phone is reached through the relay by another phone (an IPFS file fetched from it), the
+//!   connection between the two easy NATs is upgraded to a direct one (DCUtR), and the one
+//!   to the phone behind the random-port NAT stays relayed. It prints which ended which.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PASSPHRASE: &str = "correct horse battery staple";
+/// The longest any one step may take.
+const STEP: Duration = Duration::from_secs(90);
+
+/// Network namespaces, deleted (with everything in them) when dropped.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    fn name(&self, short: &str) -> String {
+        ns_name(short)
+    }
+}
+
+/// This run's name for namespace `short`: runs side by side do not clash.
+fn ns_name(short: &str) -> String {
+    format!("dkvs{}-{short}", std::process::id())
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// In namespace `ns`: `ip netns exec <ns> args...`.
+fn ns_sh(ns: &str, args: &[&str]) {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    sh(&all);
+}
+
+/// The topology of the module's comment.
+fn topology() -> Namespaces {
+    let mut nets = Namespaces { names: Vec::new() };
+    let n = ns_name;
+    let (wan, hosts) = (n("wan"), ["relay", "pub1", "pub2", "r1", "r2", "r3"]);
+    for short in ["wan", "relay", "pub1", "pub2", "r1", "r2", "r3", "p1", "p2", "p3"] {
+        let ns = n(short);
+        sh(&["ip", "netns", "add", &ns]);
+        nets.names.push(ns.clone());
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    }
+    sh(&["ip", "-n", &wan, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &wan, "link", "set", "br0", "up"]);
+    for (i, short) in hosts.iter().enumerate() {
+        let (ns, port) = (n(short), format!("w-{short}"));
+        // Both ends are made inside their namespaces: no name here clashes with the host's.
+        sh(&[
+            "ip", "link", "add", &port, "netns", &wan, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        sh(&["ip", "-n", &wan, "link", "set", &port, "master", "br0", "up"]);
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("198.18.0.{}/24", i + 1), "dev", "eth0"]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+    }
+    for k in 1..=3 {
+        let (router, phone) = (n(&format!("r{k}")), n(&format!("p{k}")));
+        let veth = ["ip", "link", "add", "lan0", "netns", &router, "type", "veth", "peer"];
+        sh(&[&veth[..], &["name", "eth0", "netns", &phone]].concat());
+        sh(&["ip", "-n", &router, "addr", "add", &format!("10.{k}.0.1/24"), "dev", "lan0"]);
+        sh(&["ip", "-n", &router, "link", "set", "lan0", "up"]);
+        sh(&["ip", "-n", &phone, "addr", "add", &format!("10.{k}.0.2/24"), "dev", "eth0"]);
+        sh(&["ip", "-n", &phone, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &phone, "route", "add", "default", "via", &format!("10.{k}.0.1")]);
+        ns_sh(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let lan = format!("10.{k}.0.0/24");
+        let mut masquerade =
+            vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", &lan, "-o", "eth0"];
+        masquerade.extend(["-j", "MASQUERADE"]);
+        if k == 3 {
+            masquerade.push("--random-fully");
+        }
+        ns_sh(&router, &masquerade);
+        // Only answers come in from outside; nothing is forwarded to the phone unasked.
+        ns_sh(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        ns_sh(&router, &["iptables", "-A", "FORWARD", "-i", "eth0", "-j", "DROP"]);
+        // As home routers do, the router itself ignores what it did not ask for (no reset,
+        // no ICMP). Linux would otherwise also keep a record of that first packet, and the
+        // phone's own packet to the same peer would then leave on another port.
+        ns_sh(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        ns_sh(&router, &["iptables", "-A", "INPUT", "-i", "eth0", "-j", "DROP"]);
+    }
+    nets
+}
+
+/// A process, killed and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node running in a namespace.
+struct NodeProcess {
+    _child: Reaped,
+    ns: String,
+    home: PathBuf,
+    peer: String,
+    /// Its default account's id.
+    account: String,
+}
+
+/// `dkvs --home <home> args...` run in namespace `ns`.
+fn dkvs(ns: &str, home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_dkvs"), "--home"]).arg(home);
+    command.args(args).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
+    command
+}
+
+/// Runs a client command with a deadline; returns its output.
+fn run(mut command: Command) -> Output {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("dkvs starts");
+    let deadline = Instant::now() + STEP;
+    while child.try_wait().expect("waitable").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command took over {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// The lines a child prints, as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Starts `dkvs node` in `ns` on the default configuration plus `settings`, joining through
+/// `bootstrap`; returns once its API is up.
+fn start(ns: &str, home: &Path, bootstrap: &[String], settings: &str) -> NodeProcess {
+    std::fs::create_dir_all(home).expect("home");
+    let account = ok(run(dkvs(ns, home, &["account", "new"]))).trim().to_owned();
+    let config = home.join("config.toml");
+    std::fs::write(&config, settings).expect("config");
+    let mut args = vec!["node".to_owned(), "--config".to_owned(), config.display().to_string()];
+    for peer in bootstrap {
+        args.extend(["--bootstrap".to_owned(), peer.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = std::fs::File::create(home.join("node.log")).expect("log file");
+    let mut child = dkvs(ns, home, &args)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("node starts");
+    let rx = lines_of(child.stdout.take().expect("piped"));
+    let child = Reaped(child);
+    let mut peer = None;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(home.join("node.log")).unwrap_or_default();
+            panic!("the node in {ns} did not start: {log}")
+        });
+        if let Some(id) = line.strip_prefix("peer id: ") {
+            peer = Some(id.to_owned());
+        }
+        if line.starts_with("api: ") {
+            break;
+        }
+    }
+    let (ns, home, peer) = (ns.to_owned(), home.to_owned(), peer.expect("a peer id"));
+    NodeProcess { _child: child, ns, home, peer, account }
+}
+
+impl NodeProcess {
+    fn cli(&self, args: &[&str]) -> Command {
+        dkvs(&self.ns, &self.home, args)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(run(self.cli(&["status"])))).expect("status is JSON")
+    }
+
+    /// Waits until the node's status passes `check`; panics with its last status and its log.
+    fn wait_for(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let status = self.status();
+            if check(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.home.join("node.log")).unwrap_or_default();
+                panic!("{}: not {what} within {STEP:?}: {status}\n{log}", self.ns);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// This node's connections to `peer`: (address, relayed).
+    fn connections_to(&self, peer: &str) -> Vec<(String, bool)> {
+        let out = ok(run(self.cli(&["peers", "--addresses"])));
+        out.lines()
+            .filter_map(|line| {
+                let mut parts = line.split(' ');
+                let (p, addr, how) = (parts.next()?, parts.next()?, parts.next()?);
+                (p == peer).then(|| (addr.to_owned(), how == "relayed"))
+            })
+            .collect()
+    }
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id runs");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+#[test]
+fn phones_behind_nat_hold_a_relay_slot_and_read_write_and_watch() {
+    assert!(
+        is_root(),
+        "this test makes network namespaces and NAT rules: run it as root with iproute2 and \
+         iptables installed (.ci/run does)"
+    );
+    let nets = topology();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    let public = "autonat_only_global_ips = false\n";
+
+    let relay =
+        start(&nets.name("relay"), &home("relay"), &[], &format!("{public}relay_server = true\n"));
+    let via_relay = format!("/ip4/198.18.0.1/tcp/4040/p2p/{}", relay.peer);
+    let pubs: Vec<NodeProcess> = (1..=2)
+        .map(|i| {
+            let name = format!("pub{i}");
+            start(&nets.name(&name), &home(&name), std::slice::from_ref(&via_relay), public)
+        })
+        .collect();
+    // Phones join over QUIC, as a phone app would: hole punching works best over UDP.
+    let via_relay_quic = format!("/ip4/198.18.0.1/udp/4040/quic-v1/p2p/{}", relay.peer);
+    let phones: Vec<NodeProcess> = (1..=3)
+        .map(|i| {
+            let name = format!("p{i}");
+            start(&nets.name(&name), &home(&name), std::slice::from_ref(&via_relay_quic), public)
+        })
+        .collect();
+
+    // Reachability, found by the nodes themselves.
+    for node in pubs.iter().chain([&relay]) {
+        node.wait_for("public and a DHT server", |s| {
+            s["reachability"]["nat"] == "public" && s["reachability"]["kad_mode"] == "server"
+        });
+    }
+    let mut relay_addrs = Vec::new();
+    for phone in &phones {
+        let status = phone.wait_for("private with a relay reservation", |s| {
+            s["reachability"]["nat"] == "private"
+                && s["reachability"]["relay_addrs"].as_array().is_some_and(|a| !a.is_empty())
+        });
+        assert_eq!(status["reachability"]["kad_mode"], "client", "{status}");
+        let addr = status["reachability"]["relay_addrs"][0].as_str().expect("an address");
+        assert!(addr.contains(&format!("/p2p/{}/p2p-circuit", relay.peer)), "{addr}");
+        relay_addrs.push(addr.to_owned());
+    }
+
+    // Puts and gets from behind NAT; a watch on a phone fires when another phone writes.
+    let (p1, p2, p3) = (&phones[0], &phones[1], &phones[2]);
+    ok(run(p2.cli(&["put", "/~/status", "first"])));
+    let p2_key = format!("/{}/status", p2.account);
+    assert_eq!(ok(run(p1.cli(&["get", &p2_key]))), "first");
+    assert_eq!(ok(run(p3.cli(&["get", &p2_key]))), "first");
+    let mut watcher = p1.cli(&["watch", &p2_key]);
+    let mut watcher =
+        Reaped(watcher.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("watch starts"));
+    let seen = lines_of(watcher.0.stdout.take().expect("piped"));
+    // The watcher's subscription needs a moment to reach the other nodes' gossip views.
+    std::thread::sleep(Duration::from_secs(2));
+    ok(run(p2.cli(&["put", "/~/status", "second"])));
+    let line = seen.recv_timeout(STEP).expect("the watch on the phone fires");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(event["seq"], 2, "{line}");
+    drop(watcher);
+    assert_eq!(ok(run(p1.cli(&["get", &p2_key]))), "second", "the newest");
+    ok(run(p1.cli(&["put", "/~/status", "from p1"])));
+    let p1_key = format!("/{}/status", p1.account);
+    assert_eq!(ok(run(pubs[0].cli(&["get", &p1_key]))), "from p1");
+
+    // Reached through the relay: p2 and p3 fetch a file from p1, dialing its relay address.
+    let file = dir.path().join("shared.bin");
+    let bytes: Vec<u8> =
+        (0..40_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&file, &bytes).expect("file");
+    let cid = ok(run(p1.cli(&["ipfs", "add", "--plain", &file.display().to_string()])));
+    let cid = cid.trim();
+    for (name, phone) in [("p2", p2), ("p3", p3)] {
+        ok(run(phone.cli(&["ipfs", "connect", &relay_addrs[0]])));
+        let out = dir.path().join(format!("got-{name}"));
+        ok(run(phone.cli(&["ipfs", "get", cid, "-o", &out.display().to_string()])));
+        assert!(std::fs::read(&out).expect("fetched") == bytes, "{name} got p1's file");
+    }
+
+    // DCUtR: the two easy NATs end with a direct connection; the random-port NAT cannot.
+    let direct = |from: &NodeProcess| from.connections_to(&p1.peer).iter().any(|(_, r)| !r);
+    let deadline = Instant::now() + STEP;
+    while !direct(p2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (name, phone) in [("p2", p2), ("p3", p3)] {
+        for (addr, relayed) in phone.connections_to(&p1.peer) {
+            let how = if relayed { "relayed" } else { "direct" };
+            eprintln!("{name} -> p1: {how} {addr}");
+        }
+    }
+    let dcutr = |node: &NodeProcess| {
+        let log = std::fs::read_to_string(node.home.join("node.log")).unwrap_or_default();
+        let lines =
+            log.lines().filter(|l| l.contains("dcutr") || l.contains("hole") || l.contains("rror"));
+        lines.collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        direct(p2),
+        "p2 (port-preserving NAT) and p1 end with a direct connection\np1:\n{}\np2:\n{}",
+        dcutr(p1),
+        dcutr(p2)
+    );
+    assert!(!direct(p3), "p3 (random ports) cannot be reached directly: it stays relayed");
+    assert!(!p3.connections_to(&p1.peer).is_empty(), "p3 stays connected through the relay");
+}
