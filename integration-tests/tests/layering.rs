@@ -15,8 +15,10 @@ const LAYERS: &[&[&str]] = &[
     // The test network sits on dkvs-net like mail and IPFS; their tests may use it
     // (dev-dependencies are not layered).
     &["dkvs-mail", "dkvs-ipfs", "dkvs-testnet"],
-    // The measured testnet sits beside the node: it runs networks of nodes (and mainline's).
-    &["dkvs-node", "dkvs-testbed"],
+    &["dkvs-node"],
+    // The measured testnet sits on top: it runs networks of nodes (and mainline's), and
+    // `dkvs node` processes through the node's own client.
+    &["dkvs-testbed"],
 ];
 
 /// Crates below dkvs-net: they know nothing of a network or a runtime.

@@ -16,8 +16,17 @@ use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-/// How long a relay that refused or dropped a reservation is passed over.
+/// How long a relay that refused a reservation, or misbehaved, is passed over.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(600);
+/// How long a relay whose connection closed under the reservation is passed over (a phone
+/// moving between networks, a relay restarting): a moment, not ten minutes.
+pub(crate) const RETRY_AFTER_CLOSE: Duration = Duration::from_secs(15);
+/// The most addresses one reservation may give this node; a relay that hands out more is
+/// dropped (the swarm keeps every listen address a relay reports, and identify sends them on).
+pub(crate) const MAX_ADDRS: usize = 32;
+/// The shortest time between two renewals of a reservation: a relay that sets expiries
+/// shorter makes this node renew continually, and is dropped.
+pub(crate) const MIN_RENEWAL: Duration = Duration::from_secs(60);
 
 /// The relays this node may reserve on and the reservation it holds or asked for.
 #[derive(Default)]
@@ -26,6 +35,9 @@ pub(crate) struct AutoRelay {
     hops: HashSet<PeerId>,
     /// The reservation asked for or held: its listener and its relay.
     current: Option<(ListenerId, PeerId)>,
+    /// Addresses the current reservation reported, and when it was last accepted.
+    addrs: usize,
+    accepted: Option<Instant>,
     /// Relays passed over until then.
     refused: HashMap<PeerId, Instant>,
 }
@@ -50,15 +62,40 @@ impl AutoRelay {
         self.current.map(|(id, _)| id)
     }
 
-    /// The listener `id` closed: if it was the reservation's, its relay is passed over for a
-    /// while and another may be asked.
-    pub(crate) fn closed(&mut self, id: ListenerId, now: Instant) {
+    /// The relay asked or holding the reservation.
+    pub(crate) fn relay(&self) -> Option<PeerId> {
+        self.current.map(|(_, relay)| relay)
+    }
+
+    /// The listener `id` closed: if it was the reservation's, its relay is passed over (long
+    /// when it refused, `refused`; a moment when the connection merely closed) and another
+    /// may be asked.
+    pub(crate) fn closed(&mut self, id: ListenerId, refused: bool, now: Instant) {
         if let Some((current, relay)) = self.current
             && current == id
         {
             self.current = None;
-            self.refused.insert(relay, now + RETRY_AFTER);
+            let wait = if refused { RETRY_AFTER } else { RETRY_AFTER_CLOSE };
+            self.refused.insert(relay, now + wait);
         }
+    }
+
+    /// The reservation's listener reported another address; false when that is more than a
+    /// relay may give ([`MAX_ADDRS`]).
+    pub(crate) fn address_added(&mut self) -> bool {
+        self.addrs += 1;
+        self.addrs <= MAX_ADDRS
+    }
+
+    /// `relay` accepted a reservation (or renewed it); false when it renews too often
+    /// ([`MIN_RENEWAL`]).
+    pub(crate) fn accepted(&mut self, relay: PeerId, renewal: bool, now: Instant) -> bool {
+        if self.relay() != Some(relay) {
+            return true;
+        }
+        let too_soon = renewal && self.accepted.is_some_and(|at| now < at + MIN_RENEWAL);
+        self.accepted = Some(now);
+        !too_soon
     }
 
     /// The reservation was given up (the node is reachable): no relay is to blame.
@@ -69,6 +106,8 @@ impl AutoRelay {
     /// A reservation was asked of `relay` through listener `id`.
     pub(crate) fn asked(&mut self, id: ListenerId, relay: PeerId) {
         self.current = Some((id, relay));
+        self.addrs = 0;
+        self.accepted = None;
     }
 
     /// A relay that could not even be asked (the address was refused at once).
@@ -98,9 +137,19 @@ impl AutoRelay {
             })
             .map(|(peer, addr, _)| (*peer, circuit(addr, *peer)))
             .collect();
-        // The same relay whatever the order connections were listed in.
+        // At random: a peer id chosen to sort first must not capture every phone, and phones
+        // spread over the relays there are.
         candidates.sort();
-        candidates.into_iter().next()
+        candidates.dedup_by_key(|(peer, _)| *peer);
+        if candidates.is_empty() {
+            return None;
+        }
+        let pick = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            Instant::now(),
+        ) as usize
+            % candidates.len();
+        Some(candidates.swap_remove(pick))
     }
 }
 
@@ -156,13 +205,13 @@ mod tests {
         relays.asked(id, first);
         assert_eq!(relays.pick(seen(), now), None, "one reservation at a time");
 
-        relays.closed(ListenerId::next(), now);
+        relays.closed(ListenerId::next(), true, now);
         assert_eq!(relays.listener(), Some(id), "another listener's end changes nothing");
-        relays.closed(id, now);
+        relays.closed(id, true, now);
         let (second, _) = relays.pick(seen(), now).expect("the other relay");
         assert_ne!(second, first);
         relays.asked(ListenerId::next(), second);
-        relays.closed(relays.listener().expect("asked"), now);
+        relays.closed(relays.listener().expect("asked"), true, now);
         assert_eq!(relays.pick(seen(), now), None, "both passed over");
         assert!(relays.pick(seen(), now + RETRY_AFTER).is_some(), "until the retry");
 
@@ -181,7 +230,30 @@ mod tests {
         let id = ListenerId::next();
         relays.asked(id, a);
         assert_eq!(relays.dropped(), Some(id));
-        relays.closed(id, now);
+        relays.closed(id, true, now);
         assert_eq!(relays.pick([(&a, &at, true)], now).map(|(p, _)| p), Some(a));
+    }
+
+    #[test]
+    fn a_closed_connection_costs_a_moment_a_greedy_relay_ten_minutes() {
+        let now = Instant::now();
+        let a = PeerId::random();
+        let mut relays = AutoRelay::default();
+        relays.identified(a, true);
+        let at = addr("/ip4/198.18.0.1/tcp/4040");
+        let id = ListenerId::next();
+        relays.asked(id, a);
+        relays.closed(id, false, now);
+        assert_eq!(relays.pick([(&a, &at, true)], now), None);
+        assert!(relays.pick([(&a, &at, true)], now + RETRY_AFTER_CLOSE).is_some());
+
+        let now = now + RETRY_AFTER_CLOSE;
+        relays.asked(ListenerId::next(), a);
+        assert!((0..MAX_ADDRS).all(|_| relays.address_added()));
+        assert!(!relays.address_added(), "one address too many");
+        assert!(relays.accepted(a, false, now));
+        assert!(relays.accepted(a, true, now + MIN_RENEWAL), "a renewal at the minimum");
+        assert!(!relays.accepted(a, true, now + MIN_RENEWAL * 3 / 2), "renewing too soon");
+        assert!(relays.accepted(PeerId::random(), true, now), "another relay's is not ours");
     }
 }

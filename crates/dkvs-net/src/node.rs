@@ -880,10 +880,12 @@ impl<E: Extension> Driver<E> {
                     kad_server: behaviour.kad.mode() == kad::Mode::Server,
                     nat: behaviour.autonat.nat_status().into(),
                     external_addrs: self.swarm.external_addresses().cloned().collect(),
+                    // Confirmed by the relay client for the circuit this node dialed; what
+                    // the relay itself lists may name anything.
                     relay_addrs: self
                         .swarm
-                        .listeners()
-                        .filter(|a| is_relayed(a))
+                        .external_addresses()
+                        .filter(|a| is_relayed(a) && relay_of(a) == self.auto_relay.relay())
                         .map(|a| with_peer(a, *self.swarm.local_peer_id()))
                         .collect(),
                 });
@@ -950,7 +952,11 @@ impl<E: Extension> Driver<E> {
                     self.swarm.add_external_address(address.clone());
                 }
                 if self.auto_relay.listener() == Some(listener_id) {
-                    tracing::info!(%address, "reachable through a relay");
+                    if self.auto_relay.address_added() {
+                        tracing::info!(%address, "reachable through a relay");
+                    } else {
+                        self.drop_relay("it gave this node too many addresses");
+                    }
                 }
                 if let Some(i) = self.listens.iter().position(|(id, ..)| *id == listener_id) {
                     let (.., reply) = self.listens.swap_remove(i);
@@ -962,7 +968,7 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 if self.auto_relay.listener() == Some(listener_id) {
                     tracing::info!(?reason, "relay reservation ended");
-                    self.auto_relay.closed(listener_id, Instant::now());
+                    self.auto_relay.closed(listener_id, reason.is_err(), Instant::now());
                     self.update_relay();
                 }
                 if let Some(i) = self.listens.iter().position(|(id, ..)| *id == listener_id) {
@@ -1080,6 +1086,17 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// Gives up the reservation on a relay that misbehaves, passes it over, and asks another.
+    fn drop_relay(&mut self, why: &str) {
+        if let (Some(relay), Some(listener)) = (self.auto_relay.relay(), self.auto_relay.dropped())
+        {
+            tracing::warn!(%relay, why, "relay dropped");
+            self.swarm.remove_listener(listener);
+            self.auto_relay.refuse(relay, Instant::now());
+            self.update_relay();
+        }
+    }
+
     fn on_behaviour_event(&mut self, event: BehaviourEvent<E>) {
         match event {
             BehaviourEvent::Extension(event) => {
@@ -1120,6 +1137,13 @@ impl<E: Extension> Driver<E> {
                 let hop = info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME);
                 self.auto_relay.identified(peer_id, hop);
                 self.update_relay();
+            }
+            BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) if !self.auto_relay.accepted(relay_peer_id, renewal, Instant::now()) => {
+                self.drop_relay("it renews the reservation too often");
             }
             BehaviourEvent::Dcutr(libp2p::dcutr::Event { remote_peer_id, result }) => {
                 match result {
@@ -1274,6 +1298,8 @@ impl<E: Extension> Driver<E> {
         }
         if now.duration_since(self.last_sweep) >= EXPIRY_SWEEP {
             self.last_sweep = now;
+            // A relay passed over for a while may be asked again.
+            self.update_relay();
             // Bans end at the sweep after their time (at most 5 s late): no wake-up per ban,
             // and no scan of the bans on every event.
             for peer in self.defence.expire(now) {
@@ -1382,6 +1408,7 @@ impl<E: Extension> Driver<E> {
         }
         let now = Instant::now();
         let mut spared: HashSet<PeerId> = self.swarm.listeners().filter_map(relay_of).collect();
+        spared.extend(self.auto_relay.relay());
         spared.extend(self.reserved.iter().copied());
         spared.extend(self.requests.values().map(|(_, peer)| *peer));
         spared.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());

@@ -1412,6 +1412,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.records.set(stats.records as i64);
     state.metrics.bytes.set(stats.bytes as i64);
     state.metrics.peers.set(state.node.connected_peers().await.len() as i64);
+    let traffic = state.node.traffic();
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    state.metrics.bytes_received.set(gauge(traffic.bytes_in));
+    state.metrics.bytes_sent.set(gauge(traffic.bytes_out));
+    state.metrics.timer_wakeups.set(gauge(state.node.wakeups().await));
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
+    /// The profile whose defaults the other keys start from: "default" (a computer), "phone"
+    /// (less memory, fewer connections, quieter when idle) or "light" (a client that keeps
+    /// nothing for others). Keys set in the file override the profile's.
+    pub profile: String,
     /// Addresses to listen on for peers.
     pub listen: Vec<String>,
     /// Peers to join through (`/ip4/.../tcp/.../p2p/<peer id>`). None: the node runs alone
@@ -32,11 +36,17 @@ pub struct NodeConfig {
     /// With `kad_mode` "auto": serve the DHT while every peer is on this machine or the LAN.
     pub lan_server: bool,
     /// AutoNAT: ask for (and answer) dial-backs on public IP addresses only. Turn it off only
-    /// for a network on private or reserved addresses, where no address is public.
+    /// for a network on private or reserved addresses, where no address is public: on the
+    /// internet it lets any peer make this node dial addresses on its LAN.
     pub autonat_only_global_ips: bool,
     /// Peers kept connected at most; over it the least recently used are closed (to three
     /// quarters of it), relays and peers with a request in flight spared.
     pub max_connections: usize,
+    /// A connection nothing uses is closed after this many seconds.
+    pub idle_connection_timeout_secs: u64,
+    /// How often this node re-sends the records it holds to each key's current replicas, in
+    /// seconds.
+    pub replication_interval_secs: u64,
     /// Store budget in bytes.
     pub max_bytes: u64,
     /// Per-owner budget in bytes.
@@ -105,6 +115,7 @@ impl Default for NodeConfig {
         let (mail, shelf) = (dkvs_mail::SendOptions::default(), dkvs_mail::ShelfConfig::default());
         let blocks = dkvs_ipfs::BlockStoreConfig::default();
         NodeConfig {
+            profile: "default".into(),
             listen: vec!["/ip4/0.0.0.0/tcp/4040".into(), "/ip4/0.0.0.0/udp/4040/quic-v1".into()],
             bootstrap: Vec::new(),
             api: "127.0.0.1:4041".into(),
@@ -115,6 +126,8 @@ impl Default for NodeConfig {
             lan_server: net.lan_server,
             autonat_only_global_ips: net.autonat_only_global_ips,
             max_connections: net.max_connections,
+            idle_connection_timeout_secs: net.idle_connection_timeout.as_secs(),
+            replication_interval_secs: net.replication_interval.as_secs(),
             max_bytes: store.max_bytes,
             max_bytes_per_owner: store.max_bytes_per_owner,
             reserved_for_own_bytes: None,
@@ -148,13 +161,88 @@ fn quorum(n: usize) -> dkvs_net::Quorum {
     if n == 0 { dkvs_net::Quorum::Majority } else { dkvs_net::Quorum::N(n) }
 }
 
+/// The profiles, each a set of defaults ([`NodeConfig::profile`]).
+pub const PROFILES: [&str; 3] = ["default", "phone", "light"];
+
 impl NodeConfig {
-    /// Reads a configuration file; fields it leaves out keep their defaults.
+    /// The defaults of profile `name` (one of [`PROFILES`]).
+    ///
+    /// - "phone": a phone or another small device that may sleep or sit behind NAT. Memory:
+    ///   a 16 MiB store, 4 MiB of IPFS blocks in memory, 4 MiB of others' mail; at most 32
+    ///   peers, idle connections closed after 30 s; replication every 30 min. It still serves
+    ///   the DHT when reachable (kad_mode "auto"), so phones on Wi-Fi add to the network.
+    /// - "light": an application's embedded client that keeps nothing for others: a
+    ///   Kademlia client always (never a replica), a 2 MiB store (its own writes), 1 MiB of
+    ///   IPFS blocks in memory, no mail for others, at most 16 peers.
+    pub fn profile(name: &str) -> anyhow::Result<NodeConfig> {
+        let base = NodeConfig::default();
+        const MIB: u64 = 1 << 20;
+        match name {
+            "default" => Ok(base),
+            "phone" => Ok(NodeConfig {
+                profile: name.into(),
+                max_connections: 32,
+                idle_connection_timeout_secs: 30,
+                replication_interval_secs: 1800,
+                max_bytes: 16 * MIB,
+                max_bytes_per_owner: 4 * MIB,
+                ipfs_hot_bytes: 4 * MIB,
+                ipfs_max_bytes: 256 * MIB,
+                mail_total_bytes: 4 * MIB,
+                ..base
+            }),
+            "light" => Ok(NodeConfig {
+                profile: name.into(),
+                kad_mode: "client".into(),
+                max_connections: 16,
+                idle_connection_timeout_secs: 30,
+                replication_interval_secs: 1800,
+                max_bytes: 2 * MIB,
+                max_bytes_per_owner: 2 * MIB,
+                reserved_for_own_bytes: Some(2 * MIB),
+                ipfs_hot_bytes: MIB,
+                ipfs_max_bytes: 64 * MIB,
+                mail_total_bytes: 0,
+                ..base
+            }),
+            other => anyhow::bail!(
+                "profile {other:?} is not one of {}",
+                PROFILES.map(|p| format!("{p:?}")).join(", ")
+            ),
+        }
+    }
+
+    /// Reads a configuration file; keys it leaves out keep the defaults of its profile.
     pub fn load(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid configuration", path.display()))
+        NodeConfig::load_with(Some(path), None)
+    }
+
+    /// The configuration from `path` (if any) over the defaults of `profile` (if given, it
+    /// wins over the file's own `profile` key; else the file's, else "default").
+    pub fn load_with(
+        path: Option<&std::path::Path>,
+        profile: Option<&str>,
+    ) -> anyhow::Result<NodeConfig> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+                let invalid = || format!("{} is not a valid configuration", path.display());
+                text.parse::<toml::Table>().with_context(invalid)?
+            }
+            None => toml::Table::new(),
+        };
+        let name = match (profile, table.get("profile")) {
+            (Some(name), _) => name.to_owned(),
+            (None, Some(toml::Value::String(name))) => name.clone(),
+            (None, Some(other)) => anyhow::bail!("profile: a name, not {other}"),
+            (None, None) => "default".to_owned(),
+        };
+        table.insert("profile".into(), toml::Value::String(name.clone()));
+        let mut merged = toml::Table::try_from(NodeConfig::profile(&name)?)?;
+        merged.extend(table);
+        let at = path.map_or("the configuration".to_owned(), |p| p.display().to_string());
+        merged.try_into().with_context(|| format!("{at} is not a valid configuration"))
     }
 
     /// The configuration as TOML.
@@ -167,7 +255,16 @@ impl NodeConfig {
         let kad_mode: dkvs_net::KadMode =
             self.kad_mode.parse().map_err(|e| anyhow::anyhow!("kad_mode: {e}"))?;
         anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
-        Ok(dkvs_net::Config::default()
+        anyhow::ensure!(
+            self.replication_interval_secs >= 1,
+            "replication_interval_secs: at least 1"
+        );
+        let net = dkvs_net::Config {
+            idle_connection_timeout: Duration::from_secs(self.idle_connection_timeout_secs),
+            ..dkvs_net::Config::default()
+        };
+        Ok(net
+            .with_replication_interval(Duration::from_secs(self.replication_interval_secs))
             .with_max_connections(self.max_connections)
             .with_replication(self.replication)
             .with_write_quorum(quorum(self.write_quorum))
@@ -268,5 +365,36 @@ mod tests {
         assert!(!net.auto_relay && !net.lan_server && !net.autonat_only_global_ips);
         let net = NodeConfig::default().net().expect("valid");
         assert!(net.auto_relay && net.lan_server && net.autonat_only_global_ips);
+    }
+
+    #[test]
+    fn a_profile_sets_defaults_and_the_file_overrides_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "profile = \"phone\"\nmax_connections = 20\n").expect("written");
+        let phone = NodeConfig::load(&file).expect("loads");
+        assert_eq!(phone.profile, "phone");
+        assert_eq!(phone.max_connections, 20, "the file's key wins");
+        assert_eq!(phone.max_bytes, NodeConfig::profile("phone").expect("known").max_bytes);
+        assert!(phone.max_bytes < NodeConfig::default().max_bytes);
+        let net = phone.net().expect("valid");
+        assert_eq!(net.idle_connection_timeout, Duration::from_secs(30));
+        assert_eq!(net.replication_interval, Duration::from_secs(1800));
+
+        let light = NodeConfig::load_with(Some(&file), Some("light")).expect("loads");
+        assert_eq!((light.profile.as_str(), light.kad_mode.as_str()), ("light", "client"));
+        assert_eq!(light.max_connections, 20, "the file's keys still win");
+        assert_eq!(light.store().reserved_for_own_bytes, light.max_bytes, "all for its own");
+        assert_eq!(NodeConfig::load_with(None, None).expect("defaults"), NodeConfig::default());
+
+        std::fs::write(&file, "profile = \"tablet\"\n").expect("written");
+        let error = format!("{:#}", NodeConfig::load(&file).expect_err("unknown profile"));
+        assert!(error.contains("\"tablet\"") && error.contains("\"phone\""), "{error}");
+        std::fs::write(&file, "profile = \"phone\"\nmax_conections = 3\n").expect("written");
+        assert!(NodeConfig::load(&file).is_err(), "typos are still errors under a profile");
+        // Printed, a profile's configuration reads back the same.
+        let text = light.to_toml().expect("serializes");
+        std::fs::write(&file, text).expect("written");
+        assert_eq!(NodeConfig::load(&file).expect("loads"), light);
     }
 }

@@ -309,6 +309,10 @@ struct NodeArgs {
     /// Read the configuration from this TOML file (default: <home>/config.toml if present).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Start from this profile's defaults: default, phone (less memory, fewer connections)
+    /// or light (a client that keeps nothing for others). Overrides the file's `profile`.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -433,11 +437,11 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
 }
 
 fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => NodeConfig::load(path)?,
-        None if home.config_file().exists() => NodeConfig::load(&home.config_file())?,
-        None => NodeConfig::default(),
+    let file = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => Some(home.config_file()).filter(|f| f.exists()),
     };
+    let mut config = NodeConfig::load_with(file.as_deref(), args.profile.as_deref())?;
     if !args.listen.is_empty() {
         config.listen = args.listen;
     }

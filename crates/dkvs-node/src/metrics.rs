@@ -31,6 +31,12 @@ pub struct Metrics {
     pub bytes: Gauge,
     /// Connected peers.
     pub peers: Gauge,
+    /// Bytes received on TCP connections since the node started (QUIC not counted).
+    pub bytes_received: Gauge,
+    /// Bytes sent on TCP connections since the node started (QUIC not counted).
+    pub bytes_sent: Gauge,
+    /// Times the node's task woke up for its own timers since it started.
+    pub timer_wakeups: Gauge,
 }
 
 impl Default for Metrics {
@@ -43,6 +49,8 @@ impl Default for Metrics {
         let records = Gauge::default();
         let bytes = Gauge::default();
         let peers = Gauge::default();
+        let (bytes_received, bytes_sent, timer_wakeups) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register("puts", "Puts by outcome", puts.clone());
         registry.register("gets", "Gets by outcome", gets.clone());
         registry.register("put_seconds", "Put latency", put_seconds.clone());
@@ -50,7 +58,34 @@ impl Default for Metrics {
         registry.register("records", "Records held", records.clone());
         registry.register("store_bytes", "Bytes charged against the store budget", bytes.clone());
         registry.register("peers", "Connected peers", peers.clone());
-        Metrics { registry, puts, gets, put_seconds, get_seconds, records, bytes, peers }
+        registry.register(
+            "network_received_bytes",
+            "Bytes received on TCP connections since start (QUIC not counted)",
+            bytes_received.clone(),
+        );
+        registry.register(
+            "network_sent_bytes",
+            "Bytes sent on TCP connections since start (QUIC not counted)",
+            bytes_sent.clone(),
+        );
+        registry.register(
+            "timer_wakeups",
+            "Times the node's task woke for its own timers since start",
+            timer_wakeups.clone(),
+        );
+        Metrics {
+            registry,
+            puts,
+            gets,
+            put_seconds,
+            get_seconds,
+            records,
+            bytes,
+            peers,
+            bytes_received,
+            bytes_sent,
+            timer_wakeups,
+        }
     }
 }
 

@@ -324,6 +324,14 @@ fn three_nodes_through_the_command_line() {
     {
         assert!(metrics.contains(metric), "{metric} missing from:\n{metrics}");
     }
+    // The node has talked to two peers: its byte counters say so.
+    let gauge = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+        let value = line.and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse().ok());
+        value.unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    assert!(gauge("dkvs_network_sent_bytes") > 0 && gauge("dkvs_network_received_bytes") > 0);
+    let _ = gauge("dkvs_timer_wakeups");
     // DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as Host.
     let (code, body) = http_as(&url, "evil.example:80", "/v1/status", Some(&token));
     assert_eq!(code, 421, "{body}");
