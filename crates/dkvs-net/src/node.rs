@@ -1086,6 +1086,13 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// A relay accepted (or renewed) a reservation: one renewing too often is dropped.
+    fn on_reservation(&mut self, relay: PeerId, renewal: bool) {
+        if !self.auto_relay.accepted(relay, renewal, Instant::now()) {
+            self.drop_relay("it renews the reservation too often");
+        }
+    }
+
     /// Gives up the reservation on a relay that misbehaves, passes it over, and asks another.
     fn drop_relay(&mut self, why: &str) {
         if let (Some(relay), Some(listener)) = (self.auto_relay.relay(), self.auto_relay.dropped())
@@ -1142,9 +1149,7 @@ impl<E: Extension> Driver<E> {
                 relay_peer_id,
                 renewal,
                 ..
-            }) if !self.auto_relay.accepted(relay_peer_id, renewal, Instant::now()) => {
-                self.drop_relay("it renews the reservation too often");
-            }
+            }) => self.on_reservation(relay_peer_id, renewal),
             BehaviourEvent::Dcutr(libp2p::dcutr::Event { remote_peer_id, result }) => {
                 match result {
                     Ok(_) => {
