@@ -631,6 +631,7 @@ fn fsync_puts_across_compactions_are_all_there_after_a_restart() {
     let config = Config::default().with_compact_after_bytes(8_000);
     let keys: Vec<Key> =
         (0..200).map(|i| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k")).collect();
+    let fillers = std::cell::Cell::new(0);
     {
         let store = fsync_store(dir.path(), config.clone());
         let loop_side = store.without_waiting_for_sync();
@@ -651,7 +652,17 @@ fn fsync_puts_across_compactions_are_all_there_after_a_restart() {
                 .max()
                 .unwrap_or(0)
         };
-        wait_until("compactions started new logs", || newest_log() > 2);
+        // A compaction starts only from a put, and one runs at a time: on a loaded machine the
+        // first may outlast the hundred puts. More puts (fillers) until two have started.
+        wait_until("compactions started new logs", || {
+            if newest_log() > 2 {
+                return true;
+            }
+            let n = fillers.replace(fillers.get() + 1);
+            let key = Key::scoped(&alice.account_id(), &format!("filler{n}")).expect("key");
+            loop_side.put(record(&alice, &key, &[7; 100], 1, NOW, HOUR)).expect("put");
+            false
+        });
         assert!(store.durable() < store.written());
         drop(held);
         let writers: Vec<_> = keys[100..]
@@ -676,6 +687,10 @@ fn fsync_puts_across_compactions_are_all_there_after_a_restart() {
     }
     let store = fsync_store(dir.path(), config);
     for key in &keys {
+        assert!(store.get(key.as_str()).is_some(), "{key} survived");
+    }
+    for n in 0..fillers.get() {
+        let key = Key::scoped(&alice.account_id(), &format!("filler{n}")).expect("key");
         assert!(store.get(key.as_str()).is_some(), "{key} survived");
     }
 }
