@@ -642,6 +642,40 @@ async fn nodes_on_one_machine_replicate_on_the_default_configuration() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<()> {
+    // Every node admits some 200 requests a second from one peer. A writer with 32 puts in
+    // flight at all times asks each of its three peers for far more; its node holds requests
+    // back for their turn instead of sending them to be refused (on the default
+    // configuration, a third of such writes failed before). 1000 puts: over twice the
+    // peers' burst.
+    use futures::StreamExt as _;
+    let net = TestNet::start(4, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let keys: Vec<Key> = (0..1000)
+        .map(|i| Key::scoped(&alice.account_id(), &format!("fast/{i}")).expect("key"))
+        .collect();
+    let writer = net.node(0).clone();
+    let receipts: Vec<_> = futures::stream::iter(keys.iter().map(|key| {
+        let (writer, record) = (writer.clone(), record(&alice, key, "v", 1));
+        async move { writer.put(record).await }
+    }))
+    .buffer_unordered(32)
+    .collect()
+    .await;
+    for receipt in receipts {
+        let receipt = receipt?;
+        assert!(receipt.has_quorum(), "{receipt:?}");
+        assert!(receipt.refused.is_empty(), "nothing is refused: {receipt:?}");
+    }
+    for key in keys.iter().step_by(50) {
+        let got = net.get(3, key).await??;
+        assert_eq!(value(&got), Some("v".into()), "{key}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> anyhow::Result<()> {
     let step = Duration::from_secs(20);
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];

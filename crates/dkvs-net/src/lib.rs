@@ -25,6 +25,7 @@ mod nearby;
 mod node;
 mod ops;
 mod outcome;
+mod pace;
 mod rate;
 pub mod reconcile;
 mod replication;

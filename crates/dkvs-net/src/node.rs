@@ -593,6 +593,8 @@ pub(crate) struct Driver<E: Extension> {
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
     /// The one admission step: rate limits and bans, for every protocol.
     pub(crate) defence: Defence,
+    /// This node's own requests, paced to what each peer admits.
+    pub(crate) outbox: crate::pace::Outbox,
     /// Kademlia lookups the extension started.
     ext_lookups: HashSet<kad::QueryId>,
     /// Gossip topics the extension subscribed to.
@@ -659,6 +661,7 @@ impl<E: Extension> Driver<E> {
         Driver {
             durable: crate::durable::Durable::new(&store),
             defence: Defence::new(&config),
+            outbox: crate::pace::Outbox::new(&config),
             ext_lookups: HashSet::new(),
             ext_topics: HashSet::new(),
             closest_waiters: HashMap::new(),
@@ -1259,6 +1262,9 @@ impl<E: Extension> Driver<E> {
         if let Some(next) = self.replication.next_wake(now, TICK) {
             at = at.min(next);
         }
+        if let Some(next) = self.outbox.next_wake(now) {
+            at = at.min(next);
+        }
         at
     }
 
@@ -1312,6 +1318,7 @@ impl<E: Extension> Driver<E> {
             }
             self.store.remove_expired();
             self.defence.forget_idle(now);
+            self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
             self.drop_closed_watches();
             self.trim_connections();
@@ -1324,6 +1331,7 @@ impl<E: Extension> Driver<E> {
             self.last_replication = now;
             self.replicate();
         }
+        self.send_due(now);
         self.drain_replication(TICK);
     }
 
@@ -1334,8 +1342,23 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// Sends one record request; failures to send become an immediate failure of that peer.
+    /// Sends one record request, at once or, over what the peer admits, when its turn comes
+    /// ([`crate::pace`]); failures to send become an immediate failure of that peer.
     pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
+        if let Some(request) = self.outbox.send_or_wait(op, peer, request, Instant::now()) {
+            self.send_now(op, peer, request);
+        }
+    }
+
+    /// Sends the requests whose turn has come, for the operations still running.
+    fn send_due(&mut self, now: Instant) {
+        let ops = &self.ops;
+        for (peer, waiting) in self.outbox.due(now, |op| ops.contains_key(&op)) {
+            self.send_now(waiting.op, peer, waiting.request);
+        }
+    }
+
+    fn send_now(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         let id = self.swarm.behaviour_mut().records.send_request(&peer, request);
         self.requests.insert(id, (op, peer));
         self.used(peer);

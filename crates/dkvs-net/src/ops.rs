@@ -96,6 +96,8 @@ pub(crate) struct GetOp {
     held_back: Option<(Option<Record>, u64)>,
     /// Replicas that failed to answer (in the narrow phase one widens the read).
     failures: usize,
+    /// Of the failures, replicas that refused for load ("rate limited").
+    rate_limited: usize,
     /// Their ids: a recheck does not ask them again.
     failed_peers: Vec<PeerId>,
     /// This node's own record when its answer does not count (a Kademlia client, which no
@@ -320,6 +322,12 @@ impl GetOp {
         self.note_quorum(now);
     }
 
+    /// A replica refused for load: it admits only so many requests a second from one peer.
+    fn refused_for_load(&mut self, peer: PeerId, now: Instant) {
+        self.rate_limited += usize::from(self.pending.contains(&peer));
+        self.failed(peer, now);
+    }
+
     /// Whether a narrow read must widen: a replica failed, the answers differ (an empty
     /// answer included), or some replicas are more than the linger behind the first answer.
     /// Liars cost a read at most the linger: silence, an empty or an older answer all widen it.
@@ -389,13 +397,19 @@ impl GetOp {
             // The lookup did not finish in time (nor the one a replica's naming started: the
             // set asked was wrong): no replica set was found; that is no quorum, whatever is
             // local.
-            return Err(GetError::NoQuorum { answered: 0, asked: 0, quorum: self.quorum });
+            return Err(GetError::NoQuorum {
+                answered: 0,
+                asked: 0,
+                quorum: self.quorum,
+                rate_limited: 0,
+            });
         }
         if self.answers.len() < self.quorum {
             return Err(GetError::NoQuorum {
                 answered: self.answers.len(),
                 asked: self.asked,
                 quorum: self.quorum,
+                rate_limited: self.rate_limited,
             });
         }
         let (newest, confirmations) = newest(&self.answers);
@@ -643,6 +657,7 @@ impl<E: crate::Extension> Driver<E> {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            rate_limited: 0,
             failed_peers: Vec::new(),
             veto: None,
             asked_at: None,
@@ -1163,7 +1178,10 @@ impl<E: crate::Extension> Driver<E> {
             (Op::Get(get), Some(pb::response::Kind::Get(answer))) => {
                 let key = get.key.clone();
                 if answer.rate_limited {
-                    return self.on_failure(id, peer, "rate limited".into());
+                    if let Some(Op::Get(get)) = self.ops.get_mut(&id) {
+                        get.refused_for_load(peer, Instant::now());
+                    }
+                    return self.check_get(id);
                 }
                 let now_ms = self.now_ms();
                 let limits = &self.store.config().limits;
@@ -1510,6 +1528,7 @@ mod tests {
             reserve: Vec::new(),
             held_back: None,
             failures: 0,
+            rate_limited: 0,
             failed_peers: Vec::new(),
             veto: None,
             asked_at: None,
@@ -1684,6 +1703,29 @@ mod tests {
     }
 
     #[test]
+    fn a_get_refused_for_load_says_so() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut get = asking(&key, &peers);
+        let t0 = Instant::now();
+        get.answered(peers[0], None, 0, t0);
+        get.refused_for_load(peers[1], t0);
+        get.refused_for_load(peers[2], t0);
+        // A refusal from a peer not asked (or asked and done) is not counted.
+        get.refused_for_load(peers[1], t0);
+        get.refused_for_load(PeerId::random(), t0);
+        get.failed(peers[3], t0);
+        assert!(get.settled(t0, LINGER, NOT_FOUND));
+        let error = get.outcome().expect_err("no quorum");
+        assert!(matches!(error, GetError::NoQuorum { answered: 1, rate_limited: 2, .. }));
+        assert_eq!(
+            error.to_string(),
+            "no quorum: 1 of 4 replicas answered, 3 needed; 2 refused: rate limited"
+        );
+    }
+
+    #[test]
     fn a_get_without_a_quorum_says_so_and_an_empty_quorum_says_not_set() {
         let alice = Keypair::generate(KeyType::Ed25519);
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
@@ -1698,7 +1740,7 @@ mod tests {
         assert!(!get.settled(t0, LINGER, NOT_FOUND));
         assert!(matches!(
             get.outcome(),
-            Err(GetError::NoQuorum { answered: 1, asked: 3, quorum: 2 })
+            Err(GetError::NoQuorum { answered: 1, asked: 3, quorum: 2, rate_limited: 0 })
         ));
         get.answered(peers[2], None, 7, t0);
         assert!(get.settled(t0, LINGER, NOT_FOUND));
@@ -1912,9 +1954,10 @@ mod tests {
         };
         assert_eq!(current, Some(held.clone()));
         assert!(matches!(cas_step(Expect::Absent, read(Some(held))), CasStep::Conflict(Some(_))));
-        let no_quorum = Err(GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 });
+        let no_quorum =
+            Err(GetError::NoQuorum { answered: 1, asked: 5, quorum: 3, rate_limited: 0 });
         let CasStep::NoRead(read) = cas_step(Expect::Seq(4), no_quorum) else { panic!("no read") };
-        assert!(matches!(read, GetError::NoQuorum { answered: 1, asked: 5, quorum: 3 }));
+        assert!(matches!(read, GetError::NoQuorum { answered: 1, asked: 5, quorum: 3, .. }));
     }
 
     #[test]

@@ -241,7 +241,7 @@ pub struct GetOutcome {
 #[non_exhaustive]
 pub enum GetError {
     /// Fewer replicas than the read quorum answered before the timeout, or none was found.
-    #[error("{}", no_get_quorum(*answered, *asked, *quorum))]
+    #[error("{}", no_get_quorum(*answered, *asked, *quorum, *rate_limited))]
     NoQuorum {
         /// Replicas that answered.
         answered: usize,
@@ -249,17 +249,24 @@ pub enum GetError {
         asked: usize,
         /// Answers needed.
         quorum: usize,
+        /// Replicas that refused for load: they admit only so many requests from one peer.
+        rate_limited: usize,
     },
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,
 }
 
-fn no_get_quorum(answered: usize, asked: usize, quorum: usize) -> String {
+fn no_get_quorum(answered: usize, asked: usize, quorum: usize, rate_limited: usize) -> String {
     if asked == 0 {
         "no quorum: the lookup found no replica although this node has peers (none answered \
          it in time, or none serves the DHT)"
             .into()
+    } else if rate_limited > 0 {
+        format!(
+            "no quorum: {answered} of {asked} replicas answered, {quorum} needed; {rate_limited} \
+             refused: rate limited"
+        )
     } else {
         format!("no quorum: {answered} of {asked} replicas answered, {quorum} needed")
     }

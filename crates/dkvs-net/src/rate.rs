@@ -55,6 +55,22 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
         tokens
     }
 
+    /// How long until `peer` has `n` tokens (at most the burst), rounded up to the next
+    /// microsecond so that the tokens are there at the time.
+    pub(crate) fn wait(&mut self, peer: K, n: usize, now: Instant) -> Duration {
+        let short = (n as f64).min(self.burst) - *self.refill(peer, now);
+        if short <= 0.0 {
+            return Duration::ZERO;
+        }
+        let micros = (short / self.rate.max(f64::MIN_POSITIVE) * 1e6).ceil() + 1.0;
+        Duration::try_from_secs_f64(micros / 1e6).unwrap_or(Duration::MAX)
+    }
+
+    /// The most tokens a peer can hold.
+    pub(crate) fn burst(&self) -> f64 {
+        self.burst
+    }
+
     /// Takes `n` tokens for `peer` (bytes, for a byte budget), if it has them.
     pub(crate) fn allow_n(&mut self, peer: K, n: usize, now: Instant) -> bool {
         let tokens = self.refill(peer, now);

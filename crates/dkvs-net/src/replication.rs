@@ -494,7 +494,9 @@ impl<E: Extension> Driver<E> {
             (Duration::from_secs(1).as_millis() / tick.as_millis().max(1)) as u32;
         let (rate, burst) = (self.config.peer_bytes_per_second, self.config.peer_byte_burst);
         if self.replication.pace.is_none() {
-            let pace = crate::rate::RateLimiter::new((rate / 2).max(1), (burst / 2).max(1));
+            // A peer not sent to lately grants a new sender an eighth of its burst at once.
+            let pace = crate::rate::RateLimiter::new((rate / 2).max(1), (burst / 2).max(1))
+                .starting_with(burst / 16);
             self.replication.pace = Some(pace);
         }
         let per_peer = (self.config.peer_requests_per_second / 2 / ticks_per_second.max(1)).max(1);
@@ -515,8 +517,10 @@ impl<E: Extension> Driver<E> {
                     continue;
                 };
                 let len = record.encode().len();
-                let paced =
-                    self.replication.pace.as_mut().is_some_and(|p| p.allow_n(peer, len, now));
+                // The outbox's budget too, which the user's waiting requests go first for (a
+                // put request is the record and at most 8 bytes of framing).
+                let paced = self.outbox.can_send(peer, len + 8, now)
+                    && self.replication.pace.as_mut().is_some_and(|p| p.allow_n(peer, len, now));
                 if !paced {
                     break;
                 }

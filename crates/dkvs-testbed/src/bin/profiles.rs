@@ -168,16 +168,23 @@ fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyho
     std::thread::sleep(Duration::from_secs(3));
     let rss_joined = node.status_kb("VmRSS")?;
     let mut puts_ok = 0;
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
     let bar = indicatif::ProgressBar::new(cli.records as u64).with_message(profile.to_owned());
+    let writing = Instant::now();
     for i in 0..cli.records {
         let mut value = format!("{profile} {i} ").into_bytes();
         value.resize(cli.value_size, b'.');
-        if client.put_bytes(&format!("/v1/kv/~/profile/{i}"), &value).is_ok() {
-            puts_ok += 1;
+        match client.put_bytes(&format!("/v1/kv/~/profile/{i}"), &value) {
+            Ok(_) => puts_ok += 1,
+            Err(e) => *failures.entry(e.to_string()).or_insert(0) += 1,
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    eprintln!("{profile}: {} puts in {:.1} s", cli.records, writing.elapsed().as_secs_f64());
+    for (error, count) in &failures {
+        eprintln!("{profile}: {count} puts failed: {error}");
+    }
     let rss_written = node.status_kb("VmRSS")?;
     let sent = |n: &NodeProcess| -> anyhow::Result<u64> {
         Ok(n.metric(&client, "dkvs_network_sent_bytes")?

@@ -1,0 +1,219 @@
+//! Pacing of this node's own record requests. Every node admits from one peer only so many
+//! requests and bytes a second ([`crate::defence`]); a node that sent faster would be refused
+//! ("rate limited") and, flooding on, banned. So what this node sends one peer stays within
+//! what that peer admits on the default configuration (this node's own limits stand in for
+//! the peer's), and a request over it waits for its turn instead: an application writing as
+//! fast as it can gets its writes later, not refused. Only a wait past the operation's
+//! timeout fails it.
+//!
+//! The budget is nine tenths of the peer's sustained rates and half its bursts, so that
+//! jitter on the way cannot make a paced sender look like more than the peer allows. The byte
+//! budget of a peer not sent to lately starts at a sixteenth of the burst, half of what a
+//! peer grants a new id. Replication takes from the same budget, and only while no request
+//! waits ([`Outbox::can_send`]): the user's operations go first.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::time::Instant;
+
+use crate::codec::pb;
+use crate::node::OpId;
+use crate::rate::RateLimiter;
+
+/// The requests waiting for their turn, per peer, and the budgets they wait for.
+pub(crate) struct Outbox {
+    requests: RateLimiter,
+    bytes: RateLimiter,
+    waiting: HashMap<PeerId, VecDeque<Waiting>>,
+    /// Requests that waited for their turn, since the node started.
+    pub(crate) delayed: u64,
+}
+
+pub(crate) struct Waiting {
+    pub(crate) op: OpId,
+    pub(crate) request: pb::Request,
+    len: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(config: &crate::Config) -> Outbox {
+        let tenths = |n: u32| (u64::from(n) * 9 / 10).max(1) as u32;
+        Outbox {
+            requests: RateLimiter::new(
+                tenths(config.peer_requests_per_second),
+                (config.peer_request_burst / 2).max(1),
+            ),
+            bytes: RateLimiter::new(
+                tenths(config.peer_bytes_per_second),
+                (config.peer_byte_burst / 2).max(1),
+            )
+            .starting_with(config.peer_byte_burst / 16),
+            waiting: HashMap::new(),
+            delayed: 0,
+        }
+    }
+
+    /// Whether a request of `len` bytes may go to `peer` now; takes nothing. Never while
+    /// requests to it wait: they go first.
+    pub(crate) fn can_send(&mut self, peer: PeerId, len: usize, now: Instant) -> bool {
+        !self.waiting.contains_key(&peer)
+            && self.requests.has(peer, 1, now)
+            && self.bytes.has(peer, self.fitted(len), now)
+    }
+
+    /// Sends `request` for `op` now if [`Outbox::can_send`] (taking its share of the budget
+    /// and returning it), or queues it behind the others waiting for `peer`.
+    pub(crate) fn send_or_wait(
+        &mut self,
+        op: OpId,
+        peer: PeerId,
+        request: pb::Request,
+        now: Instant,
+    ) -> Option<pb::Request> {
+        let len = prost::Message::encoded_len(&request);
+        if self.can_send(peer, len, now) {
+            self.take(peer, len, now);
+            return Some(request);
+        }
+        self.delayed += 1;
+        self.waiting.entry(peer).or_default().push_back(Waiting { op, request, len });
+        None
+    }
+
+    /// The waiting requests whose turn has come, each peer's in order; their share of the
+    /// budget is taken. Those of operations no longer `running` are dropped, costing nothing.
+    pub(crate) fn due(
+        &mut self,
+        now: Instant,
+        running: impl Fn(OpId) -> bool,
+    ) -> Vec<(PeerId, Waiting)> {
+        let mut due = Vec::new();
+        let burst = self.bytes_burst();
+        let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
+        for peer in peers {
+            let Some(queue) = self.waiting.get_mut(&peer) else { continue };
+            queue.retain(|w| running(w.op));
+            while let Some(front) = queue.front() {
+                let len = front.len.min(burst);
+                if !(self.requests.has(peer, 1, now) && self.bytes.has(peer, len, now)) {
+                    break;
+                }
+                self.requests.allow(peer, now);
+                self.bytes.allow_n(peer, len, now);
+                due.extend(queue.pop_front().map(|w| (peer, w)));
+            }
+            if queue.is_empty() {
+                self.waiting.remove(&peer);
+            }
+        }
+        due
+    }
+
+    /// When the first waiting request's turn comes, if any waits.
+    pub(crate) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
+        let burst = self.bytes_burst();
+        let fronts: Vec<(PeerId, usize)> = self
+            .waiting
+            .iter()
+            .filter_map(|(peer, queue)| Some((*peer, queue.front()?.len.min(burst))))
+            .collect();
+        fronts
+            .into_iter()
+            .map(|(peer, len)| {
+                let wait = self.requests.wait(peer, 1, now).max(self.bytes.wait(peer, len, now));
+                // At least a millisecond: a fraction of a token must not spin the loop.
+                now + wait.max(Duration::from_millis(1))
+            })
+            .min()
+    }
+
+    /// Forgets the budgets of peers not sent to for a while.
+    pub(crate) fn forget_idle(&mut self, now: Instant) {
+        self.requests.forget_idle(now);
+        self.bytes.forget_idle(now);
+    }
+
+    fn take(&mut self, peer: PeerId, len: usize, now: Instant) {
+        let len = self.fitted(len);
+        self.requests.allow(peer, now);
+        self.bytes.allow_n(peer, len, now);
+    }
+
+    /// A request larger than the byte burst (a replication frame, at most 64 KiB, against a
+    /// burst of megabytes on the default configuration) costs the whole burst, not forever.
+    fn fitted(&self, len: usize) -> usize {
+        len.min(self.bytes_burst())
+    }
+
+    fn bytes_burst(&self) -> usize {
+        self.bytes.burst() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(key: &str) -> pb::Request {
+        pb::Request {
+            kind: Some(pb::request::Kind::Get(pb::GetRequest {
+                key: key.into(),
+                ..pb::GetRequest::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn requests_over_the_budget_wait_their_turn_in_order() {
+        let config = crate::Config::default().with_peer_rate(10, 4);
+        let mut outbox = Outbox::new(&config);
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        // Half the burst goes at once; the rest waits.
+        let sent = (0..4).filter(|i| outbox.send_or_wait(*i, peer, get("/a/b"), t0).is_some());
+        assert_eq!(sent.count(), 2);
+        assert_eq!(outbox.delayed, 2);
+        // Another peer has a budget of its own.
+        assert!(outbox.send_or_wait(9, other, get("/a/b"), t0).is_some());
+        // Nine a second: the next turn is a ninth of a second away.
+        assert!(outbox.due(t0, |_| true).is_empty());
+        let wake = outbox.next_wake(t0).expect("requests wait");
+        let ninth = Duration::from_secs(1) / 9;
+        assert!(wake - t0 > ninth && wake - t0 < ninth + Duration::from_millis(1));
+        let due = outbox.due(wake, |_| true);
+        assert_eq!(due.iter().map(|(p, w)| (*p, w.op)).collect::<Vec<_>>(), [(peer, 2)]);
+        // While requests wait, nothing jumps the queue, even with a budget there again.
+        let later = wake + Duration::from_millis(120);
+        assert!(!outbox.can_send(peer, 10, later));
+        assert!(outbox.send_or_wait(4, peer, get("/a/b"), later).is_none());
+        let due = outbox.due(later, |_| true);
+        assert_eq!(due.iter().map(|(_, w)| w.op).collect::<Vec<_>>(), [3]);
+        let done = later + Duration::from_secs(1);
+        assert_eq!(outbox.due(done, |_| true).iter().map(|(_, w)| w.op).collect::<Vec<_>>(), [4]);
+        assert_eq!(outbox.next_wake(done), None, "nothing waits: no wake-up");
+        assert!(outbox.can_send(peer, 10, done));
+    }
+
+    #[test]
+    fn bytes_are_paced_too_and_a_new_peer_starts_with_a_sixteenth_of_the_burst() {
+        let config = crate::Config::default().with_peer_bytes(1_000, 16_000);
+        let mut outbox = Outbox::new(&config);
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        assert!(outbox.can_send(peer, 1_000, t0));
+        assert!(!outbox.can_send(peer, 1_001, t0), "a new peer gets 1000 bytes at once");
+        let big = get(&"x".repeat(600));
+        let len = prost::Message::encoded_len(&big);
+        assert!(outbox.send_or_wait(1, peer, big.clone(), t0).is_some());
+        assert!(outbox.send_or_wait(2, peer, big, t0).is_none());
+        // 900 bytes a second: the second waits for the bytes the first left it short of.
+        let short = len - (1_000 - len);
+        let wake = outbox.next_wake(t0).expect("waits");
+        let expected = Duration::from_secs_f64(short as f64 / 900.0);
+        assert!(wake - t0 > expected && wake - t0 < expected + Duration::from_millis(1));
+        assert!(outbox.due(wake - Duration::from_millis(1), |_| true).is_empty());
+        assert_eq!(outbox.due(wake, |_| true).len(), 1);
+    }
+}
