@@ -22,7 +22,8 @@ pub const MAX_KEY_LEN: usize = 256;
 /// not a shared name that looks like someone's scope.
 #[derive(Clone)]
 pub struct Key {
-    text: String,
+    // Shared: a store's map and the record it holds keep one copy of the text.
+    text: std::sync::Arc<str>,
     scope: Option<AccountId>,
 }
 
@@ -144,7 +145,7 @@ impl Key {
         } else {
             None
         };
-        Ok(Key { text, scope })
+        Ok(Key { text: text.into(), scope })
     }
 
     /// Parses a key from bytes that came from outside.
@@ -174,6 +175,15 @@ impl Key {
     /// True for a shared name (not account-scoped).
     pub fn is_shared(&self) -> bool {
         self.scope.is_none()
+    }
+
+    /// Takes `owner` (an equal key, parsed once and shared) as this key's scope.
+    pub(crate) fn share_scope(&mut self, owner: &dkvs_account::PublicKey) {
+        if let Some(scope) = &mut self.scope
+            && scope.public_key() == owner
+        {
+            *scope = AccountId::from(owner.clone());
+        }
     }
 }
 

@@ -178,6 +178,15 @@ impl Record {
     pub fn owner(&self) -> &PublicKey {
         &self.owner
     }
+    /// Takes `owner`, an equal key parsed once and shared, as this record's owner and its
+    /// key's scope: a store that keeps many records of one account then keeps that account's
+    /// parsed key once, not twice per record. A key that is not equal changes nothing.
+    pub fn share_owner(&mut self, owner: &PublicKey) {
+        if self.owner == *owner {
+            self.owner = owner.clone();
+        }
+        self.key.share_scope(owner);
+    }
     /// The sequence number.
     pub fn seq(&self) -> u64 {
         self.seq

@@ -261,3 +261,24 @@ proptest! {
         prop_assert!(Record::decode_validated(&bytes, NOW, &Limits::default()).is_err());
     }
 }
+
+#[test]
+fn sharing_the_owner_key_changes_nothing_a_reader_sees() {
+    for owner in both_types() {
+        let record = draft(scoped(&owner, "doc"), b"v", 1).sign(&owner).expect("signs");
+        // The owner's key as a store keeps it: parsed once, from its bytes.
+        let shared = Record::decode(&record.encode()).expect("decodes").owner().clone();
+        let mut kept = record.clone();
+        kept.share_owner(&shared);
+        assert_eq!(kept, record);
+        assert_eq!(kept.encode(), record.encode());
+        assert_eq!(kept.key().scope(), record.key().scope());
+        assert_eq!(kept.validate(NOW, &Limits::default()), Ok(()), "still valid");
+        // Another account's key is not taken.
+        let other = Keypair::generate(owner.key_type()).public().clone();
+        let mut unchanged = record.clone();
+        unchanged.share_owner(&other);
+        assert_eq!(unchanged.owner(), record.owner());
+        assert_eq!(unchanged.key().scope(), record.key().scope());
+    }
+}

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use dkvs_account::{KeyType, Keypair, PublicKey};
 use dkvs_record::{Draft, Key, Record, Transfer};
-use dkvs_store::{Config, ManualClock, PutError, PutOutcome, Store, gone_weight, record_weight};
+use dkvs_store::{
+    Config, ManualClock, OWNER_OVERHEAD, PutError, PutOutcome, Store, gone_weight, record_weight,
+};
 use proptest::prelude::*;
 
 const START: u64 = 1_800_000_000_000;
@@ -138,7 +140,9 @@ impl Model {
             return Verdict::Quota;
         }
         let limit = config.max_bytes - config.reserved_for_own_bytes;
-        if self.used + weight - freed > limit && weight > freed {
+        // Every owner with something held costs its parsed key once; a new one, too.
+        let new_owner = if owner_now == 0 { OWNER_OVERHEAD } else { 0 };
+        if self.bytes() + weight - freed + new_owner > limit && weight + new_owner > freed {
             return Verdict::Full;
         }
         self.used = self.used + weight - freed;
@@ -158,6 +162,12 @@ impl Model {
         let retain_until = own.max(before);
         self.slots.insert(key, Slot::Live { record: r.clone(), expires_at, retain_until });
         Verdict::Stored
+    }
+
+    /// The store's bytes: the records' and remembered sequences' weights, and each owner's
+    /// parsed key.
+    fn bytes(&self) -> u64 {
+        self.used + OWNER_OVERHEAD * self.per_owner.values().filter(|v| **v > 0).count() as u64
     }
 
     fn remove_expired(&mut self, now: u64) {
@@ -205,7 +215,7 @@ impl Model {
         let live = self.slots.values().filter(|s| matches!(s, Slot::Live { .. })).count();
         assert_eq!(stats.records as usize, live, "records");
         assert_eq!(stats.remembered as usize, self.slots.len() - live, "remembered");
-        assert_eq!(stats.bytes, self.used, "bytes");
+        assert_eq!(stats.bytes, self.bytes(), "bytes");
         for owner in owners {
             let used = self.per_owner.get(owner.public()).copied().unwrap_or(0);
             assert_eq!(store.owner_bytes(owner.public()), used, "owner bytes");

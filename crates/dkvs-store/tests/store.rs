@@ -5,7 +5,8 @@ use std::sync::Arc;
 use dkvs_account::{KeyType, Keypair};
 use dkvs_record::{Draft, Key, Record, Transfer, ValidateError};
 use dkvs_store::{
-    Config, ManualClock, PutError, PutOutcome, Store, StoreError, gone_weight, record_weight,
+    Config, ManualClock, OWNER_OVERHEAD, PutError, PutOutcome, Store, StoreError, gone_weight,
+    record_weight,
 };
 
 const NOW: u64 = 1_800_000_000_000;
@@ -112,7 +113,8 @@ fn expired_values_keep_their_sequence() {
     assert_eq!(store.get(key.as_str()), None);
     assert_eq!(store.stats().records, 0);
     assert_eq!(store.stats().remembered, 1);
-    assert_eq!(store.stats().bytes, gone_weight(&key));
+    // The remembered sequence, and the owner's parsed key that it keeps.
+    assert_eq!(store.stats().bytes, gone_weight(&key) + OWNER_OVERHEAD);
     // The older, still unexpired record cannot come back.
     assert!(matches!(
         store.put(v1).expect("put"),
@@ -184,9 +186,10 @@ fn budgets_refuse_instead_of_evicting() {
     let key =
         |owner: &Keypair, i: u32| Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
     let one = record_weight(&record(&alice, &key(&alice, 0), &[0; 1000], 1, NOW, HOUR));
+    // Room for three records and the parsed keys of their two owners.
     let config = Config::default()
         .with_max_bytes_per_owner(2 * one)
-        .with_max_bytes(3 * one)
+        .with_max_bytes(3 * one + 2 * OWNER_OVERHEAD)
         .with_reserved_for_own_bytes(0);
     let (store, _) = setup(config);
     for i in 0..2 {
@@ -201,7 +204,7 @@ fn budgets_refuse_instead_of_evicting() {
     let over = record(&bob, &key(&bob, 1), &[0; 1000], 1, NOW, HOUR);
     assert!(matches!(store.put(over), Err(PutError::Full { .. })));
     assert_eq!(store.stats().records, 3);
-    assert_eq!(store.stats().bytes, 3 * one);
+    assert_eq!(store.stats().bytes, 3 * one + 2 * OWNER_OVERHEAD);
     assert!(store.get(key(&alice, 0).as_str()).is_some(), "nothing was evicted");
 }
 
@@ -212,7 +215,9 @@ fn peers_cannot_fill_the_share_kept_for_the_user() {
     let key =
         |owner: &Keypair, i: u32| Key::scoped(&owner.account_id(), &format!("k{i}")).expect("k");
     let one = record_weight(&record(&mallory, &key(&mallory, 0), &[0; 1000], 1, NOW, HOUR));
-    let config = Config::default().with_max_bytes(4 * one).with_reserved_for_own_bytes(one);
+    let owners = 2 * OWNER_OVERHEAD;
+    let config =
+        Config::default().with_max_bytes(4 * one + owners).with_reserved_for_own_bytes(one);
     let (store, _) = setup(config);
     for i in 0..3 {
         store.put(record(&mallory, &key(&mallory, i), &[0; 1000], 1, NOW, HOUR)).expect("fits");
@@ -220,14 +225,15 @@ fn peers_cannot_fill_the_share_kept_for_the_user() {
     // Records from peers stop short of the user's share...
     let more = record(&mallory, &key(&mallory, 3), &[0; 1000], 1, NOW, HOUR);
     assert!(
-        matches!(store.put(more.clone()), Err(PutError::Full { limit, .. }) if limit == 3 * one)
+        matches!(store.put(more.clone()), Err(PutError::Full { limit, .. }) if limit == 3 * one + owners)
     );
     // ...which the user's own write may use, and nothing beyond it.
     store.put_own(record(&alice, &key(&alice, 0), &[0; 1000], 1, NOW, HOUR)).expect("fits");
     let over = record(&alice, &key(&alice, 1), &[0; 1000], 1, NOW, HOUR);
-    assert!(matches!(store.put_own(over), Err(PutError::Full { limit, .. }) if limit == 4 * one));
+    let full = |r| matches!(r, Err(PutError::Full { limit, .. }) if limit == 4 * one + owners);
+    assert!(full(store.put_own(over)));
     assert!(matches!(store.put(more), Err(PutError::Full { .. })));
-    assert_eq!(store.stats().bytes, 4 * one);
+    assert_eq!(store.stats().bytes, 4 * one + owners);
 }
 
 #[test]

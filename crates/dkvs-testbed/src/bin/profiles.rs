@@ -144,10 +144,13 @@ struct Figures {
     profile: String,
     records: usize,
     value_size: usize,
+    peak_started_kib: u64,
     rss_joined_kib: u64,
     rss_written_kib: u64,
     peak_kib: u64,
     puts_ok: usize,
+    write_secs: f64,
+    records_held: u64,
     idle_secs: u64,
     idle_bytes_per_hour: u64,
     idle_timer_wakeups_per_hour: u64,
@@ -157,6 +160,8 @@ struct Figures {
 
 fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyhow::Result<Figures> {
     let node = start(bin, &dir.join(profile), &["--profile", profile, "--bootstrap", via])?;
+    // The peak so far: unlocking the account (argon2id, 19 MiB) is part of starting.
+    let peak_started = node.status_kb("VmHWM")?;
     let client = node.client()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.get_json("/v1/status")?["peers"].as_u64().unwrap_or(0) < 3 {
@@ -181,11 +186,13 @@ fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyho
         bar.inc(1);
     }
     bar.finish_and_clear();
-    eprintln!("{profile}: {} puts in {:.1} s", cli.records, writing.elapsed().as_secs_f64());
+    let write_secs = writing.elapsed().as_secs_f64();
     for (error, count) in &failures {
         eprintln!("{profile}: {count} puts failed: {error}");
     }
     let rss_written = node.status_kb("VmRSS")?;
+    // What the node keeps: a profile's per-account quota may hold fewer than were written.
+    let held = client.get_json("/v1/status")?["records"].as_u64().unwrap_or(0);
     let sent = |n: &NodeProcess| -> anyhow::Result<u64> {
         Ok(n.metric(&client, "dkvs_network_sent_bytes")?
             + n.metric(&client, "dkvs_network_received_bytes")?)
@@ -203,10 +210,13 @@ fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyho
         profile: profile.to_owned(),
         records: cli.records,
         value_size: cli.value_size,
+        peak_started_kib: peak_started,
         rss_joined_kib: rss_joined,
         rss_written_kib: rss_written,
         peak_kib: node.status_kb("VmHWM")?,
         puts_ok,
+        write_secs,
+        records_held: held,
         idle_secs: cli.idle_secs,
         idle_bytes_per_hour: per_hour(bytes1.saturating_sub(bytes0)),
         idle_timer_wakeups_per_hour: per_hour(wakeups1.saturating_sub(wakeups0)),
@@ -241,19 +251,22 @@ fn main() -> anyhow::Result<()> {
         cli.records, cli.value_size, cli.idle_secs
     );
     println!(
-        "| profile | RSS joined MiB | RSS after writes MiB | peak MiB | puts ok | peers | idle \
-         bytes/h | idle timer wake-ups/h | idle context switches/s |"
+        "| profile | peak at start MiB | RSS joined MiB | RSS after writes MiB | peak MiB | puts \
+         ok | write s | records held | peers | idle bytes/h | idle timer wake-ups/h | idle context switches/s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |kib: u64| kib as f64 / 1024.0;
     for f in &all {
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {} | {} | {} | {} | {:.1} |",
             f.profile,
+            mib(f.peak_started_kib),
             mib(f.rss_joined_kib),
             mib(f.rss_written_kib),
             mib(f.peak_kib),
             f.puts_ok,
+            f.write_secs,
+            f.records_held,
             f.peers,
             f.idle_bytes_per_hour,
             f.idle_timer_wakeups_per_hour,
