@@ -665,7 +665,10 @@ async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<(
     for receipt in receipts {
         let receipt = receipt?;
         assert!(receipt.has_quorum(), "{receipt:?}");
-        assert!(receipt.refused.is_empty(), "nothing is refused: {receipt:?}");
+        // No replica refused: only a request still waiting its turn when the put had its
+        // quorum is named, as held back here.
+        let by_replicas = receipt.refused.iter().filter(|(_, _, w)| !w.starts_with("held back"));
+        assert_eq!(by_replicas.count(), 0, "{receipt:?}");
     }
     for key in keys.iter().step_by(50) {
         let got = net.get(3, key).await??;

@@ -54,7 +54,10 @@ pub struct Config {
     /// replicas still on their way, since fast empty answers may be liars hiding a record
     /// (peer ids are free) and honest replicas across the internet answer later. Default: 1 s.
     pub not_found_linger: Duration,
-    /// Inbound requests one peer may make per second, sustained. Default: 200.
+    /// Inbound requests one peer may make per second, sustained. Default: 200. This node's
+    /// own requests to a peer are paced to nine tenths of it (and of the byte rate below),
+    /// and half the bursts, standing in for the peer's limits: lowering them slows this
+    /// node's own writes too.
     pub peer_requests_per_second: u32,
     /// Inbound requests one peer may make in a burst. Default: 400.
     pub peer_request_burst: u32,

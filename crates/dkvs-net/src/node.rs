@@ -595,6 +595,9 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) defence: Defence,
     /// This node's own requests, paced to what each peer admits.
     pub(crate) outbox: crate::pace::Outbox,
+    /// Requests the outbox refused (too much waits for their peer), for their operations to
+    /// hear of after the event at hand.
+    held_back: Vec<(OpId, PeerId)>,
     /// Kademlia lookups the extension started.
     ext_lookups: HashSet<kad::QueryId>,
     /// Gossip topics the extension subscribed to.
@@ -662,6 +665,7 @@ impl<E: Extension> Driver<E> {
             durable: crate::durable::Durable::new(&store),
             defence: Defence::new(&config),
             outbox: crate::pace::Outbox::new(&config),
+            held_back: Vec::new(),
             ext_lookups: HashSet::new(),
             ext_topics: HashSet::new(),
             closest_waiters: HashMap::new(),
@@ -704,6 +708,9 @@ impl<E: Extension> Driver<E> {
         loop {
             // No polling: the task sleeps until the earliest deadline it has (an operation's
             // linger or timeout, a ban's end, the next sweep or round), or until an event.
+            for (op, peer) in std::mem::take(&mut self.held_back) {
+                self.refused_here(op, peer);
+            }
             let wake = self.next_wake(Instant::now());
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -1343,10 +1350,15 @@ impl<E: Extension> Driver<E> {
     }
 
     /// Sends one record request, at once or, over what the peer admits, when its turn comes
-    /// ([`crate::pace`]); failures to send become an immediate failure of that peer.
+    /// ([`crate::pace`]); failures to send become a failure of that peer (a request whose
+    /// turn would come after the timeout: at once, as the peer's refusal for load).
     pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
-        if let Some(request) = self.outbox.send_or_wait(op, peer, request, Instant::now()) {
-            self.send_now(op, peer, request);
+        use crate::pace::Outgoing;
+        match self.outbox.send_or_wait(op, peer, request, Instant::now()) {
+            Outgoing::Now(request) => self.send_now(op, peer, request),
+            Outgoing::Waiting => {}
+            // Told after the event at hand: the caller may be starting the operation.
+            Outgoing::Refused => self.held_back.push((op, peer)),
         }
     }
 
@@ -1439,6 +1451,7 @@ impl<E: Extension> Driver<E> {
         spared.extend(self.auto_relay.relay());
         spared.extend(self.reserved.iter().copied());
         spared.extend(self.requests.values().map(|(_, peer)| *peer));
+        spared.extend(self.outbox.waiting_for().copied());
         spared.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
         let relays =
             self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));

@@ -207,6 +207,15 @@ impl PutOp {
         self.note_quorum(now);
     }
 
+    /// The request to `peer` still waited for its turn when the put ended: the peer's rate
+    /// limit, applied by this node ([`crate::pace`]).
+    fn held_back(&mut self, peer: PeerId) {
+        if self.pending.remove(&peer) {
+            let words = "held back: this node sends faster than the peer admits".to_owned();
+            self.receipt.refused.push((peer, Refusal::RateLimited, words));
+        }
+    }
+
     /// A replica will not answer (unreachable, timed out).
     fn failed(&mut self, peer: PeerId, reason: String, now: Instant) {
         if self.pending.remove(&peer) {
@@ -1325,7 +1334,32 @@ impl<E: crate::Extension> Driver<E> {
 
     /// Ends an operation: answers its caller if not yet answered, and for a get, repairs the
     /// replicas that answered with an older record or none.
-    pub(crate) fn finish_op(&mut self, id: OpId, _now: Instant) {
+    /// `op`'s request to `peer` was held back by the peer's rate limit, applied here
+    /// ([`crate::pace`]): what the operation says of that peer.
+    pub(crate) fn refused_here(&mut self, op: OpId, peer: PeerId) {
+        match self.ops.get_mut(&op) {
+            Some(Op::Put(put)) => {
+                put.held_back(peer);
+                self.check_put(op);
+            }
+            Some(Op::Get(get)) => {
+                get.refused_for_load(peer, Instant::now());
+                self.check_get(op);
+            }
+            _ => self.on_failure(op, peer, "held back: rate limited".into()),
+        }
+    }
+
+    pub(crate) fn finish_op(&mut self, id: OpId, now: Instant) {
+        // Requests still waiting for their turn were held back by the peers' rate limits,
+        // applied here ([`crate::pace`]): that is what the answer says of those peers.
+        for peer in self.outbox.take_waiting(id) {
+            match self.ops.get_mut(&id) {
+                Some(Op::Put(put)) => put.held_back(peer),
+                Some(Op::Get(get)) => get.refused_for_load(peer, now),
+                _ => {}
+            }
+        }
         if matches!(self.ops.get(&id), Some(Op::Get(_))) {
             self.reply_get(id);
         }
@@ -1825,6 +1859,29 @@ mod tests {
         assert_eq!(receipt.stored.len(), 3);
         assert_eq!(receipt.refused, vec![(others[2], Refusal::OverQuota, "quota".into())]);
         assert_eq!(receipt.unreachable, vec![(others[3], "no answer in time".into())]);
+    }
+
+    #[test]
+    fn a_put_whose_requests_were_held_back_says_the_peers_rate_limits_did_it() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 1, None);
+        let me = PeerId::random();
+        let others: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut put = putting(&record, me);
+        let replicas = [others.clone(), vec![me]].concat();
+        put.replicas_found(replicas, me, false, crate::Quorum::Majority);
+        put.answered(others[0], pb::PutStatus::Stored, String::new(), None, Instant::now());
+        // The timeout came while the requests to three peers still waited for their turn.
+        for peer in &others[1..] {
+            put.held_back(*peer);
+        }
+        put.held_back(PeerId::random());
+        let Err(PutError::NoQuorum { receipt }) = put.result() else { panic!("no quorum") };
+        assert_eq!(receipt.refused.len(), 3, "{receipt:?}");
+        assert!(receipt.unreachable.is_empty());
+        assert_eq!(receipt.main_refusal(), Some(Refusal::RateLimited));
+        assert_eq!(receipt.refusal_summary(), "rate limited ×3");
     }
 
     #[test]

@@ -242,6 +242,7 @@ pub struct GetOutcome {
 pub enum GetError {
     /// Fewer replicas than the read quorum answered before the timeout, or none was found.
     #[error("{}", no_get_quorum(*answered, *asked, *quorum, *rate_limited))]
+    #[non_exhaustive]
     NoQuorum {
         /// Replicas that answered.
         answered: usize,
@@ -249,7 +250,8 @@ pub enum GetError {
         asked: usize,
         /// Answers needed.
         quorum: usize,
-        /// Replicas that refused for load: they admit only so many requests from one peer.
+        /// Replicas that refused for load (they admit only so many requests from one peer),
+        /// or whose request this node still held back for that reason when the get ended.
         rate_limited: usize,
     },
     /// The node is shutting down.

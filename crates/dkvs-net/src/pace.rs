@@ -3,8 +3,9 @@
 //! ("rate limited") and, flooding on, banned. So what this node sends one peer stays within
 //! what that peer admits on the default configuration (this node's own limits stand in for
 //! the peer's), and a request over it waits for its turn instead: an application writing as
-//! fast as it can gets its writes later, not refused. Only a wait past the operation's
-//! timeout fails it.
+//! fast as it can gets its writes later, not refused. A peer's queue holds what its budget
+//! lets go within an operation's timeout; a request beyond that, or still waiting when its
+//! operation ends, is reported as that peer's refusal for load ("rate limited").
 //!
 //! The budget is nine tenths of the peer's sustained rates and half its bursts, so that
 //! jitter on the way cannot make a paced sender look like more than the peer allows. The byte
@@ -13,7 +14,6 @@
 //! waits ([`Outbox::can_send`]): the user's operations go first.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::time::Instant;
@@ -26,9 +26,21 @@ use crate::rate::RateLimiter;
 pub(crate) struct Outbox {
     requests: RateLimiter,
     bytes: RateLimiter,
-    waiting: HashMap<PeerId, VecDeque<Waiting>>,
+    waiting: HashMap<PeerId, Queue>,
+    /// The peers each operation has requests waiting for (possibly sent since).
+    by_op: HashMap<OpId, Vec<PeerId>>,
+    /// At most this many requests, and bytes, wait for one peer: what its budget lets go
+    /// within an operation's timeout. More would only wait to time out, and take memory.
+    max_waiting: usize,
+    max_waiting_bytes: usize,
     /// Requests that waited for their turn, since the node started.
     pub(crate) delayed: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Waiting>,
+    bytes: usize,
 }
 
 pub(crate) struct Waiting {
@@ -37,20 +49,32 @@ pub(crate) struct Waiting {
     len: usize,
 }
 
+/// What became of a request handed to the outbox.
+pub(crate) enum Outgoing {
+    /// It may go now.
+    Now(pb::Request),
+    /// It waits for its turn.
+    Waiting,
+    /// So much already waits for the peer that its turn would come after the operation's
+    /// timeout: the peer's rate limit, applied here.
+    Refused,
+}
+
 impl Outbox {
     pub(crate) fn new(config: &crate::Config) -> Outbox {
         let tenths = |n: u32| (u64::from(n) * 9 / 10).max(1) as u32;
+        let (rate, byte_rate) =
+            (tenths(config.peer_requests_per_second), tenths(config.peer_bytes_per_second));
+        let within =
+            |rate: u32| (f64::from(rate) * config.operation_timeout.as_secs_f64()) as usize;
         Outbox {
-            requests: RateLimiter::new(
-                tenths(config.peer_requests_per_second),
-                (config.peer_request_burst / 2).max(1),
-            ),
-            bytes: RateLimiter::new(
-                tenths(config.peer_bytes_per_second),
-                (config.peer_byte_burst / 2).max(1),
-            )
-            .starting_with(config.peer_byte_burst / 16),
+            requests: RateLimiter::new(rate, (config.peer_request_burst / 2).max(1)),
+            bytes: RateLimiter::new(byte_rate, (config.peer_byte_burst / 2).max(1))
+                .starting_with(config.peer_byte_burst / 16),
             waiting: HashMap::new(),
+            by_op: HashMap::new(),
+            max_waiting: within(rate).max(1),
+            max_waiting_bytes: within(byte_rate).max(crate::codec::MAX_FRAME_LEN),
             delayed: 0,
         }
     }
@@ -63,23 +87,32 @@ impl Outbox {
             && self.bytes.has(peer, self.fitted(len), now)
     }
 
-    /// Sends `request` for `op` now if [`Outbox::can_send`] (taking its share of the budget
-    /// and returning it), or queues it behind the others waiting for `peer`.
+    /// Lets `request` for `op` go now if [`Outbox::can_send`] (taking its share of the
+    /// budget), queues it behind the others waiting for `peer`, or refuses it when the queue
+    /// holds what the peer's budget lets go within an operation's timeout.
     pub(crate) fn send_or_wait(
         &mut self,
         op: OpId,
         peer: PeerId,
         request: pb::Request,
         now: Instant,
-    ) -> Option<pb::Request> {
+    ) -> Outgoing {
         let len = prost::Message::encoded_len(&request);
         if self.can_send(peer, len, now) {
             self.take(peer, len, now);
-            return Some(request);
+            return Outgoing::Now(request);
+        }
+        let queue = self.waiting.entry(peer).or_default();
+        if queue.requests.len() >= self.max_waiting
+            || (queue.bytes + len > self.max_waiting_bytes && !queue.requests.is_empty())
+        {
+            return Outgoing::Refused;
         }
         self.delayed += 1;
-        self.waiting.entry(peer).or_default().push_back(Waiting { op, request, len });
-        None
+        queue.bytes += len;
+        queue.requests.push_back(Waiting { op, request, len });
+        self.by_op.entry(op).or_default().push(peer);
+        Outgoing::Waiting
     }
 
     /// The waiting requests whose turn has come, each peer's in order; their share of the
@@ -94,37 +127,63 @@ impl Outbox {
         let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
         for peer in peers {
             let Some(queue) = self.waiting.get_mut(&peer) else { continue };
-            queue.retain(|w| running(w.op));
-            while let Some(front) = queue.front() {
+            queue.requests.retain(|w| running(w.op));
+            while let Some(front) = queue.requests.front() {
                 let len = front.len.min(burst);
                 if !(self.requests.has(peer, 1, now) && self.bytes.has(peer, len, now)) {
                     break;
                 }
                 self.requests.allow(peer, now);
                 self.bytes.allow_n(peer, len, now);
-                due.extend(queue.pop_front().map(|w| (peer, w)));
+                due.extend(queue.requests.pop_front().map(|w| (peer, w)));
             }
-            if queue.is_empty() {
+            queue.bytes = queue.requests.iter().map(|w| w.len).sum();
+            if queue.requests.is_empty() {
                 self.waiting.remove(&peer);
             }
         }
+        self.by_op.retain(|op, _| running(*op));
         due
     }
 
-    /// When the first waiting request's turn comes, if any waits.
+    /// The peers requests wait for.
+    pub(crate) fn waiting_for(&self) -> impl Iterator<Item = &PeerId> {
+        self.waiting.keys()
+    }
+
+    /// Takes the requests of `op` that still wait (it is ending); the peers they were for.
+    pub(crate) fn take_waiting(&mut self, op: OpId) -> Vec<PeerId> {
+        let mut peers = Vec::new();
+        for peer in self.by_op.remove(&op).unwrap_or_default() {
+            let Some(queue) = self.waiting.get_mut(&peer) else { continue };
+            let before = queue.requests.len();
+            queue.requests.retain(|w| w.op != op);
+            if queue.requests.len() < before {
+                peers.push(peer);
+                queue.bytes = queue.requests.iter().map(|w| w.len).sum();
+            }
+            if queue.requests.is_empty() {
+                self.waiting.remove(&peer);
+            }
+        }
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+
+    /// When the first waiting request's turn comes, if any waits (now, if one may go now).
     pub(crate) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         let burst = self.bytes_burst();
         let fronts: Vec<(PeerId, usize)> = self
             .waiting
             .iter()
-            .filter_map(|(peer, queue)| Some((*peer, queue.front()?.len.min(burst))))
+            .filter_map(|(peer, queue)| Some((*peer, queue.requests.front()?.len.min(burst))))
             .collect();
         fronts
             .into_iter()
             .map(|(peer, len)| {
-                let wait = self.requests.wait(peer, 1, now).max(self.bytes.wait(peer, len, now));
-                // At least a millisecond: a fraction of a token must not spin the loop.
-                now + wait.max(Duration::from_millis(1))
+                // `wait` rounds up: the tokens are there at that time, and `due` sends.
+                now + self.requests.wait(peer, 1, now).max(self.bytes.wait(peer, len, now))
             })
             .min()
     }
@@ -154,6 +213,8 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn get(key: &str) -> pb::Request {
@@ -165,6 +226,34 @@ mod tests {
         }
     }
 
+    fn now(outgoing: Outgoing) -> bool {
+        matches!(outgoing, Outgoing::Now(_))
+    }
+
+    #[test]
+    fn a_queue_holds_what_goes_within_the_timeout_and_refuses_more() {
+        // Nine a second for ten seconds: 90 wait, the next is refused.
+        let config = crate::Config::default().with_peer_rate(10, 2);
+        let mut outbox = Outbox::new(&config);
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        assert!(now(outbox.send_or_wait(0, peer, get("/a/b"), t0)));
+        for op in 1..=90 {
+            assert!(matches!(outbox.send_or_wait(op, peer, get("/a/b"), t0), Outgoing::Waiting));
+        }
+        assert!(matches!(outbox.send_or_wait(91, peer, get("/a/b"), t0), Outgoing::Refused));
+        // Bytes too: at 900 bytes a second, ten seconds' worth (or one frame) at most.
+        let config = crate::Config::default().with_peer_bytes(1_000, 16_000);
+        let mut outbox = Outbox::new(&config);
+        let big = get(&"x".repeat(9_000));
+        assert!(now(outbox.send_or_wait(0, peer, get("/a/b"), t0)));
+        let mut waiting = 0;
+        while matches!(outbox.send_or_wait(1, peer, big.clone(), t0), Outgoing::Waiting) {
+            waiting += 1;
+        }
+        assert_eq!(waiting, crate::codec::MAX_FRAME_LEN / 9_000, "a frame's worth waits");
+    }
+
     #[test]
     fn requests_over_the_budget_wait_their_turn_in_order() {
         let config = crate::Config::default().with_peer_rate(10, 4);
@@ -172,11 +261,11 @@ mod tests {
         let (peer, other) = (PeerId::random(), PeerId::random());
         let t0 = Instant::now();
         // Half the burst goes at once; the rest waits.
-        let sent = (0..4).filter(|i| outbox.send_or_wait(*i, peer, get("/a/b"), t0).is_some());
+        let sent = (0..4).filter(|i| now(outbox.send_or_wait(*i, peer, get("/a/b"), t0)));
         assert_eq!(sent.count(), 2);
         assert_eq!(outbox.delayed, 2);
         // Another peer has a budget of its own.
-        assert!(outbox.send_or_wait(9, other, get("/a/b"), t0).is_some());
+        assert!(now(outbox.send_or_wait(9, other, get("/a/b"), t0)));
         // Nine a second: the next turn is a ninth of a second away.
         assert!(outbox.due(t0, |_| true).is_empty());
         let wake = outbox.next_wake(t0).expect("requests wait");
@@ -187,13 +276,35 @@ mod tests {
         // While requests wait, nothing jumps the queue, even with a budget there again.
         let later = wake + Duration::from_millis(120);
         assert!(!outbox.can_send(peer, 10, later));
-        assert!(outbox.send_or_wait(4, peer, get("/a/b"), later).is_none());
+        assert!(!now(outbox.send_or_wait(4, peer, get("/a/b"), later)));
         let due = outbox.due(later, |_| true);
         assert_eq!(due.iter().map(|(_, w)| w.op).collect::<Vec<_>>(), [3]);
         let done = later + Duration::from_secs(1);
         assert_eq!(outbox.due(done, |_| true).iter().map(|(_, w)| w.op).collect::<Vec<_>>(), [4]);
         assert_eq!(outbox.next_wake(done), None, "nothing waits: no wake-up");
         assert!(outbox.can_send(peer, 10, done));
+    }
+
+    #[test]
+    fn the_requests_of_an_ended_operation_are_not_sent() {
+        // One request at once, then nine a second.
+        let mut outbox = Outbox::new(&crate::Config::default().with_peer_rate(10, 2));
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        for (op, to) in [(1, p), (2, p), (3, p), (2, q), (2, q)] {
+            outbox.send_or_wait(op, to, get("/a/b"), t0);
+        }
+        // An operation that ends takes its waiting requests out, naming their peers.
+        let mut held = outbox.take_waiting(2);
+        held.sort();
+        let mut expected = vec![p, q];
+        expected.sort();
+        assert_eq!(held, expected);
+        assert!(outbox.take_waiting(2).is_empty());
+        // One that ended without doing so loses them when they come up.
+        let later = t0 + Duration::from_secs(1);
+        assert!(outbox.due(later, |op| op != 3).is_empty());
+        assert_eq!(outbox.next_wake(later), None, "nothing waits");
     }
 
     #[test]
@@ -206,8 +317,8 @@ mod tests {
         assert!(!outbox.can_send(peer, 1_001, t0), "a new peer gets 1000 bytes at once");
         let big = get(&"x".repeat(600));
         let len = prost::Message::encoded_len(&big);
-        assert!(outbox.send_or_wait(1, peer, big.clone(), t0).is_some());
-        assert!(outbox.send_or_wait(2, peer, big, t0).is_none());
+        assert!(now(outbox.send_or_wait(1, peer, big.clone(), t0)));
+        assert!(!now(outbox.send_or_wait(2, peer, big, t0)));
         // 900 bytes a second: the second waits for the bytes the first left it short of.
         let short = len - (1_000 - len);
         let wake = outbox.next_wake(t0).expect("waits");

@@ -51,7 +51,8 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
         let (tokens, last) = self.buckets.entry(peer).or_insert((self.start, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
-        *last = now;
+        // Never backwards: a caller's earlier `now` must not count an interval twice.
+        *last = (*last).max(now);
         tokens
     }
 

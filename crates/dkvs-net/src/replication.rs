@@ -494,7 +494,8 @@ impl<E: Extension> Driver<E> {
             (Duration::from_secs(1).as_millis() / tick.as_millis().max(1)) as u32;
         let (rate, burst) = (self.config.peer_bytes_per_second, self.config.peer_byte_burst);
         if self.replication.pace.is_none() {
-            // A peer not sent to lately grants a new sender an eighth of its burst at once.
+            // A peer not sent to lately grants a new sender an eighth of its burst at once;
+            // replication starts with half of that.
             let pace = crate::rate::RateLimiter::new((rate / 2).max(1), (burst / 2).max(1))
                 .starting_with(burst / 16);
             self.replication.pace = Some(pace);

@@ -55,7 +55,9 @@ pub struct NodeConfig {
     /// of it. Default (unset): an eighth of `max_bytes`. At most `max_bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserved_for_own_bytes: Option<u64>,
-    /// Bytes one peer may send per second, sustained.
+    /// Bytes one peer may send per second, sustained. This node paces what it sends each
+    /// peer to nine tenths of it (standing in for the peer's limit): lowering it slows this
+    /// node's own writes too.
     pub peer_bytes_per_second: u32,
     /// Bytes one peer may send at once (a new peer starts with an eighth).
     pub peer_byte_burst: u32,

@@ -177,8 +177,9 @@ impl Key {
         self.scope.is_none()
     }
 
-    /// Takes `owner` (an equal key, parsed once and shared) as this key's scope.
-    pub(crate) fn share_scope(&mut self, owner: &dkvs_account::PublicKey) {
+    /// Takes `owner` (an equal key, parsed once and shared) as this key's scope; a key that
+    /// is not this key's scope changes nothing.
+    pub fn share_scope(&mut self, owner: &dkvs_account::PublicKey) {
         if let Some(scope) = &mut self.scope
             && scope.public_key() == owner
         {

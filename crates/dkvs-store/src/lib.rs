@@ -41,8 +41,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
 pub use error::{PutError, StoreError};
 pub use store::{
-    Expect, GONE_OVERHEAD, OWNER_OVERHEAD, PutOutcome, RECORD_OVERHEAD, Stats, Store, gone_weight,
-    record_weight,
+    Expect, GONE_OVERHEAD, OWNER_OVERHEAD, PutOutcome, RECORD_OVERHEAD, Stats, Store,
+    TRANSFER_OVERHEAD, gone_weight, record_weight,
 };
 #[doc(hidden)]
 pub use sync::SyncHold;

@@ -22,6 +22,9 @@ const SHARDS: usize = 64;
 pub const RECORD_OVERHEAD: u64 = 304;
 /// Bytes charged for a remembered sequence beyond its key: the map slot.
 pub const GONE_OVERHEAD: u64 = 160;
+/// Bytes charged beyond [`RECORD_OVERHEAD`] for a record that carries a transfer: the
+/// transfer's fields, its signature and the previous owner's parsed key.
+pub const TRANSFER_OVERHEAD: u64 = 320;
 /// Bytes charged once per owner with anything held: the parsed owner key that its records
 /// share, and its entry in the per-owner budget.
 pub const OWNER_OVERHEAD: u64 = 256;
@@ -157,7 +160,8 @@ fn holds(outcome: &PutOutcome) -> bool {
 
 /// The bytes a live record is charged.
 pub fn record_weight(record: &Record) -> u64 {
-    RECORD_OVERHEAD + record.key().as_str().len() as u64 + record.value().len() as u64
+    let transfer = if record.transfer().is_some() { TRANSFER_OVERHEAD } else { 0 };
+    RECORD_OVERHEAD + transfer + record.key().as_str().len() as u64 + record.value().len() as u64
 }
 
 /// The bytes a remembered sequence is charged.
@@ -768,6 +772,9 @@ impl Inner {
         }
         let replaced = held.map(Slot::seq);
         let expires_at_ms = self.expiry_of(&record);
+        // Removed first: `insert` would keep the old map key, a second copy of the text (and,
+        // for an owner whose only record this replaces, of its parsed key).
+        shard.remove(record.key().as_str());
         let key = record.key().clone();
         shard.insert(key, Slot::Live { record: Arc::new(record), expires_at_ms, retain_until_ms });
         Ok(PutOutcome::Stored { replaced })
@@ -817,7 +824,7 @@ impl Inner {
                         tracing::warn!(%key, error = %e, "skipped a restored record");
                     }
                 }
-                Entry::Gone { key, seq, retain_until_ms, owner } => {
+                Entry::Gone { mut key, seq, retain_until_ms, mut owner } => {
                     // Only snapshots hold these, and a snapshot is read first, into an empty
                     // store, with one entry per key.
                     let mut shard = self.shard(key.as_str()).write();
@@ -825,6 +832,11 @@ impl Inner {
                         let mut budget = self.budget.lock();
                         budget.used += gone_weight(&key);
                         charge(&mut budget, &owner, gone_weight(&key) as i64);
+                        // The owner's one parsed key, as for live records.
+                        if let Some((shared, _)) = budget.per_owner.get_key_value(&owner) {
+                            owner = shared.clone();
+                            key.share_scope(&owner);
+                        }
                         shard.insert(key, Slot::Gone { seq, retain_until_ms, owner });
                     }
                 }
@@ -920,5 +932,8 @@ mod tests {
         // `Arc` counts, and its entry in the per-owner budget.
         let owner = 216 + (std::mem::size_of::<PublicKey>() + 8 + 1) * 8 / 7;
         assert!(owner as u64 <= OWNER_OVERHEAD, "{owner} > {OWNER_OVERHEAD}");
+        // A transfer: its box, and the previous owner's parsed key.
+        let transfer = std::mem::size_of::<dkvs_record::Transfer>() + 216;
+        assert!(transfer as u64 <= TRANSFER_OVERHEAD, "{transfer} > {TRANSFER_OVERHEAD}");
     }
 }

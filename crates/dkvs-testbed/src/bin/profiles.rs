@@ -1,11 +1,13 @@
 //! dkvs-profiles: what a node costs on each profile (`dkvs node --profile default|phone|light`),
 //! as a user runs it: real `dkvs node` processes on 127.0.0.1. Three default nodes form the
-//! network; then, one profile at a time, a node of that profile joins through them, writes R
-//! records of B bytes through its HTTP API (its own account, so it keeps each record), and
-//! sits idle for W seconds. Reported per profile: resident memory (VmRSS) after joining and
-//! after the writes, peak (VmHWM), and over the idle window its bytes on the wire (the node's
-//! own TCP counters), its task's timer wake-ups, and the process's context switches (every
-//! thread: the operating system's count of wake-ups), scaled to one hour.
+//! network; then, one profile at a time, a node of that profile joins through them, R records
+//! of B bytes are written through the first default node's HTTP API (from A accounts in
+//! turn), and the profiled node holds them as one of their replicas (a light client holds
+//! none), then sits idle for W seconds. Reported per profile: the peak resident memory once
+//! started, resident memory (VmRSS) after joining and after the writes, the peak (VmHWM), the
+//! records it holds, and over the idle window its bytes on the wire (the node's own TCP
+//! counters), its task's timer wake-ups, and the process's context switches (every thread:
+//! the operating system's count of wake-ups), scaled to one hour.
 //!
 //! ```text
 //! cargo build --release -p dkvs-node -p dkvs-testbed
@@ -30,6 +32,10 @@ struct Cli {
     /// Records the profiled node writes (its own; it keeps each one).
     #[arg(long, default_value_t = 10_000)]
     records: usize,
+    /// Accounts the records are written from, in turn, through the first default node (a
+    /// profile's per-account quota holds fewer of one account's records than of several).
+    #[arg(long, default_value_t = 8)]
+    accounts: usize,
     /// Value size in bytes.
     #[arg(long, default_value_t = 1024)]
     value_size: usize,
@@ -158,7 +164,15 @@ struct Figures {
     peers: u64,
 }
 
-fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyhow::Result<Figures> {
+fn measure(
+    bin: &Path,
+    dir: &Path,
+    profile: &str,
+    writer: &NodeProcess,
+    accounts: &[String],
+    cli: &Cli,
+) -> anyhow::Result<Figures> {
+    let via = &writer.address;
     let node = start(bin, &dir.join(profile), &["--profile", profile, "--bootstrap", via])?;
     // The peak so far: unlocking the account (argon2id, 19 MiB) is part of starting.
     let peak_started = node.status_kb("VmHWM")?;
@@ -172,6 +186,7 @@ fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyho
     }
     std::thread::sleep(Duration::from_secs(3));
     let rss_joined = node.status_kb("VmRSS")?;
+    let writing_client = writer.client()?;
     let mut puts_ok = 0;
     let mut failures = std::collections::BTreeMap::<String, usize>::new();
     let bar = indicatif::ProgressBar::new(cli.records as u64).with_message(profile.to_owned());
@@ -179,7 +194,9 @@ fn measure(bin: &Path, dir: &Path, profile: &str, via: &str, cli: &Cli) -> anyho
     for i in 0..cli.records {
         let mut value = format!("{profile} {i} ").into_bytes();
         value.resize(cli.value_size, b'.');
-        match client.put_bytes(&format!("/v1/kv/~/profile/{i}"), &value) {
+        let account = &accounts[i % accounts.len()];
+        let path = format!("/v1/kv/~/{profile}/{i}?account={account}");
+        match writing_client.put_bytes(&path, &value) {
             Ok(_) => puts_ok += 1,
             Err(e) => *failures.entry(e.to_string()).or_insert(0) += 1,
         }
@@ -241,9 +258,19 @@ fn main() -> anyhow::Result<()> {
         let home = dir.path().join(format!("server{i}"));
         servers.push(start(&bin, &home, &["--bootstrap", &first.address])?);
     }
+    // The writer's accounts ("default" is made by `start`).
+    let accounts: Vec<String> = (0..cli.accounts.max(1))
+        .map(|i| if i == 0 { "default".to_owned() } else { format!("writer{i}") })
+        .collect();
+    for name in &accounts[1..] {
+        let out = dkvs(&bin, &first.home).args(["account", "new", name]).output()?;
+        if !out.status.success() {
+            bail!("dkvs account new {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
     let mut all = Vec::new();
     for profile in &cli.profiles {
-        all.push(measure(&bin, dir.path(), profile, &first.address, &cli)?);
+        all.push(measure(&bin, dir.path(), profile, &first, &accounts, &cli)?);
     }
     println!(
         "dkvs-profiles: {} records of {} B written by the profiled node, idle {} s (scaled to \
