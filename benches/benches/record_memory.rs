@@ -18,7 +18,7 @@
 use dkvs_account::KeyType;
 use dkvs_benches::{Population, quick_mode};
 use dkvs_record::Record;
-use dkvs_store::Store;
+use dkvs_store::{PutOutcome, Store};
 
 #[global_allocator]
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
@@ -48,16 +48,18 @@ fn measure(records: usize, per_owner: usize) -> Figures {
     let (first, second) = (encode(1), encode(2));
     let encoded_bytes: usize = first.iter().map(Vec::len).sum();
     let store = Store::in_memory(population.config(records));
-    let put_all = |all: &[Vec<u8>]| {
+    let put_all = |all: &[Vec<u8>], replaced| {
         for bytes in all {
             let record = Record::decode(bytes).expect("a generated record decodes");
-            store.put(record).expect("stored");
+            let outcome = store.put(record).expect("stored");
+            assert_eq!(outcome, PutOutcome::Stored { replaced }, "every put stores");
         }
     };
     let (heap0, resident0) = (ALLOCATOR.allocated(), resident_kib());
-    put_all(&first);
+    put_all(&first, None);
     let (heap1, resident1) = (ALLOCATOR.allocated(), resident_kib());
-    put_all(&second);
+    let charged = store.stats().bytes;
+    put_all(&second, Some(1));
     let heap2 = ALLOCATOR.allocated();
     let n = records as f64;
     Figures {
@@ -65,7 +67,7 @@ fn measure(records: usize, per_owner: usize) -> Figures {
         heap: heap1.saturating_sub(heap0) as f64 / n,
         heap_updated: heap2.saturating_sub(heap0) as f64 / n,
         resident: resident1.saturating_sub(resident0) as f64 * 1024.0 / n,
-        charged: store.stats().bytes as f64 / n,
+        charged: charged as f64 / n,
     }
 }
 

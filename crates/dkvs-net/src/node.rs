@@ -708,8 +708,11 @@ impl<E: Extension> Driver<E> {
         loop {
             // No polling: the task sleeps until the earliest deadline it has (an operation's
             // linger or timeout, a ban's end, the next sweep or round), or until an event.
-            for (op, peer) in std::mem::take(&mut self.held_back) {
-                self.refused_here(op, peer);
+            // Until none is left: an operation told may send again (a widened get, a repair).
+            while !self.held_back.is_empty() {
+                for (op, peer) in std::mem::take(&mut self.held_back) {
+                    self.refused_here(op, peer);
+                }
             }
             let wake = self.next_wake(Instant::now());
             tokio::select! {

@@ -209,9 +209,9 @@ impl PutOp {
 
     /// The request to `peer` still waited for its turn when the put ended: the peer's rate
     /// limit, applied by this node ([`crate::pace`]).
-    fn held_back(&mut self, peer: PeerId) {
+    fn held_back(&mut self, peer: PeerId, how: &str) {
         if self.pending.remove(&peer) {
-            let words = "held back: this node sends faster than the peer admits".to_owned();
+            let words = format!("held back ({how}): this node sends faster than the peer admits");
             self.receipt.refused.push((peer, Refusal::RateLimited, words));
         }
     }
@@ -1332,14 +1332,12 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
-    /// Ends an operation: answers its caller if not yet answered, and for a get, repairs the
-    /// replicas that answered with an older record or none.
     /// `op`'s request to `peer` was held back by the peer's rate limit, applied here
     /// ([`crate::pace`]): what the operation says of that peer.
     pub(crate) fn refused_here(&mut self, op: OpId, peer: PeerId) {
         match self.ops.get_mut(&op) {
             Some(Op::Put(put)) => {
-                put.held_back(peer);
+                put.held_back(peer, "too much already waits for this peer");
                 self.check_put(op);
             }
             Some(Op::Get(get)) => {
@@ -1350,12 +1348,14 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
+    /// Ends an operation: answers its caller if not yet answered, and for a get, repairs the
+    /// replicas that answered with an older record or none.
     pub(crate) fn finish_op(&mut self, id: OpId, now: Instant) {
         // Requests still waiting for their turn were held back by the peers' rate limits,
         // applied here ([`crate::pace`]): that is what the answer says of those peers.
         for peer in self.outbox.take_waiting(id) {
             match self.ops.get_mut(&id) {
-                Some(Op::Put(put)) => put.held_back(peer),
+                Some(Op::Put(put)) => put.held_back(peer, "still waiting its turn at the end"),
                 Some(Op::Get(get)) => get.refused_for_load(peer, now),
                 _ => {}
             }
@@ -1736,12 +1736,17 @@ mod tests {
         assert_eq!((outcome.confirmations, outcome.answered, outcome.asked), (1, 4, 5));
     }
 
-    #[test]
-    fn a_get_refused_for_load_says_so() {
+    /// A get of a fresh key asking `n` random peers.
+    fn a_get(n: usize) -> (GetOp, Vec<PeerId>) {
         let alice = Keypair::generate(KeyType::Ed25519);
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
-        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
-        let mut get = asking(&key, &peers);
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        (asking(&key, &peers), peers)
+    }
+
+    #[test]
+    fn a_get_refused_for_load_says_so() {
+        let (mut get, peers) = a_get(4);
         let t0 = Instant::now();
         get.answered(peers[0], None, 0, t0);
         get.refused_for_load(peers[1], t0);
@@ -1761,10 +1766,7 @@ mod tests {
 
     #[test]
     fn a_get_without_a_quorum_says_so_and_an_empty_quorum_says_not_set() {
-        let alice = Keypair::generate(KeyType::Ed25519);
-        let key = Key::scoped(&alice.account_id(), "k").expect("key");
-        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-        let mut get = asking(&key, &peers);
+        let (mut get, peers) = a_get(3);
         let t0 = Instant::now();
         get.answered(peers[0], None, 0, t0);
         // Answers from peers that were never asked, or a second answer, do not count.
@@ -1782,7 +1784,7 @@ mod tests {
         assert_eq!(outcome.record, None);
         // One replica's claim alone does not raise the sequence a new write must pass.
         assert_eq!(outcome.highest_seq, 0);
-        let mut lookup = asking(&key, &peers);
+        let (mut lookup, _) = a_get(3);
         lookup.looking_up = true;
         assert!(matches!(lookup.outcome(), Err(GetError::NoQuorum { asked: 0, .. })));
     }
@@ -1874,9 +1876,9 @@ mod tests {
         put.answered(others[0], pb::PutStatus::Stored, String::new(), None, Instant::now());
         // The timeout came while the requests to three peers still waited for their turn.
         for peer in &others[1..] {
-            put.held_back(*peer);
+            put.held_back(*peer, "still waiting its turn at the end");
         }
-        put.held_back(PeerId::random());
+        put.held_back(PeerId::random(), "still waiting its turn at the end");
         let Err(PutError::NoQuorum { receipt }) = put.result() else { panic!("no quorum") };
         assert_eq!(receipt.refused.len(), 3, "{receipt:?}");
         assert!(receipt.unreachable.is_empty());

@@ -111,7 +111,10 @@ impl Outbox {
         self.delayed += 1;
         queue.bytes += len;
         queue.requests.push_back(Waiting { op, request, len });
-        self.by_op.entry(op).or_default().push(peer);
+        let peers = self.by_op.entry(op).or_default();
+        if peers.last() != Some(&peer) {
+            peers.push(peer);
+        }
         Outgoing::Waiting
     }
 
@@ -127,17 +130,22 @@ impl Outbox {
         let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
         for peer in peers {
             let Some(queue) = self.waiting.get_mut(&peer) else { continue };
-            queue.requests.retain(|w| running(w.op));
             while let Some(front) = queue.requests.front() {
+                // Those of ended operations go as they come up (`take_waiting` takes most).
+                if !running(front.op) {
+                    queue.bytes -= front.len;
+                    queue.requests.pop_front();
+                    continue;
+                }
                 let len = front.len.min(burst);
                 if !(self.requests.has(peer, 1, now) && self.bytes.has(peer, len, now)) {
                     break;
                 }
                 self.requests.allow(peer, now);
                 self.bytes.allow_n(peer, len, now);
+                queue.bytes -= front.len;
                 due.extend(queue.requests.pop_front().map(|w| (peer, w)));
             }
-            queue.bytes = queue.requests.iter().map(|w| w.len).sum();
             if queue.requests.is_empty() {
                 self.waiting.remove(&peer);
             }
