@@ -273,9 +273,12 @@ fn main() -> anyhow::Result<()> {
         all.push(measure(&bin, dir.path(), profile, &first, &accounts, &cli)?);
     }
     println!(
-        "dkvs-profiles: {} records of {} B written by the profiled node, idle {} s (scaled to \
-         an hour); 3 default nodes on 127.0.0.1\n",
-        cli.records, cli.value_size, cli.idle_secs
+        "dkvs-profiles: {} records of {} B written through a default node from {} accounts, \
+         idle {} s (scaled to an hour); 3 default nodes on 127.0.0.1\n",
+        cli.records,
+        cli.value_size,
+        cli.accounts.max(1),
+        cli.idle_secs
     );
     println!(
         "| profile | peak at start MiB | RSS joined MiB | RSS after writes MiB | peak MiB | puts \
