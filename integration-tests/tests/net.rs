@@ -671,6 +671,9 @@ async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<(
         let refused = receipt.refused.iter().filter(|(_, _, w)| !waited(w));
         assert_eq!(refused.count(), 0, "{receipt:?}");
     }
+    // Pacing did it: requests waited their turn, and none was held back at the door.
+    let pacing = writer.pacing().await;
+    assert!(pacing.waited > 0, "{pacing:?}");
     for key in keys.iter().step_by(50) {
         let got = net.get(3, key).await??;
         assert_eq!(value(&got), Some("v".into()), "{key}");

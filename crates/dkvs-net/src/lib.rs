@@ -40,6 +40,7 @@ pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdic
 pub use identity::{IdentityError, load_or_create_identity};
 pub use node::{NatStatus, Node, NodeBuilder, Reachability, WeakNode};
 pub use outcome::{GetError, GetOutcome, PutError, PutReceipt, Refusal, Source};
+pub use pace::PacingStats;
 pub use replication::ReplicationStats;
 pub use transport::{Traffic, Transports};
 pub use watch::{Watch, watch_topic};

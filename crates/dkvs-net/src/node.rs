@@ -63,6 +63,7 @@ pub(crate) enum Command {
     Banned(oneshot::Sender<Vec<PeerId>>),
     ReplicationStats(oneshot::Sender<crate::ReplicationStats>),
     Wakeups(oneshot::Sender<u64>),
+    Pacing(oneshot::Sender<crate::PacingStats>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     Extension(std::any::TypeId, ExtensionCall),
@@ -446,6 +447,12 @@ impl Node {
     /// records.
     pub async fn wakeups(&self) -> u64 {
         self.ask(Command::Wakeups).await.unwrap_or_default()
+    }
+
+    /// What the pacing of this node's own requests did since it started: requests that
+    /// waited for their turn, and requests held back (see the crate's README).
+    pub async fn pacing(&self) -> crate::PacingStats {
+        self.ask(Command::Pacing).await.unwrap_or_default()
     }
 
     /// The addresses this node listens on.
@@ -883,6 +890,9 @@ impl<E: Extension> Driver<E> {
             }
             Command::Wakeups(reply) => {
                 let _ = reply.send(self.wakeups);
+            }
+            Command::Pacing(reply) => {
+                let _ = reply.send(self.outbox.stats);
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());

@@ -33,8 +33,20 @@ pub(crate) struct Outbox {
     /// within an operation's timeout. More would only wait to time out, and take memory.
     max_waiting: usize,
     max_waiting_bytes: usize,
-    /// Requests that waited for their turn, since the node started.
-    pub(crate) delayed: u64,
+    /// What pacing did since the node started.
+    pub(crate) stats: PacingStats,
+}
+
+/// What this node's pacing of its own requests did since it started ([`crate::Node::pacing`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PacingStats {
+    /// Requests that waited for their turn before they went (or were held back).
+    pub waited: u64,
+    /// Requests held back: refused here because so much already waited for their peer, or
+    /// still waiting when their operation ended. Their operations count the peer as refused
+    /// for load ("rate limited").
+    pub held_back: u64,
 }
 
 #[derive(Default)]
@@ -75,7 +87,7 @@ impl Outbox {
             by_op: HashMap::new(),
             max_waiting: within(rate).max(1),
             max_waiting_bytes: within(byte_rate).max(crate::codec::MAX_FRAME_LEN),
-            delayed: 0,
+            stats: PacingStats::default(),
         }
     }
 
@@ -106,9 +118,10 @@ impl Outbox {
         if queue.requests.len() >= self.max_waiting
             || (queue.bytes + len > self.max_waiting_bytes && !queue.requests.is_empty())
         {
+            self.stats.held_back += 1;
             return Outgoing::Refused;
         }
-        self.delayed += 1;
+        self.stats.waited += 1;
         queue.bytes += len;
         queue.requests.push_back(Waiting { op, request, len });
         let peers = self.by_op.entry(op).or_default();
@@ -167,6 +180,7 @@ impl Outbox {
             let before = queue.requests.len();
             queue.requests.retain(|w| w.op != op);
             if queue.requests.len() < before {
+                self.stats.held_back += (before - queue.requests.len()) as u64;
                 peers.push(peer);
                 queue.bytes = queue.requests.iter().map(|w| w.len).sum();
             }
@@ -271,7 +285,7 @@ mod tests {
         // Half the burst goes at once; the rest waits.
         let sent = (0..4).filter(|i| now(outbox.send_or_wait(*i, peer, get("/a/b"), t0)));
         assert_eq!(sent.count(), 2);
-        assert_eq!(outbox.delayed, 2);
+        assert_eq!(outbox.stats.waited, 2);
         // Another peer has a budget of its own.
         assert!(now(outbox.send_or_wait(9, other, get("/a/b"), t0)));
         // Nine a second: the next turn is a ninth of a second away.

@@ -1417,6 +1417,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.bytes_received.set(gauge(traffic.bytes_in));
     state.metrics.bytes_sent.set(gauge(traffic.bytes_out));
     state.metrics.timer_wakeups.set(gauge(state.node.wakeups().await));
+    let pacing = state.node.pacing().await;
+    state.metrics.requests_waited.set(gauge(pacing.waited));
+    state.metrics.requests_held_back.set(gauge(pacing.held_back));
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),

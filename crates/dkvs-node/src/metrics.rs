@@ -37,6 +37,10 @@ pub struct Metrics {
     pub bytes_sent: Gauge,
     /// Times the node's task woke up for its own timers since it started.
     pub timer_wakeups: Gauge,
+    /// This node's requests that waited for their turn (paced to what peers admit).
+    pub requests_waited: Gauge,
+    /// This node's requests held back (so much waited for the peer, or the operation ended).
+    pub requests_held_back: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,18 @@ impl Default for Metrics {
             "Times the node's task woke for its own timers since start",
             timer_wakeups.clone(),
         );
+        let (requests_waited, requests_held_back) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "requests_waited",
+            "This node's requests that waited for their turn (paced to what peers admit)",
+            requests_waited.clone(),
+        );
+        registry.register(
+            "requests_held_back",
+            "This node's requests held back (too much waited for the peer, or the operation \
+             ended first); counted as refused for load",
+            requests_held_back.clone(),
+        );
         Metrics {
             registry,
             puts,
@@ -85,6 +101,8 @@ impl Default for Metrics {
             bytes_received,
             bytes_sent,
             timer_wakeups,
+            requests_waited,
+            requests_held_back,
         }
     }
 }

@@ -332,6 +332,8 @@ fn three_nodes_through_the_command_line() {
     };
     assert!(gauge("dkvs_network_sent_bytes") > 0 && gauge("dkvs_network_received_bytes") > 0);
     let _ = gauge("dkvs_timer_wakeups");
+    // A few puts and gets are within every peer's budget: nothing waited, nothing held back.
+    assert_eq!((gauge("dkvs_requests_waited"), gauge("dkvs_requests_held_back")), (0, 0));
     // DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as Host.
     let (code, body) = http_as(&url, "evil.example:80", "/v1/status", Some(&token));
     assert_eq!(code, 421, "{body}");
