@@ -220,15 +220,20 @@ mod tests {
         assert_eq!(relays.pick(seen(), now + RETRY_AFTER), None, "gone peers relay nothing");
     }
 
-    #[test]
-    fn giving_up_the_reservation_blames_no_relay() {
-        let now = Instant::now();
+    /// One relay `a` identified, at `at`, and asked for a reservation (listener `id`).
+    fn asking_one() -> (AutoRelay, PeerId, Multiaddr, ListenerId) {
         let a = PeerId::random();
         let mut relays = AutoRelay::default();
         relays.identified(a, true);
-        let at = addr("/ip4/198.18.0.1/tcp/4040");
         let id = ListenerId::next();
         relays.asked(id, a);
+        (relays, a, addr("/ip4/198.18.0.1/tcp/4040"), id)
+    }
+
+    #[test]
+    fn giving_up_the_reservation_blames_no_relay() {
+        let now = Instant::now();
+        let (mut relays, a, at, id) = asking_one();
         assert_eq!(relays.dropped(), Some(id));
         relays.closed(id, true, now);
         assert_eq!(relays.pick([(&a, &at, true)], now).map(|(p, _)| p), Some(a));
@@ -237,12 +242,7 @@ mod tests {
     #[test]
     fn a_closed_connection_costs_a_moment_a_greedy_relay_ten_minutes() {
         let now = Instant::now();
-        let a = PeerId::random();
-        let mut relays = AutoRelay::default();
-        relays.identified(a, true);
-        let at = addr("/ip4/198.18.0.1/tcp/4040");
-        let id = ListenerId::next();
-        relays.asked(id, a);
+        let (mut relays, a, at, id) = asking_one();
         relays.closed(id, false, now);
         assert_eq!(relays.pick([(&a, &at, true)], now), None);
         assert!(relays.pick([(&a, &at, true)], now + RETRY_AFTER_CLOSE).is_some());

@@ -1834,14 +1834,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_put_waits_the_linger_after_its_quorum_then_answers_with_who_holds_it() {
+    /// A put of a fresh record whose lookup is running, this node and four others about to
+    /// be found as its replicas.
+    fn a_put() -> (PutOp, PeerId, Vec<PeerId>) {
         let alice = Keypair::generate(KeyType::Ed25519);
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
-        let record = signed(&alice, &key, 1, None);
         let me = PeerId::random();
         let others: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
-        let mut put = putting(&record, me);
+        (putting(&signed(&alice, &key, 1, None), me), me, others)
+    }
+
+    #[test]
+    fn a_put_waits_the_linger_after_its_quorum_then_answers_with_who_holds_it() {
+        let (mut put, me, others) = a_put();
         assert!(!put.settled(Instant::now(), LINGER), "nobody asked yet");
         let replicas = [others.clone(), vec![me]].concat();
         let remote = put.replicas_found(replicas, me, false, crate::Quorum::Majority);
@@ -1865,12 +1870,7 @@ mod tests {
 
     #[test]
     fn a_put_whose_requests_were_held_back_says_the_peers_rate_limits_did_it() {
-        let alice = Keypair::generate(KeyType::Ed25519);
-        let key = Key::scoped(&alice.account_id(), "k").expect("key");
-        let record = signed(&alice, &key, 1, None);
-        let me = PeerId::random();
-        let others: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
-        let mut put = putting(&record, me);
+        let (mut put, me, others) = a_put();
         let replicas = [others.clone(), vec![me]].concat();
         put.replicas_found(replicas, me, false, crate::Quorum::Majority);
         put.answered(others[0], pb::PutStatus::Stored, String::new(), None, Instant::now());
