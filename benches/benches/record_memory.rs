@@ -1,17 +1,19 @@
 //! What a stored record costs in memory, next to its encoded size (the least a node could keep)
 //! and to what the store's byte budget charges for it.
 //!
-//! N records of 100-byte values (the workload; about 258 bytes encoded) are decoded
-//! and put into an in-memory store, as they arrive from the network or the API, then each is
-//! replaced once by its next sequence. Measured: the heap bytes the store holds (a counting
-//! allocator: exact and deterministic, before the allocator's own rounding), and the
-//! process's resident memory. Two populations: one owner (an application writing through its
-//! node) and an owner per 20 records (a replica's mix).
+//! N records of 100-byte values (the workload; about 258 bytes encoded) are signed,
+//! encoded, decoded and put into an in-memory store one at a time, as they arrive from the
+//! network or the API, then each is replaced once by its next sequence. Nothing else stays
+//! allocated meanwhile, so that the store does not grow into memory freed by a set-up step.
+//! Measured: the heap bytes the store holds (a counting allocator: exact and deterministic,
+//! before the allocator's own rounding), and the process's resident memory. Two populations:
+//! one owner (an application writing through its node) and an owner per 20 records (a
+//! replica's mix).
 //!
 //! Checked in every run, `-- --test` (what CI runs, 2,000 records) included, since the
 //! figures are deterministic: the store's charge within 10% of the heap a record takes, an
-//! update costs no more than the record it replaces, and heap per record at most 1.9x the
-//! encoded size (today's 1.79x: a guard against regressions). The target, 1.5x, is reported.
+//! update costs no more than the record it replaces, and heap per record at most 1.5x the
+//! encoded size (the target).
 //!
 //! `cargo bench -p dkvs-benches --bench record_memory` (20,000 records).
 
@@ -40,26 +42,25 @@ struct Figures {
 
 fn measure(records: usize, per_owner: usize) -> Figures {
     let population = Population::new(records, per_owner, KeyType::Ed25519, 100);
-    let indices: Vec<usize> = (0..records).collect();
-    // Encoded, as they arrive: decoding is part of what a record costs a node.
-    let encode = |seq| -> Vec<Vec<u8>> {
-        population.records(&indices, seq).iter().map(Record::encode).collect()
-    };
-    let (first, second) = (encode(1), encode(2));
-    let encoded_bytes: usize = first.iter().map(Vec::len).sum();
     let store = Store::in_memory(population.config(records));
-    let put_all = |all: &[Vec<u8>], replaced| {
-        for bytes in all {
-            let record = Record::decode(bytes).expect("a generated record decodes");
+    // Encoded and decoded, as they arrive: decoding is part of what a record costs a node.
+    // Returns the encoded bytes.
+    let put_all = |seq, replaced| -> usize {
+        let mut encoded = 0;
+        for i in 0..records {
+            let bytes = population.record(i, population.key(i), seq).encode();
+            encoded += bytes.len();
+            let record = Record::decode(&bytes).expect("a generated record decodes");
             let outcome = store.put(record).expect("stored");
             assert_eq!(outcome, PutOutcome::Stored { replaced }, "every put stores");
         }
+        encoded
     };
     let (heap0, resident0) = (ALLOCATOR.allocated(), resident_kib());
-    put_all(&first, None);
+    let encoded_bytes = put_all(1, None);
     let (heap1, resident1) = (ALLOCATOR.allocated(), resident_kib());
     let charged = store.stats().bytes;
-    put_all(&second, Some(1));
+    put_all(2, Some(1));
     let heap2 = ALLOCATOR.allocated();
     let n = records as f64;
     Figures {
@@ -94,10 +95,7 @@ fn main() {
             f.charged / f.heap
         );
         if f.heap > 1.5 * f.encoded {
-            println!("target missed ({label}): heap {:.0} > 1.5 x encoded", f.heap);
-        }
-        if f.heap > 1.9 * f.encoded {
-            failed.push(format!("{label}: heap {:.0} > 1.9 x encoded {:.0}", f.heap, f.encoded));
+            failed.push(format!("{label}: heap {:.0} > 1.5 x encoded {:.0}", f.heap, f.encoded));
         }
         if f.heap_updated > f.heap * 1.02 {
             failed.push(format!("{label}: updated {:.0} > first {:.0}", f.heap_updated, f.heap));

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use dkvs_record::{Key, Record};
+use dkvs_record::{Compact, Key, Record};
 use libp2p::PeerId;
 use negentropy::NegentropyStorageVector;
 
@@ -83,8 +83,9 @@ pub struct ReplicationStats {
 pub(crate) struct Replication {
     /// When this node last walked its store (never: `None`).
     walked: Option<Instant>,
-    /// From the last walk: per peer, the records this node and the peer are both replicas of.
-    shared: HashMap<PeerId, Vec<Arc<Record>>>,
+    /// From the last walk: per peer, the records this node and the peer are both replicas of,
+    /// as the store keeps them (a clone shares the store's allocation).
+    shared: HashMap<PeerId, Vec<Compact>>,
     /// Peers still to start a round with, this interval.
     round: VecDeque<PeerId>,
     /// Rounds in flight, by the operation that routes their answers.
@@ -259,22 +260,23 @@ impl<E: Extension> Driver<E> {
     fn walk(&mut self) {
         let me = *self.swarm.local_peer_id();
         let server = self.serves();
-        let mut shared: HashMap<PeerId, Vec<Arc<Record>>> = HashMap::new();
-        let records: Vec<Arc<Record>> = self.store.records().collect();
+        let mut shared: HashMap<PeerId, Vec<Compact>> = HashMap::new();
+        let records: Vec<Compact> = self.store.compact_records().collect();
         for record in records {
-            let replicas = self.replicas_of(record.key(), server);
+            let key = record.key();
+            let replicas = self.replicas_of(&key, server);
             if replicas.contains(&me) {
                 for peer in replicas.into_iter().filter(|p| *p != me) {
-                    shared.entry(peer).or_default().push(Arc::clone(&record));
+                    shared.entry(peer).or_default().push(record.clone());
                 }
-            } else if self.replication.handed_off.get(record.key()) != Some(&record.seq()) {
+            } else if self.replication.handed_off.get(&key) != Some(&record.seq()) {
                 // Handed off once every replica's queue took it; otherwise tried next walk.
                 let mut all = true;
                 for peer in replicas {
-                    all &= self.replication.enqueue(peer, record.key().clone());
+                    all &= self.replication.enqueue(peer, key.clone());
                 }
                 if all {
-                    self.replication.handed_off.insert(record.key().clone(), record.seq());
+                    self.replication.handed_off.insert(key, record.seq());
                     self.replication.stats.handed_off += 1;
                 }
             }
@@ -307,7 +309,7 @@ impl<E: Extension> Driver<E> {
     /// The records this node shares with `peer`, each as held now.
     fn shared_now(&self, peer: &PeerId) -> Vec<Arc<Record>> {
         let Some(list) = self.replication.shared.get(peer) else { return Vec::new() };
-        list.iter().filter_map(|r| self.store.get(r.key().as_str())).collect()
+        list.iter().filter_map(|r| self.store.get(r.key_str())).collect()
     }
 
     /// Starts rounds from this interval's list while fewer than [`SESSIONS`] run.

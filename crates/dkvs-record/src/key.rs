@@ -162,6 +162,11 @@ impl Key {
         Key::new(format!("/{account}/{}", path.trim_start_matches('/')))
     }
 
+    /// A key from parts of one that was parsed before (see `Compact`).
+    pub(crate) fn from_parts(text: std::sync::Arc<str>, scope: Option<AccountId>) -> Key {
+        Key { text, scope }
+    }
+
     /// The key's text.
     pub fn as_str(&self) -> &str {
         &self.text

@@ -23,12 +23,14 @@
 //! This crate does no IO and keeps no state; time is always passed in.
 
 mod batch;
+mod compact;
 mod error;
 mod key;
 mod record;
 mod wire;
 
 pub use batch::validate_batch;
+pub use compact::Compact;
 pub use error::{DecodeError, RecordError, ValidateError};
 pub use key::{InvalidKey, Key, MAX_KEY_LEN, MIN_KEY_LEN};
 pub use record::{

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
+use std::hash::BuildHasher as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use dkvs_account::PublicKey;
-use dkvs_record::{Key, Record, validate_batch};
+use dkvs_record::{Compact, Key, Record, validate_batch};
 use parking_lot::{Mutex, RwLock};
 
 use crate::persist::{self, Entry, KIND_GONE, KIND_HELD, Log};
@@ -16,37 +17,65 @@ use crate::{Clock, Config, Durability, PutError, StoreError, SystemClock};
 
 const SHARDS: usize = 64;
 
-/// Bytes charged for a live record beyond its key and value: the record's other fields, the
-/// `Arc`, the map slot and the allocations' headers (a test checks this covers them; the
-/// `record_memory` benchmark, that it is within 10% of the heap a record takes).
-pub const RECORD_OVERHEAD: u64 = 304;
-/// Bytes charged for a remembered sequence beyond its key: the map slot.
-pub const GONE_OVERHEAD: u64 = 160;
+/// Bytes charged for a live record beyond its key and value: its other fields and signature
+/// in its one allocation ([`Compact`]), the allocation's counts, and the map slot at a
+/// table's usual load (a test checks this covers them at a full table's; the `record_memory`
+/// benchmark, that it is within 10% of the heap a record takes).
+pub const RECORD_OVERHEAD: u64 = 160;
+/// Bytes charged for a remembered sequence beyond its key: its box, the key text's
+/// allocation and the map slot.
+pub const GONE_OVERHEAD: u64 = 128;
 /// Bytes charged beyond [`RECORD_OVERHEAD`] for a record that carries a transfer: the
-/// transfer's fields, its signature and the previous owner's parsed key.
-pub const TRANSFER_OVERHEAD: u64 = 320;
+/// previous owner's key and signature, kept beside the record's fields.
+pub const TRANSFER_OVERHEAD: u64 = 104;
 /// Bytes charged once per owner with anything held: the parsed owner key that its records
 /// share, and its entry in the per-owner budget.
 pub const OWNER_OVERHEAD: u64 = 256;
 
-type Map = HashMap<Key, Slot, foldhash::fast::FixedState>;
+/// A shard's slots, found by their key's hash; each slot holds its key (a record's in its
+/// compact bytes), so the table keeps no second copy of it.
+type Map = hashbrown::HashTable<Slot>;
 
 enum Slot {
-    /// The newest record, until `expires_at_ms` (its own expiry, capped by the node's max TTL);
-    /// its sequence is then remembered until `retain_until_ms` (see [`Inner::retention`]).
-    Live { record: Arc<Record>, expires_at_ms: u64, retain_until_ms: u64 },
-    /// The value is gone (expired); the highest sequence is remembered until `retain_until_ms`,
-    /// after which any record with that sequence or lower is too old to be accepted anyway.
-    /// The memory is charged to the last owner, so that no account can fill a store with
-    /// short-lived keys.
-    Gone { seq: u64, retain_until_ms: u64, owner: PublicKey },
+    /// The newest record, until its expiry (its own, capped by the node's max TTL,
+    /// [`Inner::expiry`]); its sequence is then remembered until `retain_until_ms` (see
+    /// [`Inner::retention`]).
+    Live { record: Compact, retain_until_ms: u64 },
+    /// The value is gone (expired); the highest sequence is remembered. Boxed: few slots are
+    /// gone, and every slot would pay its size.
+    Gone(Box<Remembered>),
+}
+
+/// A key whose value is gone, and its highest sequence, remembered until `retain_until_ms`:
+/// after that any record with that sequence or lower is too old to be accepted anyway. The
+/// memory is charged to the last owner, so that no account can fill a store with short-lived
+/// keys.
+struct Remembered {
+    key: Key,
+    seq: u64,
+    retain_until_ms: u64,
+    owner: PublicKey,
 }
 
 impl Slot {
+    fn key(&self) -> &str {
+        match self {
+            Slot::Live { record, .. } => record.key_str(),
+            Slot::Gone(gone) => gone.key.as_str(),
+        }
+    }
+
     fn seq(&self) -> u64 {
         match self {
             Slot::Live { record, .. } => record.seq(),
-            Slot::Gone { seq, .. } => *seq,
+            Slot::Gone(gone) => gone.seq,
+        }
+    }
+
+    fn retain_until_ms(&self) -> u64 {
+        match self {
+            Slot::Live { retain_until_ms, .. } => *retain_until_ms,
+            Slot::Gone(gone) => gone.retain_until_ms,
         }
     }
 }
@@ -160,13 +189,25 @@ fn holds(outcome: &PutOutcome) -> bool {
 
 /// The bytes a live record is charged.
 pub fn record_weight(record: &Record) -> u64 {
-    let transfer = if record.transfer().is_some() { TRANSFER_OVERHEAD } else { 0 };
-    RECORD_OVERHEAD + transfer + record.key().as_str().len() as u64 + record.value().len() as u64
+    weight(record.key().as_str(), record.value(), record.transfer().is_some())
+}
+
+fn compact_weight(record: &Compact) -> u64 {
+    weight(record.key_str(), record.value(), record.has_transfer())
+}
+
+fn weight(key: &str, value: &[u8], transfer: bool) -> u64 {
+    let transfer = if transfer { TRANSFER_OVERHEAD } else { 0 };
+    RECORD_OVERHEAD + transfer + key.len() as u64 + value.len() as u64
 }
 
 /// The bytes a remembered sequence is charged.
 pub fn gone_weight(key: &Key) -> u64 {
-    GONE_OVERHEAD + key.as_str().len() as u64
+    gone_weight_of(key.as_str())
+}
+
+fn gone_weight_of(key: &str) -> u64 {
+    GONE_OVERHEAD + key.len() as u64
 }
 
 /// How a put came to be applied.
@@ -402,10 +443,17 @@ impl Store {
 
     /// The live record for `key`, tombstones included; `None` if there is none or it expired.
     pub fn get(&self, key: &str) -> Option<Arc<Record>> {
+        self.get_compact(key).map(|record| Arc::new(record.record()))
+    }
+
+    /// Like [`Store::get`], the record as the store keeps it: cheap to clone, decoded by
+    /// [`Compact::record`].
+    pub fn get_compact(&self, key: &str) -> Option<Compact> {
         let now = self.inner.clock.now_ms();
-        match self.inner.shard(key).read().get(key) {
-            Some(Slot::Live { record, expires_at_ms, .. }) if *expires_at_ms > now => {
-                Some(Arc::clone(record))
+        let hash = self.inner.hash(key);
+        match find(&self.inner.shard(hash).read(), hash, key) {
+            Some(Slot::Live { record, .. }) if self.inner.expiry(record) > now => {
+                Some(record.clone())
             }
             _ => None,
         }
@@ -413,7 +461,8 @@ impl Store {
 
     /// The highest sequence held or remembered for `key`: a put at or below it is stale.
     pub fn highest_seq(&self, key: &str) -> Option<u64> {
-        self.inner.shard(key).read().get(key).map(Slot::seq)
+        let hash = self.inner.hash(key);
+        find(&self.inner.shard(hash).read(), hash, key).map(Slot::seq)
     }
 
     /// Drops expired records (remembering their sequences) and forgets sequences whose records
@@ -423,17 +472,23 @@ impl Store {
         self.inner.shards.iter().map(|shard| self.inner.expire_shard(&mut shard.write(), now)).sum()
     }
 
-    /// The live records, for replication. Walks one shard at a time and holds no lock between
-    /// items, so concurrent puts proceed; a record put meanwhile may or may not be seen.
+    /// The live records. Walks one shard at a time and holds no lock between items, so
+    /// concurrent puts proceed; a record put meanwhile may or may not be seen.
     pub fn records(&self) -> impl Iterator<Item = Arc<Record>> + '_ {
+        self.compact_records().map(|record| Arc::new(record.record()))
+    }
+
+    /// The live records as the store keeps them, for replication: cloning one shares its
+    /// allocation, so a list of them costs little. Walks as [`Store::records`] does.
+    pub fn compact_records(&self) -> impl Iterator<Item = Compact> + '_ {
         let now = self.inner.clock.now_ms();
         self.inner.shards.iter().flat_map(move |shard| {
-            let live: Vec<Arc<Record>> = shard
+            let live: Vec<Compact> = shard
                 .read()
-                .values()
+                .iter()
                 .filter_map(|slot| match slot {
-                    Slot::Live { record, expires_at_ms, .. } if *expires_at_ms > now => {
-                        Some(Arc::clone(record))
+                    Slot::Live { record, .. } if self.inner.expiry(record) > now => {
+                        Some(record.clone())
                     }
                     _ => None,
                 })
@@ -447,10 +502,10 @@ impl Store {
         let syncs = self.inner.syncer.as_ref().map_or(0, |syncer| syncer.syncs());
         let mut stats = Stats { bytes: self.inner.budget.lock().used, syncs, ..Stats::default() };
         for shard in self.inner.shards.iter() {
-            for slot in shard.read().values() {
+            for slot in shard.read().iter() {
                 match slot {
                     Slot::Live { .. } => stats.records += 1,
-                    Slot::Gone { .. } => stats.remembered += 1,
+                    Slot::Gone(_) => stats.remembered += 1,
                 }
             }
         }
@@ -546,13 +601,14 @@ impl Store {
             let mut chunk = Vec::new();
             for shard in self.inner.shards.iter() {
                 chunk.clear();
-                for (key, slot) in shard.read().iter() {
+                for slot in shard.read().iter() {
                     match slot {
-                        Slot::Live { record, retain_until_ms, .. } => {
-                            let body = persist::held_body(record, *retain_until_ms);
+                        Slot::Live { record, retain_until_ms } => {
+                            let body = persist::held_body(&record.record(), *retain_until_ms);
                             persist::frame(&mut chunk, KIND_HELD, &body);
                         }
-                        Slot::Gone { seq, retain_until_ms, owner } => {
+                        Slot::Gone(gone) => {
+                            let Remembered { key, seq, retain_until_ms, owner } = &**gone;
                             let body = persist::gone_body(key, *seq, *retain_until_ms, owner);
                             persist::frame(&mut chunk, KIND_GONE, &body);
                         }
@@ -599,7 +655,7 @@ impl Store {
 impl Inner {
     fn new(config: Config, clock: Arc<dyn Clock>) -> Inner {
         Inner {
-            shards: (0..SHARDS).map(|_| RwLock::new(Map::default())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Map::new())).collect(),
             hasher: foldhash::fast::FixedState::default(),
             config,
             clock,
@@ -613,15 +669,41 @@ impl Inner {
         }
     }
 
-    fn shard(&self, key: &str) -> &RwLock<Map> {
-        use std::hash::BuildHasher as _;
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key whose hash is `hash`. By the hash's middle bits: the table within
+    /// takes its buckets from the low bits and its tags from the top ones, and a shard whose
+    /// keys all agreed in those would crowd them into a fraction of its buckets.
+    fn shard(&self, hash: u64) -> &RwLock<Map> {
+        &self.shards[(hash >> 32) as usize % SHARDS]
     }
 
     /// When the node stops keeping `record`: its own expiry, capped at the node's max TTL
     /// counted from the record's issue time.
     fn expiry_of(&self, record: &Record) -> u64 {
-        record.expires_at_ms().min(record.issued_at_ms().saturating_add(self.config.max_ttl_ms))
+        self.expiry_at(record.issued_at_ms(), record.expires_at_ms())
+    }
+
+    /// [`Inner::expiry_of`] a record kept compactly.
+    fn expiry(&self, record: &Compact) -> u64 {
+        self.expiry_at(record.issued_at_ms(), record.expires_at_ms())
+    }
+
+    fn expiry_at(&self, issued_at_ms: u64, expires_at_ms: u64) -> u64 {
+        expires_at_ms.min(issued_at_ms.saturating_add(self.config.max_ttl_ms))
+    }
+
+    /// Puts `slot` in `map`, in place of the slot of its key if there is one.
+    fn place(&self, map: &mut Map, hash: u64, slot: Slot) {
+        let rehash = |s: &Slot| self.hash(s.key());
+        match map.entry(hash, |s| s.key() == slot.key(), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut held) => *held.get_mut() = slot,
+            hashbrown::hash_table::Entry::Vacant(free) => {
+                free.insert(slot);
+            }
+        }
     }
 
     /// Until when the highest sequence of a key is remembered once its value is gone: until no
@@ -655,49 +737,51 @@ impl Inner {
 
     /// Applies a validated record under its shard's lock: ordering, ownership, compare-and-swap,
     /// budget, log, then memory. Anything refused changes nothing.
-    fn apply(&self, mut record: Record, source: Source) -> Result<PutOutcome, PutError> {
+    fn apply(&self, record: Record, source: Source) -> Result<PutOutcome, PutError> {
         let now = self.clock.now_ms();
-        let mut shard = self.shard(record.key().as_str()).write();
-        let held = shard.get(record.key().as_str());
+        let hash = self.hash(record.key().as_str());
+        let mut shard = self.shard(hash).write();
+        let held = find(&shard, hash, record.key().as_str());
         let live = match held {
-            Some(Slot::Live { record, expires_at_ms, .. }) if *expires_at_ms > now => Some(record),
+            Some(Slot::Live { record, .. }) if self.expiry(record) > now => Some(record),
             _ => None,
         };
+        let decoded = |live: Option<&Compact>| live.map(|r| Arc::new(r.record()));
         // Restoring replays the files in the order the puts were accepted, so each entry
         // replaces what is held: rules are checked when a put is accepted, not when it is
         // replayed (a sequence forgotten after its retention must not refuse a later put again).
         if let (Source::Put { .. }, Some(held)) = (source, held) {
-            let current = match held {
-                Slot::Live { record, .. } => Some(record),
-                Slot::Gone { .. } => None,
-            };
-            match current {
-                Some(current) => match current.compare(&record) {
-                    Ok(std::cmp::Ordering::Greater) => {}
-                    Ok(std::cmp::Ordering::Equal) => return Ok(PutOutcome::Unchanged),
-                    Ok(std::cmp::Ordering::Less) => {
-                        return Ok(PutOutcome::Stale {
-                            current_seq: current.seq(),
-                            current: live.cloned(),
-                        });
+            match held {
+                // By sequence; only the same sequence needs the whole record, to tell the very
+                // same record from a fork.
+                Slot::Live { record: current, .. } => match record.seq().cmp(&current.seq()) {
+                    std::cmp::Ordering::Greater => {}
+                    std::cmp::Ordering::Equal if current.record() == record => {
+                        return Ok(PutOutcome::Unchanged);
                     }
-                    Err(_) => {
+                    std::cmp::Ordering::Equal => {
                         return Err(PutError::Fork {
                             key: record.key().to_string(),
                             seq: record.seq(),
                         });
                     }
+                    std::cmp::Ordering::Less => {
+                        return Ok(PutOutcome::Stale {
+                            current_seq: current.seq(),
+                            current: decoded(live),
+                        });
+                    }
                 },
-                None if record.seq() <= held.seq() => {
-                    return Ok(PutOutcome::Stale { current_seq: held.seq(), current: None });
+                Slot::Gone(gone) if record.seq() <= gone.seq => {
+                    return Ok(PutOutcome::Stale { current_seq: gone.seq, current: None });
                 }
-                None => {}
+                Slot::Gone(_) => {}
             }
         }
         if let Source::Put { expected, .. } = source
             && !expected.allows(live.map(|r| r.seq()))
         {
-            return Ok(PutOutcome::Conflict { current: live.cloned() });
+            return Ok(PutOutcome::Conflict { current: decoded(live) });
         }
         if let (Source::Put { .. }, Some(live)) = (source, live)
             && live.owner() != record.owner()
@@ -716,10 +800,13 @@ impl Inner {
         // Budget: what the record costs, less what it frees.
         let weight = record_weight(&record);
         let (freed, freed_owner) = match held {
-            Some(Slot::Live { record: old, .. }) => (record_weight(old), Some(old.owner().clone())),
-            Some(Slot::Gone { owner, .. }) => (gone_weight(record.key()), Some(owner.clone())),
+            Some(Slot::Live { record: old, .. }) => {
+                (compact_weight(old), Some(old.owner().clone()))
+            }
+            Some(Slot::Gone(gone)) => (gone_weight(&gone.key), Some(gone.owner.clone())),
             None => (0, None),
         };
+        let mut compact = Compact::from(&record);
         {
             let mut budget = self.budget.lock();
             let owner_now = budget.per_owner.get(record.owner()).copied().unwrap_or(0);
@@ -766,17 +853,11 @@ impl Inner {
             }
             charge(&mut budget, record.owner(), weight as i64);
             if let Some((shared, _)) = budget.per_owner.get_key_value(record.owner()) {
-                let shared = shared.clone();
-                record.share_owner(&shared);
+                compact.share_owner(shared);
             }
         }
         let replaced = held.map(Slot::seq);
-        let expires_at_ms = self.expiry_of(&record);
-        // Removed first: `insert` would keep the old map key, a second copy of the text (and,
-        // for an owner whose only record this replaces, of its parsed key).
-        shard.remove(record.key().as_str());
-        let key = record.key().clone();
-        shard.insert(key, Slot::Live { record: Arc::new(record), expires_at_ms, retain_until_ms });
+        self.place(&mut shard, hash, Slot::Live { record: compact, retain_until_ms });
         Ok(PutOutcome::Stored { replaced })
     }
 
@@ -784,26 +865,27 @@ impl Inner {
     fn expire_shard(&self, shard: &mut Map, now: u64) -> usize {
         let mut dropped = 0;
         let mut budget = self.budget.lock();
-        shard.retain(|key, slot| match slot {
-            Slot::Live { record, expires_at_ms, retain_until_ms } if *expires_at_ms <= now => {
-                let record_bytes = record_weight(record);
+        shard.retain(|slot| match slot {
+            Slot::Live { record, retain_until_ms } if self.expiry(record) <= now => {
+                let record_bytes = compact_weight(record);
+                let gone_bytes = gone_weight_of(record.key_str());
                 charge(&mut budget, record.owner(), -(record_bytes as i64));
                 let retain_until_ms = *retain_until_ms;
                 dropped += 1;
                 if retain_until_ms > now {
-                    budget.used = budget.used - record_bytes + gone_weight(key);
-                    charge(&mut budget, record.owner(), gone_weight(key) as i64);
-                    let owner = record.owner().clone();
-                    *slot = Slot::Gone { seq: record.seq(), retain_until_ms, owner };
+                    budget.used = budget.used - record_bytes + gone_bytes;
+                    charge(&mut budget, record.owner(), gone_bytes as i64);
+                    let (key, seq, owner) = (record.key(), record.seq(), record.owner().clone());
+                    *slot = Slot::Gone(Box::new(Remembered { key, seq, retain_until_ms, owner }));
                     true
                 } else {
                     budget.used -= record_bytes;
                     false
                 }
             }
-            Slot::Gone { retain_until_ms, owner, .. } if *retain_until_ms <= now => {
-                budget.used -= gone_weight(key);
-                charge(&mut budget, owner, -(gone_weight(key) as i64));
+            Slot::Gone(gone) if gone.retain_until_ms <= now => {
+                budget.used -= gone_weight(&gone.key);
+                charge(&mut budget, &gone.owner, -(gone_weight(&gone.key) as i64));
                 false
             }
             _ => true,
@@ -827,8 +909,9 @@ impl Inner {
                 Entry::Gone { mut key, seq, retain_until_ms, mut owner } => {
                     // Only snapshots hold these, and a snapshot is read first, into an empty
                     // store, with one entry per key.
-                    let mut shard = self.shard(key.as_str()).write();
-                    if !shard.contains_key(key.as_str()) {
+                    let hash = self.hash(key.as_str());
+                    let mut shard = self.shard(hash).write();
+                    if find(&shard, hash, key.as_str()).is_none() {
                         let mut budget = self.budget.lock();
                         budget.used += gone_weight(&key);
                         charge(&mut budget, &owner, gone_weight(&key) as i64);
@@ -837,7 +920,8 @@ impl Inner {
                             owner = shared.clone();
                             key.share_scope(&owner);
                         }
-                        shard.insert(key, Slot::Gone { seq, retain_until_ms, owner });
+                        let gone = Remembered { key, seq, retain_until_ms, owner };
+                        self.place(&mut shard, hash, Slot::Gone(Box::new(gone)));
                     }
                 }
             }
@@ -850,12 +934,12 @@ impl Inner {
 
 /// Until when `held` keeps its key's sequence remembered (0 for nothing held).
 fn retained(held: Option<&Slot>) -> u64 {
-    match held {
-        Some(Slot::Live { retain_until_ms, .. } | Slot::Gone { retain_until_ms, .. }) => {
-            *retain_until_ms
-        }
-        None => 0,
-    }
+    held.map_or(0, Slot::retain_until_ms)
+}
+
+/// The slot of `key`, whose hash is `hash`.
+fn find<'a>(map: &'a Map, hash: u64, key: &str) -> Option<&'a Slot> {
+    map.find(hash, |slot| slot.key() == key)
 }
 
 /// Directories whose store is being compacted on a background thread of this process.
@@ -881,7 +965,7 @@ fn set_compacting(dir: &Path, on: bool) {
 }
 
 /// Charges `owner` `delta` bytes. While anything of an owner's is held, the store keeps its
-/// parsed key once (the records share it, [`Record::share_owner`]); the store's bytes count it
+/// parsed key once (the records share it, [`Compact::share_owner`]); the store's bytes count it
 /// as [`OWNER_OVERHEAD`] from the owner's first charge to its last.
 fn charge(budget: &mut Budget, owner: &PublicKey, delta: i64) {
     match budget.per_owner.get_mut(owner) {
@@ -915,25 +999,32 @@ mod tests {
 
     #[test]
     fn overheads_cover_the_structures() {
-        // What a live record costs beyond its key and value bytes: the record and its `Arc`
-        // counts, the key text's `Arc` counts, the map's key and slot at a full table's load
-        // (7/8), and the value's allocation. The parsed owner key is shared by the owner's
-        // records and charged once per owner. (The `record_memory` benchmark measures the
-        // heap a record really takes; this checks only that the structures fit.)
-        let slot = (std::mem::size_of::<Key>() + std::mem::size_of::<Slot>() + 1) * 8 / 7;
-        let structures = std::mem::size_of::<Record>() + 16 + 16 + slot;
+        // What a live record costs beyond its key and value bytes: its compact allocation
+        // (less the key and value) with the `Arc` counts, and its map slot at a full table's
+        // load (7/8). The parsed owner key is shared by the owner's records and charged once
+        // per owner. (The `record_memory` benchmark measures the heap a record really takes;
+        // this checks only that the structures fit.)
+        assert_eq!(std::mem::size_of::<Slot>(), 32, "a slot is a compact record and a time");
+        let slot = (std::mem::size_of::<Slot>() + 1) * 8 / 7;
+        let alice = dkvs_account::Keypair::generate(dkvs_account::KeyType::Secp256k1);
+        let key = Key::new("/k").expect("a valid key");
+        let record =
+            dkvs_record::Draft::new(key, Vec::new(), 1, 1_000).sign(&alice).expect("valid");
+        let fields = Compact::from(&record).len() - "/k".len();
+        let structures = fields + 16 + slot;
         assert!(
             structures as u64 <= RECORD_OVERHEAD,
             "record structures take {structures} bytes, RECORD_OVERHEAD is {RECORD_OVERHEAD}"
         );
-        let gone = 16 + slot;
+        // The box, the key's text allocation with its counts, the slot.
+        let gone = std::mem::size_of::<Remembered>() + 16 + slot;
         assert!(gone as u64 <= GONE_OVERHEAD, "{gone} > {GONE_OVERHEAD}");
         // The owner's parsed key (an Ed25519 point and its bytes, or a secp256k1 key) with its
         // `Arc` counts, and its entry in the per-owner budget.
         let owner = 216 + (std::mem::size_of::<PublicKey>() + 8 + 1) * 8 / 7;
         assert!(owner as u64 <= OWNER_OVERHEAD, "{owner} > {OWNER_OVERHEAD}");
-        // A transfer: its box, and the previous owner's parsed key.
-        let transfer = std::mem::size_of::<dkvs_record::Transfer>() + 216;
+        // A transfer: the previous owner's key (type, length, at most 33 bytes) and signature.
+        let transfer = 2 + 33 + 64;
         assert!(transfer as u64 <= TRANSFER_OVERHEAD, "{transfer} > {TRANSFER_OVERHEAD}");
     }
 }
