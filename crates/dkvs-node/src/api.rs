@@ -437,6 +437,8 @@ fn receipt_json(key: &Key, receipt: &PutReceipt) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "unreachable": receipt.unreachable.len(),
         "alone": receipt.alone,
+        // Requests this node sent for the put (the read of the replicas' newest included).
+        "requests": receipt.requests,
         // This node's own store refused its copy (full, or the owner over quota here); the
         // replicas were asked all the same.
         "local_refusal": receipt.local_refusal.as_ref().map(|(why, message)| {
@@ -712,6 +714,7 @@ async fn get_inner(
         body["asked"] = json!(outcome.asked);
         body["local"] = json!(outcome.source == dkvs_net::Source::Local);
         body["source"] = json!(outcome.source.to_string());
+        body["requests"] = json!(outcome.requests);
         return Ok(Json(body).into_response());
     }
     let mut response = Response::new(Body::from(record.value().to_vec()));

@@ -8,7 +8,13 @@
 //! ```text
 //! cargo run --release -p dkvs-testbed -- --nodes 100 --json run.json
 //! cargo run --release -p dkvs-testbed -- --nodes 100 --churn 0.3 --churn-rounds 3
+//! cargo build --release -p dkvs-node -p dkvs-testbed
+//! ./target/release/dkvs-testbed --nodes 100 --processes --system dkvs
 //! ```
+//!
+//! dkvs's nodes run in one process by default; with `--processes` each is a `dkvs node`
+//! process of its own, on its default configuration, written and read through its HTTP API
+//! (`processes.rs`).
 //!
 //! Each system runs in a child process of its own, one after the other, so that neither's
 //! threads, timers or memory weigh on the other's figures. Nothing listens anywhere but
@@ -16,6 +22,7 @@
 
 mod dkvs;
 mod mainline;
+mod processes;
 mod workload;
 
 use std::path::PathBuf;
@@ -49,6 +56,15 @@ struct Cli {
     /// Reads of each record after the writes.
     #[arg(long, default_value_t = 1)]
     reads: usize,
+    /// Run each dkvs node as a `dkvs node` process of its own (TCP on 127.0.0.1, the default
+    /// configuration, written and read through each node's HTTP API), instead of all nodes in
+    /// this process.
+    #[arg(long)]
+    processes: bool,
+    /// With --processes: the `dkvs` binary (default: the one beside this program; build it
+    /// with `cargo build --release -p dkvs-node`).
+    #[arg(long)]
+    dkvs: Option<PathBuf>,
     /// dkvs's transport: TCP on 127.0.0.1 (as users run it) or in memory (simulation).
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
@@ -83,7 +99,8 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Exit non-zero unless every dkvs put was stored on a majority and every dkvs get returned the
-    /// newest value (correctness only; no figure of speed is checked).
+    /// newest value, also after each churn round (correctness only; no figure of speed is
+    /// checked).
     #[arg(long)]
     check: bool,
     /// No progress bar.
@@ -111,6 +128,9 @@ enum SystemArg {
 /// What a system's run needs besides the plan.
 pub(crate) struct Opts {
     pub nodes: usize,
+    /// A `dkvs node` process per node (`--processes`), run from this binary (`--dkvs`).
+    pub processes: bool,
+    pub dkvs: Option<PathBuf>,
     pub transport: String,
     pub mainline_seeded: bool,
     pub max_connections: Option<usize>,
@@ -148,6 +168,12 @@ fn main() -> anyhow::Result<()> {
     }
     if cli.value_size > 1000 {
         bail!("--value-size {} is over 1000 bytes, BEP 44's limit", cli.value_size);
+    }
+    if cli.processes && (cli.transport == TransportArg::Memory || cli.max_connections.is_some()) {
+        bail!(
+            "--processes runs `dkvs node` on its default configuration, on TCP: it takes \
+             neither --transport memory nor --max-connections"
+        );
     }
     if let Some(f) = cli.churn
         && !(0.0..1.0).contains(&f)
@@ -243,6 +269,8 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
     );
     let opts = Opts {
         nodes: cli.nodes,
+        processes: cli.processes,
+        dkvs: cli.dkvs.clone(),
         transport: format!("{:?}", cli.transport).to_lowercase(),
         mainline_seeded: cli.mainline_seeded,
         max_connections: cli.max_connections,
@@ -269,6 +297,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
     let report = runtime.block_on(async {
         match system {
             SystemArg::Mainline => mainline::run(&plan, &opts, &bar).await,
+            _ if opts.processes => processes::run(&plan, &opts, &bar).await,
             _ => dkvs::run(&plan, &opts, &bar).await,
         }
     });
@@ -289,8 +318,19 @@ fn check(reports: &[Report]) -> anyhow::Result<()> {
             get.ok + get.stale + get.failed
         );
     }
+    for (i, point) in dkvs.churn.iter().enumerate() {
+        if point.readable_newest < 1.0 {
+            bail!(
+                "check failed: after churn round {}, {:.1}% of the records were readable with \
+                 their newest value",
+                i + 1,
+                100.0 * point.readable_newest
+            );
+        }
+    }
     println!(
-        "check: every dkvs put was stored on a majority and every get returned the newest value"
+        "check: every dkvs put was stored on a majority and every get returned the newest value{}",
+        if dkvs.churn.is_empty() { "" } else { ", also after each churn round" }
     );
     Ok(())
 }
@@ -300,7 +340,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     let ml = reports.iter().find(|r| r.system == "mainline");
     println!(
         "dkvs-testbed: {} nodes per network; {} records x {} versions of {} B from {} accounts; \
-         {} reads; dkvs on {}{}, mainline on UDP ({}); seed {}; {} cores",
+         {} reads; dkvs on {}{}{}, mainline on UDP ({}); seed {}; {} cores",
         cli.nodes,
         cli.records,
         cli.versions,
@@ -308,6 +348,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         cli.accounts,
         cli.records * cli.reads,
         format!("{:?}", cli.transport).to_lowercase(),
+        if cli.processes { ", a `dkvs node` process per node" } else { "" },
         cli.max_connections.map(|m| format!(" (max_connections {m})")).unwrap_or_default(),
         if cli.mainline_seeded { "seeded routing tables" } else { "bootstrapped through node 0" },
         cli.seed,
@@ -350,7 +391,9 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("requests sent per put", &|r| r.requests_per_put, 1);
     row("bytes sent per get (all nodes, background included)", &|r| r.bytes_per_get, 0);
     row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
-    row("RSS growth per node KiB", &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
+    // In one process, the process's growth shared out; with --processes, each node's own.
+    let rss = if cli.processes { "RSS per node process KiB" } else { "RSS growth per node KiB" };
+    row(rss, &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
     row("connected peers per node", &|r| r.peers_per_node, 1);
     row("setup s", &|r| Some(r.setup_s), 1);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);

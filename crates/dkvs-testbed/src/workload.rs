@@ -244,6 +244,8 @@ pub struct Report {
     pub bytes_per_put: Option<f64>,
     /// Growth of the process's resident memory from before the nodes started until after the
     /// writes, divided by the number of nodes (each system runs in a process of its own).
+    /// With `--processes`, each node process's own resident memory after the writes,
+    /// averaged.
     pub rss_per_node_bytes: u64,
     /// dkvs only: peers each node was connected to after the writes, averaged.
     pub peers_per_node: Option<f64>,

@@ -14,17 +14,12 @@
 //! ./target/release/dkvs-profiles --records 10000 --value-size 1024 --idle-secs 120
 //! ```
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Parser;
-use dkvs_node::client::Client;
-use dkvs_node::home::Home;
-
-const PASSPHRASE: &str = "dkvs-profiles";
+use dkvs_testbed::process::{self, NodeProcess, dkvs_binary, metric, new_account};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Memory, traffic and wake-ups of a dkvs node on each profile")]
@@ -53,96 +48,10 @@ struct Cli {
     json: Option<PathBuf>,
 }
 
-/// A `dkvs node` process, killed when dropped.
-struct NodeProcess {
-    child: Child,
-    home: PathBuf,
-    address: String,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NodeProcess {
-    fn client(&self) -> anyhow::Result<Client> {
-        let api = Home::new(self.home.clone()).read_api()?;
-        Ok(Client::new(&api.url, &api.token, Some(Duration::from_secs(60))))
-    }
-
-    /// A line of `/proc/<pid>/status`, in kB.
-    fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
-        status_field(&format!("/proc/{}/status", self.child.id()), field)
-    }
-
-    /// Context switches of every thread of the process so far.
-    fn context_switches(&self) -> anyhow::Result<u64> {
-        let mut total = 0;
-        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
-            let status = task?.path().join("status");
-            let status = status.to_string_lossy();
-            // A thread may end between the listing and the read.
-            total += status_field(&status, "voluntary_ctxt_switches").unwrap_or(0);
-            total += status_field(&status, "nonvoluntary_ctxt_switches").unwrap_or(0);
-        }
-        Ok(total)
-    }
-
-    /// A gauge from `/metrics`.
-    fn metric(&self, client: &Client, name: &str) -> anyhow::Result<u64> {
-        let (text, _) = client.get_bytes("/metrics")?;
-        let text = String::from_utf8_lossy(&text);
-        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
-        let value = line.and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse().ok());
-        value.with_context(|| format!("{name} missing from /metrics"))
-    }
-}
-
-fn status_field(path: &str, field: &str) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    let line = text.lines().find(|l| l.starts_with(&format!("{field}:")));
-    let value = line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
-    value.with_context(|| format!("no {field} in {path}"))
-}
-
-fn dkvs(bin: &Path, home: &Path) -> Command {
-    let mut command = Command::new(bin);
-    command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
-    command
-}
-
-/// Starts `dkvs node` on 127.0.0.1 with `args`; returns once its API is up.
+/// A new home with an account, and a node started in it with `args`.
 fn start(bin: &Path, home: &Path, args: &[&str]) -> anyhow::Result<NodeProcess> {
-    std::fs::create_dir_all(home)?;
-    let out = dkvs(bin, home).args(["account", "new"]).output()?;
-    if !out.status.success() {
-        bail!("dkvs account new: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let log = std::fs::File::create(home.join("node.log"))?;
-    let mut child = dkvs(bin, home)
-        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("piped")?).lines();
-    let mut address = None;
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on: ") {
-            address = Some(a.to_owned());
-        }
-        if line.starts_with("api: ") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    let address = address.with_context(|| format!("the node failed: see {}", home.display()))?;
-    Ok(NodeProcess { child, home: home.to_owned(), address })
+    new_account(bin, home, None)?;
+    process::start(bin, home, args)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -176,7 +85,7 @@ fn measure(
     let node = start(bin, &dir.join(profile), &["--profile", profile, "--bootstrap", via])?;
     // The peak so far: unlocking the account (argon2id, 19 MiB) is part of starting.
     let peak_started = node.status_kb("VmHWM")?;
-    let client = node.client()?;
+    let client = node.client(Duration::from_secs(60))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.get_json("/v1/status")?["peers"].as_u64().unwrap_or(0) < 3 {
         if Instant::now() > deadline {
@@ -186,7 +95,7 @@ fn measure(
     }
     std::thread::sleep(Duration::from_secs(3));
     let rss_joined = node.status_kb("VmRSS")?;
-    let writing_client = writer.client()?;
+    let writing_client = writer.client(Duration::from_secs(60))?;
     let mut puts_ok = 0;
     let mut failures = std::collections::BTreeMap::<String, usize>::new();
     let bar = indicatif::ProgressBar::new(cli.records as u64).with_message(profile.to_owned());
@@ -210,18 +119,18 @@ fn measure(
     let rss_written = node.status_kb("VmRSS")?;
     // What the node keeps: a profile's per-account quota may hold fewer than were written.
     let held = client.get_json("/v1/status")?["records"].as_u64().unwrap_or(0);
-    let sent = |n: &NodeProcess| -> anyhow::Result<u64> {
-        Ok(n.metric(&client, "dkvs_network_sent_bytes")?
-            + n.metric(&client, "dkvs_network_received_bytes")?)
+    let sent = || -> anyhow::Result<u64> {
+        Ok(metric(&client, "dkvs_network_sent_bytes")?
+            + metric(&client, "dkvs_network_received_bytes")?)
     };
     // Idle: nothing asked of the node but this program's few scrapes.
     let (bytes0, wakeups0, switches0) =
-        (sent(&node)?, node.metric(&client, "dkvs_timer_wakeups")?, node.context_switches()?);
+        (sent()?, metric(&client, "dkvs_timer_wakeups")?, node.context_switches()?);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(cli.idle_secs));
     let secs = started.elapsed().as_secs_f64();
     let (bytes1, wakeups1, switches1) =
-        (sent(&node)?, node.metric(&client, "dkvs_timer_wakeups")?, node.context_switches()?);
+        (sent()?, metric(&client, "dkvs_timer_wakeups")?, node.context_switches()?);
     let per_hour = |d: u64| (d as f64 * 3600.0 / secs).round() as u64;
     Ok(Figures {
         profile: profile.to_owned(),
@@ -244,13 +153,7 @@ fn measure(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let bin = match &cli.dkvs {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("dkvs"),
-    };
-    if !bin.exists() {
-        bail!("no dkvs binary at {}: build it (cargo build --release -p dkvs-node)", bin.display());
-    }
+    let bin = dkvs_binary(cli.dkvs.as_deref())?;
     let dir = tempfile::tempdir()?;
     let first = start(&bin, &dir.path().join("server0"), &[])?;
     let mut servers = vec![];
@@ -263,10 +166,7 @@ fn main() -> anyhow::Result<()> {
         .map(|i| if i == 0 { "default".to_owned() } else { format!("writer{i}") })
         .collect();
     for name in &accounts[1..] {
-        let out = dkvs(&bin, &first.home).args(["account", "new", name]).output()?;
-        if !out.status.success() {
-            bail!("dkvs account new {name}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        new_account(&bin, &first.home, Some(name))?;
     }
     let mut all = Vec::new();
     for profile in &cli.profiles {

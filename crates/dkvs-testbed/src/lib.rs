@@ -1,0 +1,3 @@
+//! What the testbed's programs share: `dkvs node` processes as a user runs them.
+
+pub mod process;
