@@ -94,6 +94,22 @@ impl Processes {
         Ok(())
     }
 
+    /// Has every node unlock every account, as a node that has been running has: a node
+    /// unlocks an account (argon2id, tens of milliseconds) on its first use, which would
+    /// otherwise land in the timed puts. A read of the account's own scope unlocks it.
+    fn unlock_accounts(&self) -> anyhow::Result<()> {
+        for i in self.alive() {
+            for account in &self.accounts {
+                let path = format!("/v1/kv/~/testbed-unlock?account={account}");
+                match self.client(i).get_json(&path) {
+                    Ok(_) | Err(ClientError::NotFound(_)) => {}
+                    Err(e) => bail!("node {i} did not unlock account {account}: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `version` of `item` through node `node`: whether it was stored with that
     /// sequence on a majority, and the requests the node sent.
     fn put(&self, plan: &Plan, item: usize, version: u64, node: usize) -> (bool, u64, usize) {
@@ -249,6 +265,7 @@ fn start(bin: &Path, plan: &Plan, n: usize) -> anyhow::Result<Processes> {
         net.launch(Some(first))?;
     }
     net.joined(&net.alive())?;
+    net.unlock_accounts()?;
     Ok(net)
 }
 
