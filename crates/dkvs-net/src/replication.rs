@@ -83,9 +83,12 @@ pub struct ReplicationStats {
 pub(crate) struct Replication {
     /// When this node last walked its store (never: `None`).
     walked: Option<Instant>,
+    /// From the last walk: the records this node is a replica of, as the store kept them
+    /// (a clone shares the store's allocation); they name the keys to look up again.
+    walked_records: Vec<Compact>,
     /// From the last walk: per peer, the records this node and the peer are both replicas of,
-    /// as the store keeps them (a clone shares the store's allocation).
-    shared: HashMap<PeerId, Vec<Compact>>,
+    /// as indices into `walked_records` (a record goes to up to k - 1 peers' lists).
+    shared: HashMap<PeerId, Vec<u32>>,
     /// Peers still to start a round with, this interval.
     round: VecDeque<PeerId>,
     /// Rounds in flight, by the operation that routes their answers.
@@ -260,15 +263,19 @@ impl<E: Extension> Driver<E> {
     fn walk(&mut self) {
         let me = *self.swarm.local_peer_id();
         let server = self.serves();
-        let mut shared: HashMap<PeerId, Vec<Compact>> = HashMap::new();
+        let mut shared: HashMap<PeerId, Vec<u32>> = HashMap::new();
+        let mut kept = Vec::new();
         let records: Vec<Compact> = self.store.compact_records().collect();
         for record in records {
             let key = record.key();
             let replicas = self.replicas_of(&key, server);
             if replicas.contains(&me) {
+                // A store holds far fewer than 2^32 records.
+                let at = kept.len() as u32;
                 for peer in replicas.into_iter().filter(|p| *p != me) {
-                    shared.entry(peer).or_default().push(record.clone());
+                    shared.entry(peer).or_default().push(at);
                 }
+                kept.push(record);
             } else if self.replication.handed_off.get(&key) != Some(&record.seq()) {
                 // Handed off once every replica's queue took it; otherwise tried next walk.
                 let mut all = true;
@@ -282,9 +289,10 @@ impl<E: Extension> Driver<E> {
             }
         }
         let store = &self.store;
-        self.replication.handed_off.retain(|key, _| store.get(key.as_str()).is_some());
+        self.replication.handed_off.retain(|key, _| store.get_compact(key.as_str()).is_some());
         self.replication.declined.retain(|peer, _| shared.contains_key(peer));
         self.replication.shared = shared;
+        self.replication.walked_records = kept;
         self.replication.walked = Some(Instant::now());
     }
 
@@ -309,7 +317,8 @@ impl<E: Extension> Driver<E> {
     /// The records this node shares with `peer`, each as held now.
     fn shared_now(&self, peer: &PeerId) -> Vec<Arc<Record>> {
         let Some(list) = self.replication.shared.get(peer) else { return Vec::new() };
-        list.iter().filter_map(|r| self.store.get(r.key_str())).collect()
+        let walked = &self.replication.walked_records;
+        list.iter().filter_map(|&at| self.store.get(walked[at as usize].key_str())).collect()
     }
 
     /// Starts rounds from this interval's list while fewer than [`SESSIONS`] run.
@@ -367,7 +376,7 @@ impl<E: Extension> Driver<E> {
                 };
                 for key in missing {
                     let declined = self.replication.declined.get(&peer).and_then(|d| d.get(&key));
-                    let held = self.store.get(key.as_str()).map(|r| r.seq());
+                    let held = self.store.get_compact(key.as_str()).map(|r| r.seq());
                     if declined.is_some() && declined.copied() == held {
                         continue;
                     }

@@ -60,8 +60,12 @@ impl From<&Record> for Compact {
             flags |= TRANSFER;
         }
         bytes.push(flags);
-        // A key is at most 256 bytes and a value at most 10 KiB; a record built in this crate
-        // keeps both bounds, and the casts below cannot truncate.
+        // A key is at most 256 bytes and a value at most 10 KiB: every record is made by
+        // `Draft::sign` or `Record::decode`, which keep both bounds, so the casts below
+        // cannot truncate.
+        debug_assert!(
+            key.len() <= crate::MAX_KEY_LEN && record.value.len() <= crate::MAX_VALUE_LEN
+        );
         bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
         bytes.extend_from_slice(&(record.value.len() as u16).to_le_bytes());
         bytes.extend_from_slice(record.signature.as_bytes());

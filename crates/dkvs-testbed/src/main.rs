@@ -391,9 +391,14 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("requests sent per put", &|r| r.requests_per_put, 1);
     row("bytes sent per get (all nodes, background included)", &|r| r.bytes_per_get, 0);
     row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
-    // In one process, the process's growth shared out; with --processes, each node's own.
-    let rss = if cli.processes { "RSS per node process KiB" } else { "RSS growth per node KiB" };
-    row(rss, &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0);
+    // In one process, the process's growth shared out; with --processes, each dkvs node's
+    // own, which is not the same measure as mainline's growth: no ratio then.
+    let rss = if cli.processes {
+        "RSS per node KiB (dkvs: a node process's own; mainline: growth per node in one process)"
+    } else {
+        "RSS growth per node KiB"
+    };
+    row_with(rss, &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0, !cli.processes);
     row("connected peers per node", &|r| r.peers_per_node, 1);
     row("setup s", &|r| Some(r.setup_s), 1);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);

@@ -62,41 +62,68 @@ impl Drop for NodeProcess {
     }
 }
 
+/// How long a node may take to start (unlock its account, listen, serve its API).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Starts `dkvs node` in `home` (which has its accounts already) on 127.0.0.1 with `args`;
-/// returns once its API is up. Its log goes to `home/node.log`.
+/// returns once its API is up. Its log goes to `home/node.log`; a node that does not start
+/// within a minute is killed, and the error carries the end of its log.
 pub fn start(bin: &Path, home: &Path, args: &[&str]) -> anyhow::Result<NodeProcess> {
     std::fs::create_dir_all(home)?;
-    let log = std::fs::File::create(home.join("node.log"))?;
-    let mut child = dkvs(bin, home)
+    let log_path = home.join("node.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = dkvs(bin, home)
         .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot run {}", bin.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("piped")?).lines();
-    let mut address = None;
-    let mut api = false;
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on: ") {
-            address = Some(a.to_owned());
-        }
-        if line.starts_with("api: ") {
-            api = true;
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    // Made first, so that a node that failed to start is killed on the way out.
+    // Made at once, so that a node that fails to start is killed on the way out.
     let mut node = NodeProcess { child, home: home.to_owned(), address: String::new() };
-    match address {
-        Some(address) if api => {
+    let stdout = node.child.stdout.take().context("piped")?;
+    let (started, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut address = None;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { return };
+            if let Some(a) = line.strip_prefix("listening on: ") {
+                address = Some(a.to_owned());
+            }
+            if line.starts_with("api: ") {
+                let _ = started.send(address.take());
+                break;
+            }
+        }
+        // The rest is drained, so that the node never blocks on a full pipe.
+        lines.for_each(drop);
+    });
+    match wait.recv_timeout(START_TIMEOUT) {
+        Ok(Some(address)) => {
             node.address = address;
             Ok(node)
         }
-        _ => bail!("the node did not start: see {}", home.join("node.log").display()),
+        Ok(None) => bail!("the node serves its API but named no address:\n{}", tail(&log_path)),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let status = node.child.wait().map(|s| s.to_string()).unwrap_or_default();
+            bail!(
+                "the node ended before it served its API ({status}); its log:\n{}",
+                tail(&log_path)
+            )
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!(
+            "the node did not start within {START_TIMEOUT:?}; the end of its log:\n{}",
+            tail(&log_path)
+        ),
     }
+}
+
+/// The last lines of the log at `path` (its directory may be removed once the error is out).
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 impl NodeProcess {

@@ -29,7 +29,9 @@ struct Processes {
     bin: PathBuf,
     /// The workload's accounts, as key files, copied into each node's home.
     keys: Keystore,
+    /// The accounts' names in every keystore, and their ids.
     accounts: Vec<String>,
+    ids: Vec<String>,
     nodes: Vec<Option<(NodeProcess, Client)>>,
     // Last: dropped after the processes.
     dir: tempfile::TempDir,
@@ -39,13 +41,15 @@ impl Processes {
     fn new(bin: PathBuf, plan: &Plan) -> anyhow::Result<Processes> {
         let dir = tempfile::tempdir()?;
         let keys = Keystore::open(dir.path().join("keys"))?;
-        let mut accounts = Vec::new();
+        let (mut accounts, mut ids) = (Vec::new(), Vec::new());
         for (i, secret) in plan.accounts.iter().enumerate() {
             let name = format!("a{i}");
-            keys.import(&name, &Keypair::from_secret_bytes(KeyType::Ed25519, secret)?, PASSPHRASE)?;
+            let keypair = Keypair::from_secret_bytes(KeyType::Ed25519, secret)?;
+            keys.import(&name, &keypair, PASSPHRASE)?;
             accounts.push(name);
+            ids.push(keypair.account_id().to_string());
         }
-        Ok(Processes { bin, keys, accounts, nodes: Vec::new(), dir })
+        Ok(Processes { bin, keys, accounts, ids, nodes: Vec::new(), dir })
     }
 
     /// Starts a node, joined through `via` (a live node's index) unless it is the first.
@@ -111,10 +115,17 @@ impl Processes {
     }
 
     /// Writes `version` of `item` through node `node`: whether it was stored with that
-    /// sequence on a majority, and the requests the node sent.
+    /// sequence on a majority, the requests the node sent, and the nodes that stored it. As
+    /// the in-process run writes, with the sequence given: a compare-and-swap on the version
+    /// before (`expect_seq`), not a read of the newest first (a put without it).
     fn put(&self, plan: &Plan, item: usize, version: u64, node: usize) -> (bool, u64, usize) {
         let it = &plan.items[item];
-        let path = format!("/v1/kv/~/{}?account={}&ttl=1h", it.name, self.accounts[it.account]);
+        let path = format!(
+            "/v1/kv/~/{}?account={}&ttl=1h&expect_seq={}",
+            it.name,
+            self.accounts[it.account],
+            version - 1
+        );
         match self.client(node).put_bytes(&path, &plan.value(item, version)) {
             Ok(receipt) => {
                 let stored = receipt["stored"].as_u64().unwrap_or(0) as usize;
@@ -135,16 +146,12 @@ impl Processes {
     /// the node sent.
     fn read(&self, plan: &Plan, item: usize, node: usize) -> (Read, u64) {
         let it = &plan.items[item];
-        let Ok(account) = Keypair::from_secret_bytes(KeyType::Ed25519, &plan.accounts[it.account])
-        else {
-            return (Read::Missing, 0);
-        };
-        let path = format!("/v1/kv/{}/{}", account.account_id(), it.name);
+        let path = format!("/v1/kv/{}/{}", self.ids[it.account], it.name);
+        let newest =
+            base64::engine::general_purpose::STANDARD.encode(plan.value(item, plan.versions));
         match self.client(node).get_json(&path) {
             Ok(answer) => {
                 let requests = answer["requests"].as_u64().unwrap_or(0);
-                let newest = base64::engine::general_purpose::STANDARD
-                    .encode(plan.value(item, plan.versions));
                 let read = match answer["seq"].as_u64() {
                     Some(seq) if seq == plan.versions => {
                         if answer["value_base64"].as_str() == Some(newest.as_str()) {
