@@ -313,6 +313,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Runs `unlock` (an account's unlock) on the node's one unlock thread and waits for it
+/// without holding up the runtime: argon2id takes tens of milliseconds of CPU, which on the
+/// runtime's workers would stall the node's other work meanwhile, and one at a time keeps
+/// its memory (19 MiB each) from adding up. Inline if that thread cannot be started.
+async fn on_unlock_thread(
+    unlock: impl FnOnce() -> Result<Keypair, KeystoreError> + Send + 'static,
+) -> Result<Keypair, KeystoreError> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static THREAD: std::sync::LazyLock<Option<std::sync::mpsc::Sender<Job>>> =
+        std::sync::LazyLock::new(|| {
+            let (jobs, next) = std::sync::mpsc::channel::<Job>();
+            let thread = std::thread::Builder::new().name("dkvs-unlock".into());
+            match thread.spawn(move || next.into_iter().for_each(|job| job())) {
+                Ok(_) => Some(jobs),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the unlock thread; unlocking inline");
+                    None
+                }
+            }
+        });
+    let Some(jobs) = &*THREAD else { return unlock() };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = answer.send(unlock());
+    });
+    let gone = || {
+        let e = std::io::Error::other("the unlock thread ended");
+        KeystoreError::Io { path: std::path::PathBuf::new(), source: e }
+    };
+    jobs.send(job).map_err(|_| gone())?;
+    answered.await.map_err(|_| gone())?
+}
+
 impl AppState {
     /// The unlocked key pair of account `name` (or of the default account).
     pub(crate) async fn account(&self, name: Option<&str>) -> ApiResult<Arc<Keypair>> {
@@ -329,7 +362,10 @@ impl AppState {
         if let Some(pair) = unlocked.get(&name) {
             return Ok(pair.clone());
         }
-        let pair = match self.keystore.load(&name, &self.passphrase) {
+        let (keystore, passphrase, named) =
+            (self.keystore.clone(), self.passphrase.clone(), name.clone());
+        let unlocked_now = on_unlock_thread(move || keystore.load(&named, &passphrase)).await;
+        let pair = match unlocked_now {
             Ok(pair) => Arc::new(pair),
             Err(KeystoreError::NotFound(_)) => {
                 return Err(ApiError::new(
