@@ -100,9 +100,18 @@ pub struct Config {
     /// limit is exceeded. Each connection costs about 85 KiB at each end (docs/benchmarks.md),
     /// and a node in a large network otherwise keeps every connection its lookups made for
     /// the idle timeout. Lookups and reads dial closed peers again. It bounds memory in a
-    /// large network; it is no defence against a flood of new connections (those count as
-    /// used). Default: 128.
+    /// large network; against a flood of new connections (those count as used) from one
+    /// network, see [`Config::max_inbound_per_subnet`]. Default: 128.
     pub max_connections: usize,
+    /// The most inbound connections this node keeps from one network: an IPv4 /24, an IPv6
+    /// /48, or one relay (the networks of the per-network byte budget,
+    /// [`Config::subnet_bytes_per_second`]). A connection past it is closed as soon as it is
+    /// established, so that one operator's many peer ids cannot fill the node's connections
+    /// and push honest peers out. Connections from this machine or the local network
+    /// (loopback, private, link-local, unique-local) are not counted, nor those this node
+    /// dialed. Default: 32 (a quarter of [`Config::max_connections`]: phones behind one
+    /// carrier's NAT can share a /24).
+    pub max_inbound_per_subnet: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,
     /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
@@ -150,6 +159,7 @@ impl Default for Config {
             auto_relay: true,
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 128,
+            max_inbound_per_subnet: 32,
             kad_mode: KadMode::Auto,
             lan_server: true,
             autonat_only_global_ips: true,
@@ -208,6 +218,13 @@ impl Config {
         self.peer_byte_burst = burst;
         self
     }
+    /// With at most `max` inbound connections from one network
+    /// ([`Config::max_inbound_per_subnet`]).
+    pub fn with_max_inbound_per_subnet(mut self, max: usize) -> Config {
+        self.max_inbound_per_subnet = max;
+        self
+    }
+
     /// With byte budgets per network of peers ([`Config::subnet_bytes_per_second`]).
     pub fn with_subnet_bytes(mut self, per_second: u32, burst: u32) -> Config {
         self.subnet_bytes_per_second = per_second;

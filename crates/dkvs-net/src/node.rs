@@ -1005,6 +1005,21 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
+                let open = self.connections.values().flat_map(|c| c.values());
+                let max = self.config.max_inbound_per_subnet;
+                if !dialer
+                    && crate::defence::over_subnet_cap(
+                        &remote,
+                        open.chain([&(remote.clone(), dialer)]),
+                        max,
+                    )
+                {
+                    // One network's many ids must not fill the node's connections: closed
+                    // before anything else takes note of it.
+                    tracing::debug!(%peer_id, %remote, max, "over max_inbound_per_subnet: closing");
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 self.connections
                     .entry(peer_id)
                     .or_default()
