@@ -72,20 +72,22 @@ fn ns_sh(ns: &str, args: &[&str]) {
     sh(&all);
 }
 
-/// The topology of the module's comment.
-fn topology() -> Namespaces {
+/// Makes namespaces `extra` (empty) and, on one bridge in namespace `wan`, `hosts`, each with
+/// its address (`a.b.c.d/len`) on its `eth0`.
+fn bridged(wan: &str, hosts: &[(&str, String)], extra: &[&str]) -> Namespaces {
     let mut nets = Namespaces { names: Vec::new() };
     let n = ns_name;
-    let (wan, hosts) = (n("wan"), ["relay", "pub1", "pub2", "r1", "r2", "r3"]);
-    for short in ["wan", "relay", "pub1", "pub2", "r1", "r2", "r3", "p1", "p2", "p3"] {
+    let all = [wan].into_iter().chain(hosts.iter().map(|(short, _)| *short));
+    for short in all.chain(extra.iter().copied()) {
         let ns = n(short);
         sh(&["ip", "netns", "add", &ns]);
         nets.names.push(ns.clone());
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
     }
+    let wan = n(wan);
     sh(&["ip", "-n", &wan, "link", "add", "br0", "type", "bridge"]);
     sh(&["ip", "-n", &wan, "link", "set", "br0", "up"]);
-    for (i, short) in hosts.iter().enumerate() {
+    for (short, addr) in hosts {
         let (ns, port) = (n(short), format!("w-{short}"));
         // Both ends are made inside their namespaces: no name here clashes with the host's.
         sh(&[
@@ -93,9 +95,21 @@ fn topology() -> Namespaces {
             "netns", &ns,
         ]);
         sh(&["ip", "-n", &wan, "link", "set", &port, "master", "br0", "up"]);
-        sh(&["ip", "-n", &ns, "addr", "add", &format!("198.18.0.{}/24", i + 1), "dev", "eth0"]);
+        sh(&["ip", "-n", &ns, "addr", "add", addr, "dev", "eth0"]);
         sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
     }
+    nets
+}
+
+/// The topology of the module's comment.
+fn topology() -> Namespaces {
+    let n = ns_name;
+    let hosts: Vec<(&str, String)> = ["relay", "pub1", "pub2", "r1", "r2", "r3"]
+        .iter()
+        .enumerate()
+        .map(|(i, short)| (*short, format!("198.18.0.{}/24", i + 1)))
+        .collect();
+    let nets = bridged("wan", &hosts, &["p1", "p2", "p3"]);
     for k in 1..=3 {
         let (router, phone) = (n(&format!("r{k}")), n(&format!("p{k}")));
         let veth = ["ip", "link", "add", "lan0", "netns", &router, "type", "veth", "peer"];
@@ -427,4 +441,78 @@ fn phones_behind_nat_hold_a_relay_slot_and_read_write_and_watch() {
     );
     assert!(failed_punch(p3), "p1 and p3 tried to punch through and failed");
     assert!(!direct(p3), "p3 (random ports) cannot be reached directly: it stays relayed");
+}
+
+/// One network's many peer ids cannot fill a node's connections: a node keeps at most a
+/// quarter of `max_connections` inbound connections from one /24, and a peer from another
+/// network still gets in.
+///
+/// ```text
+///   victim 198.18.0.1/16   crowd 198.18.5.1/16 (six nodes)   other 198.18.9.1/16
+/// ```
+///
+/// 198.18.0.0/15 is reserved, never local: the addresses are grouped as on the internet. The
+/// victim's one setting changed is the one under test, `max_connections` (16: at most 4
+/// inbound from one network); the crowd's nodes share their namespace, so each listens on a
+/// port of its own and serves its API on port 0.
+#[test]
+fn one_network_cannot_fill_a_nodes_inbound_connections() {
+    assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
+    let hosts = [
+        ("cap-wan-v", "198.18.0.1/16".to_owned()),
+        ("cap-crowd", "198.18.5.1/16".to_owned()),
+        ("cap-other", "198.18.9.1/16".to_owned()),
+    ];
+    let nets = bridged("cap-wan", &hosts, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    let victim = start(&nets.name("cap-wan-v"), &home("victim"), &[], "max_connections = 16\n");
+    let via_victim = format!("/ip4/198.18.0.1/tcp/4040/p2p/{}", victim.peer);
+    let crowd: Vec<NodeProcess> = (0..6)
+        .map(|i| {
+            let settings =
+                format!("listen = [\"/ip4/0.0.0.0/tcp/{}\"]\napi = \"127.0.0.1:0\"\n", 4100 + i);
+            let name = format!("crowd{i}");
+            start(
+                &nets.name("cap-crowd"),
+                &home(&name),
+                std::slice::from_ref(&via_victim),
+                &settings,
+            )
+        })
+        .collect();
+    let other =
+        start(&nets.name("cap-other"), &home("other"), std::slice::from_ref(&via_victim), "");
+
+    // The other network's peer is connected, and of the crowd at most four; each crowd node
+    // dialed the victim on start, and the first four stay.
+    let from_crowd = |node: &NodeProcess| {
+        let out = ok(run(node.cli(&["peers", "--addresses"])));
+        let crowd: std::collections::HashSet<&str> = out
+            .lines()
+            .filter(|line| line.contains("/ip4/198.18.5."))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        (crowd.len(), out.contains(&other.peer))
+    };
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (crowd_peers, other_in) = from_crowd(&victim);
+        assert!(crowd_peers <= 4, "{crowd_peers} peers from one /24 kept, at most 4 allowed");
+        if crowd_peers == 4 && other_in {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "within {STEP:?}: {crowd_peers} crowd peers (4 expected), other connected: {other_in}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // And it stays so while the crowd's nodes go on trying (their lookups dial the victim).
+    for _ in 0..10 {
+        let (crowd_peers, other_in) = from_crowd(&victim);
+        assert!(crowd_peers <= 4 && other_in, "{crowd_peers} crowd peers, other: {other_in}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop((crowd, other, victim));
 }
