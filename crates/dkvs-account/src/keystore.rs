@@ -437,8 +437,11 @@ fn passphrase_key(
     // threshold past the next one's: every later unlock would then come from a heap that
     // keeps freed memory resident (a node that unlocked eight accounts kept about 98 MiB).
     let blocks = params.block_count();
-    let mut memory: Vec<argon2::Block> =
-        Vec::with_capacity(blocks.max(KDF_ALLOCATION / argon2::Block::SIZE));
+    let mut memory: Vec<argon2::Block> = Vec::new();
+    // A key file may ask for up to 4 GiB: too much is an error, not an abort.
+    memory
+        .try_reserve_exact(blocks.max(KDF_ALLOCATION / argon2::Block::SIZE))
+        .map_err(|e| format!("argon2id needs {} KiB: {e}", blocks))?;
     memory.resize(blocks, argon2::Block::default());
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password_into_with_memory(passphrase.as_bytes(), salt, key.as_mut(), &mut memory)

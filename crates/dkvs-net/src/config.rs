@@ -100,18 +100,18 @@ pub struct Config {
     /// limit is exceeded. Each connection costs about 85 KiB at each end (docs/benchmarks.md),
     /// and a node in a large network otherwise keeps every connection its lookups made for
     /// the idle timeout. Lookups and reads dial closed peers again. It bounds memory in a
-    /// large network; against a flood of new connections (those count as used) from one
-    /// network, see [`Config::max_inbound_per_subnet`]. Default: 128.
+    /// large network; against many new connections from one network, see
+    /// [`Config::subnet_share`]. Default: 128.
     pub max_connections: usize,
-    /// The most inbound connections this node keeps from one network: an IPv4 /24, an IPv6
-    /// /48, or one relay (the networks of the per-network byte budget,
-    /// [`Config::subnet_bytes_per_second`]). A connection past it is closed as soon as it is
-    /// established, so that one operator's many peer ids cannot fill the node's connections
-    /// and push honest peers out. Connections from this machine or the local network
-    /// (loopback, private, link-local, unique-local) are not counted, nor those this node
-    /// dialed. Default: 32 (a quarter of [`Config::max_connections`]: phones behind one
-    /// carrier's NAT can share a /24).
-    pub max_inbound_per_subnet: usize,
+    /// The share of [`Config::max_connections`] one network keeps when the node is over that
+    /// limit: an IPv4 /24, an IPv6 /48 or one relay (the networks of the per-network byte
+    /// budget, [`Config::subnet_bytes_per_second`]; this machine and the local network are
+    /// none). Over the limit, a network with more peers connected than this loses its least
+    /// recently used ones first, down to it, new connections too: one operator's many peer
+    /// ids cannot push everyone else's out. Nothing is refused while the node has room, so
+    /// phones behind one carrier's NAT are not turned away from a node with free slots.
+    /// Default: 32 (a quarter of the default limit).
+    pub subnet_share: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,
     /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
@@ -159,7 +159,7 @@ impl Default for Config {
             auto_relay: true,
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 128,
-            max_inbound_per_subnet: 32,
+            subnet_share: 32,
             kad_mode: KadMode::Auto,
             lan_server: true,
             autonat_only_global_ips: true,
@@ -218,10 +218,10 @@ impl Config {
         self.peer_byte_burst = burst;
         self
     }
-    /// With at most `max` inbound connections from one network
-    /// ([`Config::max_inbound_per_subnet`]).
-    pub fn with_max_inbound_per_subnet(mut self, max: usize) -> Config {
-        self.max_inbound_per_subnet = max;
+    /// With `share` peers kept from one network when over the connection limit
+    /// ([`Config::subnet_share`]).
+    pub fn with_subnet_share(mut self, share: usize) -> Config {
+        self.subnet_share = share;
         self
     }
 

@@ -202,21 +202,6 @@ impl Subnet {
     }
 }
 
-/// Whether an inbound connection from `remote` is one too many from its network: more than
-/// `max` of the inbound connections open now (`open`: remote address and whether this node
-/// dialed, this connection included) come from it. Never for this machine or the local
-/// network ([`Subnet::of`] is `None` there).
-pub(crate) fn over_subnet_cap<'a>(
-    remote: &libp2p::Multiaddr,
-    open: impl IntoIterator<Item = &'a (libp2p::Multiaddr, bool)>,
-    max: usize,
-) -> bool {
-    let Some(subnet) = Subnet::of(remote) else { return false };
-    let from_it =
-        open.into_iter().filter(|(addr, dialer)| !dialer && Subnet::of(addr) == Some(subnet));
-    from_it.count() > max
-}
-
 /// An address on this machine or the local network: loopback, private, link-local and
 /// unique-local (an IPv4-mapped IPv6 address counts as its IPv4 address). The one rule for the
 /// local-network DHT mode (`node::is_local`) and for who shares a network's byte budget.
@@ -232,38 +217,6 @@ pub(crate) fn is_local_ip(ip: std::net::IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inbound_connections_are_capped_per_network_not_for_local_or_dialed_ones() {
-        let addr = |text: &str| -> libp2p::Multiaddr { text.parse().expect("a multiaddr") };
-        let relay = PeerId::random();
-        let via_relay = |peer: PeerId| {
-            addr(&format!("/ip4/203.0.113.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{peer}"))
-        };
-        // Three inbound from 198.51.100.0/24 (different hosts), one dialed by this node, one
-        // from another /24, two over one relay, two on loopback.
-        let open = vec![
-            (addr("/ip4/198.51.100.7/tcp/1"), false),
-            (addr("/ip4/198.51.100.8/tcp/2"), false),
-            (addr("/ip4/198.51.100.9/udp/3/quic-v1"), false),
-            (addr("/ip4/198.51.100.10/tcp/4"), true),
-            (addr("/ip4/198.51.101.7/tcp/1"), false),
-            (via_relay(PeerId::random()), false),
-            (via_relay(PeerId::random()), false),
-            (addr("/ip4/127.0.0.1/tcp/5"), false),
-            (addr("/ip4/127.0.0.1/tcp/6"), false),
-        ];
-        let over = |remote: &libp2p::Multiaddr, max| over_subnet_cap(remote, &open, max);
-        assert!(over(&addr("/ip4/198.51.100.7/tcp/1"), 2), "3 inbound from a /24, 2 allowed");
-        assert!(!over(&addr("/ip4/198.51.100.7/tcp/1"), 3), "the dialed one does not count");
-        assert!(!over(&addr("/ip4/198.51.101.7/tcp/1"), 1), "another /24 is another network");
-        assert!(over(&via_relay(PeerId::random()), 1), "one relay is one network");
-        assert!(!over(&addr("/ip4/127.0.0.1/tcp/5"), 0), "this machine is never capped");
-        assert!(!over(&addr("/ip4/192.168.1.5/tcp/5"), 0), "nor the local network");
-        let v6 = |host: &str| (addr(&format!("/ip6/2001:db8:1:{host}::1/tcp/1")), false);
-        let open6 = [v6("1"), v6("2"), v6("ffff")];
-        assert!(over_subnet_cap(&open6[0].0, &open6, 2), "one /48");
-    }
 
     #[test]
     fn size_then_rate_then_ban() {

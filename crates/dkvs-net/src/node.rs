@@ -1005,21 +1005,6 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
-                let open = self.connections.values().flat_map(|c| c.values());
-                let max = self.config.max_inbound_per_subnet;
-                if !dialer
-                    && crate::defence::over_subnet_cap(
-                        &remote,
-                        open.chain([&(remote.clone(), dialer)]),
-                        max,
-                    )
-                {
-                    // One network's many ids must not fill the node's connections: closed
-                    // before anything else takes note of it.
-                    tracing::debug!(%peer_id, %remote, max, "over max_inbound_per_subnet: closing");
-                    self.swarm.close_connection(connection_id);
-                    return;
-                }
                 self.connections
                     .entry(peer_id)
                     .or_default()
@@ -1484,13 +1469,19 @@ impl<E: Extension> Driver<E> {
         let relays =
             self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));
         spared.extend(relays.collect::<Vec<_>>());
-        let closable: Vec<(Option<Instant>, PeerId)> = self
+        let closable: Vec<Peer> = self
             .connections
             .keys()
             .filter(|p| !spared.contains(*p) && !self.closing.contains(*p))
-            .map(|p| (self.used.get(p).copied(), *p))
+            .map(|p| (self.used.get(p).copied(), *p, subnet_of(&self.connections, p)))
             .collect();
-        let victims = to_close(closable, open, max, now);
+        let mut per_network: HashMap<crate::defence::Subnet, usize> = HashMap::new();
+        let networks = self.connections.keys().filter(|p| !self.closing.contains(*p));
+        for network in networks.filter_map(|p| subnet_of(&self.connections, p)) {
+            *per_network.entry(network).or_default() += 1;
+        }
+        let share = self.config.subnet_share;
+        let victims = to_close(closable, &per_network, share, open, max, now);
         tracing::debug!(open, closing = victims.len(), "over max_connections");
         for peer in victims {
             self.closing.insert(peer);
@@ -1608,11 +1599,19 @@ fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool,
 /// extension's exchange with a peer ends well within it (operations time out at 10 s).
 const TRIM_GRACE: Duration = Duration::from_secs(30);
 
-/// Which of the `closable` peers (with when each was last used) to disconnect when `open`
-/// peers are connected and at most `max` may be: the least recently used, down to three
-/// quarters of `max`, none used within [`TRIM_GRACE`] of `now`.
+/// A connected peer as trimming sees it: when it was last used, its id, its network.
+type Peer = (Option<Instant>, PeerId, Option<crate::defence::Subnet>);
+
+/// Which of the `closable` peers to disconnect when `open` peers are connected and at most
+/// `max` may be. First, every network with more than `share` peers connected (`per_network`,
+/// spared peers included) loses its least recently used closable peers down to its share,
+/// new ones too: one operator's many ids cannot push everyone else out. Then, while more than
+/// three quarters of `max` are left, the least recently used of the rest, none used within
+/// [`TRIM_GRACE`] of `now`.
 fn to_close(
-    mut closable: Vec<(Option<Instant>, PeerId)>,
+    mut closable: Vec<Peer>,
+    per_network: &HashMap<crate::defence::Subnet, usize>,
+    share: usize,
     open: usize,
     max: usize,
     now: Instant,
@@ -1620,9 +1619,30 @@ fn to_close(
     if open <= max {
         return Vec::new();
     }
-    closable.retain(|(at, _)| at.is_none_or(|at| now.duration_since(at) >= TRIM_GRACE));
-    closable.sort_unstable();
-    closable.into_iter().take(open - max * 3 / 4).map(|(_, peer)| peer).collect()
+    closable.sort_unstable_by_key(|(at, peer, _)| (*at, *peer));
+    let mut surplus: HashMap<crate::defence::Subnet, usize> = per_network
+        .iter()
+        .filter(|(_, n)| **n > share)
+        .map(|(network, n)| (*network, n - share))
+        .collect();
+    let mut victims = Vec::new();
+    closable.retain(|(_, peer, network)| {
+        let over = network.and_then(|n| surplus.get_mut(&n)).filter(|left| **left > 0);
+        match over {
+            Some(left) => {
+                *left -= 1;
+                victims.push(*peer);
+                false
+            }
+            None => true,
+        }
+    });
+    let rest = (open - victims.len()).saturating_sub(max * 3 / 4);
+    let idle = closable
+        .into_iter()
+        .filter(|(at, ..)| at.is_none_or(|at| now.duration_since(at) >= TRIM_GRACE));
+    victims.extend(idle.take(rest).map(|(_, peer, _)| peer));
+    victims
 }
 
 /// The relay of a circuit address (`.../p2p/<relay>/p2p-circuit...`).
@@ -1676,21 +1696,52 @@ mod tests {
         let ago = |secs: u64| Some(now - Duration::from_secs(secs));
         let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
         let closable = vec![
-            (ago(40), peers[0]),
-            (ago(200), peers[1]),
-            (ago(5), peers[2]), // used lately: kept
-            (None, peers[3]),   // never used: first to go
-            (ago(31), peers[4]),
-            (ago(0), peers[5]), // just connected: kept
+            (ago(40), peers[0], None),
+            (ago(200), peers[1], None),
+            (ago(5), peers[2], None), // used lately: kept
+            (None, peers[3], None),   // never used: first to go
+            (ago(31), peers[4], None),
+            (ago(0), peers[5], None), // just connected: kept
         ];
-        assert!(to_close(closable.clone(), 8, 8, now).is_empty(), "within the limit");
+        let none = HashMap::new();
+        let to_close = |closable, open, max| to_close(closable, &none, 32, open, max, now);
+        assert!(to_close(closable.clone(), 8, 8).is_empty(), "within the limit");
         // 10 open, at most 8: down to 6, so 4 go, oldest first, none within the grace.
-        assert_eq!(
-            to_close(closable.clone(), 10, 8, now),
-            [peers[3], peers[1], peers[0], peers[4]]
-        );
+        assert_eq!(to_close(closable.clone(), 10, 8), [peers[3], peers[1], peers[0], peers[4]]);
         // Far over the limit: still only those outside the grace.
-        assert_eq!(to_close(closable, 40, 8, now).len(), 4);
+        assert_eq!(to_close(closable, 40, 8).len(), 4);
+    }
+
+    #[test]
+    fn a_network_over_its_share_loses_its_own_peers_first_new_ones_too() {
+        use crate::defence::Subnet;
+        let now = Instant::now() + TRIM_GRACE * 10;
+        let ago = |secs: u64| Some(now - Duration::from_secs(secs));
+        let (crowd, other) = (Subnet::V4([198, 51, 100]), Subnet::V4([203, 0, 113]));
+        let c: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        let o: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+        let mut closable: Vec<Peer> = vec![
+            (ago(0), c[0], Some(crowd)), // just connected, but its network is over its share
+            (ago(1), c[1], Some(crowd)),
+            (ago(2), c[2], Some(crowd)),
+            (ago(300), c[3], Some(crowd)),
+            (ago(50), c[4], Some(crowd)),
+            (ago(600), o[0], Some(other)),
+            (ago(900), o[1], None), // on this machine or the LAN: no network
+        ];
+        // c[5] is spared (a request in flight) but counts towards its network.
+        let per_network = HashMap::from([(crowd, 6), (other, 1)]);
+        // 8 open, at most 6, share 2: the crowd keeps 2 (c[5] and its most recently used
+        // closable one), losing 4 whatever their grace; then 4 are open, at most 4.5 wanted:
+        // nobody else goes.
+        let victims = to_close(closable.clone(), &per_network, 2, 8, 6, now);
+        assert_eq!(victims, [c[3], c[4], c[2], c[1]]);
+        // Under the limit, no network is trimmed, however many it has.
+        assert!(to_close(closable.clone(), &per_network, 2, 6, 6, now).is_empty());
+        // Over the limit with no network over its share: the ordinary rule.
+        closable.retain(|(_, _, n)| *n != Some(crowd));
+        let fair = HashMap::from([(other, 1)]);
+        assert_eq!(to_close(closable, &fair, 2, 8, 4, now), [o[1], o[0]]);
     }
 
     #[test]

@@ -325,7 +325,12 @@ async fn on_unlock_thread(
         std::sync::LazyLock::new(|| {
             let (jobs, next) = std::sync::mpsc::channel::<Job>();
             let thread = std::thread::Builder::new().name("dkvs-unlock".into());
-            match thread.spawn(move || next.into_iter().for_each(|job| job())) {
+            // A job that panics fails its own request only (its answer is dropped); the
+            // thread goes on with the next.
+            let run = |job: Job| {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            };
+            match thread.spawn(move || next.into_iter().for_each(run)) {
                 Ok(_) => Some(jobs),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start the unlock thread; unlocking inline");
@@ -336,11 +341,14 @@ async fn on_unlock_thread(
     let Some(jobs) = &*THREAD else { return unlock() };
     let (answer, answered) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = answer.send(unlock());
+        // A request that went away meanwhile (its client hung up) costs no unlock.
+        if !answer.is_closed() {
+            let _ = answer.send(unlock());
+        }
     });
     let gone = || {
-        let e = std::io::Error::other("the unlock thread ended");
-        KeystoreError::Io { path: std::path::PathBuf::new(), source: e }
+        let e = std::io::Error::other("the account could not be unlocked (the unlock failed)");
+        KeystoreError::Io { path: std::path::PathBuf::from("(unlock)"), source: e }
     };
     jobs.send(job).map_err(|_| gone())?;
     answered.await.map_err(|_| gone())?

@@ -40,9 +40,9 @@ pub struct NodeConfig {
     /// internet it lets any peer make this node dial addresses on its LAN.
     pub autonat_only_global_ips: bool,
     /// Peers kept connected at most; over it the least recently used are closed (to three
-    /// quarters of it), relays and peers with a request in flight spared. A quarter of it
-    /// (at least 4) is the most inbound connections kept from one network, an IPv4 /24, an
-    /// IPv6 /48 or one relay (this machine and the LAN not counted).
+    /// quarters of it), relays and peers with a request in flight spared; first, a network
+    /// (an IPv4 /24, an IPv6 /48 or one relay; this machine and the LAN are none) with more
+    /// than a quarter of it connected loses its own least recently used, down to a quarter.
     pub max_connections: usize,
     /// A connection nothing uses is closed after this many seconds.
     pub idle_connection_timeout_secs: u64,
@@ -270,7 +270,7 @@ impl NodeConfig {
         Ok(net
             .with_replication_interval(Duration::from_secs(self.replication_interval_secs))
             .with_max_connections(self.max_connections)
-            .with_max_inbound_per_subnet((self.max_connections / 4).max(4))
+            .with_subnet_share((self.max_connections / 4).max(1))
             .with_replication(self.replication)
             .with_write_quorum(quorum(self.write_quorum))
             .with_read_quorum(quorum(self.read_quorum))
@@ -349,9 +349,9 @@ mod tests {
         assert!(bad.net().is_err());
         let few: NodeConfig = toml::from_str("max_connections = 8\n").expect("parses");
         assert_eq!(few.net().expect("valid").max_connections, 8);
-        assert_eq!(few.net().expect("valid").max_inbound_per_subnet, 4);
+        assert_eq!(few.net().expect("valid").subnet_share, 2);
         let net = NodeConfig::default().net().expect("valid");
-        assert_eq!(net.max_inbound_per_subnet, dkvs_net::Config::default().max_inbound_per_subnet);
+        assert_eq!(net.subnet_share, dkvs_net::Config::default().subnet_share);
         let none = NodeConfig { max_connections: 0, ..NodeConfig::default() };
         let error = none.net().expect_err("no connection at all is refused").to_string();
         assert!(error.contains("max_connections"), "{error}");
