@@ -11,7 +11,9 @@ use dkvs_testnet::TestNet;
 use indicatif::ProgressBar;
 
 use crate::Opts;
-use crate::workload::{self, Network, Plan, Read, Report, Samples, put_majority, rss_bytes};
+use crate::workload::{
+    self, DkvsRun, Network, Plan, Read, Report, Samples, put_majority, rss_bytes,
+};
 
 /// A record lives an hour: far longer than any run.
 const TTL_MS: u64 = 3_600_000;
@@ -137,7 +139,6 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
-    let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {
         Some(churn) => {
@@ -149,25 +150,22 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     net.shutdown().await;
 
     let floor = if opts.floor { Some(floor(plan, &accounts, opts, bar).await?) } else { None };
-
-    Ok(Report {
-        system: "dkvs".into(),
-        nodes: opts.nodes,
+    let run = DkvsRun {
         transport: opts.transport.clone(),
-        setup_s: setup.as_secs_f64(),
-        put: puts.summary(),
-        get: gets.summary(),
-        get_first_newest: None,
-        requests_per_get: per(get_requests, plan.gets.len()),
-        requests_per_put: per(put_requests, plan.puts.len()),
-        stored_per_put: stored as f64 / plan.puts.len().max(1) as f64,
-        bytes_per_get: per(get_bytes, plan.gets.len()),
-        bytes_per_put: per(put_bytes, plan.puts.len()),
+        setup,
+        puts,
+        gets,
+        put_requests,
+        get_requests,
+        stored,
+        put_bytes,
+        get_bytes,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
-        peers_per_node: Some(peers as f64 / opts.nodes.max(1) as f64),
+        peers: peers as u64,
         floor_get_p50_ms: floor,
         churn,
-    })
+    };
+    Ok(run.report(plan, opts.nodes))
 }
 
 /// The in-process dkvs network, as churn sees it.

@@ -16,7 +16,7 @@ use dkvs_testbed::process::{self, NodeProcess, PASSPHRASE, metric};
 use indicatif::ProgressBar;
 
 use crate::Opts;
-use crate::workload::{self, Network, Plan, Read, Report, Samples, put_majority};
+use crate::workload::{self, DkvsRun, Network, Plan, Read, Report, Samples, put_majority};
 
 /// How long an API request may take: longer than any operation the node runs.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -234,7 +234,6 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let get_bytes = blocking(|| net.bytes_sent()).saturating_sub(get_bytes_from);
-    let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {
         Some(churn) => workload::churn(&mut net, "dkvs", plan, churn, bar).await?,
@@ -243,24 +242,22 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     drop(net);
 
     let floor = if opts.floor { Some(floor(&bin, plan, bar)?) } else { None };
-    Ok(Report {
-        system: "dkvs".into(),
-        nodes: opts.nodes,
+    let run = DkvsRun {
         transport: "tcp, a process per node".into(),
-        setup_s: setup.as_secs_f64(),
-        put: puts.summary(),
-        get: gets.summary(),
-        get_first_newest: None,
-        requests_per_get: per(get_requests, plan.gets.len()),
-        requests_per_put: per(put_requests, plan.puts.len()),
-        stored_per_put: stored as f64 / plan.puts.len().max(1) as f64,
-        bytes_per_get: per(get_bytes, plan.gets.len()),
-        bytes_per_put: per(put_bytes, plan.puts.len()),
+        setup,
+        puts,
+        gets,
+        put_requests,
+        get_requests,
+        stored,
+        put_bytes,
+        get_bytes,
         rss_per_node_bytes: rss * 1024 / opts.nodes.max(1) as u64,
-        peers_per_node: Some(peers as f64 / opts.nodes.max(1) as f64),
+        peers,
         floor_get_p50_ms: floor,
         churn,
-    })
+    };
+    Ok(run.report(plan, opts.nodes))
 }
 
 /// Starts `n` nodes, each after the first joined through node 0, and waits until each has a

@@ -254,6 +254,49 @@ pub struct Report {
     pub churn: Vec<ChurnPoint>,
 }
 
+/// What a dkvs run measured, in one process or as processes: made into its [`Report`].
+pub(crate) struct DkvsRun {
+    pub transport: String,
+    pub setup: Duration,
+    pub puts: Samples,
+    pub gets: Samples,
+    pub put_requests: u64,
+    pub get_requests: u64,
+    /// Nodes that stored a put, summed over the puts.
+    pub stored: usize,
+    pub put_bytes: u64,
+    pub get_bytes: u64,
+    pub rss_per_node_bytes: u64,
+    /// Connected peers, summed over the nodes.
+    pub peers: u64,
+    pub floor_get_p50_ms: Option<f64>,
+    pub churn: Vec<ChurnPoint>,
+}
+
+impl DkvsRun {
+    pub(crate) fn report(self, plan: &Plan, nodes: usize) -> Report {
+        let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
+        Report {
+            system: "dkvs".into(),
+            nodes,
+            transport: self.transport,
+            setup_s: self.setup.as_secs_f64(),
+            put: self.puts.summary(),
+            get: self.gets.summary(),
+            get_first_newest: None,
+            requests_per_get: per(self.get_requests, plan.gets.len()),
+            requests_per_put: per(self.put_requests, plan.puts.len()),
+            stored_per_put: self.stored as f64 / plan.puts.len().max(1) as f64,
+            bytes_per_get: per(self.get_bytes, plan.gets.len()),
+            bytes_per_put: per(self.put_bytes, plan.puts.len()),
+            rss_per_node_bytes: self.rss_per_node_bytes,
+            peers_per_node: Some(self.peers as f64 / nodes.max(1) as f64),
+            floor_get_p50_ms: self.floor_get_p50_ms,
+            churn: self.churn,
+        }
+    }
+}
+
 /// A network that churn acts on: dkvs's or mainline's, each node known by its index.
 pub(crate) trait Network {
     /// Indices of the live nodes.
