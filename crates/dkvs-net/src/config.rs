@@ -110,7 +110,8 @@ pub struct Config {
     /// recently used ones first, down to it, new connections too: one operator's many peer
     /// ids cannot push everyone else's out. Nothing is refused while the node has room, so
     /// phones behind one carrier's NAT are not turned away from a node with free slots.
-    /// Default: 32 (a quarter of the default limit).
+    /// Default: 32, a quarter of the default limit ([`Config::with_max_connections`] keeps it
+    /// a quarter); at least 1.
     pub subnet_share: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,
@@ -196,9 +197,12 @@ impl Config {
         self.operation_timeout = timeout;
         self
     }
-    /// With at most `max` peers connected ([`Config::max_connections`]).
+    /// With at most `max` peers connected ([`Config::max_connections`]), and a quarter of it
+    /// as one network's share ([`Config::subnet_share`]; [`Config::with_subnet_share`] after
+    /// this sets another).
     pub fn with_max_connections(mut self, max: usize) -> Config {
         self.max_connections = max.max(1);
+        self.subnet_share = (self.max_connections / 4).max(1);
         self
     }
     /// With linger after quorum.
@@ -221,7 +225,7 @@ impl Config {
     /// With `share` peers kept from one network when over the connection limit
     /// ([`Config::subnet_share`]).
     pub fn with_subnet_share(mut self, share: usize) -> Config {
-        self.subnet_share = share;
+        self.subnet_share = share.max(1);
         self
     }
 

@@ -64,6 +64,7 @@ pub(crate) enum Command {
     ReplicationStats(oneshot::Sender<crate::ReplicationStats>),
     Wakeups(oneshot::Sender<u64>),
     Pacing(oneshot::Sender<crate::PacingStats>),
+    Trimmed(oneshot::Sender<u64>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     Extension(std::any::TypeId, ExtensionCall),
@@ -455,6 +456,12 @@ impl Node {
         self.ask(Command::Pacing).await.unwrap_or_default()
     }
 
+    /// Peers this node disconnected since it started to keep within
+    /// [`Config::max_connections`] (see [`Config::subnet_share`]).
+    pub async fn trimmed(&self) -> u64 {
+        self.ask(Command::Trimmed).await.unwrap_or_default()
+    }
+
     /// The addresses this node listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
@@ -655,6 +662,10 @@ pub(crate) struct Driver<E: Extension> {
     auto_relay: crate::autorelay::AutoRelay,
     /// Peers whose connections the limit is closing.
     closing: HashSet<PeerId>,
+    /// When each connected peer's first open connection was established.
+    since: HashMap<PeerId, Instant>,
+    /// Peers disconnected to keep within the connection limit, since the start.
+    trimmed: u64,
     /// Answers that promise a record is held, until the store's log is durable.
     pub(crate) durable: crate::durable::Durable,
 }
@@ -708,6 +719,8 @@ impl<E: Extension> Driver<E> {
             reserved: HashSet::new(),
             auto_relay: crate::autorelay::AutoRelay::default(),
             closing: HashSet::new(),
+            since: HashMap::new(),
+            trimmed: 0,
         }
     }
 
@@ -894,6 +907,9 @@ impl<E: Extension> Driver<E> {
             Command::Pacing(reply) => {
                 let _ = reply.send(self.outbox.stats);
             }
+            Command::Trimmed(reply) => {
+                let _ = reply.send(self.trimmed);
+            }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -1013,6 +1029,10 @@ impl<E: Extension> Driver<E> {
                     let _ = reply.send(Ok(()));
                 }
                 self.used.insert(peer_id, Instant::now());
+                self.since.entry(peer_id).or_insert_with(Instant::now);
+                // A peer that connects again while an old connection of its closes is live:
+                // counted and trimmed again like any other.
+                self.closing.remove(&peer_id);
                 self.trim_connections();
                 self.update_kad_mode();
             }
@@ -1022,6 +1042,7 @@ impl<E: Extension> Driver<E> {
                     if open.is_empty() {
                         self.connections.remove(&peer_id);
                         self.used.remove(&peer_id);
+                        self.since.remove(&peer_id);
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.servers.remove(&peer_id);
@@ -1445,10 +1466,12 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// Keeps the connected peers within [`Config::max_connections`]: over it, disconnects the
-    /// least recently used down to three quarters of it. Never closed: a peer used within
-    /// [`TRIM_GRACE`] (a new connection counts as a use: its first request gets through), a
-    /// peer this node awaits a record answer from, a gossipsub mesh peer (watches and
+    /// Keeps the connected peers within [`Config::max_connections`]: over it, a network with
+    /// more than its share ([`Config::subnet_share`]) loses its newest peers down to it, then
+    /// the least recently used are disconnected down to three quarters of the limit. Not
+    /// closed by the second rule: a peer used within [`TRIM_GRACE`] (a new connection counts
+    /// as a use: its first request gets through); by neither: a peer this node awaits a
+    /// record answer from, a gossipsub mesh peer (watches and
     /// channels live on those connections), a relay this node listens or dials through, and a
     /// peer holding a reservation on this node's relay. When those are most of the
     /// connections, the limit is exceeded rather than breaking them. Looked at when a
@@ -1473,7 +1496,12 @@ impl<E: Extension> Driver<E> {
             .connections
             .keys()
             .filter(|p| !spared.contains(*p) && !self.closing.contains(*p))
-            .map(|p| (self.used.get(p).copied(), *p, subnet_of(&self.connections, p)))
+            .map(|p| Peer {
+                used: self.used.get(p).copied(),
+                since: self.since.get(p).copied(),
+                id: *p,
+                network: subnet_of(&self.connections, p),
+            })
             .collect();
         let mut per_network: HashMap<crate::defence::Subnet, usize> = HashMap::new();
         let networks = self.connections.keys().filter(|p| !self.closing.contains(*p));
@@ -1483,6 +1511,7 @@ impl<E: Extension> Driver<E> {
         let share = self.config.subnet_share;
         let victims = to_close(closable, &per_network, share, open, max, now);
         tracing::debug!(open, closing = victims.len(), "over max_connections");
+        self.trimmed += victims.len() as u64;
         for peer in victims {
             self.closing.insert(peer);
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -1595,19 +1624,28 @@ fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool,
     connections.into_iter().any(|(addr, dialer, dkvs)| dialer && dkvs && !is_local(addr))
 }
 
-/// How long a use keeps a connection from [`Driver::trim_connections`]: a lookup, a read or an
-/// extension's exchange with a peer ends well within it (operations time out at 10 s).
+/// How long a use keeps a connection from [`Driver::trim_connections`]'s least-recently-used
+/// rule (not from a crowded network's share): a lookup, a read or an extension's exchange with
+/// a peer ends well within it (operations time out at 10 s).
 const TRIM_GRACE: Duration = Duration::from_secs(30);
 
-/// A connected peer as trimming sees it: when it was last used, its id, its network.
-type Peer = (Option<Instant>, PeerId, Option<crate::defence::Subnet>);
+/// A connected peer as trimming sees it.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    /// When it was last used.
+    used: Option<Instant>,
+    /// When it connected.
+    since: Option<Instant>,
+    id: PeerId,
+    network: Option<crate::defence::Subnet>,
+}
 
 /// Which of the `closable` peers to disconnect when `open` peers are connected and at most
 /// `max` may be. First, every network with more than `share` peers connected (`per_network`,
-/// spared peers included) loses its least recently used closable peers down to its share,
-/// new ones too: one operator's many ids cannot push everyone else out. Then, while more than
-/// three quarters of `max` are left, the least recently used of the rest, none used within
-/// [`TRIM_GRACE`] of `now`.
+/// spared peers included) loses its newest closable peers down to its share, within their
+/// grace too: one operator's many ids cannot push everyone else out, and within a crowded
+/// network the peers already there stay. Then, while more than three quarters of `max` are
+/// left, the least recently used of the rest, none used within [`TRIM_GRACE`] of `now`.
 fn to_close(
     mut closable: Vec<Peer>,
     per_network: &HashMap<crate::defence::Subnet, usize>,
@@ -1619,29 +1657,31 @@ fn to_close(
     if open <= max {
         return Vec::new();
     }
-    closable.sort_unstable_by_key(|(at, peer, _)| (*at, *peer));
     let mut surplus: HashMap<crate::defence::Subnet, usize> = per_network
         .iter()
         .filter(|(_, n)| **n > share)
         .map(|(network, n)| (*network, n - share))
         .collect();
     let mut victims = Vec::new();
-    closable.retain(|(_, peer, network)| {
-        let over = network.and_then(|n| surplus.get_mut(&n)).filter(|left| **left > 0);
+    // Newest first (a peer with no time yet is the newest).
+    closable.sort_unstable_by_key(|p| (p.since.map(std::cmp::Reverse), p.id));
+    closable.retain(|p| {
+        let over = p.network.and_then(|n| surplus.get_mut(&n)).filter(|left| **left > 0);
         match over {
             Some(left) => {
                 *left -= 1;
-                victims.push(*peer);
+                victims.push(p.id);
                 false
             }
             None => true,
         }
     });
+    closable.sort_unstable_by_key(|p| (p.used, p.id));
     let rest = (open - victims.len()).saturating_sub(max * 3 / 4);
     let idle = closable
         .into_iter()
-        .filter(|(at, ..)| at.is_none_or(|at| now.duration_since(at) >= TRIM_GRACE));
-    victims.extend(idle.take(rest).map(|(_, peer, _)| peer));
+        .filter(|p| p.used.is_none_or(|at| now.duration_since(at) >= TRIM_GRACE));
+    victims.extend(idle.take(rest).map(|p| p.id));
     victims
 }
 
@@ -1690,58 +1730,70 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
 mod tests {
     use super::*;
 
+    /// A connected peer for `to_close`: last used `used`, connected `since`.
+    fn peer(used: Option<Instant>, since: Option<Instant>, network: Option<Subnet>) -> Peer {
+        Peer { used, since, id: PeerId::random(), network }
+    }
+
+    use crate::defence::Subnet;
+
     #[test]
     fn the_limit_closes_the_least_recently_used_outside_the_grace() {
         let now = Instant::now() + TRIM_GRACE * 10;
         let ago = |secs: u64| Some(now - Duration::from_secs(secs));
-        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
         let closable = vec![
-            (ago(40), peers[0], None),
-            (ago(200), peers[1], None),
-            (ago(5), peers[2], None), // used lately: kept
-            (None, peers[3], None),   // never used: first to go
-            (ago(31), peers[4], None),
-            (ago(0), peers[5], None), // just connected: kept
+            peer(ago(40), ago(900), None),
+            peer(ago(200), ago(900), None),
+            peer(ago(5), ago(900), None), // used lately: kept
+            peer(None, ago(900), None),   // never used: first to go
+            peer(ago(31), ago(900), None),
+            peer(ago(0), ago(0), None), // just connected: kept
         ];
+        let ids: Vec<PeerId> = closable.iter().map(|p| p.id).collect();
         let none = HashMap::new();
         let to_close = |closable, open, max| to_close(closable, &none, 32, open, max, now);
         assert!(to_close(closable.clone(), 8, 8).is_empty(), "within the limit");
         // 10 open, at most 8: down to 6, so 4 go, oldest first, none within the grace.
-        assert_eq!(to_close(closable.clone(), 10, 8), [peers[3], peers[1], peers[0], peers[4]]);
+        assert_eq!(to_close(closable.clone(), 10, 8), [ids[3], ids[1], ids[0], ids[4]]);
         // Far over the limit: still only those outside the grace.
         assert_eq!(to_close(closable, 40, 8).len(), 4);
     }
 
     #[test]
-    fn a_network_over_its_share_loses_its_own_peers_first_new_ones_too() {
-        use crate::defence::Subnet;
+    fn a_network_over_its_share_loses_its_newest_peers_first_then_the_usual_rule() {
         let now = Instant::now() + TRIM_GRACE * 10;
         let ago = |secs: u64| Some(now - Duration::from_secs(secs));
         let (crowd, other) = (Subnet::V4([198, 51, 100]), Subnet::V4([203, 0, 113]));
-        let c: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
-        let o: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
-        let mut closable: Vec<Peer> = vec![
-            (ago(0), c[0], Some(crowd)), // just connected, but its network is over its share
-            (ago(1), c[1], Some(crowd)),
-            (ago(2), c[2], Some(crowd)),
-            (ago(300), c[3], Some(crowd)),
-            (ago(50), c[4], Some(crowd)),
-            (ago(600), o[0], Some(other)),
-            (ago(900), o[1], None), // on this machine or the LAN: no network
+        // The crowd's peers, oldest connection first; busy or not, the newest go.
+        let c = [
+            peer(ago(800), ago(1000), Some(crowd)), // idle, but here longest: kept
+            peer(ago(0), ago(500), Some(crowd)),
+            peer(ago(0), ago(40), Some(crowd)),
+            peer(ago(0), ago(10), Some(crowd)),
+            peer(ago(0), ago(0), Some(crowd)),
+            peer(None, None, Some(crowd)), // connecting now
         ];
-        // c[5] is spared (a request in flight) but counts towards its network.
-        let per_network = HashMap::from([(crowd, 6), (other, 1)]);
-        // 8 open, at most 6, share 2: the crowd keeps 2 (c[5] and its most recently used
-        // closable one), losing 4 whatever their grace; then 4 are open, at most 4.5 wanted:
-        // nobody else goes.
-        let victims = to_close(closable.clone(), &per_network, 2, 8, 6, now);
-        assert_eq!(victims, [c[3], c[4], c[2], c[1]]);
+        let o = [peer(ago(600), ago(700), Some(other)), peer(ago(900), ago(900), None)];
+        let id = |p: &Peer| p.id;
+        let closable: Vec<Peer> = c.iter().chain(&o).copied().collect();
+        // One more crowd peer is spared (a request in flight) but counts towards its network.
+        let per_network = HashMap::from([(crowd, 7), (other, 1)]);
+        // 9 open, at most 8, share 3: the crowd loses its 4 newest closable peers; then 5 are
+        // open, at most 6 wanted: nobody else goes.
+        let victims = to_close(closable.clone(), &per_network, 3, 9, 8, now);
+        assert_eq!(victims, [id(&c[5]), id(&c[4]), id(&c[3]), id(&c[2])]);
         // Under the limit, no network is trimmed, however many it has.
-        assert!(to_close(closable.clone(), &per_network, 2, 6, 6, now).is_empty());
-        // Over the limit with no network over its share: the ordinary rule.
-        closable.retain(|(_, _, n)| *n != Some(crowd));
-        let fair = HashMap::from([(other, 1)]);
-        assert_eq!(to_close(closable, &fair, 2, 8, 4, now), [o[1], o[0]]);
+        assert!(to_close(closable.clone(), &per_network, 3, 8, 8, now).is_empty());
+        // Both rules in one trim: 20 open, at most 8 (down to 6): the crowd's 4, then the
+        // least recently used outside the grace (the unnetworked peer, the other network's,
+        // the crowd's idle one), as many as there are.
+        let both = to_close(closable.clone(), &per_network, 3, 20, 8, now);
+        assert_eq!(both[..4], victims[..]);
+        assert_eq!(both[4..], [id(&o[1]), id(&c[0]), id(&o[0])]);
+        // A network exactly at its share loses nothing to the share rule.
+        let at_share = HashMap::from([(crowd, 3), (other, 1)]);
+        let few: Vec<Peer> = c[..3].iter().chain(&o).copied().collect();
+        assert_eq!(to_close(few, &at_share, 3, 9, 8, now), [id(&o[1]), id(&c[0]), id(&o[0])]);
     }
 
     #[test]

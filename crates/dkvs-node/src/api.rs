@@ -1410,6 +1410,8 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "peer_id": state.node.peer_id().to_string(),
         "listen_addrs": state.node.listen_addrs().await.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "peers": peers.len(),
+        // Peers disconnected to keep within max_connections since the node started.
+        "trimmed_peers": state.node.trimmed().await,
         "records": stats.records,
         "remembered_sequences": stats.remembered,
         "memory_bytes": stats.bytes,

@@ -42,7 +42,7 @@ pub struct NodeConfig {
     /// Peers kept connected at most; over it the least recently used are closed (to three
     /// quarters of it), relays and peers with a request in flight spared; first, a network
     /// (an IPv4 /24, an IPv6 /48 or one relay; this machine and the LAN are none) with more
-    /// than a quarter of it connected loses its own least recently used, down to a quarter.
+    /// than a quarter of it (at least 1) connected loses its newest peers, down to a quarter.
     pub max_connections: usize,
     /// A connection nothing uses is closed after this many seconds.
     pub idle_connection_timeout_secs: u64,
@@ -270,7 +270,6 @@ impl NodeConfig {
         Ok(net
             .with_replication_interval(Duration::from_secs(self.replication_interval_secs))
             .with_max_connections(self.max_connections)
-            .with_subnet_share((self.max_connections / 4).max(1))
             .with_replication(self.replication)
             .with_write_quorum(quorum(self.write_quorum))
             .with_read_quorum(quorum(self.read_quorum))

@@ -472,23 +472,23 @@ fn phones_behind_nat_hold_a_relay_slot_and_read_write_and_watch() {
 fn one_network_cannot_push_other_networks_peers_out() {
     assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
     let hosts = [
-        ("cap-wan-v", "198.18.0.1/16".to_owned()),
-        ("cap-crowd", "198.18.5.1/16".to_owned()),
-        ("cap-other", "198.18.9.1/16".to_owned()),
+        ("sh-victim", "198.18.0.1/16".to_owned()),
+        ("sh-crowd", "198.18.5.1/16".to_owned()),
+        ("sh-other", "198.18.9.1/16".to_owned()),
     ];
     let _alone = one_at_a_time();
-    let nets = bridged("cap-wan", &hosts, &[]);
+    let nets = bridged("sh-wan", &hosts, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let home = |name: &str| dir.path().join(name);
-    let victim = start(&nets.name("cap-wan-v"), &home("victim"), &[], "max_connections = 4\n");
+    let victim = start(&nets.name("sh-victim"), &home("victim"), &[], "max_connections = 4\n");
     let via_victim = format!("/ip4/198.18.0.1/tcp/4040/p2p/{}", victim.peer);
     let other =
-        start(&nets.name("cap-other"), &home("other"), std::slice::from_ref(&via_victim), "");
+        start(&nets.name("sh-other"), &home("other"), std::slice::from_ref(&via_victim), "");
     let crowd: Vec<NodeProcess> = (0..6)
         .map(|i| {
             let settings =
                 format!("listen = [\"/ip4/0.0.0.0/tcp/{}\"]\napi = \"127.0.0.1:0\"\n", 4100 + i);
-            let (ns, name) = (nets.name("cap-crowd"), format!("crowd{i}"));
+            let (ns, name) = (nets.name("sh-crowd"), format!("crowd{i}"));
             start(&ns, &home(&name), std::slice::from_ref(&via_victim), &settings)
         })
         .collect();
@@ -508,7 +508,6 @@ fn one_network_cannot_push_other_networks_peers_out() {
         let (from_crowd, all, other_in) = peers();
         assert!(other_in, "the other network's peer was pushed out ({from_crowd} crowd peers)");
         if all <= 4 {
-            assert!(from_crowd <= 3, "{from_crowd} crowd peers");
             break;
         }
         assert!(
@@ -517,10 +516,14 @@ fn one_network_cannot_push_other_networks_peers_out() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // And it stays so.
+    // The crowd did reach the victim, which trimmed it (not merely never connected): seven
+    // peers dialed a node that keeps four.
+    let trimmed = victim.status()["trimmed_peers"].as_u64().unwrap_or(0);
+    assert!(trimmed >= 3, "the victim trimmed {trimmed} peers; at least 3 of 7 must have gone");
+    // And the other network's peer stays.
     for _ in 0..10 {
-        let (from_crowd, all, other_in) = peers();
-        assert!(all <= 4 && other_in, "{all} peers, {from_crowd} the crowd's, other: {other_in}");
+        let (from_crowd, _, other_in) = peers();
+        assert!(other_in, "the other network's peer was pushed out ({from_crowd} crowd peers)");
         std::thread::sleep(Duration::from_millis(300));
     }
     drop((crowd, other, victim));
