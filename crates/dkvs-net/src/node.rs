@@ -1492,10 +1492,11 @@ impl<E: Extension> Driver<E> {
         let relays =
             self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));
         spared.extend(relays.collect::<Vec<_>>());
-        let closable: Vec<Peer> = self
+        // Every live peer with its network; the spared ones count towards their network too.
+        let live: Vec<Peer> = self
             .connections
             .keys()
-            .filter(|p| !spared.contains(*p) && !self.closing.contains(*p))
+            .filter(|p| !self.closing.contains(*p))
             .map(|p| Peer {
                 used: self.used.get(p).copied(),
                 since: self.since.get(p).copied(),
@@ -1504,10 +1505,10 @@ impl<E: Extension> Driver<E> {
             })
             .collect();
         let mut per_network: HashMap<crate::defence::Subnet, usize> = HashMap::new();
-        let networks = self.connections.keys().filter(|p| !self.closing.contains(*p));
-        for network in networks.filter_map(|p| subnet_of(&self.connections, p)) {
+        for network in live.iter().filter_map(|p| p.network) {
             *per_network.entry(network).or_default() += 1;
         }
+        let closable: Vec<Peer> = live.into_iter().filter(|p| !spared.contains(&p.id)).collect();
         let share = self.config.subnet_share;
         let victims = to_close(closable, &per_network, share, open, max, now);
         tracing::debug!(open, closing = victims.len(), "over max_connections");

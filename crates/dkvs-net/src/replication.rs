@@ -83,8 +83,8 @@ pub struct ReplicationStats {
 pub(crate) struct Replication {
     /// When this node last walked its store (never: `None`).
     walked: Option<Instant>,
-    /// From the last walk: the records this node is a replica of, as the store kept them
-    /// (a clone shares the store's allocation); they name the keys to look up again.
+    /// From the last walk: the records the store held, as it kept them (a clone shares the
+    /// store's allocation); they name the keys to look up again.
     walked_records: Vec<Compact>,
     /// From the last walk: per peer, the records this node and the peer are both replicas of,
     /// as indices into `walked_records` (a record goes to up to k - 1 peers' lists).
@@ -264,18 +264,15 @@ impl<E: Extension> Driver<E> {
         let me = *self.swarm.local_peer_id();
         let server = self.serves();
         let mut shared: HashMap<PeerId, Vec<u32>> = HashMap::new();
-        let mut kept = Vec::new();
         let records: Vec<Compact> = self.store.compact_records().collect();
-        for record in records {
+        // A store holds far fewer than 2^32 records.
+        for (at, record) in (0u32..).zip(&records) {
             let key = record.key();
             let replicas = self.replicas_of(&key, server);
             if replicas.contains(&me) {
-                // A store holds far fewer than 2^32 records.
-                let at = kept.len() as u32;
                 for peer in replicas.into_iter().filter(|p| *p != me) {
                     shared.entry(peer).or_default().push(at);
                 }
-                kept.push(record);
             } else if self.replication.handed_off.get(&key) != Some(&record.seq()) {
                 // Handed off once every replica's queue took it; otherwise tried next walk.
                 let mut all = true;
@@ -292,7 +289,7 @@ impl<E: Extension> Driver<E> {
         self.replication.handed_off.retain(|key, _| store.get_compact(key.as_str()).is_some());
         self.replication.declined.retain(|peer, _| shared.contains_key(peer));
         self.replication.shared = shared;
-        self.replication.walked_records = kept;
+        self.replication.walked_records = records;
         self.replication.walked = Some(Instant::now());
     }
 
