@@ -86,38 +86,51 @@ impl Neighbourhood {
     }
 }
 
-/// A replica's side: which of `candidates` (its routing table's keys) to name to an asker
-/// whose hint is `farthest` and `known`: those closer to `target` than the farthest, not
-/// known to the asker and `live` (DHT servers this replica is connected to), at most `k`,
-/// closest first. Distances first, as they cost no allocation: most peers fail them. A hint
-/// with more than [`MAX_KNOWN`] fingerprints or a farthest that is no peer id gets nobody.
-pub(crate) fn to_name<'a>(
+/// A routing-table entry as a replica names it: its Kademlia key's bytes (the hash of its id)
+/// and its id.
+pub(crate) type Entry = ([u8; 32], PeerId);
+
+/// The Kademlia key's bytes of `key` (its SHA-256).
+pub(crate) fn hashed<T>(key: &KBucketKey<T>) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(key.hashed_bytes());
+    bytes
+}
+
+/// The XOR distance of two keys' bytes; as big-endian bytes they order as the distances do.
+fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    std::array::from_fn(|i| a[i] ^ b[i])
+}
+
+/// A replica's side: which of `live` (the entries of its routing table that are DHT servers
+/// it is connected to) to name to an asker whose hint is `farthest` and `known`: those closer
+/// to `target` than the farthest and not known to the asker, at most `k`, closest first.
+/// Distances first, as they cost no allocation: most peers fail them. A hint with more than
+/// [`MAX_KNOWN`] fingerprints or a farthest that is no peer id gets nobody.
+pub(crate) fn to_name(
     target: &[u8],
     farthest: &[u8],
     known: &[u64],
     asker: PeerId,
-    candidates: impl IntoIterator<Item = &'a KBucketKey<PeerId>>,
-    live: impl Fn(&PeerId) -> bool,
+    live: &[Entry],
     k: usize,
 ) -> Vec<PeerId> {
     // A hint no honest asker sends is answered with nobody.
     if known.len() > MAX_KNOWN {
         return Vec::new();
     }
-    let target = KBucketKey::new(target.to_vec());
+    let target = hashed(&KBucketKey::new(target));
     let bound = match farthest {
         [] => None,
         id => match PeerId::from_bytes(id) {
-            Ok(p) => Some(target.distance(&KBucketKey::from(p))),
+            Ok(p) => Some(xor(&target, &hashed(&KBucketKey::from(p)))),
             Err(_) => return Vec::new(),
         },
     };
-    let mut near: Vec<(Distance, PeerId)> = candidates
-        .into_iter()
-        .map(|key| (key.distance(&target), key))
-        .filter(|(d, _)| bound.is_none_or(|b| *d < b))
-        .map(|(d, key)| (d, *key.preimage()))
-        .filter(|(_, p)| *p != asker && live(p))
+    let mut near: Vec<([u8; 32], PeerId)> = live
+        .iter()
+        .map(|(key, p)| (xor(key, &target), *p))
+        .filter(|(d, p)| bound.is_none_or(|b| *d < b) && *p != asker)
         .collect();
     if !near.is_empty() {
         let known: HashSet<u64> = known.iter().copied().collect();
@@ -223,13 +236,21 @@ mod tests {
         assert_eq!(known.len(), 20);
         // A replica connected to everyone names exactly the 4 closer ones it does not know.
         let replica = by_distance[10];
-        let keys: Vec<KBucketKey<PeerId>> = all.iter().map(|p| KBucketKey::from(*p)).collect();
-        let named = to_name(&target, &farthest, &known, replica, &keys, |_| true, 20);
+        let entries = |ps: &[PeerId]| -> Vec<Entry> {
+            ps.iter().map(|p| (hashed(&KBucketKey::from(*p)), *p)).collect()
+        };
+        let keys = entries(&all);
+        let named = to_name(&target, &farthest, &known, replica, &keys, 20);
         assert_eq!(named, by_distance[..4]);
-        // Only live peers (connected DHT servers) are named.
-        let live = |p: &PeerId| *p != by_distance[1];
-        let named_live = to_name(&target, &farthest, &known, replica, &keys, live, 20);
+        // Only the entries given (the live ones: connected DHT servers) are named.
+        let live: Vec<PeerId> = all.iter().copied().filter(|p| *p != by_distance[1]).collect();
+        let named_live = to_name(&target, &farthest, &known, replica, &entries(&live), 20);
         assert_eq!(named_live, [by_distance[0], by_distance[2], by_distance[3]]);
+        // The byte order of XOR distances is Kademlia's order of distances.
+        let t = hashed(&key);
+        let mut by_bytes = all.clone();
+        by_bytes.sort_by_key(|p| xor(&hashed(&KBucketKey::from(*p)), &t));
+        assert_eq!(by_bytes, by_distance);
         // The asker sees that its neighbourhood lacks them.
         let ids = |ps: &[PeerId]| ps.iter().map(|p| p.to_bytes()).collect::<Vec<_>>();
         assert_eq!(hood.closer_named(me, &ids(&named)), named);
@@ -240,11 +261,11 @@ mod tests {
         // A complete neighbourhood: a replica names nobody.
         let hood = Neighbourhood::new(target.clone(), 20, by_distance[..20].iter().copied());
         let (farthest, known) = hood.hint();
-        assert!(to_name(&target, &farthest, &known, replica, &keys, |_| true, 20).is_empty());
+        assert!(to_name(&target, &farthest, &known, replica, &keys, 20).is_empty());
         // Hints no honest asker sends get nobody named.
         let many = vec![0u64; MAX_KNOWN + 1];
-        assert!(to_name(&target, &farthest, &many, replica, &keys, |_| true, 20).is_empty());
-        assert!(to_name(&target, b"junk", &[], replica, &keys, |_| true, 20).is_empty());
+        assert!(to_name(&target, &farthest, &many, replica, &keys, 20).is_empty());
+        assert!(to_name(&target, b"junk", &[], replica, &keys, 20).is_empty());
         // While it holds fewer than k, any peer it lacks is closer than its farthest.
         let small = Neighbourhood::new(target.clone(), 20, by_distance[..3].iter().copied());
         assert_eq!(small.hint().0, Vec::<u8>::new());
