@@ -520,6 +520,43 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_autonat_server_cannot_cut_a_node_behind_nat_off_its_relay() -> anyhow::Result<()> {
+    use dkvs_integration_tests::lying_relay::LyingRelay;
+
+    // The only peer of a node that nobody can dial is a relay that answers every AutoNAT
+    // probe with "I dialed you" (at an address of its choosing) without dialing.
+    let claimed: dkvs_net::libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/9".parse()?;
+    let liar = LyingRelay::spawn(claimed.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    // AutoNAT asks loopback peers only when told to (the setting under test's neighbour).
+    let hidden = lone_node(dir.path(), Config::default().with_autonat_private(Duration::ZERO))?;
+    hidden.add_peer(liar.peer_id(), liar.addr()).await?;
+    liar.lied(Duration::from_secs(20)).await?;
+    let believed = eventually(Duration::from_secs(10), async || {
+        matches!(hidden.reachability().await.nat, dkvs_net::NatStatus::Public(_))
+    })
+    .await;
+    assert!(believed, "AutoNAT took the lie: {:?}", hidden.reachability().await);
+
+    // No peer has dialed it, so it does not take itself for reachable: it holds a
+    // reservation, through which it can be reached, and serves no DHT.
+    let reserved = eventually(Duration::from_secs(20), async || {
+        !hidden.reachability().await.relay_addrs.is_empty()
+    })
+    .await;
+    let status = hidden.reachability().await;
+    assert!(reserved, "a node nobody dialed keeps a relay reservation: {status:?}");
+    assert!(!status.kad_server, "a node nobody dialed is no DHT server: {status:?}");
+    // And it stays so while AutoNAT goes on asking (every second, until it is confident).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = hidden.reachability().await;
+    assert!(!status.relay_addrs.is_empty() && !status.kad_server, "{status:?}");
+    assert!(liar.lies() > 1, "AutoNAT asked again: {} lies", liar.lies());
+    hidden.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_connection_is_upgraded_to_a_direct_one() -> anyhow::Result<()> {
     use dkvs_net::libp2p::multiaddr::Protocol;
 

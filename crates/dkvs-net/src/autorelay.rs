@@ -5,7 +5,8 @@
 //! identify lists the relay's hop protocol) and that this node dialed on a direct address, so
 //! the address is known to work from here. A relay that refuses or drops the reservation is
 //! not asked again for [`RETRY_AFTER`]; another one is asked at once. The reservation is
-//! given up as soon as AutoNAT finds the node reachable.
+//! given up once AutoNAT finds the node reachable and a peer has dialed it directly: an
+//! AutoNAT server's "I dialed you" alone may be a lie.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -631,6 +631,13 @@ pub(crate) struct Driver<E: Extension> {
     /// This node has dialed a dkvs peer at a public address: it is on the public internet,
     /// and the local-network rule no longer applies (until a restart).
     public_seen: bool,
+    /// A peer has dialed this node directly (not through a relay; from a global address when
+    /// AutoNAT asks only global peers): some address of it can be dialed. AutoNAT's verdict
+    /// alone is one peer's word, and a peer that answers "I dialed you" without dialing would
+    /// otherwise make a node behind NAT give up its relay reservation and serve the DHT
+    /// unreachable ([`Driver::update_relay`], [`Driver::update_kad_mode`]). An honest AutoNAT
+    /// server's dial-back is such a connection, and it comes before its answer.
+    inbound_seen: bool,
     /// This node has had a dkvs peer (a bootstrap peer it was given, or one identified as
     /// speaking dkvs) since it started: it is part of a network, never a network of one.
     had_peers: bool,
@@ -714,6 +721,7 @@ impl<E: Extension> Driver<E> {
             connections: HashMap::new(),
             public_seen: false,
             had_peers: false,
+            inbound_seen: false,
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             live_table: None,
@@ -1028,6 +1036,12 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
+                let judge = !self.config.autonat_only_global_ips || !is_local(&remote);
+                if !dialer && !is_relayed(&remote) && judge && !self.inbound_seen {
+                    tracing::info!(%remote, "dialed directly by a peer: reachable from outside");
+                    self.inbound_seen = true;
+                    self.update_relay();
+                }
                 self.connections
                     .entry(peer_id)
                     .or_default()
@@ -1083,7 +1097,10 @@ impl<E: Extension> Driver<E> {
         if self.config.kad_mode != crate::KadMode::Auto {
             return;
         }
-        let confirmed = self.swarm.external_addresses().any(|a| !is_relayed(a));
+        // An address AutoNAT confirmed counts once a peer has dialed this node directly; an
+        // operator's relay declares its addresses itself.
+        let confirmed = self.swarm.external_addresses().any(|a| !is_relayed(a))
+            && (self.inbound_seen || self.config.relay_server);
         // Only connections this node dialed to a public (or relayed) address of a peer that
         // speaks dkvs put it on the public internet: an inbound connection from anywhere
         // (a scanner, a peer that found us) says nothing of where we are, and an IPFS peer
@@ -1104,16 +1121,22 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// Holds a relay reservation while AutoNAT finds this node unreachable, and gives it up
-    /// once it is reachable ([`crate::autorelay`]). A node configured to relay declares itself
+    /// Holds a relay reservation while AutoNAT finds this node unreachable (or reachable while
+    /// no peer has dialed it directly yet), and gives it up once it is reachable
+    /// ([`crate::autorelay`]). A node configured to relay declares itself
     /// reachable and reserves nowhere.
     fn update_relay(&mut self) {
         if !self.config.auto_relay || self.config.relay_server {
             return;
         }
-        let private =
-            self.swarm.behaviour().autonat.nat_status() == libp2p::autonat::NatStatus::Private;
-        if !private {
+        // Unreachable: AutoNAT says so, or says "public" while no peer has dialed this node
+        // directly (one lying AutoNAT server must not cut a node behind NAT off its relay).
+        let unreachable = match self.swarm.behaviour().autonat.nat_status() {
+            libp2p::autonat::NatStatus::Private => true,
+            libp2p::autonat::NatStatus::Public(_) => !self.inbound_seen,
+            libp2p::autonat::NatStatus::Unknown => false,
+        };
+        if !unreachable {
             if let Some(listener) = self.auto_relay.dropped() {
                 tracing::info!("reachable: relay reservation given up");
                 self.swarm.remove_listener(listener);
