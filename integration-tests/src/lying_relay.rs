@@ -1,12 +1,17 @@
 //! A relay that lies about reachability, for tests: it serves relay reservations as any
 //! libp2p relay does, and answers every AutoNAT dial-back request with "I dialed you at
-//! this address" without dialing anything. Built from plain libp2p parts, as an attacker
-//! would build it; the AutoNAT answer is written by hand (libp2p keeps its codec private).
+//! this address", without dialing, or after dialing back from the very address the asker
+//! dialed (as a peer behind the asker's NAT mapping could). Built from plain libp2p parts, as
+//! an attacker would build it; the AutoNAT answer is written by hand (libp2p keeps its codec
+//! private).
 
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use dkvs_net::libp2p::core::ConnectedPoint;
+use dkvs_net::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use dkvs_net::libp2p::{
     self, Multiaddr, PeerId, StreamProtocol, identify, identity, noise, relay, request_response,
@@ -123,11 +128,22 @@ impl request_response::Codec for LyingCodec {
     }
 }
 
-/// A running lying relay on loopback.
+/// How a lying relay answers AutoNAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lie {
+    /// Answers without dialing.
+    Blind,
+    /// First dials back to the address the asker's connection came from, from the address the
+    /// asker dialed (libp2p reuses a listener's port; over QUIC, one UDP socket serves every
+    /// connection), so the dial-back rides the mapping a NAT made for the asker's own dial.
+    ThroughTheMapping,
+}
+
+/// A running lying relay on loopback (TCP and QUIC).
 pub struct LyingRelay {
     peer_id: PeerId,
-    addr: Multiaddr,
-    lies: watch::Receiver<usize>,
+    addrs: Vec<Multiaddr>,
+    lies: watch::Receiver<(usize, usize)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -138,11 +154,14 @@ impl Drop for LyingRelay {
 }
 
 impl LyingRelay {
-    /// Starts one that tells every AutoNAT client it dialed it at `claimed`.
-    pub async fn spawn(claimed: Multiaddr) -> anyhow::Result<LyingRelay> {
+    /// Starts one that tells every AutoNAT client it dialed it at `claimed`, or, when `None`,
+    /// at the address the client's connection came from (one the client has: its observed
+    /// address).
+    pub async fn spawn(claimed: Option<Multiaddr>, lie: Lie) -> anyhow::Result<LyingRelay> {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+            .with_quic()
             .with_behaviour(|key: &identity::Keypair| Behaviour {
                 relay: relay::Behaviour::new(key.public().to_peer_id(), relay::Config::default()),
                 identify: identify::Behaviour::new(identify::Config::new(
@@ -158,31 +177,63 @@ impl LyingRelay {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
         swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        let addr = loop {
+        swarm.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
+        let mut addrs = Vec::new();
+        while addrs.len() < 2 {
             if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                break address;
+                // A relay hands its own addresses out in reservations.
+                swarm.add_external_address(address.clone());
+                addrs.push(address);
             }
-        };
-        // A relay hands its own addresses out in reservations.
-        swarm.add_external_address(addr.clone());
+        }
         let peer_id = *swarm.local_peer_id();
-        let (count, lies) = watch::channel(0usize);
-        let answer = dialed_you_at(&claimed);
+        let (count, lies) = watch::channel((0usize, 0usize));
         let task = tokio::spawn(async move {
+            // Where each peer's connection to the liar came from.
+            let mut came_from: HashMap<PeerId, Multiaddr> = HashMap::new();
             loop {
-                if let SwarmEvent::Behaviour(BehaviourEvent::Autonat(
-                    request_response::Event::Message {
-                        message: request_response::Message::Request { channel, .. },
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished {
+                        peer_id,
+                        endpoint: ConnectedPoint::Listener { send_back_addr, .. },
                         ..
-                    },
-                )) = swarm.select_next_some().await
-                    && swarm.behaviour_mut().autonat.send_response(channel, answer.clone()).is_ok()
-                {
-                    count.send_modify(|n| *n += 1);
+                    } => {
+                        came_from.insert(peer_id, send_back_addr);
+                    }
+                    SwarmEvent::ConnectionEstablished {
+                        endpoint: ConnectedPoint::Dialer { .. },
+                        ..
+                    } => count.send_modify(|(_, dialed)| *dialed += 1),
+                    SwarmEvent::Behaviour(BehaviourEvent::Autonat(
+                        request_response::Event::Message {
+                            peer,
+                            message: request_response::Message::Request { channel, .. },
+                            ..
+                        },
+                    )) => {
+                        if lie == Lie::ThroughTheMapping
+                            && let Some(addr) = came_from.get(&peer)
+                        {
+                            let opts = DialOpts::peer_id(peer)
+                                .addresses(vec![addr.clone()])
+                                .condition(PeerCondition::Always)
+                                .build();
+                            let _ = swarm.dial(opts);
+                        }
+                        let Some(named) = claimed.as_ref().or(came_from.get(&peer)) else {
+                            continue;
+                        };
+                        let answer = dialed_you_at(named);
+                        let autonat = &mut swarm.behaviour_mut().autonat;
+                        if autonat.send_response(channel, answer).is_ok() {
+                            count.send_modify(|(lies, _)| *lies += 1);
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
-        Ok(LyingRelay { peer_id, addr, lies, task })
+        Ok(LyingRelay { peer_id, addrs, lies, task })
     }
 
     /// Its peer id.
@@ -190,20 +241,26 @@ impl LyingRelay {
         self.peer_id
     }
 
-    /// Its listen address.
-    pub fn addr(&self) -> Multiaddr {
-        self.addr.clone()
+    /// Its listen address over `transport` ("tcp" or "quic-v1").
+    pub fn addr(&self, transport: &str) -> Multiaddr {
+        let over = |a: &&Multiaddr| a.to_string().contains(transport);
+        self.addrs.iter().find(over).cloned().unwrap_or_else(|| self.addrs[0].clone())
     }
 
     /// How many dial-back requests it has answered with its lie.
     pub fn lies(&self) -> usize {
-        *self.lies.borrow()
+        self.lies.borrow().0
+    }
+
+    /// How many connections it dialed that were established (dial-backs).
+    pub fn dialed_back(&self) -> usize {
+        self.lies.borrow().1
     }
 
     /// Waits (at most `within`) until it has lied at least once.
     pub async fn lied(&self, within: Duration) -> anyhow::Result<()> {
         let mut lies = self.lies.clone();
-        tokio::time::timeout(within, lies.wait_for(|n| *n > 0))
+        tokio::time::timeout(within, lies.wait_for(|(n, _)| *n > 0))
             .await
             .map_err(|_| anyhow!("no AutoNAT request came within {within:?}"))?
             .map_err(|_| anyhow!("lying relay gone"))?;

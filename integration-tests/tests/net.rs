@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use dkvs_account::{KeyType, Keypair};
+use dkvs_integration_tests::lying_relay::{Lie, LyingRelay};
 use dkvs_integration_tests::testnet::{TestNet, eventually, lone_node, next_event};
 use dkvs_net::{Config, PutError, Quorum, Refusal, Source};
 use dkvs_record::{Draft, Key, Record, Transfer};
@@ -519,40 +520,83 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lying_autonat_server_cannot_cut_a_node_behind_nat_off_its_relay() -> anyhow::Result<()> {
-    use dkvs_integration_tests::lying_relay::LyingRelay;
-
-    // The only peer of a node that nobody can dial is a relay that answers every AutoNAT
-    // probe with "I dialed you" (at an address of its choosing) without dialing.
-    let claimed: dkvs_net::libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/9".parse()?;
-    let liar = LyingRelay::spawn(claimed.clone()).await?;
+/// A node whose only peer is a relay that lies to AutoNAT (`lie`), naming the address it
+/// saw the node at, over QUIC when `listen` (the node then listens on loopback QUIC, so its
+/// dials leave from its listening socket as they leave a phone's through its NAT), must keep
+/// a relay reservation and serve no DHT.
+async fn lied_to(lie: Lie, listen: bool) -> anyhow::Result<()> {
+    let liar = LyingRelay::spawn(None, lie).await?;
     let dir = tempfile::tempdir()?;
-    // AutoNAT asks loopback peers only when told to (the setting under test's neighbour).
-    let hidden = lone_node(dir.path(), Config::default().with_autonat_private(Duration::ZERO))?;
-    hidden.add_peer(liar.peer_id(), liar.addr()).await?;
+    // AutoNAT asks loopback peers only when told to, and on loopback the local-network rule
+    // would make the node a DHT server at once: both are set to see AutoNAT alone.
+    let config = Config::default().with_autonat_private(Duration::ZERO).with_lan_server(false);
+    let hidden = lone_node(dir.path(), config)?;
+    let transport = if listen {
+        hidden.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?).await?;
+        "quic-v1"
+    } else {
+        "tcp"
+    };
+    hidden.add_peer(liar.peer_id(), liar.addr(transport)).await?;
     liar.lied(Duration::from_secs(20)).await?;
     let believed = eventually(Duration::from_secs(10), async || {
         matches!(hidden.reachability().await.nat, dkvs_net::NatStatus::Public(_))
     })
     .await;
     assert!(believed, "AutoNAT took the lie: {:?}", hidden.reachability().await);
+    if lie == Lie::ThroughTheMapping {
+        assert!(liar.dialed_back() > 0, "the liar's dial-back got through");
+    }
 
-    // No peer has dialed it, so it does not take itself for reachable: it holds a
-    // reservation, through which it can be reached, and serves no DHT.
-    let reserved = eventually(Duration::from_secs(20), async || {
+    // No peer dialed it in a way that shows it can be dialed, so it does not take itself
+    // for reachable: after a grace for an honest dial-back, it holds a reservation (through
+    // which it can be reached) and serves no DHT.
+    let reserved = eventually(Duration::from_secs(30), async || {
         !hidden.reachability().await.relay_addrs.is_empty()
     })
     .await;
     let status = hidden.reachability().await;
     assert!(reserved, "a node nobody dialed keeps a relay reservation: {status:?}");
     assert!(!status.kad_server, "a node nobody dialed is no DHT server: {status:?}");
-    // And it stays so while AutoNAT goes on asking (every second, until it is confident).
+    // And it stays so while AutoNAT goes on asking.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = hidden.reachability().await;
     assert!(!status.relay_addrs.is_empty() && !status.kad_server, "{status:?}");
     assert!(liar.lies() > 1, "AutoNAT asked again: {} lies", liar.lies());
     hidden.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_autonat_server_cannot_cut_a_node_behind_nat_off_its_relay() -> anyhow::Result<()> {
+    lied_to(Lie::Blind, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_back_through_the_nodes_own_mapping_proves_nothing() -> anyhow::Result<()> {
+    lied_to(Lie::ThroughTheMapping, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autonat_server_naming_an_address_the_node_never_had_is_banned() -> anyhow::Result<()> {
+    // Others would dial this address for the node: a stranger's, or nobody's.
+    let claimed: dkvs_net::libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/9".parse()?;
+    let liar = LyingRelay::spawn(Some(claimed.clone()), Lie::Blind).await?;
+    let dir = tempfile::tempdir()?;
+    let config = Config::default().with_autonat_private(Duration::ZERO).with_lan_server(false);
+    let node = lone_node(dir.path(), config)?;
+    node.add_peer(liar.peer_id(), liar.addr("tcp")).await?;
+    liar.lied(Duration::from_secs(20)).await?;
+    let banned = eventually(Duration::from_secs(10), async || {
+        node.banned_peers().await.contains(&liar.peer_id())
+    })
+    .await;
+    assert!(banned, "the liar is banned: {:?}", node.banned_peers().await);
+    let status = node.reachability().await;
+    assert!(!status.external_addrs.contains(&claimed), "the named address is not used: {status:?}");
+    assert!(!status.kad_server, "{status:?}");
+    assert_eq!(liar.lies(), 1, "a banned peer is not asked again");
+    node.shutdown().await;
     Ok(())
 }
 

@@ -636,8 +636,18 @@ pub(crate) struct Driver<E: Extension> {
     /// alone is one peer's word, and a peer that answers "I dialed you" without dialing would
     /// otherwise make a node behind NAT give up its relay reservation and serve the DHT
     /// unreachable ([`Driver::update_relay`], [`Driver::update_kad_mode`]). An honest AutoNAT
-    /// server's dial-back is such a connection, and it comes before its answer.
+    /// server's dial-back is such a connection; it races the server's answer, so a node found
+    /// reachable waits [`INBOUND_GRACE`] for it before it reserves a relay slot. What counts
+    /// is [`Driver::proves_reachable`]'s. It is never reset: one dial proves that some address
+    /// of this node could be dialed once, not which, nor that it still can.
     inbound_seen: bool,
+    /// The addresses this node dialed last ([`Driver::proves_reachable`]).
+    dialed_recently: Dialed,
+    /// The addresses peers saw this node at lately (identify's observed addresses): with the
+    /// listen addresses, the only ones AutoNAT may confirm.
+    candidates: Dialed,
+    /// Since when AutoNAT has found this node reachable, while it has.
+    public_since: Option<Instant>,
     /// This node has had a dkvs peer (a bootstrap peer it was given, or one identified as
     /// speaking dkvs) since it started: it is part of a network, never a network of one.
     had_peers: bool,
@@ -722,6 +732,9 @@ impl<E: Extension> Driver<E> {
             public_seen: false,
             had_peers: false,
             inbound_seen: false,
+            dialed_recently: Dialed::default(),
+            candidates: Dialed::default(),
+            public_since: None,
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             live_table: None,
@@ -1036,8 +1049,9 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
-                let judge = !self.config.autonat_only_global_ips || !is_local(&remote);
-                if !dialer && !is_relayed(&remote) && judge && !self.inbound_seen {
+                if dialer && !is_relayed(&remote) {
+                    self.dialed_recently.note(&remote);
+                } else if !self.inbound_seen && self.proves_reachable(peer_id, &remote) {
                     tracing::info!(%remote, "dialed directly by a peer: reachable from outside");
                     self.inbound_seen = true;
                     self.update_relay();
@@ -1082,9 +1096,19 @@ impl<E: Extension> Driver<E> {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
                 }
             }
-            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+            SwarmEvent::NewExternalAddrCandidate { address } => self.candidates.note(&address),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                // AutoNAT confirms whatever address its server names: one this node never
+                // asked about (neither a listen address nor one a peer saw it at) is a lie, and
+                // others would dial a stranger's address for it.
+                if !self.had_address(&address) && !is_relayed(&address) && !self.config.relay_server
+                {
+                    tracing::warn!(%address, "an address this node never had was confirmed: not used");
+                    self.swarm.remove_external_address(&address);
+                }
                 self.update_kad_mode();
             }
+            SwarmEvent::ExternalAddrExpired { .. } => self.update_kad_mode(),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -1130,10 +1154,18 @@ impl<E: Extension> Driver<E> {
             return;
         }
         // Unreachable: AutoNAT says so, or says "public" while no peer has dialed this node
-        // directly (one lying AutoNAT server must not cut a node behind NAT off its relay).
+        // directly within a grace (one lying AutoNAT server must not cut a node behind NAT off
+        // its relay). Within the grace nothing changes.
         let unreachable = match self.swarm.behaviour().autonat.nat_status() {
             libp2p::autonat::NatStatus::Private => true,
-            libp2p::autonat::NatStatus::Public(_) => !self.inbound_seen,
+            libp2p::autonat::NatStatus::Public(_) if self.inbound_seen => false,
+            libp2p::autonat::NatStatus::Public(_) => {
+                let since = *self.public_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < INBOUND_GRACE {
+                    return;
+                }
+                true
+            }
             libp2p::autonat::NatStatus::Unknown => false,
         };
         if !unreachable {
@@ -1166,6 +1198,31 @@ impl<E: Extension> Driver<E> {
         if !self.auto_relay.accepted(relay, renewal, Instant::now()) {
             self.drop_relay("it renews the reservation too often");
         }
+        // A reservation the node no longer wanted while it was asked for goes now.
+        self.update_relay();
+    }
+
+    /// Whether `address` is one AutoNAT may have asked a peer to dial: a listen address, or
+    /// one a peer saw this node at lately.
+    fn had_address(&self, address: &Multiaddr) -> bool {
+        self.candidates.contains(address)
+            || self.swarm.listeners().any(|l| socket_of(l) == socket_of(address))
+    }
+
+    /// Whether a direct connection `peer` dialed to this node from `remote` shows that this
+    /// node can be dialed: not through a relay; not from an address this node dialed lately (a
+    /// peer dialing back from the address this node dialed rides the NAT's mapping of that
+    /// dial, which lets exactly that address in); and, when AutoNAT asks only global peers,
+    /// from a global address, or from a peer this node also reaches at a global address (a
+    /// port forward that rewrites callers to a private address, as container platforms do).
+    fn proves_reachable(&self, peer: PeerId, remote: &Multiaddr) -> bool {
+        if is_relayed(remote) || self.dialed_recently.contains(remote) {
+            return false;
+        }
+        let global = |a: &Multiaddr| !is_local(a) && !is_relayed(a);
+        !self.config.autonat_only_global_ips
+            || global(remote)
+            || self.connections.get(&peer).is_some_and(|open| open.values().any(|(a, _)| global(a)))
     }
 
     /// Gives up the reservation on a relay that misbehaves, passes it over, and asks another.
@@ -1237,8 +1294,16 @@ impl<E: Extension> Driver<E> {
                     }
                 }
             }
+            BehaviourEvent::Autonat(libp2p::autonat::Event::OutboundProbe(
+                libp2p::autonat::OutboundProbeEvent::Response { peer, address, .. },
+            )) if !self.had_address(&address) => {
+                // An honest server names one of the addresses this node asked it to dial.
+                self.ban(peer, "AutoNAT: said it dialed an address this node never had");
+            }
             BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "reachability");
+                let public = matches!(new, libp2p::autonat::NatStatus::Public(_));
+                self.public_since = public.then(Instant::now);
                 self.update_relay();
             }
             _ => {}
@@ -1667,6 +1732,44 @@ pub(crate) fn closest(
 /// speaks dkvs).
 fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool, bool)>) -> bool {
     connections.into_iter().any(|(addr, dialer, dkvs)| dialer && dkvs && !is_local(addr))
+}
+
+/// How long a node that AutoNAT found reachable waits for a peer's direct dial (an honest
+/// AutoNAT server's dial-back races its answer) before it takes itself for unreachable and
+/// reserves a relay slot.
+const INBOUND_GRACE: Duration = Duration::from_secs(10);
+
+/// Transport addresses (IP and port) seen last, at most [`Dialed::KEPT`]: those this node
+/// dialed, or those peers saw it at.
+#[derive(Default)]
+struct Dialed(std::collections::VecDeque<Multiaddr>);
+
+impl Dialed {
+    const KEPT: usize = 1024;
+
+    fn note(&mut self, addr: &Multiaddr) {
+        let socket = socket_of(addr);
+        if !self.0.contains(&socket) {
+            if self.0.len() == Self::KEPT {
+                self.0.pop_front();
+            }
+            self.0.push_back(socket);
+        }
+    }
+
+    fn contains(&self, addr: &Multiaddr) -> bool {
+        self.0.contains(&socket_of(addr))
+    }
+}
+
+/// An address's IP and port (its first two parts, and QUIC's marker): what a NAT's mapping
+/// is about.
+fn socket_of(addr: &Multiaddr) -> Multiaddr {
+    use libp2p::multiaddr::Protocol;
+    addr.iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
+        .take(3)
+        .collect()
 }
 
 /// How long a use keeps a connection from [`Driver::trim_connections`]'s least-recently-used
