@@ -104,9 +104,7 @@ impl AutoRelay {
     /// client panics on an answer to a reservation whose listener went away, so it is given
     /// up once accepted (or closes by itself).
     pub(crate) fn dropped(&mut self) -> Option<ListenerId> {
-        if self.accepted.is_none() {
-            return None;
-        }
+        self.accepted?;
         self.current.take().map(|(id, _)| id)
     }
 
