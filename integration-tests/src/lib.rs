@@ -1,6 +1,6 @@
 //! Helpers for the workspace's end-to-end tests: child processes that are always cleaned up,
-//! a dishonest peer ([`liar`]), a relay that lies about reachability ([`lying_relay`]), and [`testnet`] (the `dkvs-testnet` crate), many dkvs nodes in
-//! one process.
+//! a dishonest peer ([`liar`]), a relay that lies about reachability ([`lying_relay`]), and
+//! [`testnet`] (the `dkvs-testnet` crate), many dkvs nodes in one process.
 
 pub mod liar;
 pub mod lying_relay;

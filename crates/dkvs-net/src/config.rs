@@ -86,9 +86,9 @@ pub struct Config {
     pub mdns: bool,
     /// Serve as a relay for peers behind NAT. Default: off.
     pub relay_server: bool,
-    /// When AutoNAT finds this node unreachable (behind NAT or a firewall), hold a
-    /// reservation on a connected relay, so that others can dial it through the relay (and
-    /// directly once DCUtR punches through). Default: on.
+    /// When AutoNAT finds this node unreachable (behind NAT or a firewall), or reachable while
+    /// no peer has dialed it directly, hold a reservation on a connected relay, so that others
+    /// can dial it through the relay (and directly once DCUtR punches through). Default: on.
     pub auto_relay: bool,
     /// Close connections idle for this long. Default: 60 s.
     pub idle_connection_timeout: Duration,
@@ -300,7 +300,8 @@ impl Config {
 /// (client).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KadMode {
-    /// A server when AutoNAT confirms a direct address reachable from outside, or (with
+    /// A server when AutoNAT confirms a direct address reachable from outside and a peer has
+    /// dialed this node directly, or (with
     /// [`Config::lan_server`]) while the node is on a local network only; a client otherwise,
     /// as a node behind NAT on the public internet should be.
     #[default]

@@ -524,7 +524,8 @@ pub enum NatStatus {
     Unknown,
     /// Peers could not dial any address of this node: it is behind NAT or a firewall.
     Private,
-    /// Peers dialed this address of this node.
+    /// A peer said it dialed this address of this node (AutoNAT's word: the node serves the
+    /// DHT and gives up a relay reservation only once a peer has dialed it directly).
     Public(Multiaddr),
 }
 
@@ -680,7 +681,8 @@ pub(crate) struct Driver<E: Extension> {
     used: HashMap<PeerId, Instant>,
     /// Peers holding a reservation on this node's relay: their connection is their address.
     reserved: HashSet<PeerId>,
-    /// The relay reservation this node holds while AutoNAT finds it unreachable.
+    /// The relay reservation this node holds while it is not known to be reachable
+    /// ([`Driver::update_relay`]).
     auto_relay: crate::autorelay::AutoRelay,
     /// Peers whose connections the limit is closing.
     closing: HashSet<PeerId>,
