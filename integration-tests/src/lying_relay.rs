@@ -1,6 +1,6 @@
 //! A relay that lies about reachability, for tests: it serves relay reservations as any
-//! libp2p relay does, and answers every AutoNAT dial-back request with "I dialed you at
-//! this address", without dialing, or after dialing back from the very address the asker
+//! libp2p relay does, and answers every AutoNAT dial-back request with "I dialed you at the
+//! address I see you at", without dialing, or after dialing back from the very address the asker
 //! dialed (as a peer behind the asker's NAT mapping could). Built from plain libp2p parts, as
 //! an attacker would build it; the AutoNAT answer is written by hand (libp2p keeps its codec
 //! private).
@@ -154,10 +154,9 @@ impl Drop for LyingRelay {
 }
 
 impl LyingRelay {
-    /// Starts one that tells every AutoNAT client it dialed it at `claimed`, or, when `None`,
-    /// at the address the client's connection came from (one the client has: its observed
-    /// address).
-    pub async fn spawn(claimed: Option<Multiaddr>, lie: Lie) -> anyhow::Result<LyingRelay> {
+    /// Starts one that tells every AutoNAT client it dialed it at the address the client's
+    /// connection came from (its observed address, one the client has).
+    pub async fn spawn(lie: Lie) -> anyhow::Result<LyingRelay> {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
@@ -220,7 +219,7 @@ impl LyingRelay {
                                 .build();
                             let _ = swarm.dial(opts);
                         }
-                        let Some(named) = claimed.as_ref().or(came_from.get(&peer)) else {
+                        let Some(named) = came_from.get(&peer) else {
                             continue;
                         };
                         let answer = dialed_you_at(named);

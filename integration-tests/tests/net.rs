@@ -525,7 +525,7 @@ async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -
 /// dials leave from its listening socket as they leave a phone's through its NAT), must keep
 /// a relay reservation and serve no DHT.
 async fn lied_to(lie: Lie, listen: bool) -> anyhow::Result<()> {
-    let liar = LyingRelay::spawn(None, lie).await?;
+    let liar = LyingRelay::spawn(lie).await?;
     let dir = tempfile::tempdir()?;
     // AutoNAT asks loopback peers only when told to, and on loopback the local-network rule
     // would make the node a DHT server at once: both are set to see AutoNAT alone.
@@ -545,7 +545,8 @@ async fn lied_to(lie: Lie, listen: bool) -> anyhow::Result<()> {
     .await;
     assert!(believed, "AutoNAT took the lie: {:?}", hidden.reachability().await);
     if lie == Lie::ThroughTheMapping {
-        assert!(liar.dialed_back() > 0, "the liar's dial-back got through");
+        let through = eventually(Duration::from_secs(10), async || liar.dialed_back() > 0).await;
+        assert!(through, "the liar's dial-back got through");
     }
 
     // No peer dialed it in a way that shows it can be dialed, so it does not take itself
@@ -575,29 +576,6 @@ async fn a_lying_autonat_server_cannot_cut_a_node_behind_nat_off_its_relay() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_back_through_the_nodes_own_mapping_proves_nothing() -> anyhow::Result<()> {
     lied_to(Lie::ThroughTheMapping, true).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_autonat_server_naming_an_address_the_node_never_had_is_banned() -> anyhow::Result<()> {
-    // Others would dial this address for the node: a stranger's, or nobody's.
-    let claimed: dkvs_net::libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/9".parse()?;
-    let liar = LyingRelay::spawn(Some(claimed.clone()), Lie::Blind).await?;
-    let dir = tempfile::tempdir()?;
-    let config = Config::default().with_autonat_private(Duration::ZERO).with_lan_server(false);
-    let node = lone_node(dir.path(), config)?;
-    node.add_peer(liar.peer_id(), liar.addr("tcp")).await?;
-    liar.lied(Duration::from_secs(20)).await?;
-    let banned = eventually(Duration::from_secs(10), async || {
-        node.banned_peers().await.contains(&liar.peer_id())
-    })
-    .await;
-    assert!(banned, "the liar is banned: {:?}", node.banned_peers().await);
-    let status = node.reachability().await;
-    assert!(!status.external_addrs.contains(&claimed), "the named address is not used: {status:?}");
-    assert!(!status.kad_server, "{status:?}");
-    assert_eq!(liar.lies(), 1, "a banned peer is not asked again");
-    node.shutdown().await;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -644,9 +644,6 @@ pub(crate) struct Driver<E: Extension> {
     inbound_seen: bool,
     /// The addresses this node dialed last ([`Driver::proves_reachable`]).
     dialed_recently: Dialed,
-    /// The addresses peers saw this node at lately (identify's observed addresses): with the
-    /// listen addresses, the only ones AutoNAT may confirm.
-    candidates: Dialed,
     /// Since when AutoNAT has found this node reachable, while it has.
     public_since: Option<Instant>,
     /// This node has had a dkvs peer (a bootstrap peer it was given, or one identified as
@@ -735,7 +732,6 @@ impl<E: Extension> Driver<E> {
             had_peers: false,
             inbound_seen: false,
             dialed_recently: Dialed::default(),
-            candidates: Dialed::default(),
             public_since: None,
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
@@ -1011,6 +1007,16 @@ impl<E: Extension> Driver<E> {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent<E>>) {
+        if let SwarmEvent::OutgoingConnectionError {
+            error: libp2p::swarm::DialError::Transport(attempts),
+            ..
+        } = &event
+        {
+            // A dial that failed made a NAT mapping all the same.
+            for (addr, _) in attempts.iter().filter(|(a, _)| !is_relayed(a)) {
+                self.dialed_recently.note(addr);
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 // A node configured to relay is declared reachable by its operator: its listen
@@ -1098,19 +1104,9 @@ impl<E: Extension> Driver<E> {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
                 }
             }
-            SwarmEvent::NewExternalAddrCandidate { address } => self.candidates.note(&address),
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                // AutoNAT confirms whatever address its server names: one this node never
-                // asked about (neither a listen address nor one a peer saw it at) is a lie, and
-                // others would dial a stranger's address for it.
-                if !self.had_address(&address) && !is_relayed(&address) && !self.config.relay_server
-                {
-                    tracing::warn!(%address, "an address this node never had was confirmed: not used");
-                    self.swarm.remove_external_address(&address);
-                }
+            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
                 self.update_kad_mode();
             }
-            SwarmEvent::ExternalAddrExpired { .. } => self.update_kad_mode(),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -1168,12 +1164,13 @@ impl<E: Extension> Driver<E> {
                 }
                 true
             }
-            libp2p::autonat::NatStatus::Unknown => false,
+            // No verdict (at start, or an address expired): the reservation, if any, stays.
+            libp2p::autonat::NatStatus::Unknown => return,
         };
         if !unreachable {
-            if let Some(listener) = self.auto_relay.dropped() {
-                tracing::info!("reachable: relay reservation given up");
-                self.swarm.remove_listener(listener);
+            if let (Some(relay), Some(_)) = (self.auto_relay.relay(), self.auto_relay.dropped()) {
+                tracing::info!(%relay, "reachable: relay reservation given up");
+                self.give_up_reservation(relay);
             }
             return;
         }
@@ -1200,25 +1197,28 @@ impl<E: Extension> Driver<E> {
         if !self.auto_relay.accepted(relay, renewal, Instant::now()) {
             self.drop_relay("it renews the reservation too often");
         }
-        // A reservation the node no longer wanted while it was asked for goes now.
-        self.update_relay();
     }
 
-    /// Whether `address` is one AutoNAT may have asked a peer to dial: a listen address, or
-    /// one a peer saw this node at lately.
-    fn had_address(&self, address: &Multiaddr) -> bool {
-        self.candidates.contains(address)
-            || self.swarm.listeners().any(|l| socket_of(l) == socket_of(address))
+    /// Ends the reservation on `relay` by closing the connections to it. Not by removing its
+    /// listener: libp2p-relay 0.22's client panics on a relay's answer to a reservation (or a
+    /// renewal) in flight when its listener went away (the namespace test hit it once); a
+    /// closed connection gets no more answers.
+    fn give_up_reservation(&mut self, relay: PeerId) {
+        let _ = self.swarm.disconnect_peer_id(relay);
     }
 
     /// Whether a direct connection `peer` dialed to this node from `remote` shows that this
-    /// node can be dialed: not through a relay; not from an address this node dialed lately (a
-    /// peer dialing back from the address this node dialed rides the NAT's mapping of that
-    /// dial, which lets exactly that address in); and, when AutoNAT asks only global peers,
+    /// node can be dialed: not through a relay; not from an address this node dialed lately or
+    /// is connected to by its own dial (a peer dialing back from the address this node dialed
+    /// rides the NAT's mapping of that dial, which lets exactly that address in); and, when AutoNAT asks only global peers,
     /// from a global address, or from a peer this node also reaches at a global address (a
     /// port forward that rewrites callers to a private address, as container platforms do).
     fn proves_reachable(&self, peer: PeerId, remote: &Multiaddr) -> bool {
-        if is_relayed(remote) || self.dialed_recently.contains(remote) {
+        let socket = socket_of(remote);
+        let dialing_it = self.connections.values().flat_map(|open| open.values());
+        let dialing_it =
+            dialing_it.filter(|(_, by_us)| *by_us).any(|(a, _)| socket_of(a) == socket);
+        if is_relayed(remote) || self.dialed_recently.contains(remote) || dialing_it {
             return false;
         }
         let global = |a: &Multiaddr| !is_local(a) && !is_relayed(a);
@@ -1229,10 +1229,9 @@ impl<E: Extension> Driver<E> {
 
     /// Gives up the reservation on a relay that misbehaves, passes it over, and asks another.
     fn drop_relay(&mut self, why: &str) {
-        if let (Some(relay), Some(listener)) = (self.auto_relay.relay(), self.auto_relay.dropped())
-        {
+        if let (Some(relay), Some(_)) = (self.auto_relay.relay(), self.auto_relay.dropped()) {
             tracing::warn!(%relay, why, "relay dropped");
-            self.swarm.remove_listener(listener);
+            self.give_up_reservation(relay);
             self.auto_relay.refuse(relay, Instant::now());
             self.update_relay();
         }
@@ -1295,12 +1294,6 @@ impl<E: Extension> Driver<E> {
                         tracing::info!(peer = %remote_peer_id, %error, "hole punching failed: relayed")
                     }
                 }
-            }
-            BehaviourEvent::Autonat(libp2p::autonat::Event::OutboundProbe(
-                libp2p::autonat::OutboundProbeEvent::Response { peer, address, .. },
-            )) if !self.had_address(&address) => {
-                // An honest server names one of the addresses this node asked it to dial.
-                self.ban(peer, "AutoNAT: said it dialed an address this node never had");
             }
             BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "reachability");
@@ -1741,8 +1734,8 @@ fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool,
 /// reserves a relay slot.
 const INBOUND_GRACE: Duration = Duration::from_secs(10);
 
-/// Transport addresses (IP and port) seen last, at most [`Dialed::KEPT`]: those this node
-/// dialed, or those peers saw it at.
+/// The transport addresses (IP and port) this node dialed last, successfully or not, at most
+/// [`Dialed::KEPT`].
 #[derive(Default)]
 struct Dialed(std::collections::VecDeque<Multiaddr>);
 
