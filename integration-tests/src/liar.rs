@@ -31,6 +31,7 @@ enum Command {
     StaleClaim(Vec<u8>),
     Name(Vec<Vec<u8>>),
     Hinted(oneshot::Sender<usize>),
+    Puts(oneshot::Sender<usize>),
     PutStatus(pb::PutStatus),
     Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
@@ -138,6 +139,13 @@ impl Liar {
         rx.await.context("liar gone")
     }
 
+    /// How many put requests the liar has answered.
+    pub async fn puts_answered(&self) -> anyhow::Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Puts(tx)).await.map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")
+    }
+
     /// From now on, answers every put with "stale", showing `bytes` as the newer record.
     pub async fn claim_stale(&self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.commands.send(Command::StaleClaim(bytes)).await.map_err(|_| anyhow!("liar gone"))
@@ -219,6 +227,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
     let mut stale_claim: Option<Vec<u8>> = None;
     let mut named: Vec<Vec<u8>> = Vec::new();
     let mut hinted = 0;
+    let mut puts = 0;
     let mut put_status = pb::PutStatus::Stored;
     let nothing = dkvs_net::reconcile::set_of([]);
     let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
@@ -241,6 +250,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::Hinted(reply)) => {
                     let _ = reply.send(hinted);
+                }
+                Some(Command::Puts(reply)) => {
+                    let _ = reply.send(puts);
                 }
                 Some(Command::PutStatus(status)) => {
                     put_status = status;
@@ -307,6 +319,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 SwarmEvent::Behaviour(BehaviourEvent::Records(event)) => match event {
                     request_response::Event::Message { message, .. } => match message {
                         request_response::Message::Request { request, channel, .. } => {
+                            if matches!(request.kind, Some(pb::request::Kind::Put(_))) {
+                                puts += 1;
+                            }
                             let response = match request.kind {
                                 Some(pb::request::Kind::Get(get)) => {
                                     if !get.known.is_empty() {

@@ -742,6 +742,39 @@ async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_answers_rate_limited_is_left_alone_for_a_moment() -> anyhow::Result<()> {
+    use dkvs_net::codec::pb;
+    // A replica with limits stricter than the node's pace (or one whose network's other
+    // senders use them up) answers every put "rate limited": the writer sends it nothing for
+    // a second after each such answer, instead of a request for every put.
+    let net = TestNet::start(3, Config::default()).await?;
+    let liar = dkvs_integration_tests::liar::Liar::spawn().await?;
+    liar.answer_puts_with(pb::PutStatus::RateLimited).await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    let writer = net.node(0).clone();
+    let reached = eventually(Duration::from_secs(20), async || {
+        writer.connected_peers().await.contains(&liar.peer_id())
+    });
+    assert!(reached.await, "the liar is connected to the writer");
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let started = std::time::Instant::now();
+    let mut asked = 0;
+    for i in 0..100 {
+        let key = Key::scoped(&alice.account_id(), &format!("held/{i}")).expect("key");
+        let receipt = writer.put(record(&alice, &key, "v", 1)).await?;
+        assert!(receipt.has_quorum(), "the other replicas hold it: {receipt:?}");
+        asked += usize::from(receipt.refused.iter().any(|(p, _, _)| *p == liar.peer_id()));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let puts = liar.puts_answered().await?;
+    // At most one put a second reaches it (and one for the first refusal), not one per put.
+    assert!(asked > 0, "the liar was among the replicas");
+    assert!((puts as f64) <= seconds + 2.0, "{puts} puts reached it in {seconds:.1} s");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> anyhow::Result<()> {
     let step = Duration::from_secs(20);
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];

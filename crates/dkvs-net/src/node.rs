@@ -1210,9 +1210,10 @@ impl<E: Extension> Driver<E> {
     /// Whether a direct connection `peer` dialed to this node from `remote` shows that this
     /// node can be dialed: not through a relay; not from an address this node dialed lately or
     /// is connected to by its own dial (a peer dialing back from the address this node dialed
-    /// rides the NAT's mapping of that dial, which lets exactly that address in); and, when AutoNAT asks only global peers,
-    /// from a global address, or from a peer this node also reaches at a global address (a
-    /// port forward that rewrites callers to a private address, as container platforms do).
+    /// rides the NAT's mapping of that dial, which lets exactly that address in); and, when
+    /// AutoNAT asks only global peers, from a global address, or from a peer this node also
+    /// reaches at a global address (a port forward that rewrites callers to a private
+    /// address, as container platforms do).
     fn proves_reachable(&self, peer: PeerId, remote: &Multiaddr) -> bool {
         let socket = socket_of(remote);
         let dialing_it = self.connections.values().flat_map(|open| open.values());
@@ -1274,7 +1275,6 @@ impl<E: Extension> Driver<E> {
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
-                    self.live_table = None;
                 }
                 let hop = info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME);
                 self.auto_relay.identified(peer_id, hop);
@@ -1742,14 +1742,15 @@ struct Dialed(std::collections::VecDeque<Multiaddr>);
 impl Dialed {
     const KEPT: usize = 1024;
 
+    /// Notes `addr` as the newest (again, if it was noted before).
     fn note(&mut self, addr: &Multiaddr) {
         let socket = socket_of(addr);
-        if !self.0.contains(&socket) {
-            if self.0.len() == Self::KEPT {
-                self.0.pop_front();
-            }
-            self.0.push_back(socket);
+        if let Some(at) = self.0.iter().position(|a| *a == socket) {
+            self.0.remove(at);
+        } else if self.0.len() == Self::KEPT {
+            self.0.pop_front();
         }
+        self.0.push_back(socket);
     }
 
     fn contains(&self, addr: &Multiaddr) -> bool {

@@ -1144,6 +1144,17 @@ impl<E: crate::Extension> Driver<E> {
     }
 
     fn on_response(&mut self, id: OpId, peer: PeerId, response: pb::Response) {
+        // A peer refusing for load gets nothing for a moment, whatever the answer was to.
+        let refused = match &response.kind {
+            Some(pb::response::Kind::Get(answer)) => answer.rate_limited,
+            Some(pb::response::Kind::Put(answer)) => {
+                answer.status == pb::PutStatus::RateLimited as i32
+            }
+            _ => false,
+        };
+        if refused {
+            self.outbox.refused_by(peer, Instant::now());
+        }
         let Some(op) = self.ops.get(&id) else { return };
         match (op, response.kind) {
             (Op::Put(put), Some(pb::response::Kind::Put(answer))) => {
@@ -1284,7 +1295,12 @@ impl<E: crate::Extension> Driver<E> {
         let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
         let now = Instant::now();
         put.note_quorum(now);
-        if put.settled(now, self.config.linger) {
+        // After the quorum, the linger waits for answers on their way, not for requests this
+        // node has not sent yet (a replica held for load): those are held back at the end.
+        let unsent = put.quorum_at.is_some()
+            && !put.pending.is_empty()
+            && put.pending.iter().all(|p| self.outbox.is_waiting(id, p));
+        if unsent || put.settled(now, self.config.linger) {
             self.finish_op(id, now);
         } else {
             self.schedule(id);

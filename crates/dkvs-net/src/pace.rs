@@ -12,6 +12,10 @@
 //! budget of a peer not sent to lately starts at a sixteenth of the burst, half of what a
 //! peer grants a new id. Replication takes from the same budget, and only while no request
 //! waits ([`Outbox::can_send`]): the user's operations go first.
+//!
+//! A peer that answers "rate limited" all the same (its limits are stricter than this node's,
+//! or other senders of its network share them) gets nothing for [`HOLD_ON_REFUSAL`]
+//! ([`Outbox::refused_by`]): the requests for it wait that long, then go at the usual pace.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -21,6 +25,9 @@ use tokio::time::Instant;
 use crate::codec::pb;
 use crate::node::OpId;
 use crate::rate::RateLimiter;
+
+/// How long nothing goes to a peer after it answered "rate limited".
+pub(crate) const HOLD_ON_REFUSAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The requests waiting for their turn, per peer, and the budgets they wait for.
 pub(crate) struct Outbox {
@@ -167,6 +174,11 @@ impl Outbox {
         due
     }
 
+    /// Whether a request of `op` waits for its turn to `peer` (it was not sent yet).
+    pub(crate) fn is_waiting(&self, op: OpId, peer: &PeerId) -> bool {
+        self.waiting.get(peer).is_some_and(|queue| queue.requests.iter().any(|w| w.op == op))
+    }
+
     /// The peers requests wait for.
     pub(crate) fn waiting_for(&self) -> impl Iterator<Item = &PeerId> {
         self.waiting.keys()
@@ -210,6 +222,12 @@ impl Outbox {
             .min()
     }
 
+    /// `peer` answered "rate limited": nothing more goes to it for [`HOLD_ON_REFUSAL`] (a
+    /// refusal of the same moment does not add to it).
+    pub(crate) fn refused_by(&mut self, peer: PeerId, now: Instant) {
+        self.requests.hold(peer, HOLD_ON_REFUSAL.as_secs_f64(), now);
+    }
+
     /// Forgets the budgets of peers not sent to for a while.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
         self.requests.forget_idle(now);
@@ -250,6 +268,29 @@ mod tests {
 
     fn now(outgoing: Outgoing) -> bool {
         matches!(outgoing, Outgoing::Now(_))
+    }
+
+    #[test]
+    fn a_peer_that_answers_rate_limited_gets_nothing_for_a_moment_then_the_usual_pace() {
+        // 180 a second, a burst of 200 (the default's nine tenths and half).
+        let config = crate::Config::default();
+        let mut outbox = Outbox::new(&config);
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        assert!(now(outbox.send_or_wait(0, peer, get("/a/b"), t0)));
+        // Refused twice at once: one hold, not two.
+        outbox.refused_by(peer, t0);
+        outbox.refused_by(peer, t0);
+        assert!(matches!(outbox.send_or_wait(1, peer, get("/a/b"), t0), Outgoing::Waiting));
+        assert!(now(outbox.send_or_wait(1, other, get("/a/b"), t0)), "others are not held");
+        let wake = outbox.next_wake(t0).expect("a request waits");
+        assert!(wake >= t0 + HOLD_ON_REFUSAL, "{:?}", wake - t0);
+        assert!(wake < t0 + HOLD_ON_REFUSAL + Duration::from_millis(10), "{:?}", wake - t0);
+        assert!(outbox.due(t0 + HOLD_ON_REFUSAL / 2, |_| true).is_empty());
+        assert_eq!(outbox.due(wake, |_| true).len(), 1);
+        // Then the usual pace: one a 180th of a second.
+        assert!(matches!(outbox.send_or_wait(2, peer, get("/a/b"), wake), Outgoing::Waiting));
+        assert_eq!(outbox.due(wake + Duration::from_millis(6), |_| true).len(), 1);
     }
 
     #[test]

@@ -67,6 +67,15 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
         Duration::try_from_secs_f64(micros / 1e6).unwrap_or(Duration::MAX)
     }
 
+    /// Owes `secs` seconds of `peer`'s rate: its bucket is emptied and refills from below zero,
+    /// so nothing is taken for `peer` for that long. Called again meanwhile, it does not owe
+    /// more (many answers of one moment are one signal).
+    pub(crate) fn hold(&mut self, peer: K, secs: f64, now: Instant) {
+        let debt = -self.rate * secs;
+        let tokens = self.refill(peer, now);
+        *tokens = tokens.min(debt);
+    }
+
     /// The most tokens a peer can hold.
     pub(crate) fn burst(&self) -> f64 {
         self.burst

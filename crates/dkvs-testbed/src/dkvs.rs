@@ -93,12 +93,30 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     // On TCP every node joins through node 0, as mainline's do; a simulation in memory joins
     // in concurrent waves (TestNet::start_many), or a thousand nodes would take many minutes.
     let mut net = if opts.transport == "memory" {
-        TestNet::start_many(opts.nodes, config(opts)).await
+        // A line every tenth of the way, also when stderr is no terminal (a long run's log).
+        let (n, mut told) = (opts.nodes, 0);
+        let report = |joined: usize| {
+            bar.set_message(format!("dkvs: {joined} of {n} nodes joined"));
+            if !opts.quiet && joined * 10 / n > told {
+                told = joined * 10 / n;
+                eprintln!("dkvs: {joined} of {n} nodes joined after {:.0?}", started.elapsed());
+            }
+        };
+        TestNet::start_many_reporting(opts.nodes, config(opts), report).await
     } else {
         TestNet::start(opts.nodes, config(opts)).await
     }
     .context("starting dkvs nodes")?;
     let setup = started.elapsed();
+    let idle_cpu_per_node = if opts.idle.is_zero() {
+        None
+    } else {
+        bar.set_message(format!("dkvs: idling {:?}", opts.idle));
+        let (cpu, at) = (workload::cpu_time(), Instant::now());
+        tokio::time::sleep(opts.idle).await;
+        let (used, took) = (workload::cpu_time() - cpu, at.elapsed());
+        Some(100.0 * used.as_secs_f64() / took.as_secs_f64() / opts.nodes.max(1) as f64)
+    };
 
     bar.set_length((plan.puts.len() + plan.gets.len()) as u64);
     bar.set_position(0);
@@ -163,6 +181,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         peers: peers as u64,
         floor_get_p50_ms: floor,
+        idle_cpu_per_node,
         churn,
     };
     Ok(run.report(plan, opts.nodes))

@@ -106,6 +106,10 @@ struct Cli {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// dkvs in one process: after the nodes joined, let them idle this long and report the
+    /// CPU they used meanwhile, per node (what a network's background costs)
+    #[arg(long, default_value_t = 0)]
+    idle_secs: u64,
     /// Internal: run the one system named by --system in this process and write its report
     /// here as JSON.
     #[arg(long, hide = true)]
@@ -136,6 +140,10 @@ pub(crate) struct Opts {
     pub max_connections: Option<usize>,
     pub churn: Option<Churn>,
     pub floor: bool,
+    /// No progress (`--quiet`).
+    pub quiet: bool,
+    /// Idle this long after the join and measure the CPU used (`--idle-secs`).
+    pub idle: Duration,
 }
 
 /// Churn: `fraction` of the live nodes killed and as many added, every `every`, `rounds`
@@ -274,6 +282,8 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
         transport: format!("{:?}", cli.transport).to_lowercase(),
         mainline_seeded: cli.mainline_seeded,
         max_connections: cli.max_connections,
+        quiet: cli.quiet,
+        idle: Duration::from_secs(cli.idle_secs),
         churn: cli.churn.map(|fraction| Churn {
             fraction,
             every: Duration::from_secs(cli.churn_every),
@@ -401,6 +411,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row_with(rss, &|r| Some(r.rss_per_node_bytes as f64 / 1024.0), 0, !cli.processes);
     row("connected peers per node", &|r| r.peers_per_node, 1);
     row("setup s", &|r| Some(r.setup_s), 1);
+    row("idle CPU per node, % of a core", &|r| r.idle_cpu_per_node, 3);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);
     row("get p50 / floor", &|r| r.floor_get_p50_ms.map(|f| r.get.p50_ms / f.max(1e-9)), 1);
     let rounds = reports.iter().map(|r| r.churn.len()).max().unwrap_or(0);

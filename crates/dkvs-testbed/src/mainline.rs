@@ -171,6 +171,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         peers_per_node: None,
         floor_get_p50_ms: None,
+        idle_cpu_per_node: None,
         churn,
     })
 }

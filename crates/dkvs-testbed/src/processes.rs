@@ -255,6 +255,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         rss_per_node_bytes: rss * 1024 / opts.nodes.max(1) as u64,
         peers,
         floor_get_p50_ms: floor,
+        idle_cpu_per_node: None,
         churn,
     };
     Ok(run.report(plan, opts.nodes))

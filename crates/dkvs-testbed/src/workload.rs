@@ -251,6 +251,9 @@ pub struct Report {
     pub peers_per_node: Option<f64>,
     /// dkvs only: a get in a network of two nodes, measured in the same run (the floor).
     pub floor_get_p50_ms: Option<f64>,
+    /// dkvs in one process, with `--idle-secs`: the CPU the process used while the joined
+    /// nodes idled, per node, in percent of one core.
+    pub idle_cpu_per_node: Option<f64>,
     pub churn: Vec<ChurnPoint>,
 }
 
@@ -270,6 +273,7 @@ pub(crate) struct DkvsRun {
     /// Connected peers, summed over the nodes.
     pub peers: u64,
     pub floor_get_p50_ms: Option<f64>,
+    pub idle_cpu_per_node: Option<f64>,
     pub churn: Vec<ChurnPoint>,
 }
 
@@ -292,6 +296,7 @@ impl DkvsRun {
             rss_per_node_bytes: self.rss_per_node_bytes,
             peers_per_node: Some(self.peers as f64 / nodes.max(1) as f64),
             floor_get_p50_ms: self.floor_get_p50_ms,
+            idle_cpu_per_node: self.idle_cpu_per_node,
             churn: self.churn,
         }
     }
@@ -362,6 +367,19 @@ pub(crate) async fn churn(
 }
 
 /// This process's resident set size in bytes (Linux).
+/// The CPU time this process has used (user and system, every thread), from /proc/self/stat
+/// (in USER_HZ, 100 a second on Linux).
+pub fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
+        // The fields after the command name (which may hold spaces) in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    Duration::from_millis(ticks.unwrap_or(0) * 10)
+}
+
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

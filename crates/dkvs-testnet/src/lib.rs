@@ -119,6 +119,15 @@ impl TestNet {
     /// [`TestNet::start`]'s (a connect within [`STEP`], then at most a third of it for the
     /// walk); the whole start is not.
     pub async fn start_many(n: usize, config: Config) -> anyhow::Result<TestNet> {
+        TestNet::start_many_reporting(n, config, |_| {}).await
+    }
+
+    /// [`TestNet::start_many`], telling `joined` how many nodes are up after each wave.
+    pub async fn start_many_reporting(
+        n: usize,
+        config: Config,
+        mut report: impl FnMut(usize),
+    ) -> anyhow::Result<TestNet> {
         let spawn: Spawn = Arc::new(|identity, store, config, _| {
             Ok(Node::spawn(identity.clone(), store, config)?)
         });
@@ -148,6 +157,7 @@ impl TestNet {
             for result in futures::future::join_all(joins).await {
                 result?;
             }
+            report(net.members.len());
         }
         Ok(net)
     }
