@@ -1295,11 +1295,15 @@ impl<E: crate::Extension> Driver<E> {
         let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
         let now = Instant::now();
         put.note_quorum(now);
-        // After the quorum, the linger waits for answers on their way, not for requests this
-        // node has not sent yet (a replica held for load): those are held back at the end.
-        let unsent = put.quorum_at.is_some()
+        // After the quorum, the linger waits for answers on their way, not for requests held
+        // here for longer than it (a replica that answered "rate limited" a moment ago): those
+        // are held back at the end.
+        let linger = self.config.linger;
+        let unsent = !put.looking_up
+            && !put.rechecking
+            && put.quorum_at.is_some()
             && !put.pending.is_empty()
-            && put.pending.iter().all(|p| self.outbox.is_waiting(id, p));
+            && put.pending.iter().all(|p| self.outbox.held_past(id, p, now + linger));
         if unsent || put.settled(now, self.config.linger) {
             self.finish_op(id, now);
         } else {

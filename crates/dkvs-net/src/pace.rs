@@ -174,9 +174,13 @@ impl Outbox {
         due
     }
 
-    /// Whether a request of `op` waits for its turn to `peer` (it was not sent yet).
-    pub(crate) fn is_waiting(&self, op: OpId, peer: &PeerId) -> bool {
-        self.waiting.get(peer).is_some_and(|queue| queue.requests.iter().any(|w| w.op == op))
+    /// Whether a request of `op` waits for `peer` and cannot go before `then`: the peer is
+    /// held after a refusal ([`Outbox::refused_by`]), not merely paced.
+    pub(crate) fn held_past(&mut self, op: OpId, peer: &PeerId, then: Instant) -> bool {
+        let now = Instant::now();
+        let waits = self.by_op.get(&op).is_some_and(|peers| peers.contains(peer))
+            && self.waiting.get(peer).is_some_and(|q| q.requests.iter().any(|w| w.op == op));
+        waits && now + self.requests.wait(*peer, 1, now) > then
     }
 
     /// The peers requests wait for.

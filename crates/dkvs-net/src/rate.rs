@@ -103,10 +103,12 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
     /// Forgets peers whose buckets are full again, so that the map stays as small as the set of
     /// recently active peers.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
-        // A rate of zero never refills: such buckets are kept (a huge but finite duration).
-        let full_after = Duration::try_from_secs_f64(self.burst / self.rate.max(f64::MIN_POSITIVE))
-            .unwrap_or(Duration::MAX);
-        self.buckets.retain(|_, (_, last)| now.saturating_duration_since(*last) < full_after);
+        // Kept until full again (a held bucket starts below zero); a rate of zero never
+        // refills, so such buckets are kept.
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets.retain(|_, (tokens, last)| {
+            *tokens + now.saturating_duration_since(*last).as_secs_f64() * rate < burst
+        });
         self.refused.clear();
     }
 }
@@ -133,5 +135,18 @@ mod tests {
         assert!(limiter.is_flooding(&peer), "refused more than a burst");
         limiter.forget_idle(start + Duration::from_secs(10));
         assert!(!limiter.is_flooding(&peer));
+    }
+
+    #[test]
+    fn a_hold_outlives_the_sweep_that_forgets_full_buckets() {
+        // 10 a second, a burst of 5: a full bucket is refilled within half a second, but one
+        // held for a second owes 10 tokens.
+        let mut limiter: RateLimiter = RateLimiter::new(10, 5);
+        let (peer, start) = (PeerId::random(), Instant::now());
+        limiter.hold(peer, 1.0, start);
+        limiter.hold(peer, 1.0, start);
+        limiter.forget_idle(start + Duration::from_millis(600));
+        assert!(!limiter.allow(peer, start + Duration::from_millis(600)), "still held");
+        assert!(limiter.allow(peer, start + Duration::from_millis(1100)), "held once, not twice");
     }
 }

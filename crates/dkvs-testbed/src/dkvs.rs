@@ -114,7 +114,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.set_message(format!("dkvs: idling {:?}", opts.idle));
         let (cpu, at) = (workload::cpu_time(), Instant::now());
         tokio::time::sleep(opts.idle).await;
-        let (used, took) = (workload::cpu_time() - cpu, at.elapsed());
+        let (used, took) = (workload::cpu_time().saturating_sub(cpu), at.elapsed());
         Some(100.0 * used.as_secs_f64() / took.as_secs_f64() / opts.nodes.max(1) as f64)
     };
 

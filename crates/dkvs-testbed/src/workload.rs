@@ -366,7 +366,6 @@ pub(crate) async fn churn(
     Ok(points)
 }
 
-/// This process's resident set size in bytes (Linux).
 /// The CPU time this process has used (user and system, every thread), from /proc/self/stat
 /// (in USER_HZ, 100 a second on Linux).
 pub fn cpu_time() -> Duration {
@@ -374,12 +373,13 @@ pub fn cpu_time() -> Duration {
         // The fields after the command name (which may hold spaces) in parentheses.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split(' ').collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        // utime and stime are fields 14 and 15 of the line, the 12th and 13th here.
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     });
     Duration::from_millis(ticks.unwrap_or(0) * 10)
 }
 
+/// This process's resident set size in bytes (Linux).
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
