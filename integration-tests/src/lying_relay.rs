@@ -42,7 +42,10 @@ async fn read_prefixed<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Ve
         io.read_exact(&mut byte).await?;
         len |= usize::from(byte[0] & 0x7f) << shift;
         if byte[0] & 0x80 == 0 {
-            let mut bytes = vec![0u8; len.min(4096)];
+            if len > 4096 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "message too long"));
+            }
+            let mut bytes = vec![0u8; len];
             io.read_exact(&mut bytes).await?;
             return Ok(bytes);
         }
