@@ -1,6 +1,7 @@
 //! The workload on N dkvs nodes in this process (`dkvs_testnet::TestNet`), each on its
 //! default configuration: real TCP on 127.0.0.1, or the memory transport for simulations.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -111,7 +112,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let idle_cpu_per_node = if opts.idle.is_zero() {
         None
     } else {
-        bar.set_message(format!("dkvs: idling {:?}", opts.idle));
+        bar.set_message(format!("dkvs: idling {:?}", opts.settle + opts.idle));
+        tokio::time::sleep(opts.settle).await;
         let (cpu, at) = (workload::cpu_time(), Instant::now());
         tokio::time::sleep(opts.idle).await;
         let (used, took) = (workload::cpu_time().saturating_sub(cpu), at.elapsed());
@@ -149,6 +151,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
     let (mut get_requests, get_bytes_from) = (0u64, bytes_sent(&net));
+    let get_cpu_from = workload::cpu_time();
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
@@ -157,6 +160,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
+    bar.set_message("dkvs: routing hops");
+    let hops = routing_hops(&net, plan, &accounts).await?;
+    let cpu_per_get_ms =
+        workload::per_op_ms(workload::cpu_time().saturating_sub(get_cpu_from), plan.gets.len());
 
     let churn = match &opts.churn {
         Some(churn) => {
@@ -167,7 +174,13 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     };
     net.shutdown().await;
 
-    let floor = if opts.floor { Some(floor(plan, &accounts, opts, bar).await?) } else { None };
+    let (floor, floor_cpu) = match opts.floor {
+        true => {
+            let (p50, cpu) = floor(plan, &accounts, opts, bar).await?;
+            (Some(p50), Some(cpu))
+        }
+        false => (None, None),
+    };
     let run = DkvsRun {
         transport: opts.transport.clone(),
         setup,
@@ -182,10 +195,64 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         peers: peers as u64,
         floor_get_p50_ms: floor,
         idle_cpu_per_node,
+        cpu_per_get_ms: Some(cpu_per_get_ms),
+        floor_cpu_per_get_ms: floor_cpu,
+        hops: Some(hops),
         churn,
     };
     Ok(run.report(plan, opts.nodes))
 }
+
+/// Greedy routing on the nodes' real Kademlia tables, for [`HOP_SAMPLES`] walks to the plan's
+/// keys from random live nodes: from the reader, each hop goes to the peer closest to the key in the
+/// current node's table, until that table knows none closer. The hops are the requests such
+/// a walk sends one after the other (a Kademlia lookup asks three at a time and collects 20,
+/// so its rounds are about as many); `reached` is the share of walks that ended at the live
+/// node closest to the key. Measured on the tables, modelled as a walk: no request is sent.
+async fn routing_hops(
+    net: &TestNet,
+    plan: &Plan,
+    accounts: &Accounts,
+) -> anyhow::Result<workload::Hops> {
+    use dkvs_net::libp2p::{PeerId, kad::KBucketKey};
+    let alive = net.alive();
+    let mut tables: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
+    for &i in &alive {
+        tables.insert(net.peer_id(i), net.node(i).routing_table().await);
+    }
+    let (mut hops, mut reached, mut walks) = (Vec::new(), 0usize, 0usize);
+    let mut rng = workload::Rng::new(0x40b5);
+    for walk in 0..HOP_SAMPLES.min(plan.items.len() * alive.len()) {
+        let (item, node) = (walk % plan.items.len(), alive[rng.below(alive.len())]);
+        let key = accounts.key(plan, item)?;
+        let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
+        let distance = |peer: &PeerId| KBucketKey::from(*peer).distance(&target);
+        let Some(closest) = tables.keys().min_by_key(|p| distance(p)).copied() else { break };
+        let mut at = net.peer_id(node);
+        let mut steps = 0u32;
+        while let Some(next) = tables.get(&at).and_then(|t| t.iter().min_by_key(|p| distance(p))) {
+            if distance(next) >= distance(&at) || steps >= 64 {
+                break;
+            }
+            at = *next;
+            steps += 1;
+        }
+        walks += 1;
+        reached += usize::from(at == closest);
+        hops.push(steps);
+    }
+    let mean = hops.iter().map(|h| f64::from(*h)).sum::<f64>() / hops.len().max(1) as f64;
+    Ok(workload::Hops {
+        mean,
+        max: hops.iter().copied().max().unwrap_or(0),
+        reached: reached as f64 / walks.max(1) as f64,
+        table_mean: tables.values().map(Vec::len).sum::<usize>() as f64
+            / tables.len().max(1) as f64,
+    })
+}
+
+/// Walks [`routing_hops`] takes at most.
+const HOP_SAMPLES: usize = 1000;
 
 /// The in-process dkvs network, as churn sees it.
 struct Churned<'a> {
@@ -213,13 +280,13 @@ impl Network for Churned<'_> {
 
 /// A get's p50 in a network of two nodes: one request round trip and a lookup that finds the
 /// one peer. The lower bound a larger network's get is compared with. Every one of its gets
-/// must return the newest value, or the run fails.
+/// must return the newest value, or the run fails. Also the process's CPU per get, in ms.
 async fn floor(
     plan: &Plan,
     accounts: &Accounts,
     opts: &Opts,
     bar: &ProgressBar,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     bar.set_message("dkvs: floor (2 nodes)");
     let net = TestNet::start(2, config(opts)).await?;
     let items = plan.items.len().min(50);
@@ -230,6 +297,7 @@ async fn floor(
             .sign(&accounts.keys[plan.items[item].account])?;
         net.put(0, record).await??;
     }
+    let cpu_from = workload::cpu_time();
     for item in 0..items {
         let at = Instant::now();
         let (read, _) = read(&net, plan, accounts, item, 1).await;
@@ -238,6 +306,7 @@ async fn floor(
             anyhow::bail!("the 2-node floor: the get of record {item} returned {read:?}");
         }
     }
+    let cpu = workload::per_op_ms(workload::cpu_time().saturating_sub(cpu_from), items);
     net.shutdown().await;
-    Ok(gets.summary().p50_ms)
+    Ok((gets.summary().p50_ms, cpu))
 }

@@ -110,6 +110,10 @@ struct Cli {
     /// CPU they used meanwhile, per node (what a network's background costs)
     #[arg(long, default_value_t = 0)]
     idle_secs: u64,
+    /// With --idle-secs: wait this long after the join before measuring (the walks and
+    /// handshakes that follow a join settle first), so the figure is the network at rest
+    #[arg(long, default_value_t = 0)]
+    settle_secs: u64,
     /// Internal: run the one system named by --system in this process and write its report
     /// here as JSON.
     #[arg(long, hide = true)]
@@ -144,6 +148,8 @@ pub(crate) struct Opts {
     pub quiet: bool,
     /// Idle this long after the join and measure the CPU used (`--idle-secs`).
     pub idle: Duration,
+    /// Wait this long before that measurement (`--settle-secs`).
+    pub settle: Duration,
 }
 
 /// Churn: `fraction` of the live nodes killed and as many added, every `every`, `rounds`
@@ -284,6 +290,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
         max_connections: cli.max_connections,
         quiet: cli.quiet,
         idle: Duration::from_secs(cli.idle_secs),
+        settle: Duration::from_secs(cli.settle_secs),
         churn: cli.churn.map(|fraction| Churn {
             fraction,
             every: Duration::from_secs(cli.churn_every),
@@ -414,6 +421,12 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("idle CPU per node, % of a core", &|r| r.idle_cpu_per_node, 3);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);
     row("get p50 / floor", &|r| r.floor_get_p50_ms.map(|f| r.get.p50_ms / f.max(1e-9)), 1);
+    row("CPU per get ms (all nodes, in one process)", &|r| r.cpu_per_get_ms, 3);
+    row("2-node CPU per get ms (floor)", &|r| r.floor_cpu_per_get_ms, 3);
+    row("routing hops, mean (greedy, on the tables)", &|r| r.hops.as_ref().map(|h| h.mean), 2);
+    row("routing hops, most", &|r| r.hops.as_ref().map(|h| f64::from(h.max)), 0);
+    row("walks ending at the closest node %", &|r| r.hops.as_ref().map(|h| 100.0 * h.reached), 1);
+    row("routing table size, mean", &|r| r.hops.as_ref().map(|h| h.table_mean), 1);
     let rounds = reports.iter().map(|r| r.churn.len()).max().unwrap_or(0);
     for i in 0..rounds {
         let point = |r: &Report| r.churn.get(i).cloned();

@@ -132,6 +132,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut gets = Samples::default();
     let mut first = Samples::default();
     let mut queried = 0u64;
+    let cpu_from = workload::cpu_time();
     for &(item, node) in &plan.gets {
         let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
         let at = Instant::now();
@@ -144,6 +145,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         queried += u64::from(got.queried);
         bar.inc(1);
     }
+    let cpu_per_get_ms = workload::per_op_ms(workload::cpu_time() - cpu_from, plan.gets.len());
 
     let churn = match &opts.churn {
         Some(churn) => {
@@ -172,6 +174,9 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         peers_per_node: None,
         floor_get_p50_ms: None,
         idle_cpu_per_node: None,
+        cpu_per_get_ms: Some(cpu_per_get_ms),
+        floor_cpu_per_get_ms: None,
+        hops: None,
         churn,
     })
 }

@@ -256,6 +256,9 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         peers,
         floor_get_p50_ms: floor,
         idle_cpu_per_node: None,
+        cpu_per_get_ms: None,
+        floor_cpu_per_get_ms: None,
+        hops: None,
         churn,
     };
     Ok(run.report(plan, opts.nodes))

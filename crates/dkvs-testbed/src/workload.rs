@@ -254,7 +254,27 @@ pub struct Report {
     /// dkvs in one process, with `--idle-secs`: the CPU the process used while the joined
     /// nodes idled, per node, in percent of one core.
     pub idle_cpu_per_node: Option<f64>,
+    /// dkvs in one process: the CPU the whole process used during the gets, divided by the
+    /// gets (all nodes' work for one get, background included), in milliseconds.
+    pub cpu_per_get_ms: Option<f64>,
+    /// The same during the floor's gets (two nodes).
+    pub floor_cpu_per_get_ms: Option<f64>,
+    /// dkvs in one process: greedy routing on the nodes' Kademlia tables after the gets.
+    pub hops: Option<Hops>,
     pub churn: Vec<ChurnPoint>,
+}
+
+/// Greedy routing on the nodes' real Kademlia tables (dkvs in one process; see
+/// `dkvs::routing_hops`).
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct Hops {
+    /// Hops from the reader to where the walk stopped, averaged over the walks, and the most.
+    pub mean: f64,
+    pub max: u32,
+    /// Share of walks that stopped at the live node closest to the key.
+    pub reached: f64,
+    /// Peers in a node's routing table, averaged.
+    pub table_mean: f64,
 }
 
 /// What a dkvs run measured, in one process or as processes: made into its [`Report`].
@@ -274,6 +294,9 @@ pub(crate) struct DkvsRun {
     pub peers: u64,
     pub floor_get_p50_ms: Option<f64>,
     pub idle_cpu_per_node: Option<f64>,
+    pub cpu_per_get_ms: Option<f64>,
+    pub floor_cpu_per_get_ms: Option<f64>,
+    pub hops: Option<Hops>,
     pub churn: Vec<ChurnPoint>,
 }
 
@@ -297,6 +320,9 @@ impl DkvsRun {
             peers_per_node: Some(self.peers as f64 / nodes.max(1) as f64),
             floor_get_p50_ms: self.floor_get_p50_ms,
             idle_cpu_per_node: self.idle_cpu_per_node,
+            cpu_per_get_ms: self.cpu_per_get_ms,
+            floor_cpu_per_get_ms: self.floor_cpu_per_get_ms,
+            hops: self.hops,
             churn: self.churn,
         }
     }
@@ -364,6 +390,11 @@ pub(crate) async fn churn(
         });
     }
     Ok(points)
+}
+
+/// `cpu` spread over `ops` operations, in milliseconds.
+pub fn per_op_ms(cpu: Duration, ops: usize) -> f64 {
+    cpu.as_secs_f64() * 1000.0 / ops.max(1) as f64
 }
 
 /// The CPU time this process has used (user and system, every thread), from /proc/self/stat
