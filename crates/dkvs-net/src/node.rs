@@ -1099,7 +1099,6 @@ impl<E: Extension> Driver<E> {
                 // counted and trimmed again like any other.
                 self.closing.remove(&peer_id);
                 self.trim_on_connection();
-                self.note_public_dial(&peer_id);
                 self.update_kad_mode();
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
@@ -1115,6 +1114,7 @@ impl<E: Extension> Driver<E> {
                         self.live_table = None;
                         self.auto_relay.disconnected(&peer_id);
                         self.replication.disconnected(&peer_id);
+                        self.trim_closed();
                     }
                 }
                 self.update_kad_mode();
@@ -1156,21 +1156,20 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// Notes whether `peer`'s connections put this node on the public internet: only a
-    /// connection this node dialed to a public (or relayed) address of a peer that speaks dkvs
+    /// Notes whether the connections of `peer`, which identify just said speaks dkvs, put this
+    /// node on the public internet: one this node dialed to a public (or relayed) address
     /// does. An inbound connection from anywhere (a scanner, a peer that found us) says nothing
-    /// of where we are, and an IPFS peer is not part of the dkvs network. Once seen, it stays:
-    /// a node that is alone for a while between connections must not advertise private
-    /// addresses as a server. Looked at per peer, when its connection opens and when identify
-    /// says it speaks dkvs (nothing else can turn it true), not over every connection on every
-    /// event: that scan was 6% of an idle 200-node network's CPU.
+    /// of where we are, and a peer not identified yet may be an IPFS peer, not part of the
+    /// dkvs network. Once seen, it stays: a node that is alone for a while between connections
+    /// must not advertise private addresses as a server. Identify runs on every new
+    /// connection, so this is looked at per peer when it answers, not over every connection on
+    /// every event (that scan was 6% of an idle 200-node network's CPU).
     fn note_public_dial(&mut self, peer: &PeerId) {
         if self.public_seen {
             return;
         }
         let Some(open) = self.connections.get(peer) else { return };
-        let dkvs = !self.non_dkvs.contains(peer);
-        self.public_seen = dialed_public(open.values().map(|(addr, dialer)| (addr, *dialer, dkvs)));
+        self.public_seen = dialed_public(open.values().map(|(addr, dialer)| (addr, *dialer)));
     }
 
     /// Holds a relay reservation while AutoNAT finds this node unreachable (or reachable while
@@ -1521,7 +1520,11 @@ impl<E: Extension> Driver<E> {
         use crate::pace::Outgoing;
         match self.outbox.send_or_wait(op, peer, request, Instant::now()) {
             Outgoing::Now(request) => self.send_now(op, peer, request),
-            Outgoing::Waiting => {}
+            Outgoing::Waiting => {
+                if let Some(crate::ops::Op::Get(get)) = self.ops.get_mut(&op) {
+                    get.waits_for(peer);
+                }
+            }
             // Told after the event at hand: the caller may be starting the operation.
             Outgoing::Refused => self.held_back.push((op, peer)),
         }
@@ -1531,7 +1534,13 @@ impl<E: Extension> Driver<E> {
     fn send_due(&mut self, now: Instant) {
         let ops = &self.ops;
         for (peer, waiting) in self.outbox.due(now, |op| ops.contains_key(&op)) {
-            self.send_now(waiting.op, peer, waiting.request);
+            let op = waiting.op;
+            self.send_now(op, peer, waiting.request);
+            if let Some(crate::ops::Op::Get(get)) = self.ops.get_mut(&op) {
+                get.went(peer, now);
+                // Its wake may move earlier: the replica may be behind a linger from now.
+                self.schedule(op);
+            }
         }
     }
 
@@ -1609,8 +1618,10 @@ impl<E: Extension> Driver<E> {
     /// record answer from, a gossipsub mesh peer (watches and
     /// channels live on those connections), a relay this node listens or dials through, and a
     /// peer holding a reservation on this node's relay. When those are most of the
-    /// connections, the limit is exceeded rather than breaking them. Looked at when a
-    /// connection opens and at each sweep; peers being closed are not counted twice.
+    /// connections, the limit is exceeded rather than breaking them. Looked at at each sweep,
+    /// and when a connection opens ([`Driver::trim_on_connection`]: after a trim that left
+    /// the node over the limit, only once an eighth of the limit more are open); peers being
+    /// closed are not counted twice.
     fn trim_connections(&mut self) {
         let max = self.config.max_connections.max(1);
         let open = self.connections.keys().filter(|p| !self.closing.contains(*p)).count();
@@ -1655,6 +1666,14 @@ impl<E: Extension> Driver<E> {
             self.closing.insert(peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+    }
+
+    /// A peer's last connection closed: what the last trim left over the limit shrinks with
+    /// it, so the next trim comes an eighth of the limit after the count now, not after a
+    /// count of peers that left.
+    fn trim_closed(&mut self) {
+        let open = self.connections.len().saturating_sub(self.closing.len());
+        self.trim_left = left_after_close(self.trim_left, open, self.config.max_connections.max(1));
     }
 
     /// Trims for a connection that just opened. When the last trim left the node over the
@@ -1768,11 +1787,10 @@ pub(crate) fn closest(
     peers
 }
 
-/// True when this node dialed a dkvs peer (or one not yet identified) at an address that is not
-/// local: it is on the public internet. Each connection is (remote address, dialed by us,
-/// speaks dkvs).
-fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool, bool)>) -> bool {
-    connections.into_iter().any(|(addr, dialer, dkvs)| dialer && dkvs && !is_local(addr))
+/// True when this node dialed a dkvs peer at an address that is not local: it is on the public
+/// internet. Each of the peer's connections is (remote address, dialed by us).
+fn dialed_public<'a>(connections: impl IntoIterator<Item = (&'a Multiaddr, bool)>) -> bool {
+    connections.into_iter().any(|(addr, dialer)| dialer && !is_local(addr))
 }
 
 /// How long a node that AutoNAT found reachable waits for a peer's direct dial (an honest
@@ -1879,6 +1897,12 @@ fn to_close(
 /// of `max`, when the last trim left `left` open over the limit (None: it did not).
 fn trim_due(left: Option<usize>, open: usize, max: usize) -> bool {
     left.is_none_or(|left| open >= left + max.div_ceil(8))
+}
+
+/// What a trim left over the limit (`left`) once a peer's connections closed and `open` are
+/// left under a limit of `max`: no more than are open, and nothing once within the limit.
+fn left_after_close(left: Option<usize>, open: usize, max: usize) -> Option<usize> {
+    left.map(|left| left.min(open)).filter(|_| open > max)
 }
 
 /// The relay of a circuit address (`.../p2p/<relay>/p2p-circuit...`).
@@ -2002,6 +2026,12 @@ mod tests {
         assert!(trim_due(Some(140), 156, 128));
         // A small limit looks at every connection, as before.
         assert!(trim_due(Some(5), 6, 4));
+        // Peers that leave take the mark down with them: after 200 were left and 100 remain,
+        // nothing waits (within the limit); at 150, the next look is at 150 + 16.
+        assert_eq!(left_after_close(Some(200), 100, 128), None);
+        assert_eq!(left_after_close(Some(200), 150, 128), Some(150));
+        assert!(trim_due(left_after_close(Some(200), 150, 128), 166, 128));
+        assert_eq!(left_after_close(None, 150, 128), None);
     }
 
     #[test]
@@ -2056,14 +2086,14 @@ mod tests {
             .clone()
             .with(libp2p::multiaddr::Protocol::P2p(PeerId::random()))
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
-        // An inbound connection from the internet (a scanner, a peer that found us) and a
-        // dialed IPFS peer say nothing of where this node is.
-        assert!(!dialed_public([(&public, false, true)]));
-        assert!(!dialed_public([(&public, true, false)]));
-        assert!(!dialed_public([(&lan, true, true), (&lan, false, true)]));
+        // An inbound connection from the internet (a scanner, a peer that found us) says
+        // nothing of where this node is (an IPFS peer is never looked at: only a peer identify
+        // says speaks dkvs is, `note_public_dial`).
+        assert!(!dialed_public([(&public, false)]));
+        assert!(!dialed_public([(&lan, true), (&lan, false)]));
         // Dialing a dkvs peer on the internet, or through a relay, does.
-        assert!(dialed_public([(&lan, true, true), (&public, true, true)]));
-        assert!(dialed_public([(&relayed, true, true)]));
+        assert!(dialed_public([(&lan, true), (&public, true)]));
+        assert!(dialed_public([(&relayed, true)]));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Puts, gets and repairs as state machines driven by the node task.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -87,7 +87,8 @@ pub(crate) struct GetOp {
     /// The first, narrow phase of a read ([`Driver::narrow_read`]): a random sample of the
     /// replicas found is asked, and the get answers only if every one of them returned the
     /// same record. Anything else (a failure, an empty or a different answer, an answer more
-    /// than the linger behind the first) widens it to every replica, under the usual rules.
+    /// than the linger behind the first, see [`GetOp::behind_at`]) widens it to every replica,
+    /// under the usual rules.
     narrow: bool,
     /// The replicas found but not asked in the narrow phase: asked when it widens.
     reserve: Vec<PeerId>,
@@ -119,6 +120,11 @@ pub(crate) struct GetOp {
     /// same bytes from another replica (the common case) are checked for everything but the
     /// owner's signature again.
     checked: Option<Box<(Vec<u8>, Record)>>,
+    /// Replicas whose request waits for its turn in this node's pacing ([`crate::pace`]) and
+    /// when each went (None while it waits): a narrow read counts such a replica behind only
+    /// the linger after its request went, and at the latest twice the linger after the first
+    /// answer ([`GetOp::behind_at`]).
+    late: HashMap<PeerId, Option<Instant>>,
 }
 
 impl PutOp {
@@ -331,6 +337,38 @@ impl GetOp {
         self.note_quorum(now);
     }
 
+    /// The request to `peer` waits for its turn in this node's pacing.
+    pub(crate) fn waits_for(&mut self, peer: PeerId) {
+        self.late.insert(peer, None);
+    }
+
+    /// The request to `peer` that waited went `now`.
+    pub(crate) fn went(&mut self, peer: PeerId, now: Instant) {
+        if let Some(sent) = self.late.get_mut(&peer) {
+            *sent = Some(now);
+        }
+    }
+
+    /// When a narrow read counts `peer`, still pending, as behind (`first` is the first
+    /// answer): the linger after the first answer, or after its request went if it waited
+    /// for its turn in this node's pacing; never later than twice the linger after the first
+    /// answer, so a request that waits long (a peer held after a refusal, a long queue) widens
+    /// the read as a silent replica does, one linger later.
+    fn behind_at(&self, peer: &PeerId, first: Instant, linger: Duration) -> Instant {
+        let latest = first + 2 * linger;
+        match self.late.get(peer) {
+            None => first + linger,
+            Some(None) => latest,
+            Some(Some(sent)) => ((*sent).max(first) + linger).min(latest),
+        }
+    }
+
+    /// When the first pending replica of a narrow read is behind, if an answer came.
+    fn first_behind(&self, linger: Duration) -> Option<Instant> {
+        let first = self.quorum_at?;
+        self.pending.iter().map(|p| self.behind_at(p, first, linger)).min()
+    }
+
     /// A replica refused for load: it admits only so many requests a second from one peer.
     fn refused_for_load(&mut self, peer: PeerId, now: Instant) {
         self.rate_limited += usize::from(self.pending.contains(&peer));
@@ -338,8 +376,10 @@ impl GetOp {
     }
 
     /// Whether a narrow read must widen: a replica failed, the answers differ (an empty
-    /// answer included), or some replicas are more than the linger behind the first answer.
-    /// Liars cost a read at most the linger: silence, an empty or an older answer all widen it.
+    /// answer included), or some replicas are more than the linger behind the first answer
+    /// (a request that waited for its turn in this node's pacing: the linger after it went,
+    /// at most twice the linger after the first answer). Liars cost a read at most twice the
+    /// linger: silence, an empty or an older answer, a refusal all widen it.
     fn must_widen(&self, now: Instant, linger: Duration) -> bool {
         let first = self.answers.first().map(|(_, r)| r);
         self.narrow
@@ -350,8 +390,7 @@ impl GetOp {
                 || self.veto.as_ref().is_some_and(|own| {
                     first.is_some_and(|f| f.as_ref().is_none_or(|f| f.seq() < own.seq()))
                 })
-                || (!self.pending.is_empty()
-                    && self.quorum_at.is_some_and(|at| now >= at + linger)))
+                || self.first_behind(linger).is_some_and(|at| now >= at))
     }
 
     /// Whether any answer holds a record (cheap: no ordering of the answers).
@@ -454,7 +493,11 @@ impl Op {
                 } else {
                     config.linger.max(config.not_found_linger)
                 };
-                op.quorum_at.map_or(op.deadline, |at| op.deadline.min(at + linger))
+                let at = match op.narrow {
+                    true => op.first_behind(config.linger),
+                    false => op.quorum_at.map(|at| at + linger),
+                };
+                at.map_or(op.deadline, |at| op.deadline.min(at))
             }
             Op::Push { deadline, .. } | Op::Reconcile { deadline } | Op::Sent { deadline, .. } => {
                 *deadline
@@ -674,6 +717,7 @@ impl<E: crate::Extension> Driver<E> {
             hood: None,
             rechecking: false,
             checked: None,
+            late: HashMap::new(),
         }));
         self.look_up(op, lookup);
     }
@@ -1590,6 +1634,7 @@ mod tests {
             hood: None,
             rechecking: false,
             checked: None,
+            late: HashMap::new(),
         }
     }
 
@@ -1623,6 +1668,52 @@ mod tests {
         assert_eq!(outcome.record.as_ref(), Some(&record));
         assert_eq!((outcome.confirmations, outcome.answered, outcome.asked), (12, 12, 12));
         assert_eq!(outcome.highest_seq, 2);
+    }
+
+    #[test]
+    fn a_request_that_waits_for_its_turn_is_behind_a_linger_after_it_went_at_most_one_later() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let record = signed(&alice, &key, 2, None);
+        let replicas: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let config = crate::Config::default().with_linger(LINGER);
+        let wake = |get: GetOp| {
+            let op = Op::Get(get);
+            let at = op.wake(&config);
+            let Op::Get(get) = op else { unreachable!() };
+            (at, get)
+        };
+        let (paced, t0) = (replicas[11], Instant::now());
+        let mut get = narrowly(&key, &replicas);
+        get.waits_for(paced);
+        for peer in &replicas[..11] {
+            get.answered(*peer, Some(record.clone()), 2, t0);
+        }
+        // Not sent yet: not behind after the linger, but after twice the linger at the latest
+        // (a peer held after a refusal, a long queue: the read widens one linger later).
+        assert!(!get.must_widen(t0 + LINGER * 3 / 2, LINGER), "a waiting request is not behind");
+        assert!(get.must_widen(t0 + 2 * LINGER, LINGER), "twice the linger: widen anyway");
+        let (at, mut get) = wake(get);
+        assert_eq!(at, t0 + 2 * LINGER, "woken at the latest time");
+        // It goes at t1: the linger from then on.
+        let t1 = t0 + LINGER / 2;
+        get.went(paced, t1);
+        assert!(!get.must_widen(t1 + LINGER * 9 / 10, LINGER), "within the linger after it went");
+        assert!(get.must_widen(t1 + LINGER, LINGER), "the linger behind its sending: widen");
+        let (at, mut get) = wake(get);
+        assert_eq!(at, t1 + LINGER, "woken when it would be behind");
+        get.answered(paced, Some(record.clone()), 2, t1);
+        assert!(get.settled(t1, LINGER, NOT_FOUND), "all twelve agree");
+
+        // A request that went late does not give the others more time.
+        let mut get = narrowly(&key, &replicas);
+        get.waits_for(paced);
+        get.went(paced, t1);
+        for peer in &replicas[..10] {
+            get.answered(*peer, Some(record.clone()), 2, t0);
+        }
+        assert!(get.must_widen(t0 + LINGER, LINGER), "replicas[10] was asked at once: behind");
+        assert_eq!(wake(get).0, t0 + LINGER);
     }
 
     #[test]

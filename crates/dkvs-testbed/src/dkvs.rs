@@ -120,6 +120,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         Some(100.0 * used.as_secs_f64() / took.as_secs_f64() / opts.nodes.max(1) as f64)
     };
 
+    let mut progress = Progress::new(opts.quiet, plan.puts.len() + plan.gets.len());
     bar.set_length((plan.puts.len() + plan.gets.len()) as u64);
     bar.set_position(0);
     bar.set_message("dkvs: puts");
@@ -130,15 +131,18 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         let record = Draft::new(key, plan.value(item, version), version, TTL_MS)
             .sign(&accounts.keys[plan.items[item].account])?;
         let at = Instant::now();
-        let ok = match net.put(node, record).await {
+        let (ok, outcome) = match net.put(node, record).await {
             Ok(Ok(receipt)) => {
                 put_requests += u64::from(receipt.requests);
                 stored += receipt.stored.len();
-                receipt.stored.len() >= put_majority(opts.nodes)
+                let ok = receipt.stored.len() >= put_majority(opts.nodes);
+                (ok, format!("stored on {}", receipt.stored.len()))
             }
-            _ => false,
+            Ok(Err(e)) => (false, e.to_string()),
+            Err(e) => (false, e.to_string()),
         };
         puts.record(at.elapsed(), ok);
+        progress.op("put", at.elapsed(), &outcome);
         bar.inc(1);
     }
     let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
@@ -156,14 +160,15 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
         gets.read(at.elapsed(), read);
+        progress.op("get", at.elapsed(), &format!("{read:?}, {requests} requests"));
         get_requests += u64::from(requests);
         bar.inc(1);
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
-    bar.set_message("dkvs: routing hops");
-    let hops = routing_hops(&net, plan, &accounts).await?;
     let cpu_per_get_ms =
         workload::per_op_ms(workload::cpu_time().saturating_sub(get_cpu_from), plan.gets.len());
+    bar.set_message("dkvs: routing hops");
+    let hops = routing_hops(&net, plan, &accounts).await?;
 
     let churn = match &opts.churn {
         Some(churn) => {
@@ -201,6 +206,39 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         churn,
     };
     Ok(run.report(plan, opts.nodes))
+}
+
+/// Lines on stderr while the workload runs (unless `--quiet`), for a long run's log: one for
+/// each operation that took over [`Progress::SLOW`], and one every tenth of the way.
+struct Progress {
+    quiet: bool,
+    total: usize,
+    done: usize,
+    told: usize,
+    started: Instant,
+}
+
+impl Progress {
+    const SLOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new(quiet: bool, total: usize) -> Progress {
+        Progress { quiet, total: total.max(1), done: 0, told: 0, started: Instant::now() }
+    }
+
+    fn op(&mut self, what: &str, took: std::time::Duration, outcome: &str) {
+        self.done += 1;
+        if self.quiet {
+            return;
+        }
+        if took >= Self::SLOW {
+            eprintln!("dkvs: {what} {} took {took:.1?}: {outcome}", self.done);
+        }
+        if self.done * 10 / self.total > self.told {
+            self.told = self.done * 10 / self.total;
+            let (done, total, at) = (self.done, self.total, self.started.elapsed());
+            eprintln!("dkvs: {done} of {total} operations after {at:.0?}");
+        }
+    }
 }
 
 /// Greedy routing on the nodes' real Kademlia tables, for [`HOP_SAMPLES`] walks to the plan's

@@ -145,7 +145,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         queried += u64::from(got.queried);
         bar.inc(1);
     }
-    let cpu_per_get_ms = workload::per_op_ms(workload::cpu_time() - cpu_from, plan.gets.len());
+    let cpu_per_get_ms =
+        workload::per_op_ms(workload::cpu_time().saturating_sub(cpu_from), plan.gets.len());
 
     let churn = match &opts.churn {
         Some(churn) => {
