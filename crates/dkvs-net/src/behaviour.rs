@@ -25,6 +25,17 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dkvs/kad/1.0.0");
 /// 20 peers); fewer hops there is expected, not measured. It costs about 200 bytes per entry:
 /// some 250 KiB in a network of a million nodes (about 20 buckets in use).
 pub(crate) const KBUCKET_SIZE: NonZeroUsize = NonZeroUsize::new(64).expect("non-zero");
+/// How often a connection is pinged (libp2p's default is 15 s). dkvs does not act on pings:
+/// libp2p-ping closes no connection on a failure (a dead peer this node asks shows as a
+/// request that times out; a silently dead relay, which is asked nothing, shows when TCP
+/// gives up on the unanswered ping's bytes, minutes later, 45 s later than at 15 s). What
+/// they are for: answering other peers' pings (IPFS tools ask), and keeping a quiet
+/// connection's NAT mapping alive (a phone's connection to its relay: both ends ping, so it
+/// carries traffic at least every 60 s; RFC 5382 asks routers to keep an idle TCP mapping
+/// for two hours; QUIC keeps its own alive every 5 s). Every ping wakes both ends of a
+/// connection: at 15 s they were the largest single cost of an idle network of 1000 nodes in
+/// one process (docs/benchmarks.md).
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 
@@ -127,7 +138,7 @@ impl<E: Extension> Behaviour<E> {
             records,
             gossipsub,
             identify,
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             relay_client,
             relay_server: relay_server.into(),
             dcutr: dcutr::Behaviour::new(peer_id),

@@ -1705,6 +1705,16 @@ mod tests {
         get.answered(paced, Some(record.clone()), 2, t1);
         assert!(get.settled(t1, LINGER, NOT_FOUND), "all twelve agree");
 
+        // Sent later than a linger after the first answer: still behind at twice the linger.
+        let mut get = narrowly(&key, &replicas);
+        get.waits_for(paced);
+        for peer in &replicas[..11] {
+            get.answered(*peer, Some(record.clone()), 2, t0);
+        }
+        get.went(paced, t0 + LINGER * 3 / 2);
+        assert!(get.must_widen(t0 + 2 * LINGER, LINGER), "never past twice the linger");
+        assert_eq!(wake(get).0, t0 + 2 * LINGER);
+
         // A request that went late does not give the others more time.
         let mut get = narrowly(&key, &replicas);
         get.waits_for(paced);

@@ -100,7 +100,9 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
             bar.set_message(format!("dkvs: {joined} of {n} nodes joined"));
             if !opts.quiet && joined * 10 / n > told {
                 told = joined * 10 / n;
-                eprintln!("dkvs: {joined} of {n} nodes joined after {:.0?}", started.elapsed());
+                let line =
+                    format!("dkvs: {joined} of {n} nodes joined after {:.0?}", started.elapsed());
+                if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
             }
         };
         TestNet::start_many_reporting(opts.nodes, config(opts), report).await
@@ -120,7 +122,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         Some(100.0 * used.as_secs_f64() / took.as_secs_f64() / opts.nodes.max(1) as f64)
     };
 
-    let mut progress = Progress::new(opts.quiet, plan.puts.len() + plan.gets.len());
+    let mut progress = Progress::new(opts.quiet, plan.puts.len() + plan.gets.len(), bar);
     bar.set_length((plan.puts.len() + plan.gets.len()) as u64);
     bar.set_position(0);
     bar.set_message("dkvs: puts");
@@ -147,10 +149,9 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
     let rss_after = rss_bytes();
-    let mut peers = 0usize;
-    for i in net.alive() {
-        peers += net.node(i).connected_peers().await.len();
-    }
+    // Asked of every node at once: one at a time, a thousand busy nodes took minutes.
+    let asks = net.alive().into_iter().map(|i| net.node(i).connected_peers());
+    let peers: usize = futures::future::join_all(asks).await.iter().map(Vec::len).sum();
 
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
@@ -210,19 +211,22 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
 
 /// Lines on stderr while the workload runs (unless `--quiet`), for a long run's log: one for
 /// each operation that took over [`Progress::SLOW`], and one every tenth of the way.
-struct Progress {
+struct Progress<'a> {
     quiet: bool,
     total: usize,
     done: usize,
     told: usize,
     started: Instant,
+    /// Lines go above the bar (it is hidden when stderr is no terminal, and they print as is).
+    bar: &'a ProgressBar,
 }
 
-impl Progress {
+impl<'a> Progress<'a> {
     const SLOW: std::time::Duration = std::time::Duration::from_secs(1);
 
-    fn new(quiet: bool, total: usize) -> Progress {
-        Progress { quiet, total: total.max(1), done: 0, told: 0, started: Instant::now() }
+    fn new(quiet: bool, total: usize, bar: &'a ProgressBar) -> Progress<'a> {
+        let (total, started) = (total.max(1), Instant::now());
+        Progress { quiet, total, done: 0, told: 0, started, bar }
     }
 
     fn op(&mut self, what: &str, took: std::time::Duration, outcome: &str) {
@@ -231,12 +235,20 @@ impl Progress {
             return;
         }
         if took >= Self::SLOW {
-            eprintln!("dkvs: {what} {} took {took:.1?}: {outcome}", self.done);
+            self.say(format!("dkvs: {what} {} took {took:.1?}: {outcome}", self.done));
         }
         if self.done * 10 / self.total > self.told {
             self.told = self.done * 10 / self.total;
             let (done, total, at) = (self.done, self.total, self.started.elapsed());
-            eprintln!("dkvs: {done} of {total} operations after {at:.0?}");
+            self.say(format!("dkvs: {done} of {total} operations after {at:.0?}"));
+        }
+    }
+
+    fn say(&self, line: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
         }
     }
 }
@@ -254,10 +266,10 @@ async fn routing_hops(
 ) -> anyhow::Result<workload::Hops> {
     use dkvs_net::libp2p::{PeerId, kad::KBucketKey};
     let alive = net.alive();
-    let mut tables: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
-    for &i in &alive {
-        tables.insert(net.peer_id(i), net.node(i).routing_table().await);
-    }
+    let asks =
+        alive.iter().map(|&i| async move { (net.peer_id(i), net.node(i).routing_table().await) });
+    let tables: HashMap<PeerId, Vec<PeerId>> =
+        futures::future::join_all(asks).await.into_iter().collect();
     let (mut hops, mut reached, mut walks) = (Vec::new(), 0usize, 0usize);
     let mut rng = workload::Rng::new(0x40b5);
     for walk in 0..HOP_SAMPLES.min(plan.items.len() * alive.len()) {
