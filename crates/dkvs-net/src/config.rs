@@ -110,8 +110,9 @@ pub struct Config {
     /// recently used ones first, down to it, new connections too: one operator's many peer
     /// ids cannot push everyone else's out. (While every other peer is spared, a node over
     /// the limit trims again only after an eighth of the limit more connections, or at its
-    /// 5 s sweep: a flood's network keeps that many more for that long.) Nothing is refused while the node has room, so
-    /// phones behind one carrier's NAT are not turned away from a node with free slots.
+    /// 5 s sweep: a flood's network keeps that many more for that long.) Nothing is refused
+    /// while the node has room, so phones behind one carrier's NAT are not turned away from a
+    /// node with free slots.
     /// Default: 32, a quarter of the default limit ([`Config::with_max_connections`] keeps it
     /// a quarter); at least 1.
     pub subnet_share: usize,

@@ -1624,7 +1624,7 @@ impl<E: Extension> Driver<E> {
     /// closed are not counted twice.
     fn trim_connections(&mut self) {
         let max = self.config.max_connections.max(1);
-        let open = self.connections.keys().filter(|p| !self.closing.contains(*p)).count();
+        let open = self.open_peers();
         self.trim_left = None;
         if open <= max {
             return;
@@ -1668,11 +1668,17 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// Connected peers the limit is not closing already (`closing` holds only connected
+    /// peers: a peer leaves it when its last connection closes).
+    fn open_peers(&self) -> usize {
+        self.connections.len().saturating_sub(self.closing.len())
+    }
+
     /// A peer's last connection closed: what the last trim left over the limit shrinks with
     /// it, so the next trim comes an eighth of the limit after the count now, not after a
     /// count of peers that left.
     fn trim_closed(&mut self) {
-        let open = self.connections.len().saturating_sub(self.closing.len());
+        let open = self.open_peers();
         self.trim_left = left_after_close(self.trim_left, open, self.config.max_connections.max(1));
     }
 
@@ -1682,7 +1688,7 @@ impl<E: Extension> Driver<E> {
     /// network's CPU): the next try waits for an eighth of the limit more connections, or the
     /// sweep. A flood is still trimmed at most that many connections late.
     fn trim_on_connection(&mut self) {
-        let open = self.connections.len().saturating_sub(self.closing.len());
+        let open = self.open_peers();
         if trim_due(self.trim_left, open, self.config.max_connections.max(1)) {
             self.trim_connections();
         }

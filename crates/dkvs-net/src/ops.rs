@@ -366,6 +366,10 @@ impl GetOp {
     /// When the first pending replica of a narrow read is behind, if an answer came.
     fn first_behind(&self, linger: Duration) -> Option<Instant> {
         let first = self.quorum_at?;
+        if self.late.is_empty() {
+            // The common case, checked at every event of the read: nothing waited.
+            return (!self.pending.is_empty()).then_some(first + linger);
+        }
         self.pending.iter().map(|p| self.behind_at(p, first, linger)).min()
     }
 

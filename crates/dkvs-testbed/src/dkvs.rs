@@ -100,9 +100,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
             bar.set_message(format!("dkvs: {joined} of {n} nodes joined"));
             if !opts.quiet && joined * 10 / n > told {
                 told = joined * 10 / n;
-                let line =
-                    format!("dkvs: {joined} of {n} nodes joined after {:.0?}", started.elapsed());
-                if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
+                let at = started.elapsed();
+                say(bar, format!("dkvs: {joined} of {n} nodes joined after {at:.0?}"));
             }
         };
         TestNet::start_many_reporting(opts.nodes, config(opts), report).await
@@ -180,13 +179,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     };
     net.shutdown().await;
 
-    let (floor, floor_cpu) = match opts.floor {
-        true => {
-            let (p50, cpu) = floor(plan, &accounts, opts, bar).await?;
-            (Some(p50), Some(cpu))
-        }
-        false => (None, None),
-    };
+    let floor = if opts.floor { Some(floor(plan, &accounts, opts, bar).await?) } else { None };
+    let (floor, floor_cpu) = floor.unzip();
     let run = DkvsRun {
         transport: opts.transport.clone(),
         setup,
@@ -235,21 +229,23 @@ impl<'a> Progress<'a> {
             return;
         }
         if took >= Self::SLOW {
-            self.say(format!("dkvs: {what} {} took {took:.1?}: {outcome}", self.done));
+            say(self.bar, format!("dkvs: {what} {} took {took:.1?}: {outcome}", self.done));
         }
         if self.done * 10 / self.total > self.told {
             self.told = self.done * 10 / self.total;
             let (done, total, at) = (self.done, self.total, self.started.elapsed());
-            self.say(format!("dkvs: {done} of {total} operations after {at:.0?}"));
+            say(self.bar, format!("dkvs: {done} of {total} operations after {at:.0?}"));
         }
     }
+}
 
-    fn say(&self, line: String) {
-        if self.bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            self.bar.println(line);
-        }
+/// A line of a long run's log on stderr: above the progress bar, or as is when the bar is
+/// hidden (stderr is no terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
     }
 }
 
