@@ -5,6 +5,13 @@
 //! when two arrive before the acceptor runs. Helia opens a stream for every batch of messages,
 //! so a busy node would lose wants and blocks. Here a stream is an event of the behaviour, and
 //! the behaviour never drops one (it bounds them per peer itself).
+//!
+//! Whether the peer speaks bitswap comes from identify's list of its protocols. The node
+//! negotiates outbound streams lazily (multistream-select's 0-RTT variant, see dkvs-net's
+//! `Node` builder): an outbound stream opens at once, and a peer that does not speak the
+//! protocol shows only as a failed write later. So once identify has said which protocols
+//! the peer speaks, a stream to a peer without bitswap is refused here, before it is opened.
+//! (A refused negotiation, as a node negotiating eagerly would see, counts too.)
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
@@ -12,6 +19,7 @@ use std::task::{Context, Poll};
 use dkvs_net::libp2p::core::upgrade::ReadyUpgrade;
 use dkvs_net::libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+    ProtocolsChange,
 };
 use dkvs_net::libp2p::swarm::{
     ConnectionHandler, ConnectionHandlerEvent, Stream, StreamUpgradeError, SubstreamProtocol,
@@ -43,6 +51,8 @@ pub enum HandlerOut {
 pub struct Handler {
     to_open: VecDeque<u64>,
     events: VecDeque<HandlerOut>,
+    /// Whether the peer speaks bitswap, once identify has said which protocols it speaks.
+    speaks: Option<bool>,
 }
 
 impl ConnectionHandler for Handler {
@@ -65,6 +75,11 @@ impl ConnectionHandler for Handler {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
         }
         if let Some(id) = self.to_open.pop_front() {
+            if self.speaks == Some(false) {
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(HandlerOut::Failed(
+                    id, true,
+                )));
+            }
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                 protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), id),
             });
@@ -95,7 +110,31 @@ impl ConnectionHandler for Handler {
                 let unsupported = matches!(error, StreamUpgradeError::NegotiationFailed);
                 self.events.push_back(HandlerOut::Failed(id, unsupported));
             }
+            ConnectionEvent::RemoteProtocolsChange(change) => {
+                self.speaks = speaks_after(self.speaks, change);
+            }
             _ => {}
+        }
+    }
+}
+
+/// Whether the peer speaks bitswap after identify reported `change`: the first report lists
+/// every protocol it speaks, later ones what it added or dropped.
+fn speaks_after(speaks: Option<bool>, change: ProtocolsChange<'_>) -> Option<bool> {
+    match change {
+        ProtocolsChange::Added(mut added) => {
+            if added.any(|p| *p == PROTOCOL) {
+                Some(true)
+            } else {
+                Some(speaks.unwrap_or(false))
+            }
+        }
+        ProtocolsChange::Removed(mut removed) => {
+            if removed.any(|p| *p == PROTOCOL) {
+                Some(false)
+            } else {
+                speaks
+            }
         }
     }
 }

@@ -399,3 +399,42 @@ async fn a_copied_header_does_not_get_another_files_key_shared() -> anyhow::Resu
     })
     .await?
 }
+
+/// Outbound streams are negotiated lazily, so one to a peer that does not speak bitswap opens
+/// at once; identify's list of the peer's protocols tells it apart, and fetches leave it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_bitswap_is_left_out_of_the_fetches() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // Node 1 is a dkvs node without the IPFS extension.
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            if dir.ends_with("node1") {
+                return Ok(NodeBuilder::new(identity.clone(), store, config).spawn()?);
+            }
+            let ipfs = Ipfs::open(&dir.join("ipfs"), identity, BlockStoreConfig::default())?;
+            Ok(NodeBuilder::new(identity.clone(), store, config)
+                .with_extension(|_| ipfs)
+                .spawn()?)
+        });
+        let net = TestNet::start_custom(3, Config::default(), dkvs_store::Config::default(), spawn)
+            .await?;
+        let (plain, ipfs_peer) = (net.peer_id(1), net.peer_id(2));
+        let cid = dkvs_ipfs::cid_of(0x55, b"nobody added this either");
+        let options = GetOptions { block_timeout: Duration::from_secs(1), ..GetOptions::default() };
+        let mut seen = Vec::new();
+        let left_out = dkvs_testnet::eventually(Duration::from_secs(60), async || {
+            let err = get(&net, 0, cid, &options).await.expect_err("nobody has it");
+            assert!(matches!(err, IpfsError::NotFound { .. }), "{err}");
+            seen = net
+                .node(0)
+                .with_extension(|ipfs: &mut Ipfs, _| ipfs.peers())
+                .await
+                .unwrap_or_default();
+            !seen.contains(&plain) && seen.contains(&ipfs_peer)
+        })
+        .await;
+        assert!(left_out, "bitswap peers of node 0: {seen:?}; {plain} hosts no IPFS");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
