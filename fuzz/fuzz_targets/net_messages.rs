@@ -1,14 +1,12 @@
-//! Bytes from a peer on the record protocol: the codec's framing and protobuf decoding, and a
+//! Bytes from a peer on the record protocol: a lane's framing and protobuf decoding, and a
 //! replication round's messages (negentropy), must never panic, and whatever they accept must
 //! stay within its bounds.
 
 #![no_main]
 
 use dkvs_account::{KeyType, Keypair};
-use dkvs_net::codec::{Codec, MAX_FRAME_LEN, PROTOCOL, pb};
-use dkvs_net::libp2p::futures::executor::block_on;
-use dkvs_net::libp2p::futures::io::Cursor;
-use dkvs_net::libp2p::request_response::Codec as _;
+use dkvs_net::codec::{MAX_FRAME_LEN, pb};
+use dkvs_net::lane::decode_frame;
 use dkvs_net::reconcile::{Session, answer, set_of};
 use dkvs_record::{Draft, Key, Record};
 use libfuzzer_sys::fuzz_target;
@@ -31,17 +29,27 @@ static RECORDS: LazyLock<Vec<Record>> = LazyLock::new(|| {
 fuzz_target!(|bytes: &[u8]| {
     let Some((&selector, rest)) = bytes.split_first() else { return };
     match selector % 4 {
-        // A request or a response as it comes off a stream: length prefix, then protobuf.
-        0 => {
-            if let Ok(request) = block_on(Codec.read_request(&PROTOCOL, &mut Cursor::new(rest))) {
-                let len = prost::Message::encoded_len(&request);
-                assert!(len <= MAX_FRAME_LEN, "a {len}-byte request was read");
-            }
-        }
-        1 => {
-            if let Ok(response) = block_on(Codec.read_response(&PROTOCOL, &mut Cursor::new(rest))) {
-                let len = prost::Message::encoded_len(&response);
-                assert!(len <= MAX_FRAME_LEN, "a {len}-byte response was read");
+        // Requests or responses as they come off a lane, in chunks as the stream gives them:
+        // frames (id, length, protobuf) until the bytes run out or are refused.
+        0 | 1 => {
+            let (mut src, mut start) = (Vec::new(), 0);
+            for chunk in rest.chunks(usize::from(selector / 4).max(1)) {
+                src.extend_from_slice(chunk);
+                loop {
+                    match decode_frame(&src[start..]) {
+                        Ok(Some((_, body))) => {
+                            assert!(body.len() <= MAX_FRAME_LEN, "a {}-byte frame", body.len());
+                            let frame = &src[start + body.start..start + body.end];
+                            let _ = <pb::Request as prost::Message>::decode(frame);
+                            let _ = <pb::Response as prost::Message>::decode(frame);
+                            start += body.end;
+                        }
+                        Ok(None) => break,
+                        Err(_) => return,
+                    }
+                }
+                // What waits for the rest of a frame is at most one frame and its header.
+                assert!(src.len() - start <= MAX_FRAME_LEN + 20, "{} bytes held", src.len() - start);
             }
         }
         // A peer's round message, answered from this node's set.

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use dkvs_net::codec::{Codec, PROTOCOL, pb};
+use dkvs_net::codec::pb;
+use dkvs_net::lane;
 use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use dkvs_net::libp2p::{
-    self, Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise,
-    request_response, tcp, yamux,
+    self, Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, tcp,
+    yamux,
 };
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 #[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
 struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
-    records: request_response::Behaviour<Codec>,
+    records: lane::Behaviour,
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
 }
@@ -81,16 +82,11 @@ impl Liar {
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
                     kad,
-                    records: request_response::Behaviour::with_codec(
-                        Codec,
-                        [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                        request_response::Config::default()
-                            // Long enough that a node slowed by a loaded machine (the tests
-                            // run side by side on two cores) still answers in time: only a
-                            // cut connection counts as "cut off".
-                            .with_request_timeout(Duration::from_secs(30))
-                            .with_max_concurrent_streams(10_000),
-                    ),
+                    // The record protocol's framing is dkvs-net's (an attacker would copy it).
+                    // The timeout is long enough that a node slowed by a loaded machine (the
+                    // tests run side by side on two cores) still answers in time: only a cut
+                    // connection counts as "cut off". A flood is queued whole.
+                    records: lane::Behaviour::new(Duration::from_secs(30)).with_max_queued(100_000),
                     identify: identify::Behaviour::new(identify::Config::new(
                         dkvs_net::IDENTIFY_PROTOCOL.to_owned(),
                         key.public(),
@@ -317,73 +313,70 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Records(event)) => match event {
-                    request_response::Event::Message { message, .. } => match message {
-                        request_response::Message::Request { request, channel, .. } => {
-                            if matches!(request.kind, Some(pb::request::Kind::Put(_))) {
-                                puts += 1;
-                            }
-                            let response = match request.kind {
-                                Some(pb::request::Kind::Get(get)) => {
-                                    if !get.known.is_empty() {
-                                        hinted += 1;
-                                    }
-                                    let key = String::from_utf8_lossy(&get.key).into_owned();
-                                    pb::Response { kind: Some(pb::response::Kind::Get(pb::GetResponse {
-                                        record: lies.get(&key).cloned().unwrap_or_default(),
-                                        highest_seq: u64::MAX,
-                                        rate_limited: false,
-                                        closer: named.clone(),
-                                    })) }
-                                }
-                                Some(pb::request::Kind::Reconcile(round)) => {
-                                    let message = dkvs_net::reconcile::answer(&nothing, &round.message)
-                                        .unwrap_or_default();
-                                    pb::Response { kind: Some(pb::response::Kind::Reconcile(
-                                        pb::ReconcileResponse { message, refused: String::new() },
-                                    )) }
-                                }
-                                // Claims to store everything (or that it holds something newer);
-                                // keeps nothing.
-                                _ => pb::Response { kind: Some(pb::response::Kind::Put(match &stale_claim {
-                                    Some(current) => pb::PutResponse {
-                                        status: pb::PutStatus::Stale as i32,
-                                        current: current.clone(),
-                                        current_seq: u64::MAX,
-                                        ..pb::PutResponse::default()
-                                    },
-                                    None => pb::PutResponse {
-                                        status: put_status as i32,
-                                        ..pb::PutResponse::default()
-                                    },
-                                })) },
-                            };
-                            let _ = swarm.behaviour_mut().records.send_response(channel, response);
+                    lane::Event::Request { request, channel, .. } => {
+                        if matches!(request.kind, Some(pb::request::Kind::Put(_))) {
+                            puts += 1;
                         }
-                        request_response::Message::Response { response, .. } => {
-                            if let Some((_, report, _)) = flood.as_mut() {
-                                report.answered += 1;
-                                match response.kind {
-                                    Some(pb::response::Kind::Put(put))
-                                        if put.status == pb::PutStatus::RateLimited as i32 =>
-                                    {
-                                        report.rate_limited += 1;
-                                    }
-                                    Some(pb::response::Kind::Reconcile(round))
-                                        if !round.refused.is_empty() =>
-                                    {
-                                        report.refused.push(round.refused);
-                                    }
-                                    _ => {}
+                        let response = match request.kind {
+                            Some(pb::request::Kind::Get(get)) => {
+                                if !get.known.is_empty() {
+                                    hinted += 1;
                                 }
+                                let key = String::from_utf8_lossy(&get.key).into_owned();
+                                pb::Response { kind: Some(pb::response::Kind::Get(pb::GetResponse {
+                                    record: lies.get(&key).cloned().unwrap_or_default(),
+                                    highest_seq: u64::MAX,
+                                    rate_limited: false,
+                                    closer: named.clone(),
+                                })) }
+                            }
+                            Some(pb::request::Kind::Reconcile(round)) => {
+                                let message = dkvs_net::reconcile::answer(&nothing, &round.message)
+                                    .unwrap_or_default();
+                                pb::Response { kind: Some(pb::response::Kind::Reconcile(
+                                    pb::ReconcileResponse { message, refused: String::new() },
+                                )) }
+                            }
+                            // Claims to store everything (or that it holds something newer);
+                            // keeps nothing.
+                            _ => pb::Response { kind: Some(pb::response::Kind::Put(match &stale_claim {
+                                Some(current) => pb::PutResponse {
+                                    status: pb::PutStatus::Stale as i32,
+                                    current: current.clone(),
+                                    current_seq: u64::MAX,
+                                    ..pb::PutResponse::default()
+                                },
+                                None => pb::PutResponse {
+                                    status: put_status as i32,
+                                    ..pb::PutResponse::default()
+                                },
+                            })) },
+                        };
+                        let _ = swarm.behaviour_mut().records.send_response(channel, response);
+                    }
+                    lane::Event::Response { response, .. } => {
+                        if let Some((_, report, _)) = flood.as_mut() {
+                            report.answered += 1;
+                            match response.kind {
+                                Some(pb::response::Kind::Put(put))
+                                    if put.status == pb::PutStatus::RateLimited as i32 =>
+                                {
+                                    report.rate_limited += 1;
+                                }
+                                Some(pb::response::Kind::Reconcile(round))
+                                    if !round.refused.is_empty() =>
+                                {
+                                    report.refused.push(round.refused);
+                                }
+                                _ => {}
                             }
                         }
-                    },
-                    request_response::Event::OutboundFailure { .. } => {
+                    }
+                    lane::Event::Failure { .. } => {
                         if let Some((_, report, _)) = flood.as_mut() {
                             report.cut_off += 1;
                         }
                     }
-                    _ => {}
                 },
                 _ => {}
             },

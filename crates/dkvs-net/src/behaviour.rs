@@ -7,10 +7,9 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, allow_block_list, autonat, dcutr, gossipsub, identify, identity, kad, mdns,
-    ping, relay, request_response,
+    ping, relay,
 };
 
-use crate::codec::{Codec, PROTOCOL};
 use crate::{Config, Extension, NetError};
 
 /// Kademlia's protocol name: dkvs runs its own DHT, not the public IPFS one.
@@ -45,7 +44,7 @@ pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 pub(crate) struct Behaviour<E: Extension> {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub(crate) records: request_response::Behaviour<Codec>,
+    pub(crate) records: crate::lane::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -93,11 +92,7 @@ impl<E: Extension> Behaviour<E> {
             kad::Mode::Client
         }));
 
-        let records = request_response::Behaviour::with_codec(
-            Codec,
-            [(PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(config.request_timeout),
-        );
+        let records = crate::lane::Behaviour::new(config.request_timeout);
 
         let gossipsub_config = gossipsub::ConfigBuilder::default()
             .max_transmit_size(crate::codec::MAX_MESSAGE_LEN)

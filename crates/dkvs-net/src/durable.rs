@@ -14,8 +14,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::lane::ResponseChannel;
 use dkvs_store::Store;
-use libp2p::request_response::ResponseChannel;
 use tokio::sync::{Notify, oneshot};
 
 use crate::codec::pb;
@@ -24,7 +24,7 @@ use crate::{PutError, PutReceipt};
 /// An answer that promises a record is held.
 pub(crate) enum Promise {
     /// A replica's answer to a peer's put.
-    Response(ResponseChannel<pb::Response>, pb::Response),
+    Response(ResponseChannel, pb::Response),
     /// A writer's receipt, which counts this node's own copy.
     Receipt(oneshot::Sender<Result<PutReceipt, PutError>>, Result<PutReceipt, PutError>),
 }

@@ -1,7 +1,8 @@
 //! The dkvs network layer: a network-first signed key-value memory over libp2p.
 //!
 //! A [`Node`] runs a libp2p swarm (TCP and QUIC, noise, yamux; Kademlia on `/dkvs/kad/1.0.0`
-//! for routing; the record protocol `/dkvs/record/1.0.0` for puts and gets; gossipsub for
+//! for routing; the record protocol `/dkvs/record/2.0.0` for puts and gets, on one long-lived stream per
+//! peer ([`lane`]); gossipsub for
 //! watches; identify, ping, relay, DCUtR and AutoNAT) on top of a [`dkvs_store::Store`], which
 //! validates everything a peer sends before it is kept.
 //!
@@ -21,6 +22,7 @@ mod durable;
 mod error;
 mod extension;
 mod identity;
+pub mod lane;
 mod nearby;
 mod node;
 mod ops;

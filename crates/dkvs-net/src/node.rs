@@ -10,9 +10,7 @@ use dkvs_record::{Key, Record};
 use dkvs_store::Store;
 use futures::StreamExt as _;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{
-    Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad, noise, request_response, yamux,
-};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad, noise, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
@@ -620,7 +618,7 @@ pub(crate) struct Driver<E: Extension> {
     /// Kademlia lookups in flight, by the operation waiting for them.
     pub(crate) lookups: HashMap<kad::QueryId, (OpId, Instant)>,
     /// Record requests in flight.
-    pub(crate) requests: HashMap<request_response::OutboundRequestId, (OpId, PeerId)>,
+    pub(crate) requests: HashMap<crate::lane::RequestId, (OpId, PeerId)>,
     bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), BootstrapError>>>,
     /// Listeners being opened, with the address asked for and who waits for the answer.
     listens: Vec<(libp2p::core::transport::ListenerId, Multiaddr, ListenReply)>,

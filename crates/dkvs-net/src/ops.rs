@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use dkvs_record::{Key, Record};
 use dkvs_store::PutOutcome;
-use libp2p::{PeerId, gossipsub, request_response};
+use libp2p::{PeerId, gossipsub};
 use prost::Message as _;
 use tokio::sync::oneshot;
 
@@ -1057,36 +1057,31 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
-    pub(crate) fn on_records_event(
-        &mut self,
-        event: request_response::Event<pb::Request, pb::Response>,
-    ) {
+    pub(crate) fn on_records_event(&mut self, event: crate::lane::Event) {
+        use crate::lane::Event;
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let response = self.answer(peer, request);
-                    let held = [pb::PutStatus::Stored as i32, pb::PutStatus::Unchanged as i32];
-                    if let Some(pb::response::Kind::Put(put)) = &response.kind
-                        && held.contains(&put.status)
-                    {
-                        // "Stored" (or "unchanged") promises the record survives this node.
-                        self.promise(crate::durable::Promise::Response(channel, response));
-                    } else {
-                        let _ = self.swarm.behaviour_mut().records.send_response(channel, response);
-                    }
+            Event::Request { peer, request, channel } => {
+                let response = self.answer(peer, request);
+                let held = [pb::PutStatus::Stored as i32, pb::PutStatus::Unchanged as i32];
+                if let Some(pb::response::Kind::Put(put)) = &response.kind
+                    && held.contains(&put.status)
+                {
+                    // "Stored" (or "unchanged") promises the record survives this node.
+                    self.promise(crate::durable::Promise::Response(channel, response));
+                } else {
+                    let _ = self.swarm.behaviour_mut().records.send_response(channel, response);
                 }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((op, peer)) = self.requests.remove(&request_id) {
-                        self.on_response(op, peer, response);
-                    }
+            }
+            Event::Response { request_id, response, .. } => {
+                if let Some((op, peer)) = self.requests.remove(&request_id) {
+                    self.on_response(op, peer, response);
                 }
-            },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
+            }
+            Event::Failure { request_id, error, .. } => {
                 if let Some((op, peer)) = self.requests.remove(&request_id) {
                     self.on_failure(op, peer, error.to_string());
                 }
             }
-            _ => {}
         }
     }
 

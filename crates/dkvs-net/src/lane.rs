@@ -1,0 +1,900 @@
+//! The record protocol's transport: one long-lived stream (a lane) per peer and direction, on
+//! which requests and their answers travel as numbered frames.
+//!
+//! libp2p's request-response opens a stream for every request: a yamux stream opened and
+//! closed (window and close frames both ways), a protocol negotiation, two timers and the
+//! connection's protocol lists gathered again on every wake. Records are small and a get asks
+//! a dozen replicas at once, so that work was most of a request's CPU (docs/benchmarks.md:
+//! about a quarter of a millisecond per request, across both ends, at N = 100). Here a node
+//! opens one stream to a peer the first time it asks it something and keeps it for the
+//! connection's life; the peer answers on the same stream.
+//!
+//! # Wire (`/dkvs/record/2.0.0`)
+//! A frame is an unsigned varint id, an unsigned varint length and that many bytes: a protobuf
+//! `Request` on the asker's writes, a `Response` on the answerer's. The asker numbers its
+//! requests (an id may come again once answered); answers come in any order. A frame over
+//! [`MAX_FRAME_LEN`] is refused before it is read, and so is a stream that repeats an id not
+//! answered yet; either ends that stream (the peer opens another).
+//!
+//! # Bounds
+//! A node reads at most [`MAX_PENDING`] requests ahead of its answers on a lane, then stops
+//! reading it until it has answered (the peer's writes then wait on yamux's window); it keeps
+//! at most [`MAX_LANES`] lanes from one connection (a newer one replaces the oldest). Every
+//! request has its own deadline; a request not answered by then fails with
+//! [`Failure::Timeout`], and an answer that comes later is dropped. Lanes do not keep a
+//! connection open: requests waiting for answers do.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncRead, AsyncWrite, FutureExt as _};
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::ReadyUpgrade;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p::swarm::{
+    ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
+    DialFailure, FromSwarm, NetworkBehaviour, NotifyHandler, Stream, SubstreamProtocol, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{PeerId, StreamProtocol};
+use prost::Message as _;
+
+use crate::codec::{MAX_FRAME_LEN, PROTOCOL, pb};
+
+/// Requests a node reads from one lane ahead of its answers.
+pub const MAX_PENDING: usize = 128;
+/// Lanes a node keeps from one connection: a peer opens a new one when its old one failed.
+pub const MAX_LANES: usize = 2;
+/// Requests waiting for a lane to open, or for room in its write buffer, on one connection,
+/// unless [`Behaviour::with_max_queued`] says otherwise: more fail at once (the node's pacing
+/// keeps far fewer in flight to one peer).
+pub const MAX_QUEUED: usize = 1024;
+/// A varint of a u64 is at most this long.
+const MAX_VARINT_LEN: usize = 10;
+/// Answers or requests buffered on a lane before the node waits for the stream to take them.
+const HIGH_WATER: usize = 128 * 1024;
+/// A lane's buffers start empty and grow to the frames it carries; once idle, one over this is
+/// given back (a replication round's 64 KiB frames would otherwise stay allocated per peer).
+const SLIM: usize = 16 * 1024;
+
+/// A request this node sent, as its answer or failure names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+/// Where the answer to a peer's request goes: give it to [`Behaviour::send_response`].
+#[derive(Debug)]
+pub struct ResponseChannel {
+    peer: PeerId,
+    connection: ConnectionId,
+    lane: u64,
+    id: u64,
+}
+
+impl ResponseChannel {
+    /// The peer that asked.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// No connection to the peer could be made.
+    #[error("the peer could not be dialed")]
+    DialFailure,
+    /// No answer within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the answer came.
+    #[error("the connection closed")]
+    ConnectionClosed,
+    /// The lane failed: it could not be opened (the peer does not speak the protocol), the
+    /// peer reset it, or it sent bytes that are not the protocol.
+    #[error("the stream failed: {0}")]
+    Stream(String),
+    /// The request is larger than a frame may be.
+    #[error("the request is {0} bytes, over the protocol's {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+    /// Too many requests wait for this connection's lane.
+    #[error("too many requests wait for the peer's stream")]
+    Overloaded,
+}
+
+/// What the behaviour reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A peer asks; answer through `channel`.
+    Request {
+        /// Who asks.
+        peer: PeerId,
+        /// The request.
+        request: pb::Request,
+        /// Where the answer goes.
+        channel: ResponseChannel,
+    },
+    /// A peer answered a request of this node.
+    Response {
+        /// Who answered.
+        peer: PeerId,
+        /// The request answered.
+        request_id: RequestId,
+        /// The answer.
+        response: pb::Response,
+    },
+    /// A request of this node got no answer.
+    Failure {
+        /// The peer asked.
+        peer: PeerId,
+        /// The request.
+        request_id: RequestId,
+        /// Why.
+        error: Failure,
+    },
+}
+
+/// Reads an unsigned varint from the start of `src`: the value and its length, `None` when
+/// more bytes are needed.
+fn varint(src: &[u8]) -> std::io::Result<Option<(u64, usize)>> {
+    let mut value: u64 = 0;
+    for (i, byte) in src.iter().enumerate().take(MAX_VARINT_LEN) {
+        let bits = u64::from(byte & 0x7f);
+        if i == MAX_VARINT_LEN - 1 && bits > 1 {
+            break;
+        }
+        value |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if src.len() < MAX_VARINT_LEN {
+        return Ok(None);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a varint is over 64 bits"))
+}
+
+fn put_varint(mut value: u64, dst: &mut Vec<u8>) {
+    while value >= 0x80 {
+        dst.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    dst.push(value as u8);
+}
+
+/// The frame at the start of `src`: its id and where its bytes are (the next frame starts at
+/// the range's end); `None` while it is not all there. A frame over [`MAX_FRAME_LEN`] is
+/// refused from its header, before its bytes are waited for.
+pub fn decode_frame(src: &[u8]) -> std::io::Result<Option<(u64, Range<usize>)>> {
+    let Some((id, id_len)) = varint(src)? else { return Ok(None) };
+    let Some((len, len_len)) = varint(&src[id_len..])? else { return Ok(None) };
+    if len > MAX_FRAME_LEN as u64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over {MAX_FRAME_LEN}"),
+        ));
+    }
+    let start = id_len + len_len;
+    let end = start + len as usize;
+    Ok((src.len() >= end).then_some((id, start..end)))
+}
+
+/// Appends the frame of `bytes` numbered `id` to `dst`.
+pub fn encode_frame(id: u64, bytes: &[u8], dst: &mut Vec<u8>) -> std::io::Result<()> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a frame of {} bytes is over {MAX_FRAME_LEN}", bytes.len()),
+        ));
+    }
+    dst.reserve(2 * MAX_VARINT_LEN + bytes.len());
+    put_varint(id, dst);
+    put_varint(bytes.len() as u64, dst);
+    dst.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// The record protocol over lanes: [`Behaviour::send_request`], [`Behaviour::send_response`]
+/// and the [`Event`]s. Dials a peer it is asked to reach and is not connected to.
+pub struct Behaviour {
+    timeout: Duration,
+    max_queued: usize,
+    next_id: u64,
+    /// Established connections per peer, oldest first.
+    connected: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Requests sent on a connection and not answered yet.
+    outstanding: HashMap<u64, (PeerId, ConnectionId)>,
+    /// Requests waiting for a connection to their peer.
+    dialing: HashMap<PeerId, Vec<(u64, Vec<u8>)>>,
+    events: VecDeque<ToSwarm<Event, HandlerIn>>,
+}
+
+impl Behaviour {
+    /// A behaviour whose requests fail when not answered within `timeout`.
+    pub fn new(timeout: Duration) -> Behaviour {
+        Behaviour {
+            timeout,
+            max_queued: MAX_QUEUED,
+            next_id: 0,
+            connected: HashMap::new(),
+            outstanding: HashMap::new(),
+            dialing: HashMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Lets `max` requests wait for a connection's lane instead of [`MAX_QUEUED`] (a tool that
+    /// sends many at once).
+    pub fn with_max_queued(mut self, max: usize) -> Behaviour {
+        self.max_queued = max;
+        self
+    }
+
+    /// Sends `request` to `peer` (dialing it if not connected); its answer or failure comes as
+    /// an [`Event`] naming the returned id.
+    pub fn send_request(&mut self, peer: &PeerId, request: pb::Request) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = request.encode_to_vec();
+        if bytes.len() > MAX_FRAME_LEN {
+            self.fail(*peer, id, Failure::TooLarge(bytes.len()));
+        } else if let Some(&connection) = self.connected.get(peer).and_then(|c| c.last()) {
+            self.send_on(*peer, connection, id, bytes);
+        } else {
+            let waiting = self.dialing.entry(*peer).or_default();
+            if waiting.is_empty() {
+                self.events.push_back(ToSwarm::Dial { opts: DialOpts::peer_id(*peer).build() });
+            }
+            waiting.push((id, bytes));
+        }
+        RequestId(id)
+    }
+
+    /// Sends the answer to a peer's request. `Err` gives it back when the connection it came
+    /// on is gone, or when it is larger than a frame may be.
+    pub fn send_response(
+        &mut self,
+        channel: ResponseChannel,
+        response: pb::Response,
+    ) -> Result<(), pb::Response> {
+        let open = self
+            .connected
+            .get(&channel.peer)
+            .is_some_and(|connections| connections.contains(&channel.connection));
+        let bytes = response.encode_to_vec();
+        if !open || bytes.len() > MAX_FRAME_LEN {
+            return Err(response);
+        }
+        self.events.push_back(ToSwarm::NotifyHandler {
+            peer_id: channel.peer,
+            handler: NotifyHandler::One(channel.connection),
+            event: HandlerIn::Answer { lane: channel.lane, id: channel.id, bytes },
+        });
+        Ok(())
+    }
+
+    /// Requests sent and not answered or failed yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len() + self.dialing.values().map(Vec::len).sum::<usize>()
+    }
+
+    fn send_on(&mut self, peer: PeerId, connection: ConnectionId, id: u64, bytes: Vec<u8>) {
+        self.outstanding.insert(id, (peer, connection));
+        self.events.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(connection),
+            event: HandlerIn::Send { id, bytes },
+        });
+    }
+
+    fn fail(&mut self, peer: PeerId, id: u64, error: Failure) {
+        self.events.push_back(ToSwarm::GenerateEvent(Event::Failure {
+            peer,
+            request_id: RequestId(id),
+            error,
+        }));
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.timeout, self.max_queued))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.timeout, self.max_queued))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.connected.entry(e.peer_id).or_default().push(e.connection_id);
+                for (id, bytes) in self.dialing.remove(&e.peer_id).unwrap_or_default() {
+                    self.send_on(e.peer_id, e.connection_id, id, bytes);
+                }
+            }
+            FromSwarm::ConnectionClosed(ConnectionClosed { peer_id, connection_id, .. }) => {
+                if let Some(connections) = self.connected.get_mut(&peer_id) {
+                    connections.retain(|c| *c != connection_id);
+                    if connections.is_empty() {
+                        self.connected.remove(&peer_id);
+                    }
+                }
+                let mut lost: Vec<u64> = self
+                    .outstanding
+                    .iter()
+                    .filter(|(_, (_, c))| *c == connection_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                lost.sort_unstable();
+                for id in lost {
+                    self.outstanding.remove(&id);
+                    self.fail(peer_id, id, Failure::ConnectionClosed);
+                }
+            }
+            FromSwarm::DialFailure(DialFailure { peer_id: Some(peer), error, .. }) => {
+                // A dial refused because another is under way says nothing of that one.
+                if matches!(error, libp2p::swarm::DialError::DialPeerConditionFalse(_)) {
+                    return;
+                }
+                if self.connected.contains_key(&peer) {
+                    return;
+                }
+                for (id, _) in self.dialing.remove(&peer).unwrap_or_default() {
+                    self.fail(peer, id, Failure::DialFailure);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        let event = match event {
+            HandlerOut::Request { lane, id, request } => Event::Request {
+                peer,
+                request,
+                channel: ResponseChannel { peer, connection, lane, id },
+            },
+            HandlerOut::Response { id, response } => {
+                if self.outstanding.remove(&id).is_none() {
+                    return;
+                }
+                Event::Response { peer, request_id: RequestId(id), response }
+            }
+            HandlerOut::Failure { id, error } => {
+                if self.outstanding.remove(&id).is_none() {
+                    return;
+                }
+                Event::Failure { peer, request_id: RequestId(id), error }
+            }
+        };
+        self.events.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        match self.events.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// What the behaviour asks of a connection.
+#[derive(Debug)]
+pub enum HandlerIn {
+    /// Send a request (encoded) on this node's lane to the peer.
+    Send {
+        /// Its id.
+        id: u64,
+        /// The encoded request.
+        bytes: Vec<u8>,
+    },
+    /// Answer the request `id` that came on lane `lane`.
+    Answer {
+        /// The lane it came on.
+        lane: u64,
+        /// Its id.
+        id: u64,
+        /// The encoded answer.
+        bytes: Vec<u8>,
+    },
+}
+
+/// What a connection reports.
+#[derive(Debug)]
+pub enum HandlerOut {
+    /// The peer asks.
+    Request {
+        /// The lane it came on.
+        lane: u64,
+        /// Its id on that lane.
+        id: u64,
+        /// The request.
+        request: pb::Request,
+    },
+    /// The answer to a request of this node.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        response: pb::Response,
+    },
+    /// A request of this node failed.
+    Failure {
+        /// The request's id.
+        id: u64,
+        /// Why.
+        error: Failure,
+    },
+}
+
+/// What [`Io::poll_frame`] gives: a frame's id and bytes, or `None` when the peer closed the
+/// stream between frames.
+type Polled<'a> = Poll<std::io::Result<Option<(u64, &'a [u8])>>>;
+
+/// A lane's stream with its buffers. They start empty and grow to the frames the lane
+/// carries; once drained, one grown past [`SLIM`] is given back.
+struct Io {
+    stream: Stream,
+    /// Bytes read; those before `start` are consumed.
+    read: Vec<u8>,
+    start: usize,
+    /// Bytes to write; those before `sent` are written.
+    write: Vec<u8>,
+    sent: usize,
+}
+
+impl Io {
+    fn new(mut stream: Stream) -> Io {
+        stream.ignore_for_keep_alive();
+        Io { stream, read: Vec::new(), start: 0, write: Vec::new(), sent: 0 }
+    }
+
+    /// The next frame's id and bytes; `None` when the peer closed the stream between frames.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled<'_> {
+        loop {
+            if let Some((id, body)) = decode_frame(&self.read[self.start..])? {
+                let at = self.start;
+                self.start += body.end;
+                return Poll::Ready(Ok(Some((id, &self.read[at + body.start..at + body.end]))));
+            }
+            self.read.drain(..self.start);
+            self.start = 0;
+            let mut chunk = [0u8; 8192];
+            let n = match Pin::new(&mut self.stream).poll_read(cx, &mut chunk) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if n == 0 {
+                return Poll::Ready(if self.read.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            self.read.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether another frame may be buffered.
+    fn has_room(&self) -> bool {
+        self.write.len() - self.sent < HIGH_WATER
+    }
+
+    /// Writes what is buffered, as far as the stream takes it, and flushes.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        while self.sent < self.write.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.write[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        self.write.clear();
+        self.sent = 0;
+        match Pin::new(&mut self.stream).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back drained buffers grown past [`SLIM`].
+    fn slim(&mut self) {
+        if self.start == self.read.len() {
+            self.read.clear();
+            self.start = 0;
+            if self.read.capacity() > SLIM {
+                self.read = Vec::new();
+            }
+        }
+        if self.write.is_empty() && self.write.capacity() > SLIM {
+            self.write = Vec::new();
+        }
+    }
+}
+
+/// This node's lane to the peer.
+enum Out {
+    /// None open (none needed yet, or the last one failed).
+    Closed,
+    /// Asked for; requests queue meanwhile.
+    Opening,
+    Open(Io),
+}
+
+/// A lane the peer opened to this node.
+struct Lane {
+    serial: u64,
+    io: Io,
+    /// Requests read and not answered yet.
+    pending: HashSet<u64>,
+    /// Answers to write.
+    answers: VecDeque<(u64, Vec<u8>)>,
+}
+
+/// One connection's lanes.
+pub struct Handler {
+    timeout: Duration,
+    max_queued: usize,
+    out: Out,
+    /// Requests waiting for the lane to open or for room in it, in the order of their ids.
+    /// Every id here is larger than every id in `in_flight` (ids grow, and are written in
+    /// turn).
+    queued: VecDeque<(u64, Vec<u8>)>,
+    /// Requests written and not answered.
+    in_flight: HashSet<u64>,
+    /// When each request queued or written fails unanswered, in order (every request has
+    /// the same timeout). An entry whose request was answered is dropped when it is first.
+    deadlines: VecDeque<(Instant, u64)>,
+    /// Wakes the handler at the first deadline, or earlier (then it is armed again): it is
+    /// not moved as requests are answered, which would cost a timer update each.
+    timer: Option<futures_timer::Delay>,
+    lanes: Vec<Lane>,
+    next_lane: u64,
+    events: VecDeque<HandlerOut>,
+}
+
+impl Handler {
+    fn new(timeout: Duration, max_queued: usize) -> Handler {
+        Handler {
+            timeout,
+            max_queued,
+            out: Out::Closed,
+            queued: VecDeque::new(),
+            in_flight: HashSet::new(),
+            deadlines: VecDeque::new(),
+            timer: None,
+            lanes: Vec::new(),
+            next_lane: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Fails every request written or queued: the lane is gone.
+    fn fail_all(&mut self, why: &str) {
+        self.out = Out::Closed;
+        let mut ids: Vec<u64> = self.in_flight.drain().collect();
+        ids.sort_unstable();
+        ids.extend(self.queued.drain(..).map(|(id, _)| id));
+        self.deadlines.clear();
+        for id in ids {
+            self.events.push_back(HandlerOut::Failure { id, error: Failure::Stream(why.into()) });
+        }
+    }
+
+    /// Writes queued requests and reads answers on this node's lane.
+    fn poll_out(&mut self, cx: &mut Context<'_>) {
+        let Out::Open(io) = &mut self.out else { return };
+        let mut failed = None;
+        while io.has_room()
+            && let Some((id, bytes)) = self.queued.pop_front()
+        {
+            match encode_frame(id, &bytes, &mut io.write) {
+                Ok(()) => _ = self.in_flight.insert(id),
+                Err(_) => self
+                    .events
+                    .push_back(HandlerOut::Failure { id, error: Failure::TooLarge(bytes.len()) }),
+            }
+        }
+        if let Err(e) = io.poll_send(cx) {
+            failed = Some(e.to_string());
+        }
+        while failed.is_none() {
+            match io.poll_frame(cx) {
+                Poll::Ready(Ok(Some((id, bytes)))) => {
+                    if !self.in_flight.remove(&id) {
+                        // Answered after its deadline (or never asked): dropped.
+                        continue;
+                    }
+                    let event = match pb::Response::decode(bytes) {
+                        Ok(response) => HandlerOut::Response { id, response },
+                        Err(e) => HandlerOut::Failure {
+                            id,
+                            error: Failure::Stream(format!("a malformed answer: {e}")),
+                        },
+                    };
+                    self.events.push_back(event);
+                }
+                Poll::Ready(Ok(None)) => failed = Some("the peer closed it".into()),
+                Poll::Ready(Err(e)) => failed = Some(e.to_string()),
+                Poll::Pending => break,
+            }
+        }
+        match failed {
+            Some(why) => self.fail_all(&why),
+            None if self.in_flight.is_empty() && self.queued.is_empty() => io.slim(),
+            None => {}
+        }
+    }
+
+    /// Reads requests and writes answers on the lanes the peer opened.
+    fn poll_lanes(&mut self, cx: &mut Context<'_>) {
+        let mut i = 0;
+        while i < self.lanes.len() {
+            if poll_lane(&mut self.lanes[i], cx, &mut self.events).is_err() {
+                self.lanes.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Whether request `id` is queued.
+    fn is_queued(&self, id: u64) -> bool {
+        self.queued.front().is_some_and(|(first, _)| *first <= id)
+            && self.queued.iter().any(|(queued, _)| *queued == id)
+    }
+
+    /// Fails the requests past their deadlines and arms the timer for the next.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let now = Instant::now();
+            while let Some(&(deadline, id)) = self.deadlines.front() {
+                let written = self.in_flight.contains(&id);
+                let queued = !written && self.is_queued(id);
+                if (written || queued) && deadline > now {
+                    break;
+                }
+                self.deadlines.pop_front();
+                if written {
+                    self.in_flight.remove(&id);
+                } else if queued {
+                    self.queued.retain(|(q, _)| *q != id);
+                } else {
+                    continue;
+                }
+                self.events
+                    .push_back(HandlerOut::Failure { id, error: Failure::Timeout(self.timeout) });
+            }
+            let Some(&(deadline, _)) = self.deadlines.front() else {
+                self.timer = None;
+                return;
+            };
+            let timer = self.timer.get_or_insert_with(|| {
+                futures_timer::Delay::new(deadline.saturating_duration_since(now))
+            });
+            if timer.poll_unpin(cx).is_pending() {
+                return;
+            }
+            self.timer = None;
+        }
+    }
+}
+
+/// Serves one lane; `Err` when it must be dropped.
+fn poll_lane(
+    lane: &mut Lane,
+    cx: &mut Context<'_>,
+    events: &mut VecDeque<HandlerOut>,
+) -> Result<(), ()> {
+    while lane.io.has_room()
+        && let Some((id, bytes)) = lane.answers.pop_front()
+    {
+        encode_frame(id, &bytes, &mut lane.io.write).map_err(|_| ())?;
+        lane.pending.remove(&id);
+    }
+    lane.io.poll_send(cx).map_err(|e| tracing::debug!("record lane: {e}"))?;
+    while lane.pending.len() < MAX_PENDING {
+        match lane.io.poll_frame(cx) {
+            Poll::Ready(Ok(Some((id, bytes)))) => {
+                if !lane.pending.insert(id) {
+                    tracing::debug!(id, "record lane: an id repeated before its answer");
+                    return Err(());
+                }
+                match pb::Request::decode(bytes) {
+                    Ok(request) => {
+                        events.push_back(HandlerOut::Request { lane: lane.serial, id, request })
+                    }
+                    Err(e) => {
+                        tracing::debug!("record lane: a malformed request: {e}");
+                        return Err(());
+                    }
+                }
+            }
+            Poll::Ready(Ok(None)) => return Err(()),
+            Poll::Ready(Err(e)) => {
+                tracing::debug!("record lane: {e}");
+                return Err(());
+            }
+            Poll::Pending => break,
+        }
+    }
+    if lane.pending.is_empty() {
+        lane.io.slim();
+    }
+    Ok(())
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = HandlerIn;
+    type ToBehaviour = HandlerOut;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
+        SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        !self.queued.is_empty()
+            || !self.in_flight.is_empty()
+            || self.lanes.iter().any(|lane| !lane.pending.is_empty())
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), HandlerOut>> {
+        if matches!(self.out, Out::Closed) && !self.queued.is_empty() {
+            self.out = Out::Opening;
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+                    .with_timeout(self.timeout),
+            });
+        }
+        self.poll_out(cx);
+        self.poll_lanes(cx);
+        self.poll_deadlines(cx);
+        match self.events.pop_front() {
+            Some(event) => Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)),
+            None => Poll::Pending,
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: HandlerIn) {
+        match event {
+            HandlerIn::Send { id, bytes } => {
+                if self.queued.len() >= self.max_queued {
+                    self.events.push_back(HandlerOut::Failure { id, error: Failure::Overloaded });
+                } else {
+                    self.queued.push_back((id, bytes));
+                    self.deadlines.push_back((Instant::now() + self.timeout, id));
+                }
+            }
+            HandlerIn::Answer { lane, id, bytes } => {
+                if let Some(lane) = self.lanes.iter_mut().find(|l| l.serial == lane)
+                    && lane.pending.contains(&id)
+                {
+                    lane.answers.push_back((id, bytes));
+                }
+            }
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), ()>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: stream,
+                ..
+            }) => {
+                if self.lanes.len() == MAX_LANES {
+                    // The peer opens a lane when its last one failed: the oldest goes.
+                    self.lanes.remove(0);
+                }
+                self.lanes.push(Lane {
+                    serial: self.next_lane,
+                    io: Io::new(stream),
+                    pending: HashSet::new(),
+                    answers: VecDeque::new(),
+                });
+                self.next_lane += 1;
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                ..
+            }) => {
+                self.out = Out::Open(Io::new(stream));
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
+                self.fail_all(&format!("it could not be opened: {error}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(id: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_frame(id, bytes, &mut buf).expect("encodes");
+        buf
+    }
+
+    #[test]
+    fn frames_round_trip_one_byte_at_a_time() {
+        let mut wire = encoded(300, &[7u8; 300]);
+        wire.extend_from_slice(&encoded(u64::MAX, b""));
+        assert_eq!(&wire[..4], &[0xac, 0x02, 0xac, 0x02], "id 300, then length 300");
+        let (mut src, mut start, mut frames) = (Vec::new(), 0, Vec::new());
+        for byte in wire {
+            src.push(byte);
+            if let Some((id, body)) = decode_frame(&src[start..]).expect("well formed") {
+                frames.push((id, src[start + body.start..start + body.end].to_vec()));
+                start += body.end;
+            }
+        }
+        assert_eq!(frames, vec![(300, vec![7u8; 300]), (u64::MAX, vec![])]);
+        assert_eq!(start, src.len());
+    }
+
+    #[test]
+    fn an_oversized_or_malformed_frame_is_refused_before_it_is_read() {
+        // A length of 1 MiB: refused from its header alone.
+        let err = decode_frame(&[0x01, 0x80, 0x80, 0x40]).expect_err("too large");
+        assert!(err.to_string().contains("1048576 bytes is over 65536"), "{err}");
+        // An id of endless continuation bytes is refused after ten.
+        let err = decode_frame(&[0x80u8; 16]).expect_err("malformed");
+        assert!(err.to_string().contains("over 64 bits"), "{err}");
+        // Nine of them may still end: more is needed, nothing is refused.
+        assert!(decode_frame(&[0x80u8; 9]).expect("not malformed yet").is_none());
+        // A tenth byte over 1 would shift bits past 64.
+        assert!(
+            decode_frame(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).is_err()
+        );
+        // The largest id still reads.
+        let frame = encoded(u64::MAX, b"x");
+        assert_eq!(decode_frame(&frame).expect("well formed"), Some((u64::MAX, 11..12)));
+        // A frame this node would send over the limit is not encoded.
+        let mut dst = Vec::new();
+        assert!(encode_frame(1, &vec![0u8; MAX_FRAME_LEN + 1], &mut dst).is_err());
+        assert!(dst.is_empty());
+    }
+}
