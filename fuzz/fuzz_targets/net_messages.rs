@@ -49,7 +49,11 @@ fuzz_target!(|bytes: &[u8]| {
                     }
                 }
                 // What waits for the rest of a frame is at most one frame and its header.
-                assert!(src.len() - start <= MAX_FRAME_LEN + 20, "{} bytes held", src.len() - start);
+                assert!(
+                    src.len() - start <= MAX_FRAME_LEN + 20,
+                    "{} bytes held",
+                    src.len() - start
+                );
             }
         }
         // A peer's round message, answered from this node's set.
