@@ -6,12 +6,9 @@
 //! so a busy node would lose wants and blocks. Here a stream is an event of the behaviour, and
 //! the behaviour never drops one (it bounds them per peer itself).
 //!
-//! Whether the peer speaks bitswap comes from identify's list of its protocols. The node
-//! negotiates outbound streams lazily (multistream-select's 0-RTT variant, see dkvs-net's
-//! `Node` builder): an outbound stream opens at once, and a peer that does not speak the
-//! protocol shows only as a failed write later. So once identify has said which protocols
-//! the peer speaks, a stream to a peer without bitswap is refused here, before it is opened.
-//! (A refused negotiation, as a node negotiating eagerly would see, counts too.)
+//! Whether the peer speaks bitswap comes from identify's list of its protocols, once it has
+//! come: a stream to a peer without bitswap is then refused here, before it is opened. Before
+//! that, a refused negotiation says so.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};

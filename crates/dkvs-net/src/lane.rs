@@ -12,25 +12,33 @@
 //! # Wire (`/dkvs/record/2.0.0`)
 //! A frame is an unsigned varint id, an unsigned varint length and that many bytes: a protobuf
 //! `Request` on the asker's writes, a `Response` on the answerer's. The asker numbers its
-//! requests (an id may come again once answered); answers come in any order. A frame over
-//! [`MAX_FRAME_LEN`] is refused before it is read, and so is a stream that repeats an id not
-//! answered yet; either ends that stream (the peer opens another).
+//! requests; an id may come again once it was answered. Answers come in any order. A frame
+//! over [`MAX_FRAME_LEN`] is refused from its header, and a request that repeats an id not
+//! answered yet, or an answer to an id never asked on that stream, is a protocol violation:
+//! each ends the stream (the asker opens another for its next request).
 //!
-//! # Bounds
-//! A node reads at most [`MAX_PENDING`] requests ahead of its answers on a lane, then stops
-//! reading it until it has answered (the peer's writes then wait on yamux's window); it keeps
-//! at most [`MAX_LANES`] lanes from one connection (a newer one replaces the oldest). Every
-//! request has its own deadline; a request not answered by then fails with
-//! [`Failure::Timeout`], and an answer that comes later is dropped. Lanes do not keep a
-//! connection open: requests waiting for answers do.
+//! # Bounds and time
+//! - A node reads at most [`MAX_PENDING`] requests ahead of its answers on a lane, then stops
+//!   reading it until it has answered (the peer's writes then wait on yamux's window). It keeps
+//!   at most [`MAX_LANES`] lanes from one connection and refuses more.
+//! - A lane whose oldest unanswered request came more than the request timeout ago, or whose
+//!   answers the peer has not taken for that long (it does not read), is dropped with what it
+//!   held: the asker has given up on those requests by then.
+//! - Every request this node sends has a deadline (the timeout) from when it is handed to a
+//!   connection (a request waiting for a dial waits for the dial's outcome, as in libp2p's
+//!   request-response). One not answered by then fails with [`Failure::Timeout`], and an answer
+//!   that comes later is dropped. When a request times out and nothing at all came on the lane
+//!   for a timeout, the lane is taken for dead: what it still carries fails, and the next
+//!   request opens another.
+//! - Lanes do not keep a connection open: requests waiting for answers do, each direction.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{AsyncRead, AsyncWrite, FutureExt as _};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::ReadyUpgrade;
 use libp2p::core::{Endpoint, Multiaddr};
@@ -45,12 +53,14 @@ use libp2p::swarm::{
 };
 use libp2p::{PeerId, StreamProtocol};
 use prost::Message as _;
+use tokio::time::{Instant, Sleep};
 
 use crate::codec::{MAX_FRAME_LEN, PROTOCOL, pb};
 
 /// Requests a node reads from one lane ahead of its answers.
-pub const MAX_PENDING: usize = 128;
-/// Lanes a node keeps from one connection: a peer opens a new one when its old one failed.
+pub const MAX_PENDING: usize = 64;
+/// Lanes a node keeps from one connection (a peer opens a new one when its old one failed,
+/// which this node may not have seen close yet); more are refused.
 pub const MAX_LANES: usize = 2;
 /// Requests waiting for a lane to open, or for room in its write buffer, on one connection,
 /// unless [`Behaviour::with_max_queued`] says otherwise: more fail at once (the node's pacing
@@ -89,8 +99,8 @@ impl ResponseChannel {
 #[non_exhaustive]
 pub enum Failure {
     /// No connection to the peer could be made.
-    #[error("the peer could not be dialed")]
-    DialFailure,
+    #[error("the peer could not be dialed: {0}")]
+    DialFailure(String),
     /// No answer within the request timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -98,9 +108,13 @@ pub enum Failure {
     #[error("the connection closed")]
     ConnectionClosed,
     /// The lane failed: it could not be opened (the peer does not speak the protocol), the
-    /// peer reset it, or it sent bytes that are not the protocol.
+    /// peer closed or reset it, it sent bytes that are not the protocol, or nothing came on
+    /// it for a timeout.
     #[error("the stream failed: {0}")]
     Stream(String),
+    /// The answer was not a protobuf `Response`.
+    #[error("a malformed answer: {0}")]
+    Malformed(String),
     /// The request is larger than a frame may be.
     #[error("the request is {0} bytes, over the protocol's {MAX_FRAME_LEN}")]
     TooLarge(usize),
@@ -258,7 +272,9 @@ impl Behaviour {
     }
 
     /// Sends the answer to a peer's request. `Err` gives it back when the connection it came
-    /// on is gone, or when it is larger than a frame may be.
+    /// on is gone, or when it is larger than a frame may be (then the lane drops the request
+    /// when it is a timeout old, see the module's doc). `Ok` hands it to the connection, which
+    /// drops it if the lane it came on is gone by then (the asker's request fails there).
     pub fn send_response(
         &mut self,
         channel: ResponseChannel,
@@ -278,11 +294,6 @@ impl Behaviour {
             event: HandlerIn::Answer { lane: channel.lane, id: channel.id, bytes },
         });
         Ok(())
-    }
-
-    /// Requests sent and not answered or failed yet.
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.len() + self.dialing.values().map(Vec::len).sum::<usize>()
     }
 
     fn send_on(&mut self, peer: PeerId, connection: ConnectionId, id: u64, bytes: Vec<u8>) {
@@ -364,7 +375,7 @@ impl NetworkBehaviour for Behaviour {
                     return;
                 }
                 for (id, _) in self.dialing.remove(&peer).unwrap_or_default() {
-                    self.fail(peer, id, Failure::DialFailure);
+                    self.fail(peer, id, Failure::DialFailure(error.to_string()));
                 }
             }
             _ => {}
@@ -510,21 +521,28 @@ impl Io {
         self.write.len() - self.sent < HIGH_WATER
     }
 
-    /// Writes what is buffered, as far as the stream takes it, and flushes.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+    /// Writes what is buffered, as far as the stream takes it, and flushes. Says whether
+    /// any bytes went, and whether all did (if not, the stream will wake the task when it
+    /// takes more).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> std::io::Result<Sent> {
+        let mut sent = Sent { some: false, all: false };
         while self.sent < self.write.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.write[self.sent..]) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    sent.some = true;
+                }
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => return Ok(sent),
             }
         }
         self.write.clear();
         self.sent = 0;
+        sent.all = true;
         match Pin::new(&mut self.stream).poll_flush(cx) {
             Poll::Ready(Err(e)) => Err(e),
-            _ => Ok(()),
+            _ => Ok(sent),
         }
     }
 
@@ -543,23 +561,58 @@ impl Io {
     }
 }
 
+/// What [`Io::poll_send`] did.
+struct Sent {
+    /// Some bytes went.
+    some: bool,
+    /// Nothing is left to write.
+    all: bool,
+}
+
 /// This node's lane to the peer.
 enum Out {
     /// None open (none needed yet, or the last one failed).
     Closed,
     /// Asked for; requests queue meanwhile.
     Opening,
-    Open(Io),
+    Open {
+        io: Box<Io>,
+        /// When the last frame came on it (or it opened).
+        heard: Instant,
+        /// The largest id written on it: an answer to a larger one was never asked.
+        last_id: Option<u64>,
+    },
 }
 
 /// A lane the peer opened to this node.
 struct Lane {
     serial: u64,
     io: Io,
-    /// Requests read and not answered yet.
-    pending: HashSet<u64>,
+    /// Requests read and not answered yet, with when they came.
+    pending: HashMap<u64, Instant>,
+    /// The same in the order they came; an entry whose request was answered is dropped when
+    /// it is first.
+    arrivals: VecDeque<(Instant, u64)>,
     /// Answers to write.
     answers: VecDeque<(u64, Vec<u8>)>,
+    /// Since when answers wait for the peer to take them (bytes unwritten, none went).
+    stalled_since: Option<Instant>,
+}
+
+impl Lane {
+    /// When the lane is to be dropped unless it moves: a timeout after its oldest unanswered
+    /// request came, or after its answers stopped going.
+    fn expiry(&mut self, timeout: Duration) -> Option<Instant> {
+        while let Some(&(at, id)) = self.arrivals.front() {
+            if self.pending.get(&id) == Some(&at) {
+                break;
+            }
+            self.arrivals.pop_front();
+        }
+        let oldest = self.arrivals.front().map(|(at, _)| *at + timeout);
+        let stalled = self.stalled_since.map(|at| at + timeout);
+        oldest.into_iter().chain(stalled).min()
+    }
 }
 
 /// One connection's lanes.
@@ -576,9 +629,8 @@ pub struct Handler {
     /// When each request queued or written fails unanswered, in order (every request has
     /// the same timeout). An entry whose request was answered is dropped when it is first.
     deadlines: VecDeque<(Instant, u64)>,
-    /// Wakes the handler at the first deadline, or earlier (then it is armed again): it is
-    /// not moved as requests are answered, which would cost a timer update each.
-    timer: Option<futures_timer::Delay>,
+    /// Wakes the handler at the next deadline or lane expiry.
+    timer: Option<Pin<Box<Sleep>>>,
     lanes: Vec<Lane>,
     next_lane: u64,
     events: VecDeque<HandlerOut>,
@@ -614,36 +666,49 @@ impl Handler {
 
     /// Writes queued requests and reads answers on this node's lane.
     fn poll_out(&mut self, cx: &mut Context<'_>) {
-        let Out::Open(io) = &mut self.out else { return };
+        let Out::Open { io, heard, last_id } = &mut self.out else { return };
         let mut failed = None;
-        while io.has_room()
-            && let Some((id, bytes)) = self.queued.pop_front()
-        {
-            match encode_frame(id, &bytes, &mut io.write) {
-                Ok(()) => _ = self.in_flight.insert(id),
-                Err(_) => self
-                    .events
-                    .push_back(HandlerOut::Failure { id, error: Failure::TooLarge(bytes.len()) }),
+        // Fill the buffer and write until all is written or the stream is full (then it
+        // wakes the task when it takes more).
+        loop {
+            while io.has_room()
+                && let Some((id, bytes)) = self.queued.pop_front()
+            {
+                match encode_frame(id, &bytes, &mut io.write) {
+                    Ok(()) => {
+                        self.in_flight.insert(id);
+                        *last_id = Some(id);
+                    }
+                    Err(_) => self.events.push_back(HandlerOut::Failure {
+                        id,
+                        error: Failure::TooLarge(bytes.len()),
+                    }),
+                }
             }
-        }
-        if let Err(e) = io.poll_send(cx) {
-            failed = Some(e.to_string());
+            match io.poll_send(cx) {
+                Ok(Sent { all: true, .. }) if !self.queued.is_empty() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
         }
         while failed.is_none() {
             match io.poll_frame(cx) {
                 Poll::Ready(Ok(Some((id, bytes)))) => {
-                    if !self.in_flight.remove(&id) {
-                        // Answered after its deadline (or never asked): dropped.
-                        continue;
+                    *heard = Instant::now();
+                    if last_id.is_none_or(|last| id > last) {
+                        failed = Some(format!("the peer answered request {id}, never asked"));
+                    } else if self.in_flight.remove(&id) {
+                        self.events.push_back(match pb::Response::decode(bytes) {
+                            Ok(response) => HandlerOut::Response { id, response },
+                            Err(e) => {
+                                HandlerOut::Failure { id, error: Failure::Malformed(e.to_string()) }
+                            }
+                        });
                     }
-                    let event = match pb::Response::decode(bytes) {
-                        Ok(response) => HandlerOut::Response { id, response },
-                        Err(e) => HandlerOut::Failure {
-                            id,
-                            error: Failure::Stream(format!("a malformed answer: {e}")),
-                        },
-                    };
-                    self.events.push_back(event);
+                    // Otherwise answered after its deadline: dropped.
                 }
                 Poll::Ready(Ok(None)) => failed = Some("the peer closed it".into()),
                 Poll::Ready(Err(e)) => failed = Some(e.to_string()),
@@ -658,10 +723,10 @@ impl Handler {
     }
 
     /// Reads requests and writes answers on the lanes the peer opened.
-    fn poll_lanes(&mut self, cx: &mut Context<'_>) {
+    fn poll_lanes(&mut self, cx: &mut Context<'_>, now: Instant) {
         let mut i = 0;
         while i < self.lanes.len() {
-            if poll_lane(&mut self.lanes[i], cx, &mut self.events).is_err() {
+            if poll_lane(&mut self.lanes[i], cx, now, &mut self.events).is_err() {
                 self.lanes.remove(i);
             } else {
                 i += 1;
@@ -675,39 +740,46 @@ impl Handler {
             && self.queued.iter().any(|(queued, _)| *queued == id)
     }
 
-    /// Fails the requests past their deadlines and arms the timer for the next.
-    fn poll_deadlines(&mut self, cx: &mut Context<'_>) {
-        loop {
-            let now = Instant::now();
-            while let Some(&(deadline, id)) = self.deadlines.front() {
-                let written = self.in_flight.contains(&id);
-                let queued = !written && self.is_queued(id);
-                if (written || queued) && deadline > now {
-                    break;
-                }
-                self.deadlines.pop_front();
-                if written {
-                    self.in_flight.remove(&id);
-                } else if queued {
-                    self.queued.retain(|(q, _)| *q != id);
+    /// Fails the requests past their deadlines (and the lane, if it is dead), and drops the
+    /// peer's lanes that expired.
+    fn expire(&mut self, now: Instant) {
+        let mut dead = false;
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            let written = self.in_flight.contains(&id);
+            let queued = !written && self.is_queued(id);
+            if (written || queued) && deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if written {
+                self.in_flight.remove(&id);
+                dead |= matches!(&self.out, Out::Open { heard, .. }
+                    if now.saturating_duration_since(*heard) >= self.timeout);
+            } else if queued {
+                // The first queued request is the one whose deadline comes first.
+                if self.queued.front().is_some_and(|(first, _)| *first == id) {
+                    self.queued.pop_front();
                 } else {
-                    continue;
+                    self.queued.retain(|(q, _)| *q != id);
                 }
-                self.events
-                    .push_back(HandlerOut::Failure { id, error: Failure::Timeout(self.timeout) });
+            } else {
+                continue;
             }
-            let Some(&(deadline, _)) = self.deadlines.front() else {
-                self.timer = None;
-                return;
-            };
-            let timer = self.timer.get_or_insert_with(|| {
-                futures_timer::Delay::new(deadline.saturating_duration_since(now))
-            });
-            if timer.poll_unpin(cx).is_pending() {
-                return;
-            }
-            self.timer = None;
+            self.events
+                .push_back(HandlerOut::Failure { id, error: Failure::Timeout(self.timeout) });
         }
+        if dead {
+            self.fail_all(&format!("nothing came on it for {:?}", self.timeout));
+        }
+        let timeout = self.timeout;
+        self.lanes.retain_mut(|lane| lane.expiry(timeout).is_none_or(|at| at > now));
+    }
+
+    /// When the handler must wake next: the first deadline or lane expiry.
+    fn next_wake(&mut self) -> Option<Instant> {
+        let timeout = self.timeout;
+        let lanes = self.lanes.iter_mut().filter_map(|lane| lane.expiry(timeout));
+        self.deadlines.front().map(|(at, _)| *at).into_iter().chain(lanes).min()
     }
 }
 
@@ -715,22 +787,39 @@ impl Handler {
 fn poll_lane(
     lane: &mut Lane,
     cx: &mut Context<'_>,
+    now: Instant,
     events: &mut VecDeque<HandlerOut>,
 ) -> Result<(), ()> {
-    while lane.io.has_room()
-        && let Some((id, bytes)) = lane.answers.pop_front()
-    {
-        encode_frame(id, &bytes, &mut lane.io.write).map_err(|_| ())?;
-        lane.pending.remove(&id);
+    // Fill the buffer and write until all is written or the stream is full (then it wakes
+    // the task when it takes more).
+    loop {
+        while lane.io.has_room()
+            && let Some((id, bytes)) = lane.answers.pop_front()
+        {
+            encode_frame(id, &bytes, &mut lane.io.write).map_err(|_| ())?;
+            lane.pending.remove(&id);
+        }
+        let sent = lane.io.poll_send(cx).map_err(|e| tracing::debug!("record lane: {e}"))?;
+        if sent.all {
+            lane.stalled_since = None;
+            if lane.answers.is_empty() {
+                break;
+            }
+        } else {
+            if sent.some || lane.stalled_since.is_none() {
+                lane.stalled_since = Some(now);
+            }
+            break;
+        }
     }
-    lane.io.poll_send(cx).map_err(|e| tracing::debug!("record lane: {e}"))?;
     while lane.pending.len() < MAX_PENDING {
         match lane.io.poll_frame(cx) {
             Poll::Ready(Ok(Some((id, bytes)))) => {
-                if !lane.pending.insert(id) {
+                if lane.pending.insert(id, now).is_some() {
                     tracing::debug!(id, "record lane: an id repeated before its answer");
                     return Err(());
                 }
+                lane.arrivals.push_back((now, id));
                 match pb::Request::decode(bytes) {
                     Ok(request) => {
                         events.push_back(HandlerOut::Request { lane: lane.serial, id, request })
@@ -749,7 +838,7 @@ fn poll_lane(
             Poll::Pending => break,
         }
     }
-    if lane.pending.is_empty() {
+    if lane.pending.is_empty() && lane.answers.is_empty() {
         lane.io.slim();
     }
     Ok(())
@@ -784,9 +873,20 @@ impl ConnectionHandler for Handler {
                     .with_timeout(self.timeout),
             });
         }
-        self.poll_out(cx);
-        self.poll_lanes(cx);
-        self.poll_deadlines(cx);
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            self.poll_out(cx);
+            self.poll_lanes(cx, now);
+            let Some(at) = self.next_wake() else { break };
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+        }
         match self.events.pop_front() {
             Some(event) => Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)),
             None => Poll::Pending,
@@ -805,7 +905,7 @@ impl ConnectionHandler for Handler {
             }
             HandlerIn::Answer { lane, id, bytes } => {
                 if let Some(lane) = self.lanes.iter_mut().find(|l| l.serial == lane)
-                    && lane.pending.contains(&id)
+                    && lane.pending.contains_key(&id)
                 {
                     lane.answers.push_back((id, bytes));
                 }
@@ -822,15 +922,17 @@ impl ConnectionHandler for Handler {
                 protocol: stream,
                 ..
             }) => {
-                if self.lanes.len() == MAX_LANES {
-                    // The peer opens a lane when its last one failed: the oldest goes.
-                    self.lanes.remove(0);
+                if self.lanes.len() >= MAX_LANES {
+                    tracing::debug!("record lane: the peer opened more than {MAX_LANES}");
+                    return;
                 }
                 self.lanes.push(Lane {
                     serial: self.next_lane,
                     io: Io::new(stream),
-                    pending: HashSet::new(),
+                    pending: HashMap::new(),
+                    arrivals: VecDeque::new(),
                     answers: VecDeque::new(),
+                    stalled_since: None,
                 });
                 self.next_lane += 1;
             }
@@ -838,7 +940,11 @@ impl ConnectionHandler for Handler {
                 protocol: stream,
                 ..
             }) => {
-                self.out = Out::Open(Io::new(stream));
+                self.out = Out::Open {
+                    io: Box::new(Io::new(stream)),
+                    heard: Instant::now(),
+                    last_id: None,
+                };
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
                 self.fail_all(&format!("it could not be opened: {error}"));

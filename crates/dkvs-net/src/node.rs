@@ -178,19 +178,13 @@ impl<E: Extension> NodeBuilder<E> {
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?
-            // Outbound streams are negotiated lazily: with one protocol proposed, the request
-            // goes with the proposal instead of a round trip later (the wire protocol is V1's;
-            // the other end cannot tell). A record request cost 14% less CPU and a get 13% less
-            // time at N = 100 (docs/benchmarks.md). The price: a peer that does not speak the
-            // protocol shows as a failed read, not a refused negotiation; what must know
-            // beforehand asks identify (the record protocol's `servers`, bitswap's
-            // handler).
-            .with_swarm_config(|c| {
-                c.with_idle_connection_timeout(config.idle_connection_timeout)
-                    .with_substream_upgrade_protocol_override(
-                        libp2p::core::upgrade::Version::V1Lazy,
-                    )
-            })
+            // Outbound streams are negotiated as multistream-select V1 (libp2p's default), one
+            // round trip before the first bytes. Lazy negotiation (V1Lazy) took 14% off a get's
+            // CPU while the record protocol opened a stream per request; on lanes it would save
+            // one round trip per lane, and it makes a peer that does not speak a protocol look
+            // as if it did until it answers: Kademlia then confirms the protocol and puts the
+            // peer in its table (docs/testnet-plan.md).
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
             .build();
         if config.relay_server
             && let Some(relay) = swarm.behaviour_mut().relay_server.as_mut()

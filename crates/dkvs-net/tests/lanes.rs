@@ -1,0 +1,265 @@
+//! The record protocol's lanes between real libp2p swarms (memory transport, noise, yamux):
+//! bursts are answered in full, unanswered requests fail at their deadline and a dead lane is
+//! replaced, and a peer that breaks the protocol (does not read its answers, repeats an id,
+//! opens more lanes than allowed) loses its lane without costing the node more.
+
+use std::time::Duration;
+
+use dkvs_net::codec::{PROTOCOL, pb};
+use dkvs_net::lane::{self, Failure};
+use dkvs_net::libp2p::core::transport::{MemoryTransport, Transport as _};
+use dkvs_net::libp2p::core::upgrade::Version;
+use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use dkvs_net::libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, noise, yamux};
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+
+/// Every test ends within this.
+const TEST: Duration = Duration::from_secs(60);
+
+fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce() -> B) -> Swarm<B> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok(MemoryTransport::default()
+                .upgrade(Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .boxed())
+        })
+        .expect("a memory transport")
+        .with_behaviour(|_| behaviour())
+        .expect("a behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// A peer whose lanes answer every get with `len` bytes (echoing the key first), or answer
+/// nothing while `silent`; it runs until the test ends. Returns its id and address.
+async fn responder(timeout: Duration, len: usize, silent: bool) -> (PeerId, Multiaddr) {
+    let mut swarm = swarm(|| lane::Behaviour::new(timeout));
+    swarm.listen_on("/memory/0".parse().expect("an address")).expect("listens");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let id = *swarm.local_peer_id();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let SwarmEvent::Behaviour(lane::Event::Request { request, channel, .. }) =
+                swarm.select_next_some().await
+            {
+                if silent {
+                    held.push(channel);
+                    continue;
+                }
+                let Some(pb::request::Kind::Get(get)) = request.kind else { continue };
+                let mut record = get.key;
+                record.resize(len.max(record.len()), 0x5a);
+                let answer = pb::GetResponse { record, ..Default::default() };
+                let response = pb::Response { kind: Some(pb::response::Kind::Get(answer)) };
+                swarm.behaviour_mut().send_response(channel, response).expect("connected");
+            }
+        }
+    });
+    (id, addr)
+}
+
+fn get(key: &str) -> pb::Request {
+    let get = pb::GetRequest { key: key.as_bytes().to_vec(), ..Default::default() };
+    pb::Request { kind: Some(pb::request::Kind::Get(get)) }
+}
+
+/// An asker connected to `peer` at `addr`.
+async fn asker(timeout: Duration, peer: PeerId, addr: Multiaddr) -> Swarm<lane::Behaviour> {
+    let mut swarm = swarm(|| lane::Behaviour::new(timeout).with_max_queued(10_000));
+    swarm.dial(addr).expect("dials");
+    loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await
+            && peer_id == peer
+        {
+            return swarm;
+        }
+    }
+}
+
+/// The next lane event of `swarm`.
+async fn next(swarm: &mut Swarm<lane::Behaviour>) -> lane::Event {
+    loop {
+        if let SwarmEvent::Behaviour(event) = swarm.select_next_some().await {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_is_answered_in_full_each_with_its_own_answer() {
+    tokio::time::timeout(TEST, async {
+        // 2000 gets at once, 10 KiB answers: some 20 MB through buffers of 128 KiB and
+        // yamux's window, so both ends wait on the stream over and over.
+        let (peer, addr) = responder(Duration::from_secs(20), 10 * 1024, false).await;
+        let mut asker = asker(Duration::from_secs(20), peer, addr).await;
+        let mut asked = std::collections::HashMap::new();
+        for i in 0..2000 {
+            let key = format!("/k/{i}");
+            asked.insert(asker.behaviour_mut().send_request(&peer, get(&key)), key);
+        }
+        while !asked.is_empty() {
+            match next(&mut asker).await {
+                lane::Event::Response { request_id, response, .. } => {
+                    let key = asked.remove(&request_id).expect("an answer to a request asked");
+                    let Some(pb::response::Kind::Get(got)) = response.kind else {
+                        panic!("not a get's answer")
+                    };
+                    assert!(got.record.starts_with(key.as_bytes()), "the answer to {key}");
+                    assert_eq!(got.record.len(), 10 * 1024);
+                }
+                other => panic!("{other:?} with {} unanswered", asked.len()),
+            }
+        }
+    })
+    .await
+    .expect("within the test's time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_requests_fail_at_their_deadline_and_the_next_goes_on_a_new_lane() {
+    tokio::time::timeout(TEST, async {
+        let timeout = Duration::from_secs(1);
+        let (peer, addr) = responder(timeout, 100, true).await;
+        let mut asker = asker(timeout, peer, addr).await;
+        let started = tokio::time::Instant::now();
+        let ids: Vec<_> = (0..3)
+            .map(|i| asker.behaviour_mut().send_request(&peer, get(&format!("/k/{i}"))))
+            .collect();
+        for _ in 0..3 {
+            match next(&mut asker).await {
+                lane::Event::Failure { request_id, error, .. } => {
+                    assert!(ids.contains(&request_id));
+                    assert_eq!(error, Failure::Timeout(timeout));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(started.elapsed() >= timeout, "not before the deadline");
+        // Nothing came on the lane for a timeout: the asker took it for dead (and the silent
+        // peer drops it too). A request sent now goes on a new lane and, unanswered too, fails
+        // at its own deadline, not earlier.
+        let sent = tokio::time::Instant::now();
+        let id = asker.behaviour_mut().send_request(&peer, get("/k/again"));
+        match next(&mut asker).await {
+            lane::Event::Failure { request_id, error: Failure::Timeout(_), .. } => {
+                assert_eq!(request_id, id);
+                assert!(sent.elapsed() >= timeout);
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .expect("within the test's time");
+}
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
+struct Raw {
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A peer that speaks the lane's bytes by hand, connected to `peer`.
+async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
+    let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
+    let control = swarm.behaviour().stream.new_control();
+    swarm.dial(addr).expect("dials");
+    loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await
+            && peer_id == peer
+        {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control
+}
+
+fn frame(id: u64, request: &pb::Request) -> Vec<u8> {
+    let mut out = Vec::new();
+    lane::encode_frame(id, &prost::Message::encode_to_vec(request), &mut out).expect("small");
+    out
+}
+
+/// Reads `stream` until it ends; true if it ended (closed or reset) within `within`.
+async fn ends_within(stream: &mut dkvs_net::libp2p::Stream, within: Duration) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_its_answers_loses_its_lane() {
+    tokio::time::timeout(TEST, async {
+        let timeout = Duration::from_secs(1);
+        let (peer, addr) = responder(timeout, 16 * 1024, false).await;
+        let mut control = raw(peer, addr).await;
+        let mut stream = control.open_stream(peer, PROTOCOL).await.expect("a lane");
+        // 200 gets answered with 16 KiB each: 3 MiB that this peer does not read.
+        for id in 0..200 {
+            stream.write_all(&frame(id, &get(&format!("/k/{id}")))).await.expect("writes");
+        }
+        stream.flush().await.expect("flushes");
+        tokio::time::sleep(3 * timeout).await;
+        // The node has dropped the lane with what it held: reading now finds its end.
+        assert!(ends_within(&mut stream, Duration::from_secs(5)).await, "the lane is still open");
+    })
+    .await
+    .expect("within the test's time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_id_ends_the_lane_and_lanes_past_the_limit_are_refused() {
+    tokio::time::timeout(TEST, async {
+        let timeout = Duration::from_secs(5);
+        // A silent node: its first request on a lane stays unanswered, so the repeat comes
+        // while it is pending.
+        let (peer, addr) = responder(timeout, 100, true).await;
+        let mut control = raw(peer, addr).await;
+        let mut repeated = control.open_stream(peer, PROTOCOL).await.expect("a lane");
+        repeated.write_all(&frame(7, &get("/k/a"))).await.expect("writes");
+        repeated.write_all(&frame(7, &get("/k/b"))).await.expect("writes");
+        repeated.flush().await.expect("flushes");
+        assert!(
+            ends_within(&mut repeated, Duration::from_secs(3)).await,
+            "a repeat is a violation"
+        );
+
+        // Two lanes are kept; a third is refused at once.
+        let mut lanes = Vec::new();
+        for i in 0..2 {
+            let mut lane = control.open_stream(peer, PROTOCOL).await.expect("a lane");
+            lane.write_all(&frame(i, &get("/k/c"))).await.expect("writes");
+            lane.flush().await.expect("flushes");
+            lanes.push(lane);
+        }
+        let mut third = control.open_stream(peer, PROTOCOL).await.expect("negotiated");
+        let _ = third.write_all(&frame(9, &get("/k/d"))).await;
+        let _ = third.flush().await;
+        assert!(ends_within(&mut third, Duration::from_secs(3)).await, "a third lane is refused");
+        for lane in &mut lanes {
+            assert!(!ends_within(lane, Duration::from_millis(300)).await, "the first two stay");
+        }
+    })
+    .await
+    .expect("within the test's time");
+}
