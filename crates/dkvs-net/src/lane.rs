@@ -14,23 +14,27 @@
 //! `Request` on the asker's writes, a `Response` on the answerer's. The asker numbers its
 //! requests; an id may come again once it was answered. Answers come in any order. A frame
 //! over [`MAX_FRAME_LEN`] is refused from its header, and a request that repeats an id not
-//! answered yet, or an answer to an id never asked on that stream, is a protocol violation:
-//! each ends the stream (the asker opens another for its next request).
+//! answered yet, or an answer to an id larger than any asked on that stream, is a protocol
+//! violation: each ends the stream (the asker opens another for its next request). A late or
+//! repeated answer is dropped.
 //!
 //! # Bounds and time
-//! - A node reads at most [`MAX_PENDING`] requests ahead of its answers on a lane, then stops
-//!   reading it until it has answered (the peer's writes then wait on yamux's window). It keeps
-//!   at most [`MAX_LANES`] lanes from one connection and refuses more.
-//! - A lane whose oldest unanswered request came more than the request timeout ago, or whose
-//!   answers the peer has not taken for that long (it does not read), is dropped with what it
-//!   held: the asker has given up on those requests by then.
+//! - A node holds at most [`MAX_PENDING`] requests of a lane (read, and not answered or whose
+//!   answers are not written yet), then stops reading it (the peer's writes then wait on
+//!   yamux's window). It keeps at most [`MAX_LANES`] lanes from one connection and refuses
+//!   more.
+//! - A request the node has not answered within the timeout is let go (its answer, if it
+//!   comes, is dropped; the asker has given up by then), freeing its place. A lane whose peer
+//!   has not taken [`PROGRESS`] bytes of its answers for a timeout (it does not read, or
+//!   reads a trickle) is dropped with what it held.
 //! - Every request this node sends has a deadline (the timeout) from when it is handed to a
 //!   connection (a request waiting for a dial waits for the dial's outcome, as in libp2p's
 //!   request-response). One not answered by then fails with [`Failure::Timeout`], and an answer
-//!   that comes later is dropped. When a request times out and nothing at all came on the lane
-//!   for a timeout, the lane is taken for dead: what it still carries fails, and the next
-//!   request opens another.
+//!   that comes later is dropped. When a request times out and no answer came on the lane
+//!   since it was handed over, the lane is taken for dead: what it still carries fails, and
+//!   the next request opens another.
 //! - Lanes do not keep a connection open: requests waiting for answers do, each direction.
+//! - The handler's timers are tokio's: it runs on a swarm with tokio's executor.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -73,6 +77,8 @@ const HIGH_WATER: usize = 128 * 1024;
 /// A lane's buffers start empty and grow to the frames it carries; once idle, one over this is
 /// given back (a replication round's 64 KiB frames would otherwise stay allocated per peer).
 const SLIM: usize = 16 * 1024;
+/// Bytes of its answers a peer must take per timeout to keep its lane.
+pub const PROGRESS: usize = 16 * 1024;
 
 /// A request this node sent, as its answer or failure names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -231,10 +237,10 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// A behaviour whose requests fail when not answered within `timeout`.
+    /// A behaviour whose requests fail when not answered within `timeout` (at most a day).
     pub fn new(timeout: Duration) -> Behaviour {
         Behaviour {
-            timeout,
+            timeout: timeout.min(Duration::from_secs(24 * 3600)),
             max_queued: MAX_QUEUED,
             next_id: 0,
             connected: HashMap::new(),
@@ -521,17 +527,17 @@ impl Io {
         self.write.len() - self.sent < HIGH_WATER
     }
 
-    /// Writes what is buffered, as far as the stream takes it, and flushes. Says whether
-    /// any bytes went, and whether all did (if not, the stream will wake the task when it
+    /// Writes what is buffered, as far as the stream takes it, and flushes. Says how many
+    /// bytes went, and whether all did (if not, the stream will wake the task when it
     /// takes more).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> std::io::Result<Sent> {
-        let mut sent = Sent { some: false, all: false };
+        let mut sent = Sent { bytes: 0, all: false };
         while self.sent < self.write.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.write[self.sent..]) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.sent += n;
-                    sent.some = true;
+                    sent.bytes += n;
                 }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(sent),
@@ -563,8 +569,8 @@ impl Io {
 
 /// What [`Io::poll_send`] did.
 struct Sent {
-    /// Some bytes went.
-    some: bool,
+    /// Bytes that went.
+    bytes: usize,
     /// Nothing is left to write.
     all: bool,
 }
@@ -577,8 +583,8 @@ enum Out {
     Opening,
     Open {
         io: Box<Io>,
-        /// When the last frame came on it (or it opened).
-        heard: Instant,
+        /// When the last answer to a request in flight came on it.
+        heard: Option<Instant>,
         /// The largest id written on it: an answer to a larger one was never asked.
         last_id: Option<u64>,
     },
@@ -595,14 +601,28 @@ struct Lane {
     arrivals: VecDeque<(Instant, u64)>,
     /// Answers to write.
     answers: VecDeque<(u64, Vec<u8>)>,
-    /// Since when answers wait for the peer to take them (bytes unwritten, none went).
-    stalled_since: Option<Instant>,
+    /// Since when answers wait for the peer to take them, and how many bytes it took since.
+    stalled: Option<(Instant, usize)>,
 }
 
 impl Lane {
-    /// When the lane is to be dropped unless it moves: a timeout after its oldest unanswered
-    /// request came, or after its answers stopped going.
-    fn expiry(&mut self, timeout: Duration) -> Option<Instant> {
+    /// Lets go of the requests not answered within `timeout`; true while the lane is to be
+    /// kept (its peer takes its answers).
+    fn expire(&mut self, now: Instant, timeout: Duration) -> bool {
+        while let Some(&(at, id)) = self.arrivals.front() {
+            if self.pending.get(&id) == Some(&at) {
+                if now < at + timeout {
+                    break;
+                }
+                self.pending.remove(&id);
+            }
+            self.arrivals.pop_front();
+        }
+        self.stalled.is_none_or(|(since, _)| now < since + timeout)
+    }
+
+    /// When [`Lane::expire`] has something to do next.
+    fn next_wake(&mut self, timeout: Duration) -> Option<Instant> {
         while let Some(&(at, id)) = self.arrivals.front() {
             if self.pending.get(&id) == Some(&at) {
                 break;
@@ -610,7 +630,7 @@ impl Lane {
             self.arrivals.pop_front();
         }
         let oldest = self.arrivals.front().map(|(at, _)| *at + timeout);
-        let stalled = self.stalled_since.map(|at| at + timeout);
+        let stalled = self.stalled.map(|(since, _)| since + timeout);
         oldest.into_iter().chain(stalled).min()
     }
 }
@@ -697,10 +717,10 @@ impl Handler {
         while failed.is_none() {
             match io.poll_frame(cx) {
                 Poll::Ready(Ok(Some((id, bytes)))) => {
-                    *heard = Instant::now();
                     if last_id.is_none_or(|last| id > last) {
                         failed = Some(format!("the peer answered request {id}, never asked"));
                     } else if self.in_flight.remove(&id) {
+                        *heard = Some(Instant::now());
                         self.events.push_back(match pb::Response::decode(bytes) {
                             Ok(response) => HandlerOut::Response { id, response },
                             Err(e) => {
@@ -740,8 +760,8 @@ impl Handler {
             && self.queued.iter().any(|(queued, _)| *queued == id)
     }
 
-    /// Fails the requests past their deadlines (and the lane, if it is dead), and drops the
-    /// peer's lanes that expired.
+    /// Fails the requests past their deadlines (and the lane, if it is dead), lets go of the
+    /// peer's requests not answered in time, and drops the lanes whose peer does not read.
     fn expire(&mut self, now: Instant) {
         let mut dead = false;
         while let Some(&(deadline, id)) = self.deadlines.front() {
@@ -753,8 +773,10 @@ impl Handler {
             self.deadlines.pop_front();
             if written {
                 self.in_flight.remove(&id);
+                // Dead when no answer came since this request was handed over.
+                let handed = deadline.checked_sub(self.timeout);
                 dead |= matches!(&self.out, Out::Open { heard, .. }
-                    if now.saturating_duration_since(*heard) >= self.timeout);
+                    if heard.is_none_or(|heard| handed.is_some_and(|handed| heard < handed)));
             } else if queued {
                 // The first queued request is the one whose deadline comes first.
                 if self.queued.front().is_some_and(|(first, _)| *first == id) {
@@ -769,16 +791,22 @@ impl Handler {
                 .push_back(HandlerOut::Failure { id, error: Failure::Timeout(self.timeout) });
         }
         if dead {
-            self.fail_all(&format!("nothing came on it for {:?}", self.timeout));
+            self.fail_all(&format!("no answer came on it for {:?}", self.timeout));
         }
         let timeout = self.timeout;
-        self.lanes.retain_mut(|lane| lane.expiry(timeout).is_none_or(|at| at > now));
+        self.lanes.retain_mut(|lane| {
+            let keep = lane.expire(now, timeout);
+            if !keep {
+                tracing::debug!("record lane: the peer did not take its answers for {timeout:?}");
+            }
+            keep
+        });
     }
 
     /// When the handler must wake next: the first deadline or lane expiry.
     fn next_wake(&mut self) -> Option<Instant> {
         let timeout = self.timeout;
-        let lanes = self.lanes.iter_mut().filter_map(|lane| lane.expiry(timeout));
+        let lanes = self.lanes.iter_mut().filter_map(|lane| lane.next_wake(timeout));
         self.deadlines.front().map(|(at, _)| *at).into_iter().chain(lanes).min()
     }
 }
@@ -797,22 +825,24 @@ fn poll_lane(
             && let Some((id, bytes)) = lane.answers.pop_front()
         {
             encode_frame(id, &bytes, &mut lane.io.write).map_err(|_| ())?;
-            lane.pending.remove(&id);
         }
         let sent = lane.io.poll_send(cx).map_err(|e| tracing::debug!("record lane: {e}"))?;
         if sent.all {
-            lane.stalled_since = None;
+            lane.stalled = None;
             if lane.answers.is_empty() {
                 break;
             }
         } else {
-            if sent.some || lane.stalled_since.is_none() {
-                lane.stalled_since = Some(now);
-            }
+            lane.stalled = match lane.stalled {
+                Some((since, took)) if took + sent.bytes < PROGRESS => {
+                    Some((since, took + sent.bytes))
+                }
+                _ => Some((now, 0)),
+            };
             break;
         }
     }
-    while lane.pending.len() < MAX_PENDING {
+    while lane.pending.len() + lane.answers.len() < MAX_PENDING {
         match lane.io.poll_frame(cx) {
             Poll::Ready(Ok(Some((id, bytes)))) => {
                 if lane.pending.insert(id, now).is_some() {
@@ -875,12 +905,15 @@ impl ConnectionHandler for Handler {
         }
         loop {
             let now = Instant::now();
-            self.expire(now);
+            // Bytes that came first: an answer already here is not a timeout.
             self.poll_out(cx);
             self.poll_lanes(cx, now);
+            self.expire(now);
             let Some(at) = self.next_wake() else { break };
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            if timer.deadline() != at {
+            // Moved earlier only: a timer for a deadline since answered fires early, once,
+            // and is set again (not moved on every answer).
+            if at < timer.deadline() || timer.deadline() <= now {
                 timer.as_mut().reset(at);
             }
             if timer.as_mut().poll(cx).is_pending() {
@@ -905,7 +938,7 @@ impl ConnectionHandler for Handler {
             }
             HandlerIn::Answer { lane, id, bytes } => {
                 if let Some(lane) = self.lanes.iter_mut().find(|l| l.serial == lane)
-                    && lane.pending.contains_key(&id)
+                    && lane.pending.remove(&id).is_some()
                 {
                     lane.answers.push_back((id, bytes));
                 }
@@ -932,7 +965,7 @@ impl ConnectionHandler for Handler {
                     pending: HashMap::new(),
                     arrivals: VecDeque::new(),
                     answers: VecDeque::new(),
-                    stalled_since: None,
+                    stalled: None,
                 });
                 self.next_lane += 1;
             }
@@ -940,11 +973,7 @@ impl ConnectionHandler for Handler {
                 protocol: stream,
                 ..
             }) => {
-                self.out = Out::Open {
-                    io: Box::new(Io::new(stream)),
-                    heard: Instant::now(),
-                    last_id: None,
-                };
+                self.out = Out::Open { io: Box::new(Io::new(stream)), heard: None, last_id: None };
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
                 self.fail_all(&format!("it could not be opened: {error}"));

@@ -1,7 +1,8 @@
 //! The record protocol's lanes between real libp2p swarms (memory transport, noise, yamux):
 //! bursts are answered in full, unanswered requests fail at their deadline and a dead lane is
-//! replaced, and a peer that breaks the protocol (does not read its answers, repeats an id,
-//! opens more lanes than allowed) loses its lane without costing the node more.
+//! replaced by a new one, and a peer that breaks the protocol (does not read its answers,
+//! repeats an id, opens more lanes than allowed, answers what was never asked or with bytes
+//! that are no answer) loses its lane without costing the node more.
 
 use std::time::Duration;
 
@@ -96,13 +97,13 @@ async fn next(swarm: &mut Swarm<lane::Behaviour>) -> lane::Event {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_requests_is_answered_in_full_each_with_its_own_answer() {
     tokio::time::timeout(TEST, async {
-        // 2000 gets at once, 10 KiB answers: some 20 MB through buffers of 128 KiB and
-        // yamux's window, so both ends wait on the stream over and over.
+        // 2000 gets of 1 KiB at once, 10 KiB answers: 2 MB and 20 MB through buffers of
+        // 128 KiB and yamux's window, so both ends wait on the stream over and over.
         let (peer, addr) = responder(Duration::from_secs(20), 10 * 1024, false).await;
         let mut asker = asker(Duration::from_secs(20), peer, addr).await;
         let mut asked = std::collections::HashMap::new();
         for i in 0..2000 {
-            let key = format!("/k/{i}");
+            let key = format!("/k/{i}/{}", "x".repeat(1000));
             asked.insert(asker.behaviour_mut().send_request(&peer, get(&key)), key);
         }
         while !asked.is_empty() {
@@ -127,12 +128,14 @@ async fn a_burst_of_requests_is_answered_in_full_each_with_its_own_answer() {
 async fn unanswered_requests_fail_at_their_deadline_and_the_next_goes_on_a_new_lane() {
     tokio::time::timeout(TEST, async {
         let timeout = Duration::from_secs(1);
-        let (peer, addr) = responder(timeout, 100, true).await;
+        // A peer that takes lanes and never answers (nor closes them).
+        let (peer, addr, mut lanes) = raw_responder().await;
         let mut asker = asker(timeout, peer, addr).await;
         let started = tokio::time::Instant::now();
         let ids: Vec<_> = (0..3)
             .map(|i| asker.behaviour_mut().send_request(&peer, get(&format!("/k/{i}"))))
             .collect();
+        let mut kept = vec![driving(&mut asker, lanes.next()).await.expect("a lane").1];
         for _ in 0..3 {
             match next(&mut asker).await {
                 lane::Event::Failure { request_id, error, .. } => {
@@ -143,11 +146,11 @@ async fn unanswered_requests_fail_at_their_deadline_and_the_next_goes_on_a_new_l
             }
         }
         assert!(started.elapsed() >= timeout, "not before the deadline");
-        // Nothing came on the lane for a timeout: the asker took it for dead (and the silent
-        // peer drops it too). A request sent now goes on a new lane and, unanswered too, fails
-        // at its own deadline, not earlier.
+        // No answer came on the lane since those requests went: it is dead, and the next
+        // request opens another, where it too fails at its own deadline, not earlier.
         let sent = tokio::time::Instant::now();
         let id = asker.behaviour_mut().send_request(&peer, get("/k/again"));
+        kept.push(driving(&mut asker, lanes.next()).await.expect("a second lane").1);
         match next(&mut asker).await {
             lane::Event::Failure { request_id, error: Failure::Timeout(_), .. } => {
                 assert_eq!(request_id, id);
@@ -158,6 +161,77 @@ async fn unanswered_requests_fail_at_their_deadline_and_the_next_goes_on_a_new_l
     })
     .await
     .expect("within the test's time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_never_asked_ends_the_lane_and_a_malformed_answer_fails_its_request() {
+    tokio::time::timeout(TEST, async {
+        let (peer, addr, mut lanes) = raw_responder().await;
+        let mut asker = asker(Duration::from_secs(20), peer, addr).await;
+        let first = asker.behaviour_mut().send_request(&peer, get("/k/1"));
+        let (_, mut stream) = driving(&mut asker, lanes.next()).await.expect("a lane");
+        let id = driving(&mut asker, read_id(&mut stream)).await;
+        // Bytes that are no `Response` for the request asked: that request fails, the lane stays.
+        let mut garbage = Vec::new();
+        lane::encode_frame(id, &[0xff; 8], &mut garbage).expect("small");
+        stream.write_all(&garbage).await.expect("writes");
+        stream.flush().await.expect("flushes");
+        match next(&mut asker).await {
+            lane::Event::Failure { request_id, error: Failure::Malformed(_), .. } => {
+                assert_eq!(request_id, first)
+            }
+            other => panic!("{other:?}"),
+        }
+        // An answer to an id larger than any asked: a violation; what is in flight fails.
+        let second = asker.behaviour_mut().send_request(&peer, get("/k/2"));
+        let id = driving(&mut asker, read_id(&mut stream)).await;
+        let mut forged = Vec::new();
+        let answer = pb::Response { kind: Some(pb::response::Kind::Get(Default::default())) };
+        lane::encode_frame(id + 1000, &prost::Message::encode_to_vec(&answer), &mut forged)
+            .expect("small");
+        stream.write_all(&forged).await.expect("writes");
+        stream.flush().await.expect("flushes");
+        match next(&mut asker).await {
+            lane::Event::Failure { request_id, error: Failure::Stream(why), .. } => {
+                assert_eq!(request_id, second);
+                assert!(why.contains("never asked"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .expect("within the test's time");
+}
+
+/// Runs `f` while driving `asker` (which must report nothing meanwhile).
+async fn driving<T>(
+    asker: &mut Swarm<lane::Behaviour>,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    let mut f = std::pin::pin!(f);
+    loop {
+        tokio::select! {
+            out = &mut f => return out,
+            event = asker.select_next_some() => {
+                if let SwarmEvent::Behaviour(event) = event {
+                    panic!("{event:?} while waiting");
+                }
+            }
+        }
+    }
+}
+
+/// Reads one frame's id from a lane.
+async fn read_id(stream: &mut dkvs_net::libp2p::Stream) -> u64 {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        stream.read_exact(&mut byte).await.expect("a frame");
+        buf.push(byte[0]);
+        if let Some((id, _)) = lane::decode_frame(&buf).expect("well formed") {
+            return id;
+        }
+    }
 }
 
 #[derive(NetworkBehaviour)]
@@ -184,6 +258,26 @@ async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
         }
     });
     control
+}
+
+/// A peer that takes the lanes opened to it and leaves them to the test, which speaks their
+/// bytes by hand: its id, its address and the lanes as they come.
+async fn raw_responder() -> (PeerId, Multiaddr, libp2p_stream::IncomingStreams) {
+    let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
+    let lanes = swarm.behaviour().stream.new_control().accept(PROTOCOL).expect("accepts");
+    swarm.listen_on("/memory/0".parse().expect("an address")).expect("listens");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let id = *swarm.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (id, addr, lanes)
 }
 
 fn frame(id: u64, request: &pb::Request) -> Vec<u8> {
@@ -214,8 +308,10 @@ async fn a_peer_that_does_not_read_its_answers_loses_its_lane() {
         let (peer, addr) = responder(timeout, 16 * 1024, false).await;
         let mut control = raw(peer, addr).await;
         let mut stream = control.open_stream(peer, PROTOCOL).await.expect("a lane");
-        // 200 gets answered with 16 KiB each: 3 MiB that this peer does not read.
-        for id in 0..200 {
+        // 40 gets answered with 16 KiB each: 640 KiB that this peer does not read, more than
+        // yamux's window and the node's buffer; the node answers them all (none is let go
+        // unanswered), so only the peer's not reading can end the lane.
+        for id in 0..40 {
             stream.write_all(&frame(id, &get(&format!("/k/{id}")))).await.expect("writes");
         }
         stream.flush().await.expect("flushes");
