@@ -124,7 +124,7 @@ pub enum Failure {
     /// The request is larger than a frame may be.
     #[error("the request is {0} bytes, over the protocol's {MAX_FRAME_LEN}")]
     TooLarge(usize),
-    /// Too many requests wait for this connection's lane.
+    /// Too many requests wait for the peer's lane (or for a connection to it).
     #[error("too many requests wait for the peer's stream")]
     Overloaded,
 }
@@ -267,6 +267,8 @@ impl Behaviour {
             self.fail(*peer, id, Failure::TooLarge(bytes.len()));
         } else if let Some(&connection) = self.connected.get(peer).and_then(|c| c.last()) {
             self.send_on(*peer, connection, id, bytes);
+        } else if self.dialing.get(peer).is_some_and(|waiting| waiting.len() >= self.max_queued) {
+            self.fail(*peer, id, Failure::Overloaded);
         } else {
             let waiting = self.dialing.entry(*peer).or_default();
             if waiting.is_empty() {

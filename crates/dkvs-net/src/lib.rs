@@ -1,10 +1,10 @@
 //! The dkvs network layer: a network-first signed key-value memory over libp2p.
 //!
 //! A [`Node`] runs a libp2p swarm (TCP and QUIC, noise, yamux; Kademlia on `/dkvs/kad/1.0.0`
-//! for routing; the record protocol `/dkvs/record/2.0.0` for puts and gets, on one long-lived stream per
-//! peer ([`lane`]); gossipsub for
-//! watches; identify, ping, relay, DCUtR and AutoNAT) on top of a [`dkvs_store::Store`], which
-//! validates everything a peer sends before it is kept.
+//! for routing; the record protocol `/dkvs/record/2.0.0` for puts and gets, on one long-lived
+//! stream per peer and direction, see [`lane`]; gossipsub for watches; identify, ping, relay,
+//! DCUtR and AutoNAT) on top of a [`dkvs_store::Store`], which validates everything a peer
+//! sends before it is kept.
 //!
 //! - [`Node::put`] stores locally, sends the record to the k closest peers and succeeds when a
 //!   quorum holds it; the [`PutReceipt`] says which peers stored it and which refused, and why.

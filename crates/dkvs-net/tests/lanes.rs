@@ -34,16 +34,33 @@ fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce() -> B) -> Swarm<B> {
         .build()
 }
 
+/// Listens on the memory transport; the address.
+async fn listen<B: NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
+    swarm.listen_on("/memory/0".parse().expect("an address")).expect("listens");
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            return address;
+        }
+    }
+}
+
+/// Dials `peer` at `addr` and waits until connected.
+async fn connect<B: NetworkBehaviour>(swarm: &mut Swarm<B>, peer: PeerId, addr: Multiaddr) {
+    swarm.dial(addr).expect("dials");
+    loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await
+            && peer_id == peer
+        {
+            return;
+        }
+    }
+}
+
 /// A peer whose lanes answer every get with `len` bytes (echoing the key first), or answer
 /// nothing while `silent`; it runs until the test ends. Returns its id and address.
 async fn responder(timeout: Duration, len: usize, silent: bool) -> (PeerId, Multiaddr) {
     let mut swarm = swarm(|| lane::Behaviour::new(timeout));
-    swarm.listen_on("/memory/0".parse().expect("an address")).expect("listens");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen(&mut swarm).await;
     let id = *swarm.local_peer_id();
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -75,14 +92,8 @@ fn get(key: &str) -> pb::Request {
 /// An asker connected to `peer` at `addr`.
 async fn asker(timeout: Duration, peer: PeerId, addr: Multiaddr) -> Swarm<lane::Behaviour> {
     let mut swarm = swarm(|| lane::Behaviour::new(timeout).with_max_queued(10_000));
-    swarm.dial(addr).expect("dials");
-    loop {
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await
-            && peer_id == peer
-        {
-            return swarm;
-        }
-    }
+    connect(&mut swarm, peer, addr).await;
+    swarm
 }
 
 /// The next lane event of `swarm`.
@@ -244,14 +255,7 @@ struct Raw {
 async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
     let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
     let control = swarm.behaviour().stream.new_control();
-    swarm.dial(addr).expect("dials");
-    loop {
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await
-            && peer_id == peer
-        {
-            break;
-        }
-    }
+    connect(&mut swarm, peer, addr).await;
     tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
@@ -265,12 +269,7 @@ async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
 async fn raw_responder() -> (PeerId, Multiaddr, libp2p_stream::IncomingStreams) {
     let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
     let lanes = swarm.behaviour().stream.new_control().accept(PROTOCOL).expect("accepts");
-    swarm.listen_on("/memory/0".parse().expect("an address")).expect("listens");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen(&mut swarm).await;
     let id = *swarm.local_peer_id();
     tokio::spawn(async move {
         loop {
