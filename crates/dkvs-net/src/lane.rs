@@ -31,8 +31,8 @@
 //!   connection (a request waiting for a dial waits for the dial's outcome, as in libp2p's
 //!   request-response). One not answered by then fails with [`Failure::Timeout`], and an answer
 //!   that comes later is dropped. When a request times out and no answer came on the lane
-//!   since it was handed over, the lane is taken for dead: what it still carries fails, and
-//!   the next request opens another.
+//!   since it was handed over, the lane is taken for dead: the requests written on it fail,
+//!   and those not written yet go on a new one.
 //! - Lanes do not keep a connection open: requests waiting for answers do, each direction.
 //! - The handler's timers are tokio's: it runs on a swarm with tokio's executor.
 
@@ -676,11 +676,20 @@ impl Handler {
 
     /// Fails every request written or queued: the lane is gone.
     fn fail_all(&mut self, why: &str) {
+        self.fail_written(why);
+        let ids: Vec<u64> = self.queued.drain(..).map(|(id, _)| id).collect();
+        self.deadlines.clear();
+        for id in ids {
+            self.events.push_back(HandlerOut::Failure { id, error: Failure::Stream(why.into()) });
+        }
+    }
+
+    /// Fails the requests written on the lane and closes it; those not written yet stay
+    /// queued for the next lane (their deadlines stand).
+    fn fail_written(&mut self, why: &str) {
         self.out = Out::Closed;
         let mut ids: Vec<u64> = self.in_flight.drain().collect();
         ids.sort_unstable();
-        ids.extend(self.queued.drain(..).map(|(id, _)| id));
-        self.deadlines.clear();
         for id in ids {
             self.events.push_back(HandlerOut::Failure { id, error: Failure::Stream(why.into()) });
         }
@@ -793,7 +802,8 @@ impl Handler {
                 .push_back(HandlerOut::Failure { id, error: Failure::Timeout(self.timeout) });
         }
         if dead {
-            self.fail_all(&format!("no answer came on it for {:?}", self.timeout));
+            // What was not written yet goes on a new lane.
+            self.fail_written(&format!("no answer came on it for {:?}", self.timeout));
         }
         let timeout = self.timeout;
         self.lanes.retain_mut(|lane| {
@@ -898,13 +908,6 @@ impl ConnectionHandler for Handler {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), HandlerOut>> {
-        if matches!(self.out, Out::Closed) && !self.queued.is_empty() {
-            self.out = Out::Opening;
-            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
-                    .with_timeout(self.timeout),
-            });
-        }
         loop {
             let now = Instant::now();
             // Bytes that came first: an answer already here is not a timeout.
@@ -921,6 +924,14 @@ impl ConnectionHandler for Handler {
             if timer.as_mut().poll(cx).is_pending() {
                 break;
             }
+        }
+        // Requests wait and no lane is open or opening (none yet, or the last one failed).
+        if matches!(self.out, Out::Closed) && !self.queued.is_empty() {
+            self.out = Out::Opening;
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+                    .with_timeout(self.timeout),
+            });
         }
         match self.events.pop_front() {
             Some(event) => Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)),
