@@ -36,7 +36,7 @@
 //! - Lanes do not keep a connection open: requests waiting for answers do, each direction.
 //! - The handler's timers are tokio's: it runs on a swarm with tokio's executor.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -524,9 +524,29 @@ impl Io {
         }
     }
 
-    /// Whether another frame may be buffered.
-    fn has_room(&self) -> bool {
-        self.write.len() - self.sent < HIGH_WATER
+    /// Encodes the frames of `queue` while fewer than [`HIGH_WATER`] bytes wait, and writes,
+    /// until the queue is empty or the stream is full (then it wakes the task when it takes
+    /// more); `written` is told each id encoded.
+    fn send_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        queue: &mut VecDeque<(u64, Vec<u8>)>,
+        mut written: impl FnMut(u64),
+    ) -> std::io::Result<Sent> {
+        let mut total = Sent { bytes: 0, all: false };
+        loop {
+            while self.write.len() - self.sent < HIGH_WATER
+                && let Some((id, bytes)) = queue.pop_front()
+            {
+                encode_frame(id, &bytes, &mut self.write)?;
+                written(id);
+            }
+            let sent = self.poll_send(cx)?;
+            total = Sent { bytes: total.bytes + sent.bytes, all: sent.all };
+            if !sent.all || queue.is_empty() {
+                return Ok(total);
+            }
+        }
     }
 
     /// Writes what is buffered, as far as the stream takes it, and flushes. Says how many
@@ -608,30 +628,32 @@ struct Lane {
 }
 
 impl Lane {
+    /// When the oldest request not answered yet came (dropping the entries of those answered).
+    fn oldest_pending(&mut self) -> Option<Instant> {
+        while let Some(&(at, id)) = self.arrivals.front() {
+            if self.pending.get(&id) == Some(&at) {
+                return Some(at);
+            }
+            self.arrivals.pop_front();
+        }
+        None
+    }
+
     /// Lets go of the requests not answered within `timeout`; true while the lane is to be
     /// kept (its peer takes its answers).
     fn expire(&mut self, now: Instant, timeout: Duration) -> bool {
-        while let Some(&(at, id)) = self.arrivals.front() {
-            if self.pending.get(&id) == Some(&at) {
-                if now < at + timeout {
-                    break;
-                }
-                self.pending.remove(&id);
-            }
-            self.arrivals.pop_front();
+        while let Some(at) = self.oldest_pending()
+            && at + timeout <= now
+        {
+            let (_, id) = self.arrivals.pop_front().expect("the oldest");
+            self.pending.remove(&id);
         }
         self.stalled.is_none_or(|(since, _)| now < since + timeout)
     }
 
     /// When [`Lane::expire`] has something to do next.
     fn next_wake(&mut self, timeout: Duration) -> Option<Instant> {
-        while let Some(&(at, id)) = self.arrivals.front() {
-            if self.pending.get(&id) == Some(&at) {
-                break;
-            }
-            self.arrivals.pop_front();
-        }
-        let oldest = self.arrivals.front().map(|(at, _)| *at + timeout);
+        let oldest = self.oldest_pending().map(|at| at + timeout);
         let stalled = self.stalled.map(|(since, _)| since + timeout);
         oldest.into_iter().chain(stalled).min()
     }
@@ -642,15 +664,12 @@ pub struct Handler {
     timeout: Duration,
     max_queued: usize,
     out: Out,
-    /// Requests waiting for the lane to open or for room in it, in the order of their ids.
-    /// Every id here is larger than every id in `in_flight` (ids grow, and are written in
-    /// turn).
+    /// Every request not answered yet, queued or written, with its deadline. Ids come in
+    /// increasing order, each with the same timeout, and are written in turn: the first
+    /// entry has the first deadline, and a queued request's id is larger than any written.
+    outstanding: BTreeMap<u64, Instant>,
+    /// The requests not written yet: waiting for the lane to open or for room in it.
     queued: VecDeque<(u64, Vec<u8>)>,
-    /// Requests written and not answered.
-    in_flight: HashSet<u64>,
-    /// When each request queued or written fails unanswered, in order (every request has
-    /// the same timeout). An entry whose request was answered is dropped when it is first.
-    deadlines: VecDeque<(Instant, u64)>,
     /// Wakes the handler at the next deadline or lane expiry.
     timer: Option<Pin<Box<Sleep>>>,
     lanes: Vec<Lane>,
@@ -664,9 +683,8 @@ impl Handler {
             timeout,
             max_queued,
             out: Out::Closed,
+            outstanding: BTreeMap::new(),
             queued: VecDeque::new(),
-            in_flight: HashSet::new(),
-            deadlines: VecDeque::new(),
             timer: None,
             lanes: Vec::new(),
             next_lane: 0,
@@ -676,21 +694,19 @@ impl Handler {
 
     /// Fails every request written or queued: the lane is gone.
     fn fail_all(&mut self, why: &str) {
+        self.queued.clear();
         self.fail_written(why);
-        let ids: Vec<u64> = self.queued.drain(..).map(|(id, _)| id).collect();
-        self.deadlines.clear();
-        for id in ids {
-            self.events.push_back(HandlerOut::Failure { id, error: Failure::Stream(why.into()) });
-        }
     }
 
     /// Fails the requests written on the lane and closes it; those not written yet stay
     /// queued for the next lane (their deadlines stand).
     fn fail_written(&mut self, why: &str) {
         self.out = Out::Closed;
-        let mut ids: Vec<u64> = self.in_flight.drain().collect();
-        ids.sort_unstable();
-        for id in ids {
+        let waiting = match self.queued.front() {
+            Some((first, _)) => self.outstanding.split_off(first),
+            None => BTreeMap::new(),
+        };
+        for id in std::mem::replace(&mut self.outstanding, waiting).into_keys() {
             self.events.push_back(HandlerOut::Failure { id, error: Failure::Stream(why.into()) });
         }
     }
@@ -698,39 +714,16 @@ impl Handler {
     /// Writes queued requests and reads answers on this node's lane.
     fn poll_out(&mut self, cx: &mut Context<'_>) {
         let Out::Open { io, heard, last_id } = &mut self.out else { return };
-        let mut failed = None;
-        // Fill the buffer and write until all is written or the stream is full (then it
-        // wakes the task when it takes more).
-        loop {
-            while io.has_room()
-                && let Some((id, bytes)) = self.queued.pop_front()
-            {
-                match encode_frame(id, &bytes, &mut io.write) {
-                    Ok(()) => {
-                        self.in_flight.insert(id);
-                        *last_id = Some(id);
-                    }
-                    Err(_) => self.events.push_back(HandlerOut::Failure {
-                        id,
-                        error: Failure::TooLarge(bytes.len()),
-                    }),
-                }
-            }
-            match io.poll_send(cx) {
-                Ok(Sent { all: true, .. }) if !self.queued.is_empty() => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
+        let mut failed = io
+            .send_from(cx, &mut self.queued, |id| *last_id = Some(id))
+            .err()
+            .map(|e| e.to_string());
         while failed.is_none() {
             match io.poll_frame(cx) {
                 Poll::Ready(Ok(Some((id, bytes)))) => {
                     if last_id.is_none_or(|last| id > last) {
                         failed = Some(format!("the peer answered request {id}, never asked"));
-                    } else if self.in_flight.remove(&id) {
+                    } else if self.outstanding.remove(&id).is_some() {
                         *heard = Some(Instant::now());
                         self.events.push_back(match pb::Response::decode(bytes) {
                             Ok(response) => HandlerOut::Response { id, response },
@@ -748,7 +741,7 @@ impl Handler {
         }
         match failed {
             Some(why) => self.fail_all(&why),
-            None if self.in_flight.is_empty() && self.queued.is_empty() => io.slim(),
+            None if self.outstanding.is_empty() => io.slim(),
             None => {}
         }
     }
@@ -765,38 +758,22 @@ impl Handler {
         }
     }
 
-    /// Whether request `id` is queued.
-    fn is_queued(&self, id: u64) -> bool {
-        self.queued.front().is_some_and(|(first, _)| *first <= id)
-            && self.queued.iter().any(|(queued, _)| *queued == id)
-    }
-
     /// Fails the requests past their deadlines (and the lane, if it is dead), lets go of the
     /// peer's requests not answered in time, and drops the lanes whose peer does not read.
     fn expire(&mut self, now: Instant) {
         let mut dead = false;
-        while let Some(&(deadline, id)) = self.deadlines.front() {
-            let written = self.in_flight.contains(&id);
-            let queued = !written && self.is_queued(id);
-            if (written || queued) && deadline > now {
-                break;
-            }
-            self.deadlines.pop_front();
-            if written {
-                self.in_flight.remove(&id);
-                // Dead when no answer came since this request was handed over.
+        while let Some((&id, &deadline)) = self.outstanding.first_key_value()
+            && deadline <= now
+        {
+            self.outstanding.remove(&id);
+            if self.queued.front().is_some_and(|(first, _)| *first == id) {
+                self.queued.pop_front();
+            } else {
+                // Written: the lane is dead when no answer came since this request was
+                // handed over.
                 let handed = deadline.checked_sub(self.timeout);
                 dead |= matches!(&self.out, Out::Open { heard, .. }
                     if heard.is_none_or(|heard| handed.is_some_and(|handed| heard < handed)));
-            } else if queued {
-                // The first queued request is the one whose deadline comes first.
-                if self.queued.front().is_some_and(|(first, _)| *first == id) {
-                    self.queued.pop_front();
-                } else {
-                    self.queued.retain(|(q, _)| *q != id);
-                }
-            } else {
-                continue;
             }
             self.events
                 .push_back(HandlerOut::Failure { id, error: Failure::Timeout(self.timeout) });
@@ -819,7 +796,7 @@ impl Handler {
     fn next_wake(&mut self) -> Option<Instant> {
         let timeout = self.timeout;
         let lanes = self.lanes.iter_mut().filter_map(|lane| lane.next_wake(timeout));
-        self.deadlines.front().map(|(at, _)| *at).into_iter().chain(lanes).min()
+        self.outstanding.first_key_value().map(|(_, at)| *at).into_iter().chain(lanes).min()
     }
 }
 
@@ -830,30 +807,13 @@ fn poll_lane(
     now: Instant,
     events: &mut VecDeque<HandlerOut>,
 ) -> Result<(), ()> {
-    // Fill the buffer and write until all is written or the stream is full (then it wakes
-    // the task when it takes more).
-    loop {
-        while lane.io.has_room()
-            && let Some((id, bytes)) = lane.answers.pop_front()
-        {
-            encode_frame(id, &bytes, &mut lane.io.write).map_err(|_| ())?;
-        }
-        let sent = lane.io.poll_send(cx).map_err(|e| tracing::debug!("record lane: {e}"))?;
-        if sent.all {
-            lane.stalled = None;
-            if lane.answers.is_empty() {
-                break;
-            }
-        } else {
-            lane.stalled = match lane.stalled {
-                Some((since, took)) if took + sent.bytes < PROGRESS => {
-                    Some((since, took + sent.bytes))
-                }
-                _ => Some((now, 0)),
-            };
-            break;
-        }
-    }
+    let sent = (lane.io.send_from(cx, &mut lane.answers, |_| {}))
+        .map_err(|e| tracing::debug!("record lane: {e}"))?;
+    lane.stalled = match lane.stalled {
+        _ if sent.all => None,
+        Some((since, took)) if took + sent.bytes < PROGRESS => Some((since, took + sent.bytes)),
+        _ => Some((now, 0)),
+    };
     while lane.pending.len() + lane.answers.len() < MAX_PENDING {
         match lane.io.poll_frame(cx) {
             Poll::Ready(Ok(Some((id, bytes)))) => {
@@ -899,9 +859,7 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        !self.queued.is_empty()
-            || !self.in_flight.is_empty()
-            || self.lanes.iter().any(|lane| !lane.pending.is_empty())
+        !self.outstanding.is_empty() || self.lanes.iter().any(|lane| !lane.pending.is_empty())
     }
 
     fn poll(
@@ -945,8 +903,8 @@ impl ConnectionHandler for Handler {
                 if self.queued.len() >= self.max_queued {
                     self.events.push_back(HandlerOut::Failure { id, error: Failure::Overloaded });
                 } else {
+                    self.outstanding.insert(id, Instant::now() + self.timeout);
                     self.queued.push_back((id, bytes));
-                    self.deadlines.push_back((Instant::now() + self.timeout, id));
                 }
             }
             HandlerIn::Answer { lane, id, bytes } => {

@@ -251,16 +251,21 @@ struct Raw {
     stream: libp2p_stream::Behaviour,
 }
 
-/// A peer that speaks the lane's bytes by hand, connected to `peer`.
-async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
-    let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
-    let control = swarm.behaviour().stream.new_control();
-    connect(&mut swarm, peer, addr).await;
+/// Drives `swarm` in the background until the test ends (its streams are the test's).
+fn drive(mut swarm: Swarm<Raw>) {
     tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
         }
     });
+}
+
+/// A peer that speaks the lane's bytes by hand, connected to `peer`.
+async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
+    let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
+    let control = swarm.behaviour().stream.new_control();
+    connect(&mut swarm, peer, addr).await;
+    drive(swarm);
     control
 }
 
@@ -271,11 +276,7 @@ async fn raw_responder() -> (PeerId, Multiaddr, libp2p_stream::IncomingStreams) 
     let lanes = swarm.behaviour().stream.new_control().accept(PROTOCOL).expect("accepts");
     let addr = listen(&mut swarm).await;
     let id = *swarm.local_peer_id();
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
+    drive(swarm);
     (id, addr, lanes)
 }
 
