@@ -10,6 +10,7 @@ use libp2p::{
     ping, relay,
 };
 
+use crate::quiet::Quiet;
 use crate::{Config, Extension, NetError};
 
 /// Kademlia's protocol name: dkvs runs its own DHT, not the public IPFS one.
@@ -43,17 +44,17 @@ pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour<E: Extension> {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub(crate) records: crate::lane::Behaviour,
-    pub(crate) gossipsub: gossipsub::Behaviour,
-    pub(crate) identify: identify::Behaviour,
-    pub(crate) ping: ping::Behaviour,
-    pub(crate) relay_client: relay::client::Behaviour,
-    pub(crate) relay_server: Toggle<relay::Behaviour>,
-    pub(crate) dcutr: dcutr::Behaviour,
-    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) kad: Quiet<kad::Behaviour<kad::store::MemoryStore>>,
+    pub(crate) records: Quiet<crate::lane::Behaviour>,
+    pub(crate) gossipsub: Quiet<gossipsub::Behaviour>,
+    pub(crate) identify: Quiet<identify::Behaviour>,
+    pub(crate) ping: Quiet<ping::Behaviour>,
+    pub(crate) relay_client: Quiet<relay::client::Behaviour>,
+    pub(crate) relay_server: Quiet<Toggle<relay::Behaviour>>,
+    pub(crate) dcutr: Quiet<dcutr::Behaviour>,
+    pub(crate) autonat: Quiet<autonat::Behaviour>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(crate) extension: E,
+    pub(crate) extension: Quiet<E>,
 }
 
 impl<E: Extension> Behaviour<E> {
@@ -129,15 +130,17 @@ impl<E: Extension> Behaviour<E> {
         };
         Ok(Behaviour {
             blocked: allow_block_list::Behaviour::default(),
-            kad,
-            records,
-            gossipsub,
-            identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
-            relay_client,
-            relay_server: relay_server.into(),
-            dcutr: dcutr::Behaviour::new(peer_id),
-            autonat: autonat::Behaviour::new(
+            kad: Quiet::new(kad),
+            records: Quiet::new(records),
+            gossipsub: Quiet::new(gossipsub),
+            identify: Quiet::new(identify),
+            ping: Quiet::new(ping::Behaviour::new(
+                ping::Config::new().with_interval(PING_INTERVAL),
+            )),
+            relay_client: Quiet::new(relay_client),
+            relay_server: Quiet::new(relay_server.into()),
+            dcutr: Quiet::new(dcutr::Behaviour::new(peer_id)),
+            autonat: Quiet::new(autonat::Behaviour::new(
                 peer_id,
                 autonat::Config {
                     only_global_ips: config.autonat_only_global_ips,
@@ -146,9 +149,9 @@ impl<E: Extension> Behaviour<E> {
                     throttle_server_period: config.autonat_probe_delay.min(Duration::from_secs(90)),
                     ..autonat::Config::default()
                 },
-            ),
+            )),
             mdns: mdns.into(),
-            extension,
+            extension: Quiet::new(extension),
         })
     }
 }

@@ -28,6 +28,7 @@ mod node;
 mod ops;
 mod outcome;
 mod pace;
+mod quiet;
 mod rate;
 pub mod reconcile;
 mod replication;

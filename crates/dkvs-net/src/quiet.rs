@@ -1,0 +1,343 @@
+//! A connection polls only the protocols that have something to do.
+//!
+//! libp2p polls a connection's whole handler tree (one handler per behaviour) every time the
+//! connection wakes, and again after any of them made progress. A get at N = 100 wakes a
+//! connection for the record protocol alone, yet gossipsub's, ping's, identify's, Kademlia's,
+//! the relay's and AutoNAT's handlers were polled each time: 12-14% of the CPU of a node
+//! answering gets (docs/benchmarks.md). [`Quiet`] wraps a behaviour so that its handler is
+//! polled only when it can have work: it was woken, or told something
+//! ([`ConnectionHandler::on_behaviour_event`], [`ConnectionHandler::on_connection_event`]),
+//! or its last poll made progress.
+//!
+//! That is the poll contract every `Future` keeps: a handler that answers `Pending` has
+//! arranged to be woken. A handler that broke it (checked the clock without a timer, say)
+//! would still be polled on every [`ALWAYS_EVERY`]th wake of its connection, so it is never
+//! starved where libp2p would have polled it.
+//!
+//! The behaviour itself is only delegated to, unchanged; it derefs to the wrapped one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures::task::AtomicWaker;
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::handler::ConnectionEvent;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+
+/// A wrapped handler skipped this many wakes of its connection in a row is polled anyway.
+pub(crate) const ALWAYS_EVERY: u8 = 32;
+
+/// A behaviour whose connection handlers are polled only when they have work.
+pub(crate) struct Quiet<B>(B);
+
+impl<B> Quiet<B> {
+    pub(crate) fn new(inner: B) -> Quiet<B> {
+        Quiet(inner)
+    }
+}
+
+impl<B> std::ops::Deref for Quiet<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        &self.0
+    }
+}
+
+impl<B> std::ops::DerefMut for Quiet<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.0
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for Quiet<B> {
+    type ConnectionHandler = Handler<B::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.0.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+            .map(Handler::new)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.0.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+            .map(Handler::new)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.0.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.0.on_connection_handler_event(peer_id, connection_id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.0.poll(cx)
+    }
+}
+
+/// Set when the wrapped handler is woken; wakes the connection's task.
+struct Flag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A connection handler polled only when it has work (see the module's docs).
+pub(crate) struct Handler<H> {
+    inner: H,
+    flag: Arc<Flag>,
+    /// The waker the inner handler is polled with: [`Flag`]'s.
+    waker: Waker,
+    /// Told something, or made progress, since it last answered `Pending`.
+    due: bool,
+    /// Wakes of the connection skipped in a row.
+    skipped: u8,
+}
+
+impl<H> Handler<H> {
+    fn new(inner: H) -> Handler<H> {
+        let flag = Arc::new(Flag { woken: AtomicBool::new(false), task: AtomicWaker::new() });
+        let waker = Waker::from(flag.clone());
+        Handler { inner, flag, waker, due: true, skipped: 0 }
+    }
+}
+
+impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
+    type FromBehaviour = H::FromBehaviour;
+    type ToBehaviour = H::ToBehaviour;
+    type InboundProtocol = H::InboundProtocol;
+    type OutboundProtocol = H::OutboundProtocol;
+    type InboundOpenInfo = H::InboundOpenInfo;
+    type OutboundOpenInfo = H::OutboundOpenInfo;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
+        self.inner.listen_protocol()
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.inner.connection_keep_alive()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        // The task's waker first: a wake from here on reaches the connection.
+        self.flag.task.register(cx.waker());
+        let woken = self.flag.woken.swap(false, Ordering::AcqRel);
+        if !(woken || self.due || self.skipped >= ALWAYS_EVERY) {
+            self.skipped += 1;
+            return Poll::Pending;
+        }
+        self.skipped = 0;
+        let polled = self.inner.poll(&mut Context::from_waker(&self.waker));
+        // Progress may leave more to do: the next wake polls it again.
+        self.due = polled.is_ready();
+        polled
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
+        self.inner.poll_close(cx)
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        self.due = true;
+        self.inner.on_behaviour_event(event)
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        self.due = true;
+        self.inner.on_connection_event(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use libp2p::core::upgrade::DeniedUpgrade;
+
+    use super::*;
+
+    /// A handler that counts its polls, keeps the last waker it was given, and answers
+    /// `Ready` once for each event it was told.
+    #[derive(Default)]
+    struct Counting {
+        polls: Arc<AtomicUsize>,
+        waker: Option<Waker>,
+        queued: usize,
+    }
+
+    impl ConnectionHandler for Counting {
+        type FromBehaviour = ();
+        type ToBehaviour = ();
+        type InboundProtocol = DeniedUpgrade;
+        type OutboundProtocol = DeniedUpgrade;
+        type InboundOpenInfo = ();
+        type OutboundOpenInfo = Infallible;
+
+        fn listen_protocol(&self) -> SubstreamProtocol<DeniedUpgrade, ()> {
+            SubstreamProtocol::new(DeniedUpgrade, ())
+        }
+
+        fn poll(
+            &mut self,
+            cx: &mut Context<'_>,
+        ) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, Infallible, ()>> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.waker = Some(cx.waker().clone());
+            if self.queued > 0 {
+                self.queued -= 1;
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(()));
+            }
+            Poll::Pending
+        }
+
+        fn on_behaviour_event(&mut self, (): ()) {
+            self.queued += 1;
+        }
+
+        fn on_connection_event(
+            &mut self,
+            _: ConnectionEvent<DeniedUpgrade, DeniedUpgrade, (), Infallible>,
+        ) {
+        }
+    }
+
+    /// The connection's task: counts its wakes.
+    struct Task(AtomicUsize);
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll(handler: &mut Handler<Counting>, task: &Arc<Task>) -> bool {
+        let waker = Waker::from(task.clone());
+        handler.poll(&mut Context::from_waker(&waker)).is_ready()
+    }
+
+    #[test]
+    fn an_idle_handler_is_polled_only_when_woken_or_told() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        assert!(!poll(&mut handler, &task));
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "a new handler is polled");
+        for _ in 0..5 {
+            assert!(!poll(&mut handler, &task));
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "wakes for other protocols skip it");
+
+        // Its own wake reaches the connection's task and earns one poll.
+        handler.inner.waker.take().expect("it kept its waker").wake();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1, "the connection was woken");
+        assert!(!poll(&mut handler, &task));
+        assert!(!poll(&mut handler, &task));
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+
+        // An event from the behaviour is read on the next poll, and the poll after a `Ready`
+        // asks again.
+        handler.on_behaviour_event(());
+        handler.on_behaviour_event(());
+        assert!(poll(&mut handler, &task));
+        assert!(poll(&mut handler, &task));
+        assert!(!poll(&mut handler, &task));
+        assert!(!poll(&mut handler, &task));
+        assert_eq!(polls.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_handler_that_is_never_woken_is_still_polled_now_and_then() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let wakes = 1 + 3 * (usize::from(ALWAYS_EVERY) + 1);
+        for _ in 0..wakes {
+            poll(&mut handler, &task);
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 4);
+    }
+}
