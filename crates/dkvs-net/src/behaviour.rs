@@ -43,6 +43,8 @@ pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 /// configured.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour<E: Extension> {
+    /// First: a connection it refuses costs the others nothing.
+    pub(crate) admission: crate::admission::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: Quiet<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) records: Quiet<crate::lane::Behaviour>,
@@ -129,6 +131,7 @@ impl<E: Extension> Behaviour<E> {
             None
         };
         Ok(Behaviour {
+            admission: crate::admission::Behaviour::new(config.max_pending_per_network),
             blocked: allow_block_list::Behaviour::default(),
             kad: Quiet::new(kad),
             records: Quiet::new(records),

@@ -116,6 +116,13 @@ pub struct Config {
     /// Default: 32, a quarter of the default limit ([`Config::with_max_connections`] keeps it
     /// a quarter); at least 1.
     pub subnet_share: usize,
+    /// Inbound connections from one network (an IPv4 /24, an IPv6 /48, one relay; a host of
+    /// the local network is its own; this machine is not bounded) that may be in their
+    /// handshake at once; more are refused as they arrive, before any handshake work. A
+    /// silent connection holds a file descriptor and its place for the setup timeout (20 s):
+    /// without a bound one host could take every descriptor. An honest handshake takes a
+    /// round trip or two. Default: 8; at least 1.
+    pub max_pending_per_network: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,
     /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
@@ -163,6 +170,7 @@ impl Default for Config {
             auto_relay: true,
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 128,
+            max_pending_per_network: 8,
             subnet_share: 32,
             kad_mode: KadMode::Auto,
             lan_server: true,

@@ -13,6 +13,7 @@
 //!   confirmations, and repairs stale replicas.
 //! - [`Node::put_cas`], [`Node::delete`], [`Node::watch`] and [`Node::get_local`] complete it.
 
+mod admission;
 mod autorelay;
 mod behaviour;
 pub mod codec;

@@ -63,6 +63,7 @@ pub(crate) enum Command {
     Wakeups(oneshot::Sender<u64>),
     Pacing(oneshot::Sender<crate::PacingStats>),
     Trimmed(oneshot::Sender<u64>),
+    RefusedHandshakes(oneshot::Sender<u64>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     RoutingTable(oneshot::Sender<Vec<PeerId>>),
@@ -465,6 +466,12 @@ impl Node {
     /// [`Config::max_connections`] (see [`Config::subnet_share`]).
     pub async fn trimmed(&self) -> u64 {
         self.ask(Command::Trimmed).await.unwrap_or_default()
+    }
+
+    /// Inbound connections refused since the node started because their network already had
+    /// [`Config::max_pending_per_network`] in their handshake.
+    pub async fn refused_handshakes(&self) -> u64 {
+        self.ask(Command::RefusedHandshakes).await.unwrap_or_default()
     }
 
     /// The addresses this node listens on.
@@ -951,6 +958,9 @@ impl<E: Extension> Driver<E> {
             }
             Command::Trimmed(reply) => {
                 let _ = reply.send(self.trimmed);
+            }
+            Command::RefusedHandshakes(reply) => {
+                let _ = reply.send(self.swarm.behaviour().admission.refused());
             }
             Command::RoutingTable(reply) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;

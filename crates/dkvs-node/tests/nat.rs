@@ -22,9 +22,12 @@
 //!   to the phone behind the random-port NAT stays relayed. It prints which ended which.
 //!
 //! A second test, on a topology of its own, checks that one network's many peers cannot push
-//! another network's peer out of a full node (`one_network_cannot_push_other_networks_peers_out`).
+//! another network's peer out of a full node (`one_network_cannot_push_other_networks_peers_out`);
+//! a third, that a flood of connections that never finish their handshake holds only its
+//! network's share of the node (`a_flood_of_unfinished_handshakes_from_one_network_holds_only_its_share`).
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -175,6 +178,18 @@ fn topology() -> Namespaces {
 
 /// A process, killed and reaped when dropped.
 struct Reaped(Child);
+
+/// A child in a process group of its own (a shell and what it starts), killed whole when
+/// dropped.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -527,4 +542,73 @@ fn one_network_cannot_push_other_networks_peers_out() {
         std::thread::sleep(Duration::from_millis(300));
     }
     drop((crowd, other, victim));
+}
+
+#[test]
+fn a_flood_of_unfinished_handshakes_from_one_network_holds_only_its_share() {
+    assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
+    let hosts = [
+        ("fl-victim", "198.18.0.1/16".to_owned()),
+        ("fl-flood", "198.18.5.1/16".to_owned()),
+        ("fl-other", "198.18.9.1/16".to_owned()),
+    ];
+    let _alone = one_at_a_time();
+    let nets = bridged("fl-wan", &hosts, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = start(&nets.name("fl-victim"), &dir.path().join("victim"), &[], "");
+
+    // 40 TCP connections that never say a word (no Noise, no multistream header), held open;
+    // then each is asked whether the victim closed it (end of file) or still holds it
+    // (nothing to read, the read times out). The victim lets a silent connection go after
+    // its handshake timeout, so the flood then goes on: 40 new ones every second, the old
+    // ones closed, and the victim always has its share of them.
+    const FLOOD: usize = 40;
+    let open = format!(
+        "fds=(); for i in $(seq {FLOOD}); do exec {{fd}}<>/dev/tcp/198.18.0.1/4040 || exit 1; \
+         fds+=($fd); done"
+    );
+    let script = format!(
+        "{open}; sleep 2; held=0; closed=0; \
+         for fd in \"${{fds[@]}}\"; do read -t 0.2 -u $fd _; \
+         if [ $? -gt 128 ]; then held=$((held+1)); else closed=$((closed+1)); fi; done; \
+         echo \"held $held closed $closed\"; \
+         for round in $(seq 120); do old=(\"${{fds[@]}}\"); {open}; \
+         for fd in \"${{old[@]}}\"; do exec {{fd}}>&-; done; sleep 1; done"
+    );
+    let flood_ns = nets.name("fl-flood");
+    let mut flood = Command::new("ip")
+        .args(["netns", "exec", &flood_ns, "bash", "-c", &script])
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("the flood starts");
+    let rx = lines_of(flood.stdout.take().expect("piped"));
+    let flood = Group(flood);
+    let line = rx.recv_timeout(STEP).expect("the flood reports");
+    let counts: Vec<usize> =
+        line.split(' ').filter_map(|word| word.parse().ok()).collect::<Vec<_>>();
+    let [held, closed] = counts[..] else { panic!("unexpected report: {line}") };
+    let share = dkvs_net::Config::default().max_pending_per_network;
+    assert_eq!(held, share, "the victim held {held} silent connections of one network");
+    assert_eq!(closed, FLOOD - share, "{line}");
+    let refused = victim.status()["refused_handshakes"].as_u64().unwrap_or(0);
+    assert!(refused >= (FLOOD - share) as u64, "the status counts the refusals: {refused}");
+
+    // While the flood still holds its share, a peer from another network connects. (No put:
+    // on 198.18/15, never public, neither node would find itself reachable and serve the DHT
+    // on defaults; the first test covers reads and writes there.)
+    let via_victim = format!("/ip4/198.18.0.1/tcp/4040/p2p/{}", victim.peer);
+    let other = start(
+        &nets.name("fl-other"),
+        &dir.path().join("other"),
+        std::slice::from_ref(&via_victim),
+        "",
+    );
+    let deadline = Instant::now() + STEP;
+    while victim.connections_to(&other.peer).is_empty() {
+        assert!(Instant::now() < deadline, "the other network's peer could not connect");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(!other.connections_to(&victim.peer).is_empty(), "both ends see the connection");
+    drop((flood, other, victim));
 }
