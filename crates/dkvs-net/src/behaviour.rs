@@ -40,7 +40,10 @@ pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(60);
 pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 
 /// Every protocol a node speaks, and its extension's. mDNS and the relay server are off unless
-/// configured.
+/// configured. Handlers are polled only when they have work ([`Quiet`]), but for gossipsub's
+/// and the relay client's: gossipsub's handler reads the queue its behaviour fills without a
+/// waker while it has no outbound stream, and the relay client's hands one relayed connection
+/// to the transport per poll; both count on being polled whenever their connection wakes.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour<E: Extension> {
     /// First: a connection it refuses costs the others nothing.
@@ -48,10 +51,10 @@ pub(crate) struct Behaviour<E: Extension> {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: Quiet<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) records: Quiet<crate::lane::Behaviour>,
-    pub(crate) gossipsub: Quiet<gossipsub::Behaviour>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) identify: Quiet<identify::Behaviour>,
     pub(crate) ping: Quiet<ping::Behaviour>,
-    pub(crate) relay_client: Quiet<relay::client::Behaviour>,
+    pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) relay_server: Quiet<Toggle<relay::Behaviour>>,
     pub(crate) dcutr: Quiet<dcutr::Behaviour>,
     pub(crate) autonat: Quiet<autonat::Behaviour>,
@@ -131,16 +134,19 @@ impl<E: Extension> Behaviour<E> {
             None
         };
         Ok(Behaviour {
-            admission: crate::admission::Behaviour::new(config.max_pending_per_network),
+            admission: crate::admission::Behaviour::new(
+                config.max_pending_per_address,
+                config.max_pending_inbound,
+            ),
             blocked: allow_block_list::Behaviour::default(),
             kad: Quiet::new(kad),
             records: Quiet::new(records),
-            gossipsub: Quiet::new(gossipsub),
+            gossipsub,
             identify: Quiet::new(identify),
             ping: Quiet::new(ping::Behaviour::new(
                 ping::Config::new().with_interval(PING_INTERVAL),
             )),
-            relay_client: Quiet::new(relay_client),
+            relay_client,
             relay_server: Quiet::new(relay_server.into()),
             dcutr: Quiet::new(dcutr::Behaviour::new(peer_id)),
             autonat: Quiet::new(autonat::Behaviour::new(

@@ -116,13 +116,18 @@ pub struct Config {
     /// Default: 32, a quarter of the default limit ([`Config::with_max_connections`] keeps it
     /// a quarter); at least 1.
     pub subnet_share: usize,
-    /// Inbound connections from one network (an IPv4 /24, an IPv6 /48, one relay; a host of
-    /// the local network is its own; this machine is not bounded) that may be in their
-    /// handshake at once; more are refused as they arrive, before any handshake work. A
-    /// silent connection holds a file descriptor and its place for the setup timeout (20 s):
+    /// Inbound TCP connections from one address (an IPv4 address, an IPv6 /64) that may be
+    /// in their handshake at once; more are refused as they arrive, before any handshake
+    /// work. A silent connection holds a file descriptor for the setup timeout (20 s):
     /// without a bound one host could take every descriptor. An honest handshake takes a
-    /// round trip or two. Default: 8; at least 1.
-    pub max_pending_per_network: usize,
+    /// round trip or two. This machine, QUIC and relayed connections are not bounded (see
+    /// [`Config::max_pending_inbound`]). Default: 8; at least 1.
+    pub max_pending_per_address: usize,
+    /// The same for all addresses together: a flood from many addresses keeps new inbound
+    /// peers out while it lasts, but cannot run the node out of descriptors. Default: 64
+    /// (honest handshakes of a quarter second each leave room for 250 new peers a second);
+    /// at least 1.
+    pub max_pending_inbound: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,
     /// The local-network rule of the automatic Kademlia mode: a node that listens on a direct
@@ -170,7 +175,8 @@ impl Default for Config {
             auto_relay: true,
             idle_connection_timeout: Duration::from_secs(60),
             max_connections: 128,
-            max_pending_per_network: 8,
+            max_pending_per_address: 8,
+            max_pending_inbound: 64,
             subnet_share: 32,
             kad_mode: KadMode::Auto,
             lan_server: true,

@@ -22,6 +22,11 @@ use crate::defence::{Defence, Refused};
 /// Every message an extension's protocol reads from a peer must pass [`Host::admit`] before
 /// it is acted on: that is the node's one admission step (size, rate, ban). The extension
 /// runs on the node's task: it must not block, and a panic in it stops the node.
+///
+/// Its connection handlers are polled only when they were woken, told something, or made
+/// progress on their last poll, not whenever their connection wakes for another protocol
+/// (libp2p's rule): a handler must keep the poll contract, registering the waker it is given
+/// for everything it waits on. libp2p's request-response and `libp2p-stream` keep it.
 pub trait Extension: NetworkBehaviour<ToSwarm: Send> + Send + 'static {
     /// An event the behaviour emitted.
     fn on_event(&mut self, event: Self::ToSwarm, host: &mut Host<'_>);

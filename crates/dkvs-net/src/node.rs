@@ -468,8 +468,9 @@ impl Node {
         self.ask(Command::Trimmed).await.unwrap_or_default()
     }
 
-    /// Inbound connections refused since the node started because their network already had
-    /// [`Config::max_pending_per_network`] in their handshake.
+    /// Inbound connections refused since the node started because their address already had
+    /// [`Config::max_pending_per_address`] in their handshake, or all addresses
+    /// [`Config::max_pending_inbound`].
     pub async fn refused_handshakes(&self) -> u64 {
         self.ask(Command::RefusedHandshakes).await.unwrap_or_default()
     }

@@ -3,16 +3,20 @@
 //! libp2p polls a connection's whole handler tree (one handler per behaviour) every time the
 //! connection wakes, and again after any of them made progress. A get at N = 100 wakes a
 //! connection for the record protocol alone, yet gossipsub's, ping's, identify's, Kademlia's,
-//! the relay's and AutoNAT's handlers were polled each time: 12-14% of the CPU of a node
+//! the relay's and AutoNAT's handlers were polled each time: 12-14% of the CPU of a network
 //! answering gets (docs/benchmarks.md). [`Quiet`] wraps a behaviour so that its handler is
 //! polled only when it can have work: it was woken, or told something
 //! ([`ConnectionHandler::on_behaviour_event`], [`ConnectionHandler::on_connection_event`]),
 //! or its last poll made progress.
 //!
 //! That is the poll contract every `Future` keeps: a handler that answers `Pending` has
-//! arranged to be woken. A handler that broke it (checked the clock without a timer, say)
-//! would still be polled on every [`ALWAYS_EVERY`]th wake of its connection, so it is never
-//! starved where libp2p would have polled it.
+//! arranged to be woken. Not every libp2p handler keeps it (gossipsub's reads the queue its
+//! behaviour fills without a waker while it has no outbound stream; the relay client's hands
+//! one relayed connection to its transport per poll): those are not wrapped, and neither may
+//! be an extension's handler that counts on being polled for another protocol's wake. As a
+//! last resort a wrapped handler is polled on every [`ALWAYS_EVERY`]th poll of its connection
+//! however quiet it is, which bounds how long a missed wake can stay missed on a busy
+//! connection; on an idle one, nothing is polled (as in libp2p).
 //!
 //! The behaviour itself is only delegated to, unchanged; it derefs to the wrapped one.
 

@@ -1412,7 +1412,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "peers": peers.len(),
         // Peers disconnected to keep within max_connections since the node started.
         "trimmed_peers": state.node.trimmed().await,
-        // Inbound connections refused because their network had max_pending_per_network
+        // Inbound connections refused because their address, or all addresses, had too many
         // handshakes in flight (a flood of unfinished connections).
         "refused_handshakes": state.node.refused_handshakes().await,
         "records": stats.records,
