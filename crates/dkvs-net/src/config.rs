@@ -118,15 +118,15 @@ pub struct Config {
     pub subnet_share: usize,
     /// Inbound TCP connections from one address (an IPv4 address, an IPv6 /64) that may be
     /// in their handshake at once; more are refused as they arrive, before any handshake
-    /// work. A silent connection holds a file descriptor for the setup timeout (20 s):
-    /// without a bound one host could take every descriptor. An honest handshake takes a
-    /// round trip or two. This machine, QUIC and relayed connections are not bounded (see
-    /// [`Config::max_pending_inbound`]). Default: 8; at least 1.
+    /// work. A silent connection holds a file descriptor for the inbound setup timeout
+    /// (10 s): without a bound one host could take every descriptor. An honest handshake
+    /// takes two or three round trips. Loopback, QUIC, relayed connections and transports
+    /// without addresses are not bounded. Default: 8; at least 1.
     pub max_pending_per_address: usize,
-    /// The same for all addresses together: a flood from many addresses keeps new inbound
-    /// peers out while it lasts, but cannot run the node out of descriptors. Default: 64
-    /// (honest handshakes of a quarter second each leave room for 250 new peers a second);
-    /// at least 1.
+    /// The same for all addresses together, and a quarter of it for one network (an IPv4
+    /// /24, an IPv6 /48): a flood from many addresses keeps new inbound TCP peers out while
+    /// it lasts, but cannot run the node out of descriptors. Default: 64 (honest handshakes
+    /// of a quarter second each leave room for 250 new peers a second); at least 1.
     pub max_pending_inbound: usize,
     /// Kademlia mode. Default: [`KadMode::Auto`].
     pub kad_mode: KadMode,

@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use futures::future::Either;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, MemoryTransport, OptionalTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::{PeerId, Transport as _, identity, noise, quic, tcp, yamux};
@@ -129,6 +130,19 @@ fn count<S>(
 /// that asked for it. QUIC has its own handshake timeout (5 s).
 pub(crate) const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// The same for an inbound connection, connected already: noise and yamux take an honest
+/// dialer two or three round trips. A silent one holds a file descriptor and a place among
+/// the handshakes in flight (admission.rs) this long; a flood must open it again as often.
+pub(crate) const INBOUND_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `transport` with the setup timeouts: [`SETUP_TIMEOUT`] out, [`INBOUND_SETUP_TIMEOUT`] in.
+/// (TCP only: the memory transport has no descriptors to flood, and its nodes share one
+/// process's cores.)
+fn with_timeouts<T: libp2p::Transport>(transport: T) -> TransportTimeout<TransportTimeout<T>> {
+    let outbound = TransportTimeout::with_outgoing_timeout(transport, SETUP_TIMEOUT);
+    TransportTimeout::with_ingoing_timeout(outbound, INBOUND_SETUP_TIMEOUT)
+}
+
 /// The node's transport: every chosen one, each authenticated as `key`, its bytes counted
 /// into `counters`.
 pub(crate) fn build(
@@ -143,9 +157,8 @@ pub(crate) fn build(
         .map(count(counters))
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
-        .multiplex(yamux::Config::default())
-        .timeout(SETUP_TIMEOUT)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        .multiplex(yamux::Config::default());
+    let tcp = with_timeouts(tcp).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     let quic = chosen
         .quic
         .then(|| quic::tokio::Transport::new(quic::Config::new(key)))

@@ -210,8 +210,14 @@ struct NodeProcess {
 
 /// `dkvs --home <home> args...` run in namespace `ns`.
 fn dkvs(ns: &str, home: &Path, args: &[&str]) -> Command {
+    dkvs_through(ns, &[], home, args)
+}
+
+/// [`dkvs`], run by `wrapper` (a program and its arguments, which runs the rest).
+fn dkvs_through(ns: &str, wrapper: &[&str], home: &Path, args: &[&str]) -> Command {
     let mut command = Command::new("ip");
-    command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_dkvs"), "--home"]).arg(home);
+    command.args(["netns", "exec", ns]).args(wrapper);
+    command.arg(env!("CARGO_BIN_EXE_dkvs")).arg("--home").arg(home);
     command.args(args).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
     command
 }
@@ -278,16 +284,10 @@ fn start_limited(
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = std::fs::File::create(home.join("node.log")).expect("log file");
-    let mut command = dkvs(ns, home, &args);
-    if let Some(n) = descriptors {
-        // `ip netns exec` runs prlimit, which sets the limit and runs the node.
-        let program = command.get_program().to_owned();
-        let before: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
-        let (exec, node) = before.split_at(3);
-        command = Command::new(program);
-        command.args(exec).arg("prlimit").arg(format!("--nofile={n}:{n}")).args(node);
-        command.env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
-    }
+    // prlimit sets the limit and runs the node.
+    let limit = descriptors.map(|n| format!("--nofile={n}:{n}"));
+    let wrapper: Vec<&str> = limit.iter().flat_map(|limit| ["prlimit", limit.as_str()]).collect();
+    let mut command = dkvs_through(ns, &wrapper, home, &args);
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
     let rx = lines_of(child.stdout.take().expect("piped"));
     let child = Reaped(child);
@@ -592,10 +592,15 @@ held = {}
 for src, s in conns:
     if s in quiet:
         held[src] = held.get(src, 0) + 1
-print("held", sum(held.values()), "most", max(held.values(), default=0), flush=True)
+nets = {}
+for src, n in held.items():
+    net = src.rsplit(".", 1)[0]
+    nets[net] = nets.get(net, 0) + n
+print("held", sum(held.values()), "most", max(held.values(), default=0),
+      "network", max(nets.values(), default=0), flush=True)
+sys.stdin.read()
 for _, s in conns:
     s.close()
-sys.stdin.read()
 "#;
 
 #[test]
@@ -604,28 +609,31 @@ fn a_flood_of_unfinished_handshakes_holds_a_bounded_share_of_the_node() {
     let hosts = [
         ("fl-victim", "198.18.0.1/16".to_owned()),
         ("fl-flood", "198.18.5.1/16".to_owned()),
-        ("fl-other", "198.18.9.1/16".to_owned()),
+        ("fl-other", "198.18.20.1/16".to_owned()),
     ];
     let _alone = one_at_a_time();
     let nets = bridged("fl-wan", &hosts, &[]);
     let flood_ns = nets.name("fl-flood");
-    let sources: Vec<String> = (1..=12).map(|i| format!("198.18.5.{i}")).collect();
+    // Three addresses in each of five /24s.
+    let sources: Vec<String> =
+        (5..10).flat_map(|net| (1..=3).map(move |host| format!("198.18.{net}.{host}"))).collect();
     for source in &sources[1..] {
         sh(&["ip", "-n", &flood_ns, "addr", "add", &format!("{source}/16"), "dev", "eth0"]);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     // The victim runs on defaults with 128 file descriptors (an idle node uses about 15), a
-    // limit the flood's 120 silent connections would all but reach without the bounds.
+    // limit the flood's 150 silent connections would reach without the bounds.
     let victim_ns = nets.name("fl-victim");
     let victim = start_limited(&victim_ns, &dir.path().join("victim"), &[], "", Some(128));
 
     let defaults = dkvs_net::Config::default();
     let (per_address, in_all) = (defaults.max_pending_per_address, defaults.max_pending_inbound);
+    let per_network = in_all / 4;
     let per = per_address + 2;
     let flooded = per * sources.len();
-    assert!(flooded > in_all + 8, "the flood is larger than the bound in all");
-    let mut args = vec!["netns", "exec", &flood_ns, "python3", "-c", FLOOD, "198.18.0.1"];
+    assert!(per_network < 3 * per_address && 4 * per_network <= in_all && flooded > in_all);
     let per_arg = per.to_string();
+    let mut args = vec!["netns", "exec", &flood_ns, "python3", "-c", FLOOD, "198.18.0.1"];
     args.push(&per_arg);
     args.extend(sources.iter().map(String::as_str));
     let mut flood = Command::new("ip")
@@ -650,24 +658,19 @@ fn a_flood_of_unfinished_handshakes_holds_a_bounded_share_of_the_node() {
     writeln!(to_flood, "check").expect("the flood reads");
     let line = rx.recv_timeout(STEP).expect("the flood reports");
     let counts: Vec<usize> = line.split(' ').filter_map(|word| word.parse().ok()).collect();
-    let [held, most] = counts[..] else { panic!("unexpected report: {line}") };
+    let [held, most, network] = counts[..] else { panic!("unexpected report: {line}") };
     assert_eq!(held, in_all, "the victim held {held} silent connections in all ({line})");
     assert_eq!(most, per_address, "the victim held {most} from one address ({line})");
+    assert_eq!(network, per_network, "the victim held {network} from one /24 ({line})");
 
-    // Once the flood ends, a peer from another network connects.
-    drop(to_flood);
-    drop(flood);
-    let via_victim = format!("/ip4/198.18.0.1/tcp/4040/p2p/{}", victim.peer);
-    let other = start(
-        &nets.name("fl-other"),
-        &dir.path().join("other"),
-        std::slice::from_ref(&via_victim),
-        "",
-    );
+    // While the flood holds every TCP place, a peer from another network joins over QUIC.
+    let via_quic = format!("/ip4/198.18.0.1/udp/4040/quic-v1/p2p/{}", victim.peer);
+    let other = start(&nets.name("fl-other"), &dir.path().join("other"), &[via_quic], "");
     let deadline = Instant::now() + STEP;
     while victim.connections_to(&other.peer).is_empty() {
         assert!(Instant::now() < deadline, "the other network's peer could not connect");
         std::thread::sleep(Duration::from_millis(300));
     }
-    drop((other, victim));
+    drop(to_flood);
+    drop((flood, other, victim));
 }
