@@ -328,7 +328,9 @@ mod tests {
         let id = ConnectionId::new_unchecked(usize::MAX);
         let (local, remote) = (addr("/ip4/0.0.0.0/tcp/1"), addr("/ip6/2001:db8:1:2::5/tcp/4001"));
         assert!(b.handle_pending_inbound_connection(id, &local, &remote).is_ok());
-        let refused = b.handle_pending_inbound_connection(id, &local, &remote).unwrap_err();
+        let Err(refused) = b.handle_pending_inbound_connection(id, &local, &remote) else {
+            panic!("a second connection from one address over a bound of 1 was let in")
+        };
         let why = refused.downcast_ref::<TooManyPending>().expect("ours").to_string();
         assert_eq!(
             why,
