@@ -952,7 +952,14 @@ impl<E: crate::Extension> Driver<E> {
                 let replicas = closest(put.record.key(), candidates, k);
                 self.lookup_judged(id, &peers);
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
+                let before: Vec<PeerId> = put.pending.iter().copied().collect();
                 let remote = put.rechecked(replicas, me, self.config.write_quorum);
+                // The requests still waiting their turn for peers outside the set found are
+                // not sent: their answers would no longer count.
+                let dropped: Vec<PeerId> =
+                    before.into_iter().filter(|p| !put.pending.contains(p)).collect();
+                self.outbox.drop_waiting(id, &dropped);
+                let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 put.receipt.requests = put
                     .receipt
                     .requests

@@ -209,6 +209,23 @@ impl Outbox {
         peers
     }
 
+    /// Drops the requests of `op` that still wait for any of `peers`: the operation goes on
+    /// without them (a put whose replica set a recheck changed). They cost nothing and are
+    /// not counted as held back.
+    pub(crate) fn drop_waiting(&mut self, op: OpId, peers: &[PeerId]) {
+        for peer in peers {
+            let Some(queue) = self.waiting.get_mut(peer) else { continue };
+            queue.requests.retain(|w| w.op != op);
+            queue.bytes = queue.requests.iter().map(|w| w.len).sum();
+            if queue.requests.is_empty() {
+                self.waiting.remove(peer);
+            }
+        }
+        if let Some(waiting) = self.by_op.get_mut(&op) {
+            waiting.retain(|p| !peers.contains(p));
+        }
+    }
+
     /// When the first waiting request's turn comes, if any waits (now, if one may go now).
     pub(crate) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         let burst = self.bytes_burst();
@@ -372,6 +389,28 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         assert!(outbox.due(later, |op| op != 3).is_empty());
         assert_eq!(outbox.next_wake(later), None, "nothing waits");
+    }
+
+    #[test]
+    fn an_operation_drops_its_requests_to_the_peers_it_no_longer_needs() {
+        // One request at once, then nine a second.
+        let mut outbox = Outbox::new(&crate::Config::default().with_peer_rate(10, 2));
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        for (op, to) in [(1, p), (1, q), (1, p), (2, p), (1, q)] {
+            outbox.send_or_wait(op, to, get("/a/b"), t0);
+        }
+        // Operation 1 no longer needs p: its request waiting for p goes, operation 2's stays,
+        // and nothing is counted as held back.
+        outbox.drop_waiting(1, &[p]);
+        assert_eq!(outbox.stats.held_back, 0);
+        let later = t0 + Duration::from_secs(1);
+        let due: Vec<(PeerId, OpId)> =
+            outbox.due(later, |_| true).into_iter().map(|(peer, w)| (peer, w.op)).collect();
+        assert!(due.contains(&(p, 2)) && due.contains(&(q, 1)), "{due:?}");
+        assert!(!due.contains(&(p, 1)), "{due:?}");
+        // What operation 1 still has waiting is q's alone.
+        assert_eq!(outbox.take_waiting(1), Vec::<PeerId>::new());
     }
 
     #[test]
