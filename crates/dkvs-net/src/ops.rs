@@ -958,11 +958,13 @@ impl<E: crate::Extension> Driver<E> {
                 // not sent: their answers would no longer count.
                 let dropped: Vec<PeerId> =
                     before.into_iter().filter(|p| !put.pending.contains(p)).collect();
-                self.outbox.drop_waiting(id, &dropped);
+                let unsent = self.outbox.drop_waiting(id, &dropped) as u32;
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
+                // The receipt counts the requests sent: those dropped never went.
                 put.receipt.requests = put
                     .receipt
                     .requests
+                    .saturating_sub(unsent)
                     .saturating_add(lookup_requests)
                     .saturating_add(remote.len() as u32);
                 let request = put_request(&put.record, None);
