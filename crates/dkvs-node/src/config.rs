@@ -44,6 +44,13 @@ pub struct NodeConfig {
     /// (an IPv4 /24, an IPv6 /48 or one relay; this machine and the LAN are none) with more
     /// than a quarter of it (at least 1) connected loses its newest peers, down to a quarter.
     pub max_connections: usize,
+    /// Inbound TCP connections from one address (an IPv4 address, an IPv6 /64) that may be
+    /// in their handshake at once; more are refused before any handshake work. A quarter of
+    /// `max_pending_inbound` is one network's (/24, /48). Loopback, QUIC and relayed
+    /// connections are not bounded.
+    pub max_pending_per_address: usize,
+    /// The same for all addresses together.
+    pub max_pending_inbound: usize,
     /// A connection nothing uses is closed after this many seconds.
     pub idle_connection_timeout_secs: u64,
     /// How often this node re-sends the records it holds to each key's current replicas, in
@@ -130,6 +137,8 @@ impl Default for NodeConfig {
             lan_server: net.lan_server,
             autonat_only_global_ips: net.autonat_only_global_ips,
             max_connections: net.max_connections,
+            max_pending_per_address: net.max_pending_per_address,
+            max_pending_inbound: net.max_pending_inbound,
             idle_connection_timeout_secs: net.idle_connection_timeout.as_secs(),
             replication_interval_secs: net.replication_interval.as_secs(),
             max_bytes: store.max_bytes,
@@ -259,12 +268,16 @@ impl NodeConfig {
         let kad_mode: dkvs_net::KadMode =
             self.kad_mode.parse().map_err(|e| anyhow::anyhow!("kad_mode: {e}"))?;
         anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
+        anyhow::ensure!(self.max_pending_per_address >= 1, "max_pending_per_address: at least 1");
+        anyhow::ensure!(self.max_pending_inbound >= 1, "max_pending_inbound: at least 1");
         anyhow::ensure!(
             self.replication_interval_secs >= 1,
             "replication_interval_secs: at least 1"
         );
         let net = dkvs_net::Config {
             idle_connection_timeout: Duration::from_secs(self.idle_connection_timeout_secs),
+            max_pending_per_address: self.max_pending_per_address,
+            max_pending_inbound: self.max_pending_inbound,
             ..dkvs_net::Config::default()
         };
         Ok(net
@@ -354,6 +367,14 @@ mod tests {
         let none = NodeConfig { max_connections: 0, ..NodeConfig::default() };
         let error = none.net().expect_err("no connection at all is refused").to_string();
         assert!(error.contains("max_connections"), "{error}");
+        let pending: NodeConfig =
+            toml::from_str("max_pending_per_address = 2\nmax_pending_inbound = 40\n")
+                .expect("parses");
+        let net = pending.net().expect("valid");
+        assert_eq!((net.max_pending_per_address, net.max_pending_inbound), (2, 40));
+        let none = NodeConfig { max_pending_inbound: 0, ..NodeConfig::default() };
+        let error = none.net().expect_err("no handshake at all is refused").to_string();
+        assert!(error.contains("max_pending_inbound"), "{error}");
         let mail: NodeConfig = toml::from_str(
             "mail_replicas = 3\nmail_mailbox_messages = 10\nmail_read_receipts = false\n",
         )
