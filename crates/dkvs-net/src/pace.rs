@@ -193,16 +193,10 @@ impl Outbox {
     pub(crate) fn take_waiting(&mut self, op: OpId) -> Vec<PeerId> {
         let mut peers = Vec::new();
         for peer in self.by_op.remove(&op).unwrap_or_default() {
-            let Some(queue) = self.waiting.get_mut(&peer) else { continue };
-            let before = queue.requests.len();
-            queue.requests.retain(|w| w.op != op);
-            if queue.requests.len() < before {
-                self.stats.held_back += (before - queue.requests.len()) as u64;
+            let removed = self.remove_waiting(op, &peer);
+            if removed > 0 {
+                self.stats.held_back += removed as u64;
                 peers.push(peer);
-                queue.bytes = queue.requests.iter().map(|w| w.len).sum();
-            }
-            if queue.requests.is_empty() {
-                self.waiting.remove(&peer);
             }
         }
         peers.sort_unstable();
@@ -214,21 +208,27 @@ impl Outbox {
     /// without them (a put whose replica set a recheck changed). They cost nothing and are
     /// not counted as held back. Returns how many were dropped.
     pub(crate) fn drop_waiting(&mut self, op: OpId, peers: &[PeerId]) -> usize {
-        let mut dropped = 0;
-        for peer in peers {
-            let Some(queue) = self.waiting.get_mut(peer) else { continue };
-            let before = queue.requests.len();
-            queue.requests.retain(|w| w.op != op);
-            dropped += before - queue.requests.len();
-            queue.bytes = queue.requests.iter().map(|w| w.len).sum();
-            if queue.requests.is_empty() {
-                self.waiting.remove(peer);
-            }
-        }
+        let dropped = peers.iter().map(|peer| self.remove_waiting(op, peer)).sum();
         if let Some(waiting) = self.by_op.get_mut(&op) {
             waiting.retain(|p| !peers.contains(p));
         }
         dropped
+    }
+
+    /// Takes `op`'s requests out of `peer`'s queue (removing the queue when it empties);
+    /// how many there were.
+    fn remove_waiting(&mut self, op: OpId, peer: &PeerId) -> usize {
+        let Some(queue) = self.waiting.get_mut(peer) else { return 0 };
+        let before = queue.requests.len();
+        queue.requests.retain(|w| w.op != op);
+        let removed = before - queue.requests.len();
+        if removed > 0 {
+            queue.bytes = queue.requests.iter().map(|w| w.len).sum();
+        }
+        if queue.requests.is_empty() {
+            self.waiting.remove(peer);
+        }
+        removed
     }
 
     /// When the first waiting request's turn comes, if any waits (now, if one may go now).
