@@ -214,7 +214,11 @@ pub async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Resp
         let rx = node.with_extension::<Mail, _>(move |mail, _| mail.ask_self(request)).await;
         return rx.map_err(|e| e.to_string())?.await.map_err(|_| "the node stopped".to_owned());
     }
-    let rx = node.with_extension::<Mail, _>(move |mail, _| mail.ask(peer, &request)).await;
+    // Within what the peer admits from this node, records included: over it, the request
+    // waits for its turn here rather than be refused there ("busy").
+    let bytes = request.encode();
+    node.turn(peer, bytes.len()).await.map_err(|e| e.to_string())?;
+    let rx = node.with_extension::<Mail, _>(move |mail, _| mail.ask(peer, bytes)).await;
     let bytes =
         rx.map_err(|e| e.to_string())?.await.map_err(|_| "the node stopped".to_owned())??;
     Response::decode(&bytes).map_err(|e| e.to_string())

@@ -17,6 +17,7 @@ use dkvs_net::libp2p::swarm::{
 use dkvs_net::libp2p::{Multiaddr, PeerId, identity, request_response};
 use dkvs_net::{Extension, GossipMessage, Host, Refused, Verdict};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::channel::Channels;
 use crate::letter::Mailbox;
@@ -52,6 +53,61 @@ fn prune_watchers(
         }
         kept
     });
+}
+
+/// How often one replica tells one watcher of new mail in one mailbox, at most. A peer
+/// watches at most [`WATCHES_PER_PEER`] mailboxes on a replica, so it hears at most 128
+/// notifications a second from one replica however fast mail comes in: within what a peer
+/// admits (200 messages a second), so a flood of deposits into watched mailboxes cannot make
+/// an honest replica look like a flooder to the watcher. Mail within the gap is told when it
+/// ends (the watcher then fetches everything new), so nothing goes untold.
+const NOTIFY_GAP: Duration = Duration::from_millis(500);
+
+/// The notifications of the last [`NOTIFY_GAP`], per mailbox and watcher: when each went,
+/// and whether more mail came since (to tell when the gap ends).
+#[derive(Default)]
+struct Notices {
+    sent: HashMap<(Mailbox, PeerId), (Instant, bool)>,
+}
+
+impl Notices {
+    /// New mail in `mailbox`, watched by `peer`: true to tell it now; false when it was told
+    /// less than a gap ago (it is told again when the gap ends, [`Notices::due`]).
+    fn note(&mut self, mailbox: Mailbox, peer: PeerId, now: Instant) -> bool {
+        match self.sent.get_mut(&(mailbox, peer)) {
+            Some((at, more)) if now < *at + NOTIFY_GAP => {
+                *more = true;
+                false
+            }
+            _ => {
+                self.sent.insert((mailbox, peer), (now, false));
+                true
+            }
+        }
+    }
+
+    /// The notifications whose gap ended with more mail since, to send now; forgets those
+    /// whose gap ended without.
+    fn due(&mut self, now: Instant) -> Vec<(Mailbox, PeerId)> {
+        let mut due = Vec::new();
+        self.sent.retain(|key, (at, more)| {
+            if now < *at + NOTIFY_GAP {
+                return true;
+            }
+            if std::mem::take(more) {
+                due.push(*key);
+                *at = now;
+                return true;
+            }
+            false
+        });
+        due
+    }
+
+    /// When [`Notices::due`] has something to do next.
+    fn next(&self) -> Option<Instant> {
+        self.sent.values().map(|(at, _)| *at + NOTIFY_GAP).min()
+    }
 }
 
 /// How long a request to another replica may take.
@@ -112,6 +168,9 @@ pub struct Mail {
     subscribers: HashMap<Mailbox, Subscription>,
     asks: HashMap<request_response::OutboundRequestId, Answer>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// As a replica: the notifications of the last gap, and the timer for those due.
+    notices: Notices,
+    notice_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     channels: Channels,
 }
 
@@ -147,6 +206,8 @@ impl Mail {
             subscribers: HashMap::new(),
             asks: HashMap::new(),
             expiry: None,
+            notices: Notices::default(),
+            notice_timer: None,
             channels: Channels::default(),
         };
         mail.arm_expiry();
@@ -168,15 +229,15 @@ impl Mail {
         self.key.public().to_peer_id()
     }
 
-    /// Sends a request to `peer`; the answer's bytes (or why there is none) come to the
-    /// receiver.
+    /// Sends an encoded request to `peer`; the answer's bytes (or why there is none) come to
+    /// the receiver.
     pub(crate) fn ask(
         &mut self,
         peer: PeerId,
-        request: &Request,
+        request: Vec<u8>,
     ) -> oneshot::Receiver<Result<Vec<u8>, String>> {
         let (tx, rx) = oneshot::channel();
-        let id = self.inner.send_request(&peer, request.encode());
+        let id = self.inner.send_request(&peer, request);
         self.asks.insert(id, tx);
         rx
     }
@@ -226,7 +287,8 @@ impl Mail {
         true
     }
 
-    /// Notifies the peers watching `mailbox` (this node's own clients directly).
+    /// Notifies the peers watching `mailbox` (this node's own clients directly), each at
+    /// most once a [`NOTIFY_GAP`].
     fn notify_watchers(&mut self, mailbox: Mailbox) {
         let now = now_ms();
         let me = self.peer_id();
@@ -236,14 +298,37 @@ impl Mail {
         if peers.is_empty() {
             self.watchers.remove(&mailbox);
         }
+        let at = Instant::now();
         for peer in peers {
             if peer == me {
                 self.on_notify(me, mailbox);
-            } else {
+            } else if self.notices.note(mailbox, peer, at) {
                 // A hint: nobody waits for the answer.
                 self.inner.send_request(&peer, Request::Notify(mailbox.0).encode());
             }
         }
+        self.arm_notices();
+    }
+
+    /// Sends the notifications whose gap ended with more mail since, to the peers still
+    /// watching.
+    fn notify_due(&mut self) {
+        let now = now_ms();
+        for (mailbox, peer) in self.notices.due(Instant::now()) {
+            let watching = self
+                .watchers
+                .get(&mailbox)
+                .is_some_and(|w| w.iter().any(|(p, until)| *p == peer && *until > now));
+            if watching {
+                self.inner.send_request(&peer, Request::Notify(mailbox.0).encode());
+            }
+        }
+        self.arm_notices();
+    }
+
+    /// Sets the timer for the next notifications due.
+    fn arm_notices(&mut self) {
+        self.notice_timer = self.notices.next().map(|at| Box::pin(tokio::time::sleep_until(at)));
     }
 
     /// Registers `peer` as watching `mailbox` until `until`.
@@ -520,6 +605,47 @@ impl NetworkBehaviour for Mail {
                 let _ = timer.as_mut().poll(cx);
             }
         }
+        if let Some(timer) = self.notice_timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            self.notify_due();
+            if let Some(timer) = self.notice_timer.as_mut() {
+                // Registers the waker for the next one.
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
         self.inner.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_is_told_of_new_mail_at_most_once_a_gap_and_of_the_last_letter_too() {
+        let mut notices = Notices::default();
+        let (mailbox, other) = (Mailbox([1; 32]), Mailbox([2; 32]));
+        let (peer, second) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        assert!(notices.note(mailbox, peer, t0), "the first letter is told at once");
+        assert!(notices.note(mailbox, second, t0), "each watcher has its own gap");
+        assert!(notices.note(other, peer, t0), "and each mailbox");
+        // A flood within the gap: nothing more now, one notification when it ends.
+        for ms in 1..400 {
+            assert!(!notices.note(mailbox, peer, t0 + Duration::from_millis(ms)));
+        }
+        assert_eq!(notices.next(), Some(t0 + NOTIFY_GAP));
+        assert!(notices.due(t0 + NOTIFY_GAP - Duration::from_millis(1)).is_empty());
+        let t1 = t0 + NOTIFY_GAP;
+        assert_eq!(notices.due(t1), [(mailbox, peer)], "the others had nothing more");
+        // Its gap starts again then; the others are forgotten.
+        assert_eq!(notices.sent.len(), 1);
+        assert!(!notices.note(mailbox, peer, t1 + Duration::from_millis(10)));
+        assert!(notices.note(other, peer, t1 + Duration::from_millis(10)));
+        assert_eq!(notices.due(t1 + NOTIFY_GAP), [(mailbox, peer)]);
+        // A gap that ends with no more mail forgets the pair.
+        assert!(notices.due(t1 + 3 * NOTIFY_GAP).is_empty());
+        assert!(notices.sent.is_empty() && notices.next().is_none());
     }
 }

@@ -237,6 +237,38 @@ async fn a_full_mailbox_is_an_answer_and_a_flooder_pushes_out_nothing() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_as_fast_as_it_can_is_paced_not_told_busy() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(4).await?;
+        let (alice, bob) = (account(), account());
+        let options = SendOptions::default();
+        // 200 letters of 4 KiB at once from one node: over 800 KiB to each replica, more than
+        // a replica admits from one peer at once (512 KiB from a new one, then 128 KiB a
+        // second). Each waits for its turn at the sender instead, and every replica keeps it.
+        let body = vec![0x42; 4 << 10];
+        let to = bob.account_id();
+        let sends =
+            (0..200).map(|_| dkvs_mail::send(net.node(0), &alice, &to, body.clone(), &options));
+        let receipts = futures::future::join_all(sends).await;
+        for receipt in receipts {
+            let receipt = receipt?;
+            assert!(receipt.refused.is_empty() && receipt.failed.is_empty(), "{receipt:?}");
+            assert_eq!(receipt.custody.len(), 4, "every node keeps it: {receipt:?}");
+        }
+        let pacing = net.node(0).pacing().await;
+        assert!(pacing.waited > 0 && pacing.held_back == 0, "{pacing:?}");
+        let fetched = dkvs_mail::fetch(net.node(3), &bob, &Inbox::new(), &options).await?;
+        assert_eq!(fetched.letters.len(), 200);
+        for i in 0..net.len() {
+            assert!(net.node(i).banned_peers().await.is_empty(), "node {i} banned a peer");
+        }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_keeps_what_it_signed_for_across_a_crash() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         let (mut net, _) = mail_net(3).await?;

@@ -85,3 +85,21 @@ pub enum BootstrapError {
     #[error("the node is shut down")]
     Shutdown,
 }
+
+/// Why [`crate::Node::turn`] gives no turn.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TurnError {
+    /// So much already waits to go to the peer that this message's turn would come after an
+    /// operation's timeout: it was not queued. Send it later, or to another peer.
+    #[error(
+        "rate limited: so much already waits to go to {peer} that this message would wait past the timeout"
+    )]
+    RateLimited {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The node is shutting down.
+    #[error("the node is shut down")]
+    Shutdown,
+}

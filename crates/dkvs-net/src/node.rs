@@ -62,6 +62,7 @@ pub(crate) enum Command {
     ReplicationStats(oneshot::Sender<crate::ReplicationStats>),
     Wakeups(oneshot::Sender<u64>),
     Pacing(oneshot::Sender<crate::PacingStats>),
+    Turn(PeerId, usize, oneshot::Sender<bool>),
     Trimmed(oneshot::Sender<u64>),
     RefusedHandshakes(oneshot::Sender<u64>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -460,6 +461,26 @@ impl Node {
     /// waited for their turn, and requests held back (see the crate's README).
     pub async fn pacing(&self) -> crate::PacingStats {
         self.ask(Command::Pacing).await.unwrap_or_default()
+    }
+
+    /// Waits for this node's turn to send `peer` a message of `len` bytes on an extension's
+    /// protocol (mail's requests, say), then returns; the caller sends it at once. A node
+    /// admits from one peer only so many messages and bytes a second, for all protocols
+    /// together ([`crate::Host::admit`]), and refuses the rest ("rate limited", "busy"); this
+    /// node keeps what it sends each peer within that on the default configuration, its
+    /// record requests included, and a message over it waits in the same queue as they do
+    /// (see [`crate::PacingStats`]). An application sending as fast as it can gets its
+    /// messages there later, not refused.
+    ///
+    /// [`TurnError::RateLimited`] at once when so much already waits for `peer` that this
+    /// message's turn would come after an operation's timeout
+    /// ([`crate::Config::operation_timeout`]). Dropping the future gives the turn up.
+    pub async fn turn(&self, peer: PeerId, len: usize) -> Result<(), crate::TurnError> {
+        match self.ask(|reply| Command::Turn(peer, len, reply)).await {
+            Some(true) => Ok(()),
+            Some(false) => Err(crate::TurnError::RateLimited { peer }),
+            None => Err(crate::TurnError::Shutdown),
+        }
     }
 
     /// Peers this node disconnected since it started to keep within
@@ -957,6 +978,7 @@ impl<E: Extension> Driver<E> {
             Command::Pacing(reply) => {
                 let _ = reply.send(self.outbox.stats);
             }
+            Command::Turn(peer, len, reply) => self.outbox.turn(peer, len, reply, Instant::now()),
             Command::Trimmed(reply) => {
                 let _ = reply.send(self.trimmed);
             }

@@ -13,6 +13,10 @@
 //! peer grants a new id. Replication takes from the same budget, and only while no request
 //! waits ([`Outbox::can_send`]): the user's operations go first.
 //!
+//! Extensions' messages (mail's requests) take their turns from the same budget and queue
+//! ([`Outbox::turn`], through [`crate::Node::turn`]): a peer admits so much from this node
+//! for all protocols together.
+//!
 //! A peer that answers "rate limited" all the same (its limits are stricter than this node's,
 //! or other senders of its network share them) gets nothing for [`HOLD_ON_REFUSAL`]
 //! ([`Outbox::refused_by`]): the requests for it wait that long, then go at the usual pace.
@@ -20,6 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use libp2p::PeerId;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::codec::pb;
@@ -59,8 +64,32 @@ pub struct PacingStats {
 
 #[derive(Default)]
 struct Queue {
-    requests: VecDeque<Waiting>,
+    requests: VecDeque<Item>,
     bytes: usize,
+}
+
+/// What waits in a peer's queue: a record request, or an extension's turn.
+enum Item {
+    Request(Waiting),
+    /// Told `true` when the turn comes (its budget then taken); dropped unanswered if the
+    /// one waiting for it gave up.
+    Turn {
+        reply: oneshot::Sender<bool>,
+        len: usize,
+    },
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Request(w) => w.len,
+            Item::Turn { len, .. } => *len,
+        }
+    }
+
+    fn of(&self, op: OpId) -> bool {
+        matches!(self, Item::Request(w) if w.op == op)
+    }
 }
 
 pub(crate) struct Waiting {
@@ -122,21 +151,53 @@ impl Outbox {
             self.take(peer, len, now);
             return Outgoing::Now(request);
         }
-        let queue = self.waiting.entry(peer).or_default();
-        if queue.requests.len() >= self.max_waiting
-            || (queue.bytes + len > self.max_waiting_bytes && !queue.requests.is_empty())
-        {
-            self.stats.held_back += 1;
+        if self.enqueue(peer, Item::Request(Waiting { op, request, len })).is_err() {
             return Outgoing::Refused;
         }
-        self.stats.waited += 1;
-        queue.bytes += len;
-        queue.requests.push_back(Waiting { op, request, len });
         let peers = self.by_op.entry(op).or_default();
         if peers.last() != Some(&peer) {
             peers.push(peer);
         }
         Outgoing::Waiting
+    }
+
+    /// An extension's turn to send `peer` a message of `len` bytes: `reply` is told `true`
+    /// now if it may go now (its share of the budget taken), else when its turn comes,
+    /// behind the requests already waiting for the peer; `false` at once when the queue
+    /// holds what the peer's budget lets go within an operation's timeout.
+    pub(crate) fn turn(
+        &mut self,
+        peer: PeerId,
+        len: usize,
+        reply: oneshot::Sender<bool>,
+        now: Instant,
+    ) {
+        if self.can_send(peer, len, now) {
+            self.take(peer, len, now);
+            let _ = reply.send(true);
+            return;
+        }
+        if let Err(Item::Turn { reply, .. }) = self.enqueue(peer, Item::Turn { reply, len }) {
+            let _ = reply.send(false);
+        }
+    }
+
+    /// Queues `item` behind those waiting for `peer`; gives it back (counted as held back)
+    /// when the queue holds what the peer's budget lets go within an operation's timeout.
+    fn enqueue(&mut self, peer: PeerId, item: Item) -> Result<(), Item> {
+        let len = item.len();
+        let queue = self.waiting.entry(peer).or_default();
+        // Refused only behind others: an empty queue takes anything.
+        if queue.requests.len() >= self.max_waiting
+            || (queue.bytes + len > self.max_waiting_bytes && !queue.requests.is_empty())
+        {
+            self.stats.held_back += 1;
+            return Err(item);
+        }
+        self.stats.waited += 1;
+        queue.bytes += len;
+        queue.requests.push_back(item);
+        Ok(())
     }
 
     /// The waiting requests whose turn has come, each peer's in order; their share of the
@@ -152,20 +213,29 @@ impl Outbox {
         for peer in peers {
             let Some(queue) = self.waiting.get_mut(&peer) else { continue };
             while let Some(front) = queue.requests.front() {
-                // Those of ended operations go as they come up (`take_waiting` takes most).
-                if !running(front.op) {
-                    queue.bytes -= front.len;
-                    queue.requests.pop_front();
-                    continue;
+                // Those of ended operations, and turns given up, go as they come up
+                // (`take_waiting` takes most).
+                let live = match front {
+                    Item::Request(w) => running(w.op),
+                    Item::Turn { reply, .. } => !reply.is_closed(),
+                };
+                let len = front.len();
+                if live {
+                    let fitted = len.min(burst);
+                    if !(self.requests.has(peer, 1, now) && self.bytes.has(peer, fitted, now)) {
+                        break;
+                    }
+                    self.requests.allow(peer, now);
+                    self.bytes.allow_n(peer, fitted, now);
                 }
-                let len = front.len.min(burst);
-                if !(self.requests.has(peer, 1, now) && self.bytes.has(peer, len, now)) {
-                    break;
+                queue.bytes -= len;
+                match queue.requests.pop_front() {
+                    Some(Item::Request(w)) if live => due.push((peer, w)),
+                    Some(Item::Turn { reply, .. }) if live => {
+                        let _ = reply.send(true);
+                    }
+                    _ => {}
                 }
-                self.requests.allow(peer, now);
-                self.bytes.allow_n(peer, len, now);
-                queue.bytes -= front.len;
-                due.extend(queue.requests.pop_front().map(|w| (peer, w)));
             }
             if queue.requests.is_empty() {
                 self.waiting.remove(&peer);
@@ -180,7 +250,7 @@ impl Outbox {
     pub(crate) fn held_past(&mut self, op: OpId, peer: &PeerId, then: Instant) -> bool {
         let now = Instant::now();
         let waits = self.by_op.get(&op).is_some_and(|peers| peers.contains(peer))
-            && self.waiting.get(peer).is_some_and(|q| q.requests.iter().any(|w| w.op == op));
+            && self.waiting.get(peer).is_some_and(|q| q.requests.iter().any(|w| w.of(op)));
         waits && now + self.requests.wait(*peer, 1, now) > then
     }
 
@@ -220,10 +290,10 @@ impl Outbox {
     fn remove_waiting(&mut self, op: OpId, peer: &PeerId) -> usize {
         let Some(queue) = self.waiting.get_mut(peer) else { return 0 };
         let before = queue.requests.len();
-        queue.requests.retain(|w| w.op != op);
+        queue.requests.retain(|w| !w.of(op));
         let removed = before - queue.requests.len();
         if removed > 0 {
-            queue.bytes = queue.requests.iter().map(|w| w.len).sum();
+            queue.bytes = queue.requests.iter().map(Item::len).sum();
         }
         if queue.requests.is_empty() {
             self.waiting.remove(peer);
@@ -237,7 +307,7 @@ impl Outbox {
         let fronts: Vec<(PeerId, usize)> = self
             .waiting
             .iter()
-            .filter_map(|(peer, queue)| Some((*peer, queue.requests.front()?.len.min(burst))))
+            .filter_map(|(peer, queue)| Some((*peer, queue.requests.front()?.len().min(burst))))
             .collect();
         fronts
             .into_iter()
@@ -419,6 +489,44 @@ mod tests {
         assert!(due.contains(&(p, 2)) && due.contains(&(q, 1)), "{due:?}");
         assert!(!due.contains(&(p, 1)), "{due:?}");
         assert!(outbox.due(far, |_| true).is_empty(), "nothing else waits");
+    }
+
+    #[test]
+    fn an_extensions_turns_wait_in_line_with_the_record_requests() {
+        // One at once, then nine a second; 90 wait at most (ten seconds' worth).
+        let mut outbox = Outbox::new(&crate::Config::default().with_peer_rate(10, 2));
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        let turn = |outbox: &mut Outbox, at| {
+            let (tx, rx) = oneshot::channel();
+            outbox.turn(peer, 100, tx, at);
+            rx
+        };
+        let mut first = turn(&mut outbox, t0);
+        assert_eq!(first.try_recv(), Ok(true), "within the budget: at once");
+        assert!(matches!(outbox.send_or_wait(1, peer, get("/a/b"), t0), Outgoing::Waiting));
+        let mut second = turn(&mut outbox, t0);
+        drop(turn(&mut outbox, t0)); // given up
+        let mut third = turn(&mut outbox, t0);
+        assert!(second.try_recv().is_err(), "it waits behind the request");
+        let ninth = Duration::from_secs(1) / 9 + Duration::from_millis(1);
+        let due = outbox.due(t0 + ninth, |_| true);
+        assert_eq!(due.iter().map(|(_, w)| w.op).collect::<Vec<_>>(), [1]);
+        assert!(second.try_recv().is_err(), "its turn is the next one");
+        assert!(outbox.due(t0 + 2 * ninth, |_| true).is_empty(), "a turn is no request");
+        assert_eq!(second.try_recv(), Ok(true));
+        // The turn given up costs nothing: the third's comes next.
+        assert!(third.try_recv().is_err());
+        outbox.due(t0 + 3 * ninth, |_| true);
+        assert_eq!(third.try_recv(), Ok(true));
+        assert_eq!(outbox.next_wake(t0 + 3 * ninth), None, "nothing waits");
+        // A full queue refuses a turn at once.
+        let t1 = t0 + 3 * ninth;
+        for op in 10..110 {
+            outbox.send_or_wait(op, peer, get("/a/b"), t1);
+        }
+        let mut refused = turn(&mut outbox, t1);
+        assert_eq!(refused.try_recv(), Ok(false));
     }
 
     #[test]
