@@ -159,7 +159,8 @@ impl Ipfs {
         self.exchange.wantlists()
     }
 
-    /// Messages dropped so far (unsolicited blocks, full queues).
+    /// Messages and blocks dropped so far: messages the node's admission refused (size, rate,
+    /// ban), blocks nobody asked for, messages for a peer whose queue was full.
     pub fn dropped(&self) -> u64 {
         self.exchange.dropped
     }

@@ -438,3 +438,26 @@ async fn a_peer_without_bitswap_is_left_out_of_the_fetches() -> anyhow::Result<(
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_stays_within_what_its_peers_admit() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // 64 MiB, 256 blocks fetched as fast as loopback goes (about a second): every
+        // message of it, both ways, within what each node admits from a peer (200 messages
+        // a second, bursts of 400). Bitswap is not paced by the node's outbox; its writers
+        // put everything queued for a peer while a frame was written into the next one.
+        let net = ipfs_net(3).await?;
+        let bytes = data(64 << 20);
+        let cid = add(&net, 1, &bytes, None).await?;
+        assert!(get(&net, 2, cid, &GetOptions::default()).await? == bytes);
+        for i in 0..net.len() {
+            let node = net.node(i);
+            let dropped = node.with_extension::<Ipfs, _>(|ipfs, _| ipfs.dropped()).await?;
+            assert_eq!(dropped, 0, "node {i} refused or dropped bitswap messages");
+            assert!(node.banned_peers().await.is_empty(), "node {i} banned a peer");
+        }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
