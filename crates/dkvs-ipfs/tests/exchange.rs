@@ -442,12 +442,13 @@ async fn a_peer_without_bitswap_is_left_out_of_the_fetches() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_download_stays_within_what_its_peers_admit() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
-        // 64 MiB, 256 blocks fetched as fast as loopback goes (about a second): every
-        // message of it, both ways, within what each node admits from a peer (200 messages
-        // a second, bursts of 400). Bitswap is not paced by the node's outbox; its writers
-        // put everything queued for a peer while a frame was written into the next one.
+        // 160 MiB, 640 blocks fetched as fast as loopback goes (about two seconds, some
+        // thousands of wants, haves and blocks both ways, one message each, were they sent
+        // one by one): every message within what each node admits from a peer (200 a
+        // second, bursts of 400). Bitswap is not paced by the node's outbox; its writers put
+        // everything queued for a peer while a frame was written into the next one.
         let net = ipfs_net(3).await?;
-        let bytes = data(64 << 20);
+        let bytes = data(160 << 20);
         let cid = add(&net, 1, &bytes, None).await?;
         assert!(get(&net, 2, cid, &GetOptions::default()).await? == bytes);
         for i in 0..net.len() {

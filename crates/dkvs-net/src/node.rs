@@ -470,9 +470,11 @@ impl Node {
     /// node keeps what it sends each peer within that on the default configuration, its
     /// record requests included, and a message over it waits in the same queue as they do
     /// (see [`crate::PacingStats`]). An application sending as fast as it can gets its
-    /// messages there later, not refused.
+    /// messages there later, not refused. Only what asks for a turn is paced: Kademlia,
+    /// gossip and an extension's own messages that take none (mail's notifications, bitswap)
+    /// are not, and must keep within a peer's limits on their own.
     ///
-    /// [`TurnError::RateLimited`] at once when so much already waits for `peer` that this
+    /// [`crate::TurnError::RateLimited`] at once when so much already waits for `peer` that this
     /// message's turn would come after an operation's timeout
     /// ([`crate::Config::operation_timeout`]). Dropping the future gives the turn up.
     pub async fn turn(&self, peer: PeerId, len: usize) -> Result<(), crate::TurnError> {

@@ -53,12 +53,14 @@ pub(crate) struct Outbox {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PacingStats {
-    /// Requests that waited for their turn before they went (or were held back, or dropped
-    /// because their operation no longer needed them).
+    /// Requests, and extensions' turns ([`crate::Node::turn`]), that waited for their turn
+    /// before they went (or were held back, dropped because their operation no longer needed
+    /// them, or given up).
     pub waited: u64,
-    /// Requests held back: refused here because so much already waited for their peer, or
-    /// still waiting when their operation ended. Their operations count the peer as refused
-    /// for load ("rate limited").
+    /// Requests and turns held back: refused here because so much already waited for their
+    /// peer, or, for requests, still waiting when their operation ended. Their operations
+    /// count the peer as refused for load ("rate limited"); a turn is answered
+    /// [`crate::TurnError::RateLimited`].
     pub held_back: u64,
 }
 
@@ -89,6 +91,10 @@ impl Item {
 
     fn of(&self, op: OpId) -> bool {
         matches!(self, Item::Request(w) if w.op == op)
+    }
+
+    fn given_up(&self) -> bool {
+        matches!(self, Item::Turn { reply, .. } if reply.is_closed())
     }
 }
 
@@ -172,6 +178,8 @@ impl Outbox {
         reply: oneshot::Sender<bool>,
         now: Instant,
     ) {
+        // Whatever an extension says: a turn costs the queue no more than all it may hold.
+        let len = len.min(self.max_waiting_bytes);
         if self.can_send(peer, len, now) {
             self.take(peer, len, now);
             let _ = reply.send(true);
@@ -187,10 +195,17 @@ impl Outbox {
     fn enqueue(&mut self, peer: PeerId, item: Item) -> Result<(), Item> {
         let len = item.len();
         let queue = self.waiting.entry(peer).or_default();
+        let full = |queue: &Queue| {
+            queue.requests.len() >= self.max_waiting
+                || (queue.bytes + len > self.max_waiting_bytes && !queue.requests.is_empty())
+        };
+        if full(queue) {
+            // Turns given up take no room.
+            queue.requests.retain(|item| !item.given_up());
+            queue.bytes = queue.requests.iter().map(Item::len).sum();
+        }
         // Refused only behind others: an empty queue takes anything.
-        if queue.requests.len() >= self.max_waiting
-            || (queue.bytes + len > self.max_waiting_bytes && !queue.requests.is_empty())
-        {
+        if full(queue) {
             self.stats.held_back += 1;
             return Err(item);
         }
@@ -304,6 +319,14 @@ impl Outbox {
     /// When the first waiting request's turn comes, if any waits (now, if one may go now).
     pub(crate) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         let burst = self.bytes_burst();
+        // A turn given up at the front waits for nothing: the one behind it does.
+        for queue in self.waiting.values_mut() {
+            while queue.requests.front().is_some_and(Item::given_up) {
+                let len = queue.requests.pop_front().map_or(0, |item| item.len());
+                queue.bytes -= len;
+            }
+        }
+        self.waiting.retain(|_, queue| !queue.requests.is_empty());
         let fronts: Vec<(PeerId, usize)> = self
             .waiting
             .iter()
@@ -527,6 +550,38 @@ mod tests {
         }
         let mut refused = turn(&mut outbox, t1);
         assert_eq!(refused.try_recv(), Ok(false));
+    }
+
+    #[test]
+    fn a_turn_given_up_holds_up_nothing_and_takes_no_room() {
+        // 900 bytes a second; a new peer gets 1000 at once.
+        let mut outbox = Outbox::new(&crate::Config::default().with_peer_bytes(1_000, 16_000));
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        let turn = |outbox: &mut Outbox, len, at| {
+            let (tx, rx) = oneshot::channel();
+            outbox.turn(peer, len, tx, at);
+            rx
+        };
+        assert_eq!(turn(&mut outbox, 1_000, t0).try_recv(), Ok(true));
+        // Eight seconds' worth waits, then is given up: the small turn behind it is next,
+        // a tenth of a second on, not eight seconds.
+        let big = turn(&mut outbox, 7_200, t0);
+        let mut small = turn(&mut outbox, 90, t0);
+        drop(big);
+        let wake = outbox.next_wake(t0).expect("the small turn waits");
+        assert!(wake - t0 <= Duration::from_millis(101), "{:?}", wake - t0);
+        outbox.due(wake, |_| true);
+        assert_eq!(small.try_recv(), Ok(true));
+        // A queue full of turns given up takes a new one.
+        let mut outbox = Outbox::new(&crate::Config::default().with_peer_rate(10, 2));
+        assert_eq!(turn(&mut outbox, 10, t0).try_recv(), Ok(true));
+        let given_up: Vec<_> = (0..90).map(|_| turn(&mut outbox, 10, t0)).collect();
+        assert_eq!(turn(&mut outbox, 10, t0).try_recv(), Ok(false), "full");
+        drop(given_up);
+        let mut waits = turn(&mut outbox, 10, t0);
+        assert!(waits.try_recv().is_err(), "queued, not refused");
+        assert_eq!(outbox.stats.held_back, 1);
     }
 
     #[test]
