@@ -86,6 +86,7 @@ impl<E: Extension> Behaviour<E> {
             .set_caching(kad::Caching::Disabled)
             .set_kbucket_size(KBUCKET_SIZE)
             // Lookups end well before the operation that waits for them.
+            .set_periodic_bootstrap_interval(Some(config.table_refresh_interval))
             .set_query_timeout(config.operation_timeout / 2)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =

@@ -126,6 +126,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_position(0);
     bar.set_message("dkvs: puts");
     let mut puts = Samples::default();
+    let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) = (0u64, 0usize, bytes_sent(&net));
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
@@ -143,6 +144,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
             Err(e) => (false, e.to_string()),
         };
         puts.record(at.elapsed(), ok);
+        acked.note(item, version, ok);
         progress.op("put", at.elapsed(), &outcome);
         bar.inc(1);
     }
@@ -159,7 +161,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
-        gets.read(at.elapsed(), read);
+        gets.read_after(at.elapsed(), read, acked.newest(plan, item));
         progress.op("get", at.elapsed(), &format!("{read:?}, {requests} requests"));
         get_requests += u64::from(requests);
         bar.inc(1);

@@ -104,6 +104,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_position(0);
     bar.set_message("mainline: puts");
     let mut puts = Samples::default();
+    let mut acked = workload::Acked::default();
     let mut stored = 0usize;
     for &(item, version, node) in &plan.puts {
         let it = &plan.items[item];
@@ -124,6 +125,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
             _ => false,
         };
         puts.record(at.elapsed(), ok);
+        acked.note(item, version, ok);
         bar.inc(1);
     }
     let rss_after = rss_bytes();
@@ -137,7 +139,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
         let at = Instant::now();
         let got = read(dht, plan, &keys, item).await;
-        gets.read(at.elapsed(), got.read);
+        gets.read_after(at.elapsed(), got.read, acked.newest(plan, item));
         match got.first_newest {
             Some(took) => first.read(took, Read::Newest),
             None => first.read(at.elapsed(), Read::Missing),

@@ -203,12 +203,14 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_position(0);
     bar.set_message("dkvs: puts (processes)");
     let mut puts = Samples::default();
+    let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) =
         (0u64, 0usize, blocking(|| net.bytes_sent()));
     for &(item, version, node) in &plan.puts {
         let at = Instant::now();
         let (ok, requests, held) = blocking(|| net.put(plan, item, version, node));
         puts.record(at.elapsed(), ok);
+        acked.note(item, version, ok);
         put_requests += requests;
         stored += held;
         bar.inc(1);
@@ -229,7 +231,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = blocking(|| net.read(plan, item, node));
-        gets.read(at.elapsed(), read);
+        gets.read_after(at.elapsed(), read, acked.newest(plan, item));
         get_requests += requests;
         bar.inc(1);
     }

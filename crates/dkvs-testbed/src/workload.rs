@@ -135,7 +135,28 @@ pub struct Samples {
     pub all: Vec<Duration>,
     pub ok: usize,
     pub stale: usize,
+    /// Reads of an older version where the newest write was not stored on a majority (its
+    /// writer was told it failed): allowed, and not counted in `stale`.
+    pub older_than_failed: usize,
     pub failed: usize,
+}
+
+/// Which version of each item a majority stored last (its writer was told it succeeded).
+#[derive(Default)]
+pub struct Acked(std::collections::HashMap<usize, u64>);
+
+impl Acked {
+    pub fn note(&mut self, item: usize, version: u64, ok: bool) {
+        if ok {
+            let v = self.0.entry(item).or_default();
+            *v = (*v).max(version);
+        }
+    }
+
+    /// Whether the newest version of `item` was acknowledged.
+    pub fn newest(&self, plan: &Plan, item: usize) -> bool {
+        self.0.get(&item) == Some(&plan.versions)
+    }
 }
 
 impl Samples {
@@ -149,10 +170,17 @@ impl Samples {
     }
 
     pub fn read(&mut self, took: Duration, read: Read) {
+        self.read_after(took, read, true);
+    }
+
+    /// A read of an item whose newest write was (`acked`) or was not acknowledged: an older
+    /// version breaks a promise only in the first case.
+    pub fn read_after(&mut self, took: Duration, read: Read, acked: bool) {
         self.all.push(took);
         match read {
             Read::Newest => self.ok += 1,
-            Read::Stale => self.stale += 1,
+            Read::Stale if acked => self.stale += 1,
+            Read::Stale => self.older_than_failed += 1,
             Read::Missing => self.failed += 1,
         }
     }
@@ -167,13 +195,14 @@ impl Samples {
             let i = ((sorted.len() - 1) as f64 * p).round() as usize;
             sorted[i].as_secs_f64() * 1000.0
         };
-        let total = self.ok + self.stale + self.failed;
+        let total = self.ok + self.stale + self.older_than_failed + self.failed;
         Summary {
             p50_ms: at(0.5),
             p95_ms: at(0.95),
             p99_ms: at(0.99),
             ok: self.ok,
             stale: self.stale,
+            older_than_failed: self.older_than_failed,
             failed: self.failed,
             success: if total == 0 { 0.0 } else { self.ok as f64 / total as f64 },
         }
@@ -188,7 +217,11 @@ pub struct Summary {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub ok: usize,
+    /// Older than an acknowledged write: a broken promise.
     pub stale: usize,
+    /// Older than the newest write, which no majority stored (its writer was told so).
+    #[serde(default)]
+    pub older_than_failed: usize,
     pub failed: usize,
     pub success: f64,
 }
@@ -456,5 +489,23 @@ mod tests {
         assert!((summary.p50_ms - 50.0).abs() <= 1.0, "{summary:?}");
         assert!((summary.p99_ms - 30_000.0).abs() < 1e-6, "the failures are the slowest");
         assert!((summary.success - 0.98).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_older_version_breaks_a_promise_only_after_an_acknowledged_write() {
+        let plan = Plan::new(1, 10, 2, 2, 2, 10, 1);
+        let mut acked = Acked::default();
+        acked.note(0, 1, true);
+        acked.note(0, 2, true);
+        acked.note(1, 1, true);
+        acked.note(1, 2, false);
+        assert!(acked.newest(&plan, 0) && !acked.newest(&plan, 1));
+        let mut s = Samples::default();
+        s.read_after(Duration::from_millis(1), Read::Stale, acked.newest(&plan, 0));
+        s.read_after(Duration::from_millis(1), Read::Stale, acked.newest(&plan, 1));
+        s.read_after(Duration::from_millis(1), Read::Newest, acked.newest(&plan, 1));
+        let summary = s.summary();
+        assert_eq!((summary.ok, summary.stale, summary.older_than_failed), (1, 1, 1));
+        assert!((summary.success - 1.0 / 3.0).abs() < 1e-9, "neither older read is newest");
     }
 }
