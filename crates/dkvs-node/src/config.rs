@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// How often this node re-sends the records it holds to each key's current replicas, in
     /// seconds.
     pub replication_interval_secs: u64,
+    /// How often the routing table is refreshed (about a dozen lookups, each dialing peers
+    /// not connected), in seconds. The node's own lookups keep it fresh meanwhile.
+    pub table_refresh_interval_secs: u64,
     /// Store budget in bytes.
     pub max_bytes: u64,
     /// Per-owner budget in bytes.
@@ -141,6 +144,7 @@ impl Default for NodeConfig {
             max_pending_inbound: net.max_pending_inbound,
             idle_connection_timeout_secs: net.idle_connection_timeout.as_secs(),
             replication_interval_secs: net.replication_interval.as_secs(),
+            table_refresh_interval_secs: net.table_refresh_interval.as_secs(),
             max_bytes: store.max_bytes,
             max_bytes_per_owner: store.max_bytes_per_owner,
             reserved_for_own_bytes: None,
@@ -182,11 +186,13 @@ impl NodeConfig {
     ///
     /// - "phone": a phone or another small device that may sleep or sit behind NAT. Memory:
     ///   a 16 MiB store, 4 MiB of IPFS blocks in memory, 4 MiB of others' mail; at most 32
-    ///   peers, idle connections closed after 30 s; replication every 30 min. It still serves
-    ///   the DHT when reachable (kad_mode "auto"), so phones on Wi-Fi add to the network.
+    ///   peers, idle connections closed after 30 s; replication every 30 min, the routing
+    ///   table refreshed every hour. It still serves the DHT when reachable (kad_mode
+    ///   "auto"), so phones on Wi-Fi add to the network.
     /// - "light": an application's embedded client that keeps nothing for others: a
     ///   Kademlia client always (never a replica), a 2 MiB store (its own writes), 1 MiB of
-    ///   IPFS blocks in memory, no mail for others, at most 16 peers.
+    ///   IPFS blocks in memory, no mail for others, at most 16 peers, the routing table
+    ///   refreshed every hour.
     pub fn profile(name: &str) -> anyhow::Result<NodeConfig> {
         let base = NodeConfig::default();
         const MIB: u64 = 1 << 20;
@@ -197,6 +203,7 @@ impl NodeConfig {
                 max_connections: 32,
                 idle_connection_timeout_secs: 30,
                 replication_interval_secs: 1800,
+                table_refresh_interval_secs: 3600,
                 max_bytes: 16 * MIB,
                 max_bytes_per_owner: 4 * MIB,
                 ipfs_hot_bytes: 4 * MIB,
@@ -210,6 +217,7 @@ impl NodeConfig {
                 max_connections: 16,
                 idle_connection_timeout_secs: 30,
                 replication_interval_secs: 1800,
+                table_refresh_interval_secs: 3600,
                 max_bytes: 2 * MIB,
                 max_bytes_per_owner: 2 * MIB,
                 reserved_for_own_bytes: Some(2 * MIB),
@@ -274,6 +282,10 @@ impl NodeConfig {
             self.replication_interval_secs >= 1,
             "replication_interval_secs: at least 1"
         );
+        anyhow::ensure!(
+            self.table_refresh_interval_secs >= 1,
+            "table_refresh_interval_secs: at least 1"
+        );
         let net = dkvs_net::Config {
             idle_connection_timeout: Duration::from_secs(self.idle_connection_timeout_secs),
             max_pending_per_address: self.max_pending_per_address,
@@ -282,6 +294,7 @@ impl NodeConfig {
         };
         Ok(net
             .with_replication_interval(Duration::from_secs(self.replication_interval_secs))
+            .with_table_refresh_interval(Duration::from_secs(self.table_refresh_interval_secs))
             .with_max_connections(self.max_connections)
             .with_replication(self.replication)
             .with_write_quorum(quorum(self.write_quorum))
@@ -372,6 +385,15 @@ mod tests {
                 .expect("parses");
         let net = pending.net().expect("valid");
         assert_eq!((net.max_pending_per_address, net.max_pending_inbound), (2, 40));
+        let refresh: NodeConfig =
+            toml::from_str("table_refresh_interval_secs = 120\n").expect("parses");
+        let net = refresh.net().expect("valid");
+        assert_eq!(net.table_refresh_interval, Duration::from_secs(120));
+        let phone = NodeConfig::profile("phone").expect("a profile").net().expect("valid");
+        assert_eq!(phone.table_refresh_interval, Duration::from_secs(3600));
+        let never = NodeConfig { table_refresh_interval_secs: 0, ..NodeConfig::default() };
+        let error = never.net().expect_err("no refresh at all is refused").to_string();
+        assert!(error.contains("table_refresh_interval_secs"), "{error}");
         let none = NodeConfig { max_pending_inbound: 0, ..NodeConfig::default() };
         let error = none.net().expect_err("no handshake at all is refused").to_string();
         assert!(error.contains("max_pending_inbound"), "{error}");
