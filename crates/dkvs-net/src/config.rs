@@ -155,9 +155,10 @@ pub struct Config {
     /// (about a dozen lookups at 1000 nodes, each dialing the peers it asks that are not
     /// connected). Default: 15 min, as BEP 5 refreshes a bucket unused for 15 minutes
     /// (libp2p's default is 5 min; in a 1000-node network at rest those dials were most of
-    /// the CPU). The node's own lookups keep the buckets they pass through fresh meanwhile,
-    /// and while the table holds fewer than 20 peers each peer added to it brings a refresh
-    /// (libp2p's rule) whatever this says.
+    /// the CPU). Meanwhile the node's own lookups add the peers they meet to the table; while
+    /// it holds fewer than 20 entries each peer added brings a refresh (libp2p's rule, at most
+    /// one each half second); and a node that had peers and has no DHT server connected
+    /// walks its table again after 30 s, then at doubling waits up to 5 min.
     pub table_refresh_interval: Duration,
 }
 

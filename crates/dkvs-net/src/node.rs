@@ -31,6 +31,11 @@ const TICK: Duration = Duration::from_millis(20);
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// How often expired records are dropped from the store.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+/// How long a node that had peers and has no DHT server connected waits before it walks its
+/// table again, first and at most (doubling between): Kademlia's own refresh
+/// ([`Config::table_refresh_interval`]) may be an hour away.
+const REJOIN_FIRST: Duration = Duration::from_secs(30);
+const REJOIN_MOST: Duration = Duration::from_secs(300);
 
 pub(crate) enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
@@ -698,6 +703,9 @@ pub(crate) struct Driver<E: Extension> {
     /// servers of dkvs, the only peers a key's neighbourhood holds: [`crate::nearby`]), with
     /// when they were first seen as such.
     servers: HashMap<PeerId, Instant>,
+    /// While this node had peers and has no DHT server connected: when it next walks its
+    /// table again, and the wait after that ([`Driver::rejoin`]).
+    rejoin: Option<(Instant, Duration)>,
     /// The routing table's entries that are in `servers`, with their Kademlia keys, as
     /// replicas name peers from them ([`Driver::closer_than`]); built when first needed after
     /// the table or `servers` changed (`None` then). A walk over Kademlia's buckets for every
@@ -781,6 +789,7 @@ impl<E: Extension> Driver<E> {
             public_since: None,
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
+            rejoin: None,
             live_table: None,
             table_trusted: false,
             rechecks: HashMap::new(),
@@ -1278,7 +1287,10 @@ impl<E: Extension> Driver<E> {
     /// Whether a direct connection `peer` dialed to this node from `remote` shows that this
     /// node can be dialed: not through a relay; not from an address this node dialed lately or
     /// is connected to by its own dial (a peer dialing back from the address this node dialed
-    /// rides the NAT's mapping of that dial, which lets exactly that address in); and, when
+    /// rides the NAT's mapping of that dial, which lets exactly that address in); not from a
+    /// peer connected to this node through a relay (that is a hole punch, which DCUtR
+    /// coordinates over the relayed connection: over QUIC it arrives here as an inbound
+    /// connection, through the mappings both sides just opened for it); and, when
     /// AutoNAT asks only global peers, from a global address, or from a peer this node also
     /// reaches at a global address (a port forward that rewrites callers to a private
     /// address, as container platforms do).
@@ -1287,7 +1299,11 @@ impl<E: Extension> Driver<E> {
         let dialing_it = self.connections.values().flat_map(|open| open.values());
         let dialing_it =
             dialing_it.filter(|(_, by_us)| *by_us).any(|(a, _)| socket_of(a) == socket);
-        if is_relayed(remote) || self.dialed_recently.contains(remote) || dialing_it {
+        let punching = self
+            .connections
+            .get(&peer)
+            .is_some_and(|open| open.values().any(|(a, _)| is_relayed(a)));
+        if is_relayed(remote) || self.dialed_recently.contains(remote) || dialing_it || punching {
             return false;
         }
         let global = |a: &Multiaddr| !is_local(a) && !is_relayed(a);
@@ -1532,6 +1548,7 @@ impl<E: Extension> Driver<E> {
             self.replication.forget_idle(now);
             self.drop_closed_watches();
             self.trim_connections();
+            self.rejoin(now);
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
             self.last_republish = now;
@@ -1543,6 +1560,29 @@ impl<E: Extension> Driver<E> {
         }
         self.send_due(now);
         self.drain_replication(TICK);
+    }
+
+    /// A node that had peers and has no DHT server connected (its seeds were down when it
+    /// started, or it lost every connection while its addresses stayed) walks its routing
+    /// table again after [`REJOIN_FIRST`], then at twice the wait each time up to
+    /// [`REJOIN_MOST`], until a server is connected: the walk dials the peers the table
+    /// still holds. (libp2p's own triggers are a peer added to a table of fewer than 20 and
+    /// a new listen address while alone; otherwise the next refresh.)
+    fn rejoin(&mut self, now: Instant) {
+        if !self.had_peers || !self.servers.is_empty() {
+            self.rejoin = None;
+            return;
+        }
+        match self.rejoin {
+            None => self.rejoin = Some((now + REJOIN_FIRST, REJOIN_FIRST * 2)),
+            Some((at, wait)) if now >= at => {
+                tracing::debug!("no DHT server connected: walking the routing table again");
+                // No known peer at all: nothing to walk, and nothing but a new peer helps.
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                self.rejoin = Some((now + wait, (wait * 2).min(REJOIN_MOST)));
+            }
+            Some(_) => {}
+        }
     }
 
     /// Unsubscribes the watches whose receivers are all gone.

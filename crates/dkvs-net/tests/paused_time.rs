@@ -25,3 +25,34 @@ async fn an_idle_node_wakes_for_its_sweep_only_over_an_hour_of_paused_time() {
     assert!(started.elapsed() < Duration::from_secs(30), "the hour did not take an hour");
     node.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_seed_was_down_joins_it_when_it_comes_up() {
+    let spawn = |key: identity::Keypair| {
+        let config = Config::default().with_transports(Transports::memory_only());
+        Node::spawn(key, Store::in_memory(StoreConfig::default()), config).expect("spawns")
+    };
+    let node = spawn(identity::Keypair::generate_ed25519());
+    node.listen_on("/memory/0".parse().expect("address")).await.expect("listens");
+    let seed_key = identity::Keypair::generate_ed25519();
+    let seed_id = seed_key.public().to_peer_id();
+    let addr: dkvs_net::libp2p::Multiaddr = "/memory/4011".parse().expect("address");
+    assert!(node.add_peer(seed_id, addr.clone()).await.is_err(), "the seed is down");
+    // The seed comes up a minute later at its address; nothing tells the node.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let seed = spawn(seed_key);
+    seed.listen_on(addr).await.expect("listens");
+    // The node walks its table again within its backoff (60 s, then 120 s: not the table
+    // refresh, 15 minutes away) and finds the seed.
+    let mut joined = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if node.connected_peers().await.contains(&seed_id) {
+            joined = true;
+            break;
+        }
+    }
+    assert!(joined, "the node never dialed its seed again");
+    node.shutdown().await;
+    seed.shutdown().await;
+}

@@ -278,13 +278,15 @@ impl NodeConfig {
         anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
         anyhow::ensure!(self.max_pending_per_address >= 1, "max_pending_per_address: at least 1");
         anyhow::ensure!(self.max_pending_inbound >= 1, "max_pending_inbound: at least 1");
+        // At most a week: a timer much further out overflows the clock.
+        const WEEK: u64 = 7 * 24 * 3600;
         anyhow::ensure!(
-            self.replication_interval_secs >= 1,
-            "replication_interval_secs: at least 1"
+            (1..=WEEK).contains(&self.replication_interval_secs),
+            "replication_interval_secs: at least 1, at most {WEEK} (a week)"
         );
         anyhow::ensure!(
-            self.table_refresh_interval_secs >= 1,
-            "table_refresh_interval_secs: at least 1"
+            (1..=WEEK).contains(&self.table_refresh_interval_secs),
+            "table_refresh_interval_secs: at least 1, at most {WEEK} (a week)"
         );
         let net = dkvs_net::Config {
             idle_connection_timeout: Duration::from_secs(self.idle_connection_timeout_secs),
@@ -391,9 +393,14 @@ mod tests {
         assert_eq!(net.table_refresh_interval, Duration::from_secs(120));
         let phone = NodeConfig::profile("phone").expect("a profile").net().expect("valid");
         assert_eq!(phone.table_refresh_interval, Duration::from_secs(3600));
-        let never = NodeConfig { table_refresh_interval_secs: 0, ..NodeConfig::default() };
-        let error = never.net().expect_err("no refresh at all is refused").to_string();
-        assert!(error.contains("table_refresh_interval_secs"), "{error}");
+        for never in [0, u64::MAX] {
+            let never = NodeConfig { table_refresh_interval_secs: never, ..NodeConfig::default() };
+            let error = never.net().expect_err("no refresh at all is refused").to_string();
+            assert!(error.contains("table_refresh_interval_secs"), "{error}");
+        }
+        let never = NodeConfig { replication_interval_secs: u64::MAX, ..NodeConfig::default() };
+        let error = never.net().expect_err("a timer past the clock is refused").to_string();
+        assert!(error.contains("replication_interval_secs"), "{error}");
         let none = NodeConfig { max_pending_inbound: 0, ..NodeConfig::default() };
         let error = none.net().expect_err("no handshake at all is refused").to_string();
         assert!(error.contains("max_pending_inbound"), "{error}");

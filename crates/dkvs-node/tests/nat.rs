@@ -489,8 +489,14 @@ fn phones_behind_nat_hold_a_relay_slot_and_read_write_and_watch() {
     assert!(failed_punch(p3), "p1 and p3 tried to punch through and failed");
     assert!(!direct(p3), "p3 (random ports) cannot be reached directly: it stays relayed");
     // A hole punched is a dial on both sides, never a peer reaching the node from outside:
-    // both ends stay DHT clients, with their relay reservations.
+    // neither end takes itself for reachable, and both stay DHT clients with their relay
+    // reservations.
     for phone in [p1, p2] {
+        let log = std::fs::read_to_string(phone.home.join("node.log")).unwrap_or_default();
+        assert!(
+            !log.contains("reachable from outside"),
+            "a hole punch taken for an inbound dial:\n{log}"
+        );
         let status = phone.status();
         let reachability = &status["reachability"];
         assert_eq!(reachability["kad_mode"], "client", "after the hole punch: {status}");

@@ -75,7 +75,7 @@ async fn read(
                         Read::Missing
                     }
                 }
-                Some(_) => Read::Stale,
+                Some(record) => Read::Stale(record.seq()),
                 None => Read::Missing,
             };
             (read, outcome.requests)
@@ -161,7 +161,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
-        gets.read_after(at.elapsed(), read, acked.newest(plan, item));
+        gets.read_after(at.elapsed(), read, acked.of(item));
         progress.op("get", at.elapsed(), &format!("{read:?}, {requests} requests"));
         get_requests += u64::from(requests);
         bar.inc(1);

@@ -403,13 +403,13 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("get p99 ms", &|r| Some(r.get.p99_ms), 2);
     row("get newest %", &|r| Some(100.0 * r.get.success), 1);
     row_with(
-        "gets that returned an older version (after an acknowledged write)",
+        "gets that returned a version older than an acknowledged write",
         &|r| Some(r.get.stale as f64),
         0,
         false,
     );
     row_with(
-        "gets that returned the version before a failed put",
+        "gets that returned an older version, none older than the last acknowledged",
         &|r| Some(r.get.older_than_failed as f64),
         0,
         false,

@@ -65,7 +65,7 @@ async fn read(node: &AsyncDht, plan: &Plan, keys: &[SigningKey], item: usize) ->
         Some(b) if b.seq() == newest && *b.value() == *plan.value(item, plan.versions) => {
             Read::Newest
         }
-        Some(b) if b.seq() < newest => Read::Stale,
+        Some(b) if b.seq() < newest => Read::Stale(b.seq().max(0) as u64),
         _ => Read::Missing,
     };
     Got { read, first_newest, queried }
@@ -139,7 +139,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
         let at = Instant::now();
         let got = read(dht, plan, &keys, item).await;
-        gets.read_after(at.elapsed(), got.read, acked.newest(plan, item));
+        gets.read_after(at.elapsed(), got.read, acked.of(item));
         match got.first_newest {
             Some(took) => first.read(took, Read::Newest),
             None => first.read(at.elapsed(), Read::Missing),

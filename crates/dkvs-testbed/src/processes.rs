@@ -160,7 +160,7 @@ impl Processes {
                             Read::Missing
                         }
                     }
-                    Some(_) => Read::Stale,
+                    Some(seq) => Read::Stale(seq),
                     None => Read::Missing,
                 };
                 (read, requests)
@@ -231,7 +231,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = blocking(|| net.read(plan, item, node));
-        gets.read_after(at.elapsed(), read, acked.newest(plan, item));
+        gets.read_after(at.elapsed(), read, acked.of(item));
         get_requests += requests;
         bar.inc(1);
     }

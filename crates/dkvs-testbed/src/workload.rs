@@ -122,8 +122,8 @@ impl Plan {
 pub enum Read {
     /// The newest version, with its value.
     Newest,
-    /// An older version.
-    Stale,
+    /// An older version (its sequence).
+    Stale(u64),
     /// Nothing, an error, or bytes that are not the value written.
     Missing,
 }
@@ -135,8 +135,9 @@ pub struct Samples {
     pub all: Vec<Duration>,
     pub ok: usize,
     pub stale: usize,
-    /// Reads of an older version where the newest write was not stored on a majority (its
-    /// writer was told it failed): allowed, and not counted in `stale`.
+    /// Reads of an older version, but none older than the last one stored on a majority
+    /// (the newer writes failed, and their writers were told so): allowed, and not counted
+    /// in `stale`.
     pub older_than_failed: usize,
     pub failed: usize,
 }
@@ -153,9 +154,9 @@ impl Acked {
         }
     }
 
-    /// Whether the newest version of `item` was acknowledged.
-    pub fn newest(&self, plan: &Plan, item: usize) -> bool {
-        self.0.get(&item) == Some(&plan.versions)
+    /// The newest version of `item` that a majority stored (0: none).
+    pub fn of(&self, item: usize) -> u64 {
+        self.0.get(&item).copied().unwrap_or(0)
     }
 }
 
@@ -170,17 +171,17 @@ impl Samples {
     }
 
     pub fn read(&mut self, took: Duration, read: Read) {
-        self.read_after(took, read, true);
+        self.read_after(took, read, u64::MAX);
     }
 
-    /// A read of an item whose newest write was (`acked`) or was not acknowledged: an older
-    /// version breaks a promise only in the first case.
-    pub fn read_after(&mut self, took: Duration, read: Read, acked: bool) {
+    /// A read of an item whose newest acknowledged version is `acked`: a version older than
+    /// that breaks a promise; one older than the newest written, but not than that, does not.
+    pub fn read_after(&mut self, took: Duration, read: Read, acked: u64) {
         self.all.push(took);
         match read {
             Read::Newest => self.ok += 1,
-            Read::Stale if acked => self.stale += 1,
-            Read::Stale => self.older_than_failed += 1,
+            Read::Stale(seq) if seq < acked => self.stale += 1,
+            Read::Stale(_) => self.older_than_failed += 1,
             Read::Missing => self.failed += 1,
         }
     }
@@ -482,7 +483,7 @@ mod tests {
         for ms in 1..=98 {
             s.read(Duration::from_millis(ms), Read::Newest);
         }
-        s.read(Duration::from_secs(30), Read::Stale);
+        s.read(Duration::from_secs(30), Read::Stale(1));
         s.read(Duration::from_secs(30), Read::Missing);
         let summary = s.summary();
         assert_eq!((summary.ok, summary.stale, summary.failed), (98, 1, 1));
@@ -492,20 +493,29 @@ mod tests {
     }
 
     #[test]
-    fn an_older_version_breaks_a_promise_only_after_an_acknowledged_write() {
-        let plan = Plan::new(1, 10, 2, 2, 2, 10, 1);
+    fn an_older_version_breaks_a_promise_only_if_older_than_an_acknowledged_write() {
+        // Three versions of three items: all acknowledged; the third failed; the second and
+        // the third failed.
         let mut acked = Acked::default();
-        acked.note(0, 1, true);
-        acked.note(0, 2, true);
-        acked.note(1, 1, true);
-        acked.note(1, 2, false);
-        assert!(acked.newest(&plan, 0) && !acked.newest(&plan, 1));
+        for (item, version, ok) in [(0, 1, true), (0, 2, true), (0, 3, true)] {
+            acked.note(item, version, ok);
+        }
+        for (item, version, ok) in [(1, 1, true), (1, 2, true), (1, 3, false)] {
+            acked.note(item, version, ok);
+        }
+        for (item, version, ok) in [(2, 1, true), (2, 2, false), (2, 3, false)] {
+            acked.note(item, version, ok);
+        }
+        assert_eq!((acked.of(0), acked.of(1), acked.of(2), acked.of(9)), (3, 2, 1, 0));
         let mut s = Samples::default();
-        s.read_after(Duration::from_millis(1), Read::Stale, acked.newest(&plan, 0));
-        s.read_after(Duration::from_millis(1), Read::Stale, acked.newest(&plan, 1));
-        s.read_after(Duration::from_millis(1), Read::Newest, acked.newest(&plan, 1));
+        let ms = Duration::from_millis(1);
+        s.read_after(ms, Read::Stale(2), acked.of(0)); // broken
+        s.read_after(ms, Read::Stale(1), acked.of(1)); // broken: version 2 was acknowledged
+        s.read_after(ms, Read::Stale(2), acked.of(1)); // allowed
+        s.read_after(ms, Read::Stale(1), acked.of(2)); // allowed
+        s.read_after(ms, Read::Newest, acked.of(2));
         let summary = s.summary();
-        assert_eq!((summary.ok, summary.stale, summary.older_than_failed), (1, 1, 1));
-        assert!((summary.success - 1.0 / 3.0).abs() < 1e-9, "neither older read is newest");
+        assert_eq!((summary.ok, summary.stale, summary.older_than_failed), (1, 2, 2));
+        assert!((summary.success - 0.2).abs() < 1e-9, "no older read is newest");
     }
 }
