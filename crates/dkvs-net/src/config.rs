@@ -157,7 +157,7 @@ pub struct Config {
     /// (libp2p's default is 5 min; in a 1000-node network at rest those dials were most of
     /// the CPU). Meanwhile the node's own lookups add the peers they meet to the table; while
     /// it holds fewer than 20 entries each peer added brings a refresh (libp2p's rule, at most
-    /// one each half second); and a node that had peers and has no DHT server connected
+    /// one each half second); and a node whose dial failed while no DHT server was connected
     /// walks its table again after 30 s, then at doubling waits up to 5 min.
     pub table_refresh_interval: Duration,
 }

@@ -31,11 +31,15 @@ const TICK: Duration = Duration::from_millis(20);
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// How often expired records are dropped from the store.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
-/// How long a node that had peers and has no DHT server connected waits before it walks its
-/// table again, first and at most (doubling between): Kademlia's own refresh
+/// How long a node stranded (no DHT server connected, and its dials failing) waits before it
+/// walks its table again, first and at most (doubling between): Kademlia's own refresh
 /// ([`Config::table_refresh_interval`]) may be an hour away.
 const REJOIN_FIRST: Duration = Duration::from_secs(30);
 const REJOIN_MOST: Duration = Duration::from_secs(300);
+/// How long a peer whose relayed connection closed is still taken for hole punching when it
+/// connects directly, and how many such peers are remembered at most.
+const RELAYED_LATELY: Duration = Duration::from_secs(60);
+const MAX_RELAYED_LATELY: usize = 1024;
 
 pub(crate) enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
@@ -703,9 +707,14 @@ pub(crate) struct Driver<E: Extension> {
     /// servers of dkvs, the only peers a key's neighbourhood holds: [`crate::nearby`]), with
     /// when they were first seen as such.
     servers: HashMap<PeerId, Instant>,
-    /// While this node had peers and has no DHT server connected: when it next walks its
-    /// table again, and the wait after that ([`Driver::rejoin`]).
+    /// A dial failed while no DHT server was connected; cleared when one is identified.
+    stranded: bool,
+    /// While stranded: when this node next walks its table again, and the wait after that
+    /// ([`Driver::rejoin`]).
     rejoin: Option<(Instant, Duration)>,
+    /// Peers whose connection through a relay closed lately, and when: a hole punch may
+    /// complete after the circuit it was arranged on closed ([`Driver::proves_reachable`]).
+    relayed_lately: HashMap<PeerId, Instant>,
     /// The routing table's entries that are in `servers`, with their Kademlia keys, as
     /// replicas name peers from them ([`Driver::closer_than`]); built when first needed after
     /// the table or `servers` changed (`None` then). A walk over Kademlia's buckets for every
@@ -789,7 +798,9 @@ impl<E: Extension> Driver<E> {
             public_since: None,
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
+            stranded: false,
             rejoin: None,
+            relayed_lately: HashMap::new(),
             live_table: None,
             table_trusted: false,
             rechecks: HashMap::new(),
@@ -951,6 +962,7 @@ impl<E: Extension> Driver<E> {
                         }
                         e => DialError::Failed { peer, source: Arc::new(e) },
                     };
+                    self.stranded |= self.servers.is_empty();
                     let _ = reply.send(Err(error));
                 } else {
                     self.dials.entry(peer).or_default().push(reply);
@@ -1151,7 +1163,12 @@ impl<E: Extension> Driver<E> {
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
                 if let Some(open) = self.connections.get_mut(&peer_id) {
-                    open.remove(&connection_id);
+                    let closed = open.remove(&connection_id);
+                    if closed.is_some_and(|(addr, _)| is_relayed(&addr))
+                        && self.relayed_lately.len() < MAX_RELAYED_LATELY
+                    {
+                        self.relayed_lately.insert(peer_id, Instant::now());
+                    }
                     if open.is_empty() {
                         self.connections.remove(&peer_id);
                         self.used.remove(&peer_id);
@@ -1170,6 +1187,7 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) =>
             {
+                self.stranded |= self.servers.is_empty();
                 let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
@@ -1288,7 +1306,8 @@ impl<E: Extension> Driver<E> {
     /// node can be dialed: not through a relay; not from an address this node dialed lately or
     /// is connected to by its own dial (a peer dialing back from the address this node dialed
     /// rides the NAT's mapping of that dial, which lets exactly that address in); not from a
-    /// peer connected to this node through a relay (that is a hole punch, which DCUtR
+    /// peer connected to this node through a relay, or whose relayed connection closed within
+    /// the last minute (that is a hole punch, which DCUtR
     /// coordinates over the relayed connection: over QUIC it arrives here as an inbound
     /// connection, through the mappings both sides just opened for it); and, when
     /// AutoNAT asks only global peers, from a global address, or from a peer this node also
@@ -1302,7 +1321,8 @@ impl<E: Extension> Driver<E> {
         let punching = self
             .connections
             .get(&peer)
-            .is_some_and(|open| open.values().any(|(a, _)| is_relayed(a)));
+            .is_some_and(|open| open.values().any(|(a, _)| is_relayed(a)))
+            || self.relayed_lately.contains_key(&peer);
         if is_relayed(remote) || self.dialed_recently.contains(remote) || dialing_it || punching {
             return false;
         }
@@ -1352,6 +1372,7 @@ impl<E: Extension> Driver<E> {
                 let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
                 if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.servers.entry(peer_id).or_insert_with(Instant::now);
+                    self.stranded = false;
                 } else {
                     self.servers.remove(&peer_id);
                 }
@@ -1549,6 +1570,7 @@ impl<E: Extension> Driver<E> {
             self.drop_closed_watches();
             self.trim_connections();
             self.rejoin(now);
+            self.relayed_lately.retain(|_, at| now.duration_since(*at) < RELAYED_LATELY);
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
             self.last_republish = now;
@@ -1562,14 +1584,15 @@ impl<E: Extension> Driver<E> {
         self.drain_replication(TICK);
     }
 
-    /// A node that had peers and has no DHT server connected (its seeds were down when it
-    /// started, or it lost every connection while its addresses stayed) walks its routing
-    /// table again after [`REJOIN_FIRST`], then at twice the wait each time up to
-    /// [`REJOIN_MOST`], until a server is connected: the walk dials the peers the table
-    /// still holds. (libp2p's own triggers are a peer added to a table of fewer than 20 and
-    /// a new listen address while alone; otherwise the next refresh.)
+    /// A stranded node (a dial failed while no DHT server was connected: its seeds were down
+    /// when it started, or its peers went away) walks its routing table again after
+    /// [`REJOIN_FIRST`], then at twice the wait each time up to [`REJOIN_MOST`], until a
+    /// server is identified: the walk dials the peers the table still holds. (libp2p's own
+    /// triggers are a peer added to a table of fewer than 20 and a new listen address while
+    /// alone; otherwise the next refresh.) Connections that merely went idle strand nobody:
+    /// nothing failed, and the next operation dials what it needs.
     fn rejoin(&mut self, now: Instant) {
-        if !self.had_peers || !self.servers.is_empty() {
+        if !self.stranded || !self.servers.is_empty() {
             self.rejoin = None;
             return;
         }

@@ -75,7 +75,8 @@ async fn read(
                         Read::Missing
                     }
                 }
-                Some(record) => Read::Stale(record.seq()),
+                Some(record) if record.seq() < plan.versions => Read::Stale(record.seq()),
+                Some(_) => Read::Missing,
                 None => Read::Missing,
             };
             (read, outcome.requests)

@@ -160,7 +160,8 @@ impl Processes {
                             Read::Missing
                         }
                     }
-                    Some(seq) => Read::Stale(seq),
+                    Some(seq) if seq < plan.versions => Read::Stale(seq),
+                    Some(_) => Read::Missing,
                     None => Read::Missing,
                 };
                 (read, requests)
