@@ -370,9 +370,46 @@ impl std::fmt::Display for KadMode {
     }
 }
 
+/// The longest any of [`Config`]'s durations may be: the node adds them to the clock, and a
+/// clock a thousand years on overflows.
+pub const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Config {
+    /// Checks what [`crate::NodeBuilder::spawn`] cannot run with: a duration past
+    /// [`LONGEST`]. The error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let durations = [
+            ("request_timeout", self.request_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("linger", self.linger),
+            ("not_found_linger", self.not_found_linger),
+            ("ban_duration", self.ban_duration),
+            ("idle_connection_timeout", self.idle_connection_timeout),
+            ("autonat_probe_delay", self.autonat_probe_delay),
+            ("replication_interval", self.replication_interval),
+            ("republish_interval", self.republish_interval),
+            ("table_refresh_interval", self.table_refresh_interval),
+        ];
+        match durations.into_iter().find(|(_, d)| *d > LONGEST) {
+            Some((name, d)) => Err(format!("{name} is {d:?}, at most a year ({LONGEST:?})")),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_the_clock_cannot_hold_is_refused_by_name() {
+        assert_eq!(Config::default().check(), Ok(()));
+        let never = Config::default().with_replication_interval(Duration::MAX);
+        let error = never.check().expect_err("refused");
+        assert!(error.contains("replication_interval"), "{error}");
+        let year = Config::default().with_table_refresh_interval(LONGEST);
+        assert_eq!(year.check(), Ok(()), "a year is fine");
+    }
 
     #[test]
     fn quorum_sizes() {

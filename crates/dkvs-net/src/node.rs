@@ -171,6 +171,7 @@ impl<E: Extension> NodeBuilder<E> {
     /// told to ([`Node::listen_on`]).
     pub fn spawn(self) -> Result<Node, NetError> {
         let NodeBuilder { identity, store, config, extension } = self;
+        config.check().map_err(NetError::Setup)?;
         let peer_id = identity.public().to_peer_id();
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
         let transports = config.transports;

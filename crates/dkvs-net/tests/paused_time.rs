@@ -60,3 +60,16 @@ async fn a_node_whose_seed_was_down_joins_it_when_it_comes_up() {
     node.shutdown().await;
     seed.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_refuses_to_start_with_a_duration_past_the_clock() {
+    let config = Config::default()
+        .with_transports(Transports::memory_only())
+        .with_replication_interval(Duration::MAX);
+    let store = Store::in_memory(StoreConfig::default());
+    let error = Node::spawn(identity::Keypair::generate_ed25519(), store, config)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("replication_interval"), "{error}");
+}
