@@ -370,13 +370,13 @@ impl std::fmt::Display for KadMode {
     }
 }
 
-/// The longest any of [`Config`]'s durations may be: the node adds them to the clock, and a
-/// clock a thousand years on overflows.
-pub const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
-
 impl Config {
+    /// The longest any of these durations may be: the node adds them to the clock, and a
+    /// clock far enough on overflows.
+    pub const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
     /// Checks what [`crate::NodeBuilder::spawn`] cannot run with: a duration past
-    /// [`LONGEST`]. The error names the field.
+    /// [`Config::LONGEST`]. The error names the field.
     pub fn check(&self) -> Result<(), String> {
         let durations = [
             ("request_timeout", self.request_timeout),
@@ -390,8 +390,8 @@ impl Config {
             ("republish_interval", self.republish_interval),
             ("table_refresh_interval", self.table_refresh_interval),
         ];
-        match durations.into_iter().find(|(_, d)| *d > LONGEST) {
-            Some((name, d)) => Err(format!("{name} is {d:?}, at most a year ({LONGEST:?})")),
+        match durations.into_iter().find(|(_, d)| *d > Config::LONGEST) {
+            Some((name, d)) => Err(format!("{name} is {d:?}, at most a year")),
             None => Ok(()),
         }
     }
@@ -407,7 +407,7 @@ mod tests {
         let never = Config::default().with_replication_interval(Duration::MAX);
         let error = never.check().expect_err("refused");
         assert!(error.contains("replication_interval"), "{error}");
-        let year = Config::default().with_table_refresh_interval(LONGEST);
+        let year = Config::default().with_table_refresh_interval(Config::LONGEST);
         assert_eq!(year.check(), Ok(()), "a year is fine");
     }
 

@@ -708,9 +708,8 @@ pub(crate) struct Driver<E: Extension> {
     /// servers of dkvs, the only peers a key's neighbourhood holds: [`crate::nearby`]), with
     /// when they were first seen as such.
     servers: HashMap<PeerId, Instant>,
-    /// A dial failed while no DHT server was connected; cleared when one is identified.
-    stranded: bool,
-    /// While stranded: when this node next walks its table again, and the wait after that
+    /// While stranded (a dial failed while no DHT server was connected; over when one is
+    /// identified): when this node next walks its table again, and the wait after that
     /// ([`Driver::rejoin`]).
     rejoin: Option<(Instant, Duration)>,
     /// Peers whose connection through a relay closed lately, and when: a hole punch may
@@ -799,7 +798,6 @@ impl<E: Extension> Driver<E> {
             public_since: None,
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
-            stranded: false,
             rejoin: None,
             relayed_lately: HashMap::new(),
             live_table: None,
@@ -963,7 +961,7 @@ impl<E: Extension> Driver<E> {
                         }
                         e => DialError::Failed { peer, source: Arc::new(e) },
                     };
-                    self.stranded |= self.servers.is_empty();
+                    self.strand(Instant::now());
                     let _ = reply.send(Err(error));
                 } else {
                     self.dials.entry(peer).or_default().push(reply);
@@ -1188,7 +1186,7 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) =>
             {
-                self.stranded |= self.servers.is_empty();
+                self.strand(Instant::now());
                 let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
@@ -1373,7 +1371,7 @@ impl<E: Extension> Driver<E> {
                 let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
                 if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.servers.entry(peer_id).or_insert_with(Instant::now);
-                    self.stranded = false;
+                    self.rejoin = None;
                 } else {
                     self.servers.remove(&peer_id);
                 }
@@ -1593,19 +1591,24 @@ impl<E: Extension> Driver<E> {
     /// alone; otherwise the next refresh.) Connections that merely went idle strand nobody:
     /// nothing failed, and the next operation dials what it needs.
     fn rejoin(&mut self, now: Instant) {
-        if !self.stranded || !self.servers.is_empty() {
+        if !self.servers.is_empty() {
             self.rejoin = None;
-            return;
         }
-        match self.rejoin {
-            None => self.rejoin = Some((now + REJOIN_FIRST, REJOIN_FIRST * 2)),
-            Some((at, wait)) if now >= at => {
-                tracing::debug!("no DHT server connected: walking the routing table again");
-                // No known peer at all: nothing to walk, and nothing but a new peer helps.
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                self.rejoin = Some((now + wait, (wait * 2).min(REJOIN_MOST)));
-            }
-            Some(_) => {}
+        if let Some((at, wait)) = self.rejoin
+            && now >= at
+        {
+            tracing::debug!("no DHT server connected: walking the routing table again");
+            // No known peer at all: nothing to walk, and nothing but a new peer helps.
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            self.rejoin = Some((now + wait, (wait * 2).min(REJOIN_MOST)));
+        }
+    }
+
+    /// A dial failed: with no DHT server connected, the node is stranded, and walks its
+    /// table again from [`REJOIN_FIRST`] on ([`Driver::rejoin`]).
+    fn strand(&mut self, now: Instant) {
+        if self.servers.is_empty() && self.rejoin.is_none() {
+            self.rejoin = Some((now + REJOIN_FIRST, REJOIN_FIRST * 2));
         }
     }
 

@@ -278,15 +278,15 @@ impl NodeConfig {
         anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
         anyhow::ensure!(self.max_pending_per_address >= 1, "max_pending_per_address: at least 1");
         anyhow::ensure!(self.max_pending_inbound >= 1, "max_pending_inbound: at least 1");
-        // At most a week: a timer much further out overflows the clock.
-        const WEEK: u64 = 7 * 24 * 3600;
+        // At most what the network layer runs with (a timer further out overflows the clock).
+        let longest = dkvs_net::Config::LONGEST.as_secs();
         anyhow::ensure!(
-            (1..=WEEK).contains(&self.replication_interval_secs),
-            "replication_interval_secs: at least 1, at most {WEEK} (a week)"
+            (1..=longest).contains(&self.replication_interval_secs),
+            "replication_interval_secs: at least 1, at most {longest} (a year)"
         );
         anyhow::ensure!(
-            (1..=WEEK).contains(&self.table_refresh_interval_secs),
-            "table_refresh_interval_secs: at least 1, at most {WEEK} (a week)"
+            (1..=longest).contains(&self.table_refresh_interval_secs),
+            "table_refresh_interval_secs: at least 1, at most {longest} (a year)"
         );
         let net = dkvs_net::Config {
             idle_connection_timeout: Duration::from_secs(self.idle_connection_timeout_secs),
