@@ -86,9 +86,55 @@ impl Neighbourhood {
     }
 }
 
-/// A routing-table entry as a replica names it: its Kademlia key's bytes (the hash of its id)
-/// and its id.
-pub(crate) type Entry = ([u8; 32], PeerId);
+/// A live routing-table entry (a connected DHT server) as operations read it: its Kademlia
+/// key's bytes (the hash of its id), its id and its [`fingerprint`], each computed once when the
+/// table is read ([`Table`]) instead of once for every request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry {
+    pub(crate) key: [u8; 32],
+    pub(crate) peer: PeerId,
+    pub(crate) print: u64,
+}
+
+impl Entry {
+    pub(crate) fn new(key: &KBucketKey<PeerId>) -> Entry {
+        let peer = *key.preimage();
+        Entry { key: hashed(key), peer, print: fingerprint(&peer) }
+    }
+}
+
+/// A node's routing table as its operations read it: the live entries and each bucket's
+/// counts, read from Kademlia when first needed after the table or the set of connected
+/// servers changed. Reading the buckets and hashing their ids for every request cost about
+/// a tenth of a 100-node network's CPU while it answered gets (docs/benchmarks.md).
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    pub(crate) live: Vec<Entry>,
+    pub(crate) buckets: Vec<Bucket>,
+}
+
+impl Table {
+    /// The `k` live entries closest to the Kademlia key whose bytes are `target`, closest
+    /// first.
+    pub(crate) fn closest(&self, target: &[u8; 32], k: usize) -> Vec<PeerId> {
+        let mut near: Vec<([u8; 32], PeerId)> =
+            self.live.iter().map(|e| (xor(&e.key, target), e.peer)).collect();
+        if near.len() > k && k > 0 {
+            near.select_nth_unstable(k - 1);
+            near.truncate(k);
+        }
+        near.sort_unstable();
+        near.into_iter().take(k).map(|(_, p)| p).collect()
+    }
+}
+
+/// The index of the bucket that holds keys at the distance of `a` from `b` (i for a distance
+/// in [2^i, 2^(i+1))), as Kademlia's `Distance::ilog2`; `None` for the same key.
+pub(crate) fn bucket_index(a: &[u8; 32], b: &[u8; 32]) -> Option<u32> {
+    let d = xor(a, b);
+    let first = d.iter().position(|byte| *byte != 0)?;
+    Some(255 - (first as u32 * 8 + d[first].leading_zeros()))
+}
 
 /// The Kademlia key's bytes of `key` (its SHA-256).
 pub(crate) fn hashed<T>(key: &KBucketKey<T>) -> [u8; 32] {
@@ -105,8 +151,8 @@ fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
 /// A replica's side: which of `live` (the entries of its routing table that are DHT servers
 /// it is connected to) to name to an asker whose hint is `farthest` and `known`: those closer
 /// to `target` than the farthest and not known to the asker, at most `k`, closest first.
-/// Distances first, as they cost no allocation: most peers fail them. A hint with more than
-/// [`MAX_KNOWN`] fingerprints or a farthest that is no peer id gets nobody.
+/// A hint with more than [`MAX_KNOWN`] fingerprints (a linear scan of at most that many) or a
+/// farthest that is no peer id gets nobody.
 pub(crate) fn to_name(
     target: &[u8],
     farthest: &[u8],
@@ -129,14 +175,13 @@ pub(crate) fn to_name(
     };
     let mut near: Vec<([u8; 32], PeerId)> = live
         .iter()
-        .map(|(key, p)| (xor(key, &target), *p))
-        .filter(|(d, p)| bound.is_none_or(|b| *d < b) && *p != asker)
+        .filter_map(|e| {
+            let d = xor(&e.key, &target);
+            let wanted = bound.is_none_or(|b| d < b) && e.peer != asker;
+            (wanted && !known.contains(&e.print)).then_some((d, e.peer))
+        })
         .collect();
-    if !near.is_empty() {
-        let known: HashSet<u64> = known.iter().copied().collect();
-        near.retain(|(_, p)| !known.contains(&fingerprint(p)));
-        near.sort();
-    }
+    near.sort_unstable();
     near.into_iter().take(k).map(|(_, p)| p).collect()
 }
 
@@ -222,6 +267,34 @@ mod tests {
     }
 
     #[test]
+    fn the_table_read_once_gives_kademlias_closest_and_bucket() {
+        let all = peers(50);
+        let table = Table {
+            live: all.iter().map(|p| Entry::new(&(*p).into())).collect(),
+            buckets: Vec::new(),
+        };
+        for target in [b"/a".to_vec(), b"/greeting".to_vec(), vec![0u8; 40]] {
+            let key = KBucketKey::new(target.clone());
+            let mut by_distance = all.clone();
+            by_distance.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
+            for k in [0, 1, 20, 50, 60] {
+                assert_eq!(table.closest(&hashed(&key), k), by_distance[..k.min(50)]);
+            }
+            for p in &all {
+                let peer = KBucketKey::from(*p);
+                let index = bucket_index(&hashed(&peer), &hashed(&key));
+                assert_eq!(index, peer.distance(&key).ilog2());
+            }
+            assert_eq!(bucket_index(&hashed(&key), &hashed(&key)), None);
+        }
+        // The lowest and highest buckets.
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        assert_eq!(bucket_index(&one, &[0; 32]), Some(0));
+        assert_eq!(bucket_index(&[0xff; 32], &[0; 32]), Some(255));
+    }
+
+    #[test]
     fn replicas_name_the_closer_peers_an_asker_lacks_and_the_asker_sees_them() {
         let me = PeerId::random();
         let target = b"/greeting".to_vec();
@@ -236,9 +309,8 @@ mod tests {
         assert_eq!(known.len(), 20);
         // A replica connected to everyone names exactly the 4 closer ones it does not know.
         let replica = by_distance[10];
-        let entries = |ps: &[PeerId]| -> Vec<Entry> {
-            ps.iter().map(|p| (hashed(&KBucketKey::from(*p)), *p)).collect()
-        };
+        let entries =
+            |ps: &[PeerId]| -> Vec<Entry> { ps.iter().map(|p| Entry::new(&(*p).into())).collect() };
         let keys = entries(&all);
         let named = to_name(&target, &farthest, &known, replica, &keys, 20);
         assert_eq!(named, by_distance[..4]);

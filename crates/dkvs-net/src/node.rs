@@ -715,11 +715,15 @@ pub(crate) struct Driver<E: Extension> {
     /// Peers whose connection through a relay closed lately, and when: a hole punch may
     /// complete after the circuit it was arranged on closed ([`Driver::proves_reachable`]).
     relayed_lately: HashMap<PeerId, Instant>,
-    /// The routing table's entries that are in `servers`, with their Kademlia keys, as
-    /// replicas name peers from them ([`Driver::closer_than`]); built when first needed after
-    /// the table or `servers` changed (`None` then). A walk over Kademlia's buckets for every
-    /// request answered cost 7% of the CPU of a 100-node network reading (docs/benchmarks.md).
-    live_table: Option<Vec<crate::nearby::Entry>>,
+    /// The routing table's entries that are in `servers`, with their Kademlia keys, and its
+    /// buckets' counts, as operations take replicas from it ([`Driver::local_neighbourhood`])
+    /// and replicas name peers from it ([`Driver::closer_than`]); built when first needed
+    /// after the table or `servers` changed (`None` then). A walk over Kademlia's buckets for
+    /// every request answered cost 7% of the CPU of a 100-node network reading
+    /// (docs/benchmarks.md).
+    live_table: Option<crate::nearby::Table>,
+    /// This node's Kademlia key's bytes.
+    own_key: [u8; 32],
     /// Whether operations may take a key's replicas from the routing table
     /// ([`crate::nearby`]): set when a Kademlia lookup for an operation found only peers that
     /// were connected DHT servers before it started, cleared when one found others or a
@@ -763,6 +767,7 @@ impl<E: Extension> Driver<E> {
     ) -> Driver<E> {
         // The loop never waits for a flush; answers that promise a record wait instead.
         let store = store.without_waiting_for_sync();
+        let own_key = crate::nearby::hashed(&kad::KBucketKey::from(*swarm.local_peer_id()));
         Driver {
             durable: crate::durable::Durable::new(&store),
             defence: Defence::new(&config),
@@ -801,6 +806,7 @@ impl<E: Extension> Driver<E> {
             rejoin: None,
             relayed_lately: HashMap::new(),
             live_table: None,
+            own_key,
             table_trusted: false,
             rechecks: HashMap::new(),
             deaf_to: HashMap::new(),
@@ -1660,23 +1666,30 @@ impl<E: Extension> Driver<E> {
     /// key whose Kademlia key is `target` ([`crate::nearby::table_covers`]): its replicas are
     /// then among them, and an operation needs no lookup. `None` otherwise.
     pub(crate) fn local_neighbourhood(&mut self, target: &[u8]) -> Option<Vec<PeerId>> {
-        use crate::nearby::{Bucket, table_covers};
-        let me = kad::KBucketKey::from(*self.swarm.local_peer_id());
-        let index = me.distance(&kad::KBucketKey::new(target.to_vec())).ilog2()?;
-        let mut table: Vec<(u32, Vec<PeerId>)> = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            let Some(index) = bucket.range().0.ilog2() else { continue };
-            table.push((index, bucket.iter().map(|e| *e.node.key.preimage()).collect()));
+        let target = crate::nearby::hashed(&kad::KBucketKey::new(target));
+        let index = crate::nearby::bucket_index(&self.own_key, &target)?;
+        let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
+        let table = self.table();
+        crate::nearby::table_covers(&table.buckets, index, k, size)
+            .then(|| table.closest(&target, k))
+    }
+
+    /// The routing table as operations read it, read from Kademlia if it changed since.
+    fn table(&mut self) -> &crate::nearby::Table {
+        use crate::nearby::{Bucket, Entry, Table};
+        if self.live_table.is_none() {
+            let mut table = Table::default();
+            for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+                let Some(index) = bucket.range().0.ilog2() else { continue };
+                let (entries, before) = (bucket.num_entries(), table.live.len());
+                let live =
+                    bucket.iter().filter(|e| self.servers.contains_key(e.node.key.preimage()));
+                table.live.extend(live.map(|e| Entry::new(e.node.key)));
+                table.buckets.push(Bucket { index, entries, live: table.live.len() - before });
+            }
+            self.live_table = Some(table);
         }
-        let mut buckets = Vec::with_capacity(table.len());
-        let mut live = Vec::new();
-        for (index, peers) in table {
-            let (entries, before) = (peers.len(), live.len());
-            live.extend(peers.into_iter().filter(|p| self.servers.contains_key(p)));
-            buckets.push(Bucket { index, entries, live: live.len() - before });
-        }
-        let size = crate::behaviour::KBUCKET_SIZE.get();
-        table_covers(&buckets, index, self.config.replication, size).then_some(live)
+        self.live_table.get_or_insert_default()
     }
 
     /// A replica's side of [`crate::nearby`]: the DHT servers it is connected to that are closer to
@@ -1693,17 +1706,7 @@ impl<E: Extension> Driver<E> {
             return Vec::new();
         }
         let k = self.config.replication;
-        if self.live_table.is_none() {
-            let servers = &self.servers;
-            let mut live = Vec::with_capacity(servers.len());
-            for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-                let entries = bucket.iter().map(|e| e.node.key);
-                let entries = entries.filter(|key| servers.contains_key(key.preimage()));
-                live.extend(entries.map(|key| (crate::nearby::hashed(key), *key.preimage())));
-            }
-            self.live_table = Some(live);
-        }
-        let live = self.live_table.as_deref().unwrap_or_default();
+        let live = &self.table().live;
         let named = crate::nearby::to_name(target, farthest, known, asker, live, k);
         named.into_iter().map(PeerId::to_bytes).collect()
     }
