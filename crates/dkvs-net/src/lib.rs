@@ -22,6 +22,7 @@ mod defence;
 mod durable;
 mod error;
 mod extension;
+mod flat;
 mod identity;
 pub mod lane;
 mod nearby;

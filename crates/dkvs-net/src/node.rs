@@ -187,6 +187,7 @@ impl<E: Extension> NodeBuilder<E> {
             .map_err(|e| setup(&e))?
             .with_behaviour(|key, relay_client| {
                 Behaviour::new(key, relay_client, &config, extension)
+                    .map(crate::flat::Flat::new)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?
@@ -637,7 +638,7 @@ pub(crate) fn subnet_of(
 }
 
 pub(crate) struct Driver<E: Extension> {
-    pub(crate) swarm: Swarm<Behaviour<E>>,
+    pub(crate) swarm: Swarm<crate::flat::Flat<Behaviour<E>>>,
     pub(crate) store: Store,
     pub(crate) config: Config,
     commands: mpsc::Receiver<Command>,
@@ -760,7 +761,7 @@ pub(crate) struct Driver<E: Extension> {
 
 impl<E: Extension> Driver<E> {
     fn new(
-        swarm: Swarm<Behaviour<E>>,
+        swarm: Swarm<crate::flat::Flat<Behaviour<E>>>,
         store: Store,
         config: Config,
         commands: mpsc::Receiver<Command>,
@@ -1070,7 +1071,7 @@ impl<E: Extension> Driver<E> {
     /// behaviours and this driver.
     pub(crate) fn with_extension<R>(&mut self, f: impl FnOnce(&mut E, &mut Host<'_>) -> R) -> R {
         let peer_id = *self.swarm.local_peer_id();
-        let behaviour = self.swarm.behaviour_mut();
+        let behaviour: &mut Behaviour<E> = self.swarm.behaviour_mut();
         let mut host = Host {
             peer_id,
             kad: &mut behaviour.kad,

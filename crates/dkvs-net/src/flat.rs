@@ -1,0 +1,456 @@
+//! A connection's list of protocols, read from its handlers only when it can have changed.
+//!
+//! Every time a connection's task is about to wait, libp2p (libp2p-swarm 0.48,
+//! `Connection::poll`) asks the connection's handler for the protocols it listens on and
+//! compares them with the last list, to tell the handlers of a change. The node's handler is
+//! a tree of a dozen behaviours' handlers: each ask built every behaviour's upgrade, walked
+//! the nested list (an `Either` for each level) and hashed every name. At N = 100 that was
+//! 11% of the CPU of a network answering gets (docs/benchmarks.md), and it grew with the
+//! protocols, not with the work. [`Flat`] wraps the node's whole behaviour: its handler lists
+//! the inner handler's protocols from a copy, read again only after something that can change
+//! them. A handler's protocols change when it is told something (Kademlia's handler when its
+//! behaviour changes its mode) or on an event of its connection (gossipsub's when the peer
+//! refuses it); no handler of this node changes them while it merely polls, and as a last
+//! resort the copy is read again every [`READ_EVERY`]th poll.
+//!
+//! An inbound stream is negotiated on the copy and then handed to the inner handler's own
+//! upgrade for the protocol agreed. A protocol in the copy that the inner handler no longer
+//! lists (possible only between a change and the next read) fails the stream's upgrade,
+//! which the inner handler is not told of: it never asked for the stream.
+//!
+//! The behaviour itself is only delegated to, unchanged; it derefs to the wrapped one.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, FutureExt};
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::{InboundUpgrade, UpgradeInfo};
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::handler::{
+    ConnectionEvent, FullyNegotiatedInbound, InboundUpgradeSend, ListenUpgradeError,
+    UpgradeInfoSend,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, Stream, StreamProtocol, SubstreamProtocol, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+
+/// The copy is read again after this many polls without an event, whatever happened.
+pub(crate) const READ_EVERY: u8 = 64;
+
+/// A behaviour whose connections list their protocols from a copy ([module docs](self)).
+pub(crate) struct Flat<B>(B);
+
+impl<B> Flat<B> {
+    pub(crate) fn new(inner: B) -> Flat<B> {
+        Flat(inner)
+    }
+}
+
+impl<B> std::ops::Deref for Flat<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        &self.0
+    }
+}
+
+impl<B> std::ops::DerefMut for Flat<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.0
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for Flat<B> {
+    type ConnectionHandler = Handler<B::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.0.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+            .map(Handler::new)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.0.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+            .map(Handler::new)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.0.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.0.on_connection_handler_event(peer_id, connection_id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.0.poll(cx)
+    }
+}
+
+/// The protocols a handler listens on, read from it.
+fn listed<H: ConnectionHandler>(handler: &H) -> Vec<StreamProtocol> {
+    let upgrade = handler.listen_protocol();
+    let names = upgrade.upgrade().protocol_info();
+    names.filter_map(|name| StreamProtocol::try_from_owned(name.as_ref().to_owned()).ok()).collect()
+}
+
+/// A connection handler that lists its protocols from a copy ([module docs](self)).
+pub(crate) struct Handler<H> {
+    inner: H,
+    protocols: Arc<[StreamProtocol]>,
+    /// Told something since the copy was read.
+    stale: bool,
+    /// Polls since the copy was read.
+    polls: u8,
+}
+
+impl<H: ConnectionHandler> Handler<H> {
+    fn new(inner: H) -> Handler<H> {
+        let protocols = listed(&inner).into();
+        Handler { inner, protocols, stale: false, polls: 0 }
+    }
+
+    /// Reads the inner handler's protocols again; the copy changes only if they did.
+    fn read(&mut self) {
+        self.stale = false;
+        self.polls = 0;
+        let upgrade = self.inner.listen_protocol();
+        let mut names = upgrade.upgrade().protocol_info();
+        let mut kept = self.protocols.iter();
+        let same = loop {
+            match (names.next(), kept.next()) {
+                (None, None) => break true,
+                (Some(name), Some(copy)) if name.as_ref() == copy.as_ref() => {}
+                _ => break false,
+            }
+        };
+        if !same {
+            self.protocols = listed(&self.inner).into();
+        }
+    }
+}
+
+impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
+    type FromBehaviour = H::FromBehaviour;
+    type ToBehaviour = H::ToBehaviour;
+    type InboundProtocol = Upgrade<H::InboundProtocol>;
+    type OutboundProtocol = H::OutboundProtocol;
+    type InboundOpenInfo = H::InboundOpenInfo;
+    type OutboundOpenInfo = H::OutboundOpenInfo;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
+        let inner = self.inner.listen_protocol();
+        let timeout = *inner.timeout();
+        let (upgrade, info) = inner.into_upgrade();
+        let upgrade = Upgrade { inner: upgrade, protocols: self.protocols.clone() };
+        SubstreamProtocol::new(upgrade, info).with_timeout(timeout)
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.inner.connection_keep_alive()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        // libp2p polls the handler before it next asks for the protocols after any event.
+        self.polls = self.polls.saturating_add(1);
+        if self.stale || self.polls >= READ_EVERY {
+            self.read();
+        }
+        let polled = self.inner.poll(cx);
+        // Progress may have changed the list: read it before libp2p next asks.
+        self.stale |= polled.is_ready();
+        polled
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
+        self.inner.poll_close(cx)
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        self.stale = true;
+        self.inner.on_behaviour_event(event)
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        self.stale = true;
+        let event = match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info }) => {
+                ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info })
+            }
+            ConnectionEvent::ListenUpgradeError(ListenUpgradeError { info, error }) => {
+                match error {
+                    Refused::Inner(error) => {
+                        ConnectionEvent::ListenUpgradeError(ListenUpgradeError { info, error })
+                    }
+                    Refused::NotListed(name) => {
+                        tracing::debug!(%name, "an inbound stream for a protocol no longer listed");
+                        return;
+                    }
+                }
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(e) => {
+                ConnectionEvent::FullyNegotiatedOutbound(e)
+            }
+            ConnectionEvent::AddressChange(e) => ConnectionEvent::AddressChange(e),
+            ConnectionEvent::DialUpgradeError(e) => ConnectionEvent::DialUpgradeError(e),
+            ConnectionEvent::LocalProtocolsChange(e) => ConnectionEvent::LocalProtocolsChange(e),
+            ConnectionEvent::RemoteProtocolsChange(e) => ConnectionEvent::RemoteProtocolsChange(e),
+            // A kind of event libp2p adds later; none is known to this version.
+            _ => return,
+        };
+        self.inner.on_connection_event(event)
+    }
+}
+
+/// The inner handler's inbound upgrade, listed from the copy.
+pub(crate) struct Upgrade<U> {
+    inner: U,
+    protocols: Arc<[StreamProtocol]>,
+}
+
+impl<U> UpgradeInfo for Upgrade<U> {
+    type Info = StreamProtocol;
+    type InfoIter = Names;
+
+    fn protocol_info(&self) -> Names {
+        Names { protocols: self.protocols.clone(), next: 0 }
+    }
+}
+
+/// The names of a copy, in order.
+pub(crate) struct Names {
+    protocols: Arc<[StreamProtocol]>,
+    next: usize,
+}
+
+impl Iterator for Names {
+    type Item = StreamProtocol;
+
+    fn next(&mut self) -> Option<StreamProtocol> {
+        let name = self.protocols.get(self.next)?.clone();
+        self.next += 1;
+        Some(name)
+    }
+}
+
+/// Why an inbound stream's upgrade failed.
+#[derive(Debug)]
+pub(crate) enum Refused<E> {
+    /// The inner handler's upgrade failed.
+    Inner(E),
+    /// The protocol agreed is in the copy but no longer listed by the inner handler.
+    NotListed(StreamProtocol),
+}
+
+impl<E: fmt::Display> fmt::Display for Refused<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Inner(e) => e.fmt(f),
+            Refused::NotListed(name) => write!(f, "{name} is no longer listened on"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for Refused<E> {}
+
+impl<U> InboundUpgrade<Stream> for Upgrade<U>
+where
+    U: InboundUpgradeSend,
+    U::Output: 'static,
+    U::Error: 'static,
+{
+    type Output = U::Output;
+    type Error = Refused<U::Error>;
+    type Future = BoxFuture<'static, Result<U::Output, Refused<U::Error>>>;
+
+    fn upgrade_inbound(self, stream: Stream, name: StreamProtocol) -> Self::Future {
+        let info = self.inner.protocol_info().into_iter().find(|i| i.as_ref() == name.as_ref());
+        match info {
+            Some(info) => {
+                self.inner.upgrade_inbound(stream, info).map(|r| r.map_err(Refused::Inner)).boxed()
+            }
+            None => futures::future::ready(Err(Refused::NotListed(name))).boxed(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use libp2p::core::upgrade::DeniedUpgrade;
+
+    use super::*;
+
+    /// An inbound upgrade that counts how often its names are read.
+    struct Names2 {
+        names: Vec<&'static str>,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl UpgradeInfo for Names2 {
+        type Info = &'static str;
+        type InfoIter = Vec<&'static str>;
+
+        fn protocol_info(&self) -> Vec<&'static str> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.names.clone()
+        }
+    }
+
+    impl InboundUpgrade<Stream> for Names2 {
+        type Output = &'static str;
+        type Error = Infallible;
+        type Future = futures::future::Ready<Result<&'static str, Infallible>>;
+
+        fn upgrade_inbound(self, _: Stream, name: &'static str) -> Self::Future {
+            futures::future::ready(Ok(name))
+        }
+    }
+
+    /// A handler that listens on "/a", and on "/kad" too while it is a server, as its
+    /// behaviour tells it (Kademlia's handler does this).
+    struct Modal {
+        server: bool,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl ConnectionHandler for Modal {
+        type FromBehaviour = bool;
+        type ToBehaviour = ();
+        type InboundProtocol = Names2;
+        type OutboundProtocol = DeniedUpgrade;
+        type InboundOpenInfo = ();
+        type OutboundOpenInfo = Infallible;
+
+        fn listen_protocol(&self) -> SubstreamProtocol<Names2, ()> {
+            let names = if self.server { vec!["/a", "/kad"] } else { vec!["/a"] };
+            SubstreamProtocol::new(Names2 { names, reads: self.reads.clone() }, ())
+        }
+
+        fn poll(
+            &mut self,
+            _: &mut Context<'_>,
+        ) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, Infallible, ()>> {
+            Poll::Pending
+        }
+
+        fn on_behaviour_event(&mut self, server: bool) {
+            self.server = server;
+        }
+
+        fn on_connection_event(
+            &mut self,
+            _: ConnectionEvent<Names2, DeniedUpgrade, (), Infallible>,
+        ) {
+        }
+    }
+
+    /// What libp2p does when a connection is about to wait: polls, then reads the list.
+    fn wake(handler: &mut Handler<Modal>) -> Vec<String> {
+        let waker = futures::task::noop_waker();
+        assert!(handler.poll(&mut Context::from_waker(&waker)).is_pending());
+        let listed = handler.listen_protocol();
+        UpgradeInfo::protocol_info(listed.upgrade()).map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn the_list_is_read_from_the_handler_only_after_it_was_told_something() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut handler = Handler::new(Modal { server: true, reads: reads.clone() });
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "read when made");
+        for _ in 0..10 {
+            assert_eq!(wake(&mut handler), ["/a", "/kad"]);
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "wakes list from the copy");
+
+        // Its behaviour makes it a client: the next wake lists what it listens on now.
+        handler.on_behaviour_event(false);
+        assert_eq!(wake(&mut handler), ["/a"]);
+        assert_eq!(wake(&mut handler), ["/a"]);
+        let after = reads.load(Ordering::Relaxed);
+        assert!(after <= 3, "read once to compare, once to copy: {after}");
+
+        // An event that changes nothing reads it once, to compare.
+        handler.on_behaviour_event(false);
+        assert_eq!(wake(&mut handler), ["/a"]);
+        assert_eq!(reads.load(Ordering::Relaxed), after + 1);
+
+        // However quiet, it is read again now and then.
+        for _ in 0..READ_EVERY {
+            wake(&mut handler);
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), after + 2);
+    }
+}
