@@ -40,11 +40,10 @@ pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(60);
 pub const IDENTIFY_PROTOCOL: &str = "/dkvs/id/1.0.0";
 
 /// Every protocol a node speaks, and its extension's. mDNS and the relay server are off unless
-/// configured. Handlers are polled only when they have work ([`Quiet`]), but for the relay
-/// client's, which hands one relayed connection to the transport per poll and counts on being
-/// polled whenever its connection wakes, and gossipsub's, which reads the queue its behaviour
-/// fills without a waker while it has no outbound stream and is polled on every
-/// [`crate::quiet::GOSSIP_EVERY`]th wake too.
+/// configured. Handlers are polled only when they have work ([`Quiet`]), but for gossipsub's
+/// and the relay client's: gossipsub's handler reads the queue its behaviour fills without a
+/// waker while it has no outbound stream, and the relay client's hands one relayed connection
+/// to the transport per poll; both count on being polled whenever their connection wakes.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour<E: Extension> {
     /// First: a connection it refuses costs the others nothing.
@@ -52,7 +51,7 @@ pub(crate) struct Behaviour<E: Extension> {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: Quiet<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) records: Quiet<crate::lane::Behaviour>,
-    pub(crate) gossipsub: Quiet<gossipsub::Behaviour>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) identify: Quiet<identify::Behaviour>,
     pub(crate) ping: Quiet<ping::Behaviour>,
     pub(crate) relay_client: relay::client::Behaviour,
@@ -143,7 +142,7 @@ impl<E: Extension> Behaviour<E> {
             blocked: allow_block_list::Behaviour::default(),
             kad: Quiet::new(kad),
             records: Quiet::new(records),
-            gossipsub: Quiet::polled_every(gossipsub, crate::quiet::GOSSIP_EVERY),
+            gossipsub,
             identify: Quiet::new(identify),
             ping: Quiet::new(ping::Behaviour::new(
                 ping::Config::new().with_interval(PING_INTERVAL),

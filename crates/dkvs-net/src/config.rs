@@ -90,7 +90,11 @@ pub struct Config {
     /// no peer has dialed it directly, hold a reservation on a connected relay, so that others
     /// can dial it through the relay (and directly once DCUtR punches through). Default: on.
     pub auto_relay: bool,
-    /// Close connections idle for this long. Default: 60 s.
+    /// libp2p closes a connection no protocol has used for this long, with no stream open.
+    /// Default: 60 s. In practice it closes none: libp2p-gossipsub 0.50 opens a stream to
+    /// every peer when it connects (its extensions message) and keeps it open, which libp2p
+    /// counts as use. A node's connections are bounded by [`Config::max_connections`] instead
+    /// (docs/testnet-plan.md, 5l).
     pub idle_connection_timeout: Duration,
     /// The most peers this node stays connected to. Over it, the node closes its connections
     /// to the peers it used least recently (a request sent or admitted, gossip, a new

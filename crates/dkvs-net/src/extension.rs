@@ -26,7 +26,12 @@ use crate::defence::{Defence, Refused};
 /// Its connection handlers are polled only when they were woken, told something, or made
 /// progress on their last poll, not whenever their connection wakes for another protocol
 /// (libp2p's rule): a handler must keep the poll contract, registering the waker it is given
-/// for everything it waits on. libp2p's request-response and `libp2p-stream` keep it.
+/// for everything it waits on. libp2p's request-response and `libp2p-stream` keep it. The
+/// protocols a handler listens on are read again after it was told something or made
+/// progress, or at its connection's first wake a second after the last read (`flat.rs`): a
+/// list that changes otherwise (`libp2p-stream`'s, when the application accepts a protocol
+/// on a connection already open) is listed up to a second late, and streams for the new
+/// protocol are refused until then.
 pub trait Extension: NetworkBehaviour<ToSwarm: Send> + Send + 'static {
     /// An event the behaviour emitted.
     fn on_event(&mut self, event: Self::ToSwarm, host: &mut Host<'_>);

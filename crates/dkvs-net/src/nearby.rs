@@ -105,8 +105,10 @@ impl Entry {
 
 /// A node's routing table as its operations read it: the live entries and each bucket's
 /// counts, read from Kademlia when first needed after the table or the set of connected
-/// servers changed. Reading the buckets and hashing their ids for every request cost about
-/// a tenth of a 100-node network's CPU while it answered gets (docs/benchmarks.md).
+/// servers changed, and after each 5-s sweep (a walk over Kademlia's buckets is also what
+/// applies the entries waiting for a place in a full bucket). Reading the buckets and hashing
+/// their ids for every request cost about a tenth of a 100-node network's CPU while it
+/// answered gets (docs/benchmarks.md).
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub(crate) live: Vec<Entry>,
@@ -267,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_read_once_gives_kademlias_closest_and_bucket() {
+    fn a_table_gives_kademlias_closest_and_bucket() {
         let all = peers(50);
         let table = Table {
             live: all.iter().map(|p| Entry::new(&(*p).into())).collect(),

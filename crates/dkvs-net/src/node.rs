@@ -1570,6 +1570,9 @@ impl<E: Extension> Driver<E> {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
             self.store.remove_expired();
+            // Read the routing table afresh at the next operation: a walk over Kademlia's
+            // buckets applies the entries waiting for a place in a full bucket whose time came.
+            self.live_table = None;
             self.defence.forget_idle(now);
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
@@ -1663,9 +1666,10 @@ impl<E: Extension> Driver<E> {
         self.used(peer);
     }
 
-    /// The DHT servers this node is connected to from its routing table, when the table covers the
-    /// key whose Kademlia key is `target` ([`crate::nearby::table_covers`]): its replicas are
-    /// then among them, and an operation needs no lookup. `None` otherwise.
+    /// The k DHT servers closest to the key whose Kademlia key is `target` among those this
+    /// node is connected to from its routing table, closest first, when the table covers the
+    /// key ([`crate::nearby::table_covers`]): its replicas are then among them, and an
+    /// operation needs no lookup. `None` otherwise.
     pub(crate) fn local_neighbourhood(&mut self, target: &[u8]) -> Option<Vec<PeerId>> {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(target));
         let index = crate::nearby::bucket_index(&self.own_key, &target)?;

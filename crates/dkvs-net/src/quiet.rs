@@ -10,21 +10,19 @@
 //! or its last poll made progress.
 //!
 //! That is the poll contract every `Future` keeps: a handler that answers `Pending` has
-//! arranged to be woken. Not every libp2p handler keeps it. Gossipsub's reads the queue its
-//! behaviour fills without a waker while it has no outbound stream: at a connection's start
-//! (which a new handler's first poll covers) and after its stream failed, when a message
-//! queued waits for the connection's next wake for any protocol, wrapped or not. It is
-//! wrapped with [`Quiet::polled_every`] [`GOSSIP_EVERY`] wakes: such a message waits for a few
-//! wakes instead of one, while every other wake skips it (it was 6% of the CPU of a 100-node
-//! network answering gets). The relay client's hands one relayed connection to its transport
-//! per poll and is not wrapped, and neither may be an extension's handler that counts on
-//! being polled for another protocol's wake. As a last resort a wrapped handler is polled on
-//! every [`ALWAYS_EVERY`]th poll of its connection however quiet it is, which bounds how long
-//! a missed wake can stay missed on a busy connection; on an idle one, nothing is polled (as
-//! in libp2p). (A bound in time instead,
-//! every handler polled on a wake 50 ms after the last, undid the gain: at N = 100 a
-//! connection carries a request every few hundred milliseconds, so nearly every wake came
-//! later than that.)
+//! arranged to be woken. Not every libp2p handler keeps it (gossipsub's reads the queue its
+//! behaviour fills without a waker while it has no outbound stream; the relay client's hands
+//! one relayed connection to its transport per poll): those are not wrapped, and neither may
+//! be an extension's handler that counts on being polled for another protocol's wake.
+//! (Gossipsub's wrapped and polled at least every fifth time was measured: 3% less CPU per
+//! get, and a message it queues while its connection is quiet, at the connection's start or
+//! after its stream failed, could wait past the second gossipsub keeps a forwarded message:
+//! not kept.) As a last resort a wrapped handler that skipped [`ALWAYS_EVERY`] polls of its
+//! connection in a row is polled however quiet it is, which bounds how long a missed wake can
+//! stay missed on a busy connection; on an idle one, nothing is polled (as in libp2p). (A
+//! bound in time instead, every handler polled on a wake 50 ms after the last, undid the
+//! gain: at N = 100 a connection carries a request every few hundred milliseconds, so nearly
+//! every wake came later than that.)
 //!
 //! The behaviour itself is only delegated to, unchanged; it derefs to the wrapped one.
 
@@ -41,25 +39,15 @@ use libp2p::swarm::{
     NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
-/// A wrapped handler skipped this many wakes of its connection in a row is polled anyway.
+/// A wrapped handler that skipped this many polls of its connection in a row is polled.
 pub(crate) const ALWAYS_EVERY: u8 = 32;
 
-/// Gossipsub's handler is polled at least this often ([`Quiet::polled_every`]).
-pub(crate) const GOSSIP_EVERY: u8 = 4;
-
 /// A behaviour whose connection handlers are polled only when they have work.
-pub(crate) struct Quiet<B>(B, u8);
+pub(crate) struct Quiet<B>(B);
 
 impl<B> Quiet<B> {
     pub(crate) fn new(inner: B) -> Quiet<B> {
-        Quiet(inner, ALWAYS_EVERY)
-    }
-
-    /// A behaviour whose handlers may miss a wake in a rare case (see the module's docs): each
-    /// is polled at least on every `every`th wake of its connection, as well as when it has
-    /// work.
-    pub(crate) fn polled_every(inner: B, every: u8) -> Quiet<B> {
-        Quiet(inner, every.max(1))
+        Quiet(inner)
     }
 }
 
@@ -98,7 +86,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Quiet<B> {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.0
             .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-            .map(|h| Handler::new(h, self.1))
+            .map(Handler::new)
     }
 
     fn handle_pending_outbound_connection(
@@ -132,7 +120,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Quiet<B> {
                 role_override,
                 port_use,
             )
-            .map(|h| Handler::new(h, self.1))
+            .map(Handler::new)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -189,17 +177,15 @@ pub(crate) struct Handler<H> {
     due: bool,
     /// The connection's waker as last given to the flag.
     task: Option<Waker>,
-    /// Wakes of the connection skipped in a row.
+    /// Polls of the connection skipped in a row.
     skipped: u8,
-    /// It is polled anyway once it skipped this many.
-    every: u8,
 }
 
 impl<H> Handler<H> {
-    fn new(inner: H, every: u8) -> Handler<H> {
+    fn new(inner: H) -> Handler<H> {
         let flag = Arc::new(Flag { woken: AtomicBool::new(false), task: Mutex::new(None) });
         let waker = Waker::from(flag.clone());
-        Handler { inner, flag, waker, task: None, due: true, skipped: 0, every }
+        Handler { inner, flag, waker, task: None, due: true, skipped: 0 }
     }
 }
 
@@ -233,7 +219,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         }
         let woken = self.flag.woken.load(Ordering::Acquire)
             && self.flag.woken.swap(false, Ordering::AcqRel);
-        if !(woken || self.due || self.skipped >= self.every) {
+        if !(woken || self.due || self.skipped >= ALWAYS_EVERY) {
             self.skipped += 1;
             return Poll::Pending;
         }
@@ -338,8 +324,7 @@ mod tests {
     #[test]
     fn an_idle_handler_is_polled_only_when_woken_or_told() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let mut handler =
-            Handler::new(Counting { polls: polls.clone(), ..Counting::default() }, ALWAYS_EVERY);
+        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
         let task = Arc::new(Task(AtomicUsize::new(0)));
         assert!(!poll(&mut handler, &task));
         assert_eq!(polls.load(Ordering::Relaxed), 1, "a new handler is polled");
@@ -376,10 +361,25 @@ mod tests {
     }
 
     #[test]
+    fn a_wake_reaches_the_waker_the_connection_polled_with_last() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
+        let (first, second) =
+            (Arc::new(Task(AtomicUsize::new(0))), Arc::new(Task(AtomicUsize::new(0))));
+        assert!(!poll(&mut handler, &first));
+        // The connection is polled with another waker (its task moved): a skipped poll still
+        // gives the flag the new one.
+        assert!(!poll(&mut handler, &second));
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "the second poll was skipped");
+        handler.inner.waker.take().expect("it kept its waker").wake();
+        assert_eq!(first.0.load(Ordering::Relaxed), 0);
+        assert_eq!(second.0.load(Ordering::Relaxed), 1, "the wake reached the new waker");
+    }
+
+    #[test]
     fn a_handler_that_is_never_woken_is_still_polled_now_and_then() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let mut handler =
-            Handler::new(Counting { polls: polls.clone(), ..Counting::default() }, ALWAYS_EVERY);
+        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
         let task = Arc::new(Task(AtomicUsize::new(0)));
         let wakes = 1 + 3 * (usize::from(ALWAYS_EVERY) + 1);
         for _ in 0..wakes {

@@ -51,7 +51,9 @@ pub struct NodeConfig {
     pub max_pending_per_address: usize,
     /// The same for all addresses together.
     pub max_pending_inbound: usize,
-    /// A connection nothing uses is closed after this many seconds.
+    /// A connection nothing uses is closed after this many seconds (libp2p's idle timeout;
+    /// gossipsub's stream, open on every connection, counts as use: see dkvs-net's
+    /// `Config::idle_connection_timeout`).
     pub idle_connection_timeout_secs: u64,
     /// How often this node re-sends the records it holds to each key's current replicas, in
     /// seconds.
@@ -186,9 +188,9 @@ impl NodeConfig {
     ///
     /// - "phone": a phone or another small device that may sleep or sit behind NAT. Memory:
     ///   a 16 MiB store, 4 MiB of IPFS blocks in memory, 4 MiB of others' mail; at most 32
-    ///   peers, idle connections closed after 30 s; replication every 30 min, the routing
-    ///   table refreshed every hour. It still serves the DHT when reachable (kad_mode
-    ///   "auto"), so phones on Wi-Fi add to the network.
+    ///   peers, an idle timeout of 30 s (see `idle_connection_timeout_secs`); replication
+    ///   every 30 min, the routing table refreshed every hour. It still serves the DHT when
+    ///   reachable (kad_mode "auto"), so phones on Wi-Fi add to the network.
     /// - "light": an application's embedded client that keeps nothing for others: a
     ///   Kademlia client always (never a replica), a 2 MiB store (its own writes), 1 MiB of
     ///   IPFS blocks in memory, no mail for others, at most 16 peers, the routing table
