@@ -26,7 +26,7 @@
 //! handler no longer lists fails the stream's upgrade, which the inner handler is not told of:
 //! it never asked for the stream.
 //!
-//! The behaviour itself is only delegated to, unchanged; it derefs to the wrapped one.
+//! The behaviour itself is only delegated to ([`crate::wrap`]); it derefs to the wrapped one.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,18 +34,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt};
-use libp2p::PeerId;
-use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::{InboundUpgrade, UpgradeInfo};
-use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::swarm::handler::{
     ConnectionEvent, FullyNegotiatedInbound, InboundUpgradeSend, ListenUpgradeError,
     UpgradeInfoSend,
 };
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, Stream, StreamProtocol, SubstreamProtocol, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    ConnectionHandler, ConnectionHandlerEvent, Stream, StreamProtocol, SubstreamProtocol,
 };
 
 /// The copy is read again after this many polls without an event, whatever happened.
@@ -55,104 +50,16 @@ pub(crate) const READ_EVERY: u8 = 64;
 pub(crate) const READ_AFTER: Duration = Duration::from_secs(1);
 
 /// A behaviour whose connections list their protocols from a copy ([module docs](self)).
-pub(crate) struct Flat<B>(B);
+pub(crate) type Flat<B> = crate::wrap::Wrapped<B, Flattened>;
 
-impl<B> Flat<B> {
-    pub(crate) fn new(inner: B) -> Flat<B> {
-        Flat(inner)
-    }
-}
+/// Wraps each handler in a [`Handler`].
+pub(crate) struct Flattened;
 
-impl<B> std::ops::Deref for Flat<B> {
-    type Target = B;
-    fn deref(&self) -> &B {
-        &self.0
-    }
-}
+impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Flattened {
+    type Handler = Handler<H>;
 
-impl<B> std::ops::DerefMut for Flat<B> {
-    fn deref_mut(&mut self) -> &mut B {
-        &mut self.0
-    }
-}
-
-impl<B: NetworkBehaviour> NetworkBehaviour for Flat<B> {
-    type ConnectionHandler = Handler<B::ConnectionHandler>;
-    type ToSwarm = B::ToSwarm;
-
-    fn handle_pending_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.0.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
-    }
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.0
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-            .map(Handler::new)
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        maybe_peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        effective_role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.0.handle_pending_outbound_connection(
-            connection_id,
-            maybe_peer,
-            addresses,
-            effective_role,
-        )
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role_override: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.0
-            .handle_established_outbound_connection(
-                connection_id,
-                peer,
-                addr,
-                role_override,
-                port_use,
-            )
-            .map(Handler::new)
-    }
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.0.on_swarm_event(event)
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        peer_id: PeerId,
-        connection_id: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
-        self.0.on_connection_handler_event(peer_id, connection_id, event)
-    }
-
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.0.poll(cx)
+    fn wrap(handler: H) -> Handler<H> {
+        Handler::new(handler)
     }
 }
 
@@ -493,7 +400,7 @@ mod tests {
     fn a_change_on_a_connection_event_or_in_a_poll_that_made_progress_is_listed() {
         let (mut handler, _) = modal();
         assert_eq!(wake(&mut handler), ["/a", "/kad"]);
-        let address: Multiaddr = "/memory/1".parse().expect("address");
+        let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
         handler.on_connection_event(ConnectionEvent::AddressChange(AddressChange {
             new_address: &address,
         }));

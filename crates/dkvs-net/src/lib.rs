@@ -36,6 +36,7 @@ pub mod reconcile;
 mod replication;
 mod transport;
 mod watch;
+mod wrap;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use config::{Config, KadMode, Quorum};

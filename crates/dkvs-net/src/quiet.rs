@@ -24,123 +24,29 @@
 //! gain: at N = 100 a connection carries a request every few hundred milliseconds, so nearly
 //! every wake came later than that.)
 //!
-//! The behaviour itself is only delegated to, unchanged; it derefs to the wrapped one.
+//! The behaviour itself is only delegated to ([`crate::wrap`]); it derefs to the wrapped one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use libp2p::PeerId;
-use libp2p::core::transport::PortUse;
-use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::swarm::handler::ConnectionEvent;
-use libp2p::swarm::{
-    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
-};
+use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, SubstreamProtocol};
 
 /// A wrapped handler that skipped this many polls of its connection in a row is polled.
 pub(crate) const ALWAYS_EVERY: u8 = 32;
 
 /// A behaviour whose connection handlers are polled only when they have work.
-pub(crate) struct Quiet<B>(B);
+pub(crate) type Quiet<B> = crate::wrap::Wrapped<B, Quieted>;
 
-impl<B> Quiet<B> {
-    pub(crate) fn new(inner: B) -> Quiet<B> {
-        Quiet(inner)
-    }
-}
+/// Wraps each handler in a [`Handler`].
+pub(crate) struct Quieted;
 
-impl<B> std::ops::Deref for Quiet<B> {
-    type Target = B;
-    fn deref(&self) -> &B {
-        &self.0
-    }
-}
+impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Quieted {
+    type Handler = Handler<H>;
 
-impl<B> std::ops::DerefMut for Quiet<B> {
-    fn deref_mut(&mut self) -> &mut B {
-        &mut self.0
-    }
-}
-
-impl<B: NetworkBehaviour> NetworkBehaviour for Quiet<B> {
-    type ConnectionHandler = Handler<B::ConnectionHandler>;
-    type ToSwarm = B::ToSwarm;
-
-    fn handle_pending_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.0.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
-    }
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.0
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-            .map(Handler::new)
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        maybe_peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        effective_role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.0.handle_pending_outbound_connection(
-            connection_id,
-            maybe_peer,
-            addresses,
-            effective_role,
-        )
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role_override: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.0
-            .handle_established_outbound_connection(
-                connection_id,
-                peer,
-                addr,
-                role_override,
-                port_use,
-            )
-            .map(Handler::new)
-    }
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.0.on_swarm_event(event)
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        peer_id: PeerId,
-        connection_id: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
-        self.0.on_connection_handler_event(peer_id, connection_id, event)
-    }
-
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.0.poll(cx)
+    fn wrap(handler: H) -> Handler<H> {
+        Handler::new(handler)
     }
 }
 

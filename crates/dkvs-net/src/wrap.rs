@@ -1,0 +1,130 @@
+//! A behaviour whose connection handlers are wrapped and which is otherwise unchanged: the
+//! seam that [`crate::quiet`] and [`crate::flat`] share. The behaviour is only delegated to;
+//! it derefs to the wrapped one.
+
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+
+/// How a connection handler of type `H` is wrapped; the wrapper passes the behaviour's events
+/// and the handler's events through unchanged.
+pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
+    /// The wrapped handler.
+    type Handler: ConnectionHandler<FromBehaviour = H::FromBehaviour, ToBehaviour = H::ToBehaviour>;
+
+    /// Wraps a handler the behaviour made.
+    fn wrap(handler: H) -> Self::Handler;
+}
+
+/// Behaviour `B` with its handlers wrapped by `W`.
+pub(crate) struct Wrapped<B, W>(B, PhantomData<fn() -> W>);
+
+impl<B, W> Wrapped<B, W> {
+    pub(crate) fn new(inner: B) -> Wrapped<B, W> {
+        Wrapped(inner, PhantomData)
+    }
+}
+
+impl<B, W> std::ops::Deref for Wrapped<B, W> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        &self.0
+    }
+}
+
+impl<B, W> std::ops::DerefMut for Wrapped<B, W> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.0
+    }
+}
+
+impl<B, W> NetworkBehaviour for Wrapped<B, W>
+where
+    B: NetworkBehaviour,
+    W: Wrap<B::ConnectionHandler>,
+{
+    type ConnectionHandler = W::Handler;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.0.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+            .map(W::wrap)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.0.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+            .map(W::wrap)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.0.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.0.on_connection_handler_event(peer_id, connection_id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.0.poll(cx)
+    }
+}
