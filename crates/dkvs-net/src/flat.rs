@@ -15,8 +15,8 @@
 //! A handler's protocols change when it is told something (Kademlia's handler when its
 //! behaviour changes its mode, the relay server's when its status changes) or on an event of
 //! its connection (gossipsub's when the peer refuses it). The copy is read again after either,
-//! after a poll that made progress, on every [`READ_EVERY`]th poll, and on the first poll
-//! [`READ_AFTER`] or more after the last read. A handler whose list changes in none of those
+//! after a poll that made progress, and on the first poll [`READ_AFTER`] or more after the
+//! last read. A handler whose list changes in none of those
 //! ways (`libp2p-stream`'s, when an application accepts a new protocol) has its change listed
 //! at the first wake of its connection a second later, and a stream for the new protocol is
 //! refused until then.
@@ -42,9 +42,6 @@ use libp2p::swarm::handler::{
 use libp2p::swarm::{
     ConnectionHandler, ConnectionHandlerEvent, Stream, StreamProtocol, SubstreamProtocol,
 };
-
-/// The copy is read again after this many polls without an event, whatever happened.
-pub(crate) const READ_EVERY: u8 = 64;
 
 /// The copy is read again on the first poll this long after it was last read.
 pub(crate) const READ_AFTER: Duration = Duration::from_secs(1);
@@ -76,8 +73,6 @@ pub(crate) struct Handler<H> {
     protocols: Arc<[StreamProtocol]>,
     /// Told something since the copy was read.
     stale: bool,
-    /// Polls since the copy was read.
-    polls: u8,
     /// When the copy was read.
     read_at: Instant,
 }
@@ -85,13 +80,12 @@ pub(crate) struct Handler<H> {
 impl<H: ConnectionHandler> Handler<H> {
     fn new(inner: H) -> Handler<H> {
         let protocols = listed(&inner).into();
-        Handler { inner, protocols, stale: false, polls: 0, read_at: Instant::now() }
+        Handler { inner, protocols, stale: false, read_at: Instant::now() }
     }
 
     /// Reads the inner handler's protocols again; the copy changes only if they did.
     fn read(&mut self, now: Instant) {
         self.stale = false;
-        self.polls = 0;
         self.read_at = now;
         let upgrade = self.inner.listen_protocol();
         let mut names = upgrade.upgrade().protocol_info();
@@ -136,9 +130,8 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
         // libp2p polls the handler before it next asks for the protocols after any event.
-        self.polls = self.polls.saturating_add(1);
         let now = Instant::now();
-        if self.stale || self.polls >= READ_EVERY || now >= self.read_at + READ_AFTER {
+        if self.stale || now >= self.read_at + READ_AFTER {
             self.read(now);
         }
         let polled = self.inner.poll(cx);
@@ -388,12 +381,6 @@ mod tests {
         handler.on_behaviour_event(false);
         assert_eq!(wake(&mut handler), ["/a"]);
         assert_eq!(reads.load(Ordering::Relaxed), 4);
-
-        // However quiet, it is read again now and then.
-        for _ in 0..READ_EVERY {
-            wake(&mut handler);
-        }
-        assert_eq!(reads.load(Ordering::Relaxed), 5);
     }
 
     #[test]
