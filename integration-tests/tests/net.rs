@@ -1536,3 +1536,69 @@ async fn nodes_keep_at_most_max_connections_and_still_serve() -> anyhow::Result<
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_nothing_uses_close_and_strand_nobody() -> anyhow::Result<()> {
+    // The idle timeout is the setting under test: 1 s instead of 60 s.
+    let mut config = Config::default();
+    config.idle_connection_timeout = Duration::from_secs(1);
+    let net = TestNet::start(6, config).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "quiet").expect("key");
+    assert!(net.put(0, record(&alice, &key, "v1", 1)).await??.has_quorum());
+    // Once the operations end, nothing holds a connection open: not gossipsub's stream, open
+    // for a connection's life, nor the record protocol's lanes or ping's.
+    for i in 0..net.len() {
+        let idle = eventually(Duration::from_secs(30), async || {
+            net.node(i).connected_peers().await.is_empty()
+        })
+        .await;
+        let left = net.node(i).connected_peers().await;
+        assert!(idle, "node {i} stays connected to {left:?}");
+    }
+    // And that strands nobody: every node dials whom it needs again, from its routing table.
+    let receipt = net.put(3, record(&alice, &key, "v2", 2)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    for reader in 0..net.len() {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v2".to_owned()), "node {reader} reads {key}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_keeps_its_replicas_connected_past_the_idle_timeout() -> anyhow::Result<()> {
+    // The idle timeout is the setting under test (1 s); three replicas of six nodes, so that
+    // the watcher and the writer can be nodes that are not replicas.
+    let mut config = Config::default().with_replication(3);
+    config.idle_connection_timeout = Duration::from_secs(1);
+    let net = TestNet::start(6, config).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "news").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let others: Vec<usize> =
+        (0..net.len()).filter(|i| !receipt.stored.contains(&net.peer_id(*i))).collect();
+    let (watcher, writer) = (others[0], others[1]);
+    let mut watch = net.node(watcher).watch(&key).await?;
+    // Past the idle timeout and a sweep: the watcher's other connections close, the ones to
+    // the replicas (which publish the key's updates) stay.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let connected = net.node(watcher).connected_peers().await;
+    for replica in &receipt.stored {
+        assert!(connected.contains(replica), "the watcher let replica {replica} go");
+    }
+    let idle = eventually(Duration::from_secs(30), async || {
+        net.node(watcher).connected_peers().await.len() == receipt.stored.len()
+    })
+    .await;
+    let connected = net.node(watcher).connected_peers().await;
+    assert!(idle, "the watcher keeps more than the replicas: {connected:?}");
+    let stored = net.put(writer, record(&alice, &key, "v2", 2)).await??;
+    assert!(stored.has_quorum(), "{stored:?}");
+    let seen = next_event(Duration::from_secs(10), "the watched update", &mut watch).await?;
+    assert_eq!((seen.seq(), seen.value()), (2, &b"v2"[..]));
+    net.shutdown().await;
+    Ok(())
+}

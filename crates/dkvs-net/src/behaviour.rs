@@ -10,6 +10,7 @@ use libp2p::{
     ping, relay,
 };
 
+use crate::idle::Released;
 use crate::quiet::Quiet;
 use crate::{Config, Extension, NetError};
 
@@ -51,7 +52,8 @@ pub(crate) struct Behaviour<E: Extension> {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: Quiet<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) records: Quiet<crate::lane::Behaviour>,
-    pub(crate) gossipsub: gossipsub::Behaviour,
+    /// Its streams do not keep a connection open ([`crate::idle`]).
+    pub(crate) gossipsub: Released<gossipsub::Behaviour>,
     pub(crate) identify: Quiet<identify::Behaviour>,
     pub(crate) ping: Quiet<ping::Behaviour>,
     pub(crate) relay_client: relay::client::Behaviour,
@@ -142,7 +144,7 @@ impl<E: Extension> Behaviour<E> {
             blocked: allow_block_list::Behaviour::default(),
             kad: Quiet::new(kad),
             records: Quiet::new(records),
-            gossipsub,
+            gossipsub: Released::new(gossipsub),
             identify: Quiet::new(identify),
             ping: Quiet::new(ping::Behaviour::new(
                 ping::Config::new().with_interval(PING_INTERVAL),

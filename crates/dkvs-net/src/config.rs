@@ -90,20 +90,25 @@ pub struct Config {
     /// no peer has dialed it directly, hold a reservation on a connected relay, so that others
     /// can dial it through the relay (and directly once DCUtR punches through). Default: on.
     pub auto_relay: bool,
-    /// libp2p closes a connection no protocol has used for this long, with no stream open.
-    /// Default: 60 s. In practice it closes none: libp2p-gossipsub 0.50 opens a stream to
-    /// every peer when it connects (its extensions message) and keeps it open, which libp2p
-    /// counts as use. A node's connections are bounded by [`Config::max_connections`] instead
-    /// (docs/testnet-plan.md, 5l).
+    /// libp2p closes a connection nothing has used for this long. Not closed however long
+    /// idle: a connection with a request waiting for its answer, one to a gossipsub mesh peer
+    /// (channels, and watches where peers watch the same key), a relay reservation, the
+    /// connections to the replicas of the keys this node watches (they publish the updates),
+    /// and those to peers that watch a key (gossipsub forgets a peer's watches when it
+    /// disconnects).
+    /// Streams that stay open for a connection's life do not count as use (gossipsub's,
+    /// ping's, the record protocol's lanes, see `dkvs_net::idle`). A connection closed from
+    /// idleness is dialed again when an operation needs the peer; the routing table keeps
+    /// its address. Default: 60 s.
     pub idle_connection_timeout: Duration,
     /// The most peers this node stays connected to. Over it, the node closes its connections
     /// to the peers it used least recently (a request sent or admitted, gossip, a new
     /// connection) until three quarters of it are left. It never closes a peer used in the
     /// last 30 s, one it awaits a record answer from, a gossipsub mesh peer (watches and
-    /// channels), a relay or a relay reservation: when those are more than the limit, the
-    /// limit is exceeded. Each connection costs about 85 KiB at each end (docs/benchmarks.md),
-    /// and a node in a large network otherwise keeps every connection its lookups made for
-    /// the idle timeout. Lookups and reads dial closed peers again. It bounds memory in a
+    /// channels), a replica of a key it watches (at most half the limit), a relay or a relay
+    /// reservation: when those are more than the limit, the limit is exceeded. Each connection costs about 85 KiB at each end (docs/benchmarks.md),
+    /// and a node in a large network keeps every connection its lookups made for the idle
+    /// timeout. Lookups and reads dial closed peers again. It bounds memory in a
     /// large network; against many new connections from one network, see
     /// [`Config::subnet_share`]. Default: 128.
     pub max_connections: usize,

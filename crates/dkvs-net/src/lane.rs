@@ -33,10 +33,11 @@
 //!   that comes later is dropped. When a request times out and no answer came on the lane
 //!   since it was handed over, the lane is taken for dead: the requests written on it fail,
 //!   and those not written yet go on a new one.
-//! - Lanes do not keep a connection open: requests waiting for answers do, each direction.
+//! - Lanes do not keep a connection open: requests waiting for answers do, each direction,
+//!   and so does the node's wish to stay connected to a peer ([`Behaviour::keep`]).
 //! - The handler's timers are tokio's: it runs on a swarm with tokio's executor.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -233,6 +234,8 @@ pub struct Behaviour {
     outstanding: HashMap<u64, (PeerId, ConnectionId)>,
     /// Requests waiting for a connection to their peer.
     dialing: HashMap<PeerId, Vec<(u64, Vec<u8>)>>,
+    /// Peers whose connections are kept open while nothing uses them ([`Behaviour::keep`]).
+    kept: HashSet<PeerId>,
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
 }
 
@@ -246,8 +249,33 @@ impl Behaviour {
             connected: HashMap::new(),
             outstanding: HashMap::new(),
             dialing: HashMap::new(),
+            kept: HashSet::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Keeps the connections to `peers` open while nothing uses them, and lets those to the
+    /// peers kept before and not in `peers` close when idle (libp2p closes a connection no
+    /// handler keeps after its idle timeout). It dials nobody: a connection that closes for
+    /// another reason is not opened again here.
+    pub fn keep(&mut self, peers: HashSet<PeerId>) {
+        let changed: Vec<PeerId> = self.kept.symmetric_difference(&peers).copied().collect();
+        self.kept = peers;
+        for peer in changed {
+            let keep = self.kept.contains(&peer);
+            for connection in self.connected.get(&peer).into_iter().flatten() {
+                self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(*connection),
+                    event: HandlerIn::Keep(keep),
+                });
+            }
+        }
+    }
+
+    /// The peers [`Behaviour::keep`] keeps.
+    pub fn kept(&self) -> &HashSet<PeerId> {
+        &self.kept
     }
 
     /// Lets `max` requests wait for a connection's lane instead of [`MAX_QUEUED`] (a tool that
@@ -329,22 +357,22 @@ impl NetworkBehaviour for Behaviour {
     fn handle_established_inbound_connection(
         &mut self,
         _: ConnectionId,
-        _: PeerId,
+        peer: PeerId,
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.timeout, self.max_queued))
+        Ok(Handler::new(self.timeout, self.max_queued, self.kept.contains(&peer)))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
         _: ConnectionId,
-        _: PeerId,
+        peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.timeout, self.max_queued))
+        Ok(Handler::new(self.timeout, self.max_queued, self.kept.contains(&peer)))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -445,6 +473,8 @@ pub enum HandlerIn {
         /// The encoded answer.
         bytes: Vec<u8>,
     },
+    /// Keep the connection open while nothing uses it (true), or let it close when idle.
+    Keep(bool),
 }
 
 /// What a connection reports.
@@ -675,11 +705,14 @@ pub struct Handler {
     lanes: Vec<Lane>,
     next_lane: u64,
     events: VecDeque<HandlerOut>,
+    /// The node keeps this connection open ([`Behaviour::keep`]).
+    kept: bool,
 }
 
 impl Handler {
-    fn new(timeout: Duration, max_queued: usize) -> Handler {
+    fn new(timeout: Duration, max_queued: usize, kept: bool) -> Handler {
         Handler {
+            kept,
             timeout,
             max_queued,
             out: Out::Closed,
@@ -859,7 +892,9 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        !self.outstanding.is_empty() || self.lanes.iter().any(|lane| !lane.pending.is_empty())
+        self.kept
+            || !self.outstanding.is_empty()
+            || self.lanes.iter().any(|lane| !lane.pending.is_empty())
     }
 
     fn poll(
@@ -914,6 +949,7 @@ impl ConnectionHandler for Handler {
                     lane.answers.push_back((id, bytes));
                 }
             }
+            HandlerIn::Keep(keep) => self.kept = keep,
         }
     }
 

@@ -23,6 +23,7 @@ mod durable;
 mod error;
 mod extension;
 mod flat;
+mod idle;
 mod identity;
 pub mod lane;
 mod nearby;

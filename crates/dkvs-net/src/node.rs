@@ -723,6 +723,9 @@ pub(crate) struct Driver<E: Extension> {
     /// every request answered cost 7% of the CPU of a 100-node network reading
     /// (docs/benchmarks.md).
     live_table: Option<crate::nearby::Table>,
+    /// The replicas of the keys this node watches whose connections it keeps
+    /// ([`Driver::keep_for_watches`]).
+    watched_replicas: HashSet<PeerId>,
     /// This node's Kademlia key's bytes.
     own_key: [u8; 32],
     /// Whether operations may take a key's replicas from the routing table
@@ -807,6 +810,7 @@ impl<E: Extension> Driver<E> {
             rejoin: None,
             relayed_lately: HashMap::new(),
             live_table: None,
+            watched_replicas: HashSet::new(),
             own_key,
             table_trusted: false,
             rechecks: HashMap::new(),
@@ -1577,6 +1581,7 @@ impl<E: Extension> Driver<E> {
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
             self.drop_closed_watches();
+            self.keep_for_watches();
             self.trim_connections();
             self.rejoin(now);
             self.relayed_lately.retain(|_, at| now.duration_since(*at) < RELAYED_LATELY);
@@ -1619,6 +1624,51 @@ impl<E: Extension> Driver<E> {
     fn strand(&mut self, now: Instant) {
         if self.servers.is_empty() && self.rejoin.is_none() {
             self.rejoin = Some((now + REJOIN_FIRST, REJOIN_FIRST * 2));
+        }
+    }
+
+    /// Keeps the connections a watch needs open while nothing uses them
+    /// ([`crate::lane::Behaviour::keep`]); a connection closes when either end lets it go, so
+    /// both ends keep it:
+    /// - as a watcher, the connections to the DHT servers closest to each watched key: its
+    ///   replicas, which publish its updates to the watchers they know of. A watch's first read
+    ///   connects this node to them. The k closest of the routing table's connected servers
+    ///   to each key, at most half of [`Config::max_connections`] in all, and spared by the
+    ///   limit's trim (the rest of the limit stays for operations);
+    /// - as a replica (or any node), the connections to peers that subscribe to a watch topic:
+    ///   gossipsub knows a peer's subscriptions only while connected to it, and publishes an
+    ///   update only to peers it knows. Not spared by the trim: any peer can subscribe.
+    ///
+    /// Looked at when a watch's first read ends, when a peer subscribes to a watch topic, and
+    /// at each sweep (a watch dropped or a peer unsubscribed lets its peers go).
+    pub(crate) fn keep_for_watches(&mut self) {
+        let (k, most) = (self.config.replication, self.config.max_connections / 2);
+        let targets: Vec<[u8; 32]> = self
+            .watches
+            .keys()
+            .map(|key| crate::nearby::hashed(&kad::KBucketKey::new(kad_key(key))))
+            .collect();
+        let mut replicas = HashSet::new();
+        if !targets.is_empty() {
+            let table = self.table();
+            'keys: for target in &targets {
+                for peer in table.closest(target, k) {
+                    if replicas.len() >= most {
+                        break 'keys;
+                    }
+                    replicas.insert(peer);
+                }
+            }
+        }
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let watchers = gossipsub.all_peers().filter(|(_, topics)| {
+            topics.iter().any(|t| t.as_str().starts_with(crate::watch::TOPIC_PREFIX))
+        });
+        let mut kept = replicas.clone();
+        kept.extend(watchers.map(|(peer, _)| *peer));
+        self.watched_replicas = replicas;
+        if kept != *self.swarm.behaviour().records.kept() {
+            self.swarm.behaviour_mut().records.keep(kept);
         }
     }
 
@@ -1730,7 +1780,8 @@ impl<E: Extension> Driver<E> {
     /// closed by the second rule: a peer used within [`TRIM_GRACE`] (a new connection counts
     /// as a use: its first request gets through); by neither: a peer this node awaits a
     /// record answer from, a gossipsub mesh peer (watches and
-    /// channels live on those connections), a relay this node listens or dials through, and a
+    /// channels live on those connections), a watched key's replica this node keeps
+    /// ([`Driver::keep_for_watches`]), a relay this node listens or dials through, and a
     /// peer holding a reservation on this node's relay. When those are most of the
     /// connections, the limit is exceeded rather than breaking them. Looked at at each sweep,
     /// and when a connection opens ([`Driver::trim_on_connection`]: after a trim that left
@@ -1750,6 +1801,7 @@ impl<E: Extension> Driver<E> {
         spared.extend(self.requests.values().map(|(_, peer)| *peer));
         spared.extend(self.outbox.waiting_for().copied());
         spared.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
+        spared.extend(self.watched_replicas.iter().copied());
         let relays =
             self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));
         spared.extend(relays.collect::<Vec<_>>());

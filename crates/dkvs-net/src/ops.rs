@@ -861,6 +861,13 @@ impl<E: crate::Extension> Driver<E> {
     }
 
     pub(crate) fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        if let gossipsub::Event::Subscribed { topic, .. } = &event
+            && topic.as_str().starts_with(crate::watch::TOPIC_PREFIX)
+        {
+            // A watcher: its connection is to stay ([`Driver::keep_for_watches`]).
+            self.keep_for_watches();
+            return;
+        }
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
             return;
         };
@@ -1386,7 +1393,8 @@ impl<E: crate::Extension> Driver<E> {
             GetPurpose::Reply { reply, .. } => {
                 let _ = reply.send(outcome);
             }
-            GetPurpose::Warm => {}
+            // The watch's read connected this node to the key's replicas: keep them.
+            GetPurpose::Warm => self.keep_for_watches(),
             GetPurpose::Republish => {
                 let key = get.key.clone();
                 self.republish_found(&key, outcome);

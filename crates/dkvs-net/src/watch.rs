@@ -100,6 +100,11 @@ impl Watches {
         }
     }
 
+    /// The keys watched.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.by_topic.values().map(|(key, _, _)| key)
+    }
+
     /// Forgets the watches whose watchers are all gone; returns their topics, to unsubscribe.
     pub(crate) fn drop_closed(&mut self) -> Vec<gossipsub::IdentTopic> {
         let mut unwatched = Vec::new();

@@ -52,8 +52,7 @@ pub struct NodeConfig {
     /// The same for all addresses together.
     pub max_pending_inbound: usize,
     /// A connection nothing uses is closed after this many seconds (libp2p's idle timeout;
-    /// gossipsub's stream, open on every connection, counts as use: see dkvs-net's
-    /// `Config::idle_connection_timeout`).
+    /// what keeps a connection open regardless: dkvs-net's `Config::idle_connection_timeout`).
     pub idle_connection_timeout_secs: u64,
     /// How often this node re-sends the records it holds to each key's current replicas, in
     /// seconds.
