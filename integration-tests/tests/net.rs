@@ -1540,8 +1540,7 @@ async fn nodes_keep_at_most_max_connections_and_still_serve() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_nothing_uses_close_and_strand_nobody() -> anyhow::Result<()> {
     // The idle timeout is the setting under test: 1 s instead of 60 s.
-    let mut config = Config::default();
-    config.idle_connection_timeout = Duration::from_secs(1);
+    let config = Config { idle_connection_timeout: Duration::from_secs(1), ..Config::default() };
     let net = TestNet::start(6, config).await?;
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = Key::scoped(&alice.account_id(), "quiet").expect("key");

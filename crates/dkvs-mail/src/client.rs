@@ -756,8 +756,11 @@ impl MailWatch {
         }
         self.replicas = answered.into_iter().map(|(peer, ())| peer).collect();
         let replicas = self.replicas.clone();
+        let until = now_ms() + WATCH_TTL_MS;
         self.node
-            .with_extension::<Mail, _>(move |mail, _| mail.expect_notifications(mailbox, replicas))
+            .with_extension::<Mail, _>(move |mail, host| {
+                mail.expect_notifications(mailbox, replicas, until, host)
+            })
             .await?;
         self.renew_at = tokio::time::Instant::now() + Duration::from_millis(WATCH_TTL_MS / 2);
         Ok(())

@@ -150,7 +150,8 @@ struct Writing {
 #[derive(Default)]
 struct Subscription {
     channels: Vec<mpsc::Sender<()>>,
-    replicas: HashSet<PeerId>,
+    /// The replicas asked, each until its watch lapses (the renewals ask again).
+    replicas: HashMap<PeerId, u64>,
 }
 
 /// The mail extension.
@@ -264,11 +265,44 @@ impl Mail {
         rx
     }
 
-    /// Heeds notifications of new mail in `mailbox` from `replicas` (asked to watch it).
-    pub(crate) fn expect_notifications(&mut self, mailbox: Mailbox, replicas: Vec<PeerId>) {
+    /// Heeds notifications of new mail in `mailbox` from `replicas` (asked to watch it, each
+    /// until `until`), and keeps the connections to them.
+    pub(crate) fn expect_notifications(
+        &mut self,
+        mailbox: Mailbox,
+        replicas: Vec<PeerId>,
+        until: u64,
+        host: &mut Host<'_>,
+    ) {
         if let Some(subscription) = self.subscribers.get_mut(&mailbox) {
-            subscription.replicas.extend(replicas);
+            subscription.replicas.extend(replicas.into_iter().map(|peer| (peer, until)));
         }
+        self.keep_watches(host);
+    }
+
+    /// Keeps the connections mail's watches need open while nothing uses them
+    /// ([`Host::keep_connected`]; a connection closes when either end lets it go): as a
+    /// replica, those to the peers watching a mailbox here, so that a notification needs no
+    /// dial (a watcher behind NAT could not take one); as a watcher, those to the replicas it
+    /// asked. Watches that lapsed and subscriptions whose clients are gone are let go: looked
+    /// at when a watch is registered and at the node's sweep.
+    fn keep_watches(&mut self, host: &mut Host<'_>) {
+        let now = now_ms();
+        let counts = &mut self.watches_of;
+        self.watchers.retain(|_, w| {
+            prune_watchers(w, counts, |(_, until)| *until > now);
+            !w.is_empty()
+        });
+        self.subscribers.retain(|_, subscription| {
+            subscription.channels.retain(|c| !c.is_closed());
+            subscription.replicas.retain(|_, until| *until > now);
+            !subscription.channels.is_empty()
+        });
+        let mut peers: HashSet<PeerId> =
+            self.watchers.values().flatten().map(|(peer, _)| *peer).collect();
+        peers.extend(self.subscribers.values().flat_map(|s| s.replicas.keys().copied()));
+        peers.remove(&self.peer_id());
+        host.keep_connected("mail watches", peers);
     }
 
     /// Tells this node's clients that `mailbox` has new mail, if `from` is a replica they
@@ -280,7 +314,7 @@ impl Mail {
             self.subscribers.remove(&mailbox);
             return false;
         }
-        if !subscription.replicas.contains(&from) {
+        if subscription.replicas.get(&from).is_none_or(|until| *until <= now_ms()) {
             return false;
         }
         for channel in &subscription.channels {
@@ -492,6 +526,10 @@ impl Mail {
 }
 
 impl Extension for Mail {
+    fn on_sweep(&mut self, host: &mut Host<'_>) {
+        self.keep_watches(host);
+    }
+
     fn on_gossip(&mut self, message: GossipMessage, host: &mut Host<'_>) -> Verdict {
         self.channels.on_gossip(message, host)
     }
@@ -511,7 +549,14 @@ impl Extension for Mail {
                     Err(_) => return,
                 }
                 match Request::decode(&request) {
-                    Ok(request) => self.serve(peer, request, Reply::Remote(channel)),
+                    Ok(request) => {
+                        let watch = matches!(request, Request::Watch(_));
+                        self.serve(peer, request, Reply::Remote(channel));
+                        if watch {
+                            // A new watcher's connection is to stay.
+                            self.keep_watches(host);
+                        }
+                    }
                     Err(e) => {
                         // Bytes that are no protobuf at all come from no honest peer; a
                         // well-formed request of a kind this version does not know may come

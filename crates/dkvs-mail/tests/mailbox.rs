@@ -20,6 +20,14 @@ const TEST: Duration = Duration::from_secs(240);
 
 /// A network of `n` mail nodes; the mail directories, in node order.
 async fn mail_net(n: usize) -> anyhow::Result<(TestNet, Arc<Mutex<Vec<PathBuf>>>)> {
+    mail_net_with(n, Config::default()).await
+}
+
+/// [`mail_net`] with `config` (for a test of one of its settings).
+async fn mail_net_with(
+    n: usize,
+    config: Config,
+) -> anyhow::Result<(TestNet, Arc<Mutex<Vec<PathBuf>>>)> {
     let dirs = Arc::new(Mutex::new(Vec::new()));
     let seen = dirs.clone();
     let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
@@ -31,8 +39,7 @@ async fn mail_net(n: usize) -> anyhow::Result<(TestNet, Arc<Mutex<Vec<PathBuf>>>
         let mail = Mail::open(&mail_dir, identity.clone(), ShelfConfig::default())?;
         Ok(NodeBuilder::new(identity.clone(), store, config).with_extension(|_| mail).spawn()?)
     });
-    let net =
-        TestNet::start_custom(n, Config::default(), dkvs_store::Config::default(), spawn).await?;
+    let net = TestNet::start_custom(n, config, dkvs_store::Config::default(), spawn).await?;
     Ok((net, dirs))
 }
 
@@ -737,6 +744,45 @@ async fn acknowledging_tells_a_bounded_number_of_senders_and_a_peer_watches_a_bo
         }
         assert!(answers[..64].iter().all(|a| matches!(a, Ok(Response::Watching(_)))));
         assert_eq!(answers[64], Ok(Response::Refused(Refusal::Busy)));
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_nobody_can_dial_hears_new_mail_past_the_idle_timeout() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // The idle timeout is the setting under test: 1 s instead of 60 s.
+        let config =
+            Config { idle_connection_timeout: Duration::from_secs(1), ..Config::default() };
+        let (net, _) = mail_net_with(4, config.clone()).await?;
+        // Bob's node listens nowhere, as a phone behind NAT: a replica cannot dial it, and
+        // hears of it only over the connection bob's node opened.
+        let dir = tempfile::tempdir()?;
+        let identity = dkvs_net::libp2p::identity::Keypair::generate_ed25519();
+        let mail = Mail::open(&dir.path().join("mail"), identity.clone(), ShelfConfig::default())?;
+        let store = dkvs_net::store::Store::in_memory(dkvs_net::store::Config::default());
+        let phone = NodeBuilder::new(identity, store, config).with_extension(|_| mail).spawn()?;
+        phone.add_peer(net.peer_id(0), net.addr(0).expect("listens")).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(20), phone.bootstrap()).await;
+        let (alice, bob) = (account(), Arc::new(account()));
+        let options = SendOptions::default();
+        let mut watch =
+            dkvs_mail::MailWatch::start(phone.clone(), bob.clone(), options.clone()).await?;
+        // Past the idle timeout and the sweep: the connections to the replicas watching for
+        // the phone stay (the watch's renewal, which would fetch anyway, is minutes away).
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(!phone.connected_peers().await.is_empty(), "the phone lost every replica");
+        let waiting = tokio::spawn(async move {
+            let inbox = Inbox::new();
+            tokio::time::timeout(Duration::from_secs(20), watch.next(&inbox)).await
+        });
+        dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"live".to_vec(), &options).await?;
+        let heard = waiting.await?.map_err(|_| anyhow::anyhow!("no notification came"))??;
+        let bodies: Vec<&[u8]> = heard.letters.iter().map(|l| l.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"live"[..]]);
+        phone.shutdown().await;
         net.shutdown().await;
         anyhow::Ok(())
     })

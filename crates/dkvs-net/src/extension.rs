@@ -55,6 +55,12 @@ pub trait Extension: NetworkBehaviour<ToSwarm: Send> + Send + 'static {
         Verdict::Ignore
     }
 
+    /// Called at the node's sweep, every 5 s: housekeeping that needs the host (such as
+    /// [`Host::keep_connected`] for what expired). Default: nothing.
+    fn on_sweep(&mut self, host: &mut Host<'_>) {
+        let _ = host;
+    }
+
     /// The closest peers to a key, for a lookup this extension started with
     /// [`Host::find_closest`]. Default: nothing.
     fn on_closest_peers(&mut self, lookup: LookupId, peers: Vec<PeerId>, host: &mut Host<'_>) {
@@ -142,6 +148,8 @@ pub struct Host<'a> {
     pub(crate) used: &'a mut std::collections::HashMap<PeerId, tokio::time::Instant>,
     pub(crate) lookups: &'a mut HashSet<kad::QueryId>,
     pub(crate) topics: &'a mut HashSet<gossipsub::TopicHash>,
+    pub(crate) records: &'a mut crate::lane::Behaviour,
+    pub(crate) kept: &'a mut crate::idle::Kept,
 }
 
 impl Host<'_> {
@@ -240,6 +248,22 @@ impl Host<'_> {
     /// True while `peer` is banned.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         self.defence.is_banned(peer)
+    }
+
+    /// Keeps this node's connections to `peers` open while nothing uses them, in place of the
+    /// peers kept for `why` before (an empty set lets them go): for peers that must be able
+    /// to reach this node, or this node them, without a dial (a notification to a peer behind
+    /// NAT has no address to dial). Without it a connection closes after
+    /// [`crate::Config::idle_connection_timeout`] unused; both ends must keep it, as it closes
+    /// when either lets it go. It dials nobody, and the connection limit
+    /// ([`crate::Config::max_connections`]) may still close them.
+    pub fn keep_connected(&mut self, why: &'static str, peers: HashSet<PeerId>) {
+        if peers.is_empty() {
+            self.kept.extension.remove(why);
+        } else {
+            self.kept.extension.insert(why, peers);
+        }
+        self.kept.apply(self.records);
     }
 }
 

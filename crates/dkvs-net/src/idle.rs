@@ -15,13 +15,15 @@
 //! connection that only carries its control messages closes when nothing else uses it, and
 //! gossipsub learns the peer's topics again when they next connect. What else keeps a
 //! connection: a request waiting for its answer, a relay reservation, and the peers this node
-//! keeps for its watches ([`crate::lane::Behaviour::keep`]).
+//! keeps for its watches and its extensions' ([`Kept`], [`crate::lane::Behaviour::keep`]).
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::ops::DerefMut;
 use std::task::{Context, Poll};
 
 use futures::future::Either;
+use libp2p::PeerId;
 use libp2p::swarm::handler::{ConnectionEvent, InboundUpgradeSend, OutboundUpgradeSend};
 use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
 
@@ -135,5 +137,31 @@ where
             other => other,
         };
         self.0.on_connection_event(event)
+    }
+}
+
+/// The peers whose connections this node keeps open while nothing uses them, by why
+/// ([`crate::lane::Behaviour::keep`] keeps their union).
+#[derive(Default)]
+pub(crate) struct Kept {
+    /// The replicas of the keys this node watches; spared by the connection limit's trim.
+    pub(crate) replicas: HashSet<PeerId>,
+    /// Peers that watch a key through this node's gossipsub.
+    pub(crate) watchers: HashSet<PeerId>,
+    /// What extensions keep ([`crate::Host::keep_connected`]), by their reason.
+    pub(crate) extension: HashMap<&'static str, HashSet<PeerId>>,
+}
+
+impl Kept {
+    /// Hands the union to the record protocol's behaviour, if it changed.
+    pub(crate) fn apply(&self, records: &mut crate::lane::Behaviour) {
+        let mut all = self.replicas.clone();
+        all.extend(self.watchers.iter().copied());
+        for peers in self.extension.values() {
+            all.extend(peers.iter().copied());
+        }
+        if all != *records.kept() {
+            records.keep(all);
+        }
     }
 }

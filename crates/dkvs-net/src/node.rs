@@ -723,9 +723,8 @@ pub(crate) struct Driver<E: Extension> {
     /// every request answered cost 7% of the CPU of a 100-node network reading
     /// (docs/benchmarks.md).
     live_table: Option<crate::nearby::Table>,
-    /// The replicas of the keys this node watches whose connections it keeps
-    /// ([`Driver::keep_for_watches`]).
-    watched_replicas: HashSet<PeerId>,
+    /// The peers whose connections this node keeps open while idle, by why.
+    pub(crate) kept_peers: crate::idle::Kept,
     /// This node's Kademlia key's bytes.
     own_key: [u8; 32],
     /// Whether operations may take a key's replicas from the routing table
@@ -810,7 +809,7 @@ impl<E: Extension> Driver<E> {
             rejoin: None,
             relayed_lately: HashMap::new(),
             live_table: None,
-            watched_replicas: HashSet::new(),
+            kept_peers: crate::idle::Kept::default(),
             own_key,
             table_trusted: false,
             rechecks: HashMap::new(),
@@ -1086,6 +1085,8 @@ impl<E: Extension> Driver<E> {
             used: &mut self.used,
             lookups: &mut self.ext_lookups,
             topics: &mut self.ext_topics,
+            records: &mut behaviour.records,
+            kept: &mut self.kept_peers,
         };
         f(&mut behaviour.extension, &mut host)
     }
@@ -1582,6 +1583,7 @@ impl<E: Extension> Driver<E> {
             self.replication.forget_idle(now);
             self.drop_closed_watches();
             self.keep_for_watches();
+            self.with_extension(|extension, host| extension.on_sweep(host));
             self.trim_connections();
             self.rejoin(now);
             self.relayed_lately.retain(|_, at| now.duration_since(*at) < RELAYED_LATELY);
@@ -1664,12 +1666,9 @@ impl<E: Extension> Driver<E> {
         let watchers = gossipsub.all_peers().filter(|(_, topics)| {
             topics.iter().any(|t| t.as_str().starts_with(crate::watch::TOPIC_PREFIX))
         });
-        let mut kept = replicas.clone();
-        kept.extend(watchers.map(|(peer, _)| *peer));
-        self.watched_replicas = replicas;
-        if kept != *self.swarm.behaviour().records.kept() {
-            self.swarm.behaviour_mut().records.keep(kept);
-        }
+        self.kept_peers.watchers = watchers.map(|(peer, _)| *peer).collect();
+        self.kept_peers.replicas = replicas;
+        self.kept_peers.apply(&mut self.swarm.behaviour_mut().records);
     }
 
     /// Unsubscribes the watches whose receivers are all gone.
@@ -1801,7 +1800,7 @@ impl<E: Extension> Driver<E> {
         spared.extend(self.requests.values().map(|(_, peer)| *peer));
         spared.extend(self.outbox.waiting_for().copied());
         spared.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
-        spared.extend(self.watched_replicas.iter().copied());
+        spared.extend(self.kept_peers.replicas.iter().copied());
         let relays =
             self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));
         spared.extend(relays.collect::<Vec<_>>());

@@ -70,4 +70,9 @@ impl Extension for Services {
     fn on_closest_peers(&mut self, lookup: LookupId, peers: Vec<PeerId>, host: &mut Host<'_>) {
         self.mail.on_closest_peers(lookup, peers, host);
     }
+
+    fn on_sweep(&mut self, host: &mut Host<'_>) {
+        self.mail.on_sweep(host);
+        self.ipfs.on_sweep(host);
+    }
 }
