@@ -1601,3 +1601,38 @@ async fn a_watch_keeps_its_replicas_connected_past_the_idle_timeout() -> anyhow:
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_hears_on_after_every_replica_restarted() -> anyhow::Result<()> {
+    // Three replicas of six, so that the watcher and the writer can be nodes that are not
+    // replicas.
+    let mut net = TestNet::start(6, Config::default().with_replication(3)).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "news").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let replicas: Vec<usize> =
+        (0..net.len()).filter(|i| receipt.stored.contains(&net.peer_id(*i))).collect();
+    let others: Vec<usize> = (0..net.len()).filter(|i| !replicas.contains(i)).collect();
+    let (watcher, writer) = (others[0], others[1]);
+    let mut watch = net.node(watcher).watch(&key).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every replica goes down and comes back: the watcher's connections to them, and what
+    // their gossipsub knew of its subscription, are gone.
+    for &r in &replicas {
+        net.kill(r).await;
+    }
+    for &r in &replicas {
+        net.restart(r).await?;
+    }
+    // An update now, and one later: the watcher hears both (it reads the key again when
+    // most of its replicas are gone, and is connected to them again).
+    for seq in 2..=3u64 {
+        let stored = net.put(writer, record(&alice, &key, &format!("v{seq}"), seq)).await??;
+        assert!(stored.has_quorum(), "{stored:?}");
+        let seen = next_event(Duration::from_secs(30), "the watched update", &mut watch).await?;
+        assert_eq!(seen.seq(), seq);
+    }
+    net.shutdown().await;
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! Streams live on tasks, not on the node's event loop ([`crate::streams`] hands them over):
 //! one reader task per inbound stream
 //! (it reads frames, decodes them and hashes their blocks, then hands the checked message to
-//! the exchange), and one writer task per peer with a long-lived outbound stream (it batches
+//! the exchange), and one writer task per peer with an outbound stream, closed after
+//! [`STREAM_QUIET`] with nothing to write (it batches
 //! what the exchange queued, loads served blocks from the block store, writes frames). The
 //! exchange itself, on the node's task, only decides: whom to ask, what to answer.
 //!
@@ -63,6 +64,10 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const HEDGE_AFTER: Duration = Duration::from_secs(3);
 /// How long writing one message may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A writer's stream with nothing written for this long is closed: an open stream holds its
+/// connection open (libp2p counts it as use), and the peer's reader ends with it. Shorter than
+/// the idle timeout of any profile, so that a connection bitswap no longer uses can close.
+const STREAM_QUIET: Duration = Duration::from_secs(10);
 
 /// The protocol as libp2p names it.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(bitswap::PROTOCOL);
@@ -595,7 +600,23 @@ async fn writer(
     report: mpsc::Sender<ExchangeEvent>,
 ) {
     let mut stream: Option<Stream> = None;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = if stream.is_some() {
+            match tokio::time::timeout(STREAM_QUIET, rx.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    // Nothing to say for a while: the stream is closed, so that it no longer
+                    // holds the connection open (the next message opens another).
+                    if let Some(mut quiet) = stream.take() {
+                        let _ = quiet.close().await;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(first) = first else { break };
         let mut message = Message::default();
         let mut bytes = 0;
         let mut next = Some(first);

@@ -96,9 +96,15 @@ impl ConnectionHandler for Handler {
     ) {
         match event {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
-                protocol: stream,
+                protocol: mut stream,
                 ..
-            }) => self.events.push_back(HandlerOut::Inbound(stream)),
+            }) => {
+                // The peer's stream is the peer's to close (Kubo keeps one per peer for the
+                // connection's life): it does not hold the connection open here. This node's
+                // own stream does while it has something to say (`exchange::STREAM_QUIET`).
+                stream.ignore_for_keep_alive();
+                self.events.push_back(HandlerOut::Inbound(stream))
+            }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
                 info: id,

@@ -16,11 +16,16 @@ use dkvs_testnet::{Spawn, TestNet};
 const TEST: Duration = Duration::from_secs(240);
 
 async fn ipfs_net(n: usize) -> anyhow::Result<TestNet> {
+    ipfs_net_with(n, Config::default()).await
+}
+
+/// [`ipfs_net`] with `config` (for a test of one of its settings).
+async fn ipfs_net_with(n: usize, config: Config) -> anyhow::Result<TestNet> {
     let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
         let ipfs = Ipfs::open(&dir.join("ipfs"), identity, BlockStoreConfig::default())?;
         Ok(NodeBuilder::new(identity.clone(), store, config).with_extension(|_| ipfs).spawn()?)
     });
-    TestNet::start_custom(n, Config::default(), dkvs_store::Config::default(), spawn).await
+    TestNet::start_custom(n, config, dkvs_store::Config::default(), spawn).await
 }
 
 /// Deterministic bytes that no chunking lines up with.
@@ -457,6 +462,35 @@ async fn a_large_download_stays_within_what_its_peers_admit() -> anyhow::Result<
             assert_eq!(dropped, 0, "node {i} refused or dropped bitswap messages");
             assert!(node.banned_peers().await.is_empty(), "node {i} banned a peer");
         }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_close_once_bitswap_has_nothing_to_say_and_files_still_come()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // The idle timeout is the setting under test: 1 s instead of 60 s.
+        let config =
+            Config { idle_connection_timeout: Duration::from_secs(1), ..Config::default() };
+        let net = ipfs_net_with(3, config).await?;
+        let bytes = data(300_000);
+        let cid = add(&net, 1, &bytes, None).await?;
+        assert_eq!(get(&net, 2, cid, &GetOptions::default()).await?, bytes);
+        // Bitswap's streams end once it has nothing to say, and no longer hold the
+        // connections open.
+        for i in 0..net.len() {
+            let idle = dkvs_testnet::eventually(Duration::from_secs(60), async || {
+                net.node(i).connected_peers().await.is_empty()
+            })
+            .await;
+            let left = net.node(i).connected_peers().await;
+            assert!(idle, "node {i} stays connected to {left:?}");
+        }
+        // A node with no connection left still finds the file's providers.
+        assert_eq!(get(&net, 0, cid, &GetOptions::default()).await?, bytes);
         net.shutdown().await;
         anyhow::Ok(())
     })

@@ -154,6 +154,9 @@ struct Subscription {
     replicas: HashMap<PeerId, u64>,
 }
 
+/// Why mail keeps a connection open ([`Host::keep_connected`]).
+const KEEP_WATCHES: &str = "mail: watches";
+
 /// The mail extension.
 pub struct Mail {
     inner: request_response::Behaviour<Codec>,
@@ -275,17 +278,19 @@ impl Mail {
         host: &mut Host<'_>,
     ) {
         if let Some(subscription) = self.subscribers.get_mut(&mailbox) {
-            subscription.replicas.extend(replicas.into_iter().map(|peer| (peer, until)));
+            for peer in replicas {
+                subscription.replicas.insert(peer, until);
+                host.keep_connected(KEEP_WATCHES, peer, true);
+            }
         }
-        self.keep_watches(host);
     }
 
     /// Keeps the connections mail's watches need open while nothing uses them
     /// ([`Host::keep_connected`]; a connection closes when either end lets it go): as a
     /// replica, those to the peers watching a mailbox here, so that a notification needs no
     /// dial (a watcher behind NAT could not take one); as a watcher, those to the replicas it
-    /// asked. Watches that lapsed and subscriptions whose clients are gone are let go: looked
-    /// at when a watch is registered and at the node's sweep.
+    /// asked. Watches that lapsed and subscriptions whose clients are gone are let go at the
+    /// node's sweep; a watch registered or a replica asked is kept as it comes.
     fn keep_watches(&mut self, host: &mut Host<'_>) {
         let now = now_ms();
         let counts = &mut self.watches_of;
@@ -298,11 +303,10 @@ impl Mail {
             subscription.replicas.retain(|_, until| *until > now);
             !subscription.channels.is_empty()
         });
-        let mut peers: HashSet<PeerId> =
-            self.watchers.values().flatten().map(|(peer, _)| *peer).collect();
+        let mut peers: HashSet<PeerId> = self.watches_of.keys().copied().collect();
         peers.extend(self.subscribers.values().flat_map(|s| s.replicas.keys().copied()));
         peers.remove(&self.peer_id());
-        host.keep_connected("mail watches", peers);
+        host.keep_only_connected(KEEP_WATCHES, &peers);
     }
 
     /// Tells this node's clients that `mailbox` has new mail, if `from` is a replica they
@@ -552,9 +556,9 @@ impl Extension for Mail {
                     Ok(request) => {
                         let watch = matches!(request, Request::Watch(_));
                         self.serve(peer, request, Reply::Remote(channel));
-                        if watch {
-                            // A new watcher's connection is to stay.
-                            self.keep_watches(host);
+                        if watch && self.watches_of.contains_key(&peer) {
+                            // A watcher's connection is to stay.
+                            host.keep_connected(KEEP_WATCHES, peer, true);
                         }
                     }
                     Err(e) => {

@@ -770,14 +770,15 @@ async fn a_watcher_nobody_can_dial_hears_new_mail_past_the_idle_timeout() -> any
         let options = SendOptions::default();
         let mut watch =
             dkvs_mail::MailWatch::start(phone.clone(), bob.clone(), options.clone()).await?;
-        // Past the idle timeout and the sweep: the connections to the replicas watching for
-        // the phone stay (the watch's renewal, which would fetch anyway, is minutes away).
-        tokio::time::sleep(Duration::from_secs(7)).await;
-        assert!(!phone.connected_peers().await.is_empty(), "the phone lost every replica");
+        // The watch first fetches what is there (connecting to the replicas again), then
+        // waits; past the idle timeout, the connections to the replicas watching for the phone
+        // stay (the watch's renewal, which would fetch anyway, is minutes away).
         let waiting = tokio::spawn(async move {
             let inbox = Inbox::new();
             tokio::time::timeout(Duration::from_secs(20), watch.next(&inbox)).await
         });
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!phone.connected_peers().await.is_empty(), "the phone lost every replica");
         dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"live".to_vec(), &options).await?;
         let heard = waiting.await?.map_err(|_| anyhow::anyhow!("no notification came"))??;
         let bodies: Vec<&[u8]> = heard.letters.iter().map(|l| l.body.as_slice()).collect();

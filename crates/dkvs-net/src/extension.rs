@@ -250,20 +250,21 @@ impl Host<'_> {
         self.defence.is_banned(peer)
     }
 
-    /// Keeps this node's connections to `peers` open while nothing uses them, in place of the
-    /// peers kept for `why` before (an empty set lets them go): for peers that must be able
-    /// to reach this node, or this node them, without a dial (a notification to a peer behind
-    /// NAT has no address to dial). Without it a connection closes after
-    /// [`crate::Config::idle_connection_timeout`] unused; both ends must keep it, as it closes
-    /// when either lets it go. It dials nobody, and the connection limit
-    /// ([`crate::Config::max_connections`]) may still close them.
-    pub fn keep_connected(&mut self, why: &'static str, peers: HashSet<PeerId>) {
-        if peers.is_empty() {
-            self.kept.extension.remove(why);
-        } else {
-            self.kept.extension.insert(why, peers);
-        }
-        self.kept.apply(self.records);
+    /// Keeps this node's connections to `peer` open while nothing uses them (`keep`), or
+    /// drops that wish, for the reason `why` (a name of the extension's own: a peer is kept
+    /// while any reason holds). For peers that must reach this node, or this node them,
+    /// without a dial (a notification to a peer behind NAT has no address to dial). Without
+    /// it a connection closes after [`crate::Config::idle_connection_timeout`] unused; both
+    /// ends must keep it, as it closes when either lets it go. It dials nobody, and the
+    /// connection limit ([`crate::Config::max_connections`]) may still close it.
+    pub fn keep_connected(&mut self, why: &'static str, peer: PeerId, keep: bool) {
+        self.kept.set(why, peer, keep, self.records);
+    }
+
+    /// [`Host::keep_connected`] for exactly `peers` for `why`: the peers kept for it before
+    /// and not among them are let go.
+    pub fn keep_only_connected(&mut self, why: &'static str, peers: &HashSet<PeerId>) {
+        self.kept.replace(why, peers, self.records);
     }
 }
 

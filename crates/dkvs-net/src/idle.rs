@@ -140,28 +140,95 @@ where
     }
 }
 
-/// The peers whose connections this node keeps open while nothing uses them, by why
-/// ([`crate::lane::Behaviour::keep`] keeps their union).
+/// The peers whose connections this node keeps open while nothing uses them, each with why
+/// (a peer is kept while any reason holds; [`crate::lane::Behaviour::keep`] keeps it). Every
+/// change costs what it changes: a single peer added or dropped is one map operation.
 #[derive(Default)]
 pub(crate) struct Kept {
-    /// The replicas of the keys this node watches; spared by the connection limit's trim.
-    pub(crate) replicas: HashSet<PeerId>,
-    /// Peers that watch a key through this node's gossipsub.
-    pub(crate) watchers: HashSet<PeerId>,
-    /// What extensions keep ([`crate::Host::keep_connected`]), by their reason.
-    pub(crate) extension: HashMap<&'static str, HashSet<PeerId>>,
+    by_reason: HashMap<&'static str, HashSet<PeerId>>,
+    reasons: HashMap<PeerId, u32>,
 }
 
 impl Kept {
-    /// Hands the union to the record protocol's behaviour, if it changed.
-    pub(crate) fn apply(&self, records: &mut crate::lane::Behaviour) {
-        let mut all = self.replicas.clone();
-        all.extend(self.watchers.iter().copied());
-        for peers in self.extension.values() {
-            all.extend(peers.iter().copied());
+    /// Keeps `peer` for `why` (`keep`), or drops that reason.
+    pub(crate) fn set(
+        &mut self,
+        why: &'static str,
+        peer: PeerId,
+        keep: bool,
+        records: &mut crate::lane::Behaviour,
+    ) {
+        let peers = self.by_reason.entry(why).or_default();
+        let changed = if keep { peers.insert(peer) } else { peers.remove(&peer) };
+        if peers.is_empty() {
+            self.by_reason.remove(why);
         }
-        if all != *records.kept() {
-            records.keep(all);
+        if !changed {
+            return;
         }
+        let count = self.reasons.entry(peer).or_default();
+        if keep {
+            *count += 1;
+            if *count == 1 {
+                records.keep(peer, true);
+            }
+        } else {
+            *count -= 1;
+            if *count == 0 {
+                self.reasons.remove(&peer);
+                records.keep(peer, false);
+            }
+        }
+    }
+
+    /// Keeps for `why` exactly `peers`: those kept for it before and not among them lose
+    /// that reason.
+    pub(crate) fn replace(
+        &mut self,
+        why: &'static str,
+        peers: &HashSet<PeerId>,
+        records: &mut crate::lane::Behaviour,
+    ) {
+        let old: Vec<PeerId> = self
+            .by_reason
+            .get(why)
+            .map(|kept| kept.difference(peers).copied().collect())
+            .unwrap_or_default();
+        for peer in old {
+            self.set(why, peer, false, records);
+        }
+        for peer in peers {
+            self.set(why, *peer, true, records);
+        }
+    }
+
+    /// The peers kept for `why`.
+    pub(crate) fn kept_for(&self, why: &str) -> impl Iterator<Item = &PeerId> {
+        self.by_reason.get(why).into_iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_kept_while_any_reason_holds() {
+        let mut records = crate::lane::Behaviour::new(std::time::Duration::from_secs(10));
+        let mut kept = Kept::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        kept.set("watch", a, true, &mut records);
+        kept.replace("extension", &HashSet::from([a, b]), &mut records);
+        assert_eq!(*records.kept(), HashSet::from([a, b]));
+        kept.set("watch", a, false, &mut records);
+        assert_eq!(*records.kept(), HashSet::from([a, b]), "the extension still keeps a");
+        kept.replace("extension", &HashSet::from([b]), &mut records);
+        assert_eq!(*records.kept(), HashSet::from([b]));
+        kept.set("watch", b, true, &mut records);
+        kept.set("watch", b, true, &mut records);
+        kept.replace("extension", &HashSet::new(), &mut records);
+        assert_eq!(*records.kept(), HashSet::from([b]), "a reason counts once");
+        kept.set("watch", b, false, &mut records);
+        assert!(records.kept().is_empty() && kept.reasons.is_empty() && kept.by_reason.is_empty());
     }
 }

@@ -254,22 +254,20 @@ impl Behaviour {
         }
     }
 
-    /// Keeps the connections to `peers` open while nothing uses them, and lets those to the
-    /// peers kept before and not in `peers` close when idle (libp2p closes a connection no
-    /// handler keeps after its idle timeout). It dials nobody: a connection that closes for
-    /// another reason is not opened again here.
-    pub fn keep(&mut self, peers: HashSet<PeerId>) {
-        let changed: Vec<PeerId> = self.kept.symmetric_difference(&peers).copied().collect();
-        self.kept = peers;
-        for peer in changed {
-            let keep = self.kept.contains(&peer);
-            for connection in self.connected.get(&peer).into_iter().flatten() {
-                self.events.push_back(ToSwarm::NotifyHandler {
-                    peer_id: peer,
-                    handler: NotifyHandler::One(*connection),
-                    event: HandlerIn::Keep(keep),
-                });
-            }
+    /// Keeps the connections to `peer` open while nothing uses them (`keep`), or lets them
+    /// close when idle (libp2p closes a connection no handler keeps after its idle timeout).
+    /// It dials nobody: a connection that closes for another reason is not opened again here.
+    pub fn keep(&mut self, peer: PeerId, keep: bool) {
+        let changed = if keep { self.kept.insert(peer) } else { self.kept.remove(&peer) };
+        if !changed {
+            return;
+        }
+        for connection in self.connected.get(&peer).into_iter().flatten() {
+            self.events.push_back(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::One(*connection),
+                event: HandlerIn::Keep(keep),
+            });
         }
     }
 

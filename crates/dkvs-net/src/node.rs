@@ -39,6 +39,13 @@ const REJOIN_MOST: Duration = Duration::from_secs(300);
 /// How long a peer whose relayed connection closed is still taken for hole punching when it
 /// connects directly, and how many such peers are remembered at most.
 const RELAYED_LATELY: Duration = Duration::from_secs(60);
+/// How often a watched key is read again while its replicas stay connected
+/// ([`WatchRead::due`]).
+const WATCH_REFRESH: Duration = Duration::from_secs(300);
+/// Why a watcher keeps a connection ([`Driver::keep_for_watches`]).
+const KEEP_REPLICAS: &str = "dkvs: replicas of a watched key";
+/// Why a replica keeps a connection ([`Driver::keep_for_watches`]).
+const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
 
 pub(crate) enum Command {
@@ -725,6 +732,8 @@ pub(crate) struct Driver<E: Extension> {
     live_table: Option<crate::nearby::Table>,
     /// The peers whose connections this node keeps open while idle, by why.
     pub(crate) kept_peers: crate::idle::Kept,
+    /// The replicas of each watched key that its last read reached.
+    watch_reads: HashMap<Key, WatchRead>,
     /// This node's Kademlia key's bytes.
     own_key: [u8; 32],
     /// Whether operations may take a key's replicas from the routing table
@@ -810,6 +819,7 @@ impl<E: Extension> Driver<E> {
             relayed_lately: HashMap::new(),
             live_table: None,
             kept_peers: crate::idle::Kept::default(),
+            watch_reads: HashMap::new(),
             own_key,
             table_trusted: false,
             rechecks: HashMap::new(),
@@ -1582,7 +1592,7 @@ impl<E: Extension> Driver<E> {
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
             self.drop_closed_watches();
-            self.keep_for_watches();
+            self.keep_for_watches(now);
             self.with_extension(|extension, host| extension.on_sweep(host));
             self.trim_connections();
             self.rejoin(now);
@@ -1630,45 +1640,76 @@ impl<E: Extension> Driver<E> {
     }
 
     /// Keeps the connections a watch needs open while nothing uses them
-    /// ([`crate::lane::Behaviour::keep`]); a connection closes when either end lets it go, so
-    /// both ends keep it:
-    /// - as a watcher, the connections to the DHT servers closest to each watched key: its
-    ///   replicas, which publish its updates to the watchers they know of. A watch's first read
-    ///   connects this node to them. The k closest of the routing table's connected servers
-    ///   to each key, at most half of [`Config::max_connections`] in all, and spared by the
-    ///   limit's trim (the rest of the limit stays for operations);
-    /// - as a replica (or any node), the connections to peers that subscribe to a watch topic:
-    ///   gossipsub knows a peer's subscriptions only while connected to it, and publishes an
-    ///   update only to peers it knows. Not spared by the trim: any peer can subscribe.
+    /// ([`crate::idle::Kept`]); a connection closes when either end lets it go, so both ends
+    /// keep it:
+    /// - as a watcher, the connections to the replicas each watched key's last read reached:
+    ///   they publish its updates to the watchers they know of. A fair share of every key's,
+    ///   nearest first ([`crate::watch::fair_share`]), at most half of
+    ///   [`Config::max_connections`] in all, and spared by the limit's trim (the rest of the
+    ///   limit stays for operations). A key is read again when fewer than half of those
+    ///   replicas are still connected (a replica restarted, or trimmed this node), backing
+    ///   off, and every 5 minutes anyway (its replicas change as nodes come and go)
+    ///   ([`WatchRead::due`]): the read reaches its replicas anew and hands the watchers any
+    ///   newer version it finds, so an update gossip did not bring comes that much later;
+    /// - as a replica, the connections to peers that subscribe to the watch topic of a key
+    ///   this node holds: gossipsub knows a peer's subscriptions only while connected to it,
+    ///   and publishes an update only to peers it knows. Not spared by the trim: any peer can
+    ///   subscribe.
     ///
-    /// Looked at when a watch's first read ends, when a peer subscribes to a watch topic, and
-    /// at each sweep (a watch dropped or a peer unsubscribed lets its peers go).
-    pub(crate) fn keep_for_watches(&mut self) {
-        let (k, most) = (self.config.replication, self.config.max_connections / 2);
-        let targets: Vec<[u8; 32]> = self
-            .watches
-            .keys()
-            .map(|key| crate::nearby::hashed(&kad::KBucketKey::new(kad_key(key))))
-            .collect();
-        let mut replicas = HashSet::new();
-        if !targets.is_empty() {
-            let table = self.table();
-            'keys: for target in &targets {
-                for peer in table.closest(target, k) {
-                    if replicas.len() >= most {
-                        break 'keys;
-                    }
-                    replicas.insert(peer);
-                }
+    /// Looked at at each sweep (a watch dropped or a peer unsubscribed lets its peers go);
+    /// a watch's read and a peer's subscription add theirs as they come.
+    pub(crate) fn keep_for_watches(&mut self, now: Instant) {
+        self.watch_reads.retain(|key, _| self.watches.is_watched(key));
+        let mut stale = Vec::new();
+        for (key, read) in &mut self.watch_reads {
+            let connected = read.replicas.iter().filter(|p| self.connections.contains_key(p));
+            if read.due(connected.count(), now) {
+                stale.push(key.clone());
             }
         }
-        let gossipsub = &self.swarm.behaviour().gossipsub;
-        let watchers = gossipsub.all_peers().filter(|(_, topics)| {
-            topics.iter().any(|t| t.as_str().starts_with(crate::watch::TOPIC_PREFIX))
-        });
-        self.kept_peers.watchers = watchers.map(|(peer, _)| *peer).collect();
-        self.kept_peers.replicas = replicas;
-        self.kept_peers.apply(&mut self.swarm.behaviour_mut().records);
+        for key in stale {
+            self.start_get(key, GetPurpose::Warm { catch_up: true });
+        }
+        self.keep_watched_replicas();
+        let store = &self.store;
+        let watchers: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.iter().any(|topic| holds_watched(store, topic.as_str())))
+            .map(|(peer, _)| *peer)
+            .collect();
+        let behaviour = self.swarm.behaviour_mut();
+        self.kept_peers.replace(KEEP_WATCHERS, &watchers, &mut behaviour.records);
+    }
+
+    /// A watch's read of `key` reached `answered`: its replicas, whose connections are kept.
+    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>) {
+        if !self.watches.is_watched(key) {
+            return;
+        }
+        let replicas = closest(key, answered, self.config.replication);
+        let read =
+            self.watch_reads.entry(key.clone()).or_insert_with(|| WatchRead::new(Instant::now()));
+        read.replicas = replicas;
+        self.keep_watched_replicas();
+    }
+
+    /// Keeps a fair share of the watched keys' replicas ([`Driver::keep_for_watches`]).
+    fn keep_watched_replicas(&mut self) {
+        let lists: Vec<&[PeerId]> = self.watch_reads.values().map(|r| &r.replicas[..]).collect();
+        let replicas = crate::watch::fair_share(&lists, self.config.max_connections / 2);
+        let behaviour = self.swarm.behaviour_mut();
+        self.kept_peers.replace(KEEP_REPLICAS, &replicas, &mut behaviour.records);
+    }
+
+    /// `peer` subscribed to `topic`: kept if it watches a key this node holds.
+    pub(crate) fn on_subscribed(&mut self, peer: PeerId, topic: &str) {
+        if holds_watched(&self.store, topic) {
+            let behaviour = self.swarm.behaviour_mut();
+            self.kept_peers.set(KEEP_WATCHERS, peer, true, &mut behaviour.records);
+        }
     }
 
     /// Unsubscribes the watches whose receivers are all gone.
@@ -1800,7 +1841,7 @@ impl<E: Extension> Driver<E> {
         spared.extend(self.requests.values().map(|(_, peer)| *peer));
         spared.extend(self.outbox.waiting_for().copied());
         spared.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
-        spared.extend(self.kept_peers.replicas.iter().copied());
+        spared.extend(self.kept_peers.kept_for(KEEP_REPLICAS).copied());
         let relays =
             self.connections.values().flat_map(|c| c.values()).filter_map(|(a, _)| relay_of(a));
         spared.extend(relays.collect::<Vec<_>>());
@@ -1929,8 +1970,10 @@ impl<E: Extension> Driver<E> {
 pub(crate) enum GetPurpose {
     /// An application waits; `every`: ask every replica at once ([`Node::get_every`]).
     Reply { reply: oneshot::Sender<Result<GetOutcome, GetError>>, every: bool },
-    /// Nobody waits: the get connects a new watcher to the key's replicas (and repairs them).
-    Warm,
+    /// Nobody waits: the get connects a watcher to the key's replicas (and repairs them);
+    /// `catch_up`: hands the watchers a newer version it finds (a read again after the
+    /// replicas were lost, when updates may have been missed).
+    Warm { catch_up: bool },
     /// The network's newest record of a key this node keeps alive.
     Republish,
     Cas {
@@ -1938,6 +1981,48 @@ pub(crate) enum GetPurpose {
         expected: dkvs_store::Expect,
         reply: oneshot::Sender<Result<PutReceipt, PutError>>,
     },
+}
+
+/// Whether `topic` is the watch topic of a key `store` holds.
+fn holds_watched(store: &Store, topic: &str) -> bool {
+    crate::watch::key_of_topic(topic).is_some_and(|key| store.highest_seq(key).is_some())
+}
+
+/// A watched key's replicas as its last read reached them ([`Driver::keep_for_watches`]).
+pub(crate) struct WatchRead {
+    /// Nearest first.
+    replicas: Vec<PeerId>,
+    /// When the key was last read.
+    read_at: Instant,
+    /// The wait before the next read while most replicas are gone (none at first).
+    wait: Duration,
+}
+
+impl WatchRead {
+    fn new(now: Instant) -> WatchRead {
+        WatchRead { replicas: Vec::new(), read_at: now, wait: Duration::ZERO }
+    }
+
+    /// Whether the key is to be read again now, with `connected` of its replicas connected.
+    /// While fewer than half are (a read that reached none counts as none connected): at
+    /// once, then 5 s later, then at twice the wait each time up to [`REJOIN_MOST`]. Else
+    /// [`WATCH_REFRESH`] after the last read: a key's replicas change as nodes come nearer
+    /// to it, and a new one publishes only to the watchers it knows.
+    fn due(&mut self, connected: usize, now: Instant) -> bool {
+        let lost = connected * 2 < self.replicas.len().max(1);
+        if !lost {
+            self.wait = Duration::ZERO;
+        }
+        let at = self.read_at + if lost { self.wait } else { WATCH_REFRESH };
+        if now < at {
+            return false;
+        }
+        self.read_at = now;
+        if lost {
+            self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, REJOIN_MOST);
+        }
+        true
+    }
 }
 
 pub(crate) fn kad_key(key: &Key) -> Vec<u8> {
@@ -2127,6 +2212,32 @@ mod tests {
     }
 
     use crate::defence::Subnet;
+
+    #[test]
+    fn a_watch_that_lost_most_replicas_reads_again_backing_off_until_half_are_back() {
+        let t0 = Instant::now();
+        let mut read = WatchRead::new(t0);
+        read.replicas = (0..4).map(|_| PeerId::random()).collect();
+        assert!(!read.due(2, t0 + WATCH_REFRESH / 2), "half connected is enough for a while");
+        assert!(read.due(1, t0 + WATCH_REFRESH / 2), "fewer than half: read again at once");
+        let t1 = t0 + WATCH_REFRESH / 2;
+        assert!(!read.due(1, t1 + EXPIRY_SWEEP - Duration::from_millis(1)));
+        assert!(read.due(0, t1 + EXPIRY_SWEEP), "then after the first wait");
+        assert!(!read.due(0, t1 + EXPIRY_SWEEP * 2), "twice the wait now");
+        assert!(read.due(0, t1 + EXPIRY_SWEEP * 3));
+        let mut at = t1 + EXPIRY_SWEEP * 3;
+        for _ in 0..20 {
+            at += REJOIN_MOST;
+            assert!(read.due(0, at), "the wait grows to at most {REJOIN_MOST:?}");
+        }
+        assert!(!read.due(3, at + REJOIN_MOST / 2), "back");
+        assert!(read.due(1, at + REJOIN_MOST / 2), "lost again: at once, the wait started over");
+        let t2 = at + REJOIN_MOST / 2;
+        assert!(!read.due(4, t2 + WATCH_REFRESH - Duration::from_millis(1)));
+        assert!(read.due(4, t2 + WATCH_REFRESH), "all connected: read again after a while");
+        read.replicas.clear();
+        assert!(read.due(0, t2 + WATCH_REFRESH), "a read that reached nobody is read again");
+    }
 
     #[test]
     fn the_limit_closes_the_least_recently_used_outside_the_grace() {

@@ -695,7 +695,7 @@ impl<E: crate::Extension> Driver<E> {
         // and a republish want every replica's claim of the highest sequence, so they ask the
         // whole set at once.
         let narrow = self.narrow_read().is_some()
-            && matches!(purpose, GetPurpose::Reply { every: false, .. } | GetPurpose::Warm);
+            && matches!(purpose, GetPurpose::Reply { every: false, .. } | GetPurpose::Warm { .. });
         let op = self.new_op(Op::Get(GetOp {
             key,
             purpose: Some(purpose),
@@ -848,7 +848,7 @@ impl<E: crate::Extension> Driver<E> {
             tracing::warn!(%key, error = %e, "watch subscription failed");
         }
         // Reading the key connects this node to its replicas, which publish its updates.
-        self.start_get(key, GetPurpose::Warm);
+        self.start_get(key, GetPurpose::Warm { catch_up: false });
         watch
     }
 
@@ -861,11 +861,9 @@ impl<E: crate::Extension> Driver<E> {
     }
 
     pub(crate) fn on_gossip_event(&mut self, event: gossipsub::Event) {
-        if let gossipsub::Event::Subscribed { topic, .. } = &event
-            && topic.as_str().starts_with(crate::watch::TOPIC_PREFIX)
-        {
-            // A watcher: its connection is to stay ([`Driver::keep_for_watches`]).
-            self.keep_for_watches();
+        if let gossipsub::Event::Subscribed { peer_id, topic } = &event {
+            // A watcher of a key this node holds: its connection is to stay.
+            self.on_subscribed(*peer_id, topic.as_str());
             return;
         }
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
@@ -1394,7 +1392,15 @@ impl<E: crate::Extension> Driver<E> {
                 let _ = reply.send(outcome);
             }
             // The watch's read connected this node to the key's replicas: keep them.
-            GetPurpose::Warm => self.keep_for_watches(),
+            GetPurpose::Warm { catch_up } => {
+                let me = *self.swarm.local_peer_id();
+                let answered = get.answers.iter().map(|(p, _)| *p).filter(|p| *p != me).collect();
+                let key = get.key.clone();
+                if catch_up && let Ok(GetOutcome { record: Some(record), .. }) = &outcome {
+                    self.watches.deliver(record);
+                }
+                self.watch_read(&key, answered);
+            }
             GetPurpose::Republish => {
                 let key = get.key.clone();
                 self.republish_found(&key, outcome);

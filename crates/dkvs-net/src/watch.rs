@@ -1,12 +1,12 @@
 //! Watching a key: replicas publish every record they accept on a gossipsub topic per key;
 //! watchers verify each message before they deliver or forward it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use dkvs_record::{Key, Record};
-use libp2p::gossipsub;
+use libp2p::{PeerId, gossipsub};
 use tokio::sync::mpsc;
 
 /// Every watch topic starts with this; no extension may use it.
@@ -22,6 +22,27 @@ pub(crate) fn topic_of(key: &Key) -> gossipsub::IdentTopic {
 /// anyway.
 pub fn watch_topic(key: &Key) -> String {
     format!("{TOPIC_PREFIX}1{key}")
+}
+
+/// The key (its string form) whose watch topic is `topic`, if it is one.
+pub(crate) fn key_of_topic(topic: &str) -> Option<&str> {
+    topic.strip_prefix(TOPIC_PREFIX)?.strip_prefix('1')
+}
+
+/// At most `most` peers from `lists` (each nearest first), taken in turns: every list's
+/// first, then every list's second, and so on, so that one list cannot take every place.
+pub(crate) fn fair_share(lists: &[&[PeerId]], most: usize) -> HashSet<PeerId> {
+    let mut chosen = HashSet::new();
+    let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+    for i in 0..longest {
+        for peer in lists.iter().filter_map(|l| l.get(i)) {
+            if chosen.len() >= most {
+                return chosen;
+            }
+            chosen.insert(*peer);
+        }
+    }
+    chosen
 }
 
 /// A stream of newer versions of one key, each verified, in increasing sequence order.
@@ -100,9 +121,9 @@ impl Watches {
         }
     }
 
-    /// The keys watched.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &Key> {
-        self.by_topic.values().map(|(key, _, _)| key)
+    /// Whether `key` is watched.
+    pub(crate) fn is_watched(&self, key: &Key) -> bool {
+        self.by_topic.contains_key(&topic_of(key).hash())
     }
 
     /// Forgets the watches whose watchers are all gone; returns their topics, to unsubscribe.
@@ -124,6 +145,26 @@ mod tests {
     use super::*;
     use dkvs_account::{KeyType, Keypair};
     use dkvs_record::Draft;
+
+    #[test]
+    fn every_watch_keeps_its_nearest_replicas_before_any_keeps_more() {
+        let peers: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
+        let (one, two) = (&peers[..5], &peers[5..]);
+        let kept = fair_share(&[one, two], 4);
+        assert_eq!(kept, HashSet::from([one[0], one[1], two[0], two[1]]));
+        let shared = fair_share(&[one, &one[..2]], 3);
+        assert_eq!(shared, HashSet::from([one[0], one[1], one[2]]), "a peer counts once");
+        assert_eq!(fair_share(&[one, two], 100).len(), 8);
+        assert!(fair_share(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn a_watch_topic_names_its_key() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        assert_eq!(key_of_topic(&watch_topic(&key)), Some(key.as_str()));
+        assert_eq!(key_of_topic("/dkvs/chan/1/x"), None);
+    }
 
     #[test]
     fn watchers_get_each_newer_version_once_and_closed_watches_go() {
