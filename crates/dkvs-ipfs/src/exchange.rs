@@ -66,7 +66,10 @@ const HEDGE_AFTER: Duration = Duration::from_secs(3);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A writer's stream with nothing written for this long is closed: an open stream holds its
 /// connection open (libp2p counts it as use), and the peer's reader ends with it. Shorter than
-/// the idle timeout of any profile, so that a connection bitswap no longer uses can close.
+/// the idle timeout of every profile, so that a connection bitswap no longer uses can close.
+/// (A download keeps its providers' connections by its own wants, one at least every
+/// [`BLOCK_TIMEOUT`]: under an idle timeout shorter than that, a slow block can lose its
+/// connection and is asked of the next provider.)
 const STREAM_QUIET: Duration = Duration::from_secs(10);
 
 /// The protocol as libp2p names it.
@@ -590,8 +593,9 @@ fn frame_error(peer: PeerId, e: WireError) -> ExchangeEvent {
     ExchangeEvent::Frame { peer, len: 0, message: Err(e), held: None }
 }
 
-/// Writes what the exchange queued for `peer` on one long-lived stream (reopened once if it
-/// broke), batching queued messages and loading served blocks from the store.
+/// Writes what the exchange queued for `peer` on one stream (reopened once if it broke, closed
+/// after [`STREAM_QUIET`] with nothing to write), batching queued messages and loading served
+/// blocks from the store.
 async fn writer(
     peer: PeerId,
     asks: mpsc::Sender<StreamAsk>,
@@ -608,7 +612,7 @@ async fn writer(
                     // Nothing to say for a while: the stream is closed, so that it no longer
                     // holds the connection open (the next message opens another).
                     if let Some(mut quiet) = stream.take() {
-                        let _ = quiet.close().await;
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, quiet.close()).await;
                     }
                     continue;
                 }

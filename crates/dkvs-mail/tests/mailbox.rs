@@ -777,7 +777,7 @@ async fn a_watcher_nobody_can_dial_hears_new_mail_past_the_idle_timeout() -> any
             let inbox = Inbox::new();
             tokio::time::timeout(Duration::from_secs(20), watch.next(&inbox)).await
         });
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(7)).await;
         assert!(!phone.connected_peers().await.is_empty(), "the phone lost every replica");
         dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"live".to_vec(), &options).await?;
         let heard = waiting.await?.map_err(|_| anyhow::anyhow!("no notification came"))??;

@@ -92,22 +92,25 @@ pub struct Config {
     pub auto_relay: bool,
     /// libp2p closes a connection nothing has used for this long. Not closed however long
     /// idle: a connection with a request waiting for its answer, one to a gossipsub mesh peer
-    /// (channels, and watches where peers watch the same key), a relay reservation, the
-    /// connections to the replicas of the keys this node watches (they publish the updates),
-    /// and those to peers that watch a key (gossipsub forgets a peer's watches when it
-    /// disconnects).
-    /// Streams that stay open for a connection's life do not count as use (gossipsub's,
-    /// ping's, the record protocol's lanes, see `dkvs_net::idle`). A connection closed from
-    /// idleness is dialed again when an operation needs the peer; the routing table keeps
-    /// its address. Default: 60 s.
+    /// (channels, and watches where peers watch the same key), a relay reservation, and the
+    /// ones a watch needs at both ends: to the replicas of a key this node watches, and to
+    /// the peers that watch a key this node holds (see [`crate::Node::watch`]); extensions
+    /// keep theirs (mail: its watches). Streams that stay open for a connection's life do not
+    /// count as use (gossipsub's, ping's, the record protocol's lanes, a peer's bitswap
+    /// stream; this node's bitswap stream closes after 10 s with nothing to say). A connection
+    /// closed from idleness is dialed again when an operation needs the peer (the routing
+    /// table keeps its address); operations use the routing table's connected peers only, so
+    /// a node whose connections went idle looks a key's replicas up before it asks them.
+    /// Default: 60 s.
     pub idle_connection_timeout: Duration,
     /// The most peers this node stays connected to. Over it, the node closes its connections
     /// to the peers it used least recently (a request sent or admitted, gossip, a new
     /// connection) until three quarters of it are left. It never closes a peer used in the
     /// last 30 s, one it awaits a record answer from, a gossipsub mesh peer (watches and
     /// channels), a replica of a key it watches (at most half the limit), a relay or a relay
-    /// reservation: when those are more than the limit, the limit is exceeded. Each connection costs about 85 KiB at each end (docs/benchmarks.md),
-    /// and a node in a large network keeps every connection its lookups made for the idle
+    /// reservation: when those are more than the limit, the limit is exceeded. Each
+    /// connection costs about 85 KiB at each end (docs/benchmarks.md), and a node in a large
+    /// network keeps every connection its lookups made for the idle
     /// timeout. Lookups and reads dial closed peers again. It bounds memory in a
     /// large network; against many new connections from one network, see
     /// [`Config::subnet_share`]. Default: 128.

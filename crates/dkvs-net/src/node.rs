@@ -42,6 +42,11 @@ const RELAYED_LATELY: Duration = Duration::from_secs(60);
 /// How often a watched key is read again while its replicas stay connected
 /// ([`WatchRead::due`]).
 const WATCH_REFRESH: Duration = Duration::from_secs(300);
+/// How long a watched key's replicas stay connected after a read before its backoff starts
+/// over ([`WatchRead::due`]).
+const WATCH_STAYED: Duration = Duration::from_secs(60);
+/// The most watched keys read again at one sweep (the others wait for the next ones).
+const WATCH_READS_PER_SWEEP: usize = 16;
 /// Why a watcher keeps a connection ([`Driver::keep_for_watches`]).
 const KEEP_REPLICAS: &str = "dkvs: replicas of a watched key";
 /// Why a replica keeps a connection ([`Driver::keep_for_watches`]).
@@ -418,6 +423,13 @@ impl Node {
 
     /// Subscribes to newer versions of `key`: every record delivered is verified and newer than
     /// the one before it.
+    ///
+    /// The key's replicas publish each version they accept over gossipsub to the watchers
+    /// they are connected to: the watch reads the key to connect to them, and both ends keep
+    /// those connections open however idle. When most of them are gone, and every 5 minutes
+    /// anyway (the replicas change as nodes come and go), the key is read again, and a newer
+    /// version that read finds is delivered: an update whose notification was lost comes
+    /// that much later, not never.
     pub async fn watch(&self, key: &Key) -> Result<Watch, NetError> {
         self.ask(|reply| Command::Watch { key: key.clone(), reply }).await.ok_or(NetError::Shutdown)
     }
@@ -1662,6 +1674,9 @@ impl<E: Extension> Driver<E> {
         self.watch_reads.retain(|key, _| self.watches.is_watched(key));
         let mut stale = Vec::new();
         for (key, read) in &mut self.watch_reads {
+            if stale.len() >= WATCH_READS_PER_SWEEP {
+                break;
+            }
             let connected = read.replicas.iter().filter(|p| self.connections.contains_key(p));
             if read.due(connected.count(), now) {
                 stale.push(key.clone());
@@ -1685,21 +1700,41 @@ impl<E: Extension> Driver<E> {
     }
 
     /// A watch's read of `key` reached `answered`: its replicas, whose connections are kept.
-    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>) {
+    /// It `found` the network's newest record, which the watchers get if `catch_up` and it is
+    /// newer than what the first read found (that one was there when the watch began, or
+    /// came as an update anyway).
+    pub(crate) fn watch_read(
+        &mut self,
+        key: &Key,
+        answered: Vec<PeerId>,
+        found: Option<Record>,
+        catch_up: bool,
+    ) {
         if !self.watches.is_watched(key) {
             return;
         }
         let replicas = closest(key, answered, self.config.replication);
-        let read =
-            self.watch_reads.entry(key.clone()).or_insert_with(|| WatchRead::new(Instant::now()));
+        let read = self
+            .watch_reads
+            .entry(key.clone())
+            .or_insert_with(|| WatchRead::new(key, Instant::now()));
         read.replicas = replicas;
+        read.reading = false;
+        if let Some(record) = found {
+            if !catch_up {
+                read.first_found = read.first_found.max(record.seq());
+            } else if record.seq() > read.first_found {
+                self.watches.deliver(&record);
+            }
+        }
         self.keep_watched_replicas();
     }
 
     /// Keeps a fair share of the watched keys' replicas ([`Driver::keep_for_watches`]).
     fn keep_watched_replicas(&mut self) {
         let lists: Vec<&[PeerId]> = self.watch_reads.values().map(|r| &r.replicas[..]).collect();
-        let replicas = crate::watch::fair_share(&lists, self.config.max_connections / 2);
+        let most = (self.config.max_connections / 2).max(1);
+        let replicas = crate::watch::fair_share(&lists, most);
         let behaviour = self.swarm.behaviour_mut();
         self.kept_peers.replace(KEEP_REPLICAS, &replicas, &mut behaviour.records);
     }
@@ -1996,28 +2031,51 @@ pub(crate) struct WatchRead {
     read_at: Instant,
     /// The wait before the next read while most replicas are gone (none at first).
     wait: Duration,
+    /// A read of it is under way.
+    reading: bool,
+    /// The sequence the watch's first read found: a catch-up read hands over only newer ones.
+    first_found: u64,
+    /// How long after the last read the key is read again while its replicas stay:
+    /// [`WATCH_REFRESH`], give or take a fifth by the key (watches made together do not read
+    /// together).
+    refresh: Duration,
 }
 
 impl WatchRead {
-    fn new(now: Instant) -> WatchRead {
-        WatchRead { replicas: Vec::new(), read_at: now, wait: Duration::ZERO }
+    fn new(key: &Key, now: Instant) -> WatchRead {
+        let target = crate::nearby::hashed(&kad::KBucketKey::new(kad_key(key)));
+        let spread = WATCH_REFRESH * 2 / 5 * u32::from(target[0]) / 255;
+        WatchRead {
+            replicas: Vec::new(),
+            read_at: now,
+            wait: Duration::ZERO,
+            reading: false,
+            first_found: 0,
+            refresh: WATCH_REFRESH * 4 / 5 + spread,
+        }
     }
 
-    /// Whether the key is to be read again now, with `connected` of its replicas connected.
-    /// While fewer than half are (a read that reached none counts as none connected): at
-    /// once, then 5 s later, then at twice the wait each time up to [`REJOIN_MOST`]. Else
-    /// [`WATCH_REFRESH`] after the last read: a key's replicas change as nodes come nearer
-    /// to it, and a new one publishes only to the watchers it knows.
+    /// Whether the key is to be read again now, with `connected` of its replicas connected
+    /// (never while a read of it is under way). While fewer than half are (a read that
+    /// reached none counts as none connected): at once, then 5 s later, then at twice the
+    /// wait each time up to [`REJOIN_MOST`]; the wait starts over only once they stayed
+    /// connected a minute after a read (replicas that answer and leave do not undo it). Else
+    /// its `refresh` after the last read: a key's replicas change as nodes come nearer to
+    /// it, and a new one publishes only to the watchers it knows.
     fn due(&mut self, connected: usize, now: Instant) -> bool {
+        if self.reading {
+            return false;
+        }
         let lost = connected * 2 < self.replicas.len().max(1);
-        if !lost {
+        if !lost && now >= self.read_at + WATCH_STAYED {
             self.wait = Duration::ZERO;
         }
-        let at = self.read_at + if lost { self.wait } else { WATCH_REFRESH };
+        let at = self.read_at + if lost { self.wait } else { self.refresh };
         if now < at {
             return false;
         }
         self.read_at = now;
+        self.reading = true;
         if lost {
             self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, REJOIN_MOST);
         }
@@ -2215,28 +2273,46 @@ mod tests {
 
     #[test]
     fn a_watch_that_lost_most_replicas_reads_again_backing_off_until_half_are_back() {
+        let alice = dkvs_account::Keypair::generate(dkvs_account::KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
         let t0 = Instant::now();
-        let mut read = WatchRead::new(t0);
+        let mut read = WatchRead::new(&key, t0);
+        assert!(read.refresh >= WATCH_REFRESH * 4 / 5 && read.refresh <= WATCH_REFRESH * 6 / 5);
         read.replicas = (0..4).map(|_| PeerId::random()).collect();
-        assert!(!read.due(2, t0 + WATCH_REFRESH / 2), "half connected is enough for a while");
-        assert!(read.due(1, t0 + WATCH_REFRESH / 2), "fewer than half: read again at once");
-        let t1 = t0 + WATCH_REFRESH / 2;
-        assert!(!read.due(1, t1 + EXPIRY_SWEEP - Duration::from_millis(1)));
-        assert!(read.due(0, t1 + EXPIRY_SWEEP), "then after the first wait");
-        assert!(!read.due(0, t1 + EXPIRY_SWEEP * 2), "twice the wait now");
-        assert!(read.due(0, t1 + EXPIRY_SWEEP * 3));
+        // Each read ends (the driver clears `reading`) before the next sweep here.
+        let due = |read: &mut WatchRead, connected, at| {
+            let due = read.due(connected, at);
+            read.reading = false;
+            due
+        };
+        assert!(!due(&mut read, 2, t0 + WATCH_STAYED), "half connected is enough for a while");
+        let t1 = t0 + WATCH_STAYED;
+        assert!(due(&mut read, 1, t1), "fewer than half: read again at once");
+        assert!(!due(&mut read, 1, t1 + EXPIRY_SWEEP - Duration::from_millis(1)));
+        assert!(due(&mut read, 0, t1 + EXPIRY_SWEEP), "then after the first wait");
+        assert!(!due(&mut read, 0, t1 + EXPIRY_SWEEP * 2), "twice the wait now");
+        assert!(due(&mut read, 0, t1 + EXPIRY_SWEEP * 3));
         let mut at = t1 + EXPIRY_SWEEP * 3;
         for _ in 0..20 {
             at += REJOIN_MOST;
-            assert!(read.due(0, at), "the wait grows to at most {REJOIN_MOST:?}");
+            assert!(due(&mut read, 0, at), "the wait grows to at most {REJOIN_MOST:?}");
         }
-        assert!(!read.due(3, at + REJOIN_MOST / 2), "back");
-        assert!(read.due(1, at + REJOIN_MOST / 2), "lost again: at once, the wait started over");
-        let t2 = at + REJOIN_MOST / 2;
-        assert!(!read.due(4, t2 + WATCH_REFRESH - Duration::from_millis(1)));
-        assert!(read.due(4, t2 + WATCH_REFRESH), "all connected: read again after a while");
+        // Replicas that answer and leave at once do not start the wait over.
+        assert!(!due(&mut read, 3, at + EXPIRY_SWEEP));
+        assert!(!due(&mut read, 1, at + EXPIRY_SWEEP * 2), "the wait is still {REJOIN_MOST:?}");
+        assert!(due(&mut read, 1, at + REJOIN_MOST));
+        let t2 = at + REJOIN_MOST;
+        // Back for a minute after the read: the next loss is read again at once.
+        assert!(!due(&mut read, 3, t2 + WATCH_STAYED));
+        assert!(due(&mut read, 1, t2 + WATCH_STAYED), "lost again: at once");
+        let (t3, refresh) = (t2 + WATCH_STAYED, read.refresh);
+        assert!(!due(&mut read, 4, t3 + refresh - Duration::from_millis(1)));
+        assert!(due(&mut read, 4, t3 + refresh), "all connected: read again after a while");
+        // Never two reads of a key at once.
+        let t4 = t3 + refresh;
         read.replicas.clear();
-        assert!(read.due(0, t2 + WATCH_REFRESH), "a read that reached nobody is read again");
+        assert!(read.due(0, t4 + EXPIRY_SWEEP), "a read that reached nobody is read again");
+        assert!(!read.due(0, t4 + REJOIN_MOST * 2), "not while it is under way");
     }
 
     #[test]

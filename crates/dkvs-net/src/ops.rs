@@ -1396,10 +1396,17 @@ impl<E: crate::Extension> Driver<E> {
                 let me = *self.swarm.local_peer_id();
                 let answered = get.answers.iter().map(|(p, _)| *p).filter(|p| *p != me).collect();
                 let key = get.key.clone();
-                if catch_up && let Ok(GetOutcome { record: Some(record), .. }) = &outcome {
-                    self.watches.deliver(record);
-                }
-                self.watch_read(&key, answered);
+                // As from gossip, only what this node's store accepts under every rule (a
+                // squatter's validly signed record is not a version).
+                let found = match outcome {
+                    Ok(GetOutcome { record: Some(record), .. }) => matches!(
+                        self.store.put(record.clone()),
+                        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged)
+                    )
+                    .then_some(record),
+                    _ => None,
+                };
+                self.watch_read(&key, answered, found, catch_up);
             }
             GetPurpose::Republish => {
                 let key = get.key.clone();
