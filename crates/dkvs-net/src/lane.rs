@@ -34,7 +34,8 @@
 //!   since it was handed over, the lane is taken for dead: the requests written on it fail,
 //!   and those not written yet go on a new one.
 //! - Lanes do not keep a connection open: requests waiting for answers do, each direction,
-//!   and so does the node's wish to stay connected to a peer ([`Behaviour::keep`]).
+//!   and for [`USE_LINGER`] after the last was answered; and so does the node's wish to stay
+//!   connected to a peer ([`Behaviour::keep`]).
 //! - The handler's timers are tokio's: it runs on a swarm with tokio's executor.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -67,6 +68,12 @@ pub const MAX_PENDING: usize = 64;
 /// Lanes a node keeps from one connection (a peer opens a new one when its old one failed,
 /// which this node may not have seen close yet); more are refused.
 pub const MAX_LANES: usize = 2;
+/// A connection that carried requests is kept this long after the last was answered, then
+/// left to libp2p's idle timeout. Without it, every request going and being answered turned
+/// the connection's keep-alive on and off, and each turn off set a new idle timer (libp2p's
+/// `futures_timer::Delay`, registered with its timer thread): 17% more CPU per get at
+/// N = 100 (docs/benchmarks.md).
+const USE_LINGER: Duration = Duration::from_secs(5);
 /// Requests waiting for a lane to open, or for room in its write buffer, on one connection,
 /// unless [`Behaviour::with_max_queued`] says otherwise: more fail at once (the node's pacing
 /// keeps far fewer in flight to one peer).
@@ -705,12 +712,15 @@ pub struct Handler {
     events: VecDeque<HandlerOut>,
     /// The node keeps this connection open ([`Behaviour::keep`]).
     kept: bool,
+    /// Until when a connection that carried requests lately is kept ([`USE_LINGER`]).
+    used_until: Option<Instant>,
 }
 
 impl Handler {
     fn new(timeout: Duration, max_queued: usize, kept: bool) -> Handler {
         Handler {
             kept,
+            used_until: None,
             timeout,
             max_queued,
             out: Out::Closed,
@@ -823,11 +833,18 @@ impl Handler {
         });
     }
 
-    /// When the handler must wake next: the first deadline or lane expiry.
+    /// When the handler must wake next: the first deadline or lane expiry, or the end of
+    /// the linger after use.
     fn next_wake(&mut self) -> Option<Instant> {
         let timeout = self.timeout;
         let lanes = self.lanes.iter_mut().filter_map(|lane| lane.next_wake(timeout));
-        self.outstanding.first_key_value().map(|(_, at)| *at).into_iter().chain(lanes).min()
+        let first = self.outstanding.first_key_value().map(|(_, at)| *at);
+        first.into_iter().chain(lanes).chain(self.used_until).min()
+    }
+
+    /// Requests wait for their answers, either way.
+    fn busy(&self) -> bool {
+        !self.outstanding.is_empty() || self.lanes.iter().any(|lane| !lane.pending.is_empty())
     }
 }
 
@@ -890,9 +907,7 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        self.kept
-            || !self.outstanding.is_empty()
-            || self.lanes.iter().any(|lane| !lane.pending.is_empty())
+        self.kept || self.busy() || self.used_until.is_some()
     }
 
     fn poll(
@@ -905,6 +920,11 @@ impl ConnectionHandler for Handler {
             self.poll_out(cx);
             self.poll_lanes(cx, now);
             self.expire(now);
+            if self.busy() {
+                self.used_until = Some(now + USE_LINGER);
+            } else if self.used_until.is_some_and(|until| until <= now) {
+                self.used_until = None;
+            }
             let Some(at) = self.next_wake() else { break };
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             // Moved earlier only: a timer for a deadline since answered fires early, once,
