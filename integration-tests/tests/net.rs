@@ -1636,3 +1636,38 @@ async fn a_watch_hears_on_after_every_replica_restarted() -> anyhow::Result<()> 
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_rest_walks_its_table_when_the_refresh_is_due() -> anyhow::Result<()> {
+    // The settings under test: connections close after 1 s unused, and node 0 refreshes its
+    // table 20 s after it started (the others in 15 min, after the test).
+    const REFRESH: Duration = Duration::from_secs(20);
+    let config = Config { idle_connection_timeout: Duration::from_secs(1), ..Config::default() };
+    let spawn: dkvs_integration_tests::testnet::Spawn =
+        std::sync::Arc::new(|identity, store, config, dir| {
+            let config = if dir.ends_with("node0") {
+                config.with_table_refresh_interval(REFRESH)
+            } else {
+                config
+            };
+            Ok(dkvs_net::Node::spawn(identity.clone(), store, config)?)
+        });
+    let started = tokio::time::Instant::now();
+    let net = TestNet::start_custom(4, config, Default::default(), spawn).await?;
+    // Once the joins are over, nothing uses node 0's connections: they close.
+    let alone = eventually(Duration::from_secs(15), async || {
+        net.node(0).connected_peers().await.is_empty()
+    })
+    .await;
+    assert!(alone, "node 0 stays connected to {:?}", net.node(0).connected_peers().await);
+    assert!(started.elapsed() < REFRESH, "the test is too slow to see the refresh come");
+    // No operation runs, no peer dials it: only the refresh's walk connects it again.
+    let walked = eventually(REFRESH + Duration::from_secs(15), async || {
+        !net.node(0).connected_peers().await.is_empty()
+    })
+    .await;
+    assert!(walked, "node 0 never walked its table");
+    assert!(started.elapsed() >= REFRESH, "node 0 walked before its refresh was due");
+    net.shutdown().await;
+    Ok(())
+}

@@ -87,8 +87,9 @@ impl<E: Extension> Behaviour<E> {
             .set_record_ttl(None)
             .set_caching(kad::Caching::Disabled)
             .set_kbucket_size(KBUCKET_SIZE)
+            // The node refreshes its table itself (`crate::refresh`).
+            .set_periodic_bootstrap_interval(None)
             // Lookups end well before the operation that waits for them.
-            .set_periodic_bootstrap_interval(Some(config.table_refresh_interval))
             .set_query_timeout(config.operation_timeout / 2)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =

@@ -162,12 +162,13 @@ pub struct Config {
     /// How often this node looks at the keys it keeps alive ([`crate::Node::keep_alive`]); a
     /// record that would expire within two intervals is re-signed and put again. Default: 1 h.
     pub republish_interval: Duration,
-    /// How often the routing table is refreshed: a Kademlia bootstrap, a lookup of the
-    /// node's own id and one of a random key in each bucket past its closest neighbour's
-    /// (about a dozen lookups at 1000 nodes, each dialing the peers it asks that are not
-    /// connected). Default: 15 min, as BEP 5 refreshes a bucket unused for 15 minutes
-    /// (libp2p's default is 5 min; in a 1000-node network at rest those dials were most of
-    /// the CPU). Meanwhile the node's own lookups add the peers they meet to the table; while
+    /// How often the routing table is refreshed: a lookup of the node's own id (the k
+    /// closest), then, one per sweep, a lookup of a random key in each bucket past its closest
+    /// neighbour's that no lookup of the node went into for this long (for the 8 closest, as
+    /// BEP 5 does; about ten at 1000 nodes, each dialing the peers it asks that are not
+    /// connected; see `crate::refresh`). Default: 15 min, as BEP 5 refreshes a bucket unused
+    /// for 15 minutes (libp2p's default is 5 min; in a 1000-node network at rest those dials
+    /// were most of the CPU). Meanwhile the node's own lookups add the peers they meet to the table; while
     /// it holds fewer than 20 entries each peer added brings a refresh (libp2p's rule, at most
     /// one each half second); and a node whose dial failed while no DHT server was connected
     /// walks its table again after 30 s, then at doubling waits up to 5 min.

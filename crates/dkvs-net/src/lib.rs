@@ -34,6 +34,7 @@ mod pace;
 mod quiet;
 mod rate;
 pub mod reconcile;
+mod refresh;
 mod replication;
 mod transport;
 mod watch;

@@ -732,6 +732,8 @@ pub(crate) struct Driver<E: Extension> {
     /// identified): when this node next walks its table again, and the wait after that
     /// ([`Driver::rejoin`]).
     rejoin: Option<(Instant, Duration)>,
+    /// The routing table's refresh ([`crate::refresh`]).
+    refresh: crate::refresh::Refresh,
     /// Peers whose connection through a relay closed lately, and when: a hole punch may
     /// complete after the circuit it was arranged on closed ([`Driver::proves_reachable`]).
     relayed_lately: HashMap<PeerId, Instant>,
@@ -792,6 +794,7 @@ impl<E: Extension> Driver<E> {
         // The loop never waits for a flush; answers that promise a record wait instead.
         let store = store.without_waiting_for_sync();
         let own_key = crate::nearby::hashed(&kad::KBucketKey::from(*swarm.local_peer_id()));
+        let refresh_interval = config.table_refresh_interval;
         Driver {
             durable: crate::durable::Durable::new(&store),
             defence: Defence::new(&config),
@@ -828,6 +831,7 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             rejoin: None,
+            refresh: crate::refresh::Refresh::new(refresh_interval, Instant::now()),
             relayed_lately: HashMap::new(),
             live_table: None,
             kept_peers: crate::idle::Kept::default(),
@@ -1456,7 +1460,10 @@ impl<E: Extension> Driver<E> {
             kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
                     let (peers, complete) = match result {
-                        Ok(ok) => (ok.peers, true),
+                        Ok(ok) => {
+                            self.lookup_went_into(&ok.key);
+                            (ok.peers, true)
+                        }
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (peers, false),
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
@@ -1490,6 +1497,7 @@ impl<E: Extension> Driver<E> {
                     }
                 }
                 kad::QueryResult::Bootstrap(result) if step.last => {
+                    self.refresh.walked(Instant::now());
                     // The table has grown: replication's lists are walked again before the
                     // next answer (at most every 30 s).
                     self.replication.table_changed();
@@ -1608,6 +1616,7 @@ impl<E: Extension> Driver<E> {
             self.with_extension(|extension, host| extension.on_sweep(host));
             self.trim_connections();
             self.rejoin(now);
+            self.refresh_table(now);
             self.relayed_lately.retain(|_, at| now.duration_since(*at) < RELAYED_LATELY);
         }
         if now.duration_since(self.last_republish) >= self.config.republish_interval {
@@ -1640,6 +1649,48 @@ impl<E: Extension> Driver<E> {
             // No known peer at all: nothing to walk, and nothing but a new peer helps.
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
             self.rejoin = Some((now + wait, (wait * 2).min(REJOIN_MOST)));
+        }
+    }
+
+    /// Starts the walk of the table's refresh that is due at this sweep, if any
+    /// ([`crate::refresh`]).
+    fn refresh_table(&mut self, now: Instant) {
+        let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let closest = self.swarm.behaviour_mut().kad.kbuckets().next().and_then(|bucket| {
+            let (low, _) = bucket.range();
+            low.ilog2()
+        });
+        let Some(walk) = self.refresh.next(now, closest) else { return };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match walk {
+            crate::refresh::Walk::Own => {
+                kad.get_closest_peers(*local.preimage());
+            }
+            crate::refresh::Walk::Bucket(index) => {
+                // A random id in the bucket: a key space's ids are hashes, so this is a best
+                // effort (libp2p's own refresh does the same); a miss lands in a bucket
+                // farther out.
+                let mut target = PeerId::random();
+                for _ in 0..16 {
+                    if local.distance(&kad::KBucketKey::from(target)).ilog2() == Some(index) {
+                        break;
+                    }
+                    target = PeerId::random();
+                }
+                let results =
+                    std::num::NonZeroUsize::new(crate::refresh::BUCKET_RESULTS).expect("non-zero");
+                kad.get_n_closest_peers(target, results);
+            }
+        }
+    }
+
+    /// A lookup of this node found the peers closest to `key`: the refresh may skip its
+    /// bucket.
+    fn lookup_went_into(&mut self, key: &[u8]) {
+        let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let target = kad::KBucketKey::new(key.to_vec());
+        if let Some(index) = local.distance(&target).ilog2() {
+            self.refresh.used(index, Instant::now());
         }
     }
 
