@@ -21,7 +21,6 @@
 //! than k, or at [`crate::Node::bootstrap`]) counts as a refresh: the next is an interval after
 //! it.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,67 +40,57 @@ pub(crate) enum Walk {
     Bucket(u32),
 }
 
-/// When the table is refreshed next, and which buckets lookups went into lately.
+/// When the own id was walked, and when a lookup last went into each bucket.
 pub(crate) struct Refresh {
     interval: Duration,
-    due: Instant,
-    /// When a lookup of this node last went into each bucket.
-    used: Box<[Option<Instant>; BUCKETS]>,
-    /// The walks of the refresh under way, one started per sweep.
-    queue: VecDeque<Walk>,
+    /// When the own id was last walked (or the node started).
+    own: Instant,
+    /// When a lookup of this node last went into each bucket, or a walk of the refresh into
+    /// it started (or the node started).
+    used: Box<[Instant; BUCKETS]>,
 }
 
 impl Refresh {
     pub(crate) fn new(interval: Duration, now: Instant) -> Refresh {
-        Refresh {
-            interval,
-            due: now + interval,
-            used: Box::new([None; BUCKETS]),
-            queue: VecDeque::new(),
-        }
+        Refresh { interval, own: now, used: Box::new([now; BUCKETS]) }
     }
 
     /// A lookup of this node went into bucket `index` (it found the peers closest to a key
     /// there).
     pub(crate) fn used(&mut self, index: u32, now: Instant) {
         if let Some(at) = self.used.get_mut(index as usize) {
-            *at = Some(now);
+            *at = (*at).max(now);
         }
     }
 
-    /// The whole table was walked now (libp2p's bootstrap): the next refresh is an interval
-    /// away, and a refresh under way has nothing left to do.
+    /// The whole table was walked now (libp2p's bootstrap): every walk is an interval away.
     pub(crate) fn walked(&mut self, now: Instant) {
-        self.due = now + self.interval;
-        self.queue.clear();
-    }
-
-    /// The walk to start at this sweep, if any. When the refresh is due it is planned: the own
-    /// id, then each bucket from the one past `closest` (the index of the nearest non-empty
-    /// bucket; `None` for an empty table, which has nothing to refresh) out to the farthest,
-    /// unless a lookup went into it within the interval.
-    pub(crate) fn next(&mut self, now: Instant, closest: Option<u32>) -> Option<Walk> {
-        if now >= self.due {
-            self.due = now + self.interval;
-            self.queue.clear();
-            if let Some(closest) = closest {
-                self.queue.push_back(Walk::Own);
-                for index in closest + 1..BUCKETS as u32 {
-                    let lately = self.used[index as usize]
-                        .is_some_and(|at| now.saturating_duration_since(at) < self.interval);
-                    if !lately {
-                        self.queue.push_back(Walk::Bucket(index));
-                    }
-                }
-            }
+        self.own = self.own.max(now);
+        for at in self.used.iter_mut() {
+            *at = (*at).max(now);
         }
-        self.queue.pop_front()
     }
 
-    /// When the next refresh is due (the sweep, every few seconds, starts it).
-    #[cfg(test)]
-    fn due(&self) -> Instant {
-        self.due
+    /// The walk to start at this sweep, if one is due: of the own id and each bucket from the
+    /// one past `closest` (the index of the nearest non-empty bucket; `None` for an empty
+    /// table, which has nothing to walk) out to the farthest, the one whose last walk or
+    /// lookup is oldest, once it is an interval old. At most one walk per sweep, so a refresh
+    /// is spread over as many sweeps as it has walks, and a short interval walks them in turn.
+    pub(crate) fn next(&mut self, now: Instant, closest: Option<u32>) -> Option<Walk> {
+        let closest = closest?;
+        let bucket = (closest as usize + 1..BUCKETS).min_by_key(|i| self.used[*i]);
+        let (walk, last) = match bucket {
+            Some(i) if self.used[i] < self.own => (Walk::Bucket(i as u32), self.used[i]),
+            _ => (Walk::Own, self.own),
+        };
+        if now.saturating_duration_since(last) < self.interval {
+            return None;
+        }
+        match walk {
+            Walk::Own => self.own = now,
+            Walk::Bucket(i) => self.used[i as usize] = now,
+        }
+        Some(walk)
     }
 }
 
@@ -110,36 +99,44 @@ mod tests {
     use super::*;
 
     const INTERVAL: Duration = Duration::from_secs(900);
+    const SWEEP: Duration = Duration::from_secs(5);
 
-    fn drain(refresh: &mut Refresh, now: Instant, closest: Option<u32>) -> Vec<Walk> {
-        std::iter::from_fn(|| refresh.next(now, closest)).collect()
+    /// The walks started at each sweep from `from` for `sweeps` sweeps.
+    fn sweeps(refresh: &mut Refresh, from: Instant, sweeps: u32, closest: u32) -> Vec<Walk> {
+        (0..sweeps).filter_map(|n| refresh.next(from + SWEEP * n, Some(closest))).collect()
     }
 
     #[test]
     fn a_refresh_walks_the_own_id_then_each_far_bucket_no_lookup_went_into_lately() {
         let t0 = Instant::now();
         let mut refresh = Refresh::new(INTERVAL, t0);
-        assert_eq!(refresh.next(t0, Some(250)), None, "nothing before the interval");
-        assert_eq!(refresh.due(), (t0 + INTERVAL));
+        assert_eq!(refresh.next(t0 + INTERVAL / 2, Some(250)), None, "nothing before the interval");
 
-        // Lookups went into buckets 252 and 255 during the interval; 253's was too long ago.
-        refresh.used(253, t0);
+        // Lookups went into buckets 252 and 255 during the interval.
         refresh.used(252, t0 + Duration::from_secs(600));
         refresh.used(255, t0 + Duration::from_secs(899));
-        let t1 = t0 + INTERVAL + Duration::from_secs(1);
+        let t1 = t0 + INTERVAL;
         assert_eq!(
-            drain(&mut refresh, t1, Some(250)),
+            sweeps(&mut refresh, t1, 10, 250),
             [Walk::Own, Walk::Bucket(251), Walk::Bucket(253), Walk::Bucket(254)],
-            "the own id, then the far buckets not used lately, one per call"
+            "the own id, then the far buckets not used lately, one per sweep"
         );
-        assert_eq!(refresh.due(), (t1 + INTERVAL));
+        // 252's and 255's turns come an interval after their lookups.
+        assert_eq!(
+            sweeps(&mut refresh, t0 + Duration::from_secs(1500), 1, 250),
+            [Walk::Bucket(252)]
+        );
+        assert_eq!(
+            sweeps(&mut refresh, t0 + Duration::from_secs(1800), 1, 250),
+            [Walk::Bucket(255)]
+        );
 
-        // The next refresh: a lookup went into 255 since; the others' uses are too old.
-        refresh.used(255, t1 + Duration::from_secs(100));
+        // The refresh's own walks count as its buckets' use: each comes again an interval
+        // later, not two (a bucket walked is not skipped as "used lately" next time).
         let t2 = t1 + INTERVAL;
         assert_eq!(
-            drain(&mut refresh, t2, Some(250)),
-            [Walk::Own, Walk::Bucket(251), Walk::Bucket(252), Walk::Bucket(253), Walk::Bucket(254)]
+            sweeps(&mut refresh, t2, 10, 250),
+            [Walk::Own, Walk::Bucket(251), Walk::Bucket(253), Walk::Bucket(254)]
         );
     }
 
@@ -148,16 +145,27 @@ mod tests {
         let t0 = Instant::now();
         let mut refresh = Refresh::new(INTERVAL, t0);
         let t1 = t0 + INTERVAL;
-        assert_eq!(refresh.next(t1, Some(254)), Some(Walk::Own));
+        assert_eq!(refresh.next(t1, Some(253)), Some(Walk::Own));
         // libp2p walked the whole table (a peer joined a small table): what was left is done.
         refresh.walked(t1);
-        assert_eq!(refresh.next(t1, Some(254)), None);
-        assert_eq!(refresh.due(), (t1 + INTERVAL));
-        // Alone, a node has nothing to walk; it tries again an interval later.
+        assert_eq!(sweeps(&mut refresh, t1, 10, 253), []);
+        // Alone, a node has nothing to walk; its walks start once it has a table again.
         let t2 = t1 + INTERVAL;
         assert_eq!(refresh.next(t2, None), None);
-        assert_eq!(refresh.due(), (t2 + INTERVAL));
-        let t3 = t2 + INTERVAL;
-        assert_eq!(drain(&mut refresh, t3, Some(254)), [Walk::Own, Walk::Bucket(255)]);
+        assert_eq!(
+            sweeps(&mut refresh, t2 + SWEEP, 10, 253),
+            [Walk::Own, Walk::Bucket(254), Walk::Bucket(255)]
+        );
+    }
+
+    #[test]
+    fn an_interval_shorter_than_a_refresh_walks_everything_in_turn() {
+        let t0 = Instant::now();
+        for interval in [Duration::ZERO, SWEEP] {
+            let mut refresh = Refresh::new(interval, t0);
+            let walks = sweeps(&mut refresh, t0 + SWEEP, 12, 252);
+            let expected = [Walk::Own, Walk::Bucket(253), Walk::Bucket(254), Walk::Bucket(255)];
+            assert_eq!(walks, expected.repeat(3), "{interval:?}");
+        }
     }
 }

@@ -111,15 +111,17 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     .context("starting dkvs nodes")?;
     let setup = started.elapsed();
-    let idle_cpu_per_node = if opts.idle.is_zero() {
-        None
+    let (idle_cpu_per_node, idle_bytes_per_node_hour) = if opts.idle.is_zero() {
+        (None, None)
     } else {
         bar.set_message(format!("dkvs: idling {:?}", opts.settle + opts.idle));
         tokio::time::sleep(opts.settle).await;
-        let (cpu, at) = (workload::cpu_time(), Instant::now());
+        let (cpu, bytes, at) = (workload::cpu_time(), bytes_sent(&net), Instant::now());
         tokio::time::sleep(opts.idle).await;
         let (used, took) = (workload::cpu_time().saturating_sub(cpu), at.elapsed());
-        Some(100.0 * used.as_secs_f64() / took.as_secs_f64() / opts.nodes.max(1) as f64)
+        let sent = bytes_sent(&net).saturating_sub(bytes);
+        let per_node = |x: f64| Some(x / took.as_secs_f64() / opts.nodes.max(1) as f64);
+        (per_node(100.0 * used.as_secs_f64()), per_node(3600.0 * sent as f64))
     };
 
     let mut progress = Progress::new(opts.quiet, plan.puts.len() + plan.gets.len(), bar);
@@ -198,6 +200,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         peers: peers as u64,
         floor_get_p50_ms: floor,
         idle_cpu_per_node,
+        idle_bytes_per_node_hour,
         cpu_per_get_ms: Some(cpu_per_get_ms),
         floor_cpu_per_get_ms: floor_cpu,
         hops: Some(hops),

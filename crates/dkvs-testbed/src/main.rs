@@ -430,6 +430,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("connected peers per node", &|r| r.peers_per_node, 1);
     row("setup s", &|r| Some(r.setup_s), 1);
     row("idle CPU per node, % of a core", &|r| r.idle_cpu_per_node, 3);
+    row("idle bytes sent per node and hour", &|r| r.idle_bytes_per_node_hour, 0);
     row("2-node get p50 ms (floor)", &|r| r.floor_get_p50_ms, 2);
     row("get p50 / floor", &|r| r.floor_get_p50_ms.map(|f| r.get.p50_ms / f.max(1e-9)), 1);
     row("CPU per get ms (all nodes, in one process)", &|r| r.cpu_per_get_ms, 3);

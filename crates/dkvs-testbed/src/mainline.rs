@@ -177,6 +177,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         peers_per_node: None,
         floor_get_p50_ms: None,
         idle_cpu_per_node: None,
+        idle_bytes_per_node_hour: None,
         cpu_per_get_ms: Some(cpu_per_get_ms),
         floor_cpu_per_get_ms: None,
         hops: None,

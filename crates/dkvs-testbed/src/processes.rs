@@ -259,6 +259,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         peers,
         floor_get_p50_ms: floor,
         idle_cpu_per_node: None,
+        idle_bytes_per_node_hour: None,
         cpu_per_get_ms: None,
         floor_cpu_per_get_ms: None,
         hops: None,

@@ -288,6 +288,10 @@ pub struct Report {
     /// dkvs in one process, with `--idle-secs`: the CPU the process used while the joined
     /// nodes idled, per node, in percent of one core.
     pub idle_cpu_per_node: Option<f64>,
+    /// The same window's bytes sent by all nodes, per node and hour (connections' handshakes
+    /// included: a measure of the dials a network at rest makes that does not depend on the
+    /// machine's speed).
+    pub idle_bytes_per_node_hour: Option<f64>,
     /// dkvs in one process: the CPU the whole process used during the gets, divided by the
     /// gets (all nodes' work for one get, background included), in milliseconds.
     pub cpu_per_get_ms: Option<f64>,
@@ -328,6 +332,7 @@ pub(crate) struct DkvsRun {
     pub peers: u64,
     pub floor_get_p50_ms: Option<f64>,
     pub idle_cpu_per_node: Option<f64>,
+    pub idle_bytes_per_node_hour: Option<f64>,
     pub cpu_per_get_ms: Option<f64>,
     pub floor_cpu_per_get_ms: Option<f64>,
     pub hops: Option<Hops>,
@@ -354,6 +359,7 @@ impl DkvsRun {
             peers_per_node: Some(self.peers as f64 / nodes.max(1) as f64),
             floor_get_p50_ms: self.floor_get_p50_ms,
             idle_cpu_per_node: self.idle_cpu_per_node,
+            idle_bytes_per_node_hour: self.idle_bytes_per_node_hour,
             cpu_per_get_ms: self.cpu_per_get_ms,
             floor_cpu_per_get_ms: self.floor_cpu_per_get_ms,
             hops: self.hops,
