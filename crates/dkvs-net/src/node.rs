@@ -52,8 +52,9 @@ const KEEP_REPLICAS: &str = "dkvs: replicas of a watched key";
 /// Why a replica keeps a connection ([`Driver::keep_for_watches`]).
 const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
-/// Random keys tried for one that falls in the bucket a refresh walks ([`Driver::refresh_table`]).
-const REFRESH_TRIES: usize = 1024;
+/// Random keys tried for one that falls in the bucket a refresh walks, before a peer it holds
+/// is walked to instead ([`Driver::refresh_table`]): enough for the four farthest buckets.
+const REFRESH_TRIES: usize = 64;
 
 pub(crate) enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
@@ -1503,7 +1504,10 @@ impl<E: Extension> Driver<E> {
                     }
                 }
                 kad::QueryResult::Bootstrap(result) if step.last => {
-                    self.refresh.walked(Instant::now());
+                    // A walk that timed out is no refresh.
+                    if result.is_ok() {
+                        self.refresh.walked(Instant::now());
+                    }
                     // The table has grown: replication's lists are walked again before the
                     // next answer (at most every 30 s).
                     self.replication.table_changed();
@@ -1673,18 +1677,32 @@ impl<E: Extension> Driver<E> {
                 kad.get_closest_peers(*local.preimage());
             }
             crate::refresh::Walk::Bucket(index) => {
-                // A random key in the bucket: keys are hashed, so this tries random ones (a
-                // bucket i below the farthest holds one key in 2^(256 - i)); a miss walks a
-                // bucket farther out. 1024 tries (about a quarter of a millisecond of SHA-256)
-                // reach the buckets a table of a million peers walks, where libp2p's 16 miss
-                // more than half of the walks below the fourth-farthest bucket.
+                // A random key in the bucket: keys are hashed, so random ones are tried (a
+                // bucket i below the farthest holds one key in 2^(256 - i)). Past the few
+                // farthest buckets that takes too many tries, so then the key is a peer's the
+                // bucket holds, picked at random (libp2p's refresh tries 16 random keys and
+                // walks the farther bucket its last one falls in, which misses most walks
+                // below the fourth-farthest bucket). An empty bucket is walked towards the
+                // last random key, wherever it falls.
+                let in_bucket = |key: &[u8]| local.distance(&kad::KBucketKey::new(key)).ilog2();
                 let mut target = PeerId::random().to_bytes();
-                for _ in 0..REFRESH_TRIES {
-                    if local.distance(&kad::KBucketKey::new(target.clone())).ilog2() == Some(index)
-                    {
-                        break;
-                    }
+                let mut tries = 1;
+                while in_bucket(&target) != Some(index) && tries < REFRESH_TRIES {
                     target = PeerId::random().to_bytes();
+                    tries += 1;
+                }
+                if in_bucket(&target) != Some(index) {
+                    // The random key's last bytes are random: they pick the peer.
+                    let pick =
+                        target.iter().rev().take(8).fold(0usize, |n, b| n << 8 | *b as usize);
+                    let held = kad
+                        .kbuckets()
+                        .find(|bucket| bucket.range().0.ilog2() == Some(index))
+                        .and_then(|bucket| {
+                            let n = bucket.num_entries().max(1);
+                            bucket.iter().nth(pick % n).map(|e| e.node.key.preimage().to_bytes())
+                        });
+                    target = held.unwrap_or(target);
                 }
                 let results =
                     std::num::NonZeroUsize::new(crate::refresh::BUCKET_RESULTS).expect("non-zero");
