@@ -1715,7 +1715,7 @@ impl<E: Extension> Driver<E> {
     /// bucket.
     fn lookup_went_into(&mut self, key: &[u8]) {
         let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
-        let target = kad::KBucketKey::new(key.to_vec());
+        let target = kad::KBucketKey::new(key);
         if let Some(index) = local.distance(&target).ilog2() {
             self.refresh.used(index, Instant::now());
         }
