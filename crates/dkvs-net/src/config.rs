@@ -171,7 +171,9 @@ pub struct Config {
     /// were most of the CPU). Meanwhile the node's own lookups add the peers they meet to the table; while
     /// it holds fewer than 20 entries each peer added brings a refresh (libp2p's rule, at most
     /// one each half second); and a node whose dial failed while no DHT server was connected
-    /// walks its table again after 30 s, then at doubling waits up to 5 min.
+    /// walks its table again after 30 s, then at doubling waits up to 5 min. A watched key
+    /// whose replicas stay connected is read again every third of this interval (5 min by
+    /// default; see [`crate::Node::watch`]).
     pub table_refresh_interval: Duration,
 }
 

@@ -40,8 +40,13 @@ const REJOIN_MOST: Duration = Duration::from_secs(300);
 /// connects directly, and how many such peers are remembered at most.
 const RELAYED_LATELY: Duration = Duration::from_secs(60);
 /// How often a watched key is read again while its replicas stay connected
-/// ([`WatchRead::due`]).
-const WATCH_REFRESH: Duration = Duration::from_secs(300);
+/// ([`WatchRead::due`]): a third of the table's refresh interval, as the watcher's view of who
+/// holds the key is part of its view of the network (5 min by default; 20 min on the node's
+/// phone profile, whose table is refreshed hourly, so a phone that watches 100 keys makes 300
+/// reads an hour rather than 1,200).
+fn watch_refresh(config: &Config) -> Duration {
+    config.table_refresh_interval / 3
+}
 /// How long a watched key's replicas stay connected after a read before its backoff starts
 /// over ([`WatchRead::due`]).
 const WATCH_STAYED: Duration = Duration::from_secs(60);
@@ -429,8 +434,9 @@ impl Node {
     ///
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
-    /// those connections open however idle. When most of them are gone, and every 5 minutes
-    /// anyway (the replicas change as nodes come and go), the key is read again, and a newer
+    /// those connections open however idle. When most of them are gone, and every third of
+    /// [`Config::table_refresh_interval`] anyway (5 min by default: the replicas change as
+    /// nodes come and go), the key is read again, and a newer
     /// version that read finds is delivered: an update whose notification was lost comes
     /// that much later, not never.
     pub async fn watch(&self, key: &Key) -> Result<Watch, NetError> {
@@ -1738,7 +1744,8 @@ impl<E: Extension> Driver<E> {
     ///   [`Config::max_connections`] in all, and spared by the limit's trim (the rest of the
     ///   limit stays for operations). A key is read again when fewer than half of those
     ///   replicas are still connected (a replica restarted, or trimmed this node), backing
-    ///   off, and every 5 minutes anyway (its replicas change as nodes come and go)
+    ///   off, and every third of the table's refresh interval anyway (its replicas change
+    ///   as nodes come and go)
     ///   ([`WatchRead::due`]): the read reaches its replicas anew and hands the watchers any
     ///   newer version it finds, so an update gossip did not bring comes that much later;
     /// - as a replica, the connections to peers that subscribe to the watch topic of a key
@@ -1795,7 +1802,7 @@ impl<E: Extension> Driver<E> {
         let read = self
             .watch_reads
             .entry(key.clone())
-            .or_insert_with(|| WatchRead::new(key, Instant::now()));
+            .or_insert_with(|| WatchRead::new(key, Instant::now(), watch_refresh(&self.config)));
         read.replicas = replicas;
         read.reading = false;
         if let Some(record) = found {
@@ -2114,22 +2121,23 @@ pub(crate) struct WatchRead {
     /// The sequence the watch's first read found: a catch-up read hands over only newer ones.
     first_found: u64,
     /// How long after the last read the key is read again while its replicas stay:
-    /// [`WATCH_REFRESH`], give or take a fifth by the key (watches made together do not read
+    /// [`watch_refresh`], give or take a fifth by the key (watches made together do not read
     /// together).
     refresh: Duration,
 }
 
 impl WatchRead {
-    fn new(key: &Key, now: Instant) -> WatchRead {
+    /// A watch of `key` read about `every` while its replicas stay.
+    fn new(key: &Key, now: Instant, every: Duration) -> WatchRead {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(kad_key(key)));
-        let spread = WATCH_REFRESH * 2 / 5 * u32::from(target[0]) / 255;
+        let spread = every * 2 / 5 * u32::from(target[0]) / 255;
         WatchRead {
             replicas: Vec::new(),
             read_at: now,
             wait: Duration::ZERO,
             reading: false,
             first_found: 0,
-            refresh: WATCH_REFRESH * 4 / 5 + spread,
+            refresh: every * 4 / 5 + spread,
         }
     }
 
@@ -2354,8 +2362,14 @@ mod tests {
         let alice = dkvs_account::Keypair::generate(dkvs_account::KeyType::Ed25519);
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
         let t0 = Instant::now();
-        let mut read = WatchRead::new(&key, t0);
-        assert!(read.refresh >= WATCH_REFRESH * 4 / 5 && read.refresh <= WATCH_REFRESH * 6 / 5);
+        let every = watch_refresh(&Config::default());
+        assert_eq!(every, Duration::from_secs(300), "5 min on the default configuration");
+        let mut read = WatchRead::new(&key, t0, every);
+        assert!(read.refresh >= every * 4 / 5 && read.refresh <= every * 6 / 5);
+        let hourly = Config::default().with_table_refresh_interval(Duration::from_secs(3600));
+        let phone = WatchRead::new(&key, t0, watch_refresh(&hourly)).refresh;
+        let (least, most) = (Duration::from_secs(16 * 60), Duration::from_secs(24 * 60));
+        assert!(phone >= least && phone <= most, "20 min, give or take a fifth: {phone:?}");
         read.replicas = (0..4).map(|_| PeerId::random()).collect();
         // Each read ends (the driver clears `reading`) before the next sweep here.
         let due = |read: &mut WatchRead, connected, at| {

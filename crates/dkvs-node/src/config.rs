@@ -58,7 +58,8 @@ pub struct NodeConfig {
     /// seconds.
     pub replication_interval_secs: u64,
     /// How often the routing table is refreshed (about a dozen lookups, each dialing peers
-    /// not connected), in seconds. The node's own lookups keep it fresh meanwhile.
+    /// not connected), in seconds. The node's own lookups keep it fresh meanwhile. A watched
+    /// key is read again every third of it (its replicas change as nodes come and go).
     pub table_refresh_interval_secs: u64,
     /// Store budget in bytes.
     pub max_bytes: u64,
@@ -188,7 +189,8 @@ impl NodeConfig {
     /// - "phone": a phone or another small device that may sleep or sit behind NAT. Memory:
     ///   a 16 MiB store, 4 MiB of IPFS blocks in memory, 4 MiB of others' mail; at most 32
     ///   peers, an idle timeout of 30 s (see `idle_connection_timeout_secs`); replication
-    ///   every 30 min, the routing table refreshed every hour. It still serves the DHT when
+    ///   every 30 min, the routing table refreshed every hour (and watched keys read again
+    ///   every 20 min). It still serves the DHT when
     ///   reachable (kad_mode "auto"), so phones on Wi-Fi add to the network.
     /// - "light": an application's embedded client that keeps nothing for others: a
     ///   Kademlia client always (never a replica), a 2 MiB store (its own writes), 1 MiB of
