@@ -39,14 +39,19 @@ const REJOIN_MOST: Duration = Duration::from_secs(300);
 /// How long a peer whose relayed connection closed is still taken for hole punching when it
 /// connects directly, and how many such peers are remembered at most.
 const RELAYED_LATELY: Duration = Duration::from_secs(60);
-/// How often a watched key is read again while its replicas stay connected
-/// ([`WatchRead::due`]): a third of the table's refresh interval, as the watcher's view of who
-/// holds the key is part of its view of the network (5 min by default; 20 min on the node's
-/// phone profile, whose table is refreshed hourly, so a phone that watches 100 keys makes 300
-/// reads an hour rather than 1,200).
+/// How often a watched key is read again while its replicas stay connected, and at most while
+/// they are gone ([`WatchRead::due`]): a third of the table's refresh interval, as the
+/// watcher's view of who holds the key is part of its view of the network; at least 5 min
+/// (the default's), at most [`WATCH_REFRESH_MOST`]. 20 min on the node's phone and light
+/// profiles, whose tables are refreshed hourly: a phone that watches 100 keys reads them
+/// about 300 times an hour rather than 1,200, most of them as keys whose replicas it cannot
+/// keep connected (it keeps 16 peers for all its watches).
 fn watch_refresh(config: &Config) -> Duration {
-    config.table_refresh_interval / 3
+    (config.table_refresh_interval / 3).clamp(REJOIN_MOST, WATCH_REFRESH_MOST)
 }
+/// The longest a watched key goes unread ([`watch_refresh`]): updates whose notification was
+/// lost still come, however rarely the table is refreshed.
+const WATCH_REFRESH_MOST: Duration = Duration::from_secs(3600);
 /// How long a watched key's replicas stay connected after a read before its backoff starts
 /// over ([`WatchRead::due`]).
 const WATCH_STAYED: Duration = Duration::from_secs(60);
@@ -434,9 +439,10 @@ impl Node {
     ///
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
-    /// those connections open however idle. When most of them are gone, and every third of
-    /// [`Config::table_refresh_interval`] anyway (5 min by default: the replicas change as
-    /// nodes come and go), the key is read again, and a newer
+    /// those connections open however idle, as many as the connection limit spares. When most
+    /// of them are gone (backing off), and anyway every third of
+    /// [`Config::table_refresh_interval`], at least 5 min and at most an hour (5 min by
+    /// default: the replicas change as nodes come and go), the key is read again, and a newer
     /// version that read finds is delivered: an update whose notification was lost comes
     /// that much later, not never.
     pub async fn watch(&self, key: &Key) -> Result<Watch, NetError> {
@@ -2144,7 +2150,9 @@ impl WatchRead {
     /// Whether the key is to be read again now, with `connected` of its replicas connected
     /// (never while a read of it is under way). While fewer than half are (a read that
     /// reached none counts as none connected): at once, then 5 s later, then at twice the
-    /// wait each time up to [`REJOIN_MOST`]; the wait starts over only once they stayed
+    /// wait each time up to the longer of [`REJOIN_MOST`] and its `refresh` (a key whose
+    /// replicas stay unkept, past what the connection limit spares for watches, is read as
+    /// often as one whose replicas stay); the wait starts over only once they stayed
     /// connected a minute after a read (replicas that answer and leave do not undo it). Else
     /// its `refresh` after the last read: a key's replicas change as nodes come nearer to
     /// it, and a new one publishes only to the watchers it knows.
@@ -2163,7 +2171,7 @@ impl WatchRead {
         self.read_at = now;
         self.reading = true;
         if lost {
-            self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, REJOIN_MOST);
+            self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, self.refresh.max(REJOIN_MOST));
         }
         true
     }
@@ -2385,15 +2393,17 @@ mod tests {
         assert!(!due(&mut read, 0, t1 + EXPIRY_SWEEP * 2), "twice the wait now");
         assert!(due(&mut read, 0, t1 + EXPIRY_SWEEP * 3));
         let mut at = t1 + EXPIRY_SWEEP * 3;
+        let most = read.refresh.max(REJOIN_MOST);
         for _ in 0..20 {
-            at += REJOIN_MOST;
-            assert!(due(&mut read, 0, at), "the wait grows to at most {REJOIN_MOST:?}");
+            at += most;
+            assert!(due(&mut read, 0, at), "the wait grows to at most {most:?}");
         }
+        assert!(!due(&mut read, 0, at + most - Duration::from_millis(1)), "and stays there");
         // Replicas that answer and leave at once do not start the wait over.
         assert!(!due(&mut read, 3, at + EXPIRY_SWEEP));
-        assert!(!due(&mut read, 1, at + EXPIRY_SWEEP * 2), "the wait is still {REJOIN_MOST:?}");
-        assert!(due(&mut read, 1, at + REJOIN_MOST));
-        let t2 = at + REJOIN_MOST;
+        assert!(!due(&mut read, 1, at + EXPIRY_SWEEP * 2), "the wait is still {most:?}");
+        assert!(due(&mut read, 1, at + most));
+        let t2 = at + most;
         // Back for a minute after the read: the next loss is read again at once.
         assert!(!due(&mut read, 3, t2 + WATCH_STAYED));
         assert!(due(&mut read, 1, t2 + WATCH_STAYED), "lost again: at once");
@@ -2405,6 +2415,36 @@ mod tests {
         read.replicas.clear();
         assert!(read.due(0, t4 + EXPIRY_SWEEP), "a read that reached nobody is read again");
         assert!(!read.due(0, t4 + REJOIN_MOST * 2), "not while it is under way");
+    }
+
+    #[test]
+    fn a_watch_is_read_again_every_third_of_the_table_refresh_within_5_min_and_an_hour() {
+        let every = |secs| {
+            watch_refresh(&Config::default().with_table_refresh_interval(Duration::from_secs(secs)))
+        };
+        assert_eq!(every(3600), Duration::from_secs(1200), "the phone's hourly table: 20 min");
+        assert_eq!(every(60), REJOIN_MOST, "never more often than the default's 5 min");
+        assert_eq!(every(0), REJOIN_MOST);
+        let year = Config::LONGEST.as_secs();
+        assert_eq!(every(year), WATCH_REFRESH_MOST, "nor less often than hourly");
+        // A phone's key whose replicas it cannot keep connected: its reads back off to its
+        // refresh (about 20 min), not to 5 min.
+        let alice = dkvs_account::Keypair::generate(dkvs_account::KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let t0 = Instant::now();
+        let mut read = WatchRead::new(&key, t0, every(3600));
+        read.replicas = (0..12).map(|_| PeerId::random()).collect();
+        let (mut at, mut reads) = (t0, 0);
+        while at < t0 + Duration::from_secs(4 * 3600) {
+            if read.due(0, at) {
+                read.reading = false;
+                reads += 1;
+            }
+            at += EXPIRY_SWEEP;
+        }
+        // At once, then after waits of 5, 10, ... 640 s (9 reads in the first 21 min), then
+        // one a refresh (16-24 min): 18-22 in 4 h; backing off to 5 min would make 53.
+        assert!((18..=22).contains(&reads), "{reads} reads in 4 h");
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct NodeConfig {
     pub replication_interval_secs: u64,
     /// How often the routing table is refreshed (about a dozen lookups, each dialing peers
     /// not connected), in seconds. The node's own lookups keep it fresh meanwhile. A watched
-    /// key is read again every third of it (its replicas change as nodes come and go).
+    /// key is read again every third of it, at least 5 min and at most an hour apart (its
+    /// replicas change as nodes come and go; a key whose replicas went away is read sooner).
     pub table_refresh_interval_secs: u64,
     /// Store budget in bytes.
     pub max_bytes: u64,
@@ -195,7 +196,7 @@ impl NodeConfig {
     /// - "light": an application's embedded client that keeps nothing for others: a
     ///   Kademlia client always (never a replica), a 2 MiB store (its own writes), 1 MiB of
     ///   IPFS blocks in memory, no mail for others, at most 16 peers, the routing table
-    ///   refreshed every hour.
+    ///   refreshed every hour (and watched keys read again every 20 min).
     pub fn profile(name: &str) -> anyhow::Result<NodeConfig> {
         let base = NodeConfig::default();
         const MIB: u64 = 1 << 20;
