@@ -172,8 +172,8 @@ pub struct Config {
     /// it holds fewer than 20 entries each peer added brings a refresh (libp2p's rule, at most
     /// one each half second); and a node whose dial failed while no DHT server was connected
     /// walks its table again after 30 s, then at doubling waits up to 5 min. A watched key
-    /// is read again every third of this interval, at least 5 min and at most an hour (5 min
-    /// by default; see [`crate::Node::watch`]).
+    /// is read again about every third of this interval, at least 5 min and at most an hour,
+    /// give or take a fifth by the key (5 min by default; see [`crate::Node::watch`]).
     pub table_refresh_interval: Duration,
 }
 

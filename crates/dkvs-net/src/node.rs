@@ -39,18 +39,20 @@ const REJOIN_MOST: Duration = Duration::from_secs(300);
 /// How long a peer whose relayed connection closed is still taken for hole punching when it
 /// connects directly, and how many such peers are remembered at most.
 const RELAYED_LATELY: Duration = Duration::from_secs(60);
-/// How often a watched key is read again while its replicas stay connected, and at most while
-/// they are gone ([`WatchRead::due`]): a third of the table's refresh interval, as the
+/// About how often a watched key is read again while its kept replicas stay connected, and
+/// the longest its backoff grows to while they are gone, when that is over 5 min
+/// ([`WatchRead::due`]; each key's is this give or take a fifth, by the key, so that watches
+/// made together do not read together): a third of the table's refresh interval, as the
 /// watcher's view of who holds the key is part of its view of the network; at least 5 min
 /// (the default's), at most [`WATCH_REFRESH_MOST`]. 20 min on the node's phone and light
 /// profiles, whose tables are refreshed hourly: a phone that watches 100 keys reads them
-/// about 300 times an hour rather than 1,200, most of them as keys whose replicas it cannot
-/// keep connected (it keeps 16 peers for all its watches).
+/// about 300 times an hour once their backoffs have grown, rather than 1,200, most of them
+/// as keys whose replicas it cannot keep connected (it keeps 16 peers for all its watches).
 fn watch_refresh(config: &Config) -> Duration {
     (config.table_refresh_interval / 3).clamp(REJOIN_MOST, WATCH_REFRESH_MOST)
 }
-/// The longest a watched key goes unread ([`watch_refresh`]): updates whose notification was
-/// lost still come, however rarely the table is refreshed.
+/// The most [`watch_refresh`] gives (each key's refresh is this give or take a fifth):
+/// updates whose notification was lost still come, however rarely the table is refreshed.
 const WATCH_REFRESH_MOST: Duration = Duration::from_secs(3600);
 /// How long a watched key's replicas stay connected after a read before its backoff starts
 /// over ([`WatchRead::due`]).
@@ -440,9 +442,10 @@ impl Node {
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
     /// those connections open however idle, as many as the connection limit spares. When most
-    /// of them are gone (backing off), and anyway every third of
-    /// [`Config::table_refresh_interval`], at least 5 min and at most an hour (5 min by
-    /// default: the replicas change as nodes come and go), the key is read again, and a newer
+    /// of them are gone (backing off; at once when a node that lost the network joins again),
+    /// and anyway about every third of [`Config::table_refresh_interval`], at least 5 min and
+    /// at most an hour, give or take a fifth by the key (5 min by default: the replicas
+    /// change as nodes come and go), the key is read again, and a newer
     /// version that read finds is delivered: an update whose notification was lost comes
     /// that much later, not never.
     pub async fn watch(&self, key: &Key) -> Result<Watch, NetError> {
@@ -1424,7 +1427,7 @@ impl<E: Extension> Driver<E> {
                 let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
                 if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.servers.entry(peer_id).or_insert_with(Instant::now);
-                    self.rejoin = None;
+                    self.joined_again();
                 } else {
                     self.servers.remove(&peer_id);
                 }
@@ -1662,7 +1665,7 @@ impl<E: Extension> Driver<E> {
     /// nothing failed, and the next operation dials what it needs.
     fn rejoin(&mut self, now: Instant) {
         if !self.servers.is_empty() {
-            self.rejoin = None;
+            self.joined_again();
         }
         if let Some((at, wait)) = self.rejoin
             && now >= at
@@ -1741,6 +1744,17 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// A DHT server is connected: a stranded node is back (a phone back online), and the
+    /// watched keys its reads could not reach meanwhile are read at the next sweep, not
+    /// after the wait they backed off to ([`WatchRead::due`]).
+    fn joined_again(&mut self) {
+        if self.rejoin.take().is_some() {
+            for read in self.watch_reads.values_mut() {
+                read.rejoined();
+            }
+        }
+    }
+
     /// Keeps the connections a watch needs open while nothing uses them
     /// ([`crate::idle::Kept`]); a connection closes when either end lets it go, so both ends
     /// keep it:
@@ -1748,10 +1762,10 @@ impl<E: Extension> Driver<E> {
     ///   they publish its updates to the watchers they know of. A fair share of every key's,
     ///   nearest first ([`crate::watch::fair_share`]), at most half of
     ///   [`Config::max_connections`] in all, and spared by the limit's trim (the rest of the
-    ///   limit stays for operations). A key is read again when fewer than half of those
-    ///   replicas are still connected (a replica restarted, or trimmed this node), backing
-    ///   off, and every third of the table's refresh interval anyway (its replicas change
-    ///   as nodes come and go)
+    ///   limit stays for operations). A key is read again when fewer than half of its kept
+    ///   replicas are still connected (a replica restarted, or trimmed this node; a key with
+    ///   none kept, past what the limit spares, counts as having lost them), backing off, and
+    ///   anyway every [`watch_refresh`] (its replicas change as nodes come and go)
     ///   ([`WatchRead::due`]): the read reaches its replicas anew and hands the watchers any
     ///   newer version it finds, so an update gossip did not bring comes that much later;
     /// - as a replica, the connections to peers that subscribe to the watch topic of a key
@@ -1763,20 +1777,25 @@ impl<E: Extension> Driver<E> {
     /// a watch's read and a peer's subscription add theirs as they come.
     pub(crate) fn keep_for_watches(&mut self, now: Instant) {
         self.watch_reads.retain(|key, _| self.watches.is_watched(key));
+        let kept = self.keep_watched_replicas();
         let mut stale = Vec::new();
         for (key, read) in &mut self.watch_reads {
             if stale.len() >= WATCH_READS_PER_SWEEP {
                 break;
             }
-            let connected = read.replicas.iter().filter(|p| self.connections.contains_key(p));
-            if read.due(connected.count(), now) {
+            // Only kept connections count: the others a read opened close once idle.
+            let (mut share, mut connected) = (0, 0);
+            for peer in read.replicas.iter().filter(|p| kept.contains(*p)) {
+                share += 1;
+                connected += usize::from(self.connections.contains_key(peer));
+            }
+            if read.due(share, connected, now) {
                 stale.push(key.clone());
             }
         }
         for key in stale {
             self.start_get(key, GetPurpose::Warm { catch_up: true });
         }
-        self.keep_watched_replicas();
         let store = &self.store;
         let watchers: HashSet<PeerId> = self
             .swarm
@@ -1821,13 +1840,15 @@ impl<E: Extension> Driver<E> {
         self.keep_watched_replicas();
     }
 
-    /// Keeps a fair share of the watched keys' replicas ([`Driver::keep_for_watches`]).
-    fn keep_watched_replicas(&mut self) {
+    /// Keeps a fair share of the watched keys' replicas ([`Driver::keep_for_watches`]), and
+    /// gives it.
+    fn keep_watched_replicas(&mut self) -> HashSet<PeerId> {
         let lists: Vec<&[PeerId]> = self.watch_reads.values().map(|r| &r.replicas[..]).collect();
         let most = (self.config.max_connections / 2).max(1);
         let replicas = crate::watch::fair_share(&lists, most);
         let behaviour = self.swarm.behaviour_mut();
         self.kept_peers.replace(KEEP_REPLICAS, &replicas, &mut behaviour.records);
+        replicas
     }
 
     /// `peer` subscribed to `topic`: kept if it watches a key this node holds.
@@ -2147,20 +2168,27 @@ impl WatchRead {
         }
     }
 
-    /// Whether the key is to be read again now, with `connected` of its replicas connected
-    /// (never while a read of it is under way). While fewer than half are (a read that
-    /// reached none counts as none connected): at once, then 5 s later, then at twice the
+    /// Whether the key is to be read again now, with `connected` of the `kept` replicas this
+    /// node keeps connections to for it connected (never while a read of it is under way).
+    /// While fewer than half are (a key with none kept counts as none connected: a read that
+    /// reached none, or one whose replicas the connection limit does not spare): at once, then 5 s later, then at twice the
     /// wait each time up to the longer of [`REJOIN_MOST`] and its `refresh` (a key whose
     /// replicas stay unkept, past what the connection limit spares for watches, is read as
     /// often as one whose replicas stay); the wait starts over only once they stayed
     /// connected a minute after a read (replicas that answer and leave do not undo it). Else
     /// its `refresh` after the last read: a key's replicas change as nodes come nearer to
     /// it, and a new one publishes only to the watchers it knows.
-    fn due(&mut self, connected: usize, now: Instant) -> bool {
+    /// The node joined the network again after it was stranded: if the key's kept replicas
+    /// are gone, it is read at the next sweep ([`Driver::joined_again`]).
+    fn rejoined(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+
+    fn due(&mut self, kept: usize, connected: usize, now: Instant) -> bool {
         if self.reading {
             return false;
         }
-        let lost = connected * 2 < self.replicas.len().max(1);
+        let lost = connected * 2 < kept.max(1);
         if !lost && now >= self.read_at + WATCH_STAYED {
             self.wait = Duration::ZERO;
         }
@@ -2381,7 +2409,7 @@ mod tests {
         read.replicas = (0..4).map(|_| PeerId::random()).collect();
         // Each read ends (the driver clears `reading`) before the next sweep here.
         let due = |read: &mut WatchRead, connected, at| {
-            let due = read.due(connected, at);
+            let due = read.due(4, connected, at);
             read.reading = false;
             due
         };
@@ -2413,8 +2441,8 @@ mod tests {
         // Never two reads of a key at once.
         let t4 = t3 + refresh;
         read.replicas.clear();
-        assert!(read.due(0, t4 + EXPIRY_SWEEP), "a read that reached nobody is read again");
-        assert!(!read.due(0, t4 + REJOIN_MOST * 2), "not while it is under way");
+        assert!(read.due(0, 0, t4 + EXPIRY_SWEEP), "a read that reached nobody is read again");
+        assert!(!read.due(0, 0, t4 + REJOIN_MOST * 2), "not while it is under way");
     }
 
     #[test]
@@ -2436,7 +2464,7 @@ mod tests {
         read.replicas = (0..12).map(|_| PeerId::random()).collect();
         let (mut at, mut reads) = (t0, 0);
         while at < t0 + Duration::from_secs(4 * 3600) {
-            if read.due(0, at) {
+            if read.due(0, 0, at) {
                 read.reading = false;
                 reads += 1;
             }
@@ -2445,6 +2473,25 @@ mod tests {
         // At once, then after waits of 5, 10, ... 640 s (9 reads in the first 21 min), then
         // one a refresh (16-24 min): 18-22 in 4 h; backing off to 5 min would make 53.
         assert!((18..=22).contains(&reads), "{reads} reads in 4 h");
+        // Back on the network after it was stranded: read at the next sweep.
+        assert!(!read.due(0, 0, at), "{at:?} is within the wait");
+        read.rejoined();
+        assert!(read.due(0, 0, at + EXPIRY_SWEEP), "read once the node joined again");
+    }
+
+    #[test]
+    fn only_kept_replicas_count_for_a_watch() {
+        let alice = dkvs_account::Keypair::generate(dkvs_account::KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let t0 = Instant::now();
+        let mut read = WatchRead::new(&key, t0, REJOIN_MOST);
+        read.replicas = (0..12).map(|_| PeerId::random()).collect();
+        // Two of its twelve replicas are kept, both connected: not lost, however many of the
+        // other ten the read left connected for now (they close once idle).
+        assert!(!read.due(2, 2, t0 + WATCH_STAYED), "its kept replicas stay");
+        assert!(!read.due(2, 1, t0 + WATCH_STAYED), "half of them is enough");
+        // None kept (the limit spares other keys' replicas): it has lost them.
+        assert!(read.due(0, 0, t0 + WATCH_STAYED), "a key whose replicas are not kept");
     }
 
     #[test]

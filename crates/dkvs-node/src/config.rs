@@ -59,8 +59,9 @@ pub struct NodeConfig {
     pub replication_interval_secs: u64,
     /// How often the routing table is refreshed (about a dozen lookups, each dialing peers
     /// not connected), in seconds. The node's own lookups keep it fresh meanwhile. A watched
-    /// key is read again every third of it, at least 5 min and at most an hour apart (its
-    /// replicas change as nodes come and go; a key whose replicas went away is read sooner).
+    /// key is read again about every third of it, at least 5 min and at most an hour apart,
+    /// give or take a fifth by the key (its replicas change as nodes come and go; a key whose
+    /// replicas went away is read sooner).
     pub table_refresh_interval_secs: u64,
     /// Store budget in bytes.
     pub max_bytes: u64,
