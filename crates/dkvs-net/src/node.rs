@@ -442,7 +442,8 @@ impl Node {
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
     /// those connections open however idle, as many as the connection limit spares. When most
-    /// of them are gone (backing off; at once when a node that lost the network joins again),
+    /// of them are gone (backing off; at once when a node that lost the network for 30 s or
+    /// more joins again),
     /// and anyway about every third of [`Config::table_refresh_interval`], at least 5 min and
     /// at most an hour, give or take a fifth by the key (5 min by default: the replicas
     /// change as nodes come and go), the key is read again, and a newer
@@ -1744,11 +1745,14 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// A DHT server is connected: a stranded node is back (a phone back online), and the
-    /// watched keys its reads could not reach meanwhile are read at the next sweep, not
-    /// after the wait they backed off to ([`WatchRead::due`]).
+    /// A DHT server is connected: a stranded node is back. One that stayed stranded past its
+    /// first walk (30 s: a phone back online, not a dial that failed before the others of a
+    /// read connected) reads the watched keys it could not reach meanwhile at the next
+    /// sweep, not after the wait they backed off to ([`WatchRead::due`]).
     fn joined_again(&mut self) {
-        if self.rejoin.take().is_some() {
+        if let Some((_, wait)) = self.rejoin.take()
+            && wait > REJOIN_FIRST * 2
+        {
             for read in self.watch_reads.values_mut() {
                 read.rejoined();
             }
