@@ -54,9 +54,11 @@ fn watch_refresh(config: &Config) -> Duration {
 /// The most [`watch_refresh`] gives (each key's refresh is this give or take a fifth):
 /// updates whose notification was lost still come, however rarely the table is refreshed.
 const WATCH_REFRESH_MOST: Duration = Duration::from_secs(3600);
-/// How long a watched key's replicas stay connected after a read before its backoff starts
-/// over ([`WatchRead::due`]).
-const WATCH_STAYED: Duration = Duration::from_secs(60);
+/// How long a watched key's kept replicas stay connected after a read before its backoff
+/// starts over ([`WatchRead::due`]): past a replica's idle timeout (60 s by default, 30 s on
+/// phones) and a sweep, as a replica that does not keep the connection at its end (one that
+/// does not hold the key yet) closes it that long after the read.
+const WATCH_STAYED: Duration = Duration::from_secs(120);
 /// The most watched keys read again at one sweep (the others wait for the next ones).
 const WATCH_READS_PER_SWEEP: usize = 16;
 /// Why a watcher keeps a connection ([`Driver::keep_for_watches`]).
@@ -442,7 +444,7 @@ impl Node {
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
     /// those connections open however idle, as many as the connection limit spares. When most
-    /// of them are gone (backing off; at once when a node that lost the network for 30 s or
+    /// of them are gone (backing off; once at once when a node that was stranded 30 s or
     /// more joins again),
     /// and anyway about every third of [`Config::table_refresh_interval`], at least 5 min and
     /// at most an hour, give or take a fifth by the key (5 min by default: the replicas
@@ -1746,10 +1748,13 @@ impl<E: Extension> Driver<E> {
     }
 
     /// A DHT server is connected: a stranded node is back. One that stayed stranded past its
-    /// first walk (30 s: a phone back online, not a dial that failed before the others of a
-    /// read connected) reads the watched keys it could not reach meanwhile at the next
-    /// sweep, not after the wait they backed off to ([`WatchRead::due`]).
+    /// first walk (no server identified for 30 s after a dial failed while none was
+    /// connected: a phone back online, not a dial that failed before the others of a read
+    /// connected) reads each watched key it could not reach meanwhile once, at the next
+    /// sweeps (16 a sweep), not after the wait it backed off to ([`WatchRead::rejoined`]).
     fn joined_again(&mut self) {
+        // `strand` starts the wait at twice REJOIN_FIRST, and each walk doubles it.
+        const _: () = assert!(REJOIN_MOST.as_secs() > REJOIN_FIRST.as_secs() * 2);
         if let Some((_, wait)) = self.rejoin.take()
             && wait > REJOIN_FIRST * 2
         {
@@ -2155,6 +2160,8 @@ pub(crate) struct WatchRead {
     /// [`watch_refresh`], give or take a fifth by the key (watches made together do not read
     /// together).
     refresh: Duration,
+    /// The node joined the network again since the last read ([`WatchRead::rejoined`]).
+    rejoined: bool,
 }
 
 impl WatchRead {
@@ -2169,40 +2176,49 @@ impl WatchRead {
             reading: false,
             first_found: 0,
             refresh: every * 4 / 5 + spread,
+            rejoined: false,
         }
+    }
+
+    /// The node joined the network again after it was stranded ([`Driver::joined_again`]):
+    /// if the key's kept replicas are gone, it is read once as soon as the sweeps allow,
+    /// and its backoff then goes on where it was.
+    fn rejoined(&mut self) {
+        self.rejoined = true;
     }
 
     /// Whether the key is to be read again now, with `connected` of the `kept` replicas this
     /// node keeps connections to for it connected (never while a read of it is under way).
     /// While fewer than half are (a key with none kept counts as none connected: a read that
-    /// reached none, or one whose replicas the connection limit does not spare): at once, then 5 s later, then at twice the
-    /// wait each time up to the longer of [`REJOIN_MOST`] and its `refresh` (a key whose
-    /// replicas stay unkept, past what the connection limit spares for watches, is read as
-    /// often as one whose replicas stay); the wait starts over only once they stayed
-    /// connected a minute after a read (replicas that answer and leave do not undo it). Else
+    /// reached none, or one whose replicas the connection limit does not spare): at once,
+    /// then 5 s later, then at twice the wait each time up to the longer of [`REJOIN_MOST`]
+    /// and its `refresh` (a key whose replicas stay unkept is read as often as one whose
+    /// replicas stay); the wait starts over only once they stayed connected
+    /// [`WATCH_STAYED`] after a read (replicas that answer and leave do not undo it). Else
     /// its `refresh` after the last read: a key's replicas change as nodes come nearer to
     /// it, and a new one publishes only to the watchers it knows.
-    /// The node joined the network again after it was stranded: if the key's kept replicas
-    /// are gone, it is read at the next sweep ([`Driver::joined_again`]).
-    fn rejoined(&mut self) {
-        self.wait = Duration::ZERO;
-    }
-
     fn due(&mut self, kept: usize, connected: usize, now: Instant) -> bool {
         if self.reading {
             return false;
         }
         let lost = connected * 2 < kept.max(1);
-        if !lost && now >= self.read_at + WATCH_STAYED {
-            self.wait = Duration::ZERO;
+        if !lost {
+            self.rejoined = false;
+            if now >= self.read_at + WATCH_STAYED {
+                self.wait = Duration::ZERO;
+            }
         }
-        let at = self.read_at + if lost { self.wait } else { self.refresh };
+        let at = match (lost, self.rejoined) {
+            (true, true) => now,
+            (true, false) => self.read_at + self.wait,
+            (false, _) => self.read_at + self.refresh,
+        };
         if now < at {
             return false;
         }
         self.read_at = now;
         self.reading = true;
-        if lost {
+        if lost && !std::mem::take(&mut self.rejoined) {
             self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, self.refresh.max(REJOIN_MOST));
         }
         true
@@ -2436,7 +2452,7 @@ mod tests {
         assert!(!due(&mut read, 1, at + EXPIRY_SWEEP * 2), "the wait is still {most:?}");
         assert!(due(&mut read, 1, at + most));
         let t2 = at + most;
-        // Back for a minute after the read: the next loss is read again at once.
+        // Back for WATCH_STAYED after the read: the next loss is read again at once.
         assert!(!due(&mut read, 3, t2 + WATCH_STAYED));
         assert!(due(&mut read, 1, t2 + WATCH_STAYED), "lost again: at once");
         let (t3, refresh) = (t2 + WATCH_STAYED, read.refresh);
@@ -2477,10 +2493,23 @@ mod tests {
         // At once, then after waits of 5, 10, ... 640 s (9 reads in the first 21 min), then
         // one a refresh (16-24 min): 18-22 in 4 h; backing off to 5 min would make 53.
         assert!((18..=22).contains(&reads), "{reads} reads in 4 h");
-        // Back on the network after it was stranded: read at the next sweep.
+        // Back on the network after it was stranded: read once at the next sweep, then the
+        // backoff goes on where it was.
         assert!(!read.due(0, 0, at), "{at:?} is within the wait");
+        let wait = read.wait;
         read.rejoined();
         assert!(read.due(0, 0, at + EXPIRY_SWEEP), "read once the node joined again");
+        read.reading = false;
+        assert_eq!(read.wait, wait, "the backoff is not started over");
+        let back = at + EXPIRY_SWEEP;
+        assert!(!read.due(0, 0, back + EXPIRY_SWEEP), "read once, not again at the next sweep");
+        assert!(!read.due(0, 0, back + wait - Duration::from_millis(1)));
+        assert!(read.due(0, 0, back + wait), "then after the wait it had");
+        read.reading = false;
+        // A key whose replicas are connected when the node joins again is not read for it.
+        read.rejoined();
+        assert!(!read.due(12, 12, back + wait + EXPIRY_SWEEP), "its replicas are there");
+        assert!(!read.due(12, 0, back + wait + EXPIRY_SWEEP * 2), "nor later, lost: it backs off");
     }
 
     #[test]
