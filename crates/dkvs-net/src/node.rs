@@ -444,12 +444,11 @@ impl Node {
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
     /// those connections open however idle, as many as the connection limit spares. When most
-    /// of them are gone (backing off; once at once when a node that was stranded 30 s or
-    /// more joins again),
-    /// and anyway about every third of [`Config::table_refresh_interval`], at least 5 min and
-    /// at most an hour, give or take a fifth by the key (5 min by default: the replicas
-    /// change as nodes come and go), the key is read again, and a newer
-    /// version that read finds is delivered: an update whose notification was lost comes
+    /// of them are gone (backing off), once when a node that was stranded joins again, and
+    /// anyway about every third of [`Config::table_refresh_interval`], at least 5 min and at
+    /// most an hour, give or take a fifth by the key (5 min by default: the replicas change
+    /// as nodes come and go), the key is read again, and a newer version that read finds is
+    /// delivered: an update whose notification was lost comes
     /// that much later, not never.
     pub async fn watch(&self, key: &Key) -> Result<Watch, NetError> {
         self.ask(|reply| Command::Watch { key: key.clone(), reply }).await.ok_or(NetError::Shutdown)
@@ -1750,8 +1749,9 @@ impl<E: Extension> Driver<E> {
     /// A DHT server is connected: a stranded node is back. One that stayed stranded past its
     /// first walk (no server identified for 30 s after a dial failed while none was
     /// connected: a phone back online, not a dial that failed before the others of a read
-    /// connected) reads each watched key it could not reach meanwhile once, at the next
-    /// sweeps (16 a sweep), not after the wait it backed off to ([`WatchRead::rejoined`]).
+    /// connected) reads each watched key once, at the next sweeps (16 a sweep), for the
+    /// updates it missed meanwhile, not after the wait it backed off to
+    /// ([`WatchRead::rejoined`]).
     fn joined_again(&mut self) {
         // `strand` starts the wait at twice REJOIN_FIRST, and each walk doubles it.
         const _: () = assert!(REJOIN_MOST.as_secs() > REJOIN_FIRST.as_secs() * 2);
@@ -2160,7 +2160,8 @@ pub(crate) struct WatchRead {
     /// [`watch_refresh`], give or take a fifth by the key (watches made together do not read
     /// together).
     refresh: Duration,
-    /// The node joined the network again since the last read ([`WatchRead::rejoined`]).
+    /// The node joined the network again since the last read started
+    /// ([`WatchRead::rejoined`]): the next sweep that looks at the key reads it.
     rejoined: bool,
 }
 
@@ -2181,8 +2182,8 @@ impl WatchRead {
     }
 
     /// The node joined the network again after it was stranded ([`Driver::joined_again`]):
-    /// if the key's kept replicas are gone, it is read once as soon as the sweeps allow,
-    /// and its backoff then goes on where it was.
+    /// the key is read once as soon as the sweeps allow, lost or not (gossipsub does not
+    /// replay the updates published meanwhile), and its backoff then goes on where it was.
     fn rejoined(&mut self) {
         self.rejoined = true;
     }
@@ -2202,23 +2203,21 @@ impl WatchRead {
             return false;
         }
         let lost = connected * 2 < kept.max(1);
-        if !lost {
-            self.rejoined = false;
-            if now >= self.read_at + WATCH_STAYED {
-                self.wait = Duration::ZERO;
-            }
+        if !lost && now >= self.read_at + WATCH_STAYED {
+            self.wait = Duration::ZERO;
         }
-        let at = match (lost, self.rejoined) {
-            (true, true) => now,
-            (true, false) => self.read_at + self.wait,
-            (false, _) => self.read_at + self.refresh,
+        let at = if self.rejoined {
+            now
+        } else {
+            self.read_at + if lost { self.wait } else { self.refresh }
         };
         if now < at {
             return false;
         }
         self.read_at = now;
         self.reading = true;
-        if lost && !std::mem::take(&mut self.rejoined) {
+        let once = std::mem::take(&mut self.rejoined);
+        if lost && !once {
             self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, self.refresh.max(REJOIN_MOST));
         }
         true
@@ -2447,9 +2446,12 @@ mod tests {
             assert!(due(&mut read, 0, at), "the wait grows to at most {most:?}");
         }
         assert!(!due(&mut read, 0, at + most - Duration::from_millis(1)), "and stays there");
-        // Replicas that answer and leave at once do not start the wait over.
+        // Replicas that answer and leave at once do not start the wait over, nor those that
+        // leave once the idle timeout (60 s by default) closed what they did not keep.
         assert!(!due(&mut read, 3, at + EXPIRY_SWEEP));
         assert!(!due(&mut read, 1, at + EXPIRY_SWEEP * 2), "the wait is still {most:?}");
+        assert!(!due(&mut read, 3, at + Duration::from_secs(65)));
+        assert!(!due(&mut read, 1, at + Duration::from_secs(70)), "connected at 65 s is no stay");
         assert!(due(&mut read, 1, at + most));
         let t2 = at + most;
         // Back for WATCH_STAYED after the read: the next loss is read again at once.
@@ -2506,10 +2508,14 @@ mod tests {
         assert!(!read.due(0, 0, back + wait - Duration::from_millis(1)));
         assert!(read.due(0, 0, back + wait), "then after the wait it had");
         read.reading = false;
-        // A key whose replicas are connected when the node joins again is not read for it.
+        // A key whose replicas are connected again is read once too: the updates published
+        // while the node was away are not sent again.
         read.rejoined();
-        assert!(!read.due(12, 12, back + wait + EXPIRY_SWEEP), "its replicas are there");
-        assert!(!read.due(12, 0, back + wait + EXPIRY_SWEEP * 2), "nor later, lost: it backs off");
+        let again = back + wait + EXPIRY_SWEEP;
+        assert!(read.due(12, 12, again), "read for what it missed");
+        read.reading = false;
+        assert!(!read.due(12, 12, again + EXPIRY_SWEEP), "once");
+        assert!(!read.due(12, 0, again + EXPIRY_SWEEP * 2), "lost then: it backs off");
     }
 
     #[test]
