@@ -2425,8 +2425,8 @@ mod tests {
         let phone = WatchRead::new(&key, t0, watch_refresh(&hourly)).refresh;
         let (least, most) = (Duration::from_secs(16 * 60), Duration::from_secs(24 * 60));
         assert!(phone >= least && phone <= most, "20 min, give or take a fifth: {phone:?}");
-        read.replicas = (0..4).map(|_| PeerId::random()).collect();
-        // Each read ends (the driver clears `reading`) before the next sweep here.
+        // Four replicas kept. Each read ends (the driver clears `reading`) before the next
+        // sweep here.
         let due = |read: &mut WatchRead, connected, at| {
             let due = read.due(4, connected, at);
             read.reading = false;
@@ -2462,7 +2462,6 @@ mod tests {
         assert!(due(&mut read, 4, t3 + refresh), "all connected: read again after a while");
         // Never two reads of a key at once.
         let t4 = t3 + refresh;
-        read.replicas.clear();
         assert!(read.due(0, 0, t4 + EXPIRY_SWEEP), "a read that reached nobody is read again");
         assert!(!read.due(0, 0, t4 + REJOIN_MOST * 2), "not while it is under way");
     }
@@ -2483,7 +2482,6 @@ mod tests {
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
         let t0 = Instant::now();
         let mut read = WatchRead::new(&key, t0, every(3600));
-        read.replicas = (0..12).map(|_| PeerId::random()).collect();
         let (mut at, mut reads) = (t0, 0);
         while at < t0 + Duration::from_secs(4 * 3600) {
             if read.due(0, 0, at) {
@@ -2524,7 +2522,6 @@ mod tests {
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
         let t0 = Instant::now();
         let mut read = WatchRead::new(&key, t0, REJOIN_MOST);
-        read.replicas = (0..12).map(|_| PeerId::random()).collect();
         // Two of its twelve replicas are kept, both connected: not lost, however many of the
         // other ten the read left connected for now (they close once idle).
         assert!(!read.due(2, 2, t0 + WATCH_STAYED), "its kept replicas stay");
