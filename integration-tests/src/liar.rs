@@ -38,6 +38,7 @@ enum Command {
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
     KadFlood(PeerId, Vec<Vec<u8>>),
     GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
+    Freeze,
 }
 
 /// What a flood achieved.
@@ -69,7 +70,12 @@ impl Drop for Liar {
 impl Liar {
     /// Starts a liar listening on loopback.
     pub async fn spawn() -> anyhow::Result<Liar> {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        Liar::spawn_as(identity::Keypair::generate_ed25519()).await
+    }
+
+    /// Starts a liar with the identity `key` (one ground to sit near a key), on loopback.
+    pub async fn spawn_as(key: identity::Keypair) -> anyhow::Result<Liar> {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
             .with_behaviour(|key: &identity::Keypair| {
@@ -211,6 +217,13 @@ impl Liar {
         rx.await.context("liar gone")
     }
 
+    /// From now on answers nothing, not even a Kademlia lookup, and keeps its connections
+    /// open: a process the machine stopped (a phone's app the OS suspended, a node swapped
+    /// out) looks the same to its peers until their requests time out.
+    pub async fn freeze(&self) -> anyhow::Result<()> {
+        self.commands.send(Command::Freeze).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Answers every put with `status` (and keeps nothing), and every replication round as
     /// a peer that holds nothing.
     pub async fn answer_puts_with(&self, status: pb::PutStatus) -> anyhow::Result<()> {
@@ -238,6 +251,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 Some(Command::Lie(key, bytes)) => {
                     lies.insert(key, bytes);
                 }
+                // The swarm is no longer polled: the connections' own tasks hold them open,
+                // and what peers ask waits unanswered.
+                Some(Command::Freeze) => std::future::pending::<()>().await,
                 Some(Command::StaleClaim(bytes)) => {
                     stale_claim = Some(bytes);
                 }

@@ -1443,11 +1443,73 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
     for (writer, reader) in [(5, 49), (49, 0), (40, 12)] {
         let key = Key::scoped(&alice.account_id(), &format!("wave/{writer}")).expect("key");
         let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
-        // (The replica set the lookup finds may be short of 20 on a loaded machine: a lookup
-        // waits only so long; the quorum of what it found is what a put promises.)
+        // (On a loaded machine a lookup may time out with a few answers: the replica set is
+        // then the 20 closest of those and the servers the writer is connected to, and a
+        // quorum of it is what a put promises. Only answers counted, a put was acknowledged
+        // on 3 of 5 peers that the reader's lookup did not reach.)
         assert!(receipt.has_quorum(), "{receipt:?}");
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "node {reader} reads what {writer} wrote");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_lookup_stalled_is_held_by_a_quorum_of_the_servers_it_knows()
+-> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    use dkvs_net::libp2p::{identity, kad::KBucketKey};
+
+    // Ten nodes and three peers that stop answering while their connections stay open (a
+    // stopped process, a suspended phone), with ids ground so that, seen from the writer,
+    // one other node is the closest to the key and the three stalled peers come next. The
+    // writer's lookup asks the three closest at once, hears from that node, asks the third
+    // stalled peer, and then waits on three peers that never answer until it times out with
+    // the one answer. A quorum of the writer and that one node is no quorum: the put's
+    // replicas are the closest servers the writer is connected to, a majority of them holds
+    // the record, and it outlives the writer and that node.
+    let mut net = TestNet::start(10, Config::default()).await?;
+    let writer = 1;
+    let honest: Vec<usize> = (0..net.len()).filter(|i| *i != writer).collect();
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "stalled").expect("key");
+    let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
+    let distance = |peer| target.distance(&KBucketKey::from(peer));
+    let mut ranked = honest.clone();
+    ranked.sort_by_key(|i| distance(net.peer_id(*i)));
+    let (first, second) = (ranked[0], ranked[1]);
+    let (near, far) = (distance(net.peer_id(first)), distance(net.peer_id(second)));
+    let mut stalled = Vec::new();
+    while stalled.len() < 3 {
+        let id = identity::Keypair::generate_ed25519();
+        let d = distance(id.public().to_peer_id());
+        if near < d && d < far {
+            stalled.push(Liar::spawn_as(id).await?);
+        }
+    }
+    for liar in &stalled {
+        liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    }
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    // The writer has met every peer (its first lookup: no table is trusted yet).
+    let found = net.node(writer).closest_peers(key.as_str().as_bytes().to_vec()).await;
+    assert_eq!(found.len(), 12, "the writer's lookup found every peer: {found:?}");
+    for liar in &stalled {
+        liar.freeze().await?;
+    }
+
+    let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // The twelve servers the writer is connected to, and itself (k = 20).
+    assert_eq!(receipt.replicas, 13, "{receipt:?}");
+    net.kill(writer).await;
+    net.kill(first).await;
+    for reader in [second, ranked[2]] {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "node {reader}: {got:?}");
     }
     net.shutdown().await;
     Ok(())

@@ -559,8 +559,10 @@ impl Node {
         self.ask(Command::RoutingTable).await.unwrap_or_default()
     }
 
-    /// The k closest peers to `key` (any bytes) that a Kademlia lookup finds; empty when the
-    /// lookup finds none or the node is shut down.
+    /// The k closest peers to `key` (any bytes) that a Kademlia lookup finds, closest first;
+    /// empty when the lookup finds none or the node is shut down. A lookup that timed out
+    /// answers with the k closest of the peers that answered it and the DHT servers this
+    /// node is connected to.
     pub async fn closest_peers(&self, key: Vec<u8>) -> Vec<PeerId> {
         self.ask(|tx| Command::ClosestPeers(key, tx)).await.unwrap_or_default()
     }
@@ -1479,18 +1481,28 @@ impl<E: Extension> Driver<E> {
         match event {
             kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
-                    let (peers, complete) = match result {
+                    let (key, peers, complete) = match result {
                         Ok(ok) => {
                             // A lookup that found few peers (an empty table, dials failing)
                             // did not do a refresh's work.
                             if ok.peers.len() >= crate::refresh::BUCKET_RESULTS {
                                 self.lookup_went_into(&ok.key);
                             }
-                            (ok.peers, true)
+                            (ok.key, ok.peers, true)
                         }
-                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (peers, false),
+                        Err(kad::GetClosestPeersError::Timeout { key, peers }) => {
+                            (key, peers, false)
+                        }
                     };
                     let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
+                    let waited = self.lookups.contains_key(&id)
+                        || self.ext_lookups.contains(&id)
+                        || self.closest_waiters.contains_key(&id);
+                    let peers = if complete || !waited {
+                        peers
+                    } else {
+                        self.with_connected_servers(&key, peers)
+                    };
                     if let Some((op, started)) = self.lookups.remove(&id) {
                         tracing::debug!(
                             requests = stats.num_requests(),
@@ -1923,6 +1935,30 @@ impl<E: Extension> Driver<E> {
         let table = self.table();
         crate::nearby::table_covers(&table.buckets, index, k, size)
             .then(|| table.closest(&target, k))
+    }
+
+    /// A lookup for `key` timed out with `peers`, those that answered it in time: they are
+    /// joined by the DHT servers of the routing table this node is connected to that are
+    /// closest to the key, so that whoever waited for the lookup gets the k closest peers
+    /// this node knows, closest first.
+    ///
+    /// Kademlia waits for a slow peer longer than a lookup may take, so on a busy network a
+    /// lookup ends with the few peers that answered first, rarely the closest. A quorum of
+    /// those few is no quorum that a reader's lookup reaches: a put acknowledged by 3 of the
+    /// 5 peers found, on a network where the writer was connected to 34 servers, was not
+    /// found by a reader. With the table's closest, a put succeeds only once a quorum of the
+    /// k closest this node knows holds the record, and a get asks them. (Counting the quorum
+    /// over a flat k instead would fail every put on a small network whose lookups time out
+    /// waiting for one dead peer.)
+    fn with_connected_servers(&mut self, key: &[u8], peers: Vec<PeerId>) -> Vec<PeerId> {
+        let target = kad::KBucketKey::new(key);
+        let k = self.config.replication;
+        let known = self.table().closest(&crate::nearby::hashed(&target), k);
+        let mut all: Vec<PeerId> = peers.into_iter().chain(known).collect();
+        all.sort_by_cached_key(|p| target.distance(&kad::KBucketKey::from(*p)));
+        all.dedup();
+        all.truncate(k);
+        all
     }
 
     /// The routing table as operations read it, read from Kademlia if it changed since.
