@@ -38,7 +38,7 @@ enum Command {
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
     KadFlood(PeerId, Vec<Vec<u8>>),
     GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
-    Freeze,
+    Freeze(oneshot::Sender<()>),
 }
 
 /// What a flood achieved.
@@ -220,8 +220,11 @@ impl Liar {
     /// From now on answers nothing, not even a Kademlia lookup, and keeps its connections
     /// open: a process the machine stopped (a phone's app the OS suspended, a node swapped
     /// out) looks the same to its peers until their requests time out.
+    /// Returns once the liar has stopped.
     pub async fn freeze(&self) -> anyhow::Result<()> {
-        self.commands.send(Command::Freeze).await.map_err(|_| anyhow!("liar gone"))
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Freeze(tx)).await.map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")
     }
 
     /// Answers every put with `status` (and keeps nothing), and every replication round as
@@ -253,7 +256,10 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 // The swarm is no longer polled: the connections' own tasks hold them open,
                 // and what peers ask waits unanswered.
-                Some(Command::Freeze) => std::future::pending::<()>().await,
+                Some(Command::Freeze(reply)) => {
+                    let _ = reply.send(());
+                    std::future::pending::<()>().await
+                }
                 Some(Command::StaleClaim(bytes)) => {
                     stale_claim = Some(bytes);
                 }

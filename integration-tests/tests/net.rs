@@ -1461,32 +1461,40 @@ async fn a_put_whose_lookup_stalled_is_held_by_a_quorum_of_the_servers_it_knows(
     use dkvs_integration_tests::liar::Liar;
     use dkvs_net::libp2p::{identity, kad::KBucketKey};
 
-    // Ten nodes and three peers that stop answering while their connections stay open (a
+    // Ten nodes and six peers that stop answering while their connections stay open (a
     // stopped process, a suspended phone), with ids ground so that, seen from the writer,
-    // one other node is the closest to the key and the three stalled peers come next. The
-    // writer's lookup asks the three closest at once, hears from that node, asks the third
-    // stalled peer, and then waits on three peers that never answer until it times out with
-    // the one answer. A quorum of the writer and that one node is no quorum: the put's
-    // replicas are the closest servers the writer is connected to, a majority of them holds
-    // the record, and it outlives the writer and that node.
+    // one other node is the closest to the key and the six stalled peers come next. The
+    // writer's lookup asks the three closest at once, hears from that node, and then waits
+    // on stalled peers only: it passes over each after 2.5 s (a quarter of the operation's
+    // timeout) and asks the next, a stalled one again, until it times out at 5 s with the
+    // one answer. A quorum of the writer and that one node is no quorum: the put's replicas
+    // are the closest servers the writer is connected to (the stalled ones too), a majority
+    // of them holds the record, and it outlives the writer and that node.
     let mut net = TestNet::start(10, Config::default()).await?;
     let writer = 1;
     let honest: Vec<usize> = (0..net.len()).filter(|i| *i != writer).collect();
     let alice = Keypair::generate(KeyType::Ed25519);
-    let key = Key::scoped(&alice.account_id(), "stalled").expect("key");
-    let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
-    let distance = |peer| target.distance(&KBucketKey::from(peer));
-    let mut ranked = honest.clone();
-    ranked.sort_by_key(|i| distance(net.peer_id(*i)));
+    // Six ids between the closest node and the next: about 60 tries, at most 10,000 a key.
+    let (key, ranked, ids) = (0..)
+        .find_map(|i| {
+            let key = Key::scoped(&alice.account_id(), &format!("stalled/{i}")).expect("key");
+            let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
+            let distance = |peer| target.distance(&KBucketKey::from(peer));
+            let mut ranked = honest.clone();
+            ranked.sort_by_key(|i| distance(net.peer_id(*i)));
+            let (near, far) = (distance(net.peer_id(ranked[0])), distance(net.peer_id(ranked[1])));
+            let ids: Vec<_> = std::iter::repeat_with(identity::Keypair::generate_ed25519)
+                .take(10_000)
+                .filter(|id| (near..far).contains(&distance(id.public().to_peer_id())))
+                .take(6)
+                .collect();
+            (ids.len() == 6).then_some((key, ranked, ids))
+        })
+        .expect("a key");
     let (first, second) = (ranked[0], ranked[1]);
-    let (near, far) = (distance(net.peer_id(first)), distance(net.peer_id(second)));
     let mut stalled = Vec::new();
-    while stalled.len() < 3 {
-        let id = identity::Keypair::generate_ed25519();
-        let d = distance(id.public().to_peer_id());
-        if near < d && d < far {
-            stalled.push(Liar::spawn_as(id).await?);
-        }
+    for id in ids {
+        stalled.push(Liar::spawn_as(id).await?);
     }
     for liar in &stalled {
         liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
@@ -1496,15 +1504,15 @@ async fn a_put_whose_lookup_stalled_is_held_by_a_quorum_of_the_servers_it_knows(
     }
     // The writer has met every peer (its first lookup: no table is trusted yet).
     let found = net.node(writer).closest_peers(key.as_str().as_bytes().to_vec()).await;
-    assert_eq!(found.len(), 12, "the writer's lookup found every peer: {found:?}");
+    assert_eq!(found.len(), 15, "the writer's lookup found every peer: {found:?}");
     for liar in &stalled {
         liar.freeze().await?;
     }
 
     let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
-    // The twelve servers the writer is connected to, and itself (k = 20).
-    assert_eq!(receipt.replicas, 13, "{receipt:?}");
+    // The fifteen servers the writer is connected to, and itself (k = 20).
+    assert_eq!(receipt.replicas, 16, "{receipt:?}");
     net.kill(writer).await;
     net.kill(first).await;
     for reader in [second, ranked[2]] {

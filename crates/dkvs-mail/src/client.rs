@@ -167,7 +167,9 @@ fn letter_time() -> u64 {
     }
 }
 
-/// The peers closest to `mailbox`, this node among them, nearest first.
+/// The peers closest to `mailbox`, this node among them, nearest first. After a lookup that
+/// timed out they include the slow peers it waited for: [`nearest_that_answer`] replaces
+/// those that do not answer.
 pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
     let mut peers = node.closest_peers(mailbox.0.to_vec()).await;
     peers.push(node.peer_id());

@@ -91,6 +91,11 @@ impl<E: Extension> Behaviour<E> {
             .set_periodic_bootstrap_interval(None)
             // Lookups end well before the operation that waits for them.
             .set_query_timeout(config.operation_timeout / 2)
+            // A peer that has not answered a lookup's request in half the lookup's time is
+            // passed over. (Kademlia's default, 10 s, outlasted the lookup: three stalled
+            // peers among the first asked held it to its end with the one peer that had
+            // answered.)
+            .set_substreams_timeout(config.operation_timeout / 4)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);

@@ -559,10 +559,9 @@ impl Node {
         self.ask(Command::RoutingTable).await.unwrap_or_default()
     }
 
-    /// The k closest peers to `key` (any bytes) that a Kademlia lookup finds, closest first;
-    /// empty when the lookup finds none or the node is shut down. A lookup that timed out
-    /// answers with the k closest of the peers that answered it and the DHT servers this
-    /// node is connected to.
+    /// The k closest peers to `key` (any bytes) of those a Kademlia lookup heard from and the
+    /// DHT servers in the routing table this node is connected to, closest first; empty when
+    /// there are none, or the node is shut down.
     pub async fn closest_peers(&self, key: Vec<u8>) -> Vec<PeerId> {
         self.ask(|tx| Command::ClosestPeers(key, tx)).await.unwrap_or_default()
     }
@@ -1494,29 +1493,36 @@ impl<E: Extension> Driver<E> {
                             (key, peers, false)
                         }
                     };
-                    let peers: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
+                    let answered: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
                     let waited = self.lookups.contains_key(&id)
                         || self.ext_lookups.contains(&id)
                         || self.closest_waiters.contains_key(&id);
-                    let peers = if complete || !waited {
-                        peers
+                    let peers = if waited {
+                        self.with_connected_servers(&key, answered.clone())
                     } else {
-                        self.with_connected_servers(&key, peers)
+                        Vec::new()
                     };
                     if let Some((op, started)) = self.lookups.remove(&id) {
                         tracing::debug!(
                             requests = stats.num_requests(),
                             duration = ?stats.duration(),
+                            complete,
+                            answered = answered.len(),
                             "lookup for an operation done"
                         );
                         if complete {
                             // The table is trusted with the replica sets it would have given
                             // while lookups find nobody it does not hold.
-                            self.table_trusted = peers
+                            self.table_trusted = answered
                                 .iter()
                                 .all(|p| self.servers.get(p).is_some_and(|since| *since < started));
                         }
-                        self.on_closest_peers(op, peers, stats.num_requests(), complete, false);
+                        let found = crate::ops::Found::Lookup {
+                            requests: stats.num_requests(),
+                            complete,
+                            heard: !answered.is_empty(),
+                        };
+                        self.on_closest_peers(op, peers, found);
                     } else if self.ext_lookups.remove(&id) {
                         self.with_extension(|extension, host| {
                             extension.on_closest_peers(LookupId(id), peers, host)
@@ -1937,19 +1943,21 @@ impl<E: Extension> Driver<E> {
             .then(|| table.closest(&target, k))
     }
 
-    /// A lookup for `key` timed out with `peers`, those that answered it in time: they are
-    /// joined by the DHT servers of the routing table this node is connected to that are
-    /// closest to the key, so that whoever waited for the lookup gets the k closest peers
-    /// this node knows, closest first.
+    /// A lookup for `key` heard from `peers` in time: they are joined by the DHT servers in
+    /// this node's routing table that it is connected to, and the k closest of all to the key,
+    /// closest first, go to whoever waited for the lookup.
     ///
-    /// Kademlia waits for a slow peer longer than a lookup may take, so on a busy network a
-    /// lookup ends with the few peers that answered first, rarely the closest. A quorum of
-    /// those few is no quorum that a reader's lookup reaches: a put acknowledged by 3 of the
-    /// 5 peers found, on a network where the writer was connected to 34 servers, was not
-    /// found by a reader. With the table's closest, a put succeeds only once a quorum of the
-    /// k closest this node knows holds the record, and a get asks them. (Counting the quorum
-    /// over a flat k instead would fail every put on a small network whose lookups time out
-    /// waiting for one dead peer.)
+    /// Kademlia counts only the peers that answered, and waits for a slow peer only so long:
+    /// on a busy network a lookup times out with the few peers that answered first, rarely
+    /// the closest. A quorum of those few is no quorum that a reader's lookup reaches: a put
+    /// acknowledged by 3 of the 5 peers found, on a network where the writer was connected to
+    /// 34 servers, was not found by a reader. With the table's closest, a put succeeds only
+    /// once a quorum of the closest servers this node can reach holds the record, and a get
+    /// asks them. A lookup that completed found them already, but for those too slow to
+    /// answer it (the quorum then counts them, as a reader that hears from them would).
+    /// Peers the lookup learnt of but never heard from, and table entries this node is not
+    /// connected to, are left out. (Counting the quorum over a flat k instead would fail
+    /// every put on a small network whose lookups time out waiting for one dead peer.)
     fn with_connected_servers(&mut self, key: &[u8], peers: Vec<PeerId>) -> Vec<PeerId> {
         let target = kad::KBucketKey::new(key);
         let k = self.config.replication;

@@ -127,6 +127,17 @@ pub(crate) struct GetOp {
     late: HashMap<PeerId, Option<Instant>>,
 }
 
+/// Where an operation's replica set came from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Found {
+    /// A Kademlia lookup that sent `requests` requests, ended or timed out (`complete`), and
+    /// `heard` from a peer or not: the peers that answered it and the routing table's
+    /// connected DHT servers closest to the key (`Driver::with_connected_servers`).
+    Lookup { requests: u32, complete: bool, heard: bool },
+    /// The routing table, trusted and covering the key ([`Driver::local_neighbourhood`]).
+    Table,
+}
+
 impl PutOp {
     /// The lookup found the replica set (this node among it or not): the receipt's size and
     /// quorum are set, this node's own copy counts only if it is a replica, and the remote
@@ -736,7 +747,7 @@ impl<E: crate::Extension> Driver<E> {
         let table =
             if self.table_trusted && checked { self.local_neighbourhood(&lookup) } else { None };
         if let Some(peers) = table {
-            self.on_closest_peers(op, peers, 0, true, true);
+            self.on_closest_peers(op, peers, Found::Table);
         } else {
             let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
             self.lookups.insert(query, (op, Instant::now()));
@@ -927,27 +938,24 @@ impl<E: crate::Extension> Driver<E> {
         report(self, acceptance);
     }
 
-    /// The lookup for operation `id` found `peers`, sending `lookup_requests` requests;
-    /// `complete` unless it timed out; `from_table` when the routing table gave them.
-    pub(crate) fn on_closest_peers(
-        &mut self,
-        id: OpId,
-        peers: Vec<PeerId>,
-        lookup_requests: u32,
-        complete: bool,
-        from_table: bool,
-    ) {
+    /// Operation `id`'s replica set: `peers`, as `found` gave them.
+    pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>, found: Found) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
+        let (lookup_requests, complete, heard, from_table) = match found {
+            Found::Lookup { requests, complete, heard } => (requests, complete, heard, false),
+            Found::Table => (0, true, !peers.is_empty(), true),
+        };
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
         // ask it: it counts as a replica only when it is alone. A server counts when its
-        // lookup found replicas, or when its only peers are clients (it is then the whole
-        // replica set of its network, and they write through it). A lookup that found nobody
-        // in any other case (peers stalled, a partition) is no quorum, not a replica set of one.
+        // lookup heard from a peer (or the table gave them), or when its only peers are
+        // clients (it is then the whole replica set of its network, and they write through
+        // it). A lookup that heard from nobody in any other case (peers stalled, a partition)
+        // is no quorum, not a replica set of one, whatever peers the table adds.
         let alone = self.alone();
         let only_clients = self.only_clients();
         let server = self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
-        let me_counts = alone || (server && (!peers.is_empty() || only_clients));
+        let me_counts = alone || (server && (heard || only_clients));
         let candidates: Vec<PeerId> =
             peers.iter().copied().chain(me_counts.then_some(me)).collect();
         let narrow_read = self.narrow_read();
