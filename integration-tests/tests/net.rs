@@ -1455,26 +1455,22 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_whose_lookup_stalled_is_held_by_a_quorum_of_the_servers_it_knows()
--> anyhow::Result<()> {
+/// Ten nodes and `count` peers that stop answering while their connections stay open (a
+/// stopped process, a suspended phone), with ids ground so that, seen from the writer, one
+/// other node is the closest to a key and the stalled peers come next. The writer's first
+/// lookup (no table is trusted yet) asks the three closest at once, hears from that node,
+/// then waits on stalled peers; it passes over each after 2.5 s (a quarter of the
+/// operation's timeout) and asks the next. The put's receipt is returned once two other
+/// nodes have read the record with the writer and that node killed.
+async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutReceipt> {
     use dkvs_integration_tests::liar::Liar;
     use dkvs_net::libp2p::{identity, kad::KBucketKey};
 
-    // Ten nodes and six peers that stop answering while their connections stay open (a
-    // stopped process, a suspended phone), with ids ground so that, seen from the writer,
-    // one other node is the closest to the key and the six stalled peers come next. The
-    // writer's lookup asks the three closest at once, hears from that node, and then waits
-    // on stalled peers only: it passes over each after 2.5 s (a quarter of the operation's
-    // timeout) and asks the next, a stalled one again, until it times out at 5 s with the
-    // one answer. A quorum of the writer and that one node is no quorum: the put's replicas
-    // are the closest servers the writer is connected to (the stalled ones too), a majority
-    // of them holds the record, and it outlives the writer and that node.
     let mut net = TestNet::start(10, Config::default()).await?;
     let writer = 1;
     let honest: Vec<usize> = (0..net.len()).filter(|i| *i != writer).collect();
     let alice = Keypair::generate(KeyType::Ed25519);
-    // Six ids between the closest node and the next: about 60 tries, at most 10,000 a key.
+    // Ids between the closest node and the next: about 10 tries an id, at most 10,000 a key.
     let (key, ranked, ids) = (0..)
         .find_map(|i| {
             let key = Key::scoped(&alice.account_id(), &format!("stalled/{i}")).expect("key");
@@ -1486,12 +1482,11 @@ async fn a_put_whose_lookup_stalled_is_held_by_a_quorum_of_the_servers_it_knows(
             let ids: Vec<_> = std::iter::repeat_with(identity::Keypair::generate_ed25519)
                 .take(10_000)
                 .filter(|id| (near..far).contains(&distance(id.public().to_peer_id())))
-                .take(6)
+                .take(count)
                 .collect();
-            (ids.len() == 6).then_some((key, ranked, ids))
+            (ids.len() == count).then_some((key, ranked, ids))
         })
         .expect("a key");
-    let (first, second) = (ranked[0], ranked[1]);
     let mut stalled = Vec::new();
     for id in ids {
         stalled.push(Liar::spawn_as(id).await?);
@@ -1502,24 +1497,47 @@ async fn a_put_whose_lookup_stalled_is_held_by_a_quorum_of_the_servers_it_knows(
     for i in 0..net.len() {
         let _ = net.node(i).bootstrap().await;
     }
-    // The writer has met every peer (its first lookup: no table is trusted yet).
     let found = net.node(writer).closest_peers(key.as_str().as_bytes().to_vec()).await;
-    assert_eq!(found.len(), 15, "the writer's lookup found every peer: {found:?}");
+    assert_eq!(found.len(), 9 + count, "the writer has met every peer: {found:?}");
     for liar in &stalled {
         liar.freeze().await?;
     }
 
     let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
-    // The fifteen servers the writer is connected to, and itself (k = 20).
-    assert_eq!(receipt.replicas, 16, "{receipt:?}");
+    // Every server the writer is connected to, the stalled ones too, and itself (k = 20).
+    assert_eq!(receipt.replicas, 10 + count, "{receipt:?}");
     net.kill(writer).await;
-    net.kill(first).await;
-    for reader in [second, ranked[2]] {
+    net.kill(ranked[0]).await;
+    for reader in [ranked[1], ranked[2]] {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "node {reader}: {got:?}");
     }
     net.shutdown().await;
+    Ok(receipt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_lookup_timed_out_is_held_by_a_quorum_of_the_servers_it_knows()
+-> anyhow::Result<()> {
+    // Six stalled peers: the lookup passes over them three at a time, hears from no one
+    // else, and times out at 5 s with the one answer. A quorum of the writer and that one
+    // node is no quorum (it was: the put succeeded on those 2 of 2, and the record was gone
+    // with them); the replica set is the closest servers the writer is connected to.
+    let receipt = a_put_past_stalled_peers(6).await?;
+    // The one node's lookup request, the six stalled peers', and the fifteen puts.
+    assert_eq!(receipt.requests, 7 + 15, "{receipt:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_passes_over_stalled_peers_and_ends() -> anyhow::Result<()> {
+    // Three stalled peers: the lookup passes over them after 2.5 s, hears from every other
+    // node and ends (Kademlia's own 10 s outlasted the lookup, which timed out with the one
+    // answer). The stalled peers are still asked to store the record: they are connected.
+    let receipt = a_put_past_stalled_peers(3).await?;
+    // Every peer's lookup request once, and the twelve puts.
+    assert_eq!(receipt.requests, 12 + 12, "{receipt:?}");
     Ok(())
 }
 

@@ -93,8 +93,8 @@ impl<E: Extension> Behaviour<E> {
             .set_query_timeout(config.operation_timeout / 2)
             // A peer that has not answered a lookup's request in half the lookup's time is
             // passed over. (Kademlia's default, 10 s, outlasted the lookup: three stalled
-            // peers among the first asked held it to its end with the one peer that had
-            // answered.)
+            // peers among the first asked held it to its end, with the one peer that had
+            // answered before them.)
             .set_substreams_timeout(config.operation_timeout / 4)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =
