@@ -1461,7 +1461,7 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
 /// lookup (no table is trusted yet) asks the three closest at once, hears from that node,
 /// then waits on stalled peers; it passes over each after 2.5 s (a quarter of the
 /// operation's timeout) and asks the next. The put's receipt is returned once two other
-/// nodes have read the record with the writer and that node killed.
+/// nodes have read the record with the writer, that node and the stalled peers gone.
 async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutReceipt> {
     use dkvs_integration_tests::liar::Liar;
     use dkvs_net::libp2p::{identity, kad::KBucketKey};
@@ -1509,6 +1509,9 @@ async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutR
     assert_eq!(receipt.replicas, 10 + count, "{receipt:?}");
     net.kill(writer).await;
     net.kill(ranked[0]).await;
+    // (A reader's lookup that heard from nobody, as it would with the stalled peers still
+    // there, finds no replica: it is no evidence of where they are.)
+    drop(stalled);
     for reader in [ranked[1], ranked[2]] {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "node {reader}: {got:?}");
@@ -1525,8 +1528,11 @@ async fn a_put_whose_lookup_timed_out_is_held_by_a_quorum_of_the_servers_it_know
     // node is no quorum (it was: the put succeeded on those 2 of 2, and the record was gone
     // with them); the replica set is the closest servers the writer is connected to.
     let receipt = a_put_past_stalled_peers(6).await?;
-    // The one node's lookup request, the six stalled peers', and the fifteen puts.
-    assert_eq!(receipt.requests, 7 + 15, "{receipt:?}");
+    // The one node's lookup request, the six stalled peers', and the fifteen puts. (Kademlia
+    // looks at a lookup's deadline only when it has nobody more to ask: the requests sent at
+    // 2.5 s fail a moment past 5 s, and up to three more may go to other nodes before it
+    // does. A lookup that ended would have asked all fifteen.)
+    assert!((22..=25).contains(&receipt.requests), "{receipt:?}");
     Ok(())
 }
 

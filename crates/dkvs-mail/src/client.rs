@@ -168,8 +168,9 @@ fn letter_time() -> u64 {
 }
 
 /// The peers closest to `mailbox`, this node among them, nearest first. After a lookup that
-/// timed out they include the slow peers it waited for: [`nearest_that_answer`] replaces
-/// those that do not answer.
+/// timed out they may include the slow peers it waited for ([`Node::closest_peers`]):
+/// [`nearest_that_answer`] replaces those that do not answer; a hand-over round does not,
+/// and tries them again at the next round.
 pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
     let mut peers = node.closest_peers(mailbox.0.to_vec()).await;
     peers.push(node.peer_id());

@@ -41,9 +41,11 @@ pub struct Config {
     /// k - W + 3 of them (12 of 20) and answers if they all agree (see the crate's README); any
     /// other value asks every replica at once.
     pub read_quorum: Quorum,
-    /// How long one request to one peer may take. Default: 5 s.
+    /// How long one request to one peer may take on the record protocol. Default: 5 s.
     pub request_timeout: Duration,
-    /// How long a whole put or get may take. Default: 10 s.
+    /// How long a whole put or get may take. Default: 10 s. A Kademlia lookup for one ends
+    /// after half of it, and passes over a peer that has not answered in a quarter of it (at
+    /// least 1 s, at most the half).
     pub operation_timeout: Duration,
     /// After a quorum is reached, how long to wait for the remaining replicas before answering
     /// (their answers still count for the receipt and for read repair); a get's sample widens

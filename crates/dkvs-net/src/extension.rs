@@ -159,9 +159,10 @@ impl Host<'_> {
     }
 
     /// Starts a lookup of the k closest peers to `key` (any bytes: a mailbox address, a CID);
-    /// the answer comes to [`Extension::on_closest_peers`]: the k closest of the peers the
-    /// lookup heard from and the DHT servers in the routing table this node is connected to
-    /// (some may be slow peers that the lookup did not hear from in time).
+    /// the answer comes to [`Extension::on_closest_peers`]: the k closest peers the lookup
+    /// heard from, closest first; when it timed out, of those and the DHT servers in the
+    /// routing table this node is connected to (some may be the slow peers it waited for).
+    /// Nobody when it heard from nobody.
     pub fn find_closest(&mut self, key: Vec<u8>) -> LookupId {
         let id = self.kad.get_closest_peers(key);
         self.lookups.insert(id);

@@ -313,6 +313,11 @@ impl Node {
     }
 
     /// Stores `record` on this node and on the k closest peers; succeeds when a quorum holds it.
+    ///
+    /// The k closest are taken from the routing table when it is trusted and covers the key,
+    /// else from a Kademlia lookup: the closest of the peers it heard from and the DHT servers
+    /// this node is connected to. A lookup passes over a peer that has not answered in a
+    /// quarter of the operation's timeout and ends at half of it, with what it heard.
     pub async fn put(&self, record: Record) -> Result<PutReceipt, PutError> {
         self.ask(|reply| Command::Put { record, expected: dkvs_store::Expect::Any, reply })
             .await
@@ -559,9 +564,10 @@ impl Node {
         self.ask(Command::RoutingTable).await.unwrap_or_default()
     }
 
-    /// The k closest peers to `key` (any bytes) of those a Kademlia lookup heard from and the
-    /// DHT servers in the routing table this node is connected to, closest first; empty when
-    /// there are none, or the node is shut down.
+    /// The k closest peers to `key` (any bytes) that a Kademlia lookup heard from, closest
+    /// first; when the lookup timed out, of those and the DHT servers in the routing table
+    /// this node is connected to. Empty when the lookup heard from nobody, or the node is
+    /// shut down.
     pub async fn closest_peers(&self, key: Vec<u8>) -> Vec<PeerId> {
         self.ask(|tx| Command::ClosestPeers(key, tx)).await.unwrap_or_default()
     }
@@ -1494,13 +1500,23 @@ impl<E: Extension> Driver<E> {
                         }
                     };
                     let answered: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
-                    let waited = self.lookups.contains_key(&id)
-                        || self.ext_lookups.contains(&id)
-                        || self.closest_waiters.contains_key(&id);
-                    let peers = if waited {
+                    // An operation's replicas are the closest servers this node can reach,
+                    // slow ones too; an extension's or a caller's peers (mail hands over to
+                    // the first few it gets) are those a lookup that ended heard from, and
+                    // the closest it can reach only when the lookup timed out. A lookup that
+                    // heard from nobody (every peer stalled, a partition) is no evidence of
+                    // where a key's replicas are: it gives nobody, and an operation fails as
+                    // having no quorum rather than take the table's servers closest to a key
+                    // that the table may not cover.
+                    let joined = !answered.is_empty()
+                        && (self.lookups.contains_key(&id)
+                            || (!complete
+                                && (self.ext_lookups.contains(&id)
+                                    || self.closest_waiters.contains_key(&id))));
+                    let peers = if joined {
                         self.with_connected_servers(&key, answered.clone())
                     } else {
-                        Vec::new()
+                        answered.clone()
                     };
                     if let Some((op, started)) = self.lookups.remove(&id) {
                         tracing::debug!(
@@ -1517,11 +1533,8 @@ impl<E: Extension> Driver<E> {
                                 .iter()
                                 .all(|p| self.servers.get(p).is_some_and(|since| *since < started));
                         }
-                        let found = crate::ops::Found::Lookup {
-                            requests: stats.num_requests(),
-                            complete,
-                            heard: !answered.is_empty(),
-                        };
+                        let found =
+                            crate::ops::Found::Lookup { requests: stats.num_requests(), complete };
                         self.on_closest_peers(op, peers, found);
                     } else if self.ext_lookups.remove(&id) {
                         self.with_extension(|extension, host| {
@@ -1943,9 +1956,9 @@ impl<E: Extension> Driver<E> {
             .then(|| table.closest(&target, k))
     }
 
-    /// A lookup for `key` heard from `peers` in time: they are joined by the DHT servers in
-    /// this node's routing table that it is connected to, and the k closest of all to the key,
-    /// closest first, go to whoever waited for the lookup.
+    /// A lookup for `key` heard from `peers` (at least one) in time: they are joined by the
+    /// DHT servers in this node's routing table that it is connected to, and the k closest of
+    /// all to the key, closest first, go to whoever waited for the lookup.
     ///
     /// Kademlia counts only the peers that answered, and waits for a slow peer only so long:
     /// on a busy network a lookup times out with the few peers that answered first, rarely

@@ -130,10 +130,10 @@ pub(crate) struct GetOp {
 /// Where an operation's replica set came from.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Found {
-    /// A Kademlia lookup that sent `requests` requests, ended or timed out (`complete`), and
-    /// `heard` from a peer or not: the peers that answered it and the routing table's
-    /// connected DHT servers closest to the key (`Driver::with_connected_servers`).
-    Lookup { requests: u32, complete: bool, heard: bool },
+    /// A Kademlia lookup that sent `requests` requests, and ended or timed out (`complete`):
+    /// the peers that answered it and the routing table's connected DHT servers closest to
+    /// the key (`Driver::with_connected_servers`), or nobody when none answered.
+    Lookup { requests: u32, complete: bool },
     /// The routing table, trusted and covering the key ([`Driver::local_neighbourhood`]).
     Table,
 }
@@ -942,20 +942,19 @@ impl<E: crate::Extension> Driver<E> {
     pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>, found: Found) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
-        let (lookup_requests, complete, heard, from_table) = match found {
-            Found::Lookup { requests, complete, heard } => (requests, complete, heard, false),
-            Found::Table => (0, true, !peers.is_empty(), true),
+        let (lookup_requests, complete, from_table) = match found {
+            Found::Lookup { requests, complete } => (requests, complete, false),
+            Found::Table => (0, true, true),
         };
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
         // ask it: it counts as a replica only when it is alone. A server counts when its
-        // lookup heard from a peer (or the table gave them), or when its only peers are
-        // clients (it is then the whole replica set of its network, and they write through
-        // it). A lookup that heard from nobody in any other case (peers stalled, a partition)
-        // is no quorum, not a replica set of one, whatever peers the table adds.
+        // lookup found replicas, or when its only peers are clients (it is then the whole
+        // replica set of its network, and they write through it). A lookup that found nobody
+        // in any other case (peers stalled, a partition) is no quorum, not a replica set of one.
         let alone = self.alone();
         let only_clients = self.only_clients();
         let server = self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
-        let me_counts = alone || (server && (heard || only_clients));
+        let me_counts = alone || (server && (!peers.is_empty() || only_clients));
         let candidates: Vec<PeerId> =
             peers.iter().copied().chain(me_counts.then_some(me)).collect();
         let narrow_read = self.narrow_read();
