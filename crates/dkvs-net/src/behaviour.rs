@@ -91,9 +91,12 @@ impl<E: Extension> Behaviour<E> {
             .set_periodic_bootstrap_interval(None)
             // Lookups end well before the operation that waits for them.
             .set_query_timeout(config.operation_timeout / 2)
-            // A peer that has not answered a lookup's request in half the lookup's time is
-            // passed over (`lookup_request_timeout`).
-            .set_substreams_timeout(lookup_request_timeout(config.operation_timeout))
+            // Kademlia waits up to 10 s for one peer's answer, longer than the lookup, so
+            // stalled peers among the first asked hold a lookup to its end, with the few
+            // answers before them; `Driver::with_connected_servers` joins those to the
+            // connected servers near the key. (A shorter wait would pass over stalled peers,
+            // but on a link where a FIND_NODE, a new stream's two round trips, takes longer,
+            // every lookup would hear from nobody.)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
@@ -169,31 +172,5 @@ impl<E: Extension> Behaviour<E> {
             mdns: mdns.into(),
             extension: Quiet::new(extension),
         })
-    }
-}
-
-/// How long a Kademlia lookup for an operation that may take `operation` waits for one peer's
-/// answer: a quarter of it, so that it passes over a stalled peer and still ends in half of
-/// it (Kademlia's default, 10 s, outlasted the lookup: three stalled peers among the first
-/// asked held it to its end, with the one answer of a peer before them); at least 1 s, for a
-/// FIND_NODE opens a stream of its own (two round trips), and at most the lookup's half.
-pub(crate) fn lookup_request_timeout(operation: Duration) -> Duration {
-    (operation / 4).max(Duration::from_secs(1)).min(operation / 2)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lookup_passes_over_a_peer_after_a_quarter_of_the_operation_within_1_s_and_half() {
-        let s = Duration::from_secs;
-        // The default: 2.5 s of the lookup's 5.
-        assert_eq!(lookup_request_timeout(s(10)), Duration::from_millis(2500));
-        assert_eq!(lookup_request_timeout(s(60)), s(15));
-        // A short operation: at least 1 s for a stream's two round trips...
-        assert_eq!(lookup_request_timeout(s(2)), s(1));
-        // ...but never past the lookup's end.
-        assert_eq!(lookup_request_timeout(s(1)), Duration::from_millis(500));
     }
 }

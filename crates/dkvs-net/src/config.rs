@@ -44,8 +44,7 @@ pub struct Config {
     /// How long one request to one peer may take on the record protocol. Default: 5 s.
     pub request_timeout: Duration,
     /// How long a whole put or get may take. Default: 10 s. A Kademlia lookup for one ends
-    /// after half of it, and passes over a peer that has not answered in a quarter of it (at
-    /// least 1 s, at most the half).
+    /// after half of it, with the peers it heard from.
     pub operation_timeout: Duration,
     /// After a quorum is reached, how long to wait for the remaining replicas before answering
     /// (their answers still count for the receipt and for read repair); a get's sample widens

@@ -128,6 +128,31 @@ impl Table {
         near.sort_unstable();
         near.into_iter().take(k).map(|(_, p)| p).collect()
     }
+
+    /// The `k` closest to the Kademlia key whose bytes are `target`, closest first, of
+    /// `answered` (the peers a lookup heard from, at least one) and the live entries. When the
+    /// table does not `cover` the key, only entries no farther than the farthest peer that
+    /// answered join: the table may hold none of the key's closest, and its servers far from
+    /// the key are no replicas a reader's lookup reaches.
+    pub(crate) fn joined(
+        &self,
+        target: &[u8; 32],
+        answered: &[PeerId],
+        covers: bool,
+        k: usize,
+    ) -> Vec<PeerId> {
+        let distance = |peer: &PeerId| xor(&hashed(&KBucketKey::from(*peer)), target);
+        let mut near: Vec<([u8; 32], PeerId)> =
+            answered.iter().map(|p| (distance(p), *p)).collect();
+        let Some(farthest) = near.iter().map(|(d, _)| *d).max() else { return Vec::new() };
+        let within = |d: &[u8; 32]| covers || *d <= farthest;
+        near.extend(
+            self.live.iter().map(|e| (xor(&e.key, target), e.peer)).filter(|(d, _)| within(d)),
+        );
+        near.sort_unstable();
+        near.dedup();
+        near.into_iter().take(k).map(|(_, p)| p).collect()
+    }
 }
 
 /// The index of the bucket that holds keys at the distance of `a` from `b` (i for a distance
@@ -294,6 +319,40 @@ mod tests {
         one[31] = 1;
         assert_eq!(bucket_index(&one, &[0; 32]), Some(0));
         assert_eq!(bucket_index(&[0xff; 32], &[0; 32]), Some(255));
+    }
+
+    #[test]
+    fn a_lookups_answers_are_joined_by_the_tables_servers_only_near_the_key_unless_it_covers() {
+        let all = peers(60);
+        let (table_peers, others) = all.split_at(40);
+        let table = Table {
+            live: table_peers.iter().map(|p| Entry::new(&(*p).into())).collect(),
+            buckets: Vec::new(),
+        };
+        let key = KBucketKey::new(b"/joined".to_vec());
+        let target = hashed(&key);
+        let distance = |p: &PeerId| key.distance(&KBucketKey::from(*p));
+        let by_distance = |mut peers: Vec<PeerId>| {
+            peers.sort_by_key(distance);
+            peers.dedup();
+            peers
+        };
+        // A lookup heard from the three peers closest to the key that the table lacks and the
+        // two closest it holds.
+        let (others, held) = (by_distance(others.to_vec()), by_distance(table_peers.to_vec()));
+        let answered: Vec<PeerId> = others[..3].iter().chain(&held[..2]).copied().collect();
+        let farthest = answered.iter().map(distance).max().expect("answers");
+        // Covered: the k closest of both.
+        let both = by_distance(answered.iter().chain(table_peers).copied().collect());
+        assert_eq!(table.joined(&target, &answered, true, 20), both[..20]);
+        // Not covered: the servers beyond the farthest answer stay out.
+        let near: Vec<PeerId> = both.iter().copied().filter(|p| distance(p) <= farthest).collect();
+        let got = table.joined(&target, &answered, false, 20);
+        assert_eq!(got, near);
+        assert!(got.len() < 20 && answered.iter().all(|p| got.contains(p)), "{got:?}");
+        // k bounds it, and a lookup that heard from nobody gives nobody.
+        assert_eq!(table.joined(&target, &answered, true, 4), both[..4]);
+        assert!(table.joined(&target, &[], true, 20).is_empty());
     }
 
     #[test]

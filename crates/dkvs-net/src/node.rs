@@ -315,9 +315,9 @@ impl Node {
     /// Stores `record` on this node and on the k closest peers; succeeds when a quorum holds it.
     ///
     /// The k closest are taken from the routing table when it is trusted and covers the key,
-    /// else from a Kademlia lookup: the closest of the peers it heard from and the DHT servers
-    /// this node is connected to. A lookup passes over a peer that has not answered in a
-    /// quarter of the operation's timeout and ends at half of it, with what it heard.
+    /// else from a Kademlia lookup, which ends at half the operation's timeout: the closest
+    /// of the peers it heard from and the DHT servers in the routing table this node is
+    /// connected to (nobody when it heard from nobody).
     pub async fn put(&self, record: Record) -> Result<PutReceipt, PutError> {
         self.ask(|reply| Command::Put { record, expected: dkvs_store::Expect::Any, reply })
             .await
@@ -1969,17 +1969,17 @@ impl<E: Extension> Driver<E> {
     /// asks them. A lookup that completed found them already, but for those too slow to
     /// answer it (the quorum then counts them, as a reader that hears from them would).
     /// Peers the lookup learnt of but never heard from, and table entries this node is not
-    /// connected to, are left out. (Counting the quorum over a flat k instead would fail
-    /// every put on a small network whose lookups time out waiting for one dead peer.)
+    /// connected to, are left out; so are servers farther than the farthest answer when the
+    /// table does not cover the key ([`crate::nearby::Table::joined`]). (Counting the quorum
+    /// over a flat k instead would fail every put on a small network whose lookups time out
+    /// waiting for one dead peer.)
     fn with_connected_servers(&mut self, key: &[u8], peers: Vec<PeerId>) -> Vec<PeerId> {
-        let target = kad::KBucketKey::new(key);
-        let k = self.config.replication;
-        let known = self.table().closest(&crate::nearby::hashed(&target), k);
-        let mut all: Vec<PeerId> = peers.into_iter().chain(known).collect();
-        all.sort_by_cached_key(|p| target.distance(&kad::KBucketKey::from(*p)));
-        all.dedup();
-        all.truncate(k);
-        all
+        let target = crate::nearby::hashed(&kad::KBucketKey::new(key));
+        let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
+        let index = crate::nearby::bucket_index(&self.own_key, &target);
+        let table = self.table();
+        let covers = index.is_some_and(|i| crate::nearby::table_covers(&table.buckets, i, k, size));
+        table.joined(&target, &peers, covers, k)
     }
 
     /// The routing table as operations read it, read from Kademlia if it changed since.
