@@ -1514,7 +1514,7 @@ impl<E: Extension> Driver<E> {
                                 && (self.ext_lookups.contains(&id)
                                     || self.closest_waiters.contains_key(&id))));
                     let peers = if joined {
-                        self.with_connected_servers(&key, answered.clone())
+                        self.with_connected_servers(&key, &answered)
                     } else {
                         answered.clone()
                     };
@@ -1949,11 +1949,16 @@ impl<E: Extension> Driver<E> {
     /// operation needs no lookup. `None` otherwise.
     pub(crate) fn local_neighbourhood(&mut self, target: &[u8]) -> Option<Vec<PeerId>> {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(target));
-        let index = crate::nearby::bucket_index(&self.own_key, &target)?;
+        let k = self.config.replication;
+        self.table_covers(&target).then(|| self.table().closest(&target, k))
+    }
+
+    /// Whether the routing table holds every live peer among the k closest to the Kademlia
+    /// key whose bytes are `target`, as far as it can tell ([`crate::nearby::table_covers`]).
+    fn table_covers(&mut self, target: &[u8; 32]) -> bool {
+        let Some(index) = crate::nearby::bucket_index(&self.own_key, target) else { return false };
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
-        let table = self.table();
-        crate::nearby::table_covers(&table.buckets, index, k, size)
-            .then(|| table.closest(&target, k))
+        crate::nearby::table_covers(&self.table().buckets, index, k, size)
     }
 
     /// A lookup for `key` heard from `peers` (at least one) in time: they are joined by the
@@ -1973,13 +1978,11 @@ impl<E: Extension> Driver<E> {
     /// table does not cover the key ([`crate::nearby::Table::joined`]). (Counting the quorum
     /// over a flat k instead would fail every put on a small network whose lookups time out
     /// waiting for one dead peer.)
-    fn with_connected_servers(&mut self, key: &[u8], peers: Vec<PeerId>) -> Vec<PeerId> {
+    fn with_connected_servers(&mut self, key: &[u8], peers: &[PeerId]) -> Vec<PeerId> {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(key));
-        let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
-        let index = crate::nearby::bucket_index(&self.own_key, &target);
-        let table = self.table();
-        let covers = index.is_some_and(|i| crate::nearby::table_covers(&table.buckets, i, k, size));
-        table.joined(&target, &peers, covers, k)
+        let covers = self.table_covers(&target);
+        let k = self.config.replication;
+        self.table().joined(&target, peers, covers, k)
     }
 
     /// The routing table as operations read it, read from Kademlia if it changed since.
