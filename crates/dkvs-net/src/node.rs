@@ -692,7 +692,7 @@ pub(crate) struct Driver<E: Extension> {
     /// When each operation next needs a look, earliest first. Lazy: an entry whose operation
     /// has ended is dropped when it comes up, and an operation whose time moves earlier (a
     /// quorum starts its linger) gets a new entry.
-    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, OpId)>>,
+    pub(crate) deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, OpId)>>,
     /// The earliest time in `deadlines` for each running operation, so that an operation gets
     /// a new entry only when its time moves earlier.
     scheduled: HashMap<OpId, Instant>,
