@@ -101,6 +101,21 @@ fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
 
 /// A node with `settings` added to its configuration (only to test those settings).
 fn start_with(home: &Path, bootstrap: Option<&str>, settings: &str) -> NodeProcess {
+    launch(home, bootstrap, settings, None)
+}
+
+/// A node whose log (node.log in its home) has `filter`'s levels (`RUST_LOG`): it logs more,
+/// and does nothing else differently.
+fn start_logging(home: &Path, bootstrap: Option<&str>, filter: &str) -> NodeProcess {
+    launch(home, bootstrap, "", Some(filter))
+}
+
+fn launch(
+    home: &Path,
+    bootstrap: Option<&str>,
+    settings: &str,
+    filter: Option<&str>,
+) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
     // The default configuration, but for the listen address: several nodes share one machine,
@@ -115,6 +130,10 @@ fn start_with(home: &Path, bootstrap: Option<&str>, settings: &str) -> NodeProce
     if let Some(peer) = bootstrap {
         command.arg("--bootstrap").arg(peer);
     }
+    match filter {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
     // The node's log goes to a file, as it would under a service manager.
     let log = std::fs::File::create(home.join("node.log")).expect("log file");
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
@@ -899,4 +918,66 @@ fn the_gateway_needs_the_token_when_the_api_listens_beyond_loopback() {
     let (code, body) = http(&addr, &format!("/ipfs/{cid}"), Some(&token));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("hello gateway"), "{body}");
+}
+
+#[test]
+fn a_stopped_node_holds_no_lookup_past_its_deadline() {
+    // A node the machine stopped (kill -STOP: a suspended laptop, a node swapped out) keeps
+    // its connections open and answers nothing. A lookup that asks it waits for it until the
+    // lookup's deadline, 5 s, half the operation's time, and then goes on with the answers it
+    // has. Kademlia has no timer for that deadline and looks at it only when something polls
+    // it: on a quiet node a lookup ran on to the next wake-up, up to the stopped peer's 10-s
+    // request timeout (9.97 s seen), the whole operation's time.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    new_account(&home("w"), "alice", "ed25519");
+    let seed = start(&home("seed"), None);
+    let others = [
+        start(&home("r1"), Some(&seed.address)),
+        start(&home("r2"), Some(&seed.address)),
+        start(&home("s"), Some(&seed.address)),
+    ];
+    // Its lookups are logged at debug level, with how long they took.
+    let writer = start_logging(&home("w"), Some(&seed.address), "info,dkvs_net=debug");
+    let peers = || {
+        let mut c = dkvs(&writer.home);
+        c.arg("status");
+        let status: serde_json::Value = serde_json::from_str(&ok(run(c, None))).expect("json");
+        status["peers"].as_u64().expect("a count")
+    };
+    // The writer's start-up walk meets every node, the one to stop too.
+    let deadline = Instant::now() + STEP;
+    while peers() < 4 {
+        assert!(Instant::now() < deadline, "the writer met {} of 4 nodes", peers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = &others[2];
+    let signal = |name: &str| {
+        let pid = stopped.child.id().to_string();
+        let done = Command::new("sh").args(["-c", &format!("kill -{name} {pid}")]).status();
+        assert!(done.expect("sh runs").success(), "kill -{name}");
+    };
+    signal("STOP");
+    // A put through the command line: a read of the key, then the write; each looks the key
+    // up (no lookup completes while a peer never answers, so the table is not trusted).
+    let stored = put(&writer, &["/~/past-stopped", "v1"], None);
+    signal("CONT");
+    let stored = ok(stored);
+    assert!(stored.contains("seq 1 stored by"), "{stored}");
+    let key = stored.split_whitespace().find(|w| w.starts_with('/')).expect("the key").to_owned();
+    assert_eq!(ok(get(&others[0], &[&key])), "v1");
+
+    let log = std::fs::read_to_string(writer.home.join("node.log")).expect("the writer's log");
+    let lookups: Vec<&str> =
+        log.lines().filter(|l| l.contains("lookup for an operation done")).collect();
+    let waited: Vec<&&str> = lookups.iter().filter(|l| l.contains("complete=false")).collect();
+    assert!(!waited.is_empty(), "a lookup waited on the stopped node: {log}");
+    for line in lookups {
+        let field = line.split_whitespace().find_map(|w| w.strip_prefix("duration=Some("));
+        let took = field.and_then(|d| d.strip_suffix("s)")).expect("a duration in seconds");
+        // A lookup ends at 5 s; a second more is the slack of a loaded machine, and half of
+        // what a lookup past its deadline took.
+        let took: f64 = took.parse().expect("seconds");
+        assert!(took < 7.0, "a lookup took {took} s: {line}");
+    }
 }
