@@ -39,6 +39,16 @@ enum Command {
     KadFlood(PeerId, Vec<Vec<u8>>),
     GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
     Freeze(oneshot::Sender<()>),
+    Thaw,
+    StallAfterGet,
+}
+
+/// When a liar freezes by itself ([`Liar::stall_after_next_get`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    No,
+    AfterGet,
+    AtLookup,
 }
 
 /// What a flood achieved.
@@ -227,6 +237,19 @@ impl Liar {
         rx.await.context("liar gone")
     }
 
+    /// Answers its next get, then freezes ([`Liar::freeze`]) at the first Kademlia lookup
+    /// that reaches it after, leaving it unanswered: the asker's next step, a lookup if the
+    /// answer named closer peers, does not hear from it.
+    pub async fn stall_after_next_get(&self) -> anyhow::Result<()> {
+        self.commands.send(Command::StallAfterGet).await.map_err(|_| anyhow!("liar gone"))
+    }
+
+    /// Answers again, from what waited while it was frozen on: a process continued
+    /// (`kill -CONT`), a phone's app resumed.
+    pub async fn thaw(&self) -> anyhow::Result<()> {
+        self.commands.send(Command::Thaw).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Answers every put with `status` (and keeps nothing), and every replication round as
     /// a peer that holds nothing.
     pub async fn answer_puts_with(&self, status: pb::PutStatus) -> anyhow::Result<()> {
@@ -247,6 +270,10 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
     type Gossip = (PeerId, gossipsub::IdentTopic, Vec<Vec<u8>>, oneshot::Sender<usize>);
     let mut gossip: Option<(Gossip, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    // While frozen the swarm is not polled: the connections' own tasks hold them open, and
+    // what peers ask waits unanswered.
+    let mut frozen = false;
+    let mut stall = Stall::No;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -254,11 +281,15 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 Some(Command::Lie(key, bytes)) => {
                     lies.insert(key, bytes);
                 }
-                // The swarm is no longer polled: the connections' own tasks hold them open,
-                // and what peers ask waits unanswered.
                 Some(Command::Freeze(reply)) => {
+                    frozen = true;
                     let _ = reply.send(());
-                    std::future::pending::<()>().await
+                }
+                Some(Command::StallAfterGet) => {
+                    stall = Stall::AfterGet;
+                }
+                Some(Command::Thaw) => {
+                    frozen = false;
                 }
                 Some(Command::StaleClaim(bytes)) => {
                     stale_claim = Some(bytes);
@@ -326,7 +357,14 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                     let _ = reply.send(taken);
                 }
             }
-            event = swarm.select_next_some() => match event {
+            event = swarm.select_next_some(), if !frozen => match event {
+                // Kademlia reports the request before its answer goes out: that answer waits.
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                    request: kad::InboundRequest::FindNode { .. },
+                })) if stall == Stall::AtLookup => {
+                    stall = Stall::No;
+                    frozen = true;
+                }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     if let Some(i) = joining.iter().position(|(p, _)| *p == peer_id) {
                         let (_, reply) = joining.swap_remove(i);
@@ -343,6 +381,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                             Some(pb::request::Kind::Get(get)) => {
                                 if !get.known.is_empty() {
                                     hinted += 1;
+                                }
+                                if stall == Stall::AfterGet {
+                                    stall = Stall::AtLookup;
                                 }
                                 let key = String::from_utf8_lossy(&get.key).into_owned();
                                 pb::Response { kind: Some(pb::response::Kind::Get(pb::GetResponse {

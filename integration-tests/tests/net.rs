@@ -331,6 +331,127 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_died_leaves_the_table_at_the_first_dial_that_fails() -> anyhow::Result<()> {
+    // Kademlia keeps a peer whose last address failed in its table until its bucket is full,
+    // and a bucket of 64 seldom is: a node that died stayed in every table, every lookup
+    // asked it again, and no read near it took its replicas from the table. Now the first
+    // lookup that fails to reach it (the reader has other peers: the failure is the dead
+    // node's) takes it out, and the next read asks the two live nodes and no one else.
+    let mut net = TestNet::start(4, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "after-a-death").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let reader = 3;
+    net.get(reader, &key).await??;
+    net.kill(1).await;
+    let mut requests = Vec::new();
+    for _ in 0..4 {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+        requests.push(got.requests);
+    }
+    // A read from the table: two record requests, no lookup.
+    assert_eq!(requests.last(), Some(&2), "requests of each read: {requests:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+/// Reads `key` through node `reader` until one took its replicas from the routing table and
+/// asked `peer` (with a hint); returns that read's outcome. Every read returns `expected`.
+async fn read_from_the_table(
+    net: &TestNet,
+    reader: usize,
+    key: &Key,
+    peer: &dkvs_integration_tests::liar::Liar,
+    expected: &str,
+) -> anyhow::Result<dkvs_net::GetOutcome> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let before = peer.hinted_gets().await?;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no read took its replicas from a table");
+        let got = net.get(reader, key).await??;
+        assert_eq!(value(&got), Some(expected.into()), "{got:?}");
+        if peer.hinted_gets().await? > before {
+            return Ok(got);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_recheck_heard_from_nobody_fails() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // A node whose only live peer answers its read, naming closer peers nobody runs, and then
+    // stops answering. The read took its replicas from the routing table, so the naming makes
+    // it look the key up, and that lookup hears from nobody: the set it doubted is not
+    // confirmed and no other was found. The read fails as having no quorum, as a put does
+    // there. (It answered from the doubted set: this node and the namer, a quorum of two.)
+    let mut net = TestNet::start(2, Config::default()).await?;
+    let namer = Liar::spawn().await?;
+    namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "doubted").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // The other node goes: a lookup's request to it fails (and it leaves the table).
+    net.kill(1).await;
+    read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+
+    namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
+    namer.stall_after_next_get().await?;
+    let before = namer.hinted_gets().await?;
+    match net.get(0, &key).await? {
+        Err(dkvs_net::GetError::NoQuorum { asked: 0, .. }) => {}
+        other => panic!("a read past a lookup that heard from nobody: {other:?}"),
+    }
+    assert_eq!(namer.hinted_gets().await?, before + 1, "the read took its set from the table");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // Two nodes, a peer that names closer peers nobody runs, and one that stops answering for
+    // a while. The reader's lookup for the naming waits on the stopped peer and times out: it
+    // may have stopped short of the peers named, so it judges nobody. (It made the namer
+    // unheard for ten minutes; an honest replica unheard can hide a newer record from the
+    // reader's reads.) A lookup that completes and finds none of them still does.
+    let net = TestNet::start(2, Config::default()).await?;
+    let (namer, stalled) = (Liar::spawn().await?, Liar::spawn().await?);
+    for liar in [&namer, &stalled] {
+        liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    }
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "judged").expect("key");
+    let receipt = net.put(1, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // From the table: node 1, the namer and the stalled peer, no lookup.
+    let got = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+    assert_eq!(got.requests, 3, "{got:?}");
+
+    namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
+    stalled.freeze().await?;
+    let timed_out = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+    assert!(timed_out.requests > 3, "the naming started a lookup: {timed_out:?}");
+    stalled.thaw().await?;
+    // Still heard: the naming starts a lookup again, which completes, finds none of the
+    // peers named, and makes the namer unheard: the next read from the table asks the three.
+    let again = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+    assert!(again.requests > 3, "the namer was unheard after a lookup that timed out: {again:?}");
+    let unheard = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+    assert_eq!(unheard.requests, 3, "the namer is unheard after a lookup that completed");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_peers_lose_and_flooders_are_cut_off() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
 

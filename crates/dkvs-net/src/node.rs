@@ -1252,6 +1252,7 @@ impl<E: Extension> Driver<E> {
                 if !self.swarm.is_connected(&peer) =>
             {
                 self.strand(Instant::now());
+                self.dial_failed(peer, &error);
                 let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
@@ -1766,6 +1767,27 @@ impl<E: Extension> Driver<E> {
         let target = kad::KBucketKey::new(key);
         if let Some(index) = local.distance(&target).ilog2() {
             self.refresh.used(index, Instant::now());
+        }
+    }
+
+    /// No address of `peer`, dialed on its own, took a connection (`error`). Kademlia keeps a
+    /// peer whose last address failed in its table until a newcomer needs its place in a
+    /// full bucket (libp2p-kad: so that a node that lost its own connection keeps the table it
+    /// needs to come back), and buckets of 64 seldom fill: a node that died stayed in every
+    /// table that held it. Every lookup near it asked it again (on the internet a dial to a
+    /// dead host waits for its timeout, past the lookup's 5 s), and the table path, which
+    /// needs every entry near a key alive ([`crate::nearby::table_covers`]), was off there.
+    /// While another DHT server is connected the failure is the peer's, not this node's: it
+    /// leaves the table, and comes back when it next connects or a lookup's answer names it
+    /// and it answers. A node with no server connected keeps its table to walk back in
+    /// ([`Driver::strand`]).
+    fn dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+        use libp2p::swarm::DialError;
+        let gone = matches!(error, DialError::Transport(_) | DialError::WrongPeerId { .. });
+        if gone && !self.servers.is_empty() {
+            tracing::debug!(%peer, %error, "a peer no address of which answers leaves the table");
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            self.live_table = None;
         }
     }
 

@@ -789,10 +789,14 @@ impl<E: crate::Extension> Driver<E> {
 
     /// The lookup that operation `id`'s recheck ran found `found`: a namer none of whose peers
     /// it found is not heard for [`NAMING_PENALTY`] (an honest replica with a stale view costs
-    /// the same, and is heard again after it).
-    fn lookup_judged(&mut self, id: OpId, found: &[PeerId]) {
+    /// the same, and is heard again after it). A lookup that timed out (`!complete`) judges
+    /// nobody: it may have stopped short of the peers named, and an honest replica unheard
+    /// could hide a newer record from this node's reads for the whole penalty. A namer whose
+    /// accomplices stall every such lookup then costs each operation that asks it a lookup,
+    /// time and not a wrong answer.
+    fn lookup_judged(&mut self, id: OpId, found: &[PeerId], complete: bool) {
         let Some((namer, named)) = self.rechecks.remove(&id) else { return };
-        if named.iter().any(|p| found.contains(p)) {
+        if !complete || named.iter().any(|p| found.contains(p)) {
             return;
         }
         let now = Instant::now();
@@ -977,7 +981,7 @@ impl<E: crate::Extension> Driver<E> {
         match op {
             Op::Put(put) if put.rechecking => {
                 let replicas = closest(put.record.key(), candidates, k);
-                self.lookup_judged(id, &peers);
+                self.lookup_judged(id, &peers, complete);
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 let before: Vec<PeerId> = put.pending.iter().copied().collect();
                 let remote = put.rechecked(replicas, me, self.config.write_quorum);
@@ -1002,7 +1006,15 @@ impl<E: crate::Extension> Driver<E> {
             }
             Op::Get(get) if get.rechecking => {
                 let _ = get;
-                self.lookup_judged(id, &peers);
+                self.lookup_judged(id, &peers, complete);
+                if peers.is_empty() {
+                    // The lookup heard from nobody (every peer stalled, a partition): the set
+                    // a replica doubted is not confirmed, and no other was found. The get
+                    // fails as having no quorum, as a put does here, rather than answer from
+                    // a set that may have missed the key's newest replicas.
+                    self.finish_op(id, Instant::now());
+                    return;
+                }
                 let Some(Op::Get(get)) = self.ops.get_mut(&id) else { return };
                 get.rechecking = false;
                 // The set is the lookup's now: no hints, so no second recheck.
