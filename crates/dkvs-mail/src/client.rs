@@ -169,8 +169,7 @@ fn letter_time() -> u64 {
 
 /// The peers closest to `mailbox`, this node among them, nearest first. After a lookup that
 /// timed out they may include the slow peers it waited for ([`Node::closest_peers`]):
-/// [`nearest_that_answer`] replaces those that do not answer; a hand-over round does not,
-/// and tries them again at the next round.
+/// [`nearest_that_answer`] replaces those that do not answer.
 pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
     let mut peers = node.closest_peers(mailbox.0.to_vec()).await;
     peers.push(node.peer_id());
@@ -184,7 +183,7 @@ pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
 /// Asks the nearest of `candidates` in waves, replacing each that fails (`ask` returns
 /// `Err`) by the next nearest, until `wanted` have answered or none is left. The answers, and
 /// the failures.
-async fn nearest_that_answer<T, F>(
+pub(crate) async fn nearest_that_answer<T, F>(
     candidates: Vec<PeerId>,
     wanted: usize,
     ask: impl Fn(PeerId) -> F,

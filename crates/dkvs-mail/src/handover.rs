@@ -1,8 +1,9 @@
 //! Hand-over: mail follows its mailbox's closest replicas as peers come and go.
 //!
 //! Every [`HAND_OVER_EVERY`] a replica goes through the mailboxes it keeps (at most
-//! [`MAILBOXES_PER_ROUND`] a round, in turn): it looks up the `replicas` closest peers to the
-//! mailbox address, asks each which envelopes it lacks (`Offer`) and deposits those. Replicas
+//! [`MAILBOXES_PER_ROUND`] a round, in turn): it looks up the peers closest to the mailbox
+//! address, asks the `replicas` closest which envelopes they lack (`Offer`) and deposits
+//! those, replacing each that fails by the next closest. Replicas
 //! refuse a copy of mail that was read, so an old copy does not come back.
 //!
 //! A replica keeps its own copies until they are read or expire, also once it is no longer
@@ -18,7 +19,7 @@ use std::time::Duration;
 use dkvs_net::libp2p::PeerId;
 use dkvs_net::{NetError, Node};
 
-use crate::client::{SendOptions, replicas_of, request};
+use crate::client::{SendOptions, nearest_that_answer, replicas_of, request};
 use crate::letter::Mailbox;
 use crate::service::Mail;
 use crate::wire::{MAX_ACK, Refusal, Request, Response};
@@ -49,24 +50,30 @@ pub async fn hand_over(
     skip: usize,
 ) -> Result<HandOverReport, NetError> {
     let held = node.with_extension::<Mail, _>(|mail, _| mail.shelf().held()).await?;
-    let me = node.peer_id();
     let mut report = HandOverReport::default();
     let count = held.len();
     for (mailbox, digests) in
         held.into_iter().cycle().skip(skip % count.max(1)).take(count.min(MAILBOXES_PER_ROUND))
     {
         report.mailboxes += 1;
-        let closest: Vec<PeerId> =
-            replicas_of(node, &mailbox).await.into_iter().take(options.replicas.max(1)).collect();
-        for &peer in closest.iter().filter(|p| **p != me) {
-            let brought =
-                tokio::time::timeout(PEER_TIME, bring_up_to_date(node, peer, mailbox, &digests));
-            match brought.await {
-                Ok(Ok(deposited)) => report.deposited += deposited,
-                Ok(Err(e)) => report.failed.push((peer, e)),
-                Err(_) => report.failed.push((peer, format!("took over {PEER_TIME:?}"))),
+        // The closest that take the mail, this node counting where it is one of them (it
+        // holds every envelope it offers): one that fails, a stalled peer a lookup that timed
+        // out gave, or a peer that does not speak the protocol, is replaced by the next
+        // closest. (Left out, it left the mailbox a replica short until the next round, which
+        // asked it again.)
+        let candidates = replicas_of(node, &mailbox).await;
+        let digests = &digests;
+        let ask = |peer| async move {
+            match tokio::time::timeout(PEER_TIME, bring_up_to_date(node, peer, mailbox, digests))
+                .await
+            {
+                Ok(brought) => brought,
+                Err(_) => Err(format!("took over {PEER_TIME:?}")),
             }
-        }
+        };
+        let (took, failed) = nearest_that_answer(candidates, options.replicas.max(1), ask).await;
+        report.deposited += took.iter().map(|(_, deposited)| deposited).sum::<usize>();
+        report.failed.extend(failed);
     }
     Ok(report)
 }

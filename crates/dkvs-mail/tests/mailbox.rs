@@ -565,6 +565,66 @@ async fn mail_is_handed_over_as_its_replicas_die_one_set_after_another() -> anyh
 }
 
 /// Publishes raw bytes on a channel's topic from `node`, as a peer that lies would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_replaces_a_replica_that_fails_by_the_next_closest() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // Seven mail nodes and two that run no mail, one of them among the three closest to
+        // Bob's mailbox. Alice's letter is kept by the five closest mail nodes; two die; a
+        // survivor's hand-over asks the five closest left, the node without mail among them:
+        // it fails, and the next closest takes its place. (It was left out: one of the two
+        // mail nodes that had no copy still had none after the round.)
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            let builder = NodeBuilder::new(identity.clone(), store, config);
+            if started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 7 {
+                return Ok(builder.spawn()?);
+            }
+            let mail = Mail::open(&dir.join("mail"), identity.clone(), ShelfConfig::default())?;
+            Ok(builder.with_extension(|_| mail).spawn()?)
+        });
+        let mut net =
+            TestNet::start_custom(9, Config::default(), dkvs_store::Config::default(), spawn)
+                .await?;
+        let distance = |bob: &Keypair, i: usize| {
+            let mailbox = dkvs_mail::Mailbox::of(&bob.account_id());
+            let target = dkvs_net::libp2p::kad::KBucketKey::new(mailbox.0.to_vec());
+            target.distance(&dkvs_net::libp2p::kad::KBucketKey::from(net.peer_id(i)))
+        };
+        let (bob, ranked) = std::iter::repeat_with(account)
+            .take(1000)
+            .find_map(|bob| {
+                let mut ranked: Vec<usize> = (0..net.len()).collect();
+                ranked.sort_by_key(|&i| distance(&bob, i));
+                ranked[..3].iter().any(|&i| i >= 7).then_some((bob, ranked))
+            })
+            .expect("an account with a node without mail near its mailbox");
+        let mail_nodes: Vec<usize> = ranked.iter().copied().filter(|&i| i < 7).collect();
+        let options = SendOptions::default();
+        let receipt =
+            dkvs_mail::send(net.node(0), &account(), &bob.account_id(), b"hi".to_vec(), &options)
+                .await?;
+        let mut holders: Vec<usize> =
+            receipt.custody.iter().map(|c| index_of(&net, c.replica)).collect();
+        holders.sort_by_key(|&i| distance(&bob, i));
+        assert_eq!(holders, mail_nodes[..5], "the five closest mail nodes keep it");
+        for &i in &holders[..2] {
+            net.kill(i).await;
+        }
+        let report = dkvs_mail::hand_over(net.node(holders[2]), &options, 0).await?;
+        assert_eq!(report.deposited, 2, "{report:?}");
+        let without_mail = |(peer, _): &(PeerId, String)| index_of(&net, *peer) >= 7;
+        assert!(!report.failed.is_empty(), "{report:?}");
+        assert!(report.failed.iter().all(without_mail), "only nodes without mail: {report:?}");
+        for &i in &mail_nodes[2..] {
+            let kept = net.node(i).with_extension::<Mail, _>(|mail, _| mail.shelf().len()).await?;
+            assert_eq!(kept, 1, "node {i}, one of the five closest mail nodes left, keeps it");
+        }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
 async fn publish_raw(node: &dkvs_net::Node, channel: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
     let topic = dkvs_mail::channel::topic(channel)?;
     node.with_extension::<Mail, _>(move |_, host| host.publish(&topic, bytes)).await??;
