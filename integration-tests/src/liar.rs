@@ -227,8 +227,8 @@ impl Liar {
         rx.await.context("liar gone")
     }
 
-    /// From now on answers nothing, not even a Kademlia lookup, and keeps its connections
-    /// open: a process the machine stopped (a phone's app the OS suspended, a node swapped
+    /// Until thawed ([`Liar::thaw`]) answers nothing, not even a Kademlia lookup, and keeps its
+    /// connections open: a process the machine stopped (a phone's app the OS suspended, a node swapped
     /// out) looks the same to its peers until their requests time out.
     /// Returns once the liar has stopped.
     pub async fn freeze(&self) -> anyhow::Result<()> {

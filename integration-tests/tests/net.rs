@@ -344,7 +344,9 @@ async fn a_node_that_died_leaves_the_table_at_the_first_dial_that_fails() -> any
     assert!(receipt.has_quorum(), "{receipt:?}");
     let reader = 3;
     net.get(reader, &key).await??;
+    let dead = net.peer_id(1);
     net.kill(1).await;
+    assert!(net.node(reader).routing_table().await.contains(&dead), "not yet dialed");
     let mut requests = Vec::new();
     for _ in 0..4 {
         let got = net.get(reader, &key).await??;
@@ -353,6 +355,23 @@ async fn a_node_that_died_leaves_the_table_at_the_first_dial_that_fails() -> any
     }
     // A read from the table: two record requests, no lookup.
     assert_eq!(requests.last(), Some(&2), "requests of each read: {requests:?}");
+    assert!(!net.node(reader).routing_table().await.contains(&dead));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_only_server_died_keeps_it_to_walk_back_in() -> anyhow::Result<()> {
+    // With no other server connected, a failed dial may be this node's own network: the
+    // table is what it needs to come back, and keeps the peer.
+    let mut net = TestNet::start(2, Config::default()).await?;
+    let seed = net.peer_id(0);
+    net.kill(0).await;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "alone").expect("key");
+    // The read dials the seed (refused) and finds no replica.
+    assert!(net.get(1, &key).await?.is_err(), "no replica to ask");
+    assert!(net.node(1).routing_table().await.contains(&seed), "the seed is kept");
     net.shutdown().await;
     Ok(())
 }

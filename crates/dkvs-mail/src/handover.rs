@@ -39,7 +39,8 @@ pub struct HandOverReport {
     pub mailboxes: usize,
     /// Envelopes deposited on replicas that lacked them (a custody receipt signed by each).
     pub deposited: usize,
-    /// Replicas that could not be brought up to date this round.
+    /// Peers that could not be brought up to date this round (a stalled peer, one that runs no
+    /// mail): each was replaced by the next closest, while one was left.
     pub failed: Vec<(PeerId, String)>,
 }
 

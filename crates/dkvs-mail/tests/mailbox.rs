@@ -564,7 +564,6 @@ async fn mail_is_handed_over_as_its_replicas_die_one_set_after_another() -> anyh
     .await?
 }
 
-/// Publishes raw bytes on a channel's topic from `node`, as a peer that lies would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_replaces_a_replica_that_fails_by_the_next_closest() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
@@ -625,6 +624,7 @@ async fn a_hand_over_replaces_a_replica_that_fails_by_the_next_closest() -> anyh
     .await?
 }
 
+/// Publishes raw bytes on a channel's topic from `node`, as a peer that lies would.
 async fn publish_raw(node: &dkvs_net::Node, channel: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
     let topic = dkvs_mail::channel::topic(channel)?;
     node.with_extension::<Mail, _>(move |_, host| host.publish(&topic, bytes)).await??;
