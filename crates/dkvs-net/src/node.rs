@@ -1780,32 +1780,47 @@ impl<E: Extension> Driver<E> {
     /// alive ([`crate::nearby::table_covers`]), was off there.
     ///
     /// The peer leaves the table only on evidence that it is gone rather than that this node
-    /// is cut off: every address the table holds for it was dialed and failed, at least one
-    /// address was refused (the host answered that nothing listens there: the process is
+    /// is cut off: every address the table holds for it was dialed and failed, the host of one
+    /// of them refused a connection (it answered that nothing listens there: the process is
     /// gone, and this node's own network works), and another DHT server is connected. A
     /// timeout or an unreachable network says nothing of which end failed (a laptop resumed
     /// with stale connections, an uplink down, a flood at the peer), nor does another peer's
     /// id at the address (`WrongPeerId`: an address of this node's own, or a reused local
     /// one, given for the peer); those keep the entry, as libp2p does. An address that a
     /// lookup's answer gave for the peer, refused beside the table's, does not take it out
-    /// while one of the table's works. It comes back when it next connects, or when a lookup's
-    /// answer names it and it answers. A node with no other server connected keeps its table
+    /// unless it is on a host the table gives for the peer and every address there failed.
+    /// It comes back when it next connects, or when a lookup's answer names it and it
+    /// answers. A node with no other server connected keeps its table
     /// to walk back in ([`Driver::strand`]).
     fn dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
         let libp2p::swarm::DialError::Transport(attempts) = error else { return };
-        let was_refused = attempts
-            .iter()
-            .any(|(_, e)| matches!(e, libp2p::TransportError::Other(e) if refused(e)));
-        if !was_refused || !self.servers.keys().any(|p| *p != peer) {
+        if !self.servers.keys().any(|p| *p != peer) {
             return;
         }
+        let refused_hosts: Vec<_> = attempts
+            .iter()
+            .filter(|(_, e)| matches!(e, libp2p::TransportError::Other(e) if refused(e)))
+            .filter_map(|(a, _)| a.iter().next())
+            .collect();
         let failed: Vec<Multiaddr> = attempts.iter().map(|(a, _)| without_p2p(a)).collect();
         // Kademlia dropped each failed address but the last before this event.
         let kad = &mut self.swarm.behaviour_mut().kad;
         let key = kad::KBucketKey::from(peer);
         let Some(bucket) = kad.kbucket(peer) else { return };
         let Some(entry) = bucket.iter().find(|e| *e.node.key == key) else { return };
-        if !entry.node.value.iter().all(|a| failed.contains(&without_p2p(a))) {
+        let left: Vec<&Multiaddr> = entry.node.value.iter().collect();
+        // The refusal came from a host the table gives for the peer: an address for it that
+        // a lookup's answer made up (refused anywhere, this node's own loopback too) proves
+        // nothing of this node's network or of the peer. Nor does a local one (loopback, a
+        // private network: a peer's identify lists those too, and from another machine they
+        // reach this node's own network) unless the table has only local ones for the peer
+        // (a network on one machine or one LAN).
+        let local_only = left.iter().all(|a| is_local(a));
+        let from_its_host = left.iter().any(|a| {
+            (local_only || !is_local(a))
+                && a.iter().next().is_some_and(|h| refused_hosts.contains(&h))
+        });
+        if !from_its_host || !left.iter().all(|a| failed.contains(&without_p2p(a))) {
             return;
         }
         if kad.remove_peer(&peer).is_some() {
