@@ -330,52 +330,6 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_died_leaves_the_table_at_the_first_dial_that_fails() -> anyhow::Result<()> {
-    // Kademlia keeps a peer whose last address failed in its table until its bucket is full,
-    // and a bucket of 64 seldom is: a node that died stayed in every table, every lookup
-    // asked it again, and no read near it took its replicas from the table. Now the first
-    // lookup that fails to reach it (the reader has other peers: the failure is the dead
-    // node's) takes it out, and the next read asks the two live nodes and no one else.
-    let mut net = TestNet::start(4, Config::default()).await?;
-    let alice = Keypair::generate(KeyType::Ed25519);
-    let key = Key::scoped(&alice.account_id(), "after-a-death").expect("key");
-    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
-    assert!(receipt.has_quorum(), "{receipt:?}");
-    let reader = 3;
-    net.get(reader, &key).await??;
-    let dead = net.peer_id(1);
-    net.kill(1).await;
-    assert!(net.node(reader).routing_table().await.contains(&dead), "not yet dialed");
-    let mut requests = Vec::new();
-    for _ in 0..4 {
-        let got = net.get(reader, &key).await??;
-        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-        requests.push(got.requests);
-    }
-    // A read from the table: two record requests, no lookup.
-    assert_eq!(requests.last(), Some(&2), "requests of each read: {requests:?}");
-    assert!(!net.node(reader).routing_table().await.contains(&dead));
-    net.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_only_server_died_keeps_it_to_walk_back_in() -> anyhow::Result<()> {
-    // With no other server connected, a failed dial may be this node's own network: the
-    // table is what it needs to come back, and keeps the peer.
-    let mut net = TestNet::start(2, Config::default()).await?;
-    let seed = net.peer_id(0);
-    net.kill(0).await;
-    let alice = Keypair::generate(KeyType::Ed25519);
-    let key = Key::scoped(&alice.account_id(), "alone").expect("key");
-    // The read dials the seed (refused) and finds no replica.
-    assert!(net.get(1, &key).await?.is_err(), "no replica to ask");
-    assert!(net.node(1).routing_table().await.contains(&seed), "the seed is kept");
-    net.shutdown().await;
-    Ok(())
-}
-
 /// Reads `key` through node `reader` until one took its replicas from the routing table and
 /// asked `peer` (with a hint); returns that read's outcome. Every read returns `expected`.
 async fn read_from_the_table(
@@ -400,27 +354,28 @@ async fn read_from_the_table(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_recheck_heard_from_nobody_fails() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
-    // A node whose only live peer answers its read, naming closer peers nobody runs, and then
-    // stops answering. The read took its replicas from the routing table, so the naming makes
-    // it look the key up, and that lookup hears from nobody: the set it doubted is not
-    // confirmed and no other was found. The read fails as having no quorum, as a put does
-    // there. (It answered from the doubted set: this node and the namer, a quorum of two.)
-    let mut net = TestNet::start(2, Config::default()).await?;
-    let namer = Liar::spawn().await?;
-    namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
-    for i in 0..net.len() {
-        let _ = net.node(i).bootstrap().await;
+    // A node whose only peers are two that answer its read and then stop answering, one of
+    // them naming closer peers nobody runs. The read took its replicas from the routing
+    // table, so the naming makes it look the key up, and that lookup hears from nobody: the
+    // set it doubted is not confirmed and no other was found. The read fails as having no
+    // quorum, as a put does there. (It answered from the doubted set: this node and the two
+    // peers, a quorum of three.)
+    let net = TestNet::start_many(1, Config::default()).await?;
+    let (namer, other) = (Liar::spawn().await?, Liar::spawn().await?);
+    for liar in [&namer, &other] {
+        liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
     }
+    let _ = net.node(0).bootstrap().await;
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = Key::scoped(&alice.account_id(), "doubted").expect("key");
     let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
-    // The other node goes: a lookup's request to it fails (and it leaves the table).
-    net.kill(1).await;
     read_from_the_table(&net, 0, &key, &namer, "v1").await?;
 
     namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
-    namer.stall_after_next_get().await?;
+    for liar in [&namer, &other] {
+        liar.stall_after_next_get().await?;
+    }
     let before = namer.hinted_gets().await?;
     match net.get(0, &key).await? {
         Err(dkvs_net::GetError::NoQuorum { asked: 0, .. }) => {}

@@ -1252,7 +1252,6 @@ impl<E: Extension> Driver<E> {
                 if !self.swarm.is_connected(&peer) =>
             {
                 self.strand(Instant::now());
-                self.dial_failed(peer, &error);
                 let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
@@ -1768,64 +1767,6 @@ impl<E: Extension> Driver<E> {
         let target = kad::KBucketKey::new(key);
         if let Some(index) = local.distance(&target).ilog2() {
             self.refresh.used(index, Instant::now());
-        }
-    }
-
-    /// A dial to `peer` failed (`error`). Kademlia keeps a peer whose last address failed in
-    /// its table until a newcomer needs its place in a full bucket (libp2p-kad: so that a node
-    /// that lost its own connection keeps the table it needs to come back), and buckets of 64
-    /// seldom fill: a node that died stayed in every table that held it. Every lookup near it
-    /// asked it again (on the internet a dial to a dead host can wait out the 20-s setup
-    /// timeout, past a lookup's 5 s), and the table path, which needs every entry near a key
-    /// alive ([`crate::nearby::table_covers`]), was off there.
-    ///
-    /// The peer leaves the table only on evidence that it is gone rather than that this node
-    /// is cut off: every address the table holds for it was dialed and failed, the host of one
-    /// of them refused a connection (it answered that nothing listens there: the process is
-    /// gone, and this node's own network works), and another DHT server is connected. A
-    /// timeout or an unreachable network says nothing of which end failed (a laptop resumed
-    /// with stale connections, an uplink down, a flood at the peer), nor does another peer's
-    /// id at the address (`WrongPeerId`: an address of this node's own, or a reused local
-    /// one, given for the peer); those keep the entry, as libp2p does. An address that a
-    /// lookup's answer gave for the peer, refused beside the table's, does not take it out
-    /// unless it is on a host the table gives for the peer and every address there failed.
-    /// It comes back when it next connects, or when a lookup's answer names it and it
-    /// answers. A node with no other server connected keeps its table
-    /// to walk back in ([`Driver::strand`]).
-    fn dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
-        let libp2p::swarm::DialError::Transport(attempts) = error else { return };
-        if !self.servers.keys().any(|p| *p != peer) {
-            return;
-        }
-        let refused_hosts: Vec<_> = attempts
-            .iter()
-            .filter(|(_, e)| matches!(e, libp2p::TransportError::Other(e) if refused(e)))
-            .filter_map(|(a, _)| a.iter().next())
-            .collect();
-        let failed: Vec<Multiaddr> = attempts.iter().map(|(a, _)| without_p2p(a)).collect();
-        // Kademlia dropped each failed address but the last before this event.
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let key = kad::KBucketKey::from(peer);
-        let Some(bucket) = kad.kbucket(peer) else { return };
-        let Some(entry) = bucket.iter().find(|e| *e.node.key == key) else { return };
-        let left: Vec<&Multiaddr> = entry.node.value.iter().collect();
-        // The refusal came from a host the table gives for the peer: an address for it that
-        // a lookup's answer made up (refused anywhere, this node's own loopback too) proves
-        // nothing of this node's network or of the peer. Nor does a local one (loopback, a
-        // private network: a peer's identify lists those too, and from another machine they
-        // reach this node's own network) unless the table has only local ones for the peer
-        // (a network on one machine or one LAN).
-        let local_only = left.iter().all(|a| is_local(a));
-        let from_its_host = left.iter().any(|a| {
-            (local_only || !is_local(a))
-                && a.iter().next().is_some_and(|h| refused_hosts.contains(&h))
-        });
-        if !from_its_host || !left.iter().all(|a| failed.contains(&without_p2p(a))) {
-            return;
-        }
-        if kad.remove_peer(&peer).is_some() {
-            tracing::debug!(%peer, %error, "a peer whose addresses failed, one refused, leaves the table");
-            self.live_table = None;
         }
     }
 
@@ -2521,25 +2462,6 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
     }
 }
 
-/// Whether `error`, or an error it wraps, is a refused connection: the peer's host answered
-/// that nothing listens at the address. The transport's layers (the relay's, the timeout's,
-/// the upgrade's, `Either`'s) wrap the socket's error, and some of them hand on only their
-/// inner error's source, skipping the inner error itself, so a walk of `source()` does not
-/// reach it: its debug form, which every layer keeps, is read instead.
-fn refused(error: &std::io::Error) -> bool {
-    error.kind() == std::io::ErrorKind::ConnectionRefused
-        || format!("{error:?}").contains("ConnectionRefused")
-}
-
-/// `addr` without a trailing `/p2p/<peer id>` (Kademlia keeps its addresses with one).
-fn without_p2p(addr: &Multiaddr) -> Multiaddr {
-    let mut addr = addr.clone();
-    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-        addr.pop();
-    }
-    addr
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2550,33 +2472,6 @@ mod tests {
     }
 
     use crate::defence::Subnet;
-
-    #[test]
-    fn a_refused_connection_is_seen_through_the_transports_wrappers() {
-        use libp2p::core::transport::timeout::TransportTimeoutError;
-        use std::io::{Error, ErrorKind};
-        // As the swarm reports a refused TCP dial: the socket's error inside the timeout's,
-        // inside the boxed transports' (the relay's and the node's own).
-        let wrapped = |kind: ErrorKind| {
-            let inner: TransportTimeoutError<Error> = TransportTimeoutError::Other(kind.into());
-            Error::other(Error::other(inner))
-        };
-        assert!(refused(&wrapped(ErrorKind::ConnectionRefused)));
-        assert!(!refused(&wrapped(ErrorKind::TimedOut)), "a timeout says nothing of who failed");
-        assert!(!refused(&wrapped(ErrorKind::NetworkUnreachable)));
-        assert!(refused(&Error::from(ErrorKind::ConnectionRefused)));
-        #[cfg(target_os = "linux")]
-        {
-            // ECONNREFUSED, as the socket gives it.
-            let os = TransportTimeoutError::Other(Error::from_raw_os_error(111));
-            assert!(refused(&Error::other(Error::other(os))));
-        }
-        let with: Multiaddr =
-            format!("/ip4/127.0.0.1/tcp/4040/p2p/{}", PeerId::random()).parse().expect("addr");
-        let without: Multiaddr = "/ip4/127.0.0.1/tcp/4040".parse().expect("addr");
-        assert_eq!(without_p2p(&with), without);
-        assert_eq!(without_p2p(&without), without);
-    }
 
     #[test]
     fn a_watch_that_lost_most_replicas_reads_again_backing_off_until_half_are_back() {

@@ -239,8 +239,7 @@ impl<E: Extension> Driver<E> {
         let k = self.config.replication;
         let wide = k + k / 2;
         let near = self.nearest_in_table(key, 4 * wide);
-        // Only peers connected now count: a dead peer stays in the table until a dial to it is
-        // refused (`Driver::dial_failed`) or its bucket fills, and k/2 of
+        // Only peers connected now count: Kademlia keeps dead peers in its table, and k/2 of
         // them closer to a key must not make a live replica refuse. The check errs on the side
         // of keeping (a peer whose connection idled out does not count either).
         let live: Vec<PeerId> =

@@ -208,8 +208,7 @@ impl TestNet {
         let addr = self.members[via].addr.clone().context("live node has an address")?;
         step("connect", node.add_peer(self.peer_id(via), addr)).await??;
         // A walk finds nobody new in a network of two; that is fine. A walk through a network
-        // with dead peers in its routing tables (until a dial to each is refused) can take a
-        // while (every query waits for its
+        // with dead peers in its routing tables can take a while (every query waits for its
         // slowest peer); the node is connected and its routing table fills as the walk goes
         // on, so joining waits for the walk only so long.
         let _ = tokio::time::timeout(STEP / 3, node.bootstrap()).await;
