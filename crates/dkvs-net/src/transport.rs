@@ -17,7 +17,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, MemoryTransport, OptionalTransport};
 use libp2p::core::upgrade::Version;
-use libp2p::{PeerId, Transport as _, identity, noise, quic, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Transport as _, identity, noise, quic, tcp, yamux};
 
 /// Which transports a node listens and dials on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,11 +174,76 @@ pub(crate) fn build(
         .multiplex(yamux::Config::default())
         .timeout(SETUP_TIMEOUT)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-    Ok(tcp
-        .or_transport(quic)
-        .or_transport(memory)
-        .map(|either, _| match either {
-            Either::Left(Either::Left(out) | Either::Right(out)) | Either::Right(out) => out,
-        })
-        .boxed())
+    let chosen = tcp.or_transport(quic).or_transport(memory).map(|either, _| match either {
+        Either::Left(Either::Left(out) | Either::Right(out)) | Either::Right(out) => out,
+    });
+    Ok(NoSelfDial { inner: chosen, own: Vec::new() }.boxed())
+}
+
+/// A transport that refuses to dial its own listen addresses.
+///
+/// A node listening on `0.0.0.0:4040` (the default) listens on `127.0.0.1:4040` too, and tells
+/// its peers so (identify lists every listen address); Kademlia and identify hand those
+/// addresses out with the peer's. Every node on the default configuration listens on the same
+/// port, so a dial to a peer on another host also tried `127.0.0.1:4040`, which reached this
+/// node itself; libp2p dials a peer's addresses at once and takes the first connection that
+/// opens, and over any real network this node's own loopback answers first: the whole dial
+/// failed with a wrong peer id. Seen with `dkvs node` processes in network namespaces, one
+/// link slowed to a real network's pace: a node never reached a peer its lookups found. A dial
+/// to an address this node listens on only ever reaches itself, so it is refused here, before
+/// any socket is opened, and the dial goes on with the peer's other addresses.
+struct NoSelfDial<T> {
+    inner: T,
+    /// This node's listen addresses, as its listeners announced them.
+    own: Vec<Multiaddr>,
+}
+
+impl<T: libp2p::Transport + Unpin> libp2p::Transport for NoSelfDial<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), libp2p::TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::TransportError<Self::Error>> {
+        let mut bare = addr.clone();
+        if matches!(bare.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            bare.pop();
+        }
+        if self.own.contains(&bare) {
+            return Err(libp2p::TransportError::MultiaddrNotSupported(addr));
+        }
+        self.inner.dial(addr, opts)
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        use libp2p::core::transport::TransportEvent;
+        let event = ready!(Pin::new(&mut self.inner).poll(cx));
+        match &event {
+            TransportEvent::NewAddress { listen_addr, .. } => self.own.push(listen_addr.clone()),
+            TransportEvent::AddressExpired { listen_addr, .. } => {
+                self.own.retain(|a| a != listen_addr);
+            }
+            _ => {}
+        }
+        Poll::Ready(event)
+    }
 }

@@ -691,3 +691,38 @@ fn a_flood_of_unfinished_handshakes_holds_a_bounded_share_of_the_node() {
     drop(to_flood);
     drop((flood, other, victim));
 }
+
+#[test]
+fn nodes_on_other_hosts_reach_each_other_past_their_own_loopback() {
+    assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
+    // Three hosts on one LAN (a bridge; on a private network the nodes serve the DHT from the
+    // start), every node on the default configuration: all listen on
+    // 0.0.0.0:4040, so on 127.0.0.1:4040 too, and identify lists that address with the
+    // others. B joins through A, learns C from it and dials C: C's addresses include
+    // 127.0.0.1:4040, which on B's host is B itself. libp2p dials a peer's addresses at once
+    // and takes the first connection that opens; over a real network B's own loopback opens
+    // first, and the whole dial failed with a wrong peer id: B never reached C. B's link is
+    // slowed to a real network's pace (a token bucket, so that a handshake's packets take
+    // tens of milliseconds), as it is between hosts on the internet.
+    let hosts = [
+        ("lo-a", "10.77.0.1/24".to_owned()),
+        ("lo-b", "10.77.0.2/24".to_owned()),
+        ("lo-c", "10.77.0.3/24".to_owned()),
+    ];
+    let _alone = one_at_a_time();
+    let nets = bridged("lo-wan", &hosts, &[]);
+    let slow = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "64kbit"];
+    ns_sh(&nets.name("lo-b"), &[&slow[..], &["burst", "1600", "latency", "2s"]].concat());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    let a = start(&nets.name("lo-a"), &home("a"), &[], "");
+    let via_a = format!("/ip4/10.77.0.1/tcp/4040/p2p/{}", a.peer);
+    let c = start(&nets.name("lo-c"), &home("c"), std::slice::from_ref(&via_a), "");
+    c.wait_for("connected to A", |s| s["peers"].as_u64() == Some(1));
+    let b = start(&nets.name("lo-b"), &home("b"), std::slice::from_ref(&via_a), "");
+    b.wait_for("connected to A and C", |s| s["peers"].as_u64() == Some(2));
+    assert!(!b.connections_to(&c.peer).is_empty(), "B reached C");
+    // What a user sees: B's put finds all three replicas.
+    let stored = ok(run(b.cli(&["put", "/~/hello", "from b"])));
+    assert!(stored.contains("of 3 replicas"), "{stored}");
+}
