@@ -5,6 +5,7 @@
 //! node itself. WebSocket is left out: browsers would need secure WebSocket with a
 //! certificate per node, and phones speak TCP and QUIC as well as any desktop.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use futures::future::Either;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::timeout::TransportTimeout;
-use libp2p::core::transport::{Boxed, MemoryTransport, OptionalTransport};
+use libp2p::core::transport::{Boxed, ListenerId, MemoryTransport, OptionalTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::{Multiaddr, PeerId, Transport as _, identity, noise, quic, tcp, yamux};
 
@@ -177,7 +178,7 @@ pub(crate) fn build(
     let chosen = tcp.or_transport(quic).or_transport(memory).map(|either, _| match either {
         Either::Left(Either::Left(out) | Either::Right(out)) | Either::Right(out) => out,
     });
-    Ok(NoSelfDial { inner: chosen, own: Vec::new() }.boxed())
+    Ok(NoSelfDial::new(chosen).boxed())
 }
 
 /// A transport that refuses to dial its own listen addresses.
@@ -188,14 +189,23 @@ pub(crate) fn build(
 /// port, so a dial to a peer on another host also tried `127.0.0.1:4040`, which reached this
 /// node itself; libp2p dials a peer's addresses at once and takes the first connection that
 /// opens, and over any real network this node's own loopback answers first: the whole dial
-/// failed with a wrong peer id. Seen with `dkvs node` processes in network namespaces, one
-/// link slowed to a real network's pace: a node never reached a peer its lookups found. A dial
-/// to an address this node listens on only ever reaches itself, so it is refused here, before
-/// any socket is opened, and the dial goes on with the peer's other addresses.
+/// failed with a wrong peer id. Seen with `dkvs node` processes in network namespaces, one link
+/// slowed to a real network's pace: a node never reached a peer its lookups found. (The swarm
+/// drops its own listen addresses from a dial, but only on an exact match, and Kademlia's and
+/// identify's addresses end in the peer's `/p2p/<id>`.) A dial to an address this node listens
+/// on reaches this node (or, for a TCP port another process shares with SO_REUSEPORT, that
+/// process: never the peer), so it is refused here, before any socket is opened, and the dial
+/// goes on with the peer's other addresses.
 struct NoSelfDial<T> {
     inner: T,
-    /// This node's listen addresses, as its listeners announced them.
-    own: Vec<Multiaddr>,
+    /// This node's listen addresses, by the listener that announced them.
+    own: HashMap<ListenerId, Vec<Multiaddr>>,
+}
+
+impl<T> NoSelfDial<T> {
+    fn new(inner: T) -> NoSelfDial<T> {
+        NoSelfDial { inner, own: HashMap::new() }
+    }
 }
 
 impl<T: libp2p::Transport + Unpin> libp2p::Transport for NoSelfDial<T> {
@@ -206,13 +216,14 @@ impl<T: libp2p::Transport + Unpin> libp2p::Transport for NoSelfDial<T> {
 
     fn listen_on(
         &mut self,
-        id: libp2p::core::transport::ListenerId,
+        id: ListenerId,
         addr: Multiaddr,
     ) -> Result<(), libp2p::TransportError<Self::Error>> {
         self.inner.listen_on(id, addr)
     }
 
-    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.own.remove(&id);
         self.inner.remove_listener(id)
     }
 
@@ -225,7 +236,7 @@ impl<T: libp2p::Transport + Unpin> libp2p::Transport for NoSelfDial<T> {
         if matches!(bare.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
             bare.pop();
         }
-        if self.own.contains(&bare) {
+        if self.own.values().flatten().any(|own| *own == bare) {
             return Err(libp2p::TransportError::MultiaddrNotSupported(addr));
         }
         self.inner.dial(addr, opts)
@@ -238,12 +249,54 @@ impl<T: libp2p::Transport + Unpin> libp2p::Transport for NoSelfDial<T> {
         use libp2p::core::transport::TransportEvent;
         let event = ready!(Pin::new(&mut self.inner).poll(cx));
         match &event {
-            TransportEvent::NewAddress { listen_addr, .. } => self.own.push(listen_addr.clone()),
-            TransportEvent::AddressExpired { listen_addr, .. } => {
-                self.own.retain(|a| a != listen_addr);
+            TransportEvent::NewAddress { listener_id, listen_addr } => {
+                self.own.entry(*listener_id).or_default().push(listen_addr.clone());
+            }
+            TransportEvent::AddressExpired { listener_id, listen_addr } => {
+                if let Some(addrs) = self.own.get_mut(listener_id) {
+                    addrs.retain(|a| a != listen_addr);
+                }
+            }
+            // A closed listener announces no expiry of its addresses.
+            TransportEvent::ListenerClosed { listener_id, .. } => {
+                self.own.remove(listener_id);
             }
             _ => {}
         }
         Poll::Ready(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::Transport as _;
+    use libp2p::core::transport::{DialOpts, PortUse, TransportEvent};
+    use libp2p::core::{Endpoint, multiaddr::Protocol};
+
+    const DIAL: DialOpts = DialOpts { role: Endpoint::Dialer, port_use: PortUse::Reuse };
+
+    fn refused<D, E>(dialed: Result<D, libp2p::TransportError<E>>) -> bool {
+        matches!(dialed, Err(libp2p::TransportError::MultiaddrNotSupported(_)))
+    }
+
+    #[test]
+    fn a_node_refuses_to_dial_what_it_listens_on_and_only_while_it_does() {
+        let mut transport = NoSelfDial::new(MemoryTransport::default());
+        let id = ListenerId::next();
+        transport.listen_on(id, "/memory/0".parse().expect("address")).expect("listens");
+        let next = futures::future::poll_fn(|cx| Pin::new(&mut transport).poll(cx));
+        let TransportEvent::NewAddress { listen_addr, .. } = futures::executor::block_on(next)
+        else {
+            panic!("the listener announces its address first");
+        };
+        // As Kademlia and identify give addresses: with a peer id, here another peer's.
+        let as_a_peers = listen_addr.clone().with(Protocol::P2p(PeerId::random()));
+        assert!(refused(transport.dial(as_a_peers, DIAL)), "this node's own address");
+        assert!(refused(transport.dial(listen_addr.clone(), DIAL)));
+        let other: Multiaddr = "/memory/1".parse().expect("address");
+        assert!(!refused(transport.dial(other, DIAL)), "another address is dialed");
+        assert!(transport.remove_listener(id));
+        assert!(!refused(transport.dial(listen_addr, DIAL)), "no longer this node's");
     }
 }
