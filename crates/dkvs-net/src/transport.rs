@@ -270,7 +270,6 @@ impl<T: libp2p::Transport + Unpin> libp2p::Transport for NoSelfDial<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libp2p::Transport as _;
     use libp2p::core::transport::{DialOpts, PortUse, TransportEvent};
     use libp2p::core::{Endpoint, multiaddr::Protocol};
 
