@@ -85,6 +85,12 @@ impl Liar {
 
     /// Starts a liar with the identity `key` (one ground to sit near a key), on loopback.
     pub async fn spawn_as(key: identity::Keypair) -> anyhow::Result<Liar> {
+        Liar::spawn_on(key, "/ip4/127.0.0.1/tcp/0".parse()?).await
+    }
+
+    /// Starts a liar with the identity `key` listening on `addr` (a port a peer that left
+    /// had: its old address now answers with another peer).
+    pub async fn spawn_on(key: identity::Keypair, addr: Multiaddr) -> anyhow::Result<Liar> {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
@@ -116,7 +122,7 @@ impl Liar {
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
-        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        swarm.listen_on(addr)?;
         let peer_id = *swarm.local_peer_id();
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(run(swarm, receiver));

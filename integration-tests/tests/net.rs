@@ -330,6 +330,32 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_another_peer_answers_at_leaves_the_table() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // A node leaves and another peer takes its port. Dials of the old peer reach the new
+    // one and fail with a wrong peer id; Kademlia drops an address only on a transport
+    // failure, so it kept this one, and the peer (that was its only address) for good.
+    let mut net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "moved").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let (reader, left) = (2, net.peer_id(1));
+    let addr = net.addr(1).expect("alive");
+    net.kill(1).await;
+    let _squatter =
+        Liar::spawn_on(dkvs_net::libp2p::identity::Keypair::generate_ed25519(), addr).await?;
+    assert!(net.node(reader).routing_table().await.contains(&left), "not yet dialed");
+    for _ in 0..3 {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    }
+    assert!(!net.node(reader).routing_table().await.contains(&left), "its only address is gone");
+    net.shutdown().await;
+    Ok(())
+}
+
 /// Reads `key` through node `reader` until one took its replicas from the routing table and
 /// asked `peer` (with a hint); returns that read's outcome. Every read returns `expected`.
 async fn read_from_the_table(

@@ -1163,6 +1163,22 @@ impl<E: Extension> Driver<E> {
                 self.dialed_recently.note(addr);
             }
         }
+        if let SwarmEvent::OutgoingConnectionError {
+            peer_id: Some(peer),
+            error: libp2p::swarm::DialError::WrongPeerId { address, .. },
+            ..
+        } = &event
+        {
+            // Another peer answers at this address (the port of a peer that left, taken by
+            // another; another node on the peer's host): it is not the peer's. Kademlia drops
+            // an address only on a transport failure and kept this one, so every later dial
+            // of the peer went there again (and a peer with no other address stayed in the
+            // table for good). An address a lookup's answer gave is in no table entry: no
+            // change.
+            if self.swarm.behaviour_mut().kad.remove_address(peer, address).is_some() {
+                self.live_table = None;
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 // A node configured to relay is declared reachable by its operator: its listen
