@@ -347,6 +347,7 @@ async fn an_address_another_peer_answers_at_leaves_the_table() -> anyhow::Result
     let _squatter =
         Liar::spawn_on(dkvs_net::libp2p::identity::Keypair::generate_ed25519(), addr).await?;
     assert!(net.node(reader).routing_table().await.contains(&left), "not yet dialed");
+    // The first read looks the key up (no table is trusted yet) and dials the old address.
     for _ in 0..3 {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "{got:?}");

@@ -1173,9 +1173,15 @@ impl<E: Extension> Driver<E> {
             // another; another node on the peer's host): it is not the peer's. Kademlia drops
             // an address only on a transport failure and kept this one, so every later dial
             // of the peer went there again (and a peer with no other address stayed in the
-            // table for good). An address a lookup's answer gave is in no table entry: no
-            // change.
-            if self.swarm.behaviour_mut().kad.remove_address(peer, address).is_some() {
+            // table for good). Unlike Kademlia's own path, this one takes the peer out when
+            // the address was its last. An address only a lookup's answer gave (no connection
+            // to the peer went through it) is in no entry: the table is unchanged, though the
+            // dial failed all the same. A peer connected meanwhile (a dial that raced its
+            // inbound connection) keeps its entry: Kademlia would not add it back from an
+            // inbound connection.
+            if !self.swarm.is_connected(peer)
+                && self.swarm.behaviour_mut().kad.remove_address(peer, address).is_some()
+            {
                 self.live_table = None;
             }
         }
