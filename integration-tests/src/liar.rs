@@ -41,6 +41,7 @@ enum Command {
     Freeze(oneshot::Sender<()>),
     Thaw,
     StallAfterGet,
+    StallAtLookup,
 }
 
 /// When a liar freezes by itself ([`Liar::stall_after_next_get`]).
@@ -250,6 +251,12 @@ impl Liar {
         self.commands.send(Command::StallAfterGet).await.map_err(|_| anyhow!("liar gone"))
     }
 
+    /// Freezes ([`Liar::freeze`]) at the first Kademlia lookup that reaches it, leaving it
+    /// unanswered, whether or not it answered a get before.
+    pub async fn stall_at_next_lookup(&self) -> anyhow::Result<()> {
+        self.commands.send(Command::StallAtLookup).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Answers again, from what waited while it was frozen on: a process continued
     /// (`kill -CONT`), a phone's app resumed.
     pub async fn thaw(&self) -> anyhow::Result<()> {
@@ -293,6 +300,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::StallAfterGet) => {
                     stall = Stall::AfterGet;
+                }
+                Some(Command::StallAtLookup) => {
+                    stall = Stall::AtLookup;
                 }
                 Some(Command::Thaw) => {
                     frozen = false;
