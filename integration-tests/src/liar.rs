@@ -40,11 +40,11 @@ enum Command {
     GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
     Freeze(oneshot::Sender<()>),
     Thaw,
-    StallAfterGet,
-    StallAtLookup,
+    Stall(Stall),
 }
 
-/// When a liar freezes by itself ([`Liar::stall_after_next_get`]).
+/// When a liar freezes by itself ([`Liar::stall_after_next_get`],
+/// [`Liar::stall_at_next_lookup`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stall {
     No,
@@ -235,8 +235,8 @@ impl Liar {
     }
 
     /// Until thawed ([`Liar::thaw`]) answers nothing, not even a Kademlia lookup, and keeps its
-    /// connections open: a process the machine stopped (a phone's app the OS suspended, a node swapped
-    /// out) looks the same to its peers until their requests time out.
+    /// connections open: a process the machine stopped (a phone's app the OS suspended, a node
+    /// swapped out) looks the same to its peers until their requests time out.
     /// Returns once the liar has stopped.
     pub async fn freeze(&self) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel();
@@ -248,13 +248,13 @@ impl Liar {
     /// that reaches it after, leaving it unanswered: the asker's next step, a lookup if the
     /// answer named closer peers, does not hear from it.
     pub async fn stall_after_next_get(&self) -> anyhow::Result<()> {
-        self.commands.send(Command::StallAfterGet).await.map_err(|_| anyhow!("liar gone"))
+        self.commands.send(Command::Stall(Stall::AfterGet)).await.map_err(|_| anyhow!("liar gone"))
     }
 
     /// Freezes ([`Liar::freeze`]) at the first Kademlia lookup that reaches it, leaving it
     /// unanswered, whether or not it answered a get before.
     pub async fn stall_at_next_lookup(&self) -> anyhow::Result<()> {
-        self.commands.send(Command::StallAtLookup).await.map_err(|_| anyhow!("liar gone"))
+        self.commands.send(Command::Stall(Stall::AtLookup)).await.map_err(|_| anyhow!("liar gone"))
     }
 
     /// Answers again, from what waited while it was frozen on: a process continued
@@ -298,11 +298,8 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                     frozen = true;
                     let _ = reply.send(());
                 }
-                Some(Command::StallAfterGet) => {
-                    stall = Stall::AfterGet;
-                }
-                Some(Command::StallAtLookup) => {
-                    stall = Stall::AtLookup;
+                Some(Command::Stall(when)) => {
+                    stall = when;
                 }
                 Some(Command::Thaw) => {
                     frozen = false;

@@ -11,9 +11,9 @@
 //! then runs the Kademlia lookup after all and asks the replicas it finds (named ids are never
 //! dialed, so a replica that names ids nobody runs costs an operation a lookup, no more, and
 //! one whose named ids a lookup that completed does not find is not heard naming for ten
-//! minutes), and the
-//! node stops trusting its table until a lookup again finds nobody new. In a network whose
-//! tables are complete, answers name nobody, and an operation costs its replicas' requests.
+//! minutes), and the node stops trusting its table until a lookup again finds nobody new. In
+//! a network whose tables are complete, answers name nobody, and an operation costs its
+//! replicas' requests.
 
 use std::collections::HashSet;
 

@@ -1526,11 +1526,10 @@ impl<E: Extension> Driver<E> {
                     // slow ones too; an extension's or a caller's peers (mail asks the first
                     // few it gets, and a slow one costs it a wait before the next is asked)
                     // are those a lookup that ended heard from, and the closest it can reach
-                    // only when the lookup timed out. A lookup that
-                    // heard from nobody (every peer stalled, a partition) is no evidence of
-                    // where a key's replicas are: it gives nobody, and an operation fails as
-                    // having no quorum rather than take the table's servers closest to a key
-                    // that the table may not cover.
+                    // only when the lookup timed out. A lookup that heard from nobody (every
+                    // peer stalled, a partition) is no evidence of where a key's replicas are:
+                    // it gives nobody, and an operation fails as having no quorum rather than
+                    // take the table's servers closest to a key that the table may not cover.
                     let joined = !answered.is_empty()
                         && (self.lookups.contains_key(&id)
                             || (!complete

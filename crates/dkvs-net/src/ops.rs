@@ -790,10 +790,10 @@ impl<E: crate::Extension> Driver<E> {
     /// The lookup that operation `id`'s recheck ran found `found`: a namer none of whose peers
     /// it found is not heard for [`NAMING_PENALTY`] (an honest replica with a stale view costs
     /// the same, and is heard again after it). A lookup that timed out (`!complete`), or heard
-    /// from nobody, judges nobody: it may have stopped short of the peers named, and an honest replica unheard
-    /// could hide a newer record from this node's reads for the whole penalty. A namer whose
-    /// accomplices stall every such lookup then costs each operation that asks it a lookup,
-    /// time and not a wrong answer.
+    /// from nobody, judges nobody: it may have stopped short of the peers named, and an honest
+    /// replica unheard could hide a newer record from this node's reads for the whole penalty.
+    /// A namer whose accomplices stall every such lookup then costs each operation that asks
+    /// it a lookup, time and not a wrong answer.
     fn lookup_judged(&mut self, id: OpId, found: &[PeerId], complete: bool) {
         let Some((namer, named)) = self.rechecks.remove(&id) else { return };
         if !complete || found.is_empty() || named.iter().any(|p| found.contains(p)) {
