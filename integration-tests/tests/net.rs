@@ -331,6 +331,45 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_pass_over_a_node_that_died_and_ask_it_again_once_it_is_back() -> anyhow::Result<()> {
+    // Kademlia keeps a peer whose last address failed in its table until its bucket is full,
+    // and a bucket of 64 seldom is: a node that died stays in every table. Counted as a peer
+    // that may be alive, it kept every read near it on a lookup for good (5 requests a read
+    // here, read after read). The first dial to it that fails marks it unreachable, and the
+    // next reads take their replicas from the table: the two live nodes and no one else.
+    // Once it is back and connected, reads from the table ask it again.
+    let mut net = TestNet::start(4, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "after-a-death").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let reader = 3;
+    net.get(reader, &key).await??;
+    net.kill(1).await;
+    let mut reads = Vec::new();
+    for _ in 0..4 {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+        reads.push((got.asked, got.requests));
+    }
+    // From the table: this node and two replicas asked, one request to each, no lookup.
+    assert_eq!(reads.last(), Some(&(3, 2)), "(asked, requests) of each read: {reads:?}");
+
+    net.restart(1).await?;
+    let mut last = None;
+    let asked_again = eventually(Duration::from_secs(30), async || {
+        let got = net.get(reader, &key).await.ok().and_then(Result::ok);
+        let seen = got.map(|g| (value(&g), g.asked, g.requests));
+        last = seen.clone();
+        seen == Some((Some("v1".into()), 4, 3))
+    })
+    .await;
+    assert!(asked_again, "no read from the table asked the node back: last {last:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_another_peer_answers_at_leaves_the_table() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
     // A node leaves and another peer takes its port. Dials of the old peer reach the new

@@ -214,20 +214,28 @@ pub(crate) fn to_name(
 }
 
 /// One bucket of a routing table: its index (bucket i holds the peers at distance
-/// [2^i, 2^(i+1)) from this node), how many entries it has, and how many of them are live
-/// (connected DHT servers that identified themselves).
+/// [2^i, 2^(i+1)) from this node), how many entries it has, how many of them are live
+/// (connected DHT servers that identified themselves), and how many are unreachable (not
+/// live, and the last dial to them failed: `Driver::unreachable`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bucket {
     pub(crate) index: u32,
     pub(crate) entries: usize,
     pub(crate) live: usize,
+    pub(crate) unreachable: usize,
 }
 
 /// Whether a routing table of buckets of `size` holds every peer among the k closest to a key
 /// in bucket `key_index` from this node, as far as it can tell: the buckets it would take them
 /// from are not full (a full one may have turned peers away) and hold only live peers (an
 /// entry that is not connected, or not identified yet, may be dead, or alive and closer than
-/// the live ones: a lookup finds out).
+/// the live ones: a lookup finds out) or unreachable ones (a lookup found out: this node
+/// could not dial them). Kademlia keeps an unreachable peer until a newcomer needs its place
+/// in a full bucket, and buckets of 64 seldom fill: counted as not live, a node that died
+/// kept every read near it on a lookup for good. Counted as gone, a peer that is alive but
+/// was unreachable for a moment is still found: the replicas asked name the closer peers
+/// they are connected to and the asker lacks ([`to_name`]), and the operation then looks
+/// the key up.
 ///
 /// The peers closest to the key are those of the key's own bucket b (closer to the key than
 /// this node is); then, all at the distance of this node, those of every bucket below b; then
@@ -246,7 +254,7 @@ pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: u
     walked.sort_by_key(rank);
     let mut counted = 0;
     for group in walked.chunk_by(|a, b| rank(a) == rank(b)) {
-        if group.iter().any(|b| b.entries >= size || b.live < b.entries) {
+        if group.iter().any(|b| b.entries >= size || b.live + b.unreachable < b.entries) {
             return false;
         }
         counted += group.iter().map(|b| b.live).sum::<usize>();
@@ -266,7 +274,7 @@ mod tests {
     }
 
     fn bucket(index: u32, entries: usize, live: usize) -> Bucket {
-        Bucket { index, entries, live }
+        Bucket { index, entries, live, unreachable: 0 }
     }
 
     #[test]
@@ -292,6 +300,21 @@ mod tests {
         // ...unless k live peers were counted before it is reached.
         assert!(table_covers(&[bucket(250, 20, 20), bucket(248, 6, 5)], 250, 20, 64));
         assert!(!table_covers(&[], 255, 20, 64));
+    }
+
+    #[test]
+    fn a_table_covers_a_key_past_entries_a_dial_found_unreachable_and_no_others() {
+        let with = |index, entries, live, unreachable| Bucket { index, entries, live, unreachable };
+        // A node that died: its entry stays, and the dial to it failed.
+        assert!(table_covers(&[with(250, 3, 2, 1)], 250, 20, 64));
+        assert!(table_covers(&[with(250, 8, 8, 0), with(248, 6, 3, 3)], 250, 20, 64));
+        // One entry neither live nor found unreachable (idle, not identified yet) still
+        // stops it.
+        assert!(!table_covers(&[with(250, 4, 2, 1)], 250, 20, 64));
+        // Unreachable entries count toward no one: a bucket of only those covers nothing.
+        assert!(!table_covers(&[with(255, 2, 0, 2)], 255, 20, 64));
+        // Nor do they make room in a full bucket, which may have turned peers away.
+        assert!(!table_covers(&[with(250, 64, 40, 24)], 250, 20, 64));
     }
 
     #[test]
