@@ -493,6 +493,44 @@ async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_naming_a_peer_the_table_holds_stays_heard() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // A peer this node could not dial counts as gone for its table path (it is most likely
+    // dead), but an honest replica may still be connected to it and name it. The lookup that
+    // naming starts cannot reach the peer from here, and found none of the peers named: that
+    // made the namer unheard for ten minutes, and an unheard replica no longer checks this
+    // node's table for any key. A namer of a peer the table holds stays heard (the cost of a
+    // namer of dead peers: a lookup for each operation near them, as before they counted
+    // gone). Here the peer named is a node that died, named by a liar, which is all the
+    // reader can tell apart from the honest case.
+    let mut net = TestNet::start(3, Config::default()).await?;
+    let namer = Liar::spawn().await?;
+    namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "named-dead").expect("key");
+    let receipt = net.put(1, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let (reader, dead) = (0, net.peer_id(2));
+    read_from_the_table(&net, reader, &key, &namer, "v1").await?;
+    net.kill(2).await;
+    // Node 2 stays in the reader's table; a read from the table again (the dial that failed
+    // marked it): node 1 and the namer.
+    let got = read_from_the_table(&net, reader, &key, &namer, "v1").await?;
+    assert!(net.node(reader).routing_table().await.contains(&dead), "Kademlia keeps it");
+    assert_eq!((got.asked, got.requests), (3, 2), "{got:?}");
+    namer.name_peers(vec![dead]).await?;
+    for round in 0..3 {
+        let named = read_from_the_table(&net, reader, &key, &namer, "v1").await?;
+        assert!(named.requests > 2, "read {round}: the naming started a lookup: {named:?}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_peers_lose_and_flooders_are_cut_off() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
 

@@ -205,10 +205,11 @@ impl<E: Extension> NodeBuilder<E> {
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
         let transports = config.transports;
         let counters = crate::transport::Counters::default();
+        let misdialed = crate::transport::Misdialed::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
             .with_tokio()
             .with_other_transport(|key| {
-                crate::transport::build(key, transports, &counters)
+                crate::transport::build(key, transports, &counters, &misdialed)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?
@@ -236,7 +237,7 @@ impl<E: Extension> NodeBuilder<E> {
             relay.set_status(Some(libp2p::relay::Status::Enable));
         }
         let (commands, receiver) = mpsc::channel(256);
-        let driver = Driver::new(swarm, store.clone(), config, receiver);
+        let driver = Driver::new(swarm, store.clone(), config, receiver, misdialed);
         let span = tracing::info_span!("dkvs-node", peer = %peer_id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(Node { commands, peer_id, store, counters, _task: Arc::new(TaskGuard(task)) })
@@ -756,10 +757,12 @@ pub(crate) struct Driver<E: Extension> {
     /// when they were first seen as such.
     servers: HashMap<PeerId, Instant>,
     /// Peers in the routing table that this node could not dial since it was last connected
-    /// to them (every address failed, or another peer answered): a node that died, most
-    /// likely. Kademlia keeps them until their bucket fills; operations count them as gone
+    /// to them ([`Driver::dial_failed`]): a node that died, most likely. Kademlia keeps them
+    /// until their bucket fills; operations count them as gone
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
+    /// The transport's dials that reached another peer than the one dialed, until read.
+    misdialed: crate::transport::Misdialed,
     /// While stranded (a dial failed while no DHT server was connected; over when one is
     /// identified): when this node next walks its table again, and the wait after that
     /// ([`Driver::rejoin`]).
@@ -822,6 +825,7 @@ impl<E: Extension> Driver<E> {
         store: Store,
         config: Config,
         commands: mpsc::Receiver<Command>,
+        misdialed: crate::transport::Misdialed,
     ) -> Driver<E> {
         // The loop never waits for a flush; answers that promise a record wait instead.
         let store = store.without_waiting_for_sync();
@@ -863,6 +867,7 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             unreachable: HashSet::new(),
+            misdialed,
             rejoin: None,
             refresh: crate::refresh::Refresh::new(refresh_interval, Instant::now()),
             relayed_lately: HashMap::new(),
@@ -1169,26 +1174,30 @@ impl<E: Extension> Driver<E> {
                 self.dialed_recently.note(addr);
             }
         }
-        if let SwarmEvent::OutgoingConnectionError {
-            peer_id: Some(peer),
-            error: libp2p::swarm::DialError::WrongPeerId { address, .. },
-            ..
-        } = &event
-        {
-            // Another peer answers at this address (the port of a peer that left, taken by
-            // another; another node on the peer's host): it is not the peer's. Kademlia drops
-            // an address only on a transport failure and kept this one, so every later dial
-            // of the peer went there again (and a peer with no other address stayed in the
-            // table for good). Unlike Kademlia's own path, this one takes the peer out when
-            // the address was its last. An address only a lookup's answer gave (no connection
-            // to the peer went through it) is in no entry: the table is unchanged, though the
-            // dial failed all the same. A peer connected meanwhile (a dial that raced its
+        if let SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } = &event {
+            // Another peer answered at these addresses (the port of a peer that left, taken by
+            // another; another node on the peer's host): they are not the peer's.
+            // Kademlia drops a failed address but a peer's last, so a peer with no other
+            // address stayed in the table for good, and every dial of it went there again;
+            // this takes the peer out when the address was its last. An address only a
+            // lookup's answer gave (no connection to the peer went through it) is in no
+            // entry: the table is unchanged. A peer connected meanwhile (a dial that raced its
             // inbound connection) keeps its entry: Kademlia would not add it back from an
-            // inbound connection.
-            if !self.swarm.is_connected(peer)
-                && self.swarm.behaviour_mut().kad.remove_address(peer, address).is_some()
-            {
-                self.live_table = None;
+            // inbound connection. (A relayed dial reports another peer as `WrongPeerId`.)
+            let another: Vec<&Multiaddr> = match error {
+                libp2p::swarm::DialError::Transport(attempts) => {
+                    attempts.iter().map(|(a, _)| a).filter(|a| self.misdialed.take(a)).collect()
+                }
+                libp2p::swarm::DialError::WrongPeerId { address, .. } => vec![address],
+                _ => Vec::new(),
+            };
+            if !self.swarm.is_connected(peer) {
+                for address in &another {
+                    if self.swarm.behaviour_mut().kad.remove_address(peer, address).is_some() {
+                        self.live_table = None;
+                    }
+                }
+                self.dial_failed(*peer, error, &another);
             }
         }
         match event {
@@ -1231,6 +1240,9 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
+                if dialer {
+                    self.forget_misdialed(peer_id);
+                }
                 if dialer && !is_relayed(&remote) {
                     self.dialed_recently.note(&remote);
                 } else if !self.inbound_seen && self.proves_reachable(peer_id, &remote) {
@@ -1248,6 +1260,7 @@ impl<E: Extension> Driver<E> {
                 self.used.insert(peer_id, Instant::now());
                 self.since.entry(peer_id).or_insert_with(Instant::now);
                 if self.unreachable.remove(&peer_id) {
+                    tracing::debug!(peer = %peer_id, "an unreachable peer connected again");
                     self.live_table = None;
                 }
                 // A peer that connects again while an old connection of its closes is live:
@@ -1282,8 +1295,8 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) =>
             {
+                tracing::debug!(%peer, %error, "a dial failed");
                 self.strand(Instant::now());
-                self.dial_failed(peer, &error);
                 let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
@@ -1698,10 +1711,12 @@ impl<E: Extension> Driver<E> {
             // Read the routing table afresh at the next operation: a walk over Kademlia's
             // buckets applies the entries waiting for a place in a full bucket whose time came.
             self.live_table = None;
-            let kad = &mut self.swarm.behaviour_mut().kad;
-            self.unreachable.retain(|peer| {
-                kad.kbucket(*peer).is_some_and(|b| b.iter().any(|e| e.node.key.preimage() == peer))
-            });
+            let marked: Vec<PeerId> = self.unreachable.iter().copied().collect();
+            for peer in marked {
+                if !self.in_table(&peer) {
+                    self.unreachable.remove(&peer);
+                }
+            }
             self.defence.forget_idle(now);
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
@@ -1805,20 +1820,54 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// No address of `peer` took a connection (`error`). A peer of the routing table that
-    /// no transport reached, or where another peer answered, counts as gone for the
-    /// operations' table path until it connects again ([`Driver::unreachable`]); Kademlia
-    /// keeps it (libp2p-kad: so that a node that lost its own network keeps the table it
-    /// needs to come back). Nothing is taken out: three rules that evicted such peers were
-    /// reviewed and each removed honest ones (docs/testnet-plan.md 5q); a peer wrongly
-    /// counted as gone costs an operation a lookup, when a replica names it.
-    fn dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
-        use libp2p::swarm::DialError;
-        if matches!(error, DialError::Transport(_) | DialError::WrongPeerId { .. })
-            && self.unreachable.insert(peer)
-        {
+    /// No address of `peer` took a connection (`error`). A peer of the routing table none of
+    /// whose addresses answered, where at least one attempt went out on the network and
+    /// failed there (refused, timed out, a handshake that failed), counts as gone for the
+    /// operations' table path until it connects again ([`Driver::unreachable`]). An attempt
+    /// that never left this node (its own address, a transport it does not run) or reached
+    /// another peer (an address anyone can hand out for the peer) is no evidence: a dial of
+    /// only such attempts marks nothing. Kademlia keeps the peer (libp2p-kad: so that a node
+    /// that lost its own network keeps the table it needs to come back). Nothing is taken
+    /// out: three rules that evicted such peers were reviewed and each removed honest ones
+    /// (docs/testnet-plan.md 5q); a live peer wrongly counted as gone costs an operation
+    /// near it a lookup when a replica connected to it names it ([`Driver::lookup_judged`]).
+    /// (`another`: the attempts that reached another peer.)
+    fn dial_failed(
+        &mut self,
+        peer: PeerId,
+        error: &libp2p::swarm::DialError,
+        another: &[&Multiaddr],
+    ) {
+        use libp2p::TransportError;
+        let libp2p::swarm::DialError::Transport(attempts) = error else { return };
+        let tried = attempts
+            .iter()
+            .any(|(a, e)| matches!(e, TransportError::Other(_)) && !another.contains(&a));
+        if tried && self.in_table(&peer) && self.unreachable.insert(peer) {
+            tracing::debug!(%peer, "a peer of the routing table is unreachable");
             self.live_table = None;
         }
+    }
+
+    /// A dial of `peer` succeeded: the addresses at which its other attempts reached another
+    /// peer leave its entry, which keeps at least one (Kademlia dropped no address of a dial
+    /// that succeeded, and every later dial of the peer went there again).
+    fn forget_misdialed(&mut self, peer: PeerId) {
+        for address in self.misdialed.take_for(&peer) {
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            let others = kad.kbucket(peer).is_some_and(|b| {
+                b.iter().any(|e| e.node.key.preimage() == &peer && e.node.value.len() > 1)
+            });
+            if others {
+                kad.remove_address(&peer, &address);
+            }
+        }
+    }
+
+    /// Whether `peer` has an entry in the routing table.
+    pub(crate) fn in_table(&mut self, peer: &PeerId) -> bool {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.kbucket(*peer).is_some_and(|b| b.iter().any(|e| e.node.key.preimage() == peer))
     }
 
     /// A dial failed: with no DHT server connected, the node is stranded, and walks its

@@ -793,10 +793,17 @@ impl<E: crate::Extension> Driver<E> {
     /// from nobody, judges nobody: it may have stopped short of the peers named, and an honest
     /// replica unheard could hide a newer record from this node's reads for the whole penalty.
     /// A namer whose accomplices stall every such lookup then costs each operation that asks
-    /// it a lookup, time and not a wrong answer.
+    /// it a lookup, time and not a wrong answer; so does one that names peers of this node's
+    /// routing table, which no lookup judges.
     fn lookup_judged(&mut self, id: OpId, found: &[PeerId], complete: bool) {
         let Some((namer, named)) = self.rechecks.remove(&id) else { return };
         if !complete || found.is_empty() || named.iter().any(|p| found.contains(p)) {
+            return;
+        }
+        // A peer this node met is no invention: alive to the namer, though unreachable from
+        // here (`Driver::unreachable`), or gone since; either way an honest replica may name
+        // it, and one unheard would no longer check this node's table for any key.
+        if named.iter().any(|p| self.in_table(p)) {
             return;
         }
         let now = Instant::now();

@@ -145,11 +145,12 @@ fn with_timeouts<T: libp2p::Transport>(transport: T) -> TransportTimeout<Transpo
 }
 
 /// The node's transport: every chosen one, each authenticated as `key`, its bytes counted
-/// into `counters`.
+/// into `counters`, its dials that reached another peer noted in `misdialed`.
 pub(crate) fn build(
     key: &identity::Keypair,
     chosen: Transports,
     counters: &Counters,
+    misdialed: &Misdialed,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = chosen
         .tcp
@@ -178,7 +179,97 @@ pub(crate) fn build(
     let chosen = tcp.or_transport(quic).or_transport(memory).map(|either, _| match either {
         Either::Left(Either::Left(out) | Either::Right(out)) | Either::Right(out) => out,
     });
-    Ok(NoSelfDial::new(chosen).boxed())
+    let misdialed = misdialed.clone();
+    let checked = NoSelfDial::new(chosen)
+        .boxed()
+        .and_then(move |(peer, muxer), endpoint| {
+            let reached = match another_peer(peer, &endpoint) {
+                Some((address, another)) => {
+                    misdialed.note(address.clone());
+                    Err(another)
+                }
+                None => Ok((peer, muxer)),
+            };
+            futures::future::ready(reached)
+        })
+        .map_err(|e| e.either(|e| e, io::Error::other));
+    Ok(checked.boxed())
+}
+
+/// A dial for one peer that reached another: its address's last `/p2p/<id>` (the swarm adds
+/// the dialed peer's to every address) is not the peer that authenticated there.
+///
+/// libp2p dials a peer's addresses at once, takes the first connection that opens, and checks
+/// the peer's id only then: when that connection was another peer's, the whole dial failed
+/// (`DialError::WrongPeerId`), though the peer's other addresses may have worked. Peers hand
+/// out addresses another peer answers at: the loopback and private addresses every node lists
+/// (a dial to a peer on another host reached a node on this one, at the same port), a port
+/// that a peer which left was given to another. Checked as each connection opens, such an
+/// address fails on its own, and the dial goes on with the others.
+#[derive(Debug, thiserror::Error)]
+#[error("the dialed address answered as peer {reached}, not {expected}")]
+pub(crate) struct AnotherPeer {
+    pub(crate) expected: PeerId,
+    pub(crate) reached: PeerId,
+}
+
+/// The address dialed and the error, when a connection that authenticated `peer` at
+/// `endpoint` is not the peer it was dialed for; `None` for the peer dialed, an inbound
+/// connection, or a dial for no peer in particular.
+fn another_peer(
+    peer: PeerId,
+    endpoint: &libp2p::core::ConnectedPoint,
+) -> Option<(&Multiaddr, AnotherPeer)> {
+    use libp2p::multiaddr::Protocol;
+    let libp2p::core::ConnectedPoint::Dialer { address, .. } = endpoint else { return None };
+    match address.iter().last() {
+        Some(Protocol::P2p(expected)) if expected != peer => {
+            Some((address, AnotherPeer { expected, reached: peer }))
+        }
+        _ => None,
+    }
+}
+
+/// The addresses (each with the dialed peer's `/p2p/<id>`) at which the transport's dials
+/// reached another peer ([`AnotherPeer`]) and the node has not looked at yet, newest last.
+/// The node learns which attempts of a failed dial these were from here rather than from the
+/// attempt's error: the swarm's layers wrap it in types that hide it, and its text is not
+/// this node's to trust (a QUIC peer can fill a close reason).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Misdialed(Arc<std::sync::Mutex<std::collections::VecDeque<Multiaddr>>>);
+
+/// Most addresses [`Misdialed`] holds: a dial that succeeded at another address leaves its
+/// misdialed ones unread, and the oldest go.
+const MAX_MISDIALED: usize = 64;
+
+impl Misdialed {
+    fn note(&self, address: Multiaddr) {
+        let mut noted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if noted.len() >= MAX_MISDIALED {
+            noted.pop_front();
+        }
+        noted.push_back(address);
+    }
+
+    /// The addresses at which dials for `peer` reached another peer; forgets them.
+    pub(crate) fn take_for(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        use libp2p::multiaddr::Protocol;
+        let mut noted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (theirs, others) = noted
+            .drain(..)
+            .partition(|a| matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == *peer));
+        *noted = others;
+        theirs.into()
+    }
+
+    /// Whether a dial attempt at `address` reached another peer; forgets it.
+    pub(crate) fn take(&self, address: &Multiaddr) -> bool {
+        let mut noted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match noted.iter().position(|a| a == address) {
+            Some(i) => noted.remove(i).is_some(),
+            None => false,
+        }
+    }
 }
 
 /// A transport that refuses to dial its own listen addresses.
@@ -272,6 +363,7 @@ mod tests {
     use super::*;
     use libp2p::core::transport::{DialOpts, PortUse, TransportEvent};
     use libp2p::core::{Endpoint, multiaddr::Protocol};
+    use std::time::Duration;
 
     const DIAL: DialOpts = DialOpts { role: Endpoint::Dialer, port_use: PortUse::Reuse };
 
@@ -297,5 +389,48 @@ mod tests {
         assert!(!refused(transport.dial(other, DIAL)), "another address is dialed");
         assert!(transport.remove_listener(id));
         assert!(!refused(transport.dial(listen_addr, DIAL)), "no longer this node's");
+    }
+
+    #[tokio::test]
+    async fn a_dial_that_reaches_another_peer_fails_on_its_own_and_is_noted() {
+        let (a_key, b_key) =
+            (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+        let b_peer = b_key.public().to_peer_id();
+        let misdialed = Misdialed::default();
+        let memory = Transports::memory_only();
+        let mut a = build(&a_key, memory, &Counters::default(), &misdialed).expect("transport");
+        let mut b =
+            build(&b_key, memory, &Counters::default(), &Misdialed::default()).expect("transport");
+        b.listen_on(ListenerId::next(), "/memory/0".parse().expect("address")).expect("listens");
+        let next = futures::future::poll_fn(|cx| Pin::new(&mut b).poll(cx));
+        let TransportEvent::NewAddress { listen_addr, .. } = next.await else {
+            panic!("the listener announces its address first");
+        };
+        // B accepts every connection and completes its handshake.
+        let accepting = tokio::spawn(async move {
+            loop {
+                let next = futures::future::poll_fn(|cx| Pin::new(&mut b).poll(cx));
+                if let TransportEvent::Incoming { upgrade, .. } = next.await {
+                    tokio::spawn(upgrade);
+                }
+            }
+        });
+        // Dialed for a peer that does not answer there: the attempt fails, and says why.
+        let elsewhere = listen_addr.clone().with(Protocol::P2p(PeerId::random()));
+        let dial = a.dial(elsewhere.clone(), DIAL).expect("dials");
+        let error = tokio::time::timeout(Duration::from_secs(10), dial).await.expect("in time");
+        let Err(error) = error else { panic!("another peer answered: the attempt fails") };
+        assert!(error.to_string().contains(&b_peer.to_string()), "{error}");
+        assert!(misdialed.take(&elsewhere), "the address is noted for the node");
+        assert!(!misdialed.take(&elsewhere), "once");
+        // Dialed for the peer that answers there, or for no peer in particular: connected.
+        let there = listen_addr.clone().with(Protocol::P2p(b_peer));
+        for address in [there, listen_addr] {
+            let dial = a.dial(address.clone(), DIAL).expect("dials");
+            let reached = tokio::time::timeout(Duration::from_secs(10), dial).await.expect("time");
+            assert_eq!(reached.expect("connects").0, b_peer, "{address}");
+            assert!(!misdialed.take(&address), "{address}");
+        }
+        accepting.abort();
     }
 }
