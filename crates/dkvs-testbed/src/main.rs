@@ -336,12 +336,13 @@ fn check(reports: &[Report]) -> anyhow::Result<()> {
         );
     }
     for (i, point) in dkvs.churn.iter().enumerate() {
-        if point.readable_newest < 1.0 {
+        if point.readable_newest < 1.0 || point.reread_newest < 1.0 {
             bail!(
                 "check failed: after churn round {}, {:.1}% of the records were readable with \
-                 their newest value",
+                 their newest value ({:.1}% read again at once)",
                 i + 1,
-                100.0 * point.readable_newest
+                100.0 * point.readable_newest,
+                100.0 * point.reread_newest
             );
         }
     }
@@ -455,6 +456,16 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         row(
             &format!("churn round {}: readable newest %{label}", i + 1),
             &|r| point(r).map(|p| 100.0 * p.readable_newest),
+            1,
+        );
+        row(
+            &format!("churn round {}: the same get again at once, p50 ms", i + 1),
+            &|r| point(r).map(|p| p.reread_p50_ms),
+            2,
+        );
+        row(
+            &format!("churn round {}: the same get again, newest %", i + 1),
+            &|r| point(r).map(|p| 100.0 * p.reread_newest),
             1,
         );
     }

@@ -251,6 +251,13 @@ pub struct ChurnPoint {
     pub readable_newest: f64,
     /// Those reads' median latency (all of them, failed ones included).
     pub read_p50_ms: f64,
+    /// Each read done again at once through the same node: the fraction that returned the
+    /// newest value, and their median latency. A node's first operation near a peer that
+    /// died looks the key up; what it learnt (dials that failed) shows in the second.
+    #[serde(default)]
+    pub reread_newest: f64,
+    #[serde(default)]
+    pub reread_p50_ms: f64,
 }
 
 /// The figures of one system in one run.
@@ -412,12 +419,14 @@ pub(crate) async fn churn(
         tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
         let read_after_kill = round_start.elapsed();
         let alive = net.alive();
-        let mut reads = Samples::default();
+        let (mut reads, mut rereads) = (Samples::default(), Samples::default());
         for item in 0..plan.items.len() {
             let node = alive[rng.below(alive.len())];
-            let at = std::time::Instant::now();
-            let read = net.read(plan, item, node).await;
-            reads.read(at.elapsed(), read);
+            for samples in [&mut reads, &mut rereads] {
+                let at = std::time::Instant::now();
+                let read = net.read(plan, item, node).await;
+                samples.read(at.elapsed(), read);
+            }
             bar.inc(1);
         }
         points.push(ChurnPoint {
@@ -427,6 +436,8 @@ pub(crate) async fn churn(
             added,
             readable_newest: reads.ok as f64 / plan.items.len().max(1) as f64,
             read_p50_ms: reads.summary().p50_ms,
+            reread_newest: rereads.ok as f64 / plan.items.len().max(1) as f64,
+            reread_p50_ms: rereads.summary().p50_ms,
         });
     }
     Ok(points)
