@@ -44,12 +44,13 @@ enum Command {
 }
 
 /// When a liar freezes by itself ([`Liar::stall_after_next_get`],
-/// [`Liar::stall_at_next_lookup`]).
+/// [`Liar::stall_at_next_lookup`]), or cuts its connections ([`Liar::cut_at_next_lookup`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stall {
     No,
     AfterGet,
     AtLookup,
+    CutAtLookup,
 }
 
 /// What a flood achieved.
@@ -257,6 +258,14 @@ impl Liar {
         self.commands.send(Command::Stall(Stall::AtLookup)).await.map_err(|_| anyhow!("liar gone"))
     }
 
+    /// Closes all its connections at the first Kademlia lookup that reaches it: the lookup's
+    /// request fails at once, and a lookup that knew of no one else completes having heard
+    /// from nobody.
+    pub async fn cut_at_next_lookup(&self) -> anyhow::Result<()> {
+        let cut = Command::Stall(Stall::CutAtLookup);
+        self.commands.send(cut).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Answers again, from what waited while it was frozen on: a process continued
     /// (`kill -CONT`), a phone's app resumed.
     pub async fn thaw(&self) -> anyhow::Result<()> {
@@ -377,6 +386,15 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 })) if stall == Stall::AtLookup => {
                     stall = Stall::No;
                     frozen = true;
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                    request: kad::InboundRequest::FindNode { .. },
+                })) if stall == Stall::CutAtLookup => {
+                    stall = Stall::No;
+                    let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                    for peer in peers {
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     if let Some(i) = joining.iter().position(|(p, _)| *p == peer_id) {

@@ -493,6 +493,44 @@ async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_heard_from_nobody_makes_no_namer_unheard() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // A node whose only peer names closer peers nobody runs, and then cuts its connections
+    // when the lookup that naming starts asks it: the lookup completes, having heard from
+    // nobody. It found none of the peers named, but it looked nowhere: it judges nobody (it
+    // made the namer unheard for ten minutes). The read fails with no quorum; the namer,
+    // back, still starts a lookup with its naming.
+    let net = TestNet::start_many(1, Config::default()).await?;
+    let namer = Liar::spawn().await?;
+    namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    let _ = net.node(0).bootstrap().await;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "heard-from-nobody").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let got = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+    assert_eq!((got.asked, got.requests), (2, 1), "from the table: {got:?}");
+
+    namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
+    namer.cut_at_next_lookup().await?;
+    let before = namer.hinted_gets().await?;
+    let failed = net.get(0, &key).await?;
+    assert!(namer.hinted_gets().await? > before, "the read took its replicas from the table");
+    assert!(
+        matches!(failed, Err(dkvs_net::GetError::NoQuorum { .. })),
+        "a read whose recheck heard from nobody: {failed:?}"
+    );
+    // Still heard: the naming starts a lookup again (which completes and finds the namer).
+    let again = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
+    assert!(
+        again.requests > 1,
+        "the namer was unheard after a lookup that heard nobody: {again:?}"
+    );
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_naming_a_peer_the_table_holds_stays_heard() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
     // A peer this node could not dial counts as gone for its table path (it is most likely
