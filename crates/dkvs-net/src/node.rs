@@ -1175,30 +1175,7 @@ impl<E: Extension> Driver<E> {
             }
         }
         if let SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } = &event {
-            // Another peer answered at these addresses (the port of a peer that left, taken by
-            // another; another node on the peer's host): they are not the peer's.
-            // Kademlia drops a failed address but a peer's last, so a peer with no other
-            // address stayed in the table for good, and every dial of it went there again;
-            // this takes the peer out when the address was its last. An address only a
-            // lookup's answer gave (no connection to the peer went through it) is in no
-            // entry: the table is unchanged. A peer connected meanwhile (a dial that raced its
-            // inbound connection) keeps its entry: Kademlia would not add it back from an
-            // inbound connection. (A relayed dial reports another peer as `WrongPeerId`.)
-            let another: Vec<&Multiaddr> = match error {
-                libp2p::swarm::DialError::Transport(attempts) => {
-                    attempts.iter().map(|(a, _)| a).filter(|a| self.misdialed.take(a)).collect()
-                }
-                libp2p::swarm::DialError::WrongPeerId { address, .. } => vec![address],
-                _ => Vec::new(),
-            };
-            if !self.swarm.is_connected(peer) {
-                for address in &another {
-                    if self.swarm.behaviour_mut().kad.remove_address(peer, address).is_some() {
-                        self.live_table = None;
-                    }
-                }
-                self.dial_failed(*peer, error, &another);
-            }
+            self.dial_failed(*peer, error);
         }
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
@@ -1240,9 +1217,7 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = remote_address(&endpoint);
                 let dialer = endpoint.is_dialer();
-                if dialer {
-                    self.forget_misdialed(peer_id);
-                }
+                self.forget_misdialed(peer_id);
                 if dialer && !is_relayed(&remote) {
                     self.dialed_recently.note(&remote);
                 } else if !self.inbound_seen && self.proves_reachable(peer_id, &remote) {
@@ -1820,51 +1795,73 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// No address of `peer` took a connection (`error`). A peer of the routing table none of
-    /// whose addresses answered, where at least one attempt went out on the network and
-    /// failed there (refused, timed out, a handshake that failed), counts as gone for the
-    /// operations' table path until it connects again ([`Driver::unreachable`]). An attempt
-    /// that never left this node (its own address, a transport it does not run) or reached
-    /// another peer (an address anyone can hand out for the peer) is no evidence: a dial of
-    /// only such attempts marks nothing. Kademlia keeps the peer (libp2p-kad: so that a node
-    /// that lost its own network keeps the table it needs to come back). Nothing is taken
-    /// out: three rules that evicted such peers were reviewed and each removed honest ones
-    /// (docs/testnet-plan.md 5q); a live peer wrongly counted as gone costs an operation
-    /// near it a lookup when a replica connected to it names it ([`Driver::lookup_judged`]).
-    /// (`another`: the attempts that reached another peer.)
-    fn dial_failed(
-        &mut self,
-        peer: PeerId,
-        error: &libp2p::swarm::DialError,
-        another: &[&Multiaddr],
-    ) {
+    /// No address of `peer` took a connection (`error`).
+    ///
+    /// Attempts where another peer answered ([`crate::transport::AnotherPeer`]: the port of a
+    /// peer that left, taken by another; another node on this host at a peer's loopback
+    /// address) are not the peer's. When every attempt was such, or never left this node
+    /// (its own address, a transport it does not run), those addresses leave the peer's
+    /// entry, and the peer with its last one: Kademlia drops a failed address but a peer's
+    /// last, so a peer with no other address stayed in the table for good, and every dial of
+    /// it went there again. An address only a lookup's answer gave is in no entry: the table
+    /// is unchanged.
+    ///
+    /// When an attempt failed otherwise (refused, timed out, a handshake that failed, or a
+    /// local error such as an unreachable network), the entry stays (Kademlia keeps a peer's
+    /// last address so that a node that lost its own network keeps the table it needs to come
+    /// back; and the attempts fail in any order, so the one Kademlia kept is no evidence), and
+    /// a peer of the table counts as gone for the operations' table path until it connects
+    /// again ([`Driver::unreachable`]). Nothing is evicted on that: three rules that did were
+    /// reviewed and each removed honest peers (docs/testnet-plan.md 5q); a live peer wrongly
+    /// counted as gone costs an operation near it a lookup when a replica connected to it
+    /// names it ([`Driver::lookup_judged`]). A peer connected meanwhile (a dial that raced
+    /// its inbound connection) is left as it is.
+    fn dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
         use libp2p::TransportError;
-        let libp2p::swarm::DialError::Transport(attempts) = error else { return };
-        let tried = attempts
-            .iter()
-            .any(|(a, e)| matches!(e, TransportError::Other(_)) && !another.contains(&a));
-        if tried && self.in_table(&peer) && self.unreachable.insert(peer) {
-            tracing::debug!(%peer, "a peer of the routing table is unreachable");
-            self.live_table = None;
+        use libp2p::swarm::DialError;
+        let misdialed = self.forget_misdialed(peer);
+        if self.swarm.is_connected(&peer) {
+            return;
         }
-    }
-
-    /// A dial of `peer` succeeded: the addresses at which its other attempts reached another
-    /// peer leave its entry, which keeps at least one (Kademlia dropped no address of a dial
-    /// that succeeded, and every later dial of the peer went there again).
-    fn forget_misdialed(&mut self, peer: PeerId) {
-        for address in self.misdialed.take_for(&peer) {
-            let kad = &mut self.swarm.behaviour_mut().kad;
-            let others = kad.kbucket(peer).is_some_and(|b| {
-                b.iter().any(|e| e.node.key.preimage() == &peer && e.node.value.len() > 1)
-            });
-            if others {
-                kad.remove_address(&peer, &address);
+        let (another, tried): (Vec<&Multiaddr>, bool) = match error {
+            DialError::Transport(attempts) => (
+                attempts.iter().map(|(a, _)| a).filter(|a| misdialed.contains(a)).collect(),
+                attempts
+                    .iter()
+                    .any(|(a, e)| matches!(e, TransportError::Other(_)) && !misdialed.contains(a)),
+            ),
+            // A relayed dial reports another peer so.
+            DialError::WrongPeerId { address, .. } => (vec![address], false),
+            _ => return,
+        };
+        if tried {
+            if self.in_table(&peer) && self.unreachable.insert(peer) {
+                tracing::debug!(%peer, "a peer of the routing table is unreachable");
+                self.live_table = None;
+            }
+            return;
+        }
+        for address in another {
+            if self.swarm.behaviour_mut().kad.remove_address(&peer, address).is_some() {
+                tracing::debug!(%peer, "a peer no address of which answers as it left the table");
+                self.live_table = None;
             }
         }
     }
 
-    /// Whether `peer` has an entry in the routing table.
+    /// A dial of `peer` ended: the addresses at which its attempts reached another peer,
+    /// logged and forgotten. (Kademlia drops them from the peer's entry itself when the dial
+    /// succeeded at another address.)
+    fn forget_misdialed(&mut self, peer: PeerId) -> Vec<Multiaddr> {
+        let misdialed = self.misdialed.take_for(&peer);
+        for address in &misdialed {
+            tracing::debug!(%peer, %address, "another peer answered at an address of this peer");
+        }
+        misdialed
+    }
+
+    /// Whether `peer` has an entry in the routing table. (Looking at its bucket applies the
+    /// bucket's pending entry when its time came, as every walk over the table does.)
     pub(crate) fn in_table(&mut self, peer: &PeerId) -> bool {
         let kad = &mut self.swarm.behaviour_mut().kad;
         kad.kbucket(*peer).is_some_and(|b| b.iter().any(|e| e.node.key.preimage() == peer))

@@ -775,7 +775,11 @@ impl<E: crate::Extension> Driver<E> {
     /// [`NAMING_PENALTY`] ([`Driver::lookup_judged`]).
     fn recheck(&mut self, id: OpId, key: &Key, namer: PeerId, named: Vec<PeerId>) {
         tracing::debug!(%key, %namer, "a replica named a closer peer: looking the key up");
-        self.table_trusted = false;
+        // Peers the table holds (unreachable from here, or not connected) are no peers it
+        // lacks: this operation looks the key up, and the others still trust the table.
+        if !named.iter().all(|p| self.in_table(p)) {
+            self.table_trusted = false;
+        }
         self.rechecks.insert(id, (namer, named));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
         self.lookups.insert(query, (id, Instant::now()));

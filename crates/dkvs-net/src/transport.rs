@@ -238,8 +238,9 @@ fn another_peer(
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Misdialed(Arc<std::sync::Mutex<std::collections::VecDeque<Multiaddr>>>);
 
-/// Most addresses [`Misdialed`] holds: a dial that succeeded at another address leaves its
-/// misdialed ones unread, and the oldest go.
+/// Most addresses [`Misdialed`] holds. The node reads a peer's when a dial of it ends, or a
+/// connection to it opens; a dial that ends otherwise (for no peer in particular) leaves
+/// them, and the oldest go.
 const MAX_MISDIALED: usize = 64;
 
 impl Misdialed {
@@ -260,15 +261,6 @@ impl Misdialed {
             .partition(|a| matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == *peer));
         *noted = others;
         theirs.into()
-    }
-
-    /// Whether a dial attempt at `address` reached another peer; forgets it.
-    pub(crate) fn take(&self, address: &Multiaddr) -> bool {
-        let mut noted = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match noted.iter().position(|a| a == address) {
-            Some(i) => noted.remove(i).is_some(),
-            None => false,
-        }
     }
 }
 
@@ -421,16 +413,79 @@ mod tests {
         let error = tokio::time::timeout(Duration::from_secs(10), dial).await.expect("in time");
         let Err(error) = error else { panic!("another peer answered: the attempt fails") };
         assert!(error.to_string().contains(&b_peer.to_string()), "{error}");
-        assert!(misdialed.take(&elsewhere), "the address is noted for the node");
-        assert!(!misdialed.take(&elsewhere), "once");
+        let peer = |a: &Multiaddr| match a.iter().last() {
+            Some(Protocol::P2p(p)) => p,
+            _ => panic!("{a} names no peer"),
+        };
+        assert_eq!(
+            misdialed.take_for(&peer(&elsewhere)),
+            std::slice::from_ref(&elsewhere),
+            "noted"
+        );
+        assert!(misdialed.take_for(&peer(&elsewhere)).is_empty(), "once");
         // Dialed for the peer that answers there, or for no peer in particular: connected.
         let there = listen_addr.clone().with(Protocol::P2p(b_peer));
         for address in [there, listen_addr] {
             let dial = a.dial(address.clone(), DIAL).expect("dials");
             let reached = tokio::time::timeout(Duration::from_secs(10), dial).await.expect("time");
             assert_eq!(reached.expect("connects").0, b_peer, "{address}");
-            assert!(!misdialed.take(&address), "{address}");
+            assert!(misdialed.take_for(&b_peer).is_empty(), "{address}");
         }
         accepting.abort();
+    }
+
+    #[tokio::test]
+    async fn a_dial_goes_on_past_an_address_where_another_peer_answers() {
+        use futures::StreamExt as _;
+        use libp2p::swarm::{Swarm, SwarmEvent, dial_opts::DialOpts as Dial, dummy};
+        let swarm = |key: identity::Keypair| {
+            let transport =
+                build(&key, Transports::memory_only(), &Counters::default(), &Misdialed::default())
+                    .expect("transport");
+            let config = libp2p::swarm::Config::with_tokio_executor();
+            Swarm::new(transport, dummy::Behaviour, key.public().to_peer_id(), config)
+        };
+        let listening = async |mut s: Swarm<dummy::Behaviour>| {
+            s.listen_on("/memory/0".parse().expect("address")).expect("listens");
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+                    let peer = *s.local_peer_id();
+                    let task = tokio::spawn(async move {
+                        loop {
+                            s.select_next_some().await;
+                        }
+                    });
+                    return (peer, address, task);
+                }
+            }
+        };
+        let (other, other_addr, other_task) =
+            listening(swarm(identity::Keypair::generate_ed25519())).await;
+        let (wanted, wanted_addr, wanted_task) =
+            listening(swarm(identity::Keypair::generate_ed25519())).await;
+        let mut dialer = swarm(identity::Keypair::generate_ed25519());
+        // One address at a time, in order: the first reaches the other peer. Before, that
+        // connection ended the dial with a wrong peer id, and the second was never tried.
+        let one_at_a_time = std::num::NonZeroU8::new(1).expect("one");
+        let dial = Dial::peer_id(wanted)
+            .addresses(vec![other_addr, wanted_addr])
+            .override_dial_concurrency_factor(one_at_a_time)
+            .build();
+        dialer.dial(dial).expect("dials");
+        let reached = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match dialer.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => return Ok(peer_id),
+                    SwarmEvent::OutgoingConnectionError { error, .. } => return Err(error),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("in time");
+        assert_eq!(reached.expect("the dial went on to the peer's other address"), wanted);
+        assert_ne!(wanted, other);
+        other_task.abort();
+        wanted_task.abort();
     }
 }

@@ -768,8 +768,14 @@ fn a_node_beside_another_on_its_host_reaches_peers_on_other_hosts() {
     b2.wait_for("connected to A, B and C", |s| s["peers"].as_u64() == Some(3));
     assert!(!b2.connections_to(&c.peer).is_empty(), "the second node on B's host reached C");
     let log = std::fs::read_to_string(home("b2").join("node.log")).expect("log");
-    let failed: Vec<&str> =
-        log.lines().filter(|l| l.contains("a dial failed") && l.contains(&c.peer)).collect();
+    let of_c = |what: &str| -> Vec<&str> {
+        log.lines().filter(|l| l.contains(what) && l.contains(&c.peer)).collect()
+    };
+    // The neighbour answered at C's 127.0.0.1:4040 (the case this test is for)...
+    let misdialed = of_c("another peer answered at an address of this peer");
+    assert!(misdialed.iter().any(|l| l.contains("/ip4/127.0.0.1/")), "{log}");
+    // ...and no dial of C failed for it.
+    let failed = of_c("a dial failed");
     assert!(failed.is_empty(), "dials of C failed: {failed:#?}");
     // What a user sees: its put finds all four replicas.
     let stored = ok(run(b2.cli(&["put", "/~/hello", "from beside b"])));
