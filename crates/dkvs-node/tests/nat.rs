@@ -697,6 +697,42 @@ fn a_flood_of_unfinished_handshakes_holds_a_bounded_share_of_the_node() {
     drop((flood, other, victim));
 }
 
+/// Three hosts on one LAN, `{prefix}-a`, `-b` and `-c` at `{subnet}`.1, .2 and .3 (a bridge;
+/// on a private network the nodes serve the DHT from the start); B's link slowed to a real
+/// network's pace (a token bucket, so that a handshake's packets take tens of milliseconds).
+/// A node on the default configuration runs on A, and one on C that joined through A; B is
+/// left to the test.
+struct SlowLan {
+    // Dropped in this order: the nodes, their directory, then the namespaces.
+    c: NodeProcess,
+    _a: NodeProcess,
+    dir: tempfile::TempDir,
+    _nets: Namespaces,
+    /// B's namespace.
+    b: String,
+    /// A's address, to bootstrap from.
+    via_a: String,
+}
+
+fn slow_lan(prefix: &str, subnet: &str) -> SlowLan {
+    let name = |host: &str| format!("{prefix}-{host}");
+    let hosts: Vec<(String, String)> = ["a", "b", "c"]
+        .iter()
+        .zip(1..)
+        .map(|(h, i)| (name(h), format!("{subnet}.{i}/24")))
+        .collect();
+    let hosts: Vec<(&str, String)> = hosts.iter().map(|(h, a)| (h.as_str(), a.clone())).collect();
+    let nets = bridged(&name("wan"), &hosts, &[]);
+    let slow = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "64kbit"];
+    ns_sh(&nets.name(&name("b")), &[&slow[..], &["burst", "1600", "latency", "2s"]].concat());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = start(&nets.name(&name("a")), &dir.path().join("a"), &[], "");
+    let via_a = format!("/ip4/{subnet}.1/tcp/4040/p2p/{}", a.peer);
+    let c = start(&nets.name(&name("c")), &dir.path().join("c"), std::slice::from_ref(&via_a), "");
+    c.wait_for("connected to A", |s| s["peers"].as_u64() == Some(1));
+    SlowLan { b: nets.name(&name("b")), _nets: nets, dir, via_a, _a: a, c }
+}
+
 #[test]
 fn nodes_on_other_hosts_reach_each_other_past_their_own_loopback() {
     assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
@@ -707,24 +743,11 @@ fn nodes_on_other_hosts_reach_each_other_past_their_own_loopback() {
     // 127.0.0.1:4040, which on B's host is B itself. libp2p dials a peer's addresses at once
     // and takes the first connection that opens; over a real network B's own loopback opens
     // first, and the whole dial failed with a wrong peer id: B never reached C. B's link is
-    // slowed to a real network's pace (a token bucket, so that a handshake's packets take
-    // tens of milliseconds), as it is between hosts on the internet.
-    let hosts = [
-        ("lo-a", "10.77.0.1/24".to_owned()),
-        ("lo-b", "10.77.0.2/24".to_owned()),
-        ("lo-c", "10.77.0.3/24".to_owned()),
-    ];
+    // slowed to a real network's pace, as it is between hosts on the internet.
     let _alone = one_at_a_time();
-    let nets = bridged("lo-wan", &hosts, &[]);
-    let slow = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "64kbit"];
-    ns_sh(&nets.name("lo-b"), &[&slow[..], &["burst", "1600", "latency", "2s"]].concat());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let home = |name: &str| dir.path().join(name);
-    let a = start(&nets.name("lo-a"), &home("a"), &[], "");
-    let via_a = format!("/ip4/10.77.0.1/tcp/4040/p2p/{}", a.peer);
-    let c = start(&nets.name("lo-c"), &home("c"), std::slice::from_ref(&via_a), "");
-    c.wait_for("connected to A", |s| s["peers"].as_u64() == Some(1));
-    let b = start(&nets.name("lo-b"), &home("b"), std::slice::from_ref(&via_a), "");
+    let lan = slow_lan("lo", "10.77.0");
+    let (home, c) = (|name: &str| lan.dir.path().join(name), &lan.c);
+    let b = start(&lan.b, &home("b"), std::slice::from_ref(&lan.via_a), "");
     b.wait_for("connected to A and C", |s| s["peers"].as_u64() == Some(2));
     assert!(!b.connections_to(&c.peer).is_empty(), "B reached C");
     // What a user sees: B's put finds all three replicas.
@@ -744,27 +767,16 @@ fn a_node_beside_another_on_its_host_reaches_peers_on_other_hosts() {
     // on its own, and the dial goes on with the peer's others. (Without that, a later dial
     // got through once the address had failed: the second node's log shows whether its
     // dials of C failed.)
-    let hosts = [
-        ("lo2-a", "10.78.0.1/24".to_owned()),
-        ("lo2-b", "10.78.0.2/24".to_owned()),
-        ("lo2-c", "10.78.0.3/24".to_owned()),
-    ];
     let _alone = one_at_a_time();
-    let nets = bridged("lo2-wan", &hosts, &[]);
-    let slow = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "64kbit"];
-    ns_sh(&nets.name("lo2-b"), &[&slow[..], &["burst", "1600", "latency", "2s"]].concat());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let home = |name: &str| dir.path().join(name);
-    let a = start(&nets.name("lo2-a"), &home("a"), &[], "");
-    let via_a = format!("/ip4/10.78.0.1/tcp/4040/p2p/{}", a.peer);
-    let c = start(&nets.name("lo2-c"), &home("c"), std::slice::from_ref(&via_a), "");
-    c.wait_for("connected to A", |s| s["peers"].as_u64() == Some(1));
-    let b = start(&nets.name("lo2-b"), &home("b"), std::slice::from_ref(&via_a), "");
+    let lan = slow_lan("lo2", "10.78.0");
+    let (home, c) = (|name: &str| lan.dir.path().join(name), &lan.c);
+    let b = start(&lan.b, &home("b"), std::slice::from_ref(&lan.via_a), "");
     b.wait_for("connected to A and C", |s| s["peers"].as_u64() == Some(2));
     let beside = "listen = [\"/ip4/0.0.0.0/tcp/4042\", \"/ip4/0.0.0.0/udp/4042/quic-v1\"]\n\
                   api = \"127.0.0.1:4043\"\n";
     let logged = Some("info,dkvs_net=debug");
-    let b2 = start_limited(&nets.name("lo2-b"), &home("b2"), &[via_a], beside, None, logged);
+    let b2 =
+        start_limited(&lan.b, &home("b2"), std::slice::from_ref(&lan.via_a), beside, None, logged);
     b2.wait_for("connected to A, B and C", |s| s["peers"].as_u64() == Some(3));
     assert!(!b2.connections_to(&c.peer).is_empty(), "the second node on B's host reached C");
     let log = std::fs::read_to_string(home("b2").join("node.log")).expect("log");
