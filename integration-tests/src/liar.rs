@@ -39,6 +39,7 @@ enum Command {
     KadFlood(PeerId, Vec<Vec<u8>>),
     GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
     Freeze(oneshot::Sender<()>),
+    Frozen(oneshot::Sender<bool>),
     Thaw,
     Stall(Stall),
 }
@@ -266,6 +267,13 @@ impl Liar {
         self.commands.send(cut).await.map_err(|_| anyhow!("liar gone"))
     }
 
+    /// Whether it is frozen now (by [`Liar::freeze`] or at a lookup it stalls).
+    pub async fn frozen(&self) -> anyhow::Result<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Frozen(tx)).await.map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")
+    }
+
     /// Answers again, from what waited while it was frozen on: a process continued
     /// (`kill -CONT`), a phone's app resumed.
     pub async fn thaw(&self) -> anyhow::Result<()> {
@@ -309,6 +317,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::Stall(when)) => {
                     stall = when;
+                }
+                Some(Command::Frozen(reply)) => {
+                    let _ = reply.send(frozen);
                 }
                 Some(Command::Thaw) => {
                     frozen = false;

@@ -1549,9 +1549,11 @@ impl<E: Extension> Driver<E> {
                         if complete {
                             // The table is trusted with the replica sets it would have given
                             // while lookups find nobody it does not hold.
-                            self.table_trusted = answered
-                                .iter()
-                                .all(|p| self.servers.get(p).is_some_and(|since| *since < started));
+                            // One that heard from nobody shows nothing about the table.
+                            self.table_trusted = !answered.is_empty()
+                                && answered.iter().all(|p| {
+                                    self.servers.get(p).is_some_and(|since| *since < started)
+                                });
                         }
                         let found =
                             crate::ops::Found::Lookup { requests: stats.num_requests(), complete };
@@ -1834,8 +1836,10 @@ impl<E: Extension> Driver<E> {
             DialError::WrongPeerId { address, .. } => (vec![address], false),
             _ => return,
         };
-        if tried {
-            if self.in_table(&peer) && self.unreachable.insert(peer) {
+        // A peer marked since it was last connected keeps its entry: an earlier dial of it
+        // failed otherwise, and Kademlia may have kept a misdialed address as its last.
+        if tried || self.unreachable.contains(&peer) {
+            if tried && self.in_table(&peer) && self.unreachable.insert(peer) {
                 tracing::debug!(%peer, "a peer of the routing table is unreachable");
                 self.live_table = None;
             }
@@ -1849,9 +1853,9 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// A dial of `peer` ended: the addresses at which its attempts reached another peer,
-    /// logged and forgotten. (Kademlia drops them from the peer's entry itself when the dial
-    /// succeeded at another address.)
+    /// A dial of `peer` ended, or a connection to it opened: the addresses at which its
+    /// attempts reached another peer, logged and forgotten. (Kademlia drops a failed address
+    /// from the peer's entry itself, but its last.)
     fn forget_misdialed(&mut self, peer: PeerId) -> Vec<Multiaddr> {
         let misdialed = self.misdialed.take_for(&peer);
         for address in &misdialed {
