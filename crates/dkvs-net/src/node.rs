@@ -10,7 +10,7 @@ use dkvs_record::{Key, Record};
 use dkvs_store::Store;
 use futures::StreamExt as _;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad, noise, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity, kad};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
@@ -206,16 +206,23 @@ impl<E: Extension> NodeBuilder<E> {
         let transports = config.transports;
         let counters = crate::transport::Counters::default();
         let misdialed = crate::transport::Misdialed::default();
+        // The relay client's transport is built with the others, so that its dials pass the
+        // same check of the peer reached (`crate::transport::AnotherPeer`).
+        let (relay_transport, relay_client) = libp2p::relay::client::new(peer_id);
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
             .with_tokio()
             .with_other_transport(|key| {
-                crate::transport::build(key, transports, &counters, &misdialed)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                crate::transport::build(
+                    key,
+                    transports,
+                    &counters,
+                    &misdialed,
+                    Some(relay_transport),
+                )
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| setup(&e))?
-            .with_behaviour(|key, relay_client| {
+            .with_behaviour(|key| {
                 Behaviour::new(key, relay_client, &config, extension)
                     .map(crate::flat::Flat::new)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

@@ -144,13 +144,16 @@ fn with_timeouts<T: libp2p::Transport>(transport: T) -> TransportTimeout<Transpo
     TransportTimeout::with_ingoing_timeout(outbound, INBOUND_SETUP_TIMEOUT)
 }
 
-/// The node's transport: every chosen one, each authenticated as `key`, its bytes counted
-/// into `counters`, its dials that reached another peer noted in `misdialed`.
+/// The node's transport: every chosen one and the relay client's circuits (`relay`, when
+/// given), each authenticated as `key`, its bytes counted into `counters` (a circuit's are
+/// counted in the connection to its relay), its dials that reached another peer noted in
+/// `misdialed`.
 pub(crate) fn build(
     key: &identity::Keypair,
     chosen: Transports,
     counters: &Counters,
     misdialed: &Misdialed,
+    relay: Option<libp2p::relay::client::Transport>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = chosen
         .tcp
@@ -179,8 +182,16 @@ pub(crate) fn build(
     let chosen = tcp.or_transport(quic).or_transport(memory).map(|either, _| match either {
         Either::Left(Either::Left(out) | Either::Right(out)) | Either::Right(out) => out,
     });
+    let relay = relay
+        .map_or_else(OptionalTransport::none, OptionalTransport::some)
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     let misdialed = misdialed.clone();
-    let checked = NoSelfDial::new(chosen)
+    let checked = relay
+        .or_transport(NoSelfDial::new(chosen))
+        .map(|either, _| either.into_inner())
         .boxed()
         .and_then(move |(peer, muxer), endpoint| {
             let reached = match another_peer(peer, &endpoint) {
@@ -390,9 +401,10 @@ mod tests {
         let b_peer = b_key.public().to_peer_id();
         let misdialed = Misdialed::default();
         let memory = Transports::memory_only();
-        let mut a = build(&a_key, memory, &Counters::default(), &misdialed).expect("transport");
-        let mut b =
-            build(&b_key, memory, &Counters::default(), &Misdialed::default()).expect("transport");
+        let mut a =
+            build(&a_key, memory, &Counters::default(), &misdialed, None).expect("transport");
+        let mut b = build(&b_key, memory, &Counters::default(), &Misdialed::default(), None)
+            .expect("transport");
         b.listen_on(ListenerId::next(), "/memory/0".parse().expect("address")).expect("listens");
         let next = futures::future::poll_fn(|cx| Pin::new(&mut b).poll(cx));
         let TransportEvent::NewAddress { listen_addr, .. } = next.await else {
@@ -439,9 +451,14 @@ mod tests {
         use futures::StreamExt as _;
         use libp2p::swarm::{Swarm, SwarmEvent, dial_opts::DialOpts as Dial, dummy};
         let swarm = |key: identity::Keypair| {
-            let transport =
-                build(&key, Transports::memory_only(), &Counters::default(), &Misdialed::default())
-                    .expect("transport");
+            let transport = build(
+                &key,
+                Transports::memory_only(),
+                &Counters::default(),
+                &Misdialed::default(),
+                None,
+            )
+            .expect("transport");
             let config = libp2p::swarm::Config::with_tokio_executor();
             Swarm::new(transport, dummy::Behaviour, key.public().to_peer_id(), config)
         };
