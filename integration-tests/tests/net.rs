@@ -397,6 +397,35 @@ async fn an_address_another_peer_answers_at_leaves_the_table() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_whose_port_another_took_since_leaves_the_table() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // A node dies; a read dials it, the dial is refused, and it counts as unreachable. Only
+    // then another peer takes its port: the next dial of it reaches that peer and no other
+    // address, and the dead node leaves the table (a mark from the earlier dial kept it).
+    let mut net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "died-then-moved").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let (reader, left) = (2, net.peer_id(1));
+    let addr = net.addr(1).expect("alive");
+    net.kill(1).await;
+    let got = net.get(reader, &key).await??;
+    assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    assert!(net.node(reader).routing_table().await.contains(&left), "refused: kept");
+    let _squatter =
+        Liar::spawn_on(dkvs_net::libp2p::identity::Keypair::generate_ed25519(), addr).await?;
+    let _ = net.node(reader).bootstrap().await;
+    for _ in 0..3 {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    }
+    assert!(!net.node(reader).routing_table().await.contains(&left), "its only address is gone");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_address_failed_otherwise_stays_in_the_table() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
     // The same, but the peer's entry has a second address, where nothing listens: that dial

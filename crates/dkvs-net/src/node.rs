@@ -1556,7 +1556,8 @@ impl<E: Extension> Driver<E> {
                         if complete {
                             // The table is trusted with the replica sets it would have given
                             // while lookups find nobody it does not hold.
-                            // One that heard from nobody shows nothing about the table.
+                            // One that heard from nobody vouches for nothing: the table is
+                            // trusted again only by one that heard from peers.
                             self.table_trusted = !answered.is_empty()
                                 && answered.iter().all(|p| {
                                     self.servers.get(p).is_some_and(|since| *since < started)
@@ -1816,10 +1817,13 @@ impl<E: Extension> Driver<E> {
     /// is unchanged.
     ///
     /// When an attempt failed otherwise (refused, timed out, a handshake that failed, or a
-    /// local error such as an unreachable network), the entry stays (Kademlia keeps a peer's
+    /// local error such as an unreachable network), the peer stays (Kademlia keeps a peer's
     /// last address so that a node that lost its own network keeps the table it needs to come
-    /// back; and the attempts fail in any order, so the one Kademlia kept is no evidence), and
-    /// a peer of the table counts as gone for the operations' table path until it connects
+    /// back). The attempts fail in any order and Kademlia keeps whichever failed last: when
+    /// that was a misdial, an address that failed otherwise goes back into the entry and the
+    /// misdialed ones leave, so the order decides nothing (and a later dial that only
+    /// misdials, at a port another peer took since, still takes the peer out). A peer of the
+    /// table counts as gone for the operations' table path until it connects
     /// again ([`Driver::unreachable`]). Nothing is evicted on that: three rules that did were
     /// reviewed and each removed honest peers (docs/testnet-plan.md 5q); a live peer wrongly
     /// counted as gone costs an operation near it a lookup when a replica connected to it
@@ -1832,23 +1836,33 @@ impl<E: Extension> Driver<E> {
         if self.swarm.is_connected(&peer) {
             return;
         }
-        let (another, tried): (Vec<&Multiaddr>, bool) = match error {
+        let (another, failed): (Vec<&Multiaddr>, Option<&Multiaddr>) = match error {
             DialError::Transport(attempts) => (
                 attempts.iter().map(|(a, _)| a).filter(|a| misdialed.contains(a)).collect(),
                 attempts
                     .iter()
-                    .any(|(a, e)| matches!(e, TransportError::Other(_)) && !misdialed.contains(a)),
+                    .find(|(a, e)| matches!(e, TransportError::Other(_)) && !misdialed.contains(a))
+                    .map(|(a, _)| a),
             ),
-            // A relayed dial reports another peer so.
-            DialError::WrongPeerId { address, .. } => (vec![address], false),
+            // Every transport's dials are checked as they open (transport.rs); a dial outside
+            // that check would report another peer so.
+            DialError::WrongPeerId { address, .. } => (vec![address], None),
             _ => return,
         };
-        // A peer marked since it was last connected keeps its entry: an earlier dial of it
-        // failed otherwise, and Kademlia may have kept a misdialed address as its last.
-        if tried || self.unreachable.contains(&peer) {
-            if tried && self.in_table(&peer) && self.unreachable.insert(peer) {
-                tracing::debug!(%peer, "a peer of the routing table is unreachable");
-                self.live_table = None;
+        if let Some(failed) = failed {
+            if self.in_table(&peer) {
+                if !another.is_empty() {
+                    // Checked in the table: on an absent entry, add_address inserts the peer.
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.add_address(&peer, failed.clone());
+                    for address in &another {
+                        kad.remove_address(&peer, address);
+                    }
+                }
+                if self.unreachable.insert(peer) {
+                    tracing::debug!(%peer, "a peer of the routing table is unreachable");
+                    self.live_table = None;
+                }
             }
             return;
         }

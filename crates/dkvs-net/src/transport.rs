@@ -1,8 +1,8 @@
 //! The transports a node speaks, chosen in its configuration ([`crate::Transports`]).
 //!
 //! TCP (noise, yamux) and QUIC by default; an in-process memory transport (`/memory/<n>`)
-//! for tests and simulations of many nodes in one process. The relay client is added by the
-//! node itself. WebSocket is left out: browsers would need secure WebSocket with a
+//! for tests and simulations of many nodes in one process; the relay client's circuits (the
+//! node makes the client and hands its transport here). WebSocket is left out: browsers would need secure WebSocket with a
 //! certificate per node, and phones speak TCP and QUIC as well as any desktop.
 
 use std::collections::HashMap;
