@@ -369,28 +369,50 @@ async fn reads_pass_over_a_node_that_died_and_ask_it_again_once_it_is_back() -> 
     Ok(())
 }
 
+/// Three nodes and a record ("v1") written through node 0 under `name`: the tests of a node
+/// (1) that left, seen from a reader (2).
+async fn three_with_a_record(name: &str) -> anyhow::Result<(TestNet, Key)> {
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), name).expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    Ok((net, key))
+}
+
+/// Reads `key` through `reader` `times` times; each returns "v1".
+async fn reads_v1(net: &TestNet, reader: usize, key: &Key, times: usize) -> anyhow::Result<()> {
+    for _ in 0..times {
+        let got = net.get(reader, key).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    }
+    Ok(())
+}
+
+/// Another peer on `addr` (a port a node that left had).
+async fn squatter(
+    addr: dkvs_net::libp2p::Multiaddr,
+) -> anyhow::Result<dkvs_integration_tests::liar::Liar> {
+    dkvs_integration_tests::liar::Liar::spawn_on(
+        dkvs_net::libp2p::identity::Keypair::generate_ed25519(),
+        addr,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_another_peer_answers_at_leaves_the_table() -> anyhow::Result<()> {
-    use dkvs_integration_tests::liar::Liar;
     // A node leaves and another peer takes its port. Dials of the old peer reach the new
     // one and fail; Kademlia drops a failed address but a peer's last, so it kept this one,
     // and the peer (that was its only address) for good.
-    let mut net = TestNet::start(3, Config::default()).await?;
-    let alice = Keypair::generate(KeyType::Ed25519);
-    let key = Key::scoped(&alice.account_id(), "moved").expect("key");
-    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
-    assert!(receipt.has_quorum(), "{receipt:?}");
+    let (mut net, key) = three_with_a_record("moved").await?;
     let (reader, left) = (2, net.peer_id(1));
     let addr = net.addr(1).expect("alive");
     net.kill(1).await;
-    let _squatter =
-        Liar::spawn_on(dkvs_net::libp2p::identity::Keypair::generate_ed25519(), addr).await?;
+    let _squatter = squatter(addr).await?;
     assert!(net.node(reader).routing_table().await.contains(&left), "not yet dialed");
     // The first read looks the key up (no table is trusted yet) and dials the old address.
-    for _ in 0..3 {
-        let got = net.get(reader, &key).await??;
-        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-    }
+    reads_v1(&net, reader, &key, 3).await?;
     assert!(!net.node(reader).routing_table().await.contains(&left), "its only address is gone");
     net.shutdown().await;
     Ok(())
@@ -398,28 +420,18 @@ async fn an_address_another_peer_answers_at_leaves_the_table() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_whose_port_another_took_since_leaves_the_table() -> anyhow::Result<()> {
-    use dkvs_integration_tests::liar::Liar;
     // A node dies; a read dials it, the dial is refused, and it counts as unreachable. Only
     // then another peer takes its port: the next dial of it reaches that peer and no other
     // address, and the dead node leaves the table (a mark from the earlier dial kept it).
-    let mut net = TestNet::start(3, Config::default()).await?;
-    let alice = Keypair::generate(KeyType::Ed25519);
-    let key = Key::scoped(&alice.account_id(), "died-then-moved").expect("key");
-    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
-    assert!(receipt.has_quorum(), "{receipt:?}");
+    let (mut net, key) = three_with_a_record("died-then-moved").await?;
     let (reader, left) = (2, net.peer_id(1));
     let addr = net.addr(1).expect("alive");
     net.kill(1).await;
-    let got = net.get(reader, &key).await??;
-    assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    reads_v1(&net, reader, &key, 1).await?;
     assert!(net.node(reader).routing_table().await.contains(&left), "refused: kept");
-    let _squatter =
-        Liar::spawn_on(dkvs_net::libp2p::identity::Keypair::generate_ed25519(), addr).await?;
+    let _squatter = squatter(addr).await?;
     let _ = net.node(reader).bootstrap().await;
-    for _ in 0..3 {
-        let got = net.get(reader, &key).await??;
-        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-    }
+    reads_v1(&net, reader, &key, 3).await?;
     assert!(!net.node(reader).routing_table().await.contains(&left), "its only address is gone");
     net.shutdown().await;
     Ok(())
@@ -427,18 +439,13 @@ async fn a_dead_peer_whose_port_another_took_since_leaves_the_table() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_address_failed_otherwise_stays_in_the_table() -> anyhow::Result<()> {
-    use dkvs_integration_tests::liar::Liar;
     // The same, but the peer's entry has a second address, where nothing listens: that dial
     // fails as a dead host's does, so the peer stays in the table (counted as gone for the
     // table path) whichever attempt failed last. Kademlia keeps the last address that failed,
     // here the one another peer answers at (its handshake ends after the refusal), and
     // taking the peer out on that address would have turned an order of failures into an
     // eviction: the eviction rules reviewed in docs/testnet-plan.md 5q removed honest peers.
-    let mut net = TestNet::start(3, Config::default()).await?;
-    let alice = Keypair::generate(KeyType::Ed25519);
-    let key = Key::scoped(&alice.account_id(), "moved-and-closed").expect("key");
-    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
-    assert!(receipt.has_quorum(), "{receipt:?}");
+    let (mut net, key) = three_with_a_record("moved-and-closed").await?;
     let (reader, left) = (2, net.peer_id(1));
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let closed: dkvs_net::libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{closed}").parse()?;
@@ -446,12 +453,8 @@ async fn a_peer_whose_address_failed_otherwise_stays_in_the_table() -> anyhow::R
     net.node(reader).add_peer(left, closed).await?;
     let addr = net.addr(1).expect("alive");
     net.kill(1).await;
-    let _squatter =
-        Liar::spawn_on(dkvs_net::libp2p::identity::Keypair::generate_ed25519(), addr).await?;
-    for _ in 0..3 {
-        let got = net.get(reader, &key).await??;
-        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-    }
+    let _squatter = squatter(addr).await?;
+    reads_v1(&net, reader, &key, 3).await?;
     assert!(net.node(reader).routing_table().await.contains(&left), "not evicted");
     // Kademlia kept the misdialed address as the peer's last; a walk of the table dials the
     // peer there again, and only there: still kept, as a peer that failed otherwise.
