@@ -2,7 +2,7 @@
 //!
 //! A TCP connection costs its listener a file descriptor, then a Noise handshake (a
 //! Diffie-Hellman and a signature check) before it has a peer id, and a silent one holds the
-//! descriptor for the inbound setup timeout (10 s, `transport::INBOUND_SETUP_TIMEOUT`).
+//! descriptor for the setup timeout (10 s, `transport::SETUP_TIMEOUT`).
 //! Without a bound, one host opening connections and never finishing them runs the node out
 //! of descriptors: nobody else can connect, and the node's own dials and files fail. So at
 //! most [`crate::Config::max_pending_per_address`] inbound connections from one address (an

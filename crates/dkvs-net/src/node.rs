@@ -235,6 +235,7 @@ impl<E: Extension> NodeBuilder<E> {
             // as if it did until it answers: Kademlia then confirms the protocol and puts the
             // peer in its table (docs/testnet-plan.md).
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+            .with_connection_timeout(crate::transport::SETUP_TIMEOUT)
             .build();
         if config.relay_server
             && let Some(relay) = swarm.behaviour_mut().relay_server.as_mut()
@@ -2891,5 +2892,57 @@ mod tests {
             .with(libp2p::multiaddr::Protocol::P2p(PeerId::random()))
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
         assert!(!is_local(&circuit), "{circuit}");
+    }
+
+    /// A peer that connects and says nothing, either way, is dropped at the setup timeout on
+    /// the default configuration: not sooner, and not at another layer's bound.
+    #[tokio::test]
+    async fn a_connection_that_never_finishes_its_setup_ends_at_the_setup_timeout_both_ways() {
+        use tokio::io::AsyncReadExt as _;
+        let store = Store::in_memory(dkvs_store::Config::default());
+        let node = Node::spawn(identity::Keypair::generate_ed25519(), store, Config::default())
+            .expect("spawns");
+        let at = node.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("address")).await;
+        let at = at.expect("listens");
+        let Some(libp2p::multiaddr::Protocol::Tcp(port)) = at.iter().nth(1) else {
+            panic!("not a TCP address: {at}")
+        };
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let silent_at: Multiaddr =
+            format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().expect("bound").port())
+                .parse()
+                .expect("address");
+        let bound = crate::transport::SETUP_TIMEOUT + Duration::from_secs(10);
+        let started = Instant::now();
+        let inbound = async {
+            let mut stream =
+                tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connects");
+            let mut byte = [0u8; 1];
+            // The node speaks first on nothing: the first thing read is the close.
+            let read = tokio::time::timeout(bound, stream.read(&mut byte)).await;
+            assert!(matches!(read, Ok(Ok(0) | Err(_))), "the node closed it: {read:?}");
+            started.elapsed()
+        };
+        let outbound = async {
+            let held = silent.accept();
+            let dial =
+                node.dial(silent_at.with(libp2p::multiaddr::Protocol::P2p(PeerId::random())));
+            let (held, dialed) = tokio::time::timeout(bound, futures::future::join(held, dial))
+                .await
+                .expect("the dial ended");
+            let _held = held.expect("the node connected");
+            let error = dialed.expect_err("nobody finished the handshake");
+            assert!(error.to_string().contains("Timeout"), "{error}");
+            started.elapsed()
+        };
+        let (inbound, outbound) = futures::future::join(inbound, outbound).await;
+        for (way, took) in [("in", inbound), ("out", outbound)] {
+            assert!(
+                took >= crate::transport::SETUP_TIMEOUT,
+                "{way}: ended after {took:?}, before the timeout"
+            );
+            assert!(took < bound, "{way}: ended after {took:?}");
+        }
+        node.shutdown().await;
     }
 }
