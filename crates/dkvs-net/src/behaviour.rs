@@ -50,7 +50,7 @@ pub(crate) struct Behaviour<E: Extension> {
     /// First: a connection it refuses costs the others nothing.
     pub(crate) admission: crate::admission::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    pub(crate) kad: Quiet<kad::Behaviour<kad::store::MemoryStore>>,
+    pub(crate) kad: Quiet<crate::held::Held>,
     pub(crate) records: Quiet<crate::lane::Behaviour>,
     /// Its streams do not keep a connection open ([`crate::idle`]).
     pub(crate) gossipsub: Released<gossipsub::Behaviour>,
@@ -149,7 +149,7 @@ impl<E: Extension> Behaviour<E> {
                 config.max_pending_inbound,
             ),
             blocked: allow_block_list::Behaviour::default(),
-            kad: Quiet::new(kad),
+            kad: Quiet::new(crate::held::Held::new(kad)),
             records: Quiet::new(records),
             gossipsub: Released::new(gossipsub),
             identify: Quiet::new(identify),

@@ -147,6 +147,7 @@ pub struct Host<'a> {
     pub(crate) connections: &'a crate::node::Connections,
     pub(crate) used: &'a mut std::collections::HashMap<PeerId, tokio::time::Instant>,
     pub(crate) lookups: &'a mut HashSet<kad::QueryId>,
+    pub(crate) lookup_ends: &'a mut crate::node::LookupEnds,
     pub(crate) topics: &'a mut HashSet<gossipsub::TopicHash>,
     pub(crate) records: &'a mut crate::lane::Behaviour,
     pub(crate) kept: &'a mut crate::idle::Kept,
@@ -166,6 +167,7 @@ impl Host<'_> {
     pub fn find_closest(&mut self, key: Vec<u8>) -> LookupId {
         let id = self.kad.get_closest_peers(key);
         self.lookups.insert(id);
+        self.lookup_ends.started(tokio::time::Instant::now());
         LookupId(id)
     }
 

@@ -23,6 +23,7 @@ mod durable;
 mod error;
 mod extension;
 mod flat;
+mod held;
 mod identity;
 mod idle;
 pub mod lane;

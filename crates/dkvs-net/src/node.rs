@@ -316,7 +316,8 @@ impl Node {
         self.add_peer(peer, addr).await.map(|()| peer)
     }
 
-    /// Walks the DHT to fill the routing table; returns when the walk is done.
+    /// Walks the DHT to fill the routing table; returns when the walk is done. Peers whose
+    /// dials failed lately are dialed again (call it when this node's network changed).
     pub async fn bootstrap(&self) -> Result<(), BootstrapError> {
         self.ask(Command::Bootstrap).await.ok_or(BootstrapError::Shutdown)?
     }
@@ -692,6 +693,40 @@ pub(crate) fn subnet_of(
     connections.get(peer)?.values().find_map(|(addr, _)| crate::defence::Subnet::of(addr))
 }
 
+/// When lookups in flight must end. Kademlia has no timer for a lookup's deadline and looks
+/// at it only when polled: on a quiet node a lookup waiting on a stopped or unreachable peer
+/// ran on to that peer's 10-s request or setup timeout (9.97 s seen for an operation's, 8.8 s
+/// for a letter's), twice its time. So the node wakes at each lookup's end.
+pub(crate) struct LookupEnds {
+    ends: std::collections::BinaryHeap<std::cmp::Reverse<Instant>>,
+    /// A lookup's time (Kademlia's query timeout), and a moment: Kademlia starts a lookup's
+    /// clock when it first polls it, a moment after it was asked for.
+    after: Duration,
+}
+
+impl LookupEnds {
+    fn new(lookup_time: Duration) -> LookupEnds {
+        let after = lookup_time + Duration::from_millis(20);
+        LookupEnds { ends: std::collections::BinaryHeap::new(), after }
+    }
+
+    /// A lookup started at `now`.
+    pub(crate) fn started(&mut self, now: Instant) {
+        self.ends.push(std::cmp::Reverse(now + self.after));
+    }
+
+    /// The next end after `now`; those at or before it have had their wake.
+    fn next(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&std::cmp::Reverse(end)) = self.ends.peek() {
+            if end > now {
+                return Some(end);
+            }
+            self.ends.pop();
+        }
+        None
+    }
+}
+
 pub(crate) struct Driver<E: Extension> {
     pub(crate) swarm: Swarm<crate::flat::Flat<Behaviour<E>>>,
     pub(crate) store: Store,
@@ -708,6 +743,8 @@ pub(crate) struct Driver<E: Extension> {
     next_op: OpId,
     /// Kademlia lookups in flight, by the operation waiting for them.
     pub(crate) lookups: HashMap<kad::QueryId, (OpId, Instant)>,
+    /// When the lookups in flight, of every kind, must end: the node wakes then.
+    pub(crate) lookup_ends: LookupEnds,
     /// Record requests in flight.
     pub(crate) requests: HashMap<crate::lane::RequestId, (OpId, PeerId)>,
     bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), BootstrapError>>>,
@@ -845,6 +882,7 @@ impl<E: Extension> Driver<E> {
             outbox: crate::pace::Outbox::new(&config),
             held_back: Vec::new(),
             ext_lookups: HashSet::new(),
+            lookup_ends: LookupEnds::new(config.operation_timeout / 2),
             ext_topics: HashSet::new(),
             closest_waiters: HashMap::new(),
             swarm,
@@ -1049,7 +1087,13 @@ impl<E: Extension> Driver<E> {
                     self.dials.entry(peer).or_default().push(reply);
                 }
             }
-            Command::Bootstrap(reply) => match self.swarm.behaviour_mut().kad.bootstrap() {
+            Command::Bootstrap(reply) => match {
+                // Asked for (an application that knows its network changed): every peer of
+                // the table may be dialed again (`crate::held`).
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                kad.release_all();
+                kad.bootstrap()
+            } {
                 Ok(id) => {
                     self.bootstraps.insert(id, reply);
                 }
@@ -1133,6 +1177,7 @@ impl<E: Extension> Driver<E> {
             }
             Command::ClosestPeers(key, reply) => {
                 let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.lookup_ends.started(Instant::now());
                 self.closest_waiters.insert(query, reply);
             }
             Command::Extension(type_id, call) => {
@@ -1156,6 +1201,7 @@ impl<E: Extension> Driver<E> {
             connections: &self.connections,
             used: &mut self.used,
             lookups: &mut self.ext_lookups,
+            lookup_ends: &mut self.lookup_ends,
             topics: &mut self.ext_topics,
             records: &mut behaviour.records,
             kept: &mut self.kept_peers,
@@ -1242,6 +1288,7 @@ impl<E: Extension> Driver<E> {
                 }
                 self.used.insert(peer_id, Instant::now());
                 self.since.entry(peer_id).or_insert_with(Instant::now);
+                self.swarm.behaviour_mut().kad.release(&peer_id);
                 if self.unreachable.remove(&peer_id) {
                     tracing::debug!(peer = %peer_id, "an unreachable peer connected again");
                     self.live_table = None;
@@ -1546,14 +1593,26 @@ impl<E: Extension> Driver<E> {
                     } else {
                         answered.clone()
                     };
-                    if let Some((op, started)) = self.lookups.remove(&id) {
+                    // Each lookup's first result ends it (below); a walk of the table's is
+                    // not logged.
+                    let of = if self.lookups.contains_key(&id) {
+                        Some("operation")
+                    } else if self.ext_lookups.contains(&id) {
+                        Some("extension")
+                    } else {
+                        self.closest_waiters.contains_key(&id).then_some("caller")
+                    };
+                    if let Some(of) = of {
                         tracing::debug!(
+                            of,
                             requests = stats.num_requests(),
                             duration = ?stats.duration(),
                             complete,
                             answered = answered.len(),
-                            "lookup for an operation done"
+                            "lookup done"
                         );
+                    }
+                    if let Some((op, started)) = self.lookups.remove(&id) {
                         if complete {
                             // The table is trusted with the replica sets it would have given
                             // while lookups find nobody it does not hold.
@@ -1633,6 +1692,9 @@ impl<E: Extension> Driver<E> {
             self.deadlines.pop();
             self.scheduled.remove(&id);
         }
+        if let Some(end) = self.lookup_ends.next(now) {
+            at = at.min(end);
+        }
         at = at.min(self.last_sweep + EXPIRY_SWEEP);
         at = at.min(self.last_republish + self.config.republish_interval);
         at = at.min(self.last_replication + self.config.replication_interval);
@@ -1701,6 +1763,7 @@ impl<E: Extension> Driver<E> {
             for peer in marked {
                 if !self.in_table(&peer) {
                     self.unreachable.remove(&peer);
+                    self.swarm.behaviour_mut().kad.release(&peer);
                 }
             }
             self.defence.forget_idle(now);
@@ -1825,7 +1888,9 @@ impl<E: Extension> Driver<E> {
     /// misdialed ones leave, so the order decides nothing (and a later dial that only
     /// misdials, at a port another peer took since, still takes the peer out). A peer of the
     /// table counts as gone for the operations' table path until it connects
-    /// again ([`Driver::unreachable`]). Nothing is evicted on that: three rules that did were
+    /// again ([`Driver::unreachable`]), and Kademlia's dials of it fail at once for a while
+    /// ([`crate::held`]: on the internet a dead peer's address mostly drops packets, and each
+    /// lookup that asked it waited to its deadline). Nothing is evicted on that: three rules that did were
     /// reviewed and each removed honest peers (docs/testnet-plan.md 5q); a live peer wrongly
     /// counted as gone costs an operation near it a lookup when a replica connected to it
     /// names it ([`Driver::lookup_judged`]). A peer connected meanwhile (a dial that raced
@@ -1860,6 +1925,8 @@ impl<E: Extension> Driver<E> {
                         kad.remove_address(&peer, address);
                     }
                 }
+                // Kademlia's next dials of it fail at once for a while (`crate::held`).
+                self.swarm.behaviour_mut().kad.hold(peer, Instant::now());
                 if self.unreachable.insert(peer) {
                     tracing::debug!(%peer, "a peer of the routing table is unreachable");
                     self.live_table = None;

@@ -17,10 +17,6 @@ use crate::node::{Driver, GetPurpose, OpId, closest, kad_key};
 use crate::watch::{Watch, topic_of};
 use crate::{GetError, GetOutcome, PutError, PutReceipt, Refusal};
 
-/// How long after its deadline the node wakes to let Kademlia end a lookup: Kademlia starts
-/// a lookup's clock when it first polls it, a moment after it was asked for.
-const LOOKUP_END_GRACE: Duration = Duration::from_millis(20);
-
 /// How many peers a narrow read's set may differ by between a writer's lookup and a reader's
 /// ([`Driver::narrow_read`]).
 const NARROW_SLACK: usize = 2;
@@ -755,17 +751,8 @@ impl<E: crate::Extension> Driver<E> {
         } else {
             let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
             self.lookups.insert(query, (op, Instant::now()));
-            self.wake_at_lookup_end(op);
+            self.lookup_ends.started(Instant::now());
         }
-    }
-
-    /// Wakes the node when the lookup operation `id` just started must end: Kademlia has no
-    /// timer for a lookup's deadline and looks at it only when polled, so a lookup waiting on
-    /// one stopped peer ran on to that peer's 10-s request timeout, the operation's whole
-    /// time. (The wake finds the operation not due and looks at it again at its own time.)
-    fn wake_at_lookup_end(&mut self, id: OpId) {
-        let end = Instant::now() + self.config.operation_timeout / 2 + LOOKUP_END_GRACE;
-        self.deadlines.push(std::cmp::Reverse((end, id)));
     }
 
     /// A replica (`namer`) of operation `id` named peers closer to `key` than the routing
@@ -783,7 +770,7 @@ impl<E: crate::Extension> Driver<E> {
         self.rechecks.insert(id, (namer, named));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
         self.lookups.insert(query, (id, Instant::now()));
-        self.wake_at_lookup_end(id);
+        self.lookup_ends.started(Instant::now());
     }
 
     /// Whether `peer`'s naming of closer peers is ignored now (a recheck it caused found none).

@@ -927,10 +927,11 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     // lookup's deadline, 5 s, half the operation's time, and then goes on with the answers it
     // has. Kademlia has no timer for that deadline and looks at it only when something polls
     // it: on a quiet node a lookup ran on to the next wake-up, up to the stopped peer's 10-s
-    // request timeout (9.97 s seen), the whole operation's time.
+    // request timeout (9.97 s seen), the whole operation's time; the node now wakes at each
+    // lookup's end, an operation's or a caller's (a letter's lookup ran 8.8 s before).
     let dir = tempfile::tempdir().expect("tempdir");
     let home = |name: &str| dir.path().join(name);
-    new_account(&home("w"), "alice", "ed25519");
+    let alice = new_account(&home("w"), "alice", "ed25519");
     let seed = start(&home("seed"), None);
     let others = [
         start(&home("r1"), Some(&seed.address)),
@@ -961,17 +962,30 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     // A put through the command line: a read of the key, then the write; each looks the key
     // up (no lookup completes while a peer never answers, so the table is not trusted).
     let stored = put(&writer, &["/~/past-stopped", "v1"], None);
+    // Two letters: sending looks the mailbox up, a lookup of the node's callers (mail's).
+    // The second starts as the first ends, which (without the wake) was at a wake-up of the
+    // node: its deadline then fell just past one, and it ran on to the next (5 s later).
+    let send = || {
+        let mut c = dkvs(&writer.home);
+        c.args(["mail", "send", &alice, "to myself"]);
+        run(c, None)
+    };
+    let sent = [send(), send()];
     signal("CONT");
+    for sent in sent {
+        assert!(!ok(sent).trim().is_empty(), "the send printed its replicas");
+    }
     let stored = ok(stored);
     assert!(stored.contains("seq 1 stored by"), "{stored}");
     let key = stored.split_whitespace().find(|w| w.starts_with('/')).expect("the key").to_owned();
     assert_eq!(ok(get(&others[0], &[&key])), "v1");
 
     let log = std::fs::read_to_string(writer.home.join("node.log")).expect("the writer's log");
-    let lookups: Vec<&str> =
-        log.lines().filter(|l| l.contains("lookup for an operation done")).collect();
-    let waited = lookups.iter().any(|l| l.contains("complete=false"));
-    assert!(waited, "a lookup waited on the stopped node: {log}");
+    let lookups: Vec<&str> = log.lines().filter(|l| l.contains("lookup done")).collect();
+    for of in ["operation", "caller"] {
+        let waited = lookups.iter().any(|l| l.contains("complete=false") && l.contains(of));
+        assert!(waited, "a lookup of an {of} waited on the stopped node: {log}");
+    }
     for line in lookups {
         // As `Duration`'s debug form has it: "5.02s", "12.3ms", "950µs".
         let field = line.split_whitespace().find_map(|w| w.strip_prefix("duration=Some("));

@@ -793,3 +793,70 @@ fn a_node_beside_another_on_its_host_reaches_peers_on_other_hosts() {
     let stored = ok(run(b2.cli(&["put", "/~/hello", "from beside b"])));
     assert!(stored.contains("of 4 replicas"), "{stored}");
 }
+
+#[test]
+fn a_host_that_died_silently_holds_up_one_lookup_not_every_one() {
+    assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
+    // Four hosts on a LAN, every node on the default configuration. One host dies silently:
+    // its node is killed and its packets dropped (a host switched off, a phone gone from its
+    // network), so a dial to it is not refused but waits for the setup timeout (10 s), past
+    // a lookup's deadline (5 s). Kademlia keeps it in every table, and every lookup whose
+    // closest peers included it (here, every lookup) waited to its deadline, operation after
+    // operation. Once a dial of it failed, the writer's Kademlia no longer dials it for a
+    // while, and its lookups complete without it. (Its operations near the dead host take
+    // their replicas from the table by then: a lookup there is a letter's.)
+    let _alone = one_at_a_time();
+    let hosts: Vec<(String, String)> = ["seed", "w", "r", "dead"]
+        .iter()
+        .zip(1..)
+        .map(|(h, i)| (format!("hd-{h}"), format!("10.79.0.{i}/24")))
+        .collect();
+    let hosts: Vec<(&str, String)> = hosts.iter().map(|(h, a)| (h.as_str(), a.clone())).collect();
+    let nets = bridged("hd-wan", &hosts, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = |name: &str| dir.path().join(name);
+    let seed = start(&nets.name("hd-seed"), &home("seed"), &[], "");
+    let via_seed = [format!("/ip4/10.79.0.1/tcp/4040/p2p/{}", seed.peer)];
+    let r = start(&nets.name("hd-r"), &home("r"), &via_seed, "");
+    let dead = start(&nets.name("hd-dead"), &home("dead"), &via_seed, "");
+    // The writer's lookups are logged at debug level (only its log changes).
+    let logged = Some("info,dkvs_net=debug");
+    let w = start_limited(&nets.name("hd-w"), &home("w"), &via_seed, "", None, logged);
+    w.wait_for("connected to the three others", |s| s["peers"].as_u64() == Some(3));
+
+    let dead_peer = dead.peer.clone();
+    ns_sh(&dead.ns, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+    drop(dead);
+    w.wait_for("no longer connected to the dead host", |s| s["peers"].as_u64() == Some(2));
+    let log = || std::fs::read_to_string(home("w").join("node.log")).expect("the writer's log");
+    let marked = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("a peer of the routing table is unreachable") && l.contains(&dead_peer)
+        })
+    };
+    assert!(!marked(&log()), "no dial of the dead host failed yet");
+
+    // A put (a read, then the write) looks its key up: the table is not trusted yet. The
+    // lookup dials the dead host and waits; the dial fails at the setup timeout.
+    let stored = ok(run(w.cli(&["put", "/~/first", "v1"])));
+    assert!(stored.contains("seq 1 stored by"), "{stored}");
+    let deadline = Instant::now() + STEP;
+    while !marked(&log()) {
+        assert!(Instant::now() < deadline, "no dial of the dead host failed: {}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A letter to R: sending looks the recipient's mailbox up, as every send does (its
+    // replicas are whoever is closest now). That lookup passes over the dead host at once.
+    let before = log().len();
+    let sent = ok(run(w.cli(&["mail", "send", &r.account, "hello"])));
+    assert!(!sent.trim().is_empty(), "the send printed its replicas");
+    let log = log();
+    let after = &log[before..];
+    let lookups: Vec<&str> = after.lines().filter(|l| l.contains("lookup done")).collect();
+    assert!(!lookups.is_empty(), "the send looked the mailbox up: {log}");
+    let waited: Vec<&&str> = lookups.iter().filter(|l| l.contains("complete=false")).collect();
+    assert!(waited.is_empty(), "lookups waited on the dead host: {waited:#?}\n{after}");
+    assert!(after.contains("a dial of an unreachable peer held back"), "{after}");
+    drop((w, r, seed));
+}

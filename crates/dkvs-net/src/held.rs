@@ -1,0 +1,230 @@
+//! Kademlia's dials of peers it could not reach, held back for a while.
+//!
+//! Kademlia keeps a peer whose dials fail in its table until a newcomer needs its place in a
+//! full bucket, and buckets of 64 seldom fill: a node that died stays in every table, and
+//! every lookup near it asks it again. On loopback or a LAN such a dial is refused at once. On
+//! the internet a dead peer's address mostly drops packets (a host switched off, a phone that
+//! left its network, a NAT mapping that expired), and the dial waits for the setup timeout
+//! (`transport::SETUP_TIMEOUT`, 10 s), past a lookup's deadline (5 s): every lookup whose
+//! closest peers included it waited to its end.
+//!
+//! [`Held`] wraps Kademlia. Once a dial of a peer of the table failed with an attempt that went
+//! out (`Driver::dial_failed` says so, [`Held::hold`]), Kademlia's next dials of it fail at
+//! once, with no packet sent, for [`HOLD_FIRST`], twice as long after each failure again, at
+//! most [`HOLD_MOST`]; Kademlia takes each as a failed dial, and its lookup goes on with the
+//! next peer. A connection to the peer, either way, ends the hold ([`Held::release`]), and a
+//! walk of the table an application asks for (`Node::bootstrap`) ends them all.
+//!
+//! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
+//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. And only while a DHT
+//! server of the table is connected: a node that lost its own network found every peer
+//! unreachable, and dials them again as soon as it is back.
+//!
+//! The cost of a wrong hold: a peer that was unreachable for a moment and is back is not asked
+//! by this node's lookups until its hold ends or it connects (when it comes back, its own
+//! walks reach the peers near it), and operations near it look their key up meanwhile (the
+//! table counts it as gone, `nearby::table_covers`). The cost of a peer dead for good: a lookup
+//! near it waits once per hold, and holds double up to 16 min.
+
+use std::collections::HashMap;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::kad;
+use libp2p::swarm::behaviour::DialFailure;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use tokio::time::Instant;
+
+/// How long Kademlia's dials of a peer are held after its first failed dial: more than a
+/// lookup's time, so the lookups right after a peer died pass over it.
+pub(crate) const HOLD_FIRST: Duration = Duration::from_secs(30);
+/// The longest hold. A peer dead for good costs one lookup near it a wait this often.
+pub(crate) const HOLD_MOST: Duration = Duration::from_secs(16 * 60);
+
+type Kad = kad::Behaviour<kad::store::MemoryStore>;
+
+/// Kademlia, its dials of peers that could not be reached held back (the module's docs). It
+/// derefs to Kademlia.
+pub(crate) struct Held {
+    kad: Kad,
+    holds: HashMap<PeerId, Hold>,
+}
+
+/// A peer's dials failed `failures` times since it was last connected; Kademlia's are held
+/// until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    failures: u32,
+    until: Instant,
+}
+
+/// Why a dial failed without a packet sent.
+#[derive(Debug, thiserror::Error)]
+#[error("its last dial failed {failures} time(s) in a row: held until {left:?} from now")]
+pub(crate) struct HeldBack {
+    failures: u32,
+    left: Duration,
+}
+
+impl Held {
+    pub(crate) fn new(kad: Kad) -> Held {
+        Held { kad, holds: HashMap::new() }
+    }
+
+    /// A dial of `peer` failed at `now` with an attempt that went out: Kademlia's dials of it
+    /// are held, for twice as long as the last time.
+    pub(crate) fn hold(&mut self, peer: PeerId, now: Instant) {
+        let hold = self.holds.entry(peer).or_insert(Hold { failures: 0, until: now });
+        hold.failures = hold.failures.saturating_add(1);
+        hold.until = now + hold_after(hold.failures);
+    }
+
+    /// `peer` connected, or left the table: its dials are no longer held.
+    pub(crate) fn release(&mut self, peer: &PeerId) {
+        self.holds.remove(peer);
+    }
+
+    /// Every peer may be dialed again: an application asked for a walk of the table
+    /// (`Node::bootstrap`), as after a change of this node's network.
+    pub(crate) fn release_all(&mut self) {
+        self.holds.clear();
+    }
+
+    /// Whether a dial of `peer` at `now` is held back, and why.
+    fn held(&mut self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
+        let hold = *self.holds.get(peer)?;
+        let left = hold.until.checked_duration_since(now).filter(|left| !left.is_zero())?;
+        self.a_server_is_connected().then_some(HeldBack { failures: hold.failures, left })
+    }
+
+    /// Whether a peer of the routing table is connected: this node's own network works.
+    fn a_server_is_connected(&mut self) -> bool {
+        self.kad.kbuckets().any(|bucket| {
+            bucket.iter().any(|entry| matches!(entry.status, kad::NodeStatus::Connected))
+        })
+    }
+}
+
+/// How long Kademlia's dials are held after the `failures`th failed dial in a row.
+fn hold_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    HOLD_FIRST.saturating_mul(1 << doublings).min(HOLD_MOST)
+}
+
+impl std::ops::Deref for Held {
+    type Target = Kad;
+    fn deref(&self) -> &Kad {
+        &self.kad
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Kad {
+        &mut self.kad
+    }
+}
+
+impl NetworkBehaviour for Held {
+    type ConnectionHandler = THandler<Kad>;
+    type ToSwarm = kad::Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.kad.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.kad.handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.kad.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.kad.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.kad.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.kad.on_connection_handler_event(peer_id, connection_id, event)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<kad::Event, THandlerInEvent<Self>>> {
+        loop {
+            let event = std::task::ready!(self.kad.poll(cx));
+            let ToSwarm::Dial { opts } = &event else { return Poll::Ready(event) };
+            let Some(peer) = opts.get_peer_id() else { return Poll::Ready(event) };
+            let Some(held) = self.held(&peer, Instant::now()) else { return Poll::Ready(event) };
+            tracing::debug!(%peer, reason = %held, "a dial of an unreachable peer held back");
+            // Kademlia is told as the swarm tells it of a dial a behaviour denied: its
+            // queries count the peer as failed and go on.
+            let error = DialError::Denied { cause: ConnectionDenied::new(held) };
+            let connection_id = opts.connection_id();
+            let failure = DialFailure { peer_id: Some(peer), error: &error, connection_id };
+            self.kad.on_swarm_event(FromSwarm::DialFailure(failure));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_doubles_with_each_failure_up_to_its_most() {
+        assert_eq!(hold_after(1), HOLD_FIRST);
+        assert_eq!(hold_after(2), HOLD_FIRST * 2);
+        assert_eq!(hold_after(5), HOLD_FIRST * 16);
+        assert_eq!(hold_after(6), HOLD_MOST);
+        assert_eq!(hold_after(u32::MAX), HOLD_MOST);
+    }
+}
