@@ -1087,20 +1087,20 @@ impl<E: Extension> Driver<E> {
                     self.dials.entry(peer).or_default().push(reply);
                 }
             }
-            Command::Bootstrap(reply) => match {
+            Command::Bootstrap(reply) => {
                 // Asked for (an application that knows its network changed): every peer of
                 // the table may be dialed again (`crate::held`).
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 kad.release_all();
-                kad.bootstrap()
-            } {
-                Ok(id) => {
-                    self.bootstraps.insert(id, reply);
+                match kad.bootstrap() {
+                    Ok(id) => {
+                        self.bootstraps.insert(id, reply);
+                    }
+                    Err(libp2p::kad::NoKnownPeers()) => {
+                        let _ = reply.send(Err(BootstrapError::NoKnownPeers));
+                    }
                 }
-                Err(libp2p::kad::NoKnownPeers()) => {
-                    let _ = reply.send(Err(BootstrapError::NoKnownPeers));
-                }
-            },
+            }
             Command::Put { record, expected, reply } => self.start_put(record, expected, reply),
             Command::Get { key, every, reply } => {
                 self.start_get(key, GetPurpose::Reply { reply, every })
