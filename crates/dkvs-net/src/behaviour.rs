@@ -90,7 +90,7 @@ impl<E: Extension> Behaviour<E> {
             // The node refreshes its table itself (`crate::refresh`).
             .set_periodic_bootstrap_interval(None)
             // Lookups end well before the operation that waits for them.
-            .set_query_timeout(config.operation_timeout / 2)
+            .set_query_timeout(crate::node::lookup_time(config))
             // Kademlia waits up to 10 s for one peer's answer, longer than the lookup, so
             // stalled peers among the first asked hold a lookup to its end, with the few
             // answers before them; `Driver::with_connected_servers` joins those to the

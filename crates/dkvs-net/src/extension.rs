@@ -167,7 +167,7 @@ impl Host<'_> {
     pub fn find_closest(&mut self, key: Vec<u8>) -> LookupId {
         let id = self.kad.get_closest_peers(key);
         self.lookups.insert(id);
-        self.lookup_ends.started(tokio::time::Instant::now());
+        self.lookup_ends.started(id, tokio::time::Instant::now());
         LookupId(id)
     }
 

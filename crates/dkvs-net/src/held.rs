@@ -1,30 +1,36 @@
-//! Kademlia's dials of peers it could not reach, held back for a while.
+//! Kademlia's dials of peers whose dials fail slowly, held back for a while.
 //!
 //! Kademlia keeps a peer whose dials fail in its table until a newcomer needs its place in a
-//! full bucket, and buckets of 64 seldom fill: a node that died stays in every table, and
-//! every lookup near it asks it again. On loopback or a LAN such a dial is refused at once. On
-//! the internet a dead peer's address mostly drops packets (a host switched off, a phone that
-//! left its network, a NAT mapping that expired), and the dial waits for the setup timeout
-//! (`transport::SETUP_TIMEOUT`, 10 s), past a lookup's deadline (5 s): every lookup whose
+//! full bucket, and buckets of 64 seldom fill: a node that died stays in every table, peers
+//! near it keep naming it in their answers, and every lookup near it asks it again. On
+//! loopback such a dial is refused at once. On the internet a dead peer's address mostly
+//! drops packets (a host switched off, a phone that left its network, a NAT mapping that
+//! expired), and the dial waits for the setup timeout (`transport::SETUP_TIMEOUT`, 10 s; a
+//! LAN host that is gone, for ARP's 3 s), past a lookup's deadline (5 s): every lookup whose
 //! closest peers included it waited to its end.
 //!
-//! [`Held`] wraps Kademlia. Once a dial of a peer of the table failed with an attempt that went
-//! out (`Driver::dial_failed` says so, [`Held::hold`]), Kademlia's next dials of it fail at
-//! once, with no packet sent, for [`HOLD_FIRST`], twice as long after each failure again, at
-//! most [`HOLD_MOST`]; Kademlia takes each as a failed dial, and its lookup goes on with the
-//! next peer. A connection to the peer, either way, ends the hold ([`Held::release`]), and a
-//! walk of the table an application asks for (`Node::bootstrap`) ends them all.
+//! [`Held`] wraps Kademlia. Once a dial of a peer failed after waiting [`SLOW_FAILURE`] or
+//! more with an attempt that went out (`Driver::dial_failed` says so, [`Held::hold`]),
+//! Kademlia's next dials of it fail at once, with no packet sent, for [`HOLD_FIRST`], twice as
+//! long after each slow failure again, at most [`HOLD_MOST`]; Kademlia takes each as a failed
+//! dial, and its lookup goes on with the next peer. A dial refused at once costs a lookup
+//! nothing and holds nothing. A connection to the peer, either way, ends its hold
+//! ([`Held::release`]); an application's walk of the table (`Node::bootstrap`) and this
+//! node's return from having no DHT server connected end them all ([`Held::release_all`]).
 //!
 //! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
-//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. And only while a DHT
-//! server of the table is connected: a node that lost its own network found every peer
-//! unreachable, and dials them again as soon as it is back.
+//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. Holds are made only
+//! while a DHT server is connected (a node that lost its own network finds every peer slow)
+//! and applied only while a peer of the table is connected. At most [`MAX_HOLDS`] peers are
+//! held.
 //!
-//! The cost of a wrong hold: a peer that was unreachable for a moment and is back is not asked
-//! by this node's lookups until its hold ends or it connects (when it comes back, its own
-//! walks reach the peers near it), and operations near it look their key up meanwhile (the
-//! table counts it as gone, `nearby::table_covers`). The cost of a peer dead for good: a lookup
-//! near it waits once per hold, and holds double up to 16 min.
+//! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
+//! this node's lookups do not reach it until its hold ends or it connects, so operations near
+//! it do without it as a replica meanwhile (the table counts it as gone too,
+//! `nearby::table_covers`); when it comes back its own walks reach the peers near it. The cost
+//! of a peer dead for good: a lookup near it waits once per hold, and holds double up to
+//! 16 min. A lookup that asks a held peer while another dial of it is under way (a request of
+//! an operation) counts it as failed instead of waiting for that dial.
 
 use std::collections::HashMap;
 use std::task::{Context, Poll};
@@ -41,11 +47,17 @@ use libp2p::swarm::{
 };
 use tokio::time::Instant;
 
-/// How long Kademlia's dials of a peer are held after its first failed dial: more than a
+/// A failed dial that waited this long or more holds its peer: a refusal comes within a
+/// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds.
+pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
+/// How long Kademlia's dials of a peer are held after its first slow failure: more than a
 /// lookup's time, so the lookups right after a peer died pass over it.
 pub(crate) const HOLD_FIRST: Duration = Duration::from_secs(30);
 /// The longest hold. A peer dead for good costs one lookup near it a wait this often.
 pub(crate) const HOLD_MOST: Duration = Duration::from_secs(16 * 60);
+/// The most peers held at once (a few dozen bytes each). Past it, a peer that fails is not
+/// held: its dials wait, as they did without holds.
+pub(crate) const MAX_HOLDS: usize = 1024;
 
 type Kad = kad::Behaviour<kad::store::MemoryStore>;
 
@@ -77,9 +89,15 @@ impl Held {
         Held { kad, holds: HashMap::new() }
     }
 
-    /// A dial of `peer` failed at `now` with an attempt that went out: Kademlia's dials of it
-    /// are held, for twice as long as the last time.
+    /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
+    /// of it are held, for twice as long as the last time.
     pub(crate) fn hold(&mut self, peer: PeerId, now: Instant) {
+        if self.holds.len() >= MAX_HOLDS && !self.holds.contains_key(&peer) {
+            self.forget_old(now);
+            if self.holds.len() >= MAX_HOLDS {
+                return;
+            }
+        }
         let hold = self.holds.entry(peer).or_insert(Hold { failures: 0, until: now });
         hold.failures = hold.failures.saturating_add(1);
         hold.until = now + hold_after(hold.failures);
@@ -91,9 +109,16 @@ impl Held {
     }
 
     /// Every peer may be dialed again: an application asked for a walk of the table
-    /// (`Node::bootstrap`), as after a change of this node's network.
+    /// (`Node::bootstrap`, as after a change of this node's network), or this node has a DHT
+    /// server connected again after it had none.
     pub(crate) fn release_all(&mut self) {
         self.holds.clear();
+    }
+
+    /// Forgets the holds that ended [`HOLD_MOST`] ago or more: a peer that fails after that
+    /// starts again at [`HOLD_FIRST`].
+    pub(crate) fn forget_old(&mut self, now: Instant) {
+        self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
     }
 
     /// Whether a dial of `peer` at `now` is held back, and why.
@@ -218,6 +243,39 @@ impl NetworkBehaviour for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held_one(failures: u32) -> (Held, PeerId, Instant) {
+        let peer = PeerId::random();
+        let kad = Kad::new(peer, kad::store::MemoryStore::new(peer));
+        let (mut held, now) = (Held::new(kad), Instant::now());
+        for _ in 0..failures {
+            held.hold(peer, now);
+        }
+        (held, peer, now)
+    }
+
+    #[test]
+    fn holds_are_bounded_and_forgotten_a_while_after_they_end() {
+        let (mut held, first, now) = held_one(2);
+        assert_eq!(held.holds[&first].until, now + HOLD_FIRST * 2);
+        for _ in 1..MAX_HOLDS {
+            held.hold(PeerId::random(), now);
+        }
+        let over = PeerId::random();
+        held.hold(over, now);
+        assert!(!held.holds.contains_key(&over), "past the bound while all are recent");
+        held.hold(first, now);
+        assert_eq!(held.holds[&first].failures, 3, "a held peer's failures still count");
+        // The first ends at 4 min; the others at 30 s, forgotten 16 min later.
+        let later = now + HOLD_FIRST + HOLD_MOST;
+        held.hold(over, later);
+        assert_eq!(held.holds.len(), 2, "the old ones went to make room");
+        assert_eq!(held.holds[&first].failures, 3, "not yet forgotten");
+        held.forget_old(now + HOLD_FIRST * 4 + HOLD_MOST);
+        assert!(!held.holds.contains_key(&first));
+        held.release(&over);
+        assert!(held.holds.is_empty());
+    }
 
     #[test]
     fn a_hold_doubles_with_each_failure_up_to_its_most() {

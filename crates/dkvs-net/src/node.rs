@@ -317,7 +317,8 @@ impl Node {
     }
 
     /// Walks the DHT to fill the routing table; returns when the walk is done. Peers whose
-    /// dials failed lately are dialed again (call it when this node's network changed).
+    /// dials timed out lately are dialed again (call it when this node's network changed;
+    /// `dkvs node` calls it once, at its start).
     pub async fn bootstrap(&self) -> Result<(), BootstrapError> {
         self.ask(Command::Bootstrap).await.ok_or(BootstrapError::Shutdown)?
     }
@@ -693,35 +694,61 @@ pub(crate) fn subnet_of(
     connections.get(peer)?.values().find_map(|(addr, _)| crate::defence::Subnet::of(addr))
 }
 
-/// When lookups in flight must end. Kademlia has no timer for a lookup's deadline and looks
-/// at it only when polled: on a quiet node a lookup waiting on a stopped or unreachable peer
-/// ran on to that peer's 10-s request or setup timeout (9.97 s seen for an operation's, 8.8 s
-/// for a letter's), twice its time. So the node wakes at each lookup's end.
+/// When the lookups in flight must end. Kademlia has no timer for a lookup's deadline and
+/// looks at it only when polled: on a quiet node a lookup waiting on a stopped or unreachable
+/// peer ran on to that peer's 10-s request or setup timeout (9.97 s seen for an operation's,
+/// 8.8 s for a letter's), twice its time. So the node wakes at each lookup's end, and if
+/// Kademlia still runs it then (it starts a lookup's clock when it first polls it, a moment
+/// after it was asked for; on a loaded machine, longer), again at its end by Kademlia's clock.
+/// (Walks of the table, `Node::bootstrap`'s and the node's own, are not woken for.)
 pub(crate) struct LookupEnds {
-    ends: std::collections::BinaryHeap<std::cmp::Reverse<Instant>>,
-    /// A lookup's time (Kademlia's query timeout), and a moment: Kademlia starts a lookup's
-    /// clock when it first polls it, a moment after it was asked for.
-    after: Duration,
+    ends: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
+    /// The lookup of each entry in `ends`.
+    ids: HashMap<u64, kad::QueryId>,
+    next: u64,
+    /// A lookup's time: Kademlia's query timeout ([`lookup_time`]).
+    time: Duration,
+}
+
+/// How long after a lookup's end by Kademlia's clock the node wakes for it.
+const LOOKUP_END_GRACE: Duration = Duration::from_millis(20);
+
+/// How long a Kademlia lookup may take: half an operation's time, so an operation has the
+/// other half for its requests.
+pub(crate) fn lookup_time(config: &Config) -> Duration {
+    config.operation_timeout / 2
 }
 
 impl LookupEnds {
-    fn new(lookup_time: Duration) -> LookupEnds {
-        let after = lookup_time + Duration::from_millis(20);
-        LookupEnds { ends: std::collections::BinaryHeap::new(), after }
+    fn new(time: Duration) -> LookupEnds {
+        let (ends, ids) = (std::collections::BinaryHeap::new(), HashMap::new());
+        LookupEnds { ends, ids, next: 0, time }
     }
 
-    /// A lookup started at `now`.
-    pub(crate) fn started(&mut self, now: Instant) {
-        self.ends.push(std::cmp::Reverse(now + self.after));
+    /// Lookup `id` started at `now`.
+    pub(crate) fn started(&mut self, id: kad::QueryId, now: Instant) {
+        self.wake_at(id, now + self.time + LOOKUP_END_GRACE);
     }
 
-    /// The next end after `now`; those at or before it have had their wake.
-    fn next(&mut self, now: Instant) -> Option<Instant> {
-        while let Some(&std::cmp::Reverse(end)) = self.ends.peek() {
+    fn wake_at(&mut self, id: kad::QueryId, at: Instant) {
+        self.next += 1;
+        self.ids.insert(self.next, id);
+        self.ends.push(std::cmp::Reverse((at, self.next)));
+    }
+
+    /// The next end after `now`. An end that came finds its lookup over, or still running:
+    /// then the node wakes again at its end as Kademlia counts it.
+    fn next(&mut self, now: Instant, kad: &crate::held::Held) -> Option<Instant> {
+        while let Some(&std::cmp::Reverse((end, n))) = self.ends.peek() {
             if end > now {
                 return Some(end);
             }
             self.ends.pop();
+            let Some(id) = self.ids.remove(&n) else { continue };
+            if let Some(query) = kad.query(&id) {
+                let ran = query.stats().duration().unwrap_or_default();
+                self.wake_at(id, now + self.time.saturating_sub(ran) + LOOKUP_END_GRACE);
+            }
         }
         None
     }
@@ -806,6 +833,9 @@ pub(crate) struct Driver<E: Extension> {
     /// until their bucket fills; operations count them as gone
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
+    /// When each dial in flight started, by its connection: a dial that failed slowly holds
+    /// its peer ([`crate::held`]).
+    dial_started: HashMap<libp2p::swarm::ConnectionId, Instant>,
     /// The transport's dials that reached another peer than the one dialed, until read.
     misdialed: crate::transport::Misdialed,
     /// While stranded (a dial failed while no DHT server was connected; over when one is
@@ -882,7 +912,7 @@ impl<E: Extension> Driver<E> {
             outbox: crate::pace::Outbox::new(&config),
             held_back: Vec::new(),
             ext_lookups: HashSet::new(),
-            lookup_ends: LookupEnds::new(config.operation_timeout / 2),
+            lookup_ends: LookupEnds::new(lookup_time(&config)),
             ext_topics: HashSet::new(),
             closest_waiters: HashMap::new(),
             swarm,
@@ -913,6 +943,7 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             unreachable: HashSet::new(),
+            dial_started: HashMap::new(),
             misdialed,
             rejoin: None,
             refresh: crate::refresh::Refresh::new(refresh_interval, Instant::now()),
@@ -1177,7 +1208,7 @@ impl<E: Extension> Driver<E> {
             }
             Command::ClosestPeers(key, reply) => {
                 let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
-                self.lookup_ends.started(Instant::now());
+                self.lookup_ends.started(query, Instant::now());
                 self.closest_waiters.insert(query, reply);
             }
             Command::Extension(type_id, call) => {
@@ -1228,8 +1259,21 @@ impl<E: Extension> Driver<E> {
                 self.dialed_recently.note(addr);
             }
         }
-        if let SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } = &event {
-            self.dial_failed(*peer, error);
+        match &event {
+            SwarmEvent::Dialing { connection_id, .. } => {
+                self.dial_started.insert(*connection_id, Instant::now());
+            }
+            SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                self.dial_started.remove(connection_id);
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                let started = self.dial_started.remove(connection_id);
+                if let Some(peer) = peer_id {
+                    let waited = started.map(|at| at.elapsed()).unwrap_or_default();
+                    self.dial_failed(*peer, waited, error);
+                }
+            }
+            _ => {}
         }
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
@@ -1692,7 +1736,7 @@ impl<E: Extension> Driver<E> {
             self.deadlines.pop();
             self.scheduled.remove(&id);
         }
-        if let Some(end) = self.lookup_ends.next(now) {
+        if let Some(end) = self.lookup_ends.next(now, &self.swarm.behaviour().kad) {
             at = at.min(end);
         }
         at = at.min(self.last_sweep + EXPIRY_SWEEP);
@@ -1759,11 +1803,11 @@ impl<E: Extension> Driver<E> {
             // Read the routing table afresh at the next operation: a walk over Kademlia's
             // buckets applies the entries waiting for a place in a full bucket whose time came.
             self.live_table = None;
+            self.swarm.behaviour_mut().kad.forget_old(now);
             let marked: Vec<PeerId> = self.unreachable.iter().copied().collect();
             for peer in marked {
                 if !self.in_table(&peer) {
                     self.unreachable.remove(&peer);
-                    self.swarm.behaviour_mut().kad.release(&peer);
                 }
             }
             self.defence.forget_idle(now);
@@ -1888,14 +1932,15 @@ impl<E: Extension> Driver<E> {
     /// misdialed ones leave, so the order decides nothing (and a later dial that only
     /// misdials, at a port another peer took since, still takes the peer out). A peer of the
     /// table counts as gone for the operations' table path until it connects
-    /// again ([`Driver::unreachable`]), and Kademlia's dials of it fail at once for a while
-    /// ([`crate::held`]: on the internet a dead peer's address mostly drops packets, and each
-    /// lookup that asked it waited to its deadline). Nothing is evicted on that: three rules that did were
+    /// again ([`Driver::unreachable`]). A dial that failed so after `waited` two seconds or
+    /// more (a timeout: on the internet a dead peer's address mostly drops packets, and each
+    /// lookup that asked it waited to its deadline) holds Kademlia's next dials of the peer,
+    /// in the table or not, for a while ([`crate::held`]). Nothing is evicted on that: three rules that did were
     /// reviewed and each removed honest peers (docs/testnet-plan.md 5q); a live peer wrongly
     /// counted as gone costs an operation near it a lookup when a replica connected to it
     /// names it ([`Driver::lookup_judged`]). A peer connected meanwhile (a dial that raced
     /// its inbound connection) is left as it is.
-    fn dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+    fn dial_failed(&mut self, peer: PeerId, waited: Duration, error: &libp2p::swarm::DialError) {
         use libp2p::TransportError;
         use libp2p::swarm::DialError;
         let misdialed = self.forget_misdialed(peer);
@@ -1916,6 +1961,13 @@ impl<E: Extension> Driver<E> {
             _ => return,
         };
         if let Some(failed) = failed {
+            // Kademlia's next dials of it fail at once for a while, if this one waited
+            // (`crate::held`). Not while this node has no DHT server: its own network may be
+            // what fails.
+            if waited >= crate::held::SLOW_FAILURE && !self.servers.is_empty() {
+                tracing::debug!(%peer, ?waited, "a dial failed slowly: Kademlia's are held");
+                self.swarm.behaviour_mut().kad.hold(peer, Instant::now());
+            }
             if self.in_table(&peer) {
                 if !another.is_empty() {
                     // Checked in the table: on an absent entry, add_address inserts the peer.
@@ -1925,8 +1977,6 @@ impl<E: Extension> Driver<E> {
                         kad.remove_address(&peer, address);
                     }
                 }
-                // Kademlia's next dials of it fail at once for a while (`crate::held`).
-                self.swarm.behaviour_mut().kad.hold(peer, Instant::now());
                 if self.unreachable.insert(peer) {
                     tracing::debug!(%peer, "a peer of the routing table is unreachable");
                     self.live_table = None;
@@ -1977,9 +2027,10 @@ impl<E: Extension> Driver<E> {
     fn joined_again(&mut self) {
         // `strand` starts the wait at twice REJOIN_FIRST, and each walk doubles it.
         const _: () = assert!(REJOIN_MOST.as_secs() > REJOIN_FIRST.as_secs() * 2);
-        if let Some((_, wait)) = self.rejoin.take()
-            && wait > REJOIN_FIRST * 2
-        {
+        let Some((_, wait)) = self.rejoin.take() else { return };
+        // Dials that failed while this node was stranded failed on its side, most likely.
+        self.swarm.behaviour_mut().kad.release_all();
+        if wait > REJOIN_FIRST * 2 {
             for read in self.watch_reads.values_mut() {
                 read.rejoined();
             }

@@ -751,7 +751,7 @@ impl<E: crate::Extension> Driver<E> {
         } else {
             let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
             self.lookups.insert(query, (op, Instant::now()));
-            self.lookup_ends.started(Instant::now());
+            self.lookup_ends.started(query, Instant::now());
         }
     }
 
@@ -770,7 +770,7 @@ impl<E: crate::Extension> Driver<E> {
         self.rechecks.insert(id, (namer, named));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
         self.lookups.insert(query, (id, Instant::now()));
-        self.lookup_ends.started(Instant::now());
+        self.lookup_ends.started(query, Instant::now());
     }
 
     /// Whether `peer`'s naming of closer peers is ignored now (a recheck it caused found none).

@@ -137,9 +137,6 @@ fn count<S>(
 /// In, the dialer is connected already, and noise and yamux take an honest one two or three
 /// round trips. A silent one holds a file descriptor and a place among the handshakes in
 /// flight (admission.rs) this long; a flood must open it again as often.
-///
-/// (Until December 2026 this said 20 s out, in a layer inside the builder's 10 s: the outer
-/// one fired first. One bound now, where it takes effect.)
 pub(crate) const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The node's transport: every chosen one and the relay client's circuits (`relay`, when

@@ -984,7 +984,7 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     let lookups: Vec<&str> = log.lines().filter(|l| l.contains("lookup done")).collect();
     for of in ["operation", "caller"] {
         let waited = lookups.iter().any(|l| l.contains("complete=false") && l.contains(of));
-        assert!(waited, "a lookup of an {of} waited on the stopped node: {log}");
+        assert!(waited, "a lookup (of: {of}) waited on the stopped node: {log}");
     }
     for line in lookups {
         // As `Duration`'s debug form has it: "5.02s", "12.3ms", "950µs".

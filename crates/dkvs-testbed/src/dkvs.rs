@@ -177,7 +177,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
 
     let churn = match &opts.churn {
         Some(churn) => {
-            let mut churned = Churned { net: &mut net, accounts: &accounts };
+            let silent = churn.silent.then(Vec::new);
+            let mut churned = Churned { net: &mut net, accounts: &accounts, silent };
             workload::churn(&mut churned, "dkvs", plan, churn, bar).await?
         }
         None => Vec::new(),
@@ -310,6 +311,41 @@ const HOP_SAMPLES: usize = 1000;
 struct Churned<'a> {
     net: &'a mut TestNet,
     accounts: &'a Accounts,
+    /// With `--silent-deaths`, the listeners on killed nodes' ports.
+    silent: Option<Vec<Silent>>,
+}
+
+/// A listener that accepts connections and says nothing, for as long as it is kept.
+struct Silent(tokio::task::JoinHandle<()>);
+
+impl Silent {
+    /// Takes `port` on loopback (the node that had it is gone: a few tries while its
+    /// listener closes).
+    async fn take(port: u16) -> anyhow::Result<Silent> {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => break listener,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e).context("taking a dead node's port"),
+            }
+        };
+        Ok(Silent(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        })))
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Network for Churned<'_> {
@@ -318,7 +354,18 @@ impl Network for Churned<'_> {
     }
 
     async fn kill(&mut self, i: usize) {
+        let port = self.net.addr(i).and_then(|addr| {
+            addr.iter().find_map(|p| match p {
+                dkvs_net::libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+        });
         self.net.kill(i).await;
+        if let (Some(silent), Some(port)) = (&mut self.silent, port) {
+            // A port left closed would be a death that is not silent: no figure then.
+            let listener = Silent::take(port).await;
+            silent.push(listener.unwrap_or_else(|e| panic!("--silent-deaths: {e:#}")));
+        }
     }
 
     async fn add(&mut self) -> anyhow::Result<()> {

@@ -89,6 +89,12 @@ struct Cli {
     /// Churn rounds.
     #[arg(long, default_value_t = 3)]
     churn_rounds: usize,
+    /// dkvs in one process, on TCP: a killed node's port is taken by a listener that accepts
+    /// and says nothing, as a dead host on the internet drops packets: dials of it wait for
+    /// the setup timeout instead of being refused at once (mainline's UDP gets no answer
+    /// either way).
+    #[arg(long)]
+    silent_deaths: bool,
     /// Skip the 2-node floor of dkvs's get.
     #[arg(long)]
     no_floor: bool,
@@ -159,6 +165,8 @@ pub(crate) struct Churn {
     pub every: Duration,
     pub rounds: usize,
     pub seed: u64,
+    /// A killed node's port answers nothing (`--silent-deaths`).
+    pub silent: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -193,6 +201,11 @@ fn main() -> anyhow::Result<()> {
         && !(0.0..1.0).contains(&f)
     {
         bail!("--churn {f} must be a fraction in [0, 1)");
+    }
+    if cli.silent_deaths
+        && (cli.churn.is_none() || cli.processes || cli.transport == TransportArg::Memory)
+    {
+        bail!("--silent-deaths takes --churn, in one process, on TCP");
     }
     let reports = match (cli.system, &cli.report_to) {
         (SystemArg::Both, _) => vec![child(SystemArg::Dkvs)?, child(SystemArg::Mainline)?],
@@ -296,6 +309,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
             every: Duration::from_secs(cli.churn_every),
             rounds: cli.churn_rounds,
             seed: cli.seed ^ 0xc4u64,
+            silent: cli.silent_deaths,
         }),
         floor: !cli.no_floor,
     };
