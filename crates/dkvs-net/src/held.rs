@@ -20,9 +20,8 @@
 //!
 //! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
 //! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. Holds are made only
-//! while a DHT server is connected (a node that lost its own network finds every peer slow)
-//! and applied only while a peer of the table is connected. At most [`MAX_HOLDS`] peers are
-//! held.
+//! and applied only while one is (a node that lost its own network finds every peer slow).
+//! At most [`MAX_HOLDS`] peers are held.
 //!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
@@ -66,6 +65,8 @@ type Kad = kad::Behaviour<kad::store::MemoryStore>;
 pub(crate) struct Held {
     kad: Kad,
     holds: HashMap<PeerId, Hold>,
+    /// Whether a DHT server is connected (the driver says): holds apply only then.
+    servers_connected: bool,
 }
 
 /// A peer's dials failed `failures` times since it was last connected; Kademlia's are held
@@ -86,7 +87,7 @@ pub(crate) struct HeldBack {
 
 impl Held {
     pub(crate) fn new(kad: Kad) -> Held {
-        Held { kad, holds: HashMap::new() }
+        Held { kad, holds: HashMap::new(), servers_connected: false }
     }
 
     /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
@@ -121,18 +122,19 @@ impl Held {
         self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
     }
 
-    /// Whether a dial of `peer` at `now` is held back, and why.
-    fn held(&mut self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
-        let hold = *self.holds.get(peer)?;
-        let left = hold.until.checked_duration_since(now).filter(|left| !left.is_zero())?;
-        self.a_server_is_connected().then_some(HeldBack { failures: hold.failures, left })
+    /// Whether a DHT server is connected: this node's own network works.
+    pub(crate) fn set_servers_connected(&mut self, any: bool) {
+        self.servers_connected = any;
     }
 
-    /// Whether a peer of the routing table is connected: this node's own network works.
-    fn a_server_is_connected(&mut self) -> bool {
-        self.kad.kbuckets().any(|bucket| {
-            bucket.iter().any(|entry| matches!(entry.status, kad::NodeStatus::Connected))
-        })
+    /// Whether a dial of `peer` at `now` is held back, and why.
+    fn held(&self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
+        if !self.servers_connected {
+            return None;
+        }
+        let hold = self.holds.get(peer)?;
+        let left = hold.until.checked_duration_since(now).filter(|left| !left.is_zero())?;
+        Some(HeldBack { failures: hold.failures, left })
     }
 }
 
@@ -275,6 +277,41 @@ mod tests {
         assert!(!held.holds.contains_key(&first));
         held.release(&over);
         assert!(held.holds.is_empty());
+    }
+
+    /// Polls `held` until it has nothing to say; returns what it said: whether it asked
+    /// for a dial of `peer`, and whether a lookup finished.
+    fn drain(held: &mut Held, peer: PeerId) -> (bool, bool) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let (mut dialed, mut finished) = (false, false);
+        while let Poll::Ready(event) = held.poll(&mut cx) {
+            match event {
+                ToSwarm::Dial { opts } => dialed |= opts.get_peer_id() == Some(peer),
+                ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed { .. }) => {
+                    finished = true
+                }
+                _ => {}
+            }
+        }
+        (dialed, finished)
+    }
+
+    #[tokio::test]
+    async fn a_held_peer_fails_kademlias_lookup_at_once_and_only_while_held() {
+        let (mut held, _, now) = held_one(0);
+        let other = PeerId::random();
+        held.add_address(&other, "/memory/1".parse().expect("address"));
+        held.hold(other, now);
+        // No DHT server connected: this node's own network may be what failed.
+        held.get_closest_peers(vec![1]);
+        assert_eq!(drain(&mut held, other), (true, false), "dialed while stranded");
+        held.set_servers_connected(true);
+        held.get_closest_peers(vec![2]);
+        let (dialed, finished) = drain(&mut held, other);
+        assert!(!dialed && finished, "the lookup ended without a dial");
+        held.release(&other);
+        held.get_closest_peers(vec![3]);
+        assert_eq!(drain(&mut held, other), (true, false), "dialed once released");
     }
 
     #[test]

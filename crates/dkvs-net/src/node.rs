@@ -1358,6 +1358,7 @@ impl<E: Extension> Driver<E> {
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.servers.remove(&peer_id);
+                        self.servers_changed();
                         self.live_table = None;
                         self.auto_relay.disconnected(&peer_id);
                         self.replication.disconnected(&peer_id);
@@ -1559,6 +1560,7 @@ impl<E: Extension> Driver<E> {
                 } else {
                     self.servers.remove(&peer_id);
                 }
+                self.servers_changed();
                 self.live_table = None;
                 if kad {
                     for addr in info.listen_addrs {
@@ -2024,6 +2026,12 @@ impl<E: Extension> Driver<E> {
     /// connected) reads each watched key once, at the next sweeps (16 a sweep), for the
     /// updates it missed meanwhile, not after the wait it backed off to
     /// ([`WatchRead::rejoined`]).
+    /// Tells Kademlia's holds whether a DHT server is connected ([`crate::held`]).
+    fn servers_changed(&mut self) {
+        let any = !self.servers.is_empty();
+        self.swarm.behaviour_mut().kad.set_servers_connected(any);
+    }
+
     fn joined_again(&mut self) {
         // `strand` starts the wait at twice REJOIN_FIRST, and each walk doubles it.
         const _: () = assert!(REJOIN_MOST.as_secs() > REJOIN_FIRST.as_secs() * 2);
