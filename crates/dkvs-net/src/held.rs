@@ -10,18 +10,22 @@
 //! closest peers included it waited to its end.
 //!
 //! [`Held`] wraps Kademlia. Once a dial of a peer failed after waiting [`SLOW_FAILURE`] or
-//! more with an attempt that went out (`Driver::dial_failed` says so, [`Held::hold`]),
+//! more with an attempt that went out, while this node received bytes from others (so it
+//! waited on the peer, not on its own network: a silent outage keeps connections up for
+//! minutes) and had a DHT server connected (`Driver::dial_failed` says so, [`Held::hold`]),
 //! Kademlia's next dials of it fail at once, with no packet sent, for [`HOLD_FIRST`], twice as
 //! long after each slow failure again, at most [`HOLD_MOST`]; Kademlia takes each as a failed
 //! dial, and its lookup goes on with the next peer. A dial refused at once costs a lookup
 //! nothing and holds nothing. A connection to the peer, either way, ends its hold
-//! ([`Held::release`]); an application's walk of the table (`Node::bootstrap`) and this
-//! node's return from having no DHT server connected end them all ([`Held::release_all`]).
+//! ([`Held::release`]); an application's walk of the table (`Node::bootstrap`) ends them all,
+//! and so does this node's return from being stranded ([`Held::release_all`]).
 //!
 //! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
-//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. Holds are made only
-//! and applied only while one is (a node that lost its own network finds every peer slow).
-//! At most [`MAX_HOLDS`] peers are held.
+//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. Holds apply unless this
+//! node is stranded (a dial failed while no DHT server was connected, and none has been
+//! identified since: its own network may be what fails); a quiet node whose connections all
+//! closed idle is not stranded, and its first lookup passes over held peers too. At most
+//! [`MAX_HOLDS`] peers are held.
 //!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
@@ -65,8 +69,9 @@ type Kad = kad::Behaviour<kad::store::MemoryStore>;
 pub(crate) struct Held {
     kad: Kad,
     holds: HashMap<PeerId, Hold>,
-    /// Whether a DHT server is connected (the driver says): holds apply only then.
-    servers_connected: bool,
+    /// Whether this node is stranded (the driver says: a dial failed while no DHT server was
+    /// connected, and none has been identified since): holds apply only while it is not.
+    stranded: bool,
 }
 
 /// A peer's dials failed `failures` times since it was last connected; Kademlia's are held
@@ -87,7 +92,7 @@ pub(crate) struct HeldBack {
 
 impl Held {
     pub(crate) fn new(kad: Kad) -> Held {
-        Held { kad, holds: HashMap::new(), servers_connected: false }
+        Held { kad, holds: HashMap::new(), stranded: false }
     }
 
     /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
@@ -104,7 +109,7 @@ impl Held {
         hold.until = now + hold_after(hold.failures);
     }
 
-    /// `peer` connected, or left the table: its dials are no longer held.
+    /// `peer` connected: its dials are no longer held.
     pub(crate) fn release(&mut self, peer: &PeerId) {
         self.holds.remove(peer);
     }
@@ -122,14 +127,14 @@ impl Held {
         self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
     }
 
-    /// Whether a DHT server is connected: this node's own network works.
-    pub(crate) fn set_servers_connected(&mut self, any: bool) {
-        self.servers_connected = any;
+    /// Whether this node is stranded: its own network may be what fails.
+    pub(crate) fn set_stranded(&mut self, stranded: bool) {
+        self.stranded = stranded;
     }
 
     /// Whether a dial of `peer` at `now` is held back, and why.
     fn held(&self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
-        if !self.servers_connected {
+        if self.stranded {
             return None;
         }
         let hold = self.holds.get(peer)?;
@@ -268,7 +273,7 @@ mod tests {
         assert!(!held.holds.contains_key(&over), "past the bound while all are recent");
         held.hold(first, now);
         assert_eq!(held.holds[&first].failures, 3, "a held peer's failures still count");
-        // The first ends at 4 min; the others at 30 s, forgotten 16 min later.
+        // The first ends at 2 min; the others at 30 s, forgotten 16 min later.
         let later = now + HOLD_FIRST + HOLD_MOST;
         held.hold(over, later);
         assert_eq!(held.holds.len(), 2, "the old ones went to make room");
@@ -280,15 +285,15 @@ mod tests {
     }
 
     /// Polls `held` until it has nothing to say; returns what it said: whether it asked
-    /// for a dial of `peer`, and whether a lookup finished.
-    fn drain(held: &mut Held, peer: PeerId) -> (bool, bool) {
+    /// for a dial of `peer`, and the lookups that ended.
+    fn drain(held: &mut Held, peer: PeerId) -> (bool, Vec<kad::QueryId>) {
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        let (mut dialed, mut finished) = (false, false);
+        let (mut dialed, mut finished) = (false, Vec::new());
         while let Poll::Ready(event) = held.poll(&mut cx) {
             match event {
                 ToSwarm::Dial { opts } => dialed |= opts.get_peer_id() == Some(peer),
-                ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed { .. }) => {
-                    finished = true
+                ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed { id, .. }) => {
+                    finished.push(id)
                 }
                 _ => {}
             }
@@ -302,16 +307,21 @@ mod tests {
         let other = PeerId::random();
         held.add_address(&other, "/memory/1".parse().expect("address"));
         held.hold(other, now);
-        // No DHT server connected: this node's own network may be what failed.
-        held.get_closest_peers(vec![1]);
-        assert_eq!(drain(&mut held, other), (true, false), "dialed while stranded");
-        held.set_servers_connected(true);
-        held.get_closest_peers(vec![2]);
-        let (dialed, finished) = drain(&mut held, other);
-        assert!(!dialed && finished, "the lookup ended without a dial");
+        // Stranded: this node's own network may be what failed.
+        held.set_stranded(true);
+        let first = held.get_closest_peers(vec![1]);
+        assert_eq!(drain(&mut held, other), (true, vec![]), "dialed while stranded");
+        held.set_stranded(false);
+        let second = held.get_closest_peers(vec![2]);
+        // The failure Kademlia is told of ends both lookups (its only peer failed).
+        let (dialed, mut finished) = drain(&mut held, other);
+        finished.sort_by_key(|id| format!("{id:?}"));
+        let mut both = vec![first, second];
+        both.sort_by_key(|id| format!("{id:?}"));
+        assert!(!dialed && finished == both, "the lookups ended without a dial: {finished:?}");
         held.release(&other);
         held.get_closest_peers(vec![3]);
-        assert_eq!(drain(&mut held, other), (true, false), "dialed once released");
+        assert_eq!(drain(&mut held, other), (true, vec![]), "dialed once released");
     }
 
     #[test]

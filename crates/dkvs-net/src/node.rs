@@ -245,7 +245,8 @@ impl<E: Extension> NodeBuilder<E> {
             relay.set_status(Some(libp2p::relay::Status::Enable));
         }
         let (commands, receiver) = mpsc::channel(256);
-        let driver = Driver::new(swarm, store.clone(), config, receiver, misdialed);
+        let driver =
+            Driver::new(swarm, store.clone(), config, receiver, misdialed, counters.clone());
         let span = tracing::info_span!("dkvs-node", peer = %peer_id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(Node { commands, peer_id, store, counters, _task: Arc::new(TaskGuard(task)) })
@@ -833,9 +834,12 @@ pub(crate) struct Driver<E: Extension> {
     /// until their bucket fills; operations count them as gone
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
-    /// When each dial in flight started, by its connection: a dial that failed slowly holds
-    /// its peer ([`crate::held`]).
-    dial_started: HashMap<libp2p::swarm::ConnectionId, Instant>,
+    /// When each dial in flight started, by its connection, and the bytes this node had
+    /// received then: a dial that failed slowly while others answered holds its peer
+    /// ([`crate::held`]).
+    dial_started: HashMap<libp2p::swarm::ConnectionId, (Instant, u64)>,
+    /// The bytes every connection carried (transport.rs).
+    counters: crate::transport::Counters,
     /// The transport's dials that reached another peer than the one dialed, until read.
     misdialed: crate::transport::Misdialed,
     /// While stranded (a dial failed while no DHT server was connected; over when one is
@@ -901,6 +905,7 @@ impl<E: Extension> Driver<E> {
         config: Config,
         commands: mpsc::Receiver<Command>,
         misdialed: crate::transport::Misdialed,
+        counters: crate::transport::Counters,
     ) -> Driver<E> {
         // The loop never waits for a flush; answers that promise a record wait instead.
         let store = store.without_waiting_for_sync();
@@ -944,6 +949,7 @@ impl<E: Extension> Driver<E> {
             servers: HashMap::new(),
             unreachable: HashSet::new(),
             dial_started: HashMap::new(),
+            counters,
             misdialed,
             rejoin: None,
             refresh: crate::refresh::Refresh::new(refresh_interval, Instant::now()),
@@ -1101,9 +1107,13 @@ impl<E: Extension> Driver<E> {
                 self.live_table = None;
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
-                } else if let Err(e) = self.swarm.dial(
-                    libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build(),
-                ) {
+                } else if let Err(e) = {
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .build();
+                    let id = opts.connection_id();
+                    self.swarm.dial(opts).inspect(|()| self.dial_starts(id))
+                } {
                     let error = match e {
                         libp2p::swarm::DialError::Denied { .. }
                             if self.defence.is_banned(&peer) =>
@@ -1260,17 +1270,20 @@ impl<E: Extension> Driver<E> {
             }
         }
         match &event {
-            SwarmEvent::Dialing { connection_id, .. } => {
-                self.dial_started.insert(*connection_id, Instant::now());
-            }
+            // A behaviour's dial (an application's: `Command::AddPeer`).
+            SwarmEvent::Dialing { connection_id, .. } => self.dial_starts(*connection_id),
             SwarmEvent::ConnectionEstablished { connection_id, .. } => {
                 self.dial_started.remove(connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
-                let started = self.dial_started.remove(connection_id);
+                // Slow, while others answered: the dial waited on the peer, not on this
+                // node's own network (a silent outage keeps connections up for minutes).
+                let slow = self.dial_started.remove(connection_id).is_some_and(|(at, heard)| {
+                    at.elapsed() >= crate::held::SLOW_FAILURE
+                        && self.counters.traffic().bytes_in > heard
+                });
                 if let Some(peer) = peer_id {
-                    let waited = started.map(|at| at.elapsed()).unwrap_or_default();
-                    self.dial_failed(*peer, waited, error);
+                    self.dial_failed(*peer, slow, error);
                 }
             }
             _ => {}
@@ -1358,7 +1371,6 @@ impl<E: Extension> Driver<E> {
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.servers.remove(&peer_id);
-                        self.servers_changed();
                         self.live_table = None;
                         self.auto_relay.disconnected(&peer_id);
                         self.replication.disconnected(&peer_id);
@@ -1560,7 +1572,6 @@ impl<E: Extension> Driver<E> {
                 } else {
                     self.servers.remove(&peer_id);
                 }
-                self.servers_changed();
                 self.live_table = None;
                 if kad {
                     for addr in info.listen_addrs {
@@ -1934,15 +1945,15 @@ impl<E: Extension> Driver<E> {
     /// misdialed ones leave, so the order decides nothing (and a later dial that only
     /// misdials, at a port another peer took since, still takes the peer out). A peer of the
     /// table counts as gone for the operations' table path until it connects
-    /// again ([`Driver::unreachable`]). A dial that failed so after `waited` two seconds or
-    /// more (a timeout: on the internet a dead peer's address mostly drops packets, and each
-    /// lookup that asked it waited to its deadline) holds Kademlia's next dials of the peer,
-    /// in the table or not, for a while ([`crate::held`]). Nothing is evicted on that: three rules that did were
+    /// again ([`Driver::unreachable`]). A dial that failed so `slow`ly (a timeout: on the
+    /// internet a dead peer's address mostly drops packets, and each lookup that asked it
+    /// waited to its deadline) holds Kademlia's next dials of the peer, in the table or not,
+    /// for a while ([`crate::held`]). Nothing is evicted on that: three rules that did were
     /// reviewed and each removed honest peers (docs/testnet-plan.md 5q); a live peer wrongly
     /// counted as gone costs an operation near it a lookup when a replica connected to it
     /// names it ([`Driver::lookup_judged`]). A peer connected meanwhile (a dial that raced
     /// its inbound connection) is left as it is.
-    fn dial_failed(&mut self, peer: PeerId, waited: Duration, error: &libp2p::swarm::DialError) {
+    fn dial_failed(&mut self, peer: PeerId, slow: bool, error: &libp2p::swarm::DialError) {
         use libp2p::TransportError;
         use libp2p::swarm::DialError;
         let misdialed = self.forget_misdialed(peer);
@@ -1966,8 +1977,8 @@ impl<E: Extension> Driver<E> {
             // Kademlia's next dials of it fail at once for a while, if this one waited
             // (`crate::held`). Not while this node has no DHT server: its own network may be
             // what fails.
-            if waited >= crate::held::SLOW_FAILURE && !self.servers.is_empty() {
-                tracing::debug!(%peer, ?waited, "a dial failed slowly: Kademlia's are held");
+            if slow && !self.servers.is_empty() {
+                tracing::debug!(%peer, "a dial failed slowly: Kademlia's are held");
                 self.swarm.behaviour_mut().kad.hold(peer, Instant::now());
             }
             if self.in_table(&peer) {
@@ -1994,6 +2005,12 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// Dial `id` starts now ([`Driver::dial_started`]).
+    fn dial_starts(&mut self, id: libp2p::swarm::ConnectionId) {
+        let heard = self.counters.traffic().bytes_in;
+        self.dial_started.insert(id, (Instant::now(), heard));
+    }
+
     /// A dial of `peer` ended, or a connection to it opened: the addresses at which its
     /// attempts reached another peer, logged and forgotten. (Kademlia drops a failed address
     /// from the peer's entry itself, but its last.)
@@ -2017,6 +2034,7 @@ impl<E: Extension> Driver<E> {
     fn strand(&mut self, now: Instant) {
         if self.servers.is_empty() && self.rejoin.is_none() {
             self.rejoin = Some((now + REJOIN_FIRST, REJOIN_FIRST * 2));
+            self.swarm.behaviour_mut().kad.set_stranded(true);
         }
     }
 
@@ -2026,18 +2044,14 @@ impl<E: Extension> Driver<E> {
     /// connected) reads each watched key once, at the next sweeps (16 a sweep), for the
     /// updates it missed meanwhile, not after the wait it backed off to
     /// ([`WatchRead::rejoined`]).
-    /// Tells Kademlia's holds whether a DHT server is connected ([`crate::held`]).
-    fn servers_changed(&mut self) {
-        let any = !self.servers.is_empty();
-        self.swarm.behaviour_mut().kad.set_servers_connected(any);
-    }
-
     fn joined_again(&mut self) {
         // `strand` starts the wait at twice REJOIN_FIRST, and each walk doubles it.
         const _: () = assert!(REJOIN_MOST.as_secs() > REJOIN_FIRST.as_secs() * 2);
         let Some((_, wait)) = self.rejoin.take() else { return };
         // Dials that failed while this node was stranded failed on its side, most likely.
-        self.swarm.behaviour_mut().kad.release_all();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.set_stranded(false);
+        kad.release_all();
         if wait > REJOIN_FIRST * 2 {
             for read in self.watch_reads.values_mut() {
                 read.rejoined();
