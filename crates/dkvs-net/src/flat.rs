@@ -50,6 +50,7 @@ pub(crate) const READ_AFTER: Duration = Duration::from_secs(1);
 pub(crate) type Flat<B> = crate::wrap::Wrapped<B, Flattened>;
 
 /// Wraps each handler in a [`Handler`].
+#[derive(Default)]
 pub(crate) struct Flattened;
 
 impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Flattened {

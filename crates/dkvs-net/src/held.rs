@@ -1,4 +1,5 @@
-//! Kademlia's dials of peers whose dials fail slowly, held back for a while.
+//! Kademlia's dials: not waited on for long, and held back for a while for peers whose dials
+//! fail slowly.
 //!
 //! Kademlia keeps a peer whose dials fail in its table until a newcomer needs its place in a
 //! full bucket, and buckets of 64 seldom fill: a node that died stays in every table, peers
@@ -27,6 +28,16 @@
 //! closed idle is not stranded, and its first lookup passes over held peers too. At most
 //! [`MAX_HOLDS`] peers are held.
 //!
+//! A dial waits up to the setup timeout, and Kademlia waits 10 s on a peer (its
+//! `peer_timeout`, which libp2p-kad 0.49 does not let anyone set): so the first lookups near a
+//! peer that died silently, before any dial of it failed, still waited to their deadline.
+//! Now a lookup waits on a dial for [`SLOW_FAILURE`] at most: past that, [`Held`] tells
+//! Kademlia that the dial failed ([`GaveUp`]), and its lookups go on without the peer, as they
+//! do when a dial is refused. The dial itself goes on: if it connects, the next lookups have
+//! the peer; if it fails, it holds the peer. A live peer whose connection takes longer than
+//! that to set up (a phone on a poor link: a handshake is 3 or 4 round trips) is left out of
+//! the lookups that asked for it meanwhile, as an unresponsive peer is.
+//!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
 //! it do without it as a replica meanwhile (the table counts it as gone too,
@@ -36,22 +47,22 @@
 //! an operation) counts it as failed instead of waiting for that dial.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use libp2p::PeerId;
-use libp2p::core::transport::PortUse;
-use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::kad;
 use libp2p::swarm::behaviour::DialFailure;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionHandler, ConnectionId, DialError, FromSwarm, NetworkBehaviour,
+    THandlerInEvent, ToSwarm,
 };
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// A failed dial that waited this long or more holds its peer: a refusal comes within a
-/// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds.
+/// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also how
+/// long Kademlia's lookups wait on a dial ([`Holds::give_up`]).
 pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
 /// How long Kademlia's dials of a peer are held after its first slow failure: more than a
 /// lookup's time, so the lookups right after a peer died pass over it.
@@ -66,12 +77,20 @@ type Kad = kad::Behaviour<kad::store::MemoryStore>;
 
 /// Kademlia, its dials of peers that could not be reached held back (the module's docs). It
 /// derefs to Kademlia.
-pub(crate) struct Held {
-    kad: Kad,
+pub(crate) type Held = crate::wrap::Wrapped<Kad, Holds>;
+
+/// What [`Held`] keeps beside Kademlia.
+#[derive(Default)]
+pub(crate) struct Holds {
     holds: HashMap<PeerId, Hold>,
     /// Whether this node is stranded (the driver says: a dial failed while no DHT server was
     /// connected, and none has been identified since): holds apply only while it is not.
     stranded: bool,
+    /// The peers Kademlia asked to dial that are neither connected nor failed yet: when it
+    /// first asked, and that dial.
+    dialing: HashMap<PeerId, (Instant, ConnectionId)>,
+    /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest of those.
+    wake: Option<Pin<Box<Sleep>>>,
 }
 
 /// A peer's dials failed `failures` times since it was last connected; Kademlia's are held
@@ -90,48 +109,47 @@ pub(crate) struct HeldBack {
     left: Duration,
 }
 
-impl Held {
-    pub(crate) fn new(kad: Kad) -> Held {
-        Held { kad, holds: HashMap::new(), stranded: false }
-    }
+/// Why Kademlia was told that a dial still under way failed.
+#[derive(Debug, thiserror::Error)]
+#[error("not connected {0:?} after Kademlia asked: its lookups go on without the peer")]
+pub(crate) struct GaveUp(Duration);
 
+impl Held {
     /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
     /// of it are held, for twice as long as the last time.
     pub(crate) fn hold(&mut self, peer: PeerId, now: Instant) {
-        if self.holds.len() >= MAX_HOLDS && !self.holds.contains_key(&peer) {
+        let holds = &mut self.wrapper_mut().holds;
+        if holds.len() >= MAX_HOLDS && !holds.contains_key(&peer) {
             self.forget_old(now);
-            if self.holds.len() >= MAX_HOLDS {
+            if self.wrapper().holds.len() >= MAX_HOLDS {
                 return;
             }
         }
-        let hold = self.holds.entry(peer).or_insert(Hold { failures: 0, until: now });
+        let hold = self.wrapper_mut().holds.entry(peer).or_insert(Hold { failures: 0, until: now });
         hold.failures = hold.failures.saturating_add(1);
         hold.until = now + hold_after(hold.failures);
-    }
-
-    /// `peer` connected: its dials are no longer held.
-    pub(crate) fn release(&mut self, peer: &PeerId) {
-        self.holds.remove(peer);
     }
 
     /// Every peer may be dialed again: an application asked for a walk of the table
     /// (`Node::bootstrap`, as after a change of this node's network), or this node has a DHT
     /// server connected again after it had none.
     pub(crate) fn release_all(&mut self) {
-        self.holds.clear();
+        self.wrapper_mut().holds.clear();
     }
 
     /// Forgets the holds that ended [`HOLD_MOST`] ago or more: a peer that fails after that
     /// starts again at [`HOLD_FIRST`].
     pub(crate) fn forget_old(&mut self, now: Instant) {
-        self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
+        self.wrapper_mut().holds.retain(|_, hold| hold.until + HOLD_MOST > now);
     }
 
     /// Whether this node is stranded: its own network may be what fails.
     pub(crate) fn set_stranded(&mut self, stranded: bool) {
-        self.stranded = stranded;
+        self.wrapper_mut().stranded = stranded;
     }
+}
 
+impl Holds {
     /// Whether a dial of `peer` at `now` is held back, and why.
     fn held(&self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
         if self.stranded {
@@ -141,6 +159,62 @@ impl Held {
         let left = hold.until.checked_duration_since(now).filter(|left| !left.is_zero())?;
         Some(HeldBack { failures: hold.failures, left })
     }
+
+    /// `peer` connected: its dials are no longer held, nor waited on.
+    fn release(&mut self, peer: &PeerId) {
+        self.holds.remove(peer);
+        self.dialing.remove(peer);
+    }
+
+    /// Tells Kademlia that its dials under way for [`SLOW_FAILURE`] or more failed, so that
+    /// its lookups go on without them. Kademlia itself waits 10 s on a peer (its
+    /// `peer_timeout`, not configurable in libp2p-kad 0.49), and a dial of a peer that died
+    /// silently waits as long (`transport::SETUP_TIMEOUT`): past a lookup's deadline.
+    /// The dial goes on; if it connects, later lookups have the peer, and if it fails, it
+    /// holds the peer.
+    fn give_up<B: NetworkBehaviour>(&mut self, kad: &mut B, now: Instant) {
+        let waited = |since: Instant| now.saturating_duration_since(since);
+        let late: Vec<PeerId> = (self.dialing.iter())
+            .filter(|(_, (since, _))| waited(*since) >= SLOW_FAILURE)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            let Some((since, connection_id)) = self.dialing.remove(&peer) else { continue };
+            let gave_up = GaveUp(waited(since));
+            tracing::debug!(%peer, reason = %gave_up, "a lookup stopped waiting on a dial");
+            tell_failed(kad, peer, connection_id, gave_up);
+        }
+    }
+
+    /// Arms the wake for when the oldest dial Kademlia waits on is given up.
+    fn arm(&mut self, cx: &mut Context<'_>) {
+        let Some(oldest) = self.dialing.values().map(|(since, _)| *since).min() else {
+            self.wake = None;
+            return;
+        };
+        let at = oldest + SLOW_FAILURE;
+        let wake = self.wake.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if wake.deadline() != at {
+            wake.as_mut().reset(at);
+        }
+        if wake.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+/// Tells Kademlia, as the swarm tells it of a dial a behaviour denied, that a dial of `peer`
+/// failed: its lookups count the peer as failed and go on. Nothing else in Kademlia changes
+/// (its table drops an address only on a transport's failure).
+fn tell_failed<B: NetworkBehaviour>(
+    kad: &mut B,
+    peer: PeerId,
+    connection_id: ConnectionId,
+    why: impl std::error::Error + Send + Sync + 'static,
+) {
+    let error = DialError::Denied { cause: ConnectionDenied::new(why) };
+    let failure = DialFailure { peer_id: Some(peer), error: &error, connection_id };
+    kad.on_swarm_event(FromSwarm::DialFailure(failure));
 }
 
 /// How long Kademlia's dials are held after the `failures`th failed dial in a row.
@@ -149,101 +223,54 @@ fn hold_after(failures: u32) -> Duration {
     HOLD_FIRST.saturating_mul(1 << doublings).min(HOLD_MOST)
 }
 
-impl std::ops::Deref for Held {
-    type Target = Kad;
-    fn deref(&self) -> &Kad {
-        &self.kad
+impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
+    type Handler = H;
+
+    fn wrap(handler: H) -> H {
+        handler
     }
-}
 
-impl std::ops::DerefMut for Held {
-    fn deref_mut(&mut self) -> &mut Kad {
-        &mut self.kad
+    fn on_swarm_event<B>(&mut self, kad: &mut B, event: FromSwarm)
+    where
+        B: NetworkBehaviour<ConnectionHandler = H>,
+    {
+        match &event {
+            FromSwarm::ConnectionEstablished(established) => self.release(&established.peer_id),
+            // A dial refused because another of the peer is under way says nothing of it.
+            FromSwarm::DialFailure(DialFailure { peer_id: Some(peer), error, .. })
+                if !matches!(error, DialError::DialPeerConditionFalse(_)) =>
+            {
+                self.dialing.remove(peer);
+            }
+            _ => {}
+        }
+        kad.on_swarm_event(event)
     }
-}
 
-impl NetworkBehaviour for Held {
-    type ConnectionHandler = THandler<Kad>;
-    type ToSwarm = kad::Event;
-
-    fn handle_pending_inbound_connection(
+    fn poll<B>(
         &mut self,
-        connection_id: ConnectionId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.kad.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
-    }
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.kad.handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        maybe_peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        effective_role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.kad.handle_pending_outbound_connection(
-            connection_id,
-            maybe_peer,
-            addresses,
-            effective_role,
-        )
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role_override: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.kad.handle_established_outbound_connection(
-            connection_id,
-            peer,
-            addr,
-            role_override,
-            port_use,
-        )
-    }
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.kad.on_swarm_event(event)
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        peer_id: PeerId,
-        connection_id: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
-        self.kad.on_connection_handler_event(peer_id, connection_id, event)
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<kad::Event, THandlerInEvent<Self>>> {
-        loop {
-            let event = std::task::ready!(self.kad.poll(cx));
+        kad: &mut B,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<B>>>
+    where
+        B: NetworkBehaviour<ConnectionHandler = H>,
+    {
+        let now = Instant::now();
+        self.give_up(kad, now);
+        while let Poll::Ready(event) = kad.poll(cx) {
             let ToSwarm::Dial { opts } = &event else { return Poll::Ready(event) };
             let Some(peer) = opts.get_peer_id() else { return Poll::Ready(event) };
-            let Some(held) = self.held(&peer, Instant::now()) else { return Poll::Ready(event) };
-            tracing::debug!(%peer, reason = %held, "a dial of an unreachable peer held back");
-            // Kademlia is told as the swarm tells it of a dial a behaviour denied: its
-            // queries count the peer as failed and go on.
-            let error = DialError::Denied { cause: ConnectionDenied::new(held) };
             let connection_id = opts.connection_id();
-            let failure = DialFailure { peer_id: Some(peer), error: &error, connection_id };
-            self.kad.on_swarm_event(FromSwarm::DialFailure(failure));
+            if let Some(held) = self.held(&peer, now) {
+                tracing::debug!(%peer, reason = %held, "a dial of an unreachable peer held back");
+                tell_failed(kad, peer, connection_id, held);
+                continue;
+            }
+            self.dialing.entry(peer).or_insert((now, connection_id));
+            return Poll::Ready(event);
         }
+        self.arm(cx);
+        Poll::Pending
     }
 }
 
@@ -264,30 +291,38 @@ mod tests {
     #[test]
     fn holds_are_bounded_and_forgotten_a_while_after_they_end() {
         let (mut held, first, now) = held_one(2);
-        assert_eq!(held.holds[&first].until, now + HOLD_FIRST * 2);
+        assert_eq!(held.wrapper().holds[&first].until, now + HOLD_FIRST * 2);
         for _ in 1..MAX_HOLDS {
             held.hold(PeerId::random(), now);
         }
         let over = PeerId::random();
         held.hold(over, now);
-        assert!(!held.holds.contains_key(&over), "past the bound while all are recent");
+        assert!(!held.wrapper().holds.contains_key(&over), "past the bound while all are recent");
         held.hold(first, now);
-        assert_eq!(held.holds[&first].failures, 3, "a held peer's failures still count");
+        assert_eq!(held.wrapper().holds[&first].failures, 3, "a held peer's failures still count");
         // The first ends at 2 min; the others at 30 s, forgotten 16 min later.
         let later = now + HOLD_FIRST + HOLD_MOST;
         held.hold(over, later);
-        assert_eq!(held.holds.len(), 2, "the old ones went to make room");
-        assert_eq!(held.holds[&first].failures, 3, "not yet forgotten");
+        assert_eq!(held.wrapper().holds.len(), 2, "the old ones went to make room");
+        assert_eq!(held.wrapper().holds[&first].failures, 3, "not yet forgotten");
         held.forget_old(now + HOLD_FIRST * 4 + HOLD_MOST);
-        assert!(!held.holds.contains_key(&first));
-        held.release(&over);
-        assert!(held.holds.is_empty());
+        assert!(!held.wrapper().holds.contains_key(&first));
+        held.wrapper_mut().release(&over);
+        assert!(held.wrapper().holds.is_empty());
     }
 
     /// Polls `held` until it has nothing to say; returns what it said: whether it asked
     /// for a dial of `peer`, and the lookups that ended.
     fn drain(held: &mut Held, peer: PeerId) -> (bool, Vec<kad::QueryId>) {
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        drain_waking(held, peer, futures::task::noop_waker_ref())
+    }
+
+    fn drain_waking(
+        held: &mut Held,
+        peer: PeerId,
+        waker: &std::task::Waker,
+    ) -> (bool, Vec<kad::QueryId>) {
+        let mut cx = Context::from_waker(waker);
         let (mut dialed, mut finished) = (false, Vec::new());
         while let Poll::Ready(event) = held.poll(&mut cx) {
             match event {
@@ -319,7 +354,7 @@ mod tests {
         let mut both = vec![first, second];
         both.sort_by_key(|id| format!("{id:?}"));
         assert!(!dialed && finished == both, "the lookups ended without a dial: {finished:?}");
-        held.release(&other);
+        held.wrapper_mut().release(&other);
         held.get_closest_peers(vec![3]);
         assert_eq!(drain(&mut held, other), (true, vec![]), "dialed once released");
     }
@@ -331,5 +366,85 @@ mod tests {
         assert_eq!(hold_after(5), HOLD_FIRST * 16);
         assert_eq!(hold_after(6), HOLD_MOST);
         assert_eq!(hold_after(u32::MAX), HOLD_MOST);
+    }
+
+    /// Set when woken.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_stops_waiting_on_a_dial_after_a_while_and_wakes_for_it() {
+        let (mut held, _, _) = held_one(0);
+        let other = PeerId::random();
+        held.add_address(&other, "/memory/1".parse().expect("address"));
+        let lookup = held.get_closest_peers(vec![1]);
+        assert_eq!(drain(&mut held, other), (true, vec![]), "dialed");
+        tokio::time::advance(SLOW_FAILURE - Duration::from_millis(1)).await;
+        let woken = std::sync::Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        assert_eq!(drain_waking(&mut held, other, &waker), (false, vec![]), "still waits");
+        assert!(!woken.0.load(std::sync::atomic::Ordering::SeqCst));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken when it gives up");
+        assert_eq!(drain(&mut held, other), (false, vec![lookup]), "went on without the peer");
+        assert!(held.wrapper().holds.is_empty(), "giving up holds nothing");
+        // Kademlia keeps the peer: the next lookup asks for a dial again, and waits as long.
+        let again = held.get_closest_peers(vec![2]);
+        assert_eq!(drain(&mut held, other), (true, vec![]), "dialed again");
+        tokio::time::advance(SLOW_FAILURE).await;
+        assert_eq!(drain(&mut held, other), (false, vec![again]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dial_that_connected_or_failed_is_not_given_up() {
+        use libp2p::core::transport::PortUse;
+        use libp2p::core::{ConnectedPoint, Endpoint};
+        use libp2p::swarm::behaviour::ConnectionEstablished;
+        let (mut held, _, _) = held_one(0);
+        let (connects, fails) = (PeerId::random(), PeerId::random());
+        let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
+        held.add_address(&connects, address.clone());
+        held.add_address(&fails, "/memory/2".parse().expect("address"));
+        let lookup = held.get_closest_peers(vec![1]);
+        drain(&mut held, connects);
+        assert_eq!(held.wrapper().dialing.len(), 2, "both dialed");
+        let endpoint = ConnectedPoint::Dialer {
+            address,
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        held.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: connects,
+            connection_id: ConnectionId::new_unchecked(1),
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        // Another dial of a peer being dialed is refused by the swarm: that says nothing.
+        let busy = DialError::DialPeerConditionFalse(
+            libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing,
+        );
+        held.on_swarm_event(FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(fails),
+            error: &busy,
+            connection_id: ConnectionId::new_unchecked(2),
+        }));
+        assert_eq!(held.wrapper().dialing.len(), 1, "the connected one is not waited on");
+        held.on_swarm_event(FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(fails),
+            error: &DialError::Aborted,
+            connection_id: ConnectionId::new_unchecked(2),
+        }));
+        assert!(held.wrapper().dialing.is_empty(), "nor the one whose dial failed");
+        tokio::time::advance(SLOW_FAILURE).await;
+        // Kademlia waits on the connected peer's answer, as it would without the wrapper.
+        assert_eq!(drain(&mut held, connects), (false, vec![]));
+        assert!(held.query(&lookup).is_some(), "the lookup still runs");
     }
 }

@@ -31,6 +31,7 @@ use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, Substream
 pub(crate) type Released<B> = crate::wrap::Wrapped<B, Releasing>;
 
 /// Wraps each handler in a [`Handler`].
+#[derive(Default)]
 pub(crate) struct Releasing;
 
 impl<H> crate::wrap::Wrap<H> for Releasing

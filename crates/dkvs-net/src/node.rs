@@ -1345,7 +1345,6 @@ impl<E: Extension> Driver<E> {
                 }
                 self.used.insert(peer_id, Instant::now());
                 self.since.entry(peer_id).or_insert_with(Instant::now);
-                self.swarm.behaviour_mut().kad.release(&peer_id);
                 if self.unreachable.remove(&peer_id) {
                     tracing::debug!(peer = %peer_id, "an unreachable peer connected again");
                     self.live_table = None;

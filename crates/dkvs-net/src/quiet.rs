@@ -40,6 +40,7 @@ pub(crate) const ALWAYS_EVERY: u8 = 32;
 pub(crate) type Quiet<B> = crate::wrap::Wrapped<B, Quieted>;
 
 /// Wraps each handler in a [`Handler`].
+#[derive(Default)]
 pub(crate) struct Quieted;
 
 impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Quieted {

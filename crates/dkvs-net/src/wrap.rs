@@ -1,8 +1,7 @@
-//! A behaviour whose connection handlers are wrapped and which is otherwise unchanged: the
-//! seam that [`crate::quiet`] and [`crate::flat`] share. The behaviour is only delegated to;
-//! it derefs to the wrapped one.
+//! A behaviour whose connection handlers are wrapped, and which may be watched: the seam that
+//! [`crate::quiet`], [`crate::flat`], [`crate::idle`] and [`crate::held`] share. The behaviour
+//! is otherwise only delegated to; it derefs to the wrapped one.
 
-use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use libp2p::PeerId;
@@ -14,34 +13,71 @@ use libp2p::swarm::{
 };
 
 /// How a connection handler of type `H` is wrapped; the wrapper passes the behaviour's events
-/// and the handler's events through unchanged.
+/// and the handler's events through unchanged. A wrapper may keep state, see the swarm's
+/// events before the behaviour does, and stand between the behaviour and the swarm when it is
+/// polled; by default it does neither.
 pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
     /// The wrapped handler.
     type Handler: ConnectionHandler<FromBehaviour = H::FromBehaviour, ToBehaviour = H::ToBehaviour>;
 
     /// Wraps a handler the behaviour made.
     fn wrap(handler: H) -> Self::Handler;
+
+    /// Hands the swarm's `event` to `inner`.
+    fn on_swarm_event<B>(&mut self, inner: &mut B, event: FromSwarm)
+    where
+        B: NetworkBehaviour<ConnectionHandler = H>,
+    {
+        inner.on_swarm_event(event)
+    }
+
+    /// Polls `inner` for what it asks of the swarm.
+    fn poll<B>(
+        &mut self,
+        inner: &mut B,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<B>>>
+    where
+        B: NetworkBehaviour<ConnectionHandler = H>,
+    {
+        inner.poll(cx)
+    }
 }
 
 /// Behaviour `B` with its handlers wrapped by `W`.
-pub(crate) struct Wrapped<B, W>(B, PhantomData<fn() -> W>);
+pub(crate) struct Wrapped<B, W> {
+    inner: B,
+    wrapper: W,
+}
+
+impl<B, W: Default> Wrapped<B, W> {
+    pub(crate) fn new(inner: B) -> Wrapped<B, W> {
+        Wrapped { inner, wrapper: W::default() }
+    }
+}
 
 impl<B, W> Wrapped<B, W> {
-    pub(crate) fn new(inner: B) -> Wrapped<B, W> {
-        Wrapped(inner, PhantomData)
+    /// The wrapper's state.
+    pub(crate) fn wrapper(&self) -> &W {
+        &self.wrapper
+    }
+
+    /// The wrapper's state.
+    pub(crate) fn wrapper_mut(&mut self) -> &mut W {
+        &mut self.wrapper
     }
 }
 
 impl<B, W> std::ops::Deref for Wrapped<B, W> {
     type Target = B;
     fn deref(&self) -> &B {
-        &self.0
+        &self.inner
     }
 }
 
 impl<B, W> std::ops::DerefMut for Wrapped<B, W> {
     fn deref_mut(&mut self) -> &mut B {
-        &mut self.0
+        &mut self.inner
     }
 }
 
@@ -59,7 +95,7 @@ where
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        self.0.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+        self.inner.handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
     }
 
     fn handle_established_inbound_connection(
@@ -69,7 +105,7 @@ where
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.0
+        self.inner
             .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
             .map(W::wrap)
     }
@@ -81,7 +117,7 @@ where
         addresses: &[Multiaddr],
         effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.0.handle_pending_outbound_connection(
+        self.inner.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,
             addresses,
@@ -97,7 +133,7 @@ where
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.0
+        self.inner
             .handle_established_outbound_connection(
                 connection_id,
                 peer,
@@ -109,7 +145,7 @@ where
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.0.on_swarm_event(event)
+        self.wrapper.on_swarm_event(&mut self.inner, event)
     }
 
     fn on_connection_handler_event(
@@ -118,13 +154,13 @@ where
         connection_id: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        self.0.on_connection_handler_event(peer_id, connection_id, event)
+        self.inner.on_connection_handler_event(peer_id, connection_id, event)
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.0.poll(cx)
+        self.wrapper.poll(&mut self.inner, cx)
     }
 }

@@ -795,16 +795,18 @@ fn a_node_beside_another_on_its_host_reaches_peers_on_other_hosts() {
 }
 
 #[test]
-fn a_host_that_died_silently_holds_up_one_lookup_not_every_one() {
+fn a_host_that_died_silently_holds_up_no_lookup_to_its_deadline() {
     assert!(is_root(), "this test makes network namespaces: run it as root (.ci/run does)");
     // Four hosts on a LAN, every node on the default configuration. One host dies silently:
     // its node is killed and its packets dropped (a host switched off, a phone gone from its
     // network), so a dial to it is not refused but waits for the setup timeout (10 s), past
-    // a lookup's deadline (5 s). Kademlia keeps it in every table, and every lookup whose
-    // closest peers included it (here, every lookup) waited to its deadline, operation after
-    // operation. Once a dial of it failed, the writer's Kademlia no longer dials it for a
-    // while, and its lookups complete without it. (Its operations near the dead host take
-    // their replicas from the table by then: a lookup there is a letter's.)
+    // a lookup's deadline (5 s); Kademlia waits 10 s on a peer. It keeps the host in every
+    // table, and every lookup whose closest peers included it (here, every lookup) waited to
+    // its deadline, operation after operation. Now a lookup stops waiting on a dial after 2 s
+    // and completes without the host; once a dial of it failed, the writer's Kademlia no
+    // longer dials it for a while, and its lookups complete without waiting. (Its operations
+    // near the dead host take their replicas from the table by then: a lookup there is a
+    // letter's.)
     let _alone = one_at_a_time();
     let hosts: Vec<(String, String)> = ["seed", "w", "r", "dead"]
         .iter()
@@ -837,9 +839,18 @@ fn a_host_that_died_silently_holds_up_one_lookup_not_every_one() {
     assert!(!held(&log()), "no dial of the dead host failed yet");
 
     // A put (a read, then the write) looks its key up: the table is not trusted yet. The
-    // lookup dials the dead host and waits; the dial fails at the setup timeout.
+    // lookup dials the dead host, stops waiting on it after a while and completes; the dial
+    // goes on and fails at the setup timeout.
     let stored = ok(run(w.cli(&["put", "/~/first", "v1"])));
     assert!(stored.contains("seq 1 stored by"), "{stored}");
+    let put = log();
+    let lookups: Vec<&str> = put.lines().filter(|l| l.contains("lookup done")).collect();
+    assert!(!lookups.is_empty(), "the put looked its key up: {put}");
+    let waited: Vec<&&str> = lookups.iter().filter(|l| l.contains("complete=false")).collect();
+    assert!(waited.is_empty(), "lookups waited to their deadline: {waited:#?}\n{put}");
+    let gave_up =
+        |l: &&str| l.contains("a lookup stopped waiting on a dial") && l.contains(&dead_peer);
+    assert!(put.lines().any(|l| gave_up(&l)), "no lookup waited on the dead host: {put}");
     let deadline = Instant::now() + STEP;
     while !held(&log()) {
         assert!(Instant::now() < deadline, "no dial of the dead host failed: {}", log());
