@@ -94,9 +94,10 @@ impl<E: Extension> Behaviour<E> {
             // Kademlia waits up to 10 s for one peer's answer, longer than the lookup, so
             // stalled peers among the first asked hold a lookup to its end, with the few
             // answers before them; `Driver::with_connected_servers` joins those to the
-            // connected servers near the key. (A shorter wait would pass over stalled peers,
-            // but on a link where a FIND_NODE, a new stream's two round trips, takes longer,
-            // every lookup would hear from nobody.)
+            // connected servers near the key. (A shorter fixed wait would pass over stalled
+            // peers, but on a link where a FIND_NODE, a new stream's two round trips, takes
+            // longer, every lookup would hear from nobody. Its dials are waited on as long as
+            // this node's dials take, `crate::held`.)
             .set_max_packet_size(crate::codec::MAX_MESSAGE_LEN);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);

@@ -17,8 +17,8 @@
 //! Kademlia's next dials of it fail at once, with no packet sent, for [`HOLD_FIRST`], twice as
 //! long after each slow failure again, at most [`HOLD_MOST`]; Kademlia takes each as a failed
 //! dial, and its lookup goes on with the next peer. A dial refused at once costs a lookup
-//! nothing and holds nothing. A connection to the peer, either way, ends its hold
-//! ([`Held::release`]); an application's walk of the table (`Node::bootstrap`) ends them all,
+//! nothing and holds nothing. A connection to the peer, either way, ends its hold; an
+//! application's walk of the table (`Node::bootstrap`) ends them all,
 //! and so does this node's return from being stranded ([`Held::release_all`]).
 //!
 //! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
@@ -31,12 +31,19 @@
 //! A dial waits up to the setup timeout, and Kademlia waits 10 s on a peer (its
 //! `peer_timeout`, which libp2p-kad 0.49 does not let anyone set): so the first lookups near a
 //! peer that died silently, before any dial of it failed, still waited to their deadline.
-//! Now a lookup waits on a dial for [`SLOW_FAILURE`] at most: past that, [`Held`] tells
-//! Kademlia that the dial failed ([`GaveUp`]), and its lookups go on without the peer, as they
-//! do when a dial is refused. The dial itself goes on: if it connects, the next lookups have
-//! the peer; if it fails, it holds the peer. A live peer whose connection takes longer than
-//! that to set up (a phone on a poor link: a handshake is 3 or 4 round trips) is left out of
-//! the lookups that asked for it meanwhile, as an unresponsive peer is.
+//! So a lookup waits on a dial of Kademlia's only as long as this node's dials take: four
+//! times the time its dials took to connect lately, and [`SLOW_FAILURE`] at least
+//! ([`Holds::patience`]; a slow connection raises it at once, fast ones lower it slowly).
+//! Past that, [`Held`] tells Kademlia that the dial failed ([`GaveUp`]), and its lookups go on
+//! without the peer, as they do when a dial is refused; the dial itself goes on. If it
+//! connects, the next lookups have the peer (the lookups that gave up on it drop its late
+//! answer: Kademlia counts it failed); if it fails, it may hold the peer (above). So a node
+//! on a slow link (a phone whose handshakes, three or four round trips, take seconds) waits
+//! on its dials as long as they take there, and a node's first lookups, before any dial of
+//! Kademlia's connected, wait as before; no dial is given up while this node is stranded, and
+//! at most [`MAX_GIVEN_UP`] given-up dials go on at once (peers named in answers are dialed
+//! whoever names them: past the bound, lookups wait on dials as before). Only dials: a
+//! connected peer that never answers still holds a lookup to its deadline.
 //!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
@@ -46,7 +53,7 @@
 //! 16 min. A lookup that asks a held peer while another dial of it is under way (a request of
 //! an operation) counts it as failed instead of waiting for that dial.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,9 +68,13 @@ use libp2p::swarm::{
 use tokio::time::{Instant, Sleep};
 
 /// A failed dial that waited this long or more holds its peer: a refusal comes within a
-/// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also how
-/// long Kademlia's lookups wait on a dial ([`Holds::give_up`]).
+/// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also the
+/// least that Kademlia's lookups wait on a dial ([`Holds::patience`]).
 pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
+/// How many times as long as this node's dials take lately its lookups wait on one.
+const PATIENCE_FACTOR: u32 = 4;
+/// The most dials given up on ([`Holds::give_up`]) that may still be under way.
+pub(crate) const MAX_GIVEN_UP: usize = 64;
 /// How long Kademlia's dials of a peer are held after its first slow failure: more than a
 /// lookup's time, so the lookups right after a peer died pass over it.
 pub(crate) const HOLD_FIRST: Duration = Duration::from_secs(30);
@@ -89,6 +100,12 @@ pub(crate) struct Holds {
     /// The peers Kademlia asked to dial that are neither connected nor failed yet: when it
     /// first asked, and that dial.
     dialing: HashMap<PeerId, (Instant, ConnectionId)>,
+    /// Of those, the ones given up on, whose dials go on: since when.
+    given_up: HashMap<PeerId, Instant>,
+    /// How long Kademlia's dials took to connect lately (none connected yet: unknown).
+    dial_time: Option<Duration>,
+    /// The peers connected (Kademlia may still ask to dial one, a moment after it connected).
+    connected: HashSet<PeerId>,
     /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest of those.
     wake: Option<Pin<Box<Sleep>>>,
 }
@@ -160,26 +177,50 @@ impl Holds {
         Some(HeldBack { failures: hold.failures, left })
     }
 
-    /// `peer` connected: its dials are no longer held, nor waited on.
-    fn release(&mut self, peer: &PeerId) {
-        self.holds.remove(peer);
-        self.dialing.remove(peer);
+    /// `peer` connected at `now`, dialed or dialing: its dials are no longer held, nor waited
+    /// on; a dial of Kademlia's that connected tells how long this node's dials take.
+    fn connected(&mut self, peer: PeerId, dialed: bool, now: Instant) {
+        self.holds.remove(&peer);
+        self.connected.insert(peer);
+        let asked = self.dialing.remove(&peer).map(|(since, _)| since);
+        let since = match (self.given_up.remove(&peer), asked) {
+            (Some(given_up), Some(asked)) => Some(given_up.min(asked)),
+            (given_up, asked) => given_up.or(asked),
+        };
+        if let Some(since) = since.filter(|_| dialed) {
+            let took = now.saturating_duration_since(since);
+            // A slow connection raises the estimate at once; fast ones lower it slowly.
+            let smoothed = self.dial_time.map_or(took, |was| (was * 7 + took) / 8);
+            self.dial_time = Some(smoothed.max(took));
+        }
     }
 
-    /// Tells Kademlia that its dials under way for [`SLOW_FAILURE`] or more failed, so that
-    /// its lookups go on without them. Kademlia itself waits 10 s on a peer (its
+    /// How long Kademlia's lookups wait on a dial: [`PATIENCE_FACTOR`] times as long as this
+    /// node's dials take lately, [`SLOW_FAILURE`] at least; none is given up before one of
+    /// Kademlia's dials connected (a node on a slow link would give up on its first ones).
+    fn patience(&self) -> Option<Duration> {
+        Some((self.dial_time? * PATIENCE_FACTOR).max(SLOW_FAILURE))
+    }
+
+    /// Tells Kademlia that its dials under way for longer than [`Holds::patience`] failed, so
+    /// that its lookups go on without them. Kademlia itself waits 10 s on a peer (its
     /// `peer_timeout`, not configurable in libp2p-kad 0.49), and a dial of a peer that died
     /// silently waits as long (`transport::SETUP_TIMEOUT`): past a lookup's deadline.
-    /// The dial goes on; if it connects, later lookups have the peer, and if it fails, it
-    /// holds the peer.
+    /// The dial goes on. Not while this node is stranded (its own network may be what is
+    /// slow), nor past [`MAX_GIVEN_UP`] given-up dials under way.
     fn give_up<B: NetworkBehaviour>(&mut self, kad: &mut B, now: Instant) {
+        let Some(patience) = self.patience().filter(|_| !self.stranded) else { return };
         let waited = |since: Instant| now.saturating_duration_since(since);
         let late: Vec<PeerId> = (self.dialing.iter())
-            .filter(|(_, (since, _))| waited(*since) >= SLOW_FAILURE)
+            .filter(|(_, (since, _))| waited(*since) >= patience)
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
+            if self.given_up.len() >= MAX_GIVEN_UP {
+                break;
+            }
             let Some((since, connection_id)) = self.dialing.remove(&peer) else { continue };
+            self.given_up.entry(peer).or_insert(since);
             let gave_up = GaveUp(waited(since));
             tracing::debug!(%peer, reason = %gave_up, "a lookup stopped waiting on a dial");
             tell_failed(kad, peer, connection_id, gave_up);
@@ -188,11 +229,14 @@ impl Holds {
 
     /// Arms the wake for when the oldest dial Kademlia waits on is given up.
     fn arm(&mut self, cx: &mut Context<'_>) {
-        let Some(oldest) = self.dialing.values().map(|(since, _)| *since).min() else {
+        let oldest = self.dialing.values().map(|(since, _)| *since).min();
+        let patience = self.patience().filter(|_| !self.stranded);
+        let room = self.given_up.len() < MAX_GIVEN_UP;
+        let (Some(oldest), Some(patience), true) = (oldest, patience, room) else {
             self.wake = None;
             return;
         };
-        let at = oldest + SLOW_FAILURE;
+        let at = oldest + patience;
         let wake = self.wake.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         if wake.deadline() != at {
             wake.as_mut().reset(at);
@@ -235,12 +279,19 @@ impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
         B: NetworkBehaviour<ConnectionHandler = H>,
     {
         match &event {
-            FromSwarm::ConnectionEstablished(established) => self.release(&established.peer_id),
+            FromSwarm::ConnectionEstablished(established) => {
+                let dialed = established.endpoint.is_dialer();
+                self.connected(established.peer_id, dialed, Instant::now())
+            }
+            FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
+                self.connected.remove(&closed.peer_id);
+            }
             // A dial refused because another of the peer is under way says nothing of it.
             FromSwarm::DialFailure(DialFailure { peer_id: Some(peer), error, .. })
                 if !matches!(error, DialError::DialPeerConditionFalse(_)) =>
             {
                 self.dialing.remove(peer);
+                self.given_up.remove(peer);
             }
             _ => {}
         }
@@ -266,7 +317,11 @@ impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
                 tell_failed(kad, peer, connection_id, held);
                 continue;
             }
-            self.dialing.entry(peer).or_insert((now, connection_id));
+            // A dial of a peer that connected since Kademlia asked is refused by the swarm,
+            // and Kademlia waits on the connection: nothing to give up.
+            if !self.connected.contains(&peer) {
+                self.dialing.entry(peer).or_insert((now, connection_id));
+            }
             return Poll::Ready(event);
         }
         self.arm(cx);
@@ -307,7 +362,7 @@ mod tests {
         assert_eq!(held.wrapper().holds[&first].failures, 3, "not yet forgotten");
         held.forget_old(now + HOLD_FIRST * 4 + HOLD_MOST);
         assert!(!held.wrapper().holds.contains_key(&first));
-        held.wrapper_mut().release(&over);
+        held.wrapper_mut().connected(over, false, Instant::now());
         assert!(held.wrapper().holds.is_empty());
     }
 
@@ -354,7 +409,7 @@ mod tests {
         let mut both = vec![first, second];
         both.sort_by_key(|id| format!("{id:?}"));
         assert!(!dialed && finished == both, "the lookups ended without a dial: {finished:?}");
-        held.wrapper_mut().release(&other);
+        held.wrapper_mut().connected(other, false, Instant::now());
         held.get_closest_peers(vec![3]);
         assert_eq!(drain(&mut held, other), (true, vec![]), "dialed once released");
     }
@@ -381,6 +436,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lookup_stops_waiting_on_a_dial_after_a_while_and_wakes_for_it() {
         let (mut held, _, _) = held_one(0);
+        // This node's dials connect within milliseconds: lookups wait the least.
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
         let other = PeerId::random();
         held.add_address(&other, "/memory/1".parse().expect("address"));
         let lookup = held.get_closest_peers(vec![1]);
@@ -407,6 +464,7 @@ mod tests {
         use libp2p::core::{ConnectedPoint, Endpoint};
         use libp2p::swarm::behaviour::ConnectionEstablished;
         let (mut held, _, _) = held_one(0);
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
         let (connects, fails) = (PeerId::random(), PeerId::random());
         let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
         held.add_address(&connects, address.clone());
@@ -446,5 +504,134 @@ mod tests {
         // Kademlia waits on the connected peer's answer, as it would without the wrapper.
         assert_eq!(drain(&mut held, connects), (false, vec![]));
         assert!(held.query(&lookup).is_some(), "the lookup still runs");
+    }
+
+    /// A node with `peers` in Kademlia's table, each at an address of its own.
+    fn with_peers(peers: usize) -> (Held, Vec<PeerId>) {
+        let (mut held, _, _) = held_one(0);
+        let peers: Vec<PeerId> = (0..peers).map(|_| PeerId::random()).collect();
+        for (n, peer) in peers.iter().enumerate() {
+            held.add_address(peer, format!("/memory/{}", n + 1).parse().expect("address"));
+        }
+        (held, peers)
+    }
+
+    fn established(held: &mut Held, peer: PeerId, dialed: bool) {
+        use libp2p::core::transport::PortUse;
+        use libp2p::core::{ConnectedPoint, Endpoint};
+        use libp2p::swarm::behaviour::ConnectionEstablished;
+        let address: libp2p::Multiaddr = "/memory/9".parse().expect("address");
+        let endpoint = if dialed {
+            ConnectedPoint::Dialer {
+                address,
+                role_override: Endpoint::Dialer,
+                port_use: PortUse::Reuse,
+            }
+        } else {
+            ConnectedPoint::Listener { local_addr: address.clone(), send_back_addr: address }
+        };
+        held.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: ConnectionId::new_unchecked(7),
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_wait_on_dials_as_long_as_this_nodes_dials_take() {
+        let (mut held, peers) = with_peers(1);
+        // Another peer, whose connections tell how long this node's dials take.
+        let other = PeerId::random();
+        let dialed_at = |held: &mut Held, ago: Duration| {
+            let asked = (Instant::now() - ago, ConnectionId::new_unchecked(3));
+            held.wrapper_mut().dialing.insert(other, asked);
+        };
+        // No dial of Kademlia's connected yet: how long they take here is unknown (on a slow
+        // link, every one of them would be given up), and lookups wait as before.
+        let first = held.get_closest_peers(vec![1]);
+        drain(&mut held, peers[0]);
+        tokio::time::advance(SLOW_FAILURE * 2).await;
+        assert_eq!(drain(&mut held, peers[0]), (false, vec![]), "given up, its time unknown");
+        // An inbound connection tells nothing of this node's dials.
+        dialed_at(&mut held, SLOW_FAILURE);
+        established(&mut held, other, false);
+        assert_eq!(held.wrapper().dial_time, None);
+        // One of Kademlia's dials connected after 1.5 s: lookups wait 6 s on dials.
+        tokio::time::advance(SLOW_FAILURE).await;
+        let slow = Duration::from_millis(1500);
+        dialed_at(&mut held, slow);
+        established(&mut held, other, true);
+        assert_eq!(held.wrapper().dial_time, Some(slow));
+        assert_eq!(held.wrapper().patience(), Some(slow * PATIENCE_FACTOR));
+        // The lookup's dial, under way for 6 s now, is given up at the next poll.
+        assert_eq!(drain(&mut held, peers[0]), (false, vec![first]));
+        // Fast dials lower the wait slowly, to no less than SLOW_FAILURE.
+        for _ in 0..64 {
+            dialed_at(&mut held, Duration::ZERO);
+            established(&mut held, other, true);
+        }
+        assert!(held.wrapper().dial_time < Some(Duration::from_millis(2)));
+        assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_dial_is_given_up_while_stranded_or_past_the_bound() {
+        let (mut held, peers) = with_peers(1);
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.set_stranded(true);
+        held.get_closest_peers(vec![1]);
+        assert_eq!(drain(&mut held, peers[0]), (true, vec![]));
+        tokio::time::advance(SLOW_FAILURE * 2).await;
+        assert_eq!(drain(&mut held, peers[0]), (false, vec![]), "given up while stranded");
+        assert!(held.wrapper().wake.is_none(), "nothing to wake for");
+        held.set_stranded(false);
+        for _ in 0..MAX_GIVEN_UP {
+            held.wrapper_mut().given_up.insert(PeerId::random(), Instant::now());
+        }
+        assert_eq!(drain(&mut held, peers[0]), (false, vec![]), "given up past the bound");
+        held.wrapper_mut().given_up.clear();
+        assert!(!drain(&mut held, peers[0]).0);
+        assert!(held.wrapper().given_up.contains_key(&peers[0]), "given up once there is room");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wake_follows_the_oldest_dial_waited_on() {
+        let (mut held, peers) = with_peers(1);
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.get_closest_peers(vec![1]);
+        drain(&mut held, peers[0]);
+        // A second peer, and a lookup that asks to dial it 1 s after the first.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = PeerId::random();
+        held.add_address(&second, "/memory/2".parse().expect("address"));
+        held.get_closest_peers(vec![2]);
+        assert!(drain(&mut held, second).0);
+        assert_eq!(held.wrapper().dialing.len(), 2, "both dials are timed");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drain(&mut held, peers[0]);
+        assert_eq!(held.wrapper().dialing.len(), 1, "the first was given up");
+        assert!(held.wrapper().dialing.contains_key(&second));
+        // The wake moved to the second: not due for another second.
+        let woken = std::sync::Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        drain_waking(&mut held, second, &waker);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken for the second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dial_of_a_peer_that_connected_meanwhile_is_not_timed() {
+        let (mut held, peers) = with_peers(1);
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        // The peer connected, and Kademlia asks to dial it: it has not yet been told of the
+        // connection (a dial it queued before, handed out after).
+        held.wrapper_mut().connected(peers[0], false, Instant::now());
+        held.get_closest_peers(vec![1]);
+        assert_eq!(drain(&mut held, peers[0]), (true, vec![]));
+        assert!(held.wrapper().dialing.is_empty(), "a connected peer's dial timed");
     }
 }

@@ -701,7 +701,10 @@ pub(crate) fn subnet_of(
 /// 8.8 s for a letter's), twice its time. So the node wakes at each lookup's end, and if
 /// Kademlia still runs it then (it starts a lookup's clock when it first polls it, a moment
 /// after it was asked for; on a loaded machine, longer), again at its end by Kademlia's clock.
-/// (Walks of the table, `Node::bootstrap`'s and the node's own, are not woken for.)
+/// A walk of the table (`Node::bootstrap`'s, the node's own, Kademlia's) is a lookup per step,
+/// each with a lookup's time: the node wakes at the end of each step it started, and of each
+/// step after the first of Kademlia's own walks (their first steps are not woken for: the node
+/// learns of such a walk at its first step's end).
 pub(crate) struct LookupEnds {
     ends: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     /// The lookup of each entry in `ends`.
@@ -1135,6 +1138,7 @@ impl<E: Extension> Driver<E> {
                 kad.release_all();
                 match kad.bootstrap() {
                     Ok(id) => {
+                        self.lookup_ends.started(id, Instant::now());
                         self.bootstraps.insert(id, reply);
                     }
                     Err(libp2p::kad::NoKnownPeers()) => {
@@ -1697,7 +1701,11 @@ impl<E: Extension> Driver<E> {
                         query.finish();
                     }
                 }
-                kad::QueryResult::Bootstrap(result) if step.last => {
+                // A walk's step ended and the next begins: woken for at its end.
+                kad::QueryResult::Bootstrap(_) if !step.last => {
+                    self.lookup_ends.started(id, Instant::now());
+                }
+                kad::QueryResult::Bootstrap(result) => {
                     // A walk that timed out is no refresh.
                     if result.is_ok() {
                         self.refresh.walked(Instant::now());
@@ -1861,7 +1869,9 @@ impl<E: Extension> Driver<E> {
         {
             tracing::debug!("no DHT server connected: walking the routing table again");
             // No known peer at all: nothing to walk, and nothing but a new peer helps.
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            if let Ok(id) = self.swarm.behaviour_mut().kad.bootstrap() {
+                self.lookup_ends.started(id, now);
+            }
             self.rejoin = Some((now + wait, (wait * 2).min(REJOIN_MOST)));
         }
     }
@@ -1878,7 +1888,8 @@ impl<E: Extension> Driver<E> {
         let kad = &mut self.swarm.behaviour_mut().kad;
         match walk {
             crate::refresh::Walk::Own => {
-                kad.get_closest_peers(*local.preimage());
+                let id = kad.get_closest_peers(*local.preimage());
+                self.lookup_ends.started(id, now);
             }
             crate::refresh::Walk::Bucket(index) => {
                 // A random key in the bucket: keys are hashed, so random ones are tried (a
@@ -1910,7 +1921,8 @@ impl<E: Extension> Driver<E> {
                 }
                 let results =
                     std::num::NonZeroUsize::new(crate::refresh::BUCKET_RESULTS).expect("non-zero");
-                kad.get_n_closest_peers(target, results);
+                let id = kad.get_n_closest_peers(target, results);
+                self.lookup_ends.started(id, now);
             }
         }
     }

@@ -12,10 +12,11 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
-/// How a connection handler of type `H` is wrapped; the wrapper passes the behaviour's events
-/// and the handler's events through unchanged. A wrapper may keep state, see the swarm's
-/// events before the behaviour does, and stand between the behaviour and the swarm when it is
-/// polled; by default it does neither.
+/// How a connection handler of type `H` is wrapped; the wrapped handler passes the
+/// behaviour's events and the handler's events through unchanged. A wrapper may also keep
+/// state, see the swarm's events before the behaviour does, and stand between the behaviour
+/// and the swarm when it is polled (and there answer or change what the behaviour asks); by
+/// default it does none of these.
 pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
     /// The wrapped handler.
     type Handler: ConnectionHandler<FromBehaviour = H::FromBehaviour, ToBehaviour = H::ToBehaviour>;
