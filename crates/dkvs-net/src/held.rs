@@ -32,18 +32,19 @@
 //! `peer_timeout`, which libp2p-kad 0.49 does not let anyone set): so the first lookups near a
 //! peer that died silently, before any dial of it failed, still waited to their deadline.
 //! So a lookup waits on a dial of Kademlia's only as long as this node's dials take: four
-//! times the time its dials took to connect lately, and [`SLOW_FAILURE`] at least
-//! ([`Holds::patience`]; a slow connection raises it at once, fast ones lower it slowly).
-//! Past that, [`Held`] tells Kademlia that the dial failed ([`GaveUp`]), and its lookups go on
-//! without the peer, as they do when a dial is refused; the dial itself goes on. If it
-//! connects, the next lookups have the peer (the lookups that gave up on it drop its late
-//! answer: Kademlia counts it failed); if it fails, it may hold the peer (above). So a node
-//! on a slow link (a phone whose handshakes, three or four round trips, take seconds) waits
-//! on its dials as long as they take there, and a node's first lookups, before any dial of
-//! Kademlia's connected, wait as before; no dial is given up while this node is stranded, and
-//! at most [`MAX_GIVEN_UP`] given-up dials go on at once (peers named in answers are dialed
-//! whoever names them: past the bound, lookups wait on dials as before). Only dials: a
-//! connected peer that never answers still holds a lookup to its deadline.
+//! times the median time of Kademlia's last 16 dials that connected, and [`SLOW_FAILURE`] at
+//! least ([`Holds::patience`]; a slow link slows every dial and raises it, a slow peer, or one
+//! that makes itself slow, only its own dial). Past that, [`Held`] tells Kademlia that the
+//! dial failed ([`GaveUp`]), and its lookups go on without the peer, as they do when a dial
+//! is refused; the dial itself goes on. If it connects, the next lookups have the peer (the
+//! lookups that gave up on it drop its late answer: Kademlia counts it failed); if it fails,
+//! it may hold the peer (above). So a node on a slow link (a phone whose handshakes, three
+//! or four round trips, take seconds) waits on its dials about as long as they take there,
+//! and a node's first lookups, before any dial of Kademlia's connected, wait as before. No
+//! dial is given up while this node is stranded, nor while [`MAX_GIVEN_UP`] peers whose
+//! dials were given up on in the last 20 s have them still under way (peers named in answers
+//! are dialed whoever names them: past the bound, lookups wait on dials as before). Only
+//! dials: a connected peer that never answers still holds a lookup to its deadline.
 //!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
@@ -53,7 +54,7 @@
 //! 16 min. A lookup that asks a held peer while another dial of it is under way (a request of
 //! an operation) counts it as failed instead of waiting for that dial.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,6 +76,12 @@ pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
 const PATIENCE_FACTOR: u32 = 4;
 /// The most dials given up on ([`Holds::give_up`]) that may still be under way.
 pub(crate) const MAX_GIVEN_UP: usize = 64;
+/// A dial given up on this long ago no longer counts against [`MAX_GIVEN_UP`]: a dial of one
+/// address ends within the setup timeout; a peer that gave many (8 are dialed at a time,
+/// the rest after) is not let keep the bound full.
+const GIVEN_UP_COUNTED: Duration = Duration::from_secs(20);
+/// How many of Kademlia's last dials that connected tell how long this node's dials take.
+const DIAL_SAMPLES: usize = 16;
 /// How long Kademlia's dials of a peer are held after its first slow failure: more than a
 /// lookup's time, so the lookups right after a peer died pass over it.
 pub(crate) const HOLD_FIRST: Duration = Duration::from_secs(30);
@@ -102,7 +109,9 @@ pub(crate) struct Holds {
     dialing: HashMap<PeerId, (Instant, ConnectionId)>,
     /// Of those, the ones given up on, whose dials go on: since when.
     given_up: HashMap<PeerId, Instant>,
-    /// How long Kademlia's dials took to connect lately (none connected yet: unknown).
+    /// How long Kademlia's last [`DIAL_SAMPLES`] dials that connected took, oldest first.
+    dial_times: VecDeque<Duration>,
+    /// Their median (none connected yet: unknown).
     dial_time: Option<Duration>,
     /// The peers connected (Kademlia may still ask to dial one, a moment after it connected).
     connected: HashSet<PeerId>,
@@ -188,16 +197,25 @@ impl Holds {
             (given_up, asked) => given_up.or(asked),
         };
         if let Some(since) = since.filter(|_| dialed) {
-            let took = now.saturating_duration_since(since);
-            // A slow connection raises the estimate at once; fast ones lower it slowly.
-            let smoothed = self.dial_time.map_or(took, |was| (was * 7 + took) / 8);
-            self.dial_time = Some(smoothed.max(took));
+            // A dial that waited out some addresses before one answered took that much
+            // longer; none waits longer than the setup timeout for one.
+            let took = now.saturating_duration_since(since).min(crate::transport::SETUP_TIMEOUT);
+            if self.dial_times.len() == DIAL_SAMPLES {
+                self.dial_times.pop_front();
+            }
+            self.dial_times.push_back(took);
+            // The median: a slow link slows every dial, a slow peer (or one that makes
+            // itself slow) only its own.
+            let mut sorted: Vec<Duration> = self.dial_times.iter().copied().collect();
+            sorted.sort_unstable();
+            self.dial_time = sorted.get(sorted.len() / 2).copied();
         }
     }
 
-    /// How long Kademlia's lookups wait on a dial: [`PATIENCE_FACTOR`] times as long as this
-    /// node's dials take lately, [`SLOW_FAILURE`] at least; none is given up before one of
-    /// Kademlia's dials connected (a node on a slow link would give up on its first ones).
+    /// How long Kademlia's lookups wait on a dial: [`PATIENCE_FACTOR`] times the median time
+    /// of Kademlia's last [`DIAL_SAMPLES`] dials that connected, [`SLOW_FAILURE`] at least;
+    /// none is given up before one of them connected (a node on a slow link would give up on
+    /// its first ones).
     fn patience(&self) -> Option<Duration> {
         Some((self.dial_time? * PATIENCE_FACTOR).max(SLOW_FAILURE))
     }
@@ -210,6 +228,10 @@ impl Holds {
     /// slow), nor past [`MAX_GIVEN_UP`] given-up dials under way.
     fn give_up<B: NetworkBehaviour>(&mut self, kad: &mut B, now: Instant) {
         let Some(patience) = self.patience().filter(|_| !self.stranded) else { return };
+        if self.given_up.len() >= MAX_GIVEN_UP {
+            self.given_up
+                .retain(|_, since| now.saturating_duration_since(*since) < GIVEN_UP_COUNTED);
+        }
         let waited = |since: Instant| now.saturating_duration_since(since);
         let late: Vec<PeerId> = (self.dialing.iter())
             .filter(|(_, (since, _))| waited(*since) >= patience)
@@ -567,13 +589,57 @@ mod tests {
         assert_eq!(held.wrapper().patience(), Some(slow * PATIENCE_FACTOR));
         // The lookup's dial, under way for 6 s now, is given up at the next poll.
         assert_eq!(drain(&mut held, peers[0]), (false, vec![first]));
-        // Fast dials lower the wait slowly, to no less than SLOW_FAILURE.
-        for _ in 0..64 {
+        // Fast dials bring the wait down, to no less than SLOW_FAILURE.
+        for _ in 0..DIAL_SAMPLES {
             dialed_at(&mut held, Duration::ZERO);
             established(&mut held, other, true);
         }
         assert!(held.wrapper().dial_time < Some(Duration::from_millis(2)));
         assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
+        // A peer that makes its own dial slow (here, past the setup timeout: addresses that
+        // drop packets before the one that answers) moves the median nothing.
+        dialed_at(&mut held, Duration::from_secs(100));
+        established(&mut held, other, true);
+        assert_eq!(held.wrapper().dial_times.back(), Some(&crate::transport::SETUP_TIMEOUT));
+        assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
+        // A link that slows every dial moves it.
+        for _ in 0..DIAL_SAMPLES / 2 {
+            dialed_at(&mut held, slow);
+            established(&mut held, other, true);
+        }
+        assert_eq!(held.wrapper().patience(), Some(slow * PATIENCE_FACTOR));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_given_up_dial_that_connects_counts_and_a_closed_peer_is_timed_again() {
+        let (mut held, peers) = with_peers(1);
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.get_closest_peers(vec![1]);
+        drain(&mut held, peers[0]);
+        tokio::time::advance(SLOW_FAILURE).await;
+        drain(&mut held, peers[0]);
+        assert!(held.wrapper().given_up.contains_key(&peers[0]), "given up");
+        // Its dial goes on and connects 3 s after Kademlia asked: that is how long it took.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        established(&mut held, peers[0], true);
+        assert!(held.wrapper().given_up.is_empty());
+        assert_eq!(held.wrapper().dial_times.back(), Some(&Duration::from_secs(3)));
+        // Once its last connection closed, Kademlia's dials of it are timed again.
+        held.on_swarm_event(FromSwarm::ConnectionClosed(
+            libp2p::swarm::behaviour::ConnectionClosed {
+                peer_id: peers[0],
+                connection_id: ConnectionId::new_unchecked(7),
+                endpoint: &libp2p::core::ConnectedPoint::Listener {
+                    local_addr: "/memory/9".parse().expect("address"),
+                    send_back_addr: "/memory/9".parse().expect("address"),
+                },
+                cause: None,
+                remaining_established: 0,
+            },
+        ));
+        held.get_closest_peers(vec![2]);
+        drain(&mut held, peers[0]);
+        assert!(held.wrapper().dialing.contains_key(&peers[0]), "a closed peer's dial untimed");
     }
 
     #[tokio::test(start_paused = true)]
@@ -591,7 +657,10 @@ mod tests {
             held.wrapper_mut().given_up.insert(PeerId::random(), Instant::now());
         }
         assert_eq!(drain(&mut held, peers[0]), (false, vec![]), "given up past the bound");
-        held.wrapper_mut().given_up.clear();
+        // Dials given up on long ago (a peer's many addresses, dialed in turn) no longer
+        // count against it.
+        let long_ago = Instant::now() - GIVEN_UP_COUNTED;
+        held.wrapper_mut().given_up.values_mut().for_each(|since| *since = long_ago);
         assert!(!drain(&mut held, peers[0]).0);
         assert!(held.wrapper().given_up.contains_key(&peers[0]), "given up once there is room");
     }

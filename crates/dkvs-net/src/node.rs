@@ -707,8 +707,11 @@ pub(crate) fn subnet_of(
 /// learns of such a walk at its first step's end).
 pub(crate) struct LookupEnds {
     ends: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
-    /// The lookup of each entry in `ends`.
+    /// The lookup of each entry in `ends` that is its lookup's latest (an older one is
+    /// passed over: a walk's next step, or a wake again by Kademlia's clock, replaced it).
     ids: HashMap<u64, kad::QueryId>,
+    /// Each lookup's latest entry.
+    latest: HashMap<kad::QueryId, u64>,
     next: u64,
     /// A lookup's time: Kademlia's query timeout ([`lookup_time`]).
     time: Duration,
@@ -726,7 +729,7 @@ pub(crate) fn lookup_time(config: &Config) -> Duration {
 impl LookupEnds {
     fn new(time: Duration) -> LookupEnds {
         let (ends, ids) = (std::collections::BinaryHeap::new(), HashMap::new());
-        LookupEnds { ends, ids, next: 0, time }
+        LookupEnds { ends, ids, latest: HashMap::new(), next: 0, time }
     }
 
     /// Lookup `id` started at `now`.
@@ -737,6 +740,9 @@ impl LookupEnds {
     fn wake_at(&mut self, id: kad::QueryId, at: Instant) {
         self.next += 1;
         self.ids.insert(self.next, id);
+        if let Some(replaced) = self.latest.insert(id, self.next) {
+            self.ids.remove(&replaced);
+        }
         self.ends.push(std::cmp::Reverse((at, self.next)));
     }
 
@@ -744,11 +750,13 @@ impl LookupEnds {
     /// then the node wakes again at its end as Kademlia counts it.
     fn next(&mut self, now: Instant, kad: &crate::held::Held) -> Option<Instant> {
         while let Some(&std::cmp::Reverse((end, n))) = self.ends.peek() {
-            if end > now {
+            // A replaced entry is passed over, not woken for.
+            if end > now && self.ids.contains_key(&n) {
                 return Some(end);
             }
             self.ends.pop();
             let Some(id) = self.ids.remove(&n) else { continue };
+            self.latest.remove(&id);
             if let Some(query) = kad.query(&id) {
                 let ran = query.stats().duration().unwrap_or_default();
                 self.wake_at(id, now + self.time.saturating_sub(ran) + LOOKUP_END_GRACE);
