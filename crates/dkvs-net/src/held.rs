@@ -457,13 +457,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lookup_stops_waiting_on_a_dial_after_a_while_and_wakes_for_it() {
-        let (mut held, _, _) = held_one(0);
-        // This node's dials connect within milliseconds: lookups wait the least.
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
-        let other = PeerId::random();
-        held.add_address(&other, "/memory/1".parse().expect("address"));
-        let lookup = held.get_closest_peers(vec![1]);
-        assert_eq!(drain(&mut held, other), (true, vec![]), "dialed");
+        let (mut held, other, lookup) = asked_to_dial_one();
         tokio::time::advance(SLOW_FAILURE - Duration::from_millis(1)).await;
         let woken = std::sync::Arc::new(Woken::default());
         let waker = std::task::Waker::from(woken.clone());
@@ -482,30 +476,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_dial_that_connected_or_failed_is_not_given_up() {
-        use libp2p::core::transport::PortUse;
-        use libp2p::core::{ConnectedPoint, Endpoint};
-        use libp2p::swarm::behaviour::ConnectionEstablished;
-        let (mut held, _, _) = held_one(0);
+        let (mut held, peers) = with_peers(2);
         held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
-        let (connects, fails) = (PeerId::random(), PeerId::random());
-        let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
-        held.add_address(&connects, address.clone());
-        held.add_address(&fails, "/memory/2".parse().expect("address"));
+        let (connects, fails) = (peers[0], peers[1]);
         let lookup = held.get_closest_peers(vec![1]);
         drain(&mut held, connects);
         assert_eq!(held.wrapper().dialing.len(), 2, "both dialed");
-        let endpoint = ConnectedPoint::Dialer {
-            address,
-            role_override: Endpoint::Dialer,
-            port_use: PortUse::Reuse,
-        };
-        held.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-            peer_id: connects,
-            connection_id: ConnectionId::new_unchecked(1),
-            endpoint: &endpoint,
-            failed_addresses: &[],
-            other_established: 0,
-        }));
+        established(&mut held, connects, true);
         // Another dial of a peer being dialed is refused by the swarm: that says nothing.
         let busy = DialError::DialPeerConditionFalse(
             libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing,
@@ -536,6 +513,16 @@ mod tests {
             held.add_address(peer, format!("/memory/{}", n + 1).parse().expect("address"));
         }
         (held, peers)
+    }
+
+    /// A node whose dials connect within milliseconds (lookups wait the least), and whose
+    /// lookup asked to dial the one peer in its table: that peer and the lookup.
+    fn asked_to_dial_one() -> (Held, PeerId, kad::QueryId) {
+        let (mut held, peers) = with_peers(1);
+        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        let lookup = held.get_closest_peers(vec![1]);
+        assert_eq!(drain(&mut held, peers[0]), (true, vec![]), "dialed");
+        (held, peers[0], lookup)
     }
 
     fn established(held: &mut Held, peer: PeerId, dialed: bool) {
@@ -612,10 +599,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_given_up_dial_that_connects_counts_and_a_closed_peer_is_timed_again() {
-        let (mut held, peers) = with_peers(1);
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
-        held.get_closest_peers(vec![1]);
-        drain(&mut held, peers[0]);
+        let (mut held, peer, _) = asked_to_dial_one();
+        let peers = [peer];
         tokio::time::advance(SLOW_FAILURE).await;
         drain(&mut held, peers[0]);
         assert!(held.wrapper().given_up.contains_key(&peers[0]), "given up");
@@ -667,10 +652,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_wake_follows_the_oldest_dial_waited_on() {
-        let (mut held, peers) = with_peers(1);
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
-        held.get_closest_peers(vec![1]);
-        drain(&mut held, peers[0]);
+        let (mut held, peer, _) = asked_to_dial_one();
+        let peers = [peer];
         // A second peer, and a lookup that asks to dial it 1 s after the first.
         tokio::time::advance(Duration::from_secs(1)).await;
         let second = PeerId::random();
