@@ -43,8 +43,8 @@
 //! and a node's first lookups, before any dial of Kademlia's connected, wait as before. No
 //! dial is given up while this node is stranded, nor while [`MAX_GIVEN_UP`] peers whose
 //! dials were given up on in the last 20 s have them still under way (peers named in answers
-//! are dialed whoever names them: past the bound, lookups wait on dials as before). Only
-//! dials: a connected peer that never answers still holds a lookup to its deadline.
+//! are dialed whoever names them: past the bound, lookups wait on dials as before). A
+//! connected peer that stopped answering is given up on the same way ([`crate::stalled`]).
 //!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
@@ -54,7 +54,7 @@
 //! 16 min. A lookup that asks a held peer while another dial of it is under way (a request of
 //! an operation) counts it as failed instead of waiting for that dial.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,8 +63,8 @@ use libp2p::PeerId;
 use libp2p::kad;
 use libp2p::swarm::behaviour::DialFailure;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionHandler, ConnectionId, DialError, FromSwarm, NetworkBehaviour,
-    THandlerInEvent, ToSwarm,
+    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -92,6 +92,11 @@ pub(crate) const HOLD_MOST: Duration = Duration::from_secs(16 * 60);
 pub(crate) const MAX_HOLDS: usize = 1024;
 
 type Kad = kad::Behaviour<kad::store::MemoryStore>;
+type KadHandler = <Kad as NetworkBehaviour>::ConnectionHandler;
+/// What Kademlia's behaviour tells its connections (a type libp2p-kad does not name).
+type KadIn = THandlerInEvent<Kad>;
+/// What Kademlia's connections tell its behaviour.
+pub(crate) type KadOut = THandlerOutEvent<Kad>;
 
 /// Kademlia, its dials of peers that could not be reached held back (the module's docs). It
 /// derefs to Kademlia.
@@ -109,13 +114,15 @@ pub(crate) struct Holds {
     dialing: HashMap<PeerId, (Instant, ConnectionId)>,
     /// Of those, the ones given up on, whose dials go on: since when.
     given_up: HashMap<PeerId, Instant>,
-    /// How long Kademlia's last [`DIAL_SAMPLES`] dials that connected took, oldest first.
-    dial_times: VecDeque<Duration>,
-    /// Their median (none connected yet: unknown).
-    dial_time: Option<Duration>,
-    /// The peers connected (Kademlia may still ask to dial one, a moment after it connected).
-    connected: HashSet<PeerId>,
-    /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest of those.
+    /// How long Kademlia's last [`DIAL_SAMPLES`] dials that connected took.
+    dials: crate::stalled::Recent<DIAL_SAMPLES>,
+    /// The peers connected (Kademlia may still ask to dial one, a moment after it
+    /// connected), and one connection of each.
+    connected: HashMap<PeerId, ConnectionId>,
+    /// Kademlia's requests to connected peers, and their answers.
+    answers: crate::stalled::Answers,
+    /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest dial or the
+    /// first silent peer.
     wake: Option<Pin<Box<Sleep>>>,
 }
 
@@ -139,6 +146,11 @@ pub(crate) struct HeldBack {
 #[derive(Debug, thiserror::Error)]
 #[error("not connected {0:?} after Kademlia asked: its lookups go on without the peer")]
 pub(crate) struct GaveUp(Duration);
+
+/// Why Kademlia was told that a connected peer failed.
+#[derive(Debug, thiserror::Error)]
+#[error("answered none of Kademlia's requests for {0:?}: its lookups go on without the peer")]
+pub(crate) struct Silent(Duration);
 
 impl Held {
     /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
@@ -176,6 +188,12 @@ impl Held {
 }
 
 impl Holds {
+    /// Kademlia's requests to connected peers, and their answers.
+    #[cfg(test)]
+    pub(crate) fn answers_mut(&mut self) -> &mut crate::stalled::Answers {
+        &mut self.answers
+    }
+
     /// Whether a dial of `peer` at `now` is held back, and why.
     fn held(&self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
         if self.stranded {
@@ -188,9 +206,9 @@ impl Holds {
 
     /// `peer` connected at `now`, dialed or dialing: its dials are no longer held, nor waited
     /// on; a dial of Kademlia's that connected tells how long this node's dials take.
-    fn connected(&mut self, peer: PeerId, dialed: bool, now: Instant) {
+    fn connected(&mut self, peer: PeerId, connection: ConnectionId, dialed: bool, now: Instant) {
         self.holds.remove(&peer);
-        self.connected.insert(peer);
+        self.connected.insert(peer, connection);
         let asked = self.dialing.remove(&peer).map(|(since, _)| since);
         let since = match (self.given_up.remove(&peer), asked) {
             (Some(given_up), Some(asked)) => Some(given_up.min(asked)),
@@ -199,16 +217,10 @@ impl Holds {
         if let Some(since) = since.filter(|_| dialed) {
             // A dial that waited out some addresses before one answered took that much
             // longer; none waits longer than the setup timeout for one.
-            let took = now.saturating_duration_since(since).min(crate::transport::SETUP_TIMEOUT);
-            if self.dial_times.len() == DIAL_SAMPLES {
-                self.dial_times.pop_front();
-            }
-            self.dial_times.push_back(took);
-            // The median: a slow link slows every dial, a slow peer (or one that makes
+            // The median counts: a slow link slows every dial, a slow peer (or one that makes
             // itself slow) only its own.
-            let mut sorted: Vec<Duration> = self.dial_times.iter().copied().collect();
-            sorted.sort_unstable();
-            self.dial_time = sorted.get(sorted.len() / 2).copied();
+            let took = now.saturating_duration_since(since).min(crate::transport::SETUP_TIMEOUT);
+            self.dials.push(took);
         }
     }
 
@@ -217,7 +229,7 @@ impl Holds {
     /// none is given up before one of them connected (a node on a slow link would give up on
     /// its first ones).
     fn patience(&self) -> Option<Duration> {
-        Some((self.dial_time? * PATIENCE_FACTOR).max(SLOW_FAILURE))
+        Some((self.dials.median()? * PATIENCE_FACTOR).max(SLOW_FAILURE))
     }
 
     /// Tells Kademlia that its dials under way for longer than [`Holds::patience`] failed, so
@@ -249,16 +261,36 @@ impl Holds {
         }
     }
 
-    /// Arms the wake for when the oldest dial Kademlia waits on is given up.
+    /// Tells Kademlia that the connected peers that answered none of its requests for a
+    /// while ([`crate::stalled`]) failed, so that its lookups go on without them. Not while
+    /// this node is stranded.
+    fn give_up_silent<B: NetworkBehaviour>(&mut self, kad: &mut B, now: Instant) {
+        if self.stranded {
+            return;
+        }
+        for (peer, silent) in self.answers.give_up(now) {
+            let Some(connection_id) = self.connected.get(&peer).copied() else { continue };
+            let silent = Silent(silent);
+            tracing::debug!(%peer, reason = %silent, "a lookup stopped waiting on a silent peer");
+            tell_failed(kad, peer, connection_id, silent);
+        }
+    }
+
+    /// Arms the wake for when the oldest dial Kademlia waits on, or the first peer that
+    /// answers nothing, is given up.
     fn arm(&mut self, cx: &mut Context<'_>) {
         let oldest = self.dialing.values().map(|(since, _)| *since).min();
         let patience = self.patience().filter(|_| !self.stranded);
         let room = self.given_up.len() < MAX_GIVEN_UP;
-        let (Some(oldest), Some(patience), true) = (oldest, patience, room) else {
+        let dial = match (oldest, patience, room) {
+            (Some(oldest), Some(patience), true) => Some(oldest + patience),
+            _ => None,
+        };
+        let silent = self.answers.next().filter(|_| !self.stranded);
+        let Some(at) = dial.into_iter().chain(silent).min() else {
             self.wake = None;
             return;
         };
-        let at = oldest + patience;
         let wake = self.wake.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         if wake.deadline() != at {
             wake.as_mut().reset(at);
@@ -289,24 +321,51 @@ fn hold_after(failures: u32) -> Duration {
     HOLD_FIRST.saturating_mul(1 << doublings).min(HOLD_MOST)
 }
 
-impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
-    type Handler = H;
+/// The lookup that Kademlia's request to a peer is for; none for its answers to the peer's
+/// requests, for a request that has no answer (ADD_PROVIDER), and for other events.
+fn request(event: &KadIn) -> Option<kad::QueryId> {
+    match event {
+        KadIn::FindNodeReq { query_id, .. }
+        | KadIn::GetProvidersReq { query_id, .. }
+        | KadIn::GetRecord { query_id, .. }
+        | KadIn::PutRecord { query_id, .. } => Some(*query_id),
+        _ => None,
+    }
+}
 
-    fn wrap(handler: H) -> H {
+/// The lookup whose request a peer's event ends, and whether it answered it (or the request
+/// failed); none for the peer's own requests and other events.
+fn answer(event: &KadOut) -> Option<(kad::QueryId, bool)> {
+    match event {
+        KadOut::FindNodeRes { query_id, .. }
+        | KadOut::GetProvidersRes { query_id, .. }
+        | KadOut::GetRecordRes { query_id, .. }
+        | KadOut::PutRecordRes { query_id, .. } => Some((*query_id, true)),
+        KadOut::QueryError { query_id, .. } => Some((*query_id, false)),
+        _ => None,
+    }
+}
+
+impl crate::wrap::Wrap<KadHandler> for Holds {
+    type Handler = KadHandler;
+
+    fn wrap(handler: KadHandler) -> KadHandler {
         handler
     }
 
     fn on_swarm_event<B>(&mut self, kad: &mut B, event: FromSwarm)
     where
-        B: NetworkBehaviour<ConnectionHandler = H>,
+        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
     {
         match &event {
             FromSwarm::ConnectionEstablished(established) => {
                 let dialed = established.endpoint.is_dialer();
-                self.connected(established.peer_id, dialed, Instant::now())
+                let (peer, connection) = (established.peer_id, established.connection_id);
+                self.connected(peer, connection, dialed, Instant::now())
             }
             FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
                 self.connected.remove(&closed.peer_id);
+                self.answers.closed(closed.peer_id);
             }
             // A dial refused because another of the peer is under way says nothing of it.
             FromSwarm::DialFailure(DialFailure { peer_id: Some(peer), error, .. })
@@ -320,17 +379,39 @@ impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
         kad.on_swarm_event(event)
     }
 
+    fn on_connection_handler_event<B>(
+        &mut self,
+        kad: &mut B,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<B>,
+    ) where
+        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
+    {
+        if let Some((lookup, answered)) = answer(&event) {
+            self.answers.ended(peer, lookup, answered, Instant::now());
+        }
+        kad.on_connection_handler_event(peer, connection, event)
+    }
+
     fn poll<B>(
         &mut self,
         kad: &mut B,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<B>>>
     where
-        B: NetworkBehaviour<ConnectionHandler = H>,
+        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
     {
         let now = Instant::now();
         self.give_up(kad, now);
+        self.give_up_silent(kad, now);
         while let Poll::Ready(event) = kad.poll(cx) {
+            if let ToSwarm::NotifyHandler { peer_id, event: request_event, .. } = &event {
+                if let Some(lookup) = request(request_event) {
+                    self.answers.asked(*peer_id, lookup, now);
+                }
+                return Poll::Ready(event);
+            }
             let ToSwarm::Dial { opts } = &event else { return Poll::Ready(event) };
             let Some(peer) = opts.get_peer_id() else { return Poll::Ready(event) };
             let connection_id = opts.connection_id();
@@ -341,7 +422,7 @@ impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
             }
             // A dial of a peer that connected since Kademlia asked is refused by the swarm,
             // and Kademlia waits on the connection: nothing to give up.
-            if !self.connected.contains(&peer) {
+            if !self.connected.contains_key(&peer) {
                 self.dialing.entry(peer).or_insert((now, connection_id));
             }
             return Poll::Ready(event);
@@ -352,10 +433,10 @@ impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Holds {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn held_one(failures: u32) -> (Held, PeerId, Instant) {
+    pub(crate) fn held_one(failures: u32) -> (Held, PeerId, Instant) {
         let peer = PeerId::random();
         let kad = Kad::new(peer, kad::store::MemoryStore::new(peer));
         let (mut held, now) = (Held::new(kad), Instant::now());
@@ -384,7 +465,7 @@ mod tests {
         assert_eq!(held.wrapper().holds[&first].failures, 3, "not yet forgotten");
         held.forget_old(now + HOLD_FIRST * 4 + HOLD_MOST);
         assert!(!held.wrapper().holds.contains_key(&first));
-        held.wrapper_mut().connected(over, false, Instant::now());
+        held.wrapper_mut().connected(over, ConnectionId::new_unchecked(7), false, Instant::now());
         assert!(held.wrapper().holds.is_empty());
     }
 
@@ -399,9 +480,8 @@ mod tests {
         peer: PeerId,
         waker: &std::task::Waker,
     ) -> (bool, Vec<kad::QueryId>) {
-        let mut cx = Context::from_waker(waker);
         let (mut dialed, mut finished) = (false, Vec::new());
-        while let Poll::Ready(event) = held.poll(&mut cx) {
+        for event in events(held, waker) {
             match event {
                 ToSwarm::Dial { opts } => dialed |= opts.get_peer_id() == Some(peer),
                 ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed { id, .. }) => {
@@ -431,7 +511,7 @@ mod tests {
         let mut both = vec![first, second];
         both.sort_by_key(|id| format!("{id:?}"));
         assert!(!dialed && finished == both, "the lookups ended without a dial: {finished:?}");
-        held.wrapper_mut().connected(other, false, Instant::now());
+        held.wrapper_mut().connected(other, ConnectionId::new_unchecked(7), false, Instant::now());
         held.get_closest_peers(vec![3]);
         assert_eq!(drain(&mut held, other), (true, vec![]), "dialed once released");
     }
@@ -445,9 +525,28 @@ mod tests {
         assert_eq!(hold_after(u32::MAX), HOLD_MOST);
     }
 
+    /// Polls `held` until it has nothing to say; returns what it said.
+    pub(crate) fn events(
+        held: &mut Held,
+        waker: &std::task::Waker,
+    ) -> Vec<ToSwarm<kad::Event, KadIn>> {
+        let mut cx = Context::from_waker(waker);
+        std::iter::from_fn(|| match held.poll(&mut cx) {
+            Poll::Ready(event) => Some(event),
+            Poll::Pending => None,
+        })
+        .collect()
+    }
+
     /// Set when woken.
     #[derive(Default)]
-    struct Woken(std::sync::atomic::AtomicBool);
+    pub(crate) struct Woken(std::sync::atomic::AtomicBool);
+
+    impl Woken {
+        pub(crate) fn woken(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
 
     impl std::task::Wake for Woken {
         fn wake(self: std::sync::Arc<Self>) {
@@ -462,9 +561,9 @@ mod tests {
         let woken = std::sync::Arc::new(Woken::default());
         let waker = std::task::Waker::from(woken.clone());
         assert_eq!(drain_waking(&mut held, other, &waker), (false, vec![]), "still waits");
-        assert!(!woken.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!woken.woken());
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken when it gives up");
+        assert!(woken.woken(), "woken when it gives up");
         assert_eq!(drain(&mut held, other), (false, vec![lookup]), "went on without the peer");
         assert!(held.wrapper().holds.is_empty(), "giving up holds nothing");
         // Kademlia keeps the peer: the next lookup asks for a dial again, and waits as long.
@@ -477,7 +576,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dial_that_connected_or_failed_is_not_given_up() {
         let (mut held, peers) = with_peers(2);
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.wrapper_mut().dials.push(Duration::from_millis(10));
         let (connects, fails) = (peers[0], peers[1]);
         let lookup = held.get_closest_peers(vec![1]);
         drain(&mut held, connects);
@@ -506,7 +605,7 @@ mod tests {
     }
 
     /// A node with `peers` in Kademlia's table, each at an address of its own.
-    fn with_peers(peers: usize) -> (Held, Vec<PeerId>) {
+    pub(crate) fn with_peers(peers: usize) -> (Held, Vec<PeerId>) {
         let (mut held, _, _) = held_one(0);
         let peers: Vec<PeerId> = (0..peers).map(|_| PeerId::random()).collect();
         for (n, peer) in peers.iter().enumerate() {
@@ -519,13 +618,13 @@ mod tests {
     /// lookup asked to dial the one peer in its table: that peer and the lookup.
     fn asked_to_dial_one() -> (Held, PeerId, kad::QueryId) {
         let (mut held, peers) = with_peers(1);
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.wrapper_mut().dials.push(Duration::from_millis(10));
         let lookup = held.get_closest_peers(vec![1]);
         assert_eq!(drain(&mut held, peers[0]), (true, vec![]), "dialed");
         (held, peers[0], lookup)
     }
 
-    fn established(held: &mut Held, peer: PeerId, dialed: bool) {
+    pub(crate) fn established(held: &mut Held, peer: PeerId, dialed: bool) {
         use libp2p::core::transport::PortUse;
         use libp2p::core::{ConnectedPoint, Endpoint};
         use libp2p::swarm::behaviour::ConnectionEstablished;
@@ -548,6 +647,22 @@ mod tests {
         }));
     }
 
+    /// `peer`'s one connection closed.
+    pub(crate) fn closed(held: &mut Held, peer: PeerId) {
+        held.on_swarm_event(FromSwarm::ConnectionClosed(
+            libp2p::swarm::behaviour::ConnectionClosed {
+                peer_id: peer,
+                connection_id: ConnectionId::new_unchecked(7),
+                endpoint: &libp2p::core::ConnectedPoint::Listener {
+                    local_addr: "/memory/9".parse().expect("address"),
+                    send_back_addr: "/memory/9".parse().expect("address"),
+                },
+                cause: None,
+                remaining_established: 0,
+            },
+        ));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn lookups_wait_on_dials_as_long_as_this_nodes_dials_take() {
         let (mut held, peers) = with_peers(1);
@@ -566,13 +681,13 @@ mod tests {
         // An inbound connection tells nothing of this node's dials.
         dialed_at(&mut held, SLOW_FAILURE);
         established(&mut held, other, false);
-        assert_eq!(held.wrapper().dial_time, None);
+        assert_eq!(held.wrapper().dials.median(), None);
         // One of Kademlia's dials connected after 1.5 s: lookups wait 6 s on dials.
         tokio::time::advance(SLOW_FAILURE).await;
         let slow = Duration::from_millis(1500);
         dialed_at(&mut held, slow);
         established(&mut held, other, true);
-        assert_eq!(held.wrapper().dial_time, Some(slow));
+        assert_eq!(held.wrapper().dials.median(), Some(slow));
         assert_eq!(held.wrapper().patience(), Some(slow * PATIENCE_FACTOR));
         // The lookup's dial, under way for 6 s now, is given up at the next poll.
         assert_eq!(drain(&mut held, peers[0]), (false, vec![first]));
@@ -581,13 +696,13 @@ mod tests {
             dialed_at(&mut held, Duration::ZERO);
             established(&mut held, other, true);
         }
-        assert!(held.wrapper().dial_time < Some(Duration::from_millis(2)));
+        assert!(held.wrapper().dials.median() < Some(Duration::from_millis(2)));
         assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
         // A peer that makes its own dial slow (here, past the setup timeout: addresses that
         // drop packets before the one that answers) moves the median nothing.
         dialed_at(&mut held, Duration::from_secs(100));
         established(&mut held, other, true);
-        assert_eq!(held.wrapper().dial_times.back(), Some(&crate::transport::SETUP_TIMEOUT));
+        assert_eq!(held.wrapper().dials.last(), Some(crate::transport::SETUP_TIMEOUT));
         assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
         // A link that slows every dial moves it.
         for _ in 0..DIAL_SAMPLES / 2 {
@@ -608,20 +723,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         established(&mut held, peers[0], true);
         assert!(held.wrapper().given_up.is_empty());
-        assert_eq!(held.wrapper().dial_times.back(), Some(&Duration::from_secs(3)));
+        assert_eq!(held.wrapper().dials.last(), Some(Duration::from_secs(3)));
         // Once its last connection closed, Kademlia's dials of it are timed again.
-        held.on_swarm_event(FromSwarm::ConnectionClosed(
-            libp2p::swarm::behaviour::ConnectionClosed {
-                peer_id: peers[0],
-                connection_id: ConnectionId::new_unchecked(7),
-                endpoint: &libp2p::core::ConnectedPoint::Listener {
-                    local_addr: "/memory/9".parse().expect("address"),
-                    send_back_addr: "/memory/9".parse().expect("address"),
-                },
-                cause: None,
-                remaining_established: 0,
-            },
-        ));
+        closed(&mut held, peers[0]);
         held.get_closest_peers(vec![2]);
         drain(&mut held, peers[0]);
         assert!(held.wrapper().dialing.contains_key(&peers[0]), "a closed peer's dial untimed");
@@ -630,7 +734,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_dial_is_given_up_while_stranded_or_past_the_bound() {
         let (mut held, peers) = with_peers(1);
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.wrapper_mut().dials.push(Duration::from_millis(10));
         held.set_stranded(true);
         held.get_closest_peers(vec![1]);
         assert_eq!(drain(&mut held, peers[0]), (true, vec![]));
@@ -670,18 +774,23 @@ mod tests {
         let waker = std::task::Waker::from(woken.clone());
         drain_waking(&mut held, second, &waker);
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(!woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken early");
+        assert!(!woken.woken(), "woken early");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken for the second");
+        assert!(woken.woken(), "woken for the second");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dial_of_a_peer_that_connected_meanwhile_is_not_timed() {
         let (mut held, peers) = with_peers(1);
-        held.wrapper_mut().dial_time = Some(Duration::from_millis(10));
+        held.wrapper_mut().dials.push(Duration::from_millis(10));
         // The peer connected, and Kademlia asks to dial it: it has not yet been told of the
         // connection (a dial it queued before, handed out after).
-        held.wrapper_mut().connected(peers[0], false, Instant::now());
+        held.wrapper_mut().connected(
+            peers[0],
+            ConnectionId::new_unchecked(7),
+            false,
+            Instant::now(),
+        );
         held.get_closest_peers(vec![1]);
         assert_eq!(drain(&mut held, peers[0]), (true, vec![]));
         assert!(held.wrapper().dialing.is_empty(), "a connected peer's dial timed");

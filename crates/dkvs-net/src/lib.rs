@@ -37,6 +37,7 @@ mod rate;
 pub mod reconcile;
 mod refresh;
 mod replication;
+mod stalled;
 mod transport;
 mod watch;
 mod wrap;

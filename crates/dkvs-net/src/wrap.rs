@@ -14,9 +14,9 @@ use libp2p::swarm::{
 
 /// How a connection handler of type `H` is wrapped; the wrapped handler passes the
 /// behaviour's events and the handler's events through unchanged. A wrapper may also keep
-/// state, see the swarm's events before the behaviour does, and stand between the behaviour
-/// and the swarm when it is polled (and there answer or change what the behaviour asks); by
-/// default it does none of these.
+/// state, see the swarm's events and its handlers' events before the behaviour does, and
+/// stand between the behaviour and the swarm when it is polled (and there answer or change
+/// what the behaviour asks); by default it does none of these.
 pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
     /// The wrapped handler.
     type Handler: ConnectionHandler<FromBehaviour = H::FromBehaviour, ToBehaviour = H::ToBehaviour>;
@@ -30,6 +30,19 @@ pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
         B: NetworkBehaviour<ConnectionHandler = H>,
     {
         inner.on_swarm_event(event)
+    }
+
+    /// Hands `inner` an event of one of its handlers, from `peer` on `connection`.
+    fn on_connection_handler_event<B>(
+        &mut self,
+        inner: &mut B,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<B>,
+    ) where
+        B: NetworkBehaviour<ConnectionHandler = H>,
+    {
+        inner.on_connection_handler_event(peer, connection, event)
     }
 
     /// Polls `inner` for what it asks of the swarm.
@@ -155,7 +168,7 @@ where
         connection_id: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        self.inner.on_connection_handler_event(peer_id, connection_id, event)
+        self.wrapper.on_connection_handler_event(&mut self.inner, peer_id, connection_id, event)
     }
 
     fn poll(
