@@ -52,6 +52,18 @@ enum Stall {
     AfterGet,
     AtLookup,
     CutAtLookup,
+    /// At each lookup, for this long.
+    AtEachLookupFor(Duration),
+}
+
+impl Stall {
+    /// How late it answers each lookup, if it answers them late.
+    fn late(self) -> Option<Duration> {
+        match self {
+            Stall::AtEachLookupFor(late) => Some(late),
+            _ => None,
+        }
+    }
 }
 
 /// What a flood achieved.
@@ -259,6 +271,13 @@ impl Liar {
         self.commands.send(Command::Stall(Stall::AtLookup)).await.map_err(|_| anyhow!("liar gone"))
     }
 
+    /// From now on answers each Kademlia lookup that reaches it `late` (and nothing else
+    /// meanwhile): a peer on a slow link, which its askers learn to wait on longer.
+    pub async fn answer_lookups_after(&self, late: Duration) -> anyhow::Result<()> {
+        let slow = Command::Stall(Stall::AtEachLookupFor(late));
+        self.commands.send(slow).await.map_err(|_| anyhow!("liar gone"))
+    }
+
     /// Closes all its connections at the first Kademlia lookup that reaches it: the lookup's
     /// request fails at once, and a lookup that knew of no one else completes having heard
     /// from nobody.
@@ -304,8 +323,16 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
     // what peers ask waits unanswered.
     let mut frozen = false;
     let mut stall = Stall::No;
+    // Frozen for a while, by a slow lookup's answer (`Stall::AtEachLookupFor`), until then.
+    let mut thaw_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(thaw_at.unwrap_or_else(tokio::time::Instant::now)),
+                if thaw_at.is_some() =>
+            {
+                thaw_at = None;
+                frozen = false;
+            }
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::Lie(key, bytes)) => {
@@ -313,6 +340,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::Freeze(reply)) => {
                     frozen = true;
+                    thaw_at = None;
                     let _ = reply.send(());
                 }
                 Some(Command::Stall(when)) => {
@@ -397,6 +425,12 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 })) if stall == Stall::AtLookup => {
                     stall = Stall::No;
                     frozen = true;
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                    request: kad::InboundRequest::FindNode { .. },
+                })) if stall.late().is_some() => {
+                    frozen = true;
+                    thaw_at = stall.late().map(|late| tokio::time::Instant::now() + late);
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
                     request: kad::InboundRequest::FindNode { .. },

@@ -531,7 +531,9 @@ async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> 
     // a while. The reader's lookup for the naming waits on the stopped peer and times out: it
     // may have stopped short of the peers named, so it judges nobody. (It made the namer
     // unheard for ten minutes; an honest replica unheard can hide a newer record from the
-    // reader's reads.) A lookup that completes and finds none of them still does.
+    // reader's reads.) A lookup that completes and finds none of them still does. The
+    // stopped peer answered slowly before (1.5 s), so the reader waits on it for longer than
+    // a lookup's time; a peer that answered fast is passed over within 2 s.
     let net = TestNet::start(2, Config::default()).await?;
     let (namer, stalled) = (Liar::spawn().await?, Liar::spawn().await?);
     for liar in [&namer, &stalled] {
@@ -548,6 +550,9 @@ async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> 
     let got = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
     assert_eq!(got.requests, 3, "{got:?}");
 
+    stalled.answer_lookups_after(Duration::from_millis(1500)).await?;
+    let found = net.node(0).closest_peers(b"anything".to_vec()).await;
+    assert!(found.contains(&stalled.peer_id()), "the slow peer answered: {found:?}");
     namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
     stalled.freeze().await?;
     let timed_out = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
@@ -1801,19 +1806,24 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ten nodes and `count` peers that stop answering while their connections stay open (a
-/// stopped process, a suspended phone), with ids ground so that, seen from the writer, one
-/// other node is the closest to a key and the stalled peers come next. The writer's first
-/// lookup (no table is trusted yet) asks the three closest at once, hears from that node,
-/// asks the next, a stalled peer, and then waits on three stalled peers until it times out
-/// at 5 s (Kademlia waits 10 s for each) with the one answer. The put's receipt is returned
-/// once two other nodes have read the record with the writer, that node and the stalled
-/// peers gone.
-async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutReceipt> {
+/// Ten nodes and `count` liars, with ids ground so that, seen from the writer (node 1), one
+/// other node is the closest to a key and the liars come next. Every node has met every peer,
+/// the writer by a lookup of the key; liars that answer lookups `late` answered it so.
+struct LiarsNearAKey {
+    net: TestNet,
+    writer: usize,
+    alice: Keypair,
+    key: Key,
+    /// The nodes other than the writer, closest to the key first.
+    ranked: Vec<usize>,
+    liars: Vec<dkvs_integration_tests::liar::Liar>,
+}
+
+async fn liars_near_a_key(count: usize, late: Option<Duration>) -> anyhow::Result<LiarsNearAKey> {
     use dkvs_integration_tests::liar::Liar;
     use dkvs_net::libp2p::{identity, kad::KBucketKey};
 
-    let mut net = TestNet::start(10, Config::default()).await?;
+    let net = TestNet::start(10, Config::default()).await?;
     let writer = 1;
     let honest: Vec<usize> = (0..net.len()).filter(|i| *i != writer).collect();
     let alice = Keypair::generate(KeyType::Ed25519);
@@ -1834,19 +1844,37 @@ async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutR
             (ids.len() == count).then_some((key, ranked, ids))
         })
         .expect("a key");
-    let mut stalled = Vec::new();
+    let mut liars = Vec::new();
     for id in ids {
-        stalled.push(Liar::spawn_as(id).await?);
+        liars.push(Liar::spawn_as(id).await?);
     }
-    for liar in &stalled {
+    for liar in &liars {
         liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
     }
     for i in 0..net.len() {
         let _ = net.node(i).bootstrap().await;
     }
+    if let Some(late) = late {
+        for liar in &liars {
+            liar.answer_lookups_after(late).await?;
+        }
+    }
     let found = net.node(writer).closest_peers(key.as_str().as_bytes().to_vec()).await;
     assert_eq!(found.len(), 9 + count, "the writer has met every peer: {found:?}");
-    for liar in &stalled {
+    Ok(LiarsNearAKey { net, writer, alice, key, ranked, liars })
+}
+
+/// Ten nodes and `count` peers near a key that answer lookups slowly (1.5 s: the writer
+/// learns to wait on each for longer than a lookup's time) and then stop answering while
+/// their connections stay open (a stopped process, a suspended phone). The writer's put
+/// looks the key up: it asks the three closest at once, hears from the closest node, asks
+/// the next, a stalled peer, and then waits on three stalled peers until it times out at 5 s
+/// with the one answer. The put's receipt is returned once two other nodes have read the
+/// record with the writer, that node and the stalled peers gone.
+async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutReceipt> {
+    let near = liars_near_a_key(count, Some(Duration::from_millis(1500))).await?;
+    let LiarsNearAKey { mut net, writer, alice, key, ranked, liars } = near;
+    for liar in &liars {
         liar.freeze().await?;
     }
 
@@ -1858,7 +1886,7 @@ async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutR
     net.kill(ranked[0]).await;
     // (With the stalled peers still there, a reader's lookup could hear from nobody and find
     // no replica: it is no evidence of where they are.)
-    drop(stalled);
+    drop(liars);
     for reader in [ranked[1], ranked[2]] {
         let got = net.get(reader, &key).await??;
         assert_eq!(value(&got), Some("v1".into()), "node {reader}: {got:?}");
@@ -1876,6 +1904,29 @@ async fn a_put_whose_lookup_timed_out_is_held_by_a_quorum_of_the_servers_it_know
     let receipt = a_put_past_stalled_peers(3).await?;
     // The lookup's requests to that node and the three stalled peers, and twelve puts.
     assert_eq!(receipt.requests, 4 + 12, "{receipt:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_passes_over_peers_that_stopped_answering() -> anyhow::Result<()> {
+    // Three peers near a key that answered fast and then stopped answering, their connections
+    // open (stopped processes). The writer's lookup asks the three closest at once, hears
+    // from the closest node, and waits on the stalled peers: 2 s (four times what their
+    // answers and this node's took, 2 s at least), not Kademlia's 10 s, past the lookup's
+    // deadline (5 s). It then asks the others, and completes: it finds every node and none
+    // of the stalled peers. (It timed out, with the one node that answered and the servers
+    // the writer is connected to, the stalled peers too.)
+    let near = liars_near_a_key(3, None).await?;
+    for liar in &near.liars {
+        liar.freeze().await?;
+    }
+    let found = near.net.node(near.writer).closest_peers(near.key.as_str().into()).await;
+    let mut found: Vec<_> = found.into_iter().map(|peer| peer.to_string()).collect();
+    let mut honest: Vec<_> = near.ranked.iter().map(|i| near.net.peer_id(*i).to_string()).collect();
+    found.sort();
+    honest.sort();
+    assert_eq!(found, honest, "the lookup found every node and none of the stalled peers");
+    near.net.shutdown().await;
     Ok(())
 }
 

@@ -920,15 +920,41 @@ fn the_gateway_needs_the_token_when_the_api_listens_beyond_loopback() {
     assert!(body.contains("hello gateway"), "{body}");
 }
 
+/// The lookups a node's log reports from its `from`th line on, with how long each took in
+/// seconds: (line, seconds).
+fn lookups_logged(log: &str, from: usize) -> Vec<(&str, f64)> {
+    let lines = log.lines().skip(from).filter(|l| l.contains("lookup done"));
+    let timed = lines.map(|line| {
+        // As `Duration`'s debug form has it: "5.02s", "12.3ms", "950µs".
+        let field = line.split_whitespace().find_map(|w| w.strip_prefix("duration=Some("));
+        let field = field.and_then(|d| d.strip_suffix(')')).expect("a duration");
+        let (number, unit) =
+            field.split_at(field.find(|c: char| c.is_alphabetic() || c == 'µ').expect("a unit"));
+        let number: f64 = number.parse().expect("a number");
+        let seconds = match unit {
+            "s" => number,
+            "ms" => number / 1e3,
+            "µs" => number / 1e6,
+            "ns" => number / 1e9,
+            other => panic!("unit {other}: {line}"),
+        };
+        (line, seconds)
+    });
+    timed.collect()
+}
+
 #[test]
 fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     // A node the machine stopped (kill -STOP: a suspended laptop, a node swapped out) keeps
-    // its connections open and answers nothing. A lookup that asks it waits for it until the
-    // lookup's deadline, 5 s, half the operation's time, and then goes on with the answers it
-    // has. Kademlia has no timer for that deadline and looks at it only when something polls
-    // it: on a quiet node a lookup ran on to the next wake-up, up to the stopped peer's 10-s
-    // request timeout (9.97 s seen), the whole operation's time; the node now wakes at each
-    // lookup's end, an operation's or a caller's (a letter's lookup ran 8.8 s before).
+    // its connections open and answers nothing. A lookup that asks it waits on it only four
+    // times as long as answers take (its own too), 2 s at least, and then goes on without it
+    // (Kademlia waits 10 s). Once the node was slow (its answers to those lookups came after
+    // it was continued), lookups wait on it for longer, up to their deadline, 5 s, half the
+    // operation's time, and then go on with the answers they have. Kademlia has no timer for
+    // that deadline and looks at it only when something polls it: on a quiet node a lookup
+    // ran on to the next wake-up, up to the stopped peer's 10-s request timeout (9.97 s
+    // seen), the whole operation's time; the node now wakes at each lookup's end, an
+    // operation's or a caller's (a letter's lookup ran 8.8 s before).
     let dir = tempfile::tempdir().expect("tempdir");
     let home = |name: &str| dir.path().join(name);
     let alice = new_account(&home("w"), "alice", "ed25519");
@@ -953,53 +979,62 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let stopped = &others[2];
+    let stopped_id = stopped.address.rsplit('/').next().expect("a peer id").to_owned();
     let signal = |name: &str| {
         let pid = stopped.child.id().to_string();
         let done = Command::new("sh").args(["-c", &format!("kill -{name} {pid}")]).status();
         assert!(done.expect("sh runs").success(), "kill -{name}");
     };
-    signal("STOP");
-    // A put through the command line: a read of the key, then the write; each looks the key
-    // up (no lookup completes while a peer never answers, so the table is not trusted).
-    let stored = put(&writer, &["/~/past-stopped", "v1"], None);
-    // Two letters: sending looks the mailbox up, a lookup of the node's callers (mail's).
-    // The second starts as the first ends, which (without the wake) was at a wake-up of the
-    // node: its deadline then fell just past one, and it ran on to the next (5 s later).
-    let send = || {
-        let mut c = dkvs(&writer.home);
-        c.args(["mail", "send", &alice, "to myself"]);
-        run(c, None)
-    };
-    let sent = [send(), send()];
-    signal("CONT");
-    for sent in sent {
-        assert!(!ok(sent).trim().is_empty(), "the send printed its replicas");
-    }
-    let stored = ok(stored);
-    assert!(stored.contains("seq 1 stored by"), "{stored}");
-    let key = stored.split_whitespace().find(|w| w.starts_with('/')).expect("the key").to_owned();
-    assert_eq!(ok(get(&others[0], &[&key])), "v1");
-
-    let log = std::fs::read_to_string(writer.home.join("node.log")).expect("the writer's log");
-    let lookups: Vec<&str> = log.lines().filter(|l| l.contains("lookup done")).collect();
-    for of in ["operation", "caller"] {
-        let waited = lookups.iter().any(|l| l.contains("complete=false") && l.contains(of));
-        assert!(waited, "a lookup (of: {of}) waited on the stopped node: {log}");
-    }
-    for line in lookups {
-        // As `Duration`'s debug form has it: "5.02s", "12.3ms", "950µs".
-        let field = line.split_whitespace().find_map(|w| w.strip_prefix("duration=Some("));
-        let field = field.and_then(|d| d.strip_suffix(')')).expect("a duration");
-        let (number, unit) =
-            field.split_at(field.find(|c: char| c.is_alphabetic() || c == 'µ').expect("a unit"));
-        let number: f64 = number.parse().expect("a number");
-        let seconds = match unit {
-            "s" => number,
-            "ms" => number / 1e3,
-            "µs" => number / 1e6,
-            "ns" => number / 1e9,
-            other => panic!("unit {other}: {line}"),
+    let log = || std::fs::read_to_string(writer.home.join("node.log")).expect("the writer's log");
+    // A put through the command line (a read of the key, then the write; each may look the
+    // key up), and two letters: sending looks the mailbox up, a lookup of the node's callers
+    // (mail's). The second starts as the first ends, which (without the wake) was at a
+    // wake-up of the node: its deadline then fell just past one, and it ran on to the next
+    // (5 s later).
+    let work = |path: &str| {
+        signal("STOP");
+        let stored = put(&writer, &[path, "v1"], None);
+        let send = || {
+            let mut c = dkvs(&writer.home);
+            c.args(["mail", "send", &alice, "to myself"]);
+            run(c, None)
         };
+        let sent = [send(), send()];
+        signal("CONT");
+        for sent in sent {
+            assert!(!ok(sent).trim().is_empty(), "the send printed its replicas");
+        }
+        let stored = ok(stored);
+        assert!(stored.contains("seq 1 stored by"), "{stored}");
+        let key = stored.split_whitespace().find(|w| w.starts_with('/')).expect("the key");
+        assert_eq!(ok(get(&others[0], &[key])), "v1");
+    };
+
+    // Stopped after it answered fast: every lookup that asked it went on without it.
+    let before = log().lines().count();
+    work("/~/past-stopped");
+    let log_a = log();
+    let passed_over = log_a.lines().skip(before).any(|l| {
+        l.contains("a lookup stopped waiting on a silent peer") && l.contains(&stopped_id)
+    });
+    assert!(passed_over, "no lookup stopped waiting on the stopped node: {log_a}");
+    let lookups = lookups_logged(&log_a, before);
+    let caller = lookups.iter().filter(|(l, _)| l.contains("caller")).count();
+    assert!(caller >= 2, "each letter looked its callers up: {log_a}");
+    for (line, _) in &lookups {
+        // It asked every peer (there are four) and heard from three.
+        assert!(line.contains("complete=true"), "a lookup waited on the stopped node: {line}");
+    }
+
+    // Its answers to those lookups came late, once it was continued: lookups now wait on it
+    // longer, to their deadline.
+    let before = log_a.lines().count();
+    work("/~/past-stopped-again");
+    let log_b = log();
+    let lookups = lookups_logged(&log_b, before);
+    let waited = lookups.iter().any(|(l, _)| l.contains("complete=false") && l.contains("caller"));
+    assert!(waited, "a lookup (of: caller) waited on the stopped node: {log_b}");
+    for (line, seconds) in lookups {
         // A lookup ends at 5 s; two seconds more are the slack of a loaded machine, and a
         // lookup past its deadline ran to 8.5-10 s.
         assert!(seconds < 7.0, "a lookup took {seconds} s: {line}");
