@@ -95,6 +95,11 @@ struct Cli {
     /// either way).
     #[arg(long)]
     silent_deaths: bool,
+    /// With --processes: a churned node is stopped (SIGSTOP) instead of killed. Its
+    /// connections stay open and it answers nothing, as a suspended laptop or a phone whose
+    /// app the system froze; it stays stopped to the end of the run.
+    #[arg(long)]
+    stopped_deaths: bool,
     /// Skip the 2-node floor of dkvs's get.
     #[arg(long)]
     no_floor: bool,
@@ -167,6 +172,8 @@ pub(crate) struct Churn {
     pub seed: u64,
     /// A killed node's port answers nothing (`--silent-deaths`).
     pub silent: bool,
+    /// A killed node process is stopped instead, its connections open (`--stopped-deaths`).
+    pub stopped: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -206,6 +213,9 @@ fn main() -> anyhow::Result<()> {
         && (cli.churn.is_none() || cli.processes || cli.transport == TransportArg::Memory)
     {
         bail!("--silent-deaths takes --churn, in one process, on TCP");
+    }
+    if cli.stopped_deaths && (cli.churn.is_none() || !cli.processes) {
+        bail!("--stopped-deaths takes --churn and --processes");
     }
     let reports = match (cli.system, &cli.report_to) {
         (SystemArg::Both, _) => vec![child(SystemArg::Dkvs)?, child(SystemArg::Mainline)?],
@@ -310,6 +320,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
             rounds: cli.churn_rounds,
             seed: cli.seed ^ 0xc4u64,
             silent: cli.silent_deaths,
+            stopped: cli.stopped_deaths,
         }),
         floor: !cli.no_floor,
     };

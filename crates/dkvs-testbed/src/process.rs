@@ -139,6 +139,16 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops it (SIGSTOP): its connections stay open and it answers nothing until it is
+    /// killed.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let pid = self.child.id();
+        let mut stop = std::process::Command::new("sh");
+        stop.args(["-c", &format!("kill -STOP {pid}")]);
+        anyhow::ensure!(stop.status()?.success(), "kill -STOP {pid} failed");
+        Ok(())
+    }
+
     /// A line of its `/proc/<pid>/status`, in kB.
     pub fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
         status_field(&format!("/proc/{}/status", self.child.id()), field)

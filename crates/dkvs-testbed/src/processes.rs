@@ -33,6 +33,10 @@ struct Processes {
     accounts: Vec<String>,
     ids: Vec<String>,
     nodes: Vec<Option<(NodeProcess, Client)>>,
+    /// Whether churn stops a node instead of killing it (`--stopped-deaths`), and the nodes
+    /// it stopped, killed with the rest.
+    stop_on_kill: bool,
+    stopped: Vec<NodeProcess>,
     // Last: dropped after the processes.
     dir: tempfile::TempDir,
 }
@@ -49,7 +53,8 @@ impl Processes {
             accounts.push(name);
             ids.push(keypair.account_id().to_string());
         }
-        Ok(Processes { bin, keys, accounts, ids, nodes: Vec::new(), dir })
+        let (nodes, stopped) = (Vec::new(), Vec::new());
+        Ok(Processes { bin, keys, accounts, ids, nodes, stop_on_kill: false, stopped, dir })
     }
 
     /// Starts a node, joined through `via` (a live node's index) unless it is the first.
@@ -239,7 +244,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let get_bytes = blocking(|| net.bytes_sent()).saturating_sub(get_bytes_from);
 
     let churn = match &opts.churn {
-        Some(churn) => workload::churn(&mut net, "dkvs", plan, churn, bar).await?,
+        Some(churn) => {
+            net.stop_on_kill = churn.stopped;
+            workload::churn(&mut net, "dkvs", plan, churn, bar).await?
+        }
         None => Vec::new(),
     };
     drop(net);
@@ -287,8 +295,13 @@ impl Network for Processes {
     }
 
     async fn kill(&mut self, i: usize) {
-        // Dropped: killed at once (SIGKILL), as a crash would.
-        self.nodes[i] = None;
+        // Dropped: killed at once (SIGKILL), as a crash would; or stopped, and killed at the
+        // end of the run.
+        let Some((mut node, _)) = self.nodes[i].take() else { return };
+        if self.stop_on_kill {
+            node.stop().unwrap_or_else(|e| panic!("--stopped-deaths: {e:#}"));
+            self.stopped.push(node);
+        }
     }
 
     async fn add(&mut self) -> anyhow::Result<()> {
