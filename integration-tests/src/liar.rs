@@ -271,8 +271,9 @@ impl Liar {
         self.commands.send(Command::Stall(Stall::AtLookup)).await.map_err(|_| anyhow!("liar gone"))
     }
 
-    /// From now on answers each Kademlia lookup that reaches it `late` (and nothing else
-    /// meanwhile): a peer on a slow link, which its askers learn to wait on longer.
+    /// From now on, until it freezes or thaws, answers each Kademlia lookup that reaches it
+    /// `late` (and nothing else meanwhile: lookups that reach it together are answered in
+    /// turn), as a peer on a slow link would; its askers learn to wait on it longer.
     pub async fn answer_lookups_after(&self, late: Duration) -> anyhow::Result<()> {
         let slow = Command::Stall(Stall::AtEachLookupFor(late));
         self.commands.send(slow).await.map_err(|_| anyhow!("liar gone"))
@@ -341,6 +342,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 Some(Command::Freeze(reply)) => {
                     frozen = true;
                     thaw_at = None;
+                    stall = stall.late().map_or(stall, |_| Stall::No);
                     let _ = reply.send(());
                 }
                 Some(Command::Stall(when)) => {
@@ -351,6 +353,8 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 }
                 Some(Command::Thaw) => {
                     frozen = false;
+                    thaw_at = None;
+                    stall = stall.late().map_or(stall, |_| Stall::No);
                 }
                 Some(Command::StaleClaim(bytes)) => {
                     stale_claim = Some(bytes);

@@ -550,9 +550,9 @@ async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> 
     let got = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
     assert_eq!(got.requests, 3, "{got:?}");
 
+    // (Its answer counts for it even if it came after the reader gave up on it.)
     stalled.answer_lookups_after(Duration::from_millis(1500)).await?;
-    let found = net.node(0).closest_peers(b"anything".to_vec()).await;
-    assert!(found.contains(&stalled.peer_id()), "the slow peer answered: {found:?}");
+    net.node(0).closest_peers(b"anything".to_vec()).await;
     namer.name_peers((0..20).map(|_| dkvs_net::libp2p::PeerId::random()).collect()).await?;
     stalled.freeze().await?;
     let timed_out = read_from_the_table(&net, 0, &key, &namer, "v1").await?;
@@ -1808,7 +1808,8 @@ async fn many_nodes_joined_in_waves_form_one_network() -> anyhow::Result<()> {
 
 /// Ten nodes and `count` liars, with ids ground so that, seen from the writer (node 1), one
 /// other node is the closest to a key and the liars come next. Every node has met every peer,
-/// the writer by a lookup of the key; liars that answer lookups `late` answered it so.
+/// the writer by a lookup of the key; liars that answer lookups `late` answered it so (and the
+/// writer waits on them longer since).
 struct LiarsNearAKey {
     net: TestNet,
     writer: usize,
@@ -1859,8 +1860,9 @@ async fn liars_near_a_key(count: usize, late: Option<Duration>) -> anyhow::Resul
             liar.answer_lookups_after(late).await?;
         }
     }
-    let found = net.node(writer).closest_peers(key.as_str().as_bytes().to_vec()).await;
-    assert_eq!(found.len(), 9 + count, "the writer has met every peer: {found:?}");
+    net.node(writer).closest_peers(key.as_str().as_bytes().to_vec()).await;
+    let table = net.node(writer).routing_table().await;
+    assert_eq!(table.len(), 9 + count, "the writer has met every peer: {table:?}");
     Ok(LiarsNearAKey { net, writer, alice, key, ranked, liars })
 }
 

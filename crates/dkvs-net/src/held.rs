@@ -1,5 +1,6 @@
 //! Kademlia's dials: not waited on for long, and held back for a while for peers whose dials
-//! fail slowly.
+//! fail slowly; and its requests to connected peers that answer nothing, not waited on for
+//! long either ([`crate::stalled`]).
 //!
 //! Kademlia keeps a peer whose dials fail in its table until a newcomer needs its place in a
 //! full bucket, and buckets of 64 seldom fill: a node that died stays in every table, peers
@@ -115,12 +116,14 @@ pub(crate) struct Holds {
     /// Of those, the ones given up on, whose dials go on: since when.
     given_up: HashMap<PeerId, Instant>,
     /// How long Kademlia's last [`DIAL_SAMPLES`] dials that connected took.
-    dials: crate::stalled::Recent<DIAL_SAMPLES>,
+    dials: crate::stalled::Recent<PeerId, DIAL_SAMPLES>,
     /// The peers connected (Kademlia may still ask to dial one, a moment after it
     /// connected), and one connection of each.
     connected: HashMap<PeerId, ConnectionId>,
     /// Kademlia's requests to connected peers, and their answers.
     answers: crate::stalled::Answers,
+    /// Peers given up on too often in a row, whose connections are to be closed.
+    closing: Vec<PeerId>,
     /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest dial or the
     /// first silent peer.
     wake: Option<Pin<Box<Sleep>>>,
@@ -268,11 +271,16 @@ impl Holds {
         if self.stranded {
             return;
         }
-        for (peer, silent) in self.answers.give_up(now) {
+        let given_up = self.answers.give_up(now);
+        for (peer, silent) in given_up.silent {
             let Some(connection_id) = self.connected.get(&peer).copied() else { continue };
             let silent = Silent(silent);
             tracing::debug!(%peer, reason = %silent, "a lookup stopped waiting on a silent peer");
             tell_failed(kad, peer, connection_id, silent);
+        }
+        for peer in given_up.closing {
+            tracing::debug!(%peer, "a peer silent at lookups in a row: its connections close");
+            self.closing.push(peer);
         }
     }
 
@@ -367,6 +375,9 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 self.connected.remove(&closed.peer_id);
                 self.answers.closed(closed.peer_id);
             }
+            FromSwarm::ConnectionClosed(closed) => {
+                self.answers.connection_closed(closed.peer_id, Instant::now());
+            }
             // A dial refused because another of the peer is under way says nothing of it.
             FromSwarm::DialFailure(DialFailure { peer_id: Some(peer), error, .. })
                 if !matches!(error, DialError::DialPeerConditionFalse(_)) =>
@@ -405,9 +416,16 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         let now = Instant::now();
         self.give_up(kad, now);
         self.give_up_silent(kad, now);
+        if let Some(peer_id) = self.closing.pop() {
+            let connection = libp2p::swarm::CloseConnection::All;
+            return Poll::Ready(ToSwarm::CloseConnection { peer_id, connection });
+        }
         while let Poll::Ready(event) = kad.poll(cx) {
             if let ToSwarm::NotifyHandler { peer_id, event: request_event, .. } = &event {
-                if let Some(lookup) = request(request_event) {
+                // (A request to a peer whose last connection just closed is dropped.)
+                if let Some(lookup) = request(request_event)
+                    && self.connected.contains_key(peer_id)
+                {
                     self.answers.asked(*peer_id, lookup, now);
                 }
                 return Poll::Ready(event);
@@ -647,8 +665,8 @@ pub(crate) mod tests {
         }));
     }
 
-    /// `peer`'s one connection closed.
-    pub(crate) fn closed(held: &mut Held, peer: PeerId) {
+    /// One of `peer`'s connections closed, `remaining` others stay.
+    pub(crate) fn closed(held: &mut Held, peer: PeerId, remaining: u32) {
         held.on_swarm_event(FromSwarm::ConnectionClosed(
             libp2p::swarm::behaviour::ConnectionClosed {
                 peer_id: peer,
@@ -658,7 +676,7 @@ pub(crate) mod tests {
                     send_back_addr: "/memory/9".parse().expect("address"),
                 },
                 cause: None,
-                remaining_established: 0,
+                remaining_established: remaining as usize,
             },
         ));
     }
@@ -725,7 +743,7 @@ pub(crate) mod tests {
         assert!(held.wrapper().given_up.is_empty());
         assert_eq!(held.wrapper().dials.last(), Some(Duration::from_secs(3)));
         // Once its last connection closed, Kademlia's dials of it are timed again.
-        closed(&mut held, peers[0]);
+        closed(&mut held, peers[0], 0);
         held.get_closest_peers(vec![2]);
         drain(&mut held, peers[0]);
         assert!(held.wrapper().dialing.contains_key(&peers[0]), "a closed peer's dial untimed");

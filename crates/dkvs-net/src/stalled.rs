@@ -2,19 +2,25 @@
 //! answers nothing.
 //!
 //! A peer that stopped answering while its connections stay open (a process the machine
-//! stopped, a suspended phone, a host that hangs) is asked like any other, and Kademlia waits
-//! 10 s for each of its answers (its `peer_timeout`, which libp2p-kad 0.49 does not let anyone
-//! set): every lookup that asked it waited to its deadline (5 s) and ended with the answers it
-//! had, which may be far from the key (testnet-plan 5p).
+//! stopped, a suspended laptop, a host that hangs) is asked like any other. Kademlia's
+//! connection gives up on a request after 10 s (its substream timeout: one fixed time would
+//! cut a slow link's answers, so dkvs leaves it), so every lookup that asked such a peer
+//! waited to its deadline (5 s) and ended with the answers it had, which may be far from the
+//! key (testnet-plan 5p). A stopped process's connections stay open for good: its machine's
+//! kernel still acknowledges what is sent to it, and pings close nothing.
 //!
 //! [`Answers`] times Kademlia's requests to each peer and the peer's answers. A peer with
-//! requests outstanding that has answered none of them for [`Answers::patience`] (four times
-//! the median time of this node's last 16 answers, four times the peer's own slowest answer,
-//! and [`SLOW_FAILURE`] at least: a slow link slows every answer, a slow peer only its own) is
-//! given up on: [`crate::held::Held`] tells Kademlia it failed, as it does of a dial it gave
-//! up on, and the lookups waiting on it go on without it. Its connection stays. Its late
-//! answers are dropped by those lookups, and tell how slow it is; a later lookup asks it
-//! again, and waits on it as long again.
+//! requests outstanding that has answered none of them for [`Answers::patience`] is given up
+//! on: four times the median of this node's recent answers (one from each of the last 16
+//! peers that answered in time, so one peer cannot move it much), four times the slowest of
+//! the peer's own last 4 answers, [`SLOW_FAILURE`] at least: a slow link slows every answer,
+//! a slow peer only its own. [`crate::held::Held`] then tells Kademlia that the peer failed,
+//! as it does of a dial it gave up on, and the lookups waiting on it go on without it; they
+//! drop its late answers. Late answers still count for the peer: a peer that was slow (or
+//! stopped a while) is waited on longer, until its next 4 answers show it fast again. A peer
+//! given up on twice with no answer in between has its connections closed: then its dials
+//! are waited on and held as [`crate::held`] says (a stopped process's dial never completes
+//! its handshake, and fails slowly).
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
@@ -22,8 +28,8 @@
 //! peer a lookup asked to dial; the dial's wait is [`crate::held`]'s): a peer that answers
 //! nothing right after it connected still holds those lookups to their deadline. A peer that
 //! answers some requests and not others is not given up on while it answers: a liar can still
-//! hold a lookup to its deadline, as it can by answering slowly once (which lengthens its own
-//! patience); it cannot slow anyone else's.
+//! hold a lookup to its deadline, as it can by answering slowly (which lengthens its own
+//! patience), but not another peer's.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -36,28 +42,48 @@ use crate::held::SLOW_FAILURE;
 
 /// How many times as long as answers take lately a lookup waits on a peer's.
 const PATIENCE_FACTOR: u32 = 4;
-/// How many of the last answers tell how long answers take.
+/// How many peers' last answers tell how long answers take here.
 const ANSWER_SAMPLES: usize = 16;
-/// A request given up on is forgotten this long after it was sent, answered or not
-/// (Kademlia's own requests end within 10 s; one whose connection closed while others of
-/// its peer stay open is never answered).
-const ASKED_KEPT: Duration = Duration::from_secs(30);
+/// How many of a peer's own last answers tell how long it takes.
+const PEER_SAMPLES: usize = 4;
+/// A request is forgotten this long after it was sent, answered or not: Kademlia's
+/// connection ends each within 10 s (its substream timeout), but one sent on a connection
+/// that closed while others of its peer stay open is never answered.
+const ASKED_KEPT: Duration = Duration::from_secs(15);
+/// How many times in a row a peer is given up on before its connections are closed.
+const STRIKES: u32 = 2;
 
-/// The median of the last few of some times.
-#[derive(Debug, Default)]
-pub(crate) struct Recent<const N: usize> {
-    times: VecDeque<Duration>,
+/// The median of the last few of some times; a time of a key replaces that key's last one.
+#[derive(Debug)]
+pub(crate) struct Recent<K, const N: usize> {
+    times: VecDeque<(Option<K>, Duration)>,
     median: Option<Duration>,
 }
 
-impl<const N: usize> Recent<N> {
+impl<K, const N: usize> Default for Recent<K, N> {
+    fn default() -> Self {
+        Recent { times: VecDeque::new(), median: None }
+    }
+}
+
+impl<K: PartialEq, const N: usize> Recent<K, N> {
     /// Counts `took`, forgetting the oldest past `N`.
     pub(crate) fn push(&mut self, took: Duration) {
+        self.count(None, took);
+    }
+
+    /// Counts `took` in place of `key`'s last time, forgetting the oldest past `N`.
+    pub(crate) fn push_of(&mut self, key: K, took: Duration) {
+        self.times.retain(|(k, _)| k.as_ref() != Some(&key));
+        self.count(Some(key), took);
+    }
+
+    fn count(&mut self, key: Option<K>, took: Duration) {
         if self.times.len() == N {
             self.times.pop_front();
         }
-        self.times.push_back(took);
-        let mut sorted: Vec<Duration> = self.times.iter().copied().collect();
+        self.times.push_back((key, took));
+        let mut sorted: Vec<Duration> = self.times.iter().map(|(_, took)| *took).collect();
         sorted.sort_unstable();
         self.median = sorted.get(sorted.len() / 2).copied();
     }
@@ -67,10 +93,15 @@ impl<const N: usize> Recent<N> {
         self.median
     }
 
+    /// The slowest of the last `N`.
+    fn slowest(&self) -> Duration {
+        self.times.iter().map(|(_, took)| *took).max().unwrap_or_default()
+    }
+
     /// The last counted.
     #[cfg(test)]
     pub(crate) fn last(&self) -> Option<Duration> {
-        self.times.back().copied()
+        self.times.back().map(|(_, took)| *took)
     }
 }
 
@@ -78,13 +109,13 @@ impl<const N: usize> Recent<N> {
 /// docs).
 #[derive(Default)]
 pub(crate) struct Answers {
-    /// Requests not answered yet, by peer and lookup (Kademlia sends a peer one request a
-    /// lookup).
+    /// Requests not answered yet, by peer and lookup (dkvs's lookups send a peer one request
+    /// each).
     asked: HashMap<(PeerId, QueryId), Asked>,
     /// The peers asked since they connected.
     peers: HashMap<PeerId, Peer>,
-    /// How long the last answers took.
-    times: Recent<ANSWER_SAMPLES>,
+    /// How long the last answers in time took, one of each peer.
+    times: Recent<PeerId, ANSWER_SAMPLES>,
 }
 
 /// A request outstanding.
@@ -96,29 +127,41 @@ struct Asked {
 }
 
 /// A peer asked since it connected.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Peer {
     /// Its requests outstanding and not given up on.
     waiting: usize,
     /// Since when it has answered none of them: its last answer, or the first of them.
     silent_since: Instant,
-    /// Its slowest answer since it connected.
-    slowest: Duration,
+    /// How long its last answers took (the ones given up on too).
+    times: Recent<(), PEER_SAMPLES>,
+    /// Times it was given up on since its last answer.
+    strikes: u32,
+}
+
+/// What [`Answers::give_up`] found.
+#[derive(Debug, Default)]
+pub(crate) struct GivenUp {
+    /// The peers given up on, with how long they had been silent.
+    pub(crate) silent: Vec<(PeerId, Duration)>,
+    /// Of those, the ones given up on [`STRIKES`] times in a row: their connections close.
+    pub(crate) closing: Vec<PeerId>,
 }
 
 impl Answers {
     /// Kademlia sent `peer` a request for `lookup` at `now`.
     pub(crate) fn asked(&mut self, peer: PeerId, lookup: QueryId, now: Instant) {
         let was = self.asked.insert((peer, lookup), Asked { at: now, given_up: false });
-        let entry = self.peers.entry(peer).or_insert(Peer {
+        let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             waiting: 0,
             silent_since: now,
-            slowest: Duration::ZERO,
+            times: Recent::default(),
+            strikes: 0,
         });
         if entry.waiting == 0 {
             entry.silent_since = now;
         }
-        if !was.is_some_and(|was| !was.given_up) {
+        if was.is_none_or(|was| was.given_up) {
             entry.waiting += 1;
         }
     }
@@ -135,10 +178,23 @@ impl Answers {
             return;
         }
         entry.silent_since = now;
+        entry.strikes = 0;
         if let Some(asked) = asked {
             let took = now.saturating_duration_since(asked.at);
-            entry.slowest = entry.slowest.max(took);
-            self.times.push(took);
+            entry.times.push(took);
+            // A late answer tells of this peer, not of how long answers take here.
+            if !asked.given_up {
+                self.times.push_of(peer, took);
+            }
+        }
+    }
+
+    /// One of `peer`'s connections closed at `now`, and others stay: the requests sent on it
+    /// are lost, and which they were is not known. Its silence counts from now: if it answers
+    /// nothing for its patience, the lookups waiting on it go on without it.
+    pub(crate) fn connection_closed(&mut self, peer: PeerId, now: Instant) {
+        if let Some(entry) = self.peers.get_mut(&peer).filter(|entry| entry.waiting > 0) {
+            entry.silent_since = now;
         }
     }
 
@@ -149,34 +205,45 @@ impl Answers {
         }
     }
 
-    /// How long a lookup waits on `peer`'s answer: [`PATIENCE_FACTOR`] times the median of
-    /// the last [`ANSWER_SAMPLES`] answers and times the peer's slowest, [`SLOW_FAILURE`] at
-    /// least; unknown before any peer answered.
+    /// How long a lookup waits on `peer`'s answer (the module's docs); unknown before any
+    /// peer answered.
     fn patience(&self, peer: &Peer) -> Option<Duration> {
-        let lately = self.times.median()?.max(peer.slowest);
+        let lately = self.times.median()?.max(peer.times.slowest());
         Some((lately * PATIENCE_FACTOR).max(SLOW_FAILURE))
     }
 
-    /// The peers that answered none of their requests outstanding for their patience at
-    /// `now`, with how long they have been silent. Each is given up on: its requests no
-    /// longer count until a new one is sent.
-    pub(crate) fn give_up(&mut self, now: Instant) -> Vec<(PeerId, Duration)> {
-        self.asked.retain(|_, asked| !asked.given_up || now < asked.at + ASKED_KEPT);
-        let mut stalled = Vec::new();
+    /// Gives up on the peers that answered none of their requests outstanding for their
+    /// patience at `now`: their requests no longer count until a new one is sent.
+    pub(crate) fn give_up(&mut self, now: Instant) -> GivenUp {
+        let peers = &mut self.peers;
+        self.asked.retain(|(peer, _), asked| {
+            let kept = now < asked.at + ASKED_KEPT;
+            if !kept && !asked.given_up {
+                // Never answered, nor failed by Kademlia: its connection closed.
+                peers.get_mut(peer).expect("a peer asked").waiting -= 1;
+            }
+            kept
+        });
+        let mut given_up = GivenUp::default();
         for (peer, entry) in &self.peers {
             let silent = now.saturating_duration_since(entry.silent_since);
             let late = self.patience(entry).is_some_and(|patience| silent >= patience);
             if entry.waiting > 0 && late {
-                stalled.push((*peer, silent));
+                given_up.silent.push((*peer, silent));
             }
         }
-        for (peer, _) in &stalled {
-            self.peers.get_mut(peer).expect("a peer asked").waiting = 0;
+        for (peer, _) in &given_up.silent {
+            let entry = self.peers.get_mut(peer).expect("a peer asked");
+            entry.waiting = 0;
+            entry.strikes += 1;
+            if entry.strikes >= STRIKES {
+                given_up.closing.push(*peer);
+            }
             for ((asked, _), request) in &mut self.asked {
                 request.given_up |= asked == peer;
             }
         }
-        stalled
+        given_up
     }
 
     /// When the next peer is given up on, unless it answers.
@@ -310,24 +377,115 @@ mod tests {
         // failed itself, and nothing of the peer is kept.
         let third = held.get_closest_peers(vec![3]);
         drain(&mut held);
-        closed(&mut held, peer);
+        closed(&mut held, peer, 0);
         assert_eq!(drain(&mut held), (vec![], vec![third]));
         let answers = held.wrapper_mut().answers_mut();
         assert!(answers.asked.is_empty() && answers.peers.is_empty());
         assert_eq!(answers.next(), None);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_silent_at_lookups_in_a_row_has_its_connections_closed() {
+        let (mut held, peers) = connected_to(1);
+        let peer = peers[0];
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let closes = |held: &mut Held| {
+            let events = events(held, futures::task::noop_waker_ref());
+            let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
+            events.iter().any(close)
+        };
+        // Given up on once, it answers (late): that ends the count.
+        let first = held.get_closest_peers(vec![1]);
+        drain(&mut held);
+        tokio::time::advance(SLOW_FAILURE).await;
+        assert!(!closes(&mut held), "closed at the first give-up");
+        answer(&mut held, peer, first);
+        // Two give-ups with no answer between: its connections close.
+        for (round, key) in [(1, 2), (2, 3)] {
+            held.get_closest_peers(vec![key]);
+            drain(&mut held);
+            // (Waited on longer since its late answer: four times 2 s.)
+            tokio::time::advance(SLOW_FAILURE * PATIENCE_FACTOR).await;
+            assert_eq!(closes(&mut held), round == STRIKES, "round {round}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_lengthens_its_peers_wait_only_until_it_answers_fast_again() {
+        let (mut held, peers) = connected_to(2);
+        let (slow, other) = (peers[0], peers[1]);
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let lookup = held.get_closest_peers(vec![1]);
+        drain(&mut held);
+        answer(&mut held, other, lookup);
+        tokio::time::advance(ms(3000)).await;
+        drain(&mut held);
+        // It answers 3 s late (a stop): not a time of this node's answers, but of its own.
+        answer(&mut held, slow, lookup);
+        let answers = held.wrapper_mut().answers_mut();
+        assert_eq!(answers.times.median(), Some(ms(10)), "10 ms and the other's, at once");
+        let patience = |held: &mut Held| {
+            let answers = held.wrapper_mut().answers_mut();
+            answers.patience(&answers.peers[&slow])
+        };
+        assert_eq!(patience(&mut held), Some(ms(3000) * PATIENCE_FACTOR));
+        // Four answers at once: it is fast again.
+        for key in 2..2 + PEER_SAMPLES as u8 {
+            let next = held.get_closest_peers(vec![key]);
+            drain(&mut held);
+            answer(&mut held, slow, next);
+            answer(&mut held, other, next);
+        }
+        assert_eq!(patience(&mut held), Some(SLOW_FAILURE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_of_several_restarts_its_peers_silence() {
+        let (mut held, peers) = connected_to(1);
+        let peer = peers[0];
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let lookup = held.get_closest_peers(vec![1]);
+        drain(&mut held);
+        // The connection its request went on closed 1 s later (another stays): the request
+        // is lost, and the peer has the whole wait again from then.
+        tokio::time::advance(ms(1000)).await;
+        closed(&mut held, peer, 1);
+        tokio::time::advance(SLOW_FAILURE - ms(1)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![]));
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![lookup]));
+        // A request neither answered nor failed is forgotten after a while.
+        let again = held.get_closest_peers(vec![2]);
+        drain(&mut held);
+        held.set_stranded(true);
+        tokio::time::advance(ASKED_KEPT).await;
+        held.set_stranded(false);
+        drain(&mut held);
+        let answers = held.wrapper_mut().answers_mut();
+        assert!(answers.asked.is_empty(), "kept: {:?}", answers.asked.keys());
+        assert_eq!(answers.next(), None, "{again:?} still waited on");
+    }
+
     #[test]
     fn the_median_of_the_last_few() {
-        let mut recent = Recent::<3>::default();
+        let mut recent = Recent::<u8, 3>::default();
         assert_eq!(recent.median(), None);
-        let ms = Duration::from_millis;
-        for took in [ms(5), ms(1), ms(9)] {
-            recent.push(took);
+        for (key, took) in [(1, ms(5)), (2, ms(1)), (3, ms(9))] {
+            recent.push_of(key, took);
         }
-        assert_eq!(recent.median(), Some(ms(5)));
+        assert_eq!((recent.median(), recent.slowest()), (Some(ms(5)), ms(9)));
         // The oldest (5) goes.
         recent.push(ms(2));
         assert_eq!((recent.median(), recent.last()), (Some(ms(2)), Some(ms(2))));
+        // A key's new time replaces its last: one key cannot fill the window.
+        for _ in 0..3 {
+            recent.push_of(4, ms(100));
+        }
+        assert_eq!((recent.median(), recent.slowest()), (Some(ms(9)), ms(100)));
+        // Times of no key each count.
+        for _ in 0..2 {
+            recent.push(ms(100));
+        }
+        assert_eq!(recent.median(), Some(ms(100)));
     }
 }

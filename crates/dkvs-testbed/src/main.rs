@@ -89,6 +89,10 @@ struct Cli {
     /// Churn rounds.
     #[arg(long, default_value_t = 3)]
     churn_rounds: usize,
+    /// Churn kills nodes and adds none: the reads start `--churn-every` seconds after the
+    /// kill, not after the new nodes joined (which can take a minute with processes).
+    #[arg(long)]
+    churn_kill_only: bool,
     /// dkvs in one process, on TCP: a killed node's port is taken by a listener that accepts
     /// and says nothing, as a dead host on the internet drops packets: dials of it wait for
     /// the setup timeout instead of being refused at once (mainline's UDP gets no answer
@@ -174,6 +178,8 @@ pub(crate) struct Churn {
     pub silent: bool,
     /// A killed node process is stopped instead, its connections open (`--stopped-deaths`).
     pub stopped: bool,
+    /// Whether as many nodes are added as were killed (not with `--churn-kill-only`).
+    pub adds: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -213,6 +219,9 @@ fn main() -> anyhow::Result<()> {
         && (cli.churn.is_none() || cli.processes || cli.transport == TransportArg::Memory)
     {
         bail!("--silent-deaths takes --churn, in one process, on TCP");
+    }
+    if cli.churn_kill_only && cli.churn.is_none() {
+        bail!("--churn-kill-only takes --churn");
     }
     if cli.stopped_deaths && (cli.churn.is_none() || !cli.processes) {
         bail!("--stopped-deaths takes --churn and --processes");
@@ -321,6 +330,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
             seed: cli.seed ^ 0xc4u64,
             silent: cli.silent_deaths,
             stopped: cli.stopped_deaths,
+            adds: !cli.churn_kill_only,
         }),
         floor: !cli.no_floor,
     };
@@ -472,6 +482,16 @@ fn print_table(cli: &Cli, reports: &[Report]) {
             .and_then(point)
             .or_else(|| ml.and_then(point))
             .map_or(String::new(), |p| format!(" ({} killed, {} added in all)", p.killed, p.added));
+        row(
+            &format!("churn round {}: put of a fresh key p50 ms", i + 1),
+            &|r| point(r).and_then(|p| p.write_p50_ms),
+            2,
+        );
+        row(
+            &format!("churn round {}: puts of a fresh key stored on a quorum %", i + 1),
+            &|r| point(r).and_then(|p| p.written.map(|w| 100.0 * w)),
+            1,
+        );
         row(
             &format!("churn round {}: reads began, s after its kill", i + 1),
             &|r| point(r).map(|p| p.read_after_kill_s),

@@ -316,6 +316,17 @@ impl Network for Processes {
     async fn read(&self, plan: &Plan, item: usize, node: usize) -> Read {
         blocking(|| Processes::read(self, plan, item, node)).0
     }
+
+    async fn write_fresh(&self, plan: &Plan, item: usize, name: &str, node: usize) -> Option<bool> {
+        let account = &self.accounts[plan.items[item].account];
+        let path = format!("/v1/kv/~/{name}?account={account}&ttl=1h");
+        // Without a quorum the node answers 503 (no_quorum).
+        let put = blocking(|| self.client(node).put_bytes(&path, &plan.value(item, 1)));
+        if let Err(e) = &put {
+            note(&format!("put of {name} through node {node}: {e}"));
+        }
+        Some(put.is_ok())
+    }
 }
 
 /// A get's p50 between two node processes: the floor (see `dkvs::floor`). Every get must

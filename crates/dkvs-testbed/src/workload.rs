@@ -258,6 +258,14 @@ pub struct ChurnPoint {
     pub reread_newest: f64,
     #[serde(default)]
     pub reread_p50_ms: f64,
+    /// Where the system takes them here (dkvs's processes): a record of a fresh key written
+    /// for each record, as an application writes (no sequence given: a read of the key, then
+    /// the write), through a random live node before the reads: the fraction stored on a
+    /// quorum, and their median latency.
+    #[serde(default)]
+    pub written: Option<f64>,
+    #[serde(default)]
+    pub write_p50_ms: Option<f64>,
 }
 
 /// The figures of one system in one run.
@@ -385,11 +393,23 @@ pub(crate) trait Network {
     async fn add(&mut self) -> anyhow::Result<()>;
     /// Reads `item` through node `node`.
     async fn read(&self, plan: &Plan, item: usize, node: usize) -> Read;
+    /// Writes a record of `item`'s account under the fresh key `name` through node `node`,
+    /// as an application writes: whether it was stored on a quorum; none where not taken.
+    async fn write_fresh(
+        &self,
+        _plan: &Plan,
+        _item: usize,
+        _name: &str,
+        _node: usize,
+    ) -> Option<bool> {
+        None
+    }
 }
 
-/// Churn rounds: a fraction of the live nodes killed at once and as many fresh ones added;
-/// once they joined and at least `every` passed since the kill, every record is read through
-/// a random live node.
+/// Churn rounds: a fraction of the live nodes killed at once and as many fresh ones added
+/// (unless `churn.adds` is off); once they joined and at least `every` passed since the kill,
+/// a record of a fresh key is written for each record (where the network takes such writes),
+/// and every record is read, each through a random live node.
 pub(crate) async fn churn(
     net: &mut impl Network,
     system: &str,
@@ -412,13 +432,26 @@ pub(crate) async fn churn(
             net.kill(i).await;
         }
         killed += k;
-        for _ in 0..k {
+        let adds = if churn.adds { k } else { 0 };
+        for _ in 0..adds {
             net.add().await?;
         }
-        added += k;
+        added += adds;
         tokio::time::sleep(churn.every.saturating_sub(round_start.elapsed())).await;
-        let read_after_kill = round_start.elapsed();
         let alive = net.alive();
+        let mut writes = Samples::default();
+        let mut taken = true;
+        for item in 0..plan.items.len() {
+            let node = alive[rng.below(alive.len())];
+            let name = format!("{}-churn{}", plan.items[item].name, round + 1);
+            let at = std::time::Instant::now();
+            let Some(stored) = net.write_fresh(plan, item, &name, node).await else {
+                taken = false;
+                break;
+            };
+            writes.record(at.elapsed(), stored);
+        }
+        let read_after_kill = round_start.elapsed();
         let (mut reads, mut rereads) = (Samples::default(), Samples::default());
         for item in 0..plan.items.len() {
             let node = alive[rng.below(alive.len())];
@@ -438,6 +471,8 @@ pub(crate) async fn churn(
             read_p50_ms: reads.summary().p50_ms,
             reread_newest: rereads.ok as f64 / plan.items.len().max(1) as f64,
             reread_p50_ms: rereads.summary().p50_ms,
+            written: taken.then(|| writes.ok as f64 / plan.items.len().max(1) as f64),
+            write_p50_ms: taken.then(|| writes.summary().p50_ms),
         });
     }
     Ok(points)
