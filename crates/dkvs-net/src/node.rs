@@ -734,6 +734,7 @@ impl LookupEnds {
 
     /// Lookup `id` started at `now`.
     pub(crate) fn started(&mut self, id: kad::QueryId, now: Instant) {
+        tracing::debug!(?id, "lookup started");
         self.wake_at(id, now + self.time + LOOKUP_END_GRACE);
     }
 

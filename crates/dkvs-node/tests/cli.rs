@@ -948,9 +948,9 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     // A node the machine stopped (kill -STOP: a suspended laptop, a node swapped out) keeps
     // its connections open and answers nothing. A lookup that asks it waits on it only four
     // times as long as answers take (its own too), 2 s at least, and then goes on without it
-    // (Kademlia waits 10 s). Once the node was slow (its answers to those lookups came after
-    // it was continued), lookups wait on it for longer, up to their deadline, 5 s, half the
-    // operation's time, and then go on with the answers they have. Kademlia has no timer for
+    // (Kademlia waits 10 s). Once it was slow (stopped for a moment, it answered late),
+    // lookups wait on it for longer, up to their deadline, 5 s, half the operation's time,
+    // and then go on with the answers they have. Kademlia has no timer for
     // that deadline and looks at it only when something polls it: on a quiet node a lookup
     // ran on to the next wake-up, up to the stopped peer's 10-s request timeout (9.97 s
     // seen), the whole operation's time; the node now wakes at each lookup's end, an
@@ -1018,6 +1018,11 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
         l.contains("a lookup stopped waiting on a silent peer") && l.contains(&stopped_id)
     });
     assert!(passed_over, "no lookup stopped waiting on the stopped node: {log_a}");
+    let closed = log_a.lines().skip(before).any(|l| {
+        l.contains("a peer silent at lookups in a row: its connections close")
+            && l.contains(&stopped_id)
+    });
+    assert!(closed, "given up on at lookups in a row, it stayed connected: {log_a}");
     let lookups = lookups_logged(&log_a, before);
     let caller = lookups.iter().filter(|(l, _)| l.contains("caller")).count();
     assert!(caller >= 2, "each letter looked its callers up: {log_a}");
@@ -1026,17 +1031,47 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
         assert!(line.contains("complete=true"), "a lookup waited on the stopped node: {line}");
     }
 
-    // Its answers to those lookups came late, once it was continued: lookups now wait on it
-    // longer, to their deadline.
-    let before = log_a.lines().count();
-    work("/~/past-stopped-again");
+    // Given up on at lookups in a row, its connections were closed. Once it is back, it is
+    // stopped again for 1.8 s while a letter's lookup waits on it: its answer then comes
+    // 1.8 s late, and lookups wait on it four times as long as that, past their deadline.
+    let deadline = Instant::now() + STEP;
+    while peers() < 4 {
+        assert!(Instant::now() < deadline, "the writer met {} of 4 nodes again", peers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = |from: usize| log().lines().skip(from).any(|l| l.contains("lookup started"));
+    let before = log().lines().count();
+    signal("STOP");
+    let slow = std::thread::spawn({
+        let mut c = dkvs(&writer.home);
+        c.args(["mail", "send", &alice, "slowly"]);
+        move || run(c, None)
+    });
+    let deadline = Instant::now() + STEP;
+    while !started(before) {
+        assert!(Instant::now() < deadline, "the letter's lookup started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1800));
+    signal("CONT");
+    assert!(!ok(slow.join().expect("the send")).trim().is_empty());
+
+    // Stopped for good now: a letter's lookup waits on it to its deadline.
+    let before = log().lines().count();
+    signal("STOP");
+    let mut c = dkvs(&writer.home);
+    c.args(["mail", "send", &alice, "past its deadline"]);
+    let sent = run(c, None);
+    signal("CONT");
+    assert!(!ok(sent).trim().is_empty(), "the send printed its replicas");
     let log_b = log();
     let lookups = lookups_logged(&log_b, before);
     let waited = lookups.iter().any(|(l, _)| l.contains("complete=false") && l.contains("caller"));
     assert!(waited, "a lookup (of: caller) waited on the stopped node: {log_b}");
     for (line, seconds) in lookups {
         // A lookup ends at 5 s; two seconds more are the slack of a loaded machine, and a
-        // lookup past its deadline ran to 8.5-10 s.
+        // lookup past its deadline ran to 8.5-10 s (7.2 s now: the stopped node is given up
+        // on then).
         assert!(seconds < 7.0, "a lookup took {seconds} s: {line}");
     }
 }
