@@ -45,7 +45,8 @@
 //! dial is given up while this node is stranded, nor while [`MAX_GIVEN_UP`] peers whose
 //! dials were given up on in the last 20 s have them still under way (peers named in answers
 //! are dialed whoever names them: past the bound, lookups wait on dials as before). A
-//! connected peer that stopped answering is given up on the same way ([`crate::stalled`]).
+//! connected peer that stopped answering is given up on the same way, and its connections
+//! closed once it stayed silent ([`crate::stalled`]).
 //!
 //! The cost of a wrong hold (a peer whose every address timed out for a moment, and is back):
 //! this node's lookups do not reach it until its hold ends or it connects, so operations near
@@ -81,7 +82,8 @@ pub(crate) const MAX_GIVEN_UP: usize = 64;
 /// address ends within the setup timeout; a peer that gave many (8 are dialed at a time,
 /// the rest after) is not let keep the bound full.
 const GIVEN_UP_COUNTED: Duration = Duration::from_secs(20);
-/// How many of Kademlia's last dials that connected tell how long this node's dials take.
+/// How many of Kademlia's last dials that connected (one of each peer) tell how long this
+/// node's dials take.
 const DIAL_SAMPLES: usize = 16;
 /// How long Kademlia's dials of a peer are held after its first slow failure: more than a
 /// lookup's time, so the lookups right after a peer died pass over it.
@@ -122,8 +124,10 @@ pub(crate) struct Holds {
     connected: HashMap<PeerId, ConnectionId>,
     /// Kademlia's requests to connected peers, and their answers.
     answers: crate::stalled::Answers,
-    /// Peers given up on too often in a row, whose connections are to be closed.
+    /// Peers silent too long, whose connections are to be closed.
     closing: Vec<PeerId>,
+    /// The relay this node holds a reservation on, whose connections are not closed.
+    spared: Option<PeerId>,
     /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest dial or the
     /// first silent peer.
     wake: Option<Pin<Box<Sleep>>>,
@@ -188,6 +192,13 @@ impl Held {
     pub(crate) fn set_stranded(&mut self, stranded: bool) {
         self.wrapper_mut().stranded = stranded;
     }
+
+    /// The relay this node holds a reservation on (or asks for one): a silent peer's
+    /// connections are closed ([`crate::stalled`]), but not the relay's, through which other
+    /// peers reach this node behind a NAT.
+    pub(crate) fn spare(&mut self, relay: Option<PeerId>) {
+        self.wrapper_mut().spared = relay;
+    }
 }
 
 impl Holds {
@@ -223,7 +234,7 @@ impl Holds {
             // The median counts: a slow link slows every dial, a slow peer (or one that makes
             // itself slow) only its own.
             let took = now.saturating_duration_since(since).min(crate::transport::SETUP_TIMEOUT);
-            self.dials.push(took);
+            self.dials.push_of(peer, took);
         }
     }
 
@@ -279,6 +290,9 @@ impl Holds {
             tell_failed(kad, peer, connection_id, silent);
         }
         for peer in given_up.closing {
+            if self.spared == Some(peer) || !self.connected.contains_key(&peer) {
+                continue;
+            }
             tracing::debug!(%peer, "a peer silent at lookups in a row: its connections close");
             self.closing.push(peer);
         }
@@ -684,11 +698,13 @@ pub(crate) mod tests {
     #[tokio::test(start_paused = true)]
     async fn lookups_wait_on_dials_as_long_as_this_nodes_dials_take() {
         let (mut held, peers) = with_peers(1);
-        // Another peer, whose connections tell how long this node's dials take.
-        let other = PeerId::random();
-        let dialed_at = |held: &mut Held, ago: Duration| {
+        // Other peers, whose connections tell how long this node's dials take: `peer`, or
+        // a new one, asked to dial `ago`.
+        let dialed_at = |held: &mut Held, ago: Duration, peer: Option<PeerId>| {
+            let other = peer.unwrap_or_else(PeerId::random);
             let asked = (Instant::now() - ago, ConnectionId::new_unchecked(3));
             held.wrapper_mut().dialing.insert(other, asked);
+            other
         };
         // No dial of Kademlia's connected yet: how long they take here is unknown (on a slow
         // link, every one of them would be given up), and lookups wait as before.
@@ -697,13 +713,13 @@ pub(crate) mod tests {
         tokio::time::advance(SLOW_FAILURE * 2).await;
         assert_eq!(drain(&mut held, peers[0]), (false, vec![]), "given up, its time unknown");
         // An inbound connection tells nothing of this node's dials.
-        dialed_at(&mut held, SLOW_FAILURE);
+        let other = dialed_at(&mut held, SLOW_FAILURE, None);
         established(&mut held, other, false);
         assert_eq!(held.wrapper().dials.median(), None);
         // One of Kademlia's dials connected after 1.5 s: lookups wait 6 s on dials.
         tokio::time::advance(SLOW_FAILURE).await;
         let slow = Duration::from_millis(1500);
-        dialed_at(&mut held, slow);
+        let other = dialed_at(&mut held, slow, None);
         established(&mut held, other, true);
         assert_eq!(held.wrapper().dials.median(), Some(slow));
         assert_eq!(held.wrapper().patience(), Some(slow * PATIENCE_FACTOR));
@@ -711,20 +727,24 @@ pub(crate) mod tests {
         assert_eq!(drain(&mut held, peers[0]), (false, vec![first]));
         // Fast dials bring the wait down, to no less than SLOW_FAILURE.
         for _ in 0..DIAL_SAMPLES {
-            dialed_at(&mut held, Duration::ZERO);
+            let other = dialed_at(&mut held, Duration::ZERO, None);
             established(&mut held, other, true);
         }
         assert!(held.wrapper().dials.median() < Some(Duration::from_millis(2)));
         assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
         // A peer that makes its own dial slow (here, past the setup timeout: addresses that
-        // drop packets before the one that answers) moves the median nothing.
-        dialed_at(&mut held, Duration::from_secs(100));
-        established(&mut held, other, true);
+        // drop packets before the one that answers) moves the median nothing, however often
+        // it is dialed (it hangs up, and is dialed again).
+        let own = PeerId::random();
+        for _ in 0..DIAL_SAMPLES {
+            dialed_at(&mut held, Duration::from_secs(100), Some(own));
+            established(&mut held, own, true);
+        }
         assert_eq!(held.wrapper().dials.last(), Some(crate::transport::SETUP_TIMEOUT));
         assert_eq!(held.wrapper().patience(), Some(SLOW_FAILURE));
         // A link that slows every dial moves it.
         for _ in 0..DIAL_SAMPLES / 2 {
-            dialed_at(&mut held, slow);
+            let other = dialed_at(&mut held, slow, None);
             established(&mut held, other, true);
         }
         assert_eq!(held.wrapper().patience(), Some(slow * PATIENCE_FACTOR));

@@ -994,6 +994,8 @@ impl<E: Extension> Driver<E> {
                     self.refused_here(op, peer);
                 }
             }
+            let relay = self.auto_relay.relay();
+            self.swarm.behaviour_mut().kad.spare(relay);
             let wake = self.next_wake(Instant::now());
             tokio::select! {
                 command = self.commands.recv() => match command {

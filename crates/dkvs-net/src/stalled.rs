@@ -18,9 +18,13 @@
 //! as it does of a dial it gave up on, and the lookups waiting on it go on without it; they
 //! drop its late answers. Late answers still count for the peer: a peer that was slow (or
 //! stopped a while) is waited on longer, until its next 4 answers show it fast again. A peer
-//! given up on twice with no answer in between has its connections closed: then its dials
-//! are waited on and held as [`crate::held`] says (a stopped process's dial never completes
-//! its handshake, and fails slowly).
+//! given up on again, having answered nothing for [`CLOSE_SILENT`] (as long as Kademlia's
+//! own wait on a request) while asked, has its connections closed: then its dials are waited
+//! on and held as [`crate::held`] says (a stopped process's dial never completes its
+//! handshake, and fails slowly). Not the relay this node holds a reservation on (the driver
+//! names it, [`crate::held::Held::spare`]): behind a NAT, other peers reach this node only
+//! through it. Closing ends all of the peer's connections, a healthy one beside a dead one
+//! too.
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
@@ -50,8 +54,10 @@ const PEER_SAMPLES: usize = 4;
 /// connection ends each within 10 s (its substream timeout), but one sent on a connection
 /// that closed while others of its peer stay open is never answered.
 const ASKED_KEPT: Duration = Duration::from_secs(15);
-/// How many times in a row a peer is given up on before its connections are closed.
-const STRIKES: u32 = 2;
+/// How long a peer given up on answered nothing, while asked, before its connections are
+/// closed: as long as Kademlia's own wait on a request (its substream timeout), so a peer
+/// whose answers take a few seconds, or that stalls a few seconds, stays connected.
+const CLOSE_SILENT: Duration = Duration::from_secs(10);
 
 /// The median of the last few of some times; a time of a key replaces that key's last one.
 #[derive(Debug)]
@@ -135,8 +141,8 @@ struct Peer {
     silent_since: Instant,
     /// How long its last answers took (the ones given up on too).
     times: Recent<(), PEER_SAMPLES>,
-    /// Times it was given up on since its last answer.
-    strikes: u32,
+    /// Since when it has answered nothing, if it was given up on since its last answer.
+    given_up_since: Option<Instant>,
 }
 
 /// What [`Answers::give_up`] found.
@@ -144,7 +150,8 @@ struct Peer {
 pub(crate) struct GivenUp {
     /// The peers given up on, with how long they had been silent.
     pub(crate) silent: Vec<(PeerId, Duration)>,
-    /// Of those, the ones given up on [`STRIKES`] times in a row: their connections close.
+    /// Of those, the ones given up on before that answered nothing for [`CLOSE_SILENT`]:
+    /// their connections close.
     pub(crate) closing: Vec<PeerId>,
 }
 
@@ -156,7 +163,7 @@ impl Answers {
             waiting: 0,
             silent_since: now,
             times: Recent::default(),
-            strikes: 0,
+            given_up_since: None,
         });
         if entry.waiting == 0 {
             entry.silent_since = now;
@@ -178,7 +185,7 @@ impl Answers {
             return;
         }
         entry.silent_since = now;
-        entry.strikes = 0;
+        entry.given_up_since = None;
         if let Some(asked) = asked {
             let took = now.saturating_duration_since(asked.at);
             entry.times.push(took);
@@ -235,9 +242,12 @@ impl Answers {
         for (peer, _) in &given_up.silent {
             let entry = self.peers.get_mut(peer).expect("a peer asked");
             entry.waiting = 0;
-            entry.strikes += 1;
-            if entry.strikes >= STRIKES {
-                given_up.closing.push(*peer);
+            match entry.given_up_since {
+                None => entry.given_up_since = Some(entry.silent_since),
+                Some(since) if now.saturating_duration_since(since) >= CLOSE_SILENT => {
+                    given_up.closing.push(*peer);
+                }
+                Some(_) => {}
             }
             for ((asked, _), request) in &mut self.asked {
                 request.given_up |= asked == peer;
@@ -385,29 +395,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_peer_silent_at_lookups_in_a_row_has_its_connections_closed() {
+    async fn a_peer_silent_at_lookups_in_a_row_has_its_connections_closed_unless_spared() {
         let (mut held, peers) = connected_to(1);
         let peer = peers[0];
         held.wrapper_mut().answers_mut().times.push(ms(10));
-        let closes = |held: &mut Held| {
-            let events = events(held, futures::task::noop_waker_ref());
-            let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
-            events.iter().any(close)
-        };
-        // Given up on once, it answers (late): that ends the count.
-        let first = held.get_closest_peers(vec![1]);
-        drain(&mut held);
-        tokio::time::advance(SLOW_FAILURE).await;
-        assert!(!closes(&mut held), "closed at the first give-up");
-        answer(&mut held, peer, first);
-        // Two give-ups with no answer between: its connections close.
-        for (round, key) in [(1, 2), (2, 3)] {
-            held.get_closest_peers(vec![key]);
-            drain(&mut held);
-            // (Waited on longer since its late answer: four times 2 s.)
-            tokio::time::advance(SLOW_FAILURE * PATIENCE_FACTOR).await;
-            assert_eq!(closes(&mut held), round == STRIKES, "round {round}");
+        // A lookup a round, each given up on after 2 s: closed at the give-up once it has
+        // answered nothing for CLOSE_SILENT (10 s: the fifth), not before.
+        async fn rounds(held: &mut Held, peer: PeerId, from: u8) -> Option<u8> {
+            for round in from..from + 6 {
+                held.get_closest_peers(vec![round]);
+                drain(held);
+                tokio::time::advance(SLOW_FAILURE).await;
+                let events = events(held, futures::task::noop_waker_ref());
+                let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
+                if events.iter().any(close) {
+                    return Some(round - from + 1);
+                }
+            }
+            None
         }
+        assert_eq!(rounds(&mut held, peer, 1).await, Some(5));
+        // An answer ends the count.
+        let lookup = held.get_closest_peers(vec![20]);
+        drain(&mut held);
+        answer(&mut held, peer, lookup);
+        assert_eq!(rounds(&mut held, peer, 30).await, Some(5), "counted from the answer");
+        // The relay this node holds a reservation on is not closed.
+        let lookup = held.get_closest_peers(vec![40]);
+        drain(&mut held);
+        answer(&mut held, peer, lookup);
+        held.spare(Some(peer));
+        assert_eq!(rounds(&mut held, peer, 50).await, None, "the relay closed");
+        held.spare(None);
+        assert_eq!(rounds(&mut held, peer, 60).await, Some(1), "silent for 12 s and more");
     }
 
     #[tokio::test(start_paused = true)]

@@ -987,42 +987,41 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     };
     let log = || std::fs::read_to_string(writer.home.join("node.log")).expect("the writer's log");
     // A put through the command line (a read of the key, then the write; each may look the
-    // key up), and two letters: sending looks the mailbox up, a lookup of the node's callers
-    // (mail's). The second starts as the first ends, which (without the wake) was at a
-    // wake-up of the node: its deadline then fell just past one, and it ran on to the next
-    // (5 s later).
-    let work = |path: &str| {
-        signal("STOP");
-        let stored = put(&writer, &[path, "v1"], None);
-        let send = || {
-            let mut c = dkvs(&writer.home);
-            c.args(["mail", "send", &alice, "to myself"]);
-            run(c, None)
-        };
-        let sent = [send(), send()];
-        signal("CONT");
-        for sent in sent {
-            assert!(!ok(sent).trim().is_empty(), "the send printed its replicas");
-        }
-        let stored = ok(stored);
-        assert!(stored.contains("seq 1 stored by"), "{stored}");
-        let key = stored.split_whitespace().find(|w| w.starts_with('/')).expect("the key");
-        assert_eq!(ok(get(&others[0], &[key])), "v1");
+    // key up), and letters: sending looks the mailbox up, a lookup of the node's callers
+    // (mail's).
+    let send = |text: &str| {
+        let mut c = dkvs(&writer.home);
+        c.args(["mail", "send", &alice, text]);
+        run(c, None)
+    };
+    let closed_log = "a peer silent at lookups in a row: its connections close";
+    let closed = |from: usize| {
+        log().lines().skip(from).any(|l| l.contains(closed_log) && l.contains(&stopped_id))
     };
 
-    // Stopped after it answered fast: every lookup that asked it went on without it.
+    // Stopped after it answered fast: every lookup that asked it goes on without it; letters
+    // are sent until it has answered nothing for 10 s, and its connections are closed.
     let before = log().lines().count();
-    work("/~/past-stopped");
+    signal("STOP");
+    let stored = put(&writer, &["/~/past-stopped", "v1"], None);
+    let mut sent = vec![send("to myself")];
+    while !closed(before) && sent.len() < 10 {
+        sent.push(send("to myself"));
+    }
+    signal("CONT");
+    for sent in sent {
+        assert!(!ok(sent).trim().is_empty(), "the send printed its replicas");
+    }
+    let stored = ok(stored);
+    assert!(stored.contains("seq 1 stored by"), "{stored}");
+    let key = stored.split_whitespace().find(|w| w.starts_with('/')).expect("the key");
+    assert_eq!(ok(get(&others[0], &[key])), "v1");
     let log_a = log();
     let passed_over = log_a.lines().skip(before).any(|l| {
         l.contains("a lookup stopped waiting on a silent peer") && l.contains(&stopped_id)
     });
     assert!(passed_over, "no lookup stopped waiting on the stopped node: {log_a}");
-    let closed = log_a.lines().skip(before).any(|l| {
-        l.contains("a peer silent at lookups in a row: its connections close")
-            && l.contains(&stopped_id)
-    });
-    assert!(closed, "given up on at lookups in a row, it stayed connected: {log_a}");
+    assert!(closed(before), "silent for 10 s, it stayed connected: {log_a}");
     let lookups = lookups_logged(&log_a, before);
     let caller = lookups.iter().filter(|(l, _)| l.contains("caller")).count();
     assert!(caller >= 2, "each letter looked its callers up: {log_a}");
@@ -1034,6 +1033,8 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     // Given up on at lookups in a row, its connections were closed. Once it is back, it is
     // stopped again for 1.8 s while a letter's lookup waits on it: its answer then comes
     // 1.8 s late, and lookups wait on it four times as long as that, past their deadline.
+    // The stopped node reads the record (the writer is a replica): it connects again.
+    assert_eq!(ok(get(stopped, &[key])), "v1");
     let deadline = Instant::now() + STEP;
     while peers() < 4 {
         assert!(Instant::now() < deadline, "the writer met {} of 4 nodes again", peers());
