@@ -222,6 +222,10 @@ impl Answers {
     /// Gives up on the peers that answered none of their requests outstanding for their
     /// patience at `now`: their requests no longer count until a new one is sent.
     pub(crate) fn give_up(&mut self, now: Instant) -> GivenUp {
+        // Nothing outstanding (a quiet node, most of the time): nothing to look through.
+        if self.asked.is_empty() {
+            return GivenUp::default();
+        }
         let peers = &mut self.peers;
         self.asked.retain(|(peer, _), asked| {
             let kept = now < asked.at + ASKED_KEPT;
@@ -308,6 +312,20 @@ mod tests {
         (asked, ended)
     }
 
+    /// A node connected to one DHT server, where answers take 10 ms.
+    fn one_peer() -> (Held, PeerId) {
+        let (mut held, peers) = connected_to(1);
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        (held, peers[0])
+    }
+
+    /// Starts a lookup of `key` and polls until Kademlia has sent its requests.
+    fn ask(held: &mut Held, key: u8) -> QueryId {
+        let lookup = held.get_closest_peers(vec![key]);
+        drain(held);
+        lookup
+    }
+
     /// `peer` answers `lookup`'s request, naming nobody.
     fn answer(held: &mut Held, peer: PeerId, lookup: QueryId) {
         let event = KadOut::FindNodeRes { closer_peers: Vec::new(), query_id: lookup };
@@ -366,14 +384,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_is_waited_on_from_its_last_answer_and_a_closed_one_is_forgotten() {
-        let (mut held, peers) = connected_to(1);
-        let peer = peers[0];
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let first = held.get_closest_peers(vec![1]);
-        drain(&mut held);
+        let (mut held, peer) = one_peer();
+        let first = ask(&mut held, 1);
         tokio::time::advance(ms(300)).await;
-        let second = held.get_closest_peers(vec![2]);
-        drain(&mut held);
+        let second = ask(&mut held, 2);
         // It answers the first at 400 ms: the second's wait counts from then (it would have
         // ended at 2.3 s).
         tokio::time::advance(ms(100)).await;
@@ -385,8 +399,7 @@ mod tests {
         assert_eq!(drain(&mut held), (vec![], vec![second]));
         // A request outstanding when the peer's last connection closed: Kademlia counts it
         // failed itself, and nothing of the peer is kept.
-        let third = held.get_closest_peers(vec![3]);
-        drain(&mut held);
+        let third = ask(&mut held, 3);
         closed(&mut held, peer, 0);
         assert_eq!(drain(&mut held), (vec![], vec![third]));
         let answers = held.wrapper_mut().answers_mut();
@@ -396,9 +409,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_silent_at_lookups_in_a_row_has_its_connections_closed_unless_spared() {
-        let (mut held, peers) = connected_to(1);
-        let peer = peers[0];
-        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let (mut held, peer) = one_peer();
         // A lookup a round, each given up on after 2 s: closed at the give-up once it has
         // answered nothing for CLOSE_SILENT (10 s: the fifth), not before.
         async fn rounds(held: &mut Held, peer: PeerId, from: u8) -> Option<u8> {
@@ -416,13 +427,11 @@ mod tests {
         }
         assert_eq!(rounds(&mut held, peer, 1).await, Some(5));
         // An answer ends the count.
-        let lookup = held.get_closest_peers(vec![20]);
-        drain(&mut held);
+        let lookup = ask(&mut held, 20);
         answer(&mut held, peer, lookup);
         assert_eq!(rounds(&mut held, peer, 30).await, Some(5), "counted from the answer");
         // The relay this node holds a reservation on is not closed.
-        let lookup = held.get_closest_peers(vec![40]);
-        drain(&mut held);
+        let lookup = ask(&mut held, 40);
         answer(&mut held, peer, lookup);
         held.spare(Some(peer));
         assert_eq!(rounds(&mut held, peer, 50).await, None, "the relay closed");
@@ -435,8 +444,7 @@ mod tests {
         let (mut held, peers) = connected_to(2);
         let (slow, other) = (peers[0], peers[1]);
         held.wrapper_mut().answers_mut().times.push(ms(10));
-        let lookup = held.get_closest_peers(vec![1]);
-        drain(&mut held);
+        let lookup = ask(&mut held, 1);
         answer(&mut held, other, lookup);
         tokio::time::advance(ms(3000)).await;
         drain(&mut held);
@@ -461,11 +469,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_closed_connection_of_several_restarts_its_peers_silence() {
-        let (mut held, peers) = connected_to(1);
-        let peer = peers[0];
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let lookup = held.get_closest_peers(vec![1]);
-        drain(&mut held);
+        let (mut held, peer) = one_peer();
+        let lookup = ask(&mut held, 1);
         // The connection its request went on closed 1 s later (another stays): the request
         // is lost, and the peer has the whole wait again from then.
         tokio::time::advance(ms(1000)).await;
@@ -475,8 +480,7 @@ mod tests {
         tokio::time::advance(ms(1)).await;
         assert_eq!(drain(&mut held), (vec![], vec![lookup]));
         // A request neither answered nor failed is forgotten after a while.
-        let again = held.get_closest_peers(vec![2]);
-        drain(&mut held);
+        let again = ask(&mut held, 2);
         held.set_stranded(true);
         tokio::time::advance(ASKED_KEPT).await;
         held.set_stranded(false);
