@@ -1688,6 +1688,31 @@ async fn put_next_writes_the_version_after_the_networks_newest_from_any_node() -
     Ok(())
 }
 
+/// A write of the next version reads the replicas once, then writes (the replicas refuse a
+/// version another writer got in first): its receipt counts both, as a compare-and-swap's
+/// counts its read and its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_next_reads_the_replicas_once_before_it_writes() -> anyhow::Result<()> {
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |name: &str| Key::scoped(&alice.account_id(), name).expect("key");
+    net.node(0).put(record(&alice, &key("warm"), "w", 1)).await?;
+    // What a read and a write of a key not set cost here: the two other nodes asked.
+    let read = net.node(0).get_every(&key("read")).await?.requests;
+    let write = net.node(0).put(record(&alice, &key("write"), "w", 1)).await?.requests;
+    assert_eq!((read, write), (2, 2), "the table covers every key: no lookup");
+    let next = net.node(0).put_next(&alice, &key("next"), b"v".to_vec(), HOUR).await?;
+    assert_eq!((next.seq, next.requests), (1, read + write), "one read, then the write");
+    // A version written through another node meanwhile is read, and the next one written.
+    net.node(1).put(record(&alice, &key("next"), "w", 2)).await?;
+    let again = net.node(0).put_next(&alice, &key("next"), b"x".to_vec(), HOUR).await?;
+    assert_eq!((again.seq, again.requests), (3, read + write), "{again:?}");
+    let cas = net.node(0).put_cas(record(&alice, &key("cas"), "v", 1), None).await?;
+    assert_eq!(cas.requests, read + write, "a compare-and-swap's read, then its write");
+    net.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_on()
 -> anyhow::Result<()> {

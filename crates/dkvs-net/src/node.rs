@@ -352,11 +352,18 @@ impl Node {
 
     /// Writes `value` as the next version of `key`, signed by `owner` and living `ttl_ms`:
     /// reads the network's newest sequence (a value that expired still counts: its sequence
-    /// is remembered), signs the one after it, and writes it as a compare-and-swap on the
-    /// newest record read. When another writer got there first (the newest moved on, or both
-    /// signed the same sequence) it reads again and retries, four attempts in all, then
-    /// answers with the last attempt's error. A read without a quorum is
-    /// [`PutError::NoReadQuorum`]: nothing was written.
+    /// is remembered), signs the one after it, and writes it. When another writer got there
+    /// first (a replica holds a newer version, or both signed the same sequence: the replicas
+    /// refuse it, and so does this node's store) it reads again and retries, four attempts in
+    /// all, then answers with the last attempt's error. A read without a quorum is
+    /// [`PutError::NoReadQuorum`]: nothing was written. The receipt's
+    /// [`PutReceipt::requests`] counts every read's and write's requests.
+    ///
+    /// It reads once per attempt. The write is not a compare-and-swap ([`Node::put_cas`]),
+    /// which would read the same replicas again a moment later: the replicas themselves refuse
+    /// a version at or below what they hold, so the race it would catch is caught there
+    /// anyway, and a read that waits on a silent replica (the linger, or a second for a key
+    /// that is not set) would be waited twice.
     pub async fn put_next(
         &self,
         owner: &dkvs_account::Keypair,
@@ -386,7 +393,7 @@ impl Node {
         value: Option<Vec<u8>>,
         ttl_ms: u64,
     ) -> Result<PutReceipt, PutError> {
-        let mut attempts = 0;
+        let (mut attempts, mut requests) = (0, 0u32);
         loop {
             attempts += 1;
             // What the network holds now; the compare-and-swap checks it again before writing.
@@ -394,6 +401,7 @@ impl Node {
                 GetError::Shutdown => PutError::Shutdown,
                 read => PutError::NoReadQuorum { read },
             })?;
+            requests = requests.saturating_add(found.requests);
             let live = found.record.as_ref().map(Record::seq);
             let local = self.store.highest_seq(key.as_str()).unwrap_or(0);
             let newest = found.highest_seq.max(live.unwrap_or(0)).max(local);
@@ -405,9 +413,13 @@ impl Node {
                 None => dkvs_record::Draft::tombstone(key.clone(), seq, ttl_ms),
             };
             let record = draft.sign(owner).map_err(|e| PutError::Local(e.into()))?;
-            match self.put_cas(record, live).await {
+            match self.put(record).await {
                 Err(e) if attempts < 4 && lost_race(&e) => {
                     tracing::debug!(%key, error = %e, "another writer got there first; reading again");
+                }
+                Ok(mut receipt) => {
+                    receipt.requests = receipt.requests.saturating_add(requests);
+                    return Ok(receipt);
                 }
                 result => return result,
             }

@@ -642,7 +642,7 @@ impl<E: crate::Extension> Driver<E> {
         reply: oneshot::Sender<Result<PutReceipt, PutError>>,
     ) {
         match expected {
-            dkvs_store::Expect::Any => self.put_phase(record, reply),
+            dkvs_store::Expect::Any => self.put_phase(record, 0, reply),
             // Compare-and-swap is checked against the network's newest record first.
             expected => {
                 let key = record.key().clone();
@@ -651,9 +651,17 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
-    fn put_phase(&mut self, record: Record, reply: oneshot::Sender<Result<PutReceipt, PutError>>) {
+    /// Writes `record` to its replicas; `read_requests`: what the read before it sent (a
+    /// compare-and-swap's), counted in the receipt.
+    fn put_phase(
+        &mut self,
+        record: Record,
+        read_requests: u32,
+        reply: oneshot::Sender<Result<PutReceipt, PutError>>,
+    ) {
         let me = *self.swarm.local_peer_id();
-        let mut receipt = PutReceipt { seq: record.seq(), ..PutReceipt::default() };
+        let mut receipt =
+            PutReceipt { seq: record.seq(), requests: read_requests, ..PutReceipt::default() };
         match self.store.put_own(record.clone()) {
             // A full store, or an owner over quota here, is this node's problem, not the
             // record's: the replicas are asked all the same, and the receipt says so.
@@ -1037,7 +1045,9 @@ impl<E: crate::Extension> Driver<E> {
                 }
                 let quorum = self.config.write_quorum;
                 let remote = put.replicas_found(replicas, me, alone, quorum);
-                put.receipt.requests = lookup_requests.saturating_add(remote.len() as u32);
+                put.receipt.requests = (put.receipt.requests)
+                    .saturating_add(lookup_requests)
+                    .saturating_add(remote.len() as u32);
                 let request = put_request(&put.record, put.hood.as_deref());
                 for peer in remote {
                     self.send(id, peer, request.clone());
@@ -1444,16 +1454,19 @@ impl<E: crate::Extension> Driver<E> {
                 let key = get.key.clone();
                 self.republish_found(&key, outcome);
             }
-            GetPurpose::Cas { record, expected, reply } => match cas_step(expected, outcome) {
-                CasStep::Write => self.put_phase(record, reply),
-                CasStep::Conflict(current) => {
-                    let current = current.map(Box::new);
-                    let _ = reply.send(Err(PutError::Conflict { current }));
+            GetPurpose::Cas { record, expected, reply } => {
+                let read_requests = outcome.as_ref().map_or(0, |read| read.requests);
+                match cas_step(expected, outcome) {
+                    CasStep::Write => self.put_phase(record, read_requests, reply),
+                    CasStep::Conflict(current) => {
+                        let current = current.map(Box::new);
+                        let _ = reply.send(Err(PutError::Conflict { current }));
+                    }
+                    CasStep::NoRead(read) => {
+                        let _ = reply.send(Err(PutError::NoReadQuorum { read }));
+                    }
                 }
-                CasStep::NoRead(read) => {
-                    let _ = reply.send(Err(PutError::NoReadQuorum { read }));
-                }
-            },
+            }
         }
     }
 
@@ -1608,7 +1621,7 @@ impl<E: crate::Extension> Driver<E> {
                 tracing::debug!(%key, seq = record.seq(), "republishing");
                 // Nobody waits for the receipt; the next round tries again if this one failed.
                 let (reply, _) = oneshot::channel();
-                self.put_phase(record, reply);
+                self.put_phase(record, 0, reply);
             }
             Err(e) => tracing::warn!(%key, error = %e, "cannot republish"),
         }

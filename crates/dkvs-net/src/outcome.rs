@@ -70,9 +70,9 @@ pub struct PutReceipt {
     /// This node's own store refused its copy (full, or the owner's quota here used up): the
     /// replicas were asked all the same, and the reason is here.
     pub local_refusal: Option<(Refusal, String)>,
-    /// Requests this node sent for the put: its Kademlia lookup's and the record to each
-    /// remote replica (not counted: answers, the watchers' gossip, and a compare-and-swap's
-    /// read before it).
+    /// Requests this node sent for the put: the read before it (a compare-and-swap's, or
+    /// [`crate::Node::put_next`]'s, each attempt's), its Kademlia lookup's and the record to
+    /// each remote replica (not counted: answers and the watchers' gossip).
     pub requests: u32,
 }
 

@@ -691,8 +691,8 @@ async fn put_inner(
             })?;
             state.node.put_cas(record, (expected > 0).then_some(expected)).await
         }
-        // The sequence after the newest the network (or this node) knows, as a
-        // compare-and-swap that retries when another writer got there first.
+        // The sequence after the newest the network (or this node) knows, read once and
+        // written; read again and retried when another writer got there first.
         None => state.node.put_next(&owner, &key, value, ttl_ms).await,
     }
     .map_err(put_error)?;
