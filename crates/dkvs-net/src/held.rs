@@ -37,7 +37,10 @@
 //! least ([`Holds::patience`]; a slow link slows every dial and raises it, a slow peer, or one
 //! that makes itself slow, only its own dial). Past that, [`Held`] tells Kademlia that the
 //! dial failed ([`GaveUp`]), and its lookups go on without the peer, as they do when a dial
-//! is refused; the dial itself goes on. If it connects, the next lookups have the peer (the
+//! is refused; the dial itself goes on. Until it ends, the lookups that ask for the peer
+//! pass over it at once instead of each waiting as long: a dead peer's dial fails only after
+//! 10 s, and every lookup near it meanwhile waited (not while stranded, and for
+//! [`GIVEN_UP_COUNTED`] at most). If it connects, the next lookups have the peer (the
 //! lookups that gave up on it drop its late answer: Kademlia counts it failed); if it fails,
 //! it may hold the peer (above). So a node on a slow link (a phone whose handshakes, three
 //! or four round trips, take seconds) waits on its dials about as long as they take there,
@@ -216,6 +219,16 @@ impl Holds {
         let hold = self.holds.get(peer)?;
         let left = hold.until.checked_duration_since(now).filter(|left| !left.is_zero())?;
         Some(HeldBack { failures: hold.failures, left })
+    }
+
+    /// Whether a dial of `peer` that a lookup gave up on is still under way at `now` (given
+    /// up within [`GIVEN_UP_COUNTED`]), and how long ago Kademlia first asked for it: the
+    /// next lookups that ask for it fail it at once instead of each waiting as long again,
+    /// until it connects or fails. Not while this node is stranded.
+    fn still_given_up(&self, peer: &PeerId, now: Instant) -> Option<GaveUp> {
+        let since = *self.given_up.get(peer).filter(|_| !self.stranded)?;
+        let waited = now.saturating_duration_since(since);
+        (waited < GIVEN_UP_COUNTED).then_some(GaveUp(waited))
     }
 
     /// `peer` connected at `now`, dialed or dialing: its dials are no longer held, nor waited
@@ -452,6 +465,11 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 tell_failed(kad, peer, connection_id, held);
                 continue;
             }
+            if let Some(gave_up) = self.still_given_up(&peer, now) {
+                tracing::debug!(%peer, reason = %gave_up, "a lookup passed over a dial given up on");
+                tell_failed(kad, peer, connection_id, gave_up);
+                continue;
+            }
             // A dial of a peer that connected since Kademlia asked is refused by the swarm,
             // and Kademlia waits on the connection: nothing to give up.
             if !self.connected.contains_key(&peer) {
@@ -598,11 +616,33 @@ pub(crate) mod tests {
         assert!(woken.woken(), "woken when it gives up");
         assert_eq!(drain(&mut held, other), (false, vec![lookup]), "went on without the peer");
         assert!(held.wrapper().holds.is_empty(), "giving up holds nothing");
-        // Kademlia keeps the peer: the next lookup asks for a dial again, and waits as long.
+        // Kademlia keeps the peer: the next lookups ask for a dial again. While the dial
+        // given up on is under way, they pass over the peer at once.
+        tokio::time::advance(Duration::from_secs(5)).await;
         let again = held.get_closest_peers(vec![2]);
+        assert_eq!(drain(&mut held, other), (false, vec![again]), "passed over at once");
+        // Once that dial failed (at once: nothing held), the next lookup dials again and
+        // waits as long.
+        held.on_swarm_event(FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(other),
+            error: &DialError::Aborted,
+            connection_id: ConnectionId::new_unchecked(2),
+        }));
+        let third = held.get_closest_peers(vec![3]);
         assert_eq!(drain(&mut held, other), (true, vec![]), "dialed again");
-        tokio::time::advance(SLOW_FAILURE).await;
-        assert_eq!(drain(&mut held, other), (false, vec![again]));
+        tokio::time::advance(SLOW_FAILURE - Duration::from_millis(1)).await;
+        assert_eq!(drain(&mut held, other), (false, vec![]), "still waits");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(drain(&mut held, other), (false, vec![third]));
+        // A dial given up on long ago, whose end this node never heard of, fails no lookup.
+        tokio::time::advance(GIVEN_UP_COUNTED).await;
+        held.get_closest_peers(vec![4]);
+        assert_eq!(drain(&mut held, other), (true, vec![]), "dialed after a long while");
+        // Nor while this node is stranded (its own network may be what failed).
+        held.wrapper_mut().given_up.insert(other, Instant::now());
+        assert!(held.wrapper().still_given_up(&other, Instant::now()).is_some());
+        held.set_stranded(true);
+        assert!(held.wrapper().still_given_up(&other, Instant::now()).is_none(), "stranded");
     }
 
     #[tokio::test(start_paused = true)]
