@@ -1713,6 +1713,57 @@ async fn put_next_reads_the_replicas_once_before_it_writes() -> anyhow::Result<(
     Ok(())
 }
 
+/// A replica that stopped answering, its connections open (a stopped process, a suspended
+/// laptop), costs the operations that ask it a wait until it is given up on (2 s after it
+/// was first asked: four times what answers take here, 2 s at least); then the next ones
+/// count it failed at once, and say why, until it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() -> anyhow::Result<()>
+{
+    use dkvs_integration_tests::liar::Liar;
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "counter").expect("key");
+    let liar = Liar::spawn().await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    let _ = net.node(0).bootstrap().await;
+    let mut seq = 0;
+    let mut put = async || {
+        seq += 1;
+        net.put(0, record(&alice, &key, "v", seq)).await
+    };
+    let first = put().await??;
+    assert!(first.stored.contains(&liar.peer_id()), "the liar is a replica: {first:?}");
+    let why = |receipt: &dkvs_net::PutReceipt| {
+        let unreachable = receipt.unreachable.iter().find(|(p, _)| *p == liar.peer_id());
+        unreachable.map(|(_, why)| why.clone()).unwrap_or_default()
+    };
+    liar.freeze().await?;
+    let waited = put().await??;
+    assert_eq!(why(&waited), "no answer in time", "waited on: {waited:?}");
+    let mut last = None;
+    let passed_over = eventually(Duration::from_secs(10), async || {
+        let Ok(Ok(receipt)) = put().await else { return false };
+        let passed = why(&receipt).starts_with("answered none of this node's requests for");
+        last = Some(receipt);
+        passed
+    })
+    .await;
+    assert!(passed_over, "never passed over at once: {last:?}");
+    let receipt = last.expect("a put");
+    assert!(receipt.has_quorum() && receipt.stored.len() == 3, "{receipt:?}");
+    // Once it answers again (what it was asked meanwhile), the next puts wait on it again:
+    // at once, not when its connections close for its silence (10 s on, past this bound).
+    liar.thaw().await?;
+    let heard = eventually(Duration::from_secs(3), async || {
+        put().await.is_ok_and(|put| put.is_ok_and(|r| r.stored.contains(&liar.peer_id())))
+    })
+    .await;
+    assert!(heard, "the liar answers puts again");
+    net.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_on()
 -> anyhow::Result<()> {

@@ -73,6 +73,8 @@ use libp2p::swarm::{
 };
 use tokio::time::{Instant, Sleep};
 
+use crate::stalled::Request;
+
 /// A failed dial that waited this long or more holds its peer: a refusal comes within a
 /// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also the
 /// least that Kademlia's lookups wait on a dial ([`Holds::patience`]).
@@ -159,7 +161,7 @@ pub(crate) struct GaveUp(Duration);
 
 /// Why Kademlia was told that a connected peer failed.
 #[derive(Debug, thiserror::Error)]
-#[error("answered none of Kademlia's requests for {0:?}: its lookups go on without the peer")]
+#[error("answered none of this node's requests for {0:?}: passed over until it answers")]
 pub(crate) struct Silent(Duration);
 
 impl Held {
@@ -194,6 +196,37 @@ impl Held {
     /// Whether this node is stranded: its own network may be what fails.
     pub(crate) fn set_stranded(&mut self, stranded: bool) {
         self.wrapper_mut().stranded = stranded;
+    }
+
+    /// This node sent `peer` an operation's record request `id` at `now`: timed as
+    /// Kademlia's are, if the peer is connected (a dial's wait is not an answer's).
+    pub(crate) fn record_asked(&mut self, peer: PeerId, id: crate::lane::RequestId, now: Instant) {
+        let holds = self.wrapper_mut();
+        if holds.connected.contains_key(&peer) {
+            holds.answers.asked(peer, Request::Record(id), now);
+        }
+    }
+
+    /// `peer` answered the record request `id` at `now` (`answered`), or it failed.
+    pub(crate) fn record_ended(
+        &mut self,
+        peer: PeerId,
+        id: crate::lane::RequestId,
+        answered: bool,
+        now: Instant,
+    ) {
+        self.wrapper_mut().answers.ended(peer, Request::Record(id), answered, now);
+    }
+
+    /// Whether `peer` is connected, was given up on for answering nothing
+    /// ([`crate::stalled`]), and has answered nothing since: operations count it failed at
+    /// once instead of waiting on it again. Never while this node is stranded.
+    pub(crate) fn silent(&self, peer: &PeerId, now: Instant) -> Option<Silent> {
+        let holds = self.wrapper();
+        if holds.stranded || !holds.connected.contains_key(peer) {
+            return None;
+        }
+        holds.answers.silent(peer, now).map(Silent)
     }
 
     /// The relay this node holds a reservation on (or asks for one): a silent peer's
@@ -427,7 +460,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         B: NetworkBehaviour<ConnectionHandler = KadHandler>,
     {
         if let Some((lookup, answered)) = answer(&event) {
-            self.answers.ended(peer, lookup, answered, Instant::now());
+            self.answers.ended(peer, Request::Lookup(lookup), answered, Instant::now());
         }
         kad.on_connection_handler_event(peer, connection, event)
     }
@@ -453,7 +486,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 if let Some(lookup) = request(request_event)
                     && self.connected.contains_key(peer_id)
                 {
-                    self.answers.asked(*peer_id, lookup, now);
+                    self.answers.asked(*peer_id, Request::Lookup(lookup), now);
                 }
                 return Poll::Ready(event);
             }

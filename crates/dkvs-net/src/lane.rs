@@ -92,6 +92,14 @@ pub const PROGRESS: usize = 16 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
 
+impl RequestId {
+    /// A request id made up, for tests of what keeps them.
+    #[cfg(test)]
+    pub(crate) fn new_unchecked(id: u64) -> RequestId {
+        RequestId(id)
+    }
+}
+
 /// Where the answer to a peer's request goes: give it to [`Behaviour::send_response`].
 #[derive(Debug)]
 pub struct ResponseChannel {

@@ -810,6 +810,9 @@ pub(crate) struct Driver<E: Extension> {
     /// Requests the outbox refused (too much waits for their peer), for their operations to
     /// hear of after the event at hand.
     held_back: Vec<(OpId, PeerId)>,
+    /// Requests to replicas that answer nothing ([`Driver::send`]): their operations count
+    /// them failed after the event at hand.
+    passed_over: Vec<(OpId, PeerId, String)>,
     /// Kademlia lookups the extension started.
     ext_lookups: HashSet<kad::QueryId>,
     /// Gossip topics the extension subscribed to.
@@ -940,6 +943,7 @@ impl<E: Extension> Driver<E> {
             defence: Defence::new(&config),
             outbox: crate::pace::Outbox::new(&config),
             held_back: Vec::new(),
+            passed_over: Vec::new(),
             ext_lookups: HashSet::new(),
             lookup_ends: LookupEnds::new(lookup_time(&config)),
             ext_topics: HashSet::new(),
@@ -1001,9 +1005,12 @@ impl<E: Extension> Driver<E> {
             // No polling: the task sleeps until the earliest deadline it has (an operation's
             // linger or timeout, a ban's end, the next sweep or round), or until an event.
             // Until none is left: an operation told may send again (a widened get, a repair).
-            while !self.held_back.is_empty() {
+            while !self.held_back.is_empty() || !self.passed_over.is_empty() {
                 for (op, peer) in std::mem::take(&mut self.held_back) {
                     self.refused_here(op, peer);
+                }
+                for (op, peer, silent) in std::mem::take(&mut self.passed_over) {
+                    self.on_failure(op, peer, silent);
                 }
             }
             let relay = self.auto_relay.relay();
@@ -2207,9 +2214,20 @@ impl<E: Extension> Driver<E> {
     /// Sends one record request, at once or, over what the peer admits, when its turn comes
     /// ([`crate::pace`]); failures to send become a failure of that peer (a request whose
     /// turn would come after the timeout: at once, as the peer's refusal for load).
+    ///
+    /// An operation's request to a replica that answers nothing ([`crate::stalled`]: it was
+    /// given up on, and has not answered since) counts as that replica's failure at once,
+    /// and goes all the same: an answer ends its silence for the next operations.
     pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         use crate::pace::Outgoing;
-        match self.outbox.send_or_wait(op, peer, request, Instant::now()) {
+        let now = Instant::now();
+        if self.timed(op)
+            && let Some(silent) = self.swarm.behaviour().kad.silent(&peer, now)
+        {
+            // Told after the event at hand, as a refusal here is.
+            self.passed_over.push((op, peer, silent.to_string()));
+        }
+        match self.outbox.send_or_wait(op, peer, request, now) {
             Outgoing::Now(request) => self.send_now(op, peer, request),
             Outgoing::Waiting => {
                 if let Some(crate::ops::Op::Get(get)) = self.ops.get_mut(&op) {
@@ -2237,8 +2255,18 @@ impl<E: Extension> Driver<E> {
 
     fn send_now(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         let id = self.swarm.behaviour_mut().records.send_request(&peer, request);
+        if self.timed(op) {
+            self.swarm.behaviour_mut().kad.record_asked(peer, id, Instant::now());
+        }
         self.requests.insert(id, (op, peer));
         self.used(peer);
+    }
+
+    /// Whether `op`'s requests are timed, their peers given up on when they answer nothing
+    /// ([`crate::stalled`]): an application's put or get. Replication's are not (a round's
+    /// answer may take a while to compute, and nobody waits on it).
+    fn timed(&self, op: OpId) -> bool {
+        matches!(self.ops.get(&op), Some(crate::ops::Op::Put(_) | crate::ops::Op::Get(_)))
     }
 
     /// The k DHT servers closest to the key whose Kademlia key is `target` among those this

@@ -1130,11 +1130,15 @@ impl<E: crate::Extension> Driver<E> {
             }
             Event::Response { request_id, response, .. } => {
                 if let Some((op, peer)) = self.requests.remove(&request_id) {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.record_ended(peer, request_id, true, Instant::now());
                     self.on_response(op, peer, response);
                 }
             }
             Event::Failure { request_id, error, .. } => {
                 if let Some((op, peer)) = self.requests.remove(&request_id) {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.record_ended(peer, request_id, false, Instant::now());
                     self.on_failure(op, peer, error.to_string());
                 }
             }
@@ -1368,7 +1372,7 @@ impl<E: crate::Extension> Driver<E> {
         }
     }
 
-    fn on_failure(&mut self, id: OpId, peer: PeerId, reason: String) {
+    pub(crate) fn on_failure(&mut self, id: OpId, peer: PeerId, reason: String) {
         match self.ops.get_mut(&id) {
             Some(Op::Put(put)) => {
                 put.failed(peer, reason, Instant::now());

@@ -1,5 +1,5 @@
-//! Kademlia's requests to peers it is connected to: not waited on for long when a peer
-//! answers nothing.
+//! Requests to peers this node is connected to, Kademlia's and operations' record requests:
+//! not waited on for long when a peer answers nothing.
 //!
 //! A peer that stopped answering while its connections stay open (a process the machine
 //! stopped, a suspended laptop, a host that hangs) is asked like any other. Kademlia's
@@ -26,6 +26,15 @@
 //! through it. Closing ends all of the peer's connections, a healthy one beside a dead one
 //! too.
 //!
+//! An application's puts and gets send their record requests through the same timing
+//! (`Driver::send`; replication's are not: nobody waits on them, and a round's answer may
+//! take a while to compute). A replica that was given up on and has answered nothing since
+//! ([`crate::held::Held::silent`]) is counted failed at once by the next operations, with
+//! that reason, instead of costing each its linger (100 ms, a second for a key not set): the
+//! request still goes, so its answer ends the silence. Their answers count toward the median
+//! and the peer's own times, as Kademlia's do. So a stopped replica costs this node one wait,
+//! not one per operation (testnet-plan 5v).
+//!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
 //! may be what is slow). Not timed: the requests Kademlia hands a connection as it opens (to a
@@ -40,6 +49,8 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::kad::QueryId;
+
+use crate::lane::RequestId;
 use tokio::time::Instant;
 
 use crate::held::SLOW_FAILURE;
@@ -111,13 +122,19 @@ impl<K: PartialEq, const N: usize> Recent<K, N> {
     }
 }
 
-/// Kademlia's requests outstanding, and how long its peers take to answer (the module's
-/// docs).
+/// A request timed: a lookup's (dkvs's lookups send a peer one request each), or an
+/// operation's record request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Request {
+    Lookup(QueryId),
+    Record(RequestId),
+}
+
+/// The requests outstanding, and how long peers take to answer (the module's docs).
 #[derive(Default)]
 pub(crate) struct Answers {
-    /// Requests not answered yet, by peer and lookup (dkvs's lookups send a peer one request
-    /// each).
-    asked: HashMap<(PeerId, QueryId), Asked>,
+    /// Requests not answered yet, by peer.
+    asked: HashMap<(PeerId, Request), Asked>,
     /// The peers asked since they connected.
     peers: HashMap<PeerId, Peer>,
     /// How long the last answers in time took, one of each peer.
@@ -156,9 +173,9 @@ pub(crate) struct GivenUp {
 }
 
 impl Answers {
-    /// Kademlia sent `peer` a request for `lookup` at `now`.
-    pub(crate) fn asked(&mut self, peer: PeerId, lookup: QueryId, now: Instant) {
-        let was = self.asked.insert((peer, lookup), Asked { at: now, given_up: false });
+    /// This node sent `peer` `request` at `now`.
+    pub(crate) fn asked(&mut self, peer: PeerId, request: Request, now: Instant) {
+        let was = self.asked.insert((peer, request), Asked { at: now, given_up: false });
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             waiting: 0,
             silent_since: now,
@@ -173,10 +190,10 @@ impl Answers {
         }
     }
 
-    /// `peer` answered `lookup`'s request at `now` (`answered`), or the request failed (a
-    /// stream that could not open or broke, Kademlia's own timeout).
-    pub(crate) fn ended(&mut self, peer: PeerId, lookup: QueryId, answered: bool, now: Instant) {
-        let asked = self.asked.remove(&(peer, lookup));
+    /// `peer` answered `request` at `now` (`answered`), or the request failed (a stream
+    /// that could not open or broke, its timeout).
+    pub(crate) fn ended(&mut self, peer: PeerId, request: Request, answered: bool, now: Instant) {
+        let asked = self.asked.remove(&(peer, request));
         let Some(entry) = self.peers.get_mut(&peer) else { return };
         if asked.is_some_and(|asked| !asked.given_up) {
             entry.waiting -= 1;
@@ -210,6 +227,13 @@ impl Answers {
         if self.peers.remove(&peer).is_some() {
             self.asked.retain(|(asked, _), _| *asked != peer);
         }
+    }
+
+    /// Whether `peer` was given up on and has answered nothing since: for how long it has
+    /// answered nothing.
+    pub(crate) fn silent(&self, peer: &PeerId, now: Instant) -> Option<Duration> {
+        let entry = self.peers.get(peer).filter(|entry| entry.given_up_since.is_some())?;
+        Some(now.saturating_duration_since(entry.silent_since))
     }
 
     /// How long a lookup waits on `peer`'s answer (the module's docs); unknown before any
@@ -488,6 +512,40 @@ mod tests {
         let answers = held.wrapper_mut().answers_mut();
         assert!(answers.asked.is_empty(), "kept: {:?}", answers.asked.keys());
         assert_eq!(answers.next(), None, "{again:?} still waited on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operations_record_requests_are_timed_as_lookups_are() {
+        use crate::lane::RequestId;
+        let (mut held, peers) = connected_to(2);
+        let (fast, stopped) = (peers[0], peers[1]);
+        let id = RequestId::new_unchecked;
+        // An answer to a record request tells how long answers take here: 10 ms.
+        held.record_asked(fast, id(1), Instant::now());
+        tokio::time::advance(ms(10)).await;
+        held.record_ended(fast, id(1), true, Instant::now());
+        assert_eq!(held.wrapper_mut().answers_mut().times.median(), Some(ms(10)));
+        // A request the other does not answer: passed over after 2 s, until it answers.
+        held.record_asked(stopped, id(2), Instant::now());
+        tokio::time::advance(SLOW_FAILURE - ms(1)).await;
+        drain(&mut held);
+        assert!(held.silent(&stopped, Instant::now()).is_none(), "given up early");
+        tokio::time::advance(ms(1)).await;
+        drain(&mut held);
+        assert!(held.silent(&stopped, Instant::now()).is_some(), "not given up");
+        assert!(held.silent(&fast, Instant::now()).is_none());
+        held.set_stranded(true);
+        assert!(held.silent(&stopped, Instant::now()).is_none(), "passed over while stranded");
+        held.set_stranded(false);
+        held.record_ended(stopped, id(2), true, Instant::now());
+        assert!(held.silent(&stopped, Instant::now()).is_none(), "its answer ends its silence");
+        // A request to a peer not connected waits on a dial, which is not timed here.
+        let dialed = PeerId::random();
+        held.record_asked(dialed, id(3), Instant::now());
+        tokio::time::advance(SLOW_FAILURE * 2).await;
+        drain(&mut held);
+        assert!(held.silent(&dialed, Instant::now()).is_none());
+        assert_eq!(held.wrapper_mut().answers_mut().asked.len(), 0, "the dial's request timed");
     }
 
     #[test]
