@@ -26,14 +26,16 @@
 //! through it. Closing ends all of the peer's connections, a healthy one beside a dead one
 //! too.
 //!
-//! An application's puts and gets send their record requests through the same timing
-//! (`Driver::send`; replication's are not: nobody waits on them, and a round's answer may
-//! take a while to compute). A replica that was given up on and has answered nothing since
+//! A peer given up on stays so until it answers anything: the next lookups that ask it pass
+//! over it at once (the request still goes, so an answer ends its silence), instead of each
+//! waiting its patience again. An application's puts and gets send their record requests
+//! through the same timing (`Driver::send`; replication's are not: nobody waits on them, and
+//! a round's answer may take a while to compute); their answers count toward the median and
+//! the peer's own times, as Kademlia's do. A replica given up on and silent since
 //! ([`crate::held::Held::silent`]) is counted failed at once by the next operations, with
-//! that reason, instead of costing each its linger (100 ms, a second for a key not set): the
-//! request still goes, so its answer ends the silence. Their answers count toward the median
-//! and the peer's own times, as Kademlia's do. So a stopped replica costs this node one wait,
-//! not one per operation (testnet-plan 5v).
+//! that reason, instead of costing each its linger (100 ms, a second for a key not set). So
+//! a stopped peer costs this node one wait, not one per lookup or operation (testnet-plan
+//! 5v).
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
@@ -182,7 +184,9 @@ impl Answers {
             times: Recent::default(),
             given_up_since: None,
         });
-        if entry.waiting == 0 {
+        // A peer not asked for a while was not silent meanwhile, unless it was given up on
+        // and has answered nothing since: then it is passed over at once.
+        if entry.waiting == 0 && entry.given_up_since.is_none() {
             entry.silent_since = now;
         }
         if was.is_none_or(|was| was.given_up) {
@@ -421,11 +425,17 @@ mod tests {
         assert_eq!(drain(&mut held), (vec![], vec![]), "given up though it answered lately");
         tokio::time::advance(ms(1)).await;
         assert_eq!(drain(&mut held), (vec![], vec![second]));
+        // Given up on, and silent since: the next lookup passes over it at once.
+        let third = held.get_closest_peers(vec![3]);
+        assert_eq!(drain(&mut held), (vec![peer], vec![third]), "waited on again");
+        // A late answer ends its silence: the next lookup waits on it again.
+        answer(&mut held, peer, second);
+        let fourth = ask(&mut held, 4);
+        assert!(held.query(&fourth).is_some(), "passed over though it answered");
         // A request outstanding when the peer's last connection closed: Kademlia counts it
         // failed itself, and nothing of the peer is kept.
-        let third = ask(&mut held, 3);
         closed(&mut held, peer, 0);
-        assert_eq!(drain(&mut held), (vec![], vec![third]));
+        assert_eq!(drain(&mut held), (vec![], vec![fourth]));
         let answers = held.wrapper_mut().answers_mut();
         assert!(answers.asked.is_empty() && answers.peers.is_empty());
         assert_eq!(answers.next(), None);
@@ -434,26 +444,28 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_silent_at_lookups_in_a_row_has_its_connections_closed_unless_spared() {
         let (mut held, peer) = one_peer();
-        // A lookup a round, each given up on after 2 s: closed at the give-up once it has
-        // answered nothing for CLOSE_SILENT (10 s: the fifth), not before.
+        // A lookup every 2 s: the first given up on after 2 s, the next ones at once; closed
+        // at the give-up once it has answered nothing for CLOSE_SILENT (10 s: the sixth's),
+        // not before.
         async fn rounds(held: &mut Held, peer: PeerId, from: u8) -> Option<u8> {
-            for round in from..from + 6 {
+            let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
+            for round in from..from + 7 {
                 held.get_closest_peers(vec![round]);
-                drain(held);
+                let waker = futures::task::noop_waker_ref();
+                let mut said = events(held, waker);
                 tokio::time::advance(SLOW_FAILURE).await;
-                let events = events(held, futures::task::noop_waker_ref());
-                let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
-                if events.iter().any(close) {
+                said.extend(events(held, waker));
+                if said.iter().any(close) {
                     return Some(round - from + 1);
                 }
             }
             None
         }
-        assert_eq!(rounds(&mut held, peer, 1).await, Some(5));
+        assert_eq!(rounds(&mut held, peer, 1).await, Some(6));
         // An answer ends the count.
         let lookup = ask(&mut held, 20);
         answer(&mut held, peer, lookup);
-        assert_eq!(rounds(&mut held, peer, 30).await, Some(5), "counted from the answer");
+        assert_eq!(rounds(&mut held, peer, 30).await, Some(6), "counted from the answer");
         // The relay this node holds a reservation on is not closed.
         let lookup = ask(&mut held, 40);
         answer(&mut held, peer, lookup);
