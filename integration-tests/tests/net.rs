@@ -1716,7 +1716,8 @@ async fn put_next_reads_the_replicas_once_before_it_writes() -> anyhow::Result<(
 /// A replica that stopped answering, its connections open (a stopped process, a suspended
 /// laptop), costs the operations that ask it a wait until it is given up on (2 s after it
 /// was first asked: four times what answers take here, 2 s at least); then the next ones
-/// count it failed at once, and say why, until it answers again.
+/// count it failed at once, and say why, until it answers again; and after its connections
+/// closed for its silence, until it connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() -> anyhow::Result<()>
 {
@@ -1760,6 +1761,27 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
     })
     .await;
     assert!(heard, "the liar answers puts again");
+    // Stopped again, for good: silent for 10 s while asked, its connections close and its
+    // dials are held (its handshake would never complete), until it connects again.
+    liar.freeze().await?;
+    let closed = eventually(Duration::from_secs(30), async || {
+        let _ = put().await;
+        !net.node(0).connected_peers().await.contains(&liar.peer_id())
+    })
+    .await;
+    assert!(closed, "its connections stayed open");
+    // Not a replica while it is gone (counted as unreachable, as a peer whose dial failed),
+    // nor waited on by the lookup a replica's naming of it starts (held).
+    let held = put().await??;
+    assert!(held.has_quorum() && held.stored.len() == 3, "{held:?}");
+    assert!(why(&held).is_empty(), "{held:?}");
+    liar.thaw().await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    let heard = eventually(Duration::from_secs(10), async || {
+        put().await.is_ok_and(|put| put.is_ok_and(|r| r.stored.contains(&liar.peer_id())))
+    })
+    .await;
+    assert!(heard, "the liar, connected again, answers puts again");
     net.shutdown().await;
     Ok(())
 }

@@ -168,16 +168,7 @@ impl Held {
     /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
     /// of it are held, for twice as long as the last time.
     pub(crate) fn hold(&mut self, peer: PeerId, now: Instant) {
-        let holds = &mut self.wrapper_mut().holds;
-        if holds.len() >= MAX_HOLDS && !holds.contains_key(&peer) {
-            self.forget_old(now);
-            if self.wrapper().holds.len() >= MAX_HOLDS {
-                return;
-            }
-        }
-        let hold = self.wrapper_mut().holds.entry(peer).or_insert(Hold { failures: 0, until: now });
-        hold.failures = hold.failures.saturating_add(1);
-        hold.until = now + hold_after(hold.failures);
+        self.wrapper_mut().hold(peer, now);
     }
 
     /// Every peer may be dialed again: an application asked for a walk of the table
@@ -190,7 +181,12 @@ impl Held {
     /// Forgets the holds that ended [`HOLD_MOST`] ago or more: a peer that fails after that
     /// starts again at [`HOLD_FIRST`].
     pub(crate) fn forget_old(&mut self, now: Instant) {
-        self.wrapper_mut().holds.retain(|_, hold| hold.until + HOLD_MOST > now);
+        self.wrapper_mut().forget_old(now);
+    }
+
+    /// Whether Kademlia's dials of `peer` are held at `now` (and this node is not stranded).
+    pub(crate) fn is_held(&self, peer: &PeerId, now: Instant) -> bool {
+        self.wrapper().held(peer, now).is_some()
     }
 
     /// Whether this node is stranded: its own network may be what fails.
@@ -218,15 +214,19 @@ impl Held {
         self.wrapper_mut().answers.ended(peer, Request::Record(id), answered, now);
     }
 
-    /// Whether `peer` is connected, was given up on for answering nothing
-    /// ([`crate::stalled`]), and has answered nothing since: operations count it failed at
-    /// once instead of waiting on it again. Never while this node is stranded.
-    pub(crate) fn silent(&self, peer: &PeerId, now: Instant) -> Option<Silent> {
+    /// Why operations count `peer` failed at once instead of waiting on it again, if they
+    /// do: it is held (its dial failed slowly, or it was closed for its silence), or it is
+    /// connected, was given up on for answering nothing ([`crate::stalled`]), and has
+    /// answered nothing since. Never while this node is stranded.
+    pub(crate) fn passed_over(&self, peer: &PeerId, now: Instant) -> Option<String> {
         let holds = self.wrapper();
+        if let Some(held) = holds.held(peer, now) {
+            return Some(held.to_string());
+        }
         if holds.stranded || !holds.connected.contains_key(peer) {
             return None;
         }
-        holds.answers.silent(peer, now).map(Silent)
+        holds.answers.silent(peer, now).map(|silent| Silent(silent).to_string())
     }
 
     /// The relay this node holds a reservation on (or asks for one): a silent peer's
@@ -238,6 +238,24 @@ impl Held {
 }
 
 impl Holds {
+    /// Holds Kademlia's dials of `peer` from `now`, for twice as long as the last time; at
+    /// most [`MAX_HOLDS`] peers.
+    fn hold(&mut self, peer: PeerId, now: Instant) {
+        if self.holds.len() >= MAX_HOLDS && !self.holds.contains_key(&peer) {
+            self.forget_old(now);
+            if self.holds.len() >= MAX_HOLDS {
+                return;
+            }
+        }
+        let hold = self.holds.entry(peer).or_insert(Hold { failures: 0, until: now });
+        hold.failures = hold.failures.saturating_add(1);
+        hold.until = now + hold_after(hold.failures);
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
+    }
+
     /// Kademlia's requests to connected peers, and their answers.
     #[cfg(test)]
     pub(crate) fn answers_mut(&mut self) -> &mut crate::stalled::Answers {
@@ -339,8 +357,11 @@ impl Holds {
             if self.spared == Some(peer) || !self.connected.contains_key(&peer) {
                 continue;
             }
+            // Its dials are held as a slow failure's are: a stopped process's never completes
+            // its handshake. Any connection of it ends the hold.
             tracing::debug!(%peer, "a peer silent at lookups in a row: its connections close");
             self.closing.push(peer);
+            self.hold(peer, now);
         }
     }
 

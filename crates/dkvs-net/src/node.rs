@@ -1408,6 +1408,16 @@ impl<E: Extension> Driver<E> {
                         self.auto_relay.disconnected(&peer_id);
                         self.replication.disconnected(&peer_id);
                         self.trim_closed();
+                        // Closed for its silence ([`crate::stalled`]): held, and gone from
+                        // the table's count as a peer whose dial failed is, so operations
+                        // near it need no lookup to pass over it.
+                        let kad = &self.swarm.behaviour().kad;
+                        if kad.is_held(&peer_id, Instant::now())
+                            && self.in_table(&peer_id)
+                            && self.unreachable.insert(peer_id)
+                        {
+                            tracing::debug!(peer = %peer_id, "a silent peer of the routing table is unreachable");
+                        }
                     }
                 }
                 self.update_kad_mode();
@@ -2216,16 +2226,17 @@ impl<E: Extension> Driver<E> {
     /// turn would come after the timeout: at once, as the peer's refusal for load).
     ///
     /// An operation's request to a replica that answers nothing ([`crate::stalled`]: it was
-    /// given up on, and has not answered since) counts as that replica's failure at once,
-    /// and goes all the same: an answer ends its silence for the next operations.
+    /// given up on, and has not answered since), or whose dials are held ([`crate::held`]),
+    /// counts as that replica's failure at once, and goes all the same: an answer ends its
+    /// silence, a connection its hold, for the next operations.
     pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         use crate::pace::Outgoing;
         let now = Instant::now();
         if self.timed(op)
-            && let Some(silent) = self.swarm.behaviour().kad.silent(&peer, now)
+            && let Some(why) = self.swarm.behaviour().kad.passed_over(&peer, now)
         {
             // Told after the event at hand, as a refusal here is.
-            self.passed_over.push((op, peer, silent.to_string()));
+            self.passed_over.push((op, peer, why));
         }
         match self.outbox.send_or_wait(op, peer, request, now) {
             Outgoing::Now(request) => self.send_now(op, peer, request),

@@ -32,7 +32,7 @@
 //! through the same timing (`Driver::send`; replication's are not: nobody waits on them, and
 //! a round's answer may take a while to compute); their answers count toward the median and
 //! the peer's own times, as Kademlia's do. A replica given up on and silent since
-//! ([`crate::held::Held::silent`]) is counted failed at once by the next operations, with
+//! ([`crate::held::Held::passed_over`]) is counted failed at once by the next operations, with
 //! that reason, instead of costing each its linger (100 ms, a second for a key not set). So
 //! a stopped peer costs this node one wait, not one per lookup or operation (testnet-plan
 //! 5v).
@@ -461,7 +461,15 @@ mod tests {
             }
             None
         }
+        assert!(!held.is_held(&peer, Instant::now()), "held before it was closed");
         assert_eq!(rounds(&mut held, peer, 1).await, Some(6));
+        // Closed, its dials are held (a stopped process's never completes its handshake), and
+        // operations pass over it, until it connects again.
+        assert!(held.is_held(&peer, Instant::now()), "closed, not held");
+        let why = held.passed_over(&peer, Instant::now()).unwrap_or_default();
+        assert!(why.contains("held until"), "{why}");
+        established(&mut held, peer, false);
+        assert!(!held.is_held(&peer, Instant::now()), "held though it connected");
         // An answer ends the count.
         let lookup = ask(&mut held, 20);
         answer(&mut held, peer, lookup);
@@ -541,22 +549,25 @@ mod tests {
         held.record_asked(stopped, id(2), Instant::now());
         tokio::time::advance(SLOW_FAILURE - ms(1)).await;
         drain(&mut held);
-        assert!(held.silent(&stopped, Instant::now()).is_none(), "given up early");
+        assert!(held.passed_over(&stopped, Instant::now()).is_none(), "given up early");
         tokio::time::advance(ms(1)).await;
         drain(&mut held);
-        assert!(held.silent(&stopped, Instant::now()).is_some(), "not given up");
-        assert!(held.silent(&fast, Instant::now()).is_none());
+        assert!(held.passed_over(&stopped, Instant::now()).is_some(), "not given up");
+        assert!(held.passed_over(&fast, Instant::now()).is_none());
         held.set_stranded(true);
-        assert!(held.silent(&stopped, Instant::now()).is_none(), "passed over while stranded");
+        assert!(held.passed_over(&stopped, Instant::now()).is_none(), "passed over while stranded");
         held.set_stranded(false);
         held.record_ended(stopped, id(2), true, Instant::now());
-        assert!(held.silent(&stopped, Instant::now()).is_none(), "its answer ends its silence");
+        assert!(
+            held.passed_over(&stopped, Instant::now()).is_none(),
+            "its answer ends its silence"
+        );
         // A request to a peer not connected waits on a dial, which is not timed here.
         let dialed = PeerId::random();
         held.record_asked(dialed, id(3), Instant::now());
         tokio::time::advance(SLOW_FAILURE * 2).await;
         drain(&mut held);
-        assert!(held.silent(&dialed, Instant::now()).is_none());
+        assert!(held.passed_over(&dialed, Instant::now()).is_none());
         assert_eq!(held.wrapper_mut().answers_mut().asked.len(), 0, "the dial's request timed");
     }
 
