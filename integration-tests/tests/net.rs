@@ -1728,9 +1728,12 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
     let liar = Liar::spawn().await?;
     liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
     let _ = net.node(0).bootstrap().await;
+    // A read, then a write: a read's requests are timed (a put's answer waits on the
+    // replica's disk), and both pass over a replica given up on.
     let mut seq = 0;
     let mut put = async || {
         seq += 1;
+        net.get(0, &key).await??;
         net.put(0, record(&alice, &key, "v", seq)).await
     };
     let first = put().await??;
@@ -1770,6 +1773,7 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
     })
     .await;
     assert!(closed, "its connections stayed open");
+    assert_eq!(net.node(0).held_peers().await, vec![liar.peer_id()], "closed, not held");
     // Not a replica while it is gone (counted as unreachable, as a peer whose dial failed),
     // nor waited on by the lookup a replica's naming of it starts (held).
     let held = put().await??;
@@ -1782,6 +1786,7 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
     })
     .await;
     assert!(heard, "the liar, connected again, answers puts again");
+    assert!(net.node(0).held_peers().await.is_empty(), "held though it connected");
     net.shutdown().await;
     Ok(())
 }

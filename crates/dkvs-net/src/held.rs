@@ -23,7 +23,11 @@
 //! and so does this node's return from being stranded ([`Held::release_all`]).
 //!
 //! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
-//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not. Holds apply unless this
+//! (`Node::dial`), AutoNAT's dial-back and the relay client's are not; but puts and gets
+//! count a held replica failed at once, and still send it their request
+//! ([`Held::passed_over`]). A peer whose connections [`crate::stalled`] closed for its
+//! silence is held too, as its dials would fail slowly (a stopped process's handshake never
+//! completes). Holds apply unless this
 //! node is stranded (a dial failed while no DHT server was connected, and none has been
 //! identified since: its own network may be what fails); a quiet node whose connections all
 //! closed idle is not stranded, and its first lookup passes over held peers too. At most
@@ -144,14 +148,21 @@ pub(crate) struct Holds {
 struct Hold {
     failures: u32,
     until: Instant,
+    /// Why it was held last: its connections were closed for its silence, or a dial failed.
+    silent: bool,
 }
 
 /// Why a dial failed without a packet sent.
 #[derive(Debug, thiserror::Error)]
-#[error("its last dial failed {failures} time(s) in a row: held until {left:?} from now")]
+#[error("{} {failures} time(s) in a row: held until {left:?} from now", if *.silent {
+    "it answered nothing for 10 s and its connections were closed"
+} else {
+    "its last dial failed"
+})]
 pub(crate) struct HeldBack {
     failures: u32,
     left: Duration,
+    silent: bool,
 }
 
 /// Why Kademlia was told that a dial still under way failed.
@@ -168,7 +179,7 @@ impl Held {
     /// A dial of `peer` failed slowly at `now` with an attempt that went out: Kademlia's dials
     /// of it are held, for twice as long as the last time.
     pub(crate) fn hold(&mut self, peer: PeerId, now: Instant) {
-        self.wrapper_mut().hold(peer, now);
+        self.wrapper_mut().hold(peer, now, false);
     }
 
     /// Every peer may be dialed again: an application asked for a walk of the table
@@ -182,6 +193,12 @@ impl Held {
     /// starts again at [`HOLD_FIRST`].
     pub(crate) fn forget_old(&mut self, now: Instant) {
         self.wrapper_mut().forget_old(now);
+    }
+
+    /// The peers held at `now` (none while this node is stranded).
+    pub(crate) fn held_peers(&self, now: Instant) -> Vec<PeerId> {
+        let holds = self.wrapper();
+        holds.holds.keys().filter(|peer| holds.held(peer, now).is_some()).copied().collect()
     }
 
     /// Whether Kademlia's dials of `peer` are held at `now` (and this node is not stranded).
@@ -238,16 +255,19 @@ impl Held {
 }
 
 impl Holds {
-    /// Holds Kademlia's dials of `peer` from `now`, for twice as long as the last time; at
-    /// most [`MAX_HOLDS`] peers.
-    fn hold(&mut self, peer: PeerId, now: Instant) {
+    /// Holds Kademlia's dials of `peer` from `now`, for twice as long as the last time
+    /// (`silent`: it was closed for its silence, else a dial of it failed slowly); at most
+    /// [`MAX_HOLDS`] peers.
+    fn hold(&mut self, peer: PeerId, now: Instant, silent: bool) {
         if self.holds.len() >= MAX_HOLDS && !self.holds.contains_key(&peer) {
             self.forget_old(now);
             if self.holds.len() >= MAX_HOLDS {
                 return;
             }
         }
-        let hold = self.holds.entry(peer).or_insert(Hold { failures: 0, until: now });
+        let hold =
+            self.holds.entry(peer).or_insert(Hold { failures: 0, until: now, silent: false });
+        hold.silent = silent;
         hold.failures = hold.failures.saturating_add(1);
         hold.until = now + hold_after(hold.failures);
     }
@@ -269,7 +289,7 @@ impl Holds {
         }
         let hold = self.holds.get(peer)?;
         let left = hold.until.checked_duration_since(now).filter(|left| !left.is_zero())?;
-        Some(HeldBack { failures: hold.failures, left })
+        Some(HeldBack { failures: hold.failures, left, silent: hold.silent })
     }
 
     /// Whether a dial of `peer` that a lookup gave up on is still under way at `now` (given
@@ -359,9 +379,9 @@ impl Holds {
             }
             // Its dials are held as a slow failure's are: a stopped process's never completes
             // its handshake. Any connection of it ends the hold.
-            tracing::debug!(%peer, "a peer silent at lookups in a row: its connections close");
+            tracing::debug!(%peer, "a peer silent for 10 s while asked: its connections close");
             self.closing.push(peer);
-            self.hold(peer, now);
+            self.hold(peer, now, true);
         }
     }
 

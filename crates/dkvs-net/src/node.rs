@@ -97,6 +97,7 @@ pub(crate) enum Command {
     Reachability(oneshot::Sender<Reachability>),
     Connections(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
+    Held(oneshot::Sender<Vec<PeerId>>),
     ReplicationStats(oneshot::Sender<crate::ReplicationStats>),
     Wakeups(oneshot::Sender<u64>),
     Pacing(oneshot::Sender<crate::PacingStats>),
@@ -357,7 +358,7 @@ impl Node {
     /// refuse it, and so does this node's store) it reads again and retries, four attempts in
     /// all, then answers with the last attempt's error. A read without a quorum is
     /// [`PutError::NoReadQuorum`]: nothing was written. The receipt's
-    /// [`PutReceipt::requests`] counts every read's and write's requests.
+    /// [`PutReceipt::requests`] counts every attempt's read and the last attempt's write.
     ///
     /// It reads once per attempt. The write is not a compare-and-swap ([`Node::put_cas`]),
     /// which would read the same replicas again a moment later: the replicas themselves refuse
@@ -396,7 +397,8 @@ impl Node {
         let (mut attempts, mut requests) = (0, 0u32);
         loop {
             attempts += 1;
-            // What the network holds now; the compare-and-swap checks it again before writing.
+            // What the network holds now; the replicas refuse the write if a newer version
+            // (or another of the same sequence) got there first.
             let found = self.get_every(key).await.map_err(|read| match read {
                 GetError::Shutdown => PutError::Shutdown,
                 read => PutError::NoReadQuorum { read },
@@ -522,6 +524,14 @@ impl Node {
     /// The peers this node refuses for now: they sent forged records or flooded it.
     pub async fn banned_peers(&self) -> Vec<PeerId> {
         self.ask(Command::Banned).await.unwrap_or_default()
+    }
+
+    /// The peers this node takes for gone for now ([`crate::held`]): a dial of theirs failed
+    /// slowly, or they answered nothing for 10 s while asked and their connections were
+    /// closed. Its lookups and operations pass over them until they connect again or their
+    /// hold ends (30 s at first, twice as long each time again, at most 16 min).
+    pub async fn held_peers(&self) -> Vec<PeerId> {
+        self.ask(Command::Held).await.unwrap_or_default()
     }
 
     /// What replication did since the node started: rounds, messages and bytes, records sent.
@@ -1246,6 +1256,9 @@ impl<E: Extension> Driver<E> {
             }
             Command::Banned(reply) => {
                 let _ = reply.send(self.defence.banned().copied().collect());
+            }
+            Command::Held(reply) => {
+                let _ = reply.send(self.swarm.behaviour().kad.held_peers(Instant::now()));
             }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -2225,14 +2238,16 @@ impl<E: Extension> Driver<E> {
     /// ([`crate::pace`]); failures to send become a failure of that peer (a request whose
     /// turn would come after the timeout: at once, as the peer's refusal for load).
     ///
-    /// An operation's request to a replica that answers nothing ([`crate::stalled`]: it was
-    /// given up on, and has not answered since), or whose dials are held ([`crate::held`]),
-    /// counts as that replica's failure at once, and goes all the same: an answer ends its
-    /// silence, a connection its hold, for the next operations.
+    /// A put's or a get's request to a replica that answers nothing ([`crate::stalled`]: it
+    /// was given up on, and has not answered since), or whose dials are held
+    /// ([`crate::held`]), counts as that replica's failure at once, and goes all the same
+    /// (unless it waits in pacing past its operation's end): an answer ends its silence, a
+    /// connection its hold, for the next operations. Its answer, if it comes, no longer
+    /// counts for this operation.
     pub(crate) fn send(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         use crate::pace::Outgoing;
         let now = Instant::now();
-        if self.timed(op)
+        if self.passes_over(op)
             && let Some(why) = self.swarm.behaviour().kad.passed_over(&peer, now)
         {
             // Told after the event at hand, as a refusal here is.
@@ -2274,9 +2289,17 @@ impl<E: Extension> Driver<E> {
     }
 
     /// Whether `op`'s requests are timed, their peers given up on when they answer nothing
-    /// ([`crate::stalled`]): an application's put or get. Replication's are not (a round's
-    /// answer may take a while to compute, and nobody waits on it).
+    /// ([`crate::stalled`]): a get's (an application's, a watch's, a republish's, a
+    /// compare-and-swap's read). Not a put's: a replica answers one once its log is on disk,
+    /// and a slow disk is not silence; nor replication's (a round's answer may take a while
+    /// to compute).
     fn timed(&self, op: OpId) -> bool {
+        matches!(self.ops.get(&op), Some(crate::ops::Op::Get(_)))
+    }
+
+    /// Whether `op` passes over replicas that answer nothing or are held
+    /// ([`Driver::send`]): a put or a get, which someone may wait on.
+    fn passes_over(&self, op: OpId) -> bool {
         matches!(self.ops.get(&op), Some(crate::ops::Op::Put(_) | crate::ops::Op::Get(_)))
     }
 

@@ -62,7 +62,9 @@ pub struct PutReceipt {
     pub stored: Vec<PeerId>,
     /// Replicas that refused, with the reason and their words.
     pub refused: Vec<(PeerId, Refusal, String)>,
-    /// Replicas that did not answer in time or could not be reached.
+    /// Replicas that did not answer in time or could not be reached, and those passed over
+    /// at once: given up on for answering nothing, or held (the reason says which). A
+    /// replica passed over was sent the record all the same, and may hold it.
     pub unreachable: Vec<(PeerId, String)>,
     /// True when this node had no dkvs peer at all: it is a network of one, and its own copy
     /// is the whole replica set. (A node that has peers but finds no replica fails instead.)
@@ -72,7 +74,8 @@ pub struct PutReceipt {
     pub local_refusal: Option<(Refusal, String)>,
     /// Requests this node sent for the put: the read before it (a compare-and-swap's, or
     /// [`crate::Node::put_next`]'s, each attempt's), its Kademlia lookup's and the record to
-    /// each remote replica (not counted: answers and the watchers' gossip).
+    /// each remote replica (not counted: answers, the watchers' gossip, and the writes of
+    /// `put_next`'s attempts that lost a race).
     pub requests: u32,
 }
 

@@ -1,5 +1,5 @@
-//! Requests to peers this node is connected to, Kademlia's and operations' record requests:
-//! not waited on for long when a peer answers nothing.
+//! Requests to peers this node is connected to, Kademlia's and reads' record requests: not
+//! waited on for long when a peer answers nothing.
 //!
 //! A peer that stopped answering while its connections stay open (a process the machine
 //! stopped, a suspended laptop, a host that hangs) is asked like any other. Kademlia's
@@ -9,7 +9,7 @@
 //! key (testnet-plan 5p). A stopped process's connections stay open for good: its machine's
 //! kernel still acknowledges what is sent to it, and pings close nothing.
 //!
-//! [`Answers`] times Kademlia's requests to each peer and the peer's answers. A peer with
+//! [`Answers`] times this node's requests to each peer and the peer's answers. A peer with
 //! requests outstanding that has answered none of them for [`Answers::patience`] is given up
 //! on: four times the median of this node's recent answers (one from each of the last 16
 //! peers that answered in time, so one peer cannot move it much), four times the slowest of
@@ -19,23 +19,28 @@
 //! drop its late answers. Late answers still count for the peer: a peer that was slow (or
 //! stopped a while) is waited on longer, until its next 4 answers show it fast again. A peer
 //! given up on again, having answered nothing for [`CLOSE_SILENT`] (as long as Kademlia's
-//! own wait on a request) while asked, has its connections closed: then its dials are waited
-//! on and held as [`crate::held`] says (a stopped process's dial never completes its
-//! handshake, and fails slowly). Not the relay this node holds a reservation on (the driver
+//! own wait on a request) while asked, has its connections closed, and its dials are held as
+//! [`crate::held`] holds a peer whose dial failed slowly (a stopped process's dial never
+//! completes its handshake), and it is counted unreachable in the table. Only while other
+//! peers answer: when none does, this node's own network may be what is silent (a Wi-Fi that
+//! dropped, its connections still up), and nothing is closed. Not the relay this node holds a reservation on (the driver
 //! names it, [`crate::held::Held::spare`]): behind a NAT, other peers reach this node only
 //! through it. Closing ends all of the peer's connections, a healthy one beside a dead one
 //! too.
 //!
 //! A peer given up on stays so until it answers anything: the next lookups that ask it pass
 //! over it at once (the request still goes, so an answer ends its silence), instead of each
-//! waiting its patience again. An application's puts and gets send their record requests
-//! through the same timing (`Driver::send`; replication's are not: nobody waits on them, and
-//! a round's answer may take a while to compute); their answers count toward the median and
-//! the peer's own times, as Kademlia's do. A replica given up on and silent since
-//! ([`crate::held::Held::passed_over`]) is counted failed at once by the next operations, with
-//! that reason, instead of costing each its linger (100 ms, a second for a key not set). So
-//! a stopped peer costs this node one wait, not one per lookup or operation (testnet-plan
-//! 5v).
+//! waiting its patience again; one not asked for [`CLOSE_SILENT`] is waited on afresh (what
+//! it did meanwhile is not known). Gets send their record requests through the same timing
+//! (`Driver::send`); their answers count toward the median and the peer's own times, as
+//! Kademlia's do. Puts' are not timed (a replica answers once its log is on disk, and a slow
+//! disk is not silence), nor replication's (nobody waits on them, and a round's answer may
+//! take a while to compute), but any answer ends a peer's silence. A replica given up on and
+//! silent since, or held ([`crate::held::Held::passed_over`]), is counted failed at once by
+//! the next puts and gets, with that reason, instead of costing each its linger (100 ms, a
+//! second for a key not set); it is still sent the request (unless it waits in this node's
+//! pacing past the operation's end), and a put it stores is not counted. So a stopped peer
+//! costs this node one wait, not one per lookup or operation (testnet-plan 5v).
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
@@ -44,7 +49,8 @@
 //! nothing right after it connected still holds those lookups to their deadline. A peer that
 //! answers some requests and not others is not given up on while it answers: a liar can still
 //! hold a lookup to its deadline, as it can by answering slowly (which lengthens its own
-//! patience), but not another peer's.
+//! patience), but not another peer's; and a replica that answers lookups and gets but stalls
+//! puts costs each put the linger, as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -141,6 +147,8 @@ pub(crate) struct Answers {
     peers: HashMap<PeerId, Peer>,
     /// How long the last answers in time took, one of each peer.
     times: Recent<PeerId, ANSWER_SAMPLES>,
+    /// When a peer last answered.
+    heard: Option<Instant>,
 }
 
 /// A request outstanding.
@@ -162,6 +170,8 @@ struct Peer {
     times: Recent<(), PEER_SAMPLES>,
     /// Since when it has answered nothing, if it was given up on since its last answer.
     given_up_since: Option<Instant>,
+    /// When it was last asked something.
+    last_asked: Instant,
 }
 
 /// What [`Answers::give_up`] found.
@@ -183,12 +193,20 @@ impl Answers {
             silent_since: now,
             times: Recent::default(),
             given_up_since: None,
+            last_asked: now,
         });
         // A peer not asked for a while was not silent meanwhile, unless it was given up on
-        // and has answered nothing since: then it is passed over at once.
-        if entry.waiting == 0 && entry.given_up_since.is_none() {
-            entry.silent_since = now;
+        // and has answered nothing since: then it is passed over at once. What it did while
+        // not asked for CLOSE_SILENT or more is not known: it is waited on afresh.
+        if entry.waiting == 0 {
+            if now.saturating_duration_since(entry.last_asked) >= CLOSE_SILENT {
+                entry.given_up_since = None;
+            }
+            if entry.given_up_since.is_none() {
+                entry.silent_since = now;
+            }
         }
+        entry.last_asked = now;
         if was.is_none_or(|was| was.given_up) {
             entry.waiting += 1;
         }
@@ -205,6 +223,7 @@ impl Answers {
         if !answered {
             return;
         }
+        self.heard = Some(now);
         entry.silent_since = now;
         entry.given_up_since = None;
         if let Some(asked) = asked {
@@ -233,10 +252,14 @@ impl Answers {
         }
     }
 
-    /// Whether `peer` was given up on and has answered nothing since: for how long it has
-    /// answered nothing.
+    /// Whether `peer` was given up on and has answered nothing since, while asked (not
+    /// asked for [`CLOSE_SILENT`], it is waited on afresh): for how long it has answered
+    /// nothing.
     pub(crate) fn silent(&self, peer: &PeerId, now: Instant) -> Option<Duration> {
-        let entry = self.peers.get(peer).filter(|entry| entry.given_up_since.is_some())?;
+        let entry = self.peers.get(peer).filter(|entry| {
+            entry.given_up_since.is_some()
+                && now.saturating_duration_since(entry.last_asked) < CLOSE_SILENT
+        })?;
         Some(now.saturating_duration_since(entry.silent_since))
     }
 
@@ -274,9 +297,14 @@ impl Answers {
         for (peer, _) in &given_up.silent {
             let entry = self.peers.get_mut(peer).expect("a peer asked");
             entry.waiting = 0;
+            // Closed only while others answer: when none does, this node's own network may
+            // be what is silent (a Wi-Fi that dropped, its connections still up).
+            let others_heard = self.heard.is_some_and(|heard| heard > entry.silent_since);
             match entry.given_up_since {
                 None => entry.given_up_since = Some(entry.silent_since),
-                Some(since) if now.saturating_duration_since(since) >= CLOSE_SILENT => {
+                Some(since)
+                    if now.saturating_duration_since(since) >= CLOSE_SILENT && others_heard =>
+                {
                     given_up.closing.push(*peer);
                 }
                 Some(_) => {}
@@ -443,44 +471,89 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_silent_at_lookups_in_a_row_has_its_connections_closed_unless_spared() {
-        let (mut held, peer) = one_peer();
-        // A lookup every 2 s: the first given up on after 2 s, the next ones at once; closed
-        // at the give-up once it has answered nothing for CLOSE_SILENT (10 s: the sixth's),
-        // not before.
-        async fn rounds(held: &mut Held, peer: PeerId, from: u8) -> Option<u8> {
-            let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
-            for round in from..from + 7 {
-                held.get_closest_peers(vec![round]);
-                let waker = futures::task::noop_waker_ref();
-                let mut said = events(held, waker);
-                tokio::time::advance(SLOW_FAILURE).await;
-                said.extend(events(held, waker));
-                if said.iter().any(close) {
-                    return Some(round - from + 1);
-                }
-            }
-            None
-        }
+        let (mut held, peers) = connected_to(2);
+        let (peer, other) = (peers[0], peers[1]);
+        held.wrapper_mut().answers_mut().times.push(ms(10));
         assert!(!held.is_held(&peer, Instant::now()), "held before it was closed");
-        assert_eq!(rounds(&mut held, peer, 1).await, Some(6));
+        assert_eq!(rounds(&mut held, peer, Some(other), 1).await, Some(6));
         // Closed, its dials are held (a stopped process's never completes its handshake), and
         // operations pass over it, until it connects again.
         assert!(held.is_held(&peer, Instant::now()), "closed, not held");
         let why = held.passed_over(&peer, Instant::now()).unwrap_or_default();
-        assert!(why.contains("held until"), "{why}");
+        assert!(why.contains("answered nothing for 10 s"), "{why}");
         established(&mut held, peer, false);
         assert!(!held.is_held(&peer, Instant::now()), "held though it connected");
         // An answer ends the count.
         let lookup = ask(&mut held, 20);
         answer(&mut held, peer, lookup);
-        assert_eq!(rounds(&mut held, peer, 30).await, Some(6), "counted from the answer");
+        assert_eq!(rounds(&mut held, peer, Some(other), 30).await, Some(6), "not from the answer");
         // The relay this node holds a reservation on is not closed.
         let lookup = ask(&mut held, 40);
         answer(&mut held, peer, lookup);
         held.spare(Some(peer));
-        assert_eq!(rounds(&mut held, peer, 50).await, None, "the relay closed");
+        assert_eq!(rounds(&mut held, peer, Some(other), 50).await, None, "the relay closed");
         held.spare(None);
-        assert_eq!(rounds(&mut held, peer, 60).await, Some(1), "silent for 12 s and more");
+        assert_eq!(rounds(&mut held, peer, Some(other), 60).await, Some(1), "silent 12 s and more");
+    }
+
+    /// A lookup every 2 s that `other` (if any) answers at once: the round (counted from 1)
+    /// at which `peer` had its connections closed. The first lookup gives up on it after 2 s,
+    /// the next ones at once; it is closed at the give-up once it has answered nothing for
+    /// CLOSE_SILENT (10 s: the sixth's), not before.
+    async fn rounds(held: &mut Held, peer: PeerId, other: Option<PeerId>, from: u8) -> Option<u8> {
+        let close = |e: &ToSwarm<_, _>| matches!(e, ToSwarm::CloseConnection { peer_id, .. } if *peer_id == peer);
+        for round in from..from + 7 {
+            let lookup = held.get_closest_peers(vec![round]);
+            let waker = futures::task::noop_waker_ref();
+            let mut said = events(held, waker);
+            if let Some(other) = other {
+                let event = KadOut::FindNodeRes { closer_peers: Vec::new(), query_id: lookup };
+                held.on_connection_handler_event(other, ConnectionId::new_unchecked(7), event);
+            }
+            tokio::time::advance(SLOW_FAILURE).await;
+            said.extend(events(held, waker));
+            if said.iter().any(close) {
+                return Some(round - from + 1);
+            }
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_peer_is_closed_while_none_answers() {
+        // Every peer silent at once: this node's own network may be what is (a Wi-Fi that
+        // dropped, its connections still up). They are given up on, not closed nor held.
+        let (mut held, peers) = connected_to(2);
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        assert_eq!(rounds(&mut held, peers[0], None, 1).await, None);
+        assert!(
+            !held.is_held(&peers[0], Instant::now()) && !held.is_held(&peers[1], Instant::now())
+        );
+        assert!(held.passed_over(&peers[1], Instant::now()).is_some(), "given up on");
+        // Once one of them answers, the other, silent since, is closed at its next give-up.
+        let lookup = held.get_closest_peers(vec![100]);
+        drain(&mut held);
+        answer(&mut held, peers[1], lookup);
+        assert_eq!(rounds(&mut held, peers[0], Some(peers[1]), 101).await, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_given_up_on_and_not_asked_for_a_while_is_waited_on_afresh() {
+        let (mut held, peer) = one_peer();
+        let lookup = ask(&mut held, 1);
+        tokio::time::advance(SLOW_FAILURE).await;
+        assert_eq!(drain(&mut held), (vec![], vec![lookup]), "given up on");
+        // Nothing is asked of it for a minute (its request is forgotten unanswered): what it
+        // did meanwhile is not known.
+        assert!(held.passed_over(&peer, Instant::now()).is_some(), "asked lately, silent since");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "not asked for a minute");
+        // Asked again, it is waited on as any peer is, and not closed for its old silence.
+        let again = ask(&mut held, 2);
+        assert!(held.query(&again).is_some(), "passed over at once");
+        tokio::time::advance(SLOW_FAILURE).await;
+        let said = events(&mut held, futures::task::noop_waker_ref());
+        assert!(!said.iter().any(|e| matches!(e, ToSwarm::CloseConnection { .. })), "closed");
     }
 
     #[tokio::test(start_paused = true)]
