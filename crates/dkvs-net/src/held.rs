@@ -153,17 +153,30 @@ struct Hold {
 }
 
 /// Why a dial failed without a packet sent.
-#[derive(Debug, thiserror::Error)]
-#[error("{} {failures} time(s) in a row: held until {left:?} from now", if *.silent {
-    "it answered nothing for 10 s and its connections were closed"
-} else {
-    "its last dial failed"
-})]
+#[derive(Debug)]
 pub(crate) struct HeldBack {
     failures: u32,
     left: Duration,
     silent: bool,
 }
+
+impl std::fmt::Display for HeldBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let HeldBack { failures, left, silent } = self;
+        if *silent {
+            let closed = crate::stalled::CLOSE_SILENT;
+            write!(f, "it answered nothing for {closed:?} while asked and its connections were ")?;
+            write!(f, "closed: held until {left:?} from now")
+        } else {
+            write!(
+                f,
+                "its last dial failed {failures} time(s) in a row: held until {left:?} from now"
+            )
+        }
+    }
+}
+
+impl std::error::Error for HeldBack {}
 
 /// Why Kademlia was told that a dial still under way failed.
 #[derive(Debug, thiserror::Error)]
@@ -539,9 +552,9 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 tell_failed(kad, peer, connection_id, held);
                 continue;
             }
-            if let Some(gave_up) = self.still_given_up(&peer, now) {
-                tracing::debug!(%peer, reason = %gave_up, "a lookup passed over a dial given up on");
-                tell_failed(kad, peer, connection_id, gave_up);
+            if let Some(reason) = self.still_given_up(&peer, now) {
+                tracing::debug!(%peer, %reason, "a lookup passed over a dial given up on");
+                tell_failed(kad, peer, connection_id, reason);
                 continue;
             }
             // A dial of a peer that connected since Kademlia asked is refused by the swarm,

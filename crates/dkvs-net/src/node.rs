@@ -529,7 +529,8 @@ impl Node {
     /// The peers this node takes for gone for now ([`crate::held`]): a dial of theirs failed
     /// slowly, or they answered nothing for 10 s while asked and their connections were
     /// closed. Its lookups and operations pass over them until they connect again or their
-    /// hold ends (30 s at first, twice as long each time again, at most 16 min).
+    /// hold ends (30 s; a peer whose dials keep failing slowly, twice as long each time, at
+    /// most 16 min). None while this node is stranded (its own network may be what fails).
     pub async fn held_peers(&self) -> Vec<PeerId> {
         self.ask(Command::Held).await.unwrap_or_default()
     }
@@ -1429,7 +1430,7 @@ impl<E: Extension> Driver<E> {
                             && self.in_table(&peer_id)
                             && self.unreachable.insert(peer_id)
                         {
-                            tracing::debug!(peer = %peer_id, "a silent peer of the routing table is unreachable");
+                            tracing::debug!(peer = %peer_id, "a silent table peer is unreachable");
                         }
                     }
                 }
