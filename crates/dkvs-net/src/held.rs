@@ -224,8 +224,8 @@ impl Held {
         self.wrapper_mut().stranded = stranded;
     }
 
-    /// This node sent `peer` an operation's record request `id` at `now`: timed as
-    /// Kademlia's are, if the peer is connected (a dial's wait is not an answer's).
+    /// This node sent `peer` a get's record request `id` at `now`: timed as Kademlia's are,
+    /// if the peer is connected (a dial's wait is not an answer's).
     pub(crate) fn record_asked(&mut self, peer: PeerId, id: crate::lane::RequestId, now: Instant) {
         let holds = self.wrapper_mut();
         if holds.connected.contains_key(&peer) {
