@@ -1792,6 +1792,63 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_only_puts_passes_over_a_replica_silent_for_10_s() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "log").expect("key");
+    let liar = Liar::spawn().await?;
+    liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    let _ = net.node(0).bootstrap().await;
+    // Kademlia walks a small table 500 ms after a peer joined it: a walk that asked the liar
+    // once frozen would give up on it after a lookup's 2 s. Let it end first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Writes with its own sequence numbers, and reads nothing.
+    let mut seq = 0;
+    let mut put = async || {
+        seq += 1;
+        net.put(0, record(&alice, &key, "entry", seq)).await
+    };
+    let first = put().await??;
+    assert!(first.stored.contains(&liar.peer_id()), "the liar is a replica: {first:?}");
+    let why = |receipt: &dkvs_net::PutReceipt| {
+        let unreachable = receipt.unreachable.iter().find(|(p, _)| *p == liar.peer_id());
+        unreachable.map(|(_, why)| why.clone()).unwrap_or_default()
+    };
+    liar.freeze().await?;
+    let frozen = std::time::Instant::now();
+    // A put's answer waits on the replica's disk: the writer waits on it (the linger) for
+    // 10 s, not a lookup's 2 s, then passes over it at once.
+    let mut last = None;
+    let passed_over = eventually(Duration::from_secs(20), async || {
+        let Ok(Ok(receipt)) = put().await else { return false };
+        let passed = why(&receipt).starts_with("answered none of this node's requests for");
+        last = Some(receipt);
+        passed
+    })
+    .await;
+    assert!(passed_over, "never passed over at once: {last:?}");
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(10),
+        "passed over after {:?}",
+        frozen.elapsed()
+    );
+    let receipt = last.expect("a put");
+    assert!(receipt.has_quorum() && receipt.stored.len() == 3, "{receipt:?}");
+    // Asked on, its connections close and its dials are held, as a silent peer's are.
+    let closed = eventually(Duration::from_secs(20), async || {
+        let _ = put().await;
+        !net.node(0).connected_peers().await.contains(&liar.peer_id())
+    })
+    .await;
+    assert!(closed, "its connections stayed open");
+    assert_eq!(net.node(0).held_peers().await, vec![liar.peer_id()], "closed, not held");
+    liar.thaw().await?;
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_flood_on_a_watch_topic_is_limited_and_banned_while_updates_go_on()
 -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;

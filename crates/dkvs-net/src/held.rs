@@ -77,7 +77,7 @@ use libp2p::swarm::{
 };
 use tokio::time::{Instant, Sleep};
 
-use crate::stalled::Request;
+use crate::stalled::{Request, Wait};
 
 /// A failed dial that waited this long or more holds its peer: a refusal comes within a
 /// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also the
@@ -224,12 +224,19 @@ impl Held {
         self.wrapper_mut().stranded = stranded;
     }
 
-    /// This node sent `peer` a get's record request `id` at `now`: timed as Kademlia's are,
-    /// if the peer is connected (a dial's wait is not an answer's).
-    pub(crate) fn record_asked(&mut self, peer: PeerId, id: crate::lane::RequestId, now: Instant) {
+    /// This node sent `peer` an operation's record request `id` at `now`, to be waited on as
+    /// `wait` says: timed as Kademlia's are, if the peer is connected (a dial's wait is not
+    /// an answer's).
+    pub(crate) fn record_asked(
+        &mut self,
+        peer: PeerId,
+        id: crate::lane::RequestId,
+        wait: Wait,
+        now: Instant,
+    ) {
         let holds = self.wrapper_mut();
         if holds.connected.contains_key(&peer) {
-            holds.answers.asked(peer, Request::Record(id), now);
+            holds.answers.asked(peer, Request::Record(id), wait, now);
         }
     }
 
@@ -540,7 +547,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 if let Some(lookup) = request(request_event)
                     && self.connected.contains_key(peer_id)
                 {
-                    self.answers.asked(*peer_id, Request::Lookup(lookup), now);
+                    self.answers.asked(*peer_id, Request::Lookup(lookup), Wait::Answer, now);
                 }
                 return Poll::Ready(event);
             }

@@ -126,6 +126,10 @@ pub enum Failure {
     /// No answer within the request timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// Written on a lane taken for dead: a request on it timed out, and no answer came on it
+    /// since that request was handed over.
+    #[error("no answer came on its stream for {0:?}")]
+    Unanswered(Duration),
     /// The connection closed before the answer came.
     #[error("the connection closed")]
     ConnectionClosed,
@@ -744,19 +748,19 @@ impl Handler {
     /// Fails every request written or queued: the lane is gone.
     fn fail_all(&mut self, why: &str) {
         self.queued.clear();
-        self.fail_written(why);
+        self.fail_written(|| Failure::Stream(why.into()));
     }
 
-    /// Fails the requests written on the lane and closes it; those not written yet stay
-    /// queued for the next lane (their deadlines stand).
-    fn fail_written(&mut self, why: &str) {
+    /// Fails the requests written on the lane with `error` and closes it; those not written
+    /// yet stay queued for the next lane (their deadlines stand).
+    fn fail_written(&mut self, error: impl Fn() -> Failure) {
         self.out = Out::Closed;
         let waiting = match self.queued.front() {
             Some((first, _)) => self.outstanding.split_off(first),
             None => BTreeMap::new(),
         };
         for id in std::mem::replace(&mut self.outstanding, waiting).into_keys() {
-            self.events.push_back(HandlerOut::Failure { id, error: Failure::Stream(why.into()) });
+            self.events.push_back(HandlerOut::Failure { id, error: error() });
         }
     }
 
@@ -829,7 +833,8 @@ impl Handler {
         }
         if dead {
             // What was not written yet goes on a new lane.
-            self.fail_written(&format!("no answer came on it for {:?}", self.timeout));
+            let timeout = self.timeout;
+            self.fail_written(|| Failure::Unanswered(timeout));
         }
         let timeout = self.timeout;
         self.lanes.retain_mut(|lane| {

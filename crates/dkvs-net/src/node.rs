@@ -2282,20 +2282,26 @@ impl<E: Extension> Driver<E> {
 
     fn send_now(&mut self, op: OpId, peer: PeerId, request: pb::Request) {
         let id = self.swarm.behaviour_mut().records.send_request(&peer, request);
-        if self.timed(op) {
-            self.swarm.behaviour_mut().kad.record_asked(peer, id, Instant::now());
+        if let Some(wait) = self.timed(op) {
+            self.swarm.behaviour_mut().kad.record_asked(peer, id, wait, Instant::now());
         }
         self.requests.insert(id, (op, peer));
         self.used(peer);
     }
 
-    /// Whether `op`'s requests are timed, their peers given up on when they answer nothing
-    /// ([`crate::stalled`]): a get's (an application's, a watch's, a republish's, a
-    /// compare-and-swap's read). Not a put's: a replica answers one once its log is on disk,
-    /// and a slow disk is not silence; nor replication's (a round's answer may take a while
-    /// to compute).
-    fn timed(&self, op: OpId) -> bool {
-        matches!(self.ops.get(&op), Some(crate::ops::Op::Get(_)))
+    /// How long `op`'s requests are waited on before their peers are given up on, if they
+    /// are timed ([`crate::stalled`]): a get's (an application's, a watch's, a republish's,
+    /// a compare-and-swap's read) for the peer's patience, a put's for 10 s at least (a
+    /// replica answers one once its log is on disk, and a slow disk is not silence).
+    /// Replication's are not timed (nobody waits on them, and a round's answer may take a
+    /// while to compute).
+    fn timed(&self, op: OpId) -> Option<crate::stalled::Wait> {
+        use crate::stalled::Wait;
+        match self.ops.get(&op)? {
+            crate::ops::Op::Get(_) => Some(Wait::Answer),
+            crate::ops::Op::Put(_) => Some(Wait::Write),
+            _ => None,
+        }
     }
 
     /// Whether `op` passes over replicas that answer nothing or are held

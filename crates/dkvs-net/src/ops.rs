@@ -1137,8 +1137,13 @@ impl<E: crate::Extension> Driver<E> {
             }
             Event::Failure { request_id, error, .. } => {
                 if let Some((op, peer)) = self.requests.remove(&request_id) {
-                    let kad = &mut self.swarm.behaviour_mut().kad;
-                    kad.record_ended(peer, request_id, false, Instant::now());
+                    // A request its peer let time out stays owed: the peer's silence goes on
+                    // counting (`crate::stalled`) until it answers anything.
+                    use crate::lane::Failure;
+                    if !matches!(error, Failure::Timeout(_) | Failure::Unanswered(_)) {
+                        let kad = &mut self.swarm.behaviour_mut().kad;
+                        kad.record_ended(peer, request_id, false, Instant::now());
+                    }
                     self.on_failure(op, peer, error.to_string());
                 }
             }

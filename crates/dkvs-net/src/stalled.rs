@@ -37,14 +37,19 @@
 //! operation its answer); a pause of [`CLOSE_SILENT`] or more in the asking does not count
 //! toward its close. Gets send their record requests through the same timing
 //! (`Driver::send`); their answers count toward the median and the peer's own times, as
-//! Kademlia's do. Puts' are not timed (a replica answers once its log is on disk, and a slow
-//! disk is not silence), nor replication's (nobody waits on them, and a round's answer may
-//! take a while to compute), but any answer ends a peer's silence. A replica given up on and
-//! silent since, or held ([`crate::held::Held::passed_over`]), is counted failed at once by
-//! the next puts and gets, with that reason, instead of costing each its linger (100 ms, a
-//! second for a key not set); it is still sent the request (unless it waits in this node's
-//! pacing past the operation's end), and a put it stores is not counted. So a stopped peer
-//! costs this node one wait, not one per lookup or operation (testnet-plan 5v).
+//! Kademlia's do. Puts' are timed too, with a patience of [`CLOSE_SILENT`] at least while a
+//! peer owes only those ([`Wait::Write`]): a replica answers a put once its log is on disk,
+//! and a slow disk is not silence, so how long it took counts nowhere; but a writer that
+//! only puts learns within 10 s that a replica answers nothing. A record request the peer
+//! let time out (the record protocol's timeout, 5 s by default) stays owed until
+//! [`ASKED_KEPT`]: the peer's silence goes on counting. Replication's requests are not timed
+//! (nobody waits on them, and a round's answer may take a while to compute), but any answer
+//! ends a peer's silence. A replica given up on and silent since, or held
+//! ([`crate::held::Held::passed_over`]), is counted failed at once by the next puts and gets,
+//! with that reason, instead of costing each its linger (100 ms, a second for a key not set);
+//! it is still sent the request (unless it waits in this node's pacing past the operation's
+//! end), and a put it stores is not counted. So a stopped peer costs this node one wait, not
+//! one per lookup or operation (testnet-plan 5v).
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
@@ -75,7 +80,8 @@ const ANSWER_SAMPLES: usize = 16;
 const PEER_SAMPLES: usize = 4;
 /// A request is forgotten this long after it was sent, answered or not: Kademlia's
 /// connection ends each within 10 s (its substream timeout), but one sent on a connection
-/// that closed while others of its peer stay open is never answered.
+/// that closed while others of its peer stay open is never answered, and a record request
+/// the peer let time out stays owed (past [`CLOSE_SILENT`], a put's patience).
 const ASKED_KEPT: Duration = Duration::from_secs(15);
 /// How long a peer given up on answered nothing, while asked, before its connections are
 /// closed: as long as Kademlia's own wait on a request (its substream timeout), so a peer
@@ -142,6 +148,16 @@ pub(crate) enum Request {
     Record(RequestId),
 }
 
+/// How long a request's peer may answer nothing before it is given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Its patience: a lookup's request, a get's.
+    Answer,
+    /// [`CLOSE_SILENT`] at least: a put's. A replica answers one once its log is on disk, and
+    /// a slow disk is not silence; how long that took tells nothing of how long answers take.
+    Write,
+}
+
 /// The requests outstanding, and how long peers take to answer (the module's docs).
 #[derive(Default)]
 pub(crate) struct Answers {
@@ -159,6 +175,7 @@ pub(crate) struct Answers {
 #[derive(Debug, Clone, Copy)]
 struct Asked {
     at: Instant,
+    wait: Wait,
     /// Whether its peer was given up on since (Kademlia's lookups went on without it).
     given_up: bool,
 }
@@ -168,6 +185,8 @@ struct Asked {
 struct Peer {
     /// Its requests outstanding and not given up on.
     waiting: usize,
+    /// Of those, the ones waited on for its patience ([`Wait::Answer`]).
+    answers_due: usize,
     /// Since when it has answered none of them: its last answer, or the first of them.
     silent_since: Instant,
     /// How long its last answers took (the ones given up on too).
@@ -179,6 +198,14 @@ struct Peer {
     given_up_at: Option<Instant>,
     /// When it was last asked something.
     last_asked: Instant,
+}
+
+impl Peer {
+    /// `asked`, waited on, is no longer.
+    fn unwait(&mut self, asked: Asked) {
+        self.waiting -= 1;
+        self.answers_due -= usize::from(asked.wait == Wait::Answer);
+    }
 }
 
 /// What [`Answers::give_up`] found.
@@ -193,10 +220,11 @@ pub(crate) struct GivenUp {
 
 impl Answers {
     /// This node sent `peer` `request` at `now`.
-    pub(crate) fn asked(&mut self, peer: PeerId, request: Request, now: Instant) {
-        let was = self.asked.insert((peer, request), Asked { at: now, given_up: false });
+    pub(crate) fn asked(&mut self, peer: PeerId, request: Request, wait: Wait, now: Instant) {
+        let was = self.asked.insert((peer, request), Asked { at: now, wait, given_up: false });
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             waiting: 0,
+            answers_due: 0,
             silent_since: now,
             times: Recent::default(),
             given_up_since: None,
@@ -218,9 +246,11 @@ impl Answers {
             }
         }
         entry.last_asked = now;
-        if was.is_none_or(|was| was.given_up) {
-            entry.waiting += 1;
+        if let Some(was) = was.filter(|was| !was.given_up) {
+            entry.unwait(was);
         }
+        entry.waiting += 1;
+        entry.answers_due += usize::from(wait == Wait::Answer);
     }
 
     /// `peer` answered `request` at `now` (`answered`), or the request failed (a stream
@@ -228,8 +258,8 @@ impl Answers {
     pub(crate) fn ended(&mut self, peer: PeerId, request: Request, answered: bool, now: Instant) {
         let asked = self.asked.remove(&(peer, request));
         let Some(entry) = self.peers.get_mut(&peer) else { return };
-        if asked.is_some_and(|asked| !asked.given_up) {
-            entry.waiting -= 1;
+        if let Some(asked) = asked.filter(|asked| !asked.given_up) {
+            entry.unwait(asked);
         }
         if !answered {
             return;
@@ -238,7 +268,7 @@ impl Answers {
         entry.silent_since = now;
         entry.given_up_since = None;
         entry.given_up_at = None;
-        if let Some(asked) = asked {
+        if let Some(asked) = asked.filter(|asked| asked.wait == Wait::Answer) {
             let took = now.saturating_duration_since(asked.at);
             entry.times.push(took);
             // A late answer tells of this peer, not of how long answers take here.
@@ -271,11 +301,13 @@ impl Answers {
         Some(now.saturating_duration_since(entry.silent_since))
     }
 
-    /// How long a lookup waits on `peer`'s answer (the module's docs); unknown before any
-    /// peer answered.
+    /// How long a lookup waits on `peer`'s answer (the module's docs), [`CLOSE_SILENT`] at
+    /// least while it owes only puts' answers; unknown before any peer answered.
     fn patience(&self, peer: &Peer) -> Option<Duration> {
         let lately = self.times.median()?.max(peer.times.slowest());
-        Some((lately * PATIENCE_FACTOR).max(SLOW_FAILURE))
+        let patience = (lately * PATIENCE_FACTOR).max(SLOW_FAILURE);
+        let puts_only = peer.waiting > 0 && peer.answers_due == 0;
+        Some(if puts_only { patience.max(CLOSE_SILENT) } else { patience })
     }
 
     /// Gives up on the peers that answered none of their requests outstanding for their
@@ -290,7 +322,7 @@ impl Answers {
             let kept = now < asked.at + ASKED_KEPT;
             if !kept && !asked.given_up {
                 // Never answered, nor failed by Kademlia: its connection closed.
-                peers.get_mut(peer).expect("a peer asked").waiting -= 1;
+                peers.get_mut(peer).expect("a peer asked").unwait(*asked);
             }
             kept
         });
@@ -305,6 +337,7 @@ impl Answers {
         for (peer, _) in &given_up.silent {
             let entry = self.peers.get_mut(peer).expect("a peer asked");
             entry.waiting = 0;
+            entry.answers_due = 0;
             // Closed only if another peer answered since it was given up on: when none did,
             // this node's own network may be what is silent (a Wi-Fi that dropped, its
             // connections still up).
@@ -634,12 +667,12 @@ mod tests {
         let (fast, stopped) = (peers[0], peers[1]);
         let id = RequestId::new_unchecked;
         // An answer to a record request tells how long answers take here: 10 ms.
-        held.record_asked(fast, id(1), Instant::now());
+        held.record_asked(fast, id(1), Wait::Answer, Instant::now());
         tokio::time::advance(ms(10)).await;
         held.record_ended(fast, id(1), true, Instant::now());
         assert_eq!(held.wrapper_mut().answers_mut().times.median(), Some(ms(10)));
         // A request the other does not answer: passed over after 2 s, until it answers.
-        held.record_asked(stopped, id(2), Instant::now());
+        held.record_asked(stopped, id(2), Wait::Answer, Instant::now());
         tokio::time::advance(SLOW_FAILURE - ms(1)).await;
         drain(&mut held);
         assert!(held.passed_over(&stopped, Instant::now()).is_none(), "given up early");
@@ -657,11 +690,48 @@ mod tests {
         );
         // A request to a peer not connected waits on a dial, which is not timed here.
         let dialed = PeerId::random();
-        held.record_asked(dialed, id(3), Instant::now());
+        held.record_asked(dialed, id(3), Wait::Answer, Instant::now());
         tokio::time::advance(SLOW_FAILURE * 2).await;
         drain(&mut held);
         assert!(held.passed_over(&dialed, Instant::now()).is_none());
         assert_eq!(held.wrapper_mut().answers_mut().asked.len(), 0, "the dial's request timed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn puts_requests_are_waited_on_for_10_s_and_their_answers_time_nothing() {
+        use crate::lane::RequestId;
+        let (mut held, peers) = connected_to(3);
+        let (fast, stopped, both) = (peers[0], peers[1], peers[2]);
+        let id = RequestId::new_unchecked;
+        held.record_asked(fast, id(1), Wait::Answer, Instant::now());
+        tokio::time::advance(ms(10)).await;
+        held.record_ended(fast, id(1), true, Instant::now());
+        // A put's answer waits on the replica's disk: it tells nothing of how long answers
+        // take, here or at that peer.
+        held.record_asked(fast, id(2), Wait::Write, Instant::now());
+        tokio::time::advance(ms(900)).await;
+        held.record_ended(fast, id(2), true, Instant::now());
+        let answers = held.wrapper_mut().answers_mut();
+        assert_eq!(answers.times.median(), Some(ms(10)));
+        assert_eq!(answers.peers[&fast].times.last(), Some(ms(10)));
+        // A replica that answers no put is passed over once it was silent for 10 s, not 2.
+        held.record_asked(stopped, id(3), Wait::Write, Instant::now());
+        tokio::time::advance(CLOSE_SILENT - ms(1)).await;
+        drain(&mut held);
+        assert!(held.passed_over(&stopped, Instant::now()).is_none(), "given up early");
+        tokio::time::advance(ms(1)).await;
+        drain(&mut held);
+        assert!(held.passed_over(&stopped, Instant::now()).is_some(), "not given up");
+        // A get's request beside a put's is waited on for the peer's patience, from the first.
+        held.record_asked(both, id(4), Wait::Write, Instant::now());
+        tokio::time::advance(ms(1000)).await;
+        held.record_asked(both, id(5), Wait::Answer, Instant::now());
+        tokio::time::advance(SLOW_FAILURE - ms(1001)).await;
+        drain(&mut held);
+        assert!(held.passed_over(&both, Instant::now()).is_none(), "given up early");
+        tokio::time::advance(ms(1)).await;
+        drain(&mut held);
+        assert!(held.passed_over(&both, Instant::now()).is_some(), "not given up");
     }
 
     #[test]
