@@ -1728,8 +1728,9 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
     let liar = Liar::spawn().await?;
     liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
     let _ = net.node(0).bootstrap().await;
-    // A read, then a write: a read's requests are timed (a put's answer waits on the
-    // replica's disk), and both pass over a replica given up on.
+    // A read, then a write: a read's requests are waited on for the peer's patience (a put's
+    // for 10 s: its answer waits on the replica's disk), and both pass over a replica given
+    // up on.
     let mut seq = 0;
     let mut put = async || {
         seq += 1;
@@ -1799,10 +1800,15 @@ async fn a_writer_that_only_puts_passes_over_a_replica_silent_for_10_s() -> anyh
     let key = Key::scoped(&alice.account_id(), "log").expect("key");
     let liar = Liar::spawn().await?;
     liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
-    let _ = net.node(0).bootstrap().await;
-    // Kademlia walks a small table 500 ms after a peer joined it: a walk that asked the liar
-    // once frozen would give up on it after a lookup's 2 s. Let it end first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Kademlia walks a small table 500 ms after a peer joined it, and a walk that asked the
+    // liar once frozen would give up on it after a lookup's 2 s. A walk of the application's
+    // once the liar is in the table ends that wait (Kademlia's timers start again).
+    let joined = eventually(Duration::from_secs(10), async || {
+        net.node(0).routing_table().await.contains(&liar.peer_id())
+    })
+    .await;
+    assert!(joined, "the liar is in the writer's table");
+    net.node(0).bootstrap().await?;
     // Writes with its own sequence numbers, and reads nothing.
     let mut seq = 0;
     let mut put = async || {

@@ -384,6 +384,7 @@ impl Holds {
     /// this node is stranded.
     fn give_up_silent<B: NetworkBehaviour>(&mut self, kad: &mut B, now: Instant) {
         if self.stranded {
+            self.answers.expire(now);
             return;
         }
         let given_up = self.answers.give_up(now);

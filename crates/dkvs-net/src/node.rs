@@ -2293,8 +2293,8 @@ impl<E: Extension> Driver<E> {
     /// are timed ([`crate::stalled`]): a get's (an application's, a watch's, a republish's,
     /// a compare-and-swap's read) for the peer's patience, a put's for 10 s at least (a
     /// replica answers one once its log is on disk, and a slow disk is not silence).
-    /// Replication's are not timed (nobody waits on them, and a round's answer may take a
-    /// while to compute).
+    /// Read repair's and replication's are not timed (nobody waits on them, and a round's
+    /// answer may take a while to compute).
     fn timed(&self, op: OpId) -> Option<crate::stalled::Wait> {
         use crate::stalled::Wait;
         match self.ops.get(&op)? {

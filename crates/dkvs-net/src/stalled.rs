@@ -1,5 +1,5 @@
-//! Requests to peers this node is connected to, Kademlia's and reads' record requests: not
-//! waited on for long when a peer answers nothing.
+//! Requests to peers this node is connected to, Kademlia's and operations' record requests:
+//! not waited on for long when a peer answers nothing.
 //!
 //! A peer that stopped answering while its connections stay open (a process the machine
 //! stopped, a suspended laptop, a host that hangs) is asked like any other. Kademlia's
@@ -36,13 +36,20 @@
 //! waiting its patience again (a peer that came back while not asked costs one lookup or
 //! operation its answer); a pause of [`CLOSE_SILENT`] or more in the asking does not count
 //! toward its close. Gets send their record requests through the same timing
-//! (`Driver::send`); their answers count toward the median and the peer's own times, as
+//! (`Driver::send_now`); their answers count toward the median and the peer's own times, as
 //! Kademlia's do. Puts' are timed too, with a patience of [`CLOSE_SILENT`] at least while a
 //! peer owes only those ([`Wait::Write`]): a replica answers a put once its log is on disk,
 //! and a slow disk is not silence, so how long it took counts nowhere; but a writer that
-//! only puts learns within 10 s that a replica answers nothing. A record request the peer
-//! let time out (the record protocol's timeout, 5 s by default) stays owed until
-//! [`ASKED_KEPT`]: the peer's silence goes on counting. Replication's requests are not timed
+//! only puts learns within 10 s that a replica answers nothing. A get's or a lookup's request
+//! to a peer that owes puts' answers is waited on for the peer's patience from when it was
+//! sent. A record request the peer let time out (the record protocol's timeout, 5 s by
+//! default), or that failed with its lane taken for dead, stays owed until [`ASKED_KEPT`]: the
+//! peer's silence goes on counting (the record protocol drops a late answer). So a replica
+//! whose disk takes longer than that timeout to take a put is silent to a writer that only
+//! puts (its puts fail there all the same), and is given up on and closed as a stopped one
+//! is; its answers to gets, which do not wait on its disk, end that. Other failures (a stream
+//! the peer reset or that could not open, a malformed answer, a closed connection) end the
+//! request. Replication's requests are not timed
 //! (nobody waits on them, and a round's answer may take a while to compute), but any answer
 //! ends a peer's silence. A replica given up on and silent since, or held
 //! ([`crate::held::Held::passed_over`]), is counted failed at once by the next puts and gets,
@@ -81,8 +88,9 @@ const PEER_SAMPLES: usize = 4;
 /// A request is forgotten this long after it was sent, answered or not: Kademlia's
 /// connection ends each within 10 s (its substream timeout), but one sent on a connection
 /// that closed while others of its peer stay open is never answered, and a record request
-/// the peer let time out stays owed (past [`CLOSE_SILENT`], a put's patience).
+/// the peer let time out stays owed. Longer than [`CLOSE_SILENT`], a put's patience.
 const ASKED_KEPT: Duration = Duration::from_secs(15);
+const _: () = assert!(ASKED_KEPT.as_millis() > CLOSE_SILENT.as_millis());
 /// How long a peer given up on answered nothing, while asked, before its connections are
 /// closed: as long as Kademlia's own wait on a request (its substream timeout), so a peer
 /// whose answers take a few seconds, or that stalls a few seconds, stays connected.
@@ -163,6 +171,8 @@ pub(crate) enum Wait {
 pub(crate) struct Answers {
     /// Requests not answered yet, by peer.
     asked: HashMap<(PeerId, Request), Asked>,
+    /// The same, in the order they were sent (and some that ended since): their expiry.
+    sent: VecDeque<(Instant, PeerId, Request)>,
     /// The peers asked since they connected.
     peers: HashMap<PeerId, Peer>,
     /// How long the last answers in time took, one of each peer.
@@ -187,6 +197,8 @@ struct Peer {
     waiting: usize,
     /// Of those, the ones waited on for its patience ([`Wait::Answer`]).
     answers_due: usize,
+    /// When the first of those was sent.
+    answers_due_since: Instant,
     /// Since when it has answered none of them: its last answer, or the first of them.
     silent_since: Instant,
     /// How long its last answers took (the ones given up on too).
@@ -222,9 +234,11 @@ impl Answers {
     /// This node sent `peer` `request` at `now`.
     pub(crate) fn asked(&mut self, peer: PeerId, request: Request, wait: Wait, now: Instant) {
         let was = self.asked.insert((peer, request), Asked { at: now, wait, given_up: false });
+        self.sent.push_back((now, peer, request));
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             waiting: 0,
             answers_due: 0,
+            answers_due_since: now,
             silent_since: now,
             times: Recent::default(),
             given_up_since: None,
@@ -249,12 +263,16 @@ impl Answers {
         if let Some(was) = was.filter(|was| !was.given_up) {
             entry.unwait(was);
         }
+        if wait == Wait::Answer && entry.answers_due == 0 {
+            entry.answers_due_since = now;
+        }
         entry.waiting += 1;
         entry.answers_due += usize::from(wait == Wait::Answer);
     }
 
-    /// `peer` answered `request` at `now` (`answered`), or the request failed (a stream
-    /// that could not open or broke, its timeout).
+    /// `peer` answered `request` at `now` (`answered`), or the request failed otherwise than
+    /// by the peer's silence (a stream that could not open or broke, a closed connection, a
+    /// Kademlia request's own end).
     pub(crate) fn ended(&mut self, peer: PeerId, request: Request, answered: bool, now: Instant) {
         let asked = self.asked.remove(&(peer, request));
         let Some(entry) = self.peers.get_mut(&peer) else { return };
@@ -301,35 +319,60 @@ impl Answers {
         Some(now.saturating_duration_since(entry.silent_since))
     }
 
-    /// How long a lookup waits on `peer`'s answer (the module's docs), [`CLOSE_SILENT`] at
-    /// least while it owes only puts' answers; unknown before any peer answered.
+    /// How long a lookup waits on `peer`'s answer (the module's docs); unknown before any
+    /// peer answered.
     fn patience(&self, peer: &Peer) -> Option<Duration> {
         let lately = self.times.median()?.max(peer.times.slowest());
-        let patience = (lately * PATIENCE_FACTOR).max(SLOW_FAILURE);
-        let puts_only = peer.waiting > 0 && peer.answers_due == 0;
-        Some(if puts_only { patience.max(CLOSE_SILENT) } else { patience })
+        Some((lately * PATIENCE_FACTOR).max(SLOW_FAILURE))
+    }
+
+    /// When `peer`, owing answers, is given up on unless it answers: its patience after its
+    /// silence began, [`CLOSE_SILENT`] at least for puts' answers; for a get's or a lookup's,
+    /// its patience after the first of those still owed was sent (a peer given up on and
+    /// silent since: after its silence began). Unknown before any peer answered.
+    fn due(&self, peer: &Peer) -> Option<Instant> {
+        let patience = self.patience(peer)?;
+        let writes = peer.waiting > peer.answers_due;
+        let for_writes = writes.then(|| peer.silent_since + patience.max(CLOSE_SILENT));
+        let answers_from = match peer.given_up_since {
+            Some(_) => peer.silent_since,
+            None => peer.silent_since.max(peer.answers_due_since),
+        };
+        let for_answers = (peer.answers_due > 0).then(|| answers_from + patience);
+        for_writes.into_iter().chain(for_answers).min()
+    }
+
+    /// Forgets the requests sent [`ASKED_KEPT`] ago or more (the module's docs).
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some(&(at, peer, request)) = self.sent.front()
+            && now >= at + ASKED_KEPT
+        {
+            self.sent.pop_front();
+            let Some(asked) = self.asked.get(&(peer, request)).copied() else { continue };
+            if asked.at != at {
+                continue;
+            }
+            self.asked.remove(&(peer, request));
+            if !asked.given_up {
+                // Never answered, nor failed by Kademlia: its connection closed, or it was let
+                // time out.
+                self.peers.get_mut(&peer).expect("a peer asked").unwait(asked);
+            }
+        }
     }
 
     /// Gives up on the peers that answered none of their requests outstanding for their
     /// patience at `now`: their requests no longer count until a new one is sent.
     pub(crate) fn give_up(&mut self, now: Instant) -> GivenUp {
+        self.expire(now);
         // Nothing outstanding (a quiet node, most of the time): nothing to look through.
         if self.asked.is_empty() {
             return GivenUp::default();
         }
-        let peers = &mut self.peers;
-        self.asked.retain(|(peer, _), asked| {
-            let kept = now < asked.at + ASKED_KEPT;
-            if !kept && !asked.given_up {
-                // Never answered, nor failed by Kademlia: its connection closed.
-                peers.get_mut(peer).expect("a peer asked").unwait(*asked);
-            }
-            kept
-        });
         let mut given_up = GivenUp::default();
         for (peer, entry) in &self.peers {
             let silent = now.saturating_duration_since(entry.silent_since);
-            let late = self.patience(entry).is_some_and(|patience| silent >= patience);
+            let late = self.due(entry).is_some_and(|due| now >= due);
             if entry.waiting > 0 && late {
                 given_up.silent.push((*peer, silent));
             }
@@ -365,7 +408,7 @@ impl Answers {
     /// When the next peer is given up on, unless it answers.
     pub(crate) fn next(&self) -> Option<Instant> {
         let waiting = self.peers.values().filter(|entry| entry.waiting > 0);
-        waiting.filter_map(|entry| Some(entry.silent_since + self.patience(entry)?)).min()
+        waiting.filter_map(|entry| self.due(entry)).min()
     }
 }
 
@@ -649,14 +692,18 @@ mod tests {
         assert_eq!(drain(&mut held), (vec![], vec![]));
         tokio::time::advance(ms(1)).await;
         assert_eq!(drain(&mut held), (vec![], vec![lookup]));
-        // A request neither answered nor failed is forgotten after a while.
+        // A request neither answered nor failed is forgotten after a while, also while this
+        // node is stranded (nothing is given up then).
         let again = ask(&mut held, 2);
         held.set_stranded(true);
         tokio::time::advance(ASKED_KEPT).await;
-        held.set_stranded(false);
         drain(&mut held);
         let answers = held.wrapper_mut().answers_mut();
         assert!(answers.asked.is_empty(), "kept: {:?}", answers.asked.keys());
+        assert!(answers.sent.is_empty(), "kept: {:?}", answers.sent);
+        held.set_stranded(false);
+        drain(&mut held);
+        let answers = held.wrapper_mut().answers_mut();
         assert_eq!(answers.next(), None, "{again:?} still waited on");
     }
 
@@ -722,11 +769,12 @@ mod tests {
         tokio::time::advance(ms(1)).await;
         drain(&mut held);
         assert!(held.passed_over(&stopped, Instant::now()).is_some(), "not given up");
-        // A get's request beside a put's is waited on for the peer's patience, from the first.
+        // A get's request beside a put's is waited on for the peer's patience from when it
+        // was sent (a put's answer may be waiting on the replica's disk).
         held.record_asked(both, id(4), Wait::Write, Instant::now());
         tokio::time::advance(ms(1000)).await;
         held.record_asked(both, id(5), Wait::Answer, Instant::now());
-        tokio::time::advance(SLOW_FAILURE - ms(1001)).await;
+        tokio::time::advance(SLOW_FAILURE - ms(1)).await;
         drain(&mut held);
         assert!(held.passed_over(&both, Instant::now()).is_none(), "given up early");
         tokio::time::advance(ms(1)).await;
