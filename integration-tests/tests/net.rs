@@ -369,6 +369,69 @@ async fn reads_pass_over_a_node_that_died_and_ask_it_again_once_it_is_back() -> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_near_peers_that_died_dial_the_entries_their_lookup_left_unsettled()
+-> anyhow::Result<()> {
+    use dkvs_net::libp2p::kad::KBucketKey;
+    // The table path needs every entry of the buckets it walks for a key settled (live, or
+    // unreachable): the key's bucket, then those below it, then those above, until k live
+    // peers are counted. A lookup asks only the 20 peers closest to the key, fewer than the
+    // buckets walked hold on a network this size. Every node joined through node 0, whose
+    // table holds them all.
+    let (n, k) = (40, Config::default().replication);
+    let mut net = TestNet::start(n, Config::default()).await?;
+    let reader = 0;
+    let me = KBucketKey::from(net.peer_id(reader));
+    let peers: Vec<(usize, KBucketKey<_>)> =
+        (1..n).map(|j| (j, KBucketKey::from(net.peer_id(j)))).collect();
+    let alice = Keypair::generate(KeyType::Ed25519);
+    // A key for which two entries the reader's walk counts are not among the 25 closest to
+    // it (a margin over the lookup's 20): they die.
+    let (key, dying) = (0..1000)
+        .find_map(|i| {
+            let key = Key::scoped(&alice.account_id(), &format!("k{i}")).expect("key");
+            let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
+            let b = me.distance(&target).ilog2()?;
+            let rank = |p: &KBucketKey<_>| match me.distance(p).ilog2() {
+                Some(i) if i == b => 0,
+                Some(i) if i < b => 1,
+                Some(i) => 1 + i - b,
+                None => u32::MAX,
+            };
+            let mut by_rank: Vec<&(usize, KBucketKey<_>)> = peers.iter().collect();
+            by_rank.sort_by_key(|(_, p)| rank(p));
+            let last = rank(&by_rank[k - 1].1);
+            let walked: Vec<usize> =
+                by_rank.iter().filter(|(_, p)| rank(p) <= last).map(|(j, _)| *j).collect();
+            let mut by_distance: Vec<&(usize, KBucketKey<_>)> = peers.iter().collect();
+            by_distance.sort_by_key(|(_, p)| target.distance(p));
+            let closest: Vec<usize> = by_distance[..25].iter().map(|(j, _)| *j).collect();
+            let far: Vec<usize> = walked.into_iter().filter(|j| !closest.contains(j)).collect();
+            (far.len() >= 2).then(|| (key, far[..2].to_vec()))
+        })
+        .expect("a key whose walk reaches past its 25 closest");
+    let table = net.node(reader).routing_table().await;
+    assert_eq!(table.len(), n - 1, "the reader knows every node");
+    let receipt = net.put(reader, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    for &j in &dying {
+        net.kill(j).await;
+    }
+    // The first read after the deaths looks the key up, and dials the two dead entries its
+    // lookup did not ask; the reads after it take their replicas from the table.
+    let mut reads = Vec::new();
+    let from_table = eventually(Duration::from_secs(10), async || {
+        let Ok(Ok(got)) = net.get(reader, &key).await else { return false };
+        reads.push((value(&got), got.asked, got.requests));
+        value(&got).as_deref() == Some("v1") && got.requests as usize <= k
+    })
+    .await;
+    assert!(from_table, "(value, asked, requests) of each read: {reads:?}");
+    assert!(reads.len() >= 2, "the first read after the deaths took no lookup: {reads:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
 /// Three nodes and a record ("v1") written through node 0 under `name`: the tests of a node
 /// (1) that left, seen from a reader (2).
 async fn three_with_a_record(name: &str) -> anyhow::Result<(TestNet, Key)> {

@@ -265,6 +265,35 @@ pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: u
     counted > 0
 }
 
+/// The buckets that [`table_covers`] walks for a key in bucket `key_index` and that hold
+/// entries neither live nor unreachable (a peer that died, its death not yet seen by a dial;
+/// or one alive whose connections closed idle): a dial of each settles whether the table
+/// covers the key (`Driver::probe_table`). None when a full bucket ends the walk before k
+/// live peers are counted: no dial settles that.
+pub(crate) fn unsettled(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> Vec<u32> {
+    use std::cmp::Ordering;
+    let rank = |b: &&Bucket| match b.index.cmp(&key_index) {
+        Ordering::Equal => 0,
+        Ordering::Less => 1,
+        Ordering::Greater => 1 + b.index - key_index,
+    };
+    let mut walked: Vec<&Bucket> = buckets.iter().collect();
+    walked.sort_by_key(rank);
+    let (mut counted, mut unsettled) = (0, Vec::new());
+    for group in walked.chunk_by(|a, b| rank(a) == rank(b)) {
+        if group.iter().any(|b| b.entries >= size) {
+            return Vec::new();
+        }
+        let open = group.iter().filter(|b| b.live + b.unreachable < b.entries);
+        unsettled.extend(open.map(|b| b.index));
+        counted += group.iter().map(|b| b.live).sum::<usize>();
+        if counted >= k {
+            break;
+        }
+    }
+    unsettled
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +329,25 @@ mod tests {
         // ...unless k live peers were counted before it is reached.
         assert!(table_covers(&[bucket(250, 20, 20), bucket(248, 6, 5)], 250, 20, 64));
         assert!(!table_covers(&[], 255, 20, 64));
+    }
+
+    #[test]
+    fn the_buckets_a_walk_finds_unsettled_are_those_up_to_k_live_peers() {
+        let open = |index, entries, live| Bucket { index, entries, live, unreachable: 1 };
+        // The key's bucket (250) holds 2 entries not settled, the bucket below it none; the
+        // walk counts 20 live peers before bucket 255, which is not looked at.
+        let table = [open(250, 13, 10), bucket(248, 10, 10), open(255, 40, 2)];
+        assert!(!table_covers(&table, 250, 20, 64));
+        assert_eq!(unsettled(&table, 250, 20, 64), vec![250]);
+        // Needing more reaches 255 too.
+        assert_eq!(unsettled(&table, 250, 30, 64), vec![250, 255]);
+        // A full bucket before k live: no dial settles it.
+        let none: Vec<u32> = Vec::new();
+        assert_eq!(unsettled(&[open(250, 13, 10), bucket(240, 64, 64)], 250, 20, 64), none);
+        // Settled buckets: nothing to dial (whether or not the table covers the key).
+        assert_eq!(unsettled(&[bucket(250, 8, 8), bucket(248, 6, 6)], 250, 20, 64), none);
+        let settled = [Bucket { index: 250, entries: 8, live: 5, unreachable: 3 }];
+        assert_eq!(unsettled(&settled, 250, 20, 64), none);
     }
 
     #[test]

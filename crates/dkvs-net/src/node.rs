@@ -66,6 +66,12 @@ const KEEP_REPLICAS: &str = "dkvs: replicas of a watched key";
 /// Why a replica keeps a connection ([`Driver::keep_for_watches`]).
 const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
+/// How long after a dial of the routing table's ([`Driver::probe_table`]) its peer is not
+/// dialed so again: a dead peer's dial may take the setup timeout (10 s) to fail, and a live
+/// one's connection may close idle (60 s) and leave it unsettled again.
+const PROBE_AGAIN: Duration = Duration::from_secs(60);
+/// The most peers one operation's table probe dials.
+const MAX_PROBES: usize = 16;
 /// Random keys tried for one that falls in the bucket a refresh walks, before a peer it holds
 /// is walked to instead ([`Driver::refresh_table`]): enough for the four farthest buckets.
 const REFRESH_TRIES: usize = 64;
@@ -872,6 +878,8 @@ pub(crate) struct Driver<E: Extension> {
     /// until their bucket fills; operations count them as gone
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
+    /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]), and when.
+    probed: HashMap<PeerId, Instant>,
     /// When each dial in flight started, by its connection, and the bytes this node had
     /// received then: a dial that failed slowly while others answered holds its peer
     /// ([`crate::held`]).
@@ -987,6 +995,7 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             unreachable: HashSet::new(),
+            probed: HashMap::new(),
             dial_started: HashMap::new(),
             counters,
             misdialed,
@@ -1884,6 +1893,7 @@ impl<E: Extension> Driver<E> {
                     self.unreachable.remove(&peer);
                 }
             }
+            self.probed.retain(|_, at| now.saturating_duration_since(*at) < PROBE_AGAIN);
             self.defence.forget_idle(now);
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
@@ -2318,6 +2328,59 @@ impl<E: Extension> Driver<E> {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(target));
         let k = self.config.replication;
         self.table_covers(&target).then(|| self.table().closest(&target, k))
+    }
+
+    /// Dials the peers of the routing table that keep it from covering the key whose
+    /// Kademlia key is `target` ([`crate::nearby::unsettled`]): neither connected DHT servers
+    /// nor unreachable, they may be alive and closer than the live ones, so the operation
+    /// looks the key up. Its lookup dials only the peers it asks, so a peer that died stayed
+    /// unsettled until something else dialed it, and every operation near it looked the key
+    /// up (docs/testnet-plan.md 5r). A dial that fails marks the peer unreachable
+    /// ([`Driver::dial_failed`]), one that connects makes it live: the next operations near
+    /// the key can take their replicas from the table. At most [`MAX_PROBES`] peers an
+    /// operation, none dialed so again within [`PROBE_AGAIN`], none held ([`crate::held`]),
+    /// and none while no DHT server is connected (this node's own network may be what
+    /// fails).
+    pub(crate) fn probe_table(&mut self, target: &[u8]) {
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+        if self.servers.is_empty() {
+            return;
+        }
+        let target = crate::nearby::hashed(&kad::KBucketKey::new(target));
+        let Some(index) = crate::nearby::bucket_index(&self.own_key, &target) else { return };
+        let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
+        let buckets = crate::nearby::unsettled(&self.table().buckets, index, k, size);
+        if buckets.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut dials = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            let Some(index) = bucket.range().0.ilog2() else { continue };
+            if !buckets.contains(&index) {
+                continue;
+            }
+            for entry in bucket.iter() {
+                let peer = *entry.node.key.preimage();
+                let settled = self.servers.contains_key(&peer) || self.unreachable.contains(&peer);
+                let lately = self.probed.get(&peer).is_some_and(|at| now < *at + PROBE_AGAIN);
+                if !settled && !lately && dials.len() < MAX_PROBES {
+                    dials.push((peer, entry.node.value.iter().cloned().collect::<Vec<_>>()));
+                }
+            }
+        }
+        for (peer, addresses) in dials {
+            if self.swarm.is_connected(&peer) || self.swarm.behaviour().kad.is_held(&peer, now) {
+                continue;
+            }
+            self.probed.insert(peer, now);
+            tracing::debug!(%peer, "a peer of the routing table dialed to settle it");
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(addresses)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
     }
 
     /// Whether the routing table holds every live peer among the k closest to the Kademlia

@@ -754,6 +754,9 @@ impl<E: crate::Extension> Driver<E> {
         let checked = self.config.replication <= crate::nearby::MAX_KNOWN;
         let table =
             if self.table_trusted && checked { self.local_neighbourhood(&lookup) } else { None };
+        if table.is_none() && checked {
+            self.probe_table(&lookup);
+        }
         if let Some(peers) = table {
             self.on_closest_peers(op, peers, Found::Table);
         } else {
