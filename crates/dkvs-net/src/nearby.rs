@@ -247,12 +247,7 @@ pub(crate) struct Bucket {
 /// in a bucket's range at all, no bucket can say: the node trusts its table only after a
 /// lookup found nobody it did not hold (`Driver::table_trusted`).
 pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
-    use std::cmp::Ordering;
-    let rank = |b: &&Bucket| match b.index.cmp(&key_index) {
-        Ordering::Equal => 0,
-        Ordering::Less => 1,
-        Ordering::Greater => 1 + b.index - key_index,
-    };
+    let rank = |b: &&Bucket| walk_rank(b.index, key_index);
     let mut walked: Vec<&Bucket> = buckets.iter().collect();
     walked.sort_by_key(rank);
     let mut counted = 0;
@@ -268,29 +263,38 @@ pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: u
     counted > 0
 }
 
-/// The buckets that [`table_covers`] walks for a key in bucket `key_index` and that hold
-/// entries neither live nor unreachable (a peer that died, its death not yet seen by a dial;
-/// or one alive whose connections closed idle): a dial of each settles whether the table
-/// covers the key (`Driver::probe_table`). None when a full bucket ends the walk before k
-/// live peers are counted: no dial settles that.
-pub(crate) fn unsettled(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> Vec<u32> {
+/// Where bucket `index` comes in [`table_covers`]'s walk for a key in bucket `key_index`: the
+/// key's own bucket first, then every bucket below it together, then those above, nearest
+/// first.
+pub(crate) fn walk_rank(index: u32, key_index: u32) -> u32 {
     use std::cmp::Ordering;
-    let rank = |b: &&Bucket| match b.index.cmp(&key_index) {
+    match index.cmp(&key_index) {
         Ordering::Equal => 0,
         Ordering::Less => 1,
-        Ordering::Greater => 1 + b.index - key_index,
-    };
+        Ordering::Greater => 1 + index - key_index,
+    }
+}
+
+/// The buckets that [`table_covers`] walks for a key in bucket `key_index` and that hold
+/// entries neither live nor unreachable (a peer that died, its death not yet seen by a dial;
+/// or one alive whose connections closed): a dial of each settles whether the table covers
+/// the key (`Driver::probe_table`). The walk goes on until k live peers are counted. None
+/// when a full bucket would end it before k peers could be counted, were every unsettled
+/// entry before it live: no dial settles that.
+pub(crate) fn unsettled(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> Vec<u32> {
+    let rank = |b: &&Bucket| walk_rank(b.index, key_index);
     let mut walked: Vec<&Bucket> = buckets.iter().collect();
     walked.sort_by_key(rank);
-    let (mut counted, mut unsettled) = (0, Vec::new());
+    let (mut live, mut hopeful, mut unsettled) = (0, 0, Vec::new());
     for group in walked.chunk_by(|a, b| rank(a) == rank(b)) {
         if group.iter().any(|b| b.entries >= size) {
-            return Vec::new();
+            return if hopeful >= k { unsettled } else { Vec::new() };
         }
         let open = group.iter().filter(|b| b.live + b.unreachable < b.entries);
         unsettled.extend(open.map(|b| b.index));
-        counted += group.iter().map(|b| b.live).sum::<usize>();
-        if counted >= k {
+        live += group.iter().map(|b| b.live).sum::<usize>();
+        hopeful += group.iter().map(|b| b.entries - b.unreachable).sum::<usize>();
+        if live >= k {
             break;
         }
     }
@@ -344,9 +348,13 @@ mod tests {
         assert_eq!(unsettled(&table, 250, 20, 64), vec![250]);
         // Needing more reaches 255 too.
         assert_eq!(unsettled(&table, 250, 30, 64), vec![250, 255]);
-        // A full bucket before k live: no dial settles it.
+        // A full bucket before k live, were the unsettled entries live too: no dial settles
+        // it. Were they, it might: 10 live, 2 unsettled and 8 more live below come to 20.
         let none: Vec<u32> = Vec::new();
         assert_eq!(unsettled(&[open(250, 13, 10), bucket(240, 64, 64)], 250, 20, 64), none);
+        let table = [open(250, 13, 10), bucket(248, 8, 8), bucket(255, 64, 64)];
+        assert_eq!(unsettled(&table, 250, 20, 64), vec![250]);
+        assert_eq!(unsettled(&table, 250, 21, 64), none);
         // Settled buckets: nothing to dial (whether or not the table covers the key).
         assert_eq!(unsettled(&[bucket(250, 8, 8), bucket(248, 6, 6)], 250, 20, 64), none);
         let settled = [Bucket { index: 250, entries: 8, live: 5, unreachable: 3 }];

@@ -67,11 +67,20 @@ const KEEP_REPLICAS: &str = "dkvs: replicas of a watched key";
 const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
 /// How long after a dial of the routing table's ([`Driver::probe_table`]) its peer is not
-/// dialed so again: a dead peer's dial may take the setup timeout (10 s) to fail, and a live
-/// one's connection may close idle (60 s) and leave it unsettled again.
+/// dialed so again, twice as long after each such dial that left it unsettled, at most
+/// [`PROBE_MOST`]; and how recently an operation near a key must have come for the next to
+/// probe (the probe helps the operations after it, not its own).
 const PROBE_AGAIN: Duration = Duration::from_secs(60);
-/// The most peers one operation's table probe dials.
+const PROBE_MOST: Duration = Duration::from_secs(16 * 60);
+/// The most peers one operation's table probe dials, and the most addresses of each.
 const MAX_PROBES: usize = 16;
+const MAX_PROBE_ADDRESSES: usize = 2;
+
+/// How long a peer of the table is not probed again after its `times`th probe since it was
+/// last live: [`PROBE_AGAIN`], doubling, [`PROBE_MOST`] at most.
+fn probe_wait(times: u32) -> Duration {
+    PROBE_AGAIN.saturating_mul(1 << times.saturating_sub(1).min(4)).min(PROBE_MOST)
+}
 /// Random keys tried for one that falls in the bucket a refresh walks, before a peer it holds
 /// is walked to instead ([`Driver::refresh_table`]): enough for the four farthest buckets.
 const REFRESH_TRIES: usize = 64;
@@ -878,8 +887,11 @@ pub(crate) struct Driver<E: Extension> {
     /// until their bucket fills; operations count them as gone
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
-    /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]), and when.
-    probed: HashMap<PeerId, Instant>,
+    /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]): how many
+    /// times since they were last live, and when they may be dialed so again.
+    probed: HashMap<PeerId, (u32, Instant)>,
+    /// When an operation last probed, or could have, near keys of each bucket.
+    probe_buckets: HashMap<u32, Instant>,
     /// When each dial in flight started, by its connection, and the bytes this node had
     /// received then: a dial that failed slowly while others answered holds its peer
     /// ([`crate::held`]).
@@ -996,6 +1008,7 @@ impl<E: Extension> Driver<E> {
             servers: HashMap::new(),
             unreachable: HashSet::new(),
             probed: HashMap::new(),
+            probe_buckets: HashMap::new(),
             dial_started: HashMap::new(),
             counters,
             misdialed,
@@ -1634,6 +1647,7 @@ impl<E: Extension> Driver<E> {
                 let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
                 if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.servers.entry(peer_id).or_insert_with(Instant::now);
+                    self.probed.remove(&peer_id);
                     self.joined_again();
                 } else {
                     self.servers.remove(&peer_id);
@@ -1893,7 +1907,8 @@ impl<E: Extension> Driver<E> {
                     self.unreachable.remove(&peer);
                 }
             }
-            self.probed.retain(|_, at| now.saturating_duration_since(*at) < PROBE_AGAIN);
+            self.probed.retain(|_, (_, next)| now.saturating_duration_since(*next) < PROBE_MOST);
+            self.probe_buckets.retain(|_, at| now.saturating_duration_since(*at) < PROBE_AGAIN);
             self.defence.forget_idle(now);
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
@@ -2127,6 +2142,9 @@ impl<E: Extension> Driver<E> {
         let kad = &mut self.swarm.behaviour_mut().kad;
         kad.set_stranded(false);
         kad.release_all();
+        // So were the dials that marked peers of the table unreachable meanwhile.
+        self.unreachable.clear();
+        self.live_table = None;
         if wait > REJOIN_FIRST * 2 {
             for read in self.watch_reads.values_mut() {
                 read.rejoined();
@@ -2333,47 +2351,68 @@ impl<E: Extension> Driver<E> {
     /// Dials the peers of the routing table that keep it from covering the key whose
     /// Kademlia key is `target` ([`crate::nearby::unsettled`]): neither connected DHT servers
     /// nor unreachable, they may be alive and closer than the live ones, so the operation
-    /// looks the key up. Its lookup dials only the peers it asks, so a peer that died stayed
-    /// unsettled until something else dialed it, and every operation near it looked the key
-    /// up (docs/testnet-plan.md 5r). A dial that fails marks the peer unreachable
-    /// ([`Driver::dial_failed`]), one that connects makes it live: the next operations near
-    /// the key can take their replicas from the table. At most [`MAX_PROBES`] peers an
-    /// operation, none dialed so again within [`PROBE_AGAIN`], none held ([`crate::held`]),
-    /// and none while no DHT server is connected (this node's own network may be what
-    /// fails).
+    /// looks the key up (whether or not the table is trusted). Its lookup dials only the peers
+    /// it asks, so a peer that died stayed unsettled until something else dialed it, and every
+    /// operation near it looked the key up (docs/testnet-plan.md 5r). A dial that fails marks
+    /// the peer unreachable ([`Driver::dial_failed`]); one that connects to a DHT server of
+    /// dkvs makes it live: the next operations near the key can take their replicas from the
+    /// table.
+    ///
+    /// Only where it pays: when another operation near a key of the same bucket came within
+    /// [`PROBE_AGAIN`] (a quiet node, a phone, would dial for operations minutes apart, each
+    /// finding the peers' connections closed idle again), while this node has a DHT server
+    /// connected (its own network may be what fails) and room under three quarters of its
+    /// connection limit (it would open again what a trim closed). The closest unsettled
+    /// entries first, in the walk's order, [`MAX_PROBES`] at most, at their first
+    /// [`MAX_PROBE_ADDRESSES`] addresses; none connected, held ([`crate::held`]) or banned; a
+    /// peer dialed so is not again for [`PROBE_AGAIN`], doubling while it stays unsettled (a
+    /// peer that answers but is no DHT server of dkvs, one whose addresses this node cannot
+    /// dial), [`PROBE_MOST`] at most.
     pub(crate) fn probe_table(&mut self, target: &[u8]) {
         use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-        if self.servers.is_empty() {
+        let key = kad::KBucketKey::new(target.to_vec());
+        let hashed = crate::nearby::hashed(&key);
+        let Some(index) = crate::nearby::bucket_index(&self.own_key, &hashed) else { return };
+        let now = Instant::now();
+        let last = self.probe_buckets.insert(index, now);
+        let busy = last.is_some_and(|last| now < last + PROBE_AGAIN);
+        let room = self.open_peers() * 4 < self.config.max_connections * 3;
+        if !busy || !room || self.servers.is_empty() {
             return;
         }
-        let target = crate::nearby::hashed(&kad::KBucketKey::new(target));
-        let Some(index) = crate::nearby::bucket_index(&self.own_key, &target) else { return };
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
         let buckets = crate::nearby::unsettled(&self.table().buckets, index, k, size);
         if buckets.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let mut dials = Vec::new();
+        let mut candidates = Vec::new();
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            let Some(index) = bucket.range().0.ilog2() else { continue };
-            if !buckets.contains(&index) {
+            let Some(i) = bucket.range().0.ilog2().filter(|i| buckets.contains(i)) else {
                 continue;
-            }
+            };
             for entry in bucket.iter() {
                 let peer = *entry.node.key.preimage();
                 let settled = self.servers.contains_key(&peer) || self.unreachable.contains(&peer);
-                let lately = self.probed.get(&peer).is_some_and(|at| now < *at + PROBE_AGAIN);
-                if !settled && !lately && dials.len() < MAX_PROBES {
-                    dials.push((peer, entry.node.value.iter().cloned().collect::<Vec<_>>()));
+                let waits = self.probed.get(&peer).is_some_and(|(_, next)| now < *next);
+                if !settled && !waits {
+                    let addresses: Vec<Multiaddr> =
+                        entry.node.value.iter().take(MAX_PROBE_ADDRESSES).cloned().collect();
+                    let order = (crate::nearby::walk_rank(i, index), key.distance(entry.node.key));
+                    candidates.push((order, peer, addresses));
                 }
             }
         }
-        for (peer, addresses) in dials {
-            if self.swarm.is_connected(&peer) || self.swarm.behaviour().kad.is_held(&peer, now) {
-                continue;
-            }
-            self.probed.insert(peer, now);
+        let now_held = |kad: &crate::held::Held, peer: &PeerId| kad.is_held(peer, now);
+        candidates.retain(|(_, peer, _)| {
+            !self.swarm.is_connected(peer)
+                && !now_held(&self.swarm.behaviour().kad, peer)
+                && !self.defence.is_banned(peer)
+        });
+        candidates.sort_by_key(|(order, _, _)| *order);
+        for (_, peer, addresses) in candidates.into_iter().take(MAX_PROBES) {
+            let (times, next) = self.probed.entry(peer).or_insert((0, now));
+            *times = times.saturating_add(1);
+            *next = now + probe_wait(*times);
             tracing::debug!(%peer, "a peer of the routing table dialed to settle it");
             let opts = DialOpts::peer_id(peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -3198,6 +3237,13 @@ mod tests {
             .with(libp2p::multiaddr::Protocol::P2p(PeerId::random()))
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
         assert!(!is_local(&circuit), "{circuit}");
+    }
+
+    #[test]
+    fn a_peer_probed_and_still_unsettled_waits_twice_as_long_each_time() {
+        let waits: Vec<u64> = (1..=7).map(|times| probe_wait(times).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 960, 960]);
+        assert_eq!(probe_wait(u32::MAX), PROBE_MOST);
     }
 
     /// A peer that connects and says nothing, either way, is dropped at the setup timeout on
