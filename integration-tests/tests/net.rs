@@ -412,8 +412,7 @@ async fn reads_near_peers_that_died_dial_the_entries_their_lookup_left_unsettled
         .expect("a key whose walk reaches past its 25 closest");
     let table = net.node(reader).routing_table().await;
     assert_eq!(table.len(), n - 1, "the reader knows every node");
-    // Written through another node: the reader's first operation near the key comes after
-    // the deaths.
+    // Written through another node: the reader's first operation comes after the deaths.
     let writer = (1..n).find(|j| !dying.contains(j)).expect("a writer");
     let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
@@ -427,10 +426,10 @@ async fn reads_near_peers_that_died_dial_the_entries_their_lookup_left_unsettled
     })
     .await;
     assert!(noticed, "the reader still counts a dead node connected");
-    // The first read after the deaths looks the key up. So does the second, and as an
-    // operation near the key came a moment before it, it dials the dead entries its lookup
-    // did not ask (a node whose operations come minutes apart would dial for nothing); the
-    // reads after it take their replicas from the table.
+    // The first read after the deaths looks the key up. So does the second, and as this node
+    // ran an operation a moment before it, it dials the dead entries its lookup did not ask (a
+    // node whose operations come minutes apart would dial for nothing); the reads after it
+    // take their replicas from the table.
     let mut reads = Vec::new();
     let from_table = eventually(Duration::from_secs(30), async || {
         let Ok(Ok(got)) = net.get(reader, &key).await else { return false };

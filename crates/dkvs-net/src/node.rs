@@ -68,8 +68,8 @@ const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
 /// How long after a dial of the routing table's ([`Driver::probe_table`]) its peer is not
 /// dialed so again, twice as long after each such dial that left it unsettled, at most
-/// [`PROBE_MOST`]; and how recently an operation near a key must have come for the next to
-/// probe (the probe helps the operations after it, not its own).
+/// [`PROBE_MOST`]; and how recently this node must have run another operation for the next
+/// to probe (the probe helps the operations after it, not its own).
 const PROBE_AGAIN: Duration = Duration::from_secs(60);
 const PROBE_MOST: Duration = Duration::from_secs(16 * 60);
 /// The most peers one operation's table probe dials, and the most addresses of each.
@@ -890,8 +890,8 @@ pub(crate) struct Driver<E: Extension> {
     /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]): how many
     /// times since they were last live, and when they may be dialed so again.
     probed: HashMap<PeerId, (u32, Instant)>,
-    /// When an operation last probed, or could have, near keys of each bucket.
-    probe_buckets: HashMap<u32, Instant>,
+    /// When an operation last looked for its replicas ([`Driver::probe_table`]).
+    pub(crate) last_operation: Option<Instant>,
     /// When each dial in flight started, by its connection, and the bytes this node had
     /// received then: a dial that failed slowly while others answered holds its peer
     /// ([`crate::held`]).
@@ -1008,7 +1008,7 @@ impl<E: Extension> Driver<E> {
             servers: HashMap::new(),
             unreachable: HashSet::new(),
             probed: HashMap::new(),
-            probe_buckets: HashMap::new(),
+            last_operation: None,
             dial_started: HashMap::new(),
             counters,
             misdialed,
@@ -1908,7 +1908,6 @@ impl<E: Extension> Driver<E> {
                 }
             }
             self.probed.retain(|_, (_, next)| now.saturating_duration_since(*next) < PROBE_MOST);
-            self.probe_buckets.retain(|_, at| now.saturating_duration_since(*at) < PROBE_AGAIN);
             self.defence.forget_idle(now);
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
@@ -2358,11 +2357,12 @@ impl<E: Extension> Driver<E> {
     /// dkvs makes it live: the next operations near the key can take their replicas from the
     /// table.
     ///
-    /// Only where it pays: when another operation near a key of the same bucket came within
-    /// [`PROBE_AGAIN`] (a quiet node, a phone, would dial for operations minutes apart, each
-    /// finding the peers' connections closed idle again), while this node has a DHT server
-    /// connected (its own network may be what fails) and room under three quarters of its
-    /// connection limit (it would open again what a trim closed). The closest unsettled
+    /// Only where it pays: when this node ran another operation within [`PROBE_AGAIN`] (a
+    /// quiet node, a phone, would dial for operations minutes apart, each finding the peers'
+    /// connections closed idle again), while it has a DHT server connected (its own network
+    /// may be what fails) and is under its connection limit; a peer the limit closed is not
+    /// dialed so for [`PROBE_MOST`] (it would open again what a trim closed, and push out
+    /// others). The closest unsettled
     /// entries first, in the walk's order, [`MAX_PROBES`] at most, at their first
     /// [`MAX_PROBE_ADDRESSES`] addresses; none connected, held ([`crate::held`]) or banned; a
     /// peer dialed so is not again for [`PROBE_AGAIN`], doubling while it stays unsettled (a
@@ -2374,9 +2374,8 @@ impl<E: Extension> Driver<E> {
         let hashed = crate::nearby::hashed(&key);
         let Some(index) = crate::nearby::bucket_index(&self.own_key, &hashed) else { return };
         let now = Instant::now();
-        let last = self.probe_buckets.insert(index, now);
-        let busy = last.is_some_and(|last| now < last + PROBE_AGAIN);
-        let room = self.open_peers() * 4 < self.config.max_connections * 3;
+        let busy = self.last_operation.is_some_and(|last| now < last + PROBE_AGAIN);
+        let room = self.open_peers() < self.config.max_connections;
         if !busy || !room || self.servers.is_empty() {
             return;
         }
@@ -2562,6 +2561,8 @@ impl<E: Extension> Driver<E> {
         self.trim_left = (left > max).then_some(left);
         for peer in victims {
             self.closing.insert(peer);
+            // Not dialed again to settle the table ([`Driver::probe_table`]).
+            self.probed.insert(peer, (u32::MAX, now + PROBE_MOST));
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
