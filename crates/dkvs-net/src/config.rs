@@ -102,8 +102,8 @@ pub struct Config {
     /// closed from idleness is dialed again when an operation needs the peer (the routing
     /// table keeps its address); operations use the routing table's connected peers only, so
     /// a node whose connections went idle looks a key's replicas up before it asks them (and,
-    /// when its operations come less than a minute apart, dials the table's peers near the
-    /// key that were not connected: `Driver::probe_table`).
+    /// when the application keeps it busy, dials the entries of the buckets the table path
+    /// walks that are neither live nor known unreachable: `Driver::probe_table`).
     /// Default: 60 s.
     pub idle_connection_timeout: Duration,
     /// The most peers this node stays connected to. Over it, the node closes its connections

@@ -13,7 +13,7 @@
 //! one whose named ids a lookup that completed does not find is not heard naming for ten
 //! minutes), and the node stops trusting its table until a lookup again finds nobody new. In
 //! a network whose tables are complete, answers name nobody, and an operation costs its
-//! replicas' requests. An operation that could not start from the table dials the entries
+//! replicas' requests. An operation that could not start from the table may dial the entries
 //! that kept the table from covering the key ([`unsettled`]: a peer that died and that no
 //! dial has found dead yet, or one whose connections closed idle), so that the next ones
 //! near the key can.

@@ -68,13 +68,16 @@ const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
 /// How long after a dial of the routing table's ([`Driver::probe_table`]) its peer is not
 /// dialed so again, twice as long after each such dial that left it unsettled, at most
-/// [`PROBE_MOST`]; and how recently this node must have run another operation for the next
-/// to probe (the probe helps the operations after it, not its own).
+/// [`PROBE_MOST`]; and the span of the recent activity that makes a node probe.
 const PROBE_AGAIN: Duration = Duration::from_secs(60);
 const PROBE_MOST: Duration = Duration::from_secs(16 * 60);
 /// The most peers one operation's table probe dials, and the most addresses of each.
 const MAX_PROBES: usize = 16;
 const MAX_PROBE_ADDRESSES: usize = 2;
+/// How long a node must have been asked for operations, within the last [`PROBE_AGAIN`], to
+/// probe: one application call (a compare-and-swap's read and write, `put_next`'s) is not
+/// activity that later operations near the key will follow.
+const PROBE_ACTIVE: Duration = Duration::from_secs(1);
 
 /// How long a peer of the table is not probed again after its `times`th probe since it was
 /// last live: [`PROBE_AGAIN`], doubling, [`PROBE_MOST`] at most.
@@ -890,8 +893,12 @@ pub(crate) struct Driver<E: Extension> {
     /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]): how many
     /// times since they were last live, and when they may be dialed so again.
     probed: HashMap<PeerId, (u32, Instant)>,
-    /// When an operation last looked for its replicas ([`Driver::probe_table`]).
-    pub(crate) last_operation: Option<Instant>,
+    /// When the application asked for operations (puts, gets, watches) in the last
+    /// [`PROBE_AGAIN`], a second apart at least ([`Driver::probe_table`]).
+    asked_lately: std::collections::VecDeque<Instant>,
+    /// The table probe's dials that did not try every address of their peer: a failure marks
+    /// no peer unreachable.
+    partial_probes: HashSet<libp2p::swarm::ConnectionId>,
     /// When each dial in flight started, by its connection, and the bytes this node had
     /// received then: a dial that failed slowly while others answered holds its peer
     /// ([`crate::held`]).
@@ -1008,7 +1015,8 @@ impl<E: Extension> Driver<E> {
             servers: HashMap::new(),
             unreachable: HashSet::new(),
             probed: HashMap::new(),
-            last_operation: None,
+            asked_lately: std::collections::VecDeque::new(),
+            partial_probes: HashSet::new(),
             dial_started: HashMap::new(),
             counters,
             misdialed,
@@ -1209,11 +1217,16 @@ impl<E: Extension> Driver<E> {
                     }
                 }
             }
-            Command::Put { record, expected, reply } => self.start_put(record, expected, reply),
+            Command::Put { record, expected, reply } => {
+                self.asked_now(Instant::now());
+                self.start_put(record, expected, reply)
+            }
             Command::Get { key, every, reply } => {
+                self.asked_now(Instant::now());
                 self.start_get(key, GetPurpose::Reply { reply, every })
             }
             Command::Watch { key, reply } => {
+                self.asked_now(Instant::now());
                 let watch = self.start_watch(key);
                 let _ = reply.send(watch);
             }
@@ -1344,6 +1357,7 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::Dialing { connection_id, .. } => self.dial_starts(*connection_id),
             SwarmEvent::ConnectionEstablished { connection_id, .. } => {
                 self.dial_started.remove(connection_id);
+                self.partial_probes.remove(connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 // Slow, while others answered: the dial waited on the peer, not on this
@@ -1352,8 +1366,10 @@ impl<E: Extension> Driver<E> {
                     at.elapsed() >= crate::held::SLOW_FAILURE
                         && self.counters.traffic().bytes_in > heard
                 });
+                // A probe that tried some of the peer's addresses says nothing of the others.
+                let partial = self.partial_probes.remove(connection_id);
                 if let Some(peer) = peer_id {
-                    self.dial_failed(*peer, slow, error);
+                    self.dial_failed(*peer, slow, error, !partial);
                 }
             }
             _ => {}
@@ -2042,7 +2058,13 @@ impl<E: Extension> Driver<E> {
     /// counted as gone costs an operation near it a lookup when a replica connected to it
     /// names it ([`Driver::lookup_judged`]). A peer connected meanwhile (a dial that raced
     /// its inbound connection) is left as it is.
-    fn dial_failed(&mut self, peer: PeerId, slow: bool, error: &libp2p::swarm::DialError) {
+    fn dial_failed(
+        &mut self,
+        peer: PeerId,
+        slow: bool,
+        error: &libp2p::swarm::DialError,
+        settles: bool,
+    ) {
         use libp2p::TransportError;
         use libp2p::swarm::DialError;
         let misdialed = self.forget_misdialed(peer);
@@ -2079,7 +2101,7 @@ impl<E: Extension> Driver<E> {
                         kad.remove_address(&peer, address);
                     }
                 }
-                if self.unreachable.insert(peer) {
+                if settles && self.unreachable.insert(peer) {
                     tracing::debug!(%peer, "a peer of the routing table is unreachable");
                     self.live_table = None;
                 }
@@ -2141,10 +2163,12 @@ impl<E: Extension> Driver<E> {
         let kad = &mut self.swarm.behaviour_mut().kad;
         kad.set_stranded(false);
         kad.release_all();
-        // So were the dials that marked peers of the table unreachable meanwhile.
-        self.unreachable.clear();
-        self.live_table = None;
         if wait > REJOIN_FIRST * 2 {
+            // Stranded past its first walk (an outage, not one dial that failed before the
+            // others of a read connected): so were the dials that marked peers of the table
+            // unreachable meanwhile.
+            self.unreachable.clear();
+            self.live_table = None;
             for read in self.watch_reads.values_mut() {
                 read.rejoined();
             }
@@ -2357,26 +2381,31 @@ impl<E: Extension> Driver<E> {
     /// dkvs makes it live: the next operations near the key can take their replicas from the
     /// table.
     ///
-    /// Only where it pays: when this node ran another operation within [`PROBE_AGAIN`] (a
-    /// quiet node, a phone, would dial for operations minutes apart, each finding the peers'
-    /// connections closed idle again), while it has a DHT server connected (its own network
-    /// may be what fails) and is under its connection limit; a peer the limit closed is not
-    /// dialed so for [`PROBE_MOST`] (it would open again what a trim closed, and push out
-    /// others). The closest unsettled
-    /// entries first, in the walk's order, [`MAX_PROBES`] at most, at their first
-    /// [`MAX_PROBE_ADDRESSES`] addresses; none connected, held ([`crate::held`]) or banned; a
-    /// peer dialed so is not again for [`PROBE_AGAIN`], doubling while it stays unsettled (a
-    /// peer that answers but is no DHT server of dkvs, one whose addresses this node cannot
-    /// dial), [`PROBE_MOST`] at most.
+    /// Only where it pays: when the application has asked this node for operations (puts,
+    /// gets, watches) over a second or more within the last [`PROBE_AGAIN`] (a quiet node, a
+    /// phone, would dial for calls minutes apart, each finding the peers' connections closed
+    /// idle again; one call, a compare-and-swap's read and write, is not such activity), while
+    /// it has a DHT server connected (its own network may be what fails), and as many as its
+    /// connection limit has room for, counting the dials under way; a peer the limit closed is
+    /// not dialed so for [`PROBE_MOST`] (it would open again what a trim closed). The closest
+    /// unsettled entries first, in the walk's order, [`MAX_PROBES`] at most, each at
+    /// [`MAX_PROBE_ADDRESSES`] of its addresses, those off this host and its networks first (a
+    /// dial that did not try them all marks no peer unreachable); none connected, held
+    /// ([`crate::held`]) or banned; a peer dialed so is not again for [`PROBE_AGAIN`],
+    /// doubling while it stays unsettled (a peer that answers but is no DHT server of dkvs,
+    /// one whose addresses this node cannot dial), [`PROBE_MOST`] at most.
     pub(crate) fn probe_table(&mut self, target: &[u8]) {
         use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
         let key = kad::KBucketKey::new(target.to_vec());
         let hashed = crate::nearby::hashed(&key);
         let Some(index) = crate::nearby::bucket_index(&self.own_key, &hashed) else { return };
         let now = Instant::now();
-        let busy = self.last_operation.is_some_and(|last| now < last + PROBE_AGAIN);
-        let room = self.open_peers() < self.config.max_connections;
-        if !busy || !room || self.servers.is_empty() {
+        // Asked for operations for a second or more within the last PROBE_AGAIN.
+        let busy = (self.asked_lately.iter())
+            .any(|at| now >= *at + PROBE_ACTIVE && now < *at + PROBE_AGAIN);
+        let max = self.config.max_connections;
+        let room = max.saturating_sub(self.open_peers() + self.dial_started.len());
+        if !busy || room == 0 || self.servers.is_empty() {
             return;
         }
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
@@ -2394,30 +2423,51 @@ impl<E: Extension> Driver<E> {
                 let settled = self.servers.contains_key(&peer) || self.unreachable.contains(&peer);
                 let waits = self.probed.get(&peer).is_some_and(|(_, next)| now < *next);
                 if !settled && !waits {
-                    let addresses: Vec<Multiaddr> =
-                        entry.node.value.iter().take(MAX_PROBE_ADDRESSES).cloned().collect();
+                    // Addresses off this host and its networks first: every node lists its
+                    // loopback and private ones too.
+                    let mut addresses: Vec<Multiaddr> = entry.node.value.iter().cloned().collect();
+                    addresses.sort_by_key(is_local);
+                    let all = addresses.len() <= MAX_PROBE_ADDRESSES;
+                    addresses.truncate(MAX_PROBE_ADDRESSES);
                     let order = (crate::nearby::walk_rank(i, index), key.distance(entry.node.key));
-                    candidates.push((order, peer, addresses));
+                    candidates.push((order, peer, addresses, all));
                 }
             }
         }
         let now_held = |kad: &crate::held::Held, peer: &PeerId| kad.is_held(peer, now);
-        candidates.retain(|(_, peer, _)| {
+        candidates.retain(|(_, peer, _, _)| {
             !self.swarm.is_connected(peer)
                 && !now_held(&self.swarm.behaviour().kad, peer)
                 && !self.defence.is_banned(peer)
         });
-        candidates.sort_by_key(|(order, _, _)| *order);
-        for (_, peer, addresses) in candidates.into_iter().take(MAX_PROBES) {
-            let (times, next) = self.probed.entry(peer).or_insert((0, now));
-            *times = times.saturating_add(1);
-            *next = now + probe_wait(*times);
-            tracing::debug!(%peer, "a peer of the routing table dialed to settle it");
+        candidates.sort_by_key(|(order, _, _, _)| *order);
+        for (_, peer, addresses, all) in candidates.into_iter().take(MAX_PROBES.min(room)) {
             let opts = DialOpts::peer_id(peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .addresses(addresses)
                 .build();
-            let _ = self.swarm.dial(opts);
+            let connection = opts.connection_id();
+            if self.swarm.dial(opts).is_err() {
+                // Being dialed already (a lookup's).
+                continue;
+            }
+            tracing::debug!(%peer, "a peer of the routing table dialed to settle it");
+            if !all {
+                self.partial_probes.insert(connection);
+            }
+            let (times, next) = self.probed.entry(peer).or_insert((0, now));
+            *times = times.saturating_add(1);
+            *next = now + probe_wait(*times);
+        }
+    }
+
+    /// The application asked for an operation at `now` ([`Driver::asked_lately`]).
+    fn asked_now(&mut self, now: Instant) {
+        while self.asked_lately.front().is_some_and(|at| now >= *at + PROBE_AGAIN) {
+            self.asked_lately.pop_front();
+        }
+        if self.asked_lately.back().is_none_or(|last| now >= *last + PROBE_ACTIVE) {
+            self.asked_lately.push_back(now);
         }
     }
 
@@ -2562,7 +2612,9 @@ impl<E: Extension> Driver<E> {
         for peer in victims {
             self.closing.insert(peer);
             // Not dialed again to settle the table ([`Driver::probe_table`]).
-            self.probed.insert(peer, (u32::MAX, now + PROBE_MOST));
+            if self.in_table(&peer) {
+                self.probed.insert(peer, (u32::MAX, now + PROBE_MOST));
+            }
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }

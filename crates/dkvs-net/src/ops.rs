@@ -757,7 +757,6 @@ impl<E: crate::Extension> Driver<E> {
         if table.is_none() && checked {
             self.probe_table(&lookup);
         }
-        self.last_operation = Some(Instant::now());
         if let Some(peers) = table {
             self.on_closest_peers(op, peers, Found::Table);
         } else {
