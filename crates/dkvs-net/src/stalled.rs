@@ -42,21 +42,21 @@
 //! and a slow disk is not silence, so how long it took counts nowhere; but a writer that
 //! only puts learns within 10 s that a replica answers nothing. A get's or a lookup's request
 //! to a peer that owes puts' answers is waited on for the peer's patience from when it was
-//! sent. A record request the peer let time out (the record protocol's timeout, 5 s by
-//! default), or that failed with its lane taken for dead, stays owed until [`ASKED_KEPT`]: the
-//! peer's silence goes on counting (the record protocol drops a late answer). So a replica
-//! whose disk takes longer than that timeout to take a put is silent to a writer that only
-//! puts (its puts fail there all the same), and is given up on and closed as a stopped one
-//! is; its answers to gets, which do not wait on its disk, end that. Other failures (a stream
-//! the peer reset or that could not open, a malformed answer, a closed connection) end the
-//! request. Replication's requests are not timed
-//! (nobody waits on them, and a round's answer may take a while to compute), but any answer
-//! ends a peer's silence. A replica given up on and silent since, or held
-//! ([`crate::held::Held::passed_over`]), is counted failed at once by the next puts and gets,
-//! with that reason, instead of costing each its linger (100 ms, a second for a key not set);
-//! it is still sent the request (unless it waits in this node's pacing past the operation's
-//! end), and a put it stores is not counted. So a stopped peer costs this node one wait, not
-//! one per lookup or operation (testnet-plan 5v).
+//! sent (or less, when the puts' 10 s end first: the peer is given up on as a whole). A
+//! record request the peer let time out (the record protocol's timeout, 5 s by default), or
+//! that failed with its lane taken for dead, stays owed until [`ASKED_KEPT`]: the peer's
+//! silence goes on counting (the record protocol drops a late answer). So a replica whose
+//! disk takes longer than that timeout to take a put is silent to a writer that only puts
+//! (its puts fail there all the same), and is given up on and closed as a stopped one is;
+//! its answers to gets, which do not wait on its disk, end that. Other failures (a stream the
+//! peer reset or that could not open, a malformed answer, a closed connection) end the
+//! request. Replication's requests are not timed (nobody waits on them, and a round's answer
+//! may take a while to compute), but any answer ends a peer's silence. A replica given up on
+//! and silent since, or held ([`crate::held::Held::passed_over`]), is counted failed at once
+//! by the next puts and gets, with that reason, instead of costing each its linger (100 ms, a
+//! second for a key not set); it is still sent the request (unless it waits in this node's
+//! pacing past the operation's end), and a put it stores is not counted. So a stopped peer
+//! costs this node one wait, not one per lookup or operation (testnet-plan 5v).
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
@@ -197,7 +197,7 @@ struct Peer {
     waiting: usize,
     /// Of those, the ones waited on for its patience ([`Wait::Answer`]).
     answers_due: usize,
-    /// When the first of those was sent.
+    /// When the first of those was sent since none was owed.
     answers_due_since: Instant,
     /// Since when it has answered none of them: its last answer, or the first of them.
     silent_since: Instant,
