@@ -891,7 +891,8 @@ pub(crate) struct Driver<E: Extension> {
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
     /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]): how many
-    /// times since they were last live, and when they may be dialed so again.
+    /// times since they were last live, and when they may be dialed so again; and those the
+    /// connection limit closed (`u32::MAX` times), never dialed so for [`PROBE_MOST`].
     probed: HashMap<PeerId, (u32, Instant)>,
     /// When the application asked for operations (puts, gets, watches) in the last
     /// [`PROBE_AGAIN`], a second apart at least ([`Driver::probe_table`]).
