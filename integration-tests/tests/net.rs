@@ -1796,6 +1796,15 @@ async fn put_next_reads_the_replicas_once_before_it_writes() -> anyhow::Result<(
 /// was first asked: four times what answers take here, 2 s at least); then the next ones
 /// count it failed at once, and say why, until it answers again; and after its connections
 /// closed for its silence, until it connects again.
+/// How a receipt begins the reason it counts a silent replica failed without waiting on it.
+const PASSED_OVER: &str = "answered none of this node's requests for";
+
+/// Why `receipt` counts `peer` unreachable (empty when it does not).
+fn unreachable_why(receipt: &dkvs_net::PutReceipt, peer: dkvs_net::libp2p::PeerId) -> String {
+    let unreachable = receipt.unreachable.iter().find(|(p, _)| *p == peer);
+    unreachable.map(|(_, why)| why.clone()).unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() -> anyhow::Result<()>
 {
@@ -1817,17 +1826,14 @@ async fn operations_pass_over_a_replica_that_answers_nothing_until_it_answers() 
     };
     let first = put().await??;
     assert!(first.stored.contains(&liar.peer_id()), "the liar is a replica: {first:?}");
-    let why = |receipt: &dkvs_net::PutReceipt| {
-        let unreachable = receipt.unreachable.iter().find(|(p, _)| *p == liar.peer_id());
-        unreachable.map(|(_, why)| why.clone()).unwrap_or_default()
-    };
+    let why = |receipt: &dkvs_net::PutReceipt| unreachable_why(receipt, liar.peer_id());
     liar.freeze().await?;
     let waited = put().await??;
     assert_eq!(why(&waited), "no answer in time", "waited on: {waited:?}");
     let mut last = None;
     let passed_over = eventually(Duration::from_secs(10), async || {
         let Ok(Ok(receipt)) = put().await else { return false };
-        let passed = why(&receipt).starts_with("answered none of this node's requests for");
+        let passed = why(&receipt).starts_with(PASSED_OVER);
         last = Some(receipt);
         passed
     })
@@ -1895,10 +1901,7 @@ async fn a_writer_that_only_puts_passes_over_a_replica_silent_for_10_s() -> anyh
     };
     let first = put().await??;
     assert!(first.stored.contains(&liar.peer_id()), "the liar is a replica: {first:?}");
-    let why = |receipt: &dkvs_net::PutReceipt| {
-        let unreachable = receipt.unreachable.iter().find(|(p, _)| *p == liar.peer_id());
-        unreachable.map(|(_, why)| why.clone()).unwrap_or_default()
-    };
+    let why = |receipt: &dkvs_net::PutReceipt| unreachable_why(receipt, liar.peer_id());
     liar.freeze().await?;
     let frozen = std::time::Instant::now();
     // A put's answer waits on the replica's disk: the writer waits on it (the linger) for
@@ -1906,7 +1909,7 @@ async fn a_writer_that_only_puts_passes_over_a_replica_silent_for_10_s() -> anyh
     let mut last = None;
     let passed_over = eventually(Duration::from_secs(20), async || {
         let Ok(Ok(receipt)) = put().await else { return false };
-        let passed = why(&receipt).starts_with("answered none of this node's requests for");
+        let passed = why(&receipt).starts_with(PASSED_OVER);
         last = Some(receipt);
         passed
     })

@@ -471,6 +471,16 @@ mod tests {
         lookup
     }
 
+    /// `peer`, silent from now on, is passed over after `wait`, not a millisecond earlier.
+    async fn given_up_after(held: &mut Held, peer: PeerId, wait: Duration) {
+        tokio::time::advance(wait - ms(1)).await;
+        drain(held);
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "given up early");
+        tokio::time::advance(ms(1)).await;
+        drain(held);
+        assert!(held.passed_over(&peer, Instant::now()).is_some(), "not given up");
+    }
+
     /// `peer` answers `lookup`'s request, naming nobody.
     fn answer(held: &mut Held, peer: PeerId, lookup: QueryId) {
         let event = KadOut::FindNodeRes { closer_peers: Vec::new(), query_id: lookup };
@@ -720,12 +730,7 @@ mod tests {
         assert_eq!(held.wrapper_mut().answers_mut().times.median(), Some(ms(10)));
         // A request the other does not answer: passed over after 2 s, until it answers.
         held.record_asked(stopped, id(2), Wait::Answer, Instant::now());
-        tokio::time::advance(SLOW_FAILURE - ms(1)).await;
-        drain(&mut held);
-        assert!(held.passed_over(&stopped, Instant::now()).is_none(), "given up early");
-        tokio::time::advance(ms(1)).await;
-        drain(&mut held);
-        assert!(held.passed_over(&stopped, Instant::now()).is_some(), "not given up");
+        given_up_after(&mut held, stopped, SLOW_FAILURE).await;
         assert!(held.passed_over(&fast, Instant::now()).is_none());
         held.set_stranded(true);
         assert!(held.passed_over(&stopped, Instant::now()).is_none(), "passed over while stranded");
@@ -763,23 +768,13 @@ mod tests {
         assert_eq!(answers.peers[&fast].times.last(), Some(ms(10)));
         // A replica that answers no put is passed over once it was silent for 10 s, not 2.
         held.record_asked(stopped, id(3), Wait::Write, Instant::now());
-        tokio::time::advance(CLOSE_SILENT - ms(1)).await;
-        drain(&mut held);
-        assert!(held.passed_over(&stopped, Instant::now()).is_none(), "given up early");
-        tokio::time::advance(ms(1)).await;
-        drain(&mut held);
-        assert!(held.passed_over(&stopped, Instant::now()).is_some(), "not given up");
+        given_up_after(&mut held, stopped, CLOSE_SILENT).await;
         // A get's request beside a put's is waited on for the peer's patience from when it
         // was sent (a put's answer may be waiting on the replica's disk).
         held.record_asked(both, id(4), Wait::Write, Instant::now());
         tokio::time::advance(ms(1000)).await;
         held.record_asked(both, id(5), Wait::Answer, Instant::now());
-        tokio::time::advance(SLOW_FAILURE - ms(1)).await;
-        drain(&mut held);
-        assert!(held.passed_over(&both, Instant::now()).is_none(), "given up early");
-        tokio::time::advance(ms(1)).await;
-        drain(&mut held);
-        assert!(held.passed_over(&both, Instant::now()).is_some(), "not given up");
+        given_up_after(&mut held, both, SLOW_FAILURE).await;
     }
 
     #[test]
