@@ -32,6 +32,7 @@ mod node;
 mod ops;
 mod outcome;
 mod pace;
+mod probe;
 mod quiet;
 mod rate;
 pub mod reconcile;

@@ -66,24 +66,6 @@ const KEEP_REPLICAS: &str = "dkvs: replicas of a watched key";
 /// Why a replica keeps a connection ([`Driver::keep_for_watches`]).
 const KEEP_WATCHERS: &str = "dkvs: watchers of a key held";
 const MAX_RELAYED_LATELY: usize = 1024;
-/// How long after a dial of the routing table's ([`Driver::probe_table`]) its peer is not
-/// dialed so again, twice as long after each such dial that left it unsettled, at most
-/// [`PROBE_MOST`]; and the span of the recent activity that makes a node probe.
-const PROBE_AGAIN: Duration = Duration::from_secs(60);
-const PROBE_MOST: Duration = Duration::from_secs(16 * 60);
-/// The most peers one operation's table probe dials, and the most addresses of each.
-const MAX_PROBES: usize = 16;
-const MAX_PROBE_ADDRESSES: usize = 2;
-/// How long a node must have been asked for operations, within the last [`PROBE_AGAIN`], to
-/// probe: one application call (a compare-and-swap's read and write, `put_next`'s) is not
-/// activity that later operations near the key will follow.
-const PROBE_ACTIVE: Duration = Duration::from_secs(1);
-
-/// How long a peer of the table is not probed again after its `times`th probe since it was
-/// last live: [`PROBE_AGAIN`], doubling, [`PROBE_MOST`] at most.
-fn probe_wait(times: u32) -> Duration {
-    PROBE_AGAIN.saturating_mul(1 << times.saturating_sub(1).min(4)).min(PROBE_MOST)
-}
 /// Random keys tried for one that falls in the bucket a refresh walks, before a peer it holds
 /// is walked to instead ([`Driver::refresh_table`]): enough for the four farthest buckets.
 const REFRESH_TRIES: usize = 64;
@@ -890,16 +872,8 @@ pub(crate) struct Driver<E: Extension> {
     /// until their bucket fills; operations count them as gone
     /// ([`crate::nearby::table_covers`]). Pruned to the table's entries at each sweep.
     unreachable: HashSet<PeerId>,
-    /// Peers of the routing table dialed to settle it ([`Driver::probe_table`]): how many
-    /// times since they were last live, and when they may be dialed so again; and those the
-    /// connection limit closed (`u32::MAX` times), never dialed so for [`PROBE_MOST`].
-    probed: HashMap<PeerId, (u32, Instant)>,
-    /// When the application asked for operations (puts, gets, watches) in the last
-    /// [`PROBE_AGAIN`], a second apart at least ([`Driver::probe_table`]).
-    asked_lately: std::collections::VecDeque<Instant>,
-    /// The table probe's dials that did not try every address of their peer: a failure marks
-    /// no peer unreachable.
-    partial_probes: HashSet<libp2p::swarm::ConnectionId>,
+    /// The table probe's memory ([`Driver::probe_table`]).
+    probes: crate::probe::Probes,
     /// When each dial in flight started, by its connection, and the bytes this node had
     /// received then: a dial that failed slowly while others answered holds its peer
     /// ([`crate::held`]).
@@ -1015,9 +989,7 @@ impl<E: Extension> Driver<E> {
             non_dkvs: HashSet::new(),
             servers: HashMap::new(),
             unreachable: HashSet::new(),
-            probed: HashMap::new(),
-            asked_lately: std::collections::VecDeque::new(),
-            partial_probes: HashSet::new(),
+            probes: crate::probe::Probes::default(),
             dial_started: HashMap::new(),
             counters,
             misdialed,
@@ -1219,15 +1191,15 @@ impl<E: Extension> Driver<E> {
                 }
             }
             Command::Put { record, expected, reply } => {
-                self.asked_now(Instant::now());
+                self.probes.asked(Instant::now());
                 self.start_put(record, expected, reply)
             }
             Command::Get { key, every, reply } => {
-                self.asked_now(Instant::now());
+                self.probes.asked(Instant::now());
                 self.start_get(key, GetPurpose::Reply { reply, every })
             }
             Command::Watch { key, reply } => {
-                self.asked_now(Instant::now());
+                self.probes.asked(Instant::now());
                 let watch = self.start_watch(key);
                 let _ = reply.send(watch);
             }
@@ -1358,7 +1330,7 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::Dialing { connection_id, .. } => self.dial_starts(*connection_id),
             SwarmEvent::ConnectionEstablished { connection_id, .. } => {
                 self.dial_started.remove(connection_id);
-                self.partial_probes.remove(connection_id);
+                self.probes.ended(*connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 // Slow, while others answered: the dial waited on the peer, not on this
@@ -1368,9 +1340,9 @@ impl<E: Extension> Driver<E> {
                         && self.counters.traffic().bytes_in > heard
                 });
                 // A probe that tried some of the peer's addresses says nothing of the others.
-                let partial = self.partial_probes.remove(connection_id);
+                let settles = self.probes.ended(*connection_id);
                 if let Some(peer) = peer_id {
-                    self.dial_failed(*peer, slow, error, !partial);
+                    self.dial_failed(*peer, slow, error, settles);
                 }
             }
             _ => {}
@@ -1664,7 +1636,7 @@ impl<E: Extension> Driver<E> {
                 let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
                 if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
                     self.servers.entry(peer_id).or_insert_with(Instant::now);
-                    self.probed.remove(&peer_id);
+                    self.probes.live(&peer_id);
                     self.joined_again();
                 } else {
                     self.servers.remove(&peer_id);
@@ -1924,7 +1896,7 @@ impl<E: Extension> Driver<E> {
                     self.unreachable.remove(&peer);
                 }
             }
-            self.probed.retain(|_, (_, next)| now.saturating_duration_since(*next) < PROBE_MOST);
+            self.probes.forget_old(now);
             self.defence.forget_idle(now);
             self.outbox.forget_idle(now);
             self.replication.forget_idle(now);
@@ -2382,31 +2354,19 @@ impl<E: Extension> Driver<E> {
     /// dkvs makes it live: the next operations near the key can take their replicas from the
     /// table.
     ///
-    /// Only where it pays: when the application has asked this node for operations (puts,
-    /// gets, watches) over a second or more within the last [`PROBE_AGAIN`] (a quiet node, a
-    /// phone, would dial for calls minutes apart, each finding the peers' connections closed
-    /// idle again; one call, a compare-and-swap's read and write, is not such activity), while
-    /// it has a DHT server connected (its own network may be what fails), and as many as its
-    /// connection limit has room for, counting the dials under way; a peer the limit closed is
-    /// not dialed so for [`PROBE_MOST`] (it would open again what a trim closed). The closest
-    /// unsettled entries first, in the walk's order, [`MAX_PROBES`] at most, each at
-    /// [`MAX_PROBE_ADDRESSES`] of its addresses, those off this host and its networks first (a
-    /// dial that did not try them all marks no peer unreachable); none connected, held
-    /// ([`crate::held`]) or banned; a peer dialed so is not again for [`PROBE_AGAIN`],
-    /// doubling while it stays unsettled (a peer that answers but is no DHT server of dkvs,
-    /// one whose addresses this node cannot dial), [`PROBE_MOST`] at most.
+    /// Only while the application keeps this node busy and a DHT server is connected (its
+    /// own network may be what fails), within the room the connection limit leaves, counting
+    /// the dials under way; never a peer that is connected, held ([`crate::held`]) or banned.
+    /// Which of the others, how and when again: [`crate::probe`].
     pub(crate) fn probe_table(&mut self, target: &[u8]) {
         use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
         let key = kad::KBucketKey::new(target.to_vec());
         let hashed = crate::nearby::hashed(&key);
         let Some(index) = crate::nearby::bucket_index(&self.own_key, &hashed) else { return };
         let now = Instant::now();
-        // Asked for operations for a second or more within the last PROBE_AGAIN.
-        let busy = (self.asked_lately.iter())
-            .any(|at| now >= *at + PROBE_ACTIVE && now < *at + PROBE_AGAIN);
         let max = self.config.max_connections;
         let room = max.saturating_sub(self.open_peers() + self.dial_started.len());
-        if !busy || room == 0 || self.servers.is_empty() {
+        if !self.probes.busy(now) || room == 0 || self.servers.is_empty() {
             return;
         }
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
@@ -2421,54 +2381,33 @@ impl<E: Extension> Driver<E> {
             };
             for entry in bucket.iter() {
                 let peer = *entry.node.key.preimage();
-                let settled = self.servers.contains_key(&peer) || self.unreachable.contains(&peer);
-                let waits = self.probed.get(&peer).is_some_and(|(_, next)| now < *next);
-                if !settled && !waits {
-                    // Addresses off this host and its networks first: every node lists its
-                    // loopback and private ones too.
-                    let mut addresses: Vec<Multiaddr> = entry.node.value.iter().cloned().collect();
-                    addresses.sort_by_key(is_local);
-                    let all = addresses.len() <= MAX_PROBE_ADDRESSES;
-                    addresses.truncate(MAX_PROBE_ADDRESSES);
-                    let order = (crate::nearby::walk_rank(i, index), key.distance(entry.node.key));
-                    candidates.push((order, peer, addresses, all));
+                if !self.servers.contains_key(&peer) && !self.unreachable.contains(&peer) {
+                    candidates.push(crate::probe::Candidate {
+                        order: (crate::nearby::walk_rank(i, index), key.distance(entry.node.key)),
+                        peer,
+                        addresses: entry.node.value.iter().cloned().collect(),
+                    });
                 }
             }
         }
         let now_held = |kad: &crate::held::Held, peer: &PeerId| kad.is_held(peer, now);
-        candidates.retain(|(_, peer, _, _)| {
-            !self.swarm.is_connected(peer)
-                && !now_held(&self.swarm.behaviour().kad, peer)
-                && !self.defence.is_banned(peer)
+        candidates.retain(|c| {
+            !self.swarm.is_connected(&c.peer)
+                && !now_held(&self.swarm.behaviour().kad, &c.peer)
+                && !self.defence.is_banned(&c.peer)
         });
-        candidates.sort_by_key(|(order, _, _, _)| *order);
-        for (_, peer, addresses, all) in candidates.into_iter().take(MAX_PROBES.min(room)) {
-            let opts = DialOpts::peer_id(peer)
+        for dial in self.probes.choose(candidates, room, now) {
+            let opts = DialOpts::peer_id(dial.peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
-                .addresses(addresses)
+                .addresses(dial.addresses.clone())
                 .build();
             let connection = opts.connection_id();
             if self.swarm.dial(opts).is_err() {
                 // Being dialed already (a lookup's).
                 continue;
             }
-            tracing::debug!(%peer, "a peer of the routing table dialed to settle it");
-            if !all {
-                self.partial_probes.insert(connection);
-            }
-            let (times, next) = self.probed.entry(peer).or_insert((0, now));
-            *times = times.saturating_add(1);
-            *next = now + probe_wait(*times);
-        }
-    }
-
-    /// The application asked for an operation at `now` ([`Driver::asked_lately`]).
-    fn asked_now(&mut self, now: Instant) {
-        while self.asked_lately.front().is_some_and(|at| now >= *at + PROBE_AGAIN) {
-            self.asked_lately.pop_front();
-        }
-        if self.asked_lately.back().is_none_or(|last| now >= *last + PROBE_ACTIVE) {
-            self.asked_lately.push_back(now);
+            tracing::debug!(peer = %dial.peer, "a peer of the routing table dialed to settle it");
+            self.probes.dialed(&dial, connection, now);
         }
     }
 
@@ -2614,7 +2553,7 @@ impl<E: Extension> Driver<E> {
             self.closing.insert(peer);
             // Not dialed again to settle the table ([`Driver::probe_table`]).
             if self.in_table(&peer) {
-                self.probed.insert(peer, (u32::MAX, now + PROBE_MOST));
+                self.probes.trimmed(peer, now);
             }
             let _ = self.swarm.disconnect_peer_id(peer);
         }
@@ -3291,13 +3230,6 @@ mod tests {
             .with(libp2p::multiaddr::Protocol::P2p(PeerId::random()))
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
         assert!(!is_local(&circuit), "{circuit}");
-    }
-
-    #[test]
-    fn a_peer_probed_and_still_unsettled_waits_twice_as_long_each_time() {
-        let waits: Vec<u64> = (1..=7).map(|times| probe_wait(times).as_secs()).collect();
-        assert_eq!(waits, [60, 120, 240, 480, 960, 960, 960]);
-        assert_eq!(probe_wait(u32::MAX), PROBE_MOST);
     }
 
     /// A peer that connects and says nothing, either way, is dropped at the setup timeout on
