@@ -1,21 +1,25 @@
 //! The table probe: which entries of the routing table an operation that had to look its key
 //! up dials, so that the next operations near the key take their replicas from the table
-//! (`Driver::probe_table`). A lookup dials only the 20 peers it asks; entries that died farther
-//! out in the buckets its walk needs stay unknown, and every operation near them looks its key
-//! up again ([`crate::nearby::unsettled`] names those buckets). The driver gathers the entries
+//! (`Driver::probe_table`). A lookup dials only the peers it asks; entries that died farther out
+//! in the buckets the table's walk needs stay unknown, and every operation near them looks its
+//! key up again ([`crate::nearby::unsettled`] names those buckets). The driver gathers the entries
 //! there that are neither live nor known unreachable, and not connected, held or banned; this
 //! module says which of them to dial, how, and when again:
 //!
-//! - only while the application has asked this node for operations over a second or more
-//!   within the last minute ([`Probes::busy`]): one call, such as a compare-and-swap's read and
-//!   write, is no activity that later operations near the key will follow, and a quiet node or
-//!   a phone would dial for nothing;
+//! - only while the application keeps this node busy: it asked for an operation (a put, a get,
+//!   a watch) between a second and a minute ago ([`Probes::busy`]). A node's first call in a
+//!   minute, with the operations it runs within its first second (a compare-and-swap's read
+//!   and write), is no activity that later operations near the key will follow: a quiet node
+//!   or a phone, asked for something every few minutes, would dial for nothing, each time
+//!   finding the connections of the last closed idle again. The operation that probes may be
+//!   any of the node's, a watch's read again or a republish among them;
 //! - as many as the connection limit has room for, [`MAX_PROBES`] at most, the closest in the
 //!   walk's order first ([`Probes::choose`]);
 //! - [`MAX_PROBE_ADDRESSES`] addresses of each, those off this host and its networks first:
 //!   every node lists its loopback and private ones too, and a Sybil can list junk ones. A dial
 //!   that did not try all of a peer's addresses marks nothing unreachable
-//!   ([`Probes::ended`]);
+//!   ([`Probes::ended`]): an entry listing three junk addresses or more stays unsettled, and
+//!   takes one of a probe's dials every 16 min at most (the wait below);
 //! - a peer dialed so waits [`probe_wait`] before the next such dial, 1 min doubling to
 //!   [`PROBE_MOST`] while it stays unsettled; a peer the connection limit closed is not dialed
 //!   so for [`PROBE_MOST`] ([`Probes::trimmed`]): the probe must not reopen what the limit
@@ -36,9 +40,9 @@ pub(crate) const PROBE_MOST: Duration = Duration::from_secs(16 * 60);
 /// The most peers one operation's probe dials, and the most addresses of each.
 pub(crate) const MAX_PROBES: usize = 16;
 pub(crate) const MAX_PROBE_ADDRESSES: usize = 2;
-/// How long a node must have been asked for operations, within the last [`PROBE_AGAIN`], to
-/// probe: one application call (a compare-and-swap's read and write, `put_next`'s) is not
-/// activity that later operations near the key will follow.
+/// How long ago at least, and within the last [`PROBE_AGAIN`], the application must have asked
+/// for an operation for this node to probe: one application call (a compare-and-swap's read
+/// and write, `put_next`'s) is not activity that later operations near the key will follow.
 pub(crate) const PROBE_ACTIVE: Duration = Duration::from_secs(1);
 
 /// How long a peer of the table is not probed again after its `times`th probe since it was
@@ -48,6 +52,7 @@ pub(crate) fn probe_wait(times: u32) -> Duration {
 }
 
 /// An entry of the routing table the probe may dial.
+#[derive(Clone)]
 pub(crate) struct Candidate<O> {
     /// Where it comes in the walk (smaller first): its bucket's rank, then its distance.
     pub(crate) order: O,
@@ -89,8 +94,8 @@ impl Probes {
         }
     }
 
-    /// Whether the application has asked for operations over [`PROBE_ACTIVE`] or more within
-    /// the last [`PROBE_AGAIN`].
+    /// Whether the application asked for an operation between [`PROBE_ACTIVE`] and
+    /// [`PROBE_AGAIN`] before `now`.
     pub(crate) fn busy(&self, now: Instant) -> bool {
         self.asked.iter().any(|at| now >= *at + PROBE_ACTIVE && now < *at + PROBE_AGAIN)
     }
@@ -172,10 +177,13 @@ mod tests {
         let mut probes = Probes::default();
         let t0 = Instant::now();
         assert!(!probes.busy(t0), "never asked");
+        // One call's operations within its first second (a compare-and-swap's read and
+        // write) are one ask.
         probes.asked(t0);
         probes.asked(t0 + Duration::from_millis(900));
+        assert_eq!(probes.asked.len(), 1);
         assert!(!probes.busy(t0 + Duration::from_millis(999)), "one call is no activity");
-        assert!(probes.busy(t0 + PROBE_ACTIVE), "asked a second ago, and asked now");
+        assert!(probes.busy(t0 + PROBE_ACTIVE), "a call a second ago, and the one now");
         assert!(probes.busy(t0 + PROBE_AGAIN - Duration::from_millis(1)));
         assert!(!probes.busy(t0 + PROBE_AGAIN), "a minute later, quiet again");
         // Calls a second apart are kept, closer ones not: a burst is one entry.
@@ -203,6 +211,16 @@ mod tests {
         assert_eq!(chosen(5), [0, 1, 2, 3, 4], "the room, closest first");
         assert_eq!(chosen(1000), (0..16).collect::<Vec<_>>(), "16 at most");
         assert!(chosen(0).is_empty(), "no room");
+        // Entries that wait after their probe take none of the room.
+        let mut probes = Probes::default();
+        let closest = all.iter().filter(|c| c.order < 5).cloned();
+        for (i, dial) in probes.choose(closest.collect(), 16, now).iter().enumerate() {
+            probes.dialed(dial, ConnectionId::new_unchecked(i), now);
+        }
+        let copies = all.iter().map(|c| Candidate { addresses: vec![], ..*c }).collect();
+        let order = |d: Dial| all.iter().find(|c| c.peer == d.peer).expect("known").order;
+        let next: Vec<u32> = probes.choose(copies, 16, now).into_iter().map(order).collect();
+        assert_eq!(next, (5..21).collect::<Vec<_>>(), "the next 16 closest");
     }
 
     #[test]
@@ -221,10 +239,14 @@ mod tests {
             [listed[2], listed[3]].iter().map(|a| a.parse().expect("ok")).collect();
         assert_eq!(dials[0].addresses, want, "public ones first, in the entry's order");
         assert!(!dials[0].all, "three were left out");
-        // A peer on this host alone is dialed there.
+        // A peer on this host alone is dialed there, in the entry's order.
         let dials = probes.choose(vec![candidate(0, &listed[..2])], 16, now);
-        assert_eq!(dials[0].addresses.len(), 2);
+        let want: Vec<Multiaddr> = listed[..2].iter().map(|a| a.parse().expect("ok")).collect();
+        assert_eq!(dials[0].addresses, want);
         assert!(dials[0].all, "every address tried");
+        let dials = probes.choose(vec![candidate(0, &listed[..3])], 16, now);
+        assert_eq!(dials[0].addresses[0], listed[2].parse::<Multiaddr>().expect("ok"));
+        assert!(!dials[0].all, "one of three left out");
         // A dial that left addresses out marks nothing unreachable when it fails; one that
         // tried them all does.
         let mut probes = Probes::default();
@@ -269,8 +291,40 @@ mod tests {
         again.dialed(&dial, ConnectionId::new_unchecked(4), t0);
         let next = t0 + PROBE_AGAIN;
         again.forget_old(next + PROBE_MOST - Duration::from_millis(1));
-        assert_eq!(again.probed.len(), 1, "kept while its wait might still double");
+        assert_eq!(again.probed.len(), 1, "kept until 16 min after its wait ended");
         again.forget_old(next + PROBE_MOST);
         assert!(again.probed.is_empty());
+    }
+
+    #[test]
+    fn an_entry_that_never_settles_is_probed_every_16_min_at_most() {
+        let mut probes = Probes::default();
+        let (mut at, mut waits) = (Instant::now(), Vec::new());
+        let entry = candidate(0, &["/ip4/8.8.8.8/tcp/1"]);
+        for i in 0..7 {
+            if i > 0 {
+                let early = probes.choose(vec![entry.clone()], 16, at - Duration::from_millis(1));
+                assert!(early.is_empty(), "not before its wait ended");
+            }
+            let dial = probes.choose(vec![entry.clone()], 16, at).remove(0);
+            probes.dialed(&dial, ConnectionId::new_unchecked(i), at);
+            let next = probes.probed[&entry.peer].1;
+            waits.push((next - at).as_secs());
+            probes.forget_old(next);
+            at = next;
+        }
+        assert_eq!(waits, [60, 120, 240, 480, 960, 960, 960]);
+        // A peer the limit closed, probed again 16 min later, waits 16 min after that too;
+        // a trim of a peer probed before sets its wait to 16 min whatever it was.
+        probes.trimmed(entry.peer, at);
+        let later = at + PROBE_MOST;
+        let dial = probes.choose(vec![entry.clone()], 16, later).remove(0);
+        probes.dialed(&dial, ConnectionId::new_unchecked(9), later);
+        assert_eq!(probes.probed[&entry.peer], (u32::MAX, later + PROBE_MOST));
+        let fresh = candidate(1, &[]);
+        let dial = probes.choose(vec![fresh.clone()], 16, at).remove(0);
+        probes.dialed(&dial, ConnectionId::new_unchecked(10), at);
+        probes.trimmed(fresh.peer, at);
+        assert_eq!(probes.probed[&fresh.peer], (u32::MAX, at + PROBE_MOST));
     }
 }
