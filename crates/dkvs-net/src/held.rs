@@ -83,6 +83,14 @@ use crate::stalled::{Request, Wait};
 /// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also the
 /// least that Kademlia's lookups wait on a dial ([`Holds::patience`]).
 pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
+/// Whether a dial that started at `started`, when this node had received `heard` bytes, and
+/// failed at `now`, when it had received `heard_now`, failed slowly while others answered: it
+/// waited [`SLOW_FAILURE`] or more on the peer, and bytes came in meanwhile, so it was not
+/// this node's own network that failed (a silent outage keeps connections up for minutes).
+pub(crate) fn failed_slowly(started: Instant, heard: u64, now: Instant, heard_now: u64) -> bool {
+    now.saturating_duration_since(started) >= SLOW_FAILURE && heard_now > heard
+}
+
 /// How many times as long as this node's dials take lately its lookups wait on one.
 const PATIENCE_FACTOR: u32 = 4;
 /// The most dials given up on ([`Holds::give_up`]) that may still be under way.
@@ -659,6 +667,14 @@ pub(crate) mod tests {
         held.wrapper_mut().connected(other, ConnectionId::new_unchecked(7), false, Instant::now());
         held.get_closest_peers(vec![3]);
         assert_eq!(drain(&mut held, other), (true, vec![]), "dialed once released");
+    }
+
+    #[test]
+    fn a_dial_failed_slowly_after_2_s_and_only_while_bytes_came_in() {
+        let (t0, two) = (Instant::now(), SLOW_FAILURE);
+        assert!(failed_slowly(t0, 100, t0 + two, 101), "2 s, while others answered");
+        assert!(!failed_slowly(t0, 100, t0 + two - Duration::from_millis(1), 1 << 20), "refused");
+        assert!(!failed_slowly(t0, 100, t0 + two * 5, 100), "nothing came in: this node's outage");
     }
 
     #[test]

@@ -1335,9 +1335,9 @@ impl<E: Extension> Driver<E> {
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 // Slow, while others answered: the dial waited on the peer, not on this
                 // node's own network (a silent outage keeps connections up for minutes).
-                let slow = self.dial_started.remove(connection_id).is_some_and(|(at, heard)| {
-                    at.elapsed() >= crate::held::SLOW_FAILURE
-                        && self.counters.traffic().bytes_in > heard
+                let heard_now = self.counters.traffic().bytes_in;
+                let slow = (self.dial_started.remove(connection_id)).is_some_and(|(at, heard)| {
+                    crate::held::failed_slowly(at, heard, Instant::now(), heard_now)
                 });
                 // A probe that tried some of the peer's addresses says nothing of the others.
                 let settles = self.probes.ended(*connection_id);
