@@ -14,7 +14,10 @@
 //! on: four times the median of this node's recent answers (one from each of the last 16
 //! peers that answered in time, so one peer cannot move it much), four times the slowest of
 //! the peer's own last 4 answers, [`SLOW_FAILURE`] at least: a slow link slows every answer,
-//! a slow peer only its own. [`crate::held::Held`] then tells Kademlia that the peer failed,
+//! a slow peer only its own. A peer's own times outlive its connections (those of the last
+//! [`PAST_PEERS`] peers whose last connection closed): idle connections close after a minute,
+//! and a slow peer (a phone on a slow link) that connects again is waited on as before, not
+//! given up on once per connection. [`crate::held::Held`] then tells Kademlia that the peer failed,
 //! as it does of a dial it gave up on, and the lookups waiting on it go on without it; they
 //! drop its late answers. Late answers still count for the peer: a peer that was slow (or
 //! stopped a while) is waited on longer, until its next 4 answers show it fast again. A peer
@@ -85,6 +88,9 @@ const PATIENCE_FACTOR: u32 = 4;
 const ANSWER_SAMPLES: usize = 16;
 /// How many of a peer's own last answers tell how long it takes.
 const PEER_SAMPLES: usize = 4;
+/// Of how many peers whose last connection closed the own last answers are kept: a peer that
+/// connects again (idle connections close after a minute) is waited on as long as before.
+const PAST_PEERS: usize = 256;
 /// A request is forgotten this long after it was sent, answered or not: Kademlia's
 /// connection ends each within 10 s (its substream timeout), but one sent on a connection
 /// that closed while others of its peer stay open is never answered, and a record request
@@ -136,6 +142,11 @@ impl<K: PartialEq, const N: usize> Recent<K, N> {
         self.median
     }
 
+    /// Whether none was counted.
+    fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
     /// The slowest of the last `N`.
     fn slowest(&self) -> Duration {
         self.times.iter().map(|(_, took)| *took).max().unwrap_or_default()
@@ -179,6 +190,9 @@ pub(crate) struct Answers {
     times: Recent<PeerId, ANSWER_SAMPLES>,
     /// When a peer last answered.
     heard: Option<Instant>,
+    /// How long the last answers of peers whose last connection closed took (those that had
+    /// answered), the most recently closed last; [`PAST_PEERS`] at most.
+    past: VecDeque<(PeerId, Recent<(), PEER_SAMPLES>)>,
 }
 
 /// A request outstanding.
@@ -235,12 +249,16 @@ impl Answers {
     pub(crate) fn asked(&mut self, peer: PeerId, request: Request, wait: Wait, now: Instant) {
         let was = self.asked.insert((peer, request), Asked { at: now, wait, given_up: false });
         self.sent.push_back((now, peer, request));
+        let past = &mut self.past;
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             waiting: 0,
             answers_due: 0,
             answers_due_since: now,
             silent_since: now,
-            times: Recent::default(),
+            // Its answers' times from before, if it connected again.
+            times: (past.iter().position(|(p, _)| *p == peer))
+                .and_then(|i| past.remove(i))
+                .map_or_else(Recent::default, |(_, times)| times),
             given_up_since: None,
             given_up_at: None,
             last_asked: now,
@@ -305,10 +323,16 @@ impl Answers {
         }
     }
 
-    /// `peer`'s last connection closed: Kademlia's lookups count it failed themselves.
+    /// `peer`'s last connection closed: Kademlia's lookups count it failed themselves. How
+    /// long its answers took is kept, for when it connects again.
     pub(crate) fn closed(&mut self, peer: PeerId) {
-        if self.peers.remove(&peer).is_some() {
-            self.asked.retain(|(asked, _), _| *asked != peer);
+        let Some(entry) = self.peers.remove(&peer) else { return };
+        self.asked.retain(|(asked, _), _| *asked != peer);
+        if !entry.times.is_empty() {
+            if self.past.len() == PAST_PEERS {
+                self.past.pop_front();
+            }
+            self.past.push_back((peer, entry.times));
         }
     }
 
@@ -775,6 +799,40 @@ mod tests {
         tokio::time::advance(ms(1000)).await;
         held.record_asked(both, id(5), Wait::Answer, Instant::now());
         given_up_after(&mut held, both, SLOW_FAILURE).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_peer_is_waited_on_as_long_when_it_connects_again() {
+        use crate::lane::RequestId;
+        let (mut held, peer) = one_peer();
+        let id = RequestId::new_unchecked;
+        // It answers in 2.5 s where answers take 10 ms: given up on at 2 s, its late answer
+        // tells how slow it is.
+        held.record_asked(peer, id(1), Wait::Answer, Instant::now());
+        given_up_after(&mut held, peer, SLOW_FAILURE).await;
+        tokio::time::advance(ms(500)).await;
+        held.record_ended(peer, id(1), true, Instant::now());
+        // Its connection closes idle, and it connects again: waited on four times its 2.5 s.
+        closed(&mut held, peer, 0);
+        established(&mut held, peer, true);
+        held.record_asked(peer, id(2), Wait::Answer, Instant::now());
+        given_up_after(&mut held, peer, ms(2500) * PATIENCE_FACTOR).await;
+        // Only so many peers are remembered: the oldest go first.
+        let answers = held.wrapper_mut().answers_mut();
+        for _ in 0..PAST_PEERS {
+            let other = PeerId::random();
+            answers.asked(other, Request::Record(id(3)), Wait::Answer, Instant::now());
+            answers.ended(other, Request::Record(id(3)), true, Instant::now());
+            answers.closed(other);
+        }
+        answers.closed(peer);
+        assert_eq!(answers.past.len(), PAST_PEERS);
+        assert_eq!(answers.past.back().map(|(p, _)| *p), Some(peer), "the last closed kept");
+        // A peer that never answered leaves nothing.
+        answers.asked(PeerId::random(), Request::Record(id(4)), Wait::Answer, Instant::now());
+        let silent = *answers.peers.keys().find(|p| **p != peer).expect("asked");
+        answers.closed(silent);
+        assert!(answers.past.iter().all(|(p, _)| *p != silent));
     }
 
     #[test]
