@@ -503,7 +503,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
             }
             FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
                 self.connected.remove(&closed.peer_id);
-                self.answers.closed(closed.peer_id);
+                self.answers.closed(closed.peer_id, Instant::now());
             }
             FromSwarm::ConnectionClosed(closed) => {
                 self.answers.connection_closed(closed.peer_id, Instant::now());

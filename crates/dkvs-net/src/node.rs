@@ -1336,7 +1336,7 @@ impl<E: Extension> Driver<E> {
                 // Slow, while others answered: the dial waited on the peer, not on this
                 // node's own network (a silent outage keeps connections up for minutes).
                 let heard_now = self.counters.traffic().bytes_in;
-                let slow = (self.dial_started.remove(connection_id)).is_some_and(|(at, heard)| {
+                let slow = self.dial_started.remove(connection_id).is_some_and(|(at, heard)| {
                     crate::held::failed_slowly(at, heard, Instant::now(), heard_now)
                 });
                 // A probe that tried some of the peer's addresses says nothing of the others.

@@ -15,9 +15,10 @@
 //! peers that answered in time, so one peer cannot move it much), four times the slowest of
 //! the peer's own last 4 answers, [`SLOW_FAILURE`] at least: a slow link slows every answer,
 //! a slow peer only its own. A peer's own times outlive its connections (those of the last
-//! [`PAST_PEERS`] peers whose last connection closed): idle connections close after a minute,
-//! and a slow peer (a phone on a slow link) that connects again is waited on as before, not
-//! given up on once per connection. [`crate::held::Held`] then tells Kademlia that the peer failed,
+//! [`PAST_PEERS`] peers whose last connection closed within [`PAST_KEPT`], that had answered
+//! and were not given up on since): idle connections close after a minute, and a slow peer (a
+//! phone on a slow link) that connects again is waited on as before, not given up on once
+//! per connection. [`crate::held::Held`] then tells Kademlia that the peer failed,
 //! as it does of a dial it gave up on, and the lookups waiting on it go on without it; they
 //! drop its late answers. Late answers still count for the peer: a peer that was slow (or
 //! stopped a while) is waited on longer, until its next 4 answers show it fast again. A peer
@@ -68,7 +69,8 @@
 //! nothing right after it connected still holds those lookups to their deadline. A peer that
 //! answers some requests and not others is not given up on while it answers: a liar can still
 //! hold a lookup to its deadline, as it can by answering slowly (which lengthens its own
-//! patience), but not another peer's; and a replica that answers lookups and gets but stalls
+//! patience, also when it connects again within [`PAST_KEPT`], unless it was closed for its
+//! silence), but not another peer's; and a replica that answers lookups and gets but stalls
 //! puts costs each put the linger, as before.
 
 use std::collections::{HashMap, VecDeque};
@@ -88,9 +90,11 @@ const PATIENCE_FACTOR: u32 = 4;
 const ANSWER_SAMPLES: usize = 16;
 /// How many of a peer's own last answers tell how long it takes.
 const PEER_SAMPLES: usize = 4;
-/// Of how many peers whose last connection closed the own last answers are kept: a peer that
-/// connects again (idle connections close after a minute) is waited on as long as before.
+/// Of how many peers whose last connection closed the own last answers are kept, and for how
+/// long: a peer that connects again (idle connections close after a minute) is waited on as
+/// long as before.
 const PAST_PEERS: usize = 256;
+const PAST_KEPT: Duration = Duration::from_secs(10 * 60);
 /// A request is forgotten this long after it was sent, answered or not: Kademlia's
 /// connection ends each within 10 s (its substream timeout), but one sent on a connection
 /// that closed while others of its peer stay open is never answered, and a record request
@@ -191,8 +195,9 @@ pub(crate) struct Answers {
     /// When a peer last answered.
     heard: Option<Instant>,
     /// How long the last answers of peers whose last connection closed took (those that had
-    /// answered), the most recently closed last; [`PAST_PEERS`] at most.
-    past: VecDeque<(PeerId, Recent<(), PEER_SAMPLES>)>,
+    /// answered, and were not given up on since), and when it closed, the most recently
+    /// closed last; [`PAST_PEERS`] at most, none older than [`PAST_KEPT`].
+    past: VecDeque<(PeerId, Recent<(), PEER_SAMPLES>, Instant)>,
 }
 
 /// A request outstanding.
@@ -256,9 +261,10 @@ impl Answers {
             answers_due_since: now,
             silent_since: now,
             // Its answers' times from before, if it connected again.
-            times: (past.iter().position(|(p, _)| *p == peer))
+            times: (past.iter().position(|(p, _, _)| *p == peer))
                 .and_then(|i| past.remove(i))
-                .map_or_else(Recent::default, |(_, times)| times),
+                .filter(|(_, _, closed)| now < *closed + PAST_KEPT)
+                .map_or_else(Recent::default, |(_, times, _)| times),
             given_up_since: None,
             given_up_at: None,
             last_asked: now,
@@ -323,16 +329,22 @@ impl Answers {
         }
     }
 
-    /// `peer`'s last connection closed: Kademlia's lookups count it failed themselves. How
-    /// long its answers took is kept, for when it connects again.
-    pub(crate) fn closed(&mut self, peer: PeerId) {
+    /// `peer`'s last connection closed at `now`: Kademlia's lookups count it failed
+    /// themselves. How long its answers took is kept, for when it connects again; not if it
+    /// was given up on and has answered nothing since (closed for its silence, most likely: a
+    /// peer that answered slowly once and then stopped would come back with the patience it
+    /// earned).
+    pub(crate) fn closed(&mut self, peer: PeerId, now: Instant) {
         let Some(entry) = self.peers.remove(&peer) else { return };
         self.asked.retain(|(asked, _), _| *asked != peer);
-        if !entry.times.is_empty() {
+        while self.past.front().is_some_and(|(_, _, closed)| now >= *closed + PAST_KEPT) {
+            self.past.pop_front();
+        }
+        if !entry.times.is_empty() && entry.given_up_since.is_none() {
             if self.past.len() == PAST_PEERS {
                 self.past.pop_front();
             }
-            self.past.push_back((peer, entry.times));
+            self.past.push_back((peer, entry.times, now));
         }
     }
 
@@ -817,22 +829,52 @@ mod tests {
         established(&mut held, peer, true);
         held.record_asked(peer, id(2), Wait::Answer, Instant::now());
         given_up_after(&mut held, peer, ms(2500) * PATIENCE_FACTOR).await;
+        held.record_ended(peer, id(2), true, Instant::now());
         // Only so many peers are remembered: the oldest go first.
         let answers = held.wrapper_mut().answers_mut();
-        for _ in 0..PAST_PEERS {
-            let other = PeerId::random();
+        let answered = |answers: &mut Answers, other: PeerId| {
             answers.asked(other, Request::Record(id(3)), Wait::Answer, Instant::now());
             answers.ended(other, Request::Record(id(3)), true, Instant::now());
-            answers.closed(other);
+            answers.closed(other, Instant::now());
+        };
+        let others: Vec<PeerId> = (0..PAST_PEERS).map(|_| PeerId::random()).collect();
+        for other in &others {
+            answered(answers, *other);
         }
-        answers.closed(peer);
-        assert_eq!(answers.past.len(), PAST_PEERS);
-        assert_eq!(answers.past.back().map(|(p, _)| *p), Some(peer), "the last closed kept");
+        answers.closed(peer, Instant::now());
+        let kept: Vec<PeerId> = answers.past.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(kept.len(), PAST_PEERS);
+        assert_eq!((kept[0], kept[PAST_PEERS - 1]), (others[1], peer), "the first closed went");
         // A peer that never answered leaves nothing.
-        answers.asked(PeerId::random(), Request::Record(id(4)), Wait::Answer, Instant::now());
-        let silent = *answers.peers.keys().find(|p| **p != peer).expect("asked");
-        answers.closed(silent);
-        assert!(answers.past.iter().all(|(p, _)| *p != silent));
+        let silent = PeerId::random();
+        answers.asked(silent, Request::Record(id(4)), Wait::Answer, Instant::now());
+        answers.closed(silent, Instant::now());
+        assert!(answers.past.iter().all(|(p, _, _)| *p != silent));
+        // Nor are they kept past PAST_KEPT.
+        tokio::time::advance(PAST_KEPT).await;
+        let late = PeerId::random();
+        answered(answers, late);
+        let kept: Vec<PeerId> = answers.past.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(kept, [late], "the old ones forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_closed_for_its_silence_comes_back_without_the_patience_it_earned() {
+        use crate::lane::RequestId;
+        let (mut held, peer) = one_peer();
+        let id = RequestId::new_unchecked;
+        // It answers once in 2.5 s (a patience of 10 s), then stops: given up on, and its
+        // connection closes before it answers again.
+        held.record_asked(peer, id(1), Wait::Answer, Instant::now());
+        given_up_after(&mut held, peer, SLOW_FAILURE).await;
+        tokio::time::advance(ms(500)).await;
+        held.record_ended(peer, id(1), true, Instant::now());
+        held.record_asked(peer, id(2), Wait::Answer, Instant::now());
+        given_up_after(&mut held, peer, ms(2500) * PATIENCE_FACTOR).await;
+        closed(&mut held, peer, 0);
+        established(&mut held, peer, true);
+        held.record_asked(peer, id(3), Wait::Answer, Instant::now());
+        given_up_after(&mut held, peer, SLOW_FAILURE).await;
     }
 
     #[test]
