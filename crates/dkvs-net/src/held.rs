@@ -19,15 +19,18 @@
 //! long after each slow failure again, at most [`HOLD_MOST`]; Kademlia takes each as a failed
 //! dial, and its lookup goes on with the next peer. A dial refused at once costs a lookup
 //! nothing and holds nothing. A connection to the peer, either way, ends its hold; an
-//! application's walk of the table (`Node::bootstrap`) ends them all,
-//! and so does this node's return from being stranded ([`Held::release_all`]).
+//! application's walk of the table (`Node::bootstrap`) ends them all, and so does this node's
+//! return from being stranded ([`Held::release_all`]).
 //!
 //! Only Kademlia's dials are held: an operation's request to a replica, an application's dial
 //! (`Node::dial`), AutoNAT's dial-back and the relay client's are not; but puts and gets
 //! count a held replica failed at once, and still send it their request
 //! ([`Held::passed_over`]). A peer whose connections [`crate::stalled`] closed for its
 //! silence is held too, as its dials would fail slowly (a stopped process's handshake never
-//! completes). Holds apply unless this
+//! completes); a connection ends that hold too, but its count goes on until the peer answers
+//! something, so a peer that connects and answers nothing again (a hung process whose
+//! connections still open, a peer that does so on purpose) is closed and held twice as long
+//! each time. Holds apply unless this
 //! node is stranded (a dial failed while no DHT server was connected, and none has been
 //! identified since: its own network may be what fails); a quiet node whose connections all
 //! closed idle is not stranded, and its first lookup passes over held peers too. At most
@@ -257,6 +260,9 @@ impl Held {
         now: Instant,
     ) {
         self.wrapper_mut().answers.ended(peer, Request::Record(id), answered, now);
+        if answered {
+            self.wrapper_mut().answered(&peer);
+        }
     }
 
     /// Why operations count `peer` failed at once instead of waiting on it again, if they
@@ -304,6 +310,14 @@ impl Holds {
         self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
     }
 
+    /// `peer` answered a request: a hold for its silence, ended when it connected, no longer
+    /// counts.
+    fn answered(&mut self, peer: &PeerId) {
+        if self.holds.get(peer).is_some_and(|hold| hold.silent) {
+            self.holds.remove(peer);
+        }
+    }
+
     /// Kademlia's requests to connected peers, and their answers.
     #[cfg(test)]
     pub(crate) fn answers_mut(&mut self) -> &mut crate::stalled::Answers {
@@ -333,7 +347,14 @@ impl Holds {
     /// `peer` connected at `now`, dialed or dialing: its dials are no longer held, nor waited
     /// on; a dial of Kademlia's that connected tells how long this node's dials take.
     fn connected(&mut self, peer: PeerId, connection: ConnectionId, dialed: bool, now: Instant) {
-        self.holds.remove(&peer);
+        match self.holds.get_mut(&peer) {
+            // Closed for its silence: the count stays until it answers, so that a peer that
+            // connects and answers nothing again is held twice as long.
+            Some(hold) if hold.silent => hold.until = hold.until.min(now),
+            _ => {
+                self.holds.remove(&peer);
+            }
+        }
         self.connected.insert(peer, connection);
         let asked = self.dialing.remove(&peer).map(|(since, _)| since);
         let since = match (self.given_up.remove(&peer), asked) {
@@ -531,6 +552,9 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
     {
         if let Some((lookup, answered)) = answer(&event) {
             self.answers.ended(peer, Request::Lookup(lookup), answered, Instant::now());
+            if answered {
+                self.answered(&peer);
+            }
         }
         kad.on_connection_handler_event(peer, connection, event)
     }

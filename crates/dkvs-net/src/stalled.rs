@@ -631,6 +631,35 @@ mod tests {
         assert_eq!(rounds(&mut held, peer, Some(other), 60).await, Some(1), "silent 12 s and more");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_connects_again_and_answers_nothing_is_held_twice_as_long() {
+        use crate::held::HOLD_FIRST;
+        let (mut held, peers) = connected_to(2);
+        let (peer, other) = (peers[0], peers[1]);
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        // Held for `hold` from its close, within the last round's 2 s (`rounds`).
+        let held_for = |held: &Held, hold: Duration| {
+            let now = Instant::now();
+            held.is_held(&peer, now + hold - SLOW_FAILURE - ms(1))
+                && !held.is_held(&peer, now + hold)
+        };
+        let mut round = 1;
+        for hold in [HOLD_FIRST, HOLD_FIRST * 2, HOLD_FIRST * 4] {
+            assert_eq!(rounds(&mut held, peer, Some(other), round).await, Some(6));
+            assert!(held_for(&held, hold), "not held for {hold:?}");
+            // Its connection closes; it connects again, and answers nothing again.
+            closed(&mut held, peer, 0);
+            established(&mut held, peer, true);
+            assert!(!held.is_held(&peer, Instant::now()), "held though it connected");
+            round += 10;
+        }
+        // An answer ends the count.
+        let lookup = ask(&mut held, round);
+        answer(&mut held, peer, lookup);
+        assert_eq!(rounds(&mut held, peer, Some(other), round + 1).await, Some(6));
+        assert!(held_for(&held, HOLD_FIRST), "the count went on after an answer");
+    }
+
     /// A lookup every 2 s that `other` (if any) answers at once: the round (counted from 1)
     /// at which `peer` had its connections closed. The first lookup gives up on it after 2 s,
     /// the next ones at once; it is closed at the give-up once it has answered nothing for
