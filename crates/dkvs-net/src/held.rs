@@ -30,7 +30,8 @@
 //! completes); a connection ends that hold too, but its count goes on until the peer answers
 //! something, so a peer that connects and answers nothing again (a hung process whose
 //! connections still open, a peer that does so on purpose) is closed and held twice as long
-//! each time. Holds apply unless this
+//! each time (this node's dials of it, that is: a connection the peer makes ends the hold;
+//! the count is forgotten 16 min after the hold ended). Holds apply unless this
 //! node is stranded (a dial failed while no DHT server was connected, and none has been
 //! identified since: its own network may be what fails); a quiet node whose connections all
 //! closed idle is not stranded, and its first lookup passes over held peers too. At most
@@ -63,7 +64,9 @@
 //! it do without it as a replica meanwhile (the table counts it as gone too,
 //! `nearby::table_covers`); when it comes back its own walks reach the peers near it. The cost
 //! of a peer dead for good: a lookup near it waits once per hold, and holds double up to
-//! 16 min. A lookup that asks a held peer while another dial of it is under way (a request of
+//! 16 min. The cost of a peer stopped a while that connected again without being asked
+//! anything before its connection closed idle: its next hold (a close for silence, or a dial
+//! that failed slowly) within 16 min of the last one's end lasts 1 min instead of 30 s. A lookup that asks a held peer while another dial of it is under way (a request of
 //! an operation) counts it as failed instead of waiting for that dial.
 
 use std::collections::HashMap;
@@ -153,8 +156,9 @@ pub(crate) struct Holds {
     wake: Option<Pin<Box<Sleep>>>,
 }
 
-/// A peer's dials failed `failures` times since it was last connected; Kademlia's are held
-/// until `until`.
+/// A peer was held `failures` times in a row (for dials that failed slowly since it was last
+/// connected, or closes for its silence since it last answered); Kademlia's dials of it are
+/// held until `until`.
 #[derive(Debug, Clone, Copy)]
 struct Hold {
     failures: u32,
@@ -181,7 +185,8 @@ impl std::fmt::Display for HeldBack {
         } else {
             write!(
                 f,
-                "its last dial failed {failures} time(s) in a row: held until {left:?} from now"
+                "its last dial failed slowly (held {failures} time(s) in a row): held until {left:?} \
+                 from now"
             )
         }
     }
@@ -310,8 +315,8 @@ impl Holds {
         self.holds.retain(|_, hold| hold.until + HOLD_MOST > now);
     }
 
-    /// `peer` answered a request: a hold for its silence, ended when it connected, no longer
-    /// counts.
+    /// `peer` answered a request: a hold for its silence (ended when it connected, or an answer
+    /// that came as its connections were being closed) no longer counts.
     fn answered(&mut self, peer: &PeerId) {
         if self.holds.get(peer).is_some_and(|hold| hold.silent) {
             self.holds.remove(peer);

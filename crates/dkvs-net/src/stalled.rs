@@ -29,8 +29,9 @@
 //! peer answered since it was given up on: when none did, this node's own network may be
 //! what is silent (a Wi-Fi that dropped, its connections still up), and nothing is closed
 //! (one answer suffices: a peer on the same host or network, or an attacker on the path,
-//! can still have silent peers closed during such an outage; a hold costs them 30 s, and
-//! ends when they connect). Not the relay this node holds a reservation on (the driver
+//! can still have silent peers closed during such an outage; a hold costs them 30 s, twice
+//! as long each time they are closed so again without answering in between, and ends when
+//! they connect). Not the relay this node holds a reservation on (the driver
 //! names it, [`crate::held::Held::spare`]): behind a NAT, other peers reach this node only
 //! through it. Closing ends all of the peer's connections, a healthy one beside a dead one
 //! too.
@@ -653,11 +654,22 @@ mod tests {
             assert!(!held.is_held(&peer, Instant::now()), "held though it connected");
             round += 10;
         }
-        // An answer ends the count.
+        // An answer ends the count: a lookup's, or a record request's.
         let lookup = ask(&mut held, round);
         answer(&mut held, peer, lookup);
         assert_eq!(rounds(&mut held, peer, Some(other), round + 1).await, Some(6));
         assert!(held_for(&held, HOLD_FIRST), "the count went on after an answer");
+        for (hold, from) in [(HOLD_FIRST * 2, round + 10), (HOLD_FIRST, round + 20)] {
+            closed(&mut held, peer, 0);
+            established(&mut held, peer, true);
+            if hold == HOLD_FIRST {
+                let id = crate::lane::RequestId::new_unchecked(1);
+                held.record_asked(peer, id, Wait::Answer, Instant::now());
+                held.record_ended(peer, id, true, Instant::now());
+            }
+            assert_eq!(rounds(&mut held, peer, Some(other), from).await, Some(6));
+            assert!(held_for(&held, hold), "not held for {hold:?}");
+        }
     }
 
     /// A lookup every 2 s that `other` (if any) answers at once: the round (counted from 1)
