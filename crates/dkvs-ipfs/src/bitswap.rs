@@ -13,6 +13,7 @@
 
 use cid::Cid;
 use cid::multihash::Multihash;
+use dkvs_net::codec::count_field;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -247,17 +248,19 @@ impl Message {
         if bytes.len() > MAX_MESSAGE {
             return Err(WireError::TooLarge(bytes.len()));
         }
-        let raw = pb::Message::decode(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
-        let entries = raw.wantlist.as_ref().map_or(0, |w| w.entries.len());
+        // Counted on the wire before decoding: an empty entry is two bytes there and tens in
+        // memory.
+        let count = |path: &[u32]| count_field(bytes, path).unwrap_or(0);
         for (what, count) in [
-            ("wantlist entries", entries),
-            ("blocks", raw.payload.len() + raw.blocks.len()),
-            ("presences", raw.block_presences.len()),
+            ("wantlist entries", count(&[1, 1])),
+            ("blocks", count(&[2]) + count(&[3])),
+            ("presences", count(&[4])),
         ] {
             if count > MAX_ENTRIES {
                 return Err(WireError::TooMany { what, count });
             }
         }
+        let raw = pb::Message::decode(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
         let cid = |bytes: &[u8]| {
             Cid::try_from(bytes).map_err(|e| WireError::Malformed(format!("a CID: {e}")))
         };

@@ -35,6 +35,11 @@ pub const MAX_DEPTH: usize = 32;
 /// The most CIDs a [`FileReader`] holds waiting, over all levels: enough for a 2 MiB node full
 /// of links (about 48 000), a few MiB of memory at most.
 pub const MAX_PENDING: usize = 1 << 16;
+/// The most blocks in a row a [`FileReader`] takes without a byte of the file. Between two
+/// leaves of a file there are at most [`MAX_DEPTH`] inner nodes; a writer may leave an empty
+/// leaf here and there. A DAG of links to no bytes, thousands a node down many levels, would
+/// have a reader walk for ever and give nothing.
+pub const MAX_EMPTY_RUN: usize = 4096;
 
 /// Why a block could not be decoded or read as UnixFS.
 #[derive(Debug, thiserror::Error)]
@@ -629,6 +634,8 @@ pub struct FileReader {
     size: Option<u64>,
     /// The file bytes given back so far.
     read: u64,
+    /// The blocks fed since the last one that held file bytes.
+    empty_run: usize,
 }
 
 /// What a block holds, once checked.
@@ -642,7 +649,13 @@ impl FileReader {
     /// A reader of the file whose root is `root`.
     pub fn new(root: Cid) -> FileReader {
         let first = Want { cid: root, size: None, depth: 0 };
-        FileReader { stack: vec![VecDeque::from([first])], pending: 1, size: None, read: 0 }
+        FileReader {
+            stack: vec![VecDeque::from([first])],
+            pending: 1,
+            size: None,
+            read: 0,
+            empty_run: 0,
+        }
     }
 
     /// The next block needed, or `None` when the file is complete.
@@ -688,9 +701,16 @@ impl FileReader {
         if read > size {
             return Err(UnixfsError::SizeMismatch { expected: size, got: read });
         }
+        let empty_run = if got == 0 { self.empty_run + 1 } else { 0 };
+        if empty_run > MAX_EMPTY_RUN {
+            return Err(UnixfsError::Malformed(format!(
+                "{empty_run} blocks in a row without a byte of the file"
+            )));
+        }
 
         self.size = Some(size);
         self.read = read;
+        self.empty_run = empty_run;
         self.pending = pending;
         if let Some(level) = self.stack.last_mut() {
             level.pop_front();
@@ -1154,6 +1174,32 @@ mod tests {
         };
         let err = read(pb_block(&data, &[(a, 3), (b, 2)])).expect_err("blocksizes short");
         assert!(matches!(err, UnixfsError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn reader_refuses_links_to_no_bytes_that_would_have_it_walk_for_ever() {
+        let empty = raw_cid(b"");
+        let mut blocks: HashMap<Cid, Vec<u8>> = [(empty, Vec::new())].into();
+        // Three levels of 2000 links to no bytes: eight billion blocks to walk, no byte to read.
+        let mut root = empty;
+        for _ in 0..3 {
+            let (cid, bytes) = file_node(&vec![(root, 0); 2000], 0);
+            blocks.insert(cid, bytes);
+            root = cid;
+        }
+        let mut reader = FileReader::new(root);
+        let err = (0..MAX_EMPTY_RUN + 10).find_map(|_| {
+            let cid = reader.next_needed()?;
+            reader.feed(&cid, &blocks[&cid]).err()
+        });
+        assert!(
+            matches!(&err, Some(UnixfsError::Malformed(m)) if m.contains("without a byte")),
+            "{err:?}"
+        );
+        // An empty file behind one link (or a chain of them) still reads, as empty.
+        let (lone, bytes) = file_node(&[(empty, 0)], 0);
+        blocks.insert(lone, bytes);
+        assert_eq!(read_all(lone, &blocks).expect("an empty file"), b"");
     }
 
     #[test]

@@ -65,10 +65,11 @@ fn prune_watchers(
 const NOTIFY_GAP: Duration = Duration::from_millis(100);
 
 /// The watchers notified in the last [`NOTIFY_GAP`]: when, and the mailboxes with new mail
-/// since, to tell when their gaps end.
+/// since, to tell when their gaps end; and the timer for the next gap to end.
 #[derive(Default)]
 struct Notices {
     watchers: HashMap<PeerId, (Instant, VecDeque<Mailbox>)>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Notices {
@@ -110,6 +111,30 @@ impl Notices {
     /// When [`Notices::due`] has something to do next.
     fn next(&self) -> Option<Instant> {
         self.watchers.values().map(|(at, _)| *at + NOTIFY_GAP).min()
+    }
+
+    /// The notifications due, when a gap ends with news waiting. The timer follows
+    /// [`Notices::next`] on every poll, so news noted after a gap ended is told when its own
+    /// gap ends, not on some later wake.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Vec<(Mailbox, PeerId)>> {
+        loop {
+            let Some(at) = self.next() else {
+                self.timer = None;
+                return Poll::Pending;
+            };
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Every gap that ended is now forgotten or begun again: `next` moves on.
+            let due = self.due(Instant::now());
+            if !due.is_empty() {
+                return Poll::Ready(due);
+            }
+        }
     }
 }
 
@@ -177,7 +202,6 @@ pub struct Mail {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// As a replica: the notifications of the last gap, and the timer for those due.
     notices: Notices,
-    notice_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     channels: Channels,
 }
 
@@ -214,7 +238,6 @@ impl Mail {
             asks: HashMap::new(),
             expiry: None,
             notices: Notices::default(),
-            notice_timer: None,
             channels: Channels::default(),
         };
         mail.arm_expiry();
@@ -348,17 +371,13 @@ impl Mail {
                 self.inner.send_request(&peer, Request::Notify(mailbox.0).encode());
             }
         }
-        // A new gap never ends before those already running: a timer set stays right.
-        if self.notice_timer.is_none() {
-            self.arm_notices();
-        }
     }
 
-    /// Sends the notifications whose gap ended with more mail since, to the peers still
-    /// watching.
-    fn notify_due(&mut self) {
+    /// Sends the notifications `due` (their gaps ended with more mail since) to the peers
+    /// still watching.
+    fn notify_due(&mut self, due: Vec<(Mailbox, PeerId)>) {
         let now = now_ms();
-        for (mailbox, peer) in self.notices.due(Instant::now()) {
+        for (mailbox, peer) in due {
             let watching = self
                 .watchers
                 .get(&mailbox)
@@ -367,15 +386,6 @@ impl Mail {
                 self.inner.send_request(&peer, Request::Notify(mailbox.0).encode());
             }
         }
-        // A new gap never ends before those already running: a timer set stays right.
-        if self.notice_timer.is_none() {
-            self.arm_notices();
-        }
-    }
-
-    /// Sets the timer for the next notifications due.
-    fn arm_notices(&mut self) {
-        self.notice_timer = self.notices.next().map(|at| Box::pin(tokio::time::sleep_until(at)));
     }
 
     /// Registers `peer` as watching `mailbox` until `until`.
@@ -663,14 +673,8 @@ impl NetworkBehaviour for Mail {
                 let _ = timer.as_mut().poll(cx);
             }
         }
-        if let Some(timer) = self.notice_timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
-            self.notify_due();
-            if let Some(timer) = self.notice_timer.as_mut() {
-                // Registers the waker for the next one.
-                let _ = timer.as_mut().poll(cx);
-            }
+        while let Poll::Ready(due) = self.notices.poll_due(cx) {
+            self.notify_due(due);
         }
         self.inner.poll(cx)
     }
@@ -709,5 +713,31 @@ mod tests {
         assert!(notices.due(t1 + 3 * NOTIFY_GAP).is_empty());
         assert!(notices.watchers.is_empty() && notices.next().is_none());
         assert!(notices.note(other, peer, t1 + 3 * NOTIFY_GAP));
+    }
+
+    /// Waits for the notifications due, at most a second (of paused time).
+    async fn due_within_a_second(notices: &mut Notices) -> Option<Vec<(Mailbox, PeerId)>> {
+        let due = std::future::poll_fn(|cx| notices.poll_due(cx));
+        tokio::time::timeout(Duration::from_secs(1), due).await.ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn news_is_told_when_its_gap_ends_also_after_earlier_gaps_ended() {
+        let mut notices = Notices::default();
+        let (mailbox, other) = (Mailbox([1; 32]), Mailbox([2; 32]));
+        let peer = PeerId::random();
+        for round in 0..3 {
+            let start = Instant::now();
+            assert!(notices.note(mailbox, peer, start), "round {round}: told at once");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!notices.note(other, peer, Instant::now()), "round {round}: waits");
+            let due = due_within_a_second(&mut notices).await;
+            assert_eq!(due, Some(vec![(other, peer)]), "round {round}");
+            assert_eq!(start.elapsed(), NOTIFY_GAP, "round {round}: when the gap ends");
+            // The next gap ends with nothing new: nothing is due and the watcher is forgotten.
+            assert_eq!(due_within_a_second(&mut notices).await, None, "round {round}");
+            assert!(notices.watchers.is_empty() && notices.timer.is_none(), "round {round}");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     }
 }

@@ -21,3 +21,83 @@ pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 /// were cut to [`MAX_MESSAGE_LEN`] would cost about twice the bytes (negentropy fingerprints
 /// the rest of a cut range again), which is what this larger bound is for.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// How many times the field at `path` occurs in the protobuf message `bytes`, read off the
+/// wire without decoding it: `[3]` counts field 3, `[1, 1]` field 1 in every field-1
+/// submessage. Decoding allocates for each entry of a repeated field, tens of bytes for an
+/// empty entry that is two bytes on the wire, so a bound on entries is checked with this
+/// first. `None` when the bytes are not protobuf (decoding then says why) or `path` is empty.
+pub fn count_field(bytes: &[u8], path: &[u32]) -> Option<usize> {
+    let (&wanted, inner) = path.split_first()?;
+    let mut at = bytes;
+    let mut count = 0usize;
+    while !at.is_empty() {
+        // Keys and varints read as length delimiters: the same varint encoding.
+        let key = prost::decode_length_delimiter(&mut at).ok()?;
+        let value = match key & 7 {
+            0 => {
+                prost::decode_length_delimiter(&mut at).ok()?;
+                &[][..]
+            }
+            1 => at.split_off(..8)?,
+            2 => {
+                let len = prost::decode_length_delimiter(&mut at).ok()?;
+                at.split_off(..len)?
+            }
+            5 => at.split_off(..4)?,
+            _ => return None,
+        };
+        if key >> 3 == wanted as usize {
+            count += match (inner.is_empty(), key & 7) {
+                (true, _) => 1,
+                (false, 2) => count_field(value, inner)?,
+                (false, _) => return None,
+            };
+        }
+    }
+    Some(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct List {
+        #[prost(message, repeated, tag = "1")]
+        items: Vec<Item>,
+        #[prost(uint64, tag = "2")]
+        varint: u64,
+        #[prost(fixed64, tag = "3")]
+        fixed64: u64,
+        #[prost(fixed32, tag = "4")]
+        fixed32: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Item {
+        #[prost(bytes = "vec", repeated, tag = "1")]
+        parts: Vec<Vec<u8>>,
+    }
+
+    #[test]
+    fn count_field_counts_repeated_fields_on_the_wire_as_decoding_would() {
+        let items = (0..5).map(|n| Item { parts: vec![vec![n]; n.into()] }).collect();
+        let list = List { items, varint: u64::MAX, fixed64: 7, fixed32: 8 };
+        let bytes = list.encode_to_vec();
+        assert_eq!(count_field(&bytes, &[1]), Some(5));
+        assert_eq!(count_field(&bytes, &[1, 1]), Some(1 + 2 + 3 + 4), "parts in every item");
+        assert_eq!(count_field(&bytes, &[2]), Some(1));
+        assert_eq!(count_field(&bytes, &[9]), Some(0));
+        // An empty entry is two bytes: a megabyte of them is half a million entries.
+        assert_eq!(count_field(&[0x0a, 0x00].repeat(1 << 19), &[1]), Some(1 << 19));
+        // Not protobuf: a length past the end, a wire type that does not exist, a field
+        // that is no message where the path goes into one.
+        assert_eq!(count_field(&[0x0a, 0x05, 0x01], &[1]), None);
+        assert_eq!(count_field(&[0x0f], &[1]), None);
+        assert_eq!(count_field(&bytes, &[2, 1]), None);
+        assert_eq!(count_field(&bytes, &[]), None);
+    }
+}

@@ -1,6 +1,7 @@
 //! `dkvs node`: starts the network node and the API, and stops both cleanly on a signal.
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::io::Write as _;
 use std::sync::Arc;
 
@@ -16,6 +17,9 @@ use crate::api::{self, AppState};
 use crate::config::NodeConfig;
 use crate::home::{ApiInfo, Home};
 use crate::metrics::Metrics;
+
+/// How long a stop waits for the API requests under way.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs a node from `home` with `config` until SIGINT or SIGTERM.
 pub async fn run(
@@ -126,13 +130,33 @@ pub async fn run(
             }
         }
     }
+    let (signalled, on_signal) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         signal().await;
         // Open watch streams end now, so the graceful shutdown does not wait on them.
         let _ = stop.send(true);
+        let _ = signalled.send(());
     };
-    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown);
-    let result = served.await.context("the API server failed");
+    let served =
+        axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).into_future();
+    // A stop waits for the requests under way, but not for ever: a client that sent half a
+    // request, or a long file transfer, is cut off after SHUTDOWN_GRACE, or at a second signal.
+    let cut_off = async {
+        if on_signal.await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+            () = signal() => {}
+        }
+    };
+    let result = tokio::select! {
+        result = served => result.context("the API server failed"),
+        () = cut_off => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "closing the API connections still open");
+            Ok(())
+        }
+    };
     tracing::info!("shutting down");
     home.remove_api();
     node.shutdown().await;

@@ -1079,3 +1079,32 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
         assert!(seconds < 7.0, "a lookup took {seconds} s: {line}");
     }
 }
+
+#[test]
+fn a_stop_does_not_wait_for_ever_on_a_half_sent_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let mut node = start(&home, None);
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    // A client that sends half a request and then nothing, holding its connection open.
+    let mut stalled = std::net::TcpStream::connect(&addr).expect("api reachable");
+    write!(stalled, "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n").expect("half sent");
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped = Command::new("kill").args(["-INT", &node.child.id().to_string()]).status();
+    assert!(stopped.expect("kill runs").success());
+    // The stop waits its grace for that request (10 s), then closes the connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().expect("waitable") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node did not stop with a half-sent request open");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!home.join("api.json").exists(), "api.json removed on a clean stop");
+    drop(stalled);
+}
