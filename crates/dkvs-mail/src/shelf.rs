@@ -68,6 +68,12 @@ pub const ENTRY_COST: u64 = 512;
 /// body, before the seal's own bytes. Shorter is not a letter.
 const MIN_SEALED: usize = 2 * (2 + 32) + 8 + 8 + 16 + 4 + 64;
 
+/// What remembering that an envelope was read costs in memory (its digest and time, in two
+/// indexes). A replica remembers at most an eighth of [`ShelfConfig::total_bytes`] of them,
+/// forgetting the one that expires first: else an account that deposits into its own mailbox
+/// and acknowledges, over and over, would grow the memory without bound.
+const ACKED_COST: u64 = 128;
+
 /// The most envelopes one expiry pass drops; the rest go in the next, so that the node's
 /// task is never held long.
 const EXPIRE_BATCH: usize = 1024;
@@ -125,6 +131,8 @@ pub struct Shelf {
     /// over again from another replica is refused, not kept anew (in memory: a restart
     /// forgets them, and the recipient's inbox leaves such a copy out).
     acked: HashMap<[u8; 32], u64>,
+    /// The same, by when each is forgotten.
+    acked_by_until: BTreeSet<(u64, [u8; 32])>,
     boxes: HashMap<Mailbox, Box_>,
     by_expiry: BTreeSet<(u64, [u8; 32])>,
     bytes: u64,
@@ -155,6 +163,7 @@ impl Shelf {
             config,
             kept: HashMap::new(),
             acked: HashMap::new(),
+            acked_by_until: BTreeSet::new(),
             boxes: HashMap::new(),
             by_expiry: BTreeSet::new(),
             bytes: 0,
@@ -412,9 +421,28 @@ impl Shelf {
             .copied()
             .collect();
         for digest in &mine {
-            self.acked.insert(*digest, self.kept[digest].kept_until_ms);
+            self.remember_read(*digest, self.kept[digest].kept_until_ms);
         }
         mine.iter().filter_map(|d| self.remove(d)).collect()
+    }
+
+    /// Remembers that `digest` was read, until `until`; forgets the oldest such memory past
+    /// the cap ([`ACKED_COST`]).
+    fn remember_read(&mut self, digest: [u8; 32], until: u64) {
+        if let Some(before) = self.acked.insert(digest, until) {
+            self.acked_by_until.remove(&(before, digest));
+        }
+        self.acked_by_until.insert((until, digest));
+        let cap = (self.config.total_bytes / 8 / ACKED_COST).max(1) as usize;
+        while self.acked.len() > cap {
+            let Some((_, oldest)) = self.acked_by_until.pop_first() else { break };
+            self.acked.remove(&oldest);
+        }
+    }
+
+    /// How many envelopes this replica remembers were read.
+    pub fn read_remembered(&self) -> usize {
+        self.acked.len()
     }
 
     /// Of `digests` in `mailbox`, those this replica neither keeps nor knows were read.
@@ -450,8 +478,14 @@ impl Shelf {
     /// Drops what expired by `now_ms`, at most a batch of it (call again while
     /// [`Shelf::next_expiry`] is due); the files to remove.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<Job> {
-        if self.acked.len() > EXPIRE_BATCH {
-            self.acked.retain(|_, until| *until > now_ms);
+        for _ in 0..EXPIRE_BATCH {
+            match self.acked_by_until.first() {
+                Some(&(until, digest)) if until <= now_ms => {
+                    self.acked_by_until.pop_first();
+                    self.acked.remove(&digest);
+                }
+                _ => break,
+            }
         }
         let due: Vec<[u8; 32]> = self
             .by_expiry
@@ -704,6 +738,34 @@ mod tests {
         assert_eq!(shelf.ack(&bob_box, &[da]).len(), 1);
         assert_eq!(shelf.deposit(a, peer, NOW).err(), Some(Refusal::AlreadyRead));
         assert!(shelf.missing(&bob_box, &[da]).is_empty(), "read: nothing to hand over");
+    }
+
+    #[test]
+    fn a_replica_remembers_a_bounded_number_of_read_envelopes_and_forgets_expired_ones() {
+        // Room for 64 memories of a read envelope.
+        let total_bytes = 64 * 8 * ACKED_COST;
+        let mut shelf = Shelf::new(ShelfConfig { total_bytes, ..Default::default() });
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let bob_box = Mailbox::of(&bob.account_id());
+        let peer = PeerId::random();
+        // Bob deposits into his own mailbox and acknowledges, over and over; the later ones
+        // live longer.
+        let mut read = Vec::new();
+        for i in 0..200 {
+            let bytes = envelope(&bob, 10, DAY + i);
+            let digest = shelf.deposit(bytes.clone(), peer, NOW).expect("room").digest;
+            assert_eq!(shelf.ack(&bob_box, &[digest]).len(), 1);
+            read.push(bytes);
+        }
+        assert_eq!(shelf.read_remembered(), 64, "bounded");
+        assert_eq!(shelf.acked_by_until.len(), 64, "both indexes in step");
+        // The latest are still refused as read; the earliest, forgotten, are kept anew.
+        assert_eq!(shelf.deposit(read[199].clone(), peer, NOW).err(), Some(Refusal::AlreadyRead));
+        assert!(shelf.deposit(read[0].clone(), peer, NOW).is_ok(), "forgotten");
+        // Expired memories go with the expiry pass.
+        shelf.expire(NOW + 2 * DAY);
+        assert_eq!(shelf.read_remembered(), 0);
+        assert!(shelf.acked_by_until.is_empty());
     }
 
     #[test]

@@ -33,10 +33,12 @@
 use std::io;
 
 use dkvs_account::{AccountId, Domain, KeyType, Keypair, PublicKey, Signature};
+use dkvs_net::codec::count_field;
 use dkvs_net::libp2p::{PeerId, StreamProtocol, identity, request_response};
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use prost::Message as _;
 
+use crate::channel::HISTORY_LEN;
 use crate::letter::MAX_ENVELOPE;
 
 /// The protocol's name.
@@ -48,6 +50,12 @@ pub const MAX_ACK: usize = 1024;
 /// A fetch's answer holds at most this many envelope bytes (and always at least one envelope
 /// when any is left), so a response is at most this plus one envelope.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// The most envelopes a fetch's answer holds: no envelope a replica keeps is shorter than 128
+/// bytes. Counted on the wire before a response is decoded, as are the digests of a
+/// [`Response::Missing`] ([`MAX_ACK`]) and the posts of a [`Response::Posts`]
+/// ([`crate::channel::HISTORY_LEN`]): decoding allocates tens of bytes for an empty entry
+/// that is two bytes on the wire.
+pub const MAX_BATCH_ITEMS: usize = MAX_BATCH_BYTES / 128;
 /// The largest response.
 pub const MAX_RESPONSE: usize = MAX_BATCH_BYTES + MAX_ENVELOPE + 4096;
 
@@ -716,6 +724,16 @@ impl Response {
         if bytes.len() > MAX_RESPONSE {
             return Err(malformed("response", format!("{} bytes", bytes.len())));
         }
+        for (what, path, most) in [
+            ("envelopes", [2, 1], MAX_BATCH_ITEMS),
+            ("posts", [7, 1], HISTORY_LEN),
+            ("digests", [8, 1], MAX_ACK),
+        ] {
+            let count = count_field(bytes, &path).unwrap_or(0);
+            if count > most {
+                return Err(malformed("response", format!("{count} {what}, over {most}")));
+            }
+        }
         let pb = ResponsePb::decode(bytes).map_err(|e| malformed("response", e))?;
         Ok(match pb.kind.ok_or_else(|| malformed("response", EMPTY))? {
             Kind::Custody(c) => Response::Custody(Custody {
@@ -842,6 +860,31 @@ mod tests {
         }
         assert!(Request::decode(&[0xff; 8]).is_err());
         assert!(Request::decode(&vec![0; MAX_REQUEST + 1]).is_err());
+        // Entries past the most an honest replica sends are counted on the wire and refused:
+        // empty envelopes, posts and digests, two bytes each.
+        for (tag, most, what) in [
+            (0x12, MAX_BATCH_ITEMS, "envelopes"),
+            (0x3a, HISTORY_LEN, "posts"),
+            (0x42, MAX_ACK, "digests"),
+        ] {
+            let entries = [0x0a, 0x00].repeat(most + 1);
+            let mut bytes = vec![tag];
+            prost::encode_length_delimiter(entries.len(), &mut bytes).expect("room");
+            bytes.extend_from_slice(&entries);
+            let err = Response::decode(&bytes).expect_err("too many");
+            assert!(
+                err.to_string().contains(&format!("{} {what}, over {most}", most + 1)),
+                "{err}"
+            );
+            // As many as an honest replica may send pass the count (an empty digest is
+            // refused for its length).
+            let entries = [0x0a, 0x00].repeat(most);
+            let mut bytes = vec![tag];
+            prost::encode_length_delimiter(entries.len(), &mut bytes).expect("room");
+            bytes.extend_from_slice(&entries);
+            let decoded = Response::decode(&bytes).map_err(|e| e.to_string());
+            assert!(decoded.as_ref().is_err_and(|e| e.contains("not 32 bytes")) || decoded.is_ok());
+        }
         assert!(
             Response::decode(
                 &ResponsePb { kind: Some(response_pb::Kind::Refused(99)) }.encode_to_vec()

@@ -442,7 +442,7 @@ impl dkvs_net::Extension for Liar {
                     Response::Batch { items: vec![], more: true }
                 }
                 Ok(Request::Fetch(_)) => Response::Batch {
-                    items: (1..100_000).map(|cursor| Item { cursor, envelope: vec![] }).collect(),
+                    items: (1..1000).map(|cursor| Item { cursor, envelope: vec![] }).collect(),
                     more: true,
                 },
                 Ok(Request::Deposit(_)) => {
