@@ -382,6 +382,13 @@ impl AppState {
                     format!("no account named {name:?} on this node"),
                 ));
             }
+            Err(e @ KeystoreError::InvalidName(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_account",
+                    e.to_string(),
+                ));
+            }
             Err(KeystoreError::WrongPassphrase { .. }) => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -280,6 +280,14 @@ impl NodeConfig {
     pub fn net(&self) -> anyhow::Result<dkvs_net::Config> {
         let kad_mode: dkvs_net::KadMode =
             self.kad_mode.parse().map_err(|e| anyhow::anyhow!("kad_mode: {e}"))?;
+        anyhow::ensure!(self.max_ttl_secs >= 1, "max_ttl_secs: at least 1");
+        anyhow::ensure!(
+            (1..=self.max_ttl_secs).contains(&self.default_ttl_secs),
+            "default_ttl_secs ({}): at least 1, at most max_ttl_secs ({}), else a put that \
+             gives no life would be refused",
+            self.default_ttl_secs,
+            self.max_ttl_secs
+        );
         anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
         anyhow::ensure!(self.max_pending_per_address >= 1, "max_pending_per_address: at least 1");
         anyhow::ensure!(self.max_pending_inbound >= 1, "max_pending_inbound: at least 1");
@@ -409,6 +417,32 @@ mod tests {
         let none = NodeConfig { max_pending_inbound: 0, ..NodeConfig::default() };
         let error = none.net().expect_err("no handshake at all is refused").to_string();
         assert!(error.contains("max_pending_inbound"), "{error}");
+        // A default life longer than the longest kept, or none at all, is refused at start,
+        // naming the keys, not at the first put.
+        let longer: NodeConfig = toml::from_str(
+            "max_ttl_secs = 3600
+default_ttl_secs = 7200
+",
+        )
+        .expect("parses");
+        let error = longer.net().expect_err("default over max").to_string();
+        assert!(error.contains("default_ttl_secs (7200)") && error.contains("max_ttl_secs (3600)"));
+        for (max, default) in [(0, 0), (3600, 0)] {
+            let bad =
+                NodeConfig { max_ttl_secs: max, default_ttl_secs: default, ..Default::default() };
+            assert!(bad.net().expect_err("no life").to_string().contains("ttl_secs"));
+        }
+        let equal: NodeConfig = toml::from_str(
+            "max_ttl_secs = 3600
+default_ttl_secs = 3600
+",
+        )
+        .expect("parses");
+        assert!(equal.net().is_ok());
+        for name in ["default", "phone", "light"] {
+            let profile = NodeConfig::profile(name).expect("a profile");
+            assert!(profile.net().is_ok(), "the {name} profile is valid");
+        }
         let mail: NodeConfig = toml::from_str(
             "mail_replicas = 3\nmail_mailbox_messages = 10\nmail_read_receipts = false\n",
         )

@@ -363,6 +363,12 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(code, 413, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).expect("json error");
     assert_eq!(error["error"]["code"], "too_large", "{body}");
+    // An account name that breaks the naming rule is the caller's mistake: a 400 that says so.
+    let (code, body) = http_put(&url, "/v1/kv/~/x?account=a.b", &token, b"v");
+    assert_eq!(code, 400, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).expect("json error");
+    assert_eq!(error["error"]["code"], "invalid_account", "{body}");
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("\"a.b\"")), "{body}");
     // Logs written to a file carry no colour escape codes.
     let log = std::fs::read_to_string(home_a.join("node.log")).expect("log");
     assert!(log.contains("INFO"), "the node logs: {log}");
