@@ -58,6 +58,10 @@ const PEER_ADDRESSES: usize = 1024;
 /// Bytes of messages read from all peers and not yet handled, at most: a reader waits for
 /// room before it allocates a message.
 const READ_BUDGET: usize = 64 << 20;
+/// Bytes of [`READ_BUDGET`] one peer's streams may hold at once: two of the largest
+/// messages. A peer that sends length prefixes and then nothing holds only this much, not the
+/// node's whole budget, until [`FRAME_TIMEOUT`] ends its streams.
+const PEER_READ_BUDGET: usize = 2 * MAX_MESSAGE;
 /// How long the bytes of one message may take to arrive once its length was read.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a peer asked for a block may take before another that has it is asked too.
@@ -71,6 +75,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`BLOCK_TIMEOUT`]: under an idle timeout shorter than that, a slow block can lose its
 /// connection and is asked of the next provider.)
 const STREAM_QUIET: Duration = Duration::from_secs(10);
+
+/// Per peer: its inbound streams open, and its share of the read budget ([`PEER_READ_BUDGET`]).
+type OpenStreams = Arc<Mutex<HashMap<PeerId, (usize, Arc<Semaphore>)>>>;
 
 /// The protocol as libp2p names it.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(bitswap::PROTOCOL);
@@ -95,8 +102,9 @@ pub enum ExchangeEvent {
         len: usize,
         /// The message, decoded and checked.
         message: Result<Message, WireError>,
-        /// Its share of the node's budget for messages read and not yet handled.
-        held: Option<tokio::sync::OwnedSemaphorePermit>,
+        /// Its part of the peer's share and of the node's budget for messages read and not
+        /// yet handled.
+        held: Option<[tokio::sync::OwnedSemaphorePermit; 2]>,
     },
     /// The peer does not speak bitswap.
     Unsupported(PeerId),
@@ -141,7 +149,8 @@ pub struct Exchange {
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     notify: VecDeque<(PeerId, ConnectionId, HandlerIn)>,
     /// Inbound streams open, per peer (bounded).
-    open_streams: Arc<Mutex<HashMap<PeerId, usize>>>,
+    /// Per peer: its inbound streams open, and its share of the read budget.
+    open_streams: OpenStreams,
     /// Bytes of messages read from peers and not handled yet, at most [`READ_BUDGET`].
     read_budget: Arc<Semaphore>,
     writers: HashMap<PeerId, mpsc::Sender<Outgoing>>,
@@ -527,24 +536,26 @@ impl Exchange {
 fn accept(
     peer: PeerId,
     stream: Stream,
-    open: &Arc<Mutex<HashMap<PeerId, usize>>>,
+    open: &OpenStreams,
     tx: &mpsc::Sender<ExchangeEvent>,
     budget: &Arc<Semaphore>,
 ) {
-    {
+    let share = {
         let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(peer).or_default();
+        let (n, share) =
+            open.entry(peer).or_insert_with(|| (0, Arc::new(Semaphore::new(PEER_READ_BUDGET))));
         if *n >= STREAMS_PER_PEER {
             tracing::debug!(%peer, "bitswap: too many streams from one peer; one refused");
             return;
         }
         *n += 1;
-    }
+        share.clone()
+    };
     let (tx, open, budget) = (tx.clone(), open.clone(), budget.clone());
     tokio::spawn(async move {
-        read_stream(peer, stream, tx, budget).await;
+        read_stream(peer, stream, tx, [share, budget]).await;
         let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&peer) {
+        if let Some((n, _)) = open.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
                 open.remove(&peer);
@@ -559,7 +570,7 @@ async fn read_stream(
     peer: PeerId,
     mut stream: Stream,
     tx: mpsc::Sender<ExchangeEvent>,
-    budget: Arc<Semaphore>,
+    [share, budget]: [Arc<Semaphore>; 2],
 ) {
     loop {
         // A stream may idle between messages (Kubo keeps one open), but a message once begun
@@ -573,8 +584,12 @@ async fn read_stream(
                 return;
             }
         };
+        // The peer's share first: a peer that stalls waits on its own share, and holds at
+        // most that much of the node's budget.
         let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
-        let Ok(held) = budget.clone().acquire_many_owned(permits).await else { return };
+        let Ok(mine) = share.clone().acquire_many_owned(permits).await else { return };
+        let Ok(node) = budget.clone().acquire_many_owned(permits).await else { return };
+        let held = [mine, node];
         let body = tokio::time::timeout(FRAME_TIMEOUT, bitswap::read_body(&mut stream, len)).await;
         let message = match body {
             Ok(Ok(frame)) => Message::decode(&frame),

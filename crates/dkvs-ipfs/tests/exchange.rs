@@ -267,6 +267,83 @@ async fn liar(
     Ok(Liar { peer, asked, task })
 }
 
+/// A peer that opens `streams` bitswap streams to `target`, sends on each the length prefix of
+/// the largest message and then nothing; the count of those streams the target has closed.
+async fn staller(
+    target_peer: dkvs_net::libp2p::PeerId,
+    target: dkvs_net::libp2p::Multiaddr,
+    streams: usize,
+) -> anyhow::Result<(Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>)> {
+    use dkvs_net::libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+
+    const PROTOCOL: StreamProtocol = StreamProtocol::new(dkvs_ipfs::bitswap::PROTOCOL);
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(target)?;
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = closed.clone();
+    let task = tokio::spawn(async move {
+        tokio::spawn(async move { while swarm.next().await.is_some() {} });
+        let mut prefix = Vec::new();
+        prost::encode_length_delimiter(dkvs_ipfs::bitswap::MAX_MESSAGE, &mut prefix).expect("room");
+        let mut readers = Vec::new();
+        for _ in 0..streams {
+            // Until the connection is up, there is no stream to open.
+            let mut opened = None;
+            for _ in 0..100 {
+                opened = control.open_stream(target_peer, PROTOCOL).await.ok();
+                if opened.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let Some(mut stream) = opened else { return };
+            if stream.write_all(&prefix).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            let count = count.clone();
+            readers.push(tokio::spawn(async move {
+                // The target never writes on a stream it reads: this ends when it closes it.
+                let _ = stream.read(&mut [0; 1]).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }));
+        }
+        for reader in readers {
+            let _ = reader.await;
+        }
+    });
+    Ok((closed, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stalls_after_length_prefixes_holds_only_its_share_of_the_read_budget()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let bytes = data(300_000);
+        let cid = add(&net, 0, &bytes, None).await?;
+        // Every stream one peer may open, each promising the largest message: 64 MiB, the
+        // node's whole read budget, held until the frame timeout (30 s) ends the streams.
+        let (closed, staller) =
+            staller(net.peer_id(1), net.addr(1).context("an address")?, 16).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Node 1 still reads what node 0 sends it: the file comes while the stalls last.
+        assert_eq!(get(&net, 1, cid, &GetOptions::default()).await?, bytes);
+        let ended = closed.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ended, 0, "the file came only once the stalled streams were ended");
+        staller.abort();
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_lies_about_blocks_is_passed_over_and_its_bytes_are_never_kept()
 -> anyhow::Result<()> {
