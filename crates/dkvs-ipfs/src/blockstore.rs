@@ -92,6 +92,9 @@ pub struct GcReport {
 struct Index {
     /// Multihash bytes -> block size.
     sizes: HashMap<Vec<u8>, u64>,
+    /// The blocks whose files may not survive a crash: kept as a cache in this run, or found
+    /// on disk at start (an earlier run may have cached them). A durable put writes them again.
+    unsynced: HashSet<Vec<u8>>,
     bytes: u64,
     pins: BTreeSet<Cid>,
 }
@@ -170,7 +173,12 @@ impl BlockStore {
         Ok(BlockStore {
             dir: dir.to_owned(),
             config,
-            index: Arc::new(Mutex::new(Index { sizes, bytes, pins })),
+            index: Arc::new(Mutex::new(Index {
+                unsynced: sizes.keys().cloned().collect(),
+                sizes,
+                bytes,
+                pins,
+            })),
             hot,
             gate: Arc::default(),
         })
@@ -203,25 +211,33 @@ impl BlockStore {
     fn put_with(&self, cid: &Cid, data: &[u8], durable: bool) -> Result<bool, BlockError> {
         check(cid, data)?;
         let hash = cid.hash().to_bytes();
-        {
+        let new = {
             let index = self.lock();
-            if index.sizes.contains_key(&hash) {
+            let kept = index.sizes.contains_key(&hash);
+            if kept && (!durable || !index.unsynced.contains(&hash)) {
                 return Ok(false);
             }
-            if index.bytes + data.len() as u64 > self.config.max_bytes {
+            if !kept && index.bytes + data.len() as u64 > self.config.max_bytes {
                 return Err(BlockError::Full { used: index.bytes, limit: self.config.max_bytes });
             }
-        }
+            !kept
+        };
+        // A block kept only as a cache is written again, synced, when it must survive.
         write_atomically(&self.path(&hash), data, durable)?;
         let mut index = self.lock();
         if index.sizes.insert(hash.clone(), data.len() as u64).is_none() {
             index.bytes += data.len() as u64;
         }
+        if durable {
+            index.unsynced.remove(&hash);
+        } else {
+            index.unsynced.insert(hash.clone());
+        }
         drop(index);
         if durable {
             self.hot.insert(hash, Arc::from(data));
         }
-        Ok(true)
+        Ok(new)
     }
 
     /// The block `cid`, checked against it (a damaged file is removed and reported).
@@ -271,6 +287,7 @@ impl BlockStore {
         if let Some(size) = index.sizes.remove(hash) {
             index.bytes -= size;
         }
+        index.unsynced.remove(hash);
         drop(index);
         self.hot.invalidate(hash);
     }
@@ -406,6 +423,32 @@ mod tests {
     fn store(dir: &Path, max_bytes: u64) -> BlockStore {
         let config = BlockStoreConfig { max_bytes, ..Default::default() };
         BlockStore::open(dir, config).expect("opens")
+    }
+
+    #[test]
+    fn a_block_kept_as_a_cache_is_written_again_synced_when_it_must_survive() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        let cid = cid_of(RAW, b"fetched for a read");
+        let hash = cid.hash().to_bytes();
+        let inode = || fs::metadata(blocks.path(&hash)).expect("a file").ino();
+        assert!(blocks.put_cached(&cid, b"fetched for a read").expect("cached"));
+        let cached = inode();
+        assert!(!blocks.put_cached(&cid, b"fetched for a read").expect("again"), "kept once");
+        assert_eq!(inode(), cached, "a cache put of a cached block writes nothing");
+        // Pinned (or added): not new, but its file is written again and synced.
+        assert!(!blocks.put(&cid, b"fetched for a read").expect("kept"), "not new");
+        let synced = inode();
+        assert_ne!(synced, cached, "written again");
+        assert!(!blocks.put(&cid, b"fetched for a read").expect("kept"));
+        assert_eq!(inode(), synced, "once synced, not written again");
+        assert_eq!(blocks.bytes(), 18, "counted once");
+        // Found on disk at start: an earlier run may have kept it as a cache only.
+        let blocks = store(dir.path(), 1 << 20);
+        assert!(!blocks.put(&cid, b"fetched for a read").expect("kept"));
+        assert_ne!(fs::metadata(blocks.path(&hash)).expect("a file").ino(), synced);
+        assert_eq!(&*blocks.get(&cid).expect("reads").expect("kept"), b"fetched for a read");
     }
 
     #[test]

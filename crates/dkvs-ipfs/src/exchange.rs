@@ -148,8 +148,7 @@ pub struct Exchange {
     /// Open connections, per peer.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     notify: VecDeque<(PeerId, ConnectionId, HandlerIn)>,
-    /// Inbound streams open, per peer (bounded).
-    /// Per peer: its inbound streams open, and its share of the read budget.
+    /// Per peer: its inbound streams open (bounded), and its share of the read budget.
     open_streams: OpenStreams,
     /// Bytes of messages read from peers and not handled yet, at most [`READ_BUDGET`].
     read_budget: Arc<Semaphore>,
