@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 
-use crate::blockstore::{BlockError, BlockStore};
+use crate::blockstore::{BlockError, BlockStore, SHA2_256};
 use crate::crypt::{CryptError, Header, Opener, Sealer};
 use crate::exchange::Fetched;
 use crate::service::Ipfs;
@@ -221,6 +221,9 @@ pub async fn add(
     Ok(added)
 }
 
+/// The identity multihash: the "hash" is the bytes themselves.
+const IDENTITY: u64 = 0x00;
+
 /// A file's leaves in order, each fetched from this node's store or from any peer and
 /// checked against its CID; a few blocks are asked for ahead.
 struct Leaves<'a> {
@@ -236,7 +239,7 @@ struct Leaves<'a> {
 impl<'a> Leaves<'a> {
     async fn new(node: &'a Node, root: Cid, timeout: Duration) -> Result<Leaves<'a>, IpfsError> {
         let store = store_of(node).await?;
-        if !store.has(&root) {
+        if root.hash().code() == SHA2_256 && !store.has(&root) {
             // Beside asking connected peers: the providers the IPFS DHT knows are dialed, and
             // asked as they connect.
             node.with_extension(move |ipfs: &mut Ipfs, _| {
@@ -268,13 +271,18 @@ impl<'a> Leaves<'a> {
         Ok(None)
     }
 
-    /// Wants the blocks the reader will need soon that are neither here nor asked for.
+    /// Wants the blocks the reader will need soon that are neither here nor asked for (nor
+    /// under a hash no block is kept by: [`Leaves::block`] answers those at once).
     async fn ask_ahead(&mut self) -> Result<(), IpfsError> {
         let missing: Vec<Cid> = self
             .reader
             .upcoming(WINDOW)
             .into_iter()
-            .filter(|cid| !self.pending.contains_key(cid) && !self.store.has(cid))
+            .filter(|cid| {
+                cid.hash().code() == SHA2_256
+                    && !self.pending.contains_key(cid)
+                    && !self.store.has(cid)
+            })
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -300,7 +308,10 @@ impl<'a> Leaves<'a> {
     /// The block `cid`, from here or the network, outside the file's walk.
     async fn fetch(&mut self, cid: Cid) -> Result<Arc<[u8]>, IpfsError> {
         loop {
-            if !self.store.has(&cid) && !self.pending.contains_key(&cid) {
+            if cid.hash().code() == SHA2_256
+                && !self.store.has(&cid)
+                && !self.pending.contains_key(&cid)
+            {
                 let prefer = self.prefer;
                 let rx = self
                     .node
@@ -321,6 +332,13 @@ impl<'a> Leaves<'a> {
     /// The block `cid`: from the network if it was asked for (then kept here), else from
     /// the store (`None` if it went meanwhile: it is asked for on the next round).
     async fn block(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
+        match cid.hash().code() {
+            SHA2_256 => {}
+            // The block is the CID's own digest (IPFS inlines tiny blocks so).
+            IDENTITY => return Ok(Some(Arc::from(cid.hash().digest()))),
+            // No peer's answer could be checked or kept: said now, not after the timeout.
+            _ => return Err(BlockError::UnsupportedHash(cid).into()),
+        }
         let store = self.store.clone();
         let Some(rx) = self.pending.remove(&cid) else {
             let local = tokio::task::spawn_blocking(move || store.get(&cid))

@@ -117,6 +117,30 @@ async fn an_encrypted_file_opens_for_its_owner_on_another_node_and_is_ciphertext
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_cid_reads_at_once_and_a_cid_under_another_hash_is_refused_at_once()
+-> anyhow::Result<()> {
+    use dkvs_ipfs::cid::multihash::Multihash;
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        // The identity hash: the block is in the CID itself.
+        let inline = Cid::new_v1(0x55, Multihash::<64>::wrap(0x00, b"tiny file")?);
+        assert_eq!(get(&net, 1, inline, &GetOptions::default()).await?, b"tiny file");
+        // BLAKE3: no block under it can be checked or kept here, so none is waited for (the
+        // default wait for a block is a minute).
+        let blake3 = Cid::new_v1(0x55, Multihash::<64>::wrap(0x1e, &[7; 32])?);
+        let err = get(&net, 1, blake3, &GetOptions::default()).await.expect_err("refused");
+        assert!(
+            matches!(&err, IpfsError::Block(dkvs_ipfs::BlockError::UnsupportedHash(c)) if *c == blake3),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not a SHA2-256 hash"), "{err}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_nobody_has_is_not_found_in_the_time_given() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
