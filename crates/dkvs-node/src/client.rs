@@ -23,6 +23,14 @@ pub enum ClientError {
         /// The whole error body.
         body: serde_json::Value,
     },
+    /// The node took longer to answer than the client waits.
+    #[error("the node at {url} did not answer in time: {reason} (it may be busy; its log says)")]
+    TimedOut {
+        /// The node asked.
+        url: String,
+        /// What timed out.
+        reason: String,
+    },
     /// The node could not be reached.
     #[error("cannot reach the node at {url}: {reason} (is `dkvs node` running from this home?)")]
     Unreachable {
@@ -104,7 +112,11 @@ impl Client {
     }
 
     fn unreachable(&self, e: ureq::Error) -> ClientError {
-        ClientError::Unreachable { url: self.base.clone(), reason: e.to_string() }
+        let (url, reason) = (self.base.clone(), e.to_string());
+        match e {
+            ureq::Error::Timeout(_) => ClientError::TimedOut { url, reason },
+            _ => ClientError::Unreachable { url, reason },
+        }
     }
 
     /// Sends one request; the answer if it is a success, the node's error otherwise.
@@ -186,12 +198,28 @@ impl Client {
     }
 
     /// GET `path` and write the answer's bytes to `out` as they come; the bytes written.
-    /// A response cut short is an error.
-    pub fn get_into(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+    /// A response cut short is an error that blames the node; an error writing to `out` is
+    /// `write_error`'s (standard output's reader gone, a full disk).
+    pub fn get_into(
+        &self,
+        path: &str,
+        out: &mut dyn std::io::Write,
+        write_error: fn(std::io::Error) -> anyhow::Error,
+    ) -> anyhow::Result<u64> {
         let response = self.send("GET", path, "application/octet-stream", &[][..])?;
         let mut reader = response.into_body().into_reader();
-        std::io::copy(&mut reader, out)
-            .context("the node ended the file early (the node's log says why); nothing was kept")
+        let mut buf = vec![0; 64 << 10];
+        let mut written = 0;
+        loop {
+            let n = reader.read(&mut buf).context(
+                "the node ended the file early (the node's log says why); nothing was kept",
+            )?;
+            if n == 0 {
+                return Ok(written);
+            }
+            out.write_all(&buf[..n]).map_err(write_error)?;
+            written += n as u64;
+        }
     }
 
     /// POST a JSON body to `path`, JSON answer.
@@ -238,5 +266,22 @@ impl Client {
                 each(String::from_utf8_lossy(&line).trim_end())?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_too_slow_to_answer_is_not_called_unreachable() {
+        let client = Client::new("http://127.0.0.1:4041/", "token", Some(Duration::from_secs(60)));
+        let slow = client.unreachable(ureq::Error::Timeout(ureq::Timeout::Global));
+        assert!(
+            matches!(&slow, ClientError::TimedOut { url, .. } if url == "http://127.0.0.1:4041")
+        );
+        assert!(slow.to_string().contains("did not answer in time"), "{slow}");
+        let gone = client.unreachable(ureq::Error::ConnectionFailed);
+        assert!(matches!(gone, ClientError::Unreachable { .. }), "{gone}");
     }
 }

@@ -496,7 +496,9 @@ fn credentials(
                 "with --api naming a node other than this home's, set DKVS_TOKEN to that node's \
                  token (this home's token is sent only to this home's node)",
             )?;
-            Ok((url.to_owned(), token))
+            let url = url.trim_end_matches('/');
+            let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+            Ok((url, token))
         }
         (None, home_api) => home_api,
     }
@@ -532,6 +534,11 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Put { key, value, file, ttl, expect_seq, account, keep } => {
             let bytes = input(value, file)?;
+            // Said here: a body far over the limit is cut off by the node's API, which a
+            // client sees as a connection reset, not as the reason.
+            if bytes.len() > dkvs_record::MAX_VALUE_LEN {
+                return Err(dkvs_record::ValidateError::ValueTooLarge { len: bytes.len() }.into());
+            }
             let mut extra = Vec::new();
             if let Some(ttl) = ttl {
                 extra.push(("ttl", ttl));
@@ -587,15 +594,16 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             if json {
                 let record = client.get_json(&path)?;
-                writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&record)?)
+                    .map_err(stdout_error)?;
             } else {
                 let (bytes, source) = client.get_bytes(&path)?;
                 if source == "alone" {
                     eprintln!("{ALONE}: this value is its own copy");
                 }
-                out.write_all(&bytes)?;
+                out.write_all(&bytes).map_err(stdout_error)?;
             }
-            out.flush()?;
+            out.flush().map_err(stdout_error)?;
         }
         Command::Delete { key, account } => {
             let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &[]);
@@ -611,8 +619,8 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path = with_account(format!("/v1/watch/{}", encode_key(&key)), &account, &[]);
             client.stream_lines(&path, |line| {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")?;
-                out.flush()?;
+                writeln!(out, "{line}").map_err(stdout_error)?;
+                out.flush().map_err(stdout_error)?;
                 Ok(())
             })?;
         }
@@ -654,7 +662,8 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &extra), &[])?;
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)
+                    .map_err(stdout_error)?;
             } else {
                 for letter in answer["letters"].as_array().into_iter().flatten() {
                     let body = match letter["body"].as_str() {
@@ -669,10 +678,11 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                         "from {} at {}:\n{body}\n",
                         letter["sender"].as_str().unwrap_or("?"),
                         time_of(&letter["sent_at_ms"])
-                    )?;
+                    )
+                    .map_err(stdout_error)?;
                 }
             }
-            out.flush()?;
+            out.flush().map_err(stdout_error)?;
             drop(out);
             if !json && answer["letters"].as_array().is_none_or(Vec::is_empty) {
                 eprintln!("dkvs: no new letters");
@@ -713,9 +723,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             };
             let mut out = std::io::stdout().lock();
             for letter in answer["letters"].as_array().into_iter().flatten() {
-                writeln!(out, "{letter}")?;
+                writeln!(out, "{letter}").map_err(stdout_error)?;
             }
-            out.flush()?;
+            out.flush().map_err(stdout_error)?;
             drop(out);
             report_refused(&answer);
             acknowledge(client, &answer)?;
@@ -748,8 +758,8 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &extra);
             client.stream_lines(&path, |line| {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")?;
-                out.flush()?;
+                writeln!(out, "{line}").map_err(stdout_error)?;
+                out.flush().map_err(stdout_error)?;
                 Ok(())
             })?;
         }
@@ -838,8 +848,8 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             match output {
                 None => {
                     let mut out = bar.wrap_write(std::io::stdout().lock());
-                    client.get_into(&path, &mut out)?;
-                    out.flush()?;
+                    client.get_into(&path, &mut out, stdout_error)?;
+                    out.flush().map_err(stdout_error)?;
                 }
                 Some(file) => {
                     // Made under a temporary name beside it, renamed when whole.
@@ -849,7 +859,7 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                             .with_context(|| format!("cannot write beside {}", file.display()))?;
                     {
                         let mut out = bar.wrap_write(std::io::BufWriter::new(tmp.as_file_mut()));
-                        client.get_into(&path, &mut out)?;
+                        client.get_into(&path, &mut out, anyhow::Error::from)?;
                         out.flush()?;
                     }
                     tmp.persist(&file)
@@ -988,6 +998,9 @@ mod tests {
         assert!(err.to_string().contains("DKVS_TOKEN"), "{err}");
         let other = pick(Some("http://127.0.0.1:5051"), Some("theirs")).expect("env token");
         assert_eq!(other, ("http://127.0.0.1:5051".to_owned(), "theirs".to_owned()));
+        // As `dkvs node --api` takes it, without a scheme: the same URL.
+        let bare = pick(Some("127.0.0.1:5051/"), Some("theirs")).expect("env token");
+        assert_eq!(bare, other);
         // No running node in the home and no --api: the home's error.
         let none = credentials(None, Err(anyhow::anyhow!("no node runs")), None);
         assert!(none.is_err());

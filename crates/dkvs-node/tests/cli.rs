@@ -279,6 +279,16 @@ fn three_nodes_through_the_command_line() {
         "{}",
         stderr(&refused)
     );
+    // Its reader gone, a get ends quietly, as any command whose output is cut short.
+    let mut cmd = dkvs(&a.home);
+    cmd.args(["get", &format!("/{alice}/max")]);
+    into_closed_pipe(cmd);
+    // Far over the limit (and over what the API reads of a body): the same reason.
+    std::fs::write(&file, vec![b'x'; 100_000]).expect("file");
+    let refused = put(&a, &["/~/max", "--file", file.to_str().expect("utf-8 path")], None);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = stderr(&refused);
+    assert!(said.contains("value is 100000 bytes, limit is 10240"), "{said}");
 
     // Another account cannot overwrite: neither Alice's scope nor her shared name.
     let foreign = put(&b, &[&key, "bob was here"], None);
@@ -467,19 +477,34 @@ fn base64_of(bytes: &[u8]) -> String {
     out
 }
 
-#[test]
-fn output_into_a_closed_pipe_ends_quietly() {
-    // As `dkvs node --print-config | head -0`: the reader is gone before dkvs writes.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = dkvs(dir.path());
-    cmd.args(["node", "--print-config"]).stdin(Stdio::null()).stderr(Stdio::piped());
+/// Runs `cmd` with its standard output a pipe whose reader is gone (`dkvs ... | head -0`);
+/// asserts it ends quietly, with exit code 0.
+fn into_closed_pipe(mut cmd: Command) {
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
-    let child = cmd.stdout(writer).spawn().expect("dkvs starts");
+    let mut child = cmd.stdout(writer).spawn().expect("dkvs starts");
+    drop(cmd);
+    let deadline = Instant::now() + STEP;
+    while child.try_wait().expect("waitable").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command took over {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = child.wait_with_output().expect("dkvs ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = dkvs(dir.path());
+    cmd.args(["node", "--print-config"]);
+    into_closed_pipe(cmd);
 }
 
 #[test]
@@ -818,6 +843,10 @@ fn files_through_the_command_line_and_the_gateway() {
     // Bob's node fetches the plain file byte for byte, into a file.
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("got.bin")]));
     assert!(std::fs::read(home("got.bin")).expect("got") == big, "the same bytes");
+    // To standard output whose reader is gone (`dkvs ipfs get ... | head -c 100`): quietly.
+    let mut cmd = dkvs(&home("bob"));
+    cmd.args(["ipfs", "get", &plain]);
+    into_closed_pipe(cmd);
     // The private file is ciphertext to bob until alice shares it.
     let refused = ipfs(&home("bob"), &["get", &private]);
     assert_eq!(refused.status.code(), Some(2));
