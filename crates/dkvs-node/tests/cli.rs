@@ -182,11 +182,17 @@ fn http(host: &str, path: &str, token: Option<&str>) -> (u16, String) {
 
 /// A bare HTTP/1.1 GET to `addr` with the header `Host: host`: (status, body).
 fn http_as(addr: &str, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    http_with(addr, host, path, &auth)
+}
+
+/// A bare HTTP/1.1 GET to `addr` with `Host: host` and the header lines `headers` (each
+/// ending in CRLF): (status, body).
+fn http_with(addr: &str, host: &str, path: &str, headers: &str) -> (u16, String) {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).expect("api reachable");
     stream.set_read_timeout(Some(STEP)).expect("timeout");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")
         .expect("request sent");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
@@ -896,6 +902,28 @@ fn files_through_the_command_line_and_the_gateway() {
     assert_eq!(code, 400, "{body}");
     let (code, _) = http_as(&bob_api, "evil.example", &format!("/ipfs/{text}"), None);
     assert_eq!(code, 421, "another host name is refused");
+    // A page on another site cannot have a browser load files through the gateway (an
+    // image, a script, a fetch): the node would fetch whatever it names. Following a link to
+    // the gateway, or typing its address, still opens the file.
+    let site = |site: &str, mode: &str| {
+        let headers = format!("Sec-Fetch-Site: {site}\r\nSec-Fetch-Mode: {mode}\r\n");
+        http_with(&bob_api, &bob_api, &format!("/ipfs/{text}"), &headers)
+    };
+    for (from, mode) in
+        [("cross-site", "no-cors"), ("cross-site", "cors"), ("same-site", "no-cors")]
+    {
+        let (code, body) = site(from, mode);
+        assert_eq!(code, 403, "{from} {mode}: {body}");
+        assert!(body.contains("cross_site"), "{body}");
+    }
+    for (from, mode) in [("cross-site", "navigate"), ("none", "navigate"), ("same-origin", "cors")]
+    {
+        let (code, body) = site(from, mode);
+        assert_eq!(code, 200, "{from} {mode}: {body}");
+    }
+    let origin = "Origin: http://evil.example\r\n";
+    let (code, body) = http_with(&bob_api, &bob_api, &format!("/ipfs/{text}"), origin);
+    assert_eq!(code, 403, "a request from another origin: {body}");
 
     // Pins and garbage collection: what bob fetched is cached, not pinned; a pinned file stays.
     ok(ipfs(&home("bob"), &["pin", &plain]));

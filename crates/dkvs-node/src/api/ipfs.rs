@@ -377,6 +377,32 @@ pub(super) async fn share(
     ))
 }
 
+/// Refuses a tokenless gateway request that a browser made for a page of another site (an
+/// image, a script, a fetch): the node would fetch, and ask the IPFS network for, whatever
+/// such a page names. A top-level navigation (a link followed, an address typed) is the user's
+/// own and passes, as do requests from outside a browser (they send no such headers).
+fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let site = value("sec-fetch-site");
+    let navigation = value("sec-fetch-mode") == Some("navigate");
+    let foreign_site = matches!(site, Some("cross-site" | "same-site")) && !navigation;
+    // Browsers without Sec-Fetch-* still send Origin with a script's request.
+    let host = value("host").unwrap_or_default();
+    let foreign_origin = value("origin").is_some_and(|origin| {
+        let origin = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        !origin.eq_ignore_ascii_case(host)
+    });
+    if foreign_site || foreign_origin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "the gateway does not serve pages of other sites; open the file's address \
+             directly, or send the API's token",
+        ));
+    }
+    Ok(())
+}
+
 /// `GET /ipfs/{cid}[/path]`: the read-only path gateway. Plain files for anyone who reaches
 /// the API (it listens on loopback); with the API's token, also the default account's own
 /// encrypted files and those shared with it. A wrong token is refused, not ignored.
@@ -386,6 +412,9 @@ pub(super) async fn gateway(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     super::check_host(&state, &headers)?;
+    if super::presented_token(&headers).is_none() {
+        from_this_site(&headers)?;
+    }
     let token_ok = match super::presented_token(&headers) {
         // Beyond loopback (`api` set to another address), the gateway is not open to all.
         None if !state.check_host => return Err(super::wrong_token()),
