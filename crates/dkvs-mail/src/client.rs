@@ -698,6 +698,12 @@ pub async fn read(
     Ok(fetched)
 }
 
+/// After a fetch that found nothing new, the next one waits at least this long, whatever
+/// notifies: the replicas that tell of a letter already fetched, or one that notifies with no
+/// mail at all (over and over, to keep this node fetching from every replica), make at most
+/// two fetches a second.
+pub const EMPTY_FETCH_GAP: Duration = Duration::from_millis(500);
+
 /// New mail as it comes: the replicas of the account's mailbox are asked to notify this node
 /// of every deposit (a watch signed by the account, renewed before it lapses), and
 /// [`MailWatch::next`] fetches when they do, and at every renewal in case a notification was
@@ -793,11 +799,14 @@ impl MailWatch {
                 let quiet = self.options.clone().with_read_receipts(false);
                 ack(&self.node, &self.account, &mut Inbox::new(), &fetched, &quiet).await;
             }
+            let quiet_until = tokio::time::Instant::now() + EMPTY_FETCH_GAP;
             tokio::select! {
                 notified = self.notified.recv() => {
                     if notified.is_none() {
                         return Err(ReadError::Node(NetError::Shutdown));
                     }
+                    // This fetch found nothing: the next waits its gap.
+                    tokio::time::sleep_until(quiet_until).await;
                 }
                 () = tokio::time::sleep_until(self.renew_at) => {
                     self.register().await?;

@@ -748,11 +748,11 @@ mod tests {
         let bob = Keypair::generate(KeyType::Ed25519);
         let bob_box = Mailbox::of(&bob.account_id());
         let peer = PeerId::random();
-        // Bob deposits into his own mailbox and acknowledges, over and over; the later ones
-        // live longer.
+        // Bob deposits into his own mailbox and acknowledges, over and over; each later one
+        // lives a minute longer (letters expire on the minute).
         let mut read = Vec::new();
         for i in 0..200 {
-            let bytes = envelope(&bob, 10, DAY + i);
+            let bytes = envelope(&bob, 10, DAY + i * 60_000);
             let digest = shelf.deposit(bytes.clone(), peer, NOW).expect("room").digest;
             assert_eq!(shelf.ack(&bob_box, &[digest]).len(), 1);
             read.push(bytes);

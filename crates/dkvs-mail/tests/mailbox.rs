@@ -498,6 +498,86 @@ async fn a_lying_replica_neither_floods_nor_jams_the_reader() -> anyhow::Result<
     .await?
 }
 
+/// Fetches the [`Notifier`] was asked for (one test uses it).
+static NOTIFIER_FETCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A replica that takes every watch and, after every fetch, tells the watcher of new mail it
+/// never has: to keep the watcher fetching from every replica, over and over.
+#[derive(dkvs_net::libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
+struct Notifier {
+    inner: request_response::Behaviour<dkvs_mail::wire::Codec>,
+}
+
+impl dkvs_net::Extension for Notifier {
+    fn on_event(&mut self, event: NotifierEvent, _: &mut dkvs_net::Host<'_>) {
+        let NotifierEvent::Inner(request_response::Event::Message {
+            peer,
+            message: request_response::Message::Request { request, channel, .. },
+            ..
+        }) = event
+        else {
+            return;
+        };
+        let (answer, mailbox) = match Request::decode(&request) {
+            Ok(Request::Watch(signed)) => (
+                Response::Watching(now() + dkvs_mail::wire::WATCH_TTL_MS),
+                Some(dkvs_mail::Mailbox::of(&signed.account)),
+            ),
+            Ok(Request::Fetch(signed)) => {
+                NOTIFIER_FETCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    Response::Batch { items: vec![], more: false },
+                    Some(dkvs_mail::Mailbox::of(&signed.account)),
+                )
+            }
+            _ => (Response::Refused(Refusal::Malformed), None),
+        };
+        let _ = self.inner.send_response(channel, answer.encode());
+        if let Some(mailbox) = mailbox {
+            self.inner.send_request(&peer, Request::Notify(mailbox.0).encode());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_notifies_without_mail_gets_at_most_two_fetches_a_second()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            let builder = NodeBuilder::new(identity.clone(), store, config);
+            if started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 3 {
+                let inner = request_response::Behaviour::new(
+                    [(dkvs_mail::wire::PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                );
+                return Ok(builder.with_extension(|_| Notifier { inner }).spawn()?);
+            }
+            let mail = Mail::open(&dir.join("mail"), identity.clone(), ShelfConfig::default())?;
+            Ok(builder.with_extension(|_| mail).spawn()?)
+        });
+        let net = TestNet::start_custom(4, Config::default(), dkvs_store::Config::default(), spawn)
+            .await?;
+        let bob = Arc::new(account());
+        let options = SendOptions::default();
+        let mut watch = dkvs_mail::MailWatch::start(net.node(0).clone(), bob, options).await?;
+        let before = NOTIFIER_FETCHES.load(std::sync::atomic::Ordering::SeqCst);
+        // Four seconds of watching an empty mailbox, notified after every fetch.
+        let inbox = Inbox::new();
+        let watching = tokio::time::timeout(Duration::from_secs(4), watch.next(&inbox));
+        assert!(watching.await.is_err(), "no mail comes");
+        let fetches = NOTIFIER_FETCHES.load(std::sync::atomic::Ordering::SeqCst) - before;
+        let gap = dkvs_mail::client::EMPTY_FETCH_GAP;
+        assert!(fetches >= 2, "the notifier was asked to watch and notified: {fetches}");
+        let most = (Duration::from_secs(4).as_millis() / gap.as_millis()) as usize + 1;
+        assert!(fetches <= most, "{fetches} fetches in 4 s, more than one a {gap:?}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_is_handed_over_as_its_replicas_die_one_set_after_another() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
