@@ -366,13 +366,8 @@ impl Exchange {
         if !self.connected.contains(&peer) {
             return;
         }
-        // Blocks this node asked for are not charged; everything else is.
-        let solicited: usize = message
-            .blocks
-            .iter()
-            .filter(|(cid, _)| self.wants.contains_key(cid))
-            .map(|(_, data)| data.len())
-            .sum();
+        // Blocks this node asked for are not charged, once each; everything else is.
+        let solicited = solicited(&message.blocks, |cid| self.wants.contains_key(cid));
         if let Err(e) = host.admit(peer, len.saturating_sub(solicited).max(1), MAX_MESSAGE) {
             tracing::debug!(%peer, "bitswap: message refused: {e}");
             self.dropped += 1;
@@ -381,7 +376,7 @@ impl Exchange {
         if message.full {
             self.their_wants.remove(&peer);
         }
-        for want in message.wants {
+        for want in first_of_each(message.wants) {
             self.on_want(peer, want);
         }
         for (cid, data) in message.blocks {
@@ -529,6 +524,24 @@ impl Exchange {
             self.tick = None;
         }
     }
+}
+
+/// The bytes of `blocks` that this node asked for (`wanted`), each CID counted once: a peer
+/// that sends a wanted block twice is charged for the second copy.
+fn solicited(blocks: &[(Cid, Vec<u8>)], wanted: impl Fn(&Cid) -> bool) -> usize {
+    let mut counted = HashSet::new();
+    blocks
+        .iter()
+        .filter(|(cid, _)| wanted(cid) && counted.insert(*cid))
+        .map(|(_, data)| data.len())
+        .sum()
+}
+
+/// The first entry of `wants` for each CID: a CID named again in the same message is not
+/// answered again (a don't-have each, thousands in one message).
+fn first_of_each(wants: Vec<Want>) -> Vec<Want> {
+    let mut named = HashSet::new();
+    wants.into_iter().filter(|want| named.insert(want.cid)).collect()
 }
 
 /// Starts a reader for an inbound stream, unless the peer has [`STREAMS_PER_PEER`] open.
@@ -837,5 +850,28 @@ impl NetworkBehaviour for Exchange {
             return Poll::Ready(ToSwarm::GenerateEvent(ExchangeEvent::Tick));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wanted_block_is_free_once_and_a_cid_named_twice_is_answered_once() {
+        let (a, b) = (crate::cid_of(0x55, b"a"), crate::cid_of(0x55, b"b"));
+        let blocks = vec![(a, b"a".repeat(100)), (a, b"a".repeat(100)), (b, b"b".repeat(7))];
+        assert_eq!(solicited(&blocks, |cid| *cid == a), 100, "the second copy is charged");
+        assert_eq!(solicited(&blocks, |_| true), 107);
+        assert_eq!(solicited(&blocks, |_| false), 0);
+        let wants = vec![
+            Want::new(a, WantType::Have),
+            Want::new(a, WantType::Block),
+            Want::new(b, WantType::Have),
+            Want::new(a, WantType::Have),
+        ];
+        let once = first_of_each(wants);
+        let named: Vec<(Cid, WantType)> = once.iter().map(|w| (w.cid, w.want_type)).collect();
+        assert_eq!(named, [(a, WantType::Have), (b, WantType::Have)]);
     }
 }
