@@ -12,7 +12,9 @@
 //! taken in the last [`HISTORY_AGE_MS`] (a cache whose entries lapse is right here: a post
 //! whose id has lapsed is too old to be taken anyway). The window never forgets an id early:
 //! when it holds as many as it may, new posts are left alone (not taken, not forwarded) until
-//! ids lapse, rather than let a flood push out the ids a replay would need. Anything else is
+//! ids lapse, rather than let a flood push out the ids a replay would need. One channel holds
+//! at most a quarter of the window ([`CHANNEL_WINDOW`]): a flood on one channel leaves room for
+//! the others this node joined. Anything else is
 //! rejected, so gossipsub does not forward it; a peer that forwards a post whose signature does
 //! not verify, or that is over the size limit, is banned (no honest node forwards one). A copy
 //! of a post taken once, published again under another gossip id, is a replay: rejected.
@@ -25,6 +27,7 @@
 //! counts for [`PRESENCE_TTL_MS`]. [`members`] lists the authors heard from recently.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dkvs_account::{AccountId, Domain, KeyType, Keypair, PublicKey, Signature};
@@ -51,6 +54,9 @@ pub const HISTORY_LEN: usize = 256;
 pub const PRESENCE_TTL_MS: u64 = 5 * 60_000;
 /// The most post ids the replay window holds; at that, new posts wait for ids to lapse.
 const REPLAY_WINDOW: u64 = 200_000;
+/// The most ids of one channel the window holds: a quarter of it (50,000 posts an hour, 14 a
+/// second), so that a flood on one channel this node joined leaves room for its others.
+const CHANNEL_WINDOW: u64 = REPLAY_WINDOW / 4;
 /// Late joiners ask this many peers on the channel for its history.
 const HISTORY_PEERS: usize = 5;
 
@@ -301,9 +307,13 @@ struct Joined {
 
 /// The channels part of the mail extension: what this node joined, and the replay window.
 pub(crate) struct Channels {
-    seen: moka::sync::Cache<(String, [u8; 16]), ()>,
-    /// The most ids `seen` may hold.
+    /// Post ids taken, each with its channel, until they lapse.
+    seen: moka::sync::Cache<(String, [u8; 16]), Arc<str>>,
+    /// Per channel, the ids in `seen` (kept by its eviction listener as they lapse).
+    per_channel: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    /// The most ids `seen` may hold, and of one channel.
     window: u64,
+    channel_window: u64,
     /// Inserts since `seen`'s count was last brought up to date (its count lags them).
     unsynced: u64,
     joined: HashMap<String, Joined>,
@@ -322,12 +332,14 @@ enum Taken {
 
 impl Default for Channels {
     fn default() -> Channels {
-        Channels::with_window(REPLAY_WINDOW)
+        Channels::with_window(REPLAY_WINDOW, CHANNEL_WINDOW)
     }
 }
 
 impl Channels {
-    fn with_window(window: u64) -> Channels {
+    fn with_window(window: u64, channel_window: u64) -> Channels {
+        let per_channel: Arc<Mutex<HashMap<Arc<str>, u64>>> = Arc::default();
+        let counts = per_channel.clone();
         Channels {
             // Room for twice the window, so the cache itself never evicts an id before it
             // lapses: the window is enforced here, exactly, before an insert.
@@ -335,8 +347,19 @@ impl Channels {
                 .max_capacity(2 * window)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_live(Duration::from_millis(HISTORY_AGE_MS + MAX_CLOCK_SKEW_MS))
+                .eviction_listener(move |_, channel: Arc<str>, _| {
+                    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(n) = counts.get_mut(&channel) {
+                        *n -= 1;
+                        if *n == 0 {
+                            counts.remove(&channel);
+                        }
+                    }
+                })
                 .build(),
+            per_channel,
             window,
+            channel_window,
             unsynced: 0,
             joined: HashMap::new(),
         }
@@ -360,22 +383,35 @@ impl Channels {
         Ok(rx)
     }
 
+    /// The ids of `channel` in the window (more, not fewer, until lapsed ones are counted).
+    fn ids_of(&self, channel: &str) -> u64 {
+        let counts = self.per_channel.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(channel).copied().unwrap_or(0)
+    }
+
     /// Takes a post checked to belong on its channel: kept, handed to listeners; unless it
-    /// was taken before, or the replay window is full.
+    /// was taken before, or the replay window, or the channel's share of it, is full.
     fn take(&mut self, post: Post, now: u64) -> Taken {
         let key = post.key();
         if self.seen.contains_key(&key) {
             return Taken::Replay;
         }
-        if self.seen.entry_count() + self.unsynced >= self.window {
-            // The count lags inserts and lapses: bring it up to date before deciding.
+        if self.seen.entry_count() + self.unsynced >= self.window
+            || self.ids_of(&post.channel) >= self.channel_window
+        {
+            // The counts lag inserts and lapses: bring them up to date before deciding.
             self.seen.run_pending_tasks();
             self.unsynced = 0;
-            if self.seen.entry_count() >= self.window {
+            if self.seen.entry_count() >= self.window
+                || self.ids_of(&post.channel) >= self.channel_window
+            {
                 return Taken::WindowFull;
             }
         }
-        self.seen.insert(key, ());
+        let channel: Arc<str> = Arc::from(post.channel.as_str());
+        self.seen.insert(key, channel.clone());
+        *self.per_channel.lock().unwrap_or_else(|p| p.into_inner()).entry(channel).or_default() +=
+            1;
         self.unsynced += 1;
         let Some(joined) = self.joined.get_mut(&post.channel) else { return Taken::New };
         if post.kind == PostKind::Presence {
@@ -690,7 +726,7 @@ mod tests {
 
     #[test]
     fn a_full_replay_window_leaves_new_posts_alone_and_forgets_no_id() {
-        let mut channels = Channels::with_window(10);
+        let mut channels = Channels::with_window(10, 10);
         channels.joined.insert("c".into(), Joined::default());
         let alice = Keypair::generate(KeyType::Ed25519);
         let now = now_ms();
@@ -704,6 +740,31 @@ mod tests {
         for post in &posts[..10] {
             assert_eq!(channels.take(post.clone(), now), Taken::Replay, "still remembered");
         }
+    }
+
+    #[test]
+    fn a_flood_on_one_channel_leaves_room_for_the_others() {
+        let mut channels = Channels::with_window(10, 4);
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let now = now_ms();
+        let post = |channel: &str, i: u8| {
+            Post::sign(&alice, channel, PostKind::Message, vec![i], now).expect("test setup")
+        };
+        for i in 0..4 {
+            assert_eq!(channels.take(post("spam", i), now), Taken::New);
+        }
+        assert_eq!(channels.take(post("spam", 4), now), Taken::WindowFull, "its share is full");
+        for i in 0..4 {
+            assert_eq!(channels.take(post("builders", i), now), Taken::New, "another's is not");
+        }
+        assert_eq!(channels.take(post("news", 0), now), Taken::New);
+        assert_eq!(channels.take(post("news", 1), now), Taken::New);
+        assert_eq!(channels.take(post("news", 2), now), Taken::WindowFull, "the whole is full");
+        // As ids lapse (here: forgotten at once), their channels' counts go down with them.
+        channels.seen.invalidate_all();
+        channels.seen.run_pending_tasks();
+        assert_eq!(channels.ids_of("spam"), 0);
+        assert_eq!(channels.take(post("spam", 5), now), Taken::New);
     }
 
     #[test]
