@@ -433,8 +433,10 @@ pub struct AckReport {
 pub const MAX_RECEIPTS: usize = 64;
 /// Delivery receipts sent at once.
 const RECEIPTS_AT_ONCE: usize = 8;
-/// The longest a letter is remembered as read: past it, no replica keeps it (their TTL caps
-/// are days), whatever expiry its sender signed.
+/// The longest a letter is remembered as read: past it, no honest replica keeps it (their TTL
+/// caps are days), whatever expiry its sender signed; a letter sent longer ago than this is
+/// refused, so that one kept longer (a replica configured so, or a lying one) cannot come
+/// again as new.
 const MAX_REMEMBER_MS: u64 = 30 * 24 * 3_600_000;
 
 /// The most refused envelopes a fetch lists (all are acknowledged).
@@ -563,6 +565,18 @@ async fn fetch_from_replicas(
             };
             let digest = envelope.digest();
             match envelope.open(account, now) {
+                // Sent longer ago than an inbox remembers what it read: it may have been read
+                // already, and would come again as new. Refused, and deleted.
+                Ok(letter) if letter.sent_at_ms.saturating_add(MAX_REMEMBER_MS) <= now => {
+                    fetched.acks.entry(replica).or_default().push(digest);
+                    if opened.insert(digest) {
+                        let (sent_at_ms, expires_at_ms) = (letter.sent_at_ms, letter.expires_at_ms);
+                        refuse(
+                            &mut fetched,
+                            MailError::OutOfTime { sent_at_ms, expires_at_ms, now_ms: now },
+                        );
+                    }
+                }
                 Ok(letter) => {
                     fetched.acks.entry(replica).or_default().push(digest);
                     let key = (letter.sender.clone(), letter.id);

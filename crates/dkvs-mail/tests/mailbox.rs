@@ -420,6 +420,36 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
     .await?
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_sent_longer_ago_than_an_inbox_remembers_is_refused_and_deleted()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(3).await?;
+        let (alice, bob) = (account(), account());
+        const DAY: u64 = 24 * 3_600_000;
+        // Sent 31 days ago, to live 60 days: kept by a replica (it has not expired), but an
+        // inbox remembers letters read for 30 days only.
+        let old =
+            Envelope::seal(&alice, &bob.account_id(), b"old".to_vec(), now() - 31 * DAY, 60 * DAY)?;
+        let kept = request(net.node(1), net.peer_id(2), Request::Deposit(old.encode())).await;
+        assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
+        let options = SendOptions::default();
+        let fetched = dkvs_mail::read(net.node(0), &bob, &mut Inbox::new(), &options).await?;
+        assert!(fetched.letters.is_empty(), "{:?}", fetched.letters);
+        assert!(
+            matches!(fetched.refused[..], [(_, MailError::OutOfTime { .. })]),
+            "{:?}",
+            fetched.refused
+        );
+        // Deleted from the replica: nothing comes again.
+        let again = dkvs_mail::fetch(net.node(0), &bob, &Inbox::new(), &options).await?;
+        assert!(again.letters.is_empty() && again.refused.is_empty(), "{:?}", again.refused);
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
 /// A replica that lies: every fetch is answered with a page far over the limit, and every
 /// deposit with a receipt for something else.
 #[derive(dkvs_net::libp2p::swarm::NetworkBehaviour)]
