@@ -235,12 +235,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ipfs/gc", axum::routing::post(ipfs::gc))
         .route("/v1/ipfs/stat", get(ipfs::stat))
         .route("/v1/ipfs/share/{cid}/{account_id}", axum::routing::post(ipfs::share))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
-        // The read-only gateway answers without a token (plain files); it checks the host and
-        // a token if one is given itself.
+        // On loopback, the read-only gateway (plain files) and the metrics answer without a
+        // token (a scraper need not read api.json at every start); they check the host, and
+        // a token if one is given, themselves.
         .route("/ipfs/{*path}", get(ipfs::gateway))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -261,6 +262,19 @@ fn check_host(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         host.unwrap_or("(none)")
     );
     Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "wrong_host", message))
+}
+
+/// For the routes open without a token on loopback (the gateway, the metrics): the host
+/// checked, and the token if one is given (beyond loopback, one must be). Whether a right one
+/// was given.
+fn open_on_loopback(state: &AppState, headers: &HeaderMap) -> ApiResult<bool> {
+    check_host(state, headers)?;
+    match presented_token(headers) {
+        None if !state.check_host => Err(wrong_token()),
+        None => Ok(false),
+        Some(token) if token_matches(state, token) => Ok(true),
+        Some(_) => Err(wrong_token()),
+    }
 }
 
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
@@ -1466,7 +1480,10 @@ async fn accounts(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_js
     )))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = open_on_loopback(&state, &headers) {
+        return e.into_response();
+    }
     let stats = state.node.store().stats();
     state.metrics.records.set(stats.records as i64);
     state.metrics.bytes.set(stats.bytes as i64);

@@ -354,6 +354,12 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(error["error"]["code"], "unauthorized");
     let (code, metrics) = http(&url, "/metrics", Some(&token));
     assert_eq!(code, 200);
+    // On loopback, a scraper needs no token (it changes at every start); a wrong one is
+    // refused.
+    let (code, open) = http(&url, "/metrics", None);
+    assert_eq!(code, 200, "{open}");
+    assert!(open.contains("dkvs_puts_total"), "{open}");
+    assert_eq!(http(&url, "/metrics", Some("wrong")).0, 401);
     for metric in
         ["dkvs_puts_total", "dkvs_store_bytes", "dkvs_records", "dkvs_peers", "dkvs_put_seconds"]
     {
@@ -978,6 +984,9 @@ fn the_gateway_needs_the_token_when_the_api_listens_beyond_loopback() {
     let addr = format!("127.0.0.1:{port}");
     let (code, body) = http(&addr, &format!("/ipfs/{cid}"), None);
     assert_eq!(code, 401, "no token, no gateway beyond loopback: {body}");
+    let (code, body) = http(&addr, "/metrics", None);
+    assert_eq!(code, 401, "no token, no metrics beyond loopback: {body}");
+    assert_eq!(http(&addr, "/metrics", Some(&token)).0, 200);
     let (code, body) = http(&addr, &format!("/ipfs/{cid}"), Some(&token));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("hello gateway"), "{body}");

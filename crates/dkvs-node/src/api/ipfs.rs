@@ -411,17 +411,11 @@ pub(super) async fn gateway(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    super::check_host(&state, &headers)?;
-    if super::presented_token(&headers).is_none() {
+    // Beyond loopback (`api` set to another address), the gateway is not open to all.
+    let token_ok = super::open_on_loopback(&state, &headers)?;
+    if !token_ok {
         from_this_site(&headers)?;
     }
-    let token_ok = match super::presented_token(&headers) {
-        // Beyond loopback (`api` set to another address), the gateway is not open to all.
-        None if !state.check_host => return Err(super::wrong_token()),
-        None => false,
-        Some(token) if super::token_matches(&state, token) => true,
-        Some(_) => return Err(super::wrong_token()),
-    };
     let Path(path) = path.map_err(rejected)?;
     let mut segments = path.split('/').filter(|s| !s.is_empty());
     let root = parse_cid(segments.next().unwrap_or_default())?;
