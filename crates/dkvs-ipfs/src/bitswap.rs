@@ -249,12 +249,15 @@ impl Message {
             return Err(WireError::TooLarge(bytes.len()));
         }
         // Counted on the wire before decoding: an empty entry is two bytes there and tens in
-        // memory.
-        let count = |path: &[u32]| count_field(bytes, path).unwrap_or(0);
+        // memory. Bytes the count cannot read (groups, which decoding would skip) are refused.
+        let count = |path: &[u32]| {
+            count_field(bytes, path)
+                .ok_or_else(|| WireError::Malformed("not protobuf (or with groups)".into()))
+        };
         for (what, count) in [
-            ("wantlist entries", count(&[1, 1])),
-            ("blocks", count(&[2]) + count(&[3])),
-            ("presences", count(&[4])),
+            ("wantlist entries", count(&[1, 1])?),
+            ("blocks", count(&[2])? + count(&[3])?),
+            ("presences", count(&[4])?),
         ] {
             if count > MAX_ENTRIES {
                 return Err(WireError::TooMany { what, count });

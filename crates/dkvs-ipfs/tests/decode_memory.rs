@@ -36,4 +36,12 @@ fn a_message_of_millions_of_empty_entries_is_refused_without_decoding_them() {
         }
         assert!(allocated < 64 << 10, "{what}: {allocated} bytes allocated to refuse it");
     }
+    // The same behind an empty group (which decoding would skip): refused too, undecoded.
+    let mut grouped = vec![0x7b, 0x7c];
+    grouped.extend_from_slice(&[0x1a, 0x00].repeat(MAX_MESSAGE / 2 - 1));
+    let before = ALLOCATOR.total_allocated();
+    let refused = Message::decode(&grouped);
+    let allocated = ALLOCATOR.total_allocated() - before;
+    assert!(matches!(refused, Err(WireError::Malformed(_))), "{refused:?}");
+    assert!(allocated < 64 << 10, "{allocated} bytes allocated to refuse it");
 }

@@ -26,7 +26,9 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// wire without decoding it: `[3]` counts field 3, `[1, 1]` field 1 in every field-1
 /// submessage. Decoding allocates for each entry of a repeated field, tens of bytes for an
 /// empty entry that is two bytes on the wire, so a bound on entries is checked with this
-/// first. `None` when the bytes are not protobuf (decoding then says why) or `path` is empty.
+/// first. `None` when the bytes are not protobuf, or hold a group (wire types 3 and 4, which
+/// no dkvs or IPFS message uses and which decoding would skip unread), or `path` is empty: a
+/// caller refuses such bytes, as the count cannot bound them.
 pub fn count_field(bytes: &[u8], path: &[u32]) -> Option<usize> {
     let (&wanted, inner) = path.split_first()?;
     let mut at = bytes;
@@ -97,6 +99,7 @@ mod tests {
         // that is no message where the path goes into one.
         assert_eq!(count_field(&[0x0a, 0x05, 0x01], &[1]), None);
         assert_eq!(count_field(&[0x0f], &[1]), None);
+        assert_eq!(count_field(&[0x7b, 0x7c, 0x0a, 0x00], &[1]), None, "an empty group");
         assert_eq!(count_field(&bytes, &[2, 1]), None);
         assert_eq!(count_field(&bytes, &[]), None);
     }
