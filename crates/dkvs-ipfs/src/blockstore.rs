@@ -23,6 +23,9 @@ use sha2::{Digest as _, Sha256};
 
 /// The multihash code of SHA2-256.
 pub const SHA2_256: u64 = 0x12;
+/// The identity multihash: the "hash" is the block itself (IPFS inlines tiny blocks so). No
+/// file is kept for one; garbage collection follows its links.
+pub const IDENTITY: u64 = 0x00;
 /// The largest block taken: 2 MiB (bitswap peers send at most 2 MiB blocks; files are
 /// chunked well below it).
 pub const MAX_BLOCK: usize = 2 << 20;
@@ -277,6 +280,15 @@ impl BlockStore {
         self.lock().sizes.contains_key(&cid.hash().to_bytes())
     }
 
+    /// Whether the block `cid` is kept on disk for good: written synced in this run (an add,
+    /// a pin). A block kept as a read's cache, or found on disk at start, is not, until it is
+    /// put again.
+    pub fn synced(&self, cid: &Cid) -> bool {
+        let hash = cid.hash().to_bytes();
+        let index = self.lock();
+        index.sizes.contains_key(&hash) && !index.unsynced.contains(&hash)
+    }
+
     /// The size of the block `cid`, if kept.
     pub fn size(&self, cid: &Cid) -> Option<u64> {
         self.lock().sizes.get(&cid.hash().to_bytes()).copied()
@@ -363,6 +375,12 @@ impl BlockStore {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
         let mut todo: Vec<Cid> = self.pins();
         while let Some(cid) = todo.pop() {
+            if cid.hash().code() == IDENTITY {
+                // Its links are in its CID; it cannot link to itself (its bytes would hold
+                // themselves), so the walk ends.
+                todo.extend(links(&cid, cid.hash().digest()));
+                continue;
+            }
             if cid.hash().code() != SHA2_256 || !live.insert(cid.hash().to_bytes()) {
                 continue;
             }
@@ -563,5 +581,14 @@ mod tests {
         assert!(blocks.unpin(&root).expect("unpin"));
         assert_eq!(blocks.gc(links).expect("gc").removed, 4);
         assert!(blocks.is_empty());
+        // An inline (identity) root: its bytes are in its CID; what it links to is kept.
+        let child = cid_of(RAW, b"under an inline root");
+        blocks.put(&child, b"under an inline root").expect("child");
+        let listing = format!("{child}\n");
+        let digest = Multihash::<64>::wrap(IDENTITY, listing.as_bytes()).expect("fits");
+        let inline = Cid::new_v1(DAG_PB, digest);
+        blocks.pin(&inline).expect("pin");
+        assert_eq!(blocks.gc(links).expect("gc").removed, 0);
+        assert!(blocks.has(&child), "kept through the inline root");
     }
 }

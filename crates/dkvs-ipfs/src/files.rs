@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 
-use crate::blockstore::{BlockError, BlockStore, SHA2_256};
+use crate::blockstore::{BlockError, BlockStore, IDENTITY, SHA2_256};
 use crate::crypt::{CryptError, Header, Opener, Sealer};
 use crate::exchange::Fetched;
 use crate::service::Ipfs;
@@ -221,9 +221,6 @@ pub async fn add(
     Ok(added)
 }
 
-/// The identity multihash: the "hash" is the bytes themselves.
-const IDENTITY: u64 = 0x00;
-
 /// A file's leaves in order, each fetched from this node's store or from any peer and
 /// checked against its CID; a few blocks are asked for ahead.
 struct Leaves<'a> {
@@ -340,10 +337,19 @@ impl<'a> Leaves<'a> {
             _ => return Err(BlockError::UnsupportedHash(cid).into()),
         }
         let store = self.store.clone();
+        let keep = self.keep;
         let Some(rx) = self.pending.remove(&cid) else {
-            let local = tokio::task::spawn_blocking(move || store.get(&cid))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            // A block kept here as a read's cache is written again, synced, when it is kept
+            // (a pin): `put` does that for a block not yet on disk for good.
+            let local = tokio::task::spawn_blocking(move || {
+                let block = store.get(&cid)?;
+                if keep && let Some(block) = &block {
+                    store.put(&cid, block)?;
+                }
+                Ok::<_, BlockError>(block)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
             return match local {
                 Ok(block) => Ok(block),
                 Err(BlockError::Corrupt(_)) => Ok(None),
@@ -357,7 +363,6 @@ impl<'a> Leaves<'a> {
             .map_err(|_| NetError::Shutdown)?;
         self.prefer = Some(fetched.peer);
         let data = fetched.data.clone();
-        let keep = self.keep;
         let kept = tokio::task::spawn_blocking(move || {
             if keep { store.put(&cid, &data) } else { store.put_cached(&cid, &data) }
         })

@@ -450,6 +450,28 @@ async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_read_then_pinned_is_kept_on_disk_for_good() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        // Three leaves of 1 MiB chunks, under a root.
+        let bytes = data(2_500_000);
+        let cid = add(&net, 0, &bytes, None).await?;
+        assert_eq!(get(&net, 1, cid, &GetOptions::default()).await?, bytes);
+        let store = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let root = store.get(&cid)?.context("the root, kept by the read")?;
+        let blocks: Vec<Cid> = std::iter::once(cid).chain(files::links(&cid, &root)).collect();
+        assert!(blocks.len() > 2, "a root and its leaves: {blocks:?}");
+        assert!(blocks.iter().all(|c| store.has(c) && !store.synced(c)), "a read's cache");
+        // Pinned: every block is written again, synced, though none is fetched.
+        files::pin(net.node(1), cid, Duration::from_secs(60)).await?;
+        assert!(blocks.iter().all(|c| store.synced(c)), "pinned blocks are on disk for good");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_file_is_provided_on_the_ipfs_dht() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(5).await?;
