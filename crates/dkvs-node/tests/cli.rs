@@ -189,6 +189,12 @@ fn http_as(addr: &str, host: &str, path: &str, token: Option<&str>) -> (u16, Str
 /// A bare HTTP/1.1 GET to `addr` with `Host: host` and the header lines `headers` (each
 /// ending in CRLF): (status, body).
 fn http_with(addr: &str, host: &str, path: &str, headers: &str) -> (u16, String) {
+    let (code, _, body) = http_with_head(addr, host, path, headers);
+    (code, body)
+}
+
+/// [`http_with`], with the response's header lines too: (status, headers, body).
+fn http_with_head(addr: &str, host: &str, path: &str, headers: &str) -> (u16, String, String) {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).expect("api reachable");
     stream.set_read_timeout(Some(STEP)).expect("timeout");
@@ -197,8 +203,8 @@ fn http_with(addr: &str, host: &str, path: &str, headers: &str) -> (u16, String)
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (code, head.to_owned(), body.to_owned())
 }
 
 /// A bare HTTP/1.1 PUT of `body` on loopback: (status, response body).
@@ -911,21 +917,33 @@ fn files_through_the_command_line_and_the_gateway() {
     // A page on another site cannot have a browser load files through the gateway (an
     // image, a script, a fetch): the node would fetch whatever it names. Following a link to
     // the gateway, or typing its address, still opens the file.
-    let site = |site: &str, mode: &str| {
-        let headers = format!("Sec-Fetch-Site: {site}\r\nSec-Fetch-Mode: {mode}\r\n");
-        http_with(&bob_api, &bob_api, &format!("/ipfs/{text}"), &headers)
+    let site = |site: &str, mode: &str, dest: &str| {
+        let headers = format!(
+            "Sec-Fetch-Site: {site}\r\nSec-Fetch-Mode: {mode}\r\nSec-Fetch-Dest: {dest}\r\n"
+        );
+        http_with_head(&bob_api, &bob_api, &format!("/ipfs/{text}"), &headers)
     };
-    for (from, mode) in
-        [("cross-site", "no-cors"), ("cross-site", "cors"), ("same-site", "no-cors")]
-    {
-        let (code, body) = site(from, mode);
-        assert_eq!(code, 403, "{from} {mode}: {body}");
+    for (from, mode, dest) in [
+        ("cross-site", "no-cors", "image"),
+        ("cross-site", "cors", "empty"),
+        ("same-site", "no-cors", "script"),
+        ("cross-site", "navigate", "iframe"),
+    ] {
+        let (code, _, body) = site(from, mode, dest);
+        assert_eq!(code, 403, "{from} {mode} {dest}: {body}");
         assert!(body.contains("cross_site"), "{body}");
     }
-    for (from, mode) in [("cross-site", "navigate"), ("none", "navigate"), ("same-origin", "cors")]
-    {
-        let (code, body) = site(from, mode);
-        assert_eq!(code, 200, "{from} {mode}: {body}");
+    for (from, mode, dest) in [
+        ("cross-site", "navigate", "document"),
+        ("none", "navigate", "document"),
+        ("same-origin", "cors", "empty"),
+    ] {
+        let (code, head, body) = site(from, mode, dest);
+        assert_eq!(code, 200, "{from} {mode} {dest}: {body}");
+        // What it serves runs nowhere: no script, no frame.
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-security-policy: sandbox"), "{head}");
+        assert!(head.contains("x-frame-options: deny"), "{head}");
     }
     let origin = "Origin: http://evil.example\r\n";
     let (code, body) = http_with(&bob_api, &bob_api, &format!("/ipfs/{text}"), origin);

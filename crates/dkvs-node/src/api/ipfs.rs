@@ -378,13 +378,17 @@ pub(super) async fn share(
 }
 
 /// Refuses a tokenless gateway request that a browser made for a page of another site (an
-/// image, a script, a fetch): the node would fetch, and ask the IPFS network for, whatever
-/// such a page names. A top-level navigation (a link followed, an address typed) is the user's
-/// own and passes, as do requests from outside a browser (they send no such headers).
+/// image, a script, a fetch, a frame): the node would fetch, and ask the IPFS network for,
+/// whatever such a page names. A top-level navigation (a link followed, an address typed) is
+/// the user's own and passes, as do requests from outside a browser (they send no such
+/// headers). A page of another site on this machine (a dapp on localhost:3000) is another site
+/// too: it sends the token, or links to the file.
 fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let site = value("sec-fetch-site");
-    let navigation = value("sec-fetch-mode") == Some("navigate");
+    // A frame's load is a navigation too, but not the user's: only a document's counts.
+    let navigation =
+        value("sec-fetch-mode") == Some("navigate") && value("sec-fetch-dest") == Some("document");
     let foreign_site = matches!(site, Some("cross-site" | "same-site")) && !navigation;
     // Browsers without Sec-Fetch-* still send Origin with a script's request.
     let host = value("host").unwrap_or_default();
@@ -435,5 +439,13 @@ pub(super) async fn gateway(
             e => ipfs_error(e),
         },
     )?;
-    stream_file(state.node.clone(), cid, options).await
+    let mut response = stream_file(state.node.clone(), cid, options).await?;
+    // What the gateway serves runs nowhere: no script, no frame, no sniffed type. An HTML
+    // file would otherwise run at the API's own origin, where its requests count as this
+    // site's.
+    let served = response.headers_mut();
+    served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    served.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    served.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(response)
 }
