@@ -35,11 +35,13 @@ pub const MAX_DEPTH: usize = 32;
 /// The most CIDs a [`FileReader`] holds waiting, over all levels: enough for a 2 MiB node full
 /// of links (about 48 000), a few MiB of memory at most.
 pub const MAX_PENDING: usize = 1 << 16;
-/// The most blocks in a row a [`FileReader`] takes without a byte of the file. Between two
-/// leaves of a file there are at most [`MAX_DEPTH`] inner nodes; a writer may leave an empty
-/// leaf here and there. A DAG of links to no bytes, thousands a node down many levels, would
-/// have a reader walk for ever and give nothing.
-pub const MAX_EMPTY_RUN: usize = 4096;
+/// The blocks without a byte of the file a [`FileReader`] takes beyond [`MAX_DEPTH`] for each
+/// block with bytes. Between two leaves of a file there are at most [`MAX_DEPTH`] inner nodes,
+/// and a writer may leave an empty leaf here and there. A DAG of links to no bytes, thousands
+/// a node down many levels (with a byte now and then), would have a reader walk billions of
+/// blocks for each byte it gives; so the walk stays within [`MAX_DEPTH`] + 1 blocks a byte,
+/// and 4096 more.
+pub const MAX_EMPTY_BLOCKS: usize = 4096;
 
 /// Why a block could not be decoded or read as UnixFS.
 #[derive(Debug, thiserror::Error)]
@@ -635,7 +637,9 @@ pub struct FileReader {
     /// The file bytes given back so far.
     read: u64,
     /// The blocks fed since the last one that held file bytes.
-    empty_run: usize,
+    /// The blocks fed that held no file bytes, and those that held some.
+    empty: usize,
+    full: usize,
 }
 
 /// What a block holds, once checked.
@@ -654,7 +658,8 @@ impl FileReader {
             pending: 1,
             size: None,
             read: 0,
-            empty_run: 0,
+            empty: 0,
+            full: 0,
         }
     }
 
@@ -701,16 +706,17 @@ impl FileReader {
         if read > size {
             return Err(UnixfsError::SizeMismatch { expected: size, got: read });
         }
-        let empty_run = if got == 0 { self.empty_run + 1 } else { 0 };
-        if empty_run > MAX_EMPTY_RUN {
+        let (empty, full) =
+            if got == 0 { (self.empty + 1, self.full) } else { (self.empty, self.full + 1) };
+        if empty > MAX_EMPTY_BLOCKS + MAX_DEPTH * full {
             return Err(UnixfsError::Malformed(format!(
-                "{empty_run} blocks in a row without a byte of the file"
+                "{empty} blocks without a byte of the file, for {full} with bytes"
             )));
         }
 
         self.size = Some(size);
         self.read = read;
-        self.empty_run = empty_run;
+        (self.empty, self.full) = (empty, full);
         self.pending = pending;
         if let Some(level) = self.stack.last_mut() {
             level.pop_front();
@@ -1188,13 +1194,36 @@ mod tests {
             root = cid;
         }
         let mut reader = FileReader::new(root);
-        let err = (0..MAX_EMPTY_RUN + 10).find_map(|_| {
+        let err = (0..MAX_EMPTY_BLOCKS + 10).find_map(|_| {
             let cid = reader.next_needed()?;
             reader.feed(&cid, &blocks[&cid]).err()
         });
         assert!(
             matches!(&err, Some(UnixfsError::Malformed(m)) if m.contains("without a byte")),
             "{err:?}"
+        );
+        // The same with a byte now and then: 2001 blocks of nothing, then one byte, over and
+        // over. The walk is refused once it is far over the bytes it gave.
+        let x = raw_cid(b"x");
+        blocks.insert(x, b"x".to_vec());
+        let (nothing, bytes) = file_node(&vec![(empty, 0); 2000], 0);
+        blocks.insert(nothing, bytes);
+        let (trickle, bytes) = file_node(&[(nothing, 0), (x, 1)].repeat(100), 100);
+        blocks.insert(trickle, bytes);
+        let mut reader = FileReader::new(trickle);
+        let (mut fed, mut read) = (0, 0);
+        let err = loop {
+            let Some(cid) = reader.next_needed() else { break None };
+            match reader.feed(&cid, &blocks[&cid]) {
+                Ok(bytes) => read += bytes.map_or(0, |b| b.len()),
+                Err(e) => break Some(e),
+            }
+            fed += 1;
+        };
+        assert!(matches!(&err, Some(UnixfsError::Malformed(m)) if m.contains("without a byte")));
+        assert!(
+            fed <= MAX_EMPTY_BLOCKS + (MAX_DEPTH + 1) * read + 1,
+            "{fed} blocks for {read} bytes"
         );
         // An empty file behind one link (or a chain of them) still reads, as empty.
         let (lone, bytes) = file_node(&[(empty, 0)], 0);
