@@ -60,7 +60,11 @@ const PEER_ADDRESSES: usize = 1024;
 const READ_BUDGET: usize = 64 << 20;
 /// Bytes of [`READ_BUDGET`] one peer's streams may hold at once: two of the largest
 /// messages. A peer that sends length prefixes and then nothing holds only this much, not the
-/// node's whole budget, until [`FRAME_TIMEOUT`] ends its streams.
+/// node's whole budget, until [`FRAME_TIMEOUT`] ends its streams. Eight peer identities still
+/// hold it all for that long: a share per network (as the byte budgets have) would bound
+/// those too; not done yet. A message's budget is taken whole before its bytes are read, not
+/// as they come: budgets taken a piece at a time by many messages at once could run out with
+/// none of them whole, and all would wait for the timeout.
 const PEER_READ_BUDGET: usize = 2 * MAX_MESSAGE;
 /// How long the bytes of one message may take to arrive once its length was read.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);

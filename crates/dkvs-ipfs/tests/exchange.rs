@@ -292,12 +292,17 @@ async fn liar(
 }
 
 /// A peer that opens `streams` bitswap streams to `target`, sends on each the length prefix of
-/// the largest message and then nothing; the count of those streams the target has closed.
+/// the largest message and then nothing: the count of prefixes sent, of those streams the
+/// target has closed, and the task.
 async fn staller(
     target_peer: dkvs_net::libp2p::PeerId,
     target: dkvs_net::libp2p::Multiaddr,
     streams: usize,
-) -> anyhow::Result<(Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+)> {
     use dkvs_net::libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
     use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 
@@ -311,7 +316,8 @@ async fn staller(
     let mut control = swarm.behaviour().new_control();
     swarm.dial(target)?;
     let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = closed.clone();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, sending) = (closed.clone(), sent.clone());
     let task = tokio::spawn(async move {
         tokio::spawn(async move { while swarm.next().await.is_some() {} });
         let mut prefix = Vec::new();
@@ -331,6 +337,7 @@ async fn staller(
             if stream.write_all(&prefix).await.is_err() || stream.flush().await.is_err() {
                 return;
             }
+            sending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let count = count.clone();
             readers.push(tokio::spawn(async move {
                 // The target never writes on a stream it reads: this ends when it closes it.
@@ -342,7 +349,7 @@ async fn staller(
             let _ = reader.await;
         }
     });
-    Ok((closed, task))
+    Ok((sent, closed, task))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,9 +361,16 @@ async fn a_peer_that_stalls_after_length_prefixes_holds_only_its_share_of_the_re
         let cid = add(&net, 0, &bytes, None).await?;
         // Every stream one peer may open, each promising the largest message: 64 MiB, the
         // node's whole read budget, held until the frame timeout (30 s) ends the streams.
-        let (closed, staller) =
+        let (sent, closed, staller) =
             staller(net.peer_id(1), net.addr(1).context("an address")?, 16).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let all_sent = dkvs_testnet::eventually(Duration::from_secs(30), async || {
+            sent.load(std::sync::atomic::Ordering::SeqCst) == 16
+        })
+        .await;
+        assert!(all_sent, "the staller's 16 prefixes are sent");
+        // A moment for node 1's readers to take them (and, were it not for the share, the
+        // whole budget).
+        tokio::time::sleep(Duration::from_millis(500)).await;
         // Node 1 still reads what node 0 sends it: the file comes while the stalls last.
         assert_eq!(get(&net, 1, cid, &GetOptions::default()).await?, bytes);
         let ended = closed.load(std::sync::atomic::Ordering::Relaxed);
