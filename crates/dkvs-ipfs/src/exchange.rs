@@ -22,13 +22,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cid::Cid;
-use dkvs_net::Host;
 use dkvs_net::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use dkvs_net::libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use dkvs_net::libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use dkvs_net::{Host, Network};
 use futures::AsyncWriteExt as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -60,12 +60,16 @@ const PEER_ADDRESSES: usize = 1024;
 const READ_BUDGET: usize = 64 << 20;
 /// Bytes of [`READ_BUDGET`] one peer's streams may hold at once: two of the largest
 /// messages. A peer that sends length prefixes and then nothing holds only this much, not the
-/// node's whole budget, until [`FRAME_TIMEOUT`] ends its streams. Eight peer identities still
-/// hold it all for that long: a share per network (as the byte budgets have) would bound
-/// those too; not done yet. A message's budget is taken whole before its bytes are read, not
-/// as they come: budgets taken a piece at a time by many messages at once could run out with
-/// none of them whole, and all would wait for the timeout.
+/// node's whole budget, until [`FRAME_TIMEOUT`] ends its streams. A message's budget is taken
+/// whole before its bytes are read, not as they come: budgets taken a piece at a time by many
+/// messages at once could run out with none of them whole, and all would wait for the
+/// timeout.
 const PEER_READ_BUDGET: usize = 2 * MAX_MESSAGE;
+/// Bytes of [`READ_BUDGET`] the peers of one network ([`dkvs_net::Network`]: a /24, a /48,
+/// a relay) may hold at once, a quarter of it: peer ids cost nothing to make, so it takes
+/// four networks, not eight ids, to hold the whole budget. Peers on this machine and the local
+/// network have only their own shares.
+const NETWORK_READ_BUDGET: usize = READ_BUDGET / 4;
 /// How long the bytes of one message may take to arrive once its length was read.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a peer asked for a block may take before another that has it is asked too.
@@ -80,8 +84,56 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection and is asked of the next provider.)
 const STREAM_QUIET: Duration = Duration::from_secs(10);
 
-/// Per peer: its inbound streams open, and its share of the read budget ([`PEER_READ_BUDGET`]).
-type OpenStreams = Arc<Mutex<HashMap<PeerId, (usize, Arc<Semaphore>)>>>;
+/// Per peer, and per network: inbound streams open (bounded per peer), and the share of the
+/// read budget ([`PEER_READ_BUDGET`], [`NETWORK_READ_BUDGET`]).
+#[derive(Default)]
+struct Shares {
+    peers: HashMap<PeerId, (usize, Arc<Semaphore>)>,
+    networks: HashMap<Network, (usize, Arc<Semaphore>)>,
+}
+
+type OpenStreams = Arc<Mutex<Shares>>;
+
+impl Shares {
+    /// Takes a stream of `peer`'s from `network`: the shares of the budget its messages take
+    /// from, or `None` when the peer has [`STREAMS_PER_PEER`] open.
+    fn open(&mut self, peer: PeerId, network: Option<Network>) -> Option<Vec<Arc<Semaphore>>> {
+        let (n, share) = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(PEER_READ_BUDGET))));
+        if *n >= STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        let mut shares = vec![share.clone()];
+        if let Some(network) = network {
+            let (n, share) = self
+                .networks
+                .entry(network)
+                .or_insert_with(|| (0, Arc::new(Semaphore::new(NETWORK_READ_BUDGET))));
+            *n += 1;
+            shares.push(share.clone());
+        }
+        Some(shares)
+    }
+
+    /// A stream [`Shares::open`] took has ended.
+    fn close(&mut self, peer: PeerId, network: Option<Network>) {
+        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, (usize, Arc<Semaphore>)>, key: K) {
+            if let Some((n, _)) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        release(&mut self.peers, peer);
+        if let Some(network) = network {
+            release(&mut self.networks, network);
+        }
+    }
+}
 
 /// The protocol as libp2p names it.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(bitswap::PROTOCOL);
@@ -108,7 +160,7 @@ pub enum ExchangeEvent {
         message: Result<Message, WireError>,
         /// Its part of the peer's share and of the node's budget for messages read and not
         /// yet handled.
-        held: Option<[tokio::sync::OwnedSemaphorePermit; 2]>,
+        held: Vec<tokio::sync::OwnedSemaphorePermit>,
     },
     /// The peer does not speak bitswap.
     Unsupported(PeerId),
@@ -152,8 +204,10 @@ pub struct Exchange {
     /// Open connections, per peer.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     notify: VecDeque<(PeerId, ConnectionId, HandlerIn)>,
-    /// Per peer: its inbound streams open (bounded), and its share of the read budget.
+    /// Per peer and per network: inbound streams open, and their shares of the read budget.
     open_streams: OpenStreams,
+    /// The network of each connection from outside this machine and the local network.
+    networks: HashMap<ConnectionId, Network>,
     /// Bytes of messages read from peers and not handled yet, at most [`READ_BUDGET`].
     read_budget: Arc<Semaphore>,
     writers: HashMap<PeerId, mpsc::Sender<Outgoing>>,
@@ -199,6 +253,7 @@ impl Exchange {
             connections: HashMap::new(),
             notify: VecDeque::new(),
             open_streams: Arc::default(),
+            networks: HashMap::new(),
             read_budget: Arc::new(Semaphore::new(READ_BUDGET)),
             writers: HashMap::new(),
             connected: HashSet::new(),
@@ -548,35 +603,26 @@ fn first_of_each(wants: Vec<Want>) -> Vec<Want> {
     wants.into_iter().filter(|want| named.insert(want.cid)).collect()
 }
 
-/// Starts a reader for an inbound stream, unless the peer has [`STREAMS_PER_PEER`] open.
+/// Starts a reader for an inbound stream from `peer` on a connection from `network`, unless
+/// the peer has [`STREAMS_PER_PEER`] open.
 fn accept(
     peer: PeerId,
+    network: Option<Network>,
     stream: Stream,
     open: &OpenStreams,
     tx: &mpsc::Sender<ExchangeEvent>,
     budget: &Arc<Semaphore>,
 ) {
-    let share = {
-        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-        let (n, share) =
-            open.entry(peer).or_insert_with(|| (0, Arc::new(Semaphore::new(PEER_READ_BUDGET))));
-        if *n >= STREAMS_PER_PEER {
-            tracing::debug!(%peer, "bitswap: too many streams from one peer; one refused");
-            return;
-        }
-        *n += 1;
-        share.clone()
+    let shares = open.lock().unwrap_or_else(|p| p.into_inner()).open(peer, network);
+    let Some(mut shares) = shares else {
+        tracing::debug!(%peer, "bitswap: too many streams from one peer; one refused");
+        return;
     };
-    let (tx, open, budget) = (tx.clone(), open.clone(), budget.clone());
+    shares.push(budget.clone());
+    let (tx, open) = (tx.clone(), open.clone());
     tokio::spawn(async move {
-        read_stream(peer, stream, tx, [share, budget]).await;
-        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((n, _)) = open.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&peer);
-            }
-        }
+        read_stream(peer, stream, tx, shares).await;
+        open.lock().unwrap_or_else(|p| p.into_inner()).close(peer, network);
     });
 }
 
@@ -586,7 +632,7 @@ async fn read_stream(
     peer: PeerId,
     mut stream: Stream,
     tx: mpsc::Sender<ExchangeEvent>,
-    [share, budget]: [Arc<Semaphore>; 2],
+    budgets: Vec<Arc<Semaphore>>,
 ) {
     loop {
         // A stream may idle between messages (Kubo keeps one open), but a message once begun
@@ -600,12 +646,14 @@ async fn read_stream(
                 return;
             }
         };
-        // The peer's share first: a peer that stalls waits on its own share, and holds at
-        // most that much of the node's budget.
+        // The peer's share first, then its network's, then the node's: a peer that stalls
+        // waits on its own share, and holds at most that much of the others.
         let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
-        let Ok(mine) = share.clone().acquire_many_owned(permits).await else { return };
-        let Ok(node) = budget.clone().acquire_many_owned(permits).await else { return };
-        let held = [mine, node];
+        let mut held = Vec::with_capacity(budgets.len());
+        for budget in &budgets {
+            let Ok(permit) = budget.clone().acquire_many_owned(permits).await else { return };
+            held.push(permit);
+        }
         let body = tokio::time::timeout(FRAME_TIMEOUT, bitswap::read_body(&mut stream, len)).await;
         let message = match body {
             Ok(Ok(frame)) => Message::decode(&frame),
@@ -613,7 +661,7 @@ async fn read_stream(
             Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
         };
         let failed = message.is_err();
-        let event = ExchangeEvent::Frame { peer, len, message, held: Some(held) };
+        let event = ExchangeEvent::Frame { peer, len, message, held };
         if tx.send(event).await.is_err() || failed {
             return;
         }
@@ -621,7 +669,7 @@ async fn read_stream(
 }
 
 fn frame_error(peer: PeerId, e: WireError) -> ExchangeEvent {
-    ExchangeEvent::Frame { peer, len: 0, message: Err(e), held: None }
+    ExchangeEvent::Frame { peer, len: 0, message: Err(e), held: Vec::new() }
 }
 
 /// Writes what the exchange queued for `peer` on one stream (reopened once if it broke, closed
@@ -760,11 +808,15 @@ impl NetworkBehaviour for Exchange {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
                 self.connections.entry(e.peer_id).or_default().push(e.connection_id);
+                if let Some(network) = Network::of(e.endpoint.get_remote_address()) {
+                    self.networks.insert(e.connection_id, network);
+                }
                 if e.other_established == 0 {
                     self.events.push_back(ExchangeEvent::Connected(e.peer_id));
                 }
             }
             FromSwarm::ConnectionClosed(e) => {
+                self.networks.remove(&e.connection_id);
                 if let Some(list) = self.connections.get_mut(&e.peer_id) {
                     list.retain(|c| *c != e.connection_id);
                     if list.is_empty() {
@@ -795,12 +847,14 @@ impl NetworkBehaviour for Exchange {
     fn on_connection_handler_event(
         &mut self,
         peer: PeerId,
-        _: ConnectionId,
+        connection: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
         match event {
             HandlerOut::Inbound(stream) => {
-                accept(peer, stream, &self.open_streams, &self.inbound_tx, &self.read_budget);
+                let network = self.networks.get(&connection).copied();
+                let (open, tx) = (&self.open_streams, &self.inbound_tx);
+                accept(peer, network, stream, open, tx, &self.read_budget);
             }
             HandlerOut::Opened(id, stream) => {
                 if let Some((_, tx)) = self.opening.remove(&id) {
@@ -877,5 +931,35 @@ mod tests {
         let once = first_of_each(wants);
         let named: Vec<(Cid, WantType)> = once.iter().map(|w| (w.cid, w.want_type)).collect();
         assert_eq!(named, [(a, WantType::Have), (b, WantType::Have)]);
+    }
+
+    #[test]
+    fn peers_of_one_network_share_a_quarter_of_the_budget_and_local_peers_their_own() {
+        let mut shares = Shares::default();
+        let net = |addr: &str| Network::of(&addr.parse().expect("a multiaddr"));
+        let (here, there) = (net("/ip4/203.0.113.7/tcp/4001"), net("/ip4/203.0.113.99/tcp/1"));
+        assert!(here.is_some() && here == there, "one /24");
+        assert_eq!(net("/ip4/127.0.0.1/tcp/4001"), None, "this machine is not grouped");
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let of_a = shares.open(a, here).expect("room");
+        let of_b = shares.open(b, there).expect("room");
+        assert_eq!(of_a.len(), 2);
+        assert!(!Arc::ptr_eq(&of_a[0], &of_b[0]), "each peer its own share");
+        assert!(Arc::ptr_eq(&of_a[1], &of_b[1]), "one network, one share");
+        assert_eq!(of_a[1].available_permits(), NETWORK_READ_BUDGET);
+        let local = shares.open(PeerId::random(), None).expect("room");
+        assert_eq!(local.len(), 1, "a local peer: its own share only");
+        // A peer's streams are bounded; the shares go with the last stream.
+        for _ in 1..STREAMS_PER_PEER {
+            assert!(shares.open(a, here).is_some());
+        }
+        assert!(shares.open(a, here).is_none(), "over STREAMS_PER_PEER");
+        for _ in 0..STREAMS_PER_PEER {
+            shares.close(a, here);
+        }
+        assert!(!shares.peers.contains_key(&a));
+        assert_eq!(shares.networks.len(), 1, "b's stream still holds the network's share");
+        shares.close(b, there);
+        assert!(shares.networks.is_empty());
     }
 }

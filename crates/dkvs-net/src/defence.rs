@@ -202,6 +202,20 @@ impl Subnet {
     }
 }
 
+/// The network a peer connects from, as the node's per-network budgets group peers (an IPv4
+/// /24, an IPv6 /48, or the relay of a relayed connection): for an extension's own budgets,
+/// which peer ids alone would not bound (they cost nothing to make). `None` for this machine
+/// and the local network, which are not grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Network(Subnet);
+
+impl Network {
+    /// The network of a connection's remote address.
+    pub fn of(remote: &libp2p::Multiaddr) -> Option<Network> {
+        Subnet::of(remote).map(Network)
+    }
+}
+
 /// An address on this machine or the local network: loopback, private, link-local and
 /// unique-local (an IPv4-mapped IPv6 address counts as its IPv4 address). The one rule for the
 /// local-network DHT mode (`node::is_local`) and for who shares a network's byte budget.
