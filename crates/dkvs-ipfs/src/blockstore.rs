@@ -112,7 +112,14 @@ pub struct BlockStore {
     /// Held shared by every add and pin from its first block to its pin, and exclusively by
     /// garbage collection, which would otherwise remove the blocks of a file not pinned yet.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Writes of one block one at a time (striped by the hash's last byte): a read's cached
+    /// write and a pin's synced write of the same block at once must not leave the cached
+    /// file, or the index saying synced, behind the other.
+    writes: Arc<[Mutex<()>; WRITE_STRIPES]>,
 }
+
+/// Stripes of [`BlockStore`]'s per-block write lock.
+const WRITE_STRIPES: usize = 64;
 
 /// An add or pin under way: garbage collection waits until it is dropped.
 pub type Writing = tokio::sync::OwnedRwLockReadGuard<()>;
@@ -184,6 +191,7 @@ impl BlockStore {
             })),
             hot,
             gate: Arc::default(),
+            writes: Arc::new(std::array::from_fn(|_| Mutex::new(()))),
         })
     }
 
@@ -214,6 +222,8 @@ impl BlockStore {
     fn put_with(&self, cid: &Cid, data: &[u8], durable: bool) -> Result<bool, BlockError> {
         check(cid, data)?;
         let hash = cid.hash().to_bytes();
+        // Held from the check of the index to its update, over the file's write.
+        let _writing = self.writes[stripe(&hash)].lock().unwrap_or_else(|p| p.into_inner());
         let new = {
             let index = self.lock();
             let kept = index.sizes.contains_key(&hash);
@@ -407,6 +417,11 @@ impl BlockStore {
     }
 }
 
+/// The stripe of [`BlockStore`]'s write lock a block's multihash falls in.
+fn stripe(hash: &[u8]) -> usize {
+    usize::from(hash.last().copied().unwrap_or(0)) % WRITE_STRIPES
+}
+
 /// Writes `bytes` to `path` so that a crash leaves the old file or the whole new one.
 /// Writes `bytes` to `path` through a temporary file and a rename, so that `path` is whole or
 /// absent; with `durable`, synced (the file, then its directory) before this returns.
@@ -467,6 +482,24 @@ mod tests {
         assert!(!blocks.put(&cid, b"fetched for a read").expect("kept"));
         assert_ne!(fs::metadata(blocks.path(&hash)).expect("a file").ino(), synced);
         assert_eq!(&*blocks.get(&cid).expect("reads").expect("kept"), b"fetched for a read");
+    }
+
+    #[test]
+    fn a_put_waits_for_a_write_of_the_same_block_under_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        let cid = cid_of(RAW, b"read and pinned at once");
+        // A write of this block under way (a pin's, say): a read's cached put of it waits,
+        // so neither leaves its file, or its mark in the index, behind the other's.
+        let writing = blocks.writes[stripe(&cid.hash().to_bytes())].lock().expect("free");
+        let put = {
+            let blocks = blocks.clone();
+            std::thread::spawn(move || blocks.put_cached(&cid, b"read and pinned at once"))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!put.is_finished() && !blocks.has(&cid), "it waits for the write under way");
+        drop(writing);
+        assert!(put.join().expect("joined").expect("cached"), "then it writes");
     }
 
     #[test]

@@ -628,6 +628,14 @@ impl Request {
         if bytes.len() > MAX_REQUEST {
             return Err(malformed("request", format!("{} bytes, over {MAX_REQUEST}", bytes.len())));
         }
+        // Counted on the wire before decoding, as a response's entries are.
+        for (what, path) in [("an ack", [3, 4]), ("an offer", [6, 2])] {
+            let count =
+                count_field(bytes, &path).ok_or_else(|| malformed("request", "not protobuf"))?;
+            if count > MAX_ACK {
+                return Err(malformed("request", format!("{what} of over {MAX_ACK} digests")));
+            }
+        }
         let pb = RequestPb::decode(bytes).map_err(|e| malformed("request", e))?;
         Ok(match pb.kind.ok_or_else(|| malformed("request", EMPTY))? {
             Kind::Deposit(envelope) => Request::Deposit(envelope),
@@ -884,6 +892,14 @@ mod tests {
                 "{err}"
             );
         }
+        // An ack or an offer of more digests than an ack may carry: refused by name, counted
+        // on the wire.
+        let mut ack = vec![0x1a];
+        let digests = [0x22, 0x00].repeat(MAX_ACK + 1);
+        prost::encode_length_delimiter(digests.len(), &mut ack).expect("room");
+        ack.extend_from_slice(&digests);
+        let err = Request::decode(&ack).expect_err("too many");
+        assert!(err.to_string().contains(&format!("an ack of over {MAX_ACK} digests")), "{err}");
         // Bytes the count cannot read (an empty group, which decoding would skip) are refused.
         let mut grouped = vec![0x7b, 0x7c];
         grouped.extend_from_slice(&missing(MAX_ACK + 1).encode());

@@ -34,22 +34,21 @@ pub fn count_field(bytes: &[u8], path: &[u32]) -> Option<usize> {
     let mut at = bytes;
     let mut count = 0usize;
     while !at.is_empty() {
-        // Keys and varints read as length delimiters: the same varint encoding.
-        let key = prost::decode_length_delimiter(&mut at).ok()?;
+        let key = varint(&mut at)?;
         let value = match key & 7 {
             0 => {
-                prost::decode_length_delimiter(&mut at).ok()?;
+                varint(&mut at)?;
                 &[][..]
             }
             1 => at.split_off(..8)?,
             2 => {
-                let len = prost::decode_length_delimiter(&mut at).ok()?;
+                let len = usize::try_from(varint(&mut at)?).ok()?;
                 at.split_off(..len)?
             }
             5 => at.split_off(..4)?,
             _ => return None,
         };
-        if key >> 3 == wanted as usize {
+        if key >> 3 == u64::from(wanted) {
             count += match (inner.is_empty(), key & 7) {
                 (true, _) => 1,
                 (false, 2) => count_field(value, inner)?,
@@ -58,6 +57,21 @@ pub fn count_field(bytes: &[u8], path: &[u32]) -> Option<usize> {
         }
     }
     Some(count)
+}
+
+/// A protobuf varint (a key, a number, a length) off the front of `at`: any 64-bit value, on
+/// any target.
+fn varint(at: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&byte, rest) = at.split_first()?;
+        *at = rest;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

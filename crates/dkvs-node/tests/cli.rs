@@ -917,29 +917,35 @@ fn files_through_the_command_line_and_the_gateway() {
     // A page on another site cannot have a browser load files through the gateway (an
     // image, a script, a fetch): the node would fetch whatever it names. Following a link to
     // the gateway, or typing its address, still opens the file.
-    let site = |site: &str, mode: &str, dest: &str| {
-        let headers = format!(
+    let site = |site: &str, mode: &str, dest: &str, user: &str| {
+        let mut headers = format!(
             "Sec-Fetch-Site: {site}\r\nSec-Fetch-Mode: {mode}\r\nSec-Fetch-Dest: {dest}\r\n"
         );
+        if !user.is_empty() {
+            headers.push_str(&format!("Sec-Fetch-User: {user}\r\n"));
+        }
         http_with_head(&bob_api, &bob_api, &format!("/ipfs/{text}"), &headers)
     };
-    for (from, mode, dest) in [
-        ("cross-site", "no-cors", "image"),
-        ("cross-site", "cors", "empty"),
-        ("same-site", "no-cors", "script"),
-        ("cross-site", "navigate", "iframe"),
+    for (from, mode, dest, user) in [
+        ("cross-site", "no-cors", "image", ""),
+        ("cross-site", "cors", "empty", ""),
+        ("same-site", "no-cors", "script", ""),
+        ("cross-site", "navigate", "iframe", ""),
+        // The page's own navigation (`location = ...`), no click.
+        ("cross-site", "navigate", "document", ""),
     ] {
-        let (code, _, body) = site(from, mode, dest);
-        assert_eq!(code, 403, "{from} {mode} {dest}: {body}");
+        let (code, _, body) = site(from, mode, dest, user);
+        assert_eq!(code, 403, "{from} {mode} {dest} {user}: {body}");
         assert!(body.contains("cross_site"), "{body}");
     }
-    for (from, mode, dest) in [
-        ("cross-site", "navigate", "document"),
-        ("none", "navigate", "document"),
-        ("same-origin", "cors", "empty"),
+    for (from, mode, dest, user) in [
+        ("cross-site", "navigate", "document", "?1"),
+        ("none", "navigate", "document", "?1"),
+        ("none", "navigate", "document", ""),
+        ("same-origin", "cors", "empty", ""),
     ] {
-        let (code, head, body) = site(from, mode, dest);
-        assert_eq!(code, 200, "{from} {mode} {dest}: {body}");
+        let (code, head, body) = site(from, mode, dest, user);
+        assert_eq!(code, 200, "{from} {mode} {dest} {user}: {body}");
         // What it serves runs nowhere: no script, no frame.
         let head = head.to_ascii_lowercase();
         assert!(head.contains("content-security-policy: sandbox"), "{head}");

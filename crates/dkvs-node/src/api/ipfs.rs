@@ -386,9 +386,11 @@ pub(super) async fn share(
 fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let site = value("sec-fetch-site");
-    // A frame's load is a navigation too, but not the user's: only a document's counts.
-    let navigation =
-        value("sec-fetch-mode") == Some("navigate") && value("sec-fetch-dest") == Some("document");
+    // A frame's load is a navigation too, and so is a page's own `location = ...` or a form it
+    // submits: only a document the user asked for (a link clicked) counts.
+    let navigation = value("sec-fetch-mode") == Some("navigate")
+        && value("sec-fetch-dest") == Some("document")
+        && value("sec-fetch-user") == Some("?1");
     let foreign_site = matches!(site, Some("cross-site" | "same-site")) && !navigation;
     // Browsers without Sec-Fetch-* still send Origin with a script's request.
     let host = value("host").unwrap_or_default();
