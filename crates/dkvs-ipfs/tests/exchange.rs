@@ -211,16 +211,16 @@ impl Drop for Liar {
     }
 }
 
-async fn liar(
-    target_peer: dkvs_net::libp2p::PeerId,
-    target: dkvs_net::libp2p::Multiaddr,
-    flood: usize,
-) -> anyhow::Result<Liar> {
-    use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
-    use dkvs_net::libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
-    use futures::StreamExt as _;
+const PROTOCOL: dkvs_net::libp2p::StreamProtocol =
+    dkvs_net::libp2p::StreamProtocol::new(dkvs_ipfs::bitswap::PROTOCOL);
 
-    const PROTOCOL: StreamProtocol = StreamProtocol::new(dkvs_ipfs::bitswap::PROTOCOL);
+/// A bare libp2p peer that speaks bitswap streams only (for a peer that misbehaves), dialing
+/// `target`: its id and its stream control; its swarm runs on a task of its own.
+fn bitswap_peer(
+    target: dkvs_net::libp2p::Multiaddr,
+) -> anyhow::Result<(dkvs_net::libp2p::PeerId, libp2p_stream::Control)> {
+    use dkvs_net::libp2p::{SwarmBuilder, noise, tcp, yamux};
+    use futures::StreamExt as _;
     let mut swarm = SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
@@ -228,26 +228,47 @@ async fn liar(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     let peer = *swarm.local_peer_id();
-    let mut control = swarm.behaviour().new_control();
-    let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let control = swarm.behaviour().new_control();
     swarm.dial(target)?;
+    tokio::spawn(async move { while swarm.next().await.is_some() {} });
+    Ok((peer, control))
+}
+
+/// A bitswap stream to `peer`, once the connection is up (ten seconds at most).
+async fn open_once_connected(
+    control: &mut libp2p_stream::Control,
+    peer: dkvs_net::libp2p::PeerId,
+) -> Option<dkvs_net::libp2p::Stream> {
+    for _ in 0..100 {
+        if let Ok(stream) = control.open_stream(peer, PROTOCOL).await {
+            return Some(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn liar(
+    target_peer: dkvs_net::libp2p::PeerId,
+    target: dkvs_net::libp2p::Multiaddr,
+    flood: usize,
+) -> anyhow::Result<Liar> {
+    use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
+    use futures::StreamExt as _;
+
+    let (peer, mut control) = bitswap_peer(target)?;
+    let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = asked.clone();
     let task = tokio::spawn(async move {
-        tokio::spawn(async move { while swarm.next().await.is_some() {} });
         let mut out = None;
         // Blocks nobody asked for, first.
         for i in 0..flood {
             let data = vec![i as u8; 256 << 10];
             let cid = dkvs_ipfs::cid_of(0x55, &data);
             let message = Message { blocks: vec![(cid, data)], ..Message::default() };
-            // Until the connection is up, there is no stream to open.
-            for _ in 0..100 {
-                if out.is_some() {
-                    break;
-                }
-                out = control.open_stream(target_peer, PROTOCOL).await.ok();
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if out.is_none() {
+                out = open_once_connected(&mut control, target_peer).await;
             }
             if let Some(stream) = out.as_mut() {
                 let _ = write_frame(stream, &message.encode()).await;
@@ -303,37 +324,20 @@ async fn staller(
     Arc<std::sync::atomic::AtomicUsize>,
     tokio::task::JoinHandle<()>,
 )> {
-    use dkvs_net::libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
-    use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    const PROTOCOL: StreamProtocol = StreamProtocol::new(dkvs_ipfs::bitswap::PROTOCOL);
-    let mut swarm = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
-    let mut control = swarm.behaviour().new_control();
-    swarm.dial(target)?;
+    let (_, mut control) = bitswap_peer(target)?;
     let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (count, sending) = (closed.clone(), sent.clone());
     let task = tokio::spawn(async move {
-        tokio::spawn(async move { while swarm.next().await.is_some() {} });
         let mut prefix = Vec::new();
         prost::encode_length_delimiter(dkvs_ipfs::bitswap::MAX_MESSAGE, &mut prefix).expect("room");
         let mut readers = Vec::new();
         for _ in 0..streams {
-            // Until the connection is up, there is no stream to open.
-            let mut opened = None;
-            for _ in 0..100 {
-                opened = control.open_stream(target_peer, PROTOCOL).await.ok();
-                if opened.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let Some(mut stream) = opened else { return };
+            let Some(mut stream) = open_once_connected(&mut control, target_peer).await else {
+                return;
+            };
             if stream.write_all(&prefix).await.is_err() || stream.flush().await.is_err() {
                 return;
             }

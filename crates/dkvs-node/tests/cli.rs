@@ -48,15 +48,23 @@ fn run(mut command: Command, stdin: Option<&[u8]>) -> Output {
     if let Some(bytes) = stdin {
         child.stdin.take().expect("piped").write_all(bytes).expect("stdin written");
     }
-    let deadline = Instant::now() + STEP;
-    while child.try_wait().expect("waitable").is_none() {
+    exits_within(&mut child, STEP, "the command");
+    child.wait_with_output().expect("output")
+}
+
+/// Waits for `child` to exit, at most `limit`; else kills it and fails, naming `what`.
+fn exits_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitable") {
+            return status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("command took over {STEP:?}");
+            panic!("{what} did not end within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().expect("output")
 }
 
 fn ok(output: Output) -> String {
@@ -460,21 +468,10 @@ fn three_nodes_through_the_command_line() {
     let mut c = c;
     let stopped = Command::new("kill").args(["-TERM", &c.child.id().to_string()]).status();
     assert!(stopped.expect("kill runs").success());
-    let deadline = Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = c.child.try_wait().expect("waitable") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exits_within(&mut c.child, STEP, "the node, on SIGTERM,");
     assert!(status.success(), "{status:?}");
     assert!(!home_c.join("api.json").exists(), "api.json removed on a clean stop");
-    let watch_deadline = Instant::now() + STEP;
-    while watcher.0.try_wait().expect("waitable").is_none() {
-        assert!(Instant::now() < watch_deadline, "the watch did not end with the node");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    exits_within(&mut watcher.0, STEP, "the watch, ending with the node,");
     drop((a, b, c));
 }
 
@@ -503,14 +500,7 @@ fn into_closed_pipe(mut cmd: Command) {
     drop(reader);
     let mut child = cmd.stdout(writer).spawn().expect("dkvs starts");
     drop(cmd);
-    let deadline = Instant::now() + STEP;
-    while child.try_wait().expect("waitable").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("command took over {STEP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    exits_within(&mut child, STEP, "the command");
     let out = child.wait_with_output().expect("dkvs ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
@@ -1192,14 +1182,7 @@ fn a_stop_does_not_wait_for_ever_on_a_half_sent_request() {
     let stopped = Command::new("kill").args(["-INT", &node.child.id().to_string()]).status();
     assert!(stopped.expect("kill runs").success());
     // The stop waits its grace for that request (10 s), then closes the connection.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = node.child.try_wait().expect("waitable") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "node did not stop with a half-sent request open");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exits_within(&mut node.child, Duration::from_secs(30), "the node, stopping");
     assert!(status.success(), "{status:?}");
     assert!(!home.join("api.json").exists(), "api.json removed on a clean stop");
     drop(stalled);
