@@ -649,24 +649,19 @@ impl Request {
                 },
                 signature: signature_from(&f.signature)?,
             }),
-            Kind::Ack(a) => {
-                if a.digests.len() > MAX_ACK {
-                    return Err(malformed("request", format!("an ack of over {MAX_ACK} digests")));
-                }
-                Request::Ack(Signed {
-                    account: account_from(a.account)?,
-                    body: AckBody {
-                        replica: peer_from(&a.replica, "request")?,
-                        now_ms: a.now_ms,
-                        digests: a
-                            .digests
-                            .iter()
-                            .map(|d| digest_from(d, "request"))
-                            .collect::<Result<_, _>>()?,
-                    },
-                    signature: signature_from(&a.signature)?,
-                })
-            }
+            Kind::Ack(a) => Request::Ack(Signed {
+                account: account_from(a.account)?,
+                body: AckBody {
+                    replica: peer_from(&a.replica, "request")?,
+                    now_ms: a.now_ms,
+                    digests: a
+                        .digests
+                        .iter()
+                        .map(|d| digest_from(d, "request"))
+                        .collect::<Result<_, _>>()?,
+                },
+                signature: signature_from(&a.signature)?,
+            }),
             Kind::Watch(w) => Request::Watch(Signed {
                 account: account_from(w.account)?,
                 body: WatchBody { replica: peer_from(&w.replica, "request")?, now_ms: w.now_ms },
@@ -674,22 +669,14 @@ impl Request {
             }),
             Kind::Notify(mailbox) => Request::Notify(digest_from(&mailbox, "request")?),
             Kind::History(channel) => Request::History(channel),
-            Kind::Offer(offer) => {
-                if offer.digests.len() > MAX_ACK {
-                    return Err(malformed(
-                        "request",
-                        format!("an offer of over {MAX_ACK} digests"),
-                    ));
-                }
-                Request::Offer(
-                    digest_from(&offer.mailbox, "request")?,
-                    offer
-                        .digests
-                        .iter()
-                        .map(|d| digest_from(d, "request"))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
+            Kind::Offer(offer) => Request::Offer(
+                digest_from(&offer.mailbox, "request")?,
+                offer
+                    .digests
+                    .iter()
+                    .map(|d| digest_from(d, "request"))
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
@@ -900,6 +887,12 @@ mod tests {
         ack.extend_from_slice(&digests);
         let err = Request::decode(&ack).expect_err("too many");
         assert!(err.to_string().contains(&format!("an ack of over {MAX_ACK} digests")), "{err}");
+        let mut offer = vec![0x32];
+        let digests = [0x12, 0x00].repeat(MAX_ACK + 1);
+        prost::encode_length_delimiter(digests.len(), &mut offer).expect("room");
+        offer.extend_from_slice(&digests);
+        let err = Request::decode(&offer).expect_err("too many");
+        assert!(err.to_string().contains(&format!("an offer of over {MAX_ACK} digests")), "{err}");
         // Bytes the count cannot read (an empty group, which decoding would skip) are refused.
         let mut grouped = vec![0x7b, 0x7c];
         grouped.extend_from_slice(&missing(MAX_ACK + 1).encode());
