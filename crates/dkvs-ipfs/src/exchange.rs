@@ -66,7 +66,7 @@ const READ_BUDGET: usize = 64 << 20;
 /// timeout.
 const PEER_READ_BUDGET: usize = 2 * MAX_MESSAGE;
 /// Bytes of [`READ_BUDGET`] the peers of one network ([`dkvs_net::Network`]: a /24, a /48,
-/// a relay) may hold at once, a quarter of it: peer ids cost nothing to make, so it takes
+/// a relay's) may hold at once, a quarter of it: peer ids cost nothing to make, so it takes
 /// four networks, not eight ids, to hold the whole budget. Peers on this machine and the local
 /// network have only their own shares.
 const NETWORK_READ_BUDGET: usize = READ_BUDGET / 4;
@@ -808,7 +808,7 @@ impl NetworkBehaviour for Exchange {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
                 self.connections.entry(e.peer_id).or_default().push(e.connection_id);
-                if let Some(network) = Network::of(e.endpoint.get_remote_address()) {
+                if let Some(network) = Network::of_connection(e.endpoint) {
                     self.networks.insert(e.connection_id, network);
                 }
                 if e.other_established == 0 {

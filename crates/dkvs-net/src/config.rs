@@ -73,8 +73,9 @@ pub struct Config {
     pub peer_byte_burst: u32,
     /// Inbound bytes all peers connected from one network (an IPv4 /24, an IPv6 /48) may send
     /// per second, sustained: peer ids cost nothing, so a flooder with a thousand ids on one
-    /// server still gets one network's budget. Peers behind one relay share the relay's
-    /// budget; peers on this machine or the local network are not grouped. Default: 1 MiB
+    /// server still gets one network's budget. Peers behind a relay share the relay's network's
+    /// budget (the relay's id's only where its address has no IP, or a local one); peers on
+    /// this machine or the local network are not grouped. Default: 1 MiB
     /// (eight peers' worth).
     pub subnet_bytes_per_second: u32,
     /// Inbound bytes one network may send in a burst. Default: 32 MiB.
@@ -119,7 +120,7 @@ pub struct Config {
     /// [`Config::subnet_share`]. Default: 128.
     pub max_connections: usize,
     /// The share of [`Config::max_connections`] one network keeps when the node is over that
-    /// limit: an IPv4 /24, an IPv6 /48 or one relay (the networks of the per-network byte
+    /// limit: an IPv4 /24, an IPv6 /48, or a relay's network (the networks of the per-network byte
     /// budget, [`Config::subnet_bytes_per_second`]; this machine and the local network are
     /// none). Over the limit, a network with more peers connected than this loses its least
     /// recently used ones first, down to it, new connections too: one operator's many peer

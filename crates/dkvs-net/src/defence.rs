@@ -152,10 +152,12 @@ impl Defence {
 
 /// The network a peer connects from, for a byte budget that its peer ids share: an IPv4 /24
 /// or an IPv6 /48 (about what one site or one hosting customer gets; an IPv4-mapped IPv6
-/// address counts as IPv4), or, for a relayed connection, the relay (whoever runs a relay can
-/// put any number of ids behind it). Peers on this machine or the local network (loopback,
-/// private, link-local and unique-local addresses) have none: they are as trusted as the
-/// network, and a LAN of nodes on defaults must not share one budget.
+/// address counts as IPv4), or, for a relayed connection, the relay's network (whoever runs a
+/// relay can put any number of ids behind it, and relay ids cost nothing either: one host can
+/// run relays under as many ids as it likes, so a relay is grouped by the id only where its
+/// address has no IP to group by, or a local one). Peers on this machine or the local network
+/// (loopback, private, link-local and unique-local addresses) have none: they are as trusted
+/// as the network, and a LAN of nodes on defaults must not share one budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Subnet {
     V4([u8; 3]),
@@ -171,8 +173,10 @@ impl Subnet {
             match protocol {
                 Protocol::P2p(id) => relay = Some(id),
                 Protocol::P2pCircuit => {
-                    // Grouped by the relay's id, or by its address when the id is not given.
-                    return relay.map(Subnet::Relay).or_else(|| Subnet::direct(addr));
+                    // The relay's network (the address before the circuit is the relay's), or
+                    // its id when that address has no IP or a local one (a relay on the LAN
+                    // still forwards peers from anywhere).
+                    return Subnet::direct(addr).or(relay.map(Subnet::Relay));
                 }
                 _ => {}
             }
@@ -210,9 +214,17 @@ impl Subnet {
 pub struct Network(Subnet);
 
 impl Network {
-    /// The network of a connection's remote address.
+    /// The network of a remote address (for an inbound relayed connection, whose remote
+    /// address names only the peer, use [`Network::of_connection`]).
     pub fn of(remote: &libp2p::Multiaddr) -> Option<Network> {
         Subnet::of(remote).map(Network)
+    }
+
+    /// The network a connection comes from: its remote address, or for an inbound relayed
+    /// connection (whose remote address libp2p's relay client gives as `/p2p/<peer>` alone)
+    /// the relay it came through, as the node's own budgets count it.
+    pub fn of_connection(endpoint: &libp2p::core::ConnectedPoint) -> Option<Network> {
+        Network::of(&crate::node::remote_address(endpoint))
     }
 }
 
@@ -285,6 +297,28 @@ mod tests {
     }
 
     #[test]
+    fn an_inbound_relayed_connection_is_of_its_relays_network() {
+        use libp2p::core::ConnectedPoint;
+        let relay = PeerId::random();
+        let at = |a: &str| a.parse::<libp2p::Multiaddr>().expect("address");
+        // libp2p's relay client gives an inbound circuit's remote as `/p2p/<peer>` alone, which
+        // has no network: the circuit it came through does.
+        let inbound = ConnectedPoint::Listener {
+            local_addr: at(&format!("/ip4/203.0.113.7/tcp/4001/p2p/{relay}/p2p-circuit")),
+            send_back_addr: at(&format!("/p2p/{}", PeerId::random())),
+        };
+        assert_eq!(Network::of(inbound.get_remote_address()), None);
+        let relays = Network::of(&at("/ip4/203.0.113.200/tcp/1"));
+        assert!(relays.is_some());
+        assert_eq!(Network::of_connection(&inbound), relays);
+        let direct = ConnectedPoint::Listener {
+            local_addr: at("/ip4/0.0.0.0/tcp/4001"),
+            send_back_addr: at("/ip4/198.51.100.3/tcp/5555"),
+        };
+        assert_eq!(Network::of_connection(&direct), Network::of(&at("/ip4/198.51.100.1/tcp/1")));
+    }
+
+    #[test]
     fn peer_ids_from_one_network_share_its_byte_budget() {
         let config =
             crate::Config::default().with_peer_bytes(100, 8_000).with_subnet_bytes(2_000, 4_000);
@@ -327,15 +361,32 @@ mod tests {
         let v6 = Subnet::of(&addr("/ip6/2001:db8:1:2::5/tcp/4001"));
         assert_eq!(v6, Subnet::of(&addr("/ip6/2001:db8:1:ffff::9/tcp/4001")));
         assert_ne!(v6, Subnet::of(&addr("/ip6/2001:db8:2::5/tcp/4001")));
-        // Peers behind one relay share it, wherever the relay is.
+        // Peers behind a relay share the relay's network: fresh relay ids on one host make no
+        // fresh budgets, nor do peers named after the circuit.
         let relay = PeerId::random();
-        let circuit = |at: &str| addr(&format!("{at}/p2p/{relay}/p2p-circuit"));
-        assert_eq!(Subnet::of(&circuit("/ip4/127.0.0.1/tcp/4001")), Some(Subnet::Relay(relay)));
-        assert_eq!(Subnet::of(&circuit("/ip4/203.0.113.7/tcp/4001")), Some(Subnet::Relay(relay)));
+        let circuit = |at: &str, relay: PeerId| {
+            addr(&format!("{at}/p2p/{relay}/p2p-circuit/p2p/{}", PeerId::random()))
+        };
+        for _ in 0..3 {
+            let fresh = PeerId::random();
+            assert_eq!(Subnet::of(&circuit("/ip4/203.0.113.7/tcp/4001", fresh)), sybil);
+        }
+        assert_eq!(Subnet::of(&circuit("/ip6/2001:db8:1::1/udp/1/quic-v1", relay)), v6);
         assert_eq!(
             Subnet::of(&addr("/ip4/203.0.113.7/tcp/4001/p2p-circuit")),
             sybil,
             "without the relay's id, by its address"
+        );
+        // A relay on this machine or the LAN, or one named without an IP, by its id: the peers
+        // it forwards come from anywhere.
+        for at in
+            ["/ip4/127.0.0.1/tcp/4001", "/ip4/192.168.1.9/tcp/4001", "/dns4/relay.example/tcp/1"]
+        {
+            assert_eq!(Subnet::of(&circuit(at, relay)), Some(Subnet::Relay(relay)), "{at}");
+        }
+        assert_eq!(
+            Subnet::of(&addr(&format!("/p2p/{relay}/p2p-circuit"))),
+            Some(Subnet::Relay(relay))
         );
     }
 }

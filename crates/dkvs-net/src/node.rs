@@ -684,7 +684,7 @@ pub(crate) type Connections =
 /// Where a connection comes from, as this node records it. An inbound relayed connection's
 /// remote address is only `/p2p/<peer>`; it is recorded as the circuit it came through
 /// (`.../p2p/<relay>/p2p-circuit`), so that it counts as relayed, and its peer shares the
-/// relay's byte budget.
+/// relay's network's byte budget.
 pub(crate) fn remote_address(endpoint: &libp2p::core::ConnectedPoint) -> Multiaddr {
     match endpoint {
         libp2p::core::ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr) => {
@@ -710,7 +710,7 @@ fn lost_race(error: &PutError) -> bool {
 }
 
 /// The network `peer` is connected from, for the byte budget its ids share (see
-/// [`crate::defence::Subnet`]); `None` for a peer on this machine or relayed.
+/// [`crate::defence::Subnet`]); `None` for a peer on this machine or the local network.
 pub(crate) fn subnet_of(
     connections: &Connections,
     peer: &PeerId,
@@ -3149,7 +3149,11 @@ mod tests {
         };
         let remote = remote_address(&inbound);
         assert!(is_relayed(&remote));
-        assert_eq!(crate::defence::Subnet::of(&remote), Some(crate::defence::Subnet::Relay(relay)));
+        // Grouped by the relay's network, with every peer it forwards.
+        let relay_network =
+            crate::defence::Subnet::of(&"/ip4/203.0.113.9/tcp/1".parse().expect("a"));
+        assert_eq!(crate::defence::Subnet::of(&remote), relay_network);
+        assert!(relay_network.is_some());
         let direct = ConnectedPoint::Listener {
             local_addr: "/ip4/0.0.0.0/tcp/4001".parse().expect("a"),
             send_back_addr: "/ip4/198.51.100.3/tcp/5555".parse().expect("a"),
