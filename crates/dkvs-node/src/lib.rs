@@ -11,6 +11,7 @@ pub mod config;
 pub mod home;
 pub mod metrics;
 pub mod run;
+mod serve;
 pub mod services;
 
 pub use dkvs_ipfs as ipfs;

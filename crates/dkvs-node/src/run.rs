@@ -1,7 +1,6 @@
 //! `dkvs node`: starts the network node and the API, and stops both cleanly on a signal.
 
 use std::collections::HashMap;
-use std::future::IntoFuture as _;
 use std::io::Write as _;
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::config::NodeConfig;
 use crate::home::{ApiInfo, Home};
 use crate::metrics::Metrics;
+use crate::serve;
 
 /// How long a stop waits for the API requests under way.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -137,8 +137,7 @@ pub async fn run(
         let _ = stop.send(true);
         let _ = signalled.send(());
     };
-    let served =
-        axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).into_future();
+    let served = serve::serve(listener, api::router(state), serve::Limits::NODE, shutdown);
     // A stop waits for the requests under way, but not for ever: a client that sent half a
     // request, or a long file transfer, is cut off after SHUTDOWN_GRACE, or at a second signal.
     let cut_off = async {
@@ -150,17 +149,16 @@ pub async fn run(
             () = signal() => {}
         }
     };
-    let result = tokio::select! {
-        result = served => result.context("the API server failed"),
+    tokio::select! {
+        () = served => {}
         () = cut_off => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "closing the API connections still open");
-            Ok(())
         }
     };
     tracing::info!("shutting down");
     home.remove_api();
     node.shutdown().await;
-    result
+    Ok(())
 }
 
 async fn signal() {

@@ -1187,3 +1187,36 @@ fn a_stop_does_not_wait_for_ever_on_a_half_sent_request() {
     assert!(!home.join("api.json").exists(), "api.json removed on a clean stop");
     drop(stalled);
 }
+
+#[test]
+fn an_api_connection_that_sends_no_request_is_closed_after_30_s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let node = start(&home, None);
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    // One client sends nothing, another half a request: each holds a descriptor of the node.
+    let opened = Instant::now();
+    let mut silent = std::net::TcpStream::connect(&addr).expect("api reachable");
+    let mut half = std::net::TcpStream::connect(&addr).expect("api reachable");
+    write!(half, "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n").expect("half sent");
+    // Others are served meanwhile.
+    let (status, _) = http_as(&addr, &addr, "/v1/status", api["token"].as_str());
+    assert_eq!(status, 200);
+    // Both are closed once the node's head timeout (30 s) passed, not before.
+    for stream in [&mut silent, &mut half] {
+        stream.set_read_timeout(Some(Duration::from_secs(45))).expect("timeout");
+        let mut rest = Vec::new();
+        let read = std::io::Read::read_to_end(stream, &mut rest);
+        assert!(
+            read.is_ok()
+                || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "closed by the node, not by the test's bound: {read:?}"
+        );
+    }
+    let waited = opened.elapsed();
+    assert!(waited >= Duration::from_secs(29), "closed after {waited:?}");
+    drop(node);
+}
