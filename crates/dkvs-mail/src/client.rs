@@ -374,6 +374,8 @@ pub struct Fetched {
     /// Replicas that did not, or not fully (the envelopes of the pages they did hand over are
     /// used), and why.
     pub failed: Vec<(PeerId, String)>,
+    /// What the acknowledgement did, when [`read`] made it; `None` after [`fetch`] alone.
+    pub acked: Option<AckReport>,
     acks: BTreeMap<PeerId, Vec<[u8; 32]>>,
     letters_read: Vec<ReadMark>,
     receipts_read: Vec<ReadMark>,
@@ -700,15 +702,17 @@ async fn send_receipts(
     }
 }
 
-/// [`fetch`], then [`ack`]: the new letters, marked read and deleted from the replicas.
+/// [`fetch`], then [`ack`]: the new letters, marked read and deleted from the replicas (what
+/// the acknowledgement did is in [`Fetched::acked`]: a replica that did not take it keeps its
+/// copies, which the inbox leaves out when they come again).
 pub async fn read(
     node: &Node,
     account: &Keypair,
     inbox: &mut Inbox,
     options: &SendOptions,
 ) -> Result<Fetched, ReadError> {
-    let fetched = fetch(node, account, inbox, options).await?;
-    ack(node, account, inbox, &fetched, options).await;
+    let mut fetched = fetch(node, account, inbox, options).await?;
+    fetched.acked = Some(ack(node, account, inbox, &fetched, options).await);
     Ok(fetched)
 }
 

@@ -88,6 +88,9 @@ async fn an_offline_recipient_gets_every_letter_once_in_order_with_two_of_five_r
             .map(|l| String::from_utf8(l.body.clone()).expect("text"))
             .collect();
         assert_eq!(bodies.len(), 20, "every letter once: {bodies:?}");
+        let acked = fetched.acked.as_ref().expect("read acknowledges");
+        assert!(acked.failed.is_empty(), "{:?}", acked.failed);
+        assert!(acked.deleted >= 20, "each letter deleted where it was read: {acked:?}");
         for (name, sender) in [("alice", &alice), ("carol", &carol)] {
             let from: Vec<&String> = fetched
                 .letters
