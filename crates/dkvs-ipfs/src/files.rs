@@ -233,10 +233,17 @@ struct Leaves<'a> {
     keep: bool,
 }
 
+/// Whether the network can give the block `cid`: its hash is SHA2-256, the one blocks are
+/// kept and checked by (an identity CID carries its block; other hashes are refused,
+/// [`Leaves::block`]).
+fn fetchable(cid: &Cid) -> bool {
+    cid.hash().code() == SHA2_256
+}
+
 impl<'a> Leaves<'a> {
     async fn new(node: &'a Node, root: Cid, timeout: Duration) -> Result<Leaves<'a>, IpfsError> {
         let store = store_of(node).await?;
-        if root.hash().code() == SHA2_256 && !store.has(&root) {
+        if fetchable(&root) && !store.has(&root) {
             // Beside asking connected peers: the providers the IPFS DHT knows are dialed, and
             // asked as they connect.
             node.with_extension(move |ipfs: &mut Ipfs, _| {
@@ -271,16 +278,8 @@ impl<'a> Leaves<'a> {
     /// Wants the blocks the reader will need soon that are neither here nor asked for (nor
     /// under a hash no block is kept by: [`Leaves::block`] answers those at once).
     async fn ask_ahead(&mut self) -> Result<(), IpfsError> {
-        let missing: Vec<Cid> = self
-            .reader
-            .upcoming(WINDOW)
-            .into_iter()
-            .filter(|cid| {
-                cid.hash().code() == SHA2_256
-                    && !self.pending.contains_key(cid)
-                    && !self.store.has(cid)
-            })
-            .collect();
+        let missing: Vec<Cid> =
+            self.reader.upcoming(WINDOW).into_iter().filter(|cid| self.to_ask(cid)).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -302,13 +301,16 @@ impl<'a> Leaves<'a> {
         Ok(())
     }
 
+    /// Whether `cid` is a block to ask the network for: one it can give ([`fetchable`]),
+    /// neither kept here nor asked for already.
+    fn to_ask(&self, cid: &Cid) -> bool {
+        fetchable(cid) && !self.pending.contains_key(cid) && !self.store.has(cid)
+    }
+
     /// The block `cid`, from here or the network, outside the file's walk.
     async fn fetch(&mut self, cid: Cid) -> Result<Arc<[u8]>, IpfsError> {
         loop {
-            if cid.hash().code() == SHA2_256
-                && !self.store.has(&cid)
-                && !self.pending.contains_key(&cid)
-            {
+            if self.to_ask(&cid) {
                 let prefer = self.prefer;
                 let rx = self
                     .node
