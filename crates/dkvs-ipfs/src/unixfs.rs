@@ -42,6 +42,15 @@ pub const MAX_PENDING: usize = 1 << 16;
 /// blocks for each byte it gives; so the walk stays within [`MAX_DEPTH`] + 1 blocks a byte,
 /// and 4096 more.
 pub const MAX_EMPTY_BLOCKS: usize = 4096;
+/// The bytes of blocks a [`FileReader`] takes beyond twice the file bytes they gave and
+/// [`LINK_BYTES`] for each block with bytes: two blocks as large as a block can be (a root and
+/// a node under it). Counting blocks ([`MAX_EMPTY_BLOCKS`]) is not enough: an inner node with
+/// no byte of the file can be 2 MiB (links with long names), and 32 of them for each byte
+/// would have a reader fetch, and keep, 64 MiB a byte.
+pub const FREE_WALK_BYTES: u64 = 2 * MAX_BLOCK as u64;
+/// What a block with file bytes allows the walk for the nodes above it. An honest tree's inner
+/// nodes hold about 45 bytes a link, one link for each block under them.
+pub const LINK_BYTES: u64 = 1024;
 
 /// Why a block could not be decoded or read as UnixFS.
 #[derive(Debug, thiserror::Error)]
@@ -636,10 +645,11 @@ pub struct FileReader {
     size: Option<u64>,
     /// The file bytes given back so far.
     read: u64,
-    /// The blocks fed since the last one that held file bytes.
     /// The blocks fed that held no file bytes, and those that held some.
     empty: usize,
     full: usize,
+    /// The bytes of the blocks fed.
+    walked: u64,
 }
 
 /// What a block holds, once checked.
@@ -660,6 +670,7 @@ impl FileReader {
             read: 0,
             empty: 0,
             full: 0,
+            walked: 0,
         }
     }
 
@@ -713,10 +724,16 @@ impl FileReader {
                 "{empty} blocks without a byte of the file, for {full} with bytes"
             )));
         }
+        let walked = self.walked + block.len() as u64;
+        if walked > FREE_WALK_BYTES + 2 * read + LINK_BYTES * full as u64 {
+            return Err(UnixfsError::Malformed(format!(
+                "{walked} bytes of blocks for {read} bytes of the file in {full} blocks"
+            )));
+        }
 
         self.size = Some(size);
         self.read = read;
-        (self.empty, self.full) = (empty, full);
+        (self.empty, self.full, self.walked) = (empty, full, walked);
         self.pending = pending;
         if let Some(level) = self.stack.last_mut() {
             level.pop_front();
@@ -1225,6 +1242,37 @@ mod tests {
             fed <= MAX_EMPTY_BLOCKS + (MAX_DEPTH + 1) * read + 1,
             "{fed} blocks for {read} bytes"
         );
+        // Few blocks, but large ones: nodes of no bytes padded to near 2 MiB (a link's long
+        // name), each followed by one byte. Refused within the free bytes and what the bytes
+        // read allow, not after the 200 MiB the walk holds.
+        let (fat, bytes) = {
+            let data = Data {
+                r#type: DataType::File as i32,
+                filesize: Some(0),
+                blocksizes: vec![0],
+                ..Data::default()
+            };
+            let link =
+                PbLink { cid: empty, name: Some("n".repeat(MAX_BLOCK - 200)), size: Some(1) };
+            let bytes = encode(&PbNode { links: vec![link], data: Some(data.encode_to_vec()) });
+            (cid_of(DAG_PB, &bytes), bytes)
+        };
+        assert!(bytes.len() <= MAX_BLOCK && bytes.len() > MAX_BLOCK - 300);
+        blocks.insert(fat, bytes);
+        let (padded, bytes) = file_node(&[(fat, 0), (x, 1)].repeat(100), 100);
+        blocks.insert(padded, bytes);
+        let mut reader = FileReader::new(padded);
+        let (mut walked, mut read) = (0, 0);
+        let err = loop {
+            let Some(cid) = reader.next_needed() else { break None };
+            match reader.feed(&cid, &blocks[&cid]) {
+                Ok(bytes) => read += bytes.map_or(0, |b| b.len() as u64),
+                Err(e) => break Some(e),
+            }
+            walked += blocks[&cid].len() as u64;
+        };
+        assert!(matches!(&err, Some(UnixfsError::Malformed(m)) if m.contains("bytes of blocks")));
+        assert!(walked <= FREE_WALK_BYTES + (2 + LINK_BYTES) * read, "{walked} for {read}");
         // An empty file behind one link (or a chain of them) still reads, as empty.
         let (lone, bytes) = file_node(&[(empty, 0)], 0);
         blocks.insert(lone, bytes);
