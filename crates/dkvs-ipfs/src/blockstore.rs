@@ -10,8 +10,14 @@
 //! temporary file, synced, renamed, the directory synced), and `<dir>/pins`, one CID a line,
 //! rewritten the same way. A pin is recursive: garbage collection keeps every block reachable
 //! from a pinned root through the links the caller's DAG decoder finds.
+//!
+//! A block fetched for a read is kept as a cache ([`BlockStore::put_cached`]): a put that
+//! would pass the limit makes room by removing such blocks, the oldest first, so reading other
+//! people's files never fills the store against an add or a pin. What an earlier run cached
+//! is not told apart from what it added (both are files on disk): garbage collection removes
+//! it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -98,8 +104,21 @@ struct Index {
     /// The blocks whose files may not survive a crash: kept as a cache in this run, or found
     /// on disk at start (an earlier run may have cached them). A durable put writes them again.
     unsynced: HashSet<Vec<u8>>,
+    /// The blocks kept as a read's cache in this run and not put for good since, by when they
+    /// came (oldest first), and the other way round: what a put short of room removes.
+    cached: BTreeMap<u64, Vec<u8>>,
+    cached_at: HashMap<Vec<u8>, u64>,
+    next_cached: u64,
     bytes: u64,
     pins: BTreeSet<Cid>,
+}
+
+impl Index {
+    fn uncache(&mut self, hash: &[u8]) {
+        if let Some(at) = self.cached_at.remove(hash) {
+            self.cached.remove(&at);
+        }
+    }
 }
 
 /// IPFS blocks on disk (see the module docs). Cloning gives another handle to the same store.
@@ -186,6 +205,9 @@ impl BlockStore {
             index: Arc::new(Mutex::new(Index {
                 unsynced: sizes.keys().cloned().collect(),
                 sizes,
+                cached: BTreeMap::new(),
+                cached_at: HashMap::new(),
+                next_cached: 0,
                 bytes,
                 pins,
             })),
@@ -213,7 +235,8 @@ impl BlockStore {
 
     /// Keeps a block fetched for a read, as a cache: written atomically but not synced (a
     /// crash may lose it, or leave a file that fails its check on the way out and is removed),
-    /// and not put in the hot tier (a file streamed through is not hot). For what must
+    /// not put in the hot tier (a file streamed through is not hot), and removed, oldest first,
+    /// when a later put needs its room (unless it was put for good meanwhile). For what must
     /// survive (an add, a pin), [`BlockStore::put`].
     pub fn put_cached(&self, cid: &Cid, data: &[u8]) -> Result<bool, BlockError> {
         self.put_with(cid, data, false)
@@ -225,13 +248,17 @@ impl BlockStore {
         // Held from the check of the index to its update, over the file's write.
         let _writing = self.writes[stripe(&hash)].lock().unwrap_or_else(|p| p.into_inner());
         let new = {
-            let index = self.lock();
+            let mut index = self.lock();
             let kept = index.sizes.contains_key(&hash);
             if kept && (!durable || !index.unsynced.contains(&hash)) {
                 return Ok(false);
             }
             if !kept && index.bytes + data.len() as u64 > self.config.max_bytes {
-                return Err(BlockError::Full { used: index.bytes, limit: self.config.max_bytes });
+                self.make_room(&mut index, stripe(&hash), data.len() as u64);
+                if index.bytes + data.len() as u64 > self.config.max_bytes {
+                    let used = index.bytes;
+                    return Err(BlockError::Full { used, limit: self.config.max_bytes });
+                }
             }
             !kept
         };
@@ -243,14 +270,57 @@ impl BlockStore {
         }
         if durable {
             index.unsynced.remove(&hash);
+            index.uncache(&hash);
         } else {
             index.unsynced.insert(hash.clone());
+            let at = index.next_cached;
+            index.next_cached += 1;
+            index.cached.insert(at, hash.clone());
+            index.cached_at.insert(hash.clone(), at);
         }
         drop(index);
         if durable {
             self.hot.insert(hash, Arc::from(data));
         }
         Ok(new)
+    }
+
+    /// Removes cached blocks, the oldest first, until `len` more bytes fit or none is left;
+    /// `own` is the write stripe the caller holds. A block whose stripe another write holds
+    /// is passed over: that write may be putting it for good.
+    fn make_room(&self, index: &mut Index, own: usize, len: u64) {
+        let mut passed = Vec::new();
+        while index.bytes + len > self.config.max_bytes {
+            let Some((at, hash)) = index.cached.pop_first() else { break };
+            let _writing = if stripe(&hash) == own {
+                None
+            } else {
+                match self.writes[stripe(&hash)].try_lock() {
+                    Ok(guard) => Some(guard),
+                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        passed.push((at, hash));
+                        continue;
+                    }
+                }
+            };
+            match fs::remove_file(self.path(&hash)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove a cached block to make room");
+                    passed.push((at, hash));
+                    continue;
+                }
+            }
+            index.cached_at.remove(&hash);
+            index.unsynced.remove(&hash);
+            if let Some(size) = index.sizes.remove(&hash) {
+                index.bytes -= size;
+            }
+            self.hot.invalidate(&hash);
+        }
+        index.cached.extend(passed);
     }
 
     /// The block `cid`, checked against it (a damaged file is removed and reported).
@@ -310,6 +380,7 @@ impl BlockStore {
             index.bytes -= size;
         }
         index.unsynced.remove(hash);
+        index.uncache(hash);
         drop(index);
         self.hot.invalidate(hash);
     }
@@ -482,6 +553,85 @@ mod tests {
         assert!(!blocks.put(&cid, b"fetched for a read").expect("kept"));
         assert_ne!(fs::metadata(blocks.path(&hash)).expect("a file").ino(), synced);
         assert_eq!(&*blocks.get(&cid).expect("reads").expect("kept"), b"fetched for a read");
+    }
+
+    #[test]
+    fn blocks_cached_for_reads_make_room_for_puts_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Room for three blocks of 100 bytes.
+        let blocks = store(dir.path(), 300);
+        let block = |n: u8| (cid_of(RAW, &[n; 100]), [n; 100]);
+        let kept = |b: &BlockStore, n: u8| {
+            let (cid, data) = block(n);
+            b.has(&cid) && b.get(&cid).expect("reads").as_deref() == Some(&data[..])
+        };
+        let file_of = |b: &BlockStore, n: u8| b.path(&block(n).0.hash().to_bytes()).exists();
+        for n in 1..=3 {
+            let (cid, data) = block(n);
+            assert!(blocks.put_cached(&cid, &data).expect("cached"));
+        }
+        // An add needs room: the oldest cached block goes, file and all.
+        let (cid, data) = block(4);
+        assert!(blocks.put(&cid, &data).expect("room made"));
+        assert!(!blocks.has(&block(1).0) && !file_of(&blocks, 1), "the oldest cached went");
+        assert!(kept(&blocks, 2) && kept(&blocks, 3) && kept(&blocks, 4));
+        assert_eq!(blocks.bytes(), 300);
+        // A newer read's block pushes out the next oldest; a cached block put for good (a
+        // pin) is cached no more.
+        let (cid, data) = block(3);
+        assert!(!blocks.put(&cid, &data).expect("pinned"));
+        let (cid, data) = block(5);
+        assert!(blocks.put_cached(&cid, &data).expect("room made"));
+        assert!(!blocks.has(&block(2).0) && kept(&blocks, 5));
+        let (cid, data) = block(6);
+        assert!(blocks.put(&cid, &data).expect("room made"));
+        assert!(!blocks.has(&block(5).0), "5, the one cached block left, went");
+        assert!(
+            kept(&blocks, 3) && kept(&blocks, 4) && kept(&blocks, 6),
+            "blocks put for good stay"
+        );
+        // Nothing cached is left: the store is full, and says so; nothing changed.
+        let (cid, data) = block(7);
+        assert!(matches!(blocks.put(&cid, &data), Err(BlockError::Full { used: 300, limit: 300 })));
+        assert!(matches!(blocks.put_cached(&cid, &data), Err(BlockError::Full { .. })));
+        assert!(!blocks.has(&cid) && blocks.bytes() == 300);
+        // A block cached by an earlier run is not told from one it added: kept until gc.
+        let (cid, data) = block(8);
+        let small = store(dir.path(), 400);
+        assert!(small.put_cached(&cid, &data).expect("cached"));
+        let reopened = store(dir.path(), 400);
+        let (cid, data) = block(9);
+        assert!(matches!(reopened.put(&cid, &data), Err(BlockError::Full { .. })));
+        assert!(kept(&reopened, 8));
+    }
+
+    #[test]
+    fn a_cached_block_being_written_is_not_removed_to_make_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 200);
+        // Two cached blocks in different write stripes.
+        let mut cached = (0u8..).map(|n| (cid_of(RAW, &[n; 100]), [n; 100]));
+        let (a, a_data) = cached.next().expect("a");
+        let (b, b_data) = cached
+            .find(|(cid, _)| stripe(&cid.hash().to_bytes()) != stripe(&a.hash().to_bytes()))
+            .expect("b");
+        blocks.put_cached(&a, &a_data).expect("cached");
+        blocks.put_cached(&b, &b_data).expect("cached");
+        let (c, c_data) = cached
+            .find(|(cid, _)| {
+                let s = stripe(&cid.hash().to_bytes());
+                s != stripe(&a.hash().to_bytes()) && s != stripe(&b.hash().to_bytes())
+            })
+            .expect("c");
+        // A write of `a` under way (a pin putting it for good): the room comes from `b`.
+        let held = blocks.writes[stripe(&a.hash().to_bytes())].lock().expect("lock");
+        assert!(blocks.put(&c, &c_data).expect("room made"));
+        drop(held);
+        assert!(blocks.has(&a) && !blocks.has(&b) && blocks.has(&c));
+        // `a` is still the oldest cached: the next put short of room takes it.
+        let (d, d_data) = cached.next().expect("d");
+        assert!(blocks.put(&d, &d_data).expect("room made"));
+        assert!(!blocks.has(&a) && blocks.has(&c) && blocks.has(&d));
     }
 
     #[test]

@@ -381,7 +381,7 @@ impl<'a> Leaves<'a> {
 
 /// Fetches the file `root` (from this node's store, else from any peer), checks every block
 /// against its CID, decrypts it if it is encrypted (unless `options.raw`), and writes it to
-/// `out`. Fetched blocks are kept (not pinned). `progress` hears the bytes written so far.
+/// `out`. Fetched blocks are kept as a cache ([`BlockStore::put_cached`]). `progress` hears the bytes written so far.
 pub async fn get<W: AsyncWrite + Unpin>(
     node: &Node,
     root: Cid,
