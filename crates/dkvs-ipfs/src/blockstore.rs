@@ -450,8 +450,9 @@ impl BlockStore {
 
     /// Removes every block that no pin reaches. Call it through [`BlockStore::collect`] while
     /// adds or pins may run. `links` gives the CIDs a block links to (the
-    /// DAG decoder: dag-pb links for UnixFS, none for raw blocks). A pinned block that is
-    /// missing is skipped (fetched later, not an error).
+    /// DAG decoder: dag-pb links for UnixFS, none for raw blocks). Raw blocks (codec 0x55)
+    /// have no links and are not read. A pinned block that is missing, or damaged on disk (and
+    /// so removed), is skipped (fetched later, not an error).
     pub fn gc(&self, links: impl Fn(&Cid, &[u8]) -> Vec<Cid>) -> Result<GcReport, BlockError> {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
         let mut todo: Vec<Cid> = self.pins();
@@ -462,11 +463,16 @@ impl BlockStore {
                 todo.extend(links(&cid, cid.hash().digest()));
                 continue;
             }
-            if cid.hash().code() != SHA2_256 || !live.insert(cid.hash().to_bytes()) {
+            if cid.hash().code() != SHA2_256
+                || !live.insert(cid.hash().to_bytes())
+                || cid.codec() == crate::unixfs::RAW
+            {
                 continue;
             }
-            if let Some(block) = self.get(&cid)? {
-                todo.extend(links(&cid, &block));
+            match self.get(&cid) {
+                Ok(Some(block)) => todo.extend(links(&cid, &block)),
+                Ok(None) | Err(BlockError::Corrupt(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         let dead: Vec<Vec<u8>> =
@@ -773,5 +779,27 @@ mod tests {
         blocks.pin(&inline).expect("pin");
         assert_eq!(blocks.gc(links).expect("gc").removed, 0);
         assert!(blocks.has(&child), "kept through the inline root");
+        // Raw leaves have no links: not read (a damaged one is found when it is read, not by
+        // every collection). A damaged inner block does not stop the collection.
+        let path = |cid: &Cid| blocks.path(&cid.hash().to_bytes());
+        fs::write(path(&child), b"damaged").expect("damage");
+        let stray = cid_of(RAW, b"stray");
+        blocks.put(&stray, b"stray").expect("stray");
+        let report = blocks.gc(links).expect("gc");
+        assert_eq!((report.removed, report.kept), (1, 1), "{report:?}");
+        assert!(blocks.has(&child) && !blocks.has(&stray));
+        let listing = format!("{child}\n");
+        let inner = cid_of(DAG_PB, listing.as_bytes());
+        blocks.put(&inner, listing.as_bytes()).expect("inner");
+        blocks.pin(&inner).expect("pin");
+        blocks.put(&stray, b"stray").expect("stray");
+        fs::write(path(&inner), b"damaged too").expect("damage");
+        // Reopened, so that the block is read from disk, not from the hot tier.
+        let blocks = store(dir.path(), 1 << 20);
+        let report = blocks.gc(links).expect("a damaged block does not fail the collection");
+        assert!(!blocks.has(&inner), "removed as damaged");
+        assert!(!blocks.has(&stray), "the collection went on");
+        assert!(blocks.has(&child), "still reached through the inline root");
+        assert_eq!((report.removed, report.kept), (1, 1), "{report:?}");
     }
 }
