@@ -17,6 +17,7 @@
 //! not crawl at the budget of a flood).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,6 +52,12 @@ const PEER_WANTS: usize = 4096;
 const STREAMS_PER_PEER: usize = 16;
 /// Messages queued for one peer's writer before more are dropped.
 const WRITER_QUEUE: usize = 1024;
+/// Entries (wants, presences, blocks to send) queued for one peer's writer, and in the batch
+/// it is writing, before more messages are dropped: two full messages' worth, about 2 MiB of
+/// memory. A peer that never reads, and keeps asking for blocks this node lacks with
+/// `send_dont_have`, would else have thousands of don't-haves queued for each frame it sent
+/// (a message count alone let 1024 messages of 8192 entries each wait, 800 MiB).
+const WRITER_ENTRIES: usize = 2 * MAX_ENTRIES;
 /// Bytes of blocks a writer puts in one message.
 const BATCH_BYTES: usize = 2 << 20;
 /// Peers whose addresses are remembered for the IPFS DHT.
@@ -172,10 +179,26 @@ pub enum ExchangeEvent {
     Tick,
 }
 
-enum Outgoing {
-    Message(Message),
+/// What the exchange queues for one peer's writer.
+#[derive(Default)]
+struct Outgoing {
+    message: Message,
     /// Blocks to load from the store and send (a "don't have" if one is gone meanwhile).
-    Blocks(Vec<Cid>),
+    blocks: Vec<Cid>,
+}
+
+impl Outgoing {
+    /// Its entries, as [`WRITER_ENTRIES`] counts them.
+    fn entries(&self) -> usize {
+        let m = &self.message;
+        m.wants.len() + m.presences.len() + m.blocks.len() + self.blocks.len()
+    }
+}
+
+/// A peer's writer: its queue, and the entries in it and in the batch it is writing.
+struct Writer {
+    queue: mpsc::Sender<Outgoing>,
+    entries: Arc<AtomicUsize>,
 }
 
 struct Wanting {
@@ -210,13 +233,13 @@ pub struct Exchange {
     networks: HashMap<ConnectionId, Network>,
     /// Bytes of messages read from peers and not handled yet, at most [`READ_BUDGET`].
     read_budget: Arc<Semaphore>,
-    writers: HashMap<PeerId, mpsc::Sender<Outgoing>>,
+    writers: HashMap<PeerId, Writer>,
     connected: HashSet<PeerId>,
     no_bitswap: HashSet<PeerId>,
     wants: HashMap<Cid, Wanting>,
     their_wants: HashMap<PeerId, HashMap<Cid, (WantType, bool)>>,
     /// Messages built while handling one event, sent when it is handled.
-    outbox: HashMap<PeerId, Message>,
+    outbox: HashMap<PeerId, Outgoing>,
     events: VecDeque<ExchangeEvent>,
     dials: VecDeque<Multiaddr>,
     /// Peers to dial by id (providers found on the IPFS DHT; it knows their addresses).
@@ -349,44 +372,54 @@ impl Exchange {
     fn answer(&mut self, peer: PeerId, cid: Cid, want_type: WantType) {
         let small = self.store.size(&cid).is_some_and(|n| n <= SEND_SMALL_BLOCK as u64);
         if want_type == WantType::Block || small {
-            self.send(peer, Outgoing::Blocks(vec![cid]));
+            self.outbox.entry(peer).or_default().blocks.push(cid);
         } else {
             self.queue(peer, |m| m.presences.push((cid, true)));
         }
     }
 
     fn queue(&mut self, peer: PeerId, add: impl FnOnce(&mut Message)) {
-        add(self.outbox.entry(peer).or_default());
+        add(&mut self.outbox.entry(peer).or_default().message);
     }
 
     fn flush(&mut self) {
-        for (peer, message) in std::mem::take(&mut self.outbox) {
-            if !message.is_empty() {
-                self.send(peer, Outgoing::Message(message));
+        for (peer, outgoing) in std::mem::take(&mut self.outbox) {
+            let entries = outgoing.entries();
+            if entries > 0 {
+                self.send(peer, outgoing, entries);
             }
         }
     }
 
-    fn send(&mut self, peer: PeerId, outgoing: Outgoing) {
+    fn send(&mut self, peer: PeerId, outgoing: Outgoing, entries: usize) {
         if !self.connected.contains(&peer) || self.no_bitswap.contains(&peer) {
             return;
         }
         let writer = self.writers.entry(peer).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+            let (queue, rx) = mpsc::channel(WRITER_QUEUE);
+            let queued = Arc::new(AtomicUsize::new(0));
             let task = writer(
                 peer,
                 self.stream_asks_tx.clone(),
                 self.store.clone(),
                 rx,
+                queued.clone(),
                 self.inbound_tx.clone(),
             );
             tokio::spawn(task);
-            tx
+            Writer { queue, entries: queued }
         });
-        if writer.try_send(outgoing).is_err() {
+        let before = writer.entries.fetch_add(entries, Ordering::Relaxed);
+        if before + entries > WRITER_ENTRIES || writer.queue.try_send(outgoing).is_err() {
+            writer.entries.fetch_sub(entries, Ordering::Relaxed);
             self.dropped += 1;
             tracing::debug!(%peer, "bitswap: the peer's queue is full; a message is dropped");
         }
+    }
+
+    /// Entries queued for peers' writers, or in the batches they are writing, over all peers.
+    pub(crate) fn queued(&self) -> usize {
+        self.writers.values().map(|w| w.entries.load(Ordering::Relaxed)).sum()
     }
 
     /// Handles what the tasks and the swarm reported.
@@ -490,7 +523,12 @@ impl Exchange {
         let Some(wanting) = self.wants.get_mut(&cid) else { return };
         for peer in peers {
             if wanting.asked.insert(*peer) || again {
-                self.outbox.entry(*peer).or_default().wants.push(Want::new(cid, WantType::Have));
+                self.outbox
+                    .entry(*peer)
+                    .or_default()
+                    .message
+                    .wants
+                    .push(Want::new(cid, WantType::Have));
             }
         }
     }
@@ -558,7 +596,12 @@ impl Exchange {
             wanting.hedged = true;
             if let Some(peer) = wanting.haves.pop_front() {
                 wanting.asked.insert(peer);
-                self.outbox.entry(peer).or_default().wants.push(Want::new(cid, WantType::Block));
+                self.outbox
+                    .entry(peer)
+                    .or_default()
+                    .message
+                    .wants
+                    .push(Want::new(cid, WantType::Block));
             } else {
                 self.ask_have(cid, &peers, false);
             }
@@ -680,6 +723,7 @@ async fn writer(
     asks: mpsc::Sender<StreamAsk>,
     store: BlockStore,
     mut rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
     report: mpsc::Sender<ExchangeEvent>,
 ) {
     let mut stream: Option<Stream> = None;
@@ -702,45 +746,69 @@ async fn writer(
         let Some(first) = first else { break };
         let mut message = Message::default();
         let mut bytes = 0;
+        // Counted out of the queue once written: a batch waiting on a peer that does not read
+        // holds its entries too.
+        let mut taken = 0;
         let mut next = Some(first);
         while let Some(outgoing) = next.take() {
-            match outgoing {
-                Outgoing::Message(m) => {
-                    message.wants.extend(m.wants);
-                    message.presences.extend(m.presences);
-                    bytes += m.blocks.iter().map(|(_, d)| d.len()).sum::<usize>();
-                    message.blocks.extend(m.blocks);
-                }
-                Outgoing::Blocks(cids) => {
-                    for cid in cids {
-                        let store = store.clone();
-                        let block = tokio::task::spawn_blocking(move || store.get(&cid))
-                            .await
-                            .ok()
-                            .and_then(|r| r.ok().flatten());
-                        match block {
-                            Some(data) => {
-                                bytes += data.len();
-                                message.blocks.push((cid, data.to_vec()));
-                            }
-                            None => message.presences.push((cid, false)),
-                        }
+            taken += outgoing.entries();
+            let Outgoing { message: m, blocks: cids } = outgoing;
+            message.wants.extend(m.wants);
+            message.presences.extend(m.presences);
+            bytes += m.blocks.iter().map(|(_, d)| d.len()).sum::<usize>();
+            message.blocks.extend(m.blocks);
+            for cid in cids {
+                // A peer may want thousands of blocks in one message: at most a batch of them
+                // is loaded at a time.
+                if bytes >= BATCH_BYTES {
+                    let batch = std::mem::take(&mut message);
+                    if !write_batch(peer, batch, &mut stream, &asks, &report).await {
+                        return;
                     }
+                    bytes = 0;
+                }
+                let store = store.clone();
+                let block = tokio::task::spawn_blocking(move || store.get(&cid))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().flatten());
+                match block {
+                    Some(data) => {
+                        bytes += data.len();
+                        message.blocks.push((cid, data.to_vec()));
+                    }
+                    None => message.presences.push((cid, false)),
                 }
             }
             if bytes < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
-        for frame in message.split(MAX_ENTRIES / 2, BATCH_BYTES) {
-            if !write(peer, &frame.encode(), &mut stream, &asks, &report).await {
-                return;
-            }
+        if !write_batch(peer, message, &mut stream, &asks, &report).await {
+            return;
         }
+        queued.fetch_sub(taken, Ordering::Relaxed);
     }
     if let Some(mut s) = stream {
         let _ = s.close().await;
     }
+}
+
+/// Writes `message` in frames of at most half [`MAX_ENTRIES`] entries and [`BATCH_BYTES`] of
+/// blocks (each frame as [`write`] does). False when the peer does not speak bitswap.
+async fn write_batch(
+    peer: PeerId,
+    message: Message,
+    stream: &mut Option<Stream>,
+    asks: &mpsc::Sender<StreamAsk>,
+    report: &mpsc::Sender<ExchangeEvent>,
+) -> bool {
+    for frame in message.split(MAX_ENTRIES / 2, BATCH_BYTES) {
+        if !write(peer, &frame.encode(), stream, asks, report).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Writes one frame on the peer's stream, opening it (again) if needed. False when the peer

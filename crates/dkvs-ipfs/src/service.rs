@@ -165,6 +165,13 @@ impl Ipfs {
         self.exchange.dropped
     }
 
+    /// Bitswap entries (wants, presences, blocks to send) queued for peers and not yet written
+    /// (a peer that does not read holds at most two full messages' worth; past that, messages
+    /// to it are dropped and counted in [`Ipfs::dropped`]).
+    pub fn queued(&self) -> usize {
+        self.exchange.queued()
+    }
+
     fn on_kad(&mut self, event: kad::Event, host: &mut Host<'_>) {
         match event {
             kad::Event::InboundRequest {

@@ -387,6 +387,115 @@ async fn a_peer_that_stalls_after_length_prefixes_holds_only_its_share_of_the_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_wants_many_blocks_in_one_message_gets_each_once() -> anyhow::Result<()> {
+    use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
+    use futures::StreamExt as _;
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        // 40 blocks of 256 KiB: 10 MiB, five times what node 1 loads for one batch.
+        let blocks: Vec<(Cid, Vec<u8>)> = (0..40u8)
+            .map(|i| {
+                let data = vec![i; 256 << 10];
+                (dkvs_ipfs::cid_of(0x55, &data), data)
+            })
+            .collect();
+        let kept = blocks.clone();
+        net.node(1)
+            .with_extension(move |ipfs: &mut Ipfs, _| {
+                kept.iter().try_for_each(|(cid, data)| ipfs.store().put(cid, data).map(|_| ()))
+            })
+            .await??;
+        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut out =
+            open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
+        let wants = blocks.iter().map(|(cid, _)| Want::new(*cid, WantType::Block)).collect();
+        write_frame(&mut out, &Message { wants, ..Message::default() }.encode()).await?;
+        let mut got: std::collections::HashMap<Cid, Vec<u8>> = Default::default();
+        while got.len() < blocks.len() {
+            let (_, mut stream) = incoming.next().await.context("node 1 answers")?;
+            while let Some(frame) = read_frame(&mut stream).await? {
+                let message = Message::decode(&frame)?;
+                assert!(message.presences.is_empty(), "every block is there: {message:?}");
+                for (cid, data) in message.blocks {
+                    assert!(got.insert(cid, data).is_none(), "{cid} sent twice");
+                }
+                if got.len() == blocks.len() {
+                    break;
+                }
+            }
+        }
+        for (cid, data) in &blocks {
+            assert!(got.get(cid) == Some(data), "{cid}: the block asked for");
+        }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_queued_a_bounded_number_of_answers() -> anyhow::Result<()> {
+    use dkvs_ipfs::bitswap::{MAX_ENTRIES, Message, Want, WantType, write_frame};
+    use futures::StreamExt as _;
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        // It takes the streams node 1 opens to it and never reads them.
+        let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, stream)) = incoming.next().await {
+                held.push(stream);
+            }
+        });
+        // It asks, as fast as it can, for blocks node 1 lacks, a don't-have wanted for each: as
+        // many entries a message as a message may hold.
+        let mut out =
+            open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
+        let asker = tokio::spawn(async move {
+            for round in 0u32.. {
+                let wants = (0..MAX_ENTRIES as u32)
+                    .map(|i| {
+                        let name = [round.to_be_bytes(), i.to_be_bytes()].concat();
+                        Want::new(dkvs_ipfs::cid_of(0x55, &name), WantType::Have)
+                    })
+                    .collect();
+                let message = Message { wants, ..Message::default() };
+                if write_frame(&mut out, &message.encode()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Its don't-haves fill what the transport holds, then node 1's queue for it: at most
+        // two full messages' worth (WRITER_ENTRIES), however long it asks.
+        let bound = 2 * MAX_ENTRIES;
+        let (mut most, mut full_since) = (0, None);
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let queued = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.queued()).await?;
+            most = most.max(queued);
+            assert!(queued <= bound, "{queued} entries queued for a peer that does not read");
+            if queued + MAX_ENTRIES > bound {
+                let since = *full_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(3) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(most + MAX_ENTRIES > bound, "the queue never filled (at most {most})");
+        let dropped = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await?;
+        assert!(dropped > 0, "answers past the bound are dropped");
+        asker.abort();
+        holder.abort();
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_lies_about_blocks_is_passed_over_and_its_bytes_are_never_kept()
 -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
