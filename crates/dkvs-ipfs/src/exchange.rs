@@ -427,7 +427,16 @@ impl Exchange {
         match event {
             ExchangeEvent::Frame { peer, len, message, held: _ } => match message {
                 Ok(message) => self.on_message(peer, len, message, host),
-                Err(e) => tracing::debug!(%peer, "bitswap: {e}"),
+                Err(e) => {
+                    // Charged as any message is (bytes and rate, never a ban of its own: a real
+                    // IPFS peer may send what this node does not parse), so that bytes that do
+                    // not decode cost no less than bytes that do.
+                    if self.connected.contains(&peer) {
+                        let _ = host.admit(peer, len.max(1), MAX_MESSAGE);
+                    }
+                    self.dropped += 1;
+                    tracing::debug!(%peer, "bitswap: {e}");
+                }
             },
             ExchangeEvent::Unsupported(peer) => {
                 self.no_bitswap.insert(peer);

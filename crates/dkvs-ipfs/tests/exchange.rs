@@ -435,6 +435,49 @@ async fn a_peer_that_wants_many_blocks_in_one_message_gets_each_once() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Result<()> {
+    use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
+    use futures::StreamExt as _;
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A new peer id may send 512 KiB at once (an eighth of the 4 MiB burst), then 128 KiB
+        // a second. It sends that much that is no bitswap message (a stream each: a frame that
+        // does not decode ends its stream), ...
+        for _ in 0..8 {
+            let mut garbage =
+                open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
+            write_frame(&mut garbage, &vec![0xff; 64 << 10]).await?;
+        }
+        let counted = dkvs_testnet::eventually(Duration::from_secs(10), async || {
+            net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await.unwrap_or(0) >= 8
+        })
+        .await;
+        assert!(counted, "the frames are counted as dropped");
+        let mut out =
+            open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
+        // ... then wants of about 180 KB, each asking for an answer: more than a second's
+        // budget, so refused if the garbage was charged, and answered if it was not.
+        let wants = (0..4096u32)
+            .map(|i| Want::new(dkvs_ipfs::cid_of(0x55, &i.to_be_bytes()), WantType::Have))
+            .collect();
+        let want = Message { wants, ..Message::default() };
+        assert!(want.encode().len() > 160 << 10);
+        write_frame(&mut out, &want.encode()).await?;
+        let answered = tokio::time::timeout(Duration::from_secs(2), async {
+            let (_, mut stream) = incoming.next().await?;
+            read_frame(&mut stream).await.ok().flatten()
+        })
+        .await;
+        assert!(matches!(answered, Err(_) | Ok(None)), "answered: {answered:?}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_is_queued_a_bounded_number_of_answers() -> anyhow::Result<()> {
     use dkvs_ipfs::bitswap::{MAX_ENTRIES, Message, Want, WantType, write_frame};
     use futures::StreamExt as _;
