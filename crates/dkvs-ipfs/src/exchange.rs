@@ -255,7 +255,8 @@ pub struct Exchange {
     pub(crate) lookups:
         HashMap<dkvs_net::libp2p::kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     tick: Option<tokio::time::Interval>,
-    /// Messages dropped: refused by the admission, unsolicited blocks, full queues.
+    /// Messages dropped: refused by the admission, frames that did not decode, unsolicited
+    /// blocks, full queues.
     pub(crate) dropped: u64,
 }
 

@@ -160,7 +160,8 @@ impl Ipfs {
     }
 
     /// Messages and blocks dropped so far: messages the node's admission refused (size, rate,
-    /// ban), blocks nobody asked for, messages for a peer whose queue was full.
+    /// ban), frames that did not decode, blocks nobody asked for, messages for a peer whose
+    /// queue was full.
     pub fn dropped(&self) -> u64 {
         self.exchange.dropped
     }
