@@ -15,7 +15,7 @@ use dkvs_net::libp2p::swarm::{
     THandlerOutEvent, ToSwarm,
 };
 use dkvs_net::libp2p::{Multiaddr, PeerId, identity, request_response};
-use dkvs_net::{Extension, GossipMessage, Host, Refused, Verdict};
+use dkvs_net::{Extension, GossipMessage, Host, Network, Refused, Verdict};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -40,19 +40,73 @@ const HISTORY_ANSWER_BYTES: usize = 256 << 10;
 /// Keeps the entries of `list` that `keep` keeps, and the per-peer counts in step.
 fn prune_watchers(
     list: &mut Vec<(PeerId, u64)>,
-    counts: &mut HashMap<PeerId, usize>,
+    counts: &mut WatchCounts,
     keep: impl Fn(&(PeerId, u64)) -> bool,
 ) {
     list.retain(|entry| {
         let kept = keep(entry);
-        if !kept && let Some(n) = counts.get_mut(&entry.0) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&entry.0);
-            }
+        if !kept {
+            counts.remove(&entry.0);
         }
         kept
     });
+}
+
+/// Watches one network of peers ([`Network`]: an IPv4 /24, an IPv6 /48, a relay's) may hold on
+/// a replica: sixteen peers' worth. Peer ids cost nothing: without it, one host with 256 of
+/// them would take every watch a replica keeps ([`MAX_WATCHED`]), and the watchers of every
+/// other mailbox would be refused (their mail still comes, at each renewal's fetch, not at
+/// once). Peers on this machine or the local network are not grouped.
+const WATCHES_PER_NETWORK: usize = 16 * WATCHES_PER_PEER;
+
+/// How many watches each peer, and each network of peers, holds on this replica. A peer's
+/// watches count in the network it first watched from, until it holds none.
+#[derive(Default)]
+struct WatchCounts {
+    peers: HashMap<PeerId, (usize, Option<Network>)>,
+    networks: HashMap<Network, usize>,
+}
+
+impl WatchCounts {
+    fn of_peer(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |(n, _)| *n)
+    }
+
+    /// The watches of the network `peer` counts in (it watches from `network` if it holds
+    /// none yet); 0 for none.
+    fn of_network(&self, peer: &PeerId, network: Option<Network>) -> usize {
+        let network = self.peers.get(peer).map_or(network, |(_, n)| *n);
+        network.map_or(0, |n| self.networks.get(&n).copied().unwrap_or(0))
+    }
+
+    fn add(&mut self, peer: PeerId, network: Option<Network>) {
+        let (count, network) = self.peers.entry(peer).or_insert((0, network));
+        *count += 1;
+        if let Some(network) = network {
+            *self.networks.entry(*network).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, peer: &PeerId) {
+        let Some((count, network)) = self.peers.get_mut(peer) else { return };
+        *count -= 1;
+        let network = *network;
+        if *count == 0 {
+            self.peers.remove(peer);
+        }
+        if let Some(network) = network
+            && let Some(n) = self.networks.get_mut(&network)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.networks.remove(&network);
+            }
+        }
+    }
+
+    fn contains(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
 }
 
 /// How often one replica notifies one watcher, at most: ten times a second, a twentieth of
@@ -193,7 +247,7 @@ pub struct Mail {
     writing: HashMap<u64, Writing>,
     /// As a replica: peers watching mailboxes, until when; and how many each peer watches.
     watchers: HashMap<Mailbox, Vec<(PeerId, u64)>>,
-    watches_of: HashMap<PeerId, usize>,
+    watches_of: WatchCounts,
     /// History requests per peer in the current minute (the minute's start, the count).
     history_asks: HashMap<PeerId, (u64, u32)>,
     /// As a watcher: this node's clients waiting for mail, and the replicas they asked.
@@ -232,7 +286,7 @@ impl Mail {
             written,
             writing: HashMap::new(),
             watchers: HashMap::new(),
-            watches_of: HashMap::new(),
+            watches_of: WatchCounts::default(),
             history_asks: HashMap::new(),
             subscribers: HashMap::new(),
             asks: HashMap::new(),
@@ -276,7 +330,7 @@ impl Mail {
     pub(crate) fn ask_self(&mut self, request: Request) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
         let me = self.peer_id();
-        self.serve(me, request, Reply::Local(tx));
+        self.serve(me, None, request, Reply::Local(tx));
         rx
     }
 
@@ -316,17 +370,13 @@ impl Mail {
     /// node's sweep; a watch registered or a replica asked is kept as it comes.
     fn keep_watches(&mut self, host: &mut Host<'_>) {
         let now = now_ms();
-        let counts = &mut self.watches_of;
-        self.watchers.retain(|_, w| {
-            prune_watchers(w, counts, |(_, until)| *until > now);
-            !w.is_empty()
-        });
+        self.prune_lapsed(now);
         self.subscribers.retain(|_, subscription| {
             subscription.channels.retain(|c| !c.is_closed());
             subscription.replicas.retain(|_, until| *until > now);
             !subscription.channels.is_empty()
         });
-        let mut peers: HashSet<PeerId> = self.watches_of.keys().copied().collect();
+        let mut peers: HashSet<PeerId> = self.watches_of.peers.keys().copied().collect();
         peers.extend(self.subscribers.values().flat_map(|s| s.replicas.keys().copied()));
         peers.remove(&self.peer_id());
         host.keep_only_connected(KEEP_WATCHES, &peers);
@@ -388,22 +438,37 @@ impl Mail {
         }
     }
 
-    /// Registers `peer` as watching `mailbox` until `until`.
-    fn add_watcher(&mut self, mailbox: Mailbox, peer: PeerId, now: u64) -> Result<u64, Refusal> {
+    /// Forgets the watches that lapsed by `now` (at the node's sweep, and when a replica holds
+    /// all it may).
+    fn prune_lapsed(&mut self, now: u64) {
         let counts = &mut self.watches_of;
+        self.watchers.retain(|_, w| {
+            prune_watchers(w, counts, |(_, until)| *until > now);
+            !w.is_empty()
+        });
+    }
+
+    /// Registers `peer`, connected from `network`, as watching `mailbox` until `until`.
+    fn add_watcher(
+        &mut self,
+        mailbox: Mailbox,
+        peer: PeerId,
+        network: Option<Network>,
+        now: u64,
+    ) -> Result<u64, Refusal> {
         if !self.watchers.contains_key(&mailbox) && self.watchers.len() >= MAX_WATCHED {
-            self.watchers.retain(|_, w| {
-                prune_watchers(w, counts, |(_, until)| *until > now);
-                !w.is_empty()
-            });
+            self.prune_lapsed(now);
             if self.watchers.len() >= MAX_WATCHED {
                 return Err(Refusal::Busy);
             }
         }
+        let counts = &mut self.watches_of;
         let until = now + WATCH_TTL_MS;
         let watchers = self.watchers.entry(mailbox).or_default();
         prune_watchers(watchers, counts, |(p, end)| *p != peer && *end > now);
-        if counts.get(&peer).copied().unwrap_or(0) >= WATCHES_PER_PEER {
+        if counts.of_peer(&peer) >= WATCHES_PER_PEER
+            || counts.of_network(&peer, network) >= WATCHES_PER_NETWORK
+        {
             if watchers.is_empty() {
                 self.watchers.remove(&mailbox);
             }
@@ -415,12 +480,13 @@ impl Mail {
             prune_watchers(watchers, counts, |(_, end)| *end != ends);
         }
         watchers.push((peer, until));
-        *counts.entry(peer).or_default() += 1;
+        counts.add(peer, network);
         Ok(until)
     }
 
     /// Answers a request from `peer` (signatures and time checked here).
-    fn serve(&mut self, peer: PeerId, request: Request, reply: Reply) {
+    /// Serves `peer`'s request; `network` is where it connects from (`None` for this node).
+    fn serve(&mut self, peer: PeerId, network: Option<Network>, request: Request, reply: Reply) {
         let now = now_ms();
         let me = self.peer_id();
         let response = match request {
@@ -474,10 +540,9 @@ impl Mail {
                 }
             },
             Request::Watch(signed) => {
-                match signed
-                    .check(me, now)
-                    .and_then(|()| self.add_watcher(Mailbox::of(&signed.account), peer, now))
-                {
+                match signed.check(me, now).and_then(|()| {
+                    self.add_watcher(Mailbox::of(&signed.account), peer, network, now)
+                }) {
                     Ok(until) => Response::Watching(until),
                     Err(refusal) => Response::Refused(refusal),
                 }
@@ -565,8 +630,9 @@ impl Extension for Mail {
                 match Request::decode(&request) {
                     Ok(request) => {
                         let watch = matches!(request, Request::Watch(_));
-                        self.serve(peer, request, Reply::Remote(channel));
-                        if watch && self.watches_of.contains_key(&peer) {
+                        let network = host.network_of(&peer);
+                        self.serve(peer, network, request, Reply::Remote(channel));
+                        if watch && self.watches_of.contains(&peer) {
                             // A watcher's connection is to stay.
                             host.keep_connected(KEEP_WATCHES, peer, true);
                         }
@@ -739,5 +805,68 @@ mod tests {
             assert!(notices.watchers.is_empty() && notices.timer.is_none(), "round {round}");
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    fn network(addr: &str) -> Option<Network> {
+        Network::of(&addr.parse().expect("a multiaddr"))
+    }
+
+    #[test]
+    fn one_network_of_peers_holds_at_most_its_share_of_a_replicas_watches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = identity::Keypair::generate_ed25519();
+        let mut mail = Mail::open(dir.path(), key, ShelfConfig::default()).expect("opens");
+        let now = now_ms();
+        let mut boxes = (0u32..).map(|i| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            Mailbox(b)
+        });
+        let sybils = network("/ip4/203.0.113.7/tcp/4001");
+        assert!(sybils.is_some());
+        // Sixteen peer ids of one /24, each watching as many mailboxes as a peer may.
+        let peers: Vec<PeerId> = (0..16).map(|_| PeerId::random()).collect();
+        let mut watched = Vec::new();
+        for peer in &peers {
+            for mailbox in boxes.by_ref().take(WATCHES_PER_PEER) {
+                assert!(mail.add_watcher(mailbox, *peer, sybils, now).is_ok());
+                watched.push((mailbox, *peer));
+            }
+        }
+        // A seventeenth id of that network is refused; others are not.
+        let next = boxes.next().expect("a mailbox");
+        let extra = PeerId::random();
+        let from_there = network("/ip4/203.0.113.200/tcp/1");
+        assert!(matches!(mail.add_watcher(next, extra, from_there, now), Err(Refusal::Busy)));
+        assert!(
+            mail.add_watcher(next, PeerId::random(), network("/ip4/198.51.100.1/tcp/1"), now)
+                .is_ok()
+        );
+        assert!(
+            mail.add_watcher(next, PeerId::random(), None, now).is_ok(),
+            "this machine, the LAN"
+        );
+        // A renewal of a watch held is no new watch.
+        let (mailbox, peer) = watched[0];
+        assert!(mail.add_watcher(mailbox, peer, sybils, now + 1).is_ok());
+        // A peer's watches count where it first watched from, wherever it connects from now.
+        let moved = peers[1];
+        let elsewhere = network("/ip4/192.0.2.1/tcp/1");
+        let fresh = boxes.next().expect("a mailbox");
+        assert!(matches!(mail.add_watcher(fresh, moved, elsewhere, now), Err(Refusal::Busy)));
+        // Once watches lapse (and the node's sweep forgot them), the network has room again.
+        let later = now + WATCH_TTL_MS;
+        assert!(matches!(mail.add_watcher(fresh, extra, from_there, later), Err(Refusal::Busy)));
+        mail.prune_lapsed(later);
+        assert!(mail.add_watcher(fresh, extra, from_there, later).is_ok());
+        let counted = mail.watches_of.networks.get(&from_there.expect("a network"));
+        assert_eq!(counted, Some(&2), "the renewal, and the new watch");
+        mail.prune_lapsed(later + WATCH_TTL_MS + 1);
+        assert!(mail.watches_of.networks.is_empty() && mail.watches_of.peers.is_empty());
     }
 }

@@ -313,8 +313,9 @@ pub enum Refusal {
     /// The replica could not write the envelope to its disk.
     #[error("replica storage failed")]
     StorageFailed,
-    /// The asking peer is over its rate at the replica (the node's admission step); try later.
-    #[error("busy: over this peer's rate, try later")]
+    /// The asking peer is over its rate at the replica (the node's admission step), or over
+    /// what it, or its network, may hold there (watches); try later.
+    #[error("busy: over what this replica takes from this peer or its network now; try later")]
     Busy,
     /// The envelope's recipient has read it already.
     #[error("already read")]

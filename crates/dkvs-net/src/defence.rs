@@ -214,6 +214,10 @@ impl Subnet {
 pub struct Network(Subnet);
 
 impl Network {
+    pub(crate) fn from_subnet(subnet: Subnet) -> Network {
+        Network(subnet)
+    }
+
     /// The network of a remote address (for an inbound relayed connection, whose remote
     /// address names only the peer, use [`Network::of_connection`]).
     pub fn of(remote: &libp2p::Multiaddr) -> Option<Network> {

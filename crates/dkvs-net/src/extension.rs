@@ -227,6 +227,13 @@ impl Host<'_> {
         result
     }
 
+    /// The network `peer` is connected from ([`crate::Network`]), for an extension's own
+    /// per-network bounds; `None` for a peer on this machine or the local network, or not
+    /// connected.
+    pub fn network_of(&self, peer: &PeerId) -> Option<crate::Network> {
+        crate::node::subnet_of(self.connections, peer).map(crate::Network::from_subnet)
+    }
+
     /// Notes that this node is using its connection to `peer` (a transfer under way): the
     /// connection limit ([`crate::Config::max_connections`]) closes the least recently used.
     pub fn used(&mut self, peer: PeerId) {
