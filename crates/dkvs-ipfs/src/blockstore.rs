@@ -96,6 +96,10 @@ pub struct GcReport {
     pub freed: u64,
     /// Blocks kept (reachable from a pin).
     pub kept: usize,
+    /// Blocks the pins reach that are missing, or were damaged on disk (and removed): what
+    /// they link to is not known, so the collection removed only blocks cached for reads in
+    /// this run, and kept the rest. Pinning their roots again fetches them.
+    pub missing: Vec<Cid>,
 }
 
 struct Index {
@@ -109,6 +113,8 @@ struct Index {
     cached: BTreeMap<u64, Vec<u8>>,
     cached_at: HashMap<Vec<u8>, u64>,
     next_cached: u64,
+    /// Bytes of the blocks in `cached`.
+    cached_bytes: u64,
     bytes: u64,
     pins: BTreeSet<Cid>,
 }
@@ -117,7 +123,17 @@ impl Index {
     fn uncache(&mut self, hash: &[u8]) {
         if let Some(at) = self.cached_at.remove(hash) {
             self.cached.remove(&at);
+            self.cached_bytes -= self.sizes.get(hash).copied().unwrap_or(0);
         }
+    }
+
+    /// Forgets a block: its size, and whether it is synced or cached.
+    fn remove(&mut self, hash: &[u8]) -> Option<u64> {
+        self.uncache(hash);
+        self.unsynced.remove(hash);
+        let size = self.sizes.remove(hash)?;
+        self.bytes -= size;
+        Some(size)
     }
 }
 
@@ -135,6 +151,13 @@ pub struct BlockStore {
     /// write and a pin's synced write of the same block at once must not leave the cached
     /// file, or the index saying synced, behind the other.
     writes: Arc<[Mutex<()>; WRITE_STRIPES]>,
+}
+
+/// A cached block taken out of the index to make room: its file, to remove while the lock of
+/// its write stripe is held.
+struct Evicted<'a> {
+    path: PathBuf,
+    _writing: Option<std::sync::MutexGuard<'a, ()>>,
 }
 
 /// Stripes of [`BlockStore`]'s per-block write lock.
@@ -208,6 +231,7 @@ impl BlockStore {
                 cached: BTreeMap::new(),
                 cached_at: HashMap::new(),
                 next_cached: 0,
+                cached_bytes: 0,
                 bytes,
                 pins,
             })),
@@ -247,21 +271,31 @@ impl BlockStore {
         let hash = cid.hash().to_bytes();
         // Held from the check of the index to its update, over the file's write.
         let _writing = self.writes[stripe(&hash)].lock().unwrap_or_else(|p| p.into_inner());
-        let new = {
+        let (new, evicted) = {
             let mut index = self.lock();
             let kept = index.sizes.contains_key(&hash);
             if kept && (!durable || !index.unsynced.contains(&hash)) {
                 return Ok(false);
             }
-            if !kept && index.bytes + data.len() as u64 > self.config.max_bytes {
-                self.make_room(&mut index, stripe(&hash), data.len() as u64);
-                if index.bytes + data.len() as u64 > self.config.max_bytes {
+            let mut evicted = Vec::new();
+            let len = data.len() as u64;
+            if !kept && index.bytes + len > self.config.max_bytes {
+                // Nothing is removed for a put that would not fit anyway.
+                if index.bytes - index.cached_bytes + len <= self.config.max_bytes {
+                    evicted = self.make_room(&mut index, stripe(&hash), len);
+                }
+                if index.bytes + len > self.config.max_bytes {
                     let used = index.bytes;
+                    drop(index);
+                    self.remove_files(evicted);
                     return Err(BlockError::Full { used, limit: self.config.max_bytes });
                 }
             }
-            !kept
+            (!kept, evicted)
         };
+        // The files of the blocks that made room go with the index unlocked (the node's task
+        // asks it whether blocks are kept), each under its own write lock.
+        self.remove_files(evicted);
         // A block kept only as a cache is written again, synced, when it must survive.
         write_atomically(&self.path(&hash), data, durable)?;
         let mut index = self.lock();
@@ -271,12 +305,13 @@ impl BlockStore {
         if durable {
             index.unsynced.remove(&hash);
             index.uncache(&hash);
-        } else {
+        } else if !index.cached_at.contains_key(&hash) {
             index.unsynced.insert(hash.clone());
             let at = index.next_cached;
             index.next_cached += 1;
             index.cached.insert(at, hash.clone());
             index.cached_at.insert(hash.clone(), at);
+            index.cached_bytes += data.len() as u64;
         }
         drop(index);
         if durable {
@@ -285,42 +320,53 @@ impl BlockStore {
         Ok(new)
     }
 
-    /// Removes cached blocks, the oldest first, until `len` more bytes fit or none is left;
-    /// `own` is the write stripe the caller holds. A block whose stripe another write holds
-    /// is passed over: that write may be putting it for good.
-    fn make_room(&self, index: &mut Index, own: usize, len: u64) {
+    /// Takes cached blocks out of the index, the oldest first, until `len` more bytes fit or
+    /// none is left; `own` is the write stripe the caller holds. A block whose stripe another
+    /// write holds is passed over: that write may be putting it for good. Returns the files
+    /// to remove ([`BlockStore::remove_files`], once the index is unlocked), each with its
+    /// stripe's lock, so that no write of the block comes between.
+    fn make_room<'a>(&'a self, index: &mut Index, own: usize, len: u64) -> Vec<Evicted<'a>> {
         let mut passed = Vec::new();
+        let mut evicted = Vec::new();
         while index.bytes + len > self.config.max_bytes {
-            let Some((at, hash)) = index.cached.pop_first() else { break };
-            let _writing = if stripe(&hash) == own {
+            let Some((at, hash)) = index.cached.first_key_value().map(|(a, h)| (*a, h.clone()))
+            else {
+                break;
+            };
+            let writing = if stripe(&hash) == own {
                 None
             } else {
                 match self.writes[stripe(&hash)].try_lock() {
                     Ok(guard) => Some(guard),
                     Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
                     Err(std::sync::TryLockError::WouldBlock) => {
+                        index.cached.remove(&at);
                         passed.push((at, hash));
                         continue;
                     }
                 }
             };
-            match fs::remove_file(self.path(&hash)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot remove a cached block to make room");
-                    passed.push((at, hash));
-                    continue;
-                }
-            }
-            index.cached_at.remove(&hash);
-            index.unsynced.remove(&hash);
-            if let Some(size) = index.sizes.remove(&hash) {
-                index.bytes -= size;
-            }
+            index.remove(&hash);
             self.hot.invalidate(&hash);
+            evicted.push(Evicted { path: self.path(&hash), _writing: writing });
         }
-        index.cached.extend(passed);
+        for (at, hash) in passed {
+            index.cached.insert(at, hash);
+        }
+        evicted
+    }
+
+    /// Removes the files of blocks [`BlockStore::make_room`] took out of the index.
+    fn remove_files(&self, evicted: Vec<Evicted<'_>>) {
+        for Evicted { path, _writing } in evicted {
+            if let Err(e) = fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                // Left on disk, out of the index: the next start counts it again (and gc, or
+                // the next eviction, removes it).
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove a cached block");
+            }
+        }
     }
 
     /// The block `cid`, checked against it (a damaged file is removed and reported).
@@ -337,22 +383,42 @@ impl BlockStore {
             return Ok(None);
         }
         let data = match fs::read(self.path(&hash)) {
-            Ok(data) => data,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.forget(&hash);
-                return Ok(None);
-            }
+            Ok(data) if check(cid, &data).is_ok() => data,
+            Ok(_) => return self.get_again(cid, &hash),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.get_again(cid, &hash),
             Err(e) => return Err(e.into()),
         };
-        if check(cid, &data).is_err() {
-            tracing::warn!(%cid, "a damaged block on disk; removed");
-            let _ = fs::remove_file(self.path(&hash));
-            self.forget(&hash);
-            return Err(BlockError::Corrupt(*cid));
-        }
         let block: Arc<[u8]> = Arc::from(data);
         self.hot.insert(hash, block.clone());
         Ok(Some(block))
+    }
+
+    /// [`BlockStore::get`] once more, after its file was missing or damaged, with no write of
+    /// the block under way (a put or an eviction between the index's answer and the read):
+    /// only a file still missing or damaged then is forgotten.
+    fn get_again(&self, cid: &Cid, hash: &[u8]) -> Result<Option<Arc<[u8]>>, BlockError> {
+        let _writing = self.writes[stripe(hash)].lock().unwrap_or_else(|p| p.into_inner());
+        if !self.lock().sizes.contains_key(hash) {
+            return Ok(None);
+        }
+        match fs::read(self.path(hash)) {
+            Ok(data) if check(cid, &data).is_ok() => {
+                let block: Arc<[u8]> = Arc::from(data);
+                self.hot.insert(hash.to_vec(), block.clone());
+                Ok(Some(block))
+            }
+            Ok(_) => {
+                tracing::warn!(%cid, "a damaged block on disk; removed");
+                let _ = fs::remove_file(self.path(hash));
+                self.forget(hash);
+                Err(BlockError::Corrupt(*cid))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(hash);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether the block `cid` is kept.
@@ -375,13 +441,7 @@ impl BlockStore {
     }
 
     fn forget(&self, hash: &[u8]) {
-        let mut index = self.lock();
-        if let Some(size) = index.sizes.remove(hash) {
-            index.bytes -= size;
-        }
-        index.unsynced.remove(hash);
-        index.uncache(hash);
-        drop(index);
+        self.lock().remove(hash);
         self.hot.invalidate(hash);
     }
 
@@ -455,6 +515,7 @@ impl BlockStore {
     /// so removed), is skipped (fetched later, not an error).
     pub fn gc(&self, links: impl Fn(&Cid, &[u8]) -> Vec<Cid>) -> Result<GcReport, BlockError> {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
+        let mut missing = Vec::new();
         let mut todo: Vec<Cid> = self.pins();
         while let Some(cid) = todo.pop() {
             if cid.hash().code() == IDENTITY {
@@ -471,13 +532,20 @@ impl BlockStore {
             }
             match self.get(&cid) {
                 Ok(Some(block)) => todo.extend(links(&cid, &block)),
-                Ok(None) | Err(BlockError::Corrupt(_)) => {}
+                Ok(None) | Err(BlockError::Corrupt(_)) => missing.push(cid),
                 Err(e) => return Err(e),
             }
         }
-        let dead: Vec<Vec<u8>> =
-            self.lock().sizes.keys().filter(|hash| !live.contains(*hash)).cloned().collect();
-        let mut report = GcReport::default();
+        // With a pinned block missing, what it links to is not known: only blocks cached for
+        // reads in this run go.
+        let dead: Vec<Vec<u8>> = {
+            let index = self.lock();
+            let dead = |hash: &&Vec<u8>| {
+                !live.contains(*hash) && (missing.is_empty() || index.cached_at.contains_key(*hash))
+            };
+            index.sizes.keys().filter(dead).cloned().collect()
+        };
+        let mut report = GcReport { missing, ..GcReport::default() };
         for hash in dead {
             match fs::remove_file(self.path(&hash)) {
                 Ok(()) => {}
@@ -765,7 +833,7 @@ mod tests {
             String::from_utf8_lossy(block).lines().filter_map(|l| l.parse().ok()).collect()
         };
         let report = blocks.gc(links).expect("gc");
-        assert_eq!(report, GcReport { removed: 1, freed: 5, kept: 4 });
+        assert_eq!(report, GcReport { removed: 1, freed: 5, kept: 4, missing: Vec::new() });
         assert!(!blocks.has(&stray) && leaves.iter().all(|c| blocks.has(c)));
         assert!(blocks.unpin(&root).expect("unpin"));
         assert_eq!(blocks.gc(links).expect("gc").removed, 4);
@@ -796,10 +864,62 @@ mod tests {
         fs::write(path(&inner), b"damaged too").expect("damage");
         // Reopened, so that the block is read from disk, not from the hot tier.
         let blocks = store(dir.path(), 1 << 20);
+        let cached = cid_of(RAW, b"cached for a read");
+        blocks.put_cached(&cached, b"cached for a read").expect("cached");
         let report = blocks.gc(links).expect("a damaged block does not fail the collection");
         assert!(!blocks.has(&inner), "removed as damaged");
-        assert!(!blocks.has(&stray), "the collection went on");
+        assert_eq!(report.missing, [inner], "and reported");
+        // What the damaged block linked to is not known: only this run's cache goes.
+        assert!(blocks.has(&stray), "kept while a pinned block is missing");
+        assert!(!blocks.has(&cached), "a block cached for a read goes");
         assert!(blocks.has(&child), "still reached through the inline root");
-        assert_eq!((report.removed, report.kept), (1, 1), "{report:?}");
+        assert_eq!((report.removed, report.kept), (1, 2), "{report:?}");
+        // Pinned again whole (here: put again), the collection removes what no pin reaches.
+        blocks.put(&inner, listing.as_bytes()).expect("inner");
+        let report = blocks.gc(links).expect("gc");
+        assert!(report.missing.is_empty() && !blocks.has(&stray), "{report:?}");
+    }
+
+    #[test]
+    fn a_read_that_finds_a_file_gone_while_it_is_written_again_keeps_the_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1 << 20);
+        let cid = cid_of(RAW, b"evicted and put again");
+        blocks.put_cached(&cid, b"evicted and put again").expect("cached");
+        let path = blocks.path(&cid.hash().to_bytes());
+        // A write of the block under way (an eviction, then a pin's put): its file is gone for
+        // a moment, and a read finds it so.
+        let held = blocks.writes[stripe(&cid.hash().to_bytes())].lock().expect("lock");
+        fs::remove_file(&path).expect("gone");
+        let reader = blocks.clone();
+        let read = std::thread::spawn(move || reader.get(&cid));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        fs::write(&path, b"evicted and put again").expect("back");
+        drop(held);
+        let got = read.join().expect("joined").expect("read");
+        assert_eq!(got.as_deref(), Some(&b"evicted and put again"[..]));
+        assert!(blocks.has(&cid), "not forgotten");
+        // With no write under way, a missing file is forgotten (a store reopened, so that the
+        // hot tier does not answer).
+        let reopened = store(dir.path(), 1 << 20);
+        fs::remove_file(&path).expect("gone");
+        assert_eq!(reopened.get(&cid).expect("read"), None);
+        assert!(!reopened.has(&cid));
+    }
+
+    #[test]
+    fn a_put_that_would_not_fit_with_the_whole_cache_gone_removes_none_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 300);
+        let (a, b, c) = (cid_of(RAW, &[1; 100]), cid_of(RAW, &[2; 100]), cid_of(RAW, &[3; 100]));
+        blocks.put(&a, &[1; 100]).expect("added");
+        blocks.put_cached(&b, &[2; 100]).expect("cached");
+        blocks.put_cached(&c, &[3; 100]).expect("cached");
+        let big = cid_of(RAW, &[9; 250]);
+        assert!(matches!(blocks.put(&big, &[9; 250]), Err(BlockError::Full { used: 300, .. })));
+        assert!(blocks.has(&b) && blocks.has(&c), "the cache is still there");
+        let d = cid_of(RAW, &[4; 100]);
+        assert!(blocks.put(&d, &[4; 100]).expect("room made"));
+        assert!(!blocks.has(&b) && blocks.has(&c), "one block's room, the oldest");
     }
 }

@@ -308,11 +308,18 @@ pub(super) async fn unpin(
     Ok(Json(json!({ "unpinned": cid.to_string() })))
 }
 
-/// `POST /v1/ipfs/gc`: removes every block no pin reaches.
+/// `POST /v1/ipfs/gc`: removes every block no pin reaches (only this run's cached blocks
+/// while a pinned block is missing).
 pub(super) async fn gc(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     let store = store(&state).await?;
     let report = store.collect(files::links).await.map_err(block_error)?;
-    Ok(Json(json!({ "removed": report.removed, "freed": report.freed, "kept": report.kept })))
+    let missing: Vec<String> = report.missing.iter().map(|cid| cid.to_string()).collect();
+    Ok(Json(json!({
+        "removed": report.removed,
+        "freed": report.freed,
+        "kept": report.kept,
+        "missing": missing,
+    })))
 }
 
 /// `GET /v1/ipfs/stat`: what the block store holds, and the IPFS peers.
