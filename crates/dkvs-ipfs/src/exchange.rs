@@ -54,9 +54,11 @@ const STREAMS_PER_PEER: usize = 16;
 const WRITER_QUEUE: usize = 1024;
 /// Entries (wants, presences, blocks to send) queued for one peer's writer, and in the batch
 /// it is writing, before more messages are dropped: two full messages' worth, about 2 MiB of
-/// memory. A peer that never reads, and keeps asking for blocks this node lacks with
-/// `send_dont_have`, would else have thousands of don't-haves queued for each frame it sent
-/// (a message count alone let 1024 messages of 8192 entries each wait, 800 MiB).
+/// memory (a block to send is one entry, its CID: the writer loads blocks a batch,
+/// [`BATCH_BYTES`], at a time, a block queued already is not queued again, and a writer whose
+/// peer left drops what it holds). A peer that never reads, and keeps asking for blocks this
+/// node lacks with `send_dont_have`, would else have thousands of don't-haves queued for each
+/// frame it sent (a message count alone let 1024 messages of 8192 entries each wait, 800 MiB).
 const WRITER_ENTRIES: usize = 2 * MAX_ENTRIES;
 /// Bytes of blocks a writer puts in one message.
 const BATCH_BYTES: usize = 2 << 20;
@@ -195,10 +197,32 @@ impl Outgoing {
     }
 }
 
-/// A peer's writer: its queue, and the entries in it and in the batch it is writing.
+/// A peer's writer: its queue, and what it shares with its task.
 struct Writer {
     queue: mpsc::Sender<Outgoing>,
-    entries: Arc<AtomicUsize>,
+    state: Arc<WriterState>,
+}
+
+/// What the exchange and a writer's task share.
+#[derive(Default)]
+struct WriterState {
+    /// Entries in the queue and in the batch being written ([`WRITER_ENTRIES`]).
+    entries: AtomicUsize,
+    /// Blocks queued and not loaded yet: a block asked for again meanwhile is sent once.
+    blocks: Mutex<HashSet<Cid>>,
+    /// Set when the peer left or does not speak bitswap: the task drops what it still holds
+    /// (it would load every block queued only to find no stream).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl WriterState {
+    fn blocks(&self) -> std::sync::MutexGuard<'_, HashSet<Cid>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
 }
 
 struct Wanting {
@@ -385,42 +409,61 @@ impl Exchange {
 
     fn flush(&mut self) {
         for (peer, outgoing) in std::mem::take(&mut self.outbox) {
-            let entries = outgoing.entries();
-            if entries > 0 {
-                self.send(peer, outgoing, entries);
+            if outgoing.entries() > 0 {
+                self.send(peer, outgoing);
             }
         }
     }
 
-    fn send(&mut self, peer: PeerId, outgoing: Outgoing, entries: usize) {
+    fn send(&mut self, peer: PeerId, mut outgoing: Outgoing) {
         if !self.connected.contains(&peer) || self.no_bitswap.contains(&peer) {
             return;
         }
         let writer = self.writers.entry(peer).or_insert_with(|| {
             let (queue, rx) = mpsc::channel(WRITER_QUEUE);
-            let queued = Arc::new(AtomicUsize::new(0));
+            let state = Arc::new(WriterState::default());
             let task = writer(
                 peer,
                 self.stream_asks_tx.clone(),
                 self.store.clone(),
                 rx,
-                queued.clone(),
+                state.clone(),
                 self.inbound_tx.clone(),
             );
             tokio::spawn(task);
-            Writer { queue, entries: queued }
+            Writer { queue, state }
         });
-        let before = writer.entries.fetch_add(entries, Ordering::Relaxed);
+        if !outgoing.blocks.is_empty() {
+            let mut queued = writer.state.blocks();
+            outgoing.blocks.retain(|cid| queued.insert(*cid));
+        }
+        let entries = outgoing.entries();
+        if entries == 0 {
+            return;
+        }
+        let before = writer.state.entries.fetch_add(entries, Ordering::Relaxed);
+        let blocks = outgoing.blocks.clone();
         if before + entries > WRITER_ENTRIES || writer.queue.try_send(outgoing).is_err() {
-            writer.entries.fetch_sub(entries, Ordering::Relaxed);
+            writer.state.entries.fetch_sub(entries, Ordering::Relaxed);
+            let mut queued = writer.state.blocks();
+            blocks.iter().for_each(|cid| {
+                queued.remove(cid);
+            });
             self.dropped += 1;
             tracing::debug!(%peer, "bitswap: the peer's queue is full; a message is dropped");
         }
     }
 
+    /// Ends `peer`'s writer: it drops what it still holds.
+    fn close_writer(&mut self, peer: &PeerId) {
+        if let Some(writer) = self.writers.remove(peer) {
+            writer.state.closed.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Entries queued for peers' writers, or in the batches they are writing, over all peers.
     pub(crate) fn queued(&self) -> usize {
-        self.writers.values().map(|w| w.entries.load(Ordering::Relaxed)).sum()
+        self.writers.values().map(|w| w.state.entries.load(Ordering::Relaxed)).sum()
     }
 
     /// Handles what the tasks and the swarm reported.
@@ -441,7 +484,7 @@ impl Exchange {
             },
             ExchangeEvent::Unsupported(peer) => {
                 self.no_bitswap.insert(peer);
-                self.writers.remove(&peer);
+                self.close_writer(&peer);
                 self.forget_peer(peer);
             }
             ExchangeEvent::Connected(peer) => {
@@ -455,7 +498,7 @@ impl Exchange {
             ExchangeEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
                 self.no_bitswap.remove(&peer);
-                self.writers.remove(&peer);
+                self.close_writer(&peer);
                 self.forget_peer(peer);
             }
             ExchangeEvent::Tick => self.on_tick(),
@@ -733,7 +776,7 @@ async fn writer(
     asks: mpsc::Sender<StreamAsk>,
     store: BlockStore,
     mut rx: mpsc::Receiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    state: Arc<WriterState>,
     report: mpsc::Sender<ExchangeEvent>,
 ) {
     let mut stream: Option<Stream> = None;
@@ -754,6 +797,9 @@ async fn writer(
             rx.recv().await
         };
         let Some(first) = first else { break };
+        if state.is_closed() {
+            break;
+        }
         let mut message = Message::default();
         let mut bytes = 0;
         // Counted out of the queue once written: a batch waiting on a peer that does not read
@@ -768,6 +814,10 @@ async fn writer(
             bytes += m.blocks.iter().map(|(_, d)| d.len()).sum::<usize>();
             message.blocks.extend(m.blocks);
             for cid in cids {
+                if state.is_closed() {
+                    return;
+                }
+                state.blocks().remove(&cid);
                 // A peer may want thousands of blocks in one message: at most a batch of them
                 // is loaded at a time.
                 if bytes >= BATCH_BYTES {
@@ -797,7 +847,7 @@ async fn writer(
         if !write_batch(peer, message, &mut stream, &asks, &report).await {
             return;
         }
-        queued.fetch_sub(taken, Ordering::Relaxed);
+        state.entries.fetch_sub(taken, Ordering::Relaxed);
     }
     if let Some(mut s) = stream {
         let _ = s.close().await;

@@ -478,6 +478,46 @@ async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_asked_for_again_before_it_is_sent_is_queued_once() -> anyhow::Result<()> {
+    use dkvs_ipfs::bitswap::{Message, Want, WantType, write_frame};
+    use futures::StreamExt as _;
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let data = vec![7u8; 1 << 20];
+        let cid = dkvs_ipfs::cid_of(0x55, &data);
+        net.node(1)
+            .with_extension(move |ipfs: &mut Ipfs, _| ipfs.store().put(&cid, &data))
+            .await??;
+        // A peer that takes node 1's streams and never reads them asks for the block in ten
+        // messages: the first answer fills what the transport holds, the next waits in the
+        // queue, and the other eight are that same block, not queued again.
+        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, stream)) = incoming.next().await {
+                held.push(stream);
+            }
+        });
+        let mut out =
+            open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
+        for _ in 0..10 {
+            let want =
+                Message { wants: vec![Want::new(cid, WantType::Block)], ..Message::default() };
+            write_frame(&mut out, &want.encode()).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let queued = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.queued()).await?;
+        assert!((1..=2).contains(&queued), "{queued} answers queued for one block");
+        holder.abort();
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_is_queued_a_bounded_number_of_answers() -> anyhow::Result<()> {
     use dkvs_ipfs::bitswap::{MAX_ENTRIES, Message, Want, WantType, write_frame};
     use futures::StreamExt as _;

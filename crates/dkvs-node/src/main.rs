@@ -915,7 +915,7 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let missing = answer["missing"].as_array().map_or(&[][..], |m| m.as_slice());
             if let Some(first) = missing.first() {
                 eprintln!(
-                    "{} pinned blocks are missing or were damaged (first: {}): only blocks \
+                    "dkvs: {} pinned blocks are missing or were damaged (first: {}): only blocks \
                      cached for reads were removed; pin their files again to fetch them",
                     missing.len(),
                     first.as_str().unwrap_or("?")
