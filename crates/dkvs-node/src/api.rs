@@ -92,7 +92,16 @@ pub struct AppState {
     /// back from a replica that missed an acknowledgement are left out; saved in the home.
     /// Letters handed out and waiting for the client's acknowledgement, by token.
     pub mail: Mutex<MailState>,
+    /// Gateway requests without a token under way ([`TOKENLESS_REQUESTS`] at most, each
+    /// holding its permit until its file is sent).
+    pub tokenless: Arc<tokio::sync::Semaphore>,
 }
+
+/// Gateway requests without a token that may be under way at once: a quarter of the API's
+/// connections (`serve::Limits::NODE`), so that whoever holds the token (the `dkvs` command,
+/// an application) finds room however many files are asked for without one; past it, 503
+/// `busy`.
+pub const TOKENLESS_REQUESTS: usize = 64;
 
 impl AppState {
     /// The home's default account now.
@@ -243,7 +252,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ipfs/{*path}", get(ipfs::gateway))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::map_response(close_refused))
         .with_state(state)
+}
+
+/// A request refused for its token, its host, its site or the room it wanted ends its
+/// connection: a client without the token cannot keep one of the API's connections by
+/// asking again and again.
+async fn close_refused(mut response: Response) -> Response {
+    let refused = [
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+        StatusCode::MISDIRECTED_REQUEST,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ];
+    if refused.contains(&response.status()) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Refuses a request whose `Host` does not name this machine (a page elsewhere that makes a

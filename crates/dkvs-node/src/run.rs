@@ -109,6 +109,7 @@ pub async fn run(
         check_host: api_addr.ip().is_loopback(),
         kept: Mutex::new(kept.clone()),
         mail: Mutex::new(api::MailState::default()),
+        tokenless: Arc::new(tokio::sync::Semaphore::new(api::TOKENLESS_REQUESTS)),
     });
     // What the node kept alive before it stopped, it keeps alive again. The list stays whole:
     // an entry whose account does not unlock in this run stays listed (and in the file) for a

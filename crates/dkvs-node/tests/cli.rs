@@ -1220,3 +1220,57 @@ fn an_api_connection_that_sends_no_request_is_closed_after_30_s() {
     assert!(waited >= Duration::from_secs(29), "closed after {waited:?}");
     drop(node);
 }
+
+#[test]
+fn clients_without_the_token_hold_a_bounded_share_of_the_api() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let _node = start(&home, None);
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    let token = api["token"].as_str().expect("token").to_owned();
+    // A request refused for its token ends its connection, kept alive or not.
+    let mut refused = std::net::TcpStream::connect(&addr).expect("api reachable");
+    refused.set_read_timeout(Some(STEP)).expect("timeout");
+    write!(refused, "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("sent");
+    let mut answer = String::new();
+    refused.read_to_string(&mut answer).expect("closed by the node, not the test's bound");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // Files nobody has, asked for without the token, 80 at once: 64 wait for their blocks (a
+    // minute), the other 16 are refused at once, and told why.
+    let mut asked: Vec<(std::net::TcpStream, Vec<u8>)> = (0..80u32)
+        .map(|i| {
+            let cid = dkvs_ipfs::cid_of(0x55, &i.to_be_bytes());
+            let mut stream = std::net::TcpStream::connect(&addr).expect("api reachable");
+            write!(stream, "GET /ipfs/{cid} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("sent");
+            stream.set_nonblocking(true).expect("nonblocking");
+            (stream, Vec::new())
+        })
+        .collect();
+    let mut answers: Vec<String> = Vec::new();
+    let deadline = Instant::now() + STEP;
+    while answers.len() < 16 && Instant::now() < deadline {
+        // An answer is whole once the node closes the connection after it.
+        asked.retain_mut(|(stream, answer)| match stream.read_to_end(answer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => {
+                answers.push(String::from_utf8_lossy(answer).into_owned());
+                false
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(answers.len(), 16, "{answers:?}");
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("busy"), "{answer}");
+        assert!(answer.contains("token"), "{answer}");
+    }
+    assert_eq!(asked.len(), 64, "the others wait for their blocks");
+    // With the token, the API still answers.
+    assert_eq!(http_as(&addr, &addr, "/v1/status", Some(&token)).0, 200);
+    drop(asked);
+}

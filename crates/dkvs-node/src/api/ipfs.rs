@@ -426,8 +426,20 @@ pub(super) async fn gateway(
 ) -> ApiResult<Response> {
     // Beyond loopback (`api` set to another address), the gateway is not open to all.
     let token_ok = super::open_on_loopback(&state, &headers)?;
+    let mut tokenless = None;
     if !token_ok {
         from_this_site(&headers)?;
+        tokenless = Some(state.tokenless.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "{} files are being served without a token; try again later, or send the \
+                     token",
+                    super::TOKENLESS_REQUESTS
+                ),
+            )
+        })?);
     }
     let Path(path) = path.map_err(rejected)?;
     let mut segments = path.split('/').filter(|s| !s.is_empty());
@@ -456,5 +468,13 @@ pub(super) async fn gateway(
     served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     served.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     served.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Some(permit) = tokenless {
+        // Held until the file is sent (or the client goes).
+        let body = std::mem::take(response.body_mut()).into_data_stream();
+        *response.body_mut() = Body::from_stream(body.map(move |chunk| {
+            let _held = &permit;
+            chunk
+        }));
+    }
     Ok(response)
 }
