@@ -13,9 +13,9 @@
 //!
 //! A block fetched for a read is kept as a cache ([`BlockStore::put_cached`]): a put that
 //! would pass the limit makes room by removing such blocks, the oldest first, so reading other
-//! people's files never fills the store against an add or a pin. What an earlier run cached
-//! is not told apart from what it added (both are files on disk): garbage collection removes
-//! it.
+//! people's files does not fill the store against an add or a pin (a put that would not fit
+//! even with the whole cache gone removes none of it). What an earlier run cached is not told
+//! apart from what it added (both are files on disk): garbage collection removes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;

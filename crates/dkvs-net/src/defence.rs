@@ -207,9 +207,10 @@ impl Subnet {
 }
 
 /// The network a peer connects from, as the node's per-network budgets group peers (an IPv4
-/// /24, an IPv6 /48, or the relay of a relayed connection): for an extension's own budgets,
-/// which peer ids alone would not bound (they cost nothing to make). `None` for this machine
-/// and the local network, which are not grouped.
+/// /24, an IPv6 /48; a relayed connection counts in its relay's): for an extension's own
+/// budgets, which peer ids alone would not bound (they cost nothing to make). `None` for this
+/// machine and the local network, which are not grouped, and for an address with no IP (a
+/// DNS name, the memory transport; a relay named so is grouped by its id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Network(Subnet);
 

@@ -710,7 +710,8 @@ fn lost_race(error: &PutError) -> bool {
 }
 
 /// The network `peer` is connected from, for the byte budget its ids share (see
-/// [`crate::defence::Subnet`]); `None` for a peer on this machine or the local network.
+/// [`crate::defence::Subnet`]); `None` for a peer on this machine or the local network, or
+/// connected only through addresses with no IP (DNS names, the memory transport).
 pub(crate) fn subnet_of(
     connections: &Connections,
     peer: &PeerId,

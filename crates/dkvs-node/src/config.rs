@@ -41,7 +41,7 @@ pub struct NodeConfig {
     pub autonat_only_global_ips: bool,
     /// Peers kept connected at most; over it the least recently used are closed (to three
     /// quarters of it), relays and peers with a request in flight spared; first, a network
-    /// (an IPv4 /24, an IPv6 /48 or one relay; this machine and the LAN are none) with more
+    /// (an IPv4 /24, an IPv6 /48, a relay's; this machine and the LAN are none) with more
     /// than a quarter of it (at least 1) connected loses its newest peers, down to a quarter.
     pub max_connections: usize,
     /// Inbound TCP connections from one address (an IPv4 address, an IPv6 /64) that may be
@@ -77,8 +77,8 @@ pub struct NodeConfig {
     pub peer_bytes_per_second: u32,
     /// Bytes one peer may send at once (a new peer starts with an eighth).
     pub peer_byte_burst: u32,
-    /// Bytes all peers from one network (IPv4 /24, IPv6 /48, or behind one relay) may send
-    /// per second, sustained; peers on this machine or the LAN are not grouped.
+    /// Bytes all peers from one network (IPv4 /24, IPv6 /48; relayed peers in their relay's)
+    /// may send per second, sustained; peers on this machine or the LAN are not grouped.
     pub subnet_bytes_per_second: u32,
     /// Bytes all peers from one network may send at once.
     pub subnet_byte_burst: u32,
