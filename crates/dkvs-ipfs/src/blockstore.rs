@@ -123,7 +123,8 @@ impl Index {
     fn uncache(&mut self, hash: &[u8]) {
         if let Some(at) = self.cached_at.remove(hash) {
             self.cached.remove(&at);
-            self.cached_bytes -= self.sizes.get(hash).copied().unwrap_or(0);
+            let size = self.sizes.get(hash).copied().unwrap_or(0);
+            self.cached_bytes = self.cached_bytes.saturating_sub(size);
         }
     }
 
@@ -132,7 +133,7 @@ impl Index {
         self.uncache(hash);
         self.unsynced.remove(hash);
         let size = self.sizes.remove(hash)?;
-        self.bytes -= size;
+        self.bytes = self.bytes.saturating_sub(size);
         Some(size)
     }
 }
@@ -153,11 +154,11 @@ pub struct BlockStore {
     writes: Arc<[Mutex<()>; WRITE_STRIPES]>,
 }
 
-/// A cached block taken out of the index to make room: its file, to remove while the lock of
-/// its write stripe is held.
+/// Cached blocks taken out of the index to make room: their files, to remove while the locks
+/// of their write stripes are held (one each; the caller's own stripe it holds already).
 struct Evicted<'a> {
-    path: PathBuf,
-    _writing: Option<std::sync::MutexGuard<'a, ()>>,
+    paths: Vec<PathBuf>,
+    locks: Vec<std::sync::MutexGuard<'a, ()>>,
 }
 
 /// Stripes of [`BlockStore`]'s per-block write lock.
@@ -277,11 +278,11 @@ impl BlockStore {
             if kept && (!durable || !index.unsynced.contains(&hash)) {
                 return Ok(false);
             }
-            let mut evicted = Vec::new();
+            let mut evicted = Evicted { paths: Vec::new(), locks: Vec::new() };
             let len = data.len() as u64;
             if !kept && index.bytes + len > self.config.max_bytes {
                 // Nothing is removed for a put that would not fit anyway.
-                if index.bytes - index.cached_bytes + len <= self.config.max_bytes {
+                if index.bytes.saturating_sub(index.cached_bytes) + len <= self.config.max_bytes {
                     evicted = self.make_room(&mut index, stripe(&hash), len);
                 }
                 if index.bytes + len > self.config.max_bytes {
@@ -299,9 +300,9 @@ impl BlockStore {
         // A block kept only as a cache is written again, synced, when it must survive.
         write_atomically(&self.path(&hash), data, durable)?;
         let mut index = self.lock();
-        if index.sizes.insert(hash.clone(), data.len() as u64).is_none() {
-            index.bytes += data.len() as u64;
-        }
+        // A file found at start may have been cut short by a crash: its size is the new one.
+        let before = index.sizes.insert(hash.clone(), data.len() as u64).unwrap_or(0);
+        index.bytes = index.bytes.saturating_sub(before) + data.len() as u64;
         if durable {
             index.unsynced.remove(&hash);
             index.uncache(&hash);
@@ -323,32 +324,31 @@ impl BlockStore {
     /// Takes cached blocks out of the index, the oldest first, until `len` more bytes fit or
     /// none is left; `own` is the write stripe the caller holds. A block whose stripe another
     /// write holds is passed over: that write may be putting it for good. Returns the files
-    /// to remove ([`BlockStore::remove_files`], once the index is unlocked), each with its
-    /// stripe's lock, so that no write of the block comes between.
-    fn make_room<'a>(&'a self, index: &mut Index, own: usize, len: u64) -> Vec<Evicted<'a>> {
+    /// to remove ([`BlockStore::remove_files`], once the index is unlocked), with the locks of
+    /// their stripes, so that no write of those blocks comes between.
+    fn make_room<'a>(&'a self, index: &mut Index, own: usize, len: u64) -> Evicted<'a> {
+        let mut evicted = Evicted { paths: Vec::new(), locks: Vec::new() };
+        let mut held = [false; WRITE_STRIPES];
+        held[own] = true;
         let mut passed = Vec::new();
-        let mut evicted = Vec::new();
         while index.bytes + len > self.config.max_bytes {
-            let Some((at, hash)) = index.cached.first_key_value().map(|(a, h)| (*a, h.clone()))
-            else {
-                break;
-            };
-            let writing = if stripe(&hash) == own {
-                None
-            } else {
-                match self.writes[stripe(&hash)].try_lock() {
-                    Ok(guard) => Some(guard),
-                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            let Some((&at, hash)) = index.cached.first_key_value() else { break };
+            let (hash, stripe) = (hash.clone(), stripe(hash));
+            if !held[stripe] {
+                match self.writes[stripe].try_lock() {
+                    Ok(guard) => evicted.locks.push(guard),
+                    Err(std::sync::TryLockError::Poisoned(p)) => evicted.locks.push(p.into_inner()),
                     Err(std::sync::TryLockError::WouldBlock) => {
                         index.cached.remove(&at);
                         passed.push((at, hash));
                         continue;
                     }
                 }
-            };
+                held[stripe] = true;
+            }
             index.remove(&hash);
             self.hot.invalidate(&hash);
-            evicted.push(Evicted { path: self.path(&hash), _writing: writing });
+            evicted.paths.push(self.path(&hash));
         }
         for (at, hash) in passed {
             index.cached.insert(at, hash);
@@ -356,10 +356,11 @@ impl BlockStore {
         evicted
     }
 
-    /// Removes the files of blocks [`BlockStore::make_room`] took out of the index.
-    fn remove_files(&self, evicted: Vec<Evicted<'_>>) {
-        for Evicted { path, _writing } in evicted {
-            if let Err(e) = fs::remove_file(&path)
+    /// Removes the files of blocks [`BlockStore::make_room`] took out of the index, then lets
+    /// their stripes go.
+    fn remove_files(&self, evicted: Evicted<'_>) {
+        for path in &evicted.paths {
+            if let Err(e) = fs::remove_file(path)
                 && e.kind() != io::ErrorKind::NotFound
             {
                 // Left on disk, out of the index: the next start counts it again (and gc, or
@@ -905,6 +906,31 @@ mod tests {
         fs::remove_file(&path).expect("gone");
         assert_eq!(reopened.get(&cid).expect("read"), None);
         assert!(!reopened.has(&cid));
+    }
+
+    #[test]
+    fn a_put_makes_room_from_many_cached_blocks_of_one_stripe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 100 * 100);
+        // 100 cached blocks over 64 stripes: some stripes hold several.
+        let cached: Vec<Cid> = (0..100u32)
+            .map(|i| {
+                let data = [i.to_be_bytes().as_slice(), &[0; 96]].concat();
+                let cid = cid_of(RAW, &data);
+                blocks.put_cached(&cid, &data).expect("cached");
+                cid
+            })
+            .collect();
+        let mut stripes = cached.iter().map(|c| stripe(&c.hash().to_bytes())).collect::<Vec<_>>();
+        stripes.sort_unstable();
+        stripes.dedup();
+        assert!(stripes.len() < 64, "several blocks share a stripe");
+        // An add of half the store: the oldest 50 go, whatever their stripes.
+        let big = cid_of(RAW, &[7; 5000]);
+        assert!(blocks.put(&big, &[7; 5000]).expect("room made"));
+        assert!(cached[..50].iter().all(|c| !blocks.has(c)), "the oldest half went");
+        assert!(cached[50..].iter().all(|c| blocks.has(c)), "the rest stayed");
+        assert_eq!(blocks.bytes(), 100 * 100);
     }
 
     #[test]
