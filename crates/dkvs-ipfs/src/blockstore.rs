@@ -96,9 +96,10 @@ pub struct GcReport {
     pub freed: u64,
     /// Blocks kept (reachable from a pin).
     pub kept: usize,
-    /// Blocks the pins reach that are missing, or were damaged on disk (and removed): what
-    /// they link to is not known, so the collection removed only blocks cached for reads in
-    /// this run, and kept the rest. Pinning their roots again fetches them.
+    /// Pinned roots with a block under them (or the root itself) missing, or damaged on disk
+    /// (and removed): what it links to is not known, so the collection removed only blocks
+    /// cached for reads in this run, and kept the rest. Pinning such a root again fetches what
+    /// is missing; unpinning it gives it up.
     pub missing: Vec<Cid>,
 }
 
@@ -516,13 +517,14 @@ impl BlockStore {
     /// so removed), is skipped (fetched later, not an error).
     pub fn gc(&self, links: impl Fn(&Cid, &[u8]) -> Vec<Cid>) -> Result<GcReport, BlockError> {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
-        let mut missing = Vec::new();
-        let mut todo: Vec<Cid> = self.pins();
-        while let Some(cid) = todo.pop() {
+        let mut missing = BTreeSet::new();
+        // Each block with the pinned root it was reached from.
+        let mut todo: Vec<(Cid, Cid)> = self.pins().into_iter().map(|root| (root, root)).collect();
+        while let Some((cid, root)) = todo.pop() {
             if cid.hash().code() == IDENTITY {
                 // Its links are in its CID; it cannot link to itself (its bytes would hold
                 // themselves), so the walk ends.
-                todo.extend(links(&cid, cid.hash().digest()));
+                todo.extend(links(&cid, cid.hash().digest()).into_iter().map(|c| (c, root)));
                 continue;
             }
             if cid.hash().code() != SHA2_256
@@ -532,8 +534,10 @@ impl BlockStore {
                 continue;
             }
             match self.get(&cid) {
-                Ok(Some(block)) => todo.extend(links(&cid, &block)),
-                Ok(None) | Err(BlockError::Corrupt(_)) => missing.push(cid),
+                Ok(Some(block)) => todo.extend(links(&cid, &block).into_iter().map(|c| (c, root))),
+                Ok(None) | Err(BlockError::Corrupt(_)) => {
+                    missing.insert(root);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -546,6 +550,7 @@ impl BlockStore {
             };
             index.sizes.keys().filter(dead).cloned().collect()
         };
+        let missing = missing.into_iter().collect();
         let mut report = GcReport { missing, ..GcReport::default() };
         for hash in dead {
             match fs::remove_file(self.path(&hash)) {
@@ -869,7 +874,7 @@ mod tests {
         blocks.put_cached(&cached, b"cached for a read").expect("cached");
         let report = blocks.gc(links).expect("a damaged block does not fail the collection");
         assert!(!blocks.has(&inner), "removed as damaged");
-        assert_eq!(report.missing, [inner], "and reported");
+        assert_eq!(report.missing, [inner], "and reported by its pinned root");
         // What the damaged block linked to is not known: only this run's cache goes.
         assert!(blocks.has(&stray), "kept while a pinned block is missing");
         assert!(!blocks.has(&cached), "a block cached for a read goes");
@@ -879,6 +884,21 @@ mod tests {
         blocks.put(&inner, listing.as_bytes()).expect("inner");
         let report = blocks.gc(links).expect("gc");
         assert!(report.missing.is_empty() && !blocks.has(&stray), "{report:?}");
+        // A block missing deep in a file is reported by the root the user pinned.
+        let leaf = cid_of(RAW, b"deep leaf");
+        blocks.put(&leaf, b"deep leaf").expect("leaf");
+        let middle_listing = format!("{leaf}\n");
+        let middle = cid_of(DAG_PB, middle_listing.as_bytes());
+        blocks.put(&middle, middle_listing.as_bytes()).expect("middle");
+        let root_listing = format!("{middle}\n");
+        let root = cid_of(DAG_PB, root_listing.as_bytes());
+        blocks.put(&root, root_listing.as_bytes()).expect("root");
+        blocks.pin(&root).expect("pin");
+        fs::remove_file(path(&middle)).expect("lost");
+        let blocks = store(dir.path(), 1 << 20);
+        let report = blocks.gc(links).expect("gc");
+        assert_eq!(report.missing, [root], "{report:?}");
+        assert!(blocks.has(&leaf), "kept: nothing is known to not reach it");
     }
 
     #[test]

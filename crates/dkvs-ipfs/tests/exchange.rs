@@ -443,13 +443,18 @@ async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Resu
         let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
         let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
         // A new peer id may send 512 KiB at once (an eighth of the 4 MiB burst), then 128 KiB
-        // a second. It sends that much that is no bitswap message (a stream each: a frame that
-        // does not decode ends its stream), ...
-        for _ in 0..8 {
-            let mut garbage =
-                open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
-            write_frame(&mut garbage, &vec![0xff; 64 << 10]).await?;
-        }
+        // a second. It sends more than that of what is no bitswap message, all along (a stream
+        // each: a frame that does not decode ends its stream), ...
+        let target = net.peer_id(1);
+        let mut flooding = control.clone();
+        let flood = tokio::spawn(async move {
+            loop {
+                if let Some(mut garbage) = open_once_connected(&mut flooding, target).await {
+                    let _ = write_frame(&mut garbage, &vec![0xff; 64 << 10]).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
         let counted = dkvs_testnet::eventually(Duration::from_secs(10), async || {
             net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await.unwrap_or(0) >= 8
         })
@@ -457,8 +462,8 @@ async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Resu
         assert!(counted, "the frames are counted as dropped");
         let mut out =
             open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
-        // ... then wants of about 180 KB, each asking for an answer: more than a second's
-        // budget, so refused if the garbage was charged, and answered if it was not.
+        // ... and wants of about 180 KB, each asking for an answer: while the garbage takes the
+        // budget as it refills, refused if the garbage is charged, and answered if it is not.
         let wants = (0..4096u32)
             .map(|i| Want::new(dkvs_ipfs::cid_of(0x55, &i.to_be_bytes()), WantType::Have))
             .collect();
@@ -471,6 +476,7 @@ async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Resu
         })
         .await;
         assert!(matches!(answered, Err(_) | Ok(None)), "answered: {answered:?}");
+        flood.abort();
         net.shutdown().await;
         anyhow::Ok(())
     })

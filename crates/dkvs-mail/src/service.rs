@@ -53,10 +53,12 @@ fn prune_watchers(
 }
 
 /// Watches one network of peers ([`Network`]: an IPv4 /24, an IPv6 /48, a relay's) may hold on
-/// a replica: sixteen peers' worth. Peer ids cost nothing: without it, one host with 256 of
-/// them would take every watch a replica keeps ([`MAX_WATCHED`]), and the watchers of every
-/// other mailbox would be refused (their mail still comes, at each renewal's fetch, not at
-/// once). Peers on this machine or the local network are not grouped.
+/// a replica once it holds half of all it keeps ([`MAX_WATCHED`]): sixteen peers' worth. Peer
+/// ids cost nothing: without it, one host with 256 of them would take every watch a replica
+/// keeps, and the watchers of every other mailbox would be refused (their mail still comes, at
+/// each renewal's fetch, not at once). Below half, a network takes as many as it asks for
+/// (phones behind one carrier's NAT share a network). Peers on this machine or the local
+/// network are not grouped.
 const WATCHES_PER_NETWORK: usize = 16 * WATCHES_PER_PEER;
 
 /// How many watches each peer, and each network of peers, holds on this replica. A peer's
@@ -462,12 +464,13 @@ impl Mail {
                 return Err(Refusal::Busy);
             }
         }
+        let crowded = self.watchers.len() > MAX_WATCHED / 2;
         let counts = &mut self.watches_of;
         let until = now + WATCH_TTL_MS;
         let watchers = self.watchers.entry(mailbox).or_default();
         prune_watchers(watchers, counts, |(p, end)| *p != peer && *end > now);
         if counts.of_peer(&peer) >= WATCHES_PER_PEER
-            || counts.of_network(&peer, network) >= WATCHES_PER_NETWORK
+            || (crowded && counts.of_network(&peer, network) >= WATCHES_PER_NETWORK)
         {
             if watchers.is_empty() {
                 self.watchers.remove(&mailbox);
@@ -829,8 +832,9 @@ mod watch_tests {
         });
         let sybils = network("/ip4/203.0.113.7/tcp/4001");
         assert!(sybils.is_some());
-        // Sixteen peer ids of one /24, each watching as many mailboxes as a peer may.
-        let peers: Vec<PeerId> = (0..16).map(|_| PeerId::random()).collect();
+        // Seventeen peer ids of one /24, each watching as many mailboxes as a peer may: while
+        // the replica holds less than half of what it keeps, a network takes what it asks.
+        let peers: Vec<PeerId> = (0..17).map(|_| PeerId::random()).collect();
         let mut watched = Vec::new();
         for peer in &peers {
             for mailbox in boxes.by_ref().take(WATCHES_PER_PEER) {
@@ -838,7 +842,14 @@ mod watch_tests {
                 watched.push((mailbox, *peer));
             }
         }
-        // A seventeenth id of that network is refused; others are not.
+        // Past half (peers of this machine here, which are not grouped, a second later)...
+        while mail.watchers.len() <= MAX_WATCHED / 2 {
+            let local = PeerId::random();
+            for mailbox in boxes.by_ref().take(WATCHES_PER_PEER) {
+                assert!(mail.add_watcher(mailbox, local, None, now + 1000).is_ok());
+            }
+        }
+        // ... another id of that network is refused; others are not.
         let next = boxes.next().expect("a mailbox");
         let extra = PeerId::random();
         let from_there = network("/ip4/203.0.113.200/tcp/1");
@@ -851,9 +862,10 @@ mod watch_tests {
             mail.add_watcher(next, PeerId::random(), None, now).is_ok(),
             "this machine, the LAN"
         );
-        // A renewal of a watch held is no new watch.
+        // A network past its share renews no watch while the replica is crowded: its watches
+        // lapse down to its share.
         let (mailbox, peer) = watched[0];
-        assert!(mail.add_watcher(mailbox, peer, sybils, now + 1).is_ok());
+        assert!(matches!(mail.add_watcher(mailbox, peer, sybils, now + 1), Err(Refusal::Busy)));
         // A peer's watches count where it first watched from, wherever it connects from now.
         let moved = peers[1];
         let elsewhere = network("/ip4/192.0.2.1/tcp/1");
@@ -865,8 +877,8 @@ mod watch_tests {
         mail.prune_lapsed(later);
         assert!(mail.add_watcher(fresh, extra, from_there, later).is_ok());
         let counted = mail.watches_of.networks.get(&from_there.expect("a network"));
-        assert_eq!(counted, Some(&2), "the renewal, and the new watch");
-        mail.prune_lapsed(later + WATCH_TTL_MS + 1);
+        assert_eq!(counted, Some(&1), "the new watch");
+        mail.prune_lapsed(later + WATCH_TTL_MS + 1000);
         assert!(mail.watches_of.networks.is_empty() && mail.watches_of.peers.is_empty());
     }
 }

@@ -228,8 +228,9 @@ impl Host<'_> {
     }
 
     /// The network `peer` is connected from ([`crate::Network`]), for an extension's own
-    /// per-network bounds; `None` for a peer on this machine or the local network, or not
-    /// connected.
+    /// per-network bounds; `None` for a peer on this machine or the local network, one
+    /// connected only through addresses with no IP (DNS names, the memory transport), or one
+    /// not connected.
     pub fn network_of(&self, peer: &PeerId) -> Option<crate::Network> {
         crate::node::subnet_of(self.connections, peer).map(crate::Network::from_subnet)
     }

@@ -178,13 +178,21 @@ impl ApiError {
     }
 }
 
+/// The refusals that end their connection: a client without the token, or from another
+/// site, cannot keep one of the API's connections by asking again and again.
+const CLOSING: [&str; 4] = ["unauthorized", "wrong_host", "cross_site", "busy"];
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": { "code": self.code, "message": self.message } });
         if let Some((name, value)) = self.extra {
             body[name] = value;
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if CLOSING.contains(&self.code) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -252,24 +260,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ipfs/{*path}", get(ipfs::gateway))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::map_response(close_refused))
         .with_state(state)
-}
-
-/// A request refused for its token, its host, its site or the room it wanted ends its
-/// connection: a client without the token cannot keep one of the API's connections by
-/// asking again and again.
-async fn close_refused(mut response: Response) -> Response {
-    let refused = [
-        StatusCode::UNAUTHORIZED,
-        StatusCode::FORBIDDEN,
-        StatusCode::MISDIRECTED_REQUEST,
-        StatusCode::SERVICE_UNAVAILABLE,
-    ];
-    if refused.contains(&response.status()) {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// Refuses a request whose `Host` does not name this machine (a page elsewhere that makes a

@@ -915,8 +915,9 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let missing = answer["missing"].as_array().map_or(&[][..], |m| m.as_slice());
             if let Some(first) = missing.first() {
                 eprintln!(
-                    "dkvs: {} pinned blocks are missing or were damaged (first: {}): only blocks \
-                     cached for reads were removed; pin their files again to fetch them",
+                    "dkvs: {} pinned files have blocks missing or damaged (first: {}): only \
+                     blocks cached for reads were removed; pin such a file again to fetch what \
+                     is missing (dkvs ipfs pin CID), or unpin it",
                     missing.len(),
                     first.as_str().unwrap_or("?")
                 );

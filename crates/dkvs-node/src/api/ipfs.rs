@@ -140,17 +140,28 @@ pub(super) async fn get(
 }
 
 /// Runs a get into a pipe and answers with what comes out of it (see the module docs).
+/// A task that ends when its handle is dropped: a client that goes away stops its file's
+/// fetch (which could otherwise wait a minute for each block nobody has).
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> ApiResult<Response> {
     let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
-    let task =
-        tokio::spawn(async move { files::get(&node, cid, &mut writer, &options, |_| {}).await });
+    let mut task = Aborting(tokio::spawn(async move {
+        files::get(&node, cid, &mut writer, &options, |_| {}).await
+    }));
     let mut first = vec![0u8; 64 << 10];
     let n = reader
         .read(&mut first)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?;
     let task = if n == 0 {
-        match task.await {
+        match (&mut task.0).await {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => return Err(ipfs_error(e)),
             Err(e) => {
@@ -167,12 +178,12 @@ async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> Api
     first.truncate(n);
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     let rest = futures::stream::unfold((reader, task), move |(mut reader, task)| async move {
-        let task = task?;
+        let mut task = task?;
         let mut buf = vec![0u8; 64 << 10];
         match reader.read(&mut buf).await {
             Ok(0) => {
                 // The end: whole only if the get succeeded.
-                let outcome = match task.await {
+                let outcome = match (&mut task.0).await {
                     Ok(Ok(_)) => return None,
                     Ok(Err(e)) => std::io::Error::other(e.to_string()),
                     Err(e) => std::io::Error::other(e.to_string()),
