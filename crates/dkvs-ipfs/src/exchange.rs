@@ -472,15 +472,17 @@ impl Exchange {
             ExchangeEvent::Frame { peer, len, message, held: _ } => match message {
                 Ok(message) => self.on_message(peer, len, message, host),
                 Err(e) => {
-                    // A frame that does not decode, or did not come whole in time, is charged as
-                    // any message is (bytes and rate, never a ban of its own: a real IPFS peer
-                    // may send what this node does not parse), so that bytes that do not decode
-                    // cost no less than bytes that do. A stream that broke is not.
+                    // A frame that does not decode, or did not come whole, is charged as any
+                    // message is (bytes and rate, never a ban of its own: a real IPFS peer may
+                    // send what this node does not parse), so that bytes that do not decode, or
+                    // a frame cut short on purpose, cost no less than bytes that do. (A stream
+                    // that broke between frames costs one byte.) Only those that came whole
+                    // and did not decode, or came too slowly, count as dropped.
+                    if self.connected.contains(&peer) {
+                        let _ = host.admit(peer, len.max(1), MAX_MESSAGE);
+                    }
                     let broke = matches!(&e, WireError::Io(io) if io.kind() != std::io::ErrorKind::TimedOut);
                     if !broke {
-                        if self.connected.contains(&peer) {
-                            let _ = host.admit(peer, len.max(1), MAX_MESSAGE);
-                        }
                         self.dropped += 1;
                     }
                     tracing::debug!(%peer, "bitswap: {e}");

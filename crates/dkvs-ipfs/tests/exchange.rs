@@ -436,8 +436,20 @@ async fn a_peer_that_wants_many_blocks_in_one_message_gets_each_once() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Result<()> {
+    garbage_takes_its_senders_budget(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cut_short_are_charged_to_their_sender() -> anyhow::Result<()> {
+    garbage_takes_its_senders_budget(true).await
+}
+
+/// A peer sends, all along, what is no bitswap message (frames that do not decode, or with
+/// `cut` frames that end before their length): its wants are refused for the budget the
+/// garbage took.
+async fn garbage_takes_its_senders_budget(cut: bool) -> anyhow::Result<()> {
     use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
-    use futures::StreamExt as _;
+    use futures::{AsyncWriteExt as _, StreamExt as _};
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
         let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
@@ -450,16 +462,31 @@ async fn frames_that_do_not_decode_are_charged_to_their_sender() -> anyhow::Resu
         let flood = tokio::spawn(async move {
             loop {
                 if let Some(mut garbage) = open_once_connected(&mut flooding, target).await {
-                    let _ = write_frame(&mut garbage, &vec![0xff; 64 << 10]).await;
+                    if cut {
+                        // A frame of 64 KiB promised, half of it sent, the stream closed.
+                        let mut frame = Vec::new();
+                        prost::encode_length_delimiter(64 << 10, &mut frame).expect("room");
+                        frame.extend_from_slice(&[0x0a; 32 << 10]);
+                        let _ = garbage.write_all(&frame).await;
+                        let _ = garbage.close().await;
+                    } else {
+                        let _ = write_frame(&mut garbage, &vec![0xff; 64 << 10]).await;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let counted = dkvs_testnet::eventually(Duration::from_secs(10), async || {
-            net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await.unwrap_or(0) >= 8
-        })
-        .await;
-        assert!(counted, "the frames are counted as dropped");
+        if cut {
+            // Time for the garbage to take the new peer's first 512 KiB.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        } else {
+            let counted = dkvs_testnet::eventually(Duration::from_secs(10), async || {
+                let dropped = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped());
+                dropped.await.unwrap_or(0) >= 8
+            })
+            .await;
+            assert!(counted, "the frames are counted as dropped");
+        }
         let mut out =
             open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
         // ... and wants of about 180 KB, each asking for an answer: while the garbage takes the

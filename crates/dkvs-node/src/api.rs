@@ -260,7 +260,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ipfs/{*path}", get(ipfs::gateway))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), trust_the_token))
         .with_state(state)
+}
+
+/// A connection a request with the right token came on is trusted from then on
+/// ([`crate::serve::Trust`]): its answers may wait as long as its reader pauses.
+async fn trust_the_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if presented_token(request.headers()).is_some_and(|token| token_matches(&state, token))
+        && let Some(trust) = request.extensions().get::<crate::serve::Trust>()
+    {
+        trust.grant();
+    }
+    next.run(request).await
 }
 
 /// Refuses a request whose `Host` does not name this machine (a page elsewhere that makes a

@@ -40,7 +40,7 @@ enum Command {
     Put {
         /// The key; `/~/...` is the signing account's own scope.
         key: String,
-        /// The value.
+        /// The value (`-`, or none: standard input, as `ipfs add -`).
         value: Option<String>,
         /// Read the value from this file.
         #[arg(long, conflicts_with = "value")]
@@ -132,7 +132,7 @@ enum MailCommand {
     Send {
         /// The recipient's account id.
         account_id: String,
-        /// The message.
+        /// The message (`-`, or none: standard input).
         message: Option<String>,
         /// Read the message from this file.
         #[arg(long, conflicts_with = "message")]
@@ -183,7 +183,7 @@ enum ChannelCommand {
     Publish {
         /// The channel's name.
         name: String,
-        /// The post.
+        /// The post (`-`, or none: standard input).
         message: Option<String>,
         /// Read the post from this file.
         #[arg(long, conflicts_with = "message")]
@@ -957,13 +957,18 @@ fn report_refused(answer: &serde_json::Value) {
 }
 
 /// What a command writes: the argument, else the file, else standard input.
+/// The bytes a command sends: its argument, the file named, or standard input (no argument,
+/// or `-` for either, as for `ipfs add -`: a value of the one byte `-` comes from a file or
+/// standard input).
 fn input(argument: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    let stdin =
+        argument.as_deref() == Some("-") || file.as_ref().is_some_and(|f| f.as_os_str() == "-");
     match (argument, file) {
-        (Some(text), _) => Ok(text.into_bytes()),
-        (None, Some(file)) => {
+        (Some(text), _) if !stdin => Ok(text.into_bytes()),
+        (None, Some(file)) if !stdin => {
             std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))
         }
-        (None, None) => {
+        _ => {
             let mut bytes = Vec::new();
             std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
             Ok(bytes)

@@ -10,15 +10,14 @@
 //! - At most [`Limits::connections`] are open at once. Past that, new connections wait in the
 //!   listen backlog until one closes (a burst of clients is served late, not refused), and the
 //!   node's log says so, once a minute at most.
-//! - One address on the internet (an IPv4 address, an IPv6 /64) holds at most
-//!   [`Limits::per_address`] of them; past that, its new connections are closed at once (and
-//!   the log says so). This machine and the local network (a container's bridge, a proxy on
-//!   the LAN) are not counted.
-//!
-//! Who else could hold connections for long: on loopback (the default), requests without a
-//! token are the gateway's and the metrics' (the gateway runs 64 at most, `api::TOKENLESS_REQUESTS`;
-//! a browser opens a few connections a site), and a refused request closes its connection;
-//! beyond loopback every request needs the token.
+//! - One address (an IPv4 address, an IPv6 /64) holds at most [`Limits::per_address`] of
+//!   them; past that, its new connections are closed at once (and the log says so). Loopback
+//!   is not counted.
+//! - A connection that has not shown the API's token ([`Trust`]) may not keep a write waiting
+//!   longer than [`Limits::stall`]: a client that asks without the token (the gateway's files
+//!   and the metrics on loopback) and stops reading is closed then. One that has shown it
+//!   waits as long as its reader pauses (a watch piped into a busy program, a paused
+//!   download). A refused request closes its connection.
 //!
 //! A stop ([`serve`]'s `shutdown`) closes the listener, lets the requests under way finish
 //! and closes idle connections; [`serve`] returns when all are closed.
@@ -29,21 +28,30 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use axum::http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt as _;
 
 /// The bounds [`serve`] keeps.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     /// How long a connection may take to send a request's head, or stay idle between requests.
     pub(crate) head_timeout: Duration,
+    /// How long a write may wait on a client that has not shown the token.
+    pub(crate) stall: Duration,
     /// How many connections may be open at once.
     pub(crate) connections: usize,
-    /// How many of them one address on the internet may hold.
+    /// How many of them one address other than loopback may hold.
     pub(crate) per_address: usize,
 }
 
@@ -52,9 +60,13 @@ impl Limits {
     /// client, ureq, keeps an idle connection: it lets go first, so it never sends a request
     /// on a connection the node is closing), 256 connections (a quarter of a common
     /// descriptor limit of 1024; a command takes one, a watch one while it runs), 32 from one
-    /// address on the internet.
-    pub(crate) const NODE: Limits =
-        Limits { head_timeout: Duration::from_secs(30), connections: 256, per_address: 32 };
+    /// address other than loopback, 30 s for a write to a client without the token.
+    pub(crate) const NODE: Limits = Limits {
+        head_timeout: Duration::from_secs(30),
+        stall: Duration::from_secs(30),
+        connections: 256,
+        per_address: 32,
+    };
 }
 
 /// How long the listener rests after an accept failed (out of descriptors, say) before it
@@ -120,8 +132,16 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        // The connection's trust goes into each of its requests, for the API to grant.
+        let trust = Trust::default();
+        let io =
+            Stalling { inner: stream, stall: limits.stall, trust: trust.clone(), deadline: None };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(trust.clone());
+            app.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let _counted = counted;
@@ -144,21 +164,93 @@ pub(crate) async fn serve(
 }
 
 /// The address a connection from `ip` counts against: an IPv4 address, an IPv6 /64 (what
-/// one host gets); `None` for this machine and the local network.
+/// one host gets); `None` for loopback. (The local network is counted: behind a proxy or a
+/// container's bridge, every client is one address, and one that shows no token must not
+/// take every connection.)
 fn counted_as(ip: IpAddr) -> Option<[u8; 16]> {
     match ip.to_canonical() {
-        IpAddr::V4(v4) if v4.is_loopback() || v4.is_private() || v4.is_link_local() => None,
+        IpAddr::V4(v4) if v4.is_loopback() => None,
         IpAddr::V4(v4) => Some(v4.to_ipv6_mapped().octets()),
-        IpAddr::V6(v6)
-            if v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local() =>
-        {
-            None
-        }
+        IpAddr::V6(v6) if v6.is_loopback() => None,
         IpAddr::V6(v6) => {
             let mut prefix = [0; 16];
             prefix[..8].copy_from_slice(&v6.octets()[..8]);
             Some(prefix)
         }
+    }
+}
+
+/// Whether a connection has shown the API's token: granted by the API (`api::router`) to the
+/// connection a request with the right token came on, for as long as it lives.
+#[derive(Clone, Default)]
+pub(crate) struct Trust(Arc<AtomicBool>);
+
+impl Trust {
+    pub(crate) fn grant(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn granted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection whose writes may not wait longer than `stall` for a client that has not shown
+/// the token: past it, an error ends them (and hyper the connection).
+struct Stalling<T> {
+    inner: T,
+    stall: Duration,
+    trust: Trust,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Stalling<T> {
+    /// `polled` as is, unless it has been pending for `stall` on an untrusted connection.
+    fn watch<R>(
+        &mut self,
+        polled: Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<R>> {
+        if polled.is_ready() || self.trust.granted() {
+            self.deadline = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        ready!(deadline.as_mut().poll(cx));
+        self.deadline = None;
+        let stalled = "a client without the token stopped reading the answer";
+        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, stalled)))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stalling<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stalling<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(polled, cx)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(polled, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -212,13 +304,15 @@ mod tests {
     /// What a test waits at most for something that should happen (a bound, not a target).
     const BOUND: Duration = Duration::from_secs(10);
 
-    /// Limits of `head_timeout` and `connections`, with the node's others.
+    /// Limits of `head_timeout` and `connections`, with the node's others but a stall of 300 ms.
     fn limits(head_timeout: Duration, connections: usize) -> Limits {
-        Limits { head_timeout, connections, ..Limits::NODE }
+        Limits { head_timeout, connections, stall: Duration::from_millis(300), ..Limits::NODE }
     }
 
     /// A server of `limits` on loopback: `/` answers "ok", `/slow` streams two chunks
-    /// `gap` apart, `/big` 64 MiB. Returns its address and the sender that stops it.
+    /// `gap` apart, `/big` 64 MiB, `/trusted/big` the same to a connection it trusts (as the
+    /// API trusts one that showed its token). Returns its address and the sender that stops
+    /// it.
     async fn server(
         limits: Limits,
         gap: Duration,
@@ -241,7 +335,14 @@ mod tests {
         let app = axum::Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/slow", get(slow))
-            .route("/big", get(|| async { vec![0u8; 64 << 20] }));
+            .route("/big", get(|| async { vec![0u8; 64 << 20] }))
+            .route(
+                "/trusted/big",
+                get(|axum::Extension(trust): axum::Extension<Trust>| async move {
+                    trust.grant();
+                    vec![0u8; 64 << 20]
+                }),
+            );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(serve(listener, app, limits, async {
             let _ = stopped.await;
@@ -291,15 +392,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reader_that_pauses_gets_the_whole_answer() {
+    async fn a_client_without_the_token_that_stops_reading_is_closed_after_the_stall() {
+        let (addr, _stop, _served) =
+            server(limits(Duration::from_secs(60), 1), Duration::ZERO).await;
+        // 64 MiB asked for and never read: the writes stall once the socket buffers are full.
+        let mut reader = TcpStream::connect(addr).await.expect("connect");
+        reader.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
+        // The one connection allowed is taken; once the stall ends it, another is served.
+        let mut next = TcpStream::connect(addr).await.expect("connect");
+        assert!(request(&mut next, "/").await.ends_with("ok"), "served after the stall");
+    }
+
+    #[tokio::test]
+    async fn a_trusted_reader_that_pauses_gets_the_whole_answer() {
         let limits = limits(Duration::from_millis(200), 8);
         let (addr, _stop, _served) = server(limits, Duration::ZERO).await;
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let head = "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let head = "GET /trusted/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         stream.write_all(head.as_bytes()).await.expect("send");
         let mut first = [0u8; 15];
         stream.read_exact(&mut first).await.expect("the answer began");
-        // Paused (a download, a watch piped into a busy program) past the head timeout.
+        // Paused (a download, a watch piped into a busy program) past the head timeout and the
+        // stall.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let mut rest = Vec::new();
         tokio::time::timeout(BOUND, stream.read_to_end(&mut rest))
@@ -342,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn one_address_on_the_internet_holds_its_share_of_the_connections() {
+    fn one_address_holds_its_share_of_the_connections() {
         let addresses = Arc::default();
         let ip = |text: &str| text.parse::<IpAddr>().expect("an address");
         let far = ip("203.0.113.7");
@@ -362,14 +476,17 @@ mod tests {
             .collect();
         assert!(Counted::take(&addresses, ip("2001:db8:1:2:ffff::9"), 3).is_none(), "one /64");
         assert!(Counted::take(&addresses, ip("2001:db8:1:3::1"), 3).is_some(), "another /64");
-        // This machine and the local network are not counted.
-        for local in
-            ["127.0.0.1", "::1", "10.1.2.3", "172.17.0.1", "192.168.1.9", "fd00::1", "fe80::1"]
-        {
-            let here: Vec<Counted> =
-                (0..10).map(|_| Counted::take(&addresses, ip(local), 3).expect(local)).collect();
-            drop(here);
+        // Loopback is not counted; the local network is (a proxy's clients are one address).
+        for here in ["127.0.0.1", "::1"] {
+            let held: Vec<Counted> =
+                (0..10).map(|_| Counted::take(&addresses, ip(here), 3).expect(here)).collect();
+            drop(held);
         }
+        let bridge: Vec<Counted> = (0..3)
+            .map(|_| Counted::take(&addresses, ip("172.17.0.1"), 3).expect("share"))
+            .collect();
+        assert!(Counted::take(&addresses, ip("172.17.0.1"), 3).is_none(), "a bridge's share");
+        drop(bridge);
         drop(held);
         drop(v6);
         assert!(Counted::take(&addresses, far, 3).is_some(), "its connections closed");

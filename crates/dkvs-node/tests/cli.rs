@@ -309,6 +309,11 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(refused.status.code(), Some(2));
     let said = stderr(&refused);
     assert!(said.contains("value is 100000 bytes, limit is 10240"), "{said}");
+    // `-` is standard input, as for `ipfs add -` (it was stored as the value "-").
+    ok(put(&a, &["/~/dash", "-"], Some(b"from stdin")));
+    assert_eq!(ok(get(&b, &[&format!("/{alice}/dash")])), "from stdin");
+    let refused = put(&a, &["/~/dash", "-"], Some(&[b'x'; 100_000]));
+    assert!(stderr(&refused).contains("value is 100000 bytes"), "{}", stderr(&refused));
 
     // Another account cannot overwrite: neither Alice's scope nor her shared name.
     let foreign = put(&b, &[&key, "bob was here"], None);
