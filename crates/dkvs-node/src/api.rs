@@ -190,7 +190,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status, Json(body)).into_response();
         if CLOSING.contains(&self.code) {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            close_after(&mut response);
         }
         response
     }
@@ -1514,9 +1514,10 @@ async fn accounts(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_js
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = open_on_loopback(&state, &headers) {
-        return e.into_response();
-    }
+    let token_ok = match open_on_loopback(&state, &headers) {
+        Ok(token_ok) => token_ok,
+        Err(e) => return e.into_response(),
+    };
     let stats = state.node.store().stats();
     state.metrics.records.set(stats.records as i64);
     state.metrics.bytes.set(stats.bytes as i64);
@@ -1529,11 +1530,22 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     let pacing = state.node.pacing().await;
     state.metrics.requests_waited.set(gauge(pacing.waited));
     state.metrics.requests_held_back.set(gauge(pacing.held_back));
-    (
+    let mut response = (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
     )
-        .into_response()
+        .into_response();
+    if !token_ok {
+        close_after(&mut response);
+    }
+    response
+}
+
+/// Ends the connection after this answer: one to a client without the token (the gateway's,
+/// the metrics'), which so keeps no connection between its requests
+/// ([`crate::serve`]).
+pub(crate) fn close_after(response: &mut Response) {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 async fn openapi() -> Response {

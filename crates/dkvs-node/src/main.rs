@@ -956,7 +956,6 @@ fn report_refused(answer: &serde_json::Value) {
     }
 }
 
-/// What a command writes: the argument, else the file, else standard input.
 /// The bytes a command sends: its argument, the file named, or standard input (no argument,
 /// or `-` for either, as for `ipfs add -`: a value of the one byte `-` comes from a file or
 /// standard input).

@@ -5,19 +5,21 @@
 //! - A connection must send a request's head within [`Limits::head_timeout`], and an idle
 //!   kept-alive connection its next one: a client that sends half a request, or nothing,
 //!   is closed then (hyper's header-read timeout, which needs the timer `axum::serve` does
-//!   not give it). A response takes as long as it takes: a watch's stream, or a download
-//!   whose reader pauses, is not cut.
+//!   not give it).
 //! - At most [`Limits::connections`] are open at once. Past that, new connections wait in the
 //!   listen backlog until one closes (a burst of clients is served late, not refused), and the
 //!   node's log says so, once a minute at most.
-//! - One address (an IPv4 address, an IPv6 /64) holds at most [`Limits::per_address`] of
-//!   them; past that, its new connections are closed at once (and the log says so). Loopback
-//!   is not counted.
-//! - A connection that has not shown the API's token ([`Trust`]) may not keep a write waiting
+//! - One address (an IPv4 address, an IPv6 /64; on a local network's link-local or unique
+//!   local addresses, the address itself) holds at most [`Limits::per_address`] connections
+//!   that have not shown the API's token; past that, its new connections are closed at once
+//!   (and the log says so). Loopback is not counted, and a connection that shows the token
+//!   no longer counts (an application behind a proxy opens as many as it needs).
+//! - A connection that has not shown the token ([`Trust`]) may not keep a write waiting
 //!   longer than [`Limits::stall`]: a client that asks without the token (the gateway's files
 //!   and the metrics on loopback) and stops reading is closed then. One that has shown it
 //!   waits as long as its reader pauses (a watch piped into a busy program, a paused
-//!   download). A refused request closes its connection.
+//!   download). A refused request closes its connection, and so does an answer without the
+//!   token (`api`): a client without it keeps no connection between requests.
 //!
 //! A stop ([`serve`]'s `shutdown`) closes the listener, lets the requests under way finish
 //! and closes idle connections; [`serve`] returns when all are closed.
@@ -132,8 +134,9 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        // The connection's trust goes into each of its requests, for the API to grant.
-        let trust = Trust::default();
+        // The connection's trust goes into each of its requests, for the API to grant; the
+        // grant lets its address's count go.
+        let trust = Trust::new(counted);
         let io =
             Stalling { inner: stream, stall: limits.stall, trust: trust.clone(), deadline: None };
         let app = app.clone();
@@ -144,7 +147,6 @@ pub(crate) async fn serve(
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
-            let _counted = counted;
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -164,7 +166,8 @@ pub(crate) async fn serve(
 }
 
 /// The address a connection from `ip` counts against: an IPv4 address, an IPv6 /64 (what
-/// one host gets); `None` for loopback. (The local network is counted: behind a proxy or a
+/// one host gets; a link-local or unique local address itself, as a /64 there is the whole
+/// network); `None` for loopback. (The local network is counted: behind a proxy or a
 /// container's bridge, every client is one address, and one that shows no token must not
 /// take every connection.)
 fn counted_as(ip: IpAddr) -> Option<[u8; 16]> {
@@ -172,6 +175,7 @@ fn counted_as(ip: IpAddr) -> Option<[u8; 16]> {
         IpAddr::V4(v4) if v4.is_loopback() => None,
         IpAddr::V4(v4) => Some(v4.to_ipv6_mapped().octets()),
         IpAddr::V6(v6) if v6.is_loopback() => None,
+        IpAddr::V6(v6) if v6.is_unicast_link_local() || v6.is_unique_local() => Some(v6.octets()),
         IpAddr::V6(v6) => {
             let mut prefix = [0; 16];
             prefix[..8].copy_from_slice(&v6.octets()[..8]);
@@ -181,17 +185,24 @@ fn counted_as(ip: IpAddr) -> Option<[u8; 16]> {
 }
 
 /// Whether a connection has shown the API's token: granted by the API (`api::router`) to the
-/// connection a request with the right token came on, for as long as it lives.
-#[derive(Clone, Default)]
-pub(crate) struct Trust(Arc<AtomicBool>);
+/// connection a request with the right token came on, for as long as it lives. Until then
+/// the connection counts against its address's share.
+#[derive(Clone)]
+pub(crate) struct Trust(Arc<(AtomicBool, Mutex<Option<Counted>>)>);
 
 impl Trust {
+    fn new(counted: Counted) -> Trust {
+        Trust(Arc::new((AtomicBool::new(false), Mutex::new(Some(counted)))))
+    }
+
     pub(crate) fn grant(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.0.store(true, Ordering::Relaxed);
+        let counted = self.0.1.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(counted);
     }
 
     fn granted(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.0.load(Ordering::Relaxed)
     }
 }
 
@@ -251,6 +262,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stalling<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -486,7 +510,17 @@ mod tests {
             .map(|_| Counted::take(&addresses, ip("172.17.0.1"), 3).expect("share"))
             .collect();
         assert!(Counted::take(&addresses, ip("172.17.0.1"), 3).is_none(), "a bridge's share");
-        drop(bridge);
+        // A connection that shows the token no longer counts.
+        let trusted: Vec<Trust> = bridge.into_iter().map(Trust::new).collect();
+        trusted[0].grant();
+        let next = Counted::take(&addresses, ip("172.17.0.1"), 3).expect("one connection trusted");
+        assert!(Counted::take(&addresses, ip("172.17.0.1"), 3).is_none());
+        drop((next, trusted));
+        // On a local link, each address is its own.
+        let link: Vec<Counted> =
+            (0..3).map(|_| Counted::take(&addresses, ip("fe80::1"), 3).expect("share")).collect();
+        assert!(Counted::take(&addresses, ip("fe80::2"), 3).is_some(), "another host on the link");
+        drop(link);
         drop(held);
         drop(v6);
         assert!(Counted::take(&addresses, far, 3).is_some(), "its connections closed");

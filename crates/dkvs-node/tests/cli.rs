@@ -1245,6 +1245,14 @@ fn clients_without_the_token_hold_a_bounded_share_of_the_api() {
     refused.read_to_string(&mut answer).expect("closed by the node, not the test's bound");
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // So does an answer without the token: such a client keeps no connection.
+    let mut scraper = std::net::TcpStream::connect(&addr).expect("api reachable");
+    // (Well within the head timeout, 30 s, which would close it too.)
+    scraper.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(scraper, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("sent");
+    let mut answer = String::new();
+    scraper.read_to_string(&mut answer).expect("closed by the node, not the test's bound");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Files nobody has, asked for without the token, 80 at once: 64 wait for their blocks (a
     // minute), the other 16 are refused at once, and told why.
     let mut asked: Vec<(std::net::TcpStream, Vec<u8>)> = (0..80u32)

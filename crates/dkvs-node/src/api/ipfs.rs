@@ -480,6 +480,7 @@ pub(super) async fn gateway(
     served.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     served.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Some(permit) = tokenless {
+        super::close_after(&mut response);
         // Held until the file is sent (or the client goes).
         let body = std::mem::take(response.body_mut()).into_data_stream();
         *response.body_mut() = Body::from_stream(body.map(move |chunk| {
