@@ -1287,3 +1287,49 @@ fn clients_without_the_token_hold_a_bounded_share_of_the_api() {
     assert_eq!(http_as(&addr, &addr, "/v1/status", Some(&token)).0, 200);
     drop(asked);
 }
+
+#[test]
+fn a_reader_with_the_token_may_pause_and_one_without_it_may_not() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let _node = start(&home, None);
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    let token = api["token"].as_str().expect("token").to_owned();
+    // 48 MB: far more than the sockets between the node and its reader hold.
+    let len = 48_000_000u32;
+    let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, &bytes).expect("file");
+    let cid = ok(ipfs(&home, &["add", "--plain", file.to_str().expect("utf-8")])).trim().to_owned();
+    // Two readers of the gateway, one with the token: each reads a little, pauses 35 s (the
+    // node's stall is 30 s), then reads the rest. A watch piped into a busy program, a paused
+    // download, is such a reader.
+    let reader = |token: Option<String>| {
+        let (addr, cid) = (addr.clone(), cid.clone());
+        std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(&addr).expect("api reachable");
+            let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+            write!(
+                stream,
+                "GET /ipfs/{cid} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+            )
+            .expect("sent");
+            let mut first = [0u8; 1024];
+            let mut got = stream.read(&mut first).expect("the answer began");
+            std::thread::sleep(Duration::from_secs(35));
+            stream.set_read_timeout(Some(STEP)).expect("timeout");
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+            got += rest.len();
+            got
+        })
+    };
+    let (trusted, untrusted) = (reader(Some(token)), reader(None));
+    let (trusted, untrusted) = (trusted.join().expect("reader"), untrusted.join().expect("reader"));
+    assert!(trusted > len as usize, "the whole file to the reader with the token: {trusted}");
+    assert!(untrusted < len as usize, "the reader without it was cut off: {untrusted}");
+}
