@@ -183,6 +183,15 @@ fn get(node: &NodeProcess, args: &[&str]) -> Output {
     )
 }
 
+/// The running node's API in `home`, from its api.json: (host:port, token).
+fn api_of(home: &Path) -> (String, String) {
+    let api: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    (addr, api["token"].as_str().expect("token").to_owned())
+}
+
 /// A bare HTTP/1.1 GET on loopback: (status, body).
 fn http(host: &str, path: &str, token: Option<&str>) -> (u16, String) {
     http_as(host, host, path, token)
@@ -1176,10 +1185,7 @@ fn a_stop_does_not_wait_for_ever_on_a_half_sent_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     let mut node = start(&home, None);
-    let api: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
-            .expect("json");
-    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    let (addr, _) = api_of(&home);
     // A client that sends half a request and then nothing, holding its connection open.
     let mut stalled = std::net::TcpStream::connect(&addr).expect("api reachable");
     write!(stalled, "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n").expect("half sent");
@@ -1198,17 +1204,14 @@ fn an_api_connection_that_sends_no_request_is_closed_after_30_s() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     let node = start(&home, None);
-    let api: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
-            .expect("json");
-    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
+    let (addr, token) = api_of(&home);
     // One client sends nothing, another half a request: each holds a descriptor of the node.
     let opened = Instant::now();
     let mut silent = std::net::TcpStream::connect(&addr).expect("api reachable");
     let mut half = std::net::TcpStream::connect(&addr).expect("api reachable");
     write!(half, "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n").expect("half sent");
     // Others are served meanwhile.
-    let (status, _) = http_as(&addr, &addr, "/v1/status", api["token"].as_str());
+    let (status, _) = http_as(&addr, &addr, "/v1/status", Some(&token));
     assert_eq!(status, 200);
     // Both are closed once the node's head timeout (30 s) passed, not before.
     for stream in [&mut silent, &mut half] {
@@ -1232,11 +1235,7 @@ fn clients_without_the_token_hold_a_bounded_share_of_the_api() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     let _node = start(&home, None);
-    let api: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
-            .expect("json");
-    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
-    let token = api["token"].as_str().expect("token").to_owned();
+    let (addr, token) = api_of(&home);
     // A request refused for its token ends its connection, kept alive or not.
     let mut refused = std::net::TcpStream::connect(&addr).expect("api reachable");
     refused.set_read_timeout(Some(STEP)).expect("timeout");
@@ -1294,11 +1293,7 @@ fn a_reader_with_the_token_may_pause_and_one_without_it_may_not() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     let _node = start(&home, None);
-    let api: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
-            .expect("json");
-    let addr = api["url"].as_str().expect("url").trim_start_matches("http://").to_owned();
-    let token = api["token"].as_str().expect("token").to_owned();
+    let (addr, token) = api_of(&home);
     // 48 MB: far more than the sockets between the node and its reader hold.
     let len = 48_000_000u32;
     let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
