@@ -234,6 +234,21 @@ fn bitswap_peer(
     Ok((peer, control))
 }
 
+/// Takes every bitswap stream the target opens to this peer and never reads it: the task
+/// that holds them (abort it to let them go).
+fn never_reading(
+    control: &mut libp2p_stream::Control,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use futures::StreamExt as _;
+    let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((_, stream)) = incoming.next().await {
+            held.push(stream);
+        }
+    }))
+}
+
 /// A bitswap stream to `peer`, once the connection is up (ten seconds at most).
 async fn open_once_connected(
     control: &mut libp2p_stream::Control,
@@ -513,7 +528,6 @@ async fn garbage_takes_its_senders_budget(cut: bool) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_asked_for_again_before_it_is_sent_is_queued_once() -> anyhow::Result<()> {
     use dkvs_ipfs::bitswap::{Message, Want, WantType, write_frame};
-    use futures::StreamExt as _;
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
         let data = vec![7u8; 1 << 20];
@@ -525,13 +539,7 @@ async fn a_block_asked_for_again_before_it_is_sent_is_queued_once() -> anyhow::R
         // messages: the first answer fills what the transport holds, the next waits in the
         // queue, and the other eight are that same block, not queued again.
         let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
-        let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let holder = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Some((_, stream)) = incoming.next().await {
-                held.push(stream);
-            }
-        });
+        let holder = never_reading(&mut control)?;
         let mut out =
             open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
         for _ in 0..10 {
@@ -553,18 +561,11 @@ async fn a_block_asked_for_again_before_it_is_sent_is_queued_once() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_is_queued_a_bounded_number_of_answers() -> anyhow::Result<()> {
     use dkvs_ipfs::bitswap::{MAX_ENTRIES, Message, Want, WantType, write_frame};
-    use futures::StreamExt as _;
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
         let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
         // It takes the streams node 1 opens to it and never reads them.
-        let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let holder = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Some((_, stream)) = incoming.next().await {
-                held.push(stream);
-            }
-        });
+        let holder = never_reading(&mut control)?;
         // It asks, as fast as it can, for blocks node 1 lacks, a don't-have wanted for each: as
         // many entries a message as a message may hold.
         let mut out =
