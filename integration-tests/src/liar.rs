@@ -194,6 +194,21 @@ impl Liar {
         rx.await.context("liar gone")?
     }
 
+    /// Joins `node` (listening at `addr`) as [`Liar::join`] does, and waits until the node's
+    /// routing table holds the liar: a node adds a peer once identify told it that the peer
+    /// serves the DHT, a moment after the connection `join` waits for, and an operation
+    /// started in between finds an empty table.
+    pub async fn join_table(&self, node: &dkvs_net::Node, addr: Multiaddr) -> anyhow::Result<()> {
+        self.join(node.peer_id(), addr).await?;
+        let peer = self.peer_id;
+        let listed = crate::testnet::eventually(Duration::from_secs(10), async || {
+            node.routing_table().await.contains(&peer)
+        })
+        .await;
+        anyhow::ensure!(listed, "node {} did not put the liar {peer} in its table", node.peer_id());
+        Ok(())
+    }
+
     /// Sends every record in `records` to `target` as fast as the connection allows.
     pub async fn flood(
         &self,

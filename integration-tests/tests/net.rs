@@ -577,7 +577,7 @@ async fn a_read_whose_recheck_heard_from_nobody_fails() -> anyhow::Result<()> {
     let net = TestNet::start_many(1, Config::default()).await?;
     let (namer, other) = (Liar::spawn().await?, Liar::spawn().await?);
     for liar in [&namer, &other] {
-        liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+        liar.join_table(net.node(0), net.addr(0).expect("alive")).await?;
     }
     let _ = net.node(0).bootstrap().await;
     let alice = Keypair::generate(KeyType::Ed25519);
@@ -615,7 +615,7 @@ async fn a_lookup_that_timed_out_makes_no_namer_unheard() -> anyhow::Result<()> 
     let net = TestNet::start(2, Config::default()).await?;
     let (namer, stalled) = (Liar::spawn().await?, Liar::spawn().await?);
     for liar in [&namer, &stalled] {
-        liar.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+        liar.join_table(net.node(0), net.addr(0).expect("alive")).await?;
     }
     for i in 0..net.len() {
         let _ = net.node(i).bootstrap().await;
@@ -656,7 +656,7 @@ async fn a_lookup_that_heard_from_nobody_makes_no_namer_unheard() -> anyhow::Res
     // back, still starts a lookup with its naming.
     let net = TestNet::start_many(1, Config::default()).await?;
     let namer = Liar::spawn().await?;
-    namer.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    namer.join_table(net.node(0), net.addr(0).expect("alive")).await?;
     let _ = net.node(0).bootstrap().await;
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = Key::scoped(&alice.account_id(), "heard-from-nobody").expect("key");
