@@ -171,7 +171,8 @@ pub enum ExchangeEvent {
         /// yet handled.
         held: Vec<tokio::sync::OwnedSemaphorePermit>,
     },
-    /// The peer does not speak bitswap.
+    /// The peer does not speak bitswap: a connection of it refused a stream (reported in
+    /// order with [`ExchangeEvent::Connected`] and [`ExchangeEvent::Disconnected`]).
     Unsupported(PeerId),
     /// A connection to the peer opened.
     Connected(PeerId),
@@ -422,14 +423,8 @@ impl Exchange {
         let writer = self.writers.entry(peer).or_insert_with(|| {
             let (queue, rx) = mpsc::channel(WRITER_QUEUE);
             let state = Arc::new(WriterState::default());
-            let task = writer(
-                peer,
-                self.stream_asks_tx.clone(),
-                self.store.clone(),
-                rx,
-                state.clone(),
-                self.inbound_tx.clone(),
-            );
+            let task =
+                writer(peer, self.stream_asks_tx.clone(), self.store.clone(), rx, state.clone());
             tokio::spawn(task);
             Writer { queue, state }
         });
@@ -783,7 +778,6 @@ async fn writer(
     store: BlockStore,
     mut rx: mpsc::Receiver<Outgoing>,
     state: Arc<WriterState>,
-    report: mpsc::Sender<ExchangeEvent>,
 ) {
     let mut stream: Option<Stream> = None;
     loop {
@@ -828,7 +822,7 @@ async fn writer(
                 // is loaded at a time.
                 if bytes >= BATCH_BYTES {
                     let batch = std::mem::take(&mut message);
-                    if !write_batch(peer, batch, &mut stream, &asks, &report).await {
+                    if !write_batch(peer, batch, &mut stream, &asks).await {
                         return;
                     }
                     bytes = 0;
@@ -850,7 +844,7 @@ async fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        if !write_batch(peer, message, &mut stream, &asks, &report).await {
+        if !write_batch(peer, message, &mut stream, &asks).await {
             return;
         }
         state.entries.fetch_sub(taken, Ordering::Relaxed);
@@ -867,10 +861,9 @@ async fn write_batch(
     message: Message,
     stream: &mut Option<Stream>,
     asks: &mpsc::Sender<StreamAsk>,
-    report: &mpsc::Sender<ExchangeEvent>,
 ) -> bool {
     for frame in message.split(MAX_ENTRIES / 2, BATCH_BYTES) {
-        if !write(peer, &frame.encode(), stream, asks, report).await {
+        if !write(peer, &frame.encode(), stream, asks).await {
             return false;
         }
     }
@@ -884,7 +877,6 @@ async fn write(
     frame: &[u8],
     stream: &mut Option<Stream>,
     asks: &mpsc::Sender<StreamAsk>,
-    report: &mpsc::Sender<ExchangeEvent>,
 ) -> bool {
     for _ in 0..2 {
         if stream.is_none() {
@@ -894,10 +886,8 @@ async fn write(
             }
             match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
                 Ok(Ok(Ok(s))) => *stream = Some(s),
-                Ok(Ok(Err(true))) => {
-                    let _ = report.send(ExchangeEvent::Unsupported(peer)).await;
-                    return false;
-                }
+                // The exchange heard it from the connection and ends this writer.
+                Ok(Ok(Err(true))) => return false,
                 _ => {
                     tracing::debug!(%peer, "bitswap: no stream to the peer");
                     break;
@@ -997,6 +987,13 @@ impl NetworkBehaviour for Exchange {
             }
             HandlerOut::Failed(id, unsupported) => {
                 if let Some((_, tx)) = self.opening.remove(&id) {
+                    // Reported here, in order with the peer's connections: a report from the
+                    // writer came through another queue and could be handled after the peer
+                    // left and came back, marking the peer that came back (it may speak
+                    // bitswap now) and ending its new writer.
+                    if unsupported {
+                        self.events.push_back(ExchangeEvent::Unsupported(peer));
+                    }
                     let _ = tx.send(Err(unsupported));
                 }
             }
@@ -1095,5 +1092,67 @@ mod tests {
         assert_eq!(shares.networks.len(), 1, "b's stream still holds the network's share");
         shares.close(b, there);
         assert!(shares.networks.is_empty());
+    }
+
+    /// A peer whose connection refused a writer's stream, and that left and came back before
+    /// the exchange heard of it: the refusal comes before the peer left, so the peer that came
+    /// back is not taken for one without bitswap (the writer reported it through another
+    /// queue, handled after the peer came back, which marked it and ended its new writer).
+    #[tokio::test]
+    async fn a_refused_stream_is_reported_before_its_peer_leaves_and_comes_back() {
+        use dkvs_net::libp2p::core::{ConnectedPoint, Endpoint, transport::PortUse};
+        use dkvs_net::libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = BlockStore::open(dir.path(), Default::default()).expect("opens");
+        let mut exchange = Exchange::new(store);
+        let peer = PeerId::random();
+        let endpoint = ConnectedPoint::Dialer {
+            address: "/ip4/127.0.0.1/tcp/4001".parse().expect("a multiaddr"),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        let established = |id: usize| {
+            FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: peer,
+                connection_id: ConnectionId::new_unchecked(id),
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            })
+        };
+        // What the exchange tells the swarm: its events, and the streams it asks to open.
+        let drain = |exchange: &mut Exchange, events: &mut Vec<String>, opens: &mut Vec<u64>| {
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            while let Poll::Ready(event) = exchange.poll(&mut cx) {
+                match event {
+                    ToSwarm::GenerateEvent(event) => events.push(format!("{event:?}")),
+                    ToSwarm::NotifyHandler { event: HandlerIn::Open(id), .. } => opens.push(id),
+                    _ => {}
+                }
+            }
+        };
+        let (mut events, mut opens) = (Vec::new(), Vec::new());
+        exchange.on_swarm_event(established(1));
+        // A writer asks for a stream; the connection refuses it.
+        let (tx, mut refused) = oneshot::channel();
+        exchange.stream_asks_tx.try_send((peer, tx)).expect("room");
+        drain(&mut exchange, &mut events, &mut opens);
+        let [id] = opens[..] else { panic!("one stream asked for: {opens:?}") };
+        let first = ConnectionId::new_unchecked(1);
+        exchange.on_connection_handler_event(peer, first, HandlerOut::Failed(id, true));
+        exchange.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: first,
+            endpoint: &endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+        exchange.on_swarm_event(established(2));
+        drain(&mut exchange, &mut events, &mut opens);
+        assert!(matches!(refused.try_recv(), Ok(Err(true))), "the writer hears it was refused");
+        let expected = ["Connected", "Unsupported", "Disconnected", "Connected"]
+            .map(|kind| format!("{kind}({peer:?})"));
+        assert_eq!(events, expected, "in the order they happened");
     }
 }
