@@ -338,6 +338,12 @@ impl Exchange {
         self.dials.push_back(addr);
     }
 
+    /// Blocks this node is fetching for a reader that still waits (a reader that went away
+    /// stops counting at once; its want is withdrawn from peers within a second).
+    pub fn fetching(&self) -> usize {
+        self.wants.values().filter(|w| w.waiters.iter().any(|tx| !tx.is_closed())).count()
+    }
+
     /// Peers whose wantlists this node remembers (to serve blocks it gets later).
     pub fn wantlists(&self) -> usize {
         self.their_wants.len()

@@ -93,6 +93,11 @@ impl Ipfs {
         self.exchange.peers()
     }
 
+    /// Blocks this node is fetching for a reader that still waits.
+    pub fn fetching(&self) -> usize {
+        self.exchange.fetching()
+    }
+
     /// Dials an IPFS peer (as `ipfs swarm connect`).
     pub fn connect(&mut self, addr: Multiaddr) {
         self.exchange.connect(addr);

@@ -1328,3 +1328,42 @@ fn a_reader_with_the_token_may_pause_and_one_without_it_may_not() {
     assert!(trusted > len as usize, "the whole file to the reader with the token: {trusted}");
     assert!(untrusted < len as usize, "the reader without it was cut off: {untrusted}");
 }
+
+/// The node's IPFS figures (`GET /v1/ipfs/stat`).
+fn ipfs_stat(addr: &str, token: &str) -> serde_json::Value {
+    let (code, body) = http(addr, "/v1/ipfs/stat", Some(token));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+#[test]
+fn a_gateway_reader_that_goes_away_stops_its_fetch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = start(&dir.path().join("seed"), None);
+    let home = dir.path().join("node");
+    let _node = start(&home, Some(&seed.address));
+    let (addr, token) = api_of(&home);
+    // A file nobody has: the node asks its peers for it, for a minute a block.
+    let cid = dkvs_ipfs::cid_of(0x55, b"a block nobody added");
+    let fetching = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = ipfs_stat(&addr, &token);
+            if stat["fetching"] == count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(fetching(0), "nothing fetched at the start");
+    let mut reader = std::net::TcpStream::connect(&addr).expect("api reachable");
+    write!(reader, "GET /ipfs/{cid} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .expect("sent");
+    assert!(fetching(1), "the gateway fetches the block for its reader");
+    // The reader goes away before the answer: the fetch stops (it went on for a minute).
+    drop(reader);
+    assert!(fetching(0), "the fetch stopped with its reader");
+}

@@ -335,10 +335,10 @@ pub(super) async fn gc(State(state): State<Arc<AppState>>) -> ApiResult<Json<ser
 
 /// `GET /v1/ipfs/stat`: what the block store holds, and the IPFS peers.
 pub(super) async fn stat(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
-    let (store, peers, dropped) = state
+    let (store, peers, dropped, fetching) = state
         .node
         .with_extension(|ipfs: &mut Ipfs, _| {
-            (ipfs.store().clone(), ipfs.peers().len(), ipfs.dropped())
+            (ipfs.store().clone(), ipfs.peers().len(), ipfs.dropped(), ipfs.fetching())
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string()))?;
@@ -350,6 +350,7 @@ pub(super) async fn stat(State(state): State<Arc<AppState>>) -> ApiResult<Json<s
         "pins": pins,
         "peers": peers,
         "dropped_messages": dropped,
+        "fetching": fetching,
     })))
 }
 
