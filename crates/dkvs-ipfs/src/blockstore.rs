@@ -280,13 +280,17 @@ impl BlockStore {
                 return Ok(false);
             }
             let mut evicted = Evicted { paths: Vec::new(), locks: Vec::new() };
-            let len = data.len() as u64;
-            if !kept && index.bytes + len > self.config.max_bytes {
+            // What the put adds: the block, or what a file found at start lacks (a crash cut
+            // it short; one of this run's cache has the block's size, and is not evicted for
+            // itself: it is in the cache only when it was not found at start).
+            let grows =
+                (data.len() as u64).saturating_sub(index.sizes.get(&hash).copied().unwrap_or(0));
+            if grows > 0 && index.bytes + grows > self.config.max_bytes {
                 // Nothing is removed for a put that would not fit anyway.
-                if index.bytes.saturating_sub(index.cached_bytes) + len <= self.config.max_bytes {
-                    evicted = self.make_room(&mut index, stripe(&hash), len);
+                if index.bytes.saturating_sub(index.cached_bytes) + grows <= self.config.max_bytes {
+                    evicted = self.make_room(&mut index, stripe(&hash), grows);
                 }
-                if index.bytes + len > self.config.max_bytes {
+                if index.bytes + grows > self.config.max_bytes {
                     let used = index.bytes;
                     drop(index);
                     self.remove_files(evicted);
@@ -967,5 +971,39 @@ mod tests {
         let d = cid_of(RAW, &[4; 100]);
         assert!(blocks.put(&d, &[4; 100]).expect("room made"));
         assert!(!blocks.has(&b) && blocks.has(&c), "one block's room, the oldest");
+    }
+
+    #[test]
+    fn a_block_cut_short_by_a_crash_put_again_takes_only_room_the_store_has() {
+        let (a, b) = (cid_of(RAW, &[1; 100]), cid_of(RAW, &[2; 100]));
+        // A store of 300 bytes whose b a crash cut to 10 bytes: the next start counts 110.
+        let crashed = |dir: &Path| {
+            let blocks = store(dir, 300);
+            blocks.put(&a, &[1; 100]).expect("added");
+            blocks.put(&b, &[2; 100]).expect("added");
+            fs::write(blocks.path(&b.hash().to_bytes()), [2; 10]).expect("cut short");
+            let blocks = store(dir, 300);
+            assert_eq!(blocks.bytes(), 110);
+            blocks
+        };
+        let len = |blocks: &BlockStore| {
+            fs::metadata(blocks.path(&b.hash().to_bytes())).expect("the file").len()
+        };
+        // Put again whole (an add or a pin of its file), b takes 90 more bytes: with 180 of
+        // them taken for good, they are not there, and it stays as it was.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = crashed(dir.path());
+        blocks.put(&cid_of(RAW, &[3; 180]), &[3; 180]).expect("room for it");
+        assert!(matches!(blocks.put(&b, &[2; 100]), Err(BlockError::Full { used: 290, .. })));
+        assert_eq!((blocks.bytes(), len(&blocks)), (290, 10), "the limit holds; not written");
+        // With 180 of them a read's cache, the cache makes room, and b counts its size.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = crashed(dir.path());
+        let cached = cid_of(RAW, &[3; 180]);
+        blocks.put_cached(&cached, &[3; 180]).expect("room for it");
+        assert!(!blocks.put(&b, &[2; 100]).expect("room made"), "it was kept");
+        assert!(!blocks.has(&cached), "the cache made room");
+        assert_eq!((blocks.bytes(), len(&blocks)), (200, 100));
+        assert_eq!(&*blocks.get(&b).expect("reads").expect("kept"), &[2; 100]);
     }
 }
