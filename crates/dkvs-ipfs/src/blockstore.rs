@@ -273,7 +273,7 @@ impl BlockStore {
         let hash = cid.hash().to_bytes();
         // Held from the check of the index to its update, over the file's write.
         let _writing = self.writes[stripe(&hash)].lock().unwrap_or_else(|p| p.into_inner());
-        let (new, evicted) = {
+        let (new, evicted, reserved) = {
             let mut index = self.lock();
             let kept = index.sizes.contains_key(&hash);
             if kept && (!durable || !index.unsynced.contains(&hash)) {
@@ -297,14 +297,21 @@ impl BlockStore {
                     return Err(BlockError::Full { used, limit: self.config.max_bytes });
                 }
             }
-            (!kept, evicted)
+            // Counted from now: puts of other blocks while this one is written (the index
+            // unlocked) find the room taken, and cannot pass the limit together.
+            index.bytes += grows;
+            (!kept, evicted, grows)
         };
         // The files of the blocks that made room go with the index unlocked (the node's task
         // asks it whether blocks are kept), each under its own write lock.
         self.remove_files(evicted);
         // A block kept only as a cache is written again, synced, when it must survive.
-        write_atomically(&self.path(&hash), data, durable)?;
+        let written = write_atomically(&self.path(&hash), data, durable);
         let mut index = self.lock();
+        index.bytes = index.bytes.saturating_sub(reserved);
+        if let Err(e) = written {
+            return Err(e.into());
+        }
         // A file found at start may have been cut short by a crash: its size is the new one.
         let before = index.sizes.insert(hash.clone(), data.len() as u64).unwrap_or(0);
         index.bytes = index.bytes.saturating_sub(before) + data.len() as u64;
@@ -971,6 +978,36 @@ mod tests {
         let d = cid_of(RAW, &[4; 100]);
         assert!(blocks.put(&d, &[4; 100]).expect("room made"));
         assert!(!blocks.has(&b) && blocks.has(&c), "one block's room, the oldest");
+    }
+
+    #[test]
+    fn puts_at_once_do_not_pass_the_limit_together() {
+        // Eight writers put ten blocks of 100 bytes each, at once, into room for ten: each
+        // file is written (and synced) with the index unlocked, and every put checked the room
+        // against what was there before any of them was counted.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocks = store(dir.path(), 1000);
+        let start = std::sync::Barrier::new(8);
+        let kept: usize = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8u8)
+                .map(|writer| {
+                    let (blocks, start) = (&blocks, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        (0..10u8)
+                            .filter(|i| {
+                                let data = [writer, *i].repeat(50);
+                                blocks.put(&cid_of(RAW, &data), &data).is_ok()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().expect("a writer")).sum()
+        });
+        assert_eq!(kept, 10, "room for ten");
+        assert_eq!(blocks.bytes(), 1000);
+        assert_eq!(store(dir.path(), 1000).bytes(), 1000, "on disk too");
     }
 
     #[test]
