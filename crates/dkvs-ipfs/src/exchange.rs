@@ -156,7 +156,7 @@ pub struct Fetched {
     pub data: Arc<[u8]>,
 }
 
-/// What the exchange's tasks report to it.
+/// What the exchange's tasks and its peers' connections report to it.
 #[derive(Debug)]
 pub enum ExchangeEvent {
     /// A message read from a peer (or why it could not be read).
@@ -489,6 +489,15 @@ impl Exchange {
                     tracing::debug!(%peer, "bitswap: {e}");
                 }
             },
+            ExchangeEvent::Tick => self.on_tick(),
+            peer_event => self.on_peer_event(peer_event),
+        }
+        self.flush();
+    }
+
+    /// A peer connected, left, or refused bitswap.
+    fn on_peer_event(&mut self, event: ExchangeEvent) {
+        match event {
             ExchangeEvent::Unsupported(peer) => {
                 self.no_bitswap.insert(peer);
                 self.close_writer(&peer);
@@ -508,9 +517,8 @@ impl Exchange {
                 self.close_writer(&peer);
                 self.forget_peer(peer);
             }
-            ExchangeEvent::Tick => self.on_tick(),
+            ExchangeEvent::Frame { .. } | ExchangeEvent::Tick => {}
         }
-        self.flush();
     }
 
     fn on_message(&mut self, peer: PeerId, len: usize, message: Message, host: &mut Host<'_>) {
@@ -1126,13 +1134,17 @@ mod tests {
                 other_established: 0,
             })
         };
-        // What the exchange tells the swarm: its events, and the streams it asks to open.
+        // What the exchange tells the swarm: its events (handed back to it, as the node's
+        // task does, and named), and the streams it asks to open.
         let drain = |exchange: &mut Exchange, events: &mut Vec<String>, opens: &mut Vec<u64>| {
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             while let Poll::Ready(event) = exchange.poll(&mut cx) {
                 match event {
-                    ToSwarm::GenerateEvent(event) => events.push(format!("{event:?}")),
+                    ToSwarm::GenerateEvent(event) => {
+                        events.push(format!("{event:?}"));
+                        exchange.on_peer_event(event);
+                    }
                     ToSwarm::NotifyHandler { event: HandlerIn::Open(id), .. } => opens.push(id),
                     _ => {}
                 }
@@ -1160,5 +1172,6 @@ mod tests {
         let expected = ["Connected", "Unsupported", "Disconnected", "Connected"]
             .map(|kind| format!("{kind}({peer:?})"));
         assert_eq!(events, expected, "in the order they happened");
+        assert_eq!(exchange.peers(), [peer], "the peer that came back may speak bitswap");
     }
 }
