@@ -1140,15 +1140,21 @@ impl<E: Extension> Driver<E> {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Listen(addr, reply) => match self.swarm.listen_on(addr.clone()) {
-                Ok(id) => self.listens.push((id, addr, reply)),
-                Err(libp2p::TransportError::MultiaddrNotSupported(addr)) => {
-                    let _ = reply.send(Err(ListenError::Unsupported { addr }));
-                }
-                Err(libp2p::TransportError::Other(source)) => {
+            Command::Listen(addr, reply) => {
+                if let Some(source) = crate::transport::port_taken(&addr) {
                     let _ = reply.send(Err(ListenError::Io { addr, source }));
+                    return;
                 }
-            },
+                match self.swarm.listen_on(addr.clone()) {
+                    Ok(id) => self.listens.push((id, addr, reply)),
+                    Err(libp2p::TransportError::MultiaddrNotSupported(addr)) => {
+                        let _ = reply.send(Err(ListenError::Unsupported { addr }));
+                    }
+                    Err(libp2p::TransportError::Other(source)) => {
+                        let _ = reply.send(Err(ListenError::Io { addr, source }));
+                    }
+                }
+            }
             Command::AddPeer(peer, addr, reply) => {
                 self.had_peers = true;
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());

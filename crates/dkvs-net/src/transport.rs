@@ -139,6 +139,41 @@ fn count<S>(
 /// flight (admission.rs) this long; a flood must open it again as often.
 pub(crate) const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether another socket holds the port of `addr` (TCP, or QUIC's UDP; a port other than 0):
+/// the error a bind of it gives. libp2p's TCP listeners share their port with other sockets
+/// (`SO_REUSEPORT`, so that dials can go out from it), so a second node started on a taken
+/// port listened beside the first, and the kernel split the connections between the two. A
+/// socket that does not share its port, bound for a moment, finds it taken: a TCP one by a
+/// listener (connections of an earlier run waiting to close do not count), a UDP one by any
+/// socket. An IPv6 one only on IPv6, as libp2p listens (a node on `/ip4/0.0.0.0/tcp/4040`
+/// and `/ip6/::/tcp/4040` takes its own port twice).
+pub(crate) fn port_taken(addr: &Multiaddr) -> Option<io::Error> {
+    use libp2p::multiaddr::Protocol;
+    use socket2::{Domain, Socket, Type};
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let (port, tcp) = match parts.next()? {
+        Protocol::Tcp(port) if port != 0 => (port, true),
+        Protocol::Udp(port) if port != 0 => (port, false),
+        _ => return None,
+    };
+    let at = std::net::SocketAddr::new(ip, port);
+    let bound = (|| {
+        let kind = if tcp { Type::STREAM } else { Type::DGRAM };
+        let socket = Socket::new(Domain::for_address(at), kind, None)?;
+        if at.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(tcp)?;
+        socket.bind(&at.into())
+    })();
+    bound.err().filter(|e| e.kind() == io::ErrorKind::AddrInUse)
+}
+
 /// The node's transport: every chosen one and the relay client's circuits (`relay`, when
 /// given), each authenticated as `key`, its bytes counted into `counters` (a circuit's are
 /// counted in the connection to its relay), its dials that reached another peer noted in
@@ -498,5 +533,30 @@ mod tests {
         assert_ne!(wanted, other);
         other_task.abort();
         wanted_task.abort();
+    }
+
+    #[test]
+    fn a_port_another_socket_listens_on_is_taken() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = tcp.local_addr().expect("bound").port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+        let taken = port_taken(&addr).expect("taken");
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+        let any: Multiaddr = format!("/ip4/0.0.0.0/tcp/{port}").parse().expect("addr");
+        assert!(port_taken(&any).is_some(), "every address of the host takes it in too");
+        drop(tcp);
+        assert!(port_taken(&addr).is_none(), "free again");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a port");
+        let port = udp.local_addr().expect("bound").port();
+        let quic: Multiaddr = format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse().expect("addr");
+        assert!(port_taken(&quic).is_some(), "QUIC's port");
+        for free in ["/ip4/127.0.0.1/tcp/0", "/memory/7"] {
+            assert!(port_taken(&free.parse().expect("addr")).is_none(), "{free}");
+        }
+        // IPv4 and IPv6 apart, as libp2p listens (where the host has IPv6).
+        let v4 = std::net::TcpListener::bind("0.0.0.0:0").expect("a port");
+        let port = v4.local_addr().expect("bound").port();
+        let v6: Multiaddr = format!("/ip6/::/tcp/{port}").parse().expect("addr");
+        assert!(port_taken(&v6).is_none(), "IPv6 does not take IPv4's port in");
     }
 }

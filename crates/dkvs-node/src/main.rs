@@ -350,10 +350,26 @@ fn main() -> ExitCode {
                 let _ = writeln!(std::io::stderr(), "dkvs: {message}");
                 return ExitCode::from(1);
             }
-            let _ = writeln!(std::io::stderr(), "dkvs: {e:#}");
+            let _ = writeln!(std::io::stderr(), "dkvs: {}", causes(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once: errors that name their cause in their own
+/// message (most of the crates' do) are not followed by it again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
@@ -998,6 +1014,19 @@ fn stored_by(receipt: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use");
+        // A cause its error names already, and one it does not.
+        let named = anyhow::Error::new(dkvs_net::ListenError::Io {
+            addr: "/ip4/127.0.0.1/tcp/1".parse().expect("addr"),
+            source: io,
+        });
+        assert_eq!(causes(&named), "could not listen on /ip4/127.0.0.1/tcp/1: in use");
+        let other = anyhow::Error::new(std::io::Error::other("denied")).context("cannot open x");
+        assert_eq!(causes(&other), "cannot open x: denied");
+    }
 
     #[test]
     fn the_homes_token_goes_only_to_the_homes_node() {

@@ -48,10 +48,8 @@ pub async fn run(
     for addr in &config.listen {
         let addr: Multiaddr =
             addr.parse().with_context(|| format!("listen address {addr:?} is not a multiaddr"))?;
-        let bound = node
-            .listen_on(addr.clone())
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        // The error names the address.
+        let bound = node.listen_on(addr.clone()).await?;
         writeln!(out, "listening on: {}", bound.with(Protocol::P2p(node.peer_id())))?;
     }
     for addr in &config.bootstrap {

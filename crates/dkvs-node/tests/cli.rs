@@ -1367,3 +1367,20 @@ fn a_gateway_reader_that_goes_away_stops_its_fetch() {
     drop(reader);
     assert!(fetching(0), "the fetch stopped with its reader");
 }
+
+#[test]
+fn a_node_started_on_a_port_another_node_listens_on_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start(&dir.path().join("first"), None);
+    let taken = first.address.split("/p2p/").next().expect("an address").to_owned();
+    let home = dir.path().join("second");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut second = dkvs(&home);
+    second.args(["node", "--listen", &taken, "--api", "127.0.0.1:0"]);
+    // (It listened beside the first, and the kernel gave it some of the first's connections.)
+    let output = run(second, None);
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains(&format!("could not listen on {taken}")), "{said}");
+    assert_eq!(said.matches("in use").count(), 1, "said once: {said}");
+}
