@@ -253,15 +253,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ipfs/stat", get(ipfs::stat))
         .route("/v1/ipfs/share/{cid}/{account_id}", axum::routing::post(ipfs::share))
         .route("/openapi.json", get(openapi))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
         // On loopback, the read-only gateway (plain files) and the metrics answer without a
         // token (a scraper need not read api.json at every start); they check the host, and
         // a token if one is given, themselves.
         .route("/ipfs/{*path}", get(ipfs::gateway))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), trust_the_token))
         .with_state(state)
+}
+
+/// A path no route serves (behind the token check, as the routes are): the JSON error every
+/// other answer gives, not an empty 404.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    let message = format!("no route serves {}; the routes are in /openapi.json", uri.path());
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", message)
+}
+
+/// A route asked with a method it does not serve.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let message = format!("{} does not serve {method}; see /openapi.json", uri.path());
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
 }
 
 /// A connection a request with the right token came on is trusted from then on

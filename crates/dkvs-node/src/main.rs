@@ -537,6 +537,17 @@ fn client(home: &Home, api: Option<&str>, command: &Command) -> anyhow::Result<C
     Ok(Client::new(&url, &token, timeout))
 }
 
+/// The API path of `key` under `route`. A key with no name (`/`) is refused here, as no route
+/// serves it.
+fn key_path(route: &str, key: &str) -> anyhow::Result<String> {
+    if key.trim_start_matches('/').is_empty() {
+        anyhow::bail!(
+            "the key {key:?} has no name: a key is /name, or /~/name in your account's scope"
+        );
+    }
+    Ok(format!("{route}/{}", encode_key(key)))
+}
+
 fn with_account(path: String, account: &Option<String>, extra: &[(&str, String)]) -> String {
     let mut params: Vec<String> =
         extra.iter().map(|(k, v)| format!("{k}={}", encode_key(v))).collect();
@@ -565,7 +576,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             if keep {
                 extra.push(("keep", "true".to_owned()));
             }
-            let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
+            let path = with_account(key_path("/v1/kv", &key)?, &account, &extra);
             let receipt = client.put_bytes(&path, &bytes)?;
             outln!(
                 "{} seq {} {}",
@@ -600,13 +611,13 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Keep(KeepCommand::Stop { key, account }) => {
-            let path = with_account(format!("/v1/keep/{}", encode_key(&key)), &account, &[]);
+            let path = with_account(key_path("/v1/keep", &key)?, &account, &[]);
             let answer = client.delete(&path)?;
             outln!("{}: no longer kept alive", answer["key"].as_str().unwrap_or(&key));
         }
         Command::Get { key, local, json, account } => {
             let extra = if local { vec![("local", "true".to_owned())] } else { vec![] };
-            let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &extra);
+            let path = with_account(key_path("/v1/kv", &key)?, &account, &extra);
             let mut out = std::io::stdout().lock();
             if json {
                 let record = client.get_json(&path)?;
@@ -622,7 +633,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             out.flush().map_err(stdout_error)?;
         }
         Command::Delete { key, account } => {
-            let path = with_account(format!("/v1/kv/{}", encode_key(&key)), &account, &[]);
+            let path = with_account(key_path("/v1/kv", &key)?, &account, &[]);
             let receipt = client.delete(&path)?;
             outln!(
                 "deleted {} at seq {}, {}",
@@ -632,7 +643,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Watch { key, account } => {
-            let path = with_account(format!("/v1/watch/{}", encode_key(&key)), &account, &[]);
+            let path = with_account(key_path("/v1/watch", &key)?, &account, &[]);
             client.stream_lines(&path, |line| {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{line}").map_err(stdout_error)?;

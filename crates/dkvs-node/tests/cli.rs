@@ -1384,3 +1384,41 @@ fn a_node_started_on_a_port_another_node_listens_on_refuses_to_start() {
     assert!(said.contains(&format!("could not listen on {taken}")), "{said}");
     assert_eq!(said.matches("in use").count(), 1, "said once: {said}");
 }
+
+#[test]
+fn paths_and_methods_no_route_serves_get_json_errors() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let node = start(&home, None);
+    let (addr, token) = api_of(&home);
+    let code_of = |body: &str| {
+        let error: serde_json::Value = serde_json::from_str(body).expect("a JSON error");
+        error["error"]["code"].as_str().expect("a code").to_owned()
+    };
+    let (status, body) = http(&addr, "/v1/nothing", Some(&token));
+    assert_eq!((status, code_of(&body).as_str()), (404, "no_route"), "{body}");
+    assert!(body.contains("/v1/nothing"), "names the path: {body}");
+    let (status, body) = http(&addr, "/v1/nothing", None);
+    assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"), "the token first");
+    for (path, auth) in [("/v1/kv/greeting", true), ("/metrics", false)] {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("api reachable");
+        stream.set_read_timeout(Some(STEP)).expect("timeout");
+        let auth = if auth { format!("Authorization: Bearer {token}\r\n") } else { String::new() };
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .expect("sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        assert_eq!(code_of(body), "method_not_allowed", "{path}: {body}");
+    }
+    // The command line says what is wrong with a key that has no name, before asking.
+    let output = get(&node, &["/"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("has no name"), "{}", stderr(&output));
+}
