@@ -258,7 +258,8 @@ impl Client {
         loop {
             let n = reader.read(&mut buf).context("reading the stream")?;
             if n == 0 {
-                return Ok(());
+                // The node's streams (a watch, a channel) end only when it stops.
+                anyhow::bail!("the node ended the stream: it stopped");
             }
             pending.extend_from_slice(&buf[..n]);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {

@@ -252,6 +252,7 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn three_nodes_through_the_command_line() {
+    use std::io::Read as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let (home_a, home_b, home_c) =
         (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
@@ -447,7 +448,7 @@ fn three_nodes_through_the_command_line() {
         watcher
             .args(["watch", &key])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("watch starts"),
     );
@@ -485,7 +486,13 @@ fn three_nodes_through_the_command_line() {
     let status = exits_within(&mut c.child, STEP, "the node, on SIGTERM,");
     assert!(status.success(), "{status:?}");
     assert!(!home_c.join("api.json").exists(), "api.json removed on a clean stop");
-    exits_within(&mut watcher.0, STEP, "the watch, ending with the node,");
+    // The watch ends with the node, and says so: a script must not take it for a watch that
+    // ended as asked.
+    let ended = exits_within(&mut watcher.0, STEP, "the watch, ending with the node,");
+    let mut said = String::new();
+    let _ = watcher.0.stderr.take().expect("piped").read_to_string(&mut said);
+    assert_eq!(ended.code(), Some(2), "{said}");
+    assert!(said.contains("the node ended the stream"), "{said}");
     drop((a, b, c));
 }
 
