@@ -129,6 +129,16 @@ pub async fn run(
             }
         }
     }
+    // A passphrase that does not open the default account is said at the start (in the
+    // background: opening takes a moment), not only at the first put as it.
+    let opening = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = opening.account(None).await
+            && e.code() == "locked_account"
+        {
+            tracing::warn!("{}; operations as it fail (locked_account)", e.message());
+        }
+    });
     let (signalled, on_signal) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         signal().await;
