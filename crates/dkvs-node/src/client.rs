@@ -8,7 +8,8 @@ use anyhow::Context as _;
 /// A failed request, classified for the command line's exit codes.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The node answered 404.
+    /// What was asked about is not there: the node answered 404 (`not_found`, `not_kept`,
+    /// `not_pinned`), or the home has no such account.
     #[error("{0}")]
     NotFound(String),
     /// The node answered with another error.
@@ -105,7 +106,9 @@ impl Client {
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        if status == 404 && code == "not_found" {
+        // What was asked about is not there (exit code 1); a route, an account named to act as,
+        // are failures of the command (2).
+        if status == 404 && matches!(code.as_str(), "not_found" | "not_kept" | "not_pinned") {
             return Err(ClientError::NotFound(message));
         }
         Err(ClientError::Api { status, code, message, body })

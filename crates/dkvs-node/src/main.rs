@@ -436,11 +436,10 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
             }
         }
         AccountCommand::Show { name } => {
-            let info = keystore
-                .list()?
-                .into_iter()
-                .find(|info| info.name == name)
-                .ok_or(KeystoreError::NotFound(name))?;
+            let info =
+                keystore.list()?.into_iter().find(|info| info.name == name).ok_or_else(|| {
+                    ClientError::NotFound(KeystoreError::NotFound(name).to_string())
+                })?;
             outln!("name: {}", info.name);
             outln!("type: {}", info.key_type);
             outln!("account id: {}", info.account_id);

@@ -623,7 +623,7 @@ fn a_kept_record_is_remembered_across_a_restart() {
         },
         None,
     );
-    assert!(!again.status.success());
+    assert_eq!(again.status.code(), Some(1), "not found");
     assert!(stderr(&again).contains("not kept alive"), "{}", stderr(&again));
     // A damaged list is set aside at start, not overwritten.
     drop(node);
@@ -977,7 +977,7 @@ fn files_through_the_command_line_and_the_gateway() {
     assert_eq!(stat["pins"], serde_json::json!([plain]), "{stat}");
     ok(ipfs(&home("bob"), &["unpin", &plain]));
     let again = ipfs(&home("bob"), &["unpin", &plain]);
-    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert_eq!(again.status.code(), Some(1), "not found: {}", stderr(&again));
     assert!(stderr(&again).contains("is not pinned"), "{}", stderr(&again));
     ok(ipfs(&home("bob"), &["gc"]));
     let stat: serde_json::Value =
@@ -1452,4 +1452,14 @@ fn a_node_says_at_its_start_that_its_passphrase_does_not_open_the_default_accoun
     let output = put(&node, &["/~/note", "hello"], None);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("does not open"), "{}", stderr(&output));
+    // An account that is not there is not found (exit code 1), as a key not set is.
+    let missing = run(
+        {
+            let mut c = dkvs(&home);
+            c.args(["account", "show", "nobody"]);
+            c
+        },
+        None,
+    );
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
 }
