@@ -229,6 +229,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts", get(accounts))
         .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/watch/{*key}", get(watch_key))
+        .route("/v1/handover/{*key}", axum::routing::post(handover))
         .route("/v1/keep", get(list_kept))
         .route("/v1/keep/{*key}", axum::routing::delete(stop_kept))
         .route(
@@ -508,6 +509,39 @@ struct PutQuery {
     /// Keep the record alive while the node runs (re-signed before it expires), remembered
     /// across restarts.
     keep: Option<bool>,
+    /// Take over a shared name with its holder's consent ([`handover`]'s token).
+    handover: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HandoverQuery {
+    account: Option<String>,
+    /// The account the name goes to.
+    to: Option<String>,
+}
+
+/// The holder's consent to hand a shared name to another account, for the record with
+/// sequence `seq`: `<seq>.<holder's account id>.<signature, hex>`. It names neither the key nor
+/// the account it goes to (the signature covers both: it is good for that key, that account
+/// and that sequence only), so it is short enough to pass on by hand.
+struct HandoverToken {
+    seq: u64,
+    from: dkvs_account::AccountId,
+    signature: dkvs_account::Signature,
+}
+
+impl HandoverToken {
+    fn encode(&self) -> String {
+        format!("{}.{}.{}", self.seq, self.from, hex::encode(self.signature.as_bytes()))
+    }
+
+    fn decode(text: &str) -> Option<HandoverToken> {
+        let mut parts = text.trim().split('.');
+        let seq = parts.next()?.parse().ok()?;
+        let from = parts.next()?.parse().ok()?;
+        let signature = dkvs_account::Signature::from_slice(&hex::decode(parts.next()?).ok()?)?;
+        parts.next().is_none().then_some(HandoverToken { seq, from, signature })
+    }
 }
 
 #[derive(Deserialize)]
@@ -639,9 +673,13 @@ fn put_error(error: PutError) -> ApiError {
                 format!("value is {len} bytes, limit is {MAX_VALUE_LEN}"),
             )
         }
-        PutError::Local(e @ Local::ForeignOwner { .. }) => {
-            ApiError::new(StatusCode::FORBIDDEN, "foreign_owner", e.to_string())
-        }
+        PutError::Local(e @ Local::ForeignOwner { .. }) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "foreign_owner",
+            format!(
+                "{e}; the holder hands it over with `dkvs handover` (POST /v1/handover/{{key}})"
+            ),
+        ),
         PutError::Local(e @ (Local::OwnerQuota { .. } | Local::Full { .. })) => {
             ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "over_quota", e.to_string())
         }
@@ -756,8 +794,65 @@ async fn put_inner(
     }
     let owner = state.account(query.account.as_deref()).await?;
     let key = state.key(path, query.account.as_deref()).await?;
-    let receipt = match query.expect_seq {
-        Some(expected) => {
+    let receipt = match (query.expect_seq, query.handover.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "expect_seq and handover do not go together: a handover names its sequence",
+            ));
+        }
+        (None, Some(token)) => {
+            let token = HandoverToken::decode(token).ok_or_else(|| {
+                ApiError::bad_request(
+                    "handover is not a handover token (<seq>.<account id>.<hex>, as `dkvs \
+                     handover` prints it)",
+                )
+            })?;
+            let mut draft = Draft::new(key.clone(), value, token.seq, ttl_ms);
+            let from = token.from.public_key().clone();
+            draft.transfer = Some(dkvs_record::Transfer::from_parts(from, token.signature));
+            let record = draft.sign(&owner).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
+            })?;
+            // Checked here, where the reason can be said: a replica refuses it as a record it
+            // cannot check.
+            record.validate(dkvs_record::unix_millis(), &dkvs_record::Limits::default()).map_err(
+                |e| {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "bad_handover",
+                        format!(
+                            "the handover token does not hand {key} to account {} at sequence \
+                             {} ({e}): it was made for another key or account",
+                            owner.account_id(),
+                            token.seq
+                        ),
+                    )
+                },
+            )?;
+            // A token whose sequence is taken (used already, or the holder wrote since) says
+            // so, rather than as a fork or a stale write.
+            match state.node.put(record).await {
+                Err(
+                    PutError::Local(
+                        dkvs_store::PutError::Fork { .. } | dkvs_store::PutError::TooOld { .. },
+                    )
+                    | PutError::NoQuorum { .. },
+                ) if state.node.get_local(&key).record.is_some_and(|r| r.seq() >= token.seq) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "stale_handover",
+                        format!(
+                            "the handover token is for sequence {} of {key}, which is taken (the \
+                             token was used, or the holder wrote since): ask the holder for a new \
+                             one",
+                            token.seq
+                        ),
+                    ));
+                }
+                written => written,
+            }
+        }
+        (Some(expected), None) => {
             let seq = expected.checked_add(1).ok_or_else(|| {
                 ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
             })?;
@@ -768,7 +863,7 @@ async fn put_inner(
         }
         // The sequence after the newest the network (or this node) knows, read once and
         // written; read again and retried when another writer got there first.
-        None => state.node.put_next(&owner, &key, value, ttl_ms).await,
+        (None, None) => state.node.put_next(&owner, &key, value, ttl_ms).await,
     }
     .map_err(put_error)?;
     let mut answer = receipt_json(&key, &receipt);
@@ -784,6 +879,66 @@ async fn put_inner(
         answer["kept"] = json!(true);
     }
     Ok(Json(answer))
+}
+
+/// `POST /v1/handover/{key}?to=<account id>`: the holder's consent (signed by the node's
+/// account, or `account`) to hand the shared name `key` to the account `to`, as a token that
+/// account's put takes (`PUT /v1/kv/{key}?handover=<token>`). It is good for the sequence after
+/// the newest the network holds: a write of the holder's in between makes it stale.
+async fn handover(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<HandoverQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
+    let to: dkvs_account::AccountId = query
+        .to
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("to (the account the name goes to) is missing"))?
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("to is not an account id: {e}")))?;
+    let holder = state.account(query.account.as_deref()).await?;
+    let key = state.key(&path, query.account.as_deref()).await?;
+    if key.scope().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "{key} is in an account's scope, which is that account's for good; only shared names \
+             are handed over"
+        )));
+    }
+    if to == holder.account_id() {
+        return Err(ApiError::bad_request(format!("{key} is yours already")));
+    }
+    let newest =
+        state.node.get(&key).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
+        })?;
+    let Some(newest) = newest.record else {
+        let message = format!("{key} is not set: nobody holds it, and {to} can write it as it is");
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", message));
+    };
+    if newest.owner() != holder.public() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "foreign_owner",
+            format!(
+                "{key} is held by {}, not by {}",
+                newest.owner().account_id(),
+                holder.account_id()
+            ),
+        ));
+    }
+    let seq = newest.seq().checked_add(1).ok_or_else(|| {
+        ApiError::bad_request(format!("{key} is at the last sequence; it cannot change hands"))
+    })?;
+    let transfer = dkvs_record::Transfer::sign(&holder, &key, to.public_key(), seq);
+    let token = HandoverToken { seq, from: holder.account_id(), signature: *transfer.signature() };
+    Ok(Json(json!({
+        "key": key.as_str(),
+        "to": to.to_string(),
+        "seq": seq,
+        "handover": token.encode(),
+    })))
 }
 
 async fn get_key(

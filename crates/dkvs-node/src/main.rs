@@ -58,6 +58,10 @@ enum Command {
         /// a restart (see `dkvs keep`).
         #[arg(long)]
         keep: bool,
+        /// Take over a shared name with its holder's consent: the token `dkvs handover`
+        /// printed for this key and account.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "expect_seq")]
+        handover: Option<String>,
     },
     /// Records the node keeps alive (`dkvs put --keep`).
     #[command(subcommand)]
@@ -81,6 +85,18 @@ enum Command {
         /// The key.
         key: String,
         /// Sign with this account.
+        #[arg(long = "as", value_name = "NAME")]
+        account: Option<String>,
+    },
+    /// Hand a shared name you hold (`/name`) to another account: prints a token that account
+    /// gives to `dkvs put NAME VALUE --handover TOKEN` to take it over. It is good for that
+    /// name, that account and the next version only (a put of yours first makes it stale).
+    Handover {
+        /// The name.
+        key: String,
+        /// The account id it goes to.
+        to: String,
+        /// The account that holds it (default: the default account).
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
@@ -558,7 +574,7 @@ fn with_account(path: String, account: &Option<String>, extra: &[(&str, String)]
 
 fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Put { key, value, file, ttl, expect_seq, account, keep } => {
+        Command::Put { key, value, file, ttl, expect_seq, account, keep, handover } => {
             let bytes = input(value, file)?;
             // Said here: a body far over the limit is cut off by the node's API, which a
             // client sees as a connection reset, not as the reason.
@@ -574,6 +590,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
             if keep {
                 extra.push(("keep", "true".to_owned()));
+            }
+            if let Some(token) = handover {
+                extra.push(("handover", token));
             }
             let path = with_account(key_path("/v1/kv", &key)?, &account, &extra);
             let receipt = client.put_bytes(&path, &bytes)?;
@@ -639,6 +658,20 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 receipt["key"].as_str().unwrap_or(&key),
                 receipt["seq"],
                 stored_by(&receipt)
+            );
+        }
+        Command::Handover { key, to, account } => {
+            let extra = [("to", to.clone())];
+            let path = with_account(key_path("/v1/handover", &key)?, &account, &extra);
+            let answer = client.post_bytes(&path, &[])?;
+            let token = answer["handover"].as_str().unwrap_or_default();
+            outln!("{token}");
+            eprintln!(
+                "note: give this to {to}; it takes {} over with `dkvs put {} VALUE --handover \
+                 {token}` (good for sequence {} only)",
+                answer["key"].as_str().unwrap_or(&key),
+                answer["key"].as_str().unwrap_or(&key),
+                answer["seq"]
             );
         }
         Command::Watch { key, account } => {

@@ -1463,3 +1463,58 @@ fn a_node_says_at_its_start_that_its_passphrase_does_not_open_the_default_accoun
     );
     assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
 }
+
+#[test]
+fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
+    new_account(&home_a, "alice", "ed25519");
+    let bob = new_account(&home_b, "bob", "secp256k1");
+    let carol = new_account(&home_b, "carol", "ed25519");
+    let a = start(&home_a, None);
+    let b = start(&home_b, Some(&a.address));
+    let dkvs_as = |home: &Path, args: &[&str]| {
+        run(
+            {
+                let mut c = dkvs(home);
+                c.args(args);
+                c
+            },
+            None,
+        )
+    };
+    ok(put(&a, &["/names/shop", "alice's"], None));
+    let taken = put(&b, &["/names/shop", "bob's"], None);
+    assert_eq!(taken.status.code(), Some(2));
+    assert!(stderr(&taken).contains("dkvs handover"), "says how: {}", stderr(&taken));
+
+    // Alice hands it to Bob: a token, good for Bob, this name and the next version.
+    let token = ok(dkvs_as(&home_a, &["handover", "/names/shop", &bob])).trim().to_owned();
+    assert!(token.starts_with("2."), "{token}");
+    let as_carol =
+        dkvs_as(&home_b, &["put", "/names/shop", "c", "--as", "carol", "--handover", &token]);
+    assert_eq!(as_carol.status.code(), Some(2));
+    assert!(stderr(&as_carol).contains("bad_handover"), "{}", stderr(&as_carol));
+    let other_name = dkvs_as(&home_b, &["put", "/names/cafe", "b", "--handover", &token]);
+    assert!(stderr(&other_name).contains("bad_handover"), "{}", stderr(&other_name));
+    ok(put(&b, &["/names/shop", "bob's", "--handover", &token], None));
+    assert_eq!(ok(get(&a, &["/names/shop"])), "bob's");
+    let record: serde_json::Value =
+        serde_json::from_str(&ok(get(&a, &["/names/shop", "--json"]))).expect("json");
+    assert_eq!(record["owner"], bob.as_str(), "{record}");
+
+    // Alice no longer holds it, and the token does not serve twice.
+    let back = put(&a, &["/names/shop", "mine again"], None);
+    assert!(stderr(&back).contains("foreign_owner"), "{}", stderr(&back));
+    let again = put(&b, &["/names/shop", "twice", "--handover", &token], None);
+    assert!(stderr(&again).contains("stale_handover"), "{}", stderr(&again));
+    ok(put(&b, &["/names/shop", "bob's, updated"], None));
+    // Nothing to hand over: a name nobody holds, a key in an account's scope, one of Bob's.
+    let unset = dkvs_as(&home_a, &["handover", "/names/none", &carol]);
+    assert_eq!(unset.status.code(), Some(1), "{}", stderr(&unset));
+    let scoped = dkvs_as(&home_a, &["handover", "/~/notes", &carol]);
+    assert!(stderr(&scoped).contains("scope"), "{}", stderr(&scoped));
+    let not_hers = dkvs_as(&home_a, &["handover", "/names/shop", &carol]);
+    assert!(stderr(&not_hers).contains("is held by"), "{}", stderr(&not_hers));
+    assert_eq!(ok(get(&a, &["/names/shop"])), "bob's, updated");
+}
