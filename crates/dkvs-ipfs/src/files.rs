@@ -431,6 +431,10 @@ pub async fn resolve(
     let mut leaves = Leaves::new(node, root, timeout).await?;
     let mut cid = root;
     for (i, name) in path.iter().enumerate() {
+        // A raw block is a file's bytes (a small file's whole): not dag-pb, so said here.
+        if cid.codec() == unixfs::RAW {
+            return Err(unixfs::UnixfsError::NotADirectory { what: "file" }.into());
+        }
         let block = leaves.fetch(cid).await?;
         cid = unixfs::resolve_child(&block, name)?
             .ok_or_else(|| IpfsError::NoSuchPath { root, path: path[..=i].join("/") })?;

@@ -484,6 +484,13 @@ impl AppState {
     /// The record key named by a request path: `/~/...` is the account's own scope.
     async fn key(&self, path: &str, account: Option<&str>) -> ApiResult<Key> {
         let text = format!("/{path}");
+        if text == "/~" {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+                "/~ alone names no key: /~/name is a key in the account's own scope",
+            ));
+        }
         let text = match text.strip_prefix("/~/") {
             Some(rest) => format!("/{}/{rest}", self.account(account).await?.account_id()),
             None => text,
@@ -779,8 +786,11 @@ async fn put_inner(
     };
     let max_ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
     if ttl_ms == 0 || ttl_ms > max_ttl_ms {
+        let said = |ms: u64| humantime::format_duration(std::time::Duration::from_millis(ms));
         return Err(ApiError::bad_request(format!(
-            "ttl is {ttl_ms} ms; it must be positive and at most this node's maximum of {max_ttl_ms} ms"
+            "ttl is {}; it must be positive and at most this node's maximum of {} (max_ttl_secs)",
+            said(ttl_ms),
+            said(max_ttl_ms)
         )));
     }
     // A kept record is re-signed on the node's republish rounds (hourly) when it would expire

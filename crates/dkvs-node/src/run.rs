@@ -28,10 +28,39 @@ pub async fn run(
     passphrase: Zeroizing<String>,
 ) -> anyhow::Result<()> {
     home.ensure()?;
+    // Addresses are checked before anything starts: a typo is said before the node listens.
+    let listen = config
+        .listen
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("listen address {a:?} is not a multiaddr")))
+        .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
+    let bootstrap = config
+        .bootstrap
+        .iter()
+        .map(|a| {
+            let addr: Multiaddr =
+                a.parse().with_context(|| format!("bootstrap address {a:?} is not a multiaddr"))?;
+            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                anyhow::bail!("bootstrap address {a:?} does not end in /p2p/<peer id>");
+            }
+            Ok(addr)
+        })
+        .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
     let keystore = home.keystore()?;
     let identity = home.node_identity()?;
-    let store = Store::open(home.data_dir(), config.store())
-        .with_context(|| format!("cannot open the store in {}", home.data_dir().display()))?;
+    let store = Store::open(home.data_dir(), config.store()).map_err(|e| match e {
+        dkvs_store::StoreError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            anyhow::anyhow!(
+                "another node runs on the home {} (its store is locked): stop it, or give this \
+                 one another --home",
+                home.root().display()
+            )
+        }
+        e => anyhow::Error::new(e)
+            .context(format!("cannot open the store in {}", home.data_dir().display())),
+    })?;
     let mail_dir = home.data_dir().join("mail");
     let mail = dkvs_mail::Mail::open(&mail_dir, identity.clone(), config.shelf()?)
         .with_context(|| format!("cannot open the mail kept in {}", mail_dir.display()))?;
@@ -45,17 +74,12 @@ pub async fn run(
     dkvs_mail::spawn_hand_over(&node, config.mail()?);
     let mut out = std::io::stdout().lock();
     writeln!(out, "peer id: {}", node.peer_id())?;
-    for addr in &config.listen {
-        let addr: Multiaddr =
-            addr.parse().with_context(|| format!("listen address {addr:?} is not a multiaddr"))?;
+    for addr in listen {
         // The error names the address.
         let bound = node.listen_on(addr.clone()).await?;
         writeln!(out, "listening on: {}", bound.with(Protocol::P2p(node.peer_id())))?;
     }
-    for addr in &config.bootstrap {
-        let addr: Multiaddr = addr
-            .parse()
-            .with_context(|| format!("bootstrap address {addr:?} is not a multiaddr"))?;
+    for addr in bootstrap {
         match node.dial(addr.clone()).await {
             Ok(_) => {}
             Err(e @ dkvs_net::DialError::NoPeerId { .. }) => {
@@ -80,6 +104,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot bind the API to {}", config.api))?;
     let api_addr = listener.local_addr()?;
+    if !api_addr.ip().is_loopback() {
+        tracing::warn!(
+            "the API listens on {api_addr}, beyond this machine: every request needs the token \
+             (the gateway's and /metrics too), and it travels unencrypted (plain HTTP)"
+        );
+    }
     let token = hex::encode(rand::rng().random::<[u8; 32]>());
     let url = format!("http://{api_addr}");
     home.write_api(&ApiInfo { url: url.clone(), token: token.clone() })?;

@@ -923,6 +923,7 @@ fn files_through_the_command_line_and_the_gateway() {
     assert!(body.contains("dear diary"), "{body}");
     let (code, body) = http(&bob_api, &format!("/ipfs/{text}/no/such/name"), None);
     assert_eq!(code, 422, "a file has no entries: {body}");
+    assert!(body.contains("a UnixFS file, not a directory"), "a small file too: {body}");
     let (code, body) = http(&bob_api, "/ipfs/not-a-cid", None);
     assert_eq!(code, 400, "{body}");
     let (code, _) = http_as(&bob_api, "evil.example", &format!("/ipfs/{text}"), None);
@@ -1027,6 +1028,8 @@ fn the_gateway_needs_the_token_when_the_api_listens_beyond_loopback() {
     let (code, body) = http(&addr, &format!("/ipfs/{cid}"), Some(&token));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("hello gateway"), "{body}");
+    let log = std::fs::read_to_string(home.join("node.log")).expect("log");
+    assert!(log.contains("beyond this machine: every request needs the token"), "{log}");
 }
 
 /// The lookups a node's log reports from its `from`th line on, with how long each took in
@@ -1517,4 +1520,37 @@ fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
     let not_hers = dkvs_as(&home_a, &["handover", "/names/shop", &carol]);
     assert!(stderr(&not_hers).contains("is held by"), "{}", stderr(&not_hers));
     assert_eq!(ok(get(&a, &["/names/shop"])), "bob's, updated");
+}
+
+#[test]
+fn a_start_or_a_put_that_cannot_work_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    new_account(&home, "alice", "ed25519");
+    let node = start(&home, None);
+    let node_command = |home: &Path, extra: &[&str]| {
+        let mut c = dkvs(home);
+        c.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]).args(extra);
+        run(c, None)
+    };
+    // A second node on a home that runs one.
+    let second = node_command(&home, &[]);
+    assert_eq!(second.status.code(), Some(2));
+    assert!(stderr(&second).contains("another node runs on the home"), "{}", stderr(&second));
+    // An address that cannot be one: said before the node listens.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).expect("home");
+    for (bad, said) in [("garbage", "is not a multiaddr"), ("/ip4/127.0.0.1/tcp/1", "/p2p/")] {
+        let output = node_command(&fresh, &["--bootstrap", bad]);
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        assert!(stderr(&output).contains(said), "{bad}: {}", stderr(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains("listening on"), "{bad}: {stdout}");
+    }
+    // A key that is no key, and a life past the node's maximum, in words.
+    let tilde = put(&node, &["/~", "v"], None);
+    assert!(stderr(&tilde).contains("/~ alone names no key"), "{}", stderr(&tilde));
+    let long = put(&node, &["/~/k", "v", "--ttl", "30d"], None);
+    assert!(stderr(&long).contains("ttl is 30days"), "{}", stderr(&long));
+    assert!(stderr(&long).contains("maximum of 7days"), "{}", stderr(&long));
 }
