@@ -618,12 +618,20 @@ fn put_error(error: PutError) -> ApiError {
         PutError::Conflict { current } => ApiError {
             extra: Some((
                 "current",
-                current.map_or(serde_json::Value::Null, |r| json!(record_json(&r))),
+                current.as_ref().map_or(serde_json::Value::Null, |r| json!(record_json(r))),
             )),
             ..ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",
-                "the current sequence is not the expected one; read it and retry",
+                match &current {
+                    Some(r) => format!(
+                        "the current sequence is {}, not the expected one; read it and retry",
+                        r.seq()
+                    ),
+                    None => "the key is not set, which is not what was expected; read it and \
+                             retry"
+                        .to_owned(),
+                },
             )
         },
         PutError::Stale { current_seq, current } => ApiError {

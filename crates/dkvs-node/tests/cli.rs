@@ -340,7 +340,7 @@ fn three_nodes_through_the_command_line() {
     // Compare-and-swap: a stale expectation is a conflict that shows the current sequence.
     let conflict = put(&a, &["/~/greeting", "hi", "--expect-seq", "7"], None);
     assert_eq!(conflict.status.code(), Some(2));
-    assert!(stderr(&conflict).contains("conflict"), "{}", stderr(&conflict));
+    assert!(stderr(&conflict).contains("the current sequence is 1"), "{}", stderr(&conflict));
     ok(put(&a, &["/~/greeting", "hi", "--expect-seq", "1"], None));
     assert_eq!(ok(get(&b, &[&key])), "hi");
 
