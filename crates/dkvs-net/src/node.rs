@@ -107,6 +107,7 @@ pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     RoutingTable(oneshot::Sender<Vec<PeerId>>),
+    Remembered(usize, oneshot::Sender<Vec<Multiaddr>>),
     Extension(std::any::TypeId, ExtensionCall),
     Shutdown(oneshot::Sender<()>),
 }
@@ -591,6 +592,14 @@ impl Node {
     /// The addresses this node listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
+    }
+
+    /// Addresses to join the network by at the next start: of DHT servers of dkvs this node
+    /// is connected to, as its routing table holds them (each ends in `/p2p/<peer id>`), at
+    /// most `limit`, two a peer, loopback and private addresses last. A node that remembers
+    /// them rejoins the network it was in without being told a bootstrap peer again.
+    pub async fn servers_to_remember(&self, limit: usize) -> Vec<Multiaddr> {
+        self.ask(|tx| Command::Remembered(limit, tx)).await.unwrap_or_default()
     }
 
     /// The peers in this node's Kademlia routing table (the servers it knows), as they are
@@ -1246,6 +1255,26 @@ impl<E: Extension> Driver<E> {
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Remembered(limit, reply) => {
+                let servers = &self.servers;
+                let mut addrs = Vec::new();
+                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+                    for entry in bucket.iter() {
+                        let peer = *entry.node.key.preimage();
+                        if !servers.contains_key(&peer) {
+                            continue;
+                        }
+                        let mut known: Vec<&Multiaddr> = entry.node.value.iter().collect();
+                        known.sort_by_key(|a| is_local(a));
+                        for addr in known.into_iter().take(2) {
+                            addrs.push((is_local(addr), addr.clone().with_p2p(peer)));
+                        }
+                    }
+                }
+                addrs.sort_by_key(|(local, _)| *local);
+                let addrs = addrs.into_iter().filter_map(|(_, a)| a.ok()).take(limit).collect();
+                let _ = reply.send(addrs);
             }
             Command::Reachability(reply) => {
                 let behaviour = self.swarm.behaviour();

@@ -12,6 +12,7 @@
 //! <home>/data/sent.json         letters sent through this node, for `dkvs mail status`
 //! <home>/api.json               {"url", "token"} of the node running from this home (mode 0600)
 //! <home>/keep.json              records the node keeps alive: [{"key", "account", "ttl_secs"}]
+//! <home>/peers.json             peers the node was connected to: ["<multiaddr>/p2p/<id>", ...]
 //! ```
 
 use std::fs;
@@ -144,6 +145,21 @@ impl Home {
     /// Records the list of records the node keeps alive.
     pub fn write_kept(&self, kept: &[Kept]) -> anyhow::Result<()> {
         write_private(&self.keep_file(), &serde_json::to_vec_pretty(kept)?)
+    }
+
+    fn peers_file(&self) -> PathBuf {
+        self.root.join("peers.json")
+    }
+
+    /// The peers the node was connected to when it last wrote them (none when the file is
+    /// absent); a damaged file is an error that names it.
+    pub fn read_peers(&self) -> anyhow::Result<Vec<String>> {
+        read_list(&self.peers_file())
+    }
+
+    /// Remembers the peers the node is connected to, to join by at its next start.
+    pub fn write_peers(&self, peers: &[String]) -> anyhow::Result<()> {
+        write_private(&self.peers_file(), &serde_json::to_vec_pretty(peers)?)
     }
 
     /// The file that remembers which letters `account` has read through this node.

@@ -94,7 +94,27 @@ pub async fn run(
             .with_context(|| format!("ipfs_bootstrap address {addr:?} is not a multiaddr"))?;
         node.with_extension(move |ipfs: &mut dkvs_ipfs::Ipfs, _| ipfs.connect(addr)).await?;
     }
-    if !config.bootstrap.is_empty()
+    // The peers of the last run, dialed together, for the dials' timeout at most: a node
+    // started again rejoins its network without a bootstrap address. Unreachable ones (peers
+    // that left since) cost nothing more.
+    let remembered: Vec<Multiaddr> = home
+        .read_peers()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the peers of the last run");
+            Vec::new()
+        })
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .filter(|a: &Multiaddr| matches!(a.iter().last(), Some(Protocol::P2p(_))))
+        .take(REMEMBERED_PEERS)
+        .collect();
+    let rejoined = futures::future::join_all(remembered.iter().map(|a| node.dial(a.clone())));
+    let rejoined = tokio::time::timeout(REJOIN_WAIT, rejoined).await.unwrap_or_default();
+    let rejoined = rejoined.iter().filter(|r| r.is_ok()).count();
+    if !remembered.is_empty() {
+        tracing::info!(remembered = remembered.len(), rejoined, "dialed the peers of the last run");
+    }
+    if (!config.bootstrap.is_empty() || rejoined > 0)
         && let Err(e) = node.bootstrap().await
     {
         tracing::warn!(error = %e, "bootstrap walk failed; the node keeps trying as peers appear");
@@ -169,6 +189,19 @@ pub async fn run(
             tracing::warn!("{}; operations as it fail (locked_account)", e.message());
         }
     });
+    // The peers to rejoin by are written now and then too: a node killed keeps them.
+    let remembering = {
+        let (home, node) = (home.clone(), node.downgrade());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(REMEMBER_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                remember_peers(&home, &node).await;
+            }
+        })
+    };
     let (signalled, on_signal) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         signal().await;
@@ -195,9 +228,31 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down");
+    remembering.abort();
+    remember_peers(&home, &node).await;
     home.remove_api();
     node.shutdown().await;
     Ok(())
+}
+
+/// How many peers of the last run a node remembers and dials at its start.
+const REMEMBERED_PEERS: usize = 32;
+/// How long a start waits on the dials of the last run's peers (a transport's setup timeout).
+const REJOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a running node writes the peers it would rejoin by.
+const REMEMBER_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Writes the peers the node is connected to (`<home>/peers.json`), unless it has none: a
+/// node that lost its network keeps the list of the last time it had one.
+async fn remember_peers(home: &Home, node: &dkvs_net::Node) {
+    let peers = node.servers_to_remember(REMEMBERED_PEERS).await;
+    if peers.is_empty() {
+        return;
+    }
+    let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    if let Err(e) = home.write_peers(&peers) {
+        tracing::warn!(error = %format!("{e:#}"), "cannot remember the peers");
+    }
 }
 
 async fn signal() {

@@ -1554,3 +1554,29 @@ fn a_start_or_a_put_that_cannot_work_says_why() {
     assert!(stderr(&long).contains("ttl is 30days"), "{}", stderr(&long));
     assert!(stderr(&long).contains("maximum of 7days"), "{}", stderr(&long));
 }
+
+#[test]
+fn a_node_started_again_rejoins_the_peers_of_its_last_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = start(&home_a, None);
+    let mut b = start(&home_b, Some(&a.address));
+    let a_id = a.address.rsplit('/').next().expect("a peer id").to_owned();
+    let peers = |home: &Path| {
+        ok(run(
+            {
+                let mut c = dkvs(home);
+                c.arg("peers");
+                c
+            },
+            None,
+        ))
+    };
+    assert!(peers(&home_b).contains(&a_id), "joined by its bootstrap address");
+    let stopped = Command::new("kill").args(["-INT", &b.child.id().to_string()]).status();
+    assert!(stopped.expect("kill runs").success());
+    assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
+    // Started again without a bootstrap address: it dials the peers it was connected to.
+    let _b = start(&home_b, None);
+    assert!(peers(&home_b).contains(&a_id), "rejoined without a bootstrap address");
+}
