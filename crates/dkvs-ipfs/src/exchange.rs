@@ -238,6 +238,9 @@ struct Wanting {
     hedged: bool,
 }
 
+/// How many of [`Exchange::connect`]'s dials are remembered with their outcome.
+const OWN_DIALS: usize = 64;
+
 /// The bitswap state of a node (see the module docs).
 pub struct Exchange {
     store: BlockStore,
@@ -266,7 +269,10 @@ pub struct Exchange {
     /// Messages built while handling one event, sent when it is handled.
     outbox: HashMap<PeerId, Outgoing>,
     events: VecDeque<ExchangeEvent>,
-    dials: VecDeque<Multiaddr>,
+    dials: VecDeque<DialOpts>,
+    /// The last [`OWN_DIALS`] dials of [`Exchange::connect`], and how each ended (`None`
+    /// while under way).
+    own_dials: VecDeque<(ConnectionId, Option<Result<(), String>>)>,
     /// Peers to dial by id (providers found on the IPFS DHT; it knows their addresses).
     peer_dials: VecDeque<PeerId>,
     /// Listen addresses peers told through identify (bounded), for the IPFS DHT, which does
@@ -312,6 +318,7 @@ impl Exchange {
             outbox: HashMap::new(),
             events: VecDeque::new(),
             dials: VecDeque::new(),
+            own_dials: VecDeque::new(),
             peer_dials: VecDeque::new(),
             addresses: HashMap::new(),
             lookups: HashMap::new(),
@@ -334,8 +341,28 @@ impl Exchange {
 
     /// Dials `addr` (as `ipfs swarm connect`). Not through dkvs's own routing table: an IPFS
     /// peer is not a dkvs replica.
-    pub fn connect(&mut self, addr: Multiaddr) {
-        self.dials.push_back(addr);
+    /// Returns the dial's connection, to ask [`Exchange::dial_outcome`] about.
+    pub fn connect(&mut self, addr: Multiaddr) -> ConnectionId {
+        let opts = DialOpts::from(addr);
+        let id = opts.connection_id();
+        self.dials.push_back(opts);
+        if self.own_dials.len() >= OWN_DIALS {
+            self.own_dials.pop_front();
+        }
+        self.own_dials.push_back((id, None));
+        id
+    }
+
+    /// How a dial of [`Exchange::connect`] ended: `None` while it is under way (or long
+    /// forgotten), the error's words if it failed.
+    pub fn dial_outcome(&self, dial: ConnectionId) -> Option<Result<(), String>> {
+        self.own_dials.iter().find(|(id, _)| *id == dial).and_then(|(_, outcome)| outcome.clone())
+    }
+
+    fn dial_ended(&mut self, dial: ConnectionId, outcome: Result<(), String>) {
+        if let Some((_, ended)) = self.own_dials.iter_mut().find(|(id, _)| *id == dial) {
+            *ended = Some(outcome);
+        }
     }
 
     /// Blocks this node is fetching for a reader that still waits (a reader that went away
@@ -944,7 +971,9 @@ impl NetworkBehaviour for Exchange {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
+            FromSwarm::DialFailure(e) => self.dial_ended(e.connection_id, Err(e.error.to_string())),
             FromSwarm::ConnectionEstablished(e) => {
+                self.dial_ended(e.connection_id, Ok(()));
                 self.connections.entry(e.peer_id).or_default().push(e.connection_id);
                 if let Some(network) = Network::of_connection(e.endpoint) {
                     self.networks.insert(e.connection_id, network);
@@ -1034,8 +1063,8 @@ impl NetworkBehaviour for Exchange {
                 event,
             });
         }
-        if let Some(addr) = self.dials.pop_front() {
-            return Poll::Ready(ToSwarm::Dial { opts: addr.into() });
+        if let Some(opts) = self.dials.pop_front() {
+            return Poll::Ready(ToSwarm::Dial { opts });
         }
         if let Some(peer) = self.peer_dials.pop_front() {
             let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing);

@@ -8,7 +8,7 @@ use std::path::Path;
 use cid::Cid;
 use dkvs_net::libp2p::kad;
 use dkvs_net::libp2p::kad::store::RecordStore as _;
-use dkvs_net::libp2p::swarm::NetworkBehaviour;
+use dkvs_net::libp2p::swarm::{ConnectionId, NetworkBehaviour};
 use dkvs_net::libp2p::{Multiaddr, PeerId, identity};
 use dkvs_net::{Extension, Host};
 use tokio::sync::oneshot;
@@ -98,9 +98,16 @@ impl Ipfs {
         self.exchange.fetching()
     }
 
-    /// Dials an IPFS peer (as `ipfs swarm connect`).
-    pub fn connect(&mut self, addr: Multiaddr) {
-        self.exchange.connect(addr);
+    /// Dials an IPFS peer (as `ipfs swarm connect`); returns the dial's connection, to ask
+    /// [`Ipfs::dial_outcome`] about.
+    pub fn connect(&mut self, addr: Multiaddr) -> ConnectionId {
+        self.exchange.connect(addr)
+    }
+
+    /// How a dial of [`Ipfs::connect`] ended: `None` while it is under way, the error's words
+    /// if it failed.
+    pub fn dial_outcome(&self, dial: ConnectionId) -> Option<Result<(), String>> {
+        self.exchange.dial_outcome(dial)
     }
 
     /// Wants the block `cid` from the network; it comes on `tx`.

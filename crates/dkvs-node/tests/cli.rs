@@ -992,6 +992,12 @@ fn files_through_the_command_line_and_the_gateway() {
     let alice_node = start(&home("alice"), Some(&seed.address));
     let bob_node = start(&home("bob"), Some(&seed.address));
     ok(ipfs(&home("bob"), &["connect", &alice_node.address]));
+    // A peer nobody runs: the dial's failure is said, with its reason (it waited 15 s for a
+    // connection, and said only that none came).
+    let nobody = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", dkvs_net::libp2p::PeerId::random());
+    let refused = ipfs(&home("bob"), &["connect", &nobody]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("Connection refused"), "{}", stderr(&refused));
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("again.bin")]));
     assert!(std::fs::read(home("again.bin")).expect("got") == big, "the same bytes after kill -9");
     let missing = ipfs(

@@ -230,22 +230,34 @@ pub(super) async fn connect(
             "{addr} has no peer id; end it with /p2p/<peer id>"
         )));
     };
-    let node = &state.node;
-    let ipfs_call = |f: Box<dyn FnOnce(&mut Ipfs) -> bool + Send>| async move {
-        node.with_extension(move |ipfs: &mut Ipfs, _| f(ipfs))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string()))
+    let stopped = |e: dkvs_net::NetError| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string())
     };
     let dial = addr.clone();
-    ipfs_call(Box::new(move |ipfs| {
-        ipfs.connect(dial);
-        true
-    }))
-    .await?;
+    let dial = state
+        .node
+        .with_extension(move |ipfs: &mut Ipfs, _| ipfs.connect(dial))
+        .await
+        .map_err(stopped)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if ipfs_call(Box::new(move |ipfs| ipfs.peers().contains(&peer))).await? {
+        let (speaks, outcome) = state
+            .node
+            .with_extension(move |ipfs: &mut Ipfs, _| {
+                (ipfs.peers().contains(&peer), ipfs.dial_outcome(dial))
+            })
+            .await
+            .map_err(stopped)?;
+        // Connected already (by another address too): as `ipfs swarm connect`, done.
+        if speaks {
             return Ok(Json(json!({ "peer": peer.to_string(), "addr": addr.to_string() })));
+        }
+        if let Some(Err(e)) = outcome {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "unreachable",
+                format!("could not connect to {addr}: {e}"),
+            ));
         }
         if tokio::time::Instant::now() > deadline {
             return Err(ApiError::new(
