@@ -72,7 +72,14 @@ const REFRESH_TRIES: usize = 64;
 
 pub(crate) enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
-    AddPeer(PeerId, Multiaddr, oneshot::Sender<Result<(), DialError>>),
+    /// A peer to dial; `given` (a bootstrap peer, not one remembered) makes this node part of
+    /// a network from now on, and puts the address in the routing table.
+    AddPeer {
+        peer: PeerId,
+        addr: Multiaddr,
+        given: bool,
+        reply: oneshot::Sender<Result<(), DialError>>,
+    },
     Bootstrap(oneshot::Sender<Result<(), BootstrapError>>),
     Put {
         record: Record,
@@ -307,7 +314,10 @@ impl Node {
 
     /// Adds a known peer (a bootstrap node) and connects to it.
     pub async fn add_peer(&self, peer: PeerId, addr: Multiaddr) -> Result<(), DialError> {
-        self.ask(|tx| Command::AddPeer(peer, addr, tx)).await.ok_or(DialError::Shutdown)?
+        let given = true;
+        self.ask(|reply| Command::AddPeer { peer, addr, given, reply })
+            .await
+            .ok_or(DialError::Shutdown)?
     }
 
     /// Connects to the peer at `addr`, which ends in `/p2p/<peer id>` (as a node prints its
@@ -317,6 +327,21 @@ impl Node {
             return Err(DialError::NoPeerId { addr });
         };
         self.add_peer(peer, addr).await.map(|()| peer)
+    }
+
+    /// Dials a peer this node was connected to in an earlier run (`addr` ends in
+    /// `/p2p/<peer id>`); returns its id once connected. Unlike [`Node::dial`], the peer is
+    /// no bootstrap peer the node was given: until one that speaks dkvs connects, a node whose
+    /// remembered peers are all gone is still a network of one, and writes alone.
+    pub async fn rejoin(&self, addr: Multiaddr) -> Result<PeerId, DialError> {
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(DialError::NoPeerId { addr });
+        };
+        let given = false;
+        self.ask(|reply| Command::AddPeer { peer, addr, given, reply })
+            .await
+            .ok_or(DialError::Shutdown)?
+            .map(|()| peer)
     }
 
     /// Walks the DHT to fill the routing table; returns when the walk is done. Peers whose
@@ -594,10 +619,11 @@ impl Node {
         self.ask(Command::ListenAddrs).await.unwrap_or_default()
     }
 
-    /// Addresses to join the network by at the next start: of DHT servers of dkvs this node
-    /// is connected to, as its routing table holds them (each ends in `/p2p/<peer id>`), at
-    /// most `limit`, two a peer, loopback and private addresses last. A node that remembers
-    /// them rejoins the network it was in without being told a bootstrap peer again.
+    /// Addresses to join the network by at the next start ([`Node::rejoin`]): of DHT servers
+    /// of dkvs this node is connected to, as its routing table holds them (each ends in
+    /// `/p2p/<peer id>`), at most `limit`: those connected longest first, at most two peers
+    /// of one network, two addresses a peer, loopback and private addresses last. A node that
+    /// remembers them rejoins the network it was in without being told a bootstrap peer again.
     pub async fn servers_to_remember(&self, limit: usize) -> Vec<Multiaddr> {
         self.ask(|tx| Command::Remembered(limit, tx)).await.unwrap_or_default()
     }
@@ -727,6 +753,10 @@ pub(crate) fn subnet_of(
 ) -> Option<crate::defence::Subnet> {
     connections.get(peer)?.values().find_map(|(addr, _)| crate::defence::Subnet::of(addr))
 }
+
+/// How many peers of one network (an IPv4 /24, an IPv6 /48) [`Node::servers_to_remember`]
+/// gives at most: those who run many peer ids on one host or network fill few of the places.
+const REMEMBERED_PER_NETWORK: usize = 2;
 
 /// When the lookups in flight must end. Kademlia has no timer for a lookup's deadline and
 /// looks at it only when polled: on a quiet node a lookup waiting on a stopped or unreachable
@@ -1164,10 +1194,12 @@ impl<E: Extension> Driver<E> {
                     }
                 }
             }
-            Command::AddPeer(peer, addr, reply) => {
-                self.had_peers = true;
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                self.live_table = None;
+            Command::AddPeer { peer, addr, given, reply } => {
+                if given {
+                    self.had_peers = true;
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.live_table = None;
+                }
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
                 } else if let Err(e) = {
@@ -1257,24 +1289,7 @@ impl<E: Extension> Driver<E> {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Remembered(limit, reply) => {
-                let servers = &self.servers;
-                let mut addrs = Vec::new();
-                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-                    for entry in bucket.iter() {
-                        let peer = *entry.node.key.preimage();
-                        if !servers.contains_key(&peer) {
-                            continue;
-                        }
-                        let mut known: Vec<&Multiaddr> = entry.node.value.iter().collect();
-                        known.sort_by_key(|a| is_local(a));
-                        for addr in known.into_iter().take(2) {
-                            addrs.push((is_local(addr), addr.clone().with_p2p(peer)));
-                        }
-                    }
-                }
-                addrs.sort_by_key(|(local, _)| *local);
-                let addrs = addrs.into_iter().filter_map(|(_, a)| a.ok()).take(limit).collect();
-                let _ = reply.send(addrs);
+                let _ = reply.send(self.servers_to_remember(limit));
             }
             Command::Reachability(reply) => {
                 let behaviour = self.swarm.behaviour();
@@ -2652,6 +2667,44 @@ impl<E: Extension> Driver<E> {
     /// one, and its own store is the whole replica set. A connected peer whose identify has
     /// not arrived yet counts as a dkvs peer, and so does a bootstrap peer that is down: a
     /// node cut off from its network fails for lack of a quorum instead of writing alone.
+    /// [`Node::servers_to_remember`]: the DHT servers connected longest first (peers an
+    /// attacker brought in lately come last), at most [`REMEMBERED_PER_NETWORK`] of one
+    /// network (peer ids cost nothing; networks do), two addresses each from the routing
+    /// table, this machine's and local ones after the rest.
+    fn servers_to_remember(&mut self, limit: usize) -> Vec<Multiaddr> {
+        let mut servers: Vec<(Instant, PeerId)> =
+            self.servers.iter().map(|(peer, since)| (*since, *peer)).collect();
+        servers.sort();
+        let mut table: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                table
+                    .insert(*entry.node.key.preimage(), entry.node.value.iter().cloned().collect());
+            }
+        }
+        let mut per_network: HashMap<crate::defence::Subnet, usize> = HashMap::new();
+        let mut chosen = Vec::new();
+        for (_, peer) in servers {
+            let Some(addresses) = table.get_mut(&peer) else { continue };
+            if let Some(network) = subnet_of(&self.connections, &peer) {
+                let count = per_network.entry(network).or_default();
+                if *count >= REMEMBERED_PER_NETWORK {
+                    continue;
+                }
+                *count += 1;
+            }
+            addresses.sort_by_key(is_local);
+            for addr in addresses.iter().take(2) {
+                if let Ok(addr) = addr.clone().with_p2p(peer) {
+                    chosen.push((is_local(&addr), addr));
+                }
+            }
+        }
+        // Stable: within each kind, the order above.
+        chosen.sort_by_key(|(local, _)| *local);
+        chosen.into_iter().map(|(_, addr)| addr).take(limit).collect()
+    }
+
     pub(crate) fn alone(&self) -> bool {
         !self.had_peers && self.swarm.connected_peers().all(|p| self.non_dkvs.contains(p))
     }

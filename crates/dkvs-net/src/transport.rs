@@ -150,6 +150,10 @@ pub(crate) const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_
 pub(crate) fn port_taken(addr: &Multiaddr) -> Option<io::Error> {
     use libp2p::multiaddr::Protocol;
     use socket2::{Domain, Socket, Type};
+    // A relay's circuit names the relay's address, not one this node binds.
+    if addr.iter().any(|p| matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit)) {
+        return None;
+    }
     let mut parts = addr.iter();
     let ip: std::net::IpAddr = match parts.next()? {
         Protocol::Ip4(ip) => ip.into(),
@@ -171,7 +175,9 @@ pub(crate) fn port_taken(addr: &Multiaddr) -> Option<io::Error> {
         socket.set_reuse_address(tcp)?;
         socket.bind(&at.into())
     })();
-    bound.err().filter(|e| e.kind() == io::ErrorKind::AddrInUse)
+    let taken = bound.err().filter(|e| e.kind() == io::ErrorKind::AddrInUse)?;
+    let said = format!("{taken}: another program listens on it (choose another address)");
+    Some(io::Error::new(io::ErrorKind::AddrInUse, said))
 }
 
 /// The node's transport: every chosen one and the relay client's circuits (`relay`, when
@@ -550,6 +556,8 @@ mod tests {
         let port = udp.local_addr().expect("bound").port();
         let quic: Multiaddr = format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse().expect("addr");
         assert!(port_taken(&quic).is_some(), "QUIC's port");
+        let circuit = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}/p2p-circuit", PeerId::random());
+        assert!(port_taken(&circuit.parse().expect("addr")).is_none(), "a relay's port");
         for free in ["/ip4/127.0.0.1/tcp/0", "/memory/7"] {
             assert!(port_taken(&free.parse().expect("addr")).is_none(), "{free}");
         }

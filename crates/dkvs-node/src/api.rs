@@ -658,7 +658,12 @@ fn put_error(error: PutError) -> ApiError {
                     receipt.stored.len(),
                     receipt.replicas,
                     receipt.quorum,
-                    if foreign { "; the name belongs to another account" } else { "" },
+                    if foreign {
+                        "; the name belongs to another account, which can hand it over with \
+                         `dkvs handover` (POST /v1/handover/{key})"
+                    } else {
+                        ""
+                    },
                     if refusals.is_empty() {
                         String::new()
                     } else {
@@ -825,12 +830,27 @@ async fn put_inner(
                      handover` prints it)",
                 )
             })?;
-            let mut draft = Draft::new(key.clone(), value, token.seq, ttl_ms);
             let from = token.from.public_key().clone();
-            draft.transfer = Some(dkvs_record::Transfer::from_parts(from, token.signature));
-            let record = draft.sign(&owner).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
-            })?;
+            let transfer = dkvs_record::Transfer::from_parts(from, token.signature);
+            // A retry (a write that missed its quorum keeps its record here, and may still
+            // spread): the record kept is sent again. Signed again, it would be another record
+            // of the same sequence, which every replica refuses.
+            let kept = state.node.get_local(&key).record.filter(|r| {
+                r.seq() == token.seq
+                    && r.owner() == owner.public()
+                    && r.value() == value.as_slice()
+                    && r.transfer() == Some(&transfer)
+            });
+            let record = match kept {
+                Some(record) => record,
+                None => {
+                    let mut draft = Draft::new(key.clone(), value, token.seq, ttl_ms);
+                    draft.transfer = Some(transfer);
+                    draft.sign(&owner).map_err(|e| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
+                    })?
+                }
+            };
             // Checked here, where the reason can be said: a replica refuses it as a record it
             // cannot check.
             record.validate(dkvs_record::unix_millis(), &dkvs_record::Limits::default()).map_err(
@@ -850,12 +870,7 @@ async fn put_inner(
             // A token whose sequence is taken (used already, or the holder wrote since) says
             // so, rather than as a fork or a stale write.
             match state.node.put(record).await {
-                Err(
-                    PutError::Local(
-                        dkvs_store::PutError::Fork { .. } | dkvs_store::PutError::TooOld { .. },
-                    )
-                    | PutError::NoQuorum { .. },
-                ) if state.node.get_local(&key).record.is_some_and(|r| r.seq() >= token.seq) => {
+                Err(e) if stale_handover(&e) => {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
                         "stale_handover",
@@ -899,6 +914,18 @@ async fn put_inner(
     Ok(Json(answer))
 }
 
+/// Whether a write at a handover's sequence failed because that sequence is taken: here (a
+/// different record of it, or a newer one), or at most replicas.
+fn stale_handover(error: &PutError) -> bool {
+    match error {
+        PutError::Stale { .. } | PutError::Local(dkvs_store::PutError::Fork { .. }) => true,
+        PutError::NoQuorum { receipt } => {
+            matches!(receipt.main_refusal(), Some(Refusal::Fork | Refusal::Stale))
+        }
+        _ => false,
+    }
+}
+
 /// `POST /v1/handover/{key}?to=<account id>`: the holder's consent (signed by the node's
 /// account, or `account`) to hand the shared name `key` to the account `to`, as a token that
 /// account's put takes (`PUT /v1/kv/{key}?handover=<token>`). It is good for the sequence after
@@ -927,11 +954,14 @@ async fn handover(
     if to == holder.account_id() {
         return Err(ApiError::bad_request(format!("{key} is yours already")));
     }
-    let newest =
-        state.node.get(&key).await.map_err(|e| {
+    // Every replica is read, as a write of the next version reads them: a sequence a few
+    // replicas remember past the newest record would make the token stale at once.
+    let found =
+        state.node.get_every(&key).await.map_err(|e| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
         })?;
-    let Some(newest) = newest.record else {
+    let highest = found.highest_seq.max(state.node.store().highest_seq(key.as_str()).unwrap_or(0));
+    let Some(newest) = found.record else {
         let message = format!("{key} is not set: nobody holds it, and {to} can write it as it is");
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", message));
     };
@@ -946,7 +976,7 @@ async fn handover(
             ),
         ));
     }
-    let seq = newest.seq().checked_add(1).ok_or_else(|| {
+    let seq = newest.seq().max(highest).checked_add(1).ok_or_else(|| {
         ApiError::bad_request(format!("{key} is at the last sequence; it cannot change hands"))
     })?;
     let transfer = dkvs_record::Transfer::sign(&holder, &key, to.public_key(), seq);

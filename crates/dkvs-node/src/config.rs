@@ -19,6 +19,10 @@ pub struct NodeConfig {
     /// Peers to join through (`/ip4/.../tcp/.../p2p/<peer id>`). None: the node runs alone
     /// until peers find it.
     pub bootstrap: Vec<String>,
+    /// Dial the peers of the last run at the start (`peers.json` in the home, written every
+    /// 5 minutes and at a clean stop), so that a node started again rejoins its network
+    /// without a bootstrap address. While none of them connects, the node runs alone.
+    pub rejoin: bool,
     /// Address of the HTTP API; loopback only unless you mean otherwise.
     pub api: String,
     /// Kademlia mode: "auto" (a server while every peer is on this machine or the LAN, or
@@ -136,6 +140,7 @@ impl Default for NodeConfig {
             profile: "default".into(),
             listen: vec!["/ip4/0.0.0.0/tcp/4040".into(), "/ip4/0.0.0.0/udp/4040/quic-v1".into()],
             bootstrap: Vec::new(),
+            rejoin: true,
             api: "127.0.0.1:4041".into(),
             kad_mode: "auto".into(),
             mdns: false,

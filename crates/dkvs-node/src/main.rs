@@ -377,7 +377,8 @@ fn main() -> ExitCode {
 fn causes(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain().map(ToString::to_string) {
-        if text.contains(&cause) {
+        // A cause its error named is at the end of the error's words.
+        if text.ends_with(&cause) {
             continue;
         }
         if !text.is_empty() {

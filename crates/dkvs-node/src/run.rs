@@ -46,6 +46,13 @@ pub async fn run(
             Ok(addr)
         })
         .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
+    let ipfs_bootstrap = config
+        .ipfs_bootstrap
+        .iter()
+        .map(|a| {
+            a.parse().with_context(|| format!("ipfs_bootstrap address {a:?} is not a multiaddr"))
+        })
+        .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
     let keystore = home.keystore()?;
     let identity = home.node_identity()?;
     let store = Store::open(home.data_dir(), config.store()).map_err(|e| match e {
@@ -53,8 +60,8 @@ pub async fn run(
             if source.kind() == std::io::ErrorKind::WouldBlock =>
         {
             anyhow::anyhow!(
-                "another node runs on the home {} (its store is locked): stop it, or give this \
-                 one another --home",
+                "another node runs on the home {} (its store is locked: {source}): stop it, or \
+                 give this one another --home",
                 home.root().display()
             )
         }
@@ -82,38 +89,13 @@ pub async fn run(
     for addr in bootstrap {
         match node.dial(addr.clone()).await {
             Ok(_) => {}
-            Err(e @ dkvs_net::DialError::NoPeerId { .. }) => {
-                anyhow::bail!("bootstrap address: {e}")
-            }
             Err(e) => tracing::warn!(%addr, error = %e, "bootstrap peer unreachable"),
         }
     }
-    for addr in &config.ipfs_bootstrap {
-        let addr: Multiaddr = addr
-            .parse()
-            .with_context(|| format!("ipfs_bootstrap address {addr:?} is not a multiaddr"))?;
+    for addr in ipfs_bootstrap {
         node.with_extension(move |ipfs: &mut dkvs_ipfs::Ipfs, _| ipfs.connect(addr)).await?;
     }
-    // The peers of the last run, dialed together, for the dials' timeout at most: a node
-    // started again rejoins its network without a bootstrap address. Unreachable ones (peers
-    // that left since) cost nothing more.
-    let remembered: Vec<Multiaddr> = home
-        .read_peers()
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the peers of the last run");
-            Vec::new()
-        })
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .filter(|a: &Multiaddr| matches!(a.iter().last(), Some(Protocol::P2p(_))))
-        .take(REMEMBERED_PEERS)
-        .collect();
-    let rejoined = futures::future::join_all(remembered.iter().map(|a| node.dial(a.clone())));
-    let rejoined = tokio::time::timeout(REJOIN_WAIT, rejoined).await.unwrap_or_default();
-    let rejoined = rejoined.iter().filter(|r| r.is_ok()).count();
-    if !remembered.is_empty() {
-        tracing::info!(remembered = remembered.len(), rejoined, "dialed the peers of the last run");
-    }
+    let rejoined = if config.rejoin { rejoin(&home, &node).await } else { 0 };
     if (!config.bootstrap.is_empty() || rejoined > 0)
         && let Err(e) = node.bootstrap().await
     {
@@ -229,16 +211,68 @@ pub async fn run(
     };
     tracing::info!("shutting down");
     remembering.abort();
+    let _ = remembering.await;
     remember_peers(&home, &node).await;
     home.remove_api();
     node.shutdown().await;
     Ok(())
 }
 
-/// How many peers of the last run a node remembers and dials at its start.
+/// How many addresses of the last run's peers a node remembers and dials at its start.
 const REMEMBERED_PEERS: usize = 32;
-/// How long a start waits on the dials of the last run's peers (a transport's setup timeout).
-const REJOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a start waits at most on the dials of the last run's peers (those that answer
+/// are connected by then; a dead host's dial would wait for the setup timeout, 10 s).
+const REJOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Dials the peers of the last run (`peers.json`) together, until all have connected or
+/// failed, or [`REJOIN_WAIT`]; returns how many connected. The dials go on past the wait.
+async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
+    use futures::StreamExt as _;
+    let remembered: Vec<Multiaddr> = home
+        .read_peers()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the peers of the last run");
+            Vec::new()
+        })
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .take(REMEMBERED_PEERS)
+        .collect();
+    if remembered.is_empty() {
+        return 0;
+    }
+    let mut dials: futures::stream::FuturesUnordered<_> =
+        remembered.iter().map(|addr| node.rejoin(addr.clone())).collect();
+    let mut peers = std::collections::HashSet::new();
+    let deadline = tokio::time::sleep(REJOIN_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            dialed = dials.next() => match dialed {
+                Some(Ok(peer)) => {
+                    peers.insert(peer);
+                }
+                Some(Err(_)) => {}
+                None => break,
+            },
+            () = &mut deadline => break,
+        }
+    }
+    if peers.is_empty() {
+        tracing::warn!(
+            remembered = remembered.len(),
+            "none of the peers of the last run (peers.json in the home) connected; the node runs \
+             alone until a peer finds it"
+        );
+    } else {
+        tracing::info!(
+            remembered = remembered.len(),
+            rejoined = peers.len(),
+            "rejoined the peers of the last run"
+        );
+    }
+    peers.len()
+}
 /// How often a running node writes the peers it would rejoin by.
 const REMEMBER_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -250,7 +284,9 @@ async fn remember_peers(home: &Home, node: &dkvs_net::Node) {
         return;
     }
     let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
-    if let Err(e) = home.write_peers(&peers) {
+    let home = home.clone();
+    let written = tokio::task::spawn_blocking(move || home.write_peers(&peers)).await;
+    if let Ok(Err(e)) = written {
         tracing::warn!(error = %format!("{e:#}"), "cannot remember the peers");
     }
 }

@@ -1419,7 +1419,11 @@ fn paths_and_methods_no_route_serves_get_json_errors() {
     assert!(body.contains("/v1/nothing"), "names the path: {body}");
     let (status, body) = http(&addr, "/v1/nothing", None);
     assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"), "the token first");
-    for (path, auth) in [("/v1/kv/greeting", true), ("/metrics", false)] {
+    for (path, auth, expected) in [
+        ("/v1/kv/greeting", true, "405"),
+        ("/v1/kv/greeting", false, "401"),
+        ("/metrics", false, "405"),
+    ] {
         let mut stream = std::net::TcpStream::connect(&addr).expect("api reachable");
         stream.set_read_timeout(Some(STEP)).expect("timeout");
         let auth = if auth { format!("Authorization: Bearer {token}\r\n") } else { String::new() };
@@ -1432,8 +1436,9 @@ fn paths_and_methods_no_route_serves_get_json_errors() {
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("response");
         let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
-        assert_eq!(code_of(body), "method_not_allowed", "{path}: {body}");
+        assert!(head.starts_with(&format!("HTTP/1.1 {expected}")), "{path} {auth}: {head}");
+        let code = if expected == "405" { "method_not_allowed" } else { "unauthorized" };
+        assert_eq!(code_of(body), code, "{path}: {body}");
     }
     // The command line says what is wrong with a key that has no name, before asking.
     let output = get(&node, &["/"]);
@@ -1505,7 +1510,16 @@ fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
     assert_eq!(as_carol.status.code(), Some(2));
     assert!(stderr(&as_carol).contains("bad_handover"), "{}", stderr(&as_carol));
     let other_name = dkvs_as(&home_b, &["put", "/names/cafe", "b", "--handover", &token]);
+    assert_eq!(other_name.status.code(), Some(2));
     assert!(stderr(&other_name).contains("bad_handover"), "{}", stderr(&other_name));
+    // A token the holder made stale by writing since.
+    let stale = ok(dkvs_as(&home_a, &["handover", "/names/shop", &carol])).trim().to_owned();
+    ok(put(&a, &["/names/shop", "alice's, still"], None));
+    let late =
+        dkvs_as(&home_b, &["put", "/names/shop", "c", "--as", "carol", "--handover", &stale]);
+    assert!(stderr(&late).contains("stale_handover"), "{}", stderr(&late));
+    let token = ok(dkvs_as(&home_a, &["handover", "/names/shop", &bob])).trim().to_owned();
+    assert!(token.starts_with("3."), "after the holder's second version: {token}");
     ok(put(&b, &["/names/shop", "bob's", "--handover", &token], None));
     assert_eq!(ok(get(&a, &["/names/shop"])), "bob's");
     let record: serde_json::Value =
@@ -1585,4 +1599,26 @@ fn a_node_started_again_rejoins_the_peers_of_its_last_run() {
     // Started again without a bootstrap address: it dials the peers it was connected to.
     let _b = start(&home_b, None);
     assert!(peers(&home_b).contains(&a_id), "rejoined without a bootstrap address");
+}
+
+#[test]
+fn a_node_whose_last_peers_are_gone_runs_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
+    new_account(&home_b, "bob", "ed25519");
+    let a = start(&home_a, None);
+    let mut b = start(&home_b, Some(&a.address));
+    let stopped = Command::new("kill").args(["-INT", &b.child.id().to_string()]).status();
+    assert!(stopped.expect("kill runs").success());
+    assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
+    let remembered = std::fs::read_to_string(home_b.join("peers.json")).expect("peers.json");
+    assert!(remembered.contains(a.address.rsplit('/').next().expect("id")), "{remembered}");
+    drop(a);
+    // Its only peer gone, it says so, and writes alone (it failed every write as a node whose
+    // peers do not answer).
+    let b = start(&home_b, None);
+    let log = std::fs::read_to_string(home_b.join("node.log")).expect("log");
+    assert!(log.contains("none of the peers of the last run"), "{log}");
+    ok(put(&b, &["/~/note", "alone"], None));
+    assert_eq!(ok(get(&b, &["/~/note"])), "alone");
 }
