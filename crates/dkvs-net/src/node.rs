@@ -76,7 +76,7 @@ pub(crate) enum Command {
     /// a network from now on, and puts the address in the routing table.
     AddPeer {
         peer: PeerId,
-        addr: Multiaddr,
+        addrs: Vec<Multiaddr>,
         given: bool,
         reply: oneshot::Sender<Result<(), DialError>>,
     },
@@ -314,8 +314,8 @@ impl Node {
 
     /// Adds a known peer (a bootstrap node) and connects to it.
     pub async fn add_peer(&self, peer: PeerId, addr: Multiaddr) -> Result<(), DialError> {
-        let given = true;
-        self.ask(|reply| Command::AddPeer { peer, addr, given, reply })
+        let (addrs, given) = (vec![addr], true);
+        self.ask(|reply| Command::AddPeer { peer, addrs, given, reply })
             .await
             .ok_or(DialError::Shutdown)?
     }
@@ -329,19 +329,16 @@ impl Node {
         self.add_peer(peer, addr).await.map(|()| peer)
     }
 
-    /// Dials a peer this node was connected to in an earlier run (`addr` ends in
-    /// `/p2p/<peer id>`); returns its id once connected. Unlike [`Node::dial`], the peer is
-    /// no bootstrap peer the node was given: until one that speaks dkvs connects, a node whose
-    /// remembered peers are all gone is still a network of one, and writes alone.
-    pub async fn rejoin(&self, addr: Multiaddr) -> Result<PeerId, DialError> {
-        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
-            return Err(DialError::NoPeerId { addr });
-        };
+    /// Dials a peer this node was connected to in an earlier run, at `addrs` (one dial that
+    /// tries them in turn); returns once connected. Unlike [`Node::add_peer`], the peer is no
+    /// bootstrap peer the node was given: until one that speaks dkvs connects, a node whose
+    /// remembered peers are all gone is still a network of one, and writes alone. Identify
+    /// then tells whether it serves the DHT ([`Node::routing_table`]).
+    pub async fn rejoin(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
         let given = false;
-        self.ask(|reply| Command::AddPeer { peer, addr, given, reply })
+        self.ask(|reply| Command::AddPeer { peer, addrs, given, reply })
             .await
             .ok_or(DialError::Shutdown)?
-            .map(|()| peer)
     }
 
     /// Walks the DHT to fill the routing table; returns when the walk is done. Peers whose
@@ -1194,21 +1191,27 @@ impl<E: Extension> Driver<E> {
                     }
                 }
             }
-            Command::AddPeer { peer, addr, given, reply } => {
+            Command::AddPeer { peer, addrs, given, reply } => {
                 if given {
                     self.had_peers = true;
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    for addr in &addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    }
                     self.live_table = None;
                 }
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
                 } else if let Err(e) = {
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                        .addresses(vec![addr])
-                        .build();
+                    let opts =
+                        libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
                     let id = opts.connection_id();
                     self.swarm.dial(opts).inspect(|()| self.dial_starts(id))
                 } {
+                    // A dial of the peer under way already (a lookup's): its outcome answers.
+                    if matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_)) {
+                        self.dials.entry(peer).or_default().push(reply);
+                        return;
+                    }
                     let error = match e {
                         libp2p::swarm::DialError::Denied { .. }
                             if self.defence.is_banned(&peer) =>
@@ -2663,14 +2666,12 @@ impl<E: Extension> Driver<E> {
         }
     }
 
-    /// True when this node has had no dkvs peer at all since it started: it is a network of
-    /// one, and its own store is the whole replica set. A connected peer whose identify has
-    /// not arrived yet counts as a dkvs peer, and so does a bootstrap peer that is down: a
-    /// node cut off from its network fails for lack of a quorum instead of writing alone.
     /// [`Node::servers_to_remember`]: the DHT servers connected longest first (peers an
     /// attacker brought in lately come last), at most [`REMEMBERED_PER_NETWORK`] of one
-    /// network (peer ids cost nothing; networks do), two addresses each from the routing
-    /// table, this machine's and local ones after the rest.
+    /// network (peer ids cost nothing; networks do), two addresses each: one this node dialed
+    /// it at, then the routing table's, public before private, relayed after direct, and
+    /// loopback only for a peer on this machine (a peer elsewhere lists `127.0.0.1` too, which
+    /// from here is this machine).
     fn servers_to_remember(&mut self, limit: usize) -> Vec<Multiaddr> {
         let mut servers: Vec<(Instant, PeerId)> =
             self.servers.iter().map(|(peer, since)| (*since, *peer)).collect();
@@ -2685,7 +2686,16 @@ impl<E: Extension> Driver<E> {
         let mut per_network: HashMap<crate::defence::Subnet, usize> = HashMap::new();
         let mut chosen = Vec::new();
         for (_, peer) in servers {
-            let Some(addresses) = table.get_mut(&peer) else { continue };
+            let open: Vec<(Multiaddr, bool)> = self
+                .connections
+                .get(&peer)
+                .map(|c| c.values().cloned().collect())
+                .unwrap_or_default();
+            let known = table.remove(&peer).unwrap_or_default();
+            let addresses = addresses_to_remember(&open, known);
+            if addresses.is_empty() {
+                continue;
+            }
             if let Some(network) = subnet_of(&self.connections, &peer) {
                 let count = per_network.entry(network).or_default();
                 if *count >= REMEMBERED_PER_NETWORK {
@@ -2693,18 +2703,16 @@ impl<E: Extension> Driver<E> {
                 }
                 *count += 1;
             }
-            addresses.sort_by_key(is_local);
-            for addr in addresses.iter().take(2) {
-                if let Ok(addr) = addr.clone().with_p2p(peer) {
-                    chosen.push((is_local(&addr), addr));
-                }
-            }
+            chosen.extend(addresses.into_iter().filter_map(|addr| addr.with_p2p(peer).ok()));
         }
-        // Stable: within each kind, the order above.
-        chosen.sort_by_key(|(local, _)| *local);
-        chosen.into_iter().map(|(_, addr)| addr).take(limit).collect()
+        chosen.truncate(limit);
+        chosen
     }
 
+    /// True when this node has had no dkvs peer at all since it started: it is a network of
+    /// one, and its own store is the whole replica set. A connected peer whose identify has
+    /// not arrived yet counts as a dkvs peer, and so does a bootstrap peer that is down: a
+    /// node cut off from its network fails for lack of a quorum instead of writing alone.
     pub(crate) fn alone(&self) -> bool {
         !self.had_peers && self.swarm.connected_peers().all(|p| self.non_dkvs.contains(p))
     }
@@ -3004,6 +3012,45 @@ pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
 }
 
+/// The two addresses of a peer to dial it at in a later run, from its connections (`open`:
+/// remote address, dialed by this node) and what the routing table holds (`known`): one this
+/// node dialed it at, then public before private, direct before relayed; loopback ones only
+/// for a peer on this machine (a peer elsewhere lists `127.0.0.1` too, which from here is
+/// this machine).
+fn addresses_to_remember(open: &[(Multiaddr, bool)], mut known: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let class = |addr: &Multiaddr| {
+        if is_loopback(addr) {
+            3
+        } else if is_relayed(addr) {
+            2
+        } else {
+            u8::from(is_local(addr))
+        }
+    };
+    let here = open.iter().any(|(addr, _)| is_loopback(addr));
+    let dialed = open.iter().filter(|(_, by_us)| *by_us).map(|(addr, _)| addr.clone());
+    known.sort_by_key(class);
+    let mut addresses: Vec<Multiaddr> = Vec::new();
+    for addr in dialed.chain(known) {
+        if (here || !is_loopback(&addr)) && !addresses.contains(&addr) {
+            addresses.push(addr);
+        }
+    }
+    addresses.truncate(2);
+    addresses
+}
+
+/// True for an address on this machine: loopback, or the memory transport.
+pub(crate) fn is_loopback(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        Some(Protocol::Memory(_)) => true,
+        _ => false,
+    }
+}
+
 /// True for a direct address on this machine or the local network: loopback, private and
 /// link-local IPs, and the memory transport. DNS names and relay circuits are not local.
 pub(crate) fn is_local(addr: &Multiaddr) -> bool {
@@ -3289,6 +3336,31 @@ mod tests {
         // Dialing a dkvs peer on the internet, or through a relay, does.
         assert!(dialed_public([(&lan, true), (&public, true)]));
         assert!(dialed_public([(&relayed, true)]));
+    }
+
+    #[test]
+    fn a_peer_is_remembered_by_the_address_dialed_then_public_ones_and_loopback_only_here() {
+        let a = |text: &str| -> Multiaddr { text.parse().expect("a multiaddr") };
+        let known = vec![
+            a("/ip4/127.0.0.1/tcp/4040"),
+            a("/ip4/192.168.1.7/tcp/4040"),
+            a("/ip4/203.0.113.7/tcp/4040"),
+        ];
+        // A peer elsewhere: its loopback address is this machine from here.
+        let inbound = [(a("/ip4/203.0.113.7/tcp/51234"), false)];
+        assert_eq!(
+            addresses_to_remember(&inbound, known.clone()),
+            [a("/ip4/203.0.113.7/tcp/4040"), a("/ip4/192.168.1.7/tcp/4040")]
+        );
+        // Dialed by this node: that address first.
+        let dialed = [(a("/ip4/192.168.1.7/tcp/4040"), true)];
+        assert_eq!(
+            addresses_to_remember(&dialed, known.clone()),
+            [a("/ip4/192.168.1.7/tcp/4040"), a("/ip4/203.0.113.7/tcp/4040")]
+        );
+        // On this machine: loopback is how it is reached.
+        let here = [(a("/ip4/127.0.0.1/tcp/4040"), true)];
+        assert_eq!(addresses_to_remember(&here, known)[0], a("/ip4/127.0.0.1/tcp/4040"));
     }
 
     #[test]

@@ -176,7 +176,10 @@ pub(crate) fn port_taken(addr: &Multiaddr) -> Option<io::Error> {
         socket.bind(&at.into())
     })();
     let taken = bound.err().filter(|e| e.kind() == io::ErrorKind::AddrInUse)?;
-    let said = format!("{taken}: another program listens on it (choose another address)");
+    let said = format!(
+        "{taken}: another socket listens on it (another program's, or this node's own on \
+         another listen address); choose another address"
+    );
     Some(io::Error::new(io::ErrorKind::AddrInUse, said))
 }
 

@@ -835,14 +835,32 @@ async fn put_inner(
             // A retry (a write that missed its quorum keeps its record here, and may still
             // spread): the record kept is sent again. Signed again, it would be another record
             // of the same sequence, which every replica refuses.
-            let kept = state.node.get_local(&key).record.filter(|r| {
+            let mine = state.node.get_local(&key).record.filter(|r| {
                 r.seq() == token.seq
                     && r.owner() == owner.public()
-                    && r.value() == value.as_slice()
                     && r.transfer() == Some(&transfer)
             });
-            let record = match kept {
-                Some(record) => record,
+            let record = match mine {
+                Some(record)
+                    if record.value() == value.as_slice()
+                        && record.expires_at_ms().saturating_sub(record.issued_at_ms())
+                            == ttl_ms =>
+                {
+                    record
+                }
+                Some(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "handover_used",
+                        format!(
+                            "an earlier write of yours used this token (sequence {} of {key}), \
+                             with another value or ttl: to change the value, put without \
+                             --handover; if that write missed its quorum, make it again with its \
+                             value and ttl",
+                            token.seq
+                        ),
+                    ));
+                }
                 None => {
                     let mut draft = Draft::new(key.clone(), value, token.seq, ttl_ms);
                     draft.transfer = Some(transfer);

@@ -377,8 +377,9 @@ fn main() -> ExitCode {
 fn causes(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain().map(ToString::to_string) {
-        // A cause its error named is at the end of the error's words.
-        if text.ends_with(&cause) {
+        // A cause its error named: mostly at the end of the error's words, or within them
+        // (a short cause, such as "timed out", is said again unless it ends them).
+        if text.ends_with(&cause) || (cause.len() >= 20 && text.contains(&cause)) {
             continue;
         }
         if !text.is_empty() {
@@ -1070,6 +1071,18 @@ mod tests {
         assert_eq!(causes(&named), "could not listen on /ip4/127.0.0.1/tcp/1: in use");
         let other = anyhow::Error::new(std::io::Error::other("denied")).context("cannot open x");
         assert_eq!(causes(&other), "cannot open x: denied");
+        // Named within its error's words; and a short one said again though it appears.
+        let within = anyhow::Error::new(dkvs_store::PutError::NotDurable {
+            path: "/data/log".into(),
+            source: std::io::Error::other("no space left on the device"),
+        });
+        assert_eq!(
+            causes(&within),
+            "could not flush the log /data/log: no space left on the device; the store refuses writes"
+        );
+        let short = anyhow::Error::new(std::io::Error::other("timed out"))
+            .context("the walk timed out twice, then the read");
+        assert_eq!(causes(&short), "the walk timed out twice, then the read: timed out");
     }
 
     #[test]

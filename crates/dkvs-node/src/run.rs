@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use dkvs_net::NodeBuilder;
-use dkvs_net::libp2p::{Multiaddr, multiaddr::Protocol};
+use dkvs_net::libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use dkvs_store::Store;
 use rand::RngExt as _;
 use tokio::sync::Mutex;
@@ -224,54 +224,92 @@ const REMEMBERED_PEERS: usize = 32;
 /// are connected by then; a dead host's dial would wait for the setup timeout, 10 s).
 const REJOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Dials the peers of the last run (`peers.json`) together, until all have connected or
-/// failed, or [`REJOIN_WAIT`]; returns how many connected. The dials go on past the wait.
-async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
-    use futures::StreamExt as _;
-    let remembered: Vec<Multiaddr> = home
-        .read_peers()
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the peers of the last run");
-            Vec::new()
-        })
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .take(REMEMBERED_PEERS)
-        .collect();
-    if remembered.is_empty() {
-        return 0;
-    }
-    let mut dials: futures::stream::FuturesUnordered<_> =
-        remembered.iter().map(|addr| node.rejoin(addr.clone())).collect();
-    let mut peers = std::collections::HashSet::new();
-    let deadline = tokio::time::sleep(REJOIN_WAIT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            dialed = dials.next() => match dialed {
-                Some(Ok(peer)) => {
-                    peers.insert(peer);
-                }
-                Some(Err(_)) => {}
-                None => break,
-            },
-            () = &mut deadline => break,
+/// The peers of the last run (`peers.json`), each with its addresses, in the file's order.
+fn remembered(home: &Home) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    let addrs = home.read_peers().unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "cannot read the peers of the last run");
+        Vec::new()
+    });
+    let mut peers: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+    for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).take(REMEMBERED_PEERS) {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else { continue };
+        match peers.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, addrs)) => addrs.push(addr),
+            None => peers.push((peer, vec![addr])),
         }
     }
-    if peers.is_empty() {
-        tracing::warn!(
-            remembered = remembered.len(),
-            "none of the peers of the last run (peers.json in the home) connected; the node runs \
-             alone until a peer finds it"
-        );
-    } else {
-        tracing::info!(
-            remembered = remembered.len(),
-            rejoined = peers.len(),
-            "rejoined the peers of the last run"
-        );
+    peers
+}
+
+/// Dials the peers of the last run together (one dial a peer, trying its addresses in turn),
+/// and waits until those that connect are known as DHT servers (identify), or `wait` is
+/// over; returns how many are. The dials go on past the wait.
+async fn dial_remembered(
+    node: &dkvs_net::Node,
+    peers: &[(PeerId, Vec<Multiaddr>)],
+    wait: std::time::Duration,
+) -> usize {
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut dials: futures::stream::FuturesUnordered<_> = peers
+        .iter()
+        .map(|(peer, addrs)| async move { node.rejoin(*peer, addrs.clone()).await.map(|()| *peer) })
+        .collect();
+    let mut connected = std::collections::HashSet::new();
+    while let Ok(Some(dialed)) = tokio::time::timeout_at(deadline, dials.next()).await {
+        if let Ok(peer) = dialed {
+            connected.insert(peer);
+        }
     }
-    peers.len()
+    loop {
+        let table = node.routing_table().await;
+        let known = connected.iter().filter(|peer| table.contains(peer)).count();
+        if known == connected.len() || tokio::time::Instant::now() >= deadline {
+            return known;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Rejoins the network of the last run: dials its peers, and when none of them serves the
+/// DHT now (this node's network is not up yet, they are stopped), tries again in the
+/// background, 30 s later and twice as long after each try (10 min at most), until one does
+/// or the node has other peers. Returns how many serve the DHT now.
+async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
+    let peers = remembered(home);
+    if peers.is_empty() {
+        return 0;
+    }
+    let rejoined = dial_remembered(node, &peers, REJOIN_WAIT).await;
+    if rejoined > 0 {
+        tracing::info!(remembered = peers.len(), rejoined, "rejoined the peers of the last run");
+        return rejoined;
+    }
+    tracing::warn!(
+        remembered = peers.len(),
+        "none of the peers of the last run (peers.json in the home) is reachable; the node runs \
+         alone, and tries them again now and then"
+    );
+    let node = node.downgrade();
+    tokio::spawn(async move {
+        let mut pause = std::time::Duration::from_secs(30);
+        loop {
+            tokio::time::sleep(pause).await;
+            let Some(node) = node.upgrade() else { return };
+            if !node.routing_table().await.is_empty() {
+                return;
+            }
+            if dial_remembered(&node, &peers, REJOIN_WAIT).await > 0 {
+                tracing::info!("rejoined the peers of the last run");
+                if let Err(e) = node.bootstrap().await {
+                    tracing::warn!(error = %e, "bootstrap walk failed; the node keeps trying as peers appear");
+                }
+                return;
+            }
+            pause = (pause * 2).min(std::time::Duration::from_secs(600));
+        }
+    });
+    0
 }
 /// How often a running node writes the peers it would rejoin by.
 const REMEMBER_EVERY: std::time::Duration = std::time::Duration::from_secs(300);

@@ -1529,8 +1529,10 @@ fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
     // Alice no longer holds it, and the token does not serve twice.
     let back = put(&a, &["/names/shop", "mine again"], None);
     assert!(stderr(&back).contains("foreign_owner"), "{}", stderr(&back));
+    // The same write again (a retry) sends the record kept; another value is refused.
+    ok(put(&b, &["/names/shop", "bob's", "--handover", &token], None));
     let again = put(&b, &["/names/shop", "twice", "--handover", &token], None);
-    assert!(stderr(&again).contains("stale_handover"), "{}", stderr(&again));
+    assert!(stderr(&again).contains("handover_used"), "{}", stderr(&again));
     ok(put(&b, &["/names/shop", "bob's, updated"], None));
     // Nothing to hand over: a name nobody holds, a key in an account's scope, one of Bob's.
     let unset = dkvs_as(&home_a, &["handover", "/names/none", &carol]);
@@ -1597,8 +1599,14 @@ fn a_node_started_again_rejoins_the_peers_of_its_last_run() {
     assert!(stopped.expect("kill runs").success());
     assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
     // Started again without a bootstrap address: it dials the peers it was connected to.
-    let _b = start(&home_b, None);
+    let mut b = start(&home_b, None);
     assert!(peers(&home_b).contains(&a_id), "rejoined without a bootstrap address");
+    // Unless told not to.
+    let stopped = Command::new("kill").args(["-INT", &b.child.id().to_string()]).status();
+    assert!(stopped.expect("kill runs").success());
+    assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
+    let _b = start_with(&home_b, None, "rejoin = false\n");
+    assert!(!peers(&home_b).contains(&a_id), "rejoin = false: alone");
 }
 
 #[test]
