@@ -72,8 +72,9 @@ const REFRESH_TRIES: usize = 64;
 
 pub(crate) enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
-    /// A peer to dial; `given` (a bootstrap peer, not one remembered) makes this node part of
-    /// a network from now on, and puts the address in the routing table.
+    /// A peer to dial at `addrs` (one dial); `given` (a bootstrap peer, not one remembered)
+    /// makes this node part of a network from now on, and puts the addresses in the routing
+    /// table.
     AddPeer {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -617,9 +618,10 @@ impl Node {
     }
 
     /// Addresses to join the network by at the next start ([`Node::rejoin`]): of DHT servers
-    /// of dkvs this node is connected to, as its routing table holds them (each ends in
-    /// `/p2p/<peer id>`), at most `limit`: those connected longest first, at most two peers
-    /// of one network, two addresses a peer, loopback and private addresses last. A node that
+    /// of dkvs this node is connected to (each ends in `/p2p/<peer id>`), at most `limit`:
+    /// those connected longest first, at most two peers of one network, two addresses a peer
+    /// (the one this node dialed it at, then the routing table's, public before private,
+    /// direct before relayed, loopback ones only for a peer on this machine). A node that
     /// remembers them rejoins the network it was in without being told a bootstrap peer again.
     pub async fn servers_to_remember(&self, limit: usize) -> Vec<Multiaddr> {
         self.ask(|tx| Command::Remembered(limit, tx)).await.unwrap_or_default()
@@ -3027,11 +3029,13 @@ fn addresses_to_remember(open: &[(Multiaddr, bool)], mut known: Vec<Multiaddr>) 
             u8::from(is_local(addr))
         }
     };
-    let here = open.iter().any(|(addr, _)| is_loopback(addr));
-    let dialed = open.iter().filter(|(_, by_us)| *by_us).map(|(addr, _)| addr.clone());
+    let here = open.iter().any(|(addr, _)| is_loopback(addr) && !is_relayed(addr));
+    let mut dialed: Vec<Multiaddr> =
+        open.iter().filter(|(_, by_us)| *by_us).map(|(addr, _)| addr.clone()).collect();
+    dialed.sort_by_key(class);
     known.sort_by_key(class);
     let mut addresses: Vec<Multiaddr> = Vec::new();
-    for addr in dialed.chain(known) {
+    for addr in dialed.into_iter().chain(known) {
         if (here || !is_loopback(&addr)) && !addresses.contains(&addr) {
             addresses.push(addr);
         }
@@ -3040,12 +3044,18 @@ fn addresses_to_remember(open: &[(Multiaddr, bool)], mut known: Vec<Multiaddr>) 
     addresses
 }
 
-/// True for an address on this machine: loopback, or the memory transport.
+/// True for an address on this machine: loopback (IPv4 mapped in IPv6 too), `localhost`, or
+/// the memory transport.
 pub(crate) fn is_loopback(addr: &Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
+    let localhost = |name: &str| {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        name == "localhost" || name.ends_with(".localhost")
+    };
     match addr.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),
-        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.to_canonical().is_loopback(),
+        Some(Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name)) => localhost(&name),
         Some(Protocol::Memory(_)) => true,
         _ => false,
     }
@@ -3360,7 +3370,10 @@ mod tests {
         );
         // On this machine: loopback is how it is reached.
         let here = [(a("/ip4/127.0.0.1/tcp/4040"), true)];
-        assert_eq!(addresses_to_remember(&here, known)[0], a("/ip4/127.0.0.1/tcp/4040"));
+        assert_eq!(addresses_to_remember(&here, known.clone())[0], a("/ip4/127.0.0.1/tcp/4040"));
+        // Loopback by other names is loopback too.
+        let named = vec![a("/dns4/localhost/tcp/1"), a("/ip6/::ffff:127.0.0.1/tcp/1")];
+        assert!(addresses_to_remember(&inbound, named).is_empty(), "this machine's, from here");
     }
 
     #[test]

@@ -841,6 +841,17 @@ async fn put_inner(
                     && r.transfer() == Some(&transfer)
             });
             let record = match mine {
+                Some(record) if record.expires_at_ms() <= dkvs_record::unix_millis() => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "stale_handover",
+                        format!(
+                            "an earlier write of yours with this token (sequence {} of {key}) has \
+                             expired: ask the holder for a new token",
+                            token.seq
+                        ),
+                    ));
+                }
                 Some(record)
                     if record.value() == value.as_slice()
                         && record.expires_at_ms().saturating_sub(record.issued_at_ms())

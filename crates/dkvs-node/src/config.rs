@@ -21,7 +21,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// Dial the peers of the last run at the start (`peers.json` in the home, written every
     /// 5 minutes and at a clean stop), so that a node started again rejoins its network
-    /// without a bootstrap address. While none of them connects, the node runs alone.
+    /// without a bootstrap address. While none of them is reachable and no other DHT server
+    /// is connected, the node runs alone and dials them again 30 s later, then twice as long
+    /// each time, 10 min at most.
     pub rejoin: bool,
     /// Address of the HTTP API; loopback only unless you mean otherwise.
     pub api: String,

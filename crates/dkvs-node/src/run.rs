@@ -261,14 +261,23 @@ async fn dial_remembered(
             connected.insert(peer);
         }
     }
+    // Identify makes a connected peer a DHT server a round trip later; no event tells the
+    // application, so the table is looked at until one is, within the wait.
     loop {
         let table = node.routing_table().await;
         let known = connected.iter().filter(|peer| table.contains(peer)).count();
-        if known == connected.len() || tokio::time::Instant::now() >= deadline {
+        if known > 0 || connected.is_empty() || tokio::time::Instant::now() >= deadline {
             return known;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Whether a DHT server is connected now (a remembered peer, a bootstrap peer, one that
+/// found this node): this node is part of a network.
+async fn in_a_network(node: &dkvs_net::Node) -> bool {
+    let table = node.routing_table().await;
+    node.connected_peers().await.iter().any(|peer| table.contains(peer))
 }
 
 /// Rejoins the network of the last run: dials its peers, and when none of them serves the
@@ -285,18 +294,27 @@ async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
         tracing::info!(remembered = peers.len(), rejoined, "rejoined the peers of the last run");
         return rejoined;
     }
+    if in_a_network(node).await {
+        tracing::info!(
+            remembered = peers.len(),
+            "the peers of the last run are unreachable; joined through others"
+        );
+        return 0;
+    }
     tracing::warn!(
         remembered = peers.len(),
         "none of the peers of the last run (peers.json in the home) is reachable; the node runs \
          alone, and tries them again now and then"
     );
     let node = node.downgrade();
-    tokio::spawn(async move {
+    let retries = async move {
         let mut pause = std::time::Duration::from_secs(30);
         loop {
             tokio::time::sleep(pause).await;
             let Some(node) = node.upgrade() else { return };
-            if !node.routing_table().await.is_empty() {
+            // A table entry may be a peer that left (a bootstrap peer that is down): only a
+            // server connected now ends the retries.
+            if in_a_network(&node).await {
                 return;
             }
             if dial_remembered(&node, &peers, REJOIN_WAIT).await > 0 {
@@ -308,7 +326,8 @@ async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
             }
             pause = (pause * 2).min(std::time::Duration::from_secs(600));
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(retries, tracing::info_span!("rejoin")));
     0
 }
 /// How often a running node writes the peers it would rejoin by.
