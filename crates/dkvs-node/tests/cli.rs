@@ -163,6 +163,13 @@ fn launch(
     NodeProcess { child, home: home.to_owned(), address: address.expect("a listen address") }
 }
 
+/// Stops `node` as Ctrl-C does, and checks that it ended cleanly.
+fn stop_cleanly(node: &mut NodeProcess) {
+    let stopped = Command::new("kill").args(["-INT", &node.child.id().to_string()]).status();
+    assert!(stopped.expect("kill runs").success());
+    assert!(exits_within(&mut node.child, STEP, "the node, on SIGINT,").success());
+}
+
 fn put(node: &NodeProcess, args: &[&str], stdin: Option<&[u8]>) -> Output {
     run(
         {
@@ -1595,16 +1602,12 @@ fn a_node_started_again_rejoins_the_peers_of_its_last_run() {
         ))
     };
     assert!(peers(&home_b).contains(&a_id), "joined by its bootstrap address");
-    let stopped = Command::new("kill").args(["-INT", &b.child.id().to_string()]).status();
-    assert!(stopped.expect("kill runs").success());
-    assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
+    stop_cleanly(&mut b);
     // Started again without a bootstrap address: it dials the peers it was connected to.
     let mut b = start(&home_b, None);
     assert!(peers(&home_b).contains(&a_id), "rejoined without a bootstrap address");
     // Unless told not to.
-    let stopped = Command::new("kill").args(["-INT", &b.child.id().to_string()]).status();
-    assert!(stopped.expect("kill runs").success());
-    assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
+    stop_cleanly(&mut b);
     let _b = start_with(&home_b, None, "rejoin = false\n");
     assert!(!peers(&home_b).contains(&a_id), "rejoin = false: alone");
 }
@@ -1616,9 +1619,7 @@ fn a_node_whose_last_peers_are_gone_runs_alone() {
     new_account(&home_b, "bob", "ed25519");
     let a = start(&home_a, None);
     let mut b = start(&home_b, Some(&a.address));
-    let stopped = Command::new("kill").args(["-INT", &b.child.id().to_string()]).status();
-    assert!(stopped.expect("kill runs").success());
-    assert!(exits_within(&mut b.child, STEP, "the node, on SIGINT,").success());
+    stop_cleanly(&mut b);
     let remembered = std::fs::read_to_string(home_b.join("peers.json")).expect("peers.json");
     assert!(remembered.contains(a.address.rsplit('/').next().expect("id")), "{remembered}");
     drop(a);
