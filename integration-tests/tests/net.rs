@@ -921,6 +921,41 @@ async fn nodes_talk_over_quic() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `Node::rejoin` (a peer of an earlier run, dialed at a start) answers once identify told
+/// whether the peer serves the DHT: a server joins the table, a client is no network to
+/// rejoin, a peer gone is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_answers_whether_the_peer_serves_the_dht() -> anyhow::Result<()> {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let server = lone_node(dirs[0].path(), Config::default())?;
+    let client =
+        lone_node(dirs[1].path(), Config::default().with_kad_mode(dkvs_net::KadMode::Client))?;
+    let node = lone_node(dirs[2].path(), Config::default())?;
+    let step = Duration::from_secs(20);
+    let at_server = server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    let at_client = client.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+
+    let rejoined = tokio::time::timeout(step, node.rejoin(server.peer_id(), vec![at_server]));
+    assert!(rejoined.await??, "a DHT server");
+    assert!(node.routing_table().await.contains(&server.peer_id()), "in the table at once");
+    let again = tokio::time::timeout(step, node.rejoin(server.peer_id(), Vec::new())).await??;
+    assert!(again, "connected and identified already: answered from what identify told");
+    let rejoined = tokio::time::timeout(step, node.rejoin(client.peer_id(), vec![at_client]));
+    assert!(!rejoined.await??, "a DHT client");
+    assert!(!node.routing_table().await.contains(&client.peer_id()));
+
+    let gone = lone_node(dirs[3].path(), Config::default())?;
+    let at_gone = gone.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    let gone_id = gone.peer_id();
+    gone.shutdown().await;
+    let dialed = tokio::time::timeout(step, node.rejoin(gone_id, vec![at_gone])).await?;
+    assert!(matches!(dialed, Err(dkvs_net::DialError::Failed { .. })), "{dialed:?}");
+    for node in [server, client, node] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autonat_makes_reachable_nodes_dht_servers_and_leaves_others_clients() -> anyhow::Result<()>
 {

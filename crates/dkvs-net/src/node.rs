@@ -70,16 +70,33 @@ const MAX_RELAYED_LATELY: usize = 1024;
 /// is walked to instead ([`Driver::refresh_table`]): enough for the four farthest buckets.
 const REFRESH_TRIES: usize = 64;
 
+/// Who waits on a dial of a peer, and for what.
+pub(crate) enum DialReply {
+    /// A bootstrap peer ([`Node::add_peer`]): until it is connected.
+    Connected(oneshot::Sender<Result<(), DialError>>),
+    /// A remembered peer ([`Node::rejoin`]): until identify told whether it serves the DHT
+    /// (false too when its connections closed first, or identify failed).
+    Identified(oneshot::Sender<Result<bool, DialError>>),
+}
+
+impl DialReply {
+    fn failed(self, error: DialError) {
+        match self {
+            DialReply::Connected(reply) => drop(reply.send(Err(error))),
+            DialReply::Identified(reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
+
 pub(crate) enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, ListenError>>),
-    /// A peer to dial at `addrs` (one dial); `given` (a bootstrap peer, not one remembered)
-    /// makes this node part of a network from now on, and puts the addresses in the routing
-    /// table.
+    /// A peer to dial at `addrs` (one dial). A bootstrap peer ([`DialReply::Connected`])
+    /// makes this node part of a network from now on, and its addresses go in the routing
+    /// table; a remembered one ([`DialReply::Identified`]) does neither.
     AddPeer {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        given: bool,
-        reply: oneshot::Sender<Result<(), DialError>>,
+        reply: DialReply,
     },
     Bootstrap(oneshot::Sender<Result<(), BootstrapError>>),
     Put {
@@ -315,8 +332,8 @@ impl Node {
 
     /// Adds a known peer (a bootstrap node) and connects to it.
     pub async fn add_peer(&self, peer: PeerId, addr: Multiaddr) -> Result<(), DialError> {
-        let (addrs, given) = (vec![addr], true);
-        self.ask(|reply| Command::AddPeer { peer, addrs, given, reply })
+        let addrs = vec![addr];
+        self.ask(|reply| Command::AddPeer { peer, addrs, reply: DialReply::Connected(reply) })
             .await
             .ok_or(DialError::Shutdown)?
     }
@@ -331,13 +348,13 @@ impl Node {
     }
 
     /// Dials a peer this node was connected to in an earlier run, at `addrs` (one dial that
-    /// tries them in turn); returns once connected. Unlike [`Node::add_peer`], the peer is no
-    /// bootstrap peer the node was given: until one that speaks dkvs connects, a node whose
-    /// remembered peers are all gone is still a network of one, and writes alone. Identify
-    /// then tells whether it serves the DHT ([`Node::routing_table`]).
-    pub async fn rejoin(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), DialError> {
-        let given = false;
-        self.ask(|reply| Command::AddPeer { peer, addrs, given, reply })
+    /// tries them in turn); returns once identify told whether the peer serves the DHT of
+    /// dkvs (`true`: it is in the routing table now), or `false` when its connections closed
+    /// before that. Unlike [`Node::add_peer`], the peer is no bootstrap peer the node was
+    /// given: until one that speaks dkvs connects, a node whose remembered peers are all gone
+    /// is still a network of one, and writes alone.
+    pub async fn rejoin(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<bool, DialError> {
+        self.ask(|reply| Command::AddPeer { peer, addrs, reply: DialReply::Identified(reply) })
             .await
             .ok_or(DialError::Shutdown)?
     }
@@ -852,7 +869,11 @@ pub(crate) struct Driver<E: Extension> {
     bootstraps: HashMap<kad::QueryId, oneshot::Sender<Result<(), BootstrapError>>>,
     /// Listeners being opened, with the address asked for and who waits for the answer.
     listens: Vec<(libp2p::core::transport::ListenerId, Multiaddr, ListenReply)>,
-    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
+    dials: HashMap<PeerId, Vec<DialReply>>,
+    /// Who waits for identify of a connected peer ([`DialReply::Identified`]).
+    identifying: HashMap<PeerId, Vec<oneshot::Sender<Result<bool, DialError>>>>,
+    /// The connected peers identify has told about.
+    identified: HashSet<PeerId>,
     /// The one admission step: rate limits and bans, for every protocol.
     pub(crate) defence: Defence,
     /// This node's own requests, paced to what each peer admits.
@@ -1013,6 +1034,8 @@ impl<E: Extension> Driver<E> {
             bootstraps: HashMap::new(),
             listens: Vec::new(),
             dials: HashMap::new(),
+            identifying: HashMap::new(),
+            identified: HashSet::new(),
             watches: crate::watch::Watches::default(),
             last_sweep: Instant::now(),
             last_replication: Instant::now(),
@@ -1193,8 +1216,8 @@ impl<E: Extension> Driver<E> {
                     }
                 }
             }
-            Command::AddPeer { peer, addrs, given, reply } => {
-                if given {
+            Command::AddPeer { peer, addrs, reply } => {
+                if matches!(reply, DialReply::Connected(_)) {
                     self.had_peers = true;
                     for addr in &addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -1202,7 +1225,7 @@ impl<E: Extension> Driver<E> {
                     self.live_table = None;
                 }
                 if self.swarm.is_connected(&peer) {
-                    let _ = reply.send(Ok(()));
+                    self.on_connected(peer, reply);
                 } else if let Err(e) = {
                     let opts =
                         libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
@@ -1223,7 +1246,7 @@ impl<E: Extension> Driver<E> {
                         e => DialError::Failed { peer, source: Arc::new(e) },
                     };
                     self.strand(Instant::now());
-                    let _ = reply.send(Err(error));
+                    reply.failed(error);
                 } else {
                     self.dials.entry(peer).or_default().push(reply);
                 }
@@ -1456,7 +1479,7 @@ impl<E: Extension> Driver<E> {
                     .or_default()
                     .insert(connection_id, (remote, dialer));
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
-                    let _ = reply.send(Ok(()));
+                    self.on_connected(peer_id, reply);
                 }
                 self.used.insert(peer_id, Instant::now());
                 self.since.entry(peer_id).or_insert_with(Instant::now);
@@ -1485,6 +1508,10 @@ impl<E: Extension> Driver<E> {
                         self.closing.remove(&peer_id);
                         self.non_dkvs.remove(&peer_id);
                         self.servers.remove(&peer_id);
+                        self.identified.remove(&peer_id);
+                        for reply in self.identifying.remove(&peer_id).unwrap_or_default() {
+                            let _ = reply.send(Ok(false));
+                        }
                         self.live_table = None;
                         self.auto_relay.disconnected(&peer_id);
                         self.replication.disconnected(&peer_id);
@@ -1510,7 +1537,7 @@ impl<E: Extension> Driver<E> {
                 self.strand(Instant::now());
                 let source = Arc::new(error);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(DialError::Failed { peer, source: source.clone() }));
+                    reply.failed(DialError::Failed { peer, source: source.clone() });
                 }
             }
             SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
@@ -1690,7 +1717,8 @@ impl<E: Extension> Driver<E> {
                 }
                 self.update_kad_mode();
                 let kad = info.protocols.contains(&crate::behaviour::KAD_PROTOCOL);
-                if kad && info.protocols.contains(&crate::codec::PROTOCOL) {
+                let server = kad && info.protocols.contains(&crate::codec::PROTOCOL);
+                if server {
                     self.servers.entry(peer_id).or_insert_with(Instant::now);
                     self.probes.live(&peer_id);
                     self.joined_again();
@@ -1698,6 +1726,12 @@ impl<E: Extension> Driver<E> {
                     self.servers.remove(&peer_id);
                 }
                 self.live_table = None;
+                if self.swarm.is_connected(&peer_id) {
+                    self.identified.insert(peer_id);
+                }
+                for reply in self.identifying.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(server));
+                }
                 if kad {
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -1706,6 +1740,13 @@ impl<E: Extension> Driver<E> {
                 let hop = info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME);
                 self.auto_relay.identified(peer_id, hop);
                 self.update_relay();
+            }
+            // A peer that does not answer identify is taken for no server: only identify
+            // tells this node that a peer serves the DHT.
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, .. }) => {
+                for reply in self.identifying.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(false));
+                }
             }
             BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
@@ -2142,6 +2183,18 @@ impl<E: Extension> Driver<E> {
                 tracing::debug!(%peer, "a peer no address of which answers as it left the table");
                 self.live_table = None;
             }
+        }
+    }
+
+    /// `peer` is connected: a bootstrap peer's dial is answered now, a remembered peer's once
+    /// identify told whether it serves the DHT (at once, if it has told).
+    fn on_connected(&mut self, peer: PeerId, reply: DialReply) {
+        match reply {
+            DialReply::Connected(reply) => drop(reply.send(Ok(()))),
+            DialReply::Identified(reply) if self.identified.contains(&peer) => {
+                drop(reply.send(Ok(self.servers.contains_key(&peer))))
+            }
+            DialReply::Identified(reply) => self.identifying.entry(peer).or_default().push(reply),
         }
     }
 

@@ -29,30 +29,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     home.ensure()?;
     // Addresses are checked before anything starts: a typo is said before the node listens.
-    let listen = config
-        .listen
-        .iter()
-        .map(|a| a.parse().with_context(|| format!("listen address {a:?} is not a multiaddr")))
-        .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
-    let bootstrap = config
-        .bootstrap
-        .iter()
-        .map(|a| {
-            let addr: Multiaddr =
-                a.parse().with_context(|| format!("bootstrap address {a:?} is not a multiaddr"))?;
-            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-                anyhow::bail!("bootstrap address {a:?} does not end in /p2p/<peer id>");
-            }
-            Ok(addr)
-        })
-        .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
-    let ipfs_bootstrap = config
-        .ipfs_bootstrap
-        .iter()
-        .map(|a| {
-            a.parse().with_context(|| format!("ipfs_bootstrap address {a:?} is not a multiaddr"))
-        })
-        .collect::<anyhow::Result<Vec<Multiaddr>>>()?;
+    let listen = multiaddrs("listen", &config.listen)?;
+    let bootstrap = multiaddrs("bootstrap", &config.bootstrap)?;
+    if let Some(addr) =
+        bootstrap.iter().find(|addr| !matches!(addr.iter().last(), Some(Protocol::P2p(_))))
+    {
+        anyhow::bail!("bootstrap address \"{addr}\" does not end in /p2p/<peer id>");
+    }
+    let ipfs_bootstrap = multiaddrs("ipfs_bootstrap", &config.ipfs_bootstrap)?;
     let keystore = home.keystore()?;
     let identity = home.node_identity()?;
     let store = Store::open(home.data_dir(), config.store()).map_err(|e| match e {
@@ -218,6 +202,14 @@ pub async fn run(
     Ok(())
 }
 
+/// The addresses of the setting `what`, parsed; the error names the one that is no multiaddr.
+fn multiaddrs(what: &str, addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("{what} address {a:?} is not a multiaddr")))
+        .collect()
+}
+
 /// How many addresses of the last run's peers a node remembers and dials at its start.
 const REMEMBERED_PEERS: usize = 32;
 /// How long a start waits at most on the dials of the last run's peers (those that answer
@@ -242,8 +234,8 @@ fn remembered(home: &Home) -> Vec<(PeerId, Vec<Multiaddr>)> {
 }
 
 /// Dials the peers of the last run together (one dial a peer, trying its addresses in turn),
-/// and waits until those that connect are known as DHT servers (identify), or `wait` is
-/// over; returns how many are. The dials go on past the wait.
+/// and waits until identify told of each that connected whether it serves the DHT, or `wait`
+/// is over; returns how many serve it. The dials go on past the wait.
 async fn dial_remembered(
     node: &dkvs_net::Node,
     peers: &[(PeerId, Vec<Multiaddr>)],
@@ -251,26 +243,13 @@ async fn dial_remembered(
 ) -> usize {
     use futures::StreamExt as _;
     let deadline = tokio::time::Instant::now() + wait;
-    let mut dials: futures::stream::FuturesUnordered<_> = peers
-        .iter()
-        .map(|(peer, addrs)| async move { node.rejoin(*peer, addrs.clone()).await.map(|()| *peer) })
-        .collect();
-    let mut connected = std::collections::HashSet::new();
+    let mut dials: futures::stream::FuturesUnordered<_> =
+        peers.iter().map(|(peer, addrs)| node.rejoin(*peer, addrs.clone())).collect();
+    let mut serving = 0;
     while let Ok(Some(dialed)) = tokio::time::timeout_at(deadline, dials.next()).await {
-        if let Ok(peer) = dialed {
-            connected.insert(peer);
-        }
+        serving += usize::from(matches!(dialed, Ok(true)));
     }
-    // Identify makes a connected peer a DHT server a round trip later; no event tells the
-    // application, so the table is looked at until one is, within the wait.
-    loop {
-        let table = node.routing_table().await;
-        let known = connected.iter().filter(|peer| table.contains(peer)).count();
-        if known > 0 || connected.is_empty() || tokio::time::Instant::now() >= deadline {
-            return known;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    serving
 }
 
 /// Whether a DHT server is connected now (a remembered peer, a bootstrap peer, one that
