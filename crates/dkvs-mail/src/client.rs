@@ -183,13 +183,13 @@ pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
 /// Asks the nearest of `candidates` in waves, replacing each that fails (`ask` returns
 /// `Err`) by the next nearest, until `wanted` have answered or none is left. The answers, and
 /// the failures.
-pub(crate) async fn nearest_that_answer<T, F>(
+pub(crate) async fn nearest_that_answer<T, E, F>(
     candidates: Vec<PeerId>,
     wanted: usize,
     ask: impl Fn(PeerId) -> F,
-) -> (Vec<(PeerId, T)>, Vec<(PeerId, String)>)
+) -> (Vec<(PeerId, T)>, Vec<(PeerId, E)>)
 where
-    F: std::future::Future<Output = Result<T, String>>,
+    F: std::future::Future<Output = Result<T, E>>,
 {
     let (mut answered, mut failed) = (Vec::new(), Vec::new());
     let mut next = candidates.into_iter();
@@ -228,7 +228,9 @@ pub async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Resp
 
 /// Seals `body` from `from` to `to` and deposits it on the replicas of `to`'s mailbox.
 /// Ok when at least one replica keeps it (the receipt says which; fewer than asked when the
-/// network is small or some refused).
+/// network is small or some refused). A replica that refuses it for want of room, time or
+/// disk (mailbox or replica full, busy, storage failed) is replaced by the next nearest,
+/// among the twice as many nearest that a reader asks.
 pub async fn send(
     node: &Node,
     from: &Keypair,
@@ -241,32 +243,58 @@ pub async fn send(
     let envelope = Envelope::seal(from, to, body, letter_time(), options.ttl_ms)?;
     let digest = envelope.digest();
     let bytes = envelope.encode();
-    let candidates = replicas_of(node, &envelope.mailbox).await;
+    // A replica that refuses for want of room or time is replaced by the next nearest, but
+    // only among those a reader asks (twice as many as the letter's replicas): a letter kept
+    // farther out would be found by nobody.
+    // A node that is no DHT server keeps a letter itself only when fewer other replicas than
+    // asked keep it: readers' lookups do not find it (its hand-over moves the letter on).
+    let mut candidates = replicas_of(node, &envelope.mailbox).await;
+    let client = !node.reachability().await.kad_server;
+    if client {
+        candidates.retain(|peer| *peer != node.peer_id());
+    }
+    candidates.truncate(2 * options.replicas());
+    if client {
+        candidates.push(node.peer_id());
+    }
     let deposit = |peer| {
         let request = request(node, peer, Request::Deposit(bytes.clone()));
         async move {
-            match request.await? {
+            match request.await.map_err(Err)? {
                 Response::Custody(c) if c.replica == peer && c.digest == digest && c.verify() => {
                     Ok(Ok(c))
                 }
+                Response::Refused(
+                    r @ (Refusal::MailboxFull
+                    | Refusal::ReplicaFull
+                    | Refusal::Busy
+                    | Refusal::StorageFailed),
+                ) => Err(Ok(r)),
+                // Another replica would refuse the letter as well.
                 Response::Refused(r) => Ok(Err(r)),
-                other => Err(format!("not a custody receipt for this letter: {other:?}")),
+                other => Err(Err(format!("not a custody receipt for this letter: {other:?}"))),
             }
         }
     };
-    let (answered, failed) = nearest_that_answer(candidates, options.replicas(), deposit).await;
+    let (answered, missed) = nearest_that_answer(candidates, options.replicas(), deposit).await;
     let mut receipt = SendReceipt {
         id: envelope.id,
         digest,
         custody: vec![],
         refused: vec![],
-        failed,
+        failed: vec![],
         sender_node: node.peer_id(),
     };
     for (peer, answer) in answered {
         match answer {
             Ok(custody) => receipt.custody.push(custody),
             Err(refusal) => receipt.refused.push((peer, refusal)),
+        }
+    }
+    for (peer, missed) in missed {
+        match missed {
+            Ok(refusal) => receipt.refused.push((peer, refusal)),
+            Err(e) => receipt.failed.push((peer, e)),
         }
     }
     if receipt.custody.is_empty() {

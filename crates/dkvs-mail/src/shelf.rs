@@ -9,7 +9,12 @@
 //! Quotas (all in [`ShelfConfig`]): a mailbox holds at most so many envelopes and bytes; one
 //! depositing peer fills at most a share of a mailbox, in envelopes and in bytes (a flooder
 //! fills its share and is then told "mailbox full", and mail already kept is never pushed
-//! out); the replica as a whole keeps at most so many bytes. Every envelope is charged
+//! out); the replica as a whole keeps at most so many bytes, and of those at most an eighth
+//! from one depositing peer, all mailboxes together ([`DEPOSITOR_EIGHTHS`]: mailbox addresses
+//! cost nothing, so a peer could otherwise fill the replica alone, a quarter of each of many
+//! made-up mailboxes, and have every other deposit refused until its mail expired; a replica
+//! handing mail over is a depositor too, and one refused goes on to the next replica). Every
+//! envelope is charged
 //! [`ENTRY_COST`] bytes beyond its own, for its index entry and its file, so that tiny
 //! envelopes cannot make a small byte budget hold millions of entries.
 //!
@@ -60,6 +65,10 @@ impl Default for ShelfConfig {
         }
     }
 }
+
+/// One depositing peer keeps at most this many eighths of a replica's bytes
+/// ([`ShelfConfig::total_bytes`]), all mailboxes together.
+pub const DEPOSITOR_EIGHTHS: u64 = 1;
 
 /// What an envelope costs beyond its bytes: its index entries and its file.
 pub const ENTRY_COST: u64 = 512;
@@ -134,6 +143,8 @@ pub struct Shelf {
     /// The same, by when each is forgotten.
     acked_by_until: BTreeSet<(u64, [u8; 32])>,
     boxes: HashMap<Mailbox, Box_>,
+    /// Bytes kept per depositing peer, all mailboxes together.
+    by_depositor: HashMap<PeerId, u64>,
     by_expiry: BTreeSet<(u64, [u8; 32])>,
     bytes: u64,
     last_cursor: u64,
@@ -165,6 +176,7 @@ impl Shelf {
             acked: HashMap::new(),
             acked_by_until: BTreeSet::new(),
             boxes: HashMap::new(),
+            by_depositor: HashMap::new(),
             by_expiry: BTreeSet::new(),
             bytes: 0,
             last_cursor: 0,
@@ -245,6 +257,7 @@ impl Shelf {
         let share = entry.by_depositor.entry(kept.depositor).or_default();
         share.0 += 1;
         share.1 += cost;
+        *self.by_depositor.entry(kept.depositor).or_default() += cost;
         self.bytes += cost;
         self.by_expiry.insert((kept.kept_until_ms, digest));
         self.kept.insert(digest, kept);
@@ -284,7 +297,10 @@ impl Shelf {
             return Err(Refusal::Malformed);
         }
         let cost = bytes.len() as u64 + ENTRY_COST;
-        if self.bytes + cost > self.config.total_bytes {
+        let deposited = self.by_depositor.get(&depositor).copied().unwrap_or(0);
+        if self.bytes + cost > self.config.total_bytes
+            || (deposited + cost) * 8 > self.config.total_bytes * DEPOSITOR_EIGHTHS
+        {
             return Err(Refusal::ReplicaFull);
         }
         let empty = Box_::default();
@@ -379,6 +395,12 @@ impl Shelf {
             }
             if b.by_cursor.is_empty() {
                 self.boxes.remove(&kept.mailbox);
+            }
+        }
+        if let Some(deposited) = self.by_depositor.get_mut(&kept.depositor) {
+            *deposited -= len;
+            if *deposited == 0 {
+                self.by_depositor.remove(&kept.depositor);
             }
         }
         Some(Job::Remove { digest: *digest })
@@ -630,6 +652,31 @@ mod tests {
         );
         let (items, more) = shelf.fetch(&Mailbox::of(&bob.account_id()), 0, 100, NOW);
         assert_eq!((items.len(), more), (40, false));
+    }
+
+    #[test]
+    fn one_peer_fills_at_most_an_eighth_of_the_replica_over_many_mailboxes() {
+        let total_bytes = 64 << 10;
+        let mut shelf = Shelf::new(ShelfConfig { total_bytes, ..Default::default() });
+        let flooder = PeerId::random();
+        // Each letter to a mailbox of its own: no mailbox's share stops it.
+        let mut kept = Vec::new();
+        let refusal = loop {
+            let to = Keypair::generate(KeyType::Ed25519);
+            match shelf.deposit(envelope(&to, 1000, DAY), flooder, NOW) {
+                Ok(taken) => kept.push(taken.digest),
+                Err(refusal) => break refusal,
+            }
+            assert!(kept.len() < 100, "never refused");
+        };
+        assert_eq!(refusal, Refusal::ReplicaFull);
+        assert!(shelf.bytes() * 8 <= total_bytes && shelf.bytes() * 8 > total_bytes - 8 * 2000);
+        // Others still deposit, and the flooder again once its mail is read.
+        let bob = Keypair::generate(KeyType::Ed25519);
+        assert!(shelf.deposit(envelope(&bob, 1000, DAY), PeerId::random(), NOW).is_ok());
+        let first = shelf.kept[&kept[0]].mailbox;
+        assert_eq!(shelf.ack(&first, &kept[..1]).len(), 1);
+        assert!(shelf.deposit(envelope(&bob, 1000, DAY), flooder, NOW).is_ok());
     }
 
     #[test]

@@ -737,6 +737,65 @@ async fn a_hand_over_replaces_a_replica_that_fails_by_the_next_closest() -> anyh
     .await?
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_replaces_replicas_that_refuse_for_want_of_room() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // Nine mail nodes: five with room, three that keep no mail (a replica full, as one a
+        // flooder filled) and the sender, a DHT client (a phone); at least one of the full
+        // ones and the sender among the five closest to Bob's mailbox. The full ones refuse; the next
+        // closest keep the letter in their place, within the ten a reader asks, and Bob reads
+        // it. The sender keeps no copy: readers' lookups would not find it. (Refusals were
+        // counted as answers, and the sender was a replica by its distance.)
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            let i = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut shelf = ShelfConfig::default();
+            if (5..8).contains(&i) {
+                shelf.total_bytes = 0;
+            }
+            let config =
+                if i == 8 { config.with_kad_mode(dkvs_net::KadMode::Client) } else { config };
+            let mail = Mail::open(&dir.join("mail"), identity.clone(), shelf)?;
+            Ok(NodeBuilder::new(identity.clone(), store, config)
+                .with_extension(|_| mail)
+                .spawn()?)
+        });
+        let net = TestNet::start_custom(9, Config::default(), dkvs_store::Config::default(), spawn)
+            .await?;
+        let distance = |bob: &Keypair, i: usize| {
+            let mailbox = dkvs_mail::Mailbox::of(&bob.account_id());
+            let target = dkvs_net::libp2p::kad::KBucketKey::new(mailbox.0.to_vec());
+            target.distance(&dkvs_net::libp2p::kad::KBucketKey::from(net.peer_id(i)))
+        };
+        let bob = std::iter::repeat_with(account)
+            .take(1000)
+            .find(|bob| {
+                let mut ranked: Vec<usize> = (0..net.len()).collect();
+                ranked.sort_by_key(|&i| distance(bob, i));
+                ranked[..5].iter().any(|&i| (5..8).contains(&i)) && ranked[..5].contains(&8)
+            })
+            .expect("an account with a full replica and the sender near its mailbox");
+        let options = SendOptions::default();
+        let receipt =
+            dkvs_mail::send(net.node(8), &account(), &bob.account_id(), b"hi".to_vec(), &options)
+                .await?;
+        let mut holders: Vec<usize> =
+            receipt.custody.iter().map(|c| index_of(&net, c.replica)).collect();
+        holders.sort();
+        assert_eq!(holders, [0, 1, 2, 3, 4], "every server with room keeps it: {receipt:?}");
+        assert!(!receipt.refused.is_empty(), "{receipt:?}");
+        for (peer, refusal) in &receipt.refused {
+            assert!((5..8).contains(&index_of(&net, *peer)), "{receipt:?}");
+            assert_eq!(*refusal, Refusal::ReplicaFull);
+        }
+        let fetched = dkvs_mail::fetch(net.node(6), &bob, &Inbox::new(), &options).await?;
+        assert_eq!(fetched.letters.len(), 1, "{fetched:?}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
 /// Publishes raw bytes on a channel's topic from `node`, as a peer that lies would.
 async fn publish_raw(node: &dkvs_net::Node, channel: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
     let topic = dkvs_mail::channel::topic(channel)?;
