@@ -469,6 +469,11 @@ const RECEIPTS_AT_ONCE: usize = 8;
 /// again as new.
 const MAX_REMEMBER_MS: u64 = 30 * 24 * 3_600_000;
 
+/// A letter written ahead of this clock by more than the clock skew, but by less than this,
+/// is left on its replicas for a later fetch (this clock may be slow); one written further
+/// ahead is refused and deleted.
+const LEFT_FOR_LATER_MS: u64 = 3_600_000;
+
 /// The most refused envelopes a fetch lists (all are acknowledged).
 pub const MAX_REFUSED: usize = 64;
 /// One fetch takes at most this many envelope bytes, and envelopes, from one replica (twice
@@ -632,8 +637,14 @@ async fn fetch_from_replicas(
                         }
                     }
                 }
-                // Written ahead of this clock: maybe this clock is slow; left for later.
-                Err(e @ MailError::OutOfTime { expires_at_ms, .. }) if expires_at_ms > now => {
+                // Written ahead of this clock, by less than an hour: maybe this clock is
+                // slow; left for later. Further ahead, it is refused and deleted as a
+                // letter too old is: else letters a sender dates ahead (on a throwaway
+                // account) would fill the mailbox, and the recipient could not delete them.
+                Err(e @ MailError::OutOfTime { sent_at_ms, expires_at_ms, .. })
+                    if expires_at_ms > now
+                        && sent_at_ms <= now.saturating_add(LEFT_FOR_LATER_MS) =>
+                {
                     if opened.insert(digest) {
                         refuse(&mut fetched, e);
                     }

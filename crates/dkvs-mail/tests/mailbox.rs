@@ -424,7 +424,7 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_letter_sent_longer_ago_than_an_inbox_remembers_is_refused_and_deleted()
+async fn a_letter_sent_longer_ago_than_an_inbox_remembers_or_far_ahead_is_refused_and_deleted()
 -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         let (net, _) = mail_net(3).await?;
@@ -434,19 +434,37 @@ async fn a_letter_sent_longer_ago_than_an_inbox_remembers_is_refused_and_deleted
         // inbox remembers letters read for 30 days only.
         let old =
             Envelope::seal(&alice, &bob.account_id(), b"old".to_vec(), now() - 31 * DAY, 60 * DAY)?;
-        let kept = request(net.node(1), net.peer_id(2), Request::Deposit(old.encode())).await;
-        assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
+        // Written two hours ahead (a sender that would fill the mailbox with letters nobody
+        // can read yet), and ten minutes ahead (a clock a little off: left for later).
+        const MINUTE: u64 = 60_000;
+        let ahead =
+            Envelope::seal(&alice, &bob.account_id(), b"ahead".to_vec(), now() + 120 * MINUTE, DAY)?;
+        let soon_at = now() + 10 * MINUTE;
+        let soon = Envelope::seal(&alice, &bob.account_id(), b"soon".to_vec(), soon_at, DAY)?;
+        for envelope in [&old, &ahead, &soon] {
+            let kept =
+                request(net.node(1), net.peer_id(2), Request::Deposit(envelope.encode())).await;
+            assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
+        }
         let options = SendOptions::default();
         let fetched = dkvs_mail::read(net.node(0), &bob, &mut Inbox::new(), &options).await?;
         assert!(fetched.letters.is_empty(), "{:?}", fetched.letters);
         assert!(
-            matches!(fetched.refused[..], [(_, MailError::OutOfTime { .. })]),
+            matches!(
+                fetched.refused[..],
+                [(_, MailError::OutOfTime { .. }), (_, MailError::OutOfTime { .. }), (_, MailError::OutOfTime { .. })]
+            ),
             "{:?}",
             fetched.refused
         );
-        // Deleted from the replica: nothing comes again.
+        // Deleted from the replica but the one a little ahead: only it comes again.
         let again = dkvs_mail::fetch(net.node(0), &bob, &Inbox::new(), &options).await?;
-        assert!(again.letters.is_empty() && again.refused.is_empty(), "{:?}", again.refused);
+        assert!(again.letters.is_empty(), "{:?}", again.letters);
+        assert!(
+            matches!(again.refused[..], [(_, MailError::OutOfTime { sent_at_ms, .. })] if sent_at_ms == soon_at),
+            "{:?}",
+            again.refused
+        );
         net.shutdown().await;
         anyhow::Ok(())
     })
