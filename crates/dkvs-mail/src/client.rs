@@ -394,8 +394,8 @@ pub struct Fetched {
     pub receipts: Vec<DeliveryReceipt>,
     /// Envelopes that did not open (tampered with, forged, expired, not for this account,
     /// from the future), with the replica that handed each over (at most [`MAX_REFUSED`]
-    /// listed). All but those from the future are acknowledged too, so the replica drops
-    /// them; a letter written ahead of this clock is left for a later fetch.
+    /// listed). All are acknowledged too, so the replica drops them, but a letter written
+    /// ahead of this clock by less than an hour: it is left for a later fetch.
     pub refused: Vec<(PeerId, MailError)>,
     /// Replicas that answered.
     pub replicas: Vec<PeerId>,
