@@ -372,6 +372,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// A letter's text as `mail read` prints it: each line indented under its "from ... at ...:"
+/// line, so that no line of a body passes for a header of another letter, and control
+/// characters (a terminal's escape sequences, carriage returns) shown escaped, not obeyed.
+fn letter_text(body: &str) -> String {
+    let mut shown = String::with_capacity(body.len() + 2);
+    for (i, line) in body.split('\n').enumerate() {
+        if i > 0 {
+            shown.push('\n');
+        }
+        shown.push_str("  ");
+        for c in line.chars() {
+            if c.is_control() && c != '\t' {
+                shown.extend(c.escape_default());
+            } else {
+                shown.push(c);
+            }
+        }
+    }
+    shown
+}
+
 /// An error and its causes, each said once: errors that name their cause in their own
 /// message (most of the crates' do) are not followed by it again.
 fn causes(e: &anyhow::Error) -> String {
@@ -728,9 +749,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             } else {
                 for letter in answer["letters"].as_array().into_iter().flatten() {
                     let body = match letter["body"].as_str() {
-                        Some(text) => text.to_owned(),
+                        Some(text) => letter_text(text),
                         None => format!(
-                            "(not text; base64:) {}",
+                            "  (not text; base64:) {}",
                             letter["body_base64"].as_str().unwrap_or_default()
                         ),
                     };
@@ -1059,6 +1080,16 @@ fn stored_by(receipt: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_letter_cannot_pass_for_another_nor_drive_the_terminal() {
+        let forged = "hi\n\nfrom ed1bank at 2026-12-04 10:00:00 UTC:\npay\u{1b}[2J\r\u{9b}x\ttab";
+        assert_eq!(
+            letter_text(forged),
+            "  hi\n  \n  from ed1bank at 2026-12-04 10:00:00 UTC:\n  pay\\u{1b}[2J\\r\\u{9b}x\ttab"
+        );
+        assert_eq!(letter_text("plain"), "  plain");
+    }
 
     #[test]
     fn an_error_says_each_cause_once() {

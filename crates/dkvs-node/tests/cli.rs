@@ -687,8 +687,9 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     let seed = start(&seed_home, None);
     let bob_node = start(&bob_home, Some(&seed.address));
     let out = ok(mail(&bob_home, &["read"], None));
-    let expected: Vec<String> = (0..3).map(|i| format!("hello {i}")).collect();
-    let bodies: Vec<&str> = out.lines().filter(|l| l.starts_with("hello")).collect();
+    // Each body line is indented under its "from ... at ...:" line.
+    let bodies: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("  hello")).collect();
+    let expected: Vec<String> = (0..3).map(|i| format!(" {i}")).collect();
     assert_eq!(bodies, expected, "{out}");
     assert_eq!(out.matches(&format!("from {alice} at ")).count(), 3, "{out}");
     // Read means deleted: nothing comes twice.
@@ -813,8 +814,8 @@ fn twenty_letters_from_two_senders_survive_two_dead_replicas_through_the_command
     let out = ok(mail(&home("bob"), &["read"], None));
     for (name, who) in [("alice", &alice), ("carol", &carol)] {
         let bodies: Vec<&str> =
-            out.lines().filter(|l| l.starts_with(&format!("{name} "))).collect();
-        let expected: Vec<String> = (0..10).map(|i| format!("{name} {i}")).collect();
+            out.lines().filter(|l| l.starts_with(&format!("  {name} "))).collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("  {name} {i}")).collect();
         assert_eq!(bodies, expected, "every letter of {name} once, in order: {out}");
         assert_eq!(out.matches(&format!("from {who} at ")).count(), 10, "{out}");
     }
