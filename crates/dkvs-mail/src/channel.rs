@@ -14,7 +14,10 @@
 //! when it holds as many as it may, new posts are left alone (not taken, not forwarded) until
 //! ids lapse, rather than let a flood push out the ids a replay would need. One channel holds
 //! at most a quarter of the window ([`CHANNEL_WINDOW`]): a flood on one channel leaves room for
-//! the others this node joined. Anything else is
+//! the others this node joined; and one author at most an eighth of a channel's share
+//! ([`AUTHOR_WINDOW`], 6,250 posts an hour): a flood from one account leaves the channel to
+//! the others (accounts cost nothing, so many can still fill it, each publishing peer at the
+//! rate gossip admits from it). Anything else is
 //! rejected, so gossipsub does not forward it; a peer that forwards a post whose signature does
 //! not verify, or that is over the size limit, is banned (no honest node forwards one). A copy
 //! of a post taken once, published again under another gossip id, is a replay: rejected.
@@ -57,6 +60,10 @@ const REPLAY_WINDOW: u64 = 200_000;
 /// The most ids of one channel the window holds: a quarter of it (50,000 posts an hour, 14 a
 /// second), so that a flood on one channel this node joined leaves room for its others.
 const CHANNEL_WINDOW: u64 = REPLAY_WINDOW / 4;
+/// The most ids of one author in one channel the window holds: an eighth of a channel's
+/// (6,250 posts an hour, 1.7 a second, far above what a person or a bot that reports each
+/// second posts), so that one account cannot fill a channel for everyone.
+const AUTHOR_WINDOW: u64 = CHANNEL_WINDOW / 8;
 /// Late joiners ask this many peers on the channel for its history.
 const HISTORY_PEERS: usize = 5;
 
@@ -309,14 +316,39 @@ struct Joined {
 pub(crate) struct Channels {
     /// Post ids taken, each with its channel, until they lapse.
     seen: moka::sync::Cache<(String, [u8; 16]), Arc<str>>,
-    /// Per channel, the ids in `seen` (kept by its eviction listener as they lapse).
-    per_channel: Arc<Mutex<HashMap<Arc<str>, u64>>>,
-    /// The most ids `seen` may hold, and of one channel.
+    /// Per channel and per author in a channel, the ids in `seen` (kept by its eviction
+    /// listener as they lapse).
+    counts: Arc<Mutex<Counts>>,
+    /// The most ids `seen` may hold, of one channel, and of one author in one channel.
     window: u64,
     channel_window: u64,
+    author_window: u64,
     /// Inserts since `seen`'s count was last brought up to date (its count lags them).
     unsynced: u64,
     joined: HashMap<String, Joined>,
+}
+
+/// The ids in the replay window per channel, and per author (as [`Post::key`] names them) in
+/// each channel.
+#[derive(Default)]
+struct Counts {
+    channels: HashMap<Arc<str>, u64>,
+    authors: HashMap<(Arc<str>, String), u64>,
+}
+
+impl Counts {
+    fn lapsed(&mut self, channel: &Arc<str>, author: &str) {
+        fn less<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, u64>, key: K) {
+            if let std::collections::hash_map::Entry::Occupied(mut n) = counts.entry(key) {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+        less(&mut self.channels, channel.clone());
+        less(&mut self.authors, (channel.clone(), author.to_owned()));
+    }
 }
 
 /// What became of a post offered to [`Channels::take`].
@@ -332,14 +364,14 @@ enum Taken {
 
 impl Default for Channels {
     fn default() -> Channels {
-        Channels::with_window(REPLAY_WINDOW, CHANNEL_WINDOW)
+        Channels::with_window(REPLAY_WINDOW, CHANNEL_WINDOW, AUTHOR_WINDOW)
     }
 }
 
 impl Channels {
-    fn with_window(window: u64, channel_window: u64) -> Channels {
-        let per_channel: Arc<Mutex<HashMap<Arc<str>, u64>>> = Arc::default();
-        let counts = per_channel.clone();
+    fn with_window(window: u64, channel_window: u64, author_window: u64) -> Channels {
+        let counts: Arc<Mutex<Counts>> = Arc::default();
+        let lapsing = counts.clone();
         Channels {
             // Room for twice the window, so the cache itself never evicts an id before it
             // lapses: the window is enforced here, exactly, before an insert.
@@ -347,19 +379,14 @@ impl Channels {
                 .max_capacity(2 * window)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_live(Duration::from_millis(HISTORY_AGE_MS + MAX_CLOCK_SKEW_MS))
-                .eviction_listener(move |_, channel: Arc<str>, _| {
-                    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(n) = counts.get_mut(&channel) {
-                        *n -= 1;
-                        if *n == 0 {
-                            counts.remove(&channel);
-                        }
-                    }
+                .eviction_listener(move |key: Arc<(String, [u8; 16])>, channel: Arc<str>, _| {
+                    lapsing.lock().unwrap_or_else(|p| p.into_inner()).lapsed(&channel, &key.0);
                 })
                 .build(),
-            per_channel,
+            counts,
             window,
             channel_window,
+            author_window,
             unsynced: 0,
             joined: HashMap::new(),
         }
@@ -385,37 +412,51 @@ impl Channels {
 
     /// The ids of `channel` in the window (more, not fewer, until lapsed ones are counted).
     fn ids_of(&self, channel: &str) -> u64 {
-        let counts = self.per_channel.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(channel).copied().unwrap_or(0)
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.channels.get(channel).copied().unwrap_or(0)
+    }
+
+    /// Whether the window holds its share of ids of `post`'s channel, or of its author there.
+    fn share_full(&self, post: &Post, author: &str) -> bool {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let channel: Arc<str> = Arc::from(post.channel.as_str());
+        counts.channels.get(&channel).is_some_and(|&n| n >= self.channel_window)
+            || counts
+                .authors
+                .get(&(channel, author.to_owned()))
+                .is_some_and(|&n| n >= self.author_window)
     }
 
     /// Takes a post checked to belong on its channel: kept, handed to listeners; unless it
-    /// was taken before, or the replay window, or the channel's share of it, is full.
+    /// was taken before, or the replay window, or the channel's share of it, or its author's
+    /// share of that, is full.
     fn take(&mut self, post: Post, now: u64) -> Taken {
         let key = post.key();
         if self.seen.contains_key(&key) {
             return Taken::Replay;
         }
-        if self.seen.entry_count() + self.unsynced >= self.window
-            || self.ids_of(&post.channel) >= self.channel_window
+        if self.seen.entry_count() + self.unsynced >= self.window || self.share_full(&post, &key.0)
         {
             // The counts lag inserts and lapses: bring them up to date before deciding.
             self.seen.run_pending_tasks();
             self.unsynced = 0;
-            if self.seen.entry_count() >= self.window
-                || self.ids_of(&post.channel) >= self.channel_window
-            {
+            if self.seen.entry_count() >= self.window || self.share_full(&post, &key.0) {
                 return Taken::WindowFull;
             }
         }
         let channel: Arc<str> = Arc::from(post.channel.as_str());
-        self.seen.insert(key, channel.clone());
-        *self.per_channel.lock().unwrap_or_else(|p| p.into_inner()).entry(channel).or_default() +=
-            1;
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            *counts.channels.entry(channel.clone()).or_default() += 1;
+            *counts.authors.entry((channel.clone(), key.0.clone())).or_default() += 1;
+        }
+        self.seen.insert(key, channel);
         self.unsynced += 1;
         let Some(joined) = self.joined.get_mut(&post.channel) else { return Taken::New };
         if post.kind == PostKind::Presence {
-            let until = post.sent_at_ms.saturating_add(PRESENCE_TTL_MS);
+            // From when it was written, or from now if it says later: a post dated ahead
+            // (within the clock skew) does not make its author present for longer.
+            let until = post.sent_at_ms.min(now).saturating_add(PRESENCE_TTL_MS);
             let entry = joined
                 .members
                 .entry(post.author.to_string())
@@ -726,7 +767,7 @@ mod tests {
 
     #[test]
     fn a_full_replay_window_leaves_new_posts_alone_and_forgets_no_id() {
-        let mut channels = Channels::with_window(10, 10);
+        let mut channels = Channels::with_window(10, 10, 10);
         channels.joined.insert("c".into(), Joined::default());
         let alice = Keypair::generate(KeyType::Ed25519);
         let now = now_ms();
@@ -744,7 +785,7 @@ mod tests {
 
     #[test]
     fn a_flood_on_one_channel_leaves_room_for_the_others() {
-        let mut channels = Channels::with_window(10, 4);
+        let mut channels = Channels::with_window(10, 4, 4);
         let alice = Keypair::generate(KeyType::Ed25519);
         let now = now_ms();
         let post = |channel: &str, i: u8| {
@@ -765,6 +806,29 @@ mod tests {
         channels.seen.run_pending_tasks();
         assert_eq!(channels.ids_of("spam"), 0);
         assert_eq!(channels.take(post("spam", 5), now), Taken::New);
+    }
+
+    #[test]
+    fn a_flood_from_one_author_leaves_room_for_the_others() {
+        let mut channels = Channels::with_window(100, 10, 3);
+        let (flooder, alice) =
+            (Keypair::generate(KeyType::Ed25519), Keypair::generate(KeyType::Ed25519));
+        let now = now_ms();
+        let post = |author: &Keypair, i: u8| {
+            Post::sign(author, "c", PostKind::Message, vec![i], now).expect("test setup")
+        };
+        for i in 0..3 {
+            assert_eq!(channels.take(post(&flooder, i), now), Taken::New);
+        }
+        assert_eq!(channels.take(post(&flooder, 3), now), Taken::WindowFull, "its share");
+        assert_eq!(channels.take(post(&alice, 0), now), Taken::New, "another's is not full");
+        // Its share comes back as its ids lapse.
+        channels.seen.invalidate_all();
+        channels.seen.run_pending_tasks();
+        assert_eq!(channels.take(post(&flooder, 4), now), Taken::New);
+        assert_eq!(channels.ids_of("c"), 1);
+        let counts = channels.counts.lock().expect("not poisoned");
+        assert_eq!(counts.authors.len(), 1, "counts of lapsed ids are forgotten");
     }
 
     #[test]
@@ -794,5 +858,11 @@ mod tests {
         assert!(channels.members("c", now + PRESENCE_TTL_MS).is_empty());
         assert_eq!(channels.history("c", 1 << 20).len(), 2);
         assert_eq!(channels.history("c", 10).len(), 0, "bounded in bytes");
+        // Dated ahead (within the clock skew): present from now, not from its date.
+        let bob = Keypair::generate(KeyType::Ed25519);
+        let ahead = now + MAX_CLOCK_SKEW_MS / 2;
+        let here = Post::sign(&bob, "c", PostKind::Presence, vec![], ahead).expect("test setup");
+        assert_eq!(channels.take(here, now), Taken::New);
+        assert!(channels.members("c", now + PRESENCE_TTL_MS).is_empty());
     }
 }
