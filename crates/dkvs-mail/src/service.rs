@@ -37,6 +37,45 @@ const WATCHES_PER_PEER: usize = 64;
 const HISTORY_ASKS_PER_MINUTE: u32 = 12;
 const HISTORY_ANSWER_BYTES: usize = 256 << 10;
 
+/// Bytes of envelopes one network of peers (one peer, when it is on this machine or the local
+/// network) is handed by fetches a minute: four times a mailbox's default quota. A fetch
+/// request is small and its answer up to a megabyte, so without a bound an account that
+/// filled its own mailbox would have replicas upload it over and over (a phone on metered
+/// data among them); a reader of a full mailbox takes it at once.
+const FETCH_BYTES_PER_MINUTE: u64 = 32 << 20;
+
+/// Who a fetch's bytes are counted for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Reader {
+    Network(Network),
+    Peer(PeerId),
+}
+
+/// The bytes fetches handed each [`Reader`] in the current minute.
+#[derive(Default)]
+struct FetchBudget {
+    minute: u64,
+    handed: HashMap<Reader, u64>,
+}
+
+impl FetchBudget {
+    /// Whether `reader` may be answered at `now_ms` (what it was handed this minute is under
+    /// the budget); one answer may go over it.
+    fn allows(&mut self, reader: Reader, now_ms: u64) -> bool {
+        let minute = now_ms / 60_000;
+        if minute != self.minute {
+            self.minute = minute;
+            self.handed.clear();
+        }
+        self.handed.get(&reader).is_none_or(|&bytes| bytes < FETCH_BYTES_PER_MINUTE)
+    }
+
+    /// `reader` was handed `bytes`.
+    fn handed(&mut self, reader: Reader, bytes: u64) {
+        *self.handed.entry(reader).or_default() += bytes;
+    }
+}
+
 /// Keeps the entries of `list` that `keep` keeps, and the per-peer counts in step.
 fn prune_watchers(
     list: &mut Vec<(PeerId, u64)>,
@@ -252,6 +291,8 @@ pub struct Mail {
     watches_of: WatchCounts,
     /// History requests per peer in the current minute (the minute's start, the count).
     history_asks: HashMap<PeerId, (u64, u32)>,
+    /// Envelope bytes fetches handed each network of peers this minute.
+    fetched: FetchBudget,
     /// As a watcher: this node's clients waiting for mail, and the replicas they asked.
     subscribers: HashMap<Mailbox, Subscription>,
     asks: HashMap<request_response::OutboundRequestId, Answer>,
@@ -290,6 +331,7 @@ impl Mail {
             watchers: HashMap::new(),
             watches_of: WatchCounts::default(),
             history_asks: HashMap::new(),
+            fetched: FetchBudget::default(),
             subscribers: HashMap::new(),
             asks: HashMap::new(),
             expiry: None,
@@ -526,10 +568,17 @@ impl Mail {
             Request::Fetch(signed) => match signed.check(me, now) {
                 Err(refusal) => Response::Refused(refusal),
                 Ok(()) => {
-                    let mailbox = Mailbox::of(&signed.account);
-                    let (items, more) =
-                        self.shelf.fetch(&mailbox, signed.body.after, signed.body.limit, now);
-                    Response::Batch { items, more }
+                    let reader = network.map_or(Reader::Peer(peer), Reader::Network);
+                    if peer != me && !self.fetched.allows(reader, now) {
+                        Response::Refused(Refusal::Busy)
+                    } else {
+                        let mailbox = Mailbox::of(&signed.account);
+                        let (items, more) =
+                            self.shelf.fetch(&mailbox, signed.body.after, signed.body.limit, now);
+                        let bytes = items.iter().map(|i| i.envelope.len() as u64).sum();
+                        self.fetched.handed(reader, bytes);
+                        Response::Batch { items, more }
+                    }
                 }
             },
             Request::Ack(signed) => match signed.check(me, now) {
@@ -752,6 +801,23 @@ impl NetworkBehaviour for Mail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fetches_hand_a_network_at_most_so_many_bytes_a_minute() {
+        let mut budget = FetchBudget::default();
+        let t0 = 1_800_000_000_000 / 60_000 * 60_000;
+        let (flooder, other) = (Reader::Peer(PeerId::random()), Reader::Peer(PeerId::random()));
+        let mut answers = 0;
+        while budget.allows(flooder, t0 + answers) {
+            budget.handed(flooder, 1 << 20);
+            answers += 1;
+            assert!(answers < 1000, "never refused");
+        }
+        assert_eq!(answers, FETCH_BYTES_PER_MINUTE >> 20, "a megabyte an answer");
+        assert!(budget.allows(other, t0 + 59_999), "another reader is not counted with it");
+        assert!(!budget.allows(flooder, t0 + 59_999), "the whole minute");
+        assert!(budget.allows(flooder, t0 + 60_000), "the next minute");
+    }
 
     #[test]
     fn a_watcher_is_told_of_new_mail_at_most_once_a_gap_and_of_every_mailbox_in_turn() {
