@@ -411,6 +411,7 @@ impl Channels {
     }
 
     /// The ids of `channel` in the window (more, not fewer, until lapsed ones are counted).
+    #[cfg(test)]
     fn ids_of(&self, channel: &str) -> u64 {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.channels.get(channel).copied().unwrap_or(0)

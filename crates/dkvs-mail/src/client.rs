@@ -483,8 +483,11 @@ const MAX_FETCH_BYTES: usize = 16 << 20;
 const MAX_FETCH_ENVELOPES: usize = 4096;
 const PAGE: u32 = 256;
 
-/// The longest a fetch waits for one replica, all its pages together.
-const FETCH_TIME: Duration = Duration::from_secs(60);
+/// The longest a fetch waits for its replicas, all their pages together (a replica that takes
+/// the place of one that failed has what is left of it): a replica that answers slowly, page
+/// after page, cannot hold a reader past it, nor past the command line's 60 s with the
+/// lookup before. What the replicas handed over by then is used; the rest comes next time.
+const FETCH_TIME: Duration = Duration::from_secs(30);
 
 /// What one replica handed over.
 struct Pages {
@@ -496,10 +499,15 @@ struct Pages {
 }
 
 /// What one replica keeps for `account` after `after`, page by page. A page that breaks the
-/// protocol (more than asked, cursors not increasing, empty but "more") or a replica slower
-/// than [`FETCH_TIME`] ends the fetch from that replica; the pages before are kept.
-async fn fetch_from(node: &Node, account: &Keypair, replica: PeerId, after: u64) -> Pages {
-    let deadline = tokio::time::Instant::now() + FETCH_TIME;
+/// protocol (more than asked, cursors not increasing, empty but "more") or the `deadline`
+/// ends the fetch from that replica; the pages before are kept.
+async fn fetch_from(
+    node: &Node,
+    account: &Keypair,
+    replica: PeerId,
+    after: u64,
+    deadline: tokio::time::Instant,
+) -> Pages {
     let mut pages = Pages { envelopes: Vec::new(), cursor: after, error: None };
     let mut bytes = 0;
     loop {
@@ -567,9 +575,10 @@ async fn fetch_from_replicas(
     cursors: &HashMap<PeerId, u64>,
 ) -> Result<Fetched, ReadError> {
     let now = now_ms();
+    let deadline = tokio::time::Instant::now() + FETCH_TIME;
     let ask = |replica| async move {
         let after = cursors.get(&replica).copied().unwrap_or(0);
-        match fetch_from(node, account, replica, after).await {
+        match fetch_from(node, account, replica, after, deadline).await {
             // Pages already handed over are used; a replica that handed over nothing failed.
             Pages { envelopes, error: Some(e), .. } if envelopes.is_empty() => Err(e),
             Pages { envelopes, cursor, error } => Ok((envelopes, cursor, error)),
