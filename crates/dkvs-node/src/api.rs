@@ -1414,13 +1414,17 @@ async fn ack_inbox(
     let HandedOut { account, fetched, .. } = handed_out;
     let id = account.account_id();
     // The inbox is updated and saved before the replicas delete: a letter deleted is never
-    // one this node would show again.
+    // one this node would show again. Kept in memory only once saved: an inbox that cannot
+    // be written hides nothing the replicas still keep.
     let home = state.home.clone();
     state
         .with_inbox(&id, |inbox| {
-            inbox.forget_expired(now_ms());
-            fetched.mark_read(inbox);
-            home.write_inbox(&id, inbox)
+            let mut updated = inbox.clone();
+            updated.forget_expired(now_ms());
+            fetched.mark_read(&mut updated);
+            home.write_inbox(&id, &updated)?;
+            *inbox = updated;
+            anyhow::Ok(())
         })
         .await?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inbox", format!("{e:#}")))?;
