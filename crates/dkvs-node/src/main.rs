@@ -248,7 +248,8 @@ enum IpfsCommand {
     Get {
         /// The file's CID.
         cid: String,
-        /// Write to this file (made when the whole file has arrived).
+        /// Write to this file (made, or replaced, when the whole file has arrived; a pipe or a
+        /// device is written into as the bytes come; `-` is standard output).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Write the bytes as stored, without decrypting.
@@ -896,6 +897,77 @@ fn progress(len: Option<u64>) -> indicatif::ProgressBar {
     }
 }
 
+/// Where `ipfs get -o` writes.
+enum Output {
+    /// A regular file, new or not (a link to one: the file it names): made whole under a
+    /// temporary name beside it, then renamed over it; an existing file's permissions are
+    /// kept, a new one's follow the umask.
+    File { path: std::path::PathBuf, mode: Option<std::fs::Permissions> },
+    /// Anything else that exists (a pipe, a terminal, `/dev/null`): written into as it comes,
+    /// never replaced.
+    Special(std::path::PathBuf),
+}
+
+impl Output {
+    fn of(file: &std::path::Path) -> anyhow::Result<Output> {
+        let named = || format!("cannot write {}", file.display());
+        match std::fs::metadata(file) {
+            Ok(meta) if meta.is_dir() => anyhow::bail!("{} is a directory", file.display()),
+            Ok(meta) if meta.is_file() => Ok(Output::File {
+                path: std::fs::canonicalize(file).with_context(named)?,
+                mode: Some(meta.permissions()),
+            }),
+            Ok(_) => Ok(Output::Special(file.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if file.symlink_metadata().is_ok() {
+                    anyhow::bail!("{} is a link to a path that does not exist", file.display());
+                }
+                Ok(Output::File { path: file.to_owned(), mode: None })
+            }
+            Err(e) => Err(e).with_context(named),
+        }
+    }
+
+    /// Writes what `fill` writes.
+    fn write(
+        self,
+        fill: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        match self {
+            Output::Special(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let mut out = std::io::BufWriter::new(file);
+                fill(&mut out)?;
+                out.flush().with_context(|| format!("cannot write {}", path.display()))
+            }
+            Output::File { path, mode } => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                // Created as any new file is (0666 less the umask); a file it replaces keeps
+                // its own permissions.
+                let mut tmp = tempfile::Builder::new()
+                    .permissions(std::fs::Permissions::from_mode(0o666))
+                    .tempfile_in(dir.unwrap_or(std::path::Path::new(".")))
+                    .with_context(|| format!("cannot write beside {}", path.display()))?;
+                {
+                    let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+                    fill(&mut out)?;
+                    out.flush()?;
+                }
+                if let Some(mode) = mode {
+                    tmp.as_file().set_permissions(mode)?;
+                }
+                tmp.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(())
+            }
+        }
+    }
+}
+
 fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
     match command {
         IpfsCommand::Add { file, plain, account } => {
@@ -927,25 +999,18 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let path =
                 with_account(format!("/v1/ipfs/get/{}", encode_segment(&cid)), &account, &extra);
             let bar = progress(None);
-            match output {
+            match output.filter(|file| file.as_os_str() != "-").map(|file| Output::of(&file)) {
                 None => {
                     let mut out = bar.wrap_write(std::io::stdout().lock());
                     client.get_into(&path, &mut out, stdout_error)?;
                     out.flush().map_err(stdout_error)?;
                 }
-                Some(file) => {
-                    // Made under a temporary name beside it, renamed when whole.
-                    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-                    let mut tmp =
-                        tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))
-                            .with_context(|| format!("cannot write beside {}", file.display()))?;
-                    {
-                        let mut out = bar.wrap_write(std::io::BufWriter::new(tmp.as_file_mut()));
-                        client.get_into(&path, &mut out, anyhow::Error::from)?;
-                        out.flush()?;
-                    }
-                    tmp.persist(&file)
-                        .with_context(|| format!("cannot write {}", file.display()))?;
+                Some(output) => {
+                    let output = output?;
+                    output.write(|out| {
+                        client.get_into(&path, &mut bar.wrap_write(out), anyhow::Error::from)?;
+                        Ok(())
+                    })?;
                 }
             }
             bar.finish_and_clear();

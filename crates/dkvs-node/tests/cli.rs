@@ -882,6 +882,40 @@ fn files_through_the_command_line_and_the_gateway() {
     // Bob's node fetches the plain file byte for byte, into a file.
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("got.bin")]));
     assert!(std::fs::read(home("got.bin")).expect("got") == big, "the same bytes");
+    // `-o` writes what a path names, as any tool does: through a link (the link stays), into
+    // a pipe or a device (never replaced), `-` to standard output; a file it replaces keeps
+    // its permissions.
+    {
+        use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+        std::fs::write(home("target.bin"), b"old").expect("file");
+        let mode = std::fs::Permissions::from_mode(0o640);
+        std::fs::set_permissions(home("target.bin"), mode).expect("chmod");
+        std::os::unix::fs::symlink(home("target.bin"), home("link.bin")).expect("symlink");
+        ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("link.bin")]));
+        let link = std::fs::symlink_metadata(home("link.bin")).expect("link");
+        assert!(link.file_type().is_symlink(), "the link is still a link");
+        assert!(std::fs::read(home("target.bin")).expect("target") == big, "written through it");
+        let kept = std::fs::metadata(home("target.bin")).expect("target").permissions().mode();
+        assert_eq!(kept & 0o777, 0o640, "its permissions kept");
+        let fifo = home("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
+        let (read, reader) = std::sync::mpsc::channel();
+        {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || read.send(std::fs::read(fifo).expect("the pipe reads")));
+        }
+        ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("fifo")]));
+        let through = reader.recv_timeout(STEP).expect("the pipe was written and closed");
+        assert!(through == big, "through the pipe");
+        let pipe = std::fs::metadata(&fifo).expect("fifo");
+        assert!(pipe.file_type().is_fifo(), "the pipe is still a pipe");
+        std::fs::write(home("small.txt"), b"a few bytes").expect("file");
+        let small = ok(ipfs(&home("alice"), &["add", "--plain", &path("small.txt")]));
+        let out = ipfs(&home("bob"), &["get", small.trim(), "-o", "-"]);
+        assert!(out.status.success() && out.stdout == b"a few bytes", "to standard output");
+        assert!(!home("-").exists() && !std::path::Path::new("-").exists(), "no file named -");
+    }
     // To standard output whose reader is gone (`dkvs ipfs get ... | head -c 100`): quietly.
     let mut cmd = dkvs(&home("bob"));
     cmd.args(["ipfs", "get", &plain]);
