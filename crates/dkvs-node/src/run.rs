@@ -155,16 +155,17 @@ pub async fn run(
             tracing::warn!("{}; operations as it fail (locked_account)", e.message());
         }
     });
-    // The peers to rejoin by are written now and then too: a node killed keeps them.
+    // The peers to rejoin by are written now and then too, soon after the start first: a
+    // node killed keeps them, also one killed in its first minutes.
     let remembering = {
         let (home, node) = (home.clone(), node.downgrade());
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(REMEMBER_EVERY);
-            every.tick().await;
+            let mut pause = REMEMBER_FIRST;
             loop {
-                every.tick().await;
+                tokio::time::sleep(pause).await;
                 let Some(node) = node.upgrade() else { return };
                 remember_peers(&home, &node).await;
+                pause = (pause * 2).min(REMEMBER_EVERY);
             }
         })
     };
@@ -309,7 +310,9 @@ async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
     tokio::spawn(tracing::Instrument::instrument(retries, tracing::info_span!("rejoin")));
     0
 }
-/// How often a running node writes the peers it would rejoin by.
+/// How often a running node writes the peers it would rejoin by: first this long after its
+/// start, then twice as long after each time, up to every [`REMEMBER_EVERY`].
+const REMEMBER_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
 const REMEMBER_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Writes the peers the node is connected to (`<home>/peers.json`), unless it has none: a

@@ -1645,6 +1645,18 @@ fn a_node_started_again_rejoins_the_peers_of_its_last_run() {
     stop_cleanly(&mut b);
     let _b = start_with(&home_b, None, "rejoin = false\n");
     assert!(!peers(&home_b).contains(&a_id), "rejoin = false: alone");
+    // A node killed (SIGKILL) in its first minute rejoins too: the peers are written soon
+    // after a start (it ran alone: they were written only every 5 minutes).
+    let home_c = dir.path().join("c");
+    let c = start(&home_c, Some(&a.address));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !home_c.join("peers.json").exists() {
+        assert!(Instant::now() < deadline, "peers.json not written within 30 s of the start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(c);
+    let _c = start(&home_c, None);
+    assert!(peers(&home_c).contains(&a_id), "a node killed rejoins");
 }
 
 #[test]
