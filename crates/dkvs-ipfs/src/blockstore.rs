@@ -514,9 +514,28 @@ impl BlockStore {
         &self,
         links: impl Fn(&Cid, &[u8]) -> Vec<Cid> + Send + 'static,
     ) -> Result<GcReport, BlockError> {
+        self.collect_among(links, None).await
+    }
+
+    /// [`BlockStore::collect`] of `blocks` only: those of them that no pin reaches are
+    /// removed (what an add that failed wrote; nothing else is touched).
+    pub async fn collect_only(
+        &self,
+        links: impl Fn(&Cid, &[u8]) -> Vec<Cid> + Send + 'static,
+        blocks: &[Cid],
+    ) -> Result<GcReport, BlockError> {
+        let only = blocks.iter().map(|cid| cid.hash().to_bytes()).collect();
+        self.collect_among(links, Some(only)).await
+    }
+
+    async fn collect_among(
+        &self,
+        links: impl Fn(&Cid, &[u8]) -> Vec<Cid> + Send + 'static,
+        only: Option<HashSet<Vec<u8>>>,
+    ) -> Result<GcReport, BlockError> {
         let _alone = self.gate.clone().write_owned().await;
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.gc(links))
+        tokio::task::spawn_blocking(move || store.gc_among(links, only.as_ref()))
             .await
             .map_err(|e| BlockError::Io(io::Error::other(e.to_string())))?
     }
@@ -527,6 +546,15 @@ impl BlockStore {
     /// have no links and are not read. A pinned block that is missing, or damaged on disk (and
     /// so removed), is skipped (fetched later, not an error).
     pub fn gc(&self, links: impl Fn(&Cid, &[u8]) -> Vec<Cid>) -> Result<GcReport, BlockError> {
+        self.gc_among(links, None)
+    }
+
+    /// [`BlockStore::gc`], removing only blocks among `only` when it is given.
+    fn gc_among(
+        &self,
+        links: impl Fn(&Cid, &[u8]) -> Vec<Cid>,
+        only: Option<&HashSet<Vec<u8>>>,
+    ) -> Result<GcReport, BlockError> {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
         let mut missing = BTreeSet::new();
         // Each block with the pinned root it was reached from.
@@ -557,7 +585,9 @@ impl BlockStore {
         let dead: Vec<Vec<u8>> = {
             let index = self.lock();
             let dead = |hash: &&Vec<u8>| {
-                !live.contains(*hash) && (missing.is_empty() || index.cached_at.contains_key(*hash))
+                !live.contains(*hash)
+                    && only.is_none_or(|only| only.contains(*hash))
+                    && (missing.is_empty() || index.cached_at.contains_key(*hash))
             };
             index.sizes.keys().filter(dead).cloned().collect()
         };

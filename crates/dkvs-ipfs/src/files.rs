@@ -172,50 +172,68 @@ pub async fn add(
     let account = account.cloned();
     // No garbage collection between the first block and the pin.
     let writing = store.writing().await;
-    let (added, cids) = tokio::task::spawn_blocking(move || {
+    let blocks = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
         let _writing = writing;
         let layout = if account.is_some() { ENCRYPTED_LAYOUT } else { Layout::default() };
         let mut writer = FileWriter::new(layout);
-        let mut cids = Vec::new();
+        let (mut cids, mut new) = (Vec::new(), Vec::new());
         let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
             for block in blocks {
-                store.put(&block.cid, &block.data)?;
+                if store.put(&block.cid, &block.data)? {
+                    new.push(block.cid);
+                }
                 cids.push(block.cid);
             }
             Ok(())
         };
-        let mut sealer = account.as_ref().map(|a| Sealer::new(a, layout.chunk as u32));
-        if let Some(sealer) = &sealer {
-            keep(writer.push_leaf(&sealer.header().encode()))?;
-        }
-        let mut read = 0u64;
-        let mut chunk = vec![0u8; layout.chunk];
-        let mut ahead = vec![0u8; layout.chunk];
-        let mut n = read_full(&mut source, &mut chunk)?;
-        loop {
-            read += n as u64;
-            progress(read);
-            // One chunk ahead, to know which is last (an encrypted file seals its end).
-            let next = if n == chunk.len() { read_full(&mut source, &mut ahead)? } else { 0 };
-            let last = next == 0;
-            match &mut sealer {
-                Some(sealer) => keep(writer.push_leaf(&sealer.seal(&chunk[..n], last)))?,
-                // Only an empty file has an empty chunk: its one (empty) block.
-                None => keep(writer.push_leaf(&chunk[..n]))?,
+        let write = || -> Result<Added, IpfsError> {
+            let mut sealer = account.as_ref().map(|a| Sealer::new(a, layout.chunk as u32));
+            if let Some(sealer) = &sealer {
+                keep(writer.push_leaf(&sealer.header().encode()))?;
             }
-            if last {
-                break;
+            let mut read = 0u64;
+            let mut chunk = vec![0u8; layout.chunk];
+            let mut ahead = vec![0u8; layout.chunk];
+            let mut n = read_full(&mut source, &mut chunk)?;
+            loop {
+                read += n as u64;
+                progress(read);
+                // One chunk ahead, to know which is last (an encrypted file seals its end).
+                let next = if n == chunk.len() { read_full(&mut source, &mut ahead)? } else { 0 };
+                let last = next == 0;
+                match &mut sealer {
+                    Some(sealer) => keep(writer.push_leaf(&sealer.seal(&chunk[..n], last)))?,
+                    // Only an empty file has an empty chunk: its one (empty) block.
+                    None => keep(writer.push_leaf(&chunk[..n]))?,
+                }
+                if last {
+                    break;
+                }
+                std::mem::swap(&mut chunk, &mut ahead);
+                n = next;
             }
-            std::mem::swap(&mut chunk, &mut ahead);
-            n = next;
-        }
-        let (root, stored, blocks) = writer.finish();
-        keep(blocks)?;
-        store.pin(&root)?;
-        Ok::<_, IpfsError>((Added { cid: root, stored, read }, cids))
+            let (root, stored, blocks) = writer.finish();
+            keep(blocks)?;
+            store.pin(&root)?;
+            Ok(Added { cid: root, stored, read })
+        };
+        let added = write();
+        (added.map(|added| (added, cids)), new)
     })
     .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (added, cids) = match written {
+        (Ok(done), _) => done,
+        // What a failed add wrote goes (unless a pin reaches it: another add's): it took the
+        // room of later adds, and no pin would ever have it collected but a `gc`.
+        (Err(e), new) => {
+            if let Err(gc) = blocks.collect_only(crate::files::links, &new).await {
+                tracing::warn!(error = %gc, "cannot remove the blocks of an add that failed");
+            }
+            return Err(e);
+        }
+    };
     let root = added.cid;
     node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
     Ok(added)

@@ -613,6 +613,42 @@ async fn a_peer_that_never_reads_is_queued_a_bounded_number_of_answers() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_that_fails_for_room_leaves_no_block_behind() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // A store of 2 MB holding a file of 300 kB already: a 3 MB add fails on its way. What
+        // it wrote went too (it stayed, unpinned, and refused the next adds until a `gc`).
+        let dir = tempfile::tempdir()?;
+        let identity = dkvs_net::libp2p::identity::Keypair::generate_ed25519();
+        let mut config = BlockStoreConfig::default();
+        config.max_bytes = 2_000_000;
+        let ipfs = Ipfs::open(&dir.path().join("ipfs"), &identity, config)?;
+        let store = dkvs_store::Store::open(dir.path(), dkvs_store::Config::default())?;
+        let node = NodeBuilder::new(identity, store, Config::default())
+            .with_extension(|_| ipfs)
+            .spawn()?;
+        let blocks = node.with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let first = data(300_000);
+        let kept = files::add(&node, std::io::Cursor::new(first.clone()), None, |_| {}).await?;
+        let (count, bytes) = (blocks.len(), blocks.bytes());
+        let big: Vec<u8> = data(3_000_000).into_iter().map(|b| b ^ 0x5a).collect();
+        let failed = files::add(&node, std::io::Cursor::new(big), None, |_| {}).await;
+        assert!(
+            matches!(failed, Err(IpfsError::Block(dkvs_ipfs::BlockError::Full { .. }))),
+            "{failed:?}"
+        );
+        assert_eq!((blocks.len(), blocks.bytes()), (count, bytes), "nothing of it is left");
+        let next = data(1_500_000).into_iter().map(|b| b ^ 0x33).collect::<Vec<u8>>();
+        files::add(&node, std::io::Cursor::new(next), None, |_| {}).await?;
+        let mut out = Vec::new();
+        files::get(&node, kept.cid, &mut out, &GetOptions::default(), |_| {}).await?;
+        assert!(out == first, "the file added before is whole");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_lies_about_blocks_is_passed_over_and_its_bytes_are_never_kept()
 -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
