@@ -260,6 +260,11 @@ fn fetchable(cid: &Cid) -> bool {
 
 impl<'a> Leaves<'a> {
     async fn new(node: &'a Node, root: Cid, timeout: Duration) -> Result<Leaves<'a>, IpfsError> {
+        // A root of another codec (dag-cbor, dag-json) is no file, whatever its block holds:
+        // said at once, not after the block's wait.
+        if ![unixfs::DAG_PB, unixfs::RAW].contains(&root.codec()) {
+            return Err(UnixfsError::UnsupportedCodec(root.codec()).into());
+        }
         let store = store_of(node).await?;
         if fetchable(&root) && !store.has(&root) {
             // Beside asking connected peers: the providers the IPFS DHT knows are dialed, and

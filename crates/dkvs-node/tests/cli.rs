@@ -916,6 +916,18 @@ fn files_through_the_command_line_and_the_gateway() {
         assert!(out.status.success() && out.stdout == b"a few bytes", "to standard output");
         assert!(!home("-").exists() && !std::path::Path::new("-").exists(), "no file named -");
     }
+    // CIDs nothing is kept by, or that name no file, are refused at once, as the caller's.
+    for (cid, said) in [
+        ("bafkr4ibnoelefnzgwbcacyt4vh52ymxvzbjq7mmqhtcnwarfq4lzegsiqe", "unsupported_hash"),
+        ("bafyreibnoelefnzgwbcacyt4vh52ymxvzbjq7mmqhtcnwarfq4lzegsiqe", "neither dag-pb"),
+        ("bafy-not-a-cid", "is not a CID"),
+    ] {
+        let started = Instant::now();
+        let refused = ipfs(&home("bob"), &["get", cid]);
+        assert_eq!(refused.status.code(), Some(2), "{cid}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains(said), "{cid}: {}", stderr(&refused));
+        assert!(started.elapsed() < Duration::from_secs(20), "not after a block's wait");
+    }
     // To standard output whose reader is gone (`dkvs ipfs get ... | head -c 100`): quietly.
     let mut cmd = dkvs(&home("bob"));
     cmd.args(["ipfs", "get", &plain]);

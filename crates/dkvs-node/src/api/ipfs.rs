@@ -36,6 +36,10 @@ fn ipfs_error(e: IpfsError) -> ApiError {
         IpfsError::Block(dkvs_ipfs::BlockError::Full { .. }) => {
             (StatusCode::INSUFFICIENT_STORAGE, "store_full")
         }
+        // A CID of another hash: valid, but no block of it is kept or fetched.
+        IpfsError::Block(dkvs_ipfs::BlockError::UnsupportedHash(_)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_hash")
+        }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "ipfs"),
     };
     ApiError::new(status.0, status.1, e.to_string())
