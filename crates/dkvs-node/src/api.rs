@@ -1457,6 +1457,13 @@ async fn mail_status(
     let Path(id) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
     let id = id.to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_letter_id",
+            format!("{id:?} is not a letter id (32 hex digits, as `dkvs mail send` printed it)"),
+        ));
+    }
     let known = state.update_sent(|_| true).await?;
     let Some(sent) = known.iter().find(|s| s.id == id) else {
         return Err(ApiError::new(

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::NonEmptyStringValueParser as NonEmpty;
 use clap::{Parser, Subcommand};
 use dkvs_account::KeyType;
 use dkvs_account::keystore::KeystoreError;
@@ -147,6 +148,7 @@ enum MailCommand {
     /// replicas keep it (each signed a custody receipt).
     Send {
         /// The recipient's account id.
+        #[arg(value_parser = NonEmpty::new())]
         account_id: String,
         /// The message (`-`, or none: standard input).
         message: Option<String>,
@@ -178,6 +180,7 @@ enum MailCommand {
     /// its recipient read it.
     Status {
         /// The letter's id (as `dkvs mail send` printed it).
+        #[arg(value_parser = NonEmpty::new())]
         message_id: String,
         /// The account that sent it, if not the default one.
         #[arg(long = "as", value_name = "NAME")]
@@ -198,6 +201,7 @@ enum ChannelCommand {
     /// standard input (at most 8 KiB).
     Publish {
         /// The channel's name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The post (`-`, or none: standard input).
         message: Option<String>,
@@ -211,6 +215,7 @@ enum ChannelCommand {
     /// Print the channel's posts as JSON lines as they come, until interrupted.
     Subscribe {
         /// The channel's name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// First print the recent posts that peers on the channel kept (up to an hour).
         #[arg(long)]
@@ -225,6 +230,7 @@ enum ChannelCommand {
     /// List the accounts that said they are in the channel in the last five minutes.
     Members {
         /// The channel's name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
     },
 }
@@ -247,6 +253,7 @@ enum IpfsCommand {
     /// it is the account's own; to standard output unless -o.
     Get {
         /// The file's CID.
+        #[arg(value_parser = NonEmpty::new())]
         cid: String,
         /// Write to this file (made, or replaced, when the whole file has arrived; a pipe or a
         /// device is written into as the bytes come; `-` is standard output).
@@ -266,8 +273,10 @@ enum IpfsCommand {
     /// that account, is kept as a record under the owner's keys (kept alive by this node).
     Share {
         /// The file's CID.
+        #[arg(value_parser = NonEmpty::new())]
         cid: String,
         /// The account to share it with.
+        #[arg(value_parser = NonEmpty::new())]
         account_id: String,
         /// The owner, if not the default account.
         #[arg(long = "as", value_name = "NAME")]
@@ -283,11 +292,13 @@ enum IpfsCommand {
     /// Fetch a whole file and pin it, so that garbage collection keeps it.
     Pin {
         /// The file's CID.
+        #[arg(value_parser = NonEmpty::new())]
         cid: String,
     },
     /// Unpin a file; its blocks go at the next garbage collection.
     Unpin {
         /// The file's CID.
+        #[arg(value_parser = NonEmpty::new())]
         cid: String,
     },
     /// Remove every block that no pin reaches.
@@ -311,6 +322,7 @@ enum AccountCommand {
     /// Show one account.
     Show {
         /// Its name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
     },
 }

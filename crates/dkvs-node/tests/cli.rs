@@ -680,6 +680,14 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     let bad = mail(&alice_home, &["send", "not-an-account", "hi"], None);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("not an account id"), "{}", stderr(&bad));
+    for (args, said) in [
+        (&["status", "xyz"][..], "not a letter id"),
+        (&["send", "", "hi"][..], "a value is required"),
+    ] {
+        let bad = mail(&alice_home, args, None);
+        assert_eq!(bad.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&bad).contains(said), "{args:?}: {}", stderr(&bad));
+    }
 
     // Both replicas are killed (SIGKILL) right after their receipts; the seed comes back.
     drop(alice_node);
