@@ -971,7 +971,9 @@ impl NetworkBehaviour for Exchange {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::DialFailure(e) => self.dial_ended(e.connection_id, Err(e.error.to_string())),
+            FromSwarm::DialFailure(e) => {
+                self.dial_ended(e.connection_id, Err(dkvs_net::dial_failure(e.error)))
+            }
             FromSwarm::ConnectionEstablished(e) => {
                 self.dial_ended(e.connection_id, Ok(()));
                 self.connections.entry(e.peer_id).or_default().push(e.connection_id);

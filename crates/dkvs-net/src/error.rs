@@ -47,7 +47,7 @@ pub enum ListenError {
 #[non_exhaustive]
 pub enum DialError {
     /// Every address of the peer failed (refused, unreachable, another peer id answered).
-    #[error("could not connect to {peer}: {source}")]
+    #[error("could not connect to {peer}: {}", dial_failure(source))]
     Failed {
         /// The peer.
         peer: PeerId,
@@ -69,6 +69,31 @@ pub enum DialError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,
+}
+
+/// Why a dial failed, in words: for each address tried, the address and the deepest cause
+/// ("Connection refused (os error 111)"), not libp2p's nest of wrappers that repeats it.
+pub fn dial_failure(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::TransportError;
+    match error {
+        libp2p::swarm::DialError::Transport(tried) if !tried.is_empty() => tried
+            .iter()
+            .map(|(addr, e)| match e {
+                TransportError::MultiaddrNotSupported(_) => {
+                    format!("{addr}: not an address this node dials")
+                }
+                TransportError::Other(e) => {
+                    let mut deepest: &dyn std::error::Error = e;
+                    while let Some(next) = deepest.source() {
+                        deepest = next;
+                    }
+                    format!("{addr}: {deepest}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        e => e.to_string(),
+    }
 }
 
 /// Why [`crate::Node::bootstrap`] failed.
@@ -102,4 +127,26 @@ pub enum TurnError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dial_failure_names_each_address_and_its_deepest_cause() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let wrapped = std::io::Error::other(refused);
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr");
+        let quic: Multiaddr = "/dns4/example.invalid/udp/1/quic-v1".parse().expect("multiaddr");
+        let error = libp2p::swarm::DialError::Transport(vec![
+            (addr, libp2p::TransportError::Other(wrapped)),
+            (quic.clone(), libp2p::TransportError::MultiaddrNotSupported(quic)),
+        ]);
+        assert_eq!(
+            dial_failure(&error),
+            "/ip4/127.0.0.1/tcp/1: connection refused; \
+             /dns4/example.invalid/udp/1/quic-v1: not an address this node dials"
+        );
+    }
 }

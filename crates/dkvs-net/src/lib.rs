@@ -46,7 +46,7 @@ mod wrap;
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use config::{Config, KadMode, Quorum};
 pub use defence::{Network, Refused};
-pub use error::{BootstrapError, DialError, ListenError, NetError, TurnError};
+pub use error::{BootstrapError, DialError, ListenError, NetError, TurnError, dial_failure};
 pub use extension::{Extension, GossipMessage, Host, LookupId, TopicError, Verdict};
 pub use identity::{IdentityError, load_or_create_identity};
 pub use node::{NatStatus, Node, NodeBuilder, Reachability, WeakNode};

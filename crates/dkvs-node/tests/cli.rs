@@ -1059,7 +1059,9 @@ fn files_through_the_command_line_and_the_gateway() {
     let nobody = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", dkvs_net::libp2p::PeerId::random());
     let refused = ipfs(&home("bob"), &["connect", &nobody]);
     assert_eq!(refused.status.code(), Some(2));
-    assert!(stderr(&refused).contains("Connection refused"), "{}", stderr(&refused));
+    let said = stderr(&refused);
+    assert_eq!(said.matches("Connection refused").count(), 1, "said once, in words: {said}");
+    assert!(said.contains("/ip4/127.0.0.1/tcp/1") && !said.contains("negotiate"), "{said}");
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("again.bin")]));
     assert!(std::fs::read(home("again.bin")).expect("got") == big, "the same bytes after kill -9");
     let missing = ipfs(
