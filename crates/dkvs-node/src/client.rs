@@ -259,7 +259,14 @@ impl Client {
         let mut pending = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let n = reader.read(&mut buf).context("reading the stream")?;
+            // A read that fails is a connection cut without the stream's end: the node was
+            // killed, or the machine's network between went away (the transport's words,
+            // "Peer disconnected", say no more).
+            let n = reader.read(&mut buf).map_err(|e| {
+                anyhow::anyhow!(
+                    "the stream was cut off: the node went away without ending it (killed?) ({e})"
+                )
+            })?;
             if n == 0 {
                 // The node's streams (a watch, a channel) end only when it stops.
                 anyhow::bail!("the node ended the stream: it stopped");

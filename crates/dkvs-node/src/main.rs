@@ -556,6 +556,22 @@ fn credentials(
         if url.contains("://") { url } else { format!("http://{url}") }
     };
     let same = |a: &str, b: &str| norm(a) == norm(b);
+    // An address as a node prints its API: http, a host and a port (no user, no path).
+    if let Some(url) = api {
+        let parsed = norm(url).parse::<axum::http::Uri>();
+        let usable = parsed.as_ref().is_ok_and(|uri| {
+            uri.scheme_str() == Some("http")
+                && uri.port().is_some()
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && uri.path().trim_matches('/').is_empty()
+        });
+        if !usable {
+            anyhow::bail!(
+                "--api {url:?} is not an API address: give it as `dkvs node` printed it, \
+                 e.g. http://127.0.0.1:4041"
+            );
+        }
+    }
     match (api, home_api) {
         (Some(url), Ok((home_url, token))) if same(url, &home_url) => Ok((home_url, token)),
         (Some(url), _) => {
@@ -1201,6 +1217,10 @@ mod tests {
         assert_eq!(pick(Some("http://127.0.0.1:4041/"), None).expect("same node").1, "secret");
         assert_eq!(pick(Some("127.0.0.1:4041"), None).expect("same node").1, "secret");
         assert!(pick(Some("http://127.0.0.1:4041@attacker.example"), None).is_err());
+        for typo in ["notaurl", "https://127.0.0.1:4041", "127.0.0.1", "http://127.0.0.1:4041/x"] {
+            let err = pick(Some(typo), Some("theirs")).expect_err(typo);
+            assert!(err.to_string().contains("is not an API address"), "{typo}: {err}");
+        }
         // Another URL never gets the home's token: DKVS_TOKEN or an error that says so.
         let err = pick(Some("http://attacker.example:4041"), None).expect_err("no token");
         assert!(err.to_string().contains("DKVS_TOKEN"), "{err}");

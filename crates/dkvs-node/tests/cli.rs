@@ -481,8 +481,23 @@ fn three_nodes_through_the_command_line() {
     }
     // The watcher stays connected to node C: C must still stop cleanly (below).
 
-    // kill -9 and restart: every acknowledged record is still held by the node itself.
+    // kill -9 and restart: every acknowledged record is still held by the node itself. A
+    // watch on it ends, and says that the node went away (not only the transport's words).
+    let mut cut = Reaped(
+        dkvs(&a.home)
+            .args(["watch", &key])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("watch starts"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
     drop(a);
+    let ended = exits_within(&mut cut.0, STEP, "the watch of a node killed");
+    let mut said = String::new();
+    let _ = cut.0.stderr.take().expect("piped").read_to_string(&mut said);
+    assert_eq!(ended.code(), Some(2), "{said}");
+    assert!(said.contains("the node went away"), "{said}");
     let a = start(&home_a, Some(&b.address));
     assert_eq!(ok(get(&a, &[&key, "--local"])), "fourth");
     assert_eq!(get(&a, &[&format!("/{alice}/max"), "--local"]).stdout.len(), 10_240);
