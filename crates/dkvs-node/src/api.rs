@@ -273,6 +273,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// A duration as people write it: "7 days 12h", not humantime's "7days 12h".
+fn in_words(d: std::time::Duration) -> String {
+    humantime::format_duration(d)
+        .to_string()
+        .split(' ')
+        .map(|part| match part.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) if part.len() - at > 2 => format!("{} {}", &part[..at], &part[at..]),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A path no route serves (behind the token check, as the routes are): the JSON error every
 /// other answer gives, not an empty 404.
 async fn no_route(uri: axum::http::Uri) -> ApiError {
@@ -799,7 +812,7 @@ async fn put_inner(
     };
     let max_ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
     if ttl_ms == 0 || ttl_ms > max_ttl_ms {
-        let said = |ms: u64| humantime::format_duration(std::time::Duration::from_millis(ms));
+        let said = |ms: u64| in_words(std::time::Duration::from_millis(ms));
         return Err(ApiError::bad_request(format!(
             "ttl is {}; it must be positive and at most this node's maximum of {} (max_ttl_secs)",
             said(ttl_ms),
@@ -1141,7 +1154,7 @@ async fn send_mail(
         if ttl.is_zero() || ttl > most {
             return Err(ApiError::bad_request(format!(
                 "ttl: more than 0 and at most {} (mail_ttl_secs)",
-                humantime::format_duration(most)
+                in_words(most)
             )));
         }
         options = options.with_ttl_ms(ttl.as_millis() as u64);
@@ -1826,7 +1839,15 @@ fn source_name(source: dkvs_net::Source) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::names_this_machine;
+    use super::{in_words, names_this_machine};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(in_words(Duration::from_secs(7 * 86_400)), "7 days");
+        assert_eq!(in_words(Duration::from_secs(86_400 + 5_400)), "1 day 1h 30m");
+        assert_eq!(in_words(Duration::from_millis(1_500)), "1s 500ms");
+    }
 
     #[test]
     fn hosts_that_name_this_machine() {

@@ -242,8 +242,9 @@ enum IpfsCommand {
     Add {
         /// The file.
         file: PathBuf,
-        /// Add it as public content, not encrypted (anyone with the CID reads it).
-        #[arg(long)]
+        /// Add it as public content, not encrypted (anyone with the CID reads it; no account
+        /// is used).
+        #[arg(long, conflicts_with = "account")]
         plain: bool,
         /// Encrypt with this account's key instead of the default account's.
         #[arg(long = "as", value_name = "NAME")]

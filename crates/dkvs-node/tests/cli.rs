@@ -968,6 +968,13 @@ fn files_through_the_command_line_and_the_gateway() {
         raw.stdout.starts_with(b"dkvs-enc")
             && !String::from_utf8_lossy(&raw.stdout).contains("diary")
     );
+    // Shared with its own owner, or added as public content "as" an account: said, not done.
+    let itself = ipfs(&home("alice"), &["share", &private, &alice]);
+    assert_eq!(itself.status.code(), Some(2));
+    assert!(stderr(&itself).contains("opens it already"), "{}", stderr(&itself));
+    let as_whom = ipfs(&home("alice"), &["add", "--plain", "--as", "ghost", &path("diary.txt")]);
+    assert_eq!(as_whom.status.code(), Some(2));
+    assert!(stderr(&as_whom).contains("cannot be used with"), "{}", stderr(&as_whom));
     let shared = ok(ipfs(&home("alice"), &["share", &private, &bob]));
     assert!(shared.contains("shared"), "{shared}");
     let opened = ok(ipfs(&home("bob"), &["get", &private]));

@@ -392,6 +392,13 @@ pub(super) async fn share(
         )
     })?;
     let owner = state.account(Some(&name)).await?;
+    if owner.account_id() == recipient {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_shareable",
+            format!("{recipient} is the account that added the file: it opens it already"),
+        ));
+    }
     let ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
     let key =
         files::share(&state.node, &owner, cid, &recipient, ttl_ms).await.map_err(|e| match e {
