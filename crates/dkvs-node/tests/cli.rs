@@ -1659,8 +1659,8 @@ fn a_start_or_a_put_that_cannot_work_says_why() {
     let tilde = put(&node, &["/~", "v"], None);
     assert!(stderr(&tilde).contains("/~ alone names no key"), "{}", stderr(&tilde));
     let long = put(&node, &["/~/k", "v", "--ttl", "30d"], None);
-    assert!(stderr(&long).contains("ttl is 30days"), "{}", stderr(&long));
-    assert!(stderr(&long).contains("maximum of 7days"), "{}", stderr(&long));
+    assert!(stderr(&long).contains("ttl is 30 days"), "{}", stderr(&long));
+    assert!(stderr(&long).contains("maximum of 7 days"), "{}", stderr(&long));
 }
 
 #[test]
