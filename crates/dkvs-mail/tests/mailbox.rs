@@ -51,6 +51,18 @@ fn index_of(net: &TestNet, peer: PeerId) -> usize {
     (0..net.len()).find(|&i| net.peer_id(i) == peer).expect("a replica of this network")
 }
 
+/// How far node `i` is from `account`'s mailbox.
+fn distance(net: &TestNet, account: &Keypair, i: usize) -> dkvs_net::libp2p::kad::KBucketDistance {
+    let mailbox = dkvs_mail::Mailbox::of(&account.account_id());
+    let target = dkvs_net::libp2p::kad::KBucketKey::new(mailbox.0.to_vec());
+    target.distance(&dkvs_net::libp2p::kad::KBucketKey::from(net.peer_id(i)))
+}
+
+/// The nodes that signed custody of a letter.
+fn holders(net: &TestNet, receipt: &dkvs_mail::SendReceipt) -> Vec<usize> {
+    receipt.custody.iter().map(|c| index_of(net, c.replica)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_recipient_gets_every_letter_once_in_order_with_two_of_five_replicas_dead()
 -> anyhow::Result<()> {
@@ -715,11 +727,7 @@ async fn a_hand_over_replaces_a_replica_that_fails_by_the_next_closest() -> anyh
         let mut net =
             TestNet::start_custom(9, Config::default(), dkvs_store::Config::default(), spawn)
                 .await?;
-        let distance = |bob: &Keypair, i: usize| {
-            let mailbox = dkvs_mail::Mailbox::of(&bob.account_id());
-            let target = dkvs_net::libp2p::kad::KBucketKey::new(mailbox.0.to_vec());
-            target.distance(&dkvs_net::libp2p::kad::KBucketKey::from(net.peer_id(i)))
-        };
+        let distance = |bob: &Keypair, i: usize| distance(&net, bob, i);
         let (bob, ranked) = std::iter::repeat_with(account)
             .take(1000)
             .find_map(|bob| {
@@ -733,8 +741,7 @@ async fn a_hand_over_replaces_a_replica_that_fails_by_the_next_closest() -> anyh
         let receipt =
             dkvs_mail::send(net.node(0), &account(), &bob.account_id(), b"hi".to_vec(), &options)
                 .await?;
-        let mut holders: Vec<usize> =
-            receipt.custody.iter().map(|c| index_of(&net, c.replica)).collect();
+        let mut holders = holders(&net, &receipt);
         holders.sort_by_key(|&i| distance(&bob, i));
         assert_eq!(holders, mail_nodes[..5], "the five closest mail nodes keep it");
         for &i in &holders[..2] {
@@ -780,11 +787,7 @@ async fn a_sender_replaces_replicas_that_refuse_for_want_of_room() -> anyhow::Re
         });
         let net = TestNet::start_custom(9, Config::default(), dkvs_store::Config::default(), spawn)
             .await?;
-        let distance = |bob: &Keypair, i: usize| {
-            let mailbox = dkvs_mail::Mailbox::of(&bob.account_id());
-            let target = dkvs_net::libp2p::kad::KBucketKey::new(mailbox.0.to_vec());
-            target.distance(&dkvs_net::libp2p::kad::KBucketKey::from(net.peer_id(i)))
-        };
+        let distance = |bob: &Keypair, i: usize| distance(&net, bob, i);
         let bob = std::iter::repeat_with(account)
             .take(1000)
             .find(|bob| {
@@ -797,8 +800,7 @@ async fn a_sender_replaces_replicas_that_refuse_for_want_of_room() -> anyhow::Re
         let receipt =
             dkvs_mail::send(net.node(8), &account(), &bob.account_id(), b"hi".to_vec(), &options)
                 .await?;
-        let mut holders: Vec<usize> =
-            receipt.custody.iter().map(|c| index_of(&net, c.replica)).collect();
+        let mut holders = holders(&net, &receipt);
         holders.sort();
         assert_eq!(holders, [0, 1, 2, 3, 4], "every server with room keeps it: {receipt:?}");
         assert!(!receipt.refused.is_empty(), "{receipt:?}");
