@@ -932,14 +932,25 @@ enum Output {
     /// temporary name beside it, then renamed over it; an existing file's permissions are
     /// kept, a new one's follow the umask.
     File { path: std::path::PathBuf, mode: Option<std::fs::Permissions> },
-    /// Anything else that exists (a pipe, a terminal, `/dev/null`): written into as it comes,
-    /// never replaced.
+    /// Anything else that exists (a pipe, a terminal, `/dev/null`), and whatever a path of
+    /// `/dev` or `/proc` names (`/dev/fd/3`: an open file): written into as it comes (appended
+    /// to), never replaced.
     Special(std::path::PathBuf),
+    /// This process's standard output (`-`, `/dev/stdout`): written into as it is open (a
+    /// file it was redirected to, `>> log`, is appended to, not replaced nor reopened).
+    Stdout,
 }
 
 impl Output {
+    /// Where `-o file` writes.
     fn of(file: &std::path::Path) -> anyhow::Result<Output> {
         let named = || format!("cannot write {}", file.display());
+        if ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"].iter().any(|s| file == *s) {
+            return Ok(Output::Stdout);
+        }
+        if file.starts_with("/dev") || file.starts_with("/proc") {
+            return Ok(Output::Special(file.to_owned()));
+        }
         match std::fs::metadata(file) {
             Ok(meta) if meta.is_dir() => anyhow::bail!("{} is a directory", file.display()),
             Ok(meta) if meta.is_file() => Ok(Output::File {
@@ -965,9 +976,14 @@ impl Output {
         use std::io::Write as _;
         use std::os::unix::fs::PermissionsExt as _;
         match self {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                fill(&mut out)?;
+                out.flush().map_err(stdout_error)
+            }
             Output::Special(path) => {
                 let file = std::fs::OpenOptions::new()
-                    .write(true)
+                    .append(true)
                     .open(&path)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 let mut out = std::io::BufWriter::new(file);
@@ -976,10 +992,11 @@ impl Output {
             }
             Output::File { path, mode } => {
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-                // Created as any new file is (0666 less the umask); a file it replaces keeps
-                // its own permissions.
+                // Written readable by its owner only (a decrypted file is private while it
+                // arrives); then given the permissions of the file it replaces, or of any new
+                // file (0666 less the umask).
                 let mut tmp = tempfile::Builder::new()
-                    .permissions(std::fs::Permissions::from_mode(0o666))
+                    .permissions(std::fs::Permissions::from_mode(0o600))
                     .tempfile_in(dir.unwrap_or(std::path::Path::new(".")))
                     .with_context(|| format!("cannot write beside {}", path.display()))?;
                 {
@@ -987,14 +1004,25 @@ impl Output {
                     fill(&mut out)?;
                     out.flush()?;
                 }
-                if let Some(mode) = mode {
-                    tmp.as_file().set_permissions(mode)?;
-                }
+                let mode =
+                    mode.unwrap_or_else(|| std::fs::Permissions::from_mode(0o666 & !umask()));
+                tmp.as_file().set_permissions(mode)?;
                 tmp.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(())
             }
         }
     }
+}
+
+/// This process's umask (`/proc/self/status`; 022 where it cannot be read).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(line.trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
@@ -1028,16 +1056,15 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let path =
                 with_account(format!("/v1/ipfs/get/{}", encode_segment(&cid)), &account, &extra);
             let bar = progress(None);
-            match output.filter(|file| file.as_os_str() != "-").map(|file| Output::of(&file)) {
+            match output.map(|file| Output::of(&file)).transpose()? {
                 None => {
                     let mut out = bar.wrap_write(std::io::stdout().lock());
                     client.get_into(&path, &mut out, stdout_error)?;
                     out.flush().map_err(stdout_error)?;
                 }
                 Some(output) => {
-                    let output = output?;
                     output.write(|out| {
-                        client.get_into(&path, &mut bar.wrap_write(out), anyhow::Error::from)?;
+                        client.get_into(&path, &mut bar.wrap_write(out), stdout_error)?;
                         Ok(())
                     })?;
                 }

@@ -938,6 +938,25 @@ fn files_through_the_command_line_and_the_gateway() {
         let out = ipfs(&home("bob"), &["get", small.trim(), "-o", "-"]);
         assert!(out.status.success() && out.stdout == b"a few bytes", "to standard output");
         assert!(!home("-").exists() && !std::path::Path::new("-").exists(), "no file named -");
+        // /dev/stdout redirected to a log (`>> log`): appended to, not replaced.
+        std::fs::write(home("log.txt"), b"earlier\n").expect("file");
+        let log = std::fs::OpenOptions::new().append(true).open(home("log.txt")).expect("log");
+        let mut to_log = dkvs(&home("bob"));
+        to_log.args(["ipfs", "get", small.trim(), "-o", "/dev/stdout"]).stdout(log);
+        let mut child = to_log.spawn().expect("dkvs runs");
+        assert!(exits_within(&mut child, STEP, "a get into /dev/stdout").success());
+        let logged = std::fs::read(home("log.txt")).expect("log");
+        assert_eq!(logged, b"earlier\na few bytes", "appended");
+        // A new file has the permissions any new file has: 0666 less the umask.
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:").map(|m| u32::from_str_radix(m.trim(), 8)))
+            .expect("a umask line")
+            .expect("octal");
+        ok(ipfs(&home("bob"), &["get", small.trim(), "-o", &path("new.txt")]));
+        let made = std::fs::metadata(home("new.txt")).expect("new").permissions().mode();
+        assert_eq!(made & 0o777, 0o666 & !umask);
     }
     // CIDs nothing is kept by, or that name no file, are refused at once, as the caller's.
     for (cid, said) in [
