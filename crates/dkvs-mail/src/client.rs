@@ -89,6 +89,14 @@ impl SendOptions {
     }
 }
 
+/// Why a replica did not keep a letter.
+enum Deposit {
+    /// It answered with a refusal.
+    Refused(Refusal),
+    /// No answer, or one no replica gives.
+    Failed(String),
+}
+
 /// What became of a letter sent.
 #[derive(Clone, Debug)]
 pub struct SendReceipt {
@@ -228,9 +236,9 @@ pub async fn request(node: &Node, peer: PeerId, request: Request) -> Result<Resp
 
 /// Seals `body` from `from` to `to` and deposits it on the replicas of `to`'s mailbox.
 /// Ok when at least one replica keeps it (the receipt says which; fewer than asked when the
-/// network is small or some refused). A replica that refuses it for want of room, time or
-/// disk (mailbox or replica full, busy, storage failed) is replaced by the next nearest,
-/// among the twice as many nearest that a reader asks.
+/// network is small or some refused). A replica that does not answer is replaced by the next
+/// nearest; one that refuses (mailbox or replica full, busy, storage failed) too, within the
+/// twice as many nearest that answer, which a reader asks.
 pub async fn send(
     node: &Node,
     from: &Keypair,
@@ -243,58 +251,67 @@ pub async fn send(
     let envelope = Envelope::seal(from, to, body, letter_time(), options.ttl_ms)?;
     let digest = envelope.digest();
     let bytes = envelope.encode();
-    // A replica that refuses for want of room or time is replaced by the next nearest, but
-    // only among those a reader asks (twice as many as the letter's replicas): a letter kept
-    // farther out would be found by nobody.
     // A node that is no DHT server keeps a letter itself only when fewer other replicas than
     // asked keep it: readers' lookups do not find it (its hand-over moves the letter on).
-    let mut candidates = replicas_of(node, &envelope.mailbox).await;
+    let me = node.peer_id();
     let client = !node.reachability().await.kad_server;
+    let mut candidates = replicas_of(node, &envelope.mailbox).await;
     if client {
-        candidates.retain(|peer| *peer != node.peer_id());
-    }
-    candidates.truncate(2 * options.replicas());
-    if client {
-        candidates.push(node.peer_id());
+        candidates.retain(|peer| *peer != me);
     }
     let deposit = |peer| {
         let request = request(node, peer, Request::Deposit(bytes.clone()));
         async move {
-            match request.await.map_err(Err)? {
+            match request.await.map_err(Deposit::Failed)? {
                 Response::Custody(c) if c.replica == peer && c.digest == digest && c.verify() => {
-                    Ok(Ok(c))
+                    Ok(c)
                 }
-                Response::Refused(
-                    r @ (Refusal::MailboxFull
-                    | Refusal::ReplicaFull
-                    | Refusal::Busy
-                    | Refusal::StorageFailed),
-                ) => Err(Ok(r)),
-                // Another replica would refuse the letter as well.
-                Response::Refused(r) => Ok(Err(r)),
-                other => Err(Err(format!("not a custody receipt for this letter: {other:?}"))),
+                Response::Refused(r) => Err(Deposit::Refused(r)),
+                other => Err(Deposit::Failed(format!(
+                    "not a custody receipt for this letter: {other:?}"
+                ))),
             }
         }
     };
-    let (answered, missed) = nearest_that_answer(candidates, options.replicas(), deposit).await;
     let mut receipt = SendReceipt {
         id: envelope.id,
         digest,
         custody: vec![],
         refused: vec![],
         failed: vec![],
-        sender_node: node.peer_id(),
+        sender_node: me,
     };
-    for (peer, answer) in answered {
-        match answer {
-            Ok(custody) => receipt.custody.push(custody),
-            Err(refusal) => receipt.refused.push((peer, refusal)),
+    // The nearest are asked in waves, each that fails replaced by the next nearest (readers
+    // pass over them too); each that refuses (for want of room, time or disk; or a liar), too,
+    // but only within the nearest that answer that a reader asks (twice as many as the
+    // letter's replicas): a letter kept farther out would be found by nobody.
+    let (wanted, reach) = (options.replicas(), 2 * options.replicas());
+    let mut next = candidates.into_iter();
+    let mut answered = 0;
+    loop {
+        let room = wanted.saturating_sub(receipt.custody.len()).min(reach.saturating_sub(answered));
+        let wave: Vec<PeerId> = next.by_ref().take(room).collect();
+        if wave.is_empty() {
+            break;
+        }
+        let outcomes = join_all(wave.iter().map(|&peer| deposit(peer))).await;
+        for (peer, outcome) in wave.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(custody) => receipt.custody.push(custody),
+                Err(Deposit::Refused(refusal)) => receipt.refused.push((peer, refusal)),
+                Err(Deposit::Failed(e)) => {
+                    receipt.failed.push((peer, e));
+                    continue;
+                }
+            }
+            answered += 1;
         }
     }
-    for (peer, missed) in missed {
-        match missed {
-            Ok(refusal) => receipt.refused.push((peer, refusal)),
-            Err(e) => receipt.failed.push((peer, e)),
+    if client && receipt.custody.len() < wanted {
+        match deposit(me).await {
+            Ok(custody) => receipt.custody.push(custody),
+            Err(Deposit::Refused(refusal)) => receipt.refused.push((me, refusal)),
+            Err(Deposit::Failed(e)) => receipt.failed.push((me, e)),
         }
     }
     if receipt.custody.is_empty() {
@@ -561,9 +578,24 @@ pub async fn fetch(
     options: &SendOptions,
 ) -> Result<Fetched, ReadError> {
     node.with_extension::<Mail, _>(|_, _| ()).await?;
-    let replicas = replicas_of(node, &Mailbox::of(&account.account_id())).await;
-    let wanted = 2 * options.replicas();
+    let (replicas, wanted) = read_from(node, &Mailbox::of(&account.account_id()), options).await;
     fetch_from_replicas(node, account, inbox, replicas, wanted, &HashMap::new()).await
+}
+
+/// The replicas a reader of `mailbox` asks, nearest first, and how many of them must answer:
+/// twice as many as a letter's replicas (a sender keeps its letter within those). A node that
+/// is no DHT server asks itself too, first and beside them: it is no replica others find (a
+/// letter it kept itself, as a sender's last resort, waits there).
+async fn read_from(node: &Node, mailbox: &Mailbox, options: &SendOptions) -> (Vec<PeerId>, usize) {
+    let mut replicas = replicas_of(node, mailbox).await;
+    let wanted = 2 * options.replicas();
+    if node.reachability().await.kad_server {
+        return (replicas, wanted);
+    }
+    let me = node.peer_id();
+    replicas.retain(|peer| *peer != me);
+    replicas.insert(0, me);
+    (replicas, wanted + 1)
 }
 
 async fn fetch_from_replicas(
@@ -813,7 +845,7 @@ impl MailWatch {
     /// Asks the replicas to notify this node: the nearest `2 * replicas` that answer.
     async fn register(&mut self) -> Result<(), ReadError> {
         let mailbox = Mailbox::of(&self.account.account_id());
-        let candidates = replicas_of(&self.node, &mailbox).await;
+        let (candidates, wanted) = read_from(&self.node, &mailbox, &self.options).await;
         let (node, account) = (&self.node, &self.account);
         let ask = |replica| async move {
             let body = WatchBody { replica, now_ms: now_ms() };
@@ -822,8 +854,7 @@ impl MailWatch {
                 other => Err(format!("not watching: {other:?}")),
             }
         };
-        let (answered, failed) =
-            nearest_that_answer(candidates, 2 * self.options.replicas(), ask).await;
+        let (answered, failed) = nearest_that_answer(candidates, wanted, ask).await;
         if answered.is_empty() {
             let why = failed.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>();
             return Err(ReadError::NoReplica(why.join("; ")));
