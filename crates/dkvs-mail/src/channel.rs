@@ -428,6 +428,22 @@ impl Channels {
                 .is_some_and(|&n| n >= self.author_window)
     }
 
+    /// Whether the replay window has room for `post`: the whole, its channel's share and its
+    /// author's share of that.
+    fn room_for(&mut self, post: &Post) -> bool {
+        let author = post.author.to_string();
+        if self.seen.entry_count() + self.unsynced >= self.window || self.share_full(post, &author)
+        {
+            // The counts lag inserts and lapses: bring them up to date before deciding.
+            self.seen.run_pending_tasks();
+            self.unsynced = 0;
+            if self.seen.entry_count() >= self.window || self.share_full(post, &author) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Takes a post checked to belong on its channel: kept, handed to listeners; unless it
     /// was taken before, or the replay window, or the channel's share of it, or its author's
     /// share of that, is full.
@@ -436,14 +452,8 @@ impl Channels {
         if self.seen.contains_key(&key) {
             return Taken::Replay;
         }
-        if self.seen.entry_count() + self.unsynced >= self.window || self.share_full(&post, &key.0)
-        {
-            // The counts lag inserts and lapses: bring them up to date before deciding.
-            self.seen.run_pending_tasks();
-            self.unsynced = 0;
-            if self.seen.entry_count() >= self.window || self.share_full(&post, &key.0) {
-                return Taken::WindowFull;
-            }
+        if !self.room_for(&post) {
+            return Taken::WindowFull;
         }
         let channel: Arc<str> = Arc::from(post.channel.as_str());
         {
@@ -517,6 +527,16 @@ impl Channels {
         host: &mut Host<'_>,
     ) -> Result<usize, ChannelError> {
         let name = topic(&post.channel)?;
+        // Peers would leave it alone as this node does: said, not sent.
+        if !self.room_for(&post) {
+            return Err(ChannelError::Publish {
+                channel: post.channel.clone(),
+                reason: format!(
+                    "the channel's replay window holds its share of posts, or this account's \
+                     ({AUTHOR_WINDOW} an hour): nodes take no more for now; try later"
+                ),
+            });
+        }
         let peers = host.topic_peers(&name).len();
         if peers > 0 {
             host.publish(&name, post.encode()).map_err(|e| ChannelError::Publish {
