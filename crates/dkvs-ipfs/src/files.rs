@@ -180,9 +180,12 @@ pub async fn add(
         let (mut cids, mut new) = (Vec::new(), Vec::new());
         let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
             for block in blocks {
-                if store.put(&block.cid, &block.data)? {
+                // New, or kept only as a read's cache (or found on disk at the start) before:
+                // what a failed add leaves behind for good.
+                if !store.synced(&block.cid) {
                     new.push(block.cid);
                 }
+                store.put(&block.cid, &block.data)?;
                 cids.push(block.cid);
             }
             Ok(())
