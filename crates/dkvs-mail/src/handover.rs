@@ -12,7 +12,9 @@
 //! peers make every honest replica forget. Copies cost quota, not correctness.
 //!
 //! The replica handing over is the depositor at the new replica, so one survivor moves at most
-//! its depositor's share of a mailbox (a quarter by default); several survivors move more.
+//! its depositor's share of a mailbox (a quarter by default), and of the new replica (an
+//! eighth, all mailboxes together: past it, the next closest is asked); several survivors
+//! move more.
 
 use std::time::Duration;
 
