@@ -535,36 +535,43 @@ impl Mail {
         let now = now_ms();
         let me = self.peer_id();
         let response = match request {
-            Request::Deposit(bytes) => match self.shelf.deposit(bytes, peer, now) {
-                Err(refusal) => Response::Refused(refusal),
-                Ok(taken) => {
-                    let custody = Custody::sign(&self.key, taken.digest, taken.kept_until_ms);
-                    match (taken.write, taken.pending) {
-                        (Some(job), _) => {
-                            let Job::Write { ticket, .. } = &job else { unreachable!() };
-                            let writing = Writing {
-                                digest: taken.digest,
-                                mailbox: taken.mailbox,
-                                replies: vec![(reply, custody)],
-                            };
-                            self.writing.insert(*ticket, writing);
-                            self.disk.queue(job);
-                            self.arm_expiry();
-                            return;
-                        }
-                        // A repeat of a deposit whose file is still being written: its
-                        // custody, too, waits for the file.
-                        (None, Some(ticket)) => match self.writing.get_mut(&ticket) {
-                            Some(writing) => {
-                                writing.replies.push((reply, custody));
+            Request::Deposit(bytes) => {
+                let depositor = if peer == me {
+                    crate::shelf::Depositor::Own(peer)
+                } else {
+                    crate::shelf::Depositor::Peer(peer, network)
+                };
+                match self.shelf.deposit_from(bytes, depositor, now) {
+                    Err(refusal) => Response::Refused(refusal),
+                    Ok(taken) => {
+                        let custody = Custody::sign(&self.key, taken.digest, taken.kept_until_ms);
+                        match (taken.write, taken.pending) {
+                            (Some(job), _) => {
+                                let Job::Write { ticket, .. } = &job else { unreachable!() };
+                                let writing = Writing {
+                                    digest: taken.digest,
+                                    mailbox: taken.mailbox,
+                                    replies: vec![(reply, custody)],
+                                };
+                                self.writing.insert(*ticket, writing);
+                                self.disk.queue(job);
+                                self.arm_expiry();
                                 return;
                             }
-                            None => Response::Refused(Refusal::StorageFailed),
-                        },
-                        (None, None) => Response::Custody(custody),
+                            // A repeat of a deposit whose file is still being written: its
+                            // custody, too, waits for the file.
+                            (None, Some(ticket)) => match self.writing.get_mut(&ticket) {
+                                Some(writing) => {
+                                    writing.replies.push((reply, custody));
+                                    return;
+                                }
+                                None => Response::Refused(Refusal::StorageFailed),
+                            },
+                            (None, None) => Response::Custody(custody),
+                        }
                     }
                 }
-            },
+            }
             Request::Fetch(signed) => match signed.check(me, now) {
                 Err(refusal) => Response::Refused(refusal),
                 Ok(()) => {

@@ -10,11 +10,15 @@
 //! depositing peer fills at most a share of a mailbox, in envelopes and in bytes (a flooder
 //! fills its share and is then told "mailbox full", and mail already kept is never pushed
 //! out); the replica as a whole keeps at most so many bytes, and of those at most an eighth
-//! from one depositing peer, all mailboxes together ([`DEPOSITOR_EIGHTHS`]: mailbox addresses
-//! cost nothing, so a peer could otherwise fill the replica alone, a quarter of each of many
-//! made-up mailboxes, and have every other deposit refused until its mail expired; a replica
-//! handing mail over is a depositor too, and one refused goes on to the next replica). Every
-//! envelope is charged
+//! from one depositing peer and a quarter from one network of peers (an IPv4 /24, an IPv6
+//! /48, a relay's; not this machine nor the LAN), all mailboxes together
+//! ([`DEPOSITOR_EIGHTHS`], [`NETWORK_QUARTERS`]): mailbox addresses cost nothing, so a peer
+//! could otherwise fill the replica alone, a quarter of each of many made-up mailboxes, and
+//! have every other deposit refused until its mail expired; peer ids cost nothing either, but
+//! addresses do. The node's own deposits (its senders' letters kept here) are bounded by the
+//! whole only. A replica handing mail over is a depositor too, and one refused goes on to the
+//! next replica. What a network deposited is counted from this run's deposits (a restart
+//! forgets where mail came from). Every envelope is charged
 //! [`ENTRY_COST`] bytes beyond its own, for its index entry and its file, so that tiny
 //! envelopes cannot make a small byte budget hold millions of entries.
 //!
@@ -30,6 +34,7 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+use dkvs_net::Network;
 use dkvs_net::libp2p::PeerId;
 use prost::Message as _;
 
@@ -69,6 +74,8 @@ impl Default for ShelfConfig {
 /// One depositing peer keeps at most this many eighths of a replica's bytes
 /// ([`ShelfConfig::total_bytes`]), all mailboxes together.
 pub const DEPOSITOR_EIGHTHS: u64 = 1;
+/// One network of depositing peers keeps at most this many quarters of a replica's bytes.
+pub const NETWORK_QUARTERS: u64 = 1;
 
 /// What an envelope costs beyond its bytes: its index entries and its file.
 pub const ENTRY_COST: u64 = 512;
@@ -93,6 +100,8 @@ struct Kept {
     cursor: u64,
     kept_until_ms: u64,
     depositor: PeerId,
+    /// The depositor's network, when it deposited in this run from another host.
+    network: Option<Network>,
     bytes: Vec<u8>,
     /// The write of its file, while it is under way.
     writing: Option<u64>,
@@ -110,6 +119,15 @@ struct Box_ {
     bytes: u64,
     /// Per depositing peer: envelopes and bytes.
     by_depositor: HashMap<PeerId, (usize, u64)>,
+}
+
+/// Who deposits an envelope.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Depositor {
+    /// A peer, from its network (`None`: this machine or the LAN, not grouped).
+    Peer(PeerId, Option<Network>),
+    /// This node (its own senders' letters).
+    Own(PeerId),
 }
 
 /// A change for the disk thread, in the order the index made them.
@@ -143,8 +161,10 @@ pub struct Shelf {
     /// The same, by when each is forgotten.
     acked_by_until: BTreeSet<(u64, [u8; 32])>,
     boxes: HashMap<Mailbox, Box_>,
-    /// Bytes kept per depositing peer, all mailboxes together.
+    /// Bytes kept per depositing peer, and per network of depositing peers, all mailboxes
+    /// together.
     by_depositor: HashMap<PeerId, u64>,
+    by_network: HashMap<Network, u64>,
     by_expiry: BTreeSet<(u64, [u8; 32])>,
     bytes: u64,
     last_cursor: u64,
@@ -177,6 +197,7 @@ impl Shelf {
             acked_by_until: BTreeSet::new(),
             boxes: HashMap::new(),
             by_depositor: HashMap::new(),
+            by_network: HashMap::new(),
             by_expiry: BTreeSet::new(),
             bytes: 0,
             last_cursor: 0,
@@ -241,6 +262,7 @@ impl Shelf {
                 cursor: pb.cursor,
                 kept_until_ms: pb.kept_until_ms,
                 depositor,
+                network: None,
                 bytes: pb.envelope,
                 writing: None,
             },
@@ -258,6 +280,9 @@ impl Shelf {
         share.0 += 1;
         share.1 += cost;
         *self.by_depositor.entry(kept.depositor).or_default() += cost;
+        if let Some(network) = kept.network {
+            *self.by_network.entry(network).or_default() += cost;
+        }
         self.bytes += cost;
         self.by_expiry.insert((kept.kept_until_ms, digest));
         self.kept.insert(digest, kept);
@@ -271,6 +296,20 @@ impl Shelf {
         depositor: PeerId,
         now_ms: u64,
     ) -> Result<Taken, Refusal> {
+        self.deposit_from(bytes, Depositor::Peer(depositor, None), now_ms)
+    }
+
+    /// [`Shelf::deposit`] by `depositor`: a peer, with its network, or this node.
+    pub(crate) fn deposit_from(
+        &mut self,
+        bytes: Vec<u8>,
+        depositor: Depositor,
+        now_ms: u64,
+    ) -> Result<Taken, Refusal> {
+        let (depositor, network, own) = match depositor {
+            Depositor::Peer(peer, network) => (peer, network, false),
+            Depositor::Own(peer) => (peer, None, true),
+        };
         let envelope = Envelope::decode(&bytes).map_err(|_| Refusal::Malformed)?;
         if envelope.expires_at_ms <= now_ms {
             return Err(Refusal::Expired);
@@ -298,8 +337,11 @@ impl Shelf {
         }
         let cost = bytes.len() as u64 + ENTRY_COST;
         let deposited = self.by_depositor.get(&depositor).copied().unwrap_or(0);
-        if self.bytes + cost > self.config.total_bytes
-            || (deposited + cost) * 8 > self.config.total_bytes * DEPOSITOR_EIGHTHS
+        let from_network = network.and_then(|n| self.by_network.get(&n)).copied().unwrap_or(0);
+        let total = self.config.total_bytes;
+        if self.bytes + cost > total
+            || (!own && (deposited + cost) * 8 > total * DEPOSITOR_EIGHTHS)
+            || (network.is_some() && (from_network + cost) * 4 > total * NETWORK_QUARTERS)
         {
             return Err(Refusal::ReplicaFull);
         }
@@ -336,6 +378,7 @@ impl Shelf {
                 cursor,
                 kept_until_ms,
                 depositor,
+                network,
                 bytes,
                 writing: Some(ticket),
             },
@@ -401,6 +444,14 @@ impl Shelf {
             *deposited -= len;
             if *deposited == 0 {
                 self.by_depositor.remove(&kept.depositor);
+            }
+        }
+        if let Some(network) = kept.network
+            && let Some(deposited) = self.by_network.get_mut(&network)
+        {
+            *deposited -= len;
+            if *deposited == 0 {
+                self.by_network.remove(&network);
             }
         }
         Some(Job::Remove { digest: *digest })
@@ -677,6 +728,32 @@ mod tests {
         let first = shelf.kept[&kept[0]].mailbox;
         assert_eq!(shelf.ack(&first, &kept[..1]).len(), 1);
         assert!(shelf.deposit(envelope(&bob, 1000, DAY), flooder, NOW).is_ok());
+    }
+
+    #[test]
+    fn one_network_fills_at_most_a_quarter_and_the_node_itself_the_whole() {
+        let total_bytes = 64 << 10;
+        let mut shelf = Shelf::new(ShelfConfig { total_bytes, ..Default::default() });
+        let network = Network::of(&"/ip4/203.0.113.7/tcp/4040".parse().expect("multiaddr"));
+        // Fresh peer ids of one network, each within its eighth: the network's quarter stops them.
+        let deposit = |shelf: &mut Shelf, depositor| {
+            let to = Keypair::generate(KeyType::Ed25519);
+            shelf.deposit_from(envelope(&to, 1000, DAY), depositor, NOW)
+        };
+        let refused = loop {
+            match deposit(&mut shelf, Depositor::Peer(PeerId::random(), network)) {
+                Ok(_) => assert!(shelf.bytes() * 4 <= total_bytes, "past the quarter"),
+                Err(refusal) => break refusal,
+            }
+        };
+        assert_eq!(refused, Refusal::ReplicaFull);
+        assert!(shelf.bytes() * 4 > total_bytes - 4 * 2000);
+        // Another network still deposits; the node itself up to the whole.
+        let other = Network::of(&"/ip4/198.51.100.9/tcp/4040".parse().expect("multiaddr"));
+        assert!(deposit(&mut shelf, Depositor::Peer(PeerId::random(), other)).is_ok());
+        let me = PeerId::random();
+        while deposit(&mut shelf, Depositor::Own(me)).is_ok() {}
+        assert!(shelf.bytes() > total_bytes - 2000, "its own letters fill what is left");
     }
 
     #[test]

@@ -489,9 +489,7 @@ pub(super) async fn gateway(
             IpfsError::NoSuchPath { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "no_such_path", e.to_string())
             }
-            IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::UnsupportedCodec(_)) => {
-                ipfs_error(e)
-            }
+            IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::UnsupportedCodec(_)) => ipfs_error(e),
             IpfsError::Unixfs(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_directory", e.to_string())
             }
