@@ -397,7 +397,9 @@ fn letter_text(body: &str) -> String {
         }
         shown.push_str("  ");
         for c in line.chars() {
-            if c.is_control() && c != '\t' {
+            // Bidirectional overrides and isolates reorder what a line shows, too.
+            let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if (c.is_control() && c != '\t') || reorders {
                 shown.extend(c.escape_default());
             } else {
                 shown.push(c);
@@ -565,6 +567,7 @@ fn credentials(
                 && uri.port().is_some()
                 && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
                 && uri.path().trim_matches('/').is_empty()
+                && uri.query().is_none()
         });
         if !usable {
             anyhow::bail!(
@@ -1210,6 +1213,7 @@ mod tests {
             "  hi\n  \n  from ed1bank at 2026-12-04 10:00:00 UTC:\n  pay\\u{1b}[2J\\r\\u{9b}x\ttab"
         );
         assert_eq!(letter_text("plain"), "  plain");
+        assert_eq!(letter_text("abc\u{202e}fed"), "  abc\\u{202e}fed");
     }
 
     #[test]
@@ -1244,8 +1248,17 @@ mod tests {
         assert_eq!(pick(None, None).expect("home").1, "secret");
         assert_eq!(pick(Some("http://127.0.0.1:4041/"), None).expect("same node").1, "secret");
         assert_eq!(pick(Some("127.0.0.1:4041"), None).expect("same node").1, "secret");
+        for other in ["[::1]:4041", "localhost:4041", "http://[::1]:4041/"] {
+            assert!(pick(Some(other), Some("theirs")).is_ok(), "{other}");
+        }
         assert!(pick(Some("http://127.0.0.1:4041@attacker.example"), None).is_err());
-        for typo in ["notaurl", "https://127.0.0.1:4041", "127.0.0.1", "http://127.0.0.1:4041/x"] {
+        for typo in [
+            "notaurl",
+            "https://127.0.0.1:4041",
+            "127.0.0.1",
+            "http://127.0.0.1:4041/x",
+            "http://127.0.0.1:4041?x",
+        ] {
             let err = pick(Some(typo), Some("theirs")).expect_err(typo);
             assert!(err.to_string().contains("is not an API address"), "{typo}: {err}");
         }
