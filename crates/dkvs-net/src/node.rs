@@ -1741,9 +1741,12 @@ impl<E: Extension> Driver<E> {
                 self.auto_relay.identified(peer_id, hop);
                 self.update_relay();
             }
-            // A peer that does not answer identify is taken for no server: only identify
-            // tells this node that a peer serves the DHT.
-            BehaviourEvent::Identify(identify::Event::Error { peer_id, .. }) => {
+            // A peer that does not answer identify on its only connection is taken for no
+            // server: only identify tells this node that a peer serves the DHT (on another
+            // connection, it may still answer).
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, .. })
+                if self.connections.get(&peer_id).is_none_or(|open| open.len() <= 1) =>
+            {
                 for reply in self.identifying.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(false));
                 }
