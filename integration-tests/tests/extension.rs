@@ -53,7 +53,16 @@ impl request_response::Codec for EchoCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_limited(io).await
+        // A peer that drops a request unanswered closes its stream: nothing to read is no
+        // answer (every request echoed here has bytes), not an empty one.
+        let bytes = read_limited(io).await?;
+        if bytes.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stream ended unanswered",
+            ));
+        }
+        Ok(bytes)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(

@@ -532,8 +532,9 @@ impl Channels {
             return Err(ChannelError::Publish {
                 channel: post.channel.clone(),
                 reason: format!(
-                    "the channel's replay window holds its share of posts, or this account's \
-                     ({AUTHOR_WINDOW} an hour): nodes take no more for now; try later"
+                    "this node's replay window is full: of this account's posts in the channel \
+                     ({AUTHOR_WINDOW} an hour), of the channel's, or of all channels' (a \
+                     flood); nodes take no more for now; try later"
                 ),
             });
         }

@@ -89,6 +89,9 @@ impl SendOptions {
     }
 }
 
+/// The longest a send starts new waves of deposits for.
+const SEND_TIME: Duration = Duration::from_secs(30);
+
 /// Why a replica did not keep a letter.
 enum Deposit {
     /// It answered with a refusal.
@@ -288,7 +291,10 @@ pub async fn send(
     let (wanted, reach) = (options.replicas(), 2 * options.replicas());
     let mut next = candidates.into_iter();
     let mut answered = 0;
-    loop {
+    // Waves go on only so long: peers that time out one after another (ids made near the
+    // mailbox) cannot hold a sender for a wave each.
+    let deadline = tokio::time::Instant::now() + SEND_TIME;
+    while tokio::time::Instant::now() < deadline {
         let room = wanted.saturating_sub(receipt.custody.len()).min(reach.saturating_sub(answered));
         let wave: Vec<PeerId> = next.by_ref().take(room).collect();
         if wave.is_empty() {

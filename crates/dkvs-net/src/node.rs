@@ -1744,8 +1744,11 @@ impl<E: Extension> Driver<E> {
             // A peer that does not answer identify on its only connection is taken for no
             // server: only identify tells this node that a peer serves the DHT (on another
             // connection, it may still answer).
-            BehaviourEvent::Identify(identify::Event::Error { peer_id, .. })
-                if self.connections.get(&peer_id).is_none_or(|open| open.len() <= 1) =>
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, connection_id, .. })
+                if self
+                    .connections
+                    .get(&peer_id)
+                    .is_none_or(|open| open.keys().all(|id| *id == connection_id)) =>
             {
                 for reply in self.identifying.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(false));

@@ -935,12 +935,13 @@ enum Output {
     /// temporary name beside it, then renamed over it; an existing file's permissions are
     /// kept, a new one's follow the umask.
     File { path: std::path::PathBuf, mode: Option<std::fs::Permissions> },
-    /// Anything else that exists (a pipe, a terminal, `/dev/null`), and whatever a path of
-    /// `/dev` or `/proc` names (`/dev/fd/3`: an open file): written into as it comes (appended
-    /// to), never replaced.
+    /// Anything else that exists (a pipe, a terminal, `/dev/null`), and an open file named
+    /// by its descriptor (`/dev/fd/3`, `/proc/<pid>/fd/3`): written into as it comes
+    /// (appended to), never replaced.
     Special(std::path::PathBuf),
-    /// This process's standard output (`-`, `/dev/stdout`): written into as it is open (a
-    /// file it was redirected to, `>> log`, is appended to, not replaced nor reopened).
+    /// This process's standard output (`-`, `/dev/stdout`, any name of what it is open on):
+    /// written into as it is open (a file it was redirected to, `>> log`, is appended to, not
+    /// replaced nor reopened).
     Stdout,
 }
 
@@ -951,10 +952,13 @@ impl Output {
         if ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"].iter().any(|s| file == *s) {
             return Ok(Output::Stdout);
         }
-        if file.starts_with("/dev") || file.starts_with("/proc") {
+        let parts: Vec<&str> =
+            file.components().map(|c| c.as_os_str().to_str().unwrap_or("\u{0}")).collect();
+        if matches!(parts[..], ["/", "dev", "fd", _] | ["/", "proc", _, "fd", _]) {
             return Ok(Output::Special(file.to_owned()));
         }
         match std::fs::metadata(file) {
+            Ok(meta) if is_stdout(&meta) => Ok(Output::Stdout),
             Ok(meta) if meta.is_dir() => anyhow::bail!("{} is a directory", file.display()),
             Ok(meta) if meta.is_file() => Ok(Output::File {
                 path: std::fs::canonicalize(file).with_context(named)?,
@@ -1017,7 +1021,18 @@ impl Output {
     }
 }
 
-/// This process's umask (`/proc/self/status`; 022 where it cannot be read).
+/// Whether `meta` is of what this process's standard output is open on.
+fn is_stdout(meta: &std::fs::Metadata) -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    stdout
+        .and_then(|out| out.metadata())
+        .is_ok_and(|out| out.dev() == meta.dev() && out.ino() == meta.ino())
+}
+
+/// This process's umask (`/proc/self/status`; 077, the most private, where it cannot be
+/// read).
 fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -1025,7 +1040,7 @@ fn umask() -> u32 {
             let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
             u32::from_str_radix(line.trim(), 8).ok()
         })
-        .unwrap_or(0o022)
+        .unwrap_or(0o077)
 }
 
 fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
@@ -1066,8 +1081,16 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                     out.flush().map_err(stdout_error)?;
                 }
                 Some(output) => {
+                    // A reader of standard output that went away ends the command quietly
+                    // (`| head`); one of a named pipe is an output cut short.
+                    let cut: fn(std::io::Error) -> anyhow::Error =
+                        if matches!(output, Output::Stdout) {
+                            stdout_error
+                        } else {
+                            anyhow::Error::from
+                        };
                     output.write(|out| {
-                        client.get_into(&path, &mut bar.wrap_write(out), stdout_error)?;
+                        client.get_into(&path, &mut bar.wrap_write(out), cut)?;
                         Ok(())
                     })?;
                 }

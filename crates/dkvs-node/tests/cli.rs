@@ -947,6 +947,15 @@ fn files_through_the_command_line_and_the_gateway() {
         assert!(exits_within(&mut child, STEP, "a get into /dev/stdout").success());
         let logged = std::fs::read(home("log.txt")).expect("log");
         assert_eq!(logged, b"earlier\na few bytes", "appended");
+        // So is any other name of it (a link to the log standard output goes to).
+        std::os::unix::fs::symlink(home("log.txt"), home("log-link")).expect("symlink");
+        let log = std::fs::OpenOptions::new().append(true).open(home("log.txt")).expect("log");
+        let mut to_log = dkvs(&home("bob"));
+        to_log.args(["ipfs", "get", small.trim(), "-o", &path("log-link")]).stdout(log);
+        let mut child = to_log.spawn().expect("dkvs runs");
+        assert!(exits_within(&mut child, STEP, "a get into a link to the log").success());
+        let logged = std::fs::read(home("log.txt")).expect("log");
+        assert_eq!(logged, b"earlier\na few bytesa few bytes", "appended again");
         // A new file has the permissions any new file has: 0666 less the umask.
         let umask = std::fs::read_to_string("/proc/self/status")
             .expect("status")
