@@ -175,8 +175,6 @@ pub async fn add(
     let blocks = store.clone();
     let written = tokio::task::spawn_blocking(move || {
         let _writing = writing;
-        let layout = if account.is_some() { ENCRYPTED_LAYOUT } else { Layout::default() };
-        let mut writer = FileWriter::new(layout);
         let (mut cids, mut new) = (Vec::new(), Vec::new());
         let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
             for block in blocks {
@@ -190,38 +188,11 @@ pub async fn add(
             }
             Ok(())
         };
-        let write = || -> Result<Added, IpfsError> {
-            let mut sealer = account.as_ref().map(|a| Sealer::new(a, layout.chunk as u32));
-            if let Some(sealer) = &sealer {
-                keep(writer.push_leaf(&sealer.header().encode()))?;
-            }
-            let mut read = 0u64;
-            let mut chunk = vec![0u8; layout.chunk];
-            let mut ahead = vec![0u8; layout.chunk];
-            let mut n = read_full(&mut source, &mut chunk)?;
-            loop {
-                read += n as u64;
-                progress(read);
-                // One chunk ahead, to know which is last (an encrypted file seals its end).
-                let next = if n == chunk.len() { read_full(&mut source, &mut ahead)? } else { 0 };
-                let last = next == 0;
-                match &mut sealer {
-                    Some(sealer) => keep(writer.push_leaf(&sealer.seal(&chunk[..n], last)))?,
-                    // Only an empty file has an empty chunk: its one (empty) block.
-                    None => keep(writer.push_leaf(&chunk[..n]))?,
-                }
-                if last {
-                    break;
-                }
-                std::mem::swap(&mut chunk, &mut ahead);
-                n = next;
-            }
-            let (root, stored, blocks) = writer.finish();
-            keep(blocks)?;
-            store.pin(&root)?;
-            Ok(Added { cid: root, stored, read })
-        };
-        let added = write();
+        let added =
+            write_file(&mut source, account.as_ref(), &progress, &mut keep).and_then(|added| {
+                store.pin(&added.cid)?;
+                Ok(added)
+            });
         (added.map(|added| (added, cids)), new)
     })
     .await
@@ -231,7 +202,7 @@ pub async fn add(
         // What a failed add wrote goes (unless a pin reaches it: another add's): it took the
         // room of later adds, and no pin would ever have it collected but a `gc`.
         (Err(e), new) => {
-            if let Err(gc) = blocks.collect_only(crate::files::links, &new).await {
+            if let Err(gc) = blocks.collect_only(links, &new).await {
                 tracing::warn!(error = %gc, "cannot remove the blocks of an add that failed");
             }
             return Err(e);
@@ -240,6 +211,46 @@ pub async fn add(
     let root = added.cid;
     node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
     Ok(added)
+}
+
+/// Chunks `source` into a UnixFS file, sealed with `account`'s key when given, handing its
+/// blocks to `keep` as they are made; `progress` hears the bytes read so far.
+fn write_file(
+    source: &mut impl Read,
+    account: Option<&Keypair>,
+    progress: &impl Fn(u64),
+    keep: &mut impl FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>,
+) -> Result<Added, IpfsError> {
+    let layout = if account.is_some() { ENCRYPTED_LAYOUT } else { Layout::default() };
+    let mut writer = FileWriter::new(layout);
+    let mut sealer = account.map(|a| Sealer::new(a, layout.chunk as u32));
+    if let Some(sealer) = &sealer {
+        keep(writer.push_leaf(&sealer.header().encode()))?;
+    }
+    let mut read = 0u64;
+    let mut chunk = vec![0u8; layout.chunk];
+    let mut ahead = vec![0u8; layout.chunk];
+    let mut n = read_full(source, &mut chunk)?;
+    loop {
+        read += n as u64;
+        progress(read);
+        // One chunk ahead, to know which is last (an encrypted file seals its end).
+        let next = if n == chunk.len() { read_full(source, &mut ahead)? } else { 0 };
+        let last = next == 0;
+        match &mut sealer {
+            Some(sealer) => keep(writer.push_leaf(&sealer.seal(&chunk[..n], last)))?,
+            // Only an empty file has an empty chunk: its one (empty) block.
+            None => keep(writer.push_leaf(&chunk[..n]))?,
+        }
+        if last {
+            break;
+        }
+        std::mem::swap(&mut chunk, &mut ahead);
+        n = next;
+    }
+    let (root, stored, blocks) = writer.finish();
+    keep(blocks)?;
+    Ok(Added { cid: root, stored, read })
 }
 
 /// A file's leaves in order, each fetched from this node's store or from any peer and

@@ -328,26 +328,36 @@ pub(crate) struct Channels {
     joined: HashMap<String, Joined>,
 }
 
-/// The ids in the replay window per channel, and per author (as [`Post::key`] names them) in
-/// each channel.
+/// The ids in the replay window per channel, and in each per author (as [`Post::key`] names
+/// them).
 #[derive(Default)]
-struct Counts {
-    channels: HashMap<Arc<str>, u64>,
-    authors: HashMap<(Arc<str>, String), u64>,
+struct Counts(HashMap<Arc<str>, ChannelIds>);
+
+#[derive(Default)]
+struct ChannelIds {
+    ids: u64,
+    by_author: HashMap<String, u64>,
 }
 
 impl Counts {
-    fn lapsed(&mut self, channel: &Arc<str>, author: &str) {
-        fn less<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, u64>, key: K) {
-            if let std::collections::hash_map::Entry::Occupied(mut n) = counts.entry(key) {
-                *n.get_mut() -= 1;
-                if *n.get() == 0 {
-                    n.remove();
-                }
+    fn taken(&mut self, channel: &Arc<str>, author: &str) {
+        let ids = self.0.entry(channel.clone()).or_default();
+        ids.ids += 1;
+        *ids.by_author.entry(author.to_owned()).or_default() += 1;
+    }
+
+    fn lapsed(&mut self, channel: &str, author: &str) {
+        let Some(ids) = self.0.get_mut(channel) else { return };
+        ids.ids -= 1;
+        if let Some(n) = ids.by_author.get_mut(author) {
+            *n -= 1;
+            if *n == 0 {
+                ids.by_author.remove(author);
             }
         }
-        less(&mut self.channels, channel.clone());
-        less(&mut self.authors, (channel.clone(), author.to_owned()));
+        if ids.ids == 0 {
+            self.0.remove(channel);
+        }
     }
 }
 
@@ -414,18 +424,16 @@ impl Channels {
     #[cfg(test)]
     fn ids_of(&self, channel: &str) -> u64 {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.channels.get(channel).copied().unwrap_or(0)
+        counts.0.get(channel).map_or(0, |c| c.ids)
     }
 
     /// Whether the window holds its share of ids of `post`'s channel, or of its author there.
     fn share_full(&self, post: &Post, author: &str) -> bool {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let channel: Arc<str> = Arc::from(post.channel.as_str());
-        counts.channels.get(&channel).is_some_and(|&n| n >= self.channel_window)
-            || counts
-                .authors
-                .get(&(channel, author.to_owned()))
-                .is_some_and(|&n| n >= self.author_window)
+        counts.0.get(post.channel.as_str()).is_some_and(|c| {
+            c.ids >= self.channel_window
+                || c.by_author.get(author).is_some_and(|&n| n >= self.author_window)
+        })
     }
 
     /// Whether the replay window has room for `post`: the whole, its channel's share and its
@@ -456,11 +464,9 @@ impl Channels {
             return Taken::WindowFull;
         }
         let channel: Arc<str> = Arc::from(post.channel.as_str());
-        {
-            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            *counts.channels.entry(channel.clone()).or_default() += 1;
-            *counts.authors.entry((channel.clone(), key.0.clone())).or_default() += 1;
-        }
+        // Counted before the insert, the lock let go: the insert may evict a lapsed id, and
+        // the listener takes the lock to count it out.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).taken(&channel, &key.0);
         self.seen.insert(key, channel);
         self.unsynced += 1;
         let Some(joined) = self.joined.get_mut(&post.channel) else { return Taken::New };
@@ -850,7 +856,7 @@ mod tests {
         assert_eq!(channels.take(post(&flooder, 4), now), Taken::New);
         assert_eq!(channels.ids_of("c"), 1);
         let counts = channels.counts.lock().expect("not poisoned");
-        assert_eq!(counts.authors.len(), 1, "counts of lapsed ids are forgotten");
+        assert_eq!(counts.0["c"].by_author.len(), 1, "counts of lapsed ids are forgotten");
     }
 
     #[test]

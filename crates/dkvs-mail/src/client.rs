@@ -178,29 +178,34 @@ fn letter_time() -> u64 {
     }
 }
 
-/// The peers closest to `mailbox`, this node among them, nearest first. After a lookup that
-/// timed out they may include the slow peers it waited for ([`Node::closest_peers`]):
+/// The peers closest to `mailbox`, nearest first, this node among them when it is a DHT
+/// server; and whether it is one. (A node that is not is no replica others' lookups find: a
+/// letter it keeps waits for its own reads, or its hand-over.) After a lookup that timed out
+/// they may include the slow peers it waited for ([`Node::closest_peers`]):
 /// [`nearest_that_answer`] replaces those that do not answer.
-pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> Vec<PeerId> {
+pub(crate) async fn replicas_of(node: &Node, mailbox: &Mailbox) -> (Vec<PeerId>, bool) {
     let mut peers = node.closest_peers(mailbox.0.to_vec()).await;
-    peers.push(node.peer_id());
+    let server = node.reachability().await.kad_server;
+    if server {
+        peers.push(node.peer_id());
+    }
     peers.sort();
     peers.dedup();
     let target = KBucketKey::new(mailbox.0.to_vec());
     peers.sort_by_cached_key(|peer| target.distance(&KBucketKey::from(*peer)));
-    peers
+    (peers, server)
 }
 
 /// Asks the nearest of `candidates` in waves, replacing each that fails (`ask` returns
 /// `Err`) by the next nearest, until `wanted` have answered or none is left. The answers, and
 /// the failures.
-pub(crate) async fn nearest_that_answer<T, E, F>(
+pub(crate) async fn nearest_that_answer<T, F>(
     candidates: Vec<PeerId>,
     wanted: usize,
     ask: impl Fn(PeerId) -> F,
-) -> (Vec<(PeerId, T)>, Vec<(PeerId, E)>)
+) -> (Vec<(PeerId, T)>, Vec<(PeerId, String)>)
 where
-    F: std::future::Future<Output = Result<T, E>>,
+    F: std::future::Future<Output = Result<T, String>>,
 {
     let (mut answered, mut failed) = (Vec::new(), Vec::new());
     let mut next = candidates.into_iter();
@@ -257,11 +262,7 @@ pub async fn send(
     // A node that is no DHT server keeps a letter itself only when fewer other replicas than
     // asked keep it: readers' lookups do not find it (its hand-over moves the letter on).
     let me = node.peer_id();
-    let client = !node.reachability().await.kad_server;
-    let mut candidates = replicas_of(node, &envelope.mailbox).await;
-    if client {
-        candidates.retain(|peer| *peer != me);
-    }
+    let (candidates, server) = replicas_of(node, &envelope.mailbox).await;
     let deposit = |peer| {
         let request = request(node, peer, Request::Deposit(bytes.clone()));
         async move {
@@ -313,7 +314,7 @@ pub async fn send(
             answered += 1;
         }
     }
-    if client && receipt.custody.len() < wanted {
+    if !server && receipt.custody.len() < wanted {
         match deposit(me).await {
             Ok(custody) => receipt.custody.push(custody),
             Err(Deposit::Refused(refusal)) => receipt.refused.push((me, refusal)),
@@ -593,14 +594,12 @@ pub async fn fetch(
 /// is no DHT server asks itself too, first and beside them: it is no replica others find (a
 /// letter it kept itself, as a sender's last resort, waits there).
 async fn read_from(node: &Node, mailbox: &Mailbox, options: &SendOptions) -> (Vec<PeerId>, usize) {
-    let mut replicas = replicas_of(node, mailbox).await;
+    let (mut replicas, server) = replicas_of(node, mailbox).await;
     let wanted = 2 * options.replicas();
-    if node.reachability().await.kad_server {
+    if server {
         return (replicas, wanted);
     }
-    let me = node.peer_id();
-    replicas.retain(|peer| *peer != me);
-    replicas.insert(0, me);
+    replicas.insert(0, node.peer_id());
     (replicas, wanted + 1)
 }
 

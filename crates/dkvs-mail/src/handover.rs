@@ -65,10 +65,7 @@ pub async fn hand_over(
         // closest. (Left out, it left the mailbox a replica short until the next round, which
         // asked it again.)
         // (Not a node that is no DHT server: others' lookups do not find what it keeps.)
-        let mut candidates = replicas_of(node, &mailbox).await;
-        if !node.reachability().await.kad_server {
-            candidates.retain(|peer| *peer != node.peer_id());
-        }
+        let (candidates, _) = replicas_of(node, &mailbox).await;
         let digests = &digests;
         let ask = |peer| async move {
             match tokio::time::timeout(PEER_TIME, bring_up_to_date(node, peer, mailbox, digests))

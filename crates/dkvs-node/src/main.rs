@@ -949,16 +949,16 @@ impl Output {
     /// Where `-o file` writes.
     fn of(file: &std::path::Path) -> anyhow::Result<Output> {
         let named = || format!("cannot write {}", file.display());
-        if ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"].iter().any(|s| file == *s) {
+        if file == std::path::Path::new("-") {
             return Ok(Output::Stdout);
         }
         let parts: Vec<&str> =
             file.components().map(|c| c.as_os_str().to_str().unwrap_or("\u{0}")).collect();
-        if matches!(parts[..], ["/", "dev", "fd", _] | ["/", "proc", _, "fd", _]) {
-            return Ok(Output::Special(file.to_owned()));
-        }
+        let by_descriptor = matches!(parts[..], ["/", "dev", "fd", _] | ["/", "proc", _, "fd", _]);
         match std::fs::metadata(file) {
+            // `/dev/stdout`, `/dev/fd/1`, a link to the file it was redirected to.
             Ok(meta) if is_stdout(&meta) => Ok(Output::Stdout),
+            Ok(_) if by_descriptor => Ok(Output::Special(file.to_owned())),
             Ok(meta) if meta.is_dir() => anyhow::bail!("{} is a directory", file.display()),
             Ok(meta) if meta.is_file() => Ok(Output::File {
                 path: std::fs::canonicalize(file).with_context(named)?,
@@ -983,9 +983,14 @@ impl Output {
         use std::io::Write as _;
         use std::os::unix::fs::PermissionsExt as _;
         match self {
+            // A reader that went away ends the command quietly (`| head`); a pipe's that is
+            // named (`-o fifo`) is an output cut short.
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
-                fill(&mut out)?;
+                fill(&mut out).map_err(|e| match e.downcast::<std::io::Error>() {
+                    Ok(e) => stdout_error(e),
+                    Err(e) => e,
+                })?;
                 out.flush().map_err(stdout_error)
             }
             Output::Special(path) => {
@@ -1074,27 +1079,11 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let path =
                 with_account(format!("/v1/ipfs/get/{}", encode_segment(&cid)), &account, &extra);
             let bar = progress(None);
-            match output.map(|file| Output::of(&file)).transpose()? {
-                None => {
-                    let mut out = bar.wrap_write(std::io::stdout().lock());
-                    client.get_into(&path, &mut out, stdout_error)?;
-                    out.flush().map_err(stdout_error)?;
-                }
-                Some(output) => {
-                    // A reader of standard output that went away ends the command quietly
-                    // (`| head`); one of a named pipe is an output cut short.
-                    let cut: fn(std::io::Error) -> anyhow::Error =
-                        if matches!(output, Output::Stdout) {
-                            stdout_error
-                        } else {
-                            anyhow::Error::from
-                        };
-                    output.write(|out| {
-                        client.get_into(&path, &mut bar.wrap_write(out), cut)?;
-                        Ok(())
-                    })?;
-                }
-            }
+            let output = output.map(|file| Output::of(&file)).transpose()?;
+            output.unwrap_or(Output::Stdout).write(|out| {
+                client.get_into(&path, &mut bar.wrap_write(out), anyhow::Error::from)?;
+                Ok(())
+            })?;
             bar.finish_and_clear();
         }
         IpfsCommand::Share { cid, account_id, account } => {

@@ -160,12 +160,10 @@ pub async fn run(
     let remembering = {
         let (home, node) = (home.clone(), node.downgrade());
         tokio::spawn(async move {
-            let mut pause = REMEMBER_FIRST;
-            loop {
+            for pause in doubling(REMEMBER_FIRST, REMEMBER_EVERY) {
                 tokio::time::sleep(pause).await;
                 let Some(node) = node.upgrade() else { return };
                 remember_peers(&home, &node).await;
-                pause = (pause * 2).min(REMEMBER_EVERY);
             }
         })
     };
@@ -288,8 +286,9 @@ async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
     );
     let node = node.downgrade();
     let retries = async move {
-        let mut pause = std::time::Duration::from_secs(30);
-        loop {
+        let (first, most) =
+            (std::time::Duration::from_secs(30), std::time::Duration::from_secs(600));
+        for pause in doubling(first, most) {
             tokio::time::sleep(pause).await;
             let Some(node) = node.upgrade() else { return };
             // A table entry may be a peer that left (a bootstrap peer that is down): only a
@@ -304,12 +303,20 @@ async fn rejoin(home: &Home, node: &dkvs_net::Node) -> usize {
                 }
                 return;
             }
-            pause = (pause * 2).min(std::time::Duration::from_secs(600));
         }
     };
     tokio::spawn(tracing::Instrument::instrument(retries, tracing::info_span!("rejoin")));
     0
 }
+
+/// `first`, then twice as long each time, `most` at most: the pauses of a backoff, for ever.
+fn doubling(
+    first: std::time::Duration,
+    most: std::time::Duration,
+) -> impl Iterator<Item = std::time::Duration> {
+    std::iter::successors(Some(first), move |pause| Some((*pause * 2).min(most)))
+}
+
 /// How often a running node writes the peers it would rejoin by: first this long after its
 /// start, then twice as long after each time, up to every [`REMEMBER_EVERY`].
 const REMEMBER_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
