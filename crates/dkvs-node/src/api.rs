@@ -170,11 +170,6 @@ impl ApiError {
         &self.message
     }
 
-    /// Its code, as the API answers it.
-    pub(crate) fn code(&self) -> &'static str {
-        self.code
-    }
-
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), extra: None }
     }

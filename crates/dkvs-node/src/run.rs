@@ -38,6 +38,7 @@ pub async fn run(
     }
     let ipfs_bootstrap = multiaddrs("ipfs_bootstrap", &config.ipfs_bootstrap)?;
     let keystore = home.keystore()?;
+    let unlocked = open_default(&home, &keystore, &passphrase).await?;
     let identity = home.node_identity()?;
     let store = Store::open(home.data_dir(), config.store()).map_err(|e| match e {
         dkvs_store::StoreError::Io { source, .. }
@@ -114,7 +115,7 @@ pub async fn run(
         node: node.clone(),
         keystore,
         home: home.clone(),
-        unlocked: Mutex::new(HashMap::new()),
+        unlocked: Mutex::new(unlocked),
         passphrase,
         token,
         config,
@@ -145,16 +146,6 @@ pub async fn run(
             }
         }
     }
-    // A passphrase that does not open the default account is said at the start (in the
-    // background: opening takes a moment), not only at the first put as it.
-    let opening = state.clone();
-    tokio::spawn(async move {
-        if let Err(e) = opening.account(None).await
-            && e.code() == "locked_account"
-        {
-            tracing::warn!("{}; operations as it fail (locked_account)", e.message());
-        }
-    });
     // The peers to rejoin by are written now and then too, soon after the start first: a
     // node killed keeps them, also one killed in its first minutes.
     let remembering = {
@@ -199,6 +190,36 @@ pub async fn run(
     home.remove_api();
     node.shutdown().await;
     Ok(())
+}
+
+/// The default account, opened with `passphrase`, as the first entry of the accounts the node
+/// has unlocked. A passphrase that does not open it stops the start: a node run so would fail
+/// every operation as its account, and the records it keeps alive for it would lapse while it
+/// runs. (Another account that does not open is said when it is first used; the node's
+/// accounts are meant to share its passphrase.)
+async fn open_default(
+    home: &Home,
+    keystore: &dkvs_account::keystore::Keystore,
+    passphrase: &Zeroizing<String>,
+) -> anyhow::Result<HashMap<String, Arc<dkvs_account::Keypair>>> {
+    let Some(name) = home.default_account()? else { return Ok(HashMap::new()) };
+    let (keystore, named, passphrase) = (keystore.clone(), name.clone(), passphrase.clone());
+    let opened = tokio::task::spawn_blocking(move || keystore.load(&named, &passphrase)).await?;
+    match opened {
+        Ok(pair) => Ok(HashMap::from([(name, Arc::new(pair))])),
+        Err(dkvs_account::keystore::KeystoreError::WrongPassphrase { .. }) => anyhow::bail!(
+            "the passphrase does not open the default account {name:?}: the node did not start \
+             (it asks for the passphrase at a terminal, or reads DKVS_PASSPHRASE)"
+        ),
+        // A default account whose file is gone is said when it is used (unknown_account).
+        Err(dkvs_account::keystore::KeystoreError::NotFound(_)) => {
+            tracing::warn!(account = %name, "the default account is not in the keystore");
+            Ok(HashMap::new())
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("cannot open the default account {name:?}")))
+        }
+    }
 }
 
 /// The addresses of the setting `what`, parsed; the error names the one that is no multiaddr.

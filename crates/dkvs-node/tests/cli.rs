@@ -109,13 +109,13 @@ fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
 
 /// A node with `settings` added to its configuration (only to test those settings).
 fn start_with(home: &Path, bootstrap: Option<&str>, settings: &str) -> NodeProcess {
-    launch(home, bootstrap, settings, None, PASSPHRASE)
+    launch(home, bootstrap, settings, None)
 }
 
 /// A node whose log (node.log in its home) has `filter`'s levels (`RUST_LOG`): it logs more,
 /// and does nothing else differently.
 fn start_logging(home: &Path, bootstrap: Option<&str>, filter: &str) -> NodeProcess {
-    launch(home, bootstrap, "", Some(filter), PASSPHRASE)
+    launch(home, bootstrap, "", Some(filter))
 }
 
 fn launch(
@@ -123,7 +123,6 @@ fn launch(
     bootstrap: Option<&str>,
     settings: &str,
     filter: Option<&str>,
-    passphrase: &str,
 ) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
@@ -132,7 +131,6 @@ fn launch(
     let text = format!("listen = [\"/ip4/127.0.0.1/tcp/0\"]\n{settings}");
     std::fs::write(&config, text).expect("config");
     let mut command = dkvs(home);
-    command.env("DKVS_PASSPHRASE", passphrase);
     command.arg("node").arg("--config").arg(&config);
     if !settings.contains("api =") {
         command.args(["--api", "127.0.0.1:0"]);
@@ -1561,25 +1559,28 @@ fn paths_and_methods_no_route_serves_get_json_errors() {
 }
 
 #[test]
-fn a_node_says_at_its_start_that_its_passphrase_does_not_open_the_default_account() {
+fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     new_account(&home, "alice", "ed25519");
-    let node = launch(&home, None, "", None, "not the passphrase");
-    let log = home.join("node.log");
-    let deadline = Instant::now() + STEP;
-    let said = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("does not open") || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(said.contains(r#"account "alice" does not open"#), "{said}");
-    // As the warning says: a put as it fails, and names the problem.
-    let output = put(&node, &["/~/note", "hello"], None);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("does not open"), "{}", stderr(&output));
+    let config = home.join("test-config.toml");
+    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\n").expect("config");
+    let mut command = dkvs(&home);
+    command.env("DKVS_PASSPHRASE", "not the passphrase");
+    command.args(["node", "--api", "127.0.0.1:0", "--config"]).arg(&config);
+    let output = run(command, None);
+    // It says so and stops, before it listens: no address printed, no API file left.
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(r#"the passphrase does not open the default account "alice""#),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"));
+    assert!(!home.join("api.json").exists(), "no API to talk to");
+    // With the right one, it starts, and puts as the account.
+    let node = start(&home, None);
+    ok(put(&node, &["/~/note", "hello"], None));
     // An account that is not there is not found (exit code 1), as a key not set is.
     let missing = run(
         {
