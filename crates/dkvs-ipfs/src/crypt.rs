@@ -102,6 +102,15 @@ impl Header {
     pub fn owner_key(&self, owner: &Keypair) -> SymmetricKey {
         owner.derive_symmetric_key(FILES_CONTEXT).derive(&self.salt, FILE_CONTEXT)
     }
+
+    /// The plaintext bytes of a file of `stored` bytes whose header leaf is `header_len`
+    /// bytes: every chunk but the last is whole ([`Opener`] opens no other file), and each
+    /// leaf carries [`SymmetricKey::OVERHEAD`] bytes more than its chunk.
+    pub fn plain_size(&self, header_len: u64, stored: u64) -> u64 {
+        let sealed = stored.saturating_sub(header_len);
+        let leaves = sealed.div_ceil(u64::from(self.chunk) + SymmetricKey::OVERHEAD as u64);
+        sealed.saturating_sub(leaves * SymmetricKey::OVERHEAD as u64)
+    }
 }
 
 fn aad(salt: &[u8; 32], index: u64, last: bool) -> Vec<u8> {
@@ -153,7 +162,7 @@ impl Sealer {
 pub struct Opener {
     key: SymmetricKey,
     salt: [u8; 32],
-    limit: usize,
+    chunk: u32,
     index: u64,
     ended: bool,
 }
@@ -162,22 +171,29 @@ impl Opener {
     /// Opens the file of `header` with its key (the owner's [`Header::owner_key`], or a
     /// shared one).
     pub fn new(key: SymmetricKey, header: &Header) -> Opener {
-        Opener {
-            key,
-            salt: header.salt,
-            limit: header.chunk as usize + SymmetricKey::OVERHEAD,
-            index: 0,
-            ended: false,
-        }
+        Opener { key, salt: header.salt, chunk: header.chunk, index: 0, ended: false }
     }
 
-    /// The plaintext of the next leaf; `last` when the file has no leaf after it.
+    /// Opens from chunk `index` on (the leaves before it are not read): for a part of a file.
+    pub fn from_chunk(self, index: u64) -> Opener {
+        Opener { index, ..self }
+    }
+
+    /// The plaintext offset of the next leaf's bytes.
+    pub fn position(&self) -> u64 {
+        self.index.saturating_mul(u64::from(self.chunk))
+    }
+
+    /// The plaintext of the next leaf; `last` when the file has no leaf after it. Every leaf
+    /// but the last holds a whole chunk, as [`Sealer`] makes them: so a chunk's offset in the
+    /// file follows from its index, and a part of a file is read from the leaves it needs.
     pub fn open(&mut self, leaf: &[u8], last: bool) -> Result<Vec<u8>, CryptError> {
         if self.ended {
             return Err(CryptError::Truncated);
         }
         let index = self.index;
-        if leaf.len() > self.limit {
+        let whole = self.chunk as usize + SymmetricKey::OVERHEAD;
+        if leaf.len() > whole || (!last && leaf.len() != whole) {
             return Err(CryptError::Chunk { index });
         }
         let plain = self
@@ -269,6 +285,38 @@ mod tests {
         // An altered byte.
         leaves[0][30] ^= 1;
         assert_eq!(open_all(key(), &header, &leaves), Err(CryptError::Chunk { index: 0 }));
+    }
+
+    #[test]
+    fn a_part_opens_from_its_chunk_and_sizes_follow_from_whole_chunks() {
+        let owner = Keypair::generate(KeyType::Ed25519);
+        let data: Vec<u8> = (0..350u32).map(|i| i as u8).collect();
+        let (header_leaf, leaves) = seal_all(&owner, &data, 100);
+        let header = Header::parse(&header_leaf).expect("parses").expect("encrypted");
+        let mut opener = Opener::new(header.owner_key(&owner), &header).from_chunk(2);
+        assert_eq!(opener.position(), 200);
+        assert_eq!(opener.open(&leaves[2], false).expect("opens"), &data[200..300]);
+        assert_eq!(opener.open(&leaves[3], true).expect("opens"), &data[300..]);
+        opener.finish().expect("ended");
+        // A leaf opened at another index does not open.
+        let mut wrong = Opener::new(header.owner_key(&owner), &header).from_chunk(1);
+        assert_eq!(wrong.open(&leaves[2], false), Err(CryptError::Chunk { index: 1 }));
+        for len in [0usize, 1, 99, 100, 101, 350, 400] {
+            let (h, leaves) = seal_all(&owner, &data[..len.min(350)], 100);
+            let stored = h.len() + leaves.iter().map(Vec::len).sum::<usize>();
+            let parsed = Header::parse(&h).expect("parses").expect("encrypted");
+            assert_eq!(parsed.plain_size(h.len() as u64, stored as u64), len.min(350) as u64);
+        }
+        // A chunk short of whole before the last, sealed by the key's owner all the same:
+        // refused, or a part of such a file would be read from the wrong offset.
+        let mut sealer = Sealer::new(&owner, 100);
+        let short = sealer.seal(&[7u8; 50], false);
+        let end = sealer.seal(&[7u8; 100], true);
+        let header = sealer.header().clone();
+        let mut opener = Opener::new(header.owner_key(&owner), &header);
+        assert_eq!(opener.open(&short, false), Err(CryptError::Chunk { index: 0 }));
+        let mut opener = Opener::new(header.owner_key(&owner), &header).from_chunk(1);
+        assert_eq!(opener.open(&end, true).expect("a whole last chunk"), [7u8; 100]);
     }
 
     #[test]

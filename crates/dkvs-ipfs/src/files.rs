@@ -127,6 +127,9 @@ pub struct GetOptions {
     /// Every block fetched must be kept here (to pin the file): a store that refuses one (it
     /// is full) fails the get. Otherwise fetched blocks are kept as room allows.
     pub keep: bool,
+    /// Only these bytes of what the get writes (of the plaintext, for a file it decrypts):
+    /// the blocks that hold none of them are not fetched. `None`: the whole file.
+    pub range: Option<std::ops::Range<u64>>,
 }
 
 impl Default for GetOptions {
@@ -136,6 +139,7 @@ impl Default for GetOptions {
             raw: false,
             block_timeout: Duration::from_secs(60),
             keep: false,
+            range: None,
         }
     }
 }
@@ -299,13 +303,15 @@ impl<'a> Leaves<'a> {
         })
     }
 
-    /// The next leaf's bytes, and whether it is the last; `None` after the last.
-    async fn next(&mut self) -> Result<Option<(Vec<u8>, bool)>, IpfsError> {
+    /// The next leaf's bytes, whether it is the last, and its offset in the file; `None`
+    /// after the last.
+    async fn next(&mut self) -> Result<Option<(Vec<u8>, bool, u64)>, IpfsError> {
         while let Some(next) = self.reader.next_needed() {
             self.ask_ahead().await?;
             let Some(block) = self.block(next).await? else { continue };
+            let at = self.reader.position();
             if let Some(leaf) = self.reader.feed(&next, &block)? {
-                return Ok(Some((leaf, self.reader.next_needed().is_none())));
+                return Ok(Some((leaf, self.reader.next_needed().is_none(), at)));
             }
         }
         self.reader.finish()?;
@@ -417,8 +423,9 @@ impl<'a> Leaves<'a> {
 }
 
 /// Fetches the file `root` (from this node's store, else from any peer), checks every block
-/// against its CID, decrypts it if it is encrypted (unless `options.raw`), and writes it to
-/// `out`. Fetched blocks are kept as a cache ([`BlockStore::put_cached`]). `progress` hears the bytes written so far.
+/// against its CID, decrypts it if it is encrypted (unless `options.raw`), and writes it, or
+/// the part `options.range` names, to `out`. Fetched blocks are kept as a cache
+/// ([`BlockStore::put_cached`]). `progress` hears the bytes written so far.
 pub async fn get<W: AsyncWrite + Unpin>(
     node: &Node,
     root: Cid,
@@ -426,35 +433,91 @@ pub async fn get<W: AsyncWrite + Unpin>(
     options: &GetOptions,
     progress: impl Fn(u64),
 ) -> Result<Got, IpfsError> {
+    let std::ops::Range { start, end } = options.range.clone().unwrap_or(0..u64::MAX);
     let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
     leaves.keep = options.keep;
+    // Bytes as stored are written from where they are; a plain file's too, once its first
+    // leaf says it is one.
+    if options.raw {
+        leaves.reader.skip_to(start);
+    }
     let mut opener = None;
-    let mut first = true;
+    let mut first = !options.raw;
     let mut written = 0u64;
-    while let Some((leaf, last)) = leaves.next().await? {
-        let bytes = match &mut opener {
-            None if first && !options.raw => match Header::parse(&leaf)? {
-                Some(header) => {
-                    let key = open_key(node, &header, root, options.account.as_ref()).await?;
-                    opener = Some(Opener::new(key, &header));
-                    first = false;
-                    continue;
+    while let Some((leaf, last, at)) = leaves.next().await? {
+        let (bytes, at) = match &mut opener {
+            None if first => {
+                first = false;
+                match Header::parse(&leaf)? {
+                    Some(header) => {
+                        let key = open_key(node, &header, root, options.account.as_ref()).await?;
+                        // The leaf of the chunk `start` falls in, and the whole ones after it.
+                        let index = start / u64::from(header.chunk);
+                        let cell = u64::from(header.chunk) + SymmetricKey::OVERHEAD as u64;
+                        leaves.reader.skip_to(leaf.len() as u64 + index.saturating_mul(cell));
+                        opener = Some(Opener::new(key, &header).from_chunk(index));
+                        continue;
+                    }
+                    None => {
+                        leaves.reader.skip_to(start);
+                        (leaf, at)
+                    }
                 }
-                None => leaf,
-            },
-            None => leaf,
-            Some(opener) => opener.open(&leaf, last)?,
+            }
+            None => (leaf, at),
+            Some(opener) => {
+                let at = opener.position();
+                (opener.open(&leaf, last)?, at)
+            }
         };
-        first = false;
-        out.write_all(&bytes).await?;
-        written += bytes.len() as u64;
+        let len = bytes.len() as u64;
+        let (lo, hi) = (start.saturating_sub(at).min(len), end.saturating_sub(at).min(len));
+        out.write_all(&bytes[lo as usize..hi as usize]).await?;
+        written += hi - lo;
         progress(written);
+        // The part ends before the file: the rest is not fetched.
+        if at + len >= end && !last {
+            out.flush().await?;
+            return Ok(Got { written, decrypted: opener.is_some() });
+        }
     }
     if let Some(opener) = &opener {
         opener.finish()?;
     }
     out.flush().await?;
     Ok(Got { written, decrypted: opener.is_some() })
+}
+
+/// What a [`get`] of a file would write, found from its first blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// The bytes a whole get writes: the size the root records, or, for a file the get
+    /// decrypts, the plaintext's.
+    pub size: u64,
+    /// The first of those bytes (its first leaf's, at most a chunk): to tell the file's type.
+    pub head: Vec<u8>,
+}
+
+/// What a [`get`] of `root` with `options` would write (`options.range` aside), from the root,
+/// the first leaf and, for a file it decrypts, the first chunk; fails as the get would on them
+/// (a file encrypted for another account, a block no peer has).
+pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, IpfsError> {
+    let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
+    let Some((first, ..)) = leaves.next().await? else {
+        return Ok(Stat { size: 0, head: Vec::new() });
+    };
+    let stored = leaves.reader.size().unwrap_or(0);
+    let header = if options.raw { None } else { Header::parse(&first)? };
+    let Some(header) = header else { return Ok(Stat { size: stored, head: first }) };
+    let key = open_key(node, &header, root, options.account.as_ref()).await?;
+    let size = header.plain_size(first.len() as u64, stored);
+    let mut opener = Opener::new(key, &header);
+    let head = match leaves.next().await? {
+        Some((leaf, last, _)) => opener.open(&leaf, last)?,
+        // The header alone: no chunk, not even the empty one every file ends with.
+        None => return Err(CryptError::Truncated.into()),
+    };
+    Ok(Stat { size, head })
 }
 
 /// The CID at `path` below `root` (names of entries in UnixFS directories, as a gateway's
@@ -537,7 +600,7 @@ async fn open_key(
 /// The header of the encrypted file `root` (its first leaf).
 async fn header_of(node: &Node, root: Cid, timeout: Duration) -> Result<Header, IpfsError> {
     let mut leaves = Leaves::new(node, root, timeout).await?;
-    let first = leaves.next().await?.map(|(leaf, _)| leaf).unwrap_or_default();
+    let first = leaves.next().await?.map(|(leaf, ..)| leaf).unwrap_or_default();
     Header::parse(&first)?.ok_or(IpfsError::NotEncrypted(root))
 }
 

@@ -652,6 +652,8 @@ pub struct FileReader {
     full: usize,
     /// The bytes of the blocks fed.
     walked: u64,
+    /// The file's bytes before this offset are not wanted ([`FileReader::skip_to`]).
+    skip: u64,
 }
 
 /// What a block holds, once checked.
@@ -673,6 +675,39 @@ impl FileReader {
             empty: 0,
             full: 0,
             walked: 0,
+            skip: 0,
+        }
+    }
+
+    /// Passes over the file's bytes before `offset`: the blocks wholly before it are neither
+    /// needed nor read (their sizes, as their parents record them, count as read), so a part
+    /// of a file costs the blocks that hold it and the nodes above them. The block `offset`
+    /// falls in comes whole; [`position`](FileReader::position) tells where it starts.
+    pub fn skip_to(&mut self, offset: u64) {
+        self.skip = self.skip.max(offset);
+        self.pass_over();
+    }
+
+    /// The offset in the file of the bytes the next block holds.
+    pub fn position(&self) -> u64 {
+        self.read
+    }
+
+    /// Drops the wanted blocks that end at or before [`FileReader::skip`].
+    fn pass_over(&mut self) {
+        while let Some(level) = self.stack.last_mut() {
+            // The root's size is not known before it is read: it is never passed over.
+            match level.front() {
+                Some(Want { size: Some(size), .. }) if self.read + size <= self.skip => {
+                    self.read += size;
+                    self.pending -= 1;
+                    level.pop_front();
+                    if level.is_empty() {
+                        self.stack.pop();
+                    }
+                }
+                _ => return,
+            }
         }
     }
 
@@ -746,6 +781,7 @@ impl FileReader {
         if !parsed.children.is_empty() {
             self.stack.push(parsed.children.into());
         }
+        self.pass_over();
         Ok(parsed.bytes)
     }
 
@@ -991,6 +1027,58 @@ mod tests {
         }
         assert_eq!(reader.finish()?, out.len() as u64);
         Ok(out)
+    }
+
+    /// Reads the bytes `from..to` of the file with a reader that skips to `from`; the bytes
+    /// and the number of blocks fed.
+    fn read_part(
+        root: Cid,
+        blocks: &HashMap<Cid, Vec<u8>>,
+        from: u64,
+        to: u64,
+    ) -> (Vec<u8>, usize) {
+        let mut reader = FileReader::new(root);
+        reader.skip_to(from);
+        let (mut out, mut fed) = (Vec::new(), 0);
+        while let Some(cid) = reader.next_needed() {
+            let at = reader.position();
+            fed += 1;
+            let Some(bytes) = reader.feed(&cid, &blocks[&cid]).expect("a valid file") else {
+                continue;
+            };
+            let len = bytes.len() as u64;
+            assert!(at + len > from, "a block wholly before the part, at {at}");
+            let (lo, hi) = (from.saturating_sub(at).min(len), to.saturating_sub(at).min(len));
+            out.extend_from_slice(&bytes[lo as usize..hi as usize]);
+            if at + len >= to {
+                break;
+            }
+        }
+        (out, fed)
+    }
+
+    #[test]
+    fn a_part_of_a_file_is_read_from_the_blocks_that_hold_it() {
+        let size = 174 * 262_144 + 1;
+        let data = file_bytes(size);
+        let (root, blocks) = build(v1_256k(), &data);
+        let chunk = 262_144u64;
+        for (from, to) in [
+            (0, 10),
+            (chunk - 1, chunk + 1),
+            (100 * chunk + 5, 102 * chunk),
+            (size as u64 - 1, size as u64),
+            (173 * chunk, size as u64),
+        ] {
+            let (part, fed) = read_part(root, &blocks, from, to);
+            assert_eq!(part, &data[from as usize..to as usize], "{from}..{to}");
+            // The root, the nodes of 174 leaves the part spans, and its leaves.
+            let leaves = to.div_ceil(chunk) - from / chunk;
+            let nodes = (to - 1) / (174 * chunk) - from / (174 * chunk) + 1;
+            assert_eq!(fed as u64, 1 + nodes + leaves, "{from}..{to}: {fed} of {}", blocks.len());
+        }
+        // Skipping nothing reads it all, as before.
+        assert_eq!(read_part(root, &blocks, 0, size as u64).0, data);
     }
 
     fn raw_cid(data: &[u8]) -> Cid {

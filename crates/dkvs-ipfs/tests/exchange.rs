@@ -730,6 +730,61 @@ async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_of_a_file_is_fetched_without_the_leaves_before_it() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let alice = Keypair::generate(KeyType::Ed25519);
+        // Five leaves of 1 MiB; and five chunks of 256 KiB behind a header leaf.
+        let (plain, sealed) = (data(5_000_000), data(1_200_000));
+        let plain_cid = add(&net, 0, &plain, None).await?;
+        let sealed_cid = add(&net, 0, &sealed, Some(&alice)).await?;
+        let store = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let added = net.node(0).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let as_alice = GetOptions { account: Some(alice.clone()), ..GetOptions::default() };
+        let mib = 1 << 20;
+        for (cid, bytes, options, skipped) in [
+            // The first leaf is read to tell whether the file is encrypted; then leaf 3.
+            (plain_cid, &plain, GetOptions::default(), [1, 2]),
+            // The header leaf, then the leaf of chunk 2 (the fourth leaf): not the two before.
+            (sealed_cid, &sealed, as_alice.clone(), [1, 2]),
+        ] {
+            let (from, to) =
+                if cid == plain_cid { (3 * mib + 10, 3 * mib + 20) } else { (600_000, 700_000) };
+            let part = GetOptions { range: Some(from..to), ..options.clone() };
+            let got = get(&net, 1, cid, &part).await?;
+            assert!(got == bytes[from as usize..to as usize], "{cid}: {} bytes", got.len());
+            let leaves = files::links(&cid, &added.get(&cid)?.context("the root")?);
+            assert_eq!(leaves.len(), if cid == plain_cid { 5 } else { 6 });
+            for i in skipped {
+                assert!(!store.has(&leaves[i]), "{cid}: leaf {i} was fetched for a part after it");
+            }
+            let stat = files::stat(net.node(1), cid, &options).await?;
+            assert_eq!(stat.size, bytes.len() as u64);
+            assert!(!stat.head.is_empty() && bytes.starts_with(&stat.head), "{cid}: head");
+            // Up to the end, and past it: the bytes there are.
+            let tail = GetOptions { range: Some(from..u64::MAX), ..options.clone() };
+            assert!(get(&net, 1, cid, &tail).await? == bytes[from as usize..], "{cid}: tail");
+        }
+        // As stored: a part of the ciphertext, and its size.
+        let raw = GetOptions { raw: true, ..GetOptions::default() };
+        let stored = get(&net, 1, sealed_cid, &raw).await?;
+        let part = GetOptions { range: Some(100..5000), ..raw.clone() };
+        assert_eq!(get(&net, 1, sealed_cid, &part).await?, stored[100..5000]);
+        assert_eq!(files::stat(net.node(1), sealed_cid, &raw).await?.size, stored.len() as u64);
+        // Not for another account: the stat fails as the get does.
+        let bob = GetOptions {
+            account: Some(Keypair::generate(KeyType::Ed25519)),
+            ..GetOptions::default()
+        };
+        let refused = files::stat(net.node(1), sealed_cid, &bob).await.expect_err("bob's");
+        assert!(matches!(refused, IpfsError::Encrypted { .. }), "{refused}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_read_then_pinned_is_kept_on_disk_for_good() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
