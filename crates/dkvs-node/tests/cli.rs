@@ -224,11 +224,21 @@ fn http_with_head(addr: &str, host: &str, path: &str, headers: &str) -> (u16, St
     stream.set_read_timeout(Some(STEP)).expect("timeout");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")
         .expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("response");
+    // A file's bytes may be no text: shown as near as they go.
+    let response = String::from_utf8_lossy(&response);
     let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     (code, head.to_owned(), body.to_owned())
+}
+
+/// The value of the header `name` in the response head `head`.
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 /// A bare HTTP/1.1 PUT of `body` on loopback: (status, response body).
@@ -1120,6 +1130,96 @@ fn files_through_the_command_line_and_the_gateway() {
     assert!(stderr(&missing).contains("no peer gave block"), "{}", stderr(&missing));
     drop(bob_node);
     drop(alice_node);
+}
+
+#[test]
+fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    new_account(&home, "alice", "ed25519");
+    let _node = start(&home, None);
+    let (api, token) = api_of(&home);
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    // Text over three leaves of 1 MiB; a PNG's signature; and alice's encrypted file over
+    // three chunks of 256 KiB.
+    let text: String = (0..300_000).map(|i| format!("{i:09}\n")).collect();
+    let png = [&b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"[..], &[0u8; 100]].concat();
+    std::fs::write(path("text"), &text).expect("file");
+    std::fs::write(path("png"), &png).expect("file");
+    let add = |name: &str, plain: bool| {
+        let mut args = vec!["add", name];
+        if plain {
+            args.push("--plain");
+        }
+        ok(ipfs(&home, &args)).trim().to_owned()
+    };
+    let (text_cid, png_cid, sealed_cid) =
+        (add(&path("text"), true), add(&path("png"), true), add(&path("text"), false));
+    let get = |path: &str, headers: &str| http_with_head(&api, &api, path, headers);
+    let text_at = |from: usize, to: usize| text[from..to].to_owned();
+
+    // Whole: typed by the bytes, and ranges offered.
+    let (code, head, _) = get(&format!("/ipfs/{text_cid}"), "");
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header_of(&head, "content-type"), Some("text/plain; charset=utf-8"), "{head}");
+    assert_eq!(header_of(&head, "accept-ranges"), Some("bytes"), "{head}");
+    let (code, head, _) = get(&format!("/ipfs/{png_cid}"), "");
+    assert_eq!((code, header_of(&head, "content-type")), (200, Some("image/png")), "{head}");
+    // A part, in the third leaf.
+    let (code, head, body) = get(&format!("/ipfs/{text_cid}"), "Range: bytes=2097160-2097179\r\n");
+    assert_eq!(code, 206, "{head}");
+    assert_eq!(body, text_at(2_097_160, 2_097_180));
+    let total = text.len();
+    assert_eq!(header_of(&head, "content-range"), Some(&*format!("bytes 2097160-2097179/{total}")));
+    assert_eq!(header_of(&head, "content-length"), Some("20"));
+    // A part's type is the file's, though its bytes are not the first.
+    assert_eq!(header_of(&head, "content-type"), Some("text/plain; charset=utf-8"), "{head}");
+    let (code, _, body) = get(&format!("/ipfs/{png_cid}"), "Range: bytes=-4\r\n");
+    assert_eq!((code, body.as_bytes()), (206, &[0u8; 4][..]));
+    let (code, head, _) = get(&format!("/ipfs/{png_cid}"), "Range: bytes=100-\r\n");
+    assert_eq!(header_of(&head, "content-type"), Some("image/png"), "{code} {head}");
+    // Past the end: 416, with the size; several ranges or a stale If-Range: the whole file.
+    let (code, head, body) =
+        get(&format!("/ipfs/{text_cid}"), &format!("Range: bytes={total}-\r\n"));
+    assert_eq!(code, 416, "{head}");
+    assert!(body.contains("range_not_satisfiable"), "{body}");
+    assert_eq!(header_of(&head, "content-range"), Some(&*format!("bytes */{total}")));
+    for asked in [
+        "Range: bytes=0-1,5-6\r\n",
+        "Range: bytes=0-1\r\nIf-Range: \"x\"\r\n",
+        "Range: lines=1-2\r\n",
+    ] {
+        let (code, _, _) = get(&format!("/ipfs/{png_cid}"), asked);
+        assert_eq!(code, 200, "{asked}");
+    }
+    // A name: the type follows it, and the browser is told the name.
+    let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=notes.md"), "Range: bytes=0-9\r\n");
+    assert_eq!(header_of(&head, "content-type"), Some("text/markdown; charset=utf-8"), "{head}");
+    assert_eq!(header_of(&head, "content-disposition"), Some("inline; filename*=UTF-8''notes.md"));
+    let (_, head, _) = get(&format!("/ipfs/{png_cid}?filename=a%20b.mp4&download=true"), "");
+    assert_eq!(header_of(&head, "content-type"), Some("video/mp4"), "{head}");
+    assert_eq!(
+        header_of(&head, "content-disposition"),
+        Some("attachment; filename*=UTF-8''a%20b.mp4")
+    );
+    // Whatever the type, nothing in it runs.
+    assert_eq!(header_of(&head, "content-security-policy"), Some("sandbox"), "{head}");
+
+    // Alice's file, with the token: a part of the plaintext, from the chunk it falls in.
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let (code, head, body) =
+        get(&format!("/ipfs/{sealed_cid}"), &format!("{auth}Range: bytes=600000-600019\r\n"));
+    assert_eq!(code, 206, "{head}");
+    assert_eq!(body, text_at(600_000, 600_020));
+    assert_eq!(header_of(&head, "content-range"), Some(&*format!("bytes 600000-600019/{total}")));
+    // Without it: refused, a part as the whole.
+    let (code, _, body) = get(&format!("/ipfs/{sealed_cid}"), "Range: bytes=0-9\r\n");
+    assert_eq!(code, 403, "{body}");
+    // The API's get: parts too, always bytes.
+    let (code, head, body) =
+        get(&format!("/v1/ipfs/get/{sealed_cid}"), &format!("{auth}Range: bytes=-10\r\n"));
+    assert_eq!((code, body), (206, text_at(total - 10, total)), "{head}");
+    assert_eq!(header_of(&head, "content-type"), Some("application/octet-stream"), "{head}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use dkvs_ipfs::Cid;
 use dkvs_ipfs::Ipfs;
 use dkvs_ipfs::files::{self, GetOptions, IpfsError};
@@ -124,6 +124,7 @@ pub(super) async fn get(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let Path(cid) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
@@ -140,7 +141,148 @@ pub(super) async fn get(
     if let Some(secs) = query.timeout {
         options.block_timeout = Duration::from_secs(secs.clamp(1, 3600));
     }
-    stream_file(state.node.clone(), cid, options).await
+    serve_file(state.node.clone(), cid, options, &headers, None).await
+}
+
+/// What a `Range` header asks of a file of a known size.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    /// The whole file: no header, or one not read here (another unit, several ranges, a
+    /// malformed one), which HTTP says to ignore.
+    Whole,
+    /// These bytes.
+    Part(std::ops::Range<u64>),
+    /// A range that starts past the end (416).
+    Past,
+}
+
+/// Reads a `Range` header's one byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`, RFC 9110
+/// §14.1.2) against a file of `size` bytes.
+fn asked(range: &str, size: u64) -> Asked {
+    let Some((unit, spec)) = range.split_once('=') else { return Asked::Whole };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return Asked::Whole;
+    }
+    let Some((first, last)) = spec.split_once('-') else { return Asked::Whole };
+    let number = |text: &str| {
+        let text = text.trim();
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok())
+    };
+    match (number(first), number(last)) {
+        // The last n bytes.
+        (None, Some(Some(n))) if first.trim().is_empty() => match n {
+            0 => Asked::Past,
+            _ if size == 0 => Asked::Past,
+            n => Asked::Part(size.saturating_sub(n)..size),
+        },
+        (Some(Some(start)), None) if last.trim().is_empty() => {
+            if start < size {
+                Asked::Part(start..size)
+            } else {
+                Asked::Past
+            }
+        }
+        (Some(Some(start)), Some(end)) => match end {
+            Some(end) if end < start => Asked::Whole,
+            _ if start >= size => Asked::Past,
+            // An end past the file (or past u64) is the file's end.
+            end => Asked::Part(start..end.map_or(size, |end: u64| end.saturating_add(1).min(size))),
+        },
+        // A start past u64 is past any file; anything else is no range.
+        (Some(None), _) => Asked::Past,
+        _ => Asked::Whole,
+    }
+}
+
+/// The type a gateway gives a file: by its name's extension, else by its first bytes (the
+/// signatures of images, audio, video, fonts, archives, PDF), else text when they are UTF-8
+/// without control characters, else bytes.
+fn content_type(name: Option<&str>, head: &[u8]) -> HeaderValue {
+    let text = "text/plain; charset=utf-8";
+    if let Some(mime) = name.and_then(|name| mime_guess::from_path(name).first()) {
+        let value = if mime.type_() == mime_guess::mime::TEXT && mime.get_param("charset").is_none()
+        {
+            format!("{mime}; charset=utf-8")
+        } else {
+            mime.to_string()
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            return value;
+        }
+    }
+    if let Some(kind) = infer::get(head) {
+        return HeaderValue::from_static(kind.mime_type());
+    }
+    // A character cut at the end of the bytes looked at is no sign of anything.
+    let utf8 = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    let controls = head.iter().any(|&b| (b < 0x20 && !b"\t\n\r\x0c".contains(&b)) || b == 0x7f);
+    if !head.is_empty() && utf8 && !controls {
+        return HeaderValue::from_static(text);
+    }
+    HeaderValue::from_static("application/octet-stream")
+}
+
+/// Answers the file `cid`: whole, or the one byte range a `Range` header asks (206; 416 for
+/// one past the end; `If-Range` asks for the whole file, as no validator is given out). The
+/// gateway passes `name`, the file's, and the type follows it and the file's first bytes
+/// ([`content_type`]); the API's gets are `application/octet-stream`.
+async fn serve_file(
+    node: dkvs_net::Node,
+    cid: Cid,
+    mut options: GetOptions,
+    headers: &axum::http::HeaderMap,
+    name: Option<Option<&str>>,
+) -> ApiResult<Response> {
+    let range = match headers.get(header::RANGE) {
+        Some(range) if !headers.contains_key(header::IF_RANGE) => range.to_str().ok(),
+        _ => None,
+    };
+    let (mut part, mut head) = (None, None);
+    if let Some(range) = range {
+        let stat = files::stat(&node, cid, &options).await.map_err(ipfs_error)?;
+        match asked(range, stat.size) {
+            Asked::Whole => {}
+            Asked::Part(bytes) => {
+                options.range = Some(bytes.clone());
+                part = Some((bytes, stat.size));
+            }
+            Asked::Past => {
+                let mut response = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("{range:?} asks past the end of the file ({} bytes)", stat.size),
+                )
+                .into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{}", stat.size)).expect("ASCII"),
+                );
+                return Ok(response);
+            }
+        }
+        head = Some(stat.head);
+    }
+    let mut response = stream_file(node, cid, options, |first| match name {
+        None => HeaderValue::from_static("application/octet-stream"),
+        Some(name) => content_type(name, head.as_deref().unwrap_or(first)),
+    })
+    .await?;
+    let served = response.headers_mut();
+    served.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some((bytes, size)) = part {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let served = response.headers_mut();
+        let (from, to) = (bytes.start, bytes.end - 1);
+        served.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {from}-{to}/{size}")).expect("ASCII"),
+        );
+        served.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.end - bytes.start));
+    }
+    Ok(response)
 }
 
 /// Runs a get into a pipe and answers with what comes out of it (see the module docs).
@@ -154,7 +296,12 @@ impl<T> Drop for Aborting<T> {
     }
 }
 
-async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> ApiResult<Response> {
+async fn stream_file(
+    node: dkvs_net::Node,
+    cid: Cid,
+    options: GetOptions,
+    type_of: impl FnOnce(&[u8]) -> HeaderValue,
+) -> ApiResult<Response> {
     let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
     let mut task = Aborting(tokio::spawn(async move {
         files::get(&node, cid, &mut writer, &options, |_| {}).await
@@ -180,6 +327,7 @@ async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> Api
         Some(task)
     };
     first.truncate(n);
+    let content_type = type_of(&first);
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     let rest = futures::stream::unfold((reader, task), move |(mut reader, task)| async move {
         let mut task = task?;
@@ -204,9 +352,7 @@ async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> Api
         }
     });
     let mut response = Response::new(Body::from_stream(head.chain(rest)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     response.headers_mut().insert(
         header::HeaderName::from_static("x-ipfs-path"),
         HeaderValue::from_str(&format!("/ipfs/{cid}")).expect("a CID is ASCII"),
@@ -454,9 +600,32 @@ fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
 /// `GET /ipfs/{cid}[/path]`: the read-only path gateway. Plain files for anyone who reaches
 /// the API (it listens on loopback); with the API's token, also the default account's own
 /// encrypted files and those shared with it. A wrong token is refused, not ignored.
+#[derive(Deserialize)]
+pub(super) struct GatewayQuery {
+    /// The file's name: its type follows it, and a browser saves the file by it.
+    filename: Option<String>,
+    /// Saved rather than shown.
+    download: Option<bool>,
+}
+
+/// `Content-Disposition` for a file named `name` (RFC 6266, the name in UTF-8, RFC 8187).
+fn disposition(name: &str, download: bool) -> HeaderValue {
+    let mut value = String::from(if download { "attachment" } else { "inline" });
+    value.push_str("; filename*=UTF-8''");
+    for &b in name.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            value.push(char::from(b));
+        } else {
+            value.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&value).expect("ASCII")
+}
+
 pub(super) async fn gateway(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<GatewayQuery>, axum::extract::rejection::QueryRejection>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     // Beyond loopback (`api` set to another address), the gateway is not open to all.
@@ -477,6 +646,7 @@ pub(super) async fn gateway(
         })?);
     }
     let Path(path) = path.map_err(rejected)?;
+    let Query(query) = query.map_err(rejected)?;
     let mut segments = path.split('/').filter(|s| !s.is_empty());
     let root = parse_cid(segments.next().unwrap_or_default())?;
     let names: Vec<&str> = segments.collect();
@@ -496,11 +666,20 @@ pub(super) async fn gateway(
             e => ipfs_error(e),
         },
     )?;
-    let mut response = stream_file(state.node.clone(), cid, options).await?;
-    // What the gateway serves runs nowhere: no script, no frame, no sniffed type. An HTML
-    // file would otherwise run at the API's own origin, where its requests count as this
-    // site's.
+    let name = query.filename.as_deref().or(names.last().copied());
+    let mut response = serve_file(state.node.clone(), cid, options, &headers, Some(name)).await?;
+    // What the gateway serves runs nowhere: no script, no frame, no type but the one given
+    // (by the file's name or its first bytes). An HTML or SVG file would otherwise run at the
+    // API's own origin, where its requests count as this site's.
     let served = response.headers_mut();
+    if let Some(filename) = &query.filename {
+        served.insert(
+            header::CONTENT_DISPOSITION,
+            disposition(filename, query.download.unwrap_or(false)),
+        );
+    } else if query.download == Some(true) {
+        served.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
     served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     served.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     served.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -514,4 +693,67 @@ pub(super) async fn gateway(
         }));
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_header_is_read_as_http_says() {
+        let part = |r: std::ops::Range<u64>| Asked::Part(r);
+        for (header, size, expected) in [
+            ("bytes=0-9", 100, part(0..10)),
+            ("bytes=90-", 100, part(90..100)),
+            ("bytes=90-1000", 100, part(90..100)),
+            ("bytes=90-18446744073709551615", 100, part(90..100)),
+            ("bytes=90-99999999999999999999999", 100, part(90..100)),
+            ("bytes=-10", 100, part(90..100)),
+            ("bytes=-1000", 100, part(0..100)),
+            ("Bytes = 5 - 6 ", 100, part(5..7)),
+            ("bytes=99-99", 100, part(99..100)),
+            ("bytes=100-", 100, Asked::Past),
+            ("bytes=100-200", 100, Asked::Past),
+            ("bytes=99999999999999999999999-", 100, Asked::Past),
+            ("bytes=-0", 100, Asked::Past),
+            ("bytes=0-", 0, Asked::Past),
+            ("bytes=-5", 0, Asked::Past),
+            // Not one byte range: the whole file.
+            ("bytes=9-0", 100, Asked::Whole),
+            ("bytes=0-1,5-6", 100, Asked::Whole),
+            ("lines=0-1", 100, Asked::Whole),
+            ("bytes=a-b", 100, Asked::Whole),
+            ("bytes=+1-2", 100, Asked::Whole),
+            ("bytes=-", 100, Asked::Whole),
+            ("bytes=5", 100, Asked::Whole),
+            ("bytes", 100, Asked::Whole),
+        ] {
+            assert_eq!(asked(header, size), expected, "{header:?} of {size}");
+        }
+    }
+
+    #[test]
+    fn a_type_follows_the_name_then_the_bytes() {
+        let typed = |name: Option<&str>, head: &[u8]| content_type(name, head);
+        assert_eq!(typed(Some("a.mp4"), b"text"), "video/mp4");
+        assert_eq!(typed(Some("notes.txt"), &[0xff, 0]), "text/plain; charset=utf-8");
+        assert_eq!(typed(Some("page.html"), b""), "text/html; charset=utf-8");
+        assert_eq!(typed(None, b"%PDF-1.7\n"), "application/pdf");
+        assert_eq!(typed(Some("no-extension"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), "image/png");
+        assert_eq!(typed(None, "h\u{e9}llo\n\ttab".as_bytes()), "text/plain; charset=utf-8");
+        // A character cut where the bytes looked at end is still text.
+        assert_eq!(typed(None, &"caf\u{e9}".as_bytes()[..4]), "text/plain; charset=utf-8");
+        for bytes in [&b""[..], b"nul\0", b"\x1b[31mred", &[0xff, 0xfe, b'a'], b"del\x7f"] {
+            assert_eq!(typed(None, bytes), "application/octet-stream", "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_name_is_given_to_the_browser_percent_encoded() {
+        assert_eq!(disposition("a b.mp4", false), "inline; filename*=UTF-8''a%20b.mp4");
+        assert_eq!(
+            disposition("\u{e9}t\u{e9}\";\r\n.txt", true),
+            "attachment; filename*=UTF-8''%C3%A9t%C3%A9%22%3B%0D%0A.txt"
+        );
+    }
 }
