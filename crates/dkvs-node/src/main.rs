@@ -397,8 +397,11 @@ fn letter_text(body: &str) -> String {
         }
         shown.push_str("  ");
         for c in line.chars() {
-            // Bidirectional overrides and isolates reorder what a line shows, too.
-            let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            // Bidirectional marks, overrides and isolates reorder what a line shows, too.
+            let reorders = matches!(
+                c,
+                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            );
             if (c.is_control() && c != '\t') || reorders {
                 shown.extend(c.escape_default());
             } else {
@@ -1226,6 +1229,7 @@ mod tests {
         );
         assert_eq!(letter_text("plain"), "  plain");
         assert_eq!(letter_text("abc\u{202e}fed"), "  abc\\u{202e}fed");
+        assert_eq!(letter_text("\u{61c}1\u{2067}2"), "  \\u{61c}1\\u{2067}2");
     }
 
     #[test]
