@@ -1178,6 +1178,18 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!((code, body.as_bytes()), (206, &[0u8; 4][..]));
     let (code, head, _) = get(&format!("/ipfs/{png_cid}"), "Range: bytes=100-\r\n");
     assert_eq!(header_of(&head, "content-type"), Some("image/png"), "{code} {head}");
+    // The CID is the file's validator: a browser keeps it, and asks again only whether it
+    // changed (it never does), or for a part of the file it has.
+    let etag = format!("\"{png_cid}\"");
+    let (_, head, _) = get(&format!("/ipfs/{png_cid}"), "");
+    assert_eq!(header_of(&head, "etag"), Some(&*etag));
+    assert_eq!(header_of(&head, "cache-control"), Some("public, max-age=29030400, immutable"));
+    let (code, head, body) =
+        get(&format!("/ipfs/{png_cid}"), &format!("If-None-Match: W/\"a\", {etag}\r\n"));
+    assert_eq!((code, body.as_str(), header_of(&head, "etag")), (304, "", Some(&*etag)), "{head}");
+    let (code, _, body) =
+        get(&format!("/ipfs/{png_cid}"), &format!("Range: bytes=1-3\r\nIf-Range: {etag}\r\n"));
+    assert_eq!((code, body.as_str()), (206, "PNG"));
     // Past the end: 416, with the size; several ranges or a stale If-Range: the whole file.
     let (code, head, body) =
         get(&format!("/ipfs/{text_cid}"), &format!("Range: bytes={total}-\r\n"));
@@ -1212,6 +1224,8 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(code, 206, "{head}");
     assert_eq!(body, text_at(600_000, 600_020));
     assert_eq!(header_of(&head, "content-range"), Some(&*format!("bytes 600000-600019/{total}")));
+    // For this client only: no shared cache keeps a decrypted file.
+    assert_eq!(header_of(&head, "cache-control"), Some("private, max-age=29030400, immutable"));
     // Without it: refused, a part as the whole.
     let (code, _, body) = get(&format!("/ipfs/{sealed_cid}"), "Range: bytes=0-9\r\n");
     assert_eq!(code, 403, "{body}");
@@ -1220,6 +1234,7 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
         get(&format!("/v1/ipfs/get/{sealed_cid}"), &format!("{auth}Range: bytes=-10\r\n"));
     assert_eq!((code, body), (206, text_at(total - 10, total)), "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("application/octet-stream"), "{head}");
+    assert_eq!(header_of(&head, "etag"), None, "the API's get answers raw bytes too: no validator");
 }
 
 #[test]

@@ -225,19 +225,62 @@ fn content_type(name: Option<&str>, head: &[u8]) -> HeaderValue {
     HeaderValue::from_static("application/octet-stream")
 }
 
+/// What the gateway answers beside a file's bytes, for browsers.
+struct ForBrowsers<'a> {
+    /// The file's name: its type follows it (and the file's first bytes, [`content_type`]).
+    name: Option<&'a str>,
+    /// The request showed the token: what it is served may be decrypted, for this client
+    /// only (no shared cache keeps it).
+    private: bool,
+}
+
+/// How long a browser may keep a file of the gateway: the bytes under a CID never change.
+const IMMUTABLE: &str = "max-age=29030400, immutable";
+
+/// Whether the validator list `list` (of `If-None-Match` or `If-Range`) names `etag`; `weak`
+/// allows a weak match (`W/`) and `*`, as `If-None-Match` does and `If-Range` does not.
+fn names_etag(list: &HeaderValue, etag: &str, weak: bool) -> bool {
+    let Ok(list) = list.to_str() else { return false };
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == etag || (weak && (tag == "*" || tag.strip_prefix("W/") == Some(etag))))
+}
+
 /// Answers the file `cid`: whole, or the one byte range a `Range` header asks (206; 416 for
-/// one past the end; `If-Range` asks for the whole file, as no validator is given out). The
-/// gateway passes `name`, the file's, and the type follows it and the file's first bytes
-/// ([`content_type`]); the API's gets are `application/octet-stream`.
+/// one past the end). For the gateway (`browsers`), the type follows the file's name and
+/// first bytes, and its CID is its validator: an `If-None-Match` that names it is answered
+/// 304 with no block read, and an `If-Range` that names it keeps the `Range` (one that does
+/// not asks for the whole file). The API's gets are `application/octet-stream`, without a
+/// validator (the same CID answers two ways, `raw` or not), and an `If-Range` asks them for
+/// the whole file.
 async fn serve_file(
     node: dkvs_net::Node,
     cid: Cid,
     mut options: GetOptions,
     headers: &axum::http::HeaderMap,
-    name: Option<Option<&str>>,
+    browsers: Option<ForBrowsers<'_>>,
 ) -> ApiResult<Response> {
-    let range = match headers.get(header::RANGE) {
-        Some(range) if !headers.contains_key(header::IF_RANGE) => range.to_str().ok(),
+    let etag = format!("\"{cid}\"");
+    let cache = browsers.as_ref().map(|b| {
+        let cache = format!("{}, {IMMUTABLE}", if b.private { "private" } else { "public" });
+        [
+            (header::ETAG, HeaderValue::from_str(&etag).expect("a CID is ASCII")),
+            (header::CACHE_CONTROL, HeaderValue::from_str(&cache).expect("ASCII")),
+        ]
+    });
+    if let Some(cache) = &cache
+        && headers.get(header::IF_NONE_MATCH).is_some_and(|list| names_etag(list, &etag, true))
+    {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response.headers_mut().extend(cache.clone());
+        return Ok(response);
+    }
+    let range = match (headers.get(header::RANGE), headers.get(header::IF_RANGE)) {
+        (Some(range), None) => range.to_str().ok(),
+        (Some(range), Some(tag)) if cache.is_some() && names_etag(tag, &etag, false) => {
+            range.to_str().ok()
+        }
         _ => None,
     };
     let (mut part, mut head) = (None, None);
@@ -265,6 +308,7 @@ async fn serve_file(
         }
         head = Some(stat.head);
     }
+    let name = browsers.map(|b| b.name);
     let mut response = stream_file(node, cid, options, |first| match name {
         None => HeaderValue::from_static("application/octet-stream"),
         Some(name) => content_type(name, head.as_deref().unwrap_or(first)),
@@ -272,6 +316,7 @@ async fn serve_file(
     .await?;
     let served = response.headers_mut();
     served.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    served.extend(cache.into_iter().flatten());
     if let Some((bytes, size)) = part {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         let served = response.headers_mut();
@@ -666,8 +711,12 @@ pub(super) async fn gateway(
             e => ipfs_error(e),
         },
     )?;
-    let name = query.filename.as_deref().or(names.last().copied());
-    let mut response = serve_file(state.node.clone(), cid, options, &headers, Some(name)).await?;
+    let browsers = ForBrowsers {
+        name: query.filename.as_deref().or(names.last().copied()),
+        private: token_ok,
+    };
+    let mut response =
+        serve_file(state.node.clone(), cid, options, &headers, Some(browsers)).await?;
     // What the gateway serves runs nowhere: no script, no frame, no type but the one given
     // (by the file's name or its first bytes). An HTML or SVG file would otherwise run at the
     // API's own origin, where its requests count as this site's.
