@@ -267,6 +267,11 @@ struct Leaves<'a> {
     prefer: Option<dkvs_net::libp2p::PeerId>,
     timeout: Duration,
     keep: bool,
+    /// How many blocks ahead are asked for ([`WINDOW`]; one while the blocks a read needs
+    /// are not known yet, before a skip).
+    window: usize,
+    /// No block that starts at or past this offset of the file is asked for ahead.
+    end: u64,
 }
 
 /// Whether the network can give the block `cid`: its hash is SHA2-256, the one blocks are
@@ -300,7 +305,19 @@ impl<'a> Leaves<'a> {
             prefer: None,
             timeout,
             keep: false,
+            window: WINDOW,
+            end: u64::MAX,
         })
+    }
+
+    /// Reads the file's bytes from `from` to `end` only: passes over those before
+    /// ([`FileReader::skip_to`]), asks for none ahead past `end`, and withdraws what was asked
+    /// for ahead outside them (the exchange cancels wants nobody waits for).
+    fn part(&mut self, from: u64, end: u64) {
+        self.reader.skip_to(from);
+        (self.window, self.end) = (WINDOW, end);
+        let upcoming = self.reader.upcoming_before(WINDOW, end);
+        self.pending.retain(|cid, _| upcoming.contains(cid));
     }
 
     /// The next leaf's bytes, whether it is the last, and its offset in the file; `None`
@@ -321,8 +338,8 @@ impl<'a> Leaves<'a> {
     /// Wants the blocks the reader will need soon that are neither here nor asked for (nor
     /// under a hash no block is kept by: [`Leaves::block`] answers those at once).
     async fn ask_ahead(&mut self) -> Result<(), IpfsError> {
-        let missing: Vec<Cid> =
-            self.reader.upcoming(WINDOW).into_iter().filter(|cid| self.to_ask(cid)).collect();
+        let upcoming = self.reader.upcoming_before(self.window, self.end);
+        let missing: Vec<Cid> = upcoming.into_iter().filter(|cid| self.to_ask(cid)).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -434,12 +451,17 @@ pub async fn get<W: AsyncWrite + Unpin>(
     progress: impl Fn(u64),
 ) -> Result<Got, IpfsError> {
     let std::ops::Range { start, end } = options.range.clone().unwrap_or(0..u64::MAX);
+    if start >= end {
+        return Ok(Got { written: 0, decrypted: false });
+    }
     let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
     leaves.keep = options.keep;
     // Bytes as stored are written from where they are; a plain file's too, once its first
-    // leaf says it is one.
+    // leaf says it is one: till then, nothing past that leaf is asked for.
     if options.raw {
-        leaves.reader.skip_to(start);
+        leaves.part(start, end);
+    } else if (start, end) != (0, u64::MAX) {
+        leaves.window = 1;
     }
     let mut opener = None;
     let mut first = !options.raw;
@@ -454,12 +476,17 @@ pub async fn get<W: AsyncWrite + Unpin>(
                         // The leaf of the chunk `start` falls in, and the whole ones after it.
                         let index = start / u64::from(header.chunk);
                         let cell = u64::from(header.chunk) + SymmetricKey::OVERHEAD as u64;
-                        leaves.reader.skip_to(leaf.len() as u64 + index.saturating_mul(cell));
+                        let chunks = end.div_ceil(u64::from(header.chunk));
+                        let header_len = leaf.len() as u64;
+                        leaves.part(
+                            header_len.saturating_add(index.saturating_mul(cell)),
+                            header_len.saturating_add(chunks.saturating_mul(cell)),
+                        );
                         opener = Some(Opener::new(key, &header).from_chunk(index));
                         continue;
                     }
                     None => {
-                        leaves.reader.skip_to(start);
+                        leaves.part(start, end);
                         (leaf, at)
                     }
                 }
@@ -503,6 +530,8 @@ pub struct Stat {
 /// (a file encrypted for another account, a block no peer has).
 pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, IpfsError> {
     let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
+    // The blocks it reads, one at a time: nothing the get after it may not need.
+    leaves.window = 1;
     let Some((first, ..)) = leaves.next().await? else {
         return Ok(Stat { size: 0, head: Vec::new() });
     };

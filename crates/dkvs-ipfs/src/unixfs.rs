@@ -647,6 +647,9 @@ pub struct FileReader {
     size: Option<u64>,
     /// The file bytes given back so far.
     read: u64,
+    /// The file bytes passed over unread ([`FileReader::skip_to`]): they count towards the
+    /// file's size, never towards what the walk may cost (only bytes given back pay for it).
+    skipped: u64,
     /// The blocks fed that held no file bytes, and those that held some.
     empty: usize,
     full: usize,
@@ -672,6 +675,7 @@ impl FileReader {
             pending: 1,
             size: None,
             read: 0,
+            skipped: 0,
             empty: 0,
             full: 0,
             walked: 0,
@@ -690,16 +694,22 @@ impl FileReader {
 
     /// The offset in the file of the bytes the next block holds.
     pub fn position(&self) -> u64 {
-        self.read
+        self.read + self.skipped
     }
 
-    /// Drops the wanted blocks that end at or before [`FileReader::skip`].
+    /// Drops the wanted blocks wholly before [`FileReader::skip`].
     fn pass_over(&mut self) {
+        let mut position = self.position();
         while let Some(level) = self.stack.last_mut() {
             // The root's size is not known before it is read: it is never passed over.
             match level.front() {
-                Some(Want { size: Some(size), .. }) if self.read + size <= self.skip => {
-                    self.read += size;
+                // Wholly before the offset: it starts before it (a block of no bytes at the
+                // offset is read, as without a skip) and ends at or before it.
+                Some(Want { size: Some(size), .. })
+                    if position < self.skip && position.saturating_add(*size) <= self.skip =>
+                {
+                    position += size;
+                    self.skipped += size;
                     self.pending -= 1;
                     level.pop_front();
                     if level.is_empty() {
@@ -719,7 +729,23 @@ impl FileReader {
     /// Up to `n` blocks that will be needed, in the order they will be, as far as the blocks
     /// fed so far tell (blocks under ones not yet fed come between them): for prefetching.
     pub fn upcoming(&self, n: usize) -> Vec<Cid> {
-        self.stack.iter().rev().flatten().take(n).map(|want| want.cid).collect()
+        self.upcoming_before(n, u64::MAX)
+    }
+
+    /// [`upcoming`](FileReader::upcoming), less the blocks after the next that start at or
+    /// past `end`: those a read of the bytes before `end` needs (every block under a node not
+    /// yet fed starts where that node does).
+    pub fn upcoming_before(&self, n: usize, end: u64) -> Vec<Cid> {
+        let mut at = self.position();
+        let wants = self.stack.iter().rev().flatten().take(n).enumerate();
+        wants
+            .take_while(|(i, want)| {
+                let starts = at;
+                at = at.saturating_add(want.size.unwrap_or(0));
+                *i == 0 || starts < end
+            })
+            .map(|(_, want)| want.cid)
+            .collect()
     }
 
     /// Takes the block [`next_needed`](FileReader::next_needed) named (the caller has checked
@@ -751,8 +777,8 @@ impl FileReader {
         let got = parsed.bytes.as_ref().map_or(0, |b| b.len() as u64);
         let read = self.read + got;
         let size = self.size.unwrap_or(parsed.size);
-        if read > size {
-            return Err(UnixfsError::SizeMismatch { expected: size, got: read });
+        if read + self.skipped > size {
+            return Err(UnixfsError::SizeMismatch { expected: size, got: read + self.skipped });
         }
         let (empty, full) =
             if got == 0 { (self.empty + 1, self.full) } else { (self.empty, self.full + 1) };
@@ -798,8 +824,8 @@ impl FileReader {
             return Err(UnixfsError::Incomplete { next });
         }
         let size = self.size.unwrap_or(0);
-        if self.read != size {
-            return Err(UnixfsError::SizeMismatch { expected: size, got: self.read });
+        if self.position() != size {
+            return Err(UnixfsError::SizeMismatch { expected: size, got: self.position() });
         }
         Ok(size)
     }
@@ -1352,6 +1378,25 @@ mod tests {
         let (padded, bytes) = file_node(&[(fat, 0), (x, 1)].repeat(100), 100);
         blocks.insert(padded, bytes);
         let mut reader = FileReader::new(padded);
+        let (mut walked, mut read) = (0, 0);
+        let err = loop {
+            let Some(cid) = reader.next_needed() else { break None };
+            match reader.feed(&cid, &blocks[&cid]) {
+                Ok(bytes) => read += bytes.map_or(0, |b| b.len() as u64),
+                Err(e) => break Some(e),
+            }
+            walked += blocks[&cid].len() as u64;
+        };
+        assert!(matches!(&err, Some(UnixfsError::Malformed(m)) if m.contains("bytes of blocks")));
+        assert!(walked <= FREE_WALK_BYTES + (2 + LINK_BYTES) * read, "{walked} for {read}");
+        // The same behind a link that claims a petabyte, skipped: the bytes passed over pay
+        // for no walk (else a part of the file past them would let it fetch 2 bytes for each).
+        let claimed = 1u64 << 50;
+        let (lying, bytes) =
+            file_node(&[(raw_cid(b"never"), claimed), (padded, 100)], claimed + 100);
+        blocks.insert(lying, bytes);
+        let mut reader = FileReader::new(lying);
+        reader.skip_to(claimed);
         let (mut walked, mut read) = (0, 0);
         let err = loop {
             let Some(cid) = reader.next_needed() else { break None };
