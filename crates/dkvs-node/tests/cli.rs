@@ -233,6 +233,21 @@ fn http_with_head(addr: &str, host: &str, path: &str, headers: &str) -> (u16, St
     (code, head.to_owned(), body.to_owned())
 }
 
+/// A bare HTTP/1.1 request of `method` (no body) on loopback: (status, headers, body).
+fn http_method(addr: &str, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(addr).expect("api reachable");
+    stream.set_read_timeout(Some(STEP)).expect("timeout");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .expect("request sent");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("response");
+    let response = String::from_utf8_lossy(&response);
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (code, head.to_owned(), body.to_owned())
+}
+
 /// The value of the header `name` in the response head `head`.
 fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|line| {
@@ -1082,7 +1097,8 @@ fn files_through_the_command_line_and_the_gateway() {
         assert_eq!(code, 200, "{from} {mode} {dest} {user}: {body}");
         // What it serves runs nowhere: no script, no frame.
         let head = head.to_ascii_lowercase();
-        assert!(head.contains("content-security-policy: sandbox"), "{head}");
+        let policy = head.lines().find(|l| l.starts_with("content-security-policy:"));
+        assert!(policy.is_some_and(|p| p.ends_with("; sandbox")), "{head}");
         assert!(head.contains("x-frame-options: deny"), "{head}");
     }
     let origin = "Origin: http://evil.example\r\n";
@@ -1163,6 +1179,13 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(code, 200, "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("text/plain; charset=utf-8"), "{head}");
     assert_eq!(header_of(&head, "accept-ranges"), Some("bytes"), "{head}");
+    // Its size, said first: a response cut short is seen as cut.
+    assert_eq!(header_of(&head, "content-length"), Some(&*text.len().to_string()), "{head}");
+    // The same without the bytes (HEAD).
+    let (code, head, body) = http_method(&api, "HEAD", &format!("/ipfs/{text_cid}"));
+    assert_eq!((code, body.as_str()), (200, ""), "{head}");
+    assert_eq!(header_of(&head, "content-length"), Some(&*text.len().to_string()), "{head}");
+    assert_eq!(header_of(&head, "content-type"), Some("text/plain; charset=utf-8"), "{head}");
     let (code, head, _) = get(&format!("/ipfs/{png_cid}"), "");
     assert_eq!((code, header_of(&head, "content-type")), (200, Some("image/png")), "{head}");
     // A part, in the third leaf.
@@ -1207,15 +1230,32 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     // A name: the type follows it, and the browser is told the name.
     let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=notes.md"), "Range: bytes=0-9\r\n");
     assert_eq!(header_of(&head, "content-type"), Some("text/markdown; charset=utf-8"), "{head}");
-    assert_eq!(header_of(&head, "content-disposition"), Some("inline; filename*=UTF-8''notes.md"));
+    assert_eq!(
+        header_of(&head, "content-disposition"),
+        Some("inline; filename=\"notes.md\"; filename*=UTF-8''notes.md")
+    );
     let (_, head, _) = get(&format!("/ipfs/{png_cid}?filename=a%20b.mp4&download=true"), "");
     assert_eq!(header_of(&head, "content-type"), Some("video/mp4"), "{head}");
     assert_eq!(
         header_of(&head, "content-disposition"),
-        Some("attachment; filename*=UTF-8''a%20b.mp4")
+        Some("attachment; filename=\"a b.mp4\"; filename*=UTF-8''a%20b.mp4")
     );
-    // Whatever the type, nothing in it runs.
-    assert_eq!(header_of(&head, "content-security-policy"), Some("sandbox"), "{head}");
+    // Whatever the type, nothing in it runs, and it loads nothing from elsewhere; a video is
+    // not sandboxed, so that the browser's player asks for its parts as this site.
+    let elsewhere = "default-src 'self' data: blob:; style-src 'self' data: 'unsafe-inline'";
+    assert_eq!(header_of(&head, "content-security-policy"), Some(elsewhere), "{head}");
+    let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=page.html"), "");
+    assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"), "{head}");
+    let sandboxed = format!("{elsewhere}; sandbox");
+    assert_eq!(header_of(&head, "content-security-policy"), Some(&*sandboxed), "{head}");
+    let player = "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\n\
+                  Sec-Fetch-Dest: video\r\nRange: bytes=3-\r\n";
+    let (code, _, _) = get(&format!("/ipfs/{png_cid}?filename=a.mp4"), player);
+    assert_eq!(code, 206, "the player's own request for a part");
+    // An empty name names nothing; a download without one is saved by the browser's choice.
+    let (_, head, _) = get(&format!("/ipfs/{png_cid}?filename=&download=true"), "");
+    assert_eq!(header_of(&head, "content-disposition"), Some("attachment"), "{head}");
+    assert_eq!(header_of(&head, "content-type"), Some("image/png"), "{head}");
 
     // Alice's file, with the token: a part of the plaintext, from the chunk it falls in.
     let auth = format!("Authorization: Bearer {token}\r\n");

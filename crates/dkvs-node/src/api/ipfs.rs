@@ -141,7 +141,7 @@ pub(super) async fn get(
     if let Some(secs) = query.timeout {
         options.block_timeout = Duration::from_secs(secs.clamp(1, 3600));
     }
-    serve_file(state.node.clone(), cid, options, &headers, None).await
+    serve_file(state.node.clone(), cid, options, &headers, None, false).await
 }
 
 /// What a `Range` header asks of a file of a known size.
@@ -237,6 +237,10 @@ struct ForBrowsers<'a> {
 /// How long a browser may keep a file of the gateway: the bytes under a CID never change.
 const IMMUTABLE: &str = "max-age=29030400, immutable";
 
+/// The first bytes of a file its type is told by (the WHATWG's sniffing reads as many): the
+/// same for a whole file and a part of it.
+const SNIFFED: usize = 1445;
+
 /// Whether the validator list `list` (of `If-None-Match` or `If-Range`) names `etag`; `weak`
 /// allows a weak match (`W/`) and `*`, as `If-None-Match` does and `If-Range` does not.
 fn names_etag(list: &HeaderValue, etag: &str, weak: bool) -> bool {
@@ -247,18 +251,20 @@ fn names_etag(list: &HeaderValue, etag: &str, weak: bool) -> bool {
 }
 
 /// Answers the file `cid`: whole, or the one byte range a `Range` header asks (206; 416 for
-/// one past the end). For the gateway (`browsers`), the type follows the file's name and
-/// first bytes, and its CID is its validator: an `If-None-Match` that names it is answered
+/// one past the end); `head_only` without its bytes (a HEAD request). For the gateway
+/// (`browsers`), the answer gives the file's size, a type that follows the file's name and
+/// first bytes, and the CID as its validator: an `If-None-Match` that names it is answered
 /// 304 with no block read, and an `If-Range` that names it keeps the `Range` (one that does
-/// not asks for the whole file). The API's gets are `application/octet-stream`, without a
-/// validator (the same CID answers two ways, `raw` or not), and an `If-Range` asks them for
-/// the whole file.
+/// not asks for the whole file). The API's gets are `application/octet-stream`, streamed as
+/// the blocks come (no size first), without a validator (the same CID answers two ways,
+/// `raw` or not), and an `If-Range` asks them for the whole file.
 async fn serve_file(
     node: dkvs_net::Node,
     cid: Cid,
     mut options: GetOptions,
     headers: &axum::http::HeaderMap,
     browsers: Option<ForBrowsers<'_>>,
+    head_only: bool,
 ) -> ApiResult<Response> {
     let etag = format!("\"{cid}\"");
     let cache = browsers.as_ref().map(|b| {
@@ -283,14 +289,19 @@ async fn serve_file(
         }
         _ => None,
     };
-    let (mut part, mut head) = (None, None);
-    if let Some(range) = range {
-        let stat = files::stat(&node, cid, &options).await.map_err(ipfs_error)?;
+    // The size (for Content-Length and Content-Range) and the first bytes (for the type), from
+    // the file's first blocks; a file that does not open fails here, before any byte.
+    let stat = match (&browsers, range) {
+        (None, None) => None,
+        _ => Some(files::stat(&node, cid, &options).await.map_err(ipfs_error)?),
+    };
+    let mut part = None;
+    if let (Some(range), Some(stat)) = (range, &stat) {
         match asked(range, stat.size) {
             Asked::Whole => {}
             Asked::Part(bytes) => {
                 options.range = Some(bytes.clone());
-                part = Some((bytes, stat.size));
+                part = Some(bytes);
             }
             Asked::Past => {
                 let mut response = ApiError::new(
@@ -306,26 +317,38 @@ async fn serve_file(
                 return Ok(response);
             }
         }
-        head = Some(stat.head);
     }
-    let name = browsers.map(|b| b.name);
-    let mut response = stream_file(node, cid, options, |first| match name {
-        None => HeaderValue::from_static("application/octet-stream"),
-        Some(name) => content_type(name, head.as_deref().unwrap_or(first)),
-    })
-    .await?;
+    let content_type = match (&browsers, &stat) {
+        (Some(browsers), Some(stat)) => {
+            content_type(browsers.name, &stat.head[..stat.head.len().min(SNIFFED)])
+        }
+        _ => HeaderValue::from_static("application/octet-stream"),
+    };
+    let mut response = if head_only {
+        Response::new(Body::empty())
+    } else {
+        stream_file(node, cid, options).await?
+    };
     let served = response.headers_mut();
+    served.insert(header::CONTENT_TYPE, content_type);
+    served.insert(
+        header::HeaderName::from_static("x-ipfs-path"),
+        HeaderValue::from_str(&format!("/ipfs/{cid}")).expect("a CID is ASCII"),
+    );
     served.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     served.extend(cache.into_iter().flatten());
-    if let Some((bytes, size)) = part {
+    let size = stat.map(|stat| stat.size);
+    if let (Some(bytes), Some(size)) = (&part, size) {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let served = response.headers_mut();
         let (from, to) = (bytes.start, bytes.end - 1);
-        served.insert(
+        response.headers_mut().insert(
             header::CONTENT_RANGE,
             HeaderValue::from_str(&format!("bytes {from}-{to}/{size}")).expect("ASCII"),
         );
-        served.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.end - bytes.start));
+    }
+    // A response that ends short of it is cut, and the client knows.
+    if let Some(length) = part.map(|bytes| bytes.end - bytes.start).or(size) {
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     Ok(response)
 }
@@ -341,12 +364,7 @@ impl<T> Drop for Aborting<T> {
     }
 }
 
-async fn stream_file(
-    node: dkvs_net::Node,
-    cid: Cid,
-    options: GetOptions,
-    type_of: impl FnOnce(&[u8]) -> HeaderValue,
-) -> ApiResult<Response> {
+async fn stream_file(node: dkvs_net::Node, cid: Cid, options: GetOptions) -> ApiResult<Response> {
     let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
     let mut task = Aborting(tokio::spawn(async move {
         files::get(&node, cid, &mut writer, &options, |_| {}).await
@@ -372,7 +390,6 @@ async fn stream_file(
         Some(task)
     };
     first.truncate(n);
-    let content_type = type_of(&first);
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     let rest = futures::stream::unfold((reader, task), move |(mut reader, task)| async move {
         let mut task = task?;
@@ -396,13 +413,7 @@ async fn stream_file(
             Err(e) => Some((Err(e), (reader, None))),
         }
     });
-    let mut response = Response::new(Body::from_stream(head.chain(rest)));
-    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    response.headers_mut().insert(
-        header::HeaderName::from_static("x-ipfs-path"),
-        HeaderValue::from_str(&format!("/ipfs/{cid}")).expect("a CID is ASCII"),
-    );
-    Ok(response)
+    Ok(Response::new(Body::from_stream(head.chain(rest))))
 }
 
 #[derive(Deserialize)]
@@ -653,15 +664,31 @@ pub(super) struct GatewayQuery {
     download: Option<bool>,
 }
 
-/// `Content-Disposition` for a file named `name` (RFC 6266, the name in UTF-8, RFC 8187).
-fn disposition(name: &str, download: bool) -> HeaderValue {
+/// The content security policy of every file the gateway serves: it loads nothing but from
+/// its own address (what a page would load from there is refused as another site's, when the
+/// page is sandboxed) and `data:`/`blob:` URLs.
+const NOTHING_FROM_ELSEWHERE: &str =
+    "default-src 'self' data: blob:; style-src 'self' data: 'unsafe-inline'";
+
+/// `Content-Disposition` for a file named `name` (RFC 6266): the name in ASCII for clients
+/// that read only `filename` (`curl -J`), other characters as `_`, and in UTF-8 (RFC 8187).
+fn disposition(name: Option<&str>, download: bool) -> HeaderValue {
     let mut value = String::from(if download { "attachment" } else { "inline" });
-    value.push_str("; filename*=UTF-8''");
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            value.push(char::from(b));
-        } else {
-            value.push_str(&format!("%{b:02X}"));
+    if let Some(name) = name {
+        let ascii: String = name
+            .chars()
+            .map(|c| {
+                let plain = (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ';
+                if plain { c } else { '_' }
+            })
+            .collect();
+        value.push_str(&format!("; filename=\"{ascii}\"; filename*=UTF-8''"));
+        for &b in name.as_bytes() {
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                value.push(char::from(b));
+            } else {
+                value.push_str(&format!("%{b:02X}"));
+            }
         }
     }
     HeaderValue::from_str(&value).expect("ASCII")
@@ -671,6 +698,7 @@ pub(super) async fn gateway(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<GatewayQuery>, axum::extract::rejection::QueryRejection>,
+    method: axum::http::Method,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     // Beyond loopback (`api` set to another address), the gateway is not open to all.
@@ -711,25 +739,35 @@ pub(super) async fn gateway(
             e => ipfs_error(e),
         },
     )?;
-    let browsers = ForBrowsers {
-        name: query.filename.as_deref().or(names.last().copied()),
-        private: token_ok,
-    };
+    // An empty `filename=` names nothing.
+    let filename = query.filename.as_deref().filter(|name| !name.is_empty());
+    let name = filename.or(names.last().copied());
+    let browsers = ForBrowsers { name, private: token_ok };
+    let head_only = method == axum::http::Method::HEAD;
     let mut response =
-        serve_file(state.node.clone(), cid, options, &headers, Some(browsers)).await?;
-    // What the gateway serves runs nowhere: no script, no frame, no type but the one given
-    // (by the file's name or its first bytes). An HTML or SVG file would otherwise run at the
-    // API's own origin, where its requests count as this site's.
+        serve_file(state.node.clone(), cid, options, &headers, Some(browsers), head_only).await?;
     let served = response.headers_mut();
-    if let Some(filename) = &query.filename {
-        served.insert(
-            header::CONTENT_DISPOSITION,
-            disposition(filename, query.download.unwrap_or(false)),
-        );
-    } else if query.download == Some(true) {
-        served.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    let download = query.download.unwrap_or(false);
+    if filename.is_some() || download {
+        served.insert(header::CONTENT_DISPOSITION, disposition(name, download));
     }
-    served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    // What the gateway serves runs nowhere: no script, no frame, no type but the one given
+    // (by the file's name or its first bytes), nothing loaded from elsewhere (a page that
+    // tells a third party it was opened). An HTML or SVG file would otherwise run at the
+    // API's own origin, where its requests count as this site's: every document the browser
+    // could run a script in is sandboxed. Not a video's or a sound's: the browser's own
+    // player shows it, and its requests for the parts it plays (ranges of the same file) come
+    // from this site only if the page is not sandboxed.
+    let media = served
+        .get(header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.starts_with("video/") || t.starts_with("audio/"));
+    let policy = if media {
+        NOTHING_FROM_ELSEWHERE.to_owned()
+    } else {
+        format!("{NOTHING_FROM_ELSEWHERE}; sandbox")
+    };
+    served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&policy).expect("ASCII"));
     served.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     served.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Some(permit) = tokenless {
@@ -799,10 +837,14 @@ mod tests {
 
     #[test]
     fn a_file_name_is_given_to_the_browser_percent_encoded() {
-        assert_eq!(disposition("a b.mp4", false), "inline; filename*=UTF-8''a%20b.mp4");
         assert_eq!(
-            disposition("\u{e9}t\u{e9}\";\r\n.txt", true),
-            "attachment; filename*=UTF-8''%C3%A9t%C3%A9%22%3B%0D%0A.txt"
+            disposition(Some("a b.mp4"), false),
+            "inline; filename=\"a b.mp4\"; filename*=UTF-8''a%20b.mp4"
         );
+        assert_eq!(
+            disposition(Some("\u{e9}t\u{e9}\";\\\r\n.txt"), true),
+            "attachment; filename=\"_t__;___.txt\"; filename*=UTF-8''%C3%A9t%C3%A9%22%3B%5C%0D%0A.txt"
+        );
+        assert_eq!(disposition(None, true), "attachment");
     }
 }

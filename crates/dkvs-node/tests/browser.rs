@@ -1,0 +1,165 @@
+//! The gateway as a user's browser meets it: Debian's Chromium (headless, on loopback only),
+//! driven by playwright-core, both installed by `.ci/browser` (the test runs it: a registry
+//! out of reach fails it, loudly). `dkvs node` runs as a process, on its default configuration
+//! but for a loopback listen address.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSPHRASE: &str = "browser";
+const STEP: Duration = Duration::from_secs(120);
+
+/// A process killed and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `command` to its end, at most [`STEP`].
+fn run(mut command: Command) -> Output {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("starts");
+    let deadline = Instant::now() + STEP;
+    while child.try_wait().expect("waitable").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} took over {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn dkvs(home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dkvs"));
+    command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
+    command.args(args);
+    command
+}
+
+/// A node from `home`, on loopback; its API's URL.
+fn start(home: &Path) -> (Reaped, String) {
+    std::fs::create_dir_all(home).expect("home");
+    let config = home.join("test-config.toml");
+    std::fs::write(&config, "listen = [\"/ip4/127.0.0.1/tcp/0\"]\n").expect("config");
+    let mut command = dkvs(home, &["node", "--api", "127.0.0.1:0", "--config"]);
+    command.arg(&config);
+    let log = std::fs::File::create(home.join("node.log")).expect("log");
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let child = Reaped(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("api: ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx.recv_timeout(STEP).expect("the node prints its API address");
+    (child, url)
+}
+
+/// 30 s of a 440 Hz tone, 16-bit stereo at 44.1 kHz: a WAV file of 5.3 MB, six leaves.
+fn tone() -> Vec<u8> {
+    let (rate, seconds) = (44_100u32, 30u32);
+    let samples = rate * seconds;
+    let data_len = samples * 4;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&2u16.to_le_bytes()); // stereo
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 4).to_le_bytes());
+    wav.extend_from_slice(&4u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for i in 0..samples {
+        let t = f64::from(i) / f64::from(rate);
+        let v = (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
+        wav.extend_from_slice(&v.to_le_bytes());
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav
+}
+
+/// Opens `url` in the browser (`what`: "sound" or "page", see play.mjs): what it reported.
+fn browse(driver: &Path, what: &str, url: &str) -> serde_json::Value {
+    let mut command = Command::new("node");
+    command.arg(driver.join("play.mjs")).args([what, url]).current_dir(driver);
+    let out = ok(run(command));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn a_browser_plays_a_sound_from_the_gateway_and_seeks_in_it_and_runs_no_script_of_a_page() {
+    let driver = repo().join("target/browser");
+    let installed = run({
+        let mut c = Command::new("bash");
+        c.arg(repo().join(".ci/browser")).arg(&driver);
+        c
+    });
+    assert!(
+        installed.status.success(),
+        "the browser could not be installed (registry unreachable?):\n{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    ok(run(dkvs(&home, &["account", "new"])));
+    let (_node, api) = start(&home);
+    let add = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("file");
+        let path = path.to_str().expect("utf-8").to_owned();
+        ok(run(dkvs(&home, &["ipfs", "add", "--plain", &path]))).trim().to_owned()
+    };
+    let sound = tone();
+    let cid = add("tone.wav", &sound);
+
+    // The browser's own player: it asks for the sound, then for the part it seeks to.
+    let played = browse(&driver, "sound", &format!("{api}/ipfs/{cid}?filename=tone.wav"));
+    assert_eq!(played["error"], serde_json::Value::Null, "{played}");
+    let time = played["time"].as_f64().unwrap_or_default();
+    assert!((24.9..30.0).contains(&time), "the player is where it sought to: {played}");
+    let responses = played["responses"].as_array().expect("responses");
+    assert!(responses.iter().all(|r| r["status"] == 200 || r["status"] == 206), "{played}");
+    let seek = responses.iter().find(|r| {
+        r["range"].as_str().is_some_and(|range| range != "bytes=0-") && r["status"] == 206
+    });
+    assert!(seek.is_some(), "a part asked for past the start, and given: {played}");
+
+    // A page's script does not run: the gateway sandboxes every document that could run one.
+    let page = add("page.html", b"<title>kept</title><script>document.title = 'ran'</script>");
+    let opened = browse(&driver, "page", &format!("{api}/ipfs/{page}?filename=page.html"));
+    assert_eq!(opened["title"], "kept", "{opened}");
+    // The same page with scripts allowed shows the driver can tell: not served so, but as a
+    // data: URL.
+    let html = "<title>kept</title><script>document.title = 'ran'</script>";
+    let allowed = browse(&driver, "page", &format!("data:text/html,{html}"));
+    assert_eq!(allowed["title"], "ran", "{allowed}");
+}

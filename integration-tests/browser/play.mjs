@@ -1,0 +1,47 @@
+// Opens files of a dkvs gateway in Debian's Chromium (headless, loopback only) as a user
+// would, and prints what happened as one line of JSON:
+//   node play.mjs sound URL   plays the sound at URL in the browser's own player, seeks to 25 s:
+//                             {"responses": [{"status", "range"}...], "time", "error"}
+//   node play.mjs page URL    opens the page at URL (it sets its title from a script if
+//                             scripts run): {"title"}
+import { chromium } from 'playwright-core';
+
+const [what, url] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  // As root (CI), Chromium's own sandbox cannot start; the page's sandbox is the gateway's.
+  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required'],
+});
+try {
+  const page = await browser.newPage();
+  const responses = [];
+  page.on('response', (r) => {
+    if (r.url().startsWith(url.split('?')[0])) {
+      responses.push({ status: r.status(), range: r.request().headers()['range'] || null });
+    }
+  });
+  // What went wrong is reported, not thrown: a page the browser gave up on still says
+  // which answers it had.
+  const failed = (e) => ({ time: null, error: String(e).split('\n')[0] });
+  await page.goto(url, { timeout: 30000 });
+  if (what === 'sound') {
+    const played = page.evaluate(async () => {
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      const v = document.querySelector('video, audio');
+      if (!v) return { time: null, error: 'no player' };
+      v.muted = true;
+      for (let i = 0; i < 100 && v.readyState < 1; i++) await sleep(50);
+      v.currentTime = 25;
+      for (let i = 0; i < 100 && (v.seeking || v.readyState < 2); i++) await sleep(50);
+      return { time: v.currentTime, error: v.error ? v.error.code : null };
+    });
+    const late = new Promise((r) => setTimeout(() => r(failed('no answer within 30 s')), 30000));
+    const player = await Promise.race([played.catch(failed), late]);
+    console.log(JSON.stringify({ responses, ...player }));
+  } else {
+    await page.waitForTimeout(500);
+    console.log(JSON.stringify({ title: await page.title(), responses }));
+  }
+} finally {
+  await browser.close();
+}
