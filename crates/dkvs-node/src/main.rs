@@ -479,7 +479,21 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
                     format!("account{}", existing.len() + 1)
                 }
             });
-            let pair = keystore.create(&name, key_type, &passphrase(true)?)?;
+            let passphrase = passphrase(true)?;
+            // The node opens its accounts with one passphrase: an account made with another
+            // would stay locked beside the default one.
+            if let Some(default) = home.default_account()? {
+                match keystore.load(&default, &passphrase) {
+                    Err(KeystoreError::WrongPassphrase { .. }) => anyhow::bail!(
+                        "the passphrase does not open the default account {default:?}: the node \
+                         opens its accounts with one passphrase, so give this account the \
+                         default account's"
+                    ),
+                    // A default account that is gone or damaged is the node's start to say.
+                    _ => {}
+                }
+            }
+            let pair = keystore.create(&name, key_type, &passphrase)?;
             if home.default_account()?.is_none() {
                 home.set_default_account(&name)?;
             }

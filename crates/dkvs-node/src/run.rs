@@ -209,7 +209,8 @@ async fn open_default(
         Ok(pair) => Ok(HashMap::from([(name, Arc::new(pair))])),
         Err(dkvs_account::keystore::KeystoreError::WrongPassphrase { .. }) => anyhow::bail!(
             "the passphrase does not open the default account {name:?}: the node did not start \
-             (it asks for the passphrase at a terminal, or reads DKVS_PASSPHRASE)"
+             (the passphrase is DKVS_PASSPHRASE's when it is set, else the one typed at the \
+             prompt)"
         ),
         // A default account whose file is gone is said when it is used (unknown_account).
         Err(dkvs_account::keystore::KeystoreError::NotFound(_)) => {

@@ -1736,6 +1736,18 @@ fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account()
     // With the right one, it starts, and puts as the account.
     let node = start(&home, None);
     ok(put(&node, &["/~/note", "hello"], None));
+    // A second account with another passphrase would stay locked beside it: refused.
+    let mut other = dkvs(&home);
+    other.env("DKVS_PASSPHRASE", "another").args(["account", "new", "bob"]);
+    let refused = run(other, None);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(r#"the passphrase does not open the default account "alice""#),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!dkvs_ok(&home, &["account", "list"]).contains("bob"), "no account made");
+    new_account(&home, "bob", "secp256k1");
     // An account that is not there is not found (exit code 1), as a key not set is.
     let missing = run(
         {
