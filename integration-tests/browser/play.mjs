@@ -4,9 +4,11 @@
 //                             {"responses": [{"status", "range"}...], "time", "error"}
 //   node play.mjs page URL    opens the page at URL (it sets its title from a script if
 //                             scripts run): {"title"}
+//   node play.mjs click URL TEXT   opens the page at URL and clicks its link TEXT, as a user
+//                             does: {"url", "status", "text"} of the page it leads to
 import { chromium } from 'playwright-core';
 
-const [what, url] = process.argv.slice(2);
+const [what, url, text] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   // As root (CI), Chromium's own sandbox cannot start; the page's sandbox is the gateway's.
@@ -35,9 +37,20 @@ try {
       for (let i = 0; i < 100 && (v.seeking || v.readyState < 2); i++) await sleep(50);
       return { time: v.currentTime, error: v.error ? v.error.code : null };
     });
-    const late = new Promise((r) => setTimeout(() => r(failed('no answer within 30 s')), 30000));
+    let timer;
+    const late = new Promise((r) => {
+      timer = setTimeout(() => r(failed('no answer within 30 s')), 30000);
+    });
     const player = await Promise.race([played.catch(failed), late]);
+    clearTimeout(timer);
     console.log(JSON.stringify({ responses, ...player }));
+  } else if (what === 'click') {
+    const [response] = await Promise.all([
+      page.waitForNavigation({ timeout: 30000 }),
+      page.getByRole('link', { name: text, exact: true }).click({ timeout: 30000 }),
+    ]);
+    const shown = await page.evaluate(() => document.body ? document.body.innerText : '');
+    console.log(JSON.stringify({ url: page.url(), status: response && response.status(), text: shown }));
   } else {
     await page.waitForTimeout(500);
     console.log(JSON.stringify({ title: await page.title(), responses }));

@@ -571,6 +571,25 @@ pub async fn resolve(
     Ok(cid)
 }
 
+/// The entries of `cid` when it is a plain UnixFS directory (fetched if it is not here, as a
+/// gateway path's last step); `None` for anything else (a file, a raw block).
+pub async fn directory(
+    node: &Node,
+    cid: Cid,
+    timeout: Duration,
+) -> Result<Option<Vec<unixfs::PbLink>>, IpfsError> {
+    if cid.codec() != unixfs::DAG_PB {
+        return Ok(None);
+    }
+    let mut leaves = Leaves::new(node, cid, timeout).await?;
+    let block = leaves.fetch(cid).await?;
+    match unixfs::kind(&cid, &block)? {
+        unixfs::Kind::Directory => Ok(Some(unixfs::entries(&block)?)),
+        unixfs::Kind::ShardedDirectory => Err(UnixfsError::ShardedDirectory.into()),
+        _ => Ok(None),
+    }
+}
+
 /// Fetches every block of the file `root` that is not here, keeps them (synced) and pins it:
 /// garbage collection keeps it from then on. Fails when a block cannot be kept (the store is
 /// full). The bytes of the file as stored.

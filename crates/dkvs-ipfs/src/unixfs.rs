@@ -939,6 +939,27 @@ pub fn kind(cid: &Cid, block: &[u8]) -> Result<Kind, UnixfsError> {
     }
 }
 
+/// A plain directory's block (CIDv1, dag-pb) over `entries`, sorted by name as dag-pb wants
+/// them; each entry's `size` is the encoded size of everything under it (`Tsize`).
+pub fn directory(mut entries: Vec<PbLink>) -> Block {
+    entries.sort_by(|a, b| a.name.as_deref().unwrap_or("").cmp(b.name.as_deref().unwrap_or("")));
+    let data = Data { r#type: DataType::Directory as i32, ..Data::default() };
+    let data = encode(&PbNode { links: entries, data: Some(data.encode_to_vec()) });
+    Block { cid: cid_of(DAG_PB, &data), data }
+}
+
+/// The entries of a plain directory's block: each link's name, the block it links to and
+/// the encoded size of everything under it (`Tsize`), in the block's order (by name, as
+/// writers sort them). An error for anything but a plain directory.
+pub fn entries(block: &[u8]) -> Result<Vec<PbLink>, UnixfsError> {
+    let (node, _, kind) = decode_unixfs(block)?;
+    match kind {
+        DataType::Directory => Ok(node.links),
+        DataType::HamtShard => Err(UnixfsError::ShardedDirectory),
+        other => Err(UnixfsError::NotADirectory { what: other.name() }),
+    }
+}
+
 /// The entry `name` of a plain UnixFS directory `block`, if it has one.
 pub fn resolve_child(block: &[u8], name: &str) -> Result<Option<Cid>, UnixfsError> {
     let (node, _, kind) = decode_unixfs(block)?;
@@ -1081,6 +1102,25 @@ mod tests {
             }
         }
         (out, fed)
+    }
+
+    #[test]
+    fn a_directory_block_is_the_one_ipfs_makes_and_reads_back() {
+        // The empty directory every IPFS implementation knows (Kubo's `ipfs object new
+        // unixfs-dir`), as CIDv0.
+        let empty = directory(Vec::new());
+        let v0 = Cid::new_v0(*empty.cid.hash()).expect("a dag-pb SHA2-256 CID");
+        assert_eq!(v0.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
+        let (a, b) = (raw_cid(b"a"), raw_cid(b"b"));
+        let link = |name: &str, cid| PbLink { cid, name: Some(name.into()), size: Some(1) };
+        let dir = directory(vec![link("zeta", a), link("alpha", b)]);
+        let listed = entries(&dir.data).expect("a directory");
+        let names: Vec<_> = listed.iter().map(|l| (l.name.as_deref(), l.cid)).collect();
+        assert_eq!(names, [(Some("alpha"), b), (Some("zeta"), a)], "sorted by name");
+        assert_eq!(resolve_child(&dir.data, "zeta").expect("a directory"), Some(a));
+        assert!(matches!(kind(&dir.cid, &dir.data), Ok(Kind::Directory)));
+        let err = entries(&file_node(&[(a, 1)], 1).1).expect_err("a file");
+        assert!(matches!(err, UnixfsError::NotADirectory { what: "file" }), "{err}");
     }
 
     #[test]

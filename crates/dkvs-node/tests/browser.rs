@@ -107,16 +107,17 @@ fn tone() -> Vec<u8> {
     wav
 }
 
-/// Opens `url` in the browser (`what`: "sound" or "page", see play.mjs): what it reported.
-fn browse(driver: &Path, what: &str, url: &str) -> serde_json::Value {
+/// Opens `url` in the browser (`what`: "sound", "page" or "click" with the link's text in
+/// `more`, see play.mjs): what it reported.
+fn browse(driver: &Path, what: &str, url: &str, more: &[&str]) -> serde_json::Value {
     let mut command = Command::new("node");
-    command.arg(driver.join("play.mjs")).args([what, url]).current_dir(driver);
+    command.arg(driver.join("play.mjs")).args([what, url]).args(more).current_dir(driver);
     let out = ok(run(command));
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 #[test]
-fn a_browser_plays_a_sound_from_the_gateway_and_seeks_in_it_and_runs_no_script_of_a_page() {
+fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed_file() {
     let driver = repo().join("target/browser");
     let installed = run({
         let mut c = Command::new("bash");
@@ -131,7 +132,7 @@ fn a_browser_plays_a_sound_from_the_gateway_and_seeks_in_it_and_runs_no_script_o
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     ok(run(dkvs(&home, &["account", "new"])));
-    let (_node, api) = start(&home);
+    let (node, api) = start(&home);
     let add = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).expect("file");
@@ -142,7 +143,7 @@ fn a_browser_plays_a_sound_from_the_gateway_and_seeks_in_it_and_runs_no_script_o
     let cid = add("tone.wav", &sound);
 
     // The browser's own player: it asks for the sound, then for the part it seeks to.
-    let played = browse(&driver, "sound", &format!("{api}/ipfs/{cid}?filename=tone.wav"));
+    let played = browse(&driver, "sound", &format!("{api}/ipfs/{cid}?filename=tone.wav"), &[]);
     assert_eq!(played["error"], serde_json::Value::Null, "{played}");
     let time = played["time"].as_f64().unwrap_or_default();
     assert!((24.9..30.0).contains(&time), "the player is where it sought to: {played}");
@@ -155,11 +156,36 @@ fn a_browser_plays_a_sound_from_the_gateway_and_seeks_in_it_and_runs_no_script_o
 
     // A page's script does not run: the gateway sandboxes every document that could run one.
     let page = add("page.html", b"<title>kept</title><script>document.title = 'ran'</script>");
-    let opened = browse(&driver, "page", &format!("{api}/ipfs/{page}?filename=page.html"));
+    let opened = browse(&driver, "page", &format!("{api}/ipfs/{page}?filename=page.html"), &[]);
     assert_eq!(opened["title"], "kept", "{opened}");
     // The same page with scripts allowed shows the driver can tell: not served so, but as a
     // data: URL.
     let html = "<title>kept</title><script>document.title = 'ran'</script>";
-    let allowed = browse(&driver, "page", &format!("data:text/html,{html}"));
+    let allowed = browse(&driver, "page", &format!("data:text/html,{html}"), &[]);
     assert_eq!(allowed["title"], "ran", "{allowed}");
+
+    // A directory's page (made by another IPFS tool, here written into the stopped node's
+    // store): a click on an entry opens it, though the page is sandboxed.
+    drop(node);
+    let root = {
+        use dkvs_ipfs::unixfs::{PbLink, directory};
+        let link = PbLink {
+            cid: page.parse().expect("a CID"),
+            name: Some("a page.html".into()),
+            size: Some(57),
+        };
+        let block = directory(vec![link]);
+        let store = dkvs_ipfs::BlockStore::open(
+            &home.join("data").join("ipfs"),
+            dkvs_ipfs::BlockStoreConfig::default(),
+        )
+        .expect("the node's block store");
+        store.put(&block.cid, &block.data).expect("kept");
+        store.pin(&block.cid).expect("pinned");
+        block.cid
+    };
+    let (_node, api) = start(&home);
+    let clicked = browse(&driver, "click", &format!("{api}/ipfs/{root}"), &["a page.html"]);
+    assert_eq!(clicked["status"], 200, "{clicked}");
+    assert_eq!(clicked["url"], format!("{api}/ipfs/{root}/a%20page.html"), "{clicked}");
 }

@@ -1277,6 +1277,74 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(header_of(&head, "etag"), None, "the API's get answers raw bytes too: no validator");
 }
 
+/// Writes a directory of `entries` (name, CID, bytes under it) into the stopped node's block
+/// store in `home`, pinned, as another IPFS tool would have made it; its CID.
+fn put_directory(home: &Path, entries: &[(&str, &str, u64)]) -> String {
+    use dkvs_ipfs::unixfs::{PbLink, directory};
+    let links = entries
+        .iter()
+        .map(|(name, cid, size)| PbLink {
+            cid: cid.parse().expect("a CID"),
+            name: Some((*name).to_owned()),
+            size: Some(*size),
+        })
+        .collect();
+    let block = directory(links);
+    let store = dkvs_ipfs::BlockStore::open(
+        &home.join("data").join("ipfs"),
+        dkvs_ipfs::BlockStoreConfig::default(),
+    )
+    .expect("the node's block store");
+    store.put(&block.cid, &block.data).expect("kept");
+    store.pin(&block.cid).expect("pinned");
+    block.cid.to_string()
+}
+
+#[test]
+fn the_gateway_lists_a_directory_and_serves_its_index_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    new_account(&home, "alice", "ed25519");
+    let node = start(&home, None);
+    let add = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("file");
+        ok(ipfs(&home, &["add", "--plain", path.to_str().expect("utf-8")])).trim().to_owned()
+    };
+    let (hello, index) = (add("hello", b"hello"), add("index", b"<title>sub</title>"));
+    drop(node);
+    let sub = put_directory(&home, &[("index.html", &index, 18)]);
+    let root =
+        put_directory(&home, &[("a b.txt", &hello, 5), ("<x>&.txt", &hello, 5), ("sub", &sub, 80)]);
+    let _node = start(&home, None);
+    let (api, _) = api_of(&home);
+    let get = |path: &str| http_with_head(&api, &api, path, "");
+
+    // At its address with a slash, where its relative links lead into it.
+    let (code, head, _) = get(&format!("/ipfs/{root}?filename=x"));
+    assert_eq!(code, 301, "{head}");
+    assert_eq!(header_of(&head, "location"), Some(&*format!("/ipfs/{root}/?filename=x")));
+    let (code, head, page) = get(&format!("/ipfs/{root}/"));
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"));
+    assert!(header_of(&head, "content-security-policy").is_some_and(|p| p.ends_with("sandbox")));
+    assert!(page.contains(r#"<a href="./a%20b.txt">a b.txt</a>"#), "{page}");
+    assert!(page.contains(r#"<a href="./%3Cx%3E%26.txt">&lt;x&gt;&amp;.txt</a>"#), "{page}");
+    assert!(page.contains(&hello) && !page.contains(r#"href="../""#), "{page}");
+    let (code, _, body) = get(&format!("/ipfs/{root}/a%20b.txt"));
+    assert_eq!((code, body.as_str()), (200, "hello"));
+    // A directory with an index.html is that page; below the root, a link leads up.
+    let (code, head, _) = get(&format!("/ipfs/{root}/sub"));
+    assert_eq!((code, header_of(&head, "location")), (301, Some(&*format!("/ipfs/{root}/sub/"))));
+    let (code, head, body) = get(&format!("/ipfs/{root}/sub/"));
+    assert_eq!((code, body.as_str()), (200, "<title>sub</title>"), "{head}");
+    assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"));
+    let (code, _, _) = get(&format!("/ipfs/{root}/sub/index.html"));
+    assert_eq!(code, 200);
+    let (code, _, body) = get(&format!("/ipfs/{root}/nothing"));
+    assert_eq!(code, 404, "{body}");
+}
+
 #[test]
 fn the_gateway_needs_the_token_when_the_api_listens_beyond_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -699,6 +699,7 @@ pub(super) async fn gateway(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<GatewayQuery>, axum::extract::rejection::QueryRejection>,
     method: axum::http::Method,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     // Beyond loopback (`api` set to another address), the gateway is not open to all.
@@ -741,11 +742,45 @@ pub(super) async fn gateway(
     )?;
     // An empty `filename=` names nothing.
     let filename = query.filename.as_deref().filter(|name| !name.is_empty());
-    let name = filename.or(names.last().copied());
-    let browsers = ForBrowsers { name, private: token_ok };
-    let head_only = method == axum::http::Method::HEAD;
-    let mut response =
-        serve_file(state.node.clone(), cid, options, &headers, Some(browsers), head_only).await?;
+    let mut name = filename.or(names.last().copied());
+    // A directory: its index.html, else a page of its entries, at its address with a slash
+    // at the end (where their relative links lead into it).
+    let entries =
+        files::directory(&state.node, cid, options.block_timeout).await.map_err(|e| match e {
+            IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::ShardedDirectory) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_file", e.to_string())
+            }
+            e => ipfs_error(e),
+        })?;
+    let mut response = match entries {
+        Some(_) if !uri.path().ends_with('/') => {
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            let to = format!("{}/{query}", uri.path());
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            let to =
+                HeaderValue::from_str(&to).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            response.headers_mut().insert(header::LOCATION, to);
+            response
+        }
+        Some(entries) if !entries.iter().any(|e| e.name.as_deref() == Some(INDEX)) => {
+            listing(uri.path(), &entries)
+        }
+        entries => {
+            let cid = match entries {
+                Some(entries) => {
+                    name = Some(INDEX);
+                    entries.into_iter().find(|e| e.name.as_deref() == Some(INDEX)).map(|e| e.cid)
+                }
+                None => None,
+            }
+            .unwrap_or(cid);
+            let browsers = ForBrowsers { name, private: token_ok };
+            let head_only = method == axum::http::Method::HEAD;
+            serve_file(state.node.clone(), cid, options, &headers, Some(browsers), head_only)
+                .await?
+        }
+    };
     let served = response.headers_mut();
     let download = query.download.unwrap_or(false);
     if filename.is_some() || download {
@@ -780,6 +815,60 @@ pub(super) async fn gateway(
         }));
     }
     Ok(response)
+}
+
+/// The page a directory with an entry of this name is served as.
+const INDEX: &str = "index.html";
+
+/// A directory's page: its entries as relative links (the names escaped for HTML and
+/// percent-encoded in the links), each with its CID; `path` is the directory's address.
+fn listing(path: &str, entries: &[dkvs_ipfs::unixfs::PbLink]) -> Response {
+    let escape = |text: &str| {
+        text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+            out
+        })
+    };
+    let link = |name: &str| {
+        name.bytes().fold(String::from("./"), |mut out, b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+            out
+        })
+    };
+    let shown = escape(path);
+    let mut page = format!(
+        "<!DOCTYPE html>\n<meta charset=\"utf-8\">\n<title>{shown}</title>\n<h1>{shown}</h1>\n<ul>\n"
+    );
+    // Below the root: the directory above.
+    if path.trim_end_matches('/').matches('/').count() > 2 {
+        page.push_str("<li><a href=\"../\">..</a></li>\n");
+    }
+    for entry in entries {
+        let name = entry.name.as_deref().unwrap_or_default();
+        page.push_str(&format!(
+            "<li><a href=\"{}\">{}</a> <small>{}</small></li>\n",
+            link(name),
+            escape(name),
+            entry.cid
+        ));
+    }
+    page.push_str("</ul>\n");
+    let mut response = Response::new(Body::from(page));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
 }
 
 #[cfg(test)]
