@@ -128,8 +128,24 @@ pub struct GetOptions {
     /// is full) fails the get. Otherwise fetched blocks are kept as room allows.
     pub keep: bool,
     /// Only these bytes of what the get writes (of the plaintext, for a file it decrypts):
-    /// the blocks that hold none of them are not fetched. `None`: the whole file.
+    /// the blocks that hold none of them are not fetched. `None`: the whole file; an empty
+    /// range reads nothing.
     pub range: Option<std::ops::Range<u64>>,
+    /// Blocks read already ([`Stat::known`]): taken before the store and the network, so a
+    /// get right after a [`stat`] fetches none of them again (a store with no room for a
+    /// read's cache keeps nothing).
+    pub known: Known,
+}
+
+/// Blocks of a file already fetched and checked against their CIDs ([`Stat::known`],
+/// [`GetOptions::known`]).
+#[derive(Clone, Default)]
+pub struct Known(HashMap<Cid, Arc<[u8]>>);
+
+impl std::fmt::Debug for Known {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Known({} blocks)", self.0.len())
+    }
 }
 
 impl Default for GetOptions {
@@ -140,6 +156,7 @@ impl Default for GetOptions {
             block_timeout: Duration::from_secs(60),
             keep: false,
             range: None,
+            known: Known::default(),
         }
     }
 }
@@ -272,6 +289,9 @@ struct Leaves<'a> {
     window: usize,
     /// No block that starts at or past this offset of the file is asked for ahead.
     end: u64,
+    /// Blocks read already, taken first; with `remember`, every block read joins them.
+    known: Known,
+    remember: bool,
 }
 
 /// Whether the network can give the block `cid`: its hash is SHA2-256, the one blocks are
@@ -282,14 +302,19 @@ fn fetchable(cid: &Cid) -> bool {
 }
 
 impl<'a> Leaves<'a> {
-    async fn new(node: &'a Node, root: Cid, timeout: Duration) -> Result<Leaves<'a>, IpfsError> {
+    async fn new(
+        node: &'a Node,
+        root: Cid,
+        timeout: Duration,
+        known: Known,
+    ) -> Result<Leaves<'a>, IpfsError> {
         // A root of another codec (dag-cbor, dag-json) is no file, whatever its block holds:
         // said at once, not after the block's wait.
         if ![unixfs::DAG_PB, unixfs::RAW].contains(&root.codec()) {
             return Err(UnixfsError::UnsupportedCodec(root.codec()).into());
         }
         let store = store_of(node).await?;
-        if fetchable(&root) && !store.has(&root) {
+        if fetchable(&root) && !store.has(&root) && !known.0.contains_key(&root) {
             // Beside asking connected peers: the providers the IPFS DHT knows are dialed, and
             // asked as they connect.
             node.with_extension(move |ipfs: &mut Ipfs, _| {
@@ -307,6 +332,8 @@ impl<'a> Leaves<'a> {
             keep: false,
             window: WINDOW,
             end: u64::MAX,
+            known,
+            remember: false,
         })
     }
 
@@ -364,7 +391,10 @@ impl<'a> Leaves<'a> {
     /// Whether `cid` is a block to ask the network for: one it can give ([`fetchable`]),
     /// neither kept here nor asked for already.
     fn to_ask(&self, cid: &Cid) -> bool {
-        fetchable(cid) && !self.pending.contains_key(cid) && !self.store.has(cid)
+        fetchable(cid)
+            && !self.pending.contains_key(cid)
+            && !self.known.0.contains_key(cid)
+            && !self.store.has(cid)
     }
 
     /// The block `cid`, from here or the network, outside the file's walk.
@@ -391,6 +421,20 @@ impl<'a> Leaves<'a> {
     /// The block `cid`: from the network if it was asked for (then kept here), else from
     /// the store (`None` if it went meanwhile: it is asked for on the next round).
     async fn block(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
+        if let Some(block) = self.known.0.get(&cid) {
+            return Ok(Some(block.clone()));
+        }
+        let block = self.obtain(cid).await?;
+        if self.remember
+            && let Some(block) = &block
+        {
+            self.known.0.insert(cid, block.clone());
+        }
+        Ok(block)
+    }
+
+    /// [`Leaves::block`], not known already.
+    async fn obtain(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
         match cid.hash().code() {
             SHA2_256 => {}
             // The block is the CID's own digest (IPFS inlines tiny blocks so).
@@ -454,7 +498,7 @@ pub async fn get<W: AsyncWrite + Unpin>(
     if start >= end {
         return Ok(Got { written: 0, decrypted: false });
     }
-    let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
+    let mut leaves = Leaves::new(node, root, options.block_timeout, options.known.clone()).await?;
     leaves.keep = options.keep;
     // Bytes as stored are written from where they are; a plain file's too, once its first
     // leaf says it is one: till then, nothing past that leaf is asked for.
@@ -515,29 +559,50 @@ pub async fn get<W: AsyncWrite + Unpin>(
     Ok(Got { written, decrypted: opener.is_some() })
 }
 
-/// What a [`get`] of a file would write, found from its first blocks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a [`get`] of a file would write, found from its first blocks; or a directory's entries.
+#[derive(Debug, Clone)]
 pub struct Stat {
     /// The bytes a whole get writes: the size the root records, or, for a file the get
-    /// decrypts, the plaintext's.
+    /// decrypts, the plaintext's (0 for a directory).
     pub size: u64,
     /// The first of those bytes (its first leaf's, at most a chunk): to tell the file's type.
     pub head: Vec<u8>,
+    /// The entries of a plain directory, when the root is one (a get of it fails).
+    pub directory: Option<Vec<unixfs::PbLink>>,
+    /// The blocks read: a get right after it takes them ([`GetOptions::known`]).
+    pub known: Known,
 }
 
 /// What a [`get`] of `root` with `options` would write (`options.range` aside), from the root,
 /// the first leaf and, for a file it decrypts, the first chunk; fails as the get would on them
-/// (a file encrypted for another account, a block no peer has).
+/// (a file encrypted for another account, a block no peer has). A plain directory is told by
+/// its entries (a sharded one fails).
 pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, IpfsError> {
-    let mut leaves = Leaves::new(node, root, options.block_timeout).await?;
+    let mut leaves = Leaves::new(node, root, options.block_timeout, options.known.clone()).await?;
     // The blocks it reads, one at a time: nothing the get after it may not need.
-    leaves.window = 1;
+    (leaves.window, leaves.remember) = (1, true);
+    let stat = |size, head, directory, leaves: Leaves<'_>| Stat {
+        size,
+        head,
+        directory,
+        known: leaves.known,
+    };
+    if root.codec() == unixfs::DAG_PB {
+        let block = leaves.fetch(root).await?;
+        match unixfs::kind(&root, &block)? {
+            unixfs::Kind::Directory => {
+                return Ok(stat(0, Vec::new(), Some(unixfs::entries(&block)?), leaves));
+            }
+            unixfs::Kind::ShardedDirectory => return Err(UnixfsError::ShardedDirectory.into()),
+            _ => {}
+        }
+    }
     let Some((first, ..)) = leaves.next().await? else {
-        return Ok(Stat { size: 0, head: Vec::new() });
+        return Ok(stat(0, Vec::new(), None, leaves));
     };
     let stored = leaves.reader.size().unwrap_or(0);
     let header = if options.raw { None } else { Header::parse(&first)? };
-    let Some(header) = header else { return Ok(Stat { size: stored, head: first }) };
+    let Some(header) = header else { return Ok(stat(stored, first, None, leaves)) };
     let key = open_key(node, &header, root, options.account.as_ref()).await?;
     let size = header.plain_size(first.len() as u64, stored);
     let mut opener = Opener::new(key, &header);
@@ -546,7 +611,7 @@ pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, 
         // The header alone: no chunk, not even the empty one every file ends with.
         None => return Err(CryptError::Truncated.into()),
     };
-    Ok(Stat { size, head })
+    Ok(stat(size, head, None, leaves))
 }
 
 /// The CID at `path` below `root` (names of entries in UnixFS directories, as a gateway's
@@ -557,7 +622,7 @@ pub async fn resolve(
     path: &[&str],
     timeout: Duration,
 ) -> Result<Cid, IpfsError> {
-    let mut leaves = Leaves::new(node, root, timeout).await?;
+    let mut leaves = Leaves::new(node, root, timeout, Known::default()).await?;
     let mut cid = root;
     for (i, name) in path.iter().enumerate() {
         // A raw block is a file's bytes (a small file's whole): not dag-pb, so said here.
@@ -569,25 +634,6 @@ pub async fn resolve(
             .ok_or_else(|| IpfsError::NoSuchPath { root, path: path[..=i].join("/") })?;
     }
     Ok(cid)
-}
-
-/// The entries of `cid` when it is a plain UnixFS directory (fetched if it is not here, as a
-/// gateway path's last step); `None` for anything else (a file, a raw block).
-pub async fn directory(
-    node: &Node,
-    cid: Cid,
-    timeout: Duration,
-) -> Result<Option<Vec<unixfs::PbLink>>, IpfsError> {
-    if cid.codec() != unixfs::DAG_PB {
-        return Ok(None);
-    }
-    let mut leaves = Leaves::new(node, cid, timeout).await?;
-    let block = leaves.fetch(cid).await?;
-    match unixfs::kind(&cid, &block)? {
-        unixfs::Kind::Directory => Ok(Some(unixfs::entries(&block)?)),
-        unixfs::Kind::ShardedDirectory => Err(UnixfsError::ShardedDirectory.into()),
-        _ => Ok(None),
-    }
 }
 
 /// Fetches every block of the file `root` that is not here, keeps them (synced) and pins it:
@@ -647,7 +693,7 @@ async fn open_key(
 
 /// The header of the encrypted file `root` (its first leaf).
 async fn header_of(node: &Node, root: Cid, timeout: Duration) -> Result<Header, IpfsError> {
-    let mut leaves = Leaves::new(node, root, timeout).await?;
+    let mut leaves = Leaves::new(node, root, timeout, Known::default()).await?;
     let first = leaves.next().await?.map(|(leaf, ..)| leaf).unwrap_or_default();
     Header::parse(&first)?.ok_or(IpfsError::NotEncrypted(root))
 }

@@ -792,6 +792,43 @@ async fn a_part_of_a_file_is_fetched_without_the_leaves_outside_it() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_after_a_stat_fetches_none_of_its_blocks_again_where_nothing_is_cached()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // Node 1's store keeps nothing (a store full of pinned files): what a stat read, the
+        // get right after it takes from the stat.
+        let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            let first = spawned.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let mut blocks = BlockStoreConfig::default();
+            if !first {
+                blocks.max_bytes = 1;
+            }
+            let ipfs = Ipfs::open(&dir.join("ipfs"), identity, blocks)?;
+            Ok(NodeBuilder::new(identity.clone(), store, config)
+                .with_extension(|_| ipfs)
+                .spawn()?)
+        });
+        let net = TestNet::start_custom(2, Config::default(), dkvs_store::Config::default(), spawn)
+            .await?;
+        // Three leaves of 1 MiB under a root.
+        let bytes = data(2_500_000);
+        let cid = add(&net, 0, &bytes, None).await?;
+        let before = net.node(1).traffic().bytes_in;
+        let stat = files::stat(net.node(1), cid, &GetOptions::default()).await?;
+        assert_eq!((stat.size, stat.directory.is_none()), (bytes.len() as u64, true));
+        let options = GetOptions { known: stat.known, ..GetOptions::default() };
+        assert!(get(&net, 1, cid, &options).await? == bytes);
+        let took = net.node(1).traffic().bytes_in - before;
+        // The file once, and a little: not its first leaf (1 MiB) again.
+        assert!(took < bytes.len() as u64 + (1 << 20) / 2, "{took} bytes for {}", bytes.len());
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_read_then_pinned_is_kept_on_disk_for_good() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;

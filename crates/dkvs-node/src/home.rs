@@ -85,7 +85,8 @@ impl Home {
     /// The default account's name, if one is set.
     pub fn default_account(&self) -> anyhow::Result<Option<String>> {
         match fs::read_to_string(self.root.join("default-account")) {
-            Ok(name) => Ok(Some(name.trim().to_owned())),
+            // An empty file names none.
+            Ok(name) => Ok(Some(name.trim().to_owned()).filter(|name| !name.is_empty())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).context("cannot read the default account"),
         }

@@ -482,19 +482,22 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
             let passphrase = passphrase(true)?;
             // The node opens its accounts with one passphrase: an account made with another
             // would stay locked beside the default one.
-            if let Some(default) = home.default_account()? {
-                match keystore.load(&default, &passphrase) {
+            let mut default = home.default_account()?;
+            if let Some(named) = &default {
+                match keystore.load(named, &passphrase) {
                     Err(KeystoreError::WrongPassphrase { .. }) => anyhow::bail!(
-                        "the passphrase does not open the default account {default:?}: the node \
+                        "the passphrase does not open the default account {named:?}: the node \
                          opens its accounts with one passphrase, so give this account the \
                          default account's"
                     ),
-                    // A default account that is gone or damaged is the node's start to say.
+                    // A default that names no account any more: this one takes its place.
+                    Err(KeystoreError::NotFound(_)) => default = None,
+                    // A damaged one is the node's start to say.
                     _ => {}
                 }
             }
             let pair = keystore.create(&name, key_type, &passphrase)?;
-            if home.default_account()?.is_none() {
+            if default.is_none() {
                 home.set_default_account(&name)?;
             }
             outln!("{}", pair.account_id());

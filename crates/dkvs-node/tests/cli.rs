@@ -1248,6 +1248,10 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"), "{head}");
     let sandboxed = format!("{elsewhere}; sandbox");
     assert_eq!(header_of(&head, "content-security-policy"), Some(&*sandboxed), "{head}");
+    // A playlist is sandboxed: a browser that plays one asks for every file it names.
+    let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=list.m3u8"), "");
+    assert_eq!(header_of(&head, "content-type"), Some("audio/x-mpegurl"), "{head}");
+    assert_eq!(header_of(&head, "content-security-policy"), Some(&*sandboxed), "{head}");
     let player = "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\n\
                   Sec-Fetch-Dest: video\r\nRange: bytes=3-\r\n";
     let (code, _, _) = get(&format!("/ipfs/{png_cid}?filename=a.mp4"), player);
@@ -1269,6 +1273,12 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     // Without it: refused, a part as the whole.
     let (code, _, body) = get(&format!("/ipfs/{sealed_cid}"), "Range: bytes=0-9\r\n");
     assert_eq!(code, 403, "{body}");
+    // Nor does naming its validator get a 304 for it: the file must open first.
+    let asked = format!("If-None-Match: \"{sealed_cid}\"\r\n");
+    let (code, _, body) = get(&format!("/ipfs/{sealed_cid}"), &asked);
+    assert_eq!(code, 403, "{body}");
+    let (code, _, _) = get(&format!("/ipfs/{text_cid}"), "If-None-Match: *\r\n");
+    assert_eq!(code, 304, "a file that opens matches *");
     // The API's get: parts too, always bytes.
     let (code, head, body) =
         get(&format!("/v1/ipfs/get/{sealed_cid}"), &format!("{auth}Range: bytes=-10\r\n"));
@@ -1816,6 +1826,16 @@ fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account()
     );
     assert!(!dkvs_ok(&home, &["account", "list"]).contains("bob"), "no account made");
     new_account(&home, "bob", "secp256k1");
+    // A default that names no account any more (or nothing): the next account takes its place.
+    drop(node);
+    std::fs::write(home.join("default-account"), "ghost\n").expect("default");
+    new_account(&home, "carol", "ed25519");
+    assert!(dkvs_ok(&home, &["account", "list"]).contains("carol\ted25519"));
+    assert_eq!(std::fs::read_to_string(home.join("default-account")).expect("default"), "carol\n");
+    std::fs::write(home.join("default-account"), "").expect("default");
+    let node = start(&home, None);
+    let refused = put(&node, &["/~/note", "hello"], None);
+    assert!(stderr(&refused).contains("no default account"), "{}", stderr(&refused));
     // An account that is not there is not found (exit code 1), as a key not set is.
     let missing = run(
         {

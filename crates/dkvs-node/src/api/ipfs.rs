@@ -124,6 +124,7 @@ pub(super) async fn get(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    method: axum::http::Method,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let Path(cid) = path.map_err(rejected)?;
@@ -141,7 +142,14 @@ pub(super) async fn get(
     if let Some(secs) = query.timeout {
         options.block_timeout = Duration::from_secs(secs.clamp(1, 3600));
     }
-    serve_file(state.node.clone(), cid, options, &headers, None, false).await
+    // A HEAD request: the file's first blocks are read (it opens, or the status says why),
+    // not the rest.
+    let head_only = method == axum::http::Method::HEAD;
+    let stat = match head_only {
+        true => Some(files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?),
+        false => None,
+    };
+    serve_file(state.node.clone(), cid, options, &headers, None, head_only, stat).await
 }
 
 /// What a `Range` header asks of a file of a known size.
@@ -251,13 +259,14 @@ fn names_etag(list: &HeaderValue, etag: &str, weak: bool) -> bool {
 }
 
 /// Answers the file `cid`: whole, or the one byte range a `Range` header asks (206; 416 for
-/// one past the end); `head_only` without its bytes (a HEAD request). For the gateway
-/// (`browsers`), the answer gives the file's size, a type that follows the file's name and
-/// first bytes, and the CID as its validator: an `If-None-Match` that names it is answered
-/// 304 with no block read, and an `If-Range` that names it keeps the `Range` (one that does
-/// not asks for the whole file). The API's gets are `application/octet-stream`, streamed as
-/// the blocks come (no size first), without a validator (the same CID answers two ways,
-/// `raw` or not), and an `If-Range` asks them for the whole file.
+/// one past the end); `head_only` without its bytes (a HEAD request). `stat` is the file's,
+/// if it was read already. For the gateway (`browsers`), the answer gives the file's size, a
+/// type that follows the file's name and first bytes, and the CID as its validator: an
+/// `If-None-Match` that names it is answered 304 (once the file opens: its first blocks
+/// read), and an `If-Range` that names it keeps the `Range` (one that does not asks for the
+/// whole file). The API's gets are `application/octet-stream`, streamed as the blocks come
+/// (no size first), without a validator (the same CID answers two ways, `raw` or not), and
+/// an `If-Range` asks them for the whole file.
 async fn serve_file(
     node: dkvs_net::Node,
     cid: Cid,
@@ -265,6 +274,7 @@ async fn serve_file(
     headers: &axum::http::HeaderMap,
     browsers: Option<ForBrowsers<'_>>,
     head_only: bool,
+    mut stat: Option<files::Stat>,
 ) -> ApiResult<Response> {
     let etag = format!("\"{cid}\"");
     let cache = browsers.as_ref().map(|b| {
@@ -274,14 +284,6 @@ async fn serve_file(
             (header::CACHE_CONTROL, HeaderValue::from_str(&cache).expect("ASCII")),
         ]
     });
-    if let Some(cache) = &cache
-        && headers.get(header::IF_NONE_MATCH).is_some_and(|list| names_etag(list, &etag, true))
-    {
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        response.headers_mut().extend(cache.clone());
-        return Ok(response);
-    }
     let range = match (headers.get(header::RANGE), headers.get(header::IF_RANGE)) {
         (Some(range), None) => range.to_str().ok(),
         (Some(range), Some(tag)) if cache.is_some() && names_etag(tag, &etag, false) => {
@@ -291,10 +293,22 @@ async fn serve_file(
     };
     // The size (for Content-Length and Content-Range) and the first bytes (for the type), from
     // the file's first blocks; a file that does not open fails here, before any byte.
-    let stat = match (&browsers, range) {
-        (None, None) => None,
-        _ => Some(files::stat(&node, cid, &options).await.map_err(ipfs_error)?),
-    };
+    if stat.is_none() && (browsers.is_some() || range.is_some()) {
+        stat = Some(files::stat(&node, cid, &options).await.map_err(ipfs_error)?);
+    }
+    // The browser has the file (it opens here: `*` names no file nobody has).
+    if let Some(cache) = &cache
+        && headers.get(header::IF_NONE_MATCH).is_some_and(|list| names_etag(list, &etag, true))
+    {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response.headers_mut().extend(cache.clone());
+        return Ok(response);
+    }
+    // What the stat read, the get takes.
+    if let Some(stat) = &stat {
+        options.known = stat.known.clone();
+    }
     let mut part = None;
     if let (Some(range), Some(stat)) = (range, &stat) {
         match asked(range, stat.size) {
@@ -743,16 +757,22 @@ pub(super) async fn gateway(
     // An empty `filename=` names nothing.
     let filename = query.filename.as_deref().filter(|name| !name.is_empty());
     let mut name = filename.or(names.last().copied());
+    let stat = |cid| {
+        let (node, options) = (state.node.clone(), options.clone());
+        async move {
+            files::stat(&node, cid, &options).await.map_err(|e| match e {
+                IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::ShardedDirectory) => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_file", e.to_string())
+                }
+                e => ipfs_error(e),
+            })
+        }
+    };
+    let opened = stat(cid).await?;
     // A directory: its index.html, else a page of its entries, at its address with a slash
     // at the end (where their relative links lead into it).
-    let entries =
-        files::directory(&state.node, cid, options.block_timeout).await.map_err(|e| match e {
-            IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::ShardedDirectory) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_file", e.to_string())
-            }
-            e => ipfs_error(e),
-        })?;
-    let mut response = match entries {
+    let head_only = method == axum::http::Method::HEAD;
+    let mut response = match opened.directory {
         Some(_) if !uri.path().ends_with('/') => {
             let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             let to = format!("{}/{query}", uri.path());
@@ -763,21 +783,29 @@ pub(super) async fn gateway(
             response.headers_mut().insert(header::LOCATION, to);
             response
         }
-        Some(entries) if !entries.iter().any(|e| e.name.as_deref() == Some(INDEX)) => {
-            listing(uri.path(), &entries)
-        }
-        entries => {
-            let cid = match entries {
-                Some(entries) => {
-                    name = Some(INDEX);
-                    entries.into_iter().find(|e| e.name.as_deref() == Some(INDEX)).map(|e| e.cid)
-                }
-                None => None,
+        Some(ref entries) => match entries.iter().find(|e| e.name.as_deref() == Some(INDEX)) {
+            None => listing(uri.path(), entries),
+            Some(index) => {
+                name = Some(INDEX);
+                let browsers = ForBrowsers { name, private: token_ok };
+                let opened = stat(index.cid).await?;
+                let node = state.node.clone();
+                serve_file(
+                    node,
+                    index.cid,
+                    options,
+                    &headers,
+                    Some(browsers),
+                    head_only,
+                    Some(opened),
+                )
+                .await?
             }
-            .unwrap_or(cid);
+        },
+        None => {
             let browsers = ForBrowsers { name, private: token_ok };
-            let head_only = method == axum::http::Method::HEAD;
-            serve_file(state.node.clone(), cid, options, &headers, Some(browsers), head_only)
+            let node = state.node.clone();
+            serve_file(node, cid, options, &headers, Some(browsers), head_only, Some(opened))
                 .await?
         }
     };
@@ -790,13 +818,14 @@ pub(super) async fn gateway(
     // (by the file's name or its first bytes), nothing loaded from elsewhere (a page that
     // tells a third party it was opened). An HTML or SVG file would otherwise run at the
     // API's own origin, where its requests count as this site's: every document the browser
-    // could run a script in is sandboxed. Not a video's or a sound's: the browser's own
-    // player shows it, and its requests for the parts it plays (ranges of the same file) come
-    // from this site only if the page is not sandboxed.
+    // could run a script in, or that names other files it would load (a playlist), is
+    // sandboxed. Not a video's or a sound's of one file: the browser's own player shows it,
+    // and its requests for the parts it plays (ranges of the same file) come from this site
+    // only if the page is not sandboxed.
     let media = served
         .get(header::CONTENT_TYPE)
         .and_then(|t| t.to_str().ok())
-        .is_some_and(|t| t.starts_with("video/") || t.starts_with("audio/"));
+        .is_some_and(|t| SELF_CONTAINED_MEDIA.contains(&t.split(';').next().unwrap_or(t).trim()));
     let policy = if media {
         NOTHING_FROM_ELSEWHERE.to_owned()
     } else {
@@ -816,6 +845,33 @@ pub(super) async fn gateway(
     }
     Ok(response)
 }
+
+/// The types of video and sound a browser's player shows from the one file: served without
+/// the sandbox, so that the player's requests for their parts come from this site. Not a
+/// playlist (`audio/x-mpegurl`, `application/vnd.apple.mpegurl`, `video/vnd.mpegurl`,
+/// `audio/x-scpls`, `video/x-ms-asf`): a browser that plays one asks for every file it names.
+const SELF_CONTAINED_MEDIA: &[&str] = &[
+    "audio/aac",
+    "audio/flac",
+    "audio/m4a",
+    "audio/mp4",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/opus",
+    "audio/wav",
+    "audio/wave",
+    "audio/webm",
+    "audio/x-flac",
+    "audio/x-m4a",
+    "audio/x-wav",
+    "video/mp4",
+    "video/mpeg",
+    "video/ogg",
+    "video/quicktime",
+    "video/webm",
+    "video/x-m4v",
+    "video/x-matroska",
+];
 
 /// The page a directory with an entry of this name is served as.
 const INDEX: &str = "index.html";
