@@ -3,7 +3,7 @@
 //   node play.mjs sound URL   plays the sound at URL in the browser's own player, seeks to 25 s:
 //                             {"responses": [{"status", "range"}...], "time", "error"}
 //   node play.mjs page URL    opens the page at URL (it sets its title from a script if
-//                             scripts run): {"title"}
+//                             scripts run): {"title", "images": [the width of each image]}
 //   node play.mjs click URL TEXT   opens the page at URL and clicks its link TEXT, as a user
 //                             does: {"url", "status", "text"} of the page it leads to
 import { chromium } from 'playwright-core';
@@ -53,7 +53,9 @@ try {
     console.log(JSON.stringify({ url: page.url(), status: response && response.status(), text: shown }));
   } else {
     await page.waitForTimeout(500);
-    console.log(JSON.stringify({ title: await page.title(), responses }));
+    // The width of each image as shown (0 for one that did not load).
+    const images = await page.evaluate(() => Array.from(document.images, (i) => i.naturalWidth));
+    console.log(JSON.stringify({ title: await page.title(), images, responses }));
   }
 } finally {
   await browser.close();

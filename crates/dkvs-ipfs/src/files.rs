@@ -421,8 +421,13 @@ impl<'a> Leaves<'a> {
     /// The block `cid`: from the network if it was asked for (then kept here), else from
     /// the store (`None` if it went meanwhile: it is asked for on the next round).
     async fn block(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
-        if let Some(block) = self.known.0.get(&cid) {
-            return Ok(Some(block.clone()));
+        // Taken out once used (a read uses each block once): a long transfer holds none of
+        // them; a stat, which hands them on, keeps them.
+        if let Some(block) = self.known.0.remove(&cid) {
+            if self.remember {
+                self.known.0.insert(cid, block.clone());
+            }
+            return Ok(Some(block));
         }
         let block = self.obtain(cid).await?;
         if self.remember

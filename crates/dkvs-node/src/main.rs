@@ -483,18 +483,21 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
             // The node opens its accounts with one passphrase: an account made with another
             // would stay locked beside the default one.
             let mut default = home.default_account()?;
-            if let Some(named) = &default {
-                match keystore.load(named, &passphrase) {
-                    Err(KeystoreError::WrongPassphrase { .. }) => anyhow::bail!(
-                        "the passphrase does not open the default account {named:?}: the node \
-                         opens its accounts with one passphrase, so give this account the \
-                         default account's"
-                    ),
-                    // A default that names no account any more: this one takes its place.
-                    Err(KeystoreError::NotFound(_)) => default = None,
-                    // A damaged one is the node's start to say.
-                    _ => {}
-                }
+            if default.as_ref().is_some_and(|named| !existing.iter().any(|a| a.name == *named)) {
+                // A default that names no account any more: this one takes its place.
+                default = None;
+            }
+            // The default account, else any other.
+            let other = default.clone().or_else(|| existing.first().map(|a| a.name.clone()));
+            if let Some(other) = other
+                && let Err(KeystoreError::WrongPassphrase { .. }) =
+                    keystore.load(&other, &passphrase)
+            {
+                // (A damaged account is the node's start to say.)
+                anyhow::bail!(
+                    "the passphrase does not open the account {other:?}: the node opens its \
+                     accounts with one passphrase, so give this account the others'"
+                );
             }
             let pair = keystore.create(&name, key_type, &passphrase)?;
             if default.is_none() {

@@ -3,27 +3,16 @@
 //! out of reach fails it, loudly). `dkvs node` runs as a process, on its default configuration
 //! but for a loopback listen address.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-const PASSPHRASE: &str = "browser";
+use common::{Reaped, dkvs, ok, put_directory, repo, run_for};
+
 const STEP: Duration = Duration::from_secs(120);
-
-/// A process killed and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// How long the browser's installation may take: `.ci/browser` bounds each of its steps
 /// (apt, npm) within it, so that none is cut off halfway holding a lock.
@@ -32,39 +21,6 @@ const INSTALL: Duration = Duration::from_secs(1500);
 /// Runs `command` to its end, at most [`STEP`].
 fn run(command: Command) -> Output {
     run_for(command, STEP)
-}
-
-/// Runs `command` to its end, at most `limit`.
-fn run_for(mut command: Command, limit: Duration) -> Output {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("starts");
-    let deadline = Instant::now() + limit;
-    while child.try_wait().expect("waitable").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} took over {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
-fn dkvs(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dkvs"));
-    command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
-    command.args(args);
-    command
 }
 
 /// A node from `home`, on loopback; its API's URL.
@@ -181,27 +137,30 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
     assert_eq!(allowed["title"], "ran", "{allowed}");
 
     // A directory's page (made by another IPFS tool, here written into the stopped node's
-    // store): a click on an entry opens it, though the page is sandboxed.
+    // store): a click on an entry opens it, though the page is sandboxed. And a site: its
+    // page shows its image (a 1x1 PNG), loaded from the sandboxed page.
+    let png = add("pic.png", &PIXEL);
+    let site = add("index.html", b"<title>site</title><img src=\"pic.png\">");
     drop(node);
-    let root = {
-        use dkvs_ipfs::unixfs::{PbLink, directory};
-        let link = PbLink {
-            cid: page.parse().expect("a CID"),
-            name: Some("a page.html".into()),
-            size: Some(57),
-        };
-        let block = directory(vec![link]);
-        let store = dkvs_ipfs::BlockStore::open(
-            &home.join("data").join("ipfs"),
-            dkvs_ipfs::BlockStoreConfig::default(),
-        )
-        .expect("the node's block store");
-        store.put(&block.cid, &block.data).expect("kept");
-        store.pin(&block.cid).expect("pinned");
-        block.cid
-    };
+    let site = put_directory(&home, &[("index.html", &site, 60), ("pic.png", &png, 67)]);
+    let root = put_directory(&home, &[("a page.html", &page, 57), ("site", &site, 200)]);
     let (_node, api) = start(&home);
     let clicked = browse(&driver, "click", &format!("{api}/ipfs/{root}"), &["a page.html"]);
     assert_eq!(clicked["status"], 200, "{clicked}");
     assert_eq!(clicked["url"], format!("{api}/ipfs/{root}/a%20page.html"), "{clicked}");
+    let shown = browse(&driver, "page", &format!("{api}/ipfs/{root}/site/"), &[]);
+    assert_eq!(
+        (&shown["title"], &shown["images"]),
+        (&"site".into(), &serde_json::json!([1])),
+        "{shown}"
+    );
 }
+
+/// A PNG of one transparent pixel.
+const PIXEL: [u8; 67] = [
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
+];

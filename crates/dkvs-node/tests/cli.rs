@@ -1,11 +1,15 @@
 //! End-to-end: real `dkvs node` processes on loopback with separate homes, driven only through
 //! the command line.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::{Reaped, ok, put_directory};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 const STEP: Duration = Duration::from_secs(60);
@@ -21,16 +25,6 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Any other child process, killed and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -65,16 +59,6 @@ fn exits_within(child: &mut Child, limit: Duration, what: &str) -> std::process:
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
 fn new_account(home: &Path, name: &str, key_type: &str) -> String {
@@ -219,29 +203,29 @@ fn http_with(addr: &str, host: &str, path: &str, headers: &str) -> (u16, String)
 
 /// [`http_with`], with the response's header lines too: (status, headers, body).
 fn http_with_head(addr: &str, host: &str, path: &str, headers: &str) -> (u16, String, String) {
+    http_request(addr, "GET", host, path, headers)
+}
+
+/// A bare HTTP/1.1 request of `method` (no body) to `addr` with `Host: host` and the header
+/// lines `headers`: (status, headers, body).
+fn http_request(
+    addr: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).expect("api reachable");
     stream.set_read_timeout(Some(STEP)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")
-        .expect("request sent");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("request sent");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("response");
     // A file's bytes may be no text: shown as near as they go.
-    let response = String::from_utf8_lossy(&response);
-    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (code, head.to_owned(), body.to_owned())
-}
-
-/// A bare HTTP/1.1 request of `method` (no body) on loopback: (status, headers, body).
-fn http_method(addr: &str, method: &str, path: &str) -> (u16, String, String) {
-    use std::io::Read as _;
-    let mut stream = std::net::TcpStream::connect(addr).expect("api reachable");
-    stream.set_read_timeout(Some(STEP)).expect("timeout");
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .expect("request sent");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("response");
     let response = String::from_utf8_lossy(&response);
     let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -1098,7 +1082,7 @@ fn files_through_the_command_line_and_the_gateway() {
         // What it serves runs nowhere: no script, no frame.
         let head = head.to_ascii_lowercase();
         let policy = head.lines().find(|l| l.starts_with("content-security-policy:"));
-        assert!(policy.is_some_and(|p| p.ends_with("; sandbox")), "{head}");
+        assert!(policy.is_some_and(|p| p.ends_with("; sandbox allow-same-origin")), "{head}");
         assert!(head.contains("x-frame-options: deny"), "{head}");
     }
     let origin = "Origin: http://evil.example\r\n";
@@ -1182,7 +1166,7 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     // Its size, said first: a response cut short is seen as cut.
     assert_eq!(header_of(&head, "content-length"), Some(&*text.len().to_string()), "{head}");
     // The same without the bytes (HEAD).
-    let (code, head, body) = http_method(&api, "HEAD", &format!("/ipfs/{text_cid}"));
+    let (code, head, body) = http_request(&api, "HEAD", &api, &format!("/ipfs/{text_cid}"), "");
     assert_eq!((code, body.as_str()), (200, ""), "{head}");
     assert_eq!(header_of(&head, "content-length"), Some(&*text.len().to_string()), "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("text/plain; charset=utf-8"), "{head}");
@@ -1246,7 +1230,7 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(header_of(&head, "content-security-policy"), Some(elsewhere), "{head}");
     let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=page.html"), "");
     assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"), "{head}");
-    let sandboxed = format!("{elsewhere}; sandbox");
+    let sandboxed = format!("{elsewhere}; sandbox allow-same-origin");
     assert_eq!(header_of(&head, "content-security-policy"), Some(&*sandboxed), "{head}");
     // A playlist is sandboxed: a browser that plays one asks for every file it names.
     let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=list.m3u8"), "");
@@ -1287,29 +1271,6 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(header_of(&head, "etag"), None, "the API's get answers raw bytes too: no validator");
 }
 
-/// Writes a directory of `entries` (name, CID, bytes under it) into the stopped node's block
-/// store in `home`, pinned, as another IPFS tool would have made it; its CID.
-fn put_directory(home: &Path, entries: &[(&str, &str, u64)]) -> String {
-    use dkvs_ipfs::unixfs::{PbLink, directory};
-    let links = entries
-        .iter()
-        .map(|(name, cid, size)| PbLink {
-            cid: cid.parse().expect("a CID"),
-            name: Some((*name).to_owned()),
-            size: Some(*size),
-        })
-        .collect();
-    let block = directory(links);
-    let store = dkvs_ipfs::BlockStore::open(
-        &home.join("data").join("ipfs"),
-        dkvs_ipfs::BlockStoreConfig::default(),
-    )
-    .expect("the node's block store");
-    store.put(&block.cid, &block.data).expect("kept");
-    store.pin(&block.cid).expect("pinned");
-    block.cid.to_string()
-}
-
 #[test]
 fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1324,8 +1285,18 @@ fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     let (hello, index) = (add("hello", b"hello"), add("index", b"<title>sub</title>"));
     drop(node);
     let sub = put_directory(&home, &[("index.html", &index, 18)]);
-    let root =
-        put_directory(&home, &[("a b.txt", &hello, 5), ("<x>&.txt", &hello, 5), ("sub", &sub, 80)]);
+    let root = put_directory(
+        &home,
+        &[
+            ("a b.txt", &hello, 5),
+            ("<x>&.txt", &hello, 5),
+            ("sub", &sub, 80),
+            // Names no path reaches, and one that would show another name's end.
+            ("..", &hello, 5),
+            ("a/b", &hello, 5),
+            ("exe.\u{202e}txt", &hello, 5),
+        ],
+    );
     let _node = start(&home, None);
     let (api, _) = api_of(&home);
     let get = |path: &str| http_with_head(&api, &api, path, "");
@@ -1337,15 +1308,37 @@ fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     let (code, head, page) = get(&format!("/ipfs/{root}/"));
     assert_eq!(code, 200, "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"));
-    assert!(header_of(&head, "content-security-policy").is_some_and(|p| p.ends_with("sandbox")));
+    let policy = header_of(&head, "content-security-policy");
+    assert!(policy.is_some_and(|p| p.ends_with("sandbox allow-same-origin")), "{head}");
     assert!(page.contains(r#"<a href="./a%20b.txt">a b.txt</a>"#), "{page}");
     assert!(page.contains(r#"<a href="./%3Cx%3E%26.txt">&lt;x&gt;&amp;.txt</a>"#), "{page}");
     assert!(page.contains(&hello) && !page.contains(r#"href="../""#), "{page}");
+    assert!(page.contains(&format!("<h1>/ipfs/{root}/</h1>")), "{page}");
+    assert!(page.contains("<li>a/b <small>") && !page.contains("./a%2Fb"), "{page}");
+    assert!(page.contains("<li>.. <small>"), "{page}");
+    assert!(page.contains(r#">exe.\u{202e}txt</a>"#), "{page}");
+    // The API's get of a directory: no file, however it is asked.
+    let (_, token) = api_of(&home);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let (code, _, body) = http_request(&api, "HEAD", &api, &format!("/v1/ipfs/get/{root}"), &auth);
+    assert_eq!(code, 422, "{body}");
+    let ranged = format!("{auth}Range: bytes=0-3\r\n");
+    let (code, _, body) = http_request(&api, "GET", &api, &format!("/v1/ipfs/get/{root}"), &ranged);
+    assert!(code == 422 && body.contains("not_a_file"), "{code} {body}");
     let (code, _, body) = get(&format!("/ipfs/{root}/a%20b.txt"));
     assert_eq!((code, body.as_str()), (200, "hello"));
     // A directory with an index.html is that page; below the root, a link leads up.
     let (code, head, _) = get(&format!("/ipfs/{root}/sub"));
     assert_eq!((code, header_of(&head, "location")), (301, Some(&*format!("/ipfs/{root}/sub/"))));
+    // Its images, styles and fonts load: the page keeps its origin in its sandbox, so they
+    // are this site's; another site's are refused.
+    let loaded = "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\n\
+                  Sec-Fetch-Dest: image\r\n";
+    let (code, _, body) = http_with_head(&api, &api, &format!("/ipfs/{root}/a%20b.txt"), loaded);
+    assert_eq!((code, body.as_str()), (200, "hello"));
+    let elsewhere = loaded.replace("same-origin", "cross-site");
+    let (code, _, _) = http_with_head(&api, &api, &format!("/ipfs/{root}/a%20b.txt"), &elsewhere);
+    assert_eq!(code, 403);
     let (code, head, body) = get(&format!("/ipfs/{root}/sub/"));
     assert_eq!((code, body.as_str()), (200, "<title>sub</title>"), "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"));
@@ -1820,7 +1813,7 @@ fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account()
     let refused = run(other, None);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(
-        stderr(&refused).contains(r#"the passphrase does not open the default account "alice""#),
+        stderr(&refused).contains(r#"the passphrase does not open the account "alice""#),
         "{}",
         stderr(&refused)
     );
@@ -1833,6 +1826,11 @@ fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account()
     assert!(dkvs_ok(&home, &["account", "list"]).contains("carol\ted25519"));
     assert_eq!(std::fs::read_to_string(home.join("default-account")).expect("default"), "carol\n");
     std::fs::write(home.join("default-account"), "").expect("default");
+    // With no default, the passphrase must still open the accounts there are.
+    let mut other = dkvs(&home);
+    other.env("DKVS_PASSPHRASE", "another").args(["account", "new", "dave"]);
+    let refused = run(other, None);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     let node = start(&home, None);
     let refused = put(&node, &["/~/note", "hello"], None);
     assert!(stderr(&refused).contains("no default account"), "{}", stderr(&refused));

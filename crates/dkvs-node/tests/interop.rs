@@ -4,31 +4,20 @@
 //! loopback listen address. Kubo dials public peers on its defaults, so its test runs in a
 //! network namespace that has only loopback (`unshare -n`), with the dkvs nodes beside it.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PASSPHRASE: &str = "interop";
+use common::{Reaped, dkvs, ok, repo, run_for};
+
 const STEP: Duration = Duration::from_secs(120);
-
-/// A process killed and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct NodeProcess {
     _child: Reaped,
     address: String,
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The installed peers (installing them if needed).
@@ -47,35 +36,8 @@ fn peers() -> PathBuf {
     dir
 }
 
-fn run(mut command: Command) -> Output {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("starts");
-    let deadline = Instant::now() + STEP;
-    while child.try_wait().expect("waitable").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{command:?} took over {STEP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
-fn dkvs(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dkvs"));
-    command.arg("--home").arg(home).env("DKVS_PASSPHRASE", PASSPHRASE).env_remove("DKVS_HOME");
-    command.args(args);
-    command
+fn run(command: Command) -> Output {
+    run_for(command, STEP)
 }
 
 fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {

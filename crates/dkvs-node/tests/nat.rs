@@ -26,12 +26,16 @@
 //! a third, that a flood of connections that never finish their handshake holds a bounded
 //! share of the node (`a_flood_of_unfinished_handshakes_holds_a_bounded_share_of_the_node`).
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::{Reaped, ok, run_for};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 /// The longest any one step may take.
@@ -176,9 +180,6 @@ fn topology() -> Namespaces {
     nets
 }
 
-/// A process, killed and reaped when dropped.
-struct Reaped(Child);
-
 /// A child in a process group of its own (a shell and what it starts), killed whole when
 /// dropped.
 struct Group(Child);
@@ -187,13 +188,6 @@ impl Drop for Group {
     fn drop(&mut self) {
         let group = format!("-{}", self.0.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
@@ -223,28 +217,8 @@ fn dkvs_through(ns: &str, wrapper: &[&str], home: &Path, args: &[&str]) -> Comma
 }
 
 /// Runs a client command with a deadline; returns its output.
-fn run(mut command: Command) -> Output {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("dkvs starts");
-    let deadline = Instant::now() + STEP;
-    while child.try_wait().expect("waitable").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("command took over {STEP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
+fn run(command: Command) -> Output {
+    run_for(command, STEP)
 }
 
 /// The lines a child prints, as they come.

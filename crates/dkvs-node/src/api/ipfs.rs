@@ -296,6 +296,14 @@ async fn serve_file(
     if stat.is_none() && (browsers.is_some() || range.is_some()) {
         stat = Some(files::stat(&node, cid, &options).await.map_err(ipfs_error)?);
     }
+    // A directory has no bytes to give (the gateway lists it before it comes here).
+    if stat.as_ref().is_some_and(|stat| stat.directory.is_some()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_a_file",
+            format!("{cid} is a directory, not a file"),
+        ));
+    }
     // The browser has the file (it opens here: `*` names no file nobody has).
     if let Some(cache) = &cache
         && headers.get(header::IF_NONE_MATCH).is_some_and(|list| names_etag(list, &etag, true))
@@ -667,9 +675,7 @@ fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
     Ok(())
 }
 
-/// `GET /ipfs/{cid}[/path]`: the read-only path gateway. Plain files for anyone who reaches
-/// the API (it listens on loopback); with the API's token, also the default account's own
-/// encrypted files and those shared with it. A wrong token is refused, not ignored.
+/// The gateway's query.
 #[derive(Deserialize)]
 pub(super) struct GatewayQuery {
     /// The file's name: its type follows it, and a browser saves the file by it.
@@ -678,11 +684,42 @@ pub(super) struct GatewayQuery {
     download: Option<bool>,
 }
 
-/// The content security policy of every file the gateway serves: it loads nothing but from
-/// its own address (what a page would load from there is refused as another site's, when the
-/// page is sandboxed) and `data:`/`blob:` URLs.
-const NOTHING_FROM_ELSEWHERE: &str =
-    "default-src 'self' data: blob:; style-src 'self' data: 'unsafe-inline'";
+/// The content security policy of everything the gateway serves: nothing is loaded but from
+/// its own address and `data:`/`blob:` URLs.
+const POLICY: &str = "default-src 'self' data: blob:; style-src 'self' data: 'unsafe-inline'";
+
+/// [`POLICY`], and no script runs, no form is sent: for every type but
+/// [`SELF_CONTAINED_MEDIA`].
+const SANDBOXED: &str = "default-src 'self' data: blob:; style-src 'self' data: 'unsafe-inline'; \
+                         sandbox allow-same-origin";
+
+/// The types of video and sound a browser's player shows from the one file, with nothing in
+/// them that runs or names other files (not a playlist, `audio/x-mpegurl`...): served
+/// unsandboxed.
+const SELF_CONTAINED_MEDIA: &[&str] = &[
+    "audio/aac",
+    "audio/flac",
+    "audio/m4a",
+    "audio/m4b",
+    "audio/mp4",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/opus",
+    "audio/wav",
+    "audio/wave",
+    "audio/webm",
+    "audio/x-flac",
+    "audio/x-m4a",
+    "audio/x-matroska",
+    "audio/x-wav",
+    "video/mp4",
+    "video/mpeg",
+    "video/ogg",
+    "video/quicktime",
+    "video/webm",
+    "video/x-m4v",
+    "video/x-matroska",
+];
 
 /// `Content-Disposition` for a file named `name` (RFC 6266): the name in ASCII for clients
 /// that read only `filename` (`curl -J`), other characters as `_`, and in UTF-8 (RFC 8187).
@@ -708,6 +745,9 @@ fn disposition(name: Option<&str>, download: bool) -> HeaderValue {
     HeaderValue::from_str(&value).expect("ASCII")
 }
 
+/// `GET /ipfs/{cid}[/path]`: the read-only path gateway. Plain files for anyone who reaches
+/// the API (it listens on loopback); with the API's token, also the default account's own
+/// encrypted files and those shared with it. A wrong token is refused, not ignored.
 pub(super) async fn gateway(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -784,9 +824,17 @@ pub(super) async fn gateway(
             response
         }
         Some(ref entries) => match entries.iter().find(|e| e.name.as_deref() == Some(INDEX)) {
-            None => listing(uri.path(), entries),
+            None => {
+                let shown =
+                    std::iter::once(root.to_string()).chain(names.iter().map(|n| n.to_string()));
+                listing(
+                    &format!("/ipfs/{}/", shown.collect::<Vec<_>>().join("/")),
+                    !names.is_empty(),
+                    entries,
+                )
+            }
             Some(index) => {
-                name = Some(INDEX);
+                name = filename.or(Some(INDEX));
                 let browsers = ForBrowsers { name, private: token_ok };
                 let opened = stat(index.cid).await?;
                 let node = state.node.clone();
@@ -814,24 +862,21 @@ pub(super) async fn gateway(
     if filename.is_some() || download {
         served.insert(header::CONTENT_DISPOSITION, disposition(name, download));
     }
-    // What the gateway serves runs nowhere: no script, no frame, no type but the one given
-    // (by the file's name or its first bytes), nothing loaded from elsewhere (a page that
-    // tells a third party it was opened). An HTML or SVG file would otherwise run at the
-    // API's own origin, where its requests count as this site's: every document the browser
-    // could run a script in, or that names other files it would load (a playlist), is
-    // sandboxed. Not a video's or a sound's of one file: the browser's own player shows it,
-    // and its requests for the parts it plays (ranges of the same file) come from this site
-    // only if the page is not sandboxed.
+    // What the gateway serves runs nowhere: no script, no form, no frame, no type but the one
+    // given (by the file's name or its first bytes), nothing loaded from elsewhere (a page
+    // that tells a third party it was opened). An HTML or SVG file would otherwise run at the
+    // API's own origin, where its requests count as this site's: every document that could
+    // run a script is sandboxed. Its origin stays its own (`allow-same-origin`, harmless
+    // without scripts): what a page loads from the gateway (a site's images and styles, the
+    // files a playlist names) is asked as this site, where a sandbox without it made every
+    // such load another site's, refused. A video or a sound of one file is no such document:
+    // the browser's own player shows it, unsandboxed (fullscreen and all).
     let media = served
         .get(header::CONTENT_TYPE)
         .and_then(|t| t.to_str().ok())
         .is_some_and(|t| SELF_CONTAINED_MEDIA.contains(&t.split(';').next().unwrap_or(t).trim()));
-    let policy = if media {
-        NOTHING_FROM_ELSEWHERE.to_owned()
-    } else {
-        format!("{NOTHING_FROM_ELSEWHERE}; sandbox")
-    };
-    served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&policy).expect("ASCII"));
+    let policy = if media { POLICY } else { SANDBOXED };
+    served.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy));
     served.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     served.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Some(permit) = tokenless {
@@ -846,39 +891,16 @@ pub(super) async fn gateway(
     Ok(response)
 }
 
-/// The types of video and sound a browser's player shows from the one file: served without
-/// the sandbox, so that the player's requests for their parts come from this site. Not a
-/// playlist (`audio/x-mpegurl`, `application/vnd.apple.mpegurl`, `video/vnd.mpegurl`,
-/// `audio/x-scpls`, `video/x-ms-asf`): a browser that plays one asks for every file it names.
-const SELF_CONTAINED_MEDIA: &[&str] = &[
-    "audio/aac",
-    "audio/flac",
-    "audio/m4a",
-    "audio/mp4",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/opus",
-    "audio/wav",
-    "audio/wave",
-    "audio/webm",
-    "audio/x-flac",
-    "audio/x-m4a",
-    "audio/x-wav",
-    "video/mp4",
-    "video/mpeg",
-    "video/ogg",
-    "video/quicktime",
-    "video/webm",
-    "video/x-m4v",
-    "video/x-matroska",
-];
-
 /// The page a directory with an entry of this name is served as.
 const INDEX: &str = "index.html";
 
 /// A directory's page: its entries as relative links (the names escaped for HTML and
-/// percent-encoded in the links), each with its CID; `path` is the directory's address.
-fn listing(path: &str, entries: &[dkvs_ipfs::unixfs::PbLink]) -> Response {
+/// percent-encoded in the links), each with its CID. `shown` is the directory's path, and
+/// `below_root` whether it has a directory above (a link leads up). A name no path can reach
+/// (empty, `.`, `..`, with a `/`) is shown, not linked: a link would lead elsewhere.
+fn listing(shown: &str, below_root: bool, entries: &[dkvs_ipfs::unixfs::PbLink]) -> Response {
+    // Escaped for HTML; control characters and bidirectional ones (which could make one
+    // name pass for another) shown as escapes.
     let escape = |text: &str| {
         text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
             match c {
@@ -887,6 +909,9 @@ fn listing(path: &str, entries: &[dkvs_ipfs::unixfs::PbLink]) -> Response {
                 '>' => out.push_str("&gt;"),
                 '"' => out.push_str("&quot;"),
                 '\'' => out.push_str("&#39;"),
+                c if c.is_control() || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+                    out.extend(c.escape_unicode());
+                }
                 c => out.push(c),
             }
             out
@@ -902,22 +927,26 @@ fn listing(path: &str, entries: &[dkvs_ipfs::unixfs::PbLink]) -> Response {
             out
         })
     };
-    let shown = escape(path);
+    let shown = escape(shown);
     let mut page = format!(
         "<!DOCTYPE html>\n<meta charset=\"utf-8\">\n<title>{shown}</title>\n<h1>{shown}</h1>\n<ul>\n"
     );
-    // Below the root: the directory above.
-    if path.trim_end_matches('/').matches('/').count() > 2 {
+    if below_root {
         page.push_str("<li><a href=\"../\">..</a></li>\n");
     }
     for entry in entries {
         let name = entry.name.as_deref().unwrap_or_default();
-        page.push_str(&format!(
-            "<li><a href=\"{}\">{}</a> <small>{}</small></li>\n",
-            link(name),
-            escape(name),
-            entry.cid
-        ));
+        let (cid, text) = (entry.cid, escape(name));
+        if matches!(name, "" | "." | "..") || name.contains('/') {
+            page.push_str(&format!(
+                "<li>{text} <small>{cid} (no path reaches this name)</small></li>\n"
+            ));
+        } else {
+            page.push_str(&format!(
+                "<li><a href=\"{}\">{text}</a> <small>{cid}</small></li>\n",
+                link(name)
+            ));
+        }
     }
     page.push_str("</ul>\n");
     let mut response = Response::new(Body::from(page));
