@@ -310,7 +310,8 @@ enum IpfsCommand {
 
 #[derive(Subcommand)]
 enum AccountCommand {
-    /// Create an account and print its id. The first account becomes the default.
+    /// Create an account and print its id. An account made while there is no default (the
+    /// first one) becomes the default. Its passphrase must open the node's other accounts.
     New {
         /// A name for it (default: "default", or "accountN").
         name: Option<String>,

@@ -123,37 +123,46 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
     });
     assert!(seek.is_some(), "a part asked for past the start, and given: {played}");
 
-    // A page's script does not run: the gateway sandboxes every document that could run one.
-    // (A script of the gateway's own, which its policy would let an unsandboxed page load.)
-    let script = add("s.js", b"document.title = 'ran';");
-    let html = format!("<title>kept</title><script src=\"/ipfs/{script}?filename=s.js\"></script>");
-    let page = add("page.html", html.as_bytes());
-    let opened = browse(&driver, "page", &format!("{api}/ipfs/{page}?filename=page.html"), &[]);
-    assert_eq!(opened["title"], "kept", "{opened}");
-    // The same page with scripts allowed shows the driver can tell: not served so, but as a
-    // data: URL.
-    let html = "<title>kept</title><script>document.title = 'ran'</script>";
-    let allowed = browse(&driver, "page", &format!("data:text/html,{html}"), &[]);
-    assert_eq!(allowed["title"], "ran", "{allowed}");
-
-    // A directory's page (made by another IPFS tool, here written into the stopped node's
-    // store): a click on an entry opens it, though the page is sandboxed. And a site: its
-    // page shows its image (a 1x1 PNG), loaded from the sandboxed page.
+    // A site (a directory another IPFS tool made, written here into the stopped node's
+    // store): its page shows its image, loaded from the sandboxed page, but runs no script of
+    // it (one its policy lets a page load); a page of another root shows no image of it.
     let png = add("pic.png", &PIXEL);
-    let site = add("index.html", b"<title>site</title><img src=\"pic.png\">");
+    let script = add("s.js", b"document.title = 'ran';");
+    let index = add("index.html", b"<title>site</title><img src=\"pic.png\">");
+    let page = add("page.html", b"<title>kept</title><script src=\"s.js\"></script>");
     drop(node);
-    let site = put_directory(&home, &[("index.html", &site, 60), ("pic.png", &png, 67)]);
-    let root = put_directory(&home, &[("a page.html", &page, 57), ("site", &site, 200)]);
+    let site = put_directory(
+        &home,
+        &[
+            ("index.html", &index, 60),
+            ("page.html", &page, 60),
+            ("pic.png", &png, 67),
+            ("s.js", &script, 23),
+        ],
+    );
+    let root = put_directory(&home, &[("a page.html", &page, 60), ("site", &site, 300)]);
+    let other = format!("<title>other</title><img src=\"/ipfs/{site}/pic.png\">");
     let (_node, api) = start(&home);
-    let clicked = browse(&driver, "click", &format!("{api}/ipfs/{root}"), &["a page.html"]);
-    assert_eq!(clicked["status"], 200, "{clicked}");
-    assert_eq!(clicked["url"], format!("{api}/ipfs/{root}/a%20page.html"), "{clicked}");
+    let other = add("other.html", other.as_bytes());
     let shown = browse(&driver, "page", &format!("{api}/ipfs/{root}/site/"), &[]);
     assert_eq!(
         (&shown["title"], &shown["images"]),
         (&"site".into(), &serde_json::json!([1])),
         "{shown}"
     );
+    let opened = browse(&driver, "page", &format!("{api}/ipfs/{root}/site/page.html"), &[]);
+    assert_eq!(opened["title"], "kept", "{opened}");
+    let elsewhere = browse(&driver, "page", &format!("{api}/ipfs/{other}?filename=o.html"), &[]);
+    assert_eq!(elsewhere["images"], serde_json::json!([0]), "{elsewhere}");
+    // The same page with scripts allowed shows the driver can tell: not served so, but as a
+    // data: URL.
+    let html = "<title>kept</title><script>document.title = 'ran'</script>";
+    let allowed = browse(&driver, "page", &format!("data:text/html,{html}"), &[]);
+    assert_eq!(allowed["title"], "ran", "{allowed}");
+    // A listing: a click on an entry opens it, though the page is sandboxed.
+    let clicked = browse(&driver, "click", &format!("{api}/ipfs/{root}"), &["a page.html"]);
+    assert_eq!(clicked["status"], 200, "{clicked}");
+    assert_eq!(clicked["url"], format!("{api}/ipfs/{root}/a%20page.html"), "{clicked}");
 }
 
 /// A PNG of one transparent pixel.

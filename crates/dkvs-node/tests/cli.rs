@@ -1054,8 +1054,10 @@ fn files_through_the_command_line_and_the_gateway() {
         let mut headers = format!(
             "Sec-Fetch-Site: {site}\r\nSec-Fetch-Mode: {mode}\r\nSec-Fetch-Dest: {dest}\r\n"
         );
-        if !user.is_empty() {
-            headers.push_str(&format!("Sec-Fetch-User: {user}\r\n"));
+        match user {
+            "" => {}
+            "referer" => headers.push_str(&format!("Referer: http://{bob_api}/ipfs/{text}\r\n")),
+            user => headers.push_str(&format!("Sec-Fetch-User: {user}\r\n")),
         }
         http_with_head(&bob_api, &bob_api, &format!("/ipfs/{text}"), &headers)
     };
@@ -1066,6 +1068,8 @@ fn files_through_the_command_line_and_the_gateway() {
         ("cross-site", "navigate", "iframe", ""),
         // The page's own navigation (`location = ...`), no click.
         ("cross-site", "navigate", "document", ""),
+        // A page of the gateway's with no Referer: under which root it is, it does not say.
+        ("same-origin", "no-cors", "image", ""),
     ] {
         let (code, _, body) = site(from, mode, dest, user);
         assert_eq!(code, 403, "{from} {mode} {dest} {user}: {body}");
@@ -1075,14 +1079,18 @@ fn files_through_the_command_line_and_the_gateway() {
         ("cross-site", "navigate", "document", "?1"),
         ("none", "navigate", "document", "?1"),
         ("none", "navigate", "document", ""),
-        ("same-origin", "cors", "empty", ""),
+        // A page under the file's own root.
+        ("same-origin", "cors", "empty", "referer"),
     ] {
         let (code, head, body) = site(from, mode, dest, user);
         assert_eq!(code, 200, "{from} {mode} {dest} {user}: {body}");
         // What it serves runs nowhere: no script, no frame.
         let head = head.to_ascii_lowercase();
         let policy = head.lines().find(|l| l.starts_with("content-security-policy:"));
-        assert!(policy.is_some_and(|p| p.ends_with("; sandbox allow-same-origin")), "{head}");
+        assert!(
+            policy.is_some_and(|p| p.ends_with("; sandbox allow-same-origin allow-downloads")),
+            "{head}"
+        );
         assert!(head.contains("x-frame-options: deny"), "{head}");
     }
     let origin = "Origin: http://evil.example\r\n";
@@ -1230,15 +1238,17 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!(header_of(&head, "content-security-policy"), Some(elsewhere), "{head}");
     let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=page.html"), "");
     assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"), "{head}");
-    let sandboxed = format!("{elsewhere}; sandbox allow-same-origin");
+    let sandboxed = format!("{elsewhere}; sandbox allow-same-origin allow-downloads");
     assert_eq!(header_of(&head, "content-security-policy"), Some(&*sandboxed), "{head}");
     // A playlist is sandboxed: a browser that plays one asks for every file it names.
     let (_, head, _) = get(&format!("/ipfs/{text_cid}?filename=list.m3u8"), "");
     assert_eq!(header_of(&head, "content-type"), Some("audio/x-mpegurl"), "{head}");
     assert_eq!(header_of(&head, "content-security-policy"), Some(&*sandboxed), "{head}");
-    let player = "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\n\
-                  Sec-Fetch-Dest: video\r\nRange: bytes=3-\r\n";
-    let (code, _, _) = get(&format!("/ipfs/{png_cid}?filename=a.mp4"), player);
+    let player = format!(
+        "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: video\r\n\
+         Range: bytes=3-\r\nReferer: http://{api}/ipfs/{png_cid}?filename=a.mp4\r\n"
+    );
+    let (code, _, _) = get(&format!("/ipfs/{png_cid}?filename=a.mp4"), &player);
     assert_eq!(code, 206, "the player's own request for a part");
     // An empty name names nothing; a download without one is saved by the browser's choice.
     let (_, head, _) = get(&format!("/ipfs/{png_cid}?filename=&download=true"), "");
@@ -1309,7 +1319,7 @@ fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     assert_eq!(code, 200, "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("text/html; charset=utf-8"));
     let policy = header_of(&head, "content-security-policy");
-    assert!(policy.is_some_and(|p| p.ends_with("sandbox allow-same-origin")), "{head}");
+    assert!(policy.is_some_and(|p| p.ends_with("sandbox allow-same-origin allow-downloads")));
     assert!(page.contains(r#"<a href="./a%20b.txt">a b.txt</a>"#), "{page}");
     assert!(page.contains(r#"<a href="./%3Cx%3E%26.txt">&lt;x&gt;&amp;.txt</a>"#), "{page}");
     assert!(page.contains(&hello) && !page.contains(r#"href="../""#), "{page}");
@@ -1331,11 +1341,16 @@ fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     let (code, head, _) = get(&format!("/ipfs/{root}/sub"));
     assert_eq!((code, header_of(&head, "location")), (301, Some(&*format!("/ipfs/{root}/sub/"))));
     // Its images, styles and fonts load: the page keeps its origin in its sandbox, so they
-    // are this site's; another site's are refused.
-    let loaded = "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\n\
-                  Sec-Fetch-Dest: image\r\n";
-    let (code, _, body) = http_with_head(&api, &api, &format!("/ipfs/{root}/a%20b.txt"), loaded);
+    // are this site's, and they are under its root (its Referer). Another root's are not (a
+    // page would have the node fetch what it picks), nor another site's.
+    let loaded = format!(
+        "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n\
+         Referer: http://{api}/ipfs/{root}/sub/\r\n"
+    );
+    let (code, _, body) = http_with_head(&api, &api, &format!("/ipfs/{root}/a%20b.txt"), &loaded);
     assert_eq!((code, body.as_str()), (200, "hello"));
+    let (code, _, _) = http_with_head(&api, &api, &format!("/ipfs/{hello}"), &loaded);
+    assert_eq!(code, 403, "a file of another root");
     let elsewhere = loaded.replace("same-origin", "cross-site");
     let (code, _, _) = http_with_head(&api, &api, &format!("/ipfs/{root}/a%20b.txt"), &elsewhere);
     assert_eq!(code, 403);

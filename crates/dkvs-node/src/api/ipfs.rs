@@ -649,7 +649,14 @@ pub(super) async fn share(
 /// the user's own and passes, as do requests from outside a browser (they send no such
 /// headers). A page of another site on this machine (a dapp on localhost:3000) is another site
 /// too: it sends the token, or links to the file.
-fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
+///
+/// A page of the gateway is a site of its own root (`/ipfs/<root>/...`), though all share one
+/// origin: what it loads (images, styles, a player's parts) must be under the same root, as
+/// its Referer tells (`path`, the request's path, names the root asked for). Else a page could
+/// have the node fetch what it picks from the IPFS network, by conditions a page can set in
+/// CSS alone (the screen's size, the fonts installed, hovering, time), and tell the peers that
+/// see the fetch. A load with no Referer (a page can ask for none) is refused.
+fn from_this_site(headers: &axum::http::HeaderMap, path: &str) -> ApiResult<()> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let site = value("sec-fetch-site");
     // A frame's load is a navigation too, and so is a page's own `location = ...` or a form it
@@ -664,12 +671,22 @@ fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
         let origin = origin.split_once("://").map_or(origin, |(_, rest)| rest);
         !origin.eq_ignore_ascii_case(host)
     });
-    if foreign_site || foreign_origin {
+    let root_of =
+        |path: &str| path.split(['/', '?', '#']).find(|s| !s.is_empty()).map(str::to_owned);
+    let foreign_root = site == Some("same-origin") && !navigation && {
+        let page = value("referer")
+            .and_then(|referer| referer.split_once("://"))
+            .and_then(|(_, rest)| rest.strip_prefix(host))
+            .and_then(|path| path.strip_prefix("/ipfs/"))
+            .and_then(root_of);
+        page.is_none() || page != root_of(path)
+    };
+    if foreign_site || foreign_origin || foreign_root {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_site",
-            "the gateway does not serve pages of other sites; open the file's address \
-             directly, or send the API's token",
+            "the gateway serves a page only what is under its own root, and no page of another \
+             site; open the file's address directly, or send the API's token",
         ));
     }
     Ok(())
@@ -691,7 +708,7 @@ const POLICY: &str = "default-src 'self' data: blob:; style-src 'self' data: 'un
 /// [`POLICY`], and no script runs, no form is sent: for every type but
 /// [`SELF_CONTAINED_MEDIA`].
 const SANDBOXED: &str = "default-src 'self' data: blob:; style-src 'self' data: 'unsafe-inline'; \
-                         sandbox allow-same-origin";
+                         sandbox allow-same-origin allow-downloads";
 
 /// The types of video and sound a browser's player shows from the one file, with nothing in
 /// them that runs or names other files (not a playlist, `audio/x-mpegurl`...): served
@@ -760,7 +777,8 @@ pub(super) async fn gateway(
     let token_ok = super::open_on_loopback(&state, &headers)?;
     let mut tokenless = None;
     if !token_ok {
-        from_this_site(&headers)?;
+        let asked = uri.path().strip_prefix("/ipfs/").unwrap_or_default();
+        from_this_site(&headers, asked)?;
         tokenless = Some(state.tokenless.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -909,7 +927,7 @@ fn listing(shown: &str, below_root: bool, entries: &[dkvs_ipfs::unixfs::PbLink])
                 '>' => out.push_str("&gt;"),
                 '"' => out.push_str("&quot;"),
                 '\'' => out.push_str("&#39;"),
-                c if c.is_control() || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+                c if c.is_control() || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') => {
                     out.extend(c.escape_unicode());
                 }
                 c => out.push(c),
