@@ -125,7 +125,7 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
 
     // A site (a directory another IPFS tool made, written here into the stopped node's
     // store): its page shows its image, loaded from the sandboxed page, but runs no script of
-    // it (one its policy lets a page load); a page of another root shows no image of it.
+    // it (one its policy lets a page load); a page of another root shows its image too.
     let png = add("pic.png", &PIXEL);
     let script = add("s.js", b"document.title = 'ran';");
     let index = add("index.html", b"<title>site</title><img src=\"pic.png\">");
@@ -153,7 +153,7 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
     let opened = browse(&driver, "page", &format!("{api}/ipfs/{root}/site/page.html"), &[]);
     assert_eq!(opened["title"], "kept", "{opened}");
     let elsewhere = browse(&driver, "page", &format!("{api}/ipfs/{other}?filename=o.html"), &[]);
-    assert_eq!(elsewhere["images"], serde_json::json!([0]), "{elsewhere}");
+    assert_eq!(elsewhere["images"], serde_json::json!([1]), "{elsewhere}");
     // The same page with scripts allowed shows the driver can tell: not served so, but as a
     // data: URL.
     let html = "<title>kept</title><script>document.title = 'ran'</script>";

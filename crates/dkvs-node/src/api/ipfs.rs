@@ -650,13 +650,13 @@ pub(super) async fn share(
 /// headers). A page of another site on this machine (a dapp on localhost:3000) is another site
 /// too: it sends the token, or links to the file.
 ///
-/// A page of the gateway is a site of its own root (`/ipfs/<root>/...`), though all share one
-/// origin: what it loads (images, styles, a player's parts) must be under the same root, as
-/// its Referer tells (`path`, the request's path, names the root asked for). Else a page could
-/// have the node fetch what it picks from the IPFS network, by conditions a page can set in
-/// CSS alone (the screen's size, the fonts installed, hovering, time), and tell the peers that
-/// see the fetch. A load with no Referer (a page can ask for none) is refused.
-fn from_this_site(headers: &axum::http::HeaderMap, path: &str) -> ApiResult<()> {
+/// A page of the gateway's own (one the user opened) loads what it names through the gateway,
+/// as on any IPFS gateway: its images and styles, from its root or any other. Those loads, as
+/// the page's own, are fetched from the IPFS network when they are not here, and the peers
+/// that serve them learn that this node wants them; what a page loads may follow what CSS can
+/// test (the screen's size, hovering), as a web page's loads from its server do. No check of
+/// the page's root would stop that: a page's own directory can link any file.
+fn from_this_site(headers: &axum::http::HeaderMap) -> ApiResult<()> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let site = value("sec-fetch-site");
     // A frame's load is a navigation too, and so is a page's own `location = ...` or a form it
@@ -671,22 +671,12 @@ fn from_this_site(headers: &axum::http::HeaderMap, path: &str) -> ApiResult<()> 
         let origin = origin.split_once("://").map_or(origin, |(_, rest)| rest);
         !origin.eq_ignore_ascii_case(host)
     });
-    let root_of =
-        |path: &str| path.split(['/', '?', '#']).find(|s| !s.is_empty()).map(str::to_owned);
-    let foreign_root = site == Some("same-origin") && !navigation && {
-        let page = value("referer")
-            .and_then(|referer| referer.split_once("://"))
-            .and_then(|(_, rest)| rest.strip_prefix(host))
-            .and_then(|path| path.strip_prefix("/ipfs/"))
-            .and_then(root_of);
-        page.is_none() || page != root_of(path)
-    };
-    if foreign_site || foreign_origin || foreign_root {
+    if foreign_site || foreign_origin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_site",
-            "the gateway serves a page only what is under its own root, and no page of another \
-             site; open the file's address directly, or send the API's token",
+            "the gateway does not serve pages of other sites; open the file's address \
+             directly, or send the API's token",
         ));
     }
     Ok(())
@@ -777,8 +767,7 @@ pub(super) async fn gateway(
     let token_ok = super::open_on_loopback(&state, &headers)?;
     let mut tokenless = None;
     if !token_ok {
-        let asked = uri.path().strip_prefix("/ipfs/").unwrap_or_default();
-        from_this_site(&headers, asked)?;
+        from_this_site(&headers)?;
         tokenless = Some(state.tokenless.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -914,8 +903,8 @@ const INDEX: &str = "index.html";
 
 /// A directory's page: its entries as relative links (the names escaped for HTML and
 /// percent-encoded in the links), each with its CID. `shown` is the directory's path, and
-/// `below_root` whether it has a directory above (a link leads up). A name no path can reach
-/// (empty, `.`, `..`, with a `/`) is shown, not linked: a link would lead elsewhere.
+/// `below_root` whether it has a directory above (a link leads up). A name a relative link
+/// cannot name (empty, `.`, `..`, with a `/`) is shown, not linked: it would lead elsewhere.
 fn listing(shown: &str, below_root: bool, entries: &[dkvs_ipfs::unixfs::PbLink]) -> Response {
     // Escaped for HTML; control characters and bidirectional ones (which could make one
     // name pass for another) shown as escapes.
@@ -957,7 +946,7 @@ fn listing(shown: &str, below_root: bool, entries: &[dkvs_ipfs::unixfs::PbLink])
         let (cid, text) = (entry.cid, escape(name));
         if matches!(name, "" | "." | "..") || name.contains('/') {
             page.push_str(&format!(
-                "<li>{text} <small>{cid} (no path reaches this name)</small></li>\n"
+                "<li>{text} <small>{cid} (not linked: a link to this name would lead elsewhere)</small></li>\n"
             ));
         } else {
             page.push_str(&format!(
