@@ -201,15 +201,21 @@ impl Client {
     }
 
     /// GET `path` and write the answer's bytes to `out` as they come; the bytes written.
-    /// A response cut short is an error that blames the node; an error writing to `out` is
-    /// `write_error`'s (standard output's reader gone, a full disk).
+    /// `sized` hears the answer's length first, when it says one. A response cut short is an
+    /// error that blames the node; an error writing to `out` is `write_error`'s (standard
+    /// output's reader gone, a full disk).
     pub fn get_into(
         &self,
         path: &str,
         out: &mut dyn std::io::Write,
+        sized: &dyn Fn(u64),
         write_error: fn(std::io::Error) -> anyhow::Error,
     ) -> anyhow::Result<u64> {
         let response = self.send("GET", path, "application/octet-stream", &[][..])?;
+        let length = response.headers().get("content-length").and_then(|v| v.to_str().ok());
+        if let Some(length) = length.and_then(|v| v.parse().ok()) {
+            sized(length);
+        }
         let mut reader = response.into_body().into_reader();
         let mut buf = vec![0; 64 << 10];
         let mut written = 0;

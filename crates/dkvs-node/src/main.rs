@@ -940,17 +940,18 @@ fn progress(len: Option<u64>) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     match len {
-        Some(len) => indicatif::ProgressBar::new(len).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        ),
+        Some(len) => indicatif::ProgressBar::new(len).with_style(bar_style()),
         None => indicatif::ProgressBar::new_spinner().with_style(
             indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         ),
     }
+}
+
+/// The style of a progress bar whose end is known.
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }
 
 /// Where `ipfs get -o` writes.
@@ -1105,7 +1106,14 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let bar = progress(None);
             let output = output.map(|file| Output::of(&file)).transpose()?;
             output.unwrap_or(Output::Stdout).write(|out| {
-                client.get_into(&path, &mut bar.wrap_write(out), anyhow::Error::from)?;
+                // The node says the file's size first: the bar shows how far it is.
+                let sized = |len| {
+                    if !bar.is_hidden() {
+                        bar.set_length(len);
+                        bar.set_style(bar_style());
+                    }
+                };
+                client.get_into(&path, &mut bar.wrap_write(out), &sized, anyhow::Error::from)?;
                 Ok(())
             })?;
             bar.finish_and_clear();

@@ -1275,6 +1275,9 @@ fn the_gateway_serves_parts_of_files_with_the_type_their_name_or_bytes_tell() {
     assert_eq!((code, body), (206, text_at(total - 10, total)), "{head}");
     assert_eq!(header_of(&head, "content-type"), Some("application/octet-stream"), "{head}");
     assert_eq!(header_of(&head, "etag"), None, "the API's get answers raw bytes too: no validator");
+    // Its size first, the whole file's too (a client shows how far it is).
+    let (code, head, _) = get(&format!("/v1/ipfs/get/{sealed_cid}"), &auth);
+    assert_eq!((code, header_of(&head, "content-length")), (200, Some(&*total.to_string())));
 }
 
 #[test]

@@ -142,14 +142,12 @@ pub(super) async fn get(
     if let Some(secs) = query.timeout {
         options.block_timeout = Duration::from_secs(secs.clamp(1, 3600));
     }
-    // A HEAD request: the file's first blocks are read (it opens, or the status says why),
-    // not the rest.
+    // The file's first blocks first: it opens, or the status says why, and its size goes
+    // first (a client shows how far it is, and sees a cut transfer as cut). A HEAD request
+    // reads no more.
     let head_only = method == axum::http::Method::HEAD;
-    let stat = match head_only {
-        true => Some(files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?),
-        false => None,
-    };
-    serve_file(state.node.clone(), cid, options, &headers, None, head_only, stat).await
+    let stat = files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?;
+    serve_file(state.node.clone(), cid, options, &headers, None, head_only, Some(stat)).await
 }
 
 /// What a `Range` header asks of a file of a known size.
@@ -264,8 +262,7 @@ fn names_etag(list: &HeaderValue, etag: &str, weak: bool) -> bool {
 /// type that follows the file's name and first bytes, and the CID as its validator: an
 /// `If-None-Match` that names it is answered 304 (once the file opens: its first blocks
 /// read), and an `If-Range` that names it keeps the `Range` (one that does not asks for the
-/// whole file). The API's gets are `application/octet-stream`, streamed as the blocks come
-/// (no size first), without a validator (the same CID answers two ways, `raw` or not), and
+/// whole file). The API's gets are `application/octet-stream`, without a validator (the same CID answers two ways, `raw` or not), and
 /// an `If-Range` asks them for the whole file.
 async fn serve_file(
     node: dkvs_net::Node,
