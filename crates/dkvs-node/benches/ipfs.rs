@@ -156,7 +156,12 @@ fn dkvs_to_dkvs(dir: &Path, sizes: &[usize], rows: &mut Vec<Row>) -> Vec<(usize,
             let started = Instant::now();
             let got = b
                 .client
-                .get_into(&format!("/v1/ipfs/get/{cid}"), &mut std::io::sink(), anyhow::Error::from)
+                .get_into(
+                    &format!("/v1/ipfs/get/{cid}"),
+                    &mut std::io::sink(),
+                    &|_| {},
+                    anyhow::Error::from,
+                )
                 .expect("get");
             let get = started.elapsed();
             assert_eq!(got, len as u64, "the whole file came");
@@ -224,7 +229,12 @@ fn dkvs_and_helia(peers: &Path, dir: &Path, sizes: &[usize], rows: &mut Vec<Row>
         let cid = served["cid"].as_str().expect("cid");
         let got = node
             .client
-            .get_into(&format!("/v1/ipfs/get/{cid}"), &mut std::io::sink(), anyhow::Error::from)
+            .get_into(
+                &format!("/v1/ipfs/get/{cid}"),
+                &mut std::io::sink(),
+                &|_| {},
+                anyhow::Error::from,
+            )
             .expect("get");
         let get = started.elapsed();
         assert_eq!(got, len as u64);
