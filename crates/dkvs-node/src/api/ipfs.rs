@@ -262,8 +262,8 @@ fn names_etag(list: &HeaderValue, etag: &str, weak: bool) -> bool {
 /// type that follows the file's name and first bytes, and the CID as its validator: an
 /// `If-None-Match` that names it is answered 304 (once the file opens: its first blocks
 /// read), and an `If-Range` that names it keeps the `Range` (one that does not asks for the
-/// whole file). The API's gets are `application/octet-stream`, without a validator (the same CID answers two ways, `raw` or not), and
-/// an `If-Range` asks them for the whole file.
+/// whole file). The API's gets are `application/octet-stream`, without a validator (the same
+/// CID answers two ways, `raw` or not), and an `If-Range` asks them for the whole file.
 async fn serve_file(
     node: dkvs_net::Node,
     cid: Cid,
