@@ -103,6 +103,22 @@ impl Header {
         owner.derive_symmetric_key(FILES_CONTEXT).derive(&self.salt, FILE_CONTEXT)
     }
 
+    /// Where the plaintext bytes `part` lie in a file whose header leaf is `header_len` bytes:
+    /// the index of the chunk `part.start` falls in, and the stored bytes from that chunk's
+    /// leaf to the end of the leaf that holds `part`'s last byte (every leaf but the last
+    /// holds a whole chunk, [`Opener`]).
+    pub fn stored_part(
+        &self,
+        header_len: u64,
+        part: std::ops::Range<u64>,
+    ) -> (u64, std::ops::Range<u64>) {
+        let chunk = u64::from(self.chunk);
+        let leaf = chunk + SymmetricKey::OVERHEAD as u64;
+        let (first, end) = (part.start / chunk, part.end.div_ceil(chunk));
+        let at = |index: u64| header_len.saturating_add(index.saturating_mul(leaf));
+        (first, at(first)..at(end))
+    }
+
     /// The plaintext bytes of a file of `stored` bytes whose header leaf is `header_len`
     /// bytes: every chunk but the last is whole ([`Opener`] opens no other file), and each
     /// leaf carries [`SymmetricKey::OVERHEAD`] bytes more than its chunk.
@@ -293,6 +309,9 @@ mod tests {
         let data: Vec<u8> = (0..350u32).map(|i| i as u8).collect();
         let (header_leaf, leaves) = seal_all(&owner, &data, 100);
         let header = Header::parse(&header_leaf).expect("parses").expect("encrypted");
+        // Bytes 210..310 lie in chunks 2 and 3: the leaves after the header and two others.
+        let (h, leaf) = (header_leaf.len() as u64, leaves[0].len() as u64);
+        assert_eq!(header.stored_part(h, 210..310), (2, h + 2 * leaf..h + 4 * leaf));
         let mut opener = Opener::new(header.owner_key(&owner), &header).from_chunk(2);
         assert_eq!(opener.position(), 200);
         assert_eq!(opener.open(&leaves[2], false).expect("opens"), &data[200..300]);

@@ -423,11 +423,12 @@ impl<'a> Leaves<'a> {
     async fn block(&mut self, cid: Cid) -> Result<Option<Arc<[u8]>>, IpfsError> {
         // Taken out once used (a read uses each block once): a long transfer holds none of
         // them; a stat, which hands them on, keeps them.
-        if let Some(block) = self.known.0.remove(&cid) {
-            if self.remember {
-                self.known.0.insert(cid, block.clone());
-            }
-            return Ok(Some(block));
+        let known = match self.remember {
+            true => self.known.0.get(&cid).cloned(),
+            false => self.known.0.remove(&cid),
+        };
+        if known.is_some() {
+            return Ok(known);
         }
         let block = self.obtain(cid).await?;
         if self.remember
@@ -522,16 +523,10 @@ pub async fn get<W: AsyncWrite + Unpin>(
                 match Header::parse(&leaf)? {
                     Some(header) => {
                         let key = open_key(node, &header, root, options.account.as_ref()).await?;
-                        // The leaf of the chunk `start` falls in, and the whole ones after it.
-                        let index = start / u64::from(header.chunk);
-                        let cell = u64::from(header.chunk) + SymmetricKey::OVERHEAD as u64;
-                        let chunks = end.div_ceil(u64::from(header.chunk));
-                        let header_len = leaf.len() as u64;
-                        leaves.part(
-                            header_len.saturating_add(index.saturating_mul(cell)),
-                            header_len.saturating_add(chunks.saturating_mul(cell)),
-                        );
-                        opener = Some(Opener::new(key, &header).from_chunk(index));
+                        // The leaves of the chunks the part falls in.
+                        let (first, stored) = header.stored_part(leaf.len() as u64, start..end);
+                        leaves.part(stored.start, stored.end);
+                        opener = Some(Opener::new(key, &header).from_chunk(first));
                         continue;
                     }
                     None => {

@@ -1821,9 +1821,12 @@ fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account()
     let node = start(&home, None);
     ok(put(&node, &["/~/note", "hello"], None));
     // A second account with another passphrase would stay locked beside it: refused.
-    let mut other = dkvs(&home);
-    other.env("DKVS_PASSPHRASE", "another").args(["account", "new", "bob"]);
-    let refused = run(other, None);
+    let new_as = |passphrase: &str, name: &str| {
+        let mut command = dkvs(&home);
+        command.env("DKVS_PASSPHRASE", passphrase).args(["account", "new", name]);
+        run(command, None)
+    };
+    let refused = new_as("another", "bob");
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains(r#"the passphrase does not open the account "alice""#),
@@ -1840,9 +1843,7 @@ fn a_node_does_not_start_when_its_passphrase_does_not_open_the_default_account()
     assert_eq!(std::fs::read_to_string(home.join("default-account")).expect("default"), "carol\n");
     std::fs::write(home.join("default-account"), "").expect("default");
     // With no default, the passphrase must still open the accounts there are.
-    let mut other = dkvs(&home);
-    other.env("DKVS_PASSPHRASE", "another").args(["account", "new", "dave"]);
-    let refused = run(other, None);
+    let refused = new_as("another", "dave");
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     let node = start(&home, None);
     let refused = put(&node, &["/~/note", "hello"], None);

@@ -801,23 +801,14 @@ pub(super) async fn gateway(
     // An empty `filename=` names nothing.
     let filename = query.filename.as_deref().filter(|name| !name.is_empty());
     let mut name = filename.or(names.last().copied());
-    let stat = |cid| {
-        let (node, options) = (state.node.clone(), options.clone());
-        async move {
-            files::stat(&node, cid, &options).await.map_err(|e| match e {
-                IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::ShardedDirectory) => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_file", e.to_string())
-                }
-                e => ipfs_error(e),
-            })
-        }
-    };
-    let opened = stat(cid).await?;
+    let opened = files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?;
     // A directory: its index.html, else a page of its entries, at its address with a slash
     // at the end (where their relative links lead into it).
-    let head_only = method == axum::http::Method::HEAD;
-    let mut response = match opened.directory {
-        Some(_) if !uri.path().ends_with('/') => {
+    let index = opened.directory.as_ref().and_then(|entries| {
+        entries.iter().find(|e| e.name.as_deref() == Some(INDEX)).map(|e| e.cid)
+    });
+    let mut response = match (&opened.directory, index) {
+        (Some(_), _) if !uri.path().ends_with('/') => {
             let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             let to = format!("{}/{query}", uri.path());
             let mut response = Response::new(Body::empty());
@@ -827,35 +818,22 @@ pub(super) async fn gateway(
             response.headers_mut().insert(header::LOCATION, to);
             response
         }
-        Some(ref entries) => match entries.iter().find(|e| e.name.as_deref() == Some(INDEX)) {
-            None => {
-                let shown =
-                    std::iter::once(root.to_string()).chain(names.iter().map(|n| n.to_string()));
-                listing(
-                    &format!("/ipfs/{}/", shown.collect::<Vec<_>>().join("/")),
-                    !names.is_empty(),
-                    entries,
-                )
-            }
-            Some(index) => {
-                name = filename.or(Some(INDEX));
-                let browsers = ForBrowsers { name, private: token_ok };
-                let opened = stat(index.cid).await?;
-                let node = state.node.clone();
-                serve_file(
-                    node,
-                    index.cid,
-                    options,
-                    &headers,
-                    Some(browsers),
-                    head_only,
-                    Some(opened),
-                )
-                .await?
-            }
-        },
-        None => {
+        (Some(entries), None) => {
+            let shown =
+                std::iter::once(root.to_string()).chain(names.iter().map(|n| n.to_string()));
+            let shown = format!("/ipfs/{}/", shown.collect::<Vec<_>>().join("/"));
+            listing(&shown, !names.is_empty(), entries)
+        }
+        (_, index) => {
+            let (cid, opened) = match index {
+                Some(index) => {
+                    name = filename.or(Some(INDEX));
+                    (index, files::stat(&state.node, index, &options).await.map_err(ipfs_error)?)
+                }
+                None => (cid, opened),
+            };
             let browsers = ForBrowsers { name, private: token_ok };
+            let head_only = method == axum::http::Method::HEAD;
             let node = state.node.clone();
             serve_file(node, cid, options, &headers, Some(browsers), head_only, Some(opened))
                 .await?
