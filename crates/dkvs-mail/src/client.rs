@@ -29,7 +29,7 @@
 //! that a newer peer moved out of the closest few is still found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dkvs_account::{AccountId, Keypair};
@@ -419,7 +419,8 @@ pub struct Fetched {
     /// Envelopes that did not open (tampered with, forged, expired, not for this account,
     /// from the future), with the replica that handed each over (at most [`MAX_REFUSED`]
     /// listed). All are acknowledged too, so the replica drops them, but a letter written
-    /// ahead of this clock by less than an hour: it is left for a later fetch.
+    /// ahead of this clock by less than an hour, and any refused for its time while
+    /// [`Fetched::clock_off`] says: those are left for a later fetch.
     pub refused: Vec<(PeerId, MailError)>,
     /// Replicas that answered.
     pub replicas: Vec<PeerId>,
@@ -428,6 +429,10 @@ pub struct Fetched {
     pub failed: Vec<(PeerId, String)>,
     /// What the acknowledgement did, when [`read`] made it; `None` after [`fetch`] alone.
     pub acked: Option<AckReport>,
+    /// How many replicas refused the read as asked at a time too far from their clocks
+    /// ([`MAX_CLOCK_SKEW_MS`]), when as many or more did so than took it: this node's clock
+    /// is likely off, and no envelope was refused (nor deleted) for its time.
+    pub clock_off: Option<usize>,
     acks: BTreeMap<PeerId, Vec<[u8; 32]>>,
     letters_read: Vec<ReadMark>,
     receipts_read: Vec<ReadMark>,
@@ -520,6 +525,8 @@ struct Pages {
     cursor: u64,
     /// Why it stopped early, if it did.
     error: Option<String>,
+    /// Whether the replica refused a page as asked at a time too far from its clock's.
+    out_of_time: bool,
 }
 
 /// What one replica keeps for `account` after `after`, page by page. A page that breaks the
@@ -532,7 +539,7 @@ async fn fetch_from(
     after: u64,
     deadline: tokio::time::Instant,
 ) -> Pages {
-    let mut pages = Pages { envelopes: Vec::new(), cursor: after, error: None };
+    let mut pages = Pages { envelopes: Vec::new(), cursor: after, error: None, out_of_time: false };
     let mut bytes = 0;
     loop {
         let body = FetchBody { replica, after: pages.cursor, limit: PAGE, now_ms: now_ms() };
@@ -541,6 +548,7 @@ async fn fetch_from(
             Ok(Ok(Response::Batch { items, more })) => (items, more),
             Ok(Ok(Response::Refused(r))) => {
                 pages.error = Some(format!("refused: {r}"));
+                pages.out_of_time = r == Refusal::OutOfTime;
                 return pages;
             }
             Ok(Ok(other)) => {
@@ -613,16 +621,32 @@ async fn fetch_from_replicas(
 ) -> Result<Fetched, ReadError> {
     let now = now_ms();
     let deadline = tokio::time::Instant::now() + FETCH_TIME;
+    let me = node.peer_id();
+    let refused_the_time = &AtomicUsize::new(0);
     let ask = |replica| async move {
         let after = cursors.get(&replica).copied().unwrap_or(0);
-        match fetch_from(node, account, replica, after, deadline).await {
+        let pages = fetch_from(node, account, replica, after, deadline).await;
+        if pages.out_of_time && replica != me {
+            refused_the_time.fetch_add(1, Ordering::Relaxed);
+        }
+        match pages {
             // Pages already handed over are used; a replica that handed over nothing failed.
             Pages { envelopes, error: Some(e), .. } if envelopes.is_empty() => Err(e),
-            Pages { envelopes, cursor, error } => Ok((envelopes, cursor, error)),
+            Pages { envelopes, cursor, error, .. } => Ok((envelopes, cursor, error)),
         }
     };
     let (answered, failed) = nearest_that_answer(candidates, wanted, ask).await;
+    // Other replicas refused this reader's requests as out of time, as many as or more than
+    // took them: this clock, not the letters', is likely wrong (a phone whose clock was set
+    // back). What it would refuse for their time (and so delete) is left on the replicas
+    // for a read with a right clock, and the reader is told.
+    let refused_the_time = refused_the_time.load(Ordering::Relaxed);
+    let took_it = answered.iter().filter(|(replica, _)| *replica != me).count();
     let mut fetched = Fetched { failed, ..Fetched::default() };
+    if refused_the_time > 0 && refused_the_time >= took_it {
+        fetched.clock_off = Some(refused_the_time);
+    }
+    let left_for_later = fetched.clock_off.is_some();
     let mut opened: HashSet<[u8; 32]> = HashSet::new();
     let mut this_fetch: HashSet<(AccountId, MessageId)> = HashSet::new();
     for (replica, (envelopes, cursor, partial)) in answered {
@@ -649,7 +673,9 @@ async fn fetch_from_replicas(
                 // Sent longer ago than an inbox remembers what it read: it may have been read
                 // already, and would come again as new. Refused, and deleted.
                 Ok(letter) if letter.sent_at_ms.saturating_add(MAX_REMEMBER_MS) <= now => {
-                    fetched.acks.entry(replica).or_default().push(digest);
+                    if !left_for_later {
+                        fetched.acks.entry(replica).or_default().push(digest);
+                    }
                     if opened.insert(digest) {
                         let (sent_at_ms, expires_at_ms) = (letter.sent_at_ms, letter.expires_at_ms);
                         refuse(
@@ -687,9 +713,11 @@ async fn fetch_from_replicas(
                 // slow; left for later. Further ahead, it is refused and deleted as a
                 // letter too old is: else letters a sender dates ahead (on a throwaway
                 // account) would fill the mailbox, and the recipient could not delete them.
+                // Whatever its time, while the replicas say that this clock is off.
                 Err(e @ MailError::OutOfTime { sent_at_ms, expires_at_ms, .. })
-                    if expires_at_ms > now
-                        && sent_at_ms <= now.saturating_add(LEFT_FOR_LATER_MS) =>
+                    if left_for_later
+                        || (expires_at_ms > now
+                            && sent_at_ms <= now.saturating_add(LEFT_FOR_LATER_MS)) =>
                 {
                     if opened.insert(digest) {
                         refuse(&mut fetched, e);

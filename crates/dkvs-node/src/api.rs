@@ -1369,6 +1369,15 @@ async fn read_inbox(
         .map(|(peer, e)| json!({"replica": peer.to_string(), "reason": e.to_string()}))
         .collect();
     let replicas = fetched.replicas.len();
+    // This node's clock is likely off: say so, and what was left for a later read.
+    let clock = fetched.clock_off.map(|refusing| {
+        format!(
+            "{refusing} of the mailbox's replicas refused this read as asked at a time over \
+             {} min from their clocks: this node's clock is likely off; letters it would \
+             refuse for their time are left on the replicas until it is set right",
+            dkvs_mail::MAX_CLOCK_SKEW_MS / 60_000
+        )
+    });
     let receipts: Vec<serde_json::Value> = fetched
         .receipts
         .iter()
@@ -1400,6 +1409,7 @@ async fn read_inbox(
         "receipts": receipts,
         "refused": refused,
         "replicas": replicas,
+        "clock": clock,
         "ack": token,
     })))
 }

@@ -1195,8 +1195,11 @@ fn acknowledge(client: &Client, answer: &serde_json::Value) -> anyhow::Result<()
     Ok(())
 }
 
-/// Tells of letters that did not open.
+/// Tells of letters that did not open, and of a clock the replicas said is off.
 fn report_refused(answer: &serde_json::Value) {
+    if let Some(clock) = answer["clock"].as_str() {
+        eprintln!("dkvs: {clock}");
+    }
     for r in answer["refused"].as_array().into_iter().flatten() {
         eprintln!(
             "dkvs: refused a letter from replica {}: {}",

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Reaped, ok, put_directory};
+use common::{Reaped, ok, put_directory, run_for};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 const STEP: Duration = Duration::from_secs(60);
@@ -93,13 +93,52 @@ fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
 
 /// A node with `settings` added to its configuration (only to test those settings).
 fn start_with(home: &Path, bootstrap: Option<&str>, settings: &str) -> NodeProcess {
-    launch(home, bootstrap, settings, None)
+    launch(home, bootstrap, settings, None, None)
 }
 
 /// A node whose log (node.log in its home) has `filter`'s levels (`RUST_LOG`): it logs more,
 /// and does nothing else differently.
 fn start_logging(home: &Path, bootstrap: Option<&str>, filter: &str) -> NodeProcess {
-    launch(home, bootstrap, "", Some(filter))
+    launch(home, bootstrap, "", Some(filter), None)
+}
+
+/// A node whose wall clock is off by `offset` (libfaketime's relative form, "-2h"; its
+/// monotonic clock is not): as on a device whose clock was set wrong.
+fn start_with_clock(home: &Path, bootstrap: Option<&str>, offset: &str) -> NodeProcess {
+    launch(home, bootstrap, "", None, Some(offset))
+}
+
+/// libfaketime's library (Debian's package `faketime`), installed if it is missing (as root;
+/// `.ci/run` does it before the tests, so that this waits on no other test's apt). Preloaded
+/// into the node itself, not through the `faketime` program, which would stay its parent:
+/// killing that would leave the node running.
+fn libfaketime() -> PathBuf {
+    let find = || {
+        let arch = std::env::consts::ARCH;
+        [format!("/usr/lib/{arch}-linux-gnu/faketime"), "/usr/lib/faketime".to_owned()]
+            .into_iter()
+            .map(|dir| Path::new(&dir).join("libfaketime.so.1"))
+            .find(|lib| lib.exists())
+    };
+    if let Some(lib) = find() {
+        return lib;
+    }
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(["-qq", "-o", "DPkg::Lock::Timeout=300"]).args(args);
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        run_for(c, Duration::from_secs(600))
+    };
+    let updated = apt(&["update"]);
+    let installed = apt(&["install", "-y", "faketime"]);
+    assert!(
+        installed.status.success(),
+        "faketime is missing and apt-get install faketime failed (it needs root and Debian's \
+         package archive): {}{}",
+        String::from_utf8_lossy(&updated.stderr),
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    find().expect("libfaketime.so.1, installed")
 }
 
 fn launch(
@@ -107,6 +146,7 @@ fn launch(
     bootstrap: Option<&str>,
     settings: &str,
     filter: Option<&str>,
+    clock: Option<&str>,
 ) -> NodeProcess {
     std::fs::create_dir_all(home).expect("home");
     let config = home.join("test-config.toml");
@@ -126,6 +166,10 @@ fn launch(
         Some(filter) => command.env("RUST_LOG", filter),
         None => command.env_remove("RUST_LOG"),
     };
+    if let Some(offset) = clock {
+        command.env("LD_PRELOAD", libfaketime()).env("FAKETIME", offset);
+        command.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
     // The node's log goes to a file, as it would under a service manager.
     let log = std::fs::File::create(home.join("node.log")).expect("log file");
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
@@ -741,6 +785,48 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     let status = ok(mail(&alice_home, &["status", &ids[0]], None));
     assert!(status.contains("read at "), "{status}");
     drop(alice_node);
+    drop(bob_node);
+}
+
+/// A reader whose clock is two hours slow (a phone set back by hand): the replicas that
+/// refuse its read for its time make it say so, and the letter its own replica keeps for it,
+/// which by its clock was written two hours ahead, stays there for a read with the right
+/// clock (it deleted it: "from the future" is what a sender that dates letters ahead on
+/// purpose writes).
+#[test]
+fn a_reader_whose_clock_is_off_is_told_so_and_deletes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home, bob_home) =
+        (dir.path().join("seed"), dir.path().join("alice"), dir.path().join("bob"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    new_account(&alice_home, "alice", "ed25519");
+    let bob = new_account(&bob_home, "bob", "ed25519");
+    let seed = start(&seed_home, None);
+    let alice_node = start(&alice_home, Some(&seed.address));
+    let bob_node = start_with_clock(&bob_home, Some(&seed.address), "-2h");
+    let out = ok(mail(&alice_home, &["send", &bob, "at nine"], None));
+    // Every node of three is among the five closest to bob's mailbox: bob's own too.
+    assert!(out.contains("kept by 3 replicas"), "{out}");
+
+    for _ in 0..2 {
+        let read = mail(&bob_home, &["read"], None);
+        let said = stderr(&read);
+        assert!(read.status.success(), "{said}");
+        assert!(said.contains("this node's clock is likely off"), "{said}");
+        assert!(said.contains("2 of the mailbox's replicas refused this read"), "{said}");
+        assert!(said.contains("refused a letter from replica"), "{said}");
+        assert!(!String::from_utf8_lossy(&read.stdout).contains("at nine"));
+    }
+    let read = ok(mail(&bob_home, &["read", "--json"], None));
+    let read: serde_json::Value = serde_json::from_str(&read).expect("json");
+    assert_eq!(read["letters"], serde_json::json!([]), "{read}");
+    assert_eq!(read["refused"].as_array().map(Vec::len), Some(1), "{read}");
+
+    // The other replicas are gone; bob's clock is set right: his own replica still has it.
+    drop((seed, alice_node, bob_node));
+    let bob_node = start(&bob_home, None);
+    let out = ok(mail(&bob_home, &["read"], None));
+    assert!(out.contains("  at nine"), "{out}");
     drop(bob_node);
 }
 
