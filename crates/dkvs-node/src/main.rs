@@ -398,16 +398,35 @@ fn letter_text(body: &str) -> String {
         }
         shown.push_str("  ");
         for c in line.chars() {
-            // Bidirectional marks, overrides and isolates reorder what a line shows, too.
-            let reorders = matches!(
-                c,
-                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-            );
-            if (c.is_control() && c != '\t') || reorders {
+            if (c.is_control() && c != '\t') || reorders(c) {
                 shown.extend(c.escape_default());
             } else {
                 shown.push(c);
             }
+        }
+    }
+    shown
+}
+
+/// Bidirectional marks, overrides and isolates: they reorder what a line shows.
+fn reorders(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// JSON text as `dkvs` prints it: the same JSON, with the characters a terminal obeys or that
+/// reorder a line, which serde_json writes as they are (DEL, the C1 controls, bidirectional
+/// marks, overrides and isolates), written as `\uXXXX` escapes. Such characters occur only
+/// inside strings, so a parser reads the same value.
+fn terminal_json(json: &str) -> String {
+    let mut shown = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_control() && !matches!(c, '\n' | '\t') || reorders(c) {
+            shown.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            shown.push(c);
         }
     }
     shown
@@ -719,7 +738,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             if json {
                 let record = client.get_json(&path)?;
-                writeln!(out, "{}", serde_json::to_string_pretty(&record)?)
+                writeln!(out, "{}", terminal_json(&serde_json::to_string_pretty(&record)?))
                     .map_err(stdout_error)?;
             } else {
                 let (bytes, source) = client.get_bytes(&path)?;
@@ -758,7 +777,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path = with_account(key_path("/v1/watch", &key)?, &account, &[]);
             client.stream_lines(&path, |line| {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").map_err(stdout_error)?;
+                writeln!(out, "{}", terminal_json(line)).map_err(stdout_error)?;
                 out.flush().map_err(stdout_error)?;
                 Ok(())
             })?;
@@ -801,7 +820,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &extra), &[])?;
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)
+                writeln!(out, "{}", terminal_json(&serde_json::to_string_pretty(&answer)?))
                     .map_err(stdout_error)?;
             } else {
                 for letter in answer["letters"].as_array().into_iter().flatten() {
@@ -862,7 +881,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             };
             let mut out = std::io::stdout().lock();
             for letter in answer["letters"].as_array().into_iter().flatten() {
-                writeln!(out, "{letter}").map_err(stdout_error)?;
+                writeln!(out, "{}", terminal_json(&letter.to_string())).map_err(stdout_error)?;
             }
             out.flush().map_err(stdout_error)?;
             drop(out);
@@ -897,7 +916,7 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &extra);
             client.stream_lines(&path, |line| {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").map_err(stdout_error)?;
+                writeln!(out, "{}", terminal_json(line)).map_err(stdout_error)?;
                 out.flush().map_err(stdout_error)?;
                 Ok(())
             })?;
@@ -927,7 +946,10 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Status => {
-            outln!("{}", serde_json::to_string_pretty(&client.get_json("/v1/status")?)?);
+            outln!(
+                "{}",
+                terminal_json(&serde_json::to_string_pretty(&client.get_json("/v1/status")?)?)
+            );
         }
         Command::Account(_) | Command::Node(_) => unreachable!("handled before a client is made"),
     }
@@ -1174,7 +1196,10 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             }
         }
         IpfsCommand::Stat => {
-            outln!("{}", serde_json::to_string_pretty(&client.get_json("/v1/ipfs/stat")?)?);
+            outln!(
+                "{}",
+                terminal_json(&serde_json::to_string_pretty(&client.get_json("/v1/ipfs/stat")?)?)
+            );
         }
     }
     Ok(())
@@ -1262,6 +1287,23 @@ mod tests {
         assert_eq!(letter_text("plain"), "  plain");
         assert_eq!(letter_text("abc\u{202e}fed"), "  abc\\u{202e}fed");
         assert_eq!(letter_text("\u{61c}1\u{2067}2"), "  \\u{61c}1\\u{2067}2");
+    }
+
+    #[test]
+    fn json_printed_drives_no_terminal_and_reads_the_same() {
+        let value = serde_json::json!({
+            "body": "pay\u{1b}[2J\u{7f}\u{9b}x\u{202e}fed\u{2066}\u{61c}\ttab\nline é",
+            "author": "ed1\u{200f}",
+        });
+        for json in [value.to_string(), serde_json::to_string_pretty(&value).expect("json")] {
+            let shown = terminal_json(&json);
+            assert!(!shown.chars().any(|c| c.is_control() && c != '\n' || reorders(c)), "{shown}");
+            assert!(
+                shown.contains(r"\u007f\u009bx\u202efed\u2066\u061c\ttab") && shown.contains('é')
+            );
+            let read: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+            assert_eq!(read, value);
+        }
     }
 
     #[test]
