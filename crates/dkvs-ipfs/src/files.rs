@@ -76,6 +76,15 @@ pub enum IpfsError {
         /// Its owner.
         owner: String,
     },
+    /// An archive given to [`add_archive`] holds what is not added: a path that leaves its
+    /// root, a name twice, a link, a directory too big for one block, a cut file.
+    #[error("cannot add {path:?}: {why}")]
+    Archive {
+        /// The entry's path in the archive.
+        path: String,
+        /// Why.
+        why: String,
+    },
     /// A gateway path names nothing.
     #[error("{root} has no entry {path:?}")]
     NoSuchPath {
@@ -232,6 +241,230 @@ pub async fn add(
     let root = added.cid;
     node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
     Ok(added)
+}
+
+/// What [`add_archive`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedTree {
+    /// The root directory's CID.
+    pub cid: Cid,
+    /// Files added.
+    pub files: u64,
+    /// Directories made, the root included.
+    pub directories: u64,
+    /// Bytes of the files.
+    pub read: u64,
+    /// Bytes of every block of the tree: the root's cumulative size, as its parent would link it.
+    pub stored: u64,
+}
+
+/// The most bytes of names and CIDs one directory block holds: past it, Helia and Kubo
+/// shard a directory (a HAMT), which this node does not make; such an archive is refused.
+/// Their estimate, so that a directory added here is one they would make flat.
+pub const MAX_FLAT_DIRECTORY: usize = 262_144;
+
+/// Adds the directories and files of a tar archive (read from `source` as it comes) as one
+/// UnixFS directory, public: each file as [`add`] adds a plain file, each directory as Helia
+/// and Kubo make one (links by name, each with its cumulative size), so that the root gets
+/// the CID Helia gives the same tree. The archive's paths are relative to the root (`./`
+/// and a leading `/` are dropped); directories it does not list are made; regular files and
+/// directories only: a link, a device, `..`, a name twice or a name that is not UTF-8 is
+/// refused ([`IpfsError::Archive`]), and nothing of the add is kept. The root alone is
+/// pinned. `progress` hears the files' bytes read so far.
+pub async fn add_archive(
+    node: &Node,
+    source: impl Read + Send + 'static,
+    progress: impl Fn(u64) + Send + 'static,
+) -> Result<AddedTree, IpfsError> {
+    let store = store_of(node).await?;
+    let writing = store.writing().await;
+    let blocks = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let _writing = writing;
+        let (mut cids, mut new) = (Vec::new(), Vec::new());
+        let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
+            for block in blocks {
+                if !store.synced(&block.cid) {
+                    new.push(block.cid);
+                }
+                store.put(&block.cid, &block.data)?;
+                cids.push(block.cid);
+            }
+            Ok(())
+        };
+        let added = write_tree(source, &progress, &mut keep).and_then(|added| {
+            store.pin(&added.cid)?;
+            Ok(added)
+        });
+        (added.map(|added| (added, cids)), new)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (added, cids) = match written {
+        (Ok(done), _) => done,
+        (Err(e), new) => {
+            if let Err(gc) = blocks.collect_only(links, &new).await {
+                tracing::warn!(error = %gc, "cannot remove the blocks of an add that failed");
+            }
+            return Err(e);
+        }
+    };
+    let root = added.cid;
+    node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
+    Ok(added)
+}
+
+/// An entry of a directory being built: a file's or a made directory's CID and cumulative
+/// size, or a directory still open.
+enum Child {
+    Done(Cid, u64),
+    Open,
+}
+
+/// Reads the tar archive `source` into UnixFS files and directories, handing their blocks to
+/// `keep` (see [`add_archive`]).
+fn write_tree(
+    source: impl Read,
+    progress: &impl Fn(u64),
+    keep: &mut impl FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>,
+) -> Result<AddedTree, IpfsError> {
+    // Each directory's entries by name, directories by their path ("" the root).
+    let mut dirs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Child>> =
+        std::collections::BTreeMap::from([(String::new(), Default::default())]);
+    let (mut files, mut read) = (0u64, 0u64);
+    let mut archive = tar::Archive::new(source);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let refuse = |why: &str| IpfsError::Archive { path: shown.clone(), why: why.to_owned() };
+        let kind = entry.header().entry_type();
+        let is_dir = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => false,
+            tar::EntryType::Directory => true,
+            // A pax header for the whole archive: nothing to add.
+            tar::EntryType::XGlobalHeader => continue,
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(refuse("a link: links are not added (add what it names)"));
+            }
+            _ => return Err(refuse("not a regular file nor a directory")),
+        };
+        let text = std::str::from_utf8(&raw).map_err(|_| refuse("the name is not UTF-8"))?;
+        let mut names = Vec::new();
+        for name in text.split('/') {
+            match name {
+                "" | "." => {}
+                ".." => return Err(refuse("a path with `..` leaves the directory")),
+                name => names.push(name),
+            }
+        }
+        // Every directory on the way, made if the archive did not list it first.
+        let mut parent = String::new();
+        let Some((last, way)) = names.split_last() else {
+            if is_dir {
+                continue; // the root itself
+            }
+            return Err(refuse("a file with no name"));
+        };
+        for name in way {
+            let path =
+                if parent.is_empty() { (*name).to_owned() } else { format!("{parent}/{name}") };
+            match dirs[&parent].get(*name) {
+                Some(Child::Open) => {}
+                Some(Child::Done(..)) => {
+                    return Err(refuse("a file's name is used as a directory"));
+                }
+                None => {
+                    dirs.get_mut(&parent).expect("made").insert((*name).to_owned(), Child::Open);
+                    dirs.insert(path.clone(), Default::default());
+                }
+            }
+            parent = path;
+        }
+        let path = if parent.is_empty() { (*last).to_owned() } else { format!("{parent}/{last}") };
+        let existing = dirs[&parent].get(*last);
+        if is_dir {
+            match existing {
+                // Listed again (after a file in it made it): the same directory.
+                Some(Child::Open) => {}
+                Some(Child::Done(..)) => {
+                    return Err(refuse("a file's name is used as a directory"));
+                }
+                None => {
+                    dirs.get_mut(&parent).expect("made").insert((*last).to_owned(), Child::Open);
+                    dirs.insert(path, Default::default());
+                }
+            }
+            continue;
+        }
+        if existing.is_some() {
+            return Err(refuse("the name is in its directory twice"));
+        }
+        let size = entry.header().size()?;
+        let before = read;
+        let mut cumulative = 0u64;
+        let mut counted = |blocks: Vec<unixfs::Block>| {
+            cumulative += blocks.iter().map(|b| b.data.len() as u64).sum::<u64>();
+            keep(blocks)
+        };
+        let added = write_file(&mut entry, None, &|n| progress(before + n), &mut counted)?;
+        if added.read != size {
+            return Err(refuse("the archive ends inside the file"));
+        }
+        read += added.read;
+        files += 1;
+        dirs.get_mut(&parent)
+            .expect("made")
+            .insert((*last).to_owned(), Child::Done(added.cid, cumulative));
+    }
+    // The deepest directories first: each is linked into its parent once made.
+    let mut paths: Vec<String> = dirs.keys().cloned().collect();
+    paths.sort_by_key(|path| {
+        std::cmp::Reverse(if path.is_empty() { 0 } else { path.matches('/').count() + 1 })
+    });
+    let directories = paths.len() as u64;
+    let mut root = None;
+    for path in paths {
+        let entries = dirs.remove(&path).expect("listed");
+        let mut estimate = 0;
+        let mut children = Vec::with_capacity(entries.len());
+        for (name, child) in entries {
+            let Child::Done(cid, size) = child else {
+                unreachable!("a deeper directory is made first")
+            };
+            estimate += name.len() + cid.to_bytes().len();
+            children.push(unixfs::PbLink { cid, name: Some(name), size: Some(size) });
+        }
+        if estimate > MAX_FLAT_DIRECTORY {
+            return Err(IpfsError::Archive {
+                path: if path.is_empty() { ".".to_owned() } else { path },
+                why: format!(
+                    "{} entries, over the {MAX_FLAT_DIRECTORY} bytes of names and CIDs one \
+                     directory block holds (sharded directories are not made here)",
+                    children.len()
+                ),
+            });
+        }
+        let cumulative = children.iter().filter_map(|l| l.size).sum::<u64>();
+        let block = unixfs::directory(children);
+        let made = (block.cid, cumulative + block.data.len() as u64);
+        keep(vec![block])?;
+        match path.rsplit_once('/') {
+            _ if path.is_empty() => root = Some(made),
+            Some((parent, name)) => {
+                dirs.get_mut(parent)
+                    .expect("a parent")
+                    .insert(name.to_owned(), Child::Done(made.0, made.1));
+            }
+            None => {
+                dirs.get_mut("")
+                    .expect("the root")
+                    .insert(path.clone(), Child::Done(made.0, made.1));
+            }
+        }
+    }
+    let (cid, stored) = root.expect("the root is made last");
+    Ok(AddedTree { cid, files, directories, read, stored })
 }
 
 /// Chunks `source` into a UnixFS file, sealed with `account`'s key when given, handing its

@@ -998,3 +998,150 @@ async fn connections_close_once_bitswap_has_nothing_to_say_and_files_still_come(
     })
     .await?
 }
+
+/// A tar archive of `entries`: a path and its bytes, or `None` for a directory; in order.
+fn archive(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, bytes) in entries {
+        let mut header = tar::Header::new_gnu();
+        match bytes {
+            Some(bytes) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o644);
+                builder.append_data(&mut header, path, *bytes).expect("appended");
+            }
+            None => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                header.set_mode(0o755);
+                builder.append_data(&mut header, path, &[][..]).expect("appended");
+            }
+        }
+    }
+    builder.into_inner().expect("an archive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_is_added_as_other_tools_make_it_and_read_by_path_on_another_node()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let (index, big, note) = (b"<h1>hi</h1>".to_vec(), data(2_500_000), "名前".as_bytes());
+        let tar = archive(&[
+            ("./", None),
+            ("index.html", Some(&index)),
+            // A file before the directories it is in, which are listed later or not at all.
+            ("sub/deeper/note.txt", Some(note)),
+            ("sub/", None),
+            ("sub/big.bin", Some(&big)),
+            ("empty/", None),
+            ("名前.txt", Some(b"")),
+        ]);
+        let added = files::add_archive(net.node(0), std::io::Cursor::new(tar), |_| {}).await?;
+        assert_eq!((added.files, added.directories), (4, 4), "{added:?}");
+        assert_eq!(added.read, (index.len() + big.len() + note.len()) as u64);
+
+        // Each file has the CID it has alone; the directories link them by name.
+        let blocks = net.node(0).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let root = blocks.get(&added.cid)?.context("the root is kept")?;
+        let entries = dkvs_ipfs::unixfs::entries(&root)?;
+        let names: Vec<&str> = entries.iter().filter_map(|l| l.name.as_deref()).collect();
+        assert_eq!(names, ["empty", "index.html", "sub", "名前.txt"]);
+        assert_eq!(entries[0].cid, dkvs_ipfs::unixfs::directory(Vec::new()).cid);
+        let sizes: u64 = entries.iter().filter_map(|l| l.size).sum();
+        assert_eq!(added.stored, sizes + root.len() as u64, "the root's cumulative size");
+        assert_eq!(entries[1].size, Some(index.len() as u64), "a raw leaf's size is its bytes");
+        for (path, bytes) in [
+            (&["index.html"][..], &index[..]),
+            (&["sub", "big.bin"], &big),
+            (&["sub", "deeper", "note.txt"], note),
+            (&["名前.txt"], b""),
+        ] {
+            let cid = files::resolve(net.node(1), added.cid, path, Duration::from_secs(30)).await?;
+            assert_eq!(cid, add(&net, 1, bytes, None).await?, "{path:?}: the CID it has alone");
+            let got = get(&net, 1, cid, &GetOptions::default()).await?;
+            assert!(got == bytes, "{path:?} came back as {} other bytes", got.len());
+        }
+        // The root alone is pinned: unpinning it lets the whole tree go.
+        let pins = blocks.pins();
+        assert!(pins.contains(&added.cid), "{pins:?}");
+        let file = files::resolve(net.node(0), added.cid, &["sub", "big.bin"], TEST).await?;
+        assert!(!pins.contains(&file), "{pins:?}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_block()
+-> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let net = ipfs_net(2).await?;
+        let blocks = net.node(0).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let (count, bytes) = (blocks.len(), blocks.bytes());
+        let file = data(300_000);
+        let raw_entry = |name: &[u8], kind: tar::EntryType, link: Option<&str>| {
+            // Names and kinds tar's builder would refuse to write.
+            let mut header = tar::Header::new_gnu();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name);
+            header.set_entry_type(kind);
+            header.set_size(0);
+            if let Some(link) = link {
+                header.set_link_name(link).expect("a link name");
+            }
+            header.set_cksum();
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut first = tar::Header::new_gnu();
+            first.set_size(file.len() as u64);
+            builder.append_data(&mut first, "first.bin", &file[..]).expect("appended");
+            builder.append(&header, &[][..]).expect("appended");
+            builder.into_inner().expect("an archive")
+        };
+        let mut cut = archive(&[("first.bin", Some(&file)), ("cut.bin", Some(&file))]);
+        cut.truncate(cut.len() - 1024 - 200_000);
+        let many: Vec<String> = (0..3000).map(|i| format!("{i:0>90}")).collect();
+        let many: Vec<(&str, Option<&[u8]>)> =
+            many.iter().map(|name| (name.as_str(), Some(&b""[..]))).collect();
+        let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+            (raw_entry(b"../up", tar::EntryType::Regular, None), "../up", "leaves the directory"),
+            (raw_entry(b"sub/../../up", tar::EntryType::Regular, None), "sub/../../up", "`..`"),
+            (raw_entry(b"to", tar::EntryType::Symlink, Some("/etc")), "to", "links are not added"),
+            (raw_entry(b"fifo", tar::EntryType::Fifo, None), "fifo", "not a regular file"),
+            (raw_entry(b"bad\xff", tar::EntryType::Regular, None), "bad\u{fffd}", "not UTF-8"),
+            (
+                archive(&[("first.bin", Some(&file)), ("a", Some(b"x")), ("a", Some(b"y"))]),
+                "a",
+                "twice",
+            ),
+            (
+                archive(&[("first.bin", Some(&file)), ("a", Some(b"x")), ("a/b", Some(b"y"))]),
+                "a/b",
+                "used as a directory",
+            ),
+            (cut, "cut.bin", "ends inside the file"),
+            (
+                {
+                    let mut m = vec![("first.bin", Some(&file[..]))];
+                    m.extend(many);
+                    archive(&m)
+                },
+                ".",
+                "3001 entries",
+            ),
+        ];
+        for (tar, path, why) in cases {
+            let failed = files::add_archive(net.node(0), std::io::Cursor::new(tar), |_| {}).await;
+            let Err(IpfsError::Archive { path: named, why: said }) = &failed else {
+                panic!("{path}: {failed:?}");
+            };
+            assert_eq!(named, path);
+            assert!(said.contains(why), "{path}: {said}");
+            assert_eq!((blocks.len(), blocks.bytes()), (count, bytes), "{path}: nothing is left");
+        }
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
