@@ -5,9 +5,12 @@
 //       adds FILE (UnixFS, Helia defaults: CIDv1, raw leaves, 1 MiB chunks), prints one line
 //       {"peer":"<id>","addrs":["/ip4/127.0.0.1/tcp/N/p2p/<id>"],"cid":"<cid>"}
 //       and serves it over bitswap until stdin closes, SIGTERM/SIGINT, or S seconds; exit 0.
-//   node --import ./polyfill.mjs helia-peer.mjs get ADDR CID OUT [--timeout S]
-//       dials ADDR (a multiaddr ending in /p2p/<id>), fetches CID, writes its bytes to OUT and
-//       prints {"ok":true,"bytes":N}; on failure prints the error on stderr and exits 1.
+//       A directory FILE is added whole with addAll (Helia's defaults; names starting with `.`
+//       left out, as its globSource leaves them out), and "cid" is the directory's.
+//   node --import ./polyfill.mjs helia-peer.mjs get ADDR CID[/PATH] OUT [--timeout S]
+//       dials ADDR (a multiaddr ending in /p2p/<id>), fetches CID (the file at PATH under it),
+//       writes its bytes to OUT and prints {"ok":true,"bytes":N}; on failure prints the error
+//       on stderr and exits 1.
 //
 // stdout carries only that one JSON line; diagnostics go to stderr. Default timeout: 120 s.
 import { createHeliaLight } from 'helia'
@@ -25,7 +28,8 @@ import { MemoryDatastore } from 'datastore-core'
 import { multiaddr } from '@multiformats/multiaddr'
 import { CID } from 'multiformats/cid'
 import { createReadStream, createWriteStream } from 'node:fs'
-import { rm } from 'node:fs/promises'
+import { readdir, readFile, rm, stat } from 'node:fs/promises'
+import { basename, join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { Readable } from 'node:stream'
 
@@ -74,9 +78,30 @@ function fullAddrs (helia) {
   })
 }
 
+// The entries of the directory `dir` as addAll takes them, under `prefix`: a directory has
+// no content; names in order, those starting with `.` left out.
+async function * entriesOf (dir, prefix) {
+  yield { path: prefix }
+  const names = (await readdir(dir)).filter(n => !n.startsWith('.')).sort()
+  for (const name of names) {
+    const full = join(dir, name)
+    if ((await stat(full)).isDirectory()) yield * entriesOf(full, `${prefix}/${name}`)
+    else yield { path: `${prefix}/${name}`, content: await readFile(full) }
+  }
+}
+
 async function serve (helia, file, timeoutMs) {
   const fs = unixfs(helia)
-  const cid = await fs.addByteStream(createReadStream(file))
+  let cid
+  if ((await stat(file)).isDirectory()) {
+    const root = basename(file)
+    for await (const entry of fs.addAll(entriesOf(file, root))) {
+      if (entry.path === root) cid = entry.cid
+    }
+    if (cid == null) throw new Error(`addAll made no entry ${root}`)
+  } else {
+    cid = await fs.addByteStream(createReadStream(file))
+  }
   const peer = helia.libp2p.peerId.toString()
   process.stdout.write(JSON.stringify({ peer, addrs: fullAddrs(helia), cid: cid.toString() }) + '\n')
   await new Promise(resolve => {
@@ -92,10 +117,12 @@ async function serve (helia, file, timeoutMs) {
 
 async function get (helia, addr, cidText, out, timeoutMs) {
   const signal = AbortSignal.timeout(timeoutMs)
-  const cid = CID.parse(cidText)
+  const [root, ...path] = cidText.split('/')
+  const cid = CID.parse(root)
   let bytes = 0
   async function * counted () {
-    for await (const chunk of unixfs(helia).cat(cid, { signal })) {
+    const options = path.length > 0 ? { signal, path: path.join('/') } : { signal }
+    for await (const chunk of unixfs(helia).cat(cid, options)) {
       bytes += chunk.byteLength
       yield chunk
     }

@@ -85,6 +85,9 @@ pub enum IpfsError {
         /// Why.
         why: String,
     },
+    /// What [`add_archive`] was given does not read as a tar archive (or its reading failed).
+    #[error("the archive does not read as tar: {0}")]
+    NotAnArchive(std::io::Error),
     /// A gateway path names nothing.
     #[error("{root} has no entry {path:?}")]
     NoSuchPath {
@@ -314,6 +317,20 @@ pub async fn add_archive(
     Ok(added)
 }
 
+/// A reader that tells whether its source ended (a read of it gave nothing).
+struct Ended<R> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R: Read> Read for Ended<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ended |= n == 0 && !buf.is_empty();
+        Ok(n)
+    }
+}
+
 /// An entry of a directory being built: a file's or a made directory's CID and cumulative
 /// size, or a directory still open.
 enum Child {
@@ -332,9 +349,9 @@ fn write_tree(
     let mut dirs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Child>> =
         std::collections::BTreeMap::from([(String::new(), Default::default())]);
     let (mut files, mut read) = (0u64, 0u64);
-    let mut archive = tar::Archive::new(source);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
+    let mut archive = tar::Archive::new(Ended { inner: source, ended: false });
+    for entry in archive.entries().map_err(IpfsError::NotAnArchive)? {
+        let mut entry = entry.map_err(IpfsError::NotAnArchive)?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let refuse = |why: &str| IpfsError::Archive { path: shown.clone(), why: why.to_owned() };
@@ -400,7 +417,7 @@ fn write_tree(
         if existing.is_some() {
             return Err(refuse("the name is in its directory twice"));
         }
-        let size = entry.header().size()?;
+        let size = entry.header().size().map_err(IpfsError::NotAnArchive)?;
         let before = read;
         let mut cumulative = 0u64;
         let mut counted = |blocks: Vec<unixfs::Block>| {
@@ -416,6 +433,15 @@ fn write_tree(
         dirs.get_mut(&parent)
             .expect("made")
             .insert((*last).to_owned(), Child::Done(added.cid, cumulative));
+    }
+    // An archive ends with its end marker, which tar reads without reading past: one that
+    // ends where an entry could start was cut short (a sender that failed on its way), not
+    // a smaller directory.
+    if archive.into_inner().ended {
+        return Err(IpfsError::NotAnArchive(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "it ends without its end marker: cut short",
+        )));
     }
     // The deepest directories first: each is linked into its parent once made.
     let mut paths: Vec<String> = dirs.keys().cloned().collect();

@@ -1140,6 +1140,23 @@ async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_b
             assert!(said.contains(why), "{path}: {said}");
             assert_eq!((blocks.len(), blocks.bytes()), (count, bytes), "{path}: nothing is left");
         }
+        // An archive cut where an entry could start (its end marker missing), or that is no
+        // archive at all.
+        let whole = archive(&[("first.bin", Some(&file)), ("second.bin", Some(b"2"))]);
+        let at_entry = whole[..whole.len() - 1024 - 1024].to_vec();
+        let no_marker = whole[..whole.len() - 1024].to_vec();
+        let garbage = vec![7u8; 4096];
+        for (tar, why) in
+            [(at_entry, "cut short"), (no_marker, "cut short"), (garbage, "does not read as tar")]
+        {
+            let failed = files::add_archive(net.node(0), std::io::Cursor::new(tar), |_| {}).await;
+            let said = failed.as_ref().map_err(ToString::to_string).expect_err("refused");
+            assert!(matches!(failed, Err(IpfsError::NotAnArchive(_))), "{said}");
+            assert!(said.contains(why), "{said}");
+            assert_eq!((blocks.len(), blocks.bytes()), (count, bytes), "{why}: nothing is left");
+        }
+        let whole = files::add_archive(net.node(0), std::io::Cursor::new(whole), |_| {}).await?;
+        assert_eq!(whole.files, 2);
         net.shutdown().await;
         anyhow::Ok(())
     })

@@ -238,14 +238,19 @@ enum ChannelCommand {
 #[derive(Subcommand)]
 enum IpfsCommand {
     /// Add a file (standard input when FILE is `-`) and print its CID. It is encrypted with
-    /// the account's key before its blocks are made, unless --plain.
+    /// the account's key before its blocks are made, unless --plain. A directory is added
+    /// with --plain only, as one UnixFS directory (the CID Helia gives it).
     Add {
-        /// The file.
+        /// The file, or the directory.
         file: PathBuf,
         /// Add it as public content, not encrypted (anyone with the CID reads it; no account
         /// is used).
         #[arg(long, conflicts_with = "account")]
         plain: bool,
+        /// With a directory: add the names that start with `.` too (left out otherwise, as
+        /// Kubo and Helia leave them out).
+        #[arg(long)]
+        hidden: bool,
         /// Encrypt with this account's key instead of the default account's.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
@@ -1095,10 +1100,191 @@ fn umask() -> u32 {
         .unwrap_or(0o077)
 }
 
+/// One entry of a directory being added: its path under the directory (`/` between names),
+/// and for a file, where it is and its size.
+struct Entry {
+    path: String,
+    file: Option<(PathBuf, u64)>,
+}
+
+/// The entries under `dir`, directories before what they hold, names in order; names that
+/// start with `.` only if `hidden`. A link, a device or a name that is not UTF-8 is refused
+/// by its path: what is added is what the directory holds, or nothing.
+fn entries_of(
+    dir: &std::path::Path,
+    prefix: &str,
+    hidden: bool,
+    out: &mut Vec<Entry>,
+) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        names.push(entry.path());
+    }
+    names.sort();
+    for path in names {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            anyhow::bail!("{}: the name is not UTF-8, which IPFS names are", path.display());
+        };
+        if name.starts_with('.') && !hidden {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let under = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
+        if meta.is_dir() {
+            out.push(Entry { path: under.clone(), file: None });
+            entries_of(&path, &under, hidden, out)?;
+        } else if meta.is_file() {
+            out.push(Entry { path: under, file: Some((path, meta.len())) });
+        } else if meta.file_type().is_symlink() {
+            anyhow::bail!(
+                "{} is a symbolic link: links are not added (add what it names, or move the link \
+                 out of the directory)",
+                path.display()
+            );
+        } else {
+            anyhow::bail!("{} is not a regular file nor a directory", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Adds the directory `dir` through `path` (`/v1/ipfs/add?plain=true&directory=true`): its
+/// entries as one tar stream, written as the node reads it. A file that cannot be read, or
+/// that changed size meanwhile, cuts the stream, and the node keeps nothing of it.
+fn add_directory(
+    client: &Client,
+    path: &str,
+    dir: &std::path::Path,
+    hidden: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let mut entries = Vec::new();
+    entries_of(dir, "", hidden, &mut entries)?;
+    let total = entries.iter().filter_map(|e| e.file.as_ref().map(|(_, len)| len)).sum();
+    let bar = progress(Some(total));
+    let (reader, writer) = std::io::pipe().context("a pipe to the node")?;
+    let writing = {
+        let bar = bar.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut archive = tar::Builder::new(Cut(Some(writer)));
+            let written = write_entries(&mut archive, entries, &bar);
+            if written.is_err() {
+                // Closed before tar's builder, dropped, ends the archive: the node sees it
+                // cut short, not a smaller directory.
+                archive.get_mut().0 = None;
+            }
+            written?;
+            archive.into_inner()?;
+            Ok(())
+        })
+    };
+    let answer = client.post_reader(path, reader);
+    bar.finish_and_clear();
+    // What failed here says more than the node's "cut short"; a pipe the node stopped
+    // reading says less than the node's answer.
+    match writing.join() {
+        Ok(Err(e)) if !e.chain().any(is_broken_pipe) => return Err(e),
+        Ok(_) => {}
+        Err(_) => anyhow::bail!("the archive's writer panicked"),
+    }
+    Ok(answer?)
+}
+
+/// A pipe that can be closed under tar's builder.
+struct Cut(Option<std::io::PipeWriter>);
+
+impl std::io::Write for Cut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Some(pipe) => pipe.write(buf),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), std::io::Write::flush)
+    }
+}
+
+/// Writes `entries` into `archive`, each file's bytes counted on `bar`.
+fn write_entries(
+    archive: &mut tar::Builder<Cut>,
+    entries: Vec<Entry>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        match entry.file {
+            None => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                archive.append_data(&mut header, &entry.path, std::io::empty())?;
+            }
+            Some((file, len)) => {
+                let source = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(0o644);
+                header.set_size(len);
+                let mut counted = CountedRead { inner: bar.wrap_read(source).take(len), read: 0 };
+                archive
+                    .append_data(&mut header, &entry.path, &mut counted)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                if counted.read != len {
+                    anyhow::bail!("{} changed size while it was added", file.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `e` is a write to a pipe whose reader left (the node answered before the end).
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// A reader that counts what it gave.
+struct CountedRead<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for CountedRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
     match command {
-        IpfsCommand::Add { file, plain, account } => {
-            let extra = if plain { vec![("plain", "true".to_owned())] } else { Vec::new() };
+        IpfsCommand::Add { file, plain, hidden, account } => {
+            let mut extra = if plain { vec![("plain", "true".to_owned())] } else { Vec::new() };
+            let is_dir =
+                file.as_os_str() != "-" && std::fs::metadata(&file).is_ok_and(|m| m.is_dir());
+            if is_dir {
+                if !plain {
+                    anyhow::bail!(
+                        "{} is a directory: a directory is added only as public content (its \
+                         names and layout are readable to anyone with its CID): add it with \
+                         --plain, or pack it into one file (tar) to add it encrypted",
+                        file.display()
+                    );
+                }
+                extra.push(("directory", "true".to_owned()));
+                let path = with_account("/v1/ipfs/add".to_owned(), &account, &extra);
+                let answer = add_directory(client, &path, &file, hidden)?;
+                eprintln!(
+                    "added {} files in {} directories",
+                    answer["files"], answer["directories"]
+                );
+                outln!("{}", answer["cid"].as_str().unwrap_or("?"));
+                return Ok(());
+            }
             let path = with_account("/v1/ipfs/add".to_owned(), &account, &extra);
             let answer = if file.as_os_str() == "-" {
                 client.post_reader(&path, std::io::stdin())?
@@ -1106,10 +1292,7 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 let source = std::fs::File::open(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 if !source.metadata().is_ok_and(|m| m.is_file()) {
-                    anyhow::bail!(
-                        "{} is not a file (directories are not added yet; add each file)",
-                        file.display()
-                    );
+                    anyhow::bail!("{} is not a file nor a directory", file.display());
                 }
                 let bar = progress(source.metadata().ok().map(|m| m.len()));
                 let answer = client.post_reader(&path, bar.wrap_read(source))?;

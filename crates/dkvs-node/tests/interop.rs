@@ -194,6 +194,52 @@ fn dkvs_and_helia_exchange_plain_and_encrypted_files() {
     assert!(std::fs::read(&out).expect("got") == secret, "bob reads what alice shared");
 }
 
+#[test]
+fn dkvs_adds_a_directory_as_helia_does_and_helia_reads_it_by_path() {
+    let peers = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("a");
+    let node = start(&home, None);
+    let site = dir.path().join("site");
+    for sub in ["sub/deeper", "empty"] {
+        std::fs::create_dir_all(site.join(sub)).expect("dir");
+    }
+    let big = data(2_500_000, 4);
+    write(&site, "index.html", b"<h1>hi</h1>");
+    write(&site, "sub/big.bin", &big);
+    write(&site, "sub/deeper/note.txt", b"note");
+    write(&site, "名前.txt", b"");
+    write(&site, ".secret", b"left out");
+
+    // Public only: a directory's names and layout are readable to anyone with its CID.
+    let refused = run(dkvs(&home, &["ipfs", "add", path_str(&site)]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("add it with --plain"));
+    let added = run(dkvs(&home, &["ipfs", "add", "--plain", path_str(&site)]));
+    let cid = ok(added.clone()).trim().to_owned();
+    let said = String::from_utf8_lossy(&added.stderr);
+    assert!(said.contains("added 4 files in 4 directories"), "{said}");
+    let served = serve(helia(&peers), &site);
+    assert_eq!(served.cid, cid, "dkvs makes the CID Helia makes for the same directory");
+    drop(served);
+    let got = peer_get(
+        helia(&peers),
+        &node.address,
+        &format!("{cid}/sub/big.bin"),
+        &dir.path().join("helia-got"),
+    );
+    assert!(got == big, "Helia got {} bytes, not the file", got.len());
+    // With --hidden, .secret too: another directory.
+    let hidden = ok(run(dkvs(&home, &["ipfs", "add", "--plain", "--hidden", path_str(&site)])));
+    assert_ne!(hidden.trim(), cid);
+
+    // A link is not followed: refused by its name, before anything is sent.
+    std::os::unix::fs::symlink("/etc", site.join("sub/etc")).expect("a link");
+    let refused = run(dkvs(&home, &["ipfs", "add", "--plain", path_str(&site)]));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("sub/etc is a symbolic link"), "{said}");
+}
+
 /// Runs the calling test again in a network namespace with only loopback; true when this is
 /// that run.
 fn in_loopback_namespace(test: &str) -> bool {

@@ -30,6 +30,9 @@ fn ipfs_error(e: IpfsError) -> ApiError {
     let status = match &e {
         IpfsError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         IpfsError::Encrypted { .. } => (StatusCode::FORBIDDEN, "encrypted"),
+        IpfsError::Archive { .. } | IpfsError::NotAnArchive(_) => {
+            (StatusCode::BAD_REQUEST, "bad_archive")
+        }
         IpfsError::Unixfs(_) | IpfsError::Crypt(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "not_a_file")
         }
@@ -76,9 +79,13 @@ pub(super) struct AddQuery {
     account: Option<String>,
     /// Add as public content, not encrypted.
     plain: Option<bool>,
+    /// The body is a tar archive of a directory (public content only).
+    directory: Option<bool>,
 }
 
-/// `POST /v1/ipfs/add`: the body as a file, encrypted with the account's key unless `plain`.
+/// `POST /v1/ipfs/add`: the body as a file, encrypted with the account's key unless `plain`;
+/// with `directory` (and `plain`), the body is a tar archive of a directory, added as one
+/// ([`files::add_archive`]).
 pub(super) async fn add(
     State(state): State<Arc<AppState>>,
     query: Result<Query<AddQuery>, axum::extract::rejection::QueryRejection>,
@@ -86,6 +93,18 @@ pub(super) async fn add(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(query) = query.map_err(rejected)?;
     let plain = query.plain.unwrap_or(false);
+    let directory = query.directory.unwrap_or(false);
+    if directory && !plain {
+        // Decided: a directory's names and layout would be readable to anyone with its CID,
+        // whatever its files' encryption; one file (a tar of it) keeps them private.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "directory_not_plain",
+            "a directory is added only as public content (its names and layout are readable \
+             to anyone with its CID): add it plain (dkvs ipfs add DIR --plain), or pack it into \
+             one file (tar) to add it encrypted",
+        ));
+    }
     let account = if plain { None } else { Some(state.account(query.account.as_deref()).await?) };
     let (tx, chunks) = tokio::sync::mpsc::channel(4);
     let mut body = request.into_body().into_data_stream();
@@ -99,6 +118,17 @@ pub(super) async fn add(
         }
     });
     let reader = BodyReader { chunks, current: Bytes::new() };
+    if directory {
+        let added = files::add_archive(&state.node, reader, |_| {}).await.map_err(ipfs_error)?;
+        return Ok(Json(json!({
+            "cid": added.cid.to_string(),
+            "read": added.read,
+            "stored": added.stored,
+            "files": added.files,
+            "directories": added.directories,
+            "encrypted": false,
+        })));
+    }
     let added =
         files::add(&state.node, reader, account.as_deref(), |_| {}).await.map_err(ipfs_error)?;
     Ok(Json(json!({
