@@ -826,7 +826,8 @@ pub struct Stat {
     pub size: u64,
     /// The first of those bytes (its first leaf's, at most a chunk): to tell the file's type.
     pub head: Vec<u8>,
-    /// The entries of a plain directory, when the root is one (a get of it fails).
+    /// The entries of a directory, when the root is one (a get of it fails), by name; a
+    /// sharded directory's gathered from all its nodes.
     pub directory: Option<Vec<unixfs::PbLink>>,
     /// The blocks read: a get right after it takes them ([`GetOptions::known`]).
     pub known: Known,
@@ -834,8 +835,10 @@ pub struct Stat {
 
 /// What a [`get`] of `root` with `options` would write (`options.range` aside), from the root,
 /// the first leaf and, for a file it decrypts, the first chunk; fails as the get would on them
-/// (a file encrypted for another account, a block no peer has). A plain directory is told by
-/// its entries (a sharded one fails).
+/// (a file encrypted for another account, a block no peer has). A directory is told by its
+/// entries (a sharded one's read from its nodes, at most [`MAX_SHARD_NODES`] of them and
+/// [`MAX_SHARD_BYTES`]; they are not kept in [`Stat::known`], which no get of a directory
+/// takes).
 pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, IpfsError> {
     let mut leaves = Leaves::new(node, root, options.block_timeout, options.known.clone()).await?;
     // The blocks it reads, one at a time: nothing the get after it may not need.
@@ -852,7 +855,10 @@ pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, 
             unixfs::Kind::Directory => {
                 return Ok(stat(0, Vec::new(), Some(unixfs::entries(&block)?), leaves));
             }
-            unixfs::Kind::ShardedDirectory => return Err(UnixfsError::ShardedDirectory.into()),
+            unixfs::Kind::ShardedDirectory => {
+                let entries = shard_entries(&mut leaves, root, block).await?;
+                return Ok(stat(0, Vec::new(), Some(entries), leaves));
+            }
             _ => {}
         }
     }
@@ -889,10 +895,78 @@ pub async fn resolve(
             return Err(unixfs::UnixfsError::NotADirectory { what: "file" }.into());
         }
         let block = leaves.fetch(cid).await?;
-        cid = unixfs::resolve_child(&block, name)?
-            .ok_or_else(|| IpfsError::NoSuchPath { root, path: path[..=i].join("/") })?;
+        let child = match unixfs::resolve_child(&block, name) {
+            Err(UnixfsError::ShardedDirectory) => shard_child(&mut leaves, block, name).await?,
+            found => found?,
+        };
+        cid = child.ok_or_else(|| IpfsError::NoSuchPath { root, path: path[..=i].join("/") })?;
     }
     Ok(cid)
+}
+
+/// The most nodes of a sharded directory that [`stat`] reads to list it, and the most bytes
+/// of them: about 150,000 entries of 20-byte names at Kubo's and Helia's fanout of 256 (their
+/// nodes hold about 100 links each).
+pub const MAX_SHARD_NODES: usize = 1024;
+/// See [`MAX_SHARD_NODES`].
+pub const MAX_SHARD_BYTES: usize = 16 << 20;
+
+/// The entry `name` of the sharded directory whose root node is `block`: the nodes its
+/// name's hash leads to, one per level.
+async fn shard_child(
+    leaves: &mut Leaves<'_>,
+    block: Arc<[u8]>,
+    name: &str,
+) -> Result<Option<Cid>, IpfsError> {
+    let mut node = unixfs::shard(&block)?;
+    // Each level takes more of the hash: the levels end where it does (`Shard::slot`).
+    for level in 0.. {
+        match node.slot(name, level)? {
+            unixfs::Slot::Entry(cid) => return Ok(Some(cid)),
+            unixfs::Slot::Empty => return Ok(None),
+            unixfs::Slot::Shard(cid) => node = unixfs::shard(&leaves.fetch(cid).await?)?,
+        }
+    }
+    unreachable!("a slot past the hash's bits is an error")
+}
+
+/// Every entry of the sharded directory `root`, whose root node is `block`, by name: its
+/// nodes read one after another, each once, at most [`MAX_SHARD_NODES`].
+async fn shard_entries(
+    leaves: &mut Leaves<'_>,
+    root: Cid,
+    block: Arc<[u8]>,
+) -> Result<Vec<unixfs::PbLink>, IpfsError> {
+    let (mut entries, mut next) = unixfs::shard(&block)?.split();
+    let mut seen = std::collections::HashSet::from([root]);
+    let mut bytes = block.len();
+    let remember = std::mem::replace(&mut leaves.remember, false);
+    let listed: Result<(), IpfsError> = async {
+        while let Some(cid) = next.pop() {
+            if !seen.insert(cid) {
+                continue;
+            }
+            if seen.len() > MAX_SHARD_NODES || bytes > MAX_SHARD_BYTES {
+                return Err(UnixfsError::Malformed(format!(
+                    "a sharded directory of over {MAX_SHARD_NODES} nodes or {} MiB is not \
+                     listed (its entries are read by name)",
+                    MAX_SHARD_BYTES >> 20
+                ))
+                .into());
+            }
+            let block = leaves.fetch(cid).await?;
+            bytes += block.len();
+            let (more, deeper) = unixfs::shard(&block)?.split();
+            entries.extend(more);
+            next.extend(deeper);
+        }
+        Ok(())
+    }
+    .await;
+    leaves.remember = remember;
+    listed?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
 }
 
 /// Fetches every block of the file `root` that is not here, keeps them (synced) and pins it:

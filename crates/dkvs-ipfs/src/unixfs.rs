@@ -14,8 +14,9 @@
 //! [`MAX_DEPTH`] levels and [`MAX_PENDING`] links in all.
 //!
 //! Nothing here does IO: the writer hands out [`Block`]s, the reader asks for CIDs and is fed
-//! blocks whose hashes the caller has checked. Directories are read only as far as a gateway
-//! path needs ([`resolve_child`], [`kind`]); sharded (HAMT) directories are not supported yet.
+//! blocks whose hashes the caller has checked. Directories are read as far as a gateway needs:
+//! a plain one's entries ([`entries`], [`resolve_child`]), a sharded (HAMT) one's node by node
+//! ([`shard`], [`Shard::slot`], [`Shard::split`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -81,8 +82,8 @@ pub enum UnixfsError {
         /// What it is instead ("file", "symlink", ...).
         what: &'static str,
     },
-    /// The directory is a HAMT shard.
-    #[error("sharded (HAMT) directories are not supported yet")]
+    /// The directory is a HAMT shard: read it with [`shard`].
+    #[error("a sharded (HAMT) directory, read node by node")]
     ShardedDirectory,
     /// The reader was fed a block other than the one it needs next. (Boxed: two CIDs would
     /// make every `Result` of this module 200 bytes.)
@@ -974,6 +975,109 @@ pub fn resolve_child(block: &[u8], name: &str) -> Result<Option<Cid>, UnixfsErro
     }
 }
 
+/// The hash a sharded directory places names by: murmur3-x64-64 (multicodec 0x22), the first
+/// 64 bits of murmur3's x64 128-bit hash with seed 0 (its `h1`), read from the most
+/// significant bit, as go-unixfs and js hamt-sharding read it.
+pub const MURMUR3_X64_64: u64 = 0x22;
+
+/// The widest shard read (Kubo and Helia make 256).
+pub const MAX_FANOUT: u64 = 1024;
+
+/// One node of a sharded (HAMT) directory: a slot per value of the next bits of a name's
+/// hash, each empty, an entry (its link named the slot's hex digits, then the name) or a
+/// deeper node (its link named the digits alone).
+#[derive(Clone, Debug)]
+pub struct Shard {
+    /// The hash bits each level takes: log2 of the fanout.
+    bits: u32,
+    /// The hex digits of a slot in link names.
+    pad: usize,
+    links: Vec<PbLink>,
+}
+
+/// What a slot of a [`Shard`] holds for a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// The entry.
+    Entry(Cid),
+    /// A deeper node, which holds it if anything does.
+    Shard(Cid),
+    /// Nothing: the directory has no such entry.
+    Empty,
+}
+
+/// The shard node `block`: an error for anything but a HAMT shard of murmur3-x64-64 with a
+/// power-of-two fanout of at most [`MAX_FANOUT`], whose links are all named by a slot.
+pub fn shard(block: &[u8]) -> Result<Shard, UnixfsError> {
+    let (node, data, kind) = decode_unixfs(block)?;
+    let malformed = |what: String| UnixfsError::Malformed(format!("HAMT shard: {what}"));
+    if kind != DataType::HamtShard {
+        return Err(malformed(format!("the block is a UnixFS {}, not a shard", kind.name())));
+    }
+    if data.hash_type != Some(MURMUR3_X64_64) {
+        return Err(malformed(format!("hash {:?}, not murmur3-x64-64", data.hash_type)));
+    }
+    let fanout = data.fanout.unwrap_or(0);
+    if !(2..=MAX_FANOUT).contains(&fanout) || !fanout.is_power_of_two() {
+        return Err(malformed(format!("fanout {fanout}")));
+    }
+    let pad = format!("{:X}", fanout - 1).len();
+    for link in &node.links {
+        let name = link.name.as_deref().unwrap_or("");
+        let slot = name.get(..pad).and_then(|digits| u64::from_str_radix(digits, 16).ok());
+        if slot.is_none_or(|slot| slot >= fanout) {
+            return Err(malformed(format!("a link named {name:?}, not by a slot")));
+        }
+    }
+    Ok(Shard { bits: fanout.trailing_zeros(), pad, links: node.links })
+}
+
+/// A name's murmur3-x64-64 hash ([`MURMUR3_X64_64`]).
+fn name_hash(name: &str) -> u64 {
+    let hash = murmur3::murmur3_x64_128(&mut name.as_bytes(), 0).expect("reading a slice");
+    // The crate gives h2 in the high half and h1 in the low.
+    hash as u64
+}
+
+impl Shard {
+    /// The slot of this node, a node `level` levels below the directory's root, that holds
+    /// `name`. An error past the hash's 64 bits (go-unixfs hashes again there; no directory
+    /// that deep is read).
+    pub fn slot(&self, name: &str, level: u32) -> Result<Slot, UnixfsError> {
+        let used = (level + 1) * self.bits;
+        if used > 64 {
+            return Err(UnixfsError::Malformed(format!("HAMT shard: {level} levels deep")));
+        }
+        let index = (name_hash(name) >> (64 - used)) & ((1 << self.bits) - 1);
+        let digits = format!("{index:0pad$X}", pad = self.pad);
+        for link in &self.links {
+            let Some(rest) = link.name.as_deref().and_then(|n| n.strip_prefix(&digits)) else {
+                continue;
+            };
+            if rest.is_empty() {
+                return Ok(Slot::Shard(link.cid));
+            }
+            if rest == name {
+                return Ok(Slot::Entry(link.cid));
+            }
+        }
+        Ok(Slot::Empty)
+    }
+
+    /// This node's entries (named without their slot's digits) and its deeper nodes.
+    pub fn split(self) -> (Vec<PbLink>, Vec<Cid>) {
+        let (mut entries, mut deeper) = (Vec::new(), Vec::new());
+        for mut link in self.links {
+            let name = link.name.take().unwrap_or_default();
+            match &name[self.pad..] {
+                "" => deeper.push(link.cid),
+                rest => entries.push(PbLink { name: Some(rest.to_owned()), ..link }),
+            }
+        }
+        (entries, deeper)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1702,5 +1806,65 @@ mod tests {
             bytes.truncate(rng.below(bytes.len() + 1));
             decode_everything(&bytes);
         }
+    }
+
+    /// A shard node of `fanout` (murmur3-x64-64 unless `hash` says) over named links.
+    fn shard_node(fanout: u64, hash: u64, links: &[(&str, Cid)]) -> Vec<u8> {
+        let data = Data {
+            r#type: DataType::HamtShard as i32,
+            hash_type: Some(hash),
+            fanout: Some(fanout),
+            ..Data::default()
+        };
+        let links = links
+            .iter()
+            .map(|&(name, cid)| PbLink { cid, name: Some(name.into()), size: Some(1) })
+            .collect();
+        encode(&PbNode { links, data: Some(data.encode_to_vec()) })
+    }
+
+    #[test]
+    fn a_sharded_directory_is_read_by_the_hash_of_a_name() {
+        // murmur3 x64 128 of "hello", seed 0: cbd8a7b341bd9b02 5b1e906a48ae1d19 (h1, h2).
+        assert_eq!(name_hash("hello"), 0xcbd8_a7b3_41bd_9b02);
+        let (a, b, deeper) = (raw_cid(b"a"), raw_cid(b"b"), raw_cid(b"deeper"));
+        // "hello" sits in slot CB of a root of 256, and D8 of the node below.
+        let root = shard_node(256, MURMUR3_X64_64, &[("0Fother", a), ("CB", deeper)]);
+        let node = shard(&root).expect("a shard");
+        assert_eq!(node.slot("hello", 0).expect("read"), Slot::Shard(deeper));
+        assert_eq!(node.slot("other", 0).expect("read"), Slot::Empty, "not where its hash puts it");
+        let below = shard_node(256, MURMUR3_X64_64, &[("D8hello", b)]);
+        assert_eq!(shard(&below).expect("a shard").slot("hello", 1).expect("read"), Slot::Entry(b));
+        assert_eq!(shard(&below).expect("a shard").slot("hello", 2).expect("read"), Slot::Empty);
+        assert!(shard(&below).expect("a shard").slot("hello", 7).is_ok(), "the hash's last byte");
+        assert!(shard(&below).expect("a shard").slot("hello", 8).is_err(), "past the hash");
+        // A fanout of 16: one hex digit a level ("hello": C, then B).
+        let narrow = shard_node(16, MURMUR3_X64_64, &[("Chello", a)]);
+        assert_eq!(
+            shard(&narrow).expect("a shard").slot("hello", 0).expect("read"),
+            Slot::Entry(a)
+        );
+        let (entries, nodes) = shard(&root).expect("a shard").split();
+        assert_eq!(nodes, [deeper]);
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].name.as_deref(), entries[0].cid), (Some("other"), a));
+
+        for (block, why) in [
+            (shard_node(256, 0x11, &[]), "not murmur3"),
+            (shard_node(100, MURMUR3_X64_64, &[]), "fanout 100"),
+            (shard_node(2048, MURMUR3_X64_64, &[]), "fanout 2048"),
+            (shard_node(256, MURMUR3_X64_64, &[("zzname", a)]), "not by a slot"),
+            (shard_node(8, MURMUR3_X64_64, &[("9name", a)]), "not by a slot"),
+            (shard_node(256, MURMUR3_X64_64, &[("A", a)]), "not by a slot"),
+        ] {
+            let err = shard(&block).expect_err(why).to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        let dir = encode(&PbNode {
+            links: vec![],
+            data: Some(typed(DataType::Directory).encode_to_vec()),
+        });
+        let err = shard(&dir).expect_err("a plain directory").to_string();
+        assert!(err.contains("a UnixFS directory, not a shard"), "{err}");
     }
 }

@@ -18,6 +18,8 @@ const STEP: Duration = Duration::from_secs(120);
 struct NodeProcess {
     _child: Reaped,
     address: String,
+    /// The API's host:port.
+    api: String,
 }
 
 /// The installed peers (installing them if needed).
@@ -52,18 +54,38 @@ fn start(home: &Path, bootstrap: Option<&str>) -> NodeProcess {
     let log = std::fs::File::create(home.join("node.log")).expect("log");
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("node starts");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut address = None;
+    let (mut address, mut api) = (None, None);
     for line in lines.by_ref() {
         let line = line.expect("a line");
         if let Some(a) = line.strip_prefix("listening on: ") {
             address = Some(a.to_owned());
         }
-        if line.starts_with("api: ") {
+        if let Some(url) = line.strip_prefix("api: ") {
+            api = url.strip_prefix("http://").map(str::to_owned);
             break;
         }
     }
     std::thread::spawn(move || lines.for_each(drop));
-    NodeProcess { _child: Reaped(child), address: address.expect("a listen address") }
+    NodeProcess {
+        _child: Reaped(child),
+        address: address.expect("a listen address"),
+        api: api.expect("the API's address"),
+    }
+}
+
+/// `GET path` from the node's API (its gateway, without a token): the status and the body.
+fn http_get(node: &NodeProcess, path: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(&node.api).expect("the API");
+    stream.set_read_timeout(Some(STEP)).expect("a timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", node.api)
+        .expect("sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("an answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 /// A peer serving `file` until dropped: its address and the file's CID. Dropping it closes
@@ -238,6 +260,37 @@ fn dkvs_adds_a_directory_as_helia_does_and_helia_reads_it_by_path() {
     let refused = run(dkvs(&home, &["ipfs", "add", "--plain", path_str(&site)]));
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && said.contains("sub/etc is a symbolic link"), "{said}");
+}
+
+#[test]
+fn dkvs_reads_a_directory_that_helia_shards() {
+    let peers = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(&dir.path().join("a"), None);
+    // 2,600 names of 100 bytes: past the 256 KiB of names and CIDs where Helia shards.
+    let big = dir.path().join("big");
+    std::fs::create_dir_all(&big).expect("dir");
+    let name = |i: usize| format!("{i:0>96}.txt");
+    for i in 0..2600 {
+        write(&big, &name(i), format!("file {i}").as_bytes());
+    }
+    let served = serve(helia(&peers), &big);
+    ok(run(dkvs(&dir.path().join("a"), &["ipfs", "connect", &served.addr])));
+    for i in [0, 1, 1299, 2599] {
+        let (status, body) = http_get(&node, &format!("/ipfs/{}/{}", served.cid, name(i)));
+        assert_eq!((status, body.as_str()), (200, format!("file {i}").as_str()), "{}", name(i));
+    }
+    let (status, _) = http_get(&node, &format!("/ipfs/{}/{}", served.cid, name(2600)));
+    assert_eq!(status, 404, "a name the directory does not hold");
+    // Its listing has every entry, gathered from all its nodes (Helia did shard it: dkvs
+    // refused to make a directory this big in one block).
+    let (status, listing) = http_get(&node, &format!("/ipfs/{}/", served.cid));
+    assert_eq!(status, 200, "{listing}");
+    let listed = (0..2600).filter(|&i| listing.contains(&name(i))).count();
+    assert_eq!(listed, 2600);
+    let refused = run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&big)]));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("sharded directories are not made here"), "{said}");
 }
 
 /// Runs the calling test again in a network namespace with only loopback; true when this is
