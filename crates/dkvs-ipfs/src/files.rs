@@ -261,15 +261,17 @@ pub struct AddedTree {
     pub stored: u64,
 }
 
-/// The most bytes of names and CIDs one directory block holds: past it, Helia and Kubo
-/// shard a directory (a HAMT), which this node does not make; such an archive is refused.
-/// Their estimate, so that a directory added here is one they would make flat.
+/// The most bytes of names and CIDs one directory block holds: past it, a directory is
+/// sharded (a HAMT, [`unixfs::sharded_directory`]), as Helia and Kubo shard it. Helia's
+/// estimate: each entry's name (in UTF-16 code units, as JavaScript counts) and 36 bytes of
+/// CID.
 pub const MAX_FLAT_DIRECTORY: usize = 262_144;
 
 /// Adds the directories and files of a tar archive (read from `source` as it comes) as one
 /// UnixFS directory, public: each file as [`add`] adds a plain file, each directory as Helia
-/// and Kubo make one (links by name, each with its cumulative size), so that the root gets
-/// the CID Helia gives the same tree. The archive's paths are relative to the root (`./`
+/// and Kubo make one (links by name, each with its cumulative size; sharded past
+/// [`MAX_FLAT_DIRECTORY`]), so that the root gets the CID Helia gives the same tree. The
+/// archive's paths are relative to the root (`./`
 /// and a leading `/` are dropped); directories it does not list are made; regular files and
 /// directories only: a link, a device, `..`, a name twice or a name that is not UTF-8 is
 /// refused ([`IpfsError::Archive`]), and nothing of the add is kept. The root alone is
@@ -458,23 +460,25 @@ fn write_tree(
             let Child::Done(cid, size) = child else {
                 unreachable!("a deeper directory is made first")
             };
-            estimate += name.len() + cid.to_bytes().len();
+            estimate += name.encode_utf16().count() + 36;
             children.push(unixfs::PbLink { cid, name: Some(name), size: Some(size) });
         }
-        if estimate > MAX_FLAT_DIRECTORY {
-            return Err(IpfsError::Archive {
-                path: if path.is_empty() { ".".to_owned() } else { path },
-                why: format!(
-                    "{} entries, over the {MAX_FLAT_DIRECTORY} bytes of names and CIDs one \
-                     directory block holds (sharded directories are not made here)",
-                    children.len()
-                ),
-            });
-        }
-        let cumulative = children.iter().filter_map(|l| l.size).sum::<u64>();
-        let block = unixfs::directory(children);
-        let made = (block.cid, cumulative + block.data.len() as u64);
-        keep(vec![block])?;
+        let made = if estimate > MAX_FLAT_DIRECTORY {
+            let (blocks, size) =
+                unixfs::sharded_directory(children).map_err(|e| IpfsError::Archive {
+                    path: if path.is_empty() { ".".to_owned() } else { path.clone() },
+                    why: e.to_string(),
+                })?;
+            let cid = blocks.last().expect("a root").cid;
+            keep(blocks)?;
+            (cid, size)
+        } else {
+            let cumulative = children.iter().filter_map(|l| l.size).sum::<u64>();
+            let block = unixfs::directory(children);
+            let made = (block.cid, cumulative + block.data.len() as u64);
+            keep(vec![block])?;
+            made
+        };
         match path.rsplit_once('/') {
             _ if path.is_empty() => root = Some(made),
             Some((parent, name)) => {

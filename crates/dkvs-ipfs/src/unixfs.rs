@@ -1078,6 +1078,74 @@ impl Shard {
     }
 }
 
+/// The fanout of the sharded directories [`sharded_directory`] makes: Kubo's and Helia's.
+pub const FANOUT: u64 = 256;
+
+/// A sharded (HAMT) directory over `entries` (names unique), as Helia's importer makes one:
+/// each node has [`FANOUT`] slots, taken by the next 8 bits of a name's hash
+/// ([`MURMUR3_X64_64`]); a slot that one entry falls in links it (named the slot's two
+/// upper-case hex digits, then its name), a slot that several fall in links a node below that
+/// holds them (named the digits alone); a node's UnixFS data is its slots' bitmap, big-endian
+/// without leading zero bytes. Its blocks, the root last, and the root's cumulative size.
+/// An error when two names' hashes agree in all 64 bits (Helia would hash again).
+pub fn sharded_directory(entries: Vec<PbLink>) -> Result<(Vec<Block>, u64), UnixfsError> {
+    let hashed = entries
+        .into_iter()
+        .map(|link| (name_hash(link.name.as_deref().unwrap_or("")), link))
+        .collect();
+    let mut blocks = Vec::new();
+    let (_, size) = shard_level(hashed, 0, &mut blocks)?;
+    Ok((blocks, size))
+}
+
+/// One node of [`sharded_directory`] at `level`, its blocks below it pushed first; its CID
+/// and cumulative size.
+fn shard_level(
+    entries: Vec<(u64, PbLink)>,
+    level: u32,
+    blocks: &mut Vec<Block>,
+) -> Result<(Cid, u64), UnixfsError> {
+    let bits = FANOUT.trailing_zeros();
+    if (level + 1) * bits > 64 {
+        return Err(UnixfsError::Malformed(
+            "two names whose murmur3-x64-64 hashes are the same in all 64 bits".into(),
+        ));
+    }
+    let mut slots: std::collections::BTreeMap<u64, Vec<(u64, PbLink)>> = Default::default();
+    for (hash, link) in entries {
+        let slot = (hash >> (64 - (level + 1) * bits)) & (FANOUT - 1);
+        slots.entry(slot).or_default().push((hash, link));
+    }
+    let mut bitmap = [0u8; (FANOUT / 8) as usize];
+    let mut links = Vec::with_capacity(slots.len());
+    for (slot, mut held) in slots {
+        bitmap[bitmap.len() - 1 - (slot / 8) as usize] |= 1 << (slot % 8);
+        let digits = format!("{slot:02X}");
+        if held.len() == 1 {
+            let (_, link) = held.pop().expect("one");
+            let name = format!("{digits}{}", link.name.as_deref().unwrap_or(""));
+            links.push(PbLink { name: Some(name), ..link });
+        } else {
+            let (cid, size) = shard_level(held, level + 1, blocks)?;
+            links.push(PbLink { cid, name: Some(digits), size: Some(size) });
+        }
+    }
+    let first = bitmap.iter().position(|&b| b != 0).unwrap_or(bitmap.len());
+    let data = Data {
+        r#type: DataType::HamtShard as i32,
+        data: Some(bitmap[first..].to_vec()),
+        hash_type: Some(MURMUR3_X64_64),
+        fanout: Some(FANOUT),
+        ..Data::default()
+    };
+    let size = links.iter().filter_map(|l| l.size).sum::<u64>();
+    let bytes = encode(&PbNode { links, data: Some(data.encode_to_vec()) });
+    let cid = cid_of(DAG_PB, &bytes);
+    let size = size + bytes.len() as u64;
+    blocks.push(Block { cid, data: bytes });
+    Ok((cid, size))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -263,7 +263,7 @@ fn dkvs_adds_a_directory_as_helia_does_and_helia_reads_it_by_path() {
 }
 
 #[test]
-fn dkvs_reads_a_directory_that_helia_shards() {
+fn dkvs_reads_and_makes_a_directory_that_helia_shards() {
     let peers = peers();
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(&dir.path().join("a"), None);
@@ -282,15 +282,14 @@ fn dkvs_reads_a_directory_that_helia_shards() {
     }
     let (status, _) = http_get(&node, &format!("/ipfs/{}/{}", served.cid, name(2600)));
     assert_eq!(status, 404, "a name the directory does not hold");
-    // Its listing has every entry, gathered from all its nodes (Helia did shard it: dkvs
-    // refused to make a directory this big in one block).
+    // Its listing has every entry, gathered from all its nodes.
     let (status, listing) = http_get(&node, &format!("/ipfs/{}/", served.cid));
     assert_eq!(status, 200, "{listing}");
     let listed = (0..2600).filter(|&i| listing.contains(&name(i))).count();
     assert_eq!(listed, 2600);
-    let refused = run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&big)]));
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(said.contains("sharded directories are not made here"), "{said}");
+    // dkvs shards it as Helia does: the same CID.
+    let added = ok(run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&big)])));
+    assert_eq!(added.trim(), served.cid);
 }
 
 /// Runs the calling test again in a network namespace with only loopback; true when this is
