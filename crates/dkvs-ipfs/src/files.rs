@@ -263,8 +263,8 @@ pub struct AddedTree {
 
 /// The most bytes of names and CIDs one directory block holds: past it, a directory is
 /// sharded (a HAMT, [`unixfs::sharded_directory`]), as Helia and Kubo shard it. Helia's
-/// estimate: each entry's name (in UTF-16 code units, as JavaScript counts) and 36 bytes of
-/// CID.
+/// estimate: each entry's name in UTF-8 bytes and 36 bytes of CID (checked against Helia with
+/// names outside ASCII, and with entries that are directories).
 pub const MAX_FLAT_DIRECTORY: usize = 262_144;
 
 /// Adds the directories and files of a tar archive (read from `source` as it comes) as one
@@ -460,7 +460,7 @@ fn write_tree(
             let Child::Done(cid, size) = child else {
                 unreachable!("a deeper directory is made first")
             };
-            estimate += name.encode_utf16().count() + 36;
+            estimate += name.len() + 36;
             children.push(unixfs::PbLink { cid, name: Some(name), size: Some(size) });
         }
         let made = if estimate > MAX_FLAT_DIRECTORY {

@@ -290,6 +290,27 @@ fn dkvs_reads_and_makes_a_directory_that_helia_shards() {
     // dkvs shards it as Helia does: the same CID.
     let added = ok(run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&big)])));
     assert_eq!(added.trim(), served.cid);
+    drop(served);
+    // Where Helia shards is counted in bytes of UTF-8: 1,900 names of 40 CJK characters are
+    // past it (in UTF-16 units they would not be), and so are 2,800 subdirectories.
+    for (kind, count) in [("cjk", 1900), ("dirs", 2800)] {
+        let tree = dir.path().join(kind);
+        std::fs::create_dir_all(&tree).expect("dir");
+        for i in 0..count {
+            if kind == "dirs" {
+                std::fs::create_dir(tree.join(name(i))).expect("dir");
+            } else {
+                let cjk: String = (0..36)
+                    .map(|j| char::from_u32(0x4e00 + ((i * 7 + j) % 2000) as u32).expect("CJK"))
+                    .collect();
+                write(&tree, &format!("{cjk}{i:04}"), i.to_string().as_bytes());
+            }
+        }
+        let served = serve(helia(&peers), &tree);
+        let added =
+            ok(run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&tree)])));
+        assert_eq!(added.trim(), served.cid, "{kind}");
+    }
 }
 
 /// Runs the calling test again in a network namespace with only loopback; true when this is
