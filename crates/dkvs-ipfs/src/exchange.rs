@@ -386,6 +386,26 @@ impl Exchange {
     /// Wants `cid`: the block comes on `tx`. `prefer` is a peer to ask for the block at once
     /// (one that gave blocks of the same file).
     pub fn want(&mut self, cid: Cid, prefer: Option<PeerId>, tx: oneshot::Sender<Fetched>) {
+        self.want_later(cid, prefer, tx);
+        self.flush();
+    }
+
+    /// Wants each of `wants` as [`Exchange::want`] does, all in one message to each peer: a
+    /// peer admits so many messages a second from another (the node's admission step), and
+    /// a message each for small blocks goes past it.
+    pub fn want_all(
+        &mut self,
+        wants: Vec<(Cid, oneshot::Sender<Fetched>)>,
+        prefer: Option<PeerId>,
+    ) {
+        for (cid, tx) in wants {
+            self.want_later(cid, prefer, tx);
+        }
+        self.flush();
+    }
+
+    /// [`Exchange::want`], queued for the next flush.
+    fn want_later(&mut self, cid: Cid, prefer: Option<PeerId>, tx: oneshot::Sender<Fetched>) {
         if let Some(wanting) = self.wants.get_mut(&cid) {
             wanting.waiters.push(tx);
             return;
@@ -409,7 +429,6 @@ impl Exchange {
         }
         self.wants.insert(cid, wanting);
         self.tick.get_or_insert_with(|| tokio::time::interval(Duration::from_secs(1)));
-        self.flush();
     }
 
     /// Blocks now kept here that peers asked for earlier: served to them.

@@ -633,20 +633,18 @@ impl<'a> Leaves<'a> {
         if missing.is_empty() {
             return Ok(());
         }
+        self.ask_all(missing).await
+    }
+
+    /// Asks the network for `cids` (those to ask for: [`Leaves::to_ask`]) in one message.
+    async fn ask_all(&mut self, mut cids: Vec<Cid>) -> Result<(), IpfsError> {
+        cids.retain(|cid| self.to_ask(cid));
+        if cids.is_empty() {
+            return Ok(());
+        }
         let prefer = self.prefer;
-        let asked = self
-            .node
-            .with_extension(move |ipfs: &mut Ipfs, _| {
-                missing
-                    .into_iter()
-                    .map(|cid| {
-                        let (tx, rx) = oneshot::channel();
-                        ipfs.want(cid, prefer, tx);
-                        (cid, rx)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await?;
+        let asked =
+            self.node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.want_all(cids, prefer)).await?;
         self.pending.extend(asked);
         Ok(())
     }
@@ -663,18 +661,7 @@ impl<'a> Leaves<'a> {
     /// The block `cid`, from here or the network, outside the file's walk.
     async fn fetch(&mut self, cid: Cid) -> Result<Arc<[u8]>, IpfsError> {
         loop {
-            if self.to_ask(&cid) {
-                let prefer = self.prefer;
-                let rx = self
-                    .node
-                    .with_extension(move |ipfs: &mut Ipfs, _| {
-                        let (tx, rx) = oneshot::channel();
-                        ipfs.want(cid, prefer, tx);
-                        rx
-                    })
-                    .await?;
-                self.pending.insert(cid, rx);
-            }
+            self.ask_all(vec![cid]).await?;
             if let Some(block) = self.block(cid).await? {
                 return Ok(block);
             }
@@ -973,18 +960,41 @@ async fn shard_entries(
     Ok(entries)
 }
 
-/// Fetches every block of the file `root` that is not here, keeps them (synced) and pins it:
-/// garbage collection keeps it from then on. Fails when a block cannot be kept (the store is
-/// full). The bytes of the file as stored.
+/// Fetches every block under `root` that is not here, keeps them (synced) and pins it:
+/// garbage collection keeps it from then on. `root` is a UnixFS file or directory (plain or
+/// sharded, its entries pinned with it): its blocks are walked through their links, raw and
+/// dag-pb, [`WINDOW`] asked for ahead, each checked against its CID. Fails when a block
+/// cannot be kept (the store is full), no peer gives it, or a link is of another codec. The
+/// bytes of the blocks.
 pub async fn pin(node: &Node, root: Cid, block_timeout: Duration) -> Result<u64, IpfsError> {
     let store = store_of(node).await?;
     let _writing = store.writing().await;
-    let options = GetOptions { raw: true, keep: true, block_timeout, ..GetOptions::default() };
-    let got = get(node, root, &mut tokio::io::sink(), &options, |_| {}).await?;
+    let mut leaves = Leaves::new(node, root, block_timeout, Known::default()).await?;
+    leaves.keep = true;
+    let mut next = std::collections::VecDeque::from([root]);
+    let mut seen = std::collections::HashSet::from([root]);
+    let mut bytes = 0;
+    while let Some(cid) = next.pop_front() {
+        // Asked for in batches of half the window, each in one message.
+        if leaves.pending.len() <= WINDOW / 2 {
+            let ahead: Vec<Cid> = next.iter().take(WINDOW).copied().collect();
+            leaves.ask_all(ahead).await?;
+        }
+        let block = leaves.fetch(cid).await?;
+        bytes += block.len() as u64;
+        for link in unixfs::links(&cid, &block) {
+            if ![unixfs::DAG_PB, unixfs::RAW].contains(&link.codec()) {
+                return Err(UnixfsError::UnsupportedCodec(link.codec()).into());
+            }
+            if seen.insert(link) {
+                next.push_back(link);
+            }
+        }
+    }
     tokio::task::spawn_blocking(move || store.pin(&root))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
-    Ok(got.written)
+    Ok(bytes)
 }
 
 /// The providers of `root` the IPFS DHT knows (each is dialed as it is found).

@@ -115,6 +115,24 @@ impl Ipfs {
         self.exchange.want(cid, prefer, tx);
     }
 
+    /// [`Ipfs::want`] for each of `cids`, asked in one message to each peer; a receiver for
+    /// each.
+    pub fn want_all(
+        &mut self,
+        cids: Vec<Cid>,
+        prefer: Option<PeerId>,
+    ) -> Vec<(Cid, oneshot::Receiver<Fetched>)> {
+        let (wants, receivers) = cids
+            .into_iter()
+            .map(|cid| {
+                let (tx, rx) = oneshot::channel();
+                ((cid, tx), (cid, rx))
+            })
+            .unzip();
+        self.exchange.want_all(wants, prefer);
+        receivers
+    }
+
     /// Blocks now kept here: served to peers that wanted them, and `root` provided on the
     /// IPFS DHT.
     pub fn announce(&mut self, root: Option<Cid>, cids: &[Cid]) {

@@ -1094,6 +1094,31 @@ async fn a_directory_is_added_as_other_tools_make_it_and_read_by_path_on_another
         assert!(pins.contains(&added.cid), "{pins:?}");
         let file = files::resolve(net.node(0), added.cid, &["sub", "big.bin"], TEST).await?;
         assert!(!pins.contains(&file), "{pins:?}");
+
+        // Another node pins both directories whole (a sharded one too): with their adder
+        // gone, and after a garbage collection, every file reads there.
+        let theirs = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().clone()).await?;
+        let pinned = files::pin(net.node(1), added.cid, TEST).await?;
+        assert!(pinned >= added.read, "{pinned} bytes of {}", added.read);
+        files::pin(net.node(1), many.cid, TEST).await?;
+        // 3,000 small blocks asked for a few in each message: nothing went past what the
+        // peer admits (a message each did, and each dropped want waited 15 s).
+        let dropped = net.node(0).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await?;
+        assert_eq!(dropped, 0, "messages the adder dropped");
+        let mut net = net;
+        net.kill(0).await;
+        theirs.collect(files::links).await?;
+        for (root, path, bytes) in [
+            (added.cid, &["sub", "big.bin"][..], &big[..]),
+            (added.cid, &["sub", "deeper", "note.txt"], note),
+            (many.cid, &[names[2222].as_str()], names[2222].as_bytes()),
+            (many.cid, &["sub", "in.txt"], b"in"),
+        ] {
+            let cid = files::resolve(net.node(1), root, path, Duration::from_secs(2)).await?;
+            let options =
+                GetOptions { block_timeout: Duration::from_secs(2), ..GetOptions::default() };
+            assert_eq!(get(&net, 1, cid, &options).await?, bytes, "{path:?}");
+        }
         net.shutdown().await;
         anyhow::Ok(())
     })
