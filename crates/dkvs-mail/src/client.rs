@@ -430,8 +430,8 @@ pub struct Fetched {
     /// What the acknowledgement did, when [`read`] made it; `None` after [`fetch`] alone.
     pub acked: Option<AckReport>,
     /// How many replicas refused the read as asked at a time too far from their clocks
-    /// ([`MAX_CLOCK_SKEW_MS`]), when as many or more did so than took it: this node's clock
-    /// is likely off, and no envelope was refused (nor deleted) for its time.
+    /// ([`MAX_CLOCK_SKEW_MS`]), when no other replica took it: this node's clock is likely
+    /// off, and no envelope was refused (nor deleted) for its time.
     pub clock_off: Option<usize>,
     acks: BTreeMap<PeerId, Vec<[u8; 32]>>,
     letters_read: Vec<ReadMark>,
@@ -584,6 +584,17 @@ async fn fetch_from(
     }
 }
 
+/// Whether this node's clock is taken to be off, from the replicas other than itself that
+/// refused a reader's requests as out of time (`refused`) and those that took them
+/// (`took`): some refused and none took them. A refusal is no proof (any peer can say it,
+/// and one replica's clock may be the wrong one), so one replica that took the request
+/// outweighs any number that refused it: otherwise a liar among the replicas could keep
+/// letters dated far ahead from being deleted. A reader whose clock is off has every other
+/// replica refuse it. `Some(refused)` when off.
+fn clock_off(refused: usize, took: usize) -> Option<usize> {
+    (refused > 0 && took == 0).then_some(refused)
+}
+
 /// Fetches `account`'s new letters from its mailbox's replicas (see the module docs).
 /// Nothing is deleted and nothing marked read until [`ack`].
 pub async fn fetch(
@@ -594,7 +605,7 @@ pub async fn fetch(
 ) -> Result<Fetched, ReadError> {
     node.with_extension::<Mail, _>(|_, _| ()).await?;
     let (replicas, wanted) = read_from(node, &Mailbox::of(&account.account_id()), options).await;
-    fetch_from_replicas(node, account, inbox, replicas, wanted, &HashMap::new()).await
+    fetch_from_replicas(node, account, inbox, replicas, wanted, &HashMap::new(), None).await
 }
 
 /// The replicas a reader of `mailbox` asks, nearest first, and how many of them must answer:
@@ -618,6 +629,7 @@ async fn fetch_from_replicas(
     candidates: Vec<PeerId>,
     wanted: usize,
     cursors: &HashMap<PeerId, u64>,
+    clock_was_off: Option<usize>,
 ) -> Result<Fetched, ReadError> {
     let now = now_ms();
     let deadline = tokio::time::Instant::now() + FETCH_TIME;
@@ -636,16 +648,15 @@ async fn fetch_from_replicas(
         }
     };
     let (answered, failed) = nearest_that_answer(candidates, wanted, ask).await;
-    // Other replicas refused this reader's requests as out of time, as many as or more than
-    // took them: this clock, not the letters', is likely wrong (a phone whose clock was set
-    // back). What it would refuse for their time (and so delete) is left on the replicas
-    // for a read with a right clock, and the reader is told.
+    // Other replicas refused this reader's requests as out of time, and none took them: this
+    // clock, not the letters', is likely wrong (a phone whose clock was set back). What it
+    // would refuse for their time (and so delete) is left on the replicas for a read with a
+    // right clock, and the reader is told. A watch's replicas are those that took its
+    // request: the watch judged the clock then (`clock_was_off`).
     let refused_the_time = refused_the_time.load(Ordering::Relaxed);
     let took_it = answered.iter().filter(|(replica, _)| *replica != me).count();
     let mut fetched = Fetched { failed, ..Fetched::default() };
-    if refused_the_time > 0 && refused_the_time >= took_it {
-        fetched.clock_off = Some(refused_the_time);
-    }
+    fetched.clock_off = clock_off(refused_the_time, took_it).or(clock_was_off);
     let left_for_later = fetched.clock_off.is_some();
     let mut opened: HashSet<[u8; 32]> = HashSet::new();
     let mut this_fetch: HashSet<(AccountId, MessageId)> = HashSet::new();
@@ -850,6 +861,8 @@ pub struct MailWatch {
     /// the start and at each renewal, so that letters handed out and not acknowledged come
     /// again).
     cursors: HashMap<PeerId, u64>,
+    /// Whether the replicas refused the watch as asked out of time ([`Fetched::clock_off`]).
+    clock_off: Option<usize>,
 }
 
 impl MailWatch {
@@ -870,6 +883,7 @@ impl MailWatch {
             replicas: vec![],
             renew_at: tokio::time::Instant::now(),
             cursors: HashMap::new(),
+            clock_off: None,
         };
         watch.register().await?;
         Ok(watch)
@@ -880,10 +894,15 @@ impl MailWatch {
         let mailbox = Mailbox::of(&self.account.account_id());
         let (candidates, wanted) = read_from(&self.node, &mailbox, &self.options).await;
         let (node, account) = (&self.node, &self.account);
+        let (me, refused_the_time) = (node.peer_id(), &AtomicUsize::new(0));
         let ask = |replica| async move {
             let body = WatchBody { replica, now_ms: now_ms() };
             match request(node, replica, Request::Watch(Signed::new(account, body))).await? {
                 Response::Watching(_) => Ok(()),
+                Response::Refused(Refusal::OutOfTime) if replica != me => {
+                    refused_the_time.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("refused: {}", Refusal::OutOfTime))
+                }
                 other => Err(format!("not watching: {other:?}")),
             }
         };
@@ -892,6 +911,8 @@ impl MailWatch {
             let why = failed.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>();
             return Err(ReadError::NoReplica(why.join("; ")));
         }
+        let took_it = answered.iter().filter(|(replica, _)| *replica != me).count();
+        self.clock_off = clock_off(refused_the_time.load(Ordering::Relaxed), took_it);
         self.replicas = answered.into_iter().map(|(peer, ())| peer).collect();
         let replicas = self.replicas.clone();
         let until = now_ms() + WATCH_TTL_MS;
@@ -918,6 +939,7 @@ impl MailWatch {
                 self.replicas.clone(),
                 self.replicas.len(),
                 &self.cursors,
+                self.clock_off,
             )
             .await?;
             self.cursors.extend(fetched.cursors.iter().map(|(peer, cursor)| (*peer, *cursor)));
@@ -944,5 +966,23 @@ impl MailWatch {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_off;
+
+    #[test]
+    fn the_clock_is_off_only_when_no_other_replica_took_the_request() {
+        // A reader whose clock is off: every other replica refuses it.
+        assert_eq!(clock_off(2, 0), Some(2));
+        assert_eq!(clock_off(10, 0), Some(10));
+        // One liar (or one replica whose own clock is off) among honest replicas.
+        assert_eq!(clock_off(1, 1), None);
+        assert_eq!(clock_off(10, 1), None);
+        // Nobody refused for time.
+        assert_eq!(clock_off(0, 0), None);
+        assert_eq!(clock_off(0, 5), None);
     }
 }

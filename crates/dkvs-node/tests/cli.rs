@@ -821,6 +821,11 @@ fn a_reader_whose_clock_is_off_is_told_so_and_deletes_nothing() {
     let read: serde_json::Value = serde_json::from_str(&read).expect("json");
     assert_eq!(read["letters"], serde_json::json!([]), "{read}");
     assert_eq!(read["refused"].as_array().map(Vec::len), Some(1), "{read}");
+    // Waiting for mail (a watch, whose replicas are those that took it) deletes nothing
+    // either, and says so.
+    let waited = mail(&bob_home, &["read", "--wait", "3s"], None);
+    let said = stderr(&waited);
+    assert!(waited.status.success() && said.contains("clock is likely off"), "{said}");
 
     // The other replicas are gone; bob's clock is set right: his own replica still has it.
     drop((seed, alice_node, bob_node));
