@@ -333,93 +333,159 @@ impl<R: Read> Read for Ended<R> {
     }
 }
 
-/// An entry of a directory being built: a file's or a made directory's CID and cumulative
-/// size, or a directory still open.
+/// The longest path of an archive's entry, and the longest name in it (Linux's `PATH_MAX`
+/// and `NAME_MAX`): what a directory could be unpacked to. Longer ones are refused before
+/// anything is kept of them.
+pub const MAX_ARCHIVE_PATH: usize = 4096;
+/// See [`MAX_ARCHIVE_PATH`].
+pub const MAX_ARCHIVE_NAME: usize = 255;
+/// The most entries (files and directories) one archive adds.
+pub const MAX_ARCHIVE_ENTRIES: u64 = 1_000_000;
+/// The largest extension header (a GNU long name, a PAX record set) read.
+const MAX_EXTENSION: u64 = 64 << 10;
+
+/// An entry of a directory being built: a file's, or a made directory's, CID and
+/// cumulative size; or a directory still open (its index among the directories).
 enum Child {
     Done(Cid, u64),
-    Open,
+    Open(usize),
+}
+
+/// A directory being built: where it is (its parent's index and its name), how deep, and
+/// its entries by name.
+struct Dir {
+    parent: usize,
+    name: String,
+    depth: usize,
+    entries: std::collections::BTreeMap<String, Child>,
+}
+
+/// `path` as an error shows it: at most 256 characters.
+fn shown(path: &[u8]) -> String {
+    let text = String::from_utf8_lossy(path);
+    match text.char_indices().nth(256) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.into_owned(),
+    }
 }
 
 /// Reads the tar archive `source` into UnixFS files and directories, handing their blocks to
-/// `keep` (see [`add_archive`]).
+/// `keep` (see [`add_archive`]). Extension headers (GNU long names, PAX records) are read
+/// here, each bounded, not by tar's reader, which takes any size.
 fn write_tree(
     source: impl Read,
     progress: &impl Fn(u64),
     keep: &mut impl FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>,
 ) -> Result<AddedTree, IpfsError> {
-    // Each directory's entries by name, directories by their path ("" the root).
-    let mut dirs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Child>> =
-        std::collections::BTreeMap::from([(String::new(), Default::default())]);
-    let (mut files, mut read) = (0u64, 0u64);
+    let root = Dir { parent: 0, name: String::new(), depth: 0, entries: Default::default() };
+    let mut dirs = vec![root];
+    let (mut files, mut read, mut count) = (0u64, 0u64, 0u64);
+    // The path the last extension header gave the next entry.
+    let mut long_path: Option<Vec<u8>> = None;
     let mut archive = tar::Archive::new(Ended { inner: source, ended: false });
-    for entry in archive.entries().map_err(IpfsError::NotAnArchive)? {
+    let entries = archive.entries().map_err(IpfsError::NotAnArchive)?.raw(true);
+    for entry in entries {
         let mut entry = entry.map_err(IpfsError::NotAnArchive)?;
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let refuse = |why: &str| IpfsError::Archive { path: shown.clone(), why: why.to_owned() };
         let kind = entry.header().entry_type();
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            let size = entry.size();
+            let extension = |why: &str| IpfsError::Archive {
+                path: "(an extension header)".to_owned(),
+                why: why.to_owned(),
+            };
+            if size > MAX_EXTENSION {
+                return Err(extension(&format!("{size} bytes, over the {MAX_EXTENSION} read")));
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            entry.read_to_end(&mut data).map_err(IpfsError::NotAnArchive)?;
+            if data.len() as u64 != size {
+                return Err(extension("the archive ends inside it"));
+            }
+            if kind.is_gnu_longname() {
+                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                data.truncate(end);
+                long_path = Some(data);
+            } else if kind.is_pax_local_extensions() {
+                for record in tar::PaxExtensions::new(&data) {
+                    let record = record.map_err(IpfsError::NotAnArchive)?;
+                    match record.key_bytes() {
+                        b"path" => long_path = Some(record.value_bytes().to_vec()),
+                        // tar's reader would take it over the header's: refused rather than
+                        // read otherwise than tar reads it (only files of 8 GiB need it).
+                        b"size" => return Err(extension("a PAX size is not read")),
+                        _ => {}
+                    }
+                }
+            }
+            // A global header, or a long link name (of a link, which is refused): nothing.
+            continue;
+        }
+        let raw = long_path.take().unwrap_or_else(|| entry.header().path_bytes().into_owned());
+        let refuse = |why: &str| IpfsError::Archive { path: shown(&raw), why: why.to_owned() };
+        if raw.len() > MAX_ARCHIVE_PATH {
+            return Err(refuse(&format!("a path over {MAX_ARCHIVE_PATH} bytes")));
+        }
+        let text = std::str::from_utf8(&raw).map_err(|_| refuse("the name is not UTF-8"))?;
         let is_dir = match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous => false,
             tar::EntryType::Directory => true,
-            // A pax header for the whole archive: nothing to add.
-            tar::EntryType::XGlobalHeader => continue,
+            // Old (v7) archives mark a directory only by the slash that ends its name.
+            tar::EntryType::Regular if text.ends_with('/') && entry.size() == 0 => true,
+            tar::EntryType::Regular | tar::EntryType::Continuous => false,
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 return Err(refuse("a link: links are not added (add what it names)"));
             }
             _ => return Err(refuse("not a regular file nor a directory")),
         };
-        let text = std::str::from_utf8(&raw).map_err(|_| refuse("the name is not UTF-8"))?;
         let mut names = Vec::new();
         for name in text.split('/') {
             match name {
                 "" | "." => {}
                 ".." => return Err(refuse("a path with `..` leaves the directory")),
+                name if name.len() > MAX_ARCHIVE_NAME => {
+                    return Err(refuse(&format!("a name over {MAX_ARCHIVE_NAME} bytes")));
+                }
                 name => names.push(name),
             }
         }
-        // Every directory on the way, made if the archive did not list it first.
-        let mut parent = String::new();
         let Some((last, way)) = names.split_last() else {
             if is_dir {
                 continue; // the root itself
             }
             return Err(refuse("a file with no name"));
         };
+        count += 1;
+        if count > MAX_ARCHIVE_ENTRIES {
+            return Err(refuse(&format!("over {MAX_ARCHIVE_ENTRIES} entries in one archive")));
+        }
+        // Every directory on the way, made if the archive did not list it first.
+        let mut parent = 0;
         for name in way {
-            let path =
-                if parent.is_empty() { (*name).to_owned() } else { format!("{parent}/{name}") };
-            match dirs[&parent].get(*name) {
-                Some(Child::Open) => {}
+            parent = match dirs[parent].entries.get(*name) {
+                Some(Child::Open(dir)) => *dir,
                 Some(Child::Done(..)) => {
                     return Err(refuse("a file's name is used as a directory"));
                 }
-                None => {
-                    dirs.get_mut(&parent).expect("made").insert((*name).to_owned(), Child::Open);
-                    dirs.insert(path.clone(), Default::default());
-                }
+                None => open_dir(&mut dirs, parent, name),
+            };
+        }
+        match (dirs[parent].entries.get(*last), is_dir) {
+            // Listed again (after a file in it made it): the same directory.
+            (Some(Child::Open(_)), true) => continue,
+            (None, true) => {
+                open_dir(&mut dirs, parent, last);
+                continue;
             }
-            parent = path;
-        }
-        let path = if parent.is_empty() { (*last).to_owned() } else { format!("{parent}/{last}") };
-        let existing = dirs[&parent].get(*last);
-        if is_dir {
-            match existing {
-                // Listed again (after a file in it made it): the same directory.
-                Some(Child::Open) => {}
-                Some(Child::Done(..)) => {
-                    return Err(refuse("a file's name is used as a directory"));
-                }
-                None => {
-                    dirs.get_mut(&parent).expect("made").insert((*last).to_owned(), Child::Open);
-                    dirs.insert(path, Default::default());
-                }
+            (Some(Child::Done(..)), true) => {
+                return Err(refuse("a file's name is used as a directory"));
             }
-            continue;
+            (Some(_), false) => return Err(refuse("the name is in its directory twice")),
+            (None, false) => {}
         }
-        if existing.is_some() {
-            return Err(refuse("the name is in its directory twice"));
-        }
-        let size = entry.header().size().map_err(IpfsError::NotAnArchive)?;
+        let size = entry.size();
         let before = read;
         let mut cumulative = 0u64;
         let mut counted = |blocks: Vec<unixfs::Block>| {
@@ -432,28 +498,23 @@ fn write_tree(
         }
         read += added.read;
         files += 1;
-        dirs.get_mut(&parent)
-            .expect("made")
-            .insert((*last).to_owned(), Child::Done(added.cid, cumulative));
+        dirs[parent].entries.insert((*last).to_owned(), Child::Done(added.cid, cumulative));
     }
     // An archive ends with its end marker, which tar reads without reading past: one that
     // ends where an entry could start was cut short (a sender that failed on its way), not
     // a smaller directory.
-    if archive.into_inner().ended {
+    if long_path.is_some() || archive.into_inner().ended {
         return Err(IpfsError::NotAnArchive(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "it ends without its end marker: cut short",
         )));
     }
     // The deepest directories first: each is linked into its parent once made.
-    let mut paths: Vec<String> = dirs.keys().cloned().collect();
-    paths.sort_by_key(|path| {
-        std::cmp::Reverse(if path.is_empty() { 0 } else { path.matches('/').count() + 1 })
-    });
-    let directories = paths.len() as u64;
-    let mut root = None;
-    for path in paths {
-        let entries = dirs.remove(&path).expect("listed");
+    let mut order: Vec<usize> = (0..dirs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(dirs[i].depth));
+    let directories = dirs.len() as u64;
+    for i in order {
+        let entries = std::mem::take(&mut dirs[i].entries);
         let mut estimate = 0;
         let mut children = Vec::with_capacity(entries.len());
         for (name, child) in entries {
@@ -464,11 +525,8 @@ fn write_tree(
             children.push(unixfs::PbLink { cid, name: Some(name), size: Some(size) });
         }
         let made = if estimate > MAX_FLAT_DIRECTORY {
-            let (blocks, size) =
-                unixfs::sharded_directory(children).map_err(|e| IpfsError::Archive {
-                    path: if path.is_empty() { ".".to_owned() } else { path.clone() },
-                    why: e.to_string(),
-                })?;
+            let (blocks, size) = unixfs::sharded_directory(children)
+                .map_err(|e| IpfsError::Archive { path: dir_path(&dirs, i), why: e.to_string() })?;
             let cid = blocks.last().expect("a root").cid;
             keep(blocks)?;
             (cid, size)
@@ -479,22 +537,33 @@ fn write_tree(
             keep(vec![block])?;
             made
         };
-        match path.rsplit_once('/') {
-            _ if path.is_empty() => root = Some(made),
-            Some((parent, name)) => {
-                dirs.get_mut(parent)
-                    .expect("a parent")
-                    .insert(name.to_owned(), Child::Done(made.0, made.1));
-            }
-            None => {
-                dirs.get_mut("")
-                    .expect("the root")
-                    .insert(path.clone(), Child::Done(made.0, made.1));
-            }
+        if i == 0 {
+            return Ok(AddedTree { cid: made.0, files, directories, read, stored: made.1 });
         }
+        let (parent, name) = (dirs[i].parent, dirs[i].name.clone());
+        dirs[parent].entries.insert(name, Child::Done(made.0, made.1));
     }
-    let (cid, stored) = root.expect("the root is made last");
-    Ok(AddedTree { cid, files, directories, read, stored })
+    unreachable!("the root is made last")
+}
+
+/// Opens the directory `name` in `dirs[parent]`; its index.
+fn open_dir(dirs: &mut Vec<Dir>, parent: usize, name: &str) -> usize {
+    let depth = dirs[parent].depth + 1;
+    let dir = dirs.len();
+    dirs.push(Dir { parent, name: name.to_owned(), depth, entries: Default::default() });
+    dirs[parent].entries.insert(name.to_owned(), Child::Open(dir));
+    dir
+}
+
+/// The path of `dirs[i]`, as an error shows it ("." for the root).
+fn dir_path(dirs: &[Dir], mut i: usize) -> String {
+    let mut names = Vec::new();
+    while i != 0 {
+        names.push(dirs[i].name.as_str());
+        i = dirs[i].parent;
+    }
+    names.reverse();
+    if names.is_empty() { ".".to_owned() } else { shown(names.join("/").as_bytes()) }
 }
 
 /// Chunks `source` into a UnixFS file, sealed with `account`'s key when given, handing its

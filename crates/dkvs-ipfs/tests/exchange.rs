@@ -1150,6 +1150,22 @@ async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_b
             builder.append(&header, &[][..]).expect("appended");
             builder.into_inner().expect("an archive")
         };
+        // An extension header of `kind` that says it holds `size` bytes, then `data`.
+        let extension = |kind: tar::EntryType, size: u64, data: &[u8]| {
+            let mut bytes = archive(&[("first.bin", Some(&file))]);
+            bytes.truncate(bytes.len() - 1024); // its end marker
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(size);
+            header.as_old_mut().name[..9].copy_from_slice(b"././@Long");
+            header.set_cksum();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(data);
+            bytes.resize(bytes.len().next_multiple_of(512) + 1024, 0);
+            bytes
+        };
+        let long_shown = format!("{}...", &"d/".repeat(128));
+        let long_name = "n".repeat(256);
         let mut cut = archive(&[("first.bin", Some(&file)), ("cut.bin", Some(&file))]);
         cut.truncate(cut.len() - 1024 - 200_000);
         let cases: Vec<(Vec<u8>, &str, &str)> = vec![
@@ -1169,6 +1185,27 @@ async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_b
                 "used as a directory",
             ),
             (cut, "cut.bin", "ends inside the file"),
+            (
+                archive(&[("first.bin", Some(&file)), (&"d/".repeat(2100), None)]),
+                &long_shown,
+                "a path over 4096 bytes",
+            ),
+            (
+                archive(&[("first.bin", Some(&file)), (&"n".repeat(256), Some(b"x"))]),
+                &long_name,
+                "a name over 255 bytes",
+            ),
+            (
+                extension(tar::EntryType::GNULongName, 1 << 30, b""),
+                "(an extension header)",
+                "over the 65536 read",
+            ),
+            (
+                extension(tar::EntryType::XHeader, 12, b"12 size=999\n"),
+                "(an extension header)",
+                "a PAX size",
+            ),
+            (raw_entry(b"holes", tar::EntryType::GNUSparse, None), "holes", "not a regular file"),
         ];
         for (tar, path, why) in cases {
             let failed = files::add_archive(net.node(0), std::io::Cursor::new(tar), |_| {}).await;
@@ -1196,6 +1233,36 @@ async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_b
         }
         let whole = files::add_archive(net.node(0), std::io::Cursor::new(whole), |_| {}).await?;
         assert_eq!(whole.files, 2);
+
+        // Long names as GNU tar writes them (a long-name header) and as PAX does (a path
+        // record), and a directory as an old (v7) archive marks it: all read.
+        let long = format!("{}file.txt", "deep/".repeat(40));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4);
+        builder.append_data(&mut header, &long, &b"gnu!"[..]).expect("a GNU long name");
+        let mut header = tar::Header::new_ustar();
+        header.set_size(4);
+        header.set_path("short").expect("a path");
+        header.set_cksum();
+        let pax = format!("{}pax.txt", "wide/".repeat(40));
+        builder.append_pax_extensions([("path", pax.as_bytes())]).expect("a PAX record");
+        builder.append(&header, &b"pax!"[..]).expect("appended");
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..4].copy_from_slice(b"old/");
+        header.set_size(0);
+        header.set_cksum();
+        builder.append(&header, &[][..]).expect("a v7 directory");
+        let tree = builder.into_inner().expect("an archive");
+        let tree = files::add_archive(net.node(0), std::io::Cursor::new(tree), |_| {}).await?;
+        assert_eq!((tree.files, tree.directories), (2, 82), "{tree:?}");
+        for (path, bytes) in [(long, b"gnu!"), (pax, b"pax!")] {
+            let names: Vec<&str> = path.split('/').collect();
+            let cid = files::resolve(net.node(0), tree.cid, &names, TEST).await?;
+            assert_eq!(get(&net, 0, cid, &GetOptions::default()).await?, bytes);
+        }
+        let old = files::resolve(net.node(0), tree.cid, &["old"], TEST).await?;
+        assert_eq!(old, dkvs_ipfs::unixfs::directory(Vec::new()).cid, "an empty directory");
         net.shutdown().await;
         anyhow::Ok(())
     })

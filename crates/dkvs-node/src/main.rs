@@ -251,6 +251,9 @@ enum IpfsCommand {
         /// Kubo and Helia leave them out).
         #[arg(long)]
         hidden: bool,
+        /// Accepted for those used to `ipfs add -r`: a directory is always added whole.
+        #[arg(short = 'r', long = "recursive", hide = true)]
+        _recursive: bool,
         /// Encrypt with this account's key instead of the default account's.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
@@ -382,11 +385,13 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             // stderr may be a closed pipe too: then there is nobody to tell.
+            // What an error quotes (a file's name, a node's answer) may hold what a terminal
+            // obeys: shown escaped.
             if let Some(ClientError::NotFound(message)) = e.downcast_ref::<ClientError>() {
-                let _ = writeln!(std::io::stderr(), "dkvs: {message}");
+                let _ = writeln!(std::io::stderr(), "dkvs: {}", terminal_text(message));
                 return ExitCode::from(1);
             }
-            let _ = writeln!(std::io::stderr(), "dkvs: {}", causes(&e));
+            let _ = writeln!(std::io::stderr(), "dkvs: {}", terminal_text(&causes(&e)));
             ExitCode::from(2)
         }
     }
@@ -408,6 +413,20 @@ fn letter_text(body: &str) -> String {
             } else {
                 shown.push(c);
             }
+        }
+    }
+    shown
+}
+
+/// `text` with the characters a terminal obeys (but line ends and tabs) and those that
+/// reorder a line shown escaped.
+fn terminal_text(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (c.is_control() && !matches!(c, '\n' | '\t')) || reorders(c) {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
         }
     }
     shown
@@ -1166,18 +1185,7 @@ fn add_directory(
     let (reader, writer) = std::io::pipe().context("a pipe to the node")?;
     let writing = {
         let bar = bar.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut archive = tar::Builder::new(Cut(Some(writer)));
-            let written = write_entries(&mut archive, entries, &bar);
-            if written.is_err() {
-                // Closed before tar's builder, dropped, ends the archive: the node sees it
-                // cut short, not a smaller directory.
-                archive.get_mut().0 = None;
-            }
-            written?;
-            archive.into_inner()?;
-            Ok(())
-        })
+        std::thread::spawn(move || write_archive(writer, entries, &bar))
     };
     let answer = client.post_reader(path, reader);
     bar.finish_and_clear();
@@ -1191,13 +1199,41 @@ fn add_directory(
     Ok(answer?)
 }
 
-/// A pipe that can be closed under tar's builder.
-struct Cut(Option<std::io::PipeWriter>);
+/// Writes `entries` as a tar archive into `out`. When anything fails (a file that cannot be
+/// read or that changed, a panic), `out` is dropped before tar's builder is, which would end
+/// the archive: the node sees it cut short, and keeps nothing of it.
+fn write_archive<W: std::io::Write>(
+    out: W,
+    entries: Vec<Entry>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let mut archive = tar::Builder::new(Cut(Some(out)));
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_entries(&mut archive, entries, bar)
+    }));
+    match written {
+        Ok(Ok(())) => {
+            archive.into_inner()?;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            archive.get_mut().0 = None;
+            Err(e)
+        }
+        Err(_) => {
+            archive.get_mut().0 = None;
+            anyhow::bail!("writing the archive failed (a panic)")
+        }
+    }
+}
 
-impl std::io::Write for Cut {
+/// A writer that can be closed under tar's builder.
+struct Cut<W>(Option<W>);
+
+impl<W: std::io::Write> std::io::Write for Cut<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match &mut self.0 {
-            Some(pipe) => pipe.write(buf),
+            Some(out) => out.write(buf),
             None => Err(std::io::ErrorKind::BrokenPipe.into()),
         }
     }
@@ -1207,35 +1243,41 @@ impl std::io::Write for Cut {
     }
 }
 
-/// Writes `entries` into `archive`, each file's bytes counted on `bar`.
-fn write_entries(
-    archive: &mut tar::Builder<Cut>,
+/// Writes `entries` into `archive`, each file's bytes counted on `bar`. A file is opened
+/// without following a link (one put in its place since it was listed is refused), and must
+/// still be a regular file of the size listed, and be so to its end.
+fn write_entries<W: std::io::Write>(
+    archive: &mut tar::Builder<Cut<W>>,
     entries: Vec<Entry>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     for entry in entries {
         let mut header = tar::Header::new_gnu();
-        match entry.file {
-            None => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
-                header.set_size(0);
-                archive.append_data(&mut header, &entry.path, std::io::empty())?;
-            }
-            Some((file, len)) => {
-                let source = std::fs::File::open(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(0o644);
-                header.set_size(len);
-                let mut counted = CountedRead { inner: bar.wrap_read(source).take(len), read: 0 };
-                archive
-                    .append_data(&mut header, &entry.path, &mut counted)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                if counted.read != len {
-                    anyhow::bail!("{} changed size while it was added", file.display());
-                }
-            }
+        let Some((file, len)) = entry.file else {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            archive.append_data(&mut header, &entry.path, std::io::empty())?;
+            continue;
+        };
+        let cannot = || format!("cannot read {}", file.display());
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW;
+        let mut source = rustix::fs::open(&file, flags, rustix::fs::Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(std::io::Error::from)
+            .with_context(cannot)?;
+        let meta = source.metadata().with_context(cannot)?;
+        if !meta.is_file() || meta.len() != len {
+            anyhow::bail!("{} changed while it was added", file.display());
+        }
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(len);
+        let mut counted = CountedRead { inner: bar.wrap_read(&mut source).take(len), read: 0 };
+        archive.append_data(&mut header, &entry.path, &mut counted).with_context(cannot)?;
+        let mut more = [0u8; 1];
+        if counted.read != len || source.read(&mut more).with_context(cannot)? != 0 {
+            anyhow::bail!("{} changed size while it was added", file.display());
         }
     }
     Ok(())
@@ -1262,7 +1304,7 @@ impl<R: std::io::Read> std::io::Read for CountedRead<R> {
 
 fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
     match command {
-        IpfsCommand::Add { file, plain, hidden, account } => {
+        IpfsCommand::Add { file, plain, hidden, account, .. } => {
             let mut extra = if plain { vec![("plain", "true".to_owned())] } else { Vec::new() };
             let is_dir =
                 file.as_os_str() != "-" && std::fs::metadata(&file).is_ok_and(|m| m.is_dir());
@@ -1470,6 +1512,58 @@ mod tests {
         assert_eq!(letter_text("plain"), "  plain");
         assert_eq!(letter_text("abc\u{202e}fed"), "  abc\\u{202e}fed");
         assert_eq!(letter_text("\u{61c}1\u{2067}2"), "  \\u{61c}1\\u{2067}2");
+    }
+
+    /// A writer whose bytes the test reads after it is dropped.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_archive_whose_writing_fails_is_cut_short_not_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, link) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("l"));
+        std::fs::write(&a, b"abc").expect("a");
+        std::fs::write(&b, b"grown").expect("b");
+        std::os::unix::fs::symlink(&a, &link).expect("a link");
+        let file = |path: &std::path::Path, len| Entry {
+            path: path.file_name().and_then(|n| n.to_str()).expect("a name").to_owned(),
+            file: Some((path.to_owned(), len)),
+        };
+        let bar = indicatif::ProgressBar::hidden();
+        for (second, why) in [
+            (file(&dir.path().join("gone"), 1), "cannot read"),
+            (file(&b, 3), "changed"),
+            (file(&link, 3), "cannot read"),
+        ] {
+            let out = Shared::default();
+            let failed = write_archive(out.clone(), vec![file(&a, 3), second], &bar);
+            let said = format!("{:#}", failed.expect_err("refused"));
+            assert!(said.contains(why), "{said}");
+            // What was written, and no end marker after it.
+            let bytes = out.0.lock().expect("not poisoned").clone();
+            assert!(bytes.len() >= 1024 && !bytes.ends_with(&[0; 1024]), "{why}: ended");
+        }
+        let out = Shared::default();
+        write_archive(out.clone(), vec![file(&a, 3), file(&b, 5)], &bar).expect("written");
+        let bytes = out.0.lock().expect("not poisoned").clone();
+        assert!(bytes.ends_with(&[0; 1024]), "the end marker");
+    }
+
+    #[test]
+    fn an_error_shows_what_a_terminal_would_obey_escaped() {
+        let said = terminal_text("cannot read /tmp/\u{1b}[2Jx\u{202e}: gone\nnext\tline");
+        assert_eq!(said, "cannot read /tmp/\\u{1b}[2Jx\\u{202e}: gone\nnext\tline");
     }
 
     #[test]

@@ -118,25 +118,32 @@ pub(super) async fn add(
         }
     });
     let reader = BodyReader { chunks, current: Bytes::new() };
-    if directory {
-        let added = files::add_archive(&state.node, reader, |_| {}).await.map_err(ipfs_error)?;
-        return Ok(Json(json!({
+    // In a task of its own: a client that goes away drops this handler, and an add dropped
+    // halfway would leave what it wrote (its clean-up runs when it fails, in the task).
+    let node = state.node.clone();
+    let added = tokio::spawn(async move {
+        if directory {
+            let added = files::add_archive(&node, reader, |_| {}).await?;
+            return Ok::<_, IpfsError>(json!({
+                "cid": added.cid.to_string(),
+                "read": added.read,
+                "stored": added.stored,
+                "files": added.files,
+                "directories": added.directories,
+                "encrypted": false,
+            }));
+        }
+        let added = files::add(&node, reader, account.as_deref(), |_| {}).await?;
+        Ok(json!({
             "cid": added.cid.to_string(),
             "read": added.read,
             "stored": added.stored,
-            "files": added.files,
-            "directories": added.directories,
-            "encrypted": false,
-        })));
-    }
-    let added =
-        files::add(&state.node, reader, account.as_deref(), |_| {}).await.map_err(ipfs_error)?;
-    Ok(Json(json!({
-        "cid": added.cid.to_string(),
-        "read": added.read,
-        "stored": added.stored,
-        "encrypted": !plain,
-    })))
+            "encrypted": !plain,
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?;
+    Ok(Json(added.map_err(ipfs_error)?))
 }
 
 #[derive(Deserialize)]
