@@ -6,7 +6,8 @@
 //       {"peer":"<id>","addrs":["/ip4/127.0.0.1/tcp/N/p2p/<id>"],"cid":"<cid>"}
 //       and serves it over bitswap until stdin closes, SIGTERM/SIGINT, or S seconds; exit 0.
 //       A directory FILE is added whole with addAll (Helia's defaults; names starting with `.`
-//       left out, as its globSource leaves them out), and "cid" is the directory's.
+//       left out, as its globSource leaves them out, unless --hidden), and "cid" is the
+//       directory's.
 //   node --import ./polyfill.mjs helia-peer.mjs get ADDR CID[/PATH] OUT [--timeout S]
 //       dials ADDR (a multiaddr ending in /p2p/<id>), fetches CID (the file at PATH under it),
 //       writes its bytes to OUT and prints {"ok":true,"bytes":N}; on failure prints the error
@@ -38,15 +39,17 @@ const USAGE = 'usage: helia-peer.mjs serve FILE [--timeout S] | get ADDR CID OUT
 function parseArgs (argv) {
   const pos = []
   let timeout = 120
+  let hidden = false
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--timeout') {
+    if (argv[i] === '--hidden') hidden = true
+    else if (argv[i] === '--timeout') {
       timeout = Number(argv[++i])
       if (!(timeout > 0)) throw new Error('--timeout needs a positive number of seconds')
     } else pos.push(argv[i])
   }
   const [cmd, ...rest] = pos
   if (!((cmd === 'serve' && rest.length === 1) || (cmd === 'get' && rest.length === 3))) throw new Error(USAGE)
-  return { cmd, rest, timeoutMs: timeout * 1000 }
+  return { cmd, rest, timeoutMs: timeout * 1000, hidden }
 }
 
 async function startHelia () {
@@ -80,22 +83,22 @@ function fullAddrs (helia) {
 
 // The entries of the directory `dir` as addAll takes them, under `prefix`: a directory has
 // no content; names in order, those starting with `.` left out.
-async function * entriesOf (dir, prefix) {
+async function * entriesOf (dir, prefix, hidden) {
   yield { path: prefix }
-  const names = (await readdir(dir)).filter(n => !n.startsWith('.')).sort()
+  const names = (await readdir(dir)).filter(n => hidden || !n.startsWith('.')).sort()
   for (const name of names) {
     const full = join(dir, name)
-    if ((await stat(full)).isDirectory()) yield * entriesOf(full, `${prefix}/${name}`)
+    if ((await stat(full)).isDirectory()) yield * entriesOf(full, `${prefix}/${name}`, hidden)
     else yield { path: `${prefix}/${name}`, content: await readFile(full) }
   }
 }
 
-async function serve (helia, file, timeoutMs) {
+async function serve (helia, file, timeoutMs, hidden) {
   const fs = unixfs(helia)
   let cid
   if ((await stat(file)).isDirectory()) {
     const root = basename(file)
-    for await (const entry of fs.addAll(entriesOf(file, root))) {
+    for await (const entry of fs.addAll(entriesOf(file, root, hidden))) {
       if (entry.path === root) cid = entry.cid
     }
     if (cid == null) throw new Error(`addAll made no entry ${root}`)
@@ -155,7 +158,7 @@ let helia
 let code = 0
 try {
   helia = await startHelia()
-  if (args.cmd === 'serve') await serve(helia, args.rest[0], args.timeoutMs)
+  if (args.cmd === 'serve') await serve(helia, args.rest[0], args.timeoutMs, args.hidden)
   else await get(helia, ...args.rest, args.timeoutMs)
 } catch (err) {
   console.error(`helia-peer ${args.cmd} failed: ${err?.stack ?? err}`)

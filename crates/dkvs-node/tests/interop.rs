@@ -251,9 +251,12 @@ fn dkvs_adds_a_directory_as_helia_does_and_helia_reads_it_by_path() {
         &dir.path().join("helia-got"),
     );
     assert!(got == big, "Helia got {} bytes, not the file", got.len());
-    // With --hidden, .secret too: another directory.
+    // With --hidden, .secret too: the directory Helia makes with it.
     let hidden = ok(run(dkvs(&home, &["ipfs", "add", "--plain", "--hidden", path_str(&site)])));
     assert_ne!(hidden.trim(), cid);
+    let mut with_hidden = helia(&peers);
+    with_hidden.arg("--hidden");
+    assert_eq!(serve(with_hidden, &site).cid, hidden.trim());
 
     // A link is not followed: refused by its name, before anything is sent.
     std::os::unix::fs::symlink("/etc", site.join("sub/etc")).expect("a link");
