@@ -301,6 +301,9 @@ pub async fn add_archive(
             store.pin(&added.cid)?;
             Ok(added)
         });
+        // Files alike share their blocks: each announced once.
+        cids.sort_unstable();
+        cids.dedup();
         (added.map(|added| (added, cids)), new)
     })
     .await

@@ -447,7 +447,14 @@ fn reorders(c: char) -> bool {
 fn terminal_json(json: &str) -> String {
     let mut shown = String::with_capacity(json.len());
     for c in json.chars() {
-        if c.is_control() && !matches!(c, '\n' | '\t') || reorders(c) {
+        // Besides: zero-width spaces and joiners' kin, line and paragraph separators, the
+        // byte-order mark (they hide or split what a line shows; ZWJ and ZWNJ stay, scripts
+        // and emoji use them).
+        let invisible = matches!(
+            c,
+            '\u{200b}' | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
+        );
+        if c.is_control() && !matches!(c, '\n' | '\t') || reorders(c) || invisible {
             shown.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             shown.push(c);
@@ -1123,7 +1130,15 @@ fn umask() -> u32 {
 /// and for a file, where it is and its size.
 struct Entry {
     path: String,
-    file: Option<(PathBuf, u64)>,
+    file: Option<Listed>,
+}
+
+/// A file as it was listed: where, its size, and which file it was (device and inode: one
+/// put in its place, or reached through a directory swapped for a link, is another).
+struct Listed {
+    path: PathBuf,
+    len: u64,
+    id: (u64, u64),
 }
 
 /// The entries under `dir`, directories before what they hold, names in order; names that
@@ -1135,12 +1150,25 @@ fn entries_of(
     hidden: bool,
     out: &mut Vec<Entry>,
 ) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let cannot = || format!("cannot read {}", dir.display());
+    let before = std::fs::symlink_metadata(dir).with_context(cannot)?;
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        names.push(entry.path());
+    for entry in std::fs::read_dir(dir).with_context(cannot)? {
+        names.push(entry.with_context(cannot)?.path());
+    }
+    // The directory listed is the one looked at (not one swapped for a link meanwhile).
+    let after = std::fs::symlink_metadata(dir).with_context(cannot)?;
+    if !after.is_dir() || (before.dev(), before.ino()) != (after.dev(), after.ino()) {
+        anyhow::bail!("{} changed while it was listed", dir.display());
     }
     names.sort();
+    if out.len() + names.len() > MAX_ENTRIES {
+        anyhow::bail!(
+            "{}: over {MAX_ENTRIES} entries, more than a node adds at once",
+            dir.display()
+        );
+    }
     for path in names {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             anyhow::bail!("{}: the name is not UTF-8, which IPFS names are", path.display());
@@ -1155,7 +1183,8 @@ fn entries_of(
             out.push(Entry { path: under.clone(), file: None });
             entries_of(&path, &under, hidden, out)?;
         } else if meta.is_file() {
-            out.push(Entry { path: under, file: Some((path, meta.len())) });
+            let id = (meta.dev(), meta.ino());
+            out.push(Entry { path: under, file: Some(Listed { path, len: meta.len(), id }) });
         } else if meta.file_type().is_symlink() {
             anyhow::bail!(
                 "{} is a symbolic link: links are not added (add what it names, or move the link \
@@ -1169,6 +1198,10 @@ fn entries_of(
     Ok(())
 }
 
+/// The most entries a node adds from one archive (`dkvs_ipfs::files::MAX_ARCHIVE_ENTRIES`):
+/// more are refused before anything is sent.
+const MAX_ENTRIES: usize = 1_000_000;
+
 /// Adds the directory `dir` through `path` (`/v1/ipfs/add?plain=true&directory=true`): its
 /// entries as one tar stream, written as the node reads it. A file that cannot be read, or
 /// that changed size meanwhile, cuts the stream, and the node keeps nothing of it.
@@ -1180,7 +1213,7 @@ fn add_directory(
 ) -> anyhow::Result<serde_json::Value> {
     let mut entries = Vec::new();
     entries_of(dir, "", hidden, &mut entries)?;
-    let total = entries.iter().filter_map(|e| e.file.as_ref().map(|(_, len)| len)).sum();
+    let total = entries.iter().filter_map(|e| e.file.as_ref().map(|f| f.len)).sum();
     let bar = progress(Some(total));
     let (reader, writer) = std::io::pipe().context("a pipe to the node")?;
     let writing = {
@@ -1253,7 +1286,7 @@ fn write_entries<W: std::io::Write>(
 ) -> anyhow::Result<()> {
     for entry in entries {
         let mut header = tar::Header::new_gnu();
-        let Some((file, len)) = entry.file else {
+        let Some(Listed { path: file, len, id }) = entry.file else {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
             header.set_size(0);
@@ -1267,7 +1300,8 @@ fn write_entries<W: std::io::Write>(
             .map_err(std::io::Error::from)
             .with_context(cannot)?;
         let meta = source.metadata().with_context(cannot)?;
-        if !meta.is_file() || meta.len() != len {
+        use std::os::unix::fs::MetadataExt as _;
+        if !meta.is_file() || meta.len() != len || (meta.dev(), meta.ino()) != id {
             anyhow::bail!("{} changed while it was added", file.display());
         }
         header.set_entry_type(tar::EntryType::Regular);
@@ -1536,9 +1570,13 @@ mod tests {
         std::fs::write(&a, b"abc").expect("a");
         std::fs::write(&b, b"grown").expect("b");
         std::os::unix::fs::symlink(&a, &link).expect("a link");
-        let file = |path: &std::path::Path, len| Entry {
-            path: path.file_name().and_then(|n| n.to_str()).expect("a name").to_owned(),
-            file: Some((path.to_owned(), len)),
+        let file = |path: &std::path::Path, len| {
+            use std::os::unix::fs::MetadataExt as _;
+            let id = std::fs::symlink_metadata(path).map_or((0, 0), |m| (m.dev(), m.ino()));
+            Entry {
+                path: path.file_name().and_then(|n| n.to_str()).expect("a name").to_owned(),
+                file: Some(Listed { path: path.to_owned(), len, id }),
+            }
         };
         let bar = indicatif::ProgressBar::hidden();
         for (second, why) in [
@@ -1570,11 +1608,13 @@ mod tests {
     fn json_printed_drives_no_terminal_and_reads_the_same() {
         let value = serde_json::json!({
             "body": "pay\u{1b}[2J\u{7f}\u{9b}x\u{202e}fed\u{2066}\u{61c}\ttab\nline é",
-            "author": "ed1\u{200f}",
+            "author": "ed1\u{200f}\u{2028}\u{feff}\u{200d}",
         });
         for json in [value.to_string(), serde_json::to_string_pretty(&value).expect("json")] {
             let shown = terminal_json(&json);
             assert!(!shown.chars().any(|c| c.is_control() && c != '\n' || reorders(c)), "{shown}");
+            // A zero-width joiner stays: scripts and emoji use it.
+            assert!(shown.contains("ed1\\u200f\\u2028\\ufeff\u{200d}"), "{shown}");
             assert!(
                 shown.contains(r"\u007f\u009bx\u202efed\u2066\u061c\ttab") && shown.contains('é')
             );
