@@ -998,7 +998,8 @@ fn files_through_the_command_line_and_the_gateway() {
     assert!(plain.starts_with("bafy") && private.starts_with("bafy"), "{plain} {private}");
     let folder = ipfs(&home("alice"), &["add", &path("alice")]);
     assert_eq!(folder.status.code(), Some(2));
-    assert!(stderr(&folder).contains("is not a file"), "{}", stderr(&folder));
+    // A directory is public only: without --plain it is refused, and says how to add it.
+    assert!(stderr(&folder).contains("add it with --plain"), "{}", stderr(&folder));
 
     // Bob's node fetches the plain file byte for byte, into a file.
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("got.bin")]));
