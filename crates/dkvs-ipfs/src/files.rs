@@ -201,9 +201,44 @@ pub async fn add(
     account: Option<&Keypair>,
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<Added, IpfsError> {
-    let store = store_of(node).await?;
     let account = account.cloned();
-    // No garbage collection between the first block and the pin.
+    keep_and_pin(node, move |mut keep| {
+        write_file(&mut source, account.as_ref(), &progress, &mut keep)
+    })
+    .await
+}
+
+/// What an add made: its root.
+trait Rooted {
+    fn root(&self) -> Cid;
+}
+
+impl Rooted for Added {
+    fn root(&self) -> Cid {
+        self.cid
+    }
+}
+
+impl Rooted for AddedTree {
+    fn root(&self) -> Cid {
+        self.cid
+    }
+}
+
+/// Runs `write` on a blocking thread, keeping every block it hands over (synced), then pins
+/// what it made: no garbage collection runs in between. Then peers that asked for the
+/// blocks are served and the root is provided on the IPFS DHT. If `write` fails, what it
+/// wrote goes (unless a pin reaches it: another add's): it took the room of later adds, and
+/// no pin would ever have it collected but a `gc`.
+async fn keep_and_pin<T: Rooted + Send + 'static>(
+    node: &Node,
+    write: impl FnOnce(
+        &mut dyn FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>,
+    ) -> Result<T, IpfsError>
+    + Send
+    + 'static,
+) -> Result<T, IpfsError> {
+    let store = store_of(node).await?;
     let writing = store.writing().await;
     let blocks = store.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -221,19 +256,19 @@ pub async fn add(
             }
             Ok(())
         };
-        let added =
-            write_file(&mut source, account.as_ref(), &progress, &mut keep).and_then(|added| {
-                store.pin(&added.cid)?;
-                Ok(added)
-            });
-        (added.map(|added| (added, cids)), new)
+        let made = write(&mut keep).and_then(|made| {
+            store.pin(&made.root())?;
+            Ok(made)
+        });
+        // Files alike share their blocks: each announced once.
+        cids.sort_unstable();
+        cids.dedup();
+        (made.map(|made| (made, cids)), new)
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let (added, cids) = match written {
+    let (made, cids) = match written {
         (Ok(done), _) => done,
-        // What a failed add wrote goes (unless a pin reaches it: another add's): it took the
-        // room of later adds, and no pin would ever have it collected but a `gc`.
         (Err(e), new) => {
             if let Err(gc) = blocks.collect_only(links, &new).await {
                 tracing::warn!(error = %gc, "cannot remove the blocks of an add that failed");
@@ -241,9 +276,9 @@ pub async fn add(
             return Err(e);
         }
     };
-    let root = added.cid;
+    let root = made.root();
     node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
-    Ok(added)
+    Ok(made)
 }
 
 /// What [`add_archive`] made.
@@ -281,45 +316,7 @@ pub async fn add_archive(
     source: impl Read + Send + 'static,
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<AddedTree, IpfsError> {
-    let store = store_of(node).await?;
-    let writing = store.writing().await;
-    let blocks = store.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let _writing = writing;
-        let (mut cids, mut new) = (Vec::new(), Vec::new());
-        let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
-            for block in blocks {
-                if !store.synced(&block.cid) {
-                    new.push(block.cid);
-                }
-                store.put(&block.cid, &block.data)?;
-                cids.push(block.cid);
-            }
-            Ok(())
-        };
-        let added = write_tree(source, &progress, &mut keep).and_then(|added| {
-            store.pin(&added.cid)?;
-            Ok(added)
-        });
-        // Files alike share their blocks: each announced once.
-        cids.sort_unstable();
-        cids.dedup();
-        (added.map(|added| (added, cids)), new)
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let (added, cids) = match written {
-        (Ok(done), _) => done,
-        (Err(e), new) => {
-            if let Err(gc) = blocks.collect_only(links, &new).await {
-                tracing::warn!(error = %gc, "cannot remove the blocks of an add that failed");
-            }
-            return Err(e);
-        }
-    };
-    let root = added.cid;
-    node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
-    Ok(added)
+    keep_and_pin(node, move |mut keep| write_tree(source, &progress, &mut keep)).await
 }
 
 /// A reader that tells whether its source ended (a read of it gave nothing).
