@@ -297,9 +297,13 @@ pub struct AddedTree {
 }
 
 /// The most bytes of names and CIDs one directory block holds: past it, a directory is
-/// sharded (a HAMT, [`unixfs::sharded_directory`]), as Helia and Kubo shard it. Helia's
-/// estimate: each entry's name in UTF-8 bytes and 36 bytes of CID (checked against Helia with
-/// names outside ASCII, and with entries that are directories).
+/// sharded (a HAMT, [`unixfs::sharded_directory`]), as Helia shards it. Helia's estimate,
+/// checked after each entry it adds: each entry's name in UTF-8 bytes and 36 bytes of CID,
+/// for the entries whose CIDs it knows then (files; directories listed and still empty: one
+/// that has entries has no CID until the end); once past, sharded for good. So which
+/// directories Helia shards follows the order of the archive; this follows the same order
+/// (checked against Helia with names outside ASCII, with empty subdirectories, and with
+/// subdirectories of one file each).
 pub const MAX_FLAT_DIRECTORY: usize = 262_144;
 
 /// Adds the directories and files of a tar archive (read from `source` as it comes) as one
@@ -339,8 +343,11 @@ impl<R: Read> Read for Ended<R> {
 pub const MAX_ARCHIVE_PATH: usize = 4096;
 /// See [`MAX_ARCHIVE_PATH`].
 pub const MAX_ARCHIVE_NAME: usize = 255;
-/// The most entries (files and directories) one archive adds.
+/// The most files one archive adds, and the most directories (listed or made for the paths
+/// of its entries: a directory costs more memory while the archive is read).
 pub const MAX_ARCHIVE_ENTRIES: u64 = 1_000_000;
+/// See [`MAX_ARCHIVE_ENTRIES`].
+pub const MAX_ARCHIVE_DIRECTORIES: usize = 100_000;
 /// The largest extension header (a GNU long name, a PAX record set) read.
 const MAX_EXTENSION: u64 = 64 << 10;
 
@@ -358,6 +365,20 @@ struct Dir {
     name: String,
     depth: usize,
     entries: std::collections::BTreeMap<String, Child>,
+    /// Helia's estimate of its block as it stands ([`MAX_FLAT_DIRECTORY`]), and whether it
+    /// ever passed the limit: Helia shards a directory then, and for good.
+    estimate: usize,
+    sharded: bool,
+    /// Whether its parent's estimate counts it: a directory the archive listed, until
+    /// something is added in it (Helia counts an entry while it knows its CID: a listed
+    /// directory's is the empty one's; one with entries has none until the end).
+    counted: bool,
+}
+
+/// The bytes Helia's estimate of a directory's block counts for an entry named `name`: the
+/// name's, and a CID's (36: CIDv1, SHA2-256).
+fn link_estimate(name: &str) -> usize {
+    name.len() + 36
 }
 
 /// `path` as an error shows it: at most 256 characters.
@@ -377,7 +398,15 @@ fn write_tree(
     progress: &impl Fn(u64),
     keep: &mut impl FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>,
 ) -> Result<AddedTree, IpfsError> {
-    let root = Dir { parent: 0, name: String::new(), depth: 0, entries: Default::default() };
+    let root = Dir {
+        parent: 0,
+        name: String::new(),
+        depth: 0,
+        entries: Default::default(),
+        estimate: 0,
+        sharded: false,
+        counted: false,
+    };
     let mut dirs = vec![root];
     let (mut files, mut read, mut count) = (0u64, 0u64, 0u64);
     // The path the last extension header gave the next entry.
@@ -457,26 +486,27 @@ fn write_tree(
             }
             return Err(refuse("a file with no name"));
         };
-        count += 1;
-        if count > MAX_ARCHIVE_ENTRIES {
-            return Err(refuse(&format!("over {MAX_ARCHIVE_ENTRIES} entries in one archive")));
-        }
-        // Every directory on the way, made if the archive did not list it first.
+        // Every directory on the way, made if the archive did not list it first; each now
+        // has an entry, and its parent's estimate no longer counts it.
         let mut parent = 0;
         for name in way {
-            parent = match dirs[parent].entries.get(*name) {
+            let dir = match dirs[parent].entries.get(*name) {
                 Some(Child::Open(dir)) => *dir,
                 Some(Child::Done(..)) => {
                     return Err(refuse("a file's name is used as a directory"));
                 }
-                None => open_dir(&mut dirs, parent, name),
+                None => open_dir(&mut dirs, parent, name, false).map_err(|why| refuse(&why))?,
             };
+            if std::mem::take(&mut dirs[dir].counted) {
+                dirs[parent].estimate -= link_estimate(name);
+            }
+            parent = dir;
         }
         match (dirs[parent].entries.get(*last), is_dir) {
             // Listed again (after a file in it made it): the same directory.
             (Some(Child::Open(_)), true) => continue,
             (None, true) => {
-                open_dir(&mut dirs, parent, last);
+                open_dir(&mut dirs, parent, last, true).map_err(|why| refuse(&why))?;
                 continue;
             }
             (Some(Child::Done(..)), true) => {
@@ -498,7 +528,12 @@ fn write_tree(
         }
         read += added.read;
         files += 1;
+        count += 1;
+        if count > MAX_ARCHIVE_ENTRIES {
+            return Err(refuse(&format!("over {MAX_ARCHIVE_ENTRIES} entries in one archive")));
+        }
         dirs[parent].entries.insert((*last).to_owned(), Child::Done(added.cid, cumulative));
+        grow(&mut dirs[parent], last);
     }
     // An archive ends with its end marker, which tar reads without reading past: one that
     // ends where an entry could start was cut short (a sender that failed on its way), not
@@ -515,16 +550,14 @@ fn write_tree(
     let directories = dirs.len() as u64;
     for i in order {
         let entries = std::mem::take(&mut dirs[i].entries);
-        let mut estimate = 0;
         let mut children = Vec::with_capacity(entries.len());
         for (name, child) in entries {
             let Child::Done(cid, size) = child else {
                 unreachable!("a deeper directory is made first")
             };
-            estimate += name.len() + 36;
             children.push(unixfs::PbLink { cid, name: Some(name), size: Some(size) });
         }
-        let made = if estimate > MAX_FLAT_DIRECTORY {
+        let made = if dirs[i].sharded {
             let (blocks, size) = unixfs::sharded_directory(children)
                 .map_err(|e| IpfsError::Archive { path: dir_path(&dirs, i), why: e.to_string() })?;
             let cid = blocks.last().expect("a root").cid;
@@ -546,13 +579,35 @@ fn write_tree(
     unreachable!("the root is made last")
 }
 
-/// Opens the directory `name` in `dirs[parent]`; its index.
-fn open_dir(dirs: &mut Vec<Dir>, parent: usize, name: &str) -> usize {
+/// Opens the directory `name` in `dirs[parent]`, `listed` by the archive (else made for an
+/// entry in it); its index. An error past [`MAX_ARCHIVE_DIRECTORIES`].
+fn open_dir(dirs: &mut Vec<Dir>, parent: usize, name: &str, listed: bool) -> Result<usize, String> {
+    if dirs.len() >= MAX_ARCHIVE_DIRECTORIES {
+        return Err(format!("over {MAX_ARCHIVE_DIRECTORIES} directories in one archive"));
+    }
     let depth = dirs[parent].depth + 1;
     let dir = dirs.len();
-    dirs.push(Dir { parent, name: name.to_owned(), depth, entries: Default::default() });
+    dirs.push(Dir {
+        parent,
+        name: name.to_owned(),
+        depth,
+        entries: Default::default(),
+        estimate: 0,
+        sharded: false,
+        counted: listed,
+    });
     dirs[parent].entries.insert(name.to_owned(), Child::Open(dir));
-    dir
+    if listed {
+        grow(&mut dirs[parent], name);
+    }
+    Ok(dir)
+}
+
+/// Counts an entry `name` put in `dir` in its estimate: past [`MAX_FLAT_DIRECTORY`], Helia
+/// shards it, and for good (it checks after every entry it adds).
+fn grow(dir: &mut Dir, name: &str) {
+    dir.estimate += link_estimate(name);
+    dir.sharded |= dir.estimate > MAX_FLAT_DIRECTORY;
 }
 
 /// The path of `dirs[i]`, as an error shows it ("." for the root).

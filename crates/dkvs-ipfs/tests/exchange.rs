@@ -1233,6 +1233,17 @@ async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_b
         }
         let whole = files::add_archive(net.node(0), std::io::Cursor::new(whole), |_| {}).await?;
         assert_eq!(whole.files, 2);
+        let (count, bytes) = (blocks.len(), blocks.bytes());
+        // Deep paths make a directory per name: 60 of 2,000 names each are refused at the
+        // 100,000th directory, before the archive is read through.
+        let deep: Vec<String> = (0..60).map(|i| format!("{i}/{}f", "d/".repeat(1999))).collect();
+        let deep: Vec<(&str, Option<&[u8]>)> =
+            deep.iter().map(|path| (path.as_str(), Some(&b"x"[..]))).collect();
+        let failed =
+            files::add_archive(net.node(0), std::io::Cursor::new(archive(&deep)), |_| {}).await;
+        let said = failed.as_ref().map_err(ToString::to_string).expect_err("refused");
+        assert!(said.contains("over 100000 directories"), "{said}");
+        assert_eq!((blocks.len(), blocks.bytes()), (count, bytes), "nothing of it is left");
 
         // Long names as GNU tar writes them (a long-name header) and as PAX does (a path
         // record), and a directory as an old (v7) archive marks it: all read.

@@ -295,13 +295,18 @@ fn dkvs_reads_and_makes_a_directory_that_helia_shards() {
     assert_eq!(added.trim(), served.cid);
     drop(served);
     // Where Helia shards is counted in bytes of UTF-8: 1,900 names of 40 CJK characters are
-    // past it (in UTF-16 units they would not be), and so are 2,800 subdirectories.
-    for (kind, count) in [("cjk", 1900), ("dirs", 2800)] {
+    // past it (in UTF-16 units they would not be), and so are 2,800 empty subdirectories; but
+    // not 2,800 subdirectories of one file each (Helia counts a directory while it knows its
+    // CID: until something is added in it).
+    for (kind, count) in [("cjk", 1900), ("dirs", 2800), ("filled", 2800)] {
         let tree = dir.path().join(kind);
         std::fs::create_dir_all(&tree).expect("dir");
         for i in 0..count {
-            if kind == "dirs" {
+            if kind != "cjk" {
                 std::fs::create_dir(tree.join(name(i))).expect("dir");
+                if kind == "filled" {
+                    write(&tree.join(name(i)), "f", b"f");
+                }
             } else {
                 let cjk: String = (0..36)
                     .map(|j| char::from_u32(0x4e00 + ((i * 7 + j) % 2000) as u32).expect("CJK"))
