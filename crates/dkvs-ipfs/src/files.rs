@@ -88,6 +88,20 @@ pub enum IpfsError {
     /// What [`add_archive`] was given does not read as a tar archive (or its reading failed).
     #[error("the archive does not read as tar: {0}")]
     NotAnArchive(std::io::Error),
+    /// A sharded directory too big to list here (its entries are read by name).
+    #[error(
+        "{root} is a sharded directory of over {nodes} nodes or {} MiB: too big to list here \
+         (its entries are read by name)",
+        bytes >> 20
+    )]
+    TooLargeToList {
+        /// The directory.
+        root: Cid,
+        /// The most nodes listed.
+        nodes: usize,
+        /// The most bytes of nodes listed.
+        bytes: usize,
+    },
     /// A gateway path names nothing.
     #[error("{root} has no entry {path:?}")]
     NoSuchPath {
@@ -941,19 +955,25 @@ pub struct Stat {
     pub size: u64,
     /// The first of those bytes (its first leaf's, at most a chunk): to tell the file's type.
     pub head: Vec<u8>,
-    /// The entries of a directory, when the root is one (a get of it fails), by name; a
-    /// sharded directory's gathered from all its nodes.
-    pub directory: Option<Vec<unixfs::PbLink>>,
+    /// The root is a directory (a get of it fails).
+    pub directory: Option<Directory>,
     /// The blocks read: a get right after it takes them ([`GetOptions::known`]).
     pub known: Known,
+}
+
+/// A directory [`stat`] found.
+#[derive(Debug, Clone)]
+pub enum Directory {
+    /// A plain one's entries, in its block's order (by name, as writers sort them).
+    Plain(Vec<unixfs::PbLink>),
+    /// A sharded one: its entries are read by name ([`resolve`]), or all of them ([`list`]).
+    Sharded,
 }
 
 /// What a [`get`] of `root` with `options` would write (`options.range` aside), from the root,
 /// the first leaf and, for a file it decrypts, the first chunk; fails as the get would on them
 /// (a file encrypted for another account, a block no peer has). A directory is told by its
-/// entries (a sharded one's read from its nodes, at most [`MAX_SHARD_NODES`] of them and
-/// [`MAX_SHARD_BYTES`]; they are not kept in [`Stat::known`], which no get of a directory
-/// takes).
+/// entries, or, sharded, by its root node alone ([`Directory`]).
 pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, IpfsError> {
     let mut leaves = Leaves::new(node, root, options.block_timeout, options.known.clone()).await?;
     // The blocks it reads, one at a time: nothing the get after it may not need.
@@ -968,11 +988,12 @@ pub async fn stat(node: &Node, root: Cid, options: &GetOptions) -> Result<Stat, 
         let block = leaves.fetch(root).await?;
         match unixfs::kind(&root, &block)? {
             unixfs::Kind::Directory => {
-                return Ok(stat(0, Vec::new(), Some(unixfs::entries(&block)?), leaves));
+                let entries = Directory::Plain(unixfs::entries(&block)?);
+                return Ok(stat(0, Vec::new(), Some(entries), leaves));
             }
             unixfs::Kind::ShardedDirectory => {
-                let entries = shard_entries(&mut leaves, root, block).await?;
-                return Ok(stat(0, Vec::new(), Some(entries), leaves));
+                unixfs::shard(&block)?;
+                return Ok(stat(0, Vec::new(), Some(Directory::Sharded), leaves));
             }
             _ => {}
         }
@@ -1019,12 +1040,33 @@ pub async fn resolve(
     Ok(cid)
 }
 
-/// The most nodes of a sharded directory that [`stat`] reads to list it, and the most bytes
-/// of them: about 150,000 entries of 20-byte names at Kubo's and Helia's fanout of 256 (their
-/// nodes hold about 100 links each).
-pub const MAX_SHARD_NODES: usize = 1024;
+/// The most nodes of a sharded directory that [`list`] reads, and the most bytes of them:
+/// about 200,000 entries of 20-byte names (a HAMT of 256 holds about 3 entries a node,
+/// most of its nodes being small ones at the bottom: 10,000 entries take about 1,000 nodes;
+/// the bytes bound first, past about 250,000 entries). Its entries are read by name whatever
+/// their number ([`resolve`]).
+pub const MAX_SHARD_NODES: usize = 65_536;
 /// See [`MAX_SHARD_NODES`].
-pub const MAX_SHARD_BYTES: usize = 16 << 20;
+pub const MAX_SHARD_BYTES: usize = 32 << 20;
+
+/// Every entry of the directory `root` by name: a plain one's block, a sharded one's nodes
+/// (at most [`MAX_SHARD_NODES`] and [`MAX_SHARD_BYTES`] of them: past that,
+/// [`IpfsError::TooLargeToList`]), asked for [`WINDOW`] at a time. `timeout` is how long
+/// any one node is waited for.
+pub async fn list(
+    node: &Node,
+    root: Cid,
+    timeout: Duration,
+) -> Result<Vec<unixfs::PbLink>, IpfsError> {
+    let mut leaves = Leaves::new(node, root, timeout, Known::default()).await?;
+    let block = leaves.fetch(root).await?;
+    let mut entries = match unixfs::entries(&block) {
+        Err(UnixfsError::ShardedDirectory) => shard_entries(&mut leaves, root, block).await?,
+        plain => plain?,
+    };
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
 
 /// The entry `name` of the sharded directory whose root node is `block`: the nodes its
 /// name's hash leads to, one per level.
@@ -1034,6 +1076,7 @@ async fn shard_child(
     name: &str,
 ) -> Result<Option<Cid>, IpfsError> {
     let mut node = unixfs::shard(&block)?;
+    let fanout = node.fanout();
     // Each level takes more of the hash: the levels end where it does (`Shard::slot`).
     for level in 0.. {
         match node.slot(name, level)? {
@@ -1041,46 +1084,60 @@ async fn shard_child(
             unixfs::Slot::Empty => return Ok(None),
             unixfs::Slot::Shard(cid) => node = unixfs::shard(&leaves.fetch(cid).await?)?,
         }
+        // A node of another fanout would be read by other bits of the hash.
+        if node.fanout() != fanout {
+            let what =
+                format!("HAMT shard: a node of fanout {} under one of {fanout}", node.fanout());
+            return Err(UnixfsError::Malformed(what).into());
+        }
     }
     unreachable!("a slot past the hash's bits is an error")
 }
 
-/// Every entry of the sharded directory `root`, whose root node is `block`, by name: its
-/// nodes read one after another, each once, at most [`MAX_SHARD_NODES`].
+/// Every entry of the sharded directory `root`, whose root node is `block`: its nodes, each
+/// once (every node of the same fanout as the root), at most [`MAX_SHARD_NODES`] and
+/// [`MAX_SHARD_BYTES`].
 async fn shard_entries(
     leaves: &mut Leaves<'_>,
     root: Cid,
     block: Arc<[u8]>,
 ) -> Result<Vec<unixfs::PbLink>, IpfsError> {
-    let (mut entries, mut next) = unixfs::shard(&block)?.split();
+    let first = unixfs::shard(&block)?;
+    let fanout = first.fanout();
+    let (mut entries, mut next) = first.split();
+    let mut next: std::collections::VecDeque<Cid> = next.drain(..).collect();
     let mut seen = std::collections::HashSet::from([root]);
     let mut bytes = block.len();
-    let remember = std::mem::replace(&mut leaves.remember, false);
-    let listed: Result<(), IpfsError> = async {
-        while let Some(cid) = next.pop() {
-            if !seen.insert(cid) {
-                continue;
-            }
-            if seen.len() > MAX_SHARD_NODES || bytes > MAX_SHARD_BYTES {
-                return Err(UnixfsError::Malformed(format!(
-                    "a sharded directory of over {MAX_SHARD_NODES} nodes or {} MiB is not \
-                     listed (its entries are read by name)",
-                    MAX_SHARD_BYTES >> 20
-                ))
-                .into());
-            }
-            let block = leaves.fetch(cid).await?;
-            bytes += block.len();
-            let (more, deeper) = unixfs::shard(&block)?.split();
-            entries.extend(more);
-            next.extend(deeper);
+    while let Some(cid) = next.pop_front() {
+        if !seen.insert(cid) {
+            continue;
         }
-        Ok(())
+        if seen.len() > MAX_SHARD_NODES || bytes > MAX_SHARD_BYTES {
+            return Err(IpfsError::TooLargeToList {
+                root,
+                nodes: MAX_SHARD_NODES,
+                bytes: MAX_SHARD_BYTES,
+            });
+        }
+        // The next ones asked for together, in one message.
+        if leaves.pending.len() <= WINDOW / 2 {
+            let ahead = next.iter().filter(|c| !seen.contains(*c)).take(WINDOW).copied();
+            leaves.ask_all(ahead.collect()).await?;
+        }
+        let block = leaves.fetch(cid).await?;
+        bytes += block.len();
+        let node = unixfs::shard(&block)?;
+        if node.fanout() != fanout {
+            return Err(UnixfsError::Malformed(format!(
+                "HAMT shard: a node of fanout {} under one of {fanout}",
+                node.fanout()
+            ))
+            .into());
+        }
+        let (more, deeper) = node.split();
+        entries.extend(more);
+        next.extend(deeper);
     }
-    .await;
-    leaves.remember = remember;
-    listed?;
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(entries)
 }
 

@@ -1024,7 +1024,10 @@ pub fn shard(block: &[u8]) -> Result<Shard, UnixfsError> {
     let pad = format!("{:X}", fanout - 1).len();
     for link in &node.links {
         let name = link.name.as_deref().unwrap_or("");
-        let slot = name.get(..pad).and_then(|digits| u64::from_str_radix(digits, 16).ok());
+        // Upper-case hex digits, as go-unixfs and Helia write them (and as `slot` finds them).
+        let digits =
+            name.get(..pad).filter(|d| d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')));
+        let slot = digits.and_then(|digits| u64::from_str_radix(digits, 16).ok());
         if slot.is_none_or(|slot| slot >= fanout) {
             return Err(malformed(format!("a link named {name:?}, not by a slot")));
         }
@@ -1040,6 +1043,11 @@ fn name_hash(name: &str) -> u64 {
 }
 
 impl Shard {
+    /// Its fanout: the slots of each of the directory's nodes.
+    pub fn fanout(&self) -> u64 {
+        1 << self.bits
+    }
+
     /// The slot of this node, a node `level` levels below the directory's root, that holds
     /// `name`. An error past the hash's 64 bits (go-unixfs hashes again there; no directory
     /// that deep is read).

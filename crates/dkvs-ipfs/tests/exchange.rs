@@ -1082,12 +1082,16 @@ async fn a_directory_is_added_as_other_tools_make_it_and_read_by_path_on_another
         }
         let none = files::resolve(net.node(1), many.cid, &["nothing"], TEST).await;
         assert!(matches!(none, Err(IpfsError::NoSuchPath { .. })), "{none:?}");
+        // Told by its root node alone; listed whole on asking.
         let stat = files::stat(net.node(1), many.cid, &GetOptions::default()).await?;
-        let listed: Vec<String> =
-            stat.directory.context("a directory")?.into_iter().filter_map(|l| l.name).collect();
+        assert!(matches!(stat.directory, Some(files::Directory::Sharded)), "{stat:?}");
+        let listed = files::list(net.node(1), many.cid, TEST).await?;
+        let listed: Vec<String> = listed.into_iter().filter_map(|l| l.name).collect();
         let mut expected = names.clone();
         expected.push("sub".to_owned());
         assert_eq!(listed, expected, "every entry, by name");
+        let dropped = net.node(0).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped()).await?;
+        assert_eq!(dropped, 0, "the listing's nodes asked for a few in each message");
 
         // The root alone is pinned: unpinning it lets the whole tree go.
         let pins = blocks.pins();

@@ -294,6 +294,12 @@ fn dkvs_reads_and_makes_a_directory_that_helia_shards() {
     let added = ok(run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&big)])));
     assert_eq!(added.trim(), served.cid);
     drop(served);
+    // A sharded site: its index.html found by its name, without reading the whole listing.
+    write(&big, "index.html", b"<h1>the big site</h1>");
+    let site = ok(run(dkvs(&dir.path().join("a"), &["ipfs", "add", "--plain", path_str(&big)])));
+    let (status, page) = http_get(&node, &format!("/ipfs/{}/", site.trim()));
+    assert_eq!((status, page.as_str()), (200, "<h1>the big site</h1>"));
+    std::fs::remove_file(big.join("index.html")).expect("removed");
     // Where Helia shards is counted in bytes of UTF-8: 1,900 names of 40 CJK characters are
     // past it (in UTF-16 units they would not be), and so are 2,800 empty subdirectories; but
     // not 2,800 subdirectories of one file each (Helia counts a directory while it knows its

@@ -33,6 +33,7 @@ fn ipfs_error(e: IpfsError) -> ApiError {
         IpfsError::Archive { .. } | IpfsError::NotAnArchive(_) => {
             (StatusCode::BAD_REQUEST, "bad_archive")
         }
+        IpfsError::TooLargeToList { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_large_to_list"),
         IpfsError::Unixfs(_) | IpfsError::Crypt(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "not_a_file")
         }
@@ -840,10 +841,21 @@ pub(super) async fn gateway(
     let mut name = filename.or(names.last().copied());
     let opened = files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?;
     // A directory: its index.html, else a page of its entries, at its address with a slash
-    // at the end (where their relative links lead into it).
-    let index = opened.directory.as_ref().and_then(|entries| {
-        entries.iter().find(|e| e.name.as_deref() == Some(INDEX)).map(|e| e.cid)
-    });
+    // at the end (where their relative links lead into it). A sharded one's index.html is
+    // looked up by its name, and only without one are all its nodes read.
+    let index = match &opened.directory {
+        Some(files::Directory::Plain(entries)) => {
+            entries.iter().find(|e| e.name.as_deref() == Some(INDEX)).map(|e| e.cid)
+        }
+        Some(files::Directory::Sharded) => {
+            match files::resolve(&state.node, cid, &[INDEX], options.block_timeout).await {
+                Ok(index) => Some(index),
+                Err(IpfsError::NoSuchPath { .. }) => None,
+                Err(e) => return Err(ipfs_error(e)),
+            }
+        }
+        None => None,
+    };
     let mut response = match (&opened.directory, index) {
         (Some(_), _) if !uri.path().ends_with('/') => {
             let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -855,10 +867,20 @@ pub(super) async fn gateway(
             response.headers_mut().insert(header::LOCATION, to);
             response
         }
-        (Some(entries), None) => {
+        (Some(directory), None) => {
             let shown =
                 std::iter::once(root.to_string()).chain(names.iter().map(|n| n.to_string()));
             let shown = format!("/ipfs/{}/", shown.collect::<Vec<_>>().join("/"));
+            let all;
+            let entries = match directory {
+                files::Directory::Plain(entries) => entries,
+                files::Directory::Sharded => {
+                    all = files::list(&state.node, cid, options.block_timeout)
+                        .await
+                        .map_err(ipfs_error)?;
+                    &all
+                }
+            };
             listing(&shown, !names.is_empty(), entries)
         }
         (_, index) => {
