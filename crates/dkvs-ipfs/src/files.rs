@@ -457,6 +457,10 @@ fn write_tree(
                     let record = record.map_err(IpfsError::NotAnArchive)?;
                     match record.key_bytes() {
                         b"path" => long_path = Some(record.value_bytes().to_vec()),
+                        // A sparse file's map, which tar's reader would take as its bytes.
+                        key if key.starts_with(b"GNU.sparse.") => {
+                            return Err(extension("a sparse file is not read"));
+                        }
                         // tar's reader would take it over the header's: refused rather than
                         // read otherwise than tar reads it (only files of 8 GiB need it).
                         b"size" => return Err(extension("a PAX size is not read")),
@@ -1121,8 +1125,8 @@ async fn shard_entries(
         }
         // The next ones asked for together, in one message.
         if leaves.pending.len() <= WINDOW / 2 {
-            let ahead = next.iter().filter(|c| !seen.contains(*c)).take(WINDOW).copied();
-            leaves.ask_all(ahead.collect()).await?;
+            let later = next.iter().filter(|c| !seen.contains(*c)).take(WINDOW - 1).copied();
+            leaves.ask_all(std::iter::once(cid).chain(later).collect()).await?;
         }
         let block = leaves.fetch(cid).await?;
         bytes += block.len();
@@ -1146,7 +1150,7 @@ async fn shard_entries(
 /// sharded, its entries pinned with it): its blocks are walked through their links, raw and
 /// dag-pb, [`WINDOW`] asked for ahead, each checked against its CID. Fails when a block
 /// cannot be kept (the store is full), no peer gives it, or a link is of another codec. The
-/// bytes of the blocks.
+/// bytes of its distinct blocks (files, directories and the nodes above a file's leaves).
 pub async fn pin(node: &Node, root: Cid, block_timeout: Duration) -> Result<u64, IpfsError> {
     let store = store_of(node).await?;
     let _writing = store.writing().await;
@@ -1156,10 +1160,10 @@ pub async fn pin(node: &Node, root: Cid, block_timeout: Duration) -> Result<u64,
     let mut seen = std::collections::HashSet::from([root]);
     let mut bytes = 0;
     while let Some(cid) = next.pop_front() {
-        // Asked for in batches of half the window, each in one message.
+        // Asked for in batches of half the window (this one with them), each in one message.
         if leaves.pending.len() <= WINDOW / 2 {
-            let ahead: Vec<Cid> = next.iter().take(WINDOW).copied().collect();
-            leaves.ask_all(ahead).await?;
+            let ahead = std::iter::once(cid).chain(next.iter().take(WINDOW - 1).copied());
+            leaves.ask_all(ahead.collect()).await?;
         }
         let block = leaves.fetch(cid).await?;
         bytes += block.len() as u64;

@@ -1209,6 +1209,11 @@ async fn an_archive_holding_what_is_not_added_is_refused_by_name_and_leaves_no_b
                 "(an extension header)",
                 "a PAX size",
             ),
+            (
+                extension(tar::EntryType::XHeader, 23, b"23 GNU.sparse.map=0,10\n"),
+                "(an extension header)",
+                "a sparse file",
+            ),
             (raw_entry(b"holes", tar::EntryType::GNUSparse, None), "holes", "not a regular file"),
         ];
         for (tar, path, why) in cases {

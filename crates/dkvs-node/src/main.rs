@@ -423,13 +423,20 @@ fn letter_text(body: &str) -> String {
 fn terminal_text(text: &str) -> String {
     let mut shown = String::with_capacity(text.len());
     for c in text.chars() {
-        if (c.is_control() && !matches!(c, '\n' | '\t')) || reorders(c) {
+        if (c.is_control() && !matches!(c, '\n' | '\t')) || reorders(c) || invisible(c) {
             shown.extend(c.escape_default());
         } else {
             shown.push(c);
         }
     }
     shown
+}
+
+/// Zero-width spaces and their kin, line and paragraph separators, the byte-order mark: they
+/// hide or split what a line shows (ZWJ and ZWNJ are not among them: scripts and emoji use
+/// them).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}' | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
 }
 
 /// Bidirectional marks, overrides and isolates: they reorder what a line shows.
@@ -447,14 +454,7 @@ fn reorders(c: char) -> bool {
 fn terminal_json(json: &str) -> String {
     let mut shown = String::with_capacity(json.len());
     for c in json.chars() {
-        // Besides: zero-width spaces and joiners' kin, line and paragraph separators, the
-        // byte-order mark (they hide or split what a line shows; ZWJ and ZWNJ stay, scripts
-        // and emoji use them).
-        let invisible = matches!(
-            c,
-            '\u{200b}' | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
-        );
-        if c.is_control() && !matches!(c, '\n' | '\t') || reorders(c) || invisible {
+        if c.is_control() && !matches!(c, '\n' | '\t') || reorders(c) || invisible(c) {
             shown.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             shown.push(c);
@@ -1163,12 +1163,6 @@ fn entries_of(
         anyhow::bail!("{} changed while it was listed", dir.display());
     }
     names.sort();
-    if out.len() + names.len() > MAX_ENTRIES {
-        anyhow::bail!(
-            "{}: over {MAX_ENTRIES} entries, more than a node adds at once",
-            dir.display()
-        );
-    }
     for path in names {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             anyhow::bail!("{}: the name is not UTF-8, which IPFS names are", path.display());
@@ -1179,6 +1173,20 @@ fn entries_of(
         let meta = std::fs::symlink_metadata(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let under = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
+        // What a node refuses, refused before anything is sent.
+        if name.len() > 255 || under.len() > 4096 {
+            anyhow::bail!(
+                "{}: a name over 255 bytes, or a path in the directory over 4096, which a node \
+                 does not add",
+                path.display()
+            );
+        }
+        if out.len() >= MAX_ENTRIES {
+            anyhow::bail!(
+                "{}: over {MAX_ENTRIES} entries, more than a node adds at once",
+                dir.display()
+            );
+        }
         if meta.is_dir() {
             out.push(Entry { path: under.clone(), file: None });
             entries_of(&path, &under, hidden, out)?;
@@ -1211,8 +1219,10 @@ fn add_directory(
     dir: &std::path::Path,
     hidden: bool,
 ) -> anyhow::Result<serde_json::Value> {
+    // The directory named, through a link if it is one; links below it are refused.
+    let dir = dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()))?;
     let mut entries = Vec::new();
-    entries_of(dir, "", hidden, &mut entries)?;
+    entries_of(&dir, "", hidden, &mut entries)?;
     let total = entries.iter().filter_map(|e| e.file.as_ref().map(|f| f.len)).sum();
     let bar = progress(Some(total));
     let (reader, writer) = std::io::pipe().context("a pipe to the node")?;
@@ -1294,7 +1304,12 @@ fn write_entries<W: std::io::Write>(
             continue;
         };
         let cannot = || format!("cannot read {}", file.display());
-        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW;
+        // Not waiting for a writer if a FIFO was put in its place (the checks below refuse it).
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::NOCTTY
+            | rustix::fs::OFlags::CLOEXEC;
         let mut source = rustix::fs::open(&file, flags, rustix::fs::Mode::empty())
             .map(std::fs::File::from)
             .map_err(std::io::Error::from)
@@ -1570,6 +1585,9 @@ mod tests {
         std::fs::write(&a, b"abc").expect("a");
         std::fs::write(&b, b"grown").expect("b");
         std::os::unix::fs::symlink(&a, &link).expect("a link");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
         let file = |path: &std::path::Path, len| {
             use std::os::unix::fs::MetadataExt as _;
             let id = std::fs::symlink_metadata(path).map_or((0, 0), |m| (m.dev(), m.ino()));
@@ -1583,6 +1601,8 @@ mod tests {
             (file(&dir.path().join("gone"), 1), "cannot read"),
             (file(&b, 3), "changed"),
             (file(&link, 3), "cannot read"),
+            // Not waited on for a writer.
+            (file(&fifo, 0), "changed"),
         ] {
             let out = Shared::default();
             let failed = write_archive(out.clone(), vec![file(&a, 3), second], &bar);

@@ -258,7 +258,13 @@ fn dkvs_adds_a_directory_as_helia_does_and_helia_reads_it_by_path() {
     with_hidden.arg("--hidden");
     assert_eq!(serve(with_hidden, &site).cid, hidden.trim());
 
-    // A link is not followed: refused by its name, before anything is sent.
+    // The directory named through a link is the directory.
+    let link = dir.path().join("link-to-site");
+    std::os::unix::fs::symlink(&site, &link).expect("a link");
+    let through = ok(run(dkvs(&home, &["ipfs", "add", "--plain", path_str(&link)])));
+    assert_eq!(through.trim(), cid);
+
+    // A link in it is not followed: refused by its name, before anything is sent.
     std::os::unix::fs::symlink("/etc", site.join("sub/etc")).expect("a link");
     let refused = run(dkvs(&home, &["ipfs", "add", "--plain", path_str(&site)]));
     let said = String::from_utf8_lossy(&refused.stderr);

@@ -122,26 +122,30 @@ pub(super) async fn add(
     // In a task of its own: a client that goes away drops this handler, and an add dropped
     // halfway would leave what it wrote (its clean-up runs when it fails, in the task).
     let node = state.node.clone();
-    let added = tokio::spawn(async move {
-        if directory {
-            let added = files::add_archive(&node, reader, |_| {}).await?;
-            return Ok::<_, IpfsError>(json!({
+    let span = tracing::info_span!("ipfs_add", directory, plain);
+    let added = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            if directory {
+                let added = files::add_archive(&node, reader, |_| {}).await?;
+                return Ok::<_, IpfsError>(json!({
+                    "cid": added.cid.to_string(),
+                    "read": added.read,
+                    "stored": added.stored,
+                    "files": added.files,
+                    "directories": added.directories,
+                    "encrypted": false,
+                }));
+            }
+            let added = files::add(&node, reader, account.as_deref(), |_| {}).await?;
+            Ok(json!({
                 "cid": added.cid.to_string(),
                 "read": added.read,
                 "stored": added.stored,
-                "files": added.files,
-                "directories": added.directories,
-                "encrypted": false,
-            }));
-        }
-        let added = files::add(&node, reader, account.as_deref(), |_| {}).await?;
-        Ok(json!({
-            "cid": added.cid.to_string(),
-            "read": added.read,
-            "stored": added.stored,
-            "encrypted": !plain,
-        }))
-    })
+                "encrypted": !plain,
+            }))
+        },
+        span,
+    ))
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?;
     Ok(Json(added.map_err(ipfs_error)?))
@@ -558,8 +562,8 @@ fn block_error(e: dkvs_ipfs::BlockError) -> ApiError {
     ipfs_error(IpfsError::Block(e))
 }
 
-/// `PUT /v1/ipfs/pin/{cid}`: fetches the whole file (what is missing here) and pins it, so
-/// that garbage collection keeps it.
+/// `PUT /v1/ipfs/pin/{cid}`: fetches the whole file or directory (what is missing here) and
+/// pins it, so that garbage collection keeps it.
 pub(super) async fn pin(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
