@@ -357,10 +357,10 @@ impl<R: Read> Read for Ended<R> {
 pub const MAX_ARCHIVE_PATH: usize = 4096;
 /// See [`MAX_ARCHIVE_PATH`].
 pub const MAX_ARCHIVE_NAME: usize = 255;
-/// The most files one archive adds, and the most directories (listed or made for the paths
-/// of its entries: a directory costs more memory while the archive is read).
+/// The most files one archive adds.
 pub const MAX_ARCHIVE_ENTRIES: u64 = 1_000_000;
-/// See [`MAX_ARCHIVE_ENTRIES`].
+/// The most directories one archive adds, its root included (listed or made for the paths of
+/// its entries: a directory costs more memory than a file while the archive is read).
 pub const MAX_ARCHIVE_DIRECTORIES: usize = 100_000;
 /// The largest extension header (a GNU long name, a PAX record set) read.
 const MAX_EXTENSION: u64 = 64 << 10;
@@ -422,7 +422,7 @@ fn write_tree(
         counted: false,
     };
     let mut dirs = vec![root];
-    let (mut files, mut read, mut count) = (0u64, 0u64, 0u64);
+    let (mut files, mut read) = (0u64, 0u64);
     // The path the last extension header gave the next entry.
     let mut long_path: Option<Vec<u8>> = None;
     let mut archive = tar::Archive::new(Ended { inner: source, ended: false });
@@ -533,6 +533,9 @@ fn write_tree(
             (Some(_), false) => return Err(refuse("the name is in its directory twice")),
             (None, false) => {}
         }
+        if files >= MAX_ARCHIVE_ENTRIES {
+            return Err(refuse(&format!("over {MAX_ARCHIVE_ENTRIES} files in one archive")));
+        }
         let size = entry.size();
         let before = read;
         let mut cumulative = 0u64;
@@ -546,10 +549,6 @@ fn write_tree(
         }
         read += added.read;
         files += 1;
-        count += 1;
-        if count > MAX_ARCHIVE_ENTRIES {
-            return Err(refuse(&format!("over {MAX_ARCHIVE_ENTRIES} entries in one archive")));
-        }
         dirs[parent].entries.insert((*last).to_owned(), Child::Done(added.cid, cumulative));
         grow(&mut dirs[parent], last);
     }
@@ -1044,11 +1043,11 @@ pub async fn resolve(
     Ok(cid)
 }
 
-/// The most nodes of a sharded directory that [`list`] reads, and the most bytes of them:
-/// about 200,000 entries of 20-byte names (a HAMT of 256 holds about 3 entries a node,
-/// most of its nodes being small ones at the bottom: 10,000 entries take about 1,000 nodes;
-/// the bytes bound first, past about 250,000 entries). Its entries are read by name whatever
-/// their number ([`resolve`]).
+/// The most nodes of a sharded directory that [`list`] reads, and the most bytes of them: a
+/// HAMT of 256 takes about one node for each 10 entries (most of its nodes are small ones at
+/// the bottom: 10,000 entries take about 1,000), so about 650,000 entries, unless the bytes
+/// bound first (names of about 50 bytes). Its entries are read by name whatever their number
+/// ([`resolve`]).
 pub const MAX_SHARD_NODES: usize = 65_536;
 /// See [`MAX_SHARD_NODES`].
 pub const MAX_SHARD_BYTES: usize = 32 << 20;

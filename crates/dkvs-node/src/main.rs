@@ -1127,18 +1127,50 @@ fn umask() -> u32 {
 }
 
 /// One entry of a directory being added: its path under the directory (`/` between names),
-/// and for a file, where it is and its size.
+/// and for a file, its size and which file it was (device and inode: one put in its place
+/// since is another).
 struct Entry {
     path: String,
     file: Option<Listed>,
 }
 
-/// A file as it was listed: where, its size, and which file it was (device and inode: one
-/// put in its place, or reached through a directory swapped for a link, is another).
+/// A file as it was listed ([`Entry`]).
 struct Listed {
-    path: PathBuf,
     len: u64,
     id: (u64, u64),
+}
+
+/// What a directory being added holds so far: its entries, and how many files and
+/// directories (below it) they are.
+#[derive(Default)]
+struct Tree {
+    entries: Vec<Entry>,
+    files: u64,
+    dirs: usize,
+}
+
+/// Why a node would refuse the entry `name` at `under` in a directory holding `tree` already
+/// (the limits of `dkvs_ipfs::files`), if it would: said before anything is sent.
+fn refusal(tree: &Tree, name: &str, under: &str, is_dir: bool) -> Option<String> {
+    use dkvs_ipfs::files::{
+        MAX_ARCHIVE_DIRECTORIES, MAX_ARCHIVE_ENTRIES, MAX_ARCHIVE_NAME, MAX_ARCHIVE_PATH,
+    };
+    if name.len() > MAX_ARCHIVE_NAME {
+        return Some(format!("a name over {MAX_ARCHIVE_NAME} bytes"));
+    }
+    if under.len() > MAX_ARCHIVE_PATH {
+        return Some(format!("a path in the directory over {MAX_ARCHIVE_PATH} bytes"));
+    }
+    // The node counts the root among the directories.
+    if is_dir && tree.dirs + 1 >= MAX_ARCHIVE_DIRECTORIES {
+        return Some(format!(
+            "over {MAX_ARCHIVE_DIRECTORIES} directories, more than a node adds at once"
+        ));
+    }
+    if !is_dir && tree.files >= MAX_ARCHIVE_ENTRIES {
+        return Some(format!("over {MAX_ARCHIVE_ENTRIES} files, more than a node adds at once"));
+    }
+    None
 }
 
 /// The entries under `dir`, directories before what they hold, names in order; names that
@@ -1148,7 +1180,7 @@ fn entries_of(
     dir: &std::path::Path,
     prefix: &str,
     hidden: bool,
-    out: &mut Vec<Entry>,
+    out: &mut Tree,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let cannot = || format!("cannot read {}", dir.display());
@@ -1173,26 +1205,17 @@ fn entries_of(
         let meta = std::fs::symlink_metadata(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let under = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
-        // What a node refuses, refused before anything is sent.
-        if name.len() > 255 || under.len() > 4096 {
-            anyhow::bail!(
-                "{}: a name over 255 bytes, or a path in the directory over 4096, which a node \
-                 does not add",
-                path.display()
-            );
-        }
-        if out.len() >= MAX_ENTRIES {
-            anyhow::bail!(
-                "{}: over {MAX_ENTRIES} entries, more than a node adds at once",
-                dir.display()
-            );
+        if let Some(why) = refusal(out, name, &under, meta.is_dir()) {
+            anyhow::bail!("{}: {why}", path.display());
         }
         if meta.is_dir() {
-            out.push(Entry { path: under.clone(), file: None });
+            out.entries.push(Entry { path: under.clone(), file: None });
+            out.dirs += 1;
             entries_of(&path, &under, hidden, out)?;
         } else if meta.is_file() {
             let id = (meta.dev(), meta.ino());
-            out.push(Entry { path: under, file: Some(Listed { path, len: meta.len(), id }) });
+            out.entries.push(Entry { path: under, file: Some(Listed { len: meta.len(), id }) });
+            out.files += 1;
         } else if meta.file_type().is_symlink() {
             anyhow::bail!(
                 "{} is a symbolic link: links are not added (add what it names, or move the link \
@@ -1206,10 +1229,6 @@ fn entries_of(
     Ok(())
 }
 
-/// The most entries a node adds from one archive (`dkvs_ipfs::files::MAX_ARCHIVE_ENTRIES`):
-/// more are refused before anything is sent.
-const MAX_ENTRIES: usize = 1_000_000;
-
 /// Adds the directory `dir` through `path` (`/v1/ipfs/add?plain=true&directory=true`): its
 /// entries as one tar stream, written as the node reads it. A file that cannot be read, or
 /// that changed size meanwhile, cuts the stream, and the node keeps nothing of it.
@@ -1221,14 +1240,15 @@ fn add_directory(
 ) -> anyhow::Result<serde_json::Value> {
     // The directory named, through a link if it is one; links below it are refused.
     let dir = dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()))?;
-    let mut entries = Vec::new();
-    entries_of(&dir, "", hidden, &mut entries)?;
+    let mut tree = Tree::default();
+    entries_of(&dir, "", hidden, &mut tree)?;
+    let entries = tree.entries;
     let total = entries.iter().filter_map(|e| e.file.as_ref().map(|f| f.len)).sum();
     let bar = progress(Some(total));
     let (reader, writer) = std::io::pipe().context("a pipe to the node")?;
     let writing = {
         let bar = bar.clone();
-        std::thread::spawn(move || write_archive(writer, entries, &bar))
+        std::thread::spawn(move || write_archive(writer, &dir, entries, &bar))
     };
     let answer = client.post_reader(path, reader);
     bar.finish_and_clear();
@@ -1247,12 +1267,13 @@ fn add_directory(
 /// the archive: the node sees it cut short, and keeps nothing of it.
 fn write_archive<W: std::io::Write>(
     out: W,
+    root: &std::path::Path,
     entries: Vec<Entry>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     let mut archive = tar::Builder::new(Cut(Some(out)));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        write_entries(&mut archive, entries, bar)
+        write_entries(&mut archive, root, entries, bar)
     }));
     match written {
         Ok(Ok(())) => {
@@ -1287,38 +1308,52 @@ impl<W: std::io::Write> std::io::Write for Cut<W> {
 }
 
 /// Writes `entries` into `archive`, each file's bytes counted on `bar`. A file is opened
-/// without following a link (one put in its place since it was listed is refused), and must
-/// still be a regular file of the size listed, and be so to its end.
+/// below `root` through no link at all (one put in its place, or a directory on its way
+/// swapped for one, since it was listed is refused; a kernel older than openat2, 5.6, only
+/// refuses a link in its own place), without waiting on a FIFO, and must still be the file
+/// listed: a regular file of the same device, inode and size, to its end.
 fn write_entries<W: std::io::Write>(
     archive: &mut tar::Builder<Cut<W>>,
+    root: &std::path::Path,
     entries: Vec<Entry>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use std::os::unix::fs::MetadataExt as _;
+    let below =
+        rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("cannot read {}", root.display()))?;
     for entry in entries {
         let mut header = tar::Header::new_gnu();
-        let Some(Listed { path: file, len, id }) = entry.file else {
+        let Some(Listed { len, id }) = entry.file else {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
             header.set_size(0);
             archive.append_data(&mut header, &entry.path, std::io::empty())?;
             continue;
         };
+        let file = root.join(&entry.path);
         let cannot = || format!("cannot read {}", file.display());
-        // Not waiting for a writer if a FIFO was put in its place (the checks below refuse it).
-        let flags = rustix::fs::OFlags::RDONLY
-            | rustix::fs::OFlags::NOFOLLOW
-            | rustix::fs::OFlags::NONBLOCK
-            | rustix::fs::OFlags::NOCTTY
-            | rustix::fs::OFlags::CLOEXEC;
-        let mut source = rustix::fs::open(&file, flags, rustix::fs::Mode::empty())
-            .map(std::fs::File::from)
-            .map_err(std::io::Error::from)
-            .with_context(cannot)?;
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        let opened = match rustix::fs::openat2(&below, &entry.path, flags, Mode::empty(), resolve) {
+            Err(rustix::io::Errno::NOSYS) => {
+                rustix::fs::openat(&below, &entry.path, flags, Mode::empty())
+            }
+            opened => opened,
+        };
+        let mut source =
+            opened.map(std::fs::File::from).map_err(std::io::Error::from).with_context(cannot)?;
         let meta = source.metadata().with_context(cannot)?;
-        use std::os::unix::fs::MetadataExt as _;
         if !meta.is_file() || meta.len() != len || (meta.dev(), meta.ino()) != id {
             anyhow::bail!("{} changed while it was added", file.display());
         }
+        // A regular file: read as files are (O_NONBLOCK was for a FIFO in its place).
+        rustix::fs::fcntl_setfl(&source, OFlags::empty())
+            .map_err(std::io::Error::from)
+            .with_context(cannot)?;
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0o644);
         header.set_size(len);
@@ -1580,32 +1615,38 @@ mod tests {
 
     #[test]
     fn an_archive_whose_writing_fails_is_cut_short_not_ended() {
+        use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (a, b, link) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("l"));
-        std::fs::write(&a, b"abc").expect("a");
-        std::fs::write(&b, b"grown").expect("b");
-        std::os::unix::fs::symlink(&a, &link).expect("a link");
-        let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
-        assert!(made.success());
-        let file = |path: &std::path::Path, len| {
-            use std::os::unix::fs::MetadataExt as _;
-            let id = std::fs::symlink_metadata(path).map_or((0, 0), |m| (m.dev(), m.ino()));
-            Entry {
-                path: path.file_name().and_then(|n| n.to_str()).expect("a name").to_owned(),
-                file: Some(Listed { path: path.to_owned(), len, id }),
-            }
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        std::fs::create_dir_all(root.join("sub")).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(root.join("a"), b"abc").expect("a");
+        std::fs::write(root.join("b"), b"grown").expect("b");
+        std::fs::write(outside.join("secret"), b"key").expect("secret");
+        std::os::unix::fs::symlink(root.join("a"), root.join("l")).expect("a link");
+        let made = std::process::Command::new("mkfifo").arg(root.join("fifo")).status();
+        assert!(made.expect("mkfifo").success());
+        // As listed: `len` bytes, and the file at `listed` (under the root, or elsewhere).
+        let file = |path: &str, len, listed: &std::path::Path| {
+            let id = std::fs::symlink_metadata(listed).map_or((0, 0), |m| (m.dev(), m.ino()));
+            Entry { path: path.to_owned(), file: Some(Listed { len, id }) }
         };
+        let a = || file("a", 3, &root.join("a"));
+        // `sub` swapped for a link to a directory holding a file of the name listed (its
+        // identity listed too: the listing went through the link).
+        std::fs::remove_dir(root.join("sub")).expect("sub");
+        std::os::unix::fs::symlink(&outside, root.join("sub")).expect("swapped");
         let bar = indicatif::ProgressBar::hidden();
         for (second, why) in [
-            (file(&dir.path().join("gone"), 1), "cannot read"),
-            (file(&b, 3), "changed"),
-            (file(&link, 3), "cannot read"),
+            (file("gone", 1, &root.join("gone")), "cannot read"),
+            (file("b", 3, &root.join("b")), "changed"),
+            (file("l", 3, &root.join("a")), "cannot read"),
+            (file("sub/secret", 3, &outside.join("secret")), "cannot read"),
             // Not waited on for a writer.
-            (file(&fifo, 0), "changed"),
+            (file("fifo", 0, &root.join("fifo")), "changed"),
         ] {
             let out = Shared::default();
-            let failed = write_archive(out.clone(), vec![file(&a, 3), second], &bar);
+            let failed = write_archive(out.clone(), &root, vec![a(), second], &bar);
             let said = format!("{:#}", failed.expect_err("refused"));
             assert!(said.contains(why), "{said}");
             // What was written, and no end marker after it.
@@ -1613,9 +1654,32 @@ mod tests {
             assert!(bytes.len() >= 1024 && !bytes.ends_with(&[0; 1024]), "{why}: ended");
         }
         let out = Shared::default();
-        write_archive(out.clone(), vec![file(&a, 3), file(&b, 5)], &bar).expect("written");
+        let whole = vec![a(), file("b", 5, &root.join("b"))];
+        write_archive(out.clone(), &root, whole, &bar).expect("written");
         let bytes = out.0.lock().expect("not poisoned").clone();
         assert!(bytes.ends_with(&[0; 1024]), "the end marker");
+    }
+
+    #[test]
+    fn what_a_node_would_refuse_is_refused_before_sending() {
+        use dkvs_ipfs::files::{MAX_ARCHIVE_DIRECTORIES, MAX_ARCHIVE_ENTRIES};
+        let tree = |files, dirs| Tree { entries: Vec::new(), files, dirs };
+        let empty = tree(0, 0);
+        assert_eq!(refusal(&empty, &"n".repeat(255), "x", false), None);
+        assert!(refusal(&empty, &"n".repeat(256), "x", false).is_some_and(|w| w.contains("255")));
+        let deep = "d/".repeat(2049);
+        assert_eq!(refusal(&empty, "d", &deep[..4096], true), None);
+        assert!(refusal(&empty, "d", &deep[..4097], true).is_some_and(|w| w.contains("4096")));
+        // The root is among a node's directories: one fewer below it.
+        let dirs = MAX_ARCHIVE_DIRECTORIES - 2;
+        assert_eq!(refusal(&tree(0, dirs), "d", "d", true), None);
+        assert!(
+            refusal(&tree(0, dirs + 1), "d", "d", true).is_some_and(|w| w.contains("directories"))
+        );
+        assert_eq!(refusal(&tree(0, dirs + 1), "f", "f", false), None, "a file is no directory");
+        let files = MAX_ARCHIVE_ENTRIES - 1;
+        assert_eq!(refusal(&tree(files, 0), "f", "f", false), None);
+        assert!(refusal(&tree(files + 1, 0), "f", "f", false).is_some_and(|w| w.contains("files")));
     }
 
     #[test]

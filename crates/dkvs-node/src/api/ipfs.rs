@@ -828,40 +828,33 @@ pub(super) async fn gateway(
         account: if token_ok { state.account(None).await.ok().map(|a| (*a).clone()) } else { None },
         ..GetOptions::default()
     };
-    let cid = files::resolve(&state.node, root, &names, options.block_timeout).await.map_err(
-        |e| match e {
-            IpfsError::NoSuchPath { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "no_such_path", e.to_string())
-            }
-            IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::UnsupportedCodec(_)) => ipfs_error(e),
-            IpfsError::Unixfs(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_directory", e.to_string())
-            }
-            e => ipfs_error(e),
-        },
-    )?;
+    let cid = files::resolve(&state.node, root, &names, options.block_timeout)
+        .await
+        .map_err(path_error)?;
     // An empty `filename=` names nothing.
     let filename = query.filename.as_deref().filter(|name| !name.is_empty());
     let mut name = filename.or(names.last().copied());
     let opened = files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?;
     // A directory: its index.html, else a page of its entries, at its address with a slash
     // at the end (where their relative links lead into it). A sharded one's index.html is
-    // looked up by its name, and only without one are all its nodes read.
+    // looked up by its name (once at that address), and only without one are all its nodes
+    // read.
+    let at_slash = uri.path().ends_with('/');
     let index = match &opened.directory {
         Some(files::Directory::Plain(entries)) => {
             entries.iter().find(|e| e.name.as_deref() == Some(INDEX)).map(|e| e.cid)
         }
-        Some(files::Directory::Sharded) => {
+        Some(files::Directory::Sharded) if at_slash => {
             match files::resolve(&state.node, cid, &[INDEX], options.block_timeout).await {
                 Ok(index) => Some(index),
                 Err(IpfsError::NoSuchPath { .. }) => None,
-                Err(e) => return Err(ipfs_error(e)),
+                Err(e) => return Err(path_error(e)),
             }
         }
-        None => None,
+        _ => None,
     };
     let mut response = match (&opened.directory, index) {
-        (Some(_), _) if !uri.path().ends_with('/') => {
+        (Some(_), _) if !at_slash => {
             let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             let to = format!("{}/{query}", uri.path());
             let mut response = Response::new(Body::empty());
@@ -934,6 +927,21 @@ pub(super) async fn gateway(
         }));
     }
     Ok(response)
+}
+
+/// Why a gateway path does not lead to anything: a name not there (404), a block on the way
+/// that is no directory or is malformed (422), or as [`ipfs_error`] says.
+fn path_error(e: IpfsError) -> ApiError {
+    match e {
+        IpfsError::NoSuchPath { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "no_such_path", e.to_string())
+        }
+        IpfsError::Unixfs(dkvs_ipfs::unixfs::UnixfsError::UnsupportedCodec(_)) => ipfs_error(e),
+        IpfsError::Unixfs(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_directory", e.to_string())
+        }
+        e => ipfs_error(e),
+    }
 }
 
 /// The page a directory with an entry of this name is served as.
