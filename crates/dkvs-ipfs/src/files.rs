@@ -216,41 +216,23 @@ pub async fn add(
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<Added, IpfsError> {
     let account = account.cloned();
-    keep_and_pin(node, move |mut keep| {
-        write_file(&mut source, account.as_ref(), &progress, &mut keep)
-    })
-    .await
+    let write =
+        move |mut keep: Keep<'_>| write_file(&mut source, account.as_ref(), &progress, &mut keep);
+    keep_and_pin(node, write, |added: &Added| added.cid).await
 }
 
-/// What an add made: its root.
-trait Rooted {
-    fn root(&self) -> Cid;
-}
-
-impl Rooted for Added {
-    fn root(&self) -> Cid {
-        self.cid
-    }
-}
-
-impl Rooted for AddedTree {
-    fn root(&self) -> Cid {
-        self.cid
-    }
-}
+/// What an add hands its blocks to, to keep.
+type Keep<'a> = &'a mut dyn FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>;
 
 /// Runs `write` on a blocking thread, keeping every block it hands over (synced), then pins
-/// what it made: no garbage collection runs in between. Then peers that asked for the
+/// what it made (its `root`): no garbage collection runs in between. Then peers that asked for the
 /// blocks are served and the root is provided on the IPFS DHT. If `write` fails, what it
 /// wrote goes (unless a pin reaches it: another add's): it took the room of later adds, and
 /// no pin would ever have it collected but a `gc`.
-async fn keep_and_pin<T: Rooted + Send + 'static>(
+async fn keep_and_pin<T: Send + 'static>(
     node: &Node,
-    write: impl FnOnce(
-        &mut dyn FnMut(Vec<unixfs::Block>) -> Result<(), IpfsError>,
-    ) -> Result<T, IpfsError>
-    + Send
-    + 'static,
+    write: impl FnOnce(Keep<'_>) -> Result<T, IpfsError> + Send + 'static,
+    root: fn(&T) -> Cid,
 ) -> Result<T, IpfsError> {
     let store = store_of(node).await?;
     let writing = store.writing().await;
@@ -271,7 +253,7 @@ async fn keep_and_pin<T: Rooted + Send + 'static>(
             Ok(())
         };
         let made = write(&mut keep).and_then(|made| {
-            store.pin(&made.root())?;
+            store.pin(&root(&made))?;
             Ok(made)
         });
         // Files alike share their blocks: each announced once.
@@ -290,7 +272,7 @@ async fn keep_and_pin<T: Rooted + Send + 'static>(
             return Err(e);
         }
     };
-    let root = made.root();
+    let root = root(&made);
     node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
     Ok(made)
 }
@@ -334,7 +316,8 @@ pub async fn add_archive(
     source: impl Read + Send + 'static,
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<AddedTree, IpfsError> {
-    keep_and_pin(node, move |mut keep| write_tree(source, &progress, &mut keep)).await
+    let write = move |mut keep: Keep<'_>| write_tree(source, &progress, &mut keep);
+    keep_and_pin(node, write, |added: &AddedTree| added.cid).await
 }
 
 /// A reader that tells whether its source ended (a read of it gave nothing).
@@ -777,6 +760,20 @@ impl<'a> Leaves<'a> {
         self.ask_all(missing).await
     }
 
+    /// The block `cid` of a walk through a DAG, the blocks `later` to come after it: asked for
+    /// with the next of them, in batches of half the window, each in one message (a message
+    /// each for small blocks goes past what a peer admits a second).
+    async fn fetch_walking(
+        &mut self,
+        cid: Cid,
+        later: impl Iterator<Item = Cid>,
+    ) -> Result<Arc<[u8]>, IpfsError> {
+        if self.pending.len() <= WINDOW / 2 {
+            self.ask_all(std::iter::once(cid).chain(later.take(WINDOW - 1)).collect()).await?;
+        }
+        self.fetch(cid).await
+    }
+
     /// Asks the network for `cids` (those to ask for: [`Leaves::to_ask`]) in one message.
     async fn ask_all(&mut self, mut cids: Vec<Cid>) -> Result<(), IpfsError> {
         cids.retain(|cid| self.to_ask(cid));
@@ -1122,12 +1119,8 @@ async fn shard_entries(
                 bytes: MAX_SHARD_BYTES,
             });
         }
-        // The next ones asked for together, in one message.
-        if leaves.pending.len() <= WINDOW / 2 {
-            let later = next.iter().filter(|c| !seen.contains(*c)).take(WINDOW - 1).copied();
-            leaves.ask_all(std::iter::once(cid).chain(later).collect()).await?;
-        }
-        let block = leaves.fetch(cid).await?;
+        let later = next.iter().filter(|c| !seen.contains(*c)).copied();
+        let block = leaves.fetch_walking(cid, later).await?;
         bytes += block.len();
         let node = unixfs::shard(&block)?;
         if node.fanout() != fanout {
@@ -1159,12 +1152,7 @@ pub async fn pin(node: &Node, root: Cid, block_timeout: Duration) -> Result<u64,
     let mut seen = std::collections::HashSet::from([root]);
     let mut bytes = 0;
     while let Some(cid) = next.pop_front() {
-        // Asked for in batches of half the window (this one with them), each in one message.
-        if leaves.pending.len() <= WINDOW / 2 {
-            let ahead = std::iter::once(cid).chain(next.iter().take(WINDOW - 1).copied());
-            leaves.ask_all(ahead.collect()).await?;
-        }
-        let block = leaves.fetch(cid).await?;
+        let block = leaves.fetch_walking(cid, next.iter().copied()).await?;
         bytes += block.len() as u64;
         for link in unixfs::links(&cid, &block) {
             if ![unixfs::DAG_PB, unixfs::RAW].contains(&link.codec()) {

@@ -401,21 +401,9 @@ fn main() -> ExitCode {
 /// line, so that no line of a body passes for a header of another letter, and control
 /// characters (a terminal's escape sequences, carriage returns) shown escaped, not obeyed.
 fn letter_text(body: &str) -> String {
-    let mut shown = String::with_capacity(body.len() + 2);
-    for (i, line) in body.split('\n').enumerate() {
-        if i > 0 {
-            shown.push('\n');
-        }
-        shown.push_str("  ");
-        for c in line.chars() {
-            if (c.is_control() && c != '\t') || reorders(c) {
-                shown.extend(c.escape_default());
-            } else {
-                shown.push(c);
-            }
-        }
-    }
-    shown
+    let lines: Vec<String> =
+        body.split('\n').map(|line| format!("  {}", terminal_text(line))).collect();
+    lines.join("\n")
 }
 
 /// `text` with the characters a terminal obeys (but line ends and tabs) and those that
@@ -423,13 +411,19 @@ fn letter_text(body: &str) -> String {
 fn terminal_text(text: &str) -> String {
     let mut shown = String::with_capacity(text.len());
     for c in text.chars() {
-        if (c.is_control() && !matches!(c, '\n' | '\t')) || reorders(c) || invisible(c) {
+        if escaped(c) {
             shown.extend(c.escape_default());
         } else {
             shown.push(c);
         }
     }
     shown
+}
+
+/// Whether `c` is shown escaped on a terminal: a character it obeys (but line ends and tabs),
+/// one that reorders a line, or one that hides or splits what a line shows.
+fn escaped(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\t')) || reorders(c) || invisible(c)
 }
 
 /// Zero-width spaces and their kin, line and paragraph separators, the byte-order mark: they
@@ -454,7 +448,7 @@ fn reorders(c: char) -> bool {
 fn terminal_json(json: &str) -> String {
     let mut shown = String::with_capacity(json.len());
     for c in json.chars() {
-        if c.is_control() && !matches!(c, '\n' | '\t') || reorders(c) || invisible(c) {
+        if escaped(c) {
             shown.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             shown.push(c);
@@ -1696,7 +1690,7 @@ mod tests {
         });
         for json in [value.to_string(), serde_json::to_string_pretty(&value).expect("json")] {
             let shown = terminal_json(&json);
-            assert!(!shown.chars().any(|c| c.is_control() && c != '\n' || reorders(c)), "{shown}");
+            assert!(!shown.chars().any(|c| c != '\n' && escaped(c)), "{shown}");
             // A zero-width joiner stays: scripts and emoji use it.
             assert!(shown.contains("ed1\\u200f\\u2028\\ufeff\u{200d}"), "{shown}");
             assert!(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Reaped, dkvs, ok, put_directory, repo, run_for};
+use common::{Reaped, dkvs, ok, repo, run_for};
 
 const STEP: Duration = Duration::from_secs(120);
 
@@ -101,7 +101,7 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
     ok(run(dkvs(&home, &["account", "new"])));
-    let (node, api) = start(&home);
+    let (_node, api) = start(&home);
     let add = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).expect("file");
@@ -123,26 +123,27 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
     });
     assert!(seek.is_some(), "a part asked for past the start, and given: {played}");
 
-    // A site (a directory another IPFS tool made, written here into the stopped node's
-    // store): its page shows its image, loaded from the sandboxed page, but runs no script of
-    // it (one its policy lets a page load); a page of another root shows its image too.
-    let png = add("pic.png", &PIXEL);
-    let script = add("s.js", b"document.title = 'ran';");
-    let index = add("index.html", b"<title>site</title><img src=\"pic.png\">");
-    let page = add("page.html", b"<title>kept</title><script src=\"s.js\"></script>");
-    drop(node);
-    let site = put_directory(
-        &home,
-        &[
-            ("index.html", &index, 60),
-            ("page.html", &page, 60),
-            ("pic.png", &png, 67),
-            ("s.js", &script, 23),
-        ],
-    );
-    let root = put_directory(&home, &[("a page.html", &page, 60), ("site", &site, 300)]);
+    // A site, added as a directory: its page shows its image, loaded from the sandboxed
+    // page, but runs no script of it (one its policy lets a page load); a page of another
+    // root shows its image too.
+    let tree = dir.path().join("root");
+    std::fs::create_dir_all(tree.join("site")).expect("site");
+    let page = b"<title>kept</title><script src=\"s.js\"></script>";
+    for (name, bytes) in [
+        ("site/pic.png", &PIXEL[..]),
+        ("site/s.js", b"document.title = 'ran';"),
+        ("site/index.html", b"<title>site</title><img src=\"pic.png\">"),
+        ("site/page.html", page),
+        ("a page.html", page),
+    ] {
+        std::fs::write(tree.join(name), bytes).expect("file");
+    }
+    let add_dir = |path: &std::path::Path| {
+        let path = path.to_str().expect("utf-8");
+        ok(run(dkvs(&home, &["ipfs", "add", "--plain", path]))).trim().to_owned()
+    };
+    let (root, site) = (add_dir(&tree), add_dir(&tree.join("site")));
     let other = format!("<title>other</title><img src=\"/ipfs/{site}/pic.png\">");
-    let (_node, api) = start(&home);
     let other = add("other.html", other.as_bytes());
     let shown = browse(&driver, "page", &format!("{api}/ipfs/{root}/site/"), &[]);
     assert_eq!(
