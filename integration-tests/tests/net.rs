@@ -2233,6 +2233,42 @@ async fn a_lookup_passes_over_peers_that_stopped_answering() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_passes_over_peers_it_connected_to_that_answer_nothing() -> anyhow::Result<()> {
+    // Three peers near a key, not connected to the writer, that answer nothing once asked (a
+    // process that hangs, a peer that does so on purpose). The writer's lookup dials them,
+    // and Kademlia hands each new connection the lookup's request as it opens: the lookup
+    // waits on them 2 s, as on peers it was connected to, not to its deadline (5 s), and
+    // completes without them.
+    let near = liars_near_a_key(3, None).await?;
+    let writer = near.net.node(near.writer);
+    for liar in &near.liars {
+        liar.cut_at_next_lookup().await?;
+    }
+    writer.closest_peers(near.key.as_str().into()).await;
+    let liars: Vec<_> = near.liars.iter().map(|liar| liar.peer_id()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while writer.connected_peers().await.iter().any(|peer| liars.contains(peer)) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the liars stayed connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(writer.routing_table().await.len(), 12, "the writer's table keeps them");
+    for liar in &near.liars {
+        liar.stall_at_next_lookup().await?;
+    }
+    let found = writer.closest_peers(near.key.as_str().into()).await;
+    let mut found: Vec<_> = found.into_iter().map(|peer| peer.to_string()).collect();
+    let mut honest: Vec<_> = near.ranked.iter().map(|i| near.net.peer_id(*i).to_string()).collect();
+    found.sort();
+    honest.sort();
+    assert_eq!(found, honest, "the lookup found every node and none of the silent peers");
+    for liar in &near.liars {
+        assert!(liar.frozen().await?, "the lookup asked every liar through a new connection");
+    }
+    near.net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_asks_a_sample_and_all_replicas_only_when_they_differ() -> anyhow::Result<()> {
     // Sixteen nodes, k = 20 (the default): every node is a replica, and a plain read asks a
     // random 12 of the 15 others first (13 with itself, when it holds the key).

@@ -34,13 +34,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt};
+use libp2p::PeerId;
 use libp2p::core::upgrade::{InboundUpgrade, UpgradeInfo};
 use libp2p::swarm::handler::{
     ConnectionEvent, FullyNegotiatedInbound, InboundUpgradeSend, ListenUpgradeError,
     UpgradeInfoSend,
 };
 use libp2p::swarm::{
-    ConnectionHandler, ConnectionHandlerEvent, Stream, StreamProtocol, SubstreamProtocol,
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, Stream, StreamProtocol,
+    SubstreamProtocol,
 };
 
 /// The copy is read again on the first poll this long after it was last read.
@@ -56,7 +58,7 @@ pub(crate) struct Flattened;
 impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Flattened {
     type Handler = Handler<H>;
 
-    fn wrap(handler: H) -> Handler<H> {
+    fn wrap(&mut self, handler: H, _: PeerId, _: ConnectionId) -> Handler<H> {
         Handler::new(handler)
     }
 }

@@ -69,17 +69,20 @@
 //! that failed slowly) within 16 min of the last one's end lasts 1 min instead of 30 s. A lookup that asks a held peer while another dial of it is under way (a request of
 //! an operation) counts it as failed instead of waiting for that dial.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::channel::mpsc;
 use libp2p::PeerId;
 use libp2p::kad;
 use libp2p::swarm::behaviour::DialFailure;
+use libp2p::swarm::handler::ConnectionEvent;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, DialError,
+    FromSwarm, NetworkBehaviour, SubstreamProtocol, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -147,6 +150,10 @@ pub(crate) struct Holds {
     connected: HashMap<PeerId, ConnectionId>,
     /// Kademlia's requests to connected peers, and their answers.
     answers: crate::stalled::Answers,
+    /// The connections open (Kademlia's requests on one that closed are not answered).
+    open: HashSet<ConnectionId>,
+    /// What Kademlia's connections tell of the requests they opened with ([`Opened`]).
+    opened: Reports,
     /// Peers silent too long, whose connections are to be closed.
     closing: Vec<PeerId>,
     /// The relay this node holds a reservation on, whose connections are not closed.
@@ -329,6 +336,14 @@ impl Holds {
         &mut self.answers
     }
 
+    /// The `index`th request the connection of the tests' helpers opened with ended.
+    #[cfg(test)]
+    pub(crate) fn opened_ended(&mut self, peer: PeerId, index: u32, answered: bool) {
+        let connection = ConnectionId::new_unchecked(7);
+        let ended = Some(answered);
+        self.opened(Preloaded { peer, connection, index, ended }, Instant::now());
+    }
+
     /// Whether a dial of `peer` at `now` is held back, and why.
     fn held(&self, peer: &PeerId, now: Instant) -> Option<HeldBack> {
         if self.stranded {
@@ -440,6 +455,26 @@ impl Holds {
         }
     }
 
+    /// A connection of Kademlia's sent a request it opened with, or one of those ended: timed
+    /// as a request this node sees go (not once the connection closed: its requests are lost,
+    /// and Kademlia's lookups count the peer failed, or it is timed from the close on).
+    fn opened(&mut self, report: Preloaded, now: Instant) {
+        let Preloaded { peer, connection, index, ended } = report;
+        let request = Request::Opened(connection, index);
+        match ended {
+            None if self.open.contains(&connection) => {
+                self.answers.asked(peer, request, Wait::Answer, now)
+            }
+            None => {}
+            Some(answered) => {
+                self.answers.ended(peer, request, answered, now);
+                if answered {
+                    self.answered(&peer);
+                }
+            }
+        }
+    }
+
     /// Arms the wake for when the oldest dial Kademlia waits on, or the first peer that
     /// answers nothing, is given up.
     fn arm(&mut self, cx: &mut Context<'_>) {
@@ -510,11 +545,202 @@ fn answer(event: &KadOut) -> Option<(kad::QueryId, bool)> {
     }
 }
 
-impl crate::wrap::Wrap<KadHandler> for Holds {
-    type Handler = KadHandler;
+/// A request Kademlia handed a connection as it opened, sent (`ended` none) or ended
+/// (answered, or failed otherwise than by the peer's silence): the `index`th of those sent
+/// on `connection` to `peer`.
+#[derive(Debug)]
+pub(crate) struct Preloaded {
+    peer: PeerId,
+    connection: ConnectionId,
+    index: u32,
+    ended: Option<bool>,
+}
 
-    fn wrap(handler: KadHandler) -> KadHandler {
-        handler
+/// Where Kademlia's connections tell [`Holds`] of the requests they opened with.
+struct Reports {
+    sender: mpsc::UnboundedSender<Preloaded>,
+    receiver: mpsc::UnboundedReceiver<Preloaded>,
+}
+
+impl Default for Reports {
+    fn default() -> Reports {
+        let (sender, receiver) = mpsc::unbounded();
+        Reports { sender, receiver }
+    }
+}
+
+/// What a connection of Kademlia's knows of the requests it opened with.
+///
+/// Kademlia hands a new connection the requests of its lookups that asked to dial the peer,
+/// inside the behaviour ([`Holds`] does not see them go), ahead of any it hands it after; it
+/// has no other way to send a request. dkvs's Kademlia sends lookups only (no provider
+/// records): each request sent gets an answer or fails. So a request sent before the
+/// behaviour handed the connection any is one it opened with; one sent after may not be, and
+/// is not timed (a connection sends those it opened with at its first poll, before any other
+/// can come). An end of a request whose lookup the behaviour did not hand it is the end of
+/// one it opened with: which one does not matter, they are timed alike.
+#[derive(Debug, Default)]
+struct Opening {
+    /// Whether the behaviour handed the connection a request.
+    handed: bool,
+    /// The lookups of the requests the behaviour handed it that have not ended, while some it
+    /// opened with are outstanding.
+    handed_lookups: Vec<kad::QueryId>,
+    /// How many of those it opened with were sent.
+    sent: u32,
+    /// Those sent that have not ended, the oldest first.
+    outstanding: VecDeque<u32>,
+}
+
+impl Opening {
+    /// The behaviour handed the connection `event`.
+    fn handed(&mut self, event: &KadIn) {
+        let lookup = request(event);
+        if lookup.is_none() && !matches!(event, KadIn::AddProvider { .. }) {
+            return;
+        }
+        self.handed = true;
+        if let Some(lookup) = lookup.filter(|_| !self.outstanding.is_empty()) {
+            self.handed_lookups.push(lookup);
+        }
+    }
+
+    /// The connection asks for a stream to send a request on: the number of the request, if
+    /// it is one it opened with.
+    fn sending(&mut self) -> Option<u32> {
+        if self.handed {
+            return None;
+        }
+        let index = self.sent;
+        self.sent += 1;
+        self.outstanding.push_back(index);
+        Some(index)
+    }
+
+    /// The connection tells the behaviour `event`: if it ends a request the connection opened
+    /// with, its number, and whether it was answered.
+    fn ended(&mut self, event: &KadOut) -> Option<(u32, bool)> {
+        let (lookup, answered) = answer(event)?;
+        if self.outstanding.is_empty() {
+            return None;
+        }
+        if let Some(i) = self.handed_lookups.iter().position(|handed| *handed == lookup) {
+            self.handed_lookups.swap_remove(i);
+            return None;
+        }
+        let index = self.outstanding.pop_front()?;
+        if self.outstanding.is_empty() {
+            self.handed_lookups.clear();
+        }
+        Some((index, answered))
+    }
+
+    /// Whether nothing is left to tell: the behaviour handed the connection a request, and
+    /// none it opened with is outstanding.
+    fn done(&self) -> bool {
+        self.handed && self.outstanding.is_empty()
+    }
+}
+
+/// Kademlia's connection handler, which tells [`Holds`] of the requests it opened with
+/// ([`Opening`]), so that they are timed as those [`Holds`] sees go: a peer that connected
+/// for a lookup and answers nothing no longer holds the lookup to its deadline.
+pub(crate) struct Opened {
+    inner: KadHandler,
+    peer: PeerId,
+    connection: ConnectionId,
+    opening: Opening,
+    /// Where it tells of them; none once nothing is left to tell.
+    report: Option<mpsc::UnboundedSender<Preloaded>>,
+}
+
+impl Opened {
+    fn report(&mut self, index: u32, ended: Option<bool>) {
+        let (peer, connection) = (self.peer, self.connection);
+        if let Some(report) = &self.report {
+            // (Gone only with the behaviour.)
+            let _ = report.unbounded_send(Preloaded { peer, connection, index, ended });
+        }
+        if self.opening.done() {
+            self.report = None;
+        }
+    }
+}
+
+impl ConnectionHandler for Opened {
+    type FromBehaviour = <KadHandler as ConnectionHandler>::FromBehaviour;
+    type ToBehaviour = <KadHandler as ConnectionHandler>::ToBehaviour;
+    type InboundProtocol = <KadHandler as ConnectionHandler>::InboundProtocol;
+    type OutboundProtocol = <KadHandler as ConnectionHandler>::OutboundProtocol;
+    type InboundOpenInfo = <KadHandler as ConnectionHandler>::InboundOpenInfo;
+    type OutboundOpenInfo = <KadHandler as ConnectionHandler>::OutboundOpenInfo;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
+        self.inner.listen_protocol()
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.inner.connection_keep_alive()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        let polled = self.inner.poll(cx);
+        if self.report.is_some() {
+            match &polled {
+                Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. }) => {
+                    if let Some(index) = self.opening.sending() {
+                        self.report(index, None);
+                    }
+                }
+                Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)) => {
+                    if let Some((index, answered)) = self.opening.ended(event) {
+                        self.report(index, Some(answered));
+                    }
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
+        self.inner.poll_close(cx)
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        if self.report.is_some() {
+            self.opening.handed(&event);
+            if self.opening.done() {
+                self.report = None;
+            }
+        }
+        self.inner.on_behaviour_event(event)
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        self.inner.on_connection_event(event)
+    }
+}
+
+impl crate::wrap::Wrap<KadHandler> for Holds {
+    type Handler = Opened;
+
+    fn wrap(&mut self, handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
+        let report = Some(self.opened.sender.clone());
+        Opened { inner: handler, peer, connection, opening: Opening::default(), report }
     }
 
     fn on_swarm_event<B>(&mut self, kad: &mut B, event: FromSwarm)
@@ -525,13 +751,16 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
             FromSwarm::ConnectionEstablished(established) => {
                 let dialed = established.endpoint.is_dialer();
                 let (peer, connection) = (established.peer_id, established.connection_id);
+                self.open.insert(connection);
                 self.connected(peer, connection, dialed, Instant::now())
             }
             FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
+                self.open.remove(&closed.connection_id);
                 self.connected.remove(&closed.peer_id);
                 self.answers.closed(closed.peer_id, Instant::now());
             }
             FromSwarm::ConnectionClosed(closed) => {
+                self.open.remove(&closed.connection_id);
                 self.answers.connection_closed(closed.peer_id, Instant::now());
             }
             // A dial refused because another of the peer is under way says nothing of it.
@@ -573,6 +802,9 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         B: NetworkBehaviour<ConnectionHandler = KadHandler>,
     {
         let now = Instant::now();
+        while let Poll::Ready(Some(report)) = self.opened.receiver.poll_next_unpin(cx) {
+            self.opened(report, now);
+        }
         self.give_up(kad, now);
         self.give_up_silent(kad, now);
         if let Some(peer_id) = self.closing.pop() {
@@ -828,7 +1060,7 @@ pub(crate) mod tests {
 
     /// A node whose dials connect within milliseconds (lookups wait the least), and whose
     /// lookup asked to dial the one peer in its table: that peer and the lookup.
-    fn asked_to_dial_one() -> (Held, PeerId, kad::QueryId) {
+    pub(crate) fn asked_to_dial_one() -> (Held, PeerId, kad::QueryId) {
         let (mut held, peers) = with_peers(1);
         held.wrapper_mut().dials.push(Duration::from_millis(10));
         let lookup = held.get_closest_peers(vec![1]);
@@ -995,6 +1227,82 @@ pub(crate) mod tests {
         assert!(!woken.woken(), "woken early");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(woken.woken(), "woken for the second");
+    }
+
+    #[test]
+    fn a_connection_tells_of_the_requests_it_opened_with_and_only_those() {
+        let (mut held, _, _) = held_one(0);
+        let lookups: Vec<kad::QueryId> = (0..4).map(|i| held.get_closest_peers(vec![i])).collect();
+        let find = |lookup| KadIn::FindNodeReq { key: vec![1], query_id: lookup };
+        let answer = |lookup| KadOut::FindNodeRes { closer_peers: Vec::new(), query_id: lookup };
+        let mut opening = Opening::default();
+        // Two sent before the behaviour handed it any: it opened with those.
+        assert_eq!(opening.sending(), Some(0));
+        assert_eq!(opening.sending(), Some(1));
+        // The behaviour hands it one: what it sends from now on may be that one.
+        opening.handed(&find(lookups[2]));
+        assert_eq!(opening.sending(), None);
+        assert!(!opening.done());
+        // The answer to the handed one ends none of those; another lookup's ends the oldest.
+        assert_eq!(opening.ended(&answer(lookups[2])), None);
+        assert_eq!(opening.ended(&answer(lookups[1])), Some((0, true)));
+        let other = KadOut::ProtocolConfirmed { endpoint: dialer() };
+        assert_eq!(opening.ended(&other), None, "not an answer");
+        assert_eq!(opening.ended(&answer(lookups[0])), Some((1, true)));
+        assert!(opening.done());
+        assert_eq!(opening.ended(&answer(lookups[3])), None, "none outstanding");
+        // A connection the behaviour handed a request first says nothing.
+        let mut opening = Opening::default();
+        opening.handed(&find(lookups[3]));
+        assert_eq!(opening.sending(), None);
+        assert!(opening.done());
+    }
+
+    fn dialer() -> libp2p::core::ConnectedPoint {
+        libp2p::core::ConnectedPoint::Dialer {
+            address: "/memory/9".parse().expect("address"),
+            role_override: libp2p::core::Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        }
+    }
+
+    /// `held`'s handler for a connection to `peer` it dialed, polled until it has nothing to
+    /// say.
+    pub(crate) fn opened(held: &mut Held, peer: PeerId) -> Opened {
+        use libp2p::core::Endpoint;
+        use libp2p::core::transport::PortUse;
+        let (connection, address) =
+            (ConnectionId::new_unchecked(7), "/memory/9".parse().expect("address"));
+        let mut handler = held
+            .handle_established_outbound_connection(
+                connection,
+                peer,
+                &address,
+                Endpoint::Dialer,
+                PortUse::Reuse,
+            )
+            .expect("a handler");
+        established(held, peer, true);
+        poll_handler(held, peer, &mut handler);
+        handler
+    }
+
+    /// Polls `handler`, of a connection of `held` to `peer`, until it has nothing to say, and
+    /// hands `held` what it tells it; returns how many requests it asked streams for.
+    pub(crate) fn poll_handler(held: &mut Held, peer: PeerId, handler: &mut Opened) -> usize {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut asked = 0;
+        while let Poll::Ready(event) = handler.poll(&mut cx) {
+            match event {
+                ConnectionHandlerEvent::OutboundSubstreamRequest { .. } => asked += 1,
+                ConnectionHandlerEvent::NotifyBehaviour(event) => {
+                    let connection = ConnectionId::new_unchecked(7);
+                    held.on_connection_handler_event(peer, connection, event)
+                }
+                _ => {}
+            }
+        }
+        asked
     }
 
     #[tokio::test(start_paused = true)]

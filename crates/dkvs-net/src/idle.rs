@@ -25,7 +25,9 @@ use std::task::{Context, Poll};
 use futures::future::Either;
 use libp2p::PeerId;
 use libp2p::swarm::handler::{ConnectionEvent, InboundUpgradeSend, OutboundUpgradeSend};
-use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, Stream, SubstreamProtocol};
+use libp2p::swarm::{
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, Stream, SubstreamProtocol,
+};
 
 /// A behaviour whose handlers' streams do not keep their connection open.
 pub(crate) type Released<B> = crate::wrap::Wrapped<B, Releasing>;
@@ -42,7 +44,7 @@ where
 {
     type Handler = Handler<H>;
 
-    fn wrap(handler: H) -> Handler<H> {
+    fn wrap(&mut self, handler: H, _: PeerId, _: ConnectionId) -> Handler<H> {
         Handler(handler)
     }
 }

@@ -30,8 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
+use libp2p::PeerId;
 use libp2p::swarm::handler::ConnectionEvent;
-use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, SubstreamProtocol};
+use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, ConnectionId, SubstreamProtocol};
 
 /// A wrapped handler that skipped this many polls of its connection in a row is polled.
 pub(crate) const ALWAYS_EVERY: u8 = 32;
@@ -46,7 +47,7 @@ pub(crate) struct Quieted;
 impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Quieted {
     type Handler = Handler<H>;
 
-    fn wrap(handler: H) -> Handler<H> {
+    fn wrap(&mut self, handler: H, _: PeerId, _: ConnectionId) -> Handler<H> {
         Handler::new(handler)
     }
 }

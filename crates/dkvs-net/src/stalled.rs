@@ -65,14 +65,16 @@
 //!
 //! Nothing is given up before a peer answered one of this node's requests (a node on a slow
 //! link would give up on its first ones), nor while this node is stranded (its own network
-//! may be what is slow). Not timed: the requests Kademlia hands a connection as it opens (to a
-//! peer a lookup asked to dial; the dial's wait is [`crate::held`]'s): a peer that answers
-//! nothing right after it connected still holds those lookups to their deadline. A peer that
-//! answers some requests and not others is not given up on while it answers: a liar can still
-//! hold a lookup to its deadline, as it can by answering slowly (which lengthens its own
-//! patience, also when it connects again within [`PAST_KEPT`], unless it was closed for its
-//! silence), but not another peer's; and a replica that answers lookups and gets but stalls
-//! puts costs each put the linger, as before.
+//! may be what is slow). The requests Kademlia hands a connection as it opens (to a peer a
+//! lookup asked to dial; the dial's wait is [`crate::held`]'s) are timed too, from when the
+//! connection sends them: the connection tells ([`crate::held::Opened`]), as Kademlia hands
+//! them inside itself (only those it sends before it is handed any other: which lookup each
+//! is for, nothing tells). A peer that answers some requests and not others is not given up
+//! on while it answers: a liar can still hold a lookup to its deadline, as it can by
+//! answering slowly (which lengthens its own patience, also when it connects again within
+//! [`PAST_KEPT`], unless it was closed for its silence), but not another peer's; and a
+//! replica that answers lookups and gets but stalls puts costs each put the linger, as
+//! before.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -164,11 +166,13 @@ impl<K: PartialEq, const N: usize> Recent<K, N> {
     }
 }
 
-/// A request timed: a lookup's (dkvs's lookups send a peer one request each), or an
-/// operation's record request.
+/// A request timed: a lookup's (dkvs's lookups send a peer one request each), one that
+/// Kademlia handed a connection as it opened (the `n`th it sent: which lookup it is for is
+/// not known, [`crate::held::Opened`]), or an operation's record request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Request {
     Lookup(QueryId),
+    Opened(libp2p::swarm::ConnectionId, u32),
     Record(RequestId),
 }
 
@@ -458,7 +462,12 @@ mod tests {
     use libp2p::swarm::{ConnectionId, NetworkBehaviour, ToSwarm};
 
     use super::*;
-    use crate::held::tests::{Woken, closed, established, events, with_peers};
+    use libp2p::swarm::ConnectionHandler as _;
+    use libp2p::swarm::handler::ConnectionEvent;
+
+    use crate::held::tests::{
+        Woken, asked_to_dial_one, closed, established, events, opened, poll_handler, with_peers,
+    };
     use crate::held::{Held, KadOut};
 
     fn ms(ms: u64) -> Duration {
@@ -916,6 +925,58 @@ mod tests {
         established(&mut held, peer, true);
         held.record_asked(peer, id(3), Wait::Answer, Instant::now());
         given_up_after(&mut held, peer, SLOW_FAILURE).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_connected_for_a_lookup_and_answers_nothing_is_passed_over() {
+        // Kademlia hands the connection the lookup's request as it opens: timed all the same.
+        let (mut held, peer, lookup) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let _handler = opened(&mut held, peer);
+        drain(&mut held);
+        given_up_after(&mut held, peer, SLOW_FAILURE).await;
+        assert!(held.query(&lookup).is_none(), "the lookup went on without the peer, and ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_a_connection_opened_with_that_failed_or_was_answered_is_not_waited_on() {
+        use libp2p::swarm::StreamUpgradeError;
+        use libp2p::swarm::handler::DialUpgradeError;
+        // Its stream could not open: Kademlia's lookup counts the peer failed; nothing waits.
+        let (mut held, peer, lookup) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let mut handler = opened(&mut held, peer);
+        let error = DialUpgradeError { info: (), error: StreamUpgradeError::Timeout };
+        handler.on_connection_event(ConnectionEvent::DialUpgradeError(error));
+        poll_handler(&mut held, peer, &mut handler);
+        drain(&mut held);
+        assert!(held.query(&lookup).is_none(), "the lookup ended without the peer");
+        tokio::time::advance(SLOW_FAILURE * 4).await;
+        drain(&mut held);
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "a failure is no silence");
+        assert!(held.wrapper_mut().answers_mut().next().is_none(), "nothing owed");
+
+        // Answered: the peer is not silent (Kademlia's answer goes to the lookup as it comes;
+        // the connection tells of its end, which is all it can say without a stream here).
+        let (mut held, peer, _) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let _handler = opened(&mut held, peer);
+        drain(&mut held);
+        assert!(held.wrapper_mut().answers_mut().next().is_some(), "the request it opened with");
+        held.wrapper_mut().opened_ended(peer, 0, true);
+        drain(&mut held);
+        assert!(held.wrapper_mut().answers_mut().next().is_none(), "nothing owed once answered");
+        tokio::time::advance(SLOW_FAILURE * 4).await;
+        drain(&mut held);
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "it answered");
+
+        // A connection that closed before this node heard of its request: not timed.
+        let (mut held, peer, _) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let _handler = opened(&mut held, peer);
+        closed(&mut held, peer, 0);
+        drain(&mut held);
+        assert!(held.wrapper_mut().answers_mut().next().is_none(), "a closed connection's");
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
     /// The wrapped handler.
     type Handler: ConnectionHandler<FromBehaviour = H::FromBehaviour, ToBehaviour = H::ToBehaviour>;
 
-    /// Wraps a handler the behaviour made.
-    fn wrap(handler: H) -> Self::Handler;
+    /// Wraps a handler the behaviour made for `connection` to `peer`.
+    fn wrap(&mut self, handler: H, peer: PeerId, connection: ConnectionId) -> Self::Handler;
 
     /// Hands the swarm's `event` to `inner`.
     fn on_swarm_event<B>(&mut self, inner: &mut B, event: FromSwarm)
@@ -119,9 +119,13 @@ where
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-            .map(W::wrap)
+        let handler = self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )?;
+        Ok(self.wrapper.wrap(handler, peer, connection_id))
     }
 
     fn handle_pending_outbound_connection(
@@ -147,15 +151,14 @@ where
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner
-            .handle_established_outbound_connection(
-                connection_id,
-                peer,
-                addr,
-                role_override,
-                port_use,
-            )
-            .map(W::wrap)
+        let handler = self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )?;
+        Ok(self.wrapper.wrap(handler, peer, connection_id))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
