@@ -12,12 +12,14 @@
 //! closest peers included it waited to its end.
 //!
 //! [`Held`] wraps Kademlia. Once a dial of a peer failed after waiting [`SLOW_FAILURE`] or
-//! more with an attempt that went out, while this node received bytes from others (so it
-//! waited on the peer, not on its own network: a silent outage keeps connections up for
-//! minutes) and had a DHT server connected (`Driver::dial_failed` says so, [`Held::hold`]),
-//! Kademlia's next dials of it fail at once, with no packet sent, for [`HOLD_FIRST`], twice as
-//! long after each slow failure again, at most [`HOLD_MOST`]; Kademlia takes each as a failed
-//! dial, and its lookup goes on with the next peer. A dial refused at once costs a lookup
+//! more with an attempt that went out, while this node received bytes from others reached a
+//! way as far as one the dial tried ([`crate::stalled::Scope`]: so it waited on the peer, not
+//! on its own network: a silent outage keeps connections up for minutes, and an uplink that
+//! dropped leaves peers on the same host or network answering) and had a DHT server
+//! connected (`Driver::dial_failed` says so, [`Held::hold`]), Kademlia's next dials of it fail
+//! at once, with no packet sent, for [`HOLD_FIRST`], twice as long after each slow failure
+//! again, at most [`HOLD_MOST`]; Kademlia takes each as a failed dial, and its lookup goes on
+//! with the next peer. A dial refused at once costs a lookup
 //! nothing and holds nothing. A connection to the peer, either way, ends its hold; an
 //! application's walk of the table (`Node::bootstrap`) ends them all, and so does this node's
 //! return from being stranded ([`Held::release_all`]).
@@ -86,18 +88,28 @@ use libp2p::swarm::{
 };
 use tokio::time::{Instant, Sleep};
 
-use crate::stalled::{Request, Wait};
+use crate::stalled::{Request, Scope, Wait};
+use crate::transport::Heard;
 
 /// A failed dial that waited this long or more holds its peer: a refusal comes within a
 /// round trip or two; a timeout, or a LAN host's ARP failure, takes seconds. It is also the
 /// least that Kademlia's lookups wait on a dial ([`Holds::patience`]).
 pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
 /// Whether a dial that started at `started`, when this node had received `heard` bytes, and
-/// failed at `now`, when it had received `heard_now`, failed slowly while others answered: it
-/// waited [`SLOW_FAILURE`] or more on the peer, and bytes came in meanwhile, so it was not
-/// this node's own network that failed (a silent outage keeps connections up for minutes).
-pub(crate) fn failed_slowly(started: Instant, heard: u64, now: Instant, heard_now: u64) -> bool {
-    now.saturating_duration_since(started) >= SLOW_FAILURE && heard_now > heard
+/// failed at `now`, when it had received `heard_now`, having tried ways as far away as
+/// `scopes` (its addresses'), failed slowly while others answered: it waited
+/// [`SLOW_FAILURE`] or more on the peer, and bytes came in meanwhile one of those ways, so it
+/// was not this node's own network that failed (a silent outage keeps connections up for
+/// minutes; an uplink that dropped leaves peers on the same host or network answering).
+pub(crate) fn failed_slowly(
+    started: Instant,
+    heard: Heard,
+    now: Instant,
+    heard_now: Heard,
+    mut scopes: impl Iterator<Item = Scope>,
+) -> bool {
+    now.saturating_duration_since(started) >= SLOW_FAILURE
+        && scopes.any(|scope| heard_now[scope as usize] > heard[scope as usize])
 }
 
 /// How many times as long as this node's dials take lately its lookups wait on one.
@@ -752,6 +764,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 let dialed = established.endpoint.is_dialer();
                 let (peer, connection) = (established.peer_id, established.connection_id);
                 self.open.insert(connection);
+                self.answers.connected(peer, established.endpoint.get_remote_address());
                 self.connected(peer, connection, dialed, Instant::now())
             }
             FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
@@ -931,11 +944,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_dial_failed_slowly_after_2_s_and_only_while_bytes_came_in() {
+    fn a_dial_failed_slowly_after_2_s_and_only_while_bytes_came_in_its_way() {
         let (t0, two) = (Instant::now(), SLOW_FAILURE);
-        assert!(failed_slowly(t0, 100, t0 + two, 101), "2 s, while others answered");
-        assert!(!failed_slowly(t0, 100, t0 + two - Duration::from_millis(1), 1 << 20), "refused");
-        assert!(!failed_slowly(t0, 100, t0 + two * 5, 100), "nothing came in: this node's outage");
+        let (far, near) = (|| [Scope::Internet].into_iter(), || [Scope::Local].into_iter());
+        let heard = [100, 200, 300];
+        let slow = |took, now| failed_slowly(t0, heard, t0 + took, now, far());
+        assert!(slow(two, [100, 200, 301]), "2 s, while others answered");
+        assert!(!slow(two - Duration::from_millis(1), [1 << 20; 3]), "refused");
+        assert!(!slow(two * 5, heard), "nothing came in: this node's outage");
+        // Only peers on this host or network answered: its uplink may be what dropped.
+        assert!(!slow(two, [101, 201, 300]), "bytes came in only from nearer");
+        assert!(failed_slowly(t0, heard, t0 + two, [100, 201, 300], near()), "a peer nearby");
+        let both = [Scope::Local, Scope::Internet].into_iter();
+        assert!(failed_slowly(t0, heard, t0 + two, [100, 201, 300], both), "any way it tried");
     }
 
     #[test]
@@ -1069,10 +1090,15 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn established(held: &mut Held, peer: PeerId, dialed: bool) {
+        established_at(held, peer, dialed, "/memory/9")
+    }
+
+    /// `peer` connected at `address`, dialed by this node (`dialed`) or not.
+    pub(crate) fn established_at(held: &mut Held, peer: PeerId, dialed: bool, address: &str) {
         use libp2p::core::transport::PortUse;
         use libp2p::core::{ConnectedPoint, Endpoint};
         use libp2p::swarm::behaviour::ConnectionEstablished;
-        let address: libp2p::Multiaddr = "/memory/9".parse().expect("address");
+        let address: libp2p::Multiaddr = address.parse().expect("address");
         let endpoint = if dialed {
             ConnectedPoint::Dialer {
                 address,

@@ -935,9 +935,10 @@ pub(crate) struct Driver<E: Extension> {
     /// The table probe's memory ([`Driver::probe_table`]).
     probes: crate::probe::Probes,
     /// When each dial in flight started, by its connection, and the bytes this node had
-    /// received then: a dial that failed slowly while others answered holds its peer
+    /// received then (by the way they came): a dial that failed slowly while others answered
+    /// holds its peer
     /// ([`crate::held`]).
-    dial_started: HashMap<libp2p::swarm::ConnectionId, (Instant, u64)>,
+    dial_started: HashMap<libp2p::swarm::ConnectionId, (Instant, crate::transport::Heard)>,
     /// The bytes every connection carried (transport.rs).
     counters: crate::transport::Counters,
     /// The transport's dials that reached another peer than the one dialed, until read.
@@ -1412,11 +1413,20 @@ impl<E: Extension> Driver<E> {
                 self.probes.ended(*connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
-                // Slow, while others answered: the dial waited on the peer, not on this
-                // node's own network (a silent outage keeps connections up for minutes).
-                let heard_now = self.counters.traffic().bytes_in;
+                // Slow, while others answered the ways it tried: the dial waited on the peer,
+                // not on this node's own network (a silent outage keeps connections up for
+                // minutes).
+                use crate::stalled::Scope;
+                let heard_now = self.counters.heard();
+                let scopes: Vec<Scope> = match error {
+                    libp2p::swarm::DialError::Transport(attempts) => {
+                        attempts.iter().map(|(address, _)| Scope::of(address)).collect()
+                    }
+                    _ => vec![Scope::Host, Scope::Local, Scope::Internet],
+                };
                 let slow = self.dial_started.remove(connection_id).is_some_and(|(at, heard)| {
-                    crate::held::failed_slowly(at, heard, Instant::now(), heard_now)
+                    let now = Instant::now();
+                    crate::held::failed_slowly(at, heard, now, heard_now, scopes.into_iter())
                 });
                 // A probe that tried some of the peer's addresses says nothing of the others.
                 let settles = self.probes.ended(*connection_id);
@@ -2206,7 +2216,7 @@ impl<E: Extension> Driver<E> {
 
     /// Dial `id` starts now ([`Driver::dial_started`]).
     fn dial_starts(&mut self, id: libp2p::swarm::ConnectionId) {
-        let heard = self.counters.traffic().bytes_in;
+        let heard = self.counters.heard();
         self.dial_started.insert(id, (Instant::now(), heard));
     }
 

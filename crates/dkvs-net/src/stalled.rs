@@ -26,15 +26,18 @@
 //! own wait on a request) while asked, has its connections closed, and its dials are held as
 //! [`crate::held`] holds a peer whose dial failed slowly (a stopped process's dial never
 //! completes its handshake), and it is counted unreachable in the table. Only if another
-//! peer answered since it was given up on: when none did, this node's own network may be
-//! what is silent (a Wi-Fi that dropped, its connections still up), and nothing is closed
-//! (one answer suffices: a peer on the same host or network, or an attacker on the path,
-//! can still have silent peers closed during such an outage; a hold costs them 30 s, twice
-//! as long each time they are closed so again without answering in between, and ends when
-//! they connect). Not the relay this node holds a reservation on (the driver
-//! names it, [`crate::held::Held::spare`]): behind a NAT, other peers reach this node only
-//! through it. Closing ends all of the peer's connections, a healthy one beside a dead one
-//! too.
+//! peer reached as far away answered since it was given up on ([`Scope`]: this host, a
+//! network of its own, the internet; by the address of each peer's first connection): when
+//! none did, this node's own network may be what is silent (a Wi-Fi that dropped, its
+//! connections still up; an uplink that dropped while peers on the same host or network
+//! still answer), and nothing is closed. One answer suffices: an attacker on the path can
+//! still have silent peers closed during such an outage, with a peer of its own that it lets
+//! through (a hold costs them 30 s, twice as long each time they are closed so again without
+//! answering in between, and ends when they connect); and a silent peer on this node's own
+//! network is closed only once another there answers. Not the relay this node holds a
+//! reservation on (the driver names it, [`crate::held::Held::spare`]): behind a NAT, other
+//! peers reach this node only through it. Closing ends all of the peer's connections, a
+//! healthy one beside a dead one too.
 //!
 //! A peer given up on stays so until it answers anything: the next lookups that ask it pass
 //! over it at once (the request still goes, so an answer ends its silence), instead of each
@@ -186,6 +189,50 @@ pub(crate) enum Wait {
     Write,
 }
 
+/// How far the way to a peer goes: an answer shows that this node's way to peers as far
+/// away works, not to farther ones (a peer on the same host answers through a Wi-Fi that
+/// dropped; one on the same network, through an uplink that did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Scope {
+    /// This host (loopback, or the memory transport: this process).
+    Host = 0,
+    /// A network of its own (private, link-local, unique local and carrier-grade NAT
+    /// addresses).
+    Local = 1,
+    /// The internet (any other address, and names).
+    #[default]
+    Internet = 2,
+}
+
+impl Scope {
+    /// The scope of a connection to `address` (one through a relay: of the way to the relay).
+    pub(crate) fn of(address: &libp2p::Multiaddr) -> Scope {
+        use libp2p::multiaddr::Protocol;
+        let v4 = |ip: std::net::Ipv4Addr| {
+            let [a, b, ..] = ip.octets();
+            if ip.is_loopback() {
+                Scope::Host
+            } else if ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b))
+            {
+                Scope::Local
+            } else {
+                Scope::Internet
+            }
+        };
+        match address.iter().next() {
+            Some(Protocol::Ip4(ip)) => v4(ip),
+            Some(Protocol::Ip6(ip)) => match ip.to_ipv4_mapped() {
+                Some(ip) => v4(ip),
+                None if ip.is_loopback() => Scope::Host,
+                None if ip.is_unique_local() || ip.is_unicast_link_local() => Scope::Local,
+                None => Scope::Internet,
+            },
+            Some(Protocol::Memory(_)) => Scope::Host,
+            _ => Scope::Internet,
+        }
+    }
+}
+
 /// The requests outstanding, and how long peers take to answer (the module's docs).
 #[derive(Default)]
 pub(crate) struct Answers {
@@ -197,8 +244,10 @@ pub(crate) struct Answers {
     peers: HashMap<PeerId, Peer>,
     /// How long the last answers in time took, one of each peer.
     times: Recent<PeerId, ANSWER_SAMPLES>,
-    /// When a peer last answered.
-    heard: Option<Instant>,
+    /// When a peer last answered, by the [`Scope`] of the way to it.
+    heard: [Option<Instant>; 3],
+    /// The [`Scope`] of the way to each peer connected (its first connection's).
+    scopes: HashMap<PeerId, Scope>,
     /// How long the last answers of peers whose last connection closed took (those that had
     /// answered, and were not given up on since), and when it closed, the most recently
     /// closed last; [`PAST_PEERS`] at most, none older than [`PAST_KEPT`].
@@ -311,7 +360,7 @@ impl Answers {
         if !answered {
             return;
         }
-        self.heard = Some(now);
+        self.heard[self.scopes.get(&peer).copied().unwrap_or_default() as usize] = Some(now);
         entry.silent_since = now;
         entry.given_up_since = None;
         entry.given_up_at = None;
@@ -323,6 +372,11 @@ impl Answers {
                 self.times.push_of(peer, took);
             }
         }
+    }
+
+    /// `peer` connected, its first connection at `address` (the remote one).
+    pub(crate) fn connected(&mut self, peer: PeerId, address: &libp2p::Multiaddr) {
+        self.scopes.entry(peer).or_insert_with(|| Scope::of(address));
     }
 
     /// One of `peer`'s connections closed at `now`, and others stay: the requests sent on it
@@ -340,6 +394,7 @@ impl Answers {
     /// peer that answered slowly once and then stopped would come back with the patience it
     /// earned).
     pub(crate) fn closed(&mut self, peer: PeerId, now: Instant) {
+        self.scopes.remove(&peer);
         let Some(entry) = self.peers.remove(&peer) else { return };
         self.asked.retain(|(asked, _), _| *asked != peer);
         while self.past.front().is_some_and(|(_, _, closed)| now >= *closed + PAST_KEPT) {
@@ -422,11 +477,12 @@ impl Answers {
             let entry = self.peers.get_mut(peer).expect("a peer asked");
             entry.waiting = 0;
             entry.answers_due = 0;
-            // Closed only if another peer answered since it was given up on: when none did,
-            // this node's own network may be what is silent (a Wi-Fi that dropped, its
-            // connections still up).
-            let others_heard =
-                self.heard.zip(entry.given_up_at).is_some_and(|(heard, at)| heard > at);
+            // Closed only if another peer reached the same way answered since it was given up
+            // on: when none did, this node's own network may be what is silent (a Wi-Fi that
+            // dropped, its connections still up; a peer on the same host or network may still
+            // answer).
+            let heard = self.heard[self.scopes.get(peer).copied().unwrap_or_default() as usize];
+            let others_heard = heard.zip(entry.given_up_at).is_some_and(|(heard, at)| heard > at);
             match entry.given_up_since {
                 None => {
                     entry.given_up_since = Some(entry.silent_since);
@@ -466,7 +522,8 @@ mod tests {
     use libp2p::swarm::handler::ConnectionEvent;
 
     use crate::held::tests::{
-        Woken, asked_to_dial_one, closed, established, events, opened, poll_handler, with_peers,
+        Woken, asked_to_dial_one, closed, established, established_at, events, opened,
+        poll_handler, with_peers,
     };
     use crate::held::{Held, KadOut};
 
@@ -728,6 +785,47 @@ mod tests {
         drain(&mut held);
         answer(&mut held, peers[1], lookup);
         assert_eq!(rounds(&mut held, peers[0], Some(peers[1]), 101).await, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_answer_from_as_far_away_shows_that_this_nodes_network_works() {
+        // A peer over the internet goes silent while one on this host, or on this node's own
+        // network, answers: this node's uplink may be what dropped. It is given up on, not
+        // closed (nor held); once a peer over the internet answers, it is closed.
+        let near = [
+            "/ip4/127.0.0.1/tcp/1",
+            "/memory/3",
+            "/ip4/192.168.1.7/tcp/1",
+            "/ip4/100.64.0.9/tcp/1",
+        ];
+        for near in near {
+            let (mut held, peers) = with_peers(3);
+            let (silent, near_peer, far_peer) = (peers[0], peers[1], peers[2]);
+            established_at(&mut held, silent, true, "/ip4/198.51.100.7/tcp/1");
+            established_at(&mut held, near_peer, true, near);
+            established_at(&mut held, far_peer, true, "/ip6/2001:db8::7/tcp/1/p2p-circuit");
+            held.wrapper_mut().answers_mut().times.push(ms(10));
+            assert_eq!(rounds(&mut held, silent, Some(near_peer), 1).await, None, "{near}");
+            assert!(!held.is_held(&silent, Instant::now()), "{near}");
+            assert!(held.passed_over(&silent, Instant::now()).is_some(), "given up on: {near}");
+            let lookup = held.get_closest_peers(vec![8]);
+            drain(&mut held);
+            answer(&mut held, far_peer, lookup);
+            assert_eq!(rounds(&mut held, silent, Some(far_peer), 9).await, Some(1), "{near}");
+        }
+        // The scope of the way to a peer, by its address.
+        let scope = |address: &str| Scope::of(&address.parse().expect("address"));
+        assert_eq!(scope("/ip6/::1/udp/1/quic-v1"), Scope::Host);
+        assert_eq!(scope("/ip4/10.1.2.3/tcp/1"), Scope::Local);
+        assert_eq!(scope("/ip4/172.16.0.1/tcp/1"), Scope::Local);
+        assert_eq!(scope("/ip4/169.254.0.1/tcp/1"), Scope::Local);
+        assert_eq!(scope("/ip4/100.127.255.255/tcp/1"), Scope::Local);
+        assert_eq!(scope("/ip4/100.128.0.0/tcp/1"), Scope::Internet);
+        assert_eq!(scope("/ip6/fd00::1/tcp/1"), Scope::Local);
+        assert_eq!(scope("/ip6/fe80::1/tcp/1"), Scope::Local);
+        assert_eq!(scope("/ip6/::ffff:192.168.0.1/tcp/1"), Scope::Local);
+        assert_eq!(scope("/dns4/example.org/tcp/1"), Scope::Internet);
+        assert_eq!(scope("/ip4/192.168.0.1/tcp/1/p2p-circuit"), Scope::Local, "the relay's");
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,8 @@ use libp2p::core::transport::{Boxed, ListenerId, MemoryTransport, OptionalTransp
 use libp2p::core::upgrade::Version;
 use libp2p::{Multiaddr, PeerId, Transport as _, identity, noise, quic, tcp, yamux};
 
+use crate::stalled::Scope;
+
 /// Which transports a node listens and dials on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transports {
@@ -55,9 +57,13 @@ pub struct Traffic {
     pub bytes_out: u64,
 }
 
-/// The node's byte counters, shared by all its connections.
+/// Bytes received, by the [`Scope`] of the way they came (indexed by it).
+pub(crate) type Heard = [u64; 3];
+
+/// The node's byte counters, shared by all its connections: bytes in, bytes out, and bytes
+/// in by the [`Scope`] of the way they came.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Counters(Arc<[AtomicU64; 2]>);
+pub(crate) struct Counters(Arc<[AtomicU64; 5]>);
 
 impl Counters {
     pub(crate) fn traffic(&self) -> Traffic {
@@ -66,12 +72,25 @@ impl Counters {
             bytes_out: self.0[1].load(Ordering::Relaxed),
         }
     }
+
+    /// The bytes received so far, by the scope of the way they came.
+    pub(crate) fn heard(&self) -> Heard {
+        [Scope::Host, Scope::Local, Scope::Internet]
+            .map(|scope| self.0[heard_at(scope)].load(Ordering::Relaxed))
+    }
 }
 
 /// A connection's byte stream, counted into its node's [`Counters`].
 struct Counted<S> {
     inner: S,
     counters: Counters,
+    /// Where its bytes in are counted by the scope of the way to its peer.
+    heard: usize,
+}
+
+/// Where [`Counters`] counts the bytes in that came `scope`'s way.
+fn heard_at(scope: Scope) -> usize {
+    2 + scope as usize
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -82,6 +101,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         self.counters.0[0].fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.0[self.heard].fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
 }
@@ -121,7 +141,10 @@ fn count<S>(
     counters: &Counters,
 ) -> impl FnOnce(S, libp2p::core::ConnectedPoint) -> Counted<S> + Clone + use<S> {
     let counters = counters.clone();
-    move |inner, _| Counted { inner, counters }
+    move |inner, endpoint| {
+        let heard = heard_at(Scope::of(endpoint.get_remote_address()));
+        Counted { inner, counters, heard }
+    }
 }
 
 /// The longest a connection may take to set up, either way, on every transport (TCP, QUIC,
@@ -430,6 +453,27 @@ mod tests {
         assert!(!refused(transport.dial(other, DIAL)), "another address is dialed");
         assert!(transport.remove_listener(id));
         assert!(!refused(transport.dial(listen_addr, DIAL)), "no longer this node's");
+    }
+
+    #[test]
+    fn bytes_in_are_counted_by_the_way_they_came() {
+        use futures::AsyncReadExt as _;
+        use libp2p::core::ConnectedPoint;
+        let counters = Counters::default();
+        let read = |address: &str, bytes: &[u8]| {
+            let address: Multiaddr = address.parse().expect("address");
+            let endpoint =
+                ConnectedPoint::Listener { local_addr: address.clone(), send_back_addr: address };
+            let mut stream = count(&counters)(futures::io::Cursor::new(bytes.to_vec()), endpoint);
+            let mut got = Vec::new();
+            futures::executor::block_on(stream.read_to_end(&mut got)).expect("read");
+        };
+        read("/ip4/192.168.1.9/tcp/1", &[1; 10]);
+        read("/ip4/127.0.0.1/tcp/1", &[1; 3]);
+        read("/ip6/2001:db8::1/udp/1/quic-v1", &[1; 100]);
+        read("/memory/4", &[1; 2]);
+        assert_eq!(counters.heard(), [5, 10, 100]);
+        assert_eq!(counters.traffic().bytes_in, 115);
     }
 
     #[tokio::test]
