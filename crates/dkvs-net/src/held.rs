@@ -168,6 +168,9 @@ pub(crate) struct Holds {
     opened: Reports,
     /// Peers silent too long, whose connections are to be closed.
     closing: Vec<PeerId>,
+    /// A connection handler of Kademlia's own, of no connection, that words the failure of a
+    /// request of one lookup ([`failure`]).
+    failing: Option<KadHandler>,
     /// The relay this node holds a reservation on, whose connections are not closed.
     spared: Option<PeerId>,
     /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest dial or the
@@ -443,7 +446,10 @@ impl Holds {
     /// Tells Kademlia that the connected peers that answered none of its requests for a
     /// while ([`crate::stalled`]) failed, so that its lookups go on without them. Not while
     /// this node is stranded.
-    fn give_up_silent<B: NetworkBehaviour>(&mut self, kad: &mut B, now: Instant) {
+    fn give_up_silent<B>(&mut self, kad: &mut B, now: Instant)
+    where
+        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
+    {
         if self.stranded {
             self.answers.expire(now);
             return;
@@ -454,6 +460,12 @@ impl Holds {
             let silent = Silent(silent);
             tracing::debug!(%peer, reason = %silent, "a lookup stopped waiting on a silent peer");
             tell_failed(kad, peer, connection_id, silent);
+        }
+        for (peer, lookup) in given_up.late {
+            let Some(connection) = self.connected.get(&peer).copied() else { continue };
+            let Some(failed) = failure(&mut self.failing, lookup) else { continue };
+            tracing::debug!(%peer, ?lookup, "a lookup stopped waiting on a request answered late");
+            kad.on_connection_handler_event(peer, connection, failed);
         }
         for peer in given_up.closing {
             if self.spared == Some(peer) || !self.connected.contains_key(&peer) {
@@ -524,6 +536,49 @@ fn tell_failed<B: NetworkBehaviour>(
     let error = DialError::Denied { cause: ConnectionDenied::new(why) };
     let failure = DialFailure { peer_id: Some(peer), error: &error, connection_id };
     kad.on_swarm_event(FromSwarm::DialFailure(failure));
+}
+
+/// The failure of `lookup`'s request, as a connection of Kademlia's tells it (so that one
+/// lookup goes on without the peer, and its others do not): Kademlia's own handler
+/// (`handler`, made once) is handed the request and told that its stream could not open.
+/// None if it did not say so (a Kademlia that words it otherwise).
+fn failure(handler: &mut Option<KadHandler>, lookup: kad::QueryId) -> Option<KadOut> {
+    use libp2p::core::Endpoint;
+    use libp2p::core::transport::PortUse;
+    use libp2p::swarm::StreamUpgradeError;
+    use libp2p::swarm::handler::DialUpgradeError;
+    let handler = match handler {
+        Some(handler) => handler,
+        None => {
+            let (local, remote) = (PeerId::random(), PeerId::random());
+            let mut kad = Kad::new(local, kad::store::MemoryStore::new(local));
+            let (none, address) = (ConnectionId::new_unchecked(0), libp2p::Multiaddr::empty());
+            let made = kad.handle_established_outbound_connection(
+                none,
+                remote,
+                &address,
+                Endpoint::Dialer,
+                PortUse::Reuse,
+            );
+            handler.insert(made.ok()?)
+        }
+    };
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    handler.on_behaviour_event(KadIn::FindNodeReq { key: Vec::new(), query_id: lookup });
+    for _ in 0..4 {
+        match handler.poll(&mut cx) {
+            Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. }) => {
+                let failed = DialUpgradeError { info: (), error: StreamUpgradeError::Timeout };
+                handler.on_connection_event(ConnectionEvent::DialUpgradeError(failed));
+            }
+            Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                event @ KadOut::QueryError { query_id, .. },
+            )) if query_id == lookup => return Some(event),
+            Poll::Ready(_) => {}
+            Poll::Pending => break,
+        }
+    }
+    None
 }
 
 /// How long Kademlia's dials are held after the `failures`th failed dial in a row.
@@ -1253,6 +1308,20 @@ pub(crate) mod tests {
         assert!(!woken.woken(), "woken early");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(woken.woken(), "woken for the second");
+    }
+
+    #[test]
+    fn kademlias_own_handler_words_the_failure_of_one_lookups_request() {
+        let (mut held, _, _) = held_one(0);
+        let mut handler = None;
+        for key in 0..3 {
+            let lookup = held.get_closest_peers(vec![key]);
+            let failed = failure(&mut handler, lookup);
+            assert!(
+                matches!(failed, Some(KadOut::QueryError { query_id, .. }) if query_id == lookup),
+                "{failed:?}"
+            );
+        }
     }
 
     #[test]

@@ -72,12 +72,20 @@
 //! lookup asked to dial; the dial's wait is [`crate::held`]'s) are timed too, from when the
 //! connection sends them: the connection tells ([`crate::held::Opened`]), as Kademlia hands
 //! them inside itself (only those it sends before it is handed any other: which lookup each
-//! is for, nothing tells). A peer that answers some requests and not others is not given up
-//! on while it answers: a liar can still hold a lookup to its deadline, as it can by
-//! answering slowly (which lengthens its own patience, also when it connects again within
-//! [`PAST_KEPT`], unless it was closed for its silence), but not another peer's; and a
-//! replica that answers lookups and gets but stalls puts costs each put the linger, as
-//! before.
+//! is for, nothing tells).
+//!
+//! A peer that answers some requests and not others (a liar holding back the lookups of one
+//! key, a request lost on a connection that closed beside another) is not given up on while
+//! it answers; but a lookup's request it let wait for its patience while it answered one sent
+//! after is given up on alone: that lookup goes on without the peer (Kademlia is told that
+//! the request failed, in the words of its own connection handler, `held::failure`), the
+//! others wait on. A busy peer answers in turn, and a request it answered nothing sent after
+//! is waited on as its silence is. A liar can still hold a lookup for its patience, and to
+//! its deadline by answering slowly (which lengthens its own patience, also when it connects
+//! again within [`PAST_KEPT`], unless it was closed for its silence), but not another peer's;
+//! the requests a connection opened with (which lookup each is for, nothing tells) and gets'
+//! record requests wait on the peer as a whole; and a replica that answers lookups and gets
+//! but stalls puts costs each put the linger, as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -283,6 +291,13 @@ struct Peer {
     given_up_at: Option<Instant>,
     /// When it was last asked something.
     last_asked: Instant,
+    /// Its lookups' requests in the order they were sent (some ended since): the oldest
+    /// outstanding is given up on alone once it is late, if the peer answered one sent after
+    /// it.
+    lookups: VecDeque<(Instant, QueryId)>,
+    /// When the last sent of the requests it answered was sent: it answered those sent before
+    /// that, or passed them over.
+    answered_sent: Option<Instant>,
 }
 
 impl Peer {
@@ -301,6 +316,8 @@ pub(crate) struct GivenUp {
     /// Of those, the ones given up on before that answered nothing for [`CLOSE_SILENT`]:
     /// their connections close.
     pub(crate) closing: Vec<PeerId>,
+    /// Lookups' requests given up on alone: late while their peer answered others.
+    pub(crate) late: Vec<(PeerId, QueryId)>,
 }
 
 impl Answers {
@@ -322,6 +339,8 @@ impl Answers {
             given_up_since: None,
             given_up_at: None,
             last_asked: now,
+            lookups: VecDeque::new(),
+            answered_sent: None,
         });
         // A peer not asked for a while was not silent meanwhile, unless it was given up on
         // and has answered nothing since: then it is passed over at once. A pause of
@@ -346,6 +365,9 @@ impl Answers {
         }
         entry.waiting += 1;
         entry.answers_due += usize::from(wait == Wait::Answer);
+        if let (Request::Lookup(lookup), Wait::Answer) = (request, wait) {
+            entry.lookups.push_back((now, lookup));
+        }
     }
 
     /// `peer` answered `request` at `now` (`answered`), or the request failed otherwise than
@@ -362,6 +384,9 @@ impl Answers {
         }
         self.heard[self.scopes.get(&peer).copied().unwrap_or_default() as usize] = Some(now);
         entry.silent_since = now;
+        if let Some(asked) = asked {
+            entry.answered_sent = entry.answered_sent.max(Some(asked.at));
+        }
         entry.given_up_since = None;
         entry.given_up_at = None;
         if let Some(asked) = asked.filter(|asked| asked.wait == Wait::Answer) {
@@ -418,8 +443,15 @@ impl Answers {
     /// How long a lookup waits on `peer`'s answer (the module's docs); unknown before any
     /// peer answered.
     fn patience(&self, peer: &Peer) -> Option<Duration> {
-        let lately = self.times.median()?.max(peer.times.slowest());
-        Some((lately * PATIENCE_FACTOR).max(SLOW_FAILURE))
+        patience(&self.times, peer)
+    }
+
+    /// When `peer`'s oldest lookup request still waited on was sent, and its lookup.
+    fn oldest_lookup(&self, id: &PeerId, peer: &Peer) -> Option<(Instant, QueryId)> {
+        peer.lookups.iter().copied().find(|(at, lookup)| {
+            let asked = self.asked.get(&(*id, Request::Lookup(*lookup)));
+            asked.is_some_and(|asked| asked.at == *at && !asked.given_up)
+        })
     }
 
     /// When `peer`, owing answers, is given up on unless it answers: its patience after its
@@ -499,14 +531,50 @@ impl Answers {
                 request.given_up |= asked == peer;
             }
         }
+        // A peer that answers some requests and not others: its lookups' requests late for
+        // its patience, that it answered one sent after, are given up on alone (the others'
+        // lookups go on waiting on it). One it answered nothing sent after is waited on as
+        // the peer's silence is (above): a busy peer answers in turn.
+        let Answers { peers, asked, times, .. } = self;
+        for (peer, entry) in peers.iter_mut() {
+            let Some(patience) = patience(times, entry) else { break };
+            while let Some(&(at, lookup)) = entry.lookups.front() {
+                let waited = asked.get_mut(&(*peer, Request::Lookup(lookup)));
+                let Some(request) = waited.filter(|asked| asked.at == at && !asked.given_up) else {
+                    entry.lookups.pop_front();
+                    continue;
+                };
+                if now < at + patience || entry.answered_sent.is_none_or(|sent| sent <= at) {
+                    break;
+                }
+                request.given_up = true;
+                entry.unwait(*request);
+                entry.lookups.pop_front();
+                given_up.late.push((*peer, lookup));
+            }
+        }
         given_up
     }
 
-    /// When the next peer is given up on, unless it answers.
+    /// When the next peer, or request, is given up on, unless it answers.
     pub(crate) fn next(&self) -> Option<Instant> {
-        let waiting = self.peers.values().filter(|entry| entry.waiting > 0);
-        waiting.filter_map(|entry| self.due(entry)).min()
+        let waiting = self.peers.iter().filter(|(_, entry)| entry.waiting > 0);
+        let due = |(id, entry): (&PeerId, &Peer)| {
+            let patience = self.patience(entry)?;
+            let oldest = (self.oldest_lookup(id, entry))
+                .filter(|(at, _)| entry.answered_sent.is_some_and(|sent| sent > *at))
+                .map(|(at, _)| at + patience);
+            self.due(entry).into_iter().chain(oldest).min()
+        };
+        waiting.filter_map(due).min()
     }
+}
+
+/// How long a lookup waits on `peer`'s answer, answers here taking `times` (the module's
+/// docs); unknown before any peer answered.
+fn patience(times: &Recent<PeerId, ANSWER_SAMPLES>, peer: &Peer) -> Option<Duration> {
+    let lately = times.median()?.max(peer.times.slowest());
+    Some((lately * PATIENCE_FACTOR).max(SLOW_FAILURE))
 }
 
 #[cfg(test)]
@@ -826,6 +894,35 @@ mod tests {
         assert_eq!(scope("/ip6/::ffff:192.168.0.1/tcp/1"), Scope::Local);
         assert_eq!(scope("/dns4/example.org/tcp/1"), Scope::Internet);
         assert_eq!(scope("/ip4/192.168.0.1/tcp/1/p2p-circuit"), Scope::Local, "the relay's");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_late_while_its_peer_answers_others_is_given_up_on_alone() {
+        // A peer that answers some requests and not others (a liar holding back one key's
+        // lookups, a request lost on a connection that closed beside another).
+        let (mut held, peer) = one_peer();
+        let first = ask(&mut held, 1);
+        tokio::time::advance(ms(1000)).await;
+        let second = ask(&mut held, 2);
+        answer(&mut held, peer, second);
+        let third = ask(&mut held, 3);
+        let woken = Arc::new(Woken::default());
+        drain_waking(&mut held, &Waker::from(woken.clone()));
+        tokio::time::advance(ms(999)).await;
+        assert!(!woken.woken(), "woken early");
+        assert!(held.query(&first).is_some(), "given up early");
+        tokio::time::advance(ms(1)).await;
+        assert!(woken.woken(), "woken for the late request");
+        let (_, ended) = drain(&mut held);
+        assert_eq!(ended, vec![first], "its lookup went on without the peer, and ended");
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "the peer is not given up on");
+        assert!(held.query(&third).is_some(), "another lookup waits on it on");
+        // Its late answer, and the third's in time, end everything owed.
+        answer(&mut held, peer, first);
+        answer(&mut held, peer, third);
+        drain(&mut held);
+        assert!(held.query(&third).is_none());
+        assert!(held.wrapper_mut().answers_mut().next().is_none(), "nothing owed");
     }
 
     #[tokio::test(start_paused = true)]
