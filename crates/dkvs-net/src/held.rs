@@ -12,11 +12,11 @@
 //! closest peers included it waited to its end.
 //!
 //! [`Held`] wraps Kademlia. Once a dial of a peer failed after waiting [`SLOW_FAILURE`] or
-//! more with an attempt that went out, while this node received bytes from others reached a
-//! way as far as one the dial tried ([`crate::stalled::Scope`]: so it waited on the peer, not
-//! on its own network: a silent outage keeps connections up for minutes, and an uplink that
-//! dropped leaves peers on the same host or network answering) and had a DHT server
-//! connected (`Driver::dial_failed` says so, [`Held::hold`]), Kademlia's next dials of it fail
+//! more with an attempt that went out, while this node heard from others of the scope of the
+//! farthest address the dial tried (bytes, or an answer; [`crate::stalled::Scope`]: so it
+//! waited on the peer, not on its own network: a silent outage keeps connections up for
+//! minutes, and an uplink that dropped leaves peers on the same host or network answering)
+//! and had a DHT server connected (`Driver::dial_failed` says so, [`Held::hold`]), Kademlia's next dials of it fail
 //! at once, with no packet sent, for [`HOLD_FIRST`], twice as long after each slow failure
 //! again, at most [`HOLD_MOST`]; Kademlia takes each as a failed dial, and its lookup goes on
 //! with the next peer. A dial refused at once costs a lookup
@@ -68,8 +68,14 @@
 //! of a peer dead for good: a lookup near it waits once per hold, and holds double up to
 //! 16 min. The cost of a peer stopped a while that connected again without being asked
 //! anything before its connection closed idle: its next hold (a close for silence, or a dial
-//! that failed slowly) within 16 min of the last one's end lasts 1 min instead of 30 s. A lookup that asks a held peer while another dial of it is under way (a request of
-//! an operation) counts it as failed instead of waiting for that dial.
+//! that failed slowly) within 16 min of the last one's end lasts 1 min instead of 30 s. A
+//! lookup that asks a held peer while another dial of it is under way (a request of an
+//! operation) counts it as failed instead of waiting for that dial.
+//!
+//! Kademlia's requests to connected peers are timed by [`crate::stalled`]; the ones Kademlia
+//! hands a connection as it opens are told of by the connection itself ([`Opened`]), and a
+//! lookup's request given up on alone is failed in the words of Kademlia's own connection
+//! handler ([`failure`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -96,20 +102,21 @@ use crate::transport::Heard;
 /// least that Kademlia's lookups wait on a dial ([`Holds::patience`]).
 pub(crate) const SLOW_FAILURE: Duration = Duration::from_secs(2);
 /// Whether a dial that started at `started`, when this node had received `heard` bytes, and
-/// failed at `now`, when it had received `heard_now`, having tried ways as far away as
-/// `scopes` (its addresses'), failed slowly while others answered: it waited
-/// [`SLOW_FAILURE`] or more on the peer, and bytes came in meanwhile one of those ways, so it
-/// was not this node's own network that failed (a silent outage keeps connections up for
-/// minutes; an uplink that dropped leaves peers on the same host or network answering).
+/// failed at `now`, when it had received `heard_now`, the farthest of its addresses of
+/// `scope`, failed slowly while others answered: it waited [`SLOW_FAILURE`] or more on the
+/// peer, and meanwhile bytes came in from peers of that scope, or one of them answered a
+/// request (`answered`: when the last did; QUIC's bytes are not counted), so it was not this
+/// node's own network that failed (a silent outage keeps connections up for minutes; an
+/// uplink that dropped leaves peers on the same host or network answering).
 pub(crate) fn failed_slowly(
-    started: Instant,
-    heard: Heard,
-    now: Instant,
-    heard_now: Heard,
-    mut scopes: impl Iterator<Item = Scope>,
+    (started, heard): (Instant, Heard),
+    (now, heard_now): (Instant, Heard),
+    scope: Scope,
+    answered: Option<Instant>,
 ) -> bool {
+    let came_in = heard_now[scope as usize] > heard[scope as usize];
     now.saturating_duration_since(started) >= SLOW_FAILURE
-        && scopes.any(|scope| heard_now[scope as usize] > heard[scope as usize])
+        && (came_in || answered.is_some_and(|answered| answered > started))
 }
 
 /// How many times as long as this node's dials take lately its lookups wait on one.
@@ -165,12 +172,12 @@ pub(crate) struct Holds {
     /// The connections open (Kademlia's requests on one that closed are not answered).
     open: HashSet<ConnectionId>,
     /// What Kademlia's connections tell of the requests they opened with ([`Opened`]).
-    opened: Reports,
+    reports: Reports,
     /// Peers silent too long, whose connections are to be closed.
     closing: Vec<PeerId>,
     /// A connection handler of Kademlia's own, of no connection, that words the failure of a
     /// request of one lookup ([`failure`]).
-    failing: Option<KadHandler>,
+    scratch: Option<KadHandler>,
     /// The relay this node holds a reservation on, whose connections are not closed.
     spared: Option<PeerId>,
     /// Wakes the behaviour when Kademlia's lookups stop waiting on the oldest dial or the
@@ -255,6 +262,11 @@ impl Held {
     /// Whether Kademlia's dials of `peer` are held at `now` (and this node is not stranded).
     pub(crate) fn is_held(&self, peer: &PeerId, now: Instant) -> bool {
         self.wrapper().held(peer, now).is_some()
+    }
+
+    /// When a peer of `scope` last answered a request of this node's.
+    pub(crate) fn heard(&self, scope: Scope) -> Option<Instant> {
+        self.wrapper().answers.heard(scope)
     }
 
     /// Whether this node is stranded: its own network may be what fails.
@@ -354,9 +366,9 @@ impl Holds {
     /// The `index`th request the connection of the tests' helpers opened with ended.
     #[cfg(test)]
     pub(crate) fn opened_ended(&mut self, peer: PeerId, index: u32, answered: bool) {
-        let connection = ConnectionId::new_unchecked(7);
-        let ended = Some(answered);
-        self.opened(Preloaded { peer, connection, index, ended }, Instant::now());
+        let (connection, at) = (ConnectionId::new_unchecked(7), Instant::now());
+        let progress = if answered { Progress::Answered } else { Progress::Failed };
+        self.on_opened(OpenedRequest { peer, connection, index, at, progress });
     }
 
     /// Whether a dial of `peer` at `now` is held back, and why.
@@ -463,7 +475,7 @@ impl Holds {
         }
         for (peer, lookup) in given_up.late {
             let Some(connection) = self.connected.get(&peer).copied() else { continue };
-            let Some(failed) = failure(&mut self.failing, lookup) else { continue };
+            let Some(failed) = failure(&mut self.scratch, lookup) else { continue };
             tracing::debug!(%peer, ?lookup, "a lookup stopped waiting on a request answered late");
             kad.on_connection_handler_event(peer, connection, failed);
         }
@@ -482,20 +494,19 @@ impl Holds {
     /// A connection of Kademlia's sent a request it opened with, or one of those ended: timed
     /// as a request this node sees go (not once the connection closed: its requests are lost,
     /// and Kademlia's lookups count the peer failed, or it is timed from the close on).
-    fn opened(&mut self, report: Preloaded, now: Instant) {
-        let Preloaded { peer, connection, index, ended } = report;
+    fn on_opened(&mut self, report: OpenedRequest) {
+        let OpenedRequest { peer, connection, index, at, progress } = report;
         let request = Request::Opened(connection, index);
-        match ended {
-            None if self.open.contains(&connection) => {
-                self.answers.asked(peer, request, Wait::Answer, now)
+        match progress {
+            Progress::Sent if self.open.contains(&connection) => {
+                self.answers.asked(peer, request, Wait::Answer, at)
             }
-            None => {}
-            Some(answered) => {
-                self.answers.ended(peer, request, answered, now);
-                if answered {
-                    self.answered(&peer);
-                }
+            Progress::Sent => {}
+            Progress::Answered => {
+                self.answers.ended(peer, request, true, at);
+                self.answered(&peer);
             }
+            Progress::Failed => self.answers.ended(peer, request, false, at),
         }
     }
 
@@ -612,21 +623,33 @@ fn answer(event: &KadOut) -> Option<(kad::QueryId, bool)> {
     }
 }
 
-/// A request Kademlia handed a connection as it opened, sent (`ended` none) or ended
-/// (answered, or failed otherwise than by the peer's silence): the `index`th of those sent
-/// on `connection` to `peer`.
+/// What a connection of Kademlia's tells of a request it opened with ([`Opening`]): the
+/// `index`th of those sent on `connection` to `peer`, at `at`.
 #[derive(Debug)]
-pub(crate) struct Preloaded {
+pub(crate) struct OpenedRequest {
     peer: PeerId,
     connection: ConnectionId,
     index: u32,
-    ended: Option<bool>,
+    at: Instant,
+    progress: Progress,
+}
+
+/// Where a request a connection opened with is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Sent.
+    Sent,
+    /// Answered.
+    Answered,
+    /// Failed: its stream could not open or broke, or Kademlia's connection stopped waiting
+    /// on it (10 s).
+    Failed,
 }
 
 /// Where Kademlia's connections tell [`Holds`] of the requests they opened with.
 struct Reports {
-    sender: mpsc::UnboundedSender<Preloaded>,
-    receiver: mpsc::UnboundedReceiver<Preloaded>,
+    sender: mpsc::UnboundedSender<OpenedRequest>,
+    receiver: mpsc::UnboundedReceiver<OpenedRequest>,
 }
 
 impl Default for Reports {
@@ -649,7 +672,7 @@ impl Default for Reports {
 #[derive(Debug, Default)]
 struct Opening {
     /// Whether the behaviour handed the connection a request.
-    handed: bool,
+    any_handed: bool,
     /// The lookups of the requests the behaviour handed it that have not ended, while some it
     /// opened with are outstanding.
     handed_lookups: Vec<kad::QueryId>,
@@ -666,7 +689,7 @@ impl Opening {
         if lookup.is_none() && !matches!(event, KadIn::AddProvider { .. }) {
             return;
         }
-        self.handed = true;
+        self.any_handed = true;
         if let Some(lookup) = lookup.filter(|_| !self.outstanding.is_empty()) {
             self.handed_lookups.push(lookup);
         }
@@ -675,7 +698,7 @@ impl Opening {
     /// The connection asks for a stream to send a request on: the number of the request, if
     /// it is one it opened with.
     fn sending(&mut self) -> Option<u32> {
-        if self.handed {
+        if self.any_handed {
             return None;
         }
         let index = self.sent;
@@ -705,7 +728,7 @@ impl Opening {
     /// Whether nothing is left to tell: the behaviour handed the connection a request, and
     /// none it opened with is outstanding.
     fn done(&self) -> bool {
-        self.handed && self.outstanding.is_empty()
+        self.any_handed && self.outstanding.is_empty()
     }
 }
 
@@ -718,15 +741,16 @@ pub(crate) struct Opened {
     connection: ConnectionId,
     opening: Opening,
     /// Where it tells of them; none once nothing is left to tell.
-    report: Option<mpsc::UnboundedSender<Preloaded>>,
+    report: Option<mpsc::UnboundedSender<OpenedRequest>>,
 }
 
 impl Opened {
-    fn report(&mut self, index: u32, ended: Option<bool>) {
-        let (peer, connection) = (self.peer, self.connection);
+    fn report(&mut self, index: u32, progress: Progress) {
+        let (peer, connection, at) = (self.peer, self.connection, Instant::now());
         if let Some(report) = &self.report {
             // (Gone only with the behaviour.)
-            let _ = report.unbounded_send(Preloaded { peer, connection, index, ended });
+            let told = OpenedRequest { peer, connection, index, at, progress };
+            let _ = report.unbounded_send(told);
         }
         if self.opening.done() {
             self.report = None;
@@ -761,12 +785,13 @@ impl ConnectionHandler for Opened {
             match &polled {
                 Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. }) => {
                     if let Some(index) = self.opening.sending() {
-                        self.report(index, None);
+                        self.report(index, Progress::Sent);
                     }
                 }
                 Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)) => {
                     if let Some((index, answered)) = self.opening.ended(event) {
-                        self.report(index, Some(answered));
+                        let ended = if answered { Progress::Answered } else { Progress::Failed };
+                        self.report(index, ended);
                     }
                 }
                 _ => {}
@@ -806,7 +831,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
     type Handler = Opened;
 
     fn wrap(&mut self, handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
-        let report = Some(self.opened.sender.clone());
+        let report = Some(self.reports.sender.clone());
         Opened { inner: handler, peer, connection, opening: Opening::default(), report }
     }
 
@@ -829,6 +854,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
             }
             FromSwarm::ConnectionClosed(closed) => {
                 self.open.remove(&closed.connection_id);
+                self.answers.opened_lost(closed.peer_id, closed.connection_id);
                 self.answers.connection_closed(closed.peer_id, Instant::now());
             }
             // A dial refused because another of the peer is under way says nothing of it.
@@ -870,8 +896,8 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         B: NetworkBehaviour<ConnectionHandler = KadHandler>,
     {
         let now = Instant::now();
-        while let Poll::Ready(Some(report)) = self.opened.receiver.poll_next_unpin(cx) {
-            self.opened(report, now);
+        while let Poll::Ready(Some(report)) = self.reports.receiver.poll_next_unpin(cx) {
+            self.on_opened(report);
         }
         self.give_up(kad, now);
         self.give_up_silent(kad, now);
@@ -999,19 +1025,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_dial_failed_slowly_after_2_s_and_only_while_bytes_came_in_its_way() {
+    fn a_dial_failed_slowly_after_2_s_and_only_while_peers_its_way_answered() {
         let (t0, two) = (Instant::now(), SLOW_FAILURE);
-        let (far, near) = (|| [Scope::Internet].into_iter(), || [Scope::Local].into_iter());
         let heard = [100, 200, 300];
-        let slow = |took, now| failed_slowly(t0, heard, t0 + took, now, far());
-        assert!(slow(two, [100, 200, 301]), "2 s, while others answered");
-        assert!(!slow(two - Duration::from_millis(1), [1 << 20; 3]), "refused");
-        assert!(!slow(two * 5, heard), "nothing came in: this node's outage");
+        let slow = |took, now, scope, answered| {
+            failed_slowly((t0, heard), (t0 + took, now), scope, answered)
+        };
+        let far = Scope::Internet;
+        assert!(slow(two, [100, 200, 301], far, None), "2 s, while others sent bytes");
+        assert!(slow(two, heard, far, Some(t0 + two)), "2 s, while others answered");
+        assert!(!slow(two - Duration::from_millis(1), [1 << 20; 3], far, Some(t0 + two)));
+        assert!(!slow(two * 5, heard, far, Some(t0)), "nothing came in: this node's outage");
         // Only peers on this host or network answered: its uplink may be what dropped.
-        assert!(!slow(two, [101, 201, 300]), "bytes came in only from nearer");
-        assert!(failed_slowly(t0, heard, t0 + two, [100, 201, 300], near()), "a peer nearby");
-        let both = [Scope::Local, Scope::Internet].into_iter();
-        assert!(failed_slowly(t0, heard, t0 + two, [100, 201, 300], both), "any way it tried");
+        assert!(!slow(two, [101, 201, 300], far, None), "bytes came in only from nearer");
+        assert!(slow(two, [100, 201, 300], Scope::Local, None), "a peer nearby, dialed nearby");
     }
 
     #[test]

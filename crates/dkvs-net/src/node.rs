@@ -18,6 +18,7 @@ use crate::codec::pb;
 use crate::defence::Defence;
 use crate::extension::{Extension, GossipMessage, Host, LookupId};
 use crate::ops::Op;
+use crate::stalled::Scope;
 use crate::watch::Watch;
 use crate::{
     BootstrapError, Config, DialError, GetError, GetOutcome, ListenError, NetError, PutError,
@@ -936,8 +937,7 @@ pub(crate) struct Driver<E: Extension> {
     probes: crate::probe::Probes,
     /// When each dial in flight started, by its connection, and the bytes this node had
     /// received then (by the way they came): a dial that failed slowly while others answered
-    /// holds its peer
-    /// ([`crate::held`]).
+    /// holds its peer ([`crate::held`]).
     dial_started: HashMap<libp2p::swarm::ConnectionId, (Instant, crate::transport::Heard)>,
     /// The bytes every connection carried (transport.rs).
     counters: crate::transport::Counters,
@@ -1413,20 +1413,21 @@ impl<E: Extension> Driver<E> {
                 self.probes.ended(*connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
-                // Slow, while others answered the ways it tried: the dial waited on the peer,
-                // not on this node's own network (a silent outage keeps connections up for
-                // minutes).
-                use crate::stalled::Scope;
-                let heard_now = self.counters.heard();
-                let scopes: Vec<Scope> = match error {
+                // Slow, while others of its scope answered: the dial waited on the peer, not on
+                // this node's own network (a silent outage keeps connections up for minutes;
+                // a dial tries a peer's private and loopback addresses too). Only a transport's
+                // failure can hold the peer (`dial_failed`).
+                let farthest = match error {
                     libp2p::swarm::DialError::Transport(attempts) => {
-                        attempts.iter().map(|(address, _)| Scope::of(address)).collect()
+                        attempts.iter().map(|(address, _)| Scope::of(address)).max()
                     }
-                    _ => vec![Scope::Host, Scope::Local, Scope::Internet],
+                    _ => None,
                 };
-                let slow = self.dial_started.remove(connection_id).is_some_and(|(at, heard)| {
-                    let now = Instant::now();
-                    crate::held::failed_slowly(at, heard, now, heard_now, scopes.into_iter())
+                let heard_now = (Instant::now(), self.counters.heard());
+                let started = self.dial_started.remove(connection_id);
+                let slow = started.zip(farthest).is_some_and(|(started, scope)| {
+                    let answered = self.swarm.behaviour().kad.heard(scope);
+                    crate::held::failed_slowly(started, heard_now, scope, answered)
                 });
                 // A probe that tried some of the peer's addresses says nothing of the others.
                 let settles = self.probes.ended(*connection_id);

@@ -26,8 +26,8 @@
 //! own wait on a request) while asked, has its connections closed, and its dials are held as
 //! [`crate::held`] holds a peer whose dial failed slowly (a stopped process's dial never
 //! completes its handshake), and it is counted unreachable in the table. Only if another
-//! peer reached as far away answered since it was given up on ([`Scope`]: this host, a
-//! network of its own, the internet; by the address of each peer's first connection): when
+//! peer of the same scope answered since it was given up on ([`Scope`]: this host, a network
+//! of its own, the internet; by the address of each peer's first connection): when
 //! none did, this node's own network may be what is silent (a Wi-Fi that dropped, its
 //! connections still up; an uplink that dropped while peers on the same host or network
 //! still answer), and nothing is closed. One answer suffices: an attacker on the path can
@@ -92,6 +92,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::kad::QueryId;
+use libp2p::swarm::ConnectionId;
 
 use crate::lane::RequestId;
 use tokio::time::Instant;
@@ -183,7 +184,7 @@ impl<K: PartialEq, const N: usize> Recent<K, N> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Request {
     Lookup(QueryId),
-    Opened(libp2p::swarm::ConnectionId, u32),
+    Opened(ConnectionId, u32),
     Record(RequestId),
 }
 
@@ -197,17 +198,18 @@ pub(crate) enum Wait {
     Write,
 }
 
-/// How far the way to a peer goes: an answer shows that this node's way to peers as far
-/// away works, not to farther ones (a peer on the same host answers through a Wi-Fi that
-/// dropped; one on the same network, through an uplink that did).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How far the way to a peer goes: an answer shows that this node's way to peers of the same
+/// scope works, not to others (a peer on the same host answers through a Wi-Fi that dropped;
+/// one on the same network, through an uplink that did). Ordered nearest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) enum Scope {
     /// This host (loopback, or the memory transport: this process).
     Host = 0,
-    /// A network of its own (private, link-local, unique local and carrier-grade NAT
-    /// addresses).
+    /// A network of its own (private, link-local and unique local addresses).
     Local = 1,
-    /// The internet (any other address, and names).
+    /// The internet (any other address, and names; also carrier-grade NAT's shared
+    /// addresses, reached through the uplink, and a LAN peer's global IPv6 address, which
+    /// the address alone does not tell apart).
     #[default]
     Internet = 2,
 }
@@ -217,11 +219,9 @@ impl Scope {
     pub(crate) fn of(address: &libp2p::Multiaddr) -> Scope {
         use libp2p::multiaddr::Protocol;
         let v4 = |ip: std::net::Ipv4Addr| {
-            let [a, b, ..] = ip.octets();
             if ip.is_loopback() {
                 Scope::Host
-            } else if ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b))
-            {
+            } else if ip.is_private() || ip.is_link_local() {
                 Scope::Local
             } else {
                 Scope::Internet
@@ -384,7 +384,9 @@ impl Answers {
         }
         self.heard[self.scopes.get(&peer).copied().unwrap_or_default() as usize] = Some(now);
         entry.silent_since = now;
-        if let Some(asked) = asked {
+        // Kademlia's answers: a record request waits on other work of the peer's (and of this
+        // node's, which sends them on lanes of their own).
+        if let (Some(asked), Request::Lookup(_) | Request::Opened(..)) = (asked, request) {
             entry.answered_sent = entry.answered_sent.max(Some(asked.at));
         }
         entry.given_up_since = None;
@@ -402,6 +404,20 @@ impl Answers {
     /// `peer` connected, its first connection at `address` (the remote one).
     pub(crate) fn connected(&mut self, peer: PeerId, address: &libp2p::Multiaddr) {
         self.scopes.entry(peer).or_insert_with(|| Scope::of(address));
+    }
+
+    /// `peer`'s `connection` closed, and others stay: the requests it opened with are lost
+    /// (the others sent on it are not known, [`Answers::connection_closed`]).
+    pub(crate) fn opened_lost(&mut self, peer: PeerId, connection: ConnectionId) {
+        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        self.asked.retain(|(asked, request), state| {
+            let lost =
+                *asked == peer && matches!(request, Request::Opened(c, _) if *c == connection);
+            if lost && !state.given_up {
+                entry.unwait(*state);
+            }
+            !lost
+        });
     }
 
     /// One of `peer`'s connections closed at `now`, and others stay: the requests sent on it
@@ -431,6 +447,11 @@ impl Answers {
             }
             self.past.push_back((peer, entry.times, now));
         }
+    }
+
+    /// When a peer reached `scope`'s way last answered.
+    pub(crate) fn heard(&self, scope: Scope) -> Option<Instant> {
+        self.heard[scope as usize]
     }
 
     /// Whether `peer` was given up on and has answered nothing since: for how long it has
@@ -476,6 +497,11 @@ impl Answers {
             && now >= at + ASKED_KEPT
         {
             self.sent.pop_front();
+            if let (Request::Lookup(_), Some(entry)) = (request, self.peers.get_mut(&peer)) {
+                while entry.lookups.front().is_some_and(|(at, _)| now >= *at + ASKED_KEPT) {
+                    entry.lookups.pop_front();
+                }
+            }
             let Some(asked) = self.asked.get(&(peer, request)).copied() else { continue };
             if asked.at != at {
                 continue;
@@ -860,12 +886,8 @@ mod tests {
         // A peer over the internet goes silent while one on this host, or on this node's own
         // network, answers: this node's uplink may be what dropped. It is given up on, not
         // closed (nor held); once a peer over the internet answers, it is closed.
-        let near = [
-            "/ip4/127.0.0.1/tcp/1",
-            "/memory/3",
-            "/ip4/192.168.1.7/tcp/1",
-            "/ip4/100.64.0.9/tcp/1",
-        ];
+        let near =
+            ["/ip4/127.0.0.1/tcp/1", "/memory/3", "/ip4/192.168.1.7/tcp/1", "/ip6/fe80::9/tcp/1"];
         for near in near {
             let (mut held, peers) = with_peers(3);
             let (silent, near_peer, far_peer) = (peers[0], peers[1], peers[2]);
@@ -887,8 +909,7 @@ mod tests {
         assert_eq!(scope("/ip4/10.1.2.3/tcp/1"), Scope::Local);
         assert_eq!(scope("/ip4/172.16.0.1/tcp/1"), Scope::Local);
         assert_eq!(scope("/ip4/169.254.0.1/tcp/1"), Scope::Local);
-        assert_eq!(scope("/ip4/100.127.255.255/tcp/1"), Scope::Local);
-        assert_eq!(scope("/ip4/100.128.0.0/tcp/1"), Scope::Internet);
+        assert_eq!(scope("/ip4/100.64.0.1/tcp/1"), Scope::Internet, "carrier-grade NAT");
         assert_eq!(scope("/ip6/fd00::1/tcp/1"), Scope::Local);
         assert_eq!(scope("/ip6/fe80::1/tcp/1"), Scope::Local);
         assert_eq!(scope("/ip6/::ffff:192.168.0.1/tcp/1"), Scope::Local);
@@ -923,6 +944,20 @@ mod tests {
         drain(&mut held);
         assert!(held.query(&third).is_none());
         assert!(held.wrapper_mut().answers_mut().next().is_none(), "nothing owed");
+
+        // An operation's record request answered meanwhile says nothing of the peer's
+        // Kademlia work (this node sends those on lanes of their own): a lookup's request
+        // sent before it is waited on as the peer's silence is.
+        use crate::lane::RequestId;
+        let (mut held, peer) = one_peer();
+        let lookup = ask(&mut held, 4);
+        tokio::time::advance(ms(1000)).await;
+        let id = RequestId::new_unchecked(1);
+        held.record_asked(peer, id, Wait::Answer, Instant::now());
+        held.record_ended(peer, id, true, Instant::now());
+        tokio::time::advance(ms(1000)).await;
+        drain(&mut held);
+        assert!(held.query(&lookup).is_some(), "given up on alone for a record's answer");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1172,6 +1207,19 @@ mod tests {
         closed(&mut held, peer, 0);
         drain(&mut held);
         assert!(held.wrapper_mut().answers_mut().next().is_none(), "a closed connection's");
+
+        // One that closed after, while another of the peer's stays: its requests are lost,
+        // and the peer owes nothing.
+        let (mut held, peer, _) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let _handler = opened(&mut held, peer);
+        drain(&mut held);
+        assert!(held.wrapper_mut().answers_mut().next().is_some(), "the request it opened with");
+        closed(&mut held, peer, 1);
+        assert!(held.wrapper_mut().answers_mut().next().is_none(), "lost with its connection");
+        tokio::time::advance(SLOW_FAILURE * 4).await;
+        drain(&mut held);
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "a lost request is no silence");
     }
 
     #[test]

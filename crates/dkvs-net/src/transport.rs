@@ -60,16 +60,16 @@ pub struct Traffic {
 /// Bytes received, by the [`Scope`] of the way they came (indexed by it).
 pub(crate) type Heard = [u64; 3];
 
-/// The node's byte counters, shared by all its connections: bytes in, bytes out, and bytes
-/// in by the [`Scope`] of the way they came.
+/// The node's byte counters, shared by all its connections: bytes out, and bytes in by the
+/// [`Scope`] of the way they came.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Counters(Arc<[AtomicU64; 5]>);
+pub(crate) struct Counters(Arc<[AtomicU64; 4]>);
 
 impl Counters {
     pub(crate) fn traffic(&self) -> Traffic {
         Traffic {
-            bytes_in: self.0[0].load(Ordering::Relaxed),
-            bytes_out: self.0[1].load(Ordering::Relaxed),
+            bytes_in: self.heard().iter().sum(),
+            bytes_out: self.0[0].load(Ordering::Relaxed),
         }
     }
 
@@ -90,7 +90,7 @@ struct Counted<S> {
 
 /// Where [`Counters`] counts the bytes in that came `scope`'s way.
 fn heard_at(scope: Scope) -> usize {
-    2 + scope as usize
+    1 + scope as usize
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -100,7 +100,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        self.counters.0[0].fetch_add(n as u64, Ordering::Relaxed);
         self.counters.0[self.heard].fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
@@ -113,7 +112,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.counters.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.0[0].fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
 
@@ -123,7 +122,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        self.counters.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.0[0].fetch_add(n as u64, Ordering::Relaxed);
         Poll::Ready(Ok(n))
     }
 
