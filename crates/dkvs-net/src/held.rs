@@ -228,6 +228,12 @@ impl std::error::Error for HeldBack {}
 #[error("not connected {0:?} after Kademlia asked: its lookups go on without the peer")]
 pub(crate) struct GaveUp(Duration);
 
+/// Why Kademlia was told that a connected peer failed: a connection closed under requests
+/// it opened with, while others of the peer stay.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection that carried this lookup's request closed: the request is lost")]
+pub(crate) struct Lost;
+
 /// Why Kademlia was told that a connected peer failed.
 #[derive(Debug, thiserror::Error)]
 #[error("answered none of this node's requests for {0:?}: passed over until it answers")]
@@ -493,7 +499,7 @@ impl Holds {
 
     /// A connection of Kademlia's sent a request it opened with, or one of those ended: timed
     /// as a request this node sees go (not once the connection closed: its requests are lost,
-    /// and Kademlia's lookups count the peer failed, or it is timed from the close on).
+    /// and Kademlia's lookups count the peer failed, or are told so, [`Lost`]).
     fn on_opened(&mut self, report: OpenedRequest) {
         let OpenedRequest { peer, connection, index, at, progress } = report;
         let request = Request::Opened(connection, index);
@@ -547,6 +553,14 @@ fn tell_failed<B: NetworkBehaviour>(
     let error = DialError::Denied { cause: ConnectionDenied::new(why) };
     let failure = DialFailure { peer_id: Some(peer), error: &error, connection_id };
     kad.on_swarm_event(FromSwarm::DialFailure(failure));
+}
+
+/// The scope of the farthest of the addresses a failed dial tried that went out and failed
+/// there (not those no transport here takes); none for a dial that failed otherwise.
+pub(crate) fn farthest_tried(error: &DialError) -> Option<Scope> {
+    let DialError::Transport(attempts) = error else { return None };
+    let tried = attempts.iter().filter(|(_, e)| matches!(e, libp2p::TransportError::Other(_)));
+    tried.map(|(address, _)| Scope::of(address)).max()
 }
 
 /// The failure of `lookup`'s request, as a connection of Kademlia's tells it (so that one
@@ -844,7 +858,8 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 let dialed = established.endpoint.is_dialer();
                 let (peer, connection) = (established.peer_id, established.connection_id);
                 self.open.insert(connection);
-                self.answers.connected(peer, established.endpoint.get_remote_address());
+                let address = crate::node::remote_address(established.endpoint);
+                self.answers.connected(peer, &address);
                 self.connected(peer, connection, dialed, Instant::now())
             }
             FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
@@ -853,8 +868,13 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 self.answers.closed(closed.peer_id, Instant::now());
             }
             FromSwarm::ConnectionClosed(closed) => {
-                self.open.remove(&closed.connection_id);
-                self.answers.opened_lost(closed.peer_id, closed.connection_id);
+                let (peer, connection) = (closed.peer_id, closed.connection_id);
+                self.open.remove(&connection);
+                if self.answers.opened_lost(peer, connection) {
+                    // Kademlia hears of the close only with the peer's last connection.
+                    tracing::debug!(%peer, "a connection closed under requests it opened with");
+                    tell_failed(kad, peer, connection, Lost);
+                }
                 self.answers.connection_closed(closed.peer_id, Instant::now());
             }
             // A dial refused because another of the peer is under way says nothing of it.
@@ -1349,6 +1369,30 @@ pub(crate) mod tests {
                 "{failed:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_dial_is_judged_by_the_farthest_address_it_tried_that_went_out() {
+        use libp2p::TransportError;
+        let attempt = |address: &str, went_out: bool| {
+            let address: libp2p::Multiaddr = address.parse().expect("address");
+            let error = if went_out {
+                TransportError::Other(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            } else {
+                TransportError::MultiaddrNotSupported(address.clone())
+            };
+            (address, error)
+        };
+        let dial = |attempts| farthest_tried(&DialError::Transport(attempts));
+        let lan = attempt("/ip4/192.168.0.7/tcp/1", true);
+        let host = attempt("/ip4/127.0.0.1/tcp/1", true);
+        let far = attempt("/ip4/203.0.113.9/tcp/1", true);
+        let name = attempt("/dns4/example.org/tcp/1", false);
+        assert_eq!(dial(vec![host, lan, name]), Some(Scope::Local), "a name no transport takes");
+        let host = attempt("/ip4/127.0.0.1/tcp/1", true);
+        assert_eq!(dial(vec![host, far]), Some(Scope::Internet));
+        assert_eq!(dial(vec![attempt("/dns4/example.org/tcp/1", false)]), None);
+        assert_eq!(farthest_tried(&DialError::Aborted), None);
     }
 
     #[test]

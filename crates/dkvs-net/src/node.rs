@@ -18,7 +18,6 @@ use crate::codec::pb;
 use crate::defence::Defence;
 use crate::extension::{Extension, GossipMessage, Host, LookupId};
 use crate::ops::Op;
-use crate::stalled::Scope;
 use crate::watch::Watch;
 use crate::{
     BootstrapError, Config, DialError, GetError, GetOutcome, ListenError, NetError, PutError,
@@ -1417,12 +1416,7 @@ impl<E: Extension> Driver<E> {
                 // this node's own network (a silent outage keeps connections up for minutes;
                 // a dial tries a peer's private and loopback addresses too). Only a transport's
                 // failure can hold the peer (`dial_failed`).
-                let farthest = match error {
-                    libp2p::swarm::DialError::Transport(attempts) => {
-                        attempts.iter().map(|(address, _)| Scope::of(address)).max()
-                    }
-                    _ => None,
-                };
+                let farthest = crate::held::farthest_tried(error);
                 let heard_now = (Instant::now(), self.counters.heard());
                 let started = self.dial_started.remove(connection_id);
                 let slow = started.zip(farthest).is_some_and(|(started, scope)| {

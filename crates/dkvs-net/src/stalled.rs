@@ -382,8 +382,12 @@ impl Answers {
         if !answered {
             return;
         }
-        self.heard[self.scopes.get(&peer).copied().unwrap_or_default() as usize] = Some(now);
-        entry.silent_since = now;
+        // (A peer's scope is known from its connection on; a late report may come after.)
+        if let Some(scope) = self.scopes.get(&peer) {
+            let heard = &mut self.heard[*scope as usize];
+            *heard = (*heard).max(Some(now));
+        }
+        entry.silent_since = entry.silent_since.max(now);
         // Kademlia's answers: a record request waits on other work of the peer's (and of this
         // node's, which sends them on lanes of their own).
         if let (Some(asked), Request::Lookup(_) | Request::Opened(..)) = (asked, request) {
@@ -407,17 +411,23 @@ impl Answers {
     }
 
     /// `peer`'s `connection` closed, and others stay: the requests it opened with are lost
-    /// (the others sent on it are not known, [`Answers::connection_closed`]).
-    pub(crate) fn opened_lost(&mut self, peer: PeerId, connection: ConnectionId) {
-        let Some(entry) = self.peers.get_mut(&peer) else { return };
+    /// (the others sent on it are not known, [`Answers::connection_closed`]). Whether any was
+    /// still waited on: Kademlia, which hears of no close while others stay, waits on them.
+    pub(crate) fn opened_lost(&mut self, peer: PeerId, connection: ConnectionId) -> bool {
+        let Some(entry) = self.peers.get_mut(&peer).filter(|entry| entry.waiting > 0) else {
+            return false;
+        };
+        let mut waited = false;
         self.asked.retain(|(asked, request), state| {
             let lost =
                 *asked == peer && matches!(request, Request::Opened(c, _) if *c == connection);
             if lost && !state.given_up {
                 entry.unwait(*state);
+                waited = true;
             }
             !lost
         });
+        waited
     }
 
     /// One of `peer`'s connections closed at `now`, and others stay: the requests sent on it
@@ -1027,6 +1037,7 @@ mod tests {
         let answers = held.wrapper_mut().answers_mut();
         assert!(answers.asked.is_empty(), "kept: {:?}", answers.asked.keys());
         assert!(answers.sent.is_empty(), "kept: {:?}", answers.sent);
+        assert!(answers.peers[&peer].lookups.is_empty(), "kept: {:?}", answers.peers[&peer]);
         held.set_stranded(false);
         drain(&mut held);
         let answers = held.wrapper_mut().answers_mut();
@@ -1160,11 +1171,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_connected_for_a_lookup_and_answers_nothing_is_passed_over() {
         // Kademlia hands the connection the lookup's request as it opens: timed all the same.
+        // It is timed from when the connection sent it, not from when this node heard.
         let (mut held, peer, lookup) = asked_to_dial_one();
         held.wrapper_mut().answers_mut().times.push(ms(10));
         let _handler = opened(&mut held, peer);
+        tokio::time::advance(ms(500)).await;
         drain(&mut held);
-        given_up_after(&mut held, peer, SLOW_FAILURE).await;
+        given_up_after(&mut held, peer, SLOW_FAILURE - ms(500)).await;
         assert!(held.query(&lookup).is_none(), "the lookup went on without the peer, and ended");
     }
 
@@ -1209,14 +1222,17 @@ mod tests {
         assert!(held.wrapper_mut().answers_mut().next().is_none(), "a closed connection's");
 
         // One that closed after, while another of the peer's stays: its requests are lost,
-        // and the peer owes nothing.
-        let (mut held, peer, _) = asked_to_dial_one();
+        // the peer owes nothing, and Kademlia, which hears of no close, is told that its
+        // lookup's request failed.
+        let (mut held, peer, lookup) = asked_to_dial_one();
         held.wrapper_mut().answers_mut().times.push(ms(10));
         let _handler = opened(&mut held, peer);
         drain(&mut held);
         assert!(held.wrapper_mut().answers_mut().next().is_some(), "the request it opened with");
         closed(&mut held, peer, 1);
         assert!(held.wrapper_mut().answers_mut().next().is_none(), "lost with its connection");
+        drain(&mut held);
+        assert!(held.query(&lookup).is_none(), "the lookup went on without the peer");
         tokio::time::advance(SLOW_FAILURE * 4).await;
         drain(&mut held);
         assert!(held.passed_over(&peer, Instant::now()).is_none(), "a lost request is no silence");
