@@ -1168,13 +1168,21 @@ mod tests {
         given_up_after(&mut held, peer, SLOW_FAILURE).await;
     }
 
+    /// A node where answers take 10 ms, whose lookup asked to dial its one peer, and that
+    /// peer's connection, which sent the lookup's request as it opened (this node has not
+    /// yet heard of it).
+    fn connected_for_a_lookup() -> (Held, PeerId, QueryId, crate::held::Opened) {
+        let (mut held, peer, lookup) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let handler = opened(&mut held, peer);
+        (held, peer, lookup, handler)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_connected_for_a_lookup_and_answers_nothing_is_passed_over() {
         // Kademlia hands the connection the lookup's request as it opens: timed all the same.
         // It is timed from when the connection sent it, not from when this node heard.
-        let (mut held, peer, lookup) = asked_to_dial_one();
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let _handler = opened(&mut held, peer);
+        let (mut held, peer, lookup, _handler) = connected_for_a_lookup();
         tokio::time::advance(ms(500)).await;
         drain(&mut held);
         given_up_after(&mut held, peer, SLOW_FAILURE - ms(500)).await;
@@ -1186,9 +1194,7 @@ mod tests {
         use libp2p::swarm::StreamUpgradeError;
         use libp2p::swarm::handler::DialUpgradeError;
         // Its stream could not open: Kademlia's lookup counts the peer failed; nothing waits.
-        let (mut held, peer, lookup) = asked_to_dial_one();
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let mut handler = opened(&mut held, peer);
+        let (mut held, peer, lookup, mut handler) = connected_for_a_lookup();
         let error = DialUpgradeError { info: (), error: StreamUpgradeError::Timeout };
         handler.on_connection_event(ConnectionEvent::DialUpgradeError(error));
         poll_handler(&mut held, peer, &mut handler);
@@ -1201,9 +1207,7 @@ mod tests {
 
         // Answered: the peer is not silent (Kademlia's answer goes to the lookup as it comes;
         // the connection tells of its end, which is all it can say without a stream here).
-        let (mut held, peer, _) = asked_to_dial_one();
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let _handler = opened(&mut held, peer);
+        let (mut held, peer, _, _handler) = connected_for_a_lookup();
         drain(&mut held);
         assert!(held.wrapper_mut().answers_mut().next().is_some(), "the request it opened with");
         held.wrapper_mut().opened_ended(peer, 0, true);
@@ -1214,9 +1218,7 @@ mod tests {
         assert!(held.passed_over(&peer, Instant::now()).is_none(), "it answered");
 
         // A connection that closed before this node heard of its request: not timed.
-        let (mut held, peer, _) = asked_to_dial_one();
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let _handler = opened(&mut held, peer);
+        let (mut held, peer, _, _handler) = connected_for_a_lookup();
         closed(&mut held, peer, 0);
         drain(&mut held);
         assert!(held.wrapper_mut().answers_mut().next().is_none(), "a closed connection's");
@@ -1224,9 +1226,7 @@ mod tests {
         // One that closed after, while another of the peer's stays: its requests are lost,
         // the peer owes nothing, and Kademlia, which hears of no close, is told that its
         // lookup's request failed.
-        let (mut held, peer, lookup) = asked_to_dial_one();
-        held.wrapper_mut().answers_mut().times.push(ms(10));
-        let _handler = opened(&mut held, peer);
+        let (mut held, peer, lookup, _handler) = connected_for_a_lookup();
         drain(&mut held);
         assert!(held.wrapper_mut().answers_mut().next().is_some(), "the request it opened with");
         closed(&mut held, peer, 1);
