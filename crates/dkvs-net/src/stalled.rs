@@ -72,7 +72,9 @@
 //! lookup asked to dial; the dial's wait is [`crate::held`]'s) are timed too, from when the
 //! connection sends them: the connection tells ([`crate::held::Opened`]), as Kademlia hands
 //! them inside itself (only those it sends before it is handed any other: which lookup each
-//! is for, nothing tells).
+//! is for, nothing tells). When that connection closes while others of the peer stay, they
+//! are lost, and Kademlia, which hears only of a peer's last connection closing, is told
+//! that the peer failed ([`crate::held::Lost`]).
 //!
 //! A peer that answers some requests and not others (a liar holding back the lookups of one
 //! key, a request lost on a connection that closed beside another) is not given up on while
@@ -80,7 +82,8 @@
 //! after is given up on alone: that lookup goes on without the peer (Kademlia is told that
 //! the request failed, in the words of its own connection handler, `held::failure`), the
 //! others wait on. A busy peer answers in turn, and a request it answered nothing sent after
-//! is waited on as its silence is. A liar can still hold a lookup for its patience, and to
+//! is waited on as its silence is; only Kademlia's answers count for this (this node sends
+//! record requests on lanes of their own). A liar can still hold a lookup for its patience, and to
 //! its deadline by answering slowly (which lengthens its own patience, also when it connects
 //! again within [`PAST_KEPT`], unless it was closed for its silence), but not another peer's;
 //! the requests a connection opened with (which lookup each is for, nothing tells) and gets'
