@@ -145,6 +145,14 @@ type KadHandler = <Kad as NetworkBehaviour>::ConnectionHandler;
 type KadIn = THandlerInEvent<Kad>;
 /// What Kademlia's connections tell its behaviour.
 pub(crate) type KadOut = THandlerOutEvent<Kad>;
+type KadHandlerEvent = ConnectionHandlerEvent<
+    <KadHandler as ConnectionHandler>::OutboundProtocol,
+    <KadHandler as ConnectionHandler>::OutboundOpenInfo,
+    KadOut,
+>;
+/// At most how many times a new connection's Kademlia handler is polled as it is wrapped:
+/// it asks for at most 32 streams at once.
+const PRELOAD_POLLS: usize = 64;
 
 /// Kademlia, its dials of peers that could not be reached held back (the module's docs). It
 /// derefs to Kademlia.
@@ -678,15 +686,20 @@ impl Default for Reports {
 /// Kademlia hands a new connection the requests of its lookups that asked to dial the peer,
 /// inside the behaviour ([`Holds`] does not see them go), ahead of any it hands it after; it
 /// has no other way to send a request. dkvs's Kademlia sends lookups only (no provider
-/// records): each request sent gets an answer or fails. So a request sent before the
-/// behaviour handed the connection any is one it opened with; one sent after may not be, and
-/// is not timed (a connection sends those it opened with at its first poll, before any other
-/// can come). An end of a request whose lookup the behaviour did not hand it is the end of
-/// one it opened with: which one does not matter, they are timed alike.
+/// records): each request sent gets an answer or fails. Its handler asks for their streams
+/// when first polled, which [`Holds`] does as it wraps it: those are counted exactly, before
+/// the behaviour can hand the connection any other (it may, before the connection's first
+/// poll). A request sent later, before the behaviour handed the connection any, is one it
+/// opened with too (Kademlia's handler opens at most 32 streams at once); one sent after may
+/// not be, and is not timed. An end of a request whose lookup the behaviour did not hand it
+/// is the end of one it opened with: which one does not matter, they are timed alike.
 #[derive(Debug, Default)]
 struct Opening {
     /// Whether the behaviour handed the connection a request.
     any_handed: bool,
+    /// How many of those it opened with are still to be sent: their stream requests, taken
+    /// from Kademlia's handler as it was wrapped, are not yet passed on.
+    unsent: u32,
     /// The lookups of the requests the behaviour handed it that have not ended, while some it
     /// opened with are outstanding.
     handed_lookups: Vec<kad::QueryId>,
@@ -704,15 +717,22 @@ impl Opening {
             return;
         }
         self.any_handed = true;
-        if let Some(lookup) = lookup.filter(|_| !self.outstanding.is_empty()) {
+        if let Some(lookup) = lookup.filter(|_| !self.settled()) {
             self.handed_lookups.push(lookup);
         }
     }
 
-    /// The connection asks for a stream to send a request on: the number of the request, if
-    /// it is one it opened with.
-    fn sending(&mut self) -> Option<u32> {
-        if self.any_handed {
+    /// Whether none of the requests it opened with is to be sent or outstanding.
+    fn settled(&self) -> bool {
+        self.unsent == 0 && self.outstanding.is_empty()
+    }
+
+    /// The connection asks for a stream to send a request on (`counted`: one of those
+    /// counted as it was wrapped): the number of the request, if it is one it opened with.
+    fn sending(&mut self, counted: bool) -> Option<u32> {
+        if counted {
+            self.unsent = self.unsent.saturating_sub(1);
+        } else if self.any_handed {
             return None;
         }
         let index = self.sent;
@@ -733,16 +753,16 @@ impl Opening {
             return None;
         }
         let index = self.outstanding.pop_front()?;
-        if self.outstanding.is_empty() {
+        if self.settled() {
             self.handed_lookups.clear();
         }
         Some((index, answered))
     }
 
     /// Whether nothing is left to tell: the behaviour handed the connection a request, and
-    /// none it opened with is outstanding.
+    /// none it opened with is to be sent or outstanding.
     fn done(&self) -> bool {
-        self.any_handed && self.outstanding.is_empty()
+        self.any_handed && self.settled()
     }
 }
 
@@ -751,6 +771,8 @@ impl Opening {
 /// for a lookup and answers nothing no longer holds the lookup to its deadline.
 pub(crate) struct Opened {
     inner: KadHandler,
+    /// What Kademlia's handler said when polled as it was wrapped, not yet passed on.
+    preloaded: VecDeque<KadHandlerEvent>,
     peer: PeerId,
     connection: ConnectionId,
     opening: Opening,
@@ -794,11 +816,14 @@ impl ConnectionHandler for Opened {
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
-        let polled = self.inner.poll(cx);
+        let (polled, counted) = match self.preloaded.pop_front() {
+            Some(event) => (Poll::Ready(event), true),
+            None => (self.inner.poll(cx), false),
+        };
         if self.report.is_some() {
             match &polled {
                 Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. }) => {
-                    if let Some(index) = self.opening.sending() {
+                    if let Some(index) = self.opening.sending(counted) {
                         self.report(index, Progress::Sent);
                     }
                 }
@@ -844,9 +869,21 @@ impl ConnectionHandler for Opened {
 impl crate::wrap::Wrap<KadHandler> for Holds {
     type Handler = Opened;
 
-    fn wrap(&mut self, handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
+    fn wrap(&mut self, mut handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
+        // What Kademlia preloaded the handler with, taken out before the behaviour can hand
+        // the connection another request. Polled again with the connection's own waker
+        // before anything waits on it: the connection polls its handler as it starts.
+        let (mut preloaded, mut unsent) = (VecDeque::new(), 0);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while preloaded.len() < PRELOAD_POLLS {
+            let Poll::Ready(event) = handler.poll(&mut cx) else { break };
+            let request = matches!(event, ConnectionHandlerEvent::OutboundSubstreamRequest { .. });
+            unsent += u32::from(request);
+            preloaded.push_back(event);
+        }
+        let opening = Opening { unsent, ..Opening::default() };
         let report = Some(self.reports.sender.clone());
-        Opened { inner: handler, peer, connection, opening: Opening::default(), report }
+        Opened { inner: handler, preloaded, peer, connection, opening, report }
     }
 
     fn on_swarm_event<B>(&mut self, kad: &mut B, event: FromSwarm)
@@ -1403,11 +1440,11 @@ pub(crate) mod tests {
         let answer = |lookup| KadOut::FindNodeRes { closer_peers: Vec::new(), query_id: lookup };
         let mut opening = Opening::default();
         // Two sent before the behaviour handed it any: it opened with those.
-        assert_eq!(opening.sending(), Some(0));
-        assert_eq!(opening.sending(), Some(1));
+        assert_eq!(opening.sending(false), Some(0));
+        assert_eq!(opening.sending(false), Some(1));
         // The behaviour hands it one: what it sends from now on may be that one.
         opening.handed(&find(lookups[2]));
-        assert_eq!(opening.sending(), None);
+        assert_eq!(opening.sending(false), None);
         assert!(!opening.done());
         // The answer to the handed one ends none of those; another lookup's ends the oldest.
         assert_eq!(opening.ended(&answer(lookups[2])), None);
@@ -1420,8 +1457,40 @@ pub(crate) mod tests {
         // A connection the behaviour handed a request first says nothing.
         let mut opening = Opening::default();
         opening.handed(&find(lookups[3]));
-        assert_eq!(opening.sending(), None);
+        assert_eq!(opening.sending(false), None);
         assert!(opening.done());
+        // Unless it was wrapped with requests to send (counted then): those are the ones it
+        // opened with, and the handed one's end is told apart from theirs.
+        let mut opening = Opening { unsent: 2, ..Opening::default() };
+        opening.handed(&find(lookups[2]));
+        assert!(!opening.done(), "two to send");
+        assert_eq!(opening.sending(true), Some(0));
+        assert_eq!(opening.sending(true), Some(1));
+        assert_eq!(opening.sending(false), None, "the handed one");
+        assert_eq!(opening.ended(&answer(lookups[2])), None, "the handed one's");
+        assert_eq!(opening.ended(&answer(lookups[0])), Some((0, true)));
+        assert!(!opening.done());
+        assert_eq!(opening.ended(&answer(lookups[1])), Some((1, true)));
+        assert!(opening.done());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_counts_what_kademlia_preloaded_it_with_as_it_is_wrapped() {
+        // A lookup waits on a dial of the peer; its connection opens.
+        let (mut held, peer, _) = asked_to_dial_one();
+        let mut handler = wrapped(&mut held, peer);
+        assert_eq!(handler.opening.unsent, 1, "the lookup's request, counted");
+        assert_eq!(handler.preloaded.len(), 1, "kept for the connection to send");
+        // The behaviour hands it another before it first ran: the preloaded goes first.
+        let other = held.get_closest_peers(vec![2]);
+        handler.on_behaviour_event(KadIn::FindNodeReq { key: vec![2], query_id: other });
+        assert_eq!(poll_handler(&mut held, peer, &mut handler), 2, "both sent");
+        assert_eq!(handler.opening.outstanding, [0], "one it opened with, outstanding");
+        assert_eq!(handler.opening.handed_lookups, [other]);
+        // A connection that Kademlia preloaded nothing into has nothing to count.
+        let (mut held, peers) = with_peers(1);
+        let handler = wrapped(&mut held, peers[0]);
+        assert_eq!((handler.opening.unsent, handler.preloaded.len()), (0, 0));
     }
 
     fn dialer() -> libp2p::core::ConnectedPoint {
@@ -1435,11 +1504,19 @@ pub(crate) mod tests {
     /// `held`'s handler for a connection to `peer` it dialed, polled until it has nothing to
     /// say.
     pub(crate) fn opened(held: &mut Held, peer: PeerId) -> Opened {
+        let mut handler = wrapped(held, peer);
+        poll_handler(held, peer, &mut handler);
+        handler
+    }
+
+    /// `held`'s handler for a connection to `peer` it dialed, not yet polled by its
+    /// connection.
+    pub(crate) fn wrapped(held: &mut Held, peer: PeerId) -> Opened {
         use libp2p::core::Endpoint;
         use libp2p::core::transport::PortUse;
         let (connection, address) =
             (ConnectionId::new_unchecked(7), "/memory/9".parse().expect("address"));
-        let mut handler = held
+        let handler = held
             .handle_established_outbound_connection(
                 connection,
                 peer,
@@ -1449,7 +1526,6 @@ pub(crate) mod tests {
             )
             .expect("a handler");
         established(held, peer, true);
-        poll_handler(held, peer, &mut handler);
         handler
     }
 

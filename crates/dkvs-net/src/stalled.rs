@@ -71,8 +71,8 @@
 //! may be what is slow). The requests Kademlia hands a connection as it opens (to a peer a
 //! lookup asked to dial; the dial's wait is [`crate::held`]'s) are timed too, from when the
 //! connection sends them: the connection tells ([`crate::held::Opened`]), as Kademlia hands
-//! them inside itself (only those it sends before it is handed any other: which lookup each
-//! is for, nothing tells). When that connection closes while others of the peer stay, they
+//! them inside itself (counted as the connection's handler is wrapped, before the behaviour
+//! can hand it any other: which lookup each is for, nothing tells). When that connection closes while others of the peer stay, they
 //! are lost, and Kademlia, which hears only of a peer's last connection closing, is told
 //! that the peer failed ([`crate::held::Lost`]).
 //!
@@ -630,7 +630,7 @@ mod tests {
 
     use crate::held::tests::{
         Woken, asked_to_dial_one, closed, established, established_at, events, opened,
-        poll_handler, with_peers,
+        poll_handler, with_peers, wrapped,
     };
     use crate::held::{Held, KadOut};
 
@@ -1189,6 +1189,27 @@ mod tests {
         tokio::time::advance(ms(500)).await;
         drain(&mut held);
         given_up_after(&mut held, peer, SLOW_FAILURE - ms(500)).await;
+        assert!(held.query(&lookup).is_none(), "the lookup went on without the peer, and ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_handed_to_a_connection_before_it_ran_hides_none_it_opened_with() {
+        // The behaviour hands the new connection another lookup's request before the
+        // connection first polls its handler: the one it opened with is timed all the same.
+        let (mut held, peer, lookup) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let mut handler = wrapped(&mut held, peer);
+        let other = held.get_closest_peers(vec![2]);
+        for event in events(&mut held, futures::task::noop_waker_ref()) {
+            if let ToSwarm::NotifyHandler { event, .. } = event {
+                handler.on_behaviour_event(event);
+            }
+        }
+        assert_eq!(poll_handler(&mut held, peer, &mut handler), 2, "both sent");
+        drain(&mut held);
+        // The peer answers the handed one only: it still owes the one it opened with.
+        answer(&mut held, peer, other);
+        given_up_after(&mut held, peer, SLOW_FAILURE).await;
         assert!(held.query(&lookup).is_none(), "the lookup went on without the peer, and ended");
     }
 
