@@ -145,14 +145,17 @@ type KadHandler = <Kad as NetworkBehaviour>::ConnectionHandler;
 type KadIn = THandlerInEvent<Kad>;
 /// What Kademlia's connections tell its behaviour.
 pub(crate) type KadOut = THandlerOutEvent<Kad>;
+/// What Kademlia's connection handler tells its connection.
 type KadHandlerEvent = ConnectionHandlerEvent<
     <KadHandler as ConnectionHandler>::OutboundProtocol,
     <KadHandler as ConnectionHandler>::OutboundOpenInfo,
     KadOut,
 >;
-/// At most how many times a new connection's Kademlia handler is polled as it is wrapped:
-/// it asks for at most 32 streams at once.
-const PRELOAD_POLLS: usize = 64;
+/// At most how many events are taken from a new connection's Kademlia handler as it is
+/// wrapped ([`Opened::preload`]): it asks for at most 32 streams at once, and says nothing
+/// else before it is told of one. A bound all the same (a Kademlia that said more would
+/// have the rest passed on as they come).
+const PRELOAD_EVENTS: usize = 64;
 
 /// Kademlia, its dials of peers that could not be reached held back (the module's docs). It
 /// derefs to Kademlia.
@@ -687,19 +690,21 @@ impl Default for Reports {
 /// inside the behaviour ([`Holds`] does not see them go), ahead of any it hands it after; it
 /// has no other way to send a request. dkvs's Kademlia sends lookups only (no provider
 /// records): each request sent gets an answer or fails. Its handler asks for their streams
-/// when first polled, which [`Holds`] does as it wraps it: those are counted exactly, before
-/// the behaviour can hand the connection any other (it may, before the connection's first
-/// poll). A request sent later, before the behaviour handed the connection any, is one it
-/// opened with too (Kademlia's handler opens at most 32 streams at once); one sent after may
-/// not be, and is not timed. An end of a request whose lookup the behaviour did not hand it
-/// is the end of one it opened with: which one does not matter, they are timed alike.
+/// (and starts their timeouts) when first polled, which [`Holds`] does as it wraps it
+/// ([`Opened::preload`]): those are counted then, before the behaviour can hand the
+/// connection any other request (it may before the connection first polls its handler:
+/// libp2p's connection task passes on the behaviour's events first). A request sent later,
+/// before the behaviour handed the connection any, is one it opened with too. One sent after
+/// may not be, and is not timed: Kademlia's handler opens at most 32 streams at once, so of
+/// over 32 requests it opened with, those past the 32nd that it sends after the behaviour
+/// handed it one are not told apart from the handed ones, and their ends are taken for those
+/// of others it opened with (rare: 33 lookups waiting on a dial of one peer). An end of a
+/// request whose lookup the behaviour did not hand it is the end of one it opened with:
+/// which one does not matter, they are timed alike.
 #[derive(Debug, Default)]
 struct Opening {
     /// Whether the behaviour handed the connection a request.
     any_handed: bool,
-    /// How many of those it opened with are still to be sent: their stream requests, taken
-    /// from Kademlia's handler as it was wrapped, are not yet passed on.
-    unsent: u32,
     /// The lookups of the requests the behaviour handed it that have not ended, while some it
     /// opened with are outstanding.
     handed_lookups: Vec<kad::QueryId>,
@@ -717,22 +722,15 @@ impl Opening {
             return;
         }
         self.any_handed = true;
-        if let Some(lookup) = lookup.filter(|_| !self.settled()) {
+        if let Some(lookup) = lookup.filter(|_| !self.outstanding.is_empty()) {
             self.handed_lookups.push(lookup);
         }
     }
 
-    /// Whether none of the requests it opened with is to be sent or outstanding.
-    fn settled(&self) -> bool {
-        self.unsent == 0 && self.outstanding.is_empty()
-    }
-
-    /// The connection asks for a stream to send a request on (`counted`: one of those
-    /// counted as it was wrapped): the number of the request, if it is one it opened with.
-    fn sending(&mut self, counted: bool) -> Option<u32> {
-        if counted {
-            self.unsent = self.unsent.saturating_sub(1);
-        } else if self.any_handed {
+    /// The connection asks for a stream to send a request on: the number of the request, if
+    /// it is one it opened with.
+    fn sending(&mut self) -> Option<u32> {
+        if self.any_handed {
             return None;
         }
         let index = self.sent;
@@ -753,16 +751,16 @@ impl Opening {
             return None;
         }
         let index = self.outstanding.pop_front()?;
-        if self.settled() {
+        if self.outstanding.is_empty() {
             self.handed_lookups.clear();
         }
         Some((index, answered))
     }
 
     /// Whether nothing is left to tell: the behaviour handed the connection a request, and
-    /// none it opened with is to be sent or outstanding.
+    /// none it opened with is outstanding.
     fn done(&self) -> bool {
-        self.any_handed && self.settled()
+        self.any_handed && self.outstanding.is_empty()
     }
 }
 
@@ -771,7 +769,8 @@ impl Opening {
 /// for a lookup and answers nothing no longer holds the lookup to its deadline.
 pub(crate) struct Opened {
     inner: KadHandler,
-    /// What Kademlia's handler said when polled as it was wrapped, not yet passed on.
+    /// What Kademlia's handler said when polled as it was wrapped ([`Opened::preload`]), not
+    /// yet passed on to the connection.
     preloaded: VecDeque<KadHandlerEvent>,
     peer: PeerId,
     connection: ConnectionId,
@@ -781,6 +780,42 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
+    /// Takes what Kademlia preloaded the handler with (the stream requests of the requests it
+    /// opened with), before the behaviour can hand the connection another request, and tells
+    /// of them as sent: Kademlia's clock on them starts now too. The handler is polled here
+    /// with a waker that does nothing; the connection polls it again with its own before
+    /// anything can wait on it, as each event taken is passed on as ready (and a connection,
+    /// [`crate::quiet::Quiet`] too, polls a handler again after one).
+    fn preload(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while self.preloaded.len() < PRELOAD_EVENTS {
+            let Poll::Ready(event) = self.inner.poll(&mut cx) else { break };
+            self.note(&event);
+            self.preloaded.push_back(event);
+        }
+    }
+
+    /// Tells of what `event`, from Kademlia's handler, says of a request it opened with.
+    fn note(&mut self, event: &KadHandlerEvent) {
+        if self.report.is_none() {
+            return;
+        }
+        match event {
+            ConnectionHandlerEvent::OutboundSubstreamRequest { .. } => {
+                if let Some(index) = self.opening.sending() {
+                    self.report(index, Progress::Sent);
+                }
+            }
+            ConnectionHandlerEvent::NotifyBehaviour(event) => {
+                if let Some((index, answered)) = self.opening.ended(event) {
+                    let ended = if answered { Progress::Answered } else { Progress::Failed };
+                    self.report(index, ended);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn report(&mut self, index: u32, progress: Progress) {
         let (peer, connection, at) = (self.peer, self.connection, Instant::now());
         if let Some(report) = &self.report {
@@ -816,25 +851,13 @@ impl ConnectionHandler for Opened {
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
-        let (polled, counted) = match self.preloaded.pop_front() {
-            Some(event) => (Poll::Ready(event), true),
-            None => (self.inner.poll(cx), false),
-        };
-        if self.report.is_some() {
-            match &polled {
-                Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. }) => {
-                    if let Some(index) = self.opening.sending(counted) {
-                        self.report(index, Progress::Sent);
-                    }
-                }
-                Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)) => {
-                    if let Some((index, answered)) = self.opening.ended(event) {
-                        let ended = if answered { Progress::Answered } else { Progress::Failed };
-                        self.report(index, ended);
-                    }
-                }
-                _ => {}
-            }
+        // Those taken as it was wrapped first (told of then), in the order Kademlia said them.
+        if let Some(event) = self.preloaded.pop_front() {
+            return Poll::Ready(event);
+        }
+        let polled = self.inner.poll(cx);
+        if let Poll::Ready(event) = &polled {
+            self.note(event);
         }
         polled
     }
@@ -869,21 +892,12 @@ impl ConnectionHandler for Opened {
 impl crate::wrap::Wrap<KadHandler> for Holds {
     type Handler = Opened;
 
-    fn wrap(&mut self, mut handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
-        // What Kademlia preloaded the handler with, taken out before the behaviour can hand
-        // the connection another request. Polled again with the connection's own waker
-        // before anything waits on it: the connection polls its handler as it starts.
-        let (mut preloaded, mut unsent) = (VecDeque::new(), 0);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        while preloaded.len() < PRELOAD_POLLS {
-            let Poll::Ready(event) = handler.poll(&mut cx) else { break };
-            let request = matches!(event, ConnectionHandlerEvent::OutboundSubstreamRequest { .. });
-            unsent += u32::from(request);
-            preloaded.push_back(event);
-        }
-        let opening = Opening { unsent, ..Opening::default() };
+    fn wrap(&mut self, handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
         let report = Some(self.reports.sender.clone());
-        Opened { inner: handler, preloaded, peer, connection, opening, report }
+        let (preloaded, opening) = (VecDeque::new(), Opening::default());
+        let mut opened = Opened { inner: handler, preloaded, peer, connection, opening, report };
+        opened.preload();
+        opened
     }
 
     fn on_swarm_event<B>(&mut self, kad: &mut B, event: FromSwarm)
@@ -1440,11 +1454,11 @@ pub(crate) mod tests {
         let answer = |lookup| KadOut::FindNodeRes { closer_peers: Vec::new(), query_id: lookup };
         let mut opening = Opening::default();
         // Two sent before the behaviour handed it any: it opened with those.
-        assert_eq!(opening.sending(false), Some(0));
-        assert_eq!(opening.sending(false), Some(1));
+        assert_eq!(opening.sending(), Some(0));
+        assert_eq!(opening.sending(), Some(1));
         // The behaviour hands it one: what it sends from now on may be that one.
         opening.handed(&find(lookups[2]));
-        assert_eq!(opening.sending(false), None);
+        assert_eq!(opening.sending(), None);
         assert!(!opening.done());
         // The answer to the handed one ends none of those; another lookup's ends the oldest.
         assert_eq!(opening.ended(&answer(lookups[2])), None);
@@ -1457,40 +1471,39 @@ pub(crate) mod tests {
         // A connection the behaviour handed a request first says nothing.
         let mut opening = Opening::default();
         opening.handed(&find(lookups[3]));
-        assert_eq!(opening.sending(false), None);
-        assert!(opening.done());
-        // Unless it was wrapped with requests to send (counted then): those are the ones it
-        // opened with, and the handed one's end is told apart from theirs.
-        let mut opening = Opening { unsent: 2, ..Opening::default() };
-        opening.handed(&find(lookups[2]));
-        assert!(!opening.done(), "two to send");
-        assert_eq!(opening.sending(true), Some(0));
-        assert_eq!(opening.sending(true), Some(1));
-        assert_eq!(opening.sending(false), None, "the handed one");
-        assert_eq!(opening.ended(&answer(lookups[2])), None, "the handed one's");
-        assert_eq!(opening.ended(&answer(lookups[0])), Some((0, true)));
-        assert!(!opening.done());
-        assert_eq!(opening.ended(&answer(lookups[1])), Some((1, true)));
+        assert_eq!(opening.sending(), None);
         assert!(opening.done());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_counts_what_kademlia_preloaded_it_with_as_it_is_wrapped() {
-        // A lookup waits on a dial of the peer; its connection opens.
+        // A lookup waits on a dial of the peer; its connection opens: the lookup's request
+        // is counted, and told of as sent.
         let (mut held, peer, _) = asked_to_dial_one();
         let mut handler = wrapped(&mut held, peer);
-        assert_eq!(handler.opening.unsent, 1, "the lookup's request, counted");
-        assert_eq!(handler.preloaded.len(), 1, "kept for the connection to send");
-        // The behaviour hands it another before it first ran: the preloaded goes first.
+        assert_eq!(handler.opening.outstanding, [0], "the lookup's request, counted");
+        let told = held.wrapper_mut().reports.receiver.try_recv().expect("told");
+        assert_eq!((told.peer, told.index, told.progress), (peer, 0, Progress::Sent));
+        assert_eq!(handler.preloaded.len(), 1, "its stream request, kept for the connection");
+        // The behaviour hands it another before it first ran: told apart from it, and sent
+        // after it (the stream request taken goes first).
         let other = held.get_closest_peers(vec![2]);
         handler.on_behaviour_event(KadIn::FindNodeReq { key: vec![2], query_id: other });
-        assert_eq!(poll_handler(&mut held, peer, &mut handler), 2, "both sent");
-        assert_eq!(handler.opening.outstanding, [0], "one it opened with, outstanding");
         assert_eq!(handler.opening.handed_lookups, [other]);
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let first = handler.poll(&mut cx);
+        assert!(matches!(
+            first,
+            Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { .. })
+        ));
+        assert!(handler.preloaded.is_empty(), "the one taken went first");
+        assert_eq!(poll_handler(&mut held, peer, &mut handler), 1, "then the handed one");
+        assert_eq!(handler.opening.outstanding, [0], "one it opened with, outstanding");
+        assert!(held.wrapper_mut().reports.receiver.try_recv().is_err(), "nothing more told");
         // A connection that Kademlia preloaded nothing into has nothing to count.
         let (mut held, peers) = with_peers(1);
         let handler = wrapped(&mut held, peers[0]);
-        assert_eq!((handler.opening.unsent, handler.preloaded.len()), (0, 0));
+        assert!(handler.opening.outstanding.is_empty() && handler.preloaded.is_empty());
     }
 
     fn dialer() -> libp2p::core::ConnectedPoint {

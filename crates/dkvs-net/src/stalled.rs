@@ -70,9 +70,9 @@
 //! link would give up on its first ones), nor while this node is stranded (its own network
 //! may be what is slow). The requests Kademlia hands a connection as it opens (to a peer a
 //! lookup asked to dial; the dial's wait is [`crate::held`]'s) are timed too, from when the
-//! connection sends them: the connection tells ([`crate::held::Opened`]), as Kademlia hands
-//! them inside itself (counted as the connection's handler is wrapped, before the behaviour
-//! can hand it any other: which lookup each is for, nothing tells). When that connection closes while others of the peer stay, they
+//! connection asked for their streams: the connection tells ([`crate::held::Opened`]), as Kademlia hands
+//! them inside itself (they are taken as its handler is wrapped, before the behaviour can
+//! hand it another; which lookup each is for, nothing tells). When that connection closes while others of the peer stay, they
 //! are lost, and Kademlia, which hears only of a peer's last connection closing, is told
 //! that the peer failed ([`crate::held::Lost`]).
 //!
@@ -1184,7 +1184,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_connected_for_a_lookup_and_answers_nothing_is_passed_over() {
         // Kademlia hands the connection the lookup's request as it opens: timed all the same.
-        // It is timed from when the connection sent it, not from when this node heard.
+        // It is timed from when the connection asked for its stream, not from when this node
+        // heard.
         let (mut held, peer, lookup, _handler) = connected_for_a_lookup();
         tokio::time::advance(ms(500)).await;
         drain(&mut held);
@@ -1260,6 +1261,17 @@ mod tests {
         tokio::time::advance(SLOW_FAILURE * 4).await;
         drain(&mut held);
         assert!(held.passed_over(&peer, Instant::now()).is_none(), "a lost request is no silence");
+
+        // The same for one that closed before it first ran: its handler's requests were taken
+        // as it was wrapped, and never went.
+        let (mut held, peer, lookup) = asked_to_dial_one();
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        let _handler = wrapped(&mut held, peer);
+        drain(&mut held);
+        assert!(held.wrapper_mut().answers_mut().next().is_some(), "the request it opened with");
+        closed(&mut held, peer, 1);
+        drain(&mut held);
+        assert!(held.query(&lookup).is_none(), "the lookup went on without the peer");
     }
 
     #[test]
