@@ -73,9 +73,9 @@
 //! operation) counts it as failed instead of waiting for that dial.
 //!
 //! Kademlia's requests to connected peers are timed by [`crate::stalled`]; the ones Kademlia
-//! hands a connection as it opens are told of by the connection itself ([`Opened`]), and a
-//! lookup's request given up on alone is failed in the words of Kademlia's own connection
-//! handler ([`failure`]).
+//! hands a connection as it opens are taken from its handler as it is wrapped, and their ends
+//! told of by the connection ([`Opened`]); a lookup's request given up on alone is failed in
+//! the words of Kademlia's own connection handler ([`failure`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -698,7 +698,9 @@ impl Default for Reports {
 /// may not be, and is not timed: Kademlia's handler opens at most 32 streams at once, so of
 /// over 32 requests it opened with, those past the 32nd that it sends after the behaviour
 /// handed it one are not told apart from the handed ones, and their ends are taken for those
-/// of others it opened with (rare: 33 lookups waiting on a dial of one peer). An end of a
+/// of others it opened with (rare: 33 lookups waiting on a dial of one peer). A connection
+/// that a behaviour after Kademlia denies loses them too, and Kademlia hears of no failure of
+/// a connection it did not dial (none of dkvs's extensions denies one). An end of a
 /// request whose lookup the behaviour did not hand it is the end of one it opened with:
 /// which one does not matter, they are timed alike.
 #[derive(Debug, Default)]
@@ -787,7 +789,7 @@ impl Opened {
     /// anything can wait on it, as each event taken is passed on as ready (and a connection,
     /// [`crate::quiet::Quiet`] too, polls a handler again after one).
     fn preload(&mut self) {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         while self.preloaded.len() < PRELOAD_EVENTS {
             let Poll::Ready(event) = self.inner.poll(&mut cx) else { break };
             self.note(&event);
@@ -920,6 +922,11 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
             }
             FromSwarm::ConnectionClosed(closed) => {
                 let (peer, connection) = (closed.peer_id, closed.connection_id);
+                // What its connections told, read first: the swarm may not have polled this
+                // behaviour since the connection opened (its requests were told of then).
+                while let Ok(report) = self.reports.receiver.try_recv() {
+                    self.on_opened(report);
+                }
                 self.open.remove(&connection);
                 if self.answers.opened_lost(peer, connection) {
                     // Kademlia hears of the close only with the peer's last connection.
