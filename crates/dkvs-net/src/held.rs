@@ -86,11 +86,12 @@ use futures::StreamExt as _;
 use futures::channel::mpsc;
 use libp2p::PeerId;
 use libp2p::kad;
-use libp2p::swarm::behaviour::DialFailure;
+use libp2p::swarm::behaviour::{DialFailure, ListenFailure};
 use libp2p::swarm::handler::ConnectionEvent;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, DialError,
-    FromSwarm, NetworkBehaviour, SubstreamProtocol, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    FromSwarm, ListenError, NetworkBehaviour, SubstreamProtocol, THandlerInEvent, THandlerOutEvent,
+    ToSwarm,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -240,9 +241,11 @@ impl std::error::Error for HeldBack {}
 pub(crate) struct GaveUp(Duration);
 
 /// Why Kademlia was told that a connected peer failed: a connection closed under requests
-/// it opened with, while others of the peer stay.
+/// it opened with, while others of the peer stay, or was denied by another behaviour.
 #[derive(Debug, thiserror::Error)]
-#[error("the connection that carried this lookup's request closed: the request is lost")]
+#[error(
+    "the connection that carried this lookup's request closed or was denied: the request is lost"
+)]
 pub(crate) struct Lost;
 
 /// Why Kademlia was told that a connected peer failed.
@@ -508,6 +511,19 @@ impl Holds {
         }
     }
 
+    /// Reads what Kademlia's connections told of the requests they opened with, now (not
+    /// waiting for this behaviour's next poll); the connections that told of one sent.
+    fn read_reports(&mut self) -> HashSet<ConnectionId> {
+        let mut sent = HashSet::new();
+        while let Ok(report) = self.reports.receiver.try_recv() {
+            if report.progress == Progress::Sent {
+                sent.insert(report.connection);
+            }
+            self.on_opened(report);
+        }
+        sent
+    }
+
     /// A connection of Kademlia's sent a request it opened with, or one of those ended: timed
     /// as a request this node sees go (not once the connection closed: its requests are lost,
     /// and Kademlia's lookups count the peer failed, or are told so, [`Lost`]).
@@ -699,8 +715,7 @@ impl Default for Reports {
 /// over 32 requests it opened with, those past the 32nd that it sends after the behaviour
 /// handed it one are not told apart from the handed ones, and their ends are taken for those
 /// of others it opened with (rare: 33 lookups waiting on a dial of one peer). A connection
-/// that a behaviour after Kademlia denies loses them too, and Kademlia hears of no failure of
-/// a connection it did not dial (none of dkvs's extensions denies one). An end of a
+/// that a behaviour after Kademlia denies loses them ([`Holds`] tells Kademlia so). An end of a
 /// request whose lookup the behaviour did not hand it is the end of one it opened with:
 /// which one does not matter, they are timed alike.
 #[derive(Debug, Default)]
@@ -924,9 +939,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 let (peer, connection) = (closed.peer_id, closed.connection_id);
                 // What its connections told, read first: the swarm may not have polled this
                 // behaviour since the connection opened (its requests were told of then).
-                while let Ok(report) = self.reports.receiver.try_recv() {
-                    self.on_opened(report);
-                }
+                self.read_reports();
                 self.open.remove(&connection);
                 if self.answers.opened_lost(peer, connection) {
                     // Kademlia hears of the close only with the peer's last connection.
@@ -934,6 +947,18 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                     tell_failed(kad, peer, connection, Lost);
                 }
                 self.answers.connection_closed(closed.peer_id, Instant::now());
+            }
+            // A connection this node did not dial that a behaviour after Kademlia denied, once
+            // Kademlia had made its handler: what Kademlia handed it went nowhere, and
+            // Kademlia hears of no failure of such a connection (of a dial, it does).
+            FromSwarm::ListenFailure(ListenFailure {
+                peer_id: Some(peer),
+                error: ListenError::Denied { .. },
+                connection_id,
+                ..
+            }) if self.read_reports().contains(connection_id) => {
+                tracing::debug!(%peer, "a connection denied under requests it opened with");
+                tell_failed(kad, *peer, *connection_id, Lost);
             }
             // A dial refused because another of the peer is under way says nothing of it.
             FromSwarm::DialFailure(DialFailure { peer_id: Some(peer), error, .. })
@@ -1519,6 +1544,29 @@ pub(crate) mod tests {
             role_override: libp2p::core::Endpoint::Dialer,
             port_use: libp2p::core::transport::PortUse::Reuse,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_another_behaviour_denied_fails_what_kademlia_handed_it() {
+        use libp2p::swarm::{ConnectionDenied, ListenError};
+        // A lookup waits on a dial of the peer; the peer connects to this node meanwhile, and
+        // Kademlia hands that connection the lookup's request as it makes its handler.
+        let (mut held, peer, lookup) = asked_to_dial_one();
+        let (connection, address) = (ConnectionId::new_unchecked(8), "/memory/9".parse());
+        let address: libp2p::Multiaddr = address.expect("address");
+        let made = held.handle_established_inbound_connection(connection, peer, &address, &address);
+        assert_eq!(made.expect("a handler").opening.outstanding, [0], "handed the request");
+        // A behaviour after Kademlia denies the connection: the request went nowhere, and
+        // Kademlia is told so (it hears of no failure of a connection it did not dial).
+        let error = ListenError::Denied { cause: ConnectionDenied::new(Lost) };
+        held.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
+            local_addr: &address,
+            send_back_addr: &address,
+            error: &error,
+            connection_id: connection,
+            peer_id: Some(peer),
+        }));
+        assert_eq!(drain(&mut held, peer), (false, vec![lookup]), "went on without the peer");
     }
 
     /// `held`'s handler for a connection to `peer` it dialed, polled until it has nothing to
