@@ -241,11 +241,10 @@ impl std::error::Error for HeldBack {}
 pub(crate) struct GaveUp(Duration);
 
 /// Why Kademlia was told that a connected peer failed: a connection closed under requests
-/// it opened with, while others of the peer stay, or was denied by another behaviour.
+/// it opened with while others of the peer stay, or a connection this node did not dial was
+/// denied by a behaviour after Kademlia once Kademlia had handed it requests.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the connection that carried this lookup's request closed or was denied: the request is lost"
-)]
+#[error("the connection this lookup's request was handed to closed or was denied: it is lost")]
 pub(crate) struct Lost;
 
 /// Why Kademlia was told that a connected peer failed.
@@ -715,7 +714,8 @@ impl Default for Reports {
 /// over 32 requests it opened with, those past the 32nd that it sends after the behaviour
 /// handed it one are not told apart from the handed ones, and their ends are taken for those
 /// of others it opened with (rare: 33 lookups waiting on a dial of one peer). A connection
-/// that a behaviour after Kademlia denies loses them ([`Holds`] tells Kademlia so). An end of a
+/// that a behaviour after Kademlia denies loses them (the swarm tells Kademlia of a dial,
+/// [`Holds`] of a connection this node did not dial). An end of a
 /// request whose lookup the behaviour did not hand it is the end of one it opened with:
 /// which one does not matter, they are timed alike.
 #[derive(Debug, Default)]
@@ -957,7 +957,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 connection_id,
                 ..
             }) if self.read_reports().contains(connection_id) => {
-                tracing::debug!(%peer, "a connection denied under requests it opened with");
+                tracing::debug!(%peer, %connection_id, "a connection denied under requests handed it");
                 tell_failed(kad, *peer, *connection_id, Lost);
             }
             // A dial refused because another of the peer is under way says nothing of it.
@@ -1558,15 +1558,29 @@ pub(crate) mod tests {
         assert_eq!(made.expect("a handler").opening.outstanding, [0], "handed the request");
         // A behaviour after Kademlia denies the connection: the request went nowhere, and
         // Kademlia is told so (it hears of no failure of a connection it did not dial).
-        let error = ListenError::Denied { cause: ConnectionDenied::new(Lost) };
-        held.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
-            local_addr: &address,
-            send_back_addr: &address,
-            error: &error,
-            connection_id: connection,
-            peer_id: Some(peer),
-        }));
+        let denied = |held: &mut Held, connection| {
+            let error = ListenError::Denied { cause: ConnectionDenied::new(std::fmt::Error) };
+            held.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
+                local_addr: &address,
+                send_back_addr: &address,
+                error: &error,
+                connection_id: connection,
+                peer_id: Some(peer),
+            }));
+        };
+        denied(&mut held, connection);
         assert_eq!(drain(&mut held, peer), (false, vec![lookup]), "went on without the peer");
+        // A connection denied that was handed nothing: the lookups that asked the peer on
+        // another wait on.
+        established(&mut held, peer, false);
+        let lookup = held.get_closest_peers(vec![2]);
+        drain(&mut held, peer);
+        let another = ConnectionId::new_unchecked(9);
+        let made = held.handle_established_inbound_connection(another, peer, &address, &address);
+        assert!(made.expect("a handler").opening.outstanding.is_empty(), "handed nothing");
+        denied(&mut held, another);
+        assert!(!drain(&mut held, peer).1.contains(&lookup), "the lookup waits on the peer");
+        assert!(held.query(&lookup).is_some());
     }
 
     /// `held`'s handler for a connection to `peer` it dialed, polled until it has nothing to
