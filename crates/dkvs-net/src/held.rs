@@ -715,9 +715,9 @@ impl Default for Reports {
 /// handed it one are not told apart from the handed ones, and their ends are taken for those
 /// of others it opened with (rare: 33 lookups waiting on a dial of one peer). A connection
 /// that a behaviour after Kademlia denies loses them (the swarm tells Kademlia of a dial,
-/// [`Holds`] of a connection this node did not dial). An end of a
-/// request whose lookup the behaviour did not hand it is the end of one it opened with:
-/// which one does not matter, they are timed alike.
+/// [`Holds`] of a connection this node did not dial). An end of a request whose lookup the
+/// behaviour did not hand it is the end of one it opened with: which one does not matter,
+/// they are timed alike.
 #[derive(Debug, Default)]
 struct Opening {
     /// Whether the behaviour handed the connection a request.
@@ -957,7 +957,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 connection_id,
                 ..
             }) if self.read_reports().contains(connection_id) => {
-                tracing::debug!(%peer, %connection_id, "a connection denied under requests handed it");
+                tracing::debug!(%peer, %connection_id, "denied under requests Kademlia handed it");
                 tell_failed(kad, *peer, *connection_id, Lost);
             }
             // A dial refused because another of the peer is under way says nothing of it.
