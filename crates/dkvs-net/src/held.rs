@@ -511,13 +511,11 @@ impl Holds {
     }
 
     /// Reads what Kademlia's connections told of the requests they opened with, now (not
-    /// waiting for this behaviour's next poll); the connections that told of one sent.
-    fn read_reports(&mut self) -> HashSet<ConnectionId> {
-        let mut sent = HashSet::new();
+    /// waiting for this behaviour's next poll): whether `connection` told of one sent.
+    fn read_reports(&mut self, connection: ConnectionId) -> bool {
+        let mut sent = false;
         while let Ok(report) = self.reports.receiver.try_recv() {
-            if report.progress == Progress::Sent {
-                sent.insert(report.connection);
-            }
+            sent |= report.connection == connection && report.progress == Progress::Sent;
             self.on_opened(report);
         }
         sent
@@ -939,7 +937,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 let (peer, connection) = (closed.peer_id, closed.connection_id);
                 // What its connections told, read first: the swarm may not have polled this
                 // behaviour since the connection opened (its requests were told of then).
-                self.read_reports();
+                self.read_reports(connection);
                 self.open.remove(&connection);
                 if self.answers.opened_lost(peer, connection) {
                     // Kademlia hears of the close only with the peer's last connection.
@@ -956,7 +954,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 error: ListenError::Denied { .. },
                 connection_id,
                 ..
-            }) if self.read_reports().contains(connection_id) => {
+            }) if self.read_reports(*connection_id) => {
                 tracing::debug!(%peer, %connection_id, "denied under requests Kademlia handed it");
                 tell_failed(kad, *peer, *connection_id, Lost);
             }
