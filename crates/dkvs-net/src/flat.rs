@@ -41,8 +41,8 @@ use libp2p::swarm::handler::{
     UpgradeInfoSend,
 };
 use libp2p::swarm::{
-    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, Stream, StreamProtocol,
-    SubstreamProtocol,
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, NetworkBehaviour, Stream,
+    StreamProtocol, SubstreamProtocol, THandler,
 };
 
 /// The copy is read again on the first poll this long after it was last read.
@@ -55,10 +55,10 @@ pub(crate) type Flat<B> = crate::wrap::Wrapped<B, Flattened>;
 #[derive(Default)]
 pub(crate) struct Flattened;
 
-impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Flattened {
-    type Handler = Handler<H>;
+impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Flattened {
+    type Handler = Handler<B::ConnectionHandler>;
 
-    fn wrap(&mut self, handler: H, _: PeerId, _: ConnectionId) -> Handler<H> {
+    fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
         Handler::new(handler)
     }
 }

@@ -75,7 +75,8 @@
 //! Kademlia's requests to connected peers are timed by [`crate::stalled`]; the ones Kademlia
 //! hands a connection as it opens are taken from its handler as it is wrapped, and their ends
 //! told of by the connection ([`Opened`]); a lookup's request given up on alone is failed in
-//! the words of Kademlia's own connection handler ([`failure`]).
+//! the words of Kademlia's own connection handler ([`failure`]), and so are the requests a
+//! connection opened with, in each lookup they may be for ([`Holds::fail_opened`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -187,6 +188,9 @@ pub(crate) struct Holds {
     reports: Reports,
     /// Peers silent too long, whose connections are to be closed.
     closing: Vec<PeerId>,
+    /// Peers whose requests their connections opened with were given up on alone, not yet
+    /// told to Kademlia ([`Holds::fail_opened`]).
+    late_opened: Vec<PeerId>,
     /// A connection handler of Kademlia's own, of no connection, that words the failure of a
     /// request of one lookup ([`failure`]).
     scratch: Option<KadHandler>,
@@ -477,10 +481,7 @@ impl Holds {
     /// Tells Kademlia that the connected peers that answered none of its requests for a
     /// while ([`crate::stalled`]) failed, so that its lookups go on without them. Not while
     /// this node is stranded.
-    fn give_up_silent<B>(&mut self, kad: &mut B, now: Instant)
-    where
-        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
-    {
+    fn give_up_silent(&mut self, kad: &mut Kad, now: Instant) {
         if self.stranded {
             self.answers.expire(now);
             return;
@@ -498,6 +499,7 @@ impl Holds {
             tracing::debug!(%peer, ?lookup, "a lookup stopped waiting on a request answered late");
             kad.on_connection_handler_event(peer, connection, failed);
         }
+        self.late_opened.extend(given_up.late_opened);
         for peer in given_up.closing {
             if self.spared == Some(peer) || !self.connected.contains_key(&peer) {
                 continue;
@@ -508,6 +510,32 @@ impl Holds {
             self.closing.push(peer);
             self.hold(peer, now, true);
         }
+    }
+
+    /// Tells Kademlia that the requests a connection of each peer in `late_opened` opened
+    /// with failed: which lookups those were for, nothing tells (Kademlia keeps their ids in
+    /// its handler), so each running lookup but those with a request to the peer outstanding
+    /// and not given up on is told that its request to the peer failed, in the words of
+    /// Kademlia's own handler ([`failure`]). A lookup not waiting on the peer takes no notice
+    /// (Kademlia's lookups count a failure only of a peer they wait on); one that has its
+    /// answer keeps it. Only once Kademlia said all it had to say: a request it decided on
+    /// and has not handed on yet is not seen, and its lookup would be failed too. Whether
+    /// it told Kademlia anything.
+    fn fail_opened(&mut self, kad: &mut Kad) -> bool {
+        let mut told = false;
+        for peer in std::mem::take(&mut self.late_opened) {
+            // (A peer whose last connection closed: Kademlia counted it failed.)
+            let Some(connection) = self.connected.get(&peer).copied() else { continue };
+            let spared = self.answers.waiting_lookups(&peer);
+            let running: Vec<kad::QueryId> = kad.iter_queries().map(|query| query.id()).collect();
+            for lookup in running.into_iter().filter(|lookup| !spared.contains(lookup)) {
+                let Some(failed) = failure(&mut self.scratch, lookup) else { continue };
+                kad.on_connection_handler_event(peer, connection, failed);
+                told = true;
+            }
+            tracing::debug!(%peer, "lookups stopped waiting on the requests a connection opened with");
+        }
+        told
     }
 
     /// Reads what Kademlia's connections told of the requests they opened with, now (not
@@ -904,7 +932,7 @@ impl ConnectionHandler for Opened {
     }
 }
 
-impl crate::wrap::Wrap<KadHandler> for Holds {
+impl crate::wrap::Wrap<Kad> for Holds {
     type Handler = Opened;
 
     fn wrap(&mut self, handler: KadHandler, peer: PeerId, connection: ConnectionId) -> Opened {
@@ -915,10 +943,7 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         opened
     }
 
-    fn on_swarm_event<B>(&mut self, kad: &mut B, event: FromSwarm)
-    where
-        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
-    {
+    fn on_swarm_event(&mut self, kad: &mut Kad, event: FromSwarm) {
         match &event {
             FromSwarm::ConnectionEstablished(established) => {
                 let dialed = established.endpoint.is_dialer();
@@ -970,15 +995,13 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         kad.on_swarm_event(event)
     }
 
-    fn on_connection_handler_event<B>(
+    fn on_connection_handler_event(
         &mut self,
-        kad: &mut B,
+        kad: &mut Kad,
         peer: PeerId,
         connection: ConnectionId,
-        event: THandlerOutEvent<B>,
-    ) where
-        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
-    {
+        event: KadOut,
+    ) {
         if let Some((lookup, answered)) = answer(&event) {
             self.answers.ended(peer, Request::Lookup(lookup), answered, Instant::now());
             if answered {
@@ -988,14 +1011,11 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
         kad.on_connection_handler_event(peer, connection, event)
     }
 
-    fn poll<B>(
+    fn poll(
         &mut self,
-        kad: &mut B,
+        kad: &mut Kad,
         cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<B>>>
-    where
-        B: NetworkBehaviour<ConnectionHandler = KadHandler>,
-    {
+    ) -> Poll<ToSwarm<<Kad as NetworkBehaviour>::ToSwarm, KadIn>> {
         let now = Instant::now();
         while let Poll::Ready(Some(report)) = self.reports.receiver.poll_next_unpin(cx) {
             self.on_opened(report);
@@ -1006,6 +1026,29 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
             let connection = libp2p::swarm::CloseConnection::All;
             return Poll::Ready(ToSwarm::CloseConnection { peer_id, connection });
         }
+        loop {
+            if let Some(event) = self.poll_kad(kad, cx, now) {
+                return Poll::Ready(event);
+            }
+            // Kademlia said all it had: every request it sent was seen.
+            if !self.fail_opened(kad) {
+                break;
+            }
+        }
+        self.arm(cx);
+        Poll::Pending
+    }
+}
+
+impl Holds {
+    /// Polls Kademlia until it asks something of the swarm that is passed on, or has nothing
+    /// to say: holds its dials back, and times its requests (the module's docs).
+    fn poll_kad(
+        &mut self,
+        kad: &mut Kad,
+        cx: &mut Context<'_>,
+        now: Instant,
+    ) -> Option<ToSwarm<<Kad as NetworkBehaviour>::ToSwarm, KadIn>> {
         while let Poll::Ready(event) = kad.poll(cx) {
             if let ToSwarm::NotifyHandler { peer_id, event: request_event, .. } = &event {
                 // (A request to a peer whose last connection just closed is dropped.)
@@ -1014,10 +1057,10 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
                 {
                     self.answers.asked(*peer_id, Request::Lookup(lookup), Wait::Answer, now);
                 }
-                return Poll::Ready(event);
+                return Some(event);
             }
-            let ToSwarm::Dial { opts } = &event else { return Poll::Ready(event) };
-            let Some(peer) = opts.get_peer_id() else { return Poll::Ready(event) };
+            let ToSwarm::Dial { opts } = &event else { return Some(event) };
+            let Some(peer) = opts.get_peer_id() else { return Some(event) };
             let connection_id = opts.connection_id();
             if let Some(held) = self.held(&peer, now) {
                 tracing::debug!(%peer, reason = %held, "a dial of an unreachable peer held back");
@@ -1034,10 +1077,9 @@ impl crate::wrap::Wrap<KadHandler> for Holds {
             if !self.connected.contains_key(&peer) {
                 self.dialing.entry(peer).or_insert((now, connection_id));
             }
-            return Poll::Ready(event);
+            return Some(event);
         }
-        self.arm(cx);
-        Poll::Pending
+        None
     }
 }
 

@@ -26,7 +26,8 @@ use futures::future::Either;
 use libp2p::PeerId;
 use libp2p::swarm::handler::{ConnectionEvent, InboundUpgradeSend, OutboundUpgradeSend};
 use libp2p::swarm::{
-    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, Stream, SubstreamProtocol,
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, NetworkBehaviour, Stream,
+    SubstreamProtocol, THandler,
 };
 
 /// A behaviour whose handlers' streams do not keep their connection open.
@@ -36,15 +37,15 @@ pub(crate) type Released<B> = crate::wrap::Wrapped<B, Releasing>;
 #[derive(Default)]
 pub(crate) struct Releasing;
 
-impl<H> crate::wrap::Wrap<H> for Releasing
+impl<B> crate::wrap::Wrap<B> for Releasing
 where
-    H: ConnectionHandler,
-    <H::InboundProtocol as InboundUpgradeSend>::Output: Streams,
-    <H::OutboundProtocol as OutboundUpgradeSend>::Output: Streams,
+    B: NetworkBehaviour,
+    <THandler<B> as ConnectionHandler>::InboundProtocol: InboundUpgradeSend<Output: Streams>,
+    <THandler<B> as ConnectionHandler>::OutboundProtocol: OutboundUpgradeSend<Output: Streams>,
 {
-    type Handler = Handler<H>;
+    type Handler = Handler<B::ConnectionHandler>;
 
-    fn wrap(&mut self, handler: H, _: PeerId, _: ConnectionId) -> Handler<H> {
+    fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
         Handler(handler)
     }
 }

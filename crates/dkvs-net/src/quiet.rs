@@ -32,7 +32,10 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use libp2p::PeerId;
 use libp2p::swarm::handler::ConnectionEvent;
-use libp2p::swarm::{ConnectionHandler, ConnectionHandlerEvent, ConnectionId, SubstreamProtocol};
+use libp2p::swarm::{
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, NetworkBehaviour, SubstreamProtocol,
+    THandler,
+};
 
 /// A wrapped handler that skipped this many polls of its connection in a row is polled.
 pub(crate) const ALWAYS_EVERY: u8 = 32;
@@ -44,10 +47,10 @@ pub(crate) type Quiet<B> = crate::wrap::Wrapped<B, Quieted>;
 #[derive(Default)]
 pub(crate) struct Quieted;
 
-impl<H: ConnectionHandler> crate::wrap::Wrap<H> for Quieted {
-    type Handler = Handler<H>;
+impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Quieted {
+    type Handler = Handler<B::ConnectionHandler>;
 
-    fn wrap(&mut self, handler: H, _: PeerId, _: ConnectionId) -> Handler<H> {
+    fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
         Handler::new(handler)
     }
 }

@@ -75,23 +75,29 @@
 //! them starts then too); the connection tells of their ends ([`crate::held::Opened`]).
 //! Which lookup each is for, nothing tells. When that connection closes while others of the
 //! peer stay, they are lost, and Kademlia, which hears only of a peer's last connection
-//! closing, is told that the peer failed ([`crate::held::Lost`]).
+//! closing, is told that the peer failed ([`crate::held::Lost`]). Kademlia hands a
+//! connection requests as it opens only while the peer has no other, so a peer's outstanding
+//! ones are of one connection.
 //!
 //! A peer that answers some requests and not others (a liar holding back the lookups of one
 //! key, a request lost on a connection that closed beside another) is not given up on while
 //! it answers; but a lookup's request it let wait for its patience while it answered one sent
 //! after is given up on alone: that lookup goes on without the peer (Kademlia is told that
 //! the request failed, in the words of its own connection handler, `held::failure`), the
-//! others wait on. A busy peer answers in turn, and a request it answered nothing sent after
-//! is waited on as its silence is; only Kademlia's answers count for this (this node sends
-//! record requests on lanes of their own). A liar can still hold a lookup for its patience, and to
-//! its deadline by answering slowly (which lengthens its own patience, also when it connects
-//! again within [`PAST_KEPT`], unless it was closed for its silence), but not another peer's;
-//! the requests a connection opened with (which lookup each is for, nothing tells) and gets'
-//! record requests wait on the peer as a whole; and a replica that answers lookups and gets
-//! but stalls puts costs each put the linger, as before.
+//! others wait on. The requests a connection opened with are given up on so together, once
+//! the last of them outstanding is late and the peer answered one sent after it: which
+//! lookups they are for, nothing tells, so every running lookup but those with a request to
+//! the peer outstanding and not given up on is told that its request to the peer failed
+//! (`held::Holds::fail_opened`; a lookup that does not wait on the peer takes no notice). A
+//! busy peer answers in turn, and a request it answered nothing sent after is waited on as
+//! its silence is; only Kademlia's answers count for this (this node sends record requests on
+//! lanes of their own). A liar can still hold a lookup for its patience, and to its deadline
+//! by answering slowly (which lengthens its own patience, also when it connects again within
+//! [`PAST_KEPT`], unless it was closed for its silence), but not another peer's; gets' record
+//! requests wait on the peer as a whole; and a replica that answers lookups and gets but
+//! stalls puts costs each put the linger, as before.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -299,6 +305,10 @@ struct Peer {
     /// outstanding is given up on alone once it is late, if the peer answered one sent after
     /// it.
     lookups: VecDeque<(Instant, QueryId)>,
+    /// The requests its connections opened with, in the order they were sent (some ended
+    /// since): given up on together once the last of them outstanding is late, if the peer
+    /// answered one sent after it.
+    opened: VecDeque<(Instant, ConnectionId, u32)>,
     /// When the last sent of the requests it answered was sent: it answered those sent before
     /// that, or passed them over.
     answered_sent: Option<Instant>,
@@ -322,6 +332,10 @@ pub(crate) struct GivenUp {
     pub(crate) closing: Vec<PeerId>,
     /// Lookups' requests given up on alone: late while their peer answered others.
     pub(crate) late: Vec<(PeerId, QueryId)>,
+    /// The peers whose requests their connections opened with were given up on alone: late
+    /// while the peer answered others. Which lookups those are for, nothing tells: all but
+    /// those with a request to the peer not given up on ([`Answers::waiting_lookups`]).
+    pub(crate) late_opened: Vec<PeerId>,
 }
 
 impl Answers {
@@ -344,6 +358,7 @@ impl Answers {
             given_up_at: None,
             last_asked: now,
             lookups: VecDeque::new(),
+            opened: VecDeque::new(),
             answered_sent: None,
         });
         // A peer not asked for a while was not silent meanwhile, unless it was given up on
@@ -369,8 +384,12 @@ impl Answers {
         }
         entry.waiting += 1;
         entry.answers_due += usize::from(wait == Wait::Answer);
-        if let (Request::Lookup(lookup), Wait::Answer) = (request, wait) {
-            entry.lookups.push_back((now, lookup));
+        match (request, wait) {
+            (Request::Lookup(lookup), Wait::Answer) => entry.lookups.push_back((now, lookup)),
+            (Request::Opened(connection, index), Wait::Answer) => {
+                entry.opened.push_back((now, connection, index))
+            }
+            _ => {}
         }
     }
 
@@ -511,9 +530,13 @@ impl Answers {
             && now >= at + ASKED_KEPT
         {
             self.sent.pop_front();
-            if let (Request::Lookup(_), Some(entry)) = (request, self.peers.get_mut(&peer)) {
-                while entry.lookups.front().is_some_and(|(at, _)| now >= *at + ASKED_KEPT) {
+            if let Some(entry) = self.peers.get_mut(&peer) {
+                let expired = |at: Instant| now >= at + ASKED_KEPT;
+                while entry.lookups.front().is_some_and(|(at, _)| expired(*at)) {
                     entry.lookups.pop_front();
+                }
+                while entry.opened.front().is_some_and(|(at, _, _)| expired(*at)) {
+                    entry.opened.pop_front();
                 }
             }
             let Some(asked) = self.asked.get(&(peer, request)).copied() else { continue };
@@ -592,8 +615,39 @@ impl Answers {
                 entry.lookups.pop_front();
                 given_up.late.push((*peer, lookup));
             }
+            // The requests its connections opened with: which lookups they are for, nothing
+            // tells, so they are given up on together, once the last of them is late.
+            // (Kademlia hands a connection requests as it opens only while the peer has no
+            // other: a peer's outstanding ones are of one connection, sent as it opened.)
+            let Some(last) = last_opened(asked, peer, entry) else {
+                entry.opened.clear();
+                continue;
+            };
+            if now < last + patience || entry.answered_sent.is_none_or(|sent| sent <= last) {
+                continue;
+            }
+            for (at, connection, index) in std::mem::take(&mut entry.opened) {
+                let waited = asked.get_mut(&(*peer, Request::Opened(connection, index)));
+                if let Some(request) = waited.filter(|asked| asked.at == at && !asked.given_up) {
+                    request.given_up = true;
+                    entry.unwait(*request);
+                }
+            }
+            given_up.late_opened.push(*peer);
         }
         given_up
+    }
+
+    /// The lookups with a request to `peer` outstanding and not given up on: those that a
+    /// failure of the requests its connections opened with ([`GivenUp::late_opened`]) is not
+    /// for.
+    pub(crate) fn waiting_lookups(&self, peer: &PeerId) -> HashSet<QueryId> {
+        let Some(entry) = self.peers.get(peer) else { return HashSet::new() };
+        let outstanding = |(at, lookup): &&(Instant, QueryId)| {
+            let asked = self.asked.get(&(*peer, Request::Lookup(*lookup)));
+            asked.is_some_and(|asked| asked.at == *at && !asked.given_up)
+        };
+        entry.lookups.iter().filter(outstanding).map(|(_, lookup)| *lookup).collect()
     }
 
     /// When the next peer, or request, is given up on, unless it answers.
@@ -601,13 +655,30 @@ impl Answers {
         let waiting = self.peers.iter().filter(|(_, entry)| entry.waiting > 0);
         let due = |(id, entry): (&PeerId, &Peer)| {
             let patience = self.patience(entry)?;
+            let answered_after = |at: &Instant| entry.answered_sent.is_some_and(|sent| sent > *at);
             let oldest = (self.oldest_lookup(id, entry))
-                .filter(|(at, _)| entry.answered_sent.is_some_and(|sent| sent > *at))
+                .filter(|(at, _)| answered_after(at))
                 .map(|(at, _)| at + patience);
-            self.due(entry).into_iter().chain(oldest).min()
+            let opened = last_opened(&self.asked, id, entry).filter(answered_after);
+            let opened = opened.map(|at| at + patience);
+            self.due(entry).into_iter().chain(oldest).chain(opened).min()
         };
         waiting.filter_map(due).min()
     }
+}
+
+/// When the last of the requests `peer`'s connections opened with that is outstanding and
+/// not given up on was sent.
+fn last_opened(
+    asked: &HashMap<(PeerId, Request), Asked>,
+    id: &PeerId,
+    peer: &Peer,
+) -> Option<Instant> {
+    let outstanding = |(at, connection, index): &&(Instant, ConnectionId, u32)| {
+        let asked = asked.get(&(*id, Request::Opened(*connection, *index)));
+        asked.is_some_and(|asked| asked.at == *at && !asked.given_up)
+    };
+    peer.opened.iter().rev().find(outstanding).map(|(at, _, _)| *at)
 }
 
 /// How long a lookup waits on `peer`'s answer, answers here taking `times` (the module's
@@ -620,7 +691,7 @@ fn patience(times: &Recent<PeerId, ANSWER_SAMPLES>, peer: &Peer) -> Option<Durat
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::task::Waker;
+    use std::task::{Context, Poll, Waker};
 
     use libp2p::kad;
     use libp2p::swarm::{ConnectionId, NetworkBehaviour, ToSwarm};
@@ -1213,6 +1284,56 @@ mod tests {
         answer(&mut held, peer, other);
         given_up_after(&mut held, peer, SLOW_FAILURE).await;
         assert!(held.query(&lookup).is_none(), "the lookup went on without the peer, and ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_a_connection_opened_with_late_while_its_peer_answers_others_fails_alone() {
+        // A peer that connected for a lookup answers the requests handed to it after, not the
+        // one it opened with (a liar holding back the lookups of one key that dial it).
+        let (mut held, peer, lookup, _handler) = connected_for_a_lookup();
+        drain(&mut held);
+        tokio::time::advance(ms(1000)).await;
+        let second = ask(&mut held, 2);
+        answer(&mut held, peer, second);
+        let third = ask(&mut held, 3);
+        let woken = Arc::new(Woken::default());
+        drain_waking(&mut held, &Waker::from(woken.clone()));
+        tokio::time::advance(ms(999)).await;
+        assert!(!woken.woken(), "woken early");
+        assert!(held.query(&lookup).is_some(), "given up early");
+        // Two lookups more: Kademlia decides on both requests to the peer as it is polled,
+        // and hands out one at a time.
+        let (fourth, fifth) = (held.get_closest_peers(vec![4]), held.get_closest_peers(vec![5]));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        assert!(matches!(held.poll(&mut cx), Poll::Ready(ToSwarm::NotifyHandler { .. })));
+        tokio::time::advance(ms(1)).await;
+        assert!(woken.woken(), "woken for the late request");
+        let (asked, ended) = drain(&mut held);
+        assert_eq!(ended, vec![lookup], "its lookup went on without the peer, and ended");
+        assert_eq!(asked, vec![peer], "the fifth's request, decided on before");
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "the peer is not given up on");
+        for waits in [third, fourth, fifth] {
+            assert!(held.query(&waits).is_some(), "a lookup it owes an answer in time waits on");
+        }
+        // The late answer, and the others' in time, end everything owed.
+        held.wrapper_mut().opened_ended(peer, 0, true);
+        for waits in [third, fourth, fifth] {
+            answer(&mut held, peer, waits);
+        }
+        assert_eq!(drain(&mut held).1.len(), 3);
+        assert!(held.wrapper_mut().answers_mut().next().is_none(), "nothing owed");
+
+        // A peer that answered nothing sent after it is waited on as its silence is (a busy
+        // peer answers in turn).
+        let (mut held, peer, lookup, _handler) = connected_for_a_lookup();
+        let other = ask(&mut held, 2);
+        tokio::time::advance(ms(10)).await;
+        answer(&mut held, peer, other);
+        tokio::time::advance(SLOW_FAILURE - ms(10)).await;
+        drain(&mut held);
+        assert!(held.query(&lookup).is_some(), "given up on alone for an answer to one as old");
+        given_up_after(&mut held, peer, ms(10)).await;
+        assert!(held.query(&lookup).is_none(), "the lookup went on without the silent peer");
     }
 
     #[tokio::test(start_paused = true)]

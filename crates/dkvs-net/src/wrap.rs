@@ -12,48 +12,46 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
-/// How a connection handler of type `H` is wrapped; the wrapped handler passes the
-/// behaviour's events and the handler's events through unchanged. A wrapper may also keep
-/// state, see the swarm's events and its handlers' events before the behaviour does, and
-/// stand between the behaviour and the swarm when it is polled (and there answer or change
-/// what the behaviour asks); by default it does none of these.
-pub(crate) trait Wrap<H: ConnectionHandler>: 'static {
+/// How the connection handlers of a behaviour of type `B` are wrapped; the wrapped handler
+/// passes the behaviour's events and the handler's events through unchanged. A wrapper may
+/// also keep state, see the swarm's events and its handlers' events before the behaviour
+/// does, and stand between the behaviour and the swarm when it is polled (and there answer or
+/// change what the behaviour asks); by default it does none of these.
+pub(crate) trait Wrap<B: NetworkBehaviour>: 'static {
     /// The wrapped handler.
-    type Handler: ConnectionHandler<FromBehaviour = H::FromBehaviour, ToBehaviour = H::ToBehaviour>;
+    type Handler: ConnectionHandler<FromBehaviour = THandlerInEvent<B>>
+        + ConnectionHandler<ToBehaviour = THandlerOutEvent<B>>;
 
     /// Wraps a handler the behaviour made for `connection` to `peer`.
-    fn wrap(&mut self, handler: H, peer: PeerId, connection: ConnectionId) -> Self::Handler;
+    fn wrap(
+        &mut self,
+        handler: THandler<B>,
+        peer: PeerId,
+        connection: ConnectionId,
+    ) -> Self::Handler;
 
     /// Hands the swarm's `event` to `inner`.
-    fn on_swarm_event<B>(&mut self, inner: &mut B, event: FromSwarm)
-    where
-        B: NetworkBehaviour<ConnectionHandler = H>,
-    {
+    fn on_swarm_event(&mut self, inner: &mut B, event: FromSwarm) {
         inner.on_swarm_event(event)
     }
 
     /// Hands `inner` an event of one of its handlers, from `peer` on `connection`.
-    fn on_connection_handler_event<B>(
+    fn on_connection_handler_event(
         &mut self,
         inner: &mut B,
         peer: PeerId,
         connection: ConnectionId,
         event: THandlerOutEvent<B>,
-    ) where
-        B: NetworkBehaviour<ConnectionHandler = H>,
-    {
+    ) {
         inner.on_connection_handler_event(peer, connection, event)
     }
 
     /// Polls `inner` for what it asks of the swarm.
-    fn poll<B>(
+    fn poll(
         &mut self,
         inner: &mut B,
         cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<B>>>
-    where
-        B: NetworkBehaviour<ConnectionHandler = H>,
-    {
+    ) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<B>>> {
         inner.poll(cx)
     }
 }
@@ -98,7 +96,7 @@ impl<B, W> std::ops::DerefMut for Wrapped<B, W> {
 impl<B, W> NetworkBehaviour for Wrapped<B, W>
 where
     B: NetworkBehaviour,
-    W: Wrap<B::ConnectionHandler>,
+    W: Wrap<B>,
 {
     type ConnectionHandler = W::Handler;
     type ToSwarm = B::ToSwarm;
