@@ -516,11 +516,14 @@ impl Holds {
     /// with failed: which lookups those were for, nothing tells (Kademlia keeps their ids in
     /// its handler), so each running lookup but those with a request to the peer outstanding
     /// and not given up on is told that its request to the peer failed, in the words of
-    /// Kademlia's own handler ([`failure`]). A lookup not waiting on the peer takes no notice
-    /// (Kademlia's lookups count a failure only of a peer they wait on); one that has its
-    /// answer keeps it. Only once Kademlia said all it had to say: a request it decided on
-    /// and has not handed on yet is not seen, and its lookup would be failed too. Whether
-    /// it told Kademlia anything.
+    /// Kademlia's own handler ([`failure`]). A lookup that has the peer's answer, or has not
+    /// asked it, takes no notice (Kademlia's lookups count a failure only of a peer they
+    /// wait on, or stopped waiting on past its 10-s timeout: a lookup longer than that, on a
+    /// setting of `operation_timeout` past 20 s, drops the peer's answer if it comes later;
+    /// and its requests outstanding for [`crate::stalled`]'s 15 s are no longer known, and
+    /// not spared). Only once Kademlia said all it had to say: a request it decided on and
+    /// has not handed on yet is not seen, and its lookup would be failed too. Whether it
+    /// told Kademlia anything.
     fn fail_opened(&mut self, kad: &mut Kad) -> bool {
         let mut told = false;
         for peer in std::mem::take(&mut self.late_opened) {
@@ -739,7 +742,9 @@ impl Default for Reports {
 /// may not be, and is not timed: Kademlia's handler opens at most 32 streams at once, so of
 /// over 32 requests it opened with, those past the 32nd that it sends after the behaviour
 /// handed it one are not told apart from the handed ones, and their ends are taken for those
-/// of others it opened with (rare: 33 lookups waiting on a dial of one peer). A connection
+/// of others it opened with (rare: 33 lookups waiting on a dial of one peer); when those it
+/// opened with are given up on, late ([`Holds::fail_opened`]), so are the lookups of these,
+/// sent or still waiting in the handler for a stream. A connection
 /// that a behaviour after Kademlia denies loses them (the swarm tells Kademlia of a dial,
 /// [`Holds`] of a connection this node did not dial). An end of a request whose lookup the
 /// behaviour did not hand it is the end of one it opened with: which one does not matter,
@@ -956,6 +961,8 @@ impl crate::wrap::Wrap<Kad> for Holds {
             FromSwarm::ConnectionClosed(closed) if closed.remaining_established == 0 => {
                 self.open.remove(&closed.connection_id);
                 self.connected.remove(&closed.peer_id);
+                // Kademlia counts the peer failed itself; a connection it opens next is new.
+                self.late_opened.retain(|peer| *peer != closed.peer_id);
                 self.answers.closed(closed.peer_id, Instant::now());
             }
             FromSwarm::ConnectionClosed(closed) => {

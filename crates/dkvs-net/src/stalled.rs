@@ -618,7 +618,8 @@ impl Answers {
             // The requests its connections opened with: which lookups they are for, nothing
             // tells, so they are given up on together, once the last of them is late.
             // (Kademlia hands a connection requests as it opens only while the peer has no
-            // other: a peer's outstanding ones are of one connection, sent as it opened.)
+            // other: a peer's outstanding ones are of one connection, sent as it opened; past
+            // 32 of them, `held::Opening`'s docs.)
             let Some(last) = last_opened(asked, peer, entry) else {
                 entry.opened.clear();
                 continue;
@@ -1334,6 +1335,69 @@ mod tests {
         assert!(held.query(&lookup).is_some(), "given up on alone for an answer to one as old");
         given_up_after(&mut held, peer, ms(10)).await;
         assert!(held.query(&lookup).is_none(), "the lookup went on without the silent peer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_requests_a_connection_opened_with_fail_no_lookup_that_does_not_wait_on_them() {
+        // A lookup that has the peer's answer goes on waiting on its other peer, and keeps the
+        // answer.
+        let (mut held, peers) = with_peers(2);
+        let (liar, other) = (peers[0], peers[1]);
+        held.wrapper_mut().answers_mut().times.push(ms(10));
+        established(&mut held, other, true);
+        let dialed = held.get_closest_peers(vec![1]);
+        drain(&mut held);
+        let _handler = opened(&mut held, liar);
+        drain(&mut held);
+        tokio::time::advance(ms(1000)).await;
+        let answered = held.get_closest_peers(vec![2]);
+        assert_eq!(drain(&mut held).0.len(), 2, "both asked");
+        answer(&mut held, liar, answered);
+        answer(&mut held, other, dialed);
+        tokio::time::advance(ms(1000)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![dialed]), "went on without the liar");
+        assert!(held.query(&answered).is_some(), "waits on its other peer");
+        answer(&mut held, other, answered);
+        let found =
+            events(&mut held, futures::task::noop_waker_ref()).into_iter().find_map(|event| {
+                match event {
+                    ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed {
+                        id,
+                        result: kad::QueryResult::GetClosestPeers(Ok(ok)),
+                        ..
+                    }) if id == answered => Some(ok.peers),
+                    _ => None,
+                }
+            });
+        let found: Vec<PeerId> = found.expect("ended").iter().map(|peer| peer.peer_id).collect();
+        assert!(found.contains(&liar) && found.contains(&other), "{found:?}");
+
+        // A peer whose last connection closed before Kademlia was told: the next connection,
+        // opened with a new lookup's request, owes nothing late.
+        let (mut held, peer, _, _handler) = connected_for_a_lookup();
+        drain(&mut held);
+        tokio::time::advance(ms(1000)).await;
+        let second = ask(&mut held, 2);
+        answer(&mut held, peer, second);
+        tokio::time::advance(ms(999)).await;
+        let _decided = held.get_closest_peers(vec![3]);
+        tokio::time::advance(ms(1)).await;
+        // Late: Kademlia hands on what it has to say first (the second's end, the third's
+        // request).
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        assert!(held.poll(&mut cx).is_ready());
+        closed(&mut held, peer, 0);
+        let next = held.get_closest_peers(vec![4]);
+        loop {
+            match held.poll(&mut cx) {
+                Poll::Ready(ToSwarm::Dial { .. }) => break,
+                Poll::Ready(_) => {}
+                Poll::Pending => panic!("the peer was not dialed"),
+            }
+        }
+        let _handler = opened(&mut held, peer);
+        drain(&mut held);
+        assert!(held.query(&next).is_some(), "the new connection's request failed at once");
     }
 
     #[tokio::test(start_paused = true)]
