@@ -90,9 +90,13 @@
 //! the peer outstanding and not given up on is told that its request to the peer failed
 //! (`held::Holds::fail_opened`; a lookup that does not wait on the peer takes no notice). A
 //! busy peer answers in turn, and a request it answered nothing sent after is waited on as
-//! its silence is; only Kademlia's answers count for this (this node sends record requests on
-//! lanes of their own). A liar can still hold a lookup for its patience, and to its deadline
-//! by answering slowly (which lengthens its own patience, also when it connects again within
+//! its silence is. An answer to an operation's record request counts for this too (a peer
+//! that answers gets and no lookup kept its silence from counting, and held lookups to their
+//! deadline), but not for a lookup's request sent while more of Kademlia's requests to the
+//! peer were in flight than Kademlia's connection sends at once (32 streams): that one may
+//! have waited here for a stream (record requests go on lanes of their own), and only an
+//! answer of Kademlia's to one sent after it shows it passed over. A liar can still hold a
+//! lookup for its patience, and to its deadline by answering slowly (which lengthens its own patience, also when it connects again within
 //! [`PAST_KEPT`], unless it was closed for its silence), but not another peer's; gets' record
 //! requests wait on the peer as a whole; and a replica that answers lookups and gets but
 //! stalls puts costs each put the linger, as before.
@@ -126,6 +130,9 @@ const PAST_KEPT: Duration = Duration::from_secs(10 * 60);
 /// the peer let time out stays owed. Longer than [`CLOSE_SILENT`], a put's patience.
 const ASKED_KEPT: Duration = Duration::from_secs(15);
 const _: () = assert!(ASKED_KEPT.as_millis() > CLOSE_SILENT.as_millis());
+/// How many requests Kademlia's connection sends at once (libp2p-kad 0.49's handler opens
+/// at most 32 streams; the rest wait for one).
+const KADEMLIA_STREAMS: usize = 32;
 /// How long a peer given up on answered nothing, while asked, before its connections are
 /// closed: as long as Kademlia's own wait on a request (its substream timeout), so a peer
 /// whose answers take a few seconds, or that stalls a few seconds, stays connected.
@@ -277,6 +284,11 @@ pub(crate) struct Answers {
 struct Asked {
     at: Instant,
     wait: Wait,
+    /// Whether it is Kademlia's (a lookup's, or one a connection opened with).
+    kademlia: bool,
+    /// Whether it was a lookup's sent while more of Kademlia's requests to its peer were in
+    /// flight than Kademlia's connection sends at once: it may wait here for a stream.
+    crowded: bool,
     /// Whether its peer was given up on since (Kademlia's lookups went on without it).
     given_up: bool,
 }
@@ -309,9 +321,14 @@ struct Peer {
     /// since): given up on together once the last of them outstanding is late, if the peer
     /// answered one sent after it.
     opened: VecDeque<(Instant, ConnectionId, u32)>,
-    /// When the last sent of the requests it answered was sent: it answered those sent before
-    /// that, or passed them over.
+    /// When the last sent of Kademlia's requests it answered was sent: it answered those
+    /// sent before that, or passed them over.
     answered_sent: Option<Instant>,
+    /// The same of operations' record requests.
+    record_answered_sent: Option<Instant>,
+    /// How many of Kademlia's requests to it are in flight (given up on or not: each holds a
+    /// stream of Kademlia's connection until it ends).
+    kademlia_in_flight: usize,
 }
 
 impl Peer {
@@ -319,6 +336,20 @@ impl Peer {
     fn unwait(&mut self, asked: Asked) {
         self.waiting -= 1;
         self.answers_due -= usize::from(asked.wait == Wait::Answer);
+    }
+
+    /// A request of Kademlia's to it ended (or is forgotten).
+    fn landed(&mut self) {
+        self.kademlia_in_flight = self.kademlia_in_flight.saturating_sub(1);
+    }
+
+    /// Whether it answered a request sent after `at`, when one of Kademlia's was sent to it:
+    /// one of Kademlia's, or an operation's record request, unless that one of Kademlia's
+    /// was `crowded` ([`Asked::crowded`]: it may have waited here for a stream, through no
+    /// fault of the peer's; Kademlia's connection sends its requests in turn).
+    fn answered_after(&self, at: Instant, crowded: bool) -> bool {
+        let record = self.record_answered_sent.filter(|_| !crowded);
+        self.answered_sent.max(record).is_some_and(|sent| sent > at)
     }
 }
 
@@ -341,7 +372,12 @@ pub(crate) struct GivenUp {
 impl Answers {
     /// This node sent `peer` `request` at `now`.
     pub(crate) fn asked(&mut self, peer: PeerId, request: Request, wait: Wait, now: Instant) {
-        let was = self.asked.insert((peer, request), Asked { at: now, wait, given_up: false });
+        let kademlia = matches!(request, Request::Lookup(_) | Request::Opened(..));
+        let in_flight = self.peers.get(&peer).map_or(0, |entry| entry.kademlia_in_flight);
+        // (Those a connection opened with are told of as their streams open.)
+        let crowded = matches!(request, Request::Lookup(_)) && in_flight >= KADEMLIA_STREAMS;
+        let asked = Asked { at: now, wait, kademlia, crowded, given_up: false };
+        let was = self.asked.insert((peer, request), asked);
         self.sent.push_back((now, peer, request));
         let past = &mut self.past;
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
@@ -360,6 +396,8 @@ impl Answers {
             lookups: VecDeque::new(),
             opened: VecDeque::new(),
             answered_sent: None,
+            record_answered_sent: None,
+            kademlia_in_flight: 0,
         });
         // A peer not asked for a while was not silent meanwhile, unless it was given up on
         // and has answered nothing since: then it is passed over at once. A pause of
@@ -378,6 +416,9 @@ impl Answers {
         entry.last_asked = now;
         if let Some(was) = was.filter(|was| !was.given_up) {
             entry.unwait(was);
+        }
+        if kademlia && was.is_none() {
+            entry.kademlia_in_flight += 1;
         }
         if wait == Wait::Answer && entry.answers_due == 0 {
             entry.answers_due_since = now;
@@ -399,6 +440,9 @@ impl Answers {
     pub(crate) fn ended(&mut self, peer: PeerId, request: Request, answered: bool, now: Instant) {
         let asked = self.asked.remove(&(peer, request));
         let Some(entry) = self.peers.get_mut(&peer) else { return };
+        if asked.is_some_and(|asked| asked.kademlia) {
+            entry.landed();
+        }
         if let Some(asked) = asked.filter(|asked| !asked.given_up) {
             entry.unwait(asked);
         }
@@ -411,10 +455,16 @@ impl Answers {
             *heard = (*heard).max(Some(now));
         }
         entry.silent_since = entry.silent_since.max(now);
-        // Kademlia's answers: a record request waits on other work of the peer's (and of this
-        // node's, which sends them on lanes of their own).
-        if let (Some(asked), Request::Lookup(_) | Request::Opened(..)) = (asked, request) {
-            entry.answered_sent = entry.answered_sent.max(Some(asked.at));
+        // An answer to an operation's record request shows the peer at work as well, unless
+        // Kademlia's request may have waited here ([`Peer::answered_after`]).
+        match (asked, request) {
+            (Some(asked), Request::Lookup(_) | Request::Opened(..)) => {
+                entry.answered_sent = entry.answered_sent.max(Some(asked.at))
+            }
+            (Some(asked), Request::Record(_)) => {
+                entry.record_answered_sent = entry.record_answered_sent.max(Some(asked.at))
+            }
+            (None, _) => {}
         }
         entry.given_up_since = None;
         entry.given_up_at = None;
@@ -437,13 +487,16 @@ impl Answers {
     /// (the others sent on it are not known, [`Answers::connection_closed`]). Whether any was
     /// still waited on: Kademlia, which hears of no close while others stay, waits on them.
     pub(crate) fn opened_lost(&mut self, peer: PeerId, connection: ConnectionId) -> bool {
-        let Some(entry) = self.peers.get_mut(&peer).filter(|entry| entry.waiting > 0) else {
+        let Some(entry) = self.peers.get_mut(&peer).filter(|entry| !entry.opened.is_empty()) else {
             return false;
         };
         let mut waited = false;
         self.asked.retain(|(asked, request), state| {
             let lost =
                 *asked == peer && matches!(request, Request::Opened(c, _) if *c == connection);
+            if lost {
+                entry.landed();
+            }
             if lost && !state.given_up {
                 entry.unwait(*state);
                 waited = true;
@@ -500,12 +553,16 @@ impl Answers {
         patience(&self.times, peer)
     }
 
-    /// When `peer`'s oldest lookup request still waited on was sent, and its lookup.
-    fn oldest_lookup(&self, id: &PeerId, peer: &Peer) -> Option<(Instant, QueryId)> {
-        peer.lookups.iter().copied().find(|(at, lookup)| {
+    /// When `peer`'s oldest lookup request still waited on that it answered one sent after
+    /// was sent ([`Peer::answered_after`]): the next given up on alone, once late.
+    fn oldest_passed_over(&self, id: &PeerId, peer: &Peer) -> Option<Instant> {
+        let passed_over = |(at, lookup): &&(Instant, QueryId)| {
             let asked = self.asked.get(&(*id, Request::Lookup(*lookup)));
-            asked.is_some_and(|asked| asked.at == *at && !asked.given_up)
-        })
+            asked.is_some_and(|asked| {
+                asked.at == *at && !asked.given_up && peer.answered_after(*at, asked.crowded)
+            })
+        };
+        peer.lookups.iter().find(passed_over).map(|(at, _)| *at)
     }
 
     /// When `peer`, owing answers, is given up on unless it answers: its patience after its
@@ -544,10 +601,14 @@ impl Answers {
                 continue;
             }
             self.asked.remove(&(peer, request));
+            let entry = self.peers.get_mut(&peer).expect("a peer asked");
+            if asked.kademlia {
+                entry.landed();
+            }
             if !asked.given_up {
                 // Never answered, nor failed by Kademlia: its connection closed, or it was let
                 // time out.
-                self.peers.get_mut(&peer).expect("a peer asked").unwait(asked);
+                entry.unwait(asked);
             }
         }
     }
@@ -601,18 +662,25 @@ impl Answers {
         let Answers { peers, asked, times, .. } = self;
         for (peer, entry) in peers.iter_mut() {
             let Some(patience) = patience(times, entry) else { break };
-            while let Some(&(at, lookup)) = entry.lookups.front() {
+            // (Not only the oldest: a record's answer shows nothing of one that was crowded,
+            // `Asked::crowded`.)
+            let mut i = 0;
+            while let Some(&(at, lookup)) = entry.lookups.get(i) {
                 let waited = asked.get_mut(&(*peer, Request::Lookup(lookup)));
                 let Some(request) = waited.filter(|asked| asked.at == at && !asked.given_up) else {
-                    entry.lookups.pop_front();
+                    entry.lookups.remove(i);
                     continue;
                 };
-                if now < at + patience || entry.answered_sent.is_none_or(|sent| sent <= at) {
+                if now < at + patience {
                     break;
+                }
+                if !entry.answered_after(at, request.crowded) {
+                    i += 1;
+                    continue;
                 }
                 request.given_up = true;
                 entry.unwait(*request);
-                entry.lookups.pop_front();
+                entry.lookups.remove(i);
                 given_up.late.push((*peer, lookup));
             }
             // The requests its connections opened with: which lookups they are for, nothing
@@ -624,7 +692,7 @@ impl Answers {
                 entry.opened.clear();
                 continue;
             };
-            if now < last + patience || entry.answered_sent.is_none_or(|sent| sent <= last) {
+            if now < last + patience || !entry.answered_after(last, false) {
                 continue;
             }
             for (at, connection, index) in std::mem::take(&mut entry.opened) {
@@ -656,11 +724,9 @@ impl Answers {
         let waiting = self.peers.iter().filter(|(_, entry)| entry.waiting > 0);
         let due = |(id, entry): (&PeerId, &Peer)| {
             let patience = self.patience(entry)?;
-            let answered_after = |at: &Instant| entry.answered_sent.is_some_and(|sent| sent > *at);
-            let oldest = (self.oldest_lookup(id, entry))
-                .filter(|(at, _)| answered_after(at))
-                .map(|(at, _)| at + patience);
-            let opened = last_opened(&self.asked, id, entry).filter(answered_after);
+            let oldest = self.oldest_passed_over(id, entry).map(|at| at + patience);
+            let opened = last_opened(&self.asked, id, entry);
+            let opened = opened.filter(|at| entry.answered_after(*at, false));
             let opened = opened.map(|at| at + patience);
             self.due(entry).into_iter().chain(oldest).chain(opened).min()
         };
@@ -1031,9 +1097,8 @@ mod tests {
         assert!(held.query(&third).is_none());
         assert!(held.wrapper_mut().answers_mut().next().is_none(), "nothing owed");
 
-        // An operation's record request answered meanwhile says nothing of the peer's
-        // Kademlia work (this node sends those on lanes of their own): a lookup's request
-        // sent before it is waited on as the peer's silence is.
+        // An operation's record request answered meanwhile shows the peer at work as well (a
+        // peer that answers only those, and no lookup, keeps its silence from counting).
         use crate::lane::RequestId;
         let (mut held, peer) = one_peer();
         let lookup = ask(&mut held, 4);
@@ -1041,9 +1106,44 @@ mod tests {
         let id = RequestId::new_unchecked(1);
         held.record_asked(peer, id, Wait::Answer, Instant::now());
         held.record_ended(peer, id, true, Instant::now());
-        tokio::time::advance(ms(1000)).await;
+        tokio::time::advance(ms(999)).await;
         drain(&mut held);
-        assert!(held.query(&lookup).is_some(), "given up on alone for a record's answer");
+        assert!(held.query(&lookup).is_some(), "given up on early");
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![lookup]), "given up on alone");
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "the peer is not given up on");
+
+        // Unless more of Kademlia's requests to the peer were in flight when it was sent than
+        // its connection sends at once: it may have waited here for a stream.
+        let (mut held, peer) = one_peer();
+        let lookups: Vec<QueryId> = (0..=32).map(|key| ask(&mut held, key)).collect();
+        let crowded = lookups[KADEMLIA_STREAMS];
+        tokio::time::advance(ms(10)).await;
+        for lookup in &lookups[..2] {
+            answer(&mut held, peer, *lookup);
+        }
+        assert_eq!(drain(&mut held).1, lookups[..2]);
+        tokio::time::advance(ms(10)).await;
+        let fresh = ask(&mut held, 100);
+        tokio::time::advance(ms(1000)).await;
+        let id = RequestId::new_unchecked(2);
+        held.record_asked(peer, id, Wait::Answer, Instant::now());
+        held.record_ended(peer, id, true, Instant::now());
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        tokio::time::advance(SLOW_FAILURE - ms(1020)).await;
+        let (_, ended) = drain_waking(&mut held, &waker);
+        let ended: HashSet<QueryId> = ended.into_iter().collect();
+        let spare: HashSet<QueryId> = lookups[2..KADEMLIA_STREAMS].iter().copied().collect();
+        assert_eq!(ended, spare, "those sent as it had streams to spare");
+        assert!(held.query(&crowded).is_some(), "given up on for a record's answer");
+        tokio::time::advance(ms(19)).await;
+        assert!(!woken.woken(), "woken early");
+        tokio::time::advance(ms(1)).await;
+        assert!(woken.woken(), "woken for the late request");
+        let (_, ended) = drain_waking(&mut held, &waker);
+        assert_eq!(ended, vec![fresh], "sent once as few were in flight again");
+        assert!(held.query(&crowded).is_some(), "given up on for a record's answer");
     }
 
     #[tokio::test(start_paused = true)]
