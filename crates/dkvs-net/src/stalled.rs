@@ -91,15 +91,19 @@
 //! (`held::Holds::fail_opened`; a lookup that does not wait on the peer takes no notice). A
 //! busy peer answers in turn, and a request it answered nothing sent after is waited on as
 //! its silence is. An answer to an operation's record request counts for this too (a peer
-//! that answers gets and no lookup kept its silence from counting, and held lookups to their
-//! deadline), but not for a lookup's request sent while more of Kademlia's requests to the
-//! peer were in flight than Kademlia's connection sends at once (32 streams): that one may
-//! have waited here for a stream (record requests go on lanes of their own), and only an
-//! answer of Kademlia's to one sent after it shows it passed over. A liar can still hold a
-//! lookup for its patience, and to its deadline by answering slowly (which lengthens its own patience, also when it connects again within
-//! [`PAST_KEPT`], unless it was closed for its silence), but not another peer's; gets' record
-//! requests wait on the peer as a whole; and a replica that answers lookups and gets but
-//! stalls puts costs each put the linger, as before.
+//! that answered gets and no lookup kept its silence from counting, and held lookups to
+//! their deadline), but not for a lookup's request sent while 32 of Kademlia's requests to
+//! the peer or more were waited on (not given up on): Kademlia's connection sends 32 at once,
+//! so that one may have waited here for a stream (record requests go on lanes of their own),
+//! and only an answer of Kademlia's to one sent after it shows it passed over. (Kademlia
+//! picks any of a peer's connections, and lanes take the newest: a lookup's request that
+//! went over a slower one, a relayed circuit beside a direct connection, may be given up on
+//! for an answer that came over the faster, if it took longer than the patience those set.)
+//! A liar can still hold a lookup for its patience, and to its deadline by answering slowly
+//! (which lengthens its own patience, also when it connects again within [`PAST_KEPT`],
+//! unless it was closed for its silence), but not another peer's; gets' record requests wait
+//! on the peer as a whole; and a replica that answers lookups and gets but stalls puts costs
+//! each put the linger, as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -286,8 +290,8 @@ struct Asked {
     wait: Wait,
     /// Whether it is Kademlia's (a lookup's, or one a connection opened with).
     kademlia: bool,
-    /// Whether it was a lookup's sent while more of Kademlia's requests to its peer were in
-    /// flight than Kademlia's connection sends at once: it may wait here for a stream.
+    /// Whether it is a lookup's, sent while 32 of Kademlia's requests to its peer or more were
+    /// waited on ([`KADEMLIA_STREAMS`]): it may wait here for a stream.
     crowded: bool,
     /// Whether its peer was given up on since (Kademlia's lookups went on without it).
     given_up: bool,
@@ -313,9 +317,9 @@ struct Peer {
     given_up_at: Option<Instant>,
     /// When it was last asked something.
     last_asked: Instant,
-    /// Its lookups' requests in the order they were sent (some ended since): the oldest
-    /// outstanding is given up on alone once it is late, if the peer answered one sent after
-    /// it.
+    /// Its lookups' requests in the order they were sent (some ended since): one outstanding
+    /// is given up on alone once it is late, if the peer answered one sent after it
+    /// ([`Peer::answered_after`]).
     lookups: VecDeque<(Instant, QueryId)>,
     /// The requests its connections opened with, in the order they were sent (some ended
     /// since): given up on together once the last of them outstanding is late, if the peer
@@ -326,9 +330,8 @@ struct Peer {
     answered_sent: Option<Instant>,
     /// The same of operations' record requests.
     record_answered_sent: Option<Instant>,
-    /// How many of Kademlia's requests to it are in flight (given up on or not: each holds a
-    /// stream of Kademlia's connection until it ends).
-    kademlia_in_flight: usize,
+    /// Of its requests outstanding and not given up on, Kademlia's.
+    kademlia_waiting: usize,
 }
 
 impl Peer {
@@ -336,11 +339,13 @@ impl Peer {
     fn unwait(&mut self, asked: Asked) {
         self.waiting -= 1;
         self.answers_due -= usize::from(asked.wait == Wait::Answer);
+        self.kademlia_waiting -= usize::from(asked.kademlia);
     }
 
-    /// A request of Kademlia's to it ended (or is forgotten).
-    fn landed(&mut self) {
-        self.kademlia_in_flight = self.kademlia_in_flight.saturating_sub(1);
+    /// When the last sent of the requests it answered was sent: none sent after can be
+    /// passed over ([`Peer::answered_after`]).
+    fn answered_until(&self) -> Option<Instant> {
+        self.answered_sent.max(self.record_answered_sent)
     }
 
     /// Whether it answered a request sent after `at`, when one of Kademlia's was sent to it:
@@ -373,9 +378,9 @@ impl Answers {
     /// This node sent `peer` `request` at `now`.
     pub(crate) fn asked(&mut self, peer: PeerId, request: Request, wait: Wait, now: Instant) {
         let kademlia = matches!(request, Request::Lookup(_) | Request::Opened(..));
-        let in_flight = self.peers.get(&peer).map_or(0, |entry| entry.kademlia_in_flight);
+        let waiting = self.peers.get(&peer).map_or(0, |entry| entry.kademlia_waiting);
         // (Those a connection opened with are told of as their streams open.)
-        let crowded = matches!(request, Request::Lookup(_)) && in_flight >= KADEMLIA_STREAMS;
+        let crowded = matches!(request, Request::Lookup(_)) && waiting >= KADEMLIA_STREAMS;
         let asked = Asked { at: now, wait, kademlia, crowded, given_up: false };
         let was = self.asked.insert((peer, request), asked);
         self.sent.push_back((now, peer, request));
@@ -397,7 +402,7 @@ impl Answers {
             opened: VecDeque::new(),
             answered_sent: None,
             record_answered_sent: None,
-            kademlia_in_flight: 0,
+            kademlia_waiting: 0,
         });
         // A peer not asked for a while was not silent meanwhile, unless it was given up on
         // and has answered nothing since: then it is passed over at once. A pause of
@@ -417,14 +422,12 @@ impl Answers {
         if let Some(was) = was.filter(|was| !was.given_up) {
             entry.unwait(was);
         }
-        if kademlia && was.is_none() {
-            entry.kademlia_in_flight += 1;
-        }
         if wait == Wait::Answer && entry.answers_due == 0 {
             entry.answers_due_since = now;
         }
         entry.waiting += 1;
         entry.answers_due += usize::from(wait == Wait::Answer);
+        entry.kademlia_waiting += usize::from(kademlia);
         match (request, wait) {
             (Request::Lookup(lookup), Wait::Answer) => entry.lookups.push_back((now, lookup)),
             (Request::Opened(connection, index), Wait::Answer) => {
@@ -440,9 +443,6 @@ impl Answers {
     pub(crate) fn ended(&mut self, peer: PeerId, request: Request, answered: bool, now: Instant) {
         let asked = self.asked.remove(&(peer, request));
         let Some(entry) = self.peers.get_mut(&peer) else { return };
-        if asked.is_some_and(|asked| asked.kademlia) {
-            entry.landed();
-        }
         if let Some(asked) = asked.filter(|asked| !asked.given_up) {
             entry.unwait(asked);
         }
@@ -487,16 +487,13 @@ impl Answers {
     /// (the others sent on it are not known, [`Answers::connection_closed`]). Whether any was
     /// still waited on: Kademlia, which hears of no close while others stay, waits on them.
     pub(crate) fn opened_lost(&mut self, peer: PeerId, connection: ConnectionId) -> bool {
-        let Some(entry) = self.peers.get_mut(&peer).filter(|entry| !entry.opened.is_empty()) else {
+        let Some(entry) = self.peers.get_mut(&peer).filter(|entry| entry.waiting > 0) else {
             return false;
         };
         let mut waited = false;
         self.asked.retain(|(asked, request), state| {
             let lost =
                 *asked == peer && matches!(request, Request::Opened(c, _) if *c == connection);
-            if lost {
-                entry.landed();
-            }
             if lost && !state.given_up {
                 entry.unwait(*state);
                 waited = true;
@@ -562,7 +559,9 @@ impl Answers {
                 asked.at == *at && !asked.given_up && peer.answered_after(*at, asked.crowded)
             })
         };
-        peer.lookups.iter().find(passed_over).map(|(at, _)| *at)
+        let answered = peer.answered_until();
+        let before = |(at, _): &&(Instant, QueryId)| answered.is_some_and(|sent| *at < sent);
+        peer.lookups.iter().take_while(before).find(passed_over).map(|(at, _)| *at)
     }
 
     /// When `peer`, owing answers, is given up on unless it answers: its patience after its
@@ -601,14 +600,10 @@ impl Answers {
                 continue;
             }
             self.asked.remove(&(peer, request));
-            let entry = self.peers.get_mut(&peer).expect("a peer asked");
-            if asked.kademlia {
-                entry.landed();
-            }
             if !asked.given_up {
                 // Never answered, nor failed by Kademlia: its connection closed, or it was let
                 // time out.
-                entry.unwait(asked);
+                self.peers.get_mut(&peer).expect("a peer asked").unwait(asked);
             }
         }
     }
@@ -633,6 +628,7 @@ impl Answers {
             let entry = self.peers.get_mut(peer).expect("a peer asked");
             entry.waiting = 0;
             entry.answers_due = 0;
+            entry.kademlia_waiting = 0;
             // Closed only if another peer reached the same way answered since it was given up
             // on: when none did, this node's own network may be what is silent (a Wi-Fi that
             // dropped, its connections still up; a peer on the same host or network may still
@@ -663,7 +659,8 @@ impl Answers {
         for (peer, entry) in peers.iter_mut() {
             let Some(patience) = patience(times, entry) else { break };
             // (Not only the oldest: a record's answer shows nothing of one that was crowded,
-            // `Asked::crowded`.)
+            // `Asked::crowded`; none sent after the last answered can be.)
+            let answered = entry.answered_until();
             let mut i = 0;
             while let Some(&(at, lookup)) = entry.lookups.get(i) {
                 let waited = asked.get_mut(&(*peer, Request::Lookup(lookup)));
@@ -671,7 +668,7 @@ impl Answers {
                     entry.lookups.remove(i);
                     continue;
                 };
-                if now < at + patience {
+                if now < at + patience || answered.is_none_or(|sent| sent <= at) {
                     break;
                 }
                 if !entry.answered_after(at, request.crowded) {
@@ -1113,8 +1110,8 @@ mod tests {
         assert_eq!(drain(&mut held), (vec![], vec![lookup]), "given up on alone");
         assert!(held.passed_over(&peer, Instant::now()).is_none(), "the peer is not given up on");
 
-        // Unless more of Kademlia's requests to the peer were in flight when it was sent than
-        // its connection sends at once: it may have waited here for a stream.
+        // Unless 32 of Kademlia's requests to the peer or more were waited on when it was sent
+        // (its connection sends 32 at once): it may have waited here for a stream.
         let (mut held, peer) = one_peer();
         let lookups: Vec<QueryId> = (0..=32).map(|key| ask(&mut held, key)).collect();
         let crowded = lookups[KADEMLIA_STREAMS];
@@ -1144,6 +1141,51 @@ mod tests {
         let (_, ended) = drain_waking(&mut held, &waker);
         assert_eq!(ended, vec![fresh], "sent once as few were in flight again");
         assert!(held.query(&crowded).is_some(), "given up on for a record's answer");
+        // An answer of Kademlia's to one sent after it shows it passed over all the same.
+        let later = ask(&mut held, 101);
+        answer(&mut held, peer, later);
+        let ended: HashSet<QueryId> = drain(&mut held).1.into_iter().collect();
+        assert_eq!(ended, HashSet::from([crowded, later]), "given up on for a lookup's answer");
+
+        // Those given up on alone do not crowd the next: the peer let them wait.
+        let (mut held, peer) = one_peer();
+        let lookups: HashSet<QueryId> = (0..32).map(|key| ask(&mut held, key)).collect();
+        let record = |held: &mut Held, id| {
+            let id = RequestId::new_unchecked(id);
+            held.record_asked(peer, id, Wait::Answer, Instant::now());
+            held.record_ended(peer, id, true, Instant::now());
+        };
+        tokio::time::advance(ms(10)).await;
+        record(&mut held, 3);
+        tokio::time::advance(SLOW_FAILURE - ms(10)).await;
+        assert_eq!(drain(&mut held).1.into_iter().collect::<HashSet<_>>(), lookups);
+        let next = ask(&mut held, 100);
+        tokio::time::advance(ms(10)).await;
+        record(&mut held, 4);
+        tokio::time::advance(SLOW_FAILURE - ms(11)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![]), "given up on early");
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![next]), "taken for crowded");
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "the peer is not given up on");
+
+        // Nor do those given up on with their silent peer.
+        let (mut held, peer) = one_peer();
+        let lookups: HashSet<QueryId> = (0..32).map(|key| ask(&mut held, key)).collect();
+        tokio::time::advance(SLOW_FAILURE).await;
+        assert_eq!(drain(&mut held).1.into_iter().collect::<HashSet<_>>(), lookups);
+        assert!(held.passed_over(&peer, Instant::now()).is_some(), "given up on");
+        let record = |held: &mut Held, id| {
+            let id = RequestId::new_unchecked(id);
+            held.record_asked(peer, id, Wait::Answer, Instant::now());
+            held.record_ended(peer, id, true, Instant::now());
+        };
+        record(&mut held, 5);
+        assert!(held.passed_over(&peer, Instant::now()).is_none(), "it answered");
+        let next = ask(&mut held, 100);
+        tokio::time::advance(ms(10)).await;
+        record(&mut held, 6);
+        tokio::time::advance(SLOW_FAILURE - ms(10)).await;
+        assert_eq!(drain(&mut held), (vec![], vec![next]), "taken for crowded");
     }
 
     #[tokio::test(start_paused = true)]
