@@ -1066,20 +1066,28 @@ mod tests {
         assert_eq!(scope("/ip4/192.168.0.1/tcp/1/p2p-circuit"), Scope::Local, "the relay's");
     }
 
+    /// A second lookup, 1 s after the one `peer` owes was sent, that it answers at once, and a
+    /// third, that it owes; 1 s and 999 ms after the first, which is not given up on yet: the
+    /// third, and what is woken when the first is.
+    async fn answers_one_sent_after(held: &mut Held, peer: PeerId) -> (QueryId, Arc<Woken>) {
+        tokio::time::advance(ms(1000)).await;
+        let second = ask(held, 2);
+        answer(held, peer, second);
+        let third = ask(held, 3);
+        let woken = Arc::new(Woken::default());
+        drain_waking(held, &Waker::from(woken.clone()));
+        tokio::time::advance(ms(999)).await;
+        assert!(!woken.woken(), "woken early");
+        (third, woken)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_request_late_while_its_peer_answers_others_is_given_up_on_alone() {
         // A peer that answers some requests and not others (a liar holding back one key's
         // lookups, a request lost on a connection that closed beside another).
         let (mut held, peer) = one_peer();
         let first = ask(&mut held, 1);
-        tokio::time::advance(ms(1000)).await;
-        let second = ask(&mut held, 2);
-        answer(&mut held, peer, second);
-        let third = ask(&mut held, 3);
-        let woken = Arc::new(Woken::default());
-        drain_waking(&mut held, &Waker::from(woken.clone()));
-        tokio::time::advance(ms(999)).await;
-        assert!(!woken.woken(), "woken early");
+        let (third, woken) = answers_one_sent_after(&mut held, peer).await;
         assert!(held.query(&first).is_some(), "given up early");
         tokio::time::advance(ms(1)).await;
         assert!(woken.woken(), "woken for the late request");
@@ -1435,14 +1443,7 @@ mod tests {
         // one it opened with (a liar holding back the lookups of one key that dial it).
         let (mut held, peer, lookup, _handler) = connected_for_a_lookup();
         drain(&mut held);
-        tokio::time::advance(ms(1000)).await;
-        let second = ask(&mut held, 2);
-        answer(&mut held, peer, second);
-        let third = ask(&mut held, 3);
-        let woken = Arc::new(Woken::default());
-        drain_waking(&mut held, &Waker::from(woken.clone()));
-        tokio::time::advance(ms(999)).await;
-        assert!(!woken.woken(), "woken early");
+        let (third, woken) = answers_one_sent_after(&mut held, peer).await;
         assert!(held.query(&lookup).is_some(), "given up early");
         // Two lookups more: Kademlia decides on both requests to the peer as it is polled,
         // and hands out one at a time.
