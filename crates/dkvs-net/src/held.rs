@@ -16,11 +16,11 @@
 //! farthest address the dial tried (bytes, or an answer; [`crate::stalled::Scope`]: so it
 //! waited on the peer, not on its own network: a silent outage keeps connections up for
 //! minutes, and an uplink that dropped leaves peers on the same host or network answering)
-//! and had a DHT server connected (`Driver::dial_failed` says so, [`Held::hold`]), Kademlia's next dials of it fail
-//! at once, with no packet sent, for [`HOLD_FIRST`], twice as long after each slow failure
-//! again, at most [`HOLD_MOST`]; Kademlia takes each as a failed dial, and its lookup goes on
-//! with the next peer. A dial refused at once costs a lookup
-//! nothing and holds nothing. A connection to the peer, either way, ends its hold; an
+//! and had a DHT server connected (`Driver::dial_failed` says so, [`Held::hold`]),
+//! Kademlia's next dials of it fail at once, with no packet sent, for [`HOLD_FIRST`], twice
+//! as long after each slow failure again, at most [`HOLD_MOST`]; Kademlia takes each as a
+//! failed dial, and its lookup goes on with the next peer. A dial refused at once costs a
+//! lookup nothing and holds nothing. A connection to the peer, either way, ends its hold; an
 //! application's walk of the table (`Node::bootstrap`) ends them all, and so does this node's
 //! return from being stranded ([`Held::release_all`]).
 //!
@@ -536,7 +536,7 @@ impl Holds {
                 kad.on_connection_handler_event(peer, connection, failed);
                 told = true;
             }
-            tracing::debug!(%peer, "lookups stopped waiting on the requests a connection opened with");
+            tracing::debug!(%peer, "lookups stopped waiting on what a connection opened with");
         }
         told
     }
