@@ -209,6 +209,13 @@ pub(crate) enum Request {
     Record(RequestId),
 }
 
+impl Request {
+    /// Whether it is Kademlia's (a lookup's, or one a connection opened with).
+    fn is_kademlia(self) -> bool {
+        matches!(self, Request::Lookup(_) | Request::Opened(..))
+    }
+}
+
 /// How long a request's peer may answer nothing before it is given up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -288,13 +295,19 @@ pub(crate) struct Answers {
 struct Asked {
     at: Instant,
     wait: Wait,
-    /// Whether it is Kademlia's (a lookup's, or one a connection opened with).
-    kademlia: bool,
     /// Whether it is a lookup's, sent while 32 of Kademlia's requests to its peer or more were
     /// waited on ([`KADEMLIA_STREAMS`]): it may wait here for a stream.
     crowded: bool,
     /// Whether its peer was given up on since (Kademlia's lookups went on without it).
     given_up: bool,
+}
+
+impl Asked {
+    /// Whether it is the request sent at `sent` (not one sent before under the same key),
+    /// and still waited on.
+    fn waited_on(&self, sent: Instant) -> bool {
+        self.at == sent && !self.given_up
+    }
 }
 
 /// A peer asked since it connected.
@@ -336,10 +349,10 @@ struct Peer {
 
 impl Peer {
     /// `asked`, waited on, is no longer.
-    fn unwait(&mut self, asked: Asked) {
+    fn unwait(&mut self, request: Request, asked: Asked) {
         self.waiting -= 1;
         self.answers_due -= usize::from(asked.wait == Wait::Answer);
-        self.kademlia_waiting -= usize::from(asked.kademlia);
+        self.kademlia_waiting -= usize::from(request.is_kademlia());
     }
 
     /// When the last sent of the requests it answered was sent: none sent after can be
@@ -377,11 +390,10 @@ pub(crate) struct GivenUp {
 impl Answers {
     /// This node sent `peer` `request` at `now`.
     pub(crate) fn asked(&mut self, peer: PeerId, request: Request, wait: Wait, now: Instant) {
-        let kademlia = matches!(request, Request::Lookup(_) | Request::Opened(..));
         let waiting = self.peers.get(&peer).map_or(0, |entry| entry.kademlia_waiting);
         // (Those a connection opened with are told of as their streams open.)
         let crowded = matches!(request, Request::Lookup(_)) && waiting >= KADEMLIA_STREAMS;
-        let asked = Asked { at: now, wait, kademlia, crowded, given_up: false };
+        let asked = Asked { at: now, wait, crowded, given_up: false };
         let was = self.asked.insert((peer, request), asked);
         self.sent.push_back((now, peer, request));
         let past = &mut self.past;
@@ -420,14 +432,14 @@ impl Answers {
         }
         entry.last_asked = now;
         if let Some(was) = was.filter(|was| !was.given_up) {
-            entry.unwait(was);
+            entry.unwait(request, was);
         }
         if wait == Wait::Answer && entry.answers_due == 0 {
             entry.answers_due_since = now;
         }
         entry.waiting += 1;
         entry.answers_due += usize::from(wait == Wait::Answer);
-        entry.kademlia_waiting += usize::from(kademlia);
+        entry.kademlia_waiting += usize::from(request.is_kademlia());
         match (request, wait) {
             (Request::Lookup(lookup), Wait::Answer) => entry.lookups.push_back((now, lookup)),
             (Request::Opened(connection, index), Wait::Answer) => {
@@ -444,7 +456,7 @@ impl Answers {
         let asked = self.asked.remove(&(peer, request));
         let Some(entry) = self.peers.get_mut(&peer) else { return };
         if let Some(asked) = asked.filter(|asked| !asked.given_up) {
-            entry.unwait(asked);
+            entry.unwait(request, asked);
         }
         if !answered {
             return;
@@ -495,7 +507,7 @@ impl Answers {
             let lost =
                 *asked == peer && matches!(request, Request::Opened(c, _) if *c == connection);
             if lost && !state.given_up {
-                entry.unwait(*state);
+                entry.unwait(*request, *state);
                 waited = true;
             }
             !lost
@@ -556,7 +568,7 @@ impl Answers {
         let passed_over = |(at, lookup): &&(Instant, QueryId)| {
             let asked = self.asked.get(&(*id, Request::Lookup(*lookup)));
             asked.is_some_and(|asked| {
-                asked.at == *at && !asked.given_up && peer.answered_after(*at, asked.crowded)
+                asked.waited_on(*at) && peer.answered_after(*at, asked.crowded)
             })
         };
         let answered = peer.answered_until();
@@ -603,7 +615,7 @@ impl Answers {
             if !asked.given_up {
                 // Never answered, nor failed by Kademlia: its connection closed, or it was let
                 // time out.
-                self.peers.get_mut(&peer).expect("a peer asked").unwait(asked);
+                self.peers.get_mut(&peer).expect("a peer asked").unwait(request, asked);
             }
         }
     }
@@ -664,7 +676,7 @@ impl Answers {
             let mut i = 0;
             while let Some(&(at, lookup)) = entry.lookups.get(i) {
                 let waited = asked.get_mut(&(*peer, Request::Lookup(lookup)));
-                let Some(request) = waited.filter(|asked| asked.at == at && !asked.given_up) else {
+                let Some(request) = waited.filter(|asked| asked.waited_on(at)) else {
                     entry.lookups.remove(i);
                     continue;
                 };
@@ -676,7 +688,7 @@ impl Answers {
                     continue;
                 }
                 request.given_up = true;
-                entry.unwait(*request);
+                entry.unwait(Request::Lookup(lookup), *request);
                 entry.lookups.remove(i);
                 given_up.late.push((*peer, lookup));
             }
@@ -693,10 +705,11 @@ impl Answers {
                 continue;
             }
             for (at, connection, index) in std::mem::take(&mut entry.opened) {
-                let waited = asked.get_mut(&(*peer, Request::Opened(connection, index)));
-                if let Some(request) = waited.filter(|asked| asked.at == at && !asked.given_up) {
+                let opened = Request::Opened(connection, index);
+                let waited = asked.get_mut(&(*peer, opened));
+                if let Some(request) = waited.filter(|asked| asked.waited_on(at)) {
                     request.given_up = true;
-                    entry.unwait(*request);
+                    entry.unwait(opened, *request);
                 }
             }
             given_up.late_opened.push(*peer);
@@ -711,7 +724,7 @@ impl Answers {
         let Some(entry) = self.peers.get(peer) else { return HashSet::new() };
         let outstanding = |(at, lookup): &&(Instant, QueryId)| {
             let asked = self.asked.get(&(*peer, Request::Lookup(*lookup)));
-            asked.is_some_and(|asked| asked.at == *at && !asked.given_up)
+            asked.is_some_and(|asked| asked.waited_on(*at))
         };
         entry.lookups.iter().filter(outstanding).map(|(_, lookup)| *lookup).collect()
     }
@@ -740,7 +753,7 @@ fn last_opened(
 ) -> Option<Instant> {
     let outstanding = |(at, connection, index): &&(Instant, ConnectionId, u32)| {
         let asked = asked.get(&(*id, Request::Opened(*connection, *index)));
-        asked.is_some_and(|asked| asked.at == *at && !asked.given_up)
+        asked.is_some_and(|asked| asked.waited_on(*at))
     };
     peer.opened.iter().rev().find(outstanding).map(|(at, _, _)| *at)
 }
