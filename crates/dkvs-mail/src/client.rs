@@ -437,6 +437,8 @@ pub struct Fetched {
     letters_read: Vec<ReadMark>,
     receipts_read: Vec<ReadMark>,
     receipt_digests: HashSet<[u8; 32]>,
+    /// The envelope each letter and receipt (sender, id) opened from.
+    digests: HashMap<(AccountId, MessageId), [u8; 32]>,
     /// Per replica, the cursor after what it handed over.
     cursors: BTreeMap<PeerId, u64>,
 }
@@ -447,6 +449,30 @@ impl Fetched {
         for (sender, id, until) in self.letters_read.iter().chain(&self.receipts_read) {
             inbox.remember(sender.clone(), *id, *until);
         }
+    }
+
+    /// Leaves every letter past the first `letters`, and every delivery receipt past the
+    /// first `receipts`, for a later fetch: [`ack`] neither deletes nor marks them read, so
+    /// the next [`fetch`] hands them over again (a [`MailWatch`]'s next fetch only after its
+    /// renewal: its cursors are past them). For a reader that hands letters on in answers of
+    /// bounded size. Returns how many were left.
+    pub fn leave_for_later(&mut self, letters: usize, receipts: usize) -> usize {
+        let mut left: HashSet<(AccountId, MessageId)> = HashSet::new();
+        let from = letters.min(self.letters.len());
+        left.extend(self.letters.drain(from..).map(|letter| (letter.sender, letter.id)));
+        // `receipts_read` is in the order of `receipts`.
+        let from = receipts.min(self.receipts.len());
+        self.receipts.truncate(from);
+        left.extend(self.receipts_read.drain(from..).map(|(sender, id, _)| (sender, id)));
+        self.letters_read.retain(|(sender, id, _)| !left.contains(&(sender.clone(), *id)));
+        let digests: HashSet<[u8; 32]> =
+            left.iter().filter_map(|key| self.digests.get(key)).copied().collect();
+        for acks in self.acks.values_mut() {
+            acks.retain(|digest| !digests.contains(digest));
+        }
+        self.receipt_digests.retain(|digest| !digests.contains(digest));
+        self.digests.retain(|key, _| !left.contains(key));
+        left.len()
     }
 
     /// The delivery receipts of this fetch alone (and the envelopes that carried them): to
@@ -466,6 +492,7 @@ impl Fetched {
             acks,
             receipts_read: self.receipts_read.clone(),
             receipt_digests: self.receipt_digests.clone(),
+            digests: self.digests.clone(),
             ..Fetched::default()
         }
     }
@@ -707,6 +734,7 @@ async fn fetch_from_replicas(
                             .saturating_add(MAX_CLOCK_SKEW_MS)
                             .min(now.saturating_add(MAX_REMEMBER_MS));
                         let mark = (letter.sender.clone(), letter.id, until);
+                        fetched.digests.insert((letter.sender.clone(), letter.id), digest);
                         match DeliveryReceipt::of(&letter) {
                             Some(receipt) => {
                                 fetched.receipts.push(receipt);

@@ -436,6 +436,61 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_and_receipts_left_for_later_come_again_and_only_they_do() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        let (net, _) = mail_net(3).await?;
+        let (alice, bob, carol) = (account(), account(), account());
+        let options = SendOptions::default();
+        // Two delivery receipts wait for alice: bob read her two letters one at a time.
+        let mut read_by_bob = Vec::new();
+        for text in ["to bob 1", "to bob 2"] {
+            let body = text.as_bytes().to_vec();
+            dkvs_mail::send(net.node(0), &alice, &bob.account_id(), body, &options).await?;
+            let read = dkvs_mail::read(net.node(1), &bob, &mut Inbox::new(), &options).await?;
+            assert_eq!(read.letters.len(), 1);
+            read_by_bob.push(read.letters[0].id);
+        }
+        for i in 0..4 {
+            let body = format!("to alice {i}").into_bytes();
+            dkvs_mail::send(net.node(2), &carol, &alice.account_id(), body, &options).await?;
+        }
+        let mut inbox = Inbox::new();
+        let mut first = dkvs_mail::fetch(net.node(0), &alice, &inbox, &options).await?;
+        assert_eq!((first.letters.len(), first.receipts.len()), (4, 2), "{first:?}");
+        let all = first.letters.clone();
+        assert_eq!(first.leave_for_later(1, 1), 4, "three letters and a receipt left");
+        assert_eq!(first.letters, all[..1]);
+        assert_eq!(first.receipts.len(), 1);
+        let report = dkvs_mail::ack(net.node(0), &alice, &mut inbox, &first, &options).await;
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(report.receipts_sent, 1, "carol is told of the letter read alone");
+        assert!(inbox.has_read(&carol.account_id(), &all[0].id));
+        assert!(!all[1..].iter().any(|l| inbox.has_read(&carol.account_id(), &l.id)));
+
+        // On the replicas (asked with an inbox that hides nothing), the rest is all that is
+        // left, and a new inbox is as good as alice's.
+        let rest = dkvs_mail::fetch(net.node(1), &alice, &Inbox::new(), &options).await?;
+        assert_eq!(rest.letters, all[1..]);
+        assert_eq!(rest.receipts.len(), 1);
+        let mut ids: Vec<_> =
+            first.receipts.iter().chain(&rest.receipts).flat_map(|r| r.ids.clone()).collect();
+        ids.sort();
+        read_by_bob.sort();
+        assert_eq!(ids, read_by_bob, "each receipt came once");
+        let mut rest = dkvs_mail::fetch(net.node(0), &alice, &inbox, &options).await?;
+        assert_eq!((rest.letters.len(), rest.receipts.len()), (3, 1));
+        // Leaving nothing out leaves nothing.
+        assert_eq!(rest.leave_for_later(usize::MAX, usize::MAX), 0);
+        dkvs_mail::ack(net.node(0), &alice, &mut inbox, &rest, &options).await;
+        let none = dkvs_mail::fetch(net.node(2), &alice, &Inbox::new(), &options).await?;
+        assert!(none.letters.is_empty() && none.receipts.is_empty(), "{none:?}");
+        net.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_sent_longer_ago_than_an_inbox_remembers_or_far_ahead_is_refused_and_deleted()
 -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {

@@ -59,6 +59,14 @@ const MAX_HANDED_OUT: usize = 256;
 /// The longest `wait` of `POST /v1/inbox`.
 const MAX_MAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// The most bytes of letters and delivery receipts (as JSON) one `POST /v1/inbox` answer
+/// holds past its first: the others are left on the replicas for the next read (`"more"`
+/// says how many). A fetch may bring up to 16 MiB from each of ten replicas, a body is
+/// written twice (as text and as base64) and JSON writes a control byte in six: one answer
+/// of it all would be hundreds of MiB, past what any client reads (anyone can fill a
+/// mailbox so), and the reader would never get to acknowledge it.
+const MAX_INBOX_ANSWER: usize = 4 << 20;
+
 /// What the handlers share.
 pub struct AppState {
     /// The network node.
@@ -1218,22 +1226,58 @@ struct InboxQuery {
     wait: Option<String>,
 }
 
-fn letters_json(fetched: &dkvs_mail::Fetched) -> serde_json::Value {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    json!(
-        fetched
-            .letters
-            .iter()
-            .map(|l| json!({
-                "id": l.id.to_string(),
-                "sender": l.sender.to_string(),
-                "sent_at_ms": l.sent_at_ms,
-                "expires_at_ms": l.expires_at_ms,
-                "body": std::str::from_utf8(&l.body).ok(),
-                "body_base64": b64.encode(&l.body),
-            }))
-            .collect::<Vec<_>>()
-    )
+fn letter_json(letter: &dkvs_mail::Letter) -> serde_json::Value {
+    json!({
+        "id": letter.id.to_string(),
+        "sender": letter.sender.to_string(),
+        "sent_at_ms": letter.sent_at_ms,
+        "expires_at_ms": letter.expires_at_ms,
+        "body": std::str::from_utf8(&letter.body).ok(),
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&letter.body),
+    })
+}
+
+fn delivery_receipt_json(receipt: &dkvs_mail::DeliveryReceipt) -> serde_json::Value {
+    json!({
+        "reader": receipt.reader.to_string(),
+        "ids": receipt.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        "read_at_ms": receipt.read_at_ms,
+    })
+}
+
+/// The letters and delivery receipts of `fetched` that one answer holds ([`MAX_INBOX_ANSWER`],
+/// letters first, oldest first), as JSON; the others are left for the next read. Returns how
+/// many were left too.
+fn inbox_answer(
+    fetched: &mut dkvs_mail::Fetched,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, usize) {
+    let mut room = MAX_INBOX_ANSWER;
+    let mut fits = |value: &serde_json::Value, first: bool| {
+        let size = serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len());
+        let fits = first || size <= room;
+        room = room.saturating_sub(size);
+        fits
+    };
+    let mut letters = Vec::new();
+    for letter in &fetched.letters {
+        let value = letter_json(letter);
+        if !fits(&value, letters.is_empty()) {
+            break;
+        }
+        letters.push(value);
+    }
+    let mut receipts = Vec::new();
+    if letters.len() == fetched.letters.len() {
+        for receipt in &fetched.receipts {
+            let value = delivery_receipt_json(receipt);
+            if !fits(&value, letters.is_empty() && receipts.is_empty()) {
+                break;
+            }
+            receipts.push(value);
+        }
+    }
+    let left = fetched.leave_for_later(letters.len(), receipts.len());
+    (letters, receipts, left)
 }
 
 fn now_ms() -> u64 {
@@ -1282,13 +1326,19 @@ impl AppState {
             return Ok(());
         }
         self.update_sent(|list| {
+            // A receipt may list 4,096 ids, and a read bring thousands of receipts: each id
+            // is looked up, not compared with every letter sent.
+            let mut by_id: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, sent) in list.iter().enumerate() {
+                by_id.entry(sent.id.clone()).or_default().push(i);
+            }
             let mut unchanged = true;
             for receipt in receipts {
                 let reader = receipt.reader.to_string();
                 for id in &receipt.ids {
-                    let id = id.to_string();
-                    for sent in list.iter_mut().filter(|s| s.id == id && s.to == reader) {
-                        if sent.read_at_ms.is_none() {
+                    for &i in by_id.get(&id.to_string()).into_iter().flatten() {
+                        let sent = &mut list[i];
+                        if sent.to == reader && sent.read_at_ms.is_none() {
                             sent.read_at_ms = Some(receipt.read_at_ms);
                             unchanged = false;
                         }
@@ -1361,8 +1411,8 @@ async fn read_inbox(
             _ = stopping.wait_for(|stop| *stop) => {}
         }
     }
+    let (letters, receipts, more) = inbox_answer(&mut fetched);
     state.note_receipts(&fetched.receipts).await?;
-    let letters = letters_json(&fetched);
     let refused: Vec<serde_json::Value> = fetched
         .refused
         .iter()
@@ -1378,17 +1428,6 @@ async fn read_inbox(
             dkvs_mail::MAX_CLOCK_SKEW_MS / 60_000
         )
     });
-    let receipts: Vec<serde_json::Value> = fetched
-        .receipts
-        .iter()
-        .map(|r| {
-            json!({
-                "reader": r.reader.to_string(),
-                "ids": r.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
-                "read_at_ms": r.read_at_ms,
-            })
-        })
-        .collect();
     let token = hex::encode(rand::random::<[u8; 16]>());
     {
         let mut mail = state.mail.lock().await;
@@ -1410,6 +1449,7 @@ async fn read_inbox(
         "refused": refused,
         "replicas": replicas,
         "clock": clock,
+        "more": more,
         "ack": token,
     })))
 }

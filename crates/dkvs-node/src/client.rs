@@ -32,6 +32,15 @@ pub enum ClientError {
         /// What timed out.
         reason: String,
     },
+    /// The node answered, but not with what this client reads (cut short, too large, not
+    /// JSON).
+    #[error("the node at {url} sent an answer this command cannot read: {reason}")]
+    BadAnswer {
+        /// The node asked.
+        url: String,
+        /// What was wrong with it.
+        reason: String,
+    },
     /// The node could not be reached.
     #[error("cannot reach the node at {url}: {reason} (is `dkvs node` running from this home?)")]
     Unreachable {
@@ -41,6 +50,10 @@ pub enum ClientError {
         reason: String,
     },
 }
+
+/// The largest JSON answer the command line reads: the node bounds its long answers (an
+/// inbox's to 4 MiB past its first letter), lists of a few hundred thousand entries fit.
+const MAX_JSON_ANSWER: u64 = 64 << 20;
 
 /// A client of one node's API.
 pub struct Client {
@@ -151,8 +164,24 @@ impl Client {
         path: &str,
         body: &[u8],
     ) -> Result<serde_json::Value, ClientError> {
-        let mut response = self.send(method, path, "application/json", body)?;
-        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+        let response = self.send(method, path, "application/json", body)?;
+        self.read_json(response)
+    }
+
+    /// Reads a JSON answer of at most [`MAX_JSON_ANSWER`] bytes.
+    fn read_json(
+        &self,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = response.body_mut().with_config().limit(MAX_JSON_ANSWER).read_to_vec();
+        let bytes = bytes.map_err(|e| match e {
+            ureq::Error::Timeout(_) | ureq::Error::Io(_) => self.unreachable(e),
+            e => ClientError::BadAnswer { url: self.base.clone(), reason: e.to_string() },
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
+            url: self.base.clone(),
+            reason: format!("not JSON: {e}"),
+        })
     }
 
     /// GET `path`, JSON answer.
@@ -195,9 +224,9 @@ impl Client {
         path: &str,
         reader: impl std::io::Read + Send + 'static,
     ) -> Result<serde_json::Value, ClientError> {
-        let mut response =
+        let response =
             self.send("POST", path, "application/json", ureq::SendBody::from_owned_reader(reader))?;
-        response.body_mut().read_json().map_err(|e| self.unreachable(e))
+        self.read_json(response)
     }
 
     /// GET `path` and write the answer's bytes to `out` as they come; the bytes written.

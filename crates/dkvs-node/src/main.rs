@@ -164,12 +164,14 @@ enum MailCommand {
         account: Option<String>,
     },
     /// Print the new letters, oldest first, with sender and time; once printed they are
-    /// marked read and the replicas delete them.
+    /// marked read and the replicas delete them. The node answers at most 4 MiB at a time;
+    /// this reads up to 16 answers.
     Read {
         /// When there is no new letter, wait this long for one (e.g. 30s, 10m; at most 1h).
         #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "1h")]
         wait: Option<String>,
-        /// Print JSON (the API's answer) instead.
+        /// Print JSON (the API's answer: one, of at most 4 MiB; its "more" says how many
+        /// letters wait for the next read) instead.
         #[arg(long)]
         json: bool,
         /// Read this account's mailbox instead of the default one's.
@@ -840,39 +842,27 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Mail(MailCommand::Read { wait, json, account }) => {
-            let extra: Vec<(&str, String)> = wait.into_iter().map(|w| ("wait", w)).collect();
-            let answer =
-                client.post_bytes(&with_account("/v1/inbox".to_owned(), &account, &extra), &[])?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", terminal_json(&serde_json::to_string_pretty(&answer)?))
-                    .map_err(stdout_error)?;
-            } else {
-                for letter in answer["letters"].as_array().into_iter().flatten() {
-                    let body = match letter["body"].as_str() {
-                        Some(text) => letter_text(text),
-                        None => format!(
-                            "  (not text; base64:) {}",
-                            letter["body_base64"].as_str().unwrap_or_default()
-                        ),
-                    };
-                    writeln!(
-                        out,
-                        "from {} at {}:\n{body}\n",
-                        letter["sender"].as_str().unwrap_or("?"),
-                        time_of(&letter["sent_at_ms"])
-                    )
-                    .map_err(stdout_error)?;
+            let mut extra: Vec<(&str, String)> = wait.into_iter().map(|w| ("wait", w)).collect();
+            // Answer after answer while the node says more letters wait (it bounds each
+            // answer); one answer with --json, whose "more" says so. Bounded too: a mailbox
+            // that strangers keep filling does not keep the command reading.
+            for round in 1.. {
+                let path = with_account("/v1/inbox".to_owned(), &account, &extra);
+                let answer = client.post_bytes(&path, &[])?;
+                extra.clear();
+                print_letters(&answer, json, round == 1)?;
+                report_refused(&answer);
+                // Printed: now they are read.
+                acknowledge(client, &answer)?;
+                let more = answer["more"].as_u64().unwrap_or(0);
+                if json || more == 0 {
+                    break;
+                }
+                if round == MAIL_READ_ROUNDS {
+                    eprintln!("dkvs: {more} more letters wait; run `dkvs mail read` again");
+                    break;
                 }
             }
-            out.flush().map_err(stdout_error)?;
-            drop(out);
-            if !json && answer["letters"].as_array().is_none_or(Vec::is_empty) {
-                eprintln!("dkvs: no new letters");
-            }
-            report_refused(&answer);
-            // Printed: now they are read.
-            acknowledge(client, &answer)?;
         }
         Command::Mail(MailCommand::Status { message_id, account }) => {
             let path = with_account(
@@ -1509,6 +1499,41 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
 }
 
 /// Acknowledges the letters of a read (`POST /v1/inbox`), once they are printed.
+/// The most answers one `dkvs mail read` reads (each at most 4 MiB past its first letter).
+const MAIL_READ_ROUNDS: usize = 16;
+
+/// Prints the letters of an answer of `POST /v1/inbox`: as JSON, or each under "from <account>
+/// at <time>:"; "no new letters" when the `first` answer has none.
+fn print_letters(answer: &serde_json::Value, json: bool, first: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", terminal_json(&serde_json::to_string_pretty(answer)?))
+            .map_err(stdout_error)?;
+    } else {
+        for letter in answer["letters"].as_array().into_iter().flatten() {
+            let body = match letter["body"].as_str() {
+                Some(text) => letter_text(text),
+                None => format!(
+                    "  (not text; base64:) {}",
+                    letter["body_base64"].as_str().unwrap_or_default()
+                ),
+            };
+            writeln!(
+                out,
+                "from {} at {}:\n{body}\n",
+                letter["sender"].as_str().unwrap_or("?"),
+                time_of(&letter["sent_at_ms"])
+            )
+            .map_err(stdout_error)?;
+        }
+    }
+    out.flush().map_err(stdout_error)?;
+    if !json && first && answer["letters"].as_array().is_none_or(Vec::is_empty) {
+        eprintln!("dkvs: no new letters");
+    }
+    Ok(())
+}
+
 fn acknowledge(client: &Client, answer: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(token) = answer["ack"].as_str() {
         let acked = client.post_bytes(&format!("/v1/inbox/ack/{}", encode_segment(token)), &[])?;

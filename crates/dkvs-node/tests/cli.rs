@@ -42,8 +42,14 @@ fn run(mut command: Command, stdin: Option<&[u8]>) -> Output {
     if let Some(bytes) = stdin {
         child.stdin.take().expect("piped").write_all(bytes).expect("stdin written");
     }
-    exits_within(&mut child, STEP, "the command");
-    child.wait_with_output().expect("output")
+    // Read as it comes: an output past a pipe's buffer would hold the command.
+    let pid = child.id().to_string();
+    let (sender, output) = mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output().expect("output")));
+    output.recv_timeout(STEP).unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("the command did not end within {STEP:?}")
+    })
 }
 
 /// Waits for `child` to exit, at most `limit`; else kills it and fails, naming `what`.
@@ -944,6 +950,41 @@ fn twenty_letters_from_two_senders_survive_two_dead_replicas_through_the_command
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
     assert_eq!(again["letters"], serde_json::json!([]), "{again}");
     drop((bob_node, senders, alive));
+}
+
+/// Letters that would make an answer past what a client reads (a stranger can fill anyone's
+/// mailbox so: JSON writes a control byte in six, and a body twice) come in bounded answers,
+/// and `mail read` reads them all, each once.
+#[test]
+fn a_mailbox_larger_than_one_answer_is_read_whole_in_bounded_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    let alice = new_account(&alice_home, "alice", "ed25519");
+    let seed = start(&seed_home, None);
+    let alice_node = start(&alice_home, Some(&seed.address));
+    // 24 letters of 60,000 control bytes: about 430 KiB of JSON each, 10 MiB in all.
+    let body = vec![1u8; 60_000];
+    for _ in 0..24 {
+        let out = ok(mail(&alice_home, &["send", &alice], Some(&body)));
+        assert!(out.contains("kept by 2 replicas"), "{out}");
+    }
+    let one = ok(mail(&alice_home, &["read", "--json"], None));
+    let one: serde_json::Value = serde_json::from_str(&one).expect("json");
+    let first = one["letters"].as_array().expect("letters").len();
+    // 4 MiB past the first letter.
+    assert!((9..=10).contains(&first), "{first} letters in one answer");
+    assert_eq!(one["more"], 24 - first, "the others wait for the next read");
+    let body_text = String::from_utf8(body).expect("control bytes are text");
+    assert_eq!(one["letters"][0]["body"], body_text.as_str());
+
+    let rest = ok(mail(&alice_home, &["read"], None));
+    let from = format!("from {alice} at ");
+    assert_eq!(rest.matches(&from).count(), 24 - first, "every other letter, once");
+    assert!(rest.contains(r"\u{1}\u{1}"), "control bytes shown escaped");
+    let none = mail(&alice_home, &["read"], None);
+    assert!(ok(none.clone()).is_empty() && stderr(&none).contains("no new letters"));
+    drop((alice_node, seed));
 }
 
 #[test]
