@@ -327,10 +327,17 @@ pub async fn send(
     Ok(receipt)
 }
 
+/// The most letters an [`Inbox`] remembers: past it (and an eighth more, so that it is seldom
+/// sorted), those it would forget soonest are forgotten first. Anyone can write to anyone: a
+/// stranger's letters, read as they come, would otherwise grow it (and the file it is saved
+/// in) without bound. A letter forgotten early comes again only from a replica that missed
+/// its acknowledgement.
+pub const MAX_REMEMBERED: usize = 65_536;
+
 /// What an account has read: (sender, id) of each letter acknowledged, until it expires (plus
-/// the clock skew), so a copy that comes back from a replica that missed an ack is left out.
-/// Keep one per account across fetches, and save it ([`Inbox::entries`]) for exactly-once
-/// across restarts.
+/// the clock skew), so a copy that comes back from a replica that missed an ack is left out;
+/// at most [`MAX_REMEMBERED`] letters. Keep one per account across fetches, and save it
+/// ([`Inbox::entries`]) for exactly-once across restarts.
 #[derive(Clone, Debug, Default)]
 pub struct Inbox {
     seen: HashMap<(AccountId, MessageId), u64>,
@@ -361,6 +368,18 @@ impl Inbox {
     pub fn remember(&mut self, sender: AccountId, id: MessageId, until_ms: u64) {
         let until = self.seen.entry((sender, id)).or_default();
         *until = (*until).max(until_ms);
+        if self.seen.len() > MAX_REMEMBERED + MAX_REMEMBERED / 8 {
+            // Exactly the excess goes, whatever the ties (one fetch's letters that asked to be
+            // kept long share their time).
+            let excess = self.seen.len() - MAX_REMEMBERED;
+            let mut soonest: Vec<_> = self.seen.iter().map(|(key, &until)| (until, key)).collect();
+            soonest.select_nth_unstable_by_key(excess, |&(until, _)| until);
+            let forgotten: Vec<_> =
+                soonest[..excess].iter().map(|(_, key)| (*key).clone()).collect();
+            for key in forgotten {
+                self.seen.remove(&key);
+            }
+        }
     }
 
     /// Whether the letter from `sender` with `id` was read.
@@ -999,7 +1018,39 @@ impl MailWatch {
 
 #[cfg(test)]
 mod tests {
-    use super::clock_off;
+    use super::{Inbox, MAX_REMEMBERED, clock_off};
+    use crate::MessageId;
+
+    #[test]
+    fn an_inbox_forgets_the_letters_it_would_forget_soonest_past_its_bound() {
+        let sender = dkvs_account::Keypair::generate(dkvs_account::KeyType::Ed25519).account_id();
+        let id = |i: usize| {
+            let mut id = [0; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            MessageId(id)
+        };
+        let mut inbox = Inbox::new();
+        let most = MAX_REMEMBERED + MAX_REMEMBERED / 8;
+        // Remembered until a time that does not follow the order they were read in.
+        let until = |i: usize| 1_000 + (i as u64 * 7_919) % most as u64;
+        for i in 0..most {
+            inbox.remember(sender.clone(), id(i), until(i));
+        }
+        assert_eq!(inbox.len(), most, "up to the slack, nothing is forgotten");
+        inbox.remember(sender.clone(), id(most), u64::MAX);
+        assert_eq!(inbox.len(), MAX_REMEMBERED);
+        let kept_from = 1_000 + (most - MAX_REMEMBERED + 1) as u64;
+        for i in 0..most {
+            assert_eq!(inbox.has_read(&sender, &id(i)), until(i) >= kept_from, "letter {i}");
+        }
+        assert!(inbox.has_read(&sender, &id(most)), "the newest is kept");
+        // Letters all remembered as long (they asked to be kept for ever): bounded too.
+        let mut inbox = Inbox::new();
+        for i in 0..=most {
+            inbox.remember(sender.clone(), id(i), 5_000);
+        }
+        assert_eq!(inbox.len(), MAX_REMEMBERED);
+    }
 
     #[test]
     fn the_clock_is_off_only_when_no_other_replica_took_the_request() {
