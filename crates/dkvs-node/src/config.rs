@@ -278,9 +278,25 @@ impl NodeConfig {
         merged.try_into().with_context(|| format!("{at} is not a valid configuration"))
     }
 
-    /// The configuration as TOML.
+    /// The configuration as TOML; a setting left unset is shown as a comment with what it
+    /// then is.
     pub fn to_toml(&self) -> anyhow::Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        let mut text = toml::to_string_pretty(self)?;
+        if self.reserved_for_own_bytes.is_none() {
+            let reserved = self.store().reserved_for_own_bytes;
+            text.push_str(&format!(
+                "# reserved_for_own_bytes = {reserved} (unset: an eighth of max_bytes)\n"
+            ));
+        }
+        Ok(text)
+    }
+
+    /// Checks every setting as the node does at its start.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.net()?;
+        self.mail()?;
+        self.shelf()?;
+        Ok(())
     }
 
     /// The network layer's configuration.
@@ -295,6 +311,18 @@ impl NodeConfig {
             self.default_ttl_secs,
             self.max_ttl_secs
         );
+        anyhow::ensure!(self.replication >= 1, "replication: at least 1");
+        for (name, quorum) in
+            [("write_quorum", self.write_quorum), ("read_quorum", self.read_quorum)]
+        {
+            anyhow::ensure!(
+                quorum <= self.replication,
+                "{name} ({quorum}): at most replication ({}), or 0 for a majority of the replicas",
+                self.replication
+            );
+        }
+        anyhow::ensure!(self.request_timeout_ms >= 1, "request_timeout_ms: at least 1");
+        anyhow::ensure!(self.operation_timeout_ms >= 1, "operation_timeout_ms: at least 1");
         anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
         anyhow::ensure!(self.max_pending_per_address >= 1, "max_pending_per_address: at least 1");
         anyhow::ensure!(self.max_pending_inbound >= 1, "max_pending_inbound: at least 1");
@@ -382,6 +410,35 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_make_no_sense_are_refused_naming_them() {
+        for (text, named) in [
+            ("replication = 0\n", "replication: at least 1"),
+            ("write_quorum = 21\n", "write_quorum (21): at most replication (20)"),
+            ("replication = 3\nread_quorum = 4\n", "read_quorum (4): at most replication (3)"),
+            ("request_timeout_ms = 0\n", "request_timeout_ms"),
+            ("operation_timeout_ms = 0\n", "operation_timeout_ms"),
+            ("mail_replicas = 0\n", "mail_replicas"),
+            ("mail_mailbox_messages = 0\n", "mail_mailbox_messages"),
+        ] {
+            let config: NodeConfig = toml::from_str(text).expect("parses");
+            let error = config.check().expect_err(text).to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
+        let fine: NodeConfig =
+            toml::from_str("replication = 3\nwrite_quorum = 3\nread_quorum = 0\n").expect("parses");
+        fine.check().expect("valid");
+        NodeConfig::default().check().expect("the defaults are valid");
+        for profile in PROFILES {
+            NodeConfig::profile(profile).expect("a profile").check().expect(profile);
+        }
+        // What an unset setting is, shown beside the others.
+        let text = NodeConfig::default().to_toml().expect("serializes");
+        let eighth = NodeConfig::default().max_bytes / 8;
+        let shown = format!("# reserved_for_own_bytes = {eighth} (unset: an eighth of max_bytes)");
+        assert!(text.contains(&shown), "{text}");
+    }
 
     #[test]
     fn printed_defaults_read_back() {

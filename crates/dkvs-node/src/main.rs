@@ -590,6 +590,8 @@ fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
         config.api = api.trim_start_matches("http://").trim_end_matches('/').to_owned();
     }
     if args.print_config {
+        // A setting the node would refuse is said, as the node would say it.
+        config.check()?;
         write!(std::io::stdout(), "{}", config.to_toml()?).map_err(stdout_error)?;
         return Ok(());
     }

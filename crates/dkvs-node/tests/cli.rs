@@ -639,9 +639,22 @@ fn print_config_shows_every_default() {
         "mail_replicas = 5",
         "mail_mailbox_messages = 1000",
         "mail_read_receipts = true",
+        "# reserved_for_own_bytes = ",
     ] {
         assert!(text.contains(field), "{field} missing from:\n{text}");
     }
+    // A setting the node would refuse is said, not printed back.
+    std::fs::write(dir.path().join("config.toml"), "replication = 0\n").expect("written");
+    let refused = run(
+        {
+            let mut cmd = dkvs(dir.path());
+            cmd.args(["node", "--print-config"]);
+            cmd
+        },
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("replication: at least 1"), "{}", stderr(&refused));
 }
 
 fn dkvs_ok(home: &Path, args: &[&str]) -> String {
