@@ -1199,9 +1199,14 @@ async fn send_mail(
             false
         })
         .await?;
+    // Only this node keeps it and no other replica was asked: a network of one, or a node
+    // whose peers did not answer the mailbox's lookup (stopped, unreachable).
+    let alone = receipt.alone();
+    let peers = if alone { state.node.connected_peers().await.len() } else { 0 };
     Ok(Json(json!({
         "id": receipt.id.to_string(),
-        "alone": receipt.alone(),
+        "alone": alone && peers == 0,
+        "unanswered": alone && peers > 0,
         "digest": hex::encode(receipt.digest),
         "kept_by": receipt.custody.len(),
         "custody": receipt.custody.iter().map(|c| json!({

@@ -817,13 +817,21 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             let path =
                 with_account(format!("/v1/mail/{}", encode_segment(&account_id)), &account, &extra);
             let receipt = client.post_bytes(&path, &bytes)?;
+            let kept_by = receipt["kept_by"].as_u64().unwrap_or(0);
             outln!(
-                "sent {}: kept by {} replicas",
+                "sent {}: kept by {kept_by} replica{}",
                 receipt["id"].as_str().unwrap_or("?"),
-                receipt["kept_by"]
+                if kept_by == 1 { "" } else { "s" }
             );
             if receipt["alone"] == true {
                 eprintln!("note: {ALONE}: only this node keeps the letter");
+            }
+            if receipt["unanswered"] == true {
+                eprintln!(
+                    "note: no other replica answered (this node's peers did not: stopped, or \
+                     unreachable); only this node keeps the letter, and hands it to the \
+                     mailbox's replicas once they answer (it tries every 10 minutes)"
+                );
             }
             for c in receipt["custody"].as_array().into_iter().flatten() {
                 outln!(

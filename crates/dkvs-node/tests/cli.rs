@@ -1011,10 +1011,36 @@ fn mail_settings_come_from_the_configuration() {
     let alice_node =
         start_with(&alice_home, Some(&seed.address), "mail_replicas = 1\nmail_ttl_secs = 3600\n");
     let out = ok(mail(&alice_home, &["send", &bob, "one copy"], None));
-    assert!(out.contains("kept by 1 replicas"), "{out}");
+    assert!(out.lines().next().is_some_and(|l| l.ends_with("kept by 1 replica")), "{out}");
     let long = mail(&alice_home, &["send", &bob, "too long", "--ttl", "2h"], None);
     assert_eq!(long.status.code(), Some(2));
     assert!(stderr(&long).contains("at most 1h"), "{}", stderr(&long));
+    drop((seed, alice_node));
+}
+
+/// A sender whose peers are connected but answer nothing (stopped) keeps its letter itself,
+/// and is told that, not that it has no peers.
+#[test]
+fn a_letter_no_peer_answered_for_is_kept_here_and_said_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    new_account(&alice_home, "alice", "ed25519");
+    let bob = new_account(&dir.path().join("bob"), "bob", "ed25519");
+    let seed = start(&seed_home, None);
+    let alice_node = start(&alice_home, Some(&seed.address));
+    let signal = |name: &str| {
+        let pid = seed.child.id().to_string();
+        let done = Command::new("kill").args([&format!("-{name}"), &pid]).status();
+        assert!(done.expect("kill runs").success(), "kill -{name}");
+    };
+    signal("STOP");
+    let sent = mail(&alice_home, &["send", &bob, "while the seed sleeps"], None);
+    signal("CONT");
+    let (out, said) = (ok(sent.clone()), stderr(&sent));
+    assert!(out.lines().next().is_some_and(|l| l.ends_with("kept by 1 replica")), "{out}");
+    assert!(said.contains("no other replica answered"), "{said}");
+    assert!(!said.contains("no peers"), "{said}");
     drop((seed, alice_node));
 }
 
