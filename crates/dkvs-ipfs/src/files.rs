@@ -42,6 +42,22 @@ pub enum IpfsError {
     /// The DAG is not a UnixFS file this node reads.
     #[error(transparent)]
     Unixfs(#[from] UnixfsError),
+    /// The block store had no room left for a file being added or pinned: its limit counts
+    /// the file's own blocks too, so said as such, not as a store full of other files.
+    #[error(
+        "the file does not fit in the block store: it holds at most {limit} bytes \
+         (ipfs_max_bytes), and was full after {took} bytes of this file's blocks beside {others} \
+         of other files'; unpin files and collect garbage (dkvs ipfs unpin, dkvs ipfs gc), or \
+         raise ipfs_max_bytes"
+    )]
+    NoRoom {
+        /// Bytes of the file's blocks kept when the store was full.
+        took: u64,
+        /// Bytes of other blocks kept then.
+        others: u64,
+        /// The store's limit.
+        limit: u64,
+    },
     /// The file did not decrypt.
     #[error(transparent)]
     Crypt(#[from] CryptError),
@@ -239,15 +255,17 @@ async fn keep_and_pin<T: Send + 'static>(
     let blocks = store.clone();
     let written = tokio::task::spawn_blocking(move || {
         let _writing = writing;
-        let (mut cids, mut new) = (Vec::new(), Vec::new());
+        let (mut cids, mut new, mut took) = (Vec::new(), Vec::new(), 0);
         let mut keep = |blocks: Vec<unixfs::Block>| -> Result<(), IpfsError> {
             for block in blocks {
                 // New, or kept only as a read's cache (or found on disk at the start) before:
                 // what a failed add leaves behind for good.
-                if !store.synced(&block.cid) {
+                let fresh = !store.synced(&block.cid);
+                store.put(&block.cid, &block.data).map_err(|e| no_room(e.into(), took))?;
+                if fresh {
                     new.push(block.cid);
+                    took += block.data.len() as u64;
                 }
-                store.put(&block.cid, &block.data)?;
                 cids.push(block.cid);
             }
             Ok(())
@@ -275,6 +293,17 @@ async fn keep_and_pin<T: Send + 'static>(
     let root = root(&made);
     node.with_extension(move |ipfs: &mut Ipfs, _| ipfs.announce(Some(root), &cids)).await?;
     Ok(made)
+}
+
+/// A block store's [`BlockError::Full`] met by an add or a pin that had kept `took` bytes of
+/// the file's blocks by then: [`IpfsError::NoRoom`].
+fn no_room(e: IpfsError, took: u64) -> IpfsError {
+    match e {
+        IpfsError::Block(BlockError::Full { used, limit }) => {
+            IpfsError::NoRoom { took, others: used.saturating_sub(took), limit }
+        }
+        e => e,
+    }
 }
 
 /// What [`add_archive`] made.
@@ -1152,7 +1181,8 @@ pub async fn pin(node: &Node, root: Cid, block_timeout: Duration) -> Result<u64,
     let mut seen = std::collections::HashSet::from([root]);
     let mut bytes = 0;
     while let Some(cid) = next.pop_front() {
-        let block = leaves.fetch_walking(cid, next.iter().copied()).await?;
+        let block =
+            leaves.fetch_walking(cid, next.iter().copied()).await.map_err(|e| no_room(e, bytes))?;
         bytes += block.len() as u64;
         for link in unixfs::links(&cid, &block) {
             if ![unixfs::DAG_PB, unixfs::RAW].contains(&link.codec()) {

@@ -632,10 +632,13 @@ async fn an_add_that_fails_for_room_leaves_no_block_behind() -> anyhow::Result<(
         let (count, bytes) = (blocks.len(), blocks.bytes());
         let big: Vec<u8> = data(3_000_000).into_iter().map(|b| b ^ 0x5a).collect();
         let failed = files::add(&node, std::io::Cursor::new(big), None, |_| {}).await;
-        assert!(
-            matches!(failed, Err(IpfsError::Block(dkvs_ipfs::BlockError::Full { .. }))),
-            "{failed:?}"
-        );
+        // Said as what it is: this file did not fit beside the other.
+        let Err(IpfsError::NoRoom { took, others, limit }) = failed else { panic!("{failed:?}") };
+        assert_eq!((others, limit), (bytes, 2_000_000));
+        // Full when its next block (a plain file's chunk, 1 MiB) would pass the limit.
+        assert!(took + others <= limit && took + others + (1 << 20) > limit, "{took}");
+        let said = IpfsError::NoRoom { took, others, limit }.to_string();
+        assert!(said.contains("does not fit") && said.contains("ipfs_max_bytes"), "{said}");
         assert_eq!((blocks.len(), blocks.bytes()), (count, bytes), "nothing of it is left");
         let next = data(1_500_000).into_iter().map(|b| b ^ 0x33).collect::<Vec<u8>>();
         files::add(&node, std::io::Cursor::new(next), None, |_| {}).await?;
@@ -643,6 +646,34 @@ async fn an_add_that_fails_for_room_leaves_no_block_behind() -> anyhow::Result<(
         files::get(&node, kept.cid, &mut out, &GetOptions::default(), |_| {}).await?;
         assert!(out == first, "the file added before is whole");
         node.shutdown().await;
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_of_a_file_larger_than_the_store_says_it_does_not_fit() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST, async {
+        // The second node's store takes 2 MB; the first adds a file of 3 MB.
+        let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+            let mut blocks = BlockStoreConfig::default();
+            if spawned.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+                blocks.max_bytes = 2_000_000;
+            }
+            let ipfs = Ipfs::open(&dir.join("ipfs"), identity, blocks)?;
+            Ok(NodeBuilder::new(identity.clone(), store, config)
+                .with_extension(|_| ipfs)
+                .spawn()?)
+        });
+        let net = TestNet::start_custom(2, Config::default(), dkvs_store::Config::default(), spawn)
+            .await?;
+        let cid = add(&net, 0, &data(3_000_000), None).await?;
+        let failed = files::pin(net.node(1), cid, Duration::from_secs(60)).await;
+        let Err(IpfsError::NoRoom { took, others, limit }) = failed else { panic!("{failed:?}") };
+        assert_eq!((others, limit), (0, 2_000_000), "nothing else was kept there");
+        assert!(took <= limit && took + (1 << 20) > limit, "{took}");
+        net.shutdown().await;
         anyhow::Ok(())
     })
     .await?

@@ -37,7 +37,7 @@ fn ipfs_error(e: IpfsError) -> ApiError {
         IpfsError::Unixfs(_) | IpfsError::Crypt(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "not_a_file")
         }
-        IpfsError::Block(dkvs_ipfs::BlockError::Full { .. }) => {
+        IpfsError::Block(dkvs_ipfs::BlockError::Full { .. }) | IpfsError::NoRoom { .. } => {
             (StatusCode::INSUFFICIENT_STORAGE, "store_full")
         }
         // A CID of another hash: valid, but no block of it is kept or fetched.
