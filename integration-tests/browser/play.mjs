@@ -6,6 +6,12 @@
 //                             scripts run): {"title", "images": [the width of each image]}
 //   node play.mjs click URL TEXT   opens the page at URL and clicks its link TEXT, as a user
 //                             does: {"url", "status", "text"} of the page it leads to
+//   node play.mjs dapp URL TOKEN   a page of another origin (http://localhost:PORT, served
+//                             by the driver on 127.0.0.1) calls the API at URL as a dapp does,
+//                             with TOKEN and without: {"put", "got", "refused", "metrics"},
+//                             each a status, or "blocked: ..." where the browser kept the
+//                             answer from the page
+import http from 'node:http';
 import { chromium } from 'playwright-core';
 
 const [what, url, text] = process.argv.slice(2);
@@ -25,8 +31,41 @@ try {
   // What went wrong is reported, not thrown: a page the browser gave up on still says
   // which answers it had.
   const failed = (e) => ({ time: null, error: String(e).split('\n')[0] });
-  await page.goto(url, { timeout: 30000 });
-  if (what === 'sound') {
+  // A dapp's own server, on loopback (Chromium lets a page of a public site reach loopback
+  // only with the user's permission).
+  const site = http.createServer((_, r) => {
+    r.writeHead(200, { 'content-type': 'text/html' });
+    r.end('<title>dapp</title>');
+  });
+  if (what === 'dapp') {
+    await new Promise((listening) => site.listen(0, '127.0.0.1', listening));
+  }
+  const dapp = () => `http://localhost:${site.address().port}/`;
+  await page.goto(what === 'dapp' ? dapp() : url, { timeout: 30000 });
+  if (what === 'dapp') {
+    const called = await page.evaluate(async ([api, token]) => {
+      const auth = { Authorization: `Bearer ${token}` };
+      const key = `${api}/v1/kv/~/from-a-dapp`;
+      const tried = async (f) => {
+        try {
+          return await f();
+        } catch (e) {
+          return `blocked: ${e}`;
+        }
+      };
+      const put = await tried(async () =>
+        (await fetch(key, { method: 'PUT', headers: auth, body: 'hello from a dapp' })).status);
+      const got = await tried(async () => {
+        const r = await fetch(key, { headers: auth });
+        return { status: r.status, value: await r.text(), seq: r.headers.get('dkvs-seq') };
+      });
+      const refused = await tried(async () => (await fetch(`${api}/v1/status`)).status);
+      const metrics = await tried(async () => (await fetch(`${api}/metrics`)).status);
+      return { put, got, refused, metrics };
+    }, [url, text]);
+    site.close();
+    console.log(JSON.stringify(called));
+  } else if (what === 'sound') {
     const played = page.evaluate(async () => {
       const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
       const v = document.querySelector('video, audio');

@@ -273,7 +273,70 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), trust_the_token))
+        .layer(middleware::from_fn_with_state(state.clone(), cross_origin))
         .with_state(state)
+}
+
+/// What a page of another origin may send the API beside its simple headers.
+const CORS_HEADERS: &str = "authorization, content-type, range, if-none-match";
+/// What such a page may read of an answer beside its simple headers.
+const CORS_EXPOSED: &str =
+    "dkvs-source, dkvs-seq, dkvs-confirmations, content-range, content-length, etag";
+
+/// Pages of other origins (a dapp on `localhost:3000`, or on a site of its own) that hold the
+/// token use the API as any client does (CORS): the token, not the origin, is what the API
+/// trusts. A preflight is answered for any origin on a host that names this machine (it
+/// carries no token, and reads nothing), a private network's included (Chromium asks a
+/// public site's page for it). An answer is made readable to the page that asked when its
+/// request showed the right token, and for every route that needs the token (without it,
+/// the page reads only the refusal); not otherwise: the gateway's and the metrics' answers
+/// without a token stay closed to other sites.
+async fn cross_origin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(origin) = request.headers().get(header::ORIGIN).cloned() else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    if request.method() == axum::http::Method::OPTIONS
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        if let Err(e) = check_host(&state, headers) {
+            return e.into_response();
+        }
+        let private = headers
+            .get("access-control-request-private-network")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let answer = response.headers_mut();
+        answer.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        answer.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, PUT, POST, DELETE"),
+        );
+        answer.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(CORS_HEADERS));
+        answer.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        answer.insert(header::VARY, HeaderValue::from_static("origin"));
+        if private {
+            answer.insert("access-control-allow-private-network", HeaderValue::from_static("true"));
+        }
+        return response;
+    }
+    let path = request.uri().path();
+    let open_route = path == "/metrics" || path.starts_with("/ipfs/");
+    let readable =
+        !open_route || presented_token(headers).is_some_and(|token| token_matches(&state, token));
+    let mut response = next.run(request).await;
+    let answer = response.headers_mut();
+    answer.append(header::VARY, HeaderValue::from_static("origin"));
+    if readable {
+        answer.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        answer
+            .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(CORS_EXPOSED));
+    }
+    response
 }
 
 /// A duration as people write it: "7 days 12h", not humantime's "7days 12h".

@@ -164,6 +164,23 @@ fn a_browser_plays_and_seeks_a_sound_runs_no_script_of_a_page_and_opens_a_listed
     let clicked = browse(&driver, "click", &format!("{api}/ipfs/{root}"), &["a page.html"]);
     assert_eq!(clicked["status"], 200, "{clicked}");
     assert_eq!(clicked["url"], format!("{api}/ipfs/{root}/a%20page.html"), "{clicked}");
+
+    // A dapp on another origin that holds the token writes and reads through the API; without
+    // the token it reads only the refusal, and the metrics stay closed to it.
+    let api_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("api.json")).expect("api.json"))
+            .expect("json");
+    let token = api_json["token"].as_str().expect("a token");
+    let called = browse(&driver, "dapp", &api, &[token]);
+    assert_eq!(called["put"], 200, "{called}");
+    assert_eq!(
+        (&called["got"]["status"], &called["got"]["value"], &called["got"]["seq"]),
+        (&200.into(), &"hello from a dapp".into(), &"1".into()),
+        "{called}"
+    );
+    assert_eq!(called["refused"], 401, "{called}");
+    let metrics = called["metrics"].as_str().unwrap_or_default();
+    assert!(metrics.starts_with("blocked: "), "{called}");
 }
 
 /// A PNG of one transparent pixel.

@@ -475,6 +475,14 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(code, 421, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).expect("json error");
     assert_eq!(error["error"]["code"], "wrong_host", "{body}");
+    // So is its preflight (a page of another origin asks before it sends the token).
+    let preflight = "Origin: http://evil.example\r\nAccess-Control-Request-Method: PUT\r\n";
+    let (code, head, _) = http_request(&url, "OPTIONS", "evil.example:80", "/v1/kv/~/x", preflight);
+    assert_eq!(code, 421, "{head}");
+    assert_eq!(header_of(&head, "access-control-allow-origin"), None, "{head}");
+    let (code, head, _) = http_request(&url, "OPTIONS", &url, "/v1/kv/~/x", preflight);
+    assert_eq!(code, 204, "{head}");
+    assert_eq!(header_of(&head, "access-control-allow-origin"), Some("http://evil.example"));
     // A body over the API's limit is the documented JSON error, not plain text.
     let (code, body) = http_put(&url, "/v1/kv/~/big", &token, &vec![b'x'; 40_000]);
     assert_eq!(code, 413, "{body}");
