@@ -129,6 +129,7 @@ pub(crate) enum Command {
     Turn(PeerId, usize, oneshot::Sender<bool>),
     Trimmed(oneshot::Sender<u64>),
     RefusedHandshakes(oneshot::Sender<u64>),
+    KeptDropped(oneshot::Sender<Vec<Key>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     RoutingTable(oneshot::Sender<Vec<PeerId>>),
@@ -622,6 +623,13 @@ impl Node {
         self.ask(Command::Trimmed).await.unwrap_or_default()
     }
 
+    /// The keys this node stopped keeping alive ([`Node::keep_alive`]) by itself since the
+    /// last call: found deleted, or held by another owner (handed over), in its store now or
+    /// at a round.
+    pub async fn kept_dropped(&self) -> Vec<Key> {
+        self.ask(Command::KeptDropped).await.unwrap_or_default()
+    }
+
     /// Inbound connections refused since the node started because their address already had
     /// [`Config::max_pending_per_address`] in their handshake, or all addresses
     /// [`Config::max_pending_inbound`].
@@ -896,6 +904,9 @@ pub(crate) struct Driver<E: Extension> {
     last_republish: Instant,
     /// Keys this node keeps alive for their owners: the owner's key pair and the TTL to sign.
     pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
+    /// Keys [`Driver::kept`] dropped by itself (deleted, handed over), until
+    /// [`Node::kept_dropped`] asks.
+    pub(crate) kept_dropped: HashSet<Key>,
     /// Replication rounds, hand-offs and the queue of records to send.
     pub(crate) replication: crate::replication::Replication,
     /// Open connections: peer -> connection -> (remote address, dialed by this node).
@@ -1041,6 +1052,7 @@ impl<E: Extension> Driver<E> {
             last_replication: Instant::now(),
             last_republish: Instant::now(),
             kept: HashMap::new(),
+            kept_dropped: HashSet::new(),
             replication: crate::replication::Replication::default(),
             connections: HashMap::new(),
             public_seen: false,
@@ -1280,6 +1292,7 @@ impl<E: Extension> Driver<E> {
                 let _ = reply.send(watch);
             }
             Command::KeepAlive { key, owner: Some(owner), ttl_ms } => {
+                self.kept_dropped.remove(&key);
                 self.kept.insert(key.clone(), (owner, ttl_ms));
                 // A record shorter-lived than a round would expire before the first one.
                 self.start_get(key, GetPurpose::Republish);
@@ -1302,6 +1315,21 @@ impl<E: Extension> Driver<E> {
             }
             Command::RefusedHandshakes(reply) => {
                 let _ = reply.send(self.swarm.behaviour().admission.refused());
+            }
+            Command::KeptDropped(reply) => {
+                // The store may know already what the next round would find (a replica of
+                // the key heard of the delete or the new holder's write).
+                let (store, dropped) = (&self.store, &mut self.kept_dropped);
+                self.kept.retain(|key, (owner, _)| {
+                    let held = store
+                        .get(key.as_str())
+                        .is_none_or(|r| !r.is_tombstone() && r.owner() == owner.public());
+                    if !held {
+                        dropped.insert(key.clone());
+                    }
+                    held
+                });
+                let _ = reply.send(self.kept_dropped.drain().collect());
             }
             Command::RoutingTable(reply) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;

@@ -1612,6 +1612,7 @@ impl<E: crate::Extension> Driver<E> {
         else {
             // Deleted, handed over, or gone: nothing of this owner's to keep alive.
             self.kept.remove(key);
+            self.kept_dropped.insert(key.clone());
             return;
         };
         let now = self.now_ms();

@@ -1779,7 +1779,18 @@ async fn channel_members(
 }
 
 async fn list_kept(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let kept = state.kept.lock().await;
+    let mut kept = state.kept.lock().await;
+    // Keys the node stopped keeping (deleted, or handed over, seen in its store or at a
+    // round) are forgotten in the home too.
+    let dropped: std::collections::HashSet<String> =
+        state.node.kept_dropped().await.iter().map(|key| key.to_string()).collect();
+    let before = kept.len();
+    kept.retain(|k| !dropped.contains(&k.key));
+    if kept.len() != before
+        && let Err(e) = state.home.write_kept(&kept)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "cannot save the keys kept alive");
+    }
     Json(json!({ "kept": *kept }))
 }
 

@@ -2059,7 +2059,7 @@ fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
             None,
         )
     };
-    ok(put(&a, &["/names/shop", "alice's"], None));
+    ok(put(&a, &["/names/shop", "alice's", "--keep", "--ttl", "3h"], None));
     let taken = put(&b, &["/names/shop", "bob's"], None);
     assert_eq!(taken.status.code(), Some(2));
     assert!(stderr(&taken).contains("dkvs handover"), "says how: {}", stderr(&taken));
@@ -2088,7 +2088,12 @@ fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
         serde_json::from_str(&ok(get(&a, &["/names/shop", "--json"]))).expect("json");
     assert_eq!(record["owner"], bob.as_str(), "{record}");
 
-    // Alice no longer holds it, and the token does not serve twice.
+    // Alice no longer holds it, nor keeps it alive (her node, a replica, has Bob's record);
+    // and the token does not serve twice.
+    let listed = ok(dkvs_as(&home_a, &["keep", "list"]));
+    assert!(listed.contains("keeps no record alive"), "{listed}");
+    let saved = std::fs::read_to_string(home_a.join("keep.json")).expect("keep.json");
+    assert!(!saved.contains("/names/shop"), "forgotten in the home too: {saved}");
     let back = put(&a, &["/names/shop", "mine again"], None);
     assert!(stderr(&back).contains("foreign_owner"), "{}", stderr(&back));
     // The same write again (a retry) sends the record kept; another value is refused.
