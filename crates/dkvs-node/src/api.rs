@@ -254,7 +254,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/ipfs/add",
             axum::routing::post(ipfs::add).layer(axum::extract::DefaultBodyLimit::disable()),
         )
-        .route("/v1/ipfs/get/{cid}", get(ipfs::get))
+        .route("/v1/ipfs/get/{*path}", get(ipfs::get))
         .route("/v1/ipfs/connect", axum::routing::post(ipfs::connect))
         .route("/v1/ipfs/peers", get(ipfs::peers))
         .route("/v1/ipfs/pin/{cid}", axum::routing::put(ipfs::pin).delete(ipfs::unpin))

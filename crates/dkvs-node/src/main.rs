@@ -1426,8 +1426,11 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             if let Some(secs) = timeout {
                 extra.push(("timeout", secs.to_string()));
             }
+            // A CID, or a path in a directory (`<cid>/site/index.html`; `/ipfs/<cid>/...` and
+            // `ipfs://<cid>/...` as others write it).
+            let target = cid.trim_start_matches("ipfs://").trim_start_matches("/ipfs/");
             let path =
-                with_account(format!("/v1/ipfs/get/{}", encode_segment(&cid)), &account, &extra);
+                with_account(format!("/v1/ipfs/get/{}", encode_key(target)), &account, &extra);
             let bar = progress(None);
             let output = output.map(|file| Output::of(&file)).transpose()?;
             output.unwrap_or(Output::Stdout).write(|out| {

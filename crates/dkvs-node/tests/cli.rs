@@ -1516,6 +1516,16 @@ fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     assert!(code == 422 && body.contains("not_a_file"), "{code} {body}");
     let (code, _, body) = get(&format!("/ipfs/{root}/a%20b.txt"));
     assert_eq!((code, body.as_str()), (200, "hello"));
+    // The command line gets a file in it by its path, as the gateway does, and says where a
+    // directory is shown.
+    assert_eq!(ok(ipfs(&home, &["get", &format!("{root}/a b.txt")])), "hello");
+    assert_eq!(ok(ipfs(&home, &["get", &format!("/ipfs/{root}/a b.txt")])), "hello");
+    let whole = ipfs(&home, &["get", &root]);
+    assert_eq!(whole.status.code(), Some(2), "{}", stderr(&whole));
+    let said = stderr(&whole);
+    assert!(said.contains(&format!("http://{api}/ipfs/{root}/")), "{said}");
+    let nothing = ipfs(&home, &["get", &format!("{root}/no such file")]);
+    assert!(stderr(&nothing).contains("no_such_path"), "{}", stderr(&nothing));
     // A directory with an index.html is that page; below the root, a link leads up.
     let (code, head, _) = get(&format!("/ipfs/{root}/sub"));
     assert_eq!((code, header_of(&head, "location")), (301, Some(&*format!("/ipfs/{root}/sub/"))));

@@ -169,9 +169,12 @@ pub(super) async fn get(
     method: axum::http::Method,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    let Path(cid) = path.map_err(rejected)?;
+    let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
-    let cid = parse_cid(&cid)?;
+    // A CID, or a path in a directory under one (`<cid>/site/index.html`), as the gateway.
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let root = parse_cid(segments.next().unwrap_or_default())?;
+    let names: Vec<&str> = segments.collect();
     let raw = query.raw.unwrap_or(false);
     // An encrypted file opens with the named account, or the default one if there is one.
     let account = match (raw, query.account.as_deref()) {
@@ -184,11 +187,30 @@ pub(super) async fn get(
     if let Some(secs) = query.timeout {
         options.block_timeout = Duration::from_secs(secs.clamp(1, 3600));
     }
+    let cid = files::resolve(&state.node, root, &names, options.block_timeout)
+        .await
+        .map_err(path_error)?;
     // The file's first blocks first: it opens, or the status says why, and its size goes
     // first (a client shows how far it is, and sees a cut transfer as cut). A HEAD request
     // reads no more.
     let head_only = method == axum::http::Method::HEAD;
     let stat = files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?;
+    if stat.directory.is_some() {
+        let mut shown = root.to_string();
+        for name in &names {
+            shown = format!("{shown}/{name}");
+        }
+        // The gateway is where the client reached this API.
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("<api>");
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_a_file",
+            format!(
+                "{shown} is a directory, not a file: get a file in it ({shown}/<name>), or \
+                 open it in a browser at the gateway, http://{host}/ipfs/{shown}/"
+            ),
+        ));
+    }
     serve_file(state.node.clone(), cid, options, &headers, None, head_only, Some(stat)).await
 }
 
