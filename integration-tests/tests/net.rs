@@ -1791,6 +1791,20 @@ async fn put_next_writes_the_version_after_the_networks_newest_from_any_node() -
     let found = net.get(2, &key).await??;
     let newest = found.record.expect("the tombstone");
     assert!(newest.is_tombstone() && newest.seq() == 5, "{newest:?}");
+    // Nothing to delete, nothing written: deleted already, or never set (a tombstone of a
+    // shared name nobody holds would take it).
+    let again = net.node(2).delete_next(&alice, &key, HOUR).await;
+    assert!(
+        matches!(&again, Err(PutError::NothingToDelete { tombstone_seq: Some(5), .. })),
+        "{again:?}"
+    );
+    let name = Key::new("/names/nobody-holds".to_owned()).expect("key");
+    let unset = net.node(0).delete_next(&alice, &name, HOUR).await;
+    assert!(
+        matches!(&unset, Err(PutError::NothingToDelete { tombstone_seq: None, .. })),
+        "{unset:?}"
+    );
+    assert!(net.get(1, &name).await??.record.is_none(), "nothing was written");
     // The value must fit the record rules; the error says which.
     let too_big = net.node(0).put_next(&alice, &key, vec![0; 10 * 1024 + 1], HOUR).await;
     assert!(

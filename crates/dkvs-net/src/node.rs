@@ -418,7 +418,9 @@ impl Node {
     }
 
     /// Deletes `key` as [`Node::put_next`] writes: a tombstone signed by `owner` with the next
-    /// sequence, living `ttl_ms` (at least as long as what it replaces should be kept out).
+    /// sequence, living `ttl_ms` (at least as long as what it replaces should be kept out). A
+    /// key the network holds no value of (not set, or deleted) is left as it is:
+    /// [`PutError::NothingToDelete`].
     pub async fn delete_next(
         &self,
         owner: &dkvs_account::Keypair,
@@ -446,6 +448,12 @@ impl Node {
                 read => PutError::NoReadQuorum { read },
             })?;
             requests = requests.saturating_add(found.requests);
+            if value.is_none() && found.record.as_ref().is_none_or(Record::is_tombstone) {
+                return Err(PutError::NothingToDelete {
+                    key: key.to_string(),
+                    tombstone_seq: found.record.as_ref().map(Record::seq),
+                });
+            }
             let live = found.record.as_ref().map(Record::seq);
             let local = self.store.highest_seq(key.as_str()).unwrap_or(0);
             let newest = found.highest_seq.max(live.unwrap_or(0)).max(local);

@@ -171,6 +171,19 @@ pub enum PutError {
         /// The sequence held or claimed.
         seq: u64,
     },
+    /// [`crate::Node::delete_next`] found nothing to delete: the key is not set, or was
+    /// deleted already (the sequence of its tombstone). Nothing was written: a tombstone of a
+    /// shared name nobody holds would take the name.
+    #[error("{key} {}: nothing to delete", match tombstone_seq {
+        Some(seq) => format!("was deleted already (sequence {seq})"),
+        None => "is not set".to_owned(),
+    })]
+    NothingToDelete {
+        /// The key.
+        key: String,
+        /// The sequence of the tombstone the network holds, if it holds one.
+        tombstone_seq: Option<u64>,
+    },
     /// [`crate::Node::delete`] was given a record that is not a tombstone.
     #[error("a delete needs a tombstone record")]
     NotATombstone,

@@ -797,6 +797,9 @@ fn put_error(error: PutError) -> ApiError {
         e @ PutError::NoNextSequence { .. } => {
             ApiError::new(StatusCode::CONFLICT, "no_next_sequence", e.to_string())
         }
+        e @ PutError::NothingToDelete { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
         e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
 }
@@ -994,13 +997,26 @@ async fn put_inner(
             }
         }
         (Some(expected), None) => {
-            let seq = expected.checked_add(1).ok_or_else(|| {
-                ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
-            })?;
-            let record = Draft::new(key.clone(), value, seq, ttl_ms).sign(&owner).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
-            })?;
-            state.node.put_cas(record, (expected > 0).then_some(expected)).await
+            let cas = |expected: u64, value: Vec<u8>| {
+                let seq = expected.checked_add(1).ok_or_else(|| {
+                    ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
+                })?;
+                Draft::new(key.clone(), value, seq, ttl_ms).sign(&owner).map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
+                })
+            };
+            let record = cas(expected, value.clone())?;
+            match state.node.put_cas(record, (expected > 0).then_some(expected)).await {
+                // Not set, as a deleted key reads: the write follows its tombstone, on the
+                // condition that the tombstone is still the newest.
+                Err(PutError::Conflict { current: Some(tombstone) })
+                    if expected == 0 && tombstone.is_tombstone() =>
+                {
+                    let record = cas(tombstone.seq(), value)?;
+                    state.node.put_cas(record, Some(tombstone.seq())).await
+                }
+                written => written,
+            }
         }
         // The sequence after the newest the network (or this node) knows, read once and
         // written; read again and retried when another writer got there first.

@@ -49,7 +49,7 @@ enum Command {
         /// Life of the record, e.g. 90s, 1h, 7d (default: the node's).
         #[arg(long)]
         ttl: Option<String>,
-        /// Only if the current sequence is N (0: only if the key is not set).
+        /// Only if the current sequence is N (0: only if the key is not set, or deleted).
         #[arg(long = "expect-seq", value_name = "N")]
         expect_seq: Option<u64>,
         /// Sign with this account instead of the default one.

@@ -422,6 +422,23 @@ fn three_nodes_through_the_command_line() {
     assert!(stderr(&gone).contains("deleted"), "{}", stderr(&gone));
     let never = get(&c, &["/names/nobody"]);
     assert_eq!(never.status.code(), Some(1));
+    // Nothing to delete: exit code 1, and nothing written (a shared name stays free).
+    let delete = |node: &NodeProcess, key: &str| {
+        let mut cmd = dkvs(&node.home);
+        cmd.args(["delete", key]);
+        run(cmd, None)
+    };
+    for (key, said) in [("/~/blob", "was deleted already"), ("/names/nobody", "is not set")] {
+        let nothing = delete(&a, key);
+        assert_eq!(nothing.status.code(), Some(1), "{}", stderr(&nothing));
+        assert!(stderr(&nothing).contains(said), "{}", stderr(&nothing));
+    }
+    ok(put(&b, &["/names/nobody", "b's now"], None));
+    // A deleted key is not set: "only if not set" writes after its tombstone, once.
+    ok(put(&a, &["/~/blob", "back", "--expect-seq", "0"], None));
+    assert_eq!(ok(get(&c, &[&format!("/{alice}/blob")])), "back");
+    let twice = put(&a, &["/~/blob", "again", "--expect-seq", "0"], None);
+    assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
 
     // A client with a wrong token is refused.
     let api: serde_json::Value =
