@@ -188,6 +188,11 @@ fn file_name(digest: &[u8; 32]) -> String {
 }
 
 impl Shelf {
+    /// Whether this node keeps mail for others at all (a light node's is 0 bytes).
+    pub fn keeps_mail(&self) -> bool {
+        self.config.total_bytes > 0
+    }
+
     /// An empty shelf.
     pub fn new(config: ShelfConfig) -> Shelf {
         Shelf {

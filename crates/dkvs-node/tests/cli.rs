@@ -1043,6 +1043,25 @@ fn mail_settings_come_from_the_configuration() {
     drop((seed, alice_node));
 }
 
+/// A light node keeps no mail for others, its own letters included: it does not ask itself
+/// (it would refuse, and the sender read of a replica full).
+#[test]
+fn a_light_node_sends_mail_without_asking_itself_to_keep_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
+    std::fs::create_dir_all(&seed_home).expect("home");
+    new_account(&alice_home, "alice", "ed25519");
+    let bob = new_account(&dir.path().join("bob"), "bob", "ed25519");
+    let seed = start(&seed_home, None);
+    let light = start_with(&alice_home, Some(&seed.address), "profile = \"light\"\n");
+    let sent = mail(&alice_home, &["send", &bob, "from a light node"], None);
+    let out = ok(sent.clone());
+    assert!(out.lines().next().is_some_and(|l| l.ends_with("kept by 1 replica")), "{out}");
+    assert!(!out.contains("not by"), "{out}");
+    assert!(stderr(&sent).is_empty(), "{}", stderr(&sent));
+    drop((light, seed));
+}
+
 /// A sender whose peers are connected but answer nothing (stopped) keeps its letter itself,
 /// and is told that, not that it has no peers.
 #[test]
