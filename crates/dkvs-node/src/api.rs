@@ -1061,12 +1061,11 @@ async fn handover(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
-    let to: dkvs_account::AccountId = query
+    let to = query
         .to
         .as_deref()
-        .ok_or_else(|| ApiError::bad_request("to (the account the name goes to) is missing"))?
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("to is not an account id: {e}")))?;
+        .ok_or_else(|| ApiError::bad_request("to (the account the name goes to) is missing"))?;
+    let to = parse_account_id(to)?;
     let holder = state.account(query.account.as_deref()).await?;
     let key = state.key(&path, query.account.as_deref()).await?;
     if key.scope().is_some() {

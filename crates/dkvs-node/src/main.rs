@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 /// dkvs: a signed key-value memory on a peer-to-peer network.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "dkvs", version, about)]
 struct Cli {
     /// Home directory: keys, configuration, data, and the running node's API address.
     #[arg(long, global = true, env = "DKVS_HOME")]
@@ -554,7 +554,11 @@ fn account(home: &Home, command: AccountCommand) -> anyhow::Result<()> {
         }
         AccountCommand::List => {
             let default = home.default_account()?;
-            for info in keystore.list()? {
+            let accounts = keystore.list()?;
+            if accounts.is_empty() {
+                eprintln!("dkvs: no account yet; make one with `dkvs account new <name>`");
+            }
+            for info in accounts {
                 let mark =
                     if default.as_deref() == Some(info.name.as_str()) { " (default)" } else { "" };
                 outln!("{}\t{}\t{}{mark}", info.name, info.key_type, info.account_id);
@@ -598,7 +602,12 @@ fn node(home: Home, args: NodeArgs, api: Option<String>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // libp2p-kad's behaviour warns only that its periodic walk found no peer (a
+                // node alone, as the first command of the README runs it, twice at each
+                // start) and of its own record replication, which dkvs does not use.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,libp2p_kad::behaviour=error")
+                }),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: a log file or pipe gets plain text.

@@ -37,6 +37,9 @@ pub async fn run(
         anyhow::bail!("bootstrap address \"{addr}\" does not end in /p2p/<peer id>");
     }
     let ipfs_bootstrap = multiaddrs("ipfs_bootstrap", &config.ipfs_bootstrap)?;
+    std::net::ToSocketAddrs::to_socket_addrs(&config.api).with_context(|| {
+        format!("api address {:?} is not an address to listen on (e.g. 127.0.0.1:4041)", config.api)
+    })?;
     let keystore = home.keystore()?;
     let unlocked = open_default(&home, &keystore, &passphrase).await?;
     let identity = home.node_identity()?;

@@ -2152,6 +2152,8 @@ fn a_shared_name_is_handed_over_once_to_the_account_it_was_given_to() {
     assert_eq!(unset.status.code(), Some(1), "{}", stderr(&unset));
     let scoped = dkvs_as(&home_a, &["handover", "/~/notes", &carol]);
     assert!(stderr(&scoped).contains("scope"), "{}", stderr(&scoped));
+    let nobody = dkvs_as(&home_a, &["handover", "/names/shop", "ed1bad"]);
+    assert!(stderr(&nobody).contains(r#""ed1bad" is not an account id"#), "{}", stderr(&nobody));
     let not_hers = dkvs_as(&home_a, &["handover", "/names/shop", &carol]);
     assert!(stderr(&not_hers).contains("is held by"), "{}", stderr(&not_hers));
     assert_eq!(ok(get(&a, &["/names/shop"])), "bob's, updated");
@@ -2182,12 +2184,34 @@ fn a_start_or_a_put_that_cannot_work_says_why() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(!stdout.contains("listening on"), "{bad}: {stdout}");
     }
+    let bad_api = {
+        let mut c = dkvs(&fresh);
+        c.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "notanaddr"]);
+        run(c, None)
+    };
+    assert_eq!(bad_api.status.code(), Some(2));
+    assert!(stderr(&bad_api).contains(r#"api address "notanaddr""#), "{}", stderr(&bad_api));
+    let stdout = String::from_utf8_lossy(&bad_api.stdout);
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    let none = {
+        let mut c = dkvs(&fresh);
+        c.args(["account", "list"]);
+        run(c, None)
+    };
+    assert!(ok(none.clone()).is_empty() && stderr(&none).contains("dkvs account new"));
+    let version = dkvs_ok(&fresh, &["--version"]);
+    assert_eq!(version.trim(), format!("dkvs {}", env!("CARGO_PKG_VERSION")));
     // A key that is no key, and a life past the node's maximum, in words.
     let tilde = put(&node, &["/~", "v"], None);
     assert!(stderr(&tilde).contains("/~ alone names no key"), "{}", stderr(&tilde));
     let long = put(&node, &["/~/k", "v", "--ttl", "30d"], None);
     assert!(stderr(&long).contains("ttl is 30 days"), "{}", stderr(&long));
     assert!(stderr(&long).contains("maximum of 7 days"), "{}", stderr(&long));
+    // A node alone, as the README's first command runs it, has nothing to warn of (its
+    // Kademlia tries its periodic walk within the first second).
+    std::thread::sleep(Duration::from_secs(2));
+    let log = std::fs::read_to_string(home.join("node.log")).expect("the node's log");
+    assert!(!log.contains(" WARN "), "{log}");
 }
 
 #[test]
