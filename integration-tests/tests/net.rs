@@ -1805,6 +1805,14 @@ async fn put_next_writes_the_version_after_the_networks_newest_from_any_node() -
         "{unset:?}"
     );
     assert!(net.get(1, &name).await??.record.is_none(), "nothing was written");
+    // Only if not set: after the tombstone; then a value is held, and it is a conflict.
+    let new = net.node(0).put_new(&alice, &key, b"new".to_vec(), HOUR).await?;
+    assert_eq!(new.seq, 6);
+    let held = net.node(1).put_new(&alice, &key, b"newer".to_vec(), HOUR).await;
+    assert!(
+        matches!(&held, Err(PutError::Conflict { current: Some(r) }) if r.seq() == 6),
+        "{held:?}"
+    );
     // The value must fit the record rules; the error says which.
     let too_big = net.node(0).put_next(&alice, &key, vec![0; 10 * 1024 + 1], HOUR).await;
     assert!(

@@ -414,7 +414,21 @@ impl Node {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> Result<PutReceipt, PutError> {
-        self.write_next(owner, key, Some(value), ttl_ms).await
+        self.write_next(owner, key, Some(value), ttl_ms, false).await
+    }
+
+    /// [`Node::put_next`], only if the network holds no value of `key`: not set, deleted (the
+    /// write follows the tombstone) or expired (it follows the sequence remembered). A value
+    /// held, read first or written meanwhile by another writer, is [`PutError::Conflict`]
+    /// with that record.
+    pub async fn put_new(
+        &self,
+        owner: &dkvs_account::Keypair,
+        key: &Key,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<PutReceipt, PutError> {
+        self.write_next(owner, key, Some(value), ttl_ms, true).await
     }
 
     /// Deletes `key` as [`Node::put_next`] writes: a tombstone signed by `owner` with the next
@@ -427,16 +441,18 @@ impl Node {
         key: &Key,
         ttl_ms: u64,
     ) -> Result<PutReceipt, PutError> {
-        self.write_next(owner, key, None, ttl_ms).await
+        self.write_next(owner, key, None, ttl_ms, false).await
     }
 
-    /// A value (`Some`) or a tombstone (`None`) as the next version of `key`.
+    /// A value (`Some`) or a tombstone (`None`) as the next version of `key`; `if_unset`: only
+    /// while no value is held.
     async fn write_next(
         &self,
         owner: &dkvs_account::Keypair,
         key: &Key,
         value: Option<Vec<u8>>,
         ttl_ms: u64,
+        if_unset: bool,
     ) -> Result<PutReceipt, PutError> {
         let (mut attempts, mut requests) = (0, 0u32);
         loop {
@@ -448,6 +464,9 @@ impl Node {
                 read => PutError::NoReadQuorum { read },
             })?;
             requests = requests.saturating_add(found.requests);
+            if if_unset && found.record.as_ref().is_some_and(|r| !r.is_tombstone()) {
+                return Err(PutError::Conflict { current: found.record.map(Box::new) });
+            }
             if value.is_none() && found.record.as_ref().is_none_or(Record::is_tombstone) {
                 return Err(PutError::NothingToDelete {
                     key: key.to_string(),
@@ -632,8 +651,9 @@ impl Node {
     }
 
     /// The keys this node stopped keeping alive ([`Node::keep_alive`]) by itself since the
-    /// last call: found deleted, or held by another owner (handed over), in its store now or
-    /// at a round.
+    /// last call: the network's newest record of each is a tombstone, or another owner's
+    /// (handed over), as a round found it. Keys whose record in this node's store looks so
+    /// are read from the network at this call, and come at a later one if it says so.
     pub async fn kept_dropped(&self) -> Vec<Key> {
         self.ask(Command::KeptDropped).await.unwrap_or_default()
     }
@@ -1326,17 +1346,23 @@ impl<E: Extension> Driver<E> {
             }
             Command::KeptDropped(reply) => {
                 // The store may know already what the next round would find (a replica of
-                // the key heard of the delete or the new holder's write).
-                let (store, dropped) = (&self.store, &mut self.kept_dropped);
-                self.kept.retain(|key, (owner, _)| {
-                    let held = store
-                        .get(key.as_str())
-                        .is_none_or(|r| !r.is_tombstone() && r.owner() == owner.public());
-                    if !held {
-                        dropped.insert(key.clone());
-                    }
-                    held
-                });
+                // the key heard of the delete or the new holder's write): such keys are read
+                // from the network now, as a round reads them, and dropped once it says so.
+                // Not on the store's word alone: it may lag behind the network on this
+                // node's own writes (one it refused for its quota, which the network took).
+                let looks_dropped: Vec<Key> = self
+                    .kept
+                    .iter()
+                    .filter(|(key, (owner, _))| {
+                        self.store
+                            .get(key.as_str())
+                            .is_some_and(|r| r.is_tombstone() || r.owner() != owner.public())
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in looks_dropped {
+                    self.start_get(key, GetPurpose::Republish);
+                }
                 let _ = reply.send(self.kept_dropped.drain().collect());
             }
             Command::RoutingTable(reply) => {

@@ -1608,12 +1608,17 @@ impl<E: crate::Extension> Driver<E> {
             // No quorum now: try again next round.
             Err(_) => return,
         };
-        let Some(newest) = newest.filter(|r| !r.is_tombstone() && r.owner() == owner.public())
-        else {
-            // Deleted, handed over, or gone: nothing of this owner's to keep alive.
-            self.kept.remove(key);
-            self.kept_dropped.insert(key.clone());
-            return;
+        let newest = match newest {
+            Some(r) if !r.is_tombstone() && r.owner() == owner.public() => r,
+            // Deleted, handed over, or gone: nothing of this owner's to keep alive. Only the
+            // first two are told ([`crate::Node::kept_dropped`]): a record gone from the
+            // network is looked for again at the next start.
+            other => {
+                if self.kept.remove(key).is_some() && other.is_some() {
+                    self.kept_dropped.insert(key.clone());
+                }
+                return;
+            }
         };
         let now = self.now_ms();
         let horizon = self.republish_horizon_ms();

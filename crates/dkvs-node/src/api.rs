@@ -278,7 +278,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// What a page of another origin may send the API beside its simple headers.
-const CORS_HEADERS: &str = "authorization, content-type, range, if-none-match";
+const CORS_HEADERS: &str = "authorization, content-type, range, if-range, if-none-match";
 /// What such a page may read of an answer beside its simple headers.
 const CORS_EXPOSED: &str =
     "dkvs-source, dkvs-seq, dkvs-confirmations, content-range, content-length, etag";
@@ -287,10 +287,10 @@ const CORS_EXPOSED: &str =
 /// token use the API as any client does (CORS): the token, not the origin, is what the API
 /// trusts. A preflight is answered for any origin on a host that names this machine (it
 /// carries no token, and reads nothing), a private network's included (Chromium asks a
-/// public site's page for it). An answer is made readable to the page that asked when its
-/// request showed the right token, and for every route that needs the token (without it,
-/// the page reads only the refusal); not otherwise: the gateway's and the metrics' answers
-/// without a token stay closed to other sites.
+/// public site's page for it). An answer is made readable to the page that asked only when
+/// its request showed the right token: a page without it reads nothing, not even a refusal
+/// (it cannot tell a node from nothing listening), and the gateway's and the metrics'
+/// answers stay closed to other sites.
 async fn cross_origin(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -324,10 +324,7 @@ async fn cross_origin(
         }
         return response;
     }
-    let path = request.uri().path();
-    let open_route = path == "/metrics" || path.starts_with("/ipfs/");
-    let readable =
-        !open_route || presented_token(headers).is_some_and(|token| token_matches(&state, token));
+    let readable = presented_token(headers).is_some_and(|token| token_matches(&state, token));
     let mut response = next.run(request).await;
     let answer = response.headers_mut();
     answer.append(header::VARY, HeaderValue::from_static("origin"));
@@ -996,27 +993,17 @@ async fn put_inner(
                 written => written,
             }
         }
+        // Only if not set: nothing, a tombstone (a deleted key reads as not set) or a record
+        // that expired; the write follows what the network remembers.
+        (Some(0), None) => state.node.put_new(&owner, &key, value, ttl_ms).await,
         (Some(expected), None) => {
-            let cas = |expected: u64, value: Vec<u8>| {
-                let seq = expected.checked_add(1).ok_or_else(|| {
-                    ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
-                })?;
-                Draft::new(key.clone(), value, seq, ttl_ms).sign(&owner).map_err(|e| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
-                })
-            };
-            let record = cas(expected, value.clone())?;
-            match state.node.put_cas(record, (expected > 0).then_some(expected)).await {
-                // Not set, as a deleted key reads: the write follows its tombstone, on the
-                // condition that the tombstone is still the newest.
-                Err(PutError::Conflict { current: Some(tombstone) })
-                    if expected == 0 && tombstone.is_tombstone() =>
-                {
-                    let record = cas(tombstone.seq(), value)?;
-                    state.node.put_cas(record, Some(tombstone.seq())).await
-                }
-                written => written,
-            }
+            let seq = expected.checked_add(1).ok_or_else(|| {
+                ApiError::bad_request(format!("expect_seq {expected} leaves no next sequence"))
+            })?;
+            let record = Draft::new(key.clone(), value, seq, ttl_ms).sign(&owner).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_record", e.to_string())
+            })?;
+            state.node.put_cas(record, Some(expected)).await
         }
         // The sequence after the newest the network (or this node) knows, read once and
         // written; read again and retried when another writer got there first.
@@ -1190,11 +1177,14 @@ async fn delete_inner(
     let key = state.key(path, query.account.as_deref()).await?;
     // A tombstone outlives any record it replaces: it lives as long as this node keeps anything.
     let ttl_ms = state.config.max_ttl_secs.saturating_mul(1000);
-    let receipt = state.node.delete_next(&owner, &key, ttl_ms).await.map_err(put_error)?;
-    // A deleted key is not kept alive any more.
-    if let Err(e) = state.stop_keeping(&key).await {
+    let deleted = state.node.delete_next(&owner, &key, ttl_ms).await;
+    // A deleted key (now, or already) is not kept alive any more.
+    if matches!(deleted, Ok(_) | Err(PutError::NothingToDelete { .. }))
+        && let Err(e) = state.stop_keeping(&key).await
+    {
         tracing::warn!(%key, error = %e, "could not forget a kept key");
     }
+    let receipt = deleted.map_err(put_error)?;
     Ok(Json(receipt_json(&key, &receipt)))
 }
 
@@ -1278,9 +1268,10 @@ async fn send_mail(
         })
         .await?;
     // Only this node keeps it and no other replica was asked: a network of one, or a node
-    // whose peers did not answer the mailbox's lookup (stopped, unreachable).
+    // whose dkvs peers (those in its table: not IPFS peers) did not answer the mailbox's
+    // lookup (stopped, unreachable).
     let alone = receipt.alone();
-    let peers = if alone { state.node.connected_peers().await.len() } else { 0 };
+    let peers = if alone { state.node.routing_table().await.len() } else { 0 };
     Ok(Json(json!({
         "id": receipt.id.to_string(),
         "alone": alone && peers == 0,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use dkvs_net::libp2p::{Multiaddr, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
 /// Node configuration.
@@ -189,6 +190,24 @@ fn quorum(n: usize) -> dkvs_net::Quorum {
     if n == 0 { dkvs_net::Quorum::Majority } else { dkvs_net::Quorum::N(n) }
 }
 
+/// A node's addresses ([`NodeConfig::addresses`]).
+pub struct Addresses {
+    /// Where it listens.
+    pub listen: Vec<Multiaddr>,
+    /// The peers it joins by (each ends in `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// The IPFS peers it dials at start.
+    pub ipfs_bootstrap: Vec<Multiaddr>,
+}
+
+/// The addresses of the setting `what`, parsed; the error names the one that is no multiaddr.
+fn multiaddrs(what: &str, addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("{what} address {a:?} is not a multiaddr")))
+        .collect()
+}
+
 /// The profiles, each a set of defaults ([`NodeConfig::profile`]).
 pub const PROFILES: [&str; 3] = ["default", "phone", "light"];
 
@@ -293,10 +312,32 @@ impl NodeConfig {
 
     /// Checks every setting as the node does at its start.
     pub fn check(&self) -> anyhow::Result<()> {
+        self.addresses()?;
         self.net()?;
         self.mail()?;
         self.shelf()?;
         Ok(())
+    }
+
+    /// The addresses to listen on and to join by, parsed; the API's address checked.
+    pub fn addresses(&self) -> anyhow::Result<Addresses> {
+        let bootstrap = multiaddrs("bootstrap", &self.bootstrap)?;
+        if let Some(addr) =
+            bootstrap.iter().find(|addr| !matches!(addr.iter().last(), Some(Protocol::P2p(_))))
+        {
+            anyhow::bail!("bootstrap address \"{addr}\" does not end in /p2p/<peer id>");
+        }
+        std::net::ToSocketAddrs::to_socket_addrs(&self.api).with_context(|| {
+            format!(
+                "api address {:?} is not an address to listen on (e.g. 127.0.0.1:4041)",
+                self.api
+            )
+        })?;
+        Ok(Addresses {
+            listen: multiaddrs("listen", &self.listen)?,
+            bootstrap,
+            ipfs_bootstrap: multiaddrs("ipfs_bootstrap", &self.ipfs_bootstrap)?,
+        })
     }
 
     /// The network layer's configuration.

@@ -1520,7 +1520,6 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Acknowledges the letters of a read (`POST /v1/inbox`), once they are printed.
 /// The most answers one `dkvs mail read` reads (each at most 4 MiB past its first letter).
 const MAIL_READ_ROUNDS: usize = 16;
 
@@ -1556,6 +1555,7 @@ fn print_letters(answer: &serde_json::Value, json: bool, first: bool) -> anyhow:
     Ok(())
 }
 
+/// Acknowledges the letters of a read (`POST /v1/inbox`), once they are printed.
 fn acknowledge(client: &Client, answer: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(token) = answer["ack"].as_str() {
         let acked = client.post_bytes(&format!("/v1/inbox/ack/{}", encode_segment(token)), &[])?;

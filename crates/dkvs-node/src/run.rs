@@ -29,17 +29,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     home.ensure()?;
     // Addresses are checked before anything starts: a typo is said before the node listens.
-    let listen = multiaddrs("listen", &config.listen)?;
-    let bootstrap = multiaddrs("bootstrap", &config.bootstrap)?;
-    if let Some(addr) =
-        bootstrap.iter().find(|addr| !matches!(addr.iter().last(), Some(Protocol::P2p(_))))
-    {
-        anyhow::bail!("bootstrap address \"{addr}\" does not end in /p2p/<peer id>");
-    }
-    let ipfs_bootstrap = multiaddrs("ipfs_bootstrap", &config.ipfs_bootstrap)?;
-    std::net::ToSocketAddrs::to_socket_addrs(&config.api).with_context(|| {
-        format!("api address {:?} is not an address to listen on (e.g. 127.0.0.1:4041)", config.api)
-    })?;
+    let crate::config::Addresses { listen, bootstrap, ipfs_bootstrap } = config.addresses()?;
     let keystore = home.keystore()?;
     let unlocked = open_default(&home, &keystore, &passphrase).await?;
     let identity = home.node_identity()?;
@@ -224,14 +214,6 @@ async fn open_default(
             Err(anyhow::Error::new(e).context(format!("cannot open the default account {name:?}")))
         }
     }
-}
-
-/// The addresses of the setting `what`, parsed; the error names the one that is no multiaddr.
-fn multiaddrs(what: &str, addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
-    addrs
-        .iter()
-        .map(|a| a.parse().with_context(|| format!("{what} address {a:?} is not a multiaddr")))
-        .collect()
 }
 
 /// How many addresses of the last run's peers a node remembers and dials at its start.

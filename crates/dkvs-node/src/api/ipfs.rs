@@ -113,7 +113,15 @@ pub(super) async fn add(
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(std::io::Error::other);
             let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
+            if failed {
+                let _ = tx.send(chunk).await;
+                return;
+            }
+            if tx.send(chunk).await.is_err() {
+                // The add ended before the body did (it failed: a file that does not fit):
+                // the rest is read and dropped, so that the client, which reads the answer
+                // once it has sent the whole file, gets it instead of a broken connection.
+                while let Some(Ok(_)) = body.next().await {}
                 return;
             }
         }
