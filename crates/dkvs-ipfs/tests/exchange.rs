@@ -28,6 +28,20 @@ async fn ipfs_net_with(n: usize, config: Config) -> anyhow::Result<TestNet> {
     TestNet::start_custom(n, config, dkvs_store::Config::default(), spawn).await
 }
 
+/// Two nodes, the second one's block store holding at most `max_bytes`.
+async fn two_nodes_the_second_holding(max_bytes: u64) -> anyhow::Result<TestNet> {
+    let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
+        let mut blocks = BlockStoreConfig::default();
+        if spawned.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            blocks.max_bytes = max_bytes;
+        }
+        let ipfs = Ipfs::open(&dir.join("ipfs"), identity, blocks)?;
+        Ok(NodeBuilder::new(identity.clone(), store, config).with_extension(|_| ipfs).spawn()?)
+    });
+    TestNet::start_custom(2, Config::default(), dkvs_store::Config::default(), spawn).await
+}
+
 /// Deterministic bytes that no chunking lines up with.
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + 7) % 251) as u8).collect()
@@ -655,19 +669,7 @@ async fn an_add_that_fails_for_room_leaves_no_block_behind() -> anyhow::Result<(
 async fn a_pin_of_a_file_larger_than_the_store_says_it_does_not_fit() -> anyhow::Result<()> {
     tokio::time::timeout(TEST, async {
         // The second node's store takes 2 MB; the first adds a file of 3 MB.
-        let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
-            let mut blocks = BlockStoreConfig::default();
-            if spawned.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
-                blocks.max_bytes = 2_000_000;
-            }
-            let ipfs = Ipfs::open(&dir.join("ipfs"), identity, blocks)?;
-            Ok(NodeBuilder::new(identity.clone(), store, config)
-                .with_extension(|_| ipfs)
-                .spawn()?)
-        });
-        let net = TestNet::start_custom(2, Config::default(), dkvs_store::Config::default(), spawn)
-            .await?;
+        let net = two_nodes_the_second_holding(2_000_000).await?;
         let cid = add(&net, 0, &data(3_000_000), None).await?;
         let failed = files::pin(net.node(1), cid, Duration::from_secs(60)).await;
         let Err(IpfsError::NoRoom { took, others, limit }) = failed else { panic!("{failed:?}") };
@@ -828,20 +830,7 @@ async fn a_get_after_a_stat_fetches_none_of_its_blocks_again_where_nothing_is_ca
     tokio::time::timeout(TEST, async {
         // Node 1's store keeps nothing (a store full of pinned files): what a stat read, the
         // get right after it takes from the stat.
-        let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let spawn: Spawn = Arc::new(move |identity, store, config, dir| {
-            let first = spawned.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-            let mut blocks = BlockStoreConfig::default();
-            if !first {
-                blocks.max_bytes = 1;
-            }
-            let ipfs = Ipfs::open(&dir.join("ipfs"), identity, blocks)?;
-            Ok(NodeBuilder::new(identity.clone(), store, config)
-                .with_extension(|_| ipfs)
-                .spawn()?)
-        });
-        let net = TestNet::start_custom(2, Config::default(), dkvs_store::Config::default(), spawn)
-            .await?;
+        let net = two_nodes_the_second_holding(1).await?;
         // Three leaves of 1 MiB under a root.
         let bytes = data(2_500_000);
         let cid = add(&net, 0, &bytes, None).await?;

@@ -763,6 +763,13 @@ fn a_kept_record_is_remembered_across_a_restart() {
     drop(node);
 }
 
+/// A node with no account in the home `seed` under `dir`, for others to join by.
+fn seed_node(dir: &Path) -> NodeProcess {
+    let home = dir.join("seed");
+    std::fs::create_dir_all(&home).expect("home");
+    start(&home, None)
+}
+
 fn mail(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     run(
         {
@@ -1039,11 +1046,10 @@ fn a_mailbox_larger_than_one_answer_is_read_whole_in_bounded_answers() {
 #[test]
 fn mail_settings_come_from_the_configuration() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
-    std::fs::create_dir_all(&seed_home).expect("home");
+    let seed = seed_node(dir.path());
+    let alice_home = dir.path().join("alice");
     new_account(&alice_home, "alice", "ed25519");
     let bob = new_account(&dir.path().join("bob"), "bob", "ed25519");
-    let seed = start(&seed_home, None);
     let alice_node =
         start_with(&alice_home, Some(&seed.address), "mail_replicas = 1\nmail_ttl_secs = 3600\n");
     let out = ok(mail(&alice_home, &["send", &bob, "one copy"], None));
@@ -1059,11 +1065,10 @@ fn mail_settings_come_from_the_configuration() {
 #[test]
 fn a_light_node_sends_mail_without_asking_itself_to_keep_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
-    std::fs::create_dir_all(&seed_home).expect("home");
+    let seed = seed_node(dir.path());
+    let alice_home = dir.path().join("alice");
     new_account(&alice_home, "alice", "ed25519");
     let bob = new_account(&dir.path().join("bob"), "bob", "ed25519");
-    let seed = start(&seed_home, None);
     let light = start_with(&alice_home, Some(&seed.address), "profile = \"light\"\n");
     let sent = mail(&alice_home, &["send", &bob, "from a light node"], None);
     let out = ok(sent.clone());
@@ -1078,11 +1083,10 @@ fn a_light_node_sends_mail_without_asking_itself_to_keep_it() {
 #[test]
 fn a_letter_no_peer_answered_for_is_kept_here_and_said_so() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (seed_home, alice_home) = (dir.path().join("seed"), dir.path().join("alice"));
-    std::fs::create_dir_all(&seed_home).expect("home");
+    let seed = seed_node(dir.path());
+    let alice_home = dir.path().join("alice");
     new_account(&alice_home, "alice", "ed25519");
     let bob = new_account(&dir.path().join("bob"), "bob", "ed25519");
-    let seed = start(&seed_home, None);
     let alice_node = start(&alice_home, Some(&seed.address));
     let signal = |name: &str| {
         let pid = seed.child.id().to_string();
