@@ -188,11 +188,6 @@ fn file_name(digest: &[u8; 32]) -> String {
 }
 
 impl Shelf {
-    /// Whether this node keeps mail for others at all (a light node's is 0 bytes).
-    pub fn keeps_mail(&self) -> bool {
-        self.config.total_bytes > 0
-    }
-
     /// An empty shelf.
     pub fn new(config: ShelfConfig) -> Shelf {
         Shelf {
@@ -208,6 +203,11 @@ impl Shelf {
             last_cursor: 0,
             next_ticket: 0,
         }
+    }
+
+    /// Whether this node keeps mail for others at all (a light node's is 0 bytes).
+    pub fn keeps_mail(&self) -> bool {
+        self.config.total_bytes > 0
     }
 
     /// The shelf kept in `dir` (made if missing): every envelope file written there before,

@@ -1786,8 +1786,8 @@ async fn channel_members(
 
 async fn list_kept(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let mut kept = state.kept.lock().await;
-    // Keys the node stopped keeping (deleted, or handed over, seen in its store or at a
-    // round) are forgotten in the home too.
+    // Keys the node stopped keeping (deleted, or handed over, as the network said at a round
+    // or at a read this list started) are forgotten in the home too.
     let dropped: std::collections::HashSet<String> =
         state.node.kept_dropped().await.iter().map(|key| key.to_string()).collect();
     let before = kept.len();
