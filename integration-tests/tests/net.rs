@@ -871,6 +871,45 @@ async fn owners_keep_their_records_alive() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_key_deleted_elsewhere_is_dropped_and_one_not_found_is_read_again()
+-> anyhow::Result<()> {
+    let config = Config::default().with_republish_interval(Duration::from_millis(300));
+    let net = TestNet::start(3, config).await?;
+    let alice = std::sync::Arc::new(Keypair::generate(KeyType::Ed25519));
+    // Kept before anything was written: the first read finds nothing, and the key stays
+    // kept; once written elsewhere, short-lived, this node signs it again before it expires.
+    let later = Key::scoped(&alice.account_id(), "later").expect("key");
+    net.node(0).keep_alive(alice.clone(), &later, 1_500).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let short = Draft::new(later.clone(), b"here".to_vec(), 1, 1_500).sign(&alice)?;
+    net.put(1, short).await??;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let held = net.get(2, &later).await??.record.expect("kept alive");
+    assert!(held.seq() > 1 && held.value() == b"here", "signed again: {held:?}");
+    assert!(net.node(0).kept_dropped().await.is_empty(), "nothing dropped");
+
+    // Deleted through another node: dropped, and told once.
+    let key = Key::scoped(&alice.account_id(), "status").expect("key");
+    net.node(0).put_next(&alice, &key, b"on".to_vec(), HOUR).await?;
+    net.node(0).keep_alive(alice.clone(), &key, HOUR).await;
+    net.node(1).delete_next(&alice, &key, HOUR).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dropped = net.node(0).kept_dropped().await;
+        if dropped.contains(&key) {
+            assert_eq!(dropped, std::slice::from_ref(&key), "only the deleted key");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(net.node(0).kept_dropped().await.is_empty(), "told once");
+    net.node(0).stop_keep_alive(&later).await;
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reachable_only_through_a_relay_takes_part() -> anyhow::Result<()> {
     use dkvs_net::libp2p::multiaddr::Protocol;
 

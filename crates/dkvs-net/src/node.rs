@@ -419,8 +419,11 @@ impl Node {
 
     /// [`Node::put_next`], only if the network holds no value of `key`: not set, deleted (the
     /// write follows the tombstone) or expired (it follows the sequence remembered). A value
-    /// held, read first or written meanwhile by another writer, is [`PutError::Conflict`]
-    /// with that record.
+    /// held when it reads is [`PutError::Conflict`] with that record; so is one another
+    /// writer put meanwhile at the same sequence (the replicas refuse the second write, which
+    /// reads again). The condition is the read's, as [`Node::put_cas`]'s is: two writers whose
+    /// reads saw different sequences (one missed a replica's memory of an expired record) may
+    /// both succeed, the higher sequence winning.
     pub async fn put_new(
         &self,
         owner: &dkvs_account::Keypair,
@@ -930,8 +933,15 @@ pub(crate) struct Driver<E: Extension> {
     last_sweep: Instant,
     last_replication: Instant,
     last_republish: Instant,
-    /// Keys this node keeps alive for their owners: the owner's key pair and the TTL to sign.
-    pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64)>,
+    /// Keys this node keeps alive for their owners: the owner's key pair, the TTL to sign,
+    /// and the keep's generation (each [`Node::keep_alive`] makes a new one: a read of an
+    /// older keep, still under way, decides nothing for the new one).
+    pub(crate) kept: HashMap<Key, (Arc<dkvs_account::Keypair>, u64, u64)>,
+    /// The last keep's generation.
+    pub(crate) kept_generation: u64,
+    /// The keeps (key, generation) whose read of the network's newest is under way: one at
+    /// a time each, however often rounds and [`Node::kept_dropped`] ask.
+    pub(crate) kept_reading: HashSet<(Key, u64)>,
     /// Keys [`Driver::kept`] dropped by itself (deleted, handed over), until
     /// [`Node::kept_dropped`] asks.
     pub(crate) kept_dropped: HashSet<Key>,
@@ -1080,6 +1090,8 @@ impl<E: Extension> Driver<E> {
             last_replication: Instant::now(),
             last_republish: Instant::now(),
             kept: HashMap::new(),
+            kept_generation: 0,
+            kept_reading: HashSet::new(),
             kept_dropped: HashSet::new(),
             replication: crate::replication::Replication::default(),
             connections: HashMap::new(),
@@ -1321,9 +1333,10 @@ impl<E: Extension> Driver<E> {
             }
             Command::KeepAlive { key, owner: Some(owner), ttl_ms } => {
                 self.kept_dropped.remove(&key);
-                self.kept.insert(key.clone(), (owner, ttl_ms));
+                self.kept_generation += 1;
+                self.kept.insert(key.clone(), (owner, ttl_ms, self.kept_generation));
                 // A record shorter-lived than a round would expire before the first one.
-                self.start_get(key, GetPurpose::Republish);
+                self.read_kept(key);
             }
             Command::KeepAlive { key, owner: None, .. } => {
                 self.kept.remove(&key);
@@ -1353,7 +1366,7 @@ impl<E: Extension> Driver<E> {
                 let looks_dropped: Vec<Key> = self
                     .kept
                     .iter()
-                    .filter(|(key, (owner, _))| {
+                    .filter(|(key, (owner, ..))| {
                         self.store
                             .get(key.as_str())
                             .is_some_and(|r| r.is_tombstone() || r.owner() != owner.public())
@@ -1361,7 +1374,7 @@ impl<E: Extension> Driver<E> {
                     .map(|(key, _)| key.clone())
                     .collect();
                 for key in looks_dropped {
-                    self.start_get(key, GetPurpose::Republish);
+                    self.read_kept(key);
                 }
                 let _ = reply.send(self.kept_dropped.drain().collect());
             }
@@ -2884,8 +2897,9 @@ pub(crate) enum GetPurpose {
     /// `catch_up`: hands the watchers a newer version it finds (a read again after the
     /// replicas were lost, when updates may have been missed).
     Warm { catch_up: bool },
-    /// The network's newest record of a key this node keeps alive.
-    Republish,
+    /// The network's newest record of a key this node keeps alive, for the keep of this
+    /// generation.
+    Republish { generation: u64 },
     Cas {
         record: Record,
         expected: dkvs_store::Expect,

@@ -1462,9 +1462,9 @@ impl<E: crate::Extension> Driver<E> {
                 };
                 self.watch_read(&key, answered, found, catch_up);
             }
-            GetPurpose::Republish => {
+            GetPurpose::Republish { generation } => {
                 let key = get.key.clone();
-                self.republish_found(&key, outcome);
+                self.republish_found(&key, generation, outcome);
             }
             GetPurpose::Cas { record, expected, reply } => {
                 let read_requests = outcome.as_ref().map_or(0, |read| read.requests);
@@ -1590,7 +1590,16 @@ impl<E: crate::Extension> Driver<E> {
             .cloned()
             .collect();
         for key in due {
-            self.start_get(key, GetPurpose::Republish);
+            self.read_kept(key);
+        }
+    }
+
+    /// Reads the network's newest record of `key`, kept alive, for its keep: unless a read
+    /// for the same keep is under way.
+    pub(crate) fn read_kept(&mut self, key: Key) {
+        let Some(&(_, _, generation)) = self.kept.get(&key) else { return };
+        if self.kept_reading.insert((key.clone(), generation)) {
+            self.start_get(key, GetPurpose::Republish { generation });
         }
     }
 
@@ -1600,9 +1609,15 @@ impl<E: crate::Extension> Driver<E> {
         2 * u64::try_from(self.config.republish_interval.as_millis()).unwrap_or(u64::MAX / 2)
     }
 
-    /// The second half of a republish: `found` is the network's newest record for `key`.
-    fn republish_found(&mut self, key: &Key, found: Result<GetOutcome, GetError>) {
-        let Some((owner, ttl_ms)) = self.kept.get(key).cloned() else { return };
+    /// The second half of a republish: `found` is the network's newest record for `key`, read
+    /// for its keep of `generation` (a read for an older keep, or a stopped one, decides
+    /// nothing).
+    fn republish_found(&mut self, key: &Key, generation: u64, found: Result<GetOutcome, GetError>) {
+        self.kept_reading.remove(&(key.clone(), generation));
+        let Some((owner, ttl_ms, kept)) = self.kept.get(key).cloned() else { return };
+        if kept != generation {
+            return;
+        }
         let newest = match found {
             Ok(outcome) => outcome.record,
             // No quorum now: try again next round.
@@ -1610,13 +1625,14 @@ impl<E: crate::Extension> Driver<E> {
         };
         let newest = match newest {
             Some(r) if !r.is_tombstone() && r.owner() == owner.public() => r,
-            // Deleted, handed over, or gone: nothing of this owner's to keep alive. Only the
-            // first two are told ([`crate::Node::kept_dropped`]): a record gone from the
-            // network is looked for again at the next start.
-            other => {
-                if self.kept.remove(key).is_some() && other.is_some() {
-                    self.kept_dropped.insert(key.clone());
-                }
+            // Gone (expired, or its replicas churned away while this node's store lacks it):
+            // nothing to sign again now; the next round reads it again.
+            None => return,
+            // Deleted, or handed over: nothing of this owner's to keep alive
+            // ([`crate::Node::kept_dropped`] tells).
+            Some(_) => {
+                self.kept.remove(key);
+                self.kept_dropped.insert(key.clone());
                 return;
             }
         };

@@ -288,9 +288,9 @@ const CORS_EXPOSED: &str =
 /// trusts. A preflight is answered for any origin on a host that names this machine (it
 /// carries no token, and reads nothing), a private network's included (Chromium asks a
 /// public site's page for it). An answer is made readable to the page that asked only when
-/// its request showed the right token: a page without it reads nothing, not even a refusal
-/// (it cannot tell a node from nothing listening), and the gateway's and the metrics'
-/// answers stay closed to other sites.
+/// its request showed the right token: a page without it reads nothing of the API's
+/// answers, not even a refusal, and the gateway's and the metrics' stay closed to other
+/// sites.
 async fn cross_origin(
     State(state): State<Arc<AppState>>,
     request: Request,

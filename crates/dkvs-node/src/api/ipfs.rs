@@ -120,8 +120,15 @@ pub(super) async fn add(
             if tx.send(chunk).await.is_err() {
                 // The add ended before the body did (it failed: a file that does not fit):
                 // the rest is read and dropped, so that the client, which reads the answer
-                // once it has sent the whole file, gets it instead of a broken connection.
-                while let Some(Ok(_)) = body.next().await {}
+                // once it has sent the whole file, gets it instead of a broken connection;
+                // at most DRAINED bytes (a larger file's client sees the connection close).
+                let mut drained = 0;
+                while let Some(Ok(chunk)) = body.next().await {
+                    drained += chunk.len();
+                    if drained > DRAINED {
+                        return;
+                    }
+                }
                 return;
             }
         }
@@ -158,6 +165,9 @@ pub(super) async fn add(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?;
     Ok(Json(added.map_err(ipfs_error)?))
 }
+
+/// The most bytes of an upload read (and dropped) after its add failed.
+const DRAINED: usize = 1 << 30;
 
 #[derive(Deserialize)]
 pub(super) struct GetQuery {
