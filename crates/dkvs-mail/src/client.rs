@@ -314,9 +314,10 @@ pub async fn send(
             answered += 1;
         }
     }
-    // Not a node that keeps no mail at all (a light node's shelf): it would refuse.
-    let keeps = node.with_extension::<Mail, _>(|mail, _| mail.shelf().keeps_mail()).await?;
-    if !server && keeps && receipt.custody.len() < wanted {
+    // Not a node that keeps no mail at all (a light node's shelf): it would refuse. Asked
+    // only when this node would keep the letter.
+    let short = !server && receipt.custody.len() < wanted;
+    if short && node.with_extension::<Mail, _>(|mail, _| mail.shelf().keeps_mail()).await? {
         match deposit(me).await {
             Ok(custody) => receipt.custody.push(custody),
             Err(Deposit::Refused(refusal)) => receipt.refused.push((me, refusal)),

@@ -214,10 +214,8 @@ pub(super) async fn get(
     let head_only = method == axum::http::Method::HEAD;
     let stat = files::stat(&state.node, cid, &options).await.map_err(ipfs_error)?;
     if stat.directory.is_some() {
-        let mut shown = root.to_string();
-        for name in &names {
-            shown = format!("{shown}/{name}");
-        }
+        let shown = std::iter::once(root.to_string()).chain(names.iter().map(|n| n.to_string()));
+        let shown = shown.collect::<Vec<_>>().join("/");
         // The gateway is where the client reached this API.
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("<api>");
         return Err(ApiError::new(
