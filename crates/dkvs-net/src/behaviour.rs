@@ -70,6 +70,7 @@ impl<E: Extension> Behaviour<E> {
         relay_client: relay::client::Behaviour,
         config: &Config,
         extension: E,
+        changes: &crate::flat::Changes,
     ) -> Result<Behaviour<E>, NetError> {
         let peer_id = key.public().to_peer_id();
 
@@ -144,21 +145,25 @@ impl<E: Extension> Behaviour<E> {
         } else {
             None
         };
+        // The handlers whose protocols change when they are told something: Kademlia's (its
+        // mode), gossipsub's (disabled by its connection's events), the relay server's (its
+        // status), and the extension's, which may be any (`crate::flat`).
+        let quiet_telling = || crate::quiet::Quieted::telling(changes);
         Ok(Behaviour {
             admission: crate::admission::Behaviour::new(
                 config.max_pending_per_address,
                 config.max_pending_inbound,
             ),
             blocked: allow_block_list::Behaviour::default(),
-            kad: Quiet::new(crate::held::Held::new(kad)),
+            kad: Quiet::with(crate::held::Held::new(kad), quiet_telling()),
             records: Quiet::new(records),
-            gossipsub: Released::new(gossipsub),
+            gossipsub: Released::with(gossipsub, crate::idle::Releasing::telling(changes)),
             identify: Quiet::new(identify),
             ping: Quiet::new(ping::Behaviour::new(
                 ping::Config::new().with_interval(PING_INTERVAL),
             )),
             relay_client,
-            relay_server: Quiet::new(relay_server.into()),
+            relay_server: Quiet::with(relay_server.into(), quiet_telling()),
             dcutr: Quiet::new(dcutr::Behaviour::new(peer_id)),
             autonat: Quiet::new(autonat::Behaviour::new(
                 peer_id,
@@ -171,7 +176,7 @@ impl<E: Extension> Behaviour<E> {
                 },
             )),
             mdns: mdns.into(),
-            extension: Quiet::new(extension),
+            extension: Quiet::with(extension, quiet_telling()),
         })
     }
 }

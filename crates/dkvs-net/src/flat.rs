@@ -12,13 +12,20 @@
 //! ask, as the inbound stream it may be for needs them, and still hashes the copy's names:
 //! about 3% is left.)
 //!
-//! A handler's protocols change when it is told something (Kademlia's handler when its
-//! behaviour changes its mode, the relay server's when its status changes) or on an event of
-//! its connection (gossipsub's when the peer refuses it). The copy is read again after either,
-//! after a poll that made progress, and on the first poll [`READ_AFTER`] or more after the
-//! last read. A handler whose list changes in none of those
-//! ways (`libp2p-stream`'s, when an application accepts a new protocol) has its change listed
-//! at the first wake of its connection a second later, and a stream for the new protocol is
+//! A handler's protocols change when it is told something: Kademlia's handler when its
+//! behaviour changes its mode, the relay server's when its status changes, gossipsub's when an
+//! event of its connection disables it (the peer refuses it, or opened too many streams). The
+//! handlers whose protocols may change so are wrapped to say when they are told anything
+//! ([`Changes`]: those three, and the extension's, which may be any); the copy is read again
+//! at the next poll after any of them said so, on any of the node's connections, and after an
+//! event of this connection other than a stream negotiated (an address change, an upgrade that
+//! failed). It is not read for what the other handlers are told, nor for the streams they
+//! negotiate: the record protocol's requests and answers are most of a busy node's events, and
+//! reading the list after each was 5% of the CPU of a network answering gets
+//! (docs/benchmarks.md). It is also read on the first poll [`READ_AFTER`] or more after the
+//! last read. A handler whose list changes in none of those ways (`libp2p-stream`'s, when an
+//! application accepts a new protocol; a handler not wrapped to say so) has its change listed
+//! at the first wake of its connection a second later, and a stream for a protocol it added is
 //! refused until then.
 //!
 //! An inbound stream is negotiated on the copy and handed to the inner handler's own upgrade
@@ -30,6 +37,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -51,15 +59,43 @@ pub(crate) const READ_AFTER: Duration = Duration::from_secs(1);
 /// A behaviour whose connections list their protocols from a copy ([module docs](self)).
 pub(crate) type Flat<B> = crate::wrap::Wrapped<B, Flattened>;
 
+/// `behaviour`, its connections listing their protocols from a copy read again whenever a
+/// handler that said so to `changes` was told something.
+pub(crate) fn flat<B>(behaviour: B, changes: Changes) -> Flat<B> {
+    crate::wrap::Wrapped::with(behaviour, Flattened { changes })
+}
+
+/// How many times the handlers whose protocols may change when they are told something were
+/// told something, on any of a node's connections: a connection reads its copy again when the
+/// count moved since its last read. (One count for the node, not one per connection: such
+/// events are few, and a connection that did not need it reads once more, at its next wake.)
+#[derive(Clone, Default)]
+pub(crate) struct Changes(Arc<AtomicU64>);
+
+impl Changes {
+    /// A handler whose protocols may change was told something.
+    pub(crate) fn told(&self) {
+        // (The handler told and the copy that must be read again are of one connection, whose
+        // task runs both: no ordering between threads is needed.)
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Wraps each handler in a [`Handler`].
 #[derive(Default)]
-pub(crate) struct Flattened;
+pub(crate) struct Flattened {
+    changes: Changes,
+}
 
 impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Flattened {
     type Handler = Handler<B::ConnectionHandler>;
 
     fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
-        Handler::new(handler)
+        Handler::new(handler, self.changes.clone())
     }
 }
 
@@ -74,22 +110,28 @@ fn listed<H: ConnectionHandler>(handler: &H) -> Vec<StreamProtocol> {
 pub(crate) struct Handler<H> {
     inner: H,
     protocols: Arc<[StreamProtocol]>,
-    /// Told something since the copy was read.
+    /// Told of a connection event since the copy was read.
     stale: bool,
     /// When the copy was read.
     read_at: Instant,
+    /// The node's count of changes, and what it was when the copy was read.
+    changes: Changes,
+    seen: u64,
 }
 
 impl<H: ConnectionHandler> Handler<H> {
-    fn new(inner: H) -> Handler<H> {
+    fn new(inner: H, changes: Changes) -> Handler<H> {
+        let seen = changes.count();
         let protocols = listed(&inner).into();
-        Handler { inner, protocols, stale: false, read_at: Instant::now() }
+        Handler { inner, protocols, stale: false, read_at: Instant::now(), changes, seen }
     }
 
-    /// Reads the inner handler's protocols again; the copy changes only if they did.
-    fn read(&mut self, now: Instant) {
+    /// Reads the inner handler's protocols again, as they are after the `seen`th change; the
+    /// copy changes only if they did.
+    fn read(&mut self, now: Instant, seen: u64) {
         self.stale = false;
         self.read_at = now;
+        self.seen = seen;
         let upgrade = self.inner.listen_protocol();
         let mut names = upgrade.upgrade().protocol_info();
         let mut kept = self.protocols.iter();
@@ -134,13 +176,11 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
     > {
         // libp2p polls the handler before it next asks for the protocols after any event.
         let now = Instant::now();
-        if self.stale || now >= self.read_at + READ_AFTER {
-            self.read(now);
+        let seen = self.changes.count();
+        if self.stale || seen != self.seen || now >= self.read_at + READ_AFTER {
+            self.read(now, seen);
         }
-        let polled = self.inner.poll(cx);
-        // Progress may have changed the list: read it before libp2p next asks.
-        self.stale |= polled.is_ready();
-        polled
+        self.inner.poll(cx)
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
@@ -148,7 +188,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
     }
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
-        self.stale = true;
+        // (A handler whose protocols may change when told something says so: [`Changes`].)
         self.inner.on_behaviour_event(event)
     }
 
@@ -161,7 +201,13 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
             Self::OutboundOpenInfo,
         >,
     ) {
-        self.stale = true;
+        // A stream negotiated is most events of a busy connection; a handler whose protocols
+        // may change on one says so ([`Changes`]). Any other event is read after.
+        self.stale |= !matches!(
+            event,
+            ConnectionEvent::FullyNegotiatedInbound(_)
+                | ConnectionEvent::FullyNegotiatedOutbound(_)
+        );
         let event = match event {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info }) => {
                 ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, info })
@@ -304,13 +350,12 @@ mod tests {
     }
 
     /// A handler that listens on "/a", and on "/kad" too while it is a server. Its behaviour
-    /// tells it which (as Kademlia's); an address change of its connection makes it a client
-    /// (as gossipsub's handler is disabled by a connection event); a poll after `flip` makes
-    /// progress and turns it back into a server.
+    /// tells it which (as Kademlia's), and it says so to `says` when it has one (as the node's
+    /// wrappers of such handlers do); an address change of its connection makes it a client.
     struct Modal {
         server: bool,
-        flip: bool,
         reads: Arc<AtomicUsize>,
+        says: Option<Changes>,
     }
 
     impl ConnectionHandler for Modal {
@@ -330,14 +375,11 @@ mod tests {
             &mut self,
             _: &mut Context<'_>,
         ) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, Infallible, ()>> {
-            if std::mem::take(&mut self.flip) {
-                self.server = true;
-                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(()));
-            }
             Poll::Pending
         }
 
         fn on_behaviour_event(&mut self, server: bool) {
+            self.says.iter().for_each(Changes::told);
             self.server = server;
         }
 
@@ -351,9 +393,13 @@ mod tests {
         }
     }
 
-    fn modal() -> (Handler<Modal>, Arc<AtomicUsize>) {
+    /// A handler on a connection of a node whose count of changes is `changes`; it says when
+    /// it is told something if `says`.
+    fn modal(changes: &Changes, says: bool) -> (Handler<Modal>, Arc<AtomicUsize>) {
         let reads = Arc::new(AtomicUsize::new(0));
-        (Handler::new(Modal { server: true, flip: false, reads: reads.clone() }), reads)
+        let says = says.then(|| changes.clone());
+        let modal = Modal { server: true, reads: reads.clone(), says };
+        (Handler::new(modal, changes.clone()), reads)
     }
 
     /// What libp2p does when a connection wakes: polls the handler until it is pending, then
@@ -366,8 +412,9 @@ mod tests {
     }
 
     #[test]
-    fn the_list_is_read_from_the_handler_only_after_it_was_told_something() {
-        let (mut handler, reads) = modal();
+    fn the_list_is_read_again_after_a_handler_that_may_change_it_was_told_something() {
+        let changes = Changes::default();
+        let (mut handler, reads) = modal(&changes, true);
         assert_eq!(reads.load(Ordering::Relaxed), 1, "read when made");
         for _ in 0..10 {
             assert_eq!(wake(&mut handler), ["/a", "/kad"]);
@@ -384,26 +431,44 @@ mod tests {
         handler.on_behaviour_event(false);
         assert_eq!(wake(&mut handler), ["/a"]);
         assert_eq!(reads.load(Ordering::Relaxed), 4);
+
+        // So does a change on another connection of the node, at this one's next wake.
+        let (mut other, _) = modal(&changes, true);
+        other.on_behaviour_event(true);
+        assert_eq!(wake(&mut handler), ["/a"]);
+        assert_eq!(wake(&mut handler), ["/a"]);
+        assert_eq!(reads.load(Ordering::Relaxed), 5);
     }
 
     #[test]
-    fn a_change_on_a_connection_event_or_in_a_poll_that_made_progress_is_listed() {
-        let (mut handler, _) = modal();
+    fn what_other_handlers_are_told_and_the_streams_negotiated_read_nothing() {
+        let changes = Changes::default();
+        let (mut handler, reads) = modal(&changes, false);
+        for _ in 0..3 {
+            handler.on_behaviour_event(true);
+            let negotiated = FullyNegotiatedInbound { protocol: "/a", info: () };
+            handler.on_connection_event(ConnectionEvent::FullyNegotiatedInbound(negotiated));
+            assert_eq!(wake(&mut handler), ["/a", "/kad"]);
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "only when made");
+    }
+
+    #[test]
+    fn a_change_on_a_connection_event_is_listed() {
+        let (mut handler, _) = modal(&Changes::default(), false);
         assert_eq!(wake(&mut handler), ["/a", "/kad"]);
         let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
         handler.on_connection_event(ConnectionEvent::AddressChange(AddressChange {
             new_address: &address,
         }));
         assert_eq!(wake(&mut handler), ["/a"]);
-        // The change comes in a poll that returns an event: the poll after it reads the list.
-        handler.inner.flip = true;
-        assert_eq!(wake(&mut handler), ["/a", "/kad"]);
     }
 
     #[test]
     fn a_change_nothing_announced_is_listed_a_second_later() {
-        let (mut handler, reads) = modal();
-        // Changed behind the wrapper's back (as libp2p-stream's list changes).
+        let (mut handler, reads) = modal(&Changes::default(), false);
+        // Changed behind the wrapper's back (as libp2p-stream's list changes, or a handler's in
+        // its own poll).
         handler.inner.server = false;
         assert_eq!(wake(&mut handler), ["/a", "/kad"], "not read yet");
         std::thread::sleep(READ_AFTER + Duration::from_millis(100));

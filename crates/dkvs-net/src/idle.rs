@@ -35,7 +35,19 @@ pub(crate) type Released<B> = crate::wrap::Wrapped<B, Releasing>;
 
 /// Wraps each handler in a [`Handler`].
 #[derive(Default)]
-pub(crate) struct Releasing;
+pub(crate) struct Releasing {
+    /// Told when a handler is told something, for a handler whose protocols may change then
+    /// (gossipsub's, disabled by its connection's events: [`crate::flat::Changes`]).
+    changes: Option<crate::flat::Changes>,
+}
+
+impl Releasing {
+    /// Wraps handlers whose protocols may change when they are told something, and says when
+    /// they are told something to `changes`.
+    pub(crate) fn telling(changes: &crate::flat::Changes) -> Releasing {
+        Releasing { changes: Some(changes.clone()) }
+    }
+}
 
 impl<B> crate::wrap::Wrap<B> for Releasing
 where
@@ -46,7 +58,7 @@ where
     type Handler = Handler<B::ConnectionHandler>;
 
     fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
-        Handler(handler)
+        Handler(handler, self.changes.clone())
     }
 }
 
@@ -79,8 +91,9 @@ impl Streams for Infallible {
     }
 }
 
-/// A handler whose streams are released as they are negotiated; otherwise unchanged.
-pub(crate) struct Handler<H>(H);
+/// A handler whose streams are released as they are negotiated; otherwise unchanged. Told of
+/// everything it is told: the second field.
+pub(crate) struct Handler<H>(H, Option<crate::flat::Changes>);
 
 impl<H> ConnectionHandler for Handler<H>
 where
@@ -117,6 +130,7 @@ where
     }
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        self.1.iter().for_each(crate::flat::Changes::told);
         self.0.on_behaviour_event(event)
     }
 
@@ -140,6 +154,7 @@ where
             }
             other => other,
         };
+        self.1.iter().for_each(crate::flat::Changes::told);
         self.0.on_connection_event(event)
     }
 }

@@ -251,8 +251,9 @@ impl<E: Extension> NodeBuilder<E> {
             })
             .map_err(|e| setup(&e))?
             .with_behaviour(|key| {
-                Behaviour::new(key, relay_client, &config, extension)
-                    .map(crate::flat::Flat::new)
+                let changes = crate::flat::Changes::default();
+                Behaviour::new(key, relay_client, &config, extension, &changes)
+                    .map(|behaviour| crate::flat::flat(behaviour, changes))
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| setup(&e))?

@@ -45,13 +45,25 @@ pub(crate) type Quiet<B> = crate::wrap::Wrapped<B, Quieted>;
 
 /// Wraps each handler in a [`Handler`].
 #[derive(Default)]
-pub(crate) struct Quieted;
+pub(crate) struct Quieted {
+    /// Told when a handler is told something, for a handler whose protocols may change then
+    /// ([`crate::flat::Changes`]).
+    changes: Option<crate::flat::Changes>,
+}
+
+impl Quieted {
+    /// Wraps handlers whose protocols may change when they are told something, and says when
+    /// they are told something to `changes`.
+    pub(crate) fn telling(changes: &crate::flat::Changes) -> Quieted {
+        Quieted { changes: Some(changes.clone()) }
+    }
+}
 
 impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Quieted {
     type Handler = Handler<B::ConnectionHandler>;
 
     fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
-        Handler::new(handler)
+        Handler::new(handler, self.changes.clone())
     }
 }
 
@@ -90,13 +102,15 @@ pub(crate) struct Handler<H> {
     task: Option<Waker>,
     /// Polls of the connection skipped in a row.
     skipped: u8,
+    /// Told of everything this handler is told, if its protocols may change then.
+    changes: Option<crate::flat::Changes>,
 }
 
 impl<H> Handler<H> {
-    fn new(inner: H) -> Handler<H> {
+    fn new(inner: H, changes: Option<crate::flat::Changes>) -> Handler<H> {
         let flag = Arc::new(Flag { woken: AtomicBool::new(false), task: Mutex::new(None) });
         let waker = Waker::from(flag.clone());
-        Handler { inner, flag, waker, task: None, due: true, skipped: 0 }
+        Handler { inner, flag, waker, task: None, due: true, skipped: 0, changes }
     }
 }
 
@@ -147,6 +161,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
         self.due = true;
+        self.changes.iter().for_each(crate::flat::Changes::told);
         self.inner.on_behaviour_event(event)
     }
 
@@ -160,6 +175,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         >,
     ) {
         self.due = true;
+        self.changes.iter().for_each(crate::flat::Changes::told);
         self.inner.on_connection_event(event)
     }
 }
@@ -235,7 +251,8 @@ mod tests {
     #[test]
     fn an_idle_handler_is_polled_only_when_woken_or_told() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
+        let mut handler =
+            Handler::new(Counting { polls: polls.clone(), ..Counting::default() }, None);
         let task = Arc::new(Task(AtomicUsize::new(0)));
         assert!(!poll(&mut handler, &task));
         assert_eq!(polls.load(Ordering::Relaxed), 1, "a new handler is polled");
@@ -274,7 +291,8 @@ mod tests {
     #[test]
     fn a_wake_reaches_the_waker_the_connection_polled_with_last() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
+        let mut handler =
+            Handler::new(Counting { polls: polls.clone(), ..Counting::default() }, None);
         let (first, second) =
             (Arc::new(Task(AtomicUsize::new(0))), Arc::new(Task(AtomicUsize::new(0))));
         assert!(!poll(&mut handler, &first));
@@ -290,7 +308,8 @@ mod tests {
     #[test]
     fn a_handler_that_is_never_woken_is_still_polled_now_and_then() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let mut handler = Handler::new(Counting { polls: polls.clone(), ..Counting::default() });
+        let mut handler =
+            Handler::new(Counting { polls: polls.clone(), ..Counting::default() }, None);
         let task = Arc::new(Task(AtomicUsize::new(0)));
         let wakes = 1 + 3 * (usize::from(ALWAYS_EVERY) + 1);
         for _ in 0..wakes {

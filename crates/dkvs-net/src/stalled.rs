@@ -143,15 +143,18 @@ const KADEMLIA_STREAMS: usize = 32;
 pub(crate) const CLOSE_SILENT: Duration = Duration::from_secs(10);
 
 /// The median of the last few of some times; a time of a key replaces that key's last one.
+/// The median and the slowest are kept as times are counted: they are read for every peer
+/// owing answers at each poll of Kademlia's wrapper, and counted once an answer.
 #[derive(Debug)]
 pub(crate) struct Recent<K, const N: usize> {
     times: VecDeque<(Option<K>, Duration)>,
     median: Option<Duration>,
+    slowest: Duration,
 }
 
 impl<K, const N: usize> Default for Recent<K, N> {
     fn default() -> Self {
-        Recent { times: VecDeque::new(), median: None }
+        Recent { times: VecDeque::new(), median: None, slowest: Duration::ZERO }
     }
 }
 
@@ -172,9 +175,14 @@ impl<K: PartialEq, const N: usize> Recent<K, N> {
             self.times.pop_front();
         }
         self.times.push_back((key, took));
-        let mut sorted: Vec<Duration> = self.times.iter().map(|(_, took)| *took).collect();
+        let mut sorted = [Duration::ZERO; N];
+        let sorted = &mut sorted[..self.times.len()];
+        for (slot, (_, took)) in sorted.iter_mut().zip(&self.times) {
+            *slot = *took;
+        }
         sorted.sort_unstable();
         self.median = sorted.get(sorted.len() / 2).copied();
+        self.slowest = sorted.last().copied().unwrap_or_default();
     }
 
     /// The median of the last `N` (none counted yet: unknown).
@@ -189,7 +197,7 @@ impl<K: PartialEq, const N: usize> Recent<K, N> {
 
     /// The slowest of the last `N`.
     fn slowest(&self) -> Duration {
-        self.times.iter().map(|(_, took)| *took).max().unwrap_or_default()
+        self.slowest
     }
 
     /// The last counted.
@@ -629,10 +637,11 @@ impl Answers {
             return GivenUp::default();
         }
         let mut given_up = GivenUp::default();
-        for (peer, entry) in &self.peers {
-            let silent = now.saturating_duration_since(entry.silent_since);
-            let late = self.due(entry).is_some_and(|due| now >= due);
-            if entry.waiting > 0 && late {
+        // (Each peer's state is looked at only when it owes something: most of a busy node's
+        // peers owe nothing at any one time, and this runs at every poll.)
+        for (peer, entry) in self.peers.iter().filter(|(_, entry)| entry.waiting > 0) {
+            if self.due(entry).is_some_and(|due| now >= due) {
+                let silent = now.saturating_duration_since(entry.silent_since);
                 given_up.silent.push((*peer, silent));
             }
         }
@@ -669,6 +678,9 @@ impl Answers {
         // the peer's silence is (above): a busy peer answers in turn.
         let Answers { peers, asked, times, .. } = self;
         for (peer, entry) in peers.iter_mut() {
+            if entry.lookups.is_empty() && entry.opened.is_empty() {
+                continue;
+            }
             let Some(patience) = patience(times, entry) else { break };
             // (Not only the oldest: a record's answer shows nothing of one that was crowded,
             // `Asked::crowded`; none sent after the last answered can be.)

@@ -69,6 +69,13 @@ impl<B, W: Default> Wrapped<B, W> {
 }
 
 impl<B, W> Wrapped<B, W> {
+    /// `inner`, its handlers wrapped by `wrapper`.
+    pub(crate) fn with(inner: B, wrapper: W) -> Wrapped<B, W> {
+        Wrapped { inner, wrapper }
+    }
+}
+
+impl<B, W> Wrapped<B, W> {
     /// The wrapper's state.
     pub(crate) fn wrapper(&self) -> &W {
         &self.wrapper
