@@ -194,8 +194,8 @@ pub enum PutError {
 
 fn no_put_quorum(receipt: &PutReceipt) -> String {
     if receipt.replicas == 0 {
-        "no quorum: the lookup found no replica although this node has peers (none answered \
-         it in time, or none serves the DHT)"
+        "no quorum: the lookup found no replica: no peer answered it in time, or none serves \
+         the DHT (a node that has had peers does not act alone)"
             .into()
     } else {
         format!(
@@ -277,8 +277,8 @@ pub enum GetError {
 
 fn no_get_quorum(answered: usize, asked: usize, quorum: usize, rate_limited: usize) -> String {
     if asked == 0 {
-        "no quorum: the lookup found no replica although this node has peers (none answered \
-         it in time, or none serves the DHT)"
+        "no quorum: the lookup found no replica: no peer answered it in time, or none serves \
+         the DHT (a node that has had peers does not act alone)"
             .into()
     } else if rate_limited > 0 {
         format!(

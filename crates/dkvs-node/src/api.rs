@@ -223,6 +223,21 @@ fn body_rejected(e: axum::extract::rejection::BytesRejection) -> ApiError {
     }
 }
 
+/// A JSON body that could not be read: over the limit (axum's length limit error, a 413) is
+/// the same JSON 413 as [`body_rejected`]'s; anything else (not JSON, not the expected fields,
+/// no JSON content type) a 400.
+fn json_rejected(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is over {BODY_LIMIT} bytes"),
+        )
+    } else {
+        rejected(e)
+    }
+}
+
 /// The router with every route, behind the token check.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

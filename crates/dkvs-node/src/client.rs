@@ -9,7 +9,7 @@ use anyhow::Context as _;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// What was asked about is not there: the node answered 404 (`not_found`, `not_kept`,
-    /// `not_pinned`), or the home has no such account.
+    /// `not_pinned`, `no_such_path`), or the home has no such account.
     #[error("{0}")]
     NotFound(String),
     /// The node answered with another error.
@@ -121,7 +121,9 @@ impl Client {
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         // What was asked about is not there (exit code 1); a route, an account named to act as,
         // are failures of the command (2).
-        if status == 404 && matches!(code.as_str(), "not_found" | "not_kept" | "not_pinned") {
+        if status == 404
+            && matches!(code.as_str(), "not_found" | "not_kept" | "not_pinned" | "no_such_path")
+        {
             return Err(ClientError::NotFound(message));
         }
         Err(ClientError::Api { status, code, message, body })

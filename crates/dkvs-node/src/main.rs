@@ -22,8 +22,10 @@ struct Cli {
     /// Home directory: keys, configuration, data, and the running node's API address.
     #[arg(long, global = true, env = "DKVS_HOME")]
     home: Option<PathBuf>,
-    /// API of the node to talk to (default: the one running from the home). With `dkvs node`:
-    /// the address to serve the API on, e.g. 127.0.0.1:4041.
+    /// API of the node to talk to (default: the one running from the home). Another node's
+    /// API needs that node's token in DKVS_TOKEN (from its api.json): this home's token is
+    /// sent only to this home's node. With `dkvs node`: the address to serve the API on, e.g.
+    /// 127.0.0.1:4041.
     #[arg(long = "api", global = true, value_name = "URL")]
     api_url: Option<String>,
     #[command(subcommand)]
@@ -263,7 +265,8 @@ enum IpfsCommand {
     /// Fetch a file from this node or any IPFS peer, checked block by block, decrypted when
     /// it is the account's own; to standard output unless -o.
     Get {
-        /// The file's CID.
+        /// The file's CID, or a path in a directory under one: `<cid>/<path>` (also written
+        /// `/ipfs/<cid>/<path>` or `ipfs://<cid>/<path>`).
         #[arg(value_parser = NonEmpty::new())]
         cid: String,
         /// Write to this file (made, or replaced, when the whole file has arrived; a pipe or a

@@ -292,13 +292,26 @@ fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// A bare HTTP/1.1 PUT of `body` on loopback: (status, response body).
 fn http_put(host: &str, path: &str, token: &str, body: &[u8]) -> (u16, String) {
+    http_send(host, "PUT", path, token, "", body)
+}
+
+/// A bare HTTP/1.1 request of `method` with `body` and the header lines `headers` (each
+/// ending in CRLF) on loopback: (status, response body).
+fn http_send(
+    host: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String) {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(host).expect("api reachable");
     stream.set_read_timeout(Some(STEP)).expect("timeout");
     write!(
         stream,
-        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .expect("request sent");
@@ -502,6 +515,13 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(header_of(&head, "access-control-allow-origin"), Some("http://evil.example"));
     // A body over the API's limit is the documented JSON error, not plain text.
     let (code, body) = http_put(&url, "/v1/kv/~/big", &token, &vec![b'x'; 40_000]);
+    assert_eq!(code, 413, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).expect("json error");
+    assert_eq!(error["error"]["code"], "too_large", "{body}");
+    // So is a JSON body over it, on a route that reads JSON.
+    let big = format!("{{\"addr\": \"{}\"}}", "x".repeat(30_000));
+    let json = "Content-Type: application/json\r\n";
+    let (code, body) = http_send(&url, "POST", "/v1/ipfs/connect", &token, json, big.as_bytes());
     assert_eq!(code, 413, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).expect("json error");
     assert_eq!(error["error"]["code"], "too_large", "{body}");
@@ -1371,6 +1391,15 @@ fn files_through_the_command_line_and_the_gateway() {
     let said = stderr(&refused);
     assert_eq!(said.matches("Connection refused").count(), 1, "said once, in words: {said}");
     assert!(said.contains("/ip4/127.0.0.1/tcp/1") && !said.contains("negotiate"), "{said}");
+    // A dead address of a peer connected already: the answer is the dial's failure, not the
+    // connection bob has by another address (which the message names).
+    let alice_id = alice_node.address.rsplit('/').next().expect("a peer id");
+    let dead = ipfs(&home("bob"), &["connect", &format!("/ip4/127.0.0.1/tcp/1/p2p/{alice_id}")]);
+    assert_eq!(dead.status.code(), Some(2), "{}", stderr(&dead));
+    let said = stderr(&dead);
+    assert!(said.contains("Connection refused") && said.contains("unreachable"), "{said}");
+    assert!(said.contains("stays connected by another address"), "{said}");
+    assert!(ok(ipfs(&home("bob"), &["peers"])).contains(alice_id), "still connected");
     ok(ipfs(&home("bob"), &["get", &plain, "-o", &path("again.bin")]));
     assert!(std::fs::read(home("again.bin")).expect("got") == big, "the same bytes after kill -9");
     let missing = ipfs(
@@ -1591,8 +1620,10 @@ fn the_gateway_lists_a_directory_and_serves_its_index_page() {
     assert_eq!(whole.status.code(), Some(2), "{}", stderr(&whole));
     let said = stderr(&whole);
     assert!(said.contains(&format!("http://{api}/ipfs/{root}/")), "{said}");
+    // A name the directory does not hold is not found: exit code 1, as for a missing file.
     let nothing = ipfs(&home, &["get", &format!("{root}/no such file")]);
-    assert!(stderr(&nothing).contains("no_such_path"), "{}", stderr(&nothing));
+    assert_eq!(nothing.status.code(), Some(1), "{}", stderr(&nothing));
+    assert!(stderr(&nothing).contains("has no entry \"no such file\""), "{}", stderr(&nothing));
     // A directory with an index.html is that page; below the root, a link leads up.
     let (code, head, _) = get(&format!("/ipfs/{root}/sub"));
     assert_eq!((code, header_of(&head, "location")), (301, Some(&*format!("/ipfs/{root}/sub/"))));

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 
-use super::{ApiError, ApiResult, AppState, rejected};
+use super::{ApiError, ApiResult, AppState, json_rejected, rejected};
 
 fn ipfs_error(e: IpfsError) -> ApiError {
     let status = match &e {
@@ -521,11 +521,17 @@ pub(super) struct ConnectBody {
 }
 
 /// `POST /v1/ipfs/connect`: dials an IPFS peer (`/…/p2p/<peer id>`) and waits until connected.
+///
+/// Decided: the answer is the dial's. A dial that failed is a failure (502) also when the
+/// peer is connected already by another address: the client asked for this address, and
+/// learns that it does not work (the message says the other connection stays). Kubo's `ipfs
+/// swarm connect` answers success for a connected peer without dialing; this one dials, so it
+/// says what the dial found.
 pub(super) async fn connect(
     State(state): State<Arc<AppState>>,
     body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Json(body) = body.map_err(rejected)?;
+    let Json(body) = body.map_err(json_rejected)?;
     let addr: Multiaddr = body
         .addr
         .parse()
@@ -553,22 +559,30 @@ pub(super) async fn connect(
             })
             .await
             .map_err(stopped)?;
-        // Connected already (by another address too): as `ipfs swarm connect`, done.
-        if speaks {
-            return Ok(Json(json!({ "peer": peer.to_string(), "addr": addr.to_string() })));
-        }
-        if let Some(Err(e)) = outcome {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "unreachable",
-                format!("could not connect to {addr}: {e}"),
-            ));
+        let other = if speaks {
+            format!("; {peer} stays connected by another address")
+        } else {
+            String::new()
+        };
+        match outcome {
+            Some(Err(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "unreachable",
+                    format!("could not connect to {addr}: {e}{other}"),
+                ));
+            }
+            // Connected at this address, and the peer speaks bitswap.
+            Some(Ok(())) if speaks => {
+                return Ok(Json(json!({ "peer": peer.to_string(), "addr": addr.to_string() })));
+            }
+            _ => {}
         }
         if tokio::time::Instant::now() > deadline {
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "unreachable",
-                format!("could not connect to {addr} within 15 s"),
+                format!("could not connect to {addr} within 15 s{other}"),
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
