@@ -14,14 +14,15 @@
 //!
 //! A handler's protocols change when it is told something: Kademlia's handler when its
 //! behaviour changes its mode, the relay server's when its status changes, gossipsub's when an
-//! event of its connection disables it (the peer refuses it, or opened too many streams). The
-//! handlers whose protocols may change so are wrapped to say when they are told anything
-//! ([`Changes`]: those three, and the extension's, which may be any); the copy is read again
-//! at the next poll after any of them said so, on any of the node's connections, and after an
-//! event of this connection other than a stream negotiated (an address change, an upgrade that
-//! failed). It is not read for what the other handlers are told, nor for the streams they
-//! negotiate: the record protocol's requests and answers are most of a busy node's events, and
-//! reading the list after each was 5% of the CPU of a network answering gets
+//! event of its connection disables it (the peer refuses it, or it opened five streams either
+//! way). The handlers whose protocols may change are wrapped to say on their connection's
+//! [`Told`] flag when they were told something or made progress in a poll ([`Changes`]: those
+//! three, and the extension's, which may be any): the copy is read again at the next poll
+//! after any of them said so, as it was after any handler's event, and after an event of the
+//! connection other than a stream negotiated (an address change, an upgrade that failed). It
+//! is not read for what the other handlers are told or do, nor for the streams they negotiate:
+//! the record protocol's requests and answers are most of a busy node's events, and reading
+//! the list after each was about 5% of the CPU of a network answering gets
 //! (docs/benchmarks.md). It is also read on the first poll [`READ_AFTER`] or more after the
 //! last read. A handler whose list changes in none of those ways (`libp2p-stream`'s, when an
 //! application accepts a new protocol; a handler not wrapped to say so) has its change listed
@@ -35,21 +36,23 @@
 //!
 //! The behaviour itself is only delegated to ([`crate::wrap`]); it derefs to the wrapped one.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
 use libp2p::core::upgrade::{InboundUpgrade, UpgradeInfo};
+use libp2p::swarm::behaviour::{DialFailure, ListenFailure};
 use libp2p::swarm::handler::{
     ConnectionEvent, FullyNegotiatedInbound, InboundUpgradeSend, ListenUpgradeError,
     UpgradeInfoSend,
 };
 use libp2p::swarm::{
-    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, NetworkBehaviour, Stream,
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour, Stream,
     StreamProtocol, SubstreamProtocol, THandler,
 };
 
@@ -59,34 +62,53 @@ pub(crate) const READ_AFTER: Duration = Duration::from_secs(1);
 /// A behaviour whose connections list their protocols from a copy ([module docs](self)).
 pub(crate) type Flat<B> = crate::wrap::Wrapped<B, Flattened>;
 
-/// `behaviour`, its connections listing their protocols from a copy read again whenever a
-/// handler that said so to `changes` was told something.
+/// `behaviour`, its connections listing their protocols from a copy, read again whenever a
+/// handler whose wrapper took its connection's flag from `changes` said so.
 pub(crate) fn flat<B>(behaviour: B, changes: Changes) -> Flat<B> {
     crate::wrap::Wrapped::with(behaviour, Flattened { changes })
 }
 
-/// How many times the handlers whose protocols may change when they are told something were
-/// told something, on any of a node's connections: a connection reads its copy again when the
-/// count moved since its last read. (One count for the node, not one per connection: such
-/// events are few, and a connection that did not need it reads once more, at its next wake.)
+/// A connection's flag, set by its handlers whose protocols may change, when they were told
+/// something or made progress; taken down by the connection's copy when it reads the list.
+/// (A connection's handlers all run on its task: no ordering between threads is needed.)
 #[derive(Clone, Default)]
-pub(crate) struct Changes(Arc<AtomicU64>);
+pub(crate) struct Told(Arc<AtomicBool>);
 
-impl Changes {
-    /// A handler whose protocols may change was told something.
-    pub(crate) fn told(&self) {
-        // (The handler told and the copy that must be read again are of one connection, whose
-        // task runs both: no ordering between threads is needed.)
-        self.0.fetch_add(1, Ordering::Relaxed);
+impl Told {
+    /// A handler whose protocols may change was told something, or made progress.
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 
-    fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    pub(crate) fn take(&self) -> bool {
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// The flags of a node's connections whose handlers are being made: the wrappers of handlers
+/// whose protocols may change take their connection's ([`Changes::flag`]) as the node's
+/// behaviours make its handlers, and the connection's copy takes it over once they all did
+/// ([`Flattened`]). A connection denied on the way is forgotten when the swarm tells of it.
+#[derive(Clone, Default)]
+pub(crate) struct Changes(Arc<Mutex<HashMap<ConnectionId, (Told, usize)>>>);
+
+impl Changes {
+    /// `connection`'s flag, for a handler of it whose protocols may change.
+    pub(crate) fn flag(&self, connection: ConnectionId) -> Told {
+        let mut flags = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (told, handlers) = flags.entry(connection).or_default();
+        *handlers += 1;
+        told.clone()
+    }
+
+    /// `connection`'s flag, taken over by its copy, and how many handlers set it.
+    fn take(&self, connection: ConnectionId) -> (Told, usize) {
+        let mut flags = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        flags.remove(&connection).unwrap_or_default()
     }
 }
 
 /// Wraps each handler in a [`Handler`].
-#[derive(Default)]
 pub(crate) struct Flattened {
     changes: Changes,
 }
@@ -94,8 +116,22 @@ pub(crate) struct Flattened {
 impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Flattened {
     type Handler = Handler<B::ConnectionHandler>;
 
-    fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
-        Handler::new(handler, self.changes.clone())
+    fn wrap(&mut self, handler: THandler<B>, _: PeerId, connection: ConnectionId) -> Self::Handler {
+        let (told, tellers) = self.changes.take(connection);
+        Handler::new(handler, told, tellers)
+    }
+
+    fn on_swarm_event(&mut self, inner: &mut B, event: FromSwarm) {
+        // A connection that a behaviour denied after others made its handlers: no copy took
+        // its flag over.
+        match &event {
+            FromSwarm::DialFailure(DialFailure { connection_id, .. })
+            | FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
+                self.changes.take(*connection_id);
+            }
+            _ => {}
+        }
+        inner.on_swarm_event(event)
     }
 }
 
@@ -114,24 +150,24 @@ pub(crate) struct Handler<H> {
     stale: bool,
     /// When the copy was read.
     read_at: Instant,
-    /// The node's count of changes, and what it was when the copy was read.
-    changes: Changes,
-    seen: u64,
+    /// The connection's flag: set by its handlers whose protocols may change.
+    told: Told,
+    /// How many of its handlers set the flag.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests of the wiring"))]
+    tellers: usize,
 }
 
 impl<H: ConnectionHandler> Handler<H> {
-    fn new(inner: H, changes: Changes) -> Handler<H> {
-        let seen = changes.count();
+    fn new(inner: H, told: Told, tellers: usize) -> Handler<H> {
         let protocols = listed(&inner).into();
-        Handler { inner, protocols, stale: false, read_at: Instant::now(), changes, seen }
+        told.take();
+        Handler { inner, protocols, stale: false, read_at: Instant::now(), told, tellers }
     }
 
-    /// Reads the inner handler's protocols again, as they are after the `seen`th change; the
-    /// copy changes only if they did.
-    fn read(&mut self, now: Instant, seen: u64) {
+    /// Reads the inner handler's protocols again; the copy changes only if they did.
+    fn read(&mut self, now: Instant) {
         self.stale = false;
         self.read_at = now;
-        self.seen = seen;
         let upgrade = self.inner.listen_protocol();
         let mut names = upgrade.upgrade().protocol_info();
         let mut kept = self.protocols.iter();
@@ -176,9 +212,9 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
     > {
         // libp2p polls the handler before it next asks for the protocols after any event.
         let now = Instant::now();
-        let seen = self.changes.count();
-        if self.stale || seen != self.seen || now >= self.read_at + READ_AFTER {
-            self.read(now, seen);
+        // (The flag is taken whatever else reads the copy.)
+        if self.told.take() | self.stale || now >= self.read_at + READ_AFTER {
+            self.read(now);
         }
         self.inner.poll(cx)
     }
@@ -188,7 +224,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
     }
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
-        // (A handler whose protocols may change when told something says so: [`Changes`].)
+        // (A handler whose protocols may change when told something says so: [`Told`].)
         self.inner.on_behaviour_event(event)
     }
 
@@ -202,7 +238,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         >,
     ) {
         // A stream negotiated is most events of a busy connection; a handler whose protocols
-        // may change on one says so ([`Changes`]). Any other event is read after.
+        // may change on one says so ([`Told`]). Any other event is read after.
         self.stale |= !matches!(
             event,
             ConnectionEvent::FullyNegotiatedInbound(_)
@@ -350,12 +386,12 @@ mod tests {
     }
 
     /// A handler that listens on "/a", and on "/kad" too while it is a server. Its behaviour
-    /// tells it which (as Kademlia's), and it says so to `says` when it has one (as the node's
+    /// tells it which (as Kademlia's), and it says so on `says` when it has one (as the node's
     /// wrappers of such handlers do); an address change of its connection makes it a client.
     struct Modal {
         server: bool,
         reads: Arc<AtomicUsize>,
-        says: Option<Changes>,
+        says: Option<Told>,
     }
 
     impl ConnectionHandler for Modal {
@@ -379,7 +415,7 @@ mod tests {
         }
 
         fn on_behaviour_event(&mut self, server: bool) {
-            self.says.iter().for_each(Changes::told);
+            self.says.iter().for_each(Told::set);
             self.server = server;
         }
 
@@ -393,13 +429,15 @@ mod tests {
         }
     }
 
-    /// A handler on a connection of a node whose count of changes is `changes`; it says when
-    /// it is told something if `says`.
+    /// A handler of a connection (whose flag is in `changes`); it says when it is told
+    /// something if `says`.
     fn modal(changes: &Changes, says: bool) -> (Handler<Modal>, Arc<AtomicUsize>) {
         let reads = Arc::new(AtomicUsize::new(0));
-        let says = says.then(|| changes.clone());
+        let connection = ConnectionId::new_unchecked(reads.as_ref() as *const _ as usize);
+        let says = says.then(|| changes.flag(connection));
         let modal = Modal { server: true, reads: reads.clone(), says };
-        (Handler::new(modal, changes.clone()), reads)
+        let (told, tellers) = changes.take(connection);
+        (Handler::new(modal, told, tellers), reads)
     }
 
     /// What libp2p does when a connection wakes: polls the handler until it is pending, then
@@ -432,12 +470,12 @@ mod tests {
         assert_eq!(wake(&mut handler), ["/a"]);
         assert_eq!(reads.load(Ordering::Relaxed), 4);
 
-        // So does a change on another connection of the node, at this one's next wake.
+        // What another connection's handler is told reads nothing here.
         let (mut other, _) = modal(&changes, true);
         other.on_behaviour_event(true);
         assert_eq!(wake(&mut handler), ["/a"]);
-        assert_eq!(wake(&mut handler), ["/a"]);
-        assert_eq!(reads.load(Ordering::Relaxed), 5);
+        assert_eq!(reads.load(Ordering::Relaxed), 4);
+        assert_eq!(wake(&mut other), ["/a", "/kad"]);
     }
 
     #[test]
@@ -451,6 +489,49 @@ mod tests {
             assert_eq!(wake(&mut handler), ["/a", "/kad"]);
         }
         assert_eq!(reads.load(Ordering::Relaxed), 1, "only when made");
+        // An upgrade that failed is read after.
+        let failed = ListenUpgradeError { info: (), error: Refused::NotListed(KAD) };
+        handler.on_connection_event(ConnectionEvent::ListenUpgradeError(failed));
+        assert_eq!(wake(&mut handler), ["/a", "/kad"]);
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
+    }
+
+    const KAD: StreamProtocol = StreamProtocol::new("/kad");
+
+    /// The node's own behaviour: the handlers whose protocols may change (Kademlia's,
+    /// gossipsub's, the relay server's, the extension's) set their connection's flag, and
+    /// its copy takes it over.
+    #[tokio::test]
+    async fn the_handlers_whose_protocols_may_change_set_their_connections_flag() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let (_, relay_client) = libp2p::relay::client::new(key.public().to_peer_id());
+        let changes = Changes::default();
+        let behaviour = crate::behaviour::Behaviour::new(
+            &key,
+            relay_client,
+            &crate::Config::default(),
+            libp2p::swarm::dummy::Behaviour,
+            &changes,
+        )
+        .expect("behaviour");
+        let mut behaviour = flat(behaviour, changes.clone());
+        let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let address: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/4040".parse().expect("address");
+        let connection = ConnectionId::new_unchecked(1);
+        let handler = behaviour
+            .handle_established_outbound_connection(
+                connection,
+                peer,
+                &address,
+                libp2p::core::Endpoint::Dialer,
+                libp2p::core::transport::PortUse::Reuse,
+            )
+            .expect("handler");
+        assert_eq!(
+            handler.tellers, 4,
+            "Kademlia's, gossipsub's, the relay server's, the extension's"
+        );
+        assert_eq!(changes.take(connection).1, 0, "taken over by the copy");
     }
 
     #[test]

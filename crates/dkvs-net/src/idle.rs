@@ -36,14 +36,14 @@ pub(crate) type Released<B> = crate::wrap::Wrapped<B, Releasing>;
 /// Wraps each handler in a [`Handler`].
 #[derive(Default)]
 pub(crate) struct Releasing {
-    /// Told when a handler is told something, for a handler whose protocols may change then
-    /// (gossipsub's, disabled by its connection's events: [`crate::flat::Changes`]).
+    /// For handlers whose protocols may change (gossipsub's, disabled by its connection's
+    /// events): where their connection's flag is ([`crate::flat::Told`]).
     changes: Option<crate::flat::Changes>,
 }
 
 impl Releasing {
-    /// Wraps handlers whose protocols may change when they are told something, and says when
-    /// they are told something to `changes`.
+    /// Wraps handlers whose protocols may change, and sets their connection's flag in
+    /// `changes` when they were told something or made progress.
     pub(crate) fn telling(changes: &crate::flat::Changes) -> Releasing {
         Releasing { changes: Some(changes.clone()) }
     }
@@ -57,8 +57,8 @@ where
 {
     type Handler = Handler<B::ConnectionHandler>;
 
-    fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
-        Handler(handler, self.changes.clone())
+    fn wrap(&mut self, handler: THandler<B>, _: PeerId, connection: ConnectionId) -> Self::Handler {
+        Handler(handler, self.changes.as_ref().map(|changes| changes.flag(connection)))
     }
 }
 
@@ -91,9 +91,10 @@ impl Streams for Infallible {
     }
 }
 
-/// A handler whose streams are released as they are negotiated; otherwise unchanged. Told of
-/// everything it is told: the second field.
-pub(crate) struct Handler<H>(H, Option<crate::flat::Changes>);
+/// A handler whose streams are released as they are negotiated; otherwise unchanged. The
+/// second field is set when it was told something or made progress, if its protocols may
+/// change.
+pub(crate) struct Handler<H>(H, Option<crate::flat::Told>);
 
 impl<H> ConnectionHandler for Handler<H>
 where
@@ -122,7 +123,11 @@ where
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
-        self.0.poll(cx)
+        let polled = self.0.poll(cx);
+        if polled.is_ready() {
+            self.1.iter().for_each(crate::flat::Told::set);
+        }
+        polled
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
@@ -130,7 +135,7 @@ where
     }
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
-        self.1.iter().for_each(crate::flat::Changes::told);
+        self.1.iter().for_each(crate::flat::Told::set);
         self.0.on_behaviour_event(event)
     }
 
@@ -154,7 +159,7 @@ where
             }
             other => other,
         };
-        self.1.iter().for_each(crate::flat::Changes::told);
+        self.1.iter().for_each(crate::flat::Told::set);
         self.0.on_connection_event(event)
     }
 }

@@ -46,14 +46,14 @@ pub(crate) type Quiet<B> = crate::wrap::Wrapped<B, Quieted>;
 /// Wraps each handler in a [`Handler`].
 #[derive(Default)]
 pub(crate) struct Quieted {
-    /// Told when a handler is told something, for a handler whose protocols may change then
-    /// ([`crate::flat::Changes`]).
+    /// For handlers whose protocols may change: where their connection's flag is
+    /// ([`crate::flat::Told`]).
     changes: Option<crate::flat::Changes>,
 }
 
 impl Quieted {
-    /// Wraps handlers whose protocols may change when they are told something, and says when
-    /// they are told something to `changes`.
+    /// Wraps handlers whose protocols may change, and sets their connection's flag in
+    /// `changes` when they were told something or made progress.
     pub(crate) fn telling(changes: &crate::flat::Changes) -> Quieted {
         Quieted { changes: Some(changes.clone()) }
     }
@@ -62,8 +62,8 @@ impl Quieted {
 impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Quieted {
     type Handler = Handler<B::ConnectionHandler>;
 
-    fn wrap(&mut self, handler: THandler<B>, _: PeerId, _: ConnectionId) -> Self::Handler {
-        Handler::new(handler, self.changes.clone())
+    fn wrap(&mut self, handler: THandler<B>, _: PeerId, connection: ConnectionId) -> Self::Handler {
+        Handler::new(handler, self.changes.as_ref().map(|changes| changes.flag(connection)))
     }
 }
 
@@ -102,15 +102,15 @@ pub(crate) struct Handler<H> {
     task: Option<Waker>,
     /// Polls of the connection skipped in a row.
     skipped: u8,
-    /// Told of everything this handler is told, if its protocols may change then.
-    changes: Option<crate::flat::Changes>,
+    /// Set when it was told something or made progress, if its protocols may change.
+    told: Option<crate::flat::Told>,
 }
 
 impl<H> Handler<H> {
-    fn new(inner: H, changes: Option<crate::flat::Changes>) -> Handler<H> {
+    fn new(inner: H, told: Option<crate::flat::Told>) -> Handler<H> {
         let flag = Arc::new(Flag { woken: AtomicBool::new(false), task: Mutex::new(None) });
         let waker = Waker::from(flag.clone());
-        Handler { inner, flag, waker, task: None, due: true, skipped: 0, changes }
+        Handler { inner, flag, waker, task: None, due: true, skipped: 0, told }
     }
 }
 
@@ -152,6 +152,9 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         let polled = self.inner.poll(&mut Context::from_waker(&self.waker));
         // Progress may leave more to do: the next wake polls it again.
         self.due = polled.is_ready();
+        if self.due {
+            self.told.iter().for_each(crate::flat::Told::set);
+        }
         polled
     }
 
@@ -161,7 +164,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
         self.due = true;
-        self.changes.iter().for_each(crate::flat::Changes::told);
+        self.told.iter().for_each(crate::flat::Told::set);
         self.inner.on_behaviour_event(event)
     }
 
@@ -175,7 +178,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         >,
     ) {
         self.due = true;
-        self.changes.iter().for_each(crate::flat::Changes::told);
+        self.told.iter().for_each(crate::flat::Told::set);
         self.inner.on_connection_event(event)
     }
 }
@@ -286,6 +289,30 @@ mod tests {
         assert!(!poll(&mut handler, &task));
         assert!(!poll(&mut handler, &task));
         assert_eq!(polls.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn a_handler_whose_protocols_may_change_sets_its_connections_flag_when_told_or_it_made_progress()
+     {
+        let changes = crate::flat::Changes::default();
+        let connection = ConnectionId::new_unchecked(7);
+        let told = changes.flag(connection);
+        let mut handler = Handler::new(Counting::default(), Some(told.clone()));
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        assert!(!poll(&mut handler, &task));
+        assert!(!told.take(), "nothing told, no progress");
+        handler.on_behaviour_event(());
+        assert!(told.take(), "told");
+        // The event it was told makes progress in the poll after.
+        assert!(poll(&mut handler, &task));
+        assert!(told.take(), "progress");
+        assert!(!poll(&mut handler, &task));
+        assert!(!told.take());
+        // One that may not change sets nothing.
+        let mut other = Handler::new(Counting::default(), None);
+        other.on_behaviour_event(());
+        assert!(poll(&mut other, &task));
+        assert!(!told.take());
     }
 
     #[test]
