@@ -176,7 +176,7 @@ impl<E: Extension> Behaviour<E> {
                 },
             )),
             mdns: mdns.into(),
-            extension: Quiet::with(extension, quiet_telling()),
+            extension: Quiet::with(extension, crate::quiet::Quieted::telling_progress(changes)),
         })
     }
 }

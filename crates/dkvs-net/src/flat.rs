@@ -103,8 +103,11 @@ impl Changes {
 
     /// `connection`'s flag, taken over by its copy, and how many handlers set it.
     fn take(&self, connection: ConnectionId) -> (Told, usize) {
-        let mut flags = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        flags.remove(&connection).unwrap_or_default()
+        self.forget(connection).unwrap_or_default()
+    }
+
+    fn forget(&self, connection: ConnectionId) -> Option<(Told, usize)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&connection)
     }
 }
 
@@ -127,7 +130,7 @@ impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Flattened {
         match &event {
             FromSwarm::DialFailure(DialFailure { connection_id, .. })
             | FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
-                self.changes.take(*connection_id);
+                self.changes.forget(*connection_id);
             }
             _ => {}
         }
@@ -472,10 +475,35 @@ mod tests {
 
         // What another connection's handler is told reads nothing here.
         let (mut other, _) = modal(&changes, true);
-        other.on_behaviour_event(true);
+        other.on_behaviour_event(false);
         assert_eq!(wake(&mut handler), ["/a"]);
         assert_eq!(reads.load(Ordering::Relaxed), 4);
-        assert_eq!(wake(&mut other), ["/a", "/kad"]);
+        assert_eq!(wake(&mut other), ["/a"]);
+    }
+
+    /// A connection a behaviour denied after others made its handlers: its flag is forgotten
+    /// when the swarm tells of the failure.
+    #[test]
+    fn the_flag_of_a_connection_denied_on_the_way_is_forgotten() {
+        let changes = Changes::default();
+        let mut behaviour = flat(libp2p::swarm::dummy::Behaviour, changes.clone());
+        let (dialed, listened) = (ConnectionId::new_unchecked(5), ConnectionId::new_unchecked(6));
+        changes.flag(dialed);
+        changes.flag(listened);
+        let error = libp2p::swarm::DialError::Aborted;
+        let failure = DialFailure { peer_id: None, error: &error, connection_id: dialed };
+        behaviour.on_swarm_event(FromSwarm::DialFailure(failure));
+        let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
+        let error = libp2p::swarm::ListenError::Aborted;
+        let failure = ListenFailure {
+            local_addr: &address,
+            send_back_addr: &address,
+            error: &error,
+            connection_id: listened,
+            peer_id: None,
+        };
+        behaviour.on_swarm_event(FromSwarm::ListenFailure(failure));
+        assert!(changes.0.lock().expect("not poisoned").is_empty());
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub(crate) struct Releasing {
 }
 
 impl Releasing {
-    /// Wraps handlers whose protocols may change, and sets their connection's flag in
-    /// `changes` when they were told something or made progress.
+    /// Wraps handlers whose protocols may change when they are told something, and sets their
+    /// connection's flag in `changes` then.
     pub(crate) fn telling(changes: &crate::flat::Changes) -> Releasing {
         Releasing { changes: Some(changes.clone()) }
     }
@@ -92,8 +92,7 @@ impl Streams for Infallible {
 }
 
 /// A handler whose streams are released as they are negotiated; otherwise unchanged. The
-/// second field is set when it was told something or made progress, if its protocols may
-/// change.
+/// second field is set when it was told something, if its protocols may change then.
 pub(crate) struct Handler<H>(H, Option<crate::flat::Told>);
 
 impl<H> ConnectionHandler for Handler<H>
@@ -123,11 +122,7 @@ where
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
-        let polled = self.0.poll(cx);
-        if polled.is_ready() {
-            self.1.iter().for_each(crate::flat::Told::set);
-        }
-        polled
+        self.0.poll(cx)
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::ToBehaviour>> {
@@ -254,5 +249,26 @@ mod tests {
         assert_eq!(*records.kept(), HashSet::from([b]), "a reason counts once");
         kept.set("watch", b, false, &mut records);
         assert!(records.kept().is_empty() && kept.reasons.is_empty() && kept.by_reason.is_empty());
+    }
+
+    /// Gossipsub's handler is disabled by its connection's events: its wrapper sets the
+    /// connection's flag when it is told one ([`crate::flat::Told`]).
+    #[test]
+    fn a_handler_told_a_connection_event_sets_its_connections_flag() {
+        let changes = crate::flat::Changes::default();
+        let mut releasing = Releasing::telling(&changes);
+        let connection = ConnectionId::new_unchecked(3);
+        let mut handler = crate::wrap::Wrap::<libp2p::swarm::dummy::Behaviour>::wrap(
+            &mut releasing,
+            libp2p::swarm::dummy::ConnectionHandler,
+            PeerId::random(),
+            connection,
+        );
+        let told = handler.1.clone().expect("a flag");
+        assert!(!told.take());
+        let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
+        let change = libp2p::swarm::handler::AddressChange { new_address: &address };
+        handler.on_connection_event(ConnectionEvent::AddressChange(change));
+        assert!(told.take());
     }
 }

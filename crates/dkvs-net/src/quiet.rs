@@ -47,15 +47,22 @@ pub(crate) type Quiet<B> = crate::wrap::Wrapped<B, Quieted>;
 #[derive(Default)]
 pub(crate) struct Quieted {
     /// For handlers whose protocols may change: where their connection's flag is
-    /// ([`crate::flat::Told`]).
-    changes: Option<crate::flat::Changes>,
+    /// ([`crate::flat::Told`]), and whether progress in a poll may change them too.
+    changes: Option<(crate::flat::Changes, bool)>,
 }
 
 impl Quieted {
-    /// Wraps handlers whose protocols may change, and sets their connection's flag in
-    /// `changes` when they were told something or made progress.
+    /// Wraps handlers whose protocols change only when they are told something (Kademlia's,
+    /// the relay server's), and sets their connection's flag in `changes` then.
     pub(crate) fn telling(changes: &crate::flat::Changes) -> Quieted {
-        Quieted { changes: Some(changes.clone()) }
+        Quieted { changes: Some((changes.clone(), false)) }
+    }
+
+    /// Wraps handlers whose protocols may change when they are told something or make
+    /// progress in a poll (an extension's, which may be any), and sets their connection's
+    /// flag in `changes` then.
+    pub(crate) fn telling_progress(changes: &crate::flat::Changes) -> Quieted {
+        Quieted { changes: Some((changes.clone(), true)) }
     }
 }
 
@@ -63,7 +70,9 @@ impl<B: NetworkBehaviour> crate::wrap::Wrap<B> for Quieted {
     type Handler = Handler<B::ConnectionHandler>;
 
     fn wrap(&mut self, handler: THandler<B>, _: PeerId, connection: ConnectionId) -> Self::Handler {
-        Handler::new(handler, self.changes.as_ref().map(|changes| changes.flag(connection)))
+        let told =
+            self.changes.as_ref().map(|(changes, progress)| (changes.flag(connection), *progress));
+        Handler::new(handler, told)
     }
 }
 
@@ -102,12 +111,13 @@ pub(crate) struct Handler<H> {
     task: Option<Waker>,
     /// Polls of the connection skipped in a row.
     skipped: u8,
-    /// Set when it was told something or made progress, if its protocols may change.
-    told: Option<crate::flat::Told>,
+    /// If its protocols may change: set when it was told something, and after progress too
+    /// if the second is true.
+    told: Option<(crate::flat::Told, bool)>,
 }
 
 impl<H> Handler<H> {
-    fn new(inner: H, told: Option<crate::flat::Told>) -> Handler<H> {
+    fn new(inner: H, told: Option<(crate::flat::Told, bool)>) -> Handler<H> {
         let flag = Arc::new(Flag { woken: AtomicBool::new(false), task: Mutex::new(None) });
         let waker = Waker::from(flag.clone());
         Handler { inner, flag, waker, task: None, due: true, skipped: 0, told }
@@ -152,8 +162,10 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         let polled = self.inner.poll(&mut Context::from_waker(&self.waker));
         // Progress may leave more to do: the next wake polls it again.
         self.due = polled.is_ready();
-        if self.due {
-            self.told.iter().for_each(crate::flat::Told::set);
+        if let Some((told, true)) = &self.told
+            && self.due
+        {
+            told.set();
         }
         polled
     }
@@ -164,7 +176,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
 
     fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
         self.due = true;
-        self.told.iter().for_each(crate::flat::Told::set);
+        self.told.iter().for_each(|(told, _)| told.set());
         self.inner.on_behaviour_event(event)
     }
 
@@ -178,7 +190,7 @@ impl<H: ConnectionHandler> ConnectionHandler for Handler<H> {
         >,
     ) {
         self.due = true;
-        self.told.iter().for_each(crate::flat::Told::set);
+        self.told.iter().for_each(|(told, _)| told.set());
         self.inner.on_connection_event(event)
     }
 }
@@ -297,7 +309,7 @@ mod tests {
         let changes = crate::flat::Changes::default();
         let connection = ConnectionId::new_unchecked(7);
         let told = changes.flag(connection);
-        let mut handler = Handler::new(Counting::default(), Some(told.clone()));
+        let mut handler = Handler::new(Counting::default(), Some((told.clone(), true)));
         let task = Arc::new(Task(AtomicUsize::new(0)));
         assert!(!poll(&mut handler, &task));
         assert!(!told.take(), "nothing told, no progress");
@@ -308,11 +320,17 @@ mod tests {
         assert!(told.take(), "progress");
         assert!(!poll(&mut handler, &task));
         assert!(!told.take());
-        // One that may not change sets nothing.
-        let mut other = Handler::new(Counting::default(), None);
-        other.on_behaviour_event(());
-        assert!(poll(&mut other, &task));
-        assert!(!told.take());
+        let address: libp2p::Multiaddr = "/memory/1".parse().expect("address");
+        let change = libp2p::swarm::handler::AddressChange { new_address: &address };
+        handler.on_connection_event(ConnectionEvent::AddressChange(change));
+        assert!(told.take(), "a connection event");
+
+        // One whose protocols change only when told: not after progress.
+        let mut told_only = Handler::new(Counting::default(), Some((told.clone(), false)));
+        told_only.on_behaviour_event(());
+        assert!(told.take(), "told");
+        assert!(poll(&mut told_only, &task));
+        assert!(!told.take(), "its progress changes nothing");
     }
 
     #[test]

@@ -526,7 +526,10 @@ pub(super) struct ConnectBody {
 /// peer is connected already by another address: the client asked for this address, and
 /// learns that it does not work (the message says the other connection stays). Kubo's `ipfs
 /// swarm connect` answers success for a connected peer without dialing; this one dials, so it
-/// says what the dial found.
+/// says what the dial found, and waits for it: an address that drops packets answers after
+/// the dial's setup timeout (10 s), a peer connected or not. (A platform that refuses a
+/// second connection from the same local port, or a peer that refuses a second connection,
+/// fails the dial too: then it says so, and that the peer stays connected.)
 pub(super) async fn connect(
     State(state): State<Arc<AppState>>,
     body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
@@ -559,11 +562,7 @@ pub(super) async fn connect(
             })
             .await
             .map_err(stopped)?;
-        let other = if speaks {
-            format!("; {peer} stays connected by another address")
-        } else {
-            String::new()
-        };
+        let other = if speaks { format!("; {peer} stays connected") } else { String::new() };
         match outcome {
             Some(Err(e)) => {
                 return Err(ApiError::new(
