@@ -212,30 +212,25 @@ const BODY_LIMIT: usize = 2 * MAX_VALUE_LEN + 4096;
 /// A body that could not be read: over the limit is the documented JSON 413, like a value
 /// over its limit; anything else a 400.
 fn body_rejected(e: axum::extract::rejection::BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body is over {BODY_LIMIT} bytes; a value is at most {MAX_VALUE_LEN}"),
-        )
-    } else {
-        rejected(e)
-    }
+    let over = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+    over_limit(over, e, &format!("; a value is at most {MAX_VALUE_LEN}"))
 }
 
-/// A JSON body that could not be read: over the limit (axum's length limit error, a 413) is
-/// the same JSON 413 as [`body_rejected`]'s; anything else (not JSON, not the expected fields,
-/// no JSON content type) a 400.
+/// A JSON body that could not be read: over the limit (axum's length limit error) is the same
+/// JSON 413 as [`body_rejected`]'s; anything else (not JSON, not the expected fields, no JSON
+/// content type) a 400.
 fn json_rejected(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body is over {BODY_LIMIT} bytes"),
-        )
-    } else {
-        rejected(e)
+    over_limit(e.status() == StatusCode::PAYLOAD_TOO_LARGE, e, "")
+}
+
+/// The 413 `too_large` of a body over [`BODY_LIMIT`] (`more` said after it), when `over`;
+/// else `e` as a 400.
+fn over_limit(over: bool, e: impl std::fmt::Display, more: &str) -> ApiError {
+    if !over {
+        return rejected(e);
     }
+    let message = format!("request body is over {BODY_LIMIT} bytes{more}");
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
 }
 
 /// The router with every route, behind the token check.
