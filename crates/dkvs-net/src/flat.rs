@@ -16,9 +16,9 @@
 //! behaviour changes its mode, the relay server's when its status changes, gossipsub's when an
 //! event of its connection disables it (the peer refuses it, or it opened five streams either
 //! way). The handlers whose protocols may change are wrapped to say on their connection's
-//! [`Told`] flag when they were told something or made progress in a poll ([`Changes`]: those
-//! three, and the extension's, which may be any): the copy is read again at the next poll
-//! after any of them said so, as it was after any handler's event, and after an event of the
+//! [`Told`] flag when they were told something ([`Changes`]: those three, and the extension's,
+//! which may be any handler, and so says also when it made progress in a poll): the copy is
+//! read again at the next poll after any of them said so, and after an event of the
 //! connection other than a stream negotiated (an address change, an upgrade that failed). It
 //! is not read for what the other handlers are told or do, nor for the streams they negotiate:
 //! the record protocol's requests and answers are most of a busy node's events, and reading
@@ -68,8 +68,9 @@ pub(crate) fn flat<B>(behaviour: B, changes: Changes) -> Flat<B> {
     crate::wrap::Wrapped::with(behaviour, Flattened { changes })
 }
 
-/// A connection's flag, set by its handlers whose protocols may change, when they were told
-/// something or made progress; taken down by the connection's copy when it reads the list.
+/// A connection's flag, set by its handlers whose protocols may change when they were told
+/// something (an extension's also after progress); taken down by the connection's copy when
+/// it reads the list.
 /// (A connection's handlers all run on its task: no ordering between threads is needed.)
 #[derive(Clone, Default)]
 pub(crate) struct Told(Arc<AtomicBool>);

@@ -304,8 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn a_handler_whose_protocols_may_change_sets_its_connections_flag_when_told_or_it_made_progress()
-     {
+    fn a_handler_whose_list_may_change_sets_its_connections_flag() {
         let changes = crate::flat::Changes::default();
         let connection = ConnectionId::new_unchecked(7);
         let told = changes.flag(connection);
