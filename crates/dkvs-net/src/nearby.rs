@@ -116,6 +116,10 @@ impl Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub(crate) live: Vec<Entry>,
+    /// The Kademlia keys' bytes of the entries that are neither live nor unreachable: not
+    /// connected now (dead, its death not seen by a dial yet, or alive and idle), or
+    /// connected and not identified yet.
+    pub(crate) unsettled: Vec<[u8; 32]>,
     pub(crate) buckets: Vec<Bucket>,
 }
 
@@ -133,29 +137,38 @@ impl Table {
         near.into_iter().take(k).map(|(_, p)| p).collect()
     }
 
-    /// The `k` closest to the Kademlia key whose bytes are `target`, closest first, of
-    /// `answered` (the peers a lookup heard from, at least one) and the live entries. When the
-    /// table does not `cover` the key, only entries no farther than the farthest peer that
-    /// answered join: the table may hold none of the key's closest, and its servers far from
-    /// the key are no replicas a reader's lookup reaches.
+    /// Of `answered` (the peers a lookup heard from, at least one) and the live entries, those
+    /// among the `k` closest to the Kademlia key whose bytes are `target`, closest first.
+    ///
+    /// When the table has `met` every peer near the key ([`table_met`]), the k closest are
+    /// taken from the answers and every entry not found unreachable, and the live ones of
+    /// them are given: an unsettled entry (a peer near the key that just left, or whose
+    /// connection closed idle) keeps its place, and no server beyond the k closest this node
+    /// knows joins in it. When it has not, only live entries no farther than the farthest
+    /// peer that answered join: the table may hold none of the key's closest, and its servers
+    /// far from the key are no replicas a reader's lookup reaches.
     pub(crate) fn joined(
         &self,
         target: &[u8; 32],
         answered: &[PeerId],
-        covers: bool,
+        met: bool,
         k: usize,
     ) -> Vec<PeerId> {
         let distance = |peer: &PeerId| xor(&hashed(&KBucketKey::from(*peer)), target);
-        let mut near: Vec<([u8; 32], PeerId)> =
-            answered.iter().map(|p| (distance(p), *p)).collect();
+        let mut near: Vec<([u8; 32], Option<PeerId>)> =
+            answered.iter().map(|p| (distance(p), Some(*p))).collect();
         let Some(farthest) = near.iter().map(|(d, _)| *d).max() else { return Vec::new() };
-        let within = |d: &[u8; 32]| covers || *d <= farthest;
-        near.extend(
-            self.live.iter().map(|e| (xor(&e.key, target), e.peer)).filter(|(d, _)| within(d)),
-        );
-        near.sort_unstable();
-        near.dedup();
-        near.into_iter().take(k).map(|(_, p)| p).collect()
+        let live = self.live.iter().map(|e| (xor(&e.key, target), Some(e.peer)));
+        if met {
+            near.extend(live);
+            near.extend(self.unsettled.iter().map(|key| (xor(key, target), None)));
+        } else {
+            near.extend(live.filter(|(d, _)| *d <= farthest));
+        }
+        // Closest first; one peer is one place, under its id when it answered or is live.
+        near.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
+        near.dedup_by_key(|(d, _)| *d);
+        near.into_iter().take(k).filter_map(|(_, p)| p).collect()
     }
 }
 
@@ -247,15 +260,39 @@ pub(crate) struct Bucket {
 /// in a bucket's range at all, no bucket can say: the node trusts its table only after a
 /// lookup found nobody it did not hold (`Driver::table_trusted`).
 pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
+    let stops = |b: &Bucket| b.entries >= size || b.live + b.unreachable < b.entries;
+    walk(buckets, key_index, k, stops, |b| b.live)
+}
+
+/// Whether a routing table of buckets of `size` has met every peer among the k closest to a
+/// key in bucket `key_index` from this node, as far as it can tell: as [`table_covers`], but
+/// an entry that is not live counts (the table met it, whether or not it is connected now)
+/// unless a dial found it unreachable. Only a full bucket, which may have turned peers away,
+/// stops the walk. Which of a lookup's answers and the table's servers are a key's replicas
+/// ([`Table::joined`]) asks this, not whether the table alone can give them.
+pub(crate) fn table_met(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
+    walk(buckets, key_index, k, |b| b.entries >= size, |b| b.entries - b.unreachable)
+}
+
+/// Walks `buckets` for a key in bucket `key_index`, a rank of [`walk_rank`] at a time: false
+/// at a rank with a bucket that `stops` the walk, true once the `counts` of the ranks walked
+/// come to `k`, and at the end whether anything was counted (a network smaller than k).
+fn walk(
+    buckets: &[Bucket],
+    key_index: u32,
+    k: usize,
+    stops: impl Fn(&Bucket) -> bool,
+    counts: impl Fn(&Bucket) -> usize,
+) -> bool {
     let rank = |b: &&Bucket| walk_rank(b.index, key_index);
     let mut walked: Vec<&Bucket> = buckets.iter().collect();
     walked.sort_by_key(rank);
     let mut counted = 0;
     for group in walked.chunk_by(|a, b| rank(a) == rank(b)) {
-        if group.iter().any(|b| b.entries >= size || b.live + b.unreachable < b.entries) {
+        if group.iter().any(|b| stops(b)) {
             return false;
         }
-        counted += group.iter().map(|b| b.live).sum::<usize>();
+        counted += group.iter().map(|b| counts(b)).sum::<usize>();
         if counted >= k {
             return true;
         }
@@ -381,6 +418,7 @@ mod tests {
         let all = peers(50);
         let table = Table {
             live: all.iter().map(|p| Entry::new(&(*p).into())).collect(),
+            unsettled: Vec::new(),
             buckets: Vec::new(),
         };
         for target in [b"/a".to_vec(), b"/greeting".to_vec(), vec![0u8; 40]] {
@@ -410,6 +448,7 @@ mod tests {
         let (table_peers, others) = all.split_at(40);
         let table = Table {
             live: table_peers.iter().map(|p| Entry::new(&(*p).into())).collect(),
+            unsettled: Vec::new(),
             buckets: Vec::new(),
         };
         let key = KBucketKey::new(b"/joined".to_vec());
@@ -437,6 +476,58 @@ mod tests {
         // k bounds it, and a lookup that heard from nobody gives nobody.
         assert_eq!(table.joined(&target, &answered, true, 4), both[..4]);
         assert!(table.joined(&target, &[], true, 20).is_empty());
+    }
+
+    #[test]
+    fn an_unsettled_entry_near_the_key_keeps_its_place_among_the_k_closest() {
+        let all = peers(30);
+        let key = KBucketKey::new(b"/unsettled".to_vec());
+        let target = hashed(&key);
+        let mut by_distance = all.clone();
+        by_distance.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
+        // The second and fifth closest left (not connected now); the closest answered.
+        let left = [by_distance[1], by_distance[4]];
+        let table = Table {
+            live: all
+                .iter()
+                .filter(|p| !left.contains(p))
+                .map(|p| Entry::new(&(*p).into()))
+                .collect(),
+            unsettled: left.iter().map(|p| hashed(&KBucketKey::from(*p))).collect(),
+            buckets: Vec::new(),
+        };
+        let answered = [by_distance[0]];
+        // Met: the k closest known are the first 10; the 8 live of them are given, not the
+        // 11th and 12th.
+        let live_of_ten: Vec<PeerId> =
+            by_distance[..10].iter().filter(|p| !left.contains(p)).copied().collect();
+        assert_eq!(table.joined(&target, &answered, true, 10), live_of_ten);
+        // A peer that answered and is unsettled in the table (its connection closed since)
+        // is given, in one place.
+        let answered = [by_distance[0], by_distance[1]];
+        let mut with_it = live_of_ten.clone();
+        with_it.insert(1, by_distance[1]);
+        assert_eq!(table.joined(&target, &answered, true, 10), with_it);
+        // Not met: the unsettled entries count for nothing, and no server beyond the farthest
+        // answer joins.
+        assert_eq!(table.joined(&target, &answered, false, 10), by_distance[..2]);
+    }
+
+    #[test]
+    fn a_table_has_met_a_keys_neighbourhood_unless_a_full_bucket_is_walked_before_k_entries() {
+        let with = |index, entries, live, unreachable| Bucket { index, entries, live, unreachable };
+        // Entries not live count as met (the table does not cover the key: a lookup's
+        // answers may be joined, but the table alone gives no replica set).
+        let table = [with(250, 8, 6, 0), with(248, 14, 10, 1)];
+        assert!(table_met(&table, 250, 20, 64));
+        assert!(!table_covers(&table, 250, 20, 64));
+        // Entries found unreachable do not: 8 + 13 = 21 reaches 21, not 22.
+        assert!(table_met(&table, 250, 21, 64));
+        assert!(table_met(&[with(250, 8, 6, 0)], 250, 20, 64), "a network smaller than k");
+        let full = [with(250, 8, 6, 0), with(248, 10, 10, 0), with(255, 64, 64, 0)];
+        assert!(!table_met(&full, 250, 20, 64), "a full bucket before 20 entries");
+        assert!(table_met(&full, 250, 18, 64), "18 entries before the full bucket");
+        assert!(!table_met(&[], 250, 20, 64));
     }
 
     #[test]

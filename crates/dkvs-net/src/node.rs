@@ -930,6 +930,9 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) ext_topics: HashSet<gossipsub::TopicHash>,
     /// Lookups started by [`Node::closest_peers`].
     closest_waiters: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
+    /// Lookups of a random key run when a walk of the table ended while the table was not
+    /// trusted, with when each started ([`Driver::check_trust`]).
+    trust_checks: HashMap<kad::QueryId, Instant>,
     pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
     last_replication: Instant,
@@ -1071,6 +1074,7 @@ impl<E: Extension> Driver<E> {
             lookup_ends: LookupEnds::new(lookup_time(&config)),
             ext_topics: HashSet::new(),
             closest_waiters: HashMap::new(),
+            trust_checks: HashMap::new(),
             swarm,
             store,
             config,
@@ -1909,6 +1913,8 @@ impl<E: Extension> Driver<E> {
                         Some("operation")
                     } else if self.ext_lookups.contains(&id) {
                         Some("extension")
+                    } else if self.trust_checks.contains_key(&id) {
+                        Some("trust check")
                     } else {
                         self.closest_waiters.contains_key(&id).then_some("caller")
                     };
@@ -1924,14 +1930,7 @@ impl<E: Extension> Driver<E> {
                     }
                     if let Some((op, started)) = self.lookups.remove(&id) {
                         if complete {
-                            // The table is trusted with the replica sets it would have given
-                            // while lookups find nobody it does not hold.
-                            // One that heard from nobody vouches for nothing: the table is
-                            // trusted again only by one that heard from peers.
-                            self.table_trusted = !answered.is_empty()
-                                && answered.iter().all(|p| {
-                                    self.servers.get(p).is_some_and(|since| *since < started)
-                                });
+                            self.table_trusted = self.finds_nobody_new(&answered, started);
                         }
                         let found =
                             crate::ops::Found::Lookup { requests: stats.num_requests(), complete };
@@ -1942,6 +1941,10 @@ impl<E: Extension> Driver<E> {
                         });
                     } else if let Some(reply) = self.closest_waiters.remove(&id) {
                         let _ = reply.send(peers);
+                    } else if let Some(started) = self.trust_checks.remove(&id) {
+                        if complete {
+                            self.table_trusted = self.finds_nobody_new(&answered, started);
+                        }
                     } else {
                         return;
                     }
@@ -1959,6 +1962,9 @@ impl<E: Extension> Driver<E> {
                     // A walk that timed out is no refresh.
                     if result.is_ok() {
                         self.refresh.walked(Instant::now());
+                        if !self.table_trusted {
+                            self.check_trust();
+                        }
                     }
                     // The table has grown: replication's lists are walked again before the
                     // next answer (at most every 30 s).
@@ -1992,6 +1998,28 @@ impl<E: Extension> Driver<E> {
             }
             _ => {}
         }
+    }
+
+    /// Whether a lookup that started at `started` and found `answered` vouches for the routing
+    /// table: it heard from peers, and every one was a connected DHT server before it began.
+    /// The table is trusted with the replica sets it would give while lookups find nobody it
+    /// does not hold; one that heard from nobody vouches for nothing.
+    fn finds_nobody_new(&self, answered: &[PeerId], started: Instant) -> bool {
+        !answered.is_empty()
+            && answered.iter().all(|p| self.servers.get(p).is_some_and(|since| *since < started))
+    }
+
+    /// Looks up a random key when a walk of the table ended with the table not trusted, so
+    /// that the node's next operation need not look its own key up first. A walk fills the
+    /// table with what its lookups find, so it vouches for nothing itself; a lookup after it
+    /// that finds only peers the table held when it began does, as an operation's does.
+    /// Without it, a node that just joined looked up the key of its first operation (about
+    /// 20 requests and a few round trips more: docs/benchmarks.md, "A node's first
+    /// operation"). One lookup a walk, and walks come at most every refresh interval.
+    fn check_trust(&mut self) {
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
+        self.trust_checks.insert(query, Instant::now());
+        self.lookup_ends.started(query, Instant::now());
     }
 
     /// When the task must wake up next, if no event comes first.
@@ -2628,15 +2656,18 @@ impl<E: Extension> Driver<E> {
     /// asks them. A lookup that completed found them already, but for those too slow to
     /// answer it (the quorum then counts them, as a reader that hears from them would).
     /// Peers the lookup learnt of but never heard from, and table entries this node is not
-    /// connected to, are left out; so are servers farther than the farthest answer when the
-    /// table does not cover the key ([`crate::nearby::Table::joined`]). (Counting the quorum
+    /// connected to, are left out (such an entry near the key keeps its place among the k
+    /// closest: a peer that just left is no room for a server farther out); so are servers
+    /// farther than the farthest answer when the table may have turned away peers near the
+    /// key ([`crate::nearby::table_met`], [`crate::nearby::Table::joined`]). (Counting the quorum
     /// over a flat k instead would fail every put on a small network whose lookups time out
     /// waiting for one dead peer.)
     fn with_connected_servers(&mut self, key: &[u8], peers: &[PeerId]) -> Vec<PeerId> {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(key));
-        let covers = self.table_covers(&target);
-        let k = self.config.replication;
-        self.table().joined(&target, peers, covers, k)
+        let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
+        let met = crate::nearby::bucket_index(&self.own_key, &target)
+            .is_some_and(|index| crate::nearby::table_met(&self.table().buckets, index, k, size));
+        self.table().joined(&target, peers, met, k)
     }
 
     /// The routing table as operations read it, read from Kademlia if it changed since.
@@ -2654,6 +2685,8 @@ impl<E: Extension> Driver<E> {
                         table.live.push(Entry::new(e.node.key));
                     } else if self.unreachable.contains(peer) {
                         unreachable += 1;
+                    } else {
+                        table.unsettled.push(crate::nearby::hashed(e.node.key));
                     }
                 }
                 let live = table.live.len() - before;
