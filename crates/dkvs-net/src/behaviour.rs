@@ -110,7 +110,8 @@ impl<E: Extension> Behaviour<E> {
             kad::Mode::Client
         }));
 
-        let records = crate::lane::Behaviour::new(config.request_timeout);
+        let records =
+            crate::lane::Behaviour::new(config.request_timeout).opening_early_to(KAD_PROTOCOL);
 
         let gossipsub_config = gossipsub::ConfigBuilder::default()
             .max_transmit_size(crate::codec::MAX_MESSAGE_LEN)

@@ -6,8 +6,12 @@
 //! connection's protocol lists gathered again on every wake. Records are small and a get asks
 //! a dozen replicas at once, so that work was most of a request's CPU (docs/benchmarks.md:
 //! about a quarter of a millisecond per request, across both ends, at N = 100). Here a node
-//! opens one stream to a peer the first time it asks it something and keeps it for the
-//! connection's life; the peer answers on the same stream.
+//! opens one stream to a peer and keeps it for the connection's life; the peer answers on the
+//! same stream. The stream is opened as soon as the peer says (by identify) that it speaks the
+//! record protocol as a DHT server ([`Behaviour::opening_early_to`]), or else the first time
+//! the node asks it something: opening it then cost a get a stream's setup at both ends for
+//! each replica not asked before, a get that opened them answering in 2.1 ms at N = 100 where
+//! one on open lanes took 1.3 ms (docs/benchmarks.md, "Lanes opened early").
 //!
 //! # Wire (`/dkvs/record/2.0.0`)
 //! A frame is an unsigned varint id, an unsigned varint length and that many bytes: a protobuf
@@ -51,6 +55,7 @@ use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+    ProtocolsChange,
 };
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
@@ -255,6 +260,9 @@ pub struct Behaviour {
     dialing: HashMap<PeerId, Vec<(u64, Vec<u8>)>>,
     /// Peers whose connections are kept open while nothing uses them ([`Behaviour::keep`]).
     kept: HashSet<PeerId>,
+    /// Lanes are opened early to peers that speak this protocol too
+    /// ([`Behaviour::opening_early_to`]).
+    early: Option<StreamProtocol>,
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
 }
 
@@ -269,8 +277,21 @@ impl Behaviour {
             outstanding: HashMap::new(),
             dialing: HashMap::new(),
             kept: HashSet::new(),
+            early: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// Opens this node's lane on a connection as soon as the peer says it speaks the record
+    /// protocol and `protocol` (the DHT's, which a node speaks while it serves records), once
+    /// a connection, instead of when the first request to it needs the lane. The peers an
+    /// operation asks are such servers, and a get asks a dozen at once: each lane not yet
+    /// open cost it a stream's setup at both ends before its request could go. A lane that
+    /// fails later is opened again by the next request. An open lane does not keep the
+    /// connection open.
+    pub fn opening_early_to(mut self, protocol: StreamProtocol) -> Behaviour {
+        self.early = Some(protocol);
+        self
     }
 
     /// Keeps the connections to `peer` open while nothing uses them (`keep`), or lets them
@@ -378,7 +399,7 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.timeout, self.max_queued, self.kept.contains(&peer)))
+        Ok(Handler::new(self.timeout, self.max_queued, self.kept.contains(&peer), &self.early))
     }
 
     fn handle_established_outbound_connection(
@@ -389,7 +410,7 @@ impl NetworkBehaviour for Behaviour {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::new(self.timeout, self.max_queued, self.kept.contains(&peer)))
+        Ok(Handler::new(self.timeout, self.max_queued, self.kept.contains(&peer), &self.early))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -726,13 +747,31 @@ pub struct Handler {
     kept: bool,
     /// Until when a connection that carried requests lately is kept ([`USE_LINGER`]).
     used_until: Option<Instant>,
+    /// The protocol that, spoken with the record protocol, opens the lane early
+    /// ([`Behaviour::opening_early_to`]).
+    early: Option<StreamProtocol>,
+    /// Whether the peer speaks the record protocol, and the early one.
+    speaks: (bool, bool),
+    /// The lane is to be opened now, with no request waiting.
+    want: bool,
+    /// A lane was asked for on this connection.
+    opened: bool,
 }
 
 impl Handler {
-    fn new(timeout: Duration, max_queued: usize, kept: bool) -> Handler {
+    fn new(
+        timeout: Duration,
+        max_queued: usize,
+        kept: bool,
+        early: &Option<StreamProtocol>,
+    ) -> Handler {
         Handler {
             kept,
             used_until: None,
+            early: early.clone(),
+            speaks: (false, false),
+            want: false,
+            opened: false,
             timeout,
             max_queued,
             out: Out::Closed,
@@ -855,6 +894,25 @@ impl Handler {
         first.into_iter().chain(lanes).chain(self.used_until).min()
     }
 
+    /// The peer says it speaks `protocols` (`added`) or no longer does: once it speaks the
+    /// record protocol and the early one, the lane is opened if none was yet on this
+    /// connection.
+    fn remote_protocols<'a>(
+        &mut self,
+        added: bool,
+        protocols: impl Iterator<Item = &'a StreamProtocol>,
+    ) {
+        let Some(early) = &self.early else { return };
+        for protocol in protocols {
+            if *protocol == PROTOCOL {
+                self.speaks.0 = added;
+            } else if protocol == early {
+                self.speaks.1 = added;
+            }
+        }
+        self.want = self.speaks == (true, true) && !self.opened;
+    }
+
     /// Requests wait for their answers, either way.
     fn busy(&self) -> bool {
         !self.outstanding.is_empty() || self.lanes.iter().any(|lane| !lane.pending.is_empty())
@@ -949,9 +1007,12 @@ impl ConnectionHandler for Handler {
                 break;
             }
         }
-        // Requests wait and no lane is open or opening (none yet, or the last one failed).
-        if matches!(self.out, Out::Closed) && !self.queued.is_empty() {
+        // Requests wait, or the peer just said it serves records, and no lane is open or
+        // opening (none yet, or the last one failed).
+        if matches!(self.out, Out::Closed) && (self.want || !self.queued.is_empty()) {
             self.out = Out::Opening;
+            self.want = false;
+            self.opened = true;
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                 protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
                     .with_timeout(self.timeout),
@@ -1015,6 +1076,12 @@ impl ConnectionHandler for Handler {
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
                 self.fail_all(&format!("it could not be opened: {error}"));
+            }
+            ConnectionEvent::RemoteProtocolsChange(ProtocolsChange::Added(added)) => {
+                self.remote_protocols(true, added);
+            }
+            ConnectionEvent::RemoteProtocolsChange(ProtocolsChange::Removed(removed)) => {
+                self.remote_protocols(false, removed);
             }
             _ => {}
         }

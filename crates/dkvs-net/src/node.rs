@@ -1930,7 +1930,9 @@ impl<E: Extension> Driver<E> {
                     }
                     if let Some((op, started)) = self.lookups.remove(&id) {
                         if complete {
-                            self.table_trusted = self.finds_nobody_new(&answered, started);
+                            let named = self.rechecks.get(&op).map(|(_, named)| named.clone());
+                            let named = named.unwrap_or_default();
+                            self.table_trusted = self.finds_nobody_new(&answered, started, &named);
                         }
                         let found =
                             crate::ops::Found::Lookup { requests: stats.num_requests(), complete };
@@ -1943,7 +1945,7 @@ impl<E: Extension> Driver<E> {
                         let _ = reply.send(peers);
                     } else if let Some(started) = self.trust_checks.remove(&id) {
                         if complete {
-                            self.table_trusted = self.finds_nobody_new(&answered, started);
+                            self.table_trusted = self.finds_nobody_new(&answered, started, &[]);
                         }
                     } else {
                         return;
@@ -2001,12 +2003,24 @@ impl<E: Extension> Driver<E> {
     }
 
     /// Whether a lookup that started at `started` and found `answered` vouches for the routing
-    /// table: it heard from peers, and every one was a connected DHT server before it began.
-    /// The table is trusted with the replica sets it would give while lookups find nobody it
-    /// does not hold; one that heard from nobody vouches for nothing.
-    fn finds_nobody_new(&self, answered: &[PeerId], started: Instant) -> bool {
+    /// table: it heard from peers, and every one was a connected DHT server before it began,
+    /// or is one of the peers `named` by the replica whose naming the lookup checks
+    /// ([`crate::nearby`]) and is in the table now. The table is trusted with the replica sets
+    /// it would give while lookups find nobody it does not hold; one that heard from nobody
+    /// vouches for nothing. A check that found the peers named and nobody else new found all
+    /// the table lacked: without them counted, it was trusted again only by the lookup of
+    /// the next operation, two lookups for each peer a table missed.
+    fn finds_nobody_new(
+        &mut self,
+        answered: &[PeerId],
+        started: Instant,
+        named: &[PeerId],
+    ) -> bool {
         !answered.is_empty()
-            && answered.iter().all(|p| self.servers.get(p).is_some_and(|since| *since < started))
+            && answered.iter().all(|p| {
+                self.servers.get(p).is_some_and(|since| *since < started)
+                    || (named.contains(p) && self.in_table(p))
+            })
     }
 
     /// Looks up a random key when a walk of the table ended with the table not trusted, so

@@ -2,7 +2,8 @@
 //! bursts are answered in full, unanswered requests fail at their deadline and a dead lane is
 //! replaced by a new one, and a peer that breaks the protocol (does not read its answers,
 //! repeats an id, opens more lanes than allowed, answers what was never asked or with bytes
-//! that are no answer) loses its lane without costing the node more.
+//! that are no answer) loses its lane without costing the node more. A lane to a peer that
+//! says it serves records is opened before the first request needs it.
 
 use std::time::Duration;
 
@@ -11,13 +12,15 @@ use dkvs_net::lane::{self, Failure};
 use dkvs_net::libp2p::core::transport::{MemoryTransport, Transport as _};
 use dkvs_net::libp2p::core::upgrade::Version;
 use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use dkvs_net::libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, noise, yamux};
+use dkvs_net::libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, identity, noise, yamux,
+};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 
 /// Every test ends within this.
 const TEST: Duration = Duration::from_secs(60);
 
-fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce() -> B) -> Swarm<B> {
+fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce(&identity::Keypair) -> B) -> Swarm<B> {
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_other_transport(|key| {
@@ -28,7 +31,7 @@ fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce() -> B) -> Swarm<B> {
                 .boxed())
         })
         .expect("a memory transport")
-        .with_behaviour(|_| behaviour())
+        .with_behaviour(|key| behaviour(key))
         .expect("a behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
@@ -59,7 +62,7 @@ async fn connect<B: NetworkBehaviour>(swarm: &mut Swarm<B>, peer: PeerId, addr: 
 /// A peer whose lanes answer every get with `len` bytes (echoing the key first), or answer
 /// nothing while `silent`; it runs until the test ends. Returns its id and address.
 async fn responder(timeout: Duration, len: usize, silent: bool) -> (PeerId, Multiaddr) {
-    let mut swarm = swarm(|| lane::Behaviour::new(timeout));
+    let mut swarm = swarm(|_| lane::Behaviour::new(timeout));
     let addr = listen(&mut swarm).await;
     let id = *swarm.local_peer_id();
     tokio::spawn(async move {
@@ -91,7 +94,7 @@ fn get(key: &str) -> pb::Request {
 
 /// An asker connected to `peer` at `addr`.
 async fn asker(timeout: Duration, peer: PeerId, addr: Multiaddr) -> Swarm<lane::Behaviour> {
-    let mut swarm = swarm(|| lane::Behaviour::new(timeout).with_max_queued(10_000));
+    let mut swarm = swarm(|_| lane::Behaviour::new(timeout).with_max_queued(10_000));
     connect(&mut swarm, peer, addr).await;
     swarm
 }
@@ -272,7 +275,7 @@ fn drive(mut swarm: Swarm<Raw>) {
 
 /// A peer that speaks the lane's bytes by hand, connected to `peer`.
 async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
-    let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
+    let mut swarm = swarm(|_| Raw { stream: libp2p_stream::Behaviour::new() });
     let control = swarm.behaviour().stream.new_control();
     connect(&mut swarm, peer, addr).await;
     drive(swarm);
@@ -282,7 +285,7 @@ async fn raw(peer: PeerId, addr: Multiaddr) -> libp2p_stream::Control {
 /// A peer that takes the lanes opened to it and leaves them to the test, which speaks their
 /// bytes by hand: its id, its address and the lanes as they come.
 async fn raw_responder() -> (PeerId, Multiaddr, libp2p_stream::IncomingStreams) {
-    let mut swarm = swarm(|| Raw { stream: libp2p_stream::Behaviour::new() });
+    let mut swarm = swarm(|_| Raw { stream: libp2p_stream::Behaviour::new() });
     let lanes = swarm.behaviour().stream.new_control().accept(PROTOCOL).expect("accepts");
     let addr = listen(&mut swarm).await;
     let id = *swarm.local_peer_id();
@@ -365,6 +368,84 @@ async fn a_repeated_id_ends_the_lane_and_lanes_past_the_limit_are_refused() {
         for lane in &mut lanes {
             assert!(!ends_within(lane, Duration::from_millis(300)).await, "the first two stay");
         }
+    })
+    .await
+    .expect("within the test's time");
+}
+
+/// The DHT's protocol in [`lane::Behaviour::opening_early_to`]'s tests.
+const SERVES: StreamProtocol = StreamProtocol::new("/test/serves");
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
+struct Early {
+    records: lane::Behaviour,
+    identify: identify::Behaviour,
+}
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
+struct Saying {
+    stream: libp2p_stream::Behaviour,
+    identify: identify::Behaviour,
+}
+
+fn identify(key: &identity::Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new("/test/1.0.0".into(), key.public()))
+}
+
+/// Whether a node that opens lanes early to peers speaking [`SERVES`] opened one to a peer
+/// that takes lanes, and speaks [`SERVES`] too when `serves`, without being asked anything:
+/// waits for the lane until the node has heard what the peer speaks, and a second more.
+async fn opened_early_to(serves: bool) -> bool {
+    let mut peer =
+        swarm(|key| Saying { stream: libp2p_stream::Behaviour::new(), identify: identify(key) });
+    let mut control = peer.behaviour().stream.new_control();
+    let mut lanes = control.accept(PROTOCOL).expect("accepts");
+    let _serving = serves.then(|| control.accept(SERVES).expect("accepts"));
+    let addr = listen(&mut peer).await;
+    let id = *peer.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            peer.select_next_some().await;
+        }
+    });
+    let mut node = swarm(|key| Early {
+        records: lane::Behaviour::new(Duration::from_secs(10)).opening_early_to(SERVES),
+        identify: identify(key),
+    });
+    connect(&mut node, id, addr).await;
+    let (heard_tx, heard) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut heard_tx = Some(heard_tx);
+        loop {
+            let event = node.select_next_some().await;
+            if let SwarmEvent::Behaviour(EarlyEvent::Identify(identify::Event::Received { .. })) =
+                event
+                && let Some(tx) = heard_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let lane = async {
+        let _ = lanes.next().await;
+    };
+    let heard_and_a_second = async {
+        heard.await.expect("the node heard what the peer speaks");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        () = lane => true,
+        () = heard_and_a_second => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_is_opened_early_to_a_peer_that_serves_records_and_only_to_one() {
+    tokio::time::timeout(TEST, async {
+        assert!(opened_early_to(true).await, "no lane to a peer that serves records");
+        assert!(!opened_early_to(false).await, "a lane to a peer that only takes lanes");
     })
     .await
     .expect("within the test's time");

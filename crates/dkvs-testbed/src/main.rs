@@ -184,6 +184,11 @@ pub(crate) struct Churn {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The nodes' own logs, to stderr, only when asked for (e.g. RUST_LOG=dkvs_net=debug
+    // shows each lookup an operation ran, and why): a run's figures are its output.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     if cli.nodes < 2 {
         bail!("--nodes must be at least 2: a read goes through another node than the writer");
     }
