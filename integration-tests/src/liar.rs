@@ -34,7 +34,8 @@ enum Command {
     Hinted(oneshot::Sender<usize>),
     Puts(oneshot::Sender<usize>),
     PutStatus(pb::PutStatus),
-    Join(PeerId, Multiaddr, oneshot::Sender<anyhow::Result<()>>),
+    /// Connects to a peer, and walks the DHT once connected if told to.
+    Join(PeerId, Multiaddr, bool, oneshot::Sender<anyhow::Result<()>>),
     Flood(PeerId, Vec<pb::Request>, oneshot::Sender<FloodReport>),
     KadFlood(PeerId, Vec<Vec<u8>>),
     GossipFlood(PeerId, String, Vec<Vec<u8>>, oneshot::Sender<usize>),
@@ -106,15 +107,36 @@ impl Liar {
     /// Starts a liar with the identity `key` listening on `addr` (a port a peer that left
     /// had: its old address now answers with another peer).
     pub async fn spawn_on(key: identity::Keypair, addr: Multiaddr) -> anyhow::Result<Liar> {
+        Liar::spawn_with(key, addr, false).await
+    }
+
+    /// Starts a newcomer that only the peer it joins ([`Liar::join_quietly`]) knows of, as one
+    /// whose walk has not reached the others yet: its routing table takes no peer (Kademlia
+    /// would walk the DHT on its own when a first one came), and it answers lookups with
+    /// nobody.
+    pub async fn spawn_newcomer() -> anyhow::Result<Liar> {
+        let key = identity::Keypair::generate_ed25519();
+        Liar::spawn_with(key, "/ip4/127.0.0.1/tcp/0".parse()?, true).await
+    }
+
+    async fn spawn_with(
+        key: identity::Keypair,
+        addr: Multiaddr,
+        newcomer: bool,
+    ) -> anyhow::Result<Liar> {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
             .with_behaviour(|key: &identity::Keypair| {
                 let peer_id = key.public().to_peer_id();
+                let mut config = kad::Config::new(StreamProtocol::new("/dkvs/kad/1.0.0"));
+                if newcomer {
+                    config.set_kbucket_inserts(kad::BucketInserts::Manual);
+                }
                 let mut kad = kad::Behaviour::with_config(
                     peer_id,
                     kad::store::MemoryStore::new(peer_id),
-                    kad::Config::new(StreamProtocol::new("/dkvs/kad/1.0.0")),
+                    config,
                 );
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
@@ -188,7 +210,18 @@ impl Liar {
     pub async fn join(&self, peer: PeerId, addr: Multiaddr) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Join(peer, addr, tx))
+            .send(Command::Join(peer, addr, true, tx))
+            .await
+            .map_err(|_| anyhow!("liar gone"))?;
+        rx.await.context("liar gone")?
+    }
+
+    /// Connects to `peer` (listening at `addr`), and neither walks the DHT nor puts `peer` in
+    /// its routing table: with [`Liar::spawn_newcomer`], a newcomer that only `peer` knows of.
+    pub async fn join_quietly(&self, peer: PeerId, addr: Multiaddr) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Join(peer, addr, false, tx))
             .await
             .map_err(|_| anyhow!("liar gone"))?;
         rx.await.context("liar gone")?
@@ -330,7 +363,7 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
     let mut puts = 0;
     let mut put_status = pb::PutStatus::Stored;
     let nothing = dkvs_net::reconcile::set_of([]);
-    let mut joining: Vec<(PeerId, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
+    let mut joining: Vec<(PeerId, bool, oneshot::Sender<anyhow::Result<()>>)> = Vec::new();
     let mut flood: Option<(usize, FloodReport, oneshot::Sender<FloodReport>)> = None;
     type Gossip = (PeerId, gossipsub::IdentTopic, Vec<Vec<u8>>, oneshot::Sender<usize>);
     let mut gossip: Option<(Gossip, tokio::time::Instant)> = None;
@@ -386,10 +419,12 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 Some(Command::PutStatus(status)) => {
                     put_status = status;
                 }
-                Some(Command::Join(peer, addr, reply)) => {
-                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                Some(Command::Join(peer, addr, walk, reply)) => {
+                    if walk {
+                        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    }
                     match swarm.dial(addr) {
-                        Ok(()) => joining.push((peer, reply)),
+                        Ok(()) => joining.push((peer, walk, reply)),
                         Err(e) => {
                             let _ = reply.send(Err(e.into()));
                         }
@@ -461,9 +496,11 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                     }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    if let Some(i) = joining.iter().position(|(p, _)| *p == peer_id) {
-                        let (_, reply) = joining.swap_remove(i);
-                        let _ = swarm.behaviour_mut().kad.bootstrap();
+                    if let Some(i) = joining.iter().position(|(p, _, _)| *p == peer_id) {
+                        let (_, walk, reply) = joining.swap_remove(i);
+                        if walk {
+                            let _ = swarm.behaviour_mut().kad.bootstrap();
+                        }
                         let _ = reply.send(Ok(()));
                     }
                 }

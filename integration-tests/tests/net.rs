@@ -331,6 +331,53 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+
+    // Ten nodes, a peer that names a newcomer to every get, and the newcomer, which joined
+    // through node 1 only (as one whose walk has not reached the others yet). Node 5's read
+    // from its table asks the namer, which names the newcomer: the read looks the key up
+    // and finds it. The table then lacked the newcomer and nobody else, and holds it now:
+    // node 5 trusts it again, and its next read takes its replicas from it (before, that
+    // read looked its key up too, a second lookup for one peer the table missed).
+    let net = TestNet::start(10, Config::default()).await?;
+    let namer = Liar::spawn().await?;
+    namer.join_table(net.node(0), net.addr(0).expect("alive")).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let newcomer = Liar::spawn_newcomer().await?;
+    newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
+    let known = eventually(Duration::from_secs(10), async || {
+        net.node(1).routing_table().await.contains(&newcomer.peer_id())
+    });
+    assert!(known.await, "node 1 holds the newcomer");
+    namer.name_peers(vec![newcomer.peer_id()]).await?;
+    let (reader, writer) = (5, 2);
+    let table = net.node(reader).routing_table().await;
+    assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let keys: Vec<Key> = ["recheck/a", "recheck/b"]
+        .iter()
+        .map(|name| Key::scoped(&alice.account_id(), name).expect("key"))
+        .collect();
+    for key in &keys {
+        let receipt = net.put(writer, record(&alice, key, "v1", 1)).await??;
+        assert!(receipt.has_quorum(), "{receipt:?}");
+    }
+    let got = net.get(reader, &keys[0]).await??;
+    assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    assert!(got.requests as usize > table.len(), "the naming started a lookup: {got:?}");
+    let table = net.node(reader).routing_table().await;
+    assert!(table.contains(&newcomer.peer_id()), "the lookup found the newcomer");
+    let got = net.get(reader, &keys[1]).await??;
+    assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+    assert_eq!(got.requests as usize, table.len(), "every peer of the table, no lookup");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_pass_over_a_node_that_died_and_ask_it_again_once_it_is_back() -> anyhow::Result<()> {
     // Kademlia keeps a peer whose last address failed in its table until its bucket is full,
     // and a bucket of 64 seldom is: a node that died stays in every table. Counted as a peer
