@@ -11,7 +11,8 @@
 //! record protocol as a DHT server ([`Behaviour::opening_early_to`]), or else the first time
 //! the node asks it something: opening it then cost a get a stream's setup at both ends for
 //! each replica not asked before, a get that opened them answering in 2.1 ms at N = 100 where
-//! one on open lanes took 1.3 ms (docs/benchmarks.md, "Lanes opened early").
+//! one on open lanes took 1.3 ms (docs/benchmarks.md, "A node's first
+//! operation, and lanes opened early").
 //!
 //! # Wire (`/dkvs/record/2.0.0`)
 //! A frame is an unsigned varint id, an unsigned varint length and that many bytes: a protobuf

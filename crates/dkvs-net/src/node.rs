@@ -2029,7 +2029,8 @@ impl<E: Extension> Driver<E> {
     /// that finds only peers the table held when it began does, as an operation's does.
     /// Without it, a node that just joined looked up the key of its first operation (about
     /// 20 requests and a few round trips more: docs/benchmarks.md, "A node's first
-    /// operation"). One lookup a walk, and walks come at most every refresh interval.
+    /// operation, and lanes opened early"). One lookup for each walk that ends with the table
+    /// not trusted: a join, a rejoin, a refresh of the table.
     fn check_trust(&mut self) {
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
         self.trust_checks.insert(query, Instant::now());
