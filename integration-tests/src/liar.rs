@@ -216,8 +216,10 @@ impl Liar {
         rx.await.context("liar gone")?
     }
 
-    /// Connects to `peer` (listening at `addr`), and neither walks the DHT nor puts `peer` in
-    /// its routing table: with [`Liar::spawn_newcomer`], a newcomer that only `peer` knows of.
+    /// Connects to `peer` (listening at `addr`) and does not walk the DHT. A liar from
+    /// [`Liar::spawn_newcomer`] does not put `peer` in its routing table either: a newcomer
+    /// that only `peer` knows of. (Another liar puts it there on connection, and Kademlia
+    /// then walks on its own.)
     pub async fn join_quietly(&self, peer: PeerId, addr: Multiaddr) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.commands

@@ -107,8 +107,8 @@ impl Entry {
     }
 }
 
-/// A node's routing table as its operations read it: the live entries and each bucket's
-/// counts, read from Kademlia when first needed after the table or the set of connected
+/// A node's routing table as its operations read it: the live entries, the unsettled
+/// entries' keys and each bucket's counts, read from Kademlia when first needed after the table or the set of connected
 /// servers changed, and after each 5-s sweep (a walk over Kademlia's buckets is also what
 /// applies the entries waiting for a place in a full bucket). Reading the buckets and hashing
 /// their ids for every request cost about a tenth of a 100-node network's CPU while it
@@ -141,17 +141,21 @@ impl Table {
     /// among the `k` closest to the Kademlia key whose bytes are `target`, closest first.
     ///
     /// When the table has `met` every peer near the key ([`table_met`]), the k closest are
-    /// taken from the answers and every entry not found unreachable, and the live ones of
-    /// them are given: an unsettled entry (a peer near the key that just left, or whose
-    /// connection closed idle) keeps its place, and no server beyond the k closest this node
-    /// knows joins in it. When it has not, only live entries no farther than the farthest
-    /// peer that answered join: the table may hold none of the key's closest, and its servers
-    /// far from the key are no replicas a reader's lookup reaches.
+    /// taken from the answers and the live entries, and, with `placeholders` (a lookup that
+    /// timed out), every entry not found unreachable, of which only the live are given: an
+    /// unsettled entry (a peer near the key that just left, or whose connection closed idle)
+    /// keeps its place, and no server beyond the k closest this node knows joins in it. (A
+    /// lookup that completed heard from every peer near the key that answers: an unsettled
+    /// entry closer than its answers is dead or out of reach, and takes no answer's place.)
+    /// When the table has not met them, only live entries no farther than the farthest peer
+    /// that answered join: the table may hold none of the key's closest, and its servers far
+    /// from the key are no replicas a reader's lookup reaches.
     pub(crate) fn joined(
         &self,
         target: &[u8; 32],
         answered: &[PeerId],
         met: bool,
+        placeholders: bool,
         k: usize,
     ) -> Vec<PeerId> {
         let distance = |peer: &PeerId| xor(&hashed(&KBucketKey::from(*peer)), target);
@@ -161,7 +165,9 @@ impl Table {
         let live = self.live.iter().map(|e| (xor(&e.key, target), Some(e.peer)));
         if met {
             near.extend(live);
-            near.extend(self.unsettled.iter().map(|key| (xor(key, target), None)));
+            if placeholders {
+                near.extend(self.unsettled.iter().map(|key| (xor(key, target), None)));
+            }
         } else {
             near.extend(live.filter(|(d, _)| *d <= farthest));
         }
@@ -467,15 +473,15 @@ mod tests {
         let answered: Vec<PeerId> = lacked.chain([held[0], held[2]]).collect();
         // Covered: the k closest of both.
         let both = by_distance(answered.iter().chain(table_peers).copied().collect());
-        assert_eq!(table.joined(&target, &answered, true, 20), both[..20]);
+        assert_eq!(table.joined(&target, &answered, true, true, 20), both[..20]);
         // Not covered: the second closest server joins, the servers beyond the third stay out.
-        let got = table.joined(&target, &answered, false, 20);
+        let got = table.joined(&target, &answered, false, true, 20);
         let mut near = answered.clone();
         near.push(held[1]);
         assert_eq!(got, by_distance(near), "{got:?}");
         // k bounds it, and a lookup that heard from nobody gives nobody.
-        assert_eq!(table.joined(&target, &answered, true, 4), both[..4]);
-        assert!(table.joined(&target, &[], true, 20).is_empty());
+        assert_eq!(table.joined(&target, &answered, true, true, 4), both[..4]);
+        assert!(table.joined(&target, &[], true, true, 20).is_empty());
     }
 
     #[test]
@@ -501,16 +507,21 @@ mod tests {
         // 11th and 12th.
         let live_of_ten: Vec<PeerId> =
             by_distance[..10].iter().filter(|p| !left.contains(p)).copied().collect();
-        assert_eq!(table.joined(&target, &answered, true, 10), live_of_ten);
+        assert_eq!(table.joined(&target, &answered, true, true, 10), live_of_ten);
+        // A lookup that completed: the unsettled entries take no place (the 11th and 12th
+        // live join).
+        let live_of_twelve: Vec<PeerId> =
+            by_distance[..12].iter().filter(|p| !left.contains(p)).copied().collect();
+        assert_eq!(table.joined(&target, &answered, true, false, 10), live_of_twelve);
         // A peer that answered and is unsettled in the table (its connection closed since)
         // is given, in one place.
         let answered = [by_distance[0], by_distance[1]];
         let mut with_it = live_of_ten.clone();
         with_it.insert(1, by_distance[1]);
-        assert_eq!(table.joined(&target, &answered, true, 10), with_it);
+        assert_eq!(table.joined(&target, &answered, true, true, 10), with_it);
         // Not met: the unsettled entries count for nothing, and no server beyond the farthest
         // answer joins.
-        assert_eq!(table.joined(&target, &answered, false, 10), by_distance[..2]);
+        assert_eq!(table.joined(&target, &answered, false, true, 10), by_distance[..2]);
     }
 
     #[test]
@@ -521,8 +532,11 @@ mod tests {
         let table = [with(250, 8, 6, 0), with(248, 14, 10, 1)];
         assert!(table_met(&table, 250, 20, 64));
         assert!(!table_covers(&table, 250, 20, 64));
-        // Entries found unreachable do not: 8 + 13 = 21 reaches 21, not 22.
+        // Entries found unreachable do not: 8 + 13 = 21 reaches 21, not 22 (a full bucket
+        // comes next).
+        let table = [table[0], table[1], with(255, 64, 64, 0)];
         assert!(table_met(&table, 250, 21, 64));
+        assert!(!table_met(&table, 250, 22, 64));
         assert!(table_met(&[with(250, 8, 6, 0)], 250, 20, 64), "a network smaller than k");
         let full = [with(250, 8, 6, 0), with(248, 10, 10, 0), with(255, 64, 64, 0)];
         assert!(!table_met(&full, 250, 20, 64), "a full bucket before 20 entries");

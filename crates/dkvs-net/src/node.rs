@@ -363,7 +363,9 @@ impl Node {
 
     /// Walks the DHT to fill the routing table; returns when the walk is done. Peers whose
     /// dials timed out lately are dialed again (call it when this node's network changed;
-    /// `dkvs node` calls it once, at its start).
+    /// `dkvs node` calls it once, at its start). A walk that ends with the table not trusted
+    /// is followed by a check of it, a lookup still under way when this returns: an operation
+    /// started meanwhile looks its key up.
     pub async fn bootstrap(&self) -> Result<(), BootstrapError> {
         self.ask(Command::Bootstrap).await.ok_or(BootstrapError::Shutdown)?
     }
@@ -930,9 +932,9 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) ext_topics: HashSet<gossipsub::TopicHash>,
     /// Lookups started by [`Node::closest_peers`].
     closest_waiters: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
-    /// Lookups of a random key run when a walk of the table ended while the table was not
-    /// trusted, with when each started ([`Driver::check_trust`]).
-    trust_checks: HashMap<kad::QueryId, Instant>,
+    /// Lookups this node runs for itself that vouch for its table or not, with when each
+    /// started and whether it is a check ([`Driver::check_trust`]) rather than the refresh's.
+    trust_checks: HashMap<kad::QueryId, (Instant, bool)>,
     pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
     last_replication: Instant,
@@ -1018,10 +1020,14 @@ pub(crate) struct Driver<E: Extension> {
     /// This node's Kademlia key's bytes.
     own_key: [u8; 32],
     /// Whether operations may take a key's replicas from the routing table
-    /// ([`crate::nearby`]): set when a Kademlia lookup for an operation found only peers that
-    /// were connected DHT servers before it started, cleared when one found others or a
-    /// replica named a closer peer the table lacked.
+    /// ([`crate::nearby`]): set when a lookup that vouches for it (an operation's, a check
+    /// after a walk, the refresh's) found only peers that were connected DHT servers before it
+    /// started, or the peers a replica named and that the table holds now
+    /// ([`Driver::finds_nobody_new`]); cleared when one found others or a replica named a
+    /// closer peer the table lacked ([`Driver::distrust`]).
     pub(crate) table_trusted: bool,
+    /// When the table was last distrusted: a lookup that started before it vouches for nothing.
+    distrusted_at: Option<Instant>,
     /// Operations rechecking their replica set, with the replica that named peers and those
     /// peers ([`crate::nearby`]).
     pub(crate) rechecks: HashMap<OpId, (PeerId, Vec<PeerId>)>,
@@ -1120,6 +1126,7 @@ impl<E: Extension> Driver<E> {
             watch_reads: HashMap::new(),
             own_key,
             table_trusted: false,
+            distrusted_at: None,
             rechecks: HashMap::new(),
             deaf_to: HashMap::new(),
             wakeups: 0,
@@ -1903,7 +1910,7 @@ impl<E: Extension> Driver<E> {
                                 && (self.ext_lookups.contains(&id)
                                     || self.closest_waiters.contains_key(&id))));
                     let peers = if joined {
-                        self.with_connected_servers(&key, &answered)
+                        self.with_connected_servers(&key, &answered, complete)
                     } else {
                         answered.clone()
                     };
@@ -1913,7 +1920,7 @@ impl<E: Extension> Driver<E> {
                         Some("operation")
                     } else if self.ext_lookups.contains(&id) {
                         Some("extension")
-                    } else if self.trust_checks.contains_key(&id) {
+                    } else if self.trust_checks.get(&id).is_some_and(|(_, check)| *check) {
                         Some("trust check")
                     } else {
                         self.closest_waiters.contains_key(&id).then_some("caller")
@@ -1931,8 +1938,7 @@ impl<E: Extension> Driver<E> {
                     if let Some((op, started)) = self.lookups.remove(&id) {
                         if complete {
                             let named = self.rechecks.get(&op).map(|(_, named)| named.clone());
-                            let named = named.unwrap_or_default();
-                            self.table_trusted = self.finds_nobody_new(&answered, started, &named);
+                            self.vouch(&answered, started, &named.unwrap_or_default());
                         }
                         let found =
                             crate::ops::Found::Lookup { requests: stats.num_requests(), complete };
@@ -1943,9 +1949,9 @@ impl<E: Extension> Driver<E> {
                         });
                     } else if let Some(reply) = self.closest_waiters.remove(&id) {
                         let _ = reply.send(peers);
-                    } else if let Some(started) = self.trust_checks.remove(&id) {
+                    } else if let Some((started, _)) = self.trust_checks.remove(&id) {
                         if complete {
-                            self.table_trusted = self.finds_nobody_new(&answered, started, &[]);
+                            self.vouch(&answered, started, &[]);
                         }
                     } else {
                         return;
@@ -2009,7 +2015,8 @@ impl<E: Extension> Driver<E> {
     /// it would give while lookups find nobody it does not hold; one that heard from nobody
     /// vouches for nothing. A check that found the peers named and nobody else new found all
     /// the table lacked: without them counted, it was trusted again only by the lookup of
-    /// the next operation, two lookups for each peer a table missed.
+    /// the next operation, two lookups for each peer a table missed. Only a lookup that began
+    /// after the table was last distrusted vouches.
     fn finds_nobody_new(
         &mut self,
         answered: &[PeerId],
@@ -2017,6 +2024,7 @@ impl<E: Extension> Driver<E> {
         named: &[PeerId],
     ) -> bool {
         !answered.is_empty()
+            && self.distrusted_at.is_none_or(|at| at <= started)
             && answered.iter().all(|p| {
                 self.servers.get(p).is_some_and(|since| *since < started)
                     || (named.contains(p) && self.in_table(p))
@@ -2030,11 +2038,34 @@ impl<E: Extension> Driver<E> {
     /// Without it, a node that just joined looked up the key of its first operation (about
     /// 20 requests and a few round trips more: docs/benchmarks.md, "A node's first
     /// operation, and lanes opened early"). One lookup for each walk that ends with the table
-    /// not trusted: a join, a rejoin, a refresh of the table.
+    /// not trusted: [`Node::bootstrap`] (a join), a rejoin after the node was stranded, and
+    /// Kademlia's own walks while the table holds fewer than 20 peers. (The refresh's lookups
+    /// vouch for the table themselves: [`Driver::vouch`].)
     fn check_trust(&mut self) {
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
-        self.trust_checks.insert(query, Instant::now());
+        self.trust_checks.insert(query, (Instant::now(), true));
         self.lookup_ends.started(query, Instant::now());
+    }
+
+    /// A lookup that vouches for the table (an operation's, a check, the refresh's) completed
+    /// with `answered`: the table is trusted if it found nobody new
+    /// ([`Driver::finds_nobody_new`]), and distrusted otherwise. The refresh's lookups look
+    /// at a trusted table again as the network changes: a node trusts its table from the check
+    /// after it joined, and peers that joined later and never reached it are found only by a
+    /// lookup or a replica's naming.
+    fn vouch(&mut self, answered: &[PeerId], started: Instant, named: &[PeerId]) {
+        if self.finds_nobody_new(answered, started, named) {
+            self.table_trusted = true;
+        } else {
+            self.distrust();
+        }
+    }
+
+    /// Operations take no replica set from the routing table until a lookup that begins from
+    /// now on finds nobody new.
+    pub(crate) fn distrust(&mut self) {
+        self.table_trusted = false;
+        self.distrusted_at = Some(Instant::now());
     }
 
     /// When the task must wake up next, if no event comes first.
@@ -2184,6 +2215,7 @@ impl<E: Extension> Driver<E> {
             crate::refresh::Walk::Own => {
                 let id = kad.get_closest_peers(*local.preimage());
                 self.lookup_ends.started(id, now);
+                self.trust_checks.insert(id, (now, false));
             }
             crate::refresh::Walk::Bucket(index) => {
                 // A random key in the bucket: keys are hashed, so random ones are tried (a
@@ -2217,6 +2249,7 @@ impl<E: Extension> Driver<E> {
                     std::num::NonZeroUsize::new(crate::refresh::BUCKET_RESULTS).expect("non-zero");
                 let id = kad.get_n_closest_peers(target, results);
                 self.lookup_ends.started(id, now);
+                self.trust_checks.insert(id, (now, false));
             }
         }
     }
@@ -2671,18 +2704,24 @@ impl<E: Extension> Driver<E> {
     /// asks them. A lookup that completed found them already, but for those too slow to
     /// answer it (the quorum then counts them, as a reader that hears from them would).
     /// Peers the lookup learnt of but never heard from, and table entries this node is not
-    /// connected to, are left out (such an entry near the key keeps its place among the k
-    /// closest: a peer that just left is no room for a server farther out); so are servers
+    /// connected to, are left out (when the lookup timed out, such an entry near the key keeps
+    /// its place among the k closest: a peer that just left is no room for a server farther
+    /// out; a lookup that completed would have heard from it were it there); so are servers
     /// farther than the farthest answer when the table may have turned away peers near the
     /// key ([`crate::nearby::table_met`], [`crate::nearby::Table::joined`]). (Counting the quorum
     /// over a flat k instead would fail every put on a small network whose lookups time out
     /// waiting for one dead peer.)
-    fn with_connected_servers(&mut self, key: &[u8], peers: &[PeerId]) -> Vec<PeerId> {
+    fn with_connected_servers(
+        &mut self,
+        key: &[u8],
+        peers: &[PeerId],
+        complete: bool,
+    ) -> Vec<PeerId> {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(key));
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
         let met = crate::nearby::bucket_index(&self.own_key, &target)
             .is_some_and(|index| crate::nearby::table_met(&self.table().buckets, index, k, size));
-        self.table().joined(&target, peers, met, k)
+        self.table().joined(&target, peers, met, !complete, k)
     }
 
     /// The routing table as operations read it, read from Kademlia if it changed since.

@@ -776,7 +776,7 @@ impl<E: crate::Extension> Driver<E> {
         // Peers the table holds (unreachable from here, or not connected) are no peers it
         // lacks: this operation looks the key up, and the others still trust the table.
         if !named.iter().all(|p| self.in_table(p)) {
-            self.table_trusted = false;
+            self.distrust();
         }
         self.rechecks.insert(id, (namer, named));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
