@@ -295,6 +295,11 @@ impl Behaviour {
         self
     }
 
+    /// The protocol that opens lanes early ([`Behaviour::opening_early_to`]), if any.
+    pub fn opens_early_to(&self) -> Option<&StreamProtocol> {
+        self.early.as_ref()
+    }
+
     /// Keeps the connections to `peer` open while nothing uses them (`keep`), or lets them
     /// close when idle (libp2p closes a connection no handler keeps after its idle timeout).
     /// It dials nobody: a connection that closes for another reason is not opened again here.
