@@ -337,13 +337,13 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
 
     // Twenty nodes, a peer that names a newcomer to every get, and the newcomer, which joined
     // through node 1 only (as one whose walk has not reached the others yet). Node 5's reads
-    // from its table ask the namer (a sample of 12 of the key's 20 closest, until one asks
-    // it), which names the newcomer: the read looks the key up and finds it. The table then
+    // from its table ask a sample of 12 of the key's 20 closest until one asks the namer or
+    // node 1, which name the newcomer: the read looks the key up and finds it. The table then
     // lacked the newcomer and nobody else, and holds it now: node 5 trusts it again, and its
     // next read takes its replicas from it (before, that read looked its key up too, a
-    // second lookup for one peer the table missed). Twenty nodes: with fewer than 20 peers
-    // in its table, Kademlia walks on its own when one comes, and the check after that walk
-    // would trust the table whether or not the recheck did.
+    // second lookup for one peer the table missed). Twenty nodes: while its table holds
+    // fewer than 20 peers after one comes, Kademlia walks on its own, and the check after
+    // that walk would trust the table whether or not the recheck did.
     let net = TestNet::start(20, Config::default()).await?;
     let namer = Liar::spawn().await?;
     namer.join_table(net.node(0), net.addr(0).expect("alive")).await?;
@@ -351,45 +351,68 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
         let _ = net.node(i).bootstrap().await;
     }
     let newcomer = Liar::spawn_newcomer().await?;
-    newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
-    let known = eventually(Duration::from_secs(10), async || {
-        net.node(1).routing_table().await.contains(&newcomer.peer_id())
-    });
-    assert!(known.await, "node 1 holds the newcomer");
-    namer.name_peers(vec![newcomer.peer_id()]).await?;
     let (reader, writer) = (5, 2);
-    let table = net.node(reader).routing_table().await;
-    assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
-    assert!(table.len() >= 20, "no walk of Kademlia's own: {} peers", table.len());
-    // A key the newcomer is the closest peer to: every table that lacks it lacks a replica.
+    // A key the newcomer is the closest peer to (every table that lacks it lacks a replica),
+    // and of which the namer is not the farthest of node 5's table and node 5 (the 20 a read
+    // samples from: k = 20 of those 21).
     let alice = Keypair::generate(KeyType::Ed25519);
-    let peers: Vec<_> = (0..net.len())
+    let known: Vec<KBucketKey<_>> = (0..net.len())
         .map(|i| net.peer_id(i))
-        .chain([namer.peer_id(), newcomer.peer_id()])
+        .chain([namer.peer_id()])
+        .map(KBucketKey::from)
         .collect();
-    let near = (0..)
+    let (newcomer_key, namer_key) =
+        (KBucketKey::from(newcomer.peer_id()), KBucketKey::from(namer.peer_id()));
+    let near = (0..10_000)
         .map(|i| Key::scoped(&alice.account_id(), &format!("recheck/{i}")).expect("key"))
         .find(|key| {
             let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
-            let distance =
-                |peer: &dkvs_net::libp2p::PeerId| target.distance(&KBucketKey::from(*peer));
-            peers.iter().min_by_key(|p| distance(p)) == Some(&newcomer.peer_id())
+            let mut ranked: Vec<_> = known.iter().map(|k| (target.distance(k), k)).collect();
+            ranked.sort_by_key(|(d, _)| *d);
+            target.distance(&newcomer_key) < ranked[0].0
+                && ranked.last().map(|(_, k)| *k) != Some(&namer_key)
         })
         .expect("a key");
     let other = Key::scoped(&alice.account_id(), "recheck/other").expect("key");
-    for key in [&near, &other] {
+    for key in [&other, &near] {
         let receipt = net.put(writer, record(&alice, key, "v1", 1)).await??;
         assert!(receipt.has_quorum(), "{receipt:?}");
     }
-    let asked = namer.hinted_gets().await?;
+    // Node 5 trusts its table, and it covers both keys: a read takes its replicas from it (one
+    // that looks its key up first dials the peers it asks, whose connections may have closed
+    // idle, and if it finds nobody new, makes the table trusted).
+    for key in [&other, &near] {
+        let mut trusted = false;
+        for _ in 0..5 {
+            if net.get(reader, key).await??.requests <= 20 {
+                trusted = true;
+                break;
+            }
+        }
+        assert!(trusted, "node {reader} took no read of {key} from its table");
+    }
+    newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
+    let held = eventually(Duration::from_secs(10), async || {
+        net.node(1).routing_table().await.contains(&newcomer.peer_id())
+    });
+    assert!(held.await, "node 1 holds the newcomer");
+    namer.name_peers(vec![newcomer.peer_id()]).await?;
+    let table = net.node(reader).routing_table().await;
+    assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
+    assert!(table.len() >= 19, "no walk of Kademlia's own: {} peers", table.len());
+    let mut named = None;
     for _ in 0..40 {
         let got = net.get(reader, &near).await??;
         assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-        if namer.hinted_gets().await? > asked {
+        if net.node(reader).routing_table().await.contains(&newcomer.peer_id()) {
+            named = Some(got);
             break;
         }
+        assert!(got.requests <= 20, "a read that met nobody new took the table: {got:?}");
     }
-    assert!(namer.hinted_gets().await? > asked, "no read of node {reader} asked the namer");
+    let named = named.expect("a read of node 5 met the newcomer");
+    // Twelve from the table, then the lookup and the replicas it found.
+    assert!(named.requests > 20, "the naming started a lookup: {named:?}");
     assert!(net.node(reader).routing_table().await.contains(&newcomer.peer_id()), "found");
     let got = net.get(reader, &other).await??;
     assert_eq!(value(&got), Some("v1".into()), "{got:?}");

@@ -22,6 +22,7 @@ use std::collections::HashSet;
 
 use libp2p::PeerId;
 use libp2p::kad::{KBucketDistance as Distance, KBucketKey};
+use tokio::time::Instant;
 
 /// Most fingerprints a replica reads from a hint: a neighbourhood holds k, and no more than
 /// this (a Kademlia bucket's size) is ever needed.
@@ -87,6 +88,43 @@ impl Neighbourhood {
                     || farthest.is_some_and(|f| self.target.distance(&KBucketKey::from(*peer)) < f))
         })
         .collect()
+    }
+}
+
+/// Whether operations may take a key's replicas from the routing table: trusted by a lookup
+/// that found nobody new, distrusted by one that found somebody or by a replica's naming.
+/// A lookup that began before the last distrust vouches for nothing either way (a check in
+/// flight does not undo a replica's naming, nor one stale lookup another's trust), and one
+/// that heard from nobody leaves the table untrusted without moving that time.
+#[derive(Debug, Default)]
+pub(crate) struct Trust {
+    trusted: bool,
+    distrusted_at: Option<Instant>,
+}
+
+impl Trust {
+    pub(crate) fn trusted(&self) -> bool {
+        self.trusted
+    }
+
+    /// A lookup that began at `started` completed at `now`: it heard from nobody (`None`), or
+    /// `found` somebody the table lacked (`Some(true)`) or nobody (`Some(false)`).
+    pub(crate) fn lookup(&mut self, started: Instant, found: Option<bool>, now: Instant) {
+        if self.distrusted_at.is_some_and(|at| started < at) {
+            return;
+        }
+        match found {
+            None => self.trusted = false,
+            Some(false) => self.trusted = true,
+            Some(true) => self.distrust(now),
+        }
+    }
+
+    /// The table is not to be trusted from `now` on, until a lookup that begins then finds
+    /// nobody new.
+    pub(crate) fn distrust(&mut self, now: Instant) {
+        self.trusted = false;
+        self.distrusted_at = Some(now);
     }
 }
 
@@ -264,7 +302,7 @@ pub(crate) struct Bucket {
 /// those of b + 1, b + 2 and on. The buckets are walked in that order until k live peers are
 /// counted, or all are walked (a network smaller than k). Whether the table has met the peers
 /// in a bucket's range at all, no bucket can say: the node trusts its table only after a
-/// lookup found nobody it did not hold (`Driver::table_trusted`).
+/// lookup found nobody it did not hold ([`Trust`]).
 pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
     let stops = |b: &Bucket| b.entries >= size || b.live + b.unreachable < b.entries;
     walk(buckets, key_index, k, stops, |b| b.live)
@@ -522,6 +560,42 @@ mod tests {
         // Not met: the unsettled entries count for nothing, and no server beyond the farthest
         // answer joins.
         assert_eq!(table.joined(&target, &answered, false, true, 10), by_distance[..2]);
+    }
+
+    #[test]
+    fn a_lookup_that_began_before_the_last_distrust_vouches_for_nothing() {
+        let t = |ms| Instant::now() + std::time::Duration::from_millis(ms);
+        let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
+        let mut trust = Trust::default();
+        assert!(!trust.trusted(), "a new node trusts nothing");
+        trust.lookup(t0, Some(false), t1);
+        assert!(trust.trusted(), "a lookup found nobody new");
+        // A replica names a peer at t2: a check that began at t1 and found nobody new does
+        // not undo it; one that began after it does.
+        trust.distrust(t2);
+        trust.lookup(t1, Some(false), t3);
+        assert!(!trust.trusted(), "a stale check undid a distrust");
+        trust.lookup(t2, Some(false), t3);
+        assert!(trust.trusted());
+        // Two rechecks distrusted at t1 and t2; the first one's lookup, stale, found the
+        // peer named: it does not distrust again (moving the time past the second's lookup,
+        // which would then vouch for nothing either).
+        let mut trust = Trust::default();
+        trust.distrust(t1);
+        trust.distrust(t2);
+        trust.lookup(t1, Some(true), t3);
+        trust.lookup(t2, Some(false), t3);
+        assert!(trust.trusted(), "the second recheck's lookup trusts the table");
+        // A lookup that heard from nobody leaves it untrusted, and moves no time.
+        trust.lookup(t2, None, t3);
+        assert!(!trust.trusted());
+        trust.lookup(t2, Some(false), t3);
+        assert!(trust.trusted());
+        // One that found somebody distrusts it from then on.
+        trust.lookup(t2, Some(true), t3);
+        assert!(!trust.trusted());
+        trust.lookup(t2, Some(false), t3);
+        assert!(!trust.trusted(), "began before the distrust at t3");
     }
 
     #[test]

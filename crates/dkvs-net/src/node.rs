@@ -932,9 +932,12 @@ pub(crate) struct Driver<E: Extension> {
     pub(crate) ext_topics: HashSet<gossipsub::TopicHash>,
     /// Lookups started by [`Node::closest_peers`].
     closest_waiters: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
-    /// Lookups this node runs for itself that vouch for its table or not, with when each
-    /// started and whether it is a check ([`Driver::check_trust`]) rather than the refresh's.
-    trust_checks: HashMap<kad::QueryId, (Instant, bool)>,
+    /// Lookups of a random key run when a walk of the table ended while the table was not
+    /// trusted, with when each started ([`Driver::check_trust`]).
+    trust_checks: HashMap<kad::QueryId, Instant>,
+    /// The refresh's lookups, with the peers the routing table held when each began: one that
+    /// finds a peer the table did not hold distrusts it ([`Driver::refresh_table`]).
+    refresh_lookups: HashMap<kad::QueryId, HashSet<PeerId>>,
     pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
     last_replication: Instant,
@@ -1025,9 +1028,7 @@ pub(crate) struct Driver<E: Extension> {
     /// started, or the peers a replica named and that the table holds now
     /// ([`Driver::finds_nobody_new`]); cleared when one found others or a replica named a
     /// closer peer the table lacked ([`Driver::distrust`]).
-    pub(crate) table_trusted: bool,
-    /// When the table was last distrusted: a lookup that started before it vouches for nothing.
-    distrusted_at: Option<Instant>,
+    pub(crate) table_trusted: crate::nearby::Trust,
     /// Operations rechecking their replica set, with the replica that named peers and those
     /// peers ([`crate::nearby`]).
     pub(crate) rechecks: HashMap<OpId, (PeerId, Vec<PeerId>)>,
@@ -1081,6 +1082,7 @@ impl<E: Extension> Driver<E> {
             ext_topics: HashSet::new(),
             closest_waiters: HashMap::new(),
             trust_checks: HashMap::new(),
+            refresh_lookups: HashMap::new(),
             swarm,
             store,
             config,
@@ -1125,8 +1127,7 @@ impl<E: Extension> Driver<E> {
             kept_peers: crate::idle::Kept::default(),
             watch_reads: HashMap::new(),
             own_key,
-            table_trusted: false,
-            distrusted_at: None,
+            table_trusted: crate::nearby::Trust::default(),
             rechecks: HashMap::new(),
             deaf_to: HashMap::new(),
             wakeups: 0,
@@ -1920,7 +1921,7 @@ impl<E: Extension> Driver<E> {
                         Some("operation")
                     } else if self.ext_lookups.contains(&id) {
                         Some("extension")
-                    } else if self.trust_checks.get(&id).is_some_and(|(_, check)| *check) {
+                    } else if self.trust_checks.contains_key(&id) {
                         Some("trust check")
                     } else {
                         self.closest_waiters.contains_key(&id).then_some("caller")
@@ -1949,9 +1950,14 @@ impl<E: Extension> Driver<E> {
                         });
                     } else if let Some(reply) = self.closest_waiters.remove(&id) {
                         let _ = reply.send(peers);
-                    } else if let Some((started, _)) = self.trust_checks.remove(&id) {
+                    } else if let Some(started) = self.trust_checks.remove(&id) {
                         if complete {
                             self.vouch(&answered, started, &[]);
+                        }
+                    } else if let Some(held) = self.refresh_lookups.remove(&id) {
+                        if complete && answered.iter().any(|p| !held.contains(p)) {
+                            tracing::debug!("a refresh found peers the table lacked");
+                            self.distrust();
                         }
                     } else {
                         return;
@@ -1970,7 +1976,7 @@ impl<E: Extension> Driver<E> {
                     // A walk that timed out is no refresh.
                     if result.is_ok() {
                         self.refresh.walked(Instant::now());
-                        if !self.table_trusted {
+                        if !self.table_trusted.trusted() {
                             self.check_trust();
                         }
                     }
@@ -2015,8 +2021,7 @@ impl<E: Extension> Driver<E> {
     /// it would give while lookups find nobody it does not hold; one that heard from nobody
     /// vouches for nothing. A check that found the peers named and nobody else new found all
     /// the table lacked: without them counted, it was trusted again only by the lookup of
-    /// the next operation, two lookups for each peer a table missed. Only a lookup that began
-    /// after the table was last distrusted vouches.
+    /// the next operation, two lookups for each peer a table missed.
     fn finds_nobody_new(
         &mut self,
         answered: &[PeerId],
@@ -2024,7 +2029,6 @@ impl<E: Extension> Driver<E> {
         named: &[PeerId],
     ) -> bool {
         !answered.is_empty()
-            && self.distrusted_at.is_none_or(|at| at <= started)
             && answered.iter().all(|p| {
                 self.servers.get(p).is_some_and(|since| *since < started)
                     || (named.contains(p) && self.in_table(p))
@@ -2043,29 +2047,32 @@ impl<E: Extension> Driver<E> {
     /// vouch for the table themselves: [`Driver::vouch`].)
     fn check_trust(&mut self) {
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
-        self.trust_checks.insert(query, (Instant::now(), true));
+        self.trust_checks.insert(query, Instant::now());
         self.lookup_ends.started(query, Instant::now());
     }
 
-    /// A lookup that vouches for the table (an operation's, a check, the refresh's) completed
-    /// with `answered`: the table is trusted if it found nobody new
-    /// ([`Driver::finds_nobody_new`]), and distrusted otherwise. The refresh's lookups look
-    /// at a trusted table again as the network changes: a node trusts its table from the check
-    /// after it joined, and peers that joined later and never reached it are found only by a
-    /// lookup or a replica's naming.
+    /// A lookup that vouches for the table (an operation's, a check) and began at `started`
+    /// completed with `answered`: the table is trusted if it found nobody new
+    /// ([`Driver::finds_nobody_new`]), and distrusted otherwise. One that began before the
+    /// table was last distrusted vouches for nothing either way (a check in flight does not
+    /// undo a replica's naming, nor one stale lookup another's trust); one that heard from
+    /// nobody leaves the table untrusted.
     fn vouch(&mut self, answered: &[PeerId], started: Instant, named: &[PeerId]) {
-        if self.finds_nobody_new(answered, started, named) {
-            self.table_trusted = true;
+        let found = if answered.is_empty() {
+            None
         } else {
-            self.distrust();
-        }
+            Some(!self.finds_nobody_new(answered, started, named))
+        };
+        self.table_trusted.lookup(started, found, Instant::now());
     }
 
     /// Operations take no replica set from the routing table until a lookup that begins from
-    /// now on finds nobody new.
+    /// now on finds nobody new. Trust from a check after a join lasts until a lookup finds a
+    /// peer the table lacks (an operation's, or the refresh's every
+    /// [`Config::table_refresh_interval`](crate::Config)) or a replica names one: peers that
+    /// joined later and never reached this node are found no other way.
     pub(crate) fn distrust(&mut self) {
-        self.table_trusted = false;
-        self.distrusted_at = Some(Instant::now());
+        self.table_trusted.distrust(Instant::now());
     }
 
     /// When the task must wake up next, if no event comes first.
@@ -2211,11 +2218,16 @@ impl<E: Extension> Driver<E> {
         });
         let Some(walk) = self.refresh.next(now, closest) else { return };
         let kad = &mut self.swarm.behaviour_mut().kad;
+        // Who the table holds now, connected or not: Kademlia puts the peers that answer in it.
+        let held: HashSet<PeerId> = kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
         match walk {
             crate::refresh::Walk::Own => {
                 let id = kad.get_closest_peers(*local.preimage());
                 self.lookup_ends.started(id, now);
-                self.trust_checks.insert(id, (now, false));
+                self.refresh_lookups.insert(id, held);
             }
             crate::refresh::Walk::Bucket(index) => {
                 // A random key in the bucket: keys are hashed, so random ones are tried (a
@@ -2249,7 +2261,7 @@ impl<E: Extension> Driver<E> {
                     std::num::NonZeroUsize::new(crate::refresh::BUCKET_RESULTS).expect("non-zero");
                 let id = kad.get_n_closest_peers(target, results);
                 self.lookup_ends.started(id, now);
-                self.trust_checks.insert(id, (now, false));
+                self.refresh_lookups.insert(id, held);
             }
         }
     }

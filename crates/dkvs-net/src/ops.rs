@@ -752,8 +752,11 @@ impl<E: crate::Extension> Driver<E> {
     fn look_up(&mut self, op: OpId, lookup: Vec<u8>) {
         // A replica reads at most MAX_KNOWN fingerprints: a larger k gets no check, so no table.
         let checked = self.config.replication <= crate::nearby::MAX_KNOWN;
-        let table =
-            if self.table_trusted && checked { self.local_neighbourhood(&lookup) } else { None };
+        let table = if self.table_trusted.trusted() && checked {
+            self.local_neighbourhood(&lookup)
+        } else {
+            None
+        };
         if table.is_none() && checked {
             self.probe_table(&lookup);
         }
