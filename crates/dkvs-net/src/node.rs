@@ -1024,10 +1024,10 @@ pub(crate) struct Driver<E: Extension> {
     own_key: [u8; 32],
     /// Whether operations may take a key's replicas from the routing table
     /// ([`crate::nearby`]): set when a lookup that vouches for it (an operation's, a check
-    /// after a walk, the refresh's) found only peers that were connected DHT servers before it
-    /// started, or the peers a replica named and that the table holds now
-    /// ([`Driver::finds_nobody_new`]); cleared when one found others or a replica named a
-    /// closer peer the table lacked ([`Driver::distrust`]).
+    /// after a walk) found only peers that were connected DHT servers before it started, or
+    /// the peers a replica named and that the table holds now ([`Driver::finds_nobody_new`]);
+    /// cleared when one found others, a refresh lookup found a peer the table did not hold,
+    /// or a replica named a closer peer the table lacked ([`Driver::distrust`]).
     pub(crate) table_trusted: crate::nearby::Trust,
     /// Operations rechecking their replica set, with the replica that named peers and those
     /// peers ([`crate::nearby`]).
@@ -2043,8 +2043,8 @@ impl<E: Extension> Driver<E> {
     /// 20 requests and a few round trips more: docs/benchmarks.md, "A node's first
     /// operation, and lanes opened early"). One lookup for each walk that ends with the table
     /// not trusted: [`Node::bootstrap`] (a join), a rejoin after the node was stranded, and
-    /// Kademlia's own walks while the table holds fewer than 20 peers. (The refresh's lookups
-    /// vouch for the table themselves: [`Driver::vouch`].)
+    /// Kademlia's own walks while the table holds fewer than 20 peers. (A refresh lookup
+    /// only distrusts the table, when it finds a peer the table did not hold.)
     fn check_trust(&mut self) {
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
         self.trust_checks.insert(query, Instant::now());
