@@ -758,8 +758,6 @@ pub struct Handler {
     early: Option<StreamProtocol>,
     /// Whether the peer speaks the record protocol, and the early one.
     speaks: (bool, bool),
-    /// The lane is to be opened now, with no request waiting.
-    want: bool,
     /// A lane was asked for on this connection.
     opened: bool,
 }
@@ -776,7 +774,6 @@ impl Handler {
             used_until: None,
             early: early.clone(),
             speaks: (false, false),
-            want: false,
             opened: false,
             timeout,
             max_queued,
@@ -916,7 +913,6 @@ impl Handler {
                 self.speaks.1 = added;
             }
         }
-        self.want = self.speaks == (true, true) && !self.opened;
     }
 
     /// Requests wait for their answers, either way.
@@ -1015,9 +1011,9 @@ impl ConnectionHandler for Handler {
         }
         // Requests wait, or the peer just said it serves records, and no lane is open or
         // opening (none yet, or the last one failed).
-        if matches!(self.out, Out::Closed) && (self.want || !self.queued.is_empty()) {
+        let early = self.speaks == (true, true) && !self.opened;
+        if matches!(self.out, Out::Closed) && (early || !self.queued.is_empty()) {
             self.out = Out::Opening;
-            self.want = false;
             self.opened = true;
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                 protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
