@@ -147,10 +147,10 @@ impl Entry {
 
 /// A node's routing table as its operations read it: the live entries, the unsettled
 /// entries' keys and each bucket's counts, read from Kademlia when first needed after the
-/// table or the set of connected servers changed, and after each 5-s sweep (a walk over Kademlia's buckets is also what
-/// applies the entries waiting for a place in a full bucket). Reading the buckets and hashing
-/// their ids for every request cost about a tenth of a 100-node network's CPU while it
-/// answered gets (docs/benchmarks.md).
+/// table or the set of connected servers changed, and after each 5-s sweep (a walk over
+/// Kademlia's buckets is also what applies the entries waiting for a place in a full
+/// bucket). Reading the buckets and hashing their ids for every request cost about a tenth
+/// of a 100-node network's CPU while it answered gets (docs/benchmarks.md).
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub(crate) live: Vec<Entry>,
