@@ -95,11 +95,22 @@ impl Neighbourhood {
 /// that found nobody new, distrusted by one that found somebody or by a replica's naming.
 /// A lookup that began before the last distrust vouches for nothing either way (a check in
 /// flight does not undo a replica's naming, nor one stale lookup another's trust), and one
-/// that heard from nobody leaves the table untrusted without moving that time.
+/// that heard from nobody leaves the table untrusted without counting as a distrust.
+/// "Before" counts distrusts, not time: a lookup that begins in the same instant as a
+/// distrust, but after it, is no stale one (two instants of a clock can be equal, and are
+/// under tokio's paused time).
 #[derive(Debug, Default)]
 pub(crate) struct Trust {
     trusted: bool,
-    distrusted_at: Option<Instant>,
+    distrusts: u64,
+}
+
+/// When a lookup that may vouch for the table began: the instant (the servers connected
+/// before it are those the table held) and how many distrusts of the table came before it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Began {
+    pub(crate) at: Instant,
+    distrusts: u64,
 }
 
 impl Trust {
@@ -107,24 +118,29 @@ impl Trust {
         self.trusted
     }
 
-    /// A lookup that began at `started` completed at `now`: it heard from nobody (`None`), or
-    /// `found` somebody the table lacked (`Some(true)`) or nobody (`Some(false)`).
-    pub(crate) fn lookup(&mut self, started: Instant, found: Option<bool>, now: Instant) {
-        if self.distrusted_at.is_some_and(|at| started < at) {
+    /// A lookup that vouches for the table begins `at`.
+    pub(crate) fn began(&self, at: Instant) -> Began {
+        Began { at, distrusts: self.distrusts }
+    }
+
+    /// A lookup that `began` completed: it heard from nobody (`None`), or `found` somebody
+    /// the table lacked (`Some(true)`) or nobody (`Some(false)`).
+    pub(crate) fn lookup(&mut self, began: Began, found: Option<bool>) {
+        if began.distrusts < self.distrusts {
             return;
         }
         match found {
             None => self.trusted = false,
             Some(false) => self.trusted = true,
-            Some(true) => self.distrust(now),
+            Some(true) => self.distrust(),
         }
     }
 
-    /// The table is not to be trusted from `now` on, until a lookup that begins then finds
-    /// nobody new.
-    pub(crate) fn distrust(&mut self, now: Instant) {
+    /// The table is not to be trusted from now on, until a lookup that begins after this
+    /// finds nobody new.
+    pub(crate) fn distrust(&mut self) {
         self.trusted = false;
-        self.distrusted_at = Some(now);
+        self.distrusts += 1;
     }
 }
 
@@ -185,6 +201,12 @@ impl Table {
     /// keeps its place, and no server beyond the k closest this node knows joins in it. (A
     /// lookup that completed heard from every peer near the key that answers: an unsettled
     /// entry closer than its answers is dead or out of reach, and takes no answer's place.)
+    /// Unsettled entries keep at most half of the k places: ids ground near a key that joined
+    /// this node's table and went quiet would otherwise shrink the replica set by one each,
+    /// down to the one peer that answered. More than half of a key's k closest gone at once
+    /// is rarer than churn (30% of a network killed at once leaves about 6 of 20); beyond
+    /// the half, servers farther out take the places, as they do for a reader whose lookup
+    /// cannot reach the peers gone either.
     /// When the table has not met them, only live entries no farther than the farthest peer
     /// that answered join: the table may hold none of the key's closest, and its servers far
     /// from the key are no replicas a reader's lookup reaches.
@@ -212,7 +234,15 @@ impl Table {
         // Closest first; one peer is one place, under its id when it answered or is live.
         near.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
         near.dedup_by_key(|(d, _)| *d);
-        near.into_iter().take(k).filter_map(|(_, p)| p).collect()
+        let mut kept = 0;
+        near.into_iter()
+            .filter(|(_, p)| {
+                kept += usize::from(p.is_none());
+                p.is_some() || kept <= k / 2
+            })
+            .take(k)
+            .filter_map(|(_, p)| p)
+            .collect()
     }
 }
 
@@ -563,39 +593,85 @@ mod tests {
     }
 
     #[test]
+    fn unsettled_entries_keep_at_most_half_of_the_k_places() {
+        let all = peers(40);
+        let key = KBucketKey::new(b"/ground".to_vec());
+        let target = hashed(&key);
+        let mut by_distance = all.clone();
+        by_distance.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
+        // The closest answered; the next 15 joined the table and went quiet (ids ground near
+        // the key); the rest are live servers.
+        let quiet = &by_distance[1..16];
+        let table = Table {
+            live: all
+                .iter()
+                .filter(|p| !quiet.contains(p))
+                .map(|p| Entry::new(&(*p).into()))
+                .collect(),
+            unsettled: quiet.iter().map(|p| hashed(&KBucketKey::from(*p))).collect(),
+            buckets: Vec::new(),
+        };
+        let answered = [by_distance[0]];
+        // 10 of the 20 places are kept for the quiet entries, the 10 others are the one that
+        // answered and the 9 closest live servers beyond the quiet ones.
+        let got = table.joined(&target, &answered, true, true, 20);
+        let mut want = vec![by_distance[0]];
+        want.extend_from_slice(&by_distance[16..25]);
+        assert_eq!(got, want);
+        // Fewer than half quiet keep their places: 3 of them, and 17 given.
+        let table = Table {
+            live: all
+                .iter()
+                .filter(|p| !quiet[..3].contains(p))
+                .map(|p| Entry::new(&(*p).into()))
+                .collect(),
+            unsettled: quiet[..3].iter().map(|p| hashed(&KBucketKey::from(*p))).collect(),
+            buckets: Vec::new(),
+        };
+        let got = table.joined(&target, &answered, true, true, 20);
+        let mut want = vec![by_distance[0]];
+        want.extend_from_slice(&by_distance[4..20]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn a_lookup_that_began_before_the_last_distrust_vouches_for_nothing() {
-        let t = |ms| Instant::now() + std::time::Duration::from_millis(ms);
-        let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
+        // One instant for all: the order of the calls is what counts, as under paused time.
+        let at = Instant::now();
         let mut trust = Trust::default();
         assert!(!trust.trusted(), "a new node trusts nothing");
-        trust.lookup(t0, Some(false), t1);
+        trust.lookup(trust.began(at), Some(false));
         assert!(trust.trusted(), "a lookup found nobody new");
-        // A replica names a peer at t2: a check that began at t1 and found nobody new does
-        // not undo it; one that began after it does.
-        trust.distrust(t2);
-        trust.lookup(t1, Some(false), t3);
+        // A replica names a peer: a check that began before and found nobody new does not
+        // undo it; one that began after it, in the same instant, does.
+        let check = trust.began(at);
+        trust.distrust();
+        let after = trust.began(at);
+        trust.lookup(check, Some(false));
         assert!(!trust.trusted(), "a stale check undid a distrust");
-        trust.lookup(t2, Some(false), t3);
+        trust.lookup(after, Some(false));
         assert!(trust.trusted());
-        // Two rechecks distrusted at t1 and t2; the first one's lookup, stale, found the
-        // peer named: it does not distrust again (moving the time past the second's lookup,
-        // which would then vouch for nothing either).
+        // Two rechecks distrusted one after the other; the first one's lookup, stale, found
+        // the peer named: it does not distrust again (which would make the second's lookup
+        // stale too).
         let mut trust = Trust::default();
-        trust.distrust(t1);
-        trust.distrust(t2);
-        trust.lookup(t1, Some(true), t3);
-        trust.lookup(t2, Some(false), t3);
+        trust.distrust();
+        let first = trust.began(at);
+        trust.distrust();
+        let second = trust.began(at);
+        trust.lookup(first, Some(true));
+        trust.lookup(second, Some(false));
         assert!(trust.trusted(), "the second recheck's lookup trusts the table");
-        // A lookup that heard from nobody leaves it untrusted, and moves no time.
-        trust.lookup(t2, None, t3);
+        // A lookup that heard from nobody leaves it untrusted, and counts as no distrust.
+        trust.lookup(second, None);
         assert!(!trust.trusted());
-        trust.lookup(t2, Some(false), t3);
+        trust.lookup(second, Some(false));
         assert!(trust.trusted());
         // One that found somebody distrusts it from then on.
-        trust.lookup(t2, Some(true), t3);
+        trust.lookup(second, Some(true));
         assert!(!trust.trusted());
-        trust.lookup(t2, Some(false), t3);
-        assert!(!trust.trusted(), "began before the distrust at t3");
+        trust.lookup(second, Some(false));
+        assert!(!trust.trusted(), "began before the last distrust");
     }
 
     #[test]

@@ -903,7 +903,7 @@ pub(crate) struct Driver<E: Extension> {
     scheduled: HashMap<OpId, Instant>,
     next_op: OpId,
     /// Kademlia lookups in flight, by the operation waiting for them.
-    pub(crate) lookups: HashMap<kad::QueryId, (OpId, Instant)>,
+    pub(crate) lookups: HashMap<kad::QueryId, (OpId, crate::nearby::Began)>,
     /// When the lookups in flight, of every kind, must end: the node wakes then.
     pub(crate) lookup_ends: LookupEnds,
     /// Record requests in flight.
@@ -934,7 +934,7 @@ pub(crate) struct Driver<E: Extension> {
     closest_waiters: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     /// Lookups of a random key run when a walk of the table ended while the table was not
     /// trusted, with when each started ([`Driver::check_trust`]).
-    trust_checks: HashMap<kad::QueryId, Instant>,
+    trust_checks: HashMap<kad::QueryId, crate::nearby::Began>,
     /// The refresh's lookups, with the peers the routing table held when each began: one that
     /// finds a peer the table did not hold distrusts it ([`Driver::refresh_table`]).
     refresh_lookups: HashMap<kad::QueryId, HashSet<PeerId>>,
@@ -2047,23 +2047,23 @@ impl<E: Extension> Driver<E> {
     /// only distrusts the table, when it finds a peer the table did not hold.)
     fn check_trust(&mut self) {
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
-        self.trust_checks.insert(query, Instant::now());
+        self.trust_checks.insert(query, self.table_trusted.began(Instant::now()));
         self.lookup_ends.started(query, Instant::now());
     }
 
-    /// A lookup that vouches for the table (an operation's, a check) and began at `started`
+    /// A lookup that vouches for the table (an operation's, a check), begun as `began`,
     /// completed with `answered`: the table is trusted if it found nobody new
     /// ([`Driver::finds_nobody_new`]), and distrusted otherwise. One that began before the
     /// table was last distrusted vouches for nothing either way (a check in flight does not
     /// undo a replica's naming, nor one stale lookup another's trust); one that heard from
     /// nobody leaves the table untrusted.
-    fn vouch(&mut self, answered: &[PeerId], started: Instant, named: &[PeerId]) {
+    fn vouch(&mut self, answered: &[PeerId], began: crate::nearby::Began, named: &[PeerId]) {
         let found = if answered.is_empty() {
             None
         } else {
-            Some(!self.finds_nobody_new(answered, started, named))
+            Some(!self.finds_nobody_new(answered, began.at, named))
         };
-        self.table_trusted.lookup(started, found, Instant::now());
+        self.table_trusted.lookup(began, found);
     }
 
     /// Operations take no replica set from the routing table until a lookup that begins from
@@ -2072,7 +2072,7 @@ impl<E: Extension> Driver<E> {
     /// [`Config::table_refresh_interval`](crate::Config)) or a replica names one: peers that
     /// joined later and never reached this node are found no other way.
     pub(crate) fn distrust(&mut self) {
-        self.table_trusted.distrust(Instant::now());
+        self.table_trusted.distrust();
     }
 
     /// When the task must wake up next, if no event comes first.
@@ -2717,8 +2717,9 @@ impl<E: Extension> Driver<E> {
     /// answer it (the quorum then counts them, as a reader that hears from them would).
     /// Peers the lookup learnt of but never heard from, and table entries this node is not
     /// connected to, are left out (when the lookup timed out, such an entry near the key keeps
-    /// its place among the k closest: a peer that just left is no room for a server farther
-    /// out; a lookup that completed would have heard from it were it there); so are servers
+    /// its place among the k closest, at most half of the places: a peer that just left is no
+    /// room for a server farther out; a lookup that completed would have heard from it were
+    /// it there); so are servers
     /// farther than the farthest answer when the table may have turned away peers near the
     /// key ([`crate::nearby::table_met`], [`crate::nearby::Table::joined`]). (Counting the quorum
     /// over a flat k instead would fail every put on a small network whose lookups time out

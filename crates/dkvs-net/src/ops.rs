@@ -764,7 +764,7 @@ impl<E: crate::Extension> Driver<E> {
             self.on_closest_peers(op, peers, Found::Table);
         } else {
             let query = self.swarm.behaviour_mut().kad.get_closest_peers(lookup);
-            self.lookups.insert(query, (op, Instant::now()));
+            self.lookups.insert(query, (op, self.table_trusted.began(Instant::now())));
             self.lookup_ends.started(query, Instant::now());
         }
     }
@@ -783,7 +783,7 @@ impl<E: crate::Extension> Driver<E> {
         }
         self.rechecks.insert(id, (namer, named));
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(kad_key(key));
-        self.lookups.insert(query, (id, Instant::now()));
+        self.lookups.insert(query, (id, self.table_trusted.began(Instant::now())));
         self.lookup_ends.started(query, Instant::now());
     }
 
