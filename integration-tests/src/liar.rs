@@ -115,7 +115,11 @@ impl Liar {
     /// would walk the DHT on its own when a first one came), and it answers lookups with
     /// nobody.
     pub async fn spawn_newcomer() -> anyhow::Result<Liar> {
-        let key = identity::Keypair::generate_ed25519();
+        Liar::spawn_newcomer_as(identity::Keypair::generate_ed25519()).await
+    }
+
+    /// [`Liar::spawn_newcomer`] with the identity `key` (one ground to sit near a key).
+    pub async fn spawn_newcomer_as(key: identity::Keypair) -> anyhow::Result<Liar> {
         Liar::spawn_with(key, "/ip4/127.0.0.1/tcp/0".parse()?, true).await
     }
 

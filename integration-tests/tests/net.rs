@@ -422,6 +422,93 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_finds_a_peer_the_table_lacked_distrusts_the_table() -> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    use dkvs_net::libp2p::{identity, kad::KBucketKey};
+
+    // Twenty-one nodes, so that each table holds 20 peers and Kademlia does not walk on its
+    // own when one more comes (the check after such a walk would decide the trust instead).
+    // The refresh interval is the setting under test: 10 s instead of 15 min, and the
+    // refresh's first walk is of the node's own id, an interval after the last walk of the
+    // table. A newcomer closest to node 5's id joins through node 1 only: node 5's table,
+    // trusted, lacks it, and no operation of node 5's meets it. The refresh's walk of node
+    // 5's own id finds it (node 1 names it), and node 5 distrusts its table: its next read
+    // looks its key up (trust from the check after a join would otherwise never expire).
+    // That lookup finds nobody new, and the read after it takes the table again.
+    let config = Config::default().with_table_refresh_interval(Duration::from_secs(10));
+    let net = TestNet::start(21, config).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let (reader, writer) = (5, 2);
+    let own = KBucketKey::from(net.peer_id(reader));
+    let nearest = (0..net.len())
+        .filter(|&i| i != reader)
+        .map(|i| own.distance(&KBucketKey::from(net.peer_id(i))))
+        .min()
+        .expect("peers");
+    let key = std::iter::repeat_with(identity::Keypair::generate_ed25519)
+        .find(|key| own.distance(&KBucketKey::from(key.public().to_peer_id())) < nearest)
+        .expect("a key");
+    let newcomer = Liar::spawn_newcomer_as(key).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let other = Key::scoped(&alice.account_id(), "refresh/other").expect("key");
+    let receipt = net.put(writer, record(&alice, &other, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // Node 5 trusts its table: a read takes its replicas from it.
+    let mut trusted = false;
+    for _ in 0..5 {
+        if net.get(reader, &other).await??.requests <= 20 {
+            trusted = true;
+            break;
+        }
+    }
+    assert!(trusted, "node {reader} took no read from its table");
+    newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
+    let held = eventually(Duration::from_secs(10), async || {
+        net.node(1).routing_table().await.contains(&newcomer.peer_id())
+    });
+    assert!(held.await, "node 1 holds the newcomer");
+    let table = net.node(reader).routing_table().await;
+    assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
+    assert!(table.len() >= 20, "no walk of Kademlia's own: {} peers", table.len());
+    // No operation of node 5's until its refresh met the newcomer (an operation's replica
+    // could name it).
+    let met = eventually(Duration::from_secs(90), async || {
+        net.node(reader).routing_table().await.contains(&newcomer.peer_id())
+    });
+    assert!(met.await, "node {reader}'s refresh did not meet the newcomer");
+    // The refresh's lookup ends a moment after the newcomer answered it: reads until one
+    // looks the key up.
+    let mut looked_up = None;
+    for _ in 0..50 {
+        let got = net.get(reader, &other).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+        if got.requests > 20 {
+            looked_up = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(looked_up.is_some(), "no read of node {reader} looked its key up after the refresh");
+    // Trusted again once a lookup found nobody new: the newcomer counts as held once identify
+    // told node 5 it serves the DHT, which may come a moment after the refresh's lookup met it.
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let got = net.get(reader, &other).await??;
+        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+        again.push(got.requests);
+        if got.requests <= 20 {
+            break;
+        }
+    }
+    let trusted = again.last().is_some_and(|requests| *requests <= 20);
+    assert!(trusted, "not trusted again; requests of each read: {again:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_pass_over_a_node_that_died_and_ask_it_again_once_it_is_back() -> anyhow::Result<()> {
     // Kademlia keeps a peer whose last address failed in its table until its bucket is full,
     // and a bucket of 64 seldom is: a node that died stays in every table. Counted as a peer
