@@ -92,13 +92,14 @@ impl Neighbourhood {
 }
 
 /// Whether operations may take a key's replicas from the routing table: trusted by a lookup
-/// that found nobody new, distrusted by one that found somebody or by a replica's naming.
+/// that found nobody new, distrusted by one that found somebody (a refresh's lookup only
+/// ever distrusts) or by a replica's naming.
 /// A lookup that began before the last distrust vouches for nothing either way (a check in
 /// flight does not undo a replica's naming, nor one stale lookup another's trust), and one
 /// that heard from nobody leaves the table untrusted without counting as a distrust.
-/// "Before" counts distrusts, not time: a lookup that begins in the same instant as a
-/// distrust, but after it, is no stale one (two instants of a clock can be equal, and are
-/// under tokio's paused time).
+/// "Before" counts distrusts, not time: a lookup that began in the same instant as a
+/// distrust, but before it, is stale (two instants of a clock can be equal, and are under
+/// tokio's paused time).
 #[derive(Debug, Default)]
 pub(crate) struct Trust {
     trusted: bool,
@@ -201,12 +202,11 @@ impl Table {
     /// keeps its place, and no server beyond the k closest this node knows joins in it. (A
     /// lookup that completed heard from every peer near the key that answers: an unsettled
     /// entry closer than its answers is dead or out of reach, and takes no answer's place.)
-    /// Unsettled entries keep at most half of the k places: ids ground near a key that joined
-    /// this node's table and went quiet would otherwise shrink the replica set by one each,
-    /// down to the one peer that answered. More than half of a key's k closest gone at once
-    /// is rarer than churn (30% of a network killed at once leaves about 6 of 20); beyond
-    /// the half, servers farther out take the places, as they do for a reader whose lookup
-    /// cannot reach the peers gone either.
+    /// (Ids ground near a key that joined this node's table and went quiet shrink the set by
+    /// one each, the places they keep. Giving them at most half of the places was tried: an
+    /// unsettled entry may be a peer alive and idle, which a reader's lookup reaches, and
+    /// servers beyond the k closest would then count in a put's quorum; docs/benchmarks.md,
+    /// "Tables that missed a newcomer".)
     /// When the table has not met them, only live entries no farther than the farthest peer
     /// that answered join: the table may hold none of the key's closest, and its servers far
     /// from the key are no replicas a reader's lookup reaches.
@@ -234,15 +234,7 @@ impl Table {
         // Closest first; one peer is one place, under its id when it answered or is live.
         near.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
         near.dedup_by_key(|(d, _)| *d);
-        let mut kept = 0;
-        near.into_iter()
-            .filter(|(_, p)| {
-                kept += usize::from(p.is_none());
-                p.is_some() || kept <= k / 2
-            })
-            .take(k)
-            .filter_map(|(_, p)| p)
-            .collect()
+        near.into_iter().take(k).filter_map(|(_, p)| p).collect()
     }
 }
 
@@ -590,48 +582,6 @@ mod tests {
         // Not met: the unsettled entries count for nothing, and no server beyond the farthest
         // answer joins.
         assert_eq!(table.joined(&target, &answered, false, true, 10), by_distance[..2]);
-    }
-
-    #[test]
-    fn unsettled_entries_keep_at_most_half_of_the_k_places() {
-        let all = peers(40);
-        let key = KBucketKey::new(b"/ground".to_vec());
-        let target = hashed(&key);
-        let mut by_distance = all.clone();
-        by_distance.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
-        // The closest answered; the next 15 joined the table and went quiet (ids ground near
-        // the key); the rest are live servers.
-        let quiet = &by_distance[1..16];
-        let table = Table {
-            live: all
-                .iter()
-                .filter(|p| !quiet.contains(p))
-                .map(|p| Entry::new(&(*p).into()))
-                .collect(),
-            unsettled: quiet.iter().map(|p| hashed(&KBucketKey::from(*p))).collect(),
-            buckets: Vec::new(),
-        };
-        let answered = [by_distance[0]];
-        // 10 of the 20 places are kept for the quiet entries, the 10 others are the one that
-        // answered and the 9 closest live servers beyond the quiet ones.
-        let got = table.joined(&target, &answered, true, true, 20);
-        let mut want = vec![by_distance[0]];
-        want.extend_from_slice(&by_distance[16..25]);
-        assert_eq!(got, want);
-        // Fewer than half quiet keep their places: 3 of them, and 17 given.
-        let table = Table {
-            live: all
-                .iter()
-                .filter(|p| !quiet[..3].contains(p))
-                .map(|p| Entry::new(&(*p).into()))
-                .collect(),
-            unsettled: quiet[..3].iter().map(|p| hashed(&KBucketKey::from(*p))).collect(),
-            buckets: Vec::new(),
-        };
-        let got = table.joined(&target, &answered, true, true, 20);
-        let mut want = vec![by_distance[0]];
-        want.extend_from_slice(&by_distance[4..20]);
-        assert_eq!(got, want);
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Vec<PeerId>>),
     RoutingTable(oneshot::Sender<Vec<PeerId>>),
+    LiveServers(oneshot::Sender<Vec<PeerId>>),
     Remembered(usize, oneshot::Sender<Vec<Multiaddr>>),
     Extension(std::any::TypeId, ExtensionCall),
     Shutdown(oneshot::Sender<()>),
@@ -690,6 +691,14 @@ impl Node {
     /// now: no lookup. What a simulation measures routes on.
     pub async fn routing_table(&self) -> Vec<PeerId> {
         self.ask(Command::RoutingTable).await.unwrap_or_default()
+    }
+
+    /// The peers of this node's routing table that its operations may take as replicas now:
+    /// DHT servers of dkvs that it is connected to and that identified themselves. (An entry
+    /// of [`Node::routing_table`] that is not among them is not connected, or not identified
+    /// yet.)
+    pub async fn live_servers(&self) -> Vec<PeerId> {
+        self.ask(Command::LiveServers).await.unwrap_or_default()
     }
 
     /// The k closest peers to `key` (any bytes) that a Kademlia lookup heard from, closest
@@ -1390,6 +1399,9 @@ impl<E: Extension> Driver<E> {
                     self.read_kept(key);
                 }
                 let _ = reply.send(self.kept_dropped.drain().collect());
+            }
+            Command::LiveServers(reply) => {
+                let _ = reply.send(self.table().live.iter().map(|e| e.peer).collect());
             }
             Command::RoutingTable(reply) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
@@ -2717,9 +2729,8 @@ impl<E: Extension> Driver<E> {
     /// answer it (the quorum then counts them, as a reader that hears from them would).
     /// Peers the lookup learnt of but never heard from, and table entries this node is not
     /// connected to, are left out (when the lookup timed out, such an entry near the key keeps
-    /// its place among the k closest, at most half of the places: a peer that just left is no
-    /// room for a server farther out; a lookup that completed would have heard from it were
-    /// it there); so are servers
+    /// its place among the k closest: a peer that just left is no room for a server farther
+    /// out; a lookup that completed would have heard from it were it there); so are servers
     /// farther than the farthest answer when the table may have turned away peers near the
     /// key ([`crate::nearby::table_met`], [`crate::nearby::Table::joined`]). (Counting the quorum
     /// over a flat k instead would fail every put on a small network whose lookups time out
