@@ -330,6 +330,19 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
     Ok(())
 }
 
+/// Whether one of five reads of `key` by node `reader` of a network of about 20 took its
+/// replicas from the routing table: 20 requests at most, no lookup. (A read that looks its key
+/// up first dials the peers it asks, whose connections may have closed idle, and if it finds
+/// nobody new, makes the table trusted.)
+async fn reads_from_table(net: &TestNet, reader: usize, key: &Key) -> anyhow::Result<bool> {
+    for _ in 0..5 {
+        if net.get(reader, key).await??.requests <= 20 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
@@ -378,17 +391,9 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
         let receipt = net.put(writer, record(&alice, key, "v1", 1)).await??;
         assert!(receipt.has_quorum(), "{receipt:?}");
     }
-    // Node 5 trusts its table, and it covers both keys: a read takes its replicas from it (one
-    // that looks its key up first dials the peers it asks, whose connections may have closed
-    // idle, and if it finds nobody new, makes the table trusted).
+    // Node 5 trusts its table, and it covers both keys.
     for key in [&other, &near] {
-        let mut trusted = false;
-        for _ in 0..5 {
-            if net.get(reader, key).await??.requests <= 20 {
-                trusted = true;
-                break;
-            }
-        }
+        let trusted = reads_from_table(&net, reader, key).await?;
         assert!(trusted, "node {reader} took no read of {key} from its table");
     }
     newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
@@ -455,14 +460,8 @@ async fn a_refresh_that_finds_a_peer_the_table_lacked_distrusts_the_table() -> a
     let other = Key::scoped(&alice.account_id(), "refresh/other").expect("key");
     let receipt = net.put(writer, record(&alice, &other, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
-    // Node 5 trusts its table: a read takes its replicas from it.
-    let mut trusted = false;
-    for _ in 0..5 {
-        if net.get(reader, &other).await??.requests <= 20 {
-            trusted = true;
-            break;
-        }
-    }
+    // Node 5 trusts its table.
+    let trusted = reads_from_table(&net, reader, &other).await?;
     assert!(trusted, "node {reader} took no read from its table");
     newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
     let held = eventually(Duration::from_secs(10), async || {
