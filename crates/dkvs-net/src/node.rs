@@ -1404,14 +1404,7 @@ impl<E: Extension> Driver<E> {
                 let _ = reply.send(self.table().live.iter().map(|e| e.peer).collect());
             }
             Command::RoutingTable(reply) => {
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                let peers = kad
-                    .kbuckets()
-                    .flat_map(|bucket| {
-                        bucket.iter().map(|entry| *entry.node.key.preimage()).collect::<Vec<_>>()
-                    })
-                    .collect();
-                let _ = reply.send(peers);
+                let _ = reply.send(self.table_peers().collect());
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -2229,12 +2222,9 @@ impl<E: Extension> Driver<E> {
             low.ilog2()
         });
         let Some(walk) = self.refresh.next(now, closest) else { return };
-        let kad = &mut self.swarm.behaviour_mut().kad;
         // Who the table holds now, connected or not: Kademlia puts the peers that answer in it.
-        let held: HashSet<PeerId> = kad
-            .kbuckets()
-            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-            .collect();
+        let held: HashSet<PeerId> = self.table_peers().collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
         match walk {
             crate::refresh::Walk::Own => {
                 let id = kad.get_closest_peers(*local.preimage());
@@ -2400,6 +2390,14 @@ impl<E: Extension> Driver<E> {
             tracing::debug!(%peer, %address, "another peer answered at an address of this peer");
         }
         misdialed
+    }
+
+    /// Every peer in the routing table, connected or not.
+    fn table_peers(&mut self) -> impl Iterator<Item = PeerId> + '_ {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.kbuckets().flat_map(|bucket| {
+            bucket.iter().map(|entry| *entry.node.key.preimage()).collect::<Vec<_>>()
+        })
     }
 
     /// Whether `peer` has an entry in the routing table. (Looking at its bucket applies the
