@@ -2670,6 +2670,39 @@ async fn a_watch_keeps_its_replicas_connected_past_the_idle_timeout() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_begins_where_its_read_ends_and_hears_a_write_made_at_once() -> anyhow::Result<()> {
+    // Three replicas of six, so that the watcher is a node that does not hold the key.
+    let net = TestNet::start(6, Config::default().with_replication(3)).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "news").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // The put answered at its quorum; three replicas and the writer hold the key once every
+    // copy landed. A watcher taken from the others holds nothing (or is a replica whose copy
+    // was still on its way, which makes the test weaker, not wrong).
+    let holds = |i: usize| net.node(i).get_local(&key).record.is_some();
+    let landed = eventually(Duration::from_secs(10), async || {
+        (0..net.len()).filter(|i| holds(*i)).count() >= 3
+    })
+    .await;
+    assert!(landed, "the replicas hold the key: {receipt:?}");
+    let others: Vec<usize> = (0..net.len()).filter(|i| !holds(*i)).collect();
+    let (watcher, writer) = (others[0], others[1]);
+    let mut watch = net.node(watcher).watch(&key).await?;
+    // The watch begins at the network's version, which its read found (and the watcher now
+    // holds), not at the watcher's empty store.
+    assert_eq!(watch.start_seq(), 1);
+    // An update the moment the watch is there, no pause for gossip: it is heard, and version
+    // 1 is never handed over as news.
+    let stored = net.put(writer, record(&alice, &key, "v2", 2)).await??;
+    assert!(stored.has_quorum(), "{stored:?}");
+    let seen = next_event(Duration::from_secs(10), "the update", &mut watch).await?;
+    assert_eq!((seen.seq(), seen.value()), (2, &b"v2"[..]));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_hears_on_after_every_replica_restarted() -> anyhow::Result<()> {
     // Three replicas of six, so that the watcher and the writer can be nodes that are not
     // replicas.

@@ -548,6 +548,11 @@ impl Node {
     /// Subscribes to newer versions of `key`: every record delivered is verified and newer than
     /// the one before it.
     ///
+    /// Returns once the watch's first read of the key answered (or failed): the watch begins
+    /// at the newest version that read found or this node held ([`Watch::start_seq`]), and
+    /// every version delivered is newer, so a version written after `watch` returned is
+    /// delivered, however soon it was written, and the one the watch began at is not.
+    ///
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
     /// those connections open however idle, as many as the connection limit spares. When most
@@ -1350,8 +1355,7 @@ impl<E: Extension> Driver<E> {
             }
             Command::Watch { key, reply } => {
                 self.probes.asked(Instant::now());
-                let watch = self.start_watch(key);
-                let _ = reply.send(watch);
+                self.start_watch(key, reply);
             }
             Command::KeepAlive { key, owner: Some(owner), ttl_ms } => {
                 self.kept_dropped.remove(&key);
@@ -2007,6 +2011,7 @@ impl<E: Extension> Driver<E> {
                     Ok(decoded) if decoded.key().as_str().as_bytes() == record.key.as_ref() => {
                         match self.store.put(decoded.clone()) {
                             Ok(dkvs_store::PutOutcome::Stored { .. }) => self.publish(&decoded),
+                            Ok(dkvs_store::PutOutcome::Unchanged) => self.watches.deliver(&decoded),
                             Ok(_) => {}
                             Err(e) => self.judge(source, &e),
                         }
@@ -2481,7 +2486,7 @@ impl<E: Extension> Driver<E> {
             }
         }
         for key in stale {
-            self.start_get(key, GetPurpose::Warm { catch_up: true });
+            self.start_get(key, GetPurpose::Warm { first: None });
         }
         let store = &self.store;
         let watchers: HashSet<PeerId> = self
@@ -2497,16 +2502,9 @@ impl<E: Extension> Driver<E> {
     }
 
     /// A watch's read of `key` reached `answered`: its replicas, whose connections are kept.
-    /// It `found` the network's newest record, which the watchers get if `catch_up` and it is
-    /// newer than what the first read found (that one was there when the watch began, or
-    /// came as an update anyway).
-    pub(crate) fn watch_read(
-        &mut self,
-        key: &Key,
-        answered: Vec<PeerId>,
-        found: Option<Record>,
-        catch_up: bool,
-    ) {
+    /// It `found` the network's newest record, which the watchers get if it is newer than what
+    /// they got (a watch the read began skips it: [`Watch::start_seq`]).
+    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>, found: Option<Record>) {
         if !self.watches.is_watched(key) {
             return;
         }
@@ -2518,11 +2516,7 @@ impl<E: Extension> Driver<E> {
         read.replicas = replicas;
         read.reading = false;
         if let Some(record) = found {
-            if !catch_up {
-                read.first_found = read.first_found.max(record.seq());
-            } else if record.seq() > read.first_found {
-                self.watches.deliver(&record);
-            }
+            self.watches.deliver(&record);
         }
         self.keep_watched_replicas();
     }
@@ -3003,10 +2997,10 @@ impl<E: Extension> Driver<E> {
 pub(crate) enum GetPurpose {
     /// An application waits; `every`: ask every replica at once ([`Node::get_every`]).
     Reply { reply: oneshot::Sender<Result<GetOutcome, GetError>>, every: bool },
-    /// Nobody waits: the get connects a watcher to the key's replicas (and repairs them);
-    /// `catch_up`: hands the watchers a newer version it finds (a read again after the
-    /// replicas were lost, when updates may have been missed).
-    Warm { catch_up: bool },
+    /// A watch's read: it connects the watcher to the key's replicas (and repairs them) and
+    /// hands the watchers a newer version it finds (one gossip did not bring). `first`: the
+    /// watch's first read, whose caller gets the watch begun where the read ends.
+    Warm { first: Option<(Box<Watch>, oneshot::Sender<Watch>)> },
     /// The network's newest record of a key this node keeps alive, for the keep of this
     /// generation.
     Republish { generation: u64 },
@@ -3032,8 +3026,6 @@ pub(crate) struct WatchRead {
     wait: Duration,
     /// A read of it is under way.
     reading: bool,
-    /// The sequence the watch's first read found: a catch-up read hands over only newer ones.
-    first_found: u64,
     /// How long after the last read the key is read again while its replicas stay:
     /// [`watch_refresh`], give or take a fifth by the key (watches made together do not read
     /// together).
@@ -3053,7 +3045,6 @@ impl WatchRead {
             read_at: now,
             wait: Duration::ZERO,
             reading: false,
-            first_found: 0,
             refresh: every * 4 / 5 + spread,
             rejoined: false,
         }

@@ -883,15 +883,20 @@ impl<E: crate::Extension> Driver<E> {
         self.check_get(id);
     }
 
-    pub(crate) fn start_watch(&mut self, key: Key) -> Watch {
+    /// Watches `key`: subscribes to its topic, then reads it, and hands `reply` the watch once
+    /// the read answered, begun from the newest version found ([`Watch::start_seq`]).
+    pub(crate) fn start_watch(&mut self, key: Key, reply: oneshot::Sender<Watch>) {
         let baseline = self.store.highest_seq(key.as_str()).unwrap_or(0);
         let (watch, new) = self.watches.add(key.clone(), baseline);
         if new && let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic_of(&key)) {
             tracing::warn!(%key, error = %e, "watch subscription failed");
         }
-        // Reading the key connects this node to its replicas, which publish its updates.
-        self.start_get(key, GetPurpose::Warm { catch_up: false });
-        watch
+        // Reading the key connects this node to its replicas, which publish its updates. The
+        // watch begins where the read ends: a version the read finds was written before
+        // `watch` returned, and one written after it is newer, however soon it comes (a read
+        // that stored it here unannounced, with the replicas' gossip not yet aware of this
+        // watcher, once made such a version look old and kept it from the watcher for good).
+        self.start_get(key, GetPurpose::Warm { first: Some((Box::new(watch), reply)) });
     }
 
     /// Publishes a record this node accepted to the key's watchers.
@@ -1211,7 +1216,12 @@ impl<E: crate::Extension> Driver<E> {
                             self.publish(&record);
                             put_response(S::Stored, String::new())
                         }
-                        Ok(PutOutcome::Unchanged) => put_response(S::Unchanged, String::new()),
+                        Ok(PutOutcome::Unchanged) => {
+                            // Held already, perhaps unannounced (a read stored it): a watcher
+                            // here that lacks it gets it now.
+                            self.watches.deliver(&record);
+                            put_response(S::Unchanged, String::new())
+                        }
                         Ok(PutOutcome::Stale { current_seq, current }) => pb::PutResponse {
                             current: current.map(|r| r.encode()).unwrap_or_default(),
                             current_seq,
@@ -1449,7 +1459,7 @@ impl<E: crate::Extension> Driver<E> {
                 let _ = reply.send(outcome);
             }
             // The watch's read connected this node to the key's replicas: keep them.
-            GetPurpose::Warm { catch_up } => {
+            GetPurpose::Warm { first } => {
                 let me = *self.swarm.local_peer_id();
                 let answered = get.answers.iter().map(|(p, _)| *p).filter(|p| *p != me).collect();
                 let key = get.key.clone();
@@ -1463,7 +1473,11 @@ impl<E: crate::Extension> Driver<E> {
                     .then_some(record),
                     _ => None,
                 };
-                self.watch_read(&key, answered, found, catch_up);
+                if let Some((mut watch, reply)) = first {
+                    watch.begin_at(found.as_ref().map_or(0, Record::seq));
+                    let _ = reply.send(*watch);
+                }
+                self.watch_read(&key, answered, found);
             }
             GetPurpose::Republish { generation } => {
                 let key = get.key.clone();
@@ -1537,8 +1551,10 @@ impl<E: crate::Extension> Driver<E> {
     fn repair(&mut self, get: GetOp) {
         let me = *self.swarm.local_peer_id();
         let Some((newest, stale)) = behind(&get.answers) else { return };
-        if stale.contains(&me) {
-            let _ = self.store.put(newest.clone());
+        if stale.contains(&me)
+            && matches!(self.store.put(newest.clone()), Ok(PutOutcome::Stored { .. }))
+        {
+            self.watches.deliver(&newest);
         }
         let remote: HashSet<PeerId> = stale.into_iter().filter(|p| *p != me).collect();
         if remote.is_empty() {

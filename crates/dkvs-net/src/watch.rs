@@ -49,11 +49,15 @@ pub(crate) fn fair_share(lists: &[&[PeerId]], most: usize) -> HashSet<PeerId> {
 pub struct Watch {
     key: Key,
     receiver: mpsc::Receiver<Record>,
+    /// The newest sequence handed out or begun from: what comes is newer.
+    after: u64,
+    /// Where the watch began ([`Watch::start_seq`]).
+    start: u64,
 }
 
 impl Watch {
-    pub(crate) fn new(key: Key, receiver: mpsc::Receiver<Record>) -> Watch {
-        Watch { key, receiver }
+    pub(crate) fn new(key: Key, receiver: mpsc::Receiver<Record>, after: u64) -> Watch {
+        Watch { key, receiver, after, start: after }
     }
 
     /// The key watched.
@@ -61,9 +65,37 @@ impl Watch {
         &self.key
     }
 
+    /// The sequence the watch began from: the newest version its first read of the key found,
+    /// or this node held when it began (0 for none). Every version it delivers is newer.
+    pub fn start_seq(&self) -> u64 {
+        self.start
+    }
+
+    /// The watch's first read found `seq` (called once, before the watch is handed out):
+    /// versions up to it are where it begins, not news.
+    pub(crate) fn begin_at(&mut self, seq: u64) {
+        self.after = self.after.max(seq);
+        self.start = self.after;
+    }
+
     /// The next newer version; `None` once the node stops.
     pub async fn next(&mut self) -> Option<Record> {
-        self.receiver.recv().await
+        std::future::poll_fn(|cx| self.poll_newer(cx)).await
+    }
+
+    /// Records that came while the first read was under way may be at or below where the
+    /// watch began: those are skipped.
+    fn poll_newer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Record>> {
+        loop {
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(record)) if record.seq() <= self.after => continue,
+                Poll::Ready(Some(record)) => {
+                    self.after = record.seq();
+                    return Poll::Ready(Some(record));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -71,7 +103,7 @@ impl futures::Stream for Watch {
     type Item = Record;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
-        self.receiver.poll_recv(cx)
+        self.poll_newer(cx)
     }
 }
 
@@ -89,12 +121,11 @@ impl Watches {
         let (tx, rx) = mpsc::channel(64);
         let topic = topic_of(&key).hash();
         let new = !self.by_topic.contains_key(&topic);
-        self.by_topic
-            .entry(topic)
-            .or_insert_with(|| (key.clone(), Vec::new(), baseline))
-            .1
-            .push(tx);
-        (Watch::new(key, rx), new)
+        let (_, senders, last) =
+            self.by_topic.entry(topic).or_insert_with(|| (key.clone(), Vec::new(), baseline));
+        senders.push(tx);
+        // Of a key watched already, what the others got is no news to this watcher either.
+        (Watch::new(key, rx, *last), new)
     }
 
     /// The key watched on `topic` and the newest sequence delivered, if it is a watch topic.
@@ -187,5 +218,29 @@ mod tests {
         drop((first, second));
         assert_eq!(watches.drop_closed().len(), 1);
         assert!(watches.watched(&topic_of(&key).hash()).is_none());
+    }
+
+    #[test]
+    fn a_watch_begins_where_its_first_read_ended() {
+        use futures::FutureExt as _;
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let version =
+            |seq| Draft::new(key.clone(), vec![1], seq, 60_000).sign(&alice).expect("signed");
+        let mut watches = Watches::default();
+        let (mut watch, _) = watches.add(key.clone(), 0);
+        assert_eq!(watch.start_seq(), 0, "this node held nothing");
+        // While the first read is under way, versions 2 and 3 come by gossip; the read ends
+        // at 2 (written before the watch was handed out): 3 alone is news.
+        watches.deliver(&version(2));
+        watches.deliver(&version(3));
+        watch.begin_at(2);
+        assert_eq!(watch.start_seq(), 2);
+        assert_eq!(watch.next().now_or_never().flatten().map(|r| r.seq()), Some(3));
+        assert!(watch.next().now_or_never().is_none(), "nothing more");
+        // A second watcher of the key begins at least where the first one is.
+        let (late, new) = watches.add(key.clone(), 0);
+        assert!(!new);
+        assert_eq!(late.start_seq(), 3);
     }
 }
