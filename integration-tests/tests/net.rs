@@ -215,9 +215,8 @@ async fn watch_sees_every_update_in_order() -> anyhow::Result<()> {
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = Key::scoped(&alice.account_id(), "feed").expect("key");
     net.put(1, record(&alice, &key, "v0", 1)).await??;
+    // No pause after it: an update written once the watch is there is delivered.
     let mut watch = net.node(5).watch(&key).await?;
-    // Give the subscription time to reach the replicas' gossip views.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     for seq in 2..=6u64 {
         net.put((seq % 4) as usize, record(&alice, &key, &format!("v{seq}"), seq)).await??;
         let seen =
@@ -1343,7 +1342,6 @@ async fn a_squatters_stale_claim_does_not_block_the_owner() -> anyhow::Result<()
     let name = Key::new("/names/market")?;
     net.put(0, record(&alice, &name, "alice's", 1)).await??;
     let mut watch = net.node(4).watch(&name).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A replica that answers every put with "I hold something newer", showing Mallory's
     // validly signed record of the name at a huge sequence.
@@ -2677,9 +2675,10 @@ async fn a_watch_begins_where_its_read_ends_and_hears_a_write_made_at_once() -> 
     let key = Key::scoped(&alice.account_id(), "news").expect("key");
     let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
-    // The put answered at its quorum; three replicas and the writer hold the key once every
-    // copy landed. A watcher taken from the others holds nothing (or is a replica whose copy
-    // was still on its way, which makes the test weaker, not wrong).
+    // The put answered at its quorum; the three replicas (and the writer, if it is none of
+    // them) hold the key once every copy landed. A watcher taken from the others holds
+    // nothing, or is a replica whose copy was still on its way (the test is weaker then, not
+    // wrong).
     let holds = |i: usize| net.node(i).get_local(&key).record.is_some();
     let landed = eventually(Duration::from_secs(10), async || {
         (0..net.len()).filter(|i| holds(*i)).count() >= 3
@@ -2692,8 +2691,9 @@ async fn a_watch_begins_where_its_read_ends_and_hears_a_write_made_at_once() -> 
     // The watch begins at the network's version, which its read found (and the watcher now
     // holds), not at the watcher's empty store.
     assert_eq!(watch.start_seq(), 1);
-    // An update the moment the watch is there, no pause for gossip: it is heard, and version
-    // 1 is never handed over as news.
+    // An update the moment the watch is there, no pause for gossip: it is heard (by gossip,
+    // or by the read that follows a new watch within seconds), and version 1 is never handed
+    // over as news.
     let stored = net.put(writer, record(&alice, &key, "v2", 2)).await??;
     assert!(stored.has_quorum(), "{stored:?}");
     let seen = next_event(Duration::from_secs(10), "the update", &mut watch).await?;

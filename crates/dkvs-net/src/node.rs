@@ -59,6 +59,10 @@ const WATCH_REFRESH_MOST: Duration = Duration::from_secs(3600);
 /// phones) and a sweep, as a replica that does not keep the connection at its end (one that
 /// does not hold the key yet) closes it that long after the read.
 const WATCH_STAYED: Duration = Duration::from_secs(120);
+/// A new watch's key is read once more this long after its first read, at the next sweep (so
+/// 1 to 6 s after it): an update written after [`Node::watch`] returned, before the replicas'
+/// gossip knew of the new subscription, comes then, not at the next refresh.
+const WATCH_SETTLE: Duration = Duration::from_secs(1);
 /// The most watched keys read again at one sweep (the others wait for the next ones).
 const WATCH_READS_PER_SWEEP: usize = 16;
 /// Why a watcher keeps a connection ([`Driver::keep_for_watches`]).
@@ -548,10 +552,14 @@ impl Node {
     /// Subscribes to newer versions of `key`: every record delivered is verified and newer than
     /// the one before it.
     ///
-    /// Returns once the watch's first read of the key answered (or failed): the watch begins
-    /// at the newest version that read found or this node held ([`Watch::start_seq`]), and
-    /// every version delivered is newer, so a version written after `watch` returned is
-    /// delivered, however soon it was written, and the one the watch began at is not.
+    /// Returns once the watch's first read of the key answered, within
+    /// [`Config::operation_timeout`]: the watch begins at the newest version that read found
+    /// or this node held ([`Watch::start_seq`]), and every version delivered is newer. So a
+    /// version written after `watch` returned is delivered, however soon it was written
+    /// (by gossip at once, or by a read of the key 1 to 6 s later if the replicas' gossip did
+    /// not know of the watch yet), and the one the watch began at is not. A read that found
+    /// nothing (no replica answered) begins the watch at what this node held, and a version
+    /// the network held already may come as the first.
     ///
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
@@ -3033,6 +3041,8 @@ pub(crate) struct WatchRead {
     /// The node joined the network again since the last read started
     /// ([`WatchRead::rejoined`]): the next sweep that looks at the key reads it.
     rejoined: bool,
+    /// The read after the watch's first one is done ([`WATCH_SETTLE`]).
+    settled: bool,
 }
 
 impl WatchRead {
@@ -3047,6 +3057,7 @@ impl WatchRead {
             reading: false,
             refresh: every * 4 / 5 + spread,
             rejoined: false,
+            settled: false,
         }
     }
 
@@ -3066,7 +3077,8 @@ impl WatchRead {
     /// replicas stay); the wait starts over only once they stayed connected
     /// [`WATCH_STAYED`] after a read (replicas that answer and leave do not undo it). Else
     /// its `refresh` after the last read: a key's replicas change as nodes come nearer to
-    /// it, and a new one publishes only to the watchers it knows.
+    /// it, and a new one publishes only to the watchers it knows. A new watch's key is read
+    /// once more [`WATCH_SETTLE`] after its first read, whatever else holds.
     fn due(&mut self, kept: usize, connected: usize, now: Instant) -> bool {
         if self.reading {
             return false;
@@ -3075,16 +3087,20 @@ impl WatchRead {
         if !lost && now >= self.read_at + WATCH_STAYED {
             self.wait = Duration::ZERO;
         }
+        let regular = self.read_at + if lost { self.wait } else { self.refresh };
         let at = if self.rejoined {
             now
+        } else if !self.settled {
+            regular.min(self.read_at + WATCH_SETTLE)
         } else {
-            self.read_at + if lost { self.wait } else { self.refresh }
+            regular
         };
         if now < at {
             return false;
         }
         self.read_at = now;
         self.reading = true;
+        self.settled = true;
         let once = std::mem::take(&mut self.rejoined);
         if lost && !once {
             self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, self.refresh.max(REJOIN_MOST));
@@ -3348,6 +3364,11 @@ mod tests {
             read.reading = false;
             due
         };
+        // A new watch reads once more soon after its first read, all replicas connected or
+        // not, then no more while they stay.
+        assert!(!due(&mut read, 4, t0 + WATCH_SETTLE - Duration::from_millis(1)));
+        assert!(due(&mut read, 4, t0 + WATCH_SETTLE), "the settling read");
+        assert!(!due(&mut read, 4, t0 + WATCH_SETTLE * 2), "once");
         assert!(!due(&mut read, 2, t0 + WATCH_STAYED), "half connected is enough for a while");
         let t1 = t0 + WATCH_STAYED;
         assert!(due(&mut read, 1, t1), "fewer than half: read again at once");
@@ -3438,6 +3459,7 @@ mod tests {
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
         let t0 = Instant::now();
         let mut read = WatchRead::new(&key, t0, REJOIN_MOST);
+        read.settled = true; // past its settling read ([`WATCH_SETTLE`])
         // Two of its twelve replicas are kept, both connected: not lost, however many of the
         // other ten the read left connected for now (they close once idle).
         assert!(!read.due(2, 2, t0 + WATCH_STAYED), "its kept replicas stay");

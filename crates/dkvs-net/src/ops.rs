@@ -684,6 +684,11 @@ impl<E: crate::Extension> Driver<E> {
                 self.publish(&record);
                 receipt.stored.push(me);
             }
+            Ok(PutOutcome::Unchanged) => {
+                // Held already (a read may have stored it unannounced).
+                self.watches.deliver(&record);
+                receipt.stored.push(me);
+            }
             Ok(_) => receipt.stored.push(me),
         }
         let deadline = Instant::now() + self.config.operation_timeout;

@@ -124,8 +124,9 @@ impl Watches {
         let (_, senders, last) =
             self.by_topic.entry(topic).or_insert_with(|| (key.clone(), Vec::new(), baseline));
         senders.push(tx);
-        // Of a key watched already, what the others got is no news to this watcher either.
-        (Watch::new(key, rx, *last), new)
+        // Of a key watched already, what the others got is no news to this watcher either
+        // (nor what this node holds, that watchers behind did not take yet).
+        (Watch::new(key, rx, (*last).max(baseline)), new)
     }
 
     /// The key watched on `topic` and the newest sequence delivered, if it is a watch topic.
@@ -238,9 +239,11 @@ mod tests {
         assert_eq!(watch.start_seq(), 2);
         assert_eq!(watch.next().now_or_never().flatten().map(|r| r.seq()), Some(3));
         assert!(watch.next().now_or_never().is_none(), "nothing more");
-        // A second watcher of the key begins at least where the first one is.
+        // A second watcher of the key begins at least where the first one is, and where this
+        // node's store is.
         let (late, new) = watches.add(key.clone(), 0);
         assert!(!new);
         assert_eq!(late.start_seq(), 3);
+        assert_eq!(watches.add(key.clone(), 5).0.start_seq(), 5);
     }
 }

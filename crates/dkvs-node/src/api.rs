@@ -290,8 +290,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// What a page of another origin may send the API beside its simple headers.
 const CORS_HEADERS: &str = "authorization, content-type, range, if-range, if-none-match";
 /// What such a page may read of an answer beside its simple headers.
-const CORS_EXPOSED: &str =
-    "dkvs-source, dkvs-seq, dkvs-confirmations, content-range, content-length, etag";
+const CORS_EXPOSED: &str = "dkvs-source, dkvs-seq, dkvs-start-seq, dkvs-confirmations, content-range, content-length, etag";
 
 /// Pages of other origins (a dapp on `localhost:3000`, or on a site of its own) that hold the
 /// token use the API as any client does (CORS): the token, not the origin, is what the API
@@ -1839,9 +1838,12 @@ async fn watch_key(
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
     let key = state.key(&path, query.account.as_deref()).await?;
+    // Answers once the watch's first read did: the lines are the versions newer than the
+    // one it began at (header dkvs-start-seq).
     let watch = state.node.watch(&key).await.map_err(|e| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
     })?;
+    let start = watch.start_seq();
     let mut stopping = state.stopping.clone();
     let stopped = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
@@ -1852,9 +1854,9 @@ async fn watch_key(
         Ok::<_, std::convert::Infallible>(line)
     });
     let mut response = Response::new(Body::from_stream(lines));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    headers.insert("dkvs-start-seq", HeaderValue::from(start));
     Ok(response)
 }
 

@@ -285,13 +285,16 @@ impl Client {
         self.json("DELETE", path, &[])
     }
 
-    /// GET `path` as a stream of lines, calling `each` per line until the stream ends.
+    /// GET `path` as a stream of lines: `opened` with the answer's headers once the node
+    /// answered, then `each` per line until the stream ends.
     pub fn stream_lines(
         &self,
         path: &str,
+        opened: impl FnOnce(&ureq::http::HeaderMap),
         mut each: impl FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let response = self.send("GET", path, "application/x-ndjson", &[][..])?;
+        opened(response.headers());
         let mut reader = response.into_body().into_reader();
         let mut pending = Vec::new();
         let mut buf = [0u8; 4096];

@@ -816,7 +816,13 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         Command::Watch { key, account } => {
             let path = with_account(key_path("/v1/watch", &key)?, &account, &[]);
-            client.stream_lines(&path, |line| {
+            // The stream opens once the watch's first read answered: from then on, every
+            // newer version is printed, so a script may write once it saw this note.
+            let opened = |headers: &ureq::http::HeaderMap| {
+                let start = headers.get("dkvs-start-seq").and_then(|v| v.to_str().ok());
+                eprintln!("note: watching from sequence {}", start.unwrap_or("?"));
+            };
+            client.stream_lines(&path, opened, |line| {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{}", terminal_json(line)).map_err(stdout_error)?;
                 out.flush().map_err(stdout_error)?;
@@ -951,12 +957,16 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             }
             let path =
                 with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &extra);
-            client.stream_lines(&path, |line| {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", terminal_json(line)).map_err(stdout_error)?;
-                out.flush().map_err(stdout_error)?;
-                Ok(())
-            })?;
+            client.stream_lines(
+                &path,
+                |_| {},
+                |line| {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", terminal_json(line)).map_err(stdout_error)?;
+                    out.flush().map_err(stdout_error)?;
+                    Ok(())
+                },
+            )?;
         }
         Command::Channel(ChannelCommand::Members { name }) => {
             let answer =

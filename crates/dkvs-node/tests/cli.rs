@@ -572,8 +572,18 @@ fn three_nodes_through_the_command_line() {
             }
         }
     });
-    // The watcher's subscription needs a moment to reach the replicas' gossip views.
-    std::thread::sleep(Duration::from_secs(2));
+    // The watch says where it begins once it is there; every later version is printed.
+    let notes = watcher.0.stderr.take().expect("piped");
+    let (note_tx, note_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(notes).lines().map_while(Result::ok) {
+            if note_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let note = note_rx.recv_timeout(STEP).expect("the watch says where it begins");
+    assert_eq!(note, "note: watching from sequence 2");
     for (seq, text) in [(3, "third"), (4, "fourth")] {
         ok(put(&a, &["/~/greeting", text], None));
         let line = rx.recv_timeout(STEP).expect("the watcher prints the new version");
@@ -615,8 +625,7 @@ fn three_nodes_through_the_command_line() {
     // The watch ends with the node, and says so: a script must not take it for a watch that
     // ended as asked.
     let ended = exits_within(&mut watcher.0, STEP, "the watch, ending with the node,");
-    let mut said = String::new();
-    let _ = watcher.0.stderr.take().expect("piped").read_to_string(&mut said);
+    let said = note_rx.iter().collect::<Vec<_>>().join("\n");
     assert_eq!(ended.code(), Some(2), "{said}");
     assert!(said.contains("the node ended the stream"), "{said}");
     drop((a, b, c));
