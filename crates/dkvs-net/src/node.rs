@@ -59,9 +59,10 @@ const WATCH_REFRESH_MOST: Duration = Duration::from_secs(3600);
 /// phones) and a sweep, as a replica that does not keep the connection at its end (one that
 /// does not hold the key yet) closes it that long after the read.
 const WATCH_STAYED: Duration = Duration::from_secs(120);
-/// A new watch's key is read once more this long after its first read, at the next sweep (so
-/// 1 to 6 s after it): an update written after [`Node::watch`] returned, before the replicas'
-/// gossip knew of the new subscription, comes then, not at the next refresh.
+/// A new watch's key is read once more this long after its first read, at the next sweep (1
+/// to 6 s after it, later when more than [`WATCH_READS_PER_SWEEP`] keys are due): an update
+/// written after [`Node::watch`] returned, before the replicas' gossip knew of the new
+/// subscription, comes then, not at the next refresh.
 const WATCH_SETTLE: Duration = Duration::from_secs(1);
 /// The most watched keys read again at one sweep (the others wait for the next ones).
 const WATCH_READS_PER_SWEEP: usize = 16;
@@ -554,12 +555,13 @@ impl Node {
     ///
     /// Returns once the watch's first read of the key answered, within
     /// [`Config::operation_timeout`]: the watch begins at the newest version that read found
-    /// or this node held ([`Watch::start_seq`]), and every version delivered is newer. So a
-    /// version written after `watch` returned is delivered, however soon it was written
-    /// (by gossip at once, or by a read of the key 1 to 6 s later if the replicas' gossip did
-    /// not know of the watch yet), and the one the watch began at is not. A read that found
-    /// nothing (no replica answered) begins the watch at what this node held, and a version
-    /// the network held already may come as the first.
+    /// or this node held ([`Watch::start_seq`]), and every version delivered is newer. A
+    /// version written after `watch` returned comes however soon it was written: by gossip
+    /// at once, or, if the replicas' gossip did not know of the watch yet, by a read of the
+    /// key a few seconds later (which brings the newest: of a quick burst then, the ones
+    /// before it are skipped). The version the watch began at does not come. A read that
+    /// found nothing (no replica answered) begins the watch at what this node held, and a
+    /// version the network held already may come as the first.
     ///
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
@@ -3041,7 +3043,7 @@ pub(crate) struct WatchRead {
     /// The node joined the network again since the last read started
     /// ([`WatchRead::rejoined`]): the next sweep that looks at the key reads it.
     rejoined: bool,
-    /// The read after the watch's first one is done ([`WATCH_SETTLE`]).
+    /// The read [`WATCH_SETTLE`] or more after the watch's first one has begun.
     settled: bool,
 }
 
@@ -3098,9 +3100,10 @@ impl WatchRead {
         if now < at {
             return false;
         }
+        // A read right after the first (its replicas lost at once) is too soon to settle.
+        self.settled |= now >= self.read_at + WATCH_SETTLE;
         self.read_at = now;
         self.reading = true;
-        self.settled = true;
         let once = std::mem::take(&mut self.rejoined);
         if lost && !once {
             self.wait = (self.wait * 2).clamp(EXPIRY_SWEEP, self.refresh.max(REJOIN_MOST));
@@ -3369,6 +3372,13 @@ mod tests {
         assert!(!due(&mut read, 4, t0 + WATCH_SETTLE - Duration::from_millis(1)));
         assert!(due(&mut read, 4, t0 + WATCH_SETTLE), "the settling read");
         assert!(!due(&mut read, 4, t0 + WATCH_SETTLE * 2), "once");
+        // A read at once after the first (every replica lost) is no settling read: that
+        // comes after it all the same.
+        let mut lost = WatchRead::new(&key, t0, every);
+        assert!(due(&mut lost, 0, t0 + Duration::from_millis(10)), "lost: read at once");
+        assert!(!due(&mut lost, 4, t0 + WATCH_SETTLE));
+        assert!(due(&mut lost, 4, t0 + Duration::from_millis(10) + WATCH_SETTLE), "settling");
+        assert!(!due(&mut lost, 4, t0 + WATCH_SETTLE * 3), "once");
         assert!(!due(&mut read, 2, t0 + WATCH_STAYED), "half connected is enough for a while");
         let t1 = t0 + WATCH_STAYED;
         assert!(due(&mut read, 1, t1), "fewer than half: read again at once");

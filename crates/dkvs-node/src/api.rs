@@ -1838,13 +1838,18 @@ async fn watch_key(
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
     let key = state.key(&path, query.account.as_deref()).await?;
-    // Answers once the watch's first read did: the lines are the versions newer than the
-    // one it began at (header dkvs-start-seq).
-    let watch = state.node.watch(&key).await.map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-    })?;
-    let start = watch.start_seq();
+    // Answers once the watch's first read did (a node stopping meanwhile does not wait for
+    // it): the lines are the versions newer than the one it began at (header dkvs-start-seq).
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
     let mut stopping = state.stopping.clone();
+    let watch = tokio::select! {
+        watch = state.node.watch(&key) => watch.map_err(|e| unavailable(e.to_string()))?,
+        _ = stopping.wait_for(|stop| *stop) => {
+            return Err(unavailable("the node is stopping".to_owned()));
+        }
+    };
+    let start = watch.start_seq();
     let stopped = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };

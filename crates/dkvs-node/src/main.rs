@@ -103,7 +103,9 @@ enum Command {
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
     },
-    /// Print each newer version of a key as a JSON line, until interrupted.
+    /// Print each newer version of a key as a JSON line, until interrupted. Once the node's
+    /// first read of the key answered (within 10 s), a note on stderr says which version the
+    /// watch began after.
     Watch {
         /// The key.
         key: String,
@@ -816,11 +818,13 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         Command::Watch { key, account } => {
             let path = with_account(key_path("/v1/watch", &key)?, &account, &[]);
-            // The stream opens once the watch's first read answered: from then on, every
-            // newer version is printed, so a script may write once it saw this note.
+            // The stream opens once the watch's first read answered, and this note says so:
+            // a version written after it is printed (the newest of a quick burst at least).
             let opened = |headers: &ureq::http::HeaderMap| {
-                let start = headers.get("dkvs-start-seq").and_then(|v| v.to_str().ok());
-                eprintln!("note: watching from sequence {}", start.unwrap_or("?"));
+                if let Some(start) = headers.get("dkvs-start-seq").and_then(|v| v.to_str().ok()) {
+                    let _ =
+                        writeln!(std::io::stderr(), "note: watching for versions after {start}");
+                }
             };
             client.stream_lines(&path, opened, |line| {
                 let mut out = std::io::stdout().lock();

@@ -81,10 +81,10 @@ fn new_account(home: &Path, name: &str, key_type: &str) -> String {
 }
 
 /// The lines a child prints, as they come.
-fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
@@ -331,7 +331,6 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn three_nodes_through_the_command_line() {
-    use std::io::Read as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let (home_a, home_b, home_c) =
         (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
@@ -563,27 +562,11 @@ fn three_nodes_through_the_command_line() {
             .spawn()
             .expect("watch starts"),
     );
-    let lines = watcher.0.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(lines).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(watcher.0.stdout.take().expect("piped"));
     // The watch says where it begins once it is there; every later version is printed.
-    let notes = watcher.0.stderr.take().expect("piped");
-    let (note_tx, note_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(notes).lines().map_while(Result::ok) {
-            if note_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let note_rx = lines_of(watcher.0.stderr.take().expect("piped"));
     let note = note_rx.recv_timeout(STEP).expect("the watch says where it begins");
-    assert_eq!(note, "note: watching from sequence 2");
+    assert_eq!(note, "note: watching for versions after 2");
     for (seq, text) in [(3, "third"), (4, "fourth")] {
         ok(put(&a, &["/~/greeting", text], None));
         let line = rx.recv_timeout(STEP).expect("the watcher prints the new version");
@@ -603,11 +586,12 @@ fn three_nodes_through_the_command_line() {
             .spawn()
             .expect("watch starts"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    let said = lines_of(cut.0.stderr.take().expect("piped"));
+    let note = said.recv_timeout(STEP).expect("the watch says where it begins");
+    assert!(note.starts_with("note: watching for versions after"), "{note}");
     drop(a);
     let ended = exits_within(&mut cut.0, STEP, "the watch of a node killed");
-    let mut said = String::new();
-    let _ = cut.0.stderr.take().expect("piped").read_to_string(&mut said);
+    let said = said.iter().collect::<Vec<_>>().join("\n");
     assert_eq!(ended.code(), Some(2), "{said}");
     assert!(said.contains("the node went away"), "{said}");
     let a = start(&home_a, Some(&b.address));

@@ -409,7 +409,7 @@ fn phones_behind_nat_hold_a_relay_slot_and_read_write_and_watch() {
     let notes = lines_of(watcher.0.stderr.take().expect("piped"));
     let note = notes.recv_timeout(STEP).expect("the watch says where it begins");
     let start: u64 = note
-        .strip_prefix("note: watching from sequence ")
+        .strip_prefix("note: watching for versions after ")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{note}"));
     ok(run(p2.cli(&["put", "/~/status", "second"])));
