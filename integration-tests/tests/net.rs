@@ -2703,6 +2703,31 @@ async fn a_watch_begins_where_its_read_ends_and_hears_a_write_made_at_once() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_no_gossip_brings_comes_by_the_read_that_follows_a_new_watch()
+-> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    // The update reaches a replica that answers reads and publishes nothing, as a replica
+    // whose gossip did not know of the watch yet when the update came; the other replica
+    // never hears of it.
+    let net = TestNet::start(2, Config::default()).await?;
+    let replica = Liar::spawn().await?;
+    replica.join_table(net.node(0), net.addr(0).expect("node 0 runs")).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "news").expect("key");
+    let mut watch = net.node(0).watch(&key).await?;
+    assert_eq!(watch.start_seq(), 0, "nothing written yet");
+    // Written once the watch is there, held by the replica alone, never published.
+    let update = record(&alice, &key, "v1", 1);
+    replica.lie_about(key.as_str(), update.encode()).await?;
+    // Read again at the sweep 1 s or more after the watch's first read (sweeps are 5 s
+    // apart), not at the refresh 5 min later.
+    let seen = next_event(Duration::from_secs(20), "the update", &mut watch).await?;
+    assert_eq!(seen, update);
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_hears_on_after_every_replica_restarted() -> anyhow::Result<()> {
     // Three replicas of six, so that the watcher and the writer can be nodes that are not
     // replicas.
