@@ -2019,9 +2019,8 @@ impl<E: Extension> Driver<E> {
                 match Record::decode(&record.value) {
                     Ok(decoded) if !self.serves_key(decoded.key()) => {}
                     Ok(decoded) if decoded.key().as_str().as_bytes() == record.key.as_ref() => {
-                        match self.store.put(decoded.clone()) {
+                        match self.hold(&decoded) {
                             Ok(dkvs_store::PutOutcome::Stored { .. }) => self.publish(&decoded),
-                            Ok(dkvs_store::PutOutcome::Unchanged) => self.watches.deliver(&decoded),
                             Ok(_) => {}
                             Err(e) => self.judge(source, &e),
                         }
@@ -2512,9 +2511,7 @@ impl<E: Extension> Driver<E> {
     }
 
     /// A watch's read of `key` reached `answered`: its replicas, whose connections are kept.
-    /// It `found` the network's newest record, which the watchers get if it is newer than what
-    /// they got (a watch the read began skips it: [`Watch::start_seq`]).
-    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>, found: Option<Record>) {
+    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>) {
         if !self.watches.is_watched(key) {
             return;
         }
@@ -2525,9 +2522,6 @@ impl<E: Extension> Driver<E> {
             .or_insert_with(|| WatchRead::new(key, Instant::now(), watch_refresh(&self.config)));
         read.replicas = replicas;
         read.reading = false;
-        if let Some(record) = found {
-            self.watches.deliver(&record);
-        }
         self.keep_watched_replicas();
     }
 

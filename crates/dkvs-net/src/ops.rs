@@ -680,13 +680,12 @@ impl<E: crate::Extension> Driver<E> {
                 let _ = reply.send(Err(PutError::Stale { current_seq, current }));
                 return;
             }
-            Ok(PutOutcome::Stored { .. }) => {
-                self.publish(&record);
-                receipt.stored.push(me);
-            }
-            Ok(PutOutcome::Unchanged) => {
-                // Held already (a read may have stored it unannounced).
+            Ok(outcome @ (PutOutcome::Stored { .. } | PutOutcome::Unchanged)) => {
+                // Held already, the watchers here may lack it (a read stored it unannounced).
                 self.watches.deliver(&record);
+                if matches!(outcome, PutOutcome::Stored { .. }) {
+                    self.publish(&record);
+                }
                 receipt.stored.push(me);
             }
             Ok(_) => receipt.stored.push(me),
@@ -904,9 +903,19 @@ impl<E: crate::Extension> Driver<E> {
         self.start_get(key, GetPurpose::Warm { first: Some((Box::new(watch), reply)) });
     }
 
-    /// Publishes a record this node accepted to the key's watchers.
+    /// Puts `record` in this node's store. A version the store holds then (stored now, or
+    /// held already, perhaps stored unannounced by a read) goes to this node's watchers of
+    /// the key that lack it: every record from elsewhere is stored through here.
+    pub(crate) fn hold(&mut self, record: &Record) -> Result<PutOutcome, dkvs_store::PutError> {
+        let outcome = self.store.put(record.clone());
+        if matches!(outcome, Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged)) {
+            self.watches.deliver(record);
+        }
+        outcome
+    }
+
+    /// Publishes a version this node stored to the key's watchers elsewhere.
     pub(crate) fn publish(&mut self, record: &Record) {
-        self.watches.deliver(record);
         // No subscribed peer is the common case; that is not an error.
         let _ =
             self.swarm.behaviour_mut().gossipsub.publish(topic_of(record.key()), record.encode());
@@ -966,9 +975,8 @@ impl<E: crate::Extension> Driver<E> {
         // A watcher delivers (and forwards) only what its own store accepts under every rule,
         // ownership included: a validly signed record of a squatter is not a new version.
         let acceptance = match self.verified(propagation_source, &key, &message.data) {
-            Some(record) => match self.store.put(record.clone()) {
+            Some(record) => match self.hold(&record) {
                 Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => {
-                    self.watches.deliver(&record);
                     gossipsub::MessageAcceptance::Accept
                 }
                 Ok(_) => gossipsub::MessageAcceptance::Ignore,
@@ -1216,17 +1224,12 @@ impl<E: crate::Extension> Driver<E> {
                         S::NotReplica,
                         format!("this node is not a replica of {}", record.key()),
                     ),
-                    Ok(record) => match self.store.put(record.clone()) {
+                    Ok(record) => match self.hold(&record) {
                         Ok(PutOutcome::Stored { .. }) => {
                             self.publish(&record);
                             put_response(S::Stored, String::new())
                         }
-                        Ok(PutOutcome::Unchanged) => {
-                            // Held already, perhaps unannounced (a read stored it): a watcher
-                            // here that lacks it gets it now.
-                            self.watches.deliver(&record);
-                            put_response(S::Unchanged, String::new())
-                        }
+                        Ok(PutOutcome::Unchanged) => put_response(S::Unchanged, String::new()),
                         Ok(PutOutcome::Stale { current_seq, current }) => pb::PutResponse {
                             current: current.map(|r| r.encode()).unwrap_or_default(),
                             current_seq,
@@ -1469,20 +1472,20 @@ impl<E: crate::Extension> Driver<E> {
                 let answered = get.answers.iter().map(|(p, _)| *p).filter(|p| *p != me).collect();
                 let key = get.key.clone();
                 // As from gossip, only what this node's store accepts under every rule (a
-                // squatter's validly signed record is not a version).
+                // squatter's validly signed record is not a version); the watchers that lack
+                // it get it as it is stored.
                 let found = match outcome {
-                    Ok(GetOutcome { record: Some(record), .. }) => matches!(
-                        self.store.put(record.clone()),
-                        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged)
-                    )
-                    .then_some(record),
-                    _ => None,
+                    Ok(GetOutcome { record: Some(record), .. }) => match self.hold(&record) {
+                        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => record.seq(),
+                        _ => 0,
+                    },
+                    _ => 0,
                 };
                 if let Some((mut watch, reply)) = first {
-                    watch.begin_at(found.as_ref().map_or(0, Record::seq));
+                    watch.begin_at(found);
                     let _ = reply.send(*watch);
                 }
-                self.watch_read(&key, answered, found);
+                self.watch_read(&key, answered);
             }
             GetPurpose::Republish { generation } => {
                 let key = get.key.clone();
@@ -1556,10 +1559,8 @@ impl<E: crate::Extension> Driver<E> {
     fn repair(&mut self, get: GetOp) {
         let me = *self.swarm.local_peer_id();
         let Some((newest, stale)) = behind(&get.answers) else { return };
-        if stale.contains(&me)
-            && matches!(self.store.put(newest.clone()), Ok(PutOutcome::Stored { .. }))
-        {
-            self.watches.deliver(&newest);
+        if stale.contains(&me) {
+            let _ = self.hold(&newest);
         }
         let remote: HashSet<PeerId> = stale.into_iter().filter(|p| *p != me).collect();
         if remote.is_empty() {

@@ -198,12 +198,17 @@ mod tests {
         assert_eq!(key_of_topic("/dkvs/chan/1/x"), None);
     }
 
-    #[test]
-    fn watchers_get_each_newer_version_once_and_closed_watches_go() {
+    /// A key, and its owner's version at a sequence.
+    fn versions() -> (Key, impl Fn(u64) -> Record) {
         let alice = Keypair::generate(KeyType::Ed25519);
         let key = Key::scoped(&alice.account_id(), "k").expect("key");
-        let version =
-            |seq| Draft::new(key.clone(), vec![1], seq, 60_000).sign(&alice).expect("signed");
+        let of = key.clone();
+        (key, move |seq| Draft::new(of.clone(), vec![1], seq, 60_000).sign(&alice).expect("signed"))
+    }
+
+    #[test]
+    fn watchers_get_each_newer_version_once_and_closed_watches_go() {
+        let (key, version) = versions();
         let mut watches = Watches::default();
         let (mut first, new) = watches.add(key.clone(), 2);
         assert!(new, "the topic is to be subscribed");
@@ -224,10 +229,7 @@ mod tests {
     #[test]
     fn a_watch_begins_where_its_first_read_ended() {
         use futures::FutureExt as _;
-        let alice = Keypair::generate(KeyType::Ed25519);
-        let key = Key::scoped(&alice.account_id(), "k").expect("key");
-        let version =
-            |seq| Draft::new(key.clone(), vec![1], seq, 60_000).sign(&alice).expect("signed");
+        let (key, version) = versions();
         let mut watches = Watches::default();
         let (mut watch, _) = watches.add(key.clone(), 0);
         assert_eq!(watch.start_seq(), 0, "this node held nothing");
