@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use dkvs_net::codec::pb;
 use dkvs_net::lane;
+use dkvs_net::libp2p::swarm::behaviour::toggle::Toggle;
 use dkvs_net::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use dkvs_net::libp2p::{
     self, Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, tcp,
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 #[behaviour(prelude = "dkvs_net::libp2p::swarm::derive_prelude")]
 struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
-    records: lane::Behaviour,
+    records: Toggle<lane::Behaviour>,
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
 }
@@ -107,7 +108,7 @@ impl Liar {
     /// Starts a liar with the identity `key` listening on `addr` (a port a peer that left
     /// had: its old address now answers with another peer).
     pub async fn spawn_on(key: identity::Keypair, addr: Multiaddr) -> anyhow::Result<Liar> {
-        Liar::spawn_with(key, addr, false).await
+        Liar::spawn_with(key, addr, false, true).await
     }
 
     /// Starts a newcomer that only the peer it joins ([`Liar::join_quietly`]) knows of, as one
@@ -120,13 +121,21 @@ impl Liar {
 
     /// [`Liar::spawn_newcomer`] with the identity `key` (one ground to sit near a key).
     pub async fn spawn_newcomer_as(key: identity::Keypair) -> anyhow::Result<Liar> {
-        Liar::spawn_with(key, "/ip4/127.0.0.1/tcp/0".parse()?, true).await
+        Liar::spawn_with(key, "/ip4/127.0.0.1/tcp/0".parse()?, true, true).await
+    }
+
+    /// Starts a peer that speaks dkvs's Kademlia and not its record protocol (an older node,
+    /// or one that says so), on loopback: it answers lookups and holds no record.
+    pub async fn spawn_kad_only() -> anyhow::Result<Liar> {
+        let key = identity::Keypair::generate_ed25519();
+        Liar::spawn_with(key, "/ip4/127.0.0.1/tcp/0".parse()?, false, false).await
     }
 
     async fn spawn_with(
         key: identity::Keypair,
         addr: Multiaddr,
         newcomer: bool,
+        records: bool,
     ) -> anyhow::Result<Liar> {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
@@ -149,7 +158,9 @@ impl Liar {
                     // The timeout is long enough that a node slowed by a loaded machine (the
                     // tests run side by side on two cores) still answers in time: only a cut
                     // connection counts as "cut off". A flood is queued whole.
-                    records: lane::Behaviour::new(Duration::from_secs(30)).with_max_queued(100_000),
+                    records: Toggle::from(records.then(|| {
+                        lane::Behaviour::new(Duration::from_secs(30)).with_max_queued(100_000)
+                    })),
                     identify: identify::Behaviour::new(identify::Config::new(
                         dkvs_net::IDENTIFY_PROTOCOL.to_owned(),
                         key.public(),
@@ -457,7 +468,8 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                 Some(Command::Flood(target, requests, reply)) => {
                     let count = requests.len();
                     for request in requests {
-                        swarm.behaviour_mut().records.send_request(&target, request);
+                        let records = swarm.behaviour_mut().records.as_mut();
+                        records.expect("a liar that speaks records").send_request(&target, request);
                     }
                     flood = Some((count, FloodReport::default(), reply));
                 }
@@ -553,7 +565,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                                 },
                             })) },
                         };
-                        let _ = swarm.behaviour_mut().records.send_response(channel, response);
+                        if let Some(records) = swarm.behaviour_mut().records.as_mut() {
+                            let _ = records.send_response(channel, response);
+                        }
                     }
                     lane::Event::Response { response, .. } => {
                         if let Some((_, report, _)) = flood.as_mut() {

@@ -329,6 +329,52 @@ async fn a_replica_naming_peers_the_table_lacks_costs_a_lookup_not_a_read() -> a
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_speaks_kademlia_only_keeps_no_table_from_covering_a_key() -> anyhow::Result<()>
+{
+    use dkvs_integration_tests::liar::Liar;
+
+    // Ten nodes, a peer that speaks dkvs's Kademlia and not its record protocol (an older
+    // node, or one that says so), and a node that joins last and reads: its table holds the
+    // peer, connected and identified, and takes it for no replica. The peer was neither live
+    // nor found unreachable in any table, so no table covered a key near it (with twelve
+    // peers, every key), a lookup that heard from it (the reader's every lookup, k = 20)
+    // vouched for no table, and every read looked its key up (ten replicas and the lookup's
+    // requests). Now a read takes its ten replicas from the table.
+    let mut net = TestNet::start(10, Config::default()).await?;
+    let other = Liar::spawn_kad_only().await?;
+    other.join(net.peer_id(0), net.addr(0).expect("alive")).await?;
+    for i in 0..net.len() {
+        let _ = net.node(i).bootstrap().await;
+    }
+    let (reader, writer) = (net.add().await?, 1);
+    let node = net.node(reader);
+    let met = eventually(Duration::from_secs(10), async || {
+        node.routing_table().await.contains(&other.peer_id())
+            && node.connected_peers().await.contains(&other.peer_id())
+            && node.live_servers().await.len() == net.len() - 1
+    });
+    assert!(met.await, "node {reader} holds the peer, and every node as a live server");
+    assert!(!node.live_servers().await.contains(&other.peer_id()), "no server of records");
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "kad-only").expect("key");
+    let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    assert!(!receipt.stored.contains(&other.peer_id()), "{receipt:?}");
+    let mut requests = Vec::new();
+    for _ in 0..5 {
+        let got = net.get(reader, &key).await??;
+        assert_eq!(value(&got), Some("v1".into()));
+        requests.push(got.requests);
+    }
+    // Ten replicas asked, no lookup (the first reads may look up: the check after the join
+    // may have heard from the peer before it identified itself, and vouched for nothing).
+    let replicas = (net.len() - 1) as u32;
+    assert!(requests.iter().any(|r| *r == replicas), "requests of each read: {requests:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
 /// Whether one of five reads of `key` by node `reader` of a network of about 20 took its
 /// replicas from the routing table: 20 requests at most, no lookup. (A read that looks its key
 /// up first dials the peers it asks, whose connections may have closed idle, and if it finds
@@ -2432,8 +2478,14 @@ async fn a_put_past_stalled_peers(count: usize) -> anyhow::Result<dkvs_net::PutR
     let receipt = net.put(writer, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
     // Every server the writer is connected to (the eight other nodes left), the stalled ones
-    // too, and itself (k = 20).
-    assert_eq!(receipt.replicas, 9 + count, "{receipt:?}");
+    // too, itself (k = 20), and the node that left: its entry keeps its place, counted in the
+    // quorum and not asked.
+    assert_eq!(receipt.replicas, 10 + count, "{receipt:?}");
+    let kept: Vec<_> = (receipt.unreachable.iter())
+        .filter(|(_, why)| why.contains("keeps its place"))
+        .map(|(peer, _)| *peer)
+        .collect();
+    assert_eq!(kept, [gone], "{receipt:?}");
     net.kill(writer).await;
     net.kill(ranked[0]).await;
     // (With the stalled peers still there, a reader's lookup could hear from nobody and find
@@ -2698,6 +2750,42 @@ async fn a_watch_begins_where_its_read_ends_and_hears_a_write_made_at_once() -> 
     assert!(stored.has_quorum(), "{stored:?}");
     let seen = next_event(Duration::from_secs(10), "the update", &mut watch).await?;
     assert_eq!((seen.seq(), seen.value()), (2, &b"v2"[..]));
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_nodes_watch_of_another_accounts_key_begins_at_its_version_and_hears_updates()
+-> anyhow::Result<()> {
+    // A light node (dkvs-node's "light" profile: a Kademlia client whose store is all kept
+    // for its own records) watches a key of another account. Its store refused every version
+    // of the key for room, so the watch began at 0 and heard nothing.
+    let net = TestNet::start(3, Config::default()).await?;
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = Key::scoped(&alice.account_id(), "news").expect("key");
+    let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let dir = tempfile::tempdir()?;
+    let store_config = dkvs_store::Config::default();
+    let store_config =
+        dkvs_store::Config { reserved_for_own_bytes: store_config.max_bytes, ..store_config };
+    let store = dkvs_store::Store::open(dir.path(), store_config)?;
+    let config = Config::default().with_kad_mode(dkvs_net::KadMode::Client);
+    let light = dkvs_net::Node::spawn(
+        dkvs_net::libp2p::identity::Keypair::generate_ed25519(),
+        store,
+        config,
+    )?;
+    light.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    light.add_peer(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), light.bootstrap()).await;
+    let mut watch = light.watch(&key).await?;
+    assert_eq!(watch.start_seq(), 1, "the watch begins at the network's version");
+    let stored = net.put(1, record(&alice, &key, "v2", 2)).await??;
+    assert!(stored.has_quorum(), "{stored:?}");
+    let seen = next_event(Duration::from_secs(10), "the update", &mut watch).await?;
+    assert_eq!((seen.seq(), seen.value()), (2, &b"v2"[..]));
+    light.shutdown().await;
     net.shutdown().await;
     Ok(())
 }

@@ -171,10 +171,10 @@ impl Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub(crate) live: Vec<Entry>,
-    /// The Kademlia keys' bytes of the entries that are neither live nor unreachable: not
+    /// The entries that are neither live nor unreachable ([`Bucket::unreachable`]): not
     /// connected now (dead, its death not seen by a dial yet, or alive and idle), or
     /// connected and not identified yet.
-    pub(crate) unsettled: Vec<[u8; 32]>,
+    pub(crate) unsettled: Vec<Entry>,
     pub(crate) buckets: Vec<Bucket>,
 }
 
@@ -197,16 +197,18 @@ impl Table {
     ///
     /// When the table has `met` every peer near the key ([`table_met`]), the k closest are
     /// taken from the answers and the live entries, and, with `placeholders` (a lookup that
-    /// timed out), every entry not found unreachable, of which only the live are given: an
-    /// unsettled entry (a peer near the key that just left, or whose connection closed idle)
-    /// keeps its place, and no server beyond the k closest this node knows joins in it. (A
-    /// lookup that completed heard from every peer near the key that answers: an unsettled
-    /// entry closer than its answers is dead or out of reach, and takes no answer's place.)
-    /// (Ids ground near a key that joined this node's table and went quiet shrink the set by
-    /// one each, the places they keep. Giving them at most half of the places was tried: an
-    /// unsettled entry may be a peer alive and idle, which a reader's lookup reaches, and
-    /// servers beyond the k closest would then count in a put's quorum; docs/benchmarks.md,
-    /// "Tables that missed a newcomer".)
+    /// timed out), every entry not found unreachable: an unsettled entry (a peer near the key
+    /// that just left, or whose connection closed idle) keeps its place, given as kept, and no
+    /// server beyond the k closest this node knows joins in it. (A lookup that completed heard
+    /// from every peer near the key that answers: an unsettled entry closer than its answers
+    /// is dead or out of reach, and takes no answer's place.) A put counts the kept places in
+    /// its quorum without asking them, so that a quorum of the places is a quorum that a
+    /// reader's sample meets (`PutOp::replicas_found`); ids ground near a key that joined
+    /// this node's table and went quiet fail its puts for want of a quorum, until dials find
+    /// them gone, rather than shrink them onto a few copies. (Giving them at most half of the
+    /// places was tried: an unsettled entry may be a peer alive and idle, which a reader's
+    /// lookup reaches, and servers beyond the k closest would then count in a put's quorum;
+    /// docs/benchmarks.md, "Tables that missed a newcomer".)
     /// When the table has not met them, only live entries no farther than the farthest peer
     /// that answered join: the table may hold none of the key's closest, and its servers far
     /// from the key are no replicas a reader's lookup reaches.
@@ -217,24 +219,49 @@ impl Table {
         met: bool,
         placeholders: bool,
         k: usize,
-    ) -> Vec<PeerId> {
+    ) -> Places {
         let distance = |peer: &PeerId| xor(&hashed(&KBucketKey::from(*peer)), target);
-        let mut near: Vec<([u8; 32], Option<PeerId>)> =
-            answered.iter().map(|p| (distance(p), Some(*p))).collect();
-        let Some(farthest) = near.iter().map(|(d, _)| *d).max() else { return Vec::new() };
-        let live = self.live.iter().map(|e| (xor(&e.key, target), Some(e.peer)));
+        // (distance, peer, whether it only keeps its place)
+        let mut near: Vec<([u8; 32], PeerId, bool)> =
+            answered.iter().map(|p| (distance(p), *p, false)).collect();
+        let Some(farthest) = near.iter().map(|(d, _, _)| *d).max() else {
+            return Places::default();
+        };
+        let live = self.live.iter().map(|e| (xor(&e.key, target), e.peer, false));
         if met {
             near.extend(live);
             if placeholders {
-                near.extend(self.unsettled.iter().map(|key| (xor(key, target), None)));
+                near.extend(self.unsettled.iter().map(|e| (xor(&e.key, target), e.peer, true)));
             }
         } else {
-            near.extend(live.filter(|(d, _)| *d <= farthest));
+            near.extend(live.filter(|(d, _, _)| *d <= farthest));
         }
-        // Closest first; one peer is one place, under its id when it answered or is live.
-        near.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
-        near.dedup_by_key(|(d, _)| *d);
-        near.into_iter().take(k).filter_map(|(_, p)| p).collect()
+        // Closest first; one peer is one place, not kept when it answered or is live.
+        near.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+        near.dedup_by_key(|(d, _, _)| *d);
+        near.truncate(k);
+        Places {
+            kept: near.iter().filter(|(_, _, kept)| *kept).map(|(_, p, _)| *p).collect(),
+            peers: near.into_iter().map(|(_, p, _)| p).collect(),
+        }
+    }
+}
+
+/// The k places closest to a key that a lookup's answers and the routing table give
+/// ([`Table::joined`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Places {
+    /// Every place's peer, closest first.
+    pub(crate) peers: Vec<PeerId>,
+    /// Those of them that only keep their place: table entries not connected when a lookup
+    /// timed out, counted in a put's quorum and not asked.
+    pub(crate) kept: Vec<PeerId>,
+}
+
+impl Places {
+    /// The places' peers that are not only kept: those to ask, closest first.
+    pub(crate) fn live(&self) -> Vec<PeerId> {
+        self.peers.iter().filter(|p| !self.kept.contains(p)).copied().collect()
     }
 }
 
@@ -298,7 +325,8 @@ pub(crate) fn to_name(
 /// One bucket of a routing table: its index (bucket i holds the peers at distance
 /// [2^i, 2^(i+1)) from this node), how many entries it has, how many of them are live
 /// (connected DHT servers that identified themselves), and how many are unreachable (not
-/// live, and the last dial to them failed: `Driver::unreachable`).
+/// live, and the last dial to them failed: `Driver::unreachable`; or connected and
+/// identified as no server of records).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bucket {
     pub(crate) index: u32,
@@ -533,15 +561,16 @@ mod tests {
         let answered: Vec<PeerId> = lacked.chain([held[0], held[2]]).collect();
         // Covered: the k closest of both.
         let both = by_distance(answered.iter().chain(table_peers).copied().collect());
-        assert_eq!(table.joined(&target, &answered, true, true, 20), both[..20]);
+        let covered = table.joined(&target, &answered, true, true, 20);
+        assert_eq!((covered.peers, covered.kept), (both[..20].to_vec(), Vec::new()));
         // Not covered: the second closest server joins, the servers beyond the third stay out.
-        let got = table.joined(&target, &answered, false, true, 20);
+        let got = table.joined(&target, &answered, false, true, 20).peers;
         let mut near = answered.clone();
         near.push(held[1]);
         assert_eq!(got, by_distance(near), "{got:?}");
         // k bounds it, and a lookup that heard from nobody gives nobody.
-        assert_eq!(table.joined(&target, &answered, true, true, 4), both[..4]);
-        assert!(table.joined(&target, &[], true, true, 20).is_empty());
+        assert_eq!(table.joined(&target, &answered, true, true, 4).peers, both[..4]);
+        assert_eq!(table.joined(&target, &[], true, true, 20), Places::default());
     }
 
     #[test]
@@ -559,29 +588,32 @@ mod tests {
                 .filter(|p| !left.contains(p))
                 .map(|p| Entry::new(&(*p).into()))
                 .collect(),
-            unsettled: left.iter().map(|p| hashed(&KBucketKey::from(*p))).collect(),
+            unsettled: left.iter().map(|p| Entry::new(&(*p).into())).collect(),
             buckets: Vec::new(),
         };
         let answered = [by_distance[0]];
-        // Met: the k closest known are the first 10; the 8 live of them are given, not the
-        // 11th and 12th.
+        // Met: the k closest known are the first 10; the 8 live of them are to be asked, the
+        // 2 that left keep their places, and the 11th and 12th stay out.
         let live_of_ten: Vec<PeerId> =
             by_distance[..10].iter().filter(|p| !left.contains(p)).copied().collect();
-        assert_eq!(table.joined(&target, &answered, true, true, 10), live_of_ten);
+        let ten = table.joined(&target, &answered, true, true, 10);
+        assert_eq!((ten.peers.as_slice(), ten.kept.as_slice()), (&by_distance[..10], &left[..]));
+        assert_eq!(ten.live(), live_of_ten);
         // A lookup that completed: the unsettled entries take no place (the 11th and 12th
         // live join).
         let live_of_twelve: Vec<PeerId> =
             by_distance[..12].iter().filter(|p| !left.contains(p)).copied().collect();
-        assert_eq!(table.joined(&target, &answered, true, false, 10), live_of_twelve);
+        let completed = table.joined(&target, &answered, true, false, 10);
+        assert_eq!((completed.peers, completed.kept), (live_of_twelve, Vec::new()));
         // A peer that answered and is unsettled in the table (its connection closed since)
-        // is given, in one place.
+        // is to be asked, in one place.
         let answered = [by_distance[0], by_distance[1]];
-        let mut with_it = live_of_ten.clone();
-        with_it.insert(1, by_distance[1]);
-        assert_eq!(table.joined(&target, &answered, true, true, 10), with_it);
+        let with_it = table.joined(&target, &answered, true, true, 10);
+        assert_eq!((with_it.peers.as_slice(), with_it.kept), (&by_distance[..10], vec![left[1]]));
         // Not met: the unsettled entries count for nothing, and no server beyond the farthest
         // answer joins.
-        assert_eq!(table.joined(&target, &answered, false, true, 10), by_distance[..2]);
+        let not_met = table.joined(&target, &answered, false, true, 10);
+        assert_eq!((not_met.peers.as_slice(), not_met.kept), (&by_distance[..2], Vec::new()));
     }
 
     #[test]

@@ -560,8 +560,10 @@ impl Node {
     /// at once, or, if the replicas' gossip did not know of the watch yet, by a read of the
     /// key a few seconds later (which brings the newest: of a quick burst then, the ones
     /// before it are skipped). The version the watch began at does not come. A read that
-    /// found nothing (no replica answered) begins the watch at what this node held, and a
-    /// version the network held already may come as the first.
+    /// gave no version this node's store takes (no replica answered, no quorum, or a version
+    /// its store refused: a squatter's, a stale one) begins the watch at what this node held,
+    /// or at what this node's other watchers of the key were handed, and a version the
+    /// network held already may come as the first.
     ///
     /// The key's replicas publish each version they accept over gossipsub to the watchers
     /// they are connected to: the watch reads the key to connect to them, and both ends keep
@@ -710,8 +712,8 @@ impl Node {
 
     /// The peers of this node's routing table that its operations may take as replicas now:
     /// DHT servers of dkvs that it is connected to and that identified themselves. (An entry
-    /// of [`Node::routing_table`] that is not among them is not connected, or not identified
-    /// yet.)
+    /// of [`Node::routing_table`] that is not among them is not connected, not identified
+    /// yet, or no server of records: a peer that speaks dkvs's Kademlia only.)
     pub async fn live_servers(&self) -> Vec<PeerId> {
         self.ask(Command::LiveServers).await.unwrap_or_default()
     }
@@ -1929,10 +1931,10 @@ impl<E: Extension> Driver<E> {
                             || (!complete
                                 && (self.ext_lookups.contains(&id)
                                     || self.closest_waiters.contains_key(&id))));
-                    let peers = if joined {
+                    let places = if joined {
                         self.with_connected_servers(&key, &answered, complete)
                     } else {
-                        answered.clone()
+                        crate::nearby::Places { peers: answered.clone(), kept: Vec::new() }
                     };
                     // Each lookup's first result ends it (below); a walk of the table's is
                     // not logged.
@@ -1960,15 +1962,16 @@ impl<E: Extension> Driver<E> {
                             let named = self.rechecks.get(&op).map(|(_, named)| named.clone());
                             self.vouch(&answered, started, &named.unwrap_or_default());
                         }
+                        let requests = stats.num_requests();
                         let found =
-                            crate::ops::Found::Lookup { requests: stats.num_requests(), complete };
-                        self.on_closest_peers(op, peers, found);
+                            crate::ops::Found::Lookup { requests, complete, kept: places.kept };
+                        self.on_closest_peers(op, places.peers, found);
                     } else if self.ext_lookups.remove(&id) {
                         self.with_extension(|extension, host| {
-                            extension.on_closest_peers(LookupId(id), peers, host)
+                            extension.on_closest_peers(LookupId(id), places.live(), host)
                         });
                     } else if let Some(reply) = self.closest_waiters.remove(&id) {
-                        let _ = reply.send(peers);
+                        let _ = reply.send(places.live());
                     } else if let Some(started) = self.trust_checks.remove(&id) {
                         if complete {
                             self.vouch(&answered, started, &[]);
@@ -2036,11 +2039,13 @@ impl<E: Extension> Driver<E> {
     /// Whether a lookup that started at `started` and found `answered` vouches for the routing
     /// table: it heard from peers, and every one was a connected DHT server before it began,
     /// or is one of the peers `named` by the replica whose naming the lookup checks
-    /// ([`crate::nearby`]) and is in the table now. The table is trusted with the replica sets
-    /// it would give while lookups find nobody it does not hold; one that heard from nobody
-    /// vouches for nothing. A check that found the peers named and nobody else new found all
-    /// the table lacked: without them counted, it was trusted again only by the lookup of
-    /// the next operation, two lookups for each peer a table missed.
+    /// ([`crate::nearby`]) and is in the table now, or identified itself as no server of
+    /// records (it speaks Kademlia only: no replica the table could lack). The table is
+    /// trusted with the replica sets it would give while lookups find nobody it does not
+    /// hold; one that heard from nobody vouches for nothing. A check that found nobody new but
+    /// the peers named (or some of them: one that left meanwhile is not found) found all the
+    /// table lacked: without them counted, it was trusted again only by the lookup of the
+    /// next operation, two lookups for each peer a table missed.
     fn finds_nobody_new(
         &mut self,
         answered: &[PeerId],
@@ -2051,6 +2056,7 @@ impl<E: Extension> Driver<E> {
             && answered.iter().all(|p| {
                 self.servers.get(p).is_some_and(|since| *since < started)
                     || (named.contains(p) && self.in_table(p))
+                    || (self.identified.contains(p) && !self.servers.contains_key(p))
             })
     }
 
@@ -2725,8 +2731,9 @@ impl<E: Extension> Driver<E> {
     /// answer it (the quorum then counts them, as a reader that hears from them would).
     /// Peers the lookup learnt of but never heard from, and table entries this node is not
     /// connected to, are left out (when the lookup timed out, such an entry near the key keeps
-    /// its place among the k closest: a peer that just left is no room for a server farther
-    /// out; a lookup that completed would have heard from it were it there); so are servers
+    /// its place among the k closest, given as kept, which a put counts in its quorum and does
+    /// not ask: a peer that just left is no room for a server farther out; a lookup that
+    /// completed would have heard from it were it there); so are servers
     /// farther than the farthest answer when the table may have turned away peers near the
     /// key ([`crate::nearby::table_met`], [`crate::nearby::Table::joined`]). (Counting the quorum
     /// over a flat k instead would fail every put on a small network whose lookups time out
@@ -2736,7 +2743,7 @@ impl<E: Extension> Driver<E> {
         key: &[u8],
         peers: &[PeerId],
         complete: bool,
-    ) -> Vec<PeerId> {
+    ) -> crate::nearby::Places {
         let target = crate::nearby::hashed(&kad::KBucketKey::new(key));
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
         let met = crate::nearby::bucket_index(&self.own_key, &target)
@@ -2757,10 +2764,14 @@ impl<E: Extension> Driver<E> {
                     let peer = e.node.key.preimage();
                     if self.servers.contains_key(peer) {
                         table.live.push(Entry::new(e.node.key));
-                    } else if self.unreachable.contains(peer) {
+                    } else if self.unreachable.contains(peer) || self.identified.contains(peer) {
+                        // Connected and identified, yet no server (it speaks Kademlia and not
+                        // the record protocol: an older node, or one that says so): no
+                        // replica, and no dial settles it. Counted as one a dial could not
+                        // reach, not as an entry that may be a replica.
                         unreachable += 1;
                     } else {
-                        table.unsettled.push(crate::nearby::hashed(e.node.key));
+                        table.unsettled.push(Entry::new(e.node.key));
                     }
                 }
                 let live = table.live.len() - before;

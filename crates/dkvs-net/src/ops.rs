@@ -128,31 +128,39 @@ pub(crate) struct GetOp {
 }
 
 /// Where an operation's replica set came from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Found {
     /// A Kademlia lookup that sent `requests` requests, and ended or timed out (`complete`):
     /// the peers that answered it and the routing table's connected DHT servers closest to
-    /// the key (`Driver::with_connected_servers`), or nobody when none answered.
-    Lookup { requests: u32, complete: bool },
+    /// the key (`Driver::with_connected_servers`), or nobody when none answered; `kept`: the
+    /// places among them that table entries not connected keep (a lookup that timed out),
+    /// counted in a put's quorum and asked by nobody.
+    Lookup { requests: u32, complete: bool, kept: Vec<PeerId> },
     /// The routing table, trusted and covering the key ([`Driver::local_neighbourhood`]).
     Table,
 }
 
 impl PutOp {
-    /// The lookup found the replica set (this node among it or not): the receipt's size and
-    /// quorum are set, this node's own copy counts only if it is a replica, and the remote
-    /// replicas are returned, to be sent the record.
+    /// The lookup found the replica set (this node among it or not) and the places `kept`
+    /// beside it: the receipt's size and quorum are set over both, this node's own copy
+    /// counts only if it is a replica, and the remote replicas are returned, to be sent the
+    /// record. A kept place is listed as unreachable and never asked: counted, it keeps a
+    /// quorum of the places one that a reader's sample of the k closest it finds meets
+    /// (should the entry be gone, the reader finds a server farther out in its place, which
+    /// holds nothing).
     fn replicas_found(
         &mut self,
         replicas: Vec<PeerId>,
+        kept: Vec<PeerId>,
         me: PeerId,
         alone: bool,
         quorum: crate::Quorum,
     ) -> Vec<PeerId> {
         self.looking_up = false;
         self.receipt.alone = alone;
-        self.receipt.replicas = replicas.len();
-        self.receipt.quorum = quorum.of(replicas.len());
+        self.receipt.replicas = replicas.len() + kept.len();
+        self.receipt.quorum = quorum.of(self.receipt.replicas);
+        self.keep_places(kept);
         self.held_here = self.receipt.stored.contains(&me);
         if !replicas.contains(&me) {
             // This node keeps a copy, but is not one of the replicas that count.
@@ -170,6 +178,7 @@ impl PutOp {
     fn rechecked(
         &mut self,
         replicas: Vec<PeerId>,
+        kept: Vec<PeerId>,
         me: PeerId,
         quorum: crate::Quorum,
     ) -> Vec<PeerId> {
@@ -186,16 +195,28 @@ impl PutOp {
         if self.held_here && replicas.contains(&me) && !receipt.stored.contains(&me) {
             receipt.stored.push(me);
         }
-        receipt.replicas = replicas.len();
+        receipt.replicas = replicas.len() + kept.len();
         // Peers outside the set found are no longer waited for, nor counted if they answer.
         self.pending.retain(|p| replicas.contains(p));
-        receipt.quorum = quorum.of(replicas.len());
+        receipt.quorum = quorum.of(receipt.replicas);
+        self.keep_places(kept);
         // The quorum is looked at afresh: the replicas asked now get the linger after it.
         self.quorum_at = None;
         let remote: Vec<PeerId> =
             replicas.into_iter().filter(|p| *p != me && !asked.contains(p)).collect();
         self.pending.extend(remote.iter().copied());
         remote
+    }
+
+    /// Lists the places `kept` (table entries not connected, [`Found::Lookup`]) as not asked.
+    fn keep_places(&mut self, kept: Vec<PeerId>) {
+        for peer in kept {
+            if !self.receipt.unreachable.iter().any(|(p, _)| *p == peer) {
+                let reason = "not asked: not connected, and the lookup timed out before hearing \
+                              from it (it keeps its place among the k closest)";
+                self.receipt.unreachable.push((peer, reason.into()));
+            }
+        }
     }
 
     /// A replica answered with `status` (and its words); `newer` is the newer record it
@@ -906,8 +927,17 @@ impl<E: crate::Extension> Driver<E> {
     /// Puts `record` in this node's store. A version the store holds then (stored now, or
     /// held already, perhaps stored unannounced by a read) goes to this node's watchers of
     /// the key that lack it: every record from elsewhere is stored through here.
+    ///
+    /// A key this node's application watches is its own interest: its versions may use the
+    /// share of the budget kept for the user's own records, as the user's writes do. A light
+    /// node keeps all of its store for those, and its watches of other accounts' keys heard
+    /// nothing (every version refused for room, none handed over, the watch begun at 0).
     pub(crate) fn hold(&mut self, record: &Record) -> Result<PutOutcome, dkvs_store::PutError> {
-        let outcome = self.store.put(record.clone());
+        let outcome = if self.watches.is_watched(record.key()) {
+            self.store.put_own(record.clone())
+        } else {
+            self.store.put(record.clone())
+        };
         if matches!(outcome, Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged)) {
             self.watches.deliver(record);
         }
@@ -991,10 +1021,12 @@ impl<E: crate::Extension> Driver<E> {
     pub(crate) fn on_closest_peers(&mut self, id: OpId, peers: Vec<PeerId>, found: Found) {
         let me = *self.swarm.local_peer_id();
         let k = self.config.replication;
-        let (lookup_requests, complete, from_table) = match found {
-            Found::Lookup { requests, complete } => (requests, complete, false),
-            Found::Table => (0, true, true),
+        let (lookup_requests, complete, from_table, kept) = match found {
+            Found::Lookup { requests, complete, kept } => (requests, complete, false, kept),
+            Found::Table => (0, true, true, Vec::new()),
         };
+        // `peers` are the places found, kept ones among them; `live`, those to ask.
+        let live: Vec<PeerId> = peers.iter().filter(|p| !kept.contains(p)).copied().collect();
         // A node in Kademlia client mode is in nobody's routing table, so no reader would ever
         // ask it: it counts as a replica only when it is alone. A server counts when its
         // lookup found replicas, or when its only peers are clients (it is then the whole
@@ -1003,18 +1035,18 @@ impl<E: crate::Extension> Driver<E> {
         let alone = self.alone();
         let only_clients = self.only_clients();
         let server = self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
-        let me_counts = alone || (server && (!peers.is_empty() || only_clients));
+        let me_counts = alone || (server && (!live.is_empty() || only_clients));
         let candidates: Vec<PeerId> =
             peers.iter().copied().chain(me_counts.then_some(me)).collect();
         let narrow_read = self.narrow_read();
         let Some(op) = self.ops.get_mut(&id) else { return };
         match op {
             Op::Put(put) if put.rechecking => {
-                let replicas = closest(put.record.key(), candidates, k);
-                self.lookup_judged(id, &peers, complete);
+                let (replicas, kept) = replica_places(put.record.key(), candidates, &kept, k);
+                self.lookup_judged(id, &live, complete);
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 let before: Vec<PeerId> = put.pending.iter().copied().collect();
-                let remote = put.rechecked(replicas, me, self.config.write_quorum);
+                let remote = put.rechecked(replicas, kept, me, self.config.write_quorum);
                 // The requests still waiting their turn for peers outside the set found are
                 // not sent: their answers would no longer count.
                 let dropped: Vec<PeerId> =
@@ -1036,8 +1068,8 @@ impl<E: crate::Extension> Driver<E> {
             }
             Op::Get(get) if get.rechecking => {
                 let _ = get;
-                self.lookup_judged(id, &peers, complete);
-                if peers.is_empty() {
+                self.lookup_judged(id, &live, complete);
+                if live.is_empty() {
                     // The lookup heard from nobody (every peer stalled, a partition): the set
                     // a replica doubted is not confirmed, and no other was found. The get
                     // fails as having no quorum, as a put does here, rather than answer from
@@ -1050,7 +1082,7 @@ impl<E: crate::Extension> Driver<E> {
                 // The set is the lookup's now: no hints, so no second recheck.
                 get.hood = None;
                 get.requests = get.requests.saturating_add(lookup_requests);
-                let mut found = closest(&get.key, peers, k);
+                let mut found = live;
                 found.retain(|p| {
                     *p != me
                         && !get.failed_peers.contains(p)
@@ -1061,14 +1093,14 @@ impl<E: crate::Extension> Driver<E> {
                 self.widen(id, found);
             }
             Op::Put(put) => {
-                let replicas = closest(put.record.key(), candidates, k);
+                let (replicas, kept) = replica_places(put.record.key(), candidates, &kept, k);
                 // The neighbourhood holds this node when it counts: it is one of the k.
                 if from_table {
                     let hood = Neighbourhood::new(kad_key(put.record.key()), k, replicas.clone());
                     put.hood = Some(Box::new(hood));
                 }
                 let quorum = self.config.write_quorum;
-                let remote = put.replicas_found(replicas, me, alone, quorum);
+                let remote = put.replicas_found(replicas, kept, me, alone, quorum);
                 put.receipt.requests = (put.receipt.requests)
                     .saturating_add(lookup_requests)
                     .saturating_add(remote.len() as u32);
@@ -1079,7 +1111,7 @@ impl<E: crate::Extension> Driver<E> {
                 self.check_put(id);
             }
             Op::Get(get) => {
-                let mut replicas = closest(&get.key, peers, k);
+                let mut replicas = live;
                 replicas.retain(|p| *p != me);
                 // The neighbourhood holds this node when it counts: it is one of the k.
                 if from_table {
@@ -1724,6 +1756,20 @@ fn newest(answers: &[(PeerId, Option<Record>)]) -> (Option<&Record>, usize) {
     (newest, confirmations)
 }
 
+/// A put's replica set, of the places a lookup found and this node when it counts
+/// (`candidates`): the k closest to `key`, without the places `kept` among them, which come
+/// second. This node takes a place only among the k closest, kept places counted: with them
+/// left out of the set first, a writer far from the key took the place of every entry kept, and
+/// its own copy counted in a quorum that no reader's lookup reaches.
+fn replica_places(
+    key: &Key,
+    candidates: Vec<PeerId>,
+    kept: &[PeerId],
+    k: usize,
+) -> (Vec<PeerId>, Vec<PeerId>) {
+    closest(key, candidates, k).into_iter().partition(|p| !kept.contains(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2103,7 +2149,7 @@ mod tests {
         let (mut put, me, others) = a_put();
         assert!(!put.settled(Instant::now(), LINGER), "nobody asked yet");
         let replicas = [others.clone(), vec![me]].concat();
-        let remote = put.replicas_found(replicas, me, false, crate::Quorum::Majority);
+        let remote = put.replicas_found(replicas, Vec::new(), me, false, crate::Quorum::Majority);
         assert_eq!(remote.len(), 4, "this node is not sent its own record");
         assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
         let t0 = Instant::now();
@@ -2123,10 +2169,69 @@ mod tests {
     }
 
     #[test]
+    fn a_puts_kept_places_count_in_its_quorum_and_are_listed_never_asked() {
+        let (mut put, me, others) = a_put();
+        // A lookup that timed out: three table entries near the key, not connected, keep
+        // their places beside the four peers and this node.
+        let kept: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let replicas = [others.clone(), vec![me]].concat();
+        let remote = put.replicas_found(replicas, kept.clone(), me, false, crate::Quorum::Majority);
+        assert_eq!(remote, others, "a kept place is not asked");
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (8, 5));
+        let listed: Vec<PeerId> = put.receipt.unreachable.iter().map(|(p, _)| *p).collect();
+        assert_eq!(listed, kept);
+        let t0 = Instant::now();
+        for peer in &others[..3] {
+            put.answered(*peer, pb::PutStatus::Stored, String::new(), None, t0);
+        }
+        // Four of eight places: a majority of the live five, no majority of the places.
+        assert!(!put.receipt.has_quorum());
+        put.answered(others[3], pb::PutStatus::Stored, String::new(), None, t0);
+        assert!(put.settled(t0, LINGER), "every peer asked answered");
+        let receipt = put.result().expect("five of eight places hold it");
+        assert_eq!(receipt.stored.len(), 5);
+        // Too many places kept: the quorum cannot be reached, and the put ends at once.
+        let (mut put, me, others) = a_put();
+        let kept: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let replicas = [others.clone(), vec![me]].concat();
+        put.replicas_found(replicas, kept, me, false, crate::Quorum::Majority);
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (10, 6));
+        assert!(put.settled(t0, LINGER), "5 live places cannot make a quorum of 6");
+        let Err(PutError::NoQuorum { receipt }) = put.result() else { panic!("no quorum") };
+        let kept_listed =
+            receipt.unreachable.iter().filter(|(_, why)| why.contains("keeps its place"));
+        assert_eq!(kept_listed.count(), 5, "{receipt:?}");
+    }
+
+    #[test]
+    fn a_writer_takes_a_place_only_among_the_k_closest_kept_places_counted() {
+        let alice = Keypair::generate(KeyType::Ed25519);
+        let key = Key::scoped(&alice.account_id(), "k").expect("key");
+        let mut by_distance: Vec<PeerId> = (0..30).map(|_| PeerId::random()).collect();
+        by_distance = closest(&key, by_distance, 30);
+        // A lookup that timed out gave the 20 closest places, four of them kept.
+        let places = by_distance[..20].to_vec();
+        let kept = by_distance[3..7].to_vec();
+        // A writer 26th from the key is no replica: the places stay as they are.
+        let me = by_distance[25];
+        let candidates = [places.clone(), vec![me]].concat();
+        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20);
+        assert!(!replicas.contains(&me), "the writer is beyond the k closest places");
+        assert_eq!((replicas.len(), kept_places), (16, kept.clone()));
+        // The closest writer takes the first place, and the farthest place drops out.
+        let me = by_distance[0];
+        let candidates = [by_distance[1..21].to_vec(), vec![me]].concat();
+        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20);
+        assert_eq!(replicas[0], me);
+        assert!(!replicas.contains(&by_distance[20]));
+        assert_eq!((replicas.len(), kept_places), (16, kept));
+    }
+
+    #[test]
     fn a_put_whose_requests_were_held_back_says_the_peers_rate_limits_did_it() {
         let (mut put, me, others) = a_put();
         let replicas = [others.clone(), vec![me]].concat();
-        put.replicas_found(replicas, me, false, crate::Quorum::Majority);
+        put.replicas_found(replicas, Vec::new(), me, false, crate::Quorum::Majority);
         put.answered(others[0], pb::PutStatus::Stored, String::new(), None, Instant::now());
         // The timeout came while the requests to three peers still waited for their turn.
         for peer in &others[1..] {
@@ -2149,7 +2254,13 @@ mod tests {
         let others: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
         // Three replicas, quorum two: two refusals leave only this node's copy.
         let mut put = putting(&record, me);
-        put.replicas_found([others.clone(), vec![me]].concat(), me, false, crate::Quorum::Majority);
+        put.replicas_found(
+            [others.clone(), vec![me]].concat(),
+            Vec::new(),
+            me,
+            false,
+            crate::Quorum::Majority,
+        );
         let t0 = Instant::now();
         put.answered(others[0], pb::PutStatus::Full, "full".into(), None, t0);
         assert!(!put.settled(t0, LINGER), "the other replica could still make the quorum");
@@ -2160,7 +2271,13 @@ mod tests {
         assert_eq!(receipt.unreachable.len(), 1);
         // A replica shows a newer record of the same owner: the put is stale, whatever else.
         let mut put = putting(&record, me);
-        put.replicas_found([others.clone(), vec![me]].concat(), me, false, crate::Quorum::Majority);
+        put.replicas_found(
+            [others.clone(), vec![me]].concat(),
+            Vec::new(),
+            me,
+            false,
+            crate::Quorum::Majority,
+        );
         put.answered(others[0], pb::PutStatus::Stale, String::new(), Some(newer.clone()), t0);
         assert!(put.settled(t0, LINGER));
         let Err(PutError::Stale { current_seq, current }) = put.result() else { panic!("stale") };
@@ -2171,7 +2288,7 @@ mod tests {
         assert_eq!((receipt.stored.len(), receipt.quorum), (0, 1));
         // A node that is not among the replicas found does not count its own copy.
         let mut put = putting(&record, me);
-        put.replicas_found(others.clone(), me, false, crate::Quorum::Majority);
+        put.replicas_found(others.clone(), Vec::new(), me, false, crate::Quorum::Majority);
         assert!(put.receipt.stored.is_empty());
     }
 
@@ -2183,7 +2300,13 @@ mod tests {
         let me = PeerId::random();
         let table: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
         let mut put = putting(&record, me);
-        put.replicas_found([table.clone(), vec![me]].concat(), me, false, crate::Quorum::Majority);
+        put.replicas_found(
+            [table.clone(), vec![me]].concat(),
+            Vec::new(),
+            me,
+            false,
+            crate::Quorum::Majority,
+        );
         let t0 = Instant::now();
         // Three of the table's replicas store it (a quorum of 4 of 6 with this node); one of
         // them named a closer peer: the put waits for the lookup, however many stored it.
@@ -2195,7 +2318,7 @@ mod tests {
         // The lookup finds two of the table's peers, two new ones, and this node.
         let new: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
         let found = [vec![table[0], table[3]], new.clone(), vec![me]].concat();
-        let remote = put.rechecked(found, me, crate::Quorum::Majority);
+        let remote = put.rechecked(found, Vec::new(), me, crate::Quorum::Majority);
         assert_eq!(remote, new, "only the replicas not asked yet are sent the record");
         assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
         // Acknowledgements from peers outside the set found no longer count.
@@ -2214,10 +2337,15 @@ mod tests {
         assert!(receipt.stored.len() <= receipt.replicas);
         // The table left this node out, the lookup puts it in: its own copy counts again.
         let mut put = putting(&record, me);
-        put.replicas_found(table.clone(), me, false, crate::Quorum::Majority);
+        put.replicas_found(table.clone(), Vec::new(), me, false, crate::Quorum::Majority);
         assert!(put.receipt.stored.is_empty());
         put.rechecking = true;
-        put.rechecked([vec![me], table[..4].to_vec()].concat(), me, crate::Quorum::Majority);
+        put.rechecked(
+            [vec![me], table[..4].to_vec()].concat(),
+            Vec::new(),
+            me,
+            crate::Quorum::Majority,
+        );
         assert_eq!(put.receipt.stored, vec![me]);
     }
 

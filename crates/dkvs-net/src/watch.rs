@@ -66,7 +66,8 @@ impl Watch {
     }
 
     /// The sequence the watch began from: the newest version its first read of the key found,
-    /// or this node held when it began (0 for none). Every version it delivers is newer.
+    /// or this node held when it began, or its other watchers of the key were handed (0 for
+    /// none). Every version it delivers is newer.
     pub fn start_seq(&self) -> u64 {
         self.start
     }
