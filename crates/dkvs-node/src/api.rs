@@ -760,6 +760,9 @@ fn put_error(error: PutError) -> ApiError {
                 (StatusCode::FORBIDDEN, "foreign_owner")
             } else if main == Some(Refusal::Stale) {
                 (StatusCode::CONFLICT, "stale")
+            } else if matches!(main, Some(Refusal::OverQuota | Refusal::Full)) {
+                // No room, not a network that is away: a retry soon would be refused again.
+                (StatusCode::INSUFFICIENT_STORAGE, "over_quota")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_quorum")
             };
@@ -770,6 +773,17 @@ fn put_error(error: PutError) -> ApiError {
                 )),
                 ..ApiError::new(status, code, message)
             }
+        }
+        PutError::Local(Local::Invalid(dkvs_record::ValidateError::WrongOwner { key, owner })) => {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "foreign_owner",
+                format!(
+                    "the key {key} is in another account's scope, and only that account writes \
+                     or deletes it (this write is signed as {owner}: write under /~/ for your \
+                     own scope, or as its account)"
+                ),
+            )
         }
         PutError::Local(Local::Invalid(dkvs_record::ValidateError::ValueTooLarge { len })) => {
             ApiError::new(
@@ -1986,8 +2000,34 @@ fn source_name(source: dkvs_net::Source) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{in_words, names_this_machine};
+    use super::{in_words, names_this_machine, put_error};
+    use axum::http::StatusCode;
+    use dkvs_net::{PutError, PutReceipt, Refusal};
     use std::time::Duration;
+
+    #[test]
+    fn a_put_the_replicas_refused_for_room_is_over_quota_not_unavailable() {
+        let peer = dkvs_net::libp2p::PeerId::random;
+        let refused = |why| (peer(), why, String::new());
+        let receipt = PutReceipt {
+            replicas: 3,
+            quorum: 2,
+            refused: vec![refused(Refusal::OverQuota), refused(Refusal::Full)],
+            ..PutReceipt::default()
+        };
+        let error = put_error(PutError::NoQuorum { receipt: Box::new(receipt.clone()) });
+        assert_eq!((error.status, error.code), (StatusCode::INSUFFICIENT_STORAGE, "over_quota"));
+        // Another account's scope: the name is theirs, not a malformed record.
+        let wrong =
+            dkvs_record::ValidateError::WrongOwner { key: "/ed1x/k".into(), owner: "ed1y".into() };
+        let error = put_error(PutError::Local(dkvs_store::PutError::Invalid(wrong)));
+        assert_eq!((error.status, error.code), (StatusCode::FORBIDDEN, "foreign_owner"));
+        assert!(error.message.contains("another account's scope"), "{}", error.message);
+        // Replicas that did not answer: the network may be back soon.
+        let away = PutReceipt { refused: Vec::new(), ..receipt };
+        let error = put_error(PutError::NoQuorum { receipt: Box::new(away) });
+        assert_eq!((error.status, error.code), (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"));
+    }
 
     #[test]
     fn durations_in_words() {

@@ -62,9 +62,11 @@ pub struct Client {
     token: String,
 }
 
-/// Percent-encodes a record key for a URL path, keeping its `/` separators.
+/// Percent-encodes a record key for a URL path, keeping its `/` separators. One leading `/`
+/// is left out (the route's own): a key typed `//name` stays a key with an empty segment,
+/// which the node refuses, not `/name`, another key.
 pub fn encode_key(key: &str) -> String {
-    encode(key.trim_start_matches('/'), true)
+    encode(key.strip_prefix('/').unwrap_or(key), true)
 }
 
 /// Percent-encodes one URL path segment (a channel name, an account id): a `/` in it is

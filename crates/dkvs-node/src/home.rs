@@ -230,11 +230,28 @@ impl Home {
         write_private(&self.sent_file(), &serde_json::to_vec(sent)?)
     }
 
+    /// Whether a process holds this home's store open: a node, perhaps one still starting.
+    fn store_in_use(&self) -> bool {
+        let lock = fs::File::open(self.data_dir().join("LOCK"));
+        lock.is_ok_and(|f| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)))
+    }
+
     /// Where the node running from this home listens, and its token.
     pub fn read_api(&self) -> anyhow::Result<ApiInfo> {
         let path = self.api_file();
         let bytes = fs::read(&path).with_context(|| {
-            format!("no node is running from {} (start one with `dkvs node`)", self.root.display())
+            if self.store_in_use() {
+                format!(
+                    "the node of {} is starting: its API opens once it has joined its peers (a \
+                     few seconds; longer while the peers it rejoins do not answer)",
+                    self.root.display()
+                )
+            } else {
+                format!(
+                    "no node is running from {} (start one with `dkvs node`)",
+                    self.root.display()
+                )
+            }
         })?;
         serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
     }

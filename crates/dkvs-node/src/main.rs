@@ -160,7 +160,8 @@ enum MailCommand {
         #[arg(long, conflicts_with = "message")]
         file: Option<PathBuf>,
         /// How long replicas keep it if unread, e.g. 1h, 2d (default and most: the node's
-        /// mail_ttl_secs, 7 days unless configured).
+        /// mail_ttl_secs, 7 days unless configured). Its end is rounded up to the minute, so
+        /// that a letter does not show its sender's clock to the second.
         #[arg(long)]
         ttl: Option<String>,
         /// Sign with this account instead of the default one.
@@ -171,7 +172,8 @@ enum MailCommand {
     /// marked read and the replicas delete them. The node answers at most 4 MiB at a time;
     /// this reads up to 16 answers.
     Read {
-        /// When there is no new letter, wait this long for one (e.g. 30s, 10m; at most 1h).
+        /// When there is no new letter, wait this long for one (e.g. 30s, 10m; at most 1h;
+        /// `--wait` alone: 1h).
         #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "1h")]
         wait: Option<String>,
         /// Print JSON (the API's answer: one, of at most 4 MiB; its "more" says how many
@@ -835,6 +837,14 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         Command::Mail(MailCommand::Send { account_id, message, file, ttl, account }) => {
             let bytes = input(message, file)?;
+            // Said here, as for a put: the node cuts a body far over the limit off unread.
+            if bytes.len() > dkvs_mail::MAX_BODY {
+                anyhow::bail!(
+                    "the letter's body is {} bytes; a letter's body is at most {} bytes",
+                    bytes.len(),
+                    dkvs_mail::MAX_BODY
+                );
+            }
             let extra: Vec<(&str, String)> = ttl.into_iter().map(|t| ("ttl", t)).collect();
             let path =
                 with_account(format!("/v1/mail/{}", encode_segment(&account_id)), &account, &extra);
@@ -937,6 +947,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
         },
         Command::Channel(ChannelCommand::Publish { name, message, file, account }) => {
             let bytes = input(message, file)?;
+            if bytes.len() > dkvs_mail::channel::MAX_POST_BODY {
+                return Err(dkvs_mail::ChannelError::TooLarge(bytes.len()).into());
+            }
             let path =
                 with_account(format!("/v1/channels/{}", encode_segment(&name)), &account, &[]);
             let post = client.post_bytes(&path, &bytes)?;

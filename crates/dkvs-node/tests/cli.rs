@@ -656,6 +656,32 @@ fn output_into_a_closed_pipe_ends_quietly() {
 }
 
 #[test]
+fn a_node_still_starting_is_not_called_absent() {
+    // A node joins its peers before its API opens (longer while the peers it rejoins do not
+    // answer): meanwhile its home's store is locked, and the command line says the node is
+    // starting, not that none runs. Here the test holds the lock, as that node would.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = || {
+        run(
+            {
+                let mut c = dkvs(dir.path());
+                c.arg("status");
+                c
+            },
+            None,
+        )
+    };
+    let absent = status();
+    assert!(stderr(&absent).contains("no node is running"), "{}", stderr(&absent));
+    std::fs::create_dir_all(dir.path().join("data")).expect("data");
+    let lock = std::fs::File::create(dir.path().join("data/LOCK")).expect("LOCK");
+    lock.lock().expect("locked");
+    let starting = status();
+    assert!(!starting.status.success());
+    assert!(stderr(&starting).contains("is starting"), "{}", stderr(&starting));
+}
+
+#[test]
 fn print_config_shows_every_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = ok(run(
@@ -746,6 +772,19 @@ fn a_kept_record_is_remembered_across_a_restart() {
     ok(put(&node, &["/~/gone", "soon", "--keep"], None));
     dkvs_ok(&home, &["delete", "/~/gone"]);
     assert!(!dkvs_ok(&home, &["keep", "list"]).contains("/gone"));
+    // A doubled slash names no key: refused, and the key it resembles stays (the command
+    // line once dropped every leading slash, and deleted /~/shop).
+    let doubled = run(
+        {
+            let mut c = dkvs(&home);
+            c.args(["delete", "//~/shop"]);
+            c
+        },
+        None,
+    );
+    assert!(!doubled.status.success(), "{}", stderr(&doubled));
+    assert!(stderr(&doubled).contains("empty segment"), "{}", stderr(&doubled));
+    assert_eq!(dkvs_ok(&home, &["get", "/~/shop"]).trim(), "open");
 
     // Killed and started again, the node keeps it alive still (the account unlocks again).
     drop(node);
@@ -821,6 +860,12 @@ fn mail_for_an_offline_account_survives_kill_9_of_every_replica() {
     let bad = mail(&alice_home, &["send", "not-an-account", "hi"], None);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("not an account id"), "{}", stderr(&bad));
+    // A body far over the limit is refused with the limit (the node cuts such an upload
+    // off unread, which read as "cannot reach the node").
+    let big = vec![b'x'; 5 << 20];
+    let bad = mail(&alice_home, &["send", &bob], Some(&big));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("at most 65536 bytes"), "{}", stderr(&bad));
     for (args, said) in [
         (&["status", "xyz"][..], "not a letter id"),
         (&["send", "", "hi"][..], "a value is required"),
@@ -958,6 +1003,17 @@ fn a_channel_through_the_command_line() {
     );
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("not a channel name"), "{}", stderr(&bad));
+    let big = vec![b'x'; 5 << 20];
+    let bad = run(
+        {
+            let mut c = dkvs(&alice_home);
+            c.args(["channel", "publish", "builders", "-"]);
+            c
+        },
+        Some(&big),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("the limit is 8192"), "{}", stderr(&bad));
     drop((seed, alice_node, bob_node));
 }
 

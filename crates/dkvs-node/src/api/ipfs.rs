@@ -49,10 +49,24 @@ fn ipfs_error(e: IpfsError) -> ApiError {
     ApiError::new(status.0, status.1, e.to_string())
 }
 
+/// A CID in its text form, all of it: the cid crate takes a CID from the front of the bytes
+/// the text decodes to and ignores the rest (a CID with characters typed after it named the
+/// CID before them), and takes whatever follows "/ipfs/" anywhere in the text.
 fn parse_cid(text: &str) -> ApiResult<Cid> {
-    text.parse::<Cid>().map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_cid", format!("{text:?} is not a CID: {e}"))
-    })
+    use dkvs_ipfs::cid::{Version, multibase};
+    let bad = |why: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_cid", format!("{text:?} is not a CID: {why}"))
+    };
+    let decoded = if Version::is_v0_str(text) {
+        multibase::Base::Base58Btc.decode(text).map_err(|e| bad(e.to_string()))?
+    } else {
+        multibase::decode(text).map_err(|e| bad(e.to_string()))?.1
+    };
+    let cid = Cid::try_from(decoded.as_slice()).map_err(|e| bad(e.to_string()))?;
+    if cid.encoded_len() != decoded.len() {
+        return Err(bad(format!("{} bytes follow the CID", decoded.len() - cid.encoded_len())));
+    }
+    Ok(cid)
 }
 
 /// A request body as a blocking reader, for the add that runs on a blocking thread.
@@ -1063,6 +1077,26 @@ fn listing(shown: &str, below_root: bool, entries: &[dkvs_ipfs::unixfs::PbLink])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cid_is_read_whole_or_refused() {
+        // A CIDv1 (base32) and a CIDv0 (base58) of the same block.
+        let v1 = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e";
+        let v0 = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n";
+        for text in [v1, v0] {
+            assert_eq!(parse_cid(text).expect("a CID").to_string(), text);
+        }
+        for text in [
+            format!("{v1}aa"),
+            format!("{v0}x"),
+            format!("junk/ipfs/{v1}"),
+            String::new(),
+            "b".to_owned(),
+        ] {
+            let error = parse_cid(&text).expect_err(&text);
+            assert_eq!(error.code, "bad_cid", "{text}");
+        }
+    }
 
     #[test]
     fn a_range_header_is_read_as_http_says() {
