@@ -370,7 +370,21 @@ async fn a_peer_that_speaks_kademlia_only_keeps_no_table_from_covering_a_key() -
     // Ten replicas asked, no lookup (the first reads may look up: the check after the join
     // may have heard from the peer before it identified itself, and vouched for nothing).
     let replicas = (net.len() - 1) as u32;
-    assert!(requests.iter().any(|r| *r == replicas), "requests of each read: {requests:?}");
+    assert!(requests.contains(&replicas), "requests of each read: {requests:?}");
+    // A replica that names a peer nobody runs makes the next read look the key up: the
+    // lookup hears from the peer too, which is no replica there either (it was asked for the
+    // record, on a protocol it does not speak, and did not answer).
+    let namer = Liar::spawn().await?;
+    namer.join_table(node, net.addr(reader).expect("alive")).await?;
+    let live = eventually(Duration::from_secs(10), async || {
+        node.live_servers().await.contains(&namer.peer_id())
+    });
+    assert!(live.await, "node {reader} counts the namer as a server");
+    namer.name_peers(vec![dkvs_net::libp2p::PeerId::random()]).await?;
+    let got = net.get(reader, &key).await??;
+    assert_eq!(value(&got), Some("v1".into()));
+    assert!(got.requests > replicas + 1, "the read looked the key up: {got:?}");
+    assert_eq!(got.asked, got.answered, "every peer asked is a replica that answered: {got:?}");
     net.shutdown().await;
     Ok(())
 }

@@ -2036,13 +2036,20 @@ impl<E: Extension> Driver<E> {
         }
     }
 
+    /// Whether `peer`, connected, identified itself as no server of records while it speaks
+    /// dkvs's Kademlia (or neither): an older node, or one that says so. No replica.
+    fn kad_only(&self, peer: &PeerId) -> bool {
+        self.identified.contains(peer) && !self.servers.contains_key(peer)
+    }
+
     /// Whether a lookup that started at `started` and found `answered` vouches for the routing
     /// table: it heard from peers, and every one was a connected DHT server before it began,
     /// or is one of the peers `named` by the replica whose naming the lookup checks
     /// ([`crate::nearby`]) and is in the table now, or identified itself as no server of
     /// records (it speaks Kademlia only: no replica the table could lack). The table is
     /// trusted with the replica sets it would give while lookups find nobody it does not
-    /// hold; one that heard from nobody vouches for nothing. A check that found nobody new but
+    /// hold; one that heard from no server (from nobody, or only from peers that speak
+    /// Kademlia alone) vouches for nothing. A check that found nobody new but
     /// the peers named (or some of them: one that left meanwhile is not found) found all the
     /// table lacked: without them counted, it was trusted again only by the lookup of the
     /// next operation, two lookups for each peer a table missed.
@@ -2056,7 +2063,7 @@ impl<E: Extension> Driver<E> {
             && answered.iter().all(|p| {
                 self.servers.get(p).is_some_and(|since| *since < started)
                     || (named.contains(p) && self.in_table(p))
-                    || (self.identified.contains(p) && !self.servers.contains_key(p))
+                    || self.kad_only(p)
             })
     }
 
@@ -2083,7 +2090,9 @@ impl<E: Extension> Driver<E> {
     /// undo a replica's naming, nor one stale lookup another's trust); one that heard from
     /// nobody leaves the table untrusted.
     fn vouch(&mut self, answered: &[PeerId], began: crate::nearby::Began, named: &[PeerId]) {
-        let found = if answered.is_empty() {
+        // Peers that speak Kademlia alone are no evidence of where servers are: a lookup
+        // that heard from nobody else vouches for nothing either way.
+        let found = if answered.iter().all(|p| self.kad_only(p)) {
             None
         } else {
             Some(!self.finds_nobody_new(answered, began.at, named))
@@ -2744,6 +2753,10 @@ impl<E: Extension> Driver<E> {
         peers: &[PeerId],
         complete: bool,
     ) -> crate::nearby::Places {
+        // A peer identified as no server of records (it speaks dkvs's Kademlia only) answers
+        // lookups and is no replica; one not identified yet is taken as it comes.
+        let peers: Vec<PeerId> = (peers.iter()).filter(|p| !self.kad_only(p)).copied().collect();
+        let peers = peers.as_slice();
         let target = crate::nearby::hashed(&kad::KBucketKey::new(key));
         let (k, size) = (self.config.replication, crate::behaviour::KBUCKET_SIZE.get());
         let met = crate::nearby::bucket_index(&self.own_key, &target)

@@ -177,7 +177,7 @@ impl PutOp {
     /// returned, to be sent the record.
     fn rechecked(
         &mut self,
-        replicas: Vec<PeerId>,
+        mut replicas: Vec<PeerId>,
         kept: Vec<PeerId>,
         me: PeerId,
         quorum: crate::Quorum,
@@ -191,6 +191,11 @@ impl PutOp {
             .chain(self.pending.iter())
             .copied()
             .collect();
+        // A kept place this put asked already (from the table, before its connection closed)
+        // is a replica: its answer counts, or is still awaited.
+        let (asked_kept, kept): (Vec<PeerId>, Vec<PeerId>) =
+            kept.into_iter().partition(|p| asked.contains(p));
+        replicas.extend(asked_kept);
         receipt.stored.retain(|p| replicas.contains(p));
         if self.held_here && replicas.contains(&me) && !receipt.stored.contains(&me) {
             receipt.stored.push(me);
@@ -931,7 +936,10 @@ impl<E: crate::Extension> Driver<E> {
     /// A key this node's application watches is its own interest: its versions may use the
     /// share of the budget kept for the user's own records, as the user's writes do. A light
     /// node keeps all of its store for those, and its watches of other accounts' keys heard
-    /// nothing (every version refused for room, none handed over, the watch begun at 0).
+    /// nothing (every version refused for room, none handed over, the watch begun at 0). What
+    /// that costs the user's share: one record (its newest version) per key the application
+    /// watches, at most the owner's quota per owner, kept until it expires (not when the
+    /// watch ends); peers can put there only versions of keys watched.
     pub(crate) fn hold(&mut self, record: &Record) -> Result<PutOutcome, dkvs_store::PutError> {
         let outcome = if self.watches.is_watched(record.key()) {
             self.store.put_own(record.clone())
@@ -1042,7 +1050,8 @@ impl<E: crate::Extension> Driver<E> {
         let Some(op) = self.ops.get_mut(&id) else { return };
         match op {
             Op::Put(put) if put.rechecking => {
-                let (replicas, kept) = replica_places(put.record.key(), candidates, &kept, k);
+                let (replicas, kept) =
+                    replica_places(put.record.key(), candidates, &kept, k, narrow_read);
                 self.lookup_judged(id, &live, complete);
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 let before: Vec<PeerId> = put.pending.iter().copied().collect();
@@ -1093,7 +1102,8 @@ impl<E: crate::Extension> Driver<E> {
                 self.widen(id, found);
             }
             Op::Put(put) => {
-                let (replicas, kept) = replica_places(put.record.key(), candidates, &kept, k);
+                let (replicas, kept) =
+                    replica_places(put.record.key(), candidates, &kept, k, narrow_read);
                 // The neighbourhood holds this node when it counts: it is one of the k.
                 if from_table {
                     let hood = Neighbourhood::new(kad_key(put.record.key()), k, replicas.clone());
@@ -1758,16 +1768,29 @@ fn newest(answers: &[(PeerId, Option<Record>)]) -> (Option<&Record>, usize) {
 
 /// A put's replica set, of the places a lookup found and this node when it counts
 /// (`candidates`): the k closest to `key`, without the places `kept` among them, which come
-/// second. This node takes a place only among the k closest, kept places counted: with them
+/// second when a read's `sample` of the places depends on them (below), and are dropped
+/// otherwise. This node takes a place only among the k closest, kept places counted: with them
 /// left out of the set first, a writer far from the key took the place of every entry kept, and
 /// its own copy counted in a quorum that no reader's lookup reaches.
+///
+/// Counted in the quorum, kept places keep a quorum of the places one that a read's sample of
+/// the k closest it finds meets (`Driver::narrow_read`); a read of fewer places than its
+/// sample asks them all, and counting them would only fail puts that need not fail (a home
+/// network whose sleeping phones' dials hang, a quorum of all or of a number).
 fn replica_places(
     key: &Key,
     candidates: Vec<PeerId>,
     kept: &[PeerId],
     k: usize,
+    sample: Option<usize>,
 ) -> (Vec<PeerId>, Vec<PeerId>) {
-    closest(key, candidates, k).into_iter().partition(|p| !kept.contains(p))
+    let (replicas, kept): (Vec<PeerId>, Vec<PeerId>) =
+        closest(key, candidates, k).into_iter().partition(|p| !kept.contains(p));
+    if sample.is_some_and(|n| replicas.len() + kept.len() > n) {
+        (replicas, kept)
+    } else {
+        (replicas, Vec::new())
+    }
 }
 
 #[cfg(test)]
@@ -2144,6 +2167,14 @@ mod tests {
         (putting(&signed(&alice, &key, 1, None), me), me, others)
     }
 
+    /// [`a_put`] whose replicas were found: the four others and this node, none kept.
+    fn a_put_asked() -> (PutOp, PeerId, Vec<PeerId>) {
+        let (mut put, me, others) = a_put();
+        let replicas = [others.clone(), vec![me]].concat();
+        put.replicas_found(replicas, Vec::new(), me, false, crate::Quorum::Majority);
+        (put, me, others)
+    }
+
     #[test]
     fn a_put_waits_the_linger_after_its_quorum_then_answers_with_who_holds_it() {
         let (mut put, me, others) = a_put();
@@ -2215,23 +2246,44 @@ mod tests {
         // A writer 26th from the key is no replica: the places stay as they are.
         let me = by_distance[25];
         let candidates = [places.clone(), vec![me]].concat();
-        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20);
+        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20, Some(12));
         assert!(!replicas.contains(&me), "the writer is beyond the k closest places");
         assert_eq!((replicas.len(), kept_places), (16, kept.clone()));
         // The closest writer takes the first place, and the farthest place drops out.
         let me = by_distance[0];
         let candidates = [by_distance[1..21].to_vec(), vec![me]].concat();
-        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20);
+        let (replicas, kept_places) = replica_places(&key, candidates.clone(), &kept, 20, Some(12));
         assert_eq!(replicas[0], me);
         assert!(!replicas.contains(&by_distance[20]));
-        assert_eq!((replicas.len(), kept_places), (16, kept));
+        assert_eq!((replicas.len(), kept_places), (16, kept.clone()));
+        // No read samples these places (quorums of another kind): kept places are not counted.
+        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20, None);
+        assert_eq!((replicas.len(), kept_places), (16, Vec::new()));
+        // Twelve places or fewer: every read asks them all, and kept places are not counted.
+        let few = [by_distance[..5].to_vec(), vec![me]].concat();
+        let (replicas, kept_places) = replica_places(&key, few, &kept[..1], 20, Some(12));
+        assert_eq!((replicas.len(), kept_places), (4, Vec::new()));
+    }
+
+    #[test]
+    fn a_recheck_counts_a_kept_place_it_asked_already_as_a_replica() {
+        let (mut put, me, others) = a_put_asked();
+        put.answered(others[0], pb::PutStatus::Stored, String::new(), None, Instant::now());
+        // A replica named a closer peer; the recheck's lookup timed out with others[0] (its
+        // connection closed since) and another entry keeping their places.
+        let (newcomer, gone) = (PeerId::random(), PeerId::random());
+        let found = [others[1..].to_vec(), vec![newcomer, me]].concat();
+        let remote = put.rechecked(found, vec![others[0], gone], me, crate::Quorum::Majority);
+        assert_eq!(remote, vec![newcomer], "only the peer not asked yet is sent the record");
+        assert!(put.receipt.stored.contains(&others[0]), "its copy still counts");
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (7, 4));
+        let listed: Vec<PeerId> = put.receipt.unreachable.iter().map(|(p, _)| *p).collect();
+        assert_eq!(listed, vec![gone]);
     }
 
     #[test]
     fn a_put_whose_requests_were_held_back_says_the_peers_rate_limits_did_it() {
-        let (mut put, me, others) = a_put();
-        let replicas = [others.clone(), vec![me]].concat();
-        put.replicas_found(replicas, Vec::new(), me, false, crate::Quorum::Majority);
+        let (mut put, _, others) = a_put_asked();
         put.answered(others[0], pb::PutStatus::Stored, String::new(), None, Instant::now());
         // The timeout came while the requests to three peers still waited for their turn.
         for peer in &others[1..] {

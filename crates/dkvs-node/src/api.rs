@@ -697,6 +697,12 @@ fn republish_ms() -> u64 {
     dkvs_net::Config::default().republish_interval.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
+/// How many replicas refused a put for want of room (the owner's quota, or a full store).
+fn room_refusals(receipt: &PutReceipt) -> usize {
+    let room = |why: &Refusal| matches!(why, Refusal::OverQuota | Refusal::Full);
+    receipt.refused.iter().filter(|(_, why, _)| room(why)).count()
+}
+
 fn put_error(error: PutError) -> ApiError {
     use dkvs_store::PutError as Local;
     match error {
@@ -760,8 +766,11 @@ fn put_error(error: PutError) -> ApiError {
                 (StatusCode::FORBIDDEN, "foreign_owner")
             } else if main == Some(Refusal::Stale) {
                 (StatusCode::CONFLICT, "stale")
-            } else if matches!(main, Some(Refusal::OverQuota | Refusal::Full)) {
-                // No room, not a network that is away: a retry soon would be refused again.
+            } else if matches!(main, Some(Refusal::OverQuota | Refusal::Full))
+                && receipt.stored.len() + room_refusals(&receipt) >= receipt.quorum
+            {
+                // No room decided it, not a network that is away (had the replicas that had
+                // no room stored it, it would have its quorum): a retry soon is refused again.
                 (StatusCode::INSUFFICIENT_STORAGE, "over_quota")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_quorum")
@@ -2024,8 +2033,20 @@ mod tests {
         assert_eq!((error.status, error.code), (StatusCode::FORBIDDEN, "foreign_owner"));
         assert!(error.message.contains("another account's scope"), "{}", error.message);
         // Replicas that did not answer: the network may be back soon.
-        let away = PutReceipt { refused: Vec::new(), ..receipt };
+        let away = PutReceipt { refused: Vec::new(), ..receipt.clone() };
         let error = put_error(PutError::NoQuorum { receipt: Box::new(away) });
+        assert_eq!((error.status, error.code), (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"));
+        // One replica without room, most of them away: the outage decided it, not the room.
+        let unreachable = (0..15).map(|_| (peer(), "no answer in time".to_owned())).collect();
+        let outage = PutReceipt {
+            replicas: 20,
+            quorum: 11,
+            stored: (0..4).map(|_| peer()).collect(),
+            refused: vec![refused(Refusal::OverQuota)],
+            unreachable,
+            ..receipt
+        };
+        let error = put_error(PutError::NoQuorum { receipt: Box::new(outage) });
         assert_eq!((error.status, error.code), (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"));
     }
 

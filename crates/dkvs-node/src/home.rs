@@ -231,6 +231,8 @@ impl Home {
     }
 
     /// Whether a process holds this home's store open: a node, perhaps one still starting.
+    /// The shared lock taken to see is held for a moment, which a node starting meanwhile
+    /// waits out (`dkvs_store::Store::open`).
     fn store_in_use(&self) -> bool {
         let lock = fs::File::open(self.data_dir().join("LOCK"));
         lock.is_ok_and(|f| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)))
@@ -242,8 +244,9 @@ impl Home {
         let bytes = fs::read(&path).with_context(|| {
             if self.store_in_use() {
                 format!(
-                    "the node of {} is starting: its API opens once it has joined its peers (a \
-                     few seconds; longer while the peers it rejoins do not answer)",
+                    "the node of {} is starting (or stopping): its API opens once it has \
+                     joined its peers (a few seconds; longer while the peers it rejoins do not \
+                     answer)",
                     self.root.display()
                 )
             } else {

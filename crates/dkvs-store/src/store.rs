@@ -252,11 +252,13 @@ impl Store {
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
         // A store of this process closed a moment ago may still be finishing a compaction on
-        // its own thread, which holds the directory until it is done: wait for that, and only
-        // for that. Anyone else holding the lock is an immediate error.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // its own thread, which holds the directory until it is done: wait for that, up to a
+        // minute. Anyone else holding the lock for more than a moment (a command line that
+        // looks whether a node is starting takes it shared, for microseconds) is an error.
+        let start = std::time::Instant::now();
         while let Err(e) = lock.try_lock() {
-            if !compacting(dir) || std::time::Instant::now() >= deadline {
+            let patience = std::time::Duration::from_secs(if compacting(dir) { 60 } else { 1 });
+            if start.elapsed() >= patience {
                 return Err(StoreError::Io {
                     path: lock_path.clone(),
                     source: std::io::Error::new(

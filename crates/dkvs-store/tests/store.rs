@@ -722,3 +722,23 @@ fn without_fsync_a_failed_flush_is_final_too() {
     assert!(store.get(key("b").as_str()).is_none());
     assert!(store.get(key("a").as_str()).is_some(), "reads go on");
 }
+
+#[test]
+fn a_lock_held_for_a_moment_by_someone_looking_is_waited_out() {
+    // The command line takes the lock shared for a moment to see whether a node is starting;
+    // a node that opens its store meanwhile waits that out. Held on, it is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path(), Config::default()).expect("opens"));
+    let look = std::fs::File::open(dir.path().join("LOCK")).expect("LOCK");
+    look.lock_shared().expect("shared");
+    let looking = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(look);
+    });
+    let store = Store::open(dir.path(), Config::default()).expect("waits out a look");
+    looking.join().expect("joined");
+    drop(store);
+    let held = std::fs::File::open(dir.path().join("LOCK")).expect("LOCK");
+    held.lock_shared().expect("shared");
+    assert!(matches!(Store::open(dir.path(), Config::default()), Err(StoreError::Io { .. })));
+}
