@@ -1934,7 +1934,10 @@ impl<E: Extension> Driver<E> {
                     let places = if joined {
                         self.with_connected_servers(&key, &answered, complete)
                     } else {
-                        crate::nearby::Places { peers: answered.clone(), kept: Vec::new() }
+                        // Peers that speak Kademlia only are no replicas for anyone.
+                        let peers =
+                            answered.iter().filter(|p| !self.kad_only(p)).copied().collect();
+                        crate::nearby::Places { peers, kept: Vec::new() }
                     };
                     // Each lookup's first result ends it (below); a walk of the table's is
                     // not logged.

@@ -142,24 +142,22 @@ pub(crate) enum Found {
 
 impl PutOp {
     /// The lookup found the replica set (this node among it or not) and the places `kept`
-    /// beside it: the receipt's size and quorum are set over both, this node's own copy
-    /// counts only if it is a replica, and the remote replicas are returned, to be sent the
-    /// record. A kept place is listed as unreachable and never asked: counted, it keeps a
-    /// quorum of the places one that a reader's sample of the k closest it finds meets
-    /// (should the entry be gone, the reader finds a server farther out in its place, which
-    /// holds nothing).
+    /// beside it: the receipt's size is both, its quorum [`put_quorum`]'s (`sample`: a read's,
+    /// `Driver::narrow_read`), this node's own copy counts only if it is a replica, and the
+    /// remote replicas are returned, to be sent the record. A kept place is listed as
+    /// unreachable and never asked.
     fn replicas_found(
         &mut self,
         replicas: Vec<PeerId>,
         kept: Vec<PeerId>,
         me: PeerId,
         alone: bool,
-        quorum: crate::Quorum,
+        (quorum, sample): (crate::Quorum, Option<usize>),
     ) -> Vec<PeerId> {
         self.looking_up = false;
         self.receipt.alone = alone;
         self.receipt.replicas = replicas.len() + kept.len();
-        self.receipt.quorum = quorum.of(self.receipt.replicas);
+        self.receipt.quorum = put_quorum(quorum, replicas.len(), kept.len(), sample);
         self.keep_places(kept);
         self.held_here = self.receipt.stored.contains(&me);
         if !replicas.contains(&me) {
@@ -180,7 +178,7 @@ impl PutOp {
         mut replicas: Vec<PeerId>,
         kept: Vec<PeerId>,
         me: PeerId,
-        quorum: crate::Quorum,
+        (quorum, sample): (crate::Quorum, Option<usize>),
     ) -> Vec<PeerId> {
         self.rechecking = false;
         self.hood = None;
@@ -203,7 +201,7 @@ impl PutOp {
         receipt.replicas = replicas.len() + kept.len();
         // Peers outside the set found are no longer waited for, nor counted if they answer.
         self.pending.retain(|p| replicas.contains(p));
-        receipt.quorum = quorum.of(receipt.replicas);
+        receipt.quorum = put_quorum(quorum, replicas.len(), kept.len(), sample);
         self.keep_places(kept);
         // The quorum is looked at afresh: the replicas asked now get the linger after it.
         self.quorum_at = None;
@@ -1050,12 +1048,12 @@ impl<E: crate::Extension> Driver<E> {
         let Some(op) = self.ops.get_mut(&id) else { return };
         match op {
             Op::Put(put) if put.rechecking => {
-                let (replicas, kept) =
-                    replica_places(put.record.key(), candidates, &kept, k, narrow_read);
+                let (replicas, kept) = replica_places(put.record.key(), candidates, &kept, k);
                 self.lookup_judged(id, &live, complete);
                 let Some(Op::Put(put)) = self.ops.get_mut(&id) else { return };
                 let before: Vec<PeerId> = put.pending.iter().copied().collect();
-                let remote = put.rechecked(replicas, kept, me, self.config.write_quorum);
+                let remote =
+                    put.rechecked(replicas, kept, me, (self.config.write_quorum, narrow_read));
                 // The requests still waiting their turn for peers outside the set found are
                 // not sent: their answers would no longer count.
                 let dropped: Vec<PeerId> =
@@ -1102,14 +1100,13 @@ impl<E: crate::Extension> Driver<E> {
                 self.widen(id, found);
             }
             Op::Put(put) => {
-                let (replicas, kept) =
-                    replica_places(put.record.key(), candidates, &kept, k, narrow_read);
+                let (replicas, kept) = replica_places(put.record.key(), candidates, &kept, k);
                 // The neighbourhood holds this node when it counts: it is one of the k.
                 if from_table {
                     let hood = Neighbourhood::new(kad_key(put.record.key()), k, replicas.clone());
                     put.hood = Some(Box::new(hood));
                 }
-                let quorum = self.config.write_quorum;
+                let quorum = (self.config.write_quorum, narrow_read);
                 let remote = put.replicas_found(replicas, kept, me, alone, quorum);
                 put.receipt.requests = (put.receipt.requests)
                     .saturating_add(lookup_requests)
@@ -1768,29 +1765,32 @@ fn newest(answers: &[(PeerId, Option<Record>)]) -> (Option<&Record>, usize) {
 
 /// A put's replica set, of the places a lookup found and this node when it counts
 /// (`candidates`): the k closest to `key`, without the places `kept` among them, which come
-/// second when a read's `sample` of the places depends on them (below), and are dropped
-/// otherwise. This node takes a place only among the k closest, kept places counted: with them
+/// second. This node takes a place only among the k closest, kept places counted: with them
 /// left out of the set first, a writer far from the key took the place of every entry kept, and
 /// its own copy counted in a quorum that no reader's lookup reaches.
-///
-/// Counted in the quorum, kept places keep a quorum of the places one that a read's sample of
-/// the k closest it finds meets (`Driver::narrow_read`); a read of fewer places than its
-/// sample asks them all, and counting them would only fail puts that need not fail (a home
-/// network whose sleeping phones' dials hang, a quorum of all or of a number).
 fn replica_places(
     key: &Key,
     candidates: Vec<PeerId>,
     kept: &[PeerId],
     k: usize,
-    sample: Option<usize>,
 ) -> (Vec<PeerId>, Vec<PeerId>) {
-    let (replicas, kept): (Vec<PeerId>, Vec<PeerId>) =
-        closest(key, candidates, k).into_iter().partition(|p| !kept.contains(p));
-    if sample.is_some_and(|n| replicas.len() + kept.len() > n) {
-        (replicas, kept)
-    } else {
-        (replicas, Vec::new())
-    }
+    closest(key, candidates, k).into_iter().partition(|p| !kept.contains(p))
+}
+
+/// The quorum of a put whose places are `live` replicas (this node among them, when it is
+/// one) and `kept` places of table entries not connected, never asked: the write quorum of
+/// the live ones, and, where a read samples n of the places it finds (`sample`,
+/// `Driver::narrow_read`), enough of them that every such sample meets one: a reader whose
+/// view differs from the writer's by up to [`NARROW_SLACK`] peers each way finds at most
+/// places - holders + slack that hold nothing, which must be fewer than n. With the k
+/// closest all live that is the majority; with 4 of 20 kept, 11 of the 16 live (the
+/// majority of the 16, 9, let a sample of 12 miss every copy); with 7 of 14 kept, 5 of the 7
+/// (a majority of the 14 failed every put while the entries were unsettled, a home network
+/// whose phones sleep). Never asked, the kept places need not be counted where no read
+/// samples.
+fn put_quorum(write: crate::Quorum, live: usize, kept: usize, sample: Option<usize>) -> usize {
+    let sampled = sample.map_or(0, |n| (live + kept + NARROW_SLACK + 1).saturating_sub(n));
+    write.of(live).max(sampled)
 }
 
 #[cfg(test)]
@@ -2171,7 +2171,7 @@ mod tests {
     fn a_put_asked() -> (PutOp, PeerId, Vec<PeerId>) {
         let (mut put, me, others) = a_put();
         let replicas = [others.clone(), vec![me]].concat();
-        put.replicas_found(replicas, Vec::new(), me, false, crate::Quorum::Majority);
+        put.replicas_found(replicas, Vec::new(), me, false, (crate::Quorum::Majority, None));
         (put, me, others)
     }
 
@@ -2180,7 +2180,8 @@ mod tests {
         let (mut put, me, others) = a_put();
         assert!(!put.settled(Instant::now(), LINGER), "nobody asked yet");
         let replicas = [others.clone(), vec![me]].concat();
-        let remote = put.replicas_found(replicas, Vec::new(), me, false, crate::Quorum::Majority);
+        let remote =
+            put.replicas_found(replicas, Vec::new(), me, false, (crate::Quorum::Majority, None));
         assert_eq!(remote.len(), 4, "this node is not sent its own record");
         assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
         let t0 = Instant::now();
@@ -2200,38 +2201,70 @@ mod tests {
     }
 
     #[test]
+    fn a_puts_quorum_over_kept_places_is_what_a_reads_sample_needs() {
+        let majority = crate::Quorum::Majority;
+        // (live, kept, sample) -> quorum
+        for (live, kept, sample, quorum) in [
+            (20, 0, Some(12), 11),
+            (16, 4, Some(12), 11),
+            (11, 9, Some(12), 11),
+            (7, 7, Some(12), 5),
+            (2, 10, Some(12), 3),
+            (3, 5, Some(12), 2),
+            (5, 0, Some(12), 3),
+            (16, 4, None, 9),
+            (2, 10, None, 2),
+        ] {
+            assert_eq!(
+                put_quorum(majority, live, kept, sample),
+                quorum,
+                "{live} {kept} {sample:?}"
+            );
+        }
+        // A reader whose view differs from the writer's by two peers each way and samples 12
+        // of the places it finds meets a holder in every sample, for every split of places.
+        for places in 13..=22 {
+            for kept in 0..places {
+                let holders = put_quorum(majority, places - kept, kept, Some(12));
+                let empty_in_view = places - holders.min(places) + NARROW_SLACK;
+                assert!(empty_in_view < 12, "{places} places, {kept} kept");
+            }
+        }
+    }
+
+    #[test]
     fn a_puts_kept_places_count_in_its_quorum_and_are_listed_never_asked() {
-        let (mut put, me, others) = a_put();
-        // A lookup that timed out: three table entries near the key, not connected, keep
-        // their places beside the four peers and this node.
-        let kept: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        // A lookup that timed out: 4 table entries near the key, not connected, keep their
+        // places beside 15 peers and this node; a read samples 12 of such 20.
+        let (mut put, me, _) = a_put();
+        let others: Vec<PeerId> = (0..15).map(|_| PeerId::random()).collect();
+        let kept: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
         let replicas = [others.clone(), vec![me]].concat();
-        let remote = put.replicas_found(replicas, kept.clone(), me, false, crate::Quorum::Majority);
+        let quorum = (crate::Quorum::Majority, Some(12));
+        let remote = put.replicas_found(replicas, kept.clone(), me, false, quorum);
         assert_eq!(remote, others, "a kept place is not asked");
-        assert_eq!((put.receipt.replicas, put.receipt.quorum), (8, 5));
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (20, 11));
         let listed: Vec<PeerId> = put.receipt.unreachable.iter().map(|(p, _)| *p).collect();
         assert_eq!(listed, kept);
         let t0 = Instant::now();
-        for peer in &others[..3] {
+        for peer in &others[..9] {
             put.answered(*peer, pb::PutStatus::Stored, String::new(), None, t0);
         }
-        // Four of eight places: a majority of the live five, no majority of the places.
+        // Ten of 20 places: a majority of the 16 live, too few for every sample of 12.
         assert!(!put.receipt.has_quorum());
-        put.answered(others[3], pb::PutStatus::Stored, String::new(), None, t0);
-        assert!(put.settled(t0, LINGER), "every peer asked answered");
-        let receipt = put.result().expect("five of eight places hold it");
-        assert_eq!(receipt.stored.len(), 5);
+        put.answered(others[9], pb::PutStatus::Stored, String::new(), None, t0);
+        assert!(put.receipt.has_quorum(), "11 of 20 places hold it");
         // Too many places kept: the quorum cannot be reached, and the put ends at once.
         let (mut put, me, others) = a_put();
-        let kept: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let kept: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
         let replicas = [others.clone(), vec![me]].concat();
-        put.replicas_found(replicas, kept, me, false, crate::Quorum::Majority);
-        assert_eq!((put.receipt.replicas, put.receipt.quorum), (10, 6));
+        put.replicas_found(replicas, kept, me, false, quorum);
+        assert_eq!((put.receipt.replicas, put.receipt.quorum), (15, 6));
         assert!(put.settled(t0, LINGER), "5 live places cannot make a quorum of 6");
         let Err(PutError::NoQuorum { receipt }) = put.result() else { panic!("no quorum") };
         let kept_listed =
             receipt.unreachable.iter().filter(|(_, why)| why.contains("keeps its place"));
-        assert_eq!(kept_listed.count(), 5, "{receipt:?}");
+        assert_eq!(kept_listed.count(), 10, "{receipt:?}");
     }
 
     #[test]
@@ -2246,23 +2279,16 @@ mod tests {
         // A writer 26th from the key is no replica: the places stay as they are.
         let me = by_distance[25];
         let candidates = [places.clone(), vec![me]].concat();
-        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20, Some(12));
+        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20);
         assert!(!replicas.contains(&me), "the writer is beyond the k closest places");
         assert_eq!((replicas.len(), kept_places), (16, kept.clone()));
         // The closest writer takes the first place, and the farthest place drops out.
         let me = by_distance[0];
         let candidates = [by_distance[1..21].to_vec(), vec![me]].concat();
-        let (replicas, kept_places) = replica_places(&key, candidates.clone(), &kept, 20, Some(12));
+        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20);
         assert_eq!(replicas[0], me);
         assert!(!replicas.contains(&by_distance[20]));
-        assert_eq!((replicas.len(), kept_places), (16, kept.clone()));
-        // No read samples these places (quorums of another kind): kept places are not counted.
-        let (replicas, kept_places) = replica_places(&key, candidates, &kept, 20, None);
-        assert_eq!((replicas.len(), kept_places), (16, Vec::new()));
-        // Twelve places or fewer: every read asks them all, and kept places are not counted.
-        let few = [by_distance[..5].to_vec(), vec![me]].concat();
-        let (replicas, kept_places) = replica_places(&key, few, &kept[..1], 20, Some(12));
-        assert_eq!((replicas.len(), kept_places), (4, Vec::new()));
+        assert_eq!((replicas.len(), kept_places), (16, kept));
     }
 
     #[test]
@@ -2273,7 +2299,8 @@ mod tests {
         // connection closed since) and another entry keeping their places.
         let (newcomer, gone) = (PeerId::random(), PeerId::random());
         let found = [others[1..].to_vec(), vec![newcomer, me]].concat();
-        let remote = put.rechecked(found, vec![others[0], gone], me, crate::Quorum::Majority);
+        let remote =
+            put.rechecked(found, vec![others[0], gone], me, (crate::Quorum::Majority, None));
         assert_eq!(remote, vec![newcomer], "only the peer not asked yet is sent the record");
         assert!(put.receipt.stored.contains(&others[0]), "its copy still counts");
         assert_eq!((put.receipt.replicas, put.receipt.quorum), (7, 4));
@@ -2311,7 +2338,7 @@ mod tests {
             Vec::new(),
             me,
             false,
-            crate::Quorum::Majority,
+            (crate::Quorum::Majority, None),
         );
         let t0 = Instant::now();
         put.answered(others[0], pb::PutStatus::Full, "full".into(), None, t0);
@@ -2328,7 +2355,7 @@ mod tests {
             Vec::new(),
             me,
             false,
-            crate::Quorum::Majority,
+            (crate::Quorum::Majority, None),
         );
         put.answered(others[0], pb::PutStatus::Stale, String::new(), Some(newer.clone()), t0);
         assert!(put.settled(t0, LINGER));
@@ -2340,7 +2367,7 @@ mod tests {
         assert_eq!((receipt.stored.len(), receipt.quorum), (0, 1));
         // A node that is not among the replicas found does not count its own copy.
         let mut put = putting(&record, me);
-        put.replicas_found(others.clone(), Vec::new(), me, false, crate::Quorum::Majority);
+        put.replicas_found(others.clone(), Vec::new(), me, false, (crate::Quorum::Majority, None));
         assert!(put.receipt.stored.is_empty());
     }
 
@@ -2357,7 +2384,7 @@ mod tests {
             Vec::new(),
             me,
             false,
-            crate::Quorum::Majority,
+            (crate::Quorum::Majority, None),
         );
         let t0 = Instant::now();
         // Three of the table's replicas store it (a quorum of 4 of 6 with this node); one of
@@ -2370,7 +2397,7 @@ mod tests {
         // The lookup finds two of the table's peers, two new ones, and this node.
         let new: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
         let found = [vec![table[0], table[3]], new.clone(), vec![me]].concat();
-        let remote = put.rechecked(found, Vec::new(), me, crate::Quorum::Majority);
+        let remote = put.rechecked(found, Vec::new(), me, (crate::Quorum::Majority, None));
         assert_eq!(remote, new, "only the replicas not asked yet are sent the record");
         assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
         // Acknowledgements from peers outside the set found no longer count.
@@ -2389,14 +2416,14 @@ mod tests {
         assert!(receipt.stored.len() <= receipt.replicas);
         // The table left this node out, the lookup puts it in: its own copy counts again.
         let mut put = putting(&record, me);
-        put.replicas_found(table.clone(), Vec::new(), me, false, crate::Quorum::Majority);
+        put.replicas_found(table.clone(), Vec::new(), me, false, (crate::Quorum::Majority, None));
         assert!(put.receipt.stored.is_empty());
         put.rechecking = true;
         put.rechecked(
             [vec![me], table[..4].to_vec()].concat(),
             Vec::new(),
             me,
-            crate::Quorum::Majority,
+            (crate::Quorum::Majority, None),
         );
         assert_eq!(put.receipt.stored, vec![me]);
     }

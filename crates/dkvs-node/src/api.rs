@@ -697,10 +697,12 @@ fn republish_ms() -> u64 {
     dkvs_net::Config::default().republish_interval.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
-/// How many replicas refused a put for want of room (the owner's quota, or a full store).
+/// How many replicas refused a put for want of room (the owner's quota, or a full store),
+/// this node among them.
 fn room_refusals(receipt: &PutReceipt) -> usize {
     let room = |why: &Refusal| matches!(why, Refusal::OverQuota | Refusal::Full);
-    receipt.refused.iter().filter(|(_, why, _)| room(why)).count()
+    let remote = receipt.refused.iter().filter(|(_, why, _)| room(why)).count();
+    remote + usize::from(receipt.local_refusal.as_ref().is_some_and(|(why, _)| room(why)))
 }
 
 fn put_error(error: PutError) -> ApiError {
@@ -766,7 +768,7 @@ fn put_error(error: PutError) -> ApiError {
                 (StatusCode::FORBIDDEN, "foreign_owner")
             } else if main == Some(Refusal::Stale) {
                 (StatusCode::CONFLICT, "stale")
-            } else if matches!(main, Some(Refusal::OverQuota | Refusal::Full))
+            } else if room_refusals(&receipt) > 0
                 && receipt.stored.len() + room_refusals(&receipt) >= receipt.quorum
             {
                 // No room decided it, not a network that is away (had the replicas that had
@@ -2046,8 +2048,18 @@ mod tests {
             unreachable,
             ..receipt
         };
-        let error = put_error(PutError::NoQuorum { receipt: Box::new(outage) });
+        let error = put_error(PutError::NoQuorum { receipt: Box::new(outage.clone()) });
         assert_eq!((error.status, error.code), (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"));
+        // Room refusals of both kinds, and one for load: room decided it (3 + 8 of 11).
+        let mixed = [[Refusal::OverQuota; 4], [Refusal::Full; 4]].concat();
+        let full = PutReceipt {
+            stored: (0..3).map(|_| peer()).collect(),
+            refused: mixed.into_iter().chain([Refusal::RateLimited]).map(refused).collect(),
+            unreachable: Vec::new(),
+            ..outage
+        };
+        let error = put_error(PutError::NoQuorum { receipt: Box::new(full) });
+        assert_eq!((error.status, error.code), (StatusCode::INSUFFICIENT_STORAGE, "over_quota"));
     }
 
     #[test]

@@ -49,13 +49,13 @@ fn ipfs_error(e: IpfsError) -> ApiError {
     ApiError::new(status.0, status.1, e.to_string())
 }
 
-/// A CID in its text form (after "/ipfs/", if it begins so), all of it: the cid crate takes a
+/// A CID in its text form (after "/ipfs/" or "ipfs://", if it begins so), all of it: the cid crate takes a
 /// CID from the front of the bytes the text decodes to and ignores the rest (a CID with
 /// characters typed after it named the CID before them), and takes whatever follows "/ipfs/"
 /// anywhere in the text.
 fn parse_cid(text: &str) -> ApiResult<Cid> {
     use dkvs_ipfs::cid::{Version, multibase};
-    let text = text.strip_prefix("/ipfs/").unwrap_or(text);
+    let text = text.strip_prefix("/ipfs/").or_else(|| text.strip_prefix("ipfs://")).unwrap_or(text);
     let bad = |why: String| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_cid", format!("{text:?} is not a CID: {why}"))
     };
@@ -1087,8 +1087,9 @@ mod tests {
         let v0 = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n";
         for text in [v1, v0] {
             assert_eq!(parse_cid(text).expect("a CID").to_string(), text);
-            let path = format!("/ipfs/{text}");
-            assert_eq!(parse_cid(&path).expect("a CID's path").to_string(), text);
+            for path in [format!("/ipfs/{text}"), format!("ipfs://{text}")] {
+                assert_eq!(parse_cid(&path).expect("a CID's path").to_string(), text);
+            }
         }
         for text in [
             format!("{v1}aa"),
