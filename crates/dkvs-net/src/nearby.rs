@@ -201,9 +201,9 @@ impl Table {
     /// that just left, or whose connection closed idle) keeps its place, given as kept, and no
     /// server beyond the k closest this node knows joins in it. (A lookup that completed heard
     /// from every peer near the key that answers: an unsettled entry closer than its answers
-    /// is dead or out of reach, and takes no answer's place.) A put counts the kept places in
-    /// its quorum without asking them, so that a quorum of the places is a quorum that a
-    /// reader's sample meets (`PutOp::replicas_found`); ids ground near a key that joined
+    /// is dead or out of reach, and takes no answer's place.) A put counts the kept places
+    /// among its places without asking them, so that its quorum is one that a reader's sample
+    /// meets (`ops::put_quorum`); ids ground near a key that joined
     /// this node's table and went quiet fail its puts for want of a quorum, until dials find
     /// them gone, rather than shrink them onto a few copies. (Giving them at most half of the
     /// places was tried: an unsettled entry may be a peer alive and idle, which a reader's
@@ -254,7 +254,7 @@ pub(crate) struct Places {
     /// Every place's peer, closest first.
     pub(crate) peers: Vec<PeerId>,
     /// Those of them that only keep their place: table entries not connected when a lookup
-    /// timed out, counted in a put's quorum and not asked.
+    /// timed out, counted among a put's places (`ops::put_quorum`) and not asked.
     pub(crate) kept: Vec<PeerId>,
 }
 

@@ -134,7 +134,7 @@ pub(crate) enum Found {
     /// the peers that answered it and the routing table's connected DHT servers closest to
     /// the key (`Driver::with_connected_servers`), or nobody when none answered; `kept`: the
     /// places among them that table entries not connected keep (a lookup that timed out),
-    /// counted in a put's quorum and asked by nobody.
+    /// counted among a put's places ([`put_quorum`]) and asked by nobody.
     Lookup { requests: u32, complete: bool, kept: Vec<PeerId> },
     /// The routing table, trusted and covering the key ([`Driver::local_neighbourhood`]).
     Table,
