@@ -49,10 +49,10 @@ fn ipfs_error(e: IpfsError) -> ApiError {
     ApiError::new(status.0, status.1, e.to_string())
 }
 
-/// A CID in its text form (after "/ipfs/" or "ipfs://", if it begins so), all of it: the cid crate takes a
-/// CID from the front of the bytes the text decodes to and ignores the rest (a CID with
-/// characters typed after it named the CID before them), and takes whatever follows "/ipfs/"
-/// anywhere in the text.
+/// A CID in its text form (after "/ipfs/" or "ipfs://", if it begins so), all of it: the cid
+/// crate takes a CID from the front of the bytes the text decodes to and ignores the rest (a
+/// CID with characters typed after it named the CID before them), and takes whatever follows
+/// "/ipfs/" anywhere in the text.
 fn parse_cid(text: &str) -> ApiResult<Cid> {
     use dkvs_ipfs::cid::{Version, multibase};
     let text = text.strip_prefix("/ipfs/").or_else(|| text.strip_prefix("ipfs://")).unwrap_or(text);
