@@ -2783,13 +2783,9 @@ async fn a_light_nodes_watch_of_another_accounts_key_begins_at_its_version_and_h
     let store_config = dkvs_store::Config::default();
     let store_config =
         dkvs_store::Config { reserved_for_own_bytes: store_config.max_bytes, ..store_config };
-    let store = dkvs_store::Store::open(dir.path(), store_config)?;
     let config = Config::default().with_kad_mode(dkvs_net::KadMode::Client);
-    let light = dkvs_net::Node::spawn(
-        dkvs_net::libp2p::identity::Keypair::generate_ed25519(),
-        store,
-        config,
-    )?;
+    let light =
+        dkvs_integration_tests::testnet::lone_node_with_store(dir.path(), config, store_config)?;
     light.listen_on("/ip4/127.0.0.1/tcp/0".parse()?).await?;
     light.add_peer(net.peer_id(0), net.addr(0).expect("node 0 runs")).await?;
     let _ = tokio::time::timeout(Duration::from_secs(10), light.bootstrap()).await;

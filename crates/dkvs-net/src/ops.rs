@@ -2171,8 +2171,14 @@ mod tests {
     fn a_put_asked() -> (PutOp, PeerId, Vec<PeerId>) {
         let (mut put, me, others) = a_put();
         let replicas = [others.clone(), vec![me]].concat();
-        put.replicas_found(replicas, Vec::new(), me, false, (crate::Quorum::Majority, None));
+        asked(&mut put, replicas, me);
         (put, me, others)
+    }
+
+    /// `put`'s lookup found `replicas` and kept no place (majority quorums, reads not
+    /// sampled): the remote ones, to be sent the record.
+    fn asked(put: &mut PutOp, replicas: Vec<PeerId>, me: PeerId) -> Vec<PeerId> {
+        put.replicas_found(replicas, Vec::new(), me, false, (crate::Quorum::Majority, None))
     }
 
     #[test]
@@ -2180,8 +2186,7 @@ mod tests {
         let (mut put, me, others) = a_put();
         assert!(!put.settled(Instant::now(), LINGER), "nobody asked yet");
         let replicas = [others.clone(), vec![me]].concat();
-        let remote =
-            put.replicas_found(replicas, Vec::new(), me, false, (crate::Quorum::Majority, None));
+        let remote = asked(&mut put, replicas, me);
         assert_eq!(remote.len(), 4, "this node is not sent its own record");
         assert_eq!((put.receipt.replicas, put.receipt.quorum), (5, 3));
         let t0 = Instant::now();
@@ -2333,13 +2338,7 @@ mod tests {
         let others: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
         // Three replicas, quorum two: two refusals leave only this node's copy.
         let mut put = putting(&record, me);
-        put.replicas_found(
-            [others.clone(), vec![me]].concat(),
-            Vec::new(),
-            me,
-            false,
-            (crate::Quorum::Majority, None),
-        );
+        asked(&mut put, [others.clone(), vec![me]].concat(), me);
         let t0 = Instant::now();
         put.answered(others[0], pb::PutStatus::Full, "full".into(), None, t0);
         assert!(!put.settled(t0, LINGER), "the other replica could still make the quorum");
@@ -2350,13 +2349,7 @@ mod tests {
         assert_eq!(receipt.unreachable.len(), 1);
         // A replica shows a newer record of the same owner: the put is stale, whatever else.
         let mut put = putting(&record, me);
-        put.replicas_found(
-            [others.clone(), vec![me]].concat(),
-            Vec::new(),
-            me,
-            false,
-            (crate::Quorum::Majority, None),
-        );
+        asked(&mut put, [others.clone(), vec![me]].concat(), me);
         put.answered(others[0], pb::PutStatus::Stale, String::new(), Some(newer.clone()), t0);
         assert!(put.settled(t0, LINGER));
         let Err(PutError::Stale { current_seq, current }) = put.result() else { panic!("stale") };
@@ -2367,7 +2360,7 @@ mod tests {
         assert_eq!((receipt.stored.len(), receipt.quorum), (0, 1));
         // A node that is not among the replicas found does not count its own copy.
         let mut put = putting(&record, me);
-        put.replicas_found(others.clone(), Vec::new(), me, false, (crate::Quorum::Majority, None));
+        asked(&mut put, others.clone(), me);
         assert!(put.receipt.stored.is_empty());
     }
 
@@ -2379,13 +2372,7 @@ mod tests {
         let me = PeerId::random();
         let table: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
         let mut put = putting(&record, me);
-        put.replicas_found(
-            [table.clone(), vec![me]].concat(),
-            Vec::new(),
-            me,
-            false,
-            (crate::Quorum::Majority, None),
-        );
+        asked(&mut put, [table.clone(), vec![me]].concat(), me);
         let t0 = Instant::now();
         // Three of the table's replicas store it (a quorum of 4 of 6 with this node); one of
         // them named a closer peer: the put waits for the lookup, however many stored it.
@@ -2416,7 +2403,7 @@ mod tests {
         assert!(receipt.stored.len() <= receipt.replicas);
         // The table left this node out, the lookup puts it in: its own copy counts again.
         let mut put = putting(&record, me);
-        put.replicas_found(table.clone(), Vec::new(), me, false, (crate::Quorum::Majority, None));
+        asked(&mut put, table.clone(), me);
         assert!(put.receipt.stored.is_empty());
         put.rechecking = true;
         put.rechecked(

@@ -310,7 +310,17 @@ impl TestNet {
 /// A node outside any [`TestNet`], with a fresh identity and a persistent store in `dir`: for
 /// stories that wire nodes by hand (relays, NAT, transports).
 pub fn lone_node(dir: &std::path::Path, config: Config) -> anyhow::Result<Node> {
-    let store = Store::open(dir, dkvs_store::Config::default())?;
+    lone_node_with_store(dir, config, dkvs_store::Config::default())
+}
+
+/// Like [`lone_node`], with the store configured by `store_config` (a light node's, all kept
+/// for its own records).
+pub fn lone_node_with_store(
+    dir: &std::path::Path,
+    config: Config,
+    store_config: dkvs_store::Config,
+) -> anyhow::Result<Node> {
+    let store = Store::open(dir, store_config)?;
     Ok(Node::spawn(identity::Keypair::generate_ed25519(), store, config)?)
 }
 
