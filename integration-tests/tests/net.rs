@@ -566,6 +566,79 @@ async fn a_refresh_that_finds_a_peer_the_table_lacked_distrusts_the_table() -> a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_hears_from_peers_of_a_full_bucket_keeps_the_tables_trust()
+-> anyhow::Result<()> {
+    use dkvs_integration_tests::liar::Liar;
+    use dkvs_net::libp2p::{PeerId, identity, kad::KBucketKey};
+
+    // Node 0's farthest bucket (the half of all ids whose first bit differs from its own)
+    // full: 64 servers, its size. Above about 128 servers every node's is, and the peers near
+    // most keys are there. 22 servers nearer node 0 cover the keys near it. A newcomer in
+    // the full bucket joins through the node closest to it only (as one whose walk has not
+    // reached the others yet). A read of a key near the newcomer looks it up and hears from
+    // it: a peer node 0's table lacks, but one the full bucket turned away, which says
+    // nothing of the keys near node 0. Node 0 reads those from its table still (before, the
+    // answer distrusted the table, and the next read near node 0 looked its key up: every
+    // lookup of a far key did so in a network of more than about 128 servers).
+    let id = |key: &identity::Keypair| key.public().to_peer_id();
+    let mut ids = std::iter::repeat_with(identity::Keypair::generate_ed25519);
+    let me = identity::Keypair::generate_ed25519();
+    let own = KBucketKey::from(id(&me));
+    let far = |peer: PeerId| own.distance(&KBucketKey::from(peer)).ilog2() == Some(255);
+    let mut identities = vec![me.clone()];
+    identities.extend(ids.filter(|key| !far(id(key))).take(22));
+    identities.extend(ids.filter(|key| far(id(key))).take(64));
+    let net = TestNet::start_as(identities, Config::default()).await?;
+    let table = net.node(0).routing_table().await;
+    let full = table.iter().filter(|p| far(**p)).count();
+    assert_eq!((full, table.len()), (64, 86), "node 0's table: the far bucket full, and 22");
+    // A key near node 0, written, and read from node 0's table.
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let kad_key = |key: &Key| KBucketKey::new(key.as_str().as_bytes().to_vec());
+    let keys = (0..).map(|i| Key::scoped(&alice.account_id(), &format!("full/{i}")).expect("key"));
+    let near_key = keys.clone().find(|k| own.distance(&kad_key(k)).ilog2() < Some(255));
+    let near_key = near_key.expect("a near key");
+    let receipt = net.put(0, record(&alice, &near_key, "near", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    assert!(reads_from_table(&net, 0, &near_key).await?, "node 0 took no read from its table");
+    // A key written before the newcomer comes; the newcomer, in the full bucket and the
+    // closest peer to the key, known only to the node closest to it.
+    let newcomer = ids.find(|key| far(id(key))).expect("a far id");
+    let closest = |key: &Key| {
+        let key = kad_key(key);
+        (0..net.len())
+            .map(|i| net.peer_id(i))
+            .chain([id(&newcomer)])
+            .min_by_key(|p| key.distance(&KBucketKey::from(*p)))
+    };
+    let far_key = keys.clone().find(|k| closest(k) == Some(id(&newcomer)));
+    let far_key = far_key.expect("a key near the newcomer");
+    let receipt = net.put(0, record(&alice, &far_key, "far", 1)).await??;
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    let newcomer = Liar::spawn_newcomer_as(newcomer).await?;
+    let to = KBucketKey::from(newcomer.peer_id());
+    let host = (1..net.len()).min_by_key(|&i| to.distance(&KBucketKey::from(net.peer_id(i))));
+    let host = host.expect("peers");
+    newcomer.join_quietly(net.peer_id(host), net.addr(host).expect("alive")).await?;
+    let held = eventually(Duration::from_secs(10), async || {
+        net.node(host).routing_table().await.contains(&newcomer.peer_id())
+    });
+    assert!(held.await, "node {host} holds the newcomer");
+    assert!(!net.node(0).connected_peers().await.contains(&newcomer.peer_id()));
+    let got = net.get(0, &far_key).await??;
+    assert_eq!(value(&got), Some("far".into()), "{got:?}");
+    assert!(got.requests > 20, "a far key is looked up: {got:?}");
+    // The lookup heard from the newcomer, which node 0's full bucket has no room for.
+    assert!(net.node(0).connected_peers().await.contains(&newcomer.peer_id()), "not met");
+    assert!(!net.node(0).routing_table().await.contains(&newcomer.peer_id()));
+    let got = net.get(0, &near_key).await??;
+    assert_eq!(value(&got), Some("near".into()), "{got:?}");
+    assert!(got.requests <= 20, "node 0 distrusted its table: {got:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_pass_over_a_node_that_died_and_ask_it_again_once_it_is_back() -> anyhow::Result<()> {
     // Kademlia keeps a peer whose last address failed in its table until its bucket is full,
     // and a bucket of 64 seldom is: a node that died stays in every table. Counted as a peer

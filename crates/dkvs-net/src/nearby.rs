@@ -368,6 +368,23 @@ pub(crate) fn table_met(buckets: &[Bucket], key_index: u32, k: usize, size: usiz
     walk(buckets, key_index, k, |b| b.entries >= size, |b| b.entries - b.unreachable)
 }
 
+/// Whether a routing table of buckets of `size`, whose node's Kademlia key's bytes are `own`,
+/// may have turned `peer` away: the bucket it would sit in is full (Kademlia keeps `size`
+/// peers a bucket, and a newcomer waits for a dead entry's place). A lookup that hears from
+/// such a peer tells nothing of the keys the table covers ([`table_covers`] never takes a
+/// key's replicas from beyond a full bucket): in a network of more than about 2 x `size`
+/// servers, the peers near most keys are in full buckets, and counting them as peers the
+/// table lacked had every lookup of a far key distrust the table for the near ones.
+pub(crate) fn beyond_full_bucket(
+    buckets: &[Bucket],
+    own: &[u8; 32],
+    peer: &PeerId,
+    size: usize,
+) -> bool {
+    let index = bucket_index(own, &hashed(&KBucketKey::from(*peer)));
+    index.is_some_and(|i| buckets.iter().any(|b| b.index == i && b.entries >= size))
+}
+
 /// Walks `buckets` for a key in bucket `key_index`, a rank of [`walk_rank`] at a time: false
 /// at a rank with a bucket that `stops` the walk, true once the `counts` of the ranks walked
 /// come to `k`, and at the end whether anything was counted (a network smaller than k).
@@ -674,6 +691,26 @@ mod tests {
         assert!(!table_met(&full, 250, 20, 64), "a full bucket before 20 entries");
         assert!(table_met(&full, 250, 18, 64), "18 entries before the full bucket");
         assert!(!table_met(&[], 250, 20, 64));
+    }
+
+    #[test]
+    fn a_peer_in_a_full_bucket_may_have_been_turned_away_and_no_other() {
+        let me = PeerId::random();
+        let own = hashed(&KBucketKey::from(me));
+        let index = |p: &PeerId| bucket_index(&own, &hashed(&KBucketKey::from(*p)));
+        let far = std::iter::repeat_with(PeerId::random).find(|p| index(p) == Some(255));
+        let near = std::iter::repeat_with(PeerId::random).find(|p| index(p) < Some(254));
+        let (far, near) = (far.expect("a far peer"), near.expect("a near peer"));
+        let near_index = index(&near).expect("not me");
+        // Bucket 255 full (64 of 64, whether live or not); the near peer's bucket holds 3.
+        let table = [bucket(255, 64, 10), bucket(near_index, 3, 3)];
+        assert!(beyond_full_bucket(&table, &own, &far, 64));
+        assert!(!beyond_full_bucket(&table, &own, &near, 64));
+        assert!(!beyond_full_bucket(&table, &own, &far, 65), "64 of 65 is not full");
+        assert!(!beyond_full_bucket(&[bucket(255, 63, 63)], &own, &far, 64));
+        // A bucket the table has no entry in is empty, and the node itself is in none.
+        assert!(!beyond_full_bucket(&[bucket(255, 64, 64)], &own, &near, 64));
+        assert!(!beyond_full_bucket(&table, &own, &me, 64));
     }
 
     #[test]

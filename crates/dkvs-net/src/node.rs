@@ -962,7 +962,8 @@ pub(crate) struct Driver<E: Extension> {
     /// trusted, with when each started ([`Driver::check_trust`]).
     trust_checks: HashMap<kad::QueryId, crate::nearby::Began>,
     /// The refresh's lookups, with the peers the routing table held when each began: one that
-    /// finds a peer the table did not hold distrusts it ([`Driver::refresh_table`]).
+    /// finds a peer the table did not hold, and not in a full bucket, distrusts it
+    /// ([`Driver::refresh_table`], [`Driver::beyond_full_bucket`]).
     refresh_lookups: HashMap<kad::QueryId, HashSet<PeerId>>,
     pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
@@ -1980,7 +1981,9 @@ impl<E: Extension> Driver<E> {
                             self.vouch(&answered, started, &[]);
                         }
                     } else if let Some(held) = self.refresh_lookups.remove(&id) {
-                        if complete && answered.iter().any(|p| !held.contains(p)) {
+                        let lacked = |p: &PeerId| !held.contains(p);
+                        let lacked: Vec<PeerId> = answered.into_iter().filter(lacked).collect();
+                        if complete && lacked.iter().any(|p| !self.beyond_full_bucket(p)) {
                             tracing::debug!("a refresh found peers the table lacked");
                             self.distrust();
                         }
@@ -2079,9 +2082,17 @@ impl<E: Extension> Driver<E> {
     /// operation, and lanes opened early"). One lookup for each walk that ends with the table
     /// not trusted: [`Node::bootstrap`] (a join), a rejoin after the node was stranded, and
     /// Kademlia's own walks while the table holds fewer than 20 peers. (A refresh lookup
-    /// only distrusts the table, when it finds a peer the table did not hold.)
+    /// only distrusts the table, when it finds a peer the table did not hold and could
+    /// have.)
     fn check_trust(&mut self) {
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random().to_bytes());
+        // A key in a full bucket's range (most keys, in a network of more than about 128
+        // servers) is answered by peers that tell nothing of the table
+        // ([`Driver::vouch`]): the node's own id then, whose closest are in its nearest
+        // buckets.
+        let random = PeerId::random();
+        let target =
+            if self.beyond_full_bucket(&random) { *self.swarm.local_peer_id() } else { random };
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(target.to_bytes());
         self.trust_checks.insert(query, self.table_trusted.began(Instant::now()));
         self.lookup_ends.started(query, Instant::now());
     }
@@ -2091,16 +2102,34 @@ impl<E: Extension> Driver<E> {
     /// ([`Driver::finds_nobody_new`]), and distrusted otherwise. One that began before the
     /// table was last distrusted vouches for nothing either way (a check in flight does not
     /// undo a replica's naming, nor one stale lookup another's trust); one that heard from
-    /// nobody leaves the table untrusted.
+    /// nobody leaves the table untrusted. Answers of peers in full buckets are not counted
+    /// ([`Driver::beyond_full_bucket`]), and a lookup that heard only from such peers leaves
+    /// the trust as it was.
     fn vouch(&mut self, answered: &[PeerId], began: crate::nearby::Began, named: &[PeerId]) {
+        // Peers in a full bucket tell nothing of the keys the table covers: a lookup that
+        // heard from no other (one of a far key, in a network of more than about 128
+        // servers) leaves the trust as it was.
+        let counted: Vec<PeerId> =
+            answered.iter().filter(|p| !self.beyond_full_bucket(p)).copied().collect();
+        if counted.is_empty() && !answered.is_empty() {
+            return;
+        }
         // Peers that speak Kademlia alone are no evidence of where servers are: a lookup
         // that heard from nobody else vouches for nothing either way.
-        let found = if answered.iter().all(|p| self.kad_only(p)) {
+        let found = if counted.iter().all(|p| self.kad_only(p)) {
             None
         } else {
-            Some(!self.finds_nobody_new(answered, began.at, named))
+            Some(!self.finds_nobody_new(&counted, began.at, named))
         };
         self.table_trusted.lookup(began, found);
+    }
+
+    /// Whether the routing table may have turned `peer` away, its bucket being full
+    /// ([`crate::nearby::beyond_full_bucket`]): no peer the table lacks for the keys it
+    /// covers.
+    fn beyond_full_bucket(&mut self, peer: &PeerId) -> bool {
+        let (own, size) = (self.own_key, crate::behaviour::KBUCKET_SIZE.get());
+        crate::nearby::beyond_full_bucket(&self.table().buckets, &own, peer, size)
     }
 
     /// Operations take no replica set from the routing table until a lookup that begins from

@@ -52,6 +52,11 @@ pub struct Member {
 pub type Spawn =
     Arc<dyn Fn(&identity::Keypair, Store, Config, &Path) -> anyhow::Result<Node> + Send + Sync>;
 
+/// Nodes started as users start them, with nothing hosted.
+fn plain() -> Spawn {
+    Arc::new(|identity, store, config, _| Ok(Node::spawn(identity.clone(), store, config)?))
+}
+
 /// N nodes on loopback (or on the memory transport, when the configuration has only that),
 /// bootstrapped through node 0.
 pub struct TestNet {
@@ -79,9 +84,7 @@ impl TestNet {
         config: Config,
         store_config: dkvs_store::Config,
     ) -> anyhow::Result<TestNet> {
-        let spawn: Spawn = Arc::new(|identity, store, config, _| {
-            Ok(Node::spawn(identity.clone(), store, config)?)
-        });
+        let spawn = plain();
         TestNet::start_custom(n, config, store_config, spawn).await
     }
 
@@ -93,10 +96,64 @@ impl TestNet {
         store_config: dkvs_store::Config,
         spawn: Spawn,
     ) -> anyhow::Result<TestNet> {
-        let dir = tempfile::tempdir()?;
-        let members = (0..n)
-            .map(|i| Member {
-                identity: identity::Keypair::generate_ed25519(),
+        let identities = std::iter::repeat_with(identity::Keypair::generate_ed25519).take(n);
+        TestNet::start_members(identities.collect(), config, store_config, spawn).await
+    }
+
+    /// Like [`TestNet::start`], node `i` with the identity `identities[i]` (ids ground to sit
+    /// in given places of one another's routing tables), for networks of dozens of nodes (a
+    /// join at a time, each waiting for its walk, takes about a minute for 90 in a debug
+    /// build): every other node connects to node 0, sixteen at a time, and once node 0's
+    /// routing table holds every node, they all walk the DHT at once.
+    pub async fn start_as(
+        identities: Vec<identity::Keypair>,
+        config: Config,
+    ) -> anyhow::Result<TestNet> {
+        let store_config = dkvs_store::Config::default();
+        let net = TestNet::launch_members(identities, config, store_config, plain()).await?;
+        let addr = net.addr(0).context("node 0 listens")?;
+        let others: Vec<usize> = (1..net.len()).collect();
+        for wave in others.chunks(16) {
+            let joins = wave.iter().map(|&i| net.node(i).add_peer(net.peer_id(0), addr.clone()));
+            for result in step("connect", futures::future::join_all(joins)).await? {
+                result?;
+            }
+        }
+        // A peer joins the table once identify told that it serves the DHT.
+        let all =
+            eventually(STEP, async || net.node(0).routing_table().await.len() + 1 >= net.len());
+        anyhow::ensure!(all.await, "node 0's routing table does not hold every node");
+        // Then every node walks the DHT, all at once, waited for as a join's walk is: the
+        // network is quieter then (walks going on make lookups time out).
+        let walks = (1..net.len()).map(|i| net.node(i).bootstrap());
+        let _ = tokio::time::timeout(STEP / 3, futures::future::join_all(walks)).await;
+        Ok(net)
+    }
+
+    async fn start_members(
+        identities: Vec<identity::Keypair>,
+        config: Config,
+        store_config: dkvs_store::Config,
+        spawn: Spawn,
+    ) -> anyhow::Result<TestNet> {
+        let net = TestNet::launch_members(identities, config, store_config, spawn).await?;
+        for i in 0..net.len() {
+            net.join(i).await?;
+        }
+        Ok(net)
+    }
+
+    /// A network of a node for each of `identities`, each listening, none joined.
+    async fn launch_members(
+        identities: Vec<identity::Keypair>,
+        config: Config,
+        store_config: dkvs_store::Config,
+        spawn: Spawn,
+    ) -> anyhow::Result<TestNet> {
+        let (n, dir) = (identities.len(), tempfile::tempdir()?);
+        let members = (identities.into_iter().enumerate())
+            .map(|(i, identity)| Member {
+                identity,
                 dir: dir.path().join(format!("node{i}")),
                 node: None,
                 addr: None,
@@ -105,9 +162,6 @@ impl TestNet {
         let mut net = TestNet { members, config, store_config, spawn, _dir: dir };
         for i in 0..n {
             net.launch(i).await?;
-        }
-        for i in 0..n {
-            net.join(i).await?;
         }
         Ok(net)
     }
@@ -128,9 +182,7 @@ impl TestNet {
         config: Config,
         mut report: impl FnMut(usize),
     ) -> anyhow::Result<TestNet> {
-        let spawn: Spawn = Arc::new(|identity, store, config, _| {
-            Ok(Node::spawn(identity.clone(), store, config)?)
-        });
+        let spawn = plain();
         let dir = tempfile::tempdir()?;
         let store_config = dkvs_store::Config::default();
         let mut net = TestNet { members: Vec::new(), config, store_config, spawn, _dir: dir };
