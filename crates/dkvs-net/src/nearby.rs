@@ -4,7 +4,8 @@
 //! A Kademlia lookup asks about twenty peers for their closest before a read or a write can
 //! ask a single replica (docs/benchmarks.md: 21 of a get's 34 requests at N = 100). When this
 //! node's routing table holds every peer near the key ([`table_covers`]) and the last lookups
-//! found nobody the table did not hold, the operation starts from the table instead. Each of
+//! found nobody the table did not hold (and had room for: [`beyond_full_bucket`]), the
+//! operation starts from the table instead. Each of
 //! its requests carries the asker's candidates (by fingerprint) and its farthest, and each
 //! replica answers with the ids of the DHT servers it is connected to that are closer and
 //! unknown to the asker. One such id means the table was wrong about the key: the operation
@@ -93,7 +94,8 @@ impl Neighbourhood {
 
 /// Whether operations may take a key's replicas from the routing table: trusted by a lookup
 /// that found nobody new, distrusted by one that found somebody (a refresh's lookup only
-/// ever distrusts) or by a replica's naming.
+/// ever distrusts) or by a replica's naming. (Peers in full buckets count as nobody either
+/// way: [`beyond_full_bucket`].)
 /// A lookup that began before the last distrust vouches for nothing either way (a check in
 /// flight does not undo a replica's naming, nor one stale lookup another's trust), and one
 /// that heard from nobody leaves the table untrusted without counting as a distrust.
@@ -366,6 +368,11 @@ pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: u
 /// ([`Table::joined`]) asks this, not whether the table alone can give them.
 pub(crate) fn table_met(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
     walk(buckets, key_index, k, |b| b.entries >= size, |b| b.entries - b.unreachable)
+}
+
+/// The indexes of the buckets of `size` that are full.
+pub(crate) fn full(buckets: &[Bucket], size: usize) -> Vec<u32> {
+    buckets.iter().filter(|b| b.entries >= size).map(|b| b.index).collect()
 }
 
 /// Whether a routing table of buckets of `size`, whose node's Kademlia key's bytes are `own`,
@@ -711,6 +718,9 @@ mod tests {
         // A bucket the table has no entry in is empty, and the node itself is in none.
         assert!(!beyond_full_bucket(&[bucket(255, 64, 64)], &own, &near, 64));
         assert!(!beyond_full_bucket(&table, &own, &me, 64));
+        assert_eq!(full(&table, 64), [255]);
+        assert_eq!(full(&table, 3), [255, near_index]);
+        assert!(full(&table, 65).is_empty());
     }
 
     #[test]

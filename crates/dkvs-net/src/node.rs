@@ -133,6 +133,7 @@ pub(crate) enum Command {
     Pacing(oneshot::Sender<crate::PacingStats>),
     Turn(PeerId, usize, oneshot::Sender<bool>),
     Trimmed(oneshot::Sender<u64>),
+    LookupsTimedOut(oneshot::Sender<u64>),
     RefusedHandshakes(oneshot::Sender<u64>),
     KeptDropped(oneshot::Sender<Vec<Key>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -674,6 +675,12 @@ impl Node {
         self.ask(Command::Trimmed).await.unwrap_or_default()
     }
 
+    /// The operations' lookups that timed out since the node started (a lookup that
+    /// completed heard from every peer near the key that answers).
+    pub async fn lookups_timed_out(&self) -> u64 {
+        self.ask(Command::LookupsTimedOut).await.unwrap_or_default()
+    }
+
     /// The keys this node stopped keeping alive ([`Node::keep_alive`]) by itself since the
     /// last call: the network's newest record of each is a tombstone, or another owner's
     /// (handed over), as a round found it. Keys whose record in this node's store looks so
@@ -1054,8 +1061,13 @@ pub(crate) struct Driver<E: Extension> {
     /// after a walk) found only peers that were connected DHT servers before it started, or
     /// the peers a replica named and that the table holds now ([`Driver::finds_nobody_new`]);
     /// cleared when one found others, a refresh lookup found a peer the table did not hold,
-    /// or a replica named a closer peer the table lacked ([`Driver::distrust`]).
+    /// a replica named a closer peer the table lacked ([`Driver::distrust`]), or a full
+    /// bucket lost an entry. Peers in full buckets, which the table may have turned away,
+    /// count for neither ([`Driver::beyond_full_bucket`]).
     pub(crate) table_trusted: crate::nearby::Trust,
+    /// The buckets that were full when the table was last read: one that is not full any
+    /// more distrusts the table ([`Driver::table`]).
+    full_buckets: Vec<u32>,
     /// Operations rechecking their replica set, with the replica that named peers and those
     /// peers ([`crate::nearby`]).
     pub(crate) rechecks: HashMap<OpId, (PeerId, Vec<PeerId>)>,
@@ -1077,6 +1089,8 @@ pub(crate) struct Driver<E: Extension> {
     since: HashMap<PeerId, Instant>,
     /// Peers disconnected to keep within the connection limit, since the start.
     trimmed: u64,
+    /// Operations' lookups that timed out, since the start.
+    lookups_timed_out: u64,
     /// The open connections a trim left over the limit (everything else was spared): a new
     /// connection trims again only once this many plus an eighth of the limit are open, or
     /// at the sweep ([`Driver::trim_connections`]).
@@ -1155,6 +1169,7 @@ impl<E: Extension> Driver<E> {
             watch_reads: HashMap::new(),
             own_key,
             table_trusted: crate::nearby::Trust::default(),
+            full_buckets: Vec::new(),
             rechecks: HashMap::new(),
             deaf_to: HashMap::new(),
             wakeups: 0,
@@ -1164,6 +1179,7 @@ impl<E: Extension> Driver<E> {
             closing: HashSet::new(),
             since: HashMap::new(),
             trimmed: 0,
+            lookups_timed_out: 0,
             trim_left: None,
         }
     }
@@ -1390,6 +1406,9 @@ impl<E: Extension> Driver<E> {
                 let _ = reply.send(self.outbox.stats);
             }
             Command::Turn(peer, len, reply) => self.outbox.turn(peer, len, reply, Instant::now()),
+            Command::LookupsTimedOut(reply) => {
+                let _ = reply.send(self.lookups_timed_out);
+            }
             Command::Trimmed(reply) => {
                 let _ = reply.send(self.trimmed);
             }
@@ -1965,6 +1984,8 @@ impl<E: Extension> Driver<E> {
                         if complete {
                             let named = self.rechecks.get(&op).map(|(_, named)| named.clone());
                             self.vouch(&answered, started, &named.unwrap_or_default());
+                        } else {
+                            self.lookups_timed_out += 1;
                         }
                         let requests = stats.num_requests();
                         let found =
@@ -2073,10 +2094,11 @@ impl<E: Extension> Driver<E> {
             })
     }
 
-    /// Looks up a random key when a walk of the table ended with the table not trusted, so
-    /// that the node's next operation need not look its own key up first. A walk fills the
-    /// table with what its lookups find, so it vouches for nothing itself; a lookup after it
-    /// that finds only peers the table held when it began does, as an operation's does.
+    /// Looks up a random key (in a bucket that is not full) when a walk of the table ended
+    /// with the table not trusted, so that the node's next operation need not look its own
+    /// key up first. A walk fills the table with what its lookups find, so it vouches for
+    /// nothing itself; a lookup after it that finds only peers the table held when it began
+    /// does, as an operation's does.
     /// Without it, a node that just joined looked up the key of its first operation (about
     /// 20 requests and a few round trips more: docs/benchmarks.md, "A node's first
     /// operation, and lanes opened early"). One lookup for each walk that ends with the table
@@ -2087,11 +2109,12 @@ impl<E: Extension> Driver<E> {
     fn check_trust(&mut self) {
         // A key in a full bucket's range (most keys, in a network of more than about 128
         // servers) is answered by peers that tell nothing of the table
-        // ([`Driver::vouch`]): the node's own id then, whose closest are in its nearest
-        // buckets.
-        let random = PeerId::random();
-        let target =
-            if self.beyond_full_bucket(&random) { *self.swarm.local_peer_id() } else { random };
+        // ([`Driver::vouch`]): random keys are drawn until one falls in a bucket that is not
+        // full, as the refresh draws them, and the node's own id is the last resort (its
+        // closest are in its nearest buckets, where the walk began).
+        let random = std::iter::repeat_with(PeerId::random).take(REFRESH_TRIES);
+        let mut random = random.filter(|key| !self.beyond_full_bucket(key));
+        let target = random.next().unwrap_or(*self.swarm.local_peer_id());
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(target.to_bytes());
         self.trust_checks.insert(query, self.table_trusted.began(Instant::now()));
         self.lookup_ends.started(query, Instant::now());
@@ -2111,12 +2134,12 @@ impl<E: Extension> Driver<E> {
         // servers) leaves the trust as it was.
         let counted: Vec<PeerId> =
             answered.iter().filter(|p| !self.beyond_full_bucket(p)).copied().collect();
-        if counted.is_empty() && !answered.is_empty() {
-            return;
-        }
         // Peers that speak Kademlia alone are no evidence of where servers are: a lookup
         // that heard from nobody else vouches for nothing either way.
         let found = if counted.iter().all(|p| self.kad_only(p)) {
+            if counted.len() < answered.len() {
+                return;
+            }
             None
         } else {
             Some(!self.finds_nobody_new(&counted, began.at, named))
@@ -2134,7 +2157,7 @@ impl<E: Extension> Driver<E> {
 
     /// Operations take no replica set from the routing table until a lookup that begins from
     /// now on finds nobody new. Trust from a check after a join lasts until a lookup finds a
-    /// peer the table lacks (an operation's, or the refresh's every
+    /// peer the table lacks and had room for (an operation's, or the refresh's every
     /// [`Config::table_refresh_interval`](crate::Config)) or a replica names one: peers that
     /// joined later and never reached this node are found no other way.
     pub(crate) fn distrust(&mut self) {
@@ -2822,6 +2845,16 @@ impl<E: Extension> Driver<E> {
                 let live = table.live.len() - before;
                 table.buckets.push(Bucket { index, entries, live, unreachable });
             }
+            // A bucket that was full and is not (an entry removed: a dial that reached
+            // another peer at its last address) covers keys again, while lookups may have
+            // heard from peers it turned away and not counted them
+            // ([`Driver::beyond_full_bucket`]): the table is trusted again only after a
+            // lookup that counts them.
+            let full = crate::nearby::full(&table.buckets, crate::behaviour::KBUCKET_SIZE.get());
+            if self.full_buckets.iter().any(|index| !full.contains(index)) {
+                self.table_trusted.distrust();
+            }
+            self.full_buckets = full;
             self.live_table = Some(table);
         }
         self.live_table.get_or_insert_default()

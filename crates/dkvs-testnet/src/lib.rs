@@ -101,17 +101,19 @@ impl TestNet {
     }
 
     /// Like [`TestNet::start`], node `i` with the identity `identities[i]` (ids ground to sit
-    /// in given places of one another's routing tables), for networks of dozens of nodes (a
-    /// join at a time, each waiting for its walk, takes about a minute for 90 in a debug
-    /// build): every other node connects to node 0, sixteen at a time, and once node 0's
-    /// routing table holds every node, they all walk the DHT at once.
+    /// in given places of node 0's routing table), for networks of dozens of nodes (a join at
+    /// a time, each waiting for its walk, takes about a minute for 90 in a debug build):
+    /// every other node connects to node 0, sixteen at a time, and once node 0's routing
+    /// table holds every node, they all walk the DHT at once, waited for as a join's walk
+    /// is. The identities must fit in node 0's buckets (64 a bucket; more than about 128
+    /// random ones do not), or the start fails saying so.
     pub async fn start_as(
         identities: Vec<identity::Keypair>,
         config: Config,
     ) -> anyhow::Result<TestNet> {
         let store_config = dkvs_store::Config::default();
         let net = TestNet::launch_members(identities, config, store_config, plain()).await?;
-        let addr = net.addr(0).context("node 0 listens")?;
+        let addr = net.addr(0).context("a network of no nodes")?;
         let others: Vec<usize> = (1..net.len()).collect();
         for wave in others.chunks(16) {
             let joins = wave.iter().map(|&i| net.node(i).add_peer(net.peer_id(0), addr.clone()));
@@ -122,10 +124,11 @@ impl TestNet {
         // A peer joins the table once identify told that it serves the DHT.
         let all =
             eventually(STEP, async || net.node(0).routing_table().await.len() + 1 >= net.len());
-        anyhow::ensure!(all.await, "node 0's routing table does not hold every node");
+        let why = "do more than 64 ids fall in one of its buckets?";
+        anyhow::ensure!(all.await, "node 0's routing table does not hold every node ({why})");
         // Then every node walks the DHT, all at once, waited for as a join's walk is: the
         // network is quieter then (walks going on make lookups time out).
-        let walks = (1..net.len()).map(|i| net.node(i).bootstrap());
+        let walks = (0..net.len()).map(|i| net.node(i).bootstrap());
         let _ = tokio::time::timeout(STEP / 3, futures::future::join_all(walks)).await;
         Ok(net)
     }
