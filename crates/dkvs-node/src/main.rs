@@ -249,7 +249,8 @@ enum IpfsCommand {
     /// the account's key before its blocks are made, unless --plain. A directory is added
     /// with --plain only, as one UnixFS directory (the CID Helia gives it).
     Add {
-        /// The file, or the directory.
+        /// The file, or the directory; a pipe or a device such as `/dev/stdin` is read to its
+        /// end, as `-` is.
         file: PathBuf,
         /// Add it as public content, not encrypted (anyone with the CID reads it; no account
         /// is used).
@@ -1448,12 +1449,19 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             let answer = if file.as_os_str() == "-" {
                 client.post_reader(&path, std::io::stdin())?
             } else {
-                let source = std::fs::File::open(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                if !source.metadata().is_ok_and(|m| m.is_file()) {
-                    anyhow::bail!("{} is not a file nor a directory", file.display());
+                use std::os::unix::fs::FileTypeExt as _;
+                let cannot = || format!("cannot read {}", file.display());
+                let source = std::fs::File::open(&file).with_context(cannot)?;
+                let kind = source.metadata().with_context(cannot)?.file_type();
+                // A pipe (`/dev/stdin` on a pipeline, `<(command)`), a terminal or a character
+                // device is read to its end as standard input is; a block device (a disk) is
+                // no file to add.
+                let stream = kind.is_fifo() || kind.is_char_device() || kind.is_socket();
+                if !kind.is_file() && !stream {
+                    anyhow::bail!("{} is not a file, a pipe nor a directory", file.display());
                 }
-                let bar = progress(source.metadata().ok().map(|m| m.len()));
+                let len = kind.is_file().then(|| source.metadata().ok().map(|m| m.len()));
+                let bar = progress(len.flatten());
                 let answer = client.post_reader(&path, bar.wrap_read(source))?;
                 bar.finish_and_clear();
                 answer

@@ -1188,6 +1188,38 @@ fn a_file_larger_than_the_block_store_does_not_fit_and_says_so() {
     assert_eq!((&stat["blocks"], &stat["bytes"]), (&0.into(), &0.into()), "nothing kept: {stat}");
 }
 
+/// A pipe named as the file (`/dev/stdin` on a pipeline, a FIFO, `<(command)`) is read to its
+/// end, as `-` is (it was refused as "not a file nor a directory"); a directory is not.
+#[test]
+fn a_pipe_named_as_the_file_is_added_as_standard_input_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let _node = start(&home, None);
+    let bytes = b"through a pipe\n".repeat(1000);
+    let add = |file: &str, stdin: Option<&[u8]>| {
+        let mut c = dkvs(&home);
+        c.args(["ipfs", "add", "--plain", file]);
+        ok(run(c, stdin)).trim().to_owned()
+    };
+    let by_dash = add("-", Some(&bytes));
+    assert!(by_dash.starts_with("bafk") || by_dash.starts_with("bafy"), "a CID: {by_dash}");
+    assert_eq!(add("/dev/stdin", Some(&bytes)), by_dash, "/dev/stdin is standard input");
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo");
+    // The writer blocks until the command opens the FIFO; a command that failed before that
+    // leaves it blocked, and the test fails on the command's output.
+    let writer = std::thread::spawn({
+        let (fifo, bytes) = (fifo.clone(), bytes.clone());
+        move || std::fs::write(fifo, bytes)
+    });
+    assert_eq!(add(fifo.to_str().expect("utf-8"), None), by_dash, "the FIFO's bytes");
+    writer.join().expect("writer").expect("written");
+    // The empty file, from a character device that ends at once.
+    let empty = add("/dev/null", None);
+    assert_eq!(add("-", Some(b"")), empty, "/dev/null is the empty file");
+}
+
 fn ipfs(home: &Path, args: &[&str]) -> Output {
     run(
         {
