@@ -606,7 +606,7 @@ async fn a_lookup_that_hears_from_peers_of_a_full_bucket_keeps_the_tables_trust(
     // vouches for nothing, so the test would prove nothing by it: a newcomer and a key of its
     // own are tried again then (at most five).
     let mut completed = false;
-    let mut newcomers = Vec::new();
+    let mut newcomers: Vec<Liar> = Vec::new();
     for round in 0..5 {
         let newcomer = ids.find(|key| far(id(key))).expect("a far id");
         let closest = |key: &Key| {
@@ -614,6 +614,7 @@ async fn a_lookup_that_hears_from_peers_of_a_full_bucket_keeps_the_tables_trust(
             (0..net.len())
                 .map(|i| net.peer_id(i))
                 .chain([id(&newcomer)])
+                .chain(newcomers.iter().map(Liar::peer_id))
                 .min_by_key(|p| key.distance(&KBucketKey::from(*p)))
         };
         let far_key = keys.clone().find(|k| closest(k) == Some(id(&newcomer)));

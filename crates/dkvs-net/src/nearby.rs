@@ -1,23 +1,21 @@
 //! A key's neighbourhood as one operation sees it, taken from this node's routing table when
 //! the table can be trusted with it, and checked by the replicas it asks.
 //!
-//! A Kademlia lookup asks about twenty peers for their closest before a read or a write can
-//! ask a single replica (docs/benchmarks.md: 21 of a get's 34 requests at N = 100). When this
-//! node's routing table holds every peer near the key ([`table_covers`]) and the last lookups
-//! found nobody the table did not hold (and had room for: [`beyond_full_bucket`]), the
-//! operation starts from the table instead. Each of
-//! its requests carries the asker's candidates (by fingerprint) and its farthest, and each
-//! replica answers with the ids of the DHT servers it is connected to that are closer and
-//! unknown to the asker. One such id means the table was wrong about the key: the operation
-//! then runs the Kademlia lookup after all and asks the replicas it finds (named ids are never
-//! dialed, so a replica that names ids nobody runs costs an operation a lookup, no more, and
-//! one whose named ids a lookup that completed does not find is not heard naming for ten
-//! minutes), and the node stops trusting its table until a lookup again finds nobody new. In
-//! a network whose tables are complete, answers name nobody, and an operation costs its
-//! replicas' requests. An operation that could not start from the table may dial the entries
-//! that kept the table from covering the key ([`unsettled`]: a peer that died and that no
-//! dial has found dead yet, or one whose connections closed idle), so that the next ones
-//! near the key can.
+//! A Kademlia lookup asks about twenty peers for their closest before a read or a write can ask a
+//! single replica (docs/benchmarks.md: 21 of a get's 34 requests at N = 100). When this node's
+//! routing table holds every peer near the key ([`table_covers`]) and the last lookups found nobody
+//! the table did not hold (and had room for: [`beyond_full_bucket`]), the operation starts from the
+//! table instead. Each of its requests carries the asker's candidates (by fingerprint) and its
+//! farthest, and each replica answers with the ids of the DHT servers it is connected to that are
+//! closer and unknown to the asker. One such id means the table was wrong about the key: the
+//! operation then runs the Kademlia lookup after all and asks the replicas it finds (named ids are
+//! never dialed, so a replica that names ids nobody runs costs an operation a lookup, no more, and
+//! one whose named ids a lookup that completed does not find is not heard naming for ten minutes),
+//! and the node stops trusting its table until a lookup again finds nobody new. In a network whose
+//! tables are complete, answers name nobody, and an operation costs its replicas' requests. An
+//! operation that could not start from the table may dial the entries that kept the table from
+//! covering the key ([`unsettled`]: a peer that died and that no dial has found dead yet, or one
+//! whose connections closed idle), so that the next ones near the key can.
 
 use std::collections::HashSet;
 
@@ -94,8 +92,9 @@ impl Neighbourhood {
 
 /// Whether operations may take a key's replicas from the routing table: trusted by a lookup
 /// that found nobody new, distrusted by one that found somebody (a refresh's lookup only
-/// ever distrusts) or by a replica's naming. (Peers in full buckets count as nobody either
-/// way: [`beyond_full_bucket`].)
+/// ever distrusts) or by a replica's naming. (Answers of peers in full buckets are not
+/// counted, and a lookup that heard from no other server leaves the trust as it was:
+/// [`beyond_full_bucket`].)
 /// A lookup that began before the last distrust vouches for nothing either way (a check in
 /// flight does not undo a replica's naming, nor one stale lookup another's trust), and one
 /// that heard from nobody leaves the table untrusted without counting as a distrust.
@@ -335,6 +334,20 @@ pub(crate) struct Bucket {
     pub(crate) entries: usize,
     pub(crate) live: usize,
     pub(crate) unreachable: usize,
+    /// It has been full since the node started. Kademlia takes an entry out only when a dial
+    /// reaches another peer at its last address; a bucket that lost one that way is taken as
+    /// full still: lookups did not count the peers it turned away ([`beyond_full_bucket`]),
+    /// and an attacker who filled it with its own ids could otherwise empty a place of it to
+    /// have the table cover a range of keys with them.
+    pub(crate) filled: bool,
+}
+
+impl Bucket {
+    /// Whether the bucket is full (it holds `size` entries), or was ([`Bucket::filled`]): it
+    /// may have turned peers away.
+    pub(crate) fn full(&self, size: usize) -> bool {
+        self.filled || self.entries >= size
+    }
 }
 
 /// Whether a routing table of buckets of `size` holds every peer among the k closest to a key
@@ -356,7 +369,7 @@ pub(crate) struct Bucket {
 /// in a bucket's range at all, no bucket can say: the node trusts its table only after a
 /// lookup found nobody it did not hold ([`Trust`]).
 pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
-    let stops = |b: &Bucket| b.entries >= size || b.live + b.unreachable < b.entries;
+    let stops = |b: &Bucket| b.full(size) || b.live + b.unreachable < b.entries;
     walk(buckets, key_index, k, stops, |b| b.live)
 }
 
@@ -367,12 +380,7 @@ pub(crate) fn table_covers(buckets: &[Bucket], key_index: u32, k: usize, size: u
 /// stops the walk. Which of a lookup's answers and the table's servers are a key's replicas
 /// ([`Table::joined`]) asks this, not whether the table alone can give them.
 pub(crate) fn table_met(buckets: &[Bucket], key_index: u32, k: usize, size: usize) -> bool {
-    walk(buckets, key_index, k, |b| b.entries >= size, |b| b.entries - b.unreachable)
-}
-
-/// The indexes of the buckets of `size` that are full.
-pub(crate) fn full(buckets: &[Bucket], size: usize) -> Vec<u32> {
-    buckets.iter().filter(|b| b.entries >= size).map(|b| b.index).collect()
+    walk(buckets, key_index, k, |b| b.full(size), |b| b.entries - b.unreachable)
 }
 
 /// Whether a routing table of buckets of `size`, whose node's Kademlia key's bytes are `own`,
@@ -389,7 +397,7 @@ pub(crate) fn beyond_full_bucket(
     size: usize,
 ) -> bool {
     let index = bucket_index(own, &hashed(&KBucketKey::from(*peer)));
-    index.is_some_and(|i| buckets.iter().any(|b| b.index == i && b.entries >= size))
+    index.is_some_and(|i| buckets.iter().any(|b| b.index == i && b.full(size)))
 }
 
 /// Walks `buckets` for a key in bucket `key_index`, a rank of [`walk_rank`] at a time: false
@@ -442,7 +450,7 @@ pub(crate) fn unsettled(buckets: &[Bucket], key_index: u32, k: usize, size: usiz
     walked.sort_by_key(rank);
     let (mut live, mut hopeful, mut unsettled) = (0, 0, Vec::new());
     for group in walked.chunk_by(|a, b| rank(a) == rank(b)) {
-        if group.iter().any(|b| b.entries >= size) {
+        if group.iter().any(|b| b.full(size)) {
             return if hopeful >= k { unsettled } else { Vec::new() };
         }
         let open = group.iter().filter(|b| b.live + b.unreachable < b.entries);
@@ -465,7 +473,7 @@ mod tests {
     }
 
     fn bucket(index: u32, entries: usize, live: usize) -> Bucket {
-        Bucket { index, entries, live, unreachable: 0 }
+        Bucket { index, entries, live, unreachable: 0, filled: false }
     }
 
     #[test]
@@ -495,7 +503,8 @@ mod tests {
 
     #[test]
     fn the_buckets_a_walk_finds_unsettled_are_those_up_to_k_live_peers() {
-        let open = |index, entries, live| Bucket { index, entries, live, unreachable: 1 };
+        let open =
+            |index, entries, live| Bucket { index, entries, live, unreachable: 1, filled: false };
         // The key's bucket (250) holds 2 entries not settled, the bucket below it none; the
         // walk counts 20 live peers before bucket 255, which is not looked at.
         let table = [open(250, 13, 10), bucket(248, 10, 10), open(255, 40, 2)];
@@ -512,13 +521,19 @@ mod tests {
         assert_eq!(unsettled(&table, 250, 21, 64), none);
         // Settled buckets: nothing to dial (whether or not the table covers the key).
         assert_eq!(unsettled(&[bucket(250, 8, 8), bucket(248, 6, 6)], 250, 20, 64), none);
-        let settled = [Bucket { index: 250, entries: 8, live: 5, unreachable: 3 }];
+        let settled = [Bucket { index: 250, entries: 8, live: 5, unreachable: 3, filled: false }];
         assert_eq!(unsettled(&settled, 250, 20, 64), none);
     }
 
     #[test]
     fn a_table_covers_a_key_past_entries_a_dial_found_unreachable_and_no_others() {
-        let with = |index, entries, live, unreachable| Bucket { index, entries, live, unreachable };
+        let with = |index, entries, live, unreachable| Bucket {
+            index,
+            entries,
+            live,
+            unreachable,
+            filled: false,
+        };
         // A node that died: its entry stays, and the dial to it failed.
         assert!(table_covers(&[with(250, 3, 2, 1)], 250, 20, 64));
         assert!(table_covers(&[with(250, 8, 8, 0), with(248, 6, 3, 3)], 250, 20, 64));
@@ -682,7 +697,13 @@ mod tests {
 
     #[test]
     fn a_table_has_met_a_keys_neighbourhood_unless_a_full_bucket_is_walked_before_k_entries() {
-        let with = |index, entries, live, unreachable| Bucket { index, entries, live, unreachable };
+        let with = |index, entries, live, unreachable| Bucket {
+            index,
+            entries,
+            live,
+            unreachable,
+            filled: false,
+        };
         // Entries not live count as met (the table does not cover the key: a lookup's
         // answers may be joined, but the table alone gives no replica set).
         let table = [with(250, 8, 6, 0), with(248, 14, 10, 1)];
@@ -718,9 +739,18 @@ mod tests {
         // A bucket the table has no entry in is empty, and the node itself is in none.
         assert!(!beyond_full_bucket(&[bucket(255, 64, 64)], &own, &near, 64));
         assert!(!beyond_full_bucket(&table, &own, &me, 64));
-        assert_eq!(full(&table, 64), [255]);
-        assert_eq!(full(&table, 3), [255, near_index]);
-        assert!(full(&table, 65).is_empty());
+        // A bucket that was full and lost an entry is taken as full still: no key is covered
+        // past it, and its peers count for nothing.
+        let emptied = Bucket { filled: true, ..bucket(255, 63, 63) };
+        assert!(beyond_full_bucket(&[emptied], &own, &far, 64));
+        let mut table = vec![bucket(250, 20, 20), emptied];
+        assert!(!table_covers(&table, 255, 20, 64), "a key in bucket 255");
+        assert!(!table_met(&table, 255, 20, 64));
+        assert!(unsettled(&table, 255, 20, 64).is_empty());
+        assert!(table_covers(&table, 254, 20, 64), "bucket 250 covers a key in 254 before it");
+        table[1] = bucket(255, 63, 63);
+        assert!(table_covers(&table, 255, 20, 64), "63 live, never full, cover a key");
+        assert!(table_met(&table, 255, 20, 64));
     }
 
     #[test]

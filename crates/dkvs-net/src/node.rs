@@ -1061,13 +1061,13 @@ pub(crate) struct Driver<E: Extension> {
     /// after a walk) found only peers that were connected DHT servers before it started, or
     /// the peers a replica named and that the table holds now ([`Driver::finds_nobody_new`]);
     /// cleared when one found others, a refresh lookup found a peer the table did not hold,
-    /// a replica named a closer peer the table lacked ([`Driver::distrust`]), or a full
-    /// bucket lost an entry. Peers in full buckets, which the table may have turned away,
-    /// count for neither ([`Driver::beyond_full_bucket`]).
+    /// or a replica named a closer peer the table lacked ([`Driver::distrust`]). Peers in
+    /// full buckets, which the table may have turned away, count for neither
+    /// ([`Driver::beyond_full_bucket`]).
     pub(crate) table_trusted: crate::nearby::Trust,
-    /// The buckets that were full when the table was last read: one that is not full any
-    /// more distrusts the table ([`Driver::table`]).
-    full_buckets: Vec<u32>,
+    /// The buckets that have been full since the node started: taken as full
+    /// ([`crate::nearby::Bucket::filled`]).
+    filled_buckets: HashSet<u32>,
     /// Operations rechecking their replica set, with the replica that named peers and those
     /// peers ([`crate::nearby`]).
     pub(crate) rechecks: HashMap<OpId, (PeerId, Vec<PeerId>)>,
@@ -1169,7 +1169,7 @@ impl<E: Extension> Driver<E> {
             watch_reads: HashMap::new(),
             own_key,
             table_trusted: crate::nearby::Trust::default(),
-            full_buckets: Vec::new(),
+            filled_buckets: HashSet::new(),
             rechecks: HashMap::new(),
             deaf_to: HashMap::new(),
             wakeups: 0,
@@ -2125,19 +2125,18 @@ impl<E: Extension> Driver<E> {
     /// ([`Driver::finds_nobody_new`]), and distrusted otherwise. One that began before the
     /// table was last distrusted vouches for nothing either way (a check in flight does not
     /// undo a replica's naming, nor one stale lookup another's trust); one that heard from
-    /// nobody leaves the table untrusted. Answers of peers in full buckets are not counted
-    /// ([`Driver::beyond_full_bucket`]), and a lookup that heard only from such peers leaves
-    /// the trust as it was.
+    /// nobody, or only from peers that speak Kademlia alone, leaves the table untrusted.
+    /// Answers of peers in full buckets are not counted ([`Driver::beyond_full_bucket`]): a
+    /// lookup whose only servers were such peers (one of a far key, in a network of more than
+    /// about 128 servers) leaves the trust as it was.
     fn vouch(&mut self, answered: &[PeerId], began: crate::nearby::Began, named: &[PeerId]) {
-        // Peers in a full bucket tell nothing of the keys the table covers: a lookup that
-        // heard from no other (one of a far key, in a network of more than about 128
-        // servers) leaves the trust as it was.
         let counted: Vec<PeerId> =
             answered.iter().filter(|p| !self.beyond_full_bucket(p)).copied().collect();
-        // Peers that speak Kademlia alone are no evidence of where servers are: a lookup
-        // that heard from nobody else vouches for nothing either way.
         let found = if counted.iter().all(|p| self.kad_only(p)) {
-            if counted.len() < answered.len() {
+            // No server outside the full buckets answered. Servers in them tell nothing of
+            // the keys the table covers; peers that speak Kademlia alone are no evidence of
+            // where servers are.
+            if answered.iter().any(|p| !self.kad_only(p)) {
                 return;
             }
             None
@@ -2581,7 +2580,10 @@ impl<E: Extension> Driver<E> {
     }
 
     /// A watch's read of `key` reached `answered`: its replicas, whose connections are kept.
-    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>) {
+    /// A read the sweep started (`swept`, [`WatchRead::due`]) ends the key's read under way;
+    /// a new watch's first read does not, which may have begun while the sweep's was under
+    /// way (the sweep would start another then).
+    pub(crate) fn watch_read(&mut self, key: &Key, answered: Vec<PeerId>, swept: bool) {
         if !self.watches.is_watched(key) {
             return;
         }
@@ -2591,7 +2593,9 @@ impl<E: Extension> Driver<E> {
             .entry(key.clone())
             .or_insert_with(|| WatchRead::new(key, Instant::now(), watch_refresh(&self.config)));
         read.replicas = replicas;
-        read.reading = false;
+        if swept {
+            read.reading = false;
+        }
         self.keep_watched_replicas();
     }
 
@@ -2843,18 +2847,16 @@ impl<E: Extension> Driver<E> {
                     }
                 }
                 let live = table.live.len() - before;
-                table.buckets.push(Bucket { index, entries, live, unreachable });
+                // A bucket that was full and is not (an entry removed: a dial that reached
+                // another peer at its last address) is taken as full still: lookups did not
+                // count the peers it turned away ([`Driver::beyond_full_bucket`]), and its
+                // entries may have been chosen by whoever filled it.
+                if entries >= crate::behaviour::KBUCKET_SIZE.get() {
+                    self.filled_buckets.insert(index);
+                }
+                let filled = self.filled_buckets.contains(&index);
+                table.buckets.push(Bucket { index, entries, live, unreachable, filled });
             }
-            // A bucket that was full and is not (an entry removed: a dial that reached
-            // another peer at its last address) covers keys again, while lookups may have
-            // heard from peers it turned away and not counted them
-            // ([`Driver::beyond_full_bucket`]): the table is trusted again only after a
-            // lookup that counts them.
-            let full = crate::nearby::full(&table.buckets, crate::behaviour::KBUCKET_SIZE.get());
-            if self.full_buckets.iter().any(|index| !full.contains(index)) {
-                self.table_trusted.distrust();
-            }
-            self.full_buckets = full;
             self.live_table = Some(table);
         }
         self.live_table.get_or_insert_default()

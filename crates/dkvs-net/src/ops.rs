@@ -1520,11 +1520,14 @@ impl<E: crate::Extension> Driver<E> {
                     },
                     _ => 0,
                 };
+                // A new watch's first read is no sweep's: a sweep's read of the key may be
+                // under way still.
+                let swept = first.is_none();
                 if let Some((mut watch, reply)) = first {
                     watch.begin_at(found);
                     let _ = reply.send(*watch);
                 }
-                self.watch_read(&key, answered);
+                self.watch_read(&key, answered, swept);
             }
             GetPurpose::Republish { generation } => {
                 let key = get.key.clone();
