@@ -334,11 +334,13 @@ pub(crate) struct Bucket {
     pub(crate) entries: usize,
     pub(crate) live: usize,
     pub(crate) unreachable: usize,
-    /// It has been full since the node started. Kademlia takes an entry out only when a dial
-    /// reaches another peer at its last address; a bucket that lost one that way is taken as
-    /// full still: lookups did not count the peers it turned away ([`beyond_full_bucket`]),
-    /// and an attacker who filled it with its own ids could otherwise empty a place of it to
-    /// have the table cover a range of keys with them.
+    /// It was full when the table was read, and no refresh of it found it with room since
+    /// (`Driver::refreshed`). Kademlia takes an entry out only when a dial reaches another
+    /// peer at its last address; a bucket that lost one that way is taken as full still:
+    /// lookups did not count the peers it turned away ([`beyond_full_bucket`]), and an
+    /// attacker who filled it with its own ids could otherwise empty a place of it to have
+    /// the table cover a range of keys with them. (Every lookup that did not count a peer
+    /// read the table, so marked the bucket.)
     pub(crate) filled: bool,
 }
 

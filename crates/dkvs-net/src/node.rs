@@ -971,7 +971,7 @@ pub(crate) struct Driver<E: Extension> {
     /// The refresh's lookups, with the peers the routing table held when each began: one that
     /// finds a peer the table did not hold, and not in a full bucket, distrusts it
     /// ([`Driver::refresh_table`], [`Driver::beyond_full_bucket`]).
-    refresh_lookups: HashMap<kad::QueryId, HashSet<PeerId>>,
+    refresh_lookups: HashMap<kad::QueryId, (Option<u32>, HashSet<PeerId>)>,
     pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
     last_replication: Instant,
@@ -1065,8 +1065,8 @@ pub(crate) struct Driver<E: Extension> {
     /// full buckets, which the table may have turned away, count for neither
     /// ([`Driver::beyond_full_bucket`]).
     pub(crate) table_trusted: crate::nearby::Trust,
-    /// The buckets that have been full since the node started: taken as full
-    /// ([`crate::nearby::Bucket::filled`]).
+    /// The buckets that were full when the table was read and that no refresh found with
+    /// room since: taken as full ([`crate::nearby::Bucket::filled`], [`Driver::refreshed`]).
     filled_buckets: HashSet<u32>,
     /// Operations rechecking their replica set, with the replica that named peers and those
     /// peers ([`crate::nearby`]).
@@ -2001,7 +2001,10 @@ impl<E: Extension> Driver<E> {
                         if complete {
                             self.vouch(&answered, started, &[]);
                         }
-                    } else if let Some(held) = self.refresh_lookups.remove(&id) {
+                    } else if let Some((bucket, held)) = self.refresh_lookups.remove(&id) {
+                        if complete && let Some(index) = bucket {
+                            self.refreshed(index);
+                        }
                         let lacked = |p: &PeerId| !held.contains(p);
                         let lacked: Vec<PeerId> = answered.into_iter().filter(lacked).collect();
                         if complete && lacked.iter().any(|p| !self.beyond_full_bucket(p)) {
@@ -2144,6 +2147,23 @@ impl<E: Extension> Driver<E> {
             Some(!self.finds_nobody_new(&counted, began.at, named))
         };
         self.table_trusted.lookup(began, found);
+    }
+
+    /// A refresh's lookup of a key in bucket `index` completed. A bucket taken as full for
+    /// having been full ([`crate::nearby::Bucket::filled`]) that holds fewer than its size
+    /// now is taken as it is again: the lookup asked the peers of its range, and those that
+    /// answered had room in it (Kademlia puts a peer that answers in its bucket). Those the
+    /// table lacks then distrust it, as any that a refresh finds. Without this, a bucket that
+    /// lost an entry stayed taken as full until the node restarted: no replica sets from the
+    /// table, no probes and no kept places for the keys in its range and past it. (Peers
+    /// that leave keep their entries: Kademlia keeps a peer's last address, so a network
+    /// that shrinks leaves full buckets full.)
+    fn refreshed(&mut self, index: u32) {
+        let size = crate::behaviour::KBUCKET_SIZE.get();
+        let room = self.table().buckets.iter().all(|b| b.index != index || b.entries < size);
+        if room && self.filled_buckets.remove(&index) {
+            self.live_table = None;
+        }
     }
 
     /// Whether the routing table may have turned `peer` away, its bucket being full
@@ -2312,7 +2332,7 @@ impl<E: Extension> Driver<E> {
             crate::refresh::Walk::Own => {
                 let id = kad.get_closest_peers(*local.preimage());
                 self.lookup_ends.started(id, now);
-                self.refresh_lookups.insert(id, held);
+                self.refresh_lookups.insert(id, (None, held));
             }
             crate::refresh::Walk::Bucket(index) => {
                 // A random key in the bucket: keys are hashed, so random ones are tried (a
@@ -2346,7 +2366,7 @@ impl<E: Extension> Driver<E> {
                     std::num::NonZeroUsize::new(crate::refresh::BUCKET_RESULTS).expect("non-zero");
                 let id = kad.get_n_closest_peers(target, results);
                 self.lookup_ends.started(id, now);
-                self.refresh_lookups.insert(id, held);
+                self.refresh_lookups.insert(id, (Some(index), held));
             }
         }
     }
@@ -2848,14 +2868,24 @@ impl<E: Extension> Driver<E> {
                 }
                 let live = table.live.len() - before;
                 // A bucket that was full and is not (an entry removed: a dial that reached
-                // another peer at its last address) is taken as full still: lookups did not
-                // count the peers it turned away ([`Driver::beyond_full_bucket`]), and its
-                // entries may have been chosen by whoever filled it.
+                // another peer at its last address) is taken as full still, until a refresh
+                // of it finds room ([`Driver::refreshed`]): lookups did not count the peers it
+                // turned away ([`Driver::beyond_full_bucket`]), and its entries may have been
+                // chosen by whoever filled it.
                 if entries >= crate::behaviour::KBUCKET_SIZE.get() {
                     self.filled_buckets.insert(index);
                 }
                 let filled = self.filled_buckets.contains(&index);
                 table.buckets.push(Bucket { index, entries, live, unreachable, filled });
+            }
+            // Kademlia lists no empty bucket: one that was full and lost every entry is
+            // taken as full still.
+            for &index in &self.filled_buckets {
+                if !table.buckets.iter().any(|b| b.index == index) {
+                    let bucket =
+                        Bucket { index, entries: 0, live: 0, unreachable: 0, filled: true };
+                    table.buckets.push(bucket);
+                }
             }
             self.live_table = Some(table);
         }

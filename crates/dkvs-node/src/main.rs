@@ -249,8 +249,8 @@ enum IpfsCommand {
     /// the account's key before its blocks are made, unless --plain. A directory is added
     /// with --plain only, as one UnixFS directory (the CID Helia gives it).
     Add {
-        /// The file, or the directory; a pipe or a device such as `/dev/stdin` is read to its
-        /// end, as `-` is.
+        /// The file, or the directory; a pipe or a terminal (`/dev/stdin`, `<(command)`) is
+        /// read until it ends, as `-` is.
         file: PathBuf,
         /// Add it as public content, not encrypted (anyone with the CID reads it; no account
         /// is used).
@@ -1453,12 +1453,24 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 let cannot = || format!("cannot read {}", file.display());
                 let source = std::fs::File::open(&file).with_context(cannot)?;
                 let kind = source.metadata().with_context(cannot)?.file_type();
-                // A pipe (`/dev/stdin` on a pipeline, `<(command)`), a terminal or a character
-                // device is read to its end as standard input is; a block device (a disk) is
-                // no file to add.
-                let stream = kind.is_fifo() || kind.is_char_device() || kind.is_socket();
-                if !kind.is_file() && !stream {
+                // A pipe (`/dev/stdin` on a pipeline, `<(command)`) or a terminal is read until
+                // it ends, as standard input is. Other devices are no file to add: a disk, or
+                // /dev/zero and /dev/urandom, which never end (zeros make one block over and
+                // over, which no store limit stops).
+                let terminal = std::io::IsTerminal::is_terminal(&source);
+                if kind.is_char_device() && !terminal || kind.is_block_device() {
+                    anyhow::bail!(
+                        "{} is a device, not a file: add what it gives through a pipe (`head \
+                         -c 1M {} | dkvs ipfs add -`)",
+                        file.display(),
+                        file.display()
+                    );
+                }
+                if !kind.is_file() && !kind.is_fifo() && !terminal {
                     anyhow::bail!("{} is not a file, a pipe nor a directory", file.display());
+                }
+                if terminal {
+                    eprintln!("reading from the terminal; end with Ctrl-D");
                 }
                 let len = kind.is_file().then(|| source.metadata().ok().map(|m| m.len()));
                 let bar = progress(len.flatten());

@@ -93,6 +93,10 @@ pub async fn run(
     let token = hex::encode(rand::rng().random::<[u8; 32]>());
     let url = format!("http://{api_addr}");
     home.write_api(&ApiInfo { url: url.clone(), token: token.clone() })?;
+    // Listened for before the node says it is up: a SIGINT right after "api:" (a script's,
+    // a test's) found no handler yet while the API was starting, and its default action
+    // killed the node instead of stopping it.
+    let mut signals = Signals::new();
     writeln!(out, "api: {url}")?;
     out.flush()?;
     drop(out);
@@ -153,21 +157,21 @@ pub async fn run(
     };
     let (signalled, on_signal) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        signal().await;
+        signals.recv().await;
         // Open watch streams end now, so the graceful shutdown does not wait on them.
         let _ = stop.send(true);
-        let _ = signalled.send(());
+        let _ = signalled.send(signals);
     };
     let served = serve::serve(listener, api::router(state), serve::Limits::NODE, shutdown);
     // A stop waits for the requests under way, but not for ever: a client that sent half a
     // request, or a long file transfer, is cut off after SHUTDOWN_GRACE, or at a second signal.
     let cut_off = async {
-        if on_signal.await.is_err() {
+        let Ok(mut signals) = on_signal.await else {
             return std::future::pending().await;
-        }
+        };
         tokio::select! {
             () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
-            () = signal() => {}
+            () = signals.recv() => {}
         }
     };
     tokio::select! {
@@ -344,16 +348,28 @@ async fn remember_peers(home: &Home, node: &dkvs_net::Node) {
     }
 }
 
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers the node runs until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from when they are made: one that comes before
+/// [`Signals::recv`] is asked is not lost.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            // Without signal handlers the node runs until killed.
+            _ => Signals(None),
+        }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        let Some((term, int)) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

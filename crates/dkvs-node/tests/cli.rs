@@ -1189,7 +1189,7 @@ fn a_file_larger_than_the_block_store_does_not_fit_and_says_so() {
 }
 
 /// A pipe named as the file (`/dev/stdin` on a pipeline, a FIFO, `<(command)`) is read to its
-/// end, as `-` is (it was refused as "not a file nor a directory"); a directory is not.
+/// end, as `-` is (it was refused as "not a file nor a directory"); a device is not.
 #[test]
 fn a_pipe_named_as_the_file_is_added_as_standard_input_is() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1215,9 +1215,12 @@ fn a_pipe_named_as_the_file_is_added_as_standard_input_is() {
     });
     assert_eq!(add(fifo.to_str().expect("utf-8"), None), by_dash, "the FIFO's bytes");
     writer.join().expect("writer").expect("written");
-    // The empty file, from a character device that ends at once.
-    let empty = add("/dev/null", None);
-    assert_eq!(add("-", Some(b"")), empty, "/dev/null is the empty file");
+    // A device that never ends is refused at once, saying how to add what it gives.
+    let mut c = dkvs(&home);
+    c.args(["ipfs", "add", "--plain", "/dev/zero"]);
+    let refused = run(c, None);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("is a device, not a file"), "{}", stderr(&refused));
 }
 
 fn ipfs(home: &Path, args: &[&str]) -> Output {
