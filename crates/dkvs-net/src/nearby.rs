@@ -475,7 +475,11 @@ mod tests {
     }
 
     fn bucket(index: u32, entries: usize, live: usize) -> Bucket {
-        Bucket { index, entries, live, unreachable: 0, filled: false }
+        bucket_with(index, entries, live, 0)
+    }
+
+    fn bucket_with(index: u32, entries: usize, live: usize, unreachable: usize) -> Bucket {
+        Bucket { index, entries, live, unreachable, filled: false }
     }
 
     #[test]
@@ -529,13 +533,7 @@ mod tests {
 
     #[test]
     fn a_table_covers_a_key_past_entries_a_dial_found_unreachable_and_no_others() {
-        let with = |index, entries, live, unreachable| Bucket {
-            index,
-            entries,
-            live,
-            unreachable,
-            filled: false,
-        };
+        let with = bucket_with;
         // A node that died: its entry stays, and the dial to it failed.
         assert!(table_covers(&[with(250, 3, 2, 1)], 250, 20, 64));
         assert!(table_covers(&[with(250, 8, 8, 0), with(248, 6, 3, 3)], 250, 20, 64));
@@ -699,13 +697,7 @@ mod tests {
 
     #[test]
     fn a_table_has_met_a_keys_neighbourhood_unless_a_full_bucket_is_walked_before_k_entries() {
-        let with = |index, entries, live, unreachable| Bucket {
-            index,
-            entries,
-            live,
-            unreachable,
-            filled: false,
-        };
+        let with = bucket_with;
         // Entries not live count as met (the table does not cover the key: a lookup's
         // answers may be joined, but the table alone gives no replica set).
         let table = [with(250, 8, 6, 0), with(248, 14, 10, 1)];

@@ -970,7 +970,8 @@ pub(crate) struct Driver<E: Extension> {
     trust_checks: HashMap<kad::QueryId, crate::nearby::Began>,
     /// The refresh's lookups, with the peers the routing table held when each began: one that
     /// finds a peer the table did not hold, and not in a full bucket, distrusts it
-    /// ([`Driver::refresh_table`], [`Driver::beyond_full_bucket`]).
+    /// ([`Driver::refresh_table`], [`Driver::beyond_full_bucket`]); with the bucket walked
+    /// (none for the walk of the node's own id: [`Driver::refreshed`]).
     refresh_lookups: HashMap<kad::QueryId, (Option<u32>, HashSet<PeerId>)>,
     pub(crate) watches: crate::watch::Watches,
     last_sweep: Instant,
