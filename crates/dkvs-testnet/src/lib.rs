@@ -97,7 +97,12 @@ impl TestNet {
         spawn: Spawn,
     ) -> anyhow::Result<TestNet> {
         let identities = std::iter::repeat_with(identity::Keypair::generate_ed25519).take(n);
-        TestNet::start_members(identities.collect(), config, store_config, spawn).await
+        let net =
+            TestNet::launch_members(identities.collect(), config, store_config, spawn).await?;
+        for i in 0..net.len() {
+            net.join(i).await?;
+        }
+        Ok(net)
     }
 
     /// Like [`TestNet::start`], node `i` with the identity `identities[i]` (ids ground to sit
@@ -130,19 +135,6 @@ impl TestNet {
         // network is quieter then (walks going on make lookups time out).
         let walks = (0..net.len()).map(|i| net.node(i).bootstrap());
         let _ = tokio::time::timeout(STEP / 3, futures::future::join_all(walks)).await;
-        Ok(net)
-    }
-
-    async fn start_members(
-        identities: Vec<identity::Keypair>,
-        config: Config,
-        store_config: dkvs_store::Config,
-        spawn: Spawn,
-    ) -> anyhow::Result<TestNet> {
-        let net = TestNet::launch_members(identities, config, store_config, spawn).await?;
-        for i in 0..net.len() {
-            net.join(i).await?;
-        }
         Ok(net)
     }
 
