@@ -114,12 +114,8 @@ impl Liar {
     /// Starts a newcomer that only the peer it joins ([`Liar::join_quietly`]) knows of, as one
     /// whose walk has not reached the others yet: its routing table takes no peer (Kademlia
     /// would walk the DHT on its own when a first one came), and it answers lookups with
-    /// nobody.
-    pub async fn spawn_newcomer() -> anyhow::Result<Liar> {
-        Liar::spawn_newcomer_as(identity::Keypair::generate_ed25519()).await
-    }
-
-    /// [`Liar::spawn_newcomer`] with the identity `key` (one ground to sit near a key).
+    /// nobody. Its identity is `key`, one ground to sit near a key or a peer (the tests that
+    /// use a newcomer need it nearest to something).
     pub async fn spawn_newcomer_as(key: identity::Keypair) -> anyhow::Result<Liar> {
         Liar::spawn_with(key, "/ip4/127.0.0.1/tcp/0".parse()?, true, true).await
     }
@@ -232,7 +228,7 @@ impl Liar {
     }
 
     /// Connects to `peer` (listening at `addr`) and does not walk the DHT. A liar from
-    /// [`Liar::spawn_newcomer`] does not put `peer` in its routing table either: a newcomer
+    /// [`Liar::spawn_newcomer_as`] does not put `peer` in its routing table either: a newcomer
     /// that only `peer` knows of. (Another liar puts it there on connection, and Kademlia
     /// then walks on its own.)
     pub async fn join_quietly(&self, peer: PeerId, addr: Multiaddr) -> anyhow::Result<()> {

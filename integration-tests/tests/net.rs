@@ -405,7 +405,7 @@ async fn reads_from_table(net: &TestNet, reader: usize, key: &Key) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow::Result<()> {
     use dkvs_integration_tests::liar::Liar;
-    use dkvs_net::libp2p::kad::KBucketKey;
+    use dkvs_net::libp2p::{identity, kad::KBucketKey};
 
     // Twenty nodes, a peer that names a newcomer to every get, and the newcomer, which joined
     // through node 1 only (as one whose walk has not reached the others yet). Node 5's reads
@@ -422,29 +422,35 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
     for i in 0..net.len() {
         let _ = net.node(i).bootstrap().await;
     }
-    let newcomer = Liar::spawn_newcomer().await?;
     let (reader, writer) = (5, 2);
-    // A key the newcomer is the closest peer to (every table that lacks it lacks a replica),
-    // and of which the namer is not the farthest of node 5's table and node 5 (the 20 a read
-    // samples from: k = 20 of those 21).
+    // A key of which the namer is not the farthest of node 5's table and node 5 (the 20 a
+    // read samples from: k = 20 of those 21), and a newcomer closer to it than all of them
+    // (every table that lacks it lacks a replica). The newcomer's identity is ground for the
+    // key: a random one can sit so near a peer that no key of thousands is closest to it.
     let alice = Keypair::generate(KeyType::Ed25519);
     let known: Vec<KBucketKey<_>> = (0..net.len())
         .map(|i| net.peer_id(i))
         .chain([namer.peer_id()])
         .map(KBucketKey::from)
         .collect();
-    let (newcomer_key, namer_key) =
-        (KBucketKey::from(newcomer.peer_id()), KBucketKey::from(namer.peer_id()));
-    let near = (0..10_000)
+    let namer_key = KBucketKey::from(namer.peer_id());
+    let (near, nearest) = (0..)
         .map(|i| Key::scoped(&alice.account_id(), &format!("recheck/{i}")).expect("key"))
-        .find(|key| {
+        .find_map(|key| {
             let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
             let mut ranked: Vec<_> = known.iter().map(|k| (target.distance(k), k)).collect();
             ranked.sort_by_key(|(d, _)| *d);
-            target.distance(&newcomer_key) < ranked[0].0
-                && ranked.last().map(|(_, k)| *k) != Some(&namer_key)
+            let namer_farthest = ranked.last().map(|(_, k)| *k) == Some(&namer_key);
+            // Nobody within 2^250 of it: one identity in 64 or more is closer.
+            let roomy = ranked[0].0.ilog2() >= Some(250);
+            (!namer_farthest && roomy).then(|| (key, ranked[0].0))
         })
         .expect("a key");
+    let target = KBucketKey::new(near.as_str().as_bytes().to_vec());
+    let identity = std::iter::repeat_with(identity::Keypair::generate_ed25519)
+        .find(|key| target.distance(&KBucketKey::from(key.public().to_peer_id())) < nearest)
+        .expect("an identity");
+    let newcomer = Liar::spawn_newcomer_as(identity).await?;
     let other = Key::scoped(&alice.account_id(), "recheck/other").expect("key");
     for key in [&other, &near] {
         let receipt = net.put(writer, record(&alice, key, "v1", 1)).await??;
