@@ -41,6 +41,21 @@ pub enum ClientError {
         /// What was wrong with it.
         reason: String,
     },
+    /// The node stopped reading an upload partway and closed the connection: it refused the
+    /// rest (a file that filled its store) and kept nothing of it.
+    #[error(
+        "the node at {url} stopped reading the upload after {sent} bytes and kept nothing of it \
+         (its log says why)"
+    )]
+    StoppedReading {
+        /// The node.
+        url: String,
+        /// Bytes sent before it stopped.
+        sent: u64,
+    },
+    /// Reading what was being uploaded failed; the node keeps nothing of a cut upload.
+    #[error("{0}")]
+    Source(std::io::Error),
     /// The node could not be reached.
     #[error("cannot reach the node at {url}: {reason} (is `dkvs node` running from this home?)")]
     Unreachable {
@@ -49,6 +64,38 @@ pub enum ClientError {
         /// Why not.
         reason: String,
     },
+}
+
+/// What an upload ([`Client::post_reader`]) read from its source: the bytes, and the error
+/// that ended it, if one did.
+#[derive(Default)]
+struct Sent {
+    bytes: u64,
+    failed: Option<std::io::Error>,
+}
+
+/// A source that counts into [`Sent`] what it gives.
+struct Counted<R> {
+    inner: R,
+    sent: std::sync::Arc<std::sync::Mutex<Sent>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf);
+        let mut sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match read {
+            Ok(n) => {
+                sent.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let said = std::io::Error::new(e.kind(), e.to_string());
+                sent.failed = Some(e);
+                Err(said)
+            }
+        }
+    }
 }
 
 /// The largest JSON answer the command line reads: the node bounds its long answers (an
@@ -222,15 +269,45 @@ impl Client {
         self.json("POST", path, bytes)
     }
 
-    /// POST what `reader` gives to `path` as it reads it (a file of any size), JSON answer.
+    /// POST what `reader` gives to `path` as it reads it, to its end (a file of any size),
+    /// JSON answer. The node is asked to say first whether it takes the upload at all
+    /// (`Expect: 100-continue`): a refusal comes before any byte is sent. A node that stops
+    /// reading partway (a file that filled its store) is [`ClientError::StoppedReading`], not
+    /// unreachable; an error reading `reader` is [`ClientError::Source`].
     pub fn post_reader(
         &self,
         path: &str,
         reader: impl std::io::Read + Send + 'static,
     ) -> Result<serde_json::Value, ClientError> {
-        let response =
-            self.send("POST", path, "application/json", ureq::SendBody::from_owned_reader(reader))?;
-        self.read_json(response)
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Sent::default()));
+        let counted = Counted { inner: reader, sent: sent.clone() };
+        let request = ureq::http::Request::builder()
+            .method("POST")
+            .uri(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/octet-stream")
+            .header("Expect", "100-continue")
+            .body(ureq::SendBody::from_owned_reader(counted))
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = self.agent.run(request).map_err(|e| {
+            let mut sent = sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(source) = sent.failed.take() {
+                return ClientError::Source(source);
+            }
+            let stopped = matches!(&e, ureq::Error::Io(io) if matches!(io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted));
+            if stopped && sent.bytes > 0 {
+                return ClientError::StoppedReading { url: self.base.clone(), sent: sent.bytes };
+            }
+            self.unreachable(e)
+        })?;
+        self.read_json(self.check(response)?)
     }
 
     /// GET `path` and write the answer's bytes to `out` as they come; the bytes written.

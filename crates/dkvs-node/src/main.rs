@@ -1281,7 +1281,7 @@ fn add_directory(
     let bar = progress(Some(total));
     let (reader, writer) = std::io::pipe().context("a pipe to the node")?;
     let writing = {
-        let bar = bar.clone();
+        let (bar, dir) = (bar.clone(), dir.clone());
         std::thread::spawn(move || write_archive(writer, &dir, entries, &bar))
     };
     let answer = client.post_reader(path, reader);
@@ -1293,7 +1293,7 @@ fn add_directory(
         Ok(_) => {}
         Err(_) => anyhow::bail!("the archive's writer panicked"),
     }
-    Ok(answer?)
+    answer.map_err(|e| upload_failed(client, e, &dir))
 }
 
 /// Writes `entries` as a tar archive into `out`. When anything fails (a file that cannot be
@@ -1406,6 +1406,26 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// What `dkvs ipfs add` says when its upload of `file` failed: a source that could not be read
+/// is named; a node that stopped reading partway (it closes the connection rather than read
+/// the rest of a file it refused) is asked how full its block store is, the likely reason.
+fn upload_failed(client: &Client, e: ClientError, file: &std::path::Path) -> anyhow::Error {
+    match e {
+        ClientError::Source(e) => anyhow::anyhow!("cannot read {}: {e}", file.display()),
+        ClientError::StoppedReading { .. } => match client.get_json("/v1/ipfs/stat") {
+            Ok(stat) => anyhow::anyhow!(
+                "{e}: its block store holds {} of at most {} bytes (ipfs_max_bytes); if the file \
+                 does not fit, unpin files and collect garbage (dkvs ipfs unpin, dkvs ipfs gc), \
+                 or raise ipfs_max_bytes",
+                stat["bytes"],
+                stat["max_bytes"]
+            ),
+            Err(gone) => anyhow::anyhow!("{e}, and then: {gone}"),
+        },
+        e => e.into(),
+    }
+}
+
 /// A reader that counts what it gave.
 struct CountedRead<R> {
     inner: R,
@@ -1447,7 +1467,9 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             }
             let path = with_account("/v1/ipfs/add".to_owned(), &account, &extra);
             let answer = if file.as_os_str() == "-" {
-                client.post_reader(&path, std::io::stdin())?
+                client.post_reader(&path, std::io::stdin()).map_err(|e| {
+                    upload_failed(client, e, &std::path::PathBuf::from("standard input"))
+                })?
             } else {
                 use std::os::unix::fs::FileTypeExt as _;
                 let cannot = || format!("cannot read {}", file.display());
@@ -1472,11 +1494,19 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 if terminal {
                     eprintln!("reading from the terminal; end with Ctrl-D");
                 }
-                let len = kind.is_file().then(|| source.metadata().ok().map(|m| m.len()));
-                let bar = progress(len.flatten());
-                let answer = client.post_reader(&path, bar.wrap_read(source))?;
+                // A file's size is said (`size`): the node refuses at once one it can never
+                // keep. The file is still read to its end, whatever its size then (a file
+                // of /proc says 0).
+                let len = kind.is_file().then(|| source.metadata().map(|m| m.len()));
+                let len = len.transpose().with_context(cannot)?;
+                if let Some(len) = len {
+                    extra.push(("size", len.to_string()));
+                }
+                let path = with_account("/v1/ipfs/add".to_owned(), &account, &extra);
+                let bar = progress(len);
+                let answer = client.post_reader(&path, bar.wrap_read(source));
                 bar.finish_and_clear();
-                answer
+                answer.map_err(|e| upload_failed(client, e, &file))?
             };
             outln!("{}", answer["cid"].as_str().unwrap_or("?"));
         }

@@ -1188,6 +1188,79 @@ fn a_file_larger_than_the_block_store_does_not_fit_and_says_so() {
     assert_eq!((&stat["blocks"], &stat["bytes"]), (&0.into(), &0.into()), "nothing kept: {stat}");
 }
 
+/// An encrypted file larger than the block store is refused before any of it is sent: the
+/// node answers the size the command gives before it reads the upload. (The file is sparse,
+/// 64 GiB: sending it would take minutes, and a node that read it would answer otherwise.)
+#[test]
+fn an_encrypted_file_larger_than_the_block_store_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    new_account(&home, "alice", "ed25519");
+    let _node = start_with(&home, None, "ipfs_max_bytes = 1000000\n");
+    let file = dir.path().join("huge");
+    let huge = std::fs::File::create(&file).expect("file");
+    huge.set_len(64 << 30).expect("sparse");
+    let added = ipfs(&home, &["add", file.to_str().expect("utf-8")]);
+    assert_eq!(added.status.code(), Some(2), "{}", stderr(&added));
+    let said = stderr(&added);
+    assert!(said.contains(&format!("the file is {} bytes", 64u64 << 30)), "{said}");
+    assert!(said.contains("at most 1000000 (ipfs_max_bytes)"), "{said}");
+    let stat: serde_json::Value = serde_json::from_str(&ok(ipfs(&home, &["stat"]))).expect("json");
+    assert_eq!((&stat["blocks"], &stat["bytes"]), (&0.into(), &0.into()), "nothing kept: {stat}");
+}
+
+/// An upload that fills the block store partway, with more than the node reads on after its
+/// add failed (16 MiB) left to send: the node closes the connection, and the command says
+/// that it stopped reading and how full the store is, not that it cannot reach the node. For
+/// a file (whose size the node knows: it closes at once) and for a pipe (it reads on first).
+#[test]
+fn an_upload_the_node_stops_reading_says_how_full_the_store_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("node");
+    let _node = start_with(&home, None, "ipfs_max_bytes = 40000000\n");
+    let noise = |len: usize| {
+        let mut bytes = vec![0u8; len];
+        rand::fill(&mut bytes[..]);
+        bytes
+    };
+    let first = dir.path().join("first");
+    std::fs::write(&first, noise(30_000_000)).expect("file");
+    ok(ipfs(&home, &["add", "--plain", first.to_str().expect("utf-8")]));
+    let stat = || -> serde_json::Value {
+        serde_json::from_str(&ok(ipfs(&home, &["stat"]))).expect("json")
+    };
+    let kept = stat()["bytes"].as_u64().expect("bytes");
+    assert!(kept >= 30_000_000, "the first file is kept: {kept}");
+    let expected = format!("holds {kept} of at most 40000000 bytes (ipfs_max_bytes)");
+    let second = dir.path().join("second");
+    std::fs::write(&second, noise(40_000_000)).expect("file");
+    let added = ipfs(&home, &["add", "--plain", second.to_str().expect("utf-8")]);
+    let said = stderr(&added);
+    assert_eq!(added.status.code(), Some(2), "{said}");
+    assert!(said.contains("stopped reading the upload after"), "{said}");
+    assert!(said.contains(&expected), "{said}");
+    assert!(!said.contains("cannot reach"), "{said}");
+    assert_eq!(stat()["bytes"], kept, "nothing kept of the second file");
+    // Bytes through a pipe: the node does not know how many are left, and reads on (16 MiB).
+    let mut piped = dkvs(&home);
+    piped.args(["ipfs", "add", "--plain", "-"]);
+    piped.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = piped.spawn().expect("dkvs starts");
+    let mut stdin = child.stdin.take().expect("piped");
+    let bytes = noise(64_000_000);
+    // The command exits before it has read it all: the write then fails, as it should.
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes).is_ok());
+    let status = exits_within(&mut child, STEP, "the piped add");
+    let mut said = String::new();
+    let stderr = child.stderr.take().expect("piped");
+    std::io::Read::read_to_string(&mut { stderr }, &mut said).expect("stderr");
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(said.contains("stopped reading the upload after"), "{said}");
+    assert!(said.contains(&expected), "{said}");
+    assert!(!writer.join().expect("writer"), "the command read the whole pipe");
+    assert_eq!(stat()["bytes"], kept, "nothing kept of the piped bytes");
+}
+
 /// A pipe named as the file (`/dev/stdin` on a pipeline, a FIFO, `<(command)`) is read to its
 /// end, as `-` is (it was refused as "not a file nor a directory"); a device is not.
 #[test]

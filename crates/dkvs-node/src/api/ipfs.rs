@@ -98,6 +98,9 @@ pub(super) struct AddQuery {
     plain: Option<bool>,
     /// The body is a tar archive of a directory (public content only).
     directory: Option<bool>,
+    /// The file's size, when known: an encrypted file larger than the block store is refused
+    /// before it is sent.
+    size: Option<u64>,
 }
 
 /// `POST /v1/ipfs/add`: the body as a file, encrypted with the account's key unless `plain`;
@@ -123,24 +126,48 @@ pub(super) async fn add(
         ));
     }
     let account = if plain { None } else { Some(state.account(query.account.as_deref()).await?) };
+    // The size the client said (a file's; a pipe's is not known), or the body's length. It
+    // is used before the body is read (a client that asked, `Expect: 100-continue`, has sent
+    // none of it then), and never to cut the body.
+    let length = request.headers().get(axum::http::header::CONTENT_LENGTH);
+    let declared = query.size.or_else(|| length.and_then(|v| v.to_str().ok()?.parse().ok()));
+    let limit = state.config.ipfs_max_bytes;
+    if let Some(len) = declared.filter(|&len| !plain && len > limit) {
+        // An encrypted file's blocks hold more bytes than the file, none alike: it never
+        // fits. (A plain file's blocks may repeat, so one larger than the store may fit.)
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the file is {len} bytes, and the block store holds at most {limit} \
+                 (ipfs_max_bytes): raise ipfs_max_bytes to add it"
+            ),
+        ));
+    }
     let (tx, chunks) = tokio::sync::mpsc::channel(4);
     let mut body = request.into_body().into_data_stream();
     tokio::spawn(async move {
+        let mut received = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(std::io::Error::other);
-            let failed = chunk.is_err();
-            if failed {
+            let Ok(bytes) = &chunk else {
                 let _ = tx.send(chunk).await;
                 return;
-            }
+            };
+            received += bytes.len() as u64;
             if tx.send(chunk).await.is_err() {
-                // The add ended before the body did (it failed: a file that does not fit):
-                // the rest is read and dropped, so that the client, which reads the answer
-                // once it has sent the whole file, gets it instead of a broken connection;
-                // at most DRAINED bytes (a larger file's client sees the connection close).
+                // The add ended before the body did (it failed: a file that does not fit).
+                // A client reads the answer once it has sent the whole file: the rest is
+                // read and dropped when it is at most DRAINED bytes, so that the client gets
+                // the answer. Otherwise the connection closes at once: the client hears
+                // sooner that the node stopped reading than it would send the rest.
+                let rest = declared.map(|len| len.saturating_sub(received));
+                if rest.is_some_and(|rest| rest > DRAINED) {
+                    return;
+                }
                 let mut drained = 0;
                 while let Some(Ok(chunk)) = body.next().await {
-                    drained += chunk.len();
+                    drained += chunk.len() as u64;
                     if drained > DRAINED {
                         return;
                     }
@@ -179,11 +206,15 @@ pub(super) async fn add(
     ))
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ipfs", e.to_string()))?;
+    if let Err(e) = &added {
+        // Said here too: a client whose upload the node stopped reading hears no answer.
+        tracing::info!(error = %e, "an add failed");
+    }
     Ok(Json(added.map_err(ipfs_error)?))
 }
 
 /// The most bytes of an upload read (and dropped) after its add failed.
-const DRAINED: usize = 1 << 30;
+const DRAINED: u64 = 16 << 20;
 
 #[derive(Deserialize)]
 pub(super) struct GetQuery {
