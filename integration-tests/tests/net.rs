@@ -1,6 +1,6 @@
 //! The network-first key-value memory, as stories over 5 to 20 real nodes on loopback.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dkvs_account::{KeyType, Keypair};
 use dkvs_integration_tests::lying_relay::{Lie, LyingRelay};
@@ -512,15 +512,11 @@ async fn a_refresh_that_finds_a_peer_the_table_lacked_distrusts_the_table() -> a
     }
     let (reader, writer) = (5, 2);
     let own = KBucketKey::from(net.peer_id(reader));
-    let nearest = (0..net.len())
+    let mut nearest = (0..net.len())
         .filter(|&i| i != reader)
         .map(|i| own.distance(&KBucketKey::from(net.peer_id(i))))
         .min()
         .expect("peers");
-    let key = std::iter::repeat_with(identity::Keypair::generate_ed25519)
-        .find(|key| own.distance(&KBucketKey::from(key.public().to_peer_id())) < nearest)
-        .expect("a key");
-    let newcomer = Liar::spawn_newcomer_as(key).await?;
     let alice = Keypair::generate(KeyType::Ed25519);
     let other = Key::scoped(&alice.account_id(), "refresh/other").expect("key");
     let receipt = net.put(writer, record(&alice, &other, "v1", 1)).await??;
@@ -528,40 +524,58 @@ async fn a_refresh_that_finds_a_peer_the_table_lacked_distrusts_the_table() -> a
     // Node 5 trusts its table.
     let trusted = reads_from_table(&net, reader, &other).await?;
     assert!(trusted, "node {reader} took no read from its table");
-    newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
-    let held = eventually(Duration::from_secs(10), async || {
-        net.node(1).routing_table().await.contains(&newcomer.peer_id())
-    });
-    assert!(held.await, "node 1 holds the newcomer");
-    let table = net.node(reader).routing_table().await;
-    assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
-    assert!(table.len() >= 20, "no walk of Kademlia's own: {} peers", table.len());
-    // No operation of node 5's until its refresh met the newcomer (an operation's replica
-    // could name it), and until node 5 counts it as a live server: an entry not identified
-    // yet keeps the table from covering keys (the read would look its key up for that), and
-    // is no peer the replicas know node 5 holds (one that met the newcomer would name it).
-    let met = eventually(Duration::from_secs(90), async || {
-        net.node(reader).live_servers().await.contains(&newcomer.peer_id())
-    });
-    assert!(met.await, "node {reader}'s refresh did not meet the newcomer");
-    // The refresh's lookup ends a moment after the newcomer answered it: reads until one
-    // looks the key up. (If that lookup timed out, it distrusted nothing, and no later
-    // refresh finds the newcomer new: the reads below fail.)
-    let mut looked_up = None;
-    for _ in 0..50 {
-        let got = net.get(reader, &other).await??;
-        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-        if got.requests > 20 {
-            looked_up = Some(got);
+    // A refresh's lookup that timed out (on a machine busy with other tests) vouches for
+    // nothing, and no later refresh finds that newcomer new: then another newcomer, closer
+    // still, joins, up to three.
+    let mut newcomers = Vec::new();
+    loop {
+        let key = std::iter::repeat_with(identity::Keypair::generate_ed25519)
+            .find(|key| own.distance(&KBucketKey::from(key.public().to_peer_id())) < nearest)
+            .expect("a key");
+        nearest = own.distance(&KBucketKey::from(key.public().to_peer_id()));
+        let newcomer = Liar::spawn_newcomer_as(key).await?;
+        let timed_out = net.node(reader).lookups_timed_out().await;
+        newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
+        let held = eventually(Duration::from_secs(10), async || {
+            net.node(1).routing_table().await.contains(&newcomer.peer_id())
+        });
+        assert!(held.await, "node 1 holds the newcomer");
+        let table = net.node(reader).routing_table().await;
+        assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
+        assert!(table.len() >= 20, "no walk of Kademlia's own: {} peers", table.len());
+        // No operation of node 5's until its refresh met the newcomer (an operation's replica
+        // could name it), and until node 5 counts it as a live server: an entry not
+        // identified yet keeps the table from covering keys (the read would look its key up
+        // for that), and is no peer the replicas know node 5 holds (one that met the
+        // newcomer would name it).
+        let met = eventually(Duration::from_secs(90), async || {
+            net.node(reader).live_servers().await.contains(&newcomer.peer_id())
+        });
+        assert!(met.await, "node {reader}'s refresh did not meet the newcomer");
+        newcomers.push(newcomer);
+        // The refresh's lookup ends a moment after the newcomer answered it: reads until
+        // one looks the key up.
+        let mut looked_up = false;
+        for _ in 0..50 {
+            let got = net.get(reader, &other).await??;
+            assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+            if got.requests > 20 {
+                looked_up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let timed_out = net.node(reader).lookups_timed_out().await > timed_out;
+        if looked_up {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            timed_out && newcomers.len() < 3,
+            "no read of node {reader} looked its key up after the refresh met newcomer {} (a \
+             lookup timed out meanwhile: {timed_out})",
+            newcomers.len()
+        );
     }
-    let why = "did the refresh's lookup that met the newcomer time out?";
-    assert!(
-        looked_up.is_some(),
-        "no read of node {reader} looked its key up after the refresh ({why})"
-    );
     // That lookup found nobody new (the newcomer was a live server before it began): the
     // table is trusted again.
     let got = net.get(reader, &other).await??;
@@ -1180,7 +1194,9 @@ async fn lying_peers_lose_and_flooders_are_cut_off() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_keep_their_records_alive() -> anyhow::Result<()> {
-    let config = Config::default().with_republish_interval(Duration::from_millis(300));
+    // The interval under test: a record that would expire within two (1 s) is signed again,
+    // a margin that a busy machine's stalls do not use up.
+    let config = Config::default().with_republish_interval(Duration::from_millis(500));
     let net = TestNet::start(4, config).await?;
     let alice = std::sync::Arc::new(Keypair::generate(KeyType::Ed25519));
     let key = Key::scoped(&alice.account_id(), "presence").expect("key");
@@ -1204,7 +1220,7 @@ async fn owners_keep_their_records_alive() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_key_deleted_elsewhere_is_dropped_and_one_not_found_is_read_again()
 -> anyhow::Result<()> {
-    let config = Config::default().with_republish_interval(Duration::from_millis(300));
+    let config = Config::default().with_republish_interval(Duration::from_millis(500));
     let net = TestNet::start(3, config).await?;
     let alice = std::sync::Arc::new(Keypair::generate(KeyType::Ed25519));
     // Kept before anything was written: the first read finds nothing, and the key stays
@@ -1565,6 +1581,7 @@ async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<(
         .map(|i| Key::scoped(&alice.account_id(), &format!("fast/{i}")).expect("key"))
         .collect();
     let writer = net.node(0).clone();
+    let started = Instant::now();
     let receipts: Vec<_> = futures::stream::iter(keys.iter().map(|key| {
         let (writer, record) = (writer.clone(), record(&alice, key, "v", 1));
         async move { writer.put(record).await }
@@ -1572,6 +1589,7 @@ async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<(
     .buffer_unordered(32)
     .collect()
     .await;
+    let took = started.elapsed();
     for receipt in receipts {
         let receipt = receipt?;
         assert!(receipt.has_quorum(), "{receipt:?}");
@@ -1581,9 +1599,14 @@ async fn one_writer_as_fast_as_it_can_is_paced_not_refused() -> anyhow::Result<(
         let refused = receipt.refused.iter().filter(|(_, _, w)| !waited(w));
         assert_eq!(refused.count(), 0, "{receipt:?}");
     }
-    // Pacing did it: requests waited their turn, and none was held back at the door.
+    // Pacing did it: requests waited their turn, and none was held back at the door. (A
+    // machine busy with other tests may put slower than the peers admit: 1000 requests
+    // to each, past the burst, at their rate, take 3 s. Such a writer needs no pacing.)
     let pacing = writer.pacing().await;
-    assert!(pacing.waited > 0, "{pacing:?}");
+    let config = Config::default();
+    let (rate, burst) = (config.peer_requests_per_second, config.peer_request_burst);
+    let admitted = Duration::from_secs_f64(f64::from(1000 - burst) / f64::from(rate));
+    assert!(pacing.waited > 0 || took >= admitted, "{pacing:?} in {took:?}");
     for key in keys.iter().step_by(50) {
         let got = net.get(3, key).await??;
         assert_eq!(value(&got), Some("v".into()), "{key}");
@@ -2010,7 +2033,7 @@ async fn with_fsync_stored_means_flushed_and_reads_go_on_meanwhile() -> anyhow::
     let (one, two) = (net.node(1).store(), net.node(2).store());
     let hold_one = one.hold_syncs().expect("a store with fsync flushes on its own thread");
     let hold_two = two.hold_syncs().expect("a store with fsync flushes on its own thread");
-    let syncs_before = one.stats().syncs;
+    let syncs_before = (one.stats().syncs, two.stats().syncs);
     let writer = net.node(0).clone();
     let put = tokio::spawn({
         let record = record(&alice, &key, "v1", 1);
@@ -2028,8 +2051,13 @@ async fn with_fsync_stored_means_flushed_and_reads_go_on_meanwhile() -> anyhow::
     assert!(!put.is_finished(), "the writer heard \"stored\" from a replica that had not flushed");
     drop((hold_one, hold_two));
     let receipt = tokio::time::timeout(Duration::from_secs(10), put).await???;
-    assert_eq!(receipt.stored.len(), 3, "{receipt:?}");
-    assert!(one.stats().syncs > syncs_before);
+    assert!(receipt.has_quorum(), "{receipt:?}");
+    // Both flushed. (The receipt names the second only if it said so within the linger
+    // after the quorum: a slow disk's flush may take longer.)
+    let flushed = eventually(Duration::from_secs(10), async || {
+        one.stats().syncs > syncs_before.0 && two.stats().syncs > syncs_before.1
+    });
+    assert!(flushed.await, "both replicas flushed");
     net.shutdown().await;
     Ok(())
 }
@@ -2794,6 +2822,7 @@ async fn connections_nothing_uses_close_and_strand_nobody() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_keeps_its_replicas_connected_past_the_idle_timeout() -> anyhow::Result<()> {
+    use dkvs_net::libp2p::kad::KBucketKey;
     // The idle timeout is the setting under test (1 s); three replicas of six nodes, so that
     // the watcher and the writer can be nodes that are not replicas.
     let mut config = Config::default().with_replication(3);
@@ -2803,19 +2832,27 @@ async fn a_watch_keeps_its_replicas_connected_past_the_idle_timeout() -> anyhow:
     let key = Key::scoped(&alice.account_id(), "news").expect("key");
     let receipt = net.put(0, record(&alice, &key, "v1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
-    let others: Vec<usize> =
-        (0..net.len()).filter(|i| !receipt.stored.contains(&net.peer_id(*i))).collect();
-    let (watcher, writer) = (others[0], others[1]);
+    // The replicas: the three closest to the key, which all hold it once every copy landed
+    // (the receipt names those that said so by its quorum and a moment after).
+    let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
+    let mut order: Vec<usize> = (0..net.len()).collect();
+    order.sort_by_key(|&i| target.distance(&KBucketKey::from(net.peer_id(i))));
+    let replicas: Vec<_> = order[..3].iter().map(|&i| net.peer_id(i)).collect();
+    let landed = eventually(Duration::from_secs(10), async || {
+        order[..3].iter().all(|&i| net.node(i).get_local(&key).record.is_some())
+    });
+    assert!(landed.await, "the replicas hold the key: {receipt:?}");
+    let (watcher, writer) = (order[3], order[4]);
     let mut watch = net.node(watcher).watch(&key).await?;
     // Past the idle timeout and a sweep: the watcher's other connections close, the ones to
     // the replicas (which publish the key's updates) stay.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let connected = net.node(watcher).connected_peers().await;
-    for replica in &receipt.stored {
+    for replica in &replicas {
         assert!(connected.contains(replica), "the watcher let replica {replica} go");
     }
     let idle = eventually(Duration::from_secs(30), async || {
-        net.node(watcher).connected_peers().await.len() == receipt.stored.len()
+        net.node(watcher).connected_peers().await.len() == replicas.len()
     })
     .await;
     let connected = net.node(watcher).connected_peers().await;

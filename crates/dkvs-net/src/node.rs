@@ -675,8 +675,8 @@ impl Node {
         self.ask(Command::Trimmed).await.unwrap_or_default()
     }
 
-    /// The operations' lookups that timed out since the node started (a lookup that
-    /// completed heard from every peer near the key that answers).
+    /// The lookups of operations and of the table's refresh that timed out since the node
+    /// started (a lookup that completed heard from every peer near the key that answers).
     pub async fn lookups_timed_out(&self) -> u64 {
         self.ask(Command::LookupsTimedOut).await.unwrap_or_default()
     }
@@ -1090,7 +1090,7 @@ pub(crate) struct Driver<E: Extension> {
     since: HashMap<PeerId, Instant>,
     /// Peers disconnected to keep within the connection limit, since the start.
     trimmed: u64,
-    /// Operations' lookups that timed out, since the start.
+    /// Operations' and the refresh's lookups that timed out, since the start.
     lookups_timed_out: u64,
     /// The open connections a trim left over the limit (everything else was spared): a new
     /// connection trims again only once this many plus an eighth of the limit are open, or
@@ -2003,6 +2003,9 @@ impl<E: Extension> Driver<E> {
                             self.vouch(&answered, started, &[]);
                         }
                     } else if let Some((bucket, held)) = self.refresh_lookups.remove(&id) {
+                        if !complete {
+                            self.lookups_timed_out += 1;
+                        }
                         if complete && let Some(index) = bucket {
                             self.refreshed(index);
                         }

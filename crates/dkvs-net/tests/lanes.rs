@@ -165,8 +165,10 @@ async fn unanswered_requests_fail_at_their_deadline_and_the_next_goes_on_a_new_l
         let sent = tokio::time::Instant::now();
         let id = asker.behaviour_mut().send_request(&peer, get("/k/again"));
         kept.push(driving(&mut asker, lanes.next()).await.expect("a second lane").1);
-        // One written after it on the same lane fails with it, for the lane's silence.
-        driving(&mut asker, tokio::time::sleep(timeout / 10)).await;
+        // One written after it on the same lane fails with it, for the lane's silence. (Half
+        // a timeout later: a busy machine's late wake-up at the first's deadline still finds
+        // the second's ahead.)
+        driving(&mut asker, tokio::time::sleep(timeout / 2)).await;
         let after = asker.behaviour_mut().send_request(&peer, get("/k/after"));
         match next(&mut asker).await {
             lane::Event::Failure { request_id, error: Failure::Timeout(_), .. } => {

@@ -397,10 +397,11 @@ mod tests {
     async fn a_connection_that_sends_no_whole_head_is_closed_and_others_are_served() {
         let limits = limits(Duration::from_millis(300), 8);
         let (addr, _stop, _served) = server(limits, Duration::ZERO).await;
+        // Before the connections: their timers start when they are accepted, after this.
+        let started = tokio::time::Instant::now();
         let mut silent = TcpStream::connect(addr).await.expect("connect");
         let mut half = TcpStream::connect(addr).await.expect("connect");
         half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("send");
-        let started = tokio::time::Instant::now();
         assert!(closed_within(&mut silent, BOUND).await, "a silent connection is closed");
         assert!(closed_within(&mut half, BOUND).await, "a half-sent head is closed");
         assert!(started.elapsed() >= Duration::from_millis(250), "not before its time");
