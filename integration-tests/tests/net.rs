@@ -2887,8 +2887,10 @@ async fn a_watch_begins_where_its_read_ends_and_hears_a_write_made_at_once() -> 
     let (watcher, writer) = (others[0], others[1]);
     let mut watch = net.node(watcher).watch(&key).await?;
     // The watch begins at the network's version, which its read found (and the watcher now
-    // holds), not at the watcher's empty store.
+    // holds), not at the watcher's empty store; that version is the watch's to give.
     assert_eq!(watch.start_seq(), 1);
+    let start = watch.start().map(|r| (r.seq(), r.value().to_vec()));
+    assert_eq!(start, Some((1, b"v1".to_vec())), "the version the watch began at");
     // An update the moment the watch is there, no pause for gossip: it is heard (by gossip,
     // or by the read that follows a new watch within seconds), and version 1 is never handed
     // over as news.

@@ -1515,16 +1515,17 @@ impl<E: crate::Extension> Driver<E> {
                 // it get it as it is stored.
                 let found = match outcome {
                     Ok(GetOutcome { record: Some(record), .. }) => match self.hold(&record) {
-                        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => record.seq(),
-                        _ => 0,
+                        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => Some(record),
+                        _ => None,
                     },
-                    _ => 0,
+                    _ => None,
                 };
                 // A new watch's first read is no sweep's: a sweep's read of the key may be
                 // under way still.
                 let swept = first.is_none();
                 if let Some((mut watch, reply)) = first {
-                    watch.begin_at(found);
+                    let held = self.store.get(key.as_str()).map(|r| (*r).clone());
+                    watch.begin_at(found, held);
                     let _ = reply.send(*watch);
                 }
                 self.watch_read(&key, answered, swept);

@@ -53,11 +53,13 @@ pub struct Watch {
     after: u64,
     /// Where the watch began ([`Watch::start_seq`]).
     start: u64,
+    /// The version it began at, when this node had it ([`Watch::start`]).
+    start_record: Option<Record>,
 }
 
 impl Watch {
     pub(crate) fn new(key: Key, receiver: mpsc::Receiver<Record>, after: u64) -> Watch {
-        Watch { key, receiver, after, start: after }
+        Watch { key, receiver, after, start: after, start_record: None }
     }
 
     /// The key watched.
@@ -72,11 +74,22 @@ impl Watch {
         self.start
     }
 
-    /// The watch's first read found `seq` (called once, before the watch is handed out):
-    /// versions up to it are where it begins, not news.
-    pub(crate) fn begin_at(&mut self, seq: u64) {
-        self.after = self.after.max(seq);
+    /// The version the watch began from ([`Watch::start_seq`]): the key's value as a read
+    /// would have given it then, a tombstone if it was deleted; `None` when there was none
+    /// (or, rarely, when this node no longer held it by the time the read ended). Reading it
+    /// here, rather than with a get before the watch, misses no version in between.
+    pub fn start(&self) -> Option<&Record> {
+        self.start_record.as_ref()
+    }
+
+    /// The watch's first read found `found`, and this node held `held` then (called once,
+    /// before the watch is handed out): versions up to the newer are where it begins, not
+    /// news.
+    pub(crate) fn begin_at(&mut self, found: Option<Record>, held: Option<Record>) {
+        self.after = self.after.max(found.as_ref().map_or(0, Record::seq));
         self.start = self.after;
+        let start = self.start;
+        self.start_record = [found, held].into_iter().flatten().find(|r| r.seq() == start);
     }
 
     /// The next newer version; `None` once the node stops.
@@ -238,15 +251,19 @@ mod tests {
         // at 2 (written before the watch was handed out): 3 alone is news.
         watches.deliver(&version(2));
         watches.deliver(&version(3));
-        watch.begin_at(2);
+        watch.begin_at(Some(version(2)), None);
         assert_eq!(watch.start_seq(), 2);
+        assert_eq!(watch.start().map(Record::seq), Some(2), "the version it began at");
         assert_eq!(watch.next().now_or_never().flatten().map(|r| r.seq()), Some(3));
         assert!(watch.next().now_or_never().is_none(), "nothing more");
         // A second watcher of the key begins at least where the first one is, and where this
         // node's store is.
-        let (late, new) = watches.add(key.clone(), 0);
+        let (mut late, new) = watches.add(key.clone(), 0);
         assert!(!new);
         assert_eq!(late.start_seq(), 3);
+        // Its read found 2, and this node holds 3: it began at 3, which it has.
+        late.begin_at(Some(version(2)), Some(version(3)));
+        assert_eq!((late.start_seq(), late.start().map(Record::seq)), (3, Some(3)));
         assert_eq!(watches.add(key.clone(), 5).0.start_seq(), 5);
     }
 }

@@ -1855,16 +1855,24 @@ async fn stop_kept(
     Ok(Json(json!({ "key": key.as_str(), "kept": false })))
 }
 
+#[derive(Deserialize)]
+struct WatchQuery {
+    account: Option<String>,
+    /// The first line is the version the watch began at, when there is one.
+    current: Option<bool>,
+}
+
 async fn watch_key(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Path(path) = path.map_err(rejected)?;
     let Query(query) = query.map_err(rejected)?;
     let key = state.key(&path, query.account.as_deref()).await?;
     // Answers once the watch's first read did (a node stopping meanwhile does not wait for
-    // it): the lines are the versions newer than the one it began at (header dkvs-start-seq).
+    // it): the lines are the versions newer than the one it began at (header dkvs-start-seq),
+    // after that one itself with `current`.
     let unavailable =
         |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
     let mut stopping = state.stopping.clone();
@@ -1875,10 +1883,12 @@ async fn watch_key(
         }
     };
     let start = watch.start_seq();
+    let current = watch.start().filter(|_| query.current == Some(true)).cloned();
     let stopped = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let lines = watch.take_until(stopped).map(|record| {
+    let versions = futures::stream::iter(current).chain(watch.take_until(stopped));
+    let lines = versions.map(|record| {
         let mut line = serde_json::to_vec(&record_json(&record)).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(line)

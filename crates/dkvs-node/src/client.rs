@@ -41,16 +41,16 @@ pub enum ClientError {
         /// What was wrong with it.
         reason: String,
     },
-    /// The node stopped reading an upload partway and closed the connection: it refused the
-    /// rest (a file that filled its store) and kept nothing of it.
+    /// The connection broke during an upload: the node stopped reading it (it refused the
+    /// rest: a file that filled its store), or it went away.
     #[error(
-        "the node at {url} stopped reading the upload after {sent} bytes and kept nothing of it \
-         (its log says why)"
+        "the connection to the node at {url} broke during the upload, after the command had \
+         read {sent} bytes of it"
     )]
     StoppedReading {
         /// The node.
         url: String,
-        /// Bytes sent before it stopped.
+        /// Bytes read from the source by then (some of them may not have reached the node).
         sent: u64,
     },
     /// Reading what was being uploaded failed; the node keeps nothing of a cut upload.
@@ -142,9 +142,17 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(timeout)
+            // An upload waits for the node to take it ([`Client::post_reader`]): its checks
+            // may unlock an account first.
+            .timeout_await_100(Some(Duration::from_secs(30)))
             .build()
             .into();
         Client { agent, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    }
+
+    /// This client with another timeout.
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Client {
+        Client::new(&self.base, &self.token, timeout)
     }
 
     fn url(&self, path: &str) -> String {
@@ -271,9 +279,10 @@ impl Client {
 
     /// POST what `reader` gives to `path` as it reads it, to its end (a file of any size),
     /// JSON answer. The node is asked to say first whether it takes the upload at all
-    /// (`Expect: 100-continue`): a refusal comes before any byte is sent. A node that stops
-    /// reading partway (a file that filled its store) is [`ClientError::StoppedReading`], not
-    /// unreachable; an error reading `reader` is [`ClientError::Source`].
+    /// (`Expect: 100-continue`): a refusal comes before any byte is sent. A connection that
+    /// broke partway (a node that stopped reading a file that filled its store, or one that
+    /// went away) is [`ClientError::StoppedReading`]; an error reading `reader` is
+    /// [`ClientError::Source`].
     pub fn post_reader(
         &self,
         path: &str,

@@ -109,6 +109,11 @@ enum Command {
     Watch {
         /// The key.
         key: String,
+        /// Print the version the watch began at first, as a line like the others: the key's
+        /// value now, with no version missed between it and the next (a `get` before the
+        /// watch could miss one), when there is one.
+        #[arg(long)]
+        current: bool,
         /// The account whose `/~/` scope is meant.
         #[arg(long = "as", value_name = "NAME")]
         account: Option<String>,
@@ -819,8 +824,9 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
                 answer["seq"]
             );
         }
-        Command::Watch { key, account } => {
-            let path = with_account(key_path("/v1/watch", &key)?, &account, &[]);
+        Command::Watch { key, current, account } => {
+            let extra = if current { vec![("current", "true".to_owned())] } else { Vec::new() };
+            let path = with_account(key_path("/v1/watch", &key)?, &account, &extra);
             // The stream opens once the watch's first read answered, and this note says so:
             // a version written after it is printed (the newest of a quick burst at least).
             let opened = |headers: &ureq::http::HeaderMap| {
@@ -1293,7 +1299,8 @@ fn add_directory(
         Ok(_) => {}
         Err(_) => anyhow::bail!("the archive's writer panicked"),
     }
-    answer.map_err(|e| upload_failed(client, e, &dir))
+    let what = Upload { name: dir.display().to_string(), noun: "the directory" };
+    answer.map_err(|e| upload_failed(client, e, &what, None))
 }
 
 /// Writes `entries` as a tar archive into `out`. When anything fails (a file that cannot be
@@ -1406,23 +1413,66 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// What `dkvs ipfs add` says when its upload of `file` failed: a source that could not be read
-/// is named; a node that stopped reading partway (it closes the connection rather than read
-/// the rest of a file it refused) is asked how full its block store is, the likely reason.
-fn upload_failed(client: &Client, e: ClientError, file: &std::path::Path) -> anyhow::Error {
-    match e {
-        ClientError::Source(e) => anyhow::anyhow!("cannot read {}: {e}", file.display()),
-        ClientError::StoppedReading { .. } => match client.get_json("/v1/ipfs/stat") {
-            Ok(stat) => anyhow::anyhow!(
-                "{e}: its block store holds {} of at most {} bytes (ipfs_max_bytes); if the file \
-                 does not fit, unpin files and collect garbage (dkvs ipfs unpin, dkvs ipfs gc), \
-                 or raise ipfs_max_bytes",
-                stat["bytes"],
-                stat["max_bytes"]
-            ),
-            Err(gone) => anyhow::anyhow!("{e}, and then: {gone}"),
-        },
-        e => e.into(),
+/// What `dkvs ipfs add` says when its upload of `what` (`len` bytes, when known) failed: a
+/// source that could not be read is named. A broken connection is a node that stopped reading
+/// (it closes the connection rather than read the rest of an upload it refused, and kept
+/// nothing of it) when the node still answers: it is asked how full its block store is, the
+/// likely reason. Otherwise the node went away.
+fn upload_failed(
+    client: &Client,
+    e: ClientError,
+    what: &Upload,
+    len: Option<u64>,
+) -> anyhow::Error {
+    let ClientError::StoppedReading { url, sent } = e else {
+        return match e {
+            ClientError::Source(e) => anyhow::anyhow!("cannot read {}: {e}", what.name),
+            e => e.into(),
+        };
+    };
+    let stat = client.with_timeout(Some(Duration::from_secs(10))).get_json("/v1/ipfs/stat");
+    let stat = match stat {
+        Ok(stat) => stat,
+        Err(gone) => {
+            return anyhow::anyhow!(
+                "the connection to the node at {url} broke during the upload (the command had \
+                 read {sent} bytes), and then: {gone}; blocks it kept of {} are pinned by \
+                 nothing, and `dkvs ipfs gc` removes them",
+                what.noun
+            );
+        }
+    };
+    let (held, most) = (stat["bytes"].as_u64().unwrap_or(0), stat["max_bytes"].as_u64());
+    let advice = match (len, most) {
+        (Some(len), Some(most)) if len > most => format!(
+            "{} is {len} bytes, more than the store holds: raise ipfs_max_bytes to add it",
+            what.noun
+        ),
+        _ => format!(
+            "if {} does not fit, unpin files and collect garbage (dkvs ipfs unpin, dkvs ipfs \
+             gc), or raise ipfs_max_bytes",
+            what.noun
+        ),
+    };
+    anyhow::anyhow!(
+        "the node at {url} stopped reading the upload (the command had read {sent} bytes of it) \
+         and kept nothing of it; its log says why. Its block store holds {held} of at most {} \
+         bytes (ipfs_max_bytes): {advice}",
+        stat["max_bytes"]
+    )
+}
+
+/// What an upload is, for [`upload_failed`]'s words.
+struct Upload {
+    /// Its name, for a read error ("standard input", a path).
+    name: String,
+    /// What it is, in a sentence ("the file", "the directory").
+    noun: &'static str,
+}
+
+impl Upload {
+    fn file(name: impl std::fmt::Display) -> Upload {
+        Upload { name: name.to_string(), noun: "the file" }
     }
 }
 
@@ -1467,9 +1517,9 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
             }
             let path = with_account("/v1/ipfs/add".to_owned(), &account, &extra);
             let answer = if file.as_os_str() == "-" {
-                client.post_reader(&path, std::io::stdin()).map_err(|e| {
-                    upload_failed(client, e, &std::path::PathBuf::from("standard input"))
-                })?
+                client
+                    .post_reader(&path, std::io::stdin())
+                    .map_err(|e| upload_failed(client, e, &Upload::file("standard input"), None))?
             } else {
                 use std::os::unix::fs::FileTypeExt as _;
                 let cannot = || format!("cannot read {}", file.display());
@@ -1506,7 +1556,7 @@ fn ipfs_command(client: &Client, command: IpfsCommand) -> anyhow::Result<()> {
                 let bar = progress(len);
                 let answer = client.post_reader(&path, bar.wrap_read(source));
                 bar.finish_and_clear();
-                answer.map_err(|e| upload_failed(client, e, &file))?
+                answer.map_err(|e| upload_failed(client, e, &Upload::file(file.display()), len))?
             };
             outln!("{}", answer["cid"].as_str().unwrap_or("?"));
         }

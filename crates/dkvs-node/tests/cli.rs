@@ -578,17 +578,22 @@ fn three_nodes_through_the_command_line() {
 
     // kill -9 and restart: every acknowledged record is still held by the node itself. A
     // watch on it ends, and says that the node went away (not only the transport's words).
+    // This one prints the version it began at first (`--current`).
     let mut cut = Reaped(
         dkvs(&a.home)
-            .args(["watch", &key])
-            .stdout(Stdio::null())
+            .args(["watch", &key, "--current"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("watch starts"),
     );
     let said = lines_of(cut.0.stderr.take().expect("piped"));
     let note = said.recv_timeout(STEP).expect("the watch says where it begins");
-    assert!(note.starts_with("note: watching for versions after"), "{note}");
+    assert_eq!(note, "note: watching for versions after 4");
+    let current = lines_of(cut.0.stdout.take().expect("piped"));
+    let line = current.recv_timeout(STEP).expect("the version the watch began at");
+    let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!((&seen["seq"], &seen["value_base64"]), (&4.into(), &base64_of(b"fourth").into()));
     drop(a);
     let ended = exits_within(&mut cut.0, STEP, "the watch of a node killed");
     let said = said.iter().collect::<Vec<_>>().join("\n");
@@ -1212,12 +1217,14 @@ fn an_encrypted_file_larger_than_the_block_store_is_refused_before_it_is_sent() 
 /// An upload that fills the block store partway, with more than the node reads on after its
 /// add failed (16 MiB) left to send: the node closes the connection, and the command says
 /// that it stopped reading and how full the store is, not that it cannot reach the node. For
-/// a file (whose size the node knows: it closes at once) and for a pipe (it reads on first).
+/// a file (whose size the node knows: it closes at once), a file larger than the whole store
+/// (no room to make would help), and a pipe (the node reads on first). A node killed during
+/// an upload is no refusal: the command says the node went away.
 #[test]
 fn an_upload_the_node_stops_reading_says_how_full_the_store_is() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("node");
-    let _node = start_with(&home, None, "ipfs_max_bytes = 40000000\n");
+    let node = start_with(&home, None, "ipfs_max_bytes = 40000000\n");
     let noise = |len: usize| {
         let mut bytes = vec![0u8; len];
         rand::fill(&mut bytes[..]);
@@ -1231,34 +1238,62 @@ fn an_upload_the_node_stops_reading_says_how_full_the_store_is() {
     };
     let kept = stat()["bytes"].as_u64().expect("bytes");
     assert!(kept >= 30_000_000, "the first file is kept: {kept}");
-    let expected = format!("holds {kept} of at most 40000000 bytes (ipfs_max_bytes)");
-    let second = dir.path().join("second");
-    std::fs::write(&second, noise(40_000_000)).expect("file");
-    let added = ipfs(&home, &["add", "--plain", second.to_str().expect("utf-8")]);
-    let said = stderr(&added);
-    assert_eq!(added.status.code(), Some(2), "{said}");
-    assert!(said.contains("stopped reading the upload after"), "{said}");
-    assert!(said.contains(&expected), "{said}");
+    let stopped = "stopped reading the upload (the command had read";
+    let full = format!("holds {kept} of at most 40000000 bytes (ipfs_max_bytes)");
+    let add_file = |len: usize| {
+        let file = dir.path().join(format!("f{len}"));
+        std::fs::write(&file, noise(len)).expect("file");
+        let added = ipfs(&home, &["add", "--plain", file.to_str().expect("utf-8")]);
+        assert_eq!(added.status.code(), Some(2), "{}", stderr(&added));
+        stderr(&added)
+    };
+    let said = add_file(40_000_000);
+    assert!(said.contains(stopped) && said.contains(&full), "{said}");
+    assert!(said.contains("unpin files and collect garbage"), "{said}");
     assert!(!said.contains("cannot reach"), "{said}");
     assert_eq!(stat()["bytes"], kept, "nothing kept of the second file");
-    // Bytes through a pipe: the node does not know how many are left, and reads on (16 MiB).
-    let mut piped = dkvs(&home);
-    piped.args(["ipfs", "add", "--plain", "-"]);
-    piped.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = piped.spawn().expect("dkvs starts");
-    let mut stdin = child.stdin.take().expect("piped");
+    let said = add_file(50_000_000);
+    assert!(said.contains(stopped) && said.contains(&full), "{said}");
+    assert!(said.contains("the file is 50000000 bytes, more than the store holds"), "{said}");
+    // Through a pipe: the node does not know how many bytes are left, and reads on (16 MiB).
+    // `write` feeds the command's standard input until it stops taking it.
+    let piped = |write: Box<dyn FnOnce(std::process::ChildStdin) -> bool + Send>| {
+        let mut piped = dkvs(&home);
+        piped.args(["ipfs", "add", "--plain", "-"]);
+        piped.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = Reaped(piped.spawn().expect("dkvs starts"));
+        let stdin = child.0.stdin.take().expect("piped");
+        let writer = std::thread::spawn(move || write(stdin));
+        let said = lines_of(child.0.stderr.take().expect("piped"));
+        let status = exits_within(&mut child.0, STEP, "the piped add");
+        (status, said.iter().collect::<Vec<_>>().join("\n"), writer)
+    };
     let bytes = noise(64_000_000);
-    // The command exits before it has read it all: the write then fails, as it should.
-    let writer = std::thread::spawn(move || stdin.write_all(&bytes).is_ok());
-    let status = exits_within(&mut child, STEP, "the piped add");
-    let mut said = String::new();
-    let stderr = child.stderr.take().expect("piped");
-    std::io::Read::read_to_string(&mut { stderr }, &mut said).expect("stderr");
+    let (status, said, writer) = piped(Box::new(move |mut stdin| stdin.write_all(&bytes).is_ok()));
     assert_eq!(status.code(), Some(2), "{said}");
-    assert!(said.contains("stopped reading the upload after"), "{said}");
-    assert!(said.contains(&expected), "{said}");
+    assert!(said.contains(stopped) && said.contains(&full), "{said}");
     assert!(!writer.join().expect("writer"), "the command read the whole pipe");
     assert_eq!(stat()["bytes"], kept, "nothing kept of the piped bytes");
+    // The node killed (kill -9) while a pipe trickles in: no refusal, and nothing said kept.
+    let (started, began) = (mpsc::channel(), Instant::now());
+    let trickle = move |mut stdin: std::process::ChildStdin| {
+        let chunk = vec![1u8; 256 << 10];
+        let _ = started.0.send(());
+        while began.elapsed() < STEP && stdin.write_all(&chunk).is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    };
+    let killer = std::thread::spawn(move || {
+        let _ = started.1.recv();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(node);
+    });
+    let (status, said, _) = piped(Box::new(trickle));
+    killer.join().expect("killer");
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(said.contains("broke during the upload") && said.contains("dkvs ipfs gc"), "{said}");
+    assert!(!said.contains("kept nothing"), "{said}");
 }
 
 /// A pipe named as the file (`/dev/stdin` on a pipeline, a FIFO, `<(command)`) is read to its

@@ -125,7 +125,6 @@ pub(super) async fn add(
              one file (tar) to add it encrypted",
         ));
     }
-    let account = if plain { None } else { Some(state.account(query.account.as_deref()).await?) };
     // The size the client said (a file's; a pipe's is not known), or the body's length. It
     // is used before the body is read (a client that asked, `Expect: 100-continue`, has sent
     // none of it then), and never to cut the body.
@@ -144,6 +143,9 @@ pub(super) async fn add(
             ),
         ));
     }
+    // After the size: unlocking an account may take a while, and the client waits for the
+    // node to take the upload.
+    let account = if plain { None } else { Some(state.account(query.account.as_deref()).await?) };
     let (tx, chunks) = tokio::sync::mpsc::channel(4);
     let mut body = request.into_body().into_data_stream();
     tokio::spawn(async move {
