@@ -194,6 +194,27 @@ impl Client {
         }
     }
 
+    /// A request to `path`, with the token, the type it accepts and the type it sends.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        content_type: &str,
+    ) -> ureq::http::request::Builder {
+        ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Accept", accept)
+            .header("Content-Type", content_type)
+    }
+
+    /// A request that could not be made (a path that is no URI).
+    fn unbuilt(&self, e: ureq::http::Error) -> ClientError {
+        ClientError::Unreachable { url: self.base.clone(), reason: e.to_string() }
+    }
+
     /// Sends one request; the answer if it is a success, the node's error otherwise.
     fn send(
         &self,
@@ -202,17 +223,10 @@ impl Client {
         accept: &str,
         body: impl ureq::AsSendBody,
     ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
-        let request = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .header("Accept", accept)
-            .header("Content-Type", "application/octet-stream")
+        let request = self
+            .request(method, path, accept, "application/octet-stream")
             .body(body)
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.unbuilt(e))?;
         let response = self.agent.run(request).map_err(|e| self.unreachable(e))?;
         self.check(response)
     }
@@ -290,18 +304,11 @@ impl Client {
     ) -> Result<serde_json::Value, ClientError> {
         let sent = std::sync::Arc::new(std::sync::Mutex::new(Sent::default()));
         let counted = Counted { inner: reader, sent: sent.clone() };
-        let request = ureq::http::Request::builder()
-            .method("POST")
-            .uri(self.url(path))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .header("Accept", "application/json")
-            .header("Content-Type", "application/octet-stream")
+        let request = self
+            .request("POST", path, "application/json", "application/octet-stream")
             .header("Expect", "100-continue")
             .body(ureq::SendBody::from_owned_reader(counted))
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.unbuilt(e))?;
         let response = self.agent.run(request).map_err(|e| {
             let mut sent = sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(source) = sent.failed.take() {
@@ -352,17 +359,10 @@ impl Client {
 
     /// POST a JSON body to `path`, JSON answer.
     pub fn post_json(&self, path: &str, json: &[u8]) -> Result<serde_json::Value, ClientError> {
-        let request = ureq::http::Request::builder()
-            .method("POST")
-            .uri(self.url(path))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .header("Accept", "application/json")
-            .header("Content-Type", "application/json")
+        let request = self
+            .request("POST", path, "application/json", "application/json")
             .body(json)
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.unbuilt(e))?;
         let response = self.agent.run(request).map_err(|e| self.unreachable(e))?;
         let mut response = self.check(response)?;
         response.body_mut().read_json().map_err(|e| self.unreachable(e))

@@ -1189,7 +1189,7 @@ fn a_file_larger_than_the_block_store_does_not_fit_and_says_so() {
     assert_eq!(added.status.code(), Some(2), "{}", stderr(&added));
     let said = stderr(&added);
     assert!(said.contains("does not fit") && said.contains("at most 1000000 bytes"), "{said}");
-    let stat: serde_json::Value = serde_json::from_str(&ok(ipfs(&home, &["stat"]))).expect("json");
+    let stat = block_store(&home);
     assert_eq!((&stat["blocks"], &stat["bytes"]), (&0.into(), &0.into()), "nothing kept: {stat}");
 }
 
@@ -1210,7 +1210,7 @@ fn an_encrypted_file_larger_than_the_block_store_is_refused_before_it_is_sent() 
     let said = stderr(&added);
     assert!(said.contains(&format!("the file is {} bytes", 64u64 << 30)), "{said}");
     assert!(said.contains("at most 1000000 (ipfs_max_bytes)"), "{said}");
-    let stat: serde_json::Value = serde_json::from_str(&ok(ipfs(&home, &["stat"]))).expect("json");
+    let stat = block_store(&home);
     assert_eq!((&stat["blocks"], &stat["bytes"]), (&0.into(), &0.into()), "nothing kept: {stat}");
 }
 
@@ -1233,9 +1233,7 @@ fn an_upload_the_node_stops_reading_says_how_full_the_store_is() {
     let first = dir.path().join("first");
     std::fs::write(&first, noise(30_000_000)).expect("file");
     ok(ipfs(&home, &["add", "--plain", first.to_str().expect("utf-8")]));
-    let stat = || -> serde_json::Value {
-        serde_json::from_str(&ok(ipfs(&home, &["stat"]))).expect("json")
-    };
+    let stat = || block_store(&home);
     let kept = stat()["bytes"].as_u64().expect("bytes");
     assert!(kept >= 30_000_000, "the first file is kept: {kept}");
     let stopped = "stopped reading the upload (the command had read";
@@ -1329,6 +1327,11 @@ fn a_pipe_named_as_the_file_is_added_as_standard_input_is() {
     let refused = run(c, None);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("is a device, not a file"), "{}", stderr(&refused));
+}
+
+/// `dkvs ipfs stat` of the node of `home`: its block store.
+fn block_store(home: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(ipfs(home, &["stat"]))).expect("json")
 }
 
 fn ipfs(home: &Path, args: &[&str]) -> Output {
