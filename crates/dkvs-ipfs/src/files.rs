@@ -47,8 +47,8 @@ pub enum IpfsError {
     #[error(
         "the file does not fit in the block store: it holds at most {limit} bytes \
          (ipfs_max_bytes), and was full after {took} bytes of this file's blocks beside {others} \
-         of other files'; unpin files and collect garbage (dkvs ipfs unpin, dkvs ipfs gc), or \
-         raise ipfs_max_bytes"
+         of other files'; {}",
+        room_advice(*others)
     )]
     NoRoom {
         /// Bytes of the file's blocks kept when the store was full.
@@ -135,6 +135,16 @@ pub enum IpfsError {
     /// Reading the source or writing the output failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What frees room for a file that did not fit: only a larger store, when the store held
+/// nothing else.
+fn room_advice(others: u64) -> &'static str {
+    if others == 0 {
+        "raise ipfs_max_bytes to add it"
+    } else {
+        "unpin files and collect garbage (dkvs ipfs unpin, dkvs ipfs gc), or raise ipfs_max_bytes"
+    }
 }
 
 /// What [`add`] made.

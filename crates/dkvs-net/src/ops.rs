@@ -944,7 +944,7 @@ impl<E: crate::Extension> Driver<E> {
         } else {
             self.store.put(record.clone())
         };
-        if matches!(outcome, Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged)) {
+        if is_version(record, &outcome) {
             self.watches.deliver(record);
         }
         outcome
@@ -1514,10 +1514,10 @@ impl<E: crate::Extension> Driver<E> {
                 // squatter's validly signed record is not a version); the watchers that lack
                 // it get it as it is stored.
                 let found = match outcome {
-                    Ok(GetOutcome { record: Some(record), .. }) => match self.hold(&record) {
-                        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => Some(record),
-                        _ => None,
-                    },
+                    Ok(GetOutcome { record: Some(record), .. }) => {
+                        let held = self.hold(&record);
+                        is_version(&record, &held).then_some(record)
+                    }
                     _ => None,
                 };
                 // A new watch's first read is no sweep's: a sweep's read of the key may be
@@ -1795,6 +1795,20 @@ fn replica_places(
 fn put_quorum(write: crate::Quorum, live: usize, kept: usize, sample: Option<usize>) -> usize {
     let sampled = sample.map_or(0, |n| (live + kept + NARROW_SLACK + 1).saturating_sub(n));
     write.of(live).max(sampled)
+}
+
+/// Whether `record`, which this node's store answered `held` to, is a version of its key for
+/// the key's watchers: one the store holds, or one it had no room for whose key names its
+/// owner (a scoped key: its rules are the record's own, all kept). A shared name's owner is
+/// the one the store holds, so a version of it is one the store takes: a squatter's validly
+/// signed record is none.
+fn is_version(record: &Record, held: &Result<PutOutcome, dkvs_store::PutError>) -> bool {
+    use dkvs_store::PutError;
+    match held {
+        Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => true,
+        Err(PutError::Full { .. } | PutError::OwnerQuota { .. }) => !record.key().is_shared(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

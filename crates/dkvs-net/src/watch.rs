@@ -89,7 +89,9 @@ impl Watch {
         self.after = self.after.max(found.as_ref().map_or(0, Record::seq));
         self.start = self.after;
         let start = self.start;
-        self.start_record = [found, held].into_iter().flatten().find(|r| r.seq() == start);
+        // Or the version the key's other watchers were last handed, where it began then.
+        let handed = self.start_record.take();
+        self.start_record = [found, held, handed].into_iter().flatten().find(|r| r.seq() == start);
     }
 
     /// The next newer version; `None` once the node stops.
@@ -121,11 +123,18 @@ impl futures::Stream for Watch {
     }
 }
 
-/// This node's watches, by topic: the key, the watchers' channels, and the newest sequence
+/// This node's watches, by topic: the key, the watchers' channels, and the newest version
 /// delivered (versions at or below it are old news).
 #[derive(Default)]
 pub(crate) struct Watches {
-    by_topic: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, u64)>,
+    by_topic: HashMap<gossipsub::TopicHash, (Key, Vec<mpsc::Sender<Record>>, Delivered)>,
+}
+
+/// The newest version a key's watchers were handed: its sequence (0 for none), and the record.
+#[derive(Default)]
+struct Delivered {
+    seq: u64,
+    record: Option<Record>,
 }
 
 impl Watches {
@@ -135,17 +144,20 @@ impl Watches {
         let (tx, rx) = mpsc::channel(64);
         let topic = topic_of(&key).hash();
         let new = !self.by_topic.contains_key(&topic);
-        let (_, senders, last) =
-            self.by_topic.entry(topic).or_insert_with(|| (key.clone(), Vec::new(), baseline));
+        let (_, senders, last) = self.by_topic.entry(topic).or_insert_with(|| {
+            (key.clone(), Vec::new(), Delivered { seq: baseline, record: None })
+        });
         senders.push(tx);
         // Of a key watched already, what the others got is no news to this watcher either
         // (nor what this node holds, that watchers behind did not take yet).
-        (Watch::new(key, rx, (*last).max(baseline)), new)
+        let mut watch = Watch::new(key, rx, last.seq.max(baseline));
+        watch.start_record = last.record.clone().filter(|r| r.seq() == watch.start);
+        (watch, new)
     }
 
     /// The key watched on `topic` and the newest sequence delivered, if it is a watch topic.
     pub(crate) fn watched(&self, topic: &gossipsub::TopicHash) -> Option<(Key, u64)> {
-        self.by_topic.get(topic).map(|(key, _, last)| (key.clone(), *last))
+        self.by_topic.get(topic).map(|(key, _, last)| (key.clone(), last.seq))
     }
 
     /// Hands a verified record to the watchers of its key, if it is newer than what they got.
@@ -154,7 +166,7 @@ impl Watches {
     pub(crate) fn deliver(&mut self, record: &Record) {
         let topic = topic_of(record.key()).hash();
         if let Some((_, senders, last)) = self.by_topic.get_mut(&topic)
-            && record.seq() > *last
+            && record.seq() > last.seq
         {
             senders.retain(|s| !s.is_closed());
             let mut delivered = false;
@@ -162,7 +174,7 @@ impl Watches {
                 delivered |= sender.try_send(record.clone()).is_ok();
             }
             if delivered {
-                *last = record.seq();
+                *last = Delivered { seq: record.seq(), record: Some(record.clone()) };
             }
         }
     }
@@ -261,8 +273,9 @@ mod tests {
         let (mut late, new) = watches.add(key.clone(), 0);
         assert!(!new);
         assert_eq!(late.start_seq(), 3);
-        // Its read found 2, and this node holds 3: it began at 3, which it has.
-        late.begin_at(Some(version(2)), Some(version(3)));
+        // Its read found 2, and this node holds no version (its store had no room): it began
+        // at 3, the version the first watcher was handed, which it has.
+        late.begin_at(Some(version(2)), None);
         assert_eq!((late.start_seq(), late.start().map(Record::seq)), (3, Some(3)));
         assert_eq!(watches.add(key.clone(), 5).0.start_seq(), 5);
     }

@@ -314,10 +314,13 @@ impl Client {
             if let Some(source) = sent.failed.take() {
                 return ClientError::Source(source);
             }
+            // A node that went away after the whole upload, before its answer, is an end of
+            // the connection ureq tells apart.
             let stopped = matches!(&e, ureq::Error::Io(io) if matches!(io.kind(),
                 std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted));
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof));
             if stopped && sent.bytes > 0 {
                 return ClientError::StoppedReading { url: self.base.clone(), sent: sent.bytes };
             }

@@ -105,7 +105,7 @@ enum Command {
     },
     /// Print each newer version of a key as a JSON line, until interrupted. Once the node's
     /// first read of the key answered (within 10 s), a note on stderr says which version the
-    /// watch began after.
+    /// watch began after (with --current, from, and that version is the first line).
     Watch {
         /// The key.
         key: String,
@@ -831,8 +831,12 @@ fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
             // a version written after it is printed (the newest of a quick burst at least).
             let opened = |headers: &ureq::http::HeaderMap| {
                 if let Some(start) = headers.get("dkvs-start-seq").and_then(|v| v.to_str().ok()) {
-                    let _ =
-                        writeln!(std::io::stderr(), "note: watching for versions after {start}");
+                    let note = if current && start != "0" {
+                        format!("note: watching from version {start}")
+                    } else {
+                        format!("note: watching for versions after {start}")
+                    };
+                    let _ = writeln!(std::io::stderr(), "{note}");
                 }
             };
             client.stream_lines(&path, opened, |line| {
@@ -1436,8 +1440,8 @@ fn upload_failed(
         Err(gone) => {
             return anyhow::anyhow!(
                 "the connection to the node at {url} broke during the upload (the command had \
-                 read {sent} bytes), and then: {gone}; blocks it kept of {} are pinned by \
-                 nothing, and `dkvs ipfs gc` removes them",
+                 read {sent} bytes), and then: {gone}; if the node went away, blocks it kept \
+                 of {} are pinned by nothing, and `dkvs ipfs gc` removes them",
                 what.noun
             );
         }
@@ -1455,9 +1459,9 @@ fn upload_failed(
         ),
     };
     anyhow::anyhow!(
-        "the node at {url} stopped reading the upload (the command had read {sent} bytes of it) \
-         and kept nothing of it; its log says why. Its block store holds {held} of at most {} \
-         bytes (ipfs_max_bytes): {advice}",
+        "the node at {url} stopped reading the upload (the command had read {sent} bytes of it): \
+         an add that fails keeps nothing, and the node's log says why. Its block store holds \
+         {held} of at most {} bytes (ipfs_max_bytes): {advice}",
         stat["max_bytes"]
     )
 }

@@ -589,7 +589,7 @@ fn three_nodes_through_the_command_line() {
     );
     let said = lines_of(cut.0.stderr.take().expect("piped"));
     let note = said.recv_timeout(STEP).expect("the watch says where it begins");
-    assert_eq!(note, "note: watching for versions after 4");
+    assert_eq!(note, "note: watching from version 4");
     let current = lines_of(cut.0.stdout.take().expect("piped"));
     let line = current.recv_timeout(STEP).expect("the version the watch began at");
     let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
@@ -618,6 +618,44 @@ fn three_nodes_through_the_command_line() {
     assert_eq!(ended.code(), Some(2), "{said}");
     assert!(said.contains("the node ended the stream"), "{said}");
     drop((a, b, c));
+}
+
+/// A node with no room for a key's records (the setting under test: a light node whose store
+/// holds 5000 bytes, a value of 10000) still watches it: it begins at the key's version, which
+/// `--current` prints, and hears the next. Records of an account's own keys keep every rule
+/// on their own; only room was missing.
+#[test]
+fn a_node_with_no_room_for_a_keys_records_still_watches_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home_a, home_l) = (dir.path().join("a"), dir.path().join("light"));
+    let alice = new_account(&home_a, "alice", "ed25519");
+    new_account(&home_l, "watcher", "ed25519");
+    let a = start(&home_a, None);
+    let light = start_with(&home_l, Some(&a.address), "profile = \"light\"\nmax_bytes = 5000\n");
+    let key = format!("/{}/big", alice.trim());
+    let value = |c: u8| String::from_utf8(vec![c; 10_000]).expect("ascii");
+    ok(put(&a, &["/~/big", &value(b'a')], None));
+    let mut watch = Reaped(
+        dkvs(&light.home)
+            .args(["watch", &key, "--current"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("watch starts"),
+    );
+    let note = lines_of(watch.0.stderr.take().expect("piped"));
+    let lines = lines_of(watch.0.stdout.take().expect("piped"));
+    assert_eq!(note.recv_timeout(STEP).expect("the note"), "note: watching from version 1");
+    let seen = |line: String| -> (u64, usize) {
+        let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        (seen["seq"].as_u64().expect("seq"), seen["value_len"].as_u64().expect("len") as usize)
+    };
+    let first = lines.recv_timeout(STEP).expect("the version it began at");
+    assert_eq!(seen(first), (1, 10_000));
+    ok(put(&a, &["/~/big", &value(b'b')], None));
+    let next = lines.recv_timeout(STEP).expect("the next version");
+    assert_eq!(seen(next), (2, 10_000));
+    drop((watch, light, a));
 }
 
 fn base64_of(bytes: &[u8]) -> String {
@@ -1189,6 +1227,8 @@ fn a_file_larger_than_the_block_store_does_not_fit_and_says_so() {
     assert_eq!(added.status.code(), Some(2), "{}", stderr(&added));
     let said = stderr(&added);
     assert!(said.contains("does not fit") && said.contains("at most 1000000 bytes"), "{said}");
+    // The store held nothing else: only a larger one helps.
+    assert!(said.contains("raise ipfs_max_bytes to add it") && !said.contains("unpin"), "{said}");
     let stat = block_store(&home);
     assert_eq!((&stat["blocks"], &stat["bytes"]), (&0.into(), &0.into()), "nothing kept: {stat}");
 }
