@@ -1008,16 +1008,22 @@ impl<E: crate::Extension> Driver<E> {
         if Record::decode(&message.data).is_ok_and(|r| r.key() == &key && r.seq() <= delivered) {
             return report(self, gossipsub::MessageAcceptance::Ignore);
         }
-        // A watcher delivers (and forwards) only what its own store accepts under every rule,
-        // ownership included: a validly signed record of a squatter is not a new version.
+        // A watcher delivers (and forwards) only versions (`is_version`): what its own store
+        // accepts under every rule, ownership included (a validly signed record of a squatter
+        // is not a new version), or had no room for. Only a record that breaks a rule is the
+        // sender's fault; this node's room is not.
         let acceptance = match self.verified(propagation_source, &key, &message.data) {
-            Some(record) => match self.hold(&record) {
-                Ok(PutOutcome::Stored { .. } | PutOutcome::Unchanged) => {
-                    gossipsub::MessageAcceptance::Accept
+            Some(record) => {
+                let held = self.hold(&record);
+                match held {
+                    _ if is_version(&record, &held) => gossipsub::MessageAcceptance::Accept,
+                    Ok(_)
+                    | Err(
+                        dkvs_store::PutError::Full { .. } | dkvs_store::PutError::OwnerQuota { .. },
+                    ) => gossipsub::MessageAcceptance::Ignore,
+                    Err(_) => gossipsub::MessageAcceptance::Reject,
                 }
-                Ok(_) => gossipsub::MessageAcceptance::Ignore,
-                Err(_) => gossipsub::MessageAcceptance::Reject,
-            },
+            }
             None => gossipsub::MessageAcceptance::Reject,
         };
         report(self, acceptance);
