@@ -1010,18 +1010,20 @@ impl<E: crate::Extension> Driver<E> {
         }
         // A watcher delivers (and forwards) only versions (`is_version`): what its own store
         // accepts under every rule, ownership included (a validly signed record of a squatter
-        // is not a new version), or had no room for. Only a record that breaks a rule is the
-        // sender's fault; this node's room is not.
+        // is not a new version), or had no room for. A record that breaks a rule of its own,
+        // or a squatter's, is rejected; what depends on this node (its room, its disk, its
+        // retention, a fork that a node with no room forwarded unknowing) is only not
+        // forwarded. (Rejection would count against the sender were peer scoring on.)
         let acceptance = match self.verified(propagation_source, &key, &message.data) {
             Some(record) => {
                 let held = self.hold(&record);
                 match held {
                     _ if is_version(&record, &held) => gossipsub::MessageAcceptance::Accept,
-                    Ok(_)
-                    | Err(
-                        dkvs_store::PutError::Full { .. } | dkvs_store::PutError::OwnerQuota { .. },
-                    ) => gossipsub::MessageAcceptance::Ignore,
-                    Err(_) => gossipsub::MessageAcceptance::Reject,
+                    Err(
+                        dkvs_store::PutError::Invalid(_)
+                        | dkvs_store::PutError::ForeignOwner { .. },
+                    ) => gossipsub::MessageAcceptance::Reject,
+                    _ => gossipsub::MessageAcceptance::Ignore,
                 }
             }
             None => gossipsub::MessageAcceptance::Reject,
@@ -1531,7 +1533,7 @@ impl<E: crate::Extension> Driver<E> {
                 let swept = first.is_none();
                 if let Some((mut watch, reply)) = first {
                     let held = self.store.get(key.as_str()).map(|r| (*r).clone());
-                    watch.begin_at(found, held);
+                    watch.begin_at(found, held, self.now_ms());
                     let _ = reply.send(*watch);
                 }
                 self.watch_read(&key, answered, swept);
@@ -1805,8 +1807,10 @@ fn put_quorum(write: crate::Quorum, live: usize, kept: usize, sample: Option<usi
 
 /// Whether `record`, which this node's store answered `held` to, is a version of its key for
 /// the key's watchers: one the store holds, or one it had no room for whose key names its
-/// owner (a scoped key: its rules are the record's own, all kept). A shared name's owner is
-/// the one the store holds, so a version of it is one the store takes: a squatter's validly
+/// owner (a scoped key: its signature and scope are the record's own, checked). Its order
+/// then is checked against what the watchers were handed only (a store with no room holds no
+/// version to tell a replay or a fork by), as an empty store's would be. A shared name's owner
+/// is the one the store holds, so a version of it is one the store takes: a squatter's validly
 /// signed record is none.
 fn is_version(record: &Record, held: &Result<PutOutcome, dkvs_store::PutError>) -> bool {
     use dkvs_store::PutError;

@@ -75,23 +75,29 @@ impl Watch {
     }
 
     /// The version the watch began from ([`Watch::start_seq`]): the key's value as a read
-    /// would have given it then, a tombstone if it was deleted; `None` when there was none
-    /// (or, rarely, when this node no longer held it by the time the read ended). Reading it
-    /// here, rather than with a get before the watch, misses no version in between.
+    /// would have given it then, a tombstone if it was deleted; `None` when there was none,
+    /// when it expired, or (rarely) when this node neither held it nor handed it to a watcher
+    /// by the time the read ended. Reading it here, rather than with a get before the watch,
+    /// misses no version in between.
     pub fn start(&self) -> Option<&Record> {
         self.start_record.as_ref()
     }
 
     /// The watch's first read found `found`, and this node held `held` then (called once,
-    /// before the watch is handed out): versions up to the newer are where it begins, not
-    /// news.
-    pub(crate) fn begin_at(&mut self, found: Option<Record>, held: Option<Record>) {
+    /// before the watch is handed out, at `now_ms`): versions up to the newer are where it
+    /// begins, not news. Its start record is the one of that sequence that the key's other
+    /// watchers were last handed (all of them get one record of a sequence, even of a fork
+    /// that a store with no room for the key could not tell), else the one held, else the one
+    /// found; never an expired one.
+    pub(crate) fn begin_at(&mut self, found: Option<Record>, held: Option<Record>, now_ms: u64) {
         self.after = self.after.max(found.as_ref().map_or(0, Record::seq));
         self.start = self.after;
         let start = self.start;
-        // Or the version the key's other watchers were last handed, where it began then.
         let handed = self.start_record.take();
-        self.start_record = [found, held, handed].into_iter().flatten().find(|r| r.seq() == start);
+        self.start_record = [handed, held, found]
+            .into_iter()
+            .flatten()
+            .find(|r| r.seq() == start && r.expires_at_ms() > now_ms);
     }
 
     /// The next newer version; `None` once the node stops.
@@ -263,7 +269,7 @@ mod tests {
         // at 2 (written before the watch was handed out): 3 alone is news.
         watches.deliver(&version(2));
         watches.deliver(&version(3));
-        watch.begin_at(Some(version(2)), None);
+        watch.begin_at(Some(version(2)), None, 0);
         assert_eq!(watch.start_seq(), 2);
         assert_eq!(watch.start().map(Record::seq), Some(2), "the version it began at");
         assert_eq!(watch.next().now_or_never().flatten().map(|r| r.seq()), Some(3));
@@ -275,8 +281,12 @@ mod tests {
         assert_eq!(late.start_seq(), 3);
         // Its read found 2, and this node holds no version (its store had no room): it began
         // at 3, the version the first watcher was handed, which it has.
-        late.begin_at(Some(version(2)), None);
+        late.begin_at(Some(version(2)), None, 0);
         assert_eq!((late.start_seq(), late.start().map(Record::seq)), (3, Some(3)));
+        // Once that version expired, it is no start (a read would not give it).
+        let (mut after_expiry, _) = watches.add(key.clone(), 0);
+        after_expiry.begin_at(None, None, u64::MAX);
+        assert_eq!((after_expiry.start_seq(), after_expiry.start()), (3, None));
         assert_eq!(watches.add(key.clone(), 5).0.start_seq(), 5);
     }
 }
