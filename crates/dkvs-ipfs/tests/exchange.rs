@@ -211,17 +211,19 @@ async fn a_shared_file_opens_for_the_account_it_was_shared_with_and_nobody_else(
 
 /// A peer that speaks bitswap and lies: it says it has every block it is asked about and
 /// sends wrong bytes for each block asked for; with `flood`, it also sends blocks nobody
-/// asked for. Runs until dropped.
+/// asked for. Runs until dropped, and then leaves (its connections close).
 struct Liar {
     peer: dkvs_net::libp2p::PeerId,
     /// Blocks it was asked for (and lied about).
     asked: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    swarm: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Liar {
     fn drop(&mut self) {
         self.task.abort();
+        self.swarm.abort();
     }
 }
 
@@ -229,10 +231,12 @@ const PROTOCOL: dkvs_net::libp2p::StreamProtocol =
     dkvs_net::libp2p::StreamProtocol::new(dkvs_ipfs::bitswap::PROTOCOL);
 
 /// A bare libp2p peer that speaks bitswap streams only (for a peer that misbehaves), dialing
-/// `target`: its id and its stream control; its swarm runs on a task of its own.
+/// `target`: its id, its stream control, and the task its swarm runs on (abort it, and the
+/// peer leaves: its connections close).
 fn bitswap_peer(
     target: dkvs_net::libp2p::Multiaddr,
-) -> anyhow::Result<(dkvs_net::libp2p::PeerId, libp2p_stream::Control)> {
+) -> anyhow::Result<(dkvs_net::libp2p::PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>)>
+{
     use dkvs_net::libp2p::{SwarmBuilder, noise, tcp, yamux};
     use futures::StreamExt as _;
     let mut swarm = SwarmBuilder::with_new_identity()
@@ -244,8 +248,8 @@ fn bitswap_peer(
     let peer = *swarm.local_peer_id();
     let control = swarm.behaviour().new_control();
     swarm.dial(target)?;
-    tokio::spawn(async move { while swarm.next().await.is_some() {} });
-    Ok((peer, control))
+    let running = tokio::spawn(async move { while swarm.next().await.is_some() {} });
+    Ok((peer, control, running))
 }
 
 /// Takes every bitswap stream the target opens to this peer and never reads it: the task
@@ -282,10 +286,10 @@ async fn liar(
     target: dkvs_net::libp2p::Multiaddr,
     flood: usize,
 ) -> anyhow::Result<Liar> {
-    use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
+    use dkvs_ipfs::bitswap::{Message, WantType, read_frame, write_frame};
     use futures::StreamExt as _;
 
-    let (peer, mut control) = bitswap_peer(target)?;
+    let (peer, mut control, swarm) = bitswap_peer(target)?;
     let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = asked.clone();
@@ -302,15 +306,6 @@ async fn liar(
             if let Some(stream) = out.as_mut() {
                 let _ = write_frame(stream, &message.encode()).await;
             }
-        }
-        // Then a wantlist, to be remembered until the liar leaves.
-        if flood > 0
-            && let Some(stream) = out.as_mut()
-        {
-            let wants = (0..100u32)
-                .map(|i| Want::new(dkvs_ipfs::cid_of(0x55, &i.to_be_bytes()), WantType::Have))
-                .collect();
-            let _ = write_frame(stream, &Message { wants, ..Message::default() }.encode()).await;
         }
         while let Some((from, mut stream)) = incoming.next().await {
             while let Ok(Some(frame)) = read_frame(&mut stream).await {
@@ -338,7 +333,7 @@ async fn liar(
             }
         }
     });
-    Ok(Liar { peer, asked, task })
+    Ok(Liar { peer, asked, task, swarm })
 }
 
 /// A peer that opens `streams` bitswap streams to `target`, sends on each the length prefix of
@@ -355,7 +350,7 @@ async fn staller(
 )> {
     use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let (_, mut control) = bitswap_peer(target)?;
+    let (_, mut control, _swarm) = bitswap_peer(target)?;
     let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (count, sending) = (closed.clone(), sent.clone());
@@ -434,7 +429,7 @@ async fn a_peer_that_wants_many_blocks_in_one_message_gets_each_once() -> anyhow
                 kept.iter().try_for_each(|(cid, data)| ipfs.store().put(cid, data).map(|_| ()))
             })
             .await??;
-        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let (_, mut control, _swarm) = bitswap_peer(net.addr(1).context("an address")?)?;
         let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut out =
             open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
@@ -481,7 +476,7 @@ async fn garbage_takes_its_senders_budget(cut: bool) -> anyhow::Result<()> {
     use futures::{AsyncWriteExt as _, StreamExt as _};
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
-        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let (_, mut control, _swarm) = bitswap_peer(net.addr(1).context("an address")?)?;
         let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
         // A new peer id may send 512 KiB at once (an eighth of the 4 MiB burst), then 128 KiB
         // a second. It sends more than that of what is no bitswap message, all along (a stream
@@ -552,7 +547,7 @@ async fn a_block_asked_for_again_before_it_is_sent_is_queued_once() -> anyhow::R
         // A peer that takes node 1's streams and never reads them asks for the block in ten
         // messages: the first answer fills what the transport holds, the next waits in the
         // queue, and the other eight are that same block, not queued again.
-        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let (_, mut control, _swarm) = bitswap_peer(net.addr(1).context("an address")?)?;
         let holder = never_reading(&mut control)?;
         let mut out =
             open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
@@ -577,7 +572,7 @@ async fn a_peer_that_never_reads_is_queued_a_bounded_number_of_answers() -> anyh
     use dkvs_ipfs::bitswap::{MAX_ENTRIES, Message, Want, WantType, write_frame};
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
-        let (_, mut control) = bitswap_peer(net.addr(1).context("an address")?)?;
+        let (_, mut control, _swarm) = bitswap_peer(net.addr(1).context("an address")?)?;
         // It takes the streams node 1 opens to it and never reads them.
         let holder = never_reading(&mut control)?;
         // It asks, as fast as it can, for blocks node 1 lacks, a don't-have wanted for each: as
@@ -725,6 +720,7 @@ async fn a_peer_that_lies_about_blocks_is_passed_over_and_its_bytes_are_never_ke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> anyhow::Result<()> {
+    use dkvs_ipfs::bitswap::{Message, Want, WantType, write_frame};
     tokio::time::timeout(TEST, async {
         let net = ipfs_net(2).await?;
         let before = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.store().len()).await?;
@@ -748,14 +744,29 @@ async fn blocks_nobody_asked_for_are_dropped_and_charged_to_their_sender() -> an
         let bytes = data(100_000);
         let cid = add(&net, 0, &bytes, None).await?;
         assert_eq!(get(&net, 1, cid, &GetOptions::default()).await?, bytes);
-        // What a peer asked for is forgotten when it leaves.
+        // What a peer asked for is remembered while it is connected, forgotten when it leaves.
         drop(flooder);
-        let forgotten = dkvs_testnet::eventually(Duration::from_secs(30), async || {
-            net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.wantlists()).await.unwrap_or(1)
-                == 0
-        })
-        .await;
-        assert!(forgotten, "no wantlist is kept for a peer that left");
+        let wantlists = async |n: usize| {
+            dkvs_testnet::eventually(Duration::from_secs(30), async || {
+                let count = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.wantlists());
+                count.await.ok() == Some(n)
+            })
+            .await
+        };
+        assert!(wantlists(0).await, "node 1 keeps no wantlist yet (the flooder sent none)");
+        let (_, mut control, swarm) = bitswap_peer(net.addr(1).context("an address")?)?;
+        // It takes the streams node 1 opens to it (to say what it does not have): a peer that
+        // refuses them does not speak bitswap, and node 1 forgets its wants at once.
+        let _holder = never_reading(&mut control)?;
+        let mut out =
+            open_once_connected(&mut control, net.peer_id(1)).await.context("a stream")?;
+        let wants = (0..100u32)
+            .map(|i| Want::new(dkvs_ipfs::cid_of(0x55, &i.to_be_bytes()), WantType::Have))
+            .collect();
+        write_frame(&mut out, &Message { wants, ..Message::default() }.encode()).await?;
+        assert!(wantlists(1).await, "a connected peer's wantlist is remembered");
+        swarm.abort();
+        assert!(wantlists(0).await, "no wantlist is kept for a peer that left");
         net.shutdown().await;
         anyhow::Ok(())
     })
