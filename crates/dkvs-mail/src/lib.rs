@@ -38,6 +38,7 @@
 //! - [`channel`]: named public channels: [`channel::publish`], [`channel::subscribe`] (with
 //!   the recent history from peers), [`channel::announce`] and [`channel::members`].
 
+mod budget;
 pub mod channel;
 pub mod client;
 pub mod handover;

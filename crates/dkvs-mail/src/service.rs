@@ -19,6 +19,7 @@ use dkvs_net::{Extension, GossipMessage, Host, Network, Refused, Verdict};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::budget::PerMinute;
 use crate::channel::Channels;
 use crate::letter::Mailbox;
 use crate::shelf::{Disk, Job, Shelf, ShelfConfig};
@@ -33,12 +34,14 @@ const WATCHERS_PER_MAILBOX: usize = 4;
 const MAX_WATCHED: usize = 16_384;
 /// Mailboxes one peer may watch on a replica (a node serves a few accounts).
 const WATCHES_PER_PEER: usize = 64;
-/// History requests one peer may make a minute, and the most bytes one answer carries.
-const HISTORY_ASKS_PER_MINUTE: u32 = 12;
+/// History requests one peer may make a minute (refilled evenly: one every 5 s), and the most
+/// bytes one answer carries.
+const HISTORY_ASKS_PER_MINUTE: u64 = 12;
 const HISTORY_ANSWER_BYTES: usize = 256 << 10;
 
 /// Bytes of envelopes one network of peers (one peer, when it is on this machine or the local
-/// network) is handed by fetches a minute: four times a mailbox's default quota. A fetch
+/// network) is handed by fetches a minute (refilled evenly): four times a mailbox's default
+/// quota. A fetch
 /// request is small and its answer up to a megabyte, so without a bound an account that
 /// filled its own mailbox would have replicas upload it over and over (a phone on metered
 /// data among them); a reader of a full mailbox takes it at once.
@@ -49,31 +52,6 @@ const FETCH_BYTES_PER_MINUTE: u64 = 32 << 20;
 enum Reader {
     Network(Network),
     Peer(PeerId),
-}
-
-/// The bytes fetches handed each [`Reader`] in the current minute.
-#[derive(Default)]
-struct FetchBudget {
-    minute: u64,
-    handed: HashMap<Reader, u64>,
-}
-
-impl FetchBudget {
-    /// Whether `reader` may be answered at `now_ms` (what it was handed this minute is under
-    /// the budget); one answer may go over it.
-    fn allows(&mut self, reader: Reader, now_ms: u64) -> bool {
-        let minute = now_ms / 60_000;
-        if minute != self.minute {
-            self.minute = minute;
-            self.handed.clear();
-        }
-        self.handed.get(&reader).is_none_or(|&bytes| bytes < FETCH_BYTES_PER_MINUTE)
-    }
-
-    /// `reader` was handed `bytes`.
-    fn handed(&mut self, reader: Reader, bytes: u64) {
-        *self.handed.entry(reader).or_default() += bytes;
-    }
 }
 
 /// Keeps the entries of `list` that `keep` keeps, and the per-peer counts in step.
@@ -289,10 +267,11 @@ pub struct Mail {
     /// As a replica: peers watching mailboxes, until when; and how many each peer watches.
     watchers: HashMap<Mailbox, Vec<(PeerId, u64)>>,
     watches_of: WatchCounts,
-    /// History requests per peer in the current minute (the minute's start, the count).
-    history_asks: HashMap<PeerId, (u64, u32)>,
-    /// Envelope bytes fetches handed each network of peers this minute.
-    fetched: FetchBudget,
+    /// History requests per peer.
+    history_asks: PerMinute<PeerId>,
+    /// Envelope bytes fetches handed each network of peers. A fetch is answered while its
+    /// reader's budget is not spent (its answer may overspend it: its size is known after).
+    fetched: PerMinute<Reader>,
     /// As a watcher: this node's clients waiting for mail, and the replicas they asked.
     subscribers: HashMap<Mailbox, Subscription>,
     asks: HashMap<request_response::OutboundRequestId, Answer>,
@@ -330,8 +309,8 @@ impl Mail {
             writing: HashMap::new(),
             watchers: HashMap::new(),
             watches_of: WatchCounts::default(),
-            history_asks: HashMap::new(),
-            fetched: FetchBudget::default(),
+            history_asks: PerMinute::new(HISTORY_ASKS_PER_MINUTE),
+            fetched: PerMinute::new(FETCH_BYTES_PER_MINUTE),
             subscribers: HashMap::new(),
             asks: HashMap::new(),
             expiry: None,
@@ -576,14 +555,14 @@ impl Mail {
                 Err(refusal) => Response::Refused(refusal),
                 Ok(()) => {
                     let reader = network.map_or(Reader::Peer(peer), Reader::Network);
-                    if peer != me && !self.fetched.allows(reader, now) {
+                    if peer != me && !self.fetched.has(&reader, 1, now) {
                         Response::Refused(Refusal::Busy)
                     } else {
                         let mailbox = Mailbox::of(&signed.account);
                         let (items, more) =
                             self.shelf.fetch(&mailbox, signed.body.after, signed.body.limit, now);
                         let bytes = items.iter().map(|i| i.envelope.len() as u64).sum();
-                        self.fetched.handed(reader, bytes);
+                        self.fetched.spend(reader, bytes, now);
                         Response::Batch { items, more }
                     }
                 }
@@ -612,18 +591,10 @@ impl Mail {
             }
             Request::History(channel) => {
                 // An answer is much larger than its question: few a minute per peer.
-                let minute = now / 60_000;
-                if self.history_asks.len() > 4096 {
-                    self.history_asks.retain(|_, (m, _)| *m == minute);
-                }
-                let asks = self.history_asks.entry(peer).or_insert((minute, 0));
-                if asks.0 != minute {
-                    *asks = (minute, 0);
-                }
-                asks.1 += 1;
-                if asks.1 > HISTORY_ASKS_PER_MINUTE && peer != me {
+                if peer != me && !self.history_asks.has(&peer, 1, now) {
                     Response::Refused(Refusal::Busy)
                 } else {
+                    self.history_asks.spend(peer, 1, now);
                     Response::Posts(self.channels.history(&channel, HISTORY_ANSWER_BYTES))
                 }
             }
@@ -811,19 +782,31 @@ mod tests {
 
     #[test]
     fn fetches_hand_a_network_at_most_so_many_bytes_a_minute() {
-        let mut budget = FetchBudget::default();
-        let t0 = 1_800_000_000_000 / 60_000 * 60_000;
+        let mut budget = PerMinute::new(FETCH_BYTES_PER_MINUTE);
+        let t0 = 1_800_000_000_000 / 60_000 * 60_000 - 1;
         let (flooder, other) = (Reader::Peer(PeerId::random()), Reader::Peer(PeerId::random()));
         let mut answers = 0;
-        while budget.allows(flooder, t0 + answers) {
-            budget.handed(flooder, 1 << 20);
+        while budget.has(&flooder, 1, t0) {
+            budget.spend(flooder, 1 << 20, t0);
             answers += 1;
             assert!(answers < 1000, "never refused");
         }
         assert_eq!(answers, FETCH_BYTES_PER_MINUTE >> 20, "a megabyte an answer");
-        assert!(budget.allows(other, t0 + 59_999), "another reader is not counted with it");
-        assert!(!budget.allows(flooder, t0 + 59_999), "the whole minute");
-        assert!(budget.allows(flooder, t0 + 60_000), "the next minute");
+        assert!(budget.has(&other, 1, t0 + 1), "another reader is not counted with it");
+        // Asking every millisecond on: the clock's minute turns, and yet the second after
+        // hands it only what refilled (an answer once it owes less than the minute), and the
+        // minute after, the minute's budget.
+        let mut handed_by = |end: u64| {
+            for now in t0 + 1..=end {
+                while budget.has(&flooder, 1, now) {
+                    budget.spend(flooder, 1 << 20, now);
+                    answers += 1;
+                }
+            }
+            answers
+        };
+        assert_eq!(handed_by(t0 + 1_000), 33, "a megabyte more in the minute's first second");
+        assert_eq!(handed_by(t0 + 60_000), 64, "a minute's budget in the minute after");
     }
 
     #[test]
