@@ -417,7 +417,17 @@ async fn delivery_is_at_least_once_until_acknowledged_and_a_watch_hears_new_mail
         tokio::time::sleep(Duration::from_millis(200)).await;
         let kept = request(net.node(1), net.peer_id(2), Request::Deposit(junk.encode())).await;
         assert!(matches!(kept, Ok(Response::Custody(_))), "{kept:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Node 2 tells the watch, which fetches the junk and acknowledges it away at once
+        // (before the next letter is sent: fetched with it, it would come back with it, to be
+        // acknowledged by bob).
+        let digest = junk.digest();
+        let gone = dkvs_testnet::eventually(Duration::from_secs(30), async || {
+            let held = net
+                .node(2)
+                .with_extension::<Mail, _>(move |mail, _| mail.shelf().envelope(&digest).is_some());
+            held.await.ok() == Some(false)
+        });
+        assert!(gone.await, "the junk is acknowledged away while bob watches");
         dkvs_mail::send(net.node(1), &alice, &bob.account_id(), b"after".to_vec(), &options)
             .await?;
         let heard = waiting.await???;
