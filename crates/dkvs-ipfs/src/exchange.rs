@@ -878,6 +878,13 @@ async fn writer(
                     return;
                 }
                 state.blocks().remove(&cid);
+                // Asked for again while this batch was made (after it was taken off the
+                // queue): the answer in the batch is that one, not a second copy.
+                if message.blocks.iter().any(|(c, _)| *c == cid) {
+                    taken -= 1;
+                    state.entries.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
                 // A peer may want thousands of blocks in one message: at most a batch of them
                 // is loaded at a time.
                 if bytes >= BATCH_BYTES {
@@ -1156,6 +1163,32 @@ mod tests {
         assert_eq!(shares.networks.len(), 1, "b's stream still holds the network's share");
         shares.close(b, there);
         assert!(shares.networks.is_empty());
+    }
+
+    /// A block asked for again after the writer took its first answer off the queue, before
+    /// that answer's batch was written: the batch holds it once, and the queue counts it once
+    /// (a second copy of a megabyte, and a third want queued again behind it, before).
+    #[tokio::test]
+    async fn a_block_asked_for_again_while_its_batch_is_made_is_in_it_once() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = BlockStore::open(dir.path(), Default::default()).expect("opens");
+        let data = vec![7u8; 1 << 20];
+        let cid = crate::cid_of(0x55, &data);
+        store.put(&cid, &data).expect("kept");
+        let (queue, rx) = mpsc::channel(8);
+        let state = Arc::new(WriterState::default());
+        for _ in 0..2 {
+            let answer = Outgoing { blocks: vec![cid], ..Outgoing::default() };
+            state.entries.fetch_add(answer.entries(), Ordering::Relaxed);
+            queue.try_send(answer).ok().expect("room");
+        }
+        let (asks, mut asked) = mpsc::channel(1);
+        let task = tokio::spawn(writer(PeerId::random(), asks, store, rx, state.clone()));
+        // The batch is made before its stream is asked for.
+        let (_, stream) = asked.recv().await.expect("a stream is asked for");
+        assert_eq!(state.entries.load(Ordering::Relaxed), 1, "one answer in the batch");
+        let _ = stream.send(Err(true));
+        task.await.expect("the writer ends");
     }
 
     /// A peer whose connection refused a writer's stream, and that left and came back before
