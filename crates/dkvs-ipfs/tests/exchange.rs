@@ -470,19 +470,23 @@ async fn frames_cut_short_are_charged_to_their_sender() -> anyhow::Result<()> {
 
 /// A peer sends, all along, what is no bitswap message (frames that do not decode, or with
 /// `cut` frames that end before their length): its wants are refused for the budget the
-/// garbage took.
+/// garbage took. (The byte budget is the setting under test: it refills at 8 KiB a second, not
+/// 128, so that the refill outpaces no garbage sender, however slowly a loaded machine lets
+/// it send.)
 async fn garbage_takes_its_senders_budget(cut: bool) -> anyhow::Result<()> {
     use dkvs_ipfs::bitswap::{Message, Want, WantType, read_frame, write_frame};
     use futures::{AsyncWriteExt as _, StreamExt as _};
     tokio::time::timeout(TEST, async {
-        let net = ipfs_net(2).await?;
+        let net = ipfs_net_with(2, Config::default().with_peer_bytes(8 << 10, 4 << 20)).await?;
         let (_, mut control, _swarm) = bitswap_peer(net.addr(1).context("an address")?)?;
         let mut incoming = control.accept(PROTOCOL).map_err(|e| anyhow::anyhow!("{e}"))?;
-        // A new peer id may send 512 KiB at once (an eighth of the 4 MiB burst), then 128 KiB
-        // a second. It sends more than that of what is no bitswap message, all along (a stream
+        // A new peer id may send 512 KiB at once (an eighth of the 4 MiB burst), then 8 KiB a
+        // second. It sends more than that of what is no bitswap message, all along (a stream
         // each: a frame that does not decode ends its stream), ...
         let target = net.peer_id(1);
         let mut flooding = control.clone();
+        let frames = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = frames.clone();
         let flood = tokio::spawn(async move {
             loop {
                 if let Some(mut garbage) = open_once_connected(&mut flooding, target).await {
@@ -496,14 +500,19 @@ async fn garbage_takes_its_senders_budget(cut: bool) -> anyhow::Result<()> {
                     } else {
                         let _ = write_frame(&mut garbage, &vec![0xff; 64 << 10]).await;
                     }
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        if cut {
-            // Time for the garbage to take the new peer's first 512 KiB.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        } else {
+        // Sixteen frames of 64 KiB (each cut short one charged for the length it promised): a
+        // megabyte, twice what the new peer had, sent before its wants.
+        let flooded = dkvs_testnet::eventually(Duration::from_secs(30), async || {
+            frames.load(std::sync::atomic::Ordering::SeqCst) >= 16
+        })
+        .await;
+        assert!(flooded, "the garbage is sent");
+        if !cut {
             let counted = dkvs_testnet::eventually(Duration::from_secs(10), async || {
                 let dropped = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.dropped());
                 dropped.await.unwrap_or(0) >= 8
