@@ -1316,8 +1316,13 @@ fn an_upload_the_node_stops_reading_says_how_full_the_store_is() {
     let (started, began) = (mpsc::channel(), Instant::now());
     let trickle = move |mut stdin: std::process::ChildStdin| {
         let chunk = vec![1u8; 256 << 10];
-        let _ = started.0.send(());
+        let mut written = 0;
         while began.elapsed() < STEP && stdin.write_all(&chunk).is_ok() {
+            // Two chunks taken, far more than a pipe holds: the command is uploading.
+            written += 1;
+            if written == 2 {
+                let _ = started.0.send(());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         true
