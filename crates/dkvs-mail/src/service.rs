@@ -555,14 +555,14 @@ impl Mail {
                 Err(refusal) => Response::Refused(refusal),
                 Ok(()) => {
                     let reader = network.map_or(Reader::Peer(peer), Reader::Network);
-                    if peer != me && !self.fetched.has(&reader, 1, now) {
+                    if peer != me && !self.fetched.has(&reader, 1, Instant::now()) {
                         Response::Refused(Refusal::Busy)
                     } else {
                         let mailbox = Mailbox::of(&signed.account);
                         let (items, more) =
                             self.shelf.fetch(&mailbox, signed.body.after, signed.body.limit, now);
                         let bytes = items.iter().map(|i| i.envelope.len() as u64).sum();
-                        self.fetched.spend(reader, bytes, now);
+                        self.fetched.spend(reader, bytes, Instant::now());
                         Response::Batch { items, more }
                     }
                 }
@@ -591,10 +591,10 @@ impl Mail {
             }
             Request::History(channel) => {
                 // An answer is much larger than its question: few a minute per peer.
-                if peer != me && !self.history_asks.has(&peer, 1, now) {
+                if peer != me && !self.history_asks.has(&peer, 1, Instant::now()) {
                     Response::Refused(Refusal::Busy)
                 } else {
-                    self.history_asks.spend(peer, 1, now);
+                    self.history_asks.spend(peer, 1, Instant::now());
                     Response::Posts(self.channels.history(&channel, HISTORY_ANSWER_BYTES))
                 }
             }
@@ -783,7 +783,7 @@ mod tests {
     #[test]
     fn fetches_hand_a_network_at_most_so_many_bytes_a_minute() {
         let mut budget = PerMinute::new(FETCH_BYTES_PER_MINUTE);
-        let t0 = 1_800_000_000_000 / 60_000 * 60_000 - 1;
+        let t0 = Instant::now();
         let (flooder, other) = (Reader::Peer(PeerId::random()), Reader::Peer(PeerId::random()));
         let mut answers = 0;
         while budget.has(&flooder, 1, t0) {
@@ -792,21 +792,22 @@ mod tests {
             assert!(answers < 1000, "never refused");
         }
         assert_eq!(answers, FETCH_BYTES_PER_MINUTE >> 20, "a megabyte an answer");
-        assert!(budget.has(&other, 1, t0 + 1), "another reader is not counted with it");
-        // Asking every millisecond on: the clock's minute turns, and yet the second after
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(budget.has(&other, 1, at(1)), "another reader is not counted with it");
+        // Asking every millisecond on (whenever the clock's minute turns): the second after
         // hands it only what refilled (an answer once it owes less than the minute), and the
         // minute after, the minute's budget.
         let mut handed_by = |end: u64| {
-            for now in t0 + 1..=end {
-                while budget.has(&flooder, 1, now) {
-                    budget.spend(flooder, 1 << 20, now);
+            for ms in 1..=end {
+                while budget.has(&flooder, 1, at(ms)) {
+                    budget.spend(flooder, 1 << 20, at(ms));
                     answers += 1;
                 }
             }
             answers
         };
-        assert_eq!(handed_by(t0 + 1_000), 33, "a megabyte more in the minute's first second");
-        assert_eq!(handed_by(t0 + 60_000), 64, "a minute's budget in the minute after");
+        assert_eq!(handed_by(1_000), 33, "a megabyte more in the first second");
+        assert_eq!(handed_by(60_000), 64, "a minute's budget in the minute after");
     }
 
     #[test]
