@@ -566,7 +566,18 @@ async fn a_block_asked_for_again_before_it_is_sent_is_queued_once() -> anyhow::R
             write_frame(&mut out, &want.encode()).await?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Then a want node 1 keeps without an answer (of a block it lacks, no don't-have
+        // asked): once it is kept, the ten before it were handled (one stream, read in turn).
+        let lacked = dkvs_ipfs::cid_of(0x55, b"lacked");
+        let marker = Want { send_dont_have: false, ..Want::new(lacked, WantType::Have) };
+        write_frame(&mut out, &Message { wants: vec![marker], ..Message::default() }.encode())
+            .await?;
+        let handled = dkvs_testnet::eventually(Duration::from_secs(30), async || {
+            let kept = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.wantlists());
+            kept.await.ok() == Some(1)
+        })
+        .await;
+        assert!(handled, "node 1 handled the eleven wants");
         let queued = net.node(1).with_extension(|ipfs: &mut Ipfs, _| ipfs.queued()).await?;
         assert!((1..=2).contains(&queued), "{queued} answers queued for one block");
         holder.abort();
