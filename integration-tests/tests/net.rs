@@ -423,10 +423,11 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
         let _ = net.node(i).bootstrap().await;
     }
     let (reader, writer) = (5, 2);
-    // A key of which the namer is not the farthest of node 5's table and node 5 (the 20 a
-    // read samples from: k = 20 of those 21), and a newcomer closer to it than all of them
-    // (every table that lacks it lacks a replica). The newcomer's identity is ground for the
-    // key: a random one can sit so near a peer that no key of thousands is closest to it.
+    // A key of which the namer is not among the three farthest of node 5's table and node 5
+    // (the 20 a read samples from: k = 20 of those 21, and of those and up to two newcomers
+    // more, below), and a newcomer closer to it than all of them (every table that lacks it
+    // lacks a replica). The newcomer's identity is ground for the key: a random one can sit
+    // so near a peer that no key of thousands is closest to it.
     let alice = Keypair::generate(KeyType::Ed25519);
     let known: Vec<KBucketKey<_>> = (0..net.len())
         .map(|i| net.peer_id(i))
@@ -434,56 +435,70 @@ async fn a_recheck_that_finds_the_peer_named_trusts_the_table_again() -> anyhow:
         .map(KBucketKey::from)
         .collect();
     let namer_key = KBucketKey::from(namer.peer_id());
-    let (near, nearest) = (0..)
+    let (near, mut nearest) = (0..)
         .map(|i| Key::scoped(&alice.account_id(), &format!("recheck/{i}")).expect("key"))
         .find_map(|key| {
             let target = KBucketKey::new(key.as_str().as_bytes().to_vec());
             let mut ranked: Vec<_> = known.iter().map(|k| (target.distance(k), k)).collect();
             ranked.sort_by_key(|(d, _)| *d);
-            let namer_farthest = ranked.last().map(|(_, k)| *k) == Some(&namer_key);
+            let namer_far = ranked.iter().rev().take(3).any(|(_, k)| **k == namer_key);
             // Nobody within 2^250 of it: one identity in 64 or more is closer.
             let roomy = ranked[0].0.ilog2() >= Some(250);
-            (!namer_farthest && roomy).then(|| (key, ranked[0].0))
+            (!namer_far && roomy).then(|| (key, ranked[0].0))
         })
         .expect("a key");
     let target = KBucketKey::new(near.as_str().as_bytes().to_vec());
-    let identity = std::iter::repeat_with(identity::Keypair::generate_ed25519)
-        .find(|key| target.distance(&KBucketKey::from(key.public().to_peer_id())) < nearest)
-        .expect("an identity");
-    let newcomer = Liar::spawn_newcomer_as(identity).await?;
     let other = Key::scoped(&alice.account_id(), "recheck/other").expect("key");
     for key in [&other, &near] {
         let receipt = net.put(writer, record(&alice, key, "v1", 1)).await??;
         assert!(receipt.has_quorum(), "{receipt:?}");
     }
-    // Node 5 trusts its table, and it covers both keys.
-    for key in [&other, &near] {
-        let trusted = reads_from_table(&net, reader, key).await?;
-        assert!(trusted, "node {reader} took no read of {key} from its table");
-    }
-    newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
-    let held = eventually(Duration::from_secs(10), async || {
-        net.node(1).routing_table().await.contains(&newcomer.peer_id())
-    });
-    assert!(held.await, "node 1 holds the newcomer");
-    namer.name_peers(vec![newcomer.peer_id()]).await?;
-    let table = net.node(reader).routing_table().await;
-    assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
-    assert!(table.len() >= 19, "no walk of Kademlia's own: {} peers", table.len());
-    let mut named = None;
-    for _ in 0..40 {
-        let got = net.get(reader, &near).await??;
-        assert_eq!(value(&got), Some("v1".into()), "{got:?}");
-        if net.node(reader).routing_table().await.contains(&newcomer.peer_id()) {
-            named = Some(got);
+    // The naming's lookup that timed out (on a machine busy with other tests) vouches for
+    // nothing, and the test would prove nothing by it: then the table is trusted again and
+    // another newcomer, closer still, joins, up to three.
+    let mut newcomers = Vec::new();
+    loop {
+        // Node 5 trusts its table, and it covers both keys.
+        for key in [&other, &near] {
+            let trusted = reads_from_table(&net, reader, key).await?;
+            assert!(trusted, "node {reader} took no read of {key} from its table");
+        }
+        let identity = std::iter::repeat_with(identity::Keypair::generate_ed25519)
+            .find(|key| target.distance(&KBucketKey::from(key.public().to_peer_id())) < nearest)
+            .expect("an identity");
+        nearest = target.distance(&KBucketKey::from(identity.public().to_peer_id()));
+        let newcomer = Liar::spawn_newcomer_as(identity).await?;
+        newcomer.join_quietly(net.peer_id(1), net.addr(1).expect("alive")).await?;
+        let held = eventually(Duration::from_secs(10), async || {
+            net.node(1).routing_table().await.contains(&newcomer.peer_id())
+        });
+        assert!(held.await, "node 1 holds the newcomer");
+        namer.name_peers(vec![newcomer.peer_id()]).await?;
+        let table = net.node(reader).routing_table().await;
+        assert!(!table.contains(&newcomer.peer_id()), "node {reader} has not met the newcomer");
+        assert!(table.len() >= 19, "no walk of Kademlia's own: {} peers", table.len());
+        let timed_out = net.node(reader).lookups_timed_out().await;
+        let mut named = None;
+        for _ in 0..40 {
+            let got = net.get(reader, &near).await??;
+            assert_eq!(value(&got), Some("v1".into()), "{got:?}");
+            if net.node(reader).routing_table().await.contains(&newcomer.peer_id()) {
+                named = Some(got);
+                break;
+            }
+            assert!(got.requests <= 20, "a read that met nobody new took the table: {got:?}");
+        }
+        let named = named.expect("a read of node 5 met the newcomer");
+        // Twelve from the table, then the lookup and the replicas it found.
+        assert!(named.requests > 20, "the naming started a lookup: {named:?}");
+        newcomers.push(newcomer);
+        let timed_out = net.node(reader).lookups_timed_out().await > timed_out;
+        if !timed_out {
             break;
         }
-        assert!(got.requests <= 20, "a read that met nobody new took the table: {got:?}");
+        assert!(newcomers.len() < 3, "the naming's lookup timed out for three newcomers");
     }
-    let named = named.expect("a read of node 5 met the newcomer");
-    // Twelve from the table, then the lookup and the replicas it found.
-    assert!(named.requests > 20, "the naming started a lookup: {named:?}");
-    assert!(net.node(reader).routing_table().await.contains(&newcomer.peer_id()), "found");
+    // The recheck found the newcomer named, and nobody else: the table is trusted again.
     let got = net.get(reader, &other).await??;
     assert_eq!(value(&got), Some("v1".into()), "{got:?}");
     assert!(got.requests <= 20, "at most one request to each of the 20 replicas: {got:?}");
