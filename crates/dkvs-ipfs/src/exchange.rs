@@ -371,9 +371,10 @@ impl Exchange {
         self.wants.values().filter(|w| w.waiters.iter().any(|tx| !tx.is_closed())).count()
     }
 
-    /// Peers whose wantlists this node remembers (to serve blocks it gets later).
+    /// Peers whose wantlists this node remembers (to serve blocks it gets later): those with
+    /// a want it could not answer yet (a peer whose every want was answered has an empty one).
     pub fn wantlists(&self) -> usize {
-        self.their_wants.len()
+        self.their_wants.values().filter(|wants| !wants.is_empty()).count()
     }
 
     /// Dials `peer` (a provider) if not connected.

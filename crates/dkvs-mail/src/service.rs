@@ -41,10 +41,9 @@ const HISTORY_ANSWER_BYTES: usize = 256 << 10;
 
 /// Bytes of envelopes one network of peers (one peer, when it is on this machine or the local
 /// network) is handed by fetches a minute (refilled evenly): four times a mailbox's default
-/// quota. A fetch
-/// request is small and its answer up to a megabyte, so without a bound an account that
-/// filled its own mailbox would have replicas upload it over and over (a phone on metered
-/// data among them); a reader of a full mailbox takes it at once.
+/// quota. A fetch request is small and its answer up to a megabyte, so without a bound an
+/// account that filled its own mailbox would have replicas upload it over and over (a phone
+/// on metered data among them); a reader of a full mailbox takes it at once.
 const FETCH_BYTES_PER_MINUTE: u64 = 32 << 20;
 
 /// Who a fetch's bytes are counted for.
