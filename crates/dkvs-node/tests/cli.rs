@@ -553,15 +553,7 @@ fn three_nodes_through_the_command_line() {
     assert!(status["records"].as_u64().expect("records") >= 4, "{status}");
 
     // Watch: one JSON line per new version, as they happen.
-    let mut watcher = dkvs(&c.home);
-    let mut watcher = Reaped(
-        watcher
-            .args(["watch", &key])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("watch starts"),
-    );
+    let mut watcher = watch(&c.home, &[&key]);
     let rx = lines_of(watcher.0.stdout.take().expect("piped"));
     // The watch says where it begins once it is there; every later version is printed.
     let note_rx = lines_of(watcher.0.stderr.take().expect("piped"));
@@ -579,14 +571,7 @@ fn three_nodes_through_the_command_line() {
     // kill -9 and restart: every acknowledged record is still held by the node itself. A
     // watch on it ends, and says that the node went away (not only the transport's words).
     // This one prints the version it began at first (`--current`).
-    let mut cut = Reaped(
-        dkvs(&a.home)
-            .args(["watch", &key, "--current"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("watch starts"),
-    );
+    let mut cut = watch(&a.home, &[&key, "--current"]);
     let said = lines_of(cut.0.stderr.take().expect("piped"));
     let note = said.recv_timeout(STEP).expect("the watch says where it begins");
     assert_eq!(note, "note: watching from version 4");
@@ -635,16 +620,9 @@ fn a_node_with_no_room_for_a_keys_records_still_watches_it() {
     let key = format!("/{}/big", alice.trim());
     let value = |c: u8| String::from_utf8(vec![c; 10_000]).expect("ascii");
     ok(put(&a, &["/~/big", &value(b'a')], None));
-    let mut watch = Reaped(
-        dkvs(&light.home)
-            .args(["watch", &key, "--current"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("watch starts"),
-    );
-    let note = lines_of(watch.0.stderr.take().expect("piped"));
-    let lines = lines_of(watch.0.stdout.take().expect("piped"));
+    let mut watching = watch(&light.home, &[&key, "--current"]);
+    let note = lines_of(watching.0.stderr.take().expect("piped"));
+    let lines = lines_of(watching.0.stdout.take().expect("piped"));
     assert_eq!(note.recv_timeout(STEP).expect("the note"), "note: watching from version 1");
     let seen = |line: String| -> (u64, usize) {
         let seen: serde_json::Value = serde_json::from_str(&line).expect("json line");
@@ -655,7 +633,7 @@ fn a_node_with_no_room_for_a_keys_records_still_watches_it() {
     ok(put(&a, &["/~/big", &value(b'b')], None));
     let next = lines.recv_timeout(STEP).expect("the next version");
     assert_eq!(seen(next), (2, 10_000));
-    drop((watch, light, a));
+    drop((watching, light, a));
 }
 
 fn base64_of(bytes: &[u8]) -> String {
@@ -859,6 +837,13 @@ fn a_kept_record_is_remembered_across_a_restart() {
 }
 
 /// A node with no account in the home `seed` under `dir`, for others to join by.
+/// `dkvs watch` with `args`, running (its output piped) until dropped.
+fn watch(home: &Path, args: &[&str]) -> Reaped {
+    let mut c = dkvs(home);
+    c.arg("watch").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    Reaped(c.spawn().expect("watch starts"))
+}
+
 fn seed_node(dir: &Path) -> NodeProcess {
     let home = dir.join("seed");
     std::fs::create_dir_all(&home).expect("home");
