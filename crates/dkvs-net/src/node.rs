@@ -859,13 +859,14 @@ const REMEMBERED_PER_NETWORK: usize = 2;
 /// each with a lookup's time: the node wakes at the end of each step it started, and of each
 /// step after the first of Kademlia's own walks (their first steps are not woken for: the node
 /// learns of such a walk at its first step's end).
-pub(crate) struct LookupEnds {
+/// (Generic over the lookup's id so that it is tested without a Kademlia.)
+pub(crate) struct LookupEnds<Id = kad::QueryId> {
     ends: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     /// The lookup of each entry in `ends` that is its lookup's latest (an older one is
     /// passed over: a walk's next step, or a wake again by Kademlia's clock, replaced it).
-    ids: HashMap<u64, kad::QueryId>,
+    ids: HashMap<u64, Id>,
     /// Each lookup's latest entry.
-    latest: HashMap<kad::QueryId, u64>,
+    latest: HashMap<Id, u64>,
     next: u64,
     /// A lookup's time: Kademlia's query timeout ([`lookup_time`]).
     time: Duration,
@@ -880,19 +881,19 @@ pub(crate) fn lookup_time(config: &Config) -> Duration {
     config.operation_timeout / 2
 }
 
-impl LookupEnds {
-    fn new(time: Duration) -> LookupEnds {
+impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> LookupEnds<Id> {
+    fn new(time: Duration) -> LookupEnds<Id> {
         let (ends, ids) = (std::collections::BinaryHeap::new(), HashMap::new());
         LookupEnds { ends, ids, latest: HashMap::new(), next: 0, time }
     }
 
     /// Lookup `id` started at `now`.
-    pub(crate) fn started(&mut self, id: kad::QueryId, now: Instant) {
+    pub(crate) fn started(&mut self, id: Id, now: Instant) {
         tracing::debug!(?id, "lookup started");
         self.wake_at(id, now + self.time + LOOKUP_END_GRACE);
     }
 
-    fn wake_at(&mut self, id: kad::QueryId, at: Instant) {
+    fn wake_at(&mut self, id: Id, at: Instant) {
         self.next += 1;
         self.ids.insert(self.next, id);
         if let Some(replaced) = self.latest.insert(id, self.next) {
@@ -901,9 +902,10 @@ impl LookupEnds {
         self.ends.push(std::cmp::Reverse((at, self.next)));
     }
 
-    /// The next end after `now`. An end that came finds its lookup over, or still running:
-    /// then the node wakes again at its end as Kademlia counts it.
-    fn next(&mut self, now: Instant, kad: &crate::held::Held) -> Option<Instant> {
+    /// The next end after `now`. An end that came finds its lookup over, or still running
+    /// (`ran` says for how long, by Kademlia's clock): then the node wakes again at its end
+    /// as Kademlia counts it.
+    fn next(&mut self, now: Instant, ran: impl Fn(&Id) -> Option<Duration>) -> Option<Instant> {
         while let Some(&std::cmp::Reverse((end, n))) = self.ends.peek() {
             // A replaced entry is passed over, not woken for.
             if end > now && self.ids.contains_key(&n) {
@@ -912,8 +914,7 @@ impl LookupEnds {
             self.ends.pop();
             let Some(id) = self.ids.remove(&n) else { continue };
             self.latest.remove(&id);
-            if let Some(query) = kad.query(&id) {
-                let ran = query.stats().duration().unwrap_or_default();
+            if let Some(ran) = ran(&id) {
                 self.wake_at(id, now + self.time.saturating_sub(ran) + LOOKUP_END_GRACE);
             }
         }
@@ -2199,7 +2200,9 @@ impl<E: Extension> Driver<E> {
             self.deadlines.pop();
             self.scheduled.remove(&id);
         }
-        if let Some(end) = self.lookup_ends.next(now, &self.swarm.behaviour().kad) {
+        let kad = &self.swarm.behaviour().kad;
+        let ran = |id: &kad::QueryId| Some(kad.query(id)?.stats().duration().unwrap_or_default());
+        if let Some(end) = self.lookup_ends.next(now, ran) {
             at = at.min(end);
         }
         at = at.min(self.last_sweep + EXPIRY_SWEEP);
@@ -3465,6 +3468,36 @@ mod tests {
     }
 
     use crate::defence::Subnet;
+
+    #[test]
+    fn the_node_wakes_at_each_lookups_end_and_again_while_kademlia_still_runs_it() {
+        let time = Duration::from_secs(5);
+        let mut ends = LookupEnds::<u32>::new(time);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let end = |at: Instant| at + time + LOOKUP_END_GRACE;
+        // Nothing to wake for.
+        assert_eq!(ends.next(t0, |_| None), None);
+        ends.started(1, t0);
+        ends.started(2, t0 + ms(100));
+        let running = |_: &u32| Some(Duration::ZERO);
+        assert_eq!(ends.next(t0, running), Some(end(t0)), "the first lookup's end");
+        // Lookup 1 ended at its time: the node wakes for lookup 2 next.
+        assert_eq!(ends.next(end(t0), |_| None), Some(end(t0 + ms(100))));
+        // Lookup 2 is still running when its end comes: Kademlia started its clock 300 ms
+        // late, so the node wakes again when Kademlia's clock says its time is up.
+        let now = end(t0 + ms(100));
+        let ran = |id: &u32| (*id == 2).then(|| time - ms(300));
+        assert_eq!(ends.next(now, ran), Some(now + ms(300) + LOOKUP_END_GRACE));
+        // Once it ended, nothing is left to wake for.
+        assert_eq!(ends.next(now + ms(400), |_| None), None);
+        // A walk's next step replaces its lookup's entry: the step's end is woken for, the
+        // earlier one passed over.
+        ends.started(3, t0);
+        ends.started(3, t0 + ms(1000));
+        assert_eq!(ends.next(t0, running), Some(end(t0 + ms(1000))));
+        assert_eq!(ends.next(end(t0 + ms(1000)), |_| None), None);
+    }
 
     #[test]
     fn a_watch_that_lost_most_replicas_reads_again_backing_off_until_half_are_back() {

@@ -474,6 +474,10 @@ impl Answers {
             let heard = &mut self.heard[*scope as usize];
             *heard = (*heard).max(Some(now));
         }
+        if entry.given_up_since.is_some() {
+            let silent = now.saturating_duration_since(entry.silent_since);
+            tracing::debug!(%peer, ?silent, "a peer given up on answered again");
+        }
         entry.silent_since = entry.silent_since.max(now);
         // An answer to an operation's record request shows the peer at work as well, unless
         // Kademlia's request may have waited here ([`Peer::answered_after`]).
