@@ -56,15 +56,15 @@ fn bytes_sent(net: &TestNet) -> u64 {
 }
 
 /// Reads `item` through node `node`: whether it was the newest version, and the requests the
-/// get sent.
+/// get sent (none said when it failed).
 async fn read(
     net: &TestNet,
     plan: &Plan,
     accounts: &Accounts,
     item: usize,
     node: usize,
-) -> (Read, u32) {
-    let Ok(key) = accounts.key(plan, item) else { return (Read::Missing, 0) };
+) -> (Read, Option<u32>) {
+    let Ok(key) = accounts.key(plan, item) else { return (Read::Missing, None) };
     match net.get(node, &key).await {
         Ok(Ok(outcome)) => {
             let read = match outcome.record {
@@ -79,9 +79,9 @@ async fn read(
                 Some(_) => Read::Missing,
                 None => Read::Missing,
             };
-            (read, outcome.requests)
+            (read, Some(outcome.requests))
         }
-        _ => (Read::Missing, 0),
+        _ => (Read::Missing, None),
     }
 }
 
@@ -131,19 +131,30 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut puts = Samples::default();
     let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) = (0u64, 0usize, bytes_sent(&net));
+    let mut puts_counted = 0;
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
         let record = Draft::new(key, plan.value(item, version), version, TTL_MS)
             .sign(&accounts.keys[plan.items[item].account])?;
         let at = Instant::now();
+        let mut count = |receipt: &dkvs_net::PutReceipt| {
+            put_requests += u64::from(receipt.requests);
+            stored += receipt.stored.len();
+            puts_counted += 1;
+        };
         let (ok, outcome) = match net.put(node, record).await {
             Ok(Ok(receipt)) => {
-                put_requests += u64::from(receipt.requests);
-                stored += receipt.stored.len();
+                count(&receipt);
                 let ok = receipt.stored.len() >= put_majority(opts.nodes);
                 (ok, format!("stored on {}", receipt.stored.len()))
             }
-            Ok(Err(e)) => (false, e.to_string()),
+            Ok(Err(e)) => {
+                // A put that missed its quorum still sent its requests, and some stored it.
+                if let dkvs_net::PutError::NoQuorum { receipt } = &e {
+                    count(receipt);
+                }
+                (false, e.to_string())
+            }
             Err(e) => (false, e.to_string()),
         };
         puts.record(at.elapsed(), ok);
@@ -159,14 +170,18 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
 
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
-    let (mut get_requests, get_bytes_from) = (0u64, bytes_sent(&net));
+    let (mut get_requests, mut gets_counted, get_bytes_from) = (0u64, 0, bytes_sent(&net));
     let get_cpu_from = workload::cpu_time();
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
         gets.read_after(at.elapsed(), read, acked.of(item));
-        progress.op("get", at.elapsed(), &format!("{read:?}, {requests} requests"));
-        get_requests += u64::from(requests);
+        let said = requests.map_or("failed".into(), |n| format!("{n} requests"));
+        progress.op("get", at.elapsed(), &format!("{read:?}, {said}"));
+        if let Some(requests) = requests {
+            get_requests += u64::from(requests);
+            gets_counted += 1;
+        }
         bar.inc(1);
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
@@ -195,6 +210,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         put_requests,
         get_requests,
         stored,
+        puts_counted,
+        gets_counted,
         put_bytes,
         get_bytes,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,

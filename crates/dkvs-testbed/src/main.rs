@@ -50,7 +50,8 @@ struct Cli {
     /// Versions written of each record (sequence 1..=V); reads must return the last.
     #[arg(long, default_value_t = 2)]
     versions: u64,
-    /// Value size in bytes (at most 1000: BEP 44's limit; dkvs takes 10 KiB).
+    /// Value size in bytes (at most 1000, BEP 44's limit, when mainline runs; up to 10240,
+    /// dkvs's, with --system dkvs).
     #[arg(long, default_value_t = 256)]
     value_size: usize,
     /// Reads of each record after the writes.
@@ -80,15 +81,17 @@ struct Cli {
     #[arg(long)]
     max_connections: Option<usize>,
     /// After the reads, kill this fraction of the live nodes at once and add as many new ones,
-    /// every --churn-every seconds, and read every record after each round.
+    /// and read every record after each round.
     #[arg(long)]
     churn: Option<f64>,
-    /// Seconds between churn rounds.
-    #[arg(long, default_value_t = 10)]
-    churn_every: u64,
-    /// Churn rounds.
-    #[arg(long, default_value_t = 3)]
-    churn_rounds: usize,
+    /// With --churn: seconds from a round's kill to its reads, at least (default 10). A round
+    /// starts when the last one's reads ended, and its reads wait for the new nodes to join,
+    /// so they may begin later: the table says when they did.
+    #[arg(long)]
+    churn_every: Option<u64>,
+    /// With --churn: churn rounds (default 3).
+    #[arg(long)]
+    churn_rounds: Option<usize>,
     /// Churn kills nodes and adds none: the reads start `--churn-every` seconds after the
     /// kill, not after the new nodes joined (which can take a minute with processes).
     #[arg(long)]
@@ -189,6 +192,42 @@ fn main() -> anyhow::Result<()> {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG") {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
+    check_flags(&cli)?;
+    let reports = match (cli.system, &cli.report_to) {
+        (SystemArg::Both, _) => {
+            let dkvs = child(SystemArg::Dkvs)?;
+            match child(SystemArg::Mainline) {
+                Ok(mainline) => vec![dkvs, mainline],
+                Err(e) => {
+                    // dkvs's figures are not lost with mainline's run.
+                    print_table(&cli, std::slice::from_ref(&dkvs));
+                    return Err(e);
+                }
+            }
+        }
+        (system, report_to) => {
+            let report = run_here(&cli, system)?;
+            if let Some(path) = report_to {
+                std::fs::write(path, serde_json::to_vec(&report)?)?;
+                return Ok(());
+            }
+            vec![report]
+        }
+    };
+    print_table(&cli, &reports);
+    if let Some(path) = &cli.json {
+        let out = Output { command: std::env::args().collect(), cores: cores(), reports: &reports };
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if cli.check {
+        check(&reports)?;
+    }
+    Ok(())
+}
+
+/// Refuses what makes no sense and what would be silently ignored.
+fn check_flags(cli: &Cli) -> anyhow::Result<()> {
     if cli.nodes < 2 {
         bail!("--nodes must be at least 2: a read goes through another node than the writer");
     }
@@ -206,8 +245,39 @@ fn main() -> anyhow::Result<()> {
              mainline will drop some by design"
         );
     }
-    if cli.value_size > 1000 {
-        bail!("--value-size {} is over 1000 bytes, BEP 44's limit", cli.value_size);
+    if cli.value_size > 1000 && cli.system != SystemArg::Dkvs {
+        bail!(
+            "--value-size {} is over 1000 bytes, BEP 44's limit (with --system dkvs, up to \
+             10240)",
+            cli.value_size
+        );
+    }
+    if cli.value_size > dkvs_record::MAX_VALUE_LEN {
+        bail!(
+            "--value-size {} is over {} bytes, dkvs's limit",
+            cli.value_size,
+            dkvs_record::MAX_VALUE_LEN
+        );
+    }
+    if cli.max_connections == Some(0) {
+        bail!("--max-connections must be at least 1");
+    }
+    if cli.dkvs.is_some() && !cli.processes {
+        bail!("--dkvs names the binary that --processes runs: it takes --processes");
+    }
+    // (A child of `--system both` that runs mainline is handed the parent's flags.)
+    let mainline_alone = cli.system == SystemArg::Mainline && cli.report_to.is_none();
+    if cli.idle_secs > 0 && (cli.processes || mainline_alone) {
+        bail!("--idle-secs measures dkvs in one process: not with --processes or mainline alone");
+    }
+    if cli.settle_secs > 0 && cli.idle_secs == 0 {
+        bail!("--settle-secs takes --idle-secs (it is the wait before that measurement)");
+    }
+    if cli.churn.is_none() && (cli.churn_every.is_some() || cli.churn_rounds.is_some()) {
+        bail!("--churn-every and --churn-rounds take --churn");
+    }
+    if cli.churn_rounds == Some(0) {
+        bail!("--churn-rounds must be at least 1");
     }
     if cli.processes && (cli.transport == TransportArg::Memory || cli.max_connections.is_some()) {
         bail!(
@@ -230,26 +300,6 @@ fn main() -> anyhow::Result<()> {
     }
     if cli.stopped_deaths && (cli.churn.is_none() || !cli.processes) {
         bail!("--stopped-deaths takes --churn and --processes");
-    }
-    let reports = match (cli.system, &cli.report_to) {
-        (SystemArg::Both, _) => vec![child(SystemArg::Dkvs)?, child(SystemArg::Mainline)?],
-        (system, report_to) => {
-            let report = run_here(&cli, system)?;
-            if let Some(path) = report_to {
-                std::fs::write(path, serde_json::to_vec(&report)?)?;
-                return Ok(());
-            }
-            vec![report]
-        }
-    };
-    print_table(&cli, &reports);
-    if let Some(path) = &cli.json {
-        let out = Output { command: std::env::args().collect(), cores: cores(), reports: &reports };
-        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if cli.check {
-        check(&reports)?;
     }
     Ok(())
 }
@@ -330,8 +380,8 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
         settle: Duration::from_secs(cli.settle_secs),
         churn: cli.churn.map(|fraction| Churn {
             fraction,
-            every: Duration::from_secs(cli.churn_every),
-            rounds: cli.churn_rounds,
+            every: Duration::from_secs(cli.churn_every.unwrap_or(10)),
+            rounds: cli.churn_rounds.unwrap_or(3),
             seed: cli.seed ^ 0xc4u64,
             silent: cli.silent_deaths,
             stopped: cli.stopped_deaths,
@@ -396,9 +446,14 @@ fn check(reports: &[Report]) -> anyhow::Result<()> {
 fn print_table(cli: &Cli, reports: &[Report]) {
     let dkvs = reports.iter().find(|r| r.system == "dkvs");
     let ml = reports.iter().find(|r| r.system == "mainline");
+    let mainline = match ml {
+        Some(_) if cli.mainline_seeded => ", mainline on UDP (seeded routing tables)",
+        Some(_) => ", mainline on UDP (bootstrapped through node 0)",
+        None => "",
+    };
     println!(
         "dkvs-testbed: {} nodes per network; {} records x {} versions of {} B from {} accounts; \
-         {} reads; dkvs on {}{}{}, mainline on UDP ({}); seed {}; {} cores",
+         {} reads; dkvs on {}{}{}{}; seed {}; {} cores",
         cli.nodes,
         cli.records,
         cli.versions,
@@ -408,7 +463,7 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         format!("{:?}", cli.transport).to_lowercase(),
         if cli.processes { ", a `dkvs node` process per node" } else { "" },
         cli.max_connections.map(|m| format!(" (max_connections {m})")).unwrap_or_default(),
-        if cli.mainline_seeded { "seeded routing tables" } else { "bootstrapped through node 0" },
+        mainline,
         cli.seed,
         cores(),
     );
@@ -430,6 +485,9 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         row_with(name, f, digits, true)
     };
     let majority = workload::put_majority(cli.nodes);
+    // A p99 of fewer than 100 operations is one of their slowest few; of 100, the second
+    // slowest.
+    row_with("puts timed", &|r| Some(r.put.n as f64), 0, false);
     row("put p50 ms (all puts)", &|r| Some(r.put.p50_ms), 2);
     row("put p95 ms", &|r| Some(r.put.p95_ms), 2);
     row("put p99 ms", &|r| Some(r.put.p99_ms), 2);
@@ -438,7 +496,8 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         &|r| Some(100.0 * r.put.success),
         1,
     );
-    row("nodes that stored a put, mean", &|r| Some(r.stored_per_put), 1);
+    row("nodes that stored a put, mean (of the puts that said)", &|r| Some(r.stored_per_put), 1);
+    row_with("gets timed", &|r| Some(r.get.n as f64), 0, false);
     row("get p50 ms (all gets)", &|r| Some(r.get.p50_ms), 2);
     row("get p95 ms", &|r| Some(r.get.p95_ms), 2);
     row("get p99 ms", &|r| Some(r.get.p99_ms), 2);
@@ -456,8 +515,8 @@ fn print_table(cli: &Cli, reports: &[Report]) {
         false,
     );
     row("get: first newest answer p50 ms", &|r| r.get_first_newest.as_ref().map(|s| s.p50_ms), 2);
-    row("requests sent per get", &|r| r.requests_per_get, 1);
-    row("requests sent per put", &|r| r.requests_per_put, 1);
+    row("requests sent per get (of the gets that said)", &|r| r.requests_per_get, 1);
+    row("requests sent per put (of the puts that said)", &|r| r.requests_per_put, 1);
     row("bytes sent per get (all nodes, background included)", &|r| r.bytes_per_get, 0);
     row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
     // In one process, the process's growth shared out; with --processes, each dkvs node's
@@ -524,6 +583,39 @@ fn print_table(cli: &Cli, reports: &[Report]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_that_would_be_ignored_or_make_no_sense_are_refused() {
+        let flags = |line: &str| {
+            let cli = Cli::try_parse_from(line.split_whitespace()).expect("parses");
+            check_flags(&cli).map_err(|e| e.to_string())
+        };
+        assert!(flags("t --nodes 10 --check").is_ok());
+        assert!(flags("t --system dkvs --value-size 10240").is_ok());
+        assert!(flags("t --churn 0.3 --churn-every 5 --churn-rounds 2").is_ok());
+        assert!(flags("t --system dkvs --idle-secs 5 --settle-secs 5").is_ok());
+        // Both systems: the dkvs child idles, the mainline child is handed the flag too.
+        assert!(flags("t --idle-secs 5").is_ok());
+        assert!(flags("t --idle-secs 5 --system mainline --report-to x.json").is_ok());
+        let refused = [
+            ("t --value-size 1024", "BEP 44"),
+            ("t --system dkvs --value-size 10241", "dkvs's limit"),
+            ("t --max-connections 0", "at least 1"),
+            ("t --dkvs /bin/dkvs", "takes --processes"),
+            ("t --processes --idle-secs 5", "one process"),
+            ("t --system mainline --idle-secs 5", "one process"),
+            ("t --processes --churn 0.3 --dkvs /bin/dkvs --idle-secs 5", "one process"),
+            ("t --settle-secs 5", "takes --idle-secs"),
+            ("t --churn-every 5", "take --churn"),
+            ("t --churn-rounds 2", "take --churn"),
+            ("t --churn 0.3 --churn-rounds 0", "at least 1"),
+            ("t --nodes 1", "at least 2"),
+        ];
+        for (line, why) in refused {
+            let error = flags(line).expect_err(line);
+            assert!(error.contains(why), "{line}: {error}");
+        }
+    }
 
     #[test]
     fn a_child_gets_the_parents_flags_but_its_own_system() {

@@ -105,7 +105,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_message("mainline: puts");
     let mut puts = Samples::default();
     let mut acked = workload::Acked::default();
-    let mut stored = 0usize;
+    let (mut stored, mut puts_counted) = (0usize, 0usize);
     for &(item, version, node) in &plan.puts {
         let it = &plan.items[item];
         let mutable = MutableItem::new(
@@ -120,6 +120,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         let ok = match tokio::time::timeout(STEP, dht.put_mutable(mutable, None)).await {
             Ok(Ok(outcome)) => {
                 stored += outcome.stored_at as usize;
+                puts_counted += 1;
                 outcome.stored_at as usize >= put_majority(opts.nodes)
             }
             _ => false,
@@ -170,7 +171,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         get_first_newest: Some(first.summary()),
         requests_per_get: Some(queried as f64 / plan.gets.len().max(1) as f64),
         requests_per_put: None,
-        stored_per_put: stored as f64 / plan.puts.len().max(1) as f64,
+        stored_per_put: stored as f64 / puts_counted.max(1) as f64,
         bytes_per_get: None,
         bytes_per_put: None,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,

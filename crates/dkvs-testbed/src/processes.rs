@@ -120,10 +120,17 @@ impl Processes {
     }
 
     /// Writes `version` of `item` through node `node`: whether it was stored with that
-    /// sequence on a majority, the requests the node sent, and the nodes that stored it. As
+    /// sequence on a majority, and the requests the node sent and the nodes that stored it
+    /// (said by an acknowledged put only). As
     /// the in-process run writes, with the sequence given: a compare-and-swap on the version
     /// before (`expect_seq`), not a read of the newest first (a put without it).
-    fn put(&self, plan: &Plan, item: usize, version: u64, node: usize) -> (bool, u64, usize) {
+    fn put(
+        &self,
+        plan: &Plan,
+        item: usize,
+        version: u64,
+        node: usize,
+    ) -> (bool, Option<(u64, usize)>) {
         let it = &plan.items[item];
         let path = format!(
             "/v1/kv/~/{}?account={}&ttl=1h&expect_seq={}",
@@ -138,18 +145,19 @@ impl Processes {
                 let requests = receipt["requests"].as_u64().unwrap_or(0);
                 // Puts run before any churn: every node started is live, and a put needs a
                 // majority of the replicas among them.
-                (seq == version && stored >= put_majority(self.nodes.len()), requests, stored)
+                let ok = seq == version && stored >= put_majority(self.nodes.len());
+                (ok, Some((requests, stored)))
             }
             Err(e) => {
                 note(&format!("put of item {item} through node {node}: {e}"));
-                (false, 0, 0)
+                (false, None)
             }
         }
     }
 
     /// Reads `item` through node `node`: whether it was the newest version, and the requests
-    /// the node sent.
-    fn read(&self, plan: &Plan, item: usize, node: usize) -> (Read, u64) {
+    /// the node sent (said by a get that found the key only).
+    fn read(&self, plan: &Plan, item: usize, node: usize) -> (Read, Option<u64>) {
         let it = &plan.items[item];
         let path = format!("/v1/kv/{}/{}", self.ids[it.account], it.name);
         let newest =
@@ -169,12 +177,12 @@ impl Processes {
                     Some(_) => Read::Missing,
                     None => Read::Missing,
                 };
-                (read, requests)
+                (read, Some(requests))
             }
-            Err(ClientError::NotFound(_)) => (Read::Missing, 0),
+            Err(ClientError::NotFound(_)) => (Read::Missing, None),
             Err(e) => {
                 note(&format!("get of item {item} through node {node}: {e}"));
-                (Read::Missing, 0)
+                (Read::Missing, None)
             }
         }
     }
@@ -212,13 +220,17 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) =
         (0u64, 0usize, blocking(|| net.bytes_sent()));
+    let mut puts_counted = 0;
     for &(item, version, node) in &plan.puts {
         let at = Instant::now();
-        let (ok, requests, held) = blocking(|| net.put(plan, item, version, node));
+        let (ok, said) = blocking(|| net.put(plan, item, version, node));
         puts.record(at.elapsed(), ok);
         acked.note(item, version, ok);
-        put_requests += requests;
-        stored += held;
+        if let Some((requests, held)) = said {
+            put_requests += requests;
+            stored += held;
+            puts_counted += 1;
+        }
         bar.inc(1);
     }
     let put_bytes = blocking(|| net.bytes_sent()).saturating_sub(put_bytes_from);
@@ -233,12 +245,16 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
 
     bar.set_message("dkvs: gets (processes)");
     let mut gets = Samples::default();
-    let (mut get_requests, get_bytes_from) = (0u64, blocking(|| net.bytes_sent()));
+    let (mut get_requests, mut gets_counted, get_bytes_from) =
+        (0u64, 0, blocking(|| net.bytes_sent()));
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = blocking(|| net.read(plan, item, node));
         gets.read_after(at.elapsed(), read, acked.of(item));
-        get_requests += requests;
+        if let Some(requests) = requests {
+            get_requests += requests;
+            gets_counted += 1;
+        }
         bar.inc(1);
     }
     let get_bytes = blocking(|| net.bytes_sent()).saturating_sub(get_bytes_from);
@@ -261,6 +277,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         put_requests,
         get_requests,
         stored,
+        puts_counted,
+        gets_counted,
         put_bytes,
         get_bytes,
         rss_per_node_bytes: rss * 1024 / opts.nodes.max(1) as u64,
@@ -320,12 +338,24 @@ impl Network for Processes {
     async fn write_fresh(&self, plan: &Plan, item: usize, name: &str, node: usize) -> Option<bool> {
         let account = &self.accounts[plan.items[item].account];
         let path = format!("/v1/kv/~/{name}?account={account}&ttl=1h");
-        // Without a quorum the node answers 503 (no_quorum).
+        // Without a quorum the node answers 503 (no_quorum). With one, it counts over the
+        // places its lookup found (which may be few when the lookup timed out): the rule of
+        // the puts before churn, a majority of the closest among the live nodes, holds here.
         let put = blocking(|| self.client(node).put_bytes(&path, &plan.value(item, 1)));
-        if let Err(e) = &put {
-            note(&format!("put of {name} through node {node}: {e}"));
+        match put {
+            Ok(receipt) => {
+                let stored = receipt["stored"].as_u64().unwrap_or(0) as usize;
+                let needed = put_majority(Processes::alive(self).len());
+                if stored < needed {
+                    note(&format!("put of {name} through node {node}: stored by {stored}"));
+                }
+                Some(stored >= needed)
+            }
+            Err(e) => {
+                note(&format!("put of {name} through node {node}: {e}"));
+                Some(false)
+            }
         }
-        Some(put.is_ok())
     }
 }
 

@@ -198,6 +198,7 @@ impl Samples {
         };
         let total = self.ok + self.stale + self.older_than_failed + self.failed;
         Summary {
+            n: sorted.len(),
             p50_ms: at(0.5),
             p95_ms: at(0.95),
             p99_ms: at(0.99),
@@ -214,6 +215,9 @@ impl Samples {
 /// success rate.
 #[derive(Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct Summary {
+    /// Operations timed: a p99 of fewer than 100 is one of the slowest few, no more.
+    #[serde(default)]
+    pub n: usize,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -280,11 +284,14 @@ pub struct Report {
     /// mainline only: the time until the newest value first arrived (the lookup goes on after
     /// it to make sure nothing newer exists; `get` is the whole lookup, as dkvs's get).
     pub get_first_newest: Option<Summary>,
-    /// Requests this system's node sent per get (lookup and record requests), averaged.
+    /// Requests this system's node sent per get (lookup and record requests), averaged over
+    /// the gets that said (dkvs: a get that failed does not; mainline's say nothing).
     pub requests_per_get: Option<f64>,
-    /// Requests per put (lookup and store requests), averaged.
+    /// Requests per put (lookup and store requests), averaged over the puts that said (dkvs
+    /// in one process: every put, those that missed their quorum too; as processes, those
+    /// that reached it).
     pub requests_per_put: Option<f64>,
-    /// Nodes that acknowledged storing a put, averaged.
+    /// Nodes that acknowledged storing a put, averaged over the same puts.
     pub stored_per_put: f64,
     /// Bytes all nodes sent (TCP, framing and encryption included) while the puts, then the
     /// gets, ran one at a time, divided by the operations: background traffic in that time
@@ -336,10 +343,14 @@ pub(crate) struct DkvsRun {
     pub setup: Duration,
     pub puts: Samples,
     pub gets: Samples,
+    /// Requests and stores, summed over the operations that said (a put that missed its
+    /// quorum in one process says too; a get that failed does not), and those operations.
     pub put_requests: u64,
     pub get_requests: u64,
     /// Nodes that stored a put, summed over the puts.
     pub stored: usize,
+    pub puts_counted: usize,
+    pub gets_counted: usize,
     pub put_bytes: u64,
     pub get_bytes: u64,
     pub rss_per_node_bytes: u64,
@@ -365,9 +376,9 @@ impl DkvsRun {
             put: self.puts.summary(),
             get: self.gets.summary(),
             get_first_newest: None,
-            requests_per_get: per(self.get_requests, plan.gets.len()),
-            requests_per_put: per(self.put_requests, plan.puts.len()),
-            stored_per_put: self.stored as f64 / plan.puts.len().max(1) as f64,
+            requests_per_get: per(self.get_requests, self.gets_counted),
+            requests_per_put: per(self.put_requests, self.puts_counted),
+            stored_per_put: self.stored as f64 / self.puts_counted.max(1) as f64,
             bytes_per_get: per(self.get_bytes, plan.gets.len()),
             bytes_per_put: per(self.put_bytes, plan.puts.len()),
             rss_per_node_bytes: self.rss_per_node_bytes,

@@ -24,7 +24,8 @@ use dkvs_testbed::process::{self, NodeProcess, dkvs_binary, metric, new_account}
 #[derive(Parser, Debug)]
 #[command(version, about = "Memory, traffic and wake-ups of a dkvs node on each profile")]
 struct Cli {
-    /// Records the profiled node writes (its own; it keeps each one).
+    /// Records written through the first default node; the profiled node holds them as one
+    /// of their replicas (others' records, in its budget for those; a light client none).
     #[arg(long, default_value_t = 10_000)]
     records: usize,
     /// Accounts the records are written from, in turn, through the first default node (a
@@ -34,7 +35,9 @@ struct Cli {
     /// Value size in bytes.
     #[arg(long, default_value_t = 1024)]
     value_size: usize,
-    /// The idle window, in seconds (figures are scaled to one hour).
+    /// The idle window, in seconds (figures are scaled to one hour). A window shorter than
+    /// the profile's periodic rounds (replication every 10 min, 30 on a phone; the table's
+    /// refresh every 15 min, an hour on a phone) counts none of them.
     #[arg(long, default_value_t = 120)]
     idle_secs: u64,
     /// Profiles to measure.
@@ -201,6 +204,18 @@ fn main() -> anyhow::Result<()> {
             f.idle_bytes_per_hour,
             f.idle_timer_wakeups_per_hour,
             f.idle_context_switches_per_second
+        );
+    }
+    println!(
+        "\nidle bytes/h are sent and received; timer wake-ups are the node task's own timers \
+         (libp2p's, as gossipsub's heartbeat, are not among them: the context switches count \
+         every thread's wake-ups)"
+    );
+    if cli.idle_secs < 3600 {
+        println!(
+            "the idle window ({} s) is shorter than an hour: periodic rounds longer than it \
+             (replication, the table's refresh) may not be in it",
+            cli.idle_secs
         );
     }
     if let Some(path) = &cli.json {
