@@ -87,8 +87,9 @@ pub enum StoreError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// A snapshot is damaged (logs may end in a torn entry, which is dropped; snapshots may not).
-    #[error("snapshot {path} is damaged at byte {offset}: {reason}")]
+    /// A snapshot or a log is damaged (a log may end in a torn entry, which is dropped; a
+    /// snapshot may not).
+    #[error("store file {path} is damaged at byte {offset}: {reason}")]
     Corrupt {
         /// The file.
         path: PathBuf,

@@ -123,9 +123,13 @@ fn parse_payload(payload: &[u8]) -> Result<Option<Entry>, String> {
     }
 }
 
-/// A damaged frame at the start of `rest` is a torn tail (a write that never completed, the
-/// rest of the file unwritten or zeros) only when no whole, checksummed frame begins anywhere
-/// after its start: otherwise acknowledged data follows the damage, and that is corruption.
+/// A damaged frame at the start of `rest` (a checksum that does not match, or a length no
+/// frame has) is a torn tail (a write that never completed, the rest of the file unwritten or
+/// zeros: a power cut) only when no whole, checksummed frame begins anywhere after its start:
+/// otherwise acknowledged data follows the damage, and that is corruption. (A frame cut off by
+/// the end of the file is a torn tail without this search: see `read_file`. After a power cut
+/// that left a frame's body partly unwritten, a value holding frames of this format in the
+/// part written makes this corruption: the store then refuses to start.)
 fn is_torn_tail(rest: &[u8]) -> bool {
     let end = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     !(1..end).any(|offset| whole_frame_at(&rest[offset..]))
@@ -174,8 +178,13 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
         }
         let end = FRAME_HEADER + len;
         if rest.len() < end {
-            if is_log && is_torn_tail(rest) {
-                break; // torn tail: the write that would have completed it never returned
+            // A torn tail: the write that would have completed it never returned (a kill
+            // leaves a prefix of what was written). Not searched for frames after it: they
+            // would be inside this frame, whose value is anyone's bytes, frames of this
+            // format too. (A length that bit rot sent past the end reads so as well: up to
+            // 64 KiB of the log's end would be dropped; a checksum covers payloads only.)
+            if is_log {
+                break;
             }
             return Err(damage("truncated frame".into()));
         }

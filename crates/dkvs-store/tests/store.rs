@@ -348,6 +348,36 @@ fn torn_log_tail_is_dropped_but_damage_is_reported() {
 }
 
 #[test]
+fn a_torn_frame_whose_value_holds_frames_is_still_torn() {
+    // A writer's value may hold whole frames of the log's own format (here 9-byte frames:
+    // length 1, its checksum, one byte). When the node is killed while it writes that
+    // record, the torn frame's bytes must not read as data after damage: the store would
+    // refuse to start, and anyone could make a node's next crash fatal.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
+    let now = dkvs_record::unix_millis();
+    let fake: Vec<u8> =
+        [&1u32.to_le_bytes()[..], &crc32fast::hash(b"!").to_le_bytes(), b"!"].concat().repeat(1000);
+    let before = {
+        let store = Store::open(dir.path(), Config::default()).expect("opens");
+        store.put(record(&alice, &key(0), b"v", 1, now, HOUR)).expect("put");
+        let before = std::fs::metadata(file_named(dir.path(), "log-")).expect("log").len();
+        store.put(record(&alice, &key(1), &fake, 1, now, HOUR)).expect("put");
+        before
+    };
+    let log = file_named(dir.path(), "log-");
+    let bytes = std::fs::read(&log).expect("log");
+    // Killed mid-write at a page boundary inside the value, and one byte past it.
+    for cut in [4096, 4097] {
+        std::fs::write(&log, &bytes[..before as usize + cut]).expect("write");
+        let store = Store::open(dir.path(), Config::default()).expect("a torn frame is torn");
+        assert!(store.get(key(0).as_str()).is_some());
+        assert!(store.get(key(1).as_str()).is_none(), "the torn put never returned");
+    }
+}
+
+#[test]
 fn a_log_tail_of_zeros_is_a_torn_tail_but_damage_before_data_is_not() {
     // After a power cut in write-through mode, ext4 and XFS can leave the log longer than what
     // reached the disk, the rest reading as zeros. The node must still start.
