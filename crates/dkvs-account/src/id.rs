@@ -93,6 +93,15 @@ pub enum ParseAccountIdError {
     /// The key bytes inside are not a valid key of the type the prefix names.
     #[error("account id holds an invalid key: {0}")]
     Key(#[from] KeyError),
+    /// Valid bech32m for a key, but not that key's id: bits past the key's last byte are set,
+    /// or there are more characters than the key needs. Each account has one id.
+    #[error("account id {text:?} is not the account's id, which is {canonical:?}")]
+    NotCanonical {
+        /// The text that was parsed.
+        text: String,
+        /// The account's one id.
+        canonical: String,
+    },
 }
 
 impl FromStr for AccountId {
@@ -112,8 +121,15 @@ impl FromStr for AccountId {
         } else {
             return Err(ParseAccountIdError::UnknownPrefix(checked.hrp().to_string()));
         };
+        // The decoder drops the bits past the last whole byte without looking at them: one key
+        // would have several ids (and several scopes) if they were not checked.
         let bytes: Vec<u8> = checked.byte_iter().collect();
-        Ok(AccountId(PublicKey::from_bytes(key_type, &bytes)?))
+        let id = AccountId(PublicKey::from_bytes(key_type, &bytes)?);
+        let canonical = id.to_string();
+        if canonical != text {
+            return Err(ParseAccountIdError::NotCanonical { text: text.to_owned(), canonical });
+        }
+        Ok(id)
     }
 }
 
@@ -194,6 +210,45 @@ mod tests {
             bech32_classic.parse::<AccountId>(),
             Err(ParseAccountIdError::Encoding { .. })
         ));
+    }
+
+    #[test]
+    fn each_account_has_one_id() {
+        use bech32::Fe32;
+        use bech32::primitives::iter::{ByteIterExt as _, Fe32IterExt as _};
+        for ty in [KeyType::Ed25519, KeyType::Secp256k1] {
+            let id = Keypair::generate(ty).account_id();
+            let hrp = hrp_of(ty);
+            // The key's bytes as 5-bit characters, checksummed: its id, as `Display` writes it.
+            let encode = |fes: Vec<Fe32>| -> String {
+                fes.into_iter().with_checksum::<Bech32m>(&hrp).chars().collect()
+            };
+            let fes: Vec<Fe32> = id.0.as_bytes().iter().copied().bytes_to_fes().collect();
+            assert_eq!(encode(fes.clone()), id.to_string());
+            // The last character's bits past the key's last byte set (4 of them for Ed25519's
+            // 32 bytes, 1 for secp256k1's 33), with a checksum of their own.
+            let padding = (fes.len() * 5 - id.0.as_bytes().len() * 8) as u8;
+            assert!(padding > 0, "{ty:?}");
+            let mut set = fes.clone();
+            let last = set.len() - 1;
+            set[last] = Fe32::try_from(set[last].to_u8() | ((1 << padding) - 1)).expect("5 bits");
+            let set = encode(set);
+            assert_ne!(set, id.to_string());
+            let canonical = id.to_string();
+            let not_canonical = ParseAccountIdError::NotCanonical { text: set.clone(), canonical };
+            assert_eq!(set.parse::<AccountId>(), Err(not_canonical), "{ty:?}");
+            // A character more, all zeros: secp256k1's 33 bytes take 53 characters with 1 bit
+            // to spare, and 54 with 6, which the decoder drops too (Ed25519's 32 bytes in 53
+            // characters are 33 bytes, refused for their length).
+            let mut longer = fes;
+            longer.push(Fe32::Q);
+            let longer = encode(longer);
+            match (ty, longer.parse::<AccountId>()) {
+                (KeyType::Secp256k1, Err(ParseAccountIdError::NotCanonical { .. })) => {}
+                (KeyType::Ed25519, Err(ParseAccountIdError::Key(_))) => {}
+                (ty, other) => panic!("{ty:?}: {longer} parsed as {other:?}"),
+            }
+        }
     }
 
     #[test]
