@@ -94,6 +94,10 @@ impl KdfParams {
     pub const MAX_T_COST: u32 = 64;
     /// The most lanes a key file may ask for.
     pub const MAX_P_COST: u32 = 16;
+    /// The most work a key file may ask for, memory times passes: 4 GiB (1 GiB and 4 passes,
+    /// 19 MiB and 215), so that a hostile file cannot hold an unlock for many minutes (1 GiB
+    /// and 64 passes would). The default asks for 38 MiB.
+    pub const MAX_WORK_KIB: u64 = 4 * 1024 * 1024;
 
     /// The argon2 parameters, or why these are refused.
     fn to_argon2(self) -> Result<argon2::Params, String> {
@@ -109,6 +113,15 @@ impl KdfParams {
                 Self::MAX_M_COST_KIB,
                 Self::MAX_T_COST,
                 Self::MAX_P_COST
+            ));
+        }
+        let work = u64::from(self.m_cost_kib) * u64::from(self.t_cost);
+        if work > Self::MAX_WORK_KIB {
+            return Err(format!(
+                "argon2id m_cost={} KiB times t_cost={} is over the limit of {} KiB of work",
+                self.m_cost_kib,
+                self.t_cost,
+                Self::MAX_WORK_KIB
             ));
         }
         argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32)).map_err(|e| {
@@ -273,7 +286,12 @@ impl Keystore {
             reason: format!("cannot encode key file: {e}"),
         })?;
         json.push(b'\n');
-        self.write_atomically(&path, &json)
+        // Never over a file that is there: another process may have saved the same name since
+        // the check above (two commands at once), and its key would be lost.
+        create_private(&path, &json).map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => KeystoreError::AlreadyExists(name.to_owned()),
+            _ => KeystoreError::Io { path: path.clone(), source },
+        })
     }
 
     /// Loads and decrypts the key pair saved as `name`.
@@ -330,14 +348,6 @@ impl Keystore {
             _ => KeystoreError::Io { path: path.clone(), source },
         })?;
         sync_dir(&self.dir)
-    }
-
-    /// Writes `contents` to `path` as [`write_private`] does.
-    fn write_atomically(&self, path: &Path, contents: &[u8]) -> Result<(), KeystoreError> {
-        // Between the existence check in `import` and here, another process could have saved
-        // the same name; the rename would replace its file. Keystores have one user at a time.
-        write_private(path, contents)
-            .map_err(|source| KeystoreError::Io { path: path.to_owned(), source })
     }
 }
 
@@ -438,14 +448,16 @@ fn passphrase_key(
     // keeps freed memory resident (a node that unlocked eight accounts kept about 98 MiB).
     let blocks = params.block_count();
     let mut memory: Vec<argon2::Block> = Vec::new();
-    // A key file may ask for up to 4 GiB: too much is an error, not an abort.
+    // A key file may ask for up to 1 GiB: too much is an error, not an abort.
     memory
         .try_reserve_exact(blocks.max(KDF_ALLOCATION / argon2::Block::SIZE))
         .map_err(|e| format!("argon2id needs {} KiB: {e}", blocks))?;
     memory.resize(blocks, argon2::Block::default());
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password_into_with_memory(passphrase.as_bytes(), salt, key.as_mut(), &mut memory)
-        .map_err(|e| format!("argon2id: {e}"))?;
+    let hashed = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into_with_memory(passphrase.as_bytes(), salt, key.as_mut(), &mut memory);
+    // The blocks hold what the key was made from (each lane's last block leads to it).
+    memory.iter_mut().for_each(zeroize::Zeroize::zeroize);
+    hashed.map_err(|e| format!("argon2id: {e}"))?;
     Ok(SymmetricKey::from_bytes(key))
 }
 

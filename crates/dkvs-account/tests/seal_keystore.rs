@@ -257,6 +257,44 @@ fn import_then_load_and_refuse_existing_names() {
 }
 
 #[test]
+fn keys_created_at_once_under_one_name_never_replace_each_other() {
+    // Two commands that save the same name at once (a script, a double click): one key is
+    // saved, the others are told the name is taken; none is lost unseen.
+    let (_dir, store) = store();
+    let pairs: Vec<Keypair> = (0..8).map(|_| Keypair::generate(KeyType::Ed25519)).collect();
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let saving: Vec<_> =
+            pairs.iter().map(|pair| scope.spawn(|| store.import("me", pair, "pw"))).collect();
+        saving.into_iter().map(|t| t.join().expect("no panic")).collect()
+    });
+    let saved: Vec<usize> = (0..8).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(saved.len(), 1, "{results:?}");
+    for (i, result) in results.iter().enumerate() {
+        if i != saved[0] {
+            assert!(
+                matches!(result, Err(KeystoreError::AlreadyExists(n)) if n == "me"),
+                "{result:?}"
+            );
+        }
+    }
+    let loaded = store.load("me", "pw").expect("load");
+    assert_eq!(loaded.account_id(), pairs[saved[0]].account_id());
+}
+
+#[test]
+fn a_key_file_asking_for_too_much_work_is_refused_before_it_runs() {
+    let (_dir, store) = store();
+    store.create("me", KeyType::Ed25519, "pw").expect("create");
+    // 1 GiB and 64 passes: each within its own limit, minutes of work together.
+    edit(&store, "me", |json| {
+        json["kdf"]["m_cost_kib"] = (1024 * 1024).into();
+        json["kdf"]["t_cost"] = 64.into();
+    });
+    let reason = corrupt_reason(store.load("me", "pw"));
+    assert!(reason.contains("work"), "{reason}");
+}
+
+#[test]
 fn wrong_passphrase_is_an_error() {
     let (_dir, store) = store();
     store.create("alice", KeyType::Ed25519, "right").expect("create");
