@@ -761,6 +761,19 @@ impl Inner {
                     std::cmp::Ordering::Equal if current.record() == record => {
                         return Ok(PutOutcome::Unchanged);
                     }
+                    // Another account's record at the holder's sequence is no fork (the holder
+                    // signed one record): it is refused for its owner, as at any sequence.
+                    std::cmp::Ordering::Equal
+                        if live.is_some_and(|live| {
+                            live.owner() != record.owner()
+                                && record.transfer().is_none_or(|t| t.from() != live.owner())
+                        }) =>
+                    {
+                        return Err(PutError::ForeignOwner {
+                            key: record.key().to_string(),
+                            holder: current.owner().account_id().to_string(),
+                        });
+                    }
                     std::cmp::Ordering::Equal => {
                         return Err(PutError::Fork {
                             key: record.key().to_string(),

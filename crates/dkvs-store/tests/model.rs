@@ -103,8 +103,18 @@ impl Model {
         let held = self.slots.get(&key).cloned();
         match &held {
             Some(Slot::Live { record, .. }) if r.seq() < record.seq() => return Verdict::Stale,
-            Some(Slot::Live { record, .. }) if r.seq() == record.seq() => {
-                return if record == r { Verdict::Unchanged } else { Verdict::Fork };
+            Some(Slot::Live { record, expires_at, .. }) if r.seq() == record.seq() => {
+                // Another account's record at the live holder's sequence is refused for its
+                // owner; only the holder's own second record is a fork.
+                let consent = r.transfer().is_some_and(|t| t.from() == record.owner());
+                let foreign = *expires_at > now && record.owner() != r.owner() && !consent;
+                return if record == r {
+                    Verdict::Unchanged
+                } else if foreign {
+                    Verdict::Foreign
+                } else {
+                    Verdict::Fork
+                };
             }
             Some(Slot::Gone { seq, .. }) if r.seq() <= *seq => return Verdict::Stale,
             _ => {}

@@ -140,6 +140,15 @@ fn shared_names_need_a_transfer() {
     store.put(record(&alice, &name, b"alice's", 1, NOW, HOUR)).expect("claims");
     let squat = record(&bob, &name, b"bob's", 2, NOW, HOUR);
     assert!(matches!(store.put(squat), Err(PutError::ForeignOwner { .. })));
+    // At the holder's own sequence too: no fork (Alice signed one record), Bob's refused.
+    let squat = record(&bob, &name, b"bob's", 1, NOW, HOUR);
+    let holder = alice.account_id().to_string();
+    assert!(
+        matches!(store.put(squat), Err(PutError::ForeignOwner { holder: h, .. }) if h == holder)
+    );
+    // Alice's own second record at that sequence is a fork.
+    let fork = record(&alice, &name, b"alice's other", 1, NOW, HOUR);
+    assert!(matches!(store.put(fork), Err(PutError::Fork { seq: 1, .. })));
 
     let mut handover = Draft::new(name.clone(), b"bob's".to_vec(), 2, HOUR);
     handover.issued_at_ms = NOW;
