@@ -387,9 +387,10 @@ fn canonical_y(bytes: &[u8; 32]) -> bool {
 ///
 /// Why not `verify_strict`: a node checks records one by one on `put` and in batches on
 /// replication, and both must give the same verdict, or an honest node that forwards a record
-/// its peers refuse is punished for it. Batch verification cannot tell a signature whose `R`
-/// carries a small-order component from a clean one; the cofactored equation accepts both, so
-/// both paths agree (a failing batch falls back to this function, record by record). Only the
+/// its peers refuse is punished for it. The cofactored equation accepts a signature whose `R`
+/// carries a small-order component, which `verify_strict` refuses; ed25519-dalek's batch check
+/// (not cofactored) fails a batch holding one, and a failing batch falls back to this function,
+/// record by record, so both paths agree (such a record costs its batch the speed). Only the
 /// key's owner can make such a signature: `k` hashes `R`'s bytes, so nobody else can alter `R`.
 fn verify_ed25519(
     key: &ed25519_dalek::VerifyingKey,

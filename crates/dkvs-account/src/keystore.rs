@@ -94,9 +94,10 @@ impl KdfParams {
     pub const MAX_T_COST: u32 = 64;
     /// The most lanes a key file may ask for.
     pub const MAX_P_COST: u32 = 16;
-    /// The most work a key file may ask for, memory times passes: 4 GiB (1 GiB and 4 passes,
-    /// 19 MiB and 215), so that a hostile file cannot hold an unlock for many minutes (1 GiB
-    /// and 64 passes would). The default asks for 38 MiB.
+    /// The most work an unlock (or a new key file) may ask for, memory times passes: 4 GiB
+    /// (1 GiB and 4 passes, 64 MiB and 64), so that a hostile file cannot hold an unlock for
+    /// many minutes (1 GiB and 64 passes would). The default asks for 38 MiB. A file over it
+    /// is still listed; unlocking it is refused before any work.
     pub const MAX_WORK_KIB: u64 = 4 * 1024 * 1024;
 
     /// The argon2 parameters, or why these are refused.
@@ -113,15 +114,6 @@ impl KdfParams {
                 Self::MAX_M_COST_KIB,
                 Self::MAX_T_COST,
                 Self::MAX_P_COST
-            ));
-        }
-        let work = u64::from(self.m_cost_kib) * u64::from(self.t_cost);
-        if work > Self::MAX_WORK_KIB {
-            return Err(format!(
-                "argon2id m_cost={} KiB times t_cost={} is over the limit of {} KiB of work",
-                self.m_cost_kib,
-                self.t_cost,
-                Self::MAX_WORK_KIB
             ));
         }
         argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32)).map_err(|e| {
@@ -366,8 +358,16 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     place_private(path, contents, |tmp, path| {
         // A link never replaces an existing file; the temporary name then goes.
-        fs::hard_link(tmp, path)?;
-        fs::remove_file(tmp)
+        match fs::hard_link(tmp, path) {
+            Ok(()) => fs::remove_file(tmp),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+            // A file system without hard links (FAT, some FUSE mounts, an Android app's
+            // policy): a check, then the rename, which another writer could still race.
+            Err(_) if path.try_exists()? => {
+                Err(io::Error::new(io::ErrorKind::AlreadyExists, "the file exists"))
+            }
+            Err(_) => fs::rename(tmp, path),
+        }
     })
 }
 
@@ -438,6 +438,15 @@ fn passphrase_key(
     passphrase: &str,
     salt: &[u8],
 ) -> Result<SymmetricKey, String> {
+    let work = u64::from(params.m_cost()) * u64::from(params.t_cost());
+    if work > KdfParams::MAX_WORK_KIB {
+        return Err(format!(
+            "argon2id m_cost={} KiB times t_cost={} is over the limit of {} KiB of work",
+            params.m_cost(),
+            params.t_cost(),
+            KdfParams::MAX_WORK_KIB
+        ));
+    }
     let mut key = Zeroizing::new([0u8; 32]);
     // argon2id's memory (19 MiB by default), allocated here rather than by the crate: in an
     // allocation above glibc's largest dynamic mmap threshold (32 MiB on 64-bit), which is

@@ -283,15 +283,25 @@ fn keys_created_at_once_under_one_name_never_replace_each_other() {
 
 #[test]
 fn a_key_file_asking_for_too_much_work_is_refused_before_it_runs() {
-    let (_dir, store) = store();
-    store.create("me", KeyType::Ed25519, "pw").expect("create");
+    let (_dir, keys) = store();
+    keys.create("me", KeyType::Ed25519, "pw").expect("create");
     // 1 GiB and 64 passes: each within its own limit, minutes of work together.
-    edit(&store, "me", |json| {
+    edit(&keys, "me", |json| {
         json["kdf"]["m_cost_kib"] = (1024 * 1024).into();
         json["kdf"]["t_cost"] = 64.into();
     });
-    let reason = corrupt_reason(store.load("me", "pw"));
+    let reason = corrupt_reason(keys.load("me", "pw"));
     assert!(reason.contains("work"), "{reason}");
+    // Still listed (one such file does not stop a node from reading its keystore).
+    assert_eq!(keys.list().expect("lists").len(), 1);
+    // A new key past the limit is refused before any work (1 GiB and 5 passes: each within
+    // its own limit).
+    let over = KdfParams { m_cost_kib: 1024 * 1024, t_cost: 5, p_cost: 1 };
+    let (_dir, over_store) = store();
+    assert!(matches!(
+        over_store.with_kdf_params(over).create("x", KeyType::Ed25519, "pw"),
+        Err(KeystoreError::InvalidKdfParams(reason)) if reason.contains("work")
+    ));
 }
 
 #[test]

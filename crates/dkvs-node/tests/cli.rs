@@ -2067,9 +2067,12 @@ fn a_stopped_node_holds_no_lookup_past_its_deadline() {
     let waited = lookups.iter().any(|(l, _)| l.contains("complete=false") && l.contains("caller"));
     assert!(waited, "a lookup (of: caller) waited on the stopped node: {log_b}");
     for (line, seconds) in lookups {
-        // A lookup ends at 5 s; 3 s more are the slack of a loaded machine. A lookup past
-        // its deadline ran to the node's next wake-up, 8.5-10 s (the stopped node's request
-        // timeout is 10 s; its patience, 11.2 s, is longer).
+        // A lookup ends at 5 s; 3 s more are the slack of a loaded machine. Without the
+        // wake at a lookup's end, a lookup ran to the node's next wake-up for anything else:
+        // 6.6-10 s seen (the stopped node's request timeout is 10 s; its patience, 11.2 s,
+        // is longer). So this catches that only on a quiet node; the unit test
+        // `the_node_wakes_at_each_lookups_end_and_again_while_kademlia_still_runs_it` guards
+        // the wake itself.
         assert!(seconds < 8.0, "a lookup took {seconds} s: {line}");
     }
 }

@@ -19,7 +19,8 @@ pub const MAX_KEY_LEN: usize = 256;
 /// (`/ed1.../profile`), the key is *account-scoped*: only that account can ever write it. Any
 /// other key is a *shared name*, claimed by the first valid record. A first segment that starts
 /// like an account id (`ed1`, `secp1`) must be a valid one, so that a mistyped id is an error and
-/// not a shared name that looks like someone's scope.
+/// not a shared name that looks like someone's scope; so must one that reads like that start in
+/// characters that look the same (a Cyrillic `е`, an `l` for the `1`; UTS #39's confusables).
 #[derive(Clone)]
 pub struct Key {
     // Shared: a store's map and the record it holds keep one copy of the text.
@@ -65,6 +66,17 @@ pub enum InvalidKey {
     /// Is not in Unicode normal form C (the same text can be written another way).
     #[error("key {0:?} is not in Unicode normal form C")]
     NotNfc(String),
+    /// The first segment reads like an account id's start (`ed1`, `secp1`) in characters
+    /// that look the same (a Cyrillic `е`, an `l` for the `1`) but is not one: a shared name
+    /// that would pass for someone's scope.
+    #[error(
+        "key {key:?} has a first segment that reads like an account id (ed1..., secp1...) but is \
+         not one; shared names may not look like an account's scope"
+    )]
+    LooksLikeAccountId {
+        /// The key.
+        key: String,
+    },
     /// The first segment starts like an account id but is not one.
     #[error("key {key:?} starts with an invalid account id: {source}")]
     BadAccountId {
@@ -103,15 +115,33 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
+/// Whether `segment` starts like an account id to a reader: its confusable skeleton (UTS #39),
+/// in lower case, starts as that of `ed1` or `secp1` does (the `1` reads as `l`, a Cyrillic
+/// `е` as `e`). Names that start with `edl` or `secpl` are among them.
+fn reads_like_account_id(segment: &str) -> bool {
+    use unicode_security::confusable_detection::skeleton;
+    fn fold(text: &str) -> String {
+        skeleton(&text.to_lowercase()).collect()
+    }
+    static PREFIXES: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let prefixes = PREFIXES.get_or_init(|| [fold("ed1"), fold("secp1")]);
+    // The start is enough (and bounds the work for a long segment).
+    let start: String = segment.chars().take(12).collect();
+    let start = fold(&start);
+    prefixes.iter().any(|prefix| start.starts_with(prefix.as_str()))
+}
+
 impl InvalidKey {
     /// True for the rules that keep look-alike keys out (invisible characters, normal form C,
-    /// an account's id written otherwise than as its one id): rules that a record stored by an
-    /// older version may break without being forged.
+    /// an account's id written otherwise than as its one id, a shared name that reads like an
+    /// account's scope): rules that a record stored by an older version may break without
+    /// being forged.
     pub fn is_look_alike(&self) -> bool {
         matches!(
             self,
             InvalidKey::InvisibleCharacter { .. }
                 | InvalidKey::NotNfc(_)
+                | InvalidKey::LooksLikeAccountId { .. }
                 | InvalidKey::BadAccountId { source: ParseAccountIdError::NotCanonical { .. }, .. }
         )
     }
@@ -148,6 +178,8 @@ impl Key {
                 Ok(id) => Some(id),
                 Err(source) => return Err(InvalidKey::BadAccountId { key: text, source }),
             }
+        } else if reads_like_account_id(first) {
+            return Err(InvalidKey::LooksLikeAccountId { key: text });
         } else {
             None
         };
@@ -310,6 +342,26 @@ mod tests {
         assert!(matches!(Key::new("/ed1notanid/x"), Err(InvalidKey::BadAccountId { .. })));
         let upper = format!("/{}/x", id.to_string().to_uppercase());
         assert!(matches!(Key::new(upper), Err(InvalidKey::BadAccountId { .. })));
+        // Shared names that read like an account's scope: a Cyrillic е, an l for the 1, the
+        // capital forms; each refused as a look-alike. Names that only share letters stay.
+        let id_text = id.to_string();
+        let spoofs = [
+            format!("/\u{435}d1{}/x", &id_text[3..]),
+            format!("/edl{}/x", &id_text[3..]),
+            format!("/secpl{}/x", &id_text[5..]),
+            format!("/s\u{435}cp1{}/x", &id_text[5..]),
+            "/\u{415}D1abc/x".to_string(),
+            "/edlund/x".to_string(),
+        ];
+        for spoof in spoofs {
+            match Key::new(spoof.clone()) {
+                Err(e @ InvalidKey::LooksLikeAccountId { .. }) => assert!(e.is_look_alike()),
+                other => panic!("{spoof}: {other:?}"),
+            }
+        }
+        for name in ["/ed/x", "/edit/x", "/secp/x", "/e/d1", "/\u{435}\u{434}/x", "/names/ed1x"] {
+            assert!(Key::new(name).expect(name).is_shared(), "{name}");
+        }
         // Secp256k1's id written with one character more, which a decoder drops: the same
         // key, another text. Refused as a look-alike (a store written before keeps opening).
         use bech32::primitives::iter::{ByteIterExt as _, Fe32IterExt as _};

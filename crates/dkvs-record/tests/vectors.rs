@@ -287,6 +287,7 @@ fn invalid_key_name(error: &InvalidKey) -> &'static str {
         InvalidKey::InvisibleCharacter { .. } => "InvisibleCharacter",
         InvalidKey::NotNfc(_) => "NotNfc",
         InvalidKey::BadAccountId { .. } => "BadAccountId",
+        InvalidKey::LooksLikeAccountId { .. } => "LooksLikeAccountId",
         other => panic!("no vector name for {other:?}"),
     }
 }
@@ -1227,6 +1228,31 @@ fn generate() -> Vectors {
                 id.push(if last == 'q' { 'p' } else { 'q' });
                 format!("/{id}/x").into_bytes()
             },
+        ),
+        key_edit(
+            "key/account-id-written-otherwise",
+            "The ed25519/shared case with field 1 (key) changed to \"/ed1<alice's key with the \
+             bits past its last byte set, checksummed>/x\": valid bech32m for alice's key, but \
+             not her id (each account has one).",
+            "BadAccountId",
+            {
+                use bech32::primitives::iter::{ByteIterExt as _, Fe32IterExt as _};
+                let bytes = alice.public().as_bytes().iter().copied();
+                let mut fes: Vec<bech32::Fe32> = bytes.bytes_to_fes().collect();
+                let last = fes.len() - 1;
+                fes[last] = bech32::Fe32::try_from(fes[last].to_u8() | 0b1111).expect("5 bits");
+                let hrp = bech32::Hrp::parse("ed").expect("hrp");
+                let id: String =
+                    fes.into_iter().with_checksum::<bech32::Bech32m>(&hrp).chars().collect();
+                format!("/{id}/x").into_bytes()
+            },
+        ),
+        key_edit(
+            "key/reads-like-account-id",
+            "The ed25519/shared case with field 1 (key) changed to \"/\u{435}d1<the rest of \
+             alice's id>/x\" (a Cyrillic e): a shared name that reads like alice's scope.",
+            "LooksLikeAccountId",
+            format!("/\u{435}{}/x", &alice.account_id().to_string()[1..]).into_bytes(),
         ),
     ] {
         let base = if detail == "Length" {

@@ -21,7 +21,9 @@ pub enum PutError {
         /// The node's maximum TTL.
         max_ttl_ms: u64,
     },
-    /// A different record with the same key and sequence is held: the owner signed two.
+    /// A different record with the same key and sequence is held: its owner signed two, or
+    /// another account's record came at the sequence of a holder whose record expired (a
+    /// live holder's is [`PutError::ForeignOwner`]).
     #[error("fork: a different record for {key:?} with sequence {seq} is already held")]
     Fork {
         /// The key.

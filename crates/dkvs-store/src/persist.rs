@@ -33,8 +33,10 @@ pub(crate) const KIND_GONE: u8 = 2;
 /// A record with the time until which its sequence is remembered (u64 LE, then the record).
 pub(crate) const KIND_HELD: u8 = 3;
 const FRAME_HEADER: usize = 8;
-/// No payload is larger: a record's encoding is bounded well below this.
-const MAX_PAYLOAD: usize = 64 * 1024;
+/// No payload is larger: a held record's (its kind, its retention, its encoding). A length
+/// beyond it is damage, searched past as such (`is_torn_tail`); one within it that runs past
+/// the end of the file is a torn tail.
+const MAX_PAYLOAD: usize = 1 + 8 + dkvs_record::MAX_ENCODED_LEN;
 
 /// One entry read back from disk.
 pub(crate) enum Entry {
@@ -181,8 +183,9 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
             // A torn tail: the write that would have completed it never returned (a kill
             // leaves a prefix of what was written). Not searched for frames after it: they
             // would be inside this frame, whose value is anyone's bytes, frames of this
-            // format too. (A length that bit rot sent past the end reads so as well: up to
-            // 64 KiB of the log's end would be dropped; a checksum covers payloads only.)
+            // format too. (A length that bit rot sent past the end, within [`MAX_PAYLOAD`],
+            // reads so as well: up to 11 KiB of the log's end would be dropped; a checksum
+            // covers payloads only.)
             if is_log {
                 break;
             }
@@ -200,8 +203,8 @@ pub(crate) fn read_file(path: &Path, is_log: bool) -> Result<(Vec<Entry>, u64), 
             None => tracing::warn!(
                 file = %path.display(),
                 offset = at,
-                "skipped a record whose key this version refuses (an invisible character, or \
-                 not NFC)"
+                "skipped a record whose key this version refuses (an invisible character, not \
+                 NFC, or an account id written otherwise than as its one id)"
             ),
         }
         at += end;
@@ -426,6 +429,59 @@ mod tests {
         let (entries, good) = read_file(&path, true).expect("reads");
         assert_eq!(entries.len(), 1, "the refused key is skipped, the next record kept");
         assert_eq!(good, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_stored_record_under_an_account_id_written_otherwise_is_skipped_not_fatal() {
+        use bech32::primitives::iter::{ByteIterExt as _, Fe32IterExt as _};
+        // A record stored before ids had to be canonical: its key's first segment is the
+        // owner's id with the bits past the key's last byte set (the same length, so the
+        // protobuf stays well formed).
+        let owner = dkvs_account::Keypair::generate(KeyType::Ed25519);
+        let id = owner.account_id().to_string();
+        let ok = dkvs_record::Draft::new(
+            Key::scoped(&owner.account_id(), "x").expect("key"),
+            b"v".to_vec(),
+            1,
+            60_000,
+        )
+        .sign(&owner)
+        .expect("signed");
+        let mut fes: Vec<bech32::Fe32> =
+            owner.public().as_bytes().iter().copied().bytes_to_fes().collect();
+        let last = fes.len() - 1;
+        fes[last] = bech32::Fe32::try_from(fes[last].to_u8() | 0b1111).expect("5 bits");
+        let hrp = bech32::Hrp::parse("ed").expect("hrp");
+        let other: String =
+            fes.into_iter().with_checksum::<bech32::Bech32m>(&hrp).chars().collect();
+        assert_eq!(other.len(), id.len());
+        let mut old = ok.encode();
+        let at = old.windows(id.len()).position(|w| w == id.as_bytes()).expect("key bytes");
+        old[at..at + id.len()].copy_from_slice(other.as_bytes());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log-00000000000000000001");
+        let mut bytes = Vec::new();
+        frame(&mut bytes, KIND_RECORD, &old);
+        frame(&mut bytes, KIND_RECORD, &ok.encode());
+        std::fs::write(&path, &bytes).expect("write");
+        let (entries, good) = read_file(&path, true).expect("reads");
+        assert_eq!(entries.len(), 1, "the refused key is skipped, the next record kept");
+        assert_eq!(good, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_length_no_payload_has_is_damage_though_it_runs_past_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log-00000000000000000001");
+        let mut bytes = Vec::new();
+        for i in 0..3u8 {
+            frame(&mut bytes, KIND_GONE, &[i; 40]);
+        }
+        // Bit 15 of the first frame's length flipped: 32 KiB, past the end of the file and
+        // longer than any payload, so not a torn tail: the frames after it were acknowledged.
+        bytes[1] ^= 0x80;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(read_file(&path, true), Err(StoreError::Corrupt { offset: 0, .. })));
     }
 
     #[test]

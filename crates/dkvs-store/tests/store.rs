@@ -362,23 +362,24 @@ fn a_torn_frame_whose_value_holds_frames_is_still_torn() {
     // length 1, its checksum, one byte). When the node is killed while it writes that
     // record, the torn frame's bytes must not read as data after damage: the store would
     // refuse to start, and anyone could make a node's next crash fatal.
-    let dir = tempfile::tempdir().expect("tempdir");
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
     let now = dkvs_record::unix_millis();
     let fake: Vec<u8> =
         [&1u32.to_le_bytes()[..], &crc32fast::hash(b"!").to_le_bytes(), b"!"].concat().repeat(1000);
-    let before = {
-        let store = Store::open(dir.path(), Config::default()).expect("opens");
-        store.put(record(&alice, &key(0), b"v", 1, now, HOUR)).expect("put");
-        let before = std::fs::metadata(file_named(dir.path(), "log-")).expect("log").len();
-        store.put(record(&alice, &key(1), &fake, 1, now, HOUR)).expect("put");
-        before
-    };
-    let log = file_named(dir.path(), "log-");
-    let bytes = std::fs::read(&log).expect("log");
-    // Killed mid-write at a page boundary inside the value, and one byte past it.
+    // Killed mid-write at a page boundary inside the value, and one byte past it (each in a
+    // store of its own: an open writes a snapshot and removes the logs before it).
     for cut in [4096, 4097] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = {
+            let store = Store::open(dir.path(), Config::default()).expect("opens");
+            store.put(record(&alice, &key(0), b"v", 1, now, HOUR)).expect("put");
+            let before = std::fs::metadata(file_named(dir.path(), "log-")).expect("log").len();
+            store.put(record(&alice, &key(1), &fake, 1, now, HOUR)).expect("put");
+            before
+        };
+        let log = file_named(dir.path(), "log-");
+        let bytes = std::fs::read(&log).expect("log");
         std::fs::write(&log, &bytes[..before as usize + cut]).expect("write");
         let store = Store::open(dir.path(), Config::default()).expect("a torn frame is torn");
         assert!(store.get(key(0).as_str()).is_some());
