@@ -354,19 +354,41 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Like [`write_private`], but only if `path` does not exist yet: when another writer got
 /// there first (two processes creating the same key), this fails with
-/// [`io::ErrorKind::AlreadyExists`] and the file that is there stays.
+/// [`io::ErrorKind::AlreadyExists`] and the file that is there stays. (Where the file system
+/// allows no hard links, the FAT of a memory card, some FUSE mounts, an Android app's policy:
+/// a check that nothing is there, then the rename, which a writer at the same moment could
+/// still race.)
 pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    create_private_linking(path, contents, |tmp, path| fs::hard_link(tmp, path))
+}
+
+/// [`create_private`] with `link` for the hard link (a test's stands for a file system that
+/// has none).
+fn create_private_linking(
+    path: &Path,
+    contents: &[u8],
+    link: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     place_private(path, contents, |tmp, path| {
         // A link never replaces an existing file; the temporary name then goes.
-        match fs::hard_link(tmp, path) {
+        match link(tmp, path) {
             Ok(()) => fs::remove_file(tmp),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-            // A file system without hard links (FAT, some FUSE mounts, an Android app's
-            // policy): a check, then the rename, which another writer could still race.
-            Err(_) if path.try_exists()? => {
-                Err(io::Error::new(io::ErrorKind::AlreadyExists, "the file exists"))
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                ) =>
+            {
+                // Not followed: a link there (dangling too) is something there.
+                match fs::symlink_metadata(path) {
+                    Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "the file exists")),
+                    Err(absent) if absent.kind() == io::ErrorKind::NotFound => {
+                        fs::rename(tmp, path)
+                    }
+                    Err(other) => Err(other),
+                }
             }
-            Err(_) => fs::rename(tmp, path),
+            Err(e) => Err(e),
         }
     })
 }
@@ -630,5 +652,40 @@ mod tests {
         let again = create_private(&path, b"other").expect_err("exists");
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&path).expect("read"), b"key");
+    }
+
+    #[test]
+    fn where_no_hard_link_is_allowed_a_new_private_file_still_never_replaces_one() {
+        let refused = |_: &Path, _: &Path| -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        create_private_linking(&path, b"first", refused).expect("made by a rename");
+        assert_eq!(fs::read(&path).expect("read"), b"first");
+        let again = create_private_linking(&path, b"second", refused).expect_err("exists");
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).expect("read"), b"first", "the first stays");
+        // A dangling link there is something there, not followed to nothing.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).expect("symlink");
+        let onto = create_private_linking(&link, b"third", refused).expect_err("a link");
+        assert_eq!(onto.kind(), io::ErrorKind::AlreadyExists);
+        assert!(fs::symlink_metadata(&link).expect("still there").file_type().is_symlink());
+        // Other failures of the link are failures.
+        let full = |_: &Path, _: &Path| -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::StorageFull))
+        };
+        let other = dir.path().join("other");
+        let error = create_private_linking(&other, b"x", full).expect_err("no space");
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+        assert!(!other.exists());
+        // No temporary file is left behind by any of them.
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -115,17 +115,29 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
-/// Whether `segment` starts like an account id to a reader: its confusable skeleton (UTS #39),
-/// in lower case, starts as that of `ed1` or `secp1` does (the `1` reads as `l`, a Cyrillic
-/// `е` as `e`). Names that start with `edl` or `secpl` are among them.
+/// Whether `segment` starts like an account id to a reader: folded (compatibility forms
+/// such as fullwidth `１` to their plain form, NFKC; then UTS #39's confusable skeleton, so that a
+/// Cyrillic `е` reads as `e` and a `1`, `I` or `l` as one; combining marks dropped; ASCII
+/// lower case), it starts as `ed1` or `secp1` does (`edl`, `secpl`). A segment in ASCII only
+/// is taken for an id's start only if it is 20 characters or more (an id is 59 or more): so
+/// `/edlund` and `/EDIT` stay names, and `/edl<the rest of someone's id>` does not.
 fn reads_like_account_id(segment: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    use unicode_normalization::char::is_combining_mark;
     use unicode_security::confusable_detection::skeleton;
     fn fold(text: &str) -> String {
-        skeleton(&text.to_lowercase()).collect()
+        let plain: String = text.nfkc().collect();
+        let mut folded: String = skeleton(&plain).filter(|&c| !is_combining_mark(c)).collect();
+        folded.make_ascii_lowercase();
+        folded
     }
     static PREFIXES: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
     let prefixes = PREFIXES.get_or_init(|| [fold("ed1"), fold("secp1")]);
-    // The start is enough (and bounds the work for a long segment).
+    if segment.is_ascii() && segment.len() < 20 {
+        return false;
+    }
+    // The start is enough (and bounds the work for a long segment): no fold shortens text
+    // below the 5 characters of the longer prefix.
     let start: String = segment.chars().take(12).collect();
     let start = fold(&start);
     prefixes.iter().any(|prefix| start.starts_with(prefix.as_str()))
@@ -345,13 +357,20 @@ mod tests {
         // Shared names that read like an account's scope: a Cyrillic е, an l for the 1, the
         // capital forms; each refused as a look-alike. Names that only share letters stay.
         let id_text = id.to_string();
+        let tail = &id_text[5..];
         let spoofs = [
-            format!("/\u{435}d1{}/x", &id_text[3..]),
-            format!("/edl{}/x", &id_text[3..]),
-            format!("/secpl{}/x", &id_text[5..]),
-            format!("/s\u{435}cp1{}/x", &id_text[5..]),
+            format!("/\u{435}d1{tail}/x"),
+            format!("/edl{tail}/x"),
+            format!("/edI{tail}/x"),
+            format!("/ed\u{399}{tail}/x"),
+            format!("/secpl{tail}/x"),
+            format!("/s\u{435}cp1{tail}/x"),
+            format!("/ed\u{FF11}{tail}/x"),
+            format!("/e\u{FF44}1{tail}/x"),
+            format!("/\u{1EB9}dl{tail}/x"),
             "/\u{415}D1abc/x".to_string(),
-            "/edlund/x".to_string(),
+            "/\u{395}D1abc/x".to_string(),
+            "/\u{1D404}\u{1D403}\u{1D7CF}abc/x".to_string(),
         ];
         for spoof in spoofs {
             match Key::new(spoof.clone()) {
@@ -359,7 +378,19 @@ mod tests {
                 other => panic!("{spoof}: {other:?}"),
             }
         }
-        for name in ["/ed/x", "/edit/x", "/secp/x", "/e/d1", "/\u{435}\u{434}/x", "/names/ed1x"] {
+        let names = [
+            "/ed/x",
+            "/edit/x",
+            "/EDIT/x",
+            "/edlund/x",
+            "/edle-weine/x",
+            "/secp/x",
+            "/secplan/x",
+            "/e/d1",
+            "/\u{435}\u{434}\u{430}/x",
+            "/names/ed1x",
+        ];
+        for name in names {
             assert!(Key::new(name).expect(name).is_shared(), "{name}");
         }
         // Secp256k1's id written with one character more, which a decoder drops: the same
