@@ -356,8 +356,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// there first (two processes creating the same key), this fails with
 /// [`io::ErrorKind::AlreadyExists`] and the file that is there stays. (Where the file system
 /// allows no hard links, the FAT of a memory card, some FUSE mounts, an Android app's policy:
-/// a check that nothing is there, then the rename, which a writer at the same moment could
-/// still race.)
+/// a check that nothing is there, then the rename. Two writers at the same moment could both
+/// pass the check there, and the second's file would replace the first's.)
 pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     create_private_linking(path, contents, |tmp, path| fs::hard_link(tmp, path))
 }

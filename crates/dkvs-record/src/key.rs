@@ -115,32 +115,45 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
-/// Whether `segment` starts like an account id to a reader: folded (compatibility forms
-/// such as fullwidth `１` to their plain form, NFKC; then UTS #39's confusable skeleton, so that a
-/// Cyrillic `е` reads as `e` and a `1`, `I` or `l` as one; combining marks dropped; ASCII
-/// lower case), it starts as `ed1` or `secp1` does (`edl`, `secpl`). A segment in ASCII only
-/// is taken for an id's start only if it is 20 characters or more (an id is 59 or more): so
-/// `/edlund` and `/EDIT` stay names, and `/edl<the rest of someone's id>` does not.
+/// Whether `segment` passes for an account id to a reader: folded (compatibility forms such as
+/// fullwidth `１` to their plain form, NFKC; a few look-alikes the confusables lack, as small
+/// capitals and bars for `l`; then UTS #39's confusable skeleton, so that a Cyrillic `е` reads
+/// as `e` and a `1`, `I` or `l` as one; combining marks and white space dropped; ASCII lower
+/// case), it starts as `ed1` or `secp1` does (`edl`, `secpl`), is 20 characters or more (an id
+/// is 61 or 64) and is only letters and digits, as an id is. So `/edlund`, `/EDITION-2025`
+/// and `/Edlöf` stay names, and `/еd1<the rest of someone's id>` does not.
 fn reads_like_account_id(segment: &str) -> bool {
     use unicode_normalization::UnicodeNormalization as _;
     use unicode_normalization::char::is_combining_mark;
     use unicode_security::confusable_detection::skeleton;
+    /// Look-alikes of an id's characters that UTS #39's table (of `unicode-security` 0.1.2)
+    /// does not map.
+    fn plain(c: char) -> char {
+        match c {
+            '\u{A7FE}' | '\u{2502}' | '\u{2758}' | '\u{23D0}' | '\u{4E28}' | '\u{3021}' => 'l',
+            '\u{1D07}' => 'e',
+            '\u{1D05}' => 'd',
+            '\u{1D18}' => 'p',
+            '\u{1D04}' => 'c',
+            '\u{A731}' => 's',
+            other => other,
+        }
+    }
     fn fold(text: &str) -> String {
-        let plain: String = text.nfkc().collect();
-        let mut folded: String = skeleton(&plain).filter(|&c| !is_combining_mark(c)).collect();
+        let plain: String = text.nfkc().map(plain).collect();
+        let kept = |c: &char| !is_combining_mark(*c) && !c.is_whitespace();
+        let mut folded: String = skeleton(&plain).filter(kept).collect();
         folded.make_ascii_lowercase();
         folded
     }
     static PREFIXES: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
     let prefixes = PREFIXES.get_or_init(|| [fold("ed1"), fold("secp1")]);
-    if segment.is_ascii() && segment.len() < 20 {
-        return false;
-    }
-    // The start is enough (and bounds the work for a long segment): no fold shortens text
-    // below the 5 characters of the longer prefix.
-    let start: String = segment.chars().take(12).collect();
-    let start = fold(&start);
-    prefixes.iter().any(|prefix| start.starts_with(prefix.as_str()))
+    // The whole segment (at most 256 bytes): marks and spaces fold to nothing, so no number
+    // of characters is sure to fold to the prefix's length.
+    let folded = fold(segment);
+    folded.len() >= 20
+        && folded.bytes().all(|b| b.is_ascii_alphanumeric())
+        && prefixes.iter().any(|prefix| folded.starts_with(prefix.as_str()))
 }
 
 impl InvalidKey {
@@ -368,9 +381,14 @@ mod tests {
             format!("/ed\u{FF11}{tail}/x"),
             format!("/e\u{FF44}1{tail}/x"),
             format!("/\u{1EB9}dl{tail}/x"),
-            "/\u{415}D1abc/x".to_string(),
-            "/\u{395}D1abc/x".to_string(),
-            "/\u{1D404}\u{1D403}\u{1D7CF}abc/x".to_string(),
+            format!("/\u{415}D1{tail}/x"),
+            format!("/\u{395}D1{tail}/x"),
+            format!("/\u{1D404}\u{1D403}\u{1D7CF}{tail}/x"),
+            // A hair space, marks stacked past any window, a tall epigraphic I, small capitals.
+            format!("/e\u{200A}d1{tail}/x"),
+            format!("/ed{}l{tail}/x", "\u{335}".repeat(10)),
+            format!("/ed\u{A7FE}{tail}/x"),
+            format!("/\u{1D07}\u{1D05}1{tail}/x"),
         ];
         for spoof in spoofs {
             match Key::new(spoof.clone()) {
@@ -389,6 +407,11 @@ mod tests {
             "/e/d1",
             "/\u{435}\u{434}\u{430}/x",
             "/names/ed1x",
+            "/EDITION-2025-ARCHIVE/x",
+            "/edle-weine-katalog-2025/x",
+            "/Edl\u{F6}f/x",
+            "/EDI-\u{DC}bertragung-2025/x",
+            "/edl-1234567890123456789/x",
         ];
         for name in names {
             assert!(Key::new(name).expect(name).is_shared(), "{name}");
