@@ -1,4 +1,6 @@
-//! Record benchmarks: sign, verify, encode and decode, by value size and key type.
+//! Record benchmarks: sign, verify, encode and decode, by value size and key type; and a key's
+//! parse, by kind of key (a shared name's first segment is folded to tell whether it reads
+//! like an account's scope: docs/record-format.md).
 //!
 //! Before the groups run it prints the encoded overhead (`encode().len() - value.len()`) for an
 //! account-scoped key and a short shared name, for both key types; the target is 200 bytes.
@@ -125,6 +127,26 @@ fn bench_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// `Key::new` on what every record's decode parses: an account-scoped key, and shared names
+/// (short, at the longest a key may be, and not ASCII), each folded for the look-alike rule.
+fn bench_key(c: &mut Criterion) {
+    let mut group = c.benchmark_group("key_parse");
+    let owner = Keypair::generate(KeyType::Ed25519);
+    let scoped = Key::scoped(&owner.account_id(), "profile").expect("valid").as_str().to_owned();
+    let longest = format!("/{}", "app-config-".repeat(24))[..dkvs_record::MAX_KEY_LEN].to_owned();
+    let cases = [
+        ("scoped", scoped),
+        ("shared-short", "/app/config".to_owned()),
+        ("shared-256B", longest),
+        ("shared-not-ascii", "/café-menü/größe".to_owned()),
+    ];
+    for (label, text) in cases {
+        Key::new(text.as_str()).expect("a valid key");
+        group.bench_function(label, |b| b.iter(|| Key::new(black_box(text.as_str()))));
+    }
+    group.finish();
+}
+
 fn main() {
     print_overhead();
     let mut c = Criterion::default()
@@ -136,5 +158,6 @@ fn main() {
     bench_verify(&mut c);
     bench_encode(&mut c);
     bench_decode(&mut c);
+    bench_key(&mut c);
     c.final_summary();
 }
