@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dkvs_account::{KeyType, Keypair};
 use dkvs_net::codec::pb;
 use dkvs_net::reconcile::{Session, answer, set_of};
-use dkvs_record::{Draft, Key, Record};
+use dkvs_record::{Compact, Draft, Key};
 use prost::Message as _;
 
 /// Counts the bytes this process holds on the heap.
@@ -60,7 +60,7 @@ struct Round {
 
 /// One round from `mine` to `theirs`, as the node runs it: reconcile, then one put request
 /// (and its answer) per record the peer lacks or holds older.
-fn round(mine: &[Record], theirs: &[Record]) -> Round {
+fn round(mine: &[Compact], theirs: &[Compact]) -> Round {
     let set = set_of(theirs);
     let started = Instant::now();
     let before = held();
@@ -86,11 +86,11 @@ fn round(mine: &[Record], theirs: &[Record]) -> Round {
         }
     }
     let missing = session.missing();
-    let by_key: std::collections::HashMap<&str, &Record> =
-        mine.iter().map(|r| (r.key().as_str(), r)).collect();
+    let by_key: std::collections::HashMap<&str, &Compact> =
+        mine.iter().map(|r| (r.key_str(), r)).collect();
     let (mut record_bytes, mut payload) = (0, 0);
     for key in &missing {
-        let encoded = by_key[key.as_str()].encode();
+        let encoded = by_key[key.as_str()].record().encode();
         payload += encoded.len();
         let put = pb::Request {
             kind: Some(pb::request::Kind::Put(pb::PutRequest {
@@ -118,12 +118,14 @@ fn round(mine: &[Record], theirs: &[Record]) -> Round {
     }
 }
 
-fn records(owners: &[Keypair], n: usize, seq: u64, value: usize) -> Vec<Record> {
+/// Records as a node's store keeps them (what a round reads).
+fn records(owners: &[Keypair], n: usize, seq: u64, value: usize) -> Vec<Compact> {
     (0..n)
         .map(|i| {
             let owner = &owners[i % owners.len()];
             let key = Key::scoped(&owner.account_id(), &format!("item/{i}")).expect("key");
-            Draft::new(key, vec![7; value], seq, 3_600_000).sign(owner).expect("valid")
+            let record = Draft::new(key, vec![7; value], seq, 3_600_000).sign(owner);
+            Compact::from(&record.expect("valid"))
         })
         .collect()
 }
@@ -142,7 +144,7 @@ fn main() {
         let old = records(&owners, n, 1, value);
         // The first 1 % are one sequence ahead here: this side changed them.
         let mut new = old.clone();
-        let changed: Vec<Record> = records(&owners, n / 100, 2, value);
+        let changed: Vec<Compact> = records(&owners, n / 100, 2, value);
         new[..n / 100].clone_from_slice(&changed);
         let floor = {
             let started = Instant::now();

@@ -8,12 +8,12 @@ use dkvs_account::{KeyType, Keypair};
 use dkvs_net::codec::{MAX_FRAME_LEN, pb};
 use dkvs_net::lane::decode_frame;
 use dkvs_net::reconcile::{Session, answer, set_of};
-use dkvs_record::{Draft, Key, Record};
+use dkvs_record::{Compact, Draft, Key};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
-/// A replica's set of a few records, as a node would answer rounds from it.
-static RECORDS: LazyLock<Vec<Record>> = LazyLock::new(|| {
+/// A replica's set of a few records, as a node keeps them and answers rounds from them.
+static RECORDS: LazyLock<Vec<Compact>> = LazyLock::new(|| {
     let owner = Keypair::from_secret_bytes(KeyType::Ed25519, &[7; 32]).expect("a fixed key");
     (0..40)
         .map(|i| {
@@ -21,7 +21,7 @@ static RECORDS: LazyLock<Vec<Record>> = LazyLock::new(|| {
             let mut draft = Draft::new(key, vec![i as u8; 8], 1 + i as u64 % 3, 60_000);
             draft.issued_at_ms = 1_800_000_000_000;
             draft.expires_at_ms = draft.issued_at_ms + 60_000;
-            draft.sign(&owner).expect("valid")
+            Compact::from(&draft.sign(&owner).expect("valid"))
         })
         .collect()
 });
@@ -72,7 +72,7 @@ fuzz_target!(|bytes: &[u8]| {
             let Ok((mut session, _)) = Session::start(RECORDS.iter().take(20)) else { return };
             if let Ok(None) = session.step(rest) {
                 for key in session.missing() {
-                    assert!(RECORDS.iter().take(20).any(|r| r.key() == &key), "{key} is not ours");
+                    assert!(RECORDS.iter().take(20).any(|r| r.key() == key), "{key} is not ours");
                 }
             }
         }

@@ -16,10 +16,15 @@
 //!
 //! The initiator keeps the state of a round ([`Session`]); the peer answers each message from
 //! its set alone ([`answer`]), so it keeps nothing between messages but that set.
+//!
+//! Both sides read their records as the store keeps them ([`Compact`]): a round needs each
+//! record's key and sequence only, and decoding every record a node shares with a peer (a
+//! [`dkvs_record::Record`] takes about twice its encoded size) made each round's start and
+//! each answer set cost a decoded copy of every record shared with the peer for a moment.
 
 use std::collections::HashMap;
 
-use dkvs_record::{Key, Record};
+use dkvs_record::{Compact, Key};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use sha2::{Digest as _, Sha256};
 
@@ -42,17 +47,17 @@ impl From<negentropy::Error> for ReconcileError {
     }
 }
 
-fn key_hash(key: &Key) -> [u8; KEY_HASH] {
-    let digest = Sha256::digest(key.as_str().as_bytes());
+fn key_hash(key: &str) -> [u8; KEY_HASH] {
+    let digest = Sha256::digest(key.as_bytes());
     let mut out = [0u8; KEY_HASH];
     out.copy_from_slice(&digest[..KEY_HASH]);
     out
 }
 
-/// The item that stands for `seq` of `key`.
-pub fn item_id(key: &Key, seq: u64) -> Id {
+/// The item that stands for `seq` of the key whose text is `key`.
+pub fn item_id(key: &str, seq: u64) -> Id {
     let mut mix = Sha256::new();
-    mix.update(key.as_str().as_bytes());
+    mix.update(key.as_bytes());
     mix.update(seq.to_be_bytes());
     let mix = mix.finalize();
     let mut bytes = [0u8; 32];
@@ -72,11 +77,11 @@ fn split(id: &Id) -> ([u8; KEY_HASH], u64) {
 }
 
 /// The sealed set of items for `records`, as either side reconciles it.
-pub fn set_of<'a>(records: impl IntoIterator<Item = &'a Record>) -> NegentropyStorageVector {
+pub fn set_of<'a>(records: impl IntoIterator<Item = &'a Compact>) -> NegentropyStorageVector {
     let mut set = NegentropyStorageVector::new();
     for record in records {
         // Inserting into an unsealed set cannot fail.
-        let _ = set.insert(0, item_id(record.key(), record.seq()));
+        let _ = set.insert(0, item_id(record.key_str(), record.seq()));
     }
     let _ = set.seal();
     set
@@ -102,13 +107,13 @@ impl Session {
     /// Starts a round over `records` (this node's records that the peer should hold too);
     /// returns the session and the first message for the peer.
     pub fn start<'a>(
-        records: impl IntoIterator<Item = &'a Record>,
+        records: impl IntoIterator<Item = &'a Compact>,
     ) -> Result<(Session, Vec<u8>), ReconcileError> {
         let mut keys = HashMap::new();
         let mut set = NegentropyStorageVector::new();
         for record in records {
-            keys.insert(key_hash(record.key()), (record.key().clone(), record.seq()));
-            let _ = set.insert(0, item_id(record.key(), record.seq()));
+            keys.insert(key_hash(record.key_str()), (record.key(), record.seq()));
+            let _ = set.insert(0, item_id(record.key_str(), record.seq()));
         }
         let _ = set.seal();
         let mut negentropy = Negentropy::owned(set, FRAME_LIMIT)?;
@@ -159,17 +164,18 @@ mod tests {
     use dkvs_account::{KeyType, Keypair};
     use dkvs_record::Draft;
 
-    fn records(owner: &Keypair, n: usize, seq: u64) -> Vec<Record> {
+    fn records(owner: &Keypair, n: usize, seq: u64) -> Vec<Compact> {
         (0..n)
             .map(|i| {
                 let key = Key::scoped(&owner.account_id(), &format!("k{i}")).expect("key");
-                Draft::new(key, vec![1; 10], seq, 60_000).sign(owner).expect("valid")
+                let record = Draft::new(key, vec![1; 10], seq, 60_000).sign(owner);
+                Compact::from(&record.expect("valid"))
             })
             .collect()
     }
 
     /// Runs a whole round; returns what the initiator should send, messages and bytes.
-    fn round(mine: &[Record], theirs: &[Record]) -> (Vec<Key>, usize, usize) {
+    fn round(mine: &[Compact], theirs: &[Compact]) -> (Vec<Key>, usize, usize) {
         let set = set_of(theirs);
         let (mut session, mut message) = Session::start(mine).expect("starts");
         let (mut messages, mut bytes) = (0, 0);
@@ -203,7 +209,7 @@ mod tests {
         theirs[0..10].clone_from_slice(&older[10..20]);
         theirs[20..25].clone_from_slice(&newer[30..35]);
         let (missing, _, _) = round(&all, &theirs);
-        let mut expected: Vec<Key> = all[..20].iter().map(|r| r.key().clone()).collect();
+        let mut expected: Vec<Key> = all[..20].iter().map(Compact::key).collect();
         expected.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         assert_eq!(missing, expected);
     }

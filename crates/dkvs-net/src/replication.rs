@@ -23,7 +23,6 @@
 //! in turn, so one peer that needs much cannot hold up the others.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -311,11 +310,14 @@ impl<E: Extension> Driver<E> {
         self.start_rounds();
     }
 
-    /// The records this node shares with `peer`, each as held now.
-    fn shared_now(&self, peer: &PeerId) -> Vec<Arc<Record>> {
+    /// The records this node shares with `peer`, each as held now (as the store keeps it: a
+    /// clone shares its allocation).
+    fn shared_now(&self, peer: &PeerId) -> Vec<Compact> {
         let Some(list) = self.replication.shared.get(peer) else { return Vec::new() };
         let walked = &self.replication.walked_records;
-        list.iter().filter_map(|&at| self.store.get(walked[at as usize].key_str())).collect()
+        list.iter()
+            .filter_map(|&at| self.store.get_compact(walked[at as usize].key_str()))
+            .collect()
     }
 
     /// Starts rounds from this interval's list while fewer than [`SESSIONS`] run.
@@ -323,7 +325,7 @@ impl<E: Extension> Driver<E> {
         while self.replication.sessions.len() < SESSIONS {
             let Some(peer) = self.replication.round.pop_front() else { return };
             let records = self.shared_now(&peer);
-            let (session, first) = match Session::start(records.iter().map(|r| &**r)) {
+            let (session, first) = match Session::start(&records) {
                 Ok(started) => started,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "cannot start a replication round");
@@ -463,7 +465,7 @@ impl<E: Extension> Driver<E> {
                 }
                 self.replication.last_built.insert(peer, now);
                 let records = self.shared_now(&peer);
-                let set = reconcile::set_of(records.iter().map(|r| &**r));
+                let set = reconcile::set_of(&records);
                 if self.replication.answering.len() >= ANSWERING {
                     self.replication.answering.pop_front();
                 }

@@ -4,8 +4,8 @@
 //! of B bytes are written through the first default node's HTTP API (from A accounts in
 //! turn), and the profiled node holds them as one of their replicas (a light client holds
 //! none), then sits idle for W seconds. Reported per profile: the peak resident memory once
-//! started, resident memory (VmRSS) after joining and after the writes, the peak (VmHWM), the
-//! records it holds, and over the idle window its bytes on the wire (the node's own TCP
+//! started, resident memory (VmRSS) after joining and after the writes, the peak (VmHWM) after
+//! the writes and at the end (the idle window's periodic rounds in it), the records it holds, and over the idle window its bytes on the wire (the node's own TCP
 //! counters), its task's timer wake-ups, and the process's context switches (every thread:
 //! the operating system's count of wake-ups), scaled to one hour.
 //!
@@ -65,6 +65,7 @@ struct Figures {
     peak_started_kib: u64,
     rss_joined_kib: u64,
     rss_written_kib: u64,
+    peak_written_kib: u64,
     peak_kib: u64,
     puts_ok: usize,
     write_secs: f64,
@@ -119,7 +120,7 @@ fn measure(
     for (error, count) in &failures {
         eprintln!("{profile}: {count} puts failed: {error}");
     }
-    let rss_written = node.status_kb("VmRSS")?;
+    let (rss_written, peak_written) = (node.status_kb("VmRSS")?, node.status_kb("VmHWM")?);
     // What the node keeps: a profile's per-account quota may hold fewer than were written.
     let held = client.get_json("/v1/status")?["records"].as_u64().unwrap_or(0);
     let sent = || -> anyhow::Result<u64> {
@@ -142,6 +143,7 @@ fn measure(
         peak_started_kib: peak_started,
         rss_joined_kib: rss_joined,
         rss_written_kib: rss_written,
+        peak_written_kib: peak_written,
         peak_kib: node.status_kb("VmHWM")?,
         puts_ok,
         write_secs,
@@ -184,18 +186,19 @@ fn main() -> anyhow::Result<()> {
         cli.idle_secs
     );
     println!(
-        "| profile | peak at start MiB | RSS joined MiB | RSS after writes MiB | peak MiB | puts \
-         ok | write s | records held | peers | idle bytes/h | idle timer wake-ups/h | idle context switches/s |"
+        "| profile | peak at start MiB | RSS joined MiB | RSS after writes MiB | peak after writes \
+         MiB | peak at the end MiB | puts ok | write s | records held | peers | idle bytes/h | idle timer wake-ups/h | idle context switches/s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |kib: u64| kib as f64 / 1024.0;
     for f in &all {
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {} | {} | {} | {} | {:.1} |",
             f.profile,
             mib(f.peak_started_kib),
             mib(f.rss_joined_kib),
             mib(f.rss_written_kib),
+            mib(f.peak_written_kib),
             mib(f.peak_kib),
             f.puts_ok,
             f.write_secs,
