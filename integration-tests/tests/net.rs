@@ -1108,40 +1108,24 @@ async fn a_replica_naming_a_peer_the_table_holds_stays_heard() -> anyhow::Result
     let other = Key::scoped(&alice.account_id(), "named-dead/other").expect("key");
     let receipt = net.put(1, record(&alice, &other, "w1", 1)).await??;
     assert!(receipt.has_quorum(), "{receipt:?}");
+    // The namer stalls the first lookup after the read's get: Kademlia walks a table of
+    // fewer than 20 peers on its own, 500 ms after each new entry, and a stall set at once
+    // caught such a walk before the read (CI, on a loaded machine), frozen with the read's
+    // get unanswered. (A walk's request that came between the get and its answer's going
+    // out would be the one stalled, and the second read would come before any naming: a
+    // window of microseconds.)
+    namer.stall_after_next_get().await?;
+    let before = namer.hinted_gets().await?;
     let node = net.node(reader).clone();
-    // Kademlia walks a table of fewer than 20 peers on its own, 500 ms after each new entry,
-    // and a walk's lookup that reaches the namer first is the one it stalls (seen in CI on a
-    // loaded machine). The read's own lookup comes only after the namer answered its get,
-    // and a frozen namer answers nothing: frozen with no get answered, it stalled a walk.
-    // Then it thaws, the read ends (having taken the table), and the stall is set again.
-    let mut attempts = 0;
-    let (first, before) = loop {
-        attempts += 1;
-        namer.stall_at_next_lookup().await?;
-        let before = namer.hinted_gets().await?;
-        let first = tokio::spawn({
-            let (node, key) = (node.clone(), key.clone());
-            async move { node.get(&key).await }
-        });
-        let moved = eventually(Duration::from_secs(10), async || {
-            namer.hinted_gets().await.is_ok_and(|n| n > before)
-                || namer.frozen().await.is_ok_and(|f| f)
-        });
-        assert!(moved.await, "the first read asked the namer");
-        if namer.hinted_gets().await? > before {
-            break (first, before);
-        }
-        assert!(attempts < 5, "a lookup reached the namer before the read, {attempts} times");
-        namer.thaw().await?;
-        let read = first.await??;
-        assert_eq!(value(&read), Some("v1".into()), "{read:?}");
-        // Still, the read took the table (its get, waiting meanwhile, carried a hint).
-        let hinted = eventually(Duration::from_secs(10), async || {
-            namer.hinted_gets().await.is_ok_and(|n| n > before)
-        });
-        assert!(hinted.await, "the read looked the key up: {read:?}");
-    };
-    // Its lookup reaches the namer, which stalls it (or a walk's did, just before).
+    let first = tokio::spawn({
+        let (node, key) = (node.clone(), key.clone());
+        async move { node.get(&key).await }
+    });
+    let answered = eventually(Duration::from_secs(10), async || {
+        namer.hinted_gets().await.is_ok_and(|n| n > before)
+    });
+    assert!(answered.await, "the first read asked the namer");
+    // Its lookup reaches the namer, which stalls it.
     let stalled =
         eventually(Duration::from_secs(10), async || namer.frozen().await.is_ok_and(|f| f));
     assert!(stalled.await, "the first read's lookup reached the namer");
