@@ -134,13 +134,20 @@ fn bench_key(c: &mut Criterion) {
     let owner = Keypair::generate(KeyType::Ed25519);
     let scoped = Key::scoped(&owner.account_id(), "profile").expect("valid").as_str().to_owned();
     let longest = format!("/{}", "app-config-".repeat(24))[..dkvs_record::MAX_KEY_LEN].to_owned();
+    // Names that start as an id does and hold only letters and digits until their last
+    // character are folded to the end: the worst cases, ASCII and not.
+    let like_an_id = format!("/edl{}-", "q".repeat(dkvs_record::MAX_KEY_LEN - 5));
+    let not_ascii = format!("/\u{435}dl{}-", "q".repeat(dkvs_record::MAX_KEY_LEN - 6));
     let cases = [
         ("scoped", scoped),
         ("shared-short", "/app/config".to_owned()),
         ("shared-256B", longest),
         ("shared-not-ascii", "/café-menü/größe".to_owned()),
+        ("shared-256B-id-like-to-the-end", like_an_id),
+        ("shared-256B-id-like-not-ascii", not_ascii),
     ];
     for (label, text) in cases {
+        assert!(text.len() <= dkvs_record::MAX_KEY_LEN, "{label}");
         Key::new(text.as_str()).expect("a valid key");
         group.bench_function(label, |b| b.iter(|| Key::new(black_box(text.as_str()))));
     }

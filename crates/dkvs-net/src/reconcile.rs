@@ -96,8 +96,9 @@ pub fn answer(set: &NegentropyStorageVector, message: &[u8]) -> Result<Vec<u8>, 
 /// The initiator's side of one round with one peer.
 pub struct Session {
     negentropy: Negentropy<'static, NegentropyStorageVector>,
-    /// The keys of this side's set, by key hash, with the sequence held.
-    keys: HashMap<[u8; KEY_HASH], (Key, u64)>,
+    /// This side's set, by key hash, as the store keeps it (a clone shares its allocation;
+    /// a [`Key`] is made only for the records to send).
+    keys: HashMap<[u8; KEY_HASH], Compact>,
     have: Vec<Id>,
     need: Vec<Id>,
     done: bool,
@@ -112,7 +113,7 @@ impl Session {
         let mut keys = HashMap::new();
         let mut set = NegentropyStorageVector::new();
         for record in records {
-            keys.insert(key_hash(record.key_str()), (record.key(), record.seq()));
+            keys.insert(key_hash(record.key_str()), record.clone());
             let _ = set.insert(0, item_id(record.key_str(), record.seq()));
         }
         let _ = set.seal();
@@ -149,7 +150,7 @@ impl Session {
             .map(split)
             .filter(|(hash, seq)| newer_there.get(hash).is_none_or(|theirs| theirs < seq))
             .filter_map(|(hash, seq)| {
-                self.keys.get(&hash).filter(|(_, held)| *held == seq).map(|(key, _)| key.clone())
+                self.keys.get(&hash).filter(|held| held.seq() == seq).map(Compact::key)
             })
             .collect();
         keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));

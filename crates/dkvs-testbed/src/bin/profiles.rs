@@ -5,9 +5,10 @@
 //! turn), and the profiled node holds them as one of their replicas (a light client holds
 //! none), then sits idle for W seconds. Reported per profile: the peak resident memory once
 //! started, resident memory (VmRSS) after joining and after the writes, the peak (VmHWM) after
-//! the writes and at the end (the idle window's periodic rounds in it), the records it holds, and over the idle window its bytes on the wire (the node's own TCP
-//! counters), its task's timer wake-ups, and the process's context switches (every thread:
-//! the operating system's count of wake-ups), scaled to one hour.
+//! the writes and at the end (the idle window's periodic rounds in it), the records it holds,
+//! and over the idle window its bytes on the wire (the node's own TCP counters), its task's
+//! timer wake-ups, and the process's context switches (every thread: the operating system's
+//! count of wake-ups), scaled to one hour.
 //!
 //! ```text
 //! cargo build --release -p dkvs-node -p dkvs-testbed
