@@ -156,6 +156,16 @@ pub enum KeystoreError {
         /// The key file.
         path: PathBuf,
     },
+    /// The key file asks for key derivation this keystore will not run: more work than
+    /// [`KdfParams::MAX_WORK_KIB`] (a file made by another tool, or altered), or more memory
+    /// than the machine can give.
+    #[error("key file {path} asks for key derivation that is refused: {reason}")]
+    KdfRefused {
+        /// The key file.
+        path: PathBuf,
+        /// What it asks for, and the limit.
+        reason: String,
+    },
     /// The key file is not a valid key file.
     #[error("key file {path} is corrupt: {reason}")]
     Corrupt {
@@ -291,7 +301,8 @@ impl Keystore {
         let path = self.path(name)?;
         let file = read_key_file(&path, name)?;
         let corrupt = |reason: String| KeystoreError::Corrupt { path: path.clone(), reason };
-        let key = passphrase_key(file.params, passphrase, &file.salt).map_err(corrupt)?;
+        let refused = |reason: String| KeystoreError::KdfRefused { path: path.clone(), reason };
+        let key = passphrase_key(file.params, passphrase, &file.salt).map_err(refused)?;
         let secret = key
             .decrypt(&file.sealed, file.info.account_id.to_string().as_bytes())
             .map(Zeroizing::new)
