@@ -100,12 +100,16 @@ impl KdfParams {
     /// is still listed; unlocking it is refused before any work.
     pub const MAX_WORK_KIB: u64 = 4 * 1024 * 1024;
 
-    /// The argon2 parameters, or why these are refused.
-    fn to_argon2(self) -> Result<argon2::Params, String> {
-        if self.m_cost_kib > Self::MAX_M_COST_KIB
+    /// Whether one of the parameters is over its limit.
+    fn over_limits(self) -> bool {
+        self.m_cost_kib > Self::MAX_M_COST_KIB
             || self.t_cost > Self::MAX_T_COST
             || self.p_cost > Self::MAX_P_COST
-        {
+    }
+
+    /// The argon2 parameters, or why these are refused.
+    fn to_argon2(self) -> Result<argon2::Params, String> {
+        if self.over_limits() {
             return Err(format!(
                 "argon2id m_cost={} KiB, t_cost={}, p_cost={} exceed the limits {} KiB, {}, {}",
                 self.m_cost_kib,
@@ -302,7 +306,8 @@ impl Keystore {
         let file = read_key_file(&path, name)?;
         let corrupt = |reason: String| KeystoreError::Corrupt { path: path.clone(), reason };
         let refused = |reason: String| KeystoreError::KdfRefused { path: path.clone(), reason };
-        let key = passphrase_key(file.params, passphrase, &file.salt).map_err(refused)?;
+        let params = file.params.to_argon2().map_err(refused)?;
+        let key = passphrase_key(params, passphrase, &file.salt).map_err(refused)?;
         let secret = key
             .decrypt(&file.sealed, file.info.account_id.to_string().as_bytes())
             .map(Zeroizing::new)
@@ -528,7 +533,8 @@ struct KdfFile {
 /// A key file, read and checked in everything but the passphrase.
 struct CheckedKeyFile {
     info: KeyInfo,
-    params: argon2::Params,
+    /// Valid argon2 parameters, possibly over this keystore's limits (refused at unlock).
+    params: KdfParams,
     salt: Vec<u8>,
     /// `nonce || ciphertext`, as [`SymmetricKey::decrypt`] takes it.
     sealed: Vec<u8>,
@@ -576,8 +582,13 @@ fn check_key_file(bytes: &[u8], name: &str) -> Result<CheckedKeyFile, String> {
         m_cost_kib: file.kdf.m_cost_kib,
         t_cost: file.kdf.t_cost,
         p_cost: file.kdf.p_cost,
+    };
+    // Parameters over this keystore's limits (a file made by another tool) are refused at
+    // unlock, `KdfRefused`, and the file is still listed; parameters argon2 itself refuses
+    // make no valid key file.
+    if !params.over_limits() {
+        params.to_argon2()?;
     }
-    .to_argon2()?;
     if file.cipher != CIPHER_NAME {
         return Err(format!("cipher {:?} (supported: {CIPHER_NAME:?})", file.cipher));
     }

@@ -299,6 +299,16 @@ fn a_key_file_asking_for_too_much_work_is_refused_before_it_runs() {
     }
     // Still listed (one such file does not stop a node from reading its keystore).
     assert_eq!(keys.list().expect("lists").len(), 1);
+    // So is one over a single parameter's limit (65 passes), refused at unlock the same way.
+    keys.create("other", KeyType::Ed25519, "pw").expect("create");
+    edit(&keys, "other", |json| json["kdf"]["t_cost"] = 65.into());
+    assert_eq!(keys.list().expect("lists").len(), 2);
+    match keys.load("other", "pw") {
+        Err(e @ KeystoreError::KdfRefused { .. }) => {
+            assert!(e.to_string().contains("exceed the limits"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
     // A new key past the limit is refused before any work (1 GiB and 5 passes: each within
     // its own limit).
     let over = KdfParams { m_cost_kib: 1024 * 1024, t_cost: 5, p_cost: 1 };
@@ -440,7 +450,7 @@ fn malformed_fields_are_named() {
         ("key_type", |j| j["key_type"] = "rsa".into(), "key_type"),
         ("account_id", |j| j["account_id"] = "nope".into(), "account_id"),
         ("kdf", |j| j["kdf"]["algorithm"] = "scrypt".into(), "kdf \"scrypt\""),
-        ("m_cost", |j| j["kdf"]["m_cost_kib"] = u32::MAX.into(), "exceed the limits"),
+        ("t_cost", |j| j["kdf"]["t_cost"] = 0.into(), "t_cost=0"),
         ("salt", |j| j["kdf"]["salt"] = "zz".into(), "kdf.salt is not hex"),
         ("nonce", |j| j["nonce"] = "00".into(), "nonce is 1 bytes, expected 24"),
     ];
