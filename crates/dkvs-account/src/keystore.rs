@@ -160,9 +160,9 @@ pub enum KeystoreError {
         /// The key file.
         path: PathBuf,
     },
-    /// The key file asks for key derivation this keystore will not run: more work than
-    /// [`KdfParams::MAX_WORK_KIB`] (a file made by another tool, or altered), or more memory
-    /// than the machine can give.
+    /// The key file asks for key derivation this keystore will not run (a file made by another
+    /// tool, or altered): more work than [`KdfParams::MAX_WORK_KIB`], one parameter over its
+    /// own limit (memory, passes or lanes), or more memory than the machine can give.
     #[error("key file {path} asks for key derivation that is refused: {reason}")]
     KdfRefused {
         /// The key file.

@@ -127,7 +127,7 @@ fn reads_like_account_id(segment: &str) -> bool {
     use unicode_normalization::UnicodeNormalization as _;
     use unicode_security::confusable_detection::skeleton;
     static PREFIXES: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
-    let prefixes = PREFIXES.get_or_init(|| [fold("ed1").collect(), fold("secp1").collect()]);
+    let prefixes = PREFIXES.get_or_init(|| [fold("ed1"), fold("secp1")]);
     // ASCII is its own NFKC and look-alike map: no copy (every key's parse comes here).
     let plain: Cow<str> = if segment.is_ascii() {
         Cow::Borrowed(segment)
@@ -176,14 +176,13 @@ fn kept(c: &char) -> bool {
 
 /// `text` folded as [`reads_like_account_id`] reads a segment: NFKC, the look-alikes, the
 /// confusable skeleton, no marks or white space, ASCII lower case.
-fn fold(text: &str) -> impl Iterator<Item = char> {
+fn fold(text: &str) -> String {
     use unicode_normalization::UnicodeNormalization as _;
     let plain: String = text.nfkc().map(look_alike).collect();
-    let folded: Vec<char> = unicode_security::confusable_detection::skeleton(&plain)
+    unicode_security::confusable_detection::skeleton(&plain)
         .filter(kept)
         .map(|c| c.to_ascii_lowercase())
-        .collect();
-    folded.into_iter()
+        .collect()
 }
 
 impl InvalidKey {
@@ -362,8 +361,8 @@ mod tests {
             rest.insert(at.min(rest.len()), c);
         }
         let segment = format!("{start}{}", rest.into_iter().collect::<String>());
-        let folded: String = fold(&segment).collect();
-        let prefixes = ["ed1", "secp1"].map(|p| fold(p).collect::<String>());
+        let folded = fold(&segment);
+        let prefixes = ["ed1", "secp1"].map(fold);
         let whole = folded.len() >= 20
             && folded.bytes().all(|b| b.is_ascii_alphanumeric())
             && prefixes.iter().any(|p| folded.starts_with(p.as_str()));
