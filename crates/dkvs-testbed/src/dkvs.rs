@@ -131,6 +131,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut puts = Samples::default();
     let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) = (0u64, 0usize, bytes_sent(&net));
+    let puts_from = Instant::now();
     let mut puts_counted = 0;
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
@@ -163,6 +164,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
+    let put_took = puts_from.elapsed();
     let rss_after = rss_bytes();
     // Asked of every node at once: one at a time, a thousand busy nodes took minutes.
     let asks = net.alive().into_iter().map(|i| net.node(i).connected_peers());
@@ -171,7 +173,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
     let (mut get_requests, mut gets_counted, get_bytes_from) = (0u64, 0, bytes_sent(&net));
-    let get_cpu_from = workload::cpu_time();
+    let (get_cpu_from, gets_from) = (workload::cpu_time(), Instant::now());
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
@@ -185,6 +187,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
+    let get_took = gets_from.elapsed();
     let cpu_per_get_ms =
         workload::per_op_ms(workload::cpu_time().saturating_sub(get_cpu_from), plan.gets.len());
     bar.set_message("dkvs: routing hops");
@@ -214,6 +217,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         gets_counted,
         put_bytes,
         get_bytes,
+        put_took,
+        get_took,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         peers: peers as u64,
         floor_get_p50_ms: floor,

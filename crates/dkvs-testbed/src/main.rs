@@ -519,6 +519,8 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("requests sent per put (of the puts that said)", &|r| r.requests_per_put, 1);
     row("bytes sent per get (all nodes, background included)", &|r| r.bytes_per_get, 0);
     row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
+    row("bytes sent per get, less the idle rate", &|r| r.bytes_per_get_less_idle, 0);
+    row("bytes sent per put, less the idle rate", &|r| r.bytes_per_put_less_idle, 0);
     // In one process, the process's growth shared out; with --processes, each dkvs node's
     // own, which is not the same measure as mainline's growth: no ratio then.
     let rss = if cli.processes {

@@ -174,6 +174,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         stored_per_put: stored as f64 / puts_counted.max(1) as f64,
         bytes_per_get: None,
         bytes_per_put: None,
+        bytes_per_get_less_idle: None,
+        bytes_per_put_less_idle: None,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         peers_per_node: None,
         floor_get_p50_ms: None,

@@ -220,6 +220,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) =
         (0u64, 0usize, blocking(|| net.bytes_sent()));
+    let puts_from = Instant::now();
     let mut puts_counted = 0;
     for &(item, version, node) in &plan.puts {
         let at = Instant::now();
@@ -234,6 +235,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let put_bytes = blocking(|| net.bytes_sent()).saturating_sub(put_bytes_from);
+    let put_took = puts_from.elapsed();
     // Each node's own resident memory: every node is a process of its own here.
     let rss: u64 = net.alive().iter().map(|&i| net.node(i).status_kb("VmRSS").unwrap_or(0)).sum();
     let peers: u64 = blocking(|| {
@@ -247,6 +249,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut gets = Samples::default();
     let (mut get_requests, mut gets_counted, get_bytes_from) =
         (0u64, 0, blocking(|| net.bytes_sent()));
+    let gets_from = Instant::now();
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = blocking(|| net.read(plan, item, node));
@@ -258,6 +261,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bar.inc(1);
     }
     let get_bytes = blocking(|| net.bytes_sent()).saturating_sub(get_bytes_from);
+    let get_took = gets_from.elapsed();
 
     let churn = match &opts.churn {
         Some(churn) => {
@@ -281,6 +285,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         gets_counted,
         put_bytes,
         get_bytes,
+        put_took,
+        get_took,
         rss_per_node_bytes: rss * 1024 / opts.nodes.max(1) as u64,
         peers,
         floor_get_p50_ms: floor,

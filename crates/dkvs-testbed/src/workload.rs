@@ -298,6 +298,13 @@ pub struct Report {
     /// included (dkvs only: mainline keeps no byte counters).
     pub bytes_per_get: Option<f64>,
     pub bytes_per_put: Option<f64>,
+    /// dkvs in one process, with `--idle-secs`: the same, less what the idle network sent at
+    /// the rate measured while it idled, over the phase's time (0 at least): an estimate of
+    /// the operation's own traffic, as much as the background holds still.
+    #[serde(default)]
+    pub bytes_per_get_less_idle: Option<f64>,
+    #[serde(default)]
+    pub bytes_per_put_less_idle: Option<f64>,
     /// Growth of the process's resident memory from before the nodes started until after the
     /// writes, divided by the number of nodes (each system runs in a process of its own).
     /// With `--processes`, each node process's own resident memory after the writes,
@@ -353,6 +360,9 @@ pub(crate) struct DkvsRun {
     pub gets_counted: usize,
     pub put_bytes: u64,
     pub get_bytes: u64,
+    /// How long the puts, and the gets, took in all.
+    pub put_took: Duration,
+    pub get_took: Duration,
     pub rss_per_node_bytes: u64,
     /// Connected peers, summed over the nodes.
     pub peers: u64,
@@ -368,6 +378,12 @@ pub(crate) struct DkvsRun {
 impl DkvsRun {
     pub(crate) fn report(self, plan: &Plan, nodes: usize) -> Report {
         let per = |total: u64, ops: usize| Some(total as f64 / ops.max(1) as f64);
+        // The idle rate is per node and hour: the whole network's, per second.
+        let idle_per_s = self.idle_bytes_per_node_hour.map(|h| h * nodes as f64 / 3600.0);
+        let less_idle = |total: u64, took: Duration, ops: usize| {
+            idle_per_s
+                .map(|rate| (total as f64 - rate * took.as_secs_f64()).max(0.0) / ops.max(1) as f64)
+        };
         Report {
             system: "dkvs".into(),
             nodes,
@@ -381,6 +397,8 @@ impl DkvsRun {
             stored_per_put: self.stored as f64 / self.puts_counted.max(1) as f64,
             bytes_per_get: per(self.get_bytes, plan.gets.len()),
             bytes_per_put: per(self.put_bytes, plan.puts.len()),
+            bytes_per_get_less_idle: less_idle(self.get_bytes, self.get_took, plan.gets.len()),
+            bytes_per_put_less_idle: less_idle(self.put_bytes, self.put_took, plan.puts.len()),
             rss_per_node_bytes: self.rss_per_node_bytes,
             peers_per_node: Some(self.peers as f64 / nodes.max(1) as f64),
             floor_get_p50_ms: self.floor_get_p50_ms,
@@ -538,6 +556,48 @@ mod tests {
         assert_ne!(a.value(3, 1), a.value(3, 2));
         assert_eq!(a.value(3, 2).len(), 100);
         assert_ne!(Plan::new(8, 10, 3, 50, 2, 100, 2).puts, a.puts);
+    }
+
+    #[test]
+    fn the_idle_rate_is_taken_off_each_phase_over_its_own_time() {
+        // 50 records of 2 versions, each read twice: 100 puts and 100 gets.
+        let plan = Plan::new(7, 10, 3, 50, 2, 100, 2);
+        let run = |idle: Option<f64>| DkvsRun {
+            transport: "memory".into(),
+            setup: Duration::ZERO,
+            puts: Samples::default(),
+            gets: Samples::default(),
+            put_requests: 0,
+            get_requests: 0,
+            stored: 0,
+            puts_counted: 0,
+            gets_counted: 0,
+            put_bytes: 50_000,
+            get_bytes: 30_000,
+            put_took: Duration::from_secs(2),
+            get_took: Duration::from_secs(10),
+            rss_per_node_bytes: 0,
+            peers: 0,
+            floor_get_p50_ms: None,
+            idle_cpu_per_node: None,
+            idle_bytes_per_node_hour: idle,
+            cpu_per_get_ms: None,
+            floor_cpu_per_get_ms: None,
+            hops: None,
+            churn: Vec::new(),
+        };
+        // 10 nodes each sending 360 bytes an hour idle: 1 byte a second in all.
+        let report = run(Some(360.0)).report(&plan, 10);
+        assert_eq!((plan.puts.len(), plan.gets.len()), (100, 100));
+        assert_eq!(report.bytes_per_get, Some(300.0));
+        assert_eq!(report.bytes_per_get_less_idle, Some((30_000.0 - 10.0) / 100.0));
+        assert_eq!(report.bytes_per_put_less_idle, Some((50_000.0 - 2.0) / 100.0));
+        // A background larger than the phase's traffic leaves nothing, not less.
+        let report = run(Some(3600.0 * 1000.0)).report(&plan, 10);
+        assert_eq!(report.bytes_per_get_less_idle, Some(0.0));
+        // No idle measured: nothing to take off, no estimate.
+        let report = run(None).report(&plan, 10);
+        assert_eq!((report.bytes_per_get_less_idle, report.bytes_per_put_less_idle), (None, None));
     }
 
     #[test]
