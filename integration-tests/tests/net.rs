@@ -1111,9 +1111,9 @@ async fn a_replica_naming_a_peer_the_table_holds_stays_heard() -> anyhow::Result
     // The namer stalls the first lookup after the read's get: Kademlia walks a table of
     // fewer than 20 peers on its own, 500 ms after each new entry, and a stall set at once
     // caught such a walk before the read (CI, on a loaded machine), frozen with the read's
-    // get unanswered. (A walk's request that came between the get and its answer's going
-    // out would be the one stalled, and the second read would come before any naming: a
-    // window of microseconds.)
+    // get unanswered. A walk's request that comes after the get may still be the one
+    // stalled: the get's answer went out first (one turn of the namer's loop), so the read's
+    // naming lookup starts and waits on the frozen namer all the same.
     namer.stall_after_next_get().await?;
     let before = namer.hinted_gets().await?;
     let node = net.node(reader).clone();
@@ -1129,6 +1129,8 @@ async fn a_replica_naming_a_peer_the_table_holds_stays_heard() -> anyhow::Result
     let stalled =
         eventually(Duration::from_secs(10), async || namer.frozen().await.is_ok_and(|f| f));
     assert!(stalled.await, "the first read's lookup reached the namer");
+    // The second read comes while the first one's naming lookup runs.
+    assert!(!first.is_finished(), "the first read waits on the lookup the namer holds");
     let second = tokio::spawn(async move { node.get(&other).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     namer.thaw().await?;

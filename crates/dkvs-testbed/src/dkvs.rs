@@ -11,10 +11,10 @@ use dkvs_record::{Draft, Key};
 use dkvs_testnet::TestNet;
 use indicatif::ProgressBar;
 
-use crate::Opts;
 use crate::workload::{
     self, DkvsRun, Network, Plan, Read, Report, Samples, put_majority, rss_bytes,
 };
+use crate::{Opts, wire};
 
 /// A record lives an hour: far longer than any run.
 const TTL_MS: u64 = 3_600_000;
@@ -132,6 +132,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut acked = workload::Acked::default();
     let (mut put_requests, mut stored, put_bytes_from) = (0u64, 0usize, bytes_sent(&net));
     let puts_from = Instant::now();
+    // On the memory transport nothing goes on the wire.
+    let wire =
+        || (opts.own_network && opts.transport != "memory").then(wire::loopback_bytes).flatten();
+    let wire_from = wire();
     let mut puts_counted = 0;
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
@@ -165,6 +169,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
     let put_took = puts_from.elapsed();
+    let wire_put = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
     let rss_after = rss_bytes();
     // Asked of every node at once: one at a time, a thousand busy nodes took minutes.
     let asks = net.alive().into_iter().map(|i| net.node(i).connected_peers());
@@ -173,7 +178,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
     let (mut get_requests, mut gets_counted, get_bytes_from) = (0u64, 0, bytes_sent(&net));
-    let (get_cpu_from, gets_from) = (workload::cpu_time(), Instant::now());
+    let (get_cpu_from, gets_from, wire_from) = (workload::cpu_time(), Instant::now(), wire());
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
@@ -188,6 +193,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
     let get_took = gets_from.elapsed();
+    let wire_get = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
     let cpu_per_get_ms =
         workload::per_op_ms(workload::cpu_time().saturating_sub(get_cpu_from), plan.gets.len());
     bar.set_message("dkvs: routing hops");
@@ -219,6 +225,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         get_bytes,
         put_took,
         get_took,
+        wire_put,
+        wire_get,
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         peers: peers as u64,
         floor_get_p50_ms: floor,

@@ -17,12 +17,15 @@
 //! (`processes.rs`).
 //!
 //! Each system runs in a child process of its own, one after the other, so that neither's
-//! threads, timers or memory weigh on the other's figures. Nothing listens anywhere but
-//! 127.0.0.1 (or the in-process memory transport with `--transport memory`).
+//! threads, timers or memory weigh on the other's figures; where the machine allows it, in a
+//! network namespace of its own, whose loopback's bytes are that system's traffic (`wire.rs`).
+//! Nothing listens anywhere but 127.0.0.1 (or the in-process memory transport with
+//! `--transport memory`).
 
 mod dkvs;
 mod mainline;
 mod processes;
+mod wire;
 mod workload;
 
 use std::path::PathBuf;
@@ -136,6 +139,10 @@ struct Cli {
     /// here as JSON.
     #[arg(long, hide = true)]
     report_to: Option<PathBuf>,
+    /// Internal: this child runs in a network namespace of its own: bring its loopback up and
+    /// count the bytes on it (`wire`).
+    #[arg(long, hide = true)]
+    own_network: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -168,6 +175,8 @@ pub(crate) struct Opts {
     pub idle: Duration,
     /// Wait this long before that measurement (`--settle-secs`).
     pub settle: Duration,
+    /// This run has a network namespace of its own: its loopback's bytes are its traffic.
+    pub own_network: bool,
 }
 
 /// Churn: `fraction` of the live nodes killed and as many added, every `every`, `rounds`
@@ -193,10 +202,19 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     check_flags(&cli)?;
+    // Both systems side by side: each in a network namespace of its own where the machine
+    // allows it, to count its bytes on the wire the same way.
+    let own_network = cli.system == SystemArg::Both && wire::namespaces_work();
     let reports = match (cli.system, &cli.report_to) {
         (SystemArg::Both, _) => {
-            let dkvs = child(SystemArg::Dkvs)?;
-            match child(SystemArg::Mainline) {
+            if !own_network {
+                eprintln!(
+                    "note: no bytes on the wire counted for either system: a run in a network \
+                     namespace of its own takes root, unshare (util-linux) and ip (iproute2)"
+                );
+            }
+            let dkvs = child(SystemArg::Dkvs, own_network)?;
+            match child(SystemArg::Mainline, own_network) {
                 Ok(mainline) => vec![dkvs, mainline],
                 Err(e) => {
                     // dkvs's figures are not lost with mainline's run.
@@ -221,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if cli.check {
-        check(&reports)?;
+        check(&reports, own_network && !cli.processes && cli.transport == TransportArg::Tcp)?;
     }
     Ok(())
 }
@@ -315,8 +333,9 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs one system in a child process of this binary and reads its report.
-fn child(system: SystemArg) -> anyhow::Result<Report> {
+/// Runs one system in a child process of this binary and reads its report; with
+/// `own_network`, in a network namespace of its own (`wire`).
+fn child(system: SystemArg, own_network: bool) -> anyhow::Result<Report> {
     let dir = std::env::temp_dir().join(format!("dkvs-testbed-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{system:?}.json"));
@@ -330,7 +349,13 @@ fn child(system: SystemArg) -> anyhow::Result<Report> {
     let name = format!("{system:?}").to_lowercase();
     args.extend(["--system".into(), name.clone(), "--report-to".into()]);
     args.push(path.display().to_string());
-    let status = std::process::Command::new(exe).args(&args).status();
+    let mut command = if own_network {
+        args.push("--own-network".into());
+        wire::in_own_namespace(&exe)
+    } else {
+        std::process::Command::new(exe)
+    };
+    let status = command.args(&args).status();
     let report = match status {
         Ok(status) if status.success() => std::fs::read(&path)
             .with_context(|| format!("the {name} run's report"))
@@ -388,7 +413,11 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
             adds: !cli.churn_kill_only,
         }),
         floor: !cli.no_floor,
+        own_network: cli.own_network,
     };
+    if cli.own_network {
+        wire::loopback_up()?;
+    }
     let bar = if cli.quiet {
         ProgressBar::hidden()
     } else {
@@ -412,7 +441,7 @@ fn run_here(cli: &Cli, system: SystemArg) -> anyhow::Result<Report> {
     report
 }
 
-fn check(reports: &[Report]) -> anyhow::Result<()> {
+fn check(reports: &[Report], on_the_wire: bool) -> anyhow::Result<()> {
     let dkvs = reports.iter().find(|r| r.system == "dkvs").context("--check needs a dkvs run")?;
     let (put, get) = (&dkvs.put, &dkvs.get);
     if put.failed > 0 || get.stale + get.older_than_failed > 0 || get.failed > 0 || get.ok == 0 {
@@ -436,9 +465,24 @@ fn check(reports: &[Report]) -> anyhow::Result<()> {
             );
         }
     }
+    // Each system ran in a network namespace of its own: its loopback saw its operations.
+    if on_the_wire {
+        for report in reports {
+            let counted = [report.wire_bytes_per_put, report.wire_bytes_per_get];
+            if !counted.iter().all(|bytes| bytes.is_some_and(|b| b > 0.0)) {
+                bail!(
+                    "check failed: {}'s bytes on the wire were not counted (per put, per get: \
+                     {counted:?})",
+                    report.system
+                );
+            }
+        }
+    }
     println!(
-        "check: every dkvs put was stored on a majority and every get returned the newest value{}",
-        if dkvs.churn.is_empty() { "" } else { ", also after each churn round" }
+        "check: every dkvs put was stored on a majority and every get returned the newest \
+         value{}{}",
+        if dkvs.churn.is_empty() { "" } else { ", also after each churn round" },
+        if on_the_wire { "; each system's bytes on the wire were counted" } else { "" }
     );
     Ok(())
 }
@@ -521,6 +565,8 @@ fn print_table(cli: &Cli, reports: &[Report]) {
     row("bytes sent per put (all nodes, background included)", &|r| r.bytes_per_put, 0);
     row("bytes sent per get, less the idle rate", &|r| r.bytes_per_get_less_idle, 0);
     row("bytes sent per put, less the idle rate", &|r| r.bytes_per_put_less_idle, 0);
+    row("bytes on the wire per get (loopback, headers included)", &|r| r.wire_bytes_per_get, 0);
+    row("bytes on the wire per put (loopback, headers included)", &|r| r.wire_bytes_per_put, 0);
     // In one process, the process's growth shared out; with --processes, each dkvs node's
     // own, which is not the same measure as mainline's growth: no ratio then.
     let rss = if cli.processes {

@@ -14,8 +14,8 @@ use indicatif::ProgressBar;
 use mainline::async_dht::AsyncDht;
 use mainline::{Dht, MutableItem, SigningKey, Testnet};
 
-use crate::Opts;
 use crate::workload::{self, Network, Plan, Read, Report, Samples, put_majority, rss_bytes};
+use crate::{Opts, wire};
 
 /// How long one operation may take (as dkvs_testnet's step).
 const STEP: Duration = Duration::from_secs(30);
@@ -106,6 +106,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut puts = Samples::default();
     let mut acked = workload::Acked::default();
     let (mut stored, mut puts_counted) = (0usize, 0usize);
+    let wire = || opts.own_network.then(wire::loopback_bytes).flatten();
+    let wire_from = wire();
     for &(item, version, node) in &plan.puts {
         let it = &plan.items[item];
         let mutable = MutableItem::new(
@@ -129,13 +131,14 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         acked.note(item, version, ok);
         bar.inc(1);
     }
+    let wire_put = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
     let rss_after = rss_bytes();
 
     bar.set_message("mainline: gets");
     let mut gets = Samples::default();
     let mut first = Samples::default();
     let mut queried = 0u64;
-    let cpu_from = workload::cpu_time();
+    let (cpu_from, wire_from) = (workload::cpu_time(), wire());
     for &(item, node) in &plan.gets {
         let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
         let at = Instant::now();
@@ -150,6 +153,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let cpu_per_get_ms =
         workload::per_op_ms(workload::cpu_time().saturating_sub(cpu_from), plan.gets.len());
+    let wire_get = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
+    let per_op = |bytes: Option<u64>, ops: usize| bytes.map(|b| b as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {
         Some(churn) => {
@@ -176,6 +181,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         bytes_per_put: None,
         bytes_per_get_less_idle: None,
         bytes_per_put_less_idle: None,
+        wire_bytes_per_get: per_op(wire_get, plan.gets.len()),
+        wire_bytes_per_put: per_op(wire_put, plan.puts.len()),
         rss_per_node_bytes: rss_after.saturating_sub(rss_before) / opts.nodes.max(1) as u64,
         peers_per_node: None,
         floor_get_p50_ms: None,

@@ -287,6 +287,10 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         get_bytes,
         put_took,
         get_took,
+        // Not counted: the loopback here carries the testbed's HTTP calls to the nodes too,
+        // which mainline's in-process operations have no counterpart of.
+        wire_put: None,
+        wire_get: None,
         rss_per_node_bytes: rss * 1024 / opts.nodes.max(1) as u64,
         peers,
         floor_get_p50_ms: floor,

@@ -305,6 +305,15 @@ pub struct Report {
     pub bytes_per_get_less_idle: Option<f64>,
     #[serde(default)]
     pub bytes_per_put_less_idle: Option<f64>,
+    /// Run in a network namespace of its own (`--system both` where the machine allows it):
+    /// every byte its loopback carried while the gets, then the puts, ran (IP and UDP or TCP
+    /// headers included, background included), divided by the operations; the same measure
+    /// for both systems. Not on the memory transport, nor with `--processes` (the loopback
+    /// carries the testbed's HTTP calls to the nodes too).
+    #[serde(default)]
+    pub wire_bytes_per_get: Option<f64>,
+    #[serde(default)]
+    pub wire_bytes_per_put: Option<f64>,
     /// Growth of the process's resident memory from before the nodes started until after the
     /// writes, divided by the number of nodes (each system runs in a process of its own).
     /// With `--processes`, each node process's own resident memory after the writes,
@@ -363,6 +372,9 @@ pub(crate) struct DkvsRun {
     /// How long the puts, and the gets, took in all.
     pub put_took: Duration,
     pub get_took: Duration,
+    /// Bytes on the loopback of the run's own network namespace, if it has one.
+    pub wire_put: Option<u64>,
+    pub wire_get: Option<u64>,
     pub rss_per_node_bytes: u64,
     /// Connected peers, summed over the nodes.
     pub peers: u64,
@@ -399,6 +411,8 @@ impl DkvsRun {
             bytes_per_put: per(self.put_bytes, plan.puts.len()),
             bytes_per_get_less_idle: less_idle(self.get_bytes, self.get_took, plan.gets.len()),
             bytes_per_put_less_idle: less_idle(self.put_bytes, self.put_took, plan.puts.len()),
+            wire_bytes_per_get: self.wire_get.and_then(|b| per(b, plan.gets.len())),
+            wire_bytes_per_put: self.wire_put.and_then(|b| per(b, plan.puts.len())),
             rss_per_node_bytes: self.rss_per_node_bytes,
             peers_per_node: Some(self.peers as f64 / nodes.max(1) as f64),
             floor_get_p50_ms: self.floor_get_p50_ms,
@@ -576,6 +590,8 @@ mod tests {
             get_bytes: 30_000,
             put_took: Duration::from_secs(2),
             get_took: Duration::from_secs(10),
+            wire_put: None,
+            wire_get: None,
             rss_per_node_bytes: 0,
             peers: 0,
             floor_get_p50_ms: None,
