@@ -1112,8 +1112,10 @@ async fn a_replica_naming_a_peer_the_table_holds_stays_heard() -> anyhow::Result
     // fewer than 20 peers on its own, 500 ms after each new entry, and a stall set at once
     // caught such a walk before the read (CI, on a loaded machine), frozen with the read's
     // get unanswered. A walk's request that comes after the get may still be the one
-    // stalled: the get's answer went out first (one turn of the namer's loop), so the read's
-    // naming lookup starts and waits on the frozen namer all the same.
+    // stalled: the get's answer, queued as the get came, reaches its connection on the
+    // swarm's next poll, before a request that came later can freeze the namer (a swarm polls
+    // its behaviours before its connections); so the read's naming lookup starts and waits
+    // on the frozen namer all the same.
     namer.stall_after_next_get().await?;
     let before = namer.hinted_gets().await?;
     let node = net.node(reader).clone();

@@ -17,8 +17,8 @@
 //! logs after it; owners' signatures are not checked again. Each record was validated when it
 //! came in; checking it again would cost every start about 10 µs a record (batched Ed25519:
 //! ten seconds for a server's million records), and whoever can write the data directory can
-//! replace the program that reads it as well. A record altered on disk goes no further than
-//! this node: every peer validates what it receives.
+//! replace the program that reads it as well. A record altered on disk reaches this node's own
+//! readers only: every peer validates what it receives.
 //!
 //! ```
 //! use dkvs_account::{KeyType, Keypair};
