@@ -79,7 +79,8 @@ fn split(id: &Id) -> ([u8; KEY_HASH], u64) {
 /// The sealed set of items for `records`, as either side reconciles it.
 pub fn set_of<'a>(records: impl IntoIterator<Item = &'a Compact>) -> NegentropyStorageVector {
     let records = records.into_iter();
-    // Made to size: a vector grown by doubling holds up to twice the items for a moment.
+    // Made to size: a vector grown by doubling keeps up to twice the room it needs, as long
+    // as the set is kept (a responder keeps its answer set for the round).
     let mut set = NegentropyStorageVector::with_capacity(records.size_hint().0);
     for record in records {
         // Inserting into an unsealed set cannot fail.
