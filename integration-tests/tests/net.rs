@@ -1741,6 +1741,74 @@ async fn a_lone_node_says_so_and_a_node_with_peers_but_no_replica_fails() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stored_keys_since_its_walk_answers_with_them() -> anyhow::Result<()> {
+    // The setting under test: node 0's rounds come every second; the others' every 10 min
+    // (the default), so their answers come from walks of their stores made on request, at
+    // most every 30 s. Every node holds one record from its start, so each is a partner of
+    // the others. (Answered from a walk made before 100 keys were stored, a replica made
+    // node 0 send it all 100 again: 300 records to the three.)
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let first = record(&alice, &Key::scoped(&alice.account_id(), "walked/0")?, "one", 1);
+    let spawn: dkvs_integration_tests::testnet::Spawn =
+        std::sync::Arc::new(move |identity, store, config, dir| {
+            store.put(first.clone())?;
+            let config = if dir.ends_with("node0") {
+                config.with_replication_interval(Duration::from_secs(1))
+            } else {
+                config
+            };
+            Ok(dkvs_net::Node::spawn(identity.clone(), store, config)?)
+        });
+    let net = TestNet::start_custom(4, Config::default(), Default::default(), spawn).await?;
+    let walks = async || {
+        let mut all = Vec::new();
+        for i in 1..4 {
+            all.push(net.node(i).replication_stats().await.walks);
+        }
+        all
+    };
+    // Until no replica walked for 31 s (their joins changed their tables: each walks again
+    // once, 30 s after its first), so that the next keys are new to every replica's walk.
+    let mut before = walks().await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let now = walks().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    assert!(before.iter().all(|&w| w >= 1), "every replica walked on node 0's ask: {before:?}");
+    let sent = net.node(0).replication_stats().await;
+    // 100 keys, stored by every node at once (node 0's last, so that no round of node 0
+    // offers them before a replica holds them).
+    let records: Vec<Record> = (1..=100)
+        .map(|i| {
+            let key = Key::scoped(&alice.account_id(), &format!("walked/{i}")).expect("key");
+            record(&alice, &key, "one", 1)
+        })
+        .collect();
+    for i in [1, 2, 3, 0] {
+        for outcome in net.node(i).store().put_many(records.clone()) {
+            outcome?;
+        }
+    }
+    // Three more rounds of node 0 with each replica.
+    let rounds = eventually(Duration::from_secs(20), async || {
+        net.node(0).replication_stats().await.completed >= sent.completed + 9
+    });
+    assert!(rounds.await, "node 0 goes on with its rounds");
+    let after = net.node(0).replication_stats().await;
+    // A round between the batches' puts may still find a replica's walk short of some.
+    let resent = after.records_sent - sent.records_sent;
+    assert!(resent < 100, "node 0 sent the replicas {resent} records they held: {after:?}");
+    let walked = walks().await;
+    assert!(walked.iter().zip(&before).all(|(a, b)| a > b), "each walked again: {walked:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_costs_what_changed_and_only_replicas_replicate() -> anyhow::Result<()> {
     // The interval is the setting under test: rounds every second instead of every 10 min.
     let config = Config::default().with_replication_interval(Duration::from_secs(1));

@@ -75,6 +75,10 @@ pub struct ReplicationStats {
     pub refused: u64,
     /// Answer sets this node built for asking peers.
     pub sets_built: u64,
+    /// Walks of the store (which records it shares with which peer): one per interval, and
+    /// one on a peer's ask when the table or the store's keys changed since, at most every
+    /// 30 s.
+    pub walks: u64,
 }
 
 /// The replication state of a node.
@@ -85,6 +89,9 @@ pub(crate) struct Replication {
     /// From the last walk: the records the store held, as it kept them (a clone shares the
     /// store's allocation); they name the keys to look up again.
     walked_records: Vec<Compact>,
+    /// The store's count of keys added ([`dkvs_store::Store::keys_added`]) when the last walk
+    /// began.
+    walked_added: u64,
     /// From the last walk: per peer, the records this node and the peer are both replicas of,
     /// as indices into `walked_records` (a record goes to up to k - 1 peers' lists).
     shared: HashMap<PeerId, Vec<u32>>,
@@ -263,6 +270,8 @@ impl<E: Extension> Driver<E> {
         let me = *self.swarm.local_peer_id();
         let server = self.serves();
         let mut shared: HashMap<PeerId, Vec<u32>> = HashMap::new();
+        // Read first: a key added while the walk runs makes the next answer walk again.
+        self.replication.walked_added = self.store.keys_added();
         let records: Vec<Compact> = self.store.compact_records().collect();
         // A store holds far fewer than 2^32 records.
         for (at, record) in (0u32..).zip(&records) {
@@ -290,6 +299,7 @@ impl<E: Extension> Driver<E> {
         self.replication.shared = shared;
         self.replication.walked_records = records;
         self.replication.walked = Some(Instant::now());
+        self.replication.stats.walks += 1;
     }
 
     /// Starts a replication interval, unless the last one's rounds are still running: walks
@@ -422,14 +432,28 @@ impl<E: Extension> Driver<E> {
         let recent_walk =
             self.replication.walked.is_some_and(|at| now.duration_since(at) < REBUILD_AFTER);
         let unlisted = !self.replication.shared.contains_key(&peer);
+        // Keys stored since the walk (written through another node, pushed by a replica) are
+        // in no answer set made from it: answered so, every replica that walked since would
+        // send them here again, each once (a phone's round sent all of 10,000 records to each
+        // of three nodes that had them).
+        let added = self.store.keys_added() != self.replication.walked_added;
         if self.replication.walked.is_none()
             || (self.replication.stale && !recent_walk)
             || (unlisted && !recent_walk && self.knows(&peer))
+            || (added && !recent_walk)
         {
             // A node that just started, or whose table grew, or that does not list a peer of
-            // its table, walks again first: at most every REBUILD_AFTER.
+            // its table, or that stored keys since, walks again first: at most every
+            // REBUILD_AFTER.
             self.replication.stale = false;
             self.walk();
+            if added {
+                // Sets made from the walk before lack the keys: each is made again from this
+                // one when its peer asks (within the node's budget of builds; the walk is at
+                // most every REBUILD_AFTER, so are these).
+                self.replication.answering.clear();
+                self.replication.last_built.clear();
+            }
         }
         // A peer in the shared lists, or in the routing table (it joined since the last walk,
         // or shares nothing yet: a restarted replica answers with its empty set, and catches

@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::hash::BuildHasher as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 use dkvs_account::PublicKey;
 use dkvs_record::{Compact, Key, Record, validate_batch};
@@ -169,6 +169,8 @@ struct Inner {
     fail_next_flush: AtomicBool,
     /// Holds the directory's lock file while the store is open.
     lock: Option<File>,
+    /// Keys that came to be held live (see [`Store::keys_added`]).
+    added: AtomicU64,
 }
 
 /// An in-memory store of validated records, optionally persisted to a directory.
@@ -499,6 +501,14 @@ impl Store {
         })
     }
 
+    /// How many times a key came to be held live: a new key, or one whose value was gone
+    /// (not a newer record of a key held). A count that only grows, read to tell at no cost
+    /// whether keys were added since it was last read (replication walks its records again
+    /// then: `dkvs_net`'s answer sets).
+    pub fn keys_added(&self) -> u64 {
+        self.inner.added.load(AtomicOrdering::Relaxed)
+    }
+
     /// What the store holds.
     pub fn stats(&self) -> Stats {
         let syncs = self.inner.syncer.as_ref().map_or(0, |syncer| syncer.syncs());
@@ -668,6 +678,7 @@ impl Inner {
             compaction_due: AtomicBool::new(false),
             fail_next_flush: AtomicBool::new(false),
             lock: None,
+            added: AtomicU64::new(0),
         }
     }
 
@@ -700,11 +711,20 @@ impl Inner {
     /// Puts `slot` in `map`, in place of the slot of its key if there is one.
     fn place(&self, map: &mut Map, hash: u64, slot: Slot) {
         let rehash = |s: &Slot| self.hash(s.key());
-        match map.entry(hash, |s| s.key() == slot.key(), rehash) {
-            hashbrown::hash_table::Entry::Occupied(mut held) => *held.get_mut() = slot,
+        let live = matches!(slot, Slot::Live { .. });
+        let added = match map.entry(hash, |s| s.key() == slot.key(), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut held) => {
+                let was_live = matches!(held.get(), Slot::Live { .. });
+                *held.get_mut() = slot;
+                live && !was_live
+            }
             hashbrown::hash_table::Entry::Vacant(free) => {
                 free.insert(slot);
+                live
             }
+        };
+        if added {
+            self.added.fetch_add(1, AtomicOrdering::Relaxed);
         }
     }
 
