@@ -122,7 +122,7 @@ impl Session {
             keys.push((split(&id).0, record.clone()));
             let _ = set.insert(0, id);
         }
-        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keys.sort_unstable_by_key(|(hash, _)| *hash);
         let _ = set.seal();
         let mut negentropy = Negentropy::owned(set, FRAME_LIMIT)?;
         let first = negentropy.initiate()?;
