@@ -12,9 +12,12 @@
 //! The walk also gives each peer's shared list, which the node answers that peer's rounds from:
 //! a peer that is neither in the lists nor in the routing table is refused without any work,
 //! one in the table but not (yet) in the lists is answered from an empty set, and an answer set is
-//! built from the list (each record read as it is now) at most once per half minute per peer,
-//! so `first` messages cannot make the node walk its store. Two replicas in sync exchange a few
-//! range fingerprints per round; a difference costs about the records that differ.
+//! built from the list (each record read as it is now) at most once per half minute per peer
+//! and once per walk for added keys. A partner's ask makes the node walk its store again only when its table
+//! changed, when it does not list the partner, or when enough keys were added to the store
+//! since (records it would otherwise answer without, and be sent again), and at most every
+//! half minute. Two replicas in sync exchange a few range fingerprints per round; a difference
+//! costs about the records that differ.
 //!
 //! Routing tables differ, so two replicas may disagree on which keys they share. A record a
 //! peer declined (unchanged, stale, not a replica) is not sent to it again while its sequence is
@@ -41,8 +44,13 @@ use crate::reconcile::{self, Session};
 const SESSIONS: usize = 2;
 /// Peers whose answer sets this node keeps (the most recent askers).
 const ANSWERING: usize = 8;
-/// An answer set is rebuilt for the same peer at most this often.
+/// An answer set is rebuilt for the same peer at most this often (and once per walk for keys
+/// added), and a peer's ask makes the node walk its store at most this often.
 const REBUILD_AFTER: Duration = Duration::from_secs(30);
+/// Keys added to the store since the last walk that make a partner's ask walk it again: at
+/// least this many, and a hundredth of the records walked (fewer are sent again by the peers
+/// that hold them, once each, until the next walk; a busy replica does not walk at each ask).
+const ADDED_FOR_WALK: u64 = 64;
 /// Records waiting to be sent to one peer, at most.
 const QUEUE_PER_PEER: usize = 8_192;
 /// How long a peer's queue waits after the peer refused a record for load.
@@ -76,8 +84,8 @@ pub struct ReplicationStats {
     /// Answer sets this node built for asking peers.
     pub sets_built: u64,
     /// Walks of the store (which records it shares with which peer): one per interval, and
-    /// one on a peer's ask when the table or the store's keys changed since, at most every
-    /// 30 s.
+    /// on a peer's ask, at most every 30 s: the first, and when the table changed, the peer is
+    /// not listed, or enough keys were added since.
     pub walks: u64,
 }
 
@@ -92,6 +100,9 @@ pub(crate) struct Replication {
     /// The store's count of keys added ([`dkvs_store::Store::keys_added`]) when the last walk
     /// began.
     walked_added: u64,
+    /// When a peer's ask last walked the store for the keys added to it: answer sets made
+    /// before then lack them.
+    grown_walk: Option<Instant>,
     /// From the last walk: per peer, the records this node and the peer are both replicas of,
     /// as indices into `walked_records` (a record goes to up to k - 1 peers' lists).
     shared: HashMap<PeerId, Vec<u32>>,
@@ -422,7 +433,8 @@ impl<E: Extension> Driver<E> {
 
     /// This node's answer to a peer's round message, from its answer set for that peer: the
     /// records both are replicas of, in this node's view. A peer that shares none is refused
-    /// without any work; a set is rebuilt for the same peer at most every [`REBUILD_AFTER`].
+    /// without any work; a set is rebuilt for the same peer at most every [`REBUILD_AFTER`],
+    /// and once per walk for keys added.
     pub(crate) fn answer_reconcile(
         &mut self,
         peer: PeerId,
@@ -432,27 +444,26 @@ impl<E: Extension> Driver<E> {
         let recent_walk =
             self.replication.walked.is_some_and(|at| now.duration_since(at) < REBUILD_AFTER);
         let unlisted = !self.replication.shared.contains_key(&peer);
+        let partner = self.serves() && (!unlisted || self.knows(&peer));
         // Keys stored since the walk (written through another node, pushed by a replica) are
         // in no answer set made from it: answered so, every replica that walked since would
         // send them here again, each once (a phone's round sent all of 10,000 records to each
         // of three nodes that had them).
-        let added = self.store.keys_added() != self.replication.walked_added;
+        let added = self.store.keys_added().saturating_sub(self.replication.walked_added);
+        let walked = self.replication.walked_records.len() as u64;
+        let grown = added >= ADDED_FOR_WALK.max(walked / 100);
         if self.replication.walked.is_none()
             || (self.replication.stale && !recent_walk)
             || (unlisted && !recent_walk && self.knows(&peer))
-            || (added && !recent_walk)
+            || (grown && !recent_walk && partner)
         {
             // A node that just started, or whose table grew, or that does not list a peer of
-            // its table, or that stored keys since, walks again first: at most every
+            // its table, or that stored enough keys since, walks again first: at most every
             // REBUILD_AFTER.
             self.replication.stale = false;
             self.walk();
-            if added {
-                // Sets made from the walk before lack the keys: each is made again from this
-                // one when its peer asks (within the node's budget of builds; the walk is at
-                // most every REBUILD_AFTER, so are these).
-                self.replication.answering.clear();
-                self.replication.last_built.clear();
+            if grown {
+                self.replication.grown_walk = Some(Instant::now());
             }
         }
         // A peer in the shared lists, or in the routing table (it joined since the last walk,
@@ -463,13 +474,14 @@ impl<E: Extension> Driver<E> {
             return refused("the asking peer is not a replica partner of this node");
         }
         let cached = self.replication.answering.iter().position(|(p, _, _)| *p == peer);
+        // A set made before a walk for added keys lacks them: a round's first message gets
+        // one made again (its later ones keep the set they started with).
+        let grown_walk = self.replication.grown_walk;
+        let fresh = |built: Instant| {
+            now.duration_since(built) < REBUILD_AFTER && grown_walk.is_none_or(|w| built >= w)
+        };
         let at = match cached {
-            Some(at)
-                if !request.first
-                    || now.duration_since(self.replication.answering[at].1) < REBUILD_AFTER =>
-            {
-                at
-            }
+            Some(at) if !request.first || fresh(self.replication.answering[at].1) => at,
             _ => {
                 // A build for the same peer within REBUILD_AFTER (its set was pushed out of the
                 // cache by others), or past the node's budget of builds, waits.
@@ -496,7 +508,8 @@ impl<E: Extension> Driver<E> {
                 if self.replication.answering.len() >= ANSWERING {
                     self.replication.answering.pop_front();
                 }
-                self.replication.answering.push_back((peer, now, set));
+                // Made now, after any walk of this ask.
+                self.replication.answering.push_back((peer, Instant::now(), set));
                 self.replication.stats.sets_built += 1;
                 self.replication.answering.len() - 1
             }

@@ -501,10 +501,10 @@ impl Store {
         })
     }
 
-    /// How many times a key came to be held live: a new key, or one whose value was gone
-    /// (not a newer record of a key held). A count that only grows, read to tell at no cost
-    /// whether keys were added since it was last read (replication walks its records again
-    /// then: `dkvs_net`'s answer sets).
+    /// How many times a key came to be held live: a new key, or one whose value was gone or
+    /// had expired (not a newer record of a key held live). A count that only grows, read to
+    /// tell at no cost how many keys were added since it was last read (replication walks its
+    /// records again when enough were: `dkvs_net`'s answer sets).
     pub fn keys_added(&self) -> u64 {
         self.inner.added.load(AtomicOrdering::Relaxed)
     }
@@ -711,20 +711,11 @@ impl Inner {
     /// Puts `slot` in `map`, in place of the slot of its key if there is one.
     fn place(&self, map: &mut Map, hash: u64, slot: Slot) {
         let rehash = |s: &Slot| self.hash(s.key());
-        let live = matches!(slot, Slot::Live { .. });
-        let added = match map.entry(hash, |s| s.key() == slot.key(), rehash) {
-            hashbrown::hash_table::Entry::Occupied(mut held) => {
-                let was_live = matches!(held.get(), Slot::Live { .. });
-                *held.get_mut() = slot;
-                live && !was_live
-            }
+        match map.entry(hash, |s| s.key() == slot.key(), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut held) => *held.get_mut() = slot,
             hashbrown::hash_table::Entry::Vacant(free) => {
                 free.insert(slot);
-                live
             }
-        };
-        if added {
-            self.added.fetch_add(1, AtomicOrdering::Relaxed);
         }
     }
 
@@ -892,7 +883,12 @@ impl Inner {
             }
         }
         let replaced = held.map(Slot::seq);
+        // A key held live now that was not (new, gone, or expired and not swept yet).
+        let added = live.is_none();
         self.place(&mut shard, hash, Slot::Live { record: compact, retain_until_ms });
+        if added {
+            self.added.fetch_add(1, AtomicOrdering::Relaxed);
+        }
         Ok(PutOutcome::Stored { replaced })
     }
 
