@@ -13,11 +13,11 @@
 //! a peer that is neither in the lists nor in the routing table is refused without any work,
 //! one in the table but not (yet) in the lists is answered from an empty set, and an answer set is
 //! built from the list (each record read as it is now) at most once per half minute per peer
-//! and once per walk for added keys. A partner's ask makes the node walk its store again only when its table
-//! changed, when it does not list the partner, or when enough keys were added to the store
-//! since (records it would otherwise answer without, and be sent again), and at most every
-//! half minute. Two replicas in sync exchange a few range fingerprints per round; a difference
-//! costs about the records that differ.
+//! and once per walk for added keys. A partner's ask makes the node walk its store again only
+//! when its table changed, when it does not list the partner, or when enough keys were added
+//! to the store since (records it would otherwise answer without, and be sent again), and at
+//! most every half minute. Two replicas in sync exchange a few range fingerprints per round; a
+//! difference costs about the records that differ.
 //!
 //! Routing tables differ, so two replicas may disagree on which keys they share. A record a
 //! peer declined (unchanged, stale, not a replica) is not sent to it again while its sequence is
