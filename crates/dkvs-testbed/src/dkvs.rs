@@ -133,9 +133,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let (mut put_requests, mut stored, put_bytes_from) = (0u64, 0usize, bytes_sent(&net));
     let puts_from = Instant::now();
     // On the memory transport nothing goes on the wire.
-    let wire =
-        || (opts.own_network && opts.transport != "memory").then(wire::loopback_bytes).flatten();
-    let wire_from = wire();
+    let counted = opts.own_network && opts.transport != "memory";
+    let wire_from = wire::Since::now(counted);
     let mut puts_counted = 0;
     for &(item, version, node) in &plan.puts {
         let key = accounts.key(plan, item)?;
@@ -169,7 +168,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let put_bytes = bytes_sent(&net).saturating_sub(put_bytes_from);
     let put_took = puts_from.elapsed();
-    let wire_put = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
+    let wire_put = wire_from.bytes();
     let rss_after = rss_bytes();
     // Asked of every node at once: one at a time, a thousand busy nodes took minutes.
     let asks = net.alive().into_iter().map(|i| net.node(i).connected_peers());
@@ -178,7 +177,8 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     bar.set_message("dkvs: gets");
     let mut gets = Samples::default();
     let (mut get_requests, mut gets_counted, get_bytes_from) = (0u64, 0, bytes_sent(&net));
-    let (get_cpu_from, gets_from, wire_from) = (workload::cpu_time(), Instant::now(), wire());
+    let (get_cpu_from, gets_from) = (workload::cpu_time(), Instant::now());
+    let wire_from = wire::Since::now(counted);
     for &(item, node) in &plan.gets {
         let at = Instant::now();
         let (read, requests) = read(&net, plan, &accounts, item, node).await;
@@ -193,7 +193,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let get_bytes = bytes_sent(&net).saturating_sub(get_bytes_from);
     let get_took = gets_from.elapsed();
-    let wire_get = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
+    let wire_get = wire_from.bytes();
     let cpu_per_get_ms =
         workload::per_op_ms(workload::cpu_time().saturating_sub(get_cpu_from), plan.gets.len());
     bar.set_message("dkvs: routing hops");

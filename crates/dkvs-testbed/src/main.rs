@@ -481,7 +481,7 @@ fn check(reports: &[Report], on_the_wire: bool) -> anyhow::Result<()> {
             let counted = [report.wire_bytes_per_put, report.wire_bytes_per_get];
             if !counted.iter().all(|bytes| bytes.is_some_and(|b| b > 0.0)) {
                 bail!(
-                    "check failed: {}'s bytes on the wire were not counted (per put, per get: \
+                    "check failed: {}'s bytes through loopback were not counted (per put, per get: \
                      {counted:?})",
                     report.system
                 );
@@ -492,7 +492,7 @@ fn check(reports: &[Report], on_the_wire: bool) -> anyhow::Result<()> {
         "check: every dkvs put was stored on a majority and every get returned the newest \
          value{}{}",
         if dkvs.churn.is_empty() { "" } else { ", also after each churn round" },
-        if on_the_wire { "; each system's bytes on the wire were counted" } else { "" }
+        if on_the_wire { "; each system's bytes through loopback were counted" } else { "" }
     );
     Ok(())
 }

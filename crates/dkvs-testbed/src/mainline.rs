@@ -106,8 +106,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     let mut puts = Samples::default();
     let mut acked = workload::Acked::default();
     let (mut stored, mut puts_counted) = (0usize, 0usize);
-    let wire = || opts.own_network.then(wire::loopback_bytes).flatten();
-    let wire_from = wire();
+    let wire_from = wire::Since::now(opts.own_network);
     for &(item, version, node) in &plan.puts {
         let it = &plan.items[item];
         let mutable = MutableItem::new(
@@ -131,14 +130,14 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
         acked.note(item, version, ok);
         bar.inc(1);
     }
-    let wire_put = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
+    let wire_put = wire_from.bytes();
     let rss_after = rss_bytes();
 
     bar.set_message("mainline: gets");
     let mut gets = Samples::default();
     let mut first = Samples::default();
     let mut queried = 0u64;
-    let (cpu_from, wire_from) = (workload::cpu_time(), wire());
+    let (cpu_from, wire_from) = (workload::cpu_time(), wire::Since::now(opts.own_network));
     for &(item, node) in &plan.gets {
         let dht = nodes[node].as_ref().context("a node of the plan is alive")?;
         let at = Instant::now();
@@ -153,7 +152,7 @@ pub async fn run(plan: &Plan, opts: &Opts, bar: &ProgressBar) -> anyhow::Result<
     }
     let cpu_per_get_ms =
         workload::per_op_ms(workload::cpu_time().saturating_sub(cpu_from), plan.gets.len());
-    let wire_get = wire_from.zip(wire()).map(|(from, to)| to.saturating_sub(from));
+    let wire_get = wire_from.bytes();
     let per_op = |bytes: Option<u64>, ops: usize| bytes.map(|b| b as f64 / ops.max(1) as f64);
 
     let churn = match &opts.churn {

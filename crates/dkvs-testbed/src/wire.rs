@@ -15,6 +15,21 @@ pub fn loopback_bytes() -> Option<u64> {
     loopback_of(&std::fs::read_to_string("/proc/self/net/dev").ok()?)
 }
 
+/// Loopback's bytes from a point on: taken where a phase begins, read where it ends.
+pub struct Since(Option<u64>);
+
+impl Since {
+    /// From now, if this run counts them (`counted`; else it says nothing).
+    pub fn now(counted: bool) -> Since {
+        Since(counted.then(loopback_bytes).flatten())
+    }
+
+    /// The bytes since then, if counted.
+    pub fn bytes(&self) -> Option<u64> {
+        self.0.zip(loopback_bytes()).map(|(from, to)| to.saturating_sub(from))
+    }
+}
+
 /// The `lo` line's transmitted bytes in the text of `/proc/net/dev`: after the name, eight
 /// receive counters, then the transmitted bytes.
 fn loopback_of(dev: &str) -> Option<u64> {
