@@ -89,8 +89,8 @@ pub enum StoreError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// A snapshot or a log is damaged (a log may end in a torn entry, which is dropped; a
-    /// snapshot may not).
+    /// A snapshot is damaged, or a log where a flush had covered it (damage in a log that no
+    /// flush covered, such as a torn last entry, ends the read of that log instead).
     #[error("store file {path} is damaged at byte {offset}: {reason}")]
     Corrupt {
         /// The file.

@@ -12,7 +12,8 @@
 //! acknowledged to a writer (see `ARCHITECTURE.md`).
 //!
 //! A persistent store ([`Store::open`]) trusts its own files: every frame carries a checksum
-//! (damage is [`StoreError::Corrupt`], a torn last frame of a log is dropped), keys are parsed
+//! (damage is [`StoreError::Corrupt`]; a log's tail that no flush covered, such as a torn last
+//! frame, is dropped), keys are parsed
 //! again under this version's rules, and the ordering rule decides between a snapshot and the
 //! logs after it; owners' signatures are not checked again. Each record was validated when it
 //! came in; checking it again would cost every start about 10 µs a record (batched Ed25519:

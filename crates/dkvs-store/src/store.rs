@@ -277,24 +277,39 @@ impl Store {
         let (snapshots, logs) = persist::generations(dir)?;
         let base = snapshots.last().copied();
         if let Some(base) = base {
-            inner.restore(persist::read_file(&persist::snapshot_path(dir, base), false)?.0);
+            inner.restore(persist::read_snapshot(&persist::snapshot_path(dir, base))?);
         }
         let base = base.unwrap_or(0);
         for &generation in logs.iter().filter(|&&g| g >= base) {
             let path = persist::log_path(dir, generation);
-            let (entries, good) = persist::read_file(&path, true)?;
+            let read = persist::read_log(&path)?;
             let len = fs::metadata(&path).map_err(io_err(&path))?.len();
-            if good < len {
-                tracing::warn!(log = %path.display(), dropped = len - good, "dropped a torn log tail");
+            if let Some(damage) = &read.damage {
+                // More than a kill's or a power cut's usual tear: the log is kept as it was,
+                // beside the new files, for whoever wants to look (it is not removed with
+                // the old generations). What it dropped no flush covered.
+                let copy = path.with_extension("damaged");
+                fs::copy(&path, &copy).map_err(io_err(&copy))?;
+                tracing::warn!(
+                    log = %path.display(),
+                    dropped = len - read.good,
+                    %damage,
+                    copy = %copy.display(),
+                    "dropped a damaged log tail that no flush covered (a power cut)"
+                );
+            } else if read.good < len {
+                tracing::warn!(log = %path.display(), dropped = len - read.good, "dropped a torn log tail");
             }
-            inner.restore(entries);
+            inner.restore(read.entries);
         }
         // Start a fresh generation from what was restored; the old files go only once the new
         // snapshot is safely on disk.
         let generation = base.max(logs.last().copied().unwrap_or(0)) + 1;
-        let log = Arc::new(Mutex::new(Log::create(dir, generation, 0)?));
+        let log = Log::create(dir, generation)?;
+        let written = log.written;
+        let log = Arc::new(Mutex::new(log));
         if inner.config.durability == Durability::Fsync {
-            let syncer = Syncer::start(Arc::clone(&log), 0).map_err(io_err(dir))?;
+            let syncer = Syncer::start(Arc::clone(&log), written).map_err(io_err(dir))?;
             inner.syncer = Some(syncer);
         }
         inner.log = Some(log);
@@ -547,7 +562,7 @@ impl Store {
         }
         // The files of logs a compaction retired, then the current one. A failed flush is
         // final here too: the log refuses appends, and later flushes keep failing.
-        let (files, path) = {
+        let (files, path, position) = {
             let mut log = log.lock();
             if log.is_broken() {
                 let source =
@@ -556,17 +571,23 @@ impl Store {
             }
             let mut files = log.take_retired();
             files.push(log.file());
-            (files, log.path.clone())
+            (files, log.path.clone(), log.written)
         };
         let flushed = if self.inner.fail_next_flush.swap(false, AtomicOrdering::AcqRel) {
             Err(std::io::Error::other("flush failed (injected)"))
         } else {
             files.iter().try_for_each(|file| file.sync_data())
         };
-        flushed.map_err(|source| {
-            log.lock().break_off();
-            StoreError::Io { path, source }
-        })
+        match flushed {
+            Ok(()) => {
+                log.lock().note_flushed(position);
+                Ok(())
+            }
+            Err(source) => {
+                log.lock().break_off();
+                Err(StoreError::Io { path, source })
+            }
+        }
     }
 
     /// Writes a snapshot and starts a new log, dropping the old files. Puts continue meanwhile.
@@ -580,7 +601,7 @@ impl Store {
         };
         // The new file is made (and its directory synced) before the log's lock is taken:
         // puts wait for the lock only while the two logs trade places.
-        let next = Log::create(&dir, generation, 0)?;
+        let next = Log::create(&dir, generation)?;
         {
             let mut log = log.lock();
             // The old file joins the files the next flush syncs, unless everything in it is
@@ -590,6 +611,10 @@ impl Store {
                 None => true,
             };
             log.switch_to(next, flush_later);
+            // The new log's first frame counts as written: the sync thread is to know.
+            if let Some(syncer) = &self.inner.syncer {
+                syncer.appended(log.written);
+            }
         }
         if self.inner.syncer.is_none() {
             // Nothing was promised beyond the operating system's hands; a flush here keeps the

@@ -182,9 +182,10 @@ impl Syncer {
             } else {
                 files.iter().try_for_each(|file| file.sync_data())
             };
-            if flushed.is_err() {
-                // Before the state's lock: appends take the log's lock, then the state's.
-                log.lock().break_off();
+            // Before the state's lock: appends take the log's lock, then the state's.
+            match &flushed {
+                Ok(()) => log.lock().note_flushed(target),
+                Err(_) => log.lock().break_off(),
             }
             let mut state = self.state.lock();
             match flushed {

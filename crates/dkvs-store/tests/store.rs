@@ -388,51 +388,137 @@ fn a_torn_frame_whose_value_holds_frames_is_still_torn() {
 }
 
 #[test]
-fn a_log_tail_of_zeros_is_a_torn_tail_but_damage_before_data_is_not() {
+fn a_log_tail_of_zeros_is_a_torn_tail_and_so_is_damage_no_flush_covered() {
     // After a power cut in write-through mode, ext4 and XFS can leave the log longer than what
-    // reached the disk, the rest reading as zeros. The node must still start.
+    // reached the disk, the rest reading as zeros, and pages reach the disk in any order. The
+    // node must still start.
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
     let now = dkvs_record::unix_millis();
-    // A store with three puts in its log, its log file and the log's bytes.
+    // A store with three puts in its log, its log file, the log's bytes and where each put's
+    // bytes begin.
     let fresh = || {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut starts = Vec::new();
         {
             let store = Store::open(dir.path(), Config::default()).expect("opens");
             for i in 0..3 {
+                starts.push(std::fs::metadata(file_named(dir.path(), "log-")).expect("log").len());
                 store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
             }
         }
         let log = file_named(dir.path(), "log-");
         let bytes = std::fs::read(&log).expect("log");
-        (dir, log, bytes)
+        (dir, log, bytes, starts.into_iter().map(|s| s as usize).collect::<Vec<_>>())
     };
     let held = |dir: &tempfile::TempDir| -> Result<Vec<bool>, StoreError> {
         let store = Store::open(dir.path(), Config::default())?;
         Ok((0..3).map(|i| store.get(key(i).as_str()).is_some()).collect())
     };
+    let copies = |dir: &tempfile::TempDir| {
+        std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".damaged"))
+            .count()
+    };
 
     // 1. Zeros after the last whole frame (a zero length where a frame would start).
-    let (dir, log, mut bytes) = fresh();
+    let (dir, log, mut bytes, _) = fresh();
     bytes.extend_from_slice(&[0u8; 4096]);
     std::fs::write(&log, &bytes).expect("write");
     assert_eq!(held(&dir).expect("a zero tail is torn"), [true, true, true]);
+    assert_eq!(copies(&dir), 0, "nothing but zeros was dropped");
 
     // 2. The last frame's body zeroed, and zeros after it.
-    let (dir, log, mut bytes) = fresh();
-    let frame = bytes.len() / 3;
-    let last = bytes.len() - frame;
-    bytes[last + 8..].fill(0);
+    let (dir, log, mut bytes, starts) = fresh();
+    bytes[starts[2] + 8..].fill(0);
     bytes.extend_from_slice(&[0u8; 100]);
     std::fs::write(&log, &bytes).expect("write");
     assert_eq!(held(&dir).expect("a zeroed last frame is torn"), [true, true, false]);
+    assert_eq!(copies(&dir), 0);
 
-    // 3. A damaged frame with data after it is damage, not a torn tail.
-    let (dir, log, mut bytes) = fresh();
-    bytes[10] ^= 0xff;
-    bytes.extend_from_slice(&[0u8; 100]);
+    // 3. The second put's page never reached the disk and the third's did: no flush covered
+    // either (write-through waits for none), so this is a power cut's tear. The store starts
+    // with what came before, and keeps the log as it was beside its files.
+    let (dir, log, mut bytes, starts) = fresh();
+    bytes[starts[1]..starts[2]].fill(0);
     std::fs::write(&log, &bytes).expect("write");
-    assert!(matches!(held(&dir), Err(StoreError::Corrupt { .. })));
+    assert_eq!(held(&dir).expect("damage no flush covered is torn"), [true, false, false]);
+    let copy = log.with_extension("damaged");
+    assert_eq!(std::fs::read(&copy).expect("a copy is kept"), bytes);
+    // The copy outlives the generations that follow.
+    drop(Store::open(dir.path(), Config::default()).expect("opens again"));
+    assert!(copy.exists() && !log.exists());
+}
+
+#[test]
+fn with_fsync_damage_a_flush_covered_is_corruption_and_a_tear_after_it_is_not() {
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
+    // A value of frames of the log's format, marks among them with guessed nonces, each
+    // saying a megabyte was flushed.
+    let forged: Vec<u8> = (0..20u8)
+        .flat_map(|guess| {
+            let mut payload = vec![4u8];
+            payload.extend_from_slice(&[guess; 16]);
+            payload.extend_from_slice(&(1u64 << 20).to_le_bytes());
+            let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            frame.extend_from_slice(&payload);
+            frame
+        })
+        .collect();
+    // Puts 0 and 1 waited for their flushes; 2 and 3 were written while flushes were held
+    // (a power cut before their flush). The log, its bytes, where each put's bytes begin.
+    let fresh = || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = fsync_store(dir.path(), Config::default());
+        let log = file_named(dir.path(), "log-");
+        let mut starts = Vec::new();
+        let len = || std::fs::metadata(&log).expect("log").len() as usize;
+        for i in 0..2 {
+            starts.push(len());
+            store.put(record(&alice, &key(i), b"v", 1, NOW, HOUR)).expect("put");
+        }
+        let held = store.hold_syncs().expect("a store with fsync has a sync thread");
+        let loop_side = store.without_waiting_for_sync();
+        for i in 2..4 {
+            starts.push(len());
+            let value = if i == 2 { &forged[..] } else { b"v" };
+            loop_side.put(record(&alice, &key(i), value, 1, NOW, HOUR)).expect("put");
+        }
+        starts.push(len());
+        drop((store, loop_side, held));
+        let bytes = std::fs::read(&log).expect("log");
+        (dir, log, bytes, starts)
+    };
+    let open = |dir: &tempfile::TempDir| fsync_store(dir.path(), Config::default());
+
+    // The second put's frame damaged: the mark before the third put says it was flushed.
+    let (dir, log, mut bytes, starts) = fresh();
+    bytes[starts[2] - 10] ^= 0xff;
+    std::fs::write(&log, &bytes).expect("write");
+    let reopened = Store::open_with_clock(
+        dir.path(),
+        Config::default().with_durability(dkvs_store::Durability::Fsync),
+        Arc::new(ManualClock::new(NOW)),
+    );
+    let Err(StoreError::Corrupt { reason, .. }) = reopened else {
+        panic!("damage to an acknowledged put must not be dropped");
+    };
+    assert!(reason.contains("a flush had covered"), "{reason}");
+
+    // The third put's first page never reached the disk (its header zeros, the forged
+    // marks in its value written), the fourth's did: a tear, as no flush covered it.
+    let (dir, log, mut bytes, starts) = fresh();
+    let value_at =
+        starts[2] + bytes[starts[2]..].windows(8).position(|w| w == &forged[..8]).expect("value");
+    bytes[starts[2]..value_at].fill(0);
+    std::fs::write(&log, &bytes).expect("write");
+    let store = open(&dir);
+    let held: Vec<bool> = (0..4).map(|i| store.get(key(i).as_str()).is_some()).collect();
+    assert_eq!(held, [true, true, false, false], "the acknowledged puts, and no more");
 }
 
 #[test]
@@ -548,6 +634,8 @@ fn fsync_puts_return_only_after_a_flush_that_they_share() {
         Store::open_with_clock(dir.path(), config, Arc::new(ManualClock::new(NOW))).expect("opens");
     let alice = Arc::new(Keypair::generate(KeyType::Ed25519));
     let returned = Arc::new(AtomicUsize::new(0));
+    // A new log's first frame: a mark, synced when the log was made.
+    let before = store.written();
     let held = store.hold_syncs().expect("a store with fsync has a sync thread");
     let writers: Vec<_> = (0..8)
         .map(|i| {
@@ -570,11 +658,12 @@ fn fsync_puts_return_only_after_a_flush_that_they_share() {
         )
         .expect("opens");
         let key = Key::scoped(&alice.account_id(), "k0").expect("key");
+        let before = measure.written();
         measure.put(record(&alice, &key, b"v", 1, NOW, HOUR)).expect("put");
-        measure.written()
+        measure.written() - before
     };
     // All eight are in the log, and none has returned: no flush has happened.
-    wait_until("eight puts are written", || store.written() == 8 * frame);
+    wait_until("eight puts are written", || store.written() == before + 8 * frame);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(returned.load(Ordering::SeqCst), 0, "a put returned before its flush");
     assert!(store.durable() < store.written());
