@@ -372,8 +372,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// there first (two processes creating the same key), this fails with
 /// [`io::ErrorKind::AlreadyExists`] and the file that is there stays. (Where the file system
 /// allows no hard links, the FAT of a memory card, some FUSE mounts, an Android app's policy:
-/// a check that nothing is there, then the rename. Two writers at the same moment could both
-/// pass the check there, and the second's file would replace the first's.)
+/// a rename that replaces nothing, `renameat2` with `RENAME_NOREPLACE` on Linux and Android.
+/// Where that is refused too, a check that nothing is there, then the rename: two writers at
+/// the same moment could both pass the check there, and the second's file would replace the
+/// first's.)
 pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     create_private_linking(path, contents, |tmp, path| fs::hard_link(tmp, path))
 }
@@ -395,18 +397,35 @@ fn create_private_linking(
                     io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
                 ) =>
             {
-                // Not followed: a link there (dangling too) is something there.
-                match fs::symlink_metadata(path) {
-                    Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "the file exists")),
-                    Err(absent) if absent.kind() == io::ErrorKind::NotFound => {
-                        fs::rename(tmp, path)
-                    }
-                    Err(other) => Err(other),
-                }
+                rename_no_replace(tmp, path)
             }
             Err(e) => Err(e),
         }
     })
+}
+
+/// Renames `tmp` to `path` unless something is there (a link too, dangling or not).
+fn rename_no_replace(tmp: &Path, path: &Path) -> io::Result<()> {
+    let exists = || io::Error::new(io::ErrorKind::AlreadyExists, "the file exists");
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use rustix::io::Errno;
+        match renameat_with(CWD, tmp, CWD, path, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EXIST) => return Err(exists()),
+            // A file system or kernel without the flag (or a sandbox that refuses the call):
+            // the check below.
+            Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP | Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Not followed: a link there (dangling too) is something there.
+    match fs::symlink_metadata(path) {
+        Ok(_) => Err(exists()),
+        Err(absent) if absent.kind() == io::ErrorKind::NotFound => fs::rename(tmp, path),
+        Err(other) => Err(other),
+    }
 }
 
 /// Writes `contents` to a fresh private temporary file beside `path`, then `place`s it.
@@ -688,6 +707,25 @@ mod tests {
         let again = create_private_linking(&path, b"second", refused).expect_err("exists");
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&path).expect("read"), b"first", "the first stays");
+        // Writers at the same moment: one wins, and its file is the one that stays.
+        for round in 0..100 {
+            let path = dir.path().join(format!("race{round}"));
+            let barrier = std::sync::Barrier::new(4);
+            let won: Vec<u8> = std::thread::scope(|s| {
+                let writers: Vec<_> = (0..4u8)
+                    .map(|i| {
+                        let (path, barrier) = (&path, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            create_private_linking(path, &[i], refused).map(|()| i)
+                        })
+                    })
+                    .collect();
+                writers.into_iter().filter_map(|w| w.join().expect("writer").ok()).collect()
+            });
+            assert_eq!(won.len(), 1, "round {round}: {won:?} all said they created it");
+            assert_eq!(fs::read(&path).expect("read"), won, "round {round}: the winner's stays");
+        }
         // A dangling link there is something there, not followed to nothing.
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).expect("symlink");
