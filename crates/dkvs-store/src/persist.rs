@@ -26,15 +26,18 @@
 //!
 //! So a log says how far it was flushed. Its first frame is a mark holding a random nonce
 //! (synced when the log is made); after each flush, the next append is preceded by a mark
-//! with the same nonce and the number of the file's bytes that flush covered. Damage at byte
-//! `B` is [`StoreError::Corrupt`] when a whole mark with the log's nonce after it says a flush
-//! covered `B`: a put was acknowledged past it (with `Durability::Fsync`). Otherwise the read
-//! stops at `B`: nothing flushed is lost, and the store starts. The nonce never leaves the
-//! disk, so a value holding frames of this format (anyone's bytes) cannot pass for a mark.
-//! With `Durability::WriteThrough` no flush is waited for, so damage before whole frames of
-//! that log is dropped as a power cut's too (the store keeps a copy of such a log: see
-//! `Store::open`). A log without a first mark (written before marks, or whose first frame is
-//! damaged) keeps the older rule: damage with a whole frame anywhere after it is corruption.
+//! with the same nonce and the number of the file's bytes that flush covered, and a store that
+//! closes adds one after its last flush. Flushes are `Durability::Fsync`'s group commits, or,
+//! with `Durability::WriteThrough`, the sync thread's lazy ones (at most every 5 s while puts
+//! come; `crate::sync`). Damage at byte `B` is [`StoreError::Corrupt`] when a whole mark with
+//! the log's nonce after it says a flush covered `B`. Otherwise the read stops at `B`, and the
+//! store starts: a power cut can only have touched bytes that no flush covered. So bit rot in
+//! the last few seconds of writes before a power cut (or before a kill, where no later mark
+//! was written) reads as a tear too. The nonce never leaves the node, so a value holding
+//! frames of this format (anyone's bytes) cannot pass for a mark. When bytes other than zeros
+//! follow the damaged frame, the store keeps a copy of the log (`Store::open`). A log without a
+//! first mark (written before marks, or whose first frame is damaged) keeps the older rule:
+//! damage with a whole frame anywhere after it is corruption.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
@@ -301,9 +304,16 @@ pub(crate) fn read_log(path: &Path) -> Result<LogRead, StoreError> {
             }
             (None, _) => {}
         }
-        let written =
-            bytes.get(at + FRAME_HEADER..).is_some_and(|body| body.iter().any(|&b| b != 0));
-        let damage = reason.filter(|_| written).map(|reason| format!("{reason} at byte {at}"));
+        // Bytes other than zeros after the damaged frame (its length, where it has one that
+        // fits, else its header) are frames that were dropped: worth a copy.
+        let len =
+            bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+        let len = len as usize;
+        let after = if (1..=MAX_PAYLOAD).contains(&len) { len } else { 0 };
+        let beyond = bytes.get(at + FRAME_HEADER + after..).unwrap_or_default();
+        let damage = reason
+            .filter(|_| beyond.iter().any(|&b| b != 0))
+            .map(|reason| format!("{reason} at byte {at}"));
         return Ok(LogRead { entries, good: at as u64, damage });
     }
     Ok(LogRead { entries, good: at as u64, damage: None })
@@ -493,6 +503,20 @@ impl Log {
         }
     }
 
+    /// Appends a mark if a flush covered more of this file than the last one said (a closing
+    /// store's, after its last flush); a failure changes nothing that was promised.
+    pub(crate) fn mark_flushed(&mut self) {
+        if self.flushed > self.marked && !self.broken {
+            let mut bytes = Vec::with_capacity(MARK_FRAME);
+            mark(&mut bytes, &self.nonce, self.flushed);
+            if (&*self.file).write_all(&bytes).is_ok() {
+                self.len += bytes.len() as u64;
+                self.written += bytes.len() as u64;
+                self.marked = self.flushed;
+            }
+        }
+    }
+
     /// A flush of this log's file (and the retired ones) covered everything written up to
     /// `position` (a count of [`Log::written`]); the next append's mark will say so.
     pub(crate) fn note_flushed(&mut self, position: u64) {
@@ -505,10 +529,6 @@ impl Log {
     /// The file, for a flush without the log's lock.
     pub(crate) fn file(&self) -> Arc<File> {
         Arc::clone(&self.file)
-    }
-
-    pub(crate) fn is_broken(&self) -> bool {
-        self.broken
     }
 
     /// Refuses every later append.
@@ -698,6 +718,27 @@ mod tests {
         assert_eq!((read.entries.len(), read.good, read.damage), (2, at[3] as u64, None));
         let read = read_bytes_as_log(&bytes[..bytes.len() - 5]).expect("cut off");
         assert_eq!((read.entries.len(), read.good, read.damage), (3, at[4] as u64, None));
+    }
+
+    #[test]
+    fn a_mark_says_the_bytes_before_it_were_flushed_not_the_frame_at_its_count() {
+        // Group commit: the second frame was appended while a flush covering only the first
+        // ran; the mark before the third says so. A power cut that lost the second frame's
+        // page is a tear, not damage a flush covered.
+        let nonce = [7u8; NONCE_LEN];
+        let (mut bytes, at) = marked_log(&nonce, &[Some(1), Some(2)]);
+        mark(&mut bytes, &nonce, at[1] as u64);
+        let (more, _) = marked_log(&nonce, &[Some(3)]);
+        bytes.extend_from_slice(&more[MARK_FRAME..]);
+        bytes[at[1]..at[1] + FRAME_HEADER].fill(0);
+        let read =
+            read_bytes_as_log(&bytes).expect("the frame at the mark's count was not flushed");
+        assert_eq!((read.entries.len(), read.good), (1, at[1] as u64));
+        // One byte less, and the mark covers it.
+        let (mut bytes, at) = marked_log(&nonce, &[Some(1), Some(2)]);
+        mark(&mut bytes, &nonce, at[1] as u64);
+        bytes[at[1] - 1] ^= 0xff;
+        assert!(matches!(read_bytes_as_log(&bytes), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

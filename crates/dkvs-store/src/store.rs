@@ -143,8 +143,9 @@ pub struct Stats {
     pub remembered: u64,
     /// Bytes charged against the budget.
     pub bytes: u64,
-    /// Flushes of the log done for [`Durability::Fsync`] since the store was opened (one
-    /// covers every put that waited meanwhile).
+    /// Flushes of the log since the store was opened: for [`Durability::Fsync`], one covers
+    /// every put that waited meanwhile; for [`Durability::WriteThrough`], at most one every 5
+    /// s while puts come, which no put waits for.
     pub syncs: u64,
 }
 
@@ -161,12 +162,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     budget: Mutex<Budget>,
     log: Option<Arc<Mutex<Log>>>,
-    /// Flushes the log for [`Durability::Fsync`] (see `crate::sync`).
+    /// Flushes the log of a persistent store (see `crate::sync`).
     syncer: Option<Arc<Syncer>>,
     compacting: Mutex<()>,
     compaction_due: AtomicBool,
-    /// The next [`Store::flush`] of a store without a sync thread fails (a test hook).
-    fail_next_flush: AtomicBool,
     /// Holds the directory's lock file while the store is open.
     lock: Option<File>,
     /// Keys that came to be held live (see [`Store::keys_added`]).
@@ -289,12 +288,15 @@ impl Store {
                 // beside the new files, for whoever wants to look (it is not removed with
                 // the old generations). What it dropped no flush covered.
                 let copy = path.with_extension("damaged");
-                fs::copy(&path, &copy).map_err(io_err(&copy))?;
+                let kept = fs::copy(&path, &copy)
+                    .and_then(|_| File::open(&copy)?.sync_all())
+                    .and_then(|()| File::open(dir)?.sync_all());
                 tracing::warn!(
                     log = %path.display(),
                     dropped = len - read.good,
                     %damage,
                     copy = %copy.display(),
+                    copy_failed = ?kept.err(),
                     "dropped a damaged log tail that no flush covered (a power cut)"
                 );
             } else if read.good < len {
@@ -308,10 +310,11 @@ impl Store {
         let log = Log::create(dir, generation)?;
         let written = log.written;
         let log = Arc::new(Mutex::new(log));
-        if inner.config.durability == Durability::Fsync {
-            let syncer = Syncer::start(Arc::clone(&log), written).map_err(io_err(dir))?;
-            inner.syncer = Some(syncer);
-        }
+        // With write-through, the thread flushes lazily, for the log's marks (`crate::sync`).
+        let lazy = (inner.config.durability == Durability::WriteThrough)
+            .then_some(crate::sync::LAZY_FLUSH);
+        let syncer = Syncer::start(Arc::clone(&log), written, lazy).map_err(io_err(dir))?;
+        inner.syncer = Some(syncer);
         inner.log = Some(log);
         let store = Store { inner: Arc::new(inner), wait_for_sync: true };
         store.write_snapshot(generation)?;
@@ -395,7 +398,7 @@ impl Store {
     /// for every put waiting meanwhile), unless this handle does not wait.
     fn wait_durable(&self) -> Result<(), (std::path::PathBuf, std::io::Error)> {
         match &self.inner.syncer {
-            Some(syncer) if self.wait_for_sync => syncer.wait(self.written()),
+            Some(syncer) if self.wait_for_sync && self.fsync() => syncer.wait(self.written()),
             _ => Ok(()),
         }
     }
@@ -422,9 +425,13 @@ impl Store {
     /// what it covered stays promised.
     pub fn durable(&self) -> u64 {
         match &self.inner.syncer {
-            Some(syncer) => syncer.synced(),
-            None => self.written(),
+            Some(syncer) if self.fsync() => syncer.synced(),
+            _ => self.written(),
         }
+    }
+
+    fn fsync(&self) -> bool {
+        self.inner.config.durability == Durability::Fsync
     }
 
     /// Why the log can no longer be flushed, once a flush failed: the store then refuses
@@ -438,7 +445,7 @@ impl Store {
     /// store would then never close). Never called unless the durability is
     /// [`Durability::Fsync`] (otherwise a write is durable when its put returns).
     pub fn on_durable(&self, notify: impl Fn() + Send + Sync + 'static) {
-        if let Some(syncer) = &self.inner.syncer {
+        if let Some(syncer) = self.inner.syncer.as_ref().filter(|_| self.fsync()) {
             syncer.listen(Box::new(notify));
         }
     }
@@ -454,9 +461,8 @@ impl Store {
     /// failed flush does.
     #[doc(hidden)]
     pub fn fail_next_flush(&self) {
-        match &self.inner.syncer {
-            Some(syncer) => syncer.fail_next(),
-            None => self.inner.fail_next_flush.store(true, AtomicOrdering::Release),
+        if let Some(syncer) = &self.inner.syncer {
+            syncer.fail_next();
         }
     }
 
@@ -552,42 +558,10 @@ impl Store {
     /// Syncs the log to disk (a no-op for an in-memory store). Puts are already in the operating
     /// system's hands when they return; this makes them survive a power cut too.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let Some(log) = &self.inner.log else { return Ok(()) };
-        if let Some(syncer) = &self.inner.syncer {
-            // Through the sync thread: a flush of its own could report success for pages
-            // that a failed flush there has dropped.
-            return syncer
-                .wait(self.written())
-                .map_err(|(path, source)| StoreError::Io { path, source });
-        }
-        // The files of logs a compaction retired, then the current one. A failed flush is
-        // final here too: the log refuses appends, and later flushes keep failing.
-        let (files, path, position) = {
-            let mut log = log.lock();
-            if log.is_broken() {
-                let source =
-                    std::io::Error::other("an earlier failed write or flush left the log unusable");
-                return Err(StoreError::Io { path: log.path.clone(), source });
-            }
-            let mut files = log.take_retired();
-            files.push(log.file());
-            (files, log.path.clone(), log.written)
-        };
-        let flushed = if self.inner.fail_next_flush.swap(false, AtomicOrdering::AcqRel) {
-            Err(std::io::Error::other("flush failed (injected)"))
-        } else {
-            files.iter().try_for_each(|file| file.sync_data())
-        };
-        match flushed {
-            Ok(()) => {
-                log.lock().note_flushed(position);
-                Ok(())
-            }
-            Err(source) => {
-                log.lock().break_off();
-                Err(StoreError::Io { path, source })
-            }
-        }
+        let Some(syncer) = &self.inner.syncer else { return Ok(()) };
+        // Through the sync thread: a flush of its own could report success for pages that a
+        // failed flush there has dropped.
+        syncer.wait(self.written()).map_err(|(path, source)| StoreError::Io { path, source })
     }
 
     /// Writes a snapshot and starts a new log, dropping the old files. Puts continue meanwhile.
@@ -614,13 +588,6 @@ impl Store {
             // The new log's first frame counts as written: the sync thread is to know.
             if let Some(syncer) = &self.inner.syncer {
                 syncer.appended(log.written);
-            }
-        }
-        if self.inner.syncer.is_none() {
-            // Nothing was promised beyond the operating system's hands; a flush here keeps the
-            // old log's tail off the next crash's list of torn frames, and drains the list.
-            if let Err(e) = self.flush() {
-                tracing::warn!(error = %e, "flushing after a compaction failed; the store refuses writes");
             }
         }
         self.write_snapshot(generation)
@@ -701,7 +668,6 @@ impl Inner {
             syncer: None,
             compacting: Mutex::new(()),
             compaction_due: AtomicBool::new(false),
-            fail_next_flush: AtomicBool::new(false),
             lock: None,
             added: AtomicU64::new(0),
         }
@@ -1042,9 +1008,13 @@ fn charge(budget: &mut Budget, owner: &PublicKey, delta: i64) {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The sync thread flushes what is left and ends.
+        // The sync thread flushes what is left and ends; a last mark then says so (not synced:
+        // if it is lost, a damaged last batch reads as a power cut's tear).
         if let Some(syncer) = &self.syncer {
             syncer.close();
+            if let Some(log) = &self.log {
+                log.lock().mark_flushed();
+            }
         }
     }
 }

@@ -2,6 +2,11 @@
 //! waits, so concurrent puts share one `fdatasync`, and a caller that must not block (a network
 //! event loop) appends, goes on, and acknowledges once [`crate::Store::durable`] has caught up.
 //!
+//! With [`crate::Durability::WriteThrough`] the same thread flushes lazily: at most once every
+//! [`LAZY_FLUSH`] while puts come (sooner when [`crate::Store::flush`] asks), and no put waits.
+//! Nothing is promised by it; it lets the log's marks say how far it was flushed
+//! (`crate::persist`), so that damage a flush covered is told from a power cut's tear.
+//!
 //! Positions count the bytes appended to the logs since the store was opened, across
 //! generations: a put's record is durable once `synced` reaches the position its append ended at.
 //! Every flush of the log goes through this thread: a compaction that retires a log leaves its
@@ -19,12 +24,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::{Duration, Instant};
+
 use parking_lot::{Condvar, Mutex};
 
 use crate::StoreError;
 use crate::persist::Log;
 
 type Listener = Box<dyn Fn() + Send + Sync>;
+
+/// How often a write-through store's log is flushed at most, while puts come: the kernel's
+/// own writeback wakes every 5 s too.
+pub(crate) const LAZY_FLUSH: Duration = Duration::from_secs(5);
 
 pub(crate) struct Syncer {
     /// Where the log ends; set under the log's lock, before `wake` is signalled.
@@ -36,6 +47,8 @@ pub(crate) struct Syncer {
     done: Condvar,
     listeners: Mutex<Vec<Listener>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Flushes wait this long after the last one unless a waiter asks (write-through).
+    lazy: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -50,11 +63,18 @@ struct State {
     flushing: bool,
     /// The next flush fails ([`crate::Store::fail_next_flush`]).
     fail_next: bool,
+    /// The furthest position a waiter waits for (a lazy flush does not wait then).
+    wanted: u64,
 }
 
 impl Syncer {
-    /// Starts the sync thread of `log`, whose appends so far (`written`) are already durable.
-    pub(crate) fn start(log: Arc<Mutex<Log>>, written: u64) -> io::Result<Arc<Syncer>> {
+    /// Starts the sync thread of `log`, whose appends so far (`written`) are already durable;
+    /// with `lazy`, flushes are at least that far apart unless a waiter asks.
+    pub(crate) fn start(
+        log: Arc<Mutex<Log>>,
+        written: u64,
+        lazy: Option<Duration>,
+    ) -> io::Result<Arc<Syncer>> {
         let syncer = Arc::new(Syncer {
             written: AtomicU64::new(written),
             state: Mutex::new(State { synced: written, ..State::default() }),
@@ -62,6 +82,7 @@ impl Syncer {
             done: Condvar::new(),
             listeners: Mutex::new(Vec::new()),
             thread: Mutex::new(None),
+            lazy,
         });
         let thread = Arc::clone(&syncer);
         let handle =
@@ -72,15 +93,23 @@ impl Syncer {
 
     /// Called with the log's lock held, after an append that ended at `position`.
     pub(crate) fn appended(&self, position: u64) {
-        self.written.store(position, Ordering::Release);
-        let _state = self.state.lock();
-        self.wake.notify_one();
+        let before = self.written.swap(position, Ordering::AcqRel);
+        let state = self.state.lock();
+        // A lazy thread that knows of bytes to flush already flushes them when due: it is not
+        // woken at every put.
+        if self.lazy.is_none() || before <= state.synced {
+            self.wake.notify_one();
+        }
     }
 
     /// Blocks until everything up to `position` is flushed; the log and the error if the flush
     /// that was to cover it failed.
     pub(crate) fn wait(&self, position: u64) -> Result<(), (PathBuf, io::Error)> {
         let mut state = self.state.lock();
+        if position > state.wanted {
+            state.wanted = position;
+            self.wake.notify_one();
+        }
         loop {
             // What an earlier flush covered stays promised after a later one failed.
             if state.synced >= position {
@@ -152,15 +181,33 @@ impl Syncer {
         // If this thread dies (a listener panicked), nothing would flush again: every waiter
         // is told instead of waiting forever.
         let _failing = FailOnUnwind(self);
+        let mut last_flush = Instant::now();
         loop {
             let fail = {
                 let mut state = self.state.lock();
-                while (state.held > 0 && !state.closed)
-                    || (!state.closed
-                        && state.failed.is_none()
-                        && self.written.load(Ordering::Acquire) <= state.synced)
-                {
-                    self.wake.wait(&mut state);
+                loop {
+                    if (state.held > 0 && !state.closed)
+                        || (!state.closed
+                            && state.failed.is_none()
+                            && self.written.load(Ordering::Acquire) <= state.synced)
+                    {
+                        self.wake.wait(&mut state);
+                        continue;
+                    }
+                    // A lazy flush waits for its time, unless the store closes, a waiter
+                    // asks, or nothing will be flushed again.
+                    let due = self.lazy.map(|every| last_flush + every);
+                    match due {
+                        Some(due)
+                            if !state.closed
+                                && state.failed.is_none()
+                                && state.wanted <= state.synced
+                                && Instant::now() < due =>
+                        {
+                            self.wake.wait_until(&mut state, due);
+                        }
+                        _ => break,
+                    }
                 }
                 if state.failed.is_some()
                     || (state.closed && self.written.load(Ordering::Acquire) <= state.synced)
@@ -182,6 +229,7 @@ impl Syncer {
             } else {
                 files.iter().try_for_each(|file| file.sync_data())
             };
+            last_flush = Instant::now();
             // Before the state's lock: appends take the log's lock, then the state's.
             match &flushed {
                 Ok(()) => log.lock().note_flushed(target),

@@ -317,11 +317,13 @@ fn persistent_store_restores_everything() {
     assert_eq!(files, 3, "snapshot, log and LOCK");
 }
 
-/// The first file in `dir` whose name starts with `prefix`.
+/// The first file in `dir` whose name starts with `prefix` and has no extension (not a
+/// `.damaged` copy or a `.tmp` file).
 fn file_named(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
     std::fs::read_dir(dir)
         .expect("dir")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_none())
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
         .unwrap_or_else(|| panic!("no {prefix}* file in {}", dir.display()))
 }
@@ -332,14 +334,16 @@ fn torn_log_tail_is_dropped_but_damage_is_reported() {
     let alice = Keypair::generate(KeyType::Ed25519);
     let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
     let now = dkvs_record::unix_millis();
-    {
+    // The log as a kill leaves it (a store that closes adds a last mark).
+    let (log, bytes) = {
         let store = Store::open(dir.path(), Config::default()).expect("opens");
         for i in 0..3 {
             store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
         }
-    }
-    let log = file_named(dir.path(), "log-");
-    let bytes = std::fs::read(&log).expect("log");
+        let log = file_named(dir.path(), "log-");
+        let bytes = std::fs::read(&log).expect("log");
+        (log, bytes)
+    };
     // Tear the last frame in half, as a crash mid-write would.
     std::fs::write(&log, &bytes[..bytes.len() - 20]).expect("write");
     {
@@ -400,16 +404,20 @@ fn a_log_tail_of_zeros_is_a_torn_tail_and_so_is_damage_no_flush_covered() {
     let fresh = || {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut starts = Vec::new();
-        {
+        // The log as the power cut leaves it: a store that closes flushes, and adds a mark.
+        let (log, bytes) = {
             let store = Store::open(dir.path(), Config::default()).expect("opens");
+            // No lazy flush meanwhile, however slow the machine.
+            let _held = store.hold_syncs();
+            let log = file_named(dir.path(), "log-");
             for i in 0..3 {
-                starts.push(std::fs::metadata(file_named(dir.path(), "log-")).expect("log").len());
+                starts.push(std::fs::metadata(&log).expect("log").len() as usize);
                 store.put(record(&alice, &key(i), b"v", 1, now, HOUR)).expect("put");
             }
-        }
-        let log = file_named(dir.path(), "log-");
-        let bytes = std::fs::read(&log).expect("log");
-        (dir, log, bytes, starts.into_iter().map(|s| s as usize).collect::<Vec<_>>())
+            let bytes = std::fs::read(&log).expect("log");
+            (log, bytes)
+        };
+        (dir, log, bytes, starts)
     };
     let held = |dir: &tempfile::TempDir| -> Result<Vec<bool>, StoreError> {
         let store = Store::open(dir.path(), Config::default())?;
@@ -452,6 +460,97 @@ fn a_log_tail_of_zeros_is_a_torn_tail_and_so_is_damage_no_flush_covered() {
     assert!(copy.exists() && !log.exists());
 }
 
+/// Opens `dir` after flipping a byte of the newest log's first put (the log's bytes as
+/// `bytes`, the put's bytes beginning at `start`).
+fn reopened_with_first_put_damaged(
+    dir: &std::path::Path,
+    mut bytes: Vec<u8>,
+    start: usize,
+    config: Config,
+) -> Result<Store, StoreError> {
+    bytes[start + 20] ^= 0xff;
+    std::fs::write(file_named(dir, "log-"), &bytes).expect("write");
+    Store::open_with_clock(dir, config, Arc::new(ManualClock::new(NOW)))
+}
+
+#[test]
+fn without_fsync_a_lazy_flush_an_asked_flush_and_a_close_each_say_how_far_was_flushed() {
+    // Damage to a put that a flush covered is corruption, also in write-through mode: the
+    // store's thread flushes lazily (every 5 s while puts come), and its marks say so.
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
+    let config = Config::default();
+    for how in ["lazily", "asked", "closed"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_with_clock(dir.path(), config.clone(), Arc::new(ManualClock::new(NOW)))
+                .expect("opens");
+        let log = file_named(dir.path(), "log-");
+        let start = std::fs::metadata(&log).expect("log").len() as usize;
+        store.put(record(&alice, &key(0), b"v", 1, NOW, HOUR)).expect("put");
+        let bytes = match how {
+            "lazily" => {
+                wait_until("a lazy flush", || store.stats().syncs >= 1);
+                store.put(record(&alice, &key(1), b"v", 1, NOW, HOUR)).expect("put");
+                // The log as a power cut would leave it (closing adds a mark).
+                let bytes = std::fs::read(&log).expect("log");
+                drop(store);
+                bytes
+            }
+            "asked" => {
+                store.flush().expect("flushes");
+                store.put(record(&alice, &key(1), b"v", 1, NOW, HOUR)).expect("put");
+                let bytes = std::fs::read(&log).expect("log");
+                drop(store);
+                bytes
+            }
+            _ => {
+                drop(store);
+                std::fs::read(&log).expect("log")
+            }
+        };
+        let reopened = reopened_with_first_put_damaged(dir.path(), bytes, start, config.clone());
+        let Err(StoreError::Corrupt { reason, .. }) = reopened else {
+            panic!("{how}: damage to a flushed put must not be dropped");
+        };
+        assert!(reason.contains("a flush had covered"), "{how}: {reason}");
+    }
+}
+
+#[test]
+fn with_fsync_a_log_after_a_compaction_says_how_far_it_was_flushed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Keypair::generate(KeyType::Ed25519);
+    let key = |i: u32| Key::scoped(&alice.account_id(), &format!("k{i}")).expect("k");
+    let config = Config::default().with_compact_after_bytes(2_000);
+    let store = fsync_store(dir.path(), config.clone());
+    let generation = || file_named(dir.path(), "log-");
+    let first = generation();
+    let i = std::cell::Cell::new(0);
+    wait_until("a compaction started a new log", || {
+        let n = i.replace(i.get() + 1);
+        store.put(record(&alice, &key(n), &[1; 300], 1, NOW, HOUR)).expect("put");
+        file_named(dir.path(), "log-") != first
+    });
+    // The new log: its first put, flushed before the next is written.
+    let log = generation();
+    let start = std::fs::metadata(&log).expect("log").len() as usize;
+    store.put(record(&alice, &key(1000), b"v", 1, NOW, HOUR)).expect("put");
+    store.put(record(&alice, &key(1001), b"v", 1, NOW, HOUR)).expect("put");
+    let bytes = std::fs::read(&log).expect("log");
+    drop(store);
+    let reopened = reopened_with_first_put_damaged(
+        dir.path(),
+        bytes,
+        start,
+        config.with_durability(dkvs_store::Durability::Fsync),
+    );
+    let Err(StoreError::Corrupt { reason, .. }) = reopened else {
+        panic!("damage to a flushed put must not be dropped");
+    };
+    assert!(reason.contains("a flush had covered"), "{reason}");
+}
+
 #[test]
 fn with_fsync_damage_a_flush_covered_is_corruption_and_a_tear_after_it_is_not() {
     let alice = Keypair::generate(KeyType::Ed25519);
@@ -489,8 +588,9 @@ fn with_fsync_damage_a_flush_covered_is_corruption_and_a_tear_after_it_is_not() 
             loop_side.put(record(&alice, &key(i), value, 1, NOW, HOUR)).expect("put");
         }
         starts.push(len());
-        drop((store, loop_side, held));
+        // The log as the power cut leaves it: a store that closes flushes, and adds a mark.
         let bytes = std::fs::read(&log).expect("log");
+        drop((store, loop_side, held));
         (dir, log, bytes, starts)
     };
     let open = |dir: &tempfile::TempDir| fsync_store(dir.path(), Config::default());
@@ -841,6 +941,7 @@ fn without_fsync_a_failed_flush_is_final_too() {
     store.put(record(&alice, &key("a"), b"v", 1, NOW, HOUR)).expect("written through");
     store.flush().expect("a flush that works");
     store.fail_next_flush();
+    store.put(record(&alice, &key("a2"), b"v", 1, NOW, HOUR)).expect("written through");
     assert!(store.flush().is_err());
     // A retry cannot claim the pages the failed flush may have dropped.
     assert!(store.flush().is_err());
