@@ -8,7 +8,8 @@ pub enum Durability {
     /// The record is written to the log file (handed to the operating system) before the put
     /// returns: it survives the process being killed (`kill -9`), not a power cut. The store's
     /// thread also flushes the log at most every 5 s while puts come (no put waits for it), so
-    /// that damage found at the next start is told from a power cut's tear (`persist.rs`).
+    /// that damage found at the next start is told from a power cut's tear (`persist.rs`). A
+    /// failed flush is final, as with `Fsync`: the store then refuses writes, saying why.
     #[default]
     WriteThrough,
     /// The log file is also synced (`fdatasync`) before the put returns: it survives a power cut.

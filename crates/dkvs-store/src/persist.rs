@@ -305,7 +305,9 @@ pub(crate) fn read_log(path: &Path) -> Result<LogRead, StoreError> {
             (None, _) => {}
         }
         // Bytes other than zeros after the damaged frame (its length, where it has one that
-        // fits, else its header) are frames that were dropped: worth a copy.
+        // fits, else its header) are frames that were dropped: worth a copy. (A length that
+        // the damage itself changed can hide them: a frame cut off by the end of the file, or
+        // one made longer, is not looked past.)
         let len =
             bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
         let len = len as usize;
@@ -412,9 +414,9 @@ pub(crate) struct Log {
     pub(crate) len: u64,
     /// Bytes appended since the store was opened, across generations (see `crate::sync`).
     pub(crate) written: u64,
-    /// Set when a failed write could not be cut off, or a flush failed: nothing more may be
+    /// Why, once a failed write could not be cut off or a flush failed: nothing more may be
     /// appended, to this log or to the next generation's.
-    broken: bool,
+    broken: Option<String>,
     /// Files of older generations that the sync thread has yet to flush (`crate::sync`).
     retired: Vec<Arc<File>>,
     /// This file's marks' nonce (the module's doc).
@@ -458,7 +460,7 @@ impl Log {
             file,
             len: MARK_FRAME as u64,
             written: MARK_FRAME as u64,
-            broken: false,
+            broken: None,
             retired: Vec::new(),
             nonce,
             // The first mark is synced; a later one says more.
@@ -471,8 +473,8 @@ impl Log {
     /// one; when this returns `Ok`, the operating system has the bytes (a flush is the
     /// syncer's business, `crate::sync`).
     pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
-        if self.broken {
-            return Err(io::Error::other("an earlier failed write or flush left the log unusable"));
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(format!("the log is unusable since {why}")));
         }
         let with_mark;
         let bytes = if self.flushed > self.marked {
@@ -495,8 +497,8 @@ impl Log {
                 // A partial frame would read as damage once later frames follow it: cut it off.
                 // If even that fails, the frame stays a torn tail only if nothing follows, so
                 // the caller must stop using this log (the store refuses further puts).
-                if self.file.set_len(self.len).is_err() {
-                    self.broken = true;
+                if let Err(cut) = self.file.set_len(self.len) {
+                    self.broken = Some(format!("a failed write could not be cut off ({e}; {cut})"));
                 }
                 Err(e)
             }
@@ -506,7 +508,7 @@ impl Log {
     /// Appends a mark if a flush covered more of this file than the last one said (a closing
     /// store's, after its last flush); a failure changes nothing that was promised.
     pub(crate) fn mark_flushed(&mut self) {
-        if self.flushed > self.marked && !self.broken {
+        if self.flushed > self.marked && self.broken.is_none() {
             let mut bytes = Vec::with_capacity(MARK_FRAME);
             mark(&mut bytes, &self.nonce, self.flushed);
             if (&*self.file).write_all(&bytes).is_ok() {
@@ -532,8 +534,8 @@ impl Log {
     }
 
     /// Refuses every later append.
-    pub(crate) fn break_off(&mut self) {
-        self.broken = true;
+    pub(crate) fn break_off(&mut self, why: String) {
+        self.broken.get_or_insert(why);
     }
 
     /// Puts `next` (a new, empty log of the next generation) in this one's place and returns
@@ -541,7 +543,7 @@ impl Log {
     /// `flush_later`, the old file joins the files the sync thread flushes next.
     pub(crate) fn switch_to(&mut self, mut next: Log, flush_later: bool) -> Log {
         next.written = self.written + next.len;
-        next.broken = self.broken;
+        next.broken = self.broken.clone();
         next.retired = std::mem::take(&mut self.retired);
         if flush_later {
             next.retired.push(Arc::clone(&self.file));

@@ -145,7 +145,7 @@ pub struct Stats {
     pub bytes: u64,
     /// Flushes of the log since the store was opened: for [`Durability::Fsync`], one covers
     /// every put that waited meanwhile; for [`Durability::WriteThrough`], at most one every 5
-    /// s while puts come, which no put waits for.
+    /// s while puts come, which no put waits for (and those [`Store::flush`] asks for).
     pub syncs: u64,
 }
 
@@ -286,18 +286,28 @@ impl Store {
             if let Some(damage) = &read.damage {
                 // More than a kill's or a power cut's usual tear: the log is kept as it was,
                 // beside the new files, for whoever wants to look (it is not removed with
-                // the old generations). What it dropped no flush covered.
+                // the old generations). What it dropped no flush covered, but a write-through
+                // store had returned it. A hard link needs no space; where there is none, a
+                // copy. If neither can be made, the store does not start: the log would go
+                // with the old generations.
                 let copy = path.with_extension("damaged");
-                let kept = fs::copy(&path, &copy)
-                    .and_then(|_| File::open(&copy)?.sync_all())
-                    .and_then(|()| File::open(dir)?.sync_all());
+                let _ = fs::remove_file(&copy); // an earlier open's, of the same file
+                fs::hard_link(&path, &copy)
+                    .or_else(|_| {
+                        let tmp = path.with_extension("damaged.tmp");
+                        fs::copy(&path, &tmp)?;
+                        File::open(&tmp)?.sync_all()?;
+                        fs::rename(&tmp, &copy)
+                    })
+                    .and_then(|()| File::open(dir)?.sync_all())
+                    .map_err(io_err(&copy))?;
                 tracing::warn!(
                     log = %path.display(),
                     dropped = len - read.good,
                     %damage,
                     copy = %copy.display(),
-                    copy_failed = ?kept.err(),
-                    "dropped a damaged log tail that no flush covered (a power cut)"
+                    "dropped a damaged log tail that no flush covered (a power cut); the log is \
+                     kept as it was"
                 );
             } else if read.good < len {
                 tracing::warn!(log = %path.display(), dropped = len - read.good, "dropped a torn log tail");

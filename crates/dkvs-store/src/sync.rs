@@ -233,7 +233,7 @@ impl Syncer {
             // Before the state's lock: appends take the log's lock, then the state's.
             match &flushed {
                 Ok(()) => log.lock().note_flushed(target),
-                Err(_) => log.lock().break_off(),
+                Err(e) => log.lock().break_off(format!("a flush failed ({e})")),
             }
             let mut state = self.state.lock();
             match flushed {
