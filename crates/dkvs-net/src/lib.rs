@@ -32,6 +32,8 @@ mod node;
 mod ops;
 mod outcome;
 mod pace;
+#[doc(hidden)]
+pub mod placement;
 mod probe;
 mod quiet;
 mod rate;

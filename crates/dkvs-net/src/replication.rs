@@ -212,13 +212,23 @@ fn refused(why: &str) -> pb::ReconcileResponse {
 }
 
 impl<E: Extension> Driver<E> {
-    /// The replicas of `key` in this node's view: the k closest among its routing table, and
-    /// itself when it serves the DHT.
-    fn replicas_of(&mut self, key: &Key, me_counts: bool) -> Vec<PeerId> {
+    /// The routing table's peers (this node left out), and this node if it counts (a DHT
+    /// server): the replicas of a key in this node's view are the k of them nearest it.
+    fn placement_table(&mut self, me_counts: bool) -> crate::placement::Table<PeerId> {
         let me = *self.swarm.local_peer_id();
-        let k = self.config.replication;
-        let peers = self.nearest_in_table(key, k);
-        closest(key, peers.into_iter().chain(me_counts.then_some(me)), k)
+        let mut entries: Vec<([u8; 32], PeerId)> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            entries.extend(
+                bucket
+                    .iter()
+                    .map(|e| (crate::nearby::hashed(e.node.key), *e.node.key.preimage()))
+                    .filter(|(_, p)| *p != me),
+            );
+        }
+        if me_counts {
+            entries.push((crate::nearby::hashed(&libp2p::kad::KBucketKey::from(me)), me));
+        }
+        crate::placement::Table::new(entries)
     }
 
     /// The `n` peers of the routing table nearest to `key`, this node left out.
@@ -284,10 +294,15 @@ impl<E: Extension> Driver<E> {
         // Read first: a key added while the walk runs makes the next answer walk again.
         self.replication.walked_added = self.store.keys_added();
         let records: Vec<Compact> = self.store.compact_records().collect();
+        // Each record's replicas from one sorted copy of the table, not a scan of it per record
+        // (`crate::placement`).
+        let table = self.placement_table(server);
+        let k = self.config.replication;
         // A store holds far fewer than 2^32 records.
         for (at, record) in (0u32..).zip(&records) {
             let key = record.key();
-            let replicas = self.replicas_of(&key, server);
+            let target = crate::nearby::hashed(&libp2p::kad::KBucketKey::new(kad_key(&key)));
+            let replicas = table.nearest(&target, k);
             if replicas.contains(&me) {
                 for peer in replicas.into_iter().filter(|p| *p != me) {
                     shared.entry(peer).or_default().push(at);
