@@ -7,7 +7,7 @@
 //! their Kademlia keys once per walk; the entries that share a prefix with a key are then one
 //! run of the sorted entries, and the nearest by XOR are found by halving runs bit by bit (a
 //! binary trie, walked over the sorted array): a few binary searches a key.
-//! `cargo bench -p dkvs-benches --bench replication` measures both.
+//! `cargo bench -p dkvs-benches --bench placement` measures both.
 
 /// Entries (a Kademlia key's 32 bytes, and what it stands for), sorted by key.
 pub struct Table<P> {
@@ -15,7 +15,8 @@ pub struct Table<P> {
 }
 
 impl<P: Copy> Table<P> {
-    /// A table of `entries`, whose keys are distinct (the hashes of distinct peer ids).
+    /// A table of `entries`, whose keys are distinct (the hashes of distinct peer ids; the
+    /// same key twice would come back in either order).
     pub fn new(mut entries: Vec<([u8; 32], P)>) -> Table<P> {
         entries.sort_unstable_by_key(|e| e.0);
         Table { entries }
