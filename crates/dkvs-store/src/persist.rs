@@ -62,8 +62,8 @@ const MARK_PAYLOAD: usize = 1 + NONCE_LEN + 8;
 const MARK_FRAME: usize = FRAME_HEADER + MARK_PAYLOAD;
 const FRAME_HEADER: usize = 8;
 /// No payload is larger: a held record's (its kind, its retention, its encoding). A length
-/// beyond it is damage, searched past as such (`is_torn_tail`); one within it that runs past
-/// the end of the file is a torn tail.
+/// beyond it (or 0) is a bad frame; one within it that runs past the end of the file is a
+/// frame cut off. Either is damage, read as the module's doc says.
 const MAX_PAYLOAD: usize = 1 + 8 + dkvs_record::MAX_ENCODED_LEN;
 
 /// One entry read back from disk.
