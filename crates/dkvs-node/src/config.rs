@@ -107,6 +107,9 @@ pub struct NodeConfig {
     pub operation_timeout_ms: u64,
     /// Sync every put to disk before acknowledging it (survives power loss, slower). Puts that
     /// arrive together share one flush, and reads are answered while a flush is under way.
+    /// Off (the default), a put is in the log file when acknowledged (it survives the node
+    /// being killed), and the log is flushed in the background at most every 5 s while puts
+    /// come.
     pub fsync: bool,
     /// Mail: on how many replicas a letter sent from this node is kept (a read asks twice as
     /// many).
