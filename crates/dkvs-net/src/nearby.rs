@@ -282,7 +282,7 @@ pub(crate) fn hashed<T>(key: &KBucketKey<T>) -> [u8; 32] {
 }
 
 /// The XOR distance of two keys' bytes; as big-endian bytes they order as the distances do.
-fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
     std::array::from_fn(|i| a[i] ^ b[i])
 }
 

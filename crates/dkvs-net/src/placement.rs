@@ -51,7 +51,7 @@ fn nearest_in<P: Copy>(
     if run.len() <= n || depth == 256 {
         // Few enough to take whole (or, past the last bit, keys that are the same).
         let mut all: Vec<([u8; 32], P)> =
-            run.iter().map(|(key, p)| (std::array::from_fn(|i| key[i] ^ target[i]), *p)).collect();
+            run.iter().map(|(key, p)| (crate::nearby::xor(key, target), *p)).collect();
         all.sort_unstable_by_key(|e| e.0);
         out.extend(all.into_iter().take(n).map(|(_, p)| p));
         return;

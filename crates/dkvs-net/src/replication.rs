@@ -216,7 +216,17 @@ impl<E: Extension> Driver<E> {
     /// server): the replicas of a key in this node's view are the k of them nearest it.
     fn placement_table(&mut self, me_counts: bool) -> crate::placement::Table<PeerId> {
         let me = *self.swarm.local_peer_id();
-        let mut entries: Vec<([u8; 32], PeerId)> = Vec::new();
+        let mut entries = self.table_entries();
+        if me_counts {
+            entries.push((crate::nearby::hashed(&libp2p::kad::KBucketKey::from(me)), me));
+        }
+        crate::placement::Table::new(entries)
+    }
+
+    /// The routing table's entries (their keys' hashes, kept in it), this node left out.
+    fn table_entries(&mut self) -> Vec<([u8; 32], PeerId)> {
+        let me = *self.swarm.local_peer_id();
+        let mut entries = Vec::new();
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
             entries.extend(
                 bucket
@@ -225,10 +235,7 @@ impl<E: Extension> Driver<E> {
                     .filter(|(_, p)| *p != me),
             );
         }
-        if me_counts {
-            entries.push((crate::nearby::hashed(&libp2p::kad::KBucketKey::from(me)), me));
-        }
-        crate::placement::Table::new(entries)
+        entries
     }
 
     /// The `n` peers of the routing table nearest to `key`, this node left out.
@@ -237,15 +244,12 @@ impl<E: Extension> Driver<E> {
     /// sorted iterator moves its bucket-sized buffers for every bucket it passes, which with
     /// buckets of 64 cost more than the walk (it showed in profiles of puts and walks).
     fn nearest_in_table(&mut self, key: &Key, n: usize) -> Vec<PeerId> {
-        let me = *self.swarm.local_peer_id();
-        let target = libp2p::kad::KBucketKey::new(kad_key(key));
-        let mut near: Vec<(libp2p::kad::KBucketDistance, PeerId)> = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            near.extend(
-                bucket.iter().map(|e| (e.node.key.distance(&target), *e.node.key.preimage())),
-            );
+        let target = crate::nearby::hashed(&libp2p::kad::KBucketKey::new(kad_key(key)));
+        // Each entry's key becomes its distance (as big-endian bytes, ordered as distances).
+        let mut near = self.table_entries();
+        for (hash, _) in &mut near {
+            *hash = crate::nearby::xor(hash, &target);
         }
-        near.retain(|(_, p)| *p != me);
         if near.len() > n {
             near.select_nth_unstable(n);
             near.truncate(n);

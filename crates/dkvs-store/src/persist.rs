@@ -508,15 +508,7 @@ impl Log {
     /// Appends a mark if a flush covered more of this file than the last one said (a closing
     /// store's, after its last flush); a failure changes nothing that was promised.
     pub(crate) fn mark_flushed(&mut self) {
-        if self.flushed > self.marked && self.broken.is_none() {
-            let mut bytes = Vec::with_capacity(MARK_FRAME);
-            mark(&mut bytes, &self.nonce, self.flushed);
-            if (&*self.file).write_all(&bytes).is_ok() {
-                self.len += bytes.len() as u64;
-                self.written += bytes.len() as u64;
-                self.marked = self.flushed;
-            }
-        }
+        let _ = self.append(&[]);
     }
 
     /// A flush of this log's file (and the retired ones) covered everything written up to
